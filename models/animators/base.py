@@ -1,0 +1,55 @@
+"""The `Animator` interface: one object holds a model once and animates many jobs.
+
+Both the CPU `warp` animator and the HunyuanPortrait model implement it, so the generation
+pipeline's actors never know which backend they hold.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class ReferenceInput:
+    """A prepared reference portrait."""
+
+    crop: np.ndarray  # (S, S, 3) uint8 RGB square face crop (S = 512 by default)
+    kps: np.ndarray  # (5, 2) keypoints in crop pixels
+    landmarks: np.ndarray  # (68, 2) landmarks in crop pixels
+    pose: np.ndarray  # (3,) yaw, pitch, roll in degrees
+    aligned_face: np.ndarray  # (112, 112, 3) uint8 ArcFace-aligned face
+    embedding: np.ndarray | None = None  # (D,) identity embedding of the face layer
+
+
+@dataclass
+class DrivingWindow:
+    """A chunk of consecutive driving frames with their per-frame motion (crop coordinates)."""
+
+    start: int  # index of the first frame in the whole driving video
+    crops: np.ndarray  # (T, S, S, 3) uint8 RGB square crops, one box per shot
+    kps: np.ndarray  # (T, 5, 2)
+    landmarks: np.ndarray  # (T, 68, 2)
+    pose: np.ndarray  # (T, 3)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Animator(ABC):
+    """Animates a reference with the motion of a driving video, window by window."""
+
+    name: str
+
+    @abstractmethod
+    def animate(
+        self,
+        reference: ReferenceInput,
+        windows: Iterator[DrivingWindow],
+        params: dict[str, Any],
+    ) -> Iterator[np.ndarray]:
+        """Yield (T, S, S, 3) uint8 RGB output crops for each driving window, in order.
+
+        Memory stays bounded by the window size, whatever the length of the driving video.
+        """

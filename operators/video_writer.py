@@ -1,0 +1,120 @@
+"""H.264 encoding with PyAV, optionally muxing another file's audio, written atomically.
+
+Frames stream in as chunks; the audio is encoded alongside up to the current video time so the
+two streams interleave, and it is cut at the video's end so the output never outlasts its frames.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+
+class _AudioSource:
+    """The first audio stream of a file, decoded lazily and re-encoded up to a given time."""
+
+    def __init__(self, container, stream) -> None:
+        self.container = container
+        self.stream = stream
+        self._frames = container.decode(stream)
+        self._pending = None
+
+    @classmethod
+    def open(cls, source: str | Path) -> "_AudioSource | None":
+        import av
+
+        try:
+            container = av.open(str(source))
+        except av.FFmpegError:
+            return None
+        if not container.streams.audio:
+            container.close()
+            return None
+        return cls(container, container.streams.audio[0])
+
+    def mux_until(self, out, out_stream, until_s: float) -> None:
+        """Encode the source frames that start before `until_s` (the video written so far)."""
+        while True:
+            frame = self._pending or next(self._frames, None)
+            self._pending = None
+            if frame is None:
+                return
+            if frame.time is not None and frame.time >= until_s:
+                self._pending = frame
+                return
+            frame.pts = None
+            out.mux(out_stream.encode(frame))
+
+    def close(self) -> None:
+        self.container.close()
+
+
+def has_audio(path: str | Path) -> bool:
+    source = _AudioSource.open(path)
+    if source is None:
+        return False
+    source.close()
+    return True
+
+
+def write_h264(
+    path: str | Path,
+    chunks: Iterable[np.ndarray],
+    fps: float,
+    audio_from: str | Path | None = None,
+    crf: int = 18,
+    preset: str = "veryfast",
+) -> int:
+    """Encode (T, H, W, 3) uint8 RGB chunks to an mp4 at `path`; returns the number of frames.
+
+    The file appears only when complete (temp file + rename), so a crash never leaves a
+    half-written output that a resume would mistake for a finished one.
+    """
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4.part", dir=path.parent)
+    os.close(fd)
+    audio = _AudioSource.open(audio_from) if audio_from else None
+    frames_written = 0
+    try:
+        with av.open(tmp, mode="w", format="mp4") as out:
+            video = None
+            out_audio = None
+            if audio is not None:
+                in_audio = audio.stream
+                out_audio = out.add_stream("aac", rate=in_audio.rate or 48000)
+                out_audio.layout = in_audio.layout.name if in_audio.layout else "stereo"
+            rate = Fraction(fps).limit_denominator(1001)
+            for chunk in chunks:
+                for rgb in chunk:
+                    if video is None:
+                        video = out.add_stream("libx264", rate=rate)
+                        video.height, video.width = rgb.shape[0] - rgb.shape[0] % 2, rgb.shape[1] - rgb.shape[1] % 2
+                        video.pix_fmt = "yuv420p"
+                        video.options = {"crf": str(crf), "preset": preset}
+                    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[: video.height, : video.width]), format="rgb24")
+                    frame.pts = frames_written
+                    frame.time_base = Fraction(1) / rate
+                    out.mux(video.encode(frame))
+                    frames_written += 1
+                if out_audio is not None:
+                    audio.mux_until(out, out_audio, frames_written / float(rate))
+            if video is None:
+                raise ValueError("no frames to encode")
+            out.mux(video.encode())
+            if out_audio is not None:
+                audio.mux_until(out, out_audio, frames_written / float(rate))
+                out.mux(out_audio.encode())
+        os.replace(tmp, path)
+    finally:
+        if audio is not None:
+            audio.close()
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return frames_written

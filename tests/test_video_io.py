@@ -1,0 +1,65 @@
+"""Decoding in chunks with resampling, and H.264 encoding with the driver's audio."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from portraitflow.operators.decode import VideoUnreadable, iter_frame_chunks, probe_video, resample_positions, VideoInfo
+from portraitflow.operators.video_writer import has_audio, write_h264
+
+
+def _gradient_clip(n: int, size: int = 64) -> np.ndarray:
+    """Frames whose mean brightness encodes their index, so resampling can be checked."""
+    return np.stack([np.full((size, size, 3), 10 + 8 * i, np.uint8) for i in range(n)])
+
+
+def test_resample_positions_pick_the_frame_on_screen() -> None:
+    info = VideoInfo(width=8, height=8, fps=30.0, num_frames=90)
+    positions, sources = resample_positions(info, 25.0)
+    assert len(positions) == 75
+    assert sources[0] == 0 and sources[-1] == 88
+    assert np.all(np.diff(sources) >= 1)
+    positions, sources = resample_positions(info, 25.0, start_s=1.0, end_s=2.0)
+    assert positions[0] == 25 and len(positions) == 25 and sources[0] == 30
+
+
+def test_round_trip_chunks_and_resampling(tmp_path: Path) -> None:
+    path = tmp_path / "clip.mp4"
+    assert write_h264(path, [_gradient_clip(12), _gradient_clip(12)[::-1]], fps=12) == 24
+    info = probe_video(str(path))
+    assert (info.width, info.height, info.num_frames) == (64, 64, 24)
+    assert info.fps == pytest.approx(12, abs=0.01)
+    chunks = list(iter_frame_chunks(str(path), target_fps=24, chunk_size=10))
+    assert [len(c.positions) for c in chunks] == [10, 10, 10, 10, 8]
+    means = np.concatenate([c.frames.reshape(len(c.frames), -1).mean(1) for c in chunks])
+    assert np.allclose(means[0::2], means[1::2], atol=1)  # upsampling repeats each frame
+    assert abs(means[2] - (10 + 8)) < 3
+
+
+def test_unreadable_inputs_raise_the_documented_error(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(np.random.default_rng(0).bytes(5000))
+    for path in (empty, junk):
+        with pytest.raises(VideoUnreadable):
+            probe_video(str(path))
+
+
+def test_audio_of_the_driver_is_muxed_and_cut_to_the_video(media_dir: Path, media_manifest, tmp_path: Path) -> None:
+    with_audio = media_manifest[(media_manifest.has_audio == 1) & (media_manifest.kind == "talking_video")]
+    driver = media_dir / with_audio.iloc[0].file
+    info = probe_video(str(driver))
+    frames = [c.frames for c in iter_frame_chunks(str(driver), 25.0, end_s=2.0, size=(128, 128))]
+    out = tmp_path / "dubbed.mp4"
+    written = write_h264(out, frames, fps=25.0, audio_from=driver)
+    assert written == 50 and info.duration_s > 2.0
+    assert has_audio(out)
+    import av
+
+    with av.open(str(out)) as container:
+        audio = container.streams.audio[0]
+        assert container.streams.video[0].frames == 50
+        assert float(audio.duration * audio.time_base) == pytest.approx(2.0, abs=0.1)

@@ -1,0 +1,128 @@
+"""HunyuanPortrait condition modules: exact official checkpoint layouts and the golden fixtures."""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from portraitflow.models.hunyuan.buckets import head_exp_motion_buckets
+from portraitflow.models.hunyuan.expression import HeadExpression
+from portraitflow.models.hunyuan.headpose import HeadPose, headpose_input
+from portraitflow.models.hunyuan.image_proj import ImageProjector
+from portraitflow.models.hunyuan.motion_proj import IntensityAwareMotionRefiner
+from portraitflow.models.hunyuan.pose_guider import PoseGuider
+
+FULL_SIZE: dict[str, Callable[[], nn.Module]] = {
+    "pose_guider.pth": PoseGuider,
+    "image_proj.pth": ImageProjector,
+    "expression.pth": HeadExpression,
+    "headpose.pth": HeadPose,
+    "motion_proj.pth": IntensityAwareMotionRefiner,
+}
+
+
+@pytest.fixture(autouse=True)
+def _two_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("filename", sorted(FULL_SIZE))
+def test_full_size_keys_and_shapes_match_the_release(hunyuan_reference: Path, filename: str) -> None:
+    expected = json.loads((hunyuan_reference / "state_dicts.json").read_text())[filename]["keys"]
+    with torch.device("meta"):
+        model = FULL_SIZE[filename]()
+    ours = {key: list(value.shape) for key, value in model.state_dict().items()}
+    assert ours == expected
+
+
+def _golden(reference: Path, name: str) -> tuple[dict[str, torch.Tensor], dict, dict[str, torch.Tensor]]:
+    """(weights under official keys, sidecar JSON, input/output/trace tensors) of one fixture."""
+    tensors = load_file(reference / "fixtures" / f"{name}.safetensors")
+    sidecar = json.loads((reference / "fixtures" / f"{name}.json").read_text())
+    data_prefixes = ("input.", "output.", "trace.")
+    weights = {k: v for k, v in tensors.items() if not k.startswith(data_prefixes)}
+    data = {k: v for k, v in tensors.items() if k.startswith(data_prefixes)}
+    return weights, sidecar, data
+
+
+def _load(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
+    model.load_state_dict(weights, strict=True)
+    return model.float().eval()
+
+
+def _assert_close(ours: torch.Tensor, expected: torch.Tensor, tolerance: dict) -> None:
+    torch.testing.assert_close(ours, expected, atol=tolerance["atol"], rtol=tolerance["rtol"])
+
+
+def _tolerance(sidecar: dict, output: str) -> dict:
+    return sidecar["recommended_tolerance_fp32"]["per_output"][output]
+
+
+def test_bucket_examples(hunyuan_reference: Path) -> None:
+    recorded = json.loads((hunyuan_reference / "window_schedule_and_buckets.json").read_text())
+    examples = recorded["bucket_id_examples"]["examples"]
+    assert len(examples) >= 5
+    for example in examples:
+        expected = (example["head_bucket_id"], example["exp_bucket_id"])
+        assert head_exp_motion_buckets(example["landmarks"]) == expected
+
+
+def test_pose_guider_golden(hunyuan_reference: Path) -> None:
+    weights, sidecar, data = _golden(hunyuan_reference, "pose_guider")
+    model = _load(PoseGuider(), weights)
+    with torch.no_grad():
+        for suffix in ("", "_black"):
+            ours = model(data[f"input.pose_images{suffix}"])
+            _assert_close(ours, data[f"output.pose_feature{suffix}"], _tolerance(sidecar, f"output.pose_feature{suffix}"))
+
+
+def test_image_proj_golden(hunyuan_reference: Path) -> None:
+    weights, sidecar, data = _golden(hunyuan_reference, "image_proj")
+    model = _load(ImageProjector(), weights)
+    with torch.no_grad():
+        ours = model(data["input.dino_tokens"])
+    _assert_close(ours, data["output.image_tokens"], _tolerance(sidecar, "output.image_tokens"))
+
+
+def test_expression_golden(hunyuan_reference: Path) -> None:
+    weights, sidecar, data = _golden(hunyuan_reference, "expression")
+    assert "[2, 1, 1, 1]" in sidecar["config"]["constructor"]
+    model = _load(HeadExpression(blocks_per_stage=(2, 1, 1, 1)), weights)
+    with torch.no_grad():
+        ours = model(data["input.motion_face_image"])
+    _assert_close(ours, data["output.expression_feature"], _tolerance(sidecar, "output.expression_feature"))
+
+
+def test_headpose_golden(hunyuan_reference: Path) -> None:
+    weights, sidecar, data = _golden(hunyuan_reference, "headpose")
+    model = _load(HeadPose(), weights)
+    net_input = headpose_input(data["input.motion_pose_image"])
+    torch.testing.assert_close(net_input, data["input.net_input"], atol=0, rtol=0)
+    with torch.no_grad():
+        raw = model.head_pose_net(net_input)
+        ours = model(net_input)
+    torch.testing.assert_close(raw, data["trace.fc_out"], atol=1e-5, rtol=1e-4)
+    _assert_close(ours.rotation, data["output.rotation"], _tolerance(sidecar, "output.rotation"))
+    _assert_close(ours.translation, data["output.translation"], _tolerance(sidecar, "output.translation"))
+
+
+def test_motion_proj_golden(hunyuan_reference: Path) -> None:
+    weights, sidecar, data = _golden(hunyuan_reference, "motion_proj")
+    model = _load(IntensityAwareMotionRefiner(**sidecar["config"]["kwargs"]), weights)
+    for case in ("case0", "case1"):
+        with torch.no_grad():
+            ours = model(
+                data["input.motion_features"],
+                data[f"input.{case}.head_bucket_id"],
+                data[f"input.{case}.exp_bucket_id"],
+            )
+        output = f"output.{case}.motion_tokens"
+        _assert_close(ours, data[output], _tolerance(sidecar, output))

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from portraitflow.models.hunyuan.buckets import head_exp_motion_buckets
+from portraitflow.models.hunyuan.dino import DinoV2WithIdAdapters
 from portraitflow.models.hunyuan.expression import HeadExpression
 from portraitflow.models.hunyuan.headpose import HeadPose, headpose_input
 from portraitflow.models.hunyuan.image_proj import ImageProjector
@@ -23,6 +24,7 @@ FULL_SIZE: dict[str, Callable[[], nn.Module]] = {
     "expression.pth": HeadExpression,
     "headpose.pth": HeadPose,
     "motion_proj.pth": IntensityAwareMotionRefiner,
+    "dino.pth": DinoV2WithIdAdapters,
 }
 
 
@@ -126,3 +128,30 @@ def test_motion_proj_golden(hunyuan_reference: Path) -> None:
             )
         output = f"output.{case}.motion_tokens"
         _assert_close(ours, data[output], _tolerance(sidecar, output))
+
+
+def test_dino_golden_with_block_traces(hunyuan_reference: Path) -> None:
+    weights, sidecar, data = _golden(hunyuan_reference, "dino")
+    config = sidecar["config"]["kwargs"]
+    # The other release arguments only pick the checkpoint layout and return type we implement.
+    assert (config["block_chunks"], config["backbone"], config["layers_output"]) == (0, True, True)
+    ignored = {"block_chunks", "backbone", "layers_output"}
+    model = _load(DinoV2WithIdAdapters(**{k: v for k, v in config.items() if k not in ignored}), weights)
+    captured: dict[str, torch.Tensor] = {}
+    for index, block in enumerate(model.blocks):
+        block.register_forward_hook(lambda _m, _a, out, i=index: captured.__setitem__(f"trace.block{i}_out", out))
+        if block.adapter is not None:
+            block.adapter.register_forward_hook(
+                lambda _m, _a, out, i=index: captured.__setitem__(f"trace.block{i}_adapter_out", out)
+            )
+    with torch.no_grad():
+        grid = data["input.image"].shape[-1] // config["patch_size"]
+        pos_embed = model.interpolated_pos_embed(grid, grid)
+        ours = model(data["input.image"], data["input.id_features"])
+    tolerance = _tolerance(sidecar, "output.tokens")
+    _assert_close(pos_embed, data["trace.pos_embed_interpolated"], tolerance)
+    traces = sorted(k for k in data if k.startswith("trace.block"))
+    assert sorted(captured) == traces
+    for name in traces:
+        _assert_close(captured[name], data[name], tolerance)
+    _assert_close(ours, data["output.tokens"], tolerance)

@@ -1,0 +1,22 @@
+"""Build the configured face analyser; Ray actors call this in __init__ so nothing is pickled."""
+from __future__ import annotations
+
+from portraitflow.jobs.config.face import FaceConfig
+from portraitflow.models.face.base import FaceAnalyzer
+
+
+def create_analyzer(cfg: FaceConfig) -> FaceAnalyzer:
+    """Load the models of `cfg.backend` now; raises model_files.ModelFilesMissing when absent.
+
+    Backends are imported here, so a process that uses `opencv` never imports insightface.
+    """
+    if cfg.backend == "opencv":
+        from portraitflow.models.face.opencv_backend import OpenCVAnalyzer
+
+        return OpenCVAnalyzer(det_score_threshold=cfg.det_score_threshold, det_size=cfg.det_size)
+    if cfg.backend == "insightface":
+        from portraitflow.models.face.insightface_backend import InsightFaceAnalyzer
+
+        return InsightFaceAnalyzer(cfg.insightface_root, cfg.insightface_pack,
+                                   det_score_threshold=cfg.det_score_threshold, det_size=cfg.det_size)
+    raise ValueError(f"unknown face backend {cfg.backend!r}")

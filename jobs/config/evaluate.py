@@ -1,8 +1,41 @@
-"""Settings of the evaluate flow."""
+"""Settings of the evaluate flow (`portraitflow evaluate`, `sweep`, `report`)."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class EvaluateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    protocol: Literal["self", "cross"] = Field(
+        "self",
+        description="`self`: reference = first frame of a clip, driver = the same clip, outputs compared "
+        "to it as ground truth (PSNR, SSIM, L1, AKD). `cross`: reference and driver of different people; "
+        "only driver-relative metrics (APD, AED) and identity to the reference.",
+    )
+    experiment: str = Field("portraitflow-evaluate", description="MLflow experiment of evaluations and sweeps.")
+    rank_by: str = Field("apd", description="Metric that sorts the summary table and the report.")
+    frame_stride: int = Field(
+        1, ge=1, description="Analyse every Nth frame for face metrics (1 = all); temporal metrics use the kept frames."
+    )
+    max_seconds: float | None = Field(
+        None, gt=0, description="Cut each driving clip to its first N seconds before generating (empty: whole clip)."
+    )
+    max_videos: int | None = Field(None, ge=1, description="Use at most N clips of the dataset (empty: all).")
+    max_parallel: int = Field(1, ge=1, description="Sweep configs generated and evaluated at the same time.")
+    evaluators: int = Field(1, ge=1, description="Evaluation actors (each holds one face analyser).")
+    chunk_frames: int = Field(32, ge=2, description="Frames decoded and analysed per step, which bounds memory.")
+    side_by_side: int = Field(2, ge=0, description="Jobs per config rendered as reference | driver | output videos.")
+    lpips_onnx: str | None = Field(
+        None, description="Local LPIPS ONNX file (two images in [-1,1] to distances); empty skips LPIPS with a note."
+    )
+    fid_onnx: str | None = Field(
+        None, description="Local ONNX image-feature network for FID (e.g. Inception pool3); empty skips FID with a note."
+    )
+    fvd_onnx: str | None = Field(
+        None, description="Local ONNX video-feature network for FVD (e.g. I3D); empty skips FVD with a note."
+    )
+    fid_frames_per_video: int = Field(16, ge=1, description="Frames per video (evenly spaced) fed to FID.")
+    fvd_clip_frames: int = Field(16, ge=2, description="Frames per clip fed to the FVD network.")

@@ -1,0 +1,155 @@
+"""Evaluation metrics as pure functions on frames, landmarks, poses and embeddings.
+
+Every function returns one value per frame (NaN where the input has no face) so a caller can
+keep per-frame tables and aggregate with `nanmean`; pixel metrics come from torchmetrics,
+shape alignment from scipy. Frames are (T, H, W, 3) uint8 RGB; landmarks (T, 68, 2) pixels;
+poses (T, 3) yaw, pitch, roll in degrees.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+_PIXEL_CHUNK = 16  # frames per torchmetrics call, so memory stays bounded on long videos
+PSNR_CAP_DB = 100.0  # identical frames have infinite PSNR; the cap keeps means and MLflow finite
+
+
+def _as_tensor(frames: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).to(torch.float32)
+
+
+def _check_pair(pred: np.ndarray, target: np.ndarray) -> None:
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {pred.shape} and target {target.shape} must have the same shape")
+
+
+def _per_frame(pred: np.ndarray, target: np.ndarray, fn) -> np.ndarray:
+    _check_pair(pred, target)
+    out = [fn(_as_tensor(pred[i : i + _PIXEL_CHUNK]), _as_tensor(target[i : i + _PIXEL_CHUNK]))
+           for i in range(0, len(pred), _PIXEL_CHUNK)]
+    return np.concatenate([o.numpy().astype(np.float64) for o in out]) if out else np.zeros(0)
+
+
+def psnr(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Peak signal-to-noise ratio in dB per frame, capped at PSNR_CAP_DB for identical frames."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    values = _per_frame(pred, target, lambda p, t: peak_signal_noise_ratio(
+        p, t, data_range=255.0, reduction="none", dim=(1, 2, 3)))
+    return np.minimum(values, PSNR_CAP_DB)
+
+
+def ssim(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Structural similarity per frame (1 for identical frames), Gaussian window of 11 px."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    return _per_frame(pred, target, lambda p, t: structural_similarity_index_measure(
+        p, t, data_range=255.0, reduction="none"))
+
+
+def l1(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Mean absolute pixel error per frame, on a 0..1 scale."""
+    _check_pair(pred, target)
+    diff = np.abs(pred.astype(np.float32) - target.astype(np.float32)) / 255.0
+    return diff.reshape(len(pred), -1).mean(axis=1).astype(np.float64)
+
+
+def face_size(landmarks: np.ndarray) -> np.ndarray:
+    """Per-frame face size: the square root of the landmarks' bounding-box area, in pixels."""
+    extent = landmarks.max(axis=1) - landmarks.min(axis=1)
+    return np.sqrt(extent[:, 0] * extent[:, 1])
+
+
+def akd(pred_landmarks: np.ndarray, target_landmarks: np.ndarray) -> np.ndarray:
+    """Average keypoint distance per frame, as a fraction of the target's face size.
+
+    Both sets must live in the same pixel space (same frame size and framing); normalising by
+    face size makes numbers comparable across resolutions.
+    """
+    _check_pair(pred_landmarks, target_landmarks)
+    dist = np.linalg.norm(pred_landmarks - target_landmarks, axis=2).mean(axis=1)
+    return dist / face_size(target_landmarks)
+
+
+def apd(pred_pose: np.ndarray, target_pose: np.ndarray) -> np.ndarray:
+    """Average absolute head-pose error per frame in degrees, over yaw, pitch and roll.
+
+    Differences are wrapped to [-180, 180) so 179 vs -179 counts as 2 degrees.
+    """
+    _check_pair(pred_pose, target_pose)
+    diff = (np.asarray(pred_pose, np.float64) - target_pose + 180.0) % 360.0 - 180.0
+    return np.abs(diff).mean(axis=1)
+
+
+def aed(pred_landmarks: np.ndarray, target_landmarks: np.ndarray) -> np.ndarray:
+    """Expression distance per frame: landmark-shape error after removing pose and size.
+
+    Each pair is aligned by Procrustes analysis (translation, in-plane rotation and scale are
+    removed, both shapes scaled to unit norm); the value is the mean point distance that remains,
+    so a moved, turned or zoomed copy of the same expression scores 0.
+    """
+    from scipy.spatial import procrustes
+
+    _check_pair(pred_landmarks, target_landmarks)
+    out = np.full(len(pred_landmarks), np.nan)
+    for i, (pred, target) in enumerate(zip(pred_landmarks, target_landmarks)):
+        if np.isfinite(pred).all() and np.isfinite(target).all():
+            aligned_target, aligned_pred, _ = procrustes(target, pred)
+            out[i] = np.linalg.norm(aligned_target - aligned_pred, axis=1).mean()
+    return out
+
+
+def csim(embeddings: np.ndarray, reference_embedding: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each frame's identity embedding to the reference's."""
+    emb = np.asarray(embeddings, np.float64)
+    ref = np.asarray(reference_embedding, np.float64)
+    return emb @ ref / (np.linalg.norm(emb, axis=1) * np.linalg.norm(ref))
+
+
+def landmark_jitter(landmarks: np.ndarray) -> np.ndarray:
+    """Temporal jitter: mean landmark acceleration per frame (frames 1..T-2), per face size.
+
+    Smooth motion (still or constant velocity) scores 0; frame-to-frame shaking does not.
+    Returns T values with NaN at both ends, where acceleration is undefined.
+    """
+    out = np.full(len(landmarks), np.nan)
+    if len(landmarks) >= 3:
+        accel = landmarks[2:] - 2.0 * landmarks[1:-1] + landmarks[:-2]
+        out[1:-1] = np.linalg.norm(accel, axis=2).mean(axis=1) / face_size(landmarks[1:-1])
+    return out
+
+
+def luminance(frames: np.ndarray) -> np.ndarray:
+    """Mean Rec. 601 luma of each frame, 0..255."""
+    weights = np.array([0.299, 0.587, 0.114], np.float64)
+    return frames.reshape(len(frames), -1, 3).mean(axis=1) @ weights
+
+
+def flicker(frames: np.ndarray) -> np.ndarray:
+    """Brightness flicker per frame: how far a frame's mean luma is from its neighbours' average.
+
+    A steady or steadily changing brightness scores 0; alternating +d/-d scores 2d. NaN at both
+    ends. Takes frames (T, H, W, 3) or precomputed luma (T,).
+    """
+    luma = luminance(frames) if np.ndim(frames) == 4 else np.asarray(frames, np.float64)
+    out = np.full(len(luma), np.nan)
+    if len(luma) >= 3:
+        out[1:-1] = np.abs(luma[1:-1] - 0.5 * (luma[:-2] + luma[2:]))
+    return out
+
+
+def detection_rate(faces_per_frame: Sequence[Sequence[object]]) -> float:
+    """Fraction of frames in which at least one face was detected."""
+    if not len(faces_per_frame):
+        return float("nan")
+    return float(np.mean([len(faces) > 0 for faces in faces_per_frame]))
+
+
+def nanmean(values: np.ndarray) -> float:
+    """Mean over the defined (non-NaN) values, NaN when there are none: every metric's aggregate."""
+    values = np.asarray(values, np.float64)
+    defined = values[~np.isnan(values)]
+    return float(defined.mean()) if defined.size else float("nan")

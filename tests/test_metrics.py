@@ -1,0 +1,165 @@
+"""Evaluation metrics on constructed cases whose answers are known in closed form."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from portraitflow.jobs.config.evaluate import EvaluateConfig
+from portraitflow.operators import metrics, metrics_learned
+
+
+def _video(seed: int = 0, frames: int = 4, size: int = 48) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (frames, size, size, 3), dtype=np.uint8)
+
+
+def _landmarks(frames: int = 5) -> np.ndarray:
+    """A 68-point face-like cloud in a 100 x 120 px box, repeated over frames."""
+    rng = np.random.default_rng(1)
+    points = rng.uniform([50, 40], [150, 160], (68, 2))
+    points[0], points[1] = (50, 40), (150, 160)  # pin the bounding box: face size sqrt(100 * 120)
+    return np.repeat(points[None], frames, axis=0)
+
+
+def test_identical_videos_are_perfect() -> None:
+    video = _video()
+    assert np.allclose(metrics.ssim(video, video), 1.0)
+    assert np.allclose(metrics.l1(video, video), 0.0)
+    assert np.all(metrics.psnr(video, video) == metrics.PSNR_CAP_DB)
+    lm = _landmarks()
+    assert np.allclose(metrics.akd(lm, lm), 0.0)
+    assert np.allclose(metrics.aed(lm, lm), 0.0, atol=1e-9)
+    pose = np.tile([10.0, -5.0, 3.0], (5, 1))
+    assert np.allclose(metrics.apd(pose, pose), 0.0)
+
+
+def test_known_brightness_offset_gives_known_psnr_and_l1() -> None:
+    target = np.full((3, 32, 32, 3), 100, np.uint8)
+    pred = target + np.uint8(10)  # MSE 100 on a 0..255 range
+    assert np.allclose(metrics.psnr(pred, target), 10 * np.log10(255.0**2 / 100.0), atol=1e-3)
+    assert np.allclose(metrics.l1(pred, target), 10 / 255.0)
+    assert np.all(metrics.ssim(pred, target) < 1.0)
+
+
+def test_known_shift_gives_known_akd() -> None:
+    target = _landmarks()
+    pred = target + np.array([3.0, 4.0])  # 5 px everywhere
+    assert np.allclose(metrics.akd(pred, target), 5.0 / np.sqrt(100.0 * 120.0))
+    assert np.allclose(metrics.face_size(target), np.sqrt(100.0 * 120.0))
+
+
+def test_aed_ignores_pose_and_sees_expression() -> None:
+    target = _landmarks(1)
+    angle = np.radians(25)
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    moved = (target[0] @ rotation.T) * 1.7 + np.array([40.0, -15.0])
+    assert metrics.aed(moved[None], target)[0] < 1e-9
+    opened = target.copy()
+    opened[0, 57] += (0, 12.0)  # iBUG-68 lower-lip point moves down: mouth opens
+    wider = target.copy()
+    wider[0, 57] += (0, 24.0)
+    small, large = metrics.aed(opened, target)[0], metrics.aed(wider, target)[0]
+    assert 0 < small < large
+
+
+def test_apd_wraps_angles() -> None:
+    assert metrics.apd(np.array([[179.0, 0, 0]]), np.array([[-179.0, 0, 0]]))[0] == pytest.approx(2 / 3)
+
+
+def test_known_rotation_gives_known_apd_through_the_face_layer_pose() -> None:
+    """Landmarks of a template head turned by 20 degrees of yaw, fitted by the face layer."""
+    from scipy.spatial.transform import Rotation
+
+    from portraitflow.models.face.pose import POSE_LANDMARKS, POSE_TEMPLATE, head_pose_from_landmarks
+
+    height = width = 512
+    focal = 512.0
+
+    def project(yaw_deg: float) -> np.ndarray:
+        # yaw > 0 turns the nose toward larger x: rotate about the camera's y axis
+        points = Rotation.from_euler("y", -yaw_deg, degrees=True).apply(POSE_TEMPLATE) + [0, 0, 4000.0]
+        landmarks = np.zeros((68, 2))
+        landmarks[:] = (width / 2, height / 2)
+        landmarks[POSE_LANDMARKS] = points[:, :2] / points[:, 2:] * focal + (width / 2, height / 2)
+        return landmarks
+
+    frames = np.stack([project(0.0), project(20.0)])
+    poses = head_pose_from_landmarks(frames, [(height, width)] * 2)
+    assert abs(poses[1, 0] - poses[0, 0]) == pytest.approx(20.0, abs=1.0)
+    apd = metrics.apd(poses[1:], poses[:1])[0]
+    assert apd == pytest.approx(20.0 / 3, abs=0.5)  # yaw error only, averaged over three angles
+
+
+def test_jitter_sees_shaking_not_smooth_motion() -> None:
+    base = _landmarks(6)
+    steady = base + np.arange(6)[:, None, None] * np.array([2.0, 1.0])  # constant velocity
+    assert np.allclose(metrics.landmark_jitter(steady)[1:-1], 0.0)
+    shaking = base + (np.array([1, -1, 1, -1, 1, -1])[:, None, None] * np.array([1.5, 0.0]))
+    jitter = metrics.landmark_jitter(shaking)
+    assert np.isnan(jitter[0]) and np.isnan(jitter[-1])
+    assert np.allclose(jitter[1:-1], 4 * 1.5 / np.sqrt(100.0 * 120.0))
+
+
+def test_flicker_sees_alternating_brightness_not_ramps() -> None:
+    ramp = np.stack([np.full((8, 8, 3), 50 + 10 * i, np.uint8) for i in range(5)])
+    assert np.allclose(metrics.flicker(ramp)[1:-1], 0.0)
+    blink = np.stack([np.full((8, 8, 3), 100 + (6 if i % 2 else -6), np.uint8) for i in range(5)])
+    assert np.allclose(metrics.flicker(blink)[1:-1], 12.0)
+
+
+def test_csim_and_detection_rate() -> None:
+    ref = np.array([1.0, 0.0, 0.0])
+    assert np.allclose(metrics.csim(np.array([[2.0, 0, 0], [0, 1.0, 0]]), ref), [1.0, 0.0])
+    assert metrics.detection_rate([[object()], [], [object(), object()], []]) == 0.5
+    assert np.isnan(metrics.nanmean(np.array([np.nan])))
+    assert metrics.nanmean(np.array([1.0, np.nan, 3.0])) == 2.0
+
+
+def test_learned_metrics_are_skipped_with_a_note_without_weights(tmp_path) -> None:
+    notes = metrics_learned.skip_notes(EvaluateConfig(fid_onnx=str(tmp_path / "missing.onnx")))
+    assert set(notes) == {"lpips", "fid", "fvd"}
+    assert "evaluate.lpips_onnx=PATH" in notes["lpips"]
+    assert "does not exist" in notes["fid"]
+
+
+def _onnx(path, nodes, inputs, output) -> str:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in inputs],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_learned_metrics_run_from_local_onnx_weights(tmp_path) -> None:
+    from onnx import helper
+
+    # FID features: per-channel means (N, 3); a constant offset c per channel gives FID 3 c^2
+    fid_path = _onnx(tmp_path / "feat.onnx", [
+        helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["f"])],
+        [("x", ["N", 3, 16, 16])], "f")
+    # "LPIPS": mean absolute difference of the two inputs per image
+    lpips_path = _onnx(tmp_path / "lpips.onnx", [
+        helper.make_node("Sub", ["a", "b"], ["d"]), helper.make_node("Abs", ["d"], ["e"]),
+        helper.make_node("ReduceMean", ["e"], ["m"], axes=[1, 2, 3], keepdims=0)],
+        [("a", ["N", 3, "H", "W"]), ("b", ["N", 3, "H", "W"])], "m")
+    cfg = EvaluateConfig(fid_onnx=fid_path, lpips_onnx=lpips_path)
+    assert set(metrics_learned.skip_notes(cfg)) == {"fvd"}
+
+    real = _video(seed=3, frames=12, size=32) // 2
+    fake = real + np.uint8(51)  # +0.2 on the network's 0..1 scale, in every channel
+    network = metrics_learned.OnnxNetwork(fid_path)
+    real_features = metrics_learned.image_features(network, real)
+    assert real_features.shape == (12, 3)
+    fake_features = metrics_learned.image_features(network, fake)
+    assert metrics_learned.frechet_distance(real_features, real_features) == pytest.approx(0.0, abs=1e-6)
+    assert metrics_learned.frechet_distance(real_features, fake_features) == pytest.approx(3 * 0.2**2, rel=1e-3)
+
+    lpips_net = metrics_learned.OnnxNetwork(lpips_path)
+    assert np.allclose(metrics_learned.lpips(lpips_net, real, real), 0.0)
+    assert np.allclose(metrics_learned.lpips(lpips_net, fake, real), 0.4, atol=1e-5)  # 0.2 on a [-1,1] scale

@@ -5,12 +5,24 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
 from portraitflow.models.hunyuan.buckets import head_exp_motion_buckets
+from portraitflow.models.hunyuan.conditions import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    appearance_tokens,
+    dino_input,
+    encode_motion,
+    encode_motion_chunk,
+    pose_features,
+    tokens_for_frames,
+)
 from portraitflow.models.hunyuan.dino import DinoV2WithIdAdapters
 from portraitflow.models.hunyuan.expression import HeadExpression
 from portraitflow.models.hunyuan.headpose import HeadPose, headpose_input
@@ -155,3 +167,98 @@ def test_dino_golden_with_block_traces(hunyuan_reference: Path) -> None:
     for name in traces:
         _assert_close(captured[name], data[name], tolerance)
     _assert_close(ours, data["output.tokens"], tolerance)
+
+
+def _pipeline_tensors(reference: Path, prefixes: tuple[str, ...], names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Only the named tensors and the weights under `prefixes` of the (large) pipeline fixture."""
+    with safe_open(reference / "fixtures" / "pipeline.safetensors", "pt") as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys() if key.startswith(prefixes) or key in names}
+
+
+def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
+
+
+def test_appearance_and_pose_conditions_match_the_pipeline_traces(hunyuan_reference: Path) -> None:
+    sidecar = json.loads((hunyuan_reference / "fixtures" / "pipeline.json").read_text())
+    names = ("input.transformed_images", "input.arcface_embeddings", "input.pose_cond_tensor",
+             "trace.dino_tokens", "trace.image_tokens", "trace.pose_fea")
+    tensors = _pipeline_tensors(hunyuan_reference, ("image_encoder.", "image_proj.", "pose_guider."), names)
+    config = sidecar["config"]
+    dino_config = {k: v for k, v in config["image_encoder"]["config"].items()
+                   if k not in {"block_chunks", "backbone", "layers_output"}}
+    dino = _load(DinoV2WithIdAdapters(**dino_config), _strip(tensors, "image_encoder."))
+    image_proj = _load(ImageProjector(), _strip(tensors, "image_proj."))
+    pose_guider = _load(PoseGuider(**config["pose_guider"]["config"]), _strip(tensors, "pose_guider."))
+    with torch.no_grad():
+        captured: list[torch.Tensor] = []
+        dino.register_forward_hook(lambda _m, _a, out: captured.append(out))
+        image_tokens = appearance_tokens(dino, image_proj, tensors["input.transformed_images"],
+                                         tensors["input.arcface_embeddings"])
+        features = pose_features(pose_guider, tensors["input.pose_cond_tensor"])
+    # No per-trace tolerance is recorded; these are a few ops deep, far below the outputs' 5.7e-4.
+    torch.testing.assert_close(captured[0], tensors["trace.dino_tokens"], atol=5e-5, rtol=1e-4)
+    torch.testing.assert_close(image_tokens, tensors["trace.image_tokens"], atol=5e-5, rtol=1e-4)
+    torch.testing.assert_close(features, tensors["trace.pose_fea"], atol=5e-6, rtol=1e-4)
+    per_frame = tokens_for_frames(image_tokens, 5)
+    assert per_frame.shape == (1, 5, *image_tokens.shape[1:])
+    assert torch.equal(per_frame[:, 4], image_tokens)
+
+
+def test_dino_input_resizes_and_normalises() -> None:
+    grey = torch.full((2, 3, 512, 512), 0.25)
+    expected = (0.25 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    out = dino_input(grey)
+    assert out.shape == (2, 3, 224, 224)
+    torch.testing.assert_close(out, expected[None, :, None, None].expand_as(out))
+
+
+@pytest.fixture(scope="module")
+def motion_goldens(hunyuan_reference: Path) -> dict:
+    """The three motion modules with their golden weights, and the golden data they reproduce."""
+    expression_weights, expression_sidecar, expression_data = _golden(hunyuan_reference, "expression")
+    headpose_weights, headpose_sidecar, headpose_data = _golden(hunyuan_reference, "headpose")
+    refiner_weights, refiner_sidecar, _ = _golden(hunyuan_reference, "motion_proj")
+    examples = json.loads((hunyuan_reference / "window_schedule_and_buckets.json").read_text())
+    frames = len(expression_data["input.motion_face_image"])
+    return {
+        "expression": _load(HeadExpression(blocks_per_stage=(2, 1, 1, 1)), expression_weights),
+        "headpose": _load(HeadPose(), headpose_weights),
+        "refiner": _load(IntensityAwareMotionRefiner(**refiner_sidecar["config"]["kwargs"]), refiner_weights),
+        "face_images": expression_data["input.motion_face_image"],
+        "expression_feature": expression_data["output.expression_feature"],
+        "pose_images": headpose_data["input.motion_pose_image"],
+        "rotation": headpose_data["output.rotation"],
+        "rotation_tolerance": _tolerance(headpose_sidecar, "output.rotation"),
+        "landmarks": np.asarray(examples["bucket_id_examples"]["examples"][1]["landmarks"][:frames]),
+    }
+
+
+def test_motion_tokens_are_refined_expression_then_rotation_then_zeros(motion_goldens: dict) -> None:
+    g = motion_goldens
+    with torch.no_grad():
+        tokens = encode_motion_chunk(g["expression"], g["headpose"], g["refiner"],
+                                     g["face_images"], g["pose_images"], g["landmarks"])
+        head, exp = head_exp_motion_buckets(g["landmarks"])
+        assert (head, exp) != (0, 0)
+        refined = g["refiner"](g["expression_feature"], torch.tensor([head]), torch.tensor([exp]))
+    frames, queries = len(g["face_images"]), refined.shape[1]
+    assert tokens.shape == (frames, queries, 1024)
+    torch.testing.assert_close(tokens[..., :1018], refined, atol=1e-4, rtol=1e-4)
+    rotation = g["rotation"][:, None].expand(-1, queries, -1)
+    torch.testing.assert_close(tokens[..., 1018:1021], rotation, **g["rotation_tolerance"])
+    assert torch.count_nonzero(tokens[..., 1021:]) == 0
+
+
+def test_motion_is_encoded_chunk_by_chunk_from_frame_zero(motion_goldens: dict) -> None:
+    g = motion_goldens
+    models = (g["expression"], g["headpose"], g["refiner"])
+    inputs = (g["face_images"], g["pose_images"], g["landmarks"])
+    with torch.no_grad():
+        whole = encode_motion(*models, *inputs)
+        per_frame = encode_motion(*models, *inputs, chunk_frames=1)
+        second = encode_motion_chunk(*models, *(x[1:2] for x in inputs))
+    assert whole.shape == per_frame.shape == (1, len(g["face_images"]), 64, 1024)
+    torch.testing.assert_close(per_frame[0, 1:2], second, atol=0, rtol=0)
+    # One-frame chunks have intensity buckets (0, 0); the two-frame chunk does not.
+    assert (per_frame - whole).abs().max() > 1e-2

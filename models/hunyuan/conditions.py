@@ -1,0 +1,135 @@
+"""The UNet's conditions, from the condition modules: motion tokens (SPEC 3.5), appearance tokens
+(SPEC 4.2, with the DINO input of SPEC 2) and pose features (SPEC 5).
+
+Small functions over already-loaded modules, so the sampler can compute each condition once per
+job, chunk or window, in whatever dtype and device the modules live in.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numpy.typing import ArrayLike
+from torch import nn
+from torch.nn import functional as F
+
+from portraitflow.models.hunyuan.buckets import head_exp_motion_buckets
+from portraitflow.models.hunyuan.dino import DinoV2WithIdAdapters
+from portraitflow.models.hunyuan.expression import HeadExpression
+from portraitflow.models.hunyuan.headpose import HeadPose, headpose_input
+from portraitflow.models.hunyuan.image_proj import ImageProjector
+from portraitflow.models.hunyuan.motion_proj import IntensityAwareMotionRefiner
+from portraitflow.models.hunyuan.pose_guider import PoseGuider
+
+#: the release computes intensity buckets and motion tokens over consecutive chunks of 25 frames
+MOTION_CHUNK_FRAMES = 25
+DINO_SIZE = 224
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _placement(module: nn.Module) -> tuple[torch.device, torch.dtype]:
+    parameter = next(module.parameters())
+    return parameter.device, parameter.dtype
+
+
+def motion_tokens_per_frame(
+    refined: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor
+) -> torch.Tensor:
+    """[n, L, 1018] refiner tokens, [n, 3] rotation, [n, 3] translation -> [n, L, 1024].
+
+    Each token is [refined | rotation | 0 * translation]: the release zeroes the translation
+    (multiplies it by 0) but keeps its 3 slots, so the width matches the UNet's 1024.
+    """
+    pose = torch.cat([rotation, translation * 0], dim=-1).to(refined.dtype)
+    return torch.cat([refined, pose[:, None].expand(-1, refined.shape[1], -1)], dim=-1)
+
+
+def encode_motion_chunk(
+    expression: HeadExpression,
+    headpose: HeadPose,
+    refiner: IntensityAwareMotionRefiner,
+    face_images: torch.Tensor,
+    pose_images: torch.Tensor,
+    landmarks: ArrayLike,
+) -> torch.Tensor:
+    """Motion tokens [n, 64, 1024] of one chunk of n <= 25 driving frames.
+
+    face_images: [n, 3, 256, 256] expression crops in [0, 1]; pose_images: [n, 3, 256, 256] head
+    crops in [0, 1]; landmarks: [n, 5, 2], which set the chunk's one pair of intensity buckets.
+    """
+    head_bucket, exp_bucket = head_exp_motion_buckets(landmarks)
+    device, dtype = _placement(refiner)
+    features = expression(face_images.to(*_placement(expression)))
+    pose = headpose(headpose_input(pose_images.to(*_placement(headpose))))
+    refined = refiner(
+        features.to(device, dtype),
+        torch.tensor([head_bucket], dtype=torch.int32, device=device),
+        torch.tensor([exp_bucket], dtype=torch.int32, device=device),
+    )
+    return motion_tokens_per_frame(refined, pose.rotation.to(device), pose.translation.to(device))
+
+
+def encode_motion(
+    expression: HeadExpression,
+    headpose: HeadPose,
+    refiner: IntensityAwareMotionRefiner,
+    face_images: torch.Tensor,
+    pose_images: torch.Tensor,
+    landmarks: ArrayLike,
+    chunk_frames: int = MOTION_CHUNK_FRAMES,
+) -> torch.Tensor:
+    """Motion tokens [1, T, 64, 1024] of T driving frames, chunk by chunk as the release does.
+
+    Chunks start at frame 0 of the video, every `chunk_frames`; a caller that wants bounded
+    memory can call `encode_motion_chunk` on the same chunk boundaries instead.
+    """
+    landmarks = np.asarray(landmarks)
+    chunks = [
+        encode_motion_chunk(
+            expression,
+            headpose,
+            refiner,
+            face_images[start : start + chunk_frames],
+            pose_images[start : start + chunk_frames],
+            landmarks[start : start + chunk_frames],
+        )
+        for start in range(0, len(face_images), chunk_frames)
+    ]
+    return torch.cat(chunks).unsqueeze(0)
+
+
+def dino_input(reference: torch.Tensor) -> torch.Tensor:
+    """[B, 3, S, S] reference crop in [0, 1] -> [B, 3, 224, 224] ImageNet-normalised DINO input.
+
+    The release's RandomResizedCrop(224, scale=(1, 1), ratio=(1, 1)) always keeps the whole square,
+    so it is an antialiased bilinear resize.
+    """
+    resized = F.interpolate(reference, size=(DINO_SIZE, DINO_SIZE), mode="bilinear", align_corners=False, antialias=True)
+    mean = resized.new_tensor(IMAGENET_MEAN)[:, None, None]
+    std = resized.new_tensor(IMAGENET_STD)[:, None, None]
+    return (resized - mean) / std
+
+
+def appearance_tokens(
+    dino: DinoV2WithIdAdapters, image_proj: ImageProjector, dino_image: torch.Tensor, id_embedding: torch.Tensor
+) -> torch.Tensor:
+    """Appearance tokens [B, 64, D] of the reference: DINO with identity adapters, then the projector.
+
+    dino_image: `dino_input(...)`; id_embedding: [B, 512] or [B, 1, 512] L2-normalised ArcFace
+    vector (zeros when no face or no ArcFace, as in the release). The tokens are the same for
+    every frame; `tokens_for_frames` gives the release's per-frame layout without copying.
+    """
+    device, dtype = _placement(dino)
+    identity = id_embedding.reshape(len(id_embedding), 1, -1).to(device, dtype)
+    tokens = dino(dino_image.to(device, dtype), identity)
+    return image_proj(tokens.to(*_placement(image_proj)))
+
+
+def tokens_for_frames(tokens: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """[B, L, D] -> [B, num_frames, L, D], a broadcast view (the release repeats the tensor)."""
+    return tokens[:, None].expand(-1, num_frames, -1, -1)
+
+
+def pose_features(pose_guider: PoseGuider, pose_images: torch.Tensor) -> torch.Tensor:
+    """[B, 3, F, H, W] pose images in [0, 1] -> [B, F, C, h, w], the layout the UNet takes."""
+    return pose_guider(pose_images.to(*_placement(pose_guider))).transpose(1, 2)

@@ -1,8 +1,9 @@
-"""The UNet's conditions, from the condition modules: motion tokens (SPEC 3.5), appearance tokens
-(SPEC 4.2, with the DINO input of SPEC 2) and pose features (SPEC 5).
+"""The UNet's token conditions from the condition modules: motion tokens (SPEC 3.5) and
+appearance tokens (SPEC 4.2).
 
 Small functions over already-loaded modules, so the sampler can compute each condition once per
-job, chunk or window, in whatever dtype and device the modules live in.
+job or chunk, in whatever dtype and device the modules live in. (The DINO input and the pose
+features are prepared in `pipeline.py`.)
 """
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 from torch import nn
-from torch.nn import functional as F
 
 from portraitflow.models.hunyuan.buckets import head_exp_motion_buckets
 from portraitflow.models.hunyuan.dino import DinoV2WithIdAdapters
@@ -18,13 +18,9 @@ from portraitflow.models.hunyuan.expression import HeadExpression
 from portraitflow.models.hunyuan.headpose import HeadPose, headpose_input
 from portraitflow.models.hunyuan.image_proj import ImageProjector
 from portraitflow.models.hunyuan.motion_proj import IntensityAwareMotionRefiner
-from portraitflow.models.hunyuan.pose_guider import PoseGuider
 
 #: the release computes intensity buckets and motion tokens over consecutive chunks of 25 frames
 MOTION_CHUNK_FRAMES = 25
-DINO_SIZE = 224
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _placement(module: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -78,7 +74,8 @@ def encode_motion(
     landmarks: ArrayLike,
     chunk_frames: int = MOTION_CHUNK_FRAMES,
 ) -> torch.Tensor:
-    """Motion tokens [1, T, 64, 1024] of T driving frames, chunk by chunk as the release does.
+    """Motion tokens [T, 64, 1024] of T driving frames (the release's `driven_feat[0]`), chunk by
+    chunk as the release does.
 
     Chunks start at frame 0 of the video, every `chunk_frames`; a caller that wants bounded
     memory can call `encode_motion_chunk` on the same chunk boundaries instead.
@@ -95,19 +92,7 @@ def encode_motion(
         )
         for start in range(0, len(face_images), chunk_frames)
     ]
-    return torch.cat(chunks).unsqueeze(0)
-
-
-def dino_input(reference: torch.Tensor) -> torch.Tensor:
-    """[B, 3, S, S] reference crop in [0, 1] -> [B, 3, 224, 224] ImageNet-normalised DINO input.
-
-    The release's RandomResizedCrop(224, scale=(1, 1), ratio=(1, 1)) always keeps the whole square,
-    so it is an antialiased bilinear resize.
-    """
-    resized = F.interpolate(reference, size=(DINO_SIZE, DINO_SIZE), mode="bilinear", align_corners=False, antialias=True)
-    mean = resized.new_tensor(IMAGENET_MEAN)[:, None, None]
-    std = resized.new_tensor(IMAGENET_STD)[:, None, None]
-    return (resized - mean) / std
+    return torch.cat(chunks)
 
 
 def appearance_tokens(
@@ -115,9 +100,9 @@ def appearance_tokens(
 ) -> torch.Tensor:
     """Appearance tokens [B, 64, D] of the reference: DINO with identity adapters, then the projector.
 
-    dino_image: `dino_input(...)`; id_embedding: [B, 512] or [B, 1, 512] L2-normalised ArcFace
-    vector (zeros when no face or no ArcFace, as in the release). The tokens are the same for
-    every frame; `tokens_for_frames` gives the release's per-frame layout without copying.
+    dino_image: [B, 3, 224, 224] ImageNet-normalised; id_embedding: [B, 512] or [B, 1, 512]
+    L2-normalised ArcFace vector (zeros when no face or no ArcFace, as in the release). The tokens
+    are the same for every frame; `tokens_for_frames` gives the release's per-frame layout without copying.
     """
     device, dtype = _placement(dino)
     identity = id_embedding.reshape(len(id_embedding), 1, -1).to(device, dtype)
@@ -128,8 +113,3 @@ def appearance_tokens(
 def tokens_for_frames(tokens: torch.Tensor, num_frames: int) -> torch.Tensor:
     """[B, L, D] -> [B, num_frames, L, D], a broadcast view (the release repeats the tensor)."""
     return tokens[:, None].expand(-1, num_frames, -1, -1)
-
-
-def pose_features(pose_guider: PoseGuider, pose_images: torch.Tensor) -> torch.Tensor:
-    """[B, 3, F, H, W] pose images in [0, 1] -> [B, F, C, h, w], the layout the UNet takes."""
-    return pose_guider(pose_images.to(*_placement(pose_guider))).transpose(1, 2)

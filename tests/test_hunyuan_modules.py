@@ -91,7 +91,8 @@ def test_pose_guider_golden(hunyuan_reference: Path) -> None:
     with torch.no_grad():
         for suffix in ("", "_black"):
             ours = model(data[f"input.pose_images{suffix}"])
-            _assert_close(ours, data[f"output.pose_feature{suffix}"], _tolerance(sidecar, f"output.pose_feature{suffix}"))
+            output = f"output.pose_feature{suffix}"
+            _assert_close(ours, data[output], _tolerance(sidecar, output))
 
 
 def test_image_proj_golden(hunyuan_reference: Path) -> None:

@@ -1,0 +1,136 @@
+"""Evaluation datasets to generation jobs: a folder, a jobs file, or curated WebDataset shards.
+
+Self-reenactment jobs use a clip's first frame as the reference and the clip as both driver and
+ground truth; clips are cut to `max_seconds` first (re-encoded with their audio), and the
+reference is taken from the cut clip so reference and ground truth share every pixel. Cross
+jobs pair each driving video with a portrait of someone else. Prepared files have names derived
+from the input, so a rerun finds them and does not redo them.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+class DatasetSpec(BaseModel):
+    """The `dataset:` block of a sweep file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["folder", "jobs", "shards"] = Field("folder", description="Where the clips come from.")
+    path: str = Field(..., description="The folder, the jobs file (csv/jsonl/parquet), or a folder or glob of .tar shards.")
+    include: list[str] = Field(default_factory=lambda: ["*.mp4"], description="Globs of driving videos in a folder.")
+    refs: list[str] = Field(default_factory=lambda: ["*.png", "*.jpg"], description="Globs of portraits for cross jobs.")
+
+
+def input_key(source: str) -> str:
+    """A file-name-safe key unique to the input: its sanitised stem plus a short hash of it."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(source).stem)[:48] or "clip"
+    return f"{stem}-{hashlib.sha1(source.encode()).hexdigest()[:8]}"
+
+
+def _save_png(rgb, path: Path) -> None:
+    from PIL import Image
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        Image.fromarray(rgb).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def prepare_clip(source: str, folder: Path, max_seconds: float | None) -> dict[str, Any]:
+    """Cut the clip (when asked) and extract its first frame; a row with status and reason."""
+    from portraitflow.operators.decode import VideoUnreadable, iter_frame_chunks, probe_video
+    from portraitflow.operators.video_writer import write_h264
+
+    key = input_key(source)
+    clip, ref = folder / f"{key}.mp4", folder / f"{key}.ref.png"
+    row = {"job_id": key, "source": source, "ref": str(ref), "driving": str(clip), "status": "ok", "reason": None}
+    try:
+        if not clip.is_file():
+            fps = probe_video(source).fps
+            frames = (chunk.frames for chunk in iter_frame_chunks(source, fps, end_s=max_seconds))
+            write_h264(clip, frames, fps, audio_from=source)
+        if not ref.is_file():
+            first = next(iter_frame_chunks(str(clip), probe_video(str(clip)).fps, chunk_size=1))
+            _save_png(first.frames[0], ref)
+    except (VideoUnreadable, ValueError, OSError) as exc:
+        return {**row, "status": "failed", "reason": "unreadable", "error": str(exc)[:300]}
+    return row
+
+
+def _matches(folder: Path, patterns: list[str], suffixes: set[str]) -> list[str]:
+    found = {p for pattern in patterns for p in folder.rglob(pattern) if p.suffix.lower() in suffixes}
+    return sorted(str(p) for p in found)
+
+
+def _jobs_file(path: Path) -> list[dict[str, Any]]:
+    import pandas as pd
+
+    if path.suffix == ".parquet":
+        table = pd.read_parquet(path)
+    elif path.suffix in (".jsonl", ".json"):
+        table = pd.read_json(path, lines=True)
+    else:
+        table = pd.read_csv(path)
+    missing = {"ref", "driving"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: jobs file lacks columns {sorted(missing)}")
+    if "job_id" not in table.columns:
+        table["job_id"] = [input_key(f"{r}|{d}") for r, d in zip(table["ref"], table["driving"])]
+    return table.to_dict("records")
+
+
+def _unpack_shards(spec: DatasetSpec, folder: Path) -> list[str]:
+    """Each shard sample's clip written out as `<key>.source.mp4`; returns their paths."""
+    import glob
+
+    import webdataset as wds
+
+    source = Path(spec.path)
+    urls = sorted(str(p) for p in source.rglob("*.tar")) if source.is_dir() else sorted(glob.glob(spec.path))
+    paths = []
+    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+        if "mp4" not in sample:
+            continue
+        target = folder / f"{re.sub(r'[^A-Za-z0-9_-]+', '_', sample['__key__'])[:96]}.source.mp4"
+        if not target.is_file():
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", dir=folder)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(sample["mp4"])
+            os.replace(tmp, target)
+        paths.append(str(target))
+    return paths
+
+
+def load_jobs(spec: DatasetSpec, protocol: str, folder: str | Path, max_seconds: float | None = None,
+              max_videos: int | None = None) -> list[dict[str, Any]]:
+    """Jobs (job_id, ref, driving, status, reason) ready for generation; failed rows included."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if spec.type == "jobs":
+        return _jobs_file(Path(spec.path))[:max_videos]
+    videos = _unpack_shards(spec, folder) if spec.type == "shards" else _matches(Path(spec.path), spec.include, VIDEO_SUFFIXES)
+    clips = [prepare_clip(video, folder, max_seconds) for video in videos[:max_videos]]
+    if protocol == "self":
+        return clips
+    portraits = _matches(Path(spec.path), spec.refs, IMAGE_SUFFIXES) if spec.type == "folder" else []
+    if not portraits:  # shards: the first frame of the next clip is someone else's portrait
+        portraits = [c["ref"] for c in clips[1:] + clips[:1] if c["status"] == "ok"]
+    if not portraits:
+        raise ValueError(f"cross-reenactment needs portraits matching {spec.refs} in {spec.path}")
+    return [{**clip, "job_id": f"{clip['job_id']}-x{i % len(portraits)}", "ref": portraits[i % len(portraits)]}
+            for i, clip in enumerate(clips)]

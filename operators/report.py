@@ -1,0 +1,140 @@
+"""What people look at after a sweep: ranked summary, metric plots, side-by-side videos, one HTML page.
+
+The page is static: plots are PNG files and videos H.264 mp4 next to `index.html`, referenced by
+relative paths, so it opens from the file system in any browser with no server.
+"""
+from __future__ import annotations
+
+import html
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+#: metrics where a smaller value is better; every other metric is better when larger
+LOWER_IS_BETTER = ("akd", "apd", "aed", "l1", "jitter", "flicker", "lpips", "fid", "fvd")
+#: columns of a per-video table that are not metrics
+NON_METRICS = {"job_id", "status", "reason", "frames", "error", "config", "config_hash", "output", "source",
+               "ref", "driving", "seconds", "backend"}
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric.split("_")[0] in LOWER_IS_BETTER
+
+
+def metric_columns(table: pd.DataFrame) -> list[str]:
+    """Numeric metric columns in a stable, readable order."""
+    return [c for c in table.columns if c not in NON_METRICS and pd.api.types.is_numeric_dtype(table[c])]
+
+
+def rank(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Configs best first on `metric` (direction from its name), undefined values last."""
+    if metric not in summary.columns:
+        raise ValueError(f"cannot rank by {metric!r}: the summary has {metric_columns(summary)}")
+    ranked = summary.sort_values(metric, ascending=lower_is_better(metric), na_position="last", kind="stable")
+    return ranked.reset_index(drop=True)
+
+
+def metric_plots(per_video: pd.DataFrame, out_path: Path, order: Sequence[str]) -> Path:
+    """One box plot per metric, configs on the x axis in `order`, in a single PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [m for m in metric_columns(per_video) if per_video[m].notna().any()]
+    cols = min(3, max(1, len(names)))
+    rows = max(1, int(np.ceil(len(names) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        data = [per_video.loc[per_video["config"] == c, name].dropna().to_numpy() for c in order]
+        ax.boxplot(data, showmeans=True)
+        ax.set_xticks(range(1, len(order) + 1), [str(c) for c in order], rotation=20, ha="right", fontsize=8)
+        ax.set_title(f"{name} ({'lower' if lower_is_better(name) else 'higher'} is better)", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.stem}.", suffix=".png", dir=out_path.parent)
+    os.close(fd)
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, out_path)
+    return out_path
+
+
+def _fit_height(frames: np.ndarray, height: int) -> np.ndarray:
+    import cv2
+
+    width = max(2, int(round(frames.shape[2] * height / frames.shape[1])) // 2 * 2)
+    return np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in frames])
+
+
+def side_by_side(ref: str, driving: str, output: str, out_path: Path, height: int = 256) -> int:
+    """reference | driver | output as one H.264 video with the driver's audio; returns frames."""
+    from portraitflow.models.face.images import load_image
+    from portraitflow.operators.decode import iter_frame_chunks, probe_video
+    from portraitflow.operators.video_writer import write_h264
+
+    reference = load_image(ref)
+    if not reference.ok:
+        raise ValueError(f"reference {ref}: {reference.reason}")
+    still = _fit_height(reference.rgb[None], height)[0]
+    fps = probe_video(driving).fps
+
+    def panels() -> Iterator[np.ndarray]:
+        for drv, out in zip(iter_frame_chunks(driving, fps), iter_frame_chunks(output, fps)):
+            count = min(len(drv.frames), len(out.frames))
+            yield np.concatenate([np.repeat(still[None], count, axis=0), _fit_height(drv.frames[:count], height),
+                                  _fit_height(out.frames[:count], height)], axis=2)
+
+    return write_h264(out_path, panels(), fps, audio_from=driving)
+
+
+def _table_html(table: pd.DataFrame, highlight: str | None = None) -> str:
+    head = "".join(f"<th{' class=key' if c == highlight else ''}>{html.escape(str(c))}</th>" for c in table.columns)
+    body = []
+    for _, row in table.iterrows():
+        cells = []
+        for col, value in row.items():
+            text = f"{value:.4g}" if isinstance(value, (float, np.floating)) else str(value)
+            cells.append(f"<td{' class=key' if col == highlight else ''}>{html.escape(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+_STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;font-size:13px}
+td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f3f3f3}.key{background:#fff4c2}
+video{max-width:100%;margin:4px 0}figure{margin:1em 0}.note{color:#8a5a00}"""
+
+
+def write_html(out_dir: Path, title: str, summary: pd.DataFrame, rank_by: str, plot: Path | None,
+               videos: Sequence[tuple[str, Path]], notes: Sequence[str], per_video: pd.DataFrame | None = None) -> Path:
+    """index.html in `out_dir`; `plot` and `videos` must lie inside `out_dir` (linked relatively)."""
+    parts = [f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>",
+             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
+             f"<h2>Summary, ranked by {html.escape(rank_by)} "
+             f"({'lower' if lower_is_better(rank_by) else 'higher'} is better)</h2>", _table_html(summary, rank_by)]
+    if notes:
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li class=note>{html.escape(n)}</li>" for n in notes) + "</ul>")
+    if plot is not None:
+        parts.append(f"<h2>Metrics across configs</h2><img src='{html.escape(plot.relative_to(out_dir).as_posix())}' "
+                     "alt='box plots of each metric per config'>")
+    if videos:
+        parts.append("<h2>Side by side: reference | driver | output</h2>")
+        for caption, path in videos:
+            parts.append(f"<figure><figcaption>{html.escape(caption)}</figcaption><video controls muted loop "
+                         f"src='{html.escape(path.relative_to(out_dir).as_posix())}'></video></figure>")
+    if per_video is not None and len(per_video):
+        parts.append("<h2>Per video</h2>" + _table_html(per_video))
+    parts.append("</body></html>")
+    out = out_dir / "index.html"
+    fd, tmp = tempfile.mkstemp(prefix=".index.", suffix=".html", dir=out_dir)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(parts))
+    os.replace(tmp, out)
+    return out

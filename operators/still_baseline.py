@@ -1,0 +1,60 @@
+"""The `still` baseline: the reference portrait repeated for every driving frame.
+
+It frames the reference as generation does (the largest face's square crop at `size`, or the
+whole image with `paste_back`) and writes as many frames as the driver at its frame rate with the
+driver's audio, so it is scored exactly like a real animator and any animator must beat it on
+motion metrics (APD, AKD) to be worth running.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from portraitflow.models.face.base import FaceAnalyzer
+
+
+def still_frames(reference: np.ndarray, analyzer: FaceAnalyzer, size: int, paste_back: bool) -> np.ndarray:
+    """The single frame the baseline shows; raises ValueError when the reference has no face."""
+    from portraitflow.models.face.align import crop_square, square_crop_box
+
+    if paste_back:
+        return reference
+    faces = analyzer.detect([reference])[0]
+    if not faces:
+        raise ValueError("no face in the reference")
+    return crop_square(reference, square_crop_box(faces[0].box, reference.shape[:2]), size)
+
+
+def render_still(job: dict[str, Any], out_path: Path, analyzer: FaceAnalyzer, size: int = 512,
+                 paste_back: bool = False, chunk: int = 32) -> dict[str, Any]:
+    """Write the still video of one job; returns a results row (job_id, status, reason, output, frames)."""
+    from portraitflow.models.face.images import load_image
+    from portraitflow.operators.decode import VideoUnreadable, probe_video
+    from portraitflow.operators.video_writer import write_h264
+
+    started = time.perf_counter()
+    row = {"job_id": str(job["job_id"]), "status": "failed", "reason": None, "output": None, "frames": 0,
+           "backend": "still"}
+    reference = load_image(job["ref"])
+    if not reference.ok:
+        return {**row, "reason": f"reference_{reference.reason}"}
+    try:
+        info = probe_video(str(job["driving"]))
+        frame = still_frames(reference.rgb, analyzer, size, paste_back)
+    except VideoUnreadable as exc:
+        return {**row, "reason": "driving_unreadable", "error": str(exc)[:300]}
+    except ValueError:
+        return {**row, "reason": "no_face"}
+    count = info.num_frames
+
+    def chunks() -> Iterator[np.ndarray]:
+        for begin in range(0, count, chunk):
+            yield np.repeat(frame[None], min(chunk, count - begin), axis=0)
+
+    frames = write_h264(out_path, chunks(), info.fps, audio_from=job["driving"])
+    return {**row, "status": "ok", "output": str(out_path), "frames": frames,
+            "seconds": time.perf_counter() - started}

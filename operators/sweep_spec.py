@@ -1,0 +1,88 @@
+"""Sweep files: a grid and/or a list of generation configs over one evaluation dataset.
+
+```yaml
+name: warp-vs-still
+dataset: {type: folder, path: ../shared/media, include: ["liveportrait_d1*.mp4"]}
+grid: {backend: [warp], pose_multiplier: [0.5, 1.0], seed: [0]}
+configs:                     # explicit configs, added to the grid's
+  - {backend: still}
+evaluate: {protocol: self, max_seconds: 2, rank_by: apd}   # overrides of the evaluate section
+```
+
+Each config gets a deterministic hash of its params, the dataset and the evaluation settings
+that change its numbers: the hash names its output folder and tags its MLflow run, so a resumed
+sweep recognises configs it has already finished.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from portraitflow.jobs.config.evaluate import EvaluateConfig
+from portraitflow.operators.eval_dataset import DatasetSpec
+
+#: evaluate fields that do not change a config's numbers, left out of its hash
+_NOT_HASHED = {"experiment", "rank_by", "max_parallel", "evaluators", "chunk_frames", "side_by_side"}
+
+
+class SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("sweep", description="Name of the parent MLflow run.")
+    dataset: DatasetSpec
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="Params whose cartesian product is swept.")
+    configs: list[dict[str, Any]] = Field(default_factory=list, description="Explicit configs, added to the grid's.")
+    evaluate: dict[str, Any] = Field(default_factory=dict, description="Overrides of the evaluate config section.")
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    data = yaml.safe_load(Path(path).read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a sweep file is a mapping (name, dataset, grid, configs, evaluate)")
+    return SweepSpec.model_validate(data)
+
+
+def expand_configs(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Grid product then explicit configs, duplicates dropped; each needs a `backend`."""
+    keys = sorted(spec.grid)
+    grid = [dict(zip(keys, values)) for values in itertools.product(*(spec.grid[k] for k in keys))] if keys else []
+    configs, seen = [], set()
+    for params in grid + list(spec.configs):
+        if "backend" not in params:
+            raise ValueError(f"sweep config {params} has no `backend`")
+        key = json.dumps(params, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            configs.append(dict(params))
+    if not configs:
+        raise ValueError("the sweep has no configs: give `grid` and/or `configs`")
+    return configs
+
+
+def effective_evaluate(base: EvaluateConfig, spec: SweepSpec) -> EvaluateConfig:
+    return EvaluateConfig.model_validate({**base.model_dump(), **spec.evaluate})
+
+
+def config_hash(params: dict[str, Any], dataset: DatasetSpec, evaluate: EvaluateConfig, face_backend: str) -> str:
+    """12 hex digits that change whenever anything that changes this config's numbers changes."""
+    scoring = {k: v for k, v in evaluate.model_dump().items() if k not in _NOT_HASHED}
+    payload = {"params": params, "dataset": dataset.model_dump(), "evaluate": scoring, "face": face_backend}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def sweep_hash(spec: SweepSpec, evaluate: EvaluateConfig, face_backend: str) -> str:
+    """Identifies the parent run a rerun of the same sweep resumes."""
+    payload = {"spec": spec.model_dump(), "evaluate": evaluate.model_dump(exclude=_NOT_HASHED), "face": face_backend}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def config_label(params: dict[str, Any]) -> str:
+    """A short readable name: backend first, then the other params as key=value."""
+    rest = [f"{k}={v}" for k, v in sorted(params.items()) if k != "backend"]
+    return f"{params['backend']}[{','.join(rest)}]" if rest else str(params["backend"])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from portraitflow.jobs import config_cmd, doctor
+from portraitflow.jobs import config_cmd, curate, doctor, inspect_cmd
 
 app = typer.Typer(
     name="portraitflow",
@@ -12,6 +12,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("doctor")(doctor.doctor)
+app.command("curate")(curate.curate)
+app.command("inspect")(inspect_cmd.inspect)
 app.add_typer(config_cmd.app, name="config")
 
 if __name__ == "__main__":

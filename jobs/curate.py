@@ -1,0 +1,229 @@
+"""`portraitflow curate INPUT... --out DIR`: raw videos to WebDataset shards with a full manifest.
+
+The driver's part of the flow: which inputs are pending (resume), the corpus-wide identity
+decisions between the scan and render passes, shard packing with completion markers, the
+manifest, and the MLflow run. The Ray Data wiring is pipelines/curate.py.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from portraitflow.jobs.config import PortraitFlowConfig
+from portraitflow.jobs.options import ConfigOption, MlflowUriOption, RayAddressOption, SetOption, resolve_config
+from portraitflow.operators import ledger
+from portraitflow.operators.face_scan import load_clip_arrays, load_scan_meta
+from portraitflow.operators.filters import RENDER_FAILED
+from portraitflow.operators.identity import CorpusLedger
+from portraitflow.operators.inputs import clip_key, expand_inputs, input_key
+from portraitflow.operators.shards import pack_shards, shard_keys, shard_paths, write_index
+
+
+class Layout:
+    """Where everything lives under the output folder."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.shards = out / "shards"
+        self.state = out / ".state"
+        self.scans = self.state / "scan"
+        self.staging = self.state / "staging"
+        self.done = self.state / "done"
+
+    def make(self) -> None:
+        for folder in (self.shards, self.scans, self.staging, self.done):
+            folder.mkdir(parents=True, exist_ok=True)
+
+
+def _clips_of(row: dict[str, Any], layout: Layout) -> list[dict[str, Any]]:
+    """The scan's candidate clips of an input, each with its key and index in the scan file."""
+    if row["status"] == ledger.FAILED:
+        return []
+    meta = load_scan_meta(layout.scans / f"{row['input_key']}.npz")
+    clips = []
+    for index, clip in enumerate(meta["clips"]):
+        key = clip_key(row["input_key"], clip["start"] / row["fps"], clip["end"] / row["fps"])
+        clips.append(dict(clip, key=key, index=index, face_backend=meta["face_backend"], same_person=meta["same_person"]))
+    return clips
+
+
+def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], markers: dict, layout: Layout) -> dict:
+    """Apply the cap per identity and near-duplicate checks in canonical (key) order.
+
+    Finished inputs replay their recorded decisions into the ledger first in the same order, so a
+    resumed run decides its pending clips exactly as an uninterrupted run would have.
+    """
+    corpus: CorpusLedger | None = None
+    pending = {r["input_key"]: r for r in rows}
+    clips_by_input: dict[str, list[dict]] = {}
+    for key in sorted(set(pending) | set(markers)):
+        if key in pending:
+            clips = _clips_of(pending[key], layout)
+            for clip in clips:
+                if clip["reason"] is None:
+                    arrays = load_clip_arrays(layout.scans / f"{key}.npz", clip["index"], ("embedding", "signature"))
+                    corpus = corpus or _corpus_ledger(cfg, clip["same_person"])
+                    clip["reason"] = corpus.decide(arrays["embedding"], arrays["signature"])
+                    if clip["reason"] is None:
+                        corpus.keep(arrays["embedding"], arrays["signature"])
+            clips_by_input[key] = clips
+        elif markers[key]["input"]["status"] != ledger.FAILED:
+            clips = _clips_of({"input_key": key, "status": "", "fps": cfg.curate.fps}, layout)
+            accepted = {c["key"] for c in markers[key]["clips"] if c["decision"] == ledger.ACCEPTED}
+            for clip in clips:
+                if clip["key"] in accepted:
+                    arrays = load_clip_arrays(layout.scans / f"{key}.npz", clip["index"], ("embedding", "signature"))
+                    corpus = corpus or _corpus_ledger(cfg, clip["same_person"])
+                    corpus.keep(arrays["embedding"], arrays["signature"])
+    return clips_by_input
+
+
+def _corpus_ledger(cfg: PortraitFlowConfig, same_person: float) -> CorpusLedger:
+    threshold = cfg.curate.identity_switch_similarity or same_person
+    return CorpusLedger(threshold, cfg.curate.max_clips_per_identity, cfg.curate.duplicate_similarity)
+
+
+def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run: bool = False) -> dict[str, Any]:
+    """Curate `inputs` into `out`; returns the summary metrics (also logged to MLflow)."""
+    from portraitflow.jobs.runtime import init_ray, mlflow_run
+    from portraitflow.pipelines.curate import render_clips, scan_inputs
+
+    layout = Layout(out)
+    uris = expand_inputs(inputs)
+    markers = ledger.load_markers(layout.done)
+    rows = sorted(({"uri": u, "input_key": input_key(u)} for u in uris), key=lambda r: r["input_key"])
+    pending = [r for r in rows if markers.get(r["input_key"], {}).get("input", {}).get("status", ledger.FAILED) == ledger.FAILED]
+    if dry_run:
+        for row in rows:
+            typer.echo(f"{'pending' if row in pending else 'done   '}  {row['input_key']}  {row['uri']}")
+        typer.echo(f"{len(pending)} of {len(rows)} input(s) would be processed into {out}")
+        return {"inputs": len(rows), "pending": len(pending)}
+    layout.make()
+    init_ray(cfg.ray)
+    started = time.perf_counter()
+    with mlflow_run(cfg.mlflow, cfg.curate.experiment, run_name=out.name) as run:
+        scanned, scan_stats = scan_inputs(pending, cfg, layout.scans)
+        returned = {r["input_key"] for r in scanned}
+        lost = [dict(r, status=ledger.FAILED, error="the worker processing this input was lost", timings="{}")
+                for r in pending if r["input_key"] not in returned]
+        scanned = sorted(scanned + lost, key=lambda r: r["input_key"])
+        for row in scanned:
+            row["fps"] = cfg.curate.fps
+        clips_by_input = _decide_corpus(cfg, scanned, markers, layout)
+
+        in_shards = {k for path in shard_paths(layout.shards) for k in shard_keys(path)}
+        staged = {p.name[: -len(".tar")] for p in layout.staging.glob("*.tar")}
+        by_key = {r["input_key"]: r for r in scanned}
+        to_render = [
+            {"key": c["key"], "uri": by_key[k]["uri"], "scan_path": str(layout.scans / f"{k}.npz"), "clip_index": c["index"],
+             "start": c["start"], "end": c["end"], "width": by_key[k]["width"], "height": by_key[k]["height"],
+             "measures": json.dumps(c["measures"]), "face_backend": c["face_backend"]}
+            for k, clips in clips_by_input.items() for c in clips
+            if c["reason"] is None and c["key"] not in in_shards and c["key"] not in staged
+        ]
+        rendered, render_stats = render_clips(to_render, cfg, layout.staging)
+        errors = {r["key"]: r["error"] for r in rendered if r["error"]}
+
+        clip_rows: dict[str, list[dict]] = {}
+        waiting: dict[str, set[str]] = {}
+        for key, clips in clips_by_input.items():
+            for clip in clips:
+                if clip["key"] in errors:
+                    clip.update(reason=RENDER_FAILED, error=errors[clip["key"]])
+            clip_rows[key] = [ledger.clip_row(c["key"], by_key[key], c, cfg.curate.fps) for c in clips]
+            waiting[key] = {c["key"] for c in clips if c["reason"] is None and c["key"] not in in_shards}
+
+        def finish(key: str) -> None:
+            ledger.write_marker(layout.done, ledger.input_row(by_key[key], clip_rows[key]), clip_rows[key])
+
+        for key in sorted(k for k, keys in waiting.items() if not keys):
+            finish(key)
+        owner = {k: i for i, keys in waiting.items() for k in keys}
+
+        def on_shard(keys: list[str]) -> None:
+            for sample in keys:
+                if sample in owner:
+                    waiting[owner[sample]].discard(sample)
+                    if not waiting[owner[sample]]:
+                        finish(owner[sample])
+
+        pack_shards(layout.staging, layout.shards, cfg.curate.shard_max_samples, cfg.curate.shard_max_bytes, on_shard)
+        index = write_index(out, layout.shards)
+        manifest, clips = ledger.write_tables(out, ledger.load_markers(layout.done))
+        elapsed = time.perf_counter() - started
+        metrics = _metrics(manifest, clips, scanned, rendered, elapsed, {r["input_key"] for r in rows}, index)
+        if run is not None:
+            _log_run(cfg, layout, metrics, clips, scan_stats + "\n" + render_stats)
+    return metrics
+
+
+def _metrics(manifest, clips, scanned, rendered, elapsed: float, keys: set[str], index: dict) -> dict[str, Any]:
+    """Counts of this invocation's inputs and clips, throughput of the work done now, time per stage."""
+    table = manifest.to_pandas()
+    table = table[table.input_key.isin(keys)]
+    clip_table = clips.to_pandas()
+    clip_table = clip_table[clip_table.input_key.isin(keys)]
+    status = Counter(table.status)
+    stages: dict[str, float] = defaultdict(float)
+    for row in scanned + rendered:
+        for stage, seconds in json.loads(row.get("timings") or "{}").items():
+            stages[stage] += seconds
+    seconds_in = float(sum(r.get("duration_s") or 0.0 for r in scanned if r["status"] != ledger.FAILED))
+    frames = seconds_in * (scanned[0]["fps"] if scanned else 0.0)
+    metrics: dict[str, Any] = {
+        "inputs": len(table),
+        "inputs_accepted": status.get(ledger.ACCEPTED, 0),
+        "inputs_rejected": status.get(ledger.REJECTED, 0),
+        "inputs_failed": status.get(ledger.FAILED, 0),
+        "clips": len(clip_table),
+        "clips_accepted": int((clip_table.decision == ledger.ACCEPTED).sum()),
+        "hours_in": float(table.seconds_in.sum()) / 3600,
+        "hours_out": float(table.seconds_accepted.sum()) / 3600,
+        "shards": len(index["shardlist"]),
+        "wall_s": elapsed,
+        "frames_per_s": frames / elapsed if elapsed else 0.0,
+        "video_seconds_per_s": seconds_in / elapsed if elapsed else 0.0,
+    }
+    metrics.update({f"rejected_{r}": int(n) for r, n in Counter(clip_table[clip_table.decision != ledger.ACCEPTED].reason).items()})
+    metrics.update({f"time_{s}_s": v for s, v in sorted(stages.items())})
+    return metrics
+
+
+def _log_run(cfg: PortraitFlowConfig, layout: Layout, metrics: dict[str, Any], clips, ray_stats: str) -> None:
+    import mlflow
+
+    from portraitflow.operators.curation_report import contact_sheet, histograms
+
+    flat = {f"{section}.{k}": v for section, values in cfg.model_dump(mode="json").items() for k, v in values.items()}
+    mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+    mlflow.log_artifact(str(layout.out / "manifest.parquet"))
+    mlflow.log_artifact(str(layout.out / "clips.parquet"))
+    with tempfile.TemporaryDirectory() as tmp:
+        contact_sheet(layout.shards, Path(tmp) / "contact_sheet.png")
+        histograms(clips, Path(tmp) / "histograms.png")
+        (Path(tmp) / "ray_data_stats.txt").write_text(ray_stats)
+        for name in ("contact_sheet.png", "histograms.png", "ray_data_stats.txt"):
+            mlflow.log_artifact(str(Path(tmp) / name))
+
+
+def curate(
+    inputs: Annotated[list[str], typer.Argument(help="Files, folders, globs, .txt/.parquet lists, or URIs.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (shards, manifest, state).")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be processed, then stop.")] = False,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    ray_address: RayAddressOption = None,
+    mlflow_uri: MlflowUriOption = None,
+) -> None:
+    """Curate talking-head videos into WebDataset shards, a manifest and an MLflow run."""
+    cfg = resolve_config(config, set_, ray_address, mlflow_uri)
+    metrics = run_curation(cfg, inputs, out, dry_run=dry_run)
+    if not dry_run:
+        typer.echo(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()}, indent=1))

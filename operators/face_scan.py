@@ -1,0 +1,325 @@
+"""Scan one video into candidate clips: shots, face tracks, per-frame motion, filter decisions.
+
+Two passes over frames decoded at analysis resolution (never the whole video at once):
+1. shot detection on every frame, face detection on every Nth frame;
+2. per candidate clip that survived the cheap filters: 68 landmarks and head pose on every frame,
+   sharpness on detected frames, identity embeddings on a few sampled frames.
+Coordinates in the result are source-video pixels.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from portraitflow.jobs.config import PortraitFlowConfig
+from portraitflow.jobs.config.curate import CurateConfig
+from portraitflow.models.face.align import square_crop_box
+from portraitflow.models.face.base import Face, FaceAnalyzer
+from portraitflow.operators import filters
+from portraitflow.operators.decode import VideoInfo, iter_frame_chunks
+from portraitflow.operators.atomic import atomic_write
+from portraitflow.operators.identity import load_gallery, matches_gallery, normalise, switch_index
+from portraitflow.operators.inputs import local_copy
+from portraitflow.operators.motion import motion_table
+from portraitflow.operators.probe import FAILED
+from portraitflow.operators.shots import ShotDetector
+from portraitflow.operators.timing import StageTimer
+from portraitflow.operators.tracking import Track, track_faces
+
+SIGNATURE_STEPS = 32  # time steps of the keypoint trajectory that fingerprints a clip's content
+
+
+@dataclass
+class Candidate:
+    """A candidate clip [start, end) of the resampled timeline and its decision."""
+
+    start: int
+    end: int
+    reason: str | None
+    measures: dict[str, float] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # only for clips still kept
+
+
+@dataclass(frozen=True)
+class Galleries:
+    allow: np.ndarray
+    deny: np.ndarray
+    threshold: float
+
+
+def analysis_size(info: VideoInfo, max_side: int) -> tuple[int, int]:
+    """(width, height) frames are decoded at for analysis: the longer side at most `max_side`."""
+    scale = min(1.0, max_side / max(info.width, info.height)) if max_side else 1.0
+    return max(2, round(info.width * scale / 2) * 2), max(2, round(info.height * scale / 2) * 2)
+
+
+def scan_video(
+    analyzer: FaceAnalyzer, path: str, info: VideoInfo, cfg: CurateConfig, galleries: Galleries, timer: StageTimer
+) -> list[Candidate]:
+    """All candidate clips of a video, in time order, each kept (reason None) or rejected."""
+    width, height = analysis_size(info, cfg.analysis_max_side)
+    size = None if (width, height) == (info.width, info.height) else (width, height)
+    to_source = np.array([info.width / width, info.height / height], np.float32)
+    step = max(1, cfg.detect_every)
+    shots = ShotDetector(cfg.fps, cfg.shot_content_threshold, cfg.shot_histogram_threshold,
+                         min_shot_frames=round(cfg.fps / 2), scan_side=cfg.shot_scan_side)
+    detections: list[tuple[int, list[Face]]] = []
+    for chunk in timer.iterate("decode", iter_frame_chunks(path, cfg.fps, chunk_size=cfg.chunk_frames, size=size)):
+        with timer.time("shots"):
+            shots.update(chunk.positions, chunk.frames)
+        chosen = chunk.positions % step == 0
+        with timer.time("detect"):
+            detections.extend(zip(chunk.positions[chosen].tolist(), analyzer.detect(list(chunk.frames[chosen]))))
+
+    candidates: list[Candidate] = []
+    for shot_start, shot_end in shots.shots():
+        with timer.time("track"):
+            shot_detections = [(p, f) for p, f in detections if shot_start <= p < shot_end]
+            tracks = track_faces(shot_detections, shot_end, step, cfg.track_iou, cfg.track_max_gap)
+        for start, end, main in _clip_ranges(tracks, shot_start, shot_end, cfg):
+            if main is None:
+                candidates.append(Candidate(start, end, filters.NO_FACE))
+                continue
+            candidate = _cheap_checks(main, tracks, start, end, info, to_source, step, cfg)
+            if candidate.reason is None:
+                candidates.extend(_measure(analyzer, path, size, (height, width), main, candidate, to_source,
+                                           info, galleries, cfg, timer))
+            else:
+                candidates.append(candidate)
+    return sorted(candidates, key=lambda c: c.start)
+
+
+def _clip_ranges(tracks: list[Track], shot_start: int, shot_end: int, cfg: CurateConfig):
+    """(start, end, track or None) clip ranges of a shot, at most `max_clip_seconds` long.
+
+    Main tracks are taken largest first (frames x face size) where they do not overlap one taken
+    already; stretches of at least the minimum clip length without one become `no_face` ranges.
+    """
+    chosen: list[Track] = []
+    for track in sorted(tracks, key=lambda t: -len(t.positions) * float(np.median(t.sides))):
+        if all(_overlap(track, c.positions[0], c.positions[-1] + 1) < 0.1 * len(track.positions) for c in chosen):
+            chosen.append(track)
+    chosen.sort(key=lambda t: t.positions[0])
+    min_frames = round(cfg.min_clip_seconds * cfg.fps)
+    max_frames = max(1, round(cfg.max_clip_seconds * cfg.fps))
+    cursor = shot_start
+    ranges = []
+    for track in chosen:
+        start, end = max(int(track.positions[0]), cursor), int(track.positions[-1]) + 1
+        if start - cursor >= min_frames:
+            ranges.append((cursor, start, None))
+        pieces = int(np.ceil((end - start) / max_frames))
+        edges = np.linspace(start, end, pieces + 1).round().astype(int)
+        ranges.extend((int(a), int(b), track) for a, b in zip(edges[:-1], edges[1:]))
+        cursor = end
+    if shot_end - cursor >= min_frames or not chosen:
+        ranges.append((cursor, shot_end, None))
+    return ranges
+
+
+def _overlap(track: Track, start: int, end: int) -> int:
+    return int(((track.positions >= start) & (track.positions < end)).sum())
+
+
+def _cheap_checks(main: Track, tracks: list[Track], start: int, end: int, info: VideoInfo,
+                  to_source: np.ndarray, step: int, cfg: CurateConfig) -> Candidate:
+    part = main.between(start, end)
+    detection_frames = max(1, len(range(start + (-start) % step, end, step)))
+    side = float(np.median(part.sides) * to_source.min())
+    secondary = sum(
+        1 for t in tracks
+        if t is not main and _overlap(t, start, end) >= 0.25 * (end - start)
+        and np.median(t.between(start, end).sides) >= cfg.secondary_face_ratio * np.median(part.sides)
+    )
+    measures = {"face_side_px": side, "detected_ratio": float(part.detected.sum() / detection_frames),
+                "secondary_faces": float(secondary)}
+    reason = filters.first_reason(
+        filters.face_presence(measures["detected_ratio"], cfg),
+        filters.single_face(secondary),
+        filters.resolution(info.width, info.height, cfg),
+        filters.face_size(side, cfg),
+        filters.duration((end - start) / cfg.fps, cfg),
+    )
+    return Candidate(start, end, reason, measures)
+
+
+def _measure(analyzer: FaceAnalyzer, path: str, size, frame_hw: tuple[int, int], main: Track, candidate: Candidate,
+             to_source: np.ndarray, info: VideoInfo, galleries: Galleries, cfg: CurateConfig,
+             timer: StageTimer) -> list[Candidate]:
+    """Second pass over a clip: per-frame landmarks, pose, sharpness and sampled embeddings."""
+    start, end = candidate.start, candidate.end
+    part = main.between(start, end)
+    samples = np.unique(np.linspace(0, end - start - 1, cfg.identity_samples).round().astype(int))
+    landmarks, poses, sharp, embeddings = [], [], [], []
+    chunks = iter_frame_chunks(path, cfg.fps, start / cfg.fps, end / cfg.fps, cfg.chunk_frames, size)
+    for chunk in timer.iterate("decode", chunks):
+        index = chunk.positions - start
+        boxes = part.boxes[index]
+        with timer.time("landmarks"):
+            marks = analyzer.landmarks(list(chunk.frames), boxes)
+            landmarks.append(marks)
+        with timer.time("pose"):
+            poses.append(analyzer.head_pose(marks, [frame_hw] * len(marks)))
+        with timer.time("sharpness"):
+            sharp.extend(filters.laplacian_sharpness(f, b) for f, b, d in zip(chunk.frames, boxes, part.detected[index]) if d)
+        picked = np.flatnonzero(np.isin(index, samples))
+        if len(picked):
+            with timer.time("embed"):
+                faces = [Face(box=part.boxes[index[i]], score=1.0, kps=part.kps[index[i]]) for i in picked]
+                embeddings.append(analyzer.embed([chunk.frames[i] for i in picked], faces))
+    arrays = {
+        "boxes": part.boxes * np.tile(to_source, 2),
+        "kps": part.kps * to_source,
+        "landmarks": np.concatenate(landmarks) * to_source,
+        "pose": np.concatenate(poses).astype(np.float32),
+        "sample_index": samples,
+        "sample_embedding": np.concatenate(embeddings),
+    }
+    measures = dict(candidate.measures, sharpness=float(np.median(sharp)) if sharp else 0.0)
+    with timer.time("filters"):
+        return _decide(arrays, 0, end - start, start, measures, info, galleries, analyzer.same_person_threshold, cfg)
+
+
+def _decide(arrays: dict[str, np.ndarray], first: int, last: int, offset: int, measures: dict[str, float],
+            info: VideoInfo, galleries: Galleries, same_person: float, cfg: CurateConfig) -> list[Candidate]:
+    """Filter frames [first, last) of a measured clip; an identity switch splits it in two."""
+    start, end = offset + first, offset + last
+    frames = {k: v[first:last] for k, v in arrays.items() if not k.startswith("sample_")}
+    in_range = (arrays["sample_index"] >= first) & (arrays["sample_index"] < last)
+    sample_index = arrays["sample_index"][in_range]
+    sample_embedding = arrays["sample_embedding"][in_range]
+    duration = filters.duration((last - first) / cfg.fps, cfg)
+    if duration or len(sample_index) == 0:
+        return [Candidate(start, end, duration or filters.TOO_SHORT, measures)]
+    switch = switch_index(sample_embedding, cfg.identity_switch_similarity or same_person)
+    if switch == -1:
+        return [Candidate(start, end, filters.IDENTITY_SWITCH, measures)]
+    if switch is not None:
+        before, after = int(sample_index[switch - 1]) + 1, int(sample_index[switch])
+        return (_decide(arrays, first, before, offset, measures, info, galleries, same_person, cfg)
+                + _decide(arrays, after, last, offset, measures, info, galleries, same_person, cfg))
+    motion = motion_table(frames["landmarks"], frames["kps"])
+    embedding = normalise(sample_embedding.mean(axis=0))
+    yaw, pitch = np.median(frames["pose"][:, :2], axis=0)
+    measures = dict(measures, yaw=float(yaw), pitch=float(pitch), motion=float(motion[1:, 0].mean() if len(motion) > 1 else 0.0))
+    reason = filters.first_reason(
+        filters.pose(frames["pose"], cfg),
+        filters.sharpness(measures["sharpness"], cfg),
+        filters.motion(measures["motion"], cfg),
+        filters.IDENTITY_DENIED if matches_gallery(embedding, galleries.deny, galleries.threshold) else None,
+        filters.IDENTITY_NOT_ALLOWED
+        if len(galleries.allow) and not matches_gallery(embedding, galleries.allow, galleries.threshold) else None,
+    )
+    if reason:
+        return [Candidate(start, end, reason, measures)]
+    frontal = int(np.argmin(np.abs(frames["pose"][:, :2]).sum(axis=1)))
+    kept = dict(frames, motion=motion, embedding=embedding,
+                signature=content_signature(frames["kps"]),
+                crop_box=square_crop_box(np.median(frames["boxes"], axis=0), (info.height, info.width)).astype(np.float32),
+                ref_index=np.array(frontal))
+    return [Candidate(start, end, None, measures, kept)]
+
+
+def content_signature(kps: np.ndarray, steps: int = SIGNATURE_STEPS) -> np.ndarray:
+    """A unit vector of the clip's keypoint trajectory (scale-free, position removed, resampled).
+
+    The same footage gives the same trajectory whatever its resolution or encoding, while two
+    different takes of one person do not, which is what `duplicate` must tell apart.
+    """
+    points = np.asarray(kps, np.float64).reshape(len(kps), -1)
+    extent = np.ptp(kps[0], axis=0)
+    points = points / max(float(np.hypot(*extent)), 1e-6)
+    grid = np.linspace(0, len(points) - 1, steps)
+    resampled = np.stack([np.interp(grid, np.arange(len(points)), points[:, i]) for i in range(points.shape[1])], 1)
+    return normalise((resampled - resampled.mean(axis=0)).reshape(-1))
+
+
+SCANNED = "scanned"
+#: curate fields that only place work or name things; changing them keeps earlier scans valid.
+_NOT_IN_SCAN = {"face_actors", "render_cpus", "experiment", "progress_bars", "crop_size", "crf",
+                "shard_max_samples", "shard_max_bytes", "max_clips_per_identity", "duplicate_similarity"}
+
+
+def scan_fingerprint(cfg: PortraitFlowConfig) -> str:
+    """A hash of every setting a scan depends on; a rerun with other settings scans again."""
+    relevant = {"face": cfg.face.model_dump(), "curate": cfg.curate.model_dump(exclude=_NOT_IN_SCAN)}
+    return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save_scan(path: Path, meta: dict[str, Any], candidates: list[Candidate]) -> None:
+    """One npz per input: `meta` (JSON: clips, decisions, measures) and the kept clips' arrays."""
+    clips = [{"start": c.start, "end": c.end, "reason": c.reason, "measures": c.measures} for c in candidates]
+    arrays = {f"c{i}_{name}": value for i, c in enumerate(candidates) for name, value in c.arrays.items()}
+    buffer = io.BytesIO()
+    np.savez(buffer, meta=np.array(json.dumps(dict(meta, clips=clips))), **arrays)
+    atomic_write(path, buffer.getvalue())
+
+
+def load_scan_meta(path: Path) -> dict[str, Any]:
+    with np.load(path, allow_pickle=False) as data:
+        return json.loads(str(data["meta"]))
+
+
+def load_clip_arrays(path: Path, index: int, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    prefix = f"c{index}_"
+    with np.load(path, allow_pickle=False) as data:
+        return {k[len(prefix):]: data[k] for k in data.files
+                if k.startswith(prefix) and (names is None or k[len(prefix):] in names)}
+
+
+def batch_rows(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Ray Data numpy batch -> plain Python rows (numpy scalars unwrapped)."""
+    size = len(next(iter(batch.values())))
+    return [{k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items()} for i in range(size)]
+
+
+def rows_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    return {k: np.array([r[k] for r in rows]) for k in rows[0]}
+
+
+class FaceScanStage:
+    """Ray Data callable class (an actor pool): holds the face analyser and the galleries."""
+
+    def __init__(self, config: dict[str, Any], scan_dir: str) -> None:
+        import cv2
+
+        from portraitflow.models.face.factory import create_analyzer
+
+        cv2.setNumThreads(1)  # one core per actor: Ray places the actors, OpenCV must not oversubscribe
+        cfg = PortraitFlowConfig.model_validate(config)
+        self.cfg = cfg.curate
+        self.fingerprint = scan_fingerprint(cfg)
+        self.analyzer = create_analyzer(cfg.face)
+        self.scan_dir = Path(scan_dir)
+        threshold = self.cfg.identity_switch_similarity or self.analyzer.same_person_threshold
+        self.galleries = Galleries(load_gallery(self.analyzer, self.cfg.allow_dir),
+                                   load_gallery(self.analyzer, self.cfg.deny_dir), threshold)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return rows_batch([self.scan(row) for row in batch_rows(batch)])
+
+    def scan(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Scan one probed input into `scan_dir/{input_key}.npz`; a finished scan is reused."""
+        if row["status"] == FAILED:
+            return row
+        path = self.scan_dir / f"{row['input_key']}.npz"
+        timings = json.loads(row["timings"])
+        if path.exists() and load_scan_meta(path).get("fingerprint") == self.fingerprint:
+            return dict(row, status=SCANNED)
+        timer = StageTimer()
+        try:
+            info = VideoInfo(row["width"], row["height"], row["src_fps"], round(row["duration_s"] * row["src_fps"]))
+            with local_copy(row["uri"]) as local:
+                candidates = scan_video(self.analyzer, local, info, self.cfg, self.galleries, timer)
+            save_scan(path, {"fingerprint": self.fingerprint, "face_backend": self.analyzer.name,
+                                   "same_person": self.analyzer.same_person_threshold}, candidates)
+        except Exception as exc:  # damaged mid-stream, odd frames: this input fails, the run goes on
+            return dict(row, status=FAILED, error=f"{type(exc).__name__}: {exc}"[:500],
+                        timings=json.dumps(timings | dict(timer.seconds)))
+        return dict(row, status=SCANNED, timings=json.dumps(timings | dict(timer.seconds)))

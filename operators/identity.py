@@ -1,0 +1,106 @@
+"""Identity decisions on L2-normalised face embeddings.
+
+- within a clip: do sampled frames show one person, and if not, where does it switch;
+- against allow/deny galleries built from folders of photos;
+- across the corpus: a cap of clips per identity (greedy clustering) and near-duplicate clips.
+
+The corpus-wide decisions are greedy in the canonical clip order (sorted keys), so a resumed run
+that replays finished inputs first makes the same decisions as an uninterrupted one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from portraitflow.models.face.base import FaceAnalyzer
+from portraitflow.models.face.images import load_image
+from portraitflow.operators.filters import DUPLICATE, IDENTITY_OVER_CAP
+
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+
+
+def switch_index(samples: np.ndarray, threshold: float) -> int | None:
+    """Where the identity of time-ordered sample embeddings changes.
+
+    None: all samples agree. k > 0: samples before k are one person and from k on another.
+    -1: they disagree but not as one clean switch (alternating or several people).
+    """
+    samples = normalise(samples)
+    if len(samples) < 2 or float((samples @ samples.T).min()) >= threshold:
+        return None
+    for k in range(1, len(samples)):
+        head, tail = samples[:k], samples[k:]
+        if (head @ head.T).min() >= threshold and (tail @ tail.T).min() >= threshold and (head @ tail.T).max() < threshold:
+            return k
+    return -1
+
+
+def load_gallery(analyzer: FaceAnalyzer, folder: str | None) -> np.ndarray:
+    """(N, D) embeddings of the largest face of each photo in `folder` (photos without one skip)."""
+    if not folder:
+        return np.zeros((0, analyzer.embedding_dim), np.float32)
+    photos = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES)
+    embeddings = []
+    for photo in photos:
+        image = load_image(photo)
+        if not image.ok:
+            continue
+        faces = analyzer.detect([image.rgb])[0]
+        if faces:
+            embeddings.append(analyzer.embed([image.rgb], faces[:1])[0])
+    if not embeddings:
+        raise ValueError(f"no face found in any photo of {folder}")
+    return np.stack(embeddings)
+
+
+def matches_gallery(embedding: np.ndarray, gallery: np.ndarray, threshold: float) -> bool:
+    return bool(len(gallery)) and float((gallery @ normalise(embedding)).max()) >= threshold
+
+
+class CorpusLedger:
+    """Kept clips so far: identity clusters (for the cap) and appearance signatures (duplicates)."""
+
+    def __init__(self, same_person: float, max_per_identity: int, duplicate_similarity: float) -> None:
+        self.same_person = same_person
+        self.max_per_identity = max_per_identity
+        self.duplicate_similarity = duplicate_similarity
+        self._centroids: list[np.ndarray] = []
+        self._counts: list[int] = []
+        self._members: list[list[np.ndarray]] = []
+
+    def _cluster(self, embedding: np.ndarray) -> int | None:
+        if not self._centroids:
+            return None
+        sims = np.stack(self._centroids) @ embedding
+        best = int(np.argmax(sims))
+        return best if sims[best] >= self.same_person else None
+
+    def decide(self, embedding: np.ndarray, signature: np.ndarray) -> str | None:
+        """The reject reason of a new clip against those kept so far, or None to keep it."""
+        embedding, signature = normalise(embedding), normalise(signature)
+        cluster = self._cluster(embedding)
+        if cluster is not None:
+            if any(float(s @ signature) >= self.duplicate_similarity for s in self._members[cluster]):
+                return DUPLICATE
+            if self.max_per_identity and self._counts[cluster] >= self.max_per_identity:
+                return IDENTITY_OVER_CAP
+        return None
+
+    def keep(self, embedding: np.ndarray, signature: np.ndarray) -> None:
+        embedding, signature = normalise(embedding), normalise(signature)
+        cluster = self._cluster(embedding)
+        if cluster is None:
+            self._centroids.append(embedding)
+            self._counts.append(0)
+            self._members.append([])
+            cluster = len(self._centroids) - 1
+        count = self._counts[cluster]
+        self._centroids[cluster] = normalise(self._centroids[cluster] * count + embedding)
+        self._counts[cluster] = count + 1
+        self._members[cluster].append(signature)

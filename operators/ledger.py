@@ -1,0 +1,106 @@
+"""What the output folder knows about its inputs: completion markers, the manifest, clip rows.
+
+An input's marker (`.state/done/{input_key}.json`) holds its manifest row and its clip rows; it is
+written only once every sample of the input is inside a durable shard. The manifest and the clip
+table are rebuilt from the markers, so they hold exactly one row per input ever curated into the
+folder. A `failed` marker is recorded but does not count as done: a rerun tries the input again.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from portraitflow.operators.atomic import atomic_target, atomic_write
+
+ACCEPTED, REJECTED, FAILED = "accepted", "rejected", "failed"
+MEASURES = ("face_side_px", "detected_ratio", "secondary_faces", "sharpness", "yaw", "pitch", "motion")
+
+
+def marker_path(done_dir: Path, input_key: str) -> Path:
+    return done_dir / f"{input_key}.json"
+
+
+def write_marker(done_dir: Path, input_row: dict[str, Any], clip_rows: list[dict[str, Any]]) -> None:
+    atomic_write(marker_path(done_dir, input_row["input_key"]), json.dumps({"input": input_row, "clips": clip_rows}))
+
+
+def load_markers(done_dir: Path) -> dict[str, dict[str, Any]]:
+    """input_key -> marker, for every marker in the folder."""
+    if not done_dir.is_dir():
+        return {}
+    return {p.stem: json.loads(p.read_text()) for p in sorted(done_dir.glob("*.json"))}
+
+
+def clip_row(key: str, input_row: dict[str, Any], clip: dict[str, Any], fps: float) -> dict[str, Any]:
+    """One row of clips.parquet: where the clip is, its decision and reason, its measures."""
+    reason = clip.get("reason")
+    decision = ACCEPTED if reason is None else (FAILED if clip.get("error") else REJECTED)
+    row = {
+        "key": key,
+        "input_key": input_row["input_key"],
+        "path": input_row["uri"],
+        "start_s": clip["start"] / fps,
+        "end_s": clip["end"] / fps,
+        "duration_s": (clip["end"] - clip["start"]) / fps,
+        "decision": decision,
+        "reason": reason or "",
+        "error": clip.get("error", ""),
+    }
+    row.update({m: float(clip.get("measures", {}).get(m, np.nan)) for m in MEASURES})
+    return row
+
+
+def input_row(row: dict[str, Any], clip_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row of manifest.parquet, from the probed/scanned row and the input's clip rows."""
+    rejected = Counter(c["reason"] for c in clip_rows if c["decision"] != ACCEPTED)
+    accepted = [c for c in clip_rows if c["decision"] == ACCEPTED]
+    if row.get("status") == FAILED:
+        status = FAILED
+    else:
+        status = ACCEPTED if accepted else REJECTED
+    return {
+        "path": row["uri"],
+        "input_key": row["input_key"],
+        "status": status,
+        "reasons": sorted(rejected),
+        "clips_accepted": len(accepted),
+        "clips_rejected": dict(sorted(rejected.items())),
+        "seconds_in": float(row.get("duration_s") or 0.0),
+        "seconds_accepted": float(sum(c["duration_s"] for c in accepted)),
+        "width": int(row.get("width") or 0),
+        "height": int(row.get("height") or 0),
+        "fps": float(row.get("src_fps") or 0.0),
+        "error": row.get("error") or "",
+    }
+
+
+def write_tables(out_dir: Path, markers: dict[str, dict[str, Any]]) -> tuple[Any, Any]:
+    """manifest.parquet and clips.parquet from every marker, written atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    inputs = [m["input"] for m in markers.values()]
+    for row in inputs:
+        row["clips_rejected"] = list(row["clips_rejected"].items())
+    manifest_schema = pa.schema([
+        ("path", pa.string()), ("input_key", pa.string()), ("status", pa.string()),
+        ("reasons", pa.list_(pa.string())), ("clips_accepted", pa.int32()),
+        ("clips_rejected", pa.map_(pa.string(), pa.int32())), ("seconds_in", pa.float64()),
+        ("seconds_accepted", pa.float64()), ("width", pa.int32()), ("height", pa.int32()),
+        ("fps", pa.float64()), ("error", pa.string()),
+    ])
+    clip_schema = pa.schema([
+        ("key", pa.string()), ("input_key", pa.string()), ("path", pa.string()), ("start_s", pa.float64()),
+        ("end_s", pa.float64()), ("duration_s", pa.float64()), ("decision", pa.string()), ("reason", pa.string()),
+        ("error", pa.string()), *[(m, pa.float64()) for m in MEASURES],
+    ])
+    manifest = pa.Table.from_pylist(inputs, schema=manifest_schema)
+    clips = pa.Table.from_pylist([c for m in markers.values() for c in m["clips"]], schema=clip_schema)
+    for name, table in (("manifest.parquet", manifest), ("clips.parquet", clips)):
+        with atomic_target(out_dir / name) as tmp:
+            pq.write_table(table, tmp)
+    return manifest, clips

@@ -1,0 +1,27 @@
+"""Probe an input: size, frame rate and length, or the error that makes it a `failed` row."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from portraitflow.operators.decode import VideoUnreadable, probe_video
+from portraitflow.operators.inputs import local_copy
+
+FAILED = "failed"
+
+
+def probe_input(row: dict[str, Any]) -> dict[str, Any]:
+    """Ray Data map function (a CPU task); never raises for bad input."""
+    start = time.perf_counter()
+    out = dict(row, status="", error="", width=0, height=0, src_fps=0.0, duration_s=0.0)
+    try:
+        with local_copy(row["uri"]) as path:
+            info = probe_video(path)
+        out.update(width=info.width, height=info.height, src_fps=info.fps, duration_s=info.duration_s)
+    except VideoUnreadable as exc:
+        out.update(status=FAILED, error=str(exc))
+    except Exception as exc:  # a missing file, a remote error: the row says so and the run goes on
+        out.update(status=FAILED, error=f"{type(exc).__name__}: {exc}"[:500])
+    out["timings"] = json.dumps({"probe": time.perf_counter() - start})
+    return out

@@ -1,0 +1,116 @@
+"""Render one accepted clip into its WebDataset sample: 512 crop mp4, reference images, arrays.
+
+The crop box is fixed per clip (HunyuanPortrait's square box, zero-padded at borders) and the
+frames are decoded at source resolution in chunks, so memory stays bounded. Landmarks, keypoints
+and poses in the sample are in the pixels of the crop (0..crop_size), aligned with the mp4.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from portraitflow.jobs.config.curate import CurateConfig
+from portraitflow.models.face.align import align_arcface, crop_square
+from portraitflow.operators.decode import iter_frame_chunks
+from portraitflow.operators.face_scan import load_clip_arrays
+from portraitflow.operators.inputs import local_copy
+from portraitflow.operators.motion import WINDOW
+from portraitflow.operators.shards import npy_bytes, stage_sample
+from portraitflow.operators.timing import StageTimer
+from portraitflow.operators.video_writer import write_h264
+
+FORMAT_VERSION = 1
+
+
+def to_crop(points: np.ndarray, crop_box: np.ndarray, size: int) -> np.ndarray:
+    """Source-pixel points (..., 2) in the pixels of the `size` x `size` crop of `crop_box`."""
+    scale = size / float(crop_box[2] - crop_box[0])
+    return ((np.asarray(points, np.float32) - crop_box[:2]) * scale).astype(np.float32)
+
+
+def _jpeg(rgb: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return data.tobytes()
+
+
+def render_sample(
+    path: str, clip: dict, arrays: dict[str, np.ndarray], cfg: CurateConfig, face_backend: str, timer: StageTimer
+) -> dict[str, bytes]:
+    """The fields of one sample (mp4, ref.jpg, ref_face.jpg, json, *.npy) for a kept clip."""
+    crop_box = arrays["crop_box"]
+    ref_index = int(arrays["ref_index"])
+    size = cfg.crop_size
+    reference: dict[str, np.ndarray] = {}
+
+    def crops():
+        chunks = iter_frame_chunks(path, cfg.fps, clip["start"] / cfg.fps, clip["end"] / cfg.fps, cfg.chunk_frames)
+        for chunk in timer.iterate("render_decode", chunks):
+            with timer.time("crop"):
+                out = np.stack([crop_square(frame, crop_box, size) for frame in chunk.frames])
+                hit = np.flatnonzero(chunk.positions - clip["start"] == ref_index)
+                if len(hit):
+                    reference["crop"] = out[hit[0]]
+                    reference["face"] = align_arcface(chunk.frames[hit[0]], arrays["kps"][ref_index])
+            yield out
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mp4 = Path(tmp) / "clip.mp4"
+        with timer.time("encode"):
+            frames = write_h264(mp4, crops(), cfg.fps, crf=cfg.crf)
+        video = mp4.read_bytes()
+    if frames != clip["end"] - clip["start"]:
+        raise ValueError(f"decoded {frames} frames for a clip of {clip['end'] - clip['start']}")
+    motion = arrays["motion"]
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "key": clip["key"],
+        "source": clip["uri"],
+        "start_s": clip["start"] / cfg.fps,
+        "end_s": clip["end"] / cfg.fps,
+        "fps": cfg.fps,
+        "num_frames": frames,
+        "source_size": [clip["width"], clip["height"]],
+        "crop_box": [float(v) for v in crop_box],
+        "crop_size": size,
+        "ref_frame": ref_index,
+        "face_backend": face_backend,
+        "embedding_dim": int(arrays["embedding"].shape[0]),
+        "scores": {k: round(float(v), 4) for k, v in clip["measures"].items()},
+        "motion_buckets": motion[::WINDOW, 1:].astype(int).tolist(),  # (head, expression) per window
+    }
+    return {
+        "mp4": video,
+        "ref.jpg": _jpeg(reference["crop"]),
+        "ref_face.jpg": _jpeg(reference["face"]),
+        "json": json.dumps(meta, sort_keys=True).encode(),
+        "landmarks.npy": npy_bytes(to_crop(arrays["landmarks"], crop_box, size)),
+        "kps.npy": npy_bytes(to_crop(arrays["kps"], crop_box, size)),
+        "pose.npy": npy_bytes(arrays["pose"].astype(np.float32)),
+        "id.npy": npy_bytes(arrays["embedding"].astype(np.float32)),
+        "motion.npy": npy_bytes(motion.astype(np.float32)),
+    }
+
+
+def render_clip(row: dict[str, Any], config: dict[str, Any], staging_dir: str) -> dict[str, Any]:
+    """Ray Data map function (a CPU task): render one kept clip and stage its sample."""
+    cv2.setNumThreads(1)
+    cfg = CurateConfig.model_validate(config)
+    timer = StageTimer()
+    result = {"key": row["key"], "error": "", "bytes": 0}
+    try:
+        arrays = load_clip_arrays(Path(row["scan_path"]), row["clip_index"])
+        clip = dict(row, measures=json.loads(row["measures"]))
+        with local_copy(row["uri"]) as path:
+            fields = render_sample(path, clip, arrays, cfg, row["face_backend"], timer)
+        with timer.time("stage"):
+            result["bytes"] = stage_sample(Path(staging_dir), row["key"], fields)
+    except Exception as exc:  # one clip that cannot be rendered is recorded, the run goes on
+        result["error"] = f"{type(exc).__name__}: {exc}"[:500]
+    return dict(result, timings=json.dumps(dict(timer.seconds)))

@@ -1,0 +1,128 @@
+"""WebDataset shards: one staged tar per sample, then packed in key order into numbered shards.
+
+A sample is staged as `staging/{key}.tar` as soon as it is rendered (atomically), so a resumed
+run re-renders nothing that finished. Packing walks staged samples in sorted key order and appends
+shards `shards/{n:06d}.tar` after those already written, skipping keys any shard already holds: a
+key is never written twice, and a run killed between shards and rerun fills the same shards as an
+uninterrupted run. Every member is raw bytes (mp4, jpg, json, npy): no pickle.
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+import tarfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from portraitflow.operators.atomic import atomic_target, atomic_write
+
+SHARD_NAME = re.compile(r"^(\d{6})\.tar$")
+INDEX_NAME = "index.wids.json"
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _write_samples(fileobj, samples: Iterable[tuple[str, dict[str, bytes]]]) -> int:
+    from webdataset import TarWriter
+
+    count = 0
+    with TarWriter(fileobj, encoder=False, mtime=0.0) as writer:
+        for key, fields in samples:
+            writer.write({"__key__": key, **fields})
+            count += 1
+    return count
+
+
+def stage_sample(staging_dir: Path, key: str, fields: dict[str, bytes]) -> int:
+    """Write one sample's fields to `staging_dir/{key}.tar` atomically; returns its size in bytes."""
+    if "." in key or "/" in key:
+        raise ValueError(f"sample keys must not contain dots or slashes: {key!r}")
+    target = staging_dir / f"{key}.tar"
+    with atomic_target(target) as tmp, open(tmp, "wb") as out:
+        _write_samples(out, [(key, fields)])
+    return target.stat().st_size
+
+
+def read_staged(path: Path) -> tuple[str, dict[str, bytes]]:
+    """The key and fields of a staged sample."""
+    fields: dict[str, bytes] = {}
+    key = path.name[: -len(".tar")]
+    with tarfile.open(path) as tar:
+        for member in tar.getmembers():
+            name = member.name
+            if not name.startswith(key + "."):
+                raise ValueError(f"{path}: member {name!r} does not belong to sample {key!r}")
+            fields[name[len(key) + 1 :]] = tar.extractfile(member).read()
+    return key, fields
+
+
+def shard_paths(shard_dir: Path) -> list[Path]:
+    return sorted(p for p in shard_dir.glob("*.tar") if SHARD_NAME.match(p.name)) if shard_dir.is_dir() else []
+
+
+def shard_keys(path: Path) -> list[str]:
+    """Sample keys of a shard, in order (read from tar headers only)."""
+    keys: list[str] = []
+    with tarfile.open(path) as tar:
+        for name in tar.getnames():
+            key = name.split(".", 1)[0]
+            if not keys or keys[-1] != key:
+                keys.append(key)
+    return keys
+
+
+def pack_shards(
+    staging_dir: Path,
+    shard_dir: Path,
+    max_samples: int,
+    max_bytes: int,
+    on_shard: Callable[[list[str]], None] | None = None,
+) -> list[Path]:
+    """Move staged samples, in key order, into new shards after the existing ones.
+
+    `on_shard(keys)` runs after each shard is durable (completion markers hang off it); staged
+    files are deleted only afterwards. Returns the shards written.
+    """
+    existing = shard_paths(shard_dir)
+    done = {key for path in existing for key in shard_keys(path)}
+    number = int(SHARD_NAME.match(existing[-1].name).group(1)) + 1 if existing else 0
+    staged = sorted(staging_dir.glob("*.tar")) if staging_dir.is_dir() else []
+    for path in staged:
+        if path.name[: -len(".tar")] in done:
+            path.unlink()
+    staged = [p for p in staged if p.exists()]
+    written: list[Path] = []
+    while staged:
+        batch, size = [], 0
+        while staged and len(batch) < max_samples and (not batch or size + staged[0].stat().st_size <= max_bytes):
+            size += staged[0].stat().st_size
+            batch.append(staged.pop(0))
+        target = shard_dir / f"{number:06d}.tar"
+        with atomic_target(target) as tmp, open(tmp, "wb") as out:
+            _write_samples(out, (read_staged(p) for p in batch))
+        keys = [p.name[: -len(".tar")] for p in batch]
+        if on_shard:
+            on_shard(keys)
+        for p in batch:
+            p.unlink()
+        written.append(target)
+        number += 1
+    return written
+
+
+def write_index(out_dir: Path, shard_dir: Path, name: str = "portraitflow") -> dict:
+    """A wids-style index (`wids-shard-index-v1`) of every shard, beside the shards."""
+    shards = [
+        {"url": str(path.relative_to(out_dir)), "nsamples": len(shard_keys(path)), "filesize": path.stat().st_size}
+        for path in shard_paths(shard_dir)
+    ]
+    index = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": name, "shardlist": shards}
+    atomic_write(out_dir / INDEX_NAME, json.dumps(index, indent=1))
+    return index

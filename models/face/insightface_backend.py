@@ -1,7 +1,10 @@
 """insightface backend: SCRFD detector + ArcFace-style recogniser from a local model pack."""
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -12,9 +15,23 @@ from portraitflow.models.face.base import Face, FaceAnalyzer
 from portraitflow.models.face.landmarks import DlibLandmarker
 from portraitflow.models.face.opencv_backend import faces_from_rows, l2_normalise
 
+logger = logging.getLogger(__name__)
+
+#: sha256 of the recogniser `same_person_threshold` was measured with (mobilefacenet_128d.onnx of
+#: ../shared/models/insightface); another recogniser gets a warning to measure its own.
+MEASURED_RECOGNISER_SHA256 = "e72a5710cce378dc46472b6b845cb90647634f2738d8c3e581735cf195b9866f"
+
 #: SCRFD scores faces that fill the whole frame low or misses them; every frame is detected with a
 #: black border of this fraction of its shorter side (the pack's README asks for about a third).
 DETECT_BORDER = 1.0 / 3.0
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class InsightFaceAnalyzer(FaceAnalyzer):
@@ -24,8 +41,10 @@ class InsightFaceAnalyzer(FaceAnalyzer):
     """
 
     name = "insightface"
-    #: measured on ../shared/media by benchmarks/face_thresholds.py (docs/face.md).
-    same_person_threshold = 0.40
+    #: measured on ../shared/media by benchmarks/face_thresholds.py (docs/face.md) with the shared
+    #: test pack's recogniser (MEASURED_RECOGNISER_SHA256): midway between the highest
+    #: different-people cosine (0.46) and the 1st percentile of same-video ones (0.61).
+    same_person_threshold = 0.53
 
     def __init__(self, root: str | None, pack: str, det_score_threshold: float = 0.6, det_size: int = 640) -> None:
         files = model_files.insightface_models(root, pack)
@@ -43,6 +62,10 @@ class InsightFaceAnalyzer(FaceAnalyzer):
         self.embedding_dim = int(self._recogniser.output_shape[-1])
         self._batched_recogniser = self._recogniser.input_shape[0] != 1
         self._landmarker = DlibLandmarker()
+        if _sha256(files["recogniser"]) != MEASURED_RECOGNISER_SHA256:
+            logger.warning("same_person_threshold %.2f was measured with another recogniser than %s; run "
+                           "benchmarks/face_thresholds.py to measure it for this pack",
+                           self.same_person_threshold, files["recogniser"])
 
     def _detect_one(self, frame: np.ndarray) -> list[Face]:
         border = max(1, round(min(frame.shape[:2]) * DETECT_BORDER))

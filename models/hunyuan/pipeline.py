@@ -1,0 +1,256 @@
+"""HunyuanPortrait sampling with memory bounded by the window, not by the video.
+
+Only the whole video's latents (and the step accumulator, the same size) live on the device;
+motion tokens wait on the host and travel per window, pose features are computed per window (or
+once, for the release's all-black pose input), and frames are decoded chunk by chunk.
+
+Algorithm (SPEC 8): per step, windows of K frames start every K - overlap frames, moved back by a
+shift that grows by `shift_offset` each step and wraps around the video; each window is denoised
+with 3-way guidance (unconditional / appearance only / full) and one Euler step, and overlapping
+results are averaged.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKLTemporalDecoder
+from torch import nn
+
+from portraitflow.models.hunyuan.conditions import appearance_tokens
+from portraitflow.models.hunyuan.dino import DinoV2WithIdAdapters
+from portraitflow.models.hunyuan.image_proj import ImageProjector
+from portraitflow.models.hunyuan.pose_guider import PoseGuider
+from portraitflow.models.hunyuan.sampler import (
+    euler_v_step,
+    guidance_scales,
+    karras_schedule,
+    next_shift,
+    scale_model_input,
+    window_indices,
+)
+from portraitflow.models.hunyuan.unet import HunyuanUNet
+
+#: the release scales the initial latent by this constant, not by the VAE config (SPEC 6).
+INITIAL_LATENT_SCALE = 0.18215
+#: seed of the release's `seed_everything`.
+RELEASE_SEED = 72580
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """The release's `HunyuanLongSVDPipeline.__call__` arguments and `inference.py` padding."""
+
+    num_steps: int = 25
+    frames_per_window: int = 25
+    overlap: int = 3
+    shift_offset: int = 3
+    pad_frames: int = 15
+    fps: float = 12.5
+    motion_bucket_id: float = 0.0
+    noise_aug_strength: float = 0.0
+    appearance_scale: tuple[float, float] = (2.0, 2.0)  # (first step, last step), linear in between
+    motion_scale: tuple[float, float] = (2.0, 2.0)
+    decode_chunk_size: int = 8
+    seed: int = RELEASE_SEED
+    #: when both scales are equal at a step, the appearance-only branch cancels out of the
+    #: guidance formula: run 2 branches instead of 3 (equal up to rounding).
+    skip_redundant_branch: bool = True
+
+
+@dataclass
+class ReferenceFeatures:
+    """What a job computes once from its reference image."""
+
+    image_tokens: torch.Tensor  # [1, 64, D] appearance tokens, model dtype
+    latent: torch.Tensor  # [1, 4, h, w] VAE mean of the reference, unscaled, float32
+
+
+class PaddedMotion:
+    """Motion tokens of the video frames (on the host) seen as the padded sequence of N = T + 2P.
+
+    Front pad i is (i / P) x frame 0's tokens, back pad i is (1 - i / P) x the last frame's (SPEC 3.6).
+    """
+
+    def __init__(self, tokens: torch.Tensor, pad_frames: int) -> None:
+        self.tokens = tokens  # [T, L, D]
+        self.pad = pad_frames
+
+    def __len__(self) -> int:
+        return len(self.tokens) + 2 * self.pad
+
+    def __call__(self, indices: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """[K, L, D] tokens of padded frames `indices`."""
+        video = len(self.tokens)
+        source = (indices - self.pad).clamp(0, video - 1)
+        weight = torch.ones(len(indices), dtype=torch.float32)
+        front = indices < self.pad
+        back = indices >= self.pad + video
+        weight[front] = indices[front].float() / self.pad
+        weight[back] = 1 - (indices[back] - self.pad - video).float() / self.pad
+        tokens = self.tokens[source].to(device=device, dtype=torch.float32, non_blocking=True)
+        return (tokens * weight.to(device)[:, None, None]).to(dtype)
+
+
+PoseSource = Callable[[torch.Tensor], torch.Tensor]  # padded frame indices [K] -> [1, K or 1, C0, h, w]
+WindowCallback = Callable[[int, int, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+class HunyuanPipeline:
+    """Holds the denoising modules once; `encode_reference`, `sample` and `decode` serve many jobs."""
+
+    def __init__(
+        self,
+        unet: HunyuanUNet,
+        vae: AutoencoderKLTemporalDecoder,
+        pose_guider: PoseGuider,
+        image_encoder: DinoV2WithIdAdapters,
+        image_proj: ImageProjector,
+        scheduler_config: dict | None = None,
+    ) -> None:
+        self.unet = unet
+        self.vae = vae
+        self.pose_guider = pose_guider
+        self.image_encoder = image_encoder
+        self.image_proj = image_proj
+        self.scheduler_config = scheduler_config
+        self._black_pose: dict[tuple, torch.Tensor] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.conv_in.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.conv_in.weight.dtype
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"unet": self.unet, "vae": self.vae, "pose_guider": self.pose_guider,
+                "image_encoder": self.image_encoder, "image_proj": self.image_proj}
+
+    # -- once per job ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_reference(self, vae_image: torch.Tensor, dino_image: torch.Tensor, identity: torch.Tensor) -> ReferenceFeatures:
+        """vae_image [1, 3, H, W] in [-1, 1]; dino_image [1, 3, 224, 224] ImageNet-normalised; identity [1, 512]."""
+        encoder_dtype = self.vae.encoder.conv_in.weight.dtype
+        latent = self.vae.encode(vae_image.to(self.device, encoder_dtype)).latent_dist.mean.float()
+        image_tokens = appearance_tokens(self.image_encoder, self.image_proj, dino_image, identity)
+        return ReferenceFeatures(image_tokens=image_tokens.to(self.dtype), latent=latent)
+
+    @torch.no_grad()
+    def black_pose_features(self, height: int, width: int) -> PoseSource:
+        """The release's pose input is all black: its feature is one constant frame, computed once."""
+        key = (height, width, self.device, self.dtype)
+        if key not in self._black_pose:
+            black = torch.zeros(1, 3, 1, height, width, device=self.device, dtype=self.pose_guider.conv_in.weight.dtype)
+            self._black_pose[key] = self.pose_guider(black).transpose(1, 2).to(self.dtype)  # [1, 1, C0, h, w]
+        feature = self._black_pose[key]
+        return lambda indices: feature
+
+    def pose_image_features(self, pose_images: torch.Tensor) -> PoseSource:
+        """Pose features of padded pose images [N, 3, H, W] in [0, 1] (kept where they are), per window."""
+        weight_dtype = self.pose_guider.conv_in.weight.dtype
+
+        @torch.no_grad()
+        def features(indices: torch.Tensor) -> torch.Tensor:
+            window = pose_images[indices.to(pose_images.device)].to(self.device, weight_dtype)
+            return self.pose_guider(window.transpose(0, 1)[None]).transpose(1, 2).to(self.dtype)
+
+        return features
+
+    # -- denoising --------------------------------------------------------------------------------
+
+    def initial_latents(self, reference: ReferenceFeatures, num_frames: int, noise: torch.Tensor | None,
+                        settings: SamplingSettings, sigma_max: float) -> torch.Tensor:
+        """0.18215 x reference mean + sigma_0 x noise, [1, N, 4, h, w] float32."""
+        shape = (1, num_frames, *reference.latent.shape[1:])
+        if noise is None:
+            generator = torch.Generator(device=self.device).manual_seed(settings.seed)
+            noise = torch.randn(shape, generator=generator, device=self.device, dtype=torch.float32)
+        base = (reference.latent * INITIAL_LATENT_SCALE)[:, None]
+        return base + noise.to(self.device, torch.float32) * sigma_max
+
+    @torch.no_grad()
+    def sample(
+        self,
+        reference: ReferenceFeatures,
+        motion: PaddedMotion,
+        pose: PoseSource,
+        settings: SamplingSettings = SamplingSettings(),
+        noise: torch.Tensor | None = None,
+        on_window: WindowCallback | None = None,
+    ) -> torch.Tensor:
+        """Final latents [1, N, 4, h, w] float32 of the padded video (N = len(motion))."""
+        num_frames = len(motion)
+        schedule = karras_schedule(settings.num_steps, self.scheduler_config)
+        sigmas = schedule.sigmas.tolist()
+        appearance = guidance_scales(*settings.appearance_scale, settings.num_steps)
+        motion_scales = guidance_scales(*settings.motion_scale, settings.num_steps)
+        latents = self.initial_latents(reference, num_frames, noise, settings, sigmas[0])
+        time_ids = torch.tensor([[settings.fps, settings.motion_bucket_id, settings.noise_aug_strength]],
+                                device=self.device, dtype=self.dtype)
+        window = settings.frames_per_window
+        shift = 0
+        for step in range(settings.num_steps):
+            sigma, sigma_next = sigmas[step], sigmas[step + 1]
+            timestep = schedule.timesteps[step].to(self.device)
+            g_appearance, g_motion = appearance[step], motion_scales[step]
+            three_way = not (settings.skip_redundant_branch and g_appearance == g_motion)
+            accumulated = torch.zeros_like(latents)
+            counts = torch.zeros(num_frames, device=self.device)
+            for index, frames in enumerate(window_indices(num_frames, window, settings.overlap, shift)):
+                device_frames = frames.to(self.device)
+                x = latents[:, device_frames]
+                v = self._guided_v(reference, x, sigma, timestep, motion(frames, self.device, self.dtype),
+                                   pose(frames), time_ids, g_appearance, g_motion, three_way)
+                x_next = euler_v_step(x, v, sigma, sigma_next)
+                if on_window is not None:
+                    on_window(step, index, frames, v, x_next)
+                accumulated.index_add_(1, device_frames, x_next)
+                counts.index_add_(0, device_frames, torch.ones(window, device=self.device))
+            latents = accumulated / counts[None, :, None, None, None]
+            shift = next_shift(shift, settings.shift_offset, window)
+        return latents
+
+    def _guided_v(self, reference: ReferenceFeatures, x: torch.Tensor, sigma: float, timestep: torch.Tensor,
+                  motion_tokens: torch.Tensor, pose_features: torch.Tensor, time_ids: torch.Tensor,
+                  g_appearance: float, g_motion: float, three_way: bool) -> torch.Tensor:
+        """Guided v-prediction [1, K, 4, h, w] of one window; branches [uncond, (appearance only,) full]."""
+        frames = x.shape[1]
+        branches = 3 if three_way else 2
+        ref_latent = reference.latent.to(self.dtype)[:, None].expand(1, frames, -1, -1, -1)
+        ref_latents = torch.cat([torch.zeros_like(ref_latent), ref_latent.expand(branches - 1, -1, -1, -1, -1)])
+        noisy = scale_model_input(x, sigma).to(self.dtype).expand(branches, -1, -1, -1, -1)
+        sample = torch.cat([noisy, ref_latents], dim=2)
+        image = torch.cat([torch.zeros_like(reference.image_tokens),
+                           reference.image_tokens.expand(branches - 1, -1, -1)])
+        motion = torch.cat([torch.zeros_like(motion_tokens)[None].expand(branches - 1, -1, -1, -1),
+                            motion_tokens[None]])
+        v = self.unet(sample, timestep, image, motion, time_ids.expand(branches, -1), pose_features).float()
+        if three_way:
+            v_uncond, v_appearance, v_full = v.chunk(3)
+            return v_uncond + g_appearance * (v_appearance - v_uncond) + g_motion * (v_full - v_appearance)
+        v_uncond, v_full = v.chunk(2)
+        return v_uncond + g_motion * (v_full - v_uncond)
+
+    # -- decoding ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, chunk_size: int) -> Iterator[torch.Tensor]:
+        """Frames [k, 3, H, W] float32 in about [-1, 1], chunk by chunk; each chunk is decoded as its own clip."""
+        decoder_dtype = self.vae.decoder.conv_in.weight.dtype
+        scale = self.vae.config.scaling_factor
+        for start in range(0, latents.shape[1], chunk_size):
+            chunk = latents[0, start:start + chunk_size] / scale
+            yield self.vae.decode(chunk.to(decoder_dtype), num_frames=len(chunk)).sample.float()
+
+
+def dino_input(crop: torch.Tensor) -> torch.Tensor:
+    """[1, 3, S, S] in [0, 1] -> [1, 3, 224, 224] ImageNet-normalised (bilinear, antialiased; SPEC 2)."""
+    resized = F.interpolate(crop, size=(224, 224), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor([0.485, 0.456, 0.406], device=crop.device)[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225], device=crop.device)[:, None, None]
+    return (resized - mean) / std

@@ -1,0 +1,80 @@
+"""The HunyuanPortrait UNet: the official `unet.pth` layout and the `unet` golden fixture."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from portraitflow.models.hunyuan.unet import SVD_XT_UNET_CONFIG, HunyuanUNet, IPAttnProcessor
+
+
+@pytest.fixture(autouse=True)
+def _two_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(min(2, previous))  # as on CI; OMP_NUM_THREADS=1 on a busy machine
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_full_size_unet_has_exactly_the_release_keys_and_shapes(hunyuan_reference: Path) -> None:
+    expected = json.loads((hunyuan_reference / "state_dicts.json").read_text())["unet.pth"]
+    with torch.device("meta"):
+        unet = HunyuanUNet(**SVD_XT_UNET_CONFIG)
+    ours = {key: list(value.shape) for key, value in unet.state_dict().items()}
+    assert ours == expected["keys"]
+    processors = sorted(name.removesuffix(".processor") for name, m in unet.named_modules()
+                        if isinstance(m, IPAttnProcessor))
+    assert processors == sorted(name.removesuffix(".processor") for name in expected["ip_adapter_processors"])
+    assert sum(p.numel() for p in unet.parameters()) == expected["num_parameters"]
+
+
+@pytest.fixture(scope="module")
+def unet_golden(hunyuan_reference: Path) -> tuple[HunyuanUNet, dict, dict[str, torch.Tensor]]:
+    tensors = load_file(hunyuan_reference / "fixtures" / "unet.safetensors")
+    sidecar = json.loads((hunyuan_reference / "fixtures" / "unet.json").read_text())
+    data = {k: v for k, v in tensors.items() if k.startswith(("input.", "output.", "trace."))}
+    unet = HunyuanUNet(**sidecar["config"]["config"])
+    unet.load_state_dict({k: v for k, v in tensors.items() if k not in data}, strict=True)
+    return unet.eval(), sidecar, data
+
+
+def _run(unet: HunyuanUNet, data: dict[str, torch.Tensor]) -> torch.Tensor:
+    batch, frames = data["input.sample"].shape[:2]
+    with torch.no_grad():
+        return unet(
+            data["input.sample"],
+            data["input.timestep"],
+            data["input.encoder_hidden_states.image"].unflatten(0, (batch, frames)),
+            data["input.encoder_hidden_states.motion"].unflatten(0, (batch, frames)),
+            data["input.added_time_ids"],
+            data["input.pose_cond_fea"],
+        )
+
+
+def test_unet_golden(unet_golden) -> None:
+    unet, sidecar, data = unet_golden
+    captured: dict[str, torch.Tensor] = {}
+    processor = unet.down_blocks[0].attentions[0].temporal_transformer_blocks[0].attn2.processor
+    processor.register_forward_hook(lambda *_: captured.update(vars(unet.condition_slot.current())))
+    ours = _run(unet, data)
+    tolerance = sidecar["recommended_tolerance_fp32"]["per_output"]["output.sample"]
+    torch.testing.assert_close(ours, data["output.sample"], atol=tolerance["atol"], rtol=tolerance["rtol"])
+    # the temporal layers see the frame mean of each stream (stock SVD would use frame 0)
+    for stream in ("image", "motion"):
+        torch.testing.assert_close(captured[f"temporal_{stream}"], data[f"trace.down0_temporal_context.{stream}"],
+                                   atol=1e-6, rtol=1e-5)
+
+
+def test_folded_contexts_equal_the_repeated_ones(unet_golden) -> None:
+    """Attending once per shared context equals copying it per query row, as the release does."""
+    unet, _, data = unet_golden
+    folded = _run(unet, data)
+    unet.condition_slot.repeat_contexts = True
+    try:
+        repeated = _run(unet, data)
+    finally:
+        unet.condition_slot.repeat_contexts = False
+    torch.testing.assert_close(folded, repeated, atol=1e-5, rtol=1e-5)

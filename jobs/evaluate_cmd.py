@@ -1,0 +1,90 @@
+"""`portraitflow evaluate`, `portraitflow sweep` and `portraitflow report`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from portraitflow.jobs.options import ConfigOption, MlflowUriOption, RayAddressOption, SetOption, resolve_config
+
+OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created).")]
+
+
+def evaluate(
+    results: Annotated[Path, typer.Argument(help="Generation results (results.parquet) or a jobs file with an `output` column.", exists=True)],
+    out: OutOption,
+    jobs: Annotated[Optional[Path], typer.Option("--jobs", help="Jobs file giving `ref` and `driving` when RESULTS lacks them.", exists=True)] = None,
+    protocol: Annotated[Optional[str], typer.Option("--protocol", help="self or cross (default: evaluate.protocol).")] = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    ray_address: RayAddressOption = None,
+    mlflow_uri: MlflowUriOption = None,
+) -> None:
+    """Score existing outputs in one MLflow run and write a static HTML report to OUT/report."""
+    from portraitflow.pipelines.evaluate import evaluate_results, report_from_run
+
+    sets = list(overrides or []) + ([f"evaluate.protocol={protocol}"] if protocol else [])
+    cfg = resolve_config(config, sets, ray_address, mlflow_uri)
+    table = _read_table(results)
+    if jobs is not None:
+        table = table.drop(columns=[c for c in ("ref", "driving") if c in table]).merge(
+            _read_table(jobs)[["job_id", "ref", "driving"]], on="job_id", how="left")
+    missing = {"job_id", "ref", "driving", "output"} - set(table.columns)
+    if missing:
+        raise typer.BadParameter(f"{results}: missing columns {sorted(missing)} (give --jobs for ref and driving)")
+    if "status" in table:
+        table = table.assign(status=table["status"].replace({"skipped": "ok"}))
+    run_id = evaluate_results(table, cfg, out, name=results.parent.name or "evaluate")
+    page = report_from_run(run_id, cfg, out / "report")
+    typer.echo(f"run {run_id}\nreport {page}")
+
+
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(help="Sweep YAML: dataset, grid and/or configs, evaluate overrides.", exists=True)],
+    out: OutOption,
+    max_parallel: Annotated[Optional[int], typer.Option("--max-parallel", help="Configs run at the same time.", min=1)] = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    ray_address: RayAddressOption = None,
+    mlflow_uri: MlflowUriOption = None,
+) -> None:
+    """Generate and evaluate every config of SWEEP_FILE: one parent MLflow run, one nested run per
+    config. Rerunning resumes: finished configs are not redone."""
+    from portraitflow.operators.sweep_spec import load_sweep
+    from portraitflow.pipelines.evaluate import run_sweep
+
+    cfg = resolve_config(config, overrides, ray_address, mlflow_uri)
+    try:
+        spec = load_sweep(sweep_file)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if max_parallel:
+        spec = spec.model_copy(update={"evaluate": {**spec.evaluate, "max_parallel": max_parallel}})
+    run_id = run_sweep(spec, cfg, out)
+    typer.echo(f"parent run {run_id}\nsummary {out / 'summary.csv'}\nreport {out / 'report' / 'index.html'}")
+
+
+def report(
+    run_id: Annotated[str, typer.Argument(help="A sweep's parent run id, or an evaluation run id.")],
+    out: OutOption,
+    rank_by: Annotated[Optional[str], typer.Option("--rank-by", help="Metric sorting the summary (default: evaluate.rank_by).")] = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    mlflow_uri: MlflowUriOption = None,
+) -> None:
+    """Write a static HTML page (summary, plots, side-by-side videos) of a run to OUT; no server needed."""
+    from portraitflow.pipelines.evaluate import report_from_run
+
+    cfg = resolve_config(config, overrides, None, mlflow_uri)
+    typer.echo(str(report_from_run(run_id, cfg, out, rank_by)))
+
+
+def _read_table(path: Path):
+    import pandas as pd
+
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    if path.suffix in (".jsonl", ".ndjson"):
+        return pd.read_json(path, lines=True)
+    return pd.read_csv(path)

@@ -1,0 +1,289 @@
+"""Evaluation and sweeps: generate per config, score every output on an actor pool, record in MLflow.
+
+One sweep = one parent MLflow run (tagged with the sweep's hash, so a rerun resumes it) and one
+child run per config (tagged `mlflow.parentRunId` and the config's hash; a FINISHED child is
+never redone). Children are created with MlflowClient rather than the fluent API because up to
+`max_parallel` configs run at once in threads, and the fluent active-run stack is per thread.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from portraitflow.jobs.config import PortraitFlowConfig
+from portraitflow.jobs.config.evaluate import EvaluateConfig
+from portraitflow.operators import metrics_learned, report, sweep_spec
+from portraitflow.operators.eval_dataset import load_jobs
+
+SWEEP_TAG, CONFIG_TAG, PARENT_TAG = "portraitflow.sweep_hash", "portraitflow.config_hash", "mlflow.parentRunId"
+
+
+class StillActor:
+    """Ray Data callable rendering the `still` baseline, one face analyser per actor."""
+
+    def __init__(self, face: dict[str, Any], out_dir: str, size: int, paste_back: bool) -> None:
+        from portraitflow.jobs.config.face import FaceConfig
+        from portraitflow.models.face.factory import create_analyzer
+
+        self.analyzer = create_analyzer(FaceConfig(**face))
+        self.out_dir, self.size, self.paste_back = Path(out_dir), size, paste_back
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
+        from portraitflow.operators.still_baseline import render_still
+
+        rows = []
+        for job in (dict(zip(batch, values)) for values in zip(*batch.values())):
+            path = self.out_dir / f"{job['job_id']}.mp4"
+            rows.append({"job_id": job["job_id"], "status": "ok", "reason": None, "output": str(path)} if path.is_file()
+                        else render_still(job, path, self.analyzer, self.size, self.paste_back))
+        return {key: [row.get(key) for row in rows] for key in ("job_id", "status", "reason", "output")}
+
+
+def generate_outputs(params: dict[str, Any], jobs: list[dict], out_dir: Path, cfg: PortraitFlowConfig) -> pd.DataFrame:
+    """(job_id, status, reason, output) per job for one config. `still` is the baseline, rendered
+    here; every other backend runs through the generation pipeline with the config's params as
+    animate settings (its own MLflow run is off: the sweep's child run records this config)."""
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if params["backend"] != "still":
+        from portraitflow.operators.generation_jobs import Job
+        from portraitflow.pipelines.generate import run_generation
+
+        animate = cfg.animate.model_validate({**cfg.animate.model_dump(), **params})
+        quiet = cfg.model_copy(update={"animate": animate, "mlflow": cfg.mlflow.model_copy(update={"enabled": False})})
+        table = run_generation([Job(j["job_id"], j["ref"], j["driving"]) for j in jobs], out_dir, quiet)
+        return table.assign(status=table["status"].replace({"skipped": "ok"}))  # skipped = finished before
+    ds = ray.data.from_items([{k: j[k] for k in ("job_id", "ref", "driving")} for j in jobs], override_num_blocks=len(jobs))
+    ds = ds.map_batches(StillActor, batch_size=1, num_cpus=1, compute=ActorPoolStrategy(size=1), fn_constructor_kwargs={
+        "face": cfg.face.model_dump(), "out_dir": str(out_dir), "size": int(params.get("size", cfg.animate.size)),
+        "paste_back": bool(params.get("paste_back", cfg.animate.paste_back))})
+    return pd.DataFrame(ds.take_all())
+
+
+def evaluate_outputs(jobs: pd.DataFrame, work_dir: Path, cfg: PortraitFlowConfig, evaluate: EvaluateConfig) -> pd.DataFrame:
+    """Per-video metrics for jobs with an `output`; jobs that failed before keep their row and reason."""
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    from portraitflow.operators.evaluate_video import EvaluateActor
+
+    ready = jobs[jobs["status"] == "ok"]
+    scored = pd.DataFrame()
+    if len(ready):
+        ds = ray.data.from_items(ready[["job_id", "ref", "driving", "output"]].to_dict("records"),
+                                 override_num_blocks=len(ready))
+        ds = ds.map_batches(EvaluateActor, batch_size=1, num_cpus=1,
+                            compute=ActorPoolStrategy(size=min(evaluate.evaluators, len(ready))),
+                            fn_constructor_kwargs={"face": cfg.face.model_dump(), "evaluate": evaluate.model_dump(),
+                                                   "work_dir": str(work_dir)})
+        scored = pd.DataFrame(ds.take_all())
+    failed = jobs.loc[jobs["status"] != "ok", ["job_id", "status", "reason"]]
+    return pd.concat([scored, failed], ignore_index=True).sort_values("job_id", kind="stable").reset_index(drop=True)
+
+
+def learned_aggregates(work_dir: Path, job_ids: list[str]) -> dict[str, float]:
+    """FID and FVD of one config from the features its evaluators saved, when they exist."""
+    import numpy as np
+
+    out = {}
+    for name in ("fid", "fvd"):
+        sides = {side: [work_dir / "metrics" / f"{j}.{name}_{side}.npy" for j in job_ids] for side in ("real", "fake")}
+        if all(p.is_file() for paths in sides.values() for p in paths) and job_ids:
+            real, fake = (np.concatenate([np.load(p, allow_pickle=False) for p in sides[s]]) for s in ("real", "fake"))
+            out[name] = metrics_learned.frechet_distance(real, fake)
+    return out
+
+
+def _client(cfg: PortraitFlowConfig):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from portraitflow.jobs.runtime import mlflow_tracking_uri
+
+    uri = mlflow_tracking_uri(cfg.mlflow)
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(uri)
+
+
+def _finished_child(client, experiment_id: str, parent_id: str, config_hash: str):
+    runs = client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{CONFIG_TAG}` = "
+                              f"'{config_hash}' and attributes.status = 'FINISHED'", max_results=1)
+    return runs[0] if runs else None
+
+
+def score_and_log(client, run_id: str, jobs: pd.DataFrame, label: str, work_dir: Path, evaluate: EvaluateConfig,
+                  cfg: PortraitFlowConfig) -> pd.DataFrame:
+    """Score generated jobs (job_id, ref, driving, status, reason, output) into run `run_id`:
+    per-video table artifact, aggregate metrics, per-frame tables, side-by-side videos."""
+    table = evaluate_outputs(jobs, work_dir, cfg, evaluate)
+    table.insert(0, "config", label)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(work_dir / "per_video.parquet")
+    client.log_table(run_id, data=table, artifact_file="per_video.json")
+    client.log_artifact(run_id, str(work_dir / "per_video.parquet"))
+    ok = table[table["status"] == "ok"]
+    aggregates = {m: float(ok[m].mean()) for m in report.metric_columns(ok) if ok[m].notna().any()}
+    aggregates.update(learned_aggregates(work_dir, list(ok["job_id"])))
+    aggregates.update(jobs_ok=len(ok), jobs_failed=len(table) - len(ok))
+    for key, value in aggregates.items():
+        client.log_metric(run_id, key, value)
+    client.log_text(run_id, "\n".join(metrics_learned.skip_notes(evaluate).values()), "notes.txt")
+    _log_side_by_side(client, run_id, jobs[jobs["job_id"].isin(ok["job_id"])], work_dir, evaluate.side_by_side)
+    if (work_dir / "metrics").is_dir():
+        client.log_artifacts(run_id, str(work_dir / "metrics"), "frames")
+    return table
+
+
+def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepSpec, evaluate: EvaluateConfig,
+               cfg: PortraitFlowConfig, out_dir: Path, parent_id: str, experiment_id: str) -> dict[str, Any]:
+    """Generate and score one config in its own child run (or reuse a finished one); a summary row."""
+    client = _client(cfg)
+    config_hash = sweep_spec.config_hash(params, spec.dataset, evaluate, cfg.face.backend)
+    label = sweep_spec.config_label(params)
+    work_dir = out_dir / "configs" / config_hash
+    done = _finished_child(client, experiment_id, parent_id, config_hash)
+    if done is None:
+        run_id = client.create_run(experiment_id, run_name=label,
+                                   tags={PARENT_TAG: parent_id, CONFIG_TAG: config_hash}).info.run_id
+        try:
+            for key, value in {**params, **evaluate.model_dump(), "face_backend": cfg.face.backend}.items():
+                client.log_param(run_id, key, str(value)[:500])
+            generated = generate_outputs(params, jobs, work_dir / "outputs", cfg)
+            merged = pd.DataFrame(jobs)[["job_id", "ref", "driving"]].merge(
+                generated[[c for c in ("job_id", "status", "reason", "output") if c in generated]], on="job_id", how="left")
+            merged = merged.fillna({"status": "failed", "reason": "not_generated"})
+            score_and_log(client, run_id, merged, label, work_dir, evaluate, cfg)
+            client.set_terminated(run_id, "FINISHED")
+        except BaseException:
+            client.set_terminated(run_id, "FAILED")
+            raise
+    else:
+        run_id = done.info.run_id
+    metrics = client.get_run(run_id).data.metrics
+    return {"config": label, "backend": params["backend"], **{k: v for k, v in params.items() if k != "backend"},
+            **metrics, "config_hash": config_hash, "run_id": run_id, "reused": done is not None}
+
+
+def evaluate_results(jobs: pd.DataFrame, cfg: PortraitFlowConfig, out_dir: str | Path, name: str = "evaluate") -> str:
+    """Score outputs that already exist (job_id, ref, driving, output[, status]) in one MLflow run."""
+    from portraitflow.jobs.runtime import init_ray
+
+    out_dir = Path(out_dir)
+    client = _client(cfg)
+    experiment_id = _experiment_id(client, cfg.evaluate.experiment)
+    run_id = client.create_run(experiment_id, run_name=name).info.run_id
+    try:
+        init_ray(cfg.ray)
+        for key, value in cfg.evaluate.model_dump().items():
+            client.log_param(run_id, key, str(value)[:500])
+        jobs = jobs.assign(status=jobs["status"] if "status" in jobs else "ok")
+        score_and_log(client, run_id, jobs, name, out_dir, cfg.evaluate, cfg)
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    return run_id
+
+
+def _experiment_id(client, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else client.create_experiment(name)
+
+
+def _log_side_by_side(client, run_id: str, rows: pd.DataFrame, work_dir: Path, count: int) -> None:
+    folder = work_dir / "side_by_side"
+    for row in rows.head(count).itertuples():
+        path = folder / f"{row.job_id}.mp4"
+        if not path.is_file():
+            report.side_by_side(row.ref, row.driving, row.output, path)
+    if folder.is_dir():
+        client.log_artifacts(run_id, str(folder), "side_by_side")
+
+
+def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str | Path) -> str:
+    """Run (or resume) a sweep; returns the parent run id. The report lands in `out_dir/report`."""
+    from portraitflow.jobs.runtime import init_ray
+
+    out_dir = Path(out_dir)
+    evaluate = sweep_spec.effective_evaluate(cfg.evaluate, spec)
+    configs = sweep_spec.expand_configs(spec)
+    client = _client(cfg)
+    experiment_id = _experiment_id(client, evaluate.experiment)
+    sweep_id = sweep_spec.sweep_hash(spec, evaluate, cfg.face.backend)
+    previous = client.search_runs([experiment_id], f"tags.`{SWEEP_TAG}` = '{sweep_id}'", max_results=1,
+                                  order_by=["attributes.start_time DESC"])
+    parent_id = previous[0].info.run_id if previous else client.create_run(
+        experiment_id, run_name=spec.name, tags={SWEEP_TAG: sweep_id}).info.run_id
+    client.update_run(parent_id, status="RUNNING")
+    try:
+        init_ray(cfg.ray)
+        jobs = load_jobs(spec.dataset, evaluate.protocol, out_dir / "dataset", evaluate.max_seconds, evaluate.max_videos)
+        dataset_rows = pd.DataFrame(jobs)
+        usable = [j for j in jobs if j.get("status", "ok") == "ok"]
+        for key, value in {"configs": len(configs), "protocol": evaluate.protocol, "dataset": spec.dataset.path}.items():
+            client.log_param(parent_id, key, value)
+        client.log_text(parent_id, spec.model_dump_json(indent=2), "sweep.json")
+        client.log_text(parent_id, "\n".join(metrics_learned.skip_notes(evaluate).values()), "notes.txt")
+        client.log_table(parent_id, data=dataset_rows.astype(str), artifact_file="dataset.json")
+        with ThreadPoolExecutor(max_workers=evaluate.max_parallel) as pool:
+            futures = [pool.submit(run_config, params, usable, spec, evaluate, cfg, out_dir, parent_id, experiment_id)
+                       for params in configs]
+            summary = pd.DataFrame([f.result() for f in futures])
+        summary = report.rank(summary, evaluate.rank_by)
+        summary.to_csv(out_dir / "summary.csv", index=False)
+        client.log_artifact(parent_id, str(out_dir / "summary.csv"))
+        client.log_metric(parent_id, "configs_finished", len(summary))
+        client.log_metric(parent_id, "videos", len(usable))
+        client.log_metric(parent_id, "videos_failed", len(jobs) - len(usable))
+        report_from_run(parent_id, cfg, out_dir / "report", evaluate.rank_by)
+        client.log_artifacts(parent_id, str(out_dir / "report"), "report")
+        client.set_terminated(parent_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(parent_id, "FAILED")
+        raise
+    return parent_id
+
+
+def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, rank_by: str | None = None) -> Path:
+    """A static HTML report of a sweep's parent run (or of a single evaluation run) from MLflow."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    client = _client(cfg)
+    parent = client.get_run(run_id)
+    children = client.search_runs([parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{run_id}'",
+                                  order_by=["attributes.start_time ASC"]) or [parent]
+    rows, tables, videos = [], [], []
+    for child in children:
+        if child.info.status != "FINISHED" and child.info.run_id != run_id:
+            continue
+        label = child.info.run_name or child.info.run_id
+        rows.append({"config": label, "run_id": child.info.run_id, **child.data.metrics})
+        local = _download(client, child.info.run_id, ("per_video.parquet", "side_by_side"), out_dir / "runs" / child.info.run_id)
+        if (local / "per_video.parquet").is_file():
+            tables.append(pd.read_parquet(local / "per_video.parquet").assign(config=label))
+        for video in sorted((local / "side_by_side").glob("*.mp4")):
+            videos.append((f"{label}: {video.stem}", video))
+    summary = pd.DataFrame(rows)
+    per_video = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["config"])
+    rank_by = rank_by or cfg.evaluate.rank_by
+    summary = report.rank(summary, rank_by) if rank_by in summary.columns else summary
+    plot = report.metric_plots(per_video, out_dir / "metrics.png", list(summary["config"])) if len(per_video) else None
+    notes_dir = _download(client, run_id, ("notes.txt",), out_dir / "runs" / run_id)
+    notes = [n for n in (notes_dir / "notes.txt").read_text().splitlines() if n] if (notes_dir / "notes.txt").is_file() else []
+    return report.write_html(out_dir, f"PortraitFlow evaluation: {parent.info.run_name or run_id}", summary, rank_by,
+                             plot, videos, notes, per_video)
+
+
+def _download(client, run_id: str, names: tuple[str, ...], folder: Path) -> Path:
+    """The named artifacts of a run that exist, downloaded under `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    present = {a.path for a in client.list_artifacts(run_id)}
+    for name in names:
+        if name in present:
+            client.download_artifacts(run_id, name, str(folder))
+    return folder

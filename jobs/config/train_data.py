@@ -1,8 +1,44 @@
-"""Settings of the train data flow."""
+"""Settings of the train data flow: curated shards into HunyuanPortrait-style training batches."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class TrainDataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    shards: list[str] = Field(
+        default_factory=list,
+        description="Shard sources: brace patterns (`out/shards/{000000..000009}.tar`), the index JSON the "
+        "curation flow writes beside its shards, local paths or pyarrow filesystem URIs (s3://, gs://, hdfs://).",
+    )
+    n_frames: int = Field(25, ge=1, description="Consecutive driving frames per sample (SPEC: 25-frame motion chunks).")
+    batch_size: int = Field(2, ge=1, description="Samples per batch, per rank.")
+    drop_last: bool = Field(False, description="Drop each worker's last incomplete batch.")
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes per rank (0: decode in the trainer).")
+    prefetch_factor: int = Field(2, ge=1, description="Batches each worker prepares ahead.")
+    shuffle_buffer: int = Field(64, ge=0, description="Samples in each worker's shuffle buffer (0: shard order).")
+    shard_shuffle: int = Field(100, ge=0, description="Shards in each worker's shard-order shuffle buffer (0: keep order).")
+    resampled: bool = Field(
+        False, description="Draw shards with replacement, endlessly (epoch-less training); epochs are "
+        "`samples_per_epoch` long."
+    )
+    samples_per_epoch: int = Field(
+        10_000, ge=1, description="Resampled mode: samples per rank in one pass of the loader."
+    )
+    seed: int | None = Field(
+        None,
+        description="Deterministic mode (evaluation): shard order, shuffle and every window and reference are "
+        "fixed by (seed, epoch, sample key). Empty: fresh randomness every epoch.",
+    )
+    pixel_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="dtype of the pixel tensors (frames, reference, crops); float16 halves transfer."
+    )
+
+    @model_validator(mode="after")
+    def _resampled_draws_are_random(self) -> "TrainDataConfig":
+        if self.resampled and self.seed is not None:
+            raise ValueError("train_data.resampled draws shards at random by design; leave seed empty with it")
+        return self

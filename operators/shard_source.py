@@ -1,0 +1,116 @@
+"""Where training shards come from and what happens to the ones that cannot be read.
+
+- `expand_shards`: brace patterns, lists, and the wids-style index JSON the curation flow writes
+  beside its shards, for local paths and any pyarrow filesystem URI.
+- pyarrow filesystems are registered with webdataset's `gopen`, so `s3://`, `gs://`, `hdfs://`,
+  ... shard URLs stream through the same reader as local files.
+- `SkipCounter`: a webdataset exception handler that skips and counts, by reason, in shared
+  memory, so the counts of every DataLoader worker add up in the process that trains.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import posixpath
+import tarfile
+from collections.abc import Sequence
+from urllib.parse import urlparse
+
+import webdataset as wds
+from webdataset.gopen import gopen_schemes
+
+from portraitflow.operators.train_sample import SampleSkipped
+
+log = logging.getLogger(__name__)
+
+#: URI schemes read through pyarrow filesystems rather than webdataset's command-line helpers.
+PYARROW_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+#: Reasons a sample or shard is skipped; `shard_unreadable` loses the rest of that shard.
+SKIP_REASONS = (
+    "shard_unreadable",
+    "missing_member",
+    "bad_metadata",
+    "bad_array",
+    "frame_count_mismatch",
+    "clip_too_short",
+    "video_undecodable",
+    "degenerate_keypoints",
+    "other",
+)
+
+
+def _open_with_pyarrow(url: str, mode: str = "rb", bufsize: int = 8192, **_: object):
+    import pyarrow.fs
+
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(url)
+    return filesystem.open_input_stream(path)
+
+
+for _scheme in PYARROW_SCHEMES:
+    gopen_schemes[_scheme] = _open_with_pyarrow
+
+
+def _read_text(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.scheme in ("", "file"):
+        with open(parsed.path, encoding="utf-8") as handle:
+            return handle.read()
+    with _open_with_pyarrow(url) as stream:
+        return stream.read().decode("utf-8")
+
+
+def read_index(url: str) -> list[str]:
+    """Shard URLs of a wids-style index (`{"shardlist": [{"url": ..., "nsamples": ...}]}`);
+    relative URLs are relative to the index's folder."""
+    base = posixpath.dirname(url)
+    urls = []
+    for entry in json.loads(_read_text(url))["shardlist"]:
+        shard = str(entry["url"])
+        urls.append(shard if urlparse(shard).scheme or shard.startswith("/") else posixpath.join(base, shard))
+    return urls
+
+
+def expand_shards(sources: str | Sequence[str]) -> list[str]:
+    """Shard URLs from brace patterns (`dir/shards/{000000..000009}.tar`), `::`-joined lists,
+    index JSON files, or a list of any of these."""
+    items = [sources] if isinstance(sources, str) else list(sources)
+    urls: list[str] = []
+    for item in items:
+        for url in wds.shardlists.expand_urls(item):
+            urls.extend(read_index(url)) if url.endswith(".json") else urls.append(url)
+    if not urls:
+        raise ValueError(f"no shards in {sources!r}")
+    return urls
+
+
+class SkipCounter:
+    """Counts skipped samples per reason across processes; `handler` plugs into webdataset.
+
+    Returning True tells webdataset to continue with the next sample (or shard, when the tar
+    stream itself broke), as `warn_and_continue` does, but nothing is skipped uncounted.
+    """
+
+    def __init__(self) -> None:
+        self._counts = multiprocessing.Array("q", len(SKIP_REASONS))
+
+    def handler(self, exc: BaseException) -> bool:
+        if isinstance(exc, SampleSkipped):
+            reason = exc.reason if exc.reason in SKIP_REASONS else "other"
+        elif isinstance(exc, (tarfile.TarError, EOFError, OSError)):
+            reason = "shard_unreadable"
+        else:
+            reason = "other"
+        with self._counts.get_lock():
+            self._counts[SKIP_REASONS.index(reason)] += 1
+        log.warning("training loader skipped (%s): %s", reason, exc)
+        return True
+
+    def counts(self) -> dict[str, int]:
+        """Skips so far per reason, only reasons that occurred."""
+        with self._counts.get_lock():
+            return {reason: int(n) for reason, n in zip(SKIP_REASONS, self._counts) if n}
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts().values())

@@ -1,0 +1,225 @@
+"""One training sample from one curated clip: a driving window, a reference frame from another
+time of the same clip, and every encoder input in the value range SPEC.md gives (sections 2-4).
+
+Input is a WebDataset sample as the curation flow writes it (raw bytes per member); only the
+frames the window and the reference need are decoded, by seeking in the mp4 held in memory.
+Pure numpy/torch on one sample, so the same function serves the PyTorch and the Ray Data paths.
+"""
+from __future__ import annotations
+
+import io
+import json
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from portraitflow.models.face.align import align_arcface, crop_square
+from portraitflow.operators.decode import VideoUnreadable
+from portraitflow.operators.motion import window_buckets
+
+#: Members every curated sample carries (issue 3, item 8) that a training sample needs.
+REQUIRED_MEMBERS = ("mp4", "json", "landmarks.npy", "kps.npy", "pose.npy", "id.npy")
+MOTION_CROP_SIZE = 256  # HeadExpression / HeadPose input side (SPEC 2)
+DINO_SIZE = 224
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+EXPRESSION_PULL = 0.45  # each side of the keypoint box moves this far toward the anchor face box
+
+
+class SampleSkipped(ValueError):
+    """A sample that cannot become a training sample; `reason` is a code the loader counts."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ClipTracks:
+    """The per-frame arrays and metadata of one curated clip, validated against each other."""
+
+    meta: dict[str, Any]
+    landmarks: np.ndarray  # (T, 68, 2) float32, crop pixels
+    kps: np.ndarray  # (T, 5, 2) float32, crop pixels
+    pose: np.ndarray  # (T, 3) float32 yaw, pitch, roll in degrees
+    identity: np.ndarray  # (D,) float32
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.kps)
+
+
+def parse_tracks(sample: Mapping[str, Any]) -> ClipTracks:
+    """Load and shape-check the array and json members; never unpickles."""
+    missing = [name for name in REQUIRED_MEMBERS if not isinstance(sample.get(name), (bytes, bytearray)) or not sample[name]]
+    if missing:
+        raise SampleSkipped("missing_member", f"{sample.get('__key__')} lacks {missing}")
+    try:
+        meta = json.loads(bytes(sample["json"]))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SampleSkipped("bad_metadata", f"json: {exc}") from exc
+    arrays = {}
+    for name, shape in (("landmarks.npy", (68, 2)), ("kps.npy", (5, 2)), ("pose.npy", (3,)), ("id.npy", None)):
+        try:
+            array = np.load(io.BytesIO(bytes(sample[name])), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise SampleSkipped("bad_array", f"{name}: {exc}") from exc
+        ok = array.ndim == 1 if shape is None else array.shape[1:] == shape
+        if not ok or not np.issubdtype(array.dtype, np.number) or not np.all(np.isfinite(array)):
+            raise SampleSkipped("bad_array", f"{name}: shape {array.shape} dtype {array.dtype}")
+        arrays[name] = array.astype(np.float32)
+    lengths = {len(arrays[name]) for name in ("landmarks.npy", "kps.npy", "pose.npy")}
+    if len(lengths) != 1:
+        raise SampleSkipped("frame_count_mismatch", f"per-frame arrays disagree on length: {sorted(lengths)}")
+    return ClipTracks(meta, arrays["landmarks.npy"], arrays["kps.npy"], arrays["pose.npy"], arrays["id.npy"])
+
+
+def sample_rng(seed: int | None, epoch: int, key: str) -> np.random.Generator:
+    """Fresh entropy when unseeded; else a generator fixed by (seed, epoch, key), so a sample's
+    window does not depend on which worker, rank or path (PyTorch or Ray) reads it."""
+    if seed is None:
+        return np.random.default_rng()
+    return np.random.default_rng([seed, epoch, zlib.crc32(key.encode())])
+
+
+def choose_window(num_frames: int, n_frames: int, rng: np.random.Generator) -> tuple[int, int]:
+    """(first driving frame, reference frame): the window is placed uniformly in the clip and the
+    reference uniformly among the frames outside it (any frame when the window fills the clip)."""
+    if num_frames < n_frames:
+        raise SampleSkipped("clip_too_short", f"{num_frames} frames < window of {n_frames}")
+    start = int(rng.integers(0, num_frames - n_frames + 1))
+    outside = num_frames - n_frames
+    if outside == 0:
+        return start, int(rng.integers(0, num_frames))
+    pick = int(rng.integers(0, outside))
+    return start, pick if pick < start else pick + n_frames
+
+
+def decode_frames(mp4: bytes, indices: Sequence[int]) -> tuple[np.ndarray, int]:
+    """(len(indices), H, W, 3) uint8 RGB of the given frames and the clip's frame count.
+
+    decord seeks to the keyframe before the first wanted frame and decodes forward, so frames
+    after the last wanted one are never decoded and skipped ones are never converted to RGB.
+    """
+    from decord import DECORDError, VideoReader, cpu
+
+    try:
+        reader = VideoReader(io.BytesIO(mp4), ctx=cpu(0), num_threads=1)
+        count = len(reader)
+        order = np.argsort(indices, kind="stable")
+        if count == 0 or int(np.max(indices)) >= count:
+            raise VideoUnreadable(f"the video has {count} frames, frame {int(np.max(indices))} wanted")
+        decoded = reader.get_batch([int(indices[i]) for i in order]).asnumpy()
+    except (DECORDError, RuntimeError, VideoUnreadable) as exc:
+        raise SampleSkipped("video_undecodable", str(exc).splitlines()[0][:200]) from exc
+    frames = np.empty_like(decoded)
+    frames[order] = decoded
+    return frames, count
+
+
+def expression_boxes(kps: np.ndarray, anchor_box: np.ndarray) -> np.ndarray:
+    """(T, 4) int square boxes of HeadExpression's crop (SPEC 2, expression input): each frame's
+    keypoint box pulled 45% toward the anchor face box, squared on its integer centre."""
+    box = np.concatenate([kps.min(axis=1), kps.max(axis=1)], axis=1).astype(np.float64)
+    box += EXPRESSION_PULL * (np.asarray(anchor_box, np.float64)[None] - box)
+    centre = ((box[:, :2] + box[:, 2:]) / 2).astype(np.int64)
+    half = (np.maximum(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]) / 2).astype(np.int64)
+    return np.concatenate([centre - half[:, None], centre + half[:, None]], axis=1)
+
+
+def anchor_face_box(meta: Mapping[str, Any], crop_side: int) -> np.ndarray:
+    """The face box the expression crops are anchored to, in crop pixels.
+
+    The crop is HunyuanPortrait's square box around the clip's face box, which grows the face box
+    by its own size on every side; away from image borders the face box is the crop's middle third.
+    """
+    third = crop_side / 3.0
+    return np.array([third, third, 2 * third, 2 * third])
+
+
+def _pixels(images: np.ndarray, low: float, high: float):
+    """(N, H, W, 3) uint8 -> contiguous (N, 3, H, W) float32 torch tensor, 0 -> low, 255 -> high."""
+    import torch
+
+    out = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    out = out.to(torch.float32, memory_format=torch.contiguous_format)
+    return out.mul_((high - low) / 255.0).add_(low)
+
+
+def _resize(pixels, size: int):
+    """Bilinear with antialias, as torchvision's Resize on tensors (SPEC 2). Linear with weights
+    summing to one, so it commutes with the value-range mapping."""
+    import torch.nn.functional as F
+
+    return F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def encoder_inputs(frames: np.ndarray, reference: np.ndarray, tracks: ClipTracks, window: np.ndarray,
+                   ref_index: int, pixel_dtype: str = "float32") -> dict[str, np.ndarray]:
+    """Every tensor a HunyuanPortrait-style trainer feeds its encoders, channels first:
+    VAE frames and reference in [-1, 1], DINO reference ImageNet-normalised, ArcFace face and the
+    motion crops in [0, 1]."""
+    import torch
+
+    dtype = getattr(torch, pixel_dtype)
+    kps = tracks.kps[window]
+    try:
+        buckets = window_buckets(kps)
+    except ValueError as exc:
+        raise SampleSkipped("degenerate_keypoints", str(exc)) from exc
+    boxes = expression_boxes(kps, anchor_face_box(tracks.meta, frames.shape[1]))
+    expression = np.stack([crop_square(frame, box, MOTION_CROP_SIZE) for frame, box in zip(frames, boxes)])
+    vae_frames, vae_reference = _pixels(frames, -1.0, 1.0), _pixels(reference[None], -1.0, 1.0)
+    mean, std = torch.from_numpy(IMAGENET_MEAN)[:, None, None], torch.from_numpy(IMAGENET_STD)[:, None, None]
+    dino = ((_resize(vae_reference, DINO_SIZE)[0] + 1) / 2 - mean) / std
+    face = align_arcface(reference, tracks.kps[ref_index])
+    return {
+        "frames": vae_frames.to(dtype).numpy(),
+        "reference": vae_reference[0].to(dtype).numpy(),
+        "reference_dino": dino.to(dtype).numpy(),
+        "reference_face": _pixels(face[None], 0.0, 1.0)[0].to(dtype).numpy(),
+        "head_crops": _resize(vae_frames, MOTION_CROP_SIZE).add_(1).mul_(0.5).to(dtype).numpy(),
+        "expression_crops": _pixels(expression, 0.0, 1.0).to(dtype).numpy(),
+        "intensity_buckets": buckets,
+        "identity": tracks.identity,
+        "pose": tracks.pose[window],
+        "landmarks": tracks.landmarks[window],
+        "kps": kps,
+    }
+
+
+def build_train_sample(sample: Mapping[str, Any], n_frames: int = 25, seed: int | None = None, epoch: int = 0,
+                       pixel_dtype: str = "float32") -> dict[str, Any]:
+    """A curated WebDataset sample (member name -> bytes) -> one training sample (numpy arrays).
+
+    Raises SampleSkipped with a reason code for anything that cannot be trained on.
+    """
+    key = str(sample.get("__key__", ""))
+    tracks = parse_tracks(sample)
+    start, ref_index = choose_window(tracks.num_frames, n_frames, sample_rng(seed, epoch, key))
+    window = np.arange(start, start + n_frames)
+    decoded, video_frames = decode_frames(bytes(sample["mp4"]), np.append(window, ref_index))
+    if video_frames != tracks.num_frames:
+        raise SampleSkipped("frame_count_mismatch", f"video has {video_frames} frames, arrays {tracks.num_frames}")
+    frames, reference = decoded[:-1], decoded[-1]
+    if frames.shape[1] != frames.shape[2]:
+        raise SampleSkipped("bad_metadata", f"crop is not square: {frames.shape[1:3]}")
+    out = encoder_inputs(frames, reference, tracks, window, ref_index, pixel_dtype)
+    out.update(key=key, frame_indices=window, reference_index=np.int64(ref_index))
+    return out
+
+
+def collate_samples(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stack a list of training samples into a batch of torch tensors (keys stay a list).
+
+    Dunder entries webdataset adds on the way (`__key__`, `__url__`) are left out."""
+    import torch
+
+    batch: dict[str, Any] = {"key": [s["key"] for s in samples]}
+    for name in samples[0]:
+        if name != "key" and not name.startswith("__"):
+            batch[name] = torch.from_numpy(np.stack([np.asarray(s[name]) for s in samples]))
+    return batch

@@ -1,0 +1,183 @@
+"""The training loader: curated shards in, SPEC-conformant batches out, on both paths."""
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from portraitflow.jobs.config.train_data import TrainDataConfig
+from portraitflow.models.hunyuan.buckets import head_exp_motion_buckets
+from portraitflow.operators.shard_source import expand_shards
+from portraitflow.pipelines.train_data import TrainLoader, RayCollate, ray_train_dataset
+from synthetic_shards import clip_members, frame_code, write_dataset, write_shard
+
+CLIP_FRAMES = 36
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> tuple[Path, list[str]]:
+    out = tmp_path_factory.mktemp("curated")
+    return out, write_dataset(out, shards=4, per_shard=2, num_frames=CLIP_FRAMES)
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory, dataset) -> tuple[str, dict[str, int]]:
+    """One intact shard, one with three damaged samples and one good, one cut short mid-sample."""
+    out = tmp_path_factory.mktemp("damaged")
+    intact = dataset[0] / "shards" / "000000.tar"
+    members = {f"bad{i}": clip_members(CLIP_FRAMES, 100 + i, out / "work") for i in range(4)}
+    members["bad0"]["mp4"] = np.random.default_rng(0).bytes(4000)
+    members["bad1"]["kps.npy"] = members["bad1"]["kps.npy"][:40]
+    del members["bad2"]["id.npy"]
+    write_shard(out / "shards" / "000001.tar", members)
+    write_shard(out / "whole.tar", {f"cut{i}": clip_members(CLIP_FRAMES, 200 + i, out / "work") for i in range(2)})
+    whole = (out / "whole.tar").read_bytes()
+    cut_at = whole.index(b"cut1.mp4") + 2048  # inside the second sample's video
+    (out / "shards" / "000002.tar").write_bytes(whole[:cut_at])
+    (out / "shards" / "000000.tar").write_bytes(intact.read_bytes())
+    expected_good = {"synthetic0000", "synthetic0001", "bad3", "cut0"}
+    return str(out / "shards" / "{000000..000002}.tar"), expected_good
+
+
+def _config(dataset, **overrides) -> TrainDataConfig:
+    values = dict(shards=[str(dataset[0] / "shards" / "index.json")], n_frames=4, batch_size=2, num_workers=0)
+    values.update(overrides)
+    return TrainDataConfig(**values)
+
+
+def _keys(loader) -> list[str]:
+    return [key for batch in loader for key in batch["key"]]
+
+
+def _shard_arrays(dataset, key: str) -> dict[str, np.ndarray]:
+    for shard in sorted((dataset[0] / "shards").glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            names = [n for n in tar.getnames() if n.startswith(key + ".") and n.endswith(".npy")]
+            if names:
+                return {n[len(key) + 1:]: np.load(io.BytesIO(tar.extractfile(n).read())) for n in names}
+    raise KeyError(key)
+
+
+def test_batches_have_the_shapes_dtypes_and_ranges_of_the_spec(dataset) -> None:
+    batch = next(iter(TrainLoader(_config(dataset, n_frames=25, seed=0))))
+    b, t = 2, 25
+    shapes = {
+        "frames": (b, t, 3, 512, 512), "reference": (b, 3, 512, 512), "reference_dino": (b, 3, 224, 224),
+        "reference_face": (b, 3, 112, 112), "expression_crops": (b, t, 3, 256, 256), "head_crops": (b, t, 3, 256, 256),
+        "intensity_buckets": (b, 1, 2), "identity": (b, 128), "pose": (b, t, 3), "landmarks": (b, t, 68, 2),
+        "kps": (b, t, 5, 2), "frame_indices": (b, t), "reference_index": (b,),
+    }
+    assert {name: tuple(batch[name].shape) for name in shapes} == shapes
+    assert len(batch["key"]) == b
+    for name in ("frames", "reference", "reference_dino", "reference_face", "expression_crops", "head_crops"):
+        assert batch[name].dtype == torch.float32
+    assert batch["intensity_buckets"].dtype == torch.int32
+    # VAE inputs in [-1, 1]; ArcFace and motion-encoder inputs in [0, 1]; DINO ImageNet-normalised
+    for name in ("frames", "reference"):
+        assert batch[name].min() >= -1 and batch[name].max() <= 1 and batch[name].min() < -0.5
+    for name in ("reference_face", "expression_crops", "head_crops"):
+        assert batch[name].min() >= 0 and batch[name].max() <= 1
+    unit_dino = batch["reference_dino"] * torch.tensor([0.229, 0.224, 0.225])[:, None, None] + torch.tensor(
+        [0.485, 0.456, 0.406])[:, None, None]
+    assert unit_dino.min() > -1e-5 and unit_dino.max() < 1 + 1e-5
+    assert abs(unit_dino.mean() - (batch["reference"].mean() + 1) / 2) < 0.01
+
+    for i, key in enumerate(batch["key"]):
+        window, ref = batch["frame_indices"][i].numpy(), int(batch["reference_index"][i])
+        assert np.array_equal(window, np.arange(window[0], window[0] + t)) and window[-1] < CLIP_FRAMES
+        assert ref not in window  # the reference comes from another time of the clip
+        pixels = ((batch["frames"][i].permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().astype(np.uint8)
+        assert np.array_equal(frame_code(pixels), window)  # the decoded frames are the claimed ones
+        ref_pixels = ((batch["reference"][i].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+        assert frame_code(ref_pixels[None])[0] == ref
+        arrays = _shard_arrays(dataset, key)
+        assert np.allclose(batch["kps"][i].numpy(), arrays["kps.npy"][window])
+        assert np.allclose(batch["pose"][i].numpy(), arrays["pose.npy"][window])
+        assert np.allclose(batch["identity"][i].numpy(), arrays["id.npy"])
+        assert tuple(batch["intensity_buckets"][i, 0].tolist()) == head_exp_motion_buckets(arrays["kps.npy"][window])
+        # the expression crop is the face; the head crop is the whole 512 crop scaled to 256
+        expression, head = batch["expression_crops"][i, 0], batch["head_crops"][i, 0]
+        skin = expression.flatten(1).median(dim=1).values[:, None, None]
+        def skin_fraction(images):
+            return ((images - skin).abs().amax(dim=0) < 0.05).float().mean()
+        assert skin_fraction(expression) > 0.6 and 0.02 < skin_fraction(head) < 0.2
+        assert torch.allclose(batch["head_crops"][i, :, :, 100, 100],
+                              (batch["frames"][i, :, :, 200:202, 200:202].mean(dim=(-1, -2)) + 1) / 2, atol=0.02)
+        # ArcFace alignment puts the drawn eyes (dark) on the template's eye positions
+        face = batch["reference_face"][i]
+        assert face[:, 52, 38].max() < 0.25 and face[:, 52, 73].max() < 0.25 and face[:, 75, 56].min() > 0.3
+
+
+def test_two_ranks_get_disjoint_samples(dataset, monkeypatch) -> None:
+    seen = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        seen.append(_keys(TrainLoader(_config(dataset, num_workers=2, batch_size=1))))
+    assert set(seen[0]).isdisjoint(seen[1])
+    assert sorted(seen[0] + seen[1]) == sorted(dataset[1])  # each sample once, on exactly one rank
+
+
+def test_a_seeded_run_is_reproducible_and_epochs_differ(dataset) -> None:
+    def run(seed: int, epoch: int = 0):
+        loader = TrainLoader(_config(dataset, seed=seed, num_workers=2), epoch=epoch)
+        batches = list(loader)
+        keys = [k for batch in batches for k in batch["key"]]
+        return keys, torch.cat([batch["frame_indices"] for batch in batches]), torch.cat([batch["frames"] for batch in batches])
+
+    first, again, other_epoch = run(7), run(7), run(7, epoch=1)
+    assert first[0] == again[0] and torch.equal(first[1], again[1]) and torch.equal(first[2], again[2])
+    assert sorted(first[0]) == sorted(dataset[1])
+    assert first[0] != other_epoch[0] or not torch.equal(first[1], other_epoch[1])
+    windows = dict(zip(first[0], first[1].tolist()))
+    shifted = dict(zip(other_epoch[0], other_epoch[1].tolist()))
+    assert any(windows[key] != shifted[key] for key in windows)
+
+
+def test_corrupt_and_truncated_samples_are_skipped_and_counted(damaged) -> None:
+    pattern, expected_good = damaged
+    loader = TrainLoader(TrainDataConfig(shards=[pattern], n_frames=4, batch_size=2, num_workers=2))
+    assert set(_keys(loader)) == expected_good
+    skipped = loader.skipped
+    assert skipped.pop("video_undecodable") == 1 and skipped.pop("bad_array") == 1
+    assert skipped.pop("shard_unreadable") >= 1
+    assert skipped.pop("missing_member") >= 1  # bad2, and the cut-off remains of cut1
+    assert skipped == {}
+
+
+def test_resampled_mode_is_endless_with_fixed_epochs(dataset) -> None:
+    loader = TrainLoader(_config(dataset, resampled=True, samples_per_epoch=6, batch_size=2, shuffle_buffer=0))
+    assert [len(batch["key"]) for batch in loader] == [2, 2, 2]
+    with pytest.raises(ValueError):
+        _config(dataset, resampled=True, seed=1)
+
+
+def test_index_json_and_brace_pattern_name_the_same_shards(dataset) -> None:
+    by_index = expand_shards(str(dataset[0] / "shards" / "index.json"))
+    by_pattern = expand_shards(str(dataset[0] / "shards" / "{000000..000003}.tar"))
+    assert by_index == by_pattern and len(by_index) == 4
+
+
+def test_ray_data_path_yields_the_same_samples_and_counts_skips(dataset, damaged, ray_local) -> None:
+    import ray
+
+    with_damaged = damaged[0].replace("{000000..000002}", "000001")
+    cfg = _config(dataset, seed=3, batch_size=4, n_frames=4)
+    cfg = cfg.model_copy(update={"shards": cfg.shards + [with_damaged]})
+    torch_samples = {key: {name: value[i] for name, value in batch.items() if name != "key"}
+                     for batch in TrainLoader(cfg) for i, key in enumerate(batch["key"])}
+    fields = set(next(iter(torch_samples.values()))) | {"key"}
+    dataset_, tally = ray_train_dataset(cfg)
+    seen = set()
+    for batch in dataset_.iter_torch_batches(batch_size=3, collate_fn=RayCollate()):
+        assert set(batch) == fields
+        for i, key in enumerate(batch["key"]):
+            seen.add(key)
+            for name, value in torch_samples[key].items():
+                assert batch[name][i].dtype == value.dtype and torch.equal(batch[name][i], value), name
+    assert seen == set(torch_samples) == set(dataset[1]) | {"bad3"}
+    assert ray.get(tally.counts.remote()) == {"video_undecodable": 1, "bad_array": 1, "missing_member": 1}

@@ -105,7 +105,7 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
         typer.echo(f"{len(pending)} of {len(rows)} input(s) would be processed into {out}")
         return {"inputs": len(rows), "pending": len(pending)}
     layout.make()
-    init_ray(cfg.ray)
+    init_ray(cfg.ray, cfg.mlflow)
     started = time.perf_counter()
     with mlflow_run(cfg.mlflow, cfg.curate.experiment, run_name=out.name) as run:
         scanned, scan_stats = scan_inputs(pending, cfg, layout.scans)

@@ -2,13 +2,24 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
+import json
+import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from portraitflow.jobs.config.runtime import MLflowConfig, RayConfig
 
 DEFAULT_MLFLOW_DB = "mlflow.db"
+CODE_PACKAGES = ("jobs", "pipelines", "operators", "models")
+JOB_CONFIG_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job manager on a submitted driver
+
+log = logging.getLogger(__name__)
 
 
 def ray_address(cfg: RayConfig) -> str | None:
@@ -16,29 +27,86 @@ def ray_address(cfg: RayConfig) -> str | None:
     return cfg.address or os.environ.get("RAY_ADDRESS") or None
 
 
-def init_ray(cfg: RayConfig) -> None:
+def init_ray(cfg: RayConfig, mlflow: MLflowConfig | None = None) -> None:
     """Join the configured cluster, or start Ray in-process; a no-op when already connected.
 
-    Workers get PORTRAITFLOW_* and MLFLOW_* variables through the runtime_env so settings given
-    to the driver (model roots, tracking URI) hold on every node.
+    Workers get the driver's settings through the runtime_env (worker_runtime_env), and on a
+    cluster, with `ship_code`, the driver's own portraitflow code, so every node runs what the
+    driver runs whatever its image holds.
     """
     import ray
 
     if ray.is_initialized():
         return
-    env_vars = {k: v for k, v in os.environ.items() if k.startswith(("PORTRAITFLOW_", "MLFLOW_"))}
-    runtime_env = {"env_vars": env_vars} if env_vars else None
     address = ray_address(cfg)
-    if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    uri = mlflow_tracking_uri(mlflow) if mlflow is not None and mlflow.enabled else None
+    if not address:
+        object_store = cfg.object_store_memory_mb * 1024 * 1024 if cfg.object_store_memory_mb else None
+        ray.init(
+            num_cpus=cfg.num_cpus,
+            object_store_memory=object_store,
+            include_dashboard=False,
+            runtime_env=worker_runtime_env(uri) or None,
+        )
         return
-    object_store = cfg.object_store_memory_mb * 1024 * 1024 if cfg.object_store_memory_mb else None
-    ray.init(
-        num_cpus=cfg.num_cpus,
-        object_store_memory=object_store,
-        include_dashboard=False,
-        runtime_env=runtime_env,
-    )
+    if uri and not uri.startswith(("http://", "https://", "databricks")):
+        log.warning("MLflow store %s is local to the driver's node; give a tracking server on a cluster", uri)
+    uri = reachable_from_workers(uri) if uri else None
+    with tempfile.TemporaryDirectory(prefix="portraitflow-code-") as stage:
+        code = stage_driver_code(Path(stage)) if cfg.ship_code else None
+        ray.init(address=address, runtime_env=worker_runtime_env(uri, code) or None, log_to_driver=True)
+
+
+def worker_runtime_env(mlflow_uri: str | None, code_dir: Path | None = None) -> dict[str, Any]:
+    """The runtime_env this driver adds for its workers.
+
+    PORTRAITFLOW_* and MLFLOW_* variables (model roots, tracking URI) and the resolved MLflow URI
+    hold on every node. Inside `ray job submit`, Ray merges this with the job's own runtime_env
+    and refuses a key given twice, so whatever the job already sets is left to the job.
+    """
+    env_vars = {k: v for k, v in os.environ.items() if k.startswith(("PORTRAITFLOW_", "MLFLOW_"))}
+    if mlflow_uri:
+        env_vars["MLFLOW_TRACKING_URI"] = mlflow_uri
+    job_env = submitted_job_runtime_env()
+    env_vars = {k: v for k, v in env_vars.items() if k not in (job_env.get("env_vars") or {})}
+    runtime_env: dict[str, Any] = {"env_vars": env_vars} if env_vars else {}
+    if code_dir is not None and "py_modules" not in job_env:
+        runtime_env["py_modules"] = [str(code_dir)]
+    return runtime_env
+
+
+def reachable_from_workers(uri: str) -> str:
+    """The tracking URI as other nodes must use it: a loopback host becomes this node's address
+    (a driver on the head reaches the head's MLflow server at 127.0.0.1; workers cannot)."""
+    parts = urlsplit(uri)
+    if parts.hostname not in ("localhost", "127.0.0.1", "::1"):
+        return uri
+    import ray.util
+
+    netloc = ray.util.get_node_ip_address() + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def submitted_job_runtime_env() -> dict[str, Any]:
+    """The runtime_env given to `ray job submit` (empty when this driver was not submitted)."""
+    raw = os.environ.get(JOB_CONFIG_ENV_VAR)
+    if not raw:
+        return {}
+    return dict(json.loads(raw).get("runtime_env") or {})
+
+
+def stage_driver_code(stage: Path) -> Path:
+    """Copy the driver's portraitflow packages into `stage/portraitflow` for runtime_env py_modules.
+
+    The repository's folders become `portraitflow.*` only through the package-dir mapping of an
+    install, so a submitted working directory alone gives workers no `portraitflow` package; the
+    staged copy does, with the same layout as an installed wheel.
+    """
+    root = stage / "portraitflow"
+    for name in CODE_PACKAGES:
+        source = Path(importlib.import_module(f"portraitflow.{name}").__file__).parent
+        shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return root
 
 
 def mlflow_tracking_uri(cfg: MLflowConfig) -> str:

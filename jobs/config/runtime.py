@@ -16,6 +16,11 @@ class RayConfig(BaseModel):
     object_store_memory_mb: int | None = Field(
         None, description="Object store size for a local Ray; empty lets Ray choose."
     )
+    ship_code: bool = Field(
+        True,
+        description="On a cluster, send the driver's portraitflow code to every worker (runtime_env "
+        "py_modules) so workers run the driver's version whatever their image holds.",
+    )
 
 
 class MLflowConfig(BaseModel):

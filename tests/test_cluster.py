@@ -1,0 +1,117 @@
+"""Cluster deployment: the runtime_env a driver gives its workers, and the deployment files."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from portraitflow.jobs import runtime
+from portraitflow.jobs.runtime import reachable_from_workers, stage_driver_code, worker_runtime_env
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_worker_env_carries_settings_and_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(runtime.JOB_CONFIG_ENV_VAR, raising=False)
+    monkeypatch.setenv("PORTRAITFLOW_MODELS", "/models")
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", "http://minio:9000")
+    monkeypatch.setenv("UNRELATED_SECRET", "x")
+    env = worker_runtime_env("http://mlflow:5000", Path("/tmp/stage/portraitflow"))
+    assert env["env_vars"]["PORTRAITFLOW_MODELS"] == "/models"
+    assert env["env_vars"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert env["env_vars"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert "UNRELATED_SECRET" not in env["env_vars"]
+    assert env["py_modules"] == ["/tmp/stage/portraitflow"]
+
+
+def test_submitted_job_env_merges_without_conflict(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside `ray job submit --runtime-env-json ...` the job's variables are already in the driver's
+    environment; giving them again makes Ray refuse to merge and ray.init fail."""
+    from ray.runtime_env.runtime_env import _merge_runtime_env
+
+    job_env = {"working_dir": "gcs://_ray_pkg_x.zip", "py_modules": ["gcs://_ray_pkg_y.zip"],
+               "env_vars": {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}}
+    monkeypatch.setenv(runtime.JOB_CONFIG_ENV_VAR, json.dumps({"runtime_env": job_env}))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    monkeypatch.setenv("PORTRAITFLOW_MODELS", "/models")
+    ours = worker_runtime_env("http://mlflow:5000", Path("/tmp/stage/portraitflow"))
+    assert ours == {"env_vars": {"PORTRAITFLOW_MODELS": "/models"}}
+    merged = _merge_runtime_env(job_env, ours)
+    assert merged is not None, "Ray would refuse this runtime_env"
+    assert merged["env_vars"] == {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "PORTRAITFLOW_MODELS": "/models"}
+    assert merged["working_dir"] == job_env["working_dir"]
+
+
+def test_staged_code_imports_as_the_portraitflow_namespace(tmp_path: Path) -> None:
+    """The staged tree is what workers import: `portraitflow.*` resolves into it, ahead of any
+    installed copy, with no stray caches."""
+    root = stage_driver_code(tmp_path)
+    assert sorted(p.name for p in root.iterdir()) == sorted(runtime.CODE_PACKAGES)
+    assert not list(root.rglob("__pycache__"))
+    probe = "import portraitflow.jobs.runtime as m, portraitflow.operators as o; print(m.__file__); print(o.__file__)"
+    result = subprocess.run([sys.executable, "-c", probe], env={"PYTHONPATH": str(tmp_path), "PATH": ""},
+                            capture_output=True, text=True, check=True)
+    for line in result.stdout.split():
+        assert Path(line).is_relative_to(root), line
+
+
+def test_loopback_tracking_uri_becomes_reachable() -> None:
+    import ray.util
+
+    ip = ray.util.get_node_ip_address()
+    assert reachable_from_workers("http://127.0.0.1:5000") == f"http://{ip}:5000"
+    assert reachable_from_workers("http://localhost:5000/") == f"http://{ip}:5000/"
+    assert reachable_from_workers("http://mlflow.svc:5000") == "http://mlflow.svc:5000"
+    assert reachable_from_workers("sqlite:////data/mlflow.db") == "sqlite:////data/mlflow.db"
+
+
+def test_ray_up_config_is_valid_for_the_autoscaler() -> None:
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = prepare_config(yaml.safe_load((ROOT / "jobs/ray_cluster.yaml").read_text()))
+    validate_config(config)
+    types = config["available_node_types"]
+    assert types[config["head_node_type"]]["resources"]["CPU"] == 0
+    assert types["gpu_worker"]["resources"]["GPU"] >= 1
+    assert "GPU" not in types["cpu_worker"]["resources"]
+    for name in ("cpu_worker", "gpu_worker"):
+        assert 0 <= types[name]["min_workers"] <= types[name]["max_workers"] <= config["max_workers"]
+    assert types["gpu_worker"]["docker"]["worker_image"].endswith("-gpu")
+    assert config["docker"]["image"].endswith("-cpu")
+    assert any("portraitflow doctor" in c for c in config["setup_commands"])
+
+
+def test_rayjob_manifest_runs_curate_on_the_project_image() -> None:
+    job = yaml.safe_load((ROOT / "jobs/k8s/rayjob-curate.yaml").read_text())
+    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
+    spec = job["spec"]
+    assert spec["entrypoint"].split()[:2] == ["portraitflow", "curate"]
+    assert "--out /data/" in spec["entrypoint"]
+    assert "MLFLOW_TRACKING_URI" in yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]
+    cluster = spec["rayClusterSpec"]
+    assert cluster["rayVersion"] == __import__("ray").__version__
+    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    assert set(groups) == {"cpu", "gpu"}
+    for group in groups.values():
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    gpu = groups["gpu"]["template"]["spec"]["containers"][0]
+    assert gpu["resources"]["limits"]["nvidia.com/gpu"] == 1 and gpu["image"].endswith("-gpu")
+    pods = [cluster["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in groups.values()]
+    for pod in pods:  # every pod sees the shared output volume
+        assert {"name": "data", "mountPath": "/data"} in pod["containers"][0]["volumeMounts"]
+        claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+        assert claims == ["portraitflow-data"]
+    storage = yaml.safe_load((ROOT / "jobs/k8s/storage.yaml").read_text())
+    assert storage["metadata"]["name"] == "portraitflow-data" and storage["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_image_is_built_by_the_install_script() -> None:
+    dockerfile = (ROOT / "jobs/Dockerfile").read_text()
+    assert "bash jobs/install.sh" in dockerfile
+    assert "jobs/constraints.txt" in dockerfile  # torch at the pinned version, CPU or CUDA by index
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and ".git" in ignored

@@ -210,3 +210,19 @@ def test_opencv_alignment_matches_sface_own_align_crop(astronaut):
     row = np.concatenate([face.box[:2], face.box[2:] - face.box[:2], face.kps.ravel(), [face.score]]).astype(np.float32)
     theirs = cv2.FaceRecognizerSF.create(str(onnx_fix.opencv_loadable(model_files.opencv_models()["sface"])), "").alignCrop(bgr, row)
     assert np.abs(theirs.astype(int) - align_arcface(bgr, face.kps)).mean() < 0.5
+
+
+def test_ray_actor_builds_the_analyzer_in_init(ray_local, astronaut):
+    import ray
+
+    @ray.remote(num_cpus=1)
+    class FaceActor:
+        def __init__(self, cfg: FaceConfig) -> None:
+            self.analyzer = create_analyzer(cfg)
+
+        def boxes(self, frames: list[np.ndarray]) -> list[int]:
+            return [len(found) for found in self.analyzer.detect(frames)]
+
+    actor = FaceActor.remote(FaceConfig())
+    assert ray.get(actor.boxes.remote([astronaut, np.zeros((64, 64, 3), np.uint8)]), timeout=120) == [1, 0]
+    ray.kill(actor)

@@ -16,7 +16,7 @@ class CurateConfig(BaseModel):
     # shots
     shot_content_threshold: float = Field(27.0, description="PySceneDetect ContentDetector threshold (HSV change).")
     shot_histogram_threshold: float = Field(
-        0.2, description="PySceneDetect HistogramDetector threshold; catches cuts between similar-looking scenes."
+        0.1, description="PySceneDetect HistogramDetector threshold; catches cuts between similar-looking scenes."
     )
     shot_scan_side: int = Field(128, description="Side, in px, frames are scaled to for shot detection.")
     # faces and tracking
@@ -32,7 +32,7 @@ class CurateConfig(BaseModel):
     min_face_px: int = Field(128, description="`face_too_small`: minimum median face side in source pixels.")
     min_resolution: int = Field(256, description="`low_resolution`: minimum shorter side of the source video in px.")
     min_sharpness: float = Field(
-        40.0, description="`too_blurry`: minimum median variance of the Laplacian on the face crop (256 px, grey)."
+        80.0, description="`too_blurry`: minimum median variance of the Laplacian of the face box (grey, 64x64)."
     )
     min_clip_seconds: float = Field(2.0, description="`too_short`: clips shorter than this are rejected.")
     max_clip_seconds: float = Field(10.0, description="Long shots are cut into clips of at most this length.")

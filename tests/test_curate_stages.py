@@ -1,0 +1,174 @@
+"""Curation stages on synthetic data: inputs, tracking, motion, identity, filters, shards."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from portraitflow.jobs.config.curate import CurateConfig
+from portraitflow.models.face.base import Face
+from portraitflow.operators import filters
+from portraitflow.operators.identity import CorpusLedger, normalise, switch_index
+from portraitflow.operators.inputs import clip_key, expand_inputs, input_key
+from portraitflow.operators.motion import motion_intensity, motion_table
+from portraitflow.operators.shards import pack_shards, read_staged, shard_keys, shard_paths, stage_sample, write_index
+from portraitflow.operators.tracking import track_faces
+
+
+def test_inputs_expand_folders_globs_lists_and_uris(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "a" / "deep").mkdir(parents=True)
+    for name in ("a/one.mp4", "a/deep/two.MOV", "a/notes.txt.bak", "three.mkv", "four.mp4"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "list.txt").write_text(f"# a comment\n{tmp_path / 'three.mkv'}\n\n")
+    pq.write_table(pa.table({"path": [str(tmp_path / "four.mp4")]}), tmp_path / "list.parquet")
+    found = expand_inputs([str(tmp_path / "a"), str(tmp_path / "list.txt"), str(tmp_path / "list.parquet"),
+                           str(tmp_path / "*.mkv"), f"file://{tmp_path / 'four.mp4'}", str(tmp_path / "missing.mp4")])
+    names = [Path(p).name for p in found]
+    assert names == sorted(names, key=lambda n: found[names.index(n)])  # sorted by path
+    assert set(names) == {"one.mp4", "two.MOV", "three.mkv", "four.mp4", "missing.mp4"}
+    assert len(found) == len(set(found))
+
+
+def test_keys_are_dot_free_unique_and_stable() -> None:
+    a, b = input_key("/data/x/clip.v2.mp4"), input_key("/data/y/clip.v2.mp4")
+    assert a != b and a == input_key("/data/x/clip.v2.mp4")
+    key = clip_key(a, 1.5, 11.5)
+    assert "." not in key and "/" not in key
+    assert key == f"{a}_00001500_00011500"
+    assert input_key("s3://bucket/../../etc/passwd").replace("-", "").replace("_", "").isalnum()
+
+
+def _face(x: float, size: float = 100.0) -> Face:
+    box = np.array([x, 50, x + size, 50 + size], np.float32)
+    kps = np.tile(box[:2], (5, 1)) + 10
+    return Face(box=box, score=0.9, kps=kps.astype(np.float32))
+
+
+def test_tracks_interpolate_between_detections_and_split_faces() -> None:
+    step = 2
+    detections = [(p, [_face(10 + p), _face(400)]) for p in range(0, 20, step)]
+    tracks = track_faces(detections, end=20, step=step)
+    assert len(tracks) == 2
+    moving = min(tracks, key=lambda t: t.boxes[0, 0])
+    assert list(moving.positions) == list(range(20))
+    assert moving.boxes[1, 0] == pytest.approx(11.0)  # interpolated halfway between frames 0 and 2
+    assert moving.detected.sum() == 10
+
+
+def test_a_track_ends_after_a_long_gap() -> None:
+    detections = [(0, [_face(10)]), (2, [_face(12)]), (20, [_face(14)])]
+    tracks = track_faces(detections, end=22, step=2, max_gap=3)
+    assert [int(t.positions[0]) for t in tracks] == [0, 20]
+
+
+def test_motion_is_zero_when_still_and_scale_free() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 100, (68, 2))
+    still = np.repeat(base[None], 10, axis=0)
+    assert np.allclose(motion_intensity(still), 0)
+    moving = still + rng.normal(0, 1, still.shape)
+    assert np.allclose(motion_intensity(moving), motion_intensity(moving * 3), rtol=1e-5)
+    kps = np.repeat(rng.uniform(0, 100, (1, 5, 2)), 60, axis=0)
+    table = motion_table(moving[np.arange(60) % 10], kps)
+    assert table.shape == (60, 3) and np.all(table[:, 1:] == 0)
+
+
+def test_identity_switch_is_located_or_refused() -> None:
+    rng = np.random.default_rng(1)
+    a, b = normalise(rng.normal(size=(2, 128)))
+    jitter = lambda v, n: normalise(v + rng.normal(0, 0.05, (n, 128)))  # noqa: E731
+    assert switch_index(jitter(a, 6), 0.5) is None
+    assert switch_index(np.concatenate([jitter(a, 3), jitter(b, 5)]), 0.5) == 3
+    assert switch_index(np.concatenate([jitter(a, 2), jitter(b, 2), jitter(a, 2)]), 0.5) == -1
+
+
+def test_corpus_ledger_caps_identities_and_drops_duplicates() -> None:
+    rng = np.random.default_rng(2)
+    person = normalise(rng.normal(size=128))
+    ledger = CorpusLedger(same_person=0.5, max_per_identity=2, duplicate_similarity=0.97)
+    signatures = normalise(rng.normal(size=(4, 64)))
+    assert ledger.decide(person, signatures[0]) is None
+    ledger.keep(person, signatures[0])
+    assert ledger.decide(person, signatures[0]) == filters.DUPLICATE
+    assert ledger.decide(normalise(rng.normal(size=128)), signatures[0]) is None  # another person, same motion
+    ledger.keep(person, signatures[1])
+    assert ledger.decide(person, signatures[2]) == filters.IDENTITY_OVER_CAP
+
+
+def test_filters_return_their_reason_codes() -> None:
+    cfg = CurateConfig()
+    assert filters.face_size(cfg.min_face_px - 1, cfg) == "face_too_small"
+    assert filters.face_size(cfg.min_face_px, cfg) is None
+    assert filters.duration(1.0, cfg) == "too_short"
+    assert filters.pose(np.array([[60.0, 0, 0]] * 3), cfg) == "extreme_pose"
+    assert filters.motion(0.0, cfg) == "too_static" and filters.motion(1.0, cfg) == "too_shaky"
+    assert filters.first_reason(None, "a", "b") == "a" and filters.first_reason(None) is None
+    sharp = np.zeros((64, 64, 3), np.uint8)
+    sharp[::2] = 255
+    box = np.array([0, 0, 64, 64])
+    assert filters.laplacian_sharpness(sharp, box) > filters.laplacian_sharpness(np.full_like(sharp, 128), box)
+
+
+def _sample(i: int) -> dict[str, bytes]:
+    buffer = io.BytesIO()
+    np.save(buffer, np.full((3, 2), i, np.float32), allow_pickle=False)
+    return {"json": json.dumps({"i": i}).encode(), "kps.npy": buffer.getvalue(), "mp4": bytes(100 * i)}
+
+
+def _shard_contents(shard_dir: Path) -> list[tuple[str, list[str], list[bytes]]]:
+    out = []
+    for path in shard_paths(shard_dir):
+        with tarfile.open(path) as tar:
+            members = tar.getmembers()
+            out.append((path.name, [m.name for m in members], [tar.extractfile(m).read() for m in members]))
+    return out
+
+
+def test_packing_is_ordered_resumable_and_never_duplicates(tmp_path: Path) -> None:
+    keys = [f"video-{i:02d}_00000000_00002000" for i in (3, 1, 4, 0, 2)]
+
+    def stage_all(root: Path) -> None:
+        for i, key in enumerate(keys):
+            stage_sample(root / "staging", key, _sample(i))
+
+    stage_all(tmp_path / "whole")
+    pack_shards(tmp_path / "whole" / "staging", tmp_path / "whole" / "shards", max_samples=2, max_bytes=1 << 20)
+
+    stage_all(tmp_path / "killed")
+
+    def crash_after_first(shard_keys_: list[str]) -> None:
+        raise KeyboardInterrupt  # killed right after the first shard became durable
+
+    with pytest.raises(KeyboardInterrupt):
+        pack_shards(tmp_path / "killed" / "staging", tmp_path / "killed" / "shards", 2, 1 << 20, crash_after_first)
+    stage_all(tmp_path / "killed")  # the rerun renders everything again
+    pack_shards(tmp_path / "killed" / "staging", tmp_path / "killed" / "shards", 2, 1 << 20)
+
+    whole, resumed = _shard_contents(tmp_path / "whole" / "shards"), _shard_contents(tmp_path / "killed" / "shards")
+    assert whole == resumed
+    assert [n for n, _, _ in whole] == ["000000.tar", "000001.tar", "000002.tar"]
+    all_keys = [k for p in shard_paths(tmp_path / "whole" / "shards") for k in shard_keys(p)]
+    assert all_keys == sorted(keys)
+    assert not list((tmp_path / "killed" / "staging").glob("*.tar"))
+    index = write_index(tmp_path / "whole", tmp_path / "whole" / "shards")
+    assert [s["nsamples"] for s in index["shardlist"]] == [2, 2, 1]
+    assert index["shardlist"][0]["url"] == "shards/000000.tar"
+
+
+def test_shards_split_on_bytes_and_reject_dotted_keys(tmp_path: Path) -> None:
+    for i in range(4):
+        stage_sample(tmp_path / "staging", f"k{i}", _sample(i + 20))
+    key, fields = read_staged(tmp_path / "staging" / "k0.tar")
+    assert key == "k0" and set(fields) == {"json", "kps.npy", "mp4"}
+    two = sum((tmp_path / "staging" / f"k{i}.tar").stat().st_size for i in (0, 1))
+    pack_shards(tmp_path / "staging", tmp_path / "shards", max_samples=100, max_bytes=two + 10)
+    assert [len(shard_keys(p)) for p in shard_paths(tmp_path / "shards")] == [2, 2]
+    with pytest.raises(ValueError):
+        stage_sample(tmp_path / "staging", "bad.key", _sample(0))

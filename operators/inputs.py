@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import hashlib
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from portraitflow.operators.paths import hashed_name
+
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".ts", ".gif"}
 LIST_SUFFIXES = {".txt", ".lst"}
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
 def is_uri(text: str) -> bool:
@@ -86,9 +85,7 @@ def expand_inputs(specs: Iterable[str]) -> list[str]:
 
 def input_key(uri: str) -> str:
     """A dot-free name unique to the input: its sanitised stem plus a hash of the whole URI."""
-    stem = _UNSAFE.sub("-", Path(uri.rstrip("/")).stem).strip("-")[:48] or "input"
-    digest = hashlib.sha1(uri.encode()).hexdigest()[:10]
-    return f"{stem}-{digest}"
+    return hashed_name(Path(uri.rstrip("/")).stem, uri, fallback="input")
 
 
 def clip_key(in_key: str, start_s: float, end_s: float) -> str:

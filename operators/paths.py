@@ -1,0 +1,44 @@
+"""Names and paths derived from inputs, kept inside the output folder.
+
+Inputs are untrusted: a file name, a sample key or a job id may hold spaces, unicode, `..`,
+slashes, NUL bytes or be thousands of characters long. Every name a stage derives from one goes
+through `safe_name` (or `hashed_name` where two inputs must never share a name), and every path
+under an output folder through `confined`, which refuses whatever would land outside it.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def safe_name(text: str, max_len: int = 48, fallback: str = "item") -> str:
+    """`text` reduced to ASCII letters, digits, `_` and `-` (runs of anything else become one `-`),
+    at most `max_len` long: no dots, slashes or separators, so never `..` or absolute."""
+    return _UNSAFE.sub("-", text).strip("-")[:max_len] or fallback
+
+
+def hashed_name(label: str, identity: str, max_len: int = 48, fallback: str = "item") -> str:
+    """`safe_name(label)` plus a short hash of `identity`: readable, and distinct for distinct
+    identities even when their labels sanitise alike (`a b.mp4` and `a?b.mp4`)."""
+    digest = hashlib.sha1(identity.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    return f"{safe_name(label, max_len, fallback)}-{digest}"
+
+
+def confined(root: str | Path, *parts: str) -> Path:
+    """`root/parts...` resolved, or ValueError when it would leave `root` (`..`, an absolute part,
+    a symlink pointing out). Parts should already be safe names; this is the last guard."""
+    base = Path(root).resolve()
+    path = base.joinpath(*parts).resolve()
+    if path != base and not path.is_relative_to(base):
+        raise ValueError(f"{'/'.join(parts)!r} resolves outside {base}")
+    return path
+
+
+def safe_stem(text: str, max_len: int = 96) -> str:
+    """A file stem for an id taken from input: the id itself when it is already a safe name, else
+    `hashed_name(id)`, so ordinary ids keep their names and odd ones can neither escape nor collide."""
+    name = safe_name(text, max_len, fallback="")
+    return name if name and name == text else hashed_name(text, text, max_len - 11)

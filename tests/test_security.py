@@ -1,0 +1,162 @@
+"""The trust model, enforced (docs/security.md): nothing is ever unpickled, and names taken from
+inputs cannot place a file outside the output folder."""
+from __future__ import annotations
+
+import ast
+import os
+from pathlib import Path
+
+import pytest
+
+from portraitflow.operators.inputs import input_key
+from portraitflow.operators.paths import confined, hashed_name, safe_name, safe_stem
+
+ROOT = Path(__file__).resolve().parents[1]
+SCANNED = ["jobs", "pipelines", "operators", "models", "benchmarks"]
+# Modules whose loading executes arbitrary code from the data.
+PICKLING_MODULES = {"pickle", "_pickle", "cPickle", "cloudpickle", "dill", "joblib", "shelve", "marshal"}
+# Calls that unpickle or construct arbitrary objects whatever their arguments.
+FORBIDDEN_CALLS = {"read_pickle", "to_pickle", "unsafe_load", "full_load", "load_pickle"}
+
+
+def _dotted(node: ast.AST) -> str:
+    """`a.b.c` for a Name/Attribute chain, '' otherwise."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+        return ".".join(reversed(parts))
+    return ""
+
+
+def _keyword(call: ast.Call, name: str) -> ast.AST | None:
+    return next((k.value for k in call.keywords if k.arg == name), None)
+
+
+def _is_const(node: ast.AST | None, value: object) -> bool:
+    return isinstance(node, ast.Constant) and node.value is value
+
+
+def unsafe_loading(source: str) -> list[str]:
+    """Every way `source` could unpickle (or build arbitrary objects from) data, as `line: what`."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        where = getattr(node, "lineno", 0)
+        if isinstance(node, ast.Import):
+            found += [f"{where}: import {a.name}" for a in node.names if a.name.split(".")[0] in PICKLING_MODULES]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            names = {a.name for a in node.names}
+            if module.split(".")[0] in PICKLING_MODULES or names & PICKLING_MODULES:
+                found.append(f"{where}: from {module} import {', '.join(sorted(names))}")
+            if module == "torch" and "load" in names:
+                found.append(f"{where}: from torch import load (use torch.load(..., weights_only=True))")
+        elif isinstance(node, ast.Call):
+            name = _dotted(node.func)
+            last = name.rsplit(".", 1)[-1]
+            if name == "torch.load" and not _is_const(_keyword(node, "weights_only"), True):
+                found.append(f"{where}: torch.load without weights_only=True")
+            if name in ("torch.hub.load", "torch.jit.load"):
+                found.append(f"{where}: {name}")
+            if last in FORBIDDEN_CALLS:
+                found.append(f"{where}: {name}")
+            allow = _keyword(node, "allow_pickle")
+            if allow is not None and not _is_const(allow, False):
+                found.append(f"{where}: {name} with allow_pickle not False")
+            if name == "yaml.load" and "Safe" not in ast.unparse(_keyword(node, "Loader") or ast.Constant(None)):
+                found.append(f"{where}: yaml.load without a safe Loader")
+            if name in ("eval", "exec"):
+                found.append(f"{where}: {name}()")
+    return found
+
+
+@pytest.mark.parametrize("snippet", [
+    "import pickle",
+    "import cloudpickle as cp",
+    "from ray import cloudpickle",
+    "from joblib import load",
+    "import dill.settings",
+    "pickle_free = 1\nimport _pickle",
+    "torch.load(path)",
+    "torch.load(path, weights_only=False)",
+    "torch.load(path, weights_only=flag)",
+    "from torch import load",
+    "np.load(path, allow_pickle=True)",
+    "numpy.load(io.BytesIO(b), allow_pickle=flag)",
+    "pd.read_pickle(path)",
+    "frame.to_pickle(path)",
+    "torch.hub.load('repo', 'model')",
+    "yaml.load(text, Loader=yaml.Loader)",
+    "yaml.unsafe_load(text)",
+    "eval(line)",
+])
+def test_scanner_catches_unsafe_loading(snippet: str) -> None:
+    assert unsafe_loading(snippet), snippet
+
+
+@pytest.mark.parametrize("snippet", [
+    "torch.load(path, map_location='cpu', weights_only=True, mmap=True)",
+    "np.load(path, allow_pickle=False)",
+    "np.save(buffer, array, allow_pickle=False)",
+    "yaml.safe_load(text)",
+    "yaml.load(text, Loader=yaml.SafeLoader)",
+    "module.eval()",
+    '"""Never unpickle: pickle.load is forbidden."""',
+    "# import pickle",
+    "safetensors.torch.load_file(path)",
+])
+def test_scanner_passes_safe_loading(snippet: str) -> None:
+    assert unsafe_loading(snippet) == []
+
+
+def test_project_code_never_unpickles() -> None:
+    files = [p for top in SCANNED if (ROOT / top).is_dir() for p in sorted((ROOT / top).rglob("*.py"))]
+    assert len(files) > 20, "the scan found too little code; did the layout change?"
+    problems = [f"{p.relative_to(ROOT)}:{hit}" for p in files for hit in unsafe_loading(p.read_text())]
+    assert problems == [], "pickle-free loading only (CONTRIBUTING.md):\n" + "\n".join(problems)
+
+
+HOSTILE = [
+    "../../etc/passwd", "/etc/passwd", "..", ".", "", "a/../../b", "..\\..\\win", "name with spaces.mp4",
+    "ünïcødé 名前 🎥.mov", "x" * 5000, "nul\0byte", "-rf", ".hidden", "a\nb", "%2e%2e%2f",
+    "bad\udcff-surrogate",  # an undecodable byte in a file name, as os.fsdecode returns it
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_safe_names_cannot_escape(text: str, tmp_path: Path) -> None:
+    for name in (safe_name(text), hashed_name(text, text), safe_stem(text), input_key(text)):
+        assert name and len(name) <= 96
+        assert set(name) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+        target = confined(tmp_path, f"{name}.npz")
+        assert target.parent == tmp_path.resolve()
+
+
+def test_hashed_names_keep_distinct_inputs_apart() -> None:
+    variants = ["a b.mp4", "a?b.mp4", "a/b.mp4", "a..b.mp4", "a b .mp4"]
+    assert len({safe_name(Path(v).stem) for v in variants[:2]}) == 1  # they sanitise alike...
+    assert len({hashed_name(Path(v).stem, v) for v in variants}) == len(variants)  # ...and stay apart
+    assert hashed_name("clip", "/data/a.mp4") == hashed_name("clip", "/data/a.mp4")  # reruns agree
+
+
+def test_safe_stem_keeps_ordinary_ids() -> None:
+    assert safe_stem("job-0001_x") == "job-0001_x"
+    assert safe_stem("../job") != safe_stem("job") and safe_stem("../job").startswith("job-")
+
+
+@pytest.mark.parametrize("parts", [("..", "x"), ("/etc", "passwd"), ("a", "..", "..", "b"), ("..",)])
+def test_confined_refuses_escapes(parts: tuple[str, ...], tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        confined(tmp_path / "out", *parts)
+
+
+def test_confined_refuses_symlinks_out(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    os.symlink(tmp_path, out / "link")
+    with pytest.raises(ValueError):
+        confined(out, "link", "x")
+    assert confined(out, "shards", "000000.tar") == out.resolve() / "shards" / "000000.tar"
+    assert confined(out) == out.resolve()

@@ -94,14 +94,24 @@ def _jobs_file(path: Path) -> list[dict[str, Any]]:
     return table.to_dict("records")
 
 
-def _unpack_shards(spec: DatasetSpec, folder: Path) -> list[str]:
-    """Each shard sample's clip written out as `<key>.source.mp4`; returns their paths."""
+def _shard_urls(path: str) -> list[str]:
+    """A curated output folder (its `shards/`), a folder of tars, or a glob of tars."""
     import glob
 
+    source = Path(path)
+    if source.is_dir():
+        folder = source / "shards" if (source / "shards").is_dir() else source
+        return sorted(str(p) for p in folder.glob("*.tar"))
+    return sorted(glob.glob(path))
+
+
+def _unpack_shards(spec: DatasetSpec, folder: Path) -> list[str]:
+    """Each shard sample's clip written out as `<key>.source.mp4`; returns their paths."""
     import webdataset as wds
 
-    source = Path(spec.path)
-    urls = sorted(str(p) for p in source.rglob("*.tar")) if source.is_dir() else sorted(glob.glob(spec.path))
+    urls = _shard_urls(spec.path)
+    if not urls:
+        raise ValueError(f"no .tar shards at {spec.path}")
     paths = []
     for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
         if "mp4" not in sample:

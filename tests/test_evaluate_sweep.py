@@ -92,3 +92,22 @@ def test_report_command_writes_a_static_page(sweep_run, tmp_path: Path) -> None:
     videos = [line.split("src='")[1].split("'")[0] for line in page.splitlines() if "<video" in line]
     assert len(videos) == 2 and all((out / v).is_file() for v in videos)
     assert "fid skipped" in page  # learned metrics without local weights are named, not silently absent
+
+
+def test_evaluate_command_scores_existing_outputs_like_the_sweep(sweep_run, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from portraitflow.jobs.cli import app
+
+    _, _, children = _children(sweep_run["uri"], sweep_run["parent_id"])
+    warp = children["warp"]
+    results = sweep_run["out"] / "configs" / warp.data.tags["portraitflow.config_hash"] / "outputs" / "results.parquet"
+    result = CliRunner().invoke(app, ["evaluate", str(results), "--out", str(tmp_path / "eval"), "--mlflow-uri",
+                                      sweep_run["uri"], "--set", "evaluate.frame_stride=2", "--set", "evaluate.side_by_side=0"])
+    assert result.exit_code == 0, result.output
+    run_id = result.output.split("run ")[1].split()[0]
+    metrics = MlflowClient(sweep_run["uri"]).get_run(run_id).data.metrics
+    for name in ("apd", "akd", "ssim", "csim_opencv"):
+        assert metrics[name] == pytest.approx(warp.data.metrics[name], rel=1e-6), name
+    assert (tmp_path / "eval" / "report" / "index.html").is_file()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from portraitflow.jobs import config_cmd, curate, doctor, evaluate_cmd, inspect_cmd
+from portraitflow.jobs import config_cmd, convert_weights, curate, doctor, evaluate_cmd, inspect_cmd
 
 app = typer.Typer(
     name="portraitflow",
@@ -17,6 +17,7 @@ app.command("inspect")(inspect_cmd.inspect)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("sweep")(evaluate_cmd.sweep)
 app.command("report")(evaluate_cmd.report)
+app.command("convert-weights")(convert_weights.convert_weights)
 app.add_typer(config_cmd.app, name="config")
 
 if __name__ == "__main__":

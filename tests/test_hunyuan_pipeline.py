@@ -3,19 +3,33 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKLTemporalDecoder
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
 
+from portraitflow.jobs.cli import app
+from portraitflow.models.animators.base import DrivingWindow, ReferenceInput
+from portraitflow.models.hunyuan.animator import TINY_WEIGHTS, HunyuanAnimator
 from portraitflow.models.hunyuan.dino import DinoV2WithIdAdapters
 from portraitflow.models.hunyuan.image_proj import ImageProjector
 from portraitflow.models.hunyuan.pipeline import HunyuanPipeline, PaddedMotion, SamplingSettings
 from portraitflow.models.hunyuan.pose_guider import PoseGuider
-from portraitflow.models.hunyuan.sampler import karras_schedule, next_shift, window_indices
+from portraitflow.models.hunyuan.sampler import SVD_XT_SCHEDULER_CONFIG, karras_schedule, next_shift, window_indices
 from portraitflow.models.hunyuan.unet import HunyuanUNet
+from portraitflow.models.hunyuan.weights import (
+    HYPORTRAIT_MODULES,
+    HunyuanModels,
+    WeightsMissing,
+    load_models,
+    random_models,
+)
 
 DINO_LAYOUT_ONLY = {"block_chunks", "backbone", "layers_output"}  # release arguments that pick a layout
 
@@ -116,3 +130,99 @@ def test_whole_tiny_pipeline_golden(pipeline_golden, guidance: str) -> None:
     frames = torch.cat(list(pipe.decode(latents, settings.decode_chunk_size)))
     _assert_output(frames.transpose(0, 1)[None], data, sidecar, prefix + "frames")
 
+
+
+# -- weights, conversion and the Animator, on tiny random modules (no ../shared needed) -------------
+
+
+def _save_official_layout(models: HunyuanModels, root: Path) -> None:
+    """`models` written as the release ships them: hyportrait/*.pth plus the SVD-XT folders."""
+    pipe = models.pipeline
+    modules = {"unet": pipe.unet, "pose_guider": pipe.pose_guider, "dino": pipe.image_encoder,
+               "image_proj": pipe.image_proj, "expression": models.expression, "headpose": models.headpose,
+               "motion_proj": models.motion_proj}
+    (root / "hyportrait").mkdir(parents=True)
+    for name, module in modules.items():
+        torch.save(module.state_dict(), root / "hyportrait" / f"{name}.pth")
+    for folder, filename, config in (("unet", "config.json", dict(pipe.unet.config)),
+                                     ("vae", "config.json", dict(pipe.vae.config)),
+                                     ("scheduler", "scheduler_config.json", SVD_XT_SCHEDULER_CONFIG)):
+        (root / folder).mkdir()
+        (root / folder / filename).write_text(json.dumps(config))
+    save_file(pipe.vae.state_dict(), root / "vae" / "diffusion_pytorch_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> tuple[HunyuanModels, Path]:
+    models = random_models("tiny", seed=3)
+    root = tmp_path_factory.mktemp("weights")
+    _save_official_layout(models, root)
+    return models, root
+
+
+def _state(models: HunyuanModels) -> dict[str, torch.Tensor]:
+    modules = {**models.pipeline.modules(), "expression": models.expression, "headpose": models.headpose,
+               "motion_proj": models.motion_proj}
+    return {f"{name}.{key}": value for name, module in modules.items() for key, value in module.state_dict().items()}
+
+
+def test_missing_weights_error_lists_every_missing_path(tiny_weights, tmp_path: Path) -> None:
+    _, root = tiny_weights
+    partial = tmp_path / "partial"
+    shutil.copytree(root, partial)
+    removed = [partial / "hyportrait" / "unet.pth", partial / "hyportrait" / "motion_proj.pth",
+               partial / "scheduler" / "scheduler_config.json", partial / "vae" / "diffusion_pytorch_model.safetensors"]
+    for path in removed:
+        path.unlink()
+    with pytest.raises(WeightsMissing) as error:
+        load_models(partial, size="tiny")
+    message = str(error.value)
+    for path in removed:
+        assert str(path.parent / path.name.replace("diffusion_pytorch_model.safetensors",
+                                                   "diffusion_pytorch_model.fp16.safetensors")) in message
+    assert str(partial / "hyportrait" / "dino.pth") not in message
+    assert str(partial / "unet" / "config.json") not in message
+    assert message.count("\n  - ") == len(removed)
+
+
+def test_convert_weights_round_trip(tiny_weights, tmp_path: Path) -> None:
+    models, root = tiny_weights
+    out = tmp_path / "converted"
+    result = CliRunner().invoke(app, ["convert-weights", str(root), str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "hyportrait").iterdir()) == sorted(
+        f"{name}.safetensors" for name in HYPORTRAIT_MODULES)
+    assert not list(out.rglob("*.pth"))
+    original, converted = _state(models), _state(load_models(out, dtype=torch.float32, size="tiny"))
+    from_pth = _state(load_models(root, dtype=torch.float32, size="tiny"))
+    assert original.keys() == converted.keys() == from_pth.keys()
+    for key, value in original.items():
+        assert torch.equal(value, converted[key]) and torch.equal(value, from_pth[key]), key
+    again = CliRunner().invoke(app, ["convert-weights", str(root), str(out)])
+    assert again.exit_code == 0 and "already complete" in again.output
+
+
+def _driving(rng: np.random.Generator, lengths: list[int], side: int) -> Iterator[DrivingWindow]:
+    kps = np.array([[0.38, 0.44], [0.62, 0.44], [0.5, 0.56], [0.41, 0.69], [0.59, 0.69]]) * side
+    start = 0
+    for length in lengths:
+        yield DrivingWindow(start=start, crops=rng.integers(0, 256, (length, side, side, 3), dtype=np.uint8),
+                            kps=kps + rng.normal(0, 0.5, (length, 5, 2)), landmarks=np.zeros((length, 68, 2)),
+                            pose=np.zeros((length, 3)))
+        start += length
+
+
+def test_tiny_animator_streams_windows_and_is_reproducible() -> None:
+    animator = HunyuanAnimator.create(TINY_WEIGHTS, device="cpu")
+    side, lengths = animator.models.resolution, [6, 7, 3]
+    rng = np.random.default_rng(0)
+    reference = ReferenceInput(crop=rng.integers(0, 256, (side, side, 3), dtype=np.uint8), kps=np.zeros((5, 2)),
+                               landmarks=np.zeros((68, 2)), pose=np.zeros(3),
+                               aligned_face=rng.integers(0, 256, (112, 112, 3), dtype=np.uint8),
+                               embedding=rng.normal(size=512).astype(np.float32))
+    runs = [list(animator.animate(reference, _driving(np.random.default_rng(1), lengths, side), {"seed": seed}))
+            for seed in (5, 5)]
+    assert [len(crops) for crops in runs[0]] == lengths
+    assert all(crops.shape == (n, side, side, 3) and crops.dtype == np.uint8 for crops, n in zip(runs[0], lengths))
+    assert all(np.array_equal(a, b) for a, b in zip(runs[0], runs[1]))
+    assert animator.describe(reference)["identity"] == "face-layer"

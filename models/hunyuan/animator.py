@@ -1,0 +1,192 @@
+"""HunyuanPortrait behind the `Animator` interface: one actor loads the model once, animates many jobs.
+
+Per job: the reference's appearance tokens and latent are computed once; driving windows stream
+in and are reduced to motion tokens (kept on the host, in 25-frame chunks aligned with the video
+start as the release computes their intensity buckets); then the whole padded video is sampled
+with the windowed sampler and decoded chunk by chunk, and the crops go out in the driving
+windows' sizes. Device memory holds the video's latents and one window's work, never the video.
+
+The driving crops stand in for the release's frame-0 crop box (one box per shot). The release's
+expression crop is the 5-point landmark box pulled 45% toward frame 0's raw face box; in a crop
+made by the release's rule that box is the crop's central third, which is what we use.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from portraitflow.models.animators.base import Animator, DrivingWindow, ReferenceInput
+from portraitflow.models.hunyuan.conditions import MOTION_CHUNK_FRAMES, encode_motion_chunk
+from portraitflow.models.hunyuan.dino import ID_DIM
+from portraitflow.models.hunyuan.pipeline import PaddedMotion, SamplingSettings, dino_input
+from portraitflow.models.hunyuan.weights import HunyuanModels, load_models, random_models
+
+#: `weights` value that selects random tiny modules (CPU plumbing tests of the generation flow).
+TINY_WEIGHTS = "tiny"
+TINY_SETTINGS = SamplingSettings(num_steps=2, frames_per_window=8, overlap=3, shift_offset=3, pad_frames=3)
+#: each side of the landmark box moves this far toward the face box (the release's expression crop).
+EXPRESSION_PULL = 0.45
+
+
+def _to_tensor(images: np.ndarray, size: int) -> torch.Tensor:
+    """(T, S, S, 3) uint8 -> [T, 3, size, size] float in [0, 1] (bilinear, antialiased like torchvision)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    if tensor.shape[-1] != size or tensor.shape[-2] != size:
+        tensor = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return tensor
+
+
+def expression_crops(crops: np.ndarray, kps: np.ndarray, size: int) -> torch.Tensor:
+    """[T, 3, size, size] in [0, 1]: each frame's landmark box pulled toward the face box, made square, black-padded."""
+    side = crops.shape[1]
+    face_box = np.array([side / 3, side / 3, 2 * side / 3, 2 * side / 3])
+    out = []
+    for crop, points in zip(crops, kps):
+        box = np.concatenate([points.min(axis=0), points.max(axis=0)])
+        box = box + EXPRESSION_PULL * (face_box - box)
+        centre = ((box[:2] + box[2:]) / 2).astype(int)
+        half = int(max(box[2] - box[0], box[3] - box[1]) / 2)
+        square = np.zeros((2 * half, 2 * half, 3), np.uint8)
+        x0, y0 = centre - half
+        src_x, src_y = slice(max(x0, 0), min(x0 + 2 * half, side)), slice(max(y0, 0), min(y0 + 2 * half, side))
+        square[src_y.start - y0:src_y.stop - y0, src_x.start - x0:src_x.stop - x0] = crop[src_y, src_x]
+        out.append(_to_tensor(square[None], size))
+    return torch.cat(out)
+
+
+class HunyuanAnimator(Animator):
+    """HunyuanPortrait (or its tiny random twin) as an `Animator`."""
+
+    name = "hunyuan"
+
+    def __init__(self, models: HunyuanModels, settings: SamplingSettings = SamplingSettings()) -> None:
+        self.models = models
+        self.settings = settings
+        self._arcface = None
+        if models.arcface is not None:
+            import onnxruntime
+
+            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                         if p in onnxruntime.get_available_providers()]
+            self._arcface = onnxruntime.InferenceSession(str(models.arcface), providers=providers)
+
+    @classmethod
+    def create(cls, weights: str | Path, device: str | None = None, dtype: torch.dtype | None = None) -> HunyuanAnimator:
+        """From a weights folder (fp16 on CUDA, fp32 on CPU by default), or `TINY_WEIGHTS` for random tiny modules."""
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if str(weights) == TINY_WEIGHTS:
+            return cls(random_models("tiny", device=device, dtype=dtype or torch.float32), TINY_SETTINGS)
+        dtype = dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
+        return cls(load_models(weights, device=device, dtype=dtype))
+
+    # -- reference ------------------------------------------------------------------------------
+
+    def identity(self, reference: ReferenceInput) -> tuple[np.ndarray, str]:
+        """([512] identity vector, where it came from): `arcface.onnx` on the aligned face ([0, 1] RGB input,
+        the release's convention), else the face layer's embedding when it is 512-d, else zeros (as the
+        release does without a face)."""
+        if self._arcface is not None:
+            face = reference.aligned_face.astype(np.float32).transpose(2, 0, 1)[None] / 255.0
+            name = self._arcface.get_inputs()[0].name
+            vector = self._arcface.run(None, {name: face})[0][0]
+            return vector / np.linalg.norm(vector), "arcface.onnx"
+        embedding = reference.embedding
+        if embedding is not None and embedding.shape == (ID_DIM,):
+            return embedding / np.linalg.norm(embedding), "face-layer"
+        width = "absent" if embedding is None else f"{embedding.shape[-1]}-d"
+        return np.zeros(ID_DIM, np.float32), f"none (no arcface.onnx; face-layer embedding {width})"
+
+    def describe(self, reference: ReferenceInput) -> dict[str, Any]:
+        """Metadata of a job's output: model source, identity source, sampling settings."""
+        return {"animator": self.name, "weights": self.models.source, "identity": self.identity(reference)[1],
+                "dtype": str(self.models.pipeline.dtype).removeprefix("torch."),
+                **dataclasses.asdict(self.settings)}
+
+    # -- animation --------------------------------------------------------------------------------
+
+    def _settings(self, params: dict[str, Any]) -> SamplingSettings:
+        known = {f.name for f in dataclasses.fields(SamplingSettings)}
+        return dataclasses.replace(self.settings, **{k: v for k, v in params.items() if k in known})
+
+    def _motion_tokens(self, windows: Iterator[DrivingWindow]) -> tuple[torch.Tensor, list[int]]:
+        """Host tensor [T, L, D] of motion tokens, and the driving windows' lengths."""
+        models, size = self.models, self.models.motion_resolution
+        dtype = models.pipeline.dtype
+        pending: dict[str, list] = {"face": [], "head": [], "kps": []}
+        chunks, lengths = [], []
+
+        def flush() -> None:
+            tokens = encode_motion_chunk(models.expression, models.headpose, models.motion_proj,
+                                         torch.cat(pending["face"]), torch.cat(pending["head"]),
+                                         np.concatenate(pending["kps"]))
+            chunks.append(tokens.to("cpu", dtype))
+            for value in pending.values():
+                value.clear()
+
+        device = models.pipeline.device
+        with torch.no_grad():
+            for window in windows:
+                lengths.append(len(window.crops))
+                face = expression_crops(window.crops, window.kps, size).to(device)
+                head = _to_tensor(window.crops, size).to(device)
+                offset = 0
+                while offset < len(face):
+                    room = MOTION_CHUNK_FRAMES - sum(len(f) for f in pending["face"])
+                    pending["face"].append(face[offset:offset + room])
+                    pending["head"].append(head[offset:offset + room])
+                    pending["kps"].append(window.kps[offset:offset + room])
+                    offset += room
+                    if sum(len(f) for f in pending["face"]) == MOTION_CHUNK_FRAMES:
+                        flush()
+            if pending["face"]:
+                flush()
+        return (torch.cat(chunks) if chunks else torch.empty(0)), lengths
+
+    def animate(self, reference: ReferenceInput, windows: Iterator[DrivingWindow],
+                params: dict[str, Any]) -> Iterator[np.ndarray]:
+        models = self.models
+        pipeline = models.pipeline
+        settings = self._settings(params)
+        side = reference.crop.shape[0]
+        resolution = models.resolution
+        motion, lengths = self._motion_tokens(windows)
+        if not lengths:
+            return
+        with torch.no_grad():
+            crop = _to_tensor(reference.crop[None], resolution)
+            identity, _ = self.identity(reference)
+            features = pipeline.encode_reference(crop * 2 - 1, dino_input(crop),
+                                                 torch.from_numpy(np.asarray(identity, np.float32))[None])
+        padded = PaddedMotion(motion, settings.pad_frames)
+        window = min(settings.frames_per_window, len(padded))
+        settings = dataclasses.replace(settings, frames_per_window=window, overlap=min(settings.overlap, window - 1))
+        latents = pipeline.sample(features, padded, pipeline.black_pose_features(resolution, resolution), settings)
+        yield from self._frames_in_windows(latents, settings, lengths, side)
+
+    def _frames_in_windows(self, latents: torch.Tensor, settings: SamplingSettings, lengths: list[int],
+                           side: int) -> Iterator[np.ndarray]:
+        """Decode chunk by chunk, drop the pad frames, and cut the crops into the driving windows' sizes."""
+        video_end = latents.shape[1] - settings.pad_frames
+        buffered: list[np.ndarray] = []
+        lengths = list(lengths)
+        position = 0
+        for chunk in self.models.pipeline.decode(latents, settings.decode_chunk_size):
+            start, position = position, position + len(chunk)
+            first, stop = max(start, settings.pad_frames), min(position, video_end)
+            if first >= stop:
+                continue
+            frames = chunk[first - start:stop - start]
+            if frames.shape[-1] != side:
+                frames = F.interpolate(frames, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+            pixels = ((frames * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+            buffered.extend(pixels.cpu().numpy())
+            while lengths and len(buffered) >= lengths[0]:
+                count = lengths.pop(0)
+                yield np.stack(buffered[:count])
+                del buffered[:count]

@@ -1,0 +1,277 @@
+"""Loading HunyuanPortrait from a local folder in the official layout, pickle-free.
+
+    DIR/hyportrait/{unet,pose_guider,dino,image_proj,expression,headpose,motion_proj}.pth
+    DIR/vae/config.json + diffusion_pytorch_model[.fp16].safetensors   (SVD-XT)
+    DIR/unet/config.json                                               (SVD-XT)
+    DIR/scheduler/scheduler_config.json                                (SVD-XT)
+    DIR/arcface.onnx                                                   (optional)
+
+`.pth` files are read with `torch.load(weights_only=True)`; `convert_weights` writes each as a
+`.safetensors` next to the same layout once, and later loads prefer those. Every module is built
+on the `meta` device and loaded with `strict=True, assign=True`, so no memory is spent on an
+initialisation that is thrown away. Random-weight builds (`random_models`) serve tests and the
+benchmark: `full` has the release's shapes and FLOPs, `tiny` runs the same flow on a CPU.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLTemporalDecoder
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from portraitflow.models.hunyuan.dino import DinoV2WithIdAdapters
+from portraitflow.models.hunyuan.expression import HeadExpression
+from portraitflow.models.hunyuan.headpose import HeadPose
+from portraitflow.models.hunyuan.image_proj import ImageProjector
+from portraitflow.models.hunyuan.motion_proj import IntensityAwareMotionRefiner
+from portraitflow.models.hunyuan.pipeline import HunyuanPipeline
+from portraitflow.models.hunyuan.pose_guider import PoseGuider
+from portraitflow.models.hunyuan.unet import SVD_XT_UNET_CONFIG, TINY_UNET_CONFIG, HunyuanUNet, unet_config_from_json
+
+HYPORTRAIT_MODULES = ("unet", "pose_guider", "dino", "image_proj", "expression", "headpose", "motion_proj")
+VAE_WEIGHTS = ("diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors")
+CONFIG_FILES = ("vae/config.json", "unet/config.json", "scheduler/scheduler_config.json")
+ARCFACE = "arcface.onnx"
+
+#: SVD-XT `vae/config.json` (diffusers layout).
+SVD_XT_VAE_CONFIG: dict = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "sample_size": 768,
+    "scaling_factor": 0.18215,
+    "force_upcast": True,
+}
+TINY_VAE_CONFIG: dict = {**SVD_XT_VAE_CONFIG, "down_block_types": ["DownEncoderBlock2D"] * 3,
+                         "block_out_channels": [32, 32, 32], "layers_per_block": 1, "sample_size": 64}
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """Constructor arguments of every module, the crop size and the motion-crop size."""
+
+    unet: dict
+    vae: dict
+    pose_guider: dict
+    dino: dict
+    expression: dict
+    motion_proj: dict
+    resolution: int
+    motion_resolution: int
+
+
+FULL = ModelSize(
+    unet=SVD_XT_UNET_CONFIG, vae=SVD_XT_VAE_CONFIG, pose_guider={}, dino={}, expression={}, motion_proj={},
+    resolution=512, motion_resolution=256,
+)
+TINY = ModelSize(
+    unet=TINY_UNET_CONFIG, vae=TINY_VAE_CONFIG,
+    pose_guider={"conditioning_embedding_channels": 32, "block_out_channels": (16, 32, 64)},
+    dino={"embed_dim": 32, "depth": 2, "num_heads": 1, "add_adapter_layer": (1,), "visual_adapter_dim": 64},
+    expression={"blocks_per_stage": (1, 1, 1, 1)},
+    # motion tokens are [refined | 3 rotation | 3 translation] = the UNet's cross-attention width
+    motion_proj={"output_dim": TINY_UNET_CONFIG["cross_attention_dim"] - 6, "intensity_embed_dim": 32,
+                 "width": 32, "layers": 1, "heads": 2},
+    resolution=64, motion_resolution=64,
+)
+SIZES = {"full": FULL, "tiny": TINY}
+
+
+class WeightsMissing(FileNotFoundError):
+    """Files of the official layout are missing; the message lists each one and where to get them."""
+
+
+@dataclass
+class HunyuanModels:
+    """Every module of the release, placed and typed as the release runs them (SPEC 9)."""
+
+    pipeline: HunyuanPipeline
+    expression: HeadExpression
+    headpose: HeadPose
+    motion_proj: IntensityAwareMotionRefiner
+    resolution: int
+    motion_resolution: int
+    arcface: Path | None = None
+    source: str = "random"
+    extras: dict = field(default_factory=dict)
+
+
+def _builders(size: ModelSize, unet_config: dict, vae_config: dict) -> dict[str, Callable[[], nn.Module]]:
+    return {
+        "unet": lambda: HunyuanUNet(**unet_config),
+        "vae": lambda: AutoencoderKLTemporalDecoder(**vae_config),
+        "pose_guider": lambda: PoseGuider(**size.pose_guider),
+        "dino": lambda: DinoV2WithIdAdapters(**size.dino),
+        "image_proj": lambda: ImageProjector(),
+        "expression": lambda: HeadExpression(**size.expression),
+        "headpose": lambda: HeadPose(),
+        "motion_proj": lambda: IntensityAwareMotionRefiner(**size.motion_proj),
+    }
+
+
+def _assemble(modules: dict[str, nn.Module], size: ModelSize, device: torch.device | str, dtype: torch.dtype,
+              scheduler_config: dict | None, arcface: Path | None, source: str) -> HunyuanModels:
+    """fp32 for the VAE encoder and the motion nets (as the release), `dtype` for the rest."""
+    for name, module in modules.items():
+        module.eval().requires_grad_(False)
+        # nn.Module.to: diffusers' override warns about fp32 modules these models do not have
+        nn.Module.to(module, device=device,
+                     dtype=torch.float32 if name in ("expression", "headpose", "motion_proj") else dtype)
+    vae = modules["vae"]
+    vae.encoder.float()
+    vae.quant_conv.float()
+    pipeline = HunyuanPipeline(modules["unet"], vae, modules["pose_guider"], modules["dino"], modules["image_proj"],
+                               scheduler_config=scheduler_config)
+    return HunyuanModels(pipeline, modules["expression"], modules["headpose"], modules["motion_proj"],
+                         size.resolution, size.motion_resolution, arcface=arcface, source=source)
+
+
+def random_models(size: str = "tiny", device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                  seed: int = 0) -> HunyuanModels:
+    """Every module with random weights: `full` has the release's shapes (and FLOPs), `tiny` runs on a CPU."""
+    spec = SIZES[size]
+    torch.manual_seed(seed)
+    with torch.device(device):
+        modules = {name: build() for name, build in _builders(spec, spec.unet, spec.vae).items()}
+    return _assemble(modules, spec, device, dtype, None, None, f"random:{size}:{seed}")
+
+
+def _module_file(weights_dir: Path, name: str) -> Path | None:
+    for suffix in (".safetensors", ".pth"):
+        path = weights_dir / "hyportrait" / f"{name}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def _vae_file(weights_dir: Path) -> Path | None:
+    return next((weights_dir / "vae" / n for n in VAE_WEIGHTS if (weights_dir / "vae" / n).is_file()), None)
+
+
+def missing_files(weights_dir: Path) -> list[str]:
+    """Each required path that is absent, as the user would have to create it."""
+    missing = [f"{weights_dir / 'hyportrait' / name}.pth" for name in HYPORTRAIT_MODULES
+               if _module_file(weights_dir, name) is None]
+    missing += [str(weights_dir / name) for name in CONFIG_FILES if not (weights_dir / name).is_file()]
+    if _vae_file(weights_dir) is None:
+        missing.append(f"{weights_dir / 'vae' / VAE_WEIGHTS[0]} (or {VAE_WEIGHTS[1]})")
+    return missing
+
+
+def check_weights_dir(weights_dir: str | Path) -> Path:
+    weights_dir = Path(weights_dir).expanduser()
+    missing = missing_files(weights_dir)
+    if missing:
+        listing = "\n".join(f"  - {path}" for path in missing)
+        raise WeightsMissing(
+            f"HunyuanPortrait weights are incomplete in {weights_dir}; missing:\n{listing}\n"
+            "Download the release's hyportrait/*.pth and arcface.onnx (Tencent-Hunyuan/HunyuanPortrait) and the "
+            "vae/, unet/config.json and scheduler/ folders of stabilityai/stable-video-diffusion-img2vid-xt into "
+            "that folder, keeping this layout."
+        )
+    return weights_dir
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from `.safetensors` or, never unpickling code, from a `.pth` (weights_only)."""
+    if path.suffix == ".safetensors":
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def _load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], name: str) -> None:
+    module.load_state_dict(state_dict, strict=True, assign=True)
+    left = [key for key, value in {**dict(module.named_parameters()), **dict(module.named_buffers())}.items()
+            if value.is_meta]
+    if left:
+        raise RuntimeError(f"{name}: tensors not set by the checkpoint: {left[:5]}")
+
+
+def load_models(weights_dir: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float16,
+                size: str = "full") -> HunyuanModels:
+    """The release's modules from `weights_dir` (official layout, `.pth` or converted `.safetensors`).
+
+    `size` picks the constructor arguments of the modules without a config file (`tiny` for tests).
+    """
+    root = check_weights_dir(weights_dir)
+    unet_config = unet_config_from_json(json.loads((root / "unet" / "config.json").read_text()))
+    vae_config = unet_config_from_json(json.loads((root / "vae" / "config.json").read_text()))
+    scheduler_config = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+    modules: dict[str, nn.Module] = {}
+    spec = SIZES[size]
+    for name, build in _builders(spec, unet_config, vae_config).items():
+        with torch.device("meta"):
+            module = build()
+        path = _vae_file(root) if name == "vae" else _module_file(root, name)
+        _load_strict(module, read_state_dict(path), name)
+        modules[name] = module
+    arcface = root / ARCFACE
+    return _assemble(modules, spec, device, dtype, scheduler_config, arcface if arcface.is_file() else None,
+                     str(root))
+
+
+def _atomic_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as handle:
+        temporary = Path(handle.name)
+    try:
+        shutil.copyfile(source, temporary)
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _atomic_save(state_dict: dict[str, torch.Tensor], target: Path, source: str) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    seen: set[int] = set()
+    tensors = {}
+    for key, value in state_dict.items():
+        value = value.contiguous()
+        if value.untyped_storage().data_ptr() in seen:  # safetensors refuses shared storage
+            value = value.clone()
+        seen.add(value.untyped_storage().data_ptr())
+        tensors[key] = value
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as handle:
+        temporary = Path(handle.name)
+    try:
+        save_file(tensors, temporary, metadata={"source": source})
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def convert_weights(weights_dir: str | Path, out_dir: str | Path) -> list[Path]:
+    """Write the official layout to `out_dir` with every `.pth` as `.safetensors`; returns the files written.
+
+    Files already present in `out_dir` are kept, so an interrupted conversion resumes.
+    """
+    root = check_weights_dir(weights_dir)
+    out = Path(out_dir).expanduser()
+    written: list[Path] = []
+    for name in HYPORTRAIT_MODULES:
+        target = out / "hyportrait" / f"{name}.safetensors"
+        if not target.exists():
+            source = _module_file(root, name)
+            _atomic_save(read_state_dict(source), target, source.relative_to(root).as_posix())
+            written.append(target)
+    copies = [root / name for name in CONFIG_FILES] + [_vae_file(root)]
+    if (root / ARCFACE).is_file():
+        copies.append(root / ARCFACE)
+    for source in copies:
+        target = out / source.relative_to(root)
+        if not target.exists():
+            _atomic_copy(source, target)
+            written.append(target)
+    return written
+

@@ -18,7 +18,7 @@ import pandas as pd
 LOWER_IS_BETTER = ("akd", "apd", "aed", "l1", "jitter", "flicker", "lpips", "fid", "fvd")
 #: columns of a per-video table that are not metrics
 NON_METRICS = {"job_id", "status", "reason", "frames", "error", "config", "config_hash", "output", "source",
-               "ref", "driving", "seconds", "backend"}
+               "ref", "driving", "seconds", "backend", "run_id", "reused", "jobs_ok", "jobs_failed"}
 
 
 def lower_is_better(metric: str) -> bool:
@@ -52,6 +52,8 @@ def metric_plots(per_video: pd.DataFrame, out_path: Path, order: Sequence[str]) 
     for ax, name in zip(axes.flat, names):
         data = [per_video.loc[per_video["config"] == c, name].dropna().to_numpy() for c in order]
         ax.boxplot(data, showmeans=True)
+        for x, values in enumerate(data, start=1):  # every video as a dot: sweeps are often a few videos
+            ax.scatter(x + np.linspace(-0.12, 0.12, len(values)), values, s=9, alpha=0.6, color="tab:blue", zorder=3)
         ax.set_xticks(range(1, len(order) + 1), [str(c) for c in order], rotation=20, ha="right", fontsize=8)
         ax.set_title(f"{name} ({'lower' if lower_is_better(name) else 'higher'} is better)", fontsize=9)
         ax.grid(axis="y", alpha=0.3)

@@ -159,8 +159,13 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
             merged = merged.fillna({"status": "failed", "reason": "not_generated"})
             score_and_log(client, run_id, merged, label, work_dir, evaluate, cfg)
             client.set_terminated(run_id, "FINISHED")
-        except BaseException:
+        except Exception as exc:  # one broken config must not stop the others; its run says why
+            client.set_tag(run_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
             client.set_terminated(run_id, "FAILED")
+            return {"config": label, "backend": params["backend"], "config_hash": config_hash, "run_id": run_id,
+                    "reused": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        except BaseException:
+            client.set_terminated(run_id, "KILLED")
             raise
     else:
         run_id = done.info.run_id
@@ -234,7 +239,7 @@ def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str 
             futures = [pool.submit(run_config, params, usable, spec, evaluate, cfg, out_dir, parent_id, experiment_id)
                        for params in configs]
             summary = pd.DataFrame([f.result() for f in futures])
-        summary = report.rank(summary, evaluate.rank_by)
+        summary = report.rank(summary, evaluate.rank_by) if evaluate.rank_by in summary else summary
         summary.to_csv(out_dir / "summary.csv", index=False)
         client.log_artifact(parent_id, str(out_dir / "summary.csv"))
         client.log_metric(parent_id, "configs_finished", len(summary))
@@ -259,16 +264,17 @@ def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, r
                                   order_by=["attributes.start_time ASC"]) or [parent]
     rows, tables, videos = [], [], []
     for child in children:
-        if child.info.status != "FINISHED" and child.info.run_id != run_id:
-            continue
         label = child.info.run_name or child.info.run_id
-        rows.append({"config": label, "run_id": child.info.run_id, **child.data.metrics})
+        rows.append({"config": label, "status": child.info.status, **child.data.metrics,
+                     "error": child.data.tags.get("error", ""), "run_id": child.info.run_id})
+        if child.info.status != "FINISHED":
+            continue
         local = _download(client, child.info.run_id, ("per_video.parquet", "side_by_side"), out_dir / "runs" / child.info.run_id)
         if (local / "per_video.parquet").is_file():
             tables.append(pd.read_parquet(local / "per_video.parquet").assign(config=label))
         for video in sorted((local / "side_by_side").glob("*.mp4")):
             videos.append((f"{label}: {video.stem}", video))
-    summary = pd.DataFrame(rows)
+    summary = _latest_per_config(pd.DataFrame(rows))
     per_video = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["config"])
     rank_by = rank_by or cfg.evaluate.rank_by
     summary = report.rank(summary, rank_by) if rank_by in summary.columns else summary
@@ -277,6 +283,13 @@ def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, r
     notes = [n for n in (notes_dir / "notes.txt").read_text().splitlines() if n] if (notes_dir / "notes.txt").is_file() else []
     return report.write_html(out_dir, f"PortraitFlow evaluation: {parent.info.run_name or run_id}", summary, rank_by,
                              plot, videos, notes, per_video)
+
+
+def _latest_per_config(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per config: its finished run if any, else its latest attempt (runs come oldest first)."""
+    finished = summary["status"] == "FINISHED"
+    return pd.concat([summary[finished], summary[~finished & ~summary["config"].isin(summary.loc[finished, "config"])]
+                      .drop_duplicates("config", keep="last")], ignore_index=True)
 
 
 def _download(client, run_id: str, names: tuple[str, ...], folder: Path) -> Path:

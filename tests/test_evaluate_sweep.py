@@ -23,7 +23,7 @@ def sweep_run(media_dir: Path, ray_local, tmp_path_factory):
     spec = SweepSpec.model_validate({
         "name": "warp-vs-still",
         "dataset": {"type": "folder", "path": str(media_dir), "include": DRIVERS},
-        "configs": [{"backend": "warp"}, {"backend": "still"}],
+        "configs": [{"backend": "warp"}, {"backend": "still"}, {"backend": "warp", "pose_multiplier": -1.0}],
         "evaluate": {"protocol": "self", "max_seconds": 2.0, "frame_stride": 2, "side_by_side": 1,
                      "rank_by": "apd", "max_parallel": 2},
     })
@@ -37,7 +37,7 @@ def _children(uri: str, parent_id: str):
     client = MlflowClient(uri)
     parent = client.get_run(parent_id)
     children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
-    return client, parent, {child.info.run_name: child for child in children}
+    return client, parent, {child.info.run_name: child for child in children if child.info.status == "FINISHED"}
 
 
 def test_sweep_records_a_parent_with_one_nested_run_per_config(sweep_run) -> None:
@@ -64,7 +64,16 @@ def test_warp_ranks_ahead_of_the_still_baseline_on_motion(sweep_run) -> None:
     assert warp["apd"] < still["apd"]
     assert warp["akd"] < still["akd"]
     summary = pd.read_csv(sweep_run["out"] / "summary.csv")
-    assert list(summary["config"]) == ["warp", "still"]  # ranked by APD, lower first
+    assert list(summary["config"]) == ["warp", "still", "warp[pose_multiplier=-1.0]"]  # by APD, lower first
+    assert "pose_multiplier" in summary["error"].iloc[2] and summary["error"].iloc[:2].isna().all()
+
+
+def test_a_broken_config_fails_alone_with_its_reason(sweep_run) -> None:
+    client, parent, _ = _children(sweep_run["uri"], sweep_run["parent_id"])
+    runs = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep_run['parent_id']}'")
+    broken = [r for r in runs if r.info.run_name == "warp[pose_multiplier=-1.0]"]
+    assert broken and broken[0].info.status == "FAILED"
+    assert "pose_multiplier" in broken[0].data.tags["error"]
 
 
 def test_rerun_resumes_without_redoing_finished_configs(sweep_run) -> None:
@@ -74,7 +83,8 @@ def test_rerun_resumes_without_redoing_finished_configs(sweep_run) -> None:
     assert again == sweep_run["parent_id"]
     _, parent, children = _children(sweep_run["uri"], again)
     assert len(children) == 2 and parent.info.status == "FINISHED"
-    assert pd.read_csv(sweep_run["out"] / "summary.csv")["reused"].all()
+    summary = pd.read_csv(sweep_run["out"] / "summary.csv").set_index("config")
+    assert summary.loc[["warp", "still"], "reused"].all()
 
 
 def test_report_command_writes_a_static_page(sweep_run, tmp_path: Path) -> None:
@@ -91,6 +101,7 @@ def test_report_command_writes_a_static_page(sweep_run, tmp_path: Path) -> None:
     assert (out / "metrics.png").stat().st_size > 10_000
     videos = [line.split("src='")[1].split("'")[0] for line in page.splitlines() if "<video" in line]
     assert len(videos) == 2 and all((out / v).is_file() for v in videos)
+    assert "FAILED" in page and "pose_multiplier" in page  # the broken config is listed with its error
     assert "fid skipped" in page  # learned metrics without local weights are named, not silently absent
 
 

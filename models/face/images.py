@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-#: Larger images are refused rather than decoded (Pillow's decompression-bomb guard, made an error).
-MAX_PIXELS = 16384 * 16384
+#: Larger images are refused before decoding (below Pillow's own decompression-bomb limit, which
+#: is made an error too).
+MAX_PIXELS = 64_000_000
 
 #: Reason codes of a failed load.
 EMPTY = "empty"

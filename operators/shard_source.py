@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import os
 import posixpath
 import tarfile
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from urllib.parse import urlparse
 import webdataset as wds
 from webdataset.gopen import gopen_schemes
 
+from portraitflow.operators.shards import INDEX_NAME
 from portraitflow.operators.train_sample import SampleSkipped
 
 log = logging.getLogger(__name__)
@@ -30,7 +32,6 @@ PYARROW_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 SKIP_REASONS = (
     "shard_unreadable",
     "missing_member",
-    "bad_metadata",
     "bad_array",
     "frame_count_mismatch",
     "clip_too_short",
@@ -73,10 +74,12 @@ def read_index(url: str) -> list[str]:
 
 def expand_shards(sources: str | Sequence[str]) -> list[str]:
     """Shard URLs from brace patterns (`dir/shards/{000000..000009}.tar`), `::`-joined lists,
-    index JSON files, or a list of any of these."""
+    index JSON files, a curated output folder (its index), or a list of any of these."""
     items = [sources] if isinstance(sources, str) else list(sources)
     urls: list[str] = []
     for item in items:
+        if os.path.isdir(item):
+            item = os.path.join(item, INDEX_NAME)
         for url in wds.shardlists.expand_urls(item):
             urls.extend(read_index(url)) if url.endswith(".json") else urls.append(url)
     if not urls:

@@ -8,7 +8,6 @@ Pure numpy/torch on one sample, so the same function serves the PyTorch and the 
 from __future__ import annotations
 
 import io
-import json
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from portraitflow.operators.decode import VideoUnreadable
 from portraitflow.operators.motion import window_buckets
 
 #: Members every curated sample carries (issue 3, item 8) that a training sample needs.
-REQUIRED_MEMBERS = ("mp4", "json", "landmarks.npy", "kps.npy", "pose.npy", "id.npy")
+REQUIRED_MEMBERS = ("mp4", "landmarks.npy", "kps.npy", "pose.npy", "id.npy")
 MOTION_CROP_SIZE = 256  # HeadExpression / HeadPose input side (SPEC 2)
 DINO_SIZE = 224
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -39,9 +38,8 @@ class SampleSkipped(ValueError):
 
 @dataclass(frozen=True)
 class ClipTracks:
-    """The per-frame arrays and metadata of one curated clip, validated against each other."""
+    """The per-frame arrays of one curated clip, validated against each other."""
 
-    meta: dict[str, Any]
     landmarks: np.ndarray  # (T, 68, 2) float32, crop pixels
     kps: np.ndarray  # (T, 5, 2) float32, crop pixels
     pose: np.ndarray  # (T, 3) float32 yaw, pitch, roll in degrees
@@ -53,14 +51,10 @@ class ClipTracks:
 
 
 def parse_tracks(sample: Mapping[str, Any]) -> ClipTracks:
-    """Load and shape-check the array and json members; never unpickles."""
+    """Load and shape-check the array members; never unpickles."""
     missing = [name for name in REQUIRED_MEMBERS if not isinstance(sample.get(name), (bytes, bytearray)) or not sample[name]]
     if missing:
         raise SampleSkipped("missing_member", f"{sample.get('__key__')} lacks {missing}")
-    try:
-        meta = json.loads(bytes(sample["json"]))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SampleSkipped("bad_metadata", f"json: {exc}") from exc
     arrays = {}
     for name, shape in (("landmarks.npy", (68, 2)), ("kps.npy", (5, 2)), ("pose.npy", (3,)), ("id.npy", None)):
         try:
@@ -74,7 +68,7 @@ def parse_tracks(sample: Mapping[str, Any]) -> ClipTracks:
     lengths = {len(arrays[name]) for name in ("landmarks.npy", "kps.npy", "pose.npy")}
     if len(lengths) != 1:
         raise SampleSkipped("frame_count_mismatch", f"per-frame arrays disagree on length: {sorted(lengths)}")
-    return ClipTracks(meta, arrays["landmarks.npy"], arrays["kps.npy"], arrays["pose.npy"], arrays["id.npy"])
+    return ClipTracks(arrays["landmarks.npy"], arrays["kps.npy"], arrays["pose.npy"], arrays["id.npy"])
 
 
 def sample_rng(seed: int | None, epoch: int, key: str) -> np.random.Generator:
@@ -130,14 +124,11 @@ def expression_boxes(kps: np.ndarray, anchor_box: np.ndarray) -> np.ndarray:
     return np.concatenate([centre - half[:, None], centre + half[:, None]], axis=1)
 
 
-def anchor_face_box(meta: Mapping[str, Any], crop_side: int) -> np.ndarray:
-    """The face box the expression crops are anchored to, in crop pixels.
-
-    The crop is HunyuanPortrait's square box around the clip's face box, which grows the face box
-    by its own size on every side; away from image borders the face box is the crop's middle third.
-    """
-    third = crop_side / 3.0
-    return np.array([third, third, 2 * third, 2 * third])
+def anchor_face_box(landmarks: np.ndarray) -> np.ndarray:
+    """The face box the expression crops of a window are anchored to: the box of the 68 landmarks of
+    the window's first frame, standing in for the detector box of the driving clip's frame 0 that
+    SPEC 2 uses (the curated sample keeps landmarks, not detector boxes)."""
+    return np.concatenate([landmarks.min(axis=0), landmarks.max(axis=0)])
 
 
 def _pixels(images: np.ndarray, low: float, high: float):
@@ -170,7 +161,7 @@ def encoder_inputs(frames: np.ndarray, reference: np.ndarray, tracks: ClipTracks
         buckets = window_buckets(kps)
     except ValueError as exc:
         raise SampleSkipped("degenerate_keypoints", str(exc)) from exc
-    boxes = expression_boxes(kps, anchor_face_box(tracks.meta, frames.shape[1]))
+    boxes = expression_boxes(kps, anchor_face_box(tracks.landmarks[window[0]]))
     expression = np.stack([crop_square(frame, box, MOTION_CROP_SIZE) for frame, box in zip(frames, boxes)])
     vae_frames, vae_reference = _pixels(frames, -1.0, 1.0), _pixels(reference[None], -1.0, 1.0)
     mean, std = torch.from_numpy(IMAGENET_MEAN)[:, None, None], torch.from_numpy(IMAGENET_STD)[:, None, None]
@@ -205,8 +196,6 @@ def build_train_sample(sample: Mapping[str, Any], n_frames: int = 25, seed: int 
     if video_frames != tracks.num_frames:
         raise SampleSkipped("frame_count_mismatch", f"video has {video_frames} frames, arrays {tracks.num_frames}")
     frames, reference = decoded[:-1], decoded[-1]
-    if frames.shape[1] != frames.shape[2]:
-        raise SampleSkipped("bad_metadata", f"crop is not square: {frames.shape[1:3]}")
     out = encoder_inputs(frames, reference, tracks, window, ref_index, pixel_dtype)
     out.update(key=key, frame_indices=window, reference_index=np.int64(ref_index))
     return out

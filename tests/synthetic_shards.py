@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from portraitflow.operators.motion import motion_table
+from portraitflow.operators.shards import INDEX_NAME
 from portraitflow.operators.video_writer import write_h264
 
 CODE_BITS = 8
@@ -112,7 +113,8 @@ def write_shard(path: Path, samples: dict[str, dict[str, bytes]]) -> None:
 
 
 def write_dataset(out: Path, shards: int, per_shard: int, num_frames: int = 40) -> list[str]:
-    """`out/shards/{shard:06d}.tar` plus a wids-style `out/shards/index.json`; returns the keys."""
+    """`out/shards/{shard:06d}.tar` plus a wids-style `out/index.wids.json`, as the curation flow
+    lays them out; returns the keys."""
     keys, entries = [], []
     for shard in range(shards):
         samples = {}
@@ -122,7 +124,7 @@ def write_dataset(out: Path, shards: int, per_shard: int, num_frames: int = 40) 
         path = out / "shards" / f"{shard:06d}.tar"
         write_shard(path, samples)
         keys.extend(samples)
-        entries.append({"url": path.name, "nsamples": per_shard, "filesize": path.stat().st_size})
+        entries.append({"url": f"shards/{path.name}", "nsamples": per_shard, "filesize": path.stat().st_size})
     index = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": "synthetic", "shardlist": entries}
-    (out / "shards" / "index.json").write_text(json.dumps(index))
+    (out / INDEX_NAME).write_text(json.dumps(index))
     return keys

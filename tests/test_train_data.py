@@ -44,7 +44,7 @@ def damaged(tmp_path_factory, dataset) -> tuple[str, dict[str, int]]:
 
 
 def _config(dataset, **overrides) -> TrainDataConfig:
-    values = dict(shards=[str(dataset[0] / "shards" / "index.json")], n_frames=4, batch_size=2, num_workers=0)
+    values = dict(shards=[str(dataset[0] / "index.wids.json")], n_frames=4, batch_size=2, num_workers=0)
     values.update(overrides)
     return TrainDataConfig(**values)
 
@@ -156,10 +156,11 @@ def test_resampled_mode_is_endless_with_fixed_epochs(dataset) -> None:
         _config(dataset, resampled=True, seed=1)
 
 
-def test_index_json_and_brace_pattern_name_the_same_shards(dataset) -> None:
-    by_index = expand_shards(str(dataset[0] / "shards" / "index.json"))
+def test_index_folder_and_brace_pattern_name_the_same_shards(dataset) -> None:
+    by_index = expand_shards(str(dataset[0] / "index.wids.json"))
+    by_folder = expand_shards(str(dataset[0]))
     by_pattern = expand_shards(str(dataset[0] / "shards" / "{000000..000003}.tar"))
-    assert by_index == by_pattern and len(by_index) == 4
+    assert by_index == by_folder == by_pattern and len(by_index) == 4
 
 
 def test_ray_data_path_yields_the_same_samples_and_counts_skips(dataset, damaged, ray_local) -> None:
@@ -181,3 +182,26 @@ def test_ray_data_path_yields_the_same_samples_and_counts_skips(dataset, damaged
                 assert batch[name][i].dtype == value.dtype and torch.equal(batch[name][i], value), name
     assert seen == set(torch_samples) == set(dataset[1]) | {"bad3"}
     assert ray.get(tally.counts.remote()) == {"video_undecodable": 1, "bad_array": 1, "missing_member": 1}
+
+
+@pytest.mark.slow
+def test_shards_of_the_curation_flow_feed_the_loader(media_dir, media_manifest, ray_local, mlflow_uri, tmp_path) -> None:
+    from portraitflow.jobs.config import load_config
+    from portraitflow.jobs.curate import run_curation
+
+    talking = media_manifest[(media_manifest.kind == "talking_video") & (media_manifest.width == 512)
+                             & (media_manifest.height == 512) & (media_manifest.duration_s < 4)]
+    video = media_dir / talking.sort_values("file").iloc[0].file
+    cfg = load_config(None, [f"mlflow.tracking_uri={mlflow_uri}"])
+    assert run_curation(cfg, [str(video)], tmp_path / "curated")["clips_accepted"] >= 1
+    loader = TrainLoader(TrainDataConfig(shards=[str(tmp_path / "curated")], n_frames=25, num_workers=0, seed=0))
+    batches = list(loader)
+    assert loader.skipped == {} and sum(len(b["key"]) for b in batches) >= 1
+    batch = batches[0]
+    assert batch["frames"].shape[1:] == (25, 3, cfg.curate.crop_size, cfg.curate.crop_size)
+    assert batch["identity"].shape[1] > 0 and torch.allclose(batch["identity"].norm(dim=1), torch.ones(1), atol=1e-3)
+    kps = batch["kps"][0]
+    assert kps.min() >= 0 and kps.max() <= cfg.curate.crop_size  # crop pixels, aligned with the mp4
+    assert (kps[:, 0, 0] < kps[:, 1, 0]).all() and (kps[:, 2, 1] < kps[:, 3, 1]).all()  # eyes left-right, nose above mouth
+    assert ((batch["intensity_buckets"] >= 0) & (batch["intensity_buckets"] <= 127)).all()
+    assert batch["reference_face"].std() > 0.05 and batch["expression_crops"].std() > 0.05

@@ -74,9 +74,9 @@ def measure(analyzer: FaceAnalyzer, frames: list[np.ndarray], repeats: int) -> l
     return rows
 
 
-def markdown_table(rows: list[dict]) -> str:
+def markdown_table(rows: list[dict], digits: int = 2) -> str:
     header = list(rows[0])
-    cell = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
+    cell = lambda v: f"{v:.{digits}f}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(row[k]) for k in header) + " |" for row in rows]
     return "\n".join(lines)

@@ -19,6 +19,8 @@ import decord
 import numpy as np
 import pandas as pd
 
+from face_backends import markdown_table  # sibling script: benchmarks/ is on sys.path when run
+
 from portraitflow.jobs.config.face import FaceConfig
 from portraitflow.models.face.factory import create_analyzer
 from portraitflow.models.face.images import load_image
@@ -118,15 +120,7 @@ def main() -> None:
         for label, values in (("same video", same), ("same person, other file", same_across_files),
                               ("different people", different)):
             table.append({"backend": backend, "pairs": label, **summary(values)})
-    print(markdown_table(table))
-
-
-def markdown_table(rows: list[dict]) -> str:
-    header = list(rows[0])
-    cell = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(row[k]) for k in header) + " |" for row in rows]
-    return "\n".join(lines)
+    print(markdown_table(table, digits=3))
 
 
 if __name__ == "__main__":

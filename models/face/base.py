@@ -30,6 +30,21 @@ class Face:
         return float(min(self.box[2] - self.box[0], self.box[3] - self.box[1]))
 
 
+def faces_from_detections(boxes: np.ndarray, scores: np.ndarray, kps: np.ndarray) -> list[Face]:
+    """Faces from (M, 4) x1y1x2y2 boxes, (M,) scores and (M, 5, 2) keypoints, largest box first."""
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return [
+        Face(box=boxes[i].astype(np.float32), score=float(scores[i]), kps=kps[i].astype(np.float32))
+        for i in np.argsort(-areas, kind="stable")
+    ]
+
+
+def l2_normalise(embeddings: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (float32), so cosine similarity is a dot product."""
+    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+    return (embeddings / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
 class FaceAnalyzer(ABC):
     """Detector + recogniser + landmarks + head pose behind one batch API."""
 

@@ -1,19 +1,16 @@
 """insightface backend: SCRFD detector + ArcFace-style recogniser from a local model pack."""
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from portraitflow.models.face import model_files
 from portraitflow.models.face.align import align_arcface
-from portraitflow.models.face.base import Face, FaceAnalyzer
+from portraitflow.models.face.base import Face, FaceAnalyzer, faces_from_detections, l2_normalise
 from portraitflow.models.face.landmarks import DlibLandmarker
-from portraitflow.models.face.opencv_backend import faces_from_rows, l2_normalise
 
 logger = logging.getLogger(__name__)
 
@@ -24,14 +21,6 @@ MEASURED_RECOGNISER_SHA256 = "e72a5710cce378dc46472b6b845cb90647634f2738d8c3e581
 #: SCRFD scores faces that fill the whole frame low or misses them; every frame is detected with a
 #: black border of this fraction of its shorter side (the pack's README asks for about a third).
 DETECT_BORDER = 1.0 / 3.0
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class InsightFaceAnalyzer(FaceAnalyzer):
@@ -62,7 +51,7 @@ class InsightFaceAnalyzer(FaceAnalyzer):
         self.embedding_dim = int(self._recogniser.output_shape[-1])
         self._batched_recogniser = self._recogniser.input_shape[0] != 1
         self._landmarker = DlibLandmarker()
-        if _sha256(files["recogniser"]) != MEASURED_RECOGNISER_SHA256:
+        if model_files.file_sha256(files["recogniser"]) != MEASURED_RECOGNISER_SHA256:
             logger.warning("same_person_threshold %.2f was measured with another recogniser than %s; run "
                            "benchmarks/face_thresholds.py to measure it for this pack",
                            self.same_person_threshold, files["recogniser"])
@@ -74,7 +63,7 @@ class InsightFaceAnalyzer(FaceAnalyzer):
         rows, kps = self._detector.detect(padded, input_size=(self.det_size, self.det_size))
         if len(rows) == 0:
             return []
-        return faces_from_rows(rows[:, :4] - border, rows[:, 4], kps - border)
+        return faces_from_detections(rows[:, :4] - border, rows[:, 4], kps - border)
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[list[Face]]:
         return [self._detect_one(frame) for frame in frames]

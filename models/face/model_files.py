@@ -1,11 +1,21 @@
 """Locating model files offline: in installed wheels, or in a local folder the user gives."""
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 from pathlib import Path
 
 INSIGHTFACE_ROOT_ENV = "PORTRAITFLOW_INSIGHTFACE_ROOT"
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes: names cached derivatives and identifies measured models."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class ModelFilesMissing(FileNotFoundError):

@@ -7,12 +7,13 @@ at run time, and is written once to a cache folder keyed by the source file's ha
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from pathlib import Path
 
 import onnx
+
+from portraitflow.models.face.model_files import file_sha256
 
 CACHE_ENV = "PORTRAITFLOW_CACHE_DIR"
 
@@ -20,14 +21,6 @@ CACHE_ENV = "PORTRAITFLOW_CACHE_DIR"
 def cache_dir() -> Path:
     """`$PORTRAITFLOW_CACHE_DIR`, else `~/.cache/portraitflow`."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "portraitflow").expanduser()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def drop_non_runtime_inputs(model: onnx.ModelProto) -> int:
@@ -46,7 +39,7 @@ def drop_non_runtime_inputs(model: onnx.ModelProto) -> int:
 def opencv_loadable(source: Path) -> Path:
     """Path of a copy of `source` that OpenCV 5 can load (the source itself if nothing to fix)."""
     source = Path(source)
-    target = cache_dir() / "onnx" / f"{source.stem}.{_sha256(source)[:16]}.onnx"
+    target = cache_dir() / "onnx" / f"{source.stem}.{file_sha256(source)[:16]}.onnx"
     if target.exists():
         return target
     model = onnx.load(str(source))

@@ -8,23 +8,9 @@ import numpy as np
 
 from portraitflow.models.face import model_files
 from portraitflow.models.face.align import align_arcface
-from portraitflow.models.face.base import Face, FaceAnalyzer
+from portraitflow.models.face.base import Face, FaceAnalyzer, faces_from_detections, l2_normalise
 from portraitflow.models.face.landmarks import DlibLandmarker
 from portraitflow.models.face.onnx_fix import opencv_loadable
-
-
-def faces_from_rows(boxes: np.ndarray, scores: np.ndarray, kps: np.ndarray) -> list[Face]:
-    """Faces from (M, 4) x1y1x2y2 boxes, (M,) scores, (M, 5, 2) keypoints, largest box first."""
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return [
-        Face(box=boxes[i].astype(np.float32), score=float(scores[i]), kps=kps[i].astype(np.float32))
-        for i in np.argsort(-areas, kind="stable")
-    ]
-
-
-def l2_normalise(embeddings: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-    return (embeddings / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 class OpenCVAnalyzer(FaceAnalyzer):
@@ -61,7 +47,7 @@ class OpenCVAnalyzer(FaceAnalyzer):
             return []
         rows = rows / np.float32(scale)
         boxes = np.concatenate([rows[:, 0:2], rows[:, 0:2] + rows[:, 2:4]], axis=1)
-        return faces_from_rows(boxes, rows[:, 14] * scale, rows[:, 4:14].reshape(-1, 5, 2))
+        return faces_from_detections(boxes, rows[:, 14] * scale, rows[:, 4:14].reshape(-1, 5, 2))
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[list[Face]]:
         return [self._detect_one(frame) for frame in frames]

@@ -226,3 +226,32 @@ def test_tiny_animator_streams_windows_and_is_reproducible() -> None:
     assert all(crops.shape == (n, side, side, 3) and crops.dtype == np.uint8 for crops, n in zip(runs[0], lengths))
     assert all(np.array_equal(a, b) for a, b in zip(runs[0], runs[1]))
     assert animator.describe(reference)["identity"] == "face-layer"
+
+
+def test_arcface_onnx_gets_rgb_in_0_1_and_is_l2_normalised(tmp_path: Path) -> None:
+    """A stand-in arcface.onnx (input `data`, mean colour x W + b): the bias makes the input scale matter."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight, bias = rng.normal(size=(3, 512)).astype(np.float32), rng.normal(size=512).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["data"], ["colour"], axes=[2, 3], keepdims=0),
+         helper.make_node("MatMul", ["colour", "weight"], ["projected"]),
+         helper.make_node("Add", ["projected", "bias"], ["embedding"])],
+        "arcface", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 112, 112])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [1, 512])],
+        [numpy_helper.from_array(weight, "weight"), numpy_helper.from_array(bias, "bias")])
+    path = tmp_path / "arcface.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    models = random_models("tiny")
+    models.arcface = path
+    animator = HunyuanAnimator(models)
+    face = rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)
+    reference = ReferenceInput(crop=np.zeros((64, 64, 3), np.uint8), kps=np.zeros((5, 2)),
+                               landmarks=np.zeros((68, 2)), pose=np.zeros(3), aligned_face=face,
+                               embedding=np.ones(512, np.float32))
+    vector, source = animator.identity(reference)
+    expected = (face.reshape(-1, 3).mean(axis=0) / 255.0) @ weight + bias
+    assert source == "arcface.onnx"
+    np.testing.assert_allclose(vector, expected / np.linalg.norm(expected), atol=1e-5)

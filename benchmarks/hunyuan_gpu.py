@@ -1,0 +1,221 @@
+"""HunyuanPortrait generation: frames/s and peak device memory, ours against the release's algorithm.
+
+Both runs use the same modules (random weights with the release's shapes, so the same FLOPs), the
+same reference, motion tokens and noise. The *baseline* follows the official loop as released
+(SPEC 6-8): three guidance branches on every window, per-frame copies of the image tokens and the
+reference latent for the whole video, the temporal context copied once per position, the pose
+guider run on all N black frames at once, padded motion tokens of the whole video on the device,
+the reference encoded twice, and every decoded frame kept until the end. *Ours* is
+`HunyuanPipeline`: two branches when the appearance and motion scales are equal (exact
+cancellation), the black-pose feature computed once, contexts shared instead of copied, reference
+features once per job, motion tokens on the host travelling per window, chunked decoding that
+streams out. Motion tokens are given (random), so the motion encoders are outside both timings.
+
+    .venv/bin/python benchmarks/hunyuan_gpu.py                 # full size, CUDA: 512², 25 steps, fp16 + bf16
+    .venv/bin/python benchmarks/hunyuan_gpu.py --tiny          # tiny modules on the CPU (plumbing, ratios)
+
+Published reference: 1.44 frames/s for the official code on one H100.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from collections.abc import Callable
+
+import torch
+
+from portraitflow.models.hunyuan.pipeline import (
+    INITIAL_LATENT_SCALE,
+    HunyuanPipeline,
+    PaddedMotion,
+    SamplingSettings,
+    dino_input,
+)
+from portraitflow.models.hunyuan.sampler import (
+    euler_v_step,
+    guidance_scales,
+    karras_schedule,
+    next_shift,
+    scale_model_input,
+    window_indices,
+)
+from portraitflow.models.hunyuan.weights import random_models
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclasses.dataclass
+class Inputs:
+    crop: torch.Tensor  # [1, 3, S, S] in [0, 1]
+    identity: torch.Tensor  # [1, 512]
+    motion: torch.Tensor  # [T, L, D] host motion tokens
+    noise: torch.Tensor  # [1, N, 4, h, w]
+
+
+def make_inputs(pipe: HunyuanPipeline, resolution: int, frames: int, settings: SamplingSettings, seed: int) -> Inputs:
+    generator = torch.Generator().manual_seed(seed)
+    width = pipe.unet.config.cross_attention_dim
+    latent = resolution // 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    identity = torch.randn(1, 512, generator=generator)
+    return Inputs(
+        crop=torch.rand(1, 3, resolution, resolution, generator=generator),
+        identity=identity / identity.norm(),
+        motion=torch.randn(frames, 64, width, generator=generator),
+        noise=torch.randn(1, frames + 2 * settings.pad_frames, 4, latent, latent, generator=generator),
+    )
+
+
+@torch.no_grad()
+def ours(pipe: HunyuanPipeline, inputs: Inputs, settings: SamplingSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pipeline as the Animator runs it: (final latents, first and summed kept frames)."""
+    reference = pipe.encode_reference(inputs.crop * 2 - 1, dino_input(inputs.crop), inputs.identity)
+    motion = PaddedMotion(inputs.motion.to(pipe.dtype), settings.pad_frames)
+    side = inputs.crop.shape[-1]
+    latents = pipe.sample(reference, motion, pipe.black_pose_features(side, side), settings, noise=inputs.noise)
+    return latents, _kept_frames_summary(pipe.decode(latents, settings.decode_chunk_size), settings, latents.shape[1])
+
+
+def _kept_frames_summary(chunks, settings: SamplingSettings, num_frames: int) -> torch.Tensor:
+    """The kept frames reduced as they stream out (as a writer consumes them): [first, sum], [2, 3, S, S]."""
+    first, total, position = None, None, 0
+    for chunk in chunks:
+        keep = chunk[max(settings.pad_frames - position, 0):max(num_frames - settings.pad_frames - position, 0)]
+        position += len(chunk)
+        if len(keep):
+            first = keep[:1].float().cpu() if first is None else first
+            part = keep.float().sum(0, keepdim=True).cpu()
+            total = part if total is None else total + part
+    return torch.cat([first, total])
+
+
+@torch.no_grad()
+def baseline(pipe: HunyuanPipeline, inputs: Inputs, settings: SamplingSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """The release's `HunyuanLongSVDPipeline.__call__` algorithm with the same modules (SPEC 6-8)."""
+    device, dtype = pipe.device, pipe.dtype
+    unet, vae = pipe.unet, pipe.vae
+    side = inputs.crop.shape[-1]
+    num_frames = len(inputs.motion) + 2 * settings.pad_frames
+    pad = settings.pad_frames
+    image = (inputs.crop * 2 - 1).to(device, torch.float32)
+    scaled_mean = vae.encode(image).latent_dist.mean * INITIAL_LATENT_SCALE  # encode A
+    ref_latent = vae.encode(image).latent_dist.mode().to(dtype)  # encode B
+    tokens = pipe.image_encoder(dino_input(inputs.crop).to(device, dtype), inputs.identity.to(device, dtype)[:, None])
+    image_tokens = pipe.image_proj(tokens)[:, None].repeat(1, num_frames, 1, 1)  # [1, N, 64, D]
+    black = torch.zeros(1, 3, num_frames, side, side, device=device, dtype=dtype)
+    pose = pipe.pose_guider(black).transpose(1, 2)  # [1, N, C0, h, w], all N frames at once
+    video = inputs.motion.to(device, torch.float32)
+    ramp = torch.arange(pad, device=device, dtype=torch.float32) / pad
+    prompts = torch.cat([ramp[:, None, None] * video[:1], video, (1 - ramp)[:, None, None] * video[-1:]])[None]
+    prompts = prompts.to(dtype)
+    uncond = torch.zeros_like(prompts)
+    ref_latents = ref_latent[:, None].repeat(1, num_frames, 1, 1, 1)
+    schedule = karras_schedule(settings.num_steps, pipe.scheduler_config)
+    sigmas = schedule.sigmas.tolist()
+    g1 = guidance_scales(*settings.appearance_scale, settings.num_steps)
+    g2 = guidance_scales(*settings.motion_scale, settings.num_steps)
+    latents = (scaled_mean[:, None] + inputs.noise.to(device) * sigmas[0]).to(dtype)
+    time_ids = torch.tensor([[settings.fps, settings.motion_bucket_id, settings.noise_aug_strength]],
+                            device=device, dtype=dtype).repeat(3, 1)
+    window, shift = settings.frames_per_window, 0
+    unet.condition_slot.repeat_contexts = True
+    try:
+        for step in range(settings.num_steps):
+            sigma, sigma_next = sigmas[step], sigmas[step + 1]
+            timestep = schedule.timesteps[step].to(device)
+            accumulated = torch.zeros_like(latents)
+            counts = torch.zeros(num_frames, device=device)
+            for frames in window_indices(num_frames, window, settings.overlap, shift):
+                frames = frames.to(device)
+                x = latents[:, frames]
+                sample = torch.cat([scale_model_input(x, sigma).repeat(3, 1, 1, 1, 1),
+                                    torch.cat([torch.zeros_like(ref_latents[:, frames]),
+                                               ref_latents[:, frames], ref_latents[:, frames]])], dim=2)
+                image_ctx = torch.cat([torch.zeros_like(image_tokens[:, frames]),
+                                       image_tokens[:, frames], image_tokens[:, frames]])
+                motion_ctx = torch.cat([uncond[:, frames], uncond[:, frames], prompts[:, frames]])
+                v = unet(sample.to(dtype), timestep, image_ctx, motion_ctx, time_ids, pose[:, frames].repeat(3, 1, 1, 1, 1))
+                v_uncond, v_drop, v_cond = v.chunk(3)
+                v = v_uncond + g1[step] * (v_drop - v_uncond) + g2[step] * (v_cond - v_drop)
+                accumulated[:, frames] += euler_v_step(x, v, sigma, sigma_next).to(dtype)
+                counts[frames] += 1
+            latents = accumulated / counts[None, :, None, None, None]
+            shift = next_shift(shift, settings.shift_offset, window)
+    finally:
+        unet.condition_slot.repeat_contexts = False
+    decoded = torch.cat([vae.decode((c / vae.config.scaling_factor).to(vae.decoder.conv_in.weight.dtype),
+                                    num_frames=len(c)).sample
+                         for c in latents[0].split(settings.decode_chunk_size)])  # all frames kept
+    return latents, _kept_frames_summary([decoded], settings, num_frames)
+
+
+def timed(run: Callable[[], tuple], device: torch.device) -> tuple[tuple, float, float, float | None]:
+    """(result, wall s, process CPU s, peak device GiB or None on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = run()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    return result, time.perf_counter() - wall, time.process_time() - cpu, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny random modules on the CPU (64², 3 steps)")
+    parser.add_argument("--frames", type=int, nargs="+", help="driving frames per run (default 50 250 1000; tiny 12 30)")
+    parser.add_argument("--steps", type=int, help="denoising steps (default 25; tiny 3)")
+    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), help="default fp16 bf16; tiny fp32")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--skip-baseline-above", type=int, default=1000,
+                        help="do not run the baseline for longer videos (its memory grows with length)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    size = "tiny" if args.tiny else "full"
+    frames = args.frames or ([12, 30] if args.tiny else [50, 250, 1000])
+    dtypes = args.dtypes or (["fp32"] if args.tiny else ["fp16", "bf16"])
+    settings = SamplingSettings(num_steps=args.steps or 25)
+    if args.tiny:
+        settings = dataclasses.replace(settings, num_steps=args.steps or 3, frames_per_window=8, pad_frames=3)
+    device = torch.device(args.device)
+    print(f"{size} modules on {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
+          f"{settings.num_steps} steps, window {settings.frames_per_window}, torch threads {torch.get_num_threads()}")
+    header = (f"{'dtype':5s} {'frames':>6s} | {'ours f/s':>9s} {'base f/s':>9s} {'speed-up':>8s} | "
+              f"{'ours cpu-s':>10s} {'base cpu-s':>10s} | {'ours GiB':>8s} {'base GiB':>8s} | max |diff|")
+    print(header)
+    for dtype_name in dtypes:
+        models = random_models(size, device=device, dtype=DTYPES[dtype_name], seed=args.seed)
+        pipe = models.pipeline
+        for count in frames:
+            inputs = make_inputs(pipe, models.resolution, count, settings, args.seed)
+            mine, wall, cpu, peak = timed(lambda: ours(pipe, inputs, settings), device)
+            row = f"{dtype_name:5s} {count:6d} | {count / wall:9.3f} "
+            if count <= args.skip_baseline_above:
+                theirs, b_wall, b_cpu, b_peak = timed(lambda: baseline(pipe, inputs, settings), device)
+                diff = _max_difference(mine, theirs, count)
+                row += (f"{count / b_wall:9.3f} {b_wall / wall:7.2f}x | {cpu:10.1f} {b_cpu:10.1f} | "
+                        f"{_gib(peak):>8s} {_gib(b_peak):>8s} | {diff:.2e}")
+            else:
+                row += f"{'-':>9s} {'-':>8s} | {cpu:10.1f} {'-':>10s} | {_gib(peak):>8s} {'-':>8s} |"
+            print(row, flush=True)
+        del models, pipe
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _max_difference(ours_result: tuple, baseline_result: tuple, frames: int) -> float:
+    """Largest difference of the final latents, the first frame and the mean frame."""
+    (latents, summary), (base_latents, base_summary) = ours_result, baseline_result
+    return max((latents.float() - base_latents.float()).abs().max().item(),
+               (summary[0] - base_summary[0]).abs().max().item(),
+               ((summary[1] - base_summary[1]) / frames).abs().max().item())
+
+
+def _gib(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+if __name__ == "__main__":
+    main()

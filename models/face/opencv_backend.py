@@ -45,9 +45,9 @@ class OpenCVAnalyzer(FaceAnalyzer):
         _, rows = self._detector.detect(image)
         if rows is None or len(rows) == 0:
             return []
-        rows = rows / np.float32(scale)
-        boxes = np.concatenate([rows[:, 0:2], rows[:, 0:2] + rows[:, 2:4]], axis=1)
-        return faces_from_detections(boxes, rows[:, 14] * scale, rows[:, 4:14].reshape(-1, 5, 2))
+        coords = rows[:, :14] / np.float32(scale)  # x, y, w, h, then 5 keypoints; column 14 is the score
+        boxes = np.concatenate([coords[:, 0:2], coords[:, 0:2] + coords[:, 2:4]], axis=1)
+        return faces_from_detections(boxes, rows[:, 14], coords[:, 4:14].reshape(-1, 5, 2))
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[list[Face]]:
         return [self._detect_one(frame) for frame in frames]

@@ -12,10 +12,13 @@ OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output folder (cre
 
 
 def evaluate(
-    results: Annotated[Path, typer.Argument(help="Generation results (results.parquet) or a jobs file with an `output` column.", exists=True)],
+    results: Annotated[Path, typer.Argument(
+        help="Generation results (results.parquet) or a jobs file with an `output` column.", exists=True)],
     out: OutOption,
-    jobs: Annotated[Optional[Path], typer.Option("--jobs", help="Jobs file giving `ref` and `driving` when RESULTS lacks them.", exists=True)] = None,
-    protocol: Annotated[Optional[str], typer.Option("--protocol", help="self or cross (default: evaluate.protocol).")] = None,
+    jobs: Annotated[Optional[Path], typer.Option(
+        "--jobs", help="Jobs file giving `ref` and `driving` when RESULTS lacks them.", exists=True)] = None,
+    protocol: Annotated[Optional[str], typer.Option(
+        "--protocol", help="self or cross (default: evaluate.protocol).")] = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
     ray_address: RayAddressOption = None,
@@ -41,9 +44,11 @@ def evaluate(
 
 
 def sweep(
-    sweep_file: Annotated[Path, typer.Argument(help="Sweep YAML: dataset, grid and/or configs, evaluate overrides.", exists=True)],
+    sweep_file: Annotated[Path, typer.Argument(
+        help="Sweep YAML: dataset, grid and/or configs, evaluate overrides.", exists=True)],
     out: OutOption,
-    max_parallel: Annotated[Optional[int], typer.Option("--max-parallel", help="Configs run at the same time.", min=1)] = None,
+    max_parallel: Annotated[Optional[int], typer.Option(
+        "--max-parallel", help="Configs run at the same time.", min=1)] = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
     ray_address: RayAddressOption = None,
@@ -68,7 +73,8 @@ def sweep(
 def report(
     run_id: Annotated[str, typer.Argument(help="A sweep's parent run id, or an evaluation run id.")],
     out: OutOption,
-    rank_by: Annotated[Optional[str], typer.Option("--rank-by", help="Metric sorting the summary (default: evaluate.rank_by).")] = None,
+    rank_by: Annotated[Optional[str], typer.Option(
+        "--rank-by", help="Metric sorting the summary (default: evaluate.rank_by).")] = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
     mlflow_uri: MlflowUriOption = None,

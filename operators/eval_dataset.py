@@ -27,9 +27,11 @@ class DatasetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["folder", "jobs", "shards"] = Field("folder", description="Where the clips come from.")
-    path: str = Field(..., description="The folder, the jobs file (csv/jsonl/parquet), or a folder or glob of .tar shards.")
+    path: str = Field(..., description="The folder, the jobs file (csv/jsonl/parquet), or a curated output "
+                      "folder, folder or glob of .tar shards.")
     include: list[str] = Field(default_factory=lambda: ["*.mp4"], description="Globs of driving videos in a folder.")
-    refs: list[str] = Field(default_factory=lambda: ["*.png", "*.jpg"], description="Globs of portraits for cross jobs.")
+    refs: list[str] = Field(default_factory=lambda: ["*.png", "*.jpg"],
+                            description="Globs of portraits for cross jobs.")
 
 
 def input_key(source: str) -> str:
@@ -133,7 +135,10 @@ def load_jobs(spec: DatasetSpec, protocol: str, folder: str | Path, max_seconds:
     folder.mkdir(parents=True, exist_ok=True)
     if spec.type == "jobs":
         return _jobs_file(Path(spec.path))[:max_videos]
-    videos = _unpack_shards(spec, folder) if spec.type == "shards" else _matches(Path(spec.path), spec.include, VIDEO_SUFFIXES)
+    if spec.type == "shards":
+        videos = _unpack_shards(spec, folder)
+    else:
+        videos = _matches(Path(spec.path), spec.include, VIDEO_SUFFIXES)
     clips = [prepare_clip(video, folder, max_seconds) for video in videos[:max_videos]]
     if protocol == "self":
         return clips

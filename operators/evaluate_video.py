@@ -184,12 +184,14 @@ class JobEvaluator:
         self._write_features(clips, folder, row["job_id"])
         import pyarrow as pa
 
-        _write_parquet(pa.table({k: np.asarray(v) for k, v in frame_table.items()}), folder / f"{row['job_id']}.frames.parquet")
+        _write_parquet(pa.table({k: np.asarray(v) for k, v in frame_table.items()}),
+                       folder / f"{row['job_id']}.frames.parquet")
         means = {name: metrics.nanmean(values) for name, values in frame_table.items() if name != "frame"}
         means["detection_rate"] = means.pop("face_detected")
         return {**row, "status": "ok", "frames": int(len(frame_table["frame"])), **means}
 
-    def _pixel_metrics(self, out_frames: np.ndarray, drv_frames: np.ndarray, positions: np.ndarray) -> dict[str, np.ndarray]:
+    def _pixel_metrics(self, out_frames: np.ndarray, drv_frames: np.ndarray,
+                       positions: np.ndarray) -> dict[str, np.ndarray]:
         values = {"frame": positions.astype(np.int64), "luma": metrics.luminance(out_frames)}
         if self.cfg.protocol == "self":
             out_frames, drv_frames = (_resize(f, self.cfg.pixel_size) for f in (out_frames, drv_frames))
@@ -231,7 +233,8 @@ class JobEvaluator:
             frames = np.concatenate(parts)
             if "fid" in self.networks:
                 picks = np.unique(np.linspace(0, len(frames) - 1, self.cfg.fid_frames_per_video).astype(int))
-                _save_npy(metrics_learned.image_features(self.networks["fid"], frames[picks]), folder / f"{job_id}.fid_{side}.npy")
+                _save_npy(metrics_learned.image_features(self.networks["fid"], frames[picks]),
+                          folder / f"{job_id}.fid_{side}.npy")
             if "fvd" in self.networks and len(frames) >= self.cfg.fvd_clip_frames:
                 _save_npy(metrics_learned.video_features(self.networks["fvd"], frames, self.cfg.fvd_clip_frames),
                           folder / f"{job_id}.fvd_{side}.npy")

@@ -14,8 +14,10 @@ from portraitflow.jobs.config.evaluate import EvaluateConfig
 
 #: metric name -> (config field, what the ONNX file must be)
 LEARNED_METRICS = {
-    "lpips": ("lpips_onnx", "an LPIPS network taking two (N,3,H,W) float images in [-1,1] and returning (N,...) distances"),
-    "fid": ("fid_onnx", "an image feature network (e.g. Inception-v3 pool3) taking (N,3,H,W) float in [0,1] and returning (N,D)"),
+    "lpips": ("lpips_onnx", "an LPIPS network taking two (N,3,H,W) float images in [-1,1] and returning "
+              "(N,...) distances"),
+    "fid": ("fid_onnx", "an image feature network (e.g. Inception-v3 pool3) taking (N,3,H,W) float in [0,1] "
+            "and returning (N,D)"),
     "fvd": ("fvd_onnx", "a video feature network (e.g. I3D) taking (N,3,T,H,W) float in [0,1] and returning (N,D)"),
 }
 
@@ -66,8 +68,10 @@ def _chw(frames: np.ndarray) -> np.ndarray:
 
 def lpips(network: OnnxNetwork, pred: np.ndarray, target: np.ndarray, batch: int = 8) -> np.ndarray:
     """LPIPS per frame (0 for identical frames) from frames (T, H, W, 3) uint8."""
-    out = [network(_chw(pred[i:i + batch]) * 2 - 1, _chw(target[i:i + batch]) * 2 - 1).reshape(len(pred[i:i + batch]), -1).mean(axis=1)
-           for i in range(0, len(pred), batch)]
+    out = []
+    for i in range(0, len(pred), batch):
+        distances = network(_chw(pred[i:i + batch]) * 2 - 1, _chw(target[i:i + batch]) * 2 - 1)
+        out.append(distances.reshape(len(distances), -1).mean(axis=1))
     return np.concatenate(out) if out else np.zeros(0)
 
 

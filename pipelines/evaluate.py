@@ -58,14 +58,16 @@ def generate_outputs(params: dict[str, Any], jobs: list[dict], out_dir: Path, cf
         quiet = cfg.model_copy(update={"animate": animate, "mlflow": cfg.mlflow.model_copy(update={"enabled": False})})
         table = run_generation([Job(j["job_id"], j["ref"], j["driving"]) for j in jobs], out_dir, quiet)
         return table.assign(status=table["status"].replace({"skipped": "ok"}))  # skipped = finished before
-    ds = ray.data.from_items([{k: j[k] for k in ("job_id", "ref", "driving")} for j in jobs], override_num_blocks=len(jobs))
+    rows = [{k: j[k] for k in ("job_id", "ref", "driving")} for j in jobs]
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     ds = ds.map_batches(StillActor, batch_size=1, num_cpus=1, compute=ActorPoolStrategy(size=1), fn_constructor_kwargs={
         "face": cfg.face.model_dump(), "out_dir": str(out_dir), "size": int(params.get("size", cfg.animate.size)),
         "paste_back": bool(params.get("paste_back", cfg.animate.paste_back))})
     return pd.DataFrame(ds.take_all())
 
 
-def evaluate_outputs(jobs: pd.DataFrame, work_dir: Path, cfg: PortraitFlowConfig, evaluate: EvaluateConfig) -> pd.DataFrame:
+def evaluate_outputs(jobs: pd.DataFrame, work_dir: Path, cfg: PortraitFlowConfig,
+                     evaluate: EvaluateConfig) -> pd.DataFrame:
     """Per-video metrics for jobs with an `output`; jobs that failed before keep their row and reason."""
     import ray.data
     from ray.data import ActorPoolStrategy
@@ -154,8 +156,8 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
             for key, value in {**params, **evaluate.model_dump(), "face_backend": cfg.face.backend}.items():
                 client.log_param(run_id, key, str(value)[:500])
             generated = generate_outputs(params, jobs, work_dir / "outputs", cfg)
-            merged = pd.DataFrame(jobs)[["job_id", "ref", "driving"]].merge(
-                generated[[c for c in ("job_id", "status", "reason", "output") if c in generated]], on="job_id", how="left")
+            outcome = generated[[c for c in ("job_id", "status", "reason", "output") if c in generated]]
+            merged = pd.DataFrame(jobs)[["job_id", "ref", "driving"]].merge(outcome, on="job_id", how="left")
             merged = merged.fillna({"status": "failed", "reason": "not_generated"})
             score_and_log(client, run_id, merged, label, work_dir, evaluate, cfg)
             client.set_terminated(run_id, "FINISHED")
@@ -227,11 +229,13 @@ def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str 
     client.update_run(parent_id, status="RUNNING")
     try:
         init_ray(cfg.ray)
-        jobs = load_jobs(spec.dataset, evaluate.protocol, out_dir / "dataset", evaluate.max_seconds, evaluate.max_videos)
+        jobs = load_jobs(spec.dataset, evaluate.protocol, out_dir / "dataset", evaluate.max_seconds,
+                         evaluate.max_videos)
         dataset_rows = pd.DataFrame(jobs)
         usable = [j for j in jobs if j.get("status", "ok") == "ok"]
-        for key, value in {"configs": len(configs), "protocol": evaluate.protocol, "dataset": spec.dataset.path}.items():
-            client.log_param(parent_id, key, value)
+        client.log_param(parent_id, "configs", len(configs))
+        client.log_param(parent_id, "protocol", evaluate.protocol)
+        client.log_param(parent_id, "dataset", spec.dataset.path)
         client.log_text(parent_id, spec.model_dump_json(indent=2), "sweep.json")
         client.log_text(parent_id, "\n".join(metrics_learned.skip_notes(evaluate).values()), "notes.txt")
         client.log_table(parent_id, data=dataset_rows.astype(str), artifact_file="dataset.json")
@@ -269,7 +273,8 @@ def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, r
                      "error": child.data.tags.get("error", ""), "run_id": child.info.run_id})
         if child.info.status != "FINISHED":
             continue
-        local = _download(client, child.info.run_id, ("per_video.parquet", "side_by_side"), out_dir / "runs" / child.info.run_id)
+        local = _download(client, child.info.run_id, ("per_video.parquet", "side_by_side"),
+                          out_dir / "runs" / child.info.run_id)
         if (local / "per_video.parquet").is_file():
             tables.append(pd.read_parquet(local / "per_video.parquet").assign(config=label))
         for video in sorted((local / "side_by_side").glob("*.mp4")):
@@ -279,8 +284,8 @@ def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, r
     rank_by = rank_by or cfg.evaluate.rank_by
     summary = report.rank(summary, rank_by) if rank_by in summary.columns else summary
     plot = report.metric_plots(per_video, out_dir / "metrics.png", list(summary["config"])) if len(per_video) else None
-    notes_dir = _download(client, run_id, ("notes.txt",), out_dir / "runs" / run_id)
-    notes = [n for n in (notes_dir / "notes.txt").read_text().splitlines() if n] if (notes_dir / "notes.txt").is_file() else []
+    notes_file = _download(client, run_id, ("notes.txt",), out_dir / "runs" / run_id) / "notes.txt"
+    notes = [n for n in notes_file.read_text().splitlines() if n] if notes_file.is_file() else []
     return report.write_html(out_dir, f"PortraitFlow evaluation: {parent.info.run_name or run_id}", summary, rank_by,
                              plot, videos, notes, per_video)
 

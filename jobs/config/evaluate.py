@@ -36,7 +36,8 @@ class EvaluateConfig(BaseModel):
         None, description="Local LPIPS ONNX file (two images in [-1,1] to distances); empty skips LPIPS with a note."
     )
     fid_onnx: str | None = Field(
-        None, description="Local ONNX image-feature network for FID (e.g. Inception pool3); empty skips FID with a note."
+        None,
+        description="Local ONNX image-feature network for FID (e.g. Inception pool3); empty skips FID with a note.",
     )
     fvd_onnx: str | None = Field(
         None, description="Local ONNX video-feature network for FVD (e.g. I3D); empty skips FVD with a note."

@@ -66,3 +66,13 @@ def test_batch_of_poses_and_size_mismatch():
 
 def test_empty_batch():
     assert head_pose_from_landmarks(np.zeros((0, 68, 2)), []).shape == (0, 3)
+
+
+def test_missing_or_collapsed_landmarks_give_nan_not_a_pose():
+    collapsed = np.zeros((68, 2))
+    on_a_line = _project(np.zeros(3))
+    on_a_line[:, 1] = 100.0
+    missing = np.full((68, 2), np.nan)
+    valid = _project(np.zeros(3))
+    poses = head_pose_from_landmarks(np.stack([collapsed, on_a_line, missing, valid]), [(HEIGHT, WIDTH)] * 4)
+    assert np.isnan(poses[:3]).all() and np.isfinite(poses[3]).all()

@@ -50,6 +50,8 @@ def _one_pose(points: np.ndarray, height: int, width: int) -> np.ndarray:
     focal = float(max(height, width))
     camera = np.array([[focal, 0.0, width / 2.0], [0.0, focal, height / 2.0], [0.0, 0.0, 1.0]])
     image_points = points[POSE_LANDMARKS].astype(np.float64)
+    if not np.all(np.isfinite(image_points)) or np.ptp(image_points, axis=0).min() < 1.0:
+        return np.full(3, np.nan)  # missing or collapsed landmarks have no pose
     # Start from a frontal head at the distance that matches the observed eye span, so the
     # iterative solver does not settle on the mirror solution behind the camera.
     eye_span_px = max(float(np.linalg.norm(image_points[3] - image_points[2])), 1.0)
@@ -67,7 +69,8 @@ def _one_pose(points: np.ndarray, height: int, width: int) -> np.ndarray:
 def head_pose_from_landmarks(landmarks: np.ndarray, image_sizes: Sequence[tuple[int, int]]) -> np.ndarray:
     """(N, 3) float32 yaw, pitch, roll in degrees; landmarks (N, 68, 2), image_sizes (H, W) each.
 
-    A row is NaN where the fit fails (e.g. all landmarks on one point).
+    A row is NaN where there is no pose to fit: non-finite landmarks, landmarks collapsed onto a
+    point or a line, or a failed solve.
     """
     landmarks = np.asarray(landmarks, dtype=np.float64).reshape(-1, 68, 2)
     if len(image_sizes) != len(landmarks):

@@ -162,7 +162,8 @@ class HunyuanAnimator(Animator):
             crop = _to_tensor(reference.crop[None], resolution)
             identity, _ = self.identity(reference)
             features = pipeline.encode_reference(crop * 2 - 1, dino_input(crop),
-                                                 torch.from_numpy(np.asarray(identity, np.float32))[None])
+                                                 torch.from_numpy(np.asarray(identity, np.float32))[None],
+                                                 settings.noise_aug_strength, settings.seed)
         padded = PaddedMotion(motion, settings.pad_frames)
         window = min(settings.frames_per_window, len(padded))
         settings = dataclasses.replace(settings, frames_per_window=window, overlap=min(settings.overlap, window - 1))

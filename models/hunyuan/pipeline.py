@@ -65,7 +65,8 @@ class ReferenceFeatures:
     """What a job computes once from its reference image."""
 
     image_tokens: torch.Tensor  # [1, 64, D] appearance tokens, model dtype
-    latent: torch.Tensor  # [1, 4, h, w] VAE mean of the reference, unscaled, float32
+    mean: torch.Tensor  # [1, 4, h, w] VAE mean of the reference (encode A, scaled into the initial latent)
+    latent: torch.Tensor  # [1, 4, h, w] the UNet's reference condition (encode B, unscaled), float32
 
 
 class PaddedMotion:
@@ -133,12 +134,22 @@ class HunyuanPipeline:
     # -- once per job ---------------------------------------------------------------------------
 
     @torch.no_grad()
-    def encode_reference(self, vae_image: torch.Tensor, dino_image: torch.Tensor, identity: torch.Tensor) -> ReferenceFeatures:
-        """vae_image [1, 3, H, W] in [-1, 1]; dino_image [1, 3, 224, 224] ImageNet-normalised; identity [1, 512]."""
+    def encode_reference(self, vae_image: torch.Tensor, dino_image: torch.Tensor, identity: torch.Tensor,
+                         noise_aug_strength: float = 0.0, seed: int = RELEASE_SEED) -> ReferenceFeatures:
+        """vae_image [1, 3, H, W] in [-1, 1]; dino_image [1, 3, 224, 224] ImageNet-normalised; identity [1, 512].
+
+        The release encodes the reference twice (SPEC 6); the condition's encode sees the image plus
+        `noise_aug_strength` x noise, so without augmentation (the release's 0) one encode serves both.
+        """
         encoder_dtype = self.vae.encoder.conv_in.weight.dtype
-        latent = self.vae.encode(vae_image.to(self.device, encoder_dtype)).latent_dist.mean.float()
+        image = vae_image.to(self.device, encoder_dtype)
+        mean = latent = self.vae.encode(image).latent_dist.mean.float()
+        if noise_aug_strength:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+            noise = torch.randn(image.shape, generator=generator, device=self.device, dtype=image.dtype)
+            latent = self.vae.encode(image + noise_aug_strength * noise).latent_dist.mode().float()
         image_tokens = appearance_tokens(self.image_encoder, self.image_proj, dino_image, identity)
-        return ReferenceFeatures(image_tokens=image_tokens.to(self.dtype), latent=latent)
+        return ReferenceFeatures(image_tokens=image_tokens.to(self.dtype), mean=mean, latent=latent)
 
     @torch.no_grad()
     def black_pose_features(self, height: int, width: int) -> PoseSource:
@@ -170,7 +181,7 @@ class HunyuanPipeline:
         if noise is None:
             generator = torch.Generator(device=self.device).manual_seed(settings.seed)
             noise = torch.randn(shape, generator=generator, device=self.device, dtype=torch.float32)
-        base = (reference.latent * INITIAL_LATENT_SCALE)[:, None]
+        base = (reference.mean * INITIAL_LATENT_SCALE)[:, None]
         return base + noise.to(self.device, torch.float32) * sigma_max
 
     @torch.no_grad()

@@ -21,3 +21,13 @@ class FaceConfig(BaseModel):
     insightface_pack: str = Field("buffalo_l", description="Pack name under `<root>/models/`.")
     det_score_threshold: float = Field(0.6, description="Minimum detector confidence.")
     det_size: int = Field(640, description="Detector input side in pixels.")
+    same_person_threshold: float | None = Field(
+        None,
+        description="Cosine similarity at or above which two faces are one person. Empty: the value "
+        "measured for the backend (docs/face.md); set it after measuring another insightface pack.",
+    )
+    num_threads: int | None = Field(
+        None,
+        description="Threads OpenCV may use per process. Empty: OMP_NUM_THREADS (which Ray sets to "
+        "the CPUs of each task or actor), else OpenCV's default.",
+    )

@@ -1,6 +1,8 @@
 """Build the configured face analyser; Ray actors call this in __init__ so nothing is pickled."""
 from __future__ import annotations
 
+import os
+
 from portraitflow.jobs.config.face import FaceConfig
 from portraitflow.models.face.base import FaceAnalyzer
 
@@ -10,6 +12,18 @@ def create_analyzer(cfg: FaceConfig) -> FaceAnalyzer:
 
     Backends are imported here, so a process that uses `opencv` never imports insightface.
     """
+    threads = cfg.num_threads or int(os.environ.get("OMP_NUM_THREADS", "0"))
+    if threads > 0:  # several actors per node must not each spawn a thread per core
+        import cv2
+
+        cv2.setNumThreads(threads)
+    analyzer = _load_backend(cfg)
+    if cfg.same_person_threshold is not None:
+        analyzer.same_person_threshold = cfg.same_person_threshold
+    return analyzer
+
+
+def _load_backend(cfg: FaceConfig) -> FaceAnalyzer:
     if cfg.backend == "opencv":
         from portraitflow.models.face.opencv_backend import OpenCVAnalyzer
 

@@ -1,8 +1,51 @@
-"""Settings of the animate flow."""
+"""Settings of the animate flow: which animator, its motion options, resources and outputs.
+
+The motion options (`motion`, `pose_multiplier`, `expression_multiplier`, `paste_back`) are the
+defaults of every job; a jobs file may override them per job in columns of the same names.
+"""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: job fields a jobs file may set per row, overriding the config.
+PER_JOB_FIELDS = ("motion", "pose_multiplier", "expression_multiplier", "paste_back")
 
 
 class AnimateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["auto", "warp", "hunyuan"] = Field(
+        "auto",
+        description="Animator. `warp`: the CPU landmark-driven preview and baseline (docs/generation.md). "
+        "`hunyuan`: HunyuanPortrait from `weights`. `auto`: hunyuan when `weights` is set, else warp.",
+    )
+    weights: str | None = Field(
+        None, description="Folder of the HunyuanPortrait weights (hunyuan backend); empty selects warp under `auto`."
+    )
+    size: int = Field(512, description="Side in pixels of the square face crop the animator works in.")
+    window: int = Field(25, description="Driving frames streamed through the animator at a time (bounds memory).")
+    motion: Literal["relative", "absolute"] = Field(
+        "relative",
+        description="`relative`: the driver's motion from its first frame of each shot is added to the "
+        "reference's pose and expression. `absolute`: the driver's pose and expression replace them.",
+    )
+    pose_multiplier: float = Field(1.0, ge=0.0, description="Scales head rotation, translation and scale changes.")
+    expression_multiplier: float = Field(1.0, ge=0.0, description="Scales expression (non-rigid landmark) changes.")
+    paste_back: bool = Field(
+        False, description="Composite the animated crop onto the full reference image with a feathered mask; "
+        "otherwise write the square crop.",
+    )
+    feather: float = Field(0.1, gt=0.0, le=0.5, description="Width of the paste-back mask's soft edge, as a fraction of the crop side.")
+    min_face_fraction: float = Field(
+        0.5, ge=0.0, le=1.0, description="A driving video whose face is found on fewer frames than this fraction fails."
+    )
+    smooth_sigma: float = Field(0.8, ge=0.0, description="Temporal Gaussian smoothing of the driver's landmarks, in frames (0: none).")
+    actors: int = Field(1, ge=1, description="Animation actors for CPU backends (warp, or hunyuan with `gpus` 0).")
+    cpus_per_actor: float = Field(1.0, gt=0.0, description="CPUs reserved by each animation actor.")
+    gpus: int = Field(1, ge=0, description="hunyuan: GPUs to use, one actor each; 0 runs hunyuan on `actors` CPU actors.")
+    crf: int = Field(18, ge=0, le=51, description="H.264 constant rate factor of the outputs (lower is better quality).")
+    preview_jobs: int = Field(4, ge=0, description="Finished outputs shown in the MLflow preview strip.")
+    preview_frames: int = Field(5, ge=1, description="Frames per output in the preview strip.")
+    experiment: str = Field("portraitflow-animate", description="MLflow experiment of the runs.")

@@ -1,0 +1,54 @@
+"""`portraitflow animate`: animate portraits with driving videos, in batch, to mp4s with audio."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from portraitflow.jobs.options import ConfigOption, MlflowUriOption, RayAddressOption, SetOption, resolve_config
+
+
+def animate(
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: videos, results.parquet, preview.png."),
+    ref: Optional[Path] = typer.Option(None, "--ref", help="Reference portrait image (with --driving)."),
+    driving: Optional[Path] = typer.Option(None, "--driving", help="Driving video (with --ref)."),
+    jobs: Optional[Path] = typer.Option(None, "--jobs", help="CSV, JSONL or parquet: ref, driving, optional job_id and per-job params."),
+    refs: Optional[Path] = typer.Option(None, "--refs", help="Folder of portraits (with --drivers): every pair is a job."),
+    drivers: Optional[Path] = typer.Option(None, "--drivers", help="Folder of driving videos (with --refs)."),
+    backend: Optional[str] = typer.Option(None, help="warp, hunyuan or auto (animate.backend)."),
+    weights: Optional[str] = typer.Option(None, help="HunyuanPortrait weights folder (animate.weights)."),
+    actors: Optional[int] = typer.Option(None, help="Animation actors for CPU backends (animate.actors)."),
+    gpus: Optional[int] = typer.Option(None, help="GPUs for hunyuan, one actor each (animate.gpus)."),
+    motion: Optional[str] = typer.Option(None, help="relative or absolute (animate.motion)."),
+    pose_multiplier: Optional[float] = typer.Option(None, help="Head motion gain (animate.pose_multiplier)."),
+    expression_multiplier: Optional[float] = typer.Option(None, help="Expression gain (animate.expression_multiplier)."),
+    paste_back: Optional[bool] = typer.Option(None, "--paste-back/--crop-only", help="Composite onto the full portrait, or write the crop."),
+    resume: bool = typer.Option(True, help="Skip jobs whose complete output exists."),
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    ray_address: RayAddressOption = None,
+    mlflow_uri: MlflowUriOption = None,
+) -> None:
+    """Animate each reference portrait with its driving video; one MLflow run per invocation."""
+    from portraitflow.operators.generation_jobs import cross_jobs, pair_jobs
+    from portraitflow.pipelines.generate import run_generation
+
+    forms = [ref is not None or driving is not None, jobs is not None, refs is not None or drivers is not None]
+    if sum(forms) != 1 or (forms[0] and not (ref and driving)) or (forms[2] and not (refs and drivers)):
+        raise typer.BadParameter("give exactly one of: --ref with --driving, --jobs, or --refs with --drivers")
+    flags = {"backend": backend, "weights": weights, "actors": actors, "gpus": gpus, "motion": motion,
+             "pose_multiplier": pose_multiplier, "expression_multiplier": expression_multiplier, "paste_back": paste_back}
+    overrides = [*(set_ or []), *(f"animate.{k}={v}" for k, v in flags.items() if v is not None)]
+    cfg = resolve_config(config, overrides, ray_address, mlflow_uri)
+    if jobs is not None:
+        job_list = jobs
+    elif ref is not None:
+        job_list = pair_jobs(str(ref), str(driving))
+    else:
+        job_list = cross_jobs(str(refs), str(drivers))
+    table = run_generation(job_list, out, cfg, resume=resume)
+    counts = table.status.value_counts().to_dict()
+    typer.echo(f"{len(table)} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f"; results in {out / 'results.parquet'}")
+    for row in table[table.status == "failed"].itertuples():
+        typer.echo(f"  failed {row.job_id}: {row.reason}")

@@ -1,0 +1,21 @@
+"""Which animator a job runs on, built inside the actor that holds it."""
+from __future__ import annotations
+
+from portraitflow.jobs.config.animate import AnimateConfig
+from portraitflow.models.animators.base import Animator
+
+
+def resolve_backend(cfg: AnimateConfig) -> str:
+    """`auto` means hunyuan when weights are given, else the CPU `warp` animator."""
+    if cfg.backend == "auto":
+        return "hunyuan" if cfg.weights else "warp"
+    return cfg.backend
+
+
+def create_animator(backend: str, cfg: AnimateConfig) -> Animator:
+    """Load the backend's model once; actors call this in __init__ so nothing is pickled."""
+    if backend == "warp":
+        from portraitflow.models.animators.warp import WarpAnimator
+
+        return WarpAnimator()
+    raise ValueError(f"unknown animator backend {backend!r}")

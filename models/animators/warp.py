@@ -1,0 +1,339 @@
+"""`warp`: a classical landmark-driven animator, the CPU preview and evaluation baseline.
+
+The driver's motion is split, frame by frame, into a rigid head motion and an expression:
+
+- head: yaw and pitch come from the driver's head pose; the reference's landmarks are lifted
+  onto a generic head (an ellipsoid with a nose), rotated by the pose change and projected back.
+  Roll, translation and scale come from a similarity fit of the driver's stable landmarks
+  (contour ends, nose bridge, eye corners) against the rotated anchor.
+- expression: what is left of the driver's landmarks once that rigid motion is removed, in units
+  of the driver's face, mapped onto the reference's face size and orientation; only brows, eyes,
+  mouth and the jaw's drop carry it (elsewhere the residual is the generic head's error).
+
+Motion is relative to the driver's first frame of each shot (`relative`), or taken against the
+reference itself (`absolute`: the driver's pose and expression replace the reference's). The
+moved landmarks, forehead points that turn with the head, a head-outline ring that moves with
+the face's edge and a fixed crop border drive a piecewise-affine warp of the reference crop,
+rendered as one dense map and `cv2.remap`. A mouth opened wider than the reference's is filled
+with a dark cavity. Head turns approach +-35 degrees yaw and +-25 pitch smoothly, and the head
+is kept inside the crop, because a 2D warp folds beyond that.
+
+No learned model: no hair, teeth or occlusion synthesis, and large head turns stretch the
+background. It is a preview and a baseline, not a generator (docs/generation.md).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+from scipy.spatial import Delaunay
+
+from portraitflow.models.animators.base import Animator, DrivingWindow, ReferenceInput
+
+#: landmarks that move with the head only: contour ends, nose bridge and tip, eye corners.
+STABLE = np.array([0, 1, 2, 14, 15, 16, 27, 28, 29, 30, 36, 39, 42, 45])
+#: relief over the ellipsoid, in face half-widths: the nose, bridge to tip, then nostrils.
+RELIEF = {27: 0.10, 28: 0.20, 29: 0.32, 30: 0.45, 31: 0.15, 32: 0.22, 33: 0.28, 34: 0.22, 35: 0.15}
+INNER_MOUTH = np.arange(60, 68)
+#: ellipsoid semi-axes of the generic head, in face half-widths (x, y, depth).
+HEAD_AXES = (1.0, 1.6, 1.0)
+
+#: a 2D warp of a frontal photo cannot show a head turned further than this (degrees): target
+#: yaw and pitch approach these limits smoothly (tanh) instead of folding the face.
+MAX_YAW, MAX_PITCH = 35.0, 25.0
+
+DEFAULT_PARAMS: dict[str, Any] = {"motion": "relative", "pose_multiplier": 1.0, "expression_multiplier": 1.0}
+
+
+@dataclass
+class _Similarity:
+    """x -> scale * R(angle) (x - centre) + centre + shift, a 2D similarity about a centre."""
+
+    scale: float
+    angle: float
+    shift: np.ndarray
+    centre: np.ndarray
+
+    @classmethod
+    def fit(cls, src: np.ndarray, dst: np.ndarray) -> "_Similarity":
+        """Least-squares similarity taking src points onto dst points, about src's centroid."""
+        centre = src.mean(axis=0)
+        a, b = src - centre, dst - dst.mean(axis=0)
+        za, zb = a[:, 0] + 1j * a[:, 1], b[:, 0] + 1j * b[:, 1]
+        ratio = np.vdot(za, zb) / max(float(np.vdot(za, za).real), 1e-9)
+        return cls(float(abs(ratio)), float(np.angle(ratio)), dst.mean(axis=0) - centre, centre)
+
+    def power(self, k: float) -> "_Similarity":
+        """The motion scaled by k: angle and shift times k, scale to the power k."""
+        return _Similarity(self.scale**k, self.angle * k, self.shift * k, self.centre)
+
+    def linear(self) -> np.ndarray:
+        c, s = np.cos(self.angle), np.sin(self.angle)
+        return self.scale * np.array([[c, -s], [s, c]])
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        return (points - self.centre) @ self.linear().T + self.centre + self.shift
+
+    def inverse(self, points: np.ndarray) -> np.ndarray:
+        return (points - self.centre - self.shift) @ np.linalg.inv(self.linear()).T + self.centre
+
+
+def head_frame(landmarks: np.ndarray) -> tuple[np.ndarray, float]:
+    """Centre (between the contour ends) and half-width of the face, the generic head's frame."""
+    centre = (landmarks[0] + landmarks[16]) / 2.0
+    return centre, max(float(np.linalg.norm(landmarks[16] - landmarks[0])) / 2.0, 1.0)
+
+
+def lift(points: np.ndarray, centre: np.ndarray, half_width: float, relief: bool) -> np.ndarray:
+    """(N, 3) points on the generic head: depth from the ellipsoid, plus the nose (68 landmarks)."""
+    ax, ay, az = HEAD_AXES
+    u = (points - centre) / half_width
+    depth = az * np.sqrt(np.clip(1.0 - (u[:, 0] / ax) ** 2 - (u[:, 1] / ay) ** 2, 0.0, None))
+    if relief:
+        for index, extra in RELIEF.items():
+            depth[index] += extra
+    return np.column_stack([u, depth])
+
+
+def rotate_project(head: np.ndarray, centre: np.ndarray, half_width: float, yaw: float, pitch: float) -> np.ndarray:
+    """Rotate lifted points by a yaw and pitch change (degrees, pose.py's signs), project back.
+
+    Depth points toward the camera, so a positive yaw moves the nose to larger x and a positive
+    pitch (looking up) moves it to smaller y.
+    """
+    y, p = np.radians(yaw), np.radians(pitch)
+    u, v, z = head[:, 0], head[:, 1], head[:, 2]
+    u, z = u * np.cos(y) + z * np.sin(y), -u * np.sin(y) + z * np.cos(y)
+    v = v * np.cos(p) - z * np.sin(p)
+    return np.column_stack([u, v]) * half_width + centre
+
+
+#: expression regions: brows, eyes, mouth; the lower jaw follows the mouth's opening vertically.
+EXPRESSION_REGIONS = [np.arange(17, 22), np.arange(22, 27), np.arange(36, 42), np.arange(42, 48), np.arange(48, 68)]
+LOWER_JAW = np.arange(5, 12)
+
+
+def expression_part(residual: np.ndarray) -> np.ndarray:
+    """The part of the non-rigid residual that is expression, not the generic head's error.
+
+    Contour and nose are rigid: what is left there is model error. A sideways shift of a whole
+    brow, eye or mouth reads as a head turn, which the rotation already carries, so each region
+    keeps only its shape change and its vertical shift (brow raise, jaw drop).
+    """
+    expression = np.zeros_like(residual)
+    for region in EXPRESSION_REGIONS:
+        expression[region] = residual[region]
+        expression[region, 0] -= residual[region, 0].mean()
+    expression[LOWER_JAW, 1] = residual[LOWER_JAW, 1]
+    return expression
+
+
+def forehead_points(landmarks: np.ndarray) -> np.ndarray:
+    """Points above the eyebrows; landmarks stop there, and the forehead must turn with the face."""
+    _, half = head_frame(landmarks)
+    up = landmarks[27] - landmarks[8]
+    up = up / max(float(np.linalg.norm(up)), 1e-6)
+    brows = landmarks[17:27]
+    return np.concatenate([brows + up * 0.35 * half, brows[::3] + up * 0.75 * half])
+
+
+#: head-outline ring: the jaw contour and the top forehead points, grown about their centre.
+RING_SOURCES = np.concatenate([np.arange(0, 17), 68 + np.arange(10, 14)])
+RING_GROWTH = 1.35
+
+
+def ring_points(face: np.ndarray) -> np.ndarray:
+    """The outline around `face` (landmarks then forehead points), where hair and neck begin."""
+    sources = face[RING_SOURCES]
+    centre = sources.mean(axis=0)
+    return centre + (sources - centre) * RING_GROWTH
+
+
+def border_points(size: int, per_side: int = 4) -> np.ndarray:
+    """Fixed points along the crop's border, so the background outside the head stays put."""
+    ticks = np.linspace(0, size - 1, per_side + 1)
+    top = np.column_stack([ticks, np.zeros_like(ticks)])
+    bottom = np.column_stack([ticks, np.full_like(ticks, size - 1)])
+    left = np.column_stack([np.zeros_like(ticks[1:-1]), ticks[1:-1]])
+    right = np.column_stack([np.full_like(ticks[1:-1], size - 1), ticks[1:-1]])
+    return np.concatenate([top, bottom, left, right])
+
+
+class PiecewiseAffineRenderer:
+    """Warps one source image by moving its control points; the triangulation is fixed per source.
+
+    The backward map (output pixel -> source pixel) is affine inside each triangle, so it is
+    evaluated on a grid `map_step` times coarser and upsampled linearly, then `cv2.remap` samples
+    the source once.
+    """
+
+    def __init__(self, image: np.ndarray, points: np.ndarray, map_step: int = 4) -> None:
+        self.image = image
+        self.size = image.shape[:2]
+        self.points = points.astype(np.float64)
+        self.triangles = Delaunay(self.points, qhull_options="QJ").simplices
+        self.map_step = map_step
+        height, width = self.size
+        self.grid_shape = (height // map_step + 1, width // map_step + 1)
+        gy, gx = np.mgrid[0 : self.grid_shape[0], 0 : self.grid_shape[1]].astype(np.float32)
+        self.grid = np.stack([gx * map_step, gy * map_step, np.ones_like(gx)], axis=-1)
+        # where each output pixel falls on the coarse grid (node k sits on pixel k * map_step)
+        py, px = np.mgrid[0:height, 0:width].astype(np.float32)
+        self.upsample = (px / map_step, py / map_step)
+
+    def backward_map(self, moved: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Full-resolution (map_x, map_y) for `cv2.remap`, control points at `moved`."""
+        dst = moved[self.triangles]  # (n, 3, 2) output triangles
+        src = self.points[self.triangles]
+        dst_h = np.concatenate([dst, np.ones(dst.shape[:2] + (1,))], axis=2)  # (n, 3, 3)
+        area = np.abs(np.linalg.det(dst_h))
+        dst_h[area < 1e-6] = np.eye(3)  # collapsed triangles: never drawn, keep solve defined
+        affine = np.linalg.solve(dst_h, src).astype(np.float32)  # (n, 3, 2): [x y 1] @ A -> src
+        index = np.zeros(self.grid_shape, dtype=np.int32)
+        scaled = np.round(dst / self.map_step * 16).astype(np.int32)  # 4 fractional bits
+        for i in np.argsort(area):  # large triangles first, small folded ones drawn on top
+            if area[i] >= 1e-6:
+                cv2.fillConvexPoly(index, scaled[i], int(i), lineType=cv2.LINE_8, shift=4)
+        coarse = np.einsum("hwk,hwkc->hwc", self.grid, affine[index])
+        full = cv2.remap(coarse, *self.upsample, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return np.ascontiguousarray(full[..., 0]), np.ascontiguousarray(full[..., 1])
+
+    def render(self, moved: np.ndarray) -> np.ndarray:
+        map_x, map_y = self.backward_map(moved)
+        return cv2.remap(self.image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def polygon_area(points: np.ndarray) -> float:
+    x, y = points[:, 0], points[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+
+
+def paint_mouth_cavity(frame: np.ndarray, inner_lips: np.ndarray, opening: float, colour: np.ndarray) -> None:
+    """Darken the inner-lip polygon in place, as much as the mouth opened beyond the reference."""
+    if opening <= 0:
+        return
+    x1, y1 = np.floor(inner_lips.min(axis=0)).astype(int) - 3
+    x2, y2 = np.ceil(inner_lips.max(axis=0)).astype(int) + 4
+    x1, y1 = max(x1, 0), max(y1, 0)
+    x2, y2 = min(x2, frame.shape[1]), min(y2, frame.shape[0])
+    if x2 <= x1 or y2 <= y1:
+        return
+    mask = np.zeros((y2 - y1, x2 - x1), np.float32)
+    cv2.fillPoly(mask, [np.round((inner_lips - [x1, y1]) * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
+    mask = cv2.GaussianBlur(mask, (5, 5), 1.2) * min(opening, 1.0)
+    patch = frame[y1:y2, x1:x2].astype(np.float32)
+    frame[y1:y2, x1:x2] = np.round(patch + (colour - patch) * mask[..., None]).astype(np.uint8)
+
+
+class WarpAnimator(Animator):
+    """Landmark-driven piecewise-affine animator (module docstring). Holds no model."""
+
+    name = "warp"
+
+    def __init__(self, map_step: int = 4) -> None:
+        self.map_step = map_step
+
+    def animate(
+        self, reference: ReferenceInput, windows: Iterator[DrivingWindow], params: dict[str, Any]
+    ) -> Iterator[np.ndarray]:
+        options = {**DEFAULT_PARAMS, **params}
+        if options["motion"] not in ("relative", "absolute"):
+            raise ValueError(f"motion must be relative or absolute, got {options['motion']!r}")
+        motion = _MotionTransfer(reference, options["motion"], float(options["pose_multiplier"]),
+                                 float(options["expression_multiplier"]))
+        renderer = PiecewiseAffineRenderer(reference.crop, motion.source_points, self.map_step)
+        for window in windows:
+            shots = window.meta.get("shot", np.zeros(len(window.landmarks), dtype=np.int64))
+            out = np.empty((len(window.landmarks),) + reference.crop.shape, dtype=np.uint8)
+            for t in range(len(window.landmarks)):
+                moved, points = motion.step(window.landmarks[t].astype(np.float64), window.pose[t].astype(np.float64), int(shots[t]))
+                out[t] = renderer.render(points)
+                paint_mouth_cavity(out[t], moved[INNER_MOUTH], motion.mouth_opening(moved), motion.cavity_colour)
+            yield out
+
+
+class _MotionTransfer:
+    """Per-frame target landmarks of the reference, given the driver's landmarks and pose."""
+
+    def __init__(self, reference: ReferenceInput, motion: str, pose_gain: float, expression_gain: float) -> None:
+        self.ref = reference.landmarks.astype(np.float64)
+        self.ref_pose = reference.pose.astype(np.float64)
+        self.absolute = motion == "absolute"
+        self.pose_gain = pose_gain
+        self.expression_gain = expression_gain
+        self.ref_centre, self.ref_half = head_frame(self.ref)
+        self.ref_head = lift(self.ref, self.ref_centre, self.ref_half, relief=True)
+        self.ref_forehead = forehead_points(self.ref)
+        self.ref_forehead_head = lift(self.ref_forehead, self.ref_centre, self.ref_half, relief=False)
+        self.ref_face = np.concatenate([self.ref, self.ref_forehead])
+        self.ref_ring = ring_points(self.ref_face)
+        size = reference.crop.shape[0]
+        self.border = border_points(size)
+        self.limits = (1.0, size - 2.0)
+        margin = 0.03 * size  # the head may move up to here, or as far out as it already reaches
+        self.room = (np.minimum(self.ref_face.min(axis=0), margin), np.maximum(self.ref_face.max(axis=0), size - 1 - margin))
+        # the ring moves as the face point it grew from (so the band between them never folds),
+        # less near the crop's edge (so the band between it and the fixed border never folds)
+        clearance = np.minimum(self.ref_ring, size - 1 - self.ref_ring).min(axis=1)
+        self.ring_gain = np.clip(clearance / (0.15 * size), 0.0, 1.0)[:, None]
+        self.source_points = np.concatenate([self.ref_face, self.ref_ring, self.border])
+        self.ref_mouth_area = polygon_area(self.ref[INNER_MOUTH])
+        self.cavity_colour = self._lip_colour(reference.crop) * 0.25
+        self.shot: int | None = None
+
+    def _lip_colour(self, crop: np.ndarray) -> np.ndarray:
+        lips = np.round(self.ref[48:60]).astype(np.int32)
+        mask = np.zeros(crop.shape[:2], np.uint8)
+        cv2.fillPoly(mask, [lips], 1)
+        return np.asarray(cv2.mean(crop, mask=mask)[:3], dtype=np.float64) if mask.any() else np.array([90.0, 40, 40])
+
+    def _anchor(self, landmarks: np.ndarray, pose: np.ndarray) -> None:
+        """Start of a shot: fix the driver's anchor and its mapping onto the reference."""
+        self.to_ref = _Similarity.fit(landmarks[STABLE], self.ref[STABLE])
+        if self.absolute:  # the reference, seen in the driver's frame, is the anchor
+            self.anchor, self.anchor_pose = self.to_ref.inverse(self.ref), self.ref_pose
+        else:
+            self.anchor, self.anchor_pose = landmarks, pose
+        self.anchor_centre, self.anchor_half = head_frame(self.anchor)
+        self.anchor_head = lift(self.anchor, self.anchor_centre, self.anchor_half, relief=True)
+
+    def step(self, landmarks: np.ndarray, pose: np.ndarray, shot: int) -> tuple[np.ndarray, np.ndarray]:
+        """The reference's landmarks moved as the driver moved from its anchor to this frame, and
+        the control points of the warp (landmarks, outline, border) in `source_points` order."""
+        if shot != self.shot or not np.all(np.isfinite(pose)):
+            self.shot = shot
+            self._anchor(landmarks, np.nan_to_num(pose))
+        yaw, pitch = np.nan_to_num(pose[:2]) - self.anchor_pose[:2]
+        rigid = rotate_project(self.anchor_head, self.anchor_centre, self.anchor_half, yaw, pitch)
+        head = _Similarity.fit(rigid[STABLE], landmarks[STABLE])
+        expression = expression_part(head.inverse(landmarks) - rigid)  # anchor's frame, driver's face units
+        expression_on_ref = expression @ self.to_ref.linear().T * self.expression_gain
+        ref_yaw = self._limited(self.ref_pose[0], yaw * self.pose_gain, MAX_YAW)
+        ref_pitch = self._limited(self.ref_pose[1], pitch * self.pose_gain, MAX_PITCH)
+        ref_rigid = rotate_project(self.ref_head, self.ref_centre, self.ref_half, ref_yaw, ref_pitch)
+        on_ref = _Similarity(head.scale, head.angle, self.to_ref.linear() @ head.shift, self.to_ref(head.centre))
+        placement = on_ref.power(self.pose_gain)
+        forehead = placement(rotate_project(self.ref_forehead_head, self.ref_centre, self.ref_half, ref_yaw, ref_pitch))
+        face = np.clip(self._inside(np.concatenate([placement(ref_rigid + expression_on_ref), forehead])), *self.limits)
+        shift = (face - self.ref_face)[RING_SOURCES]
+        ring = np.clip(self.ref_ring + shift * self.ring_gain, *self.limits)
+        return face[:68], np.concatenate([face, ring, self.border])
+
+    def _inside(self, face: np.ndarray) -> np.ndarray:
+        """Shift the moved face back inside the crop, rather than squash it against the edge."""
+        low, high = self.room
+        shift = np.maximum(low - face.min(axis=0), 0.0) - np.maximum(face.max(axis=0) - high, 0.0)
+        return face + shift
+
+    @staticmethod
+    def _limited(start: float, change: float, limit: float) -> float:
+        """The change of an angle from `start`, the resulting angle kept softly within +-limit."""
+        return limit * float(np.tanh((start + change) / limit) - np.tanh(start / limit))
+
+    def mouth_opening(self, moved: np.ndarray) -> float:
+        """How much wider the mouth is than the reference's, as a 0..1 cavity strength."""
+        extra = polygon_area(moved[INNER_MOUTH]) - self.ref_mouth_area
+        return float(np.clip(extra / (0.02 * self.ref_half**2), 0.0, 1.0))

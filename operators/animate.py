@@ -1,0 +1,128 @@
+"""The two generation stages on Ray Data rows, one row per job.
+
+- `prepare_job` (a CPU task): the reference's face crop and the driving video's motion. Any bad
+  input (missing file, unreadable image or video, no face) turns the row `failed` with a reason.
+- `AnimateJobs` (an actor): holds one animator, streams the driving video through it window by
+  window and encodes the result with the driver's audio. Failed rows pass through untouched.
+
+Both return rows of the results table; the large intermediate columns are dropped once used.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from portraitflow.jobs.config.animate import AnimateConfig
+from portraitflow.jobs.config.face import FaceConfig
+from portraitflow.models.face.base import FaceAnalyzer
+from portraitflow.models.face.images import load_image
+from portraitflow.operators.decode import VideoUnreadable
+from portraitflow.operators.driving_motion import DrivingMotion, extract_driving_motion, iter_driving_windows
+from portraitflow.operators.paste_back import paste_back
+from portraitflow.operators.reference_portrait import NoFace, PreparedReference, prepare_reference
+from portraitflow.operators.video_writer import has_audio, write_h264
+
+#: columns only carried from the preparation task to the animation actor.
+INTERMEDIATE = ("reference", "motion")
+
+
+@functools.lru_cache(maxsize=2)
+def _analyzer(face_cfg_json: str) -> FaceAnalyzer:
+    """One face analyser per worker process, reused by every task that process runs."""
+    from portraitflow.models.face.factory import create_analyzer
+
+    return create_analyzer(FaceConfig.model_validate_json(face_cfg_json))
+
+
+def _failed(row: dict[str, Any], reason: str) -> dict[str, Any]:
+    return {**row, "status": "failed", "reason": reason, "reference": b"", "motion": b""}
+
+
+def prepare_job(row: dict[str, Any], face_cfg_json: str, animate_cfg_json: str) -> dict[str, Any]:
+    """Reference crop and driving motion of one job, as npz bytes columns; or a failed row."""
+    if row["status"] != "pending":
+        return {**row, "reference": b"", "motion": b""}
+    cfg = AnimateConfig.model_validate_json(animate_cfg_json)
+    started = time.perf_counter()
+    loaded = load_image(row["ref"])
+    if not loaded.ok:
+        return _failed(row, f"reference image {loaded.reason}: {loaded.detail}"[:300])
+    analyzer = _analyzer(face_cfg_json)
+    try:
+        reference = prepare_reference(loaded.rgb, analyzer, cfg.size)
+    except NoFace as exc:
+        return _failed(row, str(exc))
+    if not Path(row["driving"]).is_file():
+        return _failed(row, "driving video not found")
+    try:
+        motion = extract_driving_motion(row["driving"], analyzer, cfg.size, min_face_fraction=cfg.min_face_fraction,
+                                        smooth_sigma=cfg.smooth_sigma)
+    except (VideoUnreadable, NoFace) as exc:
+        return _failed(row, f"driving video: {exc}"[:300])
+    return {**row, "reference": reference.to_bytes(), "motion": motion.to_bytes(),
+            "prep_s": time.perf_counter() - started}
+
+
+class _Timed:
+    """Wraps an iterator and adds the time spent producing its items to `seconds`."""
+
+    def __init__(self, items: Iterable[np.ndarray]) -> None:
+        self._items = iter(items)
+        self.seconds = 0.0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        while True:
+            started = time.perf_counter()
+            item = next(self._items, None)
+            self.seconds += time.perf_counter() - started
+            if item is None:
+                return
+            yield item
+
+
+class AnimateJobs:
+    """Ray Data callable class: the actor holds one animator for all the jobs it is given."""
+
+    def __init__(self, backend: str, animate_cfg_json: str) -> None:
+        from portraitflow.models.animators.registry import create_animator
+
+        self.backend = backend
+        self.cfg = AnimateConfig.model_validate_json(animate_cfg_json)
+        self.animator = create_animator(backend, self.cfg)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = [{k: batch[k][i] for k in batch} for i in range(len(batch["job_id"]))]
+        results = [self._one(row) for row in rows]
+        return {k: np.array([r[k] for r in results], dtype=object) for k in results[0]}
+
+    def _one(self, row: dict[str, Any]) -> dict[str, Any]:
+        result = {k: v for k, v in row.items() if k not in INTERMEDIATE}
+        if row["status"] != "pending":
+            return result
+        started = time.perf_counter()
+        try:
+            frames, animation, fps = self._render(row)
+            written = write_h264(row["output"], frames, fps=fps, audio_from=row["driving"], crf=self.cfg.crf)
+        except (VideoUnreadable, ValueError, RuntimeError, OSError) as exc:
+            return {**result, "status": "failed", "reason": f"animation: {type(exc).__name__}: {exc}"[:300]}
+        total = time.perf_counter() - started
+        return {**result, "status": "ok", "reason": "", "frames": written, "fps": fps, "seconds": written / fps, "has_audio": has_audio(row["output"]),
+                "animate_s": animation.seconds, "encode_s": total - animation.seconds, "total_s": total + row["prep_s"]}
+
+    def _render(self, row: dict[str, Any]) -> tuple[Iterable[np.ndarray], _Timed, float]:
+        """The output frames (lazy), the timer around the animator, and the output frame rate."""
+        prepared = PreparedReference.from_bytes(row["reference"])
+        motion = DrivingMotion.from_bytes(row["motion"])
+        params = json.loads(row["params"])
+        windows = iter_driving_windows(row["driving"], motion, self.cfg.window)
+        animation = _Timed(self.animator.animate(prepared.reference, windows, params))
+        if not params["paste_back"]:
+            return animation, animation, motion.fps
+        image = load_image(row["ref"]).rgb
+        return paste_back(image, animation, prepared.box, self.cfg.feather), animation, motion.fps

@@ -1,0 +1,165 @@
+"""The driving video's motion: shots, the driver's face track, one crop box per shot, and per-frame
+keypoints, landmarks and head pose in that crop's pixels; then the windows the animators consume.
+
+`extract_driving_motion` decodes the video once in bounded chunks and keeps only small per-frame
+arrays; `iter_driving_windows` decodes it again, window by window, to cut the crops, so memory
+never depends on the video's length.
+"""
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+
+from portraitflow.models.animators.base import DrivingWindow
+from portraitflow.models.face.align import crop_square, square_crop_box
+from portraitflow.models.face.base import Face, FaceAnalyzer
+from portraitflow.operators.decode import iter_frame_chunks, probe_video
+from portraitflow.operators.motion import window_buckets
+from portraitflow.operators.reference_portrait import NoFace, centred_head_pose, to_crop
+from portraitflow.operators.shots import ShotDetector
+from portraitflow.operators.tracking import Track, box_iou, track_faces
+
+#: faces smaller than this fraction of a frame's largest face get no landmarks (bystanders).
+MIN_RELATIVE_SIDE = 0.5
+
+
+@dataclass
+class DrivingMotion:
+    """Per-frame motion of the driver on the resampled timeline, in crop pixels."""
+
+    fps: float
+    size: int
+    shot: np.ndarray  # (T,) shot index of each frame
+    boxes: np.ndarray  # (num_shots, 4) square crop box of each shot, in video pixels
+    kps: np.ndarray  # (T, 5, 2)
+    landmarks: np.ndarray  # (T, 68, 2)
+    pose: np.ndarray  # (T, 3) yaw, pitch, roll in degrees
+    detected: np.ndarray  # (T,) bool: the driver's face was detected (else interpolated)
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.shot)
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, fps=self.fps, size=self.size, shot=self.shot, boxes=self.boxes, kps=self.kps,
+                 landmarks=self.landmarks, pose=self.pose, detected=self.detected)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "DrivingMotion":
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return cls(float(npz["fps"]), int(npz["size"]), npz["shot"], npz["boxes"], npz["kps"],
+                       npz["landmarks"], npz["pose"], npz["detected"])
+
+
+def _main_track(tracks: list[Track], start: int, end: int) -> Track | None:
+    """The shot's driver: the track detected on most frames of [start, end), larger on ties."""
+    parts = [t.between(start, end) for t in tracks]
+    parts = [p for p in parts if p.detected.any()]
+    if not parts:
+        return None
+    return max(parts, key=lambda p: (int(p.detected.sum()), float(np.median(p.sides))))
+
+
+def _fill(values: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Linear interpolation of (T, ...) values over the frames where `known`; held at the ends."""
+    flat = values.reshape(len(values), -1)
+    frames, where = np.arange(len(values)), np.flatnonzero(known)
+    filled = np.stack([np.interp(frames, where, flat[where, i]) for i in range(flat.shape[1])], axis=1)
+    return filled.reshape(values.shape).astype(np.float32)
+
+
+def extract_driving_motion(
+    path: str,
+    analyzer: FaceAnalyzer,
+    size: int = 512,
+    fps: float | None = None,
+    chunk_size: int = 32,
+    min_face_fraction: float = 0.5,
+    smooth_sigma: float = 0.8,
+) -> DrivingMotion:
+    """Detect, track and measure the driver's face on every frame of the resampled timeline.
+
+    Raises VideoUnreadable for a video decord cannot use and NoFace when the driver's face is
+    found on fewer than `min_face_fraction` of the frames.
+    """
+    info = probe_video(path)
+    fps = fps or info.fps
+    detections: list[tuple[int, list[Face]]] = []
+    measured: dict[int, list[tuple[Face, np.ndarray]]] = {}
+
+    shots = ShotDetector(fps)
+    for chunk in iter_frame_chunks(path, fps, chunk_size=chunk_size):
+        shots.update(chunk.positions, chunk.frames)
+        for position, frame, faces in zip(chunk.positions, chunk.frames, analyzer.detect(list(chunk.frames))):
+            kept = [f for f in faces if f.side >= MIN_RELATIVE_SIDE * faces[0].side]
+            detections.append((int(position), kept))
+            if kept:
+                marks = analyzer.landmarks([frame] * len(kept), np.stack([f.box for f in kept]))
+                measured[int(position)] = list(zip(kept, marks))
+    num_frames = shots.num_frames
+    if num_frames == 0:
+        raise NoFace("the driving video has no frames on the resampled timeline")
+    tracks = track_faces(detections, num_frames, step=1)
+    shot = np.zeros(num_frames, dtype=np.int64)
+    shot_boxes: list[np.ndarray | None] = []
+    kps = np.zeros((num_frames, 5, 2), np.float32)
+    landmarks = np.zeros((num_frames, 68, 2), np.float32)
+    detected = np.zeros(num_frames, dtype=bool)
+    for index, (start, end) in enumerate(shots.shots()):
+        shot[start:end] = index
+        track = _main_track(tracks, start, end)
+        if track is None:  # no face in this shot: it borrows a neighbour's box below
+            shot_boxes.append(None)
+            continue
+        centre = np.median((track.boxes[:, :2] + track.boxes[:, 2:]) / 2, axis=0)
+        side = np.percentile(track.boxes[:, 2:] - track.boxes[:, :2], 90, axis=0)
+        box = square_crop_box(np.concatenate([centre - side / 2, centre + side / 2]), (info.height, info.width))
+        shot_boxes.append(box)
+        for position, track_box, hit in zip(track.positions, track.boxes, track.detected):
+            if not hit:
+                continue
+            faces = measured[int(position)]
+            best = int(np.argmax(box_iou(track_box, np.stack([f.box for f, _ in faces]))[0]))
+            kps[position] = to_crop(faces[best][0].kps, box, size)
+            landmarks[position] = to_crop(faces[best][1], box, size)
+            detected[position] = True
+    if not detected.any():
+        raise NoFace("no face in the driving video")
+    if detected.mean() < min_face_fraction:
+        raise NoFace(f"the driver's face is found on {detected.mean():.0%} of the driving frames "
+                     f"(at least {min_face_fraction:.0%} needed)")
+    kps, landmarks = _fill(kps, detected), _fill(landmarks, detected)
+    have = [i for i, b in enumerate(shot_boxes) if b is not None]
+    boxes = np.stack([shot_boxes[min(have, key=lambda j: abs(j - i))] for i in range(len(shot_boxes))])
+    if smooth_sigma > 0:
+        for index in np.unique(shot):
+            in_shot = shot == index
+            kps[in_shot] = gaussian_filter1d(kps[in_shot], smooth_sigma, axis=0, mode="nearest")
+            landmarks[in_shot] = gaussian_filter1d(landmarks[in_shot], smooth_sigma, axis=0, mode="nearest")
+    pose = centred_head_pose(analyzer, landmarks, size)
+    pose = _fill(np.nan_to_num(pose), np.all(np.isfinite(pose), axis=1)) if np.isfinite(pose).all(axis=1).any() else np.zeros_like(pose)
+    return DrivingMotion(float(fps), size, shot, boxes, kps, landmarks, pose.astype(np.float32), detected)
+
+
+def iter_driving_windows(path: str, motion: DrivingMotion, window: int = 25) -> Iterator[DrivingWindow]:
+    """The driving video as windows of `window` frames: crops cut with their shot's box, and the
+    motion of those frames. `meta` carries each frame's shot and the window's intensity buckets."""
+    for chunk in iter_frame_chunks(path, motion.fps, chunk_size=window):
+        frames = chunk.positions
+        if len(frames) == 0 or frames[0] >= motion.num_frames:
+            return
+        frames = frames[frames < motion.num_frames]
+        crops = np.stack([crop_square(rgb, motion.boxes[motion.shot[i]], motion.size)
+                          for i, rgb in zip(frames, chunk.frames)])
+        head_bucket, exp_bucket = window_buckets(motion.kps[frames], window=len(frames))[0]
+        yield DrivingWindow(
+            start=int(frames[0]), crops=crops, kps=motion.kps[frames], landmarks=motion.landmarks[frames],
+            pose=motion.pose[frames],
+            meta={"shot": motion.shot[frames], "head_bucket": int(head_bucket), "exp_bucket": int(exp_bucket)},
+        )

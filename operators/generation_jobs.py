@@ -1,0 +1,109 @@
+"""Generation jobs: (reference portrait, driving video, per-job params), read from the CLI's forms,
+validated, and named deterministically so reruns find their finished outputs.
+
+A job whose params are invalid is kept with a reason (it ends as a `failed` row); a jobs file
+with an unknown column is refused whole, since every row would be misread.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from portraitflow.jobs.config.animate import PER_JOB_FIELDS, AnimateConfig
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".gif"}
+JOB_COLUMNS = ("job_id", "ref", "driving")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One animation: `ref` animated by `driving`; `params` override the config's motion options."""
+
+    job_id: str
+    ref: str
+    driving: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def default_job_id(ref: str, driving: str) -> str:
+    return f"{Path(ref).stem}__{Path(driving).stem}"
+
+
+def safe_name(job_id: str) -> str:
+    """The job id as a file name: no separators, no leading dots, bounded length."""
+    return _UNSAFE.sub("_", job_id).strip("._")[:80] or "job"
+
+
+def pair_jobs(ref: str, driving: str) -> list[Job]:
+    return [Job(default_job_id(ref, driving), str(ref), str(driving))]
+
+
+def cross_jobs(refs_dir: str, drivers_dir: str) -> list[Job]:
+    """Every image in `refs_dir` with every video in `drivers_dir` (sorted, not recursive)."""
+    refs = sorted(p for p in Path(refs_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    drivers = sorted(p for p in Path(drivers_dir).iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+    return [Job(default_job_id(str(r), str(d)), str(r), str(d)) for r in refs for d in drivers]
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value)) and value != ""
+
+
+def load_jobs(path: str | Path) -> list[Job]:
+    """Jobs from a CSV, JSONL or parquet file: columns ref, driving, optional job_id and params.
+
+    Relative paths are taken relative to the jobs file's folder.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    elif suffix in (".jsonl", ".ndjson"):
+        table = pd.read_json(path, lines=True, dtype=False)
+    elif suffix == ".parquet":
+        table = pd.read_parquet(path)
+    else:
+        raise ValueError(f"{path}: jobs files are .csv, .jsonl or .parquet")
+    unknown = set(table.columns) - set(JOB_COLUMNS) - set(PER_JOB_FIELDS)
+    missing = {"ref", "driving"} - set(table.columns)
+    if unknown or missing:
+        raise ValueError(f"{path}: unknown columns {sorted(unknown)}, missing columns {sorted(missing)}; "
+                         f"allowed: {', '.join(JOB_COLUMNS + PER_JOB_FIELDS)}")
+    jobs = []
+    for row in table.to_dict("records"):
+        ref, driving = (str(row[k]) if _present(row[k]) else "" for k in ("ref", "driving"))
+        ref, driving = (str(path.parent / p) if p and not Path(p).is_absolute() and "://" not in p else p
+                        for p in (ref, driving))
+        job_id = str(row["job_id"]) if _present(row.get("job_id")) else default_job_id(ref, driving)
+        params = {k: row[k] for k in PER_JOB_FIELDS if k in row and _present(row[k])}
+        jobs.append(Job(job_id, ref, driving, params))
+    return jobs
+
+
+def effective_params(job: Job, cfg: AnimateConfig) -> dict[str, Any]:
+    """The job's motion options: the config's, overridden by the job's; ValueError if invalid."""
+    try:
+        merged = AnimateConfig.model_validate({**cfg.model_dump(), **job.params})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"invalid job params: {problems}") from None
+    return {k: getattr(merged, k) for k in PER_JOB_FIELDS}
+
+
+def output_name(job: Job, backend: str, params: dict[str, Any], size: int) -> str:
+    """`<job id>-<digest>.mp4`: the digest covers everything that changes the video, so a rerun
+    with other settings writes a new file instead of mistaking the old one for its result."""
+    identity = json.dumps({"ref": job.ref, "driving": job.driving, "backend": backend, "size": size,
+                           "params": params}, sort_keys=True)
+    return f"{safe_name(job.job_id)}-{hashlib.sha1(identity.encode()).hexdigest()[:10]}.mp4"

@@ -1,0 +1,130 @@
+"""The generation flow's bookkeeping: one row per job from the start (planned, skipped or invalid),
+the results table written atomically, a preview strip of finished outputs, and the MLflow record.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from portraitflow.jobs.config.animate import AnimateConfig
+from portraitflow.operators.generation_jobs import Job, effective_params, output_name
+
+RESULTS_FILE = "results.parquet"
+PREVIEW_FILE = "preview.png"
+#: every row has every column, so Ray Data batches and the parquet schema never vary.
+RESULT_DEFAULTS: dict[str, Any] = {
+    "job_id": "", "status": "pending", "reason": "", "output": "", "ref": "", "driving": "", "backend": "",
+    "params": "{}", "frames": 0, "fps": 0.0, "seconds": 0.0, "has_audio": False,
+    "prep_s": 0.0, "animate_s": 0.0, "encode_s": 0.0, "total_s": 0.0,
+}
+
+
+def plan_rows(jobs: list[Job], out_dir: Path, backend: str, cfg: AnimateConfig, resume: bool) -> list[dict[str, Any]]:
+    """A row per job: `pending`, `skipped` (its complete output exists) or `failed` (bad params,
+    or the same output as an earlier job)."""
+    rows, planned = [], {}
+    for job in jobs:
+        row = {**RESULT_DEFAULTS, "job_id": job.job_id, "ref": job.ref, "driving": job.driving, "backend": backend}
+        try:
+            params = effective_params(job, cfg)
+        except ValueError as exc:
+            rows.append({**row, "status": "failed", "reason": str(exc)[:300]})
+            continue
+        output = out_dir / output_name(job, backend, params, cfg.size)
+        row.update(params=json.dumps(params, sort_keys=True), output=str(output))
+        if str(output) in planned:
+            row.update(status="failed", reason=f"duplicate of job {planned[str(output)]}")
+        elif resume and output.is_file():
+            row.update(status="skipped", reason="complete output exists", **_probe(output))
+        planned.setdefault(str(output), job.job_id)
+        rows.append(row)
+    return rows
+
+
+def _probe(path: Path) -> dict[str, Any]:
+    from portraitflow.operators.decode import probe_video
+    from portraitflow.operators.video_writer import has_audio
+
+    info = probe_video(str(path))
+    return {"frames": info.num_frames, "fps": info.fps, "seconds": info.duration_s, "has_audio": has_audio(path)}
+
+
+def results_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Rows in the order the jobs were given, with the documented columns and types."""
+    table = pd.DataFrame([{k: _plain(row.get(k, v)) for k, v in RESULT_DEFAULTS.items()} for row in rows],
+                         columns=list(RESULT_DEFAULTS))
+    return table.astype({"frames": "int64", "has_audio": "bool", **{k: "float64" for k in
+                         ("fps", "seconds", "prep_s", "animate_s", "encode_s", "total_s")}})
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _atomic(path: Path, write) -> None:
+    """Call write(tmp) on a temp file beside `path`, then move it into place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_atomic(table: pd.DataFrame, path: Path) -> None:
+    _atomic(path, lambda tmp: table.to_parquet(tmp, index=False))
+
+
+def preview_strip(outputs: list[str], frames_per_output: int, height: int = 160) -> np.ndarray | None:
+    """One row per output of `frames_per_output` evenly spaced frames, as an RGB image."""
+    from decord import VideoReader, cpu
+
+    rows = []
+    for path in outputs:
+        reader = VideoReader(path, ctx=cpu(0), num_threads=1)
+        picks = np.linspace(0, len(reader) - 1, frames_per_output).round().astype(int).tolist()
+        frames = reader.get_batch(picks).asnumpy()
+        width = round(frames.shape[2] * height / frames.shape[1])
+        rows.append(np.concatenate([cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in frames], axis=1))
+    if not rows:
+        return None
+    widest = max(r.shape[1] for r in rows)
+    return np.concatenate([np.pad(r, ((0, 0), (0, widest - r.shape[1]), (0, 0))) for r in rows], axis=0)
+
+
+def save_preview(table: pd.DataFrame, cfg: AnimateConfig, out_dir: Path) -> Path | None:
+    """`out_dir/preview.png` from the first finished outputs; None when nothing finished."""
+    done = table[table.status.isin(["ok", "skipped"])].output.tolist()[: cfg.preview_jobs]
+    strip = preview_strip(done, cfg.preview_frames)
+    if strip is None:
+        return None
+    path = out_dir / PREVIEW_FILE
+    _atomic(path, lambda tmp: cv2.imwrite(tmp, np.ascontiguousarray(strip[:, :, ::-1])))
+    return path
+
+
+def log_to_mlflow(table: pd.DataFrame, cfg: AnimateConfig, backend: str, wall_s: float, preview: Path | None) -> None:
+    """Params, counts, throughput, the per-job table and the preview strip of this invocation."""
+    import mlflow
+
+    mlflow.log_params({**cfg.model_dump(mode="json"), "backend_resolved": backend, "jobs": len(table)})
+    done = table[table.status == "ok"]
+    counts = table.status.value_counts()
+    mlflow.log_metrics({
+        "jobs_ok": int(counts.get("ok", 0)), "jobs_failed": int(counts.get("failed", 0)),
+        "jobs_skipped": int(counts.get("skipped", 0)), "frames_generated": int(done.frames.sum()),
+        "wall_s": wall_s, "frames_per_s": float(done.frames.sum()) / max(wall_s, 1e-9),
+        "video_s_per_wall_s": float(done.seconds.sum()) / max(wall_s, 1e-9),
+    })
+    mlflow.log_table(table, artifact_file="results.json")
+    if preview is not None:
+        mlflow.log_artifact(str(preview))

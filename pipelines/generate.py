@@ -1,0 +1,71 @@
+"""Batch generation: many (reference portrait, driving video) jobs to finished videos with audio.
+
+    jobs -> plan (resume, params) -> prepare_job (CPU tasks) -> AnimateJobs (actor pool) -> results
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from portraitflow.jobs.config import PortraitFlowConfig
+from portraitflow.jobs.runtime import init_ray, mlflow_run
+from portraitflow.models.animators.registry import resolve_backend
+from portraitflow.operators.animate import AnimateJobs, prepare_job
+from portraitflow.operators.generation_jobs import Job, load_jobs
+from portraitflow.operators.generation_results import (
+    RESULTS_FILE, log_to_mlflow, plan_rows, results_table, save_preview, write_atomic,
+)
+
+
+def run_generation(
+    jobs: list[Job] | str | Path, out_dir: str | Path, cfg: PortraitFlowConfig | None = None, resume: bool = True
+) -> pd.DataFrame:
+    """Animate every job and return the results table (also written to `out_dir/results.parquet`).
+
+    jobs: `Job(job_id, ref, driving, params)` objects, or a CSV / JSONL / parquet file with columns
+        `ref`, `driving`, optional `job_id` and per-job overrides of `motion`, `pose_multiplier`,
+        `expression_multiplier`, `paste_back` (jobs/config/animate.py).
+    cfg: the whole config; `cfg.animate` picks the backend and defaults, `cfg.face` the face models,
+        `cfg.ray` / `cfg.mlflow` where it runs and is recorded (one MLflow run per call).
+    resume: skip jobs whose output (named by job id + a digest of inputs and settings) exists.
+
+    One row per job, in input order: job_id, status (`ok`, `skipped`, `failed`), reason, output
+    (mp4 path), ref, driving, backend, params (JSON), frames, fps, seconds, has_audio, and timings
+    prep_s, animate_s, encode_s, total_s. A bad job never stops the others.
+    """
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    cfg = cfg or PortraitFlowConfig()
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = load_jobs(jobs) if isinstance(jobs, (str, Path)) else jobs
+    backend = resolve_backend(cfg.animate)
+    rows = plan_rows(jobs, out_dir, backend, cfg.animate, resume)
+    started = time.perf_counter()
+    init_ray(cfg.ray)
+    with mlflow_run(cfg.mlflow, cfg.animate.experiment, run_name=out_dir.name) as run:
+        pending = [row for row in rows if row["status"] == "pending"]
+        if pending:
+            on_gpu = backend == "hunyuan" and cfg.animate.gpus > 0
+            finished = (
+                ray.data.from_items(pending, override_num_blocks=len(pending))
+                .map(prepare_job, fn_kwargs={"face_cfg_json": cfg.face.model_dump_json(),
+                                             "animate_cfg_json": cfg.animate.model_dump_json()},
+                     num_cpus=1, scheduling_strategy="SPREAD")  # spread over nodes; also keeps it out of the actors
+                .map_batches(AnimateJobs, fn_constructor_kwargs={"backend": backend,
+                                                                 "animate_cfg_json": cfg.animate.model_dump_json()},
+                             batch_size=1, compute=ActorPoolStrategy(size=cfg.animate.gpus if on_gpu else cfg.animate.actors),
+                             num_cpus=cfg.animate.cpus_per_actor, num_gpus=1 if on_gpu else 0)
+                .take_all()
+            )
+            by_output = {row["output"]: row for row in finished}
+            rows = [by_output[row["output"]] if row["status"] == "pending" else row for row in rows]
+        table = results_table(rows)
+        write_atomic(table, out_dir / RESULTS_FILE)
+        preview = save_preview(table, cfg.animate, out_dir)
+        if run is not None:
+            log_to_mlflow(table, cfg.animate, backend, time.perf_counter() - started, preview)
+    return table

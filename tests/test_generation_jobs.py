@@ -1,0 +1,78 @@
+"""Generation jobs: the three CLI forms, jobs files, per-job params and deterministic names."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from portraitflow.jobs.config.animate import AnimateConfig
+from portraitflow.operators.generation_jobs import (
+    Job,
+    cross_jobs,
+    effective_params,
+    load_jobs,
+    output_name,
+    pair_jobs,
+    safe_name,
+)
+from portraitflow.operators.generation_results import RESULT_DEFAULTS, plan_rows, results_table
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_jobs_files_in_every_format(tmp_path: Path, suffix: str) -> None:
+    table = pd.DataFrame({"job_id": ["a", ""], "ref": ["faces/a.png", "/abs/b.jpg"], "driving": ["d.mp4", "/abs/e.mp4"],
+                          "pose_multiplier": [0.5, None], "paste_back": [True, None]})
+    path = tmp_path / f"jobs{suffix}"
+    if suffix == ".csv":
+        table.astype(object).fillna("").to_csv(path, index=False)
+    elif suffix == ".jsonl":
+        path.write_text("\n".join(json.dumps({k: v for k, v in r.items() if v is not None}) for r in table.to_dict("records")))
+    else:
+        table.to_parquet(path)
+    first, second = load_jobs(path)
+    assert first.job_id == "a" and first.ref == str(tmp_path / "faces/a.png") and first.driving == str(tmp_path / "d.mp4")
+    assert second.job_id == "b__e" and second.ref == "/abs/b.jpg" and second.params == {}
+    params = effective_params(first, AnimateConfig())
+    assert params["pose_multiplier"] == 0.5 and params["paste_back"] is True and params["motion"] == "relative"
+
+
+def test_unknown_columns_refuse_the_whole_file(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.csv"
+    path.write_text("ref,driving,pose_multiplyer\na.png,b.mp4,2\n")
+    with pytest.raises(ValueError, match="pose_multiplyer"):
+        load_jobs(path)
+
+
+def test_invalid_params_fail_that_job_only(tmp_path: Path) -> None:
+    jobs = [Job("bad", "a.png", "b.mp4", {"motion": "sideways"}), Job("neg", "a.png", "b.mp4", {"pose_multiplier": -1}),
+            Job("good", "a.png", "b.mp4"), Job("twin", "a.png", "b.mp4"), Job("good", "a.png", "b.mp4")]
+    rows = plan_rows(jobs, tmp_path, "warp", AnimateConfig(), resume=True)
+    assert [r["status"] for r in rows] == ["failed", "failed", "pending", "pending", "failed"]
+    assert "motion" in rows[0]["reason"] and "pose_multiplier" in rows[1]["reason"]
+    assert rows[4]["reason"] == "duplicate of job good"
+    table = results_table(rows)
+    assert list(table.columns) == list(RESULT_DEFAULTS) and len(table) == 5
+
+
+def test_output_names_are_safe_and_change_with_what_changes_the_video() -> None:
+    job = Job("../../etc/passwd x", "a.png", "b.mp4")
+    name = output_name(job, "warp", effective_params(job, AnimateConfig()), 512)
+    assert "/" not in name and not name.startswith(".") and name.endswith(".mp4")
+    assert name == output_name(job, "warp", effective_params(job, AnimateConfig()), 512)
+    other = effective_params(job, AnimateConfig(expression_multiplier=0.5))
+    assert name != output_name(job, "warp", other, 512) != output_name(job, "hunyuan", other, 512)
+    assert safe_name("...") == "job"
+
+
+def test_pairs_and_cross_products(tmp_path: Path) -> None:
+    (tmp_path / "refs").mkdir()
+    (tmp_path / "drivers").mkdir()
+    for name in ("b.png", "a.jpg", "notes.txt"):
+        (tmp_path / "refs" / name).write_bytes(b"")
+    for name in ("x.mp4", "y.mov"):
+        (tmp_path / "drivers" / name).write_bytes(b"")
+    jobs = cross_jobs(str(tmp_path / "refs"), str(tmp_path / "drivers"))
+    assert [j.job_id for j in jobs] == ["a__x", "a__y", "b__x", "b__y"]
+    assert pair_jobs("p/r.png", "q/d.mp4")[0].job_id == "r__d"

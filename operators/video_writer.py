@@ -83,7 +83,9 @@ def write_h264(
     audio = _AudioSource.open(audio_from) if audio_from else None
     frames_written = 0
     try:
-        with av.open(tmp, mode="w", format="mp4") as out:
+        # bitexact: no library version strings in the file, so the bytes depend on the frames and
+        # settings only, not on which FFmpeg build (PyAV's or decord's) a worker loaded first
+        with av.open(tmp, mode="w", format="mp4", options={"fflags": "+bitexact"}) as out:
             video = None
             out_audio = None
             if audio is not None:

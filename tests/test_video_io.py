@@ -63,3 +63,13 @@ def test_audio_of_the_driver_is_muxed_and_cut_to_the_video(media_dir: Path, medi
         audio = container.streams.audio[0]
         assert container.streams.video[0].frames == 50
         assert float(audio.duration * audio.time_base) == pytest.approx(2.0, abs=0.1)
+
+
+def test_written_bytes_carry_no_library_versions(tmp_path: Path) -> None:
+    """Same frames, same bytes, whichever FFmpeg build the process loaded (workers differ)."""
+    frames = [np.random.default_rng(0).integers(0, 255, (6, 64, 64, 3), dtype=np.uint8)]
+    first, second = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    write_h264(first, frames, 25)
+    write_h264(second, frames, 25)
+    assert first.read_bytes() == second.read_bytes()
+    assert b"Lavf" not in first.read_bytes()

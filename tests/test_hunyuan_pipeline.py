@@ -255,3 +255,14 @@ def test_arcface_onnx_gets_rgb_in_0_1_and_is_l2_normalised(tmp_path: Path) -> No
     expected = (face.reshape(-1, 3).mean(axis=0) / 255.0) @ weight + bias
     assert source == "arcface.onnx"
     np.testing.assert_allclose(vector, expected / np.linalg.norm(expected), atol=1e-5)
+
+
+def test_generation_flow_builds_the_hunyuan_animator_from_config() -> None:
+    from portraitflow.jobs.config.animate import AnimateConfig
+    from portraitflow.models.animators.registry import create_animator, resolve_backend
+
+    cfg = AnimateConfig(weights=TINY_WEIGHTS)
+    assert resolve_backend(cfg) == "hunyuan"
+    assert isinstance(create_animator("hunyuan", cfg), HunyuanAnimator)
+    with pytest.raises(ValueError, match="animate.weights"):
+        create_animator("hunyuan", AnimateConfig(backend="hunyuan"))

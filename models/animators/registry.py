@@ -18,4 +18,10 @@ def create_animator(backend: str, cfg: AnimateConfig) -> Animator:
         from portraitflow.models.animators.warp import WarpAnimator
 
         return WarpAnimator()
+    if backend == "hunyuan":
+        from portraitflow.models.hunyuan.animator import HunyuanAnimator
+
+        if not cfg.weights:
+            raise ValueError("the hunyuan animator needs animate.weights: a folder in the official layout, or `tiny`")
+        return HunyuanAnimator.create(cfg.weights)
     raise ValueError(f"unknown animator backend {backend!r}")

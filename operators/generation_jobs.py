@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from portraitflow.jobs.config.animate import PER_JOB_FIELDS, AnimateConfig
+from portraitflow.operators.paths import safe_name
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".gif"}
 JOB_COLUMNS = ("job_id", "ref", "driving")
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 @dataclass(frozen=True)
@@ -36,11 +35,6 @@ class Job:
 
 def default_job_id(ref: str, driving: str) -> str:
     return f"{Path(ref).stem}__{Path(driving).stem}"
-
-
-def safe_name(job_id: str) -> str:
-    """The job id as a file name: no separators, no leading dots, bounded length."""
-    return _UNSAFE.sub("_", job_id).strip("._")[:80] or "job"
 
 
 def pair_jobs(ref: str, driving: str) -> list[Job]:
@@ -106,4 +100,4 @@ def output_name(job: Job, backend: str, params: dict[str, Any], size: int) -> st
     with other settings writes a new file instead of mistaking the old one for its result."""
     identity = json.dumps({"ref": job.ref, "driving": job.driving, "backend": backend, "size": size,
                            "params": params}, sort_keys=True)
-    return f"{safe_name(job.job_id)}-{hashlib.sha1(identity.encode()).hexdigest()[:10]}.mp4"
+    return f"{safe_name(job.job_id, 80, fallback='job')}-{hashlib.sha1(identity.encode()).hexdigest()[:10]}.mp4"

@@ -15,6 +15,7 @@ import pandas as pd
 
 from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.operators.generation_jobs import Job, effective_params, output_name
+from portraitflow.operators.paths import confined
 
 RESULTS_FILE = "results.parquet"
 PREVIEW_FILE = "preview.png"
@@ -37,7 +38,7 @@ def plan_rows(jobs: list[Job], out_dir: Path, backend: str, cfg: AnimateConfig, 
         except ValueError as exc:
             rows.append({**row, "status": "failed", "reason": str(exc)[:300]})
             continue
-        output = out_dir / output_name(job, backend, params, cfg.size)
+        output = confined(out_dir, output_name(job, backend, params, cfg.size))
         row.update(params=json.dumps(params, sort_keys=True), output=str(output))
         if str(output) in planned:
             row.update(status="failed", reason=f"duplicate of job {planned[str(output)]}")

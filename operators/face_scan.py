@@ -27,7 +27,7 @@ from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.identity import load_gallery, matches_gallery, normalise, switch_index
 from portraitflow.operators.inputs import local_copy
 from portraitflow.operators.motion import motion_table
-from portraitflow.operators.probe import FAILED
+from portraitflow.operators.probe import FAILED, error_text
 from portraitflow.operators.shots import ShotDetector
 from portraitflow.operators.timing import StageTimer
 from portraitflow.operators.tracking import Track, track_faces
@@ -320,6 +320,6 @@ class FaceScanStage:
             save_scan(path, {"fingerprint": self.fingerprint, "face_backend": self.analyzer.name,
                                    "same_person": self.analyzer.same_person_threshold}, candidates)
         except Exception as exc:  # damaged mid-stream, odd frames: this input fails, the run goes on
-            return dict(row, status=FAILED, error=f"{type(exc).__name__}: {exc}"[:500],
+            return dict(row, status=FAILED, error=error_text(exc),
                         timings=json.dumps(timings | dict(timer.seconds)))
         return dict(row, status=SCANNED, timings=json.dumps(timings | dict(timer.seconds)))

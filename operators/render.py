@@ -20,6 +20,7 @@ from portraitflow.operators.decode import iter_frame_chunks
 from portraitflow.operators.face_scan import load_clip_arrays
 from portraitflow.operators.inputs import local_copy
 from portraitflow.operators.motion import WINDOW
+from portraitflow.operators.probe import error_text
 from portraitflow.operators.shards import npy_bytes, stage_sample
 from portraitflow.operators.timing import StageTimer
 from portraitflow.operators.video_writer import write_h264
@@ -112,5 +113,5 @@ def render_clip(row: dict[str, Any], config: dict[str, Any], staging_dir: str) -
         with timer.time("stage"):
             result["bytes"] = stage_sample(Path(staging_dir), row["key"], fields)
     except Exception as exc:  # one clip that cannot be rendered is recorded, the run goes on
-        result["error"] = f"{type(exc).__name__}: {exc}"[:500]
+        result["error"] = error_text(exc)
     return dict(result, timings=json.dumps(dict(timer.seconds)))

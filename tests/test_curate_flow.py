@@ -1,0 +1,259 @@
+"""The curate flow end to end on real media: decisions, manifest, shards, MLflow, resume."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from portraitflow.jobs.config import load_config
+
+TALKING = ["skyreels_driving_4.mp4", "megactor_audio_CHTF_2.mp4"]
+NEGATIVES = {
+    "upscaleavideo_old_video_1.mp4": "no_face",
+    "liveportrait_s13.mp4": "face_too_small",
+    "upscaleavideo_old_movie_2.mp4": "multiple_faces",
+}
+SCENE_CUT = ("derived_scenecut_liveportrait_d18_to_d19.mp4", 3.5)
+OVERRIDES = ["ray.num_cpus=2", "ray.object_store_memory_mb=256", "curate.progress_bars=false"]
+
+
+def _corrupt_inputs(folder: Path) -> dict[str, str]:
+    """Inputs that must end as `failed` rows: empty, truncated, not a video, audio only."""
+    import av
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "empty.mp4").write_bytes(b"")
+    (folder / "not_a_video.mp4").write_text("this is text, not a video\n" * 50)
+    from portraitflow.operators.video_writer import write_h264
+
+    whole = folder / "whole.tmp"
+    write_h264(whole.with_suffix(".mp4"), [np.random.default_rng(0).integers(0, 255, (30, 64, 64, 3), np.uint8)], 25)
+    data = whole.with_suffix(".mp4").read_bytes()
+    whole.with_suffix(".mp4").unlink()
+    (folder / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    with av.open(str(folder / "audio_only.mp4"), "w", format="mp4") as out:
+        stream = out.add_stream("aac", rate=16000)
+        stream.layout = "mono"
+        samples = np.zeros((1, 16000), np.float32)
+        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+        frame.rate = 16000
+        frame.pts = 0
+        frame.time_base = Fraction(1, 16000)
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return {str(folder / n): "failed" for n in ("empty.mp4", "not_a_video.mp4", "truncated.mp4", "audio_only.mp4")}
+
+
+@pytest.fixture(scope="module")
+def flow_inputs(media_dir: Path, tmp_path_factory) -> dict[str, str]:
+    """Input path -> expected status."""
+    expected = {str(media_dir / n): "accepted" for n in TALKING}
+    expected |= {str(media_dir / n): "rejected" for n in NEGATIVES}
+    expected[str(media_dir / SCENE_CUT[0])] = "any"
+    expected |= _corrupt_inputs(tmp_path_factory.mktemp("corrupt"))
+    return expected
+
+
+@pytest.fixture(scope="module")
+def curated(flow_inputs, ray_local, tmp_path_factory) -> tuple[Path, dict, str]:
+    from portraitflow.jobs.curate import run_curation
+
+    out = tmp_path_factory.mktemp("curated")
+    uri = f"sqlite:///{out.parent / 'curate_mlflow.db'}"
+    cfg = load_config(None, OVERRIDES + [f"mlflow.tracking_uri={uri}"])
+    metrics = run_curation(cfg, sorted(flow_inputs), out)
+    return out, metrics, uri
+
+
+def test_manifest_has_one_row_per_input_with_its_decision(curated, flow_inputs, media_dir: Path) -> None:
+    import pandas as pd
+
+    out, metrics, _ = curated
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    assert sorted(manifest.path) == sorted(flow_inputs)
+    status = dict(zip(manifest.path, manifest.status))
+    for path, expected in flow_inputs.items():
+        if expected != "any":
+            assert status[path] == expected, (path, manifest[manifest.path == path].to_dict("records"))
+    failed = manifest[manifest.status == "failed"]
+    assert (failed.error.str.len() > 0).all() and (failed.clips_accepted == 0).all()
+    reasons = dict(zip(manifest.path, manifest.reasons))
+    for name, reason in NEGATIVES.items():
+        assert reason in list(reasons[str(media_dir / name)])
+    accepted = manifest[manifest.status == "accepted"]
+    assert (accepted.clips_accepted > 0).all()
+    assert metrics["inputs"] == len(flow_inputs) and metrics["inputs_failed"] == 4
+    clips = pd.read_parquet(out / "clips.parquet")
+    assert set(clips.input_key) <= set(manifest.input_key)
+    assert (clips[clips.decision == "rejected"].reason != "").all()
+    assert clips.key.is_unique and not clips.key.str.contains(r"\.").any()
+
+
+def test_no_clip_spans_the_scene_cut(curated, media_dir: Path) -> None:
+    import pandas as pd
+
+    out, _, _ = curated
+    clips = pd.read_parquet(out / "clips.parquet")
+    cut = clips[clips.path == str(media_dir / SCENE_CUT[0])]
+    assert len(cut) >= 2
+    cut_s = SCENE_CUT[1]
+    assert not ((cut.start_s < cut_s - 0.1) & (cut.end_s > cut_s + 0.1)).any(), cut[["start_s", "end_s", "reason"]]
+
+
+def test_shards_read_back_with_webdataset(curated) -> None:
+    import av
+    import webdataset as wds
+    from PIL import Image
+
+    out, metrics, _ = curated
+    index = json.loads((out / "index.wids.json").read_text())
+    urls = [str(out / s["url"]) for s in index["shardlist"]]
+    assert urls and all(Path(u).name.endswith(".tar") and len(Path(u).stem) == 6 for u in urls)
+    samples = list(wds.WebDataset(urls, shardshuffle=False))
+    assert len(samples) == metrics["clips_accepted"] == sum(s["nsamples"] for s in index["shardlist"])
+    for sample in samples:
+        assert {"mp4", "ref.jpg", "json", "landmarks.npy", "kps.npy", "pose.npy", "id.npy", "motion.npy"} <= set(sample)
+        assert "." not in sample["__key__"]
+        meta = json.loads(sample["json"])
+        arrays = {k: np.load(io.BytesIO(sample[k]), allow_pickle=False) for k in sample if k.endswith(".npy")}
+        frames = meta["num_frames"]
+        assert arrays["landmarks.npy"].shape == (frames, 68, 2)
+        assert arrays["kps.npy"].shape == (frames, 5, 2)
+        assert arrays["pose.npy"].shape == (frames, 3)
+        assert arrays["motion.npy"].shape == (frames, 3)
+        assert arrays["id.npy"].shape == (meta["embedding_dim"],)
+        assert np.linalg.norm(arrays["id.npy"]) == pytest.approx(1.0, abs=1e-3)
+        assert frames == round((meta["end_s"] - meta["start_s"]) * meta["fps"])
+        assert meta["source"] and meta["face_backend"] == "opencv" and len(meta["crop_box"]) == 4
+        inside = (arrays["kps.npy"] >= 0) & (arrays["kps.npy"] <= meta["crop_size"])
+        assert inside.mean() > 0.95  # keypoints are in crop pixels
+        assert 0 <= arrays["motion.npy"][:, 1:].min() and arrays["motion.npy"][:, 1:].max() <= 127
+        with av.open(io.BytesIO(sample["mp4"])) as container:
+            decoded = [f for f in container.decode(video=0)]
+        assert len(decoded) == frames and (decoded[0].width, decoded[0].height) == (512, 512)
+        assert Image.open(io.BytesIO(sample["ref.jpg"])).size == (512, 512)
+        assert Image.open(io.BytesIO(sample["ref_face.jpg"])).size == (112, 112)
+    for path in urls:  # no pickle payloads anywhere in the shards
+        with tarfile.open(path) as tar:
+            assert not [n for n in tar.getnames() if n.endswith((".pyd", ".pickle", ".pkl"))]
+
+
+def test_mlflow_run_has_params_metrics_and_artifacts(curated) -> None:
+    from mlflow.tracking import MlflowClient
+
+    _, _, uri = curated
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("portraitflow-curate")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.params["curate.fps"] == "25.0"
+    for metric in ("inputs", "inputs_failed", "clips_accepted", "hours_in", "video_seconds_per_s", "time_detect_s",
+                   "rejected_no_face"):
+        assert metric in run.data.metrics, metric
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"manifest.parquet", "clips.parquet", "contact_sheet.png", "histograms.png", "ray_data_stats.txt"} <= artifacts
+
+
+def test_rerun_skips_finished_inputs_and_adds_nothing(curated, flow_inputs, capsys) -> None:
+    from portraitflow.jobs.curate import run_curation
+    from portraitflow.jobs.inspect_cmd import summarise
+
+    out, _, uri = curated
+    before = {p.name: p.read_bytes() for p in (out / "shards").glob("*.tar")}
+    manifest_before = (out / "manifest.parquet").read_bytes()
+    cfg = load_config(None, OVERRIDES + [f"mlflow.tracking_uri={uri}"])
+    dry = run_curation(cfg, sorted(flow_inputs), out, dry_run=True)
+    assert dry == {"inputs": len(flow_inputs), "pending": 4}  # only the failed inputs are retried
+    assert "pending" in capsys.readouterr().out
+    run_curation(cfg, sorted(flow_inputs), out)
+    assert {p.name: p.read_bytes() for p in (out / "shards").glob("*.tar")} == before
+    import pandas as pd
+
+    assert pd.read_parquet(out / "manifest.parquet").equals(pd.read_parquet(io.BytesIO(manifest_before)))
+    summary = summarise(out)
+    assert summary["inputs"]["failed"] == 4 and summary["sample_keys"]
+    assert sum(s["samples"] for s in summary["shards"]) == summary["clips"]["accepted"]
+
+
+def _shard_members(out: Path) -> dict[str, bytes]:
+    members = {}
+    for path in sorted((out / "shards").glob("*.tar")):
+        with tarfile.open(path) as tar:
+            for member in tar.getmembers():
+                members[f"{path.name}/{member.name}"] = tar.extractfile(member).read()
+    return members
+
+
+def _descendants(pid: int) -> list[int]:
+    """Process ids below `pid` (Ray's GCS, raylet and workers of a killed driver), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def _run_until(args: list[str], out: Path, kill_when: str | None, timeout: float = 500) -> None:
+    """Run the CLI; with `kill_when` (a glob under `out`), SIGKILL it and its children once it matches."""
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if kill_when and list(out.glob(kill_when)):
+                family = _descendants(proc.pid)
+                proc.send_signal(signal.SIGKILL)
+                for child in family:
+                    try:
+                        os.kill(child, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                proc.wait()
+                return
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert kill_when is None and proc.returncode == 0, f"curate exited with {proc.returncode}"
+
+
+@pytest.mark.slow
+def test_killed_runs_resume_to_the_same_output(curated, flow_inputs, tmp_path: Path) -> None:
+    """Killed once while scanning and once while rendering, the rerun equals the uninterrupted run."""
+    import pandas as pd
+
+    reference, _, _ = curated
+    out = tmp_path / "resumed"
+    args = [sys.executable, "-m", "portraitflow.jobs.cli", "curate", *sorted(flow_inputs), "--out", str(out),
+            "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"] + [a for o in OVERRIDES for a in ("--set", o)]
+    _run_until(args, out, ".state/scan/*.npz")
+    _run_until(args, out, ".state/staging/*.tar")
+    _run_until(args, out, None)
+    columns = ["path", "status", "clips_accepted", "seconds_accepted"]
+    assert pd.read_parquet(out / "manifest.parquet")[columns].equals(pd.read_parquet(reference / "manifest.parquet")[columns])
+    clip_columns = ["key", "decision", "reason", "start_s", "end_s"]
+    assert pd.read_parquet(out / "clips.parquet")[clip_columns].equals(pd.read_parquet(reference / "clips.parquet")[clip_columns])
+    resumed, whole = _shard_members(out), _shard_members(reference)
+    assert sorted(resumed) == sorted(whole)
+    for name, data in whole.items():
+        if not name.endswith(".mp4"):
+            assert resumed[name] == data, name

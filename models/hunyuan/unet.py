@@ -86,7 +86,7 @@ class ConditionSlot:
 
     def __init__(self) -> None:
         self.contexts: _Contexts | None = None
-        #: copy each context once per query row before attending, as the release does (the
+        #: copy each context once per query row before projecting it, as the release does (the
         #: benchmark's baseline); off, rows that share a context attend in one folded batch.
         self.repeat_contexts = False
 
@@ -96,18 +96,14 @@ class ConditionSlot:
         return self.contexts
 
 
-def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int, repeat: bool) -> torch.Tensor:
+def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int) -> torch.Tensor:
     """Multi-head SDPA of queries [R, S, C] over a context [Bc, L, C] where row r uses context r // (R / Bc).
 
     Rows that share a context are folded into one longer query sequence (exact: each query attends
-    independently), so the context is never copied per row unless `repeat` asks for it.
+    independently), so the context is never copied per row.
     """
     rows, length, channels = query.shape
     group = rows // key.shape[0]
-    if repeat and group > 1:
-        key = key.repeat_interleave(group, dim=0)
-        value = value.repeat_interleave(group, dim=0)
-        group = 1
     head_dim = channels // heads
     q = query.reshape(key.shape[0], group * length, heads, head_dim).transpose(1, 2)
     k = key.reshape(key.shape[0], -1, heads, head_dim).transpose(1, 2)
@@ -133,14 +129,17 @@ class IPAttnProcessor(nn.Module):
     def forward(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None,
                  attention_mask=None, **_: object) -> torch.Tensor:
         contexts = self._slot.current()
-        repeat = self._slot.repeat_contexts
         if self.temporal:
             image, motion = contexts.temporal_image, contexts.temporal_motion
         else:
             image, motion = contexts.spatial_image, contexts.spatial_motion
+        if self._slot.repeat_contexts:  # the release's cost: one copy per row, each projected
+            rows = hidden_states.shape[0]
+            image = image.repeat_interleave(rows // image.shape[0], dim=0)
+            motion = motion.repeat_interleave(rows // motion.shape[0], dim=0)
         query = attn.to_q(hidden_states)
-        out = _attend(query, attn.to_k(image), attn.to_v(image), attn.heads, repeat)
-        out = out + _attend(query, self.to_k_ip[0](motion), self.to_v_ip[0](motion), attn.heads, repeat)
+        out = _attend(query, attn.to_k(image), attn.to_v(image), attn.heads)
+        out = out + _attend(query, self.to_k_ip[0](motion), self.to_v_ip[0](motion), attn.heads)
         return attn.to_out[1](attn.to_out[0](out))
 
 

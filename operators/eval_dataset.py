@@ -8,14 +8,14 @@ from the input, so a rerun finds them and does not redo them.
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from portraitflow.operators.paths import hashed_name, safe_stem
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -36,8 +36,7 @@ class DatasetSpec(BaseModel):
 
 def input_key(source: str) -> str:
     """A file-name-safe key unique to the input: its sanitised stem plus a short hash of it."""
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(source).stem)[:48] or "clip"
-    return f"{stem}-{hashlib.sha1(source.encode()).hexdigest()[:8]}"
+    return hashed_name(Path(source).stem, source, fallback="clip")
 
 
 def _save_png(rgb, path: Path) -> None:
@@ -93,6 +92,7 @@ def _jobs_file(path: Path) -> list[dict[str, Any]]:
         raise ValueError(f"{path}: jobs file lacks columns {sorted(missing)}")
     if "job_id" not in table.columns:
         table["job_id"] = [input_key(f"{r}|{d}") for r, d in zip(table["ref"], table["driving"])]
+    table["job_id"] = [safe_stem(str(j)) for j in table["job_id"]]  # ids name files under the output folder
     return table.to_dict("records")
 
 
@@ -118,7 +118,7 @@ def _unpack_shards(spec: DatasetSpec, folder: Path) -> list[str]:
     for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
         if "mp4" not in sample:
             continue
-        target = folder / f"{re.sub(r'[^A-Za-z0-9_-]+', '_', sample['__key__'])[:96]}.source.mp4"
+        target = folder / f"{safe_stem(sample['__key__'])}.source.mp4"
         if not target.is_file():
             fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", dir=folder)
             with os.fdopen(fd, "wb") as handle:

@@ -7,6 +7,7 @@ Both skip and count what cannot be trained on; every sample is built by `build_t
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -19,6 +20,8 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from portraitflow.jobs.config.train_data import TrainDataConfig
 from portraitflow.operators.shard_source import SKIP_REASONS, SkipCounter, expand_shards
 from portraitflow.operators.train_sample import SampleSkipped, build_train_sample, collate_samples
+
+log = logging.getLogger(__name__)
 
 
 def webdataset_pipeline(cfg: TrainDataConfig, skips: SkipCounter, epoch: int = 0) -> wds.WebDataset:
@@ -44,29 +47,33 @@ class TrainLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         cfg = self.cfg
         loader = wds.WebLoader(webdataset_pipeline(cfg, self.skips, self.epoch), batch_size=None,
-                               num_workers=cfg.num_workers,
+                               num_workers=cfg.num_workers, pin_memory=cfg.pin_memory,
                                prefetch_factor=cfg.prefetch_factor if cfg.num_workers else None)
         if cfg.resampled:
             loader = loader.with_epoch(nbatches=-(-cfg.samples_per_epoch // cfg.batch_size))
         self.epoch += 1
         yield from loader
+        if self.skipped:
+            log.warning("training loader, epoch %d: skipped so far %s", self.epoch - 1, self.skipped)
 
     @property
     def skipped(self) -> dict[str, int]:
         return self.skips.counts()
 
 
-def train_loader(cfg: TrainDataConfig) -> TrainLoader:
-    return TrainLoader(cfg)
-
-
-def ray_train_dataset(cfg: TrainDataConfig, epoch: int = 0):
-    """(dataset of training samples, tally actor): `ray.get(tally.counts.remote())` gives the skips."""
+def ray_train_dataset(cfg: TrainDataConfig, epoch: int = 0) -> tuple[ray.data.Dataset, Any]:
+    """(dataset of training samples, tally actor): `ray.get(tally.counts.remote())` gives the
+    skipped samples by reason. Members are read as raw bytes (no decoder, so nothing is unpickled);
+    Ray Train's `get_dataset_shard` splits it across ranks, `iter_torch_batches(
+    local_shuffle_buffer_size=...)` shuffles samples. Shards that break mid-read drop their block
+    (logged by Ray, up to `ray_max_errored_blocks`), not the run."""
     tally = SkipTally.remote()
     dataset = ray.data.read_webdataset(expand_shards(cfg.shards), decoder=None,
                                        shuffle="files" if cfg.seed is None else None)
     build = partial(build_train_sample, n_frames=cfg.n_frames, seed=cfg.seed, epoch=epoch, pixel_dtype=cfg.pixel_dtype)
-    return dataset.flat_map(partial(_samples_or_skip, build=build, tally=tally)), tally
+    dataset = dataset.flat_map(partial(_samples_or_skip, build=build, tally=tally))
+    dataset.context.max_errored_blocks = cfg.ray_max_errored_blocks
+    return dataset, tally
 
 
 def _samples_or_skip(row: dict[str, Any], build, tally) -> list[dict[str, Any]]:

@@ -33,6 +33,11 @@ class TrainDataConfig(BaseModel):
         description="Deterministic mode (evaluation): shard order, shuffle and every window and reference are "
         "fixed by (seed, epoch, sample key). Empty: fresh randomness every epoch.",
     )
+    pin_memory: bool = Field(False, description="Pin batches in page-locked memory for faster host-to-GPU copies.")
+    ray_max_errored_blocks: int = Field(
+        -1, description="Ray path: read blocks (a shard's samples read in one task) that may fail, e.g. on a truncated "
+        "shard, before the run stops; their samples are dropped and Ray logs each. -1: any number."
+    )
     pixel_dtype: Literal["float32", "float16"] = Field(
         "float32", description="dtype of the pixel tensors (frames, reference, crops); float16 halves transfer."
     )

@@ -171,6 +171,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip-baseline-above", type=int, default=1000,
                         help="do not run the baseline for longer videos (its memory grows with length)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="run ours with the UNet and the VAE decoder in channels-last memory format")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     size = "tiny" if args.tiny else "full"
@@ -181,7 +183,8 @@ def main() -> None:
         settings = dataclasses.replace(settings, num_steps=args.steps or 3, frames_per_window=8, pad_frames=3)
     device = torch.device(args.device)
     print(f"{size} modules on {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
-          f"{settings.num_steps} steps, window {settings.frames_per_window}, torch threads {torch.get_num_threads()}")
+          f"{settings.num_steps} steps, window {settings.frames_per_window}, torch threads {torch.get_num_threads()}"
+          + (", ours channels-last" if args.channels_last else ""))
     header = (f"{'dtype':5s} {'frames':>6s} | {'ours f/s':>9s} {'base f/s':>9s} {'speed-up':>8s} | "
               f"{'ours cpu-s':>10s} {'base cpu-s':>10s} | {'ours GiB':>8s} {'base GiB':>8s} | max |diff|")
     print(header)
@@ -190,7 +193,9 @@ def main() -> None:
         pipe = models.pipeline
         for count in frames:
             inputs = make_inputs(pipe, models.resolution, count, settings, args.seed)
+            _memory_format(pipe, torch.channels_last if args.channels_last else torch.contiguous_format)
             mine, wall, cpu, peak = timed(lambda: ours(pipe, inputs, settings), device)
+            _memory_format(pipe, torch.contiguous_format)
             row = f"{dtype_name:5s} {count:6d} | {count / wall:9.3f} "
             if count <= args.skip_baseline_above:
                 theirs, b_wall, b_cpu, b_peak = timed(lambda: baseline(pipe, inputs, settings), device)
@@ -203,6 +208,14 @@ def main() -> None:
         del models, pipe
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _memory_format(pipe: HunyuanPipeline, memory_format: torch.memory_format) -> None:
+    """Conv2d weights of the UNet and the VAE decoder in `memory_format` (Conv3d weights stay as they are)."""
+    for root in (pipe.unet, pipe.vae.decoder):
+        for module in root.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.weight.data = module.weight.data.contiguous(memory_format=memory_format)
 
 
 def _max_difference(ours_result: tuple, baseline_result: tuple, frames: int) -> float:

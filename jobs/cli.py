@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from portraitflow.jobs import animate, config_cmd, convert_weights, curate, doctor, evaluate_cmd, inspect_cmd
+from portraitflow.jobs import animate, config_cmd, convert_weights, curate, doctor, evaluate_cmd, inspect_cmd, samples
 
 app = typer.Typer(
     name="portraitflow",
@@ -14,6 +14,7 @@ app = typer.Typer(
 app.command("doctor")(doctor.doctor)
 app.command("curate")(curate.curate)
 app.command("inspect")(inspect_cmd.inspect)
+app.command("samples")(samples.samples)
 app.command("animate")(animate.animate)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("sweep")(evaluate_cmd.sweep)

@@ -32,6 +32,7 @@ from portraitflow.operators.shots import ShotDetector
 from portraitflow.operators.timing import StageTimer
 from portraitflow.operators.tracking import Track, track_faces
 
+MIN_TRACK_DETECTIONS = 3  # a face seen once is more often a false detection than a clip
 SIGNATURE_STEPS = 32  # time steps of the keypoint trajectory that fingerprints a clip's content
 
 
@@ -82,7 +83,7 @@ def scan_video(
         with timer.time("track"):
             shot_detections = [(p, f) for p, f in detections if shot_start <= p < shot_end]
             tracks = track_faces(shot_detections, shot_end, step, cfg.track_iou, cfg.track_max_gap)
-        for start, end, main in _clip_ranges(tracks, shot_start, shot_end, cfg):
+        for start, end, main in _clip_ranges(tracks, shot_start, shot_end, step, cfg):
             if main is None:
                 candidates.append(Candidate(start, end, filters.NO_FACE))
                 continue
@@ -95,14 +96,17 @@ def scan_video(
     return sorted(candidates, key=lambda c: c.start)
 
 
-def _clip_ranges(tracks: list[Track], shot_start: int, shot_end: int, cfg: CurateConfig):
+def _clip_ranges(tracks: list[Track], shot_start: int, shot_end: int, step: int, cfg: CurateConfig):
     """(start, end, track or None) clip ranges of a shot, at most `max_clip_seconds` long.
 
-    Main tracks are taken largest first (frames x face size) where they do not overlap one taken
-    already; stretches of at least the minimum clip length without one become `no_face` ranges.
+    Main tracks are faces seen on at least MIN_TRACK_DETECTIONS detection frames (fewer in a shot
+    too short for that), taken largest first (frames x face size) where they do not overlap one
+    taken already; stretches of at least the minimum clip length without one become `no_face`.
     """
+    needed = min(MIN_TRACK_DETECTIONS, max(1, len(range(shot_start + (-shot_start) % step, shot_end, step))))
     chosen: list[Track] = []
-    for track in sorted(tracks, key=lambda t: -len(t.positions) * float(np.median(t.sides))):
+    stable = [t for t in tracks if t.detected.sum() >= needed]
+    for track in sorted(stable, key=lambda t: -len(t.positions) * float(np.median(t.sides))):
         if all(_overlap(track, c.positions[0], c.positions[-1] + 1) < 0.1 * len(track.positions) for c in chosen):
             chosen.append(track)
     chosen.sort(key=lambda t: t.positions[0])

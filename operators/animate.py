@@ -25,7 +25,7 @@ from portraitflow.models.face.images import load_image
 from portraitflow.operators.decode import VideoUnreadable
 from portraitflow.operators.driving_motion import DrivingMotion, extract_driving_motion, iter_driving_windows
 from portraitflow.operators.paste_back import paste_back
-from portraitflow.operators.reference_portrait import NoFace, PreparedReference, prepare_reference
+from portraitflow.operators.reference_portrait import NoFace, PreparedReference, UnreadableImage, prepare_reference
 from portraitflow.operators.video_writer import has_audio, write_h264
 
 #: columns only carried from the preparation task to the animation actor.
@@ -40,31 +40,32 @@ def _analyzer(face_cfg_json: str) -> FaceAnalyzer:
     return create_analyzer(FaceConfig.model_validate_json(face_cfg_json))
 
 
-def _failed(row: dict[str, Any], reason: str) -> dict[str, Any]:
-    return {**row, "status": "failed", "reason": reason, "reference": b"", "motion": b""}
+def _failed(row: dict[str, Any], stage: str, exc: Exception) -> dict[str, Any]:
+    """The job's row as `failed`. Known bad input (NoFace, VideoUnreadable, ...) gives its own
+    message; anything else its type too, since a job boundary must never stop the flow."""
+    known = isinstance(exc, (NoFace, UnreadableImage, VideoUnreadable, FileNotFoundError))
+    reason = f"{stage}: {exc}" if known else f"{stage}: {type(exc).__name__}: {exc}"
+    return {**row, "status": "failed", "reason": reason[:300], "reference": b"", "motion": b""}
 
 
 def prepare_job(row: dict[str, Any], face_cfg_json: str, animate_cfg_json: str) -> dict[str, Any]:
     """Reference crop and driving motion of one job, as npz bytes columns; or a failed row."""
-    if row["status"] != "pending":
-        return {**row, "reference": b"", "motion": b""}
     cfg = AnimateConfig.model_validate_json(animate_cfg_json)
     started = time.perf_counter()
-    loaded = load_image(row["ref"])
-    if not loaded.ok:
-        return _failed(row, f"reference image {loaded.reason}: {loaded.detail}"[:300])
-    analyzer = _analyzer(face_cfg_json)
     try:
-        reference = prepare_reference(loaded.rgb, analyzer, cfg.size)
-    except NoFace as exc:
-        return _failed(row, str(exc))
-    if not Path(row["driving"]).is_file():
-        return _failed(row, "driving video not found")
+        loaded = load_image(row["ref"])
+        if not loaded.ok:
+            raise UnreadableImage(f"{loaded.reason} ({loaded.detail})")
+        reference = prepare_reference(loaded.rgb, _analyzer(face_cfg_json), cfg.size)
+    except Exception as exc:  # a job boundary (see _failed)
+        return _failed(row, "reference image", exc)
     try:
-        motion = extract_driving_motion(row["driving"], analyzer, cfg.size, min_face_fraction=cfg.min_face_fraction,
-                                        smooth_sigma=cfg.smooth_sigma)
-    except (VideoUnreadable, NoFace) as exc:
-        return _failed(row, f"driving video: {exc}"[:300])
+        if not Path(row["driving"]).is_file():
+            raise FileNotFoundError("not found")
+        motion = extract_driving_motion(row["driving"], _analyzer(face_cfg_json), cfg.size,
+                                        min_face_fraction=cfg.min_face_fraction, smooth_sigma=cfg.smooth_sigma)
+    except Exception as exc:  # a job boundary (see _failed)
+        return _failed(row, "driving video", exc)
     return {**row, "reference": reference.to_bytes(), "motion": motion.to_bytes(),
             "prep_s": time.perf_counter() - started}
 
@@ -109,8 +110,8 @@ class AnimateJobs:
         try:
             frames, animation, fps = self._render(row)
             written = write_h264(row["output"], frames, fps=fps, audio_from=row["driving"], crf=self.cfg.crf)
-        except (VideoUnreadable, ValueError, RuntimeError, OSError) as exc:
-            return {**result, "status": "failed", "reason": f"animation: {type(exc).__name__}: {exc}"[:300]}
+        except Exception as exc:  # a job boundary (see _failed)
+            return {k: v for k, v in _failed(result, "animation", exc).items() if k not in INTERMEDIATE}
         total = time.perf_counter() - started
         return {**result, "status": "ok", "reason": "", "frames": written, "fps": fps, "seconds": written / fps, "has_audio": has_audio(row["output"]),
                 "animate_s": animation.seconds, "encode_s": total - animation.seconds, "total_s": total + row["prep_s"]}

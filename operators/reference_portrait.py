@@ -19,6 +19,10 @@ class NoFace(ValueError):
     """The image or video holds no usable face; the message is the job's failure reason."""
 
 
+class UnreadableImage(ValueError):
+    """The reference is not a decodable image; the message carries models/face/images.py's reason."""
+
+
 @dataclass
 class PreparedReference:
     reference: ReferenceInput

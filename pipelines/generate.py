@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from portraitflow.jobs.config import PortraitFlowConfig
+from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.runtime import init_ray, mlflow_run
 from portraitflow.models.animators.registry import resolve_backend
 from portraitflow.operators.animate import AnimateJobs, prepare_job
@@ -17,6 +18,17 @@ from portraitflow.operators.generation_jobs import Job, load_jobs
 from portraitflow.operators.generation_results import (
     RESULTS_FILE, log_to_mlflow, plan_rows, results_table, save_preview, write_atomic,
 )
+
+#: a preparation task holds the face models and one chunk of full-resolution frames. Declaring
+#: it also keeps Ray Data from fusing the tasks into the animation actors (different resources).
+PREP_MEMORY = 768 * 1024**2
+
+
+def animation_pool(backend: str, cfg: AnimateConfig) -> tuple[int, int]:
+    """(actors, GPUs per actor): hunyuan holds one GPU per actor, unless `gpus` is 0 (CPU)."""
+    if backend == "hunyuan" and cfg.gpus > 0:
+        return cfg.gpus, 1
+    return cfg.actors, 0
 
 
 def run_generation(
@@ -49,16 +61,16 @@ def run_generation(
     with mlflow_run(cfg.mlflow, cfg.animate.experiment, run_name=out_dir.name) as run:
         pending = [row for row in rows if row["status"] == "pending"]
         if pending:
-            on_gpu = backend == "hunyuan" and cfg.animate.gpus > 0
+            actors, gpus_per_actor = animation_pool(backend, cfg.animate)
             finished = (
                 ray.data.from_items(pending, override_num_blocks=len(pending))
                 .map(prepare_job, fn_kwargs={"face_cfg_json": cfg.face.model_dump_json(),
                                              "animate_cfg_json": cfg.animate.model_dump_json()},
-                     num_cpus=1, scheduling_strategy="SPREAD")  # spread over nodes; also keeps it out of the actors
+                     num_cpus=1, memory=PREP_MEMORY)
                 .map_batches(AnimateJobs, fn_constructor_kwargs={"backend": backend,
                                                                  "animate_cfg_json": cfg.animate.model_dump_json()},
-                             batch_size=1, compute=ActorPoolStrategy(size=cfg.animate.gpus if on_gpu else cfg.animate.actors),
-                             num_cpus=cfg.animate.cpus_per_actor, num_gpus=1 if on_gpu else 0)
+                             batch_size=1, compute=ActorPoolStrategy(size=actors),
+                             num_cpus=cfg.animate.cpus_per_actor, num_gpus=gpus_per_actor)
                 .take_all()
             )
             by_output = {row["output"]: row for row in finished}

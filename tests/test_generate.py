@@ -184,3 +184,24 @@ def test_cli_animates_a_jobs_file(run, media_dir: Path, tmp_path: Path) -> None:
     assert row.job_id == "lawn" and '"pose_multiplier": 0.5' in row.params and '"motion": "absolute"' in row.params
     bad = CliRunner().invoke(app, ["animate", "--ref", str(jobs), "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0
+
+
+def test_hunyuan_backend_end_to_end_with_tiny_random_weights(media_dir: Path, tmp_path: Path, ray_local) -> None:
+    """Plumbing and shapes of the hunyuan actor path: random tiny modules on CPU actors."""
+    from portraitflow.models.animators.registry import resolve_backend
+    from portraitflow.pipelines.generate import animation_pool, run_generation
+
+    source = media_dir / "vexpress_RD_Radio10_0_clip_0.mp4"
+    driver = tmp_path / "second.mp4"  # 1 s with its audio: few frames through the sampler
+    write_h264(driver, (c.frames for c in iter_frame_chunks(str(source), 25.0, 0.0, 1.0)), 25.0, audio_from=source)
+    cfg = load_config(None, ["animate.weights=tiny", "animate.gpus=0", "mlflow.enabled=false", "animate.window=10"])
+    assert resolve_backend(cfg.animate) == "hunyuan" and animation_pool("hunyuan", cfg.animate) == (1, 0)
+    assert animation_pool("hunyuan", cfg.animate.model_copy(update={"gpus": 2})) == (2, 1)
+    jobs = [Job("tiny", str(media_dir / "hallo_6.jpg"), str(driver)),
+            Job("no_face", str(media_dir / "face_alignment_grass.jpg"), str(driver))]
+    table = run_generation(jobs, tmp_path / "out", cfg).set_index("job_id")
+    assert table.status.tolist() == ["ok", "failed"], table.reason.tolist()
+    row = table.loc["tiny"]
+    info = probe_video(row.output)
+    assert row.backend == "hunyuan" and (info.width, info.height) == (cfg.animate.size, cfg.animate.size)
+    assert info.num_frames == probe_video(str(driver)).num_frames == 25 and has_audio(row.output)

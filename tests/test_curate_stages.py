@@ -172,3 +172,16 @@ def test_shards_split_on_bytes_and_reject_dotted_keys(tmp_path: Path) -> None:
     assert [len(shard_keys(p)) for p in shard_paths(tmp_path / "shards")] == [2, 2]
     with pytest.raises(ValueError):
         stage_sample(tmp_path / "staging", "bad.key", _sample(0))
+
+
+def test_offline_samples_cover_accept_reject_and_fail(tmp_path: Path) -> None:
+    from portraitflow.jobs.samples import make_samples
+    from portraitflow.operators.decode import VideoUnreadable, probe_video
+
+    paths = {p.name: p for p in make_samples(tmp_path)}
+    assert set(paths) == {"astronaut_pan.mp4", "truncated.mp4", "carphone.mp4", "bikes.mp4"}
+    info = probe_video(str(paths["astronaut_pan.mp4"]))
+    assert (info.width, info.height, info.num_frames) == (512, 512, 150)
+    assert min(probe_video(str(paths["carphone.mp4"])).width, 256) < 256  # the low_resolution sample
+    with pytest.raises(VideoUnreadable):
+        probe_video(str(paths["truncated.mp4"]))

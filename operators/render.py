@@ -21,17 +21,12 @@ from portraitflow.operators.face_scan import load_clip_arrays
 from portraitflow.operators.inputs import local_copy
 from portraitflow.operators.motion import WINDOW
 from portraitflow.operators.probe import error_text
+from portraitflow.operators.reference_portrait import to_crop
 from portraitflow.operators.shards import npy_bytes, stage_sample
 from portraitflow.operators.timing import StageTimer
 from portraitflow.operators.video_writer import write_h264
 
 FORMAT_VERSION = 1
-
-
-def to_crop(points: np.ndarray, crop_box: np.ndarray, size: int) -> np.ndarray:
-    """Source-pixel points (..., 2) in the pixels of the `size` x `size` crop of `crop_box`."""
-    scale = size / float(crop_box[2] - crop_box[0])
-    return ((np.asarray(points, np.float32) - crop_box[:2]) * scale).astype(np.float32)
 
 
 def _jpeg(rgb: np.ndarray) -> bytes:

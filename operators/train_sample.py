@@ -93,25 +93,24 @@ def choose_window(num_frames: int, n_frames: int, rng: np.random.Generator) -> t
 
 
 def decode_frames(mp4: bytes, indices: Sequence[int]) -> tuple[np.ndarray, int]:
-    """(len(indices), H, W, 3) uint8 RGB of the given frames and the clip's frame count.
+    """(len(indices), H, W, 3) uint8 RGB of the given frames (any order, repeats allowed) and the
+    clip's frame count.
 
     decord seeks to the keyframe before the first wanted frame and decodes forward, so frames
     after the last wanted one are never decoded and skipped ones are never converted to RGB.
     """
     from decord import DECORDError, VideoReader, cpu
 
+    unique, inverse = np.unique(np.asarray(indices, np.int64), return_inverse=True)
     try:
         reader = VideoReader(io.BytesIO(mp4), ctx=cpu(0), num_threads=1)
         count = len(reader)
-        order = np.argsort(indices, kind="stable")
-        if count == 0 or int(np.max(indices)) >= count:
-            raise VideoUnreadable(f"the video has {count} frames, frame {int(np.max(indices))} wanted")
-        decoded = reader.get_batch([int(indices[i]) for i in order]).asnumpy()
+        if count == 0 or unique[-1] >= count:
+            raise VideoUnreadable(f"the video has {count} frames, frame {int(unique[-1])} wanted")
+        decoded = reader.get_batch(unique.tolist()).asnumpy()
     except (DECORDError, RuntimeError, VideoUnreadable) as exc:
         raise SampleSkipped("video_undecodable", str(exc).splitlines()[0][:200]) from exc
-    frames = np.empty_like(decoded)
-    frames[order] = decoded
-    return frames, count
+    return decoded[inverse], count
 
 
 def expression_boxes(kps: np.ndarray, anchor_box: np.ndarray) -> np.ndarray:
@@ -166,7 +165,10 @@ def encoder_inputs(frames: np.ndarray, reference: np.ndarray, tracks: ClipTracks
     vae_frames, vae_reference = _pixels(frames, -1.0, 1.0), _pixels(reference[None], -1.0, 1.0)
     mean, std = torch.from_numpy(IMAGENET_MEAN)[:, None, None], torch.from_numpy(IMAGENET_STD)[:, None, None]
     dino = ((_resize(vae_reference, DINO_SIZE)[0] + 1) / 2 - mean) / std
-    face = align_arcface(reference, tracks.kps[ref_index])
+    try:
+        face = align_arcface(reference, tracks.kps[ref_index])
+    except ValueError as exc:
+        raise SampleSkipped("degenerate_keypoints", str(exc)) from exc
     return {
         "frames": vae_frames.to(dtype).numpy(),
         "reference": vae_reference[0].to(dtype).numpy(),

@@ -39,7 +39,12 @@ def webdataset_pipeline(cfg: TrainDataConfig, skips: SkipCounter, epoch: int = 0
 
 
 class TrainLoader:
-    """Iterate once per epoch; `skipped` counts what every worker skipped so far, by reason."""
+    """Iterate once per epoch; `skipped` counts what every worker skipped so far, by reason.
+
+    Ranks (RANK / WORLD_SIZE or torch.distributed) and workers read disjoint shards, so ranks
+    get equal work only with at least world_size x num_workers shards of similar size; for DDP
+    prefer `resampled`, where every rank runs exactly `samples_per_epoch` samples.
+    """
 
     def __init__(self, cfg: TrainDataConfig, epoch: int = 0) -> None:
         self.cfg, self.epoch, self.skips = cfg, epoch, SkipCounter()

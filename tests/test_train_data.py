@@ -12,6 +12,7 @@ import torch
 from portraitflow.jobs.config.train_data import TrainDataConfig
 from portraitflow.models.hunyuan.buckets import head_exp_motion_buckets
 from portraitflow.operators.shard_source import expand_shards
+from portraitflow.operators.train_sample import SampleSkipped, build_train_sample
 from portraitflow.pipelines.train_data import TrainLoader, RayCollate, ray_train_dataset
 from synthetic_shards import clip_members, frame_code, write_dataset, write_shard
 
@@ -110,6 +111,16 @@ def test_batches_have_the_shapes_dtypes_and_ranges_of_the_spec(dataset) -> None:
         # ArcFace alignment puts the drawn eyes (dark) on the template's eye positions
         face = batch["reference_face"][i]
         assert face[:, 52, 38].max() < 0.25 and face[:, 52, 73].max() < 0.25 and face[:, 75, 56].min() > 0.3
+
+
+def test_a_clip_as_long_as_the_window_takes_its_reference_inside_it(tmp_path) -> None:
+    sample = dict(clip_members(6, seed=5, workdir=tmp_path), __key__="short")
+    out = build_train_sample(sample, n_frames=6, seed=0)
+    assert out["frame_indices"].tolist() == list(range(6)) and 0 <= out["reference_index"] < 6
+    reference = ((out["reference"].transpose(1, 2, 0) + 1) * 127.5).round().astype(np.uint8)
+    assert frame_code(reference[None])[0] == out["reference_index"]
+    with pytest.raises(SampleSkipped, match="clip_too_short"):
+        build_train_sample(sample, n_frames=7)
 
 
 def test_two_ranks_get_disjoint_samples(dataset, monkeypatch) -> None:

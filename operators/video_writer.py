@@ -68,8 +68,12 @@ def write_h264(
     audio_from: str | Path | None = None,
     crf: int = 18,
     preset: str = "veryfast",
+    keyframe_interval: int | None = None,
 ) -> int:
     """Encode (T, H, W, 3) uint8 RGB chunks to an mp4 at `path`; returns the number of frames.
+
+    `keyframe_interval` (frames) bounds how far a reader must decode to reach any frame: training
+    loaders that seek into windows want it near the window length; None keeps x264's default.
 
     The file appears only when complete (temp file + rename), so a crash never leaves a
     half-written output that a resume would mistake for a finished one.
@@ -100,6 +104,8 @@ def write_h264(
                         video.height, video.width = rgb.shape[0] - rgb.shape[0] % 2, rgb.shape[1] - rgb.shape[1] % 2
                         video.pix_fmt = "yuv420p"
                         video.options = {"crf": str(crf), "preset": preset}
+                        if keyframe_interval:
+                            video.options |= {"g": str(keyframe_interval), "keyint_min": str(keyframe_interval)}
                     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[: video.height, : video.width]), format="rgb24")
                     frame.pts = frames_written
                     frame.time_base = Fraction(1) / rate

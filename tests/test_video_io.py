@@ -73,3 +73,15 @@ def test_written_bytes_carry_no_library_versions(tmp_path: Path) -> None:
     write_h264(second, frames, 25)
     assert first.read_bytes() == second.read_bytes()
     assert b"Lavf" not in first.read_bytes()
+
+
+def test_keyframe_interval_bounds_the_distance_between_keyframes(tmp_path: Path) -> None:
+    import av
+
+    path = tmp_path / "gop.mp4"
+    write_h264(path, [np.random.default_rng(0).integers(0, 255, (60, 64, 64, 3), dtype=np.uint8)], fps=25,
+               keyframe_interval=10)
+    with av.open(str(path)) as container:
+        keyframes = [i for i, frame in enumerate(container.decode(video=0)) if frame.key_frame]
+    assert keyframes[0] == 0 and len(keyframes) >= 6
+    assert max(np.diff(keyframes + [60])) <= 10

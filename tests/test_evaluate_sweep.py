@@ -122,3 +122,34 @@ def test_evaluate_command_scores_existing_outputs_like_the_sweep(sweep_run, tmp_
     for name in ("apd", "akd", "ssim", "csim_opencv"):
         assert metrics[name] == pytest.approx(warp.data.metrics[name], rel=1e-6), name
     assert (tmp_path / "eval" / "report" / "index.html").is_file()
+
+
+def test_learned_metrics_from_local_weights_score_real_videos(sweep_run, tmp_path: Path) -> None:
+    """With (stand-in) local weights LPIPS, FID and FVD are computed; ground truth against itself scores 0."""
+    from onnx_nets import channel_means, mean_abs_difference
+
+    from portraitflow.jobs.config.evaluate import EvaluateConfig
+    from portraitflow.jobs.config.face import FaceConfig
+    from portraitflow.models.face.factory import create_analyzer
+    from portraitflow.operators.evaluate_video import JobEvaluator
+    from portraitflow.pipelines.evaluate import learned_aggregates
+
+    cfg = EvaluateConfig(frame_stride=3, fid_frames_per_video=16, fvd_clip_frames=4,
+                         lpips_onnx=mean_abs_difference(tmp_path / "l.onnx"), fid_onnx=channel_means(tmp_path / "f.onnx"),
+                         fvd_onnx=channel_means(tmp_path / "v.onnx", video=True))
+    evaluator = JobEvaluator(create_analyzer(FaceConfig()), cfg)
+    _, _, children = _children(sweep_run["uri"], sweep_run["parent_id"])
+    still_dir = sweep_run["out"] / "configs" / children["still"].data.tags["portraitflow.config_hash"] / "outputs"
+    clips = sorted((sweep_run["out"] / "dataset").glob("*.ref.png"))
+    keys = [ref.name[: -len(".ref.png")] for ref in clips]
+    jobs = [{"job_id": key, "ref": str(ref), "driving": str(ref.with_name(f"{key}.mp4"))} for key, ref in zip(keys, clips)]
+    identical = [evaluator.evaluate({**job, "output": job["driving"]}, tmp_path / "same") for job in jobs]
+    still = [evaluator.evaluate({**job, "output": str(still_dir / f"{job['job_id']}.mp4")}, tmp_path / "still")
+             for job in jobs]
+    assert all(row["status"] == "ok" for row in identical + still)
+    assert all(row["lpips"] == pytest.approx(0.0, abs=1e-6) for row in identical)
+    assert all(row["lpips"] > 0.01 for row in still)
+    ids = [job["job_id"] for job in jobs]
+    same, moved = learned_aggregates(tmp_path / "same", ids), learned_aggregates(tmp_path / "still", ids)
+    assert same["fid"] == pytest.approx(0.0, abs=1e-9) and same["fvd"] == pytest.approx(0.0, abs=1e-9)
+    assert moved["fid"] > 1e-6 and moved["fvd"] > 1e-6  # the still video's colours drift from the clip's

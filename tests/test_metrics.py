@@ -121,33 +121,12 @@ def test_learned_metrics_are_skipped_with_a_note_without_weights(tmp_path) -> No
     assert "does not exist" in notes["fid"]
 
 
-def _onnx(path, nodes, inputs, output) -> str:
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        nodes, "g",
-        [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in inputs],
-        [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return str(path)
-
-
 def test_learned_metrics_run_from_local_onnx_weights(tmp_path) -> None:
-    from onnx import helper
+    from onnx_nets import channel_means, mean_abs_difference
 
     # FID features: per-channel means (N, 3); a constant offset c per channel gives FID 3 c^2
-    fid_path = _onnx(tmp_path / "feat.onnx", [
-        helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["f"])],
-        [("x", ["N", 3, 16, 16])], "f")
-    # "LPIPS": mean absolute difference of the two inputs per image
-    lpips_path = _onnx(tmp_path / "lpips.onnx", [
-        helper.make_node("Sub", ["a", "b"], ["d"]), helper.make_node("Abs", ["d"], ["e"]),
-        helper.make_node("ReduceMean", ["e"], ["m"], axes=[1, 2, 3], keepdims=0)],
-        [("a", ["N", 3, "H", "W"]), ("b", ["N", 3, "H", "W"])], "m")
+    fid_path = channel_means(tmp_path / "feat.onnx")
+    lpips_path = mean_abs_difference(tmp_path / "lpips.onnx")
     cfg = EvaluateConfig(fid_onnx=fid_path, lpips_onnx=lpips_path)
     assert set(metrics_learned.skip_notes(cfg)) == {"fvd"}
 

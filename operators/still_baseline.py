@@ -58,3 +58,23 @@ def render_still(job: dict[str, Any], out_path: Path, analyzer: FaceAnalyzer, si
     frames = write_h264(out_path, chunks(), info.fps, audio_from=job["driving"])
     return {**row, "status": "ok", "output": str(out_path), "frames": frames,
             "seconds": time.perf_counter() - started}
+
+
+class StillActor:
+    """Ray Data callable rendering the `still` baseline, one face analyser per actor."""
+
+    def __init__(self, face: dict[str, Any], out_dir: str, size: int, paste_back: bool) -> None:
+        from portraitflow.jobs.config.face import FaceConfig
+        from portraitflow.models.face.factory import create_analyzer
+
+        self.analyzer = create_analyzer(FaceConfig(**face))
+        self.out_dir, self.size, self.paste_back = Path(out_dir), size, paste_back
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
+        """Render each job unless its video exists (a resumed sweep)."""
+        rows = []
+        for job in (dict(zip(batch, values)) for values in zip(*batch.values())):
+            path = self.out_dir / f"{job['job_id']}.mp4"
+            rows.append({"job_id": job["job_id"], "status": "ok", "reason": None, "output": str(path)} if path.is_file()
+                        else render_still(job, path, self.analyzer, self.size, self.paste_back))
+        return {key: [row.get(key) for row in rows] for key in ("job_id", "status", "reason", "output")}

@@ -21,27 +21,6 @@ from portraitflow.operators.eval_dataset import load_jobs
 SWEEP_TAG, CONFIG_TAG, PARENT_TAG = "portraitflow.sweep_hash", "portraitflow.config_hash", "mlflow.parentRunId"
 
 
-class StillActor:
-    """Ray Data callable rendering the `still` baseline, one face analyser per actor."""
-
-    def __init__(self, face: dict[str, Any], out_dir: str, size: int, paste_back: bool) -> None:
-        from portraitflow.jobs.config.face import FaceConfig
-        from portraitflow.models.face.factory import create_analyzer
-
-        self.analyzer = create_analyzer(FaceConfig(**face))
-        self.out_dir, self.size, self.paste_back = Path(out_dir), size, paste_back
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
-        from portraitflow.operators.still_baseline import render_still
-
-        rows = []
-        for job in (dict(zip(batch, values)) for values in zip(*batch.values())):
-            path = self.out_dir / f"{job['job_id']}.mp4"
-            rows.append({"job_id": job["job_id"], "status": "ok", "reason": None, "output": str(path)} if path.is_file()
-                        else render_still(job, path, self.analyzer, self.size, self.paste_back))
-        return {key: [row.get(key) for row in rows] for key in ("job_id", "status", "reason", "output")}
-
-
 def generate_outputs(params: dict[str, Any], jobs: list[dict], out_dir: Path, cfg: PortraitFlowConfig) -> pd.DataFrame:
     """(job_id, status, reason, output) per job for one config. `still` is the baseline, rendered
     here; every other backend runs through the generation pipeline with the config's params as
@@ -49,7 +28,11 @@ def generate_outputs(params: dict[str, Any], jobs: list[dict], out_dir: Path, cf
     import ray.data
     from ray.data import ActorPoolStrategy
 
+    from portraitflow.operators.still_baseline import StillActor
+
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not jobs:
+        return pd.DataFrame(columns=["job_id", "status", "reason", "output"])
     if params["backend"] != "still":
         from portraitflow.operators.generation_jobs import Job
         from portraitflow.pipelines.generate import run_generation

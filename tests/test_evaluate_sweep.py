@@ -7,28 +7,40 @@ import pandas as pd
 import pytest
 
 from portraitflow.jobs.config import load_config
-from portraitflow.operators.sweep_spec import SweepSpec
 
 #: talking videos with visible head motion (MANIFEST.tsv), cut to their first seconds
 DRIVERS = ["liveportrait_d20.mp4", "sadtalker_WDA_KatieHill_000.mp4"]
 
 
+SWEEP_YAML = """
+name: warp-vs-still
+dataset: {{type: folder, path: {media}, include: {drivers}}}
+configs:
+  - {{backend: warp}}
+  - {{backend: still}}
+  - {{backend: warp, pose_multiplier: -1.0}}   # invalid: fails alone
+evaluate: {{protocol: self, max_seconds: 2.0, frame_stride: 2, side_by_side: 1, rank_by: apd}}
+"""
+
+
 @pytest.fixture(scope="module")
 def sweep_run(media_dir: Path, ray_local, tmp_path_factory):
-    from portraitflow.pipelines.evaluate import run_sweep
+    """`portraitflow sweep` on two real clips with two configs at once (plus a broken one)."""
+    from typer.testing import CliRunner
+
+    from portraitflow.jobs.cli import app
+    from portraitflow.operators.sweep_spec import load_sweep
 
     out = tmp_path_factory.mktemp("sweep")
     uri = f"sqlite:///{out / 'mlflow.db'}"
+    sweep_file = out / "sweep.yaml"
+    sweep_file.write_text(SWEEP_YAML.format(media=media_dir, drivers=DRIVERS))
+    result = CliRunner().invoke(app, ["sweep", str(sweep_file), "--out", str(out / "sweep"), "--max-parallel", "2",
+                                      "--mlflow-uri", uri])
+    assert result.exit_code == 0, result.output
+    parent_id = result.output.split("parent run ")[1].split()[0]
     cfg = load_config(None, [f"mlflow.tracking_uri={uri}"])
-    spec = SweepSpec.model_validate({
-        "name": "warp-vs-still",
-        "dataset": {"type": "folder", "path": str(media_dir), "include": DRIVERS},
-        "configs": [{"backend": "warp"}, {"backend": "still"}, {"backend": "warp", "pose_multiplier": -1.0}],
-        "evaluate": {"protocol": "self", "max_seconds": 2.0, "frame_stride": 2, "side_by_side": 1,
-                     "rank_by": "apd", "max_parallel": 2},
-    })
-    parent_id = run_sweep(spec, cfg, out / "sweep")
-    return {"spec": spec, "cfg": cfg, "out": out / "sweep", "uri": uri, "parent_id": parent_id}
+    return {"spec": load_sweep(sweep_file), "cfg": cfg, "out": out / "sweep", "uri": uri, "parent_id": parent_id}
 
 
 def _children(uri: str, parent_id: str):

@@ -20,6 +20,7 @@ import numpy as np
 
 from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.config.face import FaceConfig
+from portraitflow.models.animators.registry import animator_params, create_animator
 from portraitflow.models.face.base import FaceAnalyzer
 from portraitflow.models.face.images import load_image
 from portraitflow.operators.decode import VideoUnreadable
@@ -91,8 +92,6 @@ class AnimateJobs:
     """Ray Data callable class: the actor holds one animator for all the jobs it is given."""
 
     def __init__(self, backend: str, animate_cfg_json: str) -> None:
-        from portraitflow.models.animators.registry import create_animator
-
         self.backend = backend
         self.cfg = AnimateConfig.model_validate_json(animate_cfg_json)
         self.animator = create_animator(backend, self.cfg)
@@ -120,7 +119,7 @@ class AnimateJobs:
         """The output frames (lazy), the timer around the animator, and the output frame rate."""
         prepared = PreparedReference.from_bytes(row["reference"])
         motion = DrivingMotion.from_bytes(row["motion"])
-        params = json.loads(row["params"])
+        params = animator_params(self.backend, json.loads(row["params"]))
         windows = iter_driving_windows(row["driving"], motion, self.cfg.window)
         animation = _Timed(self.animator.animate(prepared.reference, windows, params))
         if not params["paste_back"]:

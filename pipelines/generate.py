@@ -25,7 +25,11 @@ PREP_MEMORY = 768 * 1024**2
 
 
 def animation_pool(backend: str, cfg: AnimateConfig) -> tuple[int, int]:
-    """(actors, GPUs per actor): hunyuan holds one GPU per actor, unless `gpus` is 0 (CPU)."""
+    """(most actors, GPUs per actor): hunyuan holds one GPU per actor, unless `gpus` is 0 (CPU).
+
+    The pool starts with one actor and grows while resources are free: a fixed pool as large as
+    the CPUs would hold them all and starve the preparation tasks that feed it.
+    """
     if backend == "hunyuan" and cfg.gpus > 0:
         return cfg.gpus, 1
     return cfg.actors, 0
@@ -69,7 +73,7 @@ def run_generation(
                      num_cpus=1, memory=PREP_MEMORY)
                 .map_batches(AnimateJobs, fn_constructor_kwargs={"backend": backend,
                                                                  "animate_cfg_json": cfg.animate.model_dump_json()},
-                             batch_size=1, compute=ActorPoolStrategy(size=actors),
+                             batch_size=1, compute=ActorPoolStrategy(min_size=1, max_size=actors),
                              num_cpus=cfg.animate.cpus_per_actor, num_gpus=gpus_per_actor)
                 .take_all()
             )

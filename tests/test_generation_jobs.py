@@ -75,3 +75,12 @@ def test_pairs_and_cross_products(tmp_path: Path) -> None:
     jobs = cross_jobs(str(tmp_path / "refs"), str(tmp_path / "drivers"))
     assert [j.job_id for j in jobs] == ["a__x", "a__y", "b__x", "b__y"]
     assert pair_jobs("p/r.png", "q/d.mp4")[0].job_id == "r__d"
+
+
+def test_sampling_options_reach_the_animator_in_its_form() -> None:
+    from portraitflow.models.animators.registry import animator_params
+
+    params = effective_params(Job("a", "a.png", "b.mp4", {"seed": 7, "appearance_scale": 2.5}), AnimateConfig())
+    assert animator_params("hunyuan", params) == {**{k: v for k, v in params.items() if v is not None},
+                                                  "appearance_scale": (2.5, 2.5)}
+    assert "num_steps" not in animator_params("warp", params) and animator_params("warp", params)["seed"] == 7

@@ -1,7 +1,7 @@
 """Settings of the animate flow: which animator, its motion options, resources and outputs.
 
-The motion options (`motion`, `pose_multiplier`, `expression_multiplier`, `paste_back`) are the
-defaults of every job; a jobs file may override them per job in columns of the same names.
+The job options (`PER_JOB_FIELDS`: motion options, paste-back, hunyuan sampling) are the defaults
+of every job; a jobs file may override them per job in columns of the same names.
 """
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 #: job fields a jobs file may set per row, overriding the config.
-PER_JOB_FIELDS = ("motion", "pose_multiplier", "expression_multiplier", "paste_back")
+PER_JOB_FIELDS = ("motion", "pose_multiplier", "expression_multiplier", "paste_back",
+                  "seed", "num_steps", "appearance_scale", "motion_scale")
 
 
 class AnimateConfig(BaseModel):
@@ -37,14 +38,21 @@ class AnimateConfig(BaseModel):
         False, description="Composite the animated crop onto the full reference image with a feathered mask; "
         "otherwise write the square crop.",
     )
+    seed: int | None = Field(None, description="hunyuan: sampling seed; empty: the release's seed.")
+    num_steps: int | None = Field(None, ge=1, description="hunyuan: denoising steps; empty: the backend's default.")
+    appearance_scale: float | None = Field(None, ge=0.0, description="hunyuan: appearance guidance scale; empty: default.")
+    motion_scale: float | None = Field(None, ge=0.0, description="hunyuan: motion guidance scale; empty: default.")
     feather: float = Field(0.1, gt=0.0, le=0.5, description="Width of the paste-back mask's soft edge, as a fraction of the crop side.")
     min_face_fraction: float = Field(
         0.5, ge=0.0, le=1.0, description="A driving video whose face is found on fewer frames than this fraction fails."
     )
     smooth_sigma: float = Field(0.8, ge=0.0, description="Temporal Gaussian smoothing of the driver's landmarks, in frames (0: none).")
-    actors: int = Field(1, ge=1, description="Animation actors for CPU backends (warp, or hunyuan with `gpus` 0).")
+    actors: int = Field(
+        1, ge=1, description="Most animation actors for CPU backends (warp, or hunyuan with `gpus` 0); the pool grows "
+        "from 1 while CPUs are free, so preparation tasks always keep room to run.",
+    )
     cpus_per_actor: float = Field(1.0, gt=0.0, description="CPUs reserved by each animation actor.")
-    gpus: int = Field(1, ge=0, description="hunyuan: GPUs to use, one actor each; 0 runs hunyuan on `actors` CPU actors.")
+    gpus: int = Field(1, ge=0, description="hunyuan: most GPUs to use, one actor each; 0 runs hunyuan on `actors` CPU actors.")
     crf: int = Field(18, ge=0, le=51, description="H.264 constant rate factor of the outputs (lower is better quality).")
     preview_jobs: int = Field(4, ge=0, description="Finished outputs shown in the MLflow preview strip.")
     preview_frames: int = Field(5, ge=1, description="Frames per output in the preview strip.")

@@ -1,6 +1,8 @@
 """Which animator a job runs on, built inside the actor that holds it."""
 from __future__ import annotations
 
+from typing import Any
+
 from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.models.animators.base import Animator
 
@@ -10,6 +12,15 @@ def resolve_backend(cfg: AnimateConfig) -> str:
     if cfg.backend == "auto":
         return "hunyuan" if cfg.weights else "warp"
     return cfg.backend
+
+
+def animator_params(backend: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A job's params in the form its animator reads: hunyuan's guidance scales are (first step,
+    last step) pairs, a single config value meaning constant; unset sampling options are left out."""
+    out = {k: v for k, v in params.items() if v is not None}
+    if backend == "hunyuan":
+        out.update({k: (float(out[k]), float(out[k])) for k in ("appearance_scale", "motion_scale") if k in out})
+    return out
 
 
 def create_animator(backend: str, cfg: AnimateConfig) -> Animator:

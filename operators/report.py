@@ -97,13 +97,22 @@ def side_by_side(ref: str, driving: str, output: str, out_path: Path, height: in
     return write_h264(out_path, panels(), fps, audio_from=driving)
 
 
+def _cell(value) -> str:
+    """Numbers to 4 significant digits, undefined values as a dash, missing text as nothing."""
+    if value is None:
+        return ""
+    if isinstance(value, (float, np.floating)):
+        return "–" if np.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
 def _table_html(table: pd.DataFrame, highlight: str | None = None) -> str:
     head = "".join(f"<th{' class=key' if c == highlight else ''}>{html.escape(str(c))}</th>" for c in table.columns)
     body = []
     for _, row in table.iterrows():
         cells = []
         for col, value in row.items():
-            text = f"{value:.4g}" if isinstance(value, (float, np.floating)) else str(value)
+            text = _cell(value)
             cells.append(f"<td{' class=key' if col == highlight else ''}>{html.escape(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"

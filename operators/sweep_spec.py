@@ -77,8 +77,10 @@ def config_hash(params: dict[str, Any], dataset: DatasetSpec, evaluate: Evaluate
 
 
 def sweep_hash(spec: SweepSpec, evaluate: EvaluateConfig, face_backend: str) -> str:
-    """Identifies the parent run a rerun of the same sweep resumes."""
-    payload = {"spec": spec.model_dump(), "evaluate": evaluate.model_dump(exclude=_NOT_HASHED), "face": face_backend}
+    """Identifies the parent run a rerun of the same sweep resumes (`evaluate` is the effective one, so
+    settings that do not change numbers, such as --max-parallel, never start a new parent)."""
+    payload = {"spec": spec.model_dump(exclude={"evaluate"}), "evaluate": evaluate.model_dump(exclude=_NOT_HASHED),
+               "face": face_backend}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

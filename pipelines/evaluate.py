@@ -7,6 +7,7 @@ never redone). Children are created with MlflowClient rather than the fluent API
 """
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from portraitflow.operators import metrics_learned, report, sweep_spec
 from portraitflow.operators.eval_dataset import load_jobs
 
 SWEEP_TAG, CONFIG_TAG, PARENT_TAG = "portraitflow.sweep_hash", "portraitflow.config_hash", "mlflow.parentRunId"
+PARAMS_TAG = "portraitflow.config_params"  # the config's sweep params as JSON, for the report's columns
 
 
 def generate_outputs(params: dict[str, Any], jobs: list[dict], out_dir: Path, cfg: PortraitFlowConfig) -> pd.DataFrame:
@@ -133,8 +135,8 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
     work_dir = out_dir / "configs" / config_hash
     done = _finished_child(client, experiment_id, parent_id, config_hash)
     if done is None:
-        run_id = client.create_run(experiment_id, run_name=label,
-                                   tags={PARENT_TAG: parent_id, CONFIG_TAG: config_hash}).info.run_id
+        tags = {PARENT_TAG: parent_id, CONFIG_TAG: config_hash, PARAMS_TAG: json.dumps(params, sort_keys=True)}
+        run_id = client.create_run(experiment_id, run_name=label, tags=tags).info.run_id
         try:
             for key, value in {**params, **evaluate.model_dump(), "face_backend": cfg.face.backend}.items():
                 client.log_param(run_id, key, str(value)[:500])
@@ -252,7 +254,8 @@ def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, r
     rows, tables, videos = [], [], []
     for child in children:
         label = child.info.run_name or child.info.run_id
-        rows.append({"config": label, "status": child.info.status, **child.data.metrics,
+        params = json.loads(child.data.tags.get(PARAMS_TAG, "{}"))
+        rows.append({"config": label, **params, "status": child.info.status, **child.data.metrics,
                      "error": child.data.tags.get("error", ""), "run_id": child.info.run_id})
         if child.info.status != "FINISHED":
             continue

@@ -35,7 +35,14 @@ def test_grid_and_list_expand_to_distinct_configs_with_stable_hashes() -> None:
         sweep_spec.config_hash(first, spec.dataset, evaluate, "insightface"),
     ]
     assert sweep_spec.config_hash(first, spec.dataset, evaluate, "opencv") not in changed
-    assert sweep_spec.config_label({"backend": "warp", "seed": 1, "pose_multiplier": 0.5}) == "warp[pose_multiplier=0.5,seed=1]"
+    assert sweep_spec.config_label({"backend": "warp", "seed": 1, "pose_multiplier": 0.5}) == \
+        "warp[pose_multiplier=0.5,seed=1]"
+    parallel = spec.model_copy(update={"evaluate": {"max_parallel": 4}})
+    assert sweep_spec.sweep_hash(spec, evaluate, "opencv") == sweep_spec.sweep_hash(
+        parallel, sweep_spec.effective_evaluate(evaluate, parallel), "opencv")
+    slower = spec.model_copy(update={"evaluate": {"frame_stride": 2}})
+    assert sweep_spec.sweep_hash(spec, evaluate, "opencv") != sweep_spec.sweep_hash(
+        slower, sweep_spec.effective_evaluate(evaluate, slower), "opencv")
     with pytest.raises(ValueError, match="backend"):
         sweep_spec.expand_configs(_spec(configs=[{"seed": 1}]))
     with pytest.raises(ValueError, match="no configs"):

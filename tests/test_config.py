@@ -51,3 +51,11 @@ def test_every_field_is_documented() -> None:
 
     undocumented = [name for name, desc in walk(PortraitFlowConfig) if not desc]
     assert undocumented == []
+
+
+def test_config_reference_is_current() -> None:
+    """docs/config.md is generated; regenerate it with `portraitflow config docs > docs/config.md`."""
+    from portraitflow.jobs.config_cmd import config_reference
+
+    committed = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    assert committed == config_reference()

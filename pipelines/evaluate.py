@@ -74,14 +74,17 @@ def evaluate_outputs(jobs: pd.DataFrame, work_dir: Path, cfg: PortraitFlowConfig
 
 
 def learned_aggregates(work_dir: Path, job_ids: list[str]) -> dict[str, float]:
-    """FID and FVD of one config from the features its evaluators saved, when they exist."""
+    """FID and FVD of one config, pooled over the videos whose evaluators saved features (a video
+    too short for one FVD clip has none); NaN with fewer than two samples a side."""
     import numpy as np
 
     out = {}
     for name in ("fid", "fvd"):
-        sides = {side: [work_dir / "metrics" / f"{j}.{name}_{side}.npy" for j in job_ids] for side in ("real", "fake")}
-        if all(p.is_file() for paths in sides.values() for p in paths) and job_ids:
-            real, fake = (np.concatenate([np.load(p, allow_pickle=False) for p in sides[s]]) for s in ("real", "fake"))
+        pairs = [(work_dir / "metrics" / f"{j}.{name}_real.npy", work_dir / "metrics" / f"{j}.{name}_fake.npy")
+                 for j in job_ids]
+        pairs = [pair for pair in pairs if pair[0].is_file() and pair[1].is_file()]
+        if pairs:
+            real, fake = (np.concatenate([np.load(pair[side], allow_pickle=False) for pair in pairs]) for side in (0, 1))
             out[name] = metrics_learned.frechet_distance(real, fake)
     return out
 
@@ -216,14 +219,14 @@ def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str 
         init_ray(cfg.ray)
         jobs = load_jobs(spec.dataset, evaluate.protocol, out_dir / "dataset", evaluate.max_seconds,
                          evaluate.max_videos)
-        dataset_rows = pd.DataFrame(jobs)
+        pd.DataFrame(jobs).astype(str).to_parquet(out_dir / "dataset.parquet")  # every input, failed ones too
         usable = [j for j in jobs if j.get("status", "ok") == "ok"]
         client.log_param(parent_id, "configs", len(configs))
         client.log_param(parent_id, "protocol", evaluate.protocol)
         client.log_param(parent_id, "dataset", spec.dataset.path)
         client.log_text(parent_id, spec.model_dump_json(indent=2), "sweep.json")
         client.log_text(parent_id, "\n".join(metrics_learned.skip_notes(evaluate).values()), "notes.txt")
-        client.log_table(parent_id, data=dataset_rows.astype(str), artifact_file="dataset.json")
+        client.log_artifact(parent_id, str(out_dir / "dataset.parquet"))
         with ThreadPoolExecutor(max_workers=evaluate.max_parallel) as pool:
             futures = [pool.submit(run_config, params, usable, spec, evaluate, cfg, out_dir, parent_id, experiment_id)
                        for params in configs]

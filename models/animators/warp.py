@@ -15,7 +15,7 @@ reference itself (`absolute`: the driver's pose and expression replace the refer
 moved landmarks, forehead points that turn with the head, a head-outline ring that moves with
 the face's edge and a fixed crop border drive a piecewise-affine warp of the reference crop,
 rendered as one dense map and `cv2.remap`. A mouth opened wider than the reference's is filled
-with a dark cavity. Head turns approach +-35 degrees yaw and +-25 pitch smoothly, and the head
+with a dark cavity. Head turns approach +-25 degrees yaw and +-20 pitch smoothly, and the head
 is kept inside the crop, because a 2D warp folds beyond that.
 
 No learned model: no hair, teeth or occlusion synthesis, and large head turns stretch the
@@ -38,12 +38,14 @@ STABLE = np.array([0, 1, 2, 14, 15, 16, 27, 28, 29, 30, 36, 39, 42, 45])
 #: relief over the ellipsoid, in face half-widths: the nose, bridge to tip, then nostrils.
 RELIEF = {27: 0.10, 28: 0.20, 29: 0.32, 30: 0.45, 31: 0.15, 32: 0.22, 33: 0.28, 34: 0.22, 35: 0.15}
 INNER_MOUTH = np.arange(60, 68)
+#: the sides of the jaw contour: the head's outline rather than fixed points on the face.
+SILHOUETTE = np.r_[0:5, 12:17]
 #: ellipsoid semi-axes of the generic head, in face half-widths (x, y, depth).
 HEAD_AXES = (1.0, 1.6, 1.0)
 
 #: a 2D warp of a frontal photo cannot show a head turned further than this (degrees): target
 #: yaw and pitch approach these limits smoothly (tanh) instead of folding the face.
-MAX_YAW, MAX_PITCH = 35.0, 25.0
+MAX_YAW, MAX_PITCH = 25.0, 20.0
 
 DEFAULT_PARAMS: dict[str, Any] = {"motion": "relative", "pose_multiplier": 1.0, "expression_multiplier": 1.0}
 
@@ -102,13 +104,17 @@ def rotate_project(head: np.ndarray, centre: np.ndarray, half_width: float, yaw:
     """Rotate lifted points by a yaw and pitch change (degrees, pose.py's signs), project back.
 
     Depth points toward the camera, so a positive yaw moves the nose to larger x and a positive
-    pitch (looking up) moves it to smaller y.
+    pitch (looking up) moves it to smaller y. For 68 landmarks, the sides of the jaw contour are
+    the head's silhouette, not points on it: a turn keeps them where they are sideways, as the
+    outline of a turning head stays put while the features slide across it.
     """
     y, p = np.radians(yaw), np.radians(pitch)
     u, v, z = head[:, 0], head[:, 1], head[:, 2]
-    u, z = u * np.cos(y) + z * np.sin(y), -u * np.sin(y) + z * np.cos(y)
+    turned, z = u * np.cos(y) + z * np.sin(y), -u * np.sin(y) + z * np.cos(y)
+    if len(head) == 68:
+        turned[SILHOUETTE] = u[SILHOUETTE]
     v = v * np.cos(p) - z * np.sin(p)
-    return np.column_stack([u, v]) * half_width + centre
+    return np.column_stack([turned, v]) * half_width + centre
 
 
 #: expression regions: brows, eyes, mouth; the lower jaw follows the mouth's opening vertically.

@@ -25,6 +25,7 @@ def evaluate(
     mlflow_uri: MlflowUriOption = None,
 ) -> None:
     """Score existing outputs in one MLflow run and write a static HTML report to OUT/report."""
+    from portraitflow.operators.paths import safe_stem
     from portraitflow.pipelines.evaluate import evaluate_results, report_from_run
 
     sets = list(overrides or []) + ([f"evaluate.protocol={protocol}"] if protocol else [])
@@ -38,6 +39,7 @@ def evaluate(
         raise typer.BadParameter(f"{results}: missing columns {sorted(missing)} (give --jobs for ref and driving)")
     if "status" in table:
         table = table.assign(status=table["status"].replace({"skipped": "ok"}))
+    table = table.assign(job_id=[safe_stem(str(j)) for j in table["job_id"]])  # ids name files under OUT
     run_id = evaluate_results(table, cfg, out, name=results.parent.name or "evaluate")
     page = report_from_run(run_id, cfg, out / "report")
     typer.echo(f"run {run_id}\nreport {page}")

@@ -8,14 +8,14 @@ from the input, so a rerun finds them and does not redo them.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from portraitflow.operators.paths import hashed_name, safe_stem
+from portraitflow.operators.atomic import atomic_target, atomic_write
+from portraitflow.operators.inputs import input_key
+from portraitflow.operators.paths import safe_stem
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -34,22 +34,11 @@ class DatasetSpec(BaseModel):
                             description="Globs of portraits for cross jobs.")
 
 
-def input_key(source: str) -> str:
-    """A file-name-safe key unique to the input: its sanitised stem plus a short hash of it."""
-    return hashed_name(Path(source).stem, source, fallback="clip")
-
-
 def _save_png(rgb, path: Path) -> None:
     from PIL import Image
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_target(path) as tmp:
         Image.fromarray(rgb).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def prepare_clip(source: str, folder: Path, max_seconds: float | None) -> dict[str, Any]:
@@ -100,10 +89,13 @@ def _shard_urls(path: str) -> list[str]:
     """A curated output folder (its `shards/`), a folder of tars, or a glob of tars."""
     import glob
 
+    from portraitflow.operators.shards import shard_paths
+
     source = Path(path)
+    if (source / "shards").is_dir():
+        return [str(p) for p in shard_paths(source / "shards")]
     if source.is_dir():
-        folder = source / "shards" if (source / "shards").is_dir() else source
-        return sorted(str(p) for p in folder.glob("*.tar"))
+        return sorted(str(p) for p in source.glob("*.tar"))
     return sorted(glob.glob(path))
 
 
@@ -120,10 +112,7 @@ def _unpack_shards(spec: DatasetSpec, folder: Path) -> list[str]:
             continue
         target = folder / f"{safe_stem(sample['__key__'])}.source.mp4"
         if not target.is_file():
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", dir=folder)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(sample["mp4"])
-            os.replace(tmp, target)
+            atomic_write(target, sample["mp4"])
         paths.append(str(target))
     return paths
 

@@ -11,8 +11,6 @@ reference is the clip's first frame, so that is the box generation used) and res
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import numpy as np
 from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.models.face.base import FaceAnalyzer
 from portraitflow.operators import metrics, metrics_learned
+from portraitflow.operators.atomic import atomic_target
 
 #: reason codes of a job that cannot be scored
 NO_OUTPUT = "no_output"
@@ -84,22 +83,13 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 def _write_parquet(table, path: Path) -> None:
     import pyarrow.parquet as pq
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_target(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _save_npy(array: np.ndarray, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npy", dir=path.parent)
-    os.close(fd)
-    np.save(tmp, np.asarray(array, np.float32), allow_pickle=False)
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, np.asarray(array, np.float32), allow_pickle=False)
 
 
 class JobEvaluator:

@@ -6,13 +6,13 @@ relative paths, so it opens from the file system in any browser with no server.
 from __future__ import annotations
 
 import html
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from portraitflow.operators.atomic import atomic_target, atomic_write
 
 #: metrics where a smaller value is better; every other metric is better when larger
 LOWER_IS_BETTER = ("akd", "apd", "aed", "l1", "jitter", "flicker", "lpips", "fid", "fvd")
@@ -60,12 +60,9 @@ def metric_plots(per_video: pd.DataFrame, out_path: Path, order: Sequence[str]) 
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.tight_layout()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.stem}.", suffix=".png", dir=out_path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
+    with atomic_target(out_path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, out_path)
     return out_path
 
 
@@ -144,8 +141,5 @@ def write_html(out_dir: Path, title: str, summary: pd.DataFrame, rank_by: str, p
         parts.append("<h2>Per video</h2>" + _table_html(per_video))
     parts.append("</body></html>")
     out = out_dir / "index.html"
-    fd, tmp = tempfile.mkstemp(prefix=".index.", suffix=".html", dir=out_dir)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(parts))
-    os.replace(tmp, out)
+    atomic_write(out, "\n".join(parts))
     return out

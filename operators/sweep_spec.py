@@ -3,7 +3,7 @@
 ```yaml
 name: warp-vs-still
 dataset: {type: folder, path: ../shared/media, include: ["liveportrait_d1*.mp4"]}
-grid: {backend: [warp], pose_multiplier: [0.5, 1.0], seed: [0]}
+grid: {backend: [warp], pose_multiplier: [0.5, 1.0], expression_multiplier: [1.0, 1.5]}
 configs:                     # explicit configs, added to the grid's
   - {backend: still}
 evaluate: {protocol: self, max_seconds: 2, rank_by: apd}   # overrides of the evaluate section

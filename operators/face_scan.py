@@ -27,7 +27,7 @@ from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.identity import load_gallery, matches_gallery, normalise, switch_index
 from portraitflow.operators.inputs import local_copy
 from portraitflow.operators.motion import motion_table
-from portraitflow.operators.probe import FAILED, error_text
+from portraitflow.operators.probe import FAILED, error_text, probe_input
 from portraitflow.operators.shots import ShotDetector
 from portraitflow.operators.timing import StageTimer
 from portraitflow.operators.tracking import Track, track_faces
@@ -103,7 +103,7 @@ def _clip_ranges(tracks: list[Track], shot_start: int, shot_end: int, step: int,
     too short for that), taken largest first (frames x face size) where they do not overlap one
     taken already; stretches of at least the minimum clip length without one become `no_face`.
     """
-    needed = min(MIN_TRACK_DETECTIONS, max(1, len(range(shot_start + (-shot_start) % step, shot_end, step))))
+    needed = min(MIN_TRACK_DETECTIONS, _detection_frames(shot_start, shot_end, step))
     chosen: list[Track] = []
     stable = [t for t in tracks if t.detected.sum() >= needed]
     for track in sorted(stable, key=lambda t: -len(t.positions) * float(np.median(t.sides))):
@@ -127,6 +127,11 @@ def _clip_ranges(tracks: list[Track], shot_start: int, shot_end: int, step: int,
     return ranges
 
 
+def _detection_frames(start: int, end: int, step: int) -> int:
+    """How many frames of [start, end) the detector looked at (positions divisible by step), >= 1."""
+    return max(1, len(range(start + (-start) % step, end, step)))
+
+
 def _overlap(track: Track, start: int, end: int) -> int:
     return int(((track.positions >= start) & (track.positions < end)).sum())
 
@@ -134,14 +139,13 @@ def _overlap(track: Track, start: int, end: int) -> int:
 def _cheap_checks(main: Track, tracks: list[Track], start: int, end: int, info: VideoInfo,
                   to_source: np.ndarray, step: int, cfg: CurateConfig) -> Candidate:
     part = main.between(start, end)
-    detection_frames = max(1, len(range(start + (-start) % step, end, step)))
     side = float(np.median(part.sides) * to_source.min())
     secondary = sum(
         1 for t in tracks
         if t is not main and _overlap(t, start, end) >= 0.25 * (end - start)
         and np.median(t.between(start, end).sides) >= cfg.secondary_face_ratio * np.median(part.sides)
     )
-    measures = {"face_side_px": side, "detected_ratio": float(part.detected.sum() / detection_frames),
+    measures = {"face_side_px": side, "detected_ratio": float(part.detected.sum() / _detection_frames(start, end, step)),
                 "secondary_faces": float(secondary)}
     reason = filters.first_reason(
         filters.face_presence(measures["detected_ratio"], cfg),
@@ -309,7 +313,8 @@ class FaceScanStage:
         return rows_batch([self.scan(row) for row in batch_rows(batch)])
 
     def scan(self, row: dict[str, Any]) -> dict[str, Any]:
-        """Scan one probed input into `scan_dir/{input_key}.npz`; a finished scan is reused."""
+        """Probe and scan one input into `scan_dir/{input_key}.npz`; a finished scan is reused."""
+        row = probe_input(row)
         if row["status"] == FAILED:
             return row
         path = self.scan_dir / f"{row['input_key']}.npz"

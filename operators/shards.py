@@ -30,12 +30,18 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 
 def _write_samples(fileobj, samples: Iterable[tuple[str, dict[str, bytes]]]) -> int:
-    from webdataset import TarWriter
+    """WebDataset's layout: members `{key}.{field}`, a sample's members together, fields sorted.
 
+    Written with the standard library (webdataset's TarWriter would import torch into every
+    render worker for this); mtime 0 and fixed owners, so equal samples give equal bytes.
+    """
     count = 0
-    with TarWriter(fileobj, encoder=False, mtime=0.0) as writer:
+    with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
         for key, fields in samples:
-            writer.write({"__key__": key, **fields})
+            for field in sorted(fields):
+                info = tarfile.TarInfo(f"{key}.{field}")
+                info.size, info.mtime, info.mode = len(fields[field]), 0, 0o444
+                tar.addfile(info, io.BytesIO(fields[field]))
             count += 1
     return count
 

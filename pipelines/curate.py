@@ -1,6 +1,6 @@
 """The curate flow's Ray Data wiring: which stage runs where, with what resources.
 
-    inputs -> probe (CPU task) -> face scan (actor pool holding the face models) -> scan files
+    inputs -> probe + face scan (actor pool holding the face models) -> scan files
     kept clips -> render crops, encode H.264, stage the sample (CPU task) -> staged samples
 
 Everything between the two passes (corpus-wide identity decisions) and after them (shards,
@@ -13,8 +13,13 @@ from typing import Any
 
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.operators.face_scan import FaceScanStage
-from portraitflow.operators.probe import probe_input
 from portraitflow.operators.render import render_clip
+
+
+# An input whose worker dies (segfault, OOM kill, lost node) is retried this many times, then its
+# block is dropped from the dataset and the driver records it as `failed`: Ray Data's defaults
+# retry forever, so one poisonous input would stall the whole job.
+CRASH_RETRIES = 2
 
 
 def _configure(cfg: PortraitFlowConfig) -> None:
@@ -23,6 +28,7 @@ def _configure(cfg: PortraitFlowConfig) -> None:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = cfg.curate.progress_bars
     context.execution_options.preserve_order = False  # results are keyed; order is restored on the driver
+    context.max_errored_blocks = -1  # every block is one input; a lost one becomes a `failed` row
 
 
 def _cluster_cpus() -> int:
@@ -41,13 +47,17 @@ def scan_inputs(rows: list[dict[str, Any]], cfg: PortraitFlowConfig, scan_dir: P
     _configure(cfg)
     actors = min(cfg.curate.face_actors or _cluster_cpus(), len(rows))
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    ds = ds.map(probe_input, num_cpus=0.25)
     ds = ds.map_batches(
         FaceScanStage,
         fn_constructor_kwargs={"config": cfg.model_dump(mode="json"), "scan_dir": str(scan_dir)},
         batch_size=1,
         num_cpus=1,
-        compute=ActorPoolStrategy(min_size=1, max_size=actors),
+        # One input per actor at a time, so an input that kills its actor spends only its own
+        # retries. The pool is fixed (one actor per CPU, at most one per input): the autoscaler
+        # cannot grow a pool whose actors take one task at a time. The probe runs inside the
+        # actor, since a separate probe task would find every CPU held by the actors.
+        compute=ActorPoolStrategy(min_size=actors, max_size=actors, max_tasks_in_flight_per_actor=1),
+        max_task_retries=CRASH_RETRIES,
     )
     out = ds.take_all()
     return out, ds.stats()
@@ -65,6 +75,7 @@ def render_clips(rows: list[dict[str, Any]], cfg: PortraitFlowConfig, staging_di
         render_clip,
         fn_kwargs={"config": cfg.curate.model_dump(mode="json"), "staging_dir": str(staging_dir)},
         num_cpus=cfg.curate.render_cpus,
+        max_retries=CRASH_RETRIES,
     )
     out = ds.take_all()
     return out, ds.stats()

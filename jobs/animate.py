@@ -13,9 +13,9 @@ def animate(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: videos, results.parquet, preview.png."),
     ref: Optional[Path] = typer.Option(None, "--ref", help="Reference portrait image (with --driving)."),
     driving: Optional[Path] = typer.Option(None, "--driving", help="Driving video (with --ref)."),
-    jobs: Optional[Path] = typer.Option(None, "--jobs", help="CSV, JSONL or parquet: ref, driving, optional job_id and per-job params."),
-    refs: Optional[Path] = typer.Option(None, "--refs", help="Folder of portraits (with --drivers): every pair is a job."),
-    drivers: Optional[Path] = typer.Option(None, "--drivers", help="Folder of driving videos (with --refs)."),
+    jobs: Optional[Path] = typer.Option(None, "--jobs", exists=True, dir_okay=False, help="CSV, JSONL or parquet: ref, driving, optional job_id and per-job params."),
+    refs: Optional[Path] = typer.Option(None, "--refs", exists=True, file_okay=False, help="Folder of portraits (with --drivers): every pair is a job."),
+    drivers: Optional[Path] = typer.Option(None, "--drivers", exists=True, file_okay=False, help="Folder of driving videos (with --refs)."),
     backend: Optional[str] = typer.Option(None, help="warp, hunyuan or auto (animate.backend)."),
     weights: Optional[str] = typer.Option(None, help="HunyuanPortrait weights folder (animate.weights)."),
     actors: Optional[int] = typer.Option(None, help="Animation actors for CPU backends (animate.actors)."),
@@ -31,7 +31,7 @@ def animate(
     mlflow_uri: MlflowUriOption = None,
 ) -> None:
     """Animate each reference portrait with its driving video; one MLflow run per invocation."""
-    from portraitflow.operators.generation_jobs import cross_jobs, pair_jobs
+    from portraitflow.operators.generation_jobs import cross_jobs, load_jobs, pair_jobs
     from portraitflow.pipelines.generate import run_generation
 
     forms = [ref is not None or driving is not None, jobs is not None, refs is not None or drivers is not None]
@@ -42,7 +42,10 @@ def animate(
     overrides = [*(set_ or []), *(f"animate.{k}={v}" for k, v in flags.items() if v is not None)]
     cfg = resolve_config(config, overrides, ray_address, mlflow_uri)
     if jobs is not None:
-        job_list = jobs
+        try:
+            job_list = load_jobs(jobs)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--jobs") from exc
     elif ref is not None:
         job_list = pair_jobs(str(ref), str(driving))
     else:

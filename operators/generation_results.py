@@ -4,8 +4,6 @@ the results table written atomically, a preview strip of finished outputs, and t
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +12,11 @@ import numpy as np
 import pandas as pd
 
 from portraitflow.jobs.config.animate import AnimateConfig
+from portraitflow.operators.atomic import atomic_target, atomic_write
+from portraitflow.operators.decode import VideoUnreadable, probe_video
 from portraitflow.operators.generation_jobs import Job, effective_params, output_name
 from portraitflow.operators.paths import confined
+from portraitflow.operators.video_writer import has_audio
 
 RESULTS_FILE = "results.parquet"
 PREVIEW_FILE = "preview.png"
@@ -42,18 +43,19 @@ def plan_rows(jobs: list[Job], out_dir: Path, backend: str, cfg: AnimateConfig, 
         row.update(params=json.dumps(params, sort_keys=True), output=str(output))
         if str(output) in planned:
             row.update(status="failed", reason=f"duplicate of job {planned[str(output)]}")
-        elif resume and output.is_file():
-            row.update(status="skipped", reason="complete output exists", **_probe(output))
+        elif resume and output.is_file() and (finished := _probe(output)):
+            row.update(status="skipped", reason="complete output exists", **finished)
         planned.setdefault(str(output), job.job_id)
         rows.append(row)
     return rows
 
 
-def _probe(path: Path) -> dict[str, Any]:
-    from portraitflow.operators.decode import probe_video
-    from portraitflow.operators.video_writer import has_audio
-
-    info = probe_video(str(path))
+def _probe(path: Path) -> dict[str, Any] | None:
+    """Frames, rate and audio of a finished output; None when it cannot be read (it is redone)."""
+    try:
+        info = probe_video(str(path))
+    except VideoUnreadable:
+        return None
     return {"frames": info.num_frames, "fps": info.fps, "seconds": info.duration_s, "has_audio": has_audio(path)}
 
 
@@ -69,20 +71,9 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _atomic(path: Path, write) -> None:
-    """Call write(tmp) on a temp file beside `path`, then move it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_atomic(table: pd.DataFrame, path: Path) -> None:
-    _atomic(path, lambda tmp: table.to_parquet(tmp, index=False))
+    with atomic_target(path) as tmp:
+        table.to_parquet(tmp, index=False)
 
 
 def preview_strip(outputs: list[str], frames_per_output: int, height: int = 160) -> np.ndarray | None:
@@ -109,7 +100,7 @@ def save_preview(table: pd.DataFrame, cfg: AnimateConfig, out_dir: Path) -> Path
     if strip is None:
         return None
     path = out_dir / PREVIEW_FILE
-    _atomic(path, lambda tmp: cv2.imwrite(tmp, np.ascontiguousarray(strip[:, :, ::-1])))
+    atomic_write(path, cv2.imencode(".png", np.ascontiguousarray(strip[:, :, ::-1]))[1].tobytes())
     return path
 
 

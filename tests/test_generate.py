@@ -184,6 +184,10 @@ def test_cli_animates_a_jobs_file(run, media_dir: Path, tmp_path: Path) -> None:
     assert row.job_id == "lawn" and '"pose_multiplier": 0.5' in row.params and '"motion": "absolute"' in row.params
     bad = CliRunner().invoke(app, ["animate", "--ref", str(jobs), "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0
+    typo = tmp_path / "typo.csv"
+    typo.write_text("ref,driving,pose_multiplyer\na.png,b.mp4,2\n")
+    refused = CliRunner().invoke(app, ["animate", "--jobs", str(typo), "--out", str(tmp_path / "y")])
+    assert refused.exit_code != 0 and "pose_multiplyer" in refused.output
 
 
 def test_hunyuan_backend_end_to_end_with_tiny_random_weights(media_dir: Path, tmp_path: Path, ray_local) -> None:

@@ -84,3 +84,17 @@ def test_sampling_options_reach_the_animator_in_its_form() -> None:
     assert animator_params("hunyuan", params) == {**{k: v for k, v in params.items() if v is not None},
                                                   "appearance_scale": (2.5, 2.5)}
     assert "num_steps" not in animator_params("warp", params) and animator_params("warp", params)["seed"] == 7
+
+
+def test_resume_skips_finished_outputs_and_redoes_unreadable_ones(tmp_path: Path) -> None:
+    import numpy as np
+
+    from portraitflow.operators.video_writer import write_h264
+
+    jobs = [Job("done", "a.png", "b.mp4"), Job("torn", "a.png", "c.mp4")]
+    planned = plan_rows(jobs, tmp_path, "warp", AnimateConfig(), resume=True)
+    write_h264(planned[0]["output"], [np.zeros((6, 32, 32, 3), np.uint8)], fps=12)
+    Path(planned[1]["output"]).write_bytes(b"not a video")
+    again = plan_rows(jobs, tmp_path, "warp", AnimateConfig(), resume=True)
+    assert [r["status"] for r in again] == ["skipped", "pending"] and again[0]["frames"] == 6
+    assert [r["status"] for r in plan_rows(jobs, tmp_path, "warp", AnimateConfig(), resume=False)] == ["pending"] * 2

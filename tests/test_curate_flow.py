@@ -256,3 +256,32 @@ def test_killed_runs_resume_to_the_same_output(curated, flow_inputs, tmp_path: P
     assert sorted(resumed) == sorted(whole)
     for name, data in whole.items():  # byte for byte, the H.264 streams included
         assert resumed[name] == data, name
+
+
+def test_allow_and_deny_galleries_decide_identity(media_dir: Path, tmp_path: Path) -> None:
+    """A deny photo of the speaker rejects the clip; an allow list of someone else does too."""
+    import cv2
+
+    from portraitflow.operators.decode import iter_frame_chunks
+    from portraitflow.operators.face_scan import FaceScanStage, load_scan_meta
+    from portraitflow.operators.inputs import input_key
+
+    speaker, other = media_dir / TALKING[0], media_dir / TALKING[1]
+    for folder, source in (("deny", speaker), ("allow", other)):
+        frame = next(iter_frame_chunks(str(source), 25.0, start_s=1.0, end_s=1.1)).frames[0]
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / "photo.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    row = {"uri": str(speaker), "input_key": input_key(str(speaker))}
+    reasons = {}
+    for gallery, expected in (("deny_dir", "identity_denied"), ("allow_dir", "identity_not_allowed")):
+        cfg = load_config(None, [f"curate.{gallery}={tmp_path / gallery.split('_')[0]}"])
+        out = tmp_path / gallery
+        out.mkdir()
+        scanned = FaceScanStage(cfg.model_dump(mode="json"), str(out)).scan(dict(row))
+        clips = load_scan_meta(out / f"{row['input_key']}.npz")["clips"]
+        reasons[gallery] = {c["reason"] for c in clips}
+        assert scanned["status"] == "scanned" and reasons[gallery] == {expected}, reasons
+    cfg = load_config(None, [f"curate.allow_dir={tmp_path / 'deny'}"])  # the speaker is allowed
+    (tmp_path / "allowed").mkdir()
+    FaceScanStage(cfg.model_dump(mode="json"), str(tmp_path / "allowed")).scan(dict(row))
+    assert {c["reason"] for c in load_scan_meta(tmp_path / "allowed" / f"{row['input_key']}.npz")["clips"]} == {None}

@@ -29,8 +29,8 @@ from portraitflow.operators.paste_back import paste_back
 from portraitflow.operators.reference_portrait import NoFace, PreparedReference, UnreadableImage, prepare_reference
 from portraitflow.operators.video_writer import has_audio, write_h264
 
-#: columns only carried from the preparation task to the animation actor.
-INTERMEDIATE = ("reference", "motion")
+#: columns only carried from the preparation task to the animation actor (empty when it failed).
+INTERMEDIATE = {"reference": b"", "motion": b""}
 
 
 @functools.lru_cache(maxsize=2)
@@ -46,7 +46,7 @@ def _failed(row: dict[str, Any], stage: str, exc: Exception) -> dict[str, Any]:
     message; anything else its type too, since a job boundary must never stop the flow."""
     known = isinstance(exc, (NoFace, UnreadableImage, VideoUnreadable, FileNotFoundError))
     reason = f"{stage}: {exc}" if known else f"{stage}: {type(exc).__name__}: {exc}"
-    return {**row, "status": "failed", "reason": reason[:300], "reference": b"", "motion": b""}
+    return {**row, "status": "failed", "reason": reason[:300]}
 
 
 def prepare_job(row: dict[str, Any], face_cfg_json: str, animate_cfg_json: str) -> dict[str, Any]:
@@ -59,14 +59,14 @@ def prepare_job(row: dict[str, Any], face_cfg_json: str, animate_cfg_json: str) 
             raise UnreadableImage(f"{loaded.reason} ({loaded.detail})")
         reference = prepare_reference(loaded.rgb, _analyzer(face_cfg_json), cfg.size)
     except Exception as exc:  # a job boundary (see _failed)
-        return _failed(row, "reference image", exc)
+        return {**_failed(row, "reference image", exc), **INTERMEDIATE}
     try:
         if not Path(row["driving"]).is_file():
             raise FileNotFoundError("not found")
         motion = extract_driving_motion(row["driving"], _analyzer(face_cfg_json), cfg.size,
                                         min_face_fraction=cfg.min_face_fraction, smooth_sigma=cfg.smooth_sigma)
     except Exception as exc:  # a job boundary (see _failed)
-        return _failed(row, "driving video", exc)
+        return {**_failed(row, "driving video", exc), **INTERMEDIATE}
     return {**row, "reference": reference.to_bytes(), "motion": motion.to_bytes(),
             "prep_s": time.perf_counter() - started}
 
@@ -110,10 +110,11 @@ class AnimateJobs:
             frames, animation, fps = self._render(row)
             written = write_h264(row["output"], frames, fps=fps, audio_from=row["driving"], crf=self.cfg.crf)
         except Exception as exc:  # a job boundary (see _failed)
-            return {k: v for k, v in _failed(result, "animation", exc).items() if k not in INTERMEDIATE}
+            return _failed(result, "animation", exc)
         total = time.perf_counter() - started
-        return {**result, "status": "ok", "reason": "", "frames": written, "fps": fps, "seconds": written / fps, "has_audio": has_audio(row["output"]),
-                "animate_s": animation.seconds, "encode_s": total - animation.seconds, "total_s": total + row["prep_s"]}
+        return {**result, "status": "ok", "reason": "", "frames": written, "fps": fps, "seconds": written / fps,
+                "has_audio": has_audio(row["output"]), "animate_s": animation.seconds,
+                "encode_s": total - animation.seconds, "total_s": total + row["prep_s"]}
 
     def _render(self, row: dict[str, Any]) -> tuple[Iterable[np.ndarray], _Timed, float]:
         """The output frames (lazy), the timer around the animator, and the output frame rate."""

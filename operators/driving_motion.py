@@ -17,7 +17,7 @@ from scipy.ndimage import gaussian_filter1d
 from portraitflow.models.animators.base import DrivingWindow
 from portraitflow.models.face.align import crop_square, square_crop_box
 from portraitflow.models.face.base import Face, FaceAnalyzer
-from portraitflow.operators.decode import iter_frame_chunks, probe_video
+from portraitflow.operators.decode import VideoUnreadable, iter_frame_chunks, probe_video
 from portraitflow.operators.motion import window_buckets
 from portraitflow.operators.reference_portrait import NoFace, centred_head_pose, to_crop
 from portraitflow.operators.shots import ShotDetector
@@ -104,7 +104,7 @@ def extract_driving_motion(
                 measured[int(position)] = list(zip(kept, marks))
     num_frames = shots.num_frames
     if num_frames == 0:
-        raise NoFace("the driving video has no frames on the resampled timeline")
+        raise VideoUnreadable("no frames on the resampled timeline")
     tracks = track_faces(detections, num_frames, step=1)
     shot = np.zeros(num_frames, dtype=np.int64)
     shot_boxes: list[np.ndarray | None] = []
@@ -143,8 +143,10 @@ def extract_driving_motion(
             kps[in_shot] = gaussian_filter1d(kps[in_shot], smooth_sigma, axis=0, mode="nearest")
             landmarks[in_shot] = gaussian_filter1d(landmarks[in_shot], smooth_sigma, axis=0, mode="nearest")
     pose = centred_head_pose(analyzer, landmarks, size)
-    pose = _fill(np.nan_to_num(pose), np.all(np.isfinite(pose), axis=1)) if np.isfinite(pose).all(axis=1).any() else np.zeros_like(pose)
-    return DrivingMotion(float(fps), size, shot, boxes, kps, landmarks, pose.astype(np.float32), detected)
+    fitted = np.isfinite(pose).all(axis=1)
+    if not fitted.any():
+        raise NoFace("no head pose fits the driver's landmarks")
+    return DrivingMotion(float(fps), size, shot, boxes, kps, landmarks, _fill(pose, fitted), detected)
 
 
 def iter_driving_windows(path: str, motion: DrivingMotion, window: int = 25) -> Iterator[DrivingWindow]:

@@ -168,3 +168,24 @@ def test_learned_metrics_from_local_weights_score_real_videos(sweep_run, tmp_pat
     same, moved = learned_aggregates(tmp_path / "same", ids), learned_aggregates(tmp_path / "still", ids)
     assert same["fid"] == pytest.approx(0.0, abs=1e-9) and same["fvd"] == pytest.approx(0.0, abs=1e-9)
     assert moved["fid"] > 1e-6 and moved["fvd"] > 1e-6  # the still video's colours drift from the clip's
+
+
+def test_cross_reenactment_scores_identity_and_motion_without_ground_truth(sweep_run, media_dir: Path,
+                                                                           tmp_path: Path) -> None:
+    """A portrait of someone else, shown still against a driver: identity holds, pose error is measured."""
+    from portraitflow.jobs.config.evaluate import EvaluateConfig
+    from portraitflow.jobs.config.face import FaceConfig
+    from portraitflow.models.face.factory import create_analyzer
+    from portraitflow.operators.evaluate_video import JobEvaluator
+    from portraitflow.operators.still_baseline import render_still
+
+    analyzer = create_analyzer(FaceConfig())
+    driver = sorted((sweep_run["out"] / "dataset").glob("liveportrait_d20*.mp4"))[0]
+    job = {"job_id": "cross", "ref": str(media_dir / "sadtalker_happy.png"), "driving": str(driver)}
+    rendered = render_still(job, tmp_path / "cross.mp4", analyzer)
+    assert rendered["status"] == "ok"
+    row = JobEvaluator(analyzer, EvaluateConfig(protocol="cross", frame_stride=3)).evaluate(
+        {**job, "output": rendered["output"]}, tmp_path)
+    assert row["status"] == "ok" and "psnr" not in row and "akd" not in row
+    assert row["csim_opencv"] > analyzer.same_person_threshold
+    assert row["apd"] > 0 and row["aed"] > 0 and row["detection_rate"] == 1.0

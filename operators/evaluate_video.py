@@ -25,6 +25,7 @@ from portraitflow.operators.atomic import atomic_target
 NO_OUTPUT = "no_output"
 UNREADABLE = "unreadable"
 NO_REFERENCE_FACE = "no_reference_face"
+EVALUATION_ERROR = "evaluation_error"
 
 
 def analyse_faces(analyzer: FaceAnalyzer, frames: np.ndarray, embed: bool = True) -> dict[str, np.ndarray]:
@@ -124,7 +125,11 @@ class JobEvaluator:
     def evaluate(self, job: dict[str, Any], work_dir: str | Path) -> dict[str, Any]:
         """One row with every column: status `ok` or `failed` with a reason, and metric means
         (NaN when a job could not be scored)."""
-        row = self._evaluate(job, work_dir)
+        try:
+            row = self._evaluate(job, work_dir)
+        except Exception as exc:  # a job that breaks a stage is a failed row; the other jobs go on
+            row = {"job_id": str(job["job_id"]), "status": "failed", "reason": EVALUATION_ERROR, "frames": 0,
+                   "error": f"{type(exc).__name__}: {exc}"[:300]}
         return {name: row.get(name, float("nan") if name in self.metric_names else None) for name in self.columns}
 
     def _evaluate(self, job: dict[str, Any], work_dir: str | Path) -> dict[str, Any]:

@@ -75,6 +75,11 @@ class StillActor:
         rows = []
         for job in (dict(zip(batch, values)) for values in zip(*batch.values())):
             path = self.out_dir / f"{job['job_id']}.mp4"
-            rows.append({"job_id": job["job_id"], "status": "ok", "reason": None, "output": str(path)} if path.is_file()
-                        else render_still(job, path, self.analyzer, self.size, self.paste_back))
+            if path.is_file():
+                rows.append({"job_id": job["job_id"], "status": "ok", "reason": None, "output": str(path)})
+                continue
+            try:
+                rows.append(render_still(job, path, self.analyzer, self.size, self.paste_back))
+            except Exception as exc:  # one job's failure is its row, never the whole config's
+                rows.append({"job_id": job["job_id"], "status": "failed", "reason": f"render_error: {exc}"[:300]})
         return {key: [row.get(key) for row in rows] for key in ("job_id", "status", "reason", "output")}

@@ -127,6 +127,8 @@ def test_jobs_that_cannot_be_scored_get_every_column_and_a_reason(tmp_path: Path
     assert (missing["status"], missing["reason"]) == ("failed", "no_output")
     assert (faceless["status"], faceless["reason"]) == ("failed", "no_reference_face")
     assert list(missing) == evaluator.columns and np.isnan(missing["apd"]) and "csim_opencv" in missing
+    broken = evaluator.evaluate({"job_id": "c", "driving": str(clip), "output": str(clip)}, tmp_path)  # no `ref`
+    assert (broken["status"], broken["reason"]) == ("failed", "evaluation_error") and "KeyError" in broken["error"]
     cross = JobEvaluator(evaluator.analyzer, EvaluateConfig(protocol="cross"))
     assert {"psnr", "akd"} & set(cross.metric_names) == set() and {"apd", "aed"} <= set(cross.metric_names)
 

@@ -153,6 +153,9 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
                     if not waiting[owner[sample]]:
                         finish(owner[sample])
 
+        for path in layout.staging.glob("*.tar"):  # staged by a killed run under other settings
+            if path.name[: -len(".tar")] not in owner:
+                path.unlink()
         pack_shards(layout.staging, layout.shards, cfg.curate.shard_max_samples, cfg.curate.shard_max_bytes, on_shard)
         index = write_index(out, layout.shards)
         manifest, clips = ledger.write_tables(out, ledger.load_markers(layout.done))

@@ -25,6 +25,9 @@ from portraitflow.operators.inputs import clip_key, expand_inputs, input_key
 from portraitflow.operators.shards import pack_shards, shard_keys, shard_paths, write_index
 
 
+LOST = "quarantined: the worker {} crashed on each of its {} attempts"
+
+
 class Layout:
     """Where everything lives under the output folder."""
 
@@ -92,7 +95,7 @@ def _corpus_ledger(cfg: PortraitFlowConfig, same_person: float) -> CorpusLedger:
 def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run: bool = False) -> dict[str, Any]:
     """Curate `inputs` into `out`; returns the summary metrics (also logged to MLflow)."""
     from portraitflow.jobs.runtime import init_ray, mlflow_run
-    from portraitflow.pipelines.curate import render_clips, scan_inputs
+    from portraitflow.pipelines.curate import CRASH_RETRIES, render_clips, scan_inputs
 
     layout = Layout(out)
     uris = expand_inputs(inputs)
@@ -110,7 +113,7 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
     with mlflow_run(cfg.mlflow, cfg.curate.experiment, run_name=out.name) as run:
         scanned, scan_stats = scan_inputs(pending, cfg, layout.scans)
         returned = {r["input_key"] for r in scanned}
-        lost = [dict(r, status=ledger.FAILED, error="the worker processing this input was lost", timings="{}")
+        lost = [dict(r, status=ledger.FAILED, error=LOST.format("processing this input", CRASH_RETRIES + 1), timings="{}")
                 for r in pending if r["input_key"] not in returned]
         scanned = sorted(scanned + lost, key=lambda r: r["input_key"])
         for row in scanned:
@@ -129,6 +132,9 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
         ]
         rendered, render_stats = render_clips(to_render, cfg, layout.staging)
         errors = {r["key"]: r["error"] for r in rendered if r["error"]}
+        returned_clips = {r["key"] for r in rendered}
+        lost_clip = LOST.format("rendering this clip", CRASH_RETRIES + 1)
+        errors.update({c["key"]: lost_clip for c in to_render if c["key"] not in returned_clips})
 
         clip_rows: dict[str, list[dict]] = {}
         waiting: dict[str, set[str]] = {}

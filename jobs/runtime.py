@@ -117,6 +117,22 @@ def mlflow_tracking_uri(cfg: MLflowConfig) -> str:
     return f"sqlite:///{Path.cwd() / DEFAULT_MLFLOW_DB}"
 
 
+def ensure_experiment(client, name: str) -> str:
+    """The experiment's id, creating it on first use.
+
+    With an sqlite store, artifacts go to `mlartifacts/` beside the database file rather than to
+    MLflow's default `./mlruns` of whatever directory the process happens to run in.
+    """
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    uri = str(client.tracking_uri)
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
 @contextlib.contextmanager
 def mlflow_run(
     cfg: MLflowConfig, experiment: str, run_name: str | None = None, nested: bool = False
@@ -127,7 +143,10 @@ def mlflow_run(
         return
     import mlflow
 
-    mlflow.set_tracking_uri(mlflow_tracking_uri(cfg))
-    mlflow.set_experiment(experiment)
+    from mlflow.tracking import MlflowClient
+
+    uri = mlflow_tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=ensure_experiment(MlflowClient(tracking_uri=uri), experiment))
     with mlflow.start_run(run_name=run_name, nested=nested) as run:
         yield run

@@ -17,6 +17,7 @@ import pandas as pd
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.operators import metrics_learned, report, sweep_spec
+from portraitflow.jobs.runtime import ensure_experiment
 from portraitflow.operators.eval_dataset import load_jobs
 
 SWEEP_TAG, CONFIG_TAG, PARENT_TAG = "portraitflow.sweep_hash", "portraitflow.config_hash", "mlflow.parentRunId"
@@ -170,8 +171,7 @@ def evaluate_results(jobs: pd.DataFrame, cfg: PortraitFlowConfig, out_dir: str |
 
     out_dir = Path(out_dir)
     client = _client(cfg)
-    experiment_id = _experiment_id(client, cfg.evaluate.experiment)
-    run_id = client.create_run(experiment_id, run_name=name).info.run_id
+    run_id = client.create_run(ensure_experiment(client, cfg.evaluate.experiment), run_name=name).info.run_id
     try:
         init_ray(cfg.ray)
         for key, value in cfg.evaluate.model_dump().items():
@@ -183,11 +183,6 @@ def evaluate_results(jobs: pd.DataFrame, cfg: PortraitFlowConfig, out_dir: str |
         client.set_terminated(run_id, "FAILED")
         raise
     return run_id
-
-
-def _experiment_id(client, name: str) -> str:
-    experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else client.create_experiment(name)
 
 
 def _log_side_by_side(client, run_id: str, rows: pd.DataFrame, work_dir: Path, count: int) -> None:
@@ -208,7 +203,7 @@ def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str 
     evaluate = sweep_spec.effective_evaluate(cfg.evaluate, spec)
     configs = sweep_spec.expand_configs(spec)
     client = _client(cfg)
-    experiment_id = _experiment_id(client, evaluate.experiment)
+    experiment_id = ensure_experiment(client, evaluate.experiment)
     sweep_id = sweep_spec.sweep_hash(spec, evaluate, cfg.face.backend)
     previous = client.search_runs([experiment_id], f"tags.`{SWEEP_TAG}` = '{sweep_id}'", max_results=1,
                                   order_by=["attributes.start_time DESC"])

@@ -2,8 +2,9 @@
 
 The driver's motion is split, frame by frame, into a rigid head motion and an expression:
 
-- head: yaw and pitch come from the driver's head pose; the reference's landmarks are lifted
-  onto a generic head (an ellipsoid with a nose), rotated by the pose change and projected back.
+- head: yaw and pitch come from the driver's head-pose change, refined on the landmarks that
+  move with the head only; the reference's landmarks are lifted onto a generic head (an
+  ellipsoid with a nose), rotated by that change and projected back.
   Roll, translation and scale come from a similarity fit of the driver's stable landmarks
   (contour ends, nose bridge, eye corners) against the rotated anchor.
 - expression: what is left of the driver's landmarks once that rigid motion is removed, in units
@@ -38,7 +39,7 @@ STABLE = np.array([0, 1, 2, 14, 15, 16, 27, 28, 29, 30, 36, 39, 42, 45])
 #: relief over the ellipsoid, in face half-widths: the nose, bridge to tip, then nostrils.
 RELIEF = {27: 0.10, 28: 0.20, 29: 0.32, 30: 0.45, 31: 0.15, 32: 0.22, 33: 0.28, 34: 0.22, 35: 0.15}
 INNER_MOUTH = np.arange(60, 68)
-#: the sides of the jaw contour: the head's outline rather than fixed points on the face.
+#: the sides of the jaw contour: partly the head's outline rather than fixed points on the face.
 SILHOUETTE = np.r_[0:5, 12:17]
 #: ellipsoid semi-axes of the generic head, in face half-widths (x, y, depth).
 HEAD_AXES = (1.0, 1.6, 1.0)
@@ -104,15 +105,15 @@ def rotate_project(head: np.ndarray, centre: np.ndarray, half_width: float, yaw:
     """Rotate lifted points by a yaw and pitch change (degrees, pose.py's signs), project back.
 
     Depth points toward the camera, so a positive yaw moves the nose to larger x and a positive
-    pitch (looking up) moves it to smaller y. For 68 landmarks, the sides of the jaw contour are
-    the head's silhouette, not points on it: a turn keeps them where they are sideways, as the
-    outline of a turning head stays put while the features slide across it.
+    pitch (looking up) moves it to smaller y. For 68 landmarks, the sides of the jaw contour lie
+    between points of the face and its outline: a turn moves them half as far sideways as points
+    of the face, so the features slide across the turning head instead of folding over its edge.
     """
     y, p = np.radians(yaw), np.radians(pitch)
     u, v, z = head[:, 0], head[:, 1], head[:, 2]
     turned, z = u * np.cos(y) + z * np.sin(y), -u * np.sin(y) + z * np.cos(y)
     if len(head) == 68:
-        turned[SILHOUETTE] = u[SILHOUETTE]
+        turned[SILHOUETTE] = (u[SILHOUETTE] + turned[SILHOUETTE]) / 2
     v = v * np.cos(p) - z * np.sin(p)
     return np.column_stack([turned, v]) * half_width + centre
 
@@ -312,7 +313,7 @@ class _MotionTransfer:
         if shot != self.shot or not np.all(np.isfinite(pose)):
             self.shot = shot
             self._anchor(landmarks, np.nan_to_num(pose))
-        yaw, pitch = np.nan_to_num(pose[:2]) - self.anchor_pose[:2]
+        yaw, pitch = self._fit_rotation(landmarks, np.nan_to_num(pose[:2]) - self.anchor_pose[:2])
         rigid = rotate_project(self.anchor_head, self.anchor_centre, self.anchor_half, yaw, pitch)
         head = _Similarity.fit(rigid[STABLE], landmarks[STABLE])
         expression = expression_part(head.inverse(landmarks) - rigid)  # anchor's frame, driver's face units
@@ -327,6 +328,26 @@ class _MotionTransfer:
         shift = (face - self.ref_face)[RING_SOURCES]
         ring = np.clip(self.ref_ring + shift * self.ring_gain, *self.limits)
         return face[:68], np.concatenate([face, ring, self.border])
+
+    def _rigid_error(self, landmarks: np.ndarray, angles: np.ndarray) -> np.ndarray:
+        """Residual of the stable landmarks after turning the anchor by `angles` and placing it."""
+        rigid = rotate_project(self.anchor_head, self.anchor_centre, self.anchor_half, *angles)[STABLE]
+        return (_Similarity.fit(rigid, landmarks[STABLE])(rigid) - landmarks[STABLE]).ravel()
+
+    def _fit_rotation(self, landmarks: np.ndarray, guess: np.ndarray, steps: int = 4) -> np.ndarray:
+        """Yaw and pitch change, from the head-pose change refined (Gauss-Newton) on the stable
+        landmarks. The pose fit also uses the chin and mouth corners, so an opening mouth reads
+        as a nod or a turn; eye corners, nose and the jaw's upper ends do not move with it."""
+        angles = np.asarray(guess, np.float64).copy()
+        for _ in range(steps):
+            error = self._rigid_error(landmarks, angles)
+            jacobian = np.stack([(self._rigid_error(landmarks, angles + d) - error) / 0.5
+                                 for d in (np.array([0.5, 0.0]), np.array([0.0, 0.5]))], axis=1)
+            update = np.linalg.lstsq(jacobian, -error, rcond=None)[0]
+            angles = angles + np.clip(update, -10.0, 10.0)
+            if np.abs(update).max() < 0.05:
+                break
+        return angles
 
     def _inside(self, face: np.ndarray) -> np.ndarray:
         """Shift the moved face back inside the crop, rather than squash it against the edge."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -314,6 +315,7 @@ class FaceScanStage:
 
     def scan(self, row: dict[str, Any]) -> dict[str, Any]:
         """Probe and scan one input into `scan_dir/{input_key}.npz`; a finished scan is reused."""
+        cpu = time.process_time()
         row = probe_input(row)
         if row["status"] == FAILED:
             return row
@@ -331,4 +333,5 @@ class FaceScanStage:
         except Exception as exc:  # damaged mid-stream, odd frames: this input fails, the run goes on
             return dict(row, status=FAILED, error=error_text(exc),
                         timings=json.dumps(timings | dict(timer.seconds)))
-        return dict(row, status=SCANNED, timings=json.dumps(timings | dict(timer.seconds)))
+        timings |= dict(timer.seconds, worker_cpu=time.process_time() - cpu)
+        return dict(row, status=SCANNED, timings=json.dumps(timings))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,7 @@ def render_sample(
 def render_clip(row: dict[str, Any], config: dict[str, Any], staging_dir: str) -> dict[str, Any]:
     """Ray Data map function (a CPU task): render one kept clip and stage its sample."""
     cv2.setNumThreads(1)
+    cpu = time.process_time()
     cfg = CurateConfig.model_validate(config)
     timer = StageTimer()
     result = {"key": row["key"], "error": "", "bytes": 0}
@@ -109,4 +111,4 @@ def render_clip(row: dict[str, Any], config: dict[str, Any], staging_dir: str) -
             result["bytes"] = stage_sample(Path(staging_dir), row["key"], fields)
     except Exception as exc:  # one clip that cannot be rendered is recorded, the run goes on
         result["error"] = error_text(exc)
-    return dict(result, timings=json.dumps(dict(timer.seconds)))
+    return dict(result, timings=json.dumps(dict(timer.seconds, worker_cpu=time.process_time() - cpu)))

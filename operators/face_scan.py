@@ -250,7 +250,8 @@ def content_signature(kps: np.ndarray, steps: int = SIGNATURE_STEPS) -> np.ndarr
 
 
 SCANNED = "scanned"
-#: curate fields that only place work or name things; changing them keeps earlier scans valid.
+#: curate fields a scan does not depend on (resources, naming, the stages after it); changing them
+#: keeps earlier scans valid.
 _NOT_IN_SCAN = {"face_actors", "render_cpus", "experiment", "progress_bars", "crop_size", "crf",
                 "shard_max_samples", "shard_max_bytes", "max_clips_per_identity", "duplicate_similarity"}
 

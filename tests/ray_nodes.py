@@ -59,15 +59,6 @@ class RayNode:
         titles = [_cmdline(pid) for pid in self.processes()]
         return [t for t in titles if t.startswith("ray::") and not t.startswith(IDLE_TITLES)]
 
-    def cpu_seconds(self) -> float:
-        """CPU time the node has used so far: its live processes, and the workers they reaped."""
-        ticks = 0
-        for pid in self.processes():
-            fields = _stat(pid)
-            if fields:
-                ticks += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
-        return ticks / os.sysconf("SC_CLK_TCK")
-
     def worker_pids(self, title_prefix: str) -> list[int]:
         return [pid for pid in self.processes() if _cmdline(pid).startswith(title_prefix)]
 

@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from bad_media import BAD_IMAGES, BAD_VIDEOS, make_all, snapshot
 from curate_runs import LOCAL_RAY, read_rows, run_curate
 

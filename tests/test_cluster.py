@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from portraitflow.jobs import runtime
 from portraitflow.jobs.runtime import reachable_from_workers, stage_driver_code, worker_runtime_env
 

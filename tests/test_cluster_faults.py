@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from curate_runs import LOCAL_RAY, curated_contents, duplicates, read_rows, run_curate, sample_keys, start_curate
 from ray_nodes import LocalRayCluster, WorkSampler, local_ray_cluster
 
@@ -98,7 +97,7 @@ def test_scan_actor_killed_mid_run_same_outputs(cluster, inputs, reference, tmp_
     out = tmp_path / "out"
     killed: list[str] = []
     stop = threading.Event()
-    once = lambda pid, title: not killed and title.startswith(SCAN_ACTOR + ".submit")  # noqa: E731
+    once = lambda pid, title: not killed and title.startswith(SCAN_ACTOR + ".submit")
     killer = threading.Thread(target=_killer, args=(cluster, once, stop, killed), daemon=True)
     killer.start()
     try:
@@ -114,8 +113,10 @@ def test_driver_killed_mid_run_rerun_resumes(cluster, inputs, reference, tmp_pat
     out = tmp_path / "out"
     driver = start_curate(inputs, out, cluster.env())
     deadline = time.monotonic() + 600
-    while not list((out / "shards").glob("*.tar")) and driver.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # the first rendered sample (staged, or already packed): scans done, renders and shards pending
+    written = lambda: list((out / ".state" / "staging").glob("*.tar")) + list((out / "shards").glob("*.tar"))
+    while not written() and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
     os.killpg(driver.pid, signal.SIGKILL)
     assert driver.wait(timeout=60) == -signal.SIGKILL, "the driver finished before it could be killed"
     finished_before = len(list((out / ".state" / "done").glob("*.json")))

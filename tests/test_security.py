@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from portraitflow.operators.inputs import input_key
 from portraitflow.operators.paths import confined, hashed_name, safe_name, safe_stem
 

@@ -173,7 +173,7 @@ def evaluate_results(jobs: pd.DataFrame, cfg: PortraitFlowConfig, out_dir: str |
     client = _client(cfg)
     run_id = client.create_run(ensure_experiment(client, cfg.evaluate.experiment), run_name=name).info.run_id
     try:
-        init_ray(cfg.ray)
+        init_ray(cfg.ray, cfg.mlflow)
         for key, value in cfg.evaluate.model_dump().items():
             client.log_param(run_id, key, str(value)[:500])
         jobs = jobs.assign(status=jobs["status"] if "status" in jobs else "ok")
@@ -211,7 +211,7 @@ def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str 
         experiment_id, run_name=spec.name, tags={SWEEP_TAG: sweep_id}).info.run_id
     client.update_run(parent_id, status="RUNNING")
     try:
-        init_ray(cfg.ray)
+        init_ray(cfg.ray, cfg.mlflow)
         jobs = load_jobs(spec.dataset, evaluate.protocol, out_dir / "dataset", evaluate.max_seconds,
                          evaluate.max_videos)
         pd.DataFrame(jobs).astype(str).to_parquet(out_dir / "dataset.parquet")  # every input, failed ones too

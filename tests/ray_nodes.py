@@ -148,13 +148,25 @@ def local_ray_cluster(cpus_per_node: list[int], dashboard: bool = False) -> Iter
     """Nodes `node0`, `node1`, ... with the given CPUs; the first is the head."""
     root = Path(tempfile.mkdtemp(prefix="pfray-", dir="/tmp"))  # short: Ray's socket paths are bounded
     cluster = LocalRayCluster(root)
+    # if this process is killed before the `finally` runs, the watchdog stops the nodes
+    watchdog = subprocess.Popen([sys.executable, __file__, str(os.getpid()), str(root)], start_new_session=True)
     try:
         for index, cpus in enumerate(cpus_per_node):
             cluster.start_node(f"node{index}", cpus, dashboard=dashboard and index == 0)
         yield cluster
     finally:
         cluster.stop()
+        watchdog.kill()
+        watchdog.wait()
         subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+def kill_nodes_under(root: Path) -> None:
+    """SIGKILL every process started for nodes under `root`, and the workers of their raylets."""
+    mine = [pid for pid in _all_pids() if str(root) in _cmdline(pid) and pid != os.getpid()]
+    raylets = {pid for pid in mine if "/raylet/raylet" in _cmdline(pid)}
+    for pid in mine + [pid for pid in _all_pids() if _parent(pid) in raylets]:
+        _kill(pid)
 
 
 class WorkSampler:
@@ -217,3 +229,11 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+if __name__ == "__main__":  # the watchdog: python ray_nodes.py OWNER_PID ROOT
+    owner, watched = int(sys.argv[1]), Path(sys.argv[2])
+    while Path(f"/proc/{owner}").exists() and _stat(owner):
+        time.sleep(1)
+    kill_nodes_under(watched)
+    subprocess.run(["rm", "-rf", str(watched)], check=False)

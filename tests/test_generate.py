@@ -209,3 +209,11 @@ def test_hunyuan_backend_end_to_end_with_tiny_random_weights(media_dir: Path, tm
     info = probe_video(row.output)
     assert row.backend == "hunyuan" and (info.width, info.height) == (cfg.animate.size, cfg.animate.size)
     assert info.num_frames == probe_video(str(driver)).num_frames == 25 and has_audio(row.output)
+
+
+def test_too_few_cpus_is_an_error_not_a_hang(tmp_path: Path, ray_local) -> None:
+    from portraitflow.pipelines.generate import run_generation
+
+    cfg = load_config(None, ["animate.cpus_per_actor=1.5", "mlflow.enabled=false"])  # 2.5 CPUs > the 2 of ray_local
+    with pytest.raises(ValueError, match="needs 2.5 CPUs"):
+        run_generation([Job("a", "a.png", "b.mp4")], tmp_path, cfg)

@@ -310,10 +310,11 @@ class _MotionTransfer:
     def step(self, landmarks: np.ndarray, pose: np.ndarray, shot: int) -> tuple[np.ndarray, np.ndarray]:
         """The reference's landmarks moved as the driver moved from its anchor to this frame, and
         the control points of the warp (landmarks, outline, border) in `source_points` order."""
-        if shot != self.shot or not np.all(np.isfinite(pose)):
+        pose = np.nan_to_num(pose)  # a missing pose only costs the rotation fit its first guess
+        if shot != self.shot:
             self.shot = shot
-            self._anchor(landmarks, np.nan_to_num(pose))
-        yaw, pitch = self._fit_rotation(landmarks, np.nan_to_num(pose[:2]) - self.anchor_pose[:2])
+            self._anchor(landmarks, pose)
+        yaw, pitch = self._fit_rotation(landmarks, pose[:2] - self.anchor_pose[:2])
         rigid = rotate_project(self.anchor_head, self.anchor_centre, self.anchor_half, yaw, pitch)
         head = _Similarity.fit(rigid[STABLE], landmarks[STABLE])
         expression = expression_part(head.inverse(landmarks) - rigid)  # anchor's frame, driver's face units

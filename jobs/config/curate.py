@@ -61,6 +61,11 @@ class CurateConfig(BaseModel):
     # crops and shards
     crop_size: int = Field(512, description="Side of the square crops, in px.")
     crf: int = Field(18, description="H.264 constant rate factor of the crops.")
+    keyframe_interval: int = Field(
+        25,
+        description="Frames between keyframes of the crops: training loaders seek into 25-frame windows, so "
+        "a short interval bounds what they decode (larger files; 0 keeps x264's default of 250).",
+    )
     shard_max_samples: int = Field(100, description="Samples per shard.")
     shard_max_bytes: int = Field(1 << 30, description="Bytes per shard; a shard ends at whichever limit comes first.")
     # resources

@@ -59,3 +59,14 @@ def ray_local() -> Iterator[None]:
 def mlflow_uri(tmp_path: Path) -> str:
     """An isolated sqlite MLflow store per test."""
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def torch_two_threads() -> Iterator[None]:
+    """At most 2 torch threads, as on CI, so golden tolerances are checked as CI computes them."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(min(2, previous))
+    yield
+    torch.set_num_threads(previous)

@@ -36,12 +36,7 @@ FULL_SIZE: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_two_threads")
 
 
 @pytest.mark.parametrize("filename", sorted(FULL_SIZE))

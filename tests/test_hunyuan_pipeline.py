@@ -34,12 +34,7 @@ from portraitflow.models.hunyuan.weights import (
 DINO_LAYOUT_ONLY = {"block_chunks", "backbone", "layers_output"}  # release arguments that pick a layout
 
 
-@pytest.fixture(autouse=True)
-def _two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(min(2, previous))  # as on CI; OMP_NUM_THREADS=1 on a busy machine
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_two_threads")
 
 
 @pytest.mark.parametrize("run", ["tiny_fixture", "release_defaults_100_frames"])

@@ -11,12 +11,7 @@ from safetensors.torch import load_file
 from portraitflow.models.hunyuan.unet import SVD_XT_UNET_CONFIG, HunyuanUNet, IPAttnProcessor
 
 
-@pytest.fixture(autouse=True)
-def _two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(min(2, previous))  # as on CI; OMP_NUM_THREADS=1 on a busy machine
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_two_threads")
 
 
 def test_full_size_unet_has_exactly_the_release_keys_and_shapes(hunyuan_reference: Path) -> None:

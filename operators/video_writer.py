@@ -5,13 +5,12 @@ two streams interleave, and it is cut at the video's end so the output never out
 """
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+from portraitflow.operators.atomic import atomic_target
 
 
 class _AudioSource:
@@ -80,16 +79,12 @@ def write_h264(
     """
     import av
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4.part", dir=path.parent)
-    os.close(fd)
     audio = _AudioSource.open(audio_from) if audio_from else None
     frames_written = 0
     try:
         # bitexact: no library version strings in the file, so the bytes depend on the frames and
         # settings only, not on which FFmpeg build (PyAV's or decord's) a worker loaded first
-        with av.open(tmp, mode="w", format="mp4", options={"fflags": "+bitexact"}) as out:
+        with atomic_target(path) as tmp, av.open(tmp, mode="w", format="mp4", options={"fflags": "+bitexact"}) as out:
             video = None
             out_audio = None
             if audio is not None:
@@ -119,10 +114,7 @@ def write_h264(
             if out_audio is not None:
                 audio.mux_until(out, out_audio, frames_written / float(rate))
                 out.mux(out_audio.encode())
-        os.replace(tmp, path)
     finally:
         if audio is not None:
             audio.close()
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return frames_written

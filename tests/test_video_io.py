@@ -85,3 +85,19 @@ def test_keyframe_interval_bounds_the_distance_between_keyframes(tmp_path: Path)
         keyframes = [i for i, frame in enumerate(container.decode(video=0)) if frame.key_frame]
     assert keyframes[0] == 0 and len(keyframes) >= 6
     assert max(np.diff(keyframes + [60])) <= 10
+
+
+def test_outputs_get_the_permissions_of_an_ordinary_file(tmp_path: Path) -> None:
+    """Not mkstemp's 0600: other users and services (a web server, a trainer) can read outputs."""
+    import os
+    import stat
+
+    from portraitflow.operators.atomic import atomic_write
+
+    umask = os.umask(0)
+    os.umask(umask)
+    video, note = tmp_path / "out.mp4", tmp_path / "note.json"
+    write_h264(video, [_gradient_clip(4)], fps=4)
+    atomic_write(note, "{}")
+    for path in (video, note):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask

@@ -8,12 +8,11 @@ at run time, and is written once to a cache folder keyed by the source file's ha
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import onnx
-
 from portraitflow.models.face.model_files import file_sha256
+from portraitflow.operators.atomic import atomic_write
 
 CACHE_ENV = "PORTRAITFLOW_CACHE_DIR"
 
@@ -46,13 +45,5 @@ def opencv_loadable(source: Path) -> Path:
     if not drop_non_runtime_inputs(model):
         return source
     onnx.checker.check_model(model)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(model.SerializeToString())
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    atomic_write(target, model.SerializeToString())
     return target

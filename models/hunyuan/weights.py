@@ -15,18 +15,13 @@ benchmark: `full` has the release's shapes and FLOPs, `tiny` runs the same flow 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLTemporalDecoder
-from safetensors.torch import load_file, save_file
-from torch import nn
-
 from portraitflow.models.hunyuan.dino import DinoV2WithIdAdapters
 from portraitflow.models.hunyuan.expression import HeadExpression
 from portraitflow.models.hunyuan.headpose import HeadPose
@@ -34,7 +29,15 @@ from portraitflow.models.hunyuan.image_proj import ImageProjector
 from portraitflow.models.hunyuan.motion_proj import IntensityAwareMotionRefiner
 from portraitflow.models.hunyuan.pipeline import HunyuanPipeline
 from portraitflow.models.hunyuan.pose_guider import PoseGuider
-from portraitflow.models.hunyuan.unet import SVD_XT_UNET_CONFIG, TINY_UNET_CONFIG, HunyuanUNet, unet_config_from_json
+from portraitflow.models.hunyuan.unet import (
+    SVD_XT_UNET_CONFIG,
+    TINY_UNET_CONFIG,
+    HunyuanUNet,
+    unet_config_from_json,
+)
+from portraitflow.operators.atomic import atomic_target
+from safetensors.torch import load_file, save_file
+from torch import nn
 
 HYPORTRAIT_MODULES = ("unet", "pose_guider", "dino", "image_proj", "expression", "headpose", "motion_proj")
 VAE_WEIGHTS = ("diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors")
@@ -222,18 +225,11 @@ def load_models(weights_dir: str | Path, device: torch.device | str = "cpu", dty
 
 
 def _atomic_copy(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as handle:
-        temporary = Path(handle.name)
-    try:
+    with atomic_target(target) as temporary:
         shutil.copyfile(source, temporary)
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _atomic_save(state_dict: dict[str, torch.Tensor], target: Path, source: str) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
     seen: set[int] = set()
     tensors = {}
     for key, value in state_dict.items():
@@ -242,13 +238,8 @@ def _atomic_save(state_dict: dict[str, torch.Tensor], target: Path, source: str)
             value = value.clone()
         seen.add(value.untyped_storage().data_ptr())
         tensors[key] = value
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as handle:
-        temporary = Path(handle.name)
-    try:
+    with atomic_target(target) as temporary:
         save_file(tensors, temporary, metadata={"source": source})
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def convert_weights(weights_dir: str | Path, out_dir: str | Path) -> list[Path]:

@@ -71,7 +71,7 @@ def test_loopback_tracking_uri_becomes_reachable() -> None:
 def test_ray_up_config_is_valid_for_the_autoscaler() -> None:
     from ray.autoscaler._private.util import prepare_config, validate_config
 
-    config = prepare_config(yaml.safe_load((ROOT / "jobs/ray_cluster.yaml").read_text()))
+    config = prepare_config(yaml.safe_load((ROOT / "ray_cluster.yaml").read_text()))
     validate_config(config)
     types = config["available_node_types"]
     assert types[config["head_node_type"]]["resources"]["CPU"] == 0

@@ -35,12 +35,10 @@ def sweep_run(media_dir: Path, ray_local, tmp_path_factory):
     uri = f"sqlite:///{out / 'mlflow.db'}"
     sweep_file = out / "sweep.yaml"
     sweep_file.write_text(SWEEP_YAML.format(media=media_dir, drivers=DRIVERS))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(out)  # an sqlite store keeps artifacts in ./mlruns: the experiment's folder lands in tmp
-        result = CliRunner().invoke(app, ["sweep", str(sweep_file), "--out", str(out / "sweep"), "--max-parallel",
-                                          "2", "--mlflow-uri", uri])
+    result = CliRunner().invoke(app, ["sweep", str(sweep_file), "--out", str(out / "sweep"), "--max-parallel",
+                                      "2", "--mlflow-uri", uri])
     assert result.exit_code == 0, result.output
-    assert (out / "mlruns").is_dir()
+    assert (out / "mlartifacts").is_dir()  # an sqlite store keeps artifacts beside its database
     parent_id = result.output.split("parent run ")[1].split()[0]
     cfg = load_config(None, [f"mlflow.tracking_uri={uri}"])
     return {"spec": load_sweep(sweep_file), "cfg": cfg, "out": out / "sweep", "uri": uri, "parent_id": parent_id}

@@ -68,11 +68,14 @@ def write_h264(
     crf: int = 18,
     preset: str = "veryfast",
     keyframe_interval: int | None = None,
+    threads: int = 0,
 ) -> int:
     """Encode (T, H, W, 3) uint8 RGB chunks to an mp4 at `path`; returns the number of frames.
 
     `keyframe_interval` (frames) bounds how far a reader must decode to reach any frame: training
     loaders that seek into windows want it near the window length; None keeps x264's default.
+    `threads` caps the encoder's threads (0: x264 picks about 1.5 per core, which oversubscribes a
+    node where every CPU already runs its own task).
 
     The file appears only when complete (temp file + rename), so a crash never leaves a
     half-written output that a resume would mistake for a finished one.
@@ -99,6 +102,8 @@ def write_h264(
                         video.height, video.width = rgb.shape[0] - rgb.shape[0] % 2, rgb.shape[1] - rgb.shape[1] % 2
                         video.pix_fmt = "yuv420p"
                         video.options = {"crf": str(crf), "preset": preset}
+                        if threads:
+                            video.codec_context.thread_count = threads
                         if keyframe_interval:
                             video.options |= {"g": str(keyframe_interval), "keyint_min": str(keyframe_interval)}
                     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[: video.height, : video.width]), format="rgb24")

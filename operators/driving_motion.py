@@ -21,7 +21,7 @@ from portraitflow.operators.decode import VideoUnreadable, iter_frame_chunks, pr
 from portraitflow.operators.motion import window_buckets
 from portraitflow.operators.reference_portrait import NoFace, centred_head_pose, to_crop
 from portraitflow.operators.shots import ShotDetector
-from portraitflow.operators.tracking import Track, box_iou, track_faces
+from portraitflow.operators.tracking import Track, box_iou, interpolate_rows, track_faces
 
 #: faces smaller than this fraction of a frame's largest face get no landmarks (bystanders).
 MIN_RELATIVE_SIDE = 0.5
@@ -68,10 +68,8 @@ def _main_track(tracks: list[Track], start: int, end: int) -> Track | None:
 
 def _fill(values: np.ndarray, known: np.ndarray) -> np.ndarray:
     """Linear interpolation of (T, ...) values over the frames where `known`; held at the ends."""
-    flat = values.reshape(len(values), -1)
-    frames, where = np.arange(len(values)), np.flatnonzero(known)
-    filled = np.stack([np.interp(frames, where, flat[where, i]) for i in range(flat.shape[1])], axis=1)
-    return filled.reshape(values.shape).astype(np.float32)
+    where = np.flatnonzero(known)
+    return interpolate_rows(np.arange(len(values)), where, values[where]).astype(np.float32)
 
 
 def extract_driving_motion(

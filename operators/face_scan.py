@@ -21,17 +21,17 @@ import numpy as np
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.curate import CurateConfig
 from portraitflow.models.face.align import square_crop_box
-from portraitflow.models.face.base import Face, FaceAnalyzer
+from portraitflow.models.face.base import Face, FaceAnalyzer, l2_normalise
 from portraitflow.operators import filters
 from portraitflow.operators.decode import VideoInfo, iter_frame_chunks
 from portraitflow.operators.atomic import atomic_write
-from portraitflow.operators.identity import load_gallery, matches_gallery, normalise, switch_index
+from portraitflow.operators.identity import load_gallery, matches_gallery, switch_index
 from portraitflow.operators.inputs import local_copy
 from portraitflow.operators.motion import motion_table
 from portraitflow.operators.probe import FAILED, error_text, probe_input
 from portraitflow.operators.shots import ShotDetector
 from portraitflow.operators.timing import StageTimer
-from portraitflow.operators.tracking import Track, track_faces
+from portraitflow.operators.tracking import Track, interpolate_rows, track_faces
 
 MIN_TRACK_DETECTIONS = 3  # a face seen once is more often a false detection than a clip
 SIGNATURE_STEPS = 32  # time steps of the keypoint trajectory that fingerprints a clip's content
@@ -214,7 +214,7 @@ def _decide(arrays: dict[str, np.ndarray], first: int, last: int, offset: int, m
         return (_decide(arrays, first, before, offset, measures, info, galleries, same_person, cfg)
                 + _decide(arrays, after, last, offset, measures, info, galleries, same_person, cfg))
     motion = motion_table(frames["landmarks"], frames["kps"])
-    embedding = normalise(sample_embedding.mean(axis=0))
+    embedding = l2_normalise(sample_embedding.mean(axis=0))
     yaw, pitch = np.median(frames["pose"][:, :2], axis=0)
     measures = dict(measures, yaw=float(yaw), pitch=float(pitch), motion=float(motion[1:, 0].mean() if len(motion) > 1 else 0.0))
     reason = filters.first_reason(
@@ -245,8 +245,8 @@ def content_signature(kps: np.ndarray, steps: int = SIGNATURE_STEPS) -> np.ndarr
     extent = np.ptp(kps[0], axis=0)
     points = points / max(float(np.hypot(*extent)), 1e-6)
     grid = np.linspace(0, len(points) - 1, steps)
-    resampled = np.stack([np.interp(grid, np.arange(len(points)), points[:, i]) for i in range(points.shape[1])], 1)
-    return normalise((resampled - resampled.mean(axis=0)).reshape(-1))
+    resampled = interpolate_rows(grid, np.arange(len(points)), points)
+    return l2_normalise((resampled - resampled.mean(axis=0)).reshape(-1))
 
 
 SCANNED = "scanned"

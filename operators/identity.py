@@ -13,16 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from portraitflow.models.face.base import FaceAnalyzer
+from portraitflow.models.face.base import FaceAnalyzer, l2_normalise
 from portraitflow.models.face.images import load_image
 from portraitflow.operators.filters import DUPLICATE, IDENTITY_OVER_CAP
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-
-
-def normalise(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, np.float32)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
 
 
 def switch_index(samples: np.ndarray, threshold: float) -> int | None:
@@ -31,7 +26,7 @@ def switch_index(samples: np.ndarray, threshold: float) -> int | None:
     None: all samples agree. k > 0: samples before k are one person and from k on another.
     -1: they disagree but not as one clean switch (alternating or several people).
     """
-    samples = normalise(samples)
+    samples = l2_normalise(samples)
     if len(samples) < 2 or float((samples @ samples.T).min()) >= threshold:
         return None
     for k in range(1, len(samples)):
@@ -60,7 +55,7 @@ def load_gallery(analyzer: FaceAnalyzer, folder: str | None) -> np.ndarray:
 
 
 def matches_gallery(embedding: np.ndarray, gallery: np.ndarray, threshold: float) -> bool:
-    return bool(len(gallery)) and float((gallery @ normalise(embedding)).max()) >= threshold
+    return bool(len(gallery)) and float((gallery @ l2_normalise(embedding)).max()) >= threshold
 
 
 class CorpusLedger:
@@ -83,7 +78,7 @@ class CorpusLedger:
 
     def decide(self, embedding: np.ndarray, signature: np.ndarray) -> str | None:
         """The reject reason of a new clip against those kept so far, or None to keep it."""
-        embedding, signature = normalise(embedding), normalise(signature)
+        embedding, signature = l2_normalise(embedding), l2_normalise(signature)
         cluster = self._cluster(embedding)
         if cluster is not None:
             if any(float(s @ signature) >= self.duplicate_similarity for s in self._members[cluster]):
@@ -93,7 +88,7 @@ class CorpusLedger:
         return None
 
     def keep(self, embedding: np.ndarray, signature: np.ndarray) -> None:
-        embedding, signature = normalise(embedding), normalise(signature)
+        embedding, signature = l2_normalise(embedding), l2_normalise(signature)
         cluster = self._cluster(embedding)
         if cluster is None:
             self._centroids.append(embedding)
@@ -101,6 +96,6 @@ class CorpusLedger:
             self._members.append([])
             cluster = len(self._centroids) - 1
         count = self._counts[cluster]
-        self._centroids[cluster] = normalise(self._centroids[cluster] * count + embedding)
+        self._centroids[cluster] = l2_normalise(self._centroids[cluster] * count + embedding)
         self._counts[cluster] = count + 1
         self._members[cluster].append(signature)

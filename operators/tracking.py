@@ -80,12 +80,19 @@ def track_faces(
     return [_interpolate(track, end, step) for track in sorted(closed + open_tracks, key=lambda t: t[0][0])]
 
 
+def interpolate_rows(x: np.ndarray, xp: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Linear interpolation of (N, ...) values known at `xp` onto `x`, per column; held at the ends."""
+    flat = np.asarray(rows).reshape(len(rows), -1)
+    filled = np.stack([np.interp(x, xp, flat[:, i]) for i in range(flat.shape[1])], axis=1)
+    return filled.reshape((len(x), *np.shape(rows)[1:]))
+
+
 def _interpolate(track: list[tuple[int, Face]], end: int, step: int) -> Track:
     known = np.array([p for p, _ in track])
     last = min(int(known[-1]) + step, end)
     positions = np.arange(int(known[0]), max(last, int(known[-1]) + 1))
     boxes = np.stack([f.box for _, f in track]).astype(np.float32)
     kps = np.stack([f.kps for _, f in track]).reshape(len(track), 10).astype(np.float32)
-    boxes_out = np.stack([np.interp(positions, known, boxes[:, i]) for i in range(4)], axis=1)
-    kps_out = np.stack([np.interp(positions, known, kps[:, i]) for i in range(10)], axis=1).reshape(-1, 5, 2)
+    boxes_out = interpolate_rows(positions, known, boxes)
+    kps_out = interpolate_rows(positions, known, kps).reshape(-1, 5, 2)
     return Track(positions, boxes_out.astype(np.float32), kps_out.astype(np.float32), np.isin(positions, known))

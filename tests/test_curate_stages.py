@@ -12,7 +12,8 @@ import pytest
 from portraitflow.jobs.config.curate import CurateConfig
 from portraitflow.models.face.base import Face
 from portraitflow.operators import filters
-from portraitflow.operators.identity import CorpusLedger, normalise, switch_index
+from portraitflow.models.face.base import l2_normalise
+from portraitflow.operators.identity import CorpusLedger, switch_index
 from portraitflow.operators.inputs import clip_key, expand_inputs, input_key
 from portraitflow.operators.motion import motion_intensity, motion_table
 from portraitflow.operators.shards import pack_shards, read_staged, shard_keys, shard_paths, stage_sample, write_index
@@ -82,8 +83,8 @@ def test_motion_is_zero_when_still_and_scale_free() -> None:
 
 def test_identity_switch_is_located_or_refused() -> None:
     rng = np.random.default_rng(1)
-    a, b = normalise(rng.normal(size=(2, 128)))
-    jitter = lambda v, n: normalise(v + rng.normal(0, 0.05, (n, 128)))  # noqa: E731
+    a, b = l2_normalise(rng.normal(size=(2, 128)))
+    jitter = lambda v, n: l2_normalise(v + rng.normal(0, 0.05, (n, 128)))  # noqa: E731
     assert switch_index(jitter(a, 6), 0.5) is None
     assert switch_index(np.concatenate([jitter(a, 3), jitter(b, 5)]), 0.5) == 3
     assert switch_index(np.concatenate([jitter(a, 2), jitter(b, 2), jitter(a, 2)]), 0.5) == -1
@@ -91,13 +92,13 @@ def test_identity_switch_is_located_or_refused() -> None:
 
 def test_corpus_ledger_caps_identities_and_drops_duplicates() -> None:
     rng = np.random.default_rng(2)
-    person = normalise(rng.normal(size=128))
+    person = l2_normalise(rng.normal(size=128))
     ledger = CorpusLedger(same_person=0.5, max_per_identity=2, duplicate_similarity=0.97)
-    signatures = normalise(rng.normal(size=(4, 64)))
+    signatures = l2_normalise(rng.normal(size=(4, 64)))
     assert ledger.decide(person, signatures[0]) is None
     ledger.keep(person, signatures[0])
     assert ledger.decide(person, signatures[0]) == filters.DUPLICATE
-    assert ledger.decide(normalise(rng.normal(size=128)), signatures[0]) is None  # another person, same motion
+    assert ledger.decide(l2_normalise(rng.normal(size=128)), signatures[0]) is None  # another person, same motion
     ledger.keep(person, signatures[1])
     assert ledger.decide(person, signatures[2]) == filters.IDENTITY_OVER_CAP
 

@@ -40,9 +40,9 @@ def faces_from_detections(boxes: np.ndarray, scores: np.ndarray, kps: np.ndarray
 
 
 def l2_normalise(embeddings: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (float32), so cosine similarity is a dot product."""
-    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-    return (embeddings / np.maximum(norms, 1e-12)).astype(np.float32)
+    """Vectors (last axis) scaled to unit length in float32, so cosine similarity is a dot product."""
+    vectors = np.asarray(embeddings, np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
 
 
 class FaceAnalyzer(ABC):

@@ -73,7 +73,7 @@ def config_hash(params: dict[str, Any], dataset: DatasetSpec, evaluate: Evaluate
     """12 hex digits that change whenever anything that changes this config's numbers changes."""
     scoring = {k: v for k, v in evaluate.model_dump().items() if k not in _NOT_HASHED}
     payload = {"params": params, "dataset": dataset.model_dump(), "evaluate": scoring, "face": face_backend}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return _digest(payload)
 
 
 def sweep_hash(spec: SweepSpec, evaluate: EvaluateConfig, face_backend: str) -> str:
@@ -81,6 +81,10 @@ def sweep_hash(spec: SweepSpec, evaluate: EvaluateConfig, face_backend: str) -> 
     settings that do not change numbers, such as --max-parallel, never start a new parent)."""
     payload = {"spec": spec.model_dump(exclude={"evaluate"}), "evaluate": evaluate.model_dump(exclude=_NOT_HASHED),
                "face": face_backend}
+    return _digest(payload)
+
+
+def _digest(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -19,7 +19,7 @@ from portraitflow.models.animators.base import DrivingWindow, ReferenceInput
 from portraitflow.models.hunyuan.animator import TINY_WEIGHTS, HunyuanAnimator
 from portraitflow.models.hunyuan.dino import DinoV2WithIdAdapters
 from portraitflow.models.hunyuan.image_proj import ImageProjector
-from portraitflow.models.hunyuan.pipeline import HunyuanPipeline, PaddedMotion, SamplingSettings
+from portraitflow.models.hunyuan.pipeline import HunyuanPipeline, PaddedMotion, SamplingSettings, _OverlapAverage
 from portraitflow.models.hunyuan.pose_guider import PoseGuider
 from portraitflow.models.hunyuan.sampler import SVD_XT_SCHEDULER_CONFIG, karras_schedule, next_shift, window_indices
 from portraitflow.models.hunyuan.unet import HunyuanUNet
@@ -125,6 +125,29 @@ def test_whole_tiny_pipeline_golden(pipeline_golden, guidance: str) -> None:
     frames = torch.cat(list(pipe.decode(latents, settings.decode_chunk_size)))
     _assert_output(frames.transpose(0, 1)[None], data, sidecar, prefix + "frames")
 
+
+
+@pytest.mark.parametrize("num_frames", [25, 26, 47, 80, 1030])
+def test_windows_are_averaged_in_place_keeping_side_sums_for_overlaps_only(num_frames: int) -> None:
+    """Every window reads the step's input values; the result is the per-frame mean; the side sums
+    never hold more than two windows' frames, whatever the video length."""
+    generator = torch.Generator().manual_seed(num_frames)
+    for shift in range(0, 25, 4):
+        windows = window_indices(num_frames, 25, 3, shift)
+        start = torch.randn(1, num_frames, 2, generator=generator)
+        latents = start.clone()
+        results = [torch.randn(1, 25, 2, generator=generator) for _ in windows]
+        average, most_pending = _OverlapAverage(latents, windows), 0
+        for frames, result in zip(windows, results):
+            assert torch.equal(latents[:, frames], start[:, frames])
+            average.add(frames, result)
+            most_pending = max(most_pending, len(average.sums))
+        sums, counts = torch.zeros_like(start), torch.zeros(num_frames)
+        for frames, result in zip(windows, results):
+            sums.index_add_(1, frames, result)
+            counts.index_add_(0, frames, torch.ones(len(frames)))
+        torch.testing.assert_close(latents, sums / counts[None, :, None], atol=1e-6, rtol=0)
+        assert not average.sums and most_pending <= 2 * 25
 
 
 # -- weights, conversion and the Animator, on tiny random modules (no ../shared needed) -------------

@@ -1,8 +1,10 @@
 """HunyuanPortrait sampling with memory bounded by the window, not by the video.
 
-Only the whole video's latents (and the step accumulator, the same size) live on the device;
-motion tokens wait on the host and travel per window, pose features are computed per window (or
-once, for the release's all-black pose input), and frames are decoded chunk by chunk.
+Only the whole video's latents (in the model's dtype, as the release keeps them: 32 KB per frame
+at 512² in fp16) live on the device; overlapping windows are averaged into them in place, with side
+sums only for the frames whose windows are not all done. Motion tokens wait on the host and
+travel per window, pose features are computed per window (or once, for the release's all-black
+pose input), and frames are decoded chunk by chunk.
 
 Algorithm (SPEC 8): per step, windows of K frames start every K - overlap frames, moved back by a
 shift that grows by `shift_offset` each step and wraps around the video; each window is denoised
@@ -176,13 +178,13 @@ class HunyuanPipeline:
 
     def initial_latents(self, reference: ReferenceFeatures, num_frames: int, noise: torch.Tensor | None,
                         settings: SamplingSettings, sigma_max: float) -> torch.Tensor:
-        """0.18215 x reference mean + sigma_0 x noise, [1, N, 4, h, w] float32."""
+        """0.18215 x reference mean + sigma_0 x noise, [1, N, 4, h, w] in the model's dtype."""
         shape = (1, num_frames, *reference.latent.shape[1:])
         if noise is None:
             generator = torch.Generator(device=self.device).manual_seed(settings.seed)
             noise = torch.randn(shape, generator=generator, device=self.device, dtype=torch.float32)
         base = (reference.mean * INITIAL_LATENT_SCALE)[:, None]
-        return base + noise.to(self.device, torch.float32) * sigma_max
+        return (base + noise.to(self.device, torch.float32) * sigma_max).to(self.dtype)
 
     @torch.no_grad()
     def sample(
@@ -194,7 +196,7 @@ class HunyuanPipeline:
         noise: torch.Tensor | None = None,
         on_window: WindowCallback | None = None,
     ) -> torch.Tensor:
-        """Final latents [1, N, 4, h, w] float32 of the padded video (N = len(motion))."""
+        """Final latents [1, N, 4, h, w] of the padded video (N = len(motion)), in the model's dtype."""
         num_frames = len(motion)
         schedule = karras_schedule(settings.num_steps, self.scheduler_config)
         sigmas = schedule.sigmas.tolist()
@@ -210,19 +212,16 @@ class HunyuanPipeline:
             timestep = schedule.timesteps[step].to(self.device)
             g_appearance, g_motion = appearance[step], motion_scales[step]
             three_way = not (settings.skip_redundant_branch and g_appearance == g_motion)
-            accumulated = torch.zeros_like(latents)
-            counts = torch.zeros(num_frames, device=self.device)
-            for index, frames in enumerate(window_indices(num_frames, window, settings.overlap, shift)):
-                device_frames = frames.to(self.device)
-                x = latents[:, device_frames]
+            windows = window_indices(num_frames, window, settings.overlap, shift)
+            average = _OverlapAverage(latents, windows)
+            for index, frames in enumerate(windows):
+                x = latents[:, frames.to(self.device)]
                 v = self._guided_v(reference, x, sigma, timestep, motion(frames, self.device, self.dtype),
                                    pose(frames), time_ids, g_appearance, g_motion, three_way)
                 x_next = euler_v_step(x, v, sigma, sigma_next)
                 if on_window is not None:
                     on_window(step, index, frames, v, x_next)
-                accumulated.index_add_(1, device_frames, x_next)
-                counts.index_add_(0, device_frames, torch.ones(window, device=self.device))
-            latents = accumulated / counts[None, :, None, None, None]
+                average.add(frames, x_next)
             shift = next_shift(shift, settings.shift_offset, window)
         return latents
 
@@ -257,6 +256,38 @@ class HunyuanPipeline:
         for start in range(0, latents.shape[1], chunk_size):
             chunk = latents[0, start:start + chunk_size] / scale
             yield self.vae.decode(chunk.to(decoder_dtype), num_frames=len(chunk)).sample.float()
+
+
+class _OverlapAverage:
+    """Writes each frame's mean over the windows of one step into the latents, in place.
+
+    A frame is written once its last window is done, so every window reads the step's input
+    values; until then its running float32 sum waits here (the overlaps and the wrap-around: at
+    most about one window of frames), instead of a second whole-video accumulator.
+    """
+
+    def __init__(self, latents: torch.Tensor, windows: list[torch.Tensor]) -> None:
+        self.latents = latents
+        self.windows_per_frame = torch.bincount(torch.cat(windows), minlength=latents.shape[1]).tolist()
+        self.seen = [0] * latents.shape[1]
+        self.sums: dict[int, torch.Tensor] = {}
+
+    def add(self, frames: torch.Tensor, x_next: torch.Tensor) -> None:
+        """Fold one window's results x_next [1, K, ...] (float32) for `frames` [K] (host indices)."""
+        finished, values = [], []
+        for row, frame in enumerate(frames.tolist()):
+            value = x_next[:, row]
+            if frame in self.sums:
+                value = self.sums.pop(frame) + value
+            self.seen[frame] += 1
+            if self.seen[frame] < self.windows_per_frame[frame]:
+                self.sums[frame] = value
+                continue
+            finished.append(frame)
+            values.append(value / self.windows_per_frame[frame])
+        if finished:
+            index = torch.tensor(finished, device=self.latents.device)
+            self.latents.index_copy_(1, index, torch.stack(values, dim=1).to(self.latents.dtype))
 
 
 def dino_input(crop: torch.Tensor) -> torch.Tensor:

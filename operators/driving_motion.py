@@ -35,6 +35,7 @@ class DrivingMotion:
     size: int
     shot: np.ndarray  # (T,) shot index of each frame
     boxes: np.ndarray  # (num_shots, 4) square crop box of each shot, in video pixels
+    face_boxes: np.ndarray  # (num_shots, 4) the driver's face box on the shot's first detection, crop pixels
     kps: np.ndarray  # (T, 5, 2)
     landmarks: np.ndarray  # (T, 68, 2)
     pose: np.ndarray  # (T, 3) yaw, pitch, roll in degrees
@@ -46,14 +47,15 @@ class DrivingMotion:
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        np.savez(buffer, fps=self.fps, size=self.size, shot=self.shot, boxes=self.boxes, kps=self.kps,
+        np.savez(buffer, fps=self.fps, size=self.size, shot=self.shot, boxes=self.boxes,
+                 face_boxes=self.face_boxes, kps=self.kps,
                  landmarks=self.landmarks, pose=self.pose, detected=self.detected)
         return buffer.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "DrivingMotion":
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            return cls(float(npz["fps"]), int(npz["size"]), npz["shot"], npz["boxes"], npz["kps"],
+            return cls(float(npz["fps"]), int(npz["size"]), npz["shot"], npz["boxes"], npz["face_boxes"], npz["kps"],
                        npz["landmarks"], npz["pose"], npz["detected"])
 
 
@@ -106,24 +108,29 @@ def extract_driving_motion(
     tracks = track_faces(detections, num_frames, step=1)
     shot = np.zeros(num_frames, dtype=np.int64)
     shot_boxes: list[np.ndarray | None] = []
+    first_faces: list[np.ndarray | None] = []
     kps = np.zeros((num_frames, 5, 2), np.float32)
     landmarks = np.zeros((num_frames, 68, 2), np.float32)
     detected = np.zeros(num_frames, dtype=bool)
     for index, (start, end) in enumerate(shots.shots()):
         shot[start:end] = index
         track = _main_track(tracks, start, end)
-        if track is None:  # no face in this shot: it borrows a neighbour's box below
+        if track is None:  # no face in this shot: it borrows a neighbour's boxes below
             shot_boxes.append(None)
+            first_faces.append(None)
             continue
         centre = np.median((track.boxes[:, :2] + track.boxes[:, 2:]) / 2, axis=0)
         side = np.percentile(track.boxes[:, 2:] - track.boxes[:, :2], 90, axis=0)
         box = square_crop_box(np.concatenate([centre - side / 2, centre + side / 2]), (info.height, info.width))
         shot_boxes.append(box)
+        first_faces.append(None)
         for position, track_box, hit in zip(track.positions, track.boxes, track.detected):
             if not hit:
                 continue
             faces = measured[int(position)]
             best = int(np.argmax(box_iou(track_box, np.stack([f.box for f, _ in faces]))[0]))
+            if first_faces[-1] is None:
+                first_faces[-1] = to_crop(faces[best][0].box.reshape(2, 2), box, size).reshape(4)
             kps[position] = to_crop(faces[best][0].kps, box, size)
             landmarks[position] = to_crop(faces[best][1], box, size)
             detected[position] = True
@@ -134,7 +141,9 @@ def extract_driving_motion(
                      f"(at least {min_face_fraction:.0%} needed)")
     kps, landmarks = _fill(kps, detected), _fill(landmarks, detected)
     have = [i for i, b in enumerate(shot_boxes) if b is not None]
-    boxes = np.stack([shot_boxes[min(have, key=lambda j: abs(j - i))] for i in range(len(shot_boxes))])
+    nearest = [min(have, key=lambda j: abs(j - i)) for i in range(len(shot_boxes))]
+    boxes = np.stack([shot_boxes[j] for j in nearest])
+    face_boxes = np.stack([first_faces[j] for j in nearest])
     if smooth_sigma > 0:
         for index in np.unique(shot):
             in_shot = shot == index
@@ -144,7 +153,7 @@ def extract_driving_motion(
     fitted = np.isfinite(pose).all(axis=1)
     if not fitted.any():
         raise NoFace("no head pose fits the driver's landmarks")
-    return DrivingMotion(float(fps), size, shot, boxes, kps, landmarks, _fill(pose, fitted), detected)
+    return DrivingMotion(float(fps), size, shot, boxes, face_boxes, kps, landmarks, _fill(pose, fitted), detected)
 
 
 def iter_driving_windows(path: str, motion: DrivingMotion, window: int = 25) -> Iterator[DrivingWindow]:
@@ -160,6 +169,6 @@ def iter_driving_windows(path: str, motion: DrivingMotion, window: int = 25) -> 
         head_bucket, exp_bucket = window_buckets(motion.kps[frames], window=len(frames))[0]
         yield DrivingWindow(
             start=int(frames[0]), crops=crops, kps=motion.kps[frames], landmarks=motion.landmarks[frames],
-            pose=motion.pose[frames],
+            pose=motion.pose[frames], face_boxes=motion.face_boxes[motion.shot[frames]],
             meta={"shot": motion.shot[frames], "head_bucket": int(head_bucket), "exp_bucket": int(exp_bucket)},
         )

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from portraitflow.models.face.align import align_arcface, crop_square
+from portraitflow.models.face.align import align_arcface
 from portraitflow.operators.decode import VideoUnreadable
 from portraitflow.operators.motion import window_buckets
 
@@ -25,7 +25,6 @@ MOTION_CROP_SIZE = 256  # HeadExpression / HeadPose input side (SPEC 2)
 DINO_SIZE = 224
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-EXPRESSION_PULL = 0.45  # each side of the keypoint box moves this far toward the anchor face box
 
 
 class SampleSkipped(ValueError):
@@ -113,16 +112,6 @@ def decode_frames(mp4: bytes, indices: Sequence[int]) -> tuple[np.ndarray, int]:
     return decoded[inverse], count
 
 
-def expression_boxes(kps: np.ndarray, anchor_box: np.ndarray) -> np.ndarray:
-    """(T, 4) int square boxes of HeadExpression's crop (SPEC 2, expression input): each frame's
-    keypoint box pulled 45% toward the anchor face box, squared on its integer centre."""
-    box = np.concatenate([kps.min(axis=1), kps.max(axis=1)], axis=1).astype(np.float64)
-    box += EXPRESSION_PULL * (np.asarray(anchor_box, np.float64)[None] - box)
-    centre = ((box[:, :2] + box[:, 2:]) / 2).astype(np.int64)
-    half = (np.maximum(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]) / 2).astype(np.int64)
-    return np.concatenate([centre - half[:, None], centre + half[:, None]], axis=1)
-
-
 def anchor_face_box(landmarks: np.ndarray) -> np.ndarray:
     """The face box the expression crops of a window are anchored to: the box of the 68 landmarks of
     the window's first frame, standing in for the detector box of the driving clip's frame 0 that
@@ -154,14 +143,18 @@ def encoder_inputs(frames: np.ndarray, reference: np.ndarray, tracks: ClipTracks
     motion crops in [0, 1]."""
     import torch
 
+    from portraitflow.models.hunyuan.conditions import expression_crops
+
     dtype = getattr(torch, pixel_dtype)
     kps = tracks.kps[window]
     try:
         buckets = window_buckets(kps)
     except ValueError as exc:
         raise SampleSkipped("degenerate_keypoints", str(exc)) from exc
-    boxes = expression_boxes(kps, anchor_face_box(tracks.landmarks[window[0]]))
-    expression = np.stack([crop_square(frame, box, MOTION_CROP_SIZE) for frame, box in zip(frames, boxes)])
+    try:
+        expression = expression_crops(frames, kps, anchor_face_box(tracks.landmarks[window[0]]), MOTION_CROP_SIZE)
+    except ValueError as exc:
+        raise SampleSkipped("degenerate_keypoints", str(exc)) from exc
     vae_frames, vae_reference = _pixels(frames, -1.0, 1.0), _pixels(reference[None], -1.0, 1.0)
     mean, std = torch.from_numpy(IMAGENET_MEAN)[:, None, None], torch.from_numpy(IMAGENET_STD)[:, None, None]
     dino = ((_resize(vae_reference, DINO_SIZE)[0] + 1) / 2 - mean) / std
@@ -175,7 +168,7 @@ def encoder_inputs(frames: np.ndarray, reference: np.ndarray, tracks: ClipTracks
         "reference_dino": dino.to(dtype).numpy(),
         "reference_face": _pixels(face[None], 0.0, 1.0)[0].to(dtype).numpy(),
         "head_crops": _resize(vae_frames, MOTION_CROP_SIZE).add_(1).mul_(0.5).to(dtype).numpy(),
-        "expression_crops": _pixels(expression, 0.0, 1.0).to(dtype).numpy(),
+        "expression_crops": expression.to(dtype).numpy(),
         "intensity_buckets": buckets,
         "identity": tracks.identity,
         "pose": tracks.pose[window],

@@ -217,3 +217,18 @@ def test_too_few_cpus_is_an_error_not_a_hang(tmp_path: Path, ray_local) -> None:
     cfg = load_config(None, ["animate.cpus_per_actor=1.5", "mlflow.enabled=false"])  # 2.5 CPUs > the 2 of ray_local
     with pytest.raises(ValueError, match="needs 2.5 CPUs"):
         run_generation([Job("a", "a.png", "b.mp4")], tmp_path, cfg)
+
+
+def test_driving_windows_carry_the_face_box_each_shot_starts_with(media_dir: Path, analyzer) -> None:
+    """The expression crops' anchor (the release's frame-0 face box) comes from the detector, in crop pixels."""
+    from portraitflow.operators.driving_motion import extract_driving_motion, iter_driving_windows
+
+    path = str(media_dir / "liveportrait_d0.mp4")
+    motion = extract_driving_motion(path, analyzer)
+    assert motion.face_boxes.shape == (motion.shot.max() + 1, 4)
+    (x1, y1, x2, y2), first = motion.face_boxes[0], int(np.argmax(motion.detected))
+    assert 0 <= x1 < x2 <= motion.size and 0 <= y1 < y2 <= motion.size
+    inside = (motion.kps[first] >= [x1, y1]) & (motion.kps[first] <= [x2, y2])
+    assert inside.all(), "the first frame's keypoints lie in its face box"
+    window = next(iter_driving_windows(path, motion))
+    assert np.array_equal(window.face_boxes, motion.face_boxes[motion.shot[:len(window.crops)]])

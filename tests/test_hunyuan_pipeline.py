@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from portraitflow.jobs.cli import app
 from portraitflow.models.animators.base import DrivingWindow, ReferenceInput
 from portraitflow.models.hunyuan.animator import TINY_WEIGHTS, HunyuanAnimator
+from portraitflow.models.hunyuan.conditions import expression_boxes, expression_crops
 from portraitflow.models.hunyuan.dino import DinoV2WithIdAdapters
 from portraitflow.models.hunyuan.image_proj import ImageProjector
 from portraitflow.models.hunyuan.pipeline import HunyuanPipeline, PaddedMotion, SamplingSettings, _OverlapAverage
@@ -148,6 +149,18 @@ def test_windows_are_averaged_in_place_keeping_side_sums_for_overlaps_only(num_f
             counts.index_add_(0, frames, torch.ones(len(frames)))
         torch.testing.assert_close(latents, sums / counts[None, :, None], atol=1e-6, rtol=0)
         assert not average.sums and most_pending <= 2 * 25
+
+
+def test_expression_crop_pulls_the_keypoint_box_toward_the_anchor_and_pads_black() -> None:
+    """SPEC 2: sides move 45% toward the anchor face box, squared on the integer centre, black outside."""
+    kps = np.array([[[100, 100], [140, 100], [120, 120], [105, 140], [135, 140]]], np.float32)
+    anchor = np.array([80, 60, 160, 160])
+    # x: 100 + .45 (80 - 100) = 91, 140 + .45 (160 - 140) = 149; y: 100 + .45 (60 - 100) = 82, 140 + .45 (160 - 140) = 149
+    assert expression_boxes(kps, anchor).tolist() == [[87, 82, 153, 148]]  # centre (120, 115), half 33
+    frame = np.full((1, 120, 200, 3), 200, np.uint8)  # the box runs 28 rows past the frame's bottom
+    crop = expression_crops(frame, kps, anchor, size=66)
+    assert crop.shape == (1, 3, 66, 66)
+    assert torch.allclose(crop[0, :, :35], torch.tensor(200 / 255)) and torch.all(crop[0, :, -20:] == 0)
 
 
 # -- weights, conversion and the Animator, on tiny random modules (no ../shared needed) -------------

@@ -35,6 +35,7 @@ class DrivingWindow:
     landmarks: np.ndarray  # (T, 68, 2)
     pose: np.ndarray  # (T, 3)
     meta: dict[str, Any] = field(default_factory=dict)
+    face_boxes: np.ndarray | None = None  # (T, 4) the face box each frame's shot starts with (crop pixels)
 
 
 class Animator(ABC):

@@ -7,8 +7,9 @@ with the windowed sampler and decoded chunk by chunk, and the crops go out in th
 windows' sizes. Device memory holds the video's latents and one window's work, never the video.
 
 The driving crops stand in for the release's frame-0 crop box (one box per shot). The release's
-expression crop is the 5-point landmark box pulled 45% toward frame 0's raw face box; in a crop
-made by the release's rule that box is the crop's central third, which is what we use.
+expression crop is the 5-point landmark box pulled 45% toward frame 0's raw face box: each
+window's `face_boxes` (its shot's first detected face box) play that part; windows without them
+use the crop's central third, which is that box in a crop made by the release's rule.
 """
 from __future__ import annotations
 
@@ -22,7 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from portraitflow.models.animators.base import Animator, DrivingWindow, ReferenceInput
-from portraitflow.models.hunyuan.conditions import MOTION_CHUNK_FRAMES, encode_motion_chunk
+from portraitflow.models.hunyuan.conditions import (
+    MOTION_CHUNK_FRAMES,
+    encode_motion_chunk,
+    expression_crops,
+    image_tensor,
+)
 from portraitflow.models.hunyuan.dino import ID_DIM
 from portraitflow.models.hunyuan.pipeline import PaddedMotion, SamplingSettings, dino_input
 from portraitflow.models.hunyuan.weights import HunyuanModels, load_models, random_models
@@ -30,34 +36,9 @@ from portraitflow.models.hunyuan.weights import HunyuanModels, load_models, rand
 #: `weights` value that selects random tiny modules (CPU plumbing tests of the generation flow).
 TINY_WEIGHTS = "tiny"
 TINY_SETTINGS = SamplingSettings(num_steps=2, frames_per_window=8, overlap=3, shift_offset=3, pad_frames=3)
-#: each side of the landmark box moves this far toward the face box (the release's expression crop).
-EXPRESSION_PULL = 0.45
-
-
-def _to_tensor(images: np.ndarray, size: int) -> torch.Tensor:
-    """(T, S, S, 3) uint8 -> [T, 3, size, size] float in [0, 1] (bilinear, antialiased like torchvision)."""
-    tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
-    if tensor.shape[-1] != size or tensor.shape[-2] != size:
-        tensor = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return tensor
-
-
-def expression_crops(crops: np.ndarray, kps: np.ndarray, size: int) -> torch.Tensor:
-    """[T, 3, size, size] in [0, 1]: each frame's landmark box pulled toward the face box, made square, black-padded."""
-    side = crops.shape[1]
-    face_box = np.array([side / 3, side / 3, 2 * side / 3, 2 * side / 3])
-    out = []
-    for crop, points in zip(crops, kps):
-        box = np.concatenate([points.min(axis=0), points.max(axis=0)])
-        box = box + EXPRESSION_PULL * (face_box - box)
-        centre = ((box[:2] + box[2:]) / 2).astype(int)
-        half = int(max(box[2] - box[0], box[3] - box[1]) / 2)
-        square = np.zeros((2 * half, 2 * half, 3), np.uint8)
-        x0, y0 = centre - half
-        src_x, src_y = slice(max(x0, 0), min(x0 + 2 * half, side)), slice(max(y0, 0), min(y0 + 2 * half, side))
-        square[src_y.start - y0:src_y.stop - y0, src_x.start - x0:src_x.stop - x0] = crop[src_y, src_x]
-        out.append(_to_tensor(square[None], size))
-    return torch.cat(out)
+#: where a driving window carries no face boxes, the anchor is the crop's central third: the
+#: release's frame-0 face box in a crop made by the release's own rule.
+CENTRAL_THIRD = (1 / 3, 1 / 3, 2 / 3, 2 / 3)
 
 
 class HunyuanAnimator(Animator):
@@ -133,8 +114,11 @@ class HunyuanAnimator(Animator):
         with torch.no_grad():
             for window in windows:
                 lengths.append(len(window.crops))
-                face = expression_crops(window.crops, window.kps, size).to(device)
-                head = _to_tensor(window.crops, size).to(device)
+                anchors = window.face_boxes
+                if anchors is None:
+                    anchors = np.asarray(CENTRAL_THIRD) * window.crops.shape[1]
+                face = expression_crops(window.crops, window.kps, anchors, size).to(device)
+                head = image_tensor(window.crops, size).to(device)
                 offset = 0
                 while offset < len(face):
                     room = MOTION_CHUNK_FRAMES - sum(len(f) for f in pending["face"])
@@ -159,7 +143,7 @@ class HunyuanAnimator(Animator):
         if not lengths:
             return
         with torch.no_grad():
-            crop = _to_tensor(reference.crop[None], resolution)
+            crop = image_tensor(reference.crop[None], resolution)
             identity, _ = self.identity(reference)
             features = pipeline.encode_reference(crop * 2 - 1, dino_input(crop),
                                                  torch.from_numpy(np.asarray(identity, np.float32))[None],

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from numpy.typing import ArrayLike
 from torch import nn
 
+from portraitflow.models.face.align import crop_square
 from portraitflow.models.hunyuan.buckets import head_exp_motion_buckets
 from portraitflow.models.hunyuan.dino import DinoV2WithIdAdapters
 from portraitflow.models.hunyuan.expression import HeadExpression
@@ -21,6 +23,38 @@ from portraitflow.models.hunyuan.motion_proj import IntensityAwareMotionRefiner
 
 #: the release computes intensity buckets and motion tokens over consecutive chunks of 25 frames
 MOTION_CHUNK_FRAMES = 25
+#: each side of a frame's 5-point box moves this far toward the anchor face box (SPEC 2, expression input)
+EXPRESSION_PULL = 0.45
+
+
+def image_tensor(images: np.ndarray, size: int) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> [T, 3, size, size] float in [0, 1], bilinear with antialiasing
+    (torchvision's Resize on tensors, which the release uses)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    if tensor.shape[-2:] != (size, size):
+        tensor = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return tensor
+
+
+def expression_boxes(kps: np.ndarray, anchor_boxes: ArrayLike) -> np.ndarray:
+    """(T, 4) int square boxes of HeadExpression's input: each frame's 5-point box [T, 5, 2] pulled
+    toward its anchor face box ((4,) or (T, 4): the release's frame-0 detector box), squared on its
+    integer centre with the integer half of its larger side."""
+    box = np.concatenate([kps.min(axis=1), kps.max(axis=1)], axis=1).astype(np.float64)
+    box += EXPRESSION_PULL * (np.asarray(anchor_boxes, np.float64).reshape(-1, 4) - box)
+    centre = ((box[:, :2] + box[:, 2:]) / 2).astype(np.int64)
+    half = (np.maximum(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]) / 2).astype(np.int64)
+    return np.concatenate([centre - half[:, None], centre + half[:, None]], axis=1)
+
+
+def expression_crops(frames: np.ndarray, kps: np.ndarray, anchor_boxes: ArrayLike, size: int = 256) -> torch.Tensor:
+    """[T, 3, size, size] in [0, 1]: HeadExpression's input cut from (T, H, W, 3) uint8 frames at
+    `expression_boxes`, black outside the frame, then resized."""
+    boxes = expression_boxes(kps, anchor_boxes)
+    if (boxes[:, 2] <= boxes[:, 0]).any():
+        raise ValueError("degenerate keypoints: an empty expression crop box")
+    squares = [crop_square(frame, box, int(box[2] - box[0])) for frame, box in zip(frames, boxes)]
+    return torch.cat([image_tensor(square[None], size) for square in squares])
 
 
 def _placement(module: nn.Module) -> tuple[torch.device, torch.dtype]:

@@ -1,19 +1,20 @@
 """The curate flow on Ray Data against the same stages in a plain single-process loop.
 
 Both runs call `jobs.curate.run_curation` on the same inputs into fresh output folders, so shards,
-manifest and decisions are produced the same way; only the two passes differ:
+manifest and decisions are produced the same way; only the pass over the inputs differs:
 
-- `ray`: pipelines/curate.py (an actor pool of face scanners, then render tasks) on a local
-  Ray with `--cpus` CPUs (started before timing: cluster start-up is not counted);
-- `loop`: the same stage callables (`FaceScanStage.scan`, `render_clip`) one input
-  after the other in this process.
+- `ray`: pipelines/curate.py (an actor pool where each actor scans an input and renders the clips
+  it kept) on a local Ray with `--cpus` CPUs (started before timing: cluster start-up is not
+  counted);
+- `loop`: the same stage (`CurateInputStage.curate`) one input after the other in this process.
 
-Every stage runs OpenCV single-threaded in both, so the ratio measures what Ray's parallelism
-brings. Reported: wall seconds, frames and video-seconds per wall-second (and per core for Ray),
-video-seconds per CPU-second (the process CPU time each stage call spent, summed over workers:
-what one uncontended core does, which barely moves when other work shares the machine), the
-loop/Ray ratio, and seconds per stage summed over workers. The two runs alternate `--repeat` times
-and the best wall time of each is reported. Inputs default to the `talking_video` files of
+Every library runs one thread in both (OpenCV, x264 and decord by the stage's settings, BLAS by
+OMP_NUM_THREADS=1, which Ray also gives each 1-CPU worker), so the ratio measures what Ray's
+parallelism brings. Reported: wall seconds, frames and video-seconds per wall-second (and per core
+for Ray), video-seconds per CPU-second (the process CPU time each stage call spent, summed over
+workers: what one uncontended core does, which barely moves when other work shares the machine),
+the loop/Ray ratio, and seconds per stage summed over workers. The two runs alternate `--repeat`
+times and the best wall time of each is reported. Inputs default to the `talking_video` files of
 ../shared/media whose longer side is 480-512 px (512p) and that last at most 15 s, detection every
 2nd frame.
 
@@ -21,10 +22,13 @@ and the best wall time of each is reported. Inputs default to the `talking_video
 """
 from __future__ import annotations
 
+import os
+
+os.environ["OMP_NUM_THREADS"] = "1"  # before numpy loads OpenBLAS, which would use a thread per core here
+
 import argparse
 import contextlib
 import json
-import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,8 +38,7 @@ import pandas as pd
 from portraitflow.jobs.config import load_config
 from portraitflow.jobs.curate import run_curation
 from portraitflow.jobs.runtime import init_ray
-from portraitflow.operators.face_scan import FaceScanStage
-from portraitflow.operators.render import render_clip
+from portraitflow.operators.curate_input import CurateInputStage
 from portraitflow.pipelines import curate as ray_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,25 +53,21 @@ def talking_videos(min_side: int, max_side: int, max_seconds: float, limit: int 
     return [str(SHARED / "media" / f) for f in chosen.file[:limit]]
 
 
-def _loop_scan(rows, cfg, scan_dir):
-    stage = FaceScanStage(cfg.model_dump(mode="json"), str(scan_dir))
-    return [stage.scan(row) for row in rows], "single-process loop"
-
-
-def _loop_render(rows, cfg, staging_dir):
-    config = cfg.curate.model_dump(mode="json")
-    return [render_clip(row, config, str(staging_dir)) for row in rows], "single-process loop"
+def _loop_curate(rows, cfg, scan_dir, staging_dir, attempts_dir):
+    stage = CurateInputStage(cfg.model_dump(mode="json"), str(scan_dir), str(staging_dir), str(attempts_dir),
+                             ray_pipeline.CRASH_RETRIES + 1)
+    return [stage.curate(row) for row in rows], "single-process loop"
 
 
 @contextlib.contextmanager
 def single_process_stages() -> Iterator[None]:
-    """Run the two passes as plain loops: run_curation looks them up in pipelines/curate.py."""
-    saved = ray_pipeline.scan_inputs, ray_pipeline.render_clips
-    ray_pipeline.scan_inputs, ray_pipeline.render_clips = _loop_scan, _loop_render
+    """Run the pass over the inputs as a plain loop: run_curation looks it up in pipelines/curate.py."""
+    saved = ray_pipeline.curate_inputs
+    ray_pipeline.curate_inputs = _loop_curate
     try:
         yield
     finally:
-        ray_pipeline.scan_inputs, ray_pipeline.render_clips = saved
+        ray_pipeline.curate_inputs = saved
 
 
 def _summary(name: str, metrics: dict, video_s: float, cpus: int) -> dict:

@@ -1,12 +1,14 @@
 """`portraitflow curate INPUT... --out DIR`: raw videos to WebDataset shards with a full manifest.
 
 The driver's part of the flow: which inputs are pending (resume), the corpus-wide identity
-decisions between the scan and render passes, shard packing with completion markers, the
-manifest, and the MLflow run. The Ray Data wiring is pipelines/curate.py.
+decisions once every input is scanned and its kept clips staged (a clip they reject is simply not
+packed), shard packing with completion markers, the manifest, and the MLflow run. The Ray Data
+wiring is pipelines/curate.py.
 """
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -18,14 +20,12 @@ import typer
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.options import ConfigOption, MlflowUriOption, RayAddressOption, SetOption, resolve_config
 from portraitflow.operators import ledger
-from portraitflow.operators.face_scan import load_clip_arrays, load_scan_meta
+from portraitflow.operators.face_scan import load_clip_arrays, scan_clips
 from portraitflow.operators.filters import RENDER_FAILED
 from portraitflow.operators.identity import CorpusLedger
-from portraitflow.operators.inputs import clip_key, expand_inputs, input_key
+from portraitflow.operators.inputs import expand_inputs, input_key
+from portraitflow.operators.quarantine import QUARANTINED
 from portraitflow.operators.shards import pack_shards, shard_keys, shard_paths, write_index
-
-
-LOST = "quarantined: the worker {} crashed on each of its {} attempts"
 
 
 class Layout:
@@ -38,22 +38,19 @@ class Layout:
         self.scans = self.state / "scan"
         self.staging = self.state / "staging"
         self.done = self.state / "done"
+        self.attempts = self.state / "attempts"
 
     def make(self) -> None:
-        for folder in (self.shards, self.scans, self.staging, self.done):
+        shutil.rmtree(self.attempts, ignore_errors=True)  # attempts count per invocation
+        for folder in (self.shards, self.scans, self.staging, self.done, self.attempts):
             folder.mkdir(parents=True, exist_ok=True)
 
 
-def _clips_of(row: dict[str, Any], layout: Layout) -> list[dict[str, Any]]:
-    """The scan's candidate clips of an input, each with its key and index in the scan file."""
+def _clips_of(row: dict[str, Any], layout: Layout, fps: float) -> list[dict[str, Any]]:
+    """The scan's candidate clips of an input (none for a failed one)."""
     if row["status"] == ledger.FAILED:
         return []
-    meta = load_scan_meta(layout.scans / f"{row['input_key']}.npz")
-    clips = []
-    for index, clip in enumerate(meta["clips"]):
-        key = clip_key(row["input_key"], clip["start"] / row["fps"], clip["end"] / row["fps"])
-        clips.append(dict(clip, key=key, index=index, face_backend=meta["face_backend"], same_person=meta["same_person"]))
-    return clips
+    return scan_clips(layout.scans / f"{row['input_key']}.npz", row["input_key"], fps)
 
 
 def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], markers: dict, layout: Layout) -> dict:
@@ -67,7 +64,7 @@ def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], markers: dict, lay
     clips_by_input: dict[str, list[dict]] = {}
     for key in sorted(set(pending) | set(markers)):
         if key in pending:
-            clips = _clips_of(pending[key], layout)
+            clips = _clips_of(pending[key], layout, cfg.curate.fps)
             for clip in clips:
                 if clip["reason"] is None:
                     arrays = load_clip_arrays(layout.scans / f"{key}.npz", clip["index"], ("embedding", "signature"))
@@ -77,7 +74,7 @@ def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], markers: dict, lay
                         corpus.keep(arrays["embedding"], arrays["signature"])
             clips_by_input[key] = clips
         elif markers[key]["input"]["status"] != ledger.FAILED:
-            clips = _clips_of({"input_key": key, "status": "", "fps": cfg.curate.fps}, layout)
+            clips = _clips_of({"input_key": key, "status": ""}, layout, cfg.curate.fps)
             accepted = {c["key"] for c in markers[key]["clips"] if c["decision"] == ledger.ACCEPTED}
             for clip in clips:
                 if clip["key"] in accepted:
@@ -95,7 +92,7 @@ def _corpus_ledger(cfg: PortraitFlowConfig, same_person: float) -> CorpusLedger:
 def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run: bool = False) -> dict[str, Any]:
     """Curate `inputs` into `out`; returns the summary metrics (also logged to MLflow)."""
     from portraitflow.jobs.runtime import init_ray, mlflow_run
-    from portraitflow.pipelines.curate import CRASH_RETRIES, render_clips, scan_inputs
+    from portraitflow.pipelines.curate import CRASH_RETRIES, curate_inputs
 
     layout = Layout(out)
     uris = expand_inputs(inputs)
@@ -111,36 +108,21 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
     init_ray(cfg.ray, cfg.mlflow)
     started = time.perf_counter()
     with mlflow_run(cfg.mlflow, cfg.curate.experiment, run_name=out.name) as run:
-        scanned, scan_stats = scan_inputs(pending, cfg, layout.scans)
+        scanned, ray_stats = curate_inputs(pending, cfg, layout.scans, layout.staging, layout.attempts)
         returned = {r["input_key"] for r in scanned}
-        lost = [dict(r, status=ledger.FAILED, error=LOST.format("processing this input", CRASH_RETRIES + 1), timings="{}")
-                for r in pending if r["input_key"] not in returned]
+        lost = [dict(r, status=ledger.FAILED, error=QUARANTINED.format("processing this input", CRASH_RETRIES + 1),
+                     timings="{}", render_errors="{}") for r in pending if r["input_key"] not in returned]
         scanned = sorted(scanned + lost, key=lambda r: r["input_key"])
-        for row in scanned:
-            row["fps"] = cfg.curate.fps
         clips_by_input = _decide_corpus(cfg, scanned, markers, layout)
-
+        errors = {k: e for r in scanned for k, e in json.loads(r["render_errors"]).items()}
         in_shards = {k for path in shard_paths(layout.shards) for k in shard_keys(path)}
-        staged = {p.name[: -len(".tar")] for p in layout.staging.glob("*.tar")}
         by_key = {r["input_key"]: r for r in scanned}
-        to_render = [
-            {"key": c["key"], "uri": by_key[k]["uri"], "scan_path": str(layout.scans / f"{k}.npz"), "clip_index": c["index"],
-             "start": c["start"], "end": c["end"], "width": by_key[k]["width"], "height": by_key[k]["height"],
-             "measures": json.dumps(c["measures"]), "face_backend": c["face_backend"]}
-            for k, clips in clips_by_input.items() for c in clips
-            if c["reason"] is None and c["key"] not in in_shards and c["key"] not in staged
-        ]
-        rendered, render_stats = render_clips(to_render, cfg, layout.staging)
-        errors = {r["key"]: r["error"] for r in rendered if r["error"]}
-        returned_clips = {r["key"] for r in rendered}
-        lost_clip = LOST.format("rendering this clip", CRASH_RETRIES + 1)
-        errors.update({c["key"]: lost_clip for c in to_render if c["key"] not in returned_clips})
 
         clip_rows: dict[str, list[dict]] = {}
         waiting: dict[str, set[str]] = {}
         for key, clips in clips_by_input.items():
             for clip in clips:
-                if clip["key"] in errors:
+                if clip["reason"] is None and clip["key"] in errors:
                     clip.update(reason=RENDER_FAILED, error=errors[clip["key"]])
             clip_rows[key] = [ledger.clip_row(c["key"], by_key[key], c, cfg.curate.fps) for c in clips]
             waiting[key] = {c["key"] for c in clips if c["reason"] is None and c["key"] not in in_shards}
@@ -159,20 +141,20 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
                     if not waiting[owner[sample]]:
                         finish(owner[sample])
 
-        for path in layout.staging.glob("*.tar"):  # staged by a killed run under other settings
+        for path in layout.staging.glob("*.tar"):  # rejected by corpus decisions, or staged by a killed run
             if path.name[: -len(".tar")] not in owner:
                 path.unlink()
         pack_shards(layout.staging, layout.shards, cfg.curate.shard_max_samples, cfg.curate.shard_max_bytes, on_shard)
         index = write_index(out, layout.shards)
         manifest, clips = ledger.write_tables(out, ledger.load_markers(layout.done))
         elapsed = time.perf_counter() - started
-        metrics = _metrics(manifest, clips, scanned, rendered, elapsed, {r["input_key"] for r in rows}, index)
+        metrics = _metrics(manifest, clips, scanned, elapsed, {r["input_key"] for r in rows}, index, cfg.curate.fps)
         if run is not None:
-            _log_run(cfg, layout, metrics, clips, scan_stats + "\n" + render_stats)
+            _log_run(cfg, layout, metrics, clips, ray_stats)
     return metrics
 
 
-def _metrics(manifest, clips, scanned, rendered, elapsed: float, keys: set[str], index: dict) -> dict[str, Any]:
+def _metrics(manifest, clips, scanned, elapsed: float, keys: set[str], index: dict, fps: float) -> dict[str, Any]:
     """Counts of this invocation's inputs and clips, throughput of the work done now, time per stage."""
     table = manifest.to_pandas()
     table = table[table.input_key.isin(keys)]
@@ -180,11 +162,11 @@ def _metrics(manifest, clips, scanned, rendered, elapsed: float, keys: set[str],
     clip_table = clip_table[clip_table.input_key.isin(keys)]
     status = Counter(table.status)
     stages: dict[str, float] = defaultdict(float)
-    for row in scanned + rendered:
+    for row in scanned:
         for stage, seconds in json.loads(row.get("timings") or "{}").items():
             stages[stage] += seconds
     seconds_in = float(sum(r.get("duration_s") or 0.0 for r in scanned if r["status"] != ledger.FAILED))
-    frames = seconds_in * (scanned[0]["fps"] if scanned else 0.0)
+    frames = seconds_in * fps
     metrics: dict[str, Any] = {
         "inputs": len(table),
         "inputs_accepted": status.get(ledger.ACCEPTED, 0),

@@ -26,7 +26,7 @@ from portraitflow.operators import filters
 from portraitflow.operators.decode import VideoInfo, iter_frame_chunks
 from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.identity import load_gallery, matches_gallery, switch_index
-from portraitflow.operators.inputs import local_copy
+from portraitflow.operators.inputs import clip_key, local_copy
 from portraitflow.operators.motion import motion_table
 from portraitflow.operators.probe import FAILED, error_text, probe_input
 from portraitflow.operators.shots import ShotDetector
@@ -252,7 +252,7 @@ def content_signature(kps: np.ndarray, steps: int = SIGNATURE_STEPS) -> np.ndarr
 SCANNED = "scanned"
 #: curate fields a scan does not depend on (resources, naming, the stages after it); changing them
 #: keeps earlier scans valid.
-_NOT_IN_SCAN = {"face_actors", "render_cpus", "experiment", "progress_bars", "crop_size", "crf",
+_NOT_IN_SCAN = {"face_actors", "actor_cpus", "experiment", "progress_bars", "crop_size", "crf",
                 "shard_max_samples", "shard_max_bytes", "max_clips_per_identity", "duplicate_similarity"}
 
 
@@ -276,6 +276,15 @@ def load_scan_meta(path: Path) -> dict[str, Any]:
         return json.loads(str(data["meta"]))
 
 
+def scan_clips(path: Path, input_key: str, fps: float) -> list[dict[str, Any]]:
+    """The candidate clips of a scan file in time order, each with its sample key, its index in the
+    file, the face backend and that backend's same-person threshold."""
+    meta = load_scan_meta(path)
+    return [dict(clip, key=clip_key(input_key, clip["start"] / fps, clip["end"] / fps), index=index,
+                 face_backend=meta["face_backend"], same_person=meta["same_person"])
+            for index, clip in enumerate(meta["clips"])]
+
+
 def load_clip_arrays(path: Path, index: int, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
     prefix = f"c{index}_"
     with np.load(path, allow_pickle=False) as data:
@@ -294,25 +303,19 @@ def rows_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 
 
 class FaceScanStage:
-    """Ray Data callable class (an actor pool): holds the face analyser and the galleries."""
+    """Holds the face analyser and the galleries; scans one input per call (operators/curate_input.py)."""
 
     def __init__(self, config: dict[str, Any], scan_dir: str) -> None:
-        import cv2
-
         from portraitflow.models.face.factory import create_analyzer
 
-        cv2.setNumThreads(1)  # one core per actor: Ray places the actors, OpenCV must not oversubscribe
         cfg = PortraitFlowConfig.model_validate(config)
         self.cfg = cfg.curate
         self.fingerprint = scan_fingerprint(cfg)
-        self.analyzer = create_analyzer(cfg.face)
+        self.analyzer = create_analyzer(cfg.face, threads=cfg.curate.actor_cpus)  # as many as the CPUs reserved
         self.scan_dir = Path(scan_dir)
         threshold = self.cfg.identity_switch_similarity or self.analyzer.same_person_threshold
         self.galleries = Galleries(load_gallery(self.analyzer, self.cfg.allow_dir),
                                    load_gallery(self.analyzer, self.cfg.deny_dir), threshold)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return rows_batch([self.scan(row) for row in batch_rows(batch)])
 
     def scan(self, row: dict[str, Any]) -> dict[str, Any]:
         """Probe and scan one input into `scan_dir/{input_key}.npz`; a finished scan is reused."""

@@ -61,7 +61,7 @@ def render_sample(
         mp4 = Path(tmp) / "clip.mp4"
         with timer.time("encode"):
             frames = write_h264(mp4, crops(), cfg.fps, crf=cfg.crf, keyframe_interval=cfg.keyframe_interval or None,
-                                threads=max(1, int(cfg.render_cpus)))
+                                threads=cfg.actor_cpus)
         video = mp4.read_bytes()
     if frames != clip["end"] - clip["start"]:
         raise ValueError(f"decoded {frames} frames for a clip of {clip['end'] - clip['start']}")
@@ -96,20 +96,18 @@ def render_sample(
     }
 
 
-def render_clip(row: dict[str, Any], config: dict[str, Any], staging_dir: str) -> dict[str, Any]:
-    """Ray Data map function (a CPU task): render one kept clip and stage its sample."""
-    cv2.setNumThreads(1)
+def render_clip(row: dict[str, Any], cfg: CurateConfig, staging_dir: Path) -> dict[str, Any]:
+    """Render one kept clip (`row`: the clip, its input's uri and size, its scan file) and stage its
+    sample; never raises: an error is returned with the clip's key."""
     cpu = time.process_time()
-    cfg = CurateConfig.model_validate(config)
     timer = StageTimer()
     result = {"key": row["key"], "error": "", "bytes": 0}
     try:
-        arrays = load_clip_arrays(Path(row["scan_path"]), row["clip_index"])
-        clip = dict(row, measures=json.loads(row["measures"]))
+        arrays = load_clip_arrays(Path(row["scan_path"]), row["index"])
         with local_copy(row["uri"]) as path:
-            fields = render_sample(path, clip, arrays, cfg, row["face_backend"], timer)
+            fields = render_sample(path, row, arrays, cfg, row["face_backend"], timer)
         with timer.time("stage"):
-            result["bytes"] = stage_sample(Path(staging_dir), row["key"], fields)
+            result["bytes"] = stage_sample(staging_dir, row["key"], fields)
     except Exception as exc:  # one clip that cannot be rendered is recorded, the run goes on
         result["error"] = error_text(exc)
-    return dict(result, timings=json.dumps(dict(timer.seconds, worker_cpu=time.process_time() - cpu)))
+    return dict(result, timings=dict(timer.seconds, worker_cpu=time.process_time() - cpu))

@@ -1,10 +1,11 @@
 """The curate flow's Ray Data wiring: which stage runs where, with what resources.
 
-    inputs -> probe + face scan (actor pool holding the face models) -> scan files
-    kept clips -> render crops, encode H.264, stage the sample (CPU task) -> staged samples
+    inputs -> probe, face scan, then render the clips the scan kept (actor pool holding the face
+              models) -> scan files, staged samples, one row per input
 
-Everything between the two passes (corpus-wide identity decisions) and after them (shards,
-manifest, MLflow) runs on the driver in jobs/curate.py; the stages live in operators/.
+One streaming pass: an actor renders an input's clips as soon as it has scanned it, so every CPU
+stays busy until the last input. The corpus-wide identity decisions, shards, manifest and MLflow
+run on the driver afterwards (jobs/curate.py); the stages live in operators/.
 """
 from __future__ import annotations
 
@@ -12,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from portraitflow.jobs.config import PortraitFlowConfig
-from portraitflow.operators.face_scan import FaceScanStage
-from portraitflow.operators.render import render_clip
+from portraitflow.operators.curate_input import CurateInputStage
 
-
-# An input whose worker dies (segfault, OOM kill, lost node) is retried this many times, then its
-# block is dropped from the dataset and the driver records it as `failed`: Ray Data's defaults
-# retry forever, so one poisonous input would stall the whole job.
+# An input whose worker dies (segfault, OOM kill, lost node) is retried this many times, then it
+# becomes a `failed` row. Ray Data retries a dead actor's task forever and, since Ray 2.60, takes
+# no retry limit but through the deprecated `ray_remote_args`, so the stage counts the attempts
+# itself (operators/quarantine.py).
 CRASH_RETRIES = 2
 
 
@@ -31,51 +31,36 @@ def _configure(cfg: PortraitFlowConfig) -> None:
     context.max_errored_blocks = -1  # every block is one input; a lost one becomes a `failed` row
 
 
-def _cluster_cpus() -> int:
+def _actors(cfg: PortraitFlowConfig, inputs: int) -> int:
     import ray
 
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+    cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
+    return max(1, min(cfg.curate.face_actors or cluster_cpus // cfg.curate.actor_cpus, inputs))
 
 
-def scan_inputs(rows: list[dict[str, Any]], cfg: PortraitFlowConfig, scan_dir: Path) -> tuple[list[dict], str]:
-    """Probe and scan inputs; returns one row per input that came back, and Ray Data's stats."""
+def curate_inputs(rows: list[dict[str, Any]], cfg: PortraitFlowConfig, scan_dir: Path, staging_dir: Path,
+                  attempts_dir: Path) -> tuple[list[dict], str]:
+    """Scan inputs and stage their kept clips; returns one row per input that came back, and Ray Data's stats."""
     import ray.data
     from ray.data import ActorPoolStrategy
 
     if not rows:
         return [], ""
     _configure(cfg)
-    actors = min(cfg.curate.face_actors or _cluster_cpus(), len(rows))
+    actors = _actors(cfg, len(rows))
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     ds = ds.map_batches(
-        FaceScanStage,
-        fn_constructor_kwargs={"config": cfg.model_dump(mode="json"), "scan_dir": str(scan_dir)},
+        CurateInputStage,
+        fn_constructor_kwargs={"config": cfg.model_dump(mode="json"), "scan_dir": str(scan_dir),
+                               "staging_dir": str(staging_dir), "attempts_dir": str(attempts_dir),
+                               "max_attempts": CRASH_RETRIES + 1},
         batch_size=1,
-        num_cpus=1,
+        num_cpus=cfg.curate.actor_cpus,
         # One input per actor at a time, so an input that kills its actor spends only its own
-        # retries. The pool is fixed (one actor per CPU, at most one per input): the autoscaler
-        # cannot grow a pool whose actors take one task at a time. The probe runs inside the
-        # actor, since a separate probe task would find every CPU held by the actors.
+        # attempts. The pool is fixed (one actor per `actor_cpus` CPUs, at most one per input):
+        # the autoscaler cannot grow a pool whose actors take one task at a time. The probe runs
+        # inside the actor, since a separate probe task would find every CPU held by the actors.
         compute=ActorPoolStrategy(min_size=actors, max_size=actors, max_tasks_in_flight_per_actor=1),
-        max_task_retries=CRASH_RETRIES,
-    )
-    out = ds.take_all()
-    return out, ds.stats()
-
-
-def render_clips(rows: list[dict[str, Any]], cfg: PortraitFlowConfig, staging_dir: Path) -> tuple[list[dict], str]:
-    """Render kept clips into staged samples; returns one row per clip and Ray Data's stats."""
-    import ray.data
-
-    if not rows:
-        return [], ""
-    _configure(cfg)
-    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    ds = ds.map(
-        render_clip,
-        fn_kwargs={"config": cfg.curate.model_dump(mode="json"), "staging_dir": str(staging_dir)},
-        num_cpus=cfg.curate.render_cpus,
-        max_retries=CRASH_RETRIES,
     )
     out = ds.take_all()
     return out, ds.stats()

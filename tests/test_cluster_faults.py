@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Short single-face talking clips (256x256, about 4 s): each gives one accepted clip.
 TALKING = ["dreamtalk_M030_front_neutral_level1_001.mp4", "dreamtalk_M030_front_happy_level3_001.mp4",
            "dreamtalk_W009_front_neutral_level1_001.mp4"]
-SCAN_ACTOR = "ray::MapWorker(MapBatches(FaceScanStage))"
+CURATE_ACTOR = "ray::MapWorker(MapBatches(CurateInputStage))"
 
 
 @pytest.fixture(scope="module")
@@ -88,16 +88,16 @@ def test_two_nodes_both_work_and_match_single_node(cluster, inputs, reference, t
     with WorkSampler(cluster) as seen:
         run_curate(inputs, out, cluster.env())
     for node in cluster.nodes:
-        stages = {t for t in seen.seen[node.name] if "FaceScanStage" in t or "probe_input" in t or "render_clip" in t}
+        stages = {t for t in seen.seen[node.name] if "CurateInputStage" in t}
         assert stages, f"{node.name} ran no curation stage; it ran {sorted(seen.seen[node.name])}"
     assert curated_contents(out) == reference
 
 
-def test_scan_actor_killed_mid_run_same_outputs(cluster, inputs, reference, tmp_path: Path) -> None:
+def test_curate_actor_killed_mid_run_same_outputs(cluster, inputs, reference, tmp_path: Path) -> None:
     out = tmp_path / "out"
     killed: list[str] = []
     stop = threading.Event()
-    once = lambda pid, title: not killed and title.startswith(SCAN_ACTOR + ".submit")
+    once = lambda pid, title: not killed and title.startswith(CURATE_ACTOR + ".submit")
     killer = threading.Thread(target=_killer, args=(cluster, once, stop, killed), daemon=True)
     killer.start()
     try:
@@ -105,7 +105,7 @@ def test_scan_actor_killed_mid_run_same_outputs(cluster, inputs, reference, tmp_
     finally:
         stop.set()
         killer.join()
-    assert killed, "the scan actor was never seen working, so nothing was killed"
+    assert killed, "the curate actor was never seen working, so nothing was killed"
     assert curated_contents(out) == reference
 
 

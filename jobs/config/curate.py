@@ -69,7 +69,13 @@ class CurateConfig(BaseModel):
     shard_max_samples: int = Field(100, description="Samples per shard.")
     shard_max_bytes: int = Field(1 << 30, description="Bytes per shard; a shard ends at whichever limit comes first.")
     # resources
-    face_actors: int = Field(0, description="Face-scan actors at most (0: one per CPU of the cluster).")
-    render_cpus: float = Field(1.0, description="CPUs reserved by each crop-and-encode task.")
+    face_actors: int = Field(
+        0, description="Curation actors at most; each holds the face models, scans an input and renders the clips "
+        "it kept (0: one per `actor_cpus` CPUs of the cluster)."
+    )
+    actor_cpus: int = Field(
+        1, ge=1, description="CPUs each curation actor reserves; OpenCV (unless `face.num_threads`), ONNX Runtime and "
+        "x264 use that many threads in it."
+    )
     experiment: str = Field("portraitflow-curate", description="MLflow experiment of curate runs.")
     progress_bars: bool = Field(True, description="Show Ray Data progress bars.")

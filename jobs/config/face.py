@@ -28,6 +28,7 @@ class FaceConfig(BaseModel):
     )
     num_threads: int | None = Field(
         None,
-        description="Threads OpenCV may use per process. Empty: OMP_NUM_THREADS (which Ray sets to "
-        "the CPUs of each task or actor), else OpenCV's default.",
+        description="Threads OpenCV and ONNX Runtime may use per process. Empty: the CPUs the stage reserves "
+        "(curation: `curate.actor_cpus`), else OMP_NUM_THREADS (which Ray sets to the CPUs of each task or actor), "
+        "else the libraries' defaults.",
     )

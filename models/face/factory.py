@@ -7,23 +7,26 @@ from portraitflow.jobs.config.face import FaceConfig
 from portraitflow.models.face.base import FaceAnalyzer
 
 
-def create_analyzer(cfg: FaceConfig) -> FaceAnalyzer:
+def create_analyzer(cfg: FaceConfig, threads: int = 0) -> FaceAnalyzer:
     """Load the models of `cfg.backend` now; raises model_files.ModelFilesMissing when absent.
 
-    Backends are imported here, so a process that uses `opencv` never imports insightface.
+    OpenCV and ONNX Runtime get `cfg.num_threads` threads, else `threads` (the CPUs the caller
+    reserved), else OMP_NUM_THREADS (which Ray sets to the CPUs of each task or actor): several
+    workers per node must not each spawn a thread per core. Backends are imported here, so a
+    process that uses `opencv` never imports insightface.
     """
-    threads = cfg.num_threads or int(os.environ.get("OMP_NUM_THREADS", "0"))
-    if threads > 0:  # several actors per node must not each spawn a thread per core
+    threads = cfg.num_threads or threads or int(os.environ.get("OMP_NUM_THREADS", "0"))
+    if threads > 0:
         import cv2
 
         cv2.setNumThreads(threads)
-    analyzer = _load_backend(cfg)
+    analyzer = _load_backend(cfg, threads)
     if cfg.same_person_threshold is not None:
         analyzer.same_person_threshold = cfg.same_person_threshold
     return analyzer
 
 
-def _load_backend(cfg: FaceConfig) -> FaceAnalyzer:
+def _load_backend(cfg: FaceConfig, threads: int) -> FaceAnalyzer:
     if cfg.backend == "opencv":
         from portraitflow.models.face.opencv_backend import OpenCVAnalyzer
 
@@ -31,6 +34,6 @@ def _load_backend(cfg: FaceConfig) -> FaceAnalyzer:
     if cfg.backend == "insightface":
         from portraitflow.models.face.insightface_backend import InsightFaceAnalyzer
 
-        return InsightFaceAnalyzer(cfg.insightface_root, cfg.insightface_pack,
-                                   det_score_threshold=cfg.det_score_threshold, det_size=cfg.det_size)
+        return InsightFaceAnalyzer(cfg.insightface_root, cfg.insightface_pack, det_score_threshold=cfg.det_score_threshold,
+                                   det_size=cfg.det_size, num_threads=threads)
     raise ValueError(f"unknown face backend {cfg.backend!r}")

@@ -35,13 +35,18 @@ class InsightFaceAnalyzer(FaceAnalyzer):
     #: different-people cosine (0.46) and the 1st percentile of same-video ones (0.61).
     same_person_threshold = 0.53
 
-    def __init__(self, root: str | None, pack: str, det_score_threshold: float = 0.6, det_size: int = 640) -> None:
+    def __init__(self, root: str | None, pack: str, det_score_threshold: float = 0.6, det_size: int = 640,
+                 num_threads: int = 0) -> None:
         files = model_files.insightface_models(root, pack)
+        import onnxruntime
         from insightface.model_zoo import model_zoo  # heavy import, only for this backend
 
-        providers = ["CPUExecutionProvider"]
-        self._detector = model_zoo.get_model(str(files["detector"]), providers=providers)
-        self._recogniser = model_zoo.get_model(str(files["recogniser"]), providers=providers)
+        options = onnxruntime.SessionOptions()
+        if num_threads > 0:  # 0: ONNX Runtime's default, a thread per core of the machine
+            options.intra_op_num_threads, options.inter_op_num_threads = num_threads, 1
+        session = {"providers": ["CPUExecutionProvider"], "sess_options": options}
+        self._detector = model_zoo.get_model(str(files["detector"]), **session)
+        self._recogniser = model_zoo.get_model(str(files["recogniser"]), **session)
         if self._detector is None or getattr(self._detector, "taskname", "") != "detection":
             raise model_files.ModelFilesMissing(f"{files['detector']} is not an SCRFD detector")
         if self._recogniser is None or getattr(self._recogniser, "taskname", "") != "recognition":

@@ -1,0 +1,57 @@
+"""Curate one input where it is scanned: probe, scan, then render every clip the scan kept.
+
+The worker that scanned an input renders its clips right away, so no CPU waits for a pass to end
+or for the corpus-wide identity decisions: those are taken when samples are packed into shards,
+and the staged samples of the clips they reject are discarded there.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from portraitflow.jobs.config import PortraitFlowConfig
+from portraitflow.operators.face_scan import FaceScanStage, batch_rows, rows_batch, scan_clips
+from portraitflow.operators.probe import FAILED
+from portraitflow.operators.quarantine import QUARANTINED, start_attempt
+from portraitflow.operators.render import render_clip
+
+
+class CurateInputStage:
+    """Ray Data callable class (an actor pool): holds the face models; one input per call.
+
+    Each row comes back with `render_errors` (JSON: clip key -> error of the clips that could not
+    be rendered) and `timings` (seconds per stage, scan and renders together).
+    """
+
+    def __init__(self, config: dict[str, Any], scan_dir: str, staging_dir: str, attempts_dir: str,
+                 max_attempts: int) -> None:
+        self.scanner = FaceScanStage(config, scan_dir)
+        self.cfg = PortraitFlowConfig.model_validate(config).curate
+        self.scan_dir, self.staging_dir, self.attempts_dir = Path(scan_dir), Path(staging_dir), Path(attempts_dir)
+        self.max_attempts = max_attempts
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return rows_batch([self.curate(row) for row in batch_rows(batch)])
+
+    def curate(self, row: dict[str, Any]) -> dict[str, Any]:
+        if start_attempt(self.attempts_dir, row["input_key"]) > self.max_attempts:
+            return dict(row, status=FAILED, error=QUARANTINED.format("processing this input", self.max_attempts),
+                        width=0, height=0, src_fps=0.0, duration_s=0.0, timings="{}", render_errors="{}")
+        row = self.scanner.scan(row)
+        timings = Counter(json.loads(row["timings"]))
+        errors = {}
+        if row["status"] != FAILED:
+            scan_path = self.scan_dir / f"{row['input_key']}.npz"
+            for clip in scan_clips(scan_path, row["input_key"], self.cfg.fps):
+                if clip["reason"] is not None or (self.staging_dir / f"{clip['key']}.tar").exists():
+                    continue  # rejected by the scan, or staged already (an earlier attempt, a killed run)
+                source = {"uri": row["uri"], "width": row["width"], "height": row["height"], "scan_path": str(scan_path)}
+                rendered = render_clip(dict(clip, **source), self.cfg, self.staging_dir)
+                timings.update(rendered["timings"])
+                if rendered["error"]:
+                    errors[clip["key"]] = rendered["error"]
+        return dict(row, timings=json.dumps(timings), render_errors=json.dumps(errors))

@@ -19,6 +19,7 @@ Published reference: 1.44 frames/s for the official code on one H100.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import time
 from collections.abc import Callable
@@ -173,6 +174,9 @@ def main() -> None:
                         help="do not run the baseline for longer videos (its memory grows with length)")
     parser.add_argument("--channels-last", action="store_true",
                         help="run ours with the UNet and the VAE decoder in channels-last memory format")
+    parser.add_argument("--compile", nargs="?", const="default", metavar="MODE",
+                        help="run ours with the UNet under torch.compile (MODE: default, reduce-overhead, "
+                             "max-autotune, ...); compile time is printed apart, in the warm-up")
     parser.add_argument("--no-cudnn-benchmark", action="store_true",
                         help="on CUDA, use cuDNN's heuristics instead of autotuning convolutions (both runs)")
     parser.add_argument("--seed", type=int, default=0)
@@ -187,18 +191,22 @@ def main() -> None:
     torch.backends.cudnn.benchmark = device.type == "cuda" and not args.no_cudnn_benchmark
     print(f"{size} modules on {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
           f"{settings.num_steps} steps, window {settings.frames_per_window}, torch threads {torch.get_num_threads()}"
-          + (", ours channels-last" if args.channels_last else ""))
+          + (", ours channels-last" if args.channels_last else "")
+          + (f", ours torch.compile mode {args.compile}" if args.compile else ""))
     header = (f"{'dtype':5s} {'frames':>6s} | {'ours f/s':>9s} {'base f/s':>9s} {'speed-up':>8s} | "
               f"{'ours cpu-s':>10s} {'base cpu-s':>10s} | {'ours GiB':>8s} {'base GiB':>8s} | max |diff|")
     print(header)
     for dtype_name in dtypes:
         models = random_models(size, device=device, dtype=DTYPES[dtype_name], seed=args.seed)
         pipe = models.pipeline
-        _warm_up(pipe, models.resolution, settings, args)
+        mine_pipe = copy.copy(pipe)  # the same modules; with --compile, ours calls a compiled view of the UNet
+        if args.compile:
+            mine_pipe.unet = torch.compile(pipe.unet, mode=args.compile, dynamic=False)
+        _warm_up(pipe, mine_pipe, models.resolution, settings, args)
         for count in frames:
             inputs = make_inputs(pipe, models.resolution, count, settings, args.seed)
             _memory_format(pipe, torch.channels_last if args.channels_last else torch.contiguous_format)
-            mine, wall, cpu, peak = timed(lambda: ours(pipe, inputs, settings), device)
+            mine, wall, cpu, peak = timed(lambda: ours(mine_pipe, inputs, settings), device)
             _memory_format(pipe, torch.contiguous_format)
             row = f"{dtype_name:5s} {count:6d} | {count / wall:9.3f} "
             if count <= args.skip_baseline_above:
@@ -214,14 +222,17 @@ def main() -> None:
             torch.cuda.empty_cache()
 
 
-def _warm_up(pipe: HunyuanPipeline, resolution: int, settings: SamplingSettings, args: argparse.Namespace) -> None:
+def _warm_up(pipe: HunyuanPipeline, mine_pipe: HunyuanPipeline, resolution: int, settings: SamplingSettings,
+             args: argparse.Namespace) -> None:
     """One untimed one-step run of each path: the UNet's shapes depend on the window, not the video
-    length, so library set-up and cuDNN autotuning stay out of every timed row."""
+    length, so library set-up, cuDNN autotuning and compilation stay out of every timed row."""
     short = dataclasses.replace(settings, num_steps=1)
     inputs = make_inputs(pipe, resolution, settings.frames_per_window, short, args.seed)
     _memory_format(pipe, torch.channels_last if args.channels_last else torch.contiguous_format)
-    ours(pipe, inputs, short)
+    _, wall, _, _ = timed(lambda: ours(mine_pipe, inputs, short), pipe.device)
     _memory_format(pipe, torch.contiguous_format)
+    if args.compile:
+        print(f"ours warm-up with torch.compile: {wall:.1f} s", flush=True)
     if settings.frames_per_window <= args.skip_baseline_above:
         baseline(pipe, inputs, short)
 

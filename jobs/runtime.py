@@ -10,10 +10,13 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from portraitflow.jobs.config.runtime import MLflowConfig, RayConfig
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 DEFAULT_MLFLOW_DB = "mlflow.db"
 CODE_PACKAGES = ("jobs", "pipelines", "operators", "models")
@@ -117,6 +120,16 @@ def mlflow_tracking_uri(cfg: MLflowConfig) -> str:
     return f"sqlite:///{Path.cwd() / DEFAULT_MLFLOW_DB}"
 
 
+def mlflow_client(cfg: MLflowConfig) -> MlflowClient:
+    """A client on the resolved tracking URI, also made the process default so that fluent calls
+    (`mlflow.start_run`, `mlflow.log_*`) in this process record to the same store."""
+    import mlflow
+
+    uri = mlflow_tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    return mlflow.MlflowClient(uri)
+
+
 def ensure_experiment(client, name: str) -> str:
     """The experiment's id, creating it on first use.
 
@@ -143,10 +156,6 @@ def mlflow_run(
         return
     import mlflow
 
-    from mlflow.tracking import MlflowClient
-
-    uri = mlflow_tracking_uri(cfg)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment_id=ensure_experiment(MlflowClient(tracking_uri=uri), experiment))
+    mlflow.set_experiment(experiment_id=ensure_experiment(mlflow_client(cfg), experiment))
     with mlflow.start_run(run_name=run_name, nested=nested) as run:
         yield run

@@ -25,8 +25,8 @@ def evaluate(
     mlflow_uri: MlflowUriOption = None,
 ) -> None:
     """Score existing outputs in one MLflow run and write a static HTML report to OUT/report."""
+    from portraitflow.jobs.sweep import evaluate_results, report_from_run
     from portraitflow.operators.paths import safe_stem
-    from portraitflow.pipelines.evaluate import evaluate_results, report_from_run
 
     sets = list(overrides or []) + ([f"evaluate.protocol={protocol}"] if protocol else [])
     cfg = resolve_config(config, sets, ray_address, mlflow_uri)
@@ -58,8 +58,8 @@ def sweep(
 ) -> None:
     """Generate and evaluate every config of SWEEP_FILE: one parent MLflow run, one nested run per
     config. Rerunning resumes: finished configs are not redone."""
+    from portraitflow.jobs.sweep import run_sweep
     from portraitflow.operators.sweep_spec import load_sweep
-    from portraitflow.pipelines.evaluate import run_sweep
 
     cfg = resolve_config(config, overrides, ray_address, mlflow_uri)
     try:
@@ -82,7 +82,7 @@ def report(
     mlflow_uri: MlflowUriOption = None,
 ) -> None:
     """Write a static HTML page (summary, plots, side-by-side videos) of a run to OUT; no server needed."""
-    from portraitflow.pipelines.evaluate import report_from_run
+    from portraitflow.jobs.sweep import report_from_run
 
     cfg = resolve_config(config, overrides, None, mlflow_uri)
     typer.echo(str(report_from_run(run_id, cfg, out, rank_by)))

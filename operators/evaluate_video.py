@@ -235,6 +235,20 @@ class JobEvaluator:
                           folder / f"{job_id}.fvd_{side}.npy")
 
 
+def learned_aggregates(work_dir: Path, job_ids: list[str]) -> dict[str, float]:
+    """FID and FVD of one config, pooled over the videos whose evaluators saved features (a video
+    too short for one FVD clip has none); NaN with fewer than two samples a side."""
+    out = {}
+    for name in ("fid", "fvd"):
+        pairs = [(work_dir / "metrics" / f"{j}.{name}_real.npy", work_dir / "metrics" / f"{j}.{name}_fake.npy")
+                 for j in job_ids]
+        pairs = [pair for pair in pairs if pair[0].is_file() and pair[1].is_file()]
+        if pairs:
+            real, fake = (np.concatenate([np.load(pair[side], allow_pickle=False) for pair in pairs]) for side in (0, 1))
+            out[name] = metrics_learned.frechet_distance(real, fake)
+    return out
+
+
 class EvaluateActor:
     """Ray Data callable: one face analyser per actor, scoring a batch of job rows."""
 

@@ -90,7 +90,7 @@ def test_a_broken_config_fails_alone_with_its_reason(sweep_run) -> None:
 
 
 def test_rerun_resumes_without_redoing_finished_configs(sweep_run) -> None:
-    from portraitflow.pipelines.evaluate import run_sweep
+    from portraitflow.jobs.sweep import run_sweep
 
     again = run_sweep(sweep_run["spec"], sweep_run["cfg"], sweep_run["out"])
     assert again == sweep_run["parent_id"]
@@ -144,8 +144,7 @@ def test_learned_metrics_from_local_weights_score_real_videos(sweep_run, tmp_pat
     from portraitflow.jobs.config.evaluate import EvaluateConfig
     from portraitflow.jobs.config.face import FaceConfig
     from portraitflow.models.face.factory import create_analyzer
-    from portraitflow.operators.evaluate_video import JobEvaluator
-    from portraitflow.pipelines.evaluate import learned_aggregates
+    from portraitflow.operators.evaluate_video import JobEvaluator, learned_aggregates
 
     cfg = EvaluateConfig(frame_stride=3, fid_frames_per_video=16, fvd_clip_frames=4,
                          lpips_onnx=mean_abs_difference(tmp_path / "l.onnx"), fid_onnx=channel_means(tmp_path / "f.onnx"),

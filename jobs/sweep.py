@@ -1,0 +1,218 @@
+"""The evaluate flow's driver: MLflow runs of sweeps and evaluations, and the report read back.
+
+One sweep = one parent MLflow run (tagged with the sweep's hash, so a rerun resumes it) and one
+child run per config (tagged `mlflow.parentRunId` and the config's hash; a FINISHED child is
+never redone). Children are created with MlflowClient rather than the fluent API because up to
+`max_parallel` configs run at once in threads, and the fluent active-run stack is per thread.
+Scoring outputs that already exist is one such run on its own. The Ray Data wiring that
+generates and scores is pipelines/evaluate.py.
+"""
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from portraitflow.jobs.config import PortraitFlowConfig
+from portraitflow.jobs.config.evaluate import EvaluateConfig
+from portraitflow.jobs.runtime import ensure_experiment, init_ray, mlflow_client
+from portraitflow.operators import metrics_learned, report, sweep_spec
+from portraitflow.operators.eval_dataset import load_jobs
+from portraitflow.operators.evaluate_video import learned_aggregates
+from portraitflow.pipelines.evaluate import evaluate_outputs, generate_outputs
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+SWEEP_TAG, CONFIG_TAG, PARENT_TAG = "portraitflow.sweep_hash", "portraitflow.config_hash", "mlflow.parentRunId"
+PARAMS_TAG = "portraitflow.config_params"  # the config's sweep params as JSON, for the report's columns
+
+
+def _finished_child(client: MlflowClient, experiment_id: str, parent_id: str, config_hash: str) -> Run | None:
+    runs = client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{CONFIG_TAG}` = "
+                              f"'{config_hash}' and attributes.status = 'FINISHED'", max_results=1)
+    return runs[0] if runs else None
+
+
+def score_and_log(client: MlflowClient, run_id: str, jobs: pd.DataFrame, label: str, work_dir: Path,
+                  evaluate: EvaluateConfig, cfg: PortraitFlowConfig) -> pd.DataFrame:
+    """Score generated jobs (job_id, ref, driving, status, reason, output) into run `run_id`:
+    per-video table artifact, aggregate metrics, per-frame tables, side-by-side videos."""
+    table = evaluate_outputs(jobs, work_dir, cfg, evaluate)
+    table.insert(0, "config", label)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(work_dir / "per_video.parquet")
+    client.log_table(run_id, data=table, artifact_file="per_video.json")
+    client.log_artifact(run_id, str(work_dir / "per_video.parquet"))
+    ok = table[table["status"] == "ok"]
+    aggregates = {m: float(ok[m].mean()) for m in report.metric_columns(ok) if ok[m].notna().any()}
+    aggregates.update(learned_aggregates(work_dir, list(ok["job_id"])))
+    aggregates.update(jobs_ok=len(ok), jobs_failed=len(table) - len(ok))
+    for key, value in aggregates.items():
+        client.log_metric(run_id, key, value)
+    client.log_text(run_id, "\n".join(metrics_learned.skip_notes(evaluate).values()), "notes.txt")
+    _log_side_by_side(client, run_id, jobs[jobs["job_id"].isin(ok["job_id"])], work_dir, evaluate.side_by_side)
+    if (work_dir / "metrics").is_dir():
+        client.log_artifacts(run_id, str(work_dir / "metrics"), "frames")
+    return table
+
+
+def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepSpec, evaluate: EvaluateConfig,
+               cfg: PortraitFlowConfig, out_dir: Path, parent_id: str, experiment_id: str) -> dict[str, Any]:
+    """Generate and score one config in its own child run (or reuse a finished one); a summary row."""
+    client = mlflow_client(cfg.mlflow)
+    config_hash = sweep_spec.config_hash(params, spec.dataset, evaluate, cfg.face.backend)
+    label = sweep_spec.config_label(params)
+    work_dir = out_dir / "configs" / config_hash
+    done = _finished_child(client, experiment_id, parent_id, config_hash)
+    if done is None:
+        tags = {PARENT_TAG: parent_id, CONFIG_TAG: config_hash, PARAMS_TAG: json.dumps(params, sort_keys=True)}
+        run_id = client.create_run(experiment_id, run_name=label, tags=tags).info.run_id
+        try:
+            for key, value in {**params, **evaluate.model_dump(), "face_backend": cfg.face.backend}.items():
+                client.log_param(run_id, key, str(value)[:500])
+            generated = generate_outputs(params, jobs, work_dir / "outputs", cfg)
+            outcome = generated[[c for c in ("job_id", "status", "reason", "output") if c in generated]]
+            merged = pd.DataFrame(jobs)[["job_id", "ref", "driving"]].merge(outcome, on="job_id", how="left")
+            merged = merged.fillna({"status": "failed", "reason": "not_generated"})
+            score_and_log(client, run_id, merged, label, work_dir, evaluate, cfg)
+            client.set_terminated(run_id, "FINISHED")
+        except Exception as exc:  # one broken config must not stop the others; its run says why
+            client.set_tag(run_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
+            client.set_terminated(run_id, "FAILED")
+            return {"config": label, "backend": params["backend"], "config_hash": config_hash, "run_id": run_id,
+                    "reused": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        except BaseException:
+            client.set_terminated(run_id, "KILLED")
+            raise
+    else:
+        run_id = done.info.run_id
+    metrics = client.get_run(run_id).data.metrics
+    return {"config": label, "backend": params["backend"], **{k: v for k, v in params.items() if k != "backend"},
+            **metrics, "config_hash": config_hash, "run_id": run_id, "reused": done is not None}
+
+
+def evaluate_results(jobs: pd.DataFrame, cfg: PortraitFlowConfig, out_dir: str | Path, name: str = "evaluate") -> str:
+    """Score outputs that already exist (job_id, ref, driving, output[, status]) in one MLflow run."""
+    out_dir = Path(out_dir)
+    client = mlflow_client(cfg.mlflow)
+    run_id = client.create_run(ensure_experiment(client, cfg.evaluate.experiment), run_name=name).info.run_id
+    try:
+        init_ray(cfg.ray, cfg.mlflow)
+        for key, value in cfg.evaluate.model_dump().items():
+            client.log_param(run_id, key, str(value)[:500])
+        jobs = jobs.assign(status=jobs["status"] if "status" in jobs else "ok")
+        score_and_log(client, run_id, jobs, name, out_dir, cfg.evaluate, cfg)
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    return run_id
+
+
+def _log_side_by_side(client: MlflowClient, run_id: str, rows: pd.DataFrame, work_dir: Path, count: int) -> None:
+    folder = work_dir / "side_by_side"
+    for row in rows.head(count).itertuples():
+        path = folder / f"{row.job_id}.mp4"
+        if not path.is_file():
+            report.side_by_side(row.ref, row.driving, row.output, path)
+    if folder.is_dir():
+        client.log_artifacts(run_id, str(folder), "side_by_side")
+
+
+def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str | Path) -> str:
+    """Run (or resume) a sweep; returns the parent run id. The report lands in `out_dir/report`."""
+    out_dir = Path(out_dir)
+    evaluate = sweep_spec.effective_evaluate(cfg.evaluate, spec)
+    configs = sweep_spec.expand_configs(spec)
+    client = mlflow_client(cfg.mlflow)
+    experiment_id = ensure_experiment(client, evaluate.experiment)
+    sweep_id = sweep_spec.sweep_hash(spec, evaluate, cfg.face.backend)
+    previous = client.search_runs([experiment_id], f"tags.`{SWEEP_TAG}` = '{sweep_id}'", max_results=1,
+                                  order_by=["attributes.start_time DESC"])
+    parent_id = previous[0].info.run_id if previous else client.create_run(
+        experiment_id, run_name=spec.name, tags={SWEEP_TAG: sweep_id}).info.run_id
+    client.update_run(parent_id, status="RUNNING")
+    try:
+        init_ray(cfg.ray, cfg.mlflow)
+        jobs = load_jobs(spec.dataset, evaluate.protocol, out_dir / "dataset", evaluate.max_seconds,
+                         evaluate.max_videos)
+        pd.DataFrame(jobs).astype(str).to_parquet(out_dir / "dataset.parquet")  # every input, failed ones too
+        usable = [j for j in jobs if j.get("status", "ok") == "ok"]
+        client.log_param(parent_id, "configs", len(configs))
+        client.log_param(parent_id, "protocol", evaluate.protocol)
+        client.log_param(parent_id, "dataset", spec.dataset.path)
+        client.log_text(parent_id, spec.model_dump_json(indent=2), "sweep.json")
+        client.log_text(parent_id, "\n".join(metrics_learned.skip_notes(evaluate).values()), "notes.txt")
+        client.log_artifact(parent_id, str(out_dir / "dataset.parquet"))
+        with ThreadPoolExecutor(max_workers=evaluate.max_parallel) as pool:
+            futures = [pool.submit(run_config, params, usable, spec, evaluate, cfg, out_dir, parent_id, experiment_id)
+                       for params in configs]
+            summary = pd.DataFrame([f.result() for f in futures])
+        summary = report.rank(summary, evaluate.rank_by) if evaluate.rank_by in summary else summary
+        summary.to_csv(out_dir / "summary.csv", index=False)
+        client.log_artifact(parent_id, str(out_dir / "summary.csv"))
+        client.log_metric(parent_id, "configs_finished", len(summary))
+        client.log_metric(parent_id, "videos", len(usable))
+        client.log_metric(parent_id, "videos_failed", len(jobs) - len(usable))
+        report_from_run(parent_id, cfg, out_dir / "report", evaluate.rank_by)
+        client.log_artifacts(parent_id, str(out_dir / "report"), "report")
+        client.set_terminated(parent_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(parent_id, "FAILED")
+        raise
+    return parent_id
+
+
+def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, rank_by: str | None = None) -> Path:
+    """A static HTML report of a sweep's parent run (or of a single evaluation run) from MLflow."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    client = mlflow_client(cfg.mlflow)
+    parent = client.get_run(run_id)
+    children = client.search_runs([parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{run_id}'",
+                                  order_by=["attributes.start_time ASC"]) or [parent]
+    rows, tables, videos = [], [], []
+    for child in children:
+        label = child.info.run_name or child.info.run_id
+        params = json.loads(child.data.tags.get(PARAMS_TAG, "{}"))
+        rows.append({"config": label, **params, "status": child.info.status, **child.data.metrics,
+                     "error": child.data.tags.get("error", ""), "run_id": child.info.run_id})
+        if child.info.status != "FINISHED":
+            continue
+        local = _download(client, child.info.run_id, ("per_video.parquet", "side_by_side"),
+                          out_dir / "runs" / child.info.run_id)
+        if (local / "per_video.parquet").is_file():
+            tables.append(pd.read_parquet(local / "per_video.parquet").assign(config=label))
+        for video in sorted((local / "side_by_side").glob("*.mp4")):
+            videos.append((f"{label}: {video.stem}", video))
+    summary = _latest_per_config(pd.DataFrame(rows))
+    per_video = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["config"])
+    rank_by = rank_by or cfg.evaluate.rank_by
+    summary = report.rank(summary, rank_by) if rank_by in summary.columns else summary
+    plot = report.metric_plots(per_video, out_dir / "metrics.png", list(summary["config"])) if len(per_video) else None
+    notes_file = _download(client, run_id, ("notes.txt",), out_dir / "runs" / run_id) / "notes.txt"
+    notes = [n for n in notes_file.read_text().splitlines() if n] if notes_file.is_file() else []
+    return report.write_html(out_dir, f"PortraitFlow evaluation: {parent.info.run_name or run_id}", summary, rank_by,
+                             plot, videos, notes, per_video)
+
+
+def _latest_per_config(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per config: its finished run if any, else its latest attempt (runs come oldest first)."""
+    finished = summary["status"] == "FINISHED"
+    return pd.concat([summary[finished], summary[~finished & ~summary["config"].isin(summary.loc[finished, "config"])]
+                      .drop_duplicates("config", keep="last")], ignore_index=True)
+
+
+def _download(client: MlflowClient, run_id: str, names: tuple[str, ...], folder: Path) -> Path:
+    """The named artifacts of a run that exist, downloaded under `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    present = {a.path for a in client.list_artifacts(run_id)}
+    for name in names:
+        if name in present:
+            client.download_artifacts(run_id, name, str(folder))
+    return folder

@@ -8,9 +8,11 @@ manifest and decisions are produced the same way; only the pass over the inputs 
   counted);
 - `loop`: the same stage (`CurateInputStage.curate`) one input after the other in this process.
 
-Every library runs one thread in both (OpenCV, x264 and decord by the stage's settings, BLAS by
-OMP_NUM_THREADS=1, which Ray also gives each 1-CPU worker), so the ratio measures what Ray's
-parallelism brings. Reported: wall seconds, frames and video-seconds per wall-second (and per core
+Every library runs one thread in both (OpenCV, x264 and decord's codec by the stage's settings,
+BLAS by OMP_NUM_THREADS=1, which Ray also gives each 1-CPU worker), and the loop runs on one core
+(`--loop-cores`): decord always decodes on a thread of its own, which in a loop left alone on the
+machine would borrow ~8% of the idle cores, while each Ray worker shares its core. So the ratio
+measures what Ray's parallelism brings. Reported: wall seconds, frames and video-seconds per wall-second (and per core
 for Ray), video-seconds per CPU-second (the process CPU time each stage call spent, summed over
 workers: what one uncontended core does, which barely moves when other work shares the machine),
 the loop/Ray ratio, and seconds per stage summed over workers. The two runs alternate `--repeat`
@@ -18,7 +20,7 @@ times and the best wall time of each is reported. Inputs default to the `talking
 ../shared/media whose longer side is 480-512 px (512p) and that last at most 15 s, detection every
 2nd frame.
 
-    .venv/bin/python benchmarks/curate.py [--cpus 2] [--limit N] [--repeat 2] [--detect-every 2]
+    .venv/bin/python benchmarks/curate.py [--cpus 2] [--limit N] [--repeat 2] [--detect-every 2] [--loop-cores 1]
 """
 from __future__ import annotations
 
@@ -60,14 +62,18 @@ def _loop_curate(rows, cfg, scan_dir, staging_dir, attempts_dir):
 
 
 @contextlib.contextmanager
-def single_process_stages() -> Iterator[None]:
-    """Run the pass over the inputs as a plain loop: run_curation looks it up in pipelines/curate.py."""
-    saved = ray_pipeline.curate_inputs
+def single_process_stages(cores: int) -> Iterator[None]:
+    """Run the pass over the inputs as a plain loop (run_curation looks it up in pipelines/curate.py)
+    on `cores` CPUs of this machine (0: all); the threads the loop starts inherit the restriction."""
+    saved, allowed = ray_pipeline.curate_inputs, os.sched_getaffinity(0)
     ray_pipeline.curate_inputs = _loop_curate
+    if cores:
+        os.sched_setaffinity(0, sorted(allowed)[:cores])
     try:
         yield
     finally:
         ray_pipeline.curate_inputs = saved
+        os.sched_setaffinity(0, allowed)
 
 
 def _summary(name: str, metrics: dict, video_s: float, cpus: int) -> dict:
@@ -94,6 +100,7 @@ def main() -> None:
     parser.add_argument("--max-side", type=int, default=512)
     parser.add_argument("--max-seconds", type=float, default=15.0, help="Skip longer inputs (load balance).")
     parser.add_argument("--repeat", type=int, default=2, help="Alternate the runs N times; report each best.")
+    parser.add_argument("--loop-cores", type=int, default=1, help="CPUs the loop may use (0: all).")
     args = parser.parse_args()
 
     inputs = talking_videos(args.min_side, args.max_side, args.max_seconds, args.limit)
@@ -107,7 +114,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         for attempt in range(args.repeat):  # alternated, so a noisy neighbour hits both alike
             runs["ray"].append(run_curation(cfg, inputs, Path(work) / f"ray{attempt}"))
-            with single_process_stages():
+            with single_process_stages(args.loop_cores):
                 runs["loop"].append(run_curation(cfg, inputs, Path(work) / f"loop{attempt}"))
         same = (pd.read_parquet(Path(work) / "ray0" / "clips.parquet")[["key", "decision", "reason"]]
                 .equals(pd.read_parquet(Path(work) / "loop0" / "clips.parquet")[["key", "decision", "reason"]]))
@@ -115,9 +122,9 @@ def main() -> None:
     walls = {k: [round(m["wall_s"], 1) for m in v] for k, v in runs.items()}
     video_s = ray_metrics["hours_in"] * 3600
     table = pd.DataFrame([_summary("ray", ray_metrics, video_s, args.cpus),
-                          _summary("loop", loop_metrics, video_s, 1)]).set_index("run").T
+                          _summary("loop", loop_metrics, video_s, args.loop_cores or os.cpu_count())]).set_index("run").T
     print(f"{len(inputs)} inputs, {video_s:.1f} video-seconds, detection every {args.detect_every} frame(s), "
-          f"Ray on {args.cpus} CPUs, load average {os.getloadavg()[0]:.1f}")
+          f"Ray on {args.cpus} CPUs, loop on {args.loop_cores or 'all'}, load average {os.getloadavg()[0]:.1f}")
     print(table.to_string())
     print(json.dumps({"ray_over_loop": round(loop_metrics["wall_s"] / ray_metrics["wall_s"], 2),
                       "wall_s_of_each_run": walls, "same_decisions": bool(same)}))

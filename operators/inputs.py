@@ -88,6 +88,16 @@ def input_key(uri: str) -> str:
     return hashed_name(Path(uri.rstrip("/")).stem, uri, fallback="input")
 
 
+def input_bytes(uri: str) -> int:
+    """The size of a local input (0 for a remote or missing one): a cheap guess at its work."""
+    if is_uri(uri):
+        return 0
+    try:
+        return os.path.getsize(_local(uri))
+    except OSError:
+        return 0
+
+
 def clip_key(in_key: str, start_s: float, end_s: float) -> str:
     """The sample key of a clip: the input key and its time range in milliseconds (no dots)."""
     return f"{in_key}_{round(start_s * 1000):08d}_{round(end_s * 1000):08d}"

@@ -14,6 +14,7 @@ from typing import Any
 
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.operators.curate_input import CurateInputStage
+from portraitflow.operators.inputs import input_bytes
 
 # An input whose worker dies (segfault, OOM kill, lost node) is retried this many times, then it
 # becomes a `failed` row. Ray Data retries a dead actor's task forever and, since Ray 2.60, takes
@@ -48,6 +49,8 @@ def curate_inputs(rows: list[dict[str, Any]], cfg: PortraitFlowConfig, scan_dir:
         return [], ""
     _configure(cfg)
     actors = _actors(cfg, len(rows))
+    # Largest files first: the inputs that start last decide how long CPUs idle at the end.
+    rows = sorted(rows, key=lambda r: -input_bytes(r["uri"]))
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     ds = ds.map_batches(
         CurateInputStage,
@@ -56,11 +59,11 @@ def curate_inputs(rows: list[dict[str, Any]], cfg: PortraitFlowConfig, scan_dir:
                                "max_attempts": CRASH_RETRIES + 1},
         batch_size=1,
         num_cpus=cfg.curate.actor_cpus,
-        # One input per actor at a time, so an input that kills its actor spends only its own
-        # attempts. The pool is fixed (one actor per `actor_cpus` CPUs, at most one per input):
-        # the autoscaler cannot grow a pool whose actors take one task at a time. The probe runs
-        # inside the actor, since a separate probe task would find every CPU held by the actors.
-        compute=ActorPoolStrategy(min_size=actors, max_size=actors, max_tasks_in_flight_per_actor=1),
+        # A fixed pool (one actor per `actor_cpus` CPUs, at most one per input), each actor with
+        # its next input queued so it never waits for the driver between inputs (a crash costs
+        # the queued input nothing: only starts count). The probe runs inside the actor, since a
+        # separate probe task would find every CPU held by the actors.
+        compute=ActorPoolStrategy(min_size=actors, max_size=actors, max_tasks_in_flight_per_actor=2),
     )
     out = ds.take_all()
     return out, ds.stats()

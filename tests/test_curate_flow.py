@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -256,6 +257,36 @@ def test_killed_runs_resume_to_the_same_output(curated, flow_inputs, tmp_path: P
     assert sorted(resumed) == sorted(whole)
     for name, data in whole.items():  # byte for byte, the H.264 streams included
         assert resumed[name] == data, name
+
+
+def test_corpus_decisions_leave_rejected_clips_out_of_the_shards(media_dir: Path, ray_local, tmp_path: Path) -> None:
+    """A copy of a video is a `duplicate` and another take of its speaker is over a cap of one clip:
+    workers render them like every kept clip, packing leaves them out, the tables keep them."""
+    import pandas as pd
+
+    from portraitflow.jobs.curate import run_curation
+    from portraitflow.operators.shards import shard_keys, shard_paths
+
+    sources = {"a.mp4": "dreamtalk_M030_front_neutral_level1_001.mp4", "b.mp4": "dreamtalk_M030_front_neutral_level1_001.mp4",
+               "c.mp4": "dreamtalk_M030_front_happy_level3_001.mp4", "d.mp4": "dreamtalk_W009_front_neutral_level1_001.mp4"}
+    (tmp_path / "in").mkdir()
+    for name, source in sources.items():
+        shutil.copy(media_dir / source, tmp_path / "in" / name)
+    out = tmp_path / "out"
+    cfg = load_config(None, OVERRIDES + ["mlflow.enabled=false", "curate.max_clips_per_identity=1"])
+    run_curation(cfg, [str(tmp_path / "in")], out)
+
+    clips = pd.read_parquet(out / "clips.parquet")
+    clips["name"] = clips.path.map(lambda p: Path(p).name)
+    decided = clips[clips.reason.isin(["", "duplicate", "identity_over_cap"])]
+    assert dict(zip(decided.name, decided.reason)) == {"a.mp4": "", "b.mp4": "duplicate", "c.mp4": "identity_over_cap", "d.mp4": ""}
+    assert decided.name.is_unique
+    packed = [key for shard in shard_paths(out / "shards") for key in shard_keys(shard)]
+    assert sorted(packed) == sorted(clips[clips.decision == "accepted"].key)
+    assert not list((out / ".state" / "staging").glob("*.tar"))  # the rejected clips' samples are gone
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    status = dict(zip(manifest.path.map(lambda p: Path(p).name), manifest.status))
+    assert status == {"a.mp4": "accepted", "b.mp4": "rejected", "c.mp4": "rejected", "d.mp4": "accepted"}
 
 
 def test_allow_and_deny_galleries_decide_identity(media_dir: Path, tmp_path: Path) -> None:

@@ -186,3 +186,12 @@ def test_offline_samples_cover_accept_reject_and_fail(tmp_path: Path) -> None:
     assert min(probe_video(str(paths["carphone.mp4"])).width, 256) < 256  # the low_resolution sample
     with pytest.raises(VideoUnreadable):
         probe_video(str(paths["truncated.mp4"]))
+
+
+def test_attempts_are_counted_per_input_on_disk(tmp_path: Path) -> None:
+    """A restarted worker reads how often an input was started before: that is what quarantines it."""
+    from portraitflow.operators.quarantine import start_attempt
+
+    assert [start_attempt(tmp_path, "a-1") for _ in range(3)] == [1, 2, 3]
+    assert start_attempt(tmp_path, "b-2") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-1", "b-2"]  # no temp files left behind

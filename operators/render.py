@@ -101,13 +101,13 @@ def render_clip(row: dict[str, Any], cfg: CurateConfig, staging_dir: Path) -> di
     sample; never raises: an error is returned with the clip's key."""
     cpu = time.process_time()
     timer = StageTimer()
-    result = {"key": row["key"], "error": "", "bytes": 0}
+    error = ""
     try:
         arrays = load_clip_arrays(Path(row["scan_path"]), row["index"])
         with local_copy(row["uri"]) as path:
             fields = render_sample(path, row, arrays, cfg, row["face_backend"], timer)
         with timer.time("stage"):
-            result["bytes"] = stage_sample(staging_dir, row["key"], fields)
+            stage_sample(staging_dir, row["key"], fields)
     except Exception as exc:  # one clip that cannot be rendered is recorded, the run goes on
-        result["error"] = error_text(exc)
-    return dict(result, timings=dict(timer.seconds, worker_cpu=time.process_time() - cpu))
+        error = error_text(exc)
+    return {"key": row["key"], "error": error, "timings": dict(timer.seconds, worker_cpu=time.process_time() - cpu)}

@@ -90,6 +90,7 @@ def render_sample(
         "json": json.dumps(meta, sort_keys=True).encode(),
         "landmarks.npy": npy_bytes(to_crop(arrays["landmarks"], crop_box, size)),
         "kps.npy": npy_bytes(to_crop(arrays["kps"], crop_box, size)),
+        "boxes.npy": npy_bytes(to_crop(arrays["boxes"].reshape(-1, 2, 2), crop_box, size).reshape(-1, 4)),
         "pose.npy": npy_bytes(arrays["pose"].astype(np.float32)),
         "id.npy": npy_bytes(arrays["embedding"].astype(np.float32)),
         "motion.npy": npy_bytes(motion.astype(np.float32)),

@@ -43,6 +43,7 @@ class ClipTracks:
     kps: np.ndarray  # (T, 5, 2) float32, crop pixels
     pose: np.ndarray  # (T, 3) float32 yaw, pitch, roll in degrees
     identity: np.ndarray  # (D,) float32
+    face_boxes: np.ndarray | None = None  # (T, 4) float32 tracked face box, crop pixels (absent in older shards)
 
     @property
     def num_frames(self) -> int:
@@ -54,20 +55,27 @@ def parse_tracks(sample: Mapping[str, Any]) -> ClipTracks:
     missing = [name for name in REQUIRED_MEMBERS if not isinstance(sample.get(name), (bytes, bytearray)) or not sample[name]]
     if missing:
         raise SampleSkipped("missing_member", f"{sample.get('__key__')} lacks {missing}")
-    arrays = {}
-    for name, shape in (("landmarks.npy", (68, 2)), ("kps.npy", (5, 2)), ("pose.npy", (3,)), ("id.npy", None)):
-        try:
-            array = np.load(io.BytesIO(bytes(sample[name])), allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise SampleSkipped("bad_array", f"{name}: {exc}") from exc
-        ok = array.ndim == 1 if shape is None else array.shape[1:] == shape
-        if not ok or not np.issubdtype(array.dtype, np.number) or not np.all(np.isfinite(array)):
-            raise SampleSkipped("bad_array", f"{name}: shape {array.shape} dtype {array.dtype}")
-        arrays[name] = array.astype(np.float32)
-    lengths = {len(arrays[name]) for name in ("landmarks.npy", "kps.npy", "pose.npy")}
+    arrays = {name: _load_array(sample, name, shape)
+              for name, shape in (("landmarks.npy", (68, 2)), ("kps.npy", (5, 2)), ("pose.npy", (3,)), ("id.npy", None))}
+    if sample.get("boxes.npy"):
+        arrays["boxes.npy"] = _load_array(sample, "boxes.npy", (4,))
+    lengths = {len(arrays[name]) for name in ("landmarks.npy", "kps.npy", "pose.npy", "boxes.npy") if name in arrays}
     if len(lengths) != 1:
         raise SampleSkipped("frame_count_mismatch", f"per-frame arrays disagree on length: {sorted(lengths)}")
-    return ClipTracks(arrays["landmarks.npy"], arrays["kps.npy"], arrays["pose.npy"], arrays["id.npy"])
+    return ClipTracks(arrays["landmarks.npy"], arrays["kps.npy"], arrays["pose.npy"], arrays["id.npy"],
+                      arrays.get("boxes.npy"))
+
+
+def _load_array(sample: Mapping[str, Any], name: str, shape: tuple[int, ...] | None) -> np.ndarray:
+    """One finite numeric .npy member as float32: (T, *shape), or (D,) when shape is None."""
+    try:
+        array = np.load(io.BytesIO(bytes(sample[name])), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise SampleSkipped("bad_array", f"{name}: {exc}") from exc
+    ok = array.ndim == 1 if shape is None else array.shape[1:] == shape
+    if not ok or not np.issubdtype(array.dtype, np.number) or not np.all(np.isfinite(array)):
+        raise SampleSkipped("bad_array", f"{name}: shape {array.shape} dtype {array.dtype}")
+    return array.astype(np.float32)
 
 
 def sample_rng(seed: int | None, epoch: int, key: str) -> np.random.Generator:
@@ -112,10 +120,13 @@ def decode_frames(mp4: bytes, indices: Sequence[int]) -> tuple[np.ndarray, int]:
     return decoded[inverse], count
 
 
-def anchor_face_box(landmarks: np.ndarray) -> np.ndarray:
-    """The face box the expression crops of a window are anchored to: the box of the 68 landmarks of
-    the window's first frame, standing in for the detector box of the driving clip's frame 0 that
-    SPEC 2 uses (the curated sample keeps landmarks, not detector boxes)."""
+def anchor_face_box(tracks: ClipTracks, frame: int) -> np.ndarray:
+    """The face box a window's expression crops are anchored to (SPEC 2: the driving clip's frame-0
+    detector box): the tracked face box of the window's first frame, or, in shards written before
+    `boxes.npy` existed, the box of that frame's 68 landmarks."""
+    if tracks.face_boxes is not None:
+        return tracks.face_boxes[frame]
+    landmarks = tracks.landmarks[frame]
     return np.concatenate([landmarks.min(axis=0), landmarks.max(axis=0)])
 
 
@@ -152,7 +163,7 @@ def encoder_inputs(frames: np.ndarray, reference: np.ndarray, tracks: ClipTracks
     except ValueError as exc:
         raise SampleSkipped("degenerate_keypoints", str(exc)) from exc
     try:
-        expression = expression_crops(frames, kps, anchor_face_box(tracks.landmarks[window[0]]), MOTION_CROP_SIZE)
+        expression = expression_crops(frames, kps, anchor_face_box(tracks, window[0]), MOTION_CROP_SIZE)
     except ValueError as exc:
         raise SampleSkipped("degenerate_keypoints", str(exc)) from exc
     vae_frames, vae_reference = _pixels(frames, -1.0, 1.0), _pixels(reference[None], -1.0, 1.0)

@@ -132,6 +132,7 @@ def test_shards_read_back_with_webdataset(curated) -> None:
         frames = meta["num_frames"]
         assert arrays["landmarks.npy"].shape == (frames, 68, 2)
         assert arrays["kps.npy"].shape == (frames, 5, 2)
+        assert arrays["boxes.npy"].shape == (frames, 4)
         assert arrays["pose.npy"].shape == (frames, 3)
         assert arrays["motion.npy"].shape == (frames, 3)
         assert arrays["id.npy"].shape == (meta["embedding_dim"],)
@@ -140,6 +141,9 @@ def test_shards_read_back_with_webdataset(curated) -> None:
         assert meta["source"] and meta["face_backend"] == "opencv" and len(meta["crop_box"]) == 4
         inside = (arrays["kps.npy"] >= 0) & (arrays["kps.npy"] <= meta["crop_size"])
         assert inside.mean() > 0.95  # keypoints are in crop pixels
+        boxes = arrays["boxes.npy"][:, None]
+        in_face = (arrays["kps.npy"] >= boxes[..., :2]) & (arrays["kps.npy"] <= boxes[..., 2:])
+        assert in_face.all(axis=(1, 2)).mean() > 0.95  # the tracked face box, in the same crop pixels
         assert 0 <= arrays["motion.npy"][:, 1:].min() and arrays["motion.npy"][:, 1:].max() <= 127
         with av.open(io.BytesIO(sample["mp4"])) as container:
             decoded = [f for f in container.decode(video=0)]

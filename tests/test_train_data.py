@@ -12,7 +12,8 @@ import torch
 from portraitflow.jobs.config.train_data import TrainDataConfig
 from portraitflow.models.hunyuan.buckets import head_exp_motion_buckets
 from portraitflow.operators.shard_source import expand_shards
-from portraitflow.operators.train_sample import SampleSkipped, build_train_sample
+from portraitflow.operators.shards import npy_bytes
+from portraitflow.operators.train_sample import SampleSkipped, anchor_face_box, build_train_sample, parse_tracks
 from portraitflow.pipelines.train_data import TrainLoader, RayCollate, ray_train_dataset
 from synthetic_shards import clip_members, frame_code, write_dataset, write_shard
 
@@ -121,6 +122,20 @@ def test_a_clip_as_long_as_the_window_takes_its_reference_inside_it(tmp_path) ->
     assert frame_code(reference[None])[0] == out["reference_index"]
     with pytest.raises(SampleSkipped, match="clip_too_short"):
         build_train_sample(sample, n_frames=7)
+
+
+def test_expression_anchor_is_the_tracked_face_box_when_the_shard_has_one(tmp_path) -> None:
+    sample = dict(clip_members(6, seed=1, workdir=tmp_path), __key__="boxes")
+    older = parse_tracks(sample)
+    marks = older.landmarks[2]
+    assert older.face_boxes is None  # shards written before boxes.npy: the landmark box stands in
+    assert np.array_equal(anchor_face_box(older, 2), np.concatenate([marks.min(axis=0), marks.max(axis=0)]))
+    boxes = np.tile(np.float32([100, 90, 400, 420]), (6, 1)) + np.arange(6, dtype=np.float32)[:, None]
+    sample["boxes.npy"] = npy_bytes(boxes)
+    assert np.array_equal(anchor_face_box(parse_tracks(sample), 2), boxes[2])
+    sample["boxes.npy"] = npy_bytes(boxes[:5])
+    with pytest.raises(SampleSkipped, match="frame_count_mismatch"):
+        parse_tracks(sample)
 
 
 def test_two_ranks_get_disjoint_samples(dataset, monkeypatch) -> None:

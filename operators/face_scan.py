@@ -252,7 +252,7 @@ def content_signature(kps: np.ndarray, steps: int = SIGNATURE_STEPS) -> np.ndarr
 SCANNED = "scanned"
 #: curate fields a scan does not depend on (resources, naming, the stages after it); changing them
 #: keeps earlier scans valid.
-_NOT_IN_SCAN = {"face_actors", "actor_cpus", "experiment", "progress_bars", "crop_size", "crf",
+_NOT_IN_SCAN = {"face_actors", "actor_cpus", "experiment", "progress_bars", "crop_size", "crf", "keep_audio",
                 "shard_max_samples", "shard_max_bytes", "max_clips_per_identity", "duplicate_similarity"}
 
 

@@ -60,8 +60,9 @@ def render_sample(
     with tempfile.TemporaryDirectory() as tmp:
         mp4 = Path(tmp) / "clip.mp4"
         with timer.time("encode"):
-            frames = write_h264(mp4, crops(), cfg.fps, crf=cfg.crf, keyframe_interval=cfg.keyframe_interval or None,
-                                threads=cfg.actor_cpus)
+            frames = write_h264(mp4, crops(), cfg.fps, audio_from=path if cfg.keep_audio else None,
+                                audio_start_s=clip["start"] / cfg.fps, crf=cfg.crf,
+                                keyframe_interval=cfg.keyframe_interval or None, threads=cfg.actor_cpus)
         video = mp4.read_bytes()
     if frames != clip["end"] - clip["start"]:
         raise ValueError(f"decoded {frames} frames for a clip of {clip['end'] - clip['start']}")

@@ -14,16 +14,20 @@ from portraitflow.operators.atomic import atomic_target
 
 
 class _AudioSource:
-    """The first audio stream of a file, decoded lazily and re-encoded up to a given time."""
+    """The first audio stream of a file from `start_s` on, decoded lazily and re-encoded up to a given time."""
 
-    def __init__(self, container, stream) -> None:
+    def __init__(self, container, stream, start_s: float) -> None:
         self.container = container
         self.stream = stream
-        self._frames = container.decode(stream)
+        self.start_s = start_s
+        if start_s > 0:
+            container.seek(int(start_s / stream.time_base), stream=stream)  # lands at or before start_s
+        self._frames = self._from_start(container.decode(stream))
         self._pending = None
+        self._samples_out = 0
 
     @classmethod
-    def open(cls, source: str | Path) -> "_AudioSource | None":
+    def open(cls, source: str | Path, start_s: float = 0.0) -> "_AudioSource | None":
         import av
 
         try:
@@ -33,7 +37,15 @@ class _AudioSource:
         if not container.streams.audio:
             container.close()
             return None
-        return cls(container, container.streams.audio[0])
+        return cls(container, container.streams.audio[0], start_s)
+
+    def _from_start(self, frames):
+        """Frames that end after `start_s`, the one that straddles it cut to begin exactly there."""
+        for frame in frames:
+            if frame.time is None or not self.start_s or frame.time >= self.start_s:
+                yield frame
+            elif frame.time + frame.samples / frame.sample_rate > self.start_s:
+                yield _drop_leading_samples(frame, round((self.start_s - frame.time) * frame.sample_rate))
 
     def mux_until(self, out, out_stream, until_s: float) -> None:
         """Encode the source frames that start before `until_s` (the video written so far)."""
@@ -42,14 +54,28 @@ class _AudioSource:
             self._pending = None
             if frame is None:
                 return
-            if frame.time is not None and frame.time >= until_s:
+            if frame.time is not None and frame.time - self.start_s >= until_s:
                 self._pending = frame
                 return
-            frame.pts = None
+            # explicit timestamps from 0, so the muxer's edit list hides the encoder's priming delay
+            frame.pts, frame.time_base = self._samples_out, Fraction(1, frame.sample_rate)
+            self._samples_out += frame.samples
             out.mux(out_stream.encode(frame))
 
     def close(self) -> None:
         self.container.close()
+
+
+def _drop_leading_samples(frame, count: int):
+    """A copy of an audio frame without its first `count` samples (planar or packed)."""
+    import av
+
+    data = frame.to_ndarray()
+    step = 1 if frame.format.is_planar else len(frame.layout.channels)
+    trimmed = av.AudioFrame.from_ndarray(np.ascontiguousarray(data[:, count * step:]), format=frame.format.name,
+                                         layout=frame.layout.name)
+    trimmed.sample_rate = frame.sample_rate
+    return trimmed
 
 
 def has_audio(path: str | Path) -> bool:
@@ -65,12 +91,16 @@ def write_h264(
     chunks: Iterable[np.ndarray],
     fps: float,
     audio_from: str | Path | None = None,
+    audio_start_s: float = 0.0,
     crf: int = 18,
     preset: str = "veryfast",
     keyframe_interval: int | None = None,
     threads: int = 0,
 ) -> int:
     """Encode (T, H, W, 3) uint8 RGB chunks to an mp4 at `path`; returns the number of frames.
+
+    `audio_from`'s first audio stream, from `audio_start_s` on (a clip cut out of a longer video),
+    is muxed alongside and cut at the video's end; a source without audio gives a silent output.
 
     `keyframe_interval` (frames) bounds how far a reader must decode to reach any frame: training
     loaders that seek into windows want it near the window length; None keeps x264's default.
@@ -82,7 +112,7 @@ def write_h264(
     """
     import av
 
-    audio = _AudioSource.open(audio_from) if audio_from else None
+    audio = _AudioSource.open(audio_from, audio_start_s) if audio_from else None
     frames_written = 0
     try:
         # bitexact: no library version strings in the file, so the bytes depend on the frames and

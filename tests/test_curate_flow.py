@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from portraitflow.jobs.config import load_config
+from portraitflow.operators.video_writer import has_audio
 
 TALKING = ["skyreels_driving_4.mp4", "megactor_audio_CHTF_2.mp4"]
 NEGATIVES = {
@@ -146,6 +147,7 @@ def test_shards_read_back_with_webdataset(curated) -> None:
         assert in_face.all(axis=(1, 2)).mean() > 0.95  # the tracked face box, in the same crop pixels
         assert 0 <= arrays["motion.npy"][:, 1:].min() and arrays["motion.npy"][:, 1:].max() <= 127
         with av.open(io.BytesIO(sample["mp4"])) as container:
+            assert bool(container.streams.audio) == has_audio(meta["source"])  # the source's sound, if it has any
             decoded = [f for f in container.decode(video=0)]
         assert len(decoded) == frames and (decoded[0].width, decoded[0].height) == (512, 512)
         assert Image.open(io.BytesIO(sample["ref.jpg"])).size == (512, 512)

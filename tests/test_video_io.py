@@ -1,8 +1,10 @@
 """Decoding in chunks with resampling, and H.264 encoding with the driver's audio."""
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -101,3 +103,35 @@ def test_outputs_get_the_permissions_of_an_ordinary_file(tmp_path: Path) -> None
     atomic_write(note, "{}")
     for path in (video, note):
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+def _tone_after(path: Path, silent_s: float, total_s: float, rate: int = 16000) -> None:
+    """A `total_s` video with a mono track: silence for `silent_s`, then a loud 440 Hz tone."""
+    t = np.arange(int(total_s * rate)) / rate
+    samples = np.where(t >= silent_s, 0.8 * np.sin(2 * np.pi * 440 * t), 0.0).astype(np.float32)
+    with av.open(str(path), "w", format="mp4") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width = video.height = 64
+        video.pix_fmt = "yuv420p"
+        audio = out.add_stream("aac", rate=rate)
+        audio.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(samples[None], format="fltp", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = rate, 0, Fraction(1, rate)
+        out.mux(audio.encode(frame))
+        out.mux(audio.encode(None))
+        for _ in range(int(total_s * 25)):
+            out.mux(video.encode(av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")))
+        out.mux(video.encode(None))
+
+
+def test_a_clip_gets_the_audio_of_its_own_time_range(tmp_path: Path) -> None:
+    source, clip = tmp_path / "source.mp4", tmp_path / "clip.mp4"
+    _tone_after(source, silent_s=1.2, total_s=2.0)
+    write_h264(clip, [_gradient_clip(25)], fps=25.0, audio_from=source, audio_start_s=1.0)  # 1.0 s .. 2.0 s
+    with av.open(str(clip)) as container:
+        stream = container.streams.audio[0]
+        samples = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(stream)])
+        rate = stream.rate
+    assert len(samples) / rate == pytest.approx(1.0, abs=0.1)  # cut at the source's frame (1024 samples) granularity
+    loud = np.flatnonzero(np.abs(samples) > 0.3)[0] / rate
+    assert loud == pytest.approx(0.2, abs=0.005), "the tone starts 0.2 s into the clip, as at 1.2 s in the source"

@@ -61,6 +61,7 @@ class CurateConfig(BaseModel):
     # crops and shards
     crop_size: int = Field(512, description="Side of the square crops, in px.")
     crf: int = Field(18, description="H.264 constant rate factor of the crops.")
+    keep_audio: bool = Field(True, description="Mux the source's audio of each clip's time range into its mp4 (AAC).")
     keyframe_interval: int = Field(
         25,
         description="Frames between keyframes of the crops: training loaders seek into 25-frame windows, so "

@@ -24,7 +24,7 @@ from portraitflow.operators.face_scan import load_clip_arrays, scan_clips
 from portraitflow.operators.filters import RENDER_FAILED
 from portraitflow.operators.identity import CorpusLedger
 from portraitflow.operators.inputs import expand_inputs, input_key
-from portraitflow.operators.quarantine import QUARANTINED
+from portraitflow.operators.quarantine import quarantined_row
 from portraitflow.operators.shards import pack_shards, shard_keys, shard_paths, write_index
 
 
@@ -110,8 +110,7 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
     with mlflow_run(cfg.mlflow, cfg.curate.experiment, run_name=out.name) as run:
         scanned, ray_stats = curate_inputs(pending, cfg, layout.scans, layout.staging, layout.attempts)
         returned = {r["input_key"] for r in scanned}
-        lost = [dict(r, status=ledger.FAILED, error=QUARANTINED.format("processing this input", CRASH_RETRIES + 1),
-                     timings="{}", render_errors="{}") for r in pending if r["input_key"] not in returned]
+        lost = [quarantined_row(r, CRASH_RETRIES + 1) for r in pending if r["input_key"] not in returned]
         scanned = sorted(scanned + lost, key=lambda r: r["input_key"])
         clips_by_input = _decide_corpus(cfg, scanned, markers, layout)
         errors = {k: e for r in scanned for k, e in json.loads(r["render_errors"]).items()}

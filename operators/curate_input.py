@@ -16,7 +16,7 @@ import numpy as np
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.operators.face_scan import FaceScanStage, batch_rows, rows_batch, scan_clips
 from portraitflow.operators.probe import FAILED
-from portraitflow.operators.quarantine import QUARANTINED, start_attempt
+from portraitflow.operators.quarantine import quarantined_row, start_attempt
 from portraitflow.operators.render import render_clip
 
 
@@ -39,17 +39,16 @@ class CurateInputStage:
 
     def curate(self, row: dict[str, Any]) -> dict[str, Any]:
         if start_attempt(self.attempts_dir, row["input_key"]) > self.max_attempts:
-            return dict(row, status=FAILED, error=QUARANTINED.format("processing this input", self.max_attempts),
-                        width=0, height=0, src_fps=0.0, duration_s=0.0, timings="{}", render_errors="{}")
+            return quarantined_row(row, self.max_attempts)
         row = self.scanner.scan(row)
         timings = Counter(json.loads(row["timings"]))
         errors = {}
         if row["status"] != FAILED:
             scan_path = self.scan_dir / f"{row['input_key']}.npz"
+            source = {"uri": row["uri"], "width": row["width"], "height": row["height"], "scan_path": str(scan_path)}
             for clip in scan_clips(scan_path, row["input_key"], self.cfg.fps):
                 if clip["reason"] is not None or (self.staging_dir / f"{clip['key']}.tar").exists():
                     continue  # rejected by the scan, or staged already (an earlier attempt, a killed run)
-                source = {"uri": row["uri"], "width": row["width"], "height": row["height"], "scan_path": str(scan_path)}
                 rendered = render_clip(dict(clip, **source), self.cfg, self.staging_dir)
                 timings.update(rendered["timings"])
                 if rendered["error"]:

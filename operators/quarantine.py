@@ -8,10 +8,10 @@ crashing again. The counts belong to one invocation: the driver clears the folde
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from portraitflow.operators.atomic import atomic_write
-
-QUARANTINED = "quarantined: the worker {} crashed on each of its {} attempts"
+from portraitflow.operators.probe import FAILED
 
 
 def start_attempt(folder: Path, key: str) -> int:
@@ -20,3 +20,10 @@ def start_attempt(folder: Path, key: str) -> int:
     count = int(path.read_text()) + 1 if path.exists() else 1
     atomic_write(path, str(count))
     return count
+
+
+def quarantined_row(row: dict[str, Any], attempts: int) -> dict[str, Any]:
+    """The `failed` result of an input given up on after `attempts` crashed starts (or whose
+    result never came back): nothing probed, scanned or rendered."""
+    return dict(row, status=FAILED, error=f"quarantined: the worker processing this input crashed on each of its "
+                f"{attempts} attempts", width=0, height=0, src_fps=0.0, duration_s=0.0, timings="{}", render_errors="{}")

@@ -8,8 +8,10 @@ guider run on all N black frames at once, padded motion tokens of the whole vide
 the reference encoded twice, and every decoded frame kept until the end. *Ours* is
 `HunyuanPipeline`: two branches when the appearance and motion scales are equal (exact
 cancellation), the black-pose feature computed once, contexts shared instead of copied, reference
-features once per job, motion tokens on the host travelling per window, chunked decoding that
-streams out. Motion tokens are given (random), so the motion encoders are outside both timings.
+features once per job, motion tokens on the host travelling per window without stalling the host,
+chunked decoding that streams out, and on CUDA the UNet under `torch.compile` as the animator runs
+it (`--compile off` for eager). Motion tokens are given (random), so the motion encoders are
+outside both timings.
 
     .venv/bin/python benchmarks/hunyuan_gpu.py                 # full size, CUDA: 512², 25 steps, fp16 + bf16
     .venv/bin/python benchmarks/hunyuan_gpu.py --tiny          # tiny modules on the CPU (plumbing, ratios)
@@ -172,11 +174,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip-baseline-above", type=int, default=1000,
                         help="do not run the baseline for longer videos (its memory grows with length)")
-    parser.add_argument("--channels-last", action="store_true",
-                        help="run ours with the UNet and the VAE decoder in channels-last memory format")
-    parser.add_argument("--compile", nargs="?", const="default", metavar="MODE",
-                        help="run ours with the UNet under torch.compile (MODE: default, reduce-overhead, "
-                             "max-autotune, ...); compile time is printed apart, in the warm-up")
+    parser.add_argument("--compile", metavar="MODE",
+                        help="torch.compile mode of ours' UNet, as the animator's `compile_mode` (default: `default` on "
+                             "CUDA, `off` on the CPU); its compile time is printed apart, in the warm-up")
     parser.add_argument("--no-cudnn-benchmark", action="store_true",
                         help="on CUDA, use cuDNN's heuristics instead of autotuning convolutions (both runs)")
     parser.add_argument("--seed", type=int, default=0)
@@ -188,10 +188,13 @@ def main() -> None:
     if args.tiny:
         settings = dataclasses.replace(settings, num_steps=args.steps or 3, frames_per_window=8, pad_frames=3)
     device = torch.device(args.device)
+    if args.compile is None:
+        args.compile = "default" if device.type == "cuda" else "off"
+    if args.compile == "off":
+        args.compile = None
     torch.backends.cudnn.benchmark = device.type == "cuda" and not args.no_cudnn_benchmark
     print(f"{size} modules on {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
           f"{settings.num_steps} steps, window {settings.frames_per_window}, torch threads {torch.get_num_threads()}"
-          + (", ours channels-last" if args.channels_last else "")
           + (f", ours torch.compile mode {args.compile}" if args.compile else ""))
     header = (f"{'dtype':5s} {'frames':>6s} | {'ours f/s':>9s} {'base f/s':>9s} {'speed-up':>8s} | "
               f"{'ours cpu-s':>10s} {'base cpu-s':>10s} | {'ours GiB':>8s} {'base GiB':>8s} | max |diff|")
@@ -201,13 +204,11 @@ def main() -> None:
         pipe = models.pipeline
         mine_pipe = copy.copy(pipe)  # the same modules; with --compile, ours calls a compiled view of the UNet
         if args.compile:
-            mine_pipe.unet = torch.compile(pipe.unet, mode=args.compile, dynamic=False)
+            mine_pipe.compile_unet(args.compile)
         _warm_up(pipe, mine_pipe, models.resolution, settings, args)
         for count in frames:
             inputs = make_inputs(pipe, models.resolution, count, settings, args.seed)
-            _memory_format(pipe, torch.channels_last if args.channels_last else torch.contiguous_format)
             mine, wall, cpu, peak = timed(lambda: ours(mine_pipe, inputs, settings), device)
-            _memory_format(pipe, torch.contiguous_format)
             row = f"{dtype_name:5s} {count:6d} | {count / wall:9.3f} "
             if count <= args.skip_baseline_above:
                 theirs, b_wall, b_cpu, b_peak = timed(lambda: baseline(pipe, inputs, settings), device)
@@ -228,21 +229,11 @@ def _warm_up(pipe: HunyuanPipeline, mine_pipe: HunyuanPipeline, resolution: int,
     length, so library set-up, cuDNN autotuning and compilation stay out of every timed row."""
     short = dataclasses.replace(settings, num_steps=1)
     inputs = make_inputs(pipe, resolution, settings.frames_per_window, short, args.seed)
-    _memory_format(pipe, torch.channels_last if args.channels_last else torch.contiguous_format)
     _, wall, _, _ = timed(lambda: ours(mine_pipe, inputs, short), pipe.device)
-    _memory_format(pipe, torch.contiguous_format)
     if args.compile:
         print(f"ours warm-up with torch.compile: {wall:.1f} s", flush=True)
     if settings.frames_per_window <= args.skip_baseline_above:
         baseline(pipe, inputs, short)
-
-
-def _memory_format(pipe: HunyuanPipeline, memory_format: torch.memory_format) -> None:
-    """Conv2d weights of the UNet and the VAE decoder in `memory_format` (Conv3d weights stay as they are)."""
-    for root in (pipe.unet, pipe.vae.decoder):
-        for module in root.modules():
-            if isinstance(module, torch.nn.Conv2d):
-                module.weight.data = module.weight.data.contiguous(memory_format=memory_format)
 
 
 def _max_difference(ours_result: tuple, baseline_result: tuple, frames: int) -> float:

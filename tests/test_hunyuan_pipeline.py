@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from portraitflow.jobs.cli import app
 from portraitflow.models.animators.base import DrivingWindow, ReferenceInput
-from portraitflow.models.hunyuan.animator import TINY_WEIGHTS, HunyuanAnimator
+from portraitflow.models.hunyuan.animator import TINY_SETTINGS, TINY_WEIGHTS, HunyuanAnimator
 from portraitflow.models.hunyuan.conditions import expression_boxes, expression_crops
 from portraitflow.models.hunyuan.dino import DinoV2WithIdAdapters
 from portraitflow.models.hunyuan.image_proj import ImageProjector
@@ -139,9 +139,9 @@ def test_windows_are_averaged_in_place_keeping_side_sums_for_overlaps_only(num_f
         latents = start.clone()
         results = [torch.randn(1, 25, 2, generator=generator) for _ in windows]
         average, most_pending = _OverlapAverage(latents, windows), 0
-        for frames, result in zip(windows, results):
-            assert torch.equal(latents[:, frames], start[:, frames])
-            average.add(frames, result)
+        for index, (frames, result) in enumerate(zip(windows, results)):
+            assert torch.equal(average.window_latents(index), start[:, frames])
+            average.add(index, result)
             most_pending = max(most_pending, len(average.sums))
         sums, counts = torch.zeros_like(start), torch.zeros(num_frames)
         for frames, result in zip(windows, results):
@@ -243,20 +243,41 @@ def _driving(rng: np.random.Generator, lengths: list[int], side: int) -> Iterato
         start += length
 
 
+def _reference(side: int) -> ReferenceInput:
+    rng = np.random.default_rng(0)
+    return ReferenceInput(crop=rng.integers(0, 256, (side, side, 3), dtype=np.uint8), kps=np.zeros((5, 2)),
+                          landmarks=np.zeros((68, 2)), pose=np.zeros(3),
+                          aligned_face=rng.integers(0, 256, (112, 112, 3), dtype=np.uint8),
+                          embedding=rng.normal(size=512).astype(np.float32))
+
+
 def test_tiny_animator_streams_windows_and_is_reproducible() -> None:
     animator = HunyuanAnimator.create(TINY_WEIGHTS, device="cpu")
     side, lengths = animator.models.resolution, [6, 7, 3]
-    rng = np.random.default_rng(0)
-    reference = ReferenceInput(crop=rng.integers(0, 256, (side, side, 3), dtype=np.uint8), kps=np.zeros((5, 2)),
-                               landmarks=np.zeros((68, 2)), pose=np.zeros(3),
-                               aligned_face=rng.integers(0, 256, (112, 112, 3), dtype=np.uint8),
-                               embedding=rng.normal(size=512).astype(np.float32))
+    reference = _reference(side)
     runs = [list(animator.animate(reference, _driving(np.random.default_rng(1), lengths, side), {"seed": seed}))
             for seed in (5, 5)]
     assert [len(crops) for crops in runs[0]] == lengths
     assert all(crops.shape == (n, side, side, 3) and crops.dtype == np.uint8 for crops, n in zip(runs[0], lengths))
     assert all(np.array_equal(a, b) for a, b in zip(runs[0], runs[1]))
     assert animator.describe(reference)["identity"] == "face-layer"
+
+
+def test_a_unet_that_fails_to_compile_falls_back_to_eager_with_the_same_frames() -> None:
+    def failing_backend(graph, example_inputs):
+        raise RuntimeError("no compiler tool chain")
+
+    eager = HunyuanAnimator(random_models("tiny"), TINY_SETTINGS)
+    animator = HunyuanAnimator(random_models("tiny"), TINY_SETTINGS)
+    pipeline = animator.models.pipeline
+    pipeline.unet = torch.compile(pipeline.unet, backend=failing_backend)
+    animator.compiled = "default"  # as `compile_mode="default"` leaves it, with a backend that cannot work
+    side = animator.models.resolution
+    runs = [list(a.animate(_reference(side), _driving(np.random.default_rng(1), [9], side), {}))
+            for a in (eager, animator)]
+    assert np.array_equal(runs[0][0], runs[1][0])
+    assert animator.describe(_reference(side))["compile"] == "failed, eager (BackendCompilerFailed)"
+    assert isinstance(pipeline.unet, HunyuanUNet)  # the eager module, not the compiled wrapper
 
 
 def test_arcface_onnx_gets_rgb_in_0_1_and_is_l2_normalised(tmp_path: Path) -> None:
@@ -294,6 +315,8 @@ def test_generation_flow_builds_the_hunyuan_animator_from_config() -> None:
 
     cfg = AnimateConfig(weights=TINY_WEIGHTS)
     assert resolve_backend(cfg) == "hunyuan"
-    assert isinstance(create_animator("hunyuan", cfg), HunyuanAnimator)
+    animator = create_animator("hunyuan", cfg)
+    assert isinstance(animator, HunyuanAnimator)
+    assert cfg.compile_mode == "default" and animator.compiled == "off"  # compiled on CUDA only
     with pytest.raises(ValueError, match="animate.weights"):
         create_animator("hunyuan", AnimateConfig(backend="hunyuan"))

@@ -14,6 +14,7 @@ use the crop's central third, which is that box in a crop made by the release's 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch._dynamo.exc import TorchDynamoException
 
 from portraitflow.models.animators.base import Animator, DrivingWindow, ReferenceInput
 from portraitflow.models.hunyuan.conditions import (
@@ -30,7 +32,7 @@ from portraitflow.models.hunyuan.conditions import (
     image_tensor,
 )
 from portraitflow.models.hunyuan.dino import ID_DIM
-from portraitflow.models.hunyuan.pipeline import PaddedMotion, SamplingSettings, dino_input
+from portraitflow.models.hunyuan.pipeline import PaddedMotion, ReferenceFeatures, SamplingSettings, dino_input
 from portraitflow.models.hunyuan.weights import HunyuanModels, load_models, random_models
 
 #: `weights` value that selects random tiny modules (CPU plumbing tests of the generation flow).
@@ -40,15 +42,23 @@ TINY_SETTINGS = SamplingSettings(num_steps=2, frames_per_window=8, overlap=3, sh
 #: release's frame-0 face box in a crop made by the release's own rule.
 CENTRAL_THIRD = (1 / 3, 1 / 3, 2 / 3, 2 / 3)
 
+logger = logging.getLogger(__name__)
+
 
 class HunyuanAnimator(Animator):
     """HunyuanPortrait (or its tiny random twin) as an `Animator`."""
 
     name = "hunyuan"
 
-    def __init__(self, models: HunyuanModels, settings: SamplingSettings = SamplingSettings()) -> None:
+    def __init__(self, models: HunyuanModels, settings: SamplingSettings = SamplingSettings(),
+                 compile_mode: str | None = None) -> None:
         self.models = models
         self.settings = settings
+        #: what the outputs' metadata says of compilation: off, the mode, or why it fell back to eager
+        self.compiled = "off"
+        if compile_mode:
+            models.pipeline.compile_unet(compile_mode)
+            self.compiled = compile_mode
         self._arcface = None
         if models.arcface is not None:
             import onnxruntime
@@ -58,13 +68,19 @@ class HunyuanAnimator(Animator):
             self._arcface = onnxruntime.InferenceSession(str(models.arcface), providers=providers)
 
     @classmethod
-    def create(cls, weights: str | Path, device: str | None = None, dtype: torch.dtype | None = None) -> HunyuanAnimator:
-        """From a weights folder (fp16 on CUDA, fp32 on CPU by default), or `TINY_WEIGHTS` for random tiny modules."""
+    def create(cls, weights: str | Path, device: str | None = None, dtype: torch.dtype | None = None,
+               compile_mode: str | None = None) -> HunyuanAnimator:
+        """From a weights folder (fp16 on CUDA, fp32 on CPU by default), or `TINY_WEIGHTS` for random tiny modules.
+
+        `compile_mode` applies on CUDA only: on a CPU the full model is far too slow to serve, and
+        the tiny one is for plumbing tests, where compiling would cost more than it saves.
+        """
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        compile_mode = compile_mode if str(device).startswith("cuda") else None
         if str(weights) == TINY_WEIGHTS:
-            return cls(random_models("tiny", device=device, dtype=dtype or torch.float32), TINY_SETTINGS)
+            return cls(random_models("tiny", device=device, dtype=dtype or torch.float32), TINY_SETTINGS, compile_mode)
         dtype = dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
-        return cls(load_models(weights, device=device, dtype=dtype))
+        return cls(load_models(weights, device=device, dtype=dtype), compile_mode=compile_mode)
 
     # -- reference ------------------------------------------------------------------------------
 
@@ -86,7 +102,7 @@ class HunyuanAnimator(Animator):
     def describe(self, reference: ReferenceInput) -> dict[str, Any]:
         """Metadata of a job's output: model source, identity source, sampling settings."""
         return {"animator": self.name, "weights": self.models.source, "identity": self.identity(reference)[1],
-                "dtype": str(self.models.pipeline.dtype).removeprefix("torch."),
+                "dtype": str(self.models.pipeline.dtype).removeprefix("torch."), "compile": self.compiled,
                 **dataclasses.asdict(self.settings)}
 
     # -- animation --------------------------------------------------------------------------------
@@ -151,8 +167,23 @@ class HunyuanAnimator(Animator):
         padded = PaddedMotion(motion, settings.pad_frames)
         window = min(settings.frames_per_window, len(padded))
         settings = dataclasses.replace(settings, frames_per_window=window, overlap=min(settings.overlap, window - 1))
-        latents = pipeline.sample(features, padded, pipeline.black_pose_features(resolution, resolution), settings)
+        latents = self._sample(features, padded, settings)
         yield from self._frames_in_windows(latents, settings, lengths, side)
+
+    def _sample(self, features: ReferenceFeatures, motion: PaddedMotion, settings: SamplingSettings) -> torch.Tensor:
+        """The padded video's latents; a UNet that fails to compile falls back to eager for good, so
+        a machine without a working compiler tool chain still serves every job."""
+        pipeline, resolution = self.models.pipeline, self.models.resolution
+        pose = pipeline.black_pose_features(resolution, resolution)
+        try:
+            return pipeline.sample(features, motion, pose, settings)
+        except TorchDynamoException as error:
+            if self.compiled == "off" or self.compiled.startswith("failed"):
+                raise
+            logger.warning("torch.compile of the UNet failed; running it eagerly from now on: %s", error)
+            self.compiled = f"failed, eager ({type(error).__name__})"
+            pipeline.uncompile_unet()
+            return pipeline.sample(features, motion, pose, settings)
 
     def _frames_in_windows(self, latents: torch.Tensor, settings: SamplingSettings, lengths: list[int],
                            side: int) -> Iterator[np.ndarray]:

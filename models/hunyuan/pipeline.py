@@ -93,8 +93,8 @@ class PaddedMotion:
         back = indices >= self.pad + video
         weight[front] = indices[front].float() / self.pad
         weight[back] = 1 - (indices[back] - self.pad - video).float() / self.pad
-        tokens = self.tokens[source].to(device=device, dtype=torch.float32, non_blocking=True)
-        return (tokens * weight.to(device)[:, None, None]).to(dtype)
+        tokens = (self.tokens[source].float() * weight[:, None, None]).to(dtype)
+        return to_device(tokens, device)
 
 
 PoseSource = Callable[[torch.Tensor], torch.Tensor]  # padded frame indices [K] -> [1, K or 1, C0, h, w]
@@ -128,6 +128,16 @@ class HunyuanPipeline:
     @property
     def dtype(self) -> torch.dtype:
         return self.unet.conv_in.weight.dtype
+
+    def compile_unet(self, mode: str = "default") -> None:
+        """Run the UNet under `torch.compile`, which fuses its norms, activations and residual adds
+        (about half of the eager call's kernel time): 1.46x per call in fp16 on an H200. Window
+        shapes are fixed, so it compiles once per branch count; the first window pays for it."""
+        self.unet = torch.compile(self.unet, mode=mode, dynamic=False)
+
+    def uncompile_unet(self) -> None:
+        """Back to the eager UNet (after a compilation failure)."""
+        self.unet = getattr(self.unet, "_orig_mod", self.unet)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"unet": self.unet, "vae": self.vae, "pose_guider": self.pose_guider,
@@ -205,23 +215,23 @@ class HunyuanPipeline:
         latents = self.initial_latents(reference, num_frames, noise, settings, sigmas[0])
         time_ids = torch.tensor([[settings.fps, settings.motion_bucket_id, settings.noise_aug_strength]],
                                 device=self.device, dtype=self.dtype)
+        timesteps = schedule.timesteps.to(self.device)
         window = settings.frames_per_window
         shift = 0
         for step in range(settings.num_steps):
             sigma, sigma_next = sigmas[step], sigmas[step + 1]
-            timestep = schedule.timesteps[step].to(self.device)
             g_appearance, g_motion = appearance[step], motion_scales[step]
             three_way = not (settings.skip_redundant_branch and g_appearance == g_motion)
             windows = window_indices(num_frames, window, settings.overlap, shift)
             average = _OverlapAverage(latents, windows)
             for index, frames in enumerate(windows):
-                x = latents[:, frames.to(self.device)]
-                v = self._guided_v(reference, x, sigma, timestep, motion(frames, self.device, self.dtype),
+                x = average.window_latents(index)
+                v = self._guided_v(reference, x, sigma, timesteps[step], motion(frames, self.device, self.dtype),
                                    pose(frames), time_ids, g_appearance, g_motion, three_way)
                 x_next = euler_v_step(x, v, sigma, sigma_next)
                 if on_window is not None:
                     on_window(step, index, frames, v, x_next)
-                average.add(frames, x_next)
+                average.add(index, x_next)
             shift = next_shift(shift, settings.shift_offset, window)
         return latents
 
@@ -263,31 +273,58 @@ class _OverlapAverage:
 
     A frame is written once its last window is done, so every window reads the step's input
     values; until then its running float32 sum waits here (the overlaps and the wrap-around: at
-    most about one window of frames), instead of a second whole-video accumulator.
+    most about one window of frames), instead of a second whole-video accumulator. The step's
+    indices reach the device in one transfer, so no window waits on the host.
     """
 
     def __init__(self, latents: torch.Tensor, windows: list[torch.Tensor]) -> None:
         self.latents = latents
-        self.windows_per_frame = torch.bincount(torch.cat(windows), minlength=latents.shape[1]).tolist()
-        self.seen = [0] * latents.shape[1]
+        counts = torch.bincount(torch.cat(windows), minlength=latents.shape[1]).tolist()
+        seen = [0] * latents.shape[1]
+        #: per window, (row, frame, windows of that frame if this window finishes it, else 0)
+        self.plan: list[list[tuple[int, int, int]]] = []
+        finished: list[int] = []
+        self.finished_slices: list[slice] = []
+        for frames in windows:
+            rows = []
+            for row, frame in enumerate(frames.tolist()):
+                seen[frame] += 1
+                rows.append((row, frame, counts[frame] if seen[frame] == counts[frame] else 0))
+            self.plan.append(rows)
+            done = [frame for _, frame, count in rows if count]
+            self.finished_slices.append(slice(len(finished), len(finished) + len(done)))
+            finished += done
+        device = latents.device
+        self.window_frames = to_device(torch.stack(windows), device)
+        self.finished_frames = to_device(torch.tensor(finished, dtype=torch.long), device)
         self.sums: dict[int, torch.Tensor] = {}
 
-    def add(self, frames: torch.Tensor, x_next: torch.Tensor) -> None:
-        """Fold one window's results x_next [1, K, ...] (float32) for `frames` [K] (host indices)."""
-        finished, values = [], []
-        for row, frame in enumerate(frames.tolist()):
+    def window_latents(self, index: int) -> torch.Tensor:
+        """[1, K, ...] latents of window `index`, as the step began."""
+        return self.latents[:, self.window_frames[index]]
+
+    def add(self, index: int, x_next: torch.Tensor) -> None:
+        """Fold window `index`'s results x_next [1, K, ...] (float32)."""
+        values = []
+        for row, frame, count in self.plan[index]:
             value = x_next[:, row]
             if frame in self.sums:
                 value = self.sums.pop(frame) + value
-            self.seen[frame] += 1
-            if self.seen[frame] < self.windows_per_frame[frame]:
+            if count:
+                values.append(value / count)
+            else:
                 self.sums[frame] = value
-                continue
-            finished.append(frame)
-            values.append(value / self.windows_per_frame[frame])
-        if finished:
-            index = torch.tensor(finished, device=self.latents.device)
-            self.latents.index_copy_(1, index, torch.stack(values, dim=1).to(self.latents.dtype))
+        if values:
+            index_tensor = self.finished_frames[self.finished_slices[index]]
+            self.latents.index_copy_(1, index_tensor, torch.stack(values, dim=1).to(self.latents.dtype))
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without stalling the host: on CUDA it is pinned and copied
+    asynchronously, so the next window is queued while the GPU still works on this one."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def dino_input(crop: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Curate one input where it is scanned: probe, scan, then render every clip the scan kept.
+"""Curate one input where it is scanned: fetch, probe, scan, then render every clip the scan kept.
 
 The worker that scanned an input renders its clips right away, so no CPU waits for a pass to end
 or for the corpus-wide identity decisions: those are taken when samples are packed into shards,
@@ -6,7 +6,9 @@ and the staged samples of the clips they reject are discarded there.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,8 @@ import numpy as np
 
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.operators.face_scan import FaceScanStage, batch_rows, rows_batch, scan_clips
-from portraitflow.operators.probe import FAILED
+from portraitflow.operators.inputs import is_uri, local_copy
+from portraitflow.operators.probe import FAILED, unfetched_input
 from portraitflow.operators.quarantine import quarantined_row, start_attempt
 from portraitflow.operators.render import render_clip
 
@@ -40,8 +43,19 @@ class CurateInputStage:
     def curate(self, row: dict[str, Any]) -> dict[str, Any]:
         if start_attempt(self.attempts_dir, row["input_key"]) > self.max_attempts:
             return quarantined_row(row, self.max_attempts)
-        row = self.scanner.scan(row)
+        with contextlib.ExitStack() as stack:
+            fetch = time.perf_counter()
+            try:  # a remote input is fetched once, for the probe, the scan and every clip
+                path = stack.enter_context(local_copy(row["uri"]))
+            except Exception as exc:  # the remote store refused: this input fails, the run goes on
+                return dict(unfetched_input(row, exc), render_errors="{}")
+            fetch = time.perf_counter() - fetch
+            return self._curate_local(row, path, {"fetch": fetch} if is_uri(row["uri"]) else {})
+
+    def _curate_local(self, row: dict[str, Any], path: str, fetch_timing: dict[str, float]) -> dict[str, Any]:
+        row = self.scanner.scan(row, path)
         timings = Counter(json.loads(row["timings"]))
+        timings.update(fetch_timing)
         errors = {}
         if row["status"] != FAILED:
             scan_path = self.scan_dir / f"{row['input_key']}.npz"
@@ -49,7 +63,7 @@ class CurateInputStage:
             for clip in scan_clips(scan_path, row["input_key"], self.cfg.fps):
                 if clip["reason"] is not None or (self.staging_dir / f"{clip['key']}.tar").exists():
                     continue  # rejected by the scan, or staged already (an earlier attempt, a killed run)
-                rendered = render_clip(dict(clip, **source), self.cfg, self.staging_dir)
+                rendered = render_clip(dict(clip, **source), path, self.cfg, self.staging_dir)
                 timings.update(rendered["timings"])
                 if rendered["error"]:
                     errors[clip["key"]] = rendered["error"]

@@ -26,7 +26,7 @@ from portraitflow.operators import filters
 from portraitflow.operators.decode import VideoInfo, iter_frame_chunks
 from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.identity import load_gallery, matches_gallery, switch_index
-from portraitflow.operators.inputs import clip_key, local_copy
+from portraitflow.operators.inputs import clip_key
 from portraitflow.operators.motion import motion_table
 from portraitflow.operators.probe import FAILED, error_text, probe_input
 from portraitflow.operators.shots import ShotDetector
@@ -317,22 +317,22 @@ class FaceScanStage:
         self.galleries = Galleries(load_gallery(self.analyzer, self.cfg.allow_dir),
                                    load_gallery(self.analyzer, self.cfg.deny_dir), threshold)
 
-    def scan(self, row: dict[str, Any]) -> dict[str, Any]:
-        """Probe and scan one input into `scan_dir/{input_key}.npz`; a finished scan is reused."""
+    def scan(self, row: dict[str, Any], path: str) -> dict[str, Any]:
+        """Probe and scan one input (`path`: its local copy) into `scan_dir/{input_key}.npz`; a
+        finished scan is reused."""
         cpu = time.process_time()
-        row = probe_input(row)
+        row = probe_input(row, path)
         if row["status"] == FAILED:
             return row
-        path = self.scan_dir / f"{row['input_key']}.npz"
+        scan_file = self.scan_dir / f"{row['input_key']}.npz"
         timings = json.loads(row["timings"])
-        if path.exists() and load_scan_meta(path).get("fingerprint") == self.fingerprint:
+        if scan_file.exists() and load_scan_meta(scan_file).get("fingerprint") == self.fingerprint:
             return dict(row, status=SCANNED)
         timer = StageTimer()
         try:
             info = VideoInfo(row["width"], row["height"], row["src_fps"], round(row["duration_s"] * row["src_fps"]))
-            with local_copy(row["uri"]) as local:
-                candidates = scan_video(self.analyzer, local, info, self.cfg, self.galleries, timer)
-            save_scan(path, {"fingerprint": self.fingerprint, "face_backend": self.analyzer.name,
+            candidates = scan_video(self.analyzer, path, info, self.cfg, self.galleries, timer)
+            save_scan(scan_file, {"fingerprint": self.fingerprint, "face_backend": self.analyzer.name,
                                    "same_person": self.analyzer.same_person_threshold}, candidates)
         except Exception as exc:  # damaged mid-stream, odd frames: this input fails, the run goes on
             return dict(row, status=FAILED, error=error_text(exc),

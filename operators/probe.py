@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 from portraitflow.operators.decode import VideoUnreadable, probe_video
-from portraitflow.operators.inputs import local_copy
 
 FAILED = "failed"
 _LOG_STAMP = re.compile(r"\[\d{2}:\d{2}:\d{2}\] ")
@@ -19,15 +18,23 @@ def error_text(exc: BaseException) -> str:
     return _LOG_STAMP.sub("", text)[:500]
 
 
-def probe_input(row: dict[str, Any]) -> dict[str, Any]:
-    """Ray Data map function (a CPU task); never raises for bad input."""
+def probe_input(row: dict[str, Any], path: str) -> dict[str, Any]:
+    """Probe `path`, the local copy of the row's input; never raises for bad input."""
     start = time.perf_counter()
-    out = dict(row, status="", error="", width=0, height=0, src_fps=0.0, duration_s=0.0)
+    out = _unprobed(row)
     try:
-        with local_copy(row["uri"]) as path:
-            info = probe_video(path)
+        info = probe_video(path)
         out.update(width=info.width, height=info.height, src_fps=info.fps, duration_s=info.duration_s)
-    except Exception as exc:  # unreadable, missing, a remote error: the row says so and the run goes on
+    except Exception as exc:  # unreadable, missing, odd streams: the row says so and the run goes on
         out.update(status=FAILED, error=error_text(exc))
     out["timings"] = json.dumps({"probe": time.perf_counter() - start})
     return out
+
+
+def unfetched_input(row: dict[str, Any], exc: BaseException) -> dict[str, Any]:
+    """The `failed` row of an input whose local copy could not be made (a remote error)."""
+    return dict(_unprobed(row), status=FAILED, error=error_text(exc), timings=json.dumps({}))
+
+
+def _unprobed(row: dict[str, Any]) -> dict[str, Any]:
+    return dict(row, status="", error="", width=0, height=0, src_fps=0.0, duration_s=0.0)

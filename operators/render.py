@@ -19,7 +19,6 @@ from portraitflow.jobs.config.curate import CurateConfig
 from portraitflow.models.face.align import align_arcface, crop_square
 from portraitflow.operators.decode import iter_frame_chunks
 from portraitflow.operators.face_scan import load_clip_arrays
-from portraitflow.operators.inputs import local_copy
 from portraitflow.operators.motion import WINDOW
 from portraitflow.operators.probe import error_text
 from portraitflow.operators.reference_portrait import to_crop
@@ -98,16 +97,15 @@ def render_sample(
     }
 
 
-def render_clip(row: dict[str, Any], cfg: CurateConfig, staging_dir: Path) -> dict[str, Any]:
-    """Render one kept clip (`row`: the clip, its input's uri and size, its scan file) and stage its
-    sample; never raises: an error is returned with the clip's key."""
+def render_clip(row: dict[str, Any], path: str, cfg: CurateConfig, staging_dir: Path) -> dict[str, Any]:
+    """Render one kept clip (`row`: the clip, its input's uri and size, its scan file; `path`: the
+    input's local copy) and stage its sample; never raises: an error is returned with the clip's key."""
     cpu = time.process_time()
     timer = StageTimer()
     error = ""
     try:
         arrays = load_clip_arrays(Path(row["scan_path"]), row["index"])
-        with local_copy(row["uri"]) as path:
-            fields = render_sample(path, row, arrays, cfg, row["face_backend"], timer)
+        fields = render_sample(path, row, arrays, cfg, row["face_backend"], timer)
         with timer.time("stage"):
             stage_sample(staging_dir, row["key"], fields)
     except Exception as exc:  # one clip that cannot be rendered is recorded, the run goes on

@@ -314,11 +314,43 @@ def test_allow_and_deny_galleries_decide_identity(media_dir: Path, tmp_path: Pat
         cfg = load_config(None, [f"curate.{gallery}={tmp_path / gallery.split('_')[0]}"])
         out = tmp_path / gallery
         out.mkdir()
-        scanned = FaceScanStage(cfg.model_dump(mode="json"), str(out)).scan(dict(row))
+        scanned = FaceScanStage(cfg.model_dump(mode="json"), str(out)).scan(dict(row), row["uri"])
         clips = load_scan_meta(out / f"{row['input_key']}.npz")["clips"]
         reasons[gallery] = {c["reason"] for c in clips}
         assert scanned["status"] == "scanned" and reasons[gallery] == {expected}, reasons
     cfg = load_config(None, [f"curate.allow_dir={tmp_path / 'deny'}"])  # the speaker is allowed
     (tmp_path / "allowed").mkdir()
-    FaceScanStage(cfg.model_dump(mode="json"), str(tmp_path / "allowed")).scan(dict(row))
+    FaceScanStage(cfg.model_dump(mode="json"), str(tmp_path / "allowed")).scan(dict(row), row["uri"])
     assert {c["reason"] for c in load_scan_meta(tmp_path / "allowed" / f"{row['input_key']}.npz")["clips"]} == {None}
+
+
+def test_a_remote_input_is_fetched_once_for_its_probe_scan_and_every_clip(
+        media_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the stage makes the local copy: probe, scan and renders read it (a scheme pyarrow does
+    not know would fail any of them that fetched on its own)."""
+    import contextlib
+
+    from portraitflow.operators import curate_input
+    from portraitflow.operators.inputs import input_key
+
+    fetched = []
+
+    @contextlib.contextmanager
+    def fake_remote(uri: str):
+        fetched.append(uri)
+        yield str(media_dir / uri.removeprefix("unknown://bucket/"))
+
+    monkeypatch.setattr(curate_input, "local_copy", fake_remote)
+    cfg = load_config(None, OVERRIDES + ["mlflow.enabled=false"])
+    dirs = [tmp_path / name for name in ("scans", "staging", "attempts")]
+    for folder in dirs:
+        folder.mkdir()
+    stage = curate_input.CurateInputStage(cfg.model_dump(mode="json"), *map(str, dirs), max_attempts=2)
+    uri = f"unknown://bucket/{TALKING[0]}"
+    row = stage.curate({"uri": uri, "input_key": input_key(uri)})
+    staged = list(dirs[1].glob("*.tar"))
+    assert row["status"] == "scanned" and json.loads(row["render_errors"]) == {} and staged
+    assert fetched == [uri] and "fetch" in json.loads(row["timings"])
+    monkeypatch.undo()  # the real fetch of an unknown scheme: a failed row with the store's error
+    missing = stage.curate({"uri": "unknown://bucket/missing.mp4", "input_key": "missing"})
+    assert missing["status"] == "failed" and missing["error"] and missing["render_errors"] == "{}"

@@ -177,6 +177,8 @@ def main() -> None:
     parser.add_argument("--compile", metavar="MODE",
                         help="torch.compile mode of ours' UNet, as the animator's `compile_mode` (default: `default` on "
                              "CUDA, `off` on the CPU); its compile time is printed apart, in the warm-up")
+    parser.add_argument("--windows-per-call", type=int, default=1,
+                        help="ours: windows of a step batched into one UNet call (the animator's `windows_per_call`)")
     parser.add_argument("--no-cudnn-benchmark", action="store_true",
                         help="on CUDA, use cuDNN's heuristics instead of autotuning convolutions (both runs)")
     parser.add_argument("--seed", type=int, default=0)
@@ -184,7 +186,7 @@ def main() -> None:
     size = "tiny" if args.tiny else "full"
     frames = args.frames or ([12, 30] if args.tiny else [50, 250, 1000])
     dtypes = args.dtypes or (["fp32"] if args.tiny else ["fp16", "bf16"])
-    settings = SamplingSettings(num_steps=args.steps or 25)
+    settings = SamplingSettings(num_steps=args.steps or 25, windows_per_call=args.windows_per_call)
     if args.tiny:
         settings = dataclasses.replace(settings, num_steps=args.steps or 3, frames_per_window=8, pad_frames=3)
     device = torch.device(args.device)

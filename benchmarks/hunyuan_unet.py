@@ -27,6 +27,7 @@ VARIANTS = {
     "channels-last": (1, True, None),
     "two-windows": (2, False, None),
     "compile": (1, False, "default"),
+    "compile-two-windows": (2, False, "default"),
     "compile-max-autotune": (1, False, "max-autotune-no-cudagraphs"),
 }
 

@@ -104,8 +104,10 @@ def test_motion_padding_ramps_as_recorded(pipeline_golden) -> None:
     torch.testing.assert_close(padded, data["input.prompts"][0], atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("guidance", ["release", "alt_guidance"])
-def test_whole_tiny_pipeline_golden(pipeline_golden, guidance: str) -> None:
+@pytest.mark.parametrize(("guidance", "windows_per_call"), [("release", 1), ("alt_guidance", 1), ("release", 4),
+                                                            ("alt_guidance", 4)])
+def test_whole_tiny_pipeline_golden(pipeline_golden, guidance: str, windows_per_call: int) -> None:
+    """Also with the step's 6 windows batched 4 + 2 per UNet call: the same windows, the same result."""
     pipe, sidecar, data = pipeline_golden
     overrides, prefix = {}, "output."
     if guidance == "alt_guidance":
@@ -113,7 +115,7 @@ def test_whole_tiny_pipeline_golden(pipeline_golden, guidance: str) -> None:
         overrides = {"appearance_scale": (alt["min_guidance_scale1"], alt["max_guidance_scale1"]),
                      "motion_scale": (alt["min_guidance_scale2"], alt["max_guidance_scale2"])}
         prefix = "output.alt_guidance."
-    settings = _settings(sidecar, **overrides)
+    settings = _settings(sidecar, windows_per_call=windows_per_call, **overrides)
     reference = pipe.encode_reference(data["input.ref_image"], data["input.transformed_images"],
                                       data["input.arcface_embeddings"])
     motion = PaddedMotion(data["input.driven_feat_unpadded"][0], settings.pad_frames)

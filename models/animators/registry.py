@@ -34,5 +34,5 @@ def create_animator(backend: str, cfg: AnimateConfig) -> Animator:
 
         if not cfg.weights:
             raise ValueError("the hunyuan animator needs animate.weights: a folder in the official layout, or `tiny`")
-        return HunyuanAnimator.create(cfg.weights, compile_mode=cfg.compile_mode)
+        return HunyuanAnimator.create(cfg.weights, compile_mode=cfg.compile_mode, windows_per_call=cfg.windows_per_call)
     raise ValueError(f"unknown animator backend {backend!r}")

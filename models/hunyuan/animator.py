@@ -4,7 +4,7 @@ Per job: the reference's appearance tokens and latent are computed once; driving
 in and are reduced to motion tokens (kept on the host, in 25-frame chunks aligned with the video
 start as the release computes their intensity buckets); then the whole padded video is sampled
 with the windowed sampler and decoded chunk by chunk, and the crops go out in the driving
-windows' sizes. Device memory holds the video's latents and one window's work, never the video.
+windows' sizes. Device memory holds the video's latents and one UNet call's windows, never the video.
 
 The driving crops stand in for the release's frame-0 crop box (one box per shot). The release's
 expression crop is the 5-point landmark box pulled 45% toward frame 0's raw face box: each
@@ -69,7 +69,7 @@ class HunyuanAnimator(Animator):
 
     @classmethod
     def create(cls, weights: str | Path, device: str | None = None, dtype: torch.dtype | None = None,
-               compile_mode: str | None = None) -> HunyuanAnimator:
+               compile_mode: str | None = None, windows_per_call: int = 1) -> HunyuanAnimator:
         """From a weights folder (fp16 on CUDA, fp32 on CPU by default), or `TINY_WEIGHTS` for random tiny modules.
 
         `compile_mode` applies on CUDA only: on a CPU the full model is far too slow to serve, and
@@ -78,9 +78,11 @@ class HunyuanAnimator(Animator):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         compile_mode = compile_mode if str(device).startswith("cuda") else None
         if str(weights) == TINY_WEIGHTS:
-            return cls(random_models("tiny", device=device, dtype=dtype or torch.float32), TINY_SETTINGS, compile_mode)
-        dtype = dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
-        return cls(load_models(weights, device=device, dtype=dtype), compile_mode=compile_mode)
+            models, settings = random_models("tiny", device=device, dtype=dtype or torch.float32), TINY_SETTINGS
+        else:
+            dtype = dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
+            models, settings = load_models(weights, device=device, dtype=dtype), SamplingSettings()
+        return cls(models, dataclasses.replace(settings, windows_per_call=windows_per_call), compile_mode)
 
     # -- reference ------------------------------------------------------------------------------
 

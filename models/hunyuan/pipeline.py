@@ -1,4 +1,4 @@
-"""HunyuanPortrait sampling with memory bounded by the window, not by the video.
+"""HunyuanPortrait sampling with memory bounded by the windows of one UNet call, not by the video.
 
 Only the whole video's latents (in the model's dtype, as the release keeps them: 32 KB per frame
 at 512² in fp16) live on the device; overlapping windows are averaged into them in place, with side
@@ -60,6 +60,10 @@ class SamplingSettings:
     #: when both scales are equal at a step, the appearance-only branch cancels out of the
     #: guidance formula: run 2 branches instead of 3 (equal up to rounding).
     skip_redundant_branch: bool = True
+    #: windows of a step denoised in one UNet call. The windows of a step all read the step's
+    #: input, so batching them is exact; it trades device memory (one window's activations each)
+    #: for larger, more efficient kernels. The release runs one.
+    windows_per_call: int = 1
 
 
 @dataclass
@@ -224,32 +228,42 @@ class HunyuanPipeline:
             three_way = not (settings.skip_redundant_branch and g_appearance == g_motion)
             windows = window_indices(num_frames, window, settings.overlap, shift)
             average = _OverlapAverage(latents, windows)
-            for index, frames in enumerate(windows):
-                x = average.window_latents(index)
-                v = self._guided_v(reference, x, sigma, timesteps[step], motion(frames, self.device, self.dtype),
-                                   pose(frames), time_ids, g_appearance, g_motion, three_way)
+            for first in range(0, len(windows), settings.windows_per_call):
+                group = range(first, min(first + settings.windows_per_call, len(windows)))
+                x = torch.cat([average.window_latents(index) for index in group])
+                motion_tokens = torch.stack([motion(windows[index], self.device, self.dtype) for index in group])
+                poses = [pose(windows[index]) for index in group]
+                pose_features = poses[0] if poses[0].shape[1] == 1 else torch.cat(poses)  # constant, or per frame
+                v = self._guided_v(reference, x, sigma, timesteps[step], motion_tokens, pose_features, time_ids,
+                                   g_appearance, g_motion, three_way)
                 x_next = euler_v_step(x, v, sigma, sigma_next)
-                if on_window is not None:
-                    on_window(step, index, frames, v, x_next)
-                average.add(index, x_next)
+                for row, index in enumerate(group):
+                    if on_window is not None:
+                        on_window(step, index, windows[index], v[row:row + 1], x_next[row:row + 1])
+                    average.add(index, x_next[row:row + 1])
             shift = next_shift(shift, settings.shift_offset, window)
         return latents
 
     def _guided_v(self, reference: ReferenceFeatures, x: torch.Tensor, sigma: float, timestep: torch.Tensor,
                   motion_tokens: torch.Tensor, pose_features: torch.Tensor, time_ids: torch.Tensor,
                   g_appearance: float, g_motion: float, three_way: bool) -> torch.Tensor:
-        """Guided v-prediction [1, K, 4, h, w] of one window; branches [uncond, (appearance only,) full]."""
-        frames = x.shape[1]
+        """Guided v-prediction [G, K, 4, h, w] of G windows x [G, K, 4, h, w] with motion tokens
+        [G, K, L, D] and pose features [1 or G, 1 or K, C0, h, w], in one UNet call whose batch is
+        branch-major: [uncond x G, (appearance only x G,) full x G]."""
+        windows, frames = x.shape[:2]
         branches = 3 if three_way else 2
-        ref_latent = reference.latent.to(self.dtype)[:, None].expand(1, frames, -1, -1, -1)
-        ref_latents = torch.cat([torch.zeros_like(ref_latent), ref_latent.expand(branches - 1, -1, -1, -1, -1)])
-        noisy = scale_model_input(x, sigma).to(self.dtype).expand(branches, -1, -1, -1, -1)
+        ref_latent = reference.latent.to(self.dtype)[:, None]
+        ref_latents = torch.cat([torch.zeros_like(ref_latent).expand(windows, frames, -1, -1, -1),
+                                 ref_latent.expand((branches - 1) * windows, frames, -1, -1, -1)])
+        noisy = scale_model_input(x, sigma).to(self.dtype).repeat(branches, 1, 1, 1, 1)
         sample = torch.cat([noisy, ref_latents], dim=2)
-        image = torch.cat([torch.zeros_like(reference.image_tokens),
-                           reference.image_tokens.expand(branches - 1, -1, -1)])
-        motion = torch.cat([torch.zeros_like(motion_tokens)[None].expand(branches - 1, -1, -1, -1),
-                            motion_tokens[None]])
-        v = self.unet(sample, timestep, image, motion, time_ids.expand(branches, -1), pose_features).float()
+        tokens = reference.image_tokens
+        image = torch.cat([torch.zeros_like(tokens).expand(windows, -1, -1),
+                           tokens.expand((branches - 1) * windows, -1, -1)])
+        motion = torch.cat([motion_tokens.new_zeros(((branches - 1) * windows, *motion_tokens.shape[1:])), motion_tokens])
+        if pose_features.shape[0] > 1:
+            pose_features = pose_features.repeat(branches, 1, 1, 1, 1)
+        v = self.unet(sample, timestep, image, motion, time_ids.expand(branches * windows, -1), pose_features).float()
         if three_way:
             v_uncond, v_appearance, v_full = v.chunk(3)
             return v_uncond + g_appearance * (v_appearance - v_uncond) + g_motion * (v_full - v_appearance)

@@ -6,7 +6,12 @@ from typing import Optional
 
 import typer
 
+from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.options import ConfigOption, MlflowUriOption, RayAddressOption, SetOption, resolve_config
+
+#: the config's own choices, so the flags offer (and check) exactly what the config accepts.
+Backend = AnimateConfig.model_fields["backend"].annotation
+Motion = AnimateConfig.model_fields["motion"].annotation
 
 
 def animate(
@@ -16,11 +21,11 @@ def animate(
     jobs: Optional[Path] = typer.Option(None, "--jobs", exists=True, dir_okay=False, help="CSV, JSONL or parquet: ref, driving, optional job_id and per-job params."),
     refs: Optional[Path] = typer.Option(None, "--refs", exists=True, file_okay=False, help="Folder of portraits (with --drivers): every pair is a job."),
     drivers: Optional[Path] = typer.Option(None, "--drivers", exists=True, file_okay=False, help="Folder of driving videos (with --refs)."),
-    backend: Optional[str] = typer.Option(None, help="warp, hunyuan or auto (animate.backend)."),
-    weights: Optional[str] = typer.Option(None, help="HunyuanPortrait weights folder (animate.weights)."),
+    backend: Optional[Backend] = typer.Option(None, help="Animator (animate.backend)."),
+    weights: Optional[str] = typer.Option(None, help="HunyuanPortrait weights folder, or `tiny` for random tiny modules (plumbing tests) (animate.weights)."),
     actors: Optional[int] = typer.Option(None, help="Animation actors for CPU backends (animate.actors)."),
     gpus: Optional[int] = typer.Option(None, help="GPUs for hunyuan, one actor each (animate.gpus)."),
-    motion: Optional[str] = typer.Option(None, help="relative or absolute (animate.motion)."),
+    motion: Optional[Motion] = typer.Option(None, help="Motion transfer (animate.motion)."),
     pose_multiplier: Optional[float] = typer.Option(None, help="Head motion gain (animate.pose_multiplier)."),
     expression_multiplier: Optional[float] = typer.Option(None, help="Expression gain (animate.expression_multiplier)."),
     paste_back: Optional[bool] = typer.Option(None, "--paste-back/--crop-only", help="Composite onto the full portrait, or write the crop."),
@@ -39,8 +44,8 @@ def animate(
         raise typer.BadParameter("give exactly one of: --ref with --driving, --jobs, or --refs with --drivers")
     flags = {"backend": backend, "weights": weights, "actors": actors, "gpus": gpus, "motion": motion,
              "pose_multiplier": pose_multiplier, "expression_multiplier": expression_multiplier, "paste_back": paste_back}
-    overrides = [*(set_ or []), *(f"animate.{k}={v}" for k, v in flags.items() if v is not None)]
-    cfg = resolve_config(config, overrides, ray_address, mlflow_uri)
+    cfg = resolve_config(config, set_, ray_address, mlflow_uri, {f"animate.{k}": v for k, v in flags.items()})
+    check_weights(cfg.animate)
     if jobs is not None:
         try:
             job_list = load_jobs(jobs)
@@ -55,3 +60,22 @@ def animate(
     typer.echo(f"{len(table)} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f"; results in {out / 'results.parquet'}")
     for row in table[table.status == "failed"].itertuples():
         typer.echo(f"  failed {row.job_id}: {row.reason}")
+
+
+def check_weights(cfg: AnimateConfig) -> None:
+    """Refuse missing HunyuanPortrait weights on the driver, before Ray starts: inside the actors
+    the same error costs the start-up and leaves only failed rows behind tracebacks."""
+    from portraitflow.models.animators.registry import resolve_backend
+
+    if resolve_backend(cfg) != "hunyuan":
+        return
+    from portraitflow.models.hunyuan.animator import TINY_WEIGHTS
+    from portraitflow.models.hunyuan.weights import WeightsMissing, check_weights_dir
+
+    if not cfg.weights:
+        raise typer.BadParameter("the hunyuan backend needs --weights (animate.weights): a folder in the official layout, or `tiny`")
+    if cfg.weights != TINY_WEIGHTS:
+        try:
+            check_weights_dir(cfg.weights)
+        except WeightsMissing as exc:
+            raise typer.BadParameter(str(exc), param_hint="--weights") from exc

@@ -28,8 +28,7 @@ def evaluate(
     from portraitflow.jobs.sweep import evaluate_results, report_from_run
     from portraitflow.operators.paths import safe_stem
 
-    sets = list(overrides or []) + ([f"evaluate.protocol={protocol}"] if protocol else [])
-    cfg = resolve_config(config, sets, ray_address, mlflow_uri)
+    cfg = resolve_config(config, overrides, ray_address, mlflow_uri, {"evaluate.protocol": protocol})
     table = _read_table(results)
     if jobs is not None:
         table = table.drop(columns=[c for c in ("ref", "driving") if c in table]).merge(
@@ -82,10 +81,18 @@ def report(
     mlflow_uri: MlflowUriOption = None,
 ) -> None:
     """Write a static HTML page (summary, plots, side-by-side videos) of a run to OUT; no server needed."""
+    from mlflow.exceptions import MlflowException
+
+    from portraitflow.jobs.runtime import mlflow_tracking_uri
     from portraitflow.jobs.sweep import report_from_run
 
     cfg = resolve_config(config, overrides, None, mlflow_uri)
-    typer.echo(str(report_from_run(run_id, cfg, out, rank_by)))
+    try:
+        page = report_from_run(run_id, cfg, out, rank_by)
+    except MlflowException as exc:  # an unknown run id is a user's mistake, not a crash
+        raise typer.BadParameter(f"run {run_id} in {mlflow_tracking_uri(cfg.mlflow)}: {exc.message}",
+                                 param_hint="RUN_ID") from exc
+    typer.echo(str(page))
 
 
 def _read_table(path: Path):

@@ -34,4 +34,7 @@ def summarise(out: Path, samples: int = 5) -> dict:
 
 def inspect(out: Annotated[Path, typer.Argument(help="A folder written by `portraitflow curate`.", exists=True)]) -> None:
     """Summarise a curated output: counts per status and reason, shard sizes, sample keys."""
+    for table in (out / "manifest.parquet", out / "clips.parquet"):
+        if not table.is_file():
+            raise typer.BadParameter(f"{table} not found: not a folder written by `portraitflow curate`", param_hint="OUT")
     typer.echo(json.dumps(summarise(out), indent=1))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -19,7 +19,9 @@ RayAddressOption = Annotated[
     Optional[str], typer.Option("--ray-address", help="Ray cluster to join; default RAY_ADDRESS or local.")
 ]
 MlflowUriOption = Annotated[
-    Optional[str], typer.Option("--mlflow-uri", help="MLflow tracking URI; default sqlite:///mlflow.db.")
+    Optional[str],
+    typer.Option("--mlflow-uri", help="MLflow tracking URI; default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db "
+                 "in the current directory."),
 ]
 
 
@@ -28,14 +30,12 @@ def resolve_config(
     overrides: list[str] | None,
     ray_address: str | None = None,
     mlflow_uri: str | None = None,
+    flags: dict[str, Any] | None = None,
 ) -> PortraitFlowConfig:
-    """Load the config and fold the dedicated flags in as ordinary overrides (flags win)."""
-    sets = list(overrides or [])
-    if ray_address:
-        sets.append(f"ray.address={ray_address}")
-    if mlflow_uri:
-        sets.append(f"mlflow.tracking_uri={mlflow_uri}")
+    """Load the config, then set the dedicated flags (`flags`: dotted key -> value, None when not
+    given) as typed values, so a flag's string is kept whole rather than parsed as YAML (flags win)."""
+    given = {"ray.address": ray_address or None, "mlflow.tracking_uri": mlflow_uri or None, **(flags or {})}
     try:
-        return load_config(config, sets)
+        return load_config(config, overrides, {k: v for k, v in given.items() if v is not None})
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise typer.BadParameter(str(exc)) from exc

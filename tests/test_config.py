@@ -31,6 +31,14 @@ def test_bad_overrides_are_errors(override: str) -> None:
         load_config(None, [override])
 
 
+def test_empty_override_unsets_an_optional_field() -> None:
+    """`field=` is the docs' "Empty: ...": None, not an empty string that fails or means nothing."""
+    cfg = load_config(None, ["animate.compile_mode=", "animate.weights=", "face.num_threads= "])
+    assert cfg.animate.compile_mode is None
+    assert cfg.animate.weights is None
+    assert cfg.face.num_threads is None
+
+
 def test_config_show_round_trips(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["config", "show", "--set", "face.det_size=320"])
     assert result.exit_code == 0, result.output

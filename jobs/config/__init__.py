@@ -34,21 +34,26 @@ class PortraitFlowConfig(BaseModel):
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split `section.field=value` into its key path and a YAML-typed value."""
+    """Split `section.field=value` into its key path and a YAML-typed value; an empty value is
+    None, so `field=` unsets an optional field (the docs' "Empty: ...")."""
     if "=" not in text:
         raise ValueError(f"override {text!r} is not of the form section.field=value")
     key, raw = text.split("=", 1)
-    path = [part for part in key.strip().split(".") if part]
+    path = _key_path(key)
     if not path:
         raise ValueError(f"override {text!r} has an empty key")
-    return path, yaml.safe_load(raw) if raw.strip() else ""
+    return path, yaml.safe_load(raw) if raw.strip() else None
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of `data` with each `a.b.c=value` override set."""
+def apply_overrides(
+    data: dict[str, Any], overrides: list[str], values: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Return a copy of `data` with each `a.b.c=value` override set, then each `values` entry
+    (`"a.b.c": value`, already typed: CLI flags, whose strings must not go through YAML)."""
     merged = _deep_copy(data)
-    for text in overrides:
-        path, value = parse_override(text)
+    pairs = [(text, *parse_override(text)) for text in overrides]
+    pairs += [(key, _key_path(key), value) for key, value in (values or {}).items()]
+    for text, path, value in pairs:
         node = merged
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -58,15 +63,21 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return merged
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PortraitFlowConfig:
-    """Load the YAML file (if any), apply overrides, validate. Unknown keys are errors."""
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, values: dict[str, Any] | None = None
+) -> PortraitFlowConfig:
+    """Load the YAML file (if any), apply overrides, then typed `values`, validate. Unknown keys are errors."""
     data: dict[str, Any] = {}
     if path is not None:
         loaded = yaml.safe_load(Path(path).read_text())
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"{path}: top level must be a mapping of sections")
         data = loaded or {}
-    return PortraitFlowConfig.model_validate(apply_overrides(data, overrides or []))
+    return PortraitFlowConfig.model_validate(apply_overrides(data, overrides or [], values))
+
+
+def _key_path(key: str) -> list[str]:
+    return [part for part in key.strip().split(".") if part]
 
 
 def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:

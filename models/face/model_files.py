@@ -57,7 +57,7 @@ def insightface_models(root: str | None, pack: str) -> dict[str, Path]:
     layout = (
         f"expected <root>/models/{pack}/ holding an SCRFD detector (det_*.onnx or scrfd*.onnx) and an "
         f"ArcFace recogniser (e.g. w600k_r50.onnx); download an insightface pack such as buffalo_l, unzip "
-        f"it there, and pass --insightface-root <root> or set {INSIGHTFACE_ROOT_ENV}"
+        f"it there, and pass --set face.insightface_root=<root> or set {INSIGHTFACE_ROOT_ENV}"
     )
     if not root:
         raise ModelFilesMissing(f"no insightface root given; {layout}")

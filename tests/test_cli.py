@@ -1,0 +1,93 @@
+"""The CLI's handling of flags and of ordinary user mistakes: clean errors, no Ray, no tracebacks."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from portraitflow.jobs.cli import app
+from portraitflow.jobs.config import load_config
+
+WIDE = {"COLUMNS": "400"}  # rich wraps errors and help to the terminal width
+
+
+@pytest.fixture
+def generation_calls(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Stands in for the Ray flow: records the config `animate` hands over and returns no rows."""
+    from portraitflow.pipelines import generate
+
+    calls: list = []
+
+    def record(jobs, out, cfg, resume=True) -> pd.DataFrame:
+        calls.append(cfg)
+        return pd.DataFrame({"job_id": [], "status": [], "reason": []})
+
+    monkeypatch.setattr(generate, "run_generation", record)
+    return calls
+
+
+def _animate(tmp_path: Path, *flags: str):
+    pair = ["--ref", str(tmp_path / "a.png"), "--driving", str(tmp_path / "b.mp4"), "--out", str(tmp_path / "out")]
+    return CliRunner().invoke(app, ["animate", *pair, *flags], env=WIDE)
+
+
+@pytest.mark.parametrize("weights", ["/w/my run #2", "2024", "no", "tiny: yes"])
+def test_flag_values_are_kept_whole(weights: str, generation_calls: list, tmp_path: Path) -> None:
+    """A flag's string is the value: not cut at `#`, not read as a YAML number, boolean or mapping."""
+    result = _animate(tmp_path, "--backend", "warp", "--weights", weights, "--ray-address", "auto #1")
+    assert result.exit_code == 0, result.output
+    assert generation_calls[0].animate.weights == weights
+    assert generation_calls[0].ray.address == "auto #1"
+
+
+def test_missing_weights_fail_before_ray(generation_calls: list, tmp_path: Path) -> None:
+    result = _animate(tmp_path, "--weights", str(tmp_path / "nowhere"))
+    assert result.exit_code == 2
+    assert f"{tmp_path / 'nowhere' / 'hyportrait' / 'unet'}.pth" in result.output
+    assert "Traceback" not in result.output
+    no_weights = _animate(tmp_path, "--backend", "hunyuan")
+    assert no_weights.exit_code == 2 and "needs --weights" in no_weights.output
+    assert generation_calls == []
+    tiny = _animate(tmp_path, "--weights", "tiny")
+    assert tiny.exit_code == 0, tiny.output
+    assert generation_calls[0].animate.weights == "tiny"
+
+
+def test_help_names_choices_and_defaults() -> None:
+    animate = CliRunner().invoke(app, ["animate", "--help"], env=WIDE)
+    assert animate.exit_code == 0
+    assert "auto|warp|hunyuan" in animate.output and "relative|absolute" in animate.output
+    assert "`tiny` for random tiny modules" in animate.output
+    assert "default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the current directory" in animate.output
+    refused = CliRunner().invoke(app, ["animate", "--backend", "bogus", "--out", "x"], env=WIDE)
+    assert refused.exit_code == 2 and "bogus" in refused.output
+
+
+def test_inspect_names_the_missing_manifest(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path)], env=WIDE)
+    assert result.exit_code == 2
+    assert str(tmp_path / "manifest.parquet") in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_report_names_the_unknown_run_and_store(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = CliRunner().invoke(app, ["report", "0123abcd", "--out", str(tmp_path / "r"), "--mlflow-uri", uri], env=WIDE)
+    assert result.exit_code == 2
+    assert "run 0123abcd" in result.output and uri in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_insightface_error_names_a_real_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The missing-pack message tells users an override the CLI accepts."""
+    from portraitflow.models.face.model_files import INSIGHTFACE_ROOT_ENV, ModelFilesMissing, insightface_models
+
+    monkeypatch.delenv(INSIGHTFACE_ROOT_ENV, raising=False)
+    with pytest.raises(ModelFilesMissing) as missing:
+        insightface_models(None, "buffalo_l")
+    override = re.search(r"--set (\S+)=<root>", str(missing.value))
+    assert override is not None, str(missing.value)
+    assert load_config(None, [f"{override.group(1)}=/models"]).face.insightface_root == "/models"

@@ -7,11 +7,14 @@ wiring is pipelines/curate.py.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import shutil
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,6 +23,7 @@ import typer
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.options import ConfigOption, MlflowUriOption, RayAddressOption, SetOption, resolve_config
 from portraitflow.operators import ledger
+from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.face_scan import load_clip_arrays, scan_clips
 from portraitflow.operators.filters import RENDER_FAILED
 from portraitflow.operators.identity import CorpusLedger
@@ -39,11 +43,53 @@ class Layout:
         self.staging = self.state / "staging"
         self.done = self.state / "done"
         self.attempts = self.state / "attempts"
+        self.settings = self.state / "settings.json"
+        self.lock = self.state / "lock"
 
     def make(self) -> None:
         shutil.rmtree(self.attempts, ignore_errors=True)  # attempts count per invocation
         for folder in (self.shards, self.scans, self.staging, self.done, self.attempts):
             folder.mkdir(parents=True, exist_ok=True)
+
+
+#: settings that may change between runs into one output folder: they change how fast the work
+#: is done or how the shards are cut, never what a sample holds or which clips are kept.
+OPERATIONAL_SETTINGS = {"face": {"num_threads"},
+                        "curate": {"face_actors", "actor_cpus", "experiment", "progress_bars",
+                                   "shard_max_samples", "shard_max_bytes"}}
+
+
+def corpus_settings(cfg: PortraitFlowConfig) -> dict[str, Any]:
+    """The settings a corpus's decisions and samples depend on, as JSON-ready values."""
+    return {section: getattr(cfg, section).model_dump(mode="json", exclude=exempt)
+            for section, exempt in OPERATIONAL_SETTINGS.items()}
+
+
+def check_corpus_settings(cfg: PortraitFlowConfig, layout: Layout) -> None:
+    """Refuse to resume a corpus with other settings: its finished inputs would keep the old
+    decisions and samples while new ones got the new, and nothing in the result would say so."""
+    if not layout.settings.is_file():
+        return
+    recorded, current = json.loads(layout.settings.read_text()), corpus_settings(cfg)
+    changed = [f"{section}.{key}: {recorded.get(section, {}).get(key)!r} -> {value!r}"
+               for section, values in current.items() for key, value in values.items()
+               if recorded.get(section, {}).get(key) != value]
+    if changed:
+        raise typer.BadParameter(
+            f"{layout.out} holds a corpus curated with other settings ({'; '.join(changed)}); "
+            "curate into a new --out, or run with the recorded settings", param_hint="--out")
+
+
+@contextlib.contextmanager
+def exclusive(layout: Layout) -> Iterator[None]:
+    """Hold the output folder for one curation at a time: two would number their shards alike."""
+    layout.state.mkdir(parents=True, exist_ok=True)
+    with open(layout.lock, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise typer.BadParameter(f"another curation is writing {layout.out}", param_hint="--out") from None
+        yield
 
 
 def _clips_of(row: dict[str, Any], layout: Layout, fps: float) -> list[dict[str, Any]]:
@@ -91,10 +137,10 @@ def _corpus_ledger(cfg: PortraitFlowConfig, same_person: float) -> CorpusLedger:
 
 def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run: bool = False) -> dict[str, Any]:
     """Curate `inputs` into `out`; returns the summary metrics (also logged to MLflow)."""
-    from portraitflow.jobs.runtime import init_ray, mlflow_run
-    from portraitflow.pipelines.curate import CRASH_RETRIES, curate_inputs
+    from portraitflow.jobs.runtime import init_ray
 
     layout = Layout(out)
+    check_corpus_settings(cfg, layout)
     uris = expand_inputs(inputs)
     markers = ledger.load_markers(layout.done)
     rows = sorted(({"uri": u, "input_key": input_key(u)} for u in uris), key=lambda r: r["input_key"])
@@ -104,8 +150,19 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
             typer.echo(f"{'pending' if row in pending else 'done   '}  {row['input_key']}  {row['uri']}")
         typer.echo(f"{len(pending)} of {len(rows)} input(s) would be processed into {out}")
         return {"inputs": len(rows), "pending": len(pending)}
-    layout.make()
-    init_ray(cfg.ray, cfg.mlflow)
+    with exclusive(layout):
+        layout.make()
+        atomic_write(layout.settings, json.dumps(corpus_settings(cfg), indent=1, sort_keys=True))
+        init_ray(cfg.ray, cfg.mlflow)
+        return _curate_pending(cfg, layout, rows, pending, markers)
+
+
+def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], pending: list[dict],
+                    markers: dict) -> dict[str, Any]:
+    from portraitflow.jobs.runtime import mlflow_run
+    from portraitflow.pipelines.curate import CRASH_RETRIES, curate_inputs
+
+    out = layout.out
     started = time.perf_counter()
     with mlflow_run(cfg.mlflow, cfg.curate.experiment, run_name=out.name) as run:
         scanned, ray_stats = curate_inputs(pending, cfg, layout.scans, layout.staging, layout.attempts)

@@ -1,0 +1,36 @@
+"""An output folder holds one corpus: resuming it with other settings, or curating into it twice
+at once, is refused instead of mixing old and new decisions."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+
+from portraitflow.jobs.config import load_config
+from portraitflow.jobs.curate import Layout, check_corpus_settings, corpus_settings, exclusive
+
+
+def test_resuming_with_other_decision_settings_is_refused_and_operational_ones_may_change(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    layout.state.mkdir()
+    layout.settings.write_text(json.dumps(corpus_settings(load_config(None, []))))
+    check_corpus_settings(load_config(None, ["curate.actor_cpus=3", "curate.shard_max_samples=7",
+                                             "face.num_threads=2"]), layout)
+    with pytest.raises(typer.BadParameter, match=r"curate\.min_face_px: \d+ -> 999.*curate\.keep_audio: True -> False"):
+        check_corpus_settings(load_config(None, ["curate.min_face_px=999", "curate.keep_audio=false"]), layout)
+
+
+def test_a_fresh_output_folder_accepts_any_settings(tmp_path: Path) -> None:
+    check_corpus_settings(load_config(None, ["curate.min_face_px=999"]), Layout(tmp_path / "new"))
+
+
+def test_one_curation_at_a_time_per_output_folder(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    with exclusive(layout):
+        with pytest.raises(typer.BadParameter, match="another curation is writing"):
+            with exclusive(Layout(tmp_path)):
+                pass
+    with exclusive(layout):  # released when the first one ends
+        pass

@@ -38,3 +38,12 @@ def atomic_target(path: str | Path) -> Iterator[str]:
 def atomic_write(path: str | Path, data: bytes | str) -> None:
     with atomic_target(path) as tmp:
         Path(tmp).write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+def sync_folder(folder: str | Path) -> None:
+    """Flush a folder's entries (a rename into it) to the disk."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import tarfile
 from collections.abc import Callable, Iterable
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from portraitflow.operators.atomic import atomic_target, atomic_write
+from portraitflow.operators.atomic import atomic_target, atomic_write, sync_folder
 
 SHARD_NAME = re.compile(r"^(\d{6})\.tar$")
 INDEX_NAME = "index.wids.json"
@@ -113,6 +114,9 @@ def pack_shards(
         target = shard_dir / f"{number:06d}.tar"
         with atomic_target(target) as tmp, open(tmp, "wb") as out:
             _write_samples(out, (read_staged(p) for p in batch))
+            out.flush()
+            os.fsync(out.fileno())
+        sync_folder(shard_dir)  # the rename too, before a marker vouches for the shard
         keys = [p.name[: -len(".tar")] for p in batch]
         if on_shard:
             on_shard(keys)

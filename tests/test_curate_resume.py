@@ -34,3 +34,30 @@ def test_one_curation_at_a_time_per_output_folder(tmp_path: Path) -> None:
                 pass
     with exclusive(layout):  # released when the first one ends
         pass
+
+
+def test_a_shard_is_on_disk_before_its_samples_are_marked_done(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from portraitflow.operators.shards import pack_shards, stage_sample
+
+    for key in ("a", "b", "c"):
+        stage_sample(tmp_path / "staging", key, {"json": b"{}"})
+    synced, events = {}, []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced[os.readlink(f"/proc/self/fd/{fd}")] = True
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    shards = tmp_path / "shards"
+
+    def on_shard(keys: list[str]) -> None:
+        events.append((keys, {Path(p).name for p in synced}, str(shards) in synced))
+        synced.clear()
+
+    pack_shards(tmp_path / "staging", shards, 2, 1 << 20, on_shard)
+    assert [keys for keys, _, _ in events] == [["a", "b"], ["c"]]
+    for index, (_, files, folder) in enumerate(events):  # each shard's data and its rename before its marker
+        assert folder and any(name.startswith(f".{index:06d}.tar.") for name in files)

@@ -18,7 +18,7 @@ import numpy as np
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.operators.face_scan import FaceScanStage, batch_rows, rows_batch, scan_clips
 from portraitflow.operators.inputs import is_uri, local_copy
-from portraitflow.operators.probe import FAILED, unfetched_input
+from portraitflow.operators.probe import FAILED, error_text, unfetched_input
 from portraitflow.operators.quarantine import quarantined_row, start_attempt
 from portraitflow.operators.render import render_clip
 
@@ -53,18 +53,22 @@ class CurateInputStage:
             return self._curate_local(row, path, {"fetch": fetch} if is_uri(row["uri"]) else {})
 
     def _curate_local(self, row: dict[str, Any], path: str, fetch_timing: dict[str, float]) -> dict[str, Any]:
-        row = self.scanner.scan(row, path)
-        timings = Counter(json.loads(row["timings"]))
-        timings.update(fetch_timing)
+        timings = Counter(fetch_timing)
         errors = {}
-        if row["status"] != FAILED:
-            scan_path = self.scan_dir / f"{row['input_key']}.npz"
-            source = {"uri": row["uri"], "width": row["width"], "height": row["height"], "scan_path": str(scan_path)}
-            for clip in scan_clips(scan_path, row["input_key"], self.cfg.fps):
-                if clip["reason"] is not None or (self.staging_dir / f"{clip['key']}.tar").exists():
-                    continue  # rejected by the scan, or staged already (an earlier attempt, a killed run)
-                rendered = render_clip(dict(clip, **source), path, self.cfg, self.staging_dir)
-                timings.update(rendered["timings"])
-                if rendered["error"]:
-                    errors[clip["key"]] = rendered["error"]
+        try:
+            row = self.scanner.scan(row, path)
+            timings.update(json.loads(row["timings"]))
+            if row["status"] != FAILED:
+                scan_path = self.scan_dir / f"{row['input_key']}.npz"
+                source = {"uri": row["uri"], "width": row["width"], "height": row["height"], "scan_path": str(scan_path)}
+                for clip in scan_clips(scan_path, row["input_key"], self.cfg.fps):
+                    if clip["reason"] is not None or (self.staging_dir / f"{clip['key']}.tar").exists():
+                        continue  # rejected by the scan, or staged already (an earlier attempt, a killed run)
+                    rendered = render_clip(dict(clip, **source), path, self.cfg, self.staging_dir)
+                    timings.update(rendered["timings"])
+                    if rendered["error"]:
+                        errors[clip["key"]] = rendered["error"]
+        except Exception as exc:  # a damaged scan file, a bug: this input fails with its error, the run goes on
+            probed = row if "width" in row else unfetched_input(row, exc)  # raised before its probe: zero sizes
+            return dict(probed, status=FAILED, error=error_text(exc), timings=json.dumps(timings), render_errors="{}")
         return dict(row, timings=json.dumps(timings), render_errors=json.dumps(errors))

@@ -2,22 +2,30 @@
 
 An INPUT is a file, a folder (searched recursively), a glob, a `.txt`/`.lst` list (one path or URI a
 line) or a `.parquet` list (column `path`, else the first string column). Paths may be local or any
-URI pyarrow's filesystems understand (`s3://`, `gs://`, `hdfs://`, `file://`).
+URI pyarrow's filesystems understand (`s3://`, `gs://`, `hdfs://`, `file://`). An argument that
+names no video (a pattern or folder without one, an unknown scheme, an unreachable store) is kept
+as it is, so its row ends `failed` with the reason (`local_copy` raises it) instead of vanishing.
 """
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import glob
 import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from portraitflow.operators.paths import hashed_name
 
+if TYPE_CHECKING:
+    from pyarrow import fs
+
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".ts", ".gif"}
 LIST_SUFFIXES = {".txt", ".lst"}
+NO_VIDEO_FILES = "matched no video files"
 
 
 def is_uri(text: str) -> bool:
@@ -43,41 +51,76 @@ def _read_list(path: str) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
-def _expand_uri(uri: str) -> list[str]:
+def _glob_match(parts: list[str], pattern: list[str]) -> bool:
+    """Match path segments as `glob.glob(..., recursive=True)` does: `**` spans any folders."""
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_glob_match(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _glob_match(parts[1:], pattern[1:])
+
+
+def matching_videos(filesystem: fs.FileSystem, root: str, pattern: str) -> list[str]:
+    """The video files under `root` whose path below it matches the glob `pattern`, as sorted paths
+    relative to `root`; the listing is recursive only when the pattern reaches below `root`."""
     from pyarrow import fs
 
-    filesystem, root = fs.FileSystem.from_uri(uri)
-    scheme = uri.split("://", 1)[0]
-    info = filesystem.get_file_info(root)
-    if info.type == fs.FileType.Directory:
-        found = filesystem.get_file_info(fs.FileSelector(root, recursive=True))
-        return sorted(
-            f"{scheme}://{f.path}" for f in found if f.type == fs.FileType.File and Path(f.path).suffix.lower() in VIDEO_SUFFIXES
-        )
-    return [uri]
+    wanted = pattern.split("/")
+    selector = fs.FileSelector(root, recursive=len(wanted) > 1 or "**" in pattern, allow_not_found=True)
+    below = (f.path[len(root.rstrip("/")):].lstrip("/") for f in filesystem.get_file_info(selector)
+             if f.type == fs.FileType.File and Path(f.path).suffix.lower() in VIDEO_SUFFIXES)
+    return sorted(path for path in below if _glob_match(path.split("/"), wanted))
+
+
+def _expand_uri(uri: str) -> list[str]:
+    """The videos a remote URI names: itself, those under a folder, or those its pattern matches.
+
+    `?` starts the store's options in a URI (kept on every match), so the wildcards are `*`, `**`
+    and `[...]`; a pattern lists the folder before its first wildcard.
+    """
+    from pyarrow import fs
+
+    location, mark, options = uri.partition("?")
+    if glob.has_magic(location):
+        parts = location.split("/")
+        first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+        location, pattern = "/".join(parts[:first]), "/".join(parts[first:])
+        filesystem, root = fs.FileSystem.from_uri(location + mark + options)
+    else:
+        filesystem, root = fs.FileSystem.from_uri(uri)
+        if filesystem.get_file_info(root).type != fs.FileType.Directory:
+            return [uri]
+        pattern = "**"
+    return [f"{location.rstrip('/')}/{path}{mark}{options}" for path in matching_videos(filesystem, root, pattern)]
 
 
 def expand_inputs(specs: Iterable[str]) -> list[str]:
     """Every video the INPUT arguments name, deduplicated and sorted (the processing order).
 
-    Names that match nothing are kept as they are, so they end as `failed` rows rather than
-    vanishing: bad input is never silently dropped.
+    An argument that names no video is kept as it is, so it ends as a `failed` row rather than
+    vanishing or stopping the run: bad input is never silently dropped.
     """
     found: set[str] = set()
     for spec in specs:
         spec = str(spec)
         if is_uri(spec):
-            found.update(_expand_uri(spec))
+            try:
+                found.update(_expand_uri(spec) or [spec])
+            except Exception:  # unknown scheme, unreachable store: local_copy raises it again for the row
+                found.add(spec)
             continue
         local = _local(spec)
         if Path(local).suffix.lower() in LIST_SUFFIXES | {".parquet"} and Path(local).is_file():
             found.update(expand_inputs(_read_list(local)))
         elif Path(local).is_dir():
             found.update(
-                str(p.resolve()) for p in Path(local).rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+                [str(p.resolve()) for p in Path(local).rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
+                or [str(Path(local).resolve())]
             )
         elif glob.has_magic(local):
-            found.update(str(Path(p).resolve()) for p in glob.glob(local, recursive=True) if Path(p).is_file())
+            found.update(
+                [str(Path(p).resolve()) for p in glob.glob(local, recursive=True) if Path(p).is_file()] or [local]
+            )
         else:
             found.add(str(Path(local).resolve()) if Path(local).exists() else local)
     return sorted(found)
@@ -105,10 +148,19 @@ def clip_key(in_key: str, start_s: float, end_s: float) -> str:
 
 @contextlib.contextmanager
 def local_copy(uri: str) -> Iterator[str]:
-    """A local path decord can open: the file itself, or a temporary download of a remote URI."""
+    """A local path decord can open: the file itself, or a temporary download of a remote URI.
+
+    Raises for an input `expand_inputs` kept because it names no video: the store's error, or
+    `matched no video files` for a folder or pattern.
+    """
     if not is_uri(uri):
-        yield _local(uri)
+        path = _local(uri)
+        if Path(path).is_dir() or (glob.has_magic(path) and not Path(path).exists()):
+            raise FileNotFoundError(NO_VIDEO_FILES)
+        yield path
         return
+    if _expand_uri(uri) != [uri]:  # a folder or pattern: it matched nothing when the inputs were expanded
+        raise FileNotFoundError(NO_VIDEO_FILES)
     from pyarrow import fs
 
     filesystem, path = fs.FileSystem.from_uri(uri)

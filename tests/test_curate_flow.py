@@ -58,6 +58,14 @@ def _corrupt_inputs(folder: Path) -> dict[str, str]:
     return {str(folder / n): "failed" for n in ("empty.mp4", "not_a_video.mp4", "truncated.mp4", "audio_only.mp4")}
 
 
+def _unmatched_inputs(folder: Path) -> dict[str, str]:
+    """Arguments that name no video, each its own `failed` row: a glob and a folder without one, an unknown scheme."""
+    (folder / "no_video").mkdir(parents=True)
+    (folder / "no_video" / "notes.txt").write_text("no video here\n")
+    return {str(folder / "nothing-*.mp4"): "failed", str((folder / "no_video").resolve()): "failed",
+            "foo://bucket/clip.mp4": "failed"}
+
+
 @pytest.fixture(scope="module")
 def flow_inputs(media_dir: Path, tmp_path_factory) -> dict[str, str]:
     """Input path -> expected status."""
@@ -65,7 +73,12 @@ def flow_inputs(media_dir: Path, tmp_path_factory) -> dict[str, str]:
     expected |= {str(media_dir / n): "rejected" for n in NEGATIVES}
     expected[str(media_dir / SCENE_CUT[0])] = "any"
     expected |= _corrupt_inputs(tmp_path_factory.mktemp("corrupt"))
+    expected |= _unmatched_inputs(tmp_path_factory.mktemp("unmatched"))
     return expected
+
+
+def _failed(flow_inputs: dict[str, str]) -> int:
+    return sum(status == "failed" for status in flow_inputs.values())
 
 
 @pytest.fixture(scope="module")
@@ -91,12 +104,16 @@ def test_manifest_has_one_row_per_input_with_its_decision(curated, flow_inputs, 
             assert status[path] == expected, (path, manifest[manifest.path == path].to_dict("records"))
     failed = manifest[manifest.status == "failed"]
     assert (failed.error.str.len() > 0).all() and (failed.clips_accepted == 0).all()
+    errors = dict(zip(manifest.path, manifest.error))
+    assert [p for p, e in errors.items() if "matched no video files" in e] == sorted(
+        p for p in flow_inputs if "nothing-*" in p or p.endswith("no_video"))
+    assert "foo" in errors["foo://bucket/clip.mp4"]
     reasons = dict(zip(manifest.path, manifest.reasons))
     for name, reason in NEGATIVES.items():
         assert reason in list(reasons[str(media_dir / name)])
     accepted = manifest[manifest.status == "accepted"]
     assert (accepted.clips_accepted > 0).all()
-    assert metrics["inputs"] == len(flow_inputs) and metrics["inputs_failed"] == 4
+    assert metrics["inputs"] == len(flow_inputs) and metrics["inputs_failed"] == _failed(flow_inputs)
     clips = pd.read_parquet(out / "clips.parquet")
     assert set(clips.input_key) <= set(manifest.input_key)
     assert (clips[clips.decision == "rejected"].reason != "").all()
@@ -181,7 +198,7 @@ def test_rerun_skips_finished_inputs_and_adds_nothing(curated, flow_inputs, caps
     manifest_before = (out / "manifest.parquet").read_bytes()
     cfg = load_config(None, OVERRIDES + [f"mlflow.tracking_uri={uri}"])
     dry = run_curation(cfg, sorted(flow_inputs), out, dry_run=True)
-    assert dry == {"inputs": len(flow_inputs), "pending": 4}  # only the failed inputs are retried
+    assert dry == {"inputs": len(flow_inputs), "pending": _failed(flow_inputs)}  # only the failed inputs are retried
     assert "pending" in capsys.readouterr().out
     run_curation(cfg, sorted(flow_inputs), out)
     assert {p.name: p.read_bytes() for p in (out / "shards").glob("*.tar")} == before
@@ -189,7 +206,7 @@ def test_rerun_skips_finished_inputs_and_adds_nothing(curated, flow_inputs, caps
 
     assert pd.read_parquet(out / "manifest.parquet").equals(pd.read_parquet(io.BytesIO(manifest_before)))
     summary = summarise(out)
-    assert summary["inputs"]["failed"] == 4 and summary["sample_keys"]
+    assert summary["inputs"]["failed"] == _failed(flow_inputs) and summary["sample_keys"]
     assert sum(s["samples"] for s in summary["shards"]) == summary["clips"]["accepted"]
 
 
@@ -354,3 +371,27 @@ def test_a_remote_input_is_fetched_once_for_its_probe_scan_and_every_clip(
     monkeypatch.undo()  # the real fetch of an unknown scheme: a failed row with the store's error
     missing = stage.curate({"uri": "unknown://bucket/missing.mp4", "input_key": "missing"})
     assert missing["status"] == "failed" and missing["error"] and missing["render_errors"] == "{}"
+
+
+def test_an_unexpected_error_while_curating_gives_a_failed_row_with_its_text(tmp_path: Path) -> None:
+    """A damaged scan file makes the scan raise outside its own guards: the input fails with that
+    error (before, the worker raised and the input ended `quarantined` with the error lost)."""
+    from portraitflow.operators import curate_input
+    from portraitflow.operators.inputs import input_key
+    from portraitflow.operators.video_writer import write_h264
+
+    video = tmp_path / "clip.mp4"
+    write_h264(video, [np.random.default_rng(0).integers(0, 255, (30, 64, 64, 3), np.uint8)], 25)
+    cfg = load_config(None, OVERRIDES + ["mlflow.enabled=false"])
+    dirs = [tmp_path / name for name in ("scans", "staging", "attempts")]
+    for folder in dirs:
+        folder.mkdir()
+    stage = curate_input.CurateInputStage(cfg.model_dump(mode="json"), *map(str, dirs), max_attempts=2)
+    row = {"uri": str(video), "input_key": input_key(str(video))}
+    (dirs[0] / f"{row['input_key']}.npz").write_bytes(b"not a scan file")
+    failed = stage.curate(dict(row))
+    assert failed["status"] == "failed" and failed["error"].startswith("ValueError: ") and "pickle" in failed["error"]
+    assert failed["render_errors"] == "{}" and isinstance(json.loads(failed["timings"]), dict)
+    unmatched = stage.curate({"uri": str(tmp_path / "nothing-*.mp4"), "input_key": "unmatched"})
+    assert unmatched["status"] == "failed" and unmatched["error"] == "FileNotFoundError: matched no video files"
+    assert set(failed) == set(unmatched)  # the same fields as every other row

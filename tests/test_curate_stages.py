@@ -14,7 +14,8 @@ from portraitflow.models.face.base import Face
 from portraitflow.operators import filters
 from portraitflow.models.face.base import l2_normalise
 from portraitflow.operators.identity import CorpusLedger, switch_index
-from portraitflow.operators.inputs import clip_key, expand_inputs, input_key
+from portraitflow.operators.inputs import (NO_VIDEO_FILES, _expand_uri, clip_key, expand_inputs, input_key, local_copy,
+                                           matching_videos)
 from portraitflow.operators.motion import motion_intensity, motion_table
 from portraitflow.operators.shards import pack_shards, read_staged, shard_keys, shard_paths, stage_sample, write_index
 from portraitflow.operators.tracking import track_faces
@@ -35,6 +36,46 @@ def test_inputs_expand_folders_globs_lists_and_uris(tmp_path: Path) -> None:
     assert names == sorted(names, key=lambda n: found[names.index(n)])  # sorted by path
     assert set(names) == {"one.mp4", "two.MOV", "three.mkv", "four.mp4", "missing.mp4"}
     assert len(found) == len(set(found))
+
+
+def test_remote_patterns_list_the_folder_before_the_wildcard_and_keep_matching_videos(tmp_path: Path) -> None:
+    """A SubTreeFileSystem stands in for a bucket; `file://` URIs go through the same expansion."""
+    from pyarrow import fs
+
+    for name in ("bucket/more/a.mp4", "bucket/more/b.MOV", "bucket/more/notes.txt", "bucket/more/deep/c.mp4",
+                 "bucket/more/deep/x/d.mkv", "bucket/other/e.mp4"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    store = fs.SubTreeFileSystem(str(tmp_path), fs.LocalFileSystem())
+    assert matching_videos(store, "bucket/more", "*.mp4") == ["a.mp4"]
+    assert matching_videos(store, "bucket/more", "*") == ["a.mp4", "b.MOV"]  # video suffixes only, one level
+    assert matching_videos(store, "bucket/more", "*/*.mp4") == ["deep/c.mp4"]
+    assert matching_videos(store, "bucket/more", "**/*.m[pk][4v]") == ["a.mp4", "deep/c.mp4", "deep/x/d.mkv"]
+    assert matching_videos(store, "bucket", "**") == ["more/a.mp4", "more/b.MOV", "more/deep/c.mp4",
+                                                      "more/deep/x/d.mkv", "other/e.mp4"]
+    assert matching_videos(store, "bucket/gone", "*.mp4") == []
+    base = f"file://{tmp_path}/bucket"
+    assert _expand_uri(f"{base}/more/*.mp4") == [f"{base}/more/a.mp4"]
+    assert _expand_uri(f"{base}/*/deep/*.mp4") == [f"{base}/more/deep/c.mp4"]
+    assert _expand_uri(f"{base}/other/") == [f"{base}/other/e.mp4"]
+    assert _expand_uri(f"{base}/more/a.mp4") == [f"{base}/more/a.mp4"]
+
+
+def test_arguments_naming_no_video_are_kept_and_fail_with_their_reason(tmp_path: Path) -> None:
+    """An empty glob or folder and an unknown scheme each stay an input; fetching it gives the reason."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no video here")
+    (tmp_path / "clip.mp4").write_bytes(b"x")
+    unmatched, unknown = str(tmp_path / "none-*.mp4"), "foo://bucket/x.mp4"
+    found = expand_inputs([str(tmp_path / "empty"), unmatched, f"file://{tmp_path}/*.mp4", unknown])
+    assert found == sorted([str((tmp_path / "empty").resolve()), unmatched, str((tmp_path / "clip.mp4").resolve()), unknown])
+    for kept in (str(tmp_path / "empty"), unmatched):
+        with pytest.raises(FileNotFoundError, match=NO_VIDEO_FILES), local_copy(kept):
+            pass
+    with pytest.raises(Exception, match="foo"), local_copy(unknown):
+        pass
+    with local_copy(str(tmp_path / "clip.mp4")) as path:
+        assert path == str(tmp_path / "clip.mp4")
 
 
 def test_keys_are_dot_free_unique_and_stable() -> None:

@@ -56,7 +56,7 @@ class CurateConfig(BaseModel):
     deny_dir: str | None = Field(None, description="Folder of photos of denied identities (`identity_denied`).")
     max_clips_per_identity: int = Field(0, description="`identity_over_cap`: clips kept per identity cluster (0: no cap).")
     duplicate_similarity: float = Field(
-        0.97, description="`duplicate`: a clip whose appearance signature is this close (cosine) to a kept one."
+        0.97, description="`duplicate`: a clip whose keypoint-trajectory signature is this close (cosine) to a kept one."
     )
     # crops and shards
     crop_size: int = Field(512, description="Side of the square crops, in px.")

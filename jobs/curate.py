@@ -29,7 +29,7 @@ from portraitflow.operators.filters import RENDER_FAILED
 from portraitflow.operators.identity import CorpusLedger
 from portraitflow.operators.inputs import expand_inputs, input_key
 from portraitflow.operators.quarantine import quarantined_row
-from portraitflow.operators.shards import pack_shards, shard_keys, shard_paths, write_index
+from portraitflow.operators.shards import INDEX_NAME, pack_shards, shard_keys, shard_paths, write_index
 
 
 class Layout:
@@ -207,6 +207,7 @@ def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], p
         metrics = _metrics(manifest, clips, scanned, elapsed, {r["input_key"] for r in rows}, index, cfg.curate.fps)
         if run is not None:
             _log_run(cfg, layout, metrics, clips, ray_stats)
+            metrics["mlflow_run_id"] = run.info.run_id
     return metrics
 
 
@@ -274,3 +275,5 @@ def curate(
     metrics = run_curation(cfg, inputs, out, dry_run=dry_run)
     if not dry_run:
         typer.echo(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()}, indent=1))
+        typer.echo(f"manifest {out / 'manifest.parquet'}\nclips {out / 'clips.parquet'}\n"
+                   f"shards {out / 'shards'} (index {out / INDEX_NAME})")

@@ -1,14 +1,18 @@
 """Generation jobs: (reference portrait, driving video, per-job params), read from the CLI's forms,
 validated, and named deterministically so reruns find their finished outputs.
 
-A job whose params are invalid is kept with a reason (it ends as a `failed` row); a jobs file
-with an unknown column is refused whole, since every row would be misread.
+A job's local paths are made absolute when it is made, so results and output names do not
+depend on the working folder or on how a path was typed (`./a.png` and `a.png` are one job). A
+job whose params are invalid, or whose ref or driving is a URL (only local files are read), is
+kept with a reason (it ends as a `failed` row); a jobs file with an unknown column is refused
+whole, since every row would be misread.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +36,21 @@ class Job:
     driving: str
     params: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        for name in ("ref", "driving"):  # whichever form made the job (module docstring)
+            object.__setattr__(self, name, local_path(str(getattr(self, name))))
+
 
 def default_job_id(ref: str, driving: str) -> str:
     return f"{Path(ref).stem}__{Path(driving).stem}"
+
+
+def local_path(path: str, base: str | Path = ".") -> str:
+    """`path` absolute (a relative one taken from `base`) and normalised; a URL or an empty path
+    is kept as given, for the job to fail with its reason."""
+    if not path or "://" in path:
+        return path
+    return os.path.abspath(Path(base) / path)
 
 
 def pair_jobs(ref: str, driving: str) -> list[Job]:
@@ -77,8 +93,7 @@ def load_jobs(path: str | Path) -> list[Job]:
     jobs = []
     for row in table.to_dict("records"):
         ref, driving = (str(row[k]) if _present(row[k]) else "" for k in ("ref", "driving"))
-        ref, driving = (str(path.parent / p) if p and not Path(p).is_absolute() and "://" not in p else p
-                        for p in (ref, driving))
+        ref, driving = (local_path(p, path.parent) for p in (ref, driving))
         job_id = str(row["job_id"]) if _present(row.get("job_id")) else default_job_id(ref, driving)
         params = {k: row[k] for k in PER_JOB_FIELDS if k in row and _present(row[k])}
         jobs.append(Job(job_id, ref, driving, params))
@@ -86,7 +101,11 @@ def load_jobs(path: str | Path) -> list[Job]:
 
 
 def effective_params(job: Job, cfg: AnimateConfig) -> dict[str, Any]:
-    """The job's motion options: the config's, overridden by the job's; ValueError if invalid."""
+    """The job's motion options: the config's, overridden by the job's; ValueError if invalid, or
+    if ref or driving is a URL (the flow reads local files only; found here, not as "not found")."""
+    remote = [f"{name} {value}" for name, value in (("ref", job.ref), ("driving", job.driving)) if "://" in value]
+    if remote:
+        raise ValueError(f"remote paths are not supported, give local files: {'; '.join(remote)}")
     try:
         merged = AnimateConfig.model_validate({**cfg.model_dump(), **job.params})
     except ValidationError as exc:

@@ -22,6 +22,9 @@ from portraitflow.operators.generation_results import (
 #: a preparation task holds the face models and one chunk of full-resolution frames. Declaring
 #: it also keeps Ray Data from fusing the tasks into the animation actors (different resources).
 PREP_MEMORY = 768 * 1024**2
+#: the reason of a job whose result never came back from Ray (its worker died, its block was
+#: dropped): like curation's lost inputs (jobs/curate.py) it still gets its `failed` row.
+LOST_REASON = "animation: the worker processing this job crashed; its result never came back"
 
 
 def animation_pool(backend: str, cfg: AnimateConfig) -> tuple[int, int]:
@@ -42,7 +45,8 @@ def run_generation(
 
     jobs: `Job(job_id, ref, driving, params)` objects, or a CSV / JSONL / parquet file with columns
         `ref`, `driving`, optional `job_id` and per-job overrides of `motion`, `pose_multiplier`,
-        `expression_multiplier`, `paste_back` (jobs/config/animate.py).
+        `expression_multiplier`, `paste_back`, `seed`, `num_steps`, `appearance_scale`,
+        `motion_scale` (`PER_JOB_FIELDS`, jobs/config/animate.py).
     cfg: the whole config; `cfg.animate` picks the backend and defaults, `cfg.face` the face models,
         `cfg.ray` / `cfg.mlflow` where it runs and is recorded (one MLflow run per call).
     resume: skip jobs whose output (named by job id + a digest of inputs and settings) exists.
@@ -82,7 +86,8 @@ def run_generation(
                 .take_all()
             )
             by_output = {row["output"]: row for row in finished}
-            rows = [by_output[row["output"]] if row["status"] == "pending" else row for row in rows]
+            rows = [by_output.get(row["output"], {**row, "status": "failed", "reason": LOST_REASON})
+                    if row["status"] == "pending" else row for row in rows]
         table = results_table(rows)
         write_atomic(table, out_dir / RESULTS_FILE)
         preview = save_preview(table, cfg.animate, out_dir)

@@ -219,6 +219,24 @@ def test_too_few_cpus_is_an_error_not_a_hang(tmp_path: Path, ray_local) -> None:
         run_generation([Job("a", "a.png", "b.mp4")], tmp_path, cfg)
 
 
+def test_a_job_whose_result_never_comes_back_still_gets_a_failed_row(tmp_path: Path, ray_local,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result Ray loses (a dead worker's block) must not cost the other jobs' rows or results.parquet."""
+    import ray.data
+
+    from portraitflow.pipelines.generate import LOST_REASON, run_generation
+
+    take_all = ray.data.Dataset.take_all
+    monkeypatch.setattr(ray.data.Dataset, "take_all", lambda self, *a, **k: take_all(self, *a, **k)[1:])
+    cfg = load_config(None, ["mlflow.enabled=false"])
+    jobs = [Job(name, str(tmp_path / f"{name}.png"), str(tmp_path / "d.mp4")) for name in ("a", "b", "c")]
+    table = run_generation(jobs, tmp_path / "out", cfg)
+    assert list(table.job_id) == ["a", "b", "c"] and (table.status == "failed").all()
+    assert sorted(table.reason == LOST_REASON) == [False, False, True]
+    assert table.reason.str.startswith("reference image").sum() == 2
+    assert pd.read_parquet(tmp_path / "out" / "results.parquet").equals(table)
+
+
 def test_driving_windows_carry_the_face_box_each_shot_starts_with(media_dir: Path, analyzer) -> None:
     """The expression crops' anchor (the release's frame-0 face box) comes from the detector, in crop pixels."""
     from portraitflow.operators.driving_motion import extract_driving_motion, iter_driving_windows

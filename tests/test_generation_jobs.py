@@ -98,3 +98,30 @@ def test_resume_skips_finished_outputs_and_redoes_unreadable_ones(tmp_path: Path
     again = plan_rows(jobs, tmp_path, "warp", AnimateConfig(), resume=True)
     assert [r["status"] for r in again] == ["skipped", "pending"] and again[0]["frames"] == 6
     assert [r["status"] for r in plan_rows(jobs, tmp_path, "warp", AnimateConfig(), resume=False)] == ["pending"] * 2
+
+
+def test_paths_are_recorded_absolute_so_resume_does_not_depend_on_how_they_were_typed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "refs").mkdir()
+    (tmp_path / "drivers").mkdir()
+    (tmp_path / "refs" / "a.png").write_bytes(b"")
+    (tmp_path / "drivers" / "x.mp4").write_bytes(b"")
+    (tmp_path / "jobs.csv").write_text("ref,driving\nrefs/a.png,./drivers/x.mp4\n")
+    forms = [pair_jobs("./refs/a.png", "drivers/x.mp4"), pair_jobs(str(tmp_path / "refs/a.png"), "drivers/../drivers/x.mp4"),
+             cross_jobs("refs", "./drivers"), load_jobs("jobs.csv")]
+    assert {(j.job_id, j.ref, j.driving) for jobs in forms for j in jobs} == \
+        {("a__x", str(tmp_path / "refs/a.png"), str(tmp_path / "drivers/x.mp4"))}
+    rows = plan_rows([jobs[0] for jobs in forms], tmp_path / "out", "warp", AnimateConfig(), resume=True)
+    assert len({r["output"] for r in rows}) == 1 and rows[0]["ref"] == str(tmp_path / "refs/a.png")
+
+
+def test_remote_paths_fail_their_job_with_a_reason_not_as_missing_files(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.csv"
+    path.write_text("job_id,ref,driving\ns3,s3://bucket/a.png,local.mp4\nweb,a.png,https://example.com/d.mp4\nok,a.png,d.mp4\n")
+    jobs = load_jobs(path)
+    assert jobs[0].ref == "s3://bucket/a.png" and jobs[2].ref == str(tmp_path / "a.png")
+    rows = plan_rows(jobs, tmp_path / "out", "warp", AnimateConfig(), resume=True)
+    assert [r["status"] for r in rows] == ["failed", "failed", "pending"]
+    assert "remote paths are not supported" in rows[0]["reason"] and "ref s3://bucket/a.png" in rows[0]["reason"]
+    assert "driving https://example.com/d.mp4" in rows[1]["reason"]

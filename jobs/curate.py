@@ -277,5 +277,3 @@ def curate(
         typer.echo(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()}, indent=1))
         typer.echo(f"manifest {out / 'manifest.parquet'}\nclips {out / 'clips.parquet'}\n"
                    f"shards {out / 'shards'} (index {out / INDEX_NAME})")
-        if metrics["inputs"] and metrics["inputs_failed"] == metrics["inputs"]:
-            raise typer.Exit(1)  # nothing could be read: a scheduler should see the run as failed

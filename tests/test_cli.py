@@ -91,25 +91,3 @@ def test_insightface_error_names_a_real_override(monkeypatch: pytest.MonkeyPatch
     override = re.search(r"--set (\S+)=<root>", str(missing.value))
     assert override is not None, str(missing.value)
     assert load_config(None, [f"{override.group(1)}=/models"]).face.insightface_root == "/models"
-
-
-@pytest.mark.parametrize(("statuses", "exit_code"), [(["failed", "failed"], 1), (["ok", "failed"], 0), ([], 0)])
-def test_animate_exits_non_zero_only_when_no_job_came_out(statuses: list[str], exit_code: int, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from portraitflow.pipelines import generate
-
-    table = pd.DataFrame({"job_id": [f"j{i}" for i in range(len(statuses))], "status": statuses,
-                          "reason": ["bad input" if s == "failed" else "" for s in statuses]})
-    monkeypatch.setattr(generate, "run_generation", lambda jobs, out, cfg, resume=True: table)
-    result = _animate(tmp_path, "--backend", "warp")
-    assert result.exit_code == exit_code, result.output
-
-
-@pytest.mark.parametrize(("failed", "exit_code"), [(2, 1), (1, 0)])
-def test_curate_exits_non_zero_only_when_every_input_failed(failed: int, exit_code: int, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from portraitflow.jobs import curate
-
-    monkeypatch.setattr(curate, "run_curation", lambda cfg, inputs, out, dry_run=False: {"inputs": 2, "inputs_failed": failed})
-    result = CliRunner().invoke(app, ["curate", "a.mp4", "b.mp4", "--out", str(tmp_path)], env=WIDE)
-    assert result.exit_code == exit_code, result.output

@@ -41,8 +41,9 @@ def _save_png(rgb, path: Path) -> None:
         Image.fromarray(rgb).save(tmp, format="PNG")
 
 
-def prepare_clip(source: str, folder: Path, max_seconds: float | None) -> dict[str, Any]:
-    """Cut the clip (when asked) and extract its first frame; a row with status and reason."""
+def prepare_clip(source: str, folder: Path, max_seconds: float | None, reference: bool = True) -> dict[str, Any]:
+    """Cut the clip (when asked) and extract its first frame as the reference (unless the job has
+    its own); a row with status and reason."""
     from portraitflow.operators.decode import VideoUnreadable, iter_frame_chunks, probe_video
     from portraitflow.operators.video_writer import write_h264
 
@@ -54,7 +55,7 @@ def prepare_clip(source: str, folder: Path, max_seconds: float | None) -> dict[s
             fps = probe_video(source).fps
             frames = (chunk.frames for chunk in iter_frame_chunks(source, fps, end_s=max_seconds))
             write_h264(clip, frames, fps, audio_from=source)
-        if not ref.is_file():
+        if reference and not ref.is_file():
             first = next(iter_frame_chunks(str(clip), probe_video(str(clip)).fps, chunk_size=1))
             _save_png(first.frames[0], ref)
     except (VideoUnreadable, ValueError, OSError) as exc:
@@ -67,22 +68,19 @@ def _matches(folder: Path, patterns: list[str], suffixes: set[str]) -> list[str]
     return sorted(str(p) for p in found)
 
 
-def _jobs_file(path: Path) -> list[dict[str, Any]]:
-    import pandas as pd
+def _jobs_file(path: Path, folder: Path, max_seconds: float | None, max_videos: int | None) -> list[dict[str, Any]]:
+    """A jobs file read as `animate` reads it (relative paths from the file's folder, `job_id`
+    optional); each driving video is cut to `max_seconds` like a folder's clips, with its job's
+    own portrait as the reference."""
+    from portraitflow.operators.generation_jobs import load_jobs as read_jobs_file
 
-    if path.suffix == ".parquet":
-        table = pd.read_parquet(path)
-    elif path.suffix in (".jsonl", ".json"):
-        table = pd.read_json(path, lines=True)
-    else:
-        table = pd.read_csv(path)
-    missing = {"ref", "driving"} - set(table.columns)
-    if missing:
-        raise ValueError(f"{path}: jobs file lacks columns {sorted(missing)}")
-    if "job_id" not in table.columns:
-        table["job_id"] = [input_key(f"{r}|{d}") for r, d in zip(table["ref"], table["driving"])]
-    table["job_id"] = [safe_stem(str(j)) for j in table["job_id"]]  # ids name files under the output folder
-    return table.to_dict("records")
+    jobs = read_jobs_file(path)[:max_videos]
+    with_params = [job.job_id for job in jobs if job.params]
+    if with_params:
+        raise ValueError(f"{path}: per-job params ({', '.join(with_params[:3])}) are for `animate`; "
+                         "in a sweep, its configs set them")
+    return [{**prepare_clip(job.driving, folder, max_seconds, reference=False),
+             "job_id": safe_stem(job.job_id), "ref": job.ref} for job in jobs]
 
 
 def _shard_urls(path: str) -> list[str]:
@@ -123,7 +121,7 @@ def load_jobs(spec: DatasetSpec, protocol: str, folder: str | Path, max_seconds:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if spec.type == "jobs":
-        return _jobs_file(Path(spec.path))[:max_videos]
+        return _jobs_file(Path(spec.path), folder, max_seconds, max_videos)
     if spec.type == "shards":
         videos = _unpack_shards(spec, folder)
     else:

@@ -147,3 +147,22 @@ def test_report_ranks_by_metric_direction_and_writes_a_page(tmp_path: Path) -> N
     text = page.read_text()
     assert text.index("<td>c</td>") < text.index("<td>a</td>") < text.index("<td>b</td>")
     assert "src='metrics.png'" in text and "fid skipped" in text
+
+
+def test_a_jobs_dataset_is_read_as_animate_reads_it_and_cut_to_max_seconds(tmp_path: Path) -> None:
+    from portraitflow.operators.decode import probe_video
+
+    data = tmp_path / "data"
+    data.mkdir()
+    _clip(data / "talk.mp4", frames=10)  # 1 s at 10 fps
+    (data / "face.png").write_bytes(b"")
+    (data / "jobs.csv").write_text("ref,driving\nface.png,talk.mp4\nface.png,missing.mp4\n")  # paths from the file
+    rows = load_jobs(DatasetSpec(type="jobs", path=str(data / "jobs.csv")), "cross", tmp_path / "prepared", max_seconds=0.5)
+    assert [r["job_id"] for r in rows] == ["face__talk", "face__missing"]
+    assert rows[0]["status"] == "ok" and rows[0]["ref"] == str(data / "face.png")
+    assert rows[0]["driving"].startswith(str(tmp_path / "prepared")) and probe_video(rows[0]["driving"]).duration_s <= 0.6
+    assert not list((tmp_path / "prepared").glob("*.ref.png"))  # the job's own portrait is the reference
+    assert rows[1]["status"] == "failed" and rows[1]["reason"] == "unreadable"
+    (data / "params.csv").write_text("ref,driving,seed\nface.png,talk.mp4,3\n")
+    with pytest.raises(ValueError, match="per-job params"):
+        load_jobs(DatasetSpec(type="jobs", path=str(data / "params.csv")), "cross", tmp_path / "prepared")

@@ -233,7 +233,7 @@ class HunyuanPipeline:
                 x = torch.cat([average.window_latents(index) for index in group])
                 motion_tokens = torch.stack([motion(windows[index], self.device, self.dtype) for index in group])
                 poses = [pose(windows[index]) for index in group]
-                pose_features = poses[0] if poses[0].shape[1] == 1 else torch.cat(poses)  # constant, or per frame
+                pose_features = poses[0] if all(p is poses[0] for p in poses) else torch.cat(poses)  # one constant, or per window
                 v = self._guided_v(reference, x, sigma, timesteps[step], motion_tokens, pose_features, time_ids,
                                    g_appearance, g_motion, three_way)
                 x_next = euler_v_step(x, v, sigma, sigma_next)

@@ -119,7 +119,8 @@ def expand_inputs(specs: Iterable[str]) -> list[str]:
             )
         elif glob.has_magic(local):
             found.update(
-                [str(Path(p).resolve()) for p in glob.glob(local, recursive=True) if Path(p).is_file()] or [local]
+                [str(Path(p).resolve()) for p in glob.glob(local, recursive=True)
+                 if Path(p).is_file() and Path(p).suffix.lower() in VIDEO_SUFFIXES] or [local]
             )
         else:
             found.add(str(Path(local).resolve()) if Path(local).exists() else local)
@@ -159,11 +160,12 @@ def local_copy(uri: str) -> Iterator[str]:
             raise FileNotFoundError(NO_VIDEO_FILES)
         yield path
         return
-    if _expand_uri(uri) != [uri]:  # a folder or pattern: it matched nothing when the inputs were expanded
-        raise FileNotFoundError(NO_VIDEO_FILES)
     from pyarrow import fs
 
     filesystem, path = fs.FileSystem.from_uri(uri)
+    found = filesystem.get_file_info(path).type
+    if found == fs.FileType.Directory or (found == fs.FileType.NotFound and glob.has_magic(uri.partition("?")[0])):
+        raise FileNotFoundError(NO_VIDEO_FILES)  # a folder or pattern that matched nothing when expanded
     fd, tmp = tempfile.mkstemp(suffix=Path(path).suffix)
     try:
         with os.fdopen(fd, "wb") as out, filesystem.open_input_stream(path) as src:

@@ -78,6 +78,31 @@ def test_arguments_naming_no_video_are_kept_and_fail_with_their_reason(tmp_path:
         assert path == str(tmp_path / "clip.mp4")
 
 
+def test_a_remote_input_is_fetched_as_listed_and_a_folder_or_unmatched_pattern_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listed name with `[...]` is a file, not a pattern; a folder or a pattern that matched
+    nothing fails with the reason. `store://` stands in for a bucket held in a local folder."""
+    from pyarrow import fs
+
+    bucket = tmp_path / "bucket"
+    (bucket / "talks").mkdir(parents=True)
+    (bucket / "talks" / "clip[1].mp4").write_bytes(b"video bytes")
+
+    class Store:
+        @staticmethod
+        def from_uri(uri: str):
+            return fs.SubTreeFileSystem(str(bucket), fs.LocalFileSystem()), uri.removeprefix("store://")
+
+    monkeypatch.setattr(fs, "FileSystem", Store)
+    listed = expand_inputs(["store://talks"])
+    assert listed == ["store://talks/clip[1].mp4"]
+    with local_copy(listed[0]) as path:
+        assert Path(path).read_bytes() == b"video bytes"
+    for kept in ("store://talks", "store://talks/*.mkv"):
+        with pytest.raises(FileNotFoundError, match=NO_VIDEO_FILES), local_copy(kept):
+            pass
+
+
 def test_keys_are_dot_free_unique_and_stable() -> None:
     a, b = input_key("/data/x/clip.v2.mp4"), input_key("/data/y/clip.v2.mp4")
     assert a != b and a == input_key("/data/x/clip.v2.mp4")

@@ -63,19 +63,11 @@ def animate(
 
 
 def check_weights(cfg: AnimateConfig) -> None:
-    """Refuse missing HunyuanPortrait weights on the driver, before Ray starts: inside the actors
-    the same error costs the start-up and leaves only failed rows behind tracebacks."""
-    from portraitflow.models.animators.registry import resolve_backend
+    """Refuse missing HunyuanPortrait weights as a usage error: the flow would refuse them too,
+    only with a traceback."""
+    from portraitflow.models.animators.registry import check_backend, resolve_backend
 
-    if resolve_backend(cfg) != "hunyuan":
-        return
-    from portraitflow.models.hunyuan.animator import TINY_WEIGHTS
-    from portraitflow.models.hunyuan.weights import WeightsMissing, check_weights_dir
-
-    if not cfg.weights:
-        raise typer.BadParameter("the hunyuan backend needs --weights (animate.weights): a folder in the official layout, or `tiny`")
-    if cfg.weights != TINY_WEIGHTS:
-        try:
-            check_weights_dir(cfg.weights)
-        except WeightsMissing as exc:
-            raise typer.BadParameter(str(exc), param_hint="--weights") from exc
+    try:
+        check_backend(resolve_backend(cfg), cfg)
+    except (ValueError, FileNotFoundError) as exc:  # no weights given; WeightsMissing lists the missing files
+        raise typer.BadParameter(str(exc), param_hint="--weights") from exc

@@ -12,7 +12,7 @@ import pandas as pd
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.runtime import init_ray, mlflow_run
-from portraitflow.models.animators.registry import resolve_backend
+from portraitflow.models.animators.registry import check_backend, resolve_backend
 from portraitflow.operators.animate import AnimateJobs, prepare_job
 from portraitflow.operators.generation_jobs import Job, load_jobs
 from portraitflow.operators.generation_results import (
@@ -63,6 +63,7 @@ def run_generation(
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = load_jobs(jobs) if isinstance(jobs, (str, Path)) else jobs
     backend = resolve_backend(cfg.animate)
+    check_backend(backend, cfg.animate)  # what would fail every actor fails here, before Ray starts
     rows = plan_rows(jobs, out_dir, backend, cfg.animate, resume)
     started = time.perf_counter()
     init_ray(cfg.ray, cfg.mlflow)

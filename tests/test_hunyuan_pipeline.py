@@ -272,8 +272,7 @@ def test_a_unet_that_fails_to_compile_falls_back_to_eager_with_the_same_frames()
     eager = HunyuanAnimator(random_models("tiny"), TINY_SETTINGS)
     animator = HunyuanAnimator(random_models("tiny"), TINY_SETTINGS)
     pipeline = animator.models.pipeline
-    pipeline.unet = torch.compile(pipeline.unet, backend=failing_backend)
-    animator.compiled = "default"  # as `compile_mode="default"` leaves it, with a backend that cannot work
+    pipeline.unet = torch.compile(pipeline.unet, backend=failing_backend)  # as compile_mode does, bound to fail
     side = animator.models.resolution
     runs = [list(a.animate(_reference(side), _driving(np.random.default_rng(1), [9], side), {}))
             for a in (eager, animator)]
@@ -322,3 +321,13 @@ def test_generation_flow_builds_the_hunyuan_animator_from_config() -> None:
     assert cfg.compile_mode == "default" and animator.compiled == "off"  # compiled on CUDA only
     with pytest.raises(ValueError, match="animate.weights"):
         create_animator("hunyuan", AnimateConfig(backend="hunyuan"))
+
+
+def test_the_generation_flow_refuses_incomplete_weights_before_ray_starts(tmp_path: Path) -> None:
+    from portraitflow.jobs.config import load_config
+    from portraitflow.models.hunyuan.weights import WeightsMissing
+    from portraitflow.pipelines.generate import run_generation
+
+    cfg = load_config(None, [f"animate.weights={tmp_path}", "ray.address=ray://nowhere.invalid:1"])
+    with pytest.raises(WeightsMissing, match="unet.pth"):  # a Ray start would fail differently
+        run_generation([], tmp_path / "out", cfg)

@@ -23,6 +23,21 @@ def animator_params(backend: str, params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def check_backend(backend: str, cfg: AnimateConfig) -> None:
+    """Raise what would fail every actor of `backend` (ValueError, or WeightsMissing naming each
+    missing file), so the driver refuses it before Ray starts."""
+    if backend != "hunyuan":
+        return
+    from portraitflow.models.hunyuan.animator import TINY_WEIGHTS
+    from portraitflow.models.hunyuan.weights import check_weights_dir
+
+    if not cfg.weights:
+        raise ValueError("the hunyuan animator needs --weights (animate.weights): a folder in the official "
+                         "layout, or `tiny`")
+    if cfg.weights != TINY_WEIGHTS:
+        check_weights_dir(cfg.weights)
+
+
 def create_animator(backend: str, cfg: AnimateConfig) -> Animator:
     """Load the backend's model once; actors call this in __init__ so nothing is pickled."""
     if backend == "warp":
@@ -32,7 +47,6 @@ def create_animator(backend: str, cfg: AnimateConfig) -> Animator:
     if backend == "hunyuan":
         from portraitflow.models.hunyuan.animator import HunyuanAnimator
 
-        if not cfg.weights:
-            raise ValueError("the hunyuan animator needs animate.weights: a folder in the official layout, or `tiny`")
+        check_backend(backend, cfg)
         return HunyuanAnimator.create(cfg.weights, compile_mode=cfg.compile_mode, windows_per_call=cfg.windows_per_call)
     raise ValueError(f"unknown animator backend {backend!r}")

@@ -180,7 +180,7 @@ class HunyuanAnimator(Animator):
         try:
             return pipeline.sample(features, motion, pose, settings)
         except TorchDynamoException as error:
-            if self.compiled == "off" or self.compiled.startswith("failed"):
+            if not hasattr(pipeline.unet, "_orig_mod"):  # not compiled (any more): a real error
                 raise
             logger.warning("torch.compile of the UNet failed; running it eagerly from now on: %s", error)
             self.compiled = f"failed, eager ({type(error).__name__})"

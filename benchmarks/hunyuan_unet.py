@@ -18,9 +18,9 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from hunyuan_gpu import DTYPES  # run as a script: benchmarks/ is on the path
 from portraitflow.models.hunyuan.unet import SVD_XT_UNET_CONFIG, TINY_UNET_CONFIG, HunyuanUNet
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: variant name -> (windows per call, channels-last weights, torch.compile mode or None)
 VARIANTS = {
     "eager": (1, False, None),

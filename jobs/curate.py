@@ -151,6 +151,7 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
         typer.echo(f"{len(pending)} of {len(rows)} input(s) would be processed into {out}")
         return {"inputs": len(rows), "pending": len(pending)}
     with exclusive(layout):
+        check_corpus_settings(cfg, layout)  # again: a run that held the folder may have just recorded its own
         layout.make()
         atomic_write(layout.settings, json.dumps(corpus_settings(cfg), indent=1, sort_keys=True))
         init_ray(cfg.ray, cfg.mlflow)

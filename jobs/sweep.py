@@ -176,10 +176,10 @@ def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str 
 
 def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, rank_by: str | None = None) -> Path:
     """A static HTML report of a sweep's parent run (or of a single evaluation run) from MLflow."""
+    client = mlflow_client(cfg.mlflow)
+    parent = client.get_run(run_id)  # an unknown run fails here, before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    client = mlflow_client(cfg.mlflow)
-    parent = client.get_run(run_id)
     children = client.search_runs([parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{run_id}'",
                                   order_by=["attributes.start_time ASC"]) or [parent]
     rows, tables, videos = [], [], []

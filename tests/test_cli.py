@@ -79,6 +79,7 @@ def test_report_names_the_unknown_run_and_store(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "run 0123abcd" in result.output and uri in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert not (tmp_path / "r").exists()  # nothing written for a run that is not there
 
 
 def test_insightface_error_names_a_real_override(monkeypatch: pytest.MonkeyPatch) -> None:

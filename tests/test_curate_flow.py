@@ -207,6 +207,7 @@ def test_rerun_skips_finished_inputs_and_adds_nothing(curated, flow_inputs, caps
     assert pd.read_parquet(out / "manifest.parquet").equals(pd.read_parquet(io.BytesIO(manifest_before)))
     summary = summarise(out)
     assert summary["inputs"]["failed"] == _failed(flow_inputs) and summary["sample_keys"]
+    assert summary["failed_shown"] == f"{min(5, _failed(flow_inputs))} of {_failed(flow_inputs)}"
     assert sum(s["samples"] for s in summary["shards"]) == summary["clips"]["accepted"]
 
 

@@ -120,7 +120,7 @@ def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], markers: dict, lay
                         corpus.keep(arrays["embedding"], arrays["signature"])
             clips_by_input[key] = clips
         elif markers[key]["input"]["status"] != ledger.FAILED:
-            clips = _clips_of({"input_key": key, "status": ""}, layout, cfg.curate.fps)
+            clips = scan_clips(layout.scans / f"{key}.npz", key, cfg.curate.fps)
             accepted = {c["key"] for c in markers[key]["clips"] if c["decision"] == ledger.ACCEPTED}
             for clip in clips:
                 if clip["key"] in accepted:

@@ -101,10 +101,8 @@ def _ray(cfg) -> str:
 
 
 def _mlflow(cfg) -> str:
-    from mlflow.tracking import MlflowClient
+    from portraitflow.jobs.runtime import mlflow_client
 
-    from portraitflow.jobs.runtime import mlflow_tracking_uri
-
-    uri = mlflow_tracking_uri(cfg.mlflow)
-    experiments = MlflowClient(tracking_uri=uri).search_experiments(max_results=1000)
-    return f"{uri} ({len(experiments)} experiment(s))"
+    client = mlflow_client(cfg.mlflow)
+    experiments = client.search_experiments(max_results=1000)
+    return f"{client.tracking_uri} ({len(experiments)} experiment(s))"

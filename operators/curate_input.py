@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.operators.face_scan import FaceScanStage, batch_rows, rows_batch, scan_clips
 from portraitflow.operators.inputs import is_uri, local_copy
 from portraitflow.operators.probe import FAILED, error_text, unfetched_input
@@ -33,8 +32,8 @@ class CurateInputStage:
     def __init__(self, config: dict[str, Any], scan_dir: str, staging_dir: str, attempts_dir: str,
                  max_attempts: int) -> None:
         self.scanner = FaceScanStage(config, scan_dir)
-        self.cfg = PortraitFlowConfig.model_validate(config).curate
-        self.scan_dir, self.staging_dir, self.attempts_dir = Path(scan_dir), Path(staging_dir), Path(attempts_dir)
+        self.cfg, self.scan_dir = self.scanner.cfg, self.scanner.scan_dir  # validated once, by the scanner
+        self.staging_dir, self.attempts_dir = Path(staging_dir), Path(attempts_dir)
         self.max_attempts = max_attempts
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -73,3 +73,30 @@ def test_folded_contexts_equal_the_repeated_ones(unet_golden) -> None:
     finally:
         unet.condition_slot.repeat_contexts = False
     torch.testing.assert_close(folded, repeated, atol=1e-5, rtol=1e-5)
+
+
+def test_unconditional_items_skip_cross_attention_exactly(unet_golden) -> None:
+    """Items with all-zero tokens get the output projection's bias instead of computed cross-attention."""
+    unet, _, data = unet_golden
+    batch, frames = data["input.sample"].shape[:2]
+    image = data["input.encoder_hidden_states.image"].unflatten(0, (batch, frames))
+    motion = data["input.encoder_hidden_states.motion"].unflatten(0, (batch, frames))
+    zero_image, zero_motion = torch.zeros_like(image[:1]), torch.zeros_like(motion[:1])
+    args = (torch.cat([data["input.sample"][:1], data["input.sample"]]), data["input.timestep"],
+            torch.cat([zero_image, image]), torch.cat([zero_motion, motion]),
+            torch.cat([data["input.added_time_ids"][:1], data["input.added_time_ids"]]),
+            torch.cat([data["input.pose_cond_fea"][:1], data["input.pose_cond_fea"]]))
+    queries = []  # rows projected by one spatial cross-attention layer
+    to_q = unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_q
+    handle = to_q.register_forward_hook(lambda _m, inputs, _out: queries.append(inputs[0].shape[0]))
+    try:
+        with torch.no_grad():
+            computed = unet(*args)
+            skipped = unet(*args, unconditional=1)
+    finally:
+        handle.remove()
+    assert queries == [(batch + 1) * frames, batch * frames]
+    torch.testing.assert_close(skipped, computed, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(skipped[1:], skipped[:1].expand_as(skipped[1:]))  # the conditioned items still differ
+    with pytest.raises(ValueError, match="unconditional"):
+        unet(*args, unconditional=batch + 2)

@@ -249,7 +249,8 @@ class HunyuanPipeline:
                   g_appearance: float, g_motion: float, three_way: bool) -> torch.Tensor:
         """Guided v-prediction [G, K, 4, h, w] of G windows x [G, K, 4, h, w] with motion tokens
         [G, K, L, D] and pose features [1 or G, 1 or K, C0, h, w], in one UNet call whose batch is
-        branch-major: [uncond x G, (appearance only x G,) full x G]."""
+        branch-major: [uncond x G, (appearance only x G,) full x G]. The unconditional items' tokens
+        are zeros, so the UNet skips their cross-attention (exactly)."""
         windows, frames = x.shape[:2]
         branches = 3 if three_way else 2
         ref_latent = reference.latent.to(self.dtype)[:, None]
@@ -263,7 +264,8 @@ class HunyuanPipeline:
         motion = torch.cat([motion_tokens.new_zeros(((branches - 1) * windows, *motion_tokens.shape[1:])), motion_tokens])
         if pose_features.shape[0] > 1:
             pose_features = pose_features.repeat(branches, 1, 1, 1, 1)
-        v = self.unet(sample, timestep, image, motion, time_ids.expand(branches * windows, -1), pose_features).float()
+        v = self.unet(sample, timestep, image, motion, time_ids.expand(branches * windows, -1), pose_features,
+                      unconditional=windows).float()
         if three_way:
             v_uncond, v_appearance, v_full = v.chunk(3)
             return v_uncond + g_appearance * (v_appearance - v_uncond) + g_motion * (v_full - v_appearance)

@@ -9,7 +9,9 @@ The additions are made with the hooks diffusers offers instead of a forked copy 
 - the pose-guider feature is added to the `conv_in` output by a forward hook.
 
 The contexts reach the processors through a `ConditionSlot` that `HunyuanUNet.forward` fills for
-the duration of one call; the stock forward is given a [B, 1, 1] placeholder as
+the duration of one call. Batch items whose contexts are all zero (the guidance's unconditional
+branch) skip cross-attention: attention over all-zero keys and values is exactly zero, so their
+output is the output projection's bias. The stock forward is given a [B, 1, 1] placeholder as
 `encoder_hidden_states`, so it never materialises the per-position temporal context (the stock
 block and the release both copy it h*w times, about 1.6 GB per block at 512² in fp16).
 """
@@ -79,6 +81,12 @@ class _Contexts:
     temporal_motion: torch.Tensor  # [B, L, D] frame mean
     pose: torch.Tensor | None  # [Bp, Fp, C0, h, w], broadcast to [B, F, C0, h, w]
     frames: int
+    batch: int
+    unconditional: int  # leading batch items whose image and motion tokens are all zero
+
+    def conditioned_part(self, context: torch.Tensor) -> torch.Tensor:
+        """The rows of a per-item tensor (contexts, queries) that belong to conditioned batch items."""
+        return context[self.unconditional * (context.shape[0] // self.batch):]
 
 
 class ConditionSlot:
@@ -137,10 +145,16 @@ class IPAttnProcessor(nn.Module):
             rows = hidden_states.shape[0]
             image = image.repeat_interleave(rows // image.shape[0], dim=0)
             motion = motion.repeat_interleave(rows // motion.shape[0], dim=0)
-        query = attn.to_q(hidden_states)
+        skipped = hidden_states.shape[0] - len(contexts.conditioned_part(hidden_states))
+        query = attn.to_q(contexts.conditioned_part(hidden_states))
+        image, motion = contexts.conditioned_part(image), contexts.conditioned_part(motion)
         out = _attend(query, attn.to_k(image), attn.to_v(image), attn.heads)
         out = out + _attend(query, self.to_k_ip[0](motion), self.to_v_ip[0](motion), attn.heads)
-        return attn.to_out[1](attn.to_out[0](out))
+        out = attn.to_out[1](attn.to_out[0](out))
+        if not skipped:
+            return out
+        bias = attn.to_out[1](attn.to_out[0](out.new_zeros(1, 1, out.shape[-1])))
+        return torch.cat([bias.expand(skipped, out.shape[1], -1), out])
 
 
 class HunyuanUNet(UNetSpatioTemporalConditionModel):
@@ -188,14 +202,18 @@ class HunyuanUNet(UNetSpatioTemporalConditionModel):
         motion_tokens: torch.Tensor,
         added_time_ids: torch.Tensor,
         pose_features: torch.Tensor | None = None,
+        unconditional: int = 0,
     ) -> torch.Tensor:
         """v-prediction [B, F, 4, h, w].
 
         sample: [B, F, 8, h, w] (scaled noisy latent | reference latent); image_tokens: [B, L, D]
         shared by all frames of a batch item, or [B, F, L, D]; motion_tokens: [B, F, L, D];
-        pose_features: [B or 1, F or 1, C0, h, w] added after conv_in.
+        pose_features: [B or 1, F or 1, C0, h, w] added after conv_in; unconditional: how many
+        leading batch items have all-zero image and motion tokens (their cross-attention is skipped).
         """
         batch, frames = sample.shape[:2]
+        if not 0 <= unconditional <= batch:
+            raise ValueError(f"unconditional={unconditional} is not between 0 and the batch size {batch}")
         dtype = sample.dtype
         image_tokens = image_tokens.to(dtype)
         motion_tokens = motion_tokens.to(dtype)
@@ -211,6 +229,8 @@ class HunyuanUNet(UNetSpatioTemporalConditionModel):
             temporal_motion=motion_tokens.mean(dim=1),
             pose=pose_features,
             frames=frames,
+            batch=batch,
+            unconditional=unconditional,
         )
         placeholder = sample.new_zeros(batch, 1, 1)
         with self._conditioned(contexts):

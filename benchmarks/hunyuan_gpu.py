@@ -43,6 +43,7 @@ from portraitflow.models.hunyuan.sampler import (
     scale_model_input,
     window_indices,
 )
+from portraitflow.models.hunyuan.unet import HunyuanUNet, unet_config_from_json
 from portraitflow.models.hunyuan.weights import random_models
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -152,6 +153,15 @@ def baseline(pipe: HunyuanPipeline, inputs: Inputs, settings: SamplingSettings) 
     return latents, _kept_frames_summary([decoded], settings, num_frames)
 
 
+def unet_sharing_weights(unet: HunyuanUNet) -> HunyuanUNet:
+    """A second UNet module tree over the same parameter tensors (no extra memory), so one path
+    can change modules, such as `temporal_convs_as_matmuls`, without changing the other's."""
+    with torch.device("meta"):
+        twin = HunyuanUNet(**unet_config_from_json(dict(unet.config)))
+    twin.load_state_dict(unet.state_dict(), strict=True, assign=True)
+    return twin.eval()
+
+
 def timed(run: Callable[[], tuple], device: torch.device) -> tuple[tuple, float, float, float | None]:
     """(result, wall s, process CPU s, peak device GiB or None on the CPU)."""
     if device.type == "cuda":
@@ -177,6 +187,8 @@ def main() -> None:
     parser.add_argument("--compile", metavar="MODE",
                         help="torch.compile mode of ours' UNet, as the animator's `compile_mode` (default: `default` on "
                              "CUDA, `off` on the CPU); its compile time is printed apart, in the warm-up")
+    parser.add_argument("--temporal-matmul", action="store_true",
+                        help="ours: the temporal resnets' Conv3d as matmuls (`HunyuanUNet.temporal_convs_as_matmuls`)")
     parser.add_argument("--windows-per-call", type=int, default=1,
                         help="ours: windows of a step batched into one UNet call (the animator's `windows_per_call`)")
     parser.add_argument("--no-cudnn-benchmark", action="store_true",
@@ -197,7 +209,8 @@ def main() -> None:
     torch.backends.cudnn.benchmark = device.type == "cuda" and not args.no_cudnn_benchmark
     print(f"{size} modules on {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
           f"{settings.num_steps} steps, window {settings.frames_per_window}, torch threads {torch.get_num_threads()}"
-          + (f", ours torch.compile mode {args.compile}" if args.compile else ""))
+          + (f", ours torch.compile mode {args.compile}" if args.compile else "")
+          + (", ours temporal convs as matmuls" if args.temporal_matmul else ""))
     header = (f"{'dtype':5s} {'frames':>6s} | {'ours f/s':>9s} {'base f/s':>9s} {'speed-up':>8s} | "
               f"{'ours cpu-s':>10s} {'base cpu-s':>10s} | {'ours GiB':>8s} {'base GiB':>8s} | max |diff|")
     print(header)
@@ -205,6 +218,9 @@ def main() -> None:
         models = random_models(size, device=device, dtype=DTYPES[dtype_name], seed=args.seed)
         pipe = models.pipeline
         mine_pipe = copy.copy(pipe)  # the same modules; with --compile, ours calls a compiled view of the UNet
+        if args.temporal_matmul:
+            mine_pipe.unet = unet_sharing_weights(pipe.unet)
+            mine_pipe.unet.temporal_convs_as_matmuls()
         if args.compile:
             mine_pipe.compile_unet(args.compile)
         _warm_up(pipe, mine_pipe, models.resolution, settings, args)

@@ -16,23 +16,36 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from hunyuan_gpu import DTYPES  # run as a script: benchmarks/ is on the path
+from hunyuan_gpu import DTYPES, unet_sharing_weights  # run as a script: benchmarks/ is on the path
 from portraitflow.models.hunyuan.unet import SVD_XT_UNET_CONFIG, TINY_UNET_CONFIG, HunyuanUNet
 
-#: variant name -> (windows per call, channels-last weights, torch.compile mode or None,
-#: cross-attention computed for the unconditional items too)
+
+@dataclass(frozen=True)
+class Variant:
+    windows: int = 1  # windows per call
+    channels_last: bool = False  # Conv2d weights channels-last
+    compile_mode: str | None = None  # torch.compile mode; reduce-overhead adds CUDA graphs
+    all_rows: bool = False  # cross-attention computed for the unconditional items too
+    matmul_temporal: bool = False  # temporal convs as matmuls (on a twin sharing the weights)
+
+
 VARIANTS = {
-    "eager": (1, False, None, False),
-    "eager-all-rows": (1, False, None, True),
-    "channels-last": (1, True, None, False),
-    "two-windows": (2, False, None, False),
-    "compile": (1, False, "default", False),
-    "compile-two-windows": (2, False, "default", False),
-    "compile-max-autotune": (1, False, "max-autotune-no-cudagraphs", False),
+    "eager": Variant(),
+    "eager-all-rows": Variant(all_rows=True),
+    "eager-matmul-temporal": Variant(matmul_temporal=True),
+    "channels-last": Variant(channels_last=True),
+    "two-windows": Variant(windows=2),
+    "compile": Variant(compile_mode="default"),
+    "compile-matmul-temporal": Variant(compile_mode="default", matmul_temporal=True),
+    "compile-cudagraphs": Variant(compile_mode="reduce-overhead"),
+    "compile-cudagraphs-matmul-temporal": Variant(compile_mode="reduce-overhead", matmul_temporal=True),
+    "compile-two-windows": Variant(windows=2, compile_mode="default"),
+    "compile-max-autotune": Variant(compile_mode="max-autotune-no-cudagraphs"),
 }
 
 
@@ -54,6 +67,24 @@ def call_inputs(unet: HunyuanUNet, windows: int, latent: int, device: torch.devi
     time_ids = torch.tensor([[12.5, 0.0, 0.0]]).expand(batch, -1)
     return (rand(batch, frames, 8, latent, latent), torch.tensor(1.0, device=device), image.to(device, dtype),
             motion.to(device, dtype), time_ids.to(device, dtype), rand(1, 1, channels, latent, latent))
+
+
+def variant_call(unet: HunyuanUNet, spec: Variant, latent: int, reference_inputs: tuple,
+                 seed: int) -> Callable[[], torch.Tensor]:
+    """One call of the variant's model on its inputs, as the pipeline makes it."""
+    device, dtype = unet.conv_in.weight.device, unet.conv_in.weight.dtype
+    inputs = reference_inputs if spec.windows == 1 else call_inputs(unet, spec.windows, latent, device, dtype, seed)
+    if spec.matmul_temporal:
+        unet = unet_sharing_weights(unet)
+        unet.temporal_convs_as_matmuls()
+    model = torch.compile(unet, mode=spec.compile_mode, dynamic=False) if spec.compile_mode else unet
+    unconditional = 0 if spec.all_rows else spec.windows
+
+    def run() -> torch.Tensor:
+        torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: the previous call's output may be overwritten
+        return model(*inputs, unconditional=unconditional)
+
+    return run
 
 
 def timed_calls(run: Callable[[], torch.Tensor], calls: int, device: torch.device) -> tuple[torch.Tensor, float]:
@@ -126,25 +157,20 @@ def main() -> None:
     print(f"{'variant':22s} {'ms/call':>9s} {'passes/s':>9s} {'TFLOP/s':>8s} {'setup s':>8s} | max |diff| vs eager-all-rows")
     profiles = []
     for variant in args.variants:
-        windows, channels_last, mode, all_rows = VARIANTS[variant]
-        conv2d_memory_format(unet, torch.channels_last if channels_last else torch.contiguous_format)
-        model = torch.compile(unet, mode=mode, dynamic=False) if mode else unet
-        inputs = reference_inputs if windows == 1 else call_inputs(unet, windows, latent, device, dtype, args.seed)
-        unconditional = 0 if all_rows else windows
-
-        def run() -> torch.Tensor:
-            return model(*inputs, unconditional=unconditional)
-
+        spec = VARIANTS[variant]
+        conv2d_memory_format(unet, torch.channels_last if spec.channels_last else torch.contiguous_format)
+        run = variant_call(unet, spec, latent, reference_inputs, args.seed)
         with torch.no_grad():
             setup = time.perf_counter()
             run()
             _synchronize(device)
             setup = time.perf_counter() - setup
             output, seconds = timed_calls(run, args.calls, device)
+            diff = f"{(output.float() - reference.float()).abs().max().item():.2e}" if spec.windows == 1 else "-"
             if args.profile and device.type == "cuda":
                 profiles.append((variant, run))
+        windows = spec.windows
         passes = 2 * windows * frames / seconds
-        diff = f"{(output.float() - reference.float()).abs().max().item():.2e}" if windows == 1 else "-"
         print(f"{variant:22s} {seconds * 1e3:9.1f} {passes:9.1f} {passes * flops_per_pass / 1e12:8.1f} "
               f"{setup:8.1f} | {diff}", flush=True)
     for variant, run in profiles:

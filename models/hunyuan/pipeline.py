@@ -264,6 +264,7 @@ class HunyuanPipeline:
         motion = torch.cat([motion_tokens.new_zeros(((branches - 1) * windows, *motion_tokens.shape[1:])), motion_tokens])
         if pose_features.shape[0] > 1:
             pose_features = pose_features.repeat(branches, 1, 1, 1, 1)
+        torch.compiler.cudagraph_mark_step_begin()  # under CUDA graphs, the last call's output may be reused
         v = self.unet(sample, timestep, image, motion, time_ids.expand(branches * windows, -1), pose_features,
                       unconditional=windows).float()
         if three_way:

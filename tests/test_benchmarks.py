@@ -1,0 +1,34 @@
+"""The HunyuanPortrait benchmarks stay runnable on a CPU (`--tiny`), and ours still equals the baseline."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _run(script: str, *args: str) -> list[str]:
+    result = subprocess.run([sys.executable, str(BENCHMARKS / script), "--tiny", *args], capture_output=True,
+                            text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.splitlines()
+
+
+@pytest.mark.slow
+def test_generation_benchmark_ours_equals_the_release_algorithm() -> None:
+    lines = _run("hunyuan_gpu.py", "--frames", "12", "--temporal-matmul")
+    rows = [line for line in lines if line.startswith("fp32")]
+    assert len(rows) == 1, lines
+    assert float(rows[0].rsplit("|", 1)[1]) < 1e-4  # the largest difference, ours against the baseline
+
+
+@pytest.mark.slow
+def test_unet_benchmark_variants_agree() -> None:
+    lines = _run("hunyuan_unet.py", "--calls", "1", "--variants", "eager-all-rows", "eager", "eager-matmul-temporal")
+    rows = {line.split()[0]: line for line in lines if line.startswith("eager")}
+    assert rows.keys() == {"eager-all-rows", "eager", "eager-matmul-temporal"}
+    assert float(rows["eager"].rsplit("|", 1)[1]) < 1e-6
+    assert float(rows["eager-matmul-temporal"].rsplit("|", 1)[1]) < 1e-4

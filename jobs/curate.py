@@ -24,7 +24,7 @@ from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.options import ConfigOption, MlflowUriOption, RayAddressOption, SetOption, resolve_config
 from portraitflow.operators import ledger
 from portraitflow.operators.atomic import atomic_write
-from portraitflow.operators.face_scan import load_clip_arrays, scan_clips
+from portraitflow.operators.face_scan import load_clip_arrays, scan_clips, scan_path
 from portraitflow.operators.filters import RENDER_FAILED
 from portraitflow.operators.identity import CorpusLedger
 from portraitflow.operators.inputs import expand_inputs, input_key
@@ -96,7 +96,7 @@ def _clips_of(row: dict[str, Any], layout: Layout, fps: float) -> list[dict[str,
     """The scan's candidate clips of an input (none for a failed one)."""
     if row["status"] == ledger.FAILED:
         return []
-    return scan_clips(layout.scans / f"{row['input_key']}.npz", row["input_key"], fps)
+    return scan_clips(scan_path(layout.scans, row["input_key"]), row["input_key"], fps)
 
 
 def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], markers: dict, layout: Layout) -> dict:
@@ -113,18 +113,18 @@ def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], markers: dict, lay
             clips = _clips_of(pending[key], layout, cfg.curate.fps)
             for clip in clips:
                 if clip["reason"] is None:
-                    arrays = load_clip_arrays(layout.scans / f"{key}.npz", clip["index"], ("embedding", "signature"))
+                    arrays = load_clip_arrays(scan_path(layout.scans, key), clip["index"], ("embedding", "signature"))
                     corpus = corpus or _corpus_ledger(cfg, clip["same_person"])
                     clip["reason"] = corpus.decide(arrays["embedding"], arrays["signature"])
                     if clip["reason"] is None:
                         corpus.keep(arrays["embedding"], arrays["signature"])
             clips_by_input[key] = clips
         elif markers[key]["input"]["status"] != ledger.FAILED:
-            clips = scan_clips(layout.scans / f"{key}.npz", key, cfg.curate.fps)
+            clips = scan_clips(scan_path(layout.scans, key), key, cfg.curate.fps)
             accepted = {c["key"] for c in markers[key]["clips"] if c["decision"] == ledger.ACCEPTED}
             for clip in clips:
                 if clip["key"] in accepted:
-                    arrays = load_clip_arrays(layout.scans / f"{key}.npz", clip["index"], ("embedding", "signature"))
+                    arrays = load_clip_arrays(scan_path(layout.scans, key), clip["index"], ("embedding", "signature"))
                     corpus = corpus or _corpus_ledger(cfg, clip["same_person"])
                     corpus.keep(arrays["embedding"], arrays["signature"])
     return clips_by_input
@@ -199,7 +199,7 @@ def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], p
                         finish(owner[sample])
 
         for path in layout.staging.glob("*.tar"):  # rejected by corpus decisions, or staged by a killed run
-            if path.name[: -len(".tar")] not in owner:
+            if path.stem not in owner:
                 path.unlink()
         pack_shards(layout.staging, layout.shards, cfg.curate.shard_max_samples, cfg.curate.shard_max_bytes, on_shard)
         index = write_index(out, layout.shards)

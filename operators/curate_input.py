@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from portraitflow.operators.face_scan import FaceScanStage, batch_rows, rows_batch, scan_clips
+from portraitflow.operators.face_scan import FaceScanStage, batch_rows, rows_batch, scan_clips, scan_path
 from portraitflow.operators.inputs import is_uri, local_copy
 from portraitflow.operators.probe import FAILED, error_text, unfetched_input
 from portraitflow.operators.quarantine import quarantined_row, start_attempt
 from portraitflow.operators.render import render_clip
+from portraitflow.operators.shards import staged_path
 
 
 class CurateInputStage:
@@ -58,10 +59,10 @@ class CurateInputStage:
             row = self.scanner.scan(row, path)
             timings.update(json.loads(row["timings"]))
             if row["status"] != FAILED:
-                scan_path = self.scan_dir / f"{row['input_key']}.npz"
-                source = {"uri": row["uri"], "width": row["width"], "height": row["height"], "scan_path": str(scan_path)}
-                for clip in scan_clips(scan_path, row["input_key"], self.cfg.fps):
-                    if clip["reason"] is not None or (self.staging_dir / f"{clip['key']}.tar").exists():
+                scan_file = scan_path(self.scan_dir, row["input_key"])
+                source = {"uri": row["uri"], "width": row["width"], "height": row["height"], "scan_path": str(scan_file)}
+                for clip in scan_clips(scan_file, row["input_key"], self.cfg.fps):
+                    if clip["reason"] is not None or staged_path(self.staging_dir, clip["key"]).exists():
                         continue  # rejected by the scan, or staged already (an earlier attempt, a killed run)
                     rendered = render_clip(dict(clip, **source), path, self.cfg, self.staging_dir)
                     timings.update(rendered["timings"])

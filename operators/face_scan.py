@@ -276,6 +276,11 @@ def load_scan_meta(path: Path) -> dict[str, Any]:
         return json.loads(str(data["meta"]))
 
 
+def scan_path(scan_dir: Path, input_key: str) -> Path:
+    """An input's scan file: one per input key, so a rerun finds it."""
+    return Path(scan_dir) / f"{input_key}.npz"
+
+
 def scan_clips(path: Path, input_key: str, fps: float) -> list[dict[str, Any]]:
     """The candidate clips of a scan file in time order, each with its sample key, its index in the
     file, the face backend and that backend's same-person threshold."""
@@ -324,7 +329,7 @@ class FaceScanStage:
         row = probe_input(row, path)
         if row["status"] == FAILED:
             return row
-        scan_file = self.scan_dir / f"{row['input_key']}.npz"
+        scan_file = scan_path(self.scan_dir, row["input_key"])
         timings = json.loads(row["timings"])
         if scan_file.exists() and load_scan_meta(scan_file).get("fingerprint") == self.fingerprint:
             return dict(row, status=SCANNED)

@@ -47,11 +47,16 @@ def _write_samples(fileobj, samples: Iterable[tuple[str, dict[str, bytes]]]) -> 
     return count
 
 
+def staged_path(staging_dir: Path, key: str) -> Path:
+    """A staged sample's file; keys are dot-free, so the file's stem is the key."""
+    return staging_dir / f"{key}.tar"
+
+
 def stage_sample(staging_dir: Path, key: str, fields: dict[str, bytes]) -> int:
     """Write one sample's fields to `staging_dir/{key}.tar` atomically; returns its size in bytes."""
     if "." in key or "/" in key:
         raise ValueError(f"sample keys must not contain dots or slashes: {key!r}")
-    target = staging_dir / f"{key}.tar"
+    target = staged_path(staging_dir, key)
     with atomic_target(target) as tmp, open(tmp, "wb") as out:
         _write_samples(out, [(key, fields)])
     return target.stat().st_size
@@ -60,7 +65,7 @@ def stage_sample(staging_dir: Path, key: str, fields: dict[str, bytes]) -> int:
 def read_staged(path: Path) -> tuple[str, dict[str, bytes]]:
     """The key and fields of a staged sample."""
     fields: dict[str, bytes] = {}
-    key = path.name[: -len(".tar")]
+    key = path.stem
     with tarfile.open(path) as tar:
         for member in tar.getmembers():
             name = member.name
@@ -102,7 +107,7 @@ def pack_shards(
     number = int(SHARD_NAME.match(existing[-1].name).group(1)) + 1 if existing else 0
     staged = sorted(staging_dir.glob("*.tar")) if staging_dir.is_dir() else []
     for path in staged:
-        if path.name[: -len(".tar")] in done:
+        if path.stem in done:
             path.unlink()
     staged = [p for p in staged if p.exists()]
     written: list[Path] = []
@@ -117,7 +122,7 @@ def pack_shards(
             out.flush()
             os.fsync(out.fileno())
         sync_folder(shard_dir)  # the rename too, before a marker vouches for the shard
-        keys = [p.name[: -len(".tar")] for p in batch]
+        keys = [p.stem for p in batch]
         if on_shard:
             on_shard(keys)
         for p in batch:

@@ -22,9 +22,6 @@ from portraitflow.operators.motion import window_buckets
 #: Members every curated sample carries (issue 3, item 8) that a training sample needs.
 REQUIRED_MEMBERS = ("mp4", "landmarks.npy", "kps.npy", "pose.npy", "id.npy")
 MOTION_CROP_SIZE = 256  # HeadExpression / HeadPose input side (SPEC 2)
-DINO_SIZE = 224
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 class SampleSkipped(ValueError):
@@ -139,22 +136,16 @@ def _pixels(images: np.ndarray, low: float, high: float):
     return out.mul_((high - low) / 255.0).add_(low)
 
 
-def _resize(pixels, size: int):
-    """Bilinear with antialias, as torchvision's Resize on tensors (SPEC 2). Linear with weights
-    summing to one, so it commutes with the value-range mapping."""
-    import torch.nn.functional as F
-
-    return F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-
-
 def encoder_inputs(frames: np.ndarray, reference: np.ndarray, tracks: ClipTracks, window: np.ndarray,
                    ref_index: int, pixel_dtype: str = "float32") -> dict[str, np.ndarray]:
     """Every tensor a HunyuanPortrait-style trainer feeds its encoders, channels first:
     VAE frames and reference in [-1, 1], DINO reference ImageNet-normalised, ArcFace face and the
-    motion crops in [0, 1]."""
+    motion crops in [0, 1]. The DINO and motion inputs come from the functions the animator uses,
+    so training sees what inference feeds the encoders."""
     import torch
 
-    from portraitflow.models.hunyuan.conditions import expression_crops
+    from portraitflow.models.hunyuan.conditions import expression_crops, image_tensor
+    from portraitflow.models.hunyuan.pipeline import dino_input
 
     dtype = getattr(torch, pixel_dtype)
     kps = tracks.kps[window]
@@ -167,8 +158,7 @@ def encoder_inputs(frames: np.ndarray, reference: np.ndarray, tracks: ClipTracks
     except ValueError as exc:
         raise SampleSkipped("degenerate_keypoints", str(exc)) from exc
     vae_frames, vae_reference = _pixels(frames, -1.0, 1.0), _pixels(reference[None], -1.0, 1.0)
-    mean, std = torch.from_numpy(IMAGENET_MEAN)[:, None, None], torch.from_numpy(IMAGENET_STD)[:, None, None]
-    dino = ((_resize(vae_reference, DINO_SIZE)[0] + 1) / 2 - mean) / std
+    dino = dino_input(_pixels(reference[None], 0.0, 1.0))[0]
     try:
         face = align_arcface(reference, tracks.kps[ref_index])
     except ValueError as exc:
@@ -178,7 +168,7 @@ def encoder_inputs(frames: np.ndarray, reference: np.ndarray, tracks: ClipTracks
         "reference": vae_reference[0].to(dtype).numpy(),
         "reference_dino": dino.to(dtype).numpy(),
         "reference_face": _pixels(face[None], 0.0, 1.0)[0].to(dtype).numpy(),
-        "head_crops": _resize(vae_frames, MOTION_CROP_SIZE).add_(1).mul_(0.5).to(dtype).numpy(),
+        "head_crops": image_tensor(frames, MOTION_CROP_SIZE).to(dtype).numpy(),
         "expression_crops": expression.to(dtype).numpy(),
         "intensity_buckets": buckets,
         "identity": tracks.identity,

@@ -100,33 +100,36 @@ def _clips_of(row: dict[str, Any], layout: Layout, fps: float) -> list[dict[str,
 
 
 def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], markers: dict, layout: Layout) -> dict:
-    """Apply the cap per identity and near-duplicate checks in canonical (key) order.
+    """Apply the cap per identity and near-duplicate checks to the pending inputs' clips.
 
-    Finished inputs replay their recorded decisions into the ledger first in the same order, so a
-    resumed run decides its pending clips exactly as an uninterrupted run would have.
+    The clips that finished inputs committed to the corpus enter the ledger first, so inputs added
+    to an existing corpus are capped and de-duplicated against all of it; then pending clips are
+    decided greedily in canonical (key) order, which makes a resumed run decide as an
+    uninterrupted one did (a killed run's committed clips already passed against its earlier ones).
     """
     corpus: CorpusLedger | None = None
-    pending = {r["input_key"]: r for r in rows}
+    pending = {r["input_key"] for r in rows}
+    for key in sorted(markers):
+        if key in pending or markers[key]["input"]["status"] == ledger.FAILED:
+            continue
+        accepted = {c["key"] for c in markers[key]["clips"] if c["decision"] == ledger.ACCEPTED}
+        for clip in scan_clips(scan_path(layout.scans, key), key, cfg.curate.fps):
+            if clip["key"] in accepted:
+                arrays = load_clip_arrays(scan_path(layout.scans, key), clip["index"], ("embedding", "signature"))
+                corpus = corpus or _corpus_ledger(cfg, clip["same_person"])
+                corpus.keep(arrays["embedding"], arrays["signature"])
     clips_by_input: dict[str, list[dict]] = {}
-    for key in sorted(set(pending) | set(markers)):
-        if key in pending:
-            clips = _clips_of(pending[key], layout, cfg.curate.fps)
-            for clip in clips:
+    for row in sorted(rows, key=lambda r: r["input_key"]):
+        key = row["input_key"]
+        clips = _clips_of(row, layout, cfg.curate.fps)
+        for clip in clips:
+            if clip["reason"] is None:
+                arrays = load_clip_arrays(scan_path(layout.scans, key), clip["index"], ("embedding", "signature"))
+                corpus = corpus or _corpus_ledger(cfg, clip["same_person"])
+                clip["reason"] = corpus.decide(arrays["embedding"], arrays["signature"])
                 if clip["reason"] is None:
-                    arrays = load_clip_arrays(scan_path(layout.scans, key), clip["index"], ("embedding", "signature"))
-                    corpus = corpus or _corpus_ledger(cfg, clip["same_person"])
-                    clip["reason"] = corpus.decide(arrays["embedding"], arrays["signature"])
-                    if clip["reason"] is None:
-                        corpus.keep(arrays["embedding"], arrays["signature"])
-            clips_by_input[key] = clips
-        elif markers[key]["input"]["status"] != ledger.FAILED:
-            clips = scan_clips(scan_path(layout.scans, key), key, cfg.curate.fps)
-            accepted = {c["key"] for c in markers[key]["clips"] if c["decision"] == ledger.ACCEPTED}
-            for clip in clips:
-                if clip["key"] in accepted:
-                    arrays = load_clip_arrays(scan_path(layout.scans, key), clip["index"], ("embedding", "signature"))
-                    corpus = corpus or _corpus_ledger(cfg, clip["same_person"])
                     corpus.keep(arrays["embedding"], arrays["signature"])
+        clips_by_input[key] = clips
     return clips_by_input
 
 

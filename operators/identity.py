@@ -4,8 +4,9 @@
 - against allow/deny galleries built from folders of photos;
 - across the corpus: a cap of clips per identity (greedy clustering) and near-duplicate clips.
 
-The corpus-wide decisions are greedy in the canonical clip order (sorted keys), so a resumed run
-that replays finished inputs first makes the same decisions as an uninterrupted one.
+The corpus-wide decisions are greedy: the clips already in the corpus enter the ledger first, then
+new clips are decided in the canonical order (sorted keys), so a resumed run decides as an
+uninterrupted one and added inputs are held to the clips already kept.
 """
 from __future__ import annotations
 

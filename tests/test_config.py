@@ -67,3 +67,11 @@ def test_config_reference_is_current() -> None:
 
     committed = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
     assert committed == config_reference()
+
+
+@pytest.mark.parametrize("override", ["curate.shard_max_samples=0", "curate.fps=0", "curate.detect_every=0",
+                                      "curate.chunk_frames=-1", "curate.crf=60", "curate.max_clip_seconds=1"])
+def test_curate_settings_out_of_range_are_refused(override: str) -> None:
+    """A zero shard size would pack empty shards forever; a zero step or frame rate fails every input."""
+    with pytest.raises(ValueError):
+        load_config(None, [override])

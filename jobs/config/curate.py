@@ -1,77 +1,95 @@
 """Settings of the curate flow."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class CurateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # decoding
-    fps: float = Field(25.0, description="Frame rate every input is resampled to (clips, arrays and mp4s use it).")
-    chunk_frames: int = Field(64, description="Frames decoded at once; memory depends on this, not on video length.")
+    fps: float = Field(
+        25.0, gt=0, description="Frame rate every input is resampled to (clips, arrays and mp4s use it)."
+    )
+    chunk_frames: int = Field(
+        64, ge=1, description="Frames decoded at once; memory depends on this, not on video length."
+    )
     analysis_max_side: int = Field(
-        640, description="Longer side, in px, frames are scaled to while decoding for shots and faces (0: native)."
+        640, ge=0,
+        description="Longer side, in px, frames are scaled to while decoding for shots and faces (0: native).",
     )
     # shots
-    shot_content_threshold: float = Field(27.0, description="PySceneDetect ContentDetector threshold (HSV change).")
-    shot_histogram_threshold: float = Field(
-        0.1, description="PySceneDetect HistogramDetector threshold; catches cuts between similar-looking scenes."
+    shot_content_threshold: float = Field(
+        27.0, ge=0, description="PySceneDetect ContentDetector threshold (HSV change)."
     )
-    shot_scan_side: int = Field(128, description="Side, in px, frames are scaled to for shot detection.")
+    shot_histogram_threshold: float = Field(
+        0.1, ge=0, description="PySceneDetect HistogramDetector threshold; catches cuts between similar-looking scenes."
+    )
+    shot_scan_side: int = Field(128, ge=16, description="Side, in px, frames are scaled to for shot detection.")
     # faces and tracking
-    detect_every: int = Field(2, description="Run the face detector on every Nth frame; track and interpolate between.")
-    track_iou: float = Field(0.3, description="Minimum box IoU for a detection to continue a track.")
-    track_max_gap: int = Field(3, description="Detections a track may miss before it ends (short occlusions).")
+    detect_every: int = Field(
+        2, ge=1, description="Run the face detector on every Nth frame; track and interpolate between."
+    )
+    track_iou: float = Field(0.3, ge=0, le=1, description="Minimum box IoU for a detection to continue a track.")
+    track_max_gap: int = Field(3, ge=0, description="Detections a track may miss before it ends (short occlusions).")
     secondary_face_ratio: float = Field(
-        0.35,
+        0.35, gt=0, le=1,
         description="A second face counts (-> `multiple_faces`) when its side is at least this fraction of the main "
         "face's; smaller background faces are ignored.",
     )
     # quality filters (reason codes in docs/curation.md)
-    min_face_px: int = Field(128, description="`face_too_small`: minimum median face side in source pixels.")
-    min_resolution: int = Field(256, description="`low_resolution`: minimum shorter side of the source video in px.")
-    min_sharpness: float = Field(
-        80.0, description="`too_blurry`: minimum median variance of the Laplacian of the face box (grey, 64x64)."
+    min_face_px: int = Field(128, ge=0, description="`face_too_small`: minimum median face side in source pixels.")
+    min_resolution: int = Field(
+        256, ge=0, description="`low_resolution`: minimum shorter side of the source video in px."
     )
-    min_clip_seconds: float = Field(2.0, description="`too_short`: clips shorter than this are rejected.")
-    max_clip_seconds: float = Field(10.0, description="Long shots are cut into clips of at most this length.")
-    max_abs_yaw: float = Field(45.0, description="`extreme_pose`: maximum median |yaw| in degrees.")
-    max_abs_pitch: float = Field(30.0, description="`extreme_pose`: maximum median |pitch| in degrees.")
+    min_sharpness: float = Field(
+        80.0, ge=0, description="`too_blurry`: minimum median variance of the Laplacian of the face box (grey, 64x64)."
+    )
+    min_clip_seconds: float = Field(2.0, gt=0, description="`too_short`: clips shorter than this are rejected.")
+    max_clip_seconds: float = Field(10.0, gt=0, description="Long shots are cut into clips of at most this length.")
+    max_abs_yaw: float = Field(45.0, ge=0, description="`extreme_pose`: maximum median |yaw| in degrees.")
+    max_abs_pitch: float = Field(30.0, ge=0, description="`extreme_pose`: maximum median |pitch| in degrees.")
     min_motion: float = Field(
-        0.002, description="`too_static`: minimum mean motion intensity (landmark speed / face size per frame)."
+        0.002, ge=0, description="`too_static`: minimum mean motion intensity (landmark speed / face size per frame)."
     )
     max_motion: float = Field(
-        0.08, description="`too_shaky`: maximum mean motion intensity (landmark speed / face size per frame)."
+        0.08, gt=0, description="`too_shaky`: maximum mean motion intensity (landmark speed / face size per frame)."
     )
     min_face_frames_ratio: float = Field(
-        0.9, description="`no_face`: fraction of a clip's frames the main track must cover."
+        0.9, ge=0, le=1, description="`no_face`: fraction of a clip's frames the main track must cover."
     )
     # identity
-    identity_samples: int = Field(8, description="Frames embedded per clip for identity checks.")
+    identity_samples: int = Field(8, ge=1, description="Frames embedded per clip for identity checks.")
     identity_switch_similarity: float | None = Field(
-        None, description="Cosine below which two frames of a clip are different people; empty: the backend's threshold."
+        None, ge=-1, le=1,
+        description="Cosine below which two frames of a clip are different people; empty: the backend's threshold.",
     )
     allow_dir: str | None = Field(None, description="Folder of photos of allowed identities (`identity_not_allowed`).")
     deny_dir: str | None = Field(None, description="Folder of photos of denied identities (`identity_denied`).")
-    max_clips_per_identity: int = Field(0, description="`identity_over_cap`: clips kept per identity cluster (0: no cap).")
+    max_clips_per_identity: int = Field(
+        0, ge=0, description="`identity_over_cap`: clips kept per identity cluster (0: no cap)."
+    )
     duplicate_similarity: float = Field(
-        0.97, description="`duplicate`: a clip whose keypoint-trajectory signature is this close (cosine) to a kept one."
+        0.97, ge=-1, le=1,
+        description="`duplicate`: a clip whose keypoint-trajectory signature is this close (cosine) to a kept one.",
     )
     # crops and shards
-    crop_size: int = Field(512, description="Side of the square crops, in px.")
-    crf: int = Field(18, description="H.264 constant rate factor of the crops.")
+    crop_size: int = Field(512, ge=16, description="Side of the square crops, in px.")
+    crf: int = Field(18, ge=0, le=51, description="H.264 constant rate factor of the crops.")
     keep_audio: bool = Field(True, description="Mux the source's audio of each clip's time range into its mp4 (AAC).")
     keyframe_interval: int = Field(
-        25,
+        25, ge=0,
         description="Frames between keyframes of the crops: training loaders seek into 25-frame windows, so "
         "a short interval bounds what they decode (larger files; 0 keeps x264's default of 250).",
     )
-    shard_max_samples: int = Field(100, description="Samples per shard.")
-    shard_max_bytes: int = Field(1 << 30, description="Bytes per shard; a shard ends at whichever limit comes first.")
+    shard_max_samples: int = Field(100, ge=1, description="Samples per shard.")
+    shard_max_bytes: int = Field(
+        1 << 30, ge=1, description="Bytes per shard; a shard ends at whichever limit comes first."
+    )
     # resources
     face_actors: int = Field(
-        0, description="Curation actors at most; each holds the face models, scans an input and renders the clips "
+        0, ge=0,
+        description="Curation actors at most; each holds the face models, scans an input and renders the clips "
         "it kept (0: one per `actor_cpus` CPUs of the cluster)."
     )
     actor_cpus: int = Field(
@@ -80,3 +98,10 @@ class CurateConfig(BaseModel):
     )
     experiment: str = Field("portraitflow-curate", description="MLflow experiment of curate runs.")
     progress_bars: bool = Field(True, description="Show Ray Data progress bars.")
+
+    @model_validator(mode="after")
+    def _clip_lengths(self) -> CurateConfig:
+        if self.max_clip_seconds < self.min_clip_seconds:
+            raise ValueError(f"max_clip_seconds ({self.max_clip_seconds}) is below "
+                             f"min_clip_seconds ({self.min_clip_seconds})")
+        return self

@@ -215,10 +215,10 @@ def _decide(arrays: dict[str, np.ndarray], first: int, last: int, offset: int, m
                 + _decide(arrays, after, last, offset, measures, info, galleries, same_person, cfg))
     motion = motion_table(frames["landmarks"], frames["kps"])
     embedding = l2_normalise(sample_embedding.mean(axis=0))
-    yaw, pitch = np.median(frames["pose"][:, :2], axis=0)
+    yaw, pitch = np.median(np.abs(frames["pose"][:, :2]), axis=0)  # what `extreme_pose` tests
     measures = dict(measures, yaw=float(yaw), pitch=float(pitch), motion=float(motion[1:, 0].mean() if len(motion) > 1 else 0.0))
     reason = filters.first_reason(
-        filters.pose(frames["pose"], cfg),
+        filters.pose(measures["yaw"], measures["pitch"], cfg),
         filters.sharpness(measures["sharpness"], cfg),
         filters.motion(measures["motion"], cfg),
         filters.IDENTITY_DENIED if matches_gallery(embedding, galleries.deny, galleries.threshold) else None,
@@ -252,13 +252,16 @@ def content_signature(kps: np.ndarray, steps: int = SIGNATURE_STEPS) -> np.ndarr
 SCANNED = "scanned"
 #: curate fields a scan does not depend on (resources, naming, the stages after it); changing them
 #: keeps earlier scans valid.
+#: bumped when a stored measure changes meaning (2: `yaw`/`pitch` are median absolute angles)
+SCAN_MEASURES_VERSION = 2
 _NOT_IN_SCAN = {"face_actors", "actor_cpus", "experiment", "progress_bars", "crop_size", "crf", "keep_audio",
                 "shard_max_samples", "shard_max_bytes", "max_clips_per_identity", "duplicate_similarity"}
 
 
 def scan_fingerprint(cfg: PortraitFlowConfig) -> str:
     """A hash of every setting a scan depends on; a rerun with other settings scans again."""
-    relevant = {"face": cfg.face.model_dump(), "curate": cfg.curate.model_dump(exclude=_NOT_IN_SCAN)}
+    relevant = {"face": cfg.face.model_dump(exclude={"num_threads"}),  # threads change speed, not results
+                "curate": cfg.curate.model_dump(exclude=_NOT_IN_SCAN), "measures": SCAN_MEASURES_VERSION}
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

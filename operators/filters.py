@@ -50,9 +50,9 @@ def duration(seconds: float, cfg: CurateConfig) -> str | None:
     return TOO_SHORT if seconds < cfg.min_clip_seconds - 1e-6 else None
 
 
-def pose(yaw_pitch_roll: np.ndarray, cfg: CurateConfig) -> str | None:
-    yaw, pitch = np.median(np.abs(yaw_pitch_roll[:, :2]), axis=0)
-    return EXTREME_POSE if yaw > cfg.max_abs_yaw or pitch > cfg.max_abs_pitch else None
+def pose(abs_yaw: float, abs_pitch: float, cfg: CurateConfig) -> str | None:
+    """On a clip's median |yaw| and |pitch| (degrees), the `yaw`/`pitch` measures its row shows."""
+    return EXTREME_POSE if abs_yaw > cfg.max_abs_yaw or abs_pitch > cfg.max_abs_pitch else None
 
 
 def sharpness(median_laplacian_var: float, cfg: CurateConfig) -> str | None:

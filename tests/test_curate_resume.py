@@ -61,3 +61,11 @@ def test_a_shard_is_on_disk_before_its_samples_are_marked_done(tmp_path: Path, m
     assert [keys for keys, _, _ in events] == [["a", "b"], ["c"]]
     for index, (_, files, folder) in enumerate(events):  # each shard's data and its rename before its marker
         assert folder and any(name.startswith(f".{index:06d}.tar.") for name in files)
+
+
+def test_scans_are_redone_for_settings_they_depend_on_only() -> None:
+    from portraitflow.operators.face_scan import scan_fingerprint
+
+    base = scan_fingerprint(load_config(None, []))
+    assert scan_fingerprint(load_config(None, ["face.num_threads=3", "curate.crf=30", "curate.actor_cpus=2"])) == base
+    assert scan_fingerprint(load_config(None, ["curate.min_face_px=200"])) != base

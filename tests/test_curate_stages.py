@@ -14,8 +14,8 @@ from portraitflow.models.face.base import Face
 from portraitflow.operators import filters
 from portraitflow.models.face.base import l2_normalise
 from portraitflow.operators.identity import CorpusLedger, switch_index
-from portraitflow.operators.inputs import (NO_VIDEO_FILES, _expand_uri, clip_key, expand_inputs, input_key, local_copy,
-                                           matching_videos)
+from portraitflow.operators.inputs import (LIST_CYCLE, NO_VIDEO_FILES, _expand_uri, clip_key, expand_inputs, input_key,
+                                           local_copy, matching_videos)
 from portraitflow.operators.motion import motion_intensity, motion_table
 from portraitflow.operators.shards import pack_shards, read_staged, shard_keys, shard_paths, stage_sample, write_index
 from portraitflow.operators.tracking import track_faces
@@ -76,6 +76,54 @@ def test_arguments_naming_no_video_are_kept_and_fail_with_their_reason(tmp_path:
         pass
     with local_copy(str(tmp_path / "clip.mp4")) as path:
         assert path == str(tmp_path / "clip.mp4")
+
+
+def test_relative_list_entries_are_taken_from_the_list_folder_not_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lists = tmp_path / "lists"
+    (lists / "clips" / "deep").mkdir(parents=True)
+    (lists / "more").mkdir()
+    for name in ("clips/a.mp4", "clips/deep/b.mkv", "more/c.mp4", "more/d.mp4"):
+        (lists / name).write_bytes(b"x")
+    (lists / "more" / "nested.lst").write_text("c.mp4\n")  # relative to more/, not to lists/
+    pq.write_table(pa.table({"path": ["d.mp4"]}), lists / "more" / "list.parquet")
+    (lists / "inputs.txt").write_text("clips/a.mp4\nclips/**/*.mkv\nmore/nested.lst\nmore/list.parquet\n"
+                                      "file://gone.mp4\nnone-*.mp4\ns3://bucket/e.mp4\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr("portraitflow.operators.inputs._expand_uri", lambda uri: [uri])  # no store is reached
+    found = expand_inputs(["../lists/inputs.txt"])
+    resolved = lists.resolve()
+    assert found == sorted([str(resolved / "clips/a.mp4"), str(resolved / "clips/deep/b.mkv"),
+                            str(resolved / "more/c.mp4"), str(resolved / "more/d.mp4"),
+                            str(resolved / "gone.mp4"), str(resolved / "none-*.mp4"), "s3://bucket/e.mp4"])
+    with pytest.raises(FileNotFoundError, match=NO_VIDEO_FILES), local_copy(str(resolved / "none-*.mp4")):
+        pass
+
+
+def test_a_list_that_includes_itself_is_a_failed_input_not_a_recursion(tmp_path: Path) -> None:
+    """Its videos are still found; the list met again is kept, and fetching it gives the reason.
+    Two lists that include the same list (no cycle) are expanded as usual."""
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "self.txt").write_text("a.mp4\n./self.txt\n")
+    (tmp_path / "one.txt").write_text("b.mp4\ntwo.lst\n")
+    (tmp_path / "two.lst").write_text(f"{tmp_path / 'one.txt'}\nshared.txt\n")
+    (tmp_path / "shared.txt").write_text("c.mp4\n")
+    (tmp_path / "inner.txt").write_text("shared.txt\n")
+    (tmp_path / "diamond.txt").write_text("shared.txt\nshared.txt\ninner.txt\n")
+    resolved = tmp_path.resolve()
+    assert expand_inputs([str(tmp_path / "self.txt")]) == [str(resolved / "a.mp4"), str(resolved / "self.txt")]
+    assert expand_inputs([str(tmp_path / "one.txt")]) == [str(resolved / n) for n in ("b.mp4", "c.mp4", "one.txt")]
+    assert expand_inputs([str(tmp_path / "diamond.txt"), str(tmp_path / "inner.txt")]) == [str(resolved / "c.mp4")]
+    for kept in ("self.txt", "one.txt"):
+        with pytest.raises(ValueError, match=r"includes itself"), local_copy(str(resolved / kept)):
+            pass
+    assert "includes itself" in LIST_CYCLE
 
 
 def test_a_remote_input_is_fetched_as_listed_and_a_folder_or_unmatched_pattern_fails(
@@ -174,7 +222,7 @@ def test_filters_return_their_reason_codes() -> None:
     assert filters.face_size(cfg.min_face_px - 1, cfg) == "face_too_small"
     assert filters.face_size(cfg.min_face_px, cfg) is None
     assert filters.duration(1.0, cfg) == "too_short"
-    assert filters.pose(np.array([[60.0, 0, 0]] * 3), cfg) == "extreme_pose"
+    assert filters.pose(60.0, 0.0, cfg) == "extreme_pose"
     assert filters.motion(0.0, cfg) == "too_static" and filters.motion(1.0, cfg) == "too_shaky"
     assert filters.first_reason(None, "a", "b") == "a" and filters.first_reason(None) is None
     sharp = np.zeros((64, 64, 3), np.uint8)

@@ -1,5 +1,6 @@
-"""Atomic file writes: a temp file in the same folder, then os.replace, so readers and resumes see
-either the old file or the whole new one, never a torn one."""
+"""Atomic, durable file writes: a temp file in the same folder, flushed to the disk, then
+os.replace and a flush of the folder, so readers and resumes see either the old file or the whole
+new one, never a torn or empty one, even after a power loss."""
 from __future__ import annotations
 
 import contextlib
@@ -21,15 +22,18 @@ FILE_MODE = _file_mode()
 
 @contextlib.contextmanager
 def atomic_target(path: str | Path) -> Iterator[str]:
-    """Yield a temp path to write; it replaces `path` only if the block finishes without error."""
+    """Yield a temp path to write (and close); it replaces `path` only if the block finishes
+    without error, after its data is on the disk."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     try:
         yield tmp
+        _sync(tmp)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
+        _sync(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -40,9 +44,9 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
         Path(tmp).write_bytes(data.encode() if isinstance(data, str) else data)
 
 
-def sync_folder(folder: str | Path) -> None:
-    """Flush a folder's entries (a rename into it) to the disk."""
-    fd = os.open(folder, os.O_RDONLY)
+def _sync(path: str | Path) -> None:
+    """Flush a file's data, or a folder's entries (a rename into it), to the disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

@@ -8,6 +8,7 @@ folder. A `failed` marker is recorded but does not count as done: a rerun tries 
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from portraitflow.operators.atomic import atomic_target, atomic_write
+
+log = logging.getLogger(__name__)
 
 ACCEPTED, REJECTED, FAILED = "accepted", "rejected", "failed"
 MEASURES = ("face_side_px", "detected_ratio", "secondary_faces", "sharpness", "yaw", "pitch", "motion")
@@ -29,10 +32,15 @@ def write_marker(done_dir: Path, input_row: dict[str, Any], clip_rows: list[dict
 
 
 def load_markers(done_dir: Path) -> dict[str, dict[str, Any]]:
-    """input_key -> marker, for every marker in the folder."""
-    if not done_dir.is_dir():
-        return {}
-    return {p.stem: json.loads(p.read_text()) for p in sorted(done_dir.glob("*.json"))}
+    """input_key -> marker, for every readable marker in the folder. An unreadable one (a damaged
+    disk) counts as missing, so its input is curated again instead of every run stopping on it."""
+    markers = {}
+    for path in sorted(done_dir.glob("*.json")) if done_dir.is_dir() else []:
+        try:
+            markers[path.stem] = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring the unreadable marker %s, its input is curated again: %s", path, exc)
+    return markers
 
 
 def clip_row(key: str, input_row: dict[str, Any], clip: dict[str, Any], fps: float) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import tarfile
 from collections.abc import Callable, Iterable
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from portraitflow.operators.atomic import atomic_target, atomic_write, sync_folder
+from portraitflow.operators.atomic import atomic_target, atomic_write
 
 SHARD_NAME = re.compile(r"^(\d{6})\.tar$")
 INDEX_NAME = "index.wids.json"
@@ -117,11 +116,8 @@ def pack_shards(
             size += staged[0].stat().st_size
             batch.append(staged.pop(0))
         target = shard_dir / f"{number:06d}.tar"
-        with atomic_target(target) as tmp, open(tmp, "wb") as out:
+        with atomic_target(target) as tmp, open(tmp, "wb") as out:  # durable before a marker vouches for it
             _write_samples(out, (read_staged(p) for p in batch))
-            out.flush()
-            os.fsync(out.fileno())
-        sync_folder(shard_dir)  # the rename too, before a marker vouches for the shard
         keys = [p.stem for p in batch]
         if on_shard:
             on_shard(keys)

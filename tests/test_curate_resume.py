@@ -69,3 +69,26 @@ def test_scans_are_redone_for_settings_they_depend_on_only() -> None:
     base = scan_fingerprint(load_config(None, []))
     assert scan_fingerprint(load_config(None, ["face.num_threads=3", "curate.crf=30", "curate.actor_cpus=2"])) == base
     assert scan_fingerprint(load_config(None, ["curate.min_face_px=200"])) != base
+
+
+def test_an_unreadable_marker_counts_as_not_done(tmp_path: Path) -> None:
+    from portraitflow.operators import ledger
+
+    ledger.write_marker(tmp_path, {"input_key": "good", "status": "accepted"}, [])
+    (tmp_path / "torn.json").write_text("")  # what a rename without a flush can leave after a power loss
+    assert set(ledger.load_markers(tmp_path)) == {"good"}
+
+
+def test_atomic_writes_reach_the_disk_before_they_replace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from portraitflow.operators.atomic import atomic_write
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                  real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(b))), real_replace(a, b)))
+    atomic_write(tmp_path / "marker.json", "{}")
+    assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"]
+    assert Path(events[0][1]).name.startswith(".marker.json.") and events[2][1] == str(tmp_path)

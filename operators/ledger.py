@@ -63,11 +63,20 @@ def clip_row(key: str, input_row: dict[str, Any], clip: dict[str, Any], fps: flo
 
 
 def input_row(row: dict[str, Any], clip_rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """One row of manifest.parquet, from the probed/scanned row and the input's clip rows."""
+    """One row of manifest.parquet, from the probed/scanned row and the input's clip rows.
+
+    A clip that failed to render (a full disk, an encoder crash) fails its input, so the next run
+    tries it again; the clips it already has in shards are not rendered twice into the corpus.
+    """
     rejected = Counter(c["reason"] for c in clip_rows if c["decision"] != ACCEPTED)
     accepted = [c for c in clip_rows if c["decision"] == ACCEPTED]
+    failed_clips = [c for c in clip_rows if c["decision"] == FAILED]
+    error = row.get("error") or ""
     if row.get("status") == FAILED:
         status = FAILED
+    elif failed_clips:
+        status = FAILED
+        error = f"{len(failed_clips)} clip(s) failed to render, first {failed_clips[0]['key']}: {failed_clips[0]['error']}"
     else:
         status = ACCEPTED if accepted else REJECTED
     return {
@@ -82,7 +91,7 @@ def input_row(row: dict[str, Any], clip_rows: list[dict[str, Any]]) -> dict[str,
         "width": int(row.get("width") or 0),
         "height": int(row.get("height") or 0),
         "fps": float(row.get("src_fps") or 0.0),
-        "error": row.get("error") or "",
+        "error": error,
     }
 
 

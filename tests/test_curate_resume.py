@@ -92,3 +92,16 @@ def test_atomic_writes_reach_the_disk_before_they_replace(tmp_path: Path, monkey
     atomic_write(tmp_path / "marker.json", "{}")
     assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"]
     assert Path(events[0][1]).name.startswith(".marker.json.") and events[2][1] == str(tmp_path)
+
+
+def test_an_input_with_a_clip_that_failed_to_render_is_failed_so_the_next_run_retries_it() -> None:
+    from portraitflow.operators import ledger
+
+    row = {"uri": "/v/a.mp4", "input_key": "a", "status": "scanned", "duration_s": 4.0}
+    clips = [ledger.clip_row("a_1", row, {"start": 0, "end": 50, "reason": None}, 25.0),
+             ledger.clip_row("a_2", row, {"start": 50, "end": 100, "reason": "render_failed",
+                                          "error": "No space left on device"}, 25.0)]
+    manifest_row = ledger.input_row(row, clips)
+    assert manifest_row["status"] == ledger.FAILED and manifest_row["clips_accepted"] == 1
+    assert "a_2" in manifest_row["error"] and "No space left" in manifest_row["error"]
+    assert ledger.input_row(row, clips[:1])["status"] == ledger.ACCEPTED

@@ -107,23 +107,25 @@ class AnimateJobs:
             return result
         started = time.perf_counter()
         try:
-            frames, animation, fps = self._render(row)
+            frames, animation, fps, model = self._render(row)
             written = write_h264(row["output"], frames, fps=fps, audio_from=row["driving"], crf=self.cfg.crf)
         except Exception as exc:  # a job boundary (see _failed)
             return _failed(result, "animation", exc)
         total = time.perf_counter() - started
-        return {**result, "status": "ok", "reason": "", "frames": written, "fps": fps, "seconds": written / fps,
+        return {**result, "status": "ok", "reason": "", "model": model, "frames": written, "fps": fps, "seconds": written / fps,
                 "has_audio": has_audio(row["output"]), "animate_s": animation.seconds,
                 "encode_s": total - animation.seconds, "total_s": total + row["prep_s"]}
 
-    def _render(self, row: dict[str, Any]) -> tuple[Iterable[np.ndarray], _Timed, float]:
-        """The output frames (lazy), the timer around the animator, and the output frame rate."""
+    def _render(self, row: dict[str, Any]) -> tuple[Iterable[np.ndarray], _Timed, float, str]:
+        """The output frames (lazy), the timer around the animator, the output frame rate, and
+        the animator's description of what made them (JSON)."""
         prepared = PreparedReference.from_bytes(row["reference"])
         motion = DrivingMotion.from_bytes(row["motion"])
         params = animator_params(self.backend, json.loads(row["params"]))
         windows = iter_driving_windows(row["driving"], motion, self.cfg.window)
         animation = _Timed(self.animator.animate(prepared.reference, windows, params))
+        model = json.dumps(self.animator.describe(prepared.reference), sort_keys=True, default=str)
         if not params["paste_back"]:
-            return animation, animation, motion.fps
+            return animation, animation, motion.fps, model
         image = load_image(row["ref"]).rgb
-        return paste_back(image, animation, prepared.box, self.cfg.feather), animation, motion.fps
+        return paste_back(image, animation, prepared.box, self.cfg.feather), animation, motion.fps, model

@@ -23,7 +23,7 @@ PREVIEW_FILE = "preview.png"
 #: every row has every column, so Ray Data batches and the parquet schema never vary.
 RESULT_DEFAULTS: dict[str, Any] = {
     "job_id": "", "status": "pending", "reason": "", "output": "", "ref": "", "driving": "", "backend": "",
-    "params": "{}", "frames": 0, "fps": 0.0, "seconds": 0.0, "has_audio": False,
+    "params": "{}", "model": "{}", "frames": 0, "fps": 0.0, "seconds": 0.0, "has_audio": False,
     "prep_s": 0.0, "animate_s": 0.0, "encode_s": 0.0, "total_s": 0.0,
 }
 

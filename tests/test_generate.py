@@ -5,6 +5,7 @@ identity, head-pose agreement with the driver, failed rows, MLflow, resume and t
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -78,6 +79,7 @@ def test_every_job_has_a_row_and_bad_jobs_fail_with_a_reason(run) -> None:
     saved = pd.read_parquet(run["out"] / "results.parquet").set_index("job_id")
     assert saved.status.to_dict() == table.status.to_dict()
     assert (saved.loc[["turns", "talk"], "animate_s"] > 0).all() and saved.loc["turns", "backend"] == "warp"
+    assert json.loads(saved.loc["turns", "model"]) == {"animator": "warp"}
 
 
 @pytest.mark.parametrize("job_id", ["turns", "talk"])
@@ -209,6 +211,9 @@ def test_hunyuan_backend_end_to_end_with_tiny_random_weights(media_dir: Path, tm
     info = probe_video(row.output)
     assert row.backend == "hunyuan" and (info.width, info.height) == (cfg.animate.size, cfg.animate.size)
     assert info.num_frames == probe_video(str(driver)).num_frames == 25 and has_audio(row.output)
+    model = json.loads(row.model)
+    assert model["animator"] == "hunyuan" and model["weights"] == "random:tiny:0" and model["identity"]
+    assert model["num_steps"] == 25 and model["compile"] == "off"
 
 
 def test_too_few_cpus_is_an_error_not_a_hang(tmp_path: Path, ray_local) -> None:

@@ -54,3 +54,8 @@ class Animator(ABC):
 
         Memory stays bounded by the window size, whatever the length of the driving video.
         """
+
+    def describe(self, reference: ReferenceInput) -> dict[str, Any]:
+        """What produced a job's output, for its result row (`model`): at least the animator's name.
+        Backends with weights add where they came from and what they fell back to."""
+        return {"animator": self.name}

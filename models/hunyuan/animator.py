@@ -102,7 +102,7 @@ class HunyuanAnimator(Animator):
         return np.zeros(ID_DIM, np.float32), f"none (no arcface.onnx; face-layer embedding {width})"
 
     def describe(self, reference: ReferenceInput) -> dict[str, Any]:
-        """Metadata of a job's output: model source, identity source, sampling settings."""
+        """A job's `model` record: weights, identity source, dtype, compilation, sampling settings."""
         return {"animator": self.name, "weights": self.models.source, "identity": self.identity(reference)[1],
                 "dtype": str(self.models.pipeline.dtype).removeprefix("torch."), "compile": self.compiled,
                 **dataclasses.asdict(self.settings)}

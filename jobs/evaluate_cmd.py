@@ -31,9 +31,19 @@ def evaluate(
 
     cfg = resolve_config(config, overrides, ray_address, mlflow_uri, {"evaluate.protocol": protocol})
     table = _read_table(results)
-    if jobs is not None:
-        table = table.drop(columns=[c for c in ("ref", "driving") if c in table]).merge(
-            _animate_jobs(jobs), on="job_id", how="left")
+    repeated = table["job_id"][table["job_id"].duplicated()].unique().tolist() if "job_id" in table else []
+    if repeated:  # every metric file, side-by-side video and merge is keyed by job id
+        raise typer.BadParameter(f"{results}: job_id {repeated[0]!r} is on more than one row"
+                                 f"{f' (and {len(repeated) - 1} more ids)' if len(repeated) > 1 else ''}; "
+                                 "job ids must be unique", param_hint="RESULTS")
+    if jobs is not None and "job_id" in table:  # ids as animate gave them: strings, unique
+        table = table.drop(columns=[c for c in ("ref", "driving") if c in table]).astype({"job_id": str}).merge(
+            _animate_jobs(jobs), on="job_id", how="left", validate="one_to_one", indicator=True)
+        unmatched = table.loc[table.pop("_merge") == "left_only", "job_id"].tolist()
+        if unmatched:
+            raise typer.BadParameter(f"job ids of {results} not in {jobs}: {', '.join(map(repr, unmatched[:3]))}"
+                                     f"{' ...' if len(unmatched) > 3 else ''} (give the jobs file animate was given)",
+                                     param_hint="--jobs")
     missing = {"job_id", "ref", "driving", "output"} - set(table.columns)
     if missing:
         raise typer.BadParameter(f"{results}: missing columns {sorted(missing)} (give --jobs for ref and driving)")

@@ -80,7 +80,8 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
                 client.log_param(run_id, key, str(value)[:500])
             generated = generate_outputs(params, jobs, work_dir / "outputs", cfg)
             outcome = generated[[c for c in ("job_id", "status", "reason", "output") if c in generated]]
-            merged = pd.DataFrame(jobs)[["job_id", "ref", "driving"]].merge(outcome, on="job_id", how="left")
+            merged = pd.DataFrame(jobs)[["job_id", "ref", "driving"]].merge(  # ids are unique (load_jobs)
+                outcome, on="job_id", how="left", validate="one_to_one")
             merged = merged.fillna({"status": "failed", "reason": "not_generated"})
             score_and_log(client, run_id, merged, label, work_dir, evaluate, cfg)
             client.set_terminated(run_id, "FINISHED")

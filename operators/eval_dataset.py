@@ -8,6 +8,7 @@ from the input, so a rerun finds them and does not redo them.
 """
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,8 +71,9 @@ def _matches(folder: Path, patterns: list[str], suffixes: set[str]) -> list[str]
 
 def _jobs_file(path: Path, folder: Path, max_seconds: float | None, max_videos: int | None) -> list[dict[str, Any]]:
     """A jobs file read as `animate` reads it (relative paths from the file's folder, `job_id`
-    optional); each driving video is cut to `max_seconds` like a folder's clips, with its job's
-    own portrait as the reference."""
+    optional, ids unique: a repeated `job_id` refuses the file, derived ids that collide get a
+    hash); each driving video is cut to `max_seconds` like a folder's clips, with its job's own
+    portrait as the reference."""
     from portraitflow.operators.generation_jobs import load_jobs as read_jobs_file
 
     jobs = read_jobs_file(path)[:max_videos]
@@ -115,10 +117,25 @@ def _unpack_shards(spec: DatasetSpec, folder: Path) -> list[str]:
     return paths
 
 
+def _unique(jobs: list[dict[str, Any]], spec: DatasetSpec) -> list[dict[str, Any]]:
+    """`jobs`, or ValueError when two share a job id: outputs, metrics and merges are keyed by it."""
+    counts = Counter(job["job_id"] for job in jobs)
+    twice = [job_id for job_id, count in counts.items() if count > 1]
+    if twice:
+        raise ValueError(f"{spec.path}: job id {twice[0]!r} names {counts[twice[0]]} jobs"
+                         f"{f' (and {len(twice) - 1} more ids)' if len(twice) > 1 else ''}; job ids must be unique")
+    return jobs
+
+
 def load_jobs(spec: DatasetSpec, protocol: str, folder: str | Path, max_seconds: float | None = None,
               max_videos: int | None = None) -> list[dict[str, Any]]:
-    """Jobs (job_id, ref, driving, status, reason) ready for generation; failed rows included."""
-    folder = Path(folder)
+    """Jobs (job_id, ref, driving, status, reason) ready for generation, with unique job ids (else
+    ValueError); failed rows included."""
+    return _unique(_load_jobs(spec, protocol, Path(folder), max_seconds, max_videos), spec)
+
+
+def _load_jobs(spec: DatasetSpec, protocol: str, folder: Path, max_seconds: float | None,
+               max_videos: int | None) -> list[dict[str, Any]]:
     folder.mkdir(parents=True, exist_ok=True)
     if spec.type == "jobs":
         return _jobs_file(Path(spec.path), folder, max_seconds, max_videos)

@@ -6,6 +6,12 @@ depend on the working folder or on how a path was typed (`./a.png` and `a.png` a
 job whose params are invalid, or whose ref or driving is a URL (only local files are read), is
 kept with a reason (it ends as a `failed` row); a jobs file with an unknown column is refused
 whole, since every row would be misread.
+
+Job ids are unique, since every result, metric and file downstream is keyed by them: a jobs file
+that gives one `job_id` to two rows is refused whole (which row is meant cannot be guessed, and a
+`failed` row would carry the same id), and an id derived from ref and driving that two jobs
+would share (`s1/ref.png` and `s2/ref.png`, `a.png` and `a.jpg`) gets a short hash of the job's
+full paths and params, so it stays readable, file-name safe and the same on every rerun.
 """
 from __future__ import annotations
 
@@ -13,14 +19,15 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from portraitflow.jobs.config.animate import PER_JOB_FIELDS, AnimateConfig
-from portraitflow.operators.paths import safe_name
+from portraitflow.operators.paths import hashed_name, safe_name
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".gif"}
@@ -42,7 +49,44 @@ class Job:
 
 
 def default_job_id(ref: str, driving: str) -> str:
+    """`<ref stem>__<driving stem>`, the id of a job given none; `unique_ids` adds a hash when two
+    jobs would share it."""
     return f"{Path(ref).stem}__{Path(driving).stem}"
+
+
+def _identity(job: Job) -> str:
+    return json.dumps({"ref": job.ref, "driving": job.driving, "params": job.params}, sort_keys=True, default=str)
+
+
+def unique_ids(jobs: list[Job], source: str) -> list[Job]:
+    """`jobs` (an empty `job_id`: none given) with unique ids, or ValueError naming the id.
+
+    A given id used twice is refused. A derived id stays `default_job_id` when no other job has
+    it; otherwise it is `hashed_name` of it and the job's ref, driving and params (dot-free, at most
+    80 characters, so `output_name` keeps the hash). Jobs identical in all of these and given no
+    id are refused too: they are one job listed twice.
+    """
+    given = Counter(job.job_id for job in jobs if job.job_id)
+    twice = [job_id for job_id, count in given.items() if count > 1]
+    if twice:
+        rows = [row for row, job in enumerate(jobs, 1) if job.job_id == twice[0]]
+        more = f" (and {len(twice) - 1} more ids: {', '.join(map(repr, twice[1:4]))})" if len(twice) > 1 else ""
+        raise ValueError(f"{source}: job_id {twice[0]!r} is given to data rows {', '.join(map(str, rows))}{more}; "
+                         "job ids must be unique")
+    derived = Counter(default_job_id(job.ref, job.driving) for job in jobs if not job.job_id)
+    named, seen = [], {}
+    for row, job in enumerate(jobs, 1):
+        job_id = job.job_id
+        if not job_id:
+            job_id = default_job_id(job.ref, job.driving)
+            if derived[job_id] > 1 or job_id in given:
+                job_id = hashed_name(job_id, _identity(job), max_len=69, fallback="job")
+        if job_id in seen:
+            raise ValueError(f"{source}: data rows {seen[job_id]} and {row} both get job id {job_id!r} (same ref, "
+                             "driving and params, no job_id): remove one, or give each its own job_id")
+        seen[job_id] = row
+        named.append(job if job_id == job.job_id else replace(job, job_id=job_id))
+    return named
 
 
 def _is_url(path: str) -> bool:
@@ -59,14 +103,14 @@ def local_path(path: str, base: str | Path = ".") -> str:
 
 
 def pair_jobs(ref: str, driving: str) -> list[Job]:
-    return [Job(default_job_id(ref, driving), str(ref), str(driving))]
+    return unique_ids([Job("", str(ref), str(driving))], f"{ref} + {driving}")
 
 
 def cross_jobs(refs_dir: str, drivers_dir: str) -> list[Job]:
     """Every image in `refs_dir` with every video in `drivers_dir` (sorted, not recursive)."""
     refs = sorted(p for p in Path(refs_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     drivers = sorted(p for p in Path(drivers_dir).iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
-    return [Job(default_job_id(str(r), str(d)), str(r), str(d)) for r in refs for d in drivers]
+    return unique_ids([Job("", str(r), str(d)) for r in refs for d in drivers], f"{refs_dir} x {drivers_dir}")
 
 
 def _present(value: Any) -> bool:
@@ -76,7 +120,8 @@ def _present(value: Any) -> bool:
 def load_jobs(path: str | Path) -> list[Job]:
     """Jobs from a CSV, JSONL or parquet file: columns ref, driving, optional job_id and params.
 
-    Relative paths are taken relative to the jobs file's folder.
+    Relative paths are taken relative to the jobs file's folder. Ids are unique (`unique_ids`):
+    a `job_id` given to two rows refuses the file.
     """
     import pandas as pd
 
@@ -99,10 +144,10 @@ def load_jobs(path: str | Path) -> list[Job]:
     for row in table.to_dict("records"):
         ref, driving = (str(row[k]) if _present(row[k]) else "" for k in ("ref", "driving"))
         ref, driving = (local_path(p, path.parent) for p in (ref, driving))
-        job_id = str(row["job_id"]) if _present(row.get("job_id")) else default_job_id(ref, driving)
+        job_id = str(row["job_id"]) if _present(row.get("job_id")) else ""  # derived by unique_ids
         params = {k: row[k] for k in PER_JOB_FIELDS if k in row and _present(row[k])}
         jobs.append(Job(job_id, ref, driving, params))
-    return jobs
+    return unique_ids(jobs, str(path))
 
 
 def effective_params(job: Job, cfg: AnimateConfig) -> dict[str, Any]:

@@ -14,18 +14,42 @@ from typing import Any
 import pandas as pd
 
 from portraitflow.jobs.config import PortraitFlowConfig
+from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.config.evaluate import EvaluateConfig
+
+#: the params a `still` config may set besides `backend`: how the reference is framed.
+STILL_PARAMS = ("size", "paste_back")
+
+
+def config_settings(params: dict[str, Any], cfg: PortraitFlowConfig) -> AnimateConfig:
+    """The animate settings of one sweep config: `cfg.animate` overridden by its params, validated.
+
+    ValueError (pydantic's ValidationError is one) naming any unknown or invalid param. `still`
+    takes only `STILL_PARAMS`: any other param, a typo or a motion setting it has no use for, is
+    refused rather than ignored, so two `still` configs never differ only in a label.
+    """
+    if params.get("backend") == "still":
+        unused = sorted(set(params) - {"backend", *STILL_PARAMS})
+        if unused:
+            kinds = [f"{key!r} ({'an animate setting it does not use' if key in AnimateConfig.model_fields else 'unknown'})"
+                     for key in unused]
+            raise ValueError(f"backend still: unsupported params {', '.join(kinds)}; the still baseline takes only "
+                             f"{', '.join(STILL_PARAMS)} (list it under `configs:`, not in a grid of motion settings)")
+        params = {k: v for k, v in params.items() if k != "backend"}
+    return cfg.animate.model_validate({**cfg.animate.model_dump(), **params})
 
 
 def generate_outputs(params: dict[str, Any], jobs: list[dict], out_dir: Path, cfg: PortraitFlowConfig) -> pd.DataFrame:
     """(job_id, status, reason, output) per job for one config. `still` is the baseline, rendered
     here; every other backend runs through the generation pipeline with the config's params as
-    animate settings (its own MLflow run is off: the sweep's child run records this config)."""
+    animate settings (its own MLflow run is off: the sweep's child run records this config). Params
+    are validated first (`config_settings`), before anything is written or run."""
     import ray.data
     from ray.data import ActorPoolStrategy
 
     from portraitflow.operators.still_baseline import StillActor
 
+    animate = config_settings(params, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not jobs:
         return pd.DataFrame(columns=["job_id", "status", "reason", "output"])
@@ -33,15 +57,13 @@ def generate_outputs(params: dict[str, Any], jobs: list[dict], out_dir: Path, cf
         from portraitflow.operators.generation_jobs import Job
         from portraitflow.pipelines.generate import run_generation
 
-        animate = cfg.animate.model_validate({**cfg.animate.model_dump(), **params})
         quiet = cfg.model_copy(update={"animate": animate, "mlflow": cfg.mlflow.model_copy(update={"enabled": False})})
         table = run_generation([Job(j["job_id"], j["ref"], j["driving"]) for j in jobs], out_dir, quiet)
         return table.assign(status=table["status"].replace({"skipped": "ok"}))  # skipped = finished before
     rows = [{k: j[k] for k in ("job_id", "ref", "driving")} for j in jobs]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     ds = ds.map_batches(StillActor, batch_size=1, num_cpus=1, compute=ActorPoolStrategy(size=1), fn_constructor_kwargs={
-        "face": cfg.face.model_dump(), "out_dir": str(out_dir), "size": int(params.get("size", cfg.animate.size)),
-        "paste_back": bool(params.get("paste_back", cfg.animate.paste_back))})
+        "face": cfg.face.model_dump(), "out_dir": str(out_dir), "size": animate.size, "paste_back": animate.paste_back})
     return pd.DataFrame(ds.take_all())
 
 

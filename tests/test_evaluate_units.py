@@ -166,3 +166,68 @@ def test_a_jobs_dataset_is_read_as_animate_reads_it_and_cut_to_max_seconds(tmp_p
     (data / "params.csv").write_text("ref,driving,seed\nface.png,talk.mp4,3\n")
     with pytest.raises(ValueError, match="per-job params"):
         load_jobs(DatasetSpec(type="jobs", path=str(data / "params.csv")), "cross", tmp_path / "prepared")
+
+
+def test_jobs_dataset_ids_are_unique_so_each_job_keeps_its_own_ref_and_driver(tmp_path: Path) -> None:
+    """`s1/ref.png + s1/drive.mp4` and `s2/...` derive one id: each job gets its own (hashed) id,
+    portrait and clip; a `job_id` given twice refuses the dataset before any clip is cut."""
+    data = tmp_path / "data"
+    for session, shade in (("s1", 0), ("s2", 40)):
+        (data / session).mkdir(parents=True)
+        _clip(data / session / "drive.mp4", shade=shade)
+        (data / session / "ref.png").write_bytes(b"")
+    (data / "jobs.csv").write_text("ref,driving\ns1/ref.png,s1/drive.mp4\ns2/ref.png,s2/drive.mp4\n")
+    rows = load_jobs(DatasetSpec(type="jobs", path=str(data / "jobs.csv")), "cross", tmp_path / "prepared")
+    assert len({r["job_id"] for r in rows}) == 2 and all(r["job_id"].startswith("ref__drive-") for r in rows)
+    assert [r["ref"] for r in rows] == [str(data / "s1/ref.png"), str(data / "s2/ref.png")]
+    assert [r["source"] for r in rows] == [str(data / "s1/drive.mp4"), str(data / "s2/drive.mp4")]
+    assert rows[0]["driving"] != rows[1]["driving"]
+    (data / "twice.csv").write_text("job_id,ref,driving\nj,s1/ref.png,s1/drive.mp4\nj,s2/ref.png,s2/drive.mp4\n")
+    with pytest.raises(ValueError, match="job_id 'j'"):
+        load_jobs(DatasetSpec(type="jobs", path=str(data / "twice.csv")), "cross", tmp_path / "again")
+    assert not list((tmp_path / "again").glob("*.mp4"))
+
+
+def test_evaluate_refuses_results_or_jobs_whose_ids_do_not_match_one_to_one(tmp_path: Path) -> None:
+    """Repeated ids in RESULTS or --jobs, or ids --jobs lacks, are refused before anything is scored
+    (a merge would give rows another job's ref and driving)."""
+    from typer.testing import CliRunner
+
+    from portraitflow.jobs.cli import app
+
+    results = tmp_path / "results.parquet"
+    pd.DataFrame({"job_id": ["a", "a"], "status": ["ok", "ok"], "output": ["1.mp4", "2.mp4"]}).to_parquet(results)
+    args = ["evaluate", str(results), "--out", str(tmp_path / "eval"), "--mlflow-uri", f"sqlite:///{tmp_path / 'm.db'}"]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2 and "'a'" in refused.output and "Traceback" not in refused.output
+    pd.DataFrame({"job_id": ["a", "b"], "status": ["ok", "ok"], "output": ["1.mp4", "2.mp4"]}).to_parquet(results)
+    (tmp_path / "twice.csv").write_text("job_id,ref,driving\na,r.png,d.mp4\na,q.png,e.mp4\n")
+    refused = CliRunner().invoke(app, [*args, "--jobs", str(tmp_path / "twice.csv")])
+    assert refused.exit_code == 2 and "'a'" in refused.output and "Traceback" not in refused.output
+    (tmp_path / "other.csv").write_text("job_id,ref,driving\na,r.png,d.mp4\nc,q.png,e.mp4\n")
+    refused = CliRunner().invoke(app, [*args, "--jobs", str(tmp_path / "other.csv")])
+    assert refused.exit_code == 2 and "'b'" in refused.output and "Traceback" not in refused.output
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "m.db").exists()
+
+
+def test_a_still_config_refuses_params_it_does_not_take_before_any_work(tmp_path: Path) -> None:
+    """`still` frames the reference (`size`, `paste_back`); a typo or a motion setting is refused
+    naming the key, as `AnimateConfig` refuses other backends' unknown keys, not ignored."""
+    from portraitflow.jobs.config import load_config
+    from portraitflow.pipelines.evaluate import config_settings, generate_outputs
+
+    cfg = load_config(None, [])
+    settings = config_settings({"backend": "still", "size": 256, "paste_back": True}, cfg)
+    assert (settings.size, settings.paste_back) == (256, True)
+    with pytest.raises(ValueError, match=r"'pose_multipler' \(unknown\).*takes only size, paste_back"):
+        config_settings({"backend": "still", "pose_multipler": 0.5}, cfg)
+    with pytest.raises(ValueError, match=r"'pose_multiplier' \(an animate setting it does not use\)"):
+        config_settings({"backend": "still", "pose_multiplier": 0.5}, cfg)
+    with pytest.raises(ValueError, match="size"):
+        config_settings({"backend": "still", "size": "big"}, cfg)
+    with pytest.raises(ValueError, match="pose_multipler"):
+        config_settings({"backend": "warp", "pose_multipler": 0.5}, cfg)
+    job = {"job_id": "j", "ref": str(tmp_path / "r.png"), "driving": str(tmp_path / "d.mp4")}
+    with pytest.raises(ValueError, match="pose_multipler"):
+        generate_outputs({"backend": "still", "pose_multipler": 0.5}, [job], tmp_path / "outputs", cfg)
+    assert not (tmp_path / "outputs").exists()

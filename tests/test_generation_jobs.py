@@ -125,3 +125,53 @@ def test_remote_paths_fail_their_job_with_a_reason_not_as_missing_files(tmp_path
     assert [r["status"] for r in rows] == ["failed", "failed", "pending"]
     assert "remote paths are not supported" in rows[0]["reason"] and "ref s3://bucket/a.png" in rows[0]["reason"]
     assert "driving https://example.com/d.mp4" in rows[1]["reason"]
+
+
+def test_a_job_id_given_twice_refuses_the_file_naming_it(tmp_path: Path) -> None:
+    """One id for two jobs would merge, overwrite and score the wrong rows downstream; which row
+    was meant cannot be guessed, so the file is refused (like an unknown column), not half-run."""
+    path = tmp_path / "jobs.csv"
+    path.write_text("job_id,ref,driving\nclip7,a.png,x.mp4\nother,b.png,y.mp4\nclip7,c.png,z.mp4\n")
+    with pytest.raises(ValueError, match=r"job_id 'clip7' is given to data rows 1, 3; job ids must be unique"):
+        load_jobs(path)
+
+
+def test_derived_ids_that_two_jobs_would_share_get_a_stable_hash(tmp_path: Path) -> None:
+    """`s1/ref.png + s1/drive.mp4` and `s2/...` both derive `ref__drive`: each gets a dot-free hash
+    of its own paths (the same on every read); an id no other job has keeps its documented form,
+    and a derived id equal to a given one yields to it."""
+    from portraitflow.operators.paths import safe_name
+
+    path = tmp_path / "jobs.csv"
+    path.write_text("job_id,ref,driving\n,s1/ref.png,s1/drive.mp4\n,s2/ref.png,s2/drive.mp4\n,s1/solo.png,s1/drive.mp4\n"
+                    ",s1/ref.png,s1/drive.mp4.mov\nref__drive.mp4,x.png,y.mp4\n")
+    jobs = load_jobs(path)
+    ids = [j.job_id for j in jobs]
+    assert len(set(ids)) == len(ids) and ids[2] == "solo__drive" and ids[4] == "ref__drive.mp4"
+    assert ids[0].startswith("ref__drive-") and ids[1].startswith("ref__drive-") and ids[0] != ids[1]
+    assert ids[3].startswith("ref__drive-mp4-")  # derived `ref__drive.mp4`, the given id of row 5
+    assert all(safe_name(i, 96) == i for i in ids[:2] + ids[3:4])  # file-name safe: no dots, no slashes
+    assert [j.job_id for j in load_jobs(path)] == ids  # reruns find their outputs
+    rows = plan_rows(jobs, tmp_path / "out", "warp", AnimateConfig(), resume=True)
+    assert [r["status"] for r in rows] == ["pending"] * 5 and results_table(rows)["job_id"].is_unique
+
+
+def test_the_same_pair_with_other_params_is_two_jobs_and_the_same_row_twice_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.csv"
+    path.write_text("ref,driving,pose_multiplier\na.png,x.mp4,0.5\na.png,x.mp4,1.0\n")
+    first, second = load_jobs(path)
+    assert first.job_id != second.job_id and first.job_id.startswith("a__x-")
+    path.write_text("ref,driving\na.png,x.mp4\nb.png,y.mp4\na.png,x.mp4\n")
+    with pytest.raises(ValueError, match=r"data rows 1 and 3 both get job id 'a__x-[0-9a-f]+'.*give each its own job_id"):
+        load_jobs(path)
+
+
+def test_cross_jobs_with_one_stem_in_two_formats_get_distinct_ids(tmp_path: Path) -> None:
+    for folder, names in (("refs", ("a.png", "a.jpg", "b.png")), ("drivers", ("x.mp4",))):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            (tmp_path / folder / name).write_bytes(b"")
+    jobs = cross_jobs(str(tmp_path / "refs"), str(tmp_path / "drivers"))
+    ids = [j.job_id for j in jobs]
+    assert len(set(ids)) == 3 and ids[2] == "b__x" and all(i.startswith("a__x-") for i in ids[:2])
+    assert ids == [j.job_id for j in cross_jobs(str(tmp_path / "refs"), str(tmp_path / "drivers"))]

@@ -29,10 +29,9 @@ class VideoInfo:
 
 @dataclass(frozen=True)
 class FrameChunk:
-    """Consecutive frames of the resampled timeline: positions, source times and RGB pixels."""
+    """Consecutive frames of the resampled timeline: positions and RGB pixels."""
 
     positions: np.ndarray  # (T,) indices in the resampled timeline (0 = first output frame)
-    times_s: np.ndarray  # (T,) timestamps in seconds
     frames: np.ndarray  # (T, H, W, 3) uint8 RGB
 
 
@@ -99,6 +98,5 @@ def iter_frame_chunks(
             raise VideoUnreadable(f"decoding failed near frame {int(unique[0])}: {str(exc).splitlines()[0][:200]}") from exc
         yield FrameChunk(
             positions=positions[begin : begin + chunk_size],
-            times_s=positions[begin : begin + chunk_size] / target_fps,
             frames=decoded[inverse],
         )

@@ -5,6 +5,8 @@ line) or a `.parquet` list (column `path`, else the first string column). Paths 
 URI pyarrow's filesystems understand (`s3://`, `gs://`, `hdfs://`, `file://`). An argument that
 names no video (a pattern or folder without one, an unknown scheme, an unreachable store) is kept
 as it is, so its row ends `failed` with the reason (`local_copy` raises it) instead of vanishing.
+A relative local entry of a list is taken from the list's folder; a list that includes itself
+(directly or through other lists) is kept as one more input, which fails with `LIST_CYCLE`.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".ts", ".gif"}
 LIST_SUFFIXES = {".txt", ".lst"}
 NO_VIDEO_FILES = "matched no video files"
+LIST_CYCLE = "the list includes itself (directly or through other lists)"
 
 
 def is_uri(text: str) -> bool:
@@ -49,6 +52,23 @@ def _read_list(path: str) -> list[str]:
         return [str(v) for v in table.column(names[0]).to_pylist() if v]
     lines = Path(path).read_text().splitlines()
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _list_entries(path: str) -> list[str]:
+    """The entries of the list at `path`, a relative local one taken from the list's folder (as a
+    jobs file's are); URIs stay as they are."""
+    base = os.path.dirname(os.path.abspath(path))
+    entries = []
+    for entry in _read_list(path):
+        local = _local(entry)
+        if not is_uri(entry) and not os.path.isabs(local):
+            entry = os.path.abspath(os.path.join(glob.escape(base) if glob.has_magic(local) else base, local))
+        entries.append(entry)
+    return entries
+
+
+def _is_list(local: str) -> bool:
+    return Path(local).suffix.lower() in LIST_SUFFIXES | {".parquet"} and Path(local).is_file()
 
 
 def _glob_match(parts: list[str], pattern: list[str]) -> bool:
@@ -94,11 +114,12 @@ def _expand_uri(uri: str) -> list[str]:
     return [f"{location.rstrip('/')}/{path}{mark}{options}" for path in matching_videos(filesystem, root, pattern)]
 
 
-def expand_inputs(specs: Iterable[str]) -> list[str]:
+def expand_inputs(specs: Iterable[str], *, _expanding: frozenset[str] = frozenset()) -> list[str]:
     """Every video the INPUT arguments name, deduplicated and sorted (the processing order).
 
     An argument that names no video is kept as it is, so it ends as a `failed` row rather than
-    vanishing or stopping the run: bad input is never silently dropped.
+    vanishing or stopping the run: bad input is never silently dropped. So is a list met again
+    while it is being expanded (`_expanding`: the resolved lists that include this one).
     """
     found: set[str] = set()
     for spec in specs:
@@ -110,8 +131,12 @@ def expand_inputs(specs: Iterable[str]) -> list[str]:
                 found.add(spec)
             continue
         local = _local(spec)
-        if Path(local).suffix.lower() in LIST_SUFFIXES | {".parquet"} and Path(local).is_file():
-            found.update(expand_inputs(_read_list(local)))
+        if _is_list(local):
+            listed = str(Path(local).resolve())
+            if listed in _expanding:  # a cycle: the list is kept, and local_copy fails it with LIST_CYCLE
+                found.add(listed)
+            else:
+                found.update(expand_inputs(_list_entries(local), _expanding=_expanding | {listed}))
         elif Path(local).is_dir():
             found.update(
                 [str(p.resolve()) for p in Path(local).rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
@@ -151,13 +176,16 @@ def clip_key(in_key: str, start_s: float, end_s: float) -> str:
 def local_copy(uri: str) -> Iterator[str]:
     """A local path decord can open: the file itself, or a temporary download of a remote URI.
 
-    Raises for an input `expand_inputs` kept because it names no video: the store's error, or
-    `matched no video files` for a folder or pattern.
+    Raises for an input `expand_inputs` kept because it names no video: the store's error,
+    `matched no video files` for a folder or pattern, `LIST_CYCLE` for a list (`expand_inputs`
+    expands every other list it meets).
     """
     if not is_uri(uri):
         path = _local(uri)
         if Path(path).is_dir() or (glob.has_magic(path) and not Path(path).exists()):
             raise FileNotFoundError(NO_VIDEO_FILES)
+        if _is_list(path):
+            raise ValueError(LIST_CYCLE)
         yield path
         return
     from pyarrow import fs

@@ -7,8 +7,6 @@ poses (T, 3) yaw, pitch, roll in degrees.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 _PIXEL_CHUNK = 16  # frames per torchmetrics call, so memory stays bounded on long videos
@@ -139,13 +137,6 @@ def flicker(frames: np.ndarray) -> np.ndarray:
     if len(luma) >= 3:
         out[1:-1] = np.abs(luma[1:-1] - 0.5 * (luma[:-2] + luma[2:]))
     return out
-
-
-def detection_rate(faces_per_frame: Sequence[Sequence[object]]) -> float:
-    """Fraction of frames in which at least one face was detected."""
-    if not len(faces_per_frame):
-        return float("nan")
-    return float(np.mean([len(faces) > 0 for faces in faces_per_frame]))
 
 
 def nanmean(values: np.ndarray) -> float:

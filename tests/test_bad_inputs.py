@@ -5,6 +5,7 @@ status (and an error when it failed). Self-contained: every file is generated he
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -33,7 +34,8 @@ def test_malformed_inputs_are_accounted_for_and_confined(tmp_path: Path) -> None
 
     expected = {str(p.resolve()) for p in videos} | {str(p.resolve()) for p in images}
     expected |= {str(uploads / "missing file.mp4")}
-    expected |= set(listed[1:])  # names that match nothing are kept as given, to end as failed rows
+    # names that match nothing are kept (a relative one taken from the list's folder), to end as failed rows
+    expected |= {os.path.abspath(uploads / name) for name in listed[1:]}
     rows = read_rows(out / "manifest.parquet")
     paths = [r["path"] for r in rows]
     assert len(paths) == len(set(paths)), "an input has two manifest rows"

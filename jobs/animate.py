@@ -37,7 +37,7 @@ def animate(
 ) -> None:
     """Animate each reference portrait with its driving video; one MLflow run per invocation."""
     from portraitflow.operators.generation_jobs import cross_jobs, load_jobs, pair_jobs
-    from portraitflow.pipelines.generate import run_generation
+    from portraitflow.pipelines.generate import NotEnoughCpus, run_generation
 
     forms = [ref is not None or driving is not None, jobs is not None, refs is not None or drivers is not None]
     if sum(forms) != 1 or (forms[0] and not (ref and driving)) or (forms[2] and not (refs and drivers)):
@@ -55,7 +55,10 @@ def animate(
         job_list = pair_jobs(str(ref), str(driving))
     else:
         job_list = cross_jobs(str(refs), str(drivers))
-    table = run_generation(job_list, out, cfg, resume=resume)
+    try:
+        table = run_generation(job_list, out, cfg, resume=resume)
+    except NotEnoughCpus as exc:
+        raise typer.BadParameter(f"{exc}: lower animate.cpus_per_actor or give Ray more CPUs (ray.num_cpus)") from exc
     counts = table.status.value_counts().to_dict()
     typer.echo(f"{len(table)} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f"; results in {out / 'results.parquet'}")
     for row in table[table.status == "failed"].itertuples():

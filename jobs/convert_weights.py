@@ -18,9 +18,8 @@ def convert_weights(
 
     try:
         written = convert(weights_dir, out_dir)
-    except WeightsMissing as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(1) from exc
+    except WeightsMissing as exc:  # a usage error, as animate reports it
+        raise typer.BadParameter(str(exc), param_hint="WEIGHTS_DIR") from exc
     for path in written:
         typer.echo(f"wrote {path}")
     typer.echo(f"{len(written)} file(s) written to {out_dir}" if written else f"{out_dir} is already complete")

@@ -27,6 +27,10 @@ PREP_MEMORY = 768 * 1024**2
 LOST_REASON = "animation: the worker processing this job crashed; its result never came back"
 
 
+class NotEnoughCpus(ValueError):
+    """The cluster cannot run an animation actor beside the tasks that feed it."""
+
+
 def animation_pool(backend: str, cfg: AnimateConfig) -> tuple[int, int]:
     """(most actors, GPUs per actor): hunyuan holds one GPU per actor, unless `gpus` is 0 (CPU).
 
@@ -69,7 +73,7 @@ def run_generation(
     init_ray(cfg.ray, cfg.mlflow)
     cpus, needed = ray.cluster_resources().get("CPU", 0), cfg.animate.cpus_per_actor + 1
     if cpus < needed:  # an actor would hold every CPU and starve the tasks that feed it
-        raise ValueError(f"the generation flow needs {needed:g} CPUs (a preparation task beside an "
+        raise NotEnoughCpus(f"the generation flow needs {needed:g} CPUs (a preparation task beside an "
                          f"animation actor); Ray has {cpus:g}")
     with mlflow_run(cfg.mlflow, cfg.animate.experiment, run_name=out_dir.name) as run:
         pending = [row for row in rows if row["status"] == "pending"]

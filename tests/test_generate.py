@@ -217,11 +217,17 @@ def test_hunyuan_backend_end_to_end_with_tiny_random_weights(media_dir: Path, tm
 
 
 def test_too_few_cpus_is_an_error_not_a_hang(tmp_path: Path, ray_local) -> None:
+    from typer.testing import CliRunner
+
+    from portraitflow.jobs.cli import app
     from portraitflow.pipelines.generate import run_generation
 
     cfg = load_config(None, ["animate.cpus_per_actor=1.5", "mlflow.enabled=false"])  # 2.5 CPUs > the 2 of ray_local
     with pytest.raises(ValueError, match="needs 2.5 CPUs"):
         run_generation([Job("a", "a.png", "b.mp4")], tmp_path, cfg)
+    result = CliRunner().invoke(app, ["animate", "--ref", "a.png", "--driving", "b.mp4", "--out", str(tmp_path),
+                                      "--set", "animate.cpus_per_actor=1.5", "--set", "mlflow.enabled=false"])
+    assert result.exit_code == 2 and "needs 2.5 CPUs" in result.output and "Traceback" not in result.output
 
 
 def test_a_job_whose_result_never_comes_back_still_gets_a_failed_row(tmp_path: Path, ray_local,

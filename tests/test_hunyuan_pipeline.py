@@ -233,6 +233,8 @@ def test_convert_weights_round_trip(tiny_weights, tmp_path: Path) -> None:
         assert torch.equal(value, converted[key]) and torch.equal(value, from_pth[key]), key
     again = CliRunner().invoke(app, ["convert-weights", str(root), "--out", str(out)])
     assert again.exit_code == 0 and "already complete" in again.output
+    missing = CliRunner().invoke(app, ["convert-weights", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")])
+    assert missing.exit_code == 2 and "unet.pth" in missing.output and "Traceback" not in missing.output
 
 
 def _driving(rng: np.random.Generator, lengths: list[int], side: int) -> Iterator[DrivingWindow]:

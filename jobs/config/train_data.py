@@ -11,8 +11,9 @@ class TrainDataConfig(BaseModel):
 
     shards: list[str] = Field(
         default_factory=list,
-        description="Shard sources: brace patterns (`out/shards/{000000..000009}.tar`), the index JSON the "
-        "curation flow writes beside its shards, local paths or pyarrow filesystem URIs (s3://, gs://, hdfs://).",
+        description="Shard sources: a curated output folder (its shard index), brace patterns "
+        "(`out/shards/{000000..000009}.tar`), the index JSON the curation flow writes beside its shards, local "
+        "paths or pyarrow filesystem URIs (s3://, gs://, hdfs://).",
     )
     n_frames: int = Field(25, ge=1, description="Consecutive driving frames per sample (SPEC: 25-frame motion chunks).")
     batch_size: int = Field(2, ge=1, description="Samples per batch, per rank.")

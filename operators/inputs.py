@@ -5,8 +5,9 @@ line) or a `.parquet` list (column `path`, else the first string column). Paths 
 URI pyarrow's filesystems understand (`s3://`, `gs://`, `hdfs://`, `file://`). An argument that
 names no video (a pattern or folder without one, an unknown scheme, an unreachable store) is kept
 as it is, so its row ends `failed` with the reason (`local_copy` raises it) instead of vanishing.
-A relative local entry of a list is taken from the list's folder; a list that includes itself
-(directly or through other lists) is kept as one more input, which fails with `LIST_CYCLE`.
+A relative local entry of a list is taken from the list's folder; a list that cannot be read, or
+that includes itself (directly or through other lists), is kept as one more input, which fails
+with the reading error or `LIST_CYCLE`.
 """
 from __future__ import annotations
 
@@ -135,8 +136,13 @@ def expand_inputs(specs: Iterable[str], *, _expanding: frozenset[str] = frozense
             listed = str(Path(local).resolve())
             if listed in _expanding:  # a cycle: the list is kept, and local_copy fails it with LIST_CYCLE
                 found.add(listed)
-            else:
-                found.update(expand_inputs(_list_entries(local), _expanding=_expanding | {listed}))
+                continue
+            try:
+                entries = _list_entries(local)
+            except (OSError, ValueError):  # not UTF-8, no string column: local_copy raises it again for the row
+                found.add(listed)
+                continue
+            found.update(expand_inputs(entries, _expanding=_expanding | {listed}) or [listed])  # empty: kept
         elif Path(local).is_dir():
             found.update(
                 [str(p.resolve()) for p in Path(local).rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
@@ -177,15 +183,15 @@ def local_copy(uri: str) -> Iterator[str]:
     """A local path decord can open: the file itself, or a temporary download of a remote URI.
 
     Raises for an input `expand_inputs` kept because it names no video: the store's error,
-    `matched no video files` for a folder or pattern, `LIST_CYCLE` for a list (`expand_inputs`
-    expands every other list it meets).
+    `matched no video files` for a folder, pattern or empty list, the reading error of an
+    unreadable list, `LIST_CYCLE` for one that includes itself (`expand_inputs` expands every other list).
     """
     if not is_uri(uri):
         path = _local(uri)
         if Path(path).is_dir() or (glob.has_magic(path) and not Path(path).exists()):
             raise FileNotFoundError(NO_VIDEO_FILES)
         if _is_list(path):
-            raise ValueError(LIST_CYCLE)
+            raise ValueError(LIST_CYCLE if _read_list(path) else NO_VIDEO_FILES)  # unreadable: its own error
         yield path
         return
     from pyarrow import fs

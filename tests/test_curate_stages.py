@@ -126,6 +126,23 @@ def test_a_list_that_includes_itself_is_a_failed_input_not_a_recursion(tmp_path:
     assert "includes itself" in LIST_CYCLE
 
 
+def test_an_unreadable_or_empty_list_is_a_failed_input_not_a_crash(tmp_path: Path) -> None:
+    """A list that cannot be read, or names nothing, gets its own row, failed with the reason."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9.mp4\n".encode("latin-1"))
+    pq.write_table(pa.table({"n": [1, 2]}), tmp_path / "numbers.parquet")
+    (tmp_path / "empty.txt").write_text("# nothing yet\n")
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    names = ("latin1.txt", "numbers.parquet", "empty.txt")
+    found = expand_inputs([str(tmp_path / n) for n in names] + [str(tmp_path / "a.mp4")])
+    assert found == sorted(str(tmp_path.resolve() / n) for n in (*names, "a.mp4"))
+    for name, reason in zip(names, ("codec can't decode", "string column", "matched no video files")):
+        with pytest.raises((ValueError, OSError), match=reason), local_copy(str(tmp_path.resolve() / name)):
+            pass
+
+
 def test_a_remote_input_is_fetched_as_listed_and_a_folder_or_unmatched_pattern_fails(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A listed name with `[...]` is a file, not a pattern; a folder or a pattern that matched

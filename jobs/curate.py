@@ -99,37 +99,36 @@ def _clips_of(row: dict[str, Any], layout: Layout, fps: float) -> list[dict[str,
     return scan_clips(scan_path(layout.scans, row["input_key"]), row["input_key"], fps)
 
 
-def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], markers: dict, layout: Layout) -> dict:
+def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], markers: dict, layout: Layout,
+                   in_shards: set[str]) -> dict:
     """Apply the cap per identity and near-duplicate checks to the pending inputs' clips.
 
-    The clips that finished inputs committed to the corpus enter the ledger first, so inputs added
-    to an existing corpus are capped and de-duplicated against all of it; then pending clips are
-    decided greedily in canonical (key) order, which makes a resumed run decide as an
-    uninterrupted one did (a killed run's committed clips already passed against its earlier ones).
+    The clips already committed to the corpus enter the ledger first: those finished inputs kept,
+    and those a killed run packed into shards before it could mark their input done (they are
+    kept). So inputs added to an existing corpus are capped and de-duplicated against all of it.
+    Then the other pending clips are decided greedily in canonical (key) order, which makes a
+    resumed run decide as an uninterrupted one did.
     """
-    corpus: CorpusLedger | None = None
     pending = {r["input_key"] for r in rows}
+    committed: list[tuple[str, dict]] = []
     for key in sorted(markers):
-        if key in pending or markers[key]["input"]["status"] == ledger.FAILED:
-            continue
-        accepted = {c["key"] for c in markers[key]["clips"] if c["decision"] == ledger.ACCEPTED}
-        for clip in scan_clips(scan_path(layout.scans, key), key, cfg.curate.fps):
-            if clip["key"] in accepted:
-                arrays = load_clip_arrays(scan_path(layout.scans, key), clip["index"], ("embedding", "signature"))
-                corpus = corpus or _corpus_ledger(cfg, clip["same_person"])
-                corpus.keep(arrays["embedding"], arrays["signature"])
-    clips_by_input: dict[str, list[dict]] = {}
-    for row in sorted(rows, key=lambda r: r["input_key"]):
-        key = row["input_key"]
-        clips = _clips_of(row, layout, cfg.curate.fps)
-        for clip in clips:
-            if clip["reason"] is None:
-                arrays = load_clip_arrays(scan_path(layout.scans, key), clip["index"], ("embedding", "signature"))
-                corpus = corpus or _corpus_ledger(cfg, clip["same_person"])
-                clip["reason"] = corpus.decide(arrays["embedding"], arrays["signature"])
-                if clip["reason"] is None:
-                    corpus.keep(arrays["embedding"], arrays["signature"])
-        clips_by_input[key] = clips
+        if key not in pending and markers[key]["input"]["status"] != ledger.FAILED:
+            accepted = {c["key"] for c in markers[key]["clips"] if c["decision"] == ledger.ACCEPTED}
+            committed += [(key, c) for c in scan_clips(scan_path(layout.scans, key), key, cfg.curate.fps)
+                          if c["key"] in accepted]
+    clips_by_input = {r["input_key"]: _clips_of(r, layout, cfg.curate.fps)
+                      for r in sorted(rows, key=lambda r: r["input_key"])}
+    candidates = [(key, c) for key, clips in clips_by_input.items() for c in clips if c["reason"] is None]
+    committed += [(key, c) for key, c in candidates if c["key"] in in_shards]
+    undecided = [(key, c) for key, c in candidates if c["key"] not in in_shards]
+    corpus: CorpusLedger | None = None
+    for index, (key, clip) in enumerate(committed + undecided):
+        arrays = load_clip_arrays(scan_path(layout.scans, key), clip["index"], ("embedding", "signature"))
+        corpus = corpus or _corpus_ledger(cfg, clip["same_person"])
+        if index >= len(committed):
+            clip["reason"] = corpus.decide(arrays["embedding"], arrays["signature"])
+        if clip["reason"] is None:
+            corpus.keep(arrays["embedding"], arrays["signature"])
     return clips_by_input
 
 
@@ -173,9 +172,9 @@ def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], p
         returned = {r["input_key"] for r in scanned}
         lost = [quarantined_row(r, CRASH_RETRIES + 1) for r in pending if r["input_key"] not in returned]
         scanned = sorted(scanned + lost, key=lambda r: r["input_key"])
-        clips_by_input = _decide_corpus(cfg, scanned, markers, layout)
-        errors = {k: e for r in scanned for k, e in json.loads(r["render_errors"]).items()}
         in_shards = {k for path in shard_paths(layout.shards) for k in shard_keys(path)}
+        clips_by_input = _decide_corpus(cfg, scanned, markers, layout, in_shards)
+        errors = {k: e for r in scanned for k, e in json.loads(r["render_errors"]).items()}
         by_key = {r["input_key"]: r for r in scanned}
 
         clip_rows: dict[str, list[dict]] = {}

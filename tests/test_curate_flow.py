@@ -312,13 +312,17 @@ def test_corpus_decisions_leave_rejected_clips_out_of_the_shards(media_dir: Path
     status = dict(zip(manifest.path.map(lambda p: Path(p).name), manifest.status))
     assert status == {"a.mp4": "accepted", "b.mp4": "rejected", "c.mp4": "rejected", "d.mp4": "accepted"}
 
-    # An input added later whose key sorts first is held to the clips already in the corpus.
+    # An input added later whose key sorts first is held to the clips already in the corpus, also
+    # to those a killed run packed before it could mark their input done (a's marker is gone).
+    a_key = manifest.input_key[manifest.path.map(lambda p: Path(p).name) == "a.mp4"].item()
+    (out / ".state" / "done" / f"{a_key}.json").unlink()
     (tmp_path / "added").mkdir()
     shutil.copy(media_dir / sources["c.mp4"], tmp_path / "added" / "0.mp4")
     run_curation(cfg, [str(tmp_path / "in"), str(tmp_path / "added")], out)
     clips = pd.read_parquet(out / "clips.parquet")
     added = clips[clips.path.map(lambda p: Path(p).name) == "0.mp4"]
     assert set(added.reason) >= {"identity_over_cap"} and not (added.decision == "accepted").any()
+    assert clips[clips.path.map(lambda p: Path(p).name) == "a.mp4"].decision.tolist().count("accepted") == 1
     assert sorted(key for shard in shard_paths(out / "shards") for key in shard_keys(shard)) == sorted(packed)
 
 

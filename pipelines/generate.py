@@ -74,7 +74,7 @@ def run_generation(
     cpus, needed = ray.cluster_resources().get("CPU", 0), cfg.animate.cpus_per_actor + 1
     if cpus < needed:  # an actor would hold every CPU and starve the tasks that feed it
         raise NotEnoughCpus(f"the generation flow needs {needed:g} CPUs (a preparation task beside an "
-                         f"animation actor); Ray has {cpus:g}")
+                            f"animation actor); Ray has {cpus:g}")
     with mlflow_run(cfg.mlflow, cfg.animate.experiment, run_name=out_dir.name) as run:
         pending = [row for row in rows if row["status"] == "pending"]
         if pending:

@@ -146,8 +146,9 @@ class IPAttnProcessor(nn.Module):
             rows = hidden_states.shape[0]
             image = image.repeat_interleave(rows // image.shape[0], dim=0)
             motion = motion.repeat_interleave(rows // motion.shape[0], dim=0)
-        skipped = hidden_states.shape[0] - len(contexts.conditioned_part(hidden_states))
-        query = attn.to_q(contexts.conditioned_part(hidden_states))
+        conditioned = contexts.conditioned_part(hidden_states)
+        skipped = len(hidden_states) - len(conditioned)
+        query = attn.to_q(conditioned)
         image, motion = contexts.conditioned_part(image), contexts.conditioned_part(motion)
         out = _attend(query, attn.to_k(image), attn.to_v(image), attn.heads)
         out = out + _attend(query, self.to_k_ip[0](motion), self.to_v_ip[0](motion), attn.heads)

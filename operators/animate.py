@@ -112,8 +112,8 @@ class AnimateJobs:
         except Exception as exc:  # a job boundary (see _failed)
             return _failed(result, "animation", exc)
         total = time.perf_counter() - started
-        return {**result, "status": "ok", "reason": "", "model": model, "frames": written, "fps": fps, "seconds": written / fps,
-                "has_audio": has_audio(row["output"]), "animate_s": animation.seconds,
+        return {**result, "status": "ok", "reason": "", "model": model, "frames": written, "fps": fps,
+                "seconds": written / fps, "has_audio": has_audio(row["output"]), "animate_s": animation.seconds,
                 "encode_s": total - animation.seconds, "total_s": total + row["prep_s"]}
 
     def _render(self, row: dict[str, Any]) -> tuple[Iterable[np.ndarray], _Timed, float, str]:

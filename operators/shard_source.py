@@ -91,7 +91,9 @@ class SkipCounter:
     """Counts skipped samples per reason across processes; `handler` plugs into webdataset.
 
     Returning True tells webdataset to continue with the next sample (or shard, when the tar
-    stream itself broke), as `warn_and_continue` does, but nothing is skipped uncounted.
+    stream itself broke), as `warn_and_continue` does, but nothing is skipped uncounted. Anything
+    else (a bug, not bad data: `build_train_sample` turns every data problem into `SampleSkipped`)
+    is raised, as the Ray Data path raises it, instead of quietly emptying an epoch.
     """
 
     def __init__(self) -> None:
@@ -103,7 +105,7 @@ class SkipCounter:
         elif isinstance(exc, (tarfile.TarError, EOFError, OSError)):
             reason = "shard_unreadable"
         else:
-            reason = "other"
+            raise exc
         with self._counts.get_lock():
             self._counts[SKIP_REASONS.index(reason)] += 1
         log.warning("training loader skipped (%s): %s", reason, exc)

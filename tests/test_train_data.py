@@ -232,3 +232,16 @@ def test_shards_of_the_curation_flow_feed_the_loader(media_dir, media_manifest, 
     assert (kps[:, 0, 0] < kps[:, 1, 0]).all() and (kps[:, 2, 1] < kps[:, 3, 1]).all()  # eyes left-right, nose above mouth
     assert ((batch["intensity_buckets"] >= 0) & (batch["intensity_buckets"] <= 127)).all()
     assert batch["reference_face"].std() > 0.05 and batch["expression_crops"].std() > 0.05
+
+
+def test_a_bug_is_raised_not_counted_as_a_skipped_sample() -> None:
+    """Bad data arrives as SampleSkipped or a broken tar stream; anything else would quietly empty
+    an epoch if it were skipped, so it is raised (as the Ray Data path raises it)."""
+    from portraitflow.operators.shard_source import SkipCounter
+    from portraitflow.operators.train_sample import SampleSkipped
+
+    counter = SkipCounter()
+    assert counter.handler(SampleSkipped("bad_array", "x")) and counter.handler(EOFError("cut"))
+    with pytest.raises(KeyError):
+        counter.handler(KeyError("a typo in the loader"))
+    assert counter.counts() == {"bad_array": 1, "shard_unreadable": 1}

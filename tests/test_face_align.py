@@ -74,9 +74,28 @@ def test_square_crop_box_is_square_inside_the_image_and_contains_the_face(image_
         face = np.array([x1, y1, x1 + side, y1 + side * rng.uniform(0.8, 1.2)])
         face[3] = min(face[3], height)
         bx1, by1, bx2, by2 = square_crop_box(face, image_size)
-        assert abs((bx2 - bx1) - (by2 - by1)) <= 1
+        assert bx2 - bx1 == by2 - by1
         assert bx1 >= 0 and by1 >= 0 and bx2 <= width and by2 <= height
         assert bx1 <= face[0] + 1 and by1 <= face[1] + 1 and bx2 >= face[2] - 1 and by2 >= face[3] - 1
+
+
+def test_square_crop_box_is_exactly_square_for_fractional_face_boxes():
+    # Rounding the four corners separately made about a third of these a pixel off square.
+    rng = np.random.default_rng(1)
+    for _ in range(2000):
+        x1, y1 = rng.uniform(300, 900, 2)
+        w, h = rng.uniform(20, 190, 2)  # the 3x box stays inside the 1500 x 1500 image
+        face = np.array([x1, y1, x1 + w, y1 + h])
+        bx1, by1, bx2, by2 = square_crop_box(face, (1500, 1500))
+        assert bx2 - bx1 == by2 - by1
+        assert abs((bx2 - bx1) - 3 * min(w, h)) <= 1  # nothing clamped here: 3x the shorter side
+        assert abs((bx1 + bx2) / 2 - (x1 + w / 2)) <= 1 and abs((by1 + by2) / 2 - (y1 + h / 2)) <= 1
+
+
+def test_square_crop_box_stays_inside_the_image_when_the_side_rounds_up():
+    # Expanded box x [0.4, 100], y [0, 300]: side 99.6 rounds up to 100, which only fits at x 0.
+    box = square_crop_box(np.array([33.6, 100.0, 66.8, 200.0]), (300, 100))
+    np.testing.assert_array_equal(box, [0, 100, 100, 200])
 
 
 @pytest.mark.parametrize("size", [256, 512])

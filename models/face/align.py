@@ -36,7 +36,8 @@ def align_arcface(frame: np.ndarray, kps: np.ndarray, size: int = 112) -> np.nda
 
 
 def square_crop_box(box: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
-    """HunyuanPortrait's square crop box (`process_bbox`, expand ratio 1.0) as int (x1, y1, x2, y2).
+    """HunyuanPortrait's square crop box (`process_bbox`, expand ratio 1.0) as int (x1, y1, x2, y2),
+    exactly square (x2 - x1 == y2 - y1).
 
     The face box grows by its own width and height on every side (3x), is clamped to the image
     (H, W), a square with the clamped box's shorter side is centred on it and then shifted along
@@ -56,8 +57,13 @@ def square_crop_box(box: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
         centre_x += float(np.clip((x1 + x2) / 2.0 - centre_x, -slack, slack))
     else:
         centre_y += float(np.clip((y1 + y2) / 2.0 - centre_y, -slack, slack))
-    half = side / 2.0
-    return np.round([centre_x - half, centre_y - half, centre_x + half, centre_y + half]).astype(np.int64)
+    # one integer side for both axes, so the box is exactly square: rounding the four corners
+    # independently would leave about a third of the boxes a pixel wider than tall or vice versa.
+    # The side never exceeds the image's shorter side, so the clip only undoes rounding overshoot.
+    side_px = int(round(side))
+    x1 = int(np.clip(round(centre_x - side_px / 2.0), 0, width - side_px))
+    y1 = int(np.clip(round(centre_y - side_px / 2.0), 0, height - side_px))
+    return np.array([x1, y1, x1 + side_px, y1 + side_px], dtype=np.int64)
 
 
 def crop_square(frame: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:

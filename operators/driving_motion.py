@@ -68,10 +68,28 @@ def _main_track(tracks: list[Track], start: int, end: int) -> Track | None:
     return max(parts, key=lambda p: (int(p.detected.sum()), float(np.median(p.sides))))
 
 
-def _fill(values: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """Linear interpolation of (T, ...) values over the frames where `known`; held at the ends."""
-    where = np.flatnonzero(known)
-    return interpolate_rows(np.arange(len(values)), where, values[where]).astype(np.float32)
+def _fill(values: np.ndarray, known: np.ndarray, shot: np.ndarray) -> np.ndarray:
+    """(T, ...) values with the frames that are not `known` filled within their shot: linear
+    interpolation between the shot's known frames, held at the shot's ends, never across a cut
+    (each shot's values are in its own crop's pixels).
+
+    A shot without a known frame borrows the nearest shot that has one (the lower on ties, as for
+    the crop boxes) and holds that shot's value on the side facing it.
+    """
+    filled = np.asarray(values, dtype=np.float32).copy()
+    positions = np.arange(len(values))
+    indices = np.unique(shot)
+    have = [int(i) for i in indices if known[shot == i].any()]
+    for index in indices:
+        in_shot = shot == index
+        where = np.flatnonzero(in_shot & known)
+        if len(where):
+            filled[in_shot] = interpolate_rows(positions[in_shot], where, values[where])
+            continue
+        donor = min(have, key=lambda j: abs(j - int(index)))
+        donor_known = np.flatnonzero((shot == donor) & known)
+        filled[in_shot] = values[donor_known[-1] if donor < index else donor_known[0]]
+    return filled
 
 
 def extract_driving_motion(
@@ -139,7 +157,7 @@ def extract_driving_motion(
     if detected.mean() < min_face_fraction:
         raise NoFace(f"the driver's face is found on {detected.mean():.0%} of the driving frames "
                      f"(at least {min_face_fraction:.0%} needed)")
-    kps, landmarks = _fill(kps, detected), _fill(landmarks, detected)
+    kps, landmarks = _fill(kps, detected, shot), _fill(landmarks, detected, shot)
     have = [i for i, b in enumerate(shot_boxes) if b is not None]
     nearest = [min(have, key=lambda j: abs(j - i)) for i in range(len(shot_boxes))]
     boxes = np.stack([shot_boxes[j] for j in nearest])
@@ -153,7 +171,7 @@ def extract_driving_motion(
     fitted = np.isfinite(pose).all(axis=1)
     if not fitted.any():
         raise NoFace("no head pose fits the driver's landmarks")
-    return DrivingMotion(float(fps), size, shot, boxes, face_boxes, kps, landmarks, _fill(pose, fitted), detected)
+    return DrivingMotion(float(fps), size, shot, boxes, face_boxes, kps, landmarks, _fill(pose, fitted, shot), detected)
 
 
 def iter_driving_windows(path: str, motion: DrivingMotion, window: int = 25) -> Iterator[DrivingWindow]:

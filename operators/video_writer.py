@@ -45,10 +45,15 @@ class _AudioSource:
             if frame.time is None or not self.start_s or frame.time >= self.start_s:
                 yield frame
             elif frame.time + frame.samples / frame.sample_rate > self.start_s:
-                yield _drop_leading_samples(frame, round((self.start_s - frame.time) * frame.sample_rate))
+                yield _slice_samples(frame, round((self.start_s - frame.time) * frame.sample_rate), frame.samples)
 
-    def mux_until(self, out, out_stream, until_s: float) -> None:
-        """Encode the source frames that start before `until_s` (the video written so far)."""
+    def mux_until(self, out, out_stream, until_s: float, final: bool = False) -> None:
+        """Encode the source frames that end by `until_s` (the video written so far).
+
+        A frame that straddles `until_s` waits for more video, unless `final` (`until_s` is the
+        video's end): then it is cut to its samples before `until_s` and the rest dropped, so
+        the audio never outlasts the video.
+        """
         while True:
             frame = self._pending or next(self._frames, None)
             self._pending = None
@@ -57,6 +62,12 @@ class _AudioSource:
             if frame.time is not None and frame.time - self.start_s >= until_s:
                 self._pending = frame
                 return
+            keep = round(until_s * frame.sample_rate) - self._samples_out
+            if keep <= 0 or (keep < frame.samples and not final):
+                self._pending = frame
+                return
+            if keep < frame.samples:
+                frame = _slice_samples(frame, 0, keep)
             # explicit timestamps from 0, so the muxer's edit list hides the encoder's priming delay
             frame.pts, frame.time_base = self._samples_out, Fraction(1, frame.sample_rate)
             self._samples_out += frame.samples
@@ -66,14 +77,14 @@ class _AudioSource:
         self.container.close()
 
 
-def _drop_leading_samples(frame, count: int):
-    """A copy of an audio frame without its first `count` samples (planar or packed)."""
+def _slice_samples(frame, start: int, stop: int):
+    """A copy of an audio frame with only its samples [start, stop) (planar or packed)."""
     import av
 
     data = frame.to_ndarray()
     step = 1 if frame.format.is_planar else len(frame.layout.channels)
-    trimmed = av.AudioFrame.from_ndarray(np.ascontiguousarray(data[:, count * step:]), format=frame.format.name,
-                                         layout=frame.layout.name)
+    trimmed = av.AudioFrame.from_ndarray(np.ascontiguousarray(data[:, start * step:stop * step]),
+                                         format=frame.format.name, layout=frame.layout.name)
     trimmed.sample_rate = frame.sample_rate
     return trimmed
 
@@ -147,7 +158,7 @@ def write_h264(
                 raise ValueError("no frames to encode")
             out.mux(video.encode())
             if out_audio is not None:
-                audio.mux_until(out, out_audio, frames_written / float(rate))
+                audio.mux_until(out, out_audio, frames_written / float(rate), final=True)
                 out.mux(out_audio.encode())
     finally:
         if audio is not None:

@@ -135,3 +135,40 @@ def test_a_clip_gets_the_audio_of_its_own_time_range(tmp_path: Path) -> None:
     assert len(samples) / rate == pytest.approx(1.0, abs=0.1)  # cut at the source's frame (1024 samples) granularity
     loud = np.flatnonzero(np.abs(samples) > 0.3)[0] / rate
     assert loud == pytest.approx(0.2, abs=0.005), "the tone starts 0.2 s into the clip, as at 1.2 s in the source"
+
+
+def _audio_and_video_end_s(path: Path) -> tuple[float, float, float, int]:
+    """(audio stream duration, video stream duration, end of the last audio packet, audio rate):
+    durations as the container states them, the packet end from the packets' own timestamps."""
+    with av.open(str(path)) as container:
+        audio, video = container.streams.audio[0], container.streams.video[0]
+        audio_s = float(audio.duration * audio.time_base)
+        video_s = float(video.duration * video.time_base)
+        packet_end = max(p.pts + p.duration for p in container.demux(audio) if p.size)
+        return audio_s, video_s, float(packet_end * audio.time_base), audio.rate
+
+
+@pytest.mark.parametrize("fps,num_frames,start_s", [(25.0, 25, 0.0), (30000 / 1001, 29, 0.5), (24.0, 19, 0.3)])
+def test_the_audio_never_outlasts_the_video(tmp_path: Path, fps: float, num_frames: int, start_s: float) -> None:
+    # Video ends that fall inside a 1024-sample source frame: the frame is cut at the video's end.
+    source, clip = tmp_path / "source.mp4", tmp_path / "clip.mp4"
+    _tone_after(source, silent_s=0.0, total_s=3.0, rate=44100)
+    write_h264(clip, [_gradient_clip(num_frames)], fps=fps, audio_from=source, audio_start_s=start_s)
+    audio_s, video_s, packet_end_s, rate = _audio_and_video_end_s(clip)
+    assert video_s == pytest.approx(num_frames / fps, abs=1e-6)
+    assert audio_s <= video_s + 1 / rate
+    assert audio_s >= video_s - 0.002  # mp4 edit lists count whole milliseconds
+    assert packet_end_s == pytest.approx(video_s, abs=1 / rate)
+
+
+def test_the_drivers_audio_never_outlasts_the_video(media_dir: Path, media_manifest, tmp_path: Path) -> None:
+    with_audio = media_manifest[(media_manifest.has_audio == 1) & (media_manifest.kind == "talking_video")]
+    driver = str(media_dir / with_audio.iloc[0].file)
+    fps = probe_video(driver).fps
+    frames = [c.frames for c in iter_frame_chunks(driver, fps, start_s=0.5, end_s=0.5 + 37 / fps, size=(128, 128))]
+    out = tmp_path / "dubbed.mp4"
+    written = write_h264(out, frames, fps=fps, audio_from=driver, audio_start_s=0.5)
+    audio_s, video_s, packet_end_s, rate = _audio_and_video_end_s(out)
+    assert written == 37
+    assert audio_s <= video_s + 1 / rate
+    assert packet_end_s == pytest.approx(video_s, abs=1 / rate)

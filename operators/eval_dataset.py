@@ -3,11 +3,18 @@
 Self-reenactment jobs use a clip's first frame as the reference and the clip as both driver and
 ground truth; clips are cut to `max_seconds` first (re-encoded with their audio), and the
 reference is taken from the cut clip so reference and ground truth share every pixel. Cross
-jobs pair each driving video with a portrait of someone else. Prepared files have names derived
-from the input, so a rerun finds them and does not redo them.
+jobs pair each driving video with a portrait of someone else: a folder's portraits, else the
+first frame of another clip, never one cut from the same source video. Prepared files have names
+derived from the input and the cut length (`{input_key}-{ms}ms`, `{input_key}-full` uncut), so a
+rerun finds them and does not redo them, and a sweep with another `max_seconds` sharing the folder
+never reuses them. Shards are read one at a time up to `max_videos` samples; an unreadable shard
+(or the rest of it) and a sample without a clip are failed rows with their reason.
 """
 from __future__ import annotations
 
+import json
+import logging
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
@@ -16,10 +23,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from portraitflow.operators.atomic import atomic_target, atomic_write
 from portraitflow.operators.inputs import input_key
-from portraitflow.operators.paths import safe_stem
+from portraitflow.operators.paths import hashed_name, safe_stem
+
+log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+CLIP_KEY = re.compile(r"(.+)_\d{8,}_\d{8,}")  # `inputs.clip_key`: {input_key}_{start_ms}_{end_ms}
+NO_PARTNER = "no_cross_portrait"
 
 
 class DatasetSpec(BaseModel):
@@ -42,13 +53,18 @@ def _save_png(rgb, path: Path) -> None:
         Image.fromarray(rgb).save(tmp, format="PNG")
 
 
+def clip_name(source: str, max_seconds: float | None) -> str:
+    """The dot-free name of `source` cut to `max_seconds`: `{input_key}-{ms}ms`, or `-full` uncut."""
+    return f"{input_key(source)}-{'full' if max_seconds is None else f'{round(max_seconds * 1000)}ms'}"
+
+
 def prepare_clip(source: str, folder: Path, max_seconds: float | None, reference: bool = True) -> dict[str, Any]:
     """Cut the clip (when asked) and extract its first frame as the reference (unless the job has
-    its own); a row with status and reason."""
+    its own); a row with status and reason. The job id is the clip's name (`clip_name`)."""
     from portraitflow.operators.decode import VideoUnreadable, iter_frame_chunks, probe_video
     from portraitflow.operators.video_writer import write_h264
 
-    key = input_key(source)
+    key = clip_name(source, max_seconds)
     clip, ref = folder / f"{key}.mp4", folder / f"{key}.ref.png"
     row = {"job_id": key, "source": source, "ref": str(ref), "driving": str(clip), "status": "ok", "reason": None}
     try:
@@ -99,22 +115,55 @@ def _shard_urls(path: str) -> list[str]:
     return sorted(glob.glob(path))
 
 
-def _unpack_shards(spec: DatasetSpec, folder: Path) -> list[str]:
-    """Each shard sample's clip written out as `<key>.source.mp4`; returns their paths."""
+def _origin(key: str, sample: dict[str, Any]) -> str:
+    """The source video a shard sample was cut from, as its input key: from the sample's json
+    `source`, else from its clip key `{input_key}_{start_ms}_{end_ms}`, else the key itself."""
+    try:
+        meta = json.loads(sample.get("json") or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        meta = None
+    if isinstance(meta, dict) and isinstance(meta.get("source"), str) and meta["source"]:
+        return input_key(meta["source"])
+    match = CLIP_KEY.fullmatch(key)
+    return match.group(1) if match else key
+
+
+def _failed(job_id: str, source: str, reason: str, error: str) -> dict[str, Any]:
+    return {"job_id": job_id, "source": source, "ref": "", "driving": "", "status": "failed", "reason": reason,
+            "error": error[:300]}
+
+
+def _unpack_shards(spec: DatasetSpec, folder: Path, max_videos: int | None) -> list[tuple[str, str] | dict[str, Any]]:
+    """The first `max_videos` shard samples, each its clip written out as `<key>.source.mp4` and
+    given as (path, origin: the input key of its source video); a sample without a clip, and a
+    shard that cannot be read (from where it breaks), are failed rows instead, with a warning."""
     import webdataset as wds
 
     urls = _shard_urls(spec.path)
     if not urls:
         raise ValueError(f"no .tar shards at {spec.path}")
-    paths = []
-    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
-        if "mp4" not in sample:
-            continue
-        target = folder / f"{safe_stem(sample['__key__'])}.source.mp4"
-        if not target.is_file():
-            atomic_write(target, sample["mp4"])
-        paths.append(str(target))
-    return paths
+    entries: list[tuple[str, str] | dict[str, Any]] = []
+    for url in urls:
+        if max_videos is not None and len(entries) >= max_videos:
+            break
+        try:  # one shard at a time: webdataset's default handler re-raises, and stops the lot
+            for sample in wds.WebDataset([url], shardshuffle=False, empty_check=False):
+                key = safe_stem(str(sample["__key__"]))
+                if "mp4" not in sample:
+                    log.warning("%s: sample %s has no mp4; skipped", url, key)
+                    entries.append(_failed(key, url, "no_video", f"sample {key} of {url} has no mp4"))
+                else:
+                    target = folder / f"{key}.source.mp4"
+                    if not target.is_file():
+                        atomic_write(target, sample["mp4"])
+                    entries.append((str(target), _origin(key, sample)))
+                if max_videos is not None and len(entries) >= max_videos:
+                    break
+        except Exception as exc:  # noqa: BLE001 - a corrupt shard is any reading error; it is a row
+            log.warning("%s: unreadable shard, skipped from where it breaks: %s", url, exc)
+            entries.append(_failed(hashed_name(f"shard_{Path(url).stem}", url), url, "unreadable_shard",
+                                   f"{type(exc).__name__}: {exc}"))
+    return entries[:max_videos]
 
 
 def _unique(jobs: list[dict[str, Any]], spec: DatasetSpec) -> list[dict[str, Any]]:
@@ -140,16 +189,40 @@ def _load_jobs(spec: DatasetSpec, protocol: str, folder: Path, max_seconds: floa
     if spec.type == "jobs":
         return _jobs_file(Path(spec.path), folder, max_seconds, max_videos)
     if spec.type == "shards":
-        videos = _unpack_shards(spec, folder)
-    else:
-        videos = _matches(Path(spec.path), spec.include, VIDEO_SUFFIXES)
-    clips = [prepare_clip(video, folder, max_seconds) for video in videos[:max_videos]]
+        entries = _unpack_shards(spec, folder, max_videos)
+    else:  # every file is a source video of its own
+        entries = [(video, video) for video in _matches(Path(spec.path), spec.include, VIDEO_SUFFIXES)[:max_videos]]
+    clips, origins = [], []
+    for entry in entries:
+        clips.append(prepare_clip(entry[0], folder, max_seconds) if isinstance(entry, tuple) else entry)
+        origins.append(entry[1] if isinstance(entry, tuple) else None)
     if protocol == "self":
         return clips
     portraits = _matches(Path(spec.path), spec.refs, IMAGE_SUFFIXES) if spec.type == "folder" else []
-    if not portraits:  # shards: the first frame of the next clip is someone else's portrait
-        portraits = [c["ref"] for c in clips[1:] + clips[:1] if c["status"] == "ok"]
-    if not portraits:
+    if portraits:
+        return [{**clip, "job_id": f"{clip['job_id']}-x{i % len(portraits)}", "ref": portraits[i % len(portraits)]}
+                for i, clip in enumerate(clips)]
+    if not any(clip["status"] == "ok" for clip in clips):  # no portraits, and no clip to take one from
         raise ValueError(f"cross-reenactment needs portraits matching {spec.refs} in {spec.path}")
-    return [{**clip, "job_id": f"{clip['job_id']}-x{i % len(portraits)}", "ref": portraits[i % len(portraits)]}
-            for i, clip in enumerate(clips)]
+    return _cross_first_frames(clips, origins)
+
+
+def _cross_first_frames(clips: list[dict[str, Any]], origins: list[str | None]) -> list[dict[str, Any]]:
+    """Cross jobs without portraits: each ok clip's reference is the first frame of the next ok
+    clip (in order, wrapping round) cut from another source video, and its job id ends `-x<n>`,
+    n that clip's place in the dataset. A clip with no such partner (every other ok clip is from the
+    same source) is a failed row, and a clip that failed stays failed; both end `-x`, no reference."""
+    ok = [i for i, clip in enumerate(clips) if clip["status"] == "ok"]
+    jobs = []
+    for i, clip in enumerate(clips):
+        job = {**clip, "job_id": f"{clip['job_id']}-x", "ref": ""}
+        if clip["status"] == "ok":
+            j = ok.index(i)
+            partner = next((k for k in ok[j + 1:] + ok[:j] if origins[k] != origins[i]), None)
+            if partner is None:
+                job.update(status="failed", reason=NO_PARTNER,
+                           error="no clip of another source video to take the reference portrait from")
+            else:
+                job.update(job_id=f"{clip['job_id']}-x{partner}", ref=clips[partner]["ref"])
+        jobs.append(job)
+    return jobs

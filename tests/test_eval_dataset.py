@@ -1,0 +1,134 @@
+"""Evaluation datasets: cross pairing never uses a clip's own source, prepared clips are named by
+their cut length, and shards are read up to `max_videos` with a corrupt one a failed row."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+
+from portraitflow.operators import eval_dataset
+from portraitflow.operators.eval_dataset import DatasetSpec, load_jobs
+from portraitflow.operators.inputs import input_key
+
+NO_PARTNER = "no_cross_portrait"  # the reason of a cross job with no clip of another source to pair with
+
+
+def _clip(path: Path, frames: int = 10, shade: int = 0) -> bytes:
+    from portraitflow.operators.video_writer import write_h264
+
+    ramp = np.linspace(0, 200, 64, dtype=np.uint8)[None, :, None]
+    video = np.stack([np.broadcast_to(ramp, (64, 64, 3)) // 2 + shade + 5 * i for i in range(frames)]).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_h264(path, [video], fps=10)
+    return path.read_bytes()
+
+
+def _tar(path: Path, samples: dict[str, dict[str, bytes]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for key, fields in samples.items():
+            for ext, payload in fields.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+
+
+def _sample(video: bytes, source: str | None = None) -> dict[str, bytes]:
+    return {"mp4": video, "json": json.dumps({"source": source} if source else {}).encode()}
+
+
+def _fake_prepare(video, folder, max_seconds, reference=True):
+    key = Path(video).stem
+    return {"job_id": key, "source": video, "ref": f"{key}.ref.png", "driving": f"{key}.mp4",
+            "status": "failed" if key == "B" else "ok", "reason": "unreadable" if key == "B" else None}
+
+
+def _cross_folder(videos: list[str], tmp_path: Path) -> list[dict]:
+    """Cross jobs of a folder without portraits, with clip preparation stubbed out."""
+    def matches(folder, patterns, suffixes):
+        return [] if suffixes == eval_dataset.IMAGE_SUFFIXES else videos
+
+    with mock.patch.object(eval_dataset, "prepare_clip", _fake_prepare), \
+            mock.patch.object(eval_dataset, "_matches", matches):
+        return load_jobs(DatasetSpec(path=str(tmp_path)), "cross", tmp_path / "prepared")
+
+
+def test_cross_jobs_pair_ok_clips_with_another_clip_and_keep_failed_ones(tmp_path: Path) -> None:
+    jobs = {Path(j["driving"]).stem: j for j in _cross_folder(["A.mp4", "B.mp4", "C.mp4"], tmp_path)}
+    assert set(jobs) == {"A", "B", "C"}
+    assert (jobs["A"]["status"], jobs["A"]["ref"]) == ("ok", "C.ref.png")  # B failed: the next ok clip is C
+    assert (jobs["C"]["status"], jobs["C"]["ref"]) == ("ok", "A.ref.png")
+    assert (jobs["B"]["status"], jobs["B"]["reason"]) == ("failed", "unreadable")
+    assert all(j["ref"] != f"{stem}.ref.png" for stem, j in jobs.items())
+    assert len({j["job_id"] for j in jobs.values()}) == 3
+
+
+def test_a_single_clip_cross_job_is_a_failed_row_not_paired_with_itself(tmp_path: Path) -> None:
+    jobs = _cross_folder(["A.mp4"], tmp_path)
+    assert len(jobs) == 1
+    assert (jobs[0]["status"], jobs[0]["reason"]) == ("failed", NO_PARTNER)
+    assert jobs[0]["ref"] != "A.ref.png" and jobs[0]["error"]
+
+
+def test_shard_cross_jobs_never_take_a_portrait_from_the_same_source_video(tmp_path: Path) -> None:
+    one, two = input_key("/videos/one.mp4"), input_key("/videos/two.mp4")
+    a, b = _clip(tmp_path / "a.mp4"), _clip(tmp_path / "b.mp4", shade=40)
+    # clip keys are {input_key}_{start_ms}_{end_ms}: two clips of `one` sort next to each other
+    _tar(tmp_path / "curated" / "shards" / "000000.tar", {
+        f"{one}_00000000_00001000": _sample(a), f"{one}_00001000_00002000": _sample(a),
+        f"{two}_00000000_00001000": _sample(b)})
+    jobs = load_jobs(DatasetSpec(type="shards", path=str(tmp_path / "curated")), "cross", tmp_path / "prepared")
+    assert [j["status"] for j in jobs] == ["ok"] * 3
+    refs = [j["ref"] for j in jobs]
+    assert refs[0] == refs[1] == jobs[2]["driving"].replace(".mp4", ".ref.png")  # both clips of `one` get `two`'s
+    assert refs[2] == jobs[0]["driving"].replace(".mp4", ".ref.png")
+
+    # the json's `source` names the video too; every clip from one video: failed rows, none dropped
+    _tar(tmp_path / "same" / "000000.tar", {"x": _sample(a, "/videos/one.mp4"), "y": _sample(b, "/videos/one.mp4")})
+    same = load_jobs(DatasetSpec(type="shards", path=str(tmp_path / "same")), "cross", tmp_path / "prepared")
+    assert [(j["status"], j["reason"]) for j in same] == [("failed", NO_PARTNER)] * 2
+
+
+def test_prepared_clips_are_named_by_their_cut_length(tmp_path: Path) -> None:
+    from portraitflow.operators.decode import probe_video
+
+    videos = tmp_path / "videos"
+    _clip(videos / "talk.mp4")  # 1 s at 10 fps
+    spec, prepared = DatasetSpec(path=str(videos)), tmp_path / "prepared"
+    frames = {}
+    for max_seconds in (0.5, 0.3, None, 0.5):
+        [job] = load_jobs(spec, "self", prepared, max_seconds=max_seconds)
+        assert job["status"] == "ok" and "." not in job["job_id"]
+        assert Path(job["driving"]).stem == job["job_id"] == Path(job["ref"]).name[: -len(".ref.png")]
+        frames.setdefault(job["driving"], set()).add(probe_video(job["driving"]).num_frames)
+    assert sorted(frames.values(), key=min) == [{3}, {5}, {10}]  # a rerun at 0.5 s reuses its own clip
+    assert sorted(Path(p).stem.rsplit("-", 1)[1] for p in frames) == ["300ms", "500ms", "full"]
+
+
+def test_shards_stop_at_max_videos_and_a_corrupt_shard_is_a_failed_row(tmp_path: Path) -> None:
+    a, b = _clip(tmp_path / "a.mp4"), _clip(tmp_path / "b.mp4", shade=40)
+    shards = tmp_path / "curated" / "shards"
+    _tar(shards / "000000.tar", {"s0_a": _sample(a), "s0_b": _sample(b)})
+    _tar(shards / "000002.tar", {"s2_a": _sample(b), "s2_nomp4": {"json": b"{}"}})
+    spec = DatasetSpec(type="shards", path=str(tmp_path / "curated"))
+
+    first = load_jobs(spec, "self", tmp_path / "one", max_seconds=0.5, max_videos=1)
+    assert [j["status"] for j in first] == ["ok"]
+    assert len(list((tmp_path / "one").glob("*.source.mp4"))) == 1  # nothing past max_videos is written
+
+    (shards / "000001.tar").write_bytes(b"this is not a tar archive" * 100)
+
+    jobs = load_jobs(spec, "self", tmp_path / "all", max_seconds=0.5)
+    assert [(j["status"], j["reason"]) for j in jobs] == [
+        ("ok", None), ("ok", None), ("failed", "unreadable_shard"), ("ok", None), ("failed", "no_video")]
+    assert jobs[2]["source"].endswith("000001.tar") and jobs[2]["error"]
+    assert len({j["job_id"] for j in jobs}) == 5
+
+    cross = load_jobs(spec, "cross", tmp_path / "all", max_seconds=0.5, max_videos=4)
+    assert [j["status"] for j in cross] == ["ok", "ok", "failed", "ok"]
+    assert all(j["ref"] != j["driving"].replace(".mp4", ".ref.png") for j in cross if j["status"] == "ok")
+

@@ -3,14 +3,23 @@
 A job row names `job_id`, `ref` (image), `driving` (video) and `output` (the generated video,
 as many frames as the driver at its frame rate). The output and the driver are decoded in
 lockstep in chunks, so memory depends on the chunk size, never on the video's length. Results:
-one row of per-video means, plus a per-frame parquet table written beside the outputs.
+one row of per-video means, plus a per-frame parquet table written beside the outputs. An output
+whose frame count (at the driver's rate) differs from the driver's by more than one frame fails
+(`frame_count_mismatch`) instead of being scored on the overlap.
 
 Self-reenactment compares the output to the driving clip as ground truth in the output's pixel
-space: when the two differ in size the clip is cut with the reference's square crop box (the
-reference is the clip's first frame, so that is the box generation used) and resized.
+space: unless the output was pasted back onto the full frame, the clip is cut with the reference's
+square crop box (the reference is the clip's first frame, so that is the box generation used) and
+resized to the output's size (whether it was pasted back: the job's `paste_back` or `params`, or
+the `results.parquet` beside the output; not known, the clip is cut only when sizes differ). The
+reference must be the size of the driving frames, or the row fails (`reference_size_mismatch`).
+Head pose is measured with each face centred in its own square crop
+on both sides, as generation measures it, so APD does not depend on where the face sits.
 """
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +35,11 @@ NO_OUTPUT = "no_output"
 UNREADABLE = "unreadable"
 NO_REFERENCE_FACE = "no_reference_face"
 EVALUATION_ERROR = "evaluation_error"
+FRAME_COUNT_MISMATCH = "frame_count_mismatch"
+REFERENCE_SIZE_MISMATCH = "reference_size_mismatch"
+
+#: side of the square crop space head pose is measured in (only the face's size in it matters)
+POSE_SIZE = 512
 
 
 def analyse_faces(analyzer: FaceAnalyzer, frames: np.ndarray, embed: bool = True) -> dict[str, np.ndarray]:
@@ -47,25 +61,119 @@ def analyse_faces(analyzer: FaceAnalyzer, frames: np.ndarray, embed: bool = True
     landmarks = analyzer.landmarks(kept_frames, np.stack([face.box for face in kept_faces]))
     out["detected"][kept] = True
     out["landmarks"][kept] = landmarks
-    out["pose"][kept] = analyzer.head_pose(landmarks, [frame.shape[:2] for frame in kept_frames])
+    out["pose"][kept] = crop_head_pose(analyzer, landmarks, [face.box for face in kept_faces],
+                                       [frame.shape[:2] for frame in kept_frames])
     if embed:
         out["embedding"][kept] = analyzer.embed(kept_frames, kept_faces)
     return out
 
 
-def to_output_space(frames: np.ndarray, shape: tuple[int, int], crop_box: np.ndarray | None) -> np.ndarray:
-    """Ground-truth frames in the output's pixel space: as they are when sizes match, else cut
-    with `crop_box` (when given) and resized to `shape` (H, W)."""
+def crop_head_pose(analyzer: FaceAnalyzer, landmarks: np.ndarray, face_boxes: list[np.ndarray],
+                   image_sizes: list[tuple[int, int]]) -> np.ndarray:
+    """(N, 3) head pose of each face as generation measures it: landmarks moved into the face's
+    square crop (`square_crop_box` of its box, at `POSE_SIZE`) and centred there
+    (`centred_head_pose`), so the angles depend on the head, not on where it sits in the frame or
+    how much of the frame it fills."""
+    from portraitflow.models.face.align import square_crop_box
+    from portraitflow.operators.reference_portrait import centred_head_pose, to_crop
+
+    if not len(landmarks):
+        return np.zeros((0, 3), np.float32)
+    in_crop = np.stack([to_crop(points, square_crop_box(box, size), POSE_SIZE)
+                        for points, box, size in zip(landmarks, face_boxes, image_sizes)])
+    return centred_head_pose(analyzer, in_crop, POSE_SIZE)
+
+
+def to_output_space(frames: np.ndarray, shape: tuple[int, int], crop_box: np.ndarray | None,
+                    pasted_back: bool | None = None) -> np.ndarray:
+    """Ground-truth frames in the output's pixel space (H, W) = `shape`.
+
+    A crop-only output (`pasted_back` False) is matched by cutting the frames with `crop_box` and
+    resizing to `shape`, even when the sizes already agree (a 512 x 512 driver whose face does not
+    fill it). A pasted-back output is compared with the whole frames, resized only when sizes
+    differ. `pasted_back` None (not known) crops only when sizes differ."""
     import cv2
 
     from portraitflow.models.face.align import crop_square
 
-    if frames.shape[1:3] == tuple(shape):
-        return frames
+    same_size = frames.shape[1:3] == tuple(shape)
+    if pasted_back is None:
+        pasted_back = same_size
     height, width = shape
-    if crop_box is not None and height == width:
+    if not pasted_back and crop_box is not None and height == width:
         return np.stack([crop_square(frame, crop_box, height) for frame in frames])
+    if same_size:
+        return frames
     return np.stack([cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA) for frame in frames])
+
+
+def _flag(value: Any) -> bool | None:
+    """A paste-back setting from a table cell: bool, 0/1 or "true"/"false"; None when missing."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    return None
+
+
+def _params_flag(params: Any) -> bool | None:
+    """`paste_back` of a job's effective params (a dict or its JSON, as results.parquet holds)."""
+    if isinstance(params, str):
+        try:
+            params = json.loads(params)
+        except ValueError:
+            return None
+    return _flag(params.get("paste_back")) if isinstance(params, dict) else None
+
+
+def pasted_back(job: dict[str, Any], output: str) -> bool | None:
+    """Whether `output` was pasted back onto the full reference: the job's `paste_back`, else its
+    effective `params` (the config's value overridden per job, as `animate` records them), else the
+    row for this output in the `results.parquet` that `animate` (and a sweep's generation) writes
+    beside its outputs; None when nothing says."""
+    for found in (_flag(job.get("paste_back")), _params_flag(job.get("params"))):
+        if found is not None:
+            return found
+    from portraitflow.operators.generation_results import RESULTS_FILE
+
+    results = Path(output).parent / RESULTS_FILE
+    if not results.is_file():
+        return None
+    try:
+        import pandas as pd
+
+        table = pd.read_parquet(results, columns=["output", "params"])
+    except Exception:  # not a results table of ours: nothing is known
+        return None
+    name = Path(output).name
+    rows = [params for path, params in zip(table["output"], table["params"])
+            if isinstance(path, str) and Path(path).name == name]
+    return _params_flag(rows[-1]) if rows else None
+
+
+def _has_output(output: Any) -> bool:
+    """A path that names an existing file (None, NaN, "" and other non-paths do not)."""
+    return isinstance(output, (str, os.PathLike)) and bool(str(output).strip()) and Path(output).is_file()
+
+
+def analysed_count(frames: int, stride: int) -> int:
+    """How many of `frames` resampled frames are analysed (positions divisible by `stride`)."""
+    return (frames + stride - 1) // stride if frames > 0 else 0
+
+
+def learned_picks(analysed: int, fid_frames: int, clip_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (into the analysed frames) FID and FVD use: `fid_frames` evenly spaced frames, and
+    K evenly spaced non-overlapping clips of `clip_frames` consecutive frames over the whole video,
+    K = max(fid_frames, clip_frames) // clip_frames (as many as fit). Returns (fid, fvd) index arrays,
+    the FVD one clip after clip in order."""
+    fid = np.unique(np.linspace(0, analysed - 1, fid_frames).round().astype(int)) if analysed else np.zeros(0, int)
+    clips = min(max(fid_frames, clip_frames) // clip_frames, analysed // clip_frames)
+    if clips <= 0:
+        return fid, np.zeros(0, int)
+    starts = np.linspace(0, analysed - clip_frames, clips).round().astype(int)
+    return fid, (starts[:, None] + np.arange(clip_frames)[None]).reshape(-1)
 
 
 def _resize(frames: np.ndarray, size: int | None) -> np.ndarray:
@@ -135,26 +243,47 @@ class JobEvaluator:
     def _evaluate(self, job: dict[str, Any], work_dir: str | Path) -> dict[str, Any]:
         from portraitflow.models.face.align import square_crop_box
         from portraitflow.models.face.images import load_image
-        from portraitflow.operators.decode import VideoUnreadable, iter_frame_chunks, probe_video
+        from portraitflow.operators.decode import VideoUnreadable, iter_frame_chunks, probe_video, resample_positions
 
         row: dict[str, Any] = {"job_id": str(job["job_id"]), "status": "failed", "reason": None, "frames": 0}
         output = job.get("output")
-        if not output or not Path(output).is_file():
+        if not _has_output(output):
             return {**row, "reason": NO_OUTPUT}
+        output = str(output)
         reference = load_image(job["ref"])
         if not reference.ok:
             return {**row, "reason": f"reference_{reference.reason}"}
+        self_protocol = self.cfg.protocol == "self"
+        try:
+            driver = probe_video(str(job["driving"]))
+            fps = driver.fps
+            out_count = len(resample_positions(probe_video(output), fps)[0])
+        except VideoUnreadable as exc:
+            return {**row, "reason": UNREADABLE, "error": str(exc)[:300]}
+        drv_count = len(resample_positions(driver, fps)[0])
+        if abs(out_count - drv_count) > 1:  # a truncated or padded output is not scored on the overlap
+            return {**row, "reason": FRAME_COUNT_MISMATCH,
+                    "error": f"output has {out_count} frames at the driver's {fps:g} fps, driver has {drv_count}"}
+        if self_protocol and tuple(reference.rgb.shape[:2]) != (driver.height, driver.width):
+            return {**row, "reason": REFERENCE_SIZE_MISMATCH,
+                    "error": f"self protocol: reference is {reference.rgb.shape[1]}x{reference.rgb.shape[0]}, "
+                             f"driving frames are {driver.width}x{driver.height}, so the reference's crop box "
+                             "is not the driver's (the reference must be the clip's first frame)"}
         ref_faces = self.analyzer.detect([reference.rgb])[0]
         if not ref_faces:
             return {**row, "reason": NO_REFERENCE_FACE}
         ref_embedding = self.analyzer.embed([reference.rgb], ref_faces[:1])[0]
         crop_box = square_crop_box(ref_faces[0].box, reference.rgb.shape[:2])
-        self_protocol = self.cfg.protocol == "self"
+        pasted = pasted_back(job, output) if self_protocol else None
+        fid_picks, fvd_picks = learned_picks(analysed_count(min(out_count, drv_count), self.cfg.frame_stride),
+                                             self.cfg.fid_frames_per_video, self.cfg.fvd_clip_frames)
+        clips: dict[str, dict[str, list[np.ndarray]]] = {
+            kind: {"fake": [], "real": []} for kind in ("fid", "fvd") if kind in self.networks}
+        analysed = 0
         try:
-            fps = probe_video(str(job["driving"])).fps
-            pairs = zip(iter_frame_chunks(str(output), fps, chunk_size=self.cfg.chunk_frames),
+            pairs = zip(iter_frame_chunks(output, fps, chunk_size=self.cfg.chunk_frames),
                         iter_frame_chunks(str(job["driving"]), fps, chunk_size=self.cfg.chunk_frames))
-            per_frame, out_faces, drv_faces, clips = [], [], [], {"fake": [], "real": []}
+            per_frame, out_faces, drv_faces = [], [], []
             for out_chunk, drv_chunk in pairs:
                 count = min(len(out_chunk.frames), len(drv_chunk.frames))
                 keep = [i for i in range(count) if int(out_chunk.positions[i]) % self.cfg.frame_stride == 0]
@@ -163,13 +292,12 @@ class JobEvaluator:
                 out_frames = out_chunk.frames[keep]
                 drv_frames = drv_chunk.frames[keep]
                 if self_protocol:
-                    drv_frames = to_output_space(drv_frames, out_frames.shape[1:3], crop_box)
+                    drv_frames = to_output_space(drv_frames, out_frames.shape[1:3], crop_box, pasted)
                 per_frame.append(self._pixel_metrics(out_frames, drv_frames, out_chunk.positions[keep]))
                 out_faces.append(analyse_faces(self.analyzer, out_frames))
                 drv_faces.append(analyse_faces(self.analyzer, drv_frames, embed=False))
-                clips["fake"].append(out_frames)
-                clips["real"].append(drv_frames)
-                self._trim_clips(clips)
+                self._keep_clip_frames(clips, {"fid": fid_picks, "fvd": fvd_picks}, analysed, out_frames, drv_frames)
+                analysed += len(keep)
         except VideoUnreadable as exc:
             return {**row, "reason": UNREADABLE, "error": str(exc)[:300]}
         if not per_frame:
@@ -208,29 +336,27 @@ class JobEvaluator:
         table["flicker"] = metrics.flicker(pixel["luma"])
         return table
 
-    def _trim_clips(self, clips: dict[str, list[np.ndarray]]) -> None:
-        """Keep only the frames FID and FVD will use, so memory stays bounded."""
-        if not ({"fid", "fvd"} & set(self.networks)):
-            clips["fake"].clear()
-            clips["real"].clear()
-            return
-        keep = max(self.cfg.fvd_clip_frames, self.cfg.fid_frames_per_video)
-        for side in clips:
-            merged = np.concatenate(clips[side])[:keep]
-            clips[side][:] = [merged]
+    @staticmethod
+    def _keep_clip_frames(clips: dict[str, dict[str, list[np.ndarray]]], picks: dict[str, np.ndarray], first: int,
+                          fake: np.ndarray, real: np.ndarray) -> None:
+        """Keep, of the analysed frames `first`.. in this chunk, only those FID and FVD use
+        (`learned_picks`), so memory stays bounded whatever the video's length."""
+        for kind, sides in clips.items():
+            chosen = picks[kind][(picks[kind] >= first) & (picks[kind] < first + len(fake))] - first
+            if len(chosen):
+                sides["fake"].append(fake[chosen])
+                sides["real"].append(real[chosen])
 
-    def _write_features(self, clips: dict[str, list[np.ndarray]], folder: Path, job_id: str) -> None:
-        """FID/FVD features of this video's first frames, pooled per config by the sweep."""
+    def _write_features(self, clips: dict[str, dict[str, list[np.ndarray]]], folder: Path, job_id: str) -> None:
+        """FID features of this video's evenly spaced frames and FVD features of its evenly spaced
+        clips (`learned_picks`), pooled per config by the sweep."""
         folder.mkdir(parents=True, exist_ok=True)
-        for side, parts in clips.items():
-            if not parts:
-                continue
-            frames = np.concatenate(parts)
-            if "fid" in self.networks:
-                picks = np.unique(np.linspace(0, len(frames) - 1, self.cfg.fid_frames_per_video).astype(int))
-                _save_npy(metrics_learned.image_features(self.networks["fid"], frames[picks]),
+        for side in ("fake", "real"):
+            if clips.get("fid", {}).get(side):
+                _save_npy(metrics_learned.image_features(self.networks["fid"], np.concatenate(clips["fid"][side])),
                           folder / f"{job_id}.fid_{side}.npy")
-            if "fvd" in self.networks and len(frames) >= self.cfg.fvd_clip_frames:
+            if clips.get("fvd", {}).get(side):
+                frames = np.concatenate(clips["fvd"][side])  # whole clips, one after another
                 _save_npy(metrics_learned.video_features(self.networks["fvd"], frames, self.cfg.fvd_clip_frames),
                           folder / f"{job_id}.fvd_{side}.npy")
 

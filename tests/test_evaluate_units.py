@@ -231,3 +231,156 @@ def test_a_still_config_refuses_params_it_does_not_take_before_any_work(tmp_path
     with pytest.raises(ValueError, match="pose_multipler"):
         generate_outputs({"backend": "still", "pose_multipler": 0.5}, [job], tmp_path / "outputs", cfg)
     assert not (tmp_path / "outputs").exists()
+
+
+# ---- scoring one video (operators/evaluate_video.py) on a small off-centre face clip ----
+
+@pytest.fixture(scope="module")
+def corner_clip(tmp_path_factory) -> dict:
+    """A 320 x 320 driving clip (2 s at 10 fps) whose face sits small in the top-left corner, its
+    first decoded frame as the self-protocol reference, the reference's square crop box, and a
+    face analyser."""
+    from PIL import Image
+
+    from portraitflow.jobs.config.face import FaceConfig
+    from portraitflow.jobs.samples import astronaut_pan
+    from portraitflow.models.face.align import square_crop_box
+    from portraitflow.models.face.factory import create_analyzer
+    from portraitflow.operators.decode import iter_frame_chunks
+    from portraitflow.operators.video_writer import write_h264
+
+    root = tmp_path_factory.mktemp("corner_clip")
+    canvas = np.full((20, 320, 320, 3), 90, np.uint8)
+    canvas[:, :160, :160] = astronaut_pan(seconds=2.0, fps=10.0, size=160)
+    driving = root / "clip.mp4"
+    write_h264(driving, [canvas], fps=10.0)
+    frames = np.concatenate([c.frames for c in iter_frame_chunks(str(driving), 10.0)])
+    ref = root / "clip.ref.png"
+    Image.fromarray(frames[0]).save(ref)
+    analyzer = create_analyzer(FaceConfig())
+    box = square_crop_box(analyzer.detect([frames[0]])[0][0].box, frames.shape[1:3])
+    assert (box[2] - box[0]) < 250  # the face does not fill the frame, so the crop is a real cut
+    return {"root": root, "driving": str(driving), "ref": str(ref), "frames": frames, "box": box,
+            "analyzer": analyzer}
+
+
+def _crop_video(clip: dict, path: Path, size: int, frames: np.ndarray | None = None) -> str:
+    """What a perfect crop-only animator writes: each driving frame cut with the reference's box."""
+    from portraitflow.models.face.align import crop_square
+    from portraitflow.operators.video_writer import write_h264
+
+    frames = clip["frames"] if frames is None else frames
+    write_h264(path, [np.stack([crop_square(f, clip["box"], size) for f in frames])], fps=10.0)
+    return str(path)
+
+
+def _evaluator(clip: dict, **settings):
+    from portraitflow.operators.evaluate_video import JobEvaluator
+
+    return JobEvaluator(clip["analyzer"], EvaluateConfig(**{"frame_stride": 2, **settings}))
+
+
+def test_a_crop_output_the_size_of_the_driver_is_compared_with_the_cropped_driver(corner_clip, tmp_path: Path) -> None:
+    """A 320 x 320 crop of a 320 x 320 driver: the ground truth is cut with the reference's box
+    unless the output was pasted back, whichever way the job says so."""
+    clip = corner_clip
+    job = {"job_id": "j", "ref": clip["ref"], "driving": clip["driving"]}
+    evaluator = _evaluator(clip)
+    crop = _crop_video(clip, tmp_path / "crop.mp4", 320)
+    for said in ({"paste_back": False}, {"params": '{"paste_back": false, "motion": "relative"}'}):
+        row = evaluator.evaluate({**job, "output": crop, **said}, tmp_path)
+        assert row["status"] == "ok" and row["psnr"] > 30 and row["akd"] < 0.05, (said, row)
+    # as `animate` leaves it: results.parquet beside the output records each job's params
+    pd.DataFrame({"output": [crop], "params": ['{"paste_back": false}']}).to_parquet(tmp_path / "results.parquet")
+    assert evaluator.evaluate({**job, "output": crop}, tmp_path)["psnr"] > 30
+    # a pasted-back output (the whole frame) is compared with the whole driving frame
+    pasted = evaluator.evaluate({**job, "output": clip["driving"], "paste_back": True}, tmp_path)
+    assert pasted["status"] == "ok" and pasted["psnr"] > 40
+    crop_said_pasted = evaluator.evaluate({**job, "output": crop, "paste_back": True}, tmp_path / "x")
+    assert crop_said_pasted["psnr"] < 25  # the flag decides, not the sizes
+
+
+def test_self_protocol_refuses_a_reference_that_is_not_the_size_of_the_driving_frames(corner_clip,
+                                                                                      tmp_path: Path) -> None:
+    from PIL import Image
+
+    clip = corner_clip
+    ref = tmp_path / "small.png"
+    Image.fromarray(clip["frames"][0][:200, :240]).save(ref)
+    output = _crop_video(clip, tmp_path / "crop.mp4", 128)
+    row = _evaluator(clip).evaluate({"job_id": "j", "ref": str(ref), "driving": clip["driving"], "output": output},
+                                    tmp_path)
+    assert (row["status"], row["reason"]) == ("failed", "reference_size_mismatch")
+    assert "240x200" in row["error"] and "320x320" in row["error"] and np.isnan(row["psnr"])
+
+
+def test_head_pose_does_not_depend_on_where_the_face_sits(media_dir: Path) -> None:
+    """A real face in the corner of a wide frame and the same face centred in its crop: the same
+    head, so the same pose (the uncentred fit read several degrees of tilt into the corner)."""
+    from portraitflow.jobs.config.face import FaceConfig
+    from portraitflow.models.face.align import crop_square, square_crop_box
+    from portraitflow.models.face.factory import create_analyzer
+    from portraitflow.operators.decode import iter_frame_chunks
+    from portraitflow.operators.evaluate_video import analyse_faces
+
+    analyzer = create_analyzer(FaceConfig())
+    frame = next(iter_frame_chunks(str(media_dir / "liveportrait_d18.mp4"), 25.0, chunk_size=1)).frames[0]
+    wide = np.full((720, 1280, 3), 90, np.uint8)
+    wide[:480, :480] = frame
+    crop = crop_square(wide, square_crop_box(analyzer.detect([wide])[0][0].box, wide.shape[:2]), 512)
+    corner, centred = (analyse_faces(analyzer, image[None], embed=False)["pose"][0] for image in (wide, crop))
+    assert np.abs(corner - centred).max() < 1.5, (corner, centred)
+
+
+def test_a_truncated_output_fails_with_both_frame_counts(corner_clip, tmp_path: Path) -> None:
+    clip = corner_clip
+    job = {"job_id": "j", "ref": clip["ref"], "driving": clip["driving"], "paste_back": False}
+    evaluator = _evaluator(clip)
+    short = evaluator.evaluate({**job, "output": _crop_video(clip, tmp_path / "short.mp4", 128, clip["frames"][:12])},
+                               tmp_path)
+    assert (short["status"], short["reason"]) == ("failed", "frame_count_mismatch")
+    assert "12" in short["error"] and "20" in short["error"] and np.isnan(short["psnr"])
+    one_less = evaluator.evaluate({**job, "output": _crop_video(clip, tmp_path / "l.mp4", 128, clip["frames"][:19])},
+                                  tmp_path)
+    assert one_less["status"] == "ok" and one_less["frames"] == 10  # 19 frames in common, every 2nd analysed
+
+
+@pytest.mark.parametrize("output", [float("nan"), None, "", pd.NA])
+def test_a_missing_output_is_no_output_not_an_error(corner_clip, tmp_path: Path, output) -> None:
+    clip = corner_clip
+    row = _evaluator(clip).evaluate({"job_id": "j", "ref": clip["ref"], "driving": clip["driving"], "output": output},
+                                    tmp_path)
+    assert (row["status"], row["reason"], row["error"]) == ("failed", "no_output", None)
+
+
+def test_fid_and_fvd_see_frames_spread_over_the_whole_video(corner_clip, tmp_path: Path, monkeypatch) -> None:
+    """FID frames evenly spaced and K = max(fid, clip) // clip FVD clips evenly spaced, over all
+    analysed frames, not the video's first ones."""
+    from portraitflow.operators import metrics_learned
+    from portraitflow.operators.decode import iter_frame_chunks
+    from portraitflow.operators.evaluate_video import learned_picks
+
+    clip = corner_clip
+    seen: dict[str, list[np.ndarray]] = {"fid": [], "fvd": []}
+    monkeypatch.setattr(metrics_learned, "image_features",
+                        lambda net, frames: (seen["fid"].append(frames), np.zeros((len(frames), 2)))[1])
+    monkeypatch.setattr(metrics_learned, "video_features",
+                        lambda net, frames, n: (seen["fvd"].append(frames), np.zeros((len(frames) // n, 2)))[1])
+    evaluator = _evaluator(clip, fid_frames_per_video=4, fvd_clip_frames=2, chunk_frames=4)
+    evaluator.networks.update(fid=object(), fvd=object())
+    output = _crop_video(clip, tmp_path / "crop.mp4", 128)
+    row = evaluator.evaluate({"job_id": "j", "ref": clip["ref"], "driving": clip["driving"], "output": output,
+                              "paste_back": False}, tmp_path)
+    assert row["status"] == "ok" and row["frames"] == 10
+    decoded = np.concatenate([c.frames for c in iter_frame_chunks(output, 10.0)])
+    fake_fid, _, fake_fvd, _ = seen["fid"] + seen["fvd"]  # fake then real, per kind
+
+    def positions(frames: np.ndarray) -> list[int]:
+        return [next(i for i, d in enumerate(decoded) if np.array_equal(d, f)) for f in frames]
+
+    assert positions(fake_fid) == [0, 6, 12, 18]  # analysed frames 0, 3, 6, 9 of 0, 2, ..., 18
+    assert positions(fake_fvd) == [0, 2, 16, 18]  # 4 // 2 = 2 clips of 2 analysed frames, first and last
+    fid, fvd = learned_picks(10, 4, 2)
+    assert list(fid) == [0, 3, 6, 9] and list(fvd) == [0, 1, 8, 9]
+    assert list(learned_picks(10, 6, 2)[1]) == [0, 1, 4, 5, 8, 9]
+    assert (tmp_path / "metrics" / "j.fvd_real.npy").is_file()

@@ -24,6 +24,7 @@ from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.options import ConfigOption, MlflowUriOption, RayAddressOption, SetOption, resolve_config
 from portraitflow.operators import ledger
 from portraitflow.operators.atomic import atomic_write
+from portraitflow.operators.curate_input import renders_after_decisions
 from portraitflow.operators.face_scan import load_clip_arrays, scan_clips, scan_path
 from portraitflow.operators.filters import RENDER_FAILED
 from portraitflow.operators.identity import CorpusLedger
@@ -51,6 +52,10 @@ class Layout:
         for folder in (self.shards, self.scans, self.staging, self.done, self.attempts):
             folder.mkdir(parents=True, exist_ok=True)
 
+
+#: the error of a kept clip whose render result never came back (its worker died): the input is
+#: `failed`, so the next run renders it again.
+RENDER_LOST = "rendering: the worker processing this input crashed; its result never came back"
 
 #: settings that may change between runs into one output folder: they change how fast the work
 #: is done or how the shards are cut, never what a sample holds or which clips are kept.
@@ -132,6 +137,31 @@ def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], markers: dict, lay
     return clips_by_input
 
 
+def _render_kept(cfg: PortraitFlowConfig, layout: Layout, scanned: list[dict], clips_by_input: dict,
+                 in_shards: set[str]) -> None:
+    """Render the clips the corpus decisions kept, when rendering waits for them; each input's
+    render errors, timings and count join its row. The clips of an input whose result never comes
+    back fail (so the input is tried again by the next run)."""
+    from portraitflow.pipelines.curate import render_decided
+
+    by_key = {r["input_key"]: r for r in scanned}
+    todo = []
+    for key, clips in clips_by_input.items():
+        keys = [c["key"] for c in clips if c["reason"] is None and c["key"] not in in_shards]
+        if keys:
+            row = by_key[key]
+            todo.append({"input_key": key, "uri": row["uri"], "width": row["width"], "height": row["height"],
+                         "keys": json.dumps(keys)})
+    results = {r["input_key"]: r for r in render_decided(todo, cfg, layout.scans, layout.staging)}
+    for job in todo:
+        lost = {"render_errors": json.dumps(dict.fromkeys(json.loads(job["keys"]), RENDER_LOST)), "timings": "{}",
+                "rendered": 0}
+        result, row = results.get(job["input_key"], lost), by_key[job["input_key"]]
+        row["render_errors"] = json.dumps({**json.loads(row["render_errors"]), **json.loads(result["render_errors"])})
+        row["timings"] = json.dumps(Counter(json.loads(row["timings"])) + Counter(json.loads(result["timings"])))
+        row["rendered"] = int(row.get("rendered") or 0) + int(result["rendered"])
+
+
 def _corpus_ledger(cfg: PortraitFlowConfig, same_person: float) -> CorpusLedger:
     threshold = cfg.curate.identity_switch_similarity or same_person
     return CorpusLedger(threshold, cfg.curate.max_clips_per_identity, cfg.curate.duplicate_similarity)
@@ -174,6 +204,8 @@ def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], p
         scanned = sorted(scanned + lost, key=lambda r: r["input_key"])
         in_shards = {k for path in shard_paths(layout.shards) for k in shard_keys(path)}
         clips_by_input = _decide_corpus(cfg, scanned, markers, layout, in_shards)
+        if renders_after_decisions(cfg.curate):
+            _render_kept(cfg, layout, scanned, clips_by_input, in_shards)
         errors = {k: e for r in scanned for k, e in json.loads(r["render_errors"]).items()}
         by_key = {r["input_key"]: r for r in scanned}
 
@@ -234,6 +266,7 @@ def _metrics(manifest, clips, scanned, elapsed: float, keys: set[str], index: di
         "inputs_failed": status.get(ledger.FAILED, 0),
         "clips": len(clip_table),
         "clips_accepted": int((clip_table.decision == ledger.ACCEPTED).sum()),
+        "clips_rendered": sum(int(r.get("rendered") or 0) for r in scanned),
         "hours_in": float(table.seconds_in.sum()) / 3600,
         "hours_out": float(table.seconds_accepted.sum()) / 3600,
         "shards": len(index["shardlist"]),

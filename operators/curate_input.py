@@ -2,7 +2,9 @@
 
 The worker that scanned an input renders its clips right away, so no CPU waits for a pass to end
 or for the corpus-wide identity decisions: those are taken when samples are packed into shards,
-and the staged samples of the clips they reject are discarded there.
+and the staged samples of the clips they reject (near-duplicates: few) are discarded there. With
+a cap per identity, which can reject most clips of a prolific speaker, rendering waits for the
+decisions instead (`render_decided_clips`, a second pass over the inputs that kept clips).
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from portraitflow.jobs.config import PortraitFlowConfig
+from portraitflow.jobs.config.curate import CurateConfig
 from portraitflow.operators.face_scan import FaceScanStage, batch_rows, rows_batch, scan_clips, scan_path
 from portraitflow.operators.inputs import is_uri, local_copy
 from portraitflow.operators.probe import FAILED, error_text, unfetched_input
@@ -36,6 +40,7 @@ class CurateInputStage:
         self.cfg, self.scan_dir = self.scanner.cfg, self.scanner.scan_dir  # validated once, by the scanner
         self.staging_dir, self.attempts_dir = Path(staging_dir), Path(attempts_dir)
         self.max_attempts = max_attempts
+        self.render_now = not renders_after_decisions(self.cfg)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return rows_batch([self.curate(row) for row in batch_rows(batch)])
@@ -48,27 +53,65 @@ class CurateInputStage:
             try:  # a remote input is fetched once, for the probe, the scan and every clip
                 path = stack.enter_context(local_copy(row["uri"]))
             except Exception as exc:  # the remote store refused: this input fails, the run goes on
-                return dict(unfetched_input(row, exc), render_errors="{}")
+                return dict(unfetched_input(row, exc), render_errors="{}", rendered=0)
             fetch = time.perf_counter() - fetch
             return self._curate_local(row, path, {"fetch": fetch} if is_uri(row["uri"]) else {})
 
     def _curate_local(self, row: dict[str, Any], path: str, fetch_timing: dict[str, float]) -> dict[str, Any]:
         timings = Counter(fetch_timing)
-        errors = {}
+        errors: dict[str, str] = {}
+        rendered = 0
         try:
             row = self.scanner.scan(row, path)
             timings.update(json.loads(row["timings"]))
-            if row["status"] != FAILED:
-                scan_file = scan_path(self.scan_dir, row["input_key"])
-                source = {"uri": row["uri"], "width": row["width"], "height": row["height"], "scan_path": str(scan_file)}
-                for clip in scan_clips(scan_file, row["input_key"], self.cfg.fps):
-                    if clip["reason"] is not None or staged_path(self.staging_dir, clip["key"]).exists():
-                        continue  # rejected by the scan, or staged already (an earlier attempt, a killed run)
-                    rendered = render_clip(dict(clip, **source), path, self.cfg, self.staging_dir)
-                    timings.update(rendered["timings"])
-                    if rendered["error"]:
-                        errors[clip["key"]] = rendered["error"]
+            if row["status"] != FAILED and self.render_now:
+                rendered = _render_clips(row, path, None, self.cfg, self.scan_dir, self.staging_dir, timings, errors)
         except Exception as exc:  # a damaged scan file, a bug: this input fails with its error, the run goes on
             probed = row if "width" in row else unfetched_input(row, exc)  # raised inside scan(): sizes unknown
-            return dict(probed, status=FAILED, error=error_text(exc), timings=json.dumps(timings), render_errors="{}")
-        return dict(row, timings=json.dumps(timings), render_errors=json.dumps(errors))
+            return dict(probed, status=FAILED, error=error_text(exc), timings=json.dumps(timings), render_errors="{}",
+                        rendered=rendered)
+        return dict(row, timings=json.dumps(timings), render_errors=json.dumps(errors), rendered=rendered)
+
+
+def renders_after_decisions(cfg: CurateConfig) -> bool:
+    """With a cap per identity, clips are rendered once the corpus decisions kept them."""
+    return cfg.max_clips_per_identity > 0
+
+
+def render_decided_clips(row: dict[str, Any], config: dict[str, Any], scan_dir: str, staging_dir: str) -> dict[str, Any]:
+    """Ray Data task: render the clips of one input the corpus decisions kept (`row["keys"]`, JSON).
+
+    Returns `input_key`, `render_errors` (clip key -> error; every clip's, when the input can no
+    longer be fetched), `timings` and `rendered`.
+    """
+    cfg = PortraitFlowConfig.model_validate(config).curate
+    keys = set(json.loads(row["keys"]))
+    timings: Counter = Counter()
+    errors: dict[str, str] = {}
+    rendered = 0
+    try:
+        with local_copy(row["uri"]) as path:
+            rendered = _render_clips(row, path, keys, cfg, Path(scan_dir), Path(staging_dir), timings, errors)
+    except Exception as exc:  # the input vanished or its store refused since the scan: its clips fail
+        errors = {key: error_text(exc) for key in keys}
+    return {"input_key": row["input_key"], "render_errors": json.dumps(errors), "timings": json.dumps(timings),
+            "rendered": rendered}
+
+
+def _render_clips(row: dict[str, Any], path: str, keys: set[str] | None, cfg: CurateConfig, scan_dir: Path,
+                  staging_dir: Path, timings: Counter, errors: dict[str, str]) -> int:
+    """Render and stage the clips the scan kept (only `keys`, when given) that are not staged yet;
+    adds to `timings` and `errors`, returns how many were rendered."""
+    scan_file = scan_path(scan_dir, row["input_key"])
+    source = {"uri": row["uri"], "width": row["width"], "height": row["height"], "scan_path": str(scan_file)}
+    rendered = 0
+    for clip in scan_clips(scan_file, row["input_key"], cfg.fps):
+        if clip["reason"] is not None or (keys is not None and clip["key"] not in keys) \
+                or staged_path(staging_dir, clip["key"]).exists():
+            continue  # rejected, not asked for, or staged already (an earlier attempt, a killed run)
+        result = render_clip(dict(clip, **source), path, cfg, staging_dir)
+        timings.update(result["timings"])
+        rendered += 1
+        if result["error"]:
+            errors[clip["key"]] = result["error"]
+    return rendered

@@ -26,4 +26,5 @@ def quarantined_row(row: dict[str, Any], attempts: int) -> dict[str, Any]:
     """The `failed` result of an input given up on after `attempts` crashed starts (or whose
     result never came back): nothing probed, scanned or rendered."""
     return dict(row, status=FAILED, error=f"quarantined: the worker processing this input crashed on each of its "
-                f"{attempts} attempts", width=0, height=0, src_fps=0.0, duration_s=0.0, timings="{}", render_errors="{}")
+                f"{attempts} attempts", width=0, height=0, src_fps=0.0, duration_s=0.0, timings="{}", render_errors="{}",
+                rendered=0)

@@ -5,7 +5,8 @@
 
 One streaming pass: an actor renders an input's clips as soon as it has scanned it, so every CPU
 stays busy until the last input. The corpus-wide identity decisions, shards, manifest and MLflow
-run on the driver afterwards (jobs/curate.py); the stages live in operators/.
+run on the driver afterwards (jobs/curate.py); the stages live in operators/. With a cap per
+identity the pass only scans, and `render_decided` renders the clips the decisions kept.
 """
 from __future__ import annotations
 
@@ -67,3 +68,21 @@ def curate_inputs(rows: list[dict[str, Any]], cfg: PortraitFlowConfig, scan_dir:
     )
     out = ds.take_all()
     return out, ds.stats()
+
+
+def render_decided(rows: list[dict[str, Any]], cfg: PortraitFlowConfig, scan_dir: Path,
+                   staging_dir: Path) -> list[dict]:
+    """The second pass when rendering waits for the corpus decisions: one task per input with
+    kept clips (`keys`), on `actor_cpus` CPUs like the scan; returns the rows that came back."""
+    import ray.data
+
+    from portraitflow.operators.curate_input import render_decided_clips
+
+    if not rows:
+        return []
+    _configure(cfg)
+    ds = ray.data.from_items(sorted(rows, key=lambda r: -input_bytes(r["uri"])), override_num_blocks=len(rows))
+    ds = ds.map(render_decided_clips, num_cpus=cfg.curate.actor_cpus,
+                fn_kwargs={"config": cfg.model_dump(mode="json"), "scan_dir": str(scan_dir),
+                           "staging_dir": str(staging_dir)})
+    return ds.take_all()

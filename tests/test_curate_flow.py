@@ -285,7 +285,7 @@ def test_killed_runs_resume_to_the_same_output(curated, flow_inputs, tmp_path: P
 
 def test_corpus_decisions_leave_rejected_clips_out_of_the_shards(media_dir: Path, ray_local, tmp_path: Path) -> None:
     """A copy of a video is a `duplicate` and another take of its speaker is over a cap of one clip:
-    workers render them like every kept clip, packing leaves them out, the tables keep them."""
+    with a cap, only the clips the decisions keep are rendered; the tables keep the others."""
     import pandas as pd
 
     from portraitflow.jobs.curate import run_curation
@@ -298,7 +298,7 @@ def test_corpus_decisions_leave_rejected_clips_out_of_the_shards(media_dir: Path
         shutil.copy(media_dir / source, tmp_path / "in" / name)
     out = tmp_path / "out"
     cfg = load_config(None, OVERRIDES + ["mlflow.enabled=false", "curate.max_clips_per_identity=1"])
-    run_curation(cfg, [str(tmp_path / "in")], out)
+    metrics = run_curation(cfg, [str(tmp_path / "in")], out)
 
     clips = pd.read_parquet(out / "clips.parquet")
     clips["name"] = clips.path.map(lambda p: Path(p).name)
@@ -307,6 +307,7 @@ def test_corpus_decisions_leave_rejected_clips_out_of_the_shards(media_dir: Path
     assert decided.name.is_unique
     packed = [key for shard in shard_paths(out / "shards") for key in shard_keys(shard)]
     assert sorted(packed) == sorted(clips[clips.decision == "accepted"].key)
+    assert metrics["clips_rendered"] == len(packed)  # with a cap, only the clips the decisions kept are rendered
     assert not list((out / ".state" / "staging").glob("*.tar"))  # the rejected clips' samples are gone
     manifest = pd.read_parquet(out / "manifest.parquet")
     status = dict(zip(manifest.path.map(lambda p: Path(p).name), manifest.status))

@@ -105,3 +105,21 @@ def test_an_input_with_a_clip_that_failed_to_render_is_failed_so_the_next_run_re
     assert manifest_row["status"] == ledger.FAILED and manifest_row["clips_accepted"] == 1
     assert "a_2" in manifest_row["error"] and "No space left" in manifest_row["error"]
     assert ledger.input_row(row, clips[:1])["status"] == ledger.ACCEPTED
+
+
+def test_kept_clips_whose_render_never_comes_back_fail_their_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a cap, kept clips render in a second pass; a result Ray loses fails those clips (the
+    input is retried next run), and the clips already in shards are not asked for again."""
+    from portraitflow.jobs import curate
+    from portraitflow.pipelines import curate as pipeline
+
+    asked = []
+    monkeypatch.setattr(pipeline, "render_decided", lambda rows, *_: asked.extend(rows) or [])
+    row = {"input_key": "a", "uri": "/v/a.mp4", "width": 64, "height": 64, "render_errors": "{}",
+           "timings": json.dumps({"scan": 1.0}), "rendered": 0}
+    clips = {"a": [{"key": "a_1", "reason": None}, {"key": "a_2", "reason": None}, {"key": "a_3", "reason": "duplicate"}]}
+    cfg = load_config(None, ["curate.max_clips_per_identity=1"])
+    curate._render_kept(cfg, Layout(tmp_path), [row], clips, in_shards={"a_1"})
+    assert [json.loads(r["keys"]) for r in asked] == [["a_2"]]
+    assert json.loads(row["render_errors"]) == {"a_2": curate.RENDER_LOST}
+    assert json.loads(row["timings"]) == {"scan": 1.0} and row["rendered"] == 0

@@ -69,7 +69,9 @@ def generate_outputs(params: dict[str, Any], jobs: list[dict], out_dir: Path, cf
 
 def evaluate_outputs(jobs: pd.DataFrame, work_dir: Path, cfg: PortraitFlowConfig,
                      evaluate: EvaluateConfig) -> pd.DataFrame:
-    """Per-video metrics for jobs with an `output`; jobs that failed before keep their row and reason."""
+    """Per-video metrics for jobs with an `output`; jobs that failed before keep their row and reason.
+    `paste_back` or `params` columns, when the table has them, tell the evaluator how the output
+    was framed."""
     import ray.data
     from ray.data import ActorPoolStrategy
 
@@ -78,8 +80,8 @@ def evaluate_outputs(jobs: pd.DataFrame, work_dir: Path, cfg: PortraitFlowConfig
     ready = jobs[jobs["status"] == "ok"]
     scored = pd.DataFrame()
     if len(ready):
-        ds = ray.data.from_items(ready[["job_id", "ref", "driving", "output"]].to_dict("records"),
-                                 override_num_blocks=len(ready))
+        columns = [c for c in ("job_id", "ref", "driving", "output", "paste_back", "params") if c in ready]
+        ds = ray.data.from_items(ready[columns].to_dict("records"), override_num_blocks=len(ready))
         ds = ds.map_batches(EvaluateActor, batch_size=1, num_cpus=1,
                             compute=ActorPoolStrategy(size=min(evaluate.evaluators, len(ready))),
                             fn_constructor_kwargs={"face": cfg.face.model_dump(), "evaluate": evaluate.model_dump(),

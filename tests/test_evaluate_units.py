@@ -384,3 +384,26 @@ def test_fid_and_fvd_see_frames_spread_over_the_whole_video(corner_clip, tmp_pat
     assert list(fid) == [0, 3, 6, 9] and list(fvd) == [0, 1, 8, 9]
     assert list(learned_picks(10, 6, 2)[1]) == [0, 1, 4, 5, 8, 9]
     assert (tmp_path / "metrics" / "j.fvd_real.npy").is_file()
+
+
+@pytest.mark.parametrize("params, pasted", [({"backend": "still"}, False), ({"backend": "still", "paste_back": True}, True),
+                                            ({"backend": "warp", "paste_back": False}, False)])
+def test_a_sweep_config_tells_the_evaluator_how_its_outputs_are_framed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                        params: dict, pasted: bool) -> None:
+    """Self-reenactment crops the ground truth for crop-only outputs: the config's paste_back reaches scoring."""
+    from portraitflow.jobs import sweep
+    from portraitflow.jobs.config import load_config
+    from portraitflow.jobs.runtime import ensure_experiment, mlflow_client
+
+    cfg = load_config(None, [f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    client = mlflow_client(cfg.mlflow)
+    experiment = ensure_experiment(client, "t")
+    parent = client.create_run(experiment).info.run_id
+    jobs = [{"job_id": "a", "ref": "a.png", "driving": "a.mp4"}]
+    scored = []
+    monkeypatch.setattr(sweep, "generate_outputs", lambda *_: pd.DataFrame(
+        [{"job_id": "a", "status": "ok", "reason": "", "output": "a-out.mp4"}]))
+    monkeypatch.setattr(sweep, "score_and_log", lambda _client, _run, table, *_: scored.append(table))
+    spec = sweep_spec.SweepSpec(dataset=DatasetSpec(path=str(tmp_path)))
+    sweep.run_config(params, jobs, spec, EvaluateConfig(), cfg, tmp_path, parent, experiment)
+    assert scored[0]["paste_back"].tolist() == [pasted]

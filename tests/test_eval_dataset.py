@@ -2,13 +2,12 @@
 their cut length, and shards are read up to `max_videos` with a corrupt one a failed row."""
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from pathlib import Path
 from unittest import mock
 
 import numpy as np
+from synthetic_shards import write_shard
 
 from portraitflow.operators import eval_dataset
 from portraitflow.operators.eval_dataset import DatasetSpec, load_jobs
@@ -25,16 +24,6 @@ def _clip(path: Path, frames: int = 10, shade: int = 0) -> bytes:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_h264(path, [video], fps=10)
     return path.read_bytes()
-
-
-def _tar(path: Path, samples: dict[str, dict[str, bytes]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tar:
-        for key, fields in samples.items():
-            for ext, payload in fields.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(payload)
-                tar.addfile(info, io.BytesIO(payload))
 
 
 def _sample(video: bytes, source: str | None = None) -> dict[str, bytes]:
@@ -78,7 +67,7 @@ def test_shard_cross_jobs_never_take_a_portrait_from_the_same_source_video(tmp_p
     one, two = input_key("/videos/one.mp4"), input_key("/videos/two.mp4")
     a, b = _clip(tmp_path / "a.mp4"), _clip(tmp_path / "b.mp4", shade=40)
     # clip keys are {input_key}_{start_ms}_{end_ms}: two clips of `one` sort next to each other
-    _tar(tmp_path / "curated" / "shards" / "000000.tar", {
+    write_shard(tmp_path / "curated" / "shards" / "000000.tar", {
         f"{one}_00000000_00001000": _sample(a), f"{one}_00001000_00002000": _sample(a),
         f"{two}_00000000_00001000": _sample(b)})
     jobs = load_jobs(DatasetSpec(type="shards", path=str(tmp_path / "curated")), "cross", tmp_path / "prepared")
@@ -88,7 +77,7 @@ def test_shard_cross_jobs_never_take_a_portrait_from_the_same_source_video(tmp_p
     assert refs[2] == jobs[0]["driving"].replace(".mp4", ".ref.png")
 
     # the json's `source` names the video too; every clip from one video: failed rows, none dropped
-    _tar(tmp_path / "same" / "000000.tar", {"x": _sample(a, "/videos/one.mp4"), "y": _sample(b, "/videos/one.mp4")})
+    write_shard(tmp_path / "same" / "000000.tar", {"x": _sample(a, "/videos/one.mp4"), "y": _sample(b, "/videos/one.mp4")})
     same = load_jobs(DatasetSpec(type="shards", path=str(tmp_path / "same")), "cross", tmp_path / "prepared")
     assert [(j["status"], j["reason"]) for j in same] == [("failed", NO_PARTNER)] * 2
 
@@ -112,8 +101,8 @@ def test_prepared_clips_are_named_by_their_cut_length(tmp_path: Path) -> None:
 def test_shards_stop_at_max_videos_and_a_corrupt_shard_is_a_failed_row(tmp_path: Path) -> None:
     a, b = _clip(tmp_path / "a.mp4"), _clip(tmp_path / "b.mp4", shade=40)
     shards = tmp_path / "curated" / "shards"
-    _tar(shards / "000000.tar", {"s0_a": _sample(a), "s0_b": _sample(b)})
-    _tar(shards / "000002.tar", {"s2_a": _sample(b), "s2_nomp4": {"json": b"{}"}})
+    write_shard(shards / "000000.tar", {"s0_a": _sample(a), "s0_b": _sample(b)})
+    write_shard(shards / "000002.tar", {"s2_a": _sample(b), "s2_nomp4": {"json": b"{}"}})
     spec = DatasetSpec(type="shards", path=str(tmp_path / "curated"))
 
     first = load_jobs(spec, "self", tmp_path / "one", max_seconds=0.5, max_videos=1)

@@ -24,7 +24,7 @@ from portraitflow.operators import metrics_learned, report, sweep_spec
 from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.eval_dataset import load_jobs
 from portraitflow.operators.evaluate_video import learned_aggregates
-from portraitflow.pipelines.evaluate import config_settings, evaluate_outputs, generate_outputs
+from portraitflow.pipelines.evaluate import evaluate_outputs, generate_outputs
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -83,7 +83,7 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
             merged = pd.DataFrame(jobs)[["job_id", "ref", "driving"]].merge(  # ids are unique (load_jobs)
                 outcome, on="job_id", how="left", validate="one_to_one")
             merged = merged.fillna({"status": "failed", "reason": "not_generated"}).assign(
-                paste_back=config_settings(params, cfg).paste_back)  # how the evaluator frames the truth
+                paste_back=sweep_spec.config_settings(params, cfg).paste_back)  # how the evaluator frames the truth
             score_and_log(client, run_id, merged, label, work_dir, evaluate, cfg)
             client.set_terminated(run_id, "FINISHED")
         except Exception as exc:  # one broken config must not stop the others; its run says why

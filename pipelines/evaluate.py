@@ -14,29 +14,8 @@ from typing import Any
 import pandas as pd
 
 from portraitflow.jobs.config import PortraitFlowConfig
-from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.config.evaluate import EvaluateConfig
-
-#: the params a `still` config may set besides `backend`: how the reference is framed.
-STILL_PARAMS = ("size", "paste_back")
-
-
-def config_settings(params: dict[str, Any], cfg: PortraitFlowConfig) -> AnimateConfig:
-    """The animate settings of one sweep config: `cfg.animate` overridden by its params, validated.
-
-    ValueError (pydantic's ValidationError is one) naming any unknown or invalid param. `still`
-    takes only `STILL_PARAMS`: any other param, a typo or a motion setting it has no use for, is
-    refused rather than ignored, so two `still` configs never differ only in a label.
-    """
-    if params.get("backend") == "still":
-        unused = sorted(set(params) - {"backend", *STILL_PARAMS})
-        if unused:
-            kinds = [f"{key!r} ({'an animate setting it does not use' if key in AnimateConfig.model_fields else 'unknown'})"
-                     for key in unused]
-            raise ValueError(f"backend still: unsupported params {', '.join(kinds)}; the still baseline takes only "
-                             f"{', '.join(STILL_PARAMS)} (list it under `configs:`, not in a grid of motion settings)")
-        params = {k: v for k, v in params.items() if k != "backend"}
-    return cfg.animate.model_validate({**cfg.animate.model_dump(), **params})
+from portraitflow.operators.sweep_spec import config_settings
 
 
 def generate_outputs(params: dict[str, Any], jobs: list[dict], out_dir: Path, cfg: PortraitFlowConfig) -> pd.DataFrame:

@@ -214,7 +214,8 @@ def test_a_still_config_refuses_params_it_does_not_take_before_any_work(tmp_path
     """`still` frames the reference (`size`, `paste_back`); a typo or a motion setting is refused
     naming the key, as `AnimateConfig` refuses other backends' unknown keys, not ignored."""
     from portraitflow.jobs.config import load_config
-    from portraitflow.pipelines.evaluate import config_settings, generate_outputs
+    from portraitflow.operators.sweep_spec import config_settings
+    from portraitflow.pipelines.evaluate import generate_outputs
 
     cfg = load_config(None, [])
     settings = config_settings({"backend": "still", "size": 256, "paste_back": True}, cfg)

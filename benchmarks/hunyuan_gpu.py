@@ -43,7 +43,6 @@ from portraitflow.models.hunyuan.sampler import (
     scale_model_input,
     window_indices,
 )
-from portraitflow.models.hunyuan.unet import HunyuanUNet, unet_config_from_json
 from portraitflow.models.hunyuan.weights import random_models
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -71,13 +70,35 @@ def make_inputs(pipe: HunyuanPipeline, resolution: int, frames: int, settings: S
 
 
 @torch.no_grad()
-def ours(pipe: HunyuanPipeline, inputs: Inputs, settings: SamplingSettings) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pipeline as the Animator runs it: (final latents, first and summed kept frames)."""
+def ours(pipe: HunyuanPipeline, inputs: Inputs, settings: SamplingSettings,
+         phases: dict[str, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pipeline as the Animator runs it: (final latents, first and summed kept frames).
+    `phases` receives each phase's wall seconds, to show what besides the UNet calls is worth
+    optimising (its device synchronisations cost microseconds)."""
+    lap = _PhaseClock(pipe.device, {} if phases is None else phases)
     reference = pipe.encode_reference(inputs.crop * 2 - 1, dino_input(inputs.crop), inputs.identity)
     motion = PaddedMotion(inputs.motion.to(pipe.dtype), settings.pad_frames)
     side = inputs.crop.shape[-1]
-    latents = pipe.sample(reference, motion, pipe.black_pose_features(side, side), settings, noise=inputs.noise)
-    return latents, _kept_frames_summary(pipe.decode(latents, settings.decode_chunk_size), settings, latents.shape[1])
+    pose = pipe.black_pose_features(side, side)
+    lap("reference")
+    latents = pipe.sample(reference, motion, pose, settings, noise=inputs.noise)
+    lap("denoising")
+    summary = _kept_frames_summary(pipe.decode(latents, settings.decode_chunk_size), settings, latents.shape[1])
+    lap("decoding")
+    return latents, summary
+
+
+class _PhaseClock:
+    """Called at the end of each phase: stores the seconds since the previous call under its name."""
+
+    def __init__(self, device: torch.device, phases: dict[str, float]) -> None:
+        self.device, self.phases, self.last = device, phases, time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.phases[name], self.last = now - self.last, now
 
 
 def _kept_frames_summary(chunks, settings: SamplingSettings, num_frames: int) -> torch.Tensor:
@@ -153,15 +174,6 @@ def baseline(pipe: HunyuanPipeline, inputs: Inputs, settings: SamplingSettings) 
     return latents, _kept_frames_summary([decoded], settings, num_frames)
 
 
-def unet_sharing_weights(unet: HunyuanUNet) -> HunyuanUNet:
-    """A second UNet module tree over the same parameter tensors (no extra memory), so one path
-    can change modules, such as `temporal_convs_as_matmuls`, without changing the other's."""
-    with torch.device("meta"):
-        twin = HunyuanUNet(**unet_config_from_json(dict(unet.config)))
-    twin.load_state_dict(unet.state_dict(), strict=True, assign=True)
-    return twin.eval()
-
-
 def timed(run: Callable[[], tuple], device: torch.device) -> tuple[tuple, float, float, float | None]:
     """(result, wall s, process CPU s, peak device GiB or None on the CPU)."""
     if device.type == "cuda":
@@ -187,8 +199,6 @@ def main() -> None:
     parser.add_argument("--compile", metavar="MODE",
                         help="torch.compile mode of ours' UNet, as the animator's `compile_mode` (default: `default` on "
                              "CUDA, `off` on the CPU); its compile time is printed apart, in the warm-up")
-    parser.add_argument("--temporal-matmul", action="store_true",
-                        help="ours: the temporal resnets' Conv3d as matmuls (`HunyuanUNet.temporal_convs_as_matmuls`)")
     parser.add_argument("--windows-per-call", type=int, default=1,
                         help="ours: windows of a step batched into one UNet call (the animator's `windows_per_call`)")
     parser.add_argument("--no-cudnn-benchmark", action="store_true",
@@ -209,8 +219,7 @@ def main() -> None:
     torch.backends.cudnn.benchmark = device.type == "cuda" and not args.no_cudnn_benchmark
     print(f"{size} modules on {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
           f"{settings.num_steps} steps, window {settings.frames_per_window}, torch threads {torch.get_num_threads()}"
-          + (f", ours torch.compile mode {args.compile}" if args.compile else "")
-          + (", ours temporal convs as matmuls" if args.temporal_matmul else ""))
+          + (f", ours torch.compile mode {args.compile}" if args.compile else ""))
     header = (f"{'dtype':5s} {'frames':>6s} | {'ours f/s':>9s} {'base f/s':>9s} {'speed-up':>8s} | "
               f"{'ours cpu-s':>10s} {'base cpu-s':>10s} | {'ours GiB':>8s} {'base GiB':>8s} | max |diff|")
     print(header)
@@ -218,15 +227,13 @@ def main() -> None:
         models = random_models(size, device=device, dtype=DTYPES[dtype_name], seed=args.seed)
         pipe = models.pipeline
         mine_pipe = copy.copy(pipe)  # the same modules; with --compile, ours calls a compiled view of the UNet
-        if args.temporal_matmul:
-            mine_pipe.unet = unet_sharing_weights(pipe.unet)
-            mine_pipe.unet.temporal_convs_as_matmuls()
         if args.compile:
             mine_pipe.compile_unet(args.compile)
         _warm_up(pipe, mine_pipe, models.resolution, settings, args)
         for count in frames:
             inputs = make_inputs(pipe, models.resolution, count, settings, args.seed)
-            mine, wall, cpu, peak = timed(lambda: ours(mine_pipe, inputs, settings), device)
+            phases: dict[str, float] = {}
+            mine, wall, cpu, peak = timed(lambda: ours(mine_pipe, inputs, settings, phases), device)
             row = f"{dtype_name:5s} {count:6d} | {count / wall:9.3f} "
             if count <= args.skip_baseline_above:
                 theirs, b_wall, b_cpu, b_peak = timed(lambda: baseline(pipe, inputs, settings), device)
@@ -236,6 +243,7 @@ def main() -> None:
             else:
                 row += f"{'-':>9s} {'-':>8s} | {cpu:10.1f} {'-':>10s} | {_gib(peak):>8s} {'-':>8s} |"
             print(row, flush=True)
+            print(_phase_line(phases, count, settings), flush=True)
         del models, pipe
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -252,6 +260,15 @@ def _warm_up(pipe: HunyuanPipeline, mine_pipe: HunyuanPipeline, resolution: int,
         print(f"ours warm-up with torch.compile: {wall:.1f} s", flush=True)
     if settings.frames_per_window <= args.skip_baseline_above:
         baseline(pipe, inputs, short)
+
+
+def _phase_line(phases: dict[str, float], frames: int, settings: SamplingSettings) -> str:
+    """Ours' phases, with the denoising per UNet call (the windows of a step are the same for every shift)."""
+    windows = len(window_indices(frames + 2 * settings.pad_frames, settings.frames_per_window, settings.overlap, 0))
+    calls = settings.num_steps * -(-windows // settings.windows_per_call)
+    return (f"  ours phases: reference {phases['reference']:.2f} s, denoising {phases['denoising']:.1f} s "
+            f"({calls} UNet calls, {1000 * phases['denoising'] / calls:.1f} ms each), "
+            f"decoding {phases['decoding']:.2f} s")
 
 
 def _max_difference(ours_result: tuple, baseline_result: tuple, frames: int) -> float:

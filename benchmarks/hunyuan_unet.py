@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from hunyuan_gpu import DTYPES, unet_sharing_weights  # run as a script: benchmarks/ is on the path
+from hunyuan_gpu import DTYPES  # run as a script: benchmarks/ is on the path
 from portraitflow.models.hunyuan.unet import SVD_XT_UNET_CONFIG, TINY_UNET_CONFIG, HunyuanUNet
 
 
@@ -31,19 +31,15 @@ class Variant:
     channels_last: bool = False  # Conv2d weights channels-last
     compile_mode: str | None = None  # torch.compile mode; reduce-overhead adds CUDA graphs
     all_rows: bool = False  # cross-attention computed for the unconditional items too
-    matmul_temporal: bool = False  # temporal convs as matmuls (on a twin sharing the weights)
 
 
 VARIANTS = {
     "eager": Variant(),
     "eager-all-rows": Variant(all_rows=True),
-    "eager-matmul-temporal": Variant(matmul_temporal=True),
     "channels-last": Variant(channels_last=True),
     "two-windows": Variant(windows=2),
     "compile": Variant(compile_mode="default"),
-    "compile-matmul-temporal": Variant(compile_mode="default", matmul_temporal=True),
     "compile-cudagraphs": Variant(compile_mode="reduce-overhead"),
-    "compile-cudagraphs-matmul-temporal": Variant(compile_mode="reduce-overhead", matmul_temporal=True),
     "compile-two-windows": Variant(windows=2, compile_mode="default"),
     "compile-max-autotune": Variant(compile_mode="max-autotune-no-cudagraphs"),
 }
@@ -74,9 +70,6 @@ def variant_call(unet: HunyuanUNet, spec: Variant, latent: int, reference_inputs
     """One call of the variant's model on its inputs, as the pipeline makes it."""
     device, dtype = unet.conv_in.weight.device, unet.conv_in.weight.dtype
     inputs = reference_inputs if spec.windows == 1 else call_inputs(unet, spec.windows, latent, device, dtype, seed)
-    if spec.matmul_temporal:
-        unet = unet_sharing_weights(unet)
-        unet.temporal_convs_as_matmuls()
     model = torch.compile(unet, mode=spec.compile_mode, dynamic=False) if spec.compile_mode else unet
     unconditional = 0 if spec.all_rows else spec.windows
 

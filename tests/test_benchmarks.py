@@ -19,7 +19,7 @@ def _run(script: str, *args: str) -> list[str]:
 
 @pytest.mark.slow
 def test_generation_benchmark_ours_equals_the_release_algorithm() -> None:
-    lines = _run("hunyuan_gpu.py", "--frames", "12", "--temporal-matmul")
+    lines = _run("hunyuan_gpu.py", "--frames", "12")
     rows = [line for line in lines if line.startswith("fp32")]
     assert len(rows) == 1, lines
     assert float(rows[0].rsplit("|", 1)[1]) < 1e-4  # the largest difference, ours against the baseline
@@ -27,8 +27,8 @@ def test_generation_benchmark_ours_equals_the_release_algorithm() -> None:
 
 @pytest.mark.slow
 def test_unet_benchmark_variants_agree() -> None:
-    lines = _run("hunyuan_unet.py", "--calls", "1", "--variants", "eager-all-rows", "eager", "eager-matmul-temporal")
-    rows = {line.split()[0]: line for line in lines if line.startswith("eager")}
-    assert rows.keys() == {"eager-all-rows", "eager", "eager-matmul-temporal"}
+    lines = _run("hunyuan_unet.py", "--calls", "1", "--variants", "eager-all-rows", "eager", "channels-last")
+    rows = {line.split()[0]: line for line in lines if line.startswith(("eager", "channels"))}
+    assert rows.keys() == {"eager-all-rows", "eager", "channels-last"}
     assert float(rows["eager"].rsplit("|", 1)[1]) < 1e-6
-    assert float(rows["eager-matmul-temporal"].rsplit("|", 1)[1]) < 1e-4
+    assert float(rows["channels-last"].rsplit("|", 1)[1]) < 1e-4

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from portraitflow.models.hunyuan.unet import SVD_XT_UNET_CONFIG, HunyuanUNet, IPAttnProcessor, TemporalConvAsMatmul
+from portraitflow.models.hunyuan.unet import SVD_XT_UNET_CONFIG, HunyuanUNet, IPAttnProcessor
 
 
 pytestmark = pytest.mark.usefixtures("torch_two_threads")
@@ -100,20 +100,3 @@ def test_unconditional_items_skip_cross_attention_exactly(unet_golden) -> None:
     assert not torch.allclose(skipped[1:], skipped[:1].expand_as(skipped[1:]))  # the conditioned items still differ
     with pytest.raises(ValueError, match="unconditional"):
         unet(*args, unconditional=batch + 2)
-
-
-def test_temporal_convs_as_matmuls_keep_the_weights_and_the_output(unet_golden) -> None:
-    unet, sidecar, data = unet_golden
-    swapped = HunyuanUNet(**sidecar["config"]["config"]).eval()
-    swapped.load_state_dict(unet.state_dict(), strict=True)
-    swapped.temporal_convs_as_matmuls()
-    assert swapped.state_dict().keys() == unet.state_dict().keys()
-    convs = [m for m in swapped.modules() if isinstance(m, TemporalConvAsMatmul)]
-    assert convs and not any(type(m) is torch.nn.Conv3d for m in swapped.modules())
-    tolerance = sidecar["recommended_tolerance_fp32"]["per_output"]["output.sample"]
-    torch.testing.assert_close(_run(swapped, data), data["output.sample"], atol=tolerance["atol"], rtol=tolerance["rtol"])
-    conv = torch.nn.Conv3d(4, 6, (3, 1, 1), padding=(1, 0, 0))
-    x = torch.randn(2, 4, 5, 3, 3)
-    torch.testing.assert_close(TemporalConvAsMatmul.replacing(conv)(x), conv(x), atol=1e-6, rtol=1e-5)
-    with pytest.raises(ValueError, match="temporal"):
-        TemporalConvAsMatmul.replacing(torch.nn.Conv3d(4, 6, 3, padding=1))

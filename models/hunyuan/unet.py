@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from diffusers import UNetSpatioTemporalConditionModel
 from diffusers.models.attention_processor import Attention
-from diffusers.models.resnet import TemporalResnetBlock
 from torch import nn
 
 #: diffusers layout of stabilityai/stable-video-diffusion-img2vid-xt `unet/config.json`.
@@ -159,34 +158,6 @@ class IPAttnProcessor(nn.Module):
         return torch.cat([bias.expand(skipped, out.shape[1], -1), out])
 
 
-class TemporalConvAsMatmul(nn.Conv3d):
-    """The temporal resnets' (3, 1, 1) Conv3d computed as one matmul over each frame and its two
-    neighbours, with channels last.
-
-    Same parameters, so the state dict is unchanged. cuDNN runs these 5-D convolutions through
-    NCDHW/NDHWC transposes of the input, the weight and the output on every call (6.5 ms of a
-    176 ms compiled UNet call on an H200); as a matmul, the layout change is an ordinary copy that
-    `torch.compile` fuses into the neighbouring norm and activation kernels.
-    """
-
-    @classmethod
-    def replacing(cls, conv: nn.Conv3d) -> TemporalConvAsMatmul:
-        if conv.kernel_size != (3, 1, 1) or conv.padding != (1, 0, 0) or conv.stride != (1, 1, 1) \
-                or conv.dilation != (1, 1, 1) or conv.groups != 1:
-            raise ValueError(f"not a temporal (3, 1, 1) convolution: {conv}")
-        with torch.device("meta"):
-            matmul = cls(conv.in_channels, conv.out_channels, (3, 1, 1), padding=(1, 0, 0), bias=conv.bias is not None)
-        matmul.weight, matmul.bias = conv.weight, conv.bias
-        return matmul
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, T, H, W]
-        frames = x.shape[2]
-        padded = F.pad(x.permute(0, 2, 3, 4, 1), (0, 0, 0, 0, 0, 0, 1, 1))  # [B, T + 2, H, W, C]
-        neighbours = torch.cat([padded[:, k:k + frames] for k in range(3)], dim=-1)  # [B, T, H, W, 3C]
-        weight = self.weight.flatten(2).transpose(1, 2).flatten(1)  # [C_out, 3C], tap-major like `neighbours`
-        return F.linear(neighbours, weight, self.bias).permute(0, 4, 1, 2, 3)
-
-
 class HunyuanUNet(UNetSpatioTemporalConditionModel):
     """`UNetSpatioTemporalConditionModel` with HunyuanPortrait's IP attention and pose input.
 
@@ -203,13 +174,6 @@ class HunyuanUNet(UNetSpatioTemporalConditionModel):
                 temporal = ".temporal_transformer_blocks." in name
                 module.set_processor(IPAttnProcessor(module.inner_dim, cross_dim, self.condition_slot, temporal))
         self.conv_in.register_forward_hook(self._add_pose_features)
-
-    def temporal_convs_as_matmuls(self) -> None:
-        """Swap every temporal resnet's Conv3d for a `TemporalConvAsMatmul` holding the same weights."""
-        for block in self.modules():
-            if isinstance(block, TemporalResnetBlock):
-                block.conv1 = TemporalConvAsMatmul.replacing(block.conv1)
-                block.conv2 = TemporalConvAsMatmul.replacing(block.conv2)
 
     @property
     def ip_processors(self) -> dict[str, IPAttnProcessor]:

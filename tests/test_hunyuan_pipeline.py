@@ -130,6 +130,22 @@ def test_whole_tiny_pipeline_golden(pipeline_golden, guidance: str, windows_per_
 
 
 
+def test_decoding_only_the_kept_frames_skips_padding_chunks_and_keeps_their_values() -> None:
+    """Chunk boundaries stay the release's, so the kept frames equal a whole decode's; a chunk of
+    padding only is never decoded."""
+    pipe = random_models("tiny", seed=5).pipeline
+    latents = torch.randn(1, 20, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    whole = torch.cat(list(pipe.decode(latents, 4)))
+    calls = []
+    handle = pipe.vae.decoder.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    try:
+        kept = torch.cat(list(pipe.decode(latents, 4, range(5, 14))))
+    finally:
+        handle.remove()
+    assert calls == [4, 4, 4]  # chunks 4-7, 8-11, 12-15; 0-3 and 16-19 are padding only
+    torch.testing.assert_close(kept, whole[5:14], atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("num_frames", [25, 26, 47, 80, 1030])
 def test_windows_are_averaged_in_place_keeping_side_sums_for_overlaps_only(num_frames: int) -> None:
     """Every window reads the step's input values; the result is the per-frame mean; the side sums

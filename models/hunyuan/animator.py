@@ -190,16 +190,10 @@ class HunyuanAnimator(Animator):
     def _frames_in_windows(self, latents: torch.Tensor, settings: SamplingSettings, lengths: list[int],
                            side: int) -> Iterator[np.ndarray]:
         """Decode chunk by chunk, drop the pad frames, and cut the crops into the driving windows' sizes."""
-        video_end = latents.shape[1] - settings.pad_frames
+        kept = range(settings.pad_frames, latents.shape[1] - settings.pad_frames)
         buffered: list[np.ndarray] = []
         lengths = list(lengths)
-        position = 0
-        for chunk in self.models.pipeline.decode(latents, settings.decode_chunk_size):
-            start, position = position, position + len(chunk)
-            first, stop = max(start, settings.pad_frames), min(position, video_end)
-            if first >= stop:
-                continue
-            frames = chunk[first - start:stop - start]
+        for frames in self.models.pipeline.decode(latents, settings.decode_chunk_size, kept):
             if frames.shape[-1] != side:
                 frames = F.interpolate(frames, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
             pixels = ((frames * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)

@@ -276,13 +276,21 @@ class HunyuanPipeline:
     # -- decoding ---------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, chunk_size: int) -> Iterator[torch.Tensor]:
-        """Frames [k, 3, H, W] float32 in about [-1, 1], chunk by chunk; each chunk is decoded as its own clip."""
+    def decode(self, latents: torch.Tensor, chunk_size: int, keep: range | None = None) -> Iterator[torch.Tensor]:
+        """The frames in `keep` (default all) [k, 3, H, W] float32 in about [-1, 1], chunk by chunk.
+        Each chunk is decoded as its own clip on the release's chunk boundaries, so a kept frame is
+        the same as in a whole decode; chunks with no kept frame (all padding) are not decoded."""
         decoder_dtype = self.vae.decoder.conv_in.weight.dtype
         scale = self.vae.config.scaling_factor
+        keep = range(latents.shape[1]) if keep is None else keep
         for start in range(0, latents.shape[1], chunk_size):
-            chunk = latents[0, start:start + chunk_size] / scale
-            yield self.vae.decode(chunk.to(decoder_dtype), num_frames=len(chunk)).sample.float()
+            stop = min(start + chunk_size, latents.shape[1])
+            first, last = max(start, keep.start), min(stop, keep.stop)
+            if first >= last:
+                continue
+            chunk = latents[0, start:stop] / scale
+            frames = self.vae.decode(chunk.to(decoder_dtype), num_frames=len(chunk)).sample
+            yield frames[first - start:last - start].float()
 
 
 class _OverlapAverage:

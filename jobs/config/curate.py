@@ -1,7 +1,7 @@
 """Settings of the curate flow."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class CurateConfig(BaseModel):
@@ -74,7 +74,9 @@ class CurateConfig(BaseModel):
         description="`duplicate`: a clip whose keypoint-trajectory signature is this close (cosine) to a kept one.",
     )
     # crops and shards
-    crop_size: int = Field(512, ge=16, description="Side of the square crops, in px.")
+    crop_size: int = Field(
+        512, ge=16, description="Side of the square crops, in px; even, as H.264 in yuv420p needs even sides."
+    )
     crf: int = Field(18, ge=0, le=51, description="H.264 constant rate factor of the crops.")
     keep_audio: bool = Field(True, description="Mux the source's audio of each clip's time range into its mp4 (AAC).")
     keyframe_interval: int = Field(
@@ -105,3 +107,12 @@ class CurateConfig(BaseModel):
             raise ValueError(f"max_clip_seconds ({self.max_clip_seconds}) is below "
                              f"min_clip_seconds ({self.min_clip_seconds})")
         return self
+
+    @field_validator("crop_size")
+    @classmethod
+    def _even_crop(cls, size: int) -> int:
+        """An odd side would be cut to the even one below by the encoder while the sample's
+        coordinates kept the odd one."""
+        if size % 2:
+            raise ValueError(f"crop_size ({size}) must be even: H.264 in yuv420p has no odd sides")
+        return size

@@ -121,10 +121,12 @@ def _animate_jobs(path: Path):
 
 
 def _read_table(path: Path):
+    """RESULTS as written: text cells stay text (as `load_jobs` reads a jobs file), so a job id such
+    as `007` keeps its zeros and matches its jobs file and output names."""
     import pandas as pd
 
     if path.suffix == ".parquet":
         return pd.read_parquet(path)
     if path.suffix in (".jsonl", ".ndjson"):
-        return pd.read_json(path, lines=True)
-    return pd.read_csv(path)
+        return pd.read_json(path, lines=True, dtype=False)
+    return pd.read_csv(path, dtype=str, keep_default_na=False)

@@ -210,6 +210,33 @@ def test_evaluate_refuses_results_or_jobs_whose_ids_do_not_match_one_to_one(tmp_
     assert not (tmp_path / "eval").exists() and not (tmp_path / "m.db").exists()
 
 
+@pytest.mark.parametrize("suffix, ids", [(".csv", ["007", "NA"]), (".jsonl", ["007", "12"])])
+def test_evaluate_reads_job_ids_of_a_text_results_file_as_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               suffix: str, ids: list[str]) -> None:
+    """`007` stays `007` (not 7) and `NA` stays `NA` (not missing): ids must match the jobs file's
+    and name the job's files."""
+    from typer.testing import CliRunner
+
+    from portraitflow.jobs import sweep
+    from portraitflow.jobs.cli import app
+
+    results = tmp_path / f"results{suffix}"
+    rows = [{"job_id": job_id, "output": f"{job_id}.mp4", "status": "ok"} for job_id in ids]
+    if suffix == ".csv":
+        pd.DataFrame(rows).to_csv(results, index=False)
+    else:
+        pd.DataFrame(rows).to_json(results, orient="records", lines=True)
+    (tmp_path / "jobs.csv").write_text(f"job_id,ref,driving\n{ids[0]},r.png,d.mp4\n{ids[1]},q.png,e.mp4\n")
+    scored = []
+    monkeypatch.setattr(sweep, "evaluate_results", lambda table, *_, **__: scored.append(table) or "run")
+    monkeypatch.setattr(sweep, "report_from_run", lambda *_: tmp_path / "report.html")
+    args = ["evaluate", str(results), "--out", str(tmp_path / "eval"), "--jobs", str(tmp_path / "jobs.csv")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert scored[0]["job_id"].tolist() == ids
+    assert scored[0]["ref"].tolist() == [str(tmp_path / "r.png"), str(tmp_path / "q.png")]
+
+
 def test_a_still_config_refuses_params_it_does_not_take_before_any_work(tmp_path: Path) -> None:
     """`still` frames the reference (`size`, `paste_back`); a typo or a motion setting is refused
     naming the key, as `AnimateConfig` refuses other backends' unknown keys, not ignored."""

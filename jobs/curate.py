@@ -60,7 +60,7 @@ RENDER_LOST = "rendering: the worker processing this input crashed; its result n
 #: settings that may change between runs into one output folder: they change how fast the work
 #: is done or how the shards are cut, never what a sample holds or which clips are kept.
 OPERATIONAL_SETTINGS = {"face": {"num_threads"},
-                        "curate": {"face_actors", "actor_cpus", "experiment", "progress_bars",
+                        "curate": {"face_actors", "actor_cpus", "chunk_frames", "experiment", "progress_bars",
                                    "shard_max_samples", "shard_max_bytes"}}
 
 

@@ -250,12 +250,12 @@ def content_signature(kps: np.ndarray, steps: int = SIGNATURE_STEPS) -> np.ndarr
 
 
 SCANNED = "scanned"
-#: curate fields a scan does not depend on (resources, naming, the stages after it); changing them
-#: keeps earlier scans valid.
 #: bumped when a stored measure changes meaning (2: `yaw`/`pitch` are median absolute angles)
 SCAN_MEASURES_VERSION = 2
-_NOT_IN_SCAN = {"face_actors", "actor_cpus", "experiment", "progress_bars", "crop_size", "crf", "keep_audio",
-                "shard_max_samples", "shard_max_bytes", "max_clips_per_identity", "duplicate_similarity"}
+#: curate fields a scan does not depend on (resources, decoding chunk size, naming, the stages
+#: after it); changing them keeps earlier scans valid.
+_NOT_IN_SCAN = {"face_actors", "actor_cpus", "chunk_frames", "experiment", "progress_bars", "crop_size", "crf",
+                "keep_audio", "shard_max_samples", "shard_max_bytes", "max_clips_per_identity", "duplicate_similarity"}
 
 
 def scan_fingerprint(cfg: PortraitFlowConfig) -> str:

@@ -12,7 +12,8 @@ class CurateConfig(BaseModel):
         25.0, gt=0, description="Frame rate every input is resampled to (clips, arrays and mp4s use it)."
     )
     chunk_frames: int = Field(
-        64, ge=1, description="Frames decoded at once; memory depends on this, not on video length."
+        64, ge=1, description="Frames decoded at once; memory depends on this, not on video length. Results do "
+        "not, so it may change when resuming an output folder."
     )
     analysis_max_side: int = Field(
         640, ge=0,

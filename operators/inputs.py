@@ -5,6 +5,8 @@ line) or a `.parquet` list (column `path`, else the first string column). Paths 
 URI pyarrow's filesystems understand (`s3://`, `gs://`, `hdfs://`, `file://`). An argument that
 names no video (a pattern or folder without one, an unknown scheme, an unreachable store) is kept
 as it is, so its row ends `failed` with the reason (`local_copy` raises it) instead of vanishing.
+A file whose name is not valid UTF-8 is kept with the bytes that are not as backslash escapes
+(`caf\\xe9.mp4`: no table can hold the name itself), and fails with `NOT_UTF8`.
 A relative local entry of a list is taken from the list's folder; a list that cannot be read, or
 that includes itself (directly or through other lists), is kept as one more input, which fails
 with the reading error or `LIST_CYCLE`.
@@ -15,13 +17,14 @@ import contextlib
 import fnmatch
 import glob
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from portraitflow.operators.paths import hashed_name
+from portraitflow.operators.paths import escape_undecodable, hashed_name
 
 if TYPE_CHECKING:
     from pyarrow import fs
@@ -30,6 +33,8 @@ VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpe
 LIST_SUFFIXES = {".txt", ".lst"}
 NO_VIDEO_FILES = "matched no video files"
 LIST_CYCLE = "the list includes itself (directly or through other lists)"
+NOT_UTF8 = "the file name is not valid UTF-8 (its undecodable bytes are shown as \\xNN escapes)"
+_BYTE_ESCAPE = re.compile(r"\\x([89a-f][0-9a-f])")  # what escape_undecodable makes of a byte that is not UTF-8
 
 
 def is_uri(text: str) -> bool:
@@ -120,7 +125,8 @@ def expand_inputs(specs: Iterable[str], *, _expanding: frozenset[str] = frozense
 
     An argument that names no video is kept as it is, so it ends as a `failed` row rather than
     vanishing or stopping the run: bad input is never silently dropped. So is a list met again
-    while it is being expanded (`_expanding`: the resolved lists that include this one).
+    while it is being expanded (`_expanding`: the resolved lists that include this one). A name
+    that is not valid UTF-8 comes back escaped (`escape_undecodable`), to fail with `NOT_UTF8`.
     """
     found: set[str] = set()
     for spec in specs:
@@ -155,7 +161,7 @@ def expand_inputs(specs: Iterable[str], *, _expanding: frozenset[str] = frozense
             )
         else:
             found.add(str(Path(local).resolve()) if Path(local).exists() else local)
-    return sorted(found)
+    return sorted({escape_undecodable(uri) for uri in found})
 
 
 def input_key(uri: str) -> str:
@@ -178,16 +184,26 @@ def clip_key(in_key: str, start_s: float, end_s: float) -> str:
     return f"{in_key}_{round(start_s * 1000):08d}_{round(end_s * 1000):08d}"
 
 
+def _escapes_a_file_name(path: str) -> bool:
+    """Whether `path` names no file but is what `escape_undecodable` made of the name of one."""
+    if not _BYTE_ESCAPE.search(path) or os.path.lexists(path):
+        return False
+    return os.path.lexists(_BYTE_ESCAPE.sub(lambda byte: chr(0xDC00 + int(byte[1], 16)), path))
+
+
 @contextlib.contextmanager
 def local_copy(uri: str) -> Iterator[str]:
     """A local path decord can open: the file itself, or a temporary download of a remote URI.
 
     Raises for an input `expand_inputs` kept because it names no video: the store's error,
     `matched no video files` for a folder, pattern or empty list, the reading error of an
-    unreadable list, `LIST_CYCLE` for one that includes itself (`expand_inputs` expands every other list).
+    unreadable list, `LIST_CYCLE` for one that includes itself (`expand_inputs` expands every other
+    list); and `NOT_UTF8` for a file whose name it escaped.
     """
     if not is_uri(uri):
         path = _local(uri)
+        if _escapes_a_file_name(path):
+            raise UnicodeError(f"{NOT_UTF8}: {path}")
         if Path(path).is_dir() or (glob.has_magic(path) and not Path(path).exists()):
             raise FileNotFoundError(NO_VIDEO_FILES)
         if _is_list(path):

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from portraitflow.operators.atomic import atomic_target, atomic_write
+from portraitflow.operators.paths import escape_undecodable
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +33,38 @@ def write_marker(done_dir: Path, input_row: dict[str, Any], clip_rows: list[dict
 
 
 def load_markers(done_dir: Path) -> dict[str, dict[str, Any]]:
-    """input_key -> marker, for every readable marker in the folder. An unreadable one (a damaged
-    disk) counts as missing, so its input is curated again instead of every run stopping on it."""
+    """input_key -> marker, for every usable marker in the folder. One that cannot be read (a
+    damaged disk) or whose rows do not fit the tables counts as missing, so its input is curated
+    again instead of every run stopping on it. Text that is not valid UTF-8 (a file name's bytes,
+    in markers written before inputs were escaped) is escaped as `escape_undecodable` does."""
     markers = {}
     for path in sorted(done_dir.glob("*.json")) if done_dir.is_dir() else []:
         try:
-            markers[path.stem] = json.loads(path.read_text())
+            markers[path.stem] = _escaped(json.loads(path.read_text()))
         except (OSError, ValueError) as exc:
             log.warning("ignoring the unreadable marker %s, its input is curated again: %s", path, exc)
+    try:
+        _tables(markers)
+    except Exception:  # some marker holds what the tables cannot: find it, so the others are kept
+        for key, marker in list(markers.items()):
+            try:
+                _tables({key: marker})
+            except Exception as exc:  # any field a damaged marker holds wrongly
+                log.warning("ignoring the marker of %s, its rows do not fit the tables; its input is curated "
+                            "again: %s", key, exc)
+                del markers[key]
     return markers
+
+
+def _escaped(value: Any) -> Any:
+    """A parsed JSON value with every string in it escaped by `escape_undecodable`."""
+    if isinstance(value, str):
+        return escape_undecodable(value)
+    if isinstance(value, list):
+        return [_escaped(item) for item in value]
+    if isinstance(value, dict):
+        return {escape_undecodable(k): _escaped(v) for k, v in value.items()}
+    return value
 
 
 def clip_row(key: str, input_row: dict[str, Any], clip: dict[str, Any], fps: float) -> dict[str, Any]:
@@ -96,13 +120,20 @@ def input_row(row: dict[str, Any], clip_rows: list[dict[str, Any]]) -> dict[str,
 
 
 def write_tables(out_dir: Path, markers: dict[str, dict[str, Any]]) -> tuple[Any, Any]:
-    """manifest.parquet and clips.parquet from every marker, written atomically."""
-    import pyarrow as pa
+    """manifest.parquet and clips.parquet from every marker (as `load_markers` gives them), written atomically."""
     import pyarrow.parquet as pq
 
-    inputs = [m["input"] for m in markers.values()]
-    for row in inputs:
-        row["clips_rejected"] = list(row["clips_rejected"].items())
+    manifest, clips = _tables(markers)
+    for name, table in (("manifest.parquet", manifest), ("clips.parquet", clips)):
+        with atomic_target(out_dir / name) as tmp:
+            pq.write_table(table, tmp)
+    return manifest, clips
+
+
+def _tables(markers: dict[str, dict[str, Any]]) -> tuple[Any, Any]:
+    """The manifest and clip tables (pyarrow) of the markers' rows."""
+    import pyarrow as pa
+
     manifest_schema = pa.schema([
         ("path", pa.string()), ("input_key", pa.string()), ("status", pa.string()),
         ("reasons", pa.list_(pa.string())), ("clips_accepted", pa.int32()),
@@ -115,9 +146,8 @@ def write_tables(out_dir: Path, markers: dict[str, dict[str, Any]]) -> tuple[Any
         ("end_s", pa.float64()), ("duration_s", pa.float64()), ("decision", pa.string()), ("reason", pa.string()),
         ("error", pa.string()), *[(m, pa.float64()) for m in MEASURES],
     ])
+    inputs = [dict(m["input"], clips_rejected=list(m["input"].get("clips_rejected", {}).items()))
+              for m in markers.values()]
     manifest = pa.Table.from_pylist(inputs, schema=manifest_schema)
     clips = pa.Table.from_pylist([c for m in markers.values() for c in m["clips"]], schema=clip_schema)
-    for name, table in (("manifest.parquet", manifest), ("clips.parquet", clips)):
-        with atomic_target(out_dir / name) as tmp:
-            pq.write_table(table, tmp)
     return manifest, clips

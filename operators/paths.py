@@ -27,6 +27,16 @@ def hashed_name(label: str, identity: str, max_len: int = 48, fallback: str = "i
     return f"{safe_name(label, max_len, fallback)}-{digest}"
 
 
+def escape_undecodable(text: str) -> str:
+    """`text` as valid UTF-8: the bytes of a file name that are not UTF-8, which Python holds as lone
+    surrogates and UTF-8 writers such as Arrow refuse, become backslash escapes (`caf\\xe9.mp4`);
+    any other text comes back unchanged."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file name's byte gives: escaped as itself (`\\udc00`)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def confined(root: str | Path, *parts: str) -> Path:
     """`root/parts...` resolved, or ValueError when it would leave `root` (`..`, an absolute part,
     a symlink pointing out). Parts should already be safe names; this is the last guard."""

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
 import tarfile
 from pathlib import Path
 
@@ -14,8 +16,8 @@ from portraitflow.models.face.base import Face
 from portraitflow.operators import filters
 from portraitflow.models.face.base import l2_normalise
 from portraitflow.operators.identity import CorpusLedger, switch_index
-from portraitflow.operators.inputs import (LIST_CYCLE, NO_VIDEO_FILES, _expand_uri, clip_key, expand_inputs, input_key,
-                                           local_copy, matching_videos)
+from portraitflow.operators.inputs import (LIST_CYCLE, NO_VIDEO_FILES, NOT_UTF8, _expand_uri, clip_key, expand_inputs,
+                                           input_key, local_copy, matching_videos)
 from portraitflow.operators.motion import motion_intensity, motion_table
 from portraitflow.operators.shards import pack_shards, read_staged, shard_keys, shard_paths, stage_sample, write_index
 from portraitflow.operators.tracking import track_faces
@@ -166,6 +168,37 @@ def test_a_remote_input_is_fetched_as_listed_and_a_folder_or_unmatched_pattern_f
     for kept in ("store://talks", "store://talks/*.mkv"):
         with pytest.raises(FileNotFoundError, match=NO_VIDEO_FILES), local_copy(kept):
             pass
+
+
+def _undecodable(folder: Path, name: bytes, is_folder: bool = False) -> Path:
+    """A file or folder named with bytes that are not UTF-8, as Linux allows (Python holds them as
+    surrogates); the test is skipped where the filesystem refuses such names."""
+    target = Path(os.fsdecode(os.path.join(os.fsencode(folder), name)))
+    try:
+        if is_folder:
+            target.mkdir()
+        else:
+            target.touch()
+    except OSError as exc:
+        pytest.skip(f"this filesystem refuses names that are not UTF-8: {exc}")
+    return target
+
+
+def test_a_file_name_that_is_not_utf8_is_kept_escaped_and_fails_with_the_reason(tmp_path: Path) -> None:
+    """No surrogate leaves the expansion (Arrow refuses them, so the manifest could not be written):
+    the name comes back with backslash escapes, and fetching it fails with NOT_UTF8."""
+    folder = tmp_path.resolve()
+    _undecodable(folder, b"caf\xe9.mp4")
+    _undecodable(_undecodable(folder, b"d\xff", is_folder=True), b"a.mp4")
+    (folder / "ok.mp4").write_bytes(b"x")
+    escaped = [f"{folder}/caf\\xe9.mp4", f"{folder}/d\\xff/a.mp4"]
+    assert expand_inputs([str(folder)]) == sorted([*escaped, f"{folder}/ok.mp4"])
+    assert expand_inputs([f"{folder}/caf\udce9.mp4", f"{folder}/*/*.mp4"]) == escaped  # as argv holds the name
+    for path in escaped:
+        with pytest.raises(UnicodeError, match=re.escape(f"{NOT_UTF8}: {path}")), local_copy(path):
+            pass
+    with local_copy(f"{folder}/ok.mp4") as path:
+        assert path == f"{folder}/ok.mp4"
 
 
 def test_keys_are_dot_free_unique_and_stable() -> None:

@@ -2,11 +2,16 @@
 
 Frames are never held for a whole video: callers iterate chunks of at most `chunk_size` frames,
 so memory depends on the chunk, not on the video's length.
+
+Time is presentation time, as a player shows the video: frames an edit list hides (decord
+reports them with negative times) are skipped, the timeline starts at the first shown frame, and a
+variable-frame-rate video is resampled by its frames' timestamps, not by its average rate.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -19,8 +24,8 @@ class VideoUnreadable(ValueError):
 class VideoInfo:
     width: int
     height: int
-    fps: float
-    num_frames: int
+    fps: float  # shown frames per second of presentation time (the average rate of a VFR video)
+    num_frames: int  # frames a player shows
 
     @property
     def duration_s(self) -> float:
@@ -47,29 +52,56 @@ def _reader(path: str, width: int = -1, height: int = -1):
     return reader
 
 
+def _shown_frames(reader) -> tuple[np.ndarray, np.ndarray, float]:
+    """(decord indices of the shown frames, their start times from the first one, presented seconds)."""
+    times = reader.get_frame_timestamp(np.arange(len(reader)))  # [n, 2]: start, end seconds
+    shown = np.flatnonzero(times[:, 0] >= -1e-3)
+    if len(shown) == 0:
+        raise VideoUnreadable("the video shows no frames (all are hidden by its edit list)")
+    starts = times[shown, 0] - times[shown[0], 0]
+    duration = float(times[shown[-1], 1] - times[shown[0], 0])
+    if not np.isfinite(duration) or duration <= 0 or np.any(np.diff(starts) < 0):
+        raise VideoUnreadable(f"the video's frame timestamps are unusable (duration {duration})")
+    return shown, starts, duration
+
+
 def probe_video(path: str) -> VideoInfo:
     """Size, frame rate and frame count; raises VideoUnreadable for anything decord cannot use."""
     reader = _reader(path)
     height, width = reader[0].shape[:2]
-    fps = float(reader.get_avg_fps())
-    if not np.isfinite(fps) or fps <= 0:
-        raise VideoUnreadable(f"the video declares an unusable frame rate ({fps})")
-    return VideoInfo(width=int(width), height=int(height), fps=fps, num_frames=len(reader))
+    shown, _, duration = _shown_frames(reader)
+    return VideoInfo(width=int(width), height=int(height), fps=_average_rate(len(shown), duration), num_frames=len(shown))
 
 
-def resample_positions(info: VideoInfo, target_fps: float, start_s: float = 0.0, end_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Source frame indices and times of a `target_fps` timeline over [start_s, end_s).
+def _average_rate(frames: int, seconds: float) -> float:
+    """Frames per second, snapped to the nominal integer or x/1001 rate within 0.01%: decord's
+    timestamps are float32 and rounded, so a 25 fps video would otherwise read as 25.0000006."""
+    rate = frames / seconds
+    for nominal in (Fraction(round(rate)), Fraction(round(rate * 1.001) * 1000, 1001)):
+        if nominal and abs(rate - nominal) < 1e-4 * rate:
+            return float(nominal)
+    return rate
 
-    Each output time t picks the source frame shown at t (nearest earlier frame), which repeats
-    frames when upsampling and skips them when downsampling, as a player would.
+
+def resample_positions(info: VideoInfo, target_fps: float, start_s: float = 0.0, end_s: float | None = None,
+                       frame_starts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of a `target_fps` timeline over [start_s, end_s) and the source frame (index among
+    the shown frames) on screen at each.
+
+    Each output time t picks the frame shown at t (the last one starting by t), which repeats frames
+    when upsampling and skips them when downsampling, as a player would. `frame_starts` are the
+    frames' start times; None means evenly spaced at `info.fps`.
     """
     end_s = info.duration_s if end_s is None else min(end_s, info.duration_s)
     first = int(np.ceil(start_s * target_fps - 1e-6))
     last = int(np.ceil(end_s * target_fps - 1e-6))
     positions = np.arange(first, max(first, last))
     times = positions / target_fps
-    sources = np.minimum(np.floor(times * info.fps + 1e-6).astype(np.int64), info.num_frames - 1)
-    return positions, sources
+    if frame_starts is None:
+        sources = np.floor(times * info.fps + 1e-6).astype(np.int64)
+    else:
+        sources = np.searchsorted(frame_starts, times + 1e-6, side="right") - 1
+    return positions, np.clip(sources, 0, info.num_frames - 1)
 
 
 def iter_frame_chunks(
@@ -87,16 +119,56 @@ def iter_frame_chunks(
     """
     width, height = size if size else (-1, -1)
     reader = _reader(path, width, height)
-    info = VideoInfo(width=0, height=0, fps=float(reader.get_avg_fps()), num_frames=len(reader))
-    positions, sources = resample_positions(info, target_fps, start_s, end_s)
+    shown, starts, duration = _shown_frames(reader)
+    info = VideoInfo(width=0, height=0, fps=_average_rate(len(shown), duration), num_frames=len(shown))
+    positions, sources = resample_positions(info, target_fps, start_s, end_s, starts)
+    if shown[0] > 0:  # decord seeks such files by coded position and returns the wrong frames
+        del reader
+        frames = _pyav_frames(path, sources, size, chunk_size)
+    else:
+        frames = _decord_frames(reader, shown[sources], chunk_size)
     for begin in range(0, len(positions), chunk_size):
-        chunk_sources = sources[begin : begin + chunk_size]
-        unique, inverse = np.unique(chunk_sources, return_inverse=True)
+        yield FrameChunk(positions=positions[begin:begin + chunk_size], frames=next(frames))
+
+
+def _decord_frames(reader, sources: np.ndarray, chunk_size: int) -> Iterator[np.ndarray]:
+    """Frames (T, H, W, 3) of decord indices `sources`, `chunk_size` at a time, each decoded once."""
+    for begin in range(0, len(sources), chunk_size):
+        unique, inverse = np.unique(sources[begin:begin + chunk_size], return_inverse=True)
         try:
             decoded = reader.get_batch(unique.tolist()).asnumpy()
         except Exception as exc:  # decord raises bare errors on damaged packets mid-stream
             raise VideoUnreadable(f"decoding failed near frame {int(unique[0])}: {str(exc).splitlines()[0][:200]}") from exc
-        yield FrameChunk(
-            positions=positions[begin : begin + chunk_size],
-            frames=decoded[inverse],
-        )
+        yield decoded[inverse]
+
+
+def _pyav_frames(path: str, sources: np.ndarray, size: tuple[int, int] | None, chunk_size: int) -> Iterator[np.ndarray]:
+    """The same as `_decord_frames` for a file whose edit list hides leading frames, by decoding it
+    in order with PyAV (FFmpeg drops the hidden frames; `sources` index the shown ones)."""
+    import av
+
+    width, height = size if size else (None, None)
+    wanted = iter(sources.tolist())
+    target = next(wanted, None)
+    chunk: list[np.ndarray] = []
+    index = -1
+    with av.open(path) as container:
+        try:
+            for index, frame in enumerate(container.decode(video=0)):
+                if target is None:
+                    break
+                if index < target:
+                    continue
+                rgb = frame.to_ndarray(format="rgb24", width=width, height=height)
+                while target == index:
+                    chunk.append(rgb)
+                    if len(chunk) == chunk_size:
+                        yield np.stack(chunk)
+                        chunk = []
+                    target = next(wanted, None)
+        except av.FFmpegError as exc:
+            raise VideoUnreadable(f"decoding failed near frame {index + 1}: {str(exc)[:200]}") from exc
+    if target is not None:
+        raise VideoUnreadable(f"the video ended after {index + 1} shown frames; its timestamps promised {sources[-1] + 1}")
+    if chunk:
+        yield np.stack(chunk)

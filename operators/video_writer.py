@@ -13,15 +13,26 @@ import numpy as np
 from portraitflow.operators.atomic import atomic_target
 
 
+#: Sample rates the AAC encoder accepts; another source rate is resampled to 48 kHz.
+AAC_SAMPLE_RATES = frozenset({96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350})
+
+
 class _AudioSource:
-    """The first audio stream of a file from `start_s` on, decoded lazily and re-encoded up to a given time."""
+    """The first audio stream of a file from `start_s` on the video's clock, decoded lazily and
+    re-encoded up to a given time.
+
+    `start_s` counts from the file's first shown video frame, as `decode` does, so an audio
+    stream that starts earlier or later than the video stays in sync: the lead-in before the
+    video is dropped, and a late start is preceded by silence.
+    """
 
     def __init__(self, container, stream, start_s: float) -> None:
         self.container = container
         self.stream = stream
-        self.start_s = start_s
-        if start_s > 0:
-            container.seek(int(start_s / stream.time_base), stream=stream)  # lands at or before start_s
+        self.start_s = _first_video_time(container) + start_s  # on the file's clock
+        self.rate = stream.rate if stream.rate in AAC_SAMPLE_RATES else 48000
+        if self.start_s > 0:
+            container.seek(int(self.start_s / stream.time_base), stream=stream)  # lands at or before start_s
         self._frames = self._from_start(container.decode(stream))
         self._pending = None
         self._samples_out = 0
@@ -40,12 +51,24 @@ class _AudioSource:
         return cls(container, container.streams.audio[0], start_s)
 
     def _from_start(self, frames):
-        """Frames that end after `start_s`, the one that straddles it cut to begin exactly there."""
+        """Frames from `start_s` on, resampled to `rate`: the one that straddles it cut to begin
+        exactly there, or silence before the first when the audio starts later."""
+        import av
+
+        resampler = None
         for frame in frames:
-            if frame.time is None or not self.start_s or frame.time >= self.start_s:
-                yield frame
-            elif frame.time + frame.samples / frame.sample_rate > self.start_s:
-                yield _slice_samples(frame, round((self.start_s - frame.time) * frame.sample_rate), frame.samples)
+            if frame.time is not None and frame.time + frame.samples / frame.sample_rate <= self.start_s:
+                continue
+            if resampler is None:
+                resampler = av.AudioResampler(format=frame.format.name, layout=frame.layout.name, rate=self.rate)
+                if frame.time is not None and frame.time > self.start_s:
+                    yield from resampler.resample(_silence(frame, round((frame.time - self.start_s) * frame.sample_rate)))
+            if frame.time is not None and frame.time < self.start_s:
+                frame = _slice_samples(frame, round((self.start_s - frame.time) * frame.sample_rate), frame.samples)
+            frame.pts = None
+            yield from resampler.resample(frame)
+        if resampler is not None:
+            yield from resampler.resample(None)
 
     def mux_until(self, out, out_stream, until_s: float, final: bool = False) -> None:
         """Encode the source frames that end by `until_s` (the video written so far).
@@ -58,9 +81,6 @@ class _AudioSource:
             frame = self._pending or next(self._frames, None)
             self._pending = None
             if frame is None:
-                return
-            if frame.time is not None and frame.time - self.start_s >= until_s:
-                self._pending = frame
                 return
             keep = round(until_s * frame.sample_rate) - self._samples_out
             if keep <= 0 or (keep < frame.samples and not final):
@@ -75,6 +95,29 @@ class _AudioSource:
 
     def close(self) -> None:
         self.container.close()
+
+
+def _first_video_time(container) -> float:
+    """When the first shown video frame starts on the file's clock (0 without video)."""
+    if not container.streams.video:
+        return 0.0
+    try:
+        frame = next(container.decode(video=0), None)
+    finally:
+        container.seek(0)
+    return float(frame.time) if frame is not None and frame.time is not None else 0.0
+
+
+def _silence(like, samples: int):
+    """`samples` of silence in the format, layout and rate of the audio frame `like`."""
+    import av
+
+    channels = len(like.layout.channels)
+    shape = (channels, samples) if like.format.is_planar else (1, samples * channels)
+    silent = av.AudioFrame.from_ndarray(np.zeros(shape, dtype=like.to_ndarray().dtype),
+                                        format=like.format.name, layout=like.layout.name)
+    silent.sample_rate = like.sample_rate
+    return silent
 
 
 def _slice_samples(frame, start: int, stop: int):
@@ -133,7 +176,7 @@ def write_h264(
             out_audio = None
             if audio is not None:
                 in_audio = audio.stream
-                out_audio = out.add_stream("aac", rate=in_audio.rate or 48000)
+                out_audio = out.add_stream("aac", rate=audio.rate)
                 out_audio.layout = in_audio.layout.name if in_audio.layout else "stereo"
             rate = Fraction(fps).limit_denominator(1001)
             for chunk in chunks:

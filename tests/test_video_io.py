@@ -172,3 +172,113 @@ def test_the_drivers_audio_never_outlasts_the_video(media_dir: Path, media_manif
     assert written == 37
     assert audio_s <= video_s + 1 / rate
     assert packet_end_s == pytest.approx(video_s, abs=1 / rate)
+
+
+def _flash_and_click(path: Path, video_start_s: float, audio_start_s: float, event_s: float = 1.5,
+                     audio_rate: int = 16000, audio_codec: str = "aac") -> None:
+    """A 3 s clip whose video stream starts at `video_start_s` and audio at `audio_start_s` (file
+    clock), with a white frame and a click both at `event_s`: what a player shows in sync."""
+    with av.open(str(path), "w", format="mov" if audio_codec.startswith("pcm") else "mp4") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width = video.height = 64
+        video.pix_fmt = "yuv420p"
+        video.codec_context.time_base = Fraction(1, 1000)
+        audio = out.add_stream(audio_codec, rate=audio_rate)
+        audio.layout = "mono"
+        for k in range(round((3.0 - video_start_s) * 25)):
+            at = video_start_s + k / 25
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 255 if abs(at - event_s) < 0.02 else 40, np.uint8),
+                                               format="rgb24")
+            frame.pts, frame.time_base = round(at * 1000), Fraction(1, 1000)
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        samples = np.zeros(round((3.0 - audio_start_s) * audio_rate), np.float32)
+        click = round((event_s - audio_start_s) * audio_rate)
+        samples[click:click + audio_rate // 100] = 0.9
+        if audio_codec.startswith("pcm"):
+            frame = av.AudioFrame.from_ndarray((samples[None] * 2**14).astype(np.int16), format="s16", layout="mono")
+        else:
+            frame = av.AudioFrame.from_ndarray(samples[None], format="fltp", layout="mono")
+        frame.sample_rate, frame.time_base = audio_rate, Fraction(1, audio_rate)
+        frame.pts = round(audio_start_s * audio_rate)
+        out.mux(audio.encode(frame))
+        out.mux(audio.encode(None))
+
+
+def _flash_and_click_times(path: Path) -> tuple[float, float]:
+    with av.open(str(path)) as container:
+        brightness = [(f.time, f.to_ndarray(format="rgb24").mean()) for f in container.decode(video=0)]
+    with av.open(str(path)) as container:
+        samples = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
+        rate = container.streams.audio[0].rate
+    return max(brightness, key=lambda tb: tb[1])[0], np.flatnonzero(np.abs(samples) > 0.3)[0] / rate
+
+
+@pytest.mark.parametrize(("video_start_s", "audio_start_s"), [(0.5, 0.0), (0.1, 0.4), (0.3, 0.3)])
+def test_the_output_keeps_the_source_in_sync_whatever_its_streams_start_times(
+        tmp_path: Path, video_start_s: float, audio_start_s: float) -> None:
+    """Time counts from the first shown video frame, for the frames (decode) and the audio (writer):
+    a lead-in of audio before the video is dropped, audio that starts later is preceded by silence."""
+    source, output = tmp_path / "source.mp4", tmp_path / "out.mp4"
+    _flash_and_click(source, video_start_s, audio_start_s)
+    frames = [c.frames for c in iter_frame_chunks(str(source), 25.0)]
+    write_h264(output, frames, fps=25.0, audio_from=source)
+    flash, click = _flash_and_click_times(output)
+    assert flash == pytest.approx(1.5 - video_start_s, abs=0.021)
+    assert click == pytest.approx(flash, abs=0.01)
+    clip = tmp_path / "clip.mp4"  # a clip cut from 0.6 s on the video's timeline (frame 15)
+    write_h264(clip, [c.frames for c in iter_frame_chunks(str(source), 25.0, start_s=0.6)],
+               fps=25.0, audio_from=source, audio_start_s=0.6)
+    flash, click = _flash_and_click_times(clip)
+    assert flash == pytest.approx(1.5 - video_start_s - 0.6, abs=0.021) and click == pytest.approx(flash, abs=0.01)
+
+
+@pytest.mark.parametrize("rate", [192000, 37800])
+def test_audio_at_a_rate_aac_cannot_encode_is_resampled(tmp_path: Path, rate: int) -> None:
+    source, output = tmp_path / "source.mov", tmp_path / "out.mp4"
+    _flash_and_click(source, 0.1, 0.0, audio_rate=rate, audio_codec="pcm_s16le")
+    write_h264(output, [c.frames for c in iter_frame_chunks(str(source), 25.0)], fps=25.0, audio_from=source)
+    with av.open(str(output)) as container:
+        assert container.streams.audio[0].rate == 48000
+    flash, click = _flash_and_click_times(output)
+    assert click == pytest.approx(flash, abs=0.01)
+
+
+def test_a_variable_frame_rate_video_is_resampled_by_its_timestamps(tmp_path: Path) -> None:
+    """1 s at 25 fps, one frame held for 2 s, then 1 s at 25 fps: 4 s, not 51 frames / 25 fps."""
+    path = tmp_path / "vfr.mp4"
+    starts = [k / 25 for k in range(25)] + [1.0] + [3.0 + k / 25 for k in range(25)]
+    with av.open(str(path), "w", format="mp4") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width = video.height = 64
+        video.pix_fmt = "yuv420p"
+        video.codec_context.time_base = Fraction(1, 1000)
+        for k, at in enumerate(starts):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 10 + 4 * k, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = round(at * 1000), Fraction(1, 1000)
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+    info = probe_video(str(path))
+    assert info.num_frames == 51 and info.duration_s == pytest.approx(4.0, abs=0.05)
+    means = np.concatenate([c.frames.reshape(len(c.frames), -1).mean(1) for c in iter_frame_chunks(str(path), 25.0)])
+    assert len(means) == pytest.approx(100, abs=1)
+    held = means[25:75]  # 1.0 s .. 3.0 s shows the held frame
+    assert np.ptp(held) < 2 and abs(held[0] - (10 + 4 * 25)) < 3
+    assert abs(means[75] - (10 + 4 * 26)) < 3
+
+
+def test_frames_an_edit_list_hides_are_not_decoded(media_dir: Path) -> None:
+    """This film clip's mp4 edit list hides its first 15 coded frames: players show 48 (PyAV too)."""
+    path = media_dir / "upscaleavideo_old_movie_2.mp4"
+    if not path.exists():
+        pytest.skip("upscaleavideo_old_movie_2.mp4 is not in the shared media")
+    with av.open(str(path)) as container:
+        shown = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    info = probe_video(str(path))
+    assert info.num_frames == len(shown) == 48 and info.fps == pytest.approx(25.0)
+    first = next(iter_frame_chunks(str(path), info.fps, chunk_size=1)).frames[0]
+    assert np.abs(first.astype(int) - shown[0]).mean() < 3
+    chunk = next(iter_frame_chunks(str(path), info.fps, start_s=1.0, chunk_size=4, size=(214, 120)))
+    assert chunk.frames.shape == (4, 120, 214, 3) and list(chunk.positions) == [25, 26, 27, 28]
+    small = av.VideoFrame.from_ndarray(shown[25], format="rgb24").to_ndarray(format="rgb24", width=214, height=120)
+    assert np.abs(chunk.frames[0].astype(int) - small).mean() < 3

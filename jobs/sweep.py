@@ -4,6 +4,8 @@ One sweep = one parent MLflow run (tagged with the sweep's hash, so a rerun resu
 child run per config (tagged `mlflow.parentRunId` and the config's hash; a FINISHED child is
 never redone). Children are created with MlflowClient rather than the fluent API because up to
 `max_parallel` configs run at once in threads, and the fluent active-run stack is per thread.
+An interrupted sweep (Ctrl-C) starts no queued config, ends the children in flight and the parent
+KILLED, and re-raises; a config in the middle of a stage (generation, scoring) stops when it ends.
 Scoring outputs that already exist is one such run on its own. The Ray Data wiring that
 generates and scores is pipelines/evaluate.py.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +37,48 @@ SWEEP_TAG, CONFIG_TAG, PARENT_TAG = "portraitflow.sweep_hash", "portraitflow.con
 PARAMS_TAG = "portraitflow.config_params"  # the config's sweep params as JSON, for the report's columns
 
 log = logging.getLogger(__name__)
+
+
+class SweepInterrupted(BaseException):
+    """Raised in a config's thread at its next stage once the sweep is interrupted; a BaseException,
+    like KeyboardInterrupt, so it is never taken for the config's own failure."""
+
+
+class ChildRuns:
+    """The child runs in flight, so an interrupted sweep can end them KILLED at once. After `stop`,
+    no config starts a run, and none ends FINISHED or FAILED: what it was doing was cut short."""
+
+    def __init__(self, client: MlflowClient) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._running: set[str] = set()
+        self._stopped = False
+
+    def start(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+        with self._lock:
+            self.check()
+            run_id = self._client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+            self._running.add(run_id)
+            return run_id
+
+    def check(self) -> None:
+        """SweepInterrupted once the sweep is stopped: called between a config's stages."""
+        if self._stopped:
+            raise SweepInterrupted
+
+    def end(self, run_id: str, status: str) -> None:
+        """Terminate a run this sweep started, unless `stop` ended it first."""
+        with self._lock:
+            if run_id in self._running:
+                self._running.discard(run_id)
+                self._client.set_terminated(run_id, status)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            for run_id in self._running:
+                self._client.set_terminated(run_id, "KILLED")
+            self._running.clear()
 
 
 def _finished_child(client: MlflowClient, experiment_id: str, parent_id: str, config_hash: str) -> Run | None:
@@ -65,34 +110,39 @@ def score_and_log(client: MlflowClient, run_id: str, jobs: pd.DataFrame, label: 
 
 
 def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepSpec, evaluate: EvaluateConfig,
-               cfg: PortraitFlowConfig, out_dir: Path, parent_id: str, experiment_id: str) -> dict[str, Any]:
-    """Generate and score one config in its own child run (or reuse a finished one); a summary row."""
+               cfg: PortraitFlowConfig, out_dir: Path, parent_id: str, experiment_id: str,
+               children: ChildRuns | None = None) -> dict[str, Any]:
+    """Generate and score one config in its own child run (or reuse a finished one); a summary row.
+    `children` tracks the sweep's runs in flight: once it is stopped, this config stops at its next stage."""
     client = mlflow_client(cfg.mlflow)
+    children = children or ChildRuns(client)
     config_hash = sweep_spec.config_hash(params, spec.dataset, evaluate, cfg.face.backend)
     label = sweep_spec.config_label(params)
     work_dir = out_dir / "configs" / config_hash
     done = _finished_child(client, experiment_id, parent_id, config_hash)
     if done is None:
         tags = {PARENT_TAG: parent_id, CONFIG_TAG: config_hash, PARAMS_TAG: json.dumps(params, sort_keys=True)}
-        run_id = client.create_run(experiment_id, run_name=label, tags=tags).info.run_id
+        run_id = children.start(experiment_id, label, tags)
         try:
             for key, value in {**params, **evaluate.model_dump(), "face_backend": cfg.face.backend}.items():
                 client.log_param(run_id, key, str(value)[:500])
             generated = generate_outputs(params, jobs, work_dir / "outputs", cfg)
+            children.check()
             outcome = generated[[c for c in ("job_id", "status", "reason", "output") if c in generated]]
             merged = pd.DataFrame(jobs)[["job_id", "ref", "driving"]].merge(  # ids are unique (load_jobs)
                 outcome, on="job_id", how="left", validate="one_to_one")
             merged = merged.fillna({"status": "failed", "reason": "not_generated"}).assign(
                 paste_back=sweep_spec.config_settings(params, cfg).paste_back)  # how the evaluator frames the truth
             score_and_log(client, run_id, merged, label, work_dir, evaluate, cfg)
-            client.set_terminated(run_id, "FINISHED")
+            children.end(run_id, "FINISHED")
         except Exception as exc:  # one broken config must not stop the others; its run says why
+            children.check()  # unless the sweep was stopped under it: then it was killed, not broken
             client.set_tag(run_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
-            client.set_terminated(run_id, "FAILED")
+            children.end(run_id, "FAILED")
             return {"config": label, "backend": params["backend"], "config_hash": config_hash, "run_id": run_id,
                     "reused": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
         except BaseException:
-            client.set_terminated(run_id, "KILLED")
+            children.end(run_id, "KILLED")
             raise
     else:
         run_id = done.info.run_id
@@ -146,7 +196,7 @@ def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str 
     try:
         init_ray(cfg.ray, cfg.mlflow)
         jobs = load_jobs(spec.dataset, evaluate.protocol, out_dir / "dataset", evaluate.max_seconds,
-                         evaluate.max_videos)
+                         evaluate.max_videos, exclude=out_dir)  # an OUT inside the dataset holds no inputs
         atomic_write(out_dir / "dataset.parquet", pd.DataFrame(jobs).astype(str).to_parquet())  # failed inputs too
         usable = [j for j in jobs if j.get("status", "ok") == "ok"]
         client.log_param(parent_id, "configs", len(configs))
@@ -155,11 +205,8 @@ def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str 
         client.log_text(parent_id, spec.model_dump_json(indent=2), "sweep.json")
         client.log_text(parent_id, "\n".join(metrics_learned.skip_notes(evaluate).values()), "notes.txt")
         client.log_artifact(parent_id, str(out_dir / "dataset.parquet"))
-        with ThreadPoolExecutor(max_workers=evaluate.max_parallel) as pool:
-            futures = [pool.submit(run_config, params, usable, spec, evaluate, cfg, out_dir, parent_id, experiment_id)
-                       for params in configs]
-            summary = pd.DataFrame([f.result() for f in futures])
-        summary = _ranked(summary, evaluate.rank_by)
+        summary = _ranked(_run_configs(configs, usable, spec, evaluate, cfg, out_dir, parent_id, experiment_id),
+                          evaluate.rank_by)
         atomic_write(out_dir / "summary.csv", summary.to_csv(index=False))
         client.log_artifact(parent_id, str(out_dir / "summary.csv"))
         failed = int(summary["error"].notna().sum()) if "error" in summary else 0  # only failed configs have one
@@ -170,10 +217,32 @@ def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str 
         report_from_run(parent_id, cfg, out_dir / "report", evaluate.rank_by)
         client.log_artifacts(parent_id, str(out_dir / "report"), "report")
         client.set_terminated(parent_id, "FINISHED")
-    except BaseException:
+    except Exception:
         client.set_terminated(parent_id, "FAILED")
         raise
+    except BaseException:  # Ctrl-C: the configs in flight are already KILLED (_run_configs)
+        client.set_terminated(parent_id, "KILLED")
+        raise
     return parent_id
+
+
+def _run_configs(configs: list[dict[str, Any]], jobs: list[dict], spec: sweep_spec.SweepSpec, evaluate: EvaluateConfig,
+                 cfg: PortraitFlowConfig, out_dir: Path, parent_id: str, experiment_id: str) -> pd.DataFrame:
+    """`run_config` of every config, `max_parallel` at a time: one summary row each. Anything that
+    stops the wait (Ctrl-C) cancels the queued configs and ends the children in flight KILLED
+    before it propagates; their threads stop at their next stage rather than run on unrecorded."""
+    children = ChildRuns(mlflow_client(cfg.mlflow))
+    pool = ThreadPoolExecutor(max_workers=evaluate.max_parallel, thread_name_prefix="sweep-config")
+    try:
+        futures = [pool.submit(run_config, params, jobs, spec, evaluate, cfg, out_dir, parent_id, experiment_id,
+                               children) for params in configs]
+        summary = pd.DataFrame([f.result() for f in futures])
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        children.stop()
+        raise
+    pool.shutdown()
+    return summary
 
 
 def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, rank_by: str | None = None) -> Path:

@@ -7,13 +7,16 @@ jobs pair each driving video with a portrait of someone else: a folder's portrai
 first frame of another clip, never one cut from the same source video. Prepared files have names
 derived from the input and the cut length (`{input_key}-{ms}ms`, `{input_key}-full` uncut), so a
 rerun finds them and does not redo them, and a sweep with another `max_seconds` sharing the folder
-never reuses them. Shards are read one at a time up to `max_videos` samples; an unreadable shard
+never reuses them. A folder's globs never pick up files under the sweep's own output folder, so
+a sweep writing inside its dataset does not take its clips and outputs for inputs on a rerun.
+Shards are read one at a time up to `max_videos` samples; an unreadable shard
 (or the rest of it) and a sample without a clip are failed rows with their reason.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -80,8 +83,12 @@ def prepare_clip(source: str, folder: Path, max_seconds: float | None, reference
     return row
 
 
-def _matches(folder: Path, patterns: list[str], suffixes: set[str]) -> list[str]:
-    found = {p for pattern in patterns for p in folder.rglob(pattern) if p.suffix.lower() in suffixes}
+def _matches(folder: Path, patterns: list[str], suffixes: set[str], skip: tuple[Path, ...] = ()) -> list[str]:
+    """Files under `folder` matching a pattern, none inside a `skip` folder: a sweep's own clips and
+    outputs, when its folder lies in the dataset, are never inputs of a rerun."""
+    skipped = [Path(os.path.abspath(s)) for s in skip]
+    found = {p for pattern in patterns for p in folder.rglob(pattern) if p.suffix.lower() in suffixes
+             and not any(Path(os.path.abspath(p)).is_relative_to(s) for s in skipped)}
     return sorted(str(p) for p in found)
 
 
@@ -177,28 +184,31 @@ def _unique(jobs: list[dict[str, Any]], spec: DatasetSpec) -> list[dict[str, Any
 
 
 def load_jobs(spec: DatasetSpec, protocol: str, folder: str | Path, max_seconds: float | None = None,
-              max_videos: int | None = None) -> list[dict[str, Any]]:
+              max_videos: int | None = None, exclude: str | Path | None = None) -> list[dict[str, Any]]:
     """Jobs (job_id, ref, driving, status, reason) ready for generation, with unique job ids (else
-    ValueError); failed rows included."""
-    return _unique(_load_jobs(spec, protocol, Path(folder), max_seconds, max_videos), spec)
+    ValueError); failed rows included. A folder dataset's globs skip `folder` (the prepared clips)
+    and `exclude` (the sweep's output folder), wherever they lie."""
+    skip = (Path(folder),) + ((Path(exclude),) if exclude is not None else ())
+    return _unique(_load_jobs(spec, protocol, Path(folder), max_seconds, max_videos, skip), spec)
 
 
 def _load_jobs(spec: DatasetSpec, protocol: str, folder: Path, max_seconds: float | None,
-               max_videos: int | None) -> list[dict[str, Any]]:
+               max_videos: int | None, skip: tuple[Path, ...]) -> list[dict[str, Any]]:
     folder.mkdir(parents=True, exist_ok=True)
     if spec.type == "jobs":
         return _jobs_file(Path(spec.path), folder, max_seconds, max_videos)
     if spec.type == "shards":
         entries = _unpack_shards(spec, folder, max_videos)
     else:  # every file is a source video of its own
-        entries = [(video, video) for video in _matches(Path(spec.path), spec.include, VIDEO_SUFFIXES)[:max_videos]]
+        videos = _matches(Path(spec.path), spec.include, VIDEO_SUFFIXES, skip)[:max_videos]
+        entries = [(video, video) for video in videos]
     clips, origins = [], []
     for entry in entries:
         clips.append(prepare_clip(entry[0], folder, max_seconds) if isinstance(entry, tuple) else entry)
         origins.append(entry[1] if isinstance(entry, tuple) else None)
     if protocol == "self":
         return clips
-    portraits = _matches(Path(spec.path), spec.refs, IMAGE_SUFFIXES) if spec.type == "folder" else []
+    portraits = _matches(Path(spec.path), spec.refs, IMAGE_SUFFIXES, skip) if spec.type == "folder" else []
     if portraits:
         return [{**clip, "job_id": f"{clip['job_id']}-x{i % len(portraits)}", "ref": portraits[i % len(portraits)]}
                 for i, clip in enumerate(clips)]

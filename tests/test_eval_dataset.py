@@ -1,5 +1,6 @@
 """Evaluation datasets: cross pairing never uses a clip's own source, prepared clips are named by
-their cut length, and shards are read up to `max_videos` with a corrupt one a failed row."""
+their cut length, a folder's globs skip the sweep's own files, and shards are read up to
+`max_videos` with a corrupt one a failed row."""
 from __future__ import annotations
 
 import json
@@ -38,7 +39,7 @@ def _fake_prepare(video, folder, max_seconds, reference=True):
 
 def _cross_folder(videos: list[str], tmp_path: Path) -> list[dict]:
     """Cross jobs of a folder without portraits, with clip preparation stubbed out."""
-    def matches(folder, patterns, suffixes):
+    def matches(folder, patterns, suffixes, skip=()):
         return [] if suffixes == eval_dataset.IMAGE_SUFFIXES else videos
 
     with mock.patch.object(eval_dataset, "prepare_clip", _fake_prepare), \
@@ -121,3 +122,21 @@ def test_shards_stop_at_max_videos_and_a_corrupt_shard_is_a_failed_row(tmp_path:
     assert [j["status"] for j in cross] == ["ok", "ok", "failed", "ok"]
     assert all(j["ref"] != j["driving"].replace(".mp4", ".ref.png") for j in cross if j["status"] == "ok")
 
+
+
+def test_a_folder_dataset_never_takes_the_sweeps_own_files_for_inputs(tmp_path: Path) -> None:
+    """A sweep whose --out lies inside its dataset: its prepared clips, references and outputs match
+    the dataset's globs, and would be new inputs (and portraits) on every rerun."""
+    from PIL import Image
+
+    data = tmp_path / "data"
+    _clip(data / "talk.mp4")
+    Image.new("RGB", (64, 64), (120, 100, 90)).save(data / "portrait.png")
+    out = data / "runs" / "first"
+    spec = DatasetSpec(path=str(data), include=["*.mp4"], refs=["*.png"])
+    for protocol in ("self", "cross", "self"):  # the first run writes OUT/dataset; the others rerun over it
+        _clip(out / "configs" / "0123abcd" / "outputs" / "talk-1000ms-0123456789.mp4")
+        jobs = load_jobs(spec, protocol, out / "dataset", max_seconds=1.0, exclude=out)
+        assert [Path(j["source"]).name for j in jobs] == ["talk.mp4"]
+        assert protocol == "self" or jobs[0]["ref"] == str(data / "portrait.png")
+    assert list((out / "dataset").glob("*.ref.png")) and list((out / "dataset").glob("*.mp4"))  # there to be found

@@ -1,0 +1,99 @@
+"""The sweep driver around its configs, with Ray, generation and scoring replaced by fakes: what a
+rerun takes for its dataset, and what Ctrl-C leaves behind in MLflow."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from portraitflow.jobs.config import load_config
+from portraitflow.operators.sweep_spec import SweepSpec
+
+
+@pytest.fixture
+def driver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """jobs.sweep with no Ray and no report, a tracking store in tmp_path, and a one-clip dataset."""
+    from portraitflow.jobs import sweep
+    from portraitflow.operators.video_writer import write_h264
+
+    monkeypatch.setattr(sweep, "init_ray", lambda *_, **__: None)
+    monkeypatch.setattr(sweep, "report_from_run", lambda _run, _cfg, folder, *_: Path(folder).mkdir(parents=True,
+                                                                                                     exist_ok=True))
+    data = tmp_path / "data"
+    data.mkdir()
+    ramp = np.linspace(0, 200, 64, dtype=np.uint8)[None, None, :, None]
+    write_h264(data / "talk.mp4", [np.broadcast_to(ramp, (8, 64, 64, 3)) + np.arange(8, dtype=np.uint8)[:, None, None, None]],
+               fps=8.0)
+    cfg = load_config(None, [f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    return sweep, cfg, data
+
+
+def _spec(data: Path, configs: list[dict], **evaluate) -> SweepSpec:
+    return SweepSpec.model_validate({"name": "s", "dataset": {"type": "folder", "path": str(data)},
+                                     "configs": configs, "evaluate": {"max_seconds": 0.5, **evaluate}})
+
+
+def test_a_sweep_writing_inside_its_dataset_reads_the_same_inputs_on_a_rerun(driver, monkeypatch) -> None:
+    sweep, cfg, data = driver
+    out = data / "runs" / "s"
+
+    def generate(params, jobs, folder, _cfg):  # an output per job, where generation writes it
+        folder.mkdir(parents=True, exist_ok=True)
+        for job in jobs:
+            (folder / f"{job['job_id']}-0123456789.mp4").write_bytes(Path(job["driving"]).read_bytes())
+        return pd.DataFrame([{"job_id": j["job_id"], "status": "ok", "reason": "", "output": ""} for j in jobs])
+
+    monkeypatch.setattr(sweep, "generate_outputs", generate)
+    monkeypatch.setattr(sweep, "score_and_log", lambda *_: None)
+    spec = _spec(data, [{"backend": "still"}, {"backend": "still", "size": 256}])
+    for _ in range(2):
+        sweep.run_sweep(spec, cfg, out)
+        dataset = pd.read_parquet(out / "dataset.parquet")
+        assert [Path(source).name for source in dataset["source"]] == ["talk.mp4"]
+        assert dataset["status"].tolist() == ["ok"]
+    assert len(list((out / "configs").glob("*/outputs/*.mp4"))) == 2  # there to be found
+
+
+def test_ctrl_c_starts_no_queued_config_and_ends_the_runs_in_flight_killed(driver, monkeypatch) -> None:
+    """Two configs run (max_parallel 2) when SIGINT arrives: the two queued never start, the children
+    in flight and the parent end KILLED, and KeyboardInterrupt reaches the caller at once; the
+    threads then stop at their next stage instead of scoring and finishing their runs."""
+    from mlflow import MlflowClient
+
+    sweep, cfg, data = driver
+    both_running, release, started, scored = threading.Barrier(2), threading.Event(), [], []
+
+    def generate(params, *_):
+        started.append(params["size"])
+        if both_running.wait(timeout=30) == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+        release.wait(timeout=30)
+        return pd.DataFrame(columns=["job_id", "status", "reason", "output"])
+
+    monkeypatch.setattr(sweep, "generate_outputs", generate)
+    monkeypatch.setattr(sweep, "score_and_log", lambda *args: scored.append(args))
+    spec = _spec(data, [{"backend": "still", "size": size} for size in (128, 160, 192, 224)], max_parallel=2)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sweep.run_sweep(spec, cfg, data / "out")
+        client = MlflowClient(cfg.mlflow.tracking_uri)
+        [parent] = client.search_runs([client.get_experiment_by_name(cfg.evaluate.experiment).experiment_id],
+                                      "tags.`portraitflow.sweep_hash` != ''")
+        children = client.search_runs([parent.info.experiment_id],
+                                      f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        assert parent.info.status == "KILLED"
+        assert sorted(started) == [128, 160] and [c.info.status for c in children] == ["KILLED", "KILLED"]
+    finally:
+        release.set()
+        for thread in threading.enumerate():
+            if thread.name.startswith("sweep-config"):
+                thread.join(timeout=30)
+    assert sorted(started) == [128, 160] and not scored
+    assert {c.info.status for c in client.search_runs([parent.info.experiment_id],
+                                                      f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")} == {"KILLED"}

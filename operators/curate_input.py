@@ -20,7 +20,7 @@ import numpy as np
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.curate import CurateConfig
 from portraitflow.operators.face_scan import FaceScanStage, batch_rows, rows_batch, scan_clips, scan_path
-from portraitflow.operators.inputs import is_uri, local_copy
+from portraitflow.operators.inputs import clip_input_key, is_uri, local_copy
 from portraitflow.operators.probe import FAILED, error_text, unfetched_input
 from portraitflow.operators.quarantine import quarantined_row, start_attempt
 from portraitflow.operators.render import render_clip
@@ -62,7 +62,11 @@ class CurateInputStage:
         errors: dict[str, str] = {}
         rendered = 0
         try:
+            scan_file = scan_path(self.scan_dir, row["input_key"])
+            scanned_before = _file_version(scan_file)
             row = self.scanner.scan(row, path)
+            if _file_version(scan_file) != scanned_before:  # a new scan: the samples of the old one are stale
+                _discard_staged(self.staging_dir, row["input_key"])
             timings.update(json.loads(row["timings"]))
             if row["status"] != FAILED and self.render_now:
                 rendered = _render_clips(row, path, None, self.cfg, self.scan_dir, self.staging_dir, timings, errors)
@@ -71,6 +75,23 @@ class CurateInputStage:
             return dict(probed, status=FAILED, error=error_text(exc), timings=json.dumps(timings), render_errors="{}",
                         rendered=rendered)
         return dict(row, timings=json.dumps(timings), render_errors=json.dumps(errors), rendered=rendered)
+
+
+def _file_version(path: Path) -> tuple[int, int] | None:
+    """Which file is at `path` (atomic writes replace it with another inode), None for none."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def _discard_staged(staging_dir: Path, input_key: str) -> None:
+    """Delete the staged samples of an input, rendered from a scan that was just replaced (its file
+    changed): a rerun would otherwise pack them instead of rendering its clips again."""
+    for path in staging_dir.glob(f"{input_key}_*.tar"):
+        if clip_input_key(path.stem) == input_key:
+            path.unlink(missing_ok=True)
 
 
 def renders_after_decisions(cfg: CurateConfig) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,6 +266,14 @@ def scan_fingerprint(cfg: PortraitFlowConfig) -> str:
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def source_identity(path: str, row: dict[str, Any]) -> dict[str, Any]:
+    """What tells the file a scan was made of from another put at its path later: its size and
+    modification time (a remote object's, which its local copy keeps) and what the probe found."""
+    stat = os.stat(path)
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "width": row["width"], "height": row["height"],
+            "fps": row["src_fps"], "frames": round(row["duration_s"] * row["src_fps"])}
+
+
 def save_scan(path: Path, meta: dict[str, Any], candidates: list[Candidate]) -> None:
     """One npz per input: `meta` (JSON: clips, decisions, measures) and the kept clips' arrays."""
     clips = [{"start": c.start, "end": c.end, "reason": c.reason, "measures": c.measures} for c in candidates]
@@ -327,20 +336,24 @@ class FaceScanStage:
 
     def scan(self, row: dict[str, Any], path: str) -> dict[str, Any]:
         """Probe and scan one input (`path`: its local copy) into `scan_dir/{input_key}.npz`; a
-        finished scan is reused."""
+        finished scan is reused while the settings it depends on and the file it was made of
+        (`source_identity`) are unchanged."""
         cpu = time.process_time()
         row = probe_input(row, path)
         if row["status"] == FAILED:
             return row
         scan_file = scan_path(self.scan_dir, row["input_key"])
         timings = json.loads(row["timings"])
-        if scan_file.exists() and load_scan_meta(scan_file).get("fingerprint") == self.fingerprint:
-            return dict(row, status=SCANNED)
+        source = source_identity(path, row)
+        if scan_file.exists():
+            meta = load_scan_meta(scan_file)
+            if meta.get("fingerprint") == self.fingerprint and meta.get("source") == source:
+                return dict(row, status=SCANNED)
         timer = StageTimer()
         try:
             info = VideoInfo(row["width"], row["height"], row["src_fps"], round(row["duration_s"] * row["src_fps"]))
             candidates = scan_video(self.analyzer, path, info, self.cfg, self.galleries, timer)
-            save_scan(scan_file, {"fingerprint": self.fingerprint, "face_backend": self.analyzer.name,
+            save_scan(scan_file, {"fingerprint": self.fingerprint, "source": source, "face_backend": self.analyzer.name,
                                    "same_person": self.analyzer.same_person_threshold}, candidates)
         except Exception as exc:  # damaged mid-stream, odd frames: this input fails, the run goes on
             return dict(row, status=FAILED, error=error_text(exc),

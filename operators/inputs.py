@@ -184,6 +184,11 @@ def clip_key(in_key: str, start_s: float, end_s: float) -> str:
     return f"{in_key}_{round(start_s * 1000):08d}_{round(end_s * 1000):08d}"
 
 
+def clip_input_key(key: str) -> str:
+    """The input key a sample key (`clip_key`) starts with."""
+    return key.rsplit("_", 2)[0]
+
+
 def _escapes_a_file_name(path: str) -> bool:
     """Whether `path` names no file but is what `escape_undecodable` made of the name of one."""
     if not _BYTE_ESCAPE.search(path) or os.path.lexists(path):
@@ -193,7 +198,8 @@ def _escapes_a_file_name(path: str) -> bool:
 
 @contextlib.contextmanager
 def local_copy(uri: str) -> Iterator[str]:
-    """A local path decord can open: the file itself, or a temporary download of a remote URI.
+    """A local path decord can open: the file itself, or a temporary download of a remote URI
+    (with the object's modification time, where the store gives one).
 
     Raises for an input `expand_inputs` kept because it names no video: the store's error,
     `matched no video files` for a folder, pattern or empty list, the reading error of an
@@ -213,13 +219,16 @@ def local_copy(uri: str) -> Iterator[str]:
     from pyarrow import fs
 
     filesystem, path = fs.FileSystem.from_uri(uri)
-    found = filesystem.get_file_info(path).type
-    if found == fs.FileType.Directory or (found == fs.FileType.NotFound and glob.has_magic(uri.partition("?")[0])):
+    info = filesystem.get_file_info(path)
+    unmatched = info.type == fs.FileType.NotFound and glob.has_magic(uri.partition("?")[0])
+    if info.type == fs.FileType.Directory or unmatched:
         raise FileNotFoundError(NO_VIDEO_FILES)  # a folder or pattern that matched nothing when expanded
     fd, tmp = tempfile.mkstemp(suffix=Path(path).suffix)
     try:
         with os.fdopen(fd, "wb") as out, filesystem.open_input_stream(path) as src:
             shutil.copyfileobj(src, out, 1 << 20)
+        if info.mtime_ns is not None:  # the object's time, so a scan of it is reused until it is replaced
+            os.utime(tmp, ns=(info.mtime_ns, info.mtime_ns))
         yield tmp
     finally:
         os.unlink(tmp)

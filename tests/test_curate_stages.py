@@ -165,6 +165,8 @@ def test_a_remote_input_is_fetched_as_listed_and_a_folder_or_unmatched_pattern_f
     assert listed == ["store://talks/clip[1].mp4"]
     with local_copy(listed[0]) as path:
         assert Path(path).read_bytes() == b"video bytes"
+        # the object's time, which tells a saved scan whether it was made of this object
+        assert os.stat(path).st_mtime_ns == (bucket / "talks" / "clip[1].mp4").stat().st_mtime_ns
     for kept in ("store://talks", "store://talks/*.mkv"):
         with pytest.raises(FileNotFoundError, match=NO_VIDEO_FILES), local_copy(kept):
             pass
@@ -199,6 +201,63 @@ def test_a_file_name_that_is_not_utf8_is_kept_escaped_and_fails_with_the_reason(
             pass
     with local_copy(f"{folder}/ok.mp4") as path:
         assert path == f"{folder}/ok.mp4"
+
+
+def _noise_video(path: Path, frames: int) -> Path:
+    from portraitflow.operators.video_writer import write_h264
+
+    write_h264(path, [np.random.default_rng(frames).integers(0, 255, (frames, 64, 64, 3), np.uint8)], 25)
+    return path
+
+
+def test_a_saved_scan_is_reused_only_for_the_file_it_was_made_of(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another file put at the input's path, or the same one modified, is scanned again."""
+    from portraitflow.jobs.config import load_config
+    from portraitflow.operators import face_scan
+
+    scans = []
+    real_scan = face_scan.scan_video
+    monkeypatch.setattr(face_scan, "scan_video", lambda *args: scans.append(args[1]) or real_scan(*args))
+    stage = face_scan.FaceScanStage(load_config(None, []).model_dump(mode="json"), str(tmp_path))
+    video = _noise_video(tmp_path / "talk.mp4", 30)
+    row = {"uri": str(video), "input_key": "talk-0123456789"}
+    scan_file = face_scan.scan_path(tmp_path, row["input_key"])
+
+    def scan() -> dict:
+        assert stage.scan(dict(row), str(video))["status"] == face_scan.SCANNED
+        return face_scan.load_scan_meta(scan_file)["source"]
+
+    source = scan()
+    assert source == {"size": video.stat().st_size, "mtime_ns": video.stat().st_mtime_ns, "width": 64, "height": 64,
+                      "fps": 25.0, "frames": 30}
+    assert scan() == source and len(scans) == 1  # the same file: reused
+    _noise_video(video, 40)  # replaced by another video
+    assert scan()["frames"] == 40 and len(scans) == 2
+    later = video.stat().st_mtime_ns + 10**9
+    os.utime(video, ns=(later, later))  # written again in place: the same size and frames, another time
+    assert scan()["mtime_ns"] == later and len(scans) == 3
+
+
+def test_a_new_scan_discards_the_staged_samples_of_the_old_one(tmp_path: Path) -> None:
+    """They were rendered from the file the old scan was made of; a rerun must render its clips again."""
+    from portraitflow.jobs.config import load_config
+    from portraitflow.operators.curate_input import CurateInputStage
+
+    dirs = [tmp_path / name for name in ("scans", "staging", "attempts")]
+    for folder in dirs:
+        folder.mkdir()
+    stage = CurateInputStage(load_config(None, []).model_dump(mode="json"), *map(str, dirs), max_attempts=9)
+    video = _noise_video(tmp_path / "talk.mp4", 30)
+    row = {"uri": str(video), "input_key": "talk-0123456789"}
+    stage.curate(dict(row))
+    staged = [f"{row['input_key']}_00000000_00001000", "talk-0123456789_x-0123456789_00000000_00001000"]
+    for key in staged:  # this input's sample, and one of an input whose key starts alike
+        stage_sample(dirs[1], key, _sample(1))
+    stage.curate(dict(row))
+    assert sorted(p.stem for p in dirs[1].glob("*.tar")) == sorted(staged)  # the scan was reused
+    _noise_video(video, 40)
+    stage.curate(dict(row))
+    assert [p.stem for p in dirs[1].glob("*.tar")] == staged[1:]
 
 
 def test_keys_are_dot_free_unique_and_stable() -> None:

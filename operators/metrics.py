@@ -100,6 +100,46 @@ def aed(pred_landmarks: np.ndarray, target_landmarks: np.ndarray) -> np.ndarray:
     return out
 
 
+def _expression_changes(landmarks: np.ndarray, anchor: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the anchor frame's shape, every frame's change from it): the anchor centred and scaled to
+    unit norm, each frame Procrustes-aligned onto it (as `aed` aligns), then the anchor subtracted;
+    NaN where a frame has no face. The changes live in the anchor's own orientation and size."""
+    from scipy.spatial import procrustes
+
+    centred = landmarks[anchor] - landmarks[anchor].mean(axis=0)
+    reference = centred / np.linalg.norm(centred)
+    changes = np.full(landmarks.shape, np.nan)
+    for i, frame in enumerate(landmarks):
+        if np.isfinite(frame).all():
+            changes[i] = procrustes(reference, frame)[1] - reference
+    return reference, changes
+
+
+def aed_change(pred_landmarks: np.ndarray, target_landmarks: np.ndarray) -> np.ndarray:
+    """Expression distance per frame between two different people: how differently their faces
+    *change*, so face shape (identity) and pose drop out.
+
+    The anchor is the first frame where both have a face. Each video's frames are compared with its
+    own anchor frame (`_expression_changes`: Procrustes alignment, then the difference, in unit-norm
+    shape space); the target's changes are turned by the rotation that best aligns its anchor onto
+    the pred's, and the value is the mean point distance between the two changes. NaN at and before
+    the anchor (no change is measured there) and where either has no face; 0 when both change alike.
+    """
+    from scipy.linalg import orthogonal_procrustes
+
+    _check_pair(pred_landmarks, target_landmarks)
+    out = np.full(len(pred_landmarks), np.nan)
+    both = np.flatnonzero(np.isfinite(pred_landmarks).all(axis=(1, 2)) & np.isfinite(target_landmarks).all(axis=(1, 2)))
+    if len(both) < 2:
+        return out
+    pred_anchor, pred_changes = _expression_changes(pred_landmarks, both[0])
+    target_anchor, target_changes = _expression_changes(target_landmarks, both[0])
+    turn, _ = orthogonal_procrustes(target_anchor, pred_anchor)
+    distance = np.linalg.norm(pred_changes - target_changes @ turn, axis=2).mean(axis=1)
+    out[both[1:]] = distance[both[1:]]
+    return out
+
+
 def csim(embeddings: np.ndarray, reference_embedding: np.ndarray) -> np.ndarray:
     """Cosine similarity of each frame's identity embedding to the reference's."""
     emb = np.asarray(embeddings, np.float64)

@@ -27,8 +27,8 @@ def driver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     data = tmp_path / "data"
     data.mkdir()
     ramp = np.linspace(0, 200, 64, dtype=np.uint8)[None, None, :, None]
-    write_h264(data / "talk.mp4", [np.broadcast_to(ramp, (8, 64, 64, 3)) + np.arange(8, dtype=np.uint8)[:, None, None, None]],
-               fps=8.0)
+    frames = np.broadcast_to(ramp, (8, 64, 64, 3)) + np.arange(8, dtype=np.uint8)[:, None, None, None]
+    write_h264(data / "talk.mp4", [frames], fps=8.0)
     cfg = load_config(None, [f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
     return sweep, cfg, data
 
@@ -95,5 +95,5 @@ def test_ctrl_c_starts_no_queued_config_and_ends_the_runs_in_flight_killed(drive
             if thread.name.startswith("sweep-config"):
                 thread.join(timeout=30)
     assert sorted(started) == [128, 160] and not scored
-    assert {c.info.status for c in client.search_runs([parent.info.experiment_id],
-                                                      f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")} == {"KILLED"}
+    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert {c.info.status for c in children} == {"KILLED"}

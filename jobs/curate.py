@@ -25,7 +25,7 @@ from portraitflow.jobs.options import ConfigOption, MlflowUriOption, RayAddressO
 from portraitflow.operators import ledger
 from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.curate_input import renders_after_decisions
-from portraitflow.operators.face_scan import load_clip_arrays, scan_clips, scan_path
+from portraitflow.operators.face_scan import check_galleries, load_clip_arrays, scan_clips, scan_path
 from portraitflow.operators.filters import RENDER_FAILED
 from portraitflow.operators.identity import CorpusLedger
 from portraitflow.operators.inputs import expand_inputs, input_key
@@ -70,19 +70,27 @@ def corpus_settings(cfg: PortraitFlowConfig) -> dict[str, Any]:
             for section, exempt in OPERATIONAL_SETTINGS.items()}
 
 
-def check_corpus_settings(cfg: PortraitFlowConfig, layout: Layout) -> None:
-    """Refuse to resume a corpus with other settings: its finished inputs would keep the old
-    decisions and samples while new ones got the new, and nothing in the result would say so."""
+def check_corpus_settings(cfg: PortraitFlowConfig, layout: Layout) -> list[str]:
+    """Refuse to resume a corpus with other settings once it holds finished work: its finished
+    inputs would keep the old decisions and samples while new ones got the new, and nothing in the
+    result would say so. Until then (a first run that failed early, or one that finished nothing)
+    any settings are taken; returns what they change, as `section.key: old -> new`."""
     if not layout.settings.is_file():
-        return
+        return []
     recorded, current = json.loads(layout.settings.read_text()), corpus_settings(cfg)
     changed = [f"{section}.{key}: {recorded.get(section, {}).get(key)!r} -> {value!r}"
                for section, values in current.items() for key, value in values.items()
                if recorded.get(section, {}).get(key) != value]
-    if changed:
+    if changed and holds_finished_work(layout):
         raise typer.BadParameter(
             f"{layout.out} holds a corpus curated with other settings ({'; '.join(changed)}); "
             "curate into a new --out, or run with the recorded settings", param_hint="--out")
+    return changed
+
+
+def holds_finished_work(layout: Layout) -> bool:
+    """Whether the folder has a shard or an input done: what its recorded settings decided."""
+    return bool(shard_paths(layout.shards)) or any(map(ledger.is_done, ledger.load_markers(layout.done).values()))
 
 
 @contextlib.contextmanager
@@ -173,17 +181,22 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
 
     layout = Layout(out)
     check_corpus_settings(cfg, layout)
+    try:
+        check_galleries(cfg)
+    except (ValueError, OSError) as exc:  # a gallery without a face, the face models missing
+        raise typer.BadParameter(str(exc)) from exc
     uris = expand_inputs(inputs)
     markers = ledger.load_markers(layout.done)
     rows = sorted(({"uri": u, "input_key": input_key(u)} for u in uris), key=lambda r: r["input_key"])
-    pending = [r for r in rows if markers.get(r["input_key"], {}).get("input", {}).get("status", ledger.FAILED) == ledger.FAILED]
+    pending = [r for r in rows if not ledger.is_done(markers.get(r["input_key"], {}))]
     if dry_run:
         for row in rows:
             typer.echo(f"{'pending' if row in pending else 'done   '}  {row['input_key']}  {row['uri']}")
         typer.echo(f"{len(pending)} of {len(rows)} input(s) would be processed into {out}")
         return {"inputs": len(rows), "pending": len(pending)}
     with exclusive(layout):
-        check_corpus_settings(cfg, layout)  # again: a run that held the folder may have just recorded its own
+        if check_corpus_settings(cfg, layout):  # again: a run that held the folder may have just recorded its own
+            shutil.rmtree(layout.staging, ignore_errors=True)  # rendered with the settings now replaced
         layout.make()
         atomic_write(layout.settings, json.dumps(corpus_settings(cfg), indent=1, sort_keys=True))
         init_ray(cfg.ray, cfg.mlflow)

@@ -319,6 +319,25 @@ def rows_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return {k: np.array([r[k] for r in rows]) for k in rows[0]}
 
 
+def check_galleries(cfg: PortraitFlowConfig) -> None:
+    """Load the allow and deny galleries as the scan will, so a folder that is missing or holds no
+    photo with a face stops the run before anything is written, with the setting that names it (in
+    the curation actors it would kill each one as it starts); raises ValueError."""
+    folders = {name: getattr(cfg.curate, name) for name in ("allow_dir", "deny_dir") if getattr(cfg.curate, name)}
+    for name, folder in folders.items():
+        if not Path(folder).is_dir():
+            raise ValueError(f"curate.{name}: {folder} is not a folder")
+    if folders:
+        from portraitflow.models.face.factory import create_analyzer
+
+        analyzer = create_analyzer(cfg.face)
+        for name, folder in folders.items():
+            try:
+                load_gallery(analyzer, folder)
+            except ValueError as exc:
+                raise ValueError(f"curate.{name}: {exc}") from exc
+
+
 class FaceScanStage:
     """Holds the face analyser and the galleries; scans one input per call (operators/curate_input.py)."""
 

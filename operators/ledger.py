@@ -32,6 +32,11 @@ def write_marker(done_dir: Path, input_row: dict[str, Any], clip_rows: list[dict
     atomic_write(marker_path(done_dir, input_row["input_key"]), json.dumps({"input": input_row, "clips": clip_rows}))
 
 
+def is_done(marker: dict[str, Any]) -> bool:
+    """Whether a marker's input is done: a `failed` one is recorded, but a rerun tries it again."""
+    return marker.get("input", {}).get("status", FAILED) != FAILED
+
+
 def load_markers(done_dir: Path) -> dict[str, dict[str, Any]]:
     """input_key -> marker, for every usable marker in the folder. One that cannot be read (a
     damaged disk) or whose rows do not fit the tables counts as missing, so its input is curated

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import typer
 
 from portraitflow.jobs.config import load_config
 from portraitflow.jobs.curate import Layout, check_corpus_settings, corpus_settings
@@ -44,10 +45,75 @@ def test_a_scan_is_the_same_whatever_chunk_frames(media_dir: Path, tmp_path: Pat
         folder = tmp_path / str(chunk)
         folder.mkdir()
         cfg = load_config(None, [f"curate.chunk_frames={chunk}"]).model_dump(mode="json")
-        FaceScanStage(cfg, str(folder)).scan({"uri": "talk", "input_key": "talk"}, str(media_dir / "liveportrait_d0.mp4"))
+        video = str(media_dir / "liveportrait_d0.mp4")
+        FaceScanStage(cfg, str(folder)).scan({"uri": video, "input_key": "talk"}, video)
         with np.load(folder / "talk.npz") as data:
             scans[chunk] = {name: data[name] for name in data.files}
     assert scans[64].keys() == scans[7].keys() and "c0_embedding" in scans[64]
     assert str(scans[64].pop("meta")) == str(scans[7].pop("meta"))  # clips, decisions, measures, fingerprint
     for name, value in scans[64].items():
         assert np.allclose(value, scans[7][name], atol=1e-4), name
+
+
+def test_other_settings_are_refused_once_the_folder_holds_finished_work_only(tmp_path: Path) -> None:
+    """Before an input is done or a shard written, nothing depends on the recorded settings (a first
+    run that died early must not lock the folder to them); from then on only operational ones may change."""
+    from portraitflow.operators import ledger
+    from portraitflow.operators.shards import pack_shards, stage_sample
+
+    layout = Layout(tmp_path)
+    layout.make()
+    layout.settings.write_text(json.dumps(corpus_settings(load_config(None, []))))
+    other = load_config(None, ["curate.min_face_px=999", "curate.keep_audio=false"])
+    assert check_corpus_settings(other, layout) == ["curate.min_face_px: 128 -> 999", "curate.keep_audio: True -> False"]
+    ledger.write_marker(layout.done, {"input_key": "gone", "status": "failed"}, [])  # failed: tried again anyway
+    assert check_corpus_settings(other, layout)
+    ledger.write_marker(layout.done, {"input_key": "talk", "status": "rejected"}, [])
+    with pytest.raises(typer.BadParameter, match=r"curate\.min_face_px: 128 -> 999; curate\.keep_audio: True -> False"):
+        check_corpus_settings(other, layout)
+    assert check_corpus_settings(load_config(None, ["curate.actor_cpus=3", "curate.shard_max_samples=7",
+                                                    "face.num_threads=2"]), layout) == []
+    ledger.marker_path(layout.done, "talk").unlink()
+    stage_sample(layout.staging, "talk_00000000_00001000", {"json": b"{}"})
+    pack_shards(layout.staging, layout.shards, 1, 1 << 20)  # a shard whose marker a kill prevented
+    with pytest.raises(typer.BadParameter, match="other settings"):
+        check_corpus_settings(other, layout)
+
+
+def test_settings_taken_anew_discard_the_samples_staged_under_the_old_ones(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from portraitflow.jobs.curate import run_curation
+    from portraitflow.operators.shards import stage_sample
+
+    monkeypatch.setattr("portraitflow.jobs.runtime.init_ray", lambda *args, **kwargs: None)
+    layout = Layout(tmp_path)
+    layout.make()
+    layout.settings.write_text(json.dumps(corpus_settings(load_config(None, ["curate.crop_size=256"]))))
+    stage_sample(layout.staging, "talk_00000000_00001000", {"json": b"{}"})  # a 256 px sample
+    cfg = load_config(None, ["mlflow.enabled=false"])
+    run_curation(cfg, [], tmp_path)
+    assert not list(layout.staging.iterdir())
+    assert json.loads(layout.settings.read_text()) == corpus_settings(cfg)
+
+
+@pytest.mark.parametrize("gallery", ["missing", "no_face"])
+def test_a_bad_gallery_stops_the_run_before_anything_is_written(gallery: str, tmp_path: Path) -> None:
+    """Found on the driver, with the setting that names it: not in the actors, after the settings
+    were recorded, as an ActorDiedError."""
+    import cv2
+    from typer.testing import CliRunner
+
+    from portraitflow.jobs.cli import app
+
+    folder = tmp_path / gallery
+    if gallery == "no_face":
+        folder.mkdir()
+        cv2.imwrite(str(folder / "wall.png"), np.full((64, 64, 3), 128, np.uint8))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["curate", str(tmp_path / "talk.mp4"), "--out", str(out), "--set",
+                                      f"curate.deny_dir={folder}", "--set", "mlflow.enabled=false"],
+                                env={"COLUMNS": "400"})
+    assert result.exit_code == 2, result.output
+    reason = f"{folder} is not a folder" if gallery == "missing" else f"no face found in any photo of {folder}"
+    assert f"curate.deny_dir: {reason}" in result.output and "Traceback" not in result.output
+    assert not out.exists()

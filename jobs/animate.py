@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from portraitflow.jobs.config.animate import AnimateConfig
+from portraitflow.jobs.config.animate import PER_JOB_FIELDS, AnimateConfig
 from portraitflow.jobs.options import ConfigOption, MlflowUriOption, RayAddressOption, SetOption, resolve_config
 
 #: the config's own choices, so the flags offer (and check) exactly what the config accepts.
@@ -45,6 +45,7 @@ def animate(
     flags = {"backend": backend, "weights": weights, "actors": actors, "gpus": gpus, "motion": motion,
              "pose_multiplier": pose_multiplier, "expression_multiplier": expression_multiplier, "paste_back": paste_back}
     cfg = resolve_config(config, set_, ray_address, mlflow_uri, {f"animate.{k}": v for k, v in flags.items()})
+    check_job_options(cfg.animate, [k for k, v in flags.items() if v is not None] + _animate_overrides(set_))
     check_weights(cfg.animate)
     if jobs is not None:
         try:
@@ -63,6 +64,24 @@ def animate(
     typer.echo(f"{len(table)} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f"; results in {out / 'results.parquet'}")
     for row in table[table.status == "failed"].itertuples():
         typer.echo(f"  failed {row.job_id}: {row.reason}")
+
+
+def _animate_overrides(overrides: list[str] | None) -> list[str]:
+    """The animate fields that `--set animate.FIELD=VALUE` overrides name."""
+    fields = (item.split("=", 1)[0].strip() for item in overrides or [])
+    return [field.removeprefix("animate.") for field in fields if field.startswith("animate.")]
+
+
+def check_job_options(cfg: AnimateConfig, given: list[str]) -> None:
+    """Refuse a job option (`PER_JOB_FIELDS`) given on the command line, by flag or `--set`, that the
+    backend does not read, such as `--motion` for hunyuan or `animate.seed` for warp: every job
+    would ignore it. A config file is not checked, since one file may serve several backends."""
+    from portraitflow.models.animators.registry import check_settings, resolve_backend
+
+    try:
+        check_settings(resolve_backend(cfg), set(given) & set(PER_JOB_FIELDS))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
 
 
 def check_weights(cfg: AnimateConfig) -> None:

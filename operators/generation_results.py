@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from portraitflow.jobs.config.animate import AnimateConfig
+from portraitflow.models.animators.registry import check_settings
 from portraitflow.operators.atomic import atomic_target, atomic_write
 from portraitflow.operators.decode import VideoUnreadable, probe_video
 from portraitflow.operators.generation_jobs import Job, effective_params, output_name
@@ -29,13 +30,14 @@ RESULT_DEFAULTS: dict[str, Any] = {
 
 
 def plan_rows(jobs: list[Job], out_dir: Path, backend: str, cfg: AnimateConfig, resume: bool) -> list[dict[str, Any]]:
-    """A row per job: `pending`, `skipped` (its complete output exists) or `failed` (bad params,
-    or the same output as an earlier job)."""
+    """A row per job: `pending`, `skipped` (its complete output exists) or `failed` (bad params, a
+    param `backend` does not read, or the same output as an earlier job)."""
     rows, planned = [], {}
     for job in jobs:
         row = {**RESULT_DEFAULTS, "job_id": job.job_id, "ref": job.ref, "driving": job.driving, "backend": backend}
         try:
             params = effective_params(job, cfg)
+            check_settings(backend, job.params)
         except ValueError as exc:
             rows.append({**row, "status": "failed", "reason": str(exc)[:300]})
             continue

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.config.evaluate import EvaluateConfig
+from portraitflow.models.animators.registry import check_settings, resolve_backend
 from portraitflow.operators.eval_dataset import DatasetSpec
 
 #: evaluate fields that do not change a config's numbers, left out of its hash
@@ -103,9 +104,10 @@ STILL_PARAMS = ("size", "paste_back")
 def config_settings(params: dict[str, Any], cfg: PortraitFlowConfig) -> AnimateConfig:
     """The animate settings of one sweep config: `cfg.animate` overridden by its params, validated.
 
-    ValueError (pydantic's ValidationError is one) naming any unknown or invalid param. `still`
-    takes only `STILL_PARAMS`: any other param, a typo or a motion setting it has no use for, is
-    refused rather than ignored, so two `still` configs never differ only in a label.
+    ValueError (pydantic's ValidationError is one) naming any unknown or invalid param, or one the
+    config's backend does not read: `still` takes only `STILL_PARAMS`, an animator the settings it
+    declares (`registry.check_settings`). Such a param, a typo or a setting of another backend, is
+    refused rather than ignored, so two configs never differ only in a label (and a run).
     """
     if params.get("backend") == "still":
         unused = sorted(set(params) - {"backend", *STILL_PARAMS})
@@ -114,5 +116,8 @@ def config_settings(params: dict[str, Any], cfg: PortraitFlowConfig) -> AnimateC
                      for key in unused]
             raise ValueError(f"backend still: unsupported params {', '.join(kinds)}; the still baseline takes only "
                              f"{', '.join(STILL_PARAMS)} (list it under `configs:`, not in a grid of motion settings)")
-        params = {k: v for k, v in params.items() if k != "backend"}
-    return cfg.animate.model_validate({**cfg.animate.model_dump(), **params})
+        return cfg.animate.model_validate({**cfg.animate.model_dump(), **{k: v for k, v in params.items()
+                                                                         if k != "backend"}})
+    settings = cfg.animate.model_validate({**cfg.animate.model_dump(), **params})
+    check_settings(resolve_backend(settings), params)
+    return settings

@@ -2,6 +2,11 @@
 
 The job options (`PER_JOB_FIELDS`: motion options, paste-back, hunyuan sampling) are the defaults
 of every job; a jobs file may override them per job in columns of the same names.
+
+Every backend reads `PIPELINE_FIELDS`; each animator declares the other settings it reads
+(`Animator.params`), and a setting given for a backend that does not read it is refused rather
+than ignored. `OPERATIONAL_FIELDS` say where and how fast a job runs and what is recorded, never
+what it writes: every other setting a backend reads is part of its outputs' names.
 """
 from __future__ import annotations
 
@@ -12,6 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field
 #: job fields a jobs file may set per row, overriding the config.
 PER_JOB_FIELDS = ("motion", "pose_multiplier", "expression_multiplier", "paste_back",
                   "seed", "num_steps", "appearance_scale", "motion_scale")
+#: settings the generation flow applies whatever the animator: framing, driving motion, encoding, resources.
+PIPELINE_FIELDS = ("backend", "size", "window", "paste_back", "feather", "min_face_fraction", "smooth_sigma", "crf",
+                   "actors", "cpus_per_actor", "preview_jobs", "preview_frames", "experiment")
+#: settings that change where and how fast jobs run, and what is recorded, but not the videos written
+#: (up to numerical precision: `compile_mode`, and `gpus` 0, which runs hunyuan in float32 on CPUs).
+OPERATIONAL_FIELDS = ("actors", "cpus_per_actor", "gpus", "compile_mode", "windows_per_call", "preview_jobs",
+                      "preview_frames", "experiment")
 
 
 class AnimateConfig(BaseModel):

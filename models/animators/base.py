@@ -8,7 +8,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -42,6 +42,9 @@ class Animator(ABC):
     """Animates a reference with the motion of a driving video, window by window."""
 
     name: str
+    #: the animate settings this animator reads besides every backend's (`PIPELINE_FIELDS`): a setting
+    #: in neither is refused for this backend (in a sweep config, a jobs file's column, a flag), not ignored.
+    params: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def animate(

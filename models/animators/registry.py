@@ -1,9 +1,10 @@
-"""Which animator a job runs on, built inside the actor that holds it."""
+"""Which animator a job runs on, the settings it reads, built inside the actor that holds it."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from portraitflow.jobs.config.animate import AnimateConfig
+from portraitflow.jobs.config.animate import PIPELINE_FIELDS, AnimateConfig
 from portraitflow.models.animators.base import Animator
 
 
@@ -12,6 +13,35 @@ def resolve_backend(cfg: AnimateConfig) -> str:
     if cfg.backend == "auto":
         return "hunyuan" if cfg.weights else "warp"
     return cfg.backend
+
+
+def animator_class(backend: str) -> type[Animator]:
+    """The animator class of `backend`, imported only when asked for (hunyuan's imports torch)."""
+    if backend == "warp":
+        from portraitflow.models.animators.warp import WarpAnimator
+
+        return WarpAnimator
+    if backend == "hunyuan":
+        from portraitflow.models.hunyuan.animator import HunyuanAnimator
+
+        return HunyuanAnimator
+    raise ValueError(f"unknown animator backend {backend!r}")
+
+
+def backend_settings(backend: str) -> frozenset[str]:
+    """Every animate setting `backend` reads: every backend's (`PIPELINE_FIELDS`) and its animator's `params`."""
+    return frozenset(PIPELINE_FIELDS) | frozenset(animator_class(backend).params)
+
+
+def check_settings(backend: str, names: Iterable[str]) -> None:
+    """ValueError naming each setting in `names` that `backend` does not read: given, it would be
+    silently ignored (and, in a sweep, cost a run that only repeats another)."""
+    unused = sorted(set(names) - backend_settings(backend))
+    if unused:
+        shared = ", ".join(name for name in PIPELINE_FIELDS if name != "backend")
+        own = ", ".join(animator_class(backend).params)
+        raise ValueError(f"backend {backend} does not use {', '.join(unused)}: {backend} reads {own}, "
+                         f"besides the settings of every backend ({shared})")
 
 
 def animator_params(backend: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -239,6 +239,7 @@ class WarpAnimator(Animator):
     """Landmark-driven piecewise-affine animator (module docstring). Holds no model."""
 
     name = "warp"
+    params = tuple(DEFAULT_PARAMS)
 
     def __init__(self, map_step: int = 4) -> None:
         self.map_step = map_step

@@ -49,6 +49,10 @@ class HunyuanAnimator(Animator):
     """HunyuanPortrait (or its tiny random twin) as an `Animator`."""
 
     name = "hunyuan"
+    #: the weights, the sampling settings a job may set (`_settings`: SamplingSettings fields), and
+    #: how the model is served; the driving motion comes from the crops, so no motion options.
+    params = ("weights", "seed", "num_steps", "appearance_scale", "motion_scale", "compile_mode", "windows_per_call",
+              "gpus")
 
     def __init__(self, models: HunyuanModels, settings: SamplingSettings = SamplingSettings(),
                  compile_mode: str | None = None) -> None:

@@ -1,0 +1,93 @@
+"""Each backend declares the animate settings it reads; one it does not read is refused, in a sweep
+config, a jobs file's column and a command-line flag, instead of being silently ignored (in a sweep,
+at the cost of a run that repeats another)."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from portraitflow.jobs.config import load_config
+from portraitflow.jobs.config.animate import OPERATIONAL_FIELDS, PER_JOB_FIELDS, PIPELINE_FIELDS, AnimateConfig
+from portraitflow.models.animators.registry import animator_class, backend_settings
+from portraitflow.operators.generation_jobs import Job
+from portraitflow.operators.generation_results import plan_rows
+from portraitflow.operators.sweep_spec import config_settings
+
+
+def test_every_animate_setting_is_read_by_every_backend_or_declared_by_exactly_one() -> None:
+    from portraitflow.models.animators.warp import DEFAULT_PARAMS
+    from portraitflow.models.hunyuan.pipeline import SamplingSettings
+
+    warp, hunyuan = animator_class("warp").params, animator_class("hunyuan").params
+    declared = [*PIPELINE_FIELDS, *warp, *hunyuan]
+    assert sorted(declared) == sorted(AnimateConfig.model_fields)  # each field once: no gaps, no overlaps
+    assert set(warp) == set(DEFAULT_PARAMS)  # what WarpAnimator.animate reads
+    sampling = {f.name for f in dataclasses.fields(SamplingSettings)}
+    assert set(hunyuan) & set(PER_JOB_FIELDS) <= sampling  # HunyuanAnimator._settings reads only these
+    assert set(OPERATIONAL_FIELDS) < set(AnimateConfig.model_fields)
+    assert {"motion", "pose_multiplier", "expression_multiplier"}.isdisjoint(backend_settings("hunyuan"))
+    assert {"seed", "num_steps", "appearance_scale", "motion_scale", "weights"}.isdisjoint(backend_settings("warp"))
+
+
+@pytest.mark.parametrize("backend, params, unused", [
+    ("warp", {"backend": "warp", "seed": 3}, "seed"),
+    ("warp", {"backend": "warp", "num_steps": 4, "appearance_scale": 1.5}, "appearance_scale, num_steps"),
+    ("warp", {"backend": "warp", "weights": "/w"}, "weights"),
+    ("warp", {"backend": "auto", "motion_scale": 1.0}, "motion_scale"),  # auto without weights is warp
+    ("hunyuan", {"backend": "hunyuan", "weights": "tiny", "pose_multiplier": 0.5}, "pose_multiplier"),
+    ("hunyuan", {"backend": "hunyuan", "weights": "tiny", "motion": "absolute"}, "motion"),
+    ("hunyuan", {"backend": "auto", "weights": "tiny", "expression_multiplier": 2.0}, "expression_multiplier"),
+])
+def test_a_sweep_config_refuses_a_param_its_backend_does_not_read(backend: str, params: dict, unused: str) -> None:
+    with pytest.raises(ValueError, match=rf"backend {backend} does not use {unused}: {backend} reads"):
+        config_settings(params, load_config(None, []))
+
+
+def test_a_sweep_config_takes_its_backends_own_params_and_every_backends() -> None:
+    cfg = load_config(None, [])
+    warp = config_settings({"backend": "warp", "pose_multiplier": 0.5, "motion": "absolute", "crf": 20}, cfg)
+    assert (warp.pose_multiplier, warp.motion, warp.crf) == (0.5, "absolute", 20)
+    hunyuan = config_settings({"backend": "hunyuan", "weights": "tiny", "seed": 1, "num_steps": 3, "size": 256}, cfg)
+    assert (hunyuan.seed, hunyuan.num_steps, hunyuan.size) == (1, 3, 256)
+
+
+def test_a_job_column_its_backend_does_not_read_fails_that_job(tmp_path: Path) -> None:
+    jobs = [Job("motion", "a.png", "b.mp4", {"motion": "absolute"}), Job("seed", "a.png", "b.mp4", {"seed": 5}),
+            Job("both", "a.png", "b.mp4", {"paste_back": True})]
+    warp = plan_rows(jobs, tmp_path, "warp", AnimateConfig(), resume=True)
+    assert [r["status"] for r in warp] == ["pending", "failed", "pending"]
+    assert warp[1]["reason"].startswith("backend warp does not use seed: warp reads motion")
+    hunyuan = plan_rows(jobs, tmp_path, "hunyuan", AnimateConfig(weights="tiny"), resume=True)
+    assert [r["status"] for r in hunyuan] == ["failed", "pending", "pending"]
+    assert hunyuan[0]["reason"].startswith("backend hunyuan does not use motion: hunyuan reads weights")
+
+
+@pytest.mark.parametrize("flags, refused", [
+    (["--weights", "tiny", "--motion", "absolute"], "motion"),
+    (["--weights", "tiny", "--pose-multiplier", "0.5", "--expression-multiplier", "2"],
+     "expression_multiplier, pose_multiplier"),
+    (["--backend", "warp", "--set", "animate.seed=3"], "seed"),
+    (["--set", "animate.num_steps=4"], "num_steps"),
+    (["--backend", "warp", "--motion", "absolute", "--set", "animate.crf=20"], None),
+    (["--weights", "tiny", "--set", "animate.seed=3", "--paste-back"], None),
+])
+def test_the_command_line_refuses_job_options_the_backend_does_not_read(
+        flags: list[str], refused: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from portraitflow.jobs.cli import app
+    from portraitflow.pipelines import generate
+
+    calls = []
+    monkeypatch.setattr(generate, "run_generation", lambda jobs, out, cfg, resume=True: calls.append(cfg) or
+                        pd.DataFrame({"job_id": [], "status": [], "reason": []}))
+    pair = ["--ref", str(tmp_path / "a.png"), "--driving", str(tmp_path / "b.mp4"), "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, ["animate", *pair, *flags], env={"COLUMNS": "400"})
+    if refused is None:
+        assert result.exit_code == 0 and len(calls) == 1, result.output
+    else:
+        assert result.exit_code == 2 and f"does not use {refused}:" in result.output and not calls, result.output
+        assert "Traceback" not in result.output

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import shutil
+import tarfile
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 
 from portraitflow.jobs.config import PortraitFlowConfig
@@ -25,10 +28,11 @@ from portraitflow.jobs.options import ConfigOption, MlflowUriOption, RayAddressO
 from portraitflow.operators import ledger
 from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.curate_input import renders_after_decisions
-from portraitflow.operators.face_scan import check_galleries, load_clip_arrays, scan_clips, scan_path
+from portraitflow.operators.face_scan import (check_galleries, content_signature, load_clip_arrays, scan_clips,
+                                             scan_path)
 from portraitflow.operators.filters import RENDER_FAILED
 from portraitflow.operators.identity import CorpusLedger
-from portraitflow.operators.inputs import expand_inputs, input_key
+from portraitflow.operators.inputs import clip_input_key, expand_inputs, input_key
 from portraitflow.operators.quarantine import quarantined_row
 from portraitflow.operators.shards import INDEX_NAME, pack_shards, shard_keys, shard_paths, write_index
 
@@ -105,48 +109,88 @@ def exclusive(layout: Layout) -> Iterator[None]:
         yield
 
 
-def _clips_of(row: dict[str, Any], layout: Layout, fps: float) -> list[dict[str, Any]]:
-    """The scan's candidate clips of an input (none for a failed one)."""
-    if row["status"] == ledger.FAILED:
-        return []
-    return scan_clips(scan_path(layout.scans, row["input_key"]), row["input_key"], fps)
+def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], layout: Layout,
+                   in_shards: dict[str, Path]) -> dict[str, list[dict]]:
+    """The candidate clips of the pending inputs, with the cap per identity and the near-duplicate
+    checks applied.
 
-
-def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], markers: dict, layout: Layout,
-                   in_shards: set[str]) -> dict:
-    """Apply the cap per identity and near-duplicate checks to the pending inputs' clips.
-
-    The clips already committed to the corpus enter the ledger first: those finished inputs kept,
-    and those a killed run packed into shards before it could mark their input done (they are
-    kept). So inputs added to an existing corpus are capped and de-duplicated against all of it.
-    Then the other pending clips are decided greedily in canonical (key) order, which makes a
-    resumed run decide as an uninterrupted one did.
+    Every clip already in the shards is committed to the corpus: those of finished inputs, and
+    those of an input an earlier run packed before it could mark it done, or marked failed because
+    another of its clips failed to render, whatever its retry finds now (it may fail, or scan
+    another file). Committed clips enter the ledger first, so inputs added to an existing corpus are
+    capped and de-duplicated against all of it. Then the other pending clips are decided greedily
+    in canonical (key) order, which makes a resumed run decide as an uninterrupted one did.
     """
-    pending = {r["input_key"] for r in rows}
-    committed: list[tuple[str, dict]] = []
-    for key in sorted(markers):
-        if key not in pending and markers[key]["input"]["status"] != ledger.FAILED:
-            accepted = {c["key"] for c in markers[key]["clips"] if c["decision"] == ledger.ACCEPTED}
-            committed += [(key, c) for c in scan_clips(scan_path(layout.scans, key), key, cfg.curate.fps)
-                          if c["key"] in accepted]
-    clips_by_input = {r["input_key"]: _clips_of(r, layout, cfg.curate.fps)
+    fps = cfg.curate.fps
+    packed: dict[str, list[str]] = defaultdict(list)
+    for sample in sorted(in_shards):
+        packed[clip_input_key(sample)].append(sample)
+    clips_by_input = {r["input_key"]: _input_clips(r, layout, packed.get(r["input_key"], []), in_shards, fps)
                       for r in sorted(rows, key=lambda r: r["input_key"])}
-    candidates = [(key, c) for key, clips in clips_by_input.items() for c in clips if c["reason"] is None]
-    committed += [(key, c) for key, c in candidates if c["key"] in in_shards]
-    undecided = [(key, c) for key, c in candidates if c["key"] not in in_shards]
-    corpus: CorpusLedger | None = None
-    for index, (key, clip) in enumerate(committed + undecided):
-        arrays = load_clip_arrays(scan_path(layout.scans, key), clip["index"], ("embedding", "signature"))
-        corpus = corpus or _corpus_ledger(cfg, clip["same_person"])
-        if index >= len(committed):
-            clip["reason"] = corpus.decide(arrays["embedding"], arrays["signature"])
+    undecided = [(key, c) for key, clips in clips_by_input.items() for c in clips
+                 if c["reason"] is None and c["key"] not in in_shards]
+    if not undecided:
+        return clips_by_input
+    committed = [(key, c) for key in sorted(packed.keys() - clips_by_input.keys())
+                 for c in _committed_clips(layout, key, packed[key], in_shards, fps)]
+    committed += [(key, c) for key, clips in clips_by_input.items() for c in clips if c["key"] in in_shards]
+    corpus = _corpus_ledger(cfg, undecided[0][1]["same_person"])
+    for key, clip in committed:
+        corpus.keep(*_identity(layout, key, clip))
+    for key, clip in undecided:
+        embedding, signature = _identity(layout, key, clip)
+        clip["reason"] = corpus.decide(embedding, signature)
         if clip["reason"] is None:
-            corpus.keep(arrays["embedding"], arrays["signature"])
+            corpus.keep(embedding, signature)
     return clips_by_input
 
 
+def _input_clips(row: dict[str, Any], layout: Layout, packed: list[str], in_shards: dict[str, Path],
+                 fps: float) -> list[dict[str, Any]]:
+    """A pending input's candidate clips in time order: its scan's (none when the retry failed),
+    and its clips in the shards (`packed`), kept whatever the scan says of them now."""
+    key = row["input_key"]
+    scanned = [] if row["status"] == ledger.FAILED else scan_clips(scan_path(layout.scans, key), key, fps)
+    clips = {c["key"]: c for c in scanned}
+    clips.update((c["key"], c) for c in _committed_clips(layout, key, packed, in_shards, fps))
+    return sorted(clips.values(), key=lambda c: c["start"])
+
+
+def _committed_clips(layout: Layout, input_key: str, samples: list[str], in_shards: dict[str, Path],
+                     fps: float) -> list[dict[str, Any]]:
+    """The clips of an input's samples in the shards: as its saved scan kept them, or where the
+    scan does not (it is missing or damaged, or another file was scanned since) as the sample says."""
+    if not samples:
+        return []
+    try:
+        saved = scan_clips(scan_path(layout.scans, input_key), input_key, fps)
+    except Exception:  # missing or damaged: the samples themselves tell their clips
+        saved = []
+    kept = {c["key"]: c for c in saved if c["reason"] is None}
+    return [kept.get(sample) or _sample_clip(in_shards[sample], sample, fps) for sample in samples]
+
+
+def _sample_clip(shard: Path, key: str, fps: float) -> dict[str, Any]:
+    """A committed clip as its sample in `shard` tells it: its time range, its scores, and its
+    identity (the embedding, and the signature of its keypoints, which crop pixels leave unchanged)."""
+    with tarfile.open(shard) as tar:
+        fields = {name: tar.extractfile(f"{key}.{name}").read() for name in ("json", "id.npy", "kps.npy")}
+    meta = json.loads(fields["json"])
+    embedding, kps = (np.load(io.BytesIO(fields[name]), allow_pickle=False) for name in ("id.npy", "kps.npy"))
+    return {"key": key, "start": round(meta["start_s"] * fps), "end": round(meta["end_s"] * fps), "reason": None,
+            "measures": meta["scores"], "identity": (embedding, content_signature(kps))}
+
+
+def _identity(layout: Layout, input_key: str, clip: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """A clip's identity embedding and content signature: from its sample, or its input's scan."""
+    if "identity" in clip:
+        return clip["identity"]
+    arrays = load_clip_arrays(scan_path(layout.scans, input_key), clip["index"], ("embedding", "signature"))
+    return arrays["embedding"], arrays["signature"]
+
+
 def _render_kept(cfg: PortraitFlowConfig, layout: Layout, scanned: list[dict], clips_by_input: dict,
-                 in_shards: set[str]) -> None:
+                 in_shards: Collection[str]) -> None:
     """Render the clips the corpus decisions kept, when rendering waits for them; each input's
     render errors, timings and count join its row. The clips of an input whose result never comes
     back fail (so the input is tried again by the next run)."""
@@ -200,11 +244,10 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
         layout.make()
         atomic_write(layout.settings, json.dumps(corpus_settings(cfg), indent=1, sort_keys=True))
         init_ray(cfg.ray, cfg.mlflow)
-        return _curate_pending(cfg, layout, rows, pending, markers)
+        return _curate_pending(cfg, layout, rows, pending)
 
 
-def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], pending: list[dict],
-                    markers: dict) -> dict[str, Any]:
+def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], pending: list[dict]) -> dict[str, Any]:
     from portraitflow.jobs.runtime import mlflow_run
     from portraitflow.pipelines.curate import CRASH_RETRIES, curate_inputs
 
@@ -215,8 +258,8 @@ def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], p
         returned = {r["input_key"] for r in scanned}
         lost = [quarantined_row(r, CRASH_RETRIES + 1) for r in pending if r["input_key"] not in returned]
         scanned = sorted(scanned + lost, key=lambda r: r["input_key"])
-        in_shards = {k for path in shard_paths(layout.shards) for k in shard_keys(path)}
-        clips_by_input = _decide_corpus(cfg, scanned, markers, layout, in_shards)
+        in_shards = {k: path for path in shard_paths(layout.shards) for k in shard_keys(path)}
+        clips_by_input = _decide_corpus(cfg, scanned, layout, in_shards)
         if renders_after_decisions(cfg.curate):
             _render_kept(cfg, layout, scanned, clips_by_input, in_shards)
         errors = {k: e for r in scanned for k, e in json.loads(r["render_errors"]).items()}

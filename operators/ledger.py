@@ -96,6 +96,7 @@ def input_row(row: dict[str, Any], clip_rows: list[dict[str, Any]]) -> dict[str,
 
     A clip that failed to render (a full disk, an encoder crash) fails its input, so the next run
     tries it again; the clips it already has in shards are not rendered twice into the corpus.
+    Those stay accepted whatever a retry finds, so a failed row's `error` names them.
     """
     rejected = Counter(c["reason"] for c in clip_rows if c["decision"] != ACCEPTED)
     accepted = [c for c in clip_rows if c["decision"] == ACCEPTED]
@@ -108,6 +109,9 @@ def input_row(row: dict[str, Any], clip_rows: list[dict[str, Any]]) -> dict[str,
         error = f"{len(failed_clips)} clip(s) failed to render, first {failed_clips[0]['key']}: {failed_clips[0]['error']}"
     else:
         status = ACCEPTED if accepted else REJECTED
+    if status == FAILED and accepted:
+        keys = ", ".join(c["key"] for c in accepted)
+        error += f"; its {len(accepted)} clip(s) already in the shards stay in the corpus: {keys}"
     return {
         "path": row["uri"],
         "input_key": row["input_key"],

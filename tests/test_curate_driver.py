@@ -79,3 +79,93 @@ def _rows(path: Path) -> list[dict]:
     import pyarrow.parquet as pq
 
     return pq.read_table(path).to_pylist()
+
+
+FPS = 25.0
+UNREADABLE = {"status": "failed", "error": "decord cannot open the video", "width": 0, "height": 0, "src_fps": 0.0,
+              "duration_s": 0.0}
+SCANNED = {"status": "scanned", "error": "", "width": 512, "height": 512, "src_fps": FPS, "duration_s": 6.0}
+
+
+def _stage_results(monkeypatch: pytest.MonkeyPatch, results: dict[str, dict]) -> None:
+    """The curation stage's row of each input (by key) is `results[key]`: no Ray, no video read."""
+    from portraitflow.pipelines import curate as pipeline
+
+    monkeypatch.setattr(pipeline, "curate_inputs", lambda rows, *_: (
+        [dict(row, **results[row["input_key"]], timings="{}", render_errors="{}", rendered=0) for row in rows], ""))
+    monkeypatch.setattr("portraitflow.jobs.runtime.init_ray", lambda *args, **kwargs: None)
+
+
+def _scan(scans: Path, uri: str, clips: list[tuple]) -> str:
+    """Save a scan of `uri` whose clips are (start, end, reason, (embedding, signature) of a kept one)."""
+    from portraitflow.operators.face_scan import Candidate, save_scan, scan_path
+    from portraitflow.operators.inputs import input_key
+
+    candidates = [Candidate(start, end, reason, {"face_side_px": 200.0},
+                            {"embedding": identity[0], "signature": identity[1]} if identity else {})
+                  for start, end, reason, identity in clips]
+    meta = {"fingerprint": "", "source": {}, "face_backend": "opencv", "same_person": 0.52}
+    save_scan(scan_path(scans, input_key(uri)), meta, candidates)
+    return input_key(uri)
+
+
+def _pack(layout, key: str, start: int, end: int, embedding: np.ndarray, kps: np.ndarray) -> None:
+    """A sample in a shard as rendering writes it: its keypoints in crop pixels."""
+    from portraitflow.operators.shards import npy_bytes, pack_shards, stage_sample
+
+    meta = {"key": key, "start_s": start / FPS, "end_s": end / FPS, "scores": {"face_side_px": 200.0}}
+    stage_sample(layout.staging, key, {"json": json.dumps(meta).encode(), "id.npy": npy_bytes(embedding),
+                                       "kps.npy": npy_bytes(((kps - 100) * 0.75).astype(np.float32))})
+    pack_shards(layout.staging, layout.shards, 100, 1 << 30)
+
+
+@pytest.mark.parametrize("retry", ["unreadable", "unreadable_and_scan_lost", "another_file"])
+def test_clips_already_in_shards_stay_in_the_corpus_whatever_the_retry_finds(
+        retry: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run packed one clip of `talk` and was killed before its marker; `copy` is the same footage
+    under another name. The retry of `talk` fails, finds its scan gone too, or finds another file:
+    the packed clip keeps its row, its input's row accounts for it, and it counts in the ledger
+    (the copy is a duplicate), in this run and in a later one that leaves `talk` out."""
+    from portraitflow.jobs.curate import Layout, run_curation
+    from portraitflow.models.face.base import l2_normalise
+    from portraitflow.operators.face_scan import content_signature, scan_path
+    from portraitflow.operators.inputs import clip_key
+
+    rng = np.random.default_rng(0)
+    identities = []
+    for _ in range(2):
+        embedding, kps = l2_normalise(rng.normal(size=128)).astype(np.float32), rng.uniform(100, 300, (50, 5, 2))
+        identities.append((embedding, content_signature(kps), kps))
+    layout = Layout(tmp_path)
+    layout.make()
+    talk, copy, later_copy = (str(tmp_path / name) for name in ("talk.mp4", "copy.mp4", "later_copy.mp4"))
+    talk_key = _scan(layout.scans, talk, [(0, 50, None, identities[0][:2]), (50, 100, None, identities[1][:2]),
+                                          (100, 150, "too_static", None)])
+    packed = clip_key(talk_key, 0, 2.0)
+    _pack(layout, packed, 0, 50, identities[0][0], identities[0][2])
+    copies = [_scan(layout.scans, uri, [(0, 50, None, identities[0][:2])]) for uri in (copy, later_copy)]
+    if retry == "unreadable_and_scan_lost":
+        scan_path(layout.scans, talk_key).unlink()
+    if retry == "another_file":
+        _scan(layout.scans, talk, [(0, 75, "too_static", None)])
+    _stage_results(monkeypatch, {talk_key: SCANNED if retry == "another_file" else UNREADABLE,
+                                 copies[0]: SCANNED, copies[1]: SCANNED})
+    cfg = load_config(None, QUIET)
+    run_curation(cfg, [talk, copy], tmp_path)
+
+    manifest = {row["input_key"]: row for row in _rows(tmp_path / "manifest.parquet")}
+    clips = {row["key"]: row for row in _rows(tmp_path / "clips.parquet")}
+    assert manifest[talk_key]["clips_accepted"] == 1 and manifest[talk_key]["seconds_accepted"] == 2.0
+    assert clips[packed]["decision"] == "accepted" and clips[packed]["face_side_px"] == 200.0
+    talk_clips = sorted(key for key, row in clips.items() if row["input_key"] == talk_key)
+    if retry == "another_file":
+        assert manifest[talk_key]["status"] == "accepted" and talk_clips == sorted([packed, clip_key(talk_key, 0, 3.0)])
+    else:
+        assert manifest[talk_key]["status"] == "failed" and talk_clips == [packed]
+        assert manifest[talk_key]["error"] == (f"decord cannot open the video; its 1 clip(s) already in the shards "
+                                               f"stay in the corpus: {packed}")
+    assert clips[clip_key(copies[0], 0, 2.0)]["reason"] == "duplicate"
+
+    run_curation(cfg, [later_copy], tmp_path)
+    assert {row["key"]: row for row in _rows(tmp_path / "clips.parquet")}[clip_key(copies[1], 0, 2.0)]["reason"] == \
+        "duplicate"

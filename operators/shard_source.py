@@ -1,7 +1,9 @@
 """Where training shards come from and what happens to the ones that cannot be read.
 
 - `expand_shards`: brace patterns, lists, and the wids-style index JSON the curation flow writes
-  beside its shards, for local paths and any pyarrow filesystem URI.
+  beside its shards, for local paths and any pyarrow filesystem URI. Local shards that do not
+  exist are an error there, so a mistyped path fails when the loader is built; a shard that
+  exists but breaks while it is read is skipped and counted (`shard_unreadable`).
 - pyarrow filesystems are registered with webdataset's `gopen`, so `s3://`, `gs://`, `hdfs://`,
   ... shard URLs stream through the same reader as local files.
 - `SkipCounter`: a webdataset exception handler that skips and counts, by reason, in shared
@@ -52,10 +54,18 @@ for _scheme in PYARROW_SCHEMES:
     gopen_schemes[_scheme] = _open_with_pyarrow
 
 
-def _read_text(url: str) -> str:
+def _local_path(url: str) -> str | None:
+    """The file a local URL (a plain path or `file://`) names; None for remote and `pipe:` URLs."""
     parsed = urlparse(url)
-    if parsed.scheme in ("", "file"):
-        with open(parsed.path, encoding="utf-8") as handle:
+    if parsed.scheme == "":
+        return url
+    return parsed.path if parsed.scheme == "file" else None
+
+
+def _read_text(url: str) -> str:
+    path = _local_path(url)
+    if path is not None:
+        with open(path, encoding="utf-8") as handle:
             return handle.read()
     with _open_with_pyarrow(url) as stream:
         return stream.read().decode("utf-8")
@@ -74,16 +84,26 @@ def read_index(url: str) -> list[str]:
 
 def expand_shards(sources: str | Sequence[str]) -> list[str]:
     """Shard URLs from brace patterns (`dir/shards/{000000..000009}.tar`), `::`-joined lists,
-    index JSON files, a curated output folder (its index), or a list of any of these."""
+    index JSON files, a curated output folder (its index), or a list of any of these.
+
+    Raises FileNotFoundError naming a local shard, index or folder that does not exist: the
+    reader would only skip it, so a mistyped path would give an empty epoch."""
     items = [sources] if isinstance(sources, str) else list(sources)
     urls: list[str] = []
     for item in items:
         if os.path.isdir(item):
+            if not os.path.isfile(os.path.join(item, INDEX_NAME)):
+                raise FileNotFoundError(f"shard folder {item} has no {INDEX_NAME}: give a folder written by "
+                                        "`portraitflow curate`, its index, or shard paths")
             item = os.path.join(item, INDEX_NAME)
         for url in wds.shardlists.expand_urls(item):
             urls.extend(read_index(url)) if url.endswith(".json") else urls.append(url)
     if not urls:
         raise ValueError(f"no shards in {sources!r}")
+    missing = [url for url in urls if (path := _local_path(url)) is not None and not os.path.isfile(path)]
+    if missing:
+        more = f" and {len(missing) - 1} more of {len(urls)} shards" if len(missing) > 1 else ""
+        raise FileNotFoundError(f"shard not found: {missing[0]}{more}")
     return urls
 
 

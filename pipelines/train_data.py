@@ -8,7 +8,7 @@ Both skip and count what cannot be trained on; every sample is built by `build_t
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import partial
 from typing import Any
 
@@ -24,11 +24,14 @@ from portraitflow.operators.train_sample import SampleSkipped, build_train_sampl
 log = logging.getLogger(__name__)
 
 
-def webdataset_pipeline(cfg: TrainDataConfig, skips: SkipCounter, epoch: int = 0) -> wds.WebDataset:
-    """The per-rank sample pipeline: shards split by node then worker, shuffled, decoded, batched."""
+def webdataset_pipeline(cfg: TrainDataConfig, urls: list[str], skips: SkipCounter, epoch: int = 0) -> wds.WebDataset:
+    """The per-rank sample pipeline: shards split by node then worker, shuffled, decoded, batched.
+
+    A worker or rank without shards yields nothing (no `empty_check`); `TrainLoader` raises when
+    the whole pass yields nothing."""
     seed = None if cfg.seed is None else wds.utils.make_seed(cfg.seed, epoch)
     dataset = wds.WebDataset(
-        expand_shards(cfg.shards), resampled=cfg.resampled, shardshuffle=False if cfg.resampled else cfg.shard_shuffle,
+        urls, resampled=cfg.resampled, shardshuffle=False if cfg.resampled else cfg.shard_shuffle,
         nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker, handler=skips.handler,
         seed=seed, empty_check=False,
     )
@@ -43,27 +46,57 @@ class TrainLoader:
 
     Ranks (RANK / WORLD_SIZE or torch.distributed) and workers read disjoint shards, so ranks
     get equal work only with at least world_size x num_workers shards of similar size; for DDP
-    prefer `resampled`, where every rank runs exactly `samples_per_epoch` samples.
+    prefer `resampled`, where every rank runs exactly `samples_per_epoch` samples per pass: full
+    batches, then one holding the remainder (dropped with `drop_last`, which then rounds down).
+
+    Local shards that do not exist raise FileNotFoundError here, when the loader is built; a
+    shard that breaks while read is skipped and counted (`shard_unreadable`), and a pass that
+    yields no sample at all raises RuntimeError with the skip counts.
     """
 
     def __init__(self, cfg: TrainDataConfig, epoch: int = 0) -> None:
+        if cfg.resampled and cfg.drop_last and cfg.samples_per_epoch < cfg.batch_size:
+            raise ValueError(f"train_data.drop_last with samples_per_epoch={cfg.samples_per_epoch} < "
+                             f"batch_size={cfg.batch_size} would drop every sample of a resampled epoch")
         self.cfg, self.epoch, self.skips = cfg, epoch, SkipCounter()
+        self.urls = expand_shards(cfg.shards)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         cfg = self.cfg
-        loader = wds.WebLoader(webdataset_pipeline(cfg, self.skips, self.epoch), batch_size=None,
+        loader = wds.WebLoader(webdataset_pipeline(cfg, self.urls, self.skips, self.epoch), batch_size=None,
                                num_workers=cfg.num_workers, pin_memory=cfg.pin_memory,
                                prefetch_factor=cfg.prefetch_factor if cfg.num_workers else None)
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        batches = loader
         if cfg.resampled:
-            loader = loader.with_epoch(nbatches=-(-cfg.samples_per_epoch // cfg.batch_size))
-        self.epoch += 1
-        yield from loader
+            samples = cfg.samples_per_epoch - (cfg.samples_per_epoch % cfg.batch_size if cfg.drop_last else 0)
+            batches = _first_samples(loader, samples)
+        delivered = 0
+        for batch in batches:
+            delivered += len(batch["key"])
+            yield batch
+        if not delivered:
+            rank, world_size, _, _ = wds.utils.pytorch_worker_info()
+            on_rank = f" on rank {rank} of {world_size}" if world_size > 1 else ""
+            raise RuntimeError(f"training loader, epoch {epoch}: no samples{on_rank} from {len(self.urls)} shard(s), "
+                               f"e.g. {self.urls[0]}; skipped so far {self.skipped}")
         if self.skipped:
-            log.warning("training loader, epoch %d: skipped so far %s", self.epoch - 1, self.skipped)
+            log.warning("training loader, epoch %d: skipped so far %s", epoch, self.skipped)
 
     @property
     def skipped(self) -> dict[str, int]:
         return self.skips.counts()
+
+
+def _first_samples(batches: Iterable[dict[str, Any]], count: int) -> Iterator[dict[str, Any]]:
+    """The first `count` samples of a stream of batches, the last batch cut to the remainder."""
+    for batch in batches:
+        size = len(batch["key"])
+        if size >= count:
+            yield batch if size == count else {name: values[:count] for name, values in batch.items()}
+            return
+        yield batch
+        count -= size
 
 
 def ray_train_dataset(cfg: TrainDataConfig, epoch: int = 0) -> tuple[ray.data.Dataset, Any]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 from pathlib import Path
 
@@ -180,6 +181,41 @@ def test_resampled_mode_is_endless_with_fixed_epochs(dataset) -> None:
     assert [len(batch["key"]) for batch in loader] == [2, 2, 2]
     with pytest.raises(ValueError):
         _config(dataset, resampled=True, seed=1)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_resampled_epoch_holds_exactly_samples_per_epoch(dataset, num_workers: int) -> None:
+    """Whole batches, then one with the remainder; drop_last drops it instead."""
+    def sizes(**overrides) -> list[int]:
+        batches = list(TrainLoader(_config(dataset, resampled=True, batch_size=2, num_workers=num_workers, **overrides)))
+        assert all(len(values) == len(batch["key"]) for batch in batches for values in batch.values())
+        return [len(batch["key"]) for batch in batches]
+
+    assert sizes(samples_per_epoch=5) == [2, 2, 1]
+    assert sizes(samples_per_epoch=5, drop_last=True) == [2, 2]
+    with pytest.raises(ValueError, match="drop every sample"):
+        TrainLoader(_config(dataset, resampled=True, batch_size=2, samples_per_epoch=1, drop_last=True))
+
+
+def test_missing_shard_paths_fail_when_the_loader_is_built(dataset, tmp_path) -> None:
+    """A typo is not an unreadable shard: it fails at once, naming the path, instead of an empty epoch."""
+    shards = dataset[0] / "shards"
+    for source, named in [(str(tmp_path / "curatd"), str(tmp_path / "curatd")),
+                          (str(shards / "00000.tar"), str(shards / "00000.tar")),
+                          (str(shards / "{000000..000005}.tar"), f"{shards / '000004.tar'} and 1 more of 6")]:
+        with pytest.raises(FileNotFoundError, match=re.escape(named)):
+            TrainLoader(_config(dataset, shards=[source]))
+    with pytest.raises(FileNotFoundError, match=f"{re.escape(str(shards))} has no index.wids.json"):
+        TrainLoader(_config(dataset, shards=[str(shards)]))
+
+
+def test_an_epoch_without_samples_raises_with_the_skip_counts(dataset, tmp_path) -> None:
+    garbage = tmp_path / "000000.tar"
+    garbage.write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(RuntimeError, match=r"no samples from 1 shard.*'shard_unreadable': 1"):
+        list(TrainLoader(_config(dataset, shards=[str(garbage)])))
+    with pytest.raises(RuntimeError, match=r"no samples from 4 shard.*'clip_too_short': 8"):
+        list(TrainLoader(_config(dataset, n_frames=CLIP_FRAMES + 1, num_workers=2)))
 
 
 def test_index_folder_and_brace_pattern_name_the_same_shards(dataset) -> None:

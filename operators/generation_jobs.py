@@ -26,12 +26,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from portraitflow.jobs.config.animate import PER_JOB_FIELDS, AnimateConfig
+from portraitflow.jobs.config.animate import OPERATIONAL_FIELDS, PER_JOB_FIELDS, AnimateConfig
+from portraitflow.models.animators.registry import backend_settings
 from portraitflow.operators.paths import hashed_name, safe_name
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".gif"}
 JOB_COLUMNS = ("job_id", "ref", "driving")
+#: bytes read from each end of each weights file for its fingerprint
+FINGERPRINT_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -164,9 +167,39 @@ def effective_params(job: Job, cfg: AnimateConfig) -> dict[str, Any]:
     return {k: getattr(merged, k) for k in PER_JOB_FIELDS}
 
 
-def output_name(job: Job, backend: str, params: dict[str, Any], size: int) -> str:
-    """`<job id>-<digest>.mp4`: the digest covers everything that changes the video, so a rerun
-    with other settings writes a new file instead of mistaking the old one for its result."""
-    identity = json.dumps({"ref": job.ref, "driving": job.driving, "backend": backend, "size": size,
-                           "params": params}, sort_keys=True)
+def output_settings(backend: str, cfg: AnimateConfig) -> dict[str, Any]:
+    """Every setting of `cfg` that changes `backend`'s videos: each one it reads (`backend_settings`)
+    but `OPERATIONAL_FIELDS`, with `weights` as the fingerprint of what they hold, not where."""
+    names = backend_settings(backend) - set(OPERATIONAL_FIELDS) - {"backend"}
+    settings = {name: getattr(cfg, name) for name in sorted(names)}
+    if settings.get("weights"):
+        settings["weights"] = weights_fingerprint(settings["weights"])
+    return settings
+
+
+def weights_fingerprint(weights: str) -> str:
+    """A digest of a weights folder's files: each one's path in the folder, size, and first and
+    last `FINGERPRINT_BYTES`. Other weights in the same folder give another fingerprint; the same
+    files copied elsewhere (another folder or machine) the same one. Reading the files whole would
+    cost gigabytes per run. Anything but a folder (`tiny`: random modules) is its own fingerprint."""
+    root = Path(weights).expanduser()
+    if not root.is_dir():
+        return weights
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(root).as_posix()}\0{size}\0".encode())
+        with open(path, "rb") as handle:
+            digest.update(handle.read(FINGERPRINT_BYTES))
+            handle.seek(max(FINGERPRINT_BYTES, size - FINGERPRINT_BYTES))
+            digest.update(handle.read(FINGERPRINT_BYTES))
+    return f"sha256:{digest.hexdigest()[:16]}"
+
+
+def output_name(job: Job, backend: str, params: dict[str, Any], settings: dict[str, Any]) -> str:
+    """`<job id>-<digest>.mp4`: the digest covers everything that changes the video (inputs,
+    backend, the job's params and the config's other `output_settings`), so a rerun with other
+    settings writes a new file instead of mistaking the old one for its result."""
+    identity = json.dumps({"ref": job.ref, "driving": job.driving, "backend": backend, "params": params,
+                           "settings": settings}, sort_keys=True, default=str)
     return f"{safe_name(job.job_id, 80, fallback='job')}-{hashlib.sha1(identity.encode()).hexdigest()[:10]}.mp4"

@@ -11,11 +11,11 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from portraitflow.jobs.config.animate import AnimateConfig
+from portraitflow.jobs.config.animate import PER_JOB_FIELDS, AnimateConfig
 from portraitflow.models.animators.registry import check_settings
 from portraitflow.operators.atomic import atomic_target, atomic_write
 from portraitflow.operators.decode import VideoUnreadable, probe_video
-from portraitflow.operators.generation_jobs import Job, effective_params, output_name
+from portraitflow.operators.generation_jobs import Job, effective_params, output_name, output_settings
 from portraitflow.operators.paths import confined
 from portraitflow.operators.video_writer import has_audio
 
@@ -33,6 +33,8 @@ def plan_rows(jobs: list[Job], out_dir: Path, backend: str, cfg: AnimateConfig, 
     """A row per job: `pending`, `skipped` (its complete output exists) or `failed` (bad params, a
     param `backend` does not read, or the same output as an earlier job)."""
     rows, planned = [], {}
+    settings = output_settings(backend, cfg)  # once: a weights fingerprint reads files
+    shared = {name: value for name, value in settings.items() if name not in PER_JOB_FIELDS}
     for job in jobs:
         row = {**RESULT_DEFAULTS, "job_id": job.job_id, "ref": job.ref, "driving": job.driving, "backend": backend}
         try:
@@ -41,7 +43,8 @@ def plan_rows(jobs: list[Job], out_dir: Path, backend: str, cfg: AnimateConfig, 
         except ValueError as exc:
             rows.append({**row, "status": "failed", "reason": str(exc)[:300]})
             continue
-        output = confined(out_dir, output_name(job, backend, params, cfg.size))
+        read = {name: value for name, value in params.items() if name in settings}  # what the backend uses
+        output = confined(out_dir, output_name(job, backend, read, shared))
         row.update(params=json.dumps(params, sort_keys=True), output=str(output))
         if str(output) in planned:
             row.update(status="failed", reason=f"duplicate of job {planned[str(output)]}")

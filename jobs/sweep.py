@@ -116,7 +116,7 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
     `children` tracks the sweep's runs in flight: once it is stopped, this config stops at its next stage."""
     client = mlflow_client(cfg.mlflow)
     children = children or ChildRuns(client)
-    config_hash = sweep_spec.config_hash(params, spec.dataset, evaluate, cfg.face.backend)
+    config_hash = sweep_spec.config_hash(params, spec.dataset, evaluate, cfg)
     label = sweep_spec.config_label(params)
     work_dir = out_dir / "configs" / config_hash
     done = _finished_child(client, experiment_id, parent_id, config_hash)
@@ -187,7 +187,7 @@ def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str 
     configs = sweep_spec.expand_configs(spec)
     client = mlflow_client(cfg.mlflow)
     experiment_id = ensure_experiment(client, evaluate.experiment)
-    sweep_id = sweep_spec.sweep_hash(spec, evaluate, cfg.face.backend)
+    sweep_id = sweep_spec.sweep_hash(spec, evaluate, cfg)
     previous = client.search_runs([experiment_id], f"tags.`{SWEEP_TAG}` = '{sweep_id}'", max_results=1,
                                   order_by=["attributes.start_time DESC"])
     parent_id = previous[0].info.run_id if previous else client.create_run(

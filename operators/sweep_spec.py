@@ -9,9 +9,11 @@ configs:                     # explicit configs, added to the grid's
 evaluate: {protocol: self, max_seconds: 2, rank_by: apd}   # overrides of the evaluate section
 ```
 
-Each config gets a deterministic hash of its params, the dataset and the evaluation settings
-that change its numbers: the hash names its output folder and tags its MLflow run, so a resumed
-sweep recognises configs it has already finished.
+Each config gets a deterministic hash of everything that changes its numbers: its params, the
+effective generation settings (the global `animate` section under them, as generation names its
+outputs), the face-analysis settings, the dataset and the evaluation settings. The hash names its
+output folder and tags its MLflow run, so a resumed sweep recognises configs it has already
+finished, and a rerun with other settings redoes them.
 """
 from __future__ import annotations
 
@@ -29,9 +31,12 @@ from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.models.animators.registry import check_settings, resolve_backend
 from portraitflow.operators.eval_dataset import DatasetSpec
+from portraitflow.operators.generation_jobs import output_settings
 
 #: evaluate fields that do not change a config's numbers, left out of its hash
 _NOT_HASHED = {"experiment", "rank_by", "max_parallel", "evaluators", "chunk_frames", "side_by_side"}
+#: face fields that only set resources, left out of the hashes
+_FACE_RESOURCES = {"num_threads"}
 
 
 class SweepSpec(BaseModel):
@@ -72,19 +77,41 @@ def effective_evaluate(base: EvaluateConfig, spec: SweepSpec) -> EvaluateConfig:
     return EvaluateConfig.model_validate({**base.model_dump(), **spec.evaluate})
 
 
-def config_hash(params: dict[str, Any], dataset: DatasetSpec, evaluate: EvaluateConfig, face_backend: str) -> str:
+def config_hash(params: dict[str, Any], dataset: DatasetSpec, evaluate: EvaluateConfig, cfg: PortraitFlowConfig) -> str:
     """12 hex digits that change whenever anything that changes this config's numbers changes."""
     scoring = {k: v for k, v in evaluate.model_dump().items() if k not in _NOT_HASHED}
-    payload = {"params": params, "dataset": dataset.model_dump(), "evaluate": scoring, "face": face_backend}
+    payload = {"params": params, "generation": generation_settings(params, cfg), "face": _face_settings(cfg),
+               "dataset": dataset.model_dump(), "evaluate": scoring}
     return _digest(payload)
 
 
-def sweep_hash(spec: SweepSpec, evaluate: EvaluateConfig, face_backend: str) -> str:
+def sweep_hash(spec: SweepSpec, evaluate: EvaluateConfig, cfg: PortraitFlowConfig) -> str:
     """Identifies the parent run a rerun of the same sweep resumes (`evaluate` is the effective one, so
-    settings that do not change numbers, such as --max-parallel, never start a new parent)."""
+    settings that do not change numbers, such as --max-parallel, never start a new parent; other
+    generation or face settings do, like another sweep file)."""
     payload = {"spec": spec.model_dump(exclude={"evaluate"}), "evaluate": evaluate.model_dump(exclude=_NOT_HASHED),
-               "face": face_backend}
+               "generation": [generation_settings(params, cfg) for params in expand_configs(spec)],
+               "face": _face_settings(cfg)}
     return _digest(payload)
+
+
+def generation_settings(params: dict[str, Any], cfg: PortraitFlowConfig) -> dict[str, Any] | None:
+    """What makes a config's videos: for `still`, its framing (`STILL_PARAMS`); for an animator, its
+    backend and `output_settings` (what names generation's outputs, weights by their fingerprint).
+    None for params that are refused: that config fails before it makes anything."""
+    try:
+        settings = config_settings(params, cfg)
+    except ValueError:
+        return None
+    if params["backend"] == "still":
+        return {name: getattr(settings, name) for name in STILL_PARAMS}
+    backend = resolve_backend(settings)
+    return {"backend": backend, **output_settings(backend, settings)}
+
+
+def _face_settings(cfg: PortraitFlowConfig) -> dict[str, Any]:
+    """The face layer finds the faces generation animates and evaluation scores: every setting but resources."""
+    return cfg.face.model_dump(exclude=_FACE_RESOURCES)
 
 
 def _digest(payload: dict[str, Any]) -> str:
@@ -116,8 +143,8 @@ def config_settings(params: dict[str, Any], cfg: PortraitFlowConfig) -> AnimateC
                      for key in unused]
             raise ValueError(f"backend still: unsupported params {', '.join(kinds)}; the still baseline takes only "
                              f"{', '.join(STILL_PARAMS)} (list it under `configs:`, not in a grid of motion settings)")
-        return cfg.animate.model_validate({**cfg.animate.model_dump(), **{k: v for k, v in params.items()
-                                                                         if k != "backend"}})
+        framing = {k: v for k, v in params.items() if k != "backend"}
+        return cfg.animate.model_validate({**cfg.animate.model_dump(), **framing})
     settings = cfg.animate.model_validate({**cfg.animate.model_dump(), **params})
     check_settings(resolve_backend(settings), params)
     return settings

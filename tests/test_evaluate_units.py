@@ -19,34 +19,76 @@ def _spec(**extra) -> sweep_spec.SweepSpec:
 
 
 def test_grid_and_list_expand_to_distinct_configs_with_stable_hashes() -> None:
-    spec = _spec(grid={"backend": ["warp"], "pose_multiplier": [0.5, 1.0], "seed": [0, 1]},
-                 configs=[{"backend": "still"}, {"backend": "warp", "pose_multiplier": 0.5, "seed": 0}])
+    from portraitflow.jobs.config import load_config
+
+    spec = _spec(grid={"backend": ["warp"], "pose_multiplier": [0.5, 1.0], "expression_multiplier": [1.0, 2.0]},
+                 configs=[{"backend": "still"}, {"backend": "warp", "pose_multiplier": 0.5, "expression_multiplier": 1.0}])
     configs = sweep_spec.expand_configs(spec)
     assert len(configs) == 5  # 2 x 2 grid + still; the duplicate warp config is dropped
-    evaluate = EvaluateConfig()
-    hashes = {sweep_spec.config_hash(c, spec.dataset, evaluate, "opencv") for c in configs}
+    evaluate, cfg = EvaluateConfig(), load_config(None, [])
+    hashes = {sweep_spec.config_hash(c, spec.dataset, evaluate, cfg) for c in configs}
     assert len(hashes) == 5
     first = configs[0]
-    assert sweep_spec.config_hash(first, spec.dataset, evaluate, "opencv") == sweep_spec.config_hash(
-        dict(reversed(list(first.items()))), spec.dataset, evaluate.model_copy(update={"rank_by": "akd"}), "opencv")
+    assert sweep_spec.config_hash(first, spec.dataset, evaluate, cfg) == sweep_spec.config_hash(
+        dict(reversed(list(first.items()))), spec.dataset, evaluate.model_copy(update={"rank_by": "akd"}), cfg)
     changed = [
-        sweep_spec.config_hash(first, DatasetSpec(path="/other"), evaluate, "opencv"),
-        sweep_spec.config_hash(first, spec.dataset, evaluate.model_copy(update={"max_seconds": 3.0}), "opencv"),
-        sweep_spec.config_hash(first, spec.dataset, evaluate, "insightface"),
+        sweep_spec.config_hash(first, DatasetSpec(path="/other"), evaluate, cfg),
+        sweep_spec.config_hash(first, spec.dataset, evaluate.model_copy(update={"max_seconds": 3.0}), cfg),
+        sweep_spec.config_hash(first, spec.dataset, evaluate, load_config(None, ["face.backend=insightface"])),
     ]
-    assert sweep_spec.config_hash(first, spec.dataset, evaluate, "opencv") not in changed
+    assert sweep_spec.config_hash(first, spec.dataset, evaluate, cfg) not in changed
     assert sweep_spec.config_label({"backend": "warp", "seed": 1, "pose_multiplier": 0.5}) == \
         "warp[pose_multiplier=0.5,seed=1]"
     parallel = spec.model_copy(update={"evaluate": {"max_parallel": 4}})
-    assert sweep_spec.sweep_hash(spec, evaluate, "opencv") == sweep_spec.sweep_hash(
-        parallel, sweep_spec.effective_evaluate(evaluate, parallel), "opencv")
+    assert sweep_spec.sweep_hash(spec, evaluate, cfg) == sweep_spec.sweep_hash(
+        parallel, sweep_spec.effective_evaluate(evaluate, parallel), cfg)
     slower = spec.model_copy(update={"evaluate": {"frame_stride": 2}})
-    assert sweep_spec.sweep_hash(spec, evaluate, "opencv") != sweep_spec.sweep_hash(
-        slower, sweep_spec.effective_evaluate(evaluate, slower), "opencv")
+    assert sweep_spec.sweep_hash(spec, evaluate, cfg) != sweep_spec.sweep_hash(
+        slower, sweep_spec.effective_evaluate(evaluate, slower), cfg)
     with pytest.raises(ValueError, match="backend"):
         sweep_spec.expand_configs(_spec(configs=[{"seed": 1}]))
     with pytest.raises(ValueError, match="no configs"):
         sweep_spec.expand_configs(_spec())
+
+
+@pytest.mark.parametrize("override, changes", [
+    ("animate.crf=30", True), ("animate.feather=0.3", True), ("animate.smooth_sigma=0", True),
+    ("animate.min_face_fraction=0.2", True), ("animate.window=10", True), ("animate.size=256", True),
+    ("animate.motion=absolute", True), ("face.det_size=320", True), ("face.det_score_threshold=0.8", True),
+    ("animate.actors=3", False), ("animate.cpus_per_actor=2", False), ("face.num_threads=2", False),
+    ("animate.experiment=other", False),
+])
+def test_settings_under_the_sweep_that_change_outputs_change_both_hashes(override: str, changes: bool) -> None:
+    """`-s`/`-c` settings a config does not override reach its outputs: a rerun with other ones must
+    not reuse its finished runs; resources never start anything anew."""
+    from portraitflow.jobs.config import load_config
+
+    spec = _spec(configs=[{"backend": "warp", "pose_multiplier": 0.5}])
+    evaluate, base, other = EvaluateConfig(), load_config(None, []), load_config(None, [override])
+    [params] = sweep_spec.expand_configs(spec)
+    same_config = sweep_spec.config_hash(params, spec.dataset, evaluate, base) == sweep_spec.config_hash(
+        params, spec.dataset, evaluate, other)
+    same_sweep = sweep_spec.sweep_hash(spec, evaluate, base) == sweep_spec.sweep_hash(spec, evaluate, other)
+    assert same_config == same_sweep == (not changes)
+
+
+def test_a_still_config_hash_follows_its_framing_only_and_hunyuan_its_weights(tmp_path: Path) -> None:
+    from portraitflow.jobs.config import load_config
+
+    dataset, evaluate = DatasetSpec(path="/data"), EvaluateConfig()
+
+    def digest(params: dict, *overrides: str) -> str:
+        return sweep_spec.config_hash(params, dataset, evaluate, load_config(None, list(overrides)))
+
+    still = {"backend": "still"}
+    assert digest(still) == digest(still, "animate.crf=30") != digest(still, "animate.size=256")
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "unet.pth").write_bytes(b"first weights")
+    hunyuan = {"backend": "hunyuan", "weights": str(weights)}
+    first = digest(hunyuan)
+    (weights / "unet.pth").write_bytes(b"other weights")
+    assert digest(hunyuan) != first
 
 
 def test_sweep_file_loads_and_overrides_the_evaluate_section(tmp_path: Path) -> None:

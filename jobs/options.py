@@ -9,11 +9,13 @@ import typer
 from portraitflow.jobs.config import PortraitFlowConfig, load_config
 
 ConfigOption = Annotated[
-    Optional[Path], typer.Option("--config", "-c", help="YAML file with config sections.", exists=True)
+    Optional[Path],
+    typer.Option("--config", "-c", help="YAML file with config sections.", exists=True, dir_okay=False),
 ]
 SetOption = Annotated[
     Optional[list[str]],
-    typer.Option("--set", "-s", help="Override a config field: section.field=value (repeatable)."),
+    typer.Option("--set", "-s", help="Override a config field: section.field=value (repeatable); a text field "
+                 "takes the value as written, others read it as YAML."),
 ]
 RayAddressOption = Annotated[
     Optional[str], typer.Option("--ray-address", help="Ray cluster to join; default RAY_ADDRESS or local.")
@@ -37,5 +39,5 @@ def resolve_config(
     given = {"ray.address": ray_address or None, "mlflow.tracking_uri": mlflow_uri or None, **(flags or {})}
     try:
         return load_config(config, overrides, {k: v for k, v in given.items() if v is not None})
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError, so are unreadable files and bad YAML
         raise typer.BadParameter(str(exc)) from exc

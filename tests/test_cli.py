@@ -66,6 +66,19 @@ def test_help_names_choices_and_defaults() -> None:
     assert refused.exit_code == 2 and "bogus" in refused.output
 
 
+def test_a_bad_config_file_or_override_is_a_usage_error(tmp_path: Path) -> None:
+    """Malformed YAML, a folder given as --config, an unparsable --set: exit 2 naming it, no traceback."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("curate: {fps: [\n")
+    for flags, named in [(["--config", str(bad)], f"{bad} is not valid YAML"),
+                         (["--config", str(tmp_path)], "is a directory"),
+                         (["--set", "curate.fps=["], "override 'curate.fps=[' is not valid YAML")]:
+        result = CliRunner().invoke(app, ["config", "show", *flags], env=WIDE)
+        assert result.exit_code == 2, result.output
+        assert named in result.output and "Traceback" not in result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
 def test_inspect_names_the_missing_manifest(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["inspect", str(tmp_path)], env=WIDE)
     assert result.exit_code == 2

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,27 @@ def test_empty_override_unsets_an_optional_field() -> None:
     assert cfg.animate.compile_mode is None
     assert cfg.animate.weights is None
     assert cfg.face.num_threads is None
+
+
+def test_text_fields_take_the_override_as_written() -> None:
+    """A string field gets the text (as a flag does): not a YAML number, boolean or comment-cut."""
+    cfg = load_config(None, ["curate.allow_dir=2024", "mlflow.tracking_uri=2024", "curate.experiment=no",
+                             "ray.address=auto #1", "face.insightface_pack=[x", "curate.deny_dir=",
+                             "face.det_size=480", "curate.fps=29.97", "train_data.shards=[a, 'b']"])
+    assert (cfg.curate.allow_dir, cfg.mlflow.tracking_uri, cfg.curate.experiment) == ("2024", "2024", "no")
+    assert cfg.ray.address == "auto #1" and cfg.face.insightface_pack == "[x" and cfg.curate.deny_dir is None
+    assert cfg.face.det_size == 480 and cfg.curate.fps == 29.97 and cfg.train_data.shards == ["a", "b"]
+
+
+def test_unreadable_config_and_bad_yaml_are_value_errors_that_name_the_source(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("curate: {fps: [\n")
+    with pytest.raises(ValueError, match=re.escape(f"{bad} is not valid YAML: ") + ".* at line 2, column 1$"):
+        load_config(bad)
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path}: cannot read the config file")):
+        load_config(tmp_path)
+    with pytest.raises(ValueError, match=r"override 'curate.fps=\[' is not valid YAML"):
+        load_config(None, ["curate.fps=["])
 
 
 def test_config_show_round_trips(tmp_path: Path) -> None:

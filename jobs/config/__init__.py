@@ -34,15 +34,23 @@ class PortraitFlowConfig(BaseModel):
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split `section.field=value` into its key path and a YAML-typed value; an empty value is
-    None, so `field=` unsets an optional field (the docs' "Empty: ...")."""
+    """Split `section.field=value` into its key path and value: the text as written for a string
+    field (so `2024`, `no` or `a #1` stay text, as with a flag), else YAML-typed. An empty value
+    is None, so `field=` unsets an optional field (the docs' "Empty: ...")."""
     if "=" not in text:
         raise ValueError(f"override {text!r} is not of the form section.field=value")
     key, raw = text.split("=", 1)
     path = _key_path(key)
     if not path:
         raise ValueError(f"override {text!r} has an empty key")
-    return path, yaml.safe_load(raw) if raw.strip() else None
+    if not raw.strip():
+        return path, None
+    if _is_text_field(path):
+        return path, raw
+    try:
+        return path, yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"override {text!r} is not valid YAML: {_yaml_problem(exc)}") from exc
 
 
 def apply_overrides(
@@ -69,11 +77,35 @@ def load_config(
     """Load the YAML file (if any), apply overrides, then typed `values`, validate. Unknown keys are errors."""
     data: dict[str, Any] = {}
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text())
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read the config file: {getattr(exc, 'strerror', None) or exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path} is not valid YAML: {_yaml_problem(exc)}") from exc
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"{path}: top level must be a mapping of sections")
         data = loaded or {}
     return PortraitFlowConfig.model_validate(apply_overrides(data, overrides or [], values))
+
+
+def _is_text_field(path: list[str]) -> bool:
+    """Whether `path` names a `str` or `str | None` field of the config (the text is its value)."""
+    model: type[BaseModel] = PortraitFlowConfig
+    for part in path[:-1]:
+        field = model.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return False
+        model = field.annotation
+    field = model.model_fields.get(path[-1])
+    return field is not None and field.annotation in (str, str | None)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: the problem and where (its own text spans several lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return " ".join(f"{getattr(exc, 'problem', None) or exc}{where}".split())
 
 
 def _key_path(key: str) -> list[str]:

@@ -12,7 +12,7 @@ import io
 import json
 import re
 import tarfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -80,13 +80,23 @@ def shard_paths(shard_dir: Path) -> list[Path]:
 
 def shard_keys(path: Path) -> list[str]:
     """Sample keys of a shard, in order (read from tar headers only)."""
-    keys: list[str] = []
+    return list(iter_shard_keys(path))
+
+
+def iter_shard_keys(path: Path) -> Iterator[str]:
+    """Sample keys of a shard, in order, from tar headers only. A key comes once the next header
+    (or the archive's clean end) shows its sample whole, so a shard cut short yields its intact
+    samples' keys and then raises tarfile.ReadError."""
+    current = None
     with tarfile.open(path) as tar:
-        for name in tar.getnames():
-            key = name.split(".", 1)[0]
-            if not keys or keys[-1] != key:
-                keys.append(key)
-    return keys
+        for member in tar:
+            key = member.name.split(".", 1)[0]
+            if key != current:
+                if current is not None:
+                    yield current
+                current = key
+    if current is not None:
+        yield current
 
 
 def pack_shards(

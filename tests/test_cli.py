@@ -86,6 +86,37 @@ def test_inspect_names_the_missing_manifest(tmp_path: Path) -> None:
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
+def test_inspect_reports_a_truncated_shard_and_exits_1(tmp_path: Path) -> None:
+    """The summary still prints; the broken shard counts its intact samples and says why."""
+    import io
+    import json
+    import tarfile
+
+    pd.DataFrame({"path": ["a.mp4"], "status": ["accepted"], "error": [None], "seconds_accepted": [3.0]}).to_parquet(
+        tmp_path / "manifest.parquet")
+    pd.DataFrame({"decision": ["accepted"] * 3, "reason": [None] * 3}).to_parquet(tmp_path / "clips.parquet")
+    shard = io.BytesIO()
+    with tarfile.open(fileobj=shard, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for key in ("k0", "k1", "k2"):
+            for field, size in (("json", 10), ("mp4", 3000)):
+                info = tarfile.TarInfo(f"{key}.{field}")
+                info.size = size
+                tar.addfile(info, io.BytesIO(bytes(size)))
+    whole = shard.getvalue()
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "000000.tar").write_bytes(whole)
+    (tmp_path / "shards" / "000001.tar").write_bytes(whole[:whole.index(b"k1.mp4") + 2048])  # inside k1's video
+
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path)], env=WIDE)
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    assert summary["shards"][0] == {"name": "000000.tar", "samples": 3, "mb": round(len(whole) / 2**20, 2)}
+    broken = summary["shards"][1]
+    assert broken["samples"] == 1 and broken["error"].startswith("unreadable: ")
+    assert summary["shards_unreadable"] == 1 and summary["sample_keys"] == ["k0", "k1", "k2"]
+    assert "1 of 2 shards unreadable: 000001.tar" in result.stderr and "Traceback" not in result.output
+
+
 def test_report_names_the_unknown_run_and_store(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = CliRunner().invoke(app, ["report", "0123abcd", "--out", str(tmp_path / "r"), "--mlflow-uri", uri], env=WIDE)

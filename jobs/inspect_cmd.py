@@ -46,7 +46,7 @@ def _read_shard(path: Path) -> tuple[dict, list[str]]:
     keys: list[str] = []
     entry = {"name": path.name, "samples": 0, "mb": round(path.stat().st_size / 2**20, 2)}
     try:
-        for key in iter_shard_keys(path):
+        for key in iter_shard_keys(path):  # one by one: the keys before a break are kept
             keys.append(key)
     except (tarfile.TarError, OSError) as exc:
         entry["error"] = f"unreadable: {exc}"

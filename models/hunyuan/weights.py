@@ -15,6 +15,8 @@ benchmark: `full` has the release's shapes and FLOPs, `tiny` runs the same flow 
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ from portraitflow.models.hunyuan.unet import (
     unet_config_from_json,
 )
 from portraitflow.operators.atomic import atomic_target
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -93,6 +96,10 @@ SIZES = {"full": FULL, "tiny": TINY}
 
 class WeightsMissing(FileNotFoundError):
     """Files of the official layout are missing; the message lists each one and where to get them."""
+
+
+class WeightsUnreadable(ValueError):
+    """A weights file is there but cannot be read: corrupt, or cut short by a failed download."""
 
 
 @dataclass
@@ -187,10 +194,19 @@ def check_weights_dir(weights_dir: str | Path) -> Path:
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from `.safetensors` or, never unpickling code, from a `.pth` (weights_only)."""
-    if path.suffix == ".safetensors":
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    """A state dict from `.safetensors` or, never unpickling code, from a `.pth` (weights_only).
+
+    A file that cannot be read raises WeightsUnreadable naming it: torch's own error names
+    neither the file nor the likely cause, a partial download."""
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError, SafetensorError) as exc:
+        first_sentence = " ".join(str(exc).split()).split(". ")[0]
+        raise WeightsUnreadable(
+            f"{path} is unreadable or incomplete; download it again ({type(exc).__name__}: {first_sentence})"
+        ) from exc
 
 
 def _load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], name: str) -> None:
@@ -245,24 +261,44 @@ def _atomic_save(state_dict: dict[str, torch.Tensor], target: Path, source: str)
 def convert_weights(weights_dir: str | Path, out_dir: str | Path) -> list[Path]:
     """Write the official layout to `out_dir` with every `.pth` as `.safetensors`; returns the files written.
 
-    Files already present in `out_dir` are kept, so an interrupted conversion resumes.
+    Files already in `out_dir` are kept. The others are written to a staging folder first (see
+    `_staging_dir`) and moved into `out_dir` only once all of them are there, so a conversion
+    that fails (an unreadable file) or is killed never leaves a partial `out_dir`; its rerun
+    resumes from the staging folder.
     """
     root = check_weights_dir(weights_dir)
     out = Path(out_dir).expanduser()
-    written: list[Path] = []
-    for name in HYPORTRAIT_MODULES:
-        target = out / "hyportrait" / f"{name}.safetensors"
-        if not target.exists():
-            source = _module_file(root, name)
-            _atomic_save(read_state_dict(source), target, source.relative_to(root).as_posix())
-            written.append(target)
+    saves = {Path("hyportrait") / f"{name}.safetensors": _module_file(root, name) for name in HYPORTRAIT_MODULES}
     copies = [root / name for name in CONFIG_FILES] + [_vae_file(root)]
     if (root / ARCFACE).is_file():
         copies.append(root / ARCFACE)
-    for source in copies:
-        target = out / source.relative_to(root)
-        if not target.exists():
-            _atomic_copy(source, target)
-            written.append(target)
-    return written
+    sources = saves | {source.relative_to(root): source for source in copies}
+    pending = {relative: source for relative, source in sources.items() if not (out / relative).exists()}
+    if not pending:
+        return []
+    staging = _staging_dir(out)
+    for relative, source in pending.items():
+        staged = staging / relative
+        if staged.exists():  # from an earlier, interrupted run
+            continue
+        if relative in saves:
+            _atomic_save(read_state_dict(source), staged, source.relative_to(root).as_posix())
+        else:
+            _atomic_copy(source, staged)
+    if out.exists():
+        for relative in pending:
+            (out / relative).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / relative, out / relative)
+        shutil.rmtree(staging)
+    else:
+        os.replace(staging, out)
+    return [out / relative for relative in pending]
 
+
+def _staging_dir(out: Path) -> Path:
+    """Where a conversion writes until it is complete: `OUT.partial` beside a new `out` (renamed
+    to it at the end), `OUT/.partial` inside an existing one (on its filesystem, files move in)."""
+    if out.is_dir():
+        return out / ".partial"
+    resolved = out.resolve()
+    return resolved.with_name(f"{resolved.name}.partial")

@@ -181,12 +181,15 @@ def weights_fingerprint(weights: str) -> str:
     """A digest of a weights folder's files: each one's path in the folder, size, and first and
     last `FINGERPRINT_BYTES`. Other weights in the same folder give another fingerprint; the same
     files copied elsewhere (another folder or machine) the same one. Reading the files whole would
-    cost gigabytes per run. Anything but a folder (`tiny`: random modules) is its own fingerprint."""
+    cost gigabytes per run. Hidden files and folders (a conversion's `.partial`, caches) are not
+    weights and are left out. Anything but a folder (`tiny`: random modules) is its own fingerprint."""
     root = Path(weights).expanduser()
     if not root.is_dir():
         return weights
     digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    files = (p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in
+                                                                     p.relative_to(root).parts))
+    for path in sorted(files):
         size = path.stat().st_size
         digest.update(f"{path.relative_to(root).as_posix()}\0{size}\0".encode())
         with open(path, "rb") as handle:

@@ -66,6 +66,8 @@ def test_hunyuan_names_follow_what_the_weights_folder_holds_not_where_it_is(tmp_
     assert output_settings("hunyuan", AnimateConfig(weights=str(weights)))["weights"].startswith("sha256:")
     copy = tmp_path / "elsewhere" / "weights"
     shutil.copytree(weights, copy)
+    (copy / ".partial").mkdir()  # a conversion under way, not weights
+    (copy / ".partial" / "unet.safetensors").write_bytes(b"half written")
     assert _name(tmp_path / "out", "hunyuan", weights=str(copy)) == name
     retrained = bytearray((weights / "hyportrait" / "unet.pth").read_bytes())
     retrained[-1] ^= 0xFF  # other weights of the same size, in the same folder

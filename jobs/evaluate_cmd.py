@@ -70,6 +70,7 @@ def sweep(
     config. Rerunning resumes: finished configs are not redone."""
     from portraitflow.jobs.sweep import run_sweep
     from portraitflow.operators.sweep_spec import load_sweep
+    from portraitflow.pipelines.generate import NotEnoughCpus
 
     cfg = resolve_config(config, overrides, ray_address, mlflow_uri)
     try:
@@ -78,7 +79,10 @@ def sweep(
         raise typer.BadParameter(str(exc)) from exc
     if max_parallel:
         spec = spec.model_copy(update={"evaluate": {**spec.evaluate, "max_parallel": max_parallel}})
-    run_id = run_sweep(spec, cfg, out)
+    try:
+        run_id = run_sweep(spec, cfg, out)
+    except NotEnoughCpus as exc:
+        raise typer.BadParameter(str(exc)) from exc
     typer.echo(f"parent run {run_id}\nsummary {out / 'summary.csv'}\nreport {out / 'report' / 'index.html'}")
 
 

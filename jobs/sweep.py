@@ -28,6 +28,7 @@ from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.eval_dataset import load_jobs
 from portraitflow.operators.evaluate_video import learned_aggregates
 from portraitflow.pipelines.evaluate import evaluate_outputs, generate_outputs
+from portraitflow.pipelines.generate import NotEnoughCpus
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -185,6 +186,8 @@ def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str 
     out_dir = Path(out_dir)
     evaluate = sweep_spec.effective_evaluate(cfg.evaluate, spec)
     configs = sweep_spec.expand_configs(spec)
+    init_ray(cfg.ray, cfg.mlflow)
+    _check_cpus(_cluster_cpus(), configs, evaluate.max_parallel, cfg.animate.cpus_per_actor)
     client = mlflow_client(cfg.mlflow)
     experiment_id = ensure_experiment(client, evaluate.experiment)
     sweep_id = sweep_spec.sweep_hash(spec, evaluate, cfg)
@@ -194,7 +197,6 @@ def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str 
         experiment_id, run_name=spec.name, tags={SWEEP_TAG: sweep_id}).info.run_id
     client.update_run(parent_id, status="RUNNING")
     try:
-        init_ray(cfg.ray, cfg.mlflow)
         jobs = load_jobs(spec.dataset, evaluate.protocol, out_dir / "dataset", evaluate.max_seconds,
                          evaluate.max_videos, exclude=out_dir)  # an OUT inside the dataset holds no inputs
         atomic_write(out_dir / "dataset.parquet", pd.DataFrame(jobs).astype(str).to_parquet())  # failed inputs too
@@ -224,6 +226,25 @@ def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str 
         client.set_terminated(parent_id, "KILLED")
         raise
     return parent_id
+
+
+def _cluster_cpus() -> float:
+    import ray
+
+    return ray.cluster_resources().get("CPU", 0)
+
+
+def _check_cpus(cpus: float, configs: list[dict[str, Any]], max_parallel: int, cpus_per_actor: float) -> None:
+    """Animating configs running at once each hold an animation actor; with no CPU left for the
+    preparation tasks that feed them, the sweep would wait forever. (A `still` config's actor and
+    the evaluators need no feeding.)"""
+    animating = min(max_parallel, sum(c["backend"] != "still" for c in configs))
+    needed = animating * cpus_per_actor + 1
+    if animating and cpus < needed:
+        fits = max(int((cpus - 1) // cpus_per_actor), 1)
+        raise NotEnoughCpus(f"{animating} animating configs at once need {needed:g} CPUs (an animation actor each "
+                            f"and one for the tasks that feed them); Ray has {cpus:g}: lower --max-parallel "
+                            f"(evaluate.max_parallel) to {fits}")
 
 
 def _run_configs(configs: list[dict[str, Any]], jobs: list[dict], spec: sweep_spec.SweepSpec, evaluate: EvaluateConfig,

@@ -14,6 +14,7 @@ from portraitflow.operators.generation_jobs import (
     effective_params,
     load_jobs,
     output_name,
+    output_settings,
     pair_jobs,
 )
 from portraitflow.operators.generation_results import RESULT_DEFAULTS, plan_rows, results_table
@@ -57,12 +58,13 @@ def test_invalid_params_fail_that_job_only(tmp_path: Path) -> None:
 
 def test_output_names_are_safe_and_change_with_what_changes_the_video() -> None:
     job = Job("../../etc/passwd x", "a.png", "b.mp4")
-    name = output_name(job, "warp", effective_params(job, AnimateConfig()), 512)
+    settings = output_settings("warp", AnimateConfig())
+    name = output_name(job, "warp", effective_params(job, AnimateConfig()), settings)
     assert "/" not in name and not name.startswith(".") and name.endswith(".mp4")
-    assert name == output_name(job, "warp", effective_params(job, AnimateConfig()), 512)
+    assert name == output_name(job, "warp", effective_params(job, AnimateConfig()), settings)
     other = effective_params(job, AnimateConfig(expression_multiplier=0.5))
-    assert name != output_name(job, "warp", other, 512) != output_name(job, "hunyuan", other, 512)
-    assert output_name(Job("...", "a.png", "b.mp4"), "warp", other, 512).startswith("job-")
+    assert name != output_name(job, "warp", other, settings) != output_name(job, "hunyuan", other, settings)
+    assert output_name(Job("...", "a.png", "b.mp4"), "warp", other, settings).startswith("job-")
 
 
 def test_pairs_and_cross_products(tmp_path: Path) -> None:

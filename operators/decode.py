@@ -9,6 +9,7 @@ variable-frame-rate video is resampled by its frames' timestamps, not by its ave
 """
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -144,31 +145,37 @@ def _decord_frames(reader, sources: np.ndarray, chunk_size: int) -> Iterator[np.
 
 def _pyav_frames(path: str, sources: np.ndarray, size: tuple[int, int] | None, chunk_size: int) -> Iterator[np.ndarray]:
     """The same as `_decord_frames` for a file whose edit list hides leading frames, by decoding it
-    in order with PyAV (FFmpeg drops the hidden frames; `sources` index the shown ones)."""
+    in order with PyAV (FFmpeg drops the hidden frames; `sources` index the shown ones). A stream
+    that ends a frame or so before its timestamps said holds its last frame, as a player does."""
     import av
 
     width, height = size if size else (None, None)
-    wanted = iter(sources.tolist())
-    target = next(wanted, None)
+    wanted = deque(sources.tolist())
     chunk: list[np.ndarray] = []
-    index = -1
+    last, index = None, -1
     with av.open(path) as container:
         try:
-            for index, frame in enumerate(container.decode(video=0)):
-                if target is None:
+            for index, last in enumerate(container.decode(video=0)):
+                if not wanted:
                     break
-                if index < target:
+                if wanted[0] != index:
                     continue
-                rgb = frame.to_ndarray(format="rgb24", width=width, height=height)
-                while target == index:
+                rgb = last.to_ndarray(format="rgb24", width=width, height=height)
+                while wanted and wanted[0] == index:
                     chunk.append(rgb)
+                    wanted.popleft()
                     if len(chunk) == chunk_size:
                         yield np.stack(chunk)
                         chunk = []
-                    target = next(wanted, None)
         except av.FFmpegError as exc:
             raise VideoUnreadable(f"decoding failed near frame {index + 1}: {str(exc)[:200]}") from exc
-    if target is not None:
-        raise VideoUnreadable(f"the video ended after {index + 1} shown frames; its timestamps promised {sources[-1] + 1}")
+        if wanted and last is None:
+            raise VideoUnreadable("FFmpeg decoded no frame of the video")
+        held = last.to_ndarray(format="rgb24", width=width, height=height) if wanted else None
+    for _ in range(len(wanted)):
+        chunk.append(held)
+        if len(chunk) == chunk_size:
+            yield np.stack(chunk)
+            chunk = []
     if chunk:
         yield np.stack(chunk)

@@ -282,3 +282,14 @@ def test_frames_an_edit_list_hides_are_not_decoded(media_dir: Path) -> None:
     assert chunk.frames.shape == (4, 120, 214, 3) and list(chunk.positions) == [25, 26, 27, 28]
     small = av.VideoFrame.from_ndarray(shown[25], format="rgb24").to_ndarray(format="rgb24", width=214, height=120)
     assert np.abs(chunk.frames[0].astype(int) - small).mean() < 3
+
+
+def test_a_stream_that_ends_before_its_timestamps_holds_its_last_frame(media_dir: Path) -> None:
+    """This clip's timestamps promise 29 shown frames; FFmpeg decodes 28 (its edit list hides the rest)."""
+    path = media_dir / "upscaleavideo_old_video_1.mp4"
+    if not path.exists():
+        pytest.skip("upscaleavideo_old_video_1.mp4 is not in the shared media")
+    info = probe_video(str(path))
+    frames = np.concatenate([c.frames for c in iter_frame_chunks(str(path), info.fps, chunk_size=8)])
+    assert len(frames) == info.num_frames
+    assert np.array_equal(frames[-1], frames[-2])

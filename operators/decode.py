@@ -54,16 +54,32 @@ def _reader(path: str, width: int = -1, height: int = -1):
 
 
 def _shown_frames(reader) -> tuple[np.ndarray, np.ndarray, float]:
-    """(decord indices of the shown frames, their start times from the first one, presented seconds)."""
+    """(decord indices of the shown frames, their start times from the first one, presented seconds).
+
+    Frames before the first with a non-negative time are hidden by an edit list. A container
+    without usable timestamps (AVI and MPEG-PS, whose missing times decord reports as huge negative
+    ones; times that run backwards) gets the uniform timeline of its declared average rate.
+    """
     times = reader.get_frame_timestamp(np.arange(len(reader)))  # [n, 2]: start, end seconds
-    shown = np.flatnonzero(times[:, 0] >= -1e-3)
+    starts = times[:, 0]
+    if not (np.all(np.isfinite(times)) and np.all(np.abs(times) < 1e6) and np.all(np.diff(starts) >= 0)):
+        fps = _declared_rate(reader)
+        return np.arange(len(reader)), np.arange(len(reader)) / fps, len(reader) / fps
+    shown = np.flatnonzero(starts >= -1e-3)
     if len(shown) == 0:
         raise VideoUnreadable("the video shows no frames (all are hidden by its edit list)")
-    starts = times[shown, 0] - times[shown[0], 0]
-    duration = float(times[shown[-1], 1] - times[shown[0], 0])
-    if not np.isfinite(duration) or duration <= 0 or np.any(np.diff(starts) < 0):
-        raise VideoUnreadable(f"the video's frame timestamps are unusable (duration {duration})")
-    return shown, starts, duration
+    starts = starts[shown] - starts[shown[0]]
+    last = float(times[shown[-1], 1] - times[shown[-1], 0])
+    if last <= 0:  # MPEG-TS packets carry no duration: the last frame lasts as long as the others
+        last = float(np.median(np.diff(starts))) if len(starts) > 1 else 1 / _declared_rate(reader)
+    return shown, starts, float(starts[-1] + last)
+
+
+def _declared_rate(reader) -> float:
+    fps = float(reader.get_avg_fps())
+    if not np.isfinite(fps) or fps <= 0:
+        raise VideoUnreadable(f"the video declares an unusable frame rate ({fps})")
+    return fps
 
 
 def probe_video(path: str) -> VideoInfo:

@@ -293,3 +293,44 @@ def test_a_stream_that_ends_before_its_timestamps_holds_its_last_frame(media_dir
     frames = np.concatenate([c.frames for c in iter_frame_chunks(str(path), info.fps, chunk_size=8)])
     assert len(frames) == info.num_frames
     assert np.array_equal(frames[-1], frames[-2])
+
+
+def _numbered_clip(path: Path, container: str, codec: str, count: int) -> None:
+    """`count` frames at 25 fps whose brightness is 4 x their index."""
+    with av.open(str(path), "w", format=container) as out:
+        video = out.add_stream(codec, rate=25)
+        video.width = video.height = 64
+        video.pix_fmt = "yuv420p"
+        video.codec_context.options = {"bf": "0", "g": "10"}
+        clock = Fraction(1, 1000) if codec == "libx264" else Fraction(1, 25)  # MPEG-TS + ms clock: no frame durations
+        video.codec_context.time_base = clock
+        for k in range(count):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 4 * k, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = round(k / 25 / clock), clock
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+
+
+@pytest.mark.parametrize(("name", "container", "codec"), [("clip.mpg", "mpeg", "mpeg2video"),
+                                                           ("clip.avi", "avi", "mpeg4"),
+                                                           ("clip.ts", "mpegts", "libx264")])
+def test_containers_without_usable_timestamps_or_durations_keep_their_frames_and_rate(
+        tmp_path: Path, name: str, container: str, codec: str) -> None:
+    """MPEG-PS and AVI frames carry no presentation time (decord reports a huge negative one), and
+    MPEG-TS frames no duration: neither may look like an edit list or shorten the video."""
+    path = tmp_path / name
+    _numbered_clip(path, container, codec, 30)
+    info = probe_video(str(path))
+    assert (info.num_frames, info.fps) == (30, 25.0)
+    frames = np.concatenate([c.frames for c in iter_frame_chunks(str(path), 25.0)])
+    assert len(frames) == 30
+    assert np.all(np.diff(frames.reshape(30, -1).mean(1)) > -2)  # in order, never replayed from the start
+
+
+def test_an_avi_without_frame_times_keeps_every_frame(media_dir: Path) -> None:
+    path = media_dir / "mmaction2_test.avi"
+    if not path.exists():
+        pytest.skip("mmaction2_test.avi is not in the shared media")
+    with av.open(str(path)) as container:
+        count = sum(1 for _ in container.decode(video=0))
+    assert probe_video(str(path)).num_frames == count == 164

@@ -48,6 +48,10 @@ def test_text_fields_take_the_override_as_written() -> None:
     assert (cfg.curate.allow_dir, cfg.mlflow.tracking_uri, cfg.curate.experiment) == ("2024", "2024", "no")
     assert cfg.ray.address == "auto #1" and cfg.face.insightface_pack == "[x" and cfg.curate.deny_dir is None
     assert cfg.face.det_size == 480 and cfg.curate.fps == 29.97 and cfg.train_data.shards == ["a", "b"]
+    cfg = load_config(None, ["animate.weights=null", "evaluate.rank_by='apd'", "curate.allow_dir= /w ",
+                             'curate.experiment="a #1"'])
+    assert cfg.animate.weights is None and cfg.evaluate.rank_by == "apd" and cfg.curate.allow_dir == "/w"
+    assert cfg.curate.experiment == "a #1"
 
 
 def test_unreadable_config_and_bad_yaml_are_value_errors_that_name_the_source(tmp_path: Path) -> None:

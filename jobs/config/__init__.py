@@ -34,23 +34,29 @@ class PortraitFlowConfig(BaseModel):
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split `section.field=value` into its key path and value: the text as written for a string
-    field (so `2024`, `no` or `a #1` stay text, as with a flag), else YAML-typed. An empty value
-    is None, so `field=` unsets an optional field (the docs' "Empty: ...")."""
+    """Split `section.field=value` into its key path and YAML-typed value, except that a string
+    field takes the text as written (`2024`, `no`, `a #1` stay text, as with a flag) unless it is
+    quoted. An empty value or `null` is None, so `field=` unsets an optional field (the docs'
+    "Empty: ...")."""
     if "=" not in text:
         raise ValueError(f"override {text!r} is not of the form section.field=value")
     key, raw = text.split("=", 1)
     path = _key_path(key)
     if not path:
         raise ValueError(f"override {text!r} has an empty key")
-    if not raw.strip():
+    text_value = raw.strip()
+    if not text_value:
         return path, None
-    if _is_text_field(path):
-        return path, raw
     try:
-        return path, yaml.safe_load(raw)
+        value = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
-        raise ValueError(f"override {text!r} is not valid YAML: {_yaml_problem(exc)}") from exc
+        if not _is_text_field(path):
+            raise ValueError(f"override {text!r} is not valid YAML: {_yaml_problem(exc)}") from exc
+        return path, text_value
+    if not _is_text_field(path) or value is None:
+        return path, value
+    quoted = len(text_value) > 1 and text_value[0] == text_value[-1] and text_value[0] in "'\""
+    return path, value if quoted and isinstance(value, str) else text_value
 
 
 def apply_overrides(

@@ -187,7 +187,8 @@ def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str 
     evaluate = sweep_spec.effective_evaluate(cfg.evaluate, spec)
     configs = sweep_spec.expand_configs(spec)
     init_ray(cfg.ray, cfg.mlflow)
-    _check_cpus(_cluster_cpus(), configs, evaluate.max_parallel, cfg.animate.cpus_per_actor)
+    _check_cpus(_cluster_cpus(), configs, evaluate.max_parallel, max(
+        (float(c.get("cpus_per_actor", cfg.animate.cpus_per_actor)) for c in configs), default=1.0))
     client = mlflow_client(cfg.mlflow)
     experiment_id = ensure_experiment(client, evaluate.experiment)
     sweep_id = sweep_spec.sweep_hash(spec, evaluate, cfg)

@@ -30,6 +30,14 @@ def ray_address(cfg: RayConfig) -> str | None:
     return cfg.address or os.environ.get("RAY_ADDRESS") or None
 
 
+def local_cpus(cfg: RayConfig) -> float | None:
+    """The CPUs of the local Ray, or None on a cluster: there the CPUs present now (none on a
+    fresh autoscaling cluster) say nothing about those the autoscaler adds as work waits."""
+    import ray
+
+    return None if ray_address(cfg) else ray.cluster_resources().get("CPU", 0)
+
+
 def init_ray(cfg: RayConfig, mlflow: MLflowConfig | None = None) -> None:
     """Join the configured cluster, or start Ray in-process; a no-op when already connected.
 

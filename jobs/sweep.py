@@ -22,7 +22,7 @@ import pandas as pd
 
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.evaluate import EvaluateConfig
-from portraitflow.jobs.runtime import ensure_experiment, init_ray, mlflow_client
+from portraitflow.jobs.runtime import ensure_experiment, init_ray, local_cpus, mlflow_client
 from portraitflow.operators import metrics_learned, report, sweep_spec
 from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.eval_dataset import load_jobs
@@ -187,8 +187,9 @@ def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str 
     evaluate = sweep_spec.effective_evaluate(cfg.evaluate, spec)
     configs = sweep_spec.expand_configs(spec)
     init_ray(cfg.ray, cfg.mlflow)
-    _check_cpus(_cluster_cpus(), configs, evaluate.max_parallel, max(
-        (float(c.get("cpus_per_actor", cfg.animate.cpus_per_actor)) for c in configs), default=1.0))
+    cpus = local_cpus(cfg.ray)  # None on a cluster: its autoscaler adds CPUs as work waits
+    if cpus is not None:
+        _check_cpus(cpus, configs, evaluate.max_parallel, cfg)
     client = mlflow_client(cfg.mlflow)
     experiment_id = ensure_experiment(client, evaluate.experiment)
     sweep_id = sweep_spec.sweep_hash(spec, evaluate, cfg)
@@ -229,22 +230,24 @@ def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str 
     return parent_id
 
 
-def _cluster_cpus() -> float:
-    import ray
-
-    return ray.cluster_resources().get("CPU", 0)
-
-
-def _check_cpus(cpus: float, configs: list[dict[str, Any]], max_parallel: int, cpus_per_actor: float) -> None:
+def _check_cpus(cpus: float, configs: list[dict[str, Any]], max_parallel: int, cfg: PortraitFlowConfig) -> None:
     """Animating configs running at once each hold an animation actor; with no CPU left for the
-    preparation tasks that feed them, the sweep would wait forever. (A `still` config's actor and
-    the evaluators need no feeding.)"""
-    animating = min(max_parallel, sum(c["backend"] != "still" for c in configs))
-    needed = animating * cpus_per_actor + 1
-    if animating and cpus < needed:
-        fits = max(int((cpus - 1) // cpus_per_actor), 1)
-        raise NotEnoughCpus(f"{animating} animating configs at once need {needed:g} CPUs (an animation actor each "
-                            f"and one for the tasks that feed them); Ray has {cpus:g}: lower --max-parallel "
+    preparation tasks that feed them, the sweep would wait forever. (A `still` config's actor, the
+    evaluators and a config its params refuse need no feeding.)"""
+    animating = []
+    for params in configs:
+        try:
+            settings = sweep_spec.config_settings(params, cfg)
+        except ValueError:  # fails alone, before generating
+            continue
+        if params["backend"] != "still":
+            animating.append(settings.cpus_per_actor)
+    at_once = sorted(animating, reverse=True)[:max_parallel]
+    needed = sum(at_once) + 1
+    if at_once and cpus < needed:
+        fits = max(int((cpus - 1) // max(at_once)), 1)
+        raise NotEnoughCpus(f"{len(at_once)} animating configs at once need {needed:g} CPUs (an animation actor "
+                            f"each and one for the tasks that feed them); Ray has {cpus:g}: lower --max-parallel "
                             f"(evaluate.max_parallel) to {fits}")
 
 

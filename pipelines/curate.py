@@ -11,11 +11,15 @@ identity the pass only scans, and `render_decided` renders the clips the decisio
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from portraitflow.jobs.config import PortraitFlowConfig
+from portraitflow.jobs.runtime import local_cpus
 from portraitflow.operators.curate_input import CurateInputStage
 from portraitflow.operators.inputs import input_bytes
+
+if TYPE_CHECKING:
+    from ray.data import ActorPoolStrategy
 
 # An input whose worker dies (segfault, OOM kill, lost node) is retried this many times, then it
 # becomes a `failed` row. Ray Data retries a dead actor's task forever and, since Ray 2.60, takes
@@ -33,23 +37,29 @@ def _configure(cfg: PortraitFlowConfig) -> None:
     context.max_errored_blocks = -1  # every block is one input; a lost one becomes a `failed` row
 
 
-def _actors(cfg: PortraitFlowConfig, inputs: int) -> int:
-    import ray
+def _actor_pool(cfg: PortraitFlowConfig, inputs: int) -> ActorPoolStrategy:
+    """A fixed pool on a local Ray (one actor per `actor_cpus` CPUs, at most one per input); on a
+    cluster, unless `face_actors` fixes it, a pool that grows from one actor as the autoscaler adds
+    nodes (the CPUs present at the start, none on a fresh cluster, would fix it at one). Each actor
+    has its next input queued, so it never waits for the driver between inputs (a crash costs the
+    queued input nothing: only starts count)."""
+    from ray.data import ActorPoolStrategy
 
-    cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
-    return max(1, min(cfg.curate.face_actors or cluster_cpus // cfg.curate.actor_cpus, inputs))
+    cpus = local_cpus(cfg.ray)
+    if cpus is None and not cfg.curate.face_actors:
+        return ActorPoolStrategy(min_size=1, max_size=inputs, max_tasks_in_flight_per_actor=2)
+    actors = max(1, min(cfg.curate.face_actors or int(cpus) // cfg.curate.actor_cpus, inputs))
+    return ActorPoolStrategy(min_size=actors, max_size=actors, max_tasks_in_flight_per_actor=2)
 
 
 def curate_inputs(rows: list[dict[str, Any]], cfg: PortraitFlowConfig, scan_dir: Path, staging_dir: Path,
                   attempts_dir: Path) -> tuple[list[dict], str]:
     """Scan inputs and stage their kept clips; returns one row per input that came back, and Ray Data's stats."""
     import ray.data
-    from ray.data import ActorPoolStrategy
 
     if not rows:
         return [], ""
     _configure(cfg)
-    actors = _actors(cfg, len(rows))
     # Largest files first: the inputs that start last decide how long CPUs idle at the end.
     rows = sorted(rows, key=lambda r: -input_bytes(r["uri"]))
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
@@ -60,11 +70,8 @@ def curate_inputs(rows: list[dict[str, Any]], cfg: PortraitFlowConfig, scan_dir:
                                "max_attempts": CRASH_RETRIES + 1},
         batch_size=1,
         num_cpus=cfg.curate.actor_cpus,
-        # A fixed pool (one actor per `actor_cpus` CPUs, at most one per input), each actor with
-        # its next input queued so it never waits for the driver between inputs (a crash costs
-        # the queued input nothing: only starts count). The probe runs inside the actor, since a
-        # separate probe task would find every CPU held by the actors.
-        compute=ActorPoolStrategy(min_size=actors, max_size=actors, max_tasks_in_flight_per_actor=2),
+        # The probe runs inside the actor, since a separate probe task would find every CPU held by the actors.
+        compute=_actor_pool(cfg, len(rows)),
     )
     out = ds.take_all()
     return out, ds.stats()

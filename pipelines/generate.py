@@ -11,7 +11,7 @@ import pandas as pd
 
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.animate import AnimateConfig
-from portraitflow.jobs.runtime import init_ray, mlflow_run
+from portraitflow.jobs.runtime import init_ray, local_cpus, mlflow_run
 from portraitflow.models.animators.registry import check_backend, resolve_backend
 from portraitflow.operators.animate import AnimateJobs, prepare_job
 from portraitflow.operators.generation_jobs import Job, load_jobs
@@ -71,8 +71,8 @@ def run_generation(
     rows = plan_rows(jobs, out_dir, backend, cfg.animate, resume)
     started = time.perf_counter()
     init_ray(cfg.ray, cfg.mlflow)
-    cpus, needed = ray.cluster_resources().get("CPU", 0), cfg.animate.cpus_per_actor + 1
-    if cpus < needed:  # an actor would hold every CPU and starve the tasks that feed it
+    cpus, needed = local_cpus(cfg.ray), cfg.animate.cpus_per_actor + 1
+    if cpus is not None and cpus < needed:  # an actor would hold every CPU and starve the tasks that feed it
         raise NotEnoughCpus(f"the generation flow needs {needed:g} CPUs (a preparation task beside an "
                             f"animation actor); Ray has {cpus:g}")
     with mlflow_run(cfg.mlflow, cfg.animate.experiment, run_name=out_dir.name) as run:

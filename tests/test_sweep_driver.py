@@ -22,7 +22,7 @@ def driver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from portraitflow.operators.video_writer import write_h264
 
     monkeypatch.setattr(sweep, "init_ray", lambda *_, **__: None)
-    monkeypatch.setattr(sweep, "_cluster_cpus", lambda: 8.0)
+    monkeypatch.setattr(sweep, "local_cpus", lambda _ray: 8.0)
     monkeypatch.setattr(sweep, "report_from_run", lambda _run, _cfg, folder, *_: Path(folder).mkdir(parents=True,
                                                                                                      exist_ok=True))
     data = tmp_path / "data"
@@ -104,9 +104,11 @@ def test_ctrl_c_starts_no_queued_config_and_ends_the_runs_in_flight_killed(drive
     (2.0, [{"backend": "warp"}, {"backend": "warp", "pose_multiplier": 0.5}], True),  # two actors, nothing feeds them
     (3.0, [{"backend": "warp"}, {"backend": "warp", "pose_multiplier": 0.5}], False),
     (2.0, [{"backend": "warp"}, {"backend": "still"}], False),  # a still config's actor needs no feeding
+    (2.0, [{"backend": "warp"}, {"backend": "warp", "pose_multiplier": -1.0}], False),  # refused: fails alone
+    (None, [{"backend": "warp"}, {"backend": "warp", "pose_multiplier": 0.5}], False),  # a cluster: it autoscales
 ])
 def test_a_sweep_refuses_more_animating_configs_at_once_than_its_cpus_can_feed(
-        driver, monkeypatch: pytest.MonkeyPatch, cpus: float, configs: list[dict], refused: bool) -> None:
+        driver, monkeypatch: pytest.MonkeyPatch, cpus: float | None, configs: list[dict], refused: bool) -> None:
     """Each animating config holds an actor; with no CPU left for the tasks that feed them, the
     sweep would wait forever (2 warp configs at --max-parallel 2 on 2 CPUs did)."""
     from mlflow import MlflowClient
@@ -114,7 +116,7 @@ def test_a_sweep_refuses_more_animating_configs_at_once_than_its_cpus_can_feed(
     from portraitflow.pipelines.generate import NotEnoughCpus
 
     sweep, cfg, data = driver
-    monkeypatch.setattr(sweep, "_cluster_cpus", lambda: cpus)
+    monkeypatch.setattr(sweep, "local_cpus", lambda _ray: cpus)
     monkeypatch.setattr(sweep, "_run_configs", lambda *_: pd.DataFrame({"config": ["c"], "apd": [0.1]}))
     spec = _spec(data, configs, max_parallel=2)
     if not refused:

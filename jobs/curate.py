@@ -215,7 +215,8 @@ def _render_kept(cfg: PortraitFlowConfig, layout: Layout, scanned: list[dict], c
 
 
 def _corpus_ledger(cfg: PortraitFlowConfig, same_person: float) -> CorpusLedger:
-    threshold = cfg.curate.identity_switch_similarity or same_person
+    switch = cfg.curate.identity_switch_similarity
+    threshold = same_person if switch is None else switch
     return CorpusLedger(threshold, cfg.curate.max_clips_per_identity, cfg.curate.duplicate_similarity)
 
 

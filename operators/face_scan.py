@@ -207,7 +207,8 @@ def _decide(arrays: dict[str, np.ndarray], first: int, last: int, offset: int, m
     duration = filters.duration((last - first) / cfg.fps, cfg)
     if duration or len(sample_index) == 0:
         return [Candidate(start, end, duration or filters.TOO_SHORT, measures)]
-    switch = switch_index(sample_embedding, cfg.identity_switch_similarity or same_person)
+    threshold = same_person if cfg.identity_switch_similarity is None else cfg.identity_switch_similarity
+    switch = switch_index(sample_embedding, threshold)
     if switch == -1:
         return [Candidate(start, end, filters.IDENTITY_SWITCH, measures)]
     if switch is not None:
@@ -349,7 +350,8 @@ class FaceScanStage:
         self.fingerprint = scan_fingerprint(cfg)
         self.analyzer = create_analyzer(cfg.face, threads=cfg.curate.actor_cpus)  # as many as the CPUs reserved
         self.scan_dir = Path(scan_dir)
-        threshold = self.cfg.identity_switch_similarity or self.analyzer.same_person_threshold
+        threshold = self.cfg.identity_switch_similarity
+        threshold = self.analyzer.same_person_threshold if threshold is None else threshold
         self.galleries = Galleries(load_gallery(self.analyzer, self.cfg.allow_dir),
                                    load_gallery(self.analyzer, self.cfg.deny_dir), threshold)
 

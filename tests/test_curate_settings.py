@@ -117,3 +117,25 @@ def test_a_bad_gallery_stops_the_run_before_anything_is_written(gallery: str, tm
     reason = f"{folder} is not a folder" if gallery == "missing" else f"no face found in any photo of {folder}"
     assert f"curate.deny_dir: {reason}" in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_an_identity_switch_similarity_of_zero_is_taken_not_replaced_by_the_backends() -> None:
+    from portraitflow.jobs.curate import _corpus_ledger
+
+    assert _corpus_ledger(load_config(None, ["curate.identity_switch_similarity=0"]), 0.5).same_person == 0.0
+    assert _corpus_ledger(load_config(None, []), 0.5).same_person == 0.5
+
+
+@pytest.mark.parametrize(("cpus", "face_actors", "sizes"), [
+    (8.0, None, (4, 4)),  # local: one actor per actor_cpus (2) CPUs
+    (None, None, (1, 30)),  # a cluster: grows from one as nodes come
+    (None, 3, (3, 3)),  # fixed where asked
+])
+def test_the_curation_actor_pool_grows_on_a_cluster_and_fits_a_local_ray(
+        monkeypatch: pytest.MonkeyPatch, cpus: float | None, face_actors: int | None, sizes: tuple[int, int]) -> None:
+    from portraitflow.pipelines import curate
+
+    monkeypatch.setattr(curate, "local_cpus", lambda _ray: cpus)
+    overrides = ["curate.actor_cpus=2"] + ([f"curate.face_actors={face_actors}"] if face_actors else [])
+    pool = curate._actor_pool(load_config(None, overrides), inputs=30)
+    assert (pool.min_size, pool.max_size) == sizes

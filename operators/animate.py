@@ -20,6 +20,7 @@ import numpy as np
 
 from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.config.face import FaceConfig
+from portraitflow.models.animators.base import ReferenceInput
 from portraitflow.models.animators.registry import animator_params, create_animator
 from portraitflow.models.face.base import FaceAnalyzer
 from portraitflow.models.face.images import load_image
@@ -107,25 +108,26 @@ class AnimateJobs:
             return result
         started = time.perf_counter()
         try:
-            frames, animation, fps, model = self._render(row)
+            frames, animation, fps, reference = self._render(row)
             written = write_h264(row["output"], frames, fps=fps, audio_from=row["driving"], crf=self.cfg.crf)
         except Exception as exc:  # a job boundary (see _failed)
             return _failed(result, "animation", exc)
+        # described once the frames are out: what ran (settings fitted to the video, a compile fallback)
+        model = json.dumps(self.animator.describe(reference), sort_keys=True, default=str)
         total = time.perf_counter() - started
         return {**result, "status": "ok", "reason": "", "model": model, "frames": written, "fps": fps,
                 "seconds": written / fps, "has_audio": has_audio(row["output"]), "animate_s": animation.seconds,
                 "encode_s": total - animation.seconds, "total_s": total + row["prep_s"]}
 
-    def _render(self, row: dict[str, Any]) -> tuple[Iterable[np.ndarray], _Timed, float, str]:
+    def _render(self, row: dict[str, Any]) -> tuple[Iterable[np.ndarray], _Timed, float, ReferenceInput]:
         """The output frames (lazy), the timer around the animator, the output frame rate, and
-        the animator's description of what made them (JSON)."""
+        the reference they animate."""
         prepared = PreparedReference.from_bytes(row["reference"])
         motion = DrivingMotion.from_bytes(row["motion"])
         params = animator_params(self.backend, json.loads(row["params"]))
         windows = iter_driving_windows(row["driving"], motion, self.cfg.window)
         animation = _Timed(self.animator.animate(prepared.reference, windows, params))
-        model = json.dumps(self.animator.describe(prepared.reference), sort_keys=True, default=str)
         if not params["paste_back"]:
-            return animation, animation, motion.fps, model
+            return animation, animation, motion.fps, prepared.reference
         image = load_image(row["ref"]).rgb
-        return paste_back(image, animation, prepared.box, self.cfg.feather), animation, motion.fps, model
+        return paste_back(image, animation, prepared.box, self.cfg.feather), animation, motion.fps, prepared.reference

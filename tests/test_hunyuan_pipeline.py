@@ -215,6 +215,23 @@ def _state(models: HunyuanModels) -> dict[str, torch.Tensor]:
     return {f"{name}.{key}": value for name, module in modules.items() for key, value in module.state_dict().items()}
 
 
+def test_a_checkpoint_of_another_module_or_in_the_pre_zip_format_is_named_or_read(tiny_weights,
+                                                                                  tmp_path: Path) -> None:
+    from portraitflow.models.hunyuan.weights import WeightsUnreadable
+
+    _, root = tiny_weights
+    swapped = tmp_path / "swapped"
+    shutil.copytree(root, swapped)
+    shutil.copy(swapped / "hyportrait" / "image_proj.pth", swapped / "hyportrait" / "pose_guider.pth")
+    with pytest.raises(WeightsUnreadable, match=r"pose_guider\.pth is not the release's pose_guider checkpoint"):
+        load_models(swapped, dtype=torch.float32, size="tiny")
+    legacy = tmp_path / "legacy"
+    shutil.copytree(root, legacy)
+    state = torch.load(legacy / "hyportrait" / "pose_guider.pth", weights_only=True)
+    torch.save(state, legacy / "hyportrait" / "pose_guider.pth", _use_new_zipfile_serialization=False)
+    load_models(legacy, dtype=torch.float32, size="tiny")  # cannot be memory-mapped: read whole
+
+
 def test_missing_weights_error_lists_every_missing_path(tiny_weights, tmp_path: Path) -> None:
     _, root = tiny_weights
     partial = tmp_path / "partial"
@@ -280,7 +297,14 @@ def test_tiny_animator_streams_windows_and_is_reproducible() -> None:
     assert [len(crops) for crops in runs[0]] == lengths
     assert all(crops.shape == (n, side, side, 3) and crops.dtype == np.uint8 for crops, n in zip(runs[0], lengths))
     assert all(np.array_equal(a, b) for a, b in zip(runs[0], runs[1]))
-    assert animator.describe(reference)["identity"] == "face-layer"
+    record = animator.describe(reference)
+    assert record["identity"] == "face-layer" and record["seed"] == 5  # the settings the job ran with
+    list(animator.animate(reference, _driving(np.random.default_rng(1), [1], side), {"seed": 7, "num_steps": 1}))
+    record = animator.describe(reference)
+    assert (record["seed"], record["num_steps"]) == (7, 1)
+    assert record["frames_per_window"] == 1 + 2 * record["pad_frames"] < TINY_SETTINGS.frames_per_window  # fitted
+    with pytest.raises(ValueError, match="num_step"):
+        list(animator.animate(reference, _driving(np.random.default_rng(1), [4], side), {"num_step": 9}))
 
 
 def test_a_unet_that_fails_to_compile_falls_back_to_eager_with_the_same_frames() -> None:

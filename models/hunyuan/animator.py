@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch._dynamo.exc import TorchDynamoException
 
+from portraitflow.jobs.config.animate import PIPELINE_FIELDS
 from portraitflow.models.animators.base import Animator, DrivingWindow, ReferenceInput
 from portraitflow.models.hunyuan.conditions import (
     MOTION_CHUNK_FRAMES,
@@ -58,6 +59,7 @@ class HunyuanAnimator(Animator):
                  compile_mode: str | None = None) -> None:
         self.models = models
         self.settings = settings
+        self.job_settings = settings  # the last job's, as it ran (`describe`)
         #: what the outputs' metadata says of compilation: off, the mode, or why it fell back to eager
         self.compiled = "off"
         if compile_mode:
@@ -106,16 +108,23 @@ class HunyuanAnimator(Animator):
         return np.zeros(ID_DIM, np.float32), f"none (no arcface.onnx; face-layer embedding {width})"
 
     def describe(self, reference: ReferenceInput) -> dict[str, Any]:
-        """A job's `model` record: weights, identity source, dtype, compilation, sampling settings."""
+        """A job's `model` record, once its frames are out: weights, identity source, dtype,
+        compilation (as it ran: a failed compilation falls back during the job) and the sampling
+        settings the job used (its params, the window fitted to a short video)."""
         return {"animator": self.name, "weights": self.models.source, "identity": self.identity(reference)[1],
                 "dtype": str(self.models.pipeline.dtype).removeprefix("torch."), "compile": self.compiled,
-                **dataclasses.asdict(self.settings)}
+                **dataclasses.asdict(self.job_settings)}
 
     # -- animation --------------------------------------------------------------------------------
 
     def _settings(self, params: dict[str, Any]) -> SamplingSettings:
-        known = {f.name for f in dataclasses.fields(SamplingSettings)}
-        return dataclasses.replace(self.settings, **{k: v for k, v in params.items() if k in known})
+        """The job's sampling settings; a key neither sampling nor one the flow reads is refused
+        (a typo such as `num_step` would otherwise sample with the defaults unnoticed)."""
+        sampling = {f.name for f in dataclasses.fields(SamplingSettings)}
+        unknown = sorted(set(params) - sampling - set(self.params) - set(PIPELINE_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown HunyuanPortrait params {unknown}; sampling settings are {sorted(sampling)}")
+        return dataclasses.replace(self.settings, **{k: v for k, v in params.items() if k in sampling})
 
     def _motion_tokens(self, windows: Iterator[DrivingWindow]) -> tuple[torch.Tensor, list[int]]:
         """Host tensor [T, L, D] of motion tokens, and the driving windows' lengths."""
@@ -173,6 +182,7 @@ class HunyuanAnimator(Animator):
         padded = PaddedMotion(motion, settings.pad_frames)
         window = min(settings.frames_per_window, len(padded))
         settings = dataclasses.replace(settings, frames_per_window=window, overlap=min(settings.overlap, window - 1))
+        self.job_settings = settings
         latents = self._sample(features, padded, settings)
         yield from self._frames_in_windows(latents, settings, lengths, side)
 

@@ -199,7 +199,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # the pre-zip format cannot be mapped
     except Exception as exc:  # a cut or corrupt file fails in many ways (zip, unpickler, safetensors header)
         first_sentence = " ".join(str(exc).split()).split(". ")[0]
         raise WeightsUnreadable(
@@ -207,12 +212,18 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         ) from exc
 
 
-def _load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], name: str) -> None:
-    module.load_state_dict(state_dict, strict=True, assign=True)
+def _load_strict(module: nn.Module, path: Path, name: str) -> None:
+    """`path` into `module`, every key and shape as the release's; a file of another module or
+    release raises WeightsUnreadable naming it (torch's own error names neither)."""
+    try:
+        module.load_state_dict(read_state_dict(path), strict=True, assign=True)
+    except RuntimeError as exc:
+        problem = " ".join(str(exc).split())[:300]
+        raise WeightsUnreadable(f"{path} is not the release's {name} checkpoint ({problem})") from exc
     left = [key for key, value in {**dict(module.named_parameters()), **dict(module.named_buffers())}.items()
             if value.is_meta]
     if left:
-        raise RuntimeError(f"{name}: tensors not set by the checkpoint: {left[:5]}")
+        raise WeightsUnreadable(f"{path} does not set these {name} tensors: {left[:5]}")
 
 
 def load_models(weights_dir: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float16,
@@ -231,7 +242,7 @@ def load_models(weights_dir: str | Path, device: torch.device | str = "cpu", dty
         with torch.device("meta"):
             module = build()
         path = _vae_file(root) if name == "vae" else _module_file(root, name)
-        _load_strict(module, read_state_dict(path), name)
+        _load_strict(module, path, name)
         modules[name] = module
     arcface = root / ARCFACE
     return _assemble(modules, spec, device, dtype, scheduler_config, arcface if arcface.is_file() else None,

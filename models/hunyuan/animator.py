@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch._dynamo.exc import TorchDynamoException
 
-from portraitflow.jobs.config.animate import PIPELINE_FIELDS
+from portraitflow.jobs.config.animate import PER_JOB_FIELDS, PIPELINE_FIELDS
 from portraitflow.models.animators.base import Animator, DrivingWindow, ReferenceInput
 from portraitflow.models.hunyuan.conditions import (
     MOTION_CHUNK_FRAMES,
@@ -121,7 +121,8 @@ class HunyuanAnimator(Animator):
         """The job's sampling settings; a key neither sampling nor one the flow reads is refused
         (a typo such as `num_step` would otherwise sample with the defaults unnoticed)."""
         sampling = {f.name for f in dataclasses.fields(SamplingSettings)}
-        unknown = sorted(set(params) - sampling - set(self.params) - set(PIPELINE_FIELDS))
+        flow = {*self.params, *PER_JOB_FIELDS, *PIPELINE_FIELDS}  # what the generation flow sends every job
+        unknown = sorted(set(params) - sampling - flow)
         if unknown:
             raise ValueError(f"unknown HunyuanPortrait params {unknown}; sampling settings are {sorted(sampling)}")
         return dataclasses.replace(self.settings, **{k: v for k, v in params.items() if k in sampling})

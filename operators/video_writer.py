@@ -133,11 +133,13 @@ def _slice_samples(frame, start: int, stop: int):
 
 
 def has_audio(path: str | Path) -> bool:
-    source = _AudioSource.open(path)
-    if source is None:
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            return bool(container.streams.audio)
+    except av.FFmpegError:
         return False
-    source.close()
-    return True
 
 
 def write_h264(

@@ -262,7 +262,7 @@ _NOT_IN_SCAN = {"face_actors", "actor_cpus", "chunk_frames", "experiment", "prog
 
 def scan_fingerprint(cfg: PortraitFlowConfig) -> str:
     """A hash of every setting a scan depends on; a rerun with other settings scans again."""
-    relevant = {"face": cfg.face.model_dump(exclude={"num_threads"}),  # threads change speed, not results
+    relevant = {"face": cfg.face.result_settings(),
                 "curate": cfg.curate.model_dump(exclude=_NOT_IN_SCAN), "measures": SCAN_MEASURES_VERSION}
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 

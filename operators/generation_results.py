@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from portraitflow.jobs.config.animate import PER_JOB_FIELDS, AnimateConfig
+from portraitflow.jobs.config.face import FaceConfig
 from portraitflow.models.animators.registry import check_settings
 from portraitflow.operators.atomic import atomic_target, atomic_write
 from portraitflow.operators.decode import VideoUnreadable, probe_video
@@ -29,12 +30,15 @@ RESULT_DEFAULTS: dict[str, Any] = {
 }
 
 
-def plan_rows(jobs: list[Job], out_dir: Path, backend: str, cfg: AnimateConfig, resume: bool) -> list[dict[str, Any]]:
+def plan_rows(jobs: list[Job], out_dir: Path, backend: str, cfg: AnimateConfig, resume: bool,
+              face: FaceConfig | None = None) -> list[dict[str, Any]]:
     """A row per job: `pending`, `skipped` (its complete output exists) or `failed` (bad params, a
-    param `backend` does not read, or the same output as an earlier job)."""
+    param `backend` does not read, or the same output as an earlier job). Output names cover the
+    face settings too: the face layer finds the crop and the motion."""
     rows, planned = [], {}
     settings = output_settings(backend, cfg)  # once: a weights fingerprint reads files
     shared = {name: value for name, value in settings.items() if name not in PER_JOB_FIELDS}
+    shared["face"] = (face or FaceConfig()).result_settings()
     for job in jobs:
         row = {**RESULT_DEFAULTS, "job_id": job.job_id, "ref": job.ref, "driving": job.driving, "backend": backend}
         try:

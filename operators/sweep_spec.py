@@ -35,8 +35,6 @@ from portraitflow.operators.generation_jobs import output_settings
 
 #: evaluate fields that do not change a config's numbers, left out of its hash
 _NOT_HASHED = {"experiment", "rank_by", "max_parallel", "evaluators", "chunk_frames", "side_by_side"}
-#: face fields that only set resources, left out of the hashes
-_FACE_RESOURCES = {"num_threads"}
 
 
 class SweepSpec(BaseModel):
@@ -80,7 +78,7 @@ def effective_evaluate(base: EvaluateConfig, spec: SweepSpec) -> EvaluateConfig:
 def config_hash(params: dict[str, Any], dataset: DatasetSpec, evaluate: EvaluateConfig, cfg: PortraitFlowConfig) -> str:
     """12 hex digits that change whenever anything that changes this config's numbers changes."""
     scoring = {k: v for k, v in evaluate.model_dump().items() if k not in _NOT_HASHED}
-    payload = {"params": params, "generation": generation_settings(params, cfg), "face": _face_settings(cfg),
+    payload = {"params": params, "generation": generation_settings(params, cfg), "face": cfg.face.result_settings(),
                "dataset": dataset.model_dump(), "evaluate": scoring}
     return _digest(payload)
 
@@ -91,7 +89,7 @@ def sweep_hash(spec: SweepSpec, evaluate: EvaluateConfig, cfg: PortraitFlowConfi
     generation or face settings do, like another sweep file)."""
     payload = {"spec": spec.model_dump(exclude={"evaluate"}), "evaluate": evaluate.model_dump(exclude=_NOT_HASHED),
                "generation": [generation_settings(params, cfg) for params in expand_configs(spec)],
-               "face": _face_settings(cfg)}
+               "face": cfg.face.result_settings()}
     return _digest(payload)
 
 
@@ -107,11 +105,6 @@ def generation_settings(params: dict[str, Any], cfg: PortraitFlowConfig) -> dict
         return {name: getattr(settings, name) for name in STILL_PARAMS}
     backend = resolve_backend(settings)
     return {"backend": backend, **output_settings(backend, settings)}
-
-
-def _face_settings(cfg: PortraitFlowConfig) -> dict[str, Any]:
-    """The face layer finds the faces generation animates and evaluation scores: every setting but resources."""
-    return cfg.face.model_dump(exclude=_FACE_RESOURCES)
 
 
 def _digest(payload: dict[str, Any]) -> str:

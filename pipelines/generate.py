@@ -68,7 +68,7 @@ def run_generation(
     jobs = load_jobs(jobs) if isinstance(jobs, (str, Path)) else jobs
     backend = resolve_backend(cfg.animate)
     check_backend(backend, cfg.animate)  # what would fail every actor fails here, before Ray starts
-    rows = plan_rows(jobs, out_dir, backend, cfg.animate, resume)
+    rows = plan_rows(jobs, out_dir, backend, cfg.animate, resume, cfg.face)
     started = time.perf_counter()
     init_ray(cfg.ray, cfg.mlflow)
     cpus, needed = local_cpus(cfg.ray), cfg.animate.cpus_per_actor + 1

@@ -76,3 +76,15 @@ def test_hunyuan_names_follow_what_the_weights_folder_holds_not_where_it_is(tmp_
     (copy / "unet" / "config.json").write_text('{"in_channels": 9}')
     assert _name(tmp_path / "out", "hunyuan", weights=str(copy)) not in (name, _name(tmp_path / "out", "hunyuan",
                                                                                     weights=str(weights)))
+
+
+def test_face_settings_but_threads_change_the_names(tmp_path: Path) -> None:
+    """The face layer finds the crop and the motion, so its settings change the video; threads do not."""
+    from portraitflow.jobs.config.face import FaceConfig
+
+    def name(**face) -> str:
+        [row] = plan_rows([Job("j", "a.png", "b.mp4")], tmp_path, "warp", AnimateConfig(backend="warp"),
+                          resume=True, face=FaceConfig(**face))
+        return row["output"]
+
+    assert name() == name(num_threads=3) != name(det_score_threshold=0.8) != name(det_size=320)

@@ -32,3 +32,8 @@ class FaceConfig(BaseModel):
         "(curation: `curate.actor_cpus`), else OMP_NUM_THREADS (which Ray sets to the CPUs of each task or actor), "
         "else the libraries' defaults.",
     )
+
+    def result_settings(self) -> dict:
+        """Every setting that changes what the face layer finds, so results depend on them:
+        all but `num_threads`, which changes speed only."""
+        return self.model_dump(exclude={"num_threads"})

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from portraitflow.jobs.config.animate import PER_JOB_FIELDS, AnimateConfig
+from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.options import ConfigOption, MlflowUriOption, RayAddressOption, SetOption, resolve_config
 
 #: the config's own choices, so the flags offer (and check) exactly what the config accepts.
@@ -73,13 +73,13 @@ def _animate_overrides(overrides: list[str] | None) -> list[str]:
 
 
 def check_job_options(cfg: AnimateConfig, given: list[str]) -> None:
-    """Refuse a job option (`PER_JOB_FIELDS`) given on the command line, by flag or `--set`, that the
-    backend does not read, such as `--motion` for hunyuan or `animate.seed` for warp: every job
-    would ignore it. A config file is not checked, since one file may serve several backends."""
+    """Refuse a setting given on the command line, by flag or `--set`, that the backend does not
+    read, such as `--motion` for hunyuan, `animate.seed` or `--gpus` for warp: every job would
+    ignore it. A config file is not checked, since one file may serve several backends."""
     from portraitflow.models.animators.registry import check_settings, resolve_backend
 
     try:
-        check_settings(resolve_backend(cfg), set(given) & set(PER_JOB_FIELDS))
+        check_settings(resolve_backend(cfg), set(given))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
 

@@ -8,6 +8,8 @@
   ... shard URLs stream through the same reader as local files.
 - `SkipCounter`: a webdataset exception handler that skips and counts, by reason, in shared
   memory, so the counts of every DataLoader worker add up in the process that trains.
+- `UsableShardsCheck`: resampled shards are drawn forever, so shards with nothing to train on
+  would hang the epoch; it raises instead.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ import multiprocessing
 import os
 import posixpath
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import urlparse
 
 import webdataset as wds
@@ -139,3 +142,40 @@ class SkipCounter:
     @property
     def total(self) -> int:
         return sum(self.counts().values())
+
+
+#: shard draws per shard, all without a usable sample, after which a resampled stream gives up:
+#: a usable shard among S is missed by 10 S random draws with probability about e^-10.
+DRAWS_PER_SHARD = 10
+
+
+class UsableShardsCheck:
+    """Wraps a resampled stream's sample builder and exception handler: a process that has drawn
+    10 x (number of shards) shards without one usable sample raises RuntimeError with the skip
+    counts, where the stream would draw forever. Once a sample was usable it never raises (the
+    data is sparse, not unusable). A draw is a shard-level read error or a new `__url__`.
+    """
+
+    def __init__(self, build: Callable[[dict[str, Any]], dict[str, Any]], skips: SkipCounter, shards: int) -> None:
+        self.build, self.skips, self.shards = build, skips, shards
+        self.draws, self.url, self.usable = 0, None, False
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        if sample.get("__url__") != self.url:
+            self.url = sample.get("__url__")
+            self._drawn()
+        built = self.build(sample)
+        self.usable = True
+        return built
+
+    def handler(self, exc: BaseException) -> bool:
+        self.skips.handler(exc)
+        if not isinstance(exc, SampleSkipped):
+            self._drawn()
+        return True
+
+    def _drawn(self) -> None:
+        self.draws += 1
+        if not self.usable and self.draws > DRAWS_PER_SHARD * self.shards:
+            raise RuntimeError(f"training loader: {self.draws - 1} resampled draws of {self.shards} shard(s) gave no "
+                               f"usable sample; skipped so far {self.skips.counts()}")

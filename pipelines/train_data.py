@@ -18,7 +18,7 @@ import webdataset as wds
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from portraitflow.jobs.config.train_data import TrainDataConfig
-from portraitflow.operators.shard_source import SKIP_REASONS, SkipCounter, expand_shards
+from portraitflow.operators.shard_source import SKIP_REASONS, SkipCounter, UsableShardsCheck, expand_shards
 from portraitflow.operators.train_sample import SampleSkipped, build_train_sample, collate_samples
 
 log = logging.getLogger(__name__)
@@ -28,16 +28,20 @@ def webdataset_pipeline(cfg: TrainDataConfig, urls: list[str], skips: SkipCounte
     """The per-rank sample pipeline: shards split by node then worker, shuffled, decoded, batched.
 
     A worker or rank without shards yields nothing (no `empty_check`); `TrainLoader` raises when
-    the whole pass yields nothing."""
+    the whole pass yields nothing, and a resampled stream raises once its draws find nothing usable."""
     seed = None if cfg.seed is None else wds.utils.make_seed(cfg.seed, epoch)
+    build = partial(build_train_sample, n_frames=cfg.n_frames, seed=cfg.seed, epoch=epoch, pixel_dtype=cfg.pixel_dtype)
+    handler = skips.handler
+    if cfg.resampled:
+        build = UsableShardsCheck(build, skips, len(urls))
+        handler = build.handler
     dataset = wds.WebDataset(
         urls, resampled=cfg.resampled, shardshuffle=False if cfg.resampled else cfg.shard_shuffle,
-        nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker, handler=skips.handler,
+        nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker, handler=handler,
         seed=seed, empty_check=False,
     )
-    build = partial(build_train_sample, n_frames=cfg.n_frames, seed=cfg.seed, epoch=epoch, pixel_dtype=cfg.pixel_dtype)
     return (dataset.shuffle(cfg.shuffle_buffer, seed=seed)
-            .map(build, handler=skips.handler)
+            .map(build, handler=handler)
             .batched(cfg.batch_size, collation_fn=collate_samples, partial=not cfg.drop_last))
 
 
@@ -51,7 +55,8 @@ class TrainLoader:
 
     Local shards that do not exist raise FileNotFoundError here, when the loader is built; a
     shard that breaks while read is skipped and counted (`shard_unreadable`), and a pass that
-    yields no sample at all raises RuntimeError with the skip counts.
+    yields no sample at all (or a resampled pass whose draws find none) raises RuntimeError with
+    the skip counts.
     """
 
     def __init__(self, cfg: TrainDataConfig, epoch: int = 0) -> None:

@@ -70,6 +70,8 @@ def test_a_job_column_its_backend_does_not_read_fails_that_job(tmp_path: Path) -
     (["--weights", "tiny", "--pose-multiplier", "0.5", "--expression-multiplier", "2"],
      "expression_multiplier, pose_multiplier"),
     (["--backend", "warp", "--set", "animate.seed=3"], "seed"),
+    (["--backend", "warp", "--weights", "tiny", "--gpus", "2"], "gpus, weights"),
+    (["--set", "animate.compile_mode=reduce-overhead"], "compile_mode"),
     (["--set", "animate.num_steps=4"], "num_steps"),
     (["--backend", "warp", "--motion", "absolute", "--set", "animate.crf=20"], None),
     (["--weights", "tiny", "--set", "animate.seed=3", "--paste-back"], None),

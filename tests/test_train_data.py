@@ -218,6 +218,20 @@ def test_an_epoch_without_samples_raises_with_the_skip_counts(dataset, tmp_path)
         list(TrainLoader(_config(dataset, n_frames=CLIP_FRAMES + 1, num_workers=2)))
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_resampled_epoch_without_usable_shards_raises_instead_of_drawing_forever(dataset, tmp_path, num_workers) -> None:
+    garbage = tmp_path / "000000.tar"
+    garbage.write_bytes(np.random.default_rng(0).bytes(5000))
+    resampled = dict(resampled=True, samples_per_epoch=4, num_workers=num_workers)
+    with pytest.raises(RuntimeError, match=r"10 resampled draws of 1 shard\(s\) gave no usable sample.*shard_unreadable"):
+        list(TrainLoader(_config(dataset, shards=[str(garbage)], **resampled)))
+    with pytest.raises(RuntimeError, match=r"40 resampled draws of 4 shard\(s\) gave no usable sample.*clip_too_short"):
+        list(TrainLoader(_config(dataset, n_frames=CLIP_FRAMES + 1, **resampled)))
+    usable_and_not = _config(dataset, **resampled)
+    usable_and_not = usable_and_not.model_copy(update={"shards": usable_and_not.shards + [str(garbage)]})
+    assert len(_keys(TrainLoader(usable_and_not))) == 4
+
+
 def test_index_folder_and_brace_pattern_name_the_same_shards(dataset) -> None:
     by_index = expand_shards(str(dataset[0] / "index.wids.json"))
     by_folder = expand_shards(str(dataset[0]))

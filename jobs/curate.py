@@ -28,7 +28,7 @@ from portraitflow.jobs.options import ConfigOption, MlflowUriOption, RayAddressO
 from portraitflow.operators import ledger
 from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.curate_input import renders_after_decisions
-from portraitflow.operators.face_scan import (check_galleries, content_signature, load_clip_arrays, scan_clips,
+from portraitflow.operators.face_scan import (check_galleries, content_signature, load_scan_arrays, scan_clips,
                                              scan_path)
 from portraitflow.operators.filters import RENDER_FAILED
 from portraitflow.operators.identity import CorpusLedger
@@ -135,10 +135,11 @@ def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], layout: Layout,
                  for c in _committed_clips(layout, key, packed[key], in_shards, fps)]
     committed += [(key, c) for key, clips in clips_by_input.items() for c in clips if c["key"] in in_shards]
     corpus = _corpus_ledger(cfg, undecided[0][1]["same_person"])
+    identity = _Identities(layout)
     for key, clip in committed:
-        corpus.keep(*_identity(layout, key, clip))
+        corpus.keep(*identity(key, clip))
     for key, clip in undecided:
-        embedding, signature = _identity(layout, key, clip)
+        embedding, signature = identity(key, clip)
         clip["reason"] = corpus.decide(embedding, signature)
         if clip["reason"] is None:
             corpus.keep(embedding, signature)
@@ -181,12 +182,21 @@ def _sample_clip(shard: Path, key: str, fps: float) -> dict[str, Any]:
             "measures": meta["scores"], "identity": (embedding, content_signature(kps))}
 
 
-def _identity(layout: Layout, input_key: str, clip: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """A clip's identity embedding and content signature: from its sample, or its input's scan."""
-    if "identity" in clip:
-        return clip["identity"]
-    arrays = load_clip_arrays(scan_path(layout.scans, input_key), clip["index"], ("embedding", "signature"))
-    return arrays["embedding"], arrays["signature"]
+class _Identities:
+    """Clips' identity embeddings and content signatures: from their samples, or from their input's
+    scan, read once for all its clips (an input's clips are decided one after another)."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout, self.input_key, self.scan = layout, None, {}
+
+    def __call__(self, input_key: str, clip: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        if "identity" in clip:
+            return clip["identity"]
+        if input_key != self.input_key:
+            self.input_key = input_key
+            self.scan = load_scan_arrays(scan_path(self.layout.scans, input_key), ("embedding", "signature"))
+        arrays = self.scan[clip["index"]]
+        return arrays["embedding"], arrays["signature"]
 
 
 def _render_kept(cfg: PortraitFlowConfig, layout: Layout, scanned: list[dict], clips_by_input: dict,

@@ -53,8 +53,8 @@ def _reader(path: str, width: int = -1, height: int = -1):
     return reader
 
 
-def _shown_frames(reader) -> tuple[np.ndarray, np.ndarray, float]:
-    """(decord indices of the shown frames, their start times from the first one, presented seconds).
+def _timeline(reader, width: int = 0, height: int = 0) -> tuple[VideoInfo, np.ndarray, np.ndarray]:
+    """(the shown frames' VideoInfo, their decord indices, their start times from the first one).
 
     Frames before the first with a non-negative time are hidden by an edit list. A container
     without usable timestamps (AVI and MPEG-PS, whose missing times decord reports as huge negative
@@ -64,7 +64,8 @@ def _shown_frames(reader) -> tuple[np.ndarray, np.ndarray, float]:
     starts = times[:, 0]
     if not (np.all(np.isfinite(times)) and np.all(np.abs(times) < 1e6) and np.all(np.diff(starts) >= 0)):
         fps = _declared_rate(reader)
-        return np.arange(len(reader)), np.arange(len(reader)) / fps, len(reader) / fps
+        info = VideoInfo(width, height, _average_rate(len(reader), len(reader) / fps), len(reader))
+        return info, np.arange(len(reader)), np.arange(len(reader)) / fps
     shown = np.flatnonzero(starts >= -1e-3)
     if len(shown) == 0:
         raise VideoUnreadable("the video shows no frames (all are hidden by its edit list)")
@@ -72,7 +73,8 @@ def _shown_frames(reader) -> tuple[np.ndarray, np.ndarray, float]:
     last = float(times[shown[-1], 1] - times[shown[-1], 0])
     if last <= 0:  # MPEG-TS packets carry no duration: the last frame lasts as long as the others
         last = float(np.median(np.diff(starts))) if len(starts) > 1 else 1 / _declared_rate(reader)
-    return shown, starts, float(starts[-1] + last)
+    fps = _average_rate(len(shown), float(starts[-1] + last))
+    return VideoInfo(width, height, fps, len(shown)), shown, starts
 
 
 def _declared_rate(reader) -> float:
@@ -86,8 +88,7 @@ def probe_video(path: str) -> VideoInfo:
     """Size, frame rate and frame count; raises VideoUnreadable for anything decord cannot use."""
     reader = _reader(path)
     height, width = reader[0].shape[:2]
-    shown, _, duration = _shown_frames(reader)
-    return VideoInfo(width=int(width), height=int(height), fps=_average_rate(len(shown), duration), num_frames=len(shown))
+    return _timeline(reader, int(width), int(height))[0]
 
 
 def _average_rate(frames: int, seconds: float) -> float:
@@ -136,8 +137,7 @@ def iter_frame_chunks(
     """
     width, height = size if size else (-1, -1)
     reader = _reader(path, width, height)
-    shown, starts, duration = _shown_frames(reader)
-    info = VideoInfo(width=0, height=0, fps=_average_rate(len(shown), duration), num_frames=len(shown))
+    info, shown, starts = _timeline(reader)
     positions, sources = resample_positions(info, target_fps, start_s, end_s, starts)
     if shown[0] > 0:  # decord seeks such files by coded position and returns the wrong frames
         del reader

@@ -197,6 +197,8 @@ def main() -> None:
     parser.add_argument("--compile", metavar="MODE",
                         help="torch.compile mode of ours' UNet, as the animator's `compile_mode` (default: `default` on "
                              "CUDA, `off` on the CPU); its compile time is printed apart, in the warm-up")
+    parser.add_argument("--compile-decoder", action="store_true",
+                        help="ours: also compile the VAE decoder, in the same mode as the UNet (a candidate)")
     parser.add_argument("--windows-per-call", type=int, default=1,
                         help="ours: windows of a step batched into one UNet call (the animator's `windows_per_call`)")
     parser.add_argument("--no-cudnn-benchmark", action="store_true",
@@ -217,7 +219,8 @@ def main() -> None:
     torch.backends.cudnn.benchmark = device.type == "cuda" and not args.no_cudnn_benchmark
     print(f"{size} modules on {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
           f"{settings.num_steps} steps, window {settings.frames_per_window}, torch threads {torch.get_num_threads()}"
-          + (f", ours torch.compile mode {args.compile}" if args.compile else ""))
+          + (f", ours torch.compile mode {args.compile}" if args.compile else "")
+          + (" (UNet and VAE decoder)" if args.compile and args.compile_decoder else ""))
     header = (f"{'dtype':5s} {'frames':>6s} | {'ours f/s':>9s} {'base f/s':>9s} {'speed-up':>8s} | "
               f"{'ours cpu-s':>10s} {'base cpu-s':>10s} | {'ours GiB':>8s} {'base GiB':>8s} | max |diff|")
     print(header)
@@ -227,6 +230,8 @@ def main() -> None:
         mine_pipe = copy.copy(pipe)  # the same modules; with --compile, ours calls a compiled view of the UNet
         if args.compile:
             mine_pipe.compile_unet(args.compile)
+        if args.compile and args.compile_decoder:
+            mine_pipe.compile_decoder(args.compile)
         _warm_up(pipe, mine_pipe, models.resolution, settings, args)
         for count in frames:
             inputs = make_inputs(pipe, models.resolution, count, settings, args.seed)

@@ -14,11 +14,13 @@ the pipeline does.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from hunyuan_gpu import DTYPES  # run as a script: benchmarks/ is on the path
@@ -31,6 +33,7 @@ class Variant:
     channels_last: bool = False  # Conv2d weights channels-last
     compile_mode: str | None = None  # torch.compile mode; reduce-overhead adds CUDA graphs
     all_rows: bool = False  # cross-attention computed for the unconditional items too
+    attention: str | None = None  # an SDPBackend the attention is restricted to; None: PyTorch's choice
 
 
 VARIANTS = {
@@ -42,6 +45,8 @@ VARIANTS = {
     "compile-cudagraphs": Variant(compile_mode="reduce-overhead"),
     "compile-two-windows": Variant(windows=2, compile_mode="default"),
     "compile-max-autotune": Variant(compile_mode="max-autotune-no-cudagraphs"),
+    "cudnn-attention": Variant(attention="CUDNN_ATTENTION"),
+    "compile-cudnn-attention": Variant(compile_mode="default", attention="CUDNN_ATTENTION"),
 }
 
 
@@ -75,7 +80,8 @@ def variant_call(unet: HunyuanUNet, spec: Variant, latent: int, reference_inputs
 
     def run() -> torch.Tensor:
         torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: the previous call's output may be overwritten
-        return model(*inputs, unconditional=unconditional)
+        with sdpa_kernel(getattr(SDPBackend, spec.attention)) if spec.attention else contextlib.nullcontext():
+            return model(*inputs, unconditional=unconditional)
 
     return run
 
@@ -155,7 +161,11 @@ def main() -> None:
         run = variant_call(unet, spec, latent, reference_inputs, args.seed)
         with torch.no_grad():
             setup = time.perf_counter()
-            run()
+            try:
+                run()
+            except RuntimeError as exc:  # e.g. an attention backend this device or shape lacks
+                print(f"{variant:22s} failed: {str(exc).splitlines()[0][:150]}", flush=True)
+                continue
             _synchronize(device)
             setup = time.perf_counter() - setup
             output, seconds = timed_calls(run, args.calls, device)

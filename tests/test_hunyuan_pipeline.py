@@ -146,6 +146,18 @@ def test_decoding_only_the_kept_frames_skips_padding_chunks_and_keeps_their_valu
     torch.testing.assert_close(kept, whole[5:14], atol=0, rtol=0)
 
 
+def test_a_compiled_decoder_decodes_every_chunk_as_the_eager_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    pipe = random_models("tiny", seed=6).pipeline
+    latents = torch.randn(1, 10, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    eager = torch.cat(list(pipe.decode(latents, 4)))
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, mode, dynamic: compiled.append((mode, dynamic)) or
+                        (lambda chunk, num_frames: compiled.append(num_frames) or fn(chunk, num_frames=num_frames)))
+    pipe.compile_decoder("max-autotune")
+    torch.testing.assert_close(torch.cat(list(pipe.decode(latents, 4))), eager, atol=0, rtol=0)
+    assert compiled == [("max-autotune", False), 4, 4, 2]
+
+
 @pytest.mark.parametrize("num_frames", [25, 26, 47, 80, 1030])
 def test_windows_are_averaged_in_place_keeping_side_sums_for_overlaps_only(num_frames: int) -> None:
     """Every window reads the step's input values; the result is the per-frame mean; the side sums

@@ -124,6 +124,7 @@ class HunyuanPipeline:
         self.image_proj = image_proj
         self.scheduler_config = scheduler_config
         self._black_pose: dict[tuple, torch.Tensor] = {}
+        self._decode_chunk = vae.decode
 
     @property
     def device(self) -> torch.device:
@@ -138,6 +139,11 @@ class HunyuanPipeline:
         (about half of the eager call's kernel time): 1.46x per call in fp16 on an H200. Window
         shapes are fixed, so it compiles once per branch count; the first window pays for it."""
         self.unet = torch.compile(self.unet, mode=mode, dynamic=False)
+
+    def compile_decoder(self, mode: str = "default") -> None:
+        """Decode under `torch.compile` too (3.0 TFLOP per decoded frame at 512², about 4% of a
+        job's FLOPs). Chunks have one length but the last, which compiles once more."""
+        self._decode_chunk = torch.compile(self.vae.decode, mode=mode, dynamic=False)
 
     def uncompile_unet(self) -> None:
         """Back to the eager UNet (after a compilation failure)."""
@@ -289,7 +295,7 @@ class HunyuanPipeline:
             if first >= last:
                 continue
             chunk = latents[0, start:stop] / scale
-            frames = self.vae.decode(chunk.to(decoder_dtype), num_frames=len(chunk)).sample
+            frames = self._decode_chunk(chunk.to(decoder_dtype), num_frames=len(chunk)).sample
             yield frames[first - start:last - start].float()
 
 

@@ -28,8 +28,7 @@ from portraitflow.jobs.options import ConfigOption, MlflowUriOption, RayAddressO
 from portraitflow.operators import ledger
 from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.curate_input import renders_after_decisions
-from portraitflow.operators.face_scan import (check_galleries, content_signature, load_scan_arrays, scan_clips,
-                                             scan_path)
+from portraitflow.operators.face_scan import check_galleries, load_scan_arrays, scan_clips, scan_path
 from portraitflow.operators.filters import RENDER_FAILED
 from portraitflow.operators.identity import CorpusLedger
 from portraitflow.operators.inputs import clip_input_key, expand_inputs, input_key
@@ -173,13 +172,16 @@ def _committed_clips(layout: Layout, input_key: str, samples: list[str], in_shar
 
 def _sample_clip(shard: Path, key: str, fps: float) -> dict[str, Any]:
     """A committed clip as its sample in `shard` tells it: its time range, its scores, and its
-    identity (the embedding, and the signature of its keypoints, which crop pixels leave unchanged)."""
+    identity (the embedding, and the footage signature; None in samples written before it was)."""
     with tarfile.open(shard) as tar:
-        fields = {name: tar.extractfile(f"{key}.{name}").read() for name in ("json", "id.npy", "kps.npy")}
+        names = set(tar.getnames())
+        fields = {name: tar.extractfile(f"{key}.{name}").read() for name in ("json", "id.npy", "signature.npy")
+                  if f"{key}.{name}" in names}
     meta = json.loads(fields["json"])
-    embedding, kps = (np.load(io.BytesIO(fields[name]), allow_pickle=False) for name in ("id.npy", "kps.npy"))
+    embedding, signature = (np.load(io.BytesIO(fields[name]), allow_pickle=False) if name in fields else None
+                            for name in ("id.npy", "signature.npy"))
     return {"key": key, "start": round(meta["start_s"] * fps), "end": round(meta["end_s"] * fps), "reason": None,
-            "measures": meta["scores"], "identity": (embedding, content_signature(kps))}
+            "measures": meta["scores"], "identity": (embedding, signature)}
 
 
 class _Identities:
@@ -189,7 +191,7 @@ class _Identities:
     def __init__(self, layout: Layout) -> None:
         self.layout, self.input_key, self.scan = layout, None, {}
 
-    def __call__(self, input_key: str, clip: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, input_key: str, clip: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
         if "identity" in clip:
             return clip["identity"]
         if input_key != self.input_key:

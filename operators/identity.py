@@ -82,14 +82,17 @@ class CorpusLedger:
         embedding, signature = l2_normalise(embedding), l2_normalise(signature)
         cluster = self._cluster(embedding)
         if cluster is not None:
-            if any(float(s @ signature) >= self.duplicate_similarity for s in self._members[cluster]):
+            if any(s is not None and float(s @ signature) >= self.duplicate_similarity for s in self._members[cluster]):
                 return DUPLICATE
             if self.max_per_identity and self._counts[cluster] >= self.max_per_identity:
                 return IDENTITY_OVER_CAP
         return None
 
-    def keep(self, embedding: np.ndarray, signature: np.ndarray) -> None:
-        embedding, signature = l2_normalise(embedding), l2_normalise(signature)
+    def keep(self, embedding: np.ndarray, signature: np.ndarray | None) -> None:
+        """Add a kept clip; one without a signature (a sample older than signatures) counts towards
+        its identity's cap but matches no duplicate."""
+        embedding = l2_normalise(embedding)
+        signature = None if signature is None else l2_normalise(signature)
         cluster = self._cluster(embedding)
         if cluster is None:
             self._centroids.append(embedding)

@@ -94,6 +94,7 @@ def render_sample(
         "pose.npy": npy_bytes(arrays["pose"].astype(np.float32)),
         "id.npy": npy_bytes(arrays["embedding"].astype(np.float32)),
         "motion.npy": npy_bytes(motion.astype(np.float32)),
+        "signature.npy": npy_bytes(arrays["signature"].astype(np.float16)),
     }
 
 

@@ -109,13 +109,15 @@ def _scan(scans: Path, uri: str, clips: list[tuple]) -> str:
     return input_key(uri)
 
 
-def _pack(layout, key: str, start: int, end: int, embedding: np.ndarray, kps: np.ndarray) -> None:
-    """A sample in a shard as rendering writes it: its keypoints in crop pixels."""
+def _pack(layout, key: str, start: int, end: int, embedding: np.ndarray, signature: np.ndarray | None) -> None:
+    """A sample in a shard as rendering writes it (a sample written before signatures has none)."""
     from portraitflow.operators.shards import npy_bytes, pack_shards, stage_sample
 
     meta = {"key": key, "start_s": start / FPS, "end_s": end / FPS, "scores": {"face_side_px": 200.0}}
-    stage_sample(layout.staging, key, {"json": json.dumps(meta).encode(), "id.npy": npy_bytes(embedding),
-                                       "kps.npy": npy_bytes(((kps - 100) * 0.75).astype(np.float32))})
+    members = {"json": json.dumps(meta).encode(), "id.npy": npy_bytes(embedding)}
+    if signature is not None:
+        members["signature.npy"] = npy_bytes(signature.astype(np.float16))
+    stage_sample(layout.staging, key, members)
     pack_shards(layout.staging, layout.shards, 100, 1 << 30)
 
 
@@ -134,15 +136,15 @@ def test_clips_already_in_shards_stay_in_the_corpus_whatever_the_retry_finds(
     rng = np.random.default_rng(0)
     identities = []
     for _ in range(2):
-        embedding, kps = l2_normalise(rng.normal(size=128)).astype(np.float32), rng.uniform(100, 300, (50, 5, 2))
-        identities.append((embedding, content_signature(kps), kps))
+        embedding = l2_normalise(rng.normal(size=128)).astype(np.float32)
+        identities.append((embedding, content_signature(rng.uniform(0, 255, (50, 16, 16)))))
     layout = Layout(tmp_path)
     layout.make()
     talk, copy, later_copy = (str(tmp_path / name) for name in ("talk.mp4", "copy.mp4", "later_copy.mp4"))
     talk_key = _scan(layout.scans, talk, [(0, 50, None, identities[0][:2]), (50, 100, None, identities[1][:2]),
                                           (100, 150, "too_static", None)])
     packed = clip_key(talk_key, 0, 2.0)
-    _pack(layout, packed, 0, 50, identities[0][0], identities[0][2])
+    _pack(layout, packed, 0, 50, *identities[0])
     copies = [_scan(layout.scans, uri, [(0, 50, None, identities[0][:2])]) for uri in (copy, later_copy)]
     if retry == "unreadable_and_scan_lost":
         scan_path(layout.scans, talk_key).unlink()

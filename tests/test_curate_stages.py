@@ -326,6 +326,44 @@ def test_corpus_ledger_caps_identities_and_drops_duplicates() -> None:
     assert ledger.decide(person, signatures[2]) == filters.IDENTITY_OVER_CAP
 
 
+def test_a_kept_clip_without_a_signature_counts_for_the_cap_and_matches_no_duplicate() -> None:
+    rng = np.random.default_rng(3)
+    person, signature = l2_normalise(rng.normal(size=128)), l2_normalise(rng.normal(size=64))
+    ledger = CorpusLedger(same_person=0.5, max_per_identity=2, duplicate_similarity=0.9)
+    ledger.keep(person, None)
+    assert ledger.decide(person, signature) is None
+    ledger.keep(person, signature)
+    assert ledger.decide(person, signature) == filters.DUPLICATE
+    assert ledger.decide(person, l2_normalise(rng.normal(size=64))) == filters.IDENTITY_OVER_CAP
+
+
+def _signature(frames: np.ndarray) -> np.ndarray:
+    from portraitflow.operators.face_scan import content_signature, frame_thumbnails
+
+    return content_signature(frame_thumbnails(frames))
+
+
+def _decoded(path: Path, size: int | None = None) -> np.ndarray:
+    from portraitflow.operators.decode import iter_frame_chunks
+
+    return np.concatenate([c.frames for c in iter_frame_chunks(str(path), 25.0, size=size and (size, size))])
+
+
+def test_the_footage_signature_matches_a_smaller_re_encode_and_not_another_take(media_dir: Path, tmp_path: Path) -> None:
+    """The same clip at 384² and crf 30 is a duplicate, started two frames later too; another take
+    of the same speaker on the same set is not (the keypoint signature scored the re-encode 0.53)."""
+    from portraitflow.operators.video_writer import write_h264
+
+    default = CurateConfig().duplicate_similarity
+    original = _decoded(media_dir / "liveportrait_d0.mp4")
+    write_h264(tmp_path / "small.mp4", [_decoded(media_dir / "liveportrait_d0.mp4", 384)], 25, crf=30)
+    small = _decoded(tmp_path / "small.mp4")
+    assert float(_signature(original) @ _signature(small)) > 0.97
+    assert float(_signature(original[2:]) @ _signature(small[:-2])) > default
+    neutral, happy = (_decoded(media_dir / f"dreamtalk_M030_front_{take}_001.mp4") for take in ("neutral_level1", "happy_level3"))
+    assert abs(float(_signature(neutral) @ _signature(happy))) < 0.5
+
+
 def test_filters_return_their_reason_codes() -> None:
     cfg = CurateConfig()
     assert filters.face_size(cfg.min_face_px - 1, cfg) == "face_too_small"

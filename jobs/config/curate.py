@@ -71,8 +71,10 @@ class CurateConfig(BaseModel):
         0, ge=0, description="`identity_over_cap`: clips kept per identity cluster (0: no cap)."
     )
     duplicate_similarity: float = Field(
-        0.97, ge=-1, le=1,
-        description="`duplicate`: a clip whose keypoint-trajectory signature is this close (cosine) to a kept one.",
+        0.9, ge=-1, le=1,
+        description="`duplicate`: a clip of a kept clip's identity whose footage signature (how its frames' 16x16 grey "
+        "thumbnails change over time) is this close (cosine) to that clip's. Re-encodes of one clip score about 0.95-0.99, "
+        "other takes below 0.4.",
     )
     # crops and shards
     crop_size: int = Field(

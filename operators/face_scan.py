@@ -126,13 +126,23 @@ def _clip_ranges(tracks: list[Track], shot_start: int, shot_end: int, step: int,
         start, end = max(int(track.positions[0]), cursor), int(track.positions[-1]) + 1
         if start - cursor >= min_frames:
             ranges.append((cursor, start, None))
-        pieces = int(np.ceil((end - start) / max_frames))
-        edges = np.linspace(start, end, pieces + 1).round().astype(int)
-        ranges.extend((int(a), int(b), track) for a, b in zip(edges[:-1], edges[1:]))
+        ranges.extend((int(a), int(b), track) for a, b in _split(start, end, min_frames, max_frames))
         cursor = end
     if shot_end - cursor >= min_frames or not chosen:
         ranges.append((cursor, shot_end, None))
     return ranges
+
+
+def _split(start: int, end: int, min_frames: int, max_frames: int) -> list[tuple[int, int]]:
+    """[start, end) in pieces of at most `max_frames`: equal pieces, or, where equal pieces would
+    all be shorter than `min_frames` (a stretch a little over `max_frames` long with `max_frames`
+    under twice `min_frames`), whole `max_frames` pieces and the short rest."""
+    pieces = int(np.ceil((end - start) / max_frames))
+    if pieces > 1 and (end - start) / pieces < min_frames:
+        edges = [*range(start, end, max_frames), end]
+    else:
+        edges = np.linspace(start, end, pieces + 1).round().astype(int).tolist()
+    return list(zip(edges[:-1], edges[1:]))
 
 
 def _detection_frames(start: int, end: int, step: int) -> int:

@@ -326,6 +326,20 @@ def test_corpus_ledger_caps_identities_and_drops_duplicates() -> None:
     assert ledger.decide(person, signatures[2]) == filters.IDENTITY_OVER_CAP
 
 
+@pytest.mark.parametrize(("length", "min_frames", "max_frames", "expected"), [
+    (78, 20, 26, [(0, 26), (26, 52), (52, 78)]),  # equal pieces when each is long enough
+    (176, 50, 75, [(0, 59), (59, 117), (117, 176)]),
+    (80, 50, 75, [(0, 75), (75, 80)]),  # 3.2 s, max 3 s, min 2 s: equal halves (1.6 s) would both be too short
+    (60, 50, 75, [(0, 60)]),
+])
+def test_long_stretches_are_cut_so_that_a_piece_is_long_enough(length: int, min_frames: int, max_frames: int,
+                                                              expected: list) -> None:
+    from portraitflow.operators.face_scan import _split
+
+    assert _split(0, length, min_frames, max_frames) == expected
+    assert _split(10, 10 + length, min_frames, max_frames) == [(a + 10, b + 10) for a, b in expected]
+
+
 def test_a_kept_clip_without_a_signature_counts_for_the_cap_and_matches_no_duplicate() -> None:
     rng = np.random.default_rng(3)
     person, signature = l2_normalise(rng.normal(size=128)), l2_normalise(rng.normal(size=64))

@@ -15,7 +15,7 @@ Motion = AnimateConfig.model_fields["motion"].annotation
 
 
 def animate(
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: videos, results.parquet, preview.png."),
+    out: Path = typer.Option(..., "--out", "-o", file_okay=False, help="Output folder: videos, results.parquet, preview.png."),
     ref: Optional[Path] = typer.Option(None, "--ref", help="Reference portrait image (with --driving)."),
     driving: Optional[Path] = typer.Option(None, "--driving", help="Driving video (with --ref)."),
     jobs: Optional[Path] = typer.Option(None, "--jobs", exists=True, dir_okay=False, help="CSV, JSONL or parquet: ref, driving, optional job_id and per-job params."),

@@ -142,6 +142,18 @@ def has_audio(path: str | Path) -> bool:
         return False
 
 
+#: AVColorSpace / AVColorPrimaries / AVColorTransferCharacteristic SMPTE 170M (BT.601, 525 lines)
+#: and AVColorRange MPEG (limited)
+_SMPTE170M, _LIMITED_RANGE = 6, 1
+
+
+def _tag_bt601(context) -> None:
+    """Say in the stream what the RGB -> YUV conversion (swscale's default matrix, BT.601) wrote:
+    untagged, players assume BT.709 for HD sizes and shift the colours of large outputs."""
+    context.colorspace = context.color_primaries = context.color_trc = _SMPTE170M
+    context.color_range = _LIMITED_RANGE
+
+
 def write_h264(
     path: str | Path,
     chunks: Iterable[np.ndarray],
@@ -187,6 +199,7 @@ def write_h264(
                         video = out.add_stream("libx264", rate=rate)
                         video.height, video.width = rgb.shape[0] - rgb.shape[0] % 2, rgb.shape[1] - rgb.shape[1] % 2
                         video.pix_fmt = "yuv420p"
+                        _tag_bt601(video.codec_context)
                         video.options = {"crf": str(crf), "preset": preset}
                         if threads:
                             video.codec_context.thread_count = threads

@@ -35,9 +35,11 @@ def _animate(tmp_path: Path, *flags: str):
 
 
 @pytest.mark.parametrize("weights", ["/w/my run #2", "2024", "no", "tiny: yes"])
-def test_flag_values_are_kept_whole(weights: str, generation_calls: list, tmp_path: Path) -> None:
+def test_flag_values_are_kept_whole(weights: str, generation_calls: list, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A flag's string is the value: not cut at `#`, not read as a YAML number, boolean or mapping."""
-    result = _animate(tmp_path, "--backend", "warp", "--weights", weights, "--ray-address", "auto #1")
+    monkeypatch.setattr("portraitflow.jobs.animate.check_weights", lambda cfg: None)  # no such folders here
+    result = _animate(tmp_path, "--backend", "hunyuan", "--weights", weights, "--ray-address", "auto #1")
     assert result.exit_code == 0, result.output
     assert generation_calls[0].animate.weights == weights
     assert generation_calls[0].ray.address == "auto #1"
@@ -136,6 +138,12 @@ def test_insightface_error_names_a_real_override(monkeypatch: pytest.MonkeyPatch
     override = re.search(r"--set (\S+)=<root>", str(missing.value))
     assert override is not None, str(missing.value)
     assert load_config(None, [f"{override.group(1)}=/models"]).face.insightface_root == "/models"
+
+
+def test_animate_refuses_an_out_that_is_a_file(generation_calls: list, tmp_path: Path) -> None:
+    (tmp_path / "out").write_text("not a folder")
+    result = _animate(tmp_path)
+    assert result.exit_code == 2 and "is a file" in result.output and generation_calls == []
 
 
 def test_every_verb_that_writes_takes_its_folder_as_out(tmp_path: Path) -> None:

@@ -77,6 +77,19 @@ def test_written_bytes_carry_no_library_versions(tmp_path: Path) -> None:
     assert b"Lavf" not in first.read_bytes()
 
 
+def test_outputs_say_which_colour_matrix_they_were_encoded_with(tmp_path: Path) -> None:
+    """Pure red encodes to BT.601's Y 81 (BT.709's would be 63); the stream says BT.601 limited range,
+    so players that assume BT.709 for untagged HD video show the colours as written."""
+    red = np.zeros((1, 720, 1280, 3), np.uint8)
+    red[..., 0] = 255
+    write_h264(tmp_path / "red.mp4", [red], 25)
+    with av.open(str(tmp_path / "red.mp4")) as container:
+        context = container.streams.video[0].codec_context
+        assert (context.colorspace, context.color_primaries, context.color_trc, context.color_range) == (6, 6, 6, 1)
+        frame = next(container.decode(video=0))
+        assert abs(int(frame.to_ndarray(format="yuv420p")[360, 640]) - 81) <= 1
+
+
 def test_keyframe_interval_bounds_the_distance_between_keyframes(tmp_path: Path) -> None:
     import av
 

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.options import ConfigOption, MlflowUriOption, RayAddressOption, SetOption, resolve_config
 
@@ -23,8 +24,8 @@ def animate(
     drivers: Optional[Path] = typer.Option(None, "--drivers", exists=True, file_okay=False, help="Folder of driving videos (with --refs)."),
     backend: Optional[Backend] = typer.Option(None, help="Animator (animate.backend)."),
     weights: Optional[str] = typer.Option(None, help="HunyuanPortrait weights folder, or `tiny` for random tiny modules (plumbing tests) (animate.weights)."),
-    actors: Optional[int] = typer.Option(None, help="Animation actors for CPU backends (animate.actors)."),
-    gpus: Optional[int] = typer.Option(None, help="GPUs for hunyuan, one actor each (animate.gpus)."),
+    actors: Optional[int] = typer.Option(None, help="Most animation actors for CPU backends; the pool grows from 1 (animate.actors)."),
+    gpus: Optional[int] = typer.Option(None, help="Most GPUs for hunyuan, one actor each; 0 runs hunyuan on CPU actors in float32 (animate.gpus)."),
     motion: Optional[Motion] = typer.Option(None, help="Motion transfer (animate.motion)."),
     pose_multiplier: Optional[float] = typer.Option(None, help="Head motion gain (animate.pose_multiplier)."),
     expression_multiplier: Optional[float] = typer.Option(None, help="Expression gain (animate.expression_multiplier)."),
@@ -47,6 +48,7 @@ def animate(
     cfg = resolve_config(config, set_, ray_address, mlflow_uri, {f"animate.{k}": v for k, v in flags.items()})
     check_job_options(cfg.animate, [k for k, v in flags.items() if v is not None] + _animate_overrides(set_))
     check_weights(cfg.animate)
+    check_face(cfg)
     if jobs is not None:
         try:
             job_list = load_jobs(jobs)
@@ -93,3 +95,15 @@ def check_weights(cfg: AnimateConfig) -> None:
         check_backend(resolve_backend(cfg), cfg)
     except (ValueError, FileNotFoundError) as exc:  # no weights given; WeightsMissing lists the missing files
         raise typer.BadParameter(str(exc), param_hint="--weights") from exc
+
+
+def check_face(cfg: PortraitFlowConfig) -> None:
+    """Refuse a face backend whose model files are missing as a usage error naming what to download
+    and where to put it, instead of failing every job."""
+    from portraitflow.jobs.runtime import check_face_models
+    from portraitflow.models.face.model_files import ModelFilesMissing
+
+    try:
+        check_face_models(cfg)
+    except ModelFilesMissing as exc:
+        raise typer.BadParameter(str(exc), param_hint="face.backend") from exc

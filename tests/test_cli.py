@@ -140,6 +140,16 @@ def test_insightface_error_names_a_real_override(monkeypatch: pytest.MonkeyPatch
     assert load_config(None, [f"{override.group(1)}=/models"]).face.insightface_root == "/models"
 
 
+def test_a_face_backend_without_its_models_is_a_usage_error(generation_calls: list, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PORTRAITFLOW_INSIGHTFACE_ROOT", raising=False)
+    result = _animate(tmp_path, "--set", "face.backend=insightface")
+    assert result.exit_code == 2 and "download an insightface pack" in result.output and generation_calls == []
+    assert "Traceback" not in result.output
+    on_a_cluster = _animate(tmp_path, "--set", "face.backend=insightface", "--ray-address", "ray://head:10001")
+    assert on_a_cluster.exit_code == 0, on_a_cluster.output  # there the workers' files count
+
+
 def test_animate_refuses_an_out_that_is_a_file(generation_calls: list, tmp_path: Path) -> None:
     (tmp_path / "out").write_text("not a folder")
     result = _animate(tmp_path)

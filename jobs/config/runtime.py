@@ -5,6 +5,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class RayConfig(BaseModel):
+    """Where work runs: a local Ray started in-process, or a cluster to join."""
+
     model_config = ConfigDict(extra="forbid")
 
     address: str | None = Field(
@@ -24,6 +26,8 @@ class RayConfig(BaseModel):
 
 
 class MLflowConfig(BaseModel):
+    """Where runs are recorded: an sqlite store in the working directory, or a tracking server."""
+
     model_config = ConfigDict(extra="forbid")
 
     tracking_uri: str | None = Field(

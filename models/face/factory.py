@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from portraitflow.jobs.config.face import FaceConfig
+from portraitflow.models.face import model_files
 from portraitflow.models.face.base import FaceAnalyzer
 
 
@@ -24,6 +25,16 @@ def create_analyzer(cfg: FaceConfig, threads: int = 0) -> FaceAnalyzer:
     if cfg.same_person_threshold is not None:
         analyzer.same_person_threshold = cfg.same_person_threshold
     return analyzer
+
+
+def check_model_files(cfg: FaceConfig) -> None:
+    """Raise model_files.ModelFilesMissing, naming what to download and where to put it, when
+    `cfg.backend`'s model files are not on this machine: a driver refuses the run before each of
+    its actors dies of it."""
+    if cfg.backend == "opencv":
+        model_files.opencv_models()
+    elif cfg.backend == "insightface":
+        model_files.insightface_models(cfg.insightface_root, cfg.insightface_pack)
 
 
 def _load_backend(cfg: FaceConfig, threads: int) -> FaceAnalyzer:

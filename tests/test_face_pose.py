@@ -1,11 +1,14 @@
-"""Head pose from 68 landmarks: exact recovery on projected templates, and its sign convention."""
+"""Head pose from 68 landmarks: exact recovery on projected templates, its sign convention, that
+expression does not move it, and frontal / mirrored real frames."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from portraitflow.models.face.pose import POSE_LANDMARKS, POSE_TEMPLATE, head_pose_from_landmarks
+from portraitflow.models.face.pose import POSE_LANDMARKS, POSE_TEMPLATE, angles_from_rotation, head_pose_from_landmarks
 
 HEIGHT, WIDTH = 480, 640
 
@@ -41,15 +44,15 @@ def test_single_axis_rotations_are_recovered_with_the_documented_signs(degrees):
         assert abs(abs(estimated) - abs(degrees)) < 1.0
         others = [v for i, v in enumerate((yaw, pitch, roll)) if i != axis]
         assert np.all(np.abs(others) < 1.0)
-        nose, chin = landmarks[30], landmarks[8]
+        nose, nose_base = landmarks[30], landmarks[33]
         left_eye, right_eye = landmarks[36], landmarks[45]
         eye_mid = (left_eye + right_eye) / 2
         if axis == 0:  # yaw > 0 <=> the nose tip moves to the image's right of the eyes' midpoint
             assert np.sign(yaw) == np.sign(nose[0] - eye_mid[0])
-        if axis == 1:  # pitch > 0 <=> looking up: the nose tip moves up toward the eye line
+        if axis == 1:  # pitch > 0 <=> looking up: the tip (nearer the camera) rises above the base
             frontal = _project(np.zeros(3))
-            frontal_ratio = (frontal[30, 1] - frontal[36, 1]) / (frontal[8, 1] - frontal[36, 1])
-            ratio = (nose[1] - eye_mid[1]) / (chin[1] - eye_mid[1])
+            frontal_ratio = (frontal[30, 1] - frontal[36, 1]) / (frontal[33, 1] - frontal[36, 1])
+            ratio = (nose[1] - eye_mid[1]) / (nose_base[1] - eye_mid[1])
             assert np.sign(pitch) == np.sign(frontal_ratio - ratio)
         if axis == 2:  # roll > 0 <=> the eye on the image's right is lower (clockwise on screen)
             assert np.sign(roll) == np.sign(right_eye[1] - left_eye[1])
@@ -76,3 +79,105 @@ def test_missing_or_collapsed_landmarks_give_nan_not_a_pose():
     valid = _project(np.zeros(3))
     poses = head_pose_from_landmarks(np.stack([collapsed, on_a_line, missing, valid]), [(HEIGHT, WIDTH)] * 4)
     assert np.isnan(poses[:3]).all() and np.isfinite(poses[3]).all()
+
+
+def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """Rotation vector of a head at these angles (degrees) in the module's convention."""
+    # yaw turns the nose toward +x (about -y), pitch raises it (about -x, y pointing down), roll
+    # lowers the image-right eye (about +z); applied roll first, then pitch, then yaw.
+    from scipy.spatial.transform import Rotation
+
+    rotation = Rotation.from_euler("YXZ", [-yaw, -pitch, roll], degrees=True)
+    return rotation.as_rotvec()
+
+
+@pytest.mark.parametrize("angles", [(30.0, 0.0, 0.0), (-30.0, 10.0, 0.0), (20.0, -15.0, 8.0), (-45.0, 5.0, -5.0),
+                                    (10.0, 20.0, -10.0), (60.0, 0.0, 0.0)])
+def test_combined_known_rotations_are_recovered(angles):
+    """A template head turned by known yaw, pitch and roll at once, off the image centre."""
+    vector = _rotation(*angles)
+    focal = float(max(HEIGHT, WIDTH))
+    camera = np.array([[focal, 0, WIDTH / 2], [0, focal, HEIGHT / 2], [0, 0, 1]])
+    points, _ = cv2.projectPoints(POSE_TEMPLATE, vector, np.array([60.0, -40.0, 600.0]), camera, None)
+    landmarks = np.zeros((68, 2))
+    landmarks[:] = points.reshape(-1, 2).mean(axis=0)
+    landmarks[POSE_LANDMARKS] = points.reshape(-1, 2)
+    pose = head_pose_from_landmarks(landmarks[None], [(HEIGHT, WIDTH)])[0]
+    # yaw and pitch are the nose's direction, which roll (applied first) does not move; roll is the
+    # on-screen angle of the eye line, which yaw and pitch foreshorten a little
+    expected = angles_from_rotation(cv2.Rodrigues(vector)[0])
+    np.testing.assert_allclose(expected[:2], angles[:2], atol=1e-6)
+    assert abs(expected[2] - angles[2]) < 2.5
+    np.testing.assert_allclose(pose, expected, atol=1.0)
+
+
+def test_expression_does_not_move_the_pose():
+    """A smile (mouth corners out and up), an open mouth (chin down) and a pout leave the head
+    where it was: the fit uses the nose and eye corners only. The six-point fit with the mouth
+    corners and chin read a smile on a frontal template as about 20 degrees of pitch."""
+    frontal = _project(np.zeros(3), distance=600.0)
+    span = np.linalg.norm(frontal[45] - frontal[36])
+    mouth_y, chin_y = frontal[33, 1] + 0.3 * span, frontal[33, 1] + 0.8 * span
+    frontal[48] = frontal[33] + (-0.3 * span, 0.3 * span)
+    frontal[54] = frontal[33] + (0.3 * span, 0.3 * span)
+    frontal[8] = (frontal[33, 0], chin_y)
+    smile, open_mouth, pout = frontal.copy(), frontal.copy(), frontal.copy()
+    smile[48] += (-0.12 * span, -0.08 * span)
+    smile[54] += (0.12 * span, -0.08 * span)
+    open_mouth[8, 1] += 0.35 * span
+    pout[48, 0] += 0.12 * span
+    pout[54, 0] += 0.05 * span  # lopsided
+    assert mouth_y > 0
+    poses = head_pose_from_landmarks(np.stack([frontal, smile, open_mouth, pout]), [(HEIGHT, WIDTH)] * 4)
+    np.testing.assert_allclose(poses, 0.0, atol=0.5)
+
+
+def test_mirrored_landmarks_negate_yaw_and_roll():
+    """Mirroring the image is a head turned and tilted the other way: yaw and roll change sign,
+    pitch stays (iBUG-68 points swap sides under the mirror)."""
+    mirror = np.array(list(range(16, -1, -1)) + list(range(26, 16, -1)) + [27, 28, 29, 30] + [35, 34, 33, 32, 31]
+                      + [45, 44, 43, 42, 47, 46] + [39, 38, 37, 36, 41, 40]
+                      + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55] + [64, 63, 62, 61, 60, 67, 66, 65])
+    landmarks = _project(_rotation(25.0, 10.0, 7.0), distance=700.0)
+    flipped = landmarks[mirror].copy()
+    flipped[:, 0] = WIDTH - flipped[:, 0]
+    pose, mirrored = head_pose_from_landmarks(np.stack([landmarks, flipped]), [(HEIGHT, WIDTH)] * 2)
+    np.testing.assert_allclose(mirrored, pose * np.array([-1, 1, -1]), atol=0.5)
+
+
+@pytest.fixture(scope="module")
+def opencv_analyzer():
+    from portraitflow.models.face.factory import create_analyzer
+    from portraitflow.models.face.model_files import ModelFilesMissing
+    from portraitflow.jobs.config import FaceConfig
+
+    try:
+        return create_analyzer(FaceConfig(backend="opencv"))
+    except ModelFilesMissing as missing:
+        pytest.skip(str(missing))
+
+
+def _video_frame(path: Path, index: int) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i == index:
+                return frame.to_ndarray(format="rgb24")
+    raise IndexError(index)
+
+
+@pytest.mark.parametrize("clip, index", [("liveportrait_d0.mp4", 0), ("liveportrait_d18.mp4", 10),
+                                         ("derived_scenecut_liveportrait_d18_to_d19.mp4", 10)])
+def test_frontal_real_frames_read_near_zero_and_mirror(opencv_analyzer, media_dir: Path, clip, index):
+    """MANIFEST: frontal faces. Their nose tips are 2-3% of the eye span off the eyes' midpoint
+    (a few degrees); the six-point fit read d0 frame 0 as yaw -15 and its mirror as +26."""
+    frame = _video_frame(media_dir / clip, index)
+    frames = [frame, np.ascontiguousarray(frame[:, ::-1])]
+    boxes = np.stack([opencv_analyzer.detect([f])[0][0].box for f in frames])
+    landmarks = opencv_analyzer.landmarks(frames, boxes)
+    pose, mirrored = opencv_analyzer.head_pose(landmarks, [f.shape[:2] for f in frames])
+    assert np.all(np.abs(pose[:2]) < 7.0) and np.all(np.abs(mirrored[:2]) < 7.0)
+    assert abs(pose[0] + mirrored[0]) < 2.5  # yaw changes sign, at about the same size
+    assert abs(pose[2] + mirrored[2]) < 1.5  # so does roll
+    assert abs(pose[1] - mirrored[1]) < 2.0  # pitch stays

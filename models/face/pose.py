@@ -5,6 +5,15 @@ Sign convention, for a face looking straight into the camera at (0, 0, 0):
 - pitch > 0: the face looks up (its nose points to smaller y, image up);
 - roll > 0: the face's left-to-right axis (image-left eye to image-right eye) rotates clockwise
   on screen, i.e. the eye on the image's right is lower.
+Pitch 0 is the head whose outer eye corners and mouth corners lie at one depth (that plane faces
+the camera).
+
+The fit uses only the rigid points, whose layout does not change with expression: the nose
+(bridge 27-30, base 31-35) and the four eye corners (36, 39, 42, 45). The mouth corners and the
+chin, which a smile, a pout or an open mouth move by a good part of the eye span, are left out.
+The 3D positions of those points are a mean face: insightface's `meanshape_68` (the mean 3D
+68-landmark shape of its 3D morphable-model fits), made mirror-symmetric and levelled to the
+pitch-0 convention above, scaled to an outer eye-corner span of 90 (about millimetres).
 
 The pinhole camera has focal length max(H, W) pixels and its centre in the middle of the image;
 angles are robust to that guess at the accuracy a curation filter needs (a few degrees).
@@ -16,24 +25,33 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-#: iBUG-68 indices used for the fit: nose tip, chin, outer eye corners (image left, image right),
-#: mouth corners (image left, image right).
-POSE_LANDMARKS = np.array([30, 8, 36, 45, 48, 54])
+#: iBUG-68 indices used for the fit: nose bridge (27-30, 30 the tip), nose base (31-35, image
+#: left to right), eye corners (36 outer and 39 inner on the image's left, 42 inner and 45 outer
+#: on its right).
+POSE_LANDMARKS = np.array([27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 39, 42, 45])
 
-#: A generic adult head for those points, in camera axes for a frontal face (x right, y down,
-#: z away from the camera; arbitrary units, nose tip at the origin).
+#: The mean face at those points, in camera axes for a frontal face (x right, y down, z away from
+#: the camera; outer eye-corner span 90, nose tip at the origin). See the module docstring.
 POSE_TEMPLATE = np.array(
     [
+        [0.0, -24.1, 11.4],
+        [0.0, -15.2, 7.4],
+        [0.0, -7.6, 3.9],
         [0.0, 0.0, 0.0],
-        [0.0, 330.0, 65.0],
-        [-225.0, -170.0, 135.0],
-        [225.0, -170.0, 135.0],
-        [-150.0, 150.0, 125.0],
-        [150.0, 150.0, 125.0],
+        [-16.4, 15.3, 24.8],
+        [-8.7, 17.9, 18.5],
+        [0.0, 19.0, 14.1],
+        [8.7, 17.9, 18.5],
+        [16.4, 15.3, 24.8],
+        [-45.0, -27.9, 34.8],
+        [-17.3, -26.5, 28.4],
+        [17.3, -26.5, 28.4],
+        [45.0, -27.9, 34.8],
     ],
     dtype=np.float64,
 )
-_EYE_SPAN = POSE_TEMPLATE[3, 0] - POSE_TEMPLATE[2, 0]
+_NOSE_TIP, _OUTER_LEFT, _OUTER_RIGHT = 3, 9, 12  # rows of POSE_LANDMARKS / POSE_TEMPLATE
+_EYE_SPAN = POSE_TEMPLATE[_OUTER_RIGHT, 0] - POSE_TEMPLATE[_OUTER_LEFT, 0]
 
 
 def angles_from_rotation(rotation: np.ndarray) -> np.ndarray:
@@ -54,9 +72,9 @@ def _one_pose(points: np.ndarray, height: int, width: int) -> np.ndarray:
         return np.full(3, np.nan)  # missing or collapsed landmarks have no pose
     # Start from a frontal head at the distance that matches the observed eye span, so the
     # iterative solver does not settle on the mirror solution behind the camera.
-    eye_span_px = max(float(np.linalg.norm(image_points[3] - image_points[2])), 1.0)
+    eye_span_px = max(float(np.linalg.norm(image_points[_OUTER_RIGHT] - image_points[_OUTER_LEFT])), 1.0)
     depth = focal * _EYE_SPAN / eye_span_px
-    nose = image_points[0]
+    nose = image_points[_NOSE_TIP]
     tvec = np.array([[(nose[0] - width / 2.0) * depth / focal], [(nose[1] - height / 2.0) * depth / focal], [depth]])
     rvec = np.zeros((3, 1))
     ok, rvec, tvec = cv2.solvePnP(POSE_TEMPLATE, image_points, camera, None, rvec, tvec,

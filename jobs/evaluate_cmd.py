@@ -57,7 +57,7 @@ def evaluate(
 
 def sweep(
     sweep_file: Annotated[Path, typer.Argument(
-        help="Sweep YAML: dataset, grid and/or configs, evaluate overrides.", exists=True)],
+        help="Sweep YAML: dataset, grid and/or configs, evaluate overrides.", exists=True, dir_okay=False)],
     out: OutOption,
     max_parallel: Annotated[Optional[int], typer.Option(
         "--max-parallel", help="Configs run at the same time.", min=1)] = None,
@@ -68,17 +68,20 @@ def sweep(
 ) -> None:
     """Generate and evaluate every config of SWEEP_FILE: one parent MLflow run, one nested run per
     config. Rerunning resumes: finished configs are not redone."""
-    from portraitflow.jobs.sweep import run_sweep
+    import yaml
+
+    from portraitflow.jobs.sweep import check_sweep, run_sweep
     from portraitflow.operators.sweep_spec import load_sweep
     from portraitflow.pipelines.generate import NotEnoughCpus
 
     cfg = resolve_config(config, overrides, ray_address, mlflow_uri)
-    try:
+    try:  # everything the file can get wrong, before any MLflow run or Ray starts
         spec = load_sweep(sweep_file)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    if max_parallel:
-        spec = spec.model_copy(update={"evaluate": {**spec.evaluate, "max_parallel": max_parallel}})
+        if max_parallel:
+            spec = spec.model_copy(update={"evaluate": {**spec.evaluate, "max_parallel": max_parallel}})
+        check_sweep(spec, cfg)
+    except (ValueError, yaml.YAMLError) as exc:  # pydantic's ValidationError is a ValueError
+        raise typer.BadParameter(f"{sweep_file}: {_error_line(exc, sweep_file)}", param_hint="SWEEP_FILE") from exc
     try:
         run_id = run_sweep(spec, cfg, out)
     except NotEnoughCpus as exc:
@@ -134,3 +137,18 @@ def _read_table(path: Path):
     if path.suffix in (".jsonl", ".ndjson"):
         return pd.read_json(path, lines=True, dtype=False)
     return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def _error_line(exc: Exception, path: Path) -> str:
+    """What is wrong with a sweep file, on one line: where invalid YAML breaks, each invalid field
+    (pydantic) by its place in the file, anything else as its message without `path` repeated."""
+    import yaml
+    from pydantic import ValidationError
+
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"not valid YAML: {exc.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg']}" for e in exc.errors())
+    text = " ".join(str(exc).split())
+    return text.removeprefix(f"{path}: ")

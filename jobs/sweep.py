@@ -181,11 +181,32 @@ def _log_side_by_side(client: MlflowClient, run_id: str, rows: pd.DataFrame, wor
         client.log_artifacts(run_id, str(folder), "side_by_side")
 
 
+def check_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig) -> tuple[EvaluateConfig, list[dict[str, Any]]]:
+    """The effective evaluate settings and the configs of `spec`, or ValueError (one line) saying
+    what the sweep gets wrong as a whole: a dataset path that is not there, evaluate overrides that
+    are unknown or invalid, a config without `backend`, no config at all. Nothing is started:
+    `run_sweep` (and the CLI, before it) call it first. A config whose params its backend refuses
+    is not an error here: it fails alone (`run_config`)."""
+    from pydantic import ValidationError
+
+    dataset, where = spec.dataset, Path(spec.dataset.path)
+    wanted = {"folder": ("a folder", where.is_dir), "jobs": ("a jobs file", where.is_file),
+              "shards": ("a folder or .tar file", where.exists)}[dataset.type]
+    if not any(c in dataset.path for c in "*?[") and not wanted[1]():  # a shards glob is matched when read
+        raise ValueError(f"dataset.path {dataset.path!r} is not {wanted[0]} (from {Path.cwd()})")
+    try:
+        evaluate = sweep_spec.effective_evaluate(cfg.evaluate, spec)
+    except ValidationError as exc:
+        raise ValueError("; ".join(f"{'.'.join(['evaluate', *map(str, e['loc'])])}: {e['msg']} (got {e['input']!r})"
+                                   for e in exc.errors())) from exc
+    return evaluate, sweep_spec.expand_configs(spec)
+
+
 def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str | Path) -> str:
-    """Run (or resume) a sweep; returns the parent run id. The report lands in `out_dir/report`."""
+    """Run (or resume) a sweep; returns the parent run id. The report lands in `out_dir/report`.
+    ValueError (`check_sweep`) before any run or Ray starts when the sweep itself is wrong."""
     out_dir = Path(out_dir)
-    evaluate = sweep_spec.effective_evaluate(cfg.evaluate, spec)
-    configs = sweep_spec.expand_configs(spec)
+    evaluate, configs = check_sweep(spec, cfg)
     init_ray(cfg.ray, cfg.mlflow)
     cpus = local_cpus(cfg.ray)  # None on a cluster: its autoscaler adds CPUs as work waits
     if cpus is not None:

@@ -125,3 +125,42 @@ def test_a_sweep_refuses_more_animating_configs_at_once_than_its_cpus_can_feed(
     with pytest.raises(NotEnoughCpus, match="lower --max-parallel .* to 1"):
         sweep.run_sweep(spec, cfg, data.parent / "out")
     assert not MlflowClient(cfg.mlflow.tracking_uri).search_experiments(filter_string="name != 'Default'")
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("name: s\ndataset: {type: folder, path: DATA\ngrid: [\n", "not valid YAML"),  # yaml.scanner/parser error
+    ("name: s\ndataset: {type: folder, path: DATA}\n", "the sweep has no configs"),
+    ("name: s\ndataset: {type: folder, path: DATA}\nconfigs: [{pose_multiplier: 1.0}]\n",
+     "sweep config {'pose_multiplier': 1.0} has no `backend`"),
+    ("name: s\ndataset: {type: folder, path: DATA}\nconfigs: [{backend: still}]\nevaluate: {protocol: foo}\n",
+     "evaluate.protocol: Input should be 'self' or 'cross' (got 'foo')"),
+    ("name: s\ndataset: {type: folder, path: DATA}\nconfigs: [{backend: still}]\nevaluate: {nosuch: 1}\n",
+     "evaluate.nosuch: Extra inputs are not permitted"),
+    ("name: s\ndataset: {type: folder, path: DATA}\ngrids: {backend: [warp]}\n", "grids: Extra inputs"),
+    ("name: s\ndataset: {type: folder, path: DATA/nowhere}\nconfigs: [{backend: still}]\n",
+     "dataset.path 'DATA/nowhere' is not a folder"),
+    ("- just\n- a list\n", "a sweep file is a mapping"),
+])
+def test_a_sweep_file_mistake_is_a_usage_error_before_any_run_or_ray(
+        driver, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str, says: str) -> None:
+    """Invalid YAML, no configs, a config without backend or invalid evaluate overrides: exit 2 with
+    one line naming the file, not a traceback (exit 1) after the parent run was made RUNNING."""
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from portraitflow.jobs.cli import app
+
+    sweep, cfg, data = driver
+
+    def no_ray(*_, **__):
+        raise AssertionError("Ray started for a sweep file that is wrong")
+
+    monkeypatch.setattr(sweep, "init_ray", no_ray)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text.replace("DATA", str(data)))
+    result = CliRunner().invoke(app, ["sweep", str(path), "--out", str(tmp_path / "out"),
+                                      "--mlflow-uri", cfg.mlflow.tracking_uri], env={"COLUMNS": "1000"})
+    message = " ".join(result.output.replace("│", " ").split())  # the one line, whatever the box does
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and f"sweep.yaml: {says.replace('DATA', str(data))}" in message, message
+    assert not MlflowClient(cfg.mlflow.tracking_uri).search_experiments(filter_string="name != 'Default'")

@@ -30,6 +30,7 @@ def evaluate(
     from portraitflow.operators.paths import safe_stem
 
     cfg = resolve_config(config, overrides, ray_address, mlflow_uri, {"evaluate.protocol": protocol})
+    _check_out(out)
     table = _read_table(results)
     repeated = table["job_id"][table["job_id"].duplicated()].unique().tolist() if "job_id" in table else []
     if repeated:  # every metric file, side-by-side video and merge is keyed by job id
@@ -75,6 +76,7 @@ def sweep(
     from portraitflow.pipelines.generate import NotEnoughCpus
 
     cfg = resolve_config(config, overrides, ray_address, mlflow_uri)
+    _check_out(out)
     try:  # everything the file can get wrong, before any MLflow run or Ray starts
         spec = load_sweep(sweep_file)
         if max_parallel:
@@ -105,12 +107,24 @@ def report(
     from portraitflow.jobs.sweep import report_from_run
 
     cfg = resolve_config(config, overrides, None, mlflow_uri)
+    _check_out(out)
     try:
         page = report_from_run(run_id, cfg, out, rank_by)
     except MlflowException as exc:  # an unknown run id is a user's mistake, not a crash
         raise typer.BadParameter(f"run {run_id} in {mlflow_tracking_uri(cfg.mlflow)}: {exc.message}",
                                  param_hint="RUN_ID") from exc
     typer.echo(str(page))
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an --out that cannot become a folder (it, or a folder above it, is a file) before
+    anything starts: found later, the MLflow run would already be made and left FAILED."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise typer.BadParameter(f"{path} is a file, not a folder" if path == out else
+                                         f"{out}: {path} is a file, not a folder", param_hint="--out")
+            return
 
 
 def _animate_jobs(path: Path):

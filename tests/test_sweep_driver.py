@@ -164,3 +164,34 @@ def test_a_sweep_file_mistake_is_a_usage_error_before_any_run_or_ray(
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and f"sweep.yaml: {says.replace('DATA', str(data))}" in message, message
     assert not MlflowClient(cfg.mlflow.tracking_uri).search_experiments(filter_string="name != 'Default'")
+
+
+@pytest.mark.parametrize("verb", ["sweep", "evaluate"])
+@pytest.mark.parametrize("under", ["", "sub"])
+def test_an_out_that_is_a_file_is_refused_before_any_run(driver, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                          verb: str, under: str) -> None:
+    """`--out AFILE` (or a folder under it) gave NotADirectoryError after the parent run was made
+    RUNNING, and left it FAILED; now exit 2 and nothing in MLflow."""
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from portraitflow.jobs.cli import app
+
+    sweep, cfg, data = driver
+
+    def no_ray(*_, **__):
+        raise AssertionError("Ray started for an --out that cannot be a folder")
+
+    monkeypatch.setattr(sweep, "init_ray", no_ray)
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(f"name: s\ndataset: {{type: folder, path: {data}}}\nconfigs: [{{backend: still}}]\n")
+    results = tmp_path / "results.csv"
+    results.write_text(f"job_id,ref,driving,output\na,{data / 'talk.mp4'},{data / 'talk.mp4'},{data / 'talk.mp4'}\n")
+    out = afile / under if under else afile
+    result = CliRunner().invoke(app, [verb, str(spec if verb == "sweep" else results), "--out", str(out),
+                                      "--mlflow-uri", cfg.mlflow.tracking_uri], env={"COLUMNS": "1000"})
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and f"{afile} is a file, not a folder" in result.output
+    assert not MlflowClient(cfg.mlflow.tracking_uri).search_experiments(filter_string="name != 'Default'")

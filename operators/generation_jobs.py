@@ -12,6 +12,10 @@ that gives one `job_id` to two rows is refused whole (which row is meant cannot 
 `failed` row would carry the same id), and an id derived from ref and driving that two jobs
 would share (`s1/ref.png` and `s2/ref.png`, `a.png` and `a.jpg`) gets a short hash of the job's
 full paths and params, so it stays readable, file-name safe and the same on every rerun.
+
+Output names (`output_name`) cover what the inputs hold, not only their paths: a driving video
+re-exported at the same path is another job's input, and resume must not take the old video for
+its result.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ from portraitflow.operators.paths import hashed_name, safe_name
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".gif"}
 JOB_COLUMNS = ("job_id", "ref", "driving")
-#: bytes read from each end of each weights file for its fingerprint
+#: bytes read from each end of each weights file and each job input for its fingerprint
 FINGERPRINT_BYTES = 64 * 1024
 
 
@@ -193,16 +197,49 @@ def weights_fingerprint(weights: str) -> str:
         size = path.stat().st_size
         digest.update(f"{path.relative_to(root).as_posix()}\0{size}\0".encode())
         with open(path, "rb") as handle:
-            digest.update(handle.read(FINGERPRINT_BYTES))
-            handle.seek(max(FINGERPRINT_BYTES, size - FINGERPRINT_BYTES))
-            digest.update(handle.read(FINGERPRINT_BYTES))
+            _digest_ends(digest, handle, size)
     return f"sha256:{digest.hexdigest()[:16]}"
 
 
-def output_name(job: Job, backend: str, params: dict[str, Any], settings: dict[str, Any]) -> str:
-    """`<job id>-<digest>.mp4`: the digest covers everything that changes the video (inputs,
-    backend, the job's params and the config's other `output_settings`), so a rerun with other
-    settings writes a new file instead of mistaking the old one for its result."""
-    identity = json.dumps({"ref": job.ref, "driving": job.driving, "backend": backend, "params": params,
+def _digest_ends(digest: Any, handle: Any, size: int) -> None:
+    """Adds the first and last `FINGERPRINT_BYTES` of an open file of `size` bytes to `digest`."""
+    digest.update(handle.read(FINGERPRINT_BYTES))
+    handle.seek(max(FINGERPRINT_BYTES, size - FINGERPRINT_BYTES))
+    digest.update(handle.read(FINGERPRINT_BYTES))
+
+
+def input_fingerprint(path: str) -> str:
+    """What a job's ref or driving holds, in the spirit of `weights_fingerprint`: `sha256:` of its
+    size and first and last `FINGERPRINT_BYTES` (a media file's header and its index or last
+    frames), so a `touch` or a copy of the same bytes keeps it and a re-export at the same path
+    changes it, for 128 KiB read per input, not the whole video.
+
+    It is read where jobs are planned (the driver, which sees the same shared paths as the workers,
+    docs/cluster.md). What cannot be read there is named by its path instead, `path:<path>` (the
+    old naming): a URL (refused anyway, `effective_params`), or a missing or unreadable file, whose
+    job then fails in preparation with its reason, never here."""
+    if not path or _is_url(path):
+        return f"path:{path}"
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            digest = hashlib.sha256(f"{size}\0".encode())
+            _digest_ends(digest, handle, size)
+    except (OSError, ValueError):  # missing, a folder, no permission, a NUL in the path
+        return f"path:{path}"
+    return f"sha256:{digest.hexdigest()[:16]}"
+
+
+def output_name(job: Job, backend: str, params: dict[str, Any], settings: dict[str, Any],
+                inputs: dict[str, str] | None = None) -> str:
+    """`<job id>-<digest>.mp4`: the digest covers everything that changes the video (what the inputs
+    hold, backend, the job's params and the config's other `output_settings`), so a rerun with
+    another driving video or reference at the same path, or with other settings, writes a new file
+    instead of mistaking the old one for its result.
+
+    inputs: `{"ref": ..., "driving": ...}` fingerprints (`input_fingerprint`) when the caller has
+        them (`plan_rows` reads each file once for all its jobs); read here otherwise."""
+    inputs = inputs or {name: input_fingerprint(getattr(job, name)) for name in ("ref", "driving")}
+    identity = json.dumps({"ref": inputs["ref"], "driving": inputs["driving"], "backend": backend, "params": params,
                            "settings": settings}, sort_keys=True, default=str)
     return f"{safe_name(job.job_id, 80, fallback='job')}-{hashlib.sha1(identity.encode()).hexdigest()[:10]}.mp4"

@@ -16,7 +16,8 @@ from portraitflow.jobs.config.face import FaceConfig
 from portraitflow.models.animators.registry import check_settings
 from portraitflow.operators.atomic import atomic_target, atomic_write
 from portraitflow.operators.decode import VideoUnreadable, probe_video
-from portraitflow.operators.generation_jobs import Job, effective_params, output_name, output_settings
+from portraitflow.operators.generation_jobs import (Job, effective_params, input_fingerprint, output_name,
+                                                   output_settings)
 from portraitflow.operators.paths import confined
 from portraitflow.operators.video_writer import has_audio
 
@@ -28,17 +29,25 @@ RESULT_DEFAULTS: dict[str, Any] = {
     "params": "{}", "model": "{}", "frames": 0, "fps": 0.0, "seconds": 0.0, "has_audio": False,
     "prep_s": 0.0, "animate_s": 0.0, "encode_s": 0.0, "total_s": 0.0,
 }
+#: what a skipped job's row keeps from the run that made its video (`previous_records`): how the
+#: video was made and what it is. Its job_id, paths, backend and params are this run's (the same
+#: output name means the same inputs' content and settings), its status and reason say it was skipped.
+KEPT_FIELDS = ("model", "frames", "fps", "seconds", "has_audio", "prep_s", "animate_s", "encode_s", "total_s")
 
 
 def plan_rows(jobs: list[Job], out_dir: Path, backend: str, cfg: AnimateConfig, resume: bool,
               face: FaceConfig | None = None) -> list[dict[str, Any]]:
     """A row per job: `pending`, `skipped` (its complete output exists) or `failed` (bad params, a
     param `backend` does not read, or the same output as an earlier job). Output names cover the
-    face settings too: the face layer finds the crop and the motion."""
+    face settings too: the face layer finds the crop and the motion, and what the inputs hold
+    (`input_fingerprint`, read once per file). A skipped row keeps what the run that made its
+    video recorded of it (`previous_records`)."""
     rows, planned = [], {}
     settings = output_settings(backend, cfg)  # once: a weights fingerprint reads files
     shared = {name: value for name, value in settings.items() if name not in PER_JOB_FIELDS}
     shared["face"] = (face or FaceConfig()).result_settings()
+    fingerprints: dict[str, str] = {}  # a file shared by many jobs (--refs x --drivers) is read once
+    previous = previous_records(out_dir) if resume else {}
     for job in jobs:
         row = {**RESULT_DEFAULTS, "job_id": job.job_id, "ref": job.ref, "driving": job.driving, "backend": backend}
         try:
@@ -48,15 +57,39 @@ def plan_rows(jobs: list[Job], out_dir: Path, backend: str, cfg: AnimateConfig, 
             rows.append({**row, "status": "failed", "reason": str(exc)[:300]})
             continue
         read = {name: value for name, value in params.items() if name in settings}  # what the backend uses
-        output = confined(out_dir, output_name(job, backend, read, shared))
+        for path in (job.ref, job.driving):
+            if path not in fingerprints:
+                fingerprints[path] = input_fingerprint(path)
+        inputs = {"ref": fingerprints[job.ref], "driving": fingerprints[job.driving]}
+        output = confined(out_dir, output_name(job, backend, read, shared, inputs))
         row.update(params=json.dumps(params, sort_keys=True), output=str(output))
         if str(output) in planned:
             row.update(status="failed", reason=f"duplicate of job {planned[str(output)]}")
         elif resume and output.is_file() and (finished := _probe(output)):
-            row.update(status="skipped", reason="complete output exists", **finished)
+            record = previous.get(output.name, {})
+            kept = {k: record[k] for k in KEPT_FIELDS} if record.get("frames") == finished["frames"] else finished
+            row.update(status="skipped", reason="complete output exists", **kept)
         planned.setdefault(str(output), job.job_id)
         rows.append(row)
     return rows
+
+
+def previous_records(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """`out_dir/results.parquet`'s rows of finished outputs (`ok`, or `skipped` carrying an earlier
+    record), by output file name (so a moved `out` folder keeps them): what the run that made each
+    video recorded (model, timings, frames, ...). Empty when the file is missing or unreadable:
+    skipped rows then describe the video alone. The file is written atomically, so it is whole or
+    absent; a row whose frame count differs from the video's is not used (`plan_rows`)."""
+    path = out_dir / RESULTS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        table = pd.read_parquet(path)
+        table = table[table.status.isin(["ok", "skipped"])]
+        return {Path(str(row["output"])).name: {k: _plain(row[k]) for k in KEPT_FIELDS}
+                for row in table[["output", *KEPT_FIELDS]].to_dict("records")}
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):  # not parquet, an older schema
+        return {}
 
 
 def _probe(path: Path) -> dict[str, Any] | None:

@@ -53,11 +53,13 @@ def run_generation(
         `motion_scale` (`PER_JOB_FIELDS`, jobs/config/animate.py).
     cfg: the whole config; `cfg.animate` picks the backend and defaults, `cfg.face` the face models,
         `cfg.ray` / `cfg.mlflow` where it runs and is recorded (one MLflow run per call).
-    resume: skip jobs whose output (named by job id + a digest of inputs and settings) exists.
+    resume: skip jobs whose output (named by job id + a digest of what the inputs hold and the
+        settings) exists; a skipped job's row keeps what the run that made its video recorded
+        (model, frames, timings: from the previous `results.parquet`, when it has the output).
 
     One row per job, in input order: job_id, status (`ok`, `skipped`, `failed`), reason, output
-    (mp4 path), ref, driving, backend, params (JSON), frames, fps, seconds, has_audio, and timings
-    prep_s, animate_s, encode_s, total_s. A bad job never stops the others.
+    (mp4 path), ref, driving, backend, params (JSON), model (JSON), frames, fps, seconds, has_audio,
+    and timings prep_s, animate_s, encode_s, total_s. A bad job never stops the others.
     """
     import ray
     from ray.data import ActorPoolStrategy

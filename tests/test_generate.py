@@ -167,6 +167,9 @@ def test_rerun_skips_finished_jobs_and_retries_failed_ones(run) -> None:
     again = run_generation(run["jobs"][:3], run["out"], cfg).set_index("job_id")
     assert again.status.tolist() == ["skipped", "skipped", "failed"]
     assert again.loc["turns", "frames"] == run["table"].loc["turns", "frames"]
+    kept = ["model", "frames", "fps", "seconds", "has_audio", "prep_s", "animate_s", "encode_s", "total_s"]
+    assert again.loc[["turns", "talk"], kept].equals(run["table"].loc[["turns", "talk"], kept])  # not {} and 0 s
+    assert json.loads(again.loc["talk", "model"]) == {"animator": "warp"} and again.loc["talk", "prep_s"] > 0
     assert [os.stat(p).st_mtime_ns for p in outputs] == stamps
     assert sorted(p.name for p in run["out"].glob("*.mp4")) == sorted(Path(p).name for p in outputs)
 

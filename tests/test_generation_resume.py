@@ -1,0 +1,146 @@
+"""Resume takes an existing output for a job's result only when it was made from what the inputs
+hold now, and a skipped job's row keeps the record of the run that made its video."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from portraitflow.jobs.config.animate import AnimateConfig
+from portraitflow.operators.generation_jobs import FINGERPRINT_BYTES, Job, input_fingerprint
+from portraitflow.operators.generation_results import RESULTS_FILE, plan_rows, results_table, write_atomic
+from portraitflow.operators.video_writer import write_h264
+
+CFG = AnimateConfig(backend="warp")
+
+
+def _inputs(folder: Path) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    ref, driving = folder / "ref.png", folder / "talk.mp4"
+    ref.write_bytes(rng.bytes(4096))
+    driving.write_bytes(rng.bytes(3 * FINGERPRINT_BYTES))
+    return ref, driving
+
+
+def _plan(out: Path, ref: Path, driving: Path, job_id: str = "j") -> dict:
+    [row] = plan_rows([Job(job_id, str(ref), str(driving))], out, "warp", CFG, resume=True)
+    return row
+
+
+def _finish(row: dict, frames: int = 6) -> None:
+    write_h264(row["output"], [np.zeros((frames, 32, 32, 3), np.uint8)], fps=12)
+
+
+def test_a_driving_video_or_reference_replaced_at_the_same_path_is_animated_again(tmp_path: Path) -> None:
+    """The repro: a 94-frame output was kept after another clip was copied over talk.mp4."""
+    ref, driving = _inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    first = _plan(out, ref, driving)
+    _finish(first)
+    assert _plan(out, ref, driving)["status"] == "skipped"
+
+    reexport = bytearray(driving.read_bytes())
+    reexport[-1] ^= 0xFF  # same path, same size, other bytes at its end (an mp4's index lives there)
+    driving.write_bytes(bytes(reexport))
+    changed = _plan(out, ref, driving)
+    assert changed["status"] == "pending" and changed["output"] != first["output"]
+
+    driving.write_bytes(driving.read_bytes() + b"more")  # another length
+    assert _plan(out, ref, driving)["output"] not in (first["output"], changed["output"])
+
+    ref_first = _plan(out, ref, driving)["output"]
+    ref.write_bytes(b"another portrait" + ref.read_bytes()[16:])
+    assert _plan(out, ref, driving)["output"] != ref_first
+
+
+def test_a_touch_or_a_copy_of_the_same_bytes_keeps_the_name_and_resumes(tmp_path: Path) -> None:
+    ref, driving = _inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    first = _plan(out, ref, driving)
+    _finish(first)
+    os.utime(driving, ns=(1, 1))  # touch: another mtime, the same bytes
+    shutil.copyfile(ref, tmp_path / "ref_copy.png")
+    shutil.copyfile(tmp_path / "ref_copy.png", ref)  # copied over itself: a new inode, the same bytes
+    again = _plan(out, ref, driving)
+    assert again["status"] == "skipped" and again["output"] == first["output"]
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(tmp_path / "in", moved)  # the same files at another path, same job id
+    assert _plan(out, moved / "ref.png", moved / "talk.mp4")["output"] == first["output"]
+    assert _plan(out, moved / "ref.png", moved / "talk.mp4", job_id="k")["output"] != first["output"]
+
+
+def test_inputs_that_cannot_be_read_when_planning_are_named_by_path_and_fail_later_not_here(tmp_path: Path) -> None:
+    """A missing file, a folder, a URL: no crash in planning; the job is pending (preparation fails
+    it with its reason) or failed with the URL reason, and its name is stable across reruns."""
+    ref, driving = _inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    assert input_fingerprint(str(tmp_path / "nope.mp4")) == f"path:{tmp_path / 'nope.mp4'}"
+    assert input_fingerprint("s3://bucket/a.mp4") == "path:s3://bucket/a.mp4"
+    assert input_fingerprint(str(driving)).startswith("sha256:")
+    jobs = [Job("missing", str(tmp_path / "nope.png"), str(driving)), Job("folder", str(ref), str(tmp_path)),
+            Job("remote", str(ref), "s3://bucket/a.mp4"), Job("gone", str(tmp_path / "nope2.png"), str(driving))]
+    rows = plan_rows(jobs, out, "warp", CFG, resume=True)
+    assert [r["status"] for r in rows] == ["pending", "pending", "failed", "pending"]
+    assert "remote paths are not supported" in rows[2]["reason"]
+    assert rows[0]["output"] != rows[3]["output"]
+    assert [r["output"] for r in plan_rows(jobs, out, "warp", CFG, resume=True)] == [r["output"] for r in rows]
+
+
+def _previous_results(out: Path, row: dict, **record) -> dict:
+    done = {**row, "status": "ok", "reason": "", "model": json.dumps({"animator": "warp", "seed": 7}), "frames": 6,
+            "fps": 12.0, "seconds": 0.5, "has_audio": False, "prep_s": 3.5, "animate_s": 1.25, "encode_s": 0.5,
+            "total_s": 5.25, **record}
+    write_atomic(results_table([done]), out / RESULTS_FILE)
+    return done
+
+
+def test_a_skipped_job_keeps_the_model_record_and_timings_of_the_run_that_made_its_video(tmp_path: Path) -> None:
+    """The repro: after a rerun every row was `skipped` with model `{}` and prep_s/animate_s 0."""
+    ref, driving = _inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    first = _plan(out, ref, driving)
+    _finish(first)
+    done = _previous_results(out, first)
+    again = _plan(out, ref, driving)
+    assert again["status"] == "skipped" and again["reason"] == "complete output exists"
+    for field in ("model", "frames", "fps", "seconds", "has_audio", "prep_s", "animate_s", "encode_s", "total_s"):
+        assert again[field] == done[field], field
+    # that skipped row, written as this run's results, carries the record on to the next rerun
+    write_atomic(results_table([again]), out / RESULTS_FILE)
+    third = _plan(out, ref, driving)
+    assert third["status"] == "skipped" and json.loads(third["model"]) == {"animator": "warp", "seed": 7}
+    assert third["prep_s"] == 3.5 and third["total_s"] == 5.25
+    # the out folder moved: the record is found by the output's name
+    shutil.move(out, tmp_path / "moved")
+    assert _plan(tmp_path / "moved", ref, driving)["animate_s"] == 1.25
+
+
+def test_without_a_usable_earlier_record_a_skipped_row_describes_the_video_alone(tmp_path: Path) -> None:
+    ref, driving = _inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    first = _plan(out, ref, driving)
+    _finish(first)
+
+    def skipped() -> dict:
+        row = _plan(out, ref, driving)
+        assert row["status"] == "skipped" and row["frames"] == 6 and row["fps"] == pytest.approx(12.0)
+        return row
+
+    assert skipped()["model"] == "{}"  # no results.parquet
+    (out / RESULTS_FILE).write_bytes(b"not parquet")
+    assert skipped()["model"] == "{}"
+    pd.DataFrame({"job_id": ["j"], "output": [first["output"]]}).to_parquet(out / RESULTS_FILE)  # other columns
+    assert skipped()["model"] == "{}"
+    _previous_results(out, first, frames=9)  # a record of another video under this name
+    assert skipped()["model"] == "{}"
+    _previous_results(out, first, status="failed")  # a failed row describes no video
+    assert skipped()["prep_s"] == 0.0
+    _previous_results(out, first)
+    assert [r["status"] for r in plan_rows([Job("j", str(ref), str(driving))], out, "warp", CFG, resume=False)] \
+        == ["pending"]

@@ -26,11 +26,15 @@ def evaluate(
     mlflow_uri: MlflowUriOption = None,
 ) -> None:
     """Score existing outputs in one MLflow run and write a static HTML report to OUT/report."""
-    from portraitflow.jobs.sweep import evaluate_results, report_from_run
+    from portraitflow.jobs.sweep import check_rank_by, evaluate_results, report_from_run
     from portraitflow.operators.paths import safe_stem
 
     cfg = resolve_config(config, overrides, ray_address, mlflow_uri, {"evaluate.protocol": protocol})
     _check_out(out)
+    try:
+        check_rank_by(cfg.evaluate.rank_by, "evaluate.rank_by")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="evaluate.rank_by") from exc
     table = _read_table(results)
     repeated = table["job_id"][table["job_id"].duplicated()].unique().tolist() if "job_id" in table else []
     if repeated:  # every metric file, side-by-side video and merge is keyed by job id
@@ -104,10 +108,14 @@ def report(
     from mlflow.exceptions import MlflowException
 
     from portraitflow.jobs.runtime import mlflow_tracking_uri
-    from portraitflow.jobs.sweep import report_from_run
+    from portraitflow.jobs.sweep import check_rank_by, report_from_run
 
     cfg = resolve_config(config, overrides, None, mlflow_uri)
     _check_out(out)
+    try:
+        check_rank_by(rank_by or cfg.evaluate.rank_by, "--rank-by" if rank_by else "evaluate.rank_by")
+    except ValueError as exc:  # a sweep param or a typo, which would be ranked with a made-up direction
+        raise typer.BadParameter(str(exc), param_hint="--rank-by") from exc
     try:
         page = report_from_run(run_id, cfg, out, rank_by)
     except MlflowException as exc:  # an unknown run id is a user's mistake, not a crash

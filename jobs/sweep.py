@@ -23,7 +23,7 @@ import pandas as pd
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.jobs.runtime import ensure_experiment, init_ray, local_cpus, mlflow_client
-from portraitflow.operators import metrics_learned, report, sweep_spec
+from portraitflow.operators import metrics, metrics_learned, report, sweep_spec
 from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.eval_dataset import load_jobs
 from portraitflow.operators.evaluate_video import learned_aggregates
@@ -199,7 +199,15 @@ def check_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig) -> tuple[Ev
     except ValidationError as exc:
         raise ValueError("; ".join(f"{'.'.join(['evaluate', *map(str, e['loc'])])}: {e['msg']} (got {e['input']!r})"
                                    for e in exc.errors())) from exc
+    check_rank_by(evaluate.rank_by, "evaluate.rank_by")
     return evaluate, sweep_spec.expand_configs(spec)
+
+
+def check_rank_by(rank_by: str, setting: str) -> None:
+    """ValueError unless `rank_by` is a metric (`metrics.METRICS`): a sweep param or a typo is not
+    one, and would be ranked with a made-up direction or warned about only at the end."""
+    if metrics.metric_kind(rank_by) is None:
+        raise ValueError(f"{setting} {rank_by!r} is not a metric; the metrics are {', '.join(metrics.metric_list())}")
 
 
 def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str | Path) -> str:
@@ -292,7 +300,10 @@ def _run_configs(configs: list[dict[str, Any]], jobs: list[dict], spec: sweep_sp
 
 
 def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, rank_by: str | None = None) -> Path:
-    """A static HTML report of a sweep's parent run (or of a single evaluation run) from MLflow."""
+    """A static HTML report of a sweep's parent run (or of a single evaluation run) from MLflow;
+    ValueError, before anything is read or written, when `rank_by` is no metric."""
+    rank_by = rank_by or cfg.evaluate.rank_by
+    check_rank_by(rank_by, "rank_by")
     client = mlflow_client(cfg.mlflow)
     parent = client.get_run(run_id)  # an unknown run fails here, before anything is written
     out_dir = Path(out_dir)
@@ -315,7 +326,6 @@ def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, r
             videos.append((f"{label}: {video.stem}", video))
     summary = _latest_per_config(pd.DataFrame(rows))
     per_video = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["config"])
-    rank_by = rank_by or cfg.evaluate.rank_by
     summary = _ranked(summary, rank_by)
     plot = report.metric_plots(per_video, out_dir / "metrics.png", list(summary["config"])) if len(per_video) else None
     notes_file = _download(client, run_id, ("notes.txt",), out_dir / "runs" / run_id) / "notes.txt"

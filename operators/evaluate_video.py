@@ -223,11 +223,12 @@ class JobEvaluator:
 
     @property
     def metric_names(self) -> list[str]:
-        """Per-video metrics this evaluator reports, in table order."""
-        pixel = ["psnr", "ssim", "l1"] + (["lpips"] if "lpips" in self.networks else [])
-        motion = ["akd", "apd", "aed"] if self.cfg.protocol == "self" else ["apd", "aed"]
-        return (pixel if self.cfg.protocol == "self" else []) + [self.csim_name, *motion, "jitter", "flicker",
-                                                                   "detection_rate"]
+        """Per-video metrics this evaluator reports, in table order (`metrics.METRICS`): those that
+        need a ground truth only in self-reenactment, LPIPS only with its network, FID and FVD never
+        (they are pooled per config)."""
+        return [self.csim_name if name == "csim" else name for name in metrics.METRICS
+                if name not in ("fid", "fvd") and (name != "lpips" or "lpips" in self.networks)
+                and (self.cfg.protocol == "self" or name not in metrics.SELF_ONLY)]
 
     @property
     def columns(self) -> list[str]:

@@ -9,6 +9,38 @@ from __future__ import annotations
 
 import numpy as np
 
+#: every metric the evaluation reports, in table order, and whether a larger value is better: the one
+#: list that says what a metric is (the evaluator's columns, the sweep's aggregates, what the summary
+#: and the report rank and plot; any other column, a sweep param or a job count, is not one).
+#: `csim` stands for `csim_<face backend>`; `fid` and `fvd` are pooled per config, not per video.
+METRICS: dict[str, bool] = {
+    "psnr": True, "ssim": True, "l1": False, "lpips": False, "csim": True, "akd": False, "apd": False,
+    "aed": False, "jitter": False, "flicker": False, "detection_rate": True, "fid": False, "fvd": False,
+}
+#: metrics that need a ground truth, so the self protocol only
+SELF_ONLY = ("psnr", "ssim", "l1", "lpips", "akd")
+
+
+def metric_kind(name: str) -> str | None:
+    """The `METRICS` entry `name` is (`csim_<backend>` is `csim`), None when it is no metric."""
+    if name in METRICS and name != "csim":
+        return name
+    return "csim" if name.startswith("csim_") and len(name) > len("csim_") else None
+
+
+def higher_is_better(name: str) -> bool:
+    """Whether a larger value of metric `name` is better; ValueError when `name` is no metric."""
+    kind = metric_kind(name)
+    if kind is None:
+        raise ValueError(f"{name!r} is not a metric; the metrics are {', '.join(metric_list())}")
+    return METRICS[kind]
+
+
+def metric_list() -> list[str]:
+    """The metric names as a person types them (`csim_<backend>` for the identity metric)."""
+    return [m if m != "csim" else "csim_<backend>" for m in METRICS]
+
+
 _PIXEL_CHUNK = 16  # frames per torchmetrics call, so memory stays bounded on long videos
 PSNR_CAP_DB = 100.0  # identical frames have infinite PSNR; the cap keeps means and MLflow finite
 

@@ -12,29 +12,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from portraitflow.operators import metrics
 from portraitflow.operators.atomic import atomic_target, atomic_write
 
-#: metrics where a smaller value is better; every other metric is better when larger
-LOWER_IS_BETTER = ("akd", "apd", "aed", "l1", "jitter", "flicker", "lpips", "fid", "fvd")
-#: columns of a per-video table that are not metrics
-NON_METRICS = {"job_id", "status", "reason", "frames", "error", "config", "config_hash", "output", "source",
-               "ref", "driving", "seconds", "backend", "run_id", "reused", "jobs_ok", "jobs_failed"}
-
-
 def lower_is_better(metric: str) -> bool:
-    return metric.split("_")[0] in LOWER_IS_BETTER
+    """Direction of `metric` as the evaluation defines it (`metrics.METRICS`); ValueError for a
+    column that is no metric (a sweep param, a job count)."""
+    return not metrics.higher_is_better(metric)
 
 
 def metric_columns(table: pd.DataFrame) -> list[str]:
-    """Numeric metric columns in a stable, readable order."""
-    return [c for c in table.columns if c not in NON_METRICS and pd.api.types.is_numeric_dtype(table[c])]
+    """The columns of `table` that are metrics (`metrics.METRICS`), in its order; whatever their
+    type, other columns (numeric sweep params such as `pose_multiplier`, job counts) are not."""
+    return [c for c in table.columns if metrics.metric_kind(str(c)) is not None]
 
 
 def rank(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Configs best first on `metric` (direction from its name), undefined values last."""
+    """Configs best first on `metric` (direction from `metrics.METRICS`), undefined values last;
+    ValueError when `metric` is no metric or not in the summary."""
+    ascending = lower_is_better(metric)
     if metric not in summary.columns:
         raise ValueError(f"cannot rank by {metric!r}: the summary has {metric_columns(summary)}")
-    ranked = summary.sort_values(metric, ascending=lower_is_better(metric), na_position="last", kind="stable")
+    ranked = summary.sort_values(metric, ascending=ascending, na_position="last", kind="stable")
     return ranked.reset_index(drop=True)
 
 

@@ -27,7 +27,7 @@ class _Warnings(logging.Handler):
 @pytest.fixture(scope="module")
 def small_sweep(ray_local, tmp_path_factory):
     """A sweep of one clip (the astronaut photo under a moving camera): `still`, plus a config
-    that fails, ranked by a metric no config has; os.replace records what was written atomically."""
+    that fails, ranked by a metric no config has (a name that is no metric is refused before); os.replace records what was written atomically."""
     from mlflow import MlflowClient
 
     from portraitflow.jobs.samples import astronaut_pan
@@ -40,7 +40,7 @@ def small_sweep(ray_local, tmp_path_factory):
     spec = SweepSpec.model_validate({
         "name": "small", "dataset": {"type": "folder", "path": str(root / "data")},
         "configs": [{"backend": "still"}, {"backend": "warp", "pose_multiplier": -1.0}],
-        "evaluate": {"max_seconds": 1.0, "frame_stride": 2, "side_by_side": 0, "rank_by": "psnrr"}})
+        "evaluate": {"max_seconds": 1.0, "frame_stride": 2, "side_by_side": 0, "rank_by": "lpips"}})  # no weights
     uri = f"sqlite:///{root / 'mlflow.db'}"
     replaced, replace = [], os.replace
     warnings, logger = _Warnings(), logging.getLogger("portraitflow.jobs.sweep")
@@ -69,9 +69,12 @@ def test_the_parent_run_counts_only_finished_configs(small_sweep) -> None:
 
 
 def test_an_unknown_rank_metric_is_warned_about_with_the_metrics_there_are(small_sweep) -> None:
-    warned = [m for m in small_sweep["warnings"] if m.startswith("cannot rank by 'psnrr'")]
+    from portraitflow.operators import metrics
+
+    warned = [m for m in small_sweep["warnings"] if m.startswith("cannot rank by 'lpips'")]
     assert warned, small_sweep["warnings"]
-    assert {"psnr", "apd"} <= set(warned[0].split("available: ")[1].split(", "))
+    assert {"psnr", "apd"} <= set(warned[0].split("available: ")[1].split(", ")) <= set(metrics.metric_list()) | {
+        "csim_opencv"}  # metrics only: no sweep param, no job count
     summary = pd.read_csv(small_sweep["root"] / "sweep" / "summary.csv")
     assert list(summary["config"]) == ["still", "warp[pose_multiplier=-1.0]"]  # the order they ran in
 

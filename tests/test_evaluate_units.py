@@ -477,3 +477,40 @@ def test_a_sweep_config_tells_the_evaluator_how_its_outputs_are_framed(tmp_path:
     spec = sweep_spec.SweepSpec(dataset=DatasetSpec(path=str(tmp_path)))
     sweep.run_config(params, jobs, spec, EvaluateConfig(), cfg, tmp_path, parent, experiment)
     assert scored[0]["paste_back"].tolist() == [pasted]
+
+
+def test_metrics_are_the_names_the_evaluation_defines_not_every_numeric_column(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A sweep's numeric params (`nosuch: [1]`, `pose_multiplier`) and job counts were taken for
+    metrics: the warning offered `available: nosuch`, and `--rank-by pose_multiplier` ranked
+    "higher is better". Now only `metrics.METRICS` names are metrics."""
+    from typer.testing import CliRunner
+
+    from portraitflow.jobs import sweep
+    from portraitflow.jobs.cli import app
+    from portraitflow.jobs.config import load_config
+    from portraitflow.operators import metrics
+    from portraitflow.operators.evaluate_video import JobEvaluator
+
+    summary = pd.DataFrame({"config": ["a", "b"], "backend": ["warp", "warp"], "nosuch": [1, 2],
+                            "pose_multiplier": [0.5, 1.0], "csim_opencv": [0.8, 0.9], "apd": [2.0, 1.0],
+                            "detection_rate": [1.0, 0.5], "fid": [3.0, 4.0], "jobs_ok": [1.0, 1.0], "frames": [9, 9]})
+    assert report.metric_columns(summary) == ["csim_opencv", "apd", "detection_rate", "fid"]
+    assert [report.lower_is_better(m) for m in ("csim_opencv", "apd", "detection_rate", "fid")] == [
+        False, True, False, True]
+    for column in ("pose_multiplier", "nosuch", "jobs_ok", "csim_"):
+        with pytest.raises(ValueError, match="is not a metric"):
+            report.rank(summary, column)
+    with caplog.at_level("WARNING"):
+        assert sweep._ranked(summary[["config", "backend", "nosuch"]], "apd") is not None
+    assert "available: none" in caplog.text and "nosuch" not in caplog.text.split("available:")[1]
+    evaluator = JobEvaluator(type("A", (), {"name": "opencv", "embedding_dim": 4})(), EvaluateConfig())
+    assert all(metrics.metric_kind(name) for name in evaluator.metric_names)  # one definition for both
+    result = CliRunner().invoke(app, ["report", "anyrun", "--out", str(tmp_path / "r"), "--rank-by",
+                                      "pose_multiplier", "--mlflow-uri", f"sqlite:///{tmp_path / 'm.db'}"],
+                                env={"COLUMNS": "1000"})
+    assert result.exit_code == 2 and "'pose_multiplier' is not a metric" in result.output, result.output
+    spec = sweep_spec.SweepSpec.model_validate({"dataset": {"path": str(tmp_path)}, "configs": [{"backend": "still"}],
+                                     "evaluate": {"rank_by": "nosuch"}})
+    with pytest.raises(ValueError, match="evaluate.rank_by 'nosuch' is not a metric"):
+        sweep.check_sweep(spec, load_config(None, []))

@@ -23,6 +23,7 @@ from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.curate import CurateConfig
 from portraitflow.models.face.align import square_crop_box
 from portraitflow.models.face.base import Face, FaceAnalyzer, l2_normalise
+from portraitflow.models.face.pose import yaw_from_keypoints
 from portraitflow.operators import filters
 from portraitflow.operators.decode import VideoInfo, iter_frame_chunks
 from portraitflow.operators.atomic import atomic_write
@@ -163,14 +164,18 @@ def _cheap_checks(main: Track, tracks: list[Track], start: int, end: int, info: 
         if t is not main and _overlap(t, start, end) >= 0.25 * (end - start)
         and np.median(t.between(start, end).sides) >= cfg.secondary_face_ratio * np.median(part.sides)
     )
+    seen = part.detected.astype(bool)
     measures = {"face_side_px": side, "detected_ratio": float(part.detected.sum() / _detection_frames(start, end, step)),
-                "secondary_faces": float(secondary)}
+                "secondary_faces": float(secondary),
+                "keypoint_yaw": float(np.median(np.abs(yaw_from_keypoints(part.kps[seen], part.boxes[seen]))))
+                if seen.any() else 0.0}
     reason = filters.first_reason(
         filters.face_presence(measures["detected_ratio"], cfg),
         filters.single_face(secondary),
         filters.resolution(info.width, info.height, cfg),
         filters.face_size(side, cfg),
         filters.duration((end - start) / cfg.fps, cfg),
+        filters.pose(measures["keypoint_yaw"], 0.0, cfg),  # profiles, which the landmark fit reads as frontal
     )
     return Candidate(start, end, reason, measures)
 
@@ -283,7 +288,8 @@ def content_signature(thumbnails: np.ndarray, steps: int = SIGNATURE_STEPS) -> n
 
 SCANNED = "scanned"
 #: bumped when a stored measure changes meaning (2: `yaw`/`pitch` are median absolute angles;
-#: 3: `signature` fingerprints the frames, not the keypoints)
+#: 3: `signature` fingerprints the frames, not the keypoints; the pose fits rigid points, and
+#: `keypoint_yaw` rejects profiles)
 SCAN_MEASURES_VERSION = 3
 #: curate fields a scan does not depend on (resources, decoding chunk size, naming, the stages
 #: after it); changing them keeps earlier scans valid.

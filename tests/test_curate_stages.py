@@ -340,6 +340,23 @@ def test_long_stretches_are_cut_so_that_a_piece_is_long_enough(length: int, min_
     assert _split(10, 10 + length, min_frames, max_frames) == [(a + 10, b + 10) for a, b in expected]
 
 
+@pytest.mark.parametrize(("nose_x", "reason"), [(200.0, None), (230.0, None), (105.0, "extreme_pose"), (290.0, "extreme_pose")])
+def test_a_profile_track_is_rejected_by_its_keypoint_yaw(nose_x: float, reason: str | None) -> None:
+    """The landmark fit reads profiles as nearly frontal; the track's keypoints do not."""
+    from portraitflow.operators.decode import VideoInfo
+    from portraitflow.operators.face_scan import _cheap_checks
+    from portraitflow.operators.tracking import Track
+
+    frames = 100
+    kps = np.tile(np.array([[170, 170], [230, 170], [nose_x, 210], [175, 250], [225, 250]], np.float32), (frames, 1, 1))
+    track = Track(np.arange(frames), np.tile(np.array([100, 100, 300, 300], np.float32), (frames, 1)), kps,
+                  np.ones(frames, bool))
+    candidate = _cheap_checks(track, [track], 0, frames, VideoInfo(512, 512, 25.0, frames), np.ones(2, np.float32), 1,
+                              CurateConfig())
+    assert candidate.reason == reason
+    assert candidate.measures["keypoint_yaw"] == pytest.approx(np.degrees(np.arcsin(abs(nose_x - 200) / 100)), abs=1e-3)
+
+
 def test_a_kept_clip_without_a_signature_counts_for_the_cap_and_matches_no_duplicate() -> None:
     rng = np.random.default_rng(3)
     person, signature = l2_normalise(rng.normal(size=128)), l2_normalise(rng.normal(size=64))

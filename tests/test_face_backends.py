@@ -148,16 +148,19 @@ def test_real_photos_faces_counts_and_landmarks(analyzer, media_dir: Path):
         assert _inside(points, box, 0.1)
 
 
-def test_profile_photos_yaw_sign(analyzer, media_dir: Path):
-    # MANIFEST: "near side profile (looking to the left of frame)", "full side profile facing right"
+def test_profiles_read_their_yaw_from_the_detector_keypoints(analyzer, media_dir: Path):
+    """Both photos face the image's left (negative yaw); the 68-point landmarks read them as nearly
+    frontal, the detector's keypoints as profiles with the right sign, mirrored with the other."""
+    from portraitflow.models.face.pose import yaw_from_keypoints
+
     left = _still(media_dir, "inspireface_pose_left_face.jpeg")
     right = _still(media_dir, "deca_AFLW2000_image00181.jpg")
     frames = [left, np.ascontiguousarray(left[:, ::-1]), right, np.ascontiguousarray(right[:, ::-1])]
     faces = _largest(analyzer, frames)
-    poses = analyzer.head_pose(analyzer.landmarks(frames, np.stack([f.box for f in faces])),
-                               [f.shape[:2] for f in frames])
-    yaw = poses[:, 0]
-    assert yaw[0] < -30 and yaw[1] > 30 and yaw[2] > 30 and yaw[3] < -30
+    yaw = yaw_from_keypoints(np.stack([f.kps for f in faces]), np.stack([f.box for f in faces]))
+    assert yaw[0] < -45 and yaw[1] > 45 and yaw[2] < -45 and yaw[3] > 45, yaw
+    frontal = _largest(analyzer, [_still(media_dir, "liveportrait_s12.jpg")])[0]
+    assert abs(yaw_from_keypoints(frontal.kps[None], frontal.box[None])[0]) < 15
 
 
 def test_insightface_without_a_pack_fails_with_one_clear_error(tmp_path: Path, monkeypatch):

@@ -14,10 +14,11 @@ resized to the output's size (whether it was pasted back: the job's `paste_back`
 the `results.parquet` beside the output; not known, the clip is cut only when sizes differ). The
 reference must be the size of the driving frames, or the row fails (`reference_size_mismatch`).
 Head pose is measured with each face centred in its own square crop
-on both sides, as generation measures it, so APD does not depend on where the face sits. AED
-compares expression shapes directly in self-reenactment (one person) and, in cross-reenactment,
-how each face changes from the first frame both show (`metrics.aed_change`), so the two people's
-face shapes do not count as expression error.
+on both sides, as generation measures it, so APD does not depend on where the face sits. APD and
+AED compare head poses and expression shapes directly in self-reenactment (one person, the driver
+is the ground truth) and, in cross-reenactment, how each head turns and each face changes from the
+first frame both show (`metrics.apd_change`, `metrics.aed_change`), so the portrait's own head pose
+and the two people's face shapes do not count as error.
 """
 from __future__ import annotations
 
@@ -334,10 +335,11 @@ class JobEvaluator:
         table[self.csim_name] = metrics.csim(out["embedding"], ref_embedding)
         if self.cfg.protocol == "self":
             table["akd"] = metrics.akd(out["landmarks"], drv["landmarks"])
-        table["apd"] = metrics.apd(out["pose"], drv["pose"])
-        # self: one person, so shapes compare directly; cross: face shapes differ, so compare changes
-        expression = metrics.aed if self.cfg.protocol == "self" else metrics.aed_change
-        table["aed"] = expression(out["landmarks"], drv["landmarks"])
+        # self: one person, the driver is the ground truth, so poses and shapes compare directly;
+        # cross: the portrait's own pose and face shape are not the driver's, so compare changes
+        self_protocol = self.cfg.protocol == "self"
+        table["apd"] = (metrics.apd if self_protocol else metrics.apd_change)(out["pose"], drv["pose"])
+        table["aed"] = (metrics.aed if self_protocol else metrics.aed_change)(out["landmarks"], drv["landmarks"])
         table["jitter"] = metrics.landmark_jitter(out["landmarks"])
         table["flicker"] = metrics.flicker(pixel["luma"])
         return table

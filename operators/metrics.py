@@ -114,6 +114,27 @@ def apd(pred_pose: np.ndarray, target_pose: np.ndarray) -> np.ndarray:
     return np.abs(diff).mean(axis=1)
 
 
+def apd_change(pred_pose: np.ndarray, target_pose: np.ndarray) -> np.ndarray:
+    """Head-pose error per frame between two different people: how differently their heads *turn*,
+    so the pose each starts from (the portrait's own, the driver's) drops out.
+
+    The anchor is the first frame where both have a pose (as `aed_change` anchors). Each video's
+    change is its pose minus its anchor pose (yaw, pitch, roll each), and the value is `apd` of the
+    two changes: the mean absolute difference in degrees, wrapped. NaN at and before the anchor (no
+    change is measured there) and where either has no face; 0 when both turn alike from wherever
+    they started.
+    """
+    _check_pair(pred_pose, target_pose)
+    pred, target = np.asarray(pred_pose, np.float64), np.asarray(target_pose, np.float64)
+    out = np.full(len(pred), np.nan)
+    both = np.flatnonzero(np.isfinite(pred).all(axis=1) & np.isfinite(target).all(axis=1))
+    if len(both) < 2:
+        return out
+    anchor, later = both[0], both[1:]
+    out[later] = apd(pred[later] - pred[anchor], target[later] - target[anchor])
+    return out
+
+
 def aed(pred_landmarks: np.ndarray, target_landmarks: np.ndarray) -> np.ndarray:
     """Expression distance per frame: landmark-shape error after removing pose and size.
 

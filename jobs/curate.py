@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import io
 import json
+import logging
 import shutil
 import tarfile
 import tempfile
@@ -33,7 +34,10 @@ from portraitflow.operators.filters import RENDER_FAILED
 from portraitflow.operators.identity import CorpusLedger
 from portraitflow.operators.inputs import clip_input_key, expand_inputs, input_key
 from portraitflow.operators.quarantine import quarantined_row
-from portraitflow.operators.shards import INDEX_NAME, pack_shards, shard_keys, shard_paths, write_index
+from portraitflow.operators.shards import (INDEX_NAME, pack_shards, rewrite_whole, shard_paths, whole_shard_keys,
+                                           write_index)
+
+log = logging.getLogger(__name__)
 
 
 class Layout:
@@ -106,6 +110,70 @@ def exclusive(layout: Layout) -> Iterator[None]:
         except BlockingIOError:
             raise typer.BadParameter(f"another curation is writing {layout.out}", param_hint="--out") from None
         yield
+
+
+def _repair_shards(layout: Layout) -> dict[str, Path]:
+    """Every whole sample in the shards, key -> shard.
+
+    A shard that cannot be read whole (cut short by a full disk or an interrupted copy, a bad
+    block) would stop every run into the folder: it is rewritten with the samples that can still
+    be read whole, under its own name, or removed when none can (an empty shard gives a loader
+    nothing to draw), and the index follows. The inputs whose samples it lost are curated again
+    (`_lost_inputs`)."""
+    in_shards: dict[str, Path] = {}
+    indexed = _indexed_samples(layout.out)
+    repaired = False
+    for path in shard_paths(layout.shards):
+        keys, damage = whole_shard_keys(path)
+        if damage is not None:
+            keys, repaired = _repair_shard(path, keys, damage), True
+            listed = indexed.get(f"{layout.shards.name}/{path.name}")
+            lost = f"lost {listed - len(keys)} of the {listed} the index listed" if listed is not None else \
+                "lost those after the break"
+            log.warning("%s could not be read whole (%s): %s with its %d whole sample(s), %s", path, damage,
+                        "rewrote it" if keys else "removed it", len(keys), lost)
+        in_shards.update(dict.fromkeys(keys, path))
+    if repaired:
+        write_index(layout.out, layout.shards)
+    return in_shards
+
+
+def _repair_shard(path: Path, whole: list[str], damage: Exception) -> list[str]:
+    """Rewrite a damaged shard with its whole samples (remove it when there are none); returns
+    their keys. A shard the system refuses to read (permissions, an I/O error) is left as it is,
+    and it or a folder that refuses the rewrite stops the run with what to do, not a traceback."""
+    what_to_do = "move it out of the folder and rerun: the inputs whose samples it held are then curated again"
+    if not isinstance(damage, tarfile.TarError):
+        raise typer.BadParameter(f"{path} cannot be read ({damage}): {what_to_do}", param_hint="--out")
+    try:
+        if whole:
+            return rewrite_whole(path)
+        path.unlink()
+        return []
+    except OSError as exc:
+        raise typer.BadParameter(f"{path} cannot be read whole ({damage}) and could not be rewritten ({exc}): "
+                                 f"{what_to_do}", param_hint="--out") from exc
+
+
+def _indexed_samples(out: Path) -> dict[str, int]:
+    """Samples per shard as the index last listed them (none when it is missing or unreadable)."""
+    try:
+        return {entry["url"]: int(entry["nsamples"]) for entry in json.loads((out / INDEX_NAME).read_text())["shardlist"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _lost_inputs(markers: dict[str, dict], in_shards: Collection[str]) -> dict[str, dict]:
+    """The markers, made `failed` (so their inputs are curated again), of inputs some of whose
+    accepted clips are no longer in the shards: a marker vouches for its input's samples, and a
+    repaired or removed shard may have lost them. Checked on every run, so a run stopped between
+    repairing a shard and rewriting the markers is finished by the next."""
+    failed = {}
+    for key, marker in markers.items():
+        lost = [c["key"] for c in marker["clips"] if c["decision"] == ledger.ACCEPTED and c["key"] not in in_shards]
+        if lost:
+            failed[key] = ledger.lost_from_shards(marker, lost, RENDER_FAILED)
+    return failed
 
 
 def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], layout: Layout,
@@ -243,10 +311,10 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
     except (ValueError, OSError) as exc:  # a gallery without a face, the face models missing
         raise typer.BadParameter(str(exc)) from exc
     uris = expand_inputs(inputs)
-    markers = ledger.load_markers(layout.done)
     rows = sorted(({"uri": u, "input_key": input_key(u)} for u in uris), key=lambda r: r["input_key"])
-    pending = [r for r in rows if not ledger.is_done(markers.get(r["input_key"], {}))]
-    if dry_run:
+    if dry_run:  # reads the shards, repairs nothing
+        in_shards = {k for path in shard_paths(layout.shards) for k in whole_shard_keys(path)[0]}
+        pending = _pending(rows, ledger.load_markers(layout.done), in_shards)
         for row in rows:
             typer.echo(f"{'pending' if row in pending else 'done   '}  {row['input_key']}  {row['uri']}")
         typer.echo(f"{len(pending)} of {len(rows)} input(s) would be processed into {out}")
@@ -256,11 +324,28 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
             shutil.rmtree(layout.staging, ignore_errors=True)  # rendered with the settings now replaced
         layout.make()
         atomic_write(layout.settings, json.dumps(corpus_settings(cfg), indent=1, sort_keys=True))
+        in_shards = _repair_shards(layout)
+        pending = _pending(rows, ledger.load_markers(layout.done), in_shards, layout.done)
         init_ray(cfg.ray, cfg.mlflow)
-        return _curate_pending(cfg, layout, rows, pending)
+        return _curate_pending(cfg, layout, rows, pending, in_shards)
 
 
-def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], pending: list[dict]) -> dict[str, Any]:
+def _pending(rows: list[dict], markers: dict[str, dict], in_shards: Collection[str],
+             done_dir: Path | None = None) -> list[dict]:
+    """The rows without a done marker, counting as not done those whose clips a shard lost (their
+    markers are rewritten `failed` into `done_dir`, when given, and the inputs named in the log)."""
+    given = {r["input_key"] for r in rows}
+    for key, marker in _lost_inputs(markers, in_shards).items():
+        if done_dir is not None:
+            ledger.write_marker(done_dir, marker["input"], marker["clips"])
+            log.warning("%s: %s; %s", marker["input"]["path"], marker["input"]["error"],
+                        "curating it again" if key in given else "marked failed, a run given it curates it again")
+        markers[key] = marker
+    return [r for r in rows if not ledger.is_done(markers.get(r["input_key"], {}))]
+
+
+def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], pending: list[dict],
+                    in_shards: dict[str, Path]) -> dict[str, Any]:
     from portraitflow.jobs.runtime import mlflow_run
     from portraitflow.pipelines.curate import CRASH_RETRIES, curate_inputs
 
@@ -271,7 +356,6 @@ def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], p
         returned = {r["input_key"] for r in scanned}
         lost = [quarantined_row(r, CRASH_RETRIES + 1) for r in pending if r["input_key"] not in returned]
         scanned = sorted(scanned + lost, key=lambda r: r["input_key"])
-        in_shards = {k: path for path in shard_paths(layout.shards) for k in shard_keys(path)}
         clips_by_input = _decide_corpus(cfg, scanned, layout, in_shards)
         if renders_after_decisions(cfg.curate):
             _render_kept(cfg, layout, scanned, clips_by_input, in_shards)

@@ -128,6 +128,21 @@ def input_row(row: dict[str, Any], clip_rows: list[dict[str, Any]]) -> dict[str,
     }
 
 
+def lost_from_shards(marker: dict[str, Any], lost: list[str], reason: str) -> dict[str, Any]:
+    """The marker of an input some of whose accepted clips are no longer in the shards (a shard
+    that could not be read whole was rewritten without them, or removed): `failed`, so a run given
+    the input curates it again instead of the manifest counting clips nobody can read. Its lost
+    clips fail with `reason`; those still in the shards stay accepted, and its error names both."""
+    gone = set(lost)
+    error = f"{len(lost)} clip(s) no longer in the shards (a damaged shard lost them): {', '.join(lost)}"
+    clips = [dict(c, decision=FAILED, reason=reason, error="no longer in the shards (a damaged shard lost it)")
+             if c["key"] in gone else c for c in marker["clips"]]
+    prior = marker["input"]
+    row = {"uri": prior["path"], "input_key": prior["input_key"], "status": FAILED, "error": error,
+           "duration_s": prior["seconds_in"], "width": prior["width"], "height": prior["height"], "src_fps": prior["fps"]}
+    return {"input": input_row(row, clips), "clips": clips}
+
+
 def write_tables(out_dir: Path, markers: dict[str, dict[str, Any]]) -> tuple[Any, Any]:
     """manifest.parquet and clips.parquet from every marker (as `load_markers` gives them), written atomically."""
     import pyarrow.parquet as pq

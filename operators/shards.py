@@ -84,19 +84,72 @@ def shard_keys(path: Path) -> list[str]:
 
 
 def iter_shard_keys(path: Path) -> Iterator[str]:
-    """Sample keys of a shard, in order, from tar headers only. A key comes once the next header
-    (or the archive's clean end) shows its sample whole, so a shard cut short yields its intact
-    samples' keys and then raises tarfile.ReadError."""
-    current = None
+    """Sample keys of a shard, in order, from tar headers only; see `iter_samples`."""
+    for key, _ in iter_samples(path, read=False):
+        yield key
+
+
+def iter_samples(path: Path, read: bool = True) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """A shard's samples in order, as (key, fields) (fields left empty unless `read`).
+
+    A sample comes once the next header, or the end-of-archive blocks, show it whole, so a shard
+    cut short or with a garbled header yields its whole samples and then raises tarfile.ReadError
+    (tarfile alone takes a cut inside a header, or a garbled one, for the archive's end, which
+    would pass off a sample missing members as whole).
+    """
+    current, fields = None, {}
     with tarfile.open(path) as tar:
         for member in tar:
             key = member.name.split(".", 1)[0]
             if key != current:
                 if current is not None:
-                    yield current
-                current = key
+                    yield current, fields
+                current, fields = key, {}
+            if read:
+                fields[member.name[len(key) + 1 :]] = tar.extractfile(member).read()
+        if current is not None and not _ends_cleanly(tar):
+            raise tarfile.ReadError(f"no end-of-archive block after {tar.members[-1].name}: the shard was cut short "
+                                    "or a header is damaged")
     if current is not None:
-        yield current
+        yield current, fields
+
+
+def _ends_cleanly(tar: tarfile.TarFile) -> bool:
+    """Whether zeros (the end-of-archive blocks, which a writer adds only after its last member)
+    follow the last member that was read: a header never starts with NUL."""
+    tar.fileobj.seek(tar.offset)
+    block = tar.fileobj.read(tarfile.BLOCKSIZE)
+    return bool(block) and block.count(0) == len(block)
+
+
+def whole_shard_keys(path: Path) -> tuple[list[str], Exception | None]:
+    """The keys of a shard's whole samples, and why it cannot be read whole (None when it can)."""
+    keys: list[str] = []
+    try:
+        for key in iter_shard_keys(path):  # one by one: the keys before a break are kept
+            keys.append(key)
+    except (tarfile.TarError, OSError) as exc:
+        return keys, exc
+    return keys, None
+
+
+def rewrite_whole(path: Path) -> list[str]:
+    """Rewrite a shard that cannot be read whole with only its whole samples, atomically under its
+    own name (later shards keep their numbers); returns their keys. Samples are copied one at a
+    time, so a large shard is never held in memory."""
+    keys: list[str] = []
+
+    def whole() -> Iterator[tuple[str, dict[str, bytes]]]:
+        try:
+            for key, fields in iter_samples(path):
+                keys.append(key)
+                yield key, fields
+        except tarfile.TarError:  # the break: what follows it is lost (an OSError stops the rewrite)
+            return
+
+    with atomic_target(path) as tmp, open(tmp, "wb") as out:
+        _write_samples(out, whole())
+    return keys
 
 
 def pack_shards(

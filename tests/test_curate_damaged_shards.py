@@ -1,0 +1,224 @@
+"""A damaged shard in a curated folder (cut short by a full disk or an interrupted copy): the shard
+readers find its whole samples, and a rerun of `curate` repairs it, keeps those samples and curates
+again the inputs whose samples were lost, instead of stopping on a traceback. The driver runs
+in-process (no Ray, no video read), as in test_curate_driver.py."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+
+from portraitflow.jobs.config import load_config
+from portraitflow.operators.shards import (INDEX_NAME, iter_shard_keys, npy_bytes, pack_shards, rewrite_whole,
+                                           shard_paths, stage_sample, whole_shard_keys)
+from test_curate_driver import FPS, QUIET, SCANNED, _rows, _scan
+
+
+def _members(start: int, end: int, seed: int) -> dict[str, bytes]:
+    """A sample as rendering stages it (what the driver reads back of a committed clip), with an
+    mp4 big enough that a cut lands inside it."""
+    from portraitflow.models.face.base import l2_normalise
+    from portraitflow.operators.face_scan import content_signature
+
+    rng = np.random.default_rng(seed)
+    meta = {"start_s": start / FPS, "end_s": end / FPS, "scores": {"face_side_px": 200.0}}
+    return {"json": json.dumps(meta).encode(), "mp4": rng.bytes(20_000),
+            "id.npy": npy_bytes(l2_normalise(rng.normal(size=128)).astype(np.float32)),
+            "signature.npy": npy_bytes(content_signature(rng.uniform(0, 255, (50, 16, 16))).astype(np.float16))}
+
+
+def _shard(tmp_path: Path, samples: int = 3) -> tuple[Path, list[str]]:
+    staging = tmp_path / "staging"
+    keys = [f"k{i}" for i in range(samples)]
+    for i, key in enumerate(keys):
+        stage_sample(staging, key, _members(0, 50, i))
+    [path] = pack_shards(staging, tmp_path / "shards", 100, 1 << 30)
+    return path, keys
+
+
+def _offsets(path: Path) -> dict[str, tuple[int, int]]:
+    """Each member's header offset and the end of its data's blocks."""
+    with tarfile.open(path) as tar:
+        return {m.name: (m.offset, m.offset_data + -(-m.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE) for m in tar}
+
+
+def _cut(path: Path, size: int) -> None:
+    path.write_bytes(path.read_bytes()[:size])
+
+
+@pytest.mark.parametrize("where", ["inside_data", "inside_a_header", "between_members", "after_the_last_member"])
+def test_a_cut_shard_yields_its_whole_samples_then_says_why(where: str, tmp_path: Path) -> None:
+    """tarfile alone takes a cut inside a header or between two members for the archive's end: the
+    sample cut there would pass for whole with members missing."""
+    path, keys = _shard(tmp_path)
+    offsets = _offsets(path)
+    size = {"inside_data": offsets["k1.mp4"][0] + 5000, "inside_a_header": offsets["k1.mp4"][0] + 100,
+            "between_members": offsets["k1.mp4"][0], "after_the_last_member": offsets["k2.signature.npy"][1]}[where]
+    _cut(path, size)
+    whole = keys[:2] if where == "after_the_last_member" else keys[:1]
+    found, damage = whole_shard_keys(path)
+    assert found == whole and isinstance(damage, tarfile.ReadError)
+    with pytest.raises(tarfile.ReadError):
+        list(iter_shard_keys(path))
+
+    assert rewrite_whole(path) == whole
+    assert whole_shard_keys(path) == (whole, None)
+    with tarfile.open(path) as tar:
+        assert {name.split(".", 1)[0] for name in tar.getnames()} == set(whole)
+        assert tar.extractfile("k0.mp4").read() == _members(0, 50, 0)["mp4"]
+
+
+def test_a_shard_cut_inside_its_end_blocks_is_whole(tmp_path: Path) -> None:
+    path, keys = _shard(tmp_path)
+    _cut(path, _offsets(path)["k2.signature.npy"][1] + 10)
+    assert whole_shard_keys(path) == (keys, None)
+
+
+def _curate_one_by_one(monkeypatch: pytest.MonkeyPatch, samples: dict[str, list[tuple[str, dict]]]) -> list[str]:
+    """The curation stage as a worker runs it, one input after another: it stages the samples of
+    the clips its input's scan kept (`samples[input_key]`), not those staged already. Returns the
+    input keys it is given, run after run."""
+    from portraitflow.pipelines import curate as pipeline
+
+    given: list[str] = []
+
+    def curate_inputs(rows, cfg, scan_dir, staging_dir, attempts_dir):
+        for row in rows:
+            given.append(row["input_key"])
+            for key, members in samples[row["input_key"]]:
+                if not (staging_dir / f"{key}.tar").exists():
+                    stage_sample(staging_dir, key, members)
+        return [dict(row, **SCANNED, timings="{}", render_errors="{}", rendered=1) for row in rows], ""
+
+    monkeypatch.setattr(pipeline, "curate_inputs", curate_inputs)
+    monkeypatch.setattr("portraitflow.jobs.runtime.init_ray", lambda *args, **kwargs: None)
+    return given
+
+
+@pytest.fixture
+def corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Three inputs of one clip each, curated into one shard: (out, uris, clip keys, given)."""
+    from portraitflow.jobs.curate import Layout, run_curation
+    from portraitflow.operators.inputs import clip_key
+
+    out = tmp_path / "out"
+    layout = Layout(out)
+    layout.make()
+    uris = [str(tmp_path / f"{name}.mp4") for name in ("anna", "ben", "carl")]
+    samples, clip_keys = {}, []
+    for seed, uri in enumerate(uris):
+        members = _members(0, 50, seed)
+        embedding = np.load(io.BytesIO(members["id.npy"]))
+        signature = np.load(io.BytesIO(members["signature.npy"]))
+        key = _scan(layout.scans, uri, [(0, 50, None, (embedding, signature))])
+        clip_keys.append(clip_key(key, 0, 2.0))
+        samples[key] = [(clip_keys[-1], members)]
+    given = _curate_one_by_one(monkeypatch, samples)
+    run_curation(load_config(None, QUIET), uris, out)
+    assert [p.name for p in shard_paths(layout.shards)] == ["000000.tar"]
+    given.clear()
+    return out, uris, clip_keys, given
+
+
+def _manifest(out: Path) -> dict[str, dict]:
+    return {row["path"]: row for row in _rows(out / "manifest.parquet")}
+
+
+def _shard_keys(out: Path) -> dict[str, list[str]]:
+    return {path.name: whole_shard_keys(path)[0] for path in shard_paths(out / "shards")}
+
+
+def test_a_rerun_repairs_a_cut_shard_and_curates_again_the_inputs_it_lost(corpus, caplog) -> None:
+    from portraitflow.jobs.curate import run_curation
+
+    out, uris, keys, given = corpus
+    shard = out / "shards" / "000000.tar"
+    _cut(shard, _offsets(shard)[f"{keys[1]}.mp4"][0] + 5000)  # inside ben's sample: ben and carl are lost
+    with caplog.at_level(logging.WARNING):
+        run_curation(load_config(None, QUIET), uris, out)
+
+    assert sorted(given) == sorted(key.rsplit("_", 2)[0] for key in keys[1:])
+    assert _shard_keys(out) == {"000000.tar": keys[:1], "000001.tar": keys[1:]}
+    index = json.loads((out / INDEX_NAME).read_text())
+    assert [(e["url"], e["nsamples"], e["filesize"]) for e in index["shardlist"]] == [
+        (f"shards/{p.name}", 1 if p.name == "000000.tar" else 2, p.stat().st_size) for p in shard_paths(out / "shards")]
+    manifest = _manifest(out)
+    assert [manifest[uri]["status"] for uri in uris] == ["accepted"] * 3
+    assert [manifest[uri]["clips_accepted"] for uri in uris] == [1] * 3
+    assert {row["key"]: row["decision"] for row in _rows(out / "clips.parquet")} == dict.fromkeys(keys, "accepted")
+    log = caplog.text
+    assert f"{shard} could not be read whole" in log and "rewrote it with its 1 whole sample(s), lost 2 of the 3" in log
+    assert all(f"{uri}: 1 clip(s) no longer in the shards" in log and keys[i] in log for i, uri in
+               enumerate(uris) if i)
+
+    given.clear()
+    before = {p.name: p.read_bytes() for p in shard_paths(out / "shards")}
+    run_curation(load_config(None, QUIET), uris, out)  # and then it is done
+    assert given == [] and {p.name: p.read_bytes() for p in shard_paths(out / "shards")} == before
+
+
+def test_an_input_whose_clips_were_lost_fails_until_a_run_is_given_it(corpus) -> None:
+    """A rerun given other inputs still repairs the shard; the input that lost its clip is not
+    reported accepted with its clip missing: it fails, naming the clip, until a run curates it."""
+    from portraitflow.jobs.curate import run_curation
+
+    out, uris, keys, given = corpus
+    shard = out / "shards" / "000000.tar"
+    _cut(shard, _offsets(shard)[f"{keys[2]}.json"][0] + 100)  # inside a header of carl's sample
+    run_curation(load_config(None, QUIET), uris[:2], out)
+    assert given == [] and _shard_keys(out) == {"000000.tar": keys[:2]}
+    carl = _manifest(out)[uris[2]]
+    assert carl["status"] == "failed" and carl["clips_accepted"] == 0
+    assert carl["error"] == f"1 clip(s) no longer in the shards (a damaged shard lost them): {keys[2]}"
+    clip = {row["key"]: row for row in _rows(out / "clips.parquet")}[keys[2]]
+    assert (clip["decision"], clip["reason"]) == ("failed", "render_failed")
+
+    run_curation(load_config(None, QUIET), uris, out)
+    assert given == [keys[2].rsplit("_", 2)[0]] and _shard_keys(out) == {"000000.tar": keys[:2], "000001.tar": keys[2:]}
+    assert [row["status"] for row in _manifest(out).values()] == ["accepted"] * 3
+
+
+def test_a_shard_without_a_whole_sample_is_removed_and_a_dry_run_repairs_nothing(corpus, capsys) -> None:
+    from portraitflow.jobs.curate import run_curation
+
+    out, uris, keys, given = corpus
+    shard = out / "shards" / "000000.tar"
+    _cut(shard, 700)
+    cut = shard.read_bytes()
+    run_curation(load_config(None, QUIET), uris, out, dry_run=True)
+    assert "3 of 3 input(s) would be processed" in capsys.readouterr().out and shard.read_bytes() == cut
+
+    run_curation(load_config(None, QUIET), uris, out)
+    assert len(given) == 3 and _shard_keys(out) == {"000000.tar": keys}  # packed again under the freed name
+    assert [row["status"] for row in _manifest(out).values()] == ["accepted"] * 3
+
+
+@pytest.mark.parametrize("refused", ["rewrite", "read"])
+def test_a_shard_that_cannot_be_repaired_stops_the_run_with_what_to_do(refused: str, corpus, monkeypatch) -> None:
+    """A folder that refuses the rewrite, or a shard the system refuses to read (nothing to judge
+    it by, so it is left alone): one line naming the shard and what to do, not a traceback."""
+    from portraitflow.jobs import curate as job
+
+    out, uris, keys, given = corpus
+    shard = out / "shards" / "000000.tar"
+    _cut(shard, _offsets(shard)[f"{keys[1]}.mp4"][0] + 5000)
+    cut = shard.read_bytes()
+
+    def refuse_rewrite(path: Path) -> list[str]:
+        raise OSError(5, "Input/output error", str(path))
+
+    if refused == "rewrite":
+        monkeypatch.setattr(job, "rewrite_whole", refuse_rewrite)
+        expected = "cannot be read whole .* could not be rewritten"
+    else:
+        monkeypatch.setattr(job, "whole_shard_keys", lambda path: ([], OSError(5, "Input/output error")))
+        expected = r"cannot be read \(\[Errno 5\] Input/output error\)"
+    with pytest.raises(typer.BadParameter, match=f"{shard} {expected}.*: move it out of the folder and rerun"):
+        job.run_curation(load_config(None, QUIET), uris, out)
+    assert given == [] and shard.read_bytes() == cut

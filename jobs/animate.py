@@ -6,9 +6,9 @@ from typing import Optional
 
 import typer
 
-from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.animate import AnimateConfig
-from portraitflow.jobs.options import ConfigOption, MlflowUriOption, RayAddressOption, SetOption, resolve_config
+from portraitflow.jobs.options import (ConfigOption, MlflowUriOption, RayAddressOption, SetOption,
+                                      refuse_missing_face_models, resolve_config)
 
 #: the config's own choices, so the flags offer (and check) exactly what the config accepts.
 Backend = AnimateConfig.model_fields["backend"].annotation
@@ -48,7 +48,7 @@ def animate(
     cfg = resolve_config(config, set_, ray_address, mlflow_uri, {f"animate.{k}": v for k, v in flags.items()})
     check_job_options(cfg.animate, [k for k, v in flags.items() if v is not None] + _animate_overrides(set_))
     check_weights(cfg.animate)
-    check_face(cfg)
+    refuse_missing_face_models(cfg)
     if jobs is not None:
         try:
             job_list = load_jobs(jobs)
@@ -96,14 +96,3 @@ def check_weights(cfg: AnimateConfig) -> None:
     except (ValueError, FileNotFoundError) as exc:  # no weights given; WeightsMissing lists the missing files
         raise typer.BadParameter(str(exc), param_hint="--weights") from exc
 
-
-def check_face(cfg: PortraitFlowConfig) -> None:
-    """Refuse a face backend whose model files are missing as a usage error naming what to download
-    and where to put it, instead of failing every job."""
-    from portraitflow.jobs.runtime import check_face_models
-    from portraitflow.models.face.model_files import ModelFilesMissing
-
-    try:
-        check_face_models(cfg)
-    except ModelFilesMissing as exc:
-        raise typer.BadParameter(str(exc), param_hint="face.backend") from exc

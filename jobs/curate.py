@@ -25,7 +25,8 @@ import numpy as np
 import typer
 
 from portraitflow.jobs.config import PortraitFlowConfig
-from portraitflow.jobs.options import ConfigOption, MlflowUriOption, RayAddressOption, SetOption, resolve_config
+from portraitflow.jobs.options import (ConfigOption, MlflowUriOption, RayAddressOption, SetOption,
+                                      refuse_missing_face_models, resolve_config)
 from portraitflow.operators import ledger
 from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.curate_input import renders_after_decisions
@@ -452,7 +453,7 @@ def _log_run(cfg: PortraitFlowConfig, layout: Layout, metrics: dict[str, Any], c
 
 def curate(
     inputs: Annotated[list[str], typer.Argument(help="Files, folders, globs, .txt/.parquet lists, or URIs.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (shards, manifest, state).")],
+    out: Annotated[Path, typer.Option("--out", "-o", file_okay=False, help="Output folder (shards, manifest, state).")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be processed, then stop.")] = False,
     config: ConfigOption = None,
     set_: SetOption = None,
@@ -461,6 +462,7 @@ def curate(
 ) -> None:
     """Curate talking-head videos into WebDataset shards, a manifest and an MLflow run."""
     cfg = resolve_config(config, set_, ray_address, mlflow_uri)
+    refuse_missing_face_models(cfg)
     metrics = run_curation(cfg, inputs, out, dry_run=dry_run)
     if not dry_run:
         typer.echo(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()}, indent=1))

@@ -6,7 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from portraitflow.jobs.options import ConfigOption, MlflowUriOption, RayAddressOption, SetOption, resolve_config
+from portraitflow.jobs.options import (ConfigOption, MlflowUriOption, RayAddressOption, SetOption,
+                                      refuse_missing_face_models, resolve_config)
 
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created).")]
 
@@ -31,6 +32,7 @@ def evaluate(
 
     cfg = resolve_config(config, overrides, ray_address, mlflow_uri, {"evaluate.protocol": protocol})
     _check_out(out)
+    refuse_missing_face_models(cfg)
     try:
         check_rank_by(cfg.evaluate.rank_by, "evaluate.rank_by")
     except ValueError as exc:
@@ -81,6 +83,7 @@ def sweep(
 
     cfg = resolve_config(config, overrides, ray_address, mlflow_uri)
     _check_out(out)
+    refuse_missing_face_models(cfg)
     try:  # everything the file can get wrong, before any MLflow run or Ray starts
         spec = load_sweep(sweep_file)
         if max_parallel:

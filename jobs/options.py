@@ -41,3 +41,16 @@ def resolve_config(
         return load_config(config, overrides, {k: v for k, v in given.items() if v is not None})
     except ValueError as exc:  # pydantic's ValidationError is a ValueError, so are unreadable files and bad YAML
         raise typer.BadParameter(str(exc)) from exc
+
+
+def refuse_missing_face_models(cfg: PortraitFlowConfig) -> None:
+    """A face backend whose model files are missing is a usage error naming what to download and
+    where to put it, before Ray starts, instead of an actor dying of it (curate) or every job
+    failing (animate, sweep, evaluate). Local Ray only: on a cluster the workers' files count."""
+    from portraitflow.jobs.runtime import check_face_models
+    from portraitflow.models.face.model_files import ModelFilesMissing
+
+    try:
+        check_face_models(cfg)
+    except ModelFilesMissing as exc:
+        raise typer.BadParameter(str(exc), param_hint="face.backend") from exc

@@ -150,6 +150,20 @@ def test_a_face_backend_without_its_models_is_a_usage_error(generation_calls: li
     assert on_a_cluster.exit_code == 0, on_a_cluster.output  # there the workers' files count
 
 
+@pytest.mark.parametrize("verb", ["curate", "sweep", "evaluate"])
+def test_every_verb_refuses_missing_face_models_before_anything_starts(verb: str, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PORTRAITFLOW_INSIGHTFACE_ROOT", raising=False)
+    monkeypatch.setattr("portraitflow.jobs.runtime.init_ray", lambda *args, **kwargs: pytest.fail("Ray started"))
+    (tmp_path / "sweep.yaml").write_text("configs: [{backend: warp}]\n")
+    (tmp_path / "results.csv").write_text("job_id,output\n")
+    first = {"curate": str(tmp_path), "sweep": str(tmp_path / "sweep.yaml"), "evaluate": str(tmp_path / "results.csv")}
+    result = CliRunner().invoke(app, [verb, first[verb], "--out", str(tmp_path / "out"), "--set",
+                                      "face.backend=insightface"], env=WIDE)
+    assert result.exit_code == 2 and "download an insightface pack" in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_animate_refuses_an_out_that_is_a_file(generation_calls: list, tmp_path: Path) -> None:
     (tmp_path / "out").write_text("not a folder")
     result = _animate(tmp_path)

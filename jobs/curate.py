@@ -86,13 +86,15 @@ def check_corpus_settings(cfg: PortraitFlowConfig, layout: Layout) -> list[str]:
     if not layout.settings.is_file():
         return []
     recorded, current = json.loads(layout.settings.read_text()), corpus_settings(cfg)
-    changed = [f"{section}.{key}: {recorded.get(section, {}).get(key)!r} -> {value!r}"
-               for section, values in current.items() for key, value in values.items()
-               if recorded.get(section, {}).get(key) != value]
+    differing = [(f"{section}.{key}", recorded.get(section, {}).get(key), value)
+                 for section, values in current.items() for key, value in values.items()
+                 if recorded.get(section, {}).get(key) != value]
+    changed = [f"{name}: {old!r} -> {new!r}" for name, old, new in differing]
     if changed and holds_finished_work(layout):
+        restore = " ".join(f"--set {name}={json.dumps(old)}" for name, old, _ in differing)
         raise typer.BadParameter(
             f"{layout.out} holds a corpus curated with other settings ({'; '.join(changed)}); "
-            "curate into a new --out, or run with the recorded settings", param_hint="--out")
+            f"curate into a new --out, or run with the recorded settings: {restore}", param_hint="--out")
     return changed
 
 

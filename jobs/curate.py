@@ -12,6 +12,7 @@ import fcntl
 import io
 import json
 import logging
+import shlex
 import shutil
 import tarfile
 import tempfile
@@ -30,7 +31,7 @@ from portraitflow.jobs.options import (ConfigOption, MlflowUriOption, RayAddress
 from portraitflow.operators import ledger
 from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.curate_input import renders_after_decisions
-from portraitflow.operators.face_scan import check_galleries, load_scan_arrays, scan_clips, scan_path
+from portraitflow.operators.face_scan import SIGNATURE_SIZE, check_galleries, load_scan_arrays, scan_clips, scan_path
 from portraitflow.operators.filters import RENDER_FAILED
 from portraitflow.operators.identity import CorpusLedger
 from portraitflow.operators.inputs import clip_input_key, expand_inputs, input_key
@@ -91,7 +92,9 @@ def check_corpus_settings(cfg: PortraitFlowConfig, layout: Layout) -> list[str]:
                  if recorded.get(section, {}).get(key) != value]
     changed = [f"{name}: {old!r} -> {new!r}" for name, old, new in differing]
     if changed and holds_finished_work(layout):
-        restore = " ".join(f"--set {name}={json.dumps(old)}" for name, old, _ in differing)
+        recorded_names = {f"{section}.{key}" for section, values in recorded.items() for key in values}
+        restore = " ".join(shlex.quote(f"--set={name}={json.dumps(old)}") for name, old, _ in differing
+                           if name in recorded_names) or "(none recorded)"
         raise typer.BadParameter(
             f"{layout.out} holds a corpus curated with other settings ({'; '.join(changed)}); "
             f"curate into a new --out, or run with the recorded settings: {restore}", param_hint="--out")
@@ -257,7 +260,8 @@ def _sample_clip(shard: Path, key: str, fps: float) -> dict[str, Any]:
 
 class _Identities:
     """Clips' identity embeddings and content signatures: from their samples, or from their input's
-    scan, read once for all its clips (an input's clips are decided one after another)."""
+    scan, read once for all its clips (an input's clips are decided one after another). A finished
+    input's scan may predate footage signatures: its clips then match no duplicate."""
 
     def __init__(self, layout: Layout) -> None:
         self.layout, self.input_key, self.scan = layout, None, {}
@@ -269,7 +273,8 @@ class _Identities:
             self.input_key = input_key
             self.scan = load_scan_arrays(scan_path(self.layout.scans, input_key), ("embedding", "signature"))
         arrays = self.scan[clip["index"]]
-        return arrays["embedding"], arrays["signature"]
+        signature = arrays["signature"] if arrays["signature"].size == SIGNATURE_SIZE else None  # a scan's from before
+        return arrays["embedding"], signature
 
 
 def _render_kept(cfg: PortraitFlowConfig, layout: Layout, scanned: list[dict], clips_by_input: dict,
@@ -464,7 +469,8 @@ def curate(
 ) -> None:
     """Curate talking-head videos into WebDataset shards, a manifest and an MLflow run."""
     cfg = resolve_config(config, set_, ray_address, mlflow_uri)
-    refuse_missing_face_models(cfg)
+    if not dry_run:  # a dry run loads no model
+        refuse_missing_face_models(cfg)
     metrics = run_curation(cfg, inputs, out, dry_run=dry_run)
     if not dry_run:
         typer.echo(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()}, indent=1))

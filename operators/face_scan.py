@@ -43,6 +43,7 @@ MIN_TRACK_DETECTIONS = 3  # a face seen once is more often a false detection tha
 SIGNATURE_SIDE = 16
 SIGNATURE_SMOOTH_FRAMES = 2.0
 SIGNATURE_STEPS = 32
+SIGNATURE_SIZE = SIGNATURE_STEPS * SIGNATURE_SIDE ** 2
 
 
 @dataclass

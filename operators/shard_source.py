@@ -19,7 +19,7 @@ import multiprocessing
 import os
 import posixpath
 import tarfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -150,32 +150,31 @@ DRAWS_PER_SHARD = 10
 
 
 class UsableShardsCheck:
-    """Wraps a resampled stream's sample builder and exception handler: a process that has drawn
-    10 x (number of shards) shards without one usable sample raises RuntimeError with the skip
-    counts, where the stream would draw forever. Once a sample was usable it never raises (the
-    data is sparse, not unusable). A draw is a shard-level read error or a new `__url__`.
+    """A resampled stream draws shards forever, so shards with nothing to train on would hang the
+    epoch: `count_draws` (a pipeline stage on the shard URLs) ends the stream once a process has
+    drawn 10 x (number of shards) shards, plus one per sample the shuffle buffer may hold before
+    any is built, without one usable sample (`__call__` wraps the sample builder), and the epoch
+    that yielded nothing raises with the skip counts where it is iterated. Once a sample was usable
+    it never ends the stream: the data is sparse, not unusable. (Ending, not raising, keeps the
+    error out of deep generator stacks, whose traceback CPython 3.11 can fail to format.)
     """
 
-    def __init__(self, build: Callable[[dict[str, Any]], dict[str, Any]], skips: SkipCounter, shards: int) -> None:
+    def __init__(self, build: Callable[[dict[str, Any]], dict[str, Any]], skips: SkipCounter, shards: int,
+                 shuffle_buffer: int) -> None:
         self.build, self.skips, self.shards = build, skips, shards
-        self.draws, self.url, self.usable = 0, None, False
+        self.limit = DRAWS_PER_SHARD * shards + shuffle_buffer
+        self.draws, self.usable = 0, False
+
+    def count_draws(self, urls: Iterable[Any]) -> Iterator[Any]:
+        for url in urls:
+            self.draws += 1
+            if not self.usable and self.draws > self.limit:
+                log.warning("training loader: %d resampled draws of %d shard(s) gave no usable sample; skipped so far %s",
+                            self.draws - 1, self.shards, self.skips.counts())
+                return
+            yield url
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        if sample.get("__url__") != self.url:
-            self.url = sample.get("__url__")
-            self._drawn()
         built = self.build(sample)
         self.usable = True
         return built
-
-    def handler(self, exc: BaseException) -> bool:
-        self.skips.handler(exc)
-        if not isinstance(exc, SampleSkipped):
-            self._drawn()
-        return True
-
-    def _drawn(self) -> None:
-        self.draws += 1
-        if not self.usable and self.draws > DRAWS_PER_SHARD * self.shards:
-            raise RuntimeError(f"training loader: {self.draws - 1} resampled draws of {self.shards} shard(s) gave no "
-                               f"usable sample; skipped so far {self.skips.counts()}")

@@ -28,20 +28,20 @@ def webdataset_pipeline(cfg: TrainDataConfig, urls: list[str], skips: SkipCounte
     """The per-rank sample pipeline: shards split by node then worker, shuffled, decoded, batched.
 
     A worker or rank without shards yields nothing (no `empty_check`); `TrainLoader` raises when
-    the whole pass yields nothing, and a resampled stream raises once its draws find nothing usable."""
+    the whole pass yields nothing, and a resampled stream ends once its draws find nothing usable."""
     seed = None if cfg.seed is None else wds.utils.make_seed(cfg.seed, epoch)
     build = partial(build_train_sample, n_frames=cfg.n_frames, seed=cfg.seed, epoch=epoch, pixel_dtype=cfg.pixel_dtype)
-    handler = skips.handler
-    if cfg.resampled:
-        build = UsableShardsCheck(build, skips, len(urls))
-        handler = build.handler
     dataset = wds.WebDataset(
         urls, resampled=cfg.resampled, shardshuffle=False if cfg.resampled else cfg.shard_shuffle,
-        nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker, handler=handler,
+        nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker, handler=skips.handler,
         seed=seed, empty_check=False,
     )
+    if cfg.resampled:
+        build = UsableShardsCheck(build, skips, len(urls), cfg.shuffle_buffer)
+        opener = next(i for i, stage in enumerate(dataset.pipeline) if isinstance(stage, wds.cache.StreamingOpen))
+        dataset.pipeline.insert(opener, build.count_draws)  # each URL the shard list yields is one draw
     return (dataset.shuffle(cfg.shuffle_buffer, seed=seed)
-            .map(build, handler=handler)
+            .map(build, handler=skips.handler)
             .batched(cfg.batch_size, collation_fn=collate_samples, partial=not cfg.drop_last))
 
 

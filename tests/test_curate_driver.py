@@ -171,3 +171,27 @@ def test_clips_already_in_shards_stay_in_the_corpus_whatever_the_retry_finds(
     run_curation(cfg, [later_copy], tmp_path)
     assert {row["key"]: row for row in _rows(tmp_path / "clips.parquet")}[clip_key(copies[1], 0, 2.0)]["reason"] == \
         "duplicate"
+
+
+def test_a_scan_signature_from_before_footage_signatures_matches_no_duplicate(tmp_path: Path) -> None:
+    """A finished input's scan from an earlier version holds a keypoint signature (320 values): it
+    must not meet the new ones in a dot product (a ValueError after the whole scan, every rerun)."""
+    from portraitflow.jobs.curate import Layout, _Identities
+    from portraitflow.models.face.base import l2_normalise
+    from portraitflow.operators.face_scan import SIGNATURE_SIZE, content_signature
+    from portraitflow.operators.identity import CorpusLedger
+
+    rng = np.random.default_rng(1)
+    layout = Layout(tmp_path)
+    layout.make()
+    person = l2_normalise(rng.normal(size=128)).astype(np.float32)
+    old = _scan(layout.scans, str(tmp_path / "old.mp4"), [(0, 50, None, (person, l2_normalise(rng.normal(size=320))))])
+    new = _scan(layout.scans, str(tmp_path / "new.mp4"),
+                [(0, 50, None, (person, content_signature(rng.uniform(0, 255, (50, 16, 16)))))])
+    identities = _Identities(layout)
+    kept_embedding, kept_signature = identities(old, {"index": 0})
+    new_embedding, new_signature = identities(new, {"index": 0})
+    assert kept_signature is None and new_signature.size == SIGNATURE_SIZE
+    ledger = CorpusLedger(same_person=0.5, max_per_identity=1, duplicate_similarity=0.9)
+    ledger.keep(kept_embedding, kept_signature)
+    assert ledger.decide(new_embedding, new_signature) == "identity_over_cap"  # counted, compared with nothing

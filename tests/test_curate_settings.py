@@ -70,7 +70,7 @@ def test_other_settings_are_refused_once_the_folder_holds_finished_work_only(tmp
     assert check_corpus_settings(other, layout)
     ledger.write_marker(layout.done, {"input_key": "talk", "status": "rejected"}, [])
     with pytest.raises(typer.BadParameter, match=r"curate\.min_face_px: 128 -> 999; curate\.keep_audio: True -> False.*"
-                       r"recorded settings: --set curate\.min_face_px=128 --set curate\.keep_audio=true"):
+                       r"recorded settings: --set=curate\.min_face_px=128 --set=curate\.keep_audio=true"):
         check_corpus_settings(other, layout)
     assert check_corpus_settings(load_config(None, ["curate.actor_cpus=3", "curate.shard_max_samples=7",
                                                     "face.num_threads=2"]), layout) == []

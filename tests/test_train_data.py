@@ -220,15 +220,20 @@ def test_an_epoch_without_samples_raises_with_the_skip_counts(dataset, tmp_path)
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_a_resampled_epoch_without_usable_shards_raises_instead_of_drawing_forever(dataset, tmp_path, num_workers) -> None:
+    """10 draws per shard plus the shuffle buffer, whatever makes the shards unusable; sparse data still trains."""
     garbage = tmp_path / "000000.tar"
     garbage.write_bytes(np.random.default_rng(0).bytes(5000))
-    resampled = dict(resampled=True, samples_per_epoch=4, num_workers=num_workers)
-    with pytest.raises(RuntimeError, match=r"10 resampled draws of 1 shard\(s\) gave no usable sample.*shard_unreadable"):
+    resampled = dict(resampled=True, samples_per_epoch=4, num_workers=num_workers, shuffle_buffer=8)
+    with pytest.raises(RuntimeError, match=r"no samples from 1 shard.*'shard_unreadable'"):
         list(TrainLoader(_config(dataset, shards=[str(garbage)], **resampled)))
-    with pytest.raises(RuntimeError, match=r"40 resampled draws of 4 shard\(s\) gave no usable sample.*clip_too_short"):
+    one_shard = str(dataset[0] / "shards" / "000000.tar")
+    draws = 10 * 1 + 8  # per worker: 10 per shard, and the shuffle buffer's 8; 2 clips per shard
+    with pytest.raises(RuntimeError, match=rf"no samples from 1 shard.*'clip_too_short': {draws * 2 * max(1, num_workers)}"):
+        list(TrainLoader(_config(dataset, shards=[one_shard], n_frames=CLIP_FRAMES + 1, **resampled)))
+    with pytest.raises(RuntimeError, match=r"no samples from 4 shard.*'clip_too_short'"):
         list(TrainLoader(_config(dataset, n_frames=CLIP_FRAMES + 1, **resampled)))
     usable_and_not = _config(dataset, **resampled)
-    usable_and_not = usable_and_not.model_copy(update={"shards": usable_and_not.shards + [str(garbage)]})
+    usable_and_not = usable_and_not.model_copy(update={"shards": usable_and_not.shards + [str(garbage)] * 20})
     assert len(_keys(TrainLoader(usable_and_not))) == 4
 
 

@@ -31,6 +31,7 @@ def check_model_files(cfg: FaceConfig) -> None:
     """Raise model_files.ModelFilesMissing, naming what to download and where to put it, when
     `cfg.backend`'s model files are not on this machine: a driver refuses the run before each of
     its actors dies of it."""
+    model_files.dlib_models()  # both backends take their 68 landmarks from dlib
     if cfg.backend == "opencv":
         model_files.opencv_models()
     elif cfg.backend == "insightface":

@@ -2,8 +2,8 @@
 
 Every function returns one value per frame (NaN where the input has no face) so a caller can
 keep per-frame tables and aggregate with `nanmean`; PSNR comes from torchmetrics, SSIM from
-scikit-image (the standard definition, `ssim`), shape alignment from scipy. Frames are (T, H, W, 3) uint8 RGB; landmarks (T, 68, 2) pixels;
-poses (T, 3) yaw, pitch, roll in degrees.
+scikit-image (the standard definition, `ssim`), shape alignment from scipy. Frames are (T, H, W, 3)
+uint8 RGB; landmarks (T, 68, 2) pixels; poses (T, 3) yaw, pitch, roll in degrees.
 """
 from __future__ import annotations
 

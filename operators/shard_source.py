@@ -110,6 +110,14 @@ def expand_shards(sources: str | Sequence[str]) -> list[str]:
     return urls
 
 
+def _reported_again(exc: BaseException) -> bool:
+    """Whether webdataset reports this shard error a second time: its member loop tags an error
+    with ` @ <stream>` and goes on, so a broken tar raises again from the shard loop, which counts
+    it (one break, one count); a member error the stream survives leaves its sample incomplete,
+    counted as `missing_member`."""
+    return bool(exc.args) and isinstance(exc.args[0], str) and " @ " in exc.args[0] and len(exc.args) == 1
+
+
 class SkipCounter:
     """Counts skipped samples per reason across processes; `handler` plugs into webdataset.
 
@@ -126,6 +134,8 @@ class SkipCounter:
         if isinstance(exc, SampleSkipped):
             reason = exc.reason if exc.reason in SKIP_REASONS else "other"
         elif isinstance(exc, (tarfile.TarError, EOFError, OSError)):
+            if _reported_again(exc):
+                return True
             reason = "shard_unreadable"
         else:
             raise exc

@@ -171,7 +171,7 @@ def test_corrupt_and_truncated_samples_are_skipped_and_counted(damaged) -> None:
     assert set(_keys(loader)) == expected_good
     skipped = loader.skipped
     assert skipped.pop("video_undecodable") == 1 and skipped.pop("bad_array") == 1
-    assert skipped.pop("shard_unreadable") >= 1
+    assert skipped.pop("shard_unreadable") == 1  # one break, counted once (webdataset reports it twice)
     assert skipped.pop("missing_member") >= 1  # bad2, and the cut-off remains of cut1
     assert skipped == {}
 

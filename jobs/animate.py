@@ -8,7 +8,7 @@ import typer
 
 from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.options import (ConfigOption, MlflowUriOption, RayAddressOption, SetOption,
-                                      refuse_missing_face_models, resolve_config)
+                                      check_out_folder, refuse_missing_face_models, resolve_config)
 
 #: the config's own choices, so the flags offer (and check) exactly what the config accepts.
 Backend = AnimateConfig.model_fields["backend"].annotation
@@ -16,7 +16,7 @@ Motion = AnimateConfig.model_fields["motion"].annotation
 
 
 def animate(
-    out: Path = typer.Option(..., "--out", "-o", file_okay=False, help="Output folder: videos, results.parquet, preview.png."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: videos, results.parquet, preview.png."),
     ref: Optional[Path] = typer.Option(None, "--ref", help="Reference portrait image (with --driving)."),
     driving: Optional[Path] = typer.Option(None, "--driving", help="Driving video (with --ref)."),
     jobs: Optional[Path] = typer.Option(None, "--jobs", exists=True, dir_okay=False, help="CSV, JSONL or parquet: ref, driving, optional job_id and per-job params."),
@@ -45,6 +45,7 @@ def animate(
         raise typer.BadParameter("give exactly one of: --ref with --driving, --jobs, or --refs with --drivers")
     flags = {"backend": backend, "weights": weights, "actors": actors, "gpus": gpus, "motion": motion,
              "pose_multiplier": pose_multiplier, "expression_multiplier": expression_multiplier, "paste_back": paste_back}
+    check_out_folder(out)
     cfg = resolve_config(config, set_, ray_address, mlflow_uri, {f"animate.{k}": v for k, v in flags.items()})
     check_job_options(cfg.animate, [k for k, v in flags.items() if v is not None] + _animate_overrides(set_))
     check_weights(cfg.animate)

@@ -27,7 +27,7 @@ import typer
 
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.options import (ConfigOption, MlflowUriOption, RayAddressOption, SetOption,
-                                      refuse_missing_face_models, resolve_config)
+                                      check_out_folder, refuse_missing_face_models, resolve_config)
 from portraitflow.operators import ledger
 from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.curate_input import renders_after_decisions
@@ -460,7 +460,7 @@ def _log_run(cfg: PortraitFlowConfig, layout: Layout, metrics: dict[str, Any], c
 
 def curate(
     inputs: Annotated[list[str], typer.Argument(help="Files, folders, globs, .txt/.parquet lists, or URIs.")],
-    out: Annotated[Path, typer.Option("--out", "-o", file_okay=False, help="Output folder (shards, manifest, state).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (shards, manifest, state).")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be processed, then stop.")] = False,
     config: ConfigOption = None,
     set_: SetOption = None,
@@ -468,6 +468,7 @@ def curate(
     mlflow_uri: MlflowUriOption = None,
 ) -> None:
     """Curate talking-head videos into WebDataset shards, a manifest and an MLflow run."""
+    check_out_folder(out)
     cfg = resolve_config(config, set_, ray_address, mlflow_uri)
     if not dry_run:  # a dry run loads no model
         refuse_missing_face_models(cfg)

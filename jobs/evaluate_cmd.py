@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from portraitflow.jobs.options import (ConfigOption, MlflowUriOption, RayAddressOption, SetOption,
-                                      refuse_missing_face_models, resolve_config)
+                                      check_out_folder, refuse_missing_face_models, resolve_config)
 
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created).")]
 
@@ -31,7 +31,7 @@ def evaluate(
     from portraitflow.operators.paths import safe_stem
 
     cfg = resolve_config(config, overrides, ray_address, mlflow_uri, {"evaluate.protocol": protocol})
-    _check_out(out)
+    check_out_folder(out)
     refuse_missing_face_models(cfg)
     try:
         check_rank_by(cfg.evaluate.rank_by, "evaluate.rank_by")
@@ -82,7 +82,7 @@ def sweep(
     from portraitflow.pipelines.generate import NotEnoughCpus
 
     cfg = resolve_config(config, overrides, ray_address, mlflow_uri)
-    _check_out(out)
+    check_out_folder(out)
     refuse_missing_face_models(cfg)
     try:  # everything the file can get wrong, before any MLflow run or Ray starts
         spec = load_sweep(sweep_file)
@@ -114,7 +114,7 @@ def report(
     from portraitflow.jobs.sweep import check_rank_by, report_from_run
 
     cfg = resolve_config(config, overrides, None, mlflow_uri)
-    _check_out(out)
+    check_out_folder(out)
     try:
         check_rank_by(rank_by or cfg.evaluate.rank_by, "--rank-by" if rank_by else "evaluate.rank_by")
     except ValueError as exc:  # a sweep param or a typo, which would be ranked with a made-up direction
@@ -125,17 +125,6 @@ def report(
         raise typer.BadParameter(f"run {run_id} in {mlflow_tracking_uri(cfg.mlflow)}: {exc.message}",
                                  param_hint="RUN_ID") from exc
     typer.echo(str(page))
-
-
-def _check_out(out: Path) -> None:
-    """Refuse an --out that cannot become a folder (it, or a folder above it, is a file) before
-    anything starts: found later, the MLflow run would already be made and left FAILED."""
-    for path in (out, *out.parents):
-        if path.exists():
-            if not path.is_dir():
-                raise typer.BadParameter(f"{path} is a file, not a folder" if path == out else
-                                         f"{out}: {path} is a file, not a folder", param_hint="--out")
-            return
 
 
 def _animate_jobs(path: Path):

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from portraitflow.operators.shards import INDEX_NAME, iter_shard_keys, shard_paths
+from portraitflow.operators.shards import INDEX_NAME, shard_paths, whole_shard_keys
 
 
 def summarise(out: Path, samples: int = 5) -> dict:
@@ -43,14 +42,10 @@ def summarise(out: Path, samples: int = 5) -> dict:
 
 def _read_shard(path: Path) -> tuple[dict, list[str]]:
     """A shard's summary entry and the keys of its intact samples (those before a break)."""
-    keys: list[str] = []
-    entry = {"name": path.name, "samples": 0, "mb": round(path.stat().st_size / 2**20, 2)}
-    try:
-        for key in iter_shard_keys(path):  # one by one: the keys before a break are kept
-            keys.append(key)
-    except (tarfile.TarError, OSError) as exc:
-        entry["error"] = f"unreadable: {exc}"
-    entry["samples"] = len(keys)
+    keys, damage = whole_shard_keys(path)
+    entry = {"name": path.name, "samples": len(keys), "mb": round(path.stat().st_size / 2**20, 2)}
+    if damage is not None:
+        entry["error"] = f"unreadable: {damage}"
     return entry, keys
 
 

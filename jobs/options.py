@@ -47,10 +47,24 @@ def refuse_missing_face_models(cfg: PortraitFlowConfig) -> None:
     """A face backend whose model files are missing is a usage error naming what to download and
     where to put it, before Ray starts, instead of an actor dying of it (curate) or every job
     failing (animate, sweep, evaluate). Local Ray only: on a cluster the workers' files count."""
-    from portraitflow.jobs.runtime import check_face_models
+    from portraitflow.jobs.runtime import ray_address
+    from portraitflow.models.face.factory import check_model_files
     from portraitflow.models.face.model_files import ModelFilesMissing
 
+    if ray_address(cfg.ray):
+        return
     try:
-        check_face_models(cfg)
+        check_model_files(cfg.face)
     except ModelFilesMissing as exc:
         raise typer.BadParameter(str(exc), param_hint="face.backend") from exc
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuse an --out that cannot become a folder (it, or a folder above it, is a file) before
+    anything starts: found later, an MLflow run would already be made and left FAILED."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise typer.BadParameter(f"{path} is a file, not a folder" if path == out else
+                                         f"{out}: {path} is a file, not a folder", param_hint="--out")
+            return

@@ -18,8 +18,6 @@ from portraitflow.jobs.config.runtime import MLflowConfig, RayConfig
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from portraitflow.jobs.config import PortraitFlowConfig
-
 DEFAULT_MLFLOW_DB = "mlflow.db"
 CODE_PACKAGES = ("jobs", "pipelines", "operators", "models")
 JOB_CONFIG_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job manager on a submitted driver
@@ -38,15 +36,6 @@ def local_cpus(cfg: RayConfig) -> float | None:
     import ray
 
     return None if ray_address(cfg) else ray.cluster_resources().get("CPU", 0)
-
-
-def check_face_models(cfg: PortraitFlowConfig) -> None:
-    """Raise ModelFilesMissing (what to download, where to put it) when the face backend's model
-    files are missing here and Ray is local; on a cluster the workers' files are what count."""
-    from portraitflow.models.face.factory import check_model_files
-
-    if not ray_address(cfg.ray):
-        check_model_files(cfg.face)
 
 
 def init_ray(cfg: RayConfig, mlflow: MLflowConfig | None = None) -> None:

@@ -461,7 +461,7 @@ def _log_run(cfg: PortraitFlowConfig, layout: Layout, metrics: dict[str, Any], c
 def curate(
     inputs: Annotated[list[str], typer.Argument(help="Files, folders, globs, .txt/.parquet lists, or URIs.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (shards, manifest, state).")],
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be processed, then stop.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the inputs a run would process (those without a finished record), then stop; inputs are not opened, so an unreadable one is listed too and fails in the run.")] = False,
     config: ConfigOption = None,
     set_: SetOption = None,
     ray_address: RayAddressOption = None,

@@ -73,16 +73,22 @@ def _escaped(value: Any) -> Any:
 
 
 def clip_row(key: str, input_row: dict[str, Any], clip: dict[str, Any], fps: float) -> dict[str, Any]:
-    """One row of clips.parquet: where the clip is, its decision and reason, its measures."""
+    """One row of clips.parquet: where the clip is, its decision and reason, its measures.
+
+    Times are the input's: the resampled timeline's last frame may reach up to a frame past the
+    input's end (it shows the input's last frame), so a clip ends no later than the input does.
+    """
     reason = clip.get("reason")
     decision = ACCEPTED if reason is None else (FAILED if clip.get("error") else REJECTED)
+    input_end = float(input_row.get("duration_s") or 0.0) or np.inf
+    start_s, end_s = min(clip["start"] / fps, input_end), min(clip["end"] / fps, input_end)
     row = {
         "key": key,
         "input_key": input_row["input_key"],
         "path": input_row["uri"],
-        "start_s": clip["start"] / fps,
-        "end_s": clip["end"] / fps,
-        "duration_s": (clip["end"] - clip["start"]) / fps,
+        "start_s": start_s,
+        "end_s": end_s,
+        "duration_s": end_s - start_s,
         "decision": decision,
         "reason": reason or "",
         "error": clip.get("error", ""),

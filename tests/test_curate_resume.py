@@ -113,3 +113,16 @@ def test_kept_clips_whose_render_never_comes_back_fail_their_input(tmp_path: Pat
     assert [json.loads(r["keys"]) for r in asked] == [["a_2"]]
     assert json.loads(row["render_errors"]) == {"a_2": curate.RENDER_LOST}
     assert json.loads(row["timings"]) == {"scan": 1.0} and row["rendered"] == 0
+
+
+def test_a_clip_that_runs_to_the_end_of_its_input_accounts_for_no_more_than_the_input() -> None:
+    from portraitflow.operators import ledger
+
+    row = {"uri": "/v/a.mp4", "input_key": "a", "status": "scanned", "duration_s": 3.03}
+    # 3.03 s at 25 fps is 76 output frames (the last shows the input's last frame): 3.04 s of them
+    clip = ledger.clip_row("a_1", row, {"start": 0, "end": 76, "reason": None}, 25.0)
+    assert clip["end_s"] == pytest.approx(3.03) and clip["duration_s"] == pytest.approx(3.03)
+    manifest_row = ledger.input_row(row, [clip])
+    assert manifest_row["seconds_accepted"] <= manifest_row["seconds_in"]
+    inside = ledger.clip_row("a_2", row, {"start": 25, "end": 50, "reason": None}, 25.0)
+    assert (inside["start_s"], inside["end_s"], inside["duration_s"]) == (1.0, 2.0, 1.0)

@@ -319,6 +319,31 @@ def test_tiny_animator_streams_windows_and_is_reproducible() -> None:
         list(animator.animate(reference, _driving(np.random.default_rng(1), [4], side), {"num_step": 9}))
 
 
+def test_motion_is_encoded_in_chunks_from_the_video_start_whatever_the_windows() -> None:
+    """The release computes motion (and its intensity buckets) per 25 frames from frame 0; driving
+    windows of any lengths must give the same tokens."""
+    from portraitflow.models.hunyuan.animator import CENTRAL_THIRD
+    from portraitflow.models.hunyuan.conditions import MOTION_CHUNK_FRAMES, encode_motion_chunk, image_tensor
+
+    animator = HunyuanAnimator.create(TINY_WEIGHTS, device="cpu")
+    models, side = animator.models, animator.models.resolution
+    windows = list(_driving(np.random.default_rng(3), [7, 30, 14], side))
+    tokens, lengths = animator._motion_tokens(iter(windows))
+    crops, kps = np.concatenate([w.crops for w in windows]), np.concatenate([w.kps for w in windows])
+    size = models.motion_resolution
+    face = expression_crops(crops, kps, np.asarray(CENTRAL_THIRD) * side, size)
+    head = image_tensor(crops, size)
+    with torch.no_grad():
+        expected = [encode_motion_chunk(models.expression, models.headpose, models.motion_proj,
+                                        face[s:s + MOTION_CHUNK_FRAMES], head[s:s + MOTION_CHUNK_FRAMES],
+                                        kps[s:s + MOTION_CHUNK_FRAMES])
+                    for s in range(0, len(crops), MOTION_CHUNK_FRAMES)]
+        whole = encode_motion_chunk(models.expression, models.headpose, models.motion_proj, face, head, kps)
+    assert lengths == [7, 30, 14] and len(expected) == 3  # 25 + 25 + 1 frames
+    torch.testing.assert_close(tokens, torch.cat(expected).to(tokens.dtype), atol=0, rtol=0)
+    assert (tokens - whole.to(tokens.dtype)).abs().max() > 1e-3  # chunk boundaries change the tokens
+
+
 def test_a_unet_that_fails_to_compile_falls_back_to_eager_with_the_same_frames() -> None:
     def failing_backend(graph, example_inputs):
         raise RuntimeError("no compiler tool chain")

@@ -99,36 +99,6 @@ def encode_motion_chunk(
     return motion_tokens_per_frame(refined, pose.rotation.to(device), pose.translation.to(device))
 
 
-def encode_motion(
-    expression: HeadExpression,
-    headpose: HeadPose,
-    refiner: IntensityAwareMotionRefiner,
-    face_images: torch.Tensor,
-    pose_images: torch.Tensor,
-    landmarks: ArrayLike,
-    chunk_frames: int = MOTION_CHUNK_FRAMES,
-) -> torch.Tensor:
-    """Motion tokens [T, 64, 1024] of T driving frames (the release's `driven_feat[0]`), chunk by
-    chunk as the release does.
-
-    Chunks start at frame 0 of the video, every `chunk_frames`; a caller that wants bounded
-    memory can call `encode_motion_chunk` on the same chunk boundaries instead.
-    """
-    landmarks = np.asarray(landmarks)
-    chunks = [
-        encode_motion_chunk(
-            expression,
-            headpose,
-            refiner,
-            face_images[start : start + chunk_frames],
-            pose_images[start : start + chunk_frames],
-            landmarks[start : start + chunk_frames],
-        )
-        for start in range(0, len(face_images), chunk_frames)
-    ]
-    return torch.cat(chunks)
-
-
 def appearance_tokens(
     dino: DinoV2WithIdAdapters, image_proj: ImageProjector, dino_image: torch.Tensor, id_embedding: torch.Tensor
 ) -> torch.Tensor:
@@ -136,14 +106,9 @@ def appearance_tokens(
 
     dino_image: [B, 3, 224, 224] ImageNet-normalised; id_embedding: [B, 512] or [B, 1, 512]
     L2-normalised ArcFace vector (zeros when no face or no ArcFace, as in the release). The tokens
-    are the same for every frame; `tokens_for_frames` gives the release's per-frame layout without copying.
+    are the same for every frame (the release repeats them per frame; the UNet broadcasts them).
     """
     device, dtype = _placement(dino)
     identity = id_embedding.reshape(len(id_embedding), 1, -1).to(device, dtype)
     tokens = dino(dino_image.to(device, dtype), identity)
     return image_proj(tokens.to(*_placement(image_proj)))
-
-
-def tokens_for_frames(tokens: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """[B, L, D] -> [B, num_frames, L, D], a broadcast view (the release repeats the tensor)."""
-    return tokens[:, None].expand(-1, num_frames, -1, -1)

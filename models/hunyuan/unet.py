@@ -175,10 +175,6 @@ class HunyuanUNet(UNetSpatioTemporalConditionModel):
                 module.set_processor(IPAttnProcessor(module.inner_dim, cross_dim, self.condition_slot, temporal))
         self.conv_in.register_forward_hook(self._add_pose_features)
 
-    @property
-    def ip_processors(self) -> dict[str, IPAttnProcessor]:
-        return {name: m for name, m in self.named_modules() if isinstance(m, IPAttnProcessor)}
-
     def _add_pose_features(self, _module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         pose = self.condition_slot.current().pose
         if pose is None:

@@ -84,10 +84,24 @@ def _declared_rate(reader) -> float:
     return fps
 
 
+def _first_frame(reader) -> np.ndarray | None:
+    """decord's first frame, or None where decord cannot seek the file: H.264 in MPEG-TS has no
+    index, and decord lists its frames and their times but fails to decode any of them by index."""
+    from decord import DECORDError
+
+    try:
+        return reader[0].asnumpy()
+    except (DECORDError, RuntimeError):
+        return None
+
+
 def probe_video(path: str) -> VideoInfo:
     """Size, frame rate and frame count; raises VideoUnreadable for anything decord cannot use."""
     reader = _reader(path)
-    height, width = reader[0].shape[:2]
+    first = _first_frame(reader)
+    if first is None:  # read in order by FFmpeg instead, as iter_frame_chunks does
+        first = next(_pyav_frames(path, np.zeros(1, np.int64), None, 1))[0]
+    height, width = first.shape[:2]
     return _timeline(reader, int(width), int(height))[0]
 
 
@@ -139,7 +153,7 @@ def iter_frame_chunks(
     reader = _reader(path, width, height)
     info, shown, starts = _timeline(reader)
     positions, sources = resample_positions(info, target_fps, start_s, end_s, starts)
-    if shown[0] > 0:  # decord seeks such files by coded position and returns the wrong frames
+    if shown[0] > 0 or _first_frame(reader) is None:  # decord seeks by coded position (wrong frames), or not at all
         del reader
         frames = _pyav_frames(path, sources, size, chunk_size)
     else:
@@ -160,8 +174,9 @@ def _decord_frames(reader, sources: np.ndarray, chunk_size: int) -> Iterator[np.
 
 
 def _pyav_frames(path: str, sources: np.ndarray, size: tuple[int, int] | None, chunk_size: int) -> Iterator[np.ndarray]:
-    """The same as `_decord_frames` for a file whose edit list hides leading frames, by decoding it
-    in order with PyAV (FFmpeg drops the hidden frames; `sources` index the shown ones). A stream
+    """The same as `_decord_frames` for a file decord cannot seek (an edit list hides leading
+    frames; H.264 in MPEG-TS), by decoding it in order with PyAV (FFmpeg drops frames an edit list
+    hides; `sources` index the shown ones). A stream
     that ends a frame or so before its timestamps said holds its last frame, as a player does."""
     import av
 

@@ -40,6 +40,28 @@ def test_round_trip_chunks_and_resampling(tmp_path: Path) -> None:
     assert abs(means[2] - (10 + 8)) < 3
 
 
+def test_h264_in_mpeg_ts_decodes_as_its_mp4(tmp_path: Path) -> None:
+    """decord lists an MPEG-TS file's frames but cannot decode them by index: it is read in order."""
+    import decord
+
+    from bad_media import synthetic_video
+
+    mp4, ts = synthetic_video(tmp_path / "talk.mp4", frames=30), tmp_path / "talk.ts"
+    with av.open(str(mp4)) as src, av.open(str(ts), "w", format="mpegts") as dst:
+        out = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = out
+                dst.mux(packet)
+    with pytest.raises(decord.DECORDError):
+        decord.VideoReader(str(ts), num_threads=1)[0]  # what made every such input fail
+    assert probe_video(str(ts)) == probe_video(str(mp4))
+    frames = [np.concatenate([c.frames for c in iter_frame_chunks(str(p), 25, chunk_size=8)]) for p in (mp4, ts)]
+    assert frames[0].shape == (30, 96, 128, 3) and np.array_equal(frames[0], frames[1])
+    scaled = np.concatenate([c.frames for c in iter_frame_chunks(str(ts), 25, chunk_size=8, size=(64, 48))])
+    assert scaled.shape == (30, 48, 64, 3)
+
+
 def test_unreadable_inputs_raise_the_documented_error(tmp_path: Path) -> None:
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")

@@ -1,6 +1,7 @@
 """Turn INPUT arguments into a sorted list of video URIs, and name everything derived from them.
 
-An INPUT is a file, a folder (searched recursively), a glob, a `.txt`/`.lst` list (one path or URI a
+An INPUT is a file, a folder (searched recursively, through links to folders), a glob (unless a
+file has that very name), a `.txt`/`.lst` list (one path or URI a
 line) or a `.parquet` list (column `path`, else the first string column). Paths may be local or any
 URI pyarrow's filesystems understand (`s3://`, `gs://`, `hdfs://`, `file://`). An argument that
 names no video (a pattern or folder without one, an unknown scheme, an unreachable store) is kept
@@ -33,6 +34,7 @@ VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpe
 LIST_SUFFIXES = {".txt", ".lst"}
 NO_VIDEO_FILES = "matched no video files"
 LIST_CYCLE = "the list includes itself (directly or through other lists)"
+BROKEN_LINK = "a broken symbolic link: its target does not exist, or links lead back to it"
 NOT_UTF8 = "the file name is not valid UTF-8 (its undecodable bytes are shown as \\xNN escapes)"
 _BYTE_ESCAPE = re.compile(r"\\x([89a-f][0-9a-f])")  # what escape_undecodable makes of a byte that is not UTF-8
 
@@ -150,18 +152,35 @@ def expand_inputs(specs: Iterable[str], *, _expanding: frozenset[str] = frozense
                 continue
             found.update(expand_inputs(entries, _expanding=_expanding | {listed}) or [listed])  # empty: kept
         elif Path(local).is_dir():
-            found.update(
-                [str(p.resolve()) for p in Path(local).rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
-                or [str(Path(local).resolve())]
-            )
-        elif glob.has_magic(local):
+            found.update(_videos_under(local) or [str(Path(local).resolve())])
+        elif glob.has_magic(local) and not os.path.lexists(local):  # the name of a file means that file
             found.update(
                 [str(Path(p).resolve()) for p in glob.glob(local, recursive=True)
-                 if Path(p).is_file() and Path(p).suffix.lower() in VIDEO_SUFFIXES] or [local]
+                 if Path(p).is_file() and Path(p).suffix.lower() in VIDEO_SUFFIXES] or [os.path.abspath(local)]
             )
-        else:
-            found.add(str(Path(local).resolve()) if Path(local).exists() else local)
+        else:  # absolute, so a missing input has the same key from any working directory
+            found.add(str(Path(local).resolve()) if Path(local).exists() else os.path.abspath(local))
     return sorted({escape_undecodable(uri) for uri in found})
+
+
+def _videos_under(folder: str) -> list[str]:
+    """The videos in `folder` and below, through symbolic links to folders (each folder once).
+
+    An entry named like a video that is not a file (a broken link, links that loop) is listed as
+    it is, so its row fails with the reason instead of the entry vanishing.
+    """
+    found, walked = [], set()
+    for root, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in walked:  # a link back up the tree, or a second link to a folder already walked
+            folders.clear()
+            continue
+        walked.add(real)
+        for name in files:
+            if Path(name).suffix.lower() in VIDEO_SUFFIXES:
+                path = os.path.join(root, name)
+                found.append(os.path.realpath(path) if os.path.isfile(path) else os.path.abspath(path))
+    return found
 
 
 def input_key(uri: str) -> str:
@@ -204,7 +223,7 @@ def local_copy(uri: str) -> Iterator[str]:
     Raises for an input `expand_inputs` kept because it names no video: the store's error,
     `matched no video files` for a folder, pattern or empty list, the reading error of an
     unreadable list, `LIST_CYCLE` for one that includes itself (`expand_inputs` expands every other
-    list); and `NOT_UTF8` for a file whose name it escaped.
+    list); `NOT_UTF8` for a file whose name it escaped, and `BROKEN_LINK`.
     """
     if not is_uri(uri):
         path = _local(uri)
@@ -214,6 +233,8 @@ def local_copy(uri: str) -> Iterator[str]:
             raise FileNotFoundError(NO_VIDEO_FILES)
         if _is_list(path):
             raise ValueError(LIST_CYCLE if _read_list(path) else NO_VIDEO_FILES)  # unreadable: its own error
+        if os.path.islink(path) and not os.path.exists(path):
+            raise FileNotFoundError(BROKEN_LINK)
         yield path
         return
     from pyarrow import fs

@@ -487,3 +487,38 @@ def test_attempts_are_counted_per_input_on_disk(tmp_path: Path) -> None:
     assert [start_attempt(tmp_path, "a-1") for _ in range(3)] == [1, 2, 3]
     assert start_attempt(tmp_path, "b-2") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-1", "b-2"]  # no temp files left behind
+
+
+def test_folders_are_walked_through_links_and_broken_links_fail_with_their_reason(tmp_path: Path) -> None:
+    from portraitflow.operators.inputs import BROKEN_LINK
+
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "linked.mp4").write_bytes(b"x")
+    folder = tmp_path / "in"
+    (folder / "named.mp4").mkdir(parents=True)  # a folder named like a video is walked, not an input
+    (folder / "named.mp4" / "inside.mp4").write_bytes(b"x")
+    os.symlink(tmp_path / "other", folder / "linkdir")
+    os.symlink(folder, folder / "linkdir" / "back")  # links that lead back up are walked once
+    os.symlink(tmp_path / "gone.mp4", folder / "broken.mp4")
+    os.symlink(folder / "loop_b.mp4", folder / "loop_a.mp4")
+    os.symlink(folder / "loop_a.mp4", folder / "loop_b.mp4")
+    found = expand_inputs([str(folder)])
+    resolved = tmp_path.resolve()
+    assert found == sorted([str(resolved / "in" / "named.mp4" / "inside.mp4"), str(resolved / "other" / "linked.mp4"),
+                            str(folder / "broken.mp4"), str(folder / "loop_a.mp4"), str(folder / "loop_b.mp4")])
+    for name in ("broken.mp4", "loop_a.mp4"):
+        with pytest.raises(FileNotFoundError, match=BROKEN_LINK), local_copy(str(folder / name)):
+            pass
+
+
+def test_a_file_named_like_a_pattern_is_that_file_and_keys_do_not_depend_on_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("clip[1].mp4", "clip1.mp4"):
+        (tmp_path / name).write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    assert expand_inputs(["clip[1].mp4"]) == [str(tmp_path.resolve() / "clip[1].mp4")]
+    assert expand_inputs(["clip[0-9].mp4"]) == [str(tmp_path.resolve() / "clip1.mp4")]
+    missing = expand_inputs(["gone[1].mp4", "gone.mp4"])
+    monkeypatch.chdir(tmp_path.parent)
+    assert expand_inputs([f"{tmp_path.name}/gone[1].mp4", f"{tmp_path.name}/gone.mp4"]) == missing
+    assert all(os.path.isabs(path) for path in missing)

@@ -84,21 +84,33 @@ def _declared_rate(reader) -> float:
     return fps
 
 
-def _first_frame(reader) -> np.ndarray | None:
-    """decord's first frame, or None where decord cannot seek the file: H.264 in MPEG-TS has no
-    index, and decord lists its frames and their times but fails to decode any of them by index."""
+def _first_frame(path: str, reader) -> np.ndarray | None:
+    """decord's first frame, or None for an MPEG-TS file decord cannot seek: such a stream (H.264,
+    say) has no index, and decord lists its frames and their times but decodes none by index."""
     from decord import DECORDError
 
     try:
         return reader[0].asnumpy()
     except (DECORDError, RuntimeError):
-        return None
+        if _is_mpeg_ts(path):
+            return None
+        raise
+
+
+def _is_mpeg_ts(path: str) -> bool:
+    import av
+
+    try:
+        with av.open(path) as container:
+            return "mpegts" in container.format.name.split(",")
+    except av.FFmpegError:
+        return False
 
 
 def probe_video(path: str) -> VideoInfo:
     """Size, frame rate and frame count; raises VideoUnreadable for anything decord cannot use."""
     reader = _reader(path)
-    first = _first_frame(reader)
+    first = _first_frame(path, reader)
     if first is None:  # read in order by FFmpeg instead, as iter_frame_chunks does
         first = next(_pyav_frames(path, np.zeros(1, np.int64), None, 1))[0]
     height, width = first.shape[:2]
@@ -153,7 +165,7 @@ def iter_frame_chunks(
     reader = _reader(path, width, height)
     info, shown, starts = _timeline(reader)
     positions, sources = resample_positions(info, target_fps, start_s, end_s, starts)
-    if shown[0] > 0 or _first_frame(reader) is None:  # decord seeks by coded position (wrong frames), or not at all
+    if shown[0] > 0 or _first_frame(path, reader) is None:  # decord seeks by coded position (wrong frames), or not at all
         del reader
         frames = _pyav_frames(path, sources, size, chunk_size)
     else:

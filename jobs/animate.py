@@ -58,7 +58,10 @@ def animate(
     elif ref is not None:
         job_list = pair_jobs(str(ref), str(driving))
     else:
-        job_list = cross_jobs(str(refs), str(drivers))
+        try:
+            job_list = cross_jobs(str(refs), str(drivers))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--refs/--drivers") from exc
     try:
         table = run_generation(job_list, out, cfg, resume=resume)
     except NotEnoughCpus as exc:

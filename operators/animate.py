@@ -27,6 +27,7 @@ from portraitflow.models.face.images import load_image
 from portraitflow.operators.decode import VideoUnreadable
 from portraitflow.operators.driving_motion import DrivingMotion, extract_driving_motion, iter_driving_windows
 from portraitflow.operators.paste_back import paste_back
+from portraitflow.operators.probe import error_text
 from portraitflow.operators.reference_portrait import NoFace, PreparedReference, UnreadableImage, prepare_reference
 from portraitflow.operators.video_writer import has_audio, write_h264
 
@@ -45,9 +46,8 @@ def _analyzer(face_cfg_json: str) -> FaceAnalyzer:
 def _failed(row: dict[str, Any], stage: str, exc: Exception) -> dict[str, Any]:
     """The job's row as `failed`. Known bad input (NoFace, VideoUnreadable, ...) gives its own
     message; anything else its type too, since a job boundary must never stop the flow."""
-    known = isinstance(exc, (NoFace, UnreadableImage, VideoUnreadable, FileNotFoundError))
-    reason = f"{stage}: {exc}" if known else f"{stage}: {type(exc).__name__}: {exc}"
-    return {**row, "status": "failed", "reason": reason[:300]}
+    known = (NoFace, UnreadableImage, VideoUnreadable, FileNotFoundError, IsADirectoryError)
+    return {**row, "status": "failed", "reason": f"{stage}: {error_text(exc, known)}"[:300]}
 
 
 def prepare_job(row: dict[str, Any], face_cfg_json: str, animate_cfg_json: str) -> dict[str, Any]:
@@ -62,6 +62,8 @@ def prepare_job(row: dict[str, Any], face_cfg_json: str, animate_cfg_json: str) 
     except Exception as exc:  # a job boundary (see _failed)
         return {**_failed(row, "reference image", exc), **INTERMEDIATE}
     try:
+        if Path(row["driving"]).is_dir():
+            raise IsADirectoryError("a folder, not a video")
         if not Path(row["driving"]).is_file():
             raise FileNotFoundError("not found")
         motion = extract_driving_motion(row["driving"], _analyzer(face_cfg_json), cfg.size,

@@ -26,12 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from portraitflow.operators.atomic import atomic_target, atomic_write
 from portraitflow.operators.inputs import input_key
-from portraitflow.operators.paths import hashed_name, safe_stem
+from portraitflow.operators.paths import IMAGE_SUFFIXES, VIDEO_SUFFIXES, hashed_name, safe_stem
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 CLIP_KEY = re.compile(r"(.+)_\d{8,}_\d{8,}")  # `inputs.clip_key`: {input_key}_{start_ms}_{end_ms}
 NO_PARTNER = "no_cross_portrait"
 

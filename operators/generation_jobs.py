@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from collections import Counter
@@ -32,10 +33,10 @@ from pydantic import ValidationError
 
 from portraitflow.jobs.config.animate import OPERATIONAL_FIELDS, PER_JOB_FIELDS, AnimateConfig
 from portraitflow.models.animators.registry import backend_settings
-from portraitflow.operators.paths import hashed_name, safe_name
+from portraitflow.operators.paths import IMAGE_SUFFIXES, VIDEO_SUFFIXES, hashed_name, safe_name
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".gif"}
+log = logging.getLogger(__name__)
+
 JOB_COLUMNS = ("job_id", "ref", "driving")
 #: bytes read from each end of each weights file and each job input for its fingerprint
 FINGERPRINT_BYTES = 64 * 1024
@@ -114,10 +115,23 @@ def pair_jobs(ref: str, driving: str) -> list[Job]:
 
 
 def cross_jobs(refs_dir: str, drivers_dir: str) -> list[Job]:
-    """Every image in `refs_dir` with every video in `drivers_dir` (sorted, not recursive)."""
-    refs = sorted(p for p in Path(refs_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    drivers = sorted(p for p in Path(drivers_dir).iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+    """Every image in `refs_dir` with every video in `drivers_dir` (sorted, not recursive), or
+    ValueError when either folder holds none. Other entries are named in a warning."""
+    refs = _entries(refs_dir, IMAGE_SUFFIXES, "portraits")
+    drivers = _entries(drivers_dir, VIDEO_SUFFIXES, "driving videos")
     return unique_ids([Job("", str(r), str(d)) for r in refs for d in drivers], f"{refs_dir} x {drivers_dir}")
+
+
+def _entries(folder: str, suffixes: frozenset[str], what: str) -> list[Path]:
+    entries = sorted(Path(folder).iterdir())
+    chosen = [p for p in entries if p.suffix.lower() in suffixes and not p.is_dir()]
+    if not chosen:
+        raise ValueError(f"{folder} holds no {what} (files ending {', '.join(sorted(suffixes))})")
+    ignored = [p.name + ("/" if p.is_dir() else "") for p in entries if p not in chosen]
+    if ignored:
+        log.warning("%s: %d entries that are not %s ignored: %s", folder, len(ignored), what,
+                    ", ".join(ignored[:5]) + (", ..." if len(ignored) > 5 else ""))
+    return chosen
 
 
 def _present(value: Any) -> bool:

@@ -17,8 +17,8 @@ import numpy as np
 from portraitflow.models.face.base import FaceAnalyzer, l2_normalise
 from portraitflow.models.face.images import load_image
 from portraitflow.operators.filters import DUPLICATE, IDENTITY_OVER_CAP
+from portraitflow.operators.paths import IMAGE_SUFFIXES
 
-PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def switch_index(samples: np.ndarray, threshold: float) -> int | None:
@@ -41,7 +41,7 @@ def load_gallery(analyzer: FaceAnalyzer, folder: str | None) -> np.ndarray:
     """(N, D) embeddings of the largest face of each photo in `folder` (photos without one skip)."""
     if not folder:
         return np.zeros((0, analyzer.embedding_dim), np.float32)
-    photos = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES)
+    photos = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     embeddings = []
     for photo in photos:
         image = load_image(photo)

@@ -25,12 +25,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from portraitflow.operators.paths import escape_undecodable, hashed_name
+from portraitflow.operators.paths import VIDEO_SUFFIXES, escape_undecodable, hashed_name
 
 if TYPE_CHECKING:
     from pyarrow import fs
 
-VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".ts", ".gif"}
 LIST_SUFFIXES = {".txt", ".lst"}
 NO_VIDEO_FILES = "matched no video files"
 LIST_CYCLE = "the list includes itself (directly or through other lists)"

@@ -13,6 +13,11 @@ from pathlib import Path
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
+#: What every flow takes for a video and for a photo, by suffix (lower case). A GIF is both: a
+#: clip to curate or drive with, or a portrait (its first frame).
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".ts", ".gif"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+
 
 def safe_name(text: str, max_len: int = 48, fallback: str = "item") -> str:
     """`text` reduced to ASCII letters, digits, `_` and `-` (runs of anything else become one `-`),

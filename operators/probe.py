@@ -12,9 +12,11 @@ FAILED = "failed"
 _LOG_STAMP = re.compile(r"\[\d{2}:\d{2}:\d{2}\] ")
 
 
-def error_text(exc: BaseException) -> str:
-    """A stable one-line error for the manifest (decord prefixes a wall-clock time; drop it)."""
-    text = str(exc) if isinstance(exc, VideoUnreadable) else f"{type(exc).__name__}: {exc}"
+def error_text(exc: BaseException, known: tuple[type[BaseException], ...] = (VideoUnreadable,)) -> str:
+    """A stable one-line error for a manifest or results row: the message of a `known` error (the
+    input's fault, which says it all), else the type too; decord's wall-clock stamps dropped, so
+    runs can be compared and failures grouped by reason."""
+    text = str(exc) if isinstance(exc, known) else f"{type(exc).__name__}: {exc}"
     return _LOG_STAMP.sub("", text)[:500]
 
 

@@ -39,7 +39,10 @@ def inputs(media_dir: Path, tmp_path_factory) -> dict[str, Path]:
     write_h264(turns, (c.frames for c in iter_frame_chunks(str(media_dir / "dagan_driving.mp4"), 25.0, 1.2, 4.4)), 25.0)
     corrupt = folder / "corrupt.mp4"
     corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
-    return {"turns": turns, "talk": media_dir / "skyreels_driving_4.mp4", "corrupt": corrupt}
+    (folder / "folder.mp4").mkdir()
+    (folder / "text.png").write_text("not a picture")
+    return {"turns": turns, "talk": media_dir / "skyreels_driving_4.mp4", "corrupt": corrupt,
+            "folder": folder / "folder.mp4", "text": folder / "text.png"}
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +59,8 @@ def run(media_dir: Path, inputs: dict[str, Path], tmp_path_factory, ray_local):
         Job("no_face", str(media_dir / "face_alignment_grass.jpg"), str(inputs["talk"])),
         Job("corrupt", str(media_dir / "hallo_6.jpg"), str(inputs["corrupt"])),
         Job("faceless_video", str(media_dir / "hallo_6.jpg"), str(media_dir / "nemo_curator_test_video.mp4")),
+        Job("folder_driver", str(media_dir / "hallo_6.jpg"), str(inputs["folder"])),
+        Job("text_ref", str(inputs["text"]), str(inputs["talk"])),
     ]
     table = run_generation(jobs, out, cfg)
     return {"table": table.set_index("job_id"), "jobs": jobs, "out": out, "cfg": cfg, "uri": uri}
@@ -73,9 +78,12 @@ def test_every_job_has_a_row_and_bad_jobs_fail_with_a_reason(run) -> None:
     assert list(table.index) == [job.job_id for job in run["jobs"]]
     assert table.loc[["turns", "talk"], "status"].tolist() == ["ok", "ok"]
     failed = table[table.status == "failed"]
-    assert set(failed.index) == {"missing", "no_face", "corrupt", "faceless_video"}
+    assert set(failed.index) == {"missing", "no_face", "corrupt", "faceless_video", "folder_driver", "text_ref"}
     assert failed.reason.str.len().min() > 5
     assert "no face" in table.loc["no_face", "reason"] and "driving video" in table.loc["corrupt", "reason"]
+    assert table.loc["folder_driver", "reason"] == "driving video: a folder, not a video"
+    # the same on every run: no decoder clock times, no object addresses
+    assert not failed.reason.str.contains(r"\[\d\d:\d\d:\d\d\]|0x[0-9a-f]{6}").any(), failed.reason.tolist()
     saved = pd.read_parquet(run["out"] / "results.parquet").set_index("job_id")
     assert saved.status.to_dict() == table.status.to_dict()
     assert (saved.loc[["turns", "talk"], "animate_s"] > 0).all() and saved.loc["turns", "backend"] == "warp"
@@ -154,7 +162,7 @@ def test_one_mlflow_run_records_the_invocation(run) -> None:
     runs = mlflow.search_runs(experiment_names=[run["cfg"].animate.experiment], output_format="list")
     assert len(runs) == 1
     record = runs[0]
-    assert record.data.metrics["jobs_ok"] == 2 and record.data.metrics["jobs_failed"] == 4
+    assert record.data.metrics["jobs_ok"] == 2 and record.data.metrics["jobs_failed"] == 6
     assert record.data.metrics["frames_per_s"] > 0 and record.data.params["backend_resolved"] == "warp"
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(record.info.run_id)}
     assert {"results.json", "preview.png"} <= artifacts

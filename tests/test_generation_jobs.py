@@ -79,6 +79,22 @@ def test_pairs_and_cross_products(tmp_path: Path) -> None:
     assert pair_jobs("p/r.png", "q/d.mp4")[0].job_id == "r__d"
 
 
+def test_folder_jobs_take_every_kind_of_video_and_photo_the_other_flows_take(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    for name in ("refs/face.gif", "refs/notes.txt", "drivers/a.mpg", "drivers/b.flv", "drivers/c.ts",
+                 "only_text/readme.txt"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "drivers" / "folder.mp4").mkdir()
+    jobs = cross_jobs(str(tmp_path / "refs"), str(tmp_path / "drivers"))
+    assert [j.job_id for j in jobs] == ["face__a", "face__b", "face__c"]
+    assert "folder.mp4/" in caplog.text and "notes.txt" in caplog.text  # not taken, but named
+    with pytest.raises(ValueError, match="holds no portraits"):
+        cross_jobs(str(tmp_path / "only_text"), str(tmp_path / "drivers"))
+    with pytest.raises(ValueError, match="holds no driving videos"):
+        cross_jobs(str(tmp_path / "refs"), str(tmp_path / "only_text"))
+
+
 def test_sampling_options_reach_the_animator_in_its_form() -> None:
     from portraitflow.models.animators.registry import animator_params
 

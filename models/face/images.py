@@ -77,8 +77,8 @@ def load_image(source: str | Path | bytes) -> LoadedImage:
                 image.load()
                 upright = ImageOps.exif_transpose(image)
                 rgb = _to_rgb8(upright)
-    except UnidentifiedImageError as exc:
-        return LoadedImage(None, NOT_AN_IMAGE, str(exc))
+    except UnidentifiedImageError:  # its message names a BytesIO object's address: not stable
+        return LoadedImage(None, NOT_AN_IMAGE, "no image format Pillow knows")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return LoadedImage(None, TOO_LARGE, str(exc))
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:

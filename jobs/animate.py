@@ -37,6 +37,7 @@ def animate(
     mlflow_uri: MlflowUriOption = None,
 ) -> None:
     """Animate each reference portrait with its driving video; one MLflow run per invocation."""
+    from portraitflow.operators.atomic import FolderBusy
     from portraitflow.operators.generation_jobs import cross_jobs, load_jobs, pair_jobs
     from portraitflow.pipelines.generate import NotEnoughCpus, run_generation
 
@@ -66,6 +67,8 @@ def animate(
         table = run_generation(job_list, out, cfg, resume=resume)
     except NotEnoughCpus as exc:
         raise typer.BadParameter(f"{exc}: lower animate.cpus_per_actor or give Ray more CPUs (ray.num_cpus)") from exc
+    except FolderBusy as exc:
+        raise typer.BadParameter(str(exc), param_hint="--out") from exc
     counts = table.status.value_counts().to_dict()
     typer.echo(f"{len(table)} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f"; results in {out / 'results.parquet'}")
     for row in table[table.status == "failed"].itertuples():

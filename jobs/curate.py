@@ -8,7 +8,6 @@ wiring is pipelines/curate.py.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import json
 import logging
@@ -29,7 +28,7 @@ from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.options import (ConfigOption, MlflowUriOption, RayAddressOption, SetOption,
                                       check_out_folder, refuse_missing_face_models, resolve_config)
 from portraitflow.operators import ledger
-from portraitflow.operators.atomic import atomic_write
+from portraitflow.operators.atomic import FolderBusy, atomic_write, exclusive_folder
 from portraitflow.operators.curate_input import renders_after_decisions
 from portraitflow.operators.face_scan import SIGNATURE_SIZE, check_galleries, load_scan_arrays, scan_clips, scan_path
 from portraitflow.operators.filters import RENDER_FAILED
@@ -109,13 +108,11 @@ def holds_finished_work(layout: Layout) -> bool:
 @contextlib.contextmanager
 def exclusive(layout: Layout) -> Iterator[None]:
     """Hold the output folder for one curation at a time: two would number their shards alike."""
-    layout.state.mkdir(parents=True, exist_ok=True)
-    with open(layout.lock, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise typer.BadParameter(f"another curation is writing {layout.out}", param_hint="--out") from None
-        yield
+    try:
+        with exclusive_folder(layout.out, layout.lock):
+            yield
+    except FolderBusy as exc:
+        raise typer.BadParameter(str(exc), param_hint="--out") from None
 
 
 def _repair_shards(layout: Layout) -> dict[str, Path]:
@@ -359,7 +356,7 @@ def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], p
 
     out = layout.out
     started = time.perf_counter()
-    with mlflow_run(cfg.mlflow, cfg.curate.experiment, run_name=out.name) as run:
+    with mlflow_run(cfg.mlflow, cfg.curate.experiment, out) as run:
         scanned, ray_stats = curate_inputs(pending, cfg, layout.scans, layout.staging, layout.attempts)
         returned = {r["input_key"] for r in scanned}
         lost = [quarantined_row(r, CRASH_RETRIES + 1) for r in pending if r["input_key"] not in returned]

@@ -78,6 +78,7 @@ def sweep(
     import yaml
 
     from portraitflow.jobs.sweep import check_sweep, run_sweep
+    from portraitflow.operators.atomic import FolderBusy
     from portraitflow.operators.sweep_spec import load_sweep
     from portraitflow.pipelines.generate import NotEnoughCpus
 
@@ -95,6 +96,8 @@ def sweep(
         run_id = run_sweep(spec, cfg, out)
     except NotEnoughCpus as exc:
         raise typer.BadParameter(str(exc)) from exc
+    except FolderBusy as exc:
+        raise typer.BadParameter(str(exc), param_hint="--out") from exc
     typer.echo(f"parent run {run_id}\nsummary {out / 'summary.csv'}\nreport {out / 'report' / 'index.html'}")
 
 

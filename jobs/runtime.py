@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import json
 import logging
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 DEFAULT_MLFLOW_DB = "mlflow.db"
+FOLDER_TAG = "portraitflow.out_folder"  # which output folder a run wrote (`folder_tag`)
 CODE_PACKAGES = ("jobs", "pipelines", "operators", "models")
 JOB_CONFIG_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job manager on a submitted driver
 
@@ -154,16 +156,34 @@ def ensure_experiment(client, name: str) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
+def folder_tag(folder: Path) -> str:
+    """The value of FOLDER_TAG for `folder`: a digest of its absolute path (safe in a filter)."""
+    return hashlib.sha1(str(Path(folder).resolve()).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def end_abandoned_runs(client: MlflowClient, experiment_id: str, filter_string: str) -> None:
+    """Mark KILLED the runs matching `filter_string` that are still RUNNING. A run killed outright
+    (SIGKILL, a lost node) cannot end its own run; the caller holds the folder those runs wrote
+    (`exclusive_folder`), so none of them is alive."""
+    for run in client.search_runs([experiment_id], f"{filter_string} and attributes.status = 'RUNNING'"):
+        log.warning("MLflow run %s (%s) was left RUNNING by a run killed outright: marked KILLED",
+                    run.info.run_id, run.info.run_name)
+        client.set_terminated(run.info.run_id, "KILLED")
+
+
 @contextlib.contextmanager
-def mlflow_run(
-    cfg: MLflowConfig, experiment: str, run_name: str | None = None, nested: bool = False
-) -> Iterator[object | None]:
-    """An MLflow run with the tracking URI resolved; yields None when tracking is disabled."""
+def mlflow_run(cfg: MLflowConfig, experiment: str, folder: Path) -> Iterator[object | None]:
+    """The run of a job writing `folder` (named after it, tagged with `folder_tag`), with the
+    tracking URI resolved; None when tracking is disabled. Call it holding the folder: runs of
+    earlier jobs into it still RUNNING were killed outright, and are marked KILLED first."""
     if not cfg.enabled:
         yield None
         return
     import mlflow
 
-    mlflow.set_experiment(experiment_id=ensure_experiment(mlflow_client(cfg), experiment))
-    with mlflow.start_run(run_name=run_name, nested=nested) as run:
+    client = mlflow_client(cfg)
+    experiment_id = ensure_experiment(client, experiment)
+    end_abandoned_runs(client, experiment_id, f"tags.`{FOLDER_TAG}` = '{folder_tag(folder)}'")
+    mlflow.set_experiment(experiment_id=experiment_id)
+    with mlflow.start_run(run_name=Path(folder).name, tags={FOLDER_TAG: folder_tag(folder)}) as run:
         yield run

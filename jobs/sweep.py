@@ -1,8 +1,9 @@
 """The evaluate flow's driver: MLflow runs of sweeps and evaluations, and the report read back.
 
-One sweep = one parent MLflow run (tagged with the sweep's hash, so a rerun resumes it) and one
-child run per config (tagged `mlflow.parentRunId` and the config's hash; a FINISHED child is
-never redone). Children are created with MlflowClient rather than the fluent API because up to
+One sweep = one parent MLflow run (tagged with the sweep's hash and its output folder, so a rerun
+into the same folder resumes it) and one child run per config (tagged `mlflow.parentRunId` and the
+config's hash; a FINISHED child is not redone while the outputs it scored are all there). A sweep
+holds its folder alone; resuming, it marks KILLED the children a sweep killed outright left RUNNING. Children are created with MlflowClient rather than the fluent API because up to
 `max_parallel` configs run at once in threads, and the fluent active-run stack is per thread.
 An interrupted sweep (Ctrl-C) starts no queued config, ends the children in flight and the parent
 KILLED, and re-raises; a config in the middle of a stage (generation, scoring) stops when it ends.
@@ -22,9 +23,11 @@ import pandas as pd
 
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.evaluate import EvaluateConfig
-from portraitflow.jobs.runtime import ensure_experiment, init_ray, local_cpus, mlflow_client
+from portraitflow.jobs.runtime import (
+    FOLDER_TAG, end_abandoned_runs, ensure_experiment, folder_tag, init_ray, local_cpus, mlflow_client,
+)
 from portraitflow.operators import metrics, metrics_learned, report, sweep_spec
-from portraitflow.operators.atomic import atomic_write
+from portraitflow.operators.atomic import atomic_write, exclusive_folder
 from portraitflow.operators.eval_dataset import load_jobs
 from portraitflow.operators.evaluate_video import learned_aggregates
 from portraitflow.pipelines.evaluate import evaluate_outputs, generate_outputs
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
 SWEEP_TAG, CONFIG_TAG, PARENT_TAG = "portraitflow.sweep_hash", "portraitflow.config_hash", "mlflow.parentRunId"
+LOCK_FILE = ".lock"  # in the sweep's folder: one sweep writes it at a time
 PARAMS_TAG = "portraitflow.config_params"  # the config's sweep params as JSON, for the report's columns
 
 log = logging.getLogger(__name__)
@@ -82,10 +86,26 @@ class ChildRuns:
             self._running.clear()
 
 
-def _finished_child(client: MlflowClient, experiment_id: str, parent_id: str, config_hash: str) -> Run | None:
+def _finished_child(client: MlflowClient, experiment_id: str, parent_id: str, config_hash: str,
+                    work_dir: Path) -> Run | None:
+    """The config's latest FINISHED child run, unless an output it scored is gone from `work_dir`
+    (then the config runs again: generation remakes only what is missing)."""
     runs = client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{CONFIG_TAG}` = "
-                              f"'{config_hash}' and attributes.status = 'FINISHED'", max_results=1)
-    return runs[0] if runs else None
+                              f"'{config_hash}' and attributes.status = 'FINISHED'", max_results=1,
+                              order_by=["attributes.start_time DESC"])
+    if not runs:
+        return None
+    scored = work_dir / "per_video.parquet"
+    if not scored.is_file():
+        log.warning("%s: its scores are gone from %s; running it again", runs[0].info.run_name, work_dir)
+        return None
+    table = pd.read_parquet(scored, columns=["status", "output"])
+    missing = [out for out in table.loc[table["status"] == "ok", "output"] if not Path(out).is_file()]
+    if missing:
+        log.warning("%s: %d output(s) it scored are gone (%s); running it again", runs[0].info.run_name,
+                    len(missing), missing[0])
+        return None
+    return runs[0]
 
 
 def score_and_log(client: MlflowClient, run_id: str, jobs: pd.DataFrame, label: str, work_dir: Path,
@@ -120,7 +140,7 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
     config_hash = sweep_spec.config_hash(params, spec.dataset, evaluate, cfg)
     label = sweep_spec.config_label(params)
     work_dir = out_dir / "configs" / config_hash
-    done = _finished_child(client, experiment_id, parent_id, config_hash)
+    done = _finished_child(client, experiment_id, parent_id, config_hash, work_dir)
     if done is None:
         tags = {PARENT_TAG: parent_id, CONFIG_TAG: config_hash, PARAMS_TAG: json.dumps(params, sort_keys=True)}
         run_id = children.start(experiment_id, label, tags)
@@ -212,20 +232,29 @@ def check_rank_by(rank_by: str, setting: str) -> None:
 
 def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str | Path) -> str:
     """Run (or resume) a sweep; returns the parent run id. The report lands in `out_dir/report`.
-    ValueError (`check_sweep`) before any run or Ray starts when the sweep itself is wrong."""
+    ValueError (`check_sweep`) before any run or Ray starts when the sweep itself is wrong;
+    FolderBusy while another sweep writes `out_dir`."""
     out_dir = Path(out_dir)
     evaluate, configs = check_sweep(spec, cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive_folder(out_dir, out_dir / LOCK_FILE):
+        return _sweep_holding(spec, cfg, out_dir, evaluate, configs)
+
+
+def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: Path, evaluate: EvaluateConfig,
+                   configs: list[dict[str, Any]]) -> str:
     init_ray(cfg.ray, cfg.mlflow)
     cpus = local_cpus(cfg.ray)  # None on a cluster: its autoscaler adds CPUs as work waits
     if cpus is not None:
         _check_cpus(cpus, configs, evaluate.max_parallel, cfg)
     client = mlflow_client(cfg.mlflow)
     experiment_id = ensure_experiment(client, evaluate.experiment)
-    sweep_id = sweep_spec.sweep_hash(spec, evaluate, cfg)
-    previous = client.search_runs([experiment_id], f"tags.`{SWEEP_TAG}` = '{sweep_id}'", max_results=1,
-                                  order_by=["attributes.start_time DESC"])
+    tags = {SWEEP_TAG: sweep_spec.sweep_hash(spec, evaluate, cfg), FOLDER_TAG: folder_tag(out_dir)}
+    previous = client.search_runs([experiment_id], " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items()),
+                                  max_results=1, order_by=["attributes.start_time DESC"])
     parent_id = previous[0].info.run_id if previous else client.create_run(
-        experiment_id, run_name=spec.name, tags={SWEEP_TAG: sweep_id}).info.run_id
+        experiment_id, run_name=spec.name, tags=tags).info.run_id
+    end_abandoned_runs(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent_id}'")
     client.update_run(parent_id, status="RUNNING")
     try:
         jobs = load_jobs(spec.dataset, evaluate.protocol, out_dir / "dataset", evaluate.max_seconds,

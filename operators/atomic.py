@@ -1,10 +1,13 @@
 """Atomic, durable file writes: a temp file in the same folder, flushed to the disk, then
 os.replace and a flush of the folder, so readers and resumes see either the old file or the whole
-new one, never a torn or empty one, even after a power loss."""
+new one, never a torn or empty one, even after a power loss. A run holds its output folder alone
+(`exclusive_folder`), which is also when the writes a killed run left unfinished are cleared."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +21,32 @@ def _file_mode() -> int:
 
 
 FILE_MODE = _file_mode()
+_UNFINISHED = re.compile(r"\..+\.[a-z0-9_]{8}\.part")  # atomic_target's temp files: mkstemp's 8 random characters
+
+
+class FolderBusy(RuntimeError):
+    """Another process holds the output folder."""
+
+
+@contextlib.contextmanager
+def exclusive_folder(folder: Path, lock: Path) -> Iterator[None]:
+    """Hold `folder` for this process alone (FolderBusy if another holds it), after clearing the
+    temp files of writes a killed run never finished there.
+
+    The lock is an flock on `lock`: the kernel drops it when its holder dies, however it dies, so
+    a killed run never blocks the next. While it is held no other run writes in `folder`, so each
+    `atomic_target` temp file found there is a write that will never finish.
+    """
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderBusy(f"another run is writing {folder}") from None
+        for path in folder.rglob(".*.part"):
+            if _UNFINISHED.fullmatch(path.name) and path.is_file():
+                path.unlink(missing_ok=True)
+        yield
 
 
 @contextlib.contextmanager

@@ -140,7 +140,7 @@ def lost_from_shards(marker: dict[str, Any], lost: list[str], reason: str) -> di
     the input curates it again instead of the manifest counting clips nobody can read. Its lost
     clips fail with `reason`; those still in the shards stay accepted, and its error names both."""
     gone = set(lost)
-    error = f"{len(lost)} clip(s) no longer in the shards (a damaged shard lost them): {', '.join(lost)}"
+    error = f"{len(lost)} clip(s) no longer in the shards (a shard that is missing or damaged lost them): {', '.join(lost)}"
     clips = [dict(c, decision=FAILED, reason=reason, error="no longer in the shards (a damaged shard lost it)")
              if c["key"] in gone else c for c in marker["clips"]]
     prior = marker["input"]

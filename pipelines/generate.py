@@ -14,6 +14,7 @@ from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.runtime import init_ray, local_cpus, mlflow_run
 from portraitflow.models.animators.registry import check_backend, resolve_backend
 from portraitflow.operators.animate import AnimateJobs, prepare_job
+from portraitflow.operators.atomic import exclusive_folder
 from portraitflow.operators.generation_jobs import Job, load_jobs
 from portraitflow.operators.generation_results import (
     RESULTS_FILE, log_to_mlflow, plan_rows, results_table, save_preview, write_atomic,
@@ -25,6 +26,7 @@ PREP_MEMORY = 768 * 1024**2
 #: the reason of a job whose result never came back from Ray (its worker died, its block was
 #: dropped): like curation's lost inputs (jobs/curate.py) it still gets its `failed` row.
 LOST_REASON = "animation: the worker processing this job crashed; its result never came back"
+LOCK_FILE = ".lock"  # in the output folder: one generation writes it at a time
 
 
 class NotEnoughCpus(ValueError):
@@ -60,6 +62,7 @@ def run_generation(
     One row per job, in input order: job_id, status (`ok`, `skipped`, `failed`), reason, output
     (mp4 path), ref, driving, backend, params (JSON), model (JSON), frames, fps, seconds, has_audio,
     and timings prep_s, animate_s, encode_s, total_s. A bad job never stops the others.
+    FolderBusy while another run writes `out_dir`.
     """
     import ray
     from ray.data import ActorPoolStrategy
@@ -70,34 +73,35 @@ def run_generation(
     jobs = load_jobs(jobs) if isinstance(jobs, (str, Path)) else jobs
     backend = resolve_backend(cfg.animate)
     check_backend(backend, cfg.animate)  # what would fail every actor fails here, before Ray starts
-    rows = plan_rows(jobs, out_dir, backend, cfg.animate, resume, cfg.face)
-    started = time.perf_counter()
-    init_ray(cfg.ray, cfg.mlflow)
-    cpus, needed = local_cpus(cfg.ray), cfg.animate.cpus_per_actor + 1
-    if cpus is not None and cpus < needed:  # an actor would hold every CPU and starve the tasks that feed it
-        raise NotEnoughCpus(f"the generation flow needs {needed:g} CPUs (a preparation task beside an "
-                            f"animation actor); Ray has {cpus:g}")
-    with mlflow_run(cfg.mlflow, cfg.animate.experiment, run_name=out_dir.name) as run:
-        pending = [row for row in rows if row["status"] == "pending"]
-        if pending:
-            actors, gpus_per_actor = animation_pool(backend, cfg.animate)
-            finished = (
-                ray.data.from_items(pending, override_num_blocks=len(pending))
-                .map(prepare_job, fn_kwargs={"face_cfg_json": cfg.face.model_dump_json(),
-                                             "animate_cfg_json": cfg.animate.model_dump_json()},
-                     num_cpus=1, memory=PREP_MEMORY)
-                .map_batches(AnimateJobs, fn_constructor_kwargs={"backend": backend,
-                                                                 "animate_cfg_json": cfg.animate.model_dump_json()},
-                             batch_size=1, compute=ActorPoolStrategy(min_size=1, max_size=actors),
-                             num_cpus=cfg.animate.cpus_per_actor, num_gpus=gpus_per_actor)
-                .take_all()
-            )
-            by_output = {row["output"]: row for row in finished}
-            rows = [by_output.get(row["output"], {**row, "status": "failed", "reason": LOST_REASON})
-                    if row["status"] == "pending" else row for row in rows]
-        table = results_table(rows)
-        write_atomic(table, out_dir / RESULTS_FILE)
-        preview = save_preview(table, cfg.animate, out_dir)
-        if run is not None:
-            log_to_mlflow(table, cfg.animate, backend, time.perf_counter() - started, preview)
-    return table
+    with exclusive_folder(out_dir, out_dir / LOCK_FILE):  # FolderBusy while another run writes it
+        rows = plan_rows(jobs, out_dir, backend, cfg.animate, resume, cfg.face)
+        started = time.perf_counter()
+        init_ray(cfg.ray, cfg.mlflow)
+        cpus, needed = local_cpus(cfg.ray), cfg.animate.cpus_per_actor + 1
+        if cpus is not None and cpus < needed:  # an actor would hold every CPU and starve the tasks that feed it
+            raise NotEnoughCpus(f"the generation flow needs {needed:g} CPUs (a preparation task beside an "
+                                f"animation actor); Ray has {cpus:g}")
+        with mlflow_run(cfg.mlflow, cfg.animate.experiment, out_dir) as run:
+            pending = [row for row in rows if row["status"] == "pending"]
+            if pending:
+                actors, gpus_per_actor = animation_pool(backend, cfg.animate)
+                finished = (
+                    ray.data.from_items(pending, override_num_blocks=len(pending))
+                    .map(prepare_job, fn_kwargs={"face_cfg_json": cfg.face.model_dump_json(),
+                                                 "animate_cfg_json": cfg.animate.model_dump_json()},
+                         num_cpus=1, memory=PREP_MEMORY)
+                    .map_batches(AnimateJobs, fn_constructor_kwargs={"backend": backend,
+                                                                     "animate_cfg_json": cfg.animate.model_dump_json()},
+                                 batch_size=1, compute=ActorPoolStrategy(min_size=1, max_size=actors),
+                                 num_cpus=cfg.animate.cpus_per_actor, num_gpus=gpus_per_actor)
+                    .take_all()
+                )
+                by_output = {row["output"]: row for row in finished}
+                rows = [by_output.get(row["output"], {**row, "status": "failed", "reason": LOST_REASON})
+                        if row["status"] == "pending" else row for row in rows]
+            table = results_table(rows)
+            write_atomic(table, out_dir / RESULTS_FILE)
+            preview = save_preview(table, cfg.animate, out_dir)
+            if run is not None:
+                log_to_mlflow(table, cfg.animate, backend, time.perf_counter() - started, preview)
+        return table

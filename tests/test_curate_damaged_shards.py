@@ -175,7 +175,7 @@ def test_an_input_whose_clips_were_lost_fails_until_a_run_is_given_it(corpus) ->
     assert given == [] and _shard_keys(out) == {"000000.tar": keys[:2]}
     carl = _manifest(out)[uris[2]]
     assert carl["status"] == "failed" and carl["clips_accepted"] == 0
-    assert carl["error"] == f"1 clip(s) no longer in the shards (a damaged shard lost them): {keys[2]}"
+    assert carl["error"] == f"1 clip(s) no longer in the shards (a shard that is missing or damaged lost them): {keys[2]}"
     clip = {row["key"]: row for row in _rows(out / "clips.parquet")}[keys[2]]
     assert (clip["decision"], clip["reason"]) == ("failed", "render_failed")
 

@@ -19,7 +19,7 @@ def test_a_fresh_output_folder_accepts_any_settings(tmp_path: Path) -> None:
 def test_one_curation_at_a_time_per_output_folder(tmp_path: Path) -> None:
     layout = Layout(tmp_path)
     with exclusive(layout):
-        with pytest.raises(typer.BadParameter, match="another curation is writing"):
+        with pytest.raises(typer.BadParameter, match="another run is writing"):
             with exclusive(Layout(tmp_path)):
                 pass
     with exclusive(layout):  # released when the first one ends
@@ -126,3 +126,20 @@ def test_a_clip_that_runs_to_the_end_of_its_input_accounts_for_no_more_than_the_
     assert manifest_row["seconds_accepted"] <= manifest_row["seconds_in"]
     inside = ledger.clip_row("a_2", row, {"start": 25, "end": 50, "reason": None}, 25.0)
     assert (inside["start_s"], inside["end_s"], inside["duration_s"]) == (1.0, 2.0, 1.0)
+
+
+def test_holding_a_folder_clears_the_writes_a_killed_run_left_unfinished(tmp_path: Path) -> None:
+    import os
+    import tempfile
+
+    from portraitflow.operators.atomic import atomic_write, exclusive_folder
+
+    (tmp_path / "deep").mkdir()
+    for folder in (tmp_path, tmp_path / "deep"):  # named as atomic_target names its temp files
+        os.close(tempfile.mkstemp(prefix=".talk.mp4.", suffix=".part", dir=folder)[0])
+    atomic_write(tmp_path / "deep" / "talk.mp4", b"video")
+    (tmp_path / ".notes.part").write_text("not ours")
+    assert len(list(tmp_path.rglob("*.part"))) == 3
+    with exclusive_folder(tmp_path, tmp_path / ".lock"):
+        assert sorted(p.name for p in tmp_path.rglob("*.part")) == [".notes.part"]
+        assert (tmp_path / "deep" / "talk.mp4").read_bytes() == b"video"

@@ -144,3 +144,21 @@ def test_without_a_usable_earlier_record_a_skipped_row_describes_the_video_alone
     _previous_results(out, first)
     assert [r["status"] for r in plan_rows([Job("j", str(ref), str(driving))], out, "warp", CFG, resume=False)] \
         == ["pending"]
+
+
+def test_one_generation_at_a_time_per_output_folder(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from portraitflow.jobs.cli import app
+    from portraitflow.operators.atomic import exclusive_folder
+    from portraitflow.pipelines.generate import LOCK_FILE
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "a.png").write_bytes(b"x")
+    (tmp_path / "b.mp4").write_bytes(b"x")
+    with exclusive_folder(out, out / LOCK_FILE):  # another animate holds it
+        result = CliRunner().invoke(app, ["animate", "--ref", str(tmp_path / "a.png"), "--driving",
+                                          str(tmp_path / "b.mp4"), "--out", str(out)])
+    assert result.exit_code == 2 and "another run is writing" in result.output, result.output
+    assert not (out / RESULTS_FILE).exists()

@@ -17,7 +17,7 @@ def test_sqlite_store_keeps_artifacts_beside_the_database(tmp_path: Path, monkey
     store = tmp_path / "store"
     store.mkdir()
     cfg = MLflowConfig(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
-    with mlflow_run(cfg, "artifact-location") as run:
+    with mlflow_run(cfg, "artifact-location", tmp_path / "out") as run:
         note = tmp_path / "note.txt"
         note.write_text("hello")
         mlflow.log_artifact(str(note))
@@ -36,5 +36,24 @@ def test_default_store_is_sqlite_in_the_working_directory(tmp_path: Path, monkey
 
 
 def test_disabled_tracking_yields_no_run() -> None:
-    with mlflow_run(MLflowConfig(enabled=False), "unused") as run:
+    with mlflow_run(MLflowConfig(enabled=False), "unused", Path("out")) as run:
         assert run is None
+
+
+def test_a_run_killed_outright_is_marked_killed_by_the_next_run_into_its_folder(tmp_path: Path) -> None:
+    """SIGKILL leaves a run RUNNING; the next job into the same folder (which holds it) ends it."""
+    import mlflow
+
+    cfg = MLflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with mlflow_run(cfg, "killed", tmp_path / "out") as killed:
+        pass
+    with mlflow_run(cfg, "killed", tmp_path / "other") as other:
+        pass
+    client = mlflow.MlflowClient(cfg.tracking_uri)
+    for run in (killed, other):
+        client.update_run(run.info.run_id, status="RUNNING")  # as a killed process leaves it
+    with mlflow_run(cfg, "killed", tmp_path / "out" / ".." / "out") as rerun:
+        assert client.get_run(killed.info.run_id).info.status == "KILLED"
+        assert client.get_run(other.info.run_id).info.status == "RUNNING"  # another folder's run: left alone
+        assert rerun.info.run_name == "out"
+    assert client.get_run(rerun.info.run_id).info.status == "FINISHED"

@@ -195,3 +195,54 @@ def test_an_out_that_is_a_file_is_refused_before_any_run(driver, monkeypatch: py
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and f"{afile} is a file, not a folder" in result.output
     assert not MlflowClient(cfg.mlflow.tracking_uri).search_experiments(filter_string="name != 'Default'")
+
+
+def test_a_rerun_remakes_what_is_gone_ends_what_a_kill_left_running_and_keeps_to_its_folder(
+        driver, monkeypatch) -> None:
+    from mlflow import MlflowClient
+
+    from portraitflow.operators.atomic import FolderBusy, exclusive_folder
+
+    sweep, cfg, data = driver
+    generated = []
+
+    def generate(params, jobs, folder, _cfg):
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for job in jobs:
+            output = folder / f"{job['job_id']}.mp4"
+            if not output.is_file():
+                generated.append(output.name)
+                output.write_bytes(b"video")
+            rows.append({"job_id": job["job_id"], "status": "ok", "reason": "", "output": str(output)})
+        return pd.DataFrame(rows)
+
+    def score(client, run_id, jobs, label, work_dir, *_):
+        jobs.to_parquet(work_dir / "per_video.parquet")
+
+    monkeypatch.setattr(sweep, "generate_outputs", generate)
+    monkeypatch.setattr(sweep, "score_and_log", score)
+    spec, out = _spec(data, [{"backend": "still"}]), data.parent / "out"
+    parent = sweep.run_sweep(spec, cfg, out)
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+
+    def children(parent_id: str) -> list:
+        return client.search_runs([client.get_run(parent_id).info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parent_id}'", order_by=["attributes.start_time ASC"])
+
+    assert len(children(parent)) == 1
+    assert len(generated) == 1 and sweep.run_sweep(spec, cfg, out) == parent and len(generated) == 1  # reused
+    next(out.glob("configs/*/outputs/*.mp4")).unlink()
+    assert sweep.run_sweep(spec, cfg, out) == parent
+    assert len(generated) == 2 and next(out.glob("configs/*/outputs/*.mp4")).is_file()  # made again
+    assert [r.info.status for r in children(parent)] == ["FINISHED", "FINISHED"]
+    assert pd.read_csv(out / "summary.csv")["reused"].tolist() == [False]
+    client.update_run(children(parent)[1].info.run_id, status="RUNNING")  # as a sweep killed outright leaves it
+    assert sweep.run_sweep(spec, cfg, out) == parent and len(generated) == 2
+    assert [r.info.status for r in children(parent)] == ["FINISHED", "KILLED"]  # the first, complete, is reused
+    assert pd.read_csv(out / "summary.csv")["reused"].tolist() == [True]
+
+    elsewhere = sweep.run_sweep(spec, cfg, data.parent / "elsewhere")  # another folder: another sweep
+    assert elsewhere != parent and len(generated) == 3
+    with exclusive_folder(out, out / sweep.LOCK_FILE), pytest.raises(FolderBusy, match="another run is writing"):
+        sweep.run_sweep(spec, cfg, out)

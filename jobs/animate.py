@@ -39,7 +39,8 @@ def animate(
     """Animate each reference portrait with its driving video; one MLflow run per invocation."""
     from portraitflow.operators.atomic import FolderBusy
     from portraitflow.operators.generation_jobs import cross_jobs, load_jobs, pair_jobs
-    from portraitflow.pipelines.generate import NotEnoughCpus, run_generation
+    from portraitflow.jobs.runtime import NotEnoughCpus
+    from portraitflow.pipelines.generate import run_generation
 
     forms = [ref is not None or driving is not None, jobs is not None, refs is not None or drivers is not None]
     if sum(forms) != 1 or (forms[0] and not (ref and driving)) or (forms[2] and not (refs and drivers)):
@@ -66,7 +67,7 @@ def animate(
     try:
         table = run_generation(job_list, out, cfg, resume=resume)
     except NotEnoughCpus as exc:
-        raise typer.BadParameter(f"{exc}: lower animate.cpus_per_actor or give Ray more CPUs (ray.num_cpus)") from exc
+        raise typer.BadParameter(f"{exc} or give Ray more CPUs (ray.num_cpus)") from exc
     except FolderBusy as exc:
         raise typer.BadParameter(str(exc), param_hint="--out") from exc
     counts = table.status.value_counts().to_dict()

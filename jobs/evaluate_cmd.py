@@ -80,7 +80,7 @@ def sweep(
     from portraitflow.jobs.sweep import check_sweep, run_sweep
     from portraitflow.operators.atomic import FolderBusy
     from portraitflow.operators.sweep_spec import load_sweep
-    from portraitflow.pipelines.generate import NotEnoughCpus
+    from portraitflow.jobs.runtime import NotEnoughCpus
 
     cfg = resolve_config(config, overrides, ray_address, mlflow_uri)
     check_out_folder(out)

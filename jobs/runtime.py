@@ -9,7 +9,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -38,6 +38,25 @@ def local_cpus(cfg: RayConfig) -> float | None:
     import ray
 
     return None if ray_address(cfg) else ray.cluster_resources().get("CPU", 0)
+
+
+class NotEnoughCpus(ValueError):
+    """A local Ray cannot run a flow's actors beside the tasks that feed them."""
+
+
+def require_cpus(cfg: RayConfig, needed: float, shortfall: Callable[[float], str]) -> None:
+    """NotEnoughCpus(shortfall(cpus)) when a local Ray has fewer than `needed` CPUs: the run would
+    wait forever. On a cluster a warning only: an autoscaler may add the CPUs, but a fixed-size
+    cluster never will, and the run would otherwise wait without a word."""
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if cpus >= needed:
+        return
+    if not ray_address(cfg):
+        raise NotEnoughCpus(shortfall(cpus))
+    log.warning("%s now: the run waits until an autoscaler adds nodes (on a fixed-size cluster it never "
+                "will; stop it and follow that advice)", shortfall(cpus))
 
 
 def init_ray(cfg: RayConfig, mlflow: MLflowConfig | None = None) -> None:

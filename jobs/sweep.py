@@ -24,14 +24,13 @@ import pandas as pd
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.jobs.runtime import (
-    FOLDER_TAG, end_abandoned_runs, ensure_experiment, folder_tag, init_ray, local_cpus, mlflow_client,
+    FOLDER_TAG, end_abandoned_runs, ensure_experiment, folder_tag, init_ray, mlflow_client, require_cpus,
 )
 from portraitflow.operators import metrics, metrics_learned, report, sweep_spec
 from portraitflow.operators.atomic import atomic_write, exclusive_folder
 from portraitflow.operators.eval_dataset import load_jobs
 from portraitflow.operators.evaluate_video import learned_aggregates
 from portraitflow.pipelines.evaluate import evaluate_outputs, generate_outputs
-from portraitflow.pipelines.generate import NotEnoughCpus
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -244,9 +243,7 @@ def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str 
 def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: Path, evaluate: EvaluateConfig,
                    configs: list[dict[str, Any]]) -> str:
     init_ray(cfg.ray, cfg.mlflow)
-    cpus = local_cpus(cfg.ray)  # None on a cluster: its autoscaler adds CPUs as work waits
-    if cpus is not None:
-        _check_cpus(cpus, configs, evaluate.max_parallel, cfg)
+    _check_cpus(configs, evaluate.max_parallel, cfg)
     client = mlflow_client(cfg.mlflow)
     experiment_id = ensure_experiment(client, evaluate.experiment)
     tags = {SWEEP_TAG: sweep_spec.sweep_hash(spec, evaluate, cfg), FOLDER_TAG: folder_tag(out_dir)}
@@ -288,7 +285,7 @@ def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir:
     return parent_id
 
 
-def _check_cpus(cpus: float, configs: list[dict[str, Any]], max_parallel: int, cfg: PortraitFlowConfig) -> None:
+def _check_cpus(configs: list[dict[str, Any]], max_parallel: int, cfg: PortraitFlowConfig) -> None:
     """Animating configs running at once each hold an animation actor; with no CPU left for the
     preparation tasks that feed them, the sweep would wait forever. (A `still` config's actor, the
     evaluators and a config its params refuse need no feeding.)"""
@@ -301,12 +298,12 @@ def _check_cpus(cpus: float, configs: list[dict[str, Any]], max_parallel: int, c
         if params["backend"] != "still":
             animating.append(settings.cpus_per_actor)
     at_once = sorted(animating, reverse=True)[:max_parallel]
-    needed = sum(at_once) + 1
-    if at_once and cpus < needed:
-        fits = max(int((cpus - 1) // max(at_once)), 1)
-        raise NotEnoughCpus(f"{len(at_once)} animating configs at once need {needed:g} CPUs (an animation actor "
-                            f"each and one for the tasks that feed them); Ray has {cpus:g}: lower --max-parallel "
-                            f"(evaluate.max_parallel) to {fits}")
+    if at_once:
+        needed = sum(at_once) + 1
+        require_cpus(cfg.ray, needed, lambda cpus: (
+            f"{len(at_once)} animating configs at once need {needed:g} CPUs (an animation actor each and one for "
+            f"the tasks that feed them); Ray has {cpus:g}: lower --max-parallel (evaluate.max_parallel) to "
+            f"{max(int((cpus - 1) // max(at_once)), 1)}"))
 
 
 def _run_configs(configs: list[dict[str, Any]], jobs: list[dict], spec: sweep_spec.SweepSpec, evaluate: EvaluateConfig,

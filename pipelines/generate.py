@@ -11,7 +11,7 @@ import pandas as pd
 
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.animate import AnimateConfig
-from portraitflow.jobs.runtime import init_ray, local_cpus, mlflow_run
+from portraitflow.jobs.runtime import init_ray, mlflow_run, require_cpus
 from portraitflow.models.animators.registry import check_backend, resolve_backend
 from portraitflow.operators.animate import AnimateJobs, prepare_job
 from portraitflow.operators.atomic import exclusive_folder
@@ -27,10 +27,6 @@ PREP_MEMORY = 768 * 1024**2
 #: dropped): like curation's lost inputs (jobs/curate.py) it still gets its `failed` row.
 LOST_REASON = "animation: the worker processing this job crashed; its result never came back"
 LOCK_FILE = ".lock"  # in the output folder: one generation writes it at a time
-
-
-class NotEnoughCpus(ValueError):
-    """The cluster cannot run an animation actor beside the tasks that feed it."""
 
 
 def animation_pool(backend: str, cfg: AnimateConfig) -> tuple[int, int]:
@@ -77,10 +73,9 @@ def run_generation(
         rows = plan_rows(jobs, out_dir, backend, cfg.animate, resume, cfg.face)
         started = time.perf_counter()
         init_ray(cfg.ray, cfg.mlflow)
-        cpus, needed = local_cpus(cfg.ray), cfg.animate.cpus_per_actor + 1
-        if cpus is not None and cpus < needed:  # an actor would hold every CPU and starve the tasks that feed it
-            raise NotEnoughCpus(f"the generation flow needs {needed:g} CPUs (a preparation task beside an "
-                                f"animation actor); Ray has {cpus:g}")
+        needed = cfg.animate.cpus_per_actor + 1  # else an actor holds every CPU and starves the tasks feeding it
+        require_cpus(cfg.ray, needed, lambda cpus: f"the generation flow needs {needed:g} CPUs (a preparation "
+                     f"task beside an animation actor); Ray has {cpus:g}: lower animate.cpus_per_actor")
         with mlflow_run(cfg.mlflow, cfg.animate.experiment, out_dir) as run:
             pending = [row for row in rows if row["status"] == "pending"]
             if pending:

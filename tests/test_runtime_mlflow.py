@@ -57,3 +57,20 @@ def test_a_run_killed_outright_is_marked_killed_by_the_next_run_into_its_folder(
         assert client.get_run(other.info.run_id).info.status == "RUNNING"  # another folder's run: left alone
         assert rerun.info.run_name == "out"
     assert client.get_run(rerun.info.run_id).info.status == "FINISHED"
+
+
+def test_too_few_cpus_stop_a_local_run_and_are_said_on_a_cluster(monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A fixed-size cluster never gets the CPUs; an autoscaling one may: the run goes on, but says so."""
+    import ray
+
+    from portraitflow.jobs.config.runtime import RayConfig
+    from portraitflow.jobs.runtime import NotEnoughCpus, require_cpus
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    require_cpus(RayConfig(), 2.0, lambda cpus: "unused")
+    with pytest.raises(NotEnoughCpus, match="needs 3; Ray has 2"):
+        require_cpus(RayConfig(), 3.0, lambda cpus: f"needs 3; Ray has {cpus:g}")
+    require_cpus(RayConfig(address="10.0.0.1:6379"), 3.0, lambda cpus: f"needs 3; Ray has {cpus:g}")
+    assert "needs 3; Ray has 2 now: the run waits until an autoscaler adds nodes" in caplog.text

@@ -22,7 +22,7 @@ def driver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from portraitflow.operators.video_writer import write_h264
 
     monkeypatch.setattr(sweep, "init_ray", lambda *_, **__: None)
-    monkeypatch.setattr(sweep, "local_cpus", lambda _ray: 8.0)
+    monkeypatch.setattr("ray.cluster_resources", lambda: {"CPU": 8.0})
     monkeypatch.setattr(sweep, "report_from_run", lambda _run, _cfg, folder, *_: Path(folder).mkdir(parents=True,
                                                                                                      exist_ok=True))
     data = tmp_path / "data"
@@ -113,10 +113,14 @@ def test_a_sweep_refuses_more_animating_configs_at_once_than_its_cpus_can_feed(
     sweep would wait forever (2 warp configs at --max-parallel 2 on 2 CPUs did)."""
     from mlflow import MlflowClient
 
-    from portraitflow.pipelines.generate import NotEnoughCpus
+    import ray
+
+    from portraitflow.jobs.runtime import NotEnoughCpus
 
     sweep, cfg, data = driver
-    monkeypatch.setattr(sweep, "local_cpus", lambda _ray: cpus)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": cpus or 2.0})
+    if cpus is None:  # a cluster: only warned, an autoscaler may add CPUs
+        cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": "10.0.0.1:6379"})})
     monkeypatch.setattr(sweep, "_run_configs", lambda *_: pd.DataFrame({"config": ["c"], "apd": [0.1]}))
     spec = _spec(data, configs, max_parallel=2)
     if not refused:

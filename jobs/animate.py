@@ -8,7 +8,8 @@ import typer
 
 from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.options import (ConfigOption, MlflowUriOption, RayAddressOption, SetOption,
-                                      check_out_folder, refuse_missing_face_models, resolve_config)
+                                      check_out_folder, refuse_missing_face_models, refuse_unreachable_services,
+                                      resolve_config)
 
 #: the config's own choices, so the flags offer (and check) exactly what the config accepts.
 Backend = AnimateConfig.model_fields["backend"].annotation
@@ -52,6 +53,7 @@ def animate(
     check_job_options(cfg.animate, [k for k, v in flags.items() if v is not None] + _animate_overrides(set_))
     check_weights(cfg.animate)
     refuse_missing_face_models(cfg)
+    refuse_unreachable_services(cfg)
     if jobs is not None:
         try:
             job_list = load_jobs(jobs)

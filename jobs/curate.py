@@ -26,7 +26,8 @@ import typer
 
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.options import (ConfigOption, MlflowUriOption, RayAddressOption, SetOption,
-                                      check_out_folder, refuse_missing_face_models, resolve_config)
+                                      check_out_folder, refuse_missing_face_models, refuse_unreachable_services,
+                                      resolve_config)
 from portraitflow.operators import ledger
 from portraitflow.operators.atomic import FolderBusy, atomic_write, exclusive_folder
 from portraitflow.operators.curate_input import renders_after_decisions
@@ -469,6 +470,7 @@ def curate(
     cfg = resolve_config(config, set_, ray_address, mlflow_uri)
     if not dry_run:  # a dry run loads no model
         refuse_missing_face_models(cfg)
+        refuse_unreachable_services(cfg)
     metrics = run_curation(cfg, inputs, out, dry_run=dry_run)
     if not dry_run:
         typer.echo(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()}, indent=1))

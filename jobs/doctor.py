@@ -91,8 +91,9 @@ def _single_opencv(extra: list[str]) -> str:
 def _ray(cfg) -> str:
     import ray
 
-    from portraitflow.jobs.runtime import init_ray, ray_address
+    from portraitflow.jobs.runtime import check_ray_reachable, init_ray, ray_address
 
+    check_ray_reachable(cfg.ray)
     init_ray(cfg.ray)
     resources = ray.cluster_resources()
     nodes = len([n for n in ray.nodes() if n.get("Alive")])
@@ -101,8 +102,9 @@ def _ray(cfg) -> str:
 
 
 def _mlflow(cfg) -> str:
-    from portraitflow.jobs.runtime import mlflow_client
+    from portraitflow.jobs.runtime import check_mlflow_reachable, mlflow_client
 
+    check_mlflow_reachable(cfg.mlflow)
     client = mlflow_client(cfg.mlflow)
     experiments = client.search_experiments(max_results=1000)
     return f"{client.tracking_uri} ({len(experiments)} experiment(s))"

@@ -59,6 +59,21 @@ def refuse_missing_face_models(cfg: PortraitFlowConfig) -> None:
         raise typer.BadParameter(str(exc), param_hint="face.backend") from exc
 
 
+def refuse_unreachable_services(cfg: PortraitFlowConfig, ray: bool = True) -> None:
+    """A Ray cluster or MLflow server nothing answers on is a usage error said in one line within
+    seconds, before anything is written: Ray retries for minutes, MLflow's client for about four,
+    and both end in long tracebacks."""
+    from portraitflow.jobs.runtime import ServiceUnreachable, check_mlflow_reachable, check_ray_reachable
+
+    checks = ([(check_ray_reachable, cfg.ray, "--ray-address")] if ray else []) + [
+        (check_mlflow_reachable, cfg.mlflow, "--mlflow-uri")]
+    for check, settings, flag in checks:
+        try:
+            check(settings)
+        except ServiceUnreachable as exc:
+            raise typer.BadParameter(str(exc), param_hint=flag) from None
+
+
 def check_out_folder(out: Path) -> None:
     """Refuse an --out that cannot become a folder (it, or a folder above it, is a file) before
     anything starts: found later, an MLflow run would already be made and left FAILED."""

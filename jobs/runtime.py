@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,6 +39,49 @@ def local_cpus(cfg: RayConfig) -> float | None:
     import ray
 
     return None if ray_address(cfg) else ray.cluster_resources().get("CPU", 0)
+
+
+class ServiceUnreachable(RuntimeError):
+    """The Ray cluster or the MLflow server named cannot be reached (or refuses this driver)."""
+
+
+#: seconds to wait for a Ray cluster's or an MLflow server's port before calling it unreachable
+REACH_TIMEOUT_S = 5.0
+
+
+def check_ray_reachable(cfg: RayConfig) -> None:
+    """ServiceUnreachable, within seconds, for a cluster address nothing answers on (Ray itself
+    retries for minutes) or a dashboard URL given as one. "auto" and a local Ray pass."""
+    address = ray_address(cfg)
+    if not address or address == "auto":
+        return
+    if address.startswith(("http://", "https://")):
+        raise ServiceUnreachable(
+            f"{address} is a Ray dashboard URL, what `ray job submit --address` takes; a driver joins the "
+            "cluster at HOST:6379 (the address `ray start --head` prints), or runs on the embedded Ray "
+            "with neither --ray-address nor RAY_ADDRESS set")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if host and port.isdigit():
+        _connect(host.strip("[]"), int(port), f"the Ray cluster at {address}")
+
+
+def check_mlflow_reachable(cfg: MLflowConfig) -> None:
+    """ServiceUnreachable, within seconds, for a tracking server nothing answers on (MLflow's
+    client retries for about four minutes). Stores that are not servers pass."""
+    uri = mlflow_tracking_uri(cfg)
+    parts = urlsplit(uri)
+    if not cfg.enabled or parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    shown = urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+    _connect(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), f"the MLflow server at {shown}")
+
+
+def _connect(host: str, port: int, what: str) -> None:
+    try:
+        socket.create_connection((host, port), timeout=REACH_TIMEOUT_S).close()
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise ServiceUnreachable(f"cannot reach {what}: {reason}") from None
 
 
 class NotEnoughCpus(ValueError):
@@ -86,7 +130,23 @@ def init_ray(cfg: RayConfig, mlflow: MLflowConfig | None = None) -> None:
     uri = reachable_from_workers(uri) if uri else None
     with tempfile.TemporaryDirectory(prefix="portraitflow-code-") as stage:
         code = stage_driver_code(Path(stage)) if cfg.ship_code else None
-        ray.init(address=address, runtime_env=worker_runtime_env(uri, code) or None, log_to_driver=True)
+        try:
+            ray.init(address=address, runtime_env=worker_runtime_env(uri, code) or None, log_to_driver=True)
+        except (ConnectionError, ValueError) as exc:  # unreachable, refused (token auth), not an address
+            raise ServiceUnreachable(_ray_refusal(address, exc)) from exc
+
+
+def _ray_refusal(address: str, exc: BaseException) -> str:
+    """One line for a cluster that refused this driver, with what to do where Ray says it."""
+    text = " ".join(str(exc).split())
+    chain, cause = [], exc
+    while cause is not None and len(chain) < 10:  # Ray names token auth in an error the last one chains
+        chain.append(str(cause))
+        cause = cause.__cause__ or cause.__context__
+    if any("RAY_AUTH_MODE" in part or "AuthToken" in part for part in chain):
+        return (f"the Ray cluster at {address} refused this driver: it uses token authentication; export "
+                "RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN, or the cluster's ~/.ray/auth_token) on the driver")
+    return f"cannot join the Ray cluster at {address}: {text[:300]}"
 
 
 def worker_runtime_env(mlflow_uri: str | None, code_dir: Path | None = None) -> dict[str, Any]:

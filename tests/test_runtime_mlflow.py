@@ -74,3 +74,66 @@ def test_too_few_cpus_stop_a_local_run_and_are_said_on_a_cluster(monkeypatch: py
         require_cpus(RayConfig(), 3.0, lambda cpus: f"needs 3; Ray has {cpus:g}")
     require_cpus(RayConfig(address="10.0.0.1:6379"), 3.0, lambda cpus: f"needs 3; Ray has {cpus:g}")
     assert "needs 3; Ray has 2 now: the run waits until an autoscaler adds nodes" in caplog.text
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:  # bound, then closed: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_cluster_or_server_nothing_answers_on_is_a_one_line_usage_error(tmp_path: Path) -> None:
+    import socket
+
+    from typer.testing import CliRunner
+
+    from portraitflow.jobs.cli import app
+    from portraitflow.jobs.config.runtime import RayConfig
+    from portraitflow.jobs.runtime import ServiceUnreachable, check_mlflow_reachable, check_ray_reachable
+
+    closed = _closed_port()
+    with pytest.raises(ServiceUnreachable, match=f"cannot reach the Ray cluster at 127.0.0.1:{closed}"):
+        check_ray_reachable(RayConfig(address=f"127.0.0.1:{closed}"))
+    with pytest.raises(ServiceUnreachable, match="is a Ray dashboard URL"):
+        check_ray_reachable(RayConfig(address="http://127.0.0.1:8265"))
+    with pytest.raises(ServiceUnreachable, match=f"cannot reach the MLflow server at http://127.0.0.1:{closed}"):
+        check_mlflow_reachable(MLflowConfig(tracking_uri=f"http://user:secret@127.0.0.1:{closed}"))
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        check_ray_reachable(RayConfig(address=f"ray://127.0.0.1:{port}"))
+        check_mlflow_reachable(MLflowConfig(tracking_uri=f"http://127.0.0.1:{port}"))
+    check_mlflow_reachable(MLflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}"))
+    check_mlflow_reachable(MLflowConfig(tracking_uri=f"http://127.0.0.1:{closed}", enabled=False))
+
+    for flag, value in (("--mlflow-uri", f"http://127.0.0.1:{closed}"), ("--ray-address", f"127.0.0.1:{closed}")):
+        result = CliRunner().invoke(app, ["curate", str(tmp_path), "--out", str(tmp_path / "out"), flag, value])
+        assert result.exit_code == 2 and "cannot reach" in result.output and "secret" not in result.output
+        assert not (tmp_path / "out").exists()
+
+
+def test_a_cluster_that_refuses_the_driver_says_what_to_export(monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    import ray
+
+    from portraitflow.jobs import cli
+    from portraitflow.jobs.config.runtime import RayConfig
+    from portraitflow.jobs.runtime import ServiceUnreachable, init_ray
+
+    def refused(**_):
+        try:
+            raise RuntimeError("InvalidAuthToken: RAY_AUTH_MODE is currently 'disabled' (not 'token')")
+        except RuntimeError as cause:
+            raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379") from cause
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refused)
+    with pytest.raises(ServiceUnreachable, match="export RAY_AUTH_MODE=token"):
+        init_ray(RayConfig(address="10.0.0.1:6379", ship_code=False))
+    monkeypatch.setattr(cli, "app", lambda: init_ray(RayConfig(address="10.0.0.1:6379", ship_code=False)))
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    assert stopped.value.code == 2 and capsys.readouterr().err.startswith("Error: the Ray cluster at 10.0.0.1:6379")

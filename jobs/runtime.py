@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import tempfile
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,10 +68,13 @@ def check_ray_reachable(cfg: RayConfig) -> None:
 
 def check_mlflow_reachable(cfg: MLflowConfig) -> None:
     """ServiceUnreachable, within seconds, for a tracking server nothing answers on (MLflow's
-    client retries for about four minutes). Stores that are not servers pass."""
+    client retries for about four minutes). Stores that are not servers pass, and so does a server
+    reached through an HTTP proxy (the proxy answers for it)."""
     uri = mlflow_tracking_uri(cfg)
     parts = urlsplit(uri)
     if not cfg.enabled or parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    if parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(parts.hostname):
         return
     shown = urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
     _connect(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), f"the MLflow server at {shown}")

@@ -107,6 +107,11 @@ def test_a_cluster_or_server_nothing_answers_on_is_a_one_line_usage_error(tmp_pa
         check_ray_reachable(RayConfig(address=f"ray://127.0.0.1:{port}"))
         check_mlflow_reachable(MLflowConfig(tracking_uri=f"http://127.0.0.1:{port}"))
     check_mlflow_reachable(MLflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}"))
+    with pytest.MonkeyPatch.context() as proxied:  # a proxy answers for the server: not checked
+        proxied.setenv("http_proxy", "http://proxy.example:3128")
+        proxied.delenv("no_proxy", raising=False)
+        proxied.delenv("NO_PROXY", raising=False)
+        check_mlflow_reachable(MLflowConfig(tracking_uri=f"http://mlflow.example:{closed}"))
     check_mlflow_reachable(MLflowConfig(tracking_uri=f"http://127.0.0.1:{closed}", enabled=False))
 
     for flag, value in (("--mlflow-uri", f"http://127.0.0.1:{closed}"), ("--ray-address", f"127.0.0.1:{closed}")):

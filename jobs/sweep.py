@@ -98,7 +98,9 @@ def _finished_child(client: MlflowClient, experiment_id: str, parent_id: str, co
     if not scored.is_file():
         log.warning("%s: its scores are gone from %s; running it again", runs[0].info.run_name, work_dir)
         return None
-    table = pd.read_parquet(scored, columns=["status", "output"])
+    table = pd.read_parquet(scored)
+    if "output" not in table:  # scored before outputs were listed: nothing to check against
+        return runs[0]
     missing = [out for out in table.loc[table["status"] == "ok", "output"] if not Path(out).is_file()]
     if missing:
         log.warning("%s: %d output(s) it scored are gone (%s); running it again", runs[0].info.run_name,
@@ -113,6 +115,8 @@ def score_and_log(client: MlflowClient, run_id: str, jobs: pd.DataFrame, label: 
     per-video table artifact, aggregate metrics, per-frame tables, side-by-side videos."""
     table = evaluate_outputs(jobs, work_dir, cfg, evaluate)
     table.insert(0, "config", label)
+    if "output" not in table and "output" in jobs:  # where each scored video is (a resume checks it is still there)
+        table = table.merge(jobs[["job_id", "output"]], on="job_id", how="left", validate="one_to_one")
     atomic_write(work_dir / "per_video.parquet", table.to_parquet())
     client.log_table(run_id, data=table, artifact_file="per_video.json")
     client.log_artifact(run_id, str(work_dir / "per_video.parquet"))

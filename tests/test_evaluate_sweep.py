@@ -68,6 +68,7 @@ def test_sweep_records_a_parent_with_one_nested_run_per_config(sweep_run) -> Non
     per_video = pd.read_parquet(sweep_run["out"] / "configs" / children["warp"].data.tags["portraitflow.config_hash"]
                                 / "per_video.parquet")
     assert len(per_video) == len(DRIVERS) and (per_video["status"] == "ok").all()
+    assert all(Path(output).is_file() for output in per_video["output"])  # what a resume checks
     assert (per_video["detection_rate"] > 0.9).all()
 
 

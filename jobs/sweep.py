@@ -122,6 +122,8 @@ def score_and_log(client: MlflowClient, run_id: str, jobs: pd.DataFrame, label: 
     client.log_artifact(run_id, str(work_dir / "per_video.parquet"))
     ok = table[table["status"] == "ok"]
     aggregates = {m: float(ok[m].mean()) for m in report.metric_columns(ok) if ok[m].notna().any()}
+    if len(table):  # over every job: a video that failed shows no face (what ranking compares, report.rank)
+        aggregates["detection_rate"] = float(table["detection_rate"].fillna(0.0).mean())
     aggregates.update(learned_aggregates(work_dir, list(ok["job_id"])))
     aggregates.update(jobs_ok=len(ok), jobs_failed=len(table) - len(ok))
     for key, value in aggregates.items():

@@ -23,6 +23,7 @@ and the two people's face shapes do not count as error.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.models.face.base import FaceAnalyzer
 from portraitflow.operators import metrics, metrics_learned
 from portraitflow.operators.atomic import atomic_target
+
+log = logging.getLogger(__name__)
 
 #: reason codes of a job that cannot be scored
 NO_OUTPUT = "no_output"
@@ -260,9 +263,9 @@ class JobEvaluator:
             return {**row, "reason": f"reference_{reference.reason}"}
         self_protocol = self.cfg.protocol == "self"
         try:
-            driver = probe_video(str(job["driving"]))
+            driver, out_info = probe_video(str(job["driving"])), probe_video(output)
             fps = driver.fps
-            out_count = len(resample_positions(probe_video(output), fps)[0])
+            out_count = len(resample_positions(out_info, fps)[0])
         except VideoUnreadable as exc:
             return {**row, "reason": UNREADABLE, "error": str(exc)[:300]}
         drv_count = len(resample_positions(driver, fps)[0])
@@ -280,6 +283,11 @@ class JobEvaluator:
         ref_embedding = self.analyzer.embed([reference.rgb], ref_faces[:1])[0]
         crop_box = square_crop_box(ref_faces[0].box, reference.rgb.shape[:2])
         pasted = pasted_back(job, output) if self_protocol else None
+        if self_protocol and pasted is None and (out_info.width, out_info.height) == (driver.width, driver.height) \
+                and driver.width == driver.height and crop_box[2] - crop_box[0] < driver.width:
+            log.warning("%s: nothing says whether %s is a face crop or pasted back, and either would be this "
+                        "size; scored as pasted back (give the job a paste_back column, or keep animate's "
+                        "results.parquet beside the outputs)", row["job_id"], output)
         fid_picks, fvd_picks = learned_picks(analysed_count(min(out_count, drv_count), self.cfg.frame_stride),
                                              self.cfg.fid_frames_per_video, self.cfg.fvd_clip_frames)
         clips: dict[str, dict[str, list[np.ndarray]]] = {

@@ -27,13 +27,27 @@ def metric_columns(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if metrics.metric_kind(str(c)) is not None]
 
 
+#: a config whose `detection_rate` is lower than the best config's by more than this ranks after
+#: the others: its face metrics skip the frames (and its failed videos) where it lost the face
+COVERAGE_TOLERANCE = 0.02
+
+
 def rank(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Configs best first on `metric` (direction from `metrics.METRICS`), undefined values last;
-    ValueError when `metric` is no metric or not in the summary."""
+    ValueError when `metric` is no metric or not in the summary.
+
+    Metrics are means over the frames where they are defined: a config that loses the face (or
+    fails videos, which count as no face) is scored on fewer, easier frames. So with a
+    `detection_rate` column, configs that fall short of the best one's by more than
+    COVERAGE_TOLERANCE rank after the others (`full_coverage` False), each group by `metric`."""
     ascending = lower_is_better(metric)
     if metric not in summary.columns:
         raise ValueError(f"cannot rank by {metric!r}: the summary has {metric_columns(summary)}")
     ranked = summary.sort_values(metric, ascending=ascending, na_position="last", kind="stable")
+    if "detection_rate" in ranked.columns and metric != "detection_rate":
+        rates = ranked["detection_rate"].fillna(0.0)
+        ranked = ranked.assign(full_coverage=rates >= rates.max() - COVERAGE_TOLERANCE)
+        ranked = pd.concat([ranked[ranked["full_coverage"]], ranked[~ranked["full_coverage"]]])
     return ranked.reset_index(drop=True)
 
 

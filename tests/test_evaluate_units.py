@@ -181,6 +181,11 @@ def test_report_ranks_by_metric_direction_and_writes_a_page(tmp_path: Path) -> N
     assert list(report.rank(summary, "ssim")["config"]) == ["b", "c", "a"]
     with pytest.raises(ValueError, match="cannot rank"):
         report.rank(summary, "fid")
+    # a config that lost the face on a third of its frames scores best on the frames it kept: not first
+    covered = summary.assign(detection_rate=[1.0, 0.99, 0.66])
+    ranked = report.rank(covered, "apd")
+    assert list(ranked["config"]) == ["a", "b", "c"] and list(ranked["full_coverage"]) == [True, True, False]
+    assert list(report.rank(covered, "detection_rate")["config"]) == ["a", "b", "c"]
     per_video = pd.DataFrame({"config": ["a", "a", "c", "c"], "job_id": ["x", "y", "x", "y"],
                               "apd": [3.0, 3.5, 1.0, 1.2], "ssim": [0.5, 0.6, 0.7, 0.8]})
     plot = report.metric_plots(per_video, tmp_path / "metrics.png", ["c", "a"])

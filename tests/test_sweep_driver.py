@@ -250,3 +250,23 @@ def test_a_rerun_remakes_what_is_gone_ends_what_a_kill_left_running_and_keeps_to
     assert elsewhere != parent and len(generated) == 3
     with exclusive_folder(out, out / sweep.LOCK_FILE), pytest.raises(FolderBusy, match="another run is writing"):
         sweep.run_sweep(spec, cfg, out)
+
+
+def test_a_failed_video_counts_as_no_face_in_its_configs_detection_rate(driver, monkeypatch, tmp_path: Path) -> None:
+    """Face metrics skip what a config failed on; its detection rate must not, or ranking favours it."""
+    from mlflow import MlflowClient
+
+    from portraitflow.jobs.runtime import ensure_experiment
+
+    sweep, cfg, _ = driver
+    scored = pd.DataFrame({"job_id": ["x", "y", "z"], "status": ["ok", "ok", "failed"],
+                           "apd": [1.0, 2.0, np.nan], "detection_rate": [1.0, 0.5, np.nan]})
+    monkeypatch.setattr(sweep, "evaluate_outputs", lambda *_: scored.copy())
+    monkeypatch.setattr(sweep, "learned_aggregates", lambda *_: {})
+    monkeypatch.setattr(sweep, "_log_side_by_side", lambda *_: None)
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    run_id = client.create_run(ensure_experiment(client, "coverage")).info.run_id
+    jobs = pd.DataFrame({"job_id": ["x", "y", "z"], "output": ["x.mp4", "y.mp4", ""]})
+    sweep.score_and_log(client, run_id, jobs, "c", tmp_path, cfg.evaluate, cfg)
+    logged = client.get_run(run_id).data.metrics
+    assert logged["apd"] == 1.5 and logged["detection_rate"] == 0.5 and logged["jobs_failed"] == 1

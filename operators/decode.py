@@ -53,24 +53,35 @@ def _reader(path: str, width: int = -1, height: int = -1):
     return reader
 
 
-def _timeline(reader, width: int = 0, height: int = 0) -> tuple[VideoInfo, np.ndarray, np.ndarray]:
+def _timeline(reader, width: int = 0, height: int = 0,
+              from_keyframe: bool = False) -> tuple[VideoInfo, np.ndarray, np.ndarray]:
     """(the shown frames' VideoInfo, their decord indices, their start times from the first one).
 
-    Frames before the first with a non-negative time are hidden by an edit list. A container
+    Frames before the first with a non-negative time are hidden by an edit list; with
+    `from_keyframe`, so are those before the first keyframe (an MPEG-TS capture or cut starts
+    mid-GOP: FFmpeg cannot decode them, and a player starts at the keyframe too). A container
     without usable timestamps (AVI and MPEG-PS, whose missing times decord reports as huge negative
     ones; times that run backwards) gets the uniform timeline of its declared average rate.
     """
-    times = reader.get_frame_timestamp(np.arange(len(reader)))  # [n, 2]: start, end seconds
+    first = 0
+    if from_keyframe:
+        keys = reader.get_key_indices()
+        first = int(keys[0]) if len(keys) else len(reader)
+        if first >= len(reader):
+            raise VideoUnreadable("the video has no keyframe to start decoding from")
+    times = reader.get_frame_timestamp(np.arange(first, len(reader)))  # [n, 2]: start, end seconds
     starts = times[:, 0]
     if not (np.all(np.isfinite(times)) and np.all(np.abs(times) < 1e6) and np.all(np.diff(starts) >= 0)):
         fps = _declared_rate(reader)
-        info = VideoInfo(width, height, _average_rate(len(reader), len(reader) / fps), len(reader))
-        return info, np.arange(len(reader)), np.arange(len(reader)) / fps
-    shown = np.flatnonzero(starts >= -1e-3)
-    if len(shown) == 0:
+        count = len(reader) - first
+        info = VideoInfo(width, height, _average_rate(count, count / fps), count)
+        return info, np.arange(first, len(reader)), np.arange(count) / fps
+    visible = np.flatnonzero(starts >= -1e-3)  # among the frames from `first`
+    if len(visible) == 0:
         raise VideoUnreadable("the video shows no frames (all are hidden by its edit list)")
-    starts = starts[shown] - starts[shown[0]]
-    last = float(times[shown[-1], 1] - times[shown[-1], 0])
+    shown = first + visible
+    starts = starts[visible] - starts[visible[0]]
+    last = float(times[visible[-1], 1] - times[visible[-1], 0])
     if last <= 0:  # MPEG-TS packets carry no duration: the last frame lasts as long as the others
         last = float(np.median(np.diff(starts))) if len(starts) > 1 else 1 / _declared_rate(reader)
     fps = _average_rate(len(shown), float(starts[-1] + last))
@@ -82,19 +93,6 @@ def _declared_rate(reader) -> float:
     if not np.isfinite(fps) or fps <= 0:
         raise VideoUnreadable(f"the video declares an unusable frame rate ({fps})")
     return fps
-
-
-def _first_frame(path: str, reader) -> np.ndarray | None:
-    """decord's first frame, or None for an MPEG-TS file decord cannot seek: such a stream (H.264,
-    say) has no index, and decord lists its frames and their times but decodes none by index."""
-    from decord import DECORDError
-
-    try:
-        return reader[0].asnumpy()
-    except (DECORDError, RuntimeError):
-        if _is_mpeg_ts(path):
-            return None
-        raise
 
 
 def _is_mpeg_ts(path: str) -> bool:
@@ -110,10 +108,13 @@ def _is_mpeg_ts(path: str) -> bool:
 def probe_video(path: str) -> VideoInfo:
     """Size, frame rate and frame count; raises VideoUnreadable for anything decord cannot use."""
     reader = _reader(path)
-    first = _first_frame(path, reader)
-    if first is None:  # read in order by FFmpeg instead, as iter_frame_chunks does
-        first = next(_pyav_frames(path, np.zeros(1, np.int64), None, 1))[0]
-    height, width = first.shape[:2]
+    if _is_mpeg_ts(path):  # decord cannot decode it by index (iter_frame_chunks)
+        import av
+
+        with av.open(path) as container:
+            width, height = container.streams.video[0].codec_context.width, container.streams.video[0].codec_context.height
+        return _timeline(reader, int(width), int(height), from_keyframe=True)[0]
+    height, width = reader[0].shape[:2]
     return _timeline(reader, int(width), int(height))[0]
 
 
@@ -163,9 +164,10 @@ def iter_frame_chunks(
     """
     width, height = size if size else (-1, -1)
     reader = _reader(path, width, height)
-    info, shown, starts = _timeline(reader)
+    mpeg_ts = _is_mpeg_ts(path)  # decord lists its frames and times but decodes none by index
+    info, shown, starts = _timeline(reader, from_keyframe=mpeg_ts)
     positions, sources = resample_positions(info, target_fps, start_s, end_s, starts)
-    if shown[0] > 0 or _first_frame(path, reader) is None:  # decord seeks by coded position (wrong frames), or not at all
+    if shown[0] > 0 or mpeg_ts:  # decord would seek hidden frames by coded position and return wrong ones
         del reader
         frames = _pyav_frames(path, sources, size, chunk_size)
     else:

@@ -40,26 +40,49 @@ def test_round_trip_chunks_and_resampling(tmp_path: Path) -> None:
     assert abs(means[2] - (10 + 8)) < 3
 
 
+def _mpeg_ts(mp4: Path, ts: Path, skip_packets: int = 0) -> Path:
+    """`mp4`'s video stream copied into MPEG-TS, less its first `skip_packets` (a capture cut mid-GOP)."""
+    with av.open(str(mp4)) as src, av.open(str(ts), "w", format="mpegts") as dst:
+        out = dst.add_stream_from_template(src.streams.video[0])
+        for index, packet in enumerate(src.demux(src.streams.video[0])):
+            if packet.dts is not None and index >= skip_packets:
+                packet.stream = out
+                dst.mux(packet)
+    return ts
+
+
 def test_h264_in_mpeg_ts_decodes_as_its_mp4(tmp_path: Path) -> None:
-    """decord lists an MPEG-TS file's frames but cannot decode them by index: it is read in order."""
+    """decord lists an MPEG-TS file's frames but cannot decode them by index: it is read in order,
+    from its first keyframe (a cut or capture starts mid-GOP; the frames before it cannot be decoded)."""
     import decord
 
     from bad_media import synthetic_video
 
-    mp4, ts = synthetic_video(tmp_path / "talk.mp4", frames=30), tmp_path / "talk.ts"
-    with av.open(str(mp4)) as src, av.open(str(ts), "w", format="mpegts") as dst:
-        out = dst.add_stream_from_template(src.streams.video[0])
-        for packet in src.demux(src.streams.video[0]):
-            if packet.dts is not None:
-                packet.stream = out
-                dst.mux(packet)
+    mp4 = tmp_path / "source.mp4"
+    with av.open(str(mp4), "w") as container:  # frame i has brightness 6 i; a keyframe every 10 frames
+        stream = container.add_stream("libx264", rate=25, options={"g": "10", "keyint_min": "10", "sc_threshold": "0"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for index in range(40):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 6 * index, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    whole, cut = _mpeg_ts(mp4, tmp_path / "talk.ts"), _mpeg_ts(mp4, tmp_path / "cut.ts", skip_packets=3)
+    one_gop = _mpeg_ts(synthetic_video(tmp_path / "one_gop.mp4", frames=30), tmp_path / "one_gop.ts")
     with pytest.raises(decord.DECORDError):
-        decord.VideoReader(str(ts), num_threads=1)[0]  # what made every such input fail
-    assert probe_video(str(ts)) == probe_video(str(mp4))
-    frames = [np.concatenate([c.frames for c in iter_frame_chunks(str(p), 25, chunk_size=8)]) for p in (mp4, ts)]
-    assert frames[0].shape == (30, 96, 128, 3) and np.array_equal(frames[0], frames[1])
-    scaled = np.concatenate([c.frames for c in iter_frame_chunks(str(ts), 25, chunk_size=8, size=(64, 48))])
-    assert scaled.shape == (30, 48, 64, 3)
+        decord.VideoReader(str(one_gop), num_threads=1)[0]  # what made every such input fail
+    assert probe_video(str(one_gop)) == probe_video(str(tmp_path / "one_gop.mp4"))
+    assert np.array_equal(*(np.concatenate([c.frames for c in iter_frame_chunks(str(tmp_path / name), 25)])
+                            for name in ("one_gop.mp4", "one_gop.ts")))
+    assert probe_video(str(whole)) == probe_video(str(mp4))
+    frames = {p.stem: np.concatenate([c.frames for c in iter_frame_chunks(str(p), 25, chunk_size=8)])
+              for p in (mp4, whole, cut)}
+    assert frames["source"].shape == (40, 48, 64, 3) and np.array_equal(frames["talk"], frames["source"])
+    assert probe_video(str(cut)).num_frames == 30  # from the keyframe of frame 10 on
+    assert np.array_equal(frames["cut"], frames["source"][10:])
+    scaled = np.concatenate([c.frames for c in iter_frame_chunks(str(whole), 25, chunk_size=8, size=(32, 24))])
+    assert scaled.shape == (40, 24, 32, 3)
 
 
 def test_unreadable_inputs_raise_the_documented_error(tmp_path: Path) -> None:

@@ -38,9 +38,9 @@ def animate(
     mlflow_uri: MlflowUriOption = None,
 ) -> None:
     """Animate each reference portrait with its driving video; one MLflow run per invocation."""
+    from portraitflow.jobs.runtime import NotEnoughCpus
     from portraitflow.operators.atomic import FolderBusy
     from portraitflow.operators.generation_jobs import cross_jobs, load_jobs, pair_jobs
-    from portraitflow.jobs.runtime import NotEnoughCpus
     from portraitflow.pipelines.generate import run_generation
 
     forms = [ref is not None or driving is not None, jobs is not None, refs is not None or drivers is not None]
@@ -64,7 +64,7 @@ def animate(
     else:
         try:
             job_list = cross_jobs(str(refs), str(drivers))
-        except ValueError as exc:
+        except (ValueError, OSError) as exc:  # none of its kind; a folder that cannot be listed
             raise typer.BadParameter(str(exc), param_hint="--refs/--drivers") from exc
     try:
         table = run_generation(job_list, out, cfg, resume=resume)

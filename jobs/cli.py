@@ -23,7 +23,6 @@ app.command("convert-weights")(convert_weights.convert_weights)
 app.add_typer(config_cmd.app, name="config")
 
 
-
 def main() -> None:
     """The console script: `app`, with a cluster that refuses this driver past the checks each verb
     makes first (token authentication, say) said in one line, as those checks say theirs."""

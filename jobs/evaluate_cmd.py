@@ -79,10 +79,10 @@ def sweep(
     config. Rerunning resumes: finished configs are not redone."""
     import yaml
 
+    from portraitflow.jobs.runtime import NotEnoughCpus
     from portraitflow.jobs.sweep import check_sweep, run_sweep
     from portraitflow.operators.atomic import FolderBusy
     from portraitflow.operators.sweep_spec import load_sweep
-    from portraitflow.jobs.runtime import NotEnoughCpus
 
     cfg = resolve_config(config, overrides, ray_address, mlflow_uri)
     check_out_folder(out)

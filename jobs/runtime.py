@@ -74,10 +74,15 @@ def check_mlflow_reachable(cfg: MLflowConfig) -> None:
     parts = urlsplit(uri)
     if not cfg.enabled or parts.scheme not in ("http", "https") or not parts.hostname:
         return
-    if parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(parts.hostname):
+    proxies = urllib.request.getproxies()
+    if (parts.scheme in proxies or "all" in proxies) and not urllib.request.proxy_bypass(parts.hostname):
         return
-    shown = urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
-    _connect(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), f"the MLflow server at {shown}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:  # a port that is not a number
+        raise ServiceUnreachable(f"the MLflow tracking URI {uri!r} is not valid: {exc}") from None
+    shown = urlunsplit(parts._replace(netloc=f"{parts.hostname}:{port}"))
+    _connect(parts.hostname, port, f"the MLflow server at {shown}")
 
 
 def _connect(host: str, port: int, what: str) -> None:
@@ -136,7 +141,11 @@ def init_ray(cfg: RayConfig, mlflow: MLflowConfig | None = None) -> None:
         code = stage_driver_code(Path(stage)) if cfg.ship_code else None
         try:
             ray.init(address=address, runtime_env=worker_runtime_env(uri, code) or None, log_to_driver=True)
-        except (ConnectionError, ValueError) as exc:  # unreachable, refused (token auth), not an address
+        except ConnectionError as exc:  # unreachable, or refused (token authentication)
+            raise ServiceUnreachable(_ray_refusal(address, exc)) from exc
+        except ValueError as exc:
+            if "address" not in str(exc).lower():  # a bad runtime_env, say: not the cluster's fault
+                raise
             raise ServiceUnreachable(_ray_refusal(address, exc)) from exc
 
 

@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
 SWEEP_TAG, CONFIG_TAG, PARENT_TAG = "portraitflow.sweep_hash", "portraitflow.config_hash", "mlflow.parentRunId"
-LOCK_FILE = ".lock"  # in the sweep's folder: one sweep writes it at a time
 PARAMS_TAG = "portraitflow.config_params"  # the config's sweep params as JSON, for the report's columns
 
 log = logging.getLogger(__name__)
@@ -123,7 +122,8 @@ def score_and_log(client: MlflowClient, run_id: str, jobs: pd.DataFrame, label: 
     ok = table[table["status"] == "ok"]
     aggregates = {m: float(ok[m].mean()) for m in report.metric_columns(ok) if ok[m].notna().any()}
     if len(table):  # over every job: a video that failed shows no face (what ranking compares, report.rank)
-        aggregates["detection_rate"] = float(table["detection_rate"].fillna(0.0).mean())
+        rates = table["detection_rate"] if "detection_rate" in table else pd.Series(0.0, index=table.index)
+        aggregates["detection_rate"] = float(rates.fillna(0.0).mean())
     aggregates.update(learned_aggregates(work_dir, list(ok["job_id"])))
     aggregates.update(jobs_ok=len(ok), jobs_failed=len(table) - len(ok))
     for key, value in aggregates.items():
@@ -239,10 +239,10 @@ def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str 
     """Run (or resume) a sweep; returns the parent run id. The report lands in `out_dir/report`.
     ValueError (`check_sweep`) before any run or Ray starts when the sweep itself is wrong;
     FolderBusy while another sweep writes `out_dir`."""
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()  # output paths recorded absolute: a resume from elsewhere finds them
     evaluate, configs = check_sweep(spec, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with exclusive_folder(out_dir, out_dir / LOCK_FILE):
+    with exclusive_folder(out_dir):
         return _sweep_holding(spec, cfg, out_dir, evaluate, configs)
 
 
@@ -253,10 +253,7 @@ def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir:
     client = mlflow_client(cfg.mlflow)
     experiment_id = ensure_experiment(client, evaluate.experiment)
     tags = {SWEEP_TAG: sweep_spec.sweep_hash(spec, evaluate, cfg), FOLDER_TAG: folder_tag(out_dir)}
-    previous = client.search_runs([experiment_id], " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items()),
-                                  max_results=1, order_by=["attributes.start_time DESC"])
-    parent_id = previous[0].info.run_id if previous else client.create_run(
-        experiment_id, run_name=spec.name, tags=tags).info.run_id
+    parent_id = _parent(client, experiment_id, spec.name, tags)
     end_abandoned_runs(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent_id}'")
     client.update_run(parent_id, status="RUNNING")
     try:
@@ -289,6 +286,21 @@ def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir:
         client.set_terminated(parent_id, "KILLED")
         raise
     return parent_id
+
+
+def _parent(client: MlflowClient, experiment_id: str, name: str, tags: dict[str, str]) -> str:
+    """The parent run this sweep into this folder resumes: the latest with both tags, else the
+    latest of the same sweep recorded before parents carried their folder (it takes the folder's
+    tag now), else a new one."""
+    previous = client.search_runs([experiment_id], f"tags.`{SWEEP_TAG}` = '{tags[SWEEP_TAG]}'",
+                                  order_by=["attributes.start_time DESC"])
+    ours = [r for r in previous if r.data.tags.get(FOLDER_TAG) == tags[FOLDER_TAG]]
+    untagged = [r for r in previous if FOLDER_TAG not in r.data.tags]
+    if ours or untagged:
+        parent_id = (ours or untagged)[0].info.run_id
+        client.set_tag(parent_id, FOLDER_TAG, tags[FOLDER_TAG])
+        return parent_id
+    return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
 
 
 def _check_cpus(configs: list[dict[str, Any]], max_parallel: int, cfg: PortraitFlowConfig) -> None:
@@ -342,21 +354,18 @@ def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, r
     out_dir.mkdir(parents=True, exist_ok=True)
     children = client.search_runs([parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{run_id}'",
                                   order_by=["attributes.start_time ASC"]) or [parent]
-    rows, tables, videos = [], [], []
-    for child in children:
-        label = child.info.run_name or child.info.run_id
-        params = json.loads(child.data.tags.get(PARAMS_TAG, "{}"))
-        rows.append({"config": label, **params, "status": child.info.status, **child.data.metrics,
-                     "error": child.data.tags.get("error", ""), "run_id": child.info.run_id})
-        if child.info.status != "FINISHED":
-            continue
-        local = _download(client, child.info.run_id, ("per_video.parquet", "side_by_side"),
-                          out_dir / "runs" / child.info.run_id)
+    rows = [{"config": child.info.run_name or child.info.run_id, **json.loads(child.data.tags.get(PARAMS_TAG, "{}")),
+             "status": child.info.status, **child.data.metrics, "error": child.data.tags.get("error", ""),
+             "run_id": child.info.run_id} for child in children]
+    summary = _latest_per_config(pd.DataFrame(rows))
+    tables, videos = [], []
+    finished = summary[summary["status"] == "FINISHED"]
+    for label, run in zip(finished["config"], finished["run_id"]):
+        local = _download(client, run, ("per_video.parquet", "side_by_side"), out_dir / "runs" / run)
         if (local / "per_video.parquet").is_file():
             tables.append(pd.read_parquet(local / "per_video.parquet").assign(config=label))
         for video in sorted((local / "side_by_side").glob("*.mp4")):
             videos.append((f"{label}: {video.stem}", video))
-    summary = _latest_per_config(pd.DataFrame(rows))
     per_video = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["config"])
     summary = _ranked(summary, rank_by)
     plot = report.metric_plots(per_video, out_dir / "metrics.png", list(summary["config"])) if len(per_video) else None
@@ -377,9 +386,11 @@ def _ranked(summary: pd.DataFrame, rank_by: str) -> pd.DataFrame:
 
 
 def _latest_per_config(summary: pd.DataFrame) -> pd.DataFrame:
-    """One row per config: its finished run if any, else its latest attempt (runs come oldest first)."""
+    """One row per config: its latest finished run if any (a config run again because outputs it
+    scored were gone has two), else its latest attempt (runs come oldest first)."""
     finished = summary["status"] == "FINISHED"
-    return pd.concat([summary[finished], summary[~finished & ~summary["config"].isin(summary.loc[finished, "config"])]
+    return pd.concat([summary[finished].drop_duplicates("config", keep="last"),
+                      summary[~finished & ~summary["config"].isin(summary.loc[finished, "config"])]
                       .drop_duplicates("config", keep="last")], ignore_index=True)
 
 

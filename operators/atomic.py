@@ -9,6 +9,7 @@ import fcntl
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,24 +29,33 @@ class FolderBusy(RuntimeError):
     """Another process holds the output folder."""
 
 
-@contextlib.contextmanager
-def exclusive_folder(folder: Path, lock: Path) -> Iterator[None]:
-    """Hold `folder` for this process alone (FolderBusy if another holds it), after clearing the
-    temp files of writes a killed run never finished there.
+#: a temp file untouched this long belongs to a write that will never finish (a killed run's Ray
+#: workers may outlive its driver for a while, still writing)
+ABANDONED_AFTER_S = 15 * 60
 
-    The lock is an flock on `lock`: the kernel drops it when its holder dies, however it dies, so
-    a killed run never blocks the next. While it is held no other run writes in `folder`, so each
-    `atomic_target` temp file found there is a write that will never finish.
+
+@contextlib.contextmanager
+def exclusive_folder(folder: Path, lock: Path | None = None) -> Iterator[None]:
+    """Hold `folder` for this process alone (FolderBusy if another holds it), after clearing the
+    temp files of writes a killed run left there.
+
+    The lock is an flock on `lock` (`folder/.lock` by default): the kernel drops it when its
+    holder dies, however it dies, so a killed run never blocks the next (on NFS, flock needs the
+    mount's locking: not `nolock`). While it is held no other run writes in `folder`, so an
+    `atomic_target` temp file untouched for ABANDONED_AFTER_S is a write that will never finish.
     """
+    lock = lock or folder / ".lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise FolderBusy(f"another run is writing {folder}") from None
+        stale = time.time() - ABANDONED_AFTER_S
         for path in folder.rglob(".*.part"):
-            if _UNFINISHED.fullmatch(path.name) and path.is_file():
-                path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # gone meanwhile
+                if _UNFINISHED.fullmatch(path.name) and path.is_file() and path.stat().st_mtime < stale:
+                    path.unlink()
         yield
 
 

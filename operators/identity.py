@@ -20,7 +20,6 @@ from portraitflow.operators.filters import DUPLICATE, IDENTITY_OVER_CAP
 from portraitflow.operators.paths import IMAGE_SUFFIXES
 
 
-
 def switch_index(samples: np.ndarray, threshold: float) -> int | None:
     """Where the identity of time-ordered sample embeddings changes.
 

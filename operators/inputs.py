@@ -34,6 +34,7 @@ LIST_SUFFIXES = {".txt", ".lst"}
 NO_VIDEO_FILES = "matched no video files"
 LIST_CYCLE = "the list includes itself (directly or through other lists)"
 BROKEN_LINK = "a broken symbolic link: its target does not exist, or links lead back to it"
+NOT_A_FILE = "not a regular file (a pipe, socket or device)"
 NOT_UTF8 = "the file name is not valid UTF-8 (its undecodable bytes are shown as \\xNN escapes)"
 _BYTE_ESCAPE = re.compile(r"\\x([89a-f][0-9a-f])")  # what escape_undecodable makes of a byte that is not UTF-8
 
@@ -222,18 +223,20 @@ def local_copy(uri: str) -> Iterator[str]:
     Raises for an input `expand_inputs` kept because it names no video: the store's error,
     `matched no video files` for a folder, pattern or empty list, the reading error of an
     unreadable list, `LIST_CYCLE` for one that includes itself (`expand_inputs` expands every other
-    list); `NOT_UTF8` for a file whose name it escaped, and `BROKEN_LINK`.
+    list); `NOT_UTF8` for a file whose name it escaped; `BROKEN_LINK`, and `NOT_A_FILE`.
     """
     if not is_uri(uri):
         path = _local(uri)
         if _escapes_a_file_name(path):
             raise UnicodeError(f"{NOT_UTF8}: {path}")
-        if Path(path).is_dir() or (glob.has_magic(path) and not Path(path).exists()):
+        if os.path.islink(path) and not os.path.exists(path):
+            raise FileNotFoundError(BROKEN_LINK)
+        if Path(path).is_dir() or (glob.has_magic(path) and not os.path.lexists(path)):
             raise FileNotFoundError(NO_VIDEO_FILES)
         if _is_list(path):
             raise ValueError(LIST_CYCLE if _read_list(path) else NO_VIDEO_FILES)  # unreadable: its own error
-        if os.path.islink(path) and not os.path.exists(path):
-            raise FileNotFoundError(BROKEN_LINK)
+        if os.path.exists(path) and not os.path.isfile(path):  # a FIFO or a device would block the decoder
+            raise ValueError(NOT_A_FILE)
         yield path
         return
     from pyarrow import fs

@@ -73,22 +73,16 @@ def _escaped(value: Any) -> Any:
 
 
 def clip_row(key: str, input_row: dict[str, Any], clip: dict[str, Any], fps: float) -> dict[str, Any]:
-    """One row of clips.parquet: where the clip is, its decision and reason, its measures.
-
-    Times are the input's: the resampled timeline's last frame may reach up to a frame past the
-    input's end (it shows the input's last frame), so a clip ends no later than the input does.
-    """
+    """One row of clips.parquet: where the clip is, its decision and reason, its measures."""
     reason = clip.get("reason")
     decision = ACCEPTED if reason is None else (FAILED if clip.get("error") else REJECTED)
-    input_end = float(input_row.get("duration_s") or 0.0) or np.inf
-    start_s, end_s = min(clip["start"] / fps, input_end), min(clip["end"] / fps, input_end)
     row = {
         "key": key,
         "input_key": input_row["input_key"],
         "path": input_row["uri"],
-        "start_s": start_s,
-        "end_s": end_s,
-        "duration_s": end_s - start_s,
+        "start_s": clip["start"] / fps,
+        "end_s": clip["end"] / fps,
+        "duration_s": (clip["end"] - clip["start"]) / fps,
         "decision": decision,
         "reason": reason or "",
         "error": clip.get("error", ""),
@@ -115,6 +109,7 @@ def input_row(row: dict[str, Any], clip_rows: list[dict[str, Any]]) -> dict[str,
         error = f"{len(failed_clips)} clip(s) failed to render, first {failed_clips[0]['key']}: {failed_clips[0]['error']}"
     else:
         status = ACCEPTED if accepted else REJECTED
+    seconds_in, seconds_accepted = float(row.get("duration_s") or 0.0), float(sum(c["duration_s"] for c in accepted))
     if status == FAILED and accepted:
         keys = ", ".join(c["key"] for c in accepted)
         error += f"; its {len(accepted)} clip(s) already in the shards stay in the corpus: {keys}"
@@ -125,8 +120,10 @@ def input_row(row: dict[str, Any], clip_rows: list[dict[str, Any]]) -> dict[str,
         "reasons": sorted(rejected),
         "clips_accepted": len(accepted),
         "clips_rejected": dict(sorted(rejected.items())),
-        "seconds_in": float(row.get("duration_s") or 0.0),
-        "seconds_accepted": float(sum(c["duration_s"] for c in accepted)),
+        "seconds_in": seconds_in,
+        # a clip's frames reach up to a frame past the input's end (its last shows the input's last);
+        # an input that failed this time (length unknown) keeps the seconds its earlier clips hold
+        "seconds_accepted": min(seconds_accepted, seconds_in) if seconds_in > 0 else seconds_accepted,
         "width": int(row.get("width") or 0),
         "height": int(row.get("height") or 0),
         "fps": float(row.get("src_fps") or 0.0),

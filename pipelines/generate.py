@@ -26,7 +26,6 @@ PREP_MEMORY = 768 * 1024**2
 #: the reason of a job whose result never came back from Ray (its worker died, its block was
 #: dropped): like curation's lost inputs (jobs/curate.py) it still gets its `failed` row.
 LOST_REASON = "animation: the worker processing this job crashed; its result never came back"
-LOCK_FILE = ".lock"  # in the output folder: one generation writes it at a time
 
 
 def animation_pool(backend: str, cfg: AnimateConfig) -> tuple[int, int]:
@@ -69,7 +68,7 @@ def run_generation(
     jobs = load_jobs(jobs) if isinstance(jobs, (str, Path)) else jobs
     backend = resolve_backend(cfg.animate)
     check_backend(backend, cfg.animate)  # what would fail every actor fails here, before Ray starts
-    with exclusive_folder(out_dir, out_dir / LOCK_FILE):  # FolderBusy while another run writes it
+    with exclusive_folder(out_dir):  # FolderBusy while another run writes it
         rows = plan_rows(jobs, out_dir, backend, cfg.animate, resume, cfg.face)
         started = time.perf_counter()
         init_ray(cfg.ray, cfg.mlflow)

@@ -490,7 +490,7 @@ def test_attempts_are_counted_per_input_on_disk(tmp_path: Path) -> None:
 
 
 def test_folders_are_walked_through_links_and_broken_links_fail_with_their_reason(tmp_path: Path) -> None:
-    from portraitflow.operators.inputs import BROKEN_LINK
+    from portraitflow.operators.inputs import BROKEN_LINK, NOT_A_FILE
 
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "linked.mp4").write_bytes(b"x")
@@ -509,6 +509,13 @@ def test_folders_are_walked_through_links_and_broken_links_fail_with_their_reaso
     for name in ("broken.mp4", "loop_a.mp4"):
         with pytest.raises(FileNotFoundError, match=BROKEN_LINK), local_copy(str(folder / name)):
             pass
+    os.symlink(tmp_path / "gone.mp4", folder / "broken[1].mp4")  # named like a pattern: still a broken link
+    with pytest.raises(FileNotFoundError, match=BROKEN_LINK), local_copy(str(folder / "broken[1].mp4")):
+        pass
+    os.mkfifo(folder / "pipe.mp4")  # would block the decoder forever
+    assert str(folder / "pipe.mp4") in expand_inputs([str(folder)])
+    with pytest.raises(ValueError, match=re.escape(NOT_A_FILE)), local_copy(str(folder / "pipe.mp4")):
+        pass
 
 
 def test_a_file_named_like_a_pattern_is_that_file_and_keys_do_not_depend_on_the_working_directory(

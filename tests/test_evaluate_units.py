@@ -186,6 +186,9 @@ def test_report_ranks_by_metric_direction_and_writes_a_page(tmp_path: Path) -> N
     ranked = report.rank(covered, "apd")
     assert list(ranked["config"]) == ["a", "b", "c"] and list(ranked["full_coverage"]) == [True, True, False]
     assert list(report.rank(covered, "detection_rate")["config"]) == ["a", "b", "c"]
+    # the still baseline keeps every face: it sets no bar for the animators
+    with_still = covered.assign(backend=["still", "warp", "warp"], detection_rate=[1.0, 0.9, 0.89])
+    assert list(report.rank(with_still, "apd")["config"]) == ["c", "a", "b"]
     per_video = pd.DataFrame({"config": ["a", "a", "c", "c"], "job_id": ["x", "y", "x", "y"],
                               "apd": [3.0, 3.5, 1.0, 1.2], "ssim": [0.5, 0.6, 0.7, 0.8]})
     plot = report.metric_plots(per_video, tmp_path / "metrics.png", ["c", "a"])

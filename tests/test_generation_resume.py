@@ -151,13 +151,12 @@ def test_one_generation_at_a_time_per_output_folder(tmp_path: Path) -> None:
 
     from portraitflow.jobs.cli import app
     from portraitflow.operators.atomic import exclusive_folder
-    from portraitflow.pipelines.generate import LOCK_FILE
 
     out = tmp_path / "out"
     out.mkdir()
     (tmp_path / "a.png").write_bytes(b"x")
     (tmp_path / "b.mp4").write_bytes(b"x")
-    with exclusive_folder(out, out / LOCK_FILE):  # another animate holds it
+    with exclusive_folder(out):  # another animate holds it
         result = CliRunner().invoke(app, ["animate", "--ref", str(tmp_path / "a.png"), "--driving",
                                           str(tmp_path / "b.mp4"), "--out", str(out)])
     assert result.exit_code == 2 and "another run is writing" in result.output, result.output

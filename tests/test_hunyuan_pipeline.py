@@ -129,7 +129,6 @@ def test_whole_tiny_pipeline_golden(pipeline_golden, guidance: str, windows_per_
     _assert_output(frames.transpose(0, 1)[None], data, sidecar, prefix + "frames")
 
 
-
 def test_decoding_only_the_kept_frames_skips_padding_chunks_and_keeps_their_values() -> None:
     """Chunk boundaries stay the release's, so the kept frames equal a whole decode's; a chunk of
     padding only is never decoded."""

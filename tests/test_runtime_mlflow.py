@@ -107,6 +107,8 @@ def test_a_cluster_or_server_nothing_answers_on_is_a_one_line_usage_error(tmp_pa
         check_ray_reachable(RayConfig(address=f"ray://127.0.0.1:{port}"))
         check_mlflow_reachable(MLflowConfig(tracking_uri=f"http://127.0.0.1:{port}"))
     check_mlflow_reachable(MLflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}"))
+    with pytest.raises(ServiceUnreachable, match="is not valid"):
+        check_mlflow_reachable(MLflowConfig(tracking_uri="http://127.0.0.1:abc"))
     with pytest.MonkeyPatch.context() as proxied:  # a proxy answers for the server: not checked
         proxied.setenv("http_proxy", "http://proxy.example:3128")
         proxied.delenv("no_proxy", raising=False)

@@ -248,7 +248,7 @@ def test_a_rerun_remakes_what_is_gone_ends_what_a_kill_left_running_and_keeps_to
 
     elsewhere = sweep.run_sweep(spec, cfg, data.parent / "elsewhere")  # another folder: another sweep
     assert elsewhere != parent and len(generated) == 3
-    with exclusive_folder(out, out / sweep.LOCK_FILE), pytest.raises(FolderBusy, match="another run is writing"):
+    with exclusive_folder(out), pytest.raises(FolderBusy, match="another run is writing"):
         sweep.run_sweep(spec, cfg, out)
 
 
@@ -270,3 +270,29 @@ def test_a_failed_video_counts_as_no_face_in_its_configs_detection_rate(driver, 
     sweep.score_and_log(client, run_id, jobs, "c", tmp_path, cfg.evaluate, cfg)
     logged = client.get_run(run_id).data.metrics
     assert logged["apd"] == 1.5 and logged["detection_rate"] == 0.5 and logged["jobs_failed"] == 1
+
+
+def test_a_sweep_recorded_before_parents_carried_their_folder_is_resumed(driver, monkeypatch) -> None:
+    from mlflow import MlflowClient
+
+    from portraitflow.jobs.runtime import ensure_experiment
+    from portraitflow.operators import sweep_spec
+
+    sweep, cfg, data = driver
+    monkeypatch.setattr(sweep, "_run_configs", lambda *_: pd.DataFrame({"config": ["c"], "apd": [0.1]}))
+    spec = _spec(data, [{"backend": "still"}])
+    evaluate, _ = sweep.check_sweep(spec, cfg)
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    old = client.create_run(ensure_experiment(client, evaluate.experiment), run_name="s",
+                            tags={sweep.SWEEP_TAG: sweep_spec.sweep_hash(spec, evaluate, cfg)}).info.run_id
+    assert sweep.run_sweep(spec, cfg, data.parent / "out") == old
+    assert sweep.run_sweep(spec, cfg, data.parent / "other") != old  # it belongs to the first folder now
+
+
+def test_the_report_keeps_one_row_per_config() -> None:
+    from portraitflow.jobs.sweep import _latest_per_config
+
+    runs = pd.DataFrame({"config": ["a", "a", "b", "b", "c"], "status": ["FINISHED", "FINISHED", "FAILED", "KILLED",
+                                                                           "FINISHED"],
+                         "run_id": ["a1", "a2", "b1", "b2", "c1"]})
+    assert sorted(_latest_per_config(runs)["run_id"]) == ["a2", "b2", "c1"]

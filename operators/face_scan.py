@@ -383,7 +383,7 @@ def check_galleries(cfg: PortraitFlowConfig) -> None:
         analyzer = create_analyzer(cfg.face)
         for name, folder in folders.items():
             try:
-                load_gallery(analyzer, folder)
+                load_gallery(analyzer, folder, warn_skipped=True)
             except ValueError as exc:
                 raise ValueError(f"curate.{name}: {exc}") from exc
 

@@ -10,6 +10,7 @@ uninterrupted one and added inputs are held to the clips already kept.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ from portraitflow.models.face.base import FaceAnalyzer, l2_normalise
 from portraitflow.models.face.images import load_image
 from portraitflow.operators.filters import DUPLICATE, IDENTITY_OVER_CAP
 from portraitflow.operators.paths import IMAGE_SUFFIXES
+
+log = logging.getLogger(__name__)
 
 
 def switch_index(samples: np.ndarray, threshold: float) -> int | None:
@@ -36,21 +39,25 @@ def switch_index(samples: np.ndarray, threshold: float) -> int | None:
     return -1
 
 
-def load_gallery(analyzer: FaceAnalyzer, folder: str | None) -> np.ndarray:
-    """(N, D) embeddings of the largest face of each photo in `folder` (photos without one skip)."""
+def load_gallery(analyzer: FaceAnalyzer, folder: str | None, warn_skipped: bool = False) -> np.ndarray:
+    """(N, D) embeddings of the largest face of each photo in `folder`. Photos that cannot be read
+    or show no face are skipped, named in a warning with `warn_skipped` (the driver's check: a deny
+    list silently missing a person would let them through)."""
     if not folder:
         return np.zeros((0, analyzer.embedding_dim), np.float32)
     photos = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    embeddings = []
+    embeddings, skipped = [], []
     for photo in photos:
         image = load_image(photo)
-        if not image.ok:
-            continue
-        faces = analyzer.detect([image.rgb])[0]
+        faces = analyzer.detect([image.rgb])[0] if image.ok else []
         if faces:
             embeddings.append(analyzer.embed([image.rgb], faces[:1])[0])
+        else:
+            skipped.append(f"{photo.name} ({image.reason or 'no face'})")
     if not embeddings:
         raise ValueError(f"no face found in any photo of {folder}")
+    if skipped and warn_skipped:
+        log.warning("%s: %d photo(s) left out of the gallery: %s", folder, len(skipped), ", ".join(skipped[:10]))
     return np.stack(embeddings)
 
 

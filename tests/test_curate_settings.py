@@ -140,3 +140,20 @@ def test_the_curation_actor_pool_grows_on_a_cluster_and_fits_a_local_ray(
     overrides = ["curate.actor_cpus=2"] + ([f"curate.face_actors={face_actors}"] if face_actors else [])
     pool = curate._actor_pool(load_config(None, overrides), inputs=30)
     assert (pool.min_size, pool.max_size) == sizes
+
+
+def test_gallery_photos_left_out_are_named(media_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A deny list that silently lost a person's photo would let them through."""
+    import shutil
+
+    import cv2
+
+    from portraitflow.operators.face_scan import check_galleries
+
+    folder = tmp_path / "deny"
+    folder.mkdir()
+    shutil.copy(media_dir / "hallo_6.jpg", folder / "person.jpg")
+    cv2.imwrite(str(folder / "wall.png"), np.full((64, 64, 3), 128, np.uint8))
+    (folder / "notes.png").write_text("not a picture")
+    check_galleries(load_config(None, [f"curate.deny_dir={folder}"]))
+    assert "2 photo(s) left out of the gallery: notes.png (not_an_image), wall.png (no face)" in caplog.text

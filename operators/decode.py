@@ -112,7 +112,8 @@ def probe_video(path: str) -> VideoInfo:
         import av
 
         with av.open(path) as container:
-            width, height = container.streams.video[0].codec_context.width, container.streams.video[0].codec_context.height
+            codec = container.streams.video[0].codec_context
+            width, height = codec.width, codec.height
         return _timeline(reader, int(width), int(height), from_keyframe=True)[0]
     height, width = reader[0].shape[:2]
     return _timeline(reader, int(width), int(height))[0]

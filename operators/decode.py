@@ -95,26 +95,27 @@ def _declared_rate(reader) -> float:
     return fps
 
 
-def _is_mpeg_ts(path: str) -> bool:
+def _mpeg_ts_size(path: str) -> tuple[int, int] | None:
+    """(width, height) of an MPEG-TS file's video, None for any other container: decord lists a
+    TS file's frames and times but decodes none by index, so it is read in order (PyAV)."""
     import av
 
     try:
         with av.open(path) as container:
-            return "mpegts" in container.format.name.split(",")
+            if "mpegts" not in container.format.name.split(",") or not container.streams.video:
+                return None
+            codec = container.streams.video[0].codec_context
+            return int(codec.width), int(codec.height)
     except av.FFmpegError:
-        return False
+        return None
 
 
 def probe_video(path: str) -> VideoInfo:
     """Size, frame rate and frame count; raises VideoUnreadable for anything decord cannot use."""
     reader = _reader(path)
-    if _is_mpeg_ts(path):  # decord cannot decode it by index (iter_frame_chunks)
-        import av
-
-        with av.open(path) as container:
-            codec = container.streams.video[0].codec_context
-            width, height = codec.width, codec.height
-        return _timeline(reader, int(width), int(height), from_keyframe=True)[0]
+    ts_size = _mpeg_ts_size(path)
+    if ts_size is not None:
+        return _timeline(reader, *ts_size, from_keyframe=True)[0]
     height, width = reader[0].shape[:2]
     return _timeline(reader, int(width), int(height))[0]
 
@@ -165,7 +166,7 @@ def iter_frame_chunks(
     """
     width, height = size if size else (-1, -1)
     reader = _reader(path, width, height)
-    mpeg_ts = _is_mpeg_ts(path)  # decord lists its frames and times but decodes none by index
+    mpeg_ts = _mpeg_ts_size(path) is not None
     info, shown, starts = _timeline(reader, from_keyframe=mpeg_ts)
     positions, sources = resample_positions(info, target_fps, start_s, end_s, starts)
     if shown[0] > 0 or mpeg_ts:  # decord would seek hidden frames by coded position and return wrong ones

@@ -154,10 +154,8 @@ def expand_inputs(specs: Iterable[str], *, _expanding: frozenset[str] = frozense
         elif Path(local).is_dir():
             found.update(_videos_under(local) or [str(Path(local).resolve())])
         elif glob.has_magic(local) and not os.path.lexists(local):  # the name of a file means that file
-            found.update(
-                [str(Path(p).resolve()) for p in glob.glob(local, recursive=True)
-                 if Path(p).is_file() and Path(p).suffix.lower() in VIDEO_SUFFIXES] or [os.path.abspath(local)]
-            )
+            matches = [_video_entry(p) for p in glob.glob(local, recursive=True) if not Path(p).is_dir()]
+            found.update([p for p in matches if p] or [os.path.abspath(local)])
         else:  # absolute, so a missing input has the same key from any working directory
             found.add(str(Path(local).resolve()) if Path(local).exists() else os.path.abspath(local))
     return sorted({escape_undecodable(uri) for uri in found})
@@ -166,8 +164,7 @@ def expand_inputs(specs: Iterable[str], *, _expanding: frozenset[str] = frozense
 def _videos_under(folder: str) -> list[str]:
     """The videos in `folder` and below, through symbolic links to folders (each folder once).
 
-    An entry named like a video that is not a file (a broken link, links that loop) is listed as
-    it is, so its row fails with the reason instead of the entry vanishing.
+    Entries named like videos are listed as `_video_entry` says.
     """
     found, walked = [], set()
     for root, folders, files in os.walk(folder, followlinks=True):
@@ -176,11 +173,17 @@ def _videos_under(folder: str) -> list[str]:
             folders.clear()
             continue
         walked.add(real)
-        for name in files:
-            if Path(name).suffix.lower() in VIDEO_SUFFIXES:
-                path = os.path.join(root, name)
-                found.append(os.path.realpath(path) if os.path.isfile(path) else os.path.abspath(path))
+        found.extend(filter(None, (_video_entry(os.path.join(root, name)) for name in files)))
     return found
+
+
+def _video_entry(path: str) -> str | None:
+    """The input a folder or pattern entry named like a video makes (None for other names): a file
+    by its real path; a broken link, a loop of links or a pipe as it is, so its row fails with the
+    reason (`local_copy`) instead of the entry vanishing."""
+    if Path(path).suffix.lower() not in VIDEO_SUFFIXES:
+        return None
+    return os.path.realpath(path) if os.path.isfile(path) else os.path.abspath(path)
 
 
 def input_key(uri: str) -> str:

@@ -195,18 +195,19 @@ def _load_jobs(spec: DatasetSpec, protocol: str, folder: Path, max_seconds: floa
     folder.mkdir(parents=True, exist_ok=True)
     if spec.type == "jobs":
         return _jobs_file(Path(spec.path), folder, max_seconds, max_videos)
+    videos = _matches(Path(spec.path), spec.include, VIDEO_SUFFIXES, skip) if spec.type == "folder" else []
     if spec.type == "shards":
         entries = _unpack_shards(spec, folder, max_videos)
     else:  # every file is a source video of its own
-        videos = _matches(Path(spec.path), spec.include, VIDEO_SUFFIXES, skip)[:max_videos]
-        entries = [(video, video) for video in videos]
+        entries = [(video, video) for video in videos[:max_videos]]
     clips, origins = [], []
     for entry in entries:
         clips.append(prepare_clip(entry[0], folder, max_seconds) if isinstance(entry, tuple) else entry)
         origins.append(entry[1] if isinstance(entry, tuple) else None)
     if protocol == "self":
         return clips
-    portraits = _matches(Path(spec.path), spec.refs, IMAGE_SUFFIXES, skip) if spec.type == "folder" else []
+    portraits = [p for p in _matches(Path(spec.path), spec.refs, IMAGE_SUFFIXES, skip)
+                 if p not in videos] if spec.type == "folder" else []  # a .gif both globs match is a driver
     if portraits:
         return [{**clip, "job_id": f"{clip['job_id']}-x{i % len(portraits)}", "ref": portraits[i % len(portraits)]}
                 for i, clip in enumerate(clips)]

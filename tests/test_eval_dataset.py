@@ -64,6 +64,15 @@ def test_a_single_clip_cross_job_is_a_failed_row_not_paired_with_itself(tmp_path
     assert jobs[0]["ref"] != "A.ref.png" and jobs[0]["error"]
 
 
+def test_a_file_both_globs_match_is_a_driver_never_its_own_portrait(tmp_path: Path) -> None:
+    for name in ("talk.gif", "face.png"):
+        (tmp_path / name).write_bytes(b"x")
+    spec = DatasetSpec(path=str(tmp_path), include=["*"], refs=["*.png", "*.gif"])
+    with mock.patch.object(eval_dataset, "prepare_clip", _fake_prepare):
+        jobs = load_jobs(spec, "cross", tmp_path / "prepared")
+    assert [(Path(j["source"]).name, Path(j["ref"]).name) for j in jobs] == [("talk.gif", "face.png")]
+
+
 def test_shard_cross_jobs_never_take_a_portrait_from_the_same_source_video(tmp_path: Path) -> None:
     one, two = input_key("/videos/one.mp4"), input_key("/videos/two.mp4")
     a, b = _clip(tmp_path / "a.mp4"), _clip(tmp_path / "b.mp4", shade=40)

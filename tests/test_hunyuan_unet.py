@@ -100,3 +100,16 @@ def test_unconditional_items_skip_cross_attention_exactly(unet_golden) -> None:
     assert not torch.allclose(skipped[1:], skipped[:1].expand_as(skipped[1:]))  # the conditioned items still differ
     with pytest.raises(ValueError, match="unconditional"):
         unet(*args, unconditional=batch + 2)
+
+
+def test_unet_round_trips_through_diffusers_save_and_from_pretrained(tmp_path: Path) -> None:
+    from portraitflow.models.hunyuan.unet import TINY_UNET_CONFIG
+
+    unet = HunyuanUNet(**TINY_UNET_CONFIG)
+    unet.save_pretrained(tmp_path)  # safetensors, with its config.json
+    again = HunyuanUNet.from_pretrained(tmp_path)
+    assert again.config.block_out_channels == list(TINY_UNET_CONFIG["block_out_channels"])
+    ours, theirs = unet.state_dict(), again.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert HunyuanUNet.from_config({**config, "a_key_from_a_newer_diffusers": 1}).conv_in.out_channels == 32

@@ -17,6 +17,7 @@ block and the release both copy it h*w times, about 1.6 GB per block at 512² in
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -66,11 +67,6 @@ TINY_UNET_CONFIG: dict = {
     "num_attention_heads": [1, 1, 1, 1],
     "num_frames": 8,
 }
-
-
-def unet_config_from_json(config: dict) -> dict:
-    """Constructor arguments from a diffusers `config.json` (drops the `_class_name`-style keys)."""
-    return {key: value for key, value in config.items() if not key.startswith("_")}
 
 
 @dataclass
@@ -162,7 +158,8 @@ class HunyuanUNet(UNetSpatioTemporalConditionModel):
     """`UNetSpatioTemporalConditionModel` with HunyuanPortrait's IP attention and pose input.
 
     Its state dict is the official `unet.pth` layout: the 1428 stock keys plus 64 adapter keys.
-    Build with `HunyuanUNet(**config)` where config is the diffusers UNet config.
+    Build with `HunyuanUNet.from_config(config)` (a diffusers UNet `config.json`) or
+    `HunyuanUNet(**arguments)`.
     """
 
     def __init__(self, **config) -> None:
@@ -174,6 +171,9 @@ class HunyuanUNet(UNetSpatioTemporalConditionModel):
                 temporal = ".temporal_transformer_blocks." in name
                 module.set_processor(IPAttnProcessor(module.inner_dim, cross_dim, self.condition_slot, temporal))
         self.conv_in.register_forward_hook(self._add_pose_features)
+
+    # diffusers' from_config/from_pretrained take the constructor's arguments from its signature
+    __init__.__signature__ = inspect.signature(UNetSpatioTemporalConditionModel.__init__)  # type: ignore[attr-defined]
 
     def _add_pose_features(self, _module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         pose = self.condition_slot.current().pose

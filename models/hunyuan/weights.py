@@ -34,7 +34,6 @@ from portraitflow.models.hunyuan.unet import (
     SVD_XT_UNET_CONFIG,
     TINY_UNET_CONFIG,
     HunyuanUNet,
-    unet_config_from_json,
 )
 from portraitflow.operators.atomic import atomic_target
 from safetensors.torch import load_file, save_file
@@ -117,8 +116,8 @@ class HunyuanModels:
 
 def _builders(size: ModelSize, unet_config: dict, vae_config: dict) -> dict[str, Callable[[], nn.Module]]:
     return {
-        "unet": lambda: HunyuanUNet(**unet_config),
-        "vae": lambda: AutoencoderKLTemporalDecoder(**vae_config),
+        "unet": lambda: HunyuanUNet.from_config(unet_config),
+        "vae": lambda: AutoencoderKLTemporalDecoder.from_config(vae_config),
         "pose_guider": lambda: PoseGuider(**size.pose_guider),
         "dino": lambda: DinoV2WithIdAdapters(**size.dino),
         "image_proj": lambda: ImageProjector(),
@@ -233,8 +232,8 @@ def load_models(weights_dir: str | Path, device: torch.device | str = "cpu", dty
     `size` picks the constructor arguments of the modules without a config file (`tiny` for tests).
     """
     root = check_weights_dir(weights_dir)
-    unet_config = unet_config_from_json(json.loads((root / "unet" / "config.json").read_text()))
-    vae_config = unet_config_from_json(json.loads((root / "vae" / "config.json").read_text()))
+    unet_config = json.loads((root / "unet" / "config.json").read_text())
+    vae_config = json.loads((root / "vae" / "config.json").read_text())
     scheduler_config = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
     modules: dict[str, nn.Module] = {}
     spec = SIZES[size]

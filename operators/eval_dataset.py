@@ -139,7 +139,8 @@ def _failed(job_id: str, source: str, reason: str, error: str) -> dict[str, Any]
 
 
 def _unpack_shards(spec: DatasetSpec, folder: Path, max_videos: int | None) -> list[tuple[str, str] | dict[str, Any]]:
-    """The first `max_videos` shard samples, each its clip written out as `<key>.source.mp4` and
+    """The first `max_videos` shard samples, each its clip written out as `<key>.source.mp4` (a key
+    met again, in another shard, gets a hash of its shard) and
     given as (path, origin: the input key of its source video); a sample without a clip, and a
     shard that cannot be read (from where it breaks), are failed rows instead, with a warning."""
     import webdataset as wds
@@ -148,12 +149,16 @@ def _unpack_shards(spec: DatasetSpec, folder: Path, max_videos: int | None) -> l
     if not urls:
         raise ValueError(f"no .tar shards at {spec.path}")
     entries: list[tuple[str, str] | dict[str, Any]] = []
+    seen: set[str] = set()
     for url in urls:
         if max_videos is not None and len(entries) >= max_videos:
             break
         try:  # one shard at a time: webdataset's default handler re-raises, and stops the lot
             for sample in wds.WebDataset([url], shardshuffle=False, empty_check=False):
                 key = safe_stem(str(sample["__key__"]))
+                if key in seen:  # shards not curated here may repeat keys: a later one is named by its shard
+                    key = hashed_name(key, f"{url}#{sample['__key__']}")
+                seen.add(key)
                 if "mp4" not in sample:
                     log.warning("%s: sample %s has no mp4; skipped", url, key)
                     entries.append(_failed(key, url, "no_video", f"sample {key} of {url} has no mp4"))

@@ -73,6 +73,15 @@ def test_a_file_both_globs_match_is_a_driver_never_its_own_portrait(tmp_path: Pa
     assert [(Path(j["source"]).name, Path(j["ref"]).name) for j in jobs] == [("talk.gif", "face.png")]
 
 
+def test_a_key_repeated_in_another_shard_is_a_job_of_its_own(tmp_path: Path) -> None:
+    shards = tmp_path / "foreign"
+    write_shard(shards / "000000.tar", {"sample0": _sample(_clip(tmp_path / "a.mp4", shade=0))})
+    write_shard(shards / "000001.tar", {"sample0": _sample(_clip(tmp_path / "b.mp4", shade=60))})
+    jobs = load_jobs(DatasetSpec(type="shards", path=str(shards)), "self", tmp_path / "prepared")
+    assert [j["status"] for j in jobs] == ["ok", "ok"] and len({j["job_id"] for j in jobs}) == 2
+    assert len({Path(j["source"]).read_bytes() for j in jobs}) == 2  # both clips written, neither lost
+
+
 def test_shard_cross_jobs_never_take_a_portrait_from_the_same_source_video(tmp_path: Path) -> None:
     one, two = input_key("/videos/one.mp4"), input_key("/videos/two.mp4")
     a, b = _clip(tmp_path / "a.mp4"), _clip(tmp_path / "b.mp4", shade=40)

@@ -107,7 +107,7 @@ def main() -> None:
             print(f"synthetic shards: {args.clips} clips of {args.clip_seconds:g} s in {time.perf_counter() - began:.0f} s")
             source = tmp
         samples = list(wds.WebDataset(expand_shards(source), shardshuffle=False, empty_check=False))
-        clip_frames = np.mean([len(np.load(io.BytesIO(s["kps.npy"]))) for s in samples])
+        clip_frames = np.mean([len(np.load(io.BytesIO(s["kps.npy"]), allow_pickle=False)) for s in samples])
         print(f"{len(samples)} samples, {clip_frames:.0f} frames per clip on average, "
               f"{keyframes_per_clip(samples):.1f} keyframes per clip, window {args.n_frames} frames + reference")
 

@@ -16,6 +16,8 @@ SCANNED = ["jobs", "pipelines", "operators", "models", "benchmarks"]
 PICKLING_MODULES = {"pickle", "_pickle", "cPickle", "cloudpickle", "dill", "joblib", "shelve", "marshal"}
 # Calls that unpickle or construct arbitrary objects whatever their arguments.
 FORBIDDEN_CALLS = {"read_pickle", "to_pickle", "unsafe_load", "full_load", "load_pickle"}
+# WebDataset's decoders unpickle `.pyd`/`.pickle` members (and torch.load `.pth` ones).
+WEBDATASET_PIPELINES = {"WebDataset", "WebLoader", "DataPipeline", "FluidWrapper"}
 
 
 def _dotted(node: ast.AST) -> str:
@@ -38,10 +40,21 @@ def _is_const(node: ast.AST | None, value: object) -> bool:
     return isinstance(node, ast.Constant) and node.value is value
 
 
+def _builds_webdataset(node: ast.AST) -> bool:
+    """Whether the expression calls a WebDataset pipeline constructor (`wds.WebDataset(urls)...`)."""
+    return any(isinstance(n, ast.Call) and _dotted(n.func).rsplit(".", 1)[-1] in WEBDATASET_PIPELINES
+               for n in ast.walk(node))
+
+
 def unsafe_loading(source: str) -> list[str]:
     """Every way `source` could unpickle (or build arbitrary objects from) data, as `line: what`."""
+    tree = ast.parse(source)
+    torches = {"torch"} | {a.asname for n in ast.walk(tree) if isinstance(n, ast.Import)
+                           for a in n.names if a.name == "torch" and a.asname}
+    numpies = {"np", "numpy"} | {a.asname for n in ast.walk(tree) if isinstance(n, ast.Import)
+                                 for a in n.names if a.name == "numpy" and a.asname}
     found = []
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(tree):
         where = getattr(node, "lineno", 0)
         if isinstance(node, ast.Import):
             found += [f"{where}: import {a.name}" for a in node.names if a.name.split(".")[0] in PICKLING_MODULES]
@@ -50,13 +63,18 @@ def unsafe_loading(source: str) -> list[str]:
             names = {a.name for a in node.names}
             if module.split(".")[0] in PICKLING_MODULES or names & PICKLING_MODULES:
                 found.append(f"{where}: from {module} import {', '.join(sorted(names))}")
-            if module == "torch" and "load" in names:
-                found.append(f"{where}: from torch import load (use torch.load(..., weights_only=True))")
+            if module in ("torch", "torch.serialization", "numpy") and "load" in names:
+                found.append(f"{where}: from {module} import load (call it qualified, with its safe arguments)")
+            if module.startswith("webdataset.autodecode") or (module == "webdataset" and "autodecode" in names):
+                found.append(f"{where}: webdataset's autodecode (it unpickles)")
         elif isinstance(node, ast.Call):
             name = _dotted(node.func)
-            last = name.rsplit(".", 1)[-1]
-            if name == "torch.load" and not _is_const(_keyword(node, "weights_only"), True):
-                found.append(f"{where}: torch.load without weights_only=True")
+            head, _, last = name.rpartition(".")
+            if (head in torches or head in {f"{t}.serialization" for t in torches}) and last == "load" \
+                    and not _is_const(_keyword(node, "weights_only"), True):
+                found.append(f"{where}: {name} without weights_only=True")
+            if head in numpies and last == "load" and not _is_const(_keyword(node, "allow_pickle"), False):
+                found.append(f"{where}: {name} without allow_pickle=False")
             if name in ("torch.hub.load", "torch.jit.load"):
                 found.append(f"{where}: {name}")
             if last in FORBIDDEN_CALLS:
@@ -64,6 +82,11 @@ def unsafe_loading(source: str) -> list[str]:
             allow = _keyword(node, "allow_pickle")
             if allow is not None and not _is_const(allow, False):
                 found.append(f"{where}: {name} with allow_pickle not False")
+            if isinstance(node.func, ast.Attribute) and node.func.attr == "decode" and (
+                    _builds_webdataset(node.func.value) or head in ("wds", "webdataset")):
+                found.append(f"{where}: a WebDataset decoder (it unpickles .pyd/.pickle members)")
+            if last == "read_webdataset" and not _is_const(_keyword(node, "decoder"), None):
+                found.append(f"{where}: read_webdataset without decoder=None (its default decoder unpickles)")
             if name == "yaml.load" and "Safe" not in ast.unparse(_keyword(node, "Loader") or ast.Constant(None)):
                 found.append(f"{where}: yaml.load without a safe Loader")
             if name in ("eval", "exec"):
@@ -90,6 +113,15 @@ def unsafe_loading(source: str) -> list[str]:
     "yaml.load(text, Loader=yaml.Loader)",
     "yaml.unsafe_load(text)",
     "eval(line)",
+    "import torch as t\nt.load(path)",
+    "torch.serialization.load(path)",
+    "np.load(io.BytesIO(b))",
+    "from numpy import load",
+    "wds.WebDataset(urls).decode()",
+    "wds.WebDataset(urls).shuffle(9).decode('rgb')",
+    "wds.DataPipeline(wds.SimpleShardList(u), wds.decode())",
+    "from webdataset.autodecode import unpickle_loads",
+    "ray.data.read_webdataset(paths)",
 ])
 def test_scanner_catches_unsafe_loading(snippet: str) -> None:
     assert unsafe_loading(snippet), snippet
@@ -105,6 +137,9 @@ def test_scanner_catches_unsafe_loading(snippet: str) -> None:
     '"""Never unpickle: pickle.load is forbidden."""',
     "# import pickle",
     "safetensors.torch.load_file(path)",
+    "line.decode('utf-8')",
+    "ray.data.read_webdataset(paths, decoder=None)",
+    "import torch as t\nt.load(path, weights_only=True)",
 ])
 def test_scanner_passes_safe_loading(snippet: str) -> None:
     assert unsafe_loading(snippet) == []

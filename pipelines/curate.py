@@ -19,6 +19,7 @@ from portraitflow.operators.curate_input import CurateInputStage
 from portraitflow.operators.inputs import input_bytes
 
 if TYPE_CHECKING:
+    import ray.data
     from ray.data import ActorPoolStrategy
 
 # An input whose worker dies (segfault, OOM kill, lost node) is retried this many times, then it
@@ -28,13 +29,13 @@ if TYPE_CHECKING:
 CRASH_RETRIES = 2
 
 
-def _configure(cfg: PortraitFlowConfig) -> None:
-    import ray.data
-
-    context = ray.data.DataContext.get_current()
+def _configured(ds: ray.data.Dataset, cfg: PortraitFlowConfig) -> ray.data.Dataset:
+    """`ds` with curation's execution settings, on its own context (the process's stays as it was)."""
+    context = ds.context
     context.enable_progress_bars = cfg.curate.progress_bars
     context.execution_options.preserve_order = False  # results are keyed; order is restored on the driver
     context.max_errored_blocks = -1  # every block is one input; a lost one becomes a `failed` row
+    return ds
 
 
 def _actor_pool(cfg: PortraitFlowConfig, inputs: int) -> ActorPoolStrategy:
@@ -43,6 +44,7 @@ def _actor_pool(cfg: PortraitFlowConfig, inputs: int) -> ActorPoolStrategy:
     nodes (the CPUs present at the start, none on a fresh cluster, would fix it at one). Each actor
     has its next input queued, so it never waits for the driver between inputs (a crash costs the
     queued input nothing: only starts count)."""
+    import ray.data
     from ray.data import ActorPoolStrategy
 
     cpus = local_cpus(cfg.ray)
@@ -59,10 +61,9 @@ def curate_inputs(rows: list[dict[str, Any]], cfg: PortraitFlowConfig, scan_dir:
 
     if not rows:
         return [], ""
-    _configure(cfg)
     # Largest files first: the inputs that start last decide how long CPUs idle at the end.
     rows = sorted(rows, key=lambda r: -input_bytes(r["uri"]))
-    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    ds = _configured(ray.data.from_items(rows, override_num_blocks=len(rows)), cfg)
     ds = ds.map_batches(
         CurateInputStage,
         fn_constructor_kwargs={"config": cfg.model_dump(mode="json"), "scan_dir": str(scan_dir),
@@ -87,8 +88,8 @@ def render_decided(rows: list[dict[str, Any]], cfg: PortraitFlowConfig, scan_dir
 
     if not rows:
         return []
-    _configure(cfg)
-    ds = ray.data.from_items(sorted(rows, key=lambda r: -input_bytes(r["uri"])), override_num_blocks=len(rows))
+    ds = _configured(ray.data.from_items(sorted(rows, key=lambda r: -input_bytes(r["uri"])),
+                                         override_num_blocks=len(rows)), cfg)
     ds = ds.map(render_decided_clips, num_cpus=cfg.curate.actor_cpus,
                 fn_kwargs={"config": cfg.model_dump(mode="json"), "scan_dir": str(scan_dir),
                            "staging_dir": str(staging_dir)})

@@ -92,6 +92,13 @@ def curated(flow_inputs, ray_local, tmp_path_factory) -> tuple[Path, dict, str]:
     return out, metrics, uri
 
 
+def test_curation_leaves_the_process_wide_ray_data_settings_as_they_were(curated) -> None:
+    import ray.data
+
+    context = ray.data.DataContext.get_current()  # curation set its own on its datasets' contexts
+    assert context.max_errored_blocks == ray.data.DataContext().max_errored_blocks != -1
+
+
 def test_manifest_has_one_row_per_input_with_its_decision(curated, flow_inputs, media_dir: Path) -> None:
     import pandas as pd
 

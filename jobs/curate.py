@@ -444,7 +444,7 @@ def _log_run(cfg: PortraitFlowConfig, layout: Layout, metrics: dict[str, Any], c
     from portraitflow.operators.curation_report import contact_sheet, histograms
 
     flat = {f"{section}.{k}": v for section, values in cfg.model_dump(mode="json").items() for k, v in values.items()}
-    mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
+    mlflow.log_params({k: str(v) for k, v in flat.items()})  # MLflow cuts a value past its limit, with a warning
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
     mlflow.log_artifact(str(layout.out / "manifest.parquet"))
     mlflow.log_artifact(str(layout.out / "clips.parquet"))

@@ -248,6 +248,19 @@ def ensure_experiment(client, name: str) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
+def log_values(client: MlflowClient, run_id: str, params: dict[str, Any] | None = None,
+               metrics: dict[str, float] | None = None) -> None:
+    """A run's params and metrics in one request: a tracking server is a round trip per call
+    (MLflow splits a batch past its limits, and cuts a value past its length limit with a warning)."""
+    import time
+
+    from mlflow.entities import Metric, Param
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+                     params=[Param(k, str(v)) for k, v in (params or {}).items()])
+
+
 def folder_tag(folder: Path) -> str:
     """The value of FOLDER_TAG for `folder`: a digest of its absolute path (safe in a filter)."""
     return hashlib.sha1(str(Path(folder).resolve()).encode("utf-8", "surrogatepass")).hexdigest()[:16]

@@ -24,7 +24,8 @@ import pandas as pd
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.jobs.runtime import (
-    FOLDER_TAG, end_abandoned_runs, ensure_experiment, folder_tag, init_ray, mlflow_client, require_cpus,
+    FOLDER_TAG, end_abandoned_runs, ensure_experiment, folder_tag, init_ray, log_values, mlflow_client,
+    require_cpus,
 )
 from portraitflow.operators import metrics, metrics_learned, report, sweep_spec
 from portraitflow.operators.atomic import atomic_write, exclusive_folder
@@ -126,8 +127,7 @@ def score_and_log(client: MlflowClient, run_id: str, jobs: pd.DataFrame, label: 
         aggregates["detection_rate"] = float(rates.fillna(0.0).mean())
     aggregates.update(learned_aggregates(work_dir, list(ok["job_id"])))
     aggregates.update(jobs_ok=len(ok), jobs_failed=len(table) - len(ok))
-    for key, value in aggregates.items():
-        client.log_metric(run_id, key, value)
+    log_values(client, run_id, metrics=aggregates)
     client.log_text(run_id, "\n".join(metrics_learned.skip_notes(evaluate).values()), "notes.txt")
     _log_side_by_side(client, run_id, jobs[jobs["job_id"].isin(ok["job_id"])], work_dir, evaluate.side_by_side)
     if (work_dir / "metrics").is_dir():
@@ -150,8 +150,7 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
         tags = {PARENT_TAG: parent_id, CONFIG_TAG: config_hash, PARAMS_TAG: json.dumps(params, sort_keys=True)}
         run_id = children.start(experiment_id, label, tags)
         try:
-            for key, value in {**params, **evaluate.model_dump(), "face_backend": cfg.face.backend}.items():
-                client.log_param(run_id, key, str(value)[:500])
+            log_values(client, run_id, params={**params, **evaluate.model_dump(), "face_backend": cfg.face.backend})
             generated = generate_outputs(params, jobs, work_dir / "outputs", cfg)
             children.check()
             outcome = generated[[c for c in ("job_id", "status", "reason", "output") if c in generated]]
@@ -184,8 +183,7 @@ def evaluate_results(jobs: pd.DataFrame, cfg: PortraitFlowConfig, out_dir: str |
     run_id = client.create_run(ensure_experiment(client, cfg.evaluate.experiment), run_name=name).info.run_id
     try:
         init_ray(cfg.ray, cfg.mlflow)
-        for key, value in cfg.evaluate.model_dump().items():
-            client.log_param(run_id, key, str(value)[:500])
+        log_values(client, run_id, params=cfg.evaluate.model_dump())
         jobs = jobs.assign(status=jobs["status"] if "status" in jobs else "ok",
                            reason=jobs["reason"] if "reason" in jobs else "")  # a plain table of outputs has neither
         score_and_log(client, run_id, jobs, name, out_dir, cfg.evaluate, cfg)
@@ -261,9 +259,8 @@ def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir:
                          evaluate.max_videos, exclude=out_dir)  # an OUT inside the dataset holds no inputs
         atomic_write(out_dir / "dataset.parquet", pd.DataFrame(jobs).astype(str).to_parquet())  # failed inputs too
         usable = [j for j in jobs if j.get("status", "ok") == "ok"]
-        client.log_param(parent_id, "configs", len(configs))
-        client.log_param(parent_id, "protocol", evaluate.protocol)
-        client.log_param(parent_id, "dataset", spec.dataset.path)
+        log_values(client, parent_id, params={"configs": len(configs), "protocol": evaluate.protocol,
+                                              "dataset": spec.dataset.path})
         client.log_text(parent_id, spec.model_dump_json(indent=2), "sweep.json")
         client.log_text(parent_id, "\n".join(metrics_learned.skip_notes(evaluate).values()), "notes.txt")
         client.log_artifact(parent_id, str(out_dir / "dataset.parquet"))
@@ -272,10 +269,8 @@ def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir:
         atomic_write(out_dir / "summary.csv", summary.to_csv(index=False))
         client.log_artifact(parent_id, str(out_dir / "summary.csv"))
         failed = int(summary["error"].notna().sum()) if "error" in summary else 0  # only failed configs have one
-        client.log_metric(parent_id, "configs_finished", len(summary) - failed)
-        client.log_metric(parent_id, "configs_failed", failed)
-        client.log_metric(parent_id, "videos", len(usable))
-        client.log_metric(parent_id, "videos_failed", len(jobs) - len(usable))
+        log_values(client, parent_id, metrics={"configs_finished": len(summary) - failed, "configs_failed": failed,
+                                               "videos": len(usable), "videos_failed": len(jobs) - len(usable)})
         report_from_run(parent_id, cfg, out_dir / "report", evaluate.rank_by)
         client.log_artifacts(parent_id, str(out_dir / "report"), "report")
         client.set_terminated(parent_id, "FINISHED")

@@ -144,3 +144,16 @@ def test_a_cluster_that_refuses_the_driver_says_what_to_export(monkeypatch: pyte
     with pytest.raises(SystemExit) as stopped:
         cli.main()
     assert stopped.value.code == 2 and capsys.readouterr().err.startswith("Error: the Ray cluster at 10.0.0.1:6379")
+
+
+def test_log_values_records_params_and_metrics_of_a_run_in_one_request(tmp_path: Path) -> None:
+    from portraitflow.jobs.runtime import ensure_experiment, log_values, mlflow_client
+
+    client = mlflow_client(MLflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}"))
+    run_id = client.create_run(ensure_experiment(client, "values")).info.run_id
+    long_value = "x" * 2000  # a config value past the 500 characters older MLflow kept
+    log_values(client, run_id, params={f"p{i}": i for i in range(150)} | {"long": long_value},
+               metrics={"psnr": 31.5, "jobs_ok": 3})
+    data = client.get_run(run_id).data
+    assert len(data.params) == 151 and data.params["long"] == long_value and data.params["p149"] == "149"
+    assert data.metrics == {"psnr": 31.5, "jobs_ok": 3.0}

@@ -35,7 +35,7 @@ from portraitflow.operators.face_scan import SIGNATURE_SIZE, check_galleries, lo
 from portraitflow.operators.filters import RENDER_FAILED
 from portraitflow.operators.identity import CorpusLedger
 from portraitflow.operators.inputs import clip_input_key, expand_inputs, input_key
-from portraitflow.operators.quarantine import quarantined_row
+from portraitflow.operators.quarantine import CRASH_RETRIES, quarantined_row
 from portraitflow.operators.shards import (INDEX_NAME, pack_shards, rewrite_whole, shard_paths, whole_shard_keys,
                                            write_index)
 
@@ -353,7 +353,7 @@ def _pending(rows: list[dict], markers: dict[str, dict], in_shards: Collection[s
 def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], pending: list[dict],
                     in_shards: dict[str, Path]) -> dict[str, Any]:
     from portraitflow.jobs.runtime import mlflow_run
-    from portraitflow.pipelines.curate import CRASH_RETRIES, curate_inputs
+    from portraitflow.pipelines.curate import curate_inputs
 
     out = layout.out
     started = time.perf_counter()

@@ -1,7 +1,8 @@
 """The two generation stages on Ray Data rows, one row per job.
 
 - `prepare_job` (a CPU task): the reference's face crop and the driving video's motion. Any bad
-  input (missing file, unreadable image or video, no face) turns the row `failed` with a reason.
+  input (missing file, unreadable image or video, no face) turns the row `failed` with a reason,
+  and so does a job that crashed its worker on every allowed start (operators/quarantine.py).
 - `AnimateJobs` (an actor): holds one animator, streams the driving video through it window by
   window and encodes the result with the driver's audio. Failed rows pass through untouched.
 
@@ -28,6 +29,7 @@ from portraitflow.operators.decode import VideoUnreadable
 from portraitflow.operators.driving_motion import DrivingMotion, extract_driving_motion, iter_driving_windows
 from portraitflow.operators.paste_back import paste_back
 from portraitflow.operators.probe import error_text
+from portraitflow.operators.quarantine import crashed_reason, start_attempt
 from portraitflow.operators.reference_portrait import NoFace, PreparedReference, UnreadableImage, prepare_reference
 from portraitflow.operators.video_writer import has_audio, write_h264
 
@@ -50,8 +52,16 @@ def _failed(row: dict[str, Any], stage: str, exc: Exception) -> dict[str, Any]:
     return {**row, "status": "failed", "reason": f"{stage}: {error_text(exc, known)}"[:300]}
 
 
-def prepare_job(row: dict[str, Any], face_cfg_json: str, animate_cfg_json: str) -> dict[str, Any]:
+def _crashed_too_often(row: dict[str, Any], stage: str, attempts_dir: str, max_attempts: int) -> bool:
+    """Record a start of `stage` on the job; True once it has crashed its worker `max_attempts` times."""
+    return start_attempt(Path(attempts_dir), f"{stage}-{Path(row['output']).stem}") > max_attempts
+
+
+def prepare_job(row: dict[str, Any], face_cfg_json: str, animate_cfg_json: str, attempts_dir: str,
+                max_attempts: int) -> dict[str, Any]:
     """Reference crop and driving motion of one job, as npz bytes columns; or a failed row."""
+    if _crashed_too_often(row, "prepare", attempts_dir, max_attempts):
+        return {**row, "status": "failed", "reason": crashed_reason("preparation", max_attempts), **INTERMEDIATE}
     cfg = AnimateConfig.model_validate_json(animate_cfg_json)
     started = time.perf_counter()
     try:
@@ -94,8 +104,9 @@ class _Timed:
 class AnimateJobs:
     """Ray Data callable class: the actor holds one animator for all the jobs it is given."""
 
-    def __init__(self, backend: str, animate_cfg_json: str) -> None:
+    def __init__(self, backend: str, animate_cfg_json: str, attempts_dir: str, max_attempts: int) -> None:
         self.backend = backend
+        self.attempts_dir, self.max_attempts = attempts_dir, max_attempts
         self.cfg = AnimateConfig.model_validate_json(animate_cfg_json)
         self.animator = create_animator(backend, self.cfg)
 
@@ -108,6 +119,8 @@ class AnimateJobs:
         result = {k: v for k, v in row.items() if k not in INTERMEDIATE}
         if row["status"] != "pending":
             return result
+        if _crashed_too_often(row, "animate", self.attempts_dir, self.max_attempts):
+            return {**result, "status": "failed", "reason": crashed_reason("animation", self.max_attempts)}
         started = time.perf_counter()
         try:
             frames, animation, fps, reference = self._render(row)

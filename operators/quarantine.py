@@ -13,6 +13,11 @@ from typing import Any
 from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.probe import FAILED
 
+# Ray Data retries a dead worker's task forever and, since Ray 2.60, takes no retry limit but
+# through the deprecated `ray_remote_args`, so stages count the starts themselves: an input whose
+# worker dies (segfault, OOM kill, lost node) is retried this many times, then it is a failed row.
+CRASH_RETRIES = 2
+
 
 def start_attempt(folder: Path, key: str) -> int:
     """Record one more start of the input `key`; returns the number of starts, this one included."""
@@ -20,6 +25,11 @@ def start_attempt(folder: Path, key: str) -> int:
     count = int(path.read_text()) + 1 if path.exists() else 1
     atomic_write(path, str(count))
     return count
+
+
+def crashed_reason(stage: str, attempts: int) -> str:
+    """The reason of a job given up on after `attempts` starts that each crashed their worker."""
+    return f"{stage}: quarantined: the worker processing this job crashed on each of its {attempts} attempts"
 
 
 def quarantined_row(row: dict[str, Any], attempts: int) -> dict[str, Any]:

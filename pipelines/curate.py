@@ -17,17 +17,11 @@ from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.runtime import local_cpus
 from portraitflow.operators.curate_input import CurateInputStage
 from portraitflow.operators.inputs import input_bytes
+from portraitflow.operators.quarantine import CRASH_RETRIES
 
 if TYPE_CHECKING:
     import ray.data
     from ray.data import ActorPoolStrategy
-
-# An input whose worker dies (segfault, OOM kill, lost node) is retried this many times, then it
-# becomes a `failed` row. Ray Data retries a dead actor's task forever and, since Ray 2.60, takes
-# no retry limit but through the deprecated `ray_remote_args`, so the stage counts the attempts
-# itself (operators/quarantine.py).
-CRASH_RETRIES = 2
-
 
 def _configured(ds: ray.data.Dataset, cfg: PortraitFlowConfig) -> ray.data.Dataset:
     """`ds` with curation's execution settings, on its own context (the process's stays as it was)."""

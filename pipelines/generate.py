@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from portraitflow.operators.generation_jobs import Job, load_jobs
 from portraitflow.operators.generation_results import (
     RESULTS_FILE, log_to_mlflow, plan_rows, results_table, save_preview, write_atomic,
 )
+from portraitflow.operators.quarantine import CRASH_RETRIES
 
 #: a preparation task holds the face models and one chunk of full-resolution frames. Declaring
 #: it also keeps Ray Data from fusing the tasks into the animation actors (different resources).
@@ -37,6 +39,13 @@ def animation_pool(backend: str, cfg: AnimateConfig) -> tuple[int, int]:
     if backend == "hunyuan" and cfg.gpus > 0:
         return cfg.gpus, 1
     return cfg.actors, 0
+
+
+def _fresh(folder: Path) -> Path:
+    """`folder`, emptied: crash counts belong to one invocation."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
 
 
 def run_generation(
@@ -79,12 +88,16 @@ def run_generation(
             pending = [row for row in rows if row["status"] == "pending"]
             if pending:
                 actors, gpus_per_actor = animation_pool(backend, cfg.animate)
+                crashes = {"attempts_dir": str(_fresh(out_dir / ".state" / "attempts")),
+                           "max_attempts": CRASH_RETRIES + 1}  # a job that kills its worker is given up on
+                jobs_ds = ray.data.from_items(pending, override_num_blocks=len(pending))
+                jobs_ds.context.max_errored_blocks = -1  # a job whose block is lost still gets its row (below)
                 finished = (
-                    ray.data.from_items(pending, override_num_blocks=len(pending))
+                    jobs_ds
                     .map(prepare_job, fn_kwargs={"face_cfg_json": cfg.face.model_dump_json(),
-                                                 "animate_cfg_json": cfg.animate.model_dump_json()},
+                                                 "animate_cfg_json": cfg.animate.model_dump_json(), **crashes},
                          num_cpus=1, memory=PREP_MEMORY)
-                    .map_batches(AnimateJobs, fn_constructor_kwargs={"backend": backend,
+                    .map_batches(AnimateJobs, fn_constructor_kwargs={"backend": backend, **crashes,
                                                                      "animate_cfg_json": cfg.animate.model_dump_json()},
                                  batch_size=1, compute=ActorPoolStrategy(min_size=1, max_size=actors),
                                  num_cpus=cfg.animate.cpus_per_actor, num_gpus=gpus_per_actor)

@@ -261,6 +261,49 @@ def test_a_job_whose_result_never_comes_back_still_gets_a_failed_row(tmp_path: P
     assert pd.read_parquet(tmp_path / "out" / "results.parquet").equals(table)
 
 
+def _kill_workers_reading(path: str, stop, killed: list[int]) -> None:
+    """Until `stop`, SIGKILL every Ray worker with `path` open, as an OOM kill or a decoder crash would."""
+    import signal
+    import time
+
+    while not stop.is_set():
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                if proc.joinpath("cmdline").read_bytes().startswith(b"ray::") and any(
+                        os.readlink(fd) == path for fd in proc.joinpath("fd").iterdir()):
+                    os.kill(int(proc.name), signal.SIGKILL)
+                    killed.append(int(proc.name))
+            except OSError:  # gone meanwhile, or not ours to read
+                continue
+        time.sleep(0.05)
+
+
+def test_a_job_that_kills_its_worker_every_time_fails_and_the_others_finish(
+        media_dir: Path, inputs: dict[str, Path], tmp_path: Path, ray_local) -> None:
+    """Ray retries a dead worker's task forever: without the start count the run never ends."""
+    import shutil
+    import threading
+
+    from portraitflow.pipelines.generate import run_generation
+
+    poison = tmp_path / "poison.mp4"
+    shutil.copy(inputs["turns"], poison)
+    jobs = [Job("good", str(media_dir / "sadtalker_people_0.png"), str(inputs["turns"])),
+            Job("poison", str(media_dir / "sadtalker_people_0.png"), str(poison))]
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_workers_reading, args=(str(poison), stop, killed), daemon=True)
+    killer.start()
+    try:
+        table = run_generation(jobs, tmp_path / "out", load_config(None, ["mlflow.enabled=false"])).set_index("job_id")
+    finally:
+        stop.set()
+        killer.join()
+    assert table.loc["good", "status"] == "ok"
+    assert table.loc["poison", "status"] == "failed" and "crashed on each of its 3 attempts" in table.loc["poison", "reason"]
+    assert 3 <= len(killed) <= 12, killed
+    assert pd.read_parquet(tmp_path / "out" / "results.parquet").status.tolist() == ["ok", "failed"]
+
+
 def test_driving_windows_carry_the_face_box_each_shot_starts_with(media_dir: Path, analyzer) -> None:
     """The expression crops' anchor (the release's frame-0 face box) comes from the detector, in crop pixels."""
     from portraitflow.operators.driving_motion import extract_driving_motion, iter_driving_windows

@@ -27,6 +27,7 @@ from portraitflow.models.face.base import FaceAnalyzer
 from portraitflow.models.face.images import load_image
 from portraitflow.operators.decode import VideoUnreadable
 from portraitflow.operators.driving_motion import DrivingMotion, extract_driving_motion, iter_driving_windows
+from portraitflow.operators.generation_results import write_record
 from portraitflow.operators.paste_back import paste_back
 from portraitflow.operators.probe import error_text
 from portraitflow.operators.quarantine import crashed_reason, start_attempt
@@ -104,9 +105,10 @@ class _Timed:
 class AnimateJobs:
     """Ray Data callable class: the actor holds one animator for all the jobs it is given."""
 
-    def __init__(self, backend: str, animate_cfg_json: str, attempts_dir: str, max_attempts: int) -> None:
+    def __init__(self, backend: str, animate_cfg_json: str, attempts_dir: str, max_attempts: int,
+                 records_dir: str) -> None:
         self.backend = backend
-        self.attempts_dir, self.max_attempts = attempts_dir, max_attempts
+        self.attempts_dir, self.max_attempts, self.records_dir = attempts_dir, max_attempts, Path(records_dir)
         self.cfg = AnimateConfig.model_validate_json(animate_cfg_json)
         self.animator = create_animator(backend, self.cfg)
 
@@ -130,9 +132,11 @@ class AnimateJobs:
         # described once the frames are out: what ran (settings fitted to the video, a compile fallback)
         model = json.dumps(self.animator.describe(reference), sort_keys=True, default=str)
         total = time.perf_counter() - started
-        return {**result, "status": "ok", "reason": "", "model": model, "frames": written, "fps": fps,
+        done = {**result, "status": "ok", "reason": "", "model": model, "frames": written, "fps": fps,
                 "seconds": written / fps, "has_audio": has_audio(row["output"]), "animate_s": animation.seconds,
                 "encode_s": total - animation.seconds, "total_s": total + row["prep_s"]}
+        write_record(self.records_dir, done)
+        return done
 
     def _render(self, row: dict[str, Any]) -> tuple[Iterable[np.ndarray], _Timed, float, ReferenceInput]:
         """The output frames (lazy), the timer around the animator, the output frame rate, and

@@ -74,22 +74,52 @@ def plan_rows(jobs: list[Job], out_dir: Path, backend: str, cfg: AnimateConfig, 
     return rows
 
 
+def records_dir(out_dir: Path) -> Path:
+    """Where each finished job's record is written as it finishes (`write_record`)."""
+    return out_dir / ".state" / "records"
+
+
+def write_record(folder: Path, row: dict[str, Any]) -> None:
+    """The record of a job that made its output, named after the output: a run killed before it
+    writes `results.parquet` (or a later run into the folder with other jobs) keeps it."""
+    record = {k: _plain(row[k]) for k in KEPT_FIELDS}
+    atomic_write(folder / f"{Path(row['output']).stem}.json", json.dumps(record, sort_keys=True))
+
+
 def previous_records(out_dir: Path) -> dict[str, dict[str, Any]]:
-    """`out_dir/results.parquet`'s rows of finished outputs (`ok`, or `skipped` carrying an earlier
-    record), by output file name (so a moved `out` folder keeps them): what the run that made each
-    video recorded (model, timings, frames, ...). Empty when the file is missing or unreadable:
-    skipped rows then describe the video alone. The file is written atomically, so it is whole or
-    absent; a row whose frame count differs from the video's is not used (`plan_rows`)."""
+    """What the runs that made each finished output recorded (model, timings, frames, ...), by
+    output file name (so a moved `out` folder keeps them): each job's record (`write_record`), and
+    `out_dir/results.parquet`'s `ok` rows and `skipped` rows carrying an earlier record (folders
+    from before records). Missing or unreadable ones are left out: skipped rows then describe the
+    video alone; a record whose frame count differs from the video's is not used (`plan_rows`)."""
+    found: dict[str, dict[str, Any]] = {}
     path = out_dir / RESULTS_FILE
-    if not path.is_file():
-        return {}
     try:
-        table = pd.read_parquet(path)
+        table = pd.read_parquet(path) if path.is_file() else pd.DataFrame(columns=["status", "output", *KEPT_FIELDS])
         table = table[table.status.isin(["ok", "skipped"])]
-        return {Path(str(row["output"])).name: {k: _plain(row[k]) for k in KEPT_FIELDS}
-                for row in table[["output", *KEPT_FIELDS]].to_dict("records")}
+        found.update((Path(str(row["output"])).name, {k: _plain(row[k]) for k in KEPT_FIELDS})
+                     for row in table[["output", *KEPT_FIELDS]].to_dict("records"))
     except (OSError, ValueError, KeyError, AttributeError, TypeError):  # not parquet, an older schema
-        return {}
+        pass
+    for record in sorted(records_dir(out_dir).glob("*.json")):
+        try:
+            found[f"{record.stem}.mp4"] = {k: json.loads(record.read_text())[k] for k in KEPT_FIELDS}
+        except (OSError, ValueError, KeyError, TypeError):  # written atomically, so only a foreign file
+            continue
+    return found
+
+
+def merged_with_earlier(table: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """This invocation's rows, then the rows `path` holds of jobs it did not have: a job list run
+    in parts into one folder keeps every part's rows. An unreadable earlier file is replaced."""
+    try:
+        earlier = pd.read_parquet(path) if path.is_file() else None
+    except (OSError, ValueError):
+        earlier = None
+    if earlier is None or list(earlier.columns) != list(table.columns):
+        return table
+    others = earlier[~earlier.job_id.isin(table.job_id)]
+    return pd.concat([table, others], ignore_index=True).astype(table.dtypes.to_dict()) if len(others) else table
 
 
 def _probe(path: Path) -> dict[str, Any] | None:

@@ -18,7 +18,8 @@ from portraitflow.operators.animate import AnimateJobs, prepare_job
 from portraitflow.operators.atomic import exclusive_folder
 from portraitflow.operators.generation_jobs import Job, load_jobs
 from portraitflow.operators.generation_results import (
-    RESULTS_FILE, log_to_mlflow, plan_rows, results_table, save_preview, write_atomic,
+    RESULTS_FILE, log_to_mlflow, merged_with_earlier, plan_rows, records_dir, results_table, save_preview,
+    write_atomic,
 )
 from portraitflow.operators.quarantine import CRASH_RETRIES
 
@@ -98,6 +99,7 @@ def run_generation(
                                                  "animate_cfg_json": cfg.animate.model_dump_json(), **crashes},
                          num_cpus=1, memory=PREP_MEMORY)
                     .map_batches(AnimateJobs, fn_constructor_kwargs={"backend": backend, **crashes,
+                                                                     "records_dir": str(records_dir(out_dir)),
                                                                      "animate_cfg_json": cfg.animate.model_dump_json()},
                                  batch_size=1, compute=ActorPoolStrategy(min_size=1, max_size=actors),
                                  num_cpus=cfg.animate.cpus_per_actor, num_gpus=gpus_per_actor)
@@ -107,7 +109,7 @@ def run_generation(
                 rows = [by_output.get(row["output"], {**row, "status": "failed", "reason": LOST_REASON})
                         if row["status"] == "pending" else row for row in rows]
             table = results_table(rows)
-            write_atomic(table, out_dir / RESULTS_FILE)
+            write_atomic(merged_with_earlier(table, out_dir / RESULTS_FILE), out_dir / RESULTS_FILE)
             preview = save_preview(table, cfg.animate, out_dir)
             if run is not None:
                 log_to_mlflow(table, cfg.animate, backend, time.perf_counter() - started, preview)

@@ -182,6 +182,22 @@ def test_rerun_skips_finished_jobs_and_retries_failed_ones(run) -> None:
     assert json.loads(again.loc["talk", "model"]) == {"animator": "warp"} and again.loc["talk", "prep_s"] > 0
     assert [os.stat(p).st_mtime_ns for p in outputs] == stamps
     assert sorted(p.name for p in run["out"].glob("*.mp4")) == sorted(Path(p).name for p in outputs)
+    saved = pd.read_parquet(run["out"] / "results.parquet")  # this run's jobs first, then the first run's others
+    assert saved.job_id.tolist() == [job.job_id for job in run["jobs"][:3] + run["jobs"][3:]]
+    assert saved.set_index("job_id").loc[["turns", "missing"], "status"].tolist() == ["skipped", "failed"]
+
+
+def test_a_run_killed_before_its_results_file_leaves_each_finished_jobs_record(run, tmp_path: Path) -> None:
+    import shutil
+
+    from portraitflow.operators.generation_results import previous_records, records_dir
+
+    killed = tmp_path / "out"  # the folder as a run killed before writing results.parquet leaves it
+    shutil.copytree(records_dir(run["out"]), records_dir(killed))
+    records = previous_records(killed)
+    assert set(records) == {Path(p).name for p in run["table"].loc[["turns", "talk"], "output"]}
+    assert records == previous_records(run["out"])  # the same as the results file says
+    assert all(json.loads(r["model"]) == {"animator": "warp"} and r["prep_s"] > 0 for r in records.values())
 
 
 def test_cli_animates_a_jobs_file(run, media_dir: Path, tmp_path: Path) -> None:

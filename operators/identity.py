@@ -65,6 +65,31 @@ def matches_gallery(embedding: np.ndarray, gallery: np.ndarray, threshold: float
     return bool(len(gallery)) and float((gallery @ l2_normalise(embedding)).max()) >= threshold
 
 
+class _Rows:
+    """A matrix that grows by rows, doubling its storage: appending stays cheap at any corpus size,
+    and a comparison against every row so far is one matrix product."""
+
+    def __init__(self) -> None:
+        self._data: np.ndarray | None = None
+        self.count = 0
+
+    def view(self) -> np.ndarray:
+        """The rows so far (call it once one is appended)."""
+        return self._data[:self.count]
+
+    def append(self, row: np.ndarray) -> int:
+        if self._data is None:
+            self._data = np.empty((4, len(row)), np.float32)
+        elif self.count == len(self._data):
+            self._data = np.concatenate([self._data, np.empty_like(self._data)])
+        self._data[self.count] = row
+        self.count += 1
+        return self.count - 1
+
+    def __setitem__(self, index: int, row: np.ndarray) -> None:
+        self._data[index] = row
+
+
 class CorpusLedger:
     """Kept clips so far: identity clusters (for the cap) and appearance signatures (duplicates)."""
 
@@ -72,14 +97,14 @@ class CorpusLedger:
         self.same_person = same_person
         self.max_per_identity = max_per_identity
         self.duplicate_similarity = duplicate_similarity
-        self._centroids: list[np.ndarray] = []
+        self._centroids = _Rows()
         self._counts: list[int] = []
-        self._members: list[list[np.ndarray]] = []
+        self._signatures: list[_Rows] = []  # per cluster, its kept clips' signatures
 
     def _cluster(self, embedding: np.ndarray) -> int | None:
-        if not self._centroids:
+        if not self._centroids.count:
             return None
-        sims = np.stack(self._centroids) @ embedding
+        sims = self._centroids.view() @ embedding
         best = int(np.argmax(sims))
         return best if sims[best] >= self.same_person else None
 
@@ -88,7 +113,8 @@ class CorpusLedger:
         embedding, signature = l2_normalise(embedding), l2_normalise(signature)
         cluster = self._cluster(embedding)
         if cluster is not None:
-            if any(s is not None and float(s @ signature) >= self.duplicate_similarity for s in self._members[cluster]):
+            kept = self._signatures[cluster]
+            if kept.count and float((kept.view() @ signature).max()) >= self.duplicate_similarity:
                 return DUPLICATE
             if self.max_per_identity and self._counts[cluster] >= self.max_per_identity:
                 return IDENTITY_OVER_CAP
@@ -98,14 +124,13 @@ class CorpusLedger:
         """Add a kept clip; one without a signature (a sample older than signatures) counts towards
         its identity's cap but matches no duplicate."""
         embedding = l2_normalise(embedding)
-        signature = None if signature is None else l2_normalise(signature)
         cluster = self._cluster(embedding)
         if cluster is None:
-            self._centroids.append(embedding)
+            cluster = self._centroids.append(embedding)
             self._counts.append(0)
-            self._members.append([])
-            cluster = len(self._centroids) - 1
+            self._signatures.append(_Rows())
         count = self._counts[cluster]
-        self._centroids[cluster] = l2_normalise(self._centroids[cluster] * count + embedding)
+        self._centroids[cluster] = l2_normalise(self._centroids.view()[cluster] * count + embedding)
         self._counts[cluster] = count + 1
-        self._members[cluster].append(signature)
+        if signature is not None:
+            self._signatures[cluster].append(l2_normalise(signature))

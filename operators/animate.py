@@ -10,7 +10,9 @@ Both return rows of the results table; the large intermediate columns are droppe
 """
 from __future__ import annotations
 
+import fcntl
 import functools
+import hashlib
 import json
 import time
 from collections.abc import Iterable, Iterator
@@ -27,6 +29,8 @@ from portraitflow.models.face.base import FaceAnalyzer
 from portraitflow.models.face.images import load_image
 from portraitflow.operators.decode import VideoUnreadable
 from portraitflow.operators.driving_motion import DrivingMotion, extract_driving_motion, iter_driving_windows
+from portraitflow.operators.atomic import atomic_write
+from portraitflow.operators.generation_jobs import input_fingerprint
 from portraitflow.operators.generation_results import write_record
 from portraitflow.operators.paste_back import paste_back
 from portraitflow.operators.probe import error_text
@@ -58,8 +62,27 @@ def _crashed_too_often(row: dict[str, Any], stage: str, attempts_dir: str, max_a
     return start_attempt(Path(attempts_dir), f"{stage}-{Path(row['output']).stem}") > max_attempts
 
 
+def _driving_motion(path: str, face_cfg_json: str, cfg: AnimateConfig, motion_dir: Path) -> bytes:
+    """The driver's motion as npz bytes, extracted once per folder for every job that shares the
+    driver (a portrait grid on one driving video pays its dominant preparation cost once): kept in
+    `motion_dir` under a digest of what the driver holds and every setting the extraction reads."""
+    face = FaceConfig.model_validate_json(face_cfg_json).result_settings()
+    settings = {"driving": input_fingerprint(path), "face": face, "size": cfg.size,
+                "min_face_fraction": cfg.min_face_fraction, "smooth_sigma": cfg.smooth_sigma}
+    cached = motion_dir / f"{hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:24]}.npz"
+    motion_dir.mkdir(parents=True, exist_ok=True)
+    with open(cached.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # jobs on the same driver at once wait for one extraction
+        if cached.is_file():
+            return cached.read_bytes()
+        motion = extract_driving_motion(path, _analyzer(face_cfg_json), cfg.size, min_face_fraction=cfg.min_face_fraction,
+                                        smooth_sigma=cfg.smooth_sigma).to_bytes()
+        atomic_write(cached, motion)
+        return motion
+
+
 def prepare_job(row: dict[str, Any], face_cfg_json: str, animate_cfg_json: str, attempts_dir: str,
-                max_attempts: int) -> dict[str, Any]:
+                max_attempts: int, motion_dir: str) -> dict[str, Any]:
     """Reference crop and driving motion of one job, as npz bytes columns; or a failed row."""
     if _crashed_too_often(row, "prepare", attempts_dir, max_attempts):
         return {**row, "status": "failed", "reason": crashed_reason("preparation", max_attempts), **INTERMEDIATE}
@@ -77,12 +100,10 @@ def prepare_job(row: dict[str, Any], face_cfg_json: str, animate_cfg_json: str, 
             raise IsADirectoryError("a folder, not a video")
         if not Path(row["driving"]).is_file():
             raise FileNotFoundError("not found")
-        motion = extract_driving_motion(row["driving"], _analyzer(face_cfg_json), cfg.size,
-                                        min_face_fraction=cfg.min_face_fraction, smooth_sigma=cfg.smooth_sigma)
+        motion = _driving_motion(row["driving"], face_cfg_json, cfg, Path(motion_dir))
     except Exception as exc:  # a job boundary (see _failed)
         return {**_failed(row, "driving video", exc), **INTERMEDIATE}
-    return {**row, "reference": reference.to_bytes(), "motion": motion.to_bytes(),
-            "prep_s": time.perf_counter() - started}
+    return {**row, "reference": reference.to_bytes(), "motion": motion, "prep_s": time.perf_counter() - started}
 
 
 class _Timed:

@@ -96,7 +96,8 @@ def run_generation(
                 finished = (
                     jobs_ds
                     .map(prepare_job, fn_kwargs={"face_cfg_json": cfg.face.model_dump_json(),
-                                                 "animate_cfg_json": cfg.animate.model_dump_json(), **crashes},
+                                                 "animate_cfg_json": cfg.animate.model_dump_json(), **crashes,
+                                                 "motion_dir": str(out_dir / ".state" / "motion")},
                          num_cpus=1, memory=PREP_MEMORY)
                     .map_batches(AnimateJobs, fn_constructor_kwargs={"backend": backend, **crashes,
                                                                      "records_dir": str(records_dir(out_dir)),

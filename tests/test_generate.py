@@ -320,6 +320,19 @@ def test_a_job_that_kills_its_worker_every_time_fails_and_the_others_finish(
     assert pd.read_parquet(tmp_path / "out" / "results.parquet").status.tolist() == ["ok", "failed"]
 
 
+def test_jobs_sharing_a_driver_extract_its_motion_once(media_dir: Path, inputs: dict[str, Path], tmp_path: Path,
+                                                         ray_local) -> None:
+    from portraitflow.pipelines.generate import run_generation
+
+    cfg, out = load_config(None, ["mlflow.enabled=false"]), tmp_path / "out"
+    first = run_generation([Job("a", str(media_dir / "sadtalker_people_0.png"), str(inputs["turns"]))], out, cfg)
+    [motion] = (out / ".state" / "motion").glob("*.npz")
+    stamp = motion.stat().st_mtime_ns
+    second = run_generation([Job("b", str(media_dir / "hallo_6.jpg"), str(inputs["turns"]))], out, cfg)
+    assert first.status.tolist() == second.status.tolist() == ["ok"]
+    assert list((out / ".state" / "motion").glob("*.npz")) == [motion] and motion.stat().st_mtime_ns == stamp
+
+
 def test_driving_windows_carry_the_face_box_each_shot_starts_with(media_dir: Path, analyzer) -> None:
     """The expression crops' anchor (the release's frame-0 face box) comes from the detector, in crop pixels."""
     from portraitflow.operators.driving_motion import extract_driving_motion, iter_driving_windows

@@ -42,6 +42,7 @@ SKIP_REASONS = (
     "clip_too_short",
     "video_undecodable",
     "degenerate_keypoints",
+    "identity_mismatch",
     "other",
 )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -178,19 +178,52 @@ def encoder_inputs(frames: np.ndarray, reference: np.ndarray, tracks: ClipTracks
     }
 
 
+def smoothed(tracks: ClipTracks, sigma: float) -> ClipTracks:
+    """Keypoints and landmarks smoothed in time as the animator smooths a driver's (a curated clip
+    is one shot), so the intensity buckets and expression crops a trainer sees are those inference
+    computes; 0 keeps them as curated."""
+    if sigma <= 0:
+        return tracks
+    from scipy.ndimage import gaussian_filter1d
+
+    return replace(tracks, kps=gaussian_filter1d(tracks.kps, sigma, axis=0, mode="nearest"),
+                   landmarks=gaussian_filter1d(tracks.landmarks, sigma, axis=0, mode="nearest"))
+
+
+def at_resolution(frames: np.ndarray, tracks: ClipTracks, resolution: int) -> tuple[np.ndarray, ClipTracks]:
+    """Frames (N, S, S, 3) of a square crop resized to `resolution` with their pixel tracks scaled,
+    so corpora curated at other `crop_size`s batch together at the size the model trains at."""
+    size = frames.shape[2]
+    if frames.shape[1] == frames.shape[2] == resolution:
+        return frames, tracks
+    import cv2
+
+    interpolation = cv2.INTER_AREA if size > resolution else cv2.INTER_LINEAR
+    resized = np.stack([cv2.resize(f, (resolution, resolution), interpolation=interpolation) for f in frames])
+    scale = np.float32(resolution / size)
+    boxes = None if tracks.face_boxes is None else tracks.face_boxes * scale
+    return resized, replace(tracks, kps=tracks.kps * scale, landmarks=tracks.landmarks * scale, face_boxes=boxes)
+
+
 def build_train_sample(sample: Mapping[str, Any], n_frames: int = 25, seed: int | None = None, epoch: int = 0,
-                       pixel_dtype: str = "float32") -> dict[str, Any]:
+                       pixel_dtype: str = "float32", resolution: int = 512, smooth_sigma: float = 0.8,
+                       identity_dim: int | None = None) -> dict[str, Any]:
     """A curated WebDataset sample (member name -> bytes) -> one training sample (numpy arrays).
 
-    Raises SampleSkipped with a reason code for anything that cannot be trained on.
+    Raises SampleSkipped with a reason code for anything that cannot be trained on, including an
+    identity embedding that is not `identity_dim` wide (corpora curated with other face backends).
     """
     key = str(sample.get("__key__", ""))
     tracks = parse_tracks(sample)
+    if identity_dim is not None and len(tracks.identity) != identity_dim:
+        raise SampleSkipped("identity_mismatch", f"identity has {len(tracks.identity)} dimensions, not {identity_dim}")
+    tracks = smoothed(tracks, smooth_sigma)
     start, ref_index = choose_window(tracks.num_frames, n_frames, sample_rng(seed, epoch, key))
     window = np.arange(start, start + n_frames)
     decoded, video_frames = decode_frames(bytes(sample["mp4"]), np.append(window, ref_index))
     if video_frames != tracks.num_frames:
         raise SampleSkipped("frame_count_mismatch", f"video has {video_frames} frames, arrays {tracks.num_frames}")
+    decoded, tracks = at_resolution(decoded, tracks, resolution)
     frames, reference = decoded[:-1], decoded[-1]
     out = encoder_inputs(frames, reference, tracks, window, ref_index, pixel_dtype)
     out.update(key=key, frame_indices=window, reference_index=np.int64(ref_index))

@@ -8,7 +8,7 @@ Both skip and count what cannot be trained on; every sample is built by `build_t
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Any
 
@@ -24,13 +24,19 @@ from portraitflow.operators.train_sample import SampleSkipped, build_train_sampl
 log = logging.getLogger(__name__)
 
 
+def sample_builder(cfg: TrainDataConfig, epoch: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """`build_train_sample` with the config's settings, as both paths run it."""
+    return partial(build_train_sample, n_frames=cfg.n_frames, seed=cfg.seed, epoch=epoch, pixel_dtype=cfg.pixel_dtype,
+                   resolution=cfg.resolution, smooth_sigma=cfg.smooth_sigma, identity_dim=cfg.identity_dim)
+
+
 def webdataset_pipeline(cfg: TrainDataConfig, urls: list[str], skips: SkipCounter, epoch: int = 0) -> wds.WebDataset:
     """The per-rank sample pipeline: shards split by node then worker, shuffled, decoded, batched.
 
     A worker or rank without shards yields nothing (no `empty_check`); `TrainLoader` raises when
     the whole pass yields nothing, and a resampled stream ends once its draws find nothing usable."""
     seed = None if cfg.seed is None else wds.utils.make_seed(cfg.seed, epoch)
-    build = partial(build_train_sample, n_frames=cfg.n_frames, seed=cfg.seed, epoch=epoch, pixel_dtype=cfg.pixel_dtype)
+    build = sample_builder(cfg, epoch)
     dataset = wds.WebDataset(
         urls, resampled=cfg.resampled, shardshuffle=False if cfg.resampled else cfg.shard_shuffle,
         nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker, handler=skips.handler,
@@ -113,7 +119,7 @@ def ray_train_dataset(cfg: TrainDataConfig, epoch: int = 0) -> tuple[ray.data.Da
     tally = SkipTally.remote()
     dataset = ray.data.read_webdataset(expand_shards(cfg.shards), decoder=None,
                                        shuffle="files" if cfg.seed is None else None)
-    build = partial(build_train_sample, n_frames=cfg.n_frames, seed=cfg.seed, epoch=epoch, pixel_dtype=cfg.pixel_dtype)
+    build = sample_builder(cfg, epoch)
     dataset = dataset.flat_map(partial(_samples_or_skip, build=build, tally=tally))
     dataset.context.max_errored_blocks = cfg.ray_max_errored_blocks
     return dataset, tally

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy.ndimage import gaussian_filter1d
 
 from portraitflow.jobs.config.train_data import TrainDataConfig
 from portraitflow.models.hunyuan.buckets import head_exp_motion_buckets
@@ -98,10 +99,11 @@ def test_batches_have_the_shapes_dtypes_and_ranges_of_the_spec(dataset) -> None:
         ref_pixels = ((batch["reference"][i].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
         assert frame_code(ref_pixels[None])[0] == ref
         arrays = _shard_arrays(dataset, key)
-        assert np.allclose(batch["kps"][i].numpy(), arrays["kps.npy"][window])
+        kps = gaussian_filter1d(arrays["kps.npy"], 0.8, axis=0, mode="nearest")  # smoothed as a driver's
+        assert np.allclose(batch["kps"][i].numpy(), kps[window])
         assert np.allclose(batch["pose"][i].numpy(), arrays["pose.npy"][window])
         assert np.allclose(batch["identity"][i].numpy(), arrays["id.npy"])
-        assert tuple(batch["intensity_buckets"][i, 0].tolist()) == head_exp_motion_buckets(arrays["kps.npy"][window])
+        assert tuple(batch["intensity_buckets"][i, 0].tolist()) == head_exp_motion_buckets(kps[window])
         # the expression crop is the face; the head crop is the whole 512 crop scaled to 256
         expression, head = batch["expression_crops"][i, 0], batch["head_crops"][i, 0]
         skin = expression.flatten(1).median(dim=1).values[:, None, None]
@@ -123,6 +125,26 @@ def test_a_clip_as_long_as_the_window_takes_its_reference_inside_it(tmp_path) ->
     assert frame_code(reference[None])[0] == out["reference_index"]
     with pytest.raises(SampleSkipped, match="clip_too_short"):
         build_train_sample(sample, n_frames=7)
+
+
+def test_clips_curated_at_another_crop_size_batch_at_the_training_resolution(tmp_path) -> None:
+    sample = dict(clip_members(8, seed=3, workdir=tmp_path), __key__="crop")
+    full = build_train_sample(sample, n_frames=4, seed=0)
+    half = build_train_sample(sample, n_frames=4, seed=0, resolution=256)
+    assert half["frames"].shape == (4, 3, 256, 256) and half["reference"].shape == (3, 256, 256)
+    assert np.allclose(half["kps"], full["kps"] / 2) and np.allclose(half["landmarks"], full["landmarks"] / 2)
+    assert np.array_equal(half["intensity_buckets"], full["intensity_buckets"])  # scale-free, as SPEC defines them
+    assert np.abs(half["reference_face"] - full["reference_face"]).mean() < 0.03  # the same aligned face
+    raw = build_train_sample(sample, n_frames=4, seed=0, smooth_sigma=0)
+    assert np.allclose(raw["kps"], parse_tracks(sample).kps[raw["frame_indices"]])
+
+
+def test_an_identity_of_another_width_is_skipped_when_a_width_is_set(tmp_path) -> None:
+    sample = dict(clip_members(6, seed=4, workdir=tmp_path), __key__="wide", **{"id.npy": npy_bytes(np.ones(512, np.float32))})
+    assert build_train_sample(sample, n_frames=4)["identity"].shape == (512,)
+    assert build_train_sample(sample, n_frames=4, identity_dim=512)["identity"].shape == (512,)
+    with pytest.raises(SampleSkipped, match="identity_mismatch"):
+        build_train_sample(sample, n_frames=4, identity_dim=128)
 
 
 def test_expression_anchor_is_the_tracked_face_box_when_the_shard_has_one(tmp_path) -> None:

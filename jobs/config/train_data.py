@@ -39,6 +39,19 @@ class TrainDataConfig(BaseModel):
         -1, description="Ray path: read blocks (a shard's samples read in one task) that may fail, e.g. on a truncated "
         "shard, before the run stops; their samples are dropped and Ray logs each. -1: any number."
     )
+    resolution: int = Field(
+        512, ge=64, description="Side of the frames and reference in a batch (SPEC: 512); clips curated at another "
+        "`crop_size` are resized to it, their keypoints, landmarks and boxes scaled."
+    )
+    smooth_sigma: float = Field(
+        0.8, ge=0, description="Gaussian smoothing in time (frames) of the keypoints and landmarks, as "
+        "`animate.smooth_sigma` smooths a driver's, so buckets and expression crops match inference. 0: as curated."
+    )
+    identity_dim: int | None = Field(
+        None, ge=1, description="Width of the curation identity embedding (`identity`) a batch holds; samples of "
+        "another width (corpora curated with other face backends) are skipped as `identity_mismatch`. Empty: no check, "
+        "for a corpus curated with one backend."
+    )
     pixel_dtype: Literal["float32", "float16"] = Field(
         "float32", description="dtype of the pixel tensors (frames, reference, crops); float16 halves transfer."
     )

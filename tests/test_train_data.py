@@ -169,6 +169,10 @@ def test_two_ranks_get_disjoint_samples(dataset, monkeypatch) -> None:
         seen.append(_keys(TrainLoader(_config(dataset, num_workers=2, batch_size=1))))
     assert set(seen[0]).isdisjoint(seen[1])
     assert sorted(seen[0] + seen[1]) == sorted(dataset[1])  # each sample once, on exactly one rank
+    monkeypatch.setenv("WORLD_SIZE", "5")  # 4 shards: a rank would get none, and fail at the end of its pass
+    with pytest.raises(ValueError, match="4 shard\\(s\\) for 5 ranks"):
+        TrainLoader(_config(dataset))
+    assert TrainLoader(_config(dataset, resampled=True)).urls  # resampled ranks draw from every shard
 
 
 def test_a_seeded_run_is_reproducible_and_epochs_differ(dataset) -> None:

@@ -75,10 +75,10 @@ def _driving_motion(path: str, face_cfg_json: str, cfg: AnimateConfig, motion_di
         fcntl.flock(lock, fcntl.LOCK_EX)  # jobs on the same driver at once wait for one extraction
         if cached.is_file():
             return cached.read_bytes()
-        motion = extract_driving_motion(path, _analyzer(face_cfg_json), cfg.size, min_face_fraction=cfg.min_face_fraction,
-                                        smooth_sigma=cfg.smooth_sigma).to_bytes()
-        atomic_write(cached, motion)
-        return motion
+        motion = extract_driving_motion(path, _analyzer(face_cfg_json), cfg.size,
+                                        min_face_fraction=cfg.min_face_fraction, smooth_sigma=cfg.smooth_sigma)
+        atomic_write(cached, motion.to_bytes())
+        return cached.read_bytes()
 
 
 def prepare_job(row: dict[str, Any], face_cfg_json: str, animate_cfg_json: str, attempts_dir: str,

@@ -74,7 +74,8 @@ class TrainLoader:
         _, world_size, _, _ = wds.utils.pytorch_worker_info()
         if not cfg.resampled and len(self.urls) < world_size:
             raise ValueError(f"training loader: {len(self.urls)} shard(s) for {world_size} ranks: ranks read whole "
-                             "shards, so some would get none; set train_data.resampled, or curate with a smaller curate.shard_max_samples")
+                             "shards, so some would get none; set train_data.resampled, or curate with a smaller "
+                             "curate.shard_max_samples")
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         cfg = self.cfg

@@ -54,6 +54,7 @@ class Layout:
         self.done = self.state / "done"
         self.attempts = self.state / "attempts"
         self.settings = self.state / "settings.json"
+        self.shard_keys = self.state / "shard_keys"  # each shard's keys, read once (`whole_shard_keys`)
         self.lock = self.state / "lock"
 
     def make(self) -> None:
@@ -128,7 +129,7 @@ def _repair_shards(layout: Layout) -> dict[str, Path]:
     indexed = _indexed_samples(layout.out)
     repaired = False
     for path in shard_paths(layout.shards):
-        keys, damage = whole_shard_keys(path)
+        keys, damage = whole_shard_keys(path, layout.shard_keys)
         if damage is not None:
             keys, repaired = _repair_shard(path, keys, damage), True
             listed = indexed.get(f"{layout.shards.name}/{path.name}")
@@ -319,7 +320,7 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
     uris = expand_inputs(inputs)
     rows = sorted(({"uri": u, "input_key": input_key(u)} for u in uris), key=lambda r: r["input_key"])
     if dry_run:  # reads the shards, repairs nothing
-        in_shards = {k for path in shard_paths(layout.shards) for k in whole_shard_keys(path)[0]}
+        in_shards = {k for path in shard_paths(layout.shards) for k in whole_shard_keys(path, layout.shard_keys)[0]}
         pending = _pending(rows, ledger.load_markers(layout.done), in_shards)
         for row in rows:
             typer.echo(f"{'pending' if row in pending else 'done   '}  {row['input_key']}  {row['uri']}")

@@ -12,6 +12,7 @@ import io
 import json
 import re
 import tarfile
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -79,8 +80,12 @@ def shard_paths(shard_dir: Path) -> list[Path]:
 
 
 def shard_keys(path: Path) -> list[str]:
-    """Sample keys of a shard, in order (read from tar headers only)."""
-    return list(iter_shard_keys(path))
+    """Sample keys of a shard, in order (read from tar headers only, once: `whole_shard_keys`);
+    raises what stops it from being read whole."""
+    keys, damage = whole_shard_keys(path)
+    if damage is not None:
+        raise damage
+    return keys
 
 
 def iter_shard_keys(path: Path) -> Iterator[str]:
@@ -122,15 +127,43 @@ def _ends_cleanly(tar: tarfile.TarFile) -> bool:
     return bool(block) and block.count(0) == len(block)
 
 
-def whole_shard_keys(path: Path) -> tuple[list[str], Exception | None]:
-    """The keys of a shard's whole samples, and why it cannot be read whole (None when it can)."""
+#: keys of the shards this process has read whole, by (path, size, modification time)
+_READ_WHOLE: dict[tuple[str, int, int], list[str]] = {}
+
+
+def whole_shard_keys(path: Path, remember_in: Path | None = None) -> tuple[list[str], Exception | None]:
+    """The keys of a shard's whole samples, and why it cannot be read whole (None when it can).
+
+    Reading the headers costs a seek per member, so a shard read whole is remembered by its size
+    and modification time: in this process, and in `remember_in` (a folder) across runs, so a run
+    into a large corpus reads only new or changed shards. A shard cut short or rewritten changes
+    both and is read again; one damaged in place with neither changing is not (`portraitflow
+    inspect` reads every shard whole)."""
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        return [], exc
+    identity = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    note = remember_in / f"{path.stem}.json" if remember_in is not None else None
+    if identity not in _READ_WHOLE and note is not None and note.is_file():
+        try:
+            saved = json.loads(note.read_text())
+            if (saved["size"], saved["mtime_ns"]) == identity[1:]:
+                _READ_WHOLE[identity] = [str(key) for key in saved["keys"]]
+        except (OSError, ValueError, KeyError, TypeError):  # a note from another version: read the shard
+            pass
+    if identity in _READ_WHOLE:
+        return list(_READ_WHOLE[identity]), None
     keys: list[str] = []
     try:
         for key in iter_shard_keys(path):  # one by one: the keys before a break are kept
             keys.append(key)
     except (tarfile.TarError, OSError) as exc:
         return keys, exc
-    return keys, None
+    _READ_WHOLE[identity] = keys
+    if note is not None:
+        atomic_write(note, json.dumps({"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "keys": keys}))
+    return list(keys), None
 
 
 def rewrite_whole(path: Path) -> list[str]:
@@ -171,17 +204,22 @@ def pack_shards(
     for path in staged:
         if path.stem in done:
             path.unlink()
-    staged = [p for p in staged if p.exists()]
+    pending = deque(p for p in staged if p.exists())
     written: list[Path] = []
-    while staged:
+    while pending:
         batch, size = [], 0
-        while staged and len(batch) < max_samples and (not batch or size + staged[0].stat().st_size <= max_bytes):
-            size += staged[0].stat().st_size
-            batch.append(staged.pop(0))
+        while pending and len(batch) < max_samples:
+            sample_size = pending[0].stat().st_size
+            if batch and size + sample_size > max_bytes:
+                break
+            size += sample_size
+            batch.append(pending.popleft())
         target = shard_dir / f"{number:06d}.tar"
         with atomic_target(target) as tmp, open(tmp, "wb") as out:  # durable before a marker vouches for it
             _write_samples(out, (read_staged(p) for p in batch))
         keys = [p.stem for p in batch]
+        stat = target.stat()
+        _READ_WHOLE[(str(target.resolve()), stat.st_size, stat.st_mtime_ns)] = keys  # written whole, just now
         if on_shard:
             on_shard(keys)
         for p in batch:

@@ -74,6 +74,22 @@ def test_a_cut_shard_yields_its_whole_samples_then_says_why(where: str, tmp_path
         assert tar.extractfile("k0.mp4").read() == _members(0, 50, 0)["mp4"]
 
 
+def test_a_shard_read_whole_is_not_read_again_until_it_changes(tmp_path: Path, monkeypatch) -> None:
+    from portraitflow.operators import shards
+
+    path, keys = _shard(tmp_path)
+    notes = tmp_path / "notes"
+    reads = []
+    monkeypatch.setattr(shards, "iter_shard_keys", lambda p: reads.append(p) or iter_shard_keys(p))
+    monkeypatch.setattr(shards, "_READ_WHOLE", {})  # a new process: the notes in the folder remain
+    assert whole_shard_keys(path, notes) == (keys, None) and len(reads) == 1
+    monkeypatch.setattr(shards, "_READ_WHOLE", {})
+    assert whole_shard_keys(path, notes) == (keys, None) and len(reads) == 1  # the next run reads no header
+    _cut(path, _offsets(path)["k1.mp4"][0] + 5000)  # cut short: another size, so read again
+    found, damage = whole_shard_keys(path, notes)
+    assert found == keys[:1] and isinstance(damage, tarfile.ReadError) and len(reads) == 2
+
+
 def test_a_shard_cut_inside_its_end_blocks_is_whole(tmp_path: Path) -> None:
     path, keys = _shard(tmp_path)
     _cut(path, _offsets(path)["k2.signature.npy"][1] + 10)
@@ -217,7 +233,7 @@ def test_a_shard_that_cannot_be_repaired_stops_the_run_with_what_to_do(refused: 
         monkeypatch.setattr(job, "rewrite_whole", refuse_rewrite)
         expected = "cannot be read whole .* could not be rewritten"
     else:
-        monkeypatch.setattr(job, "whole_shard_keys", lambda path: ([], OSError(5, "Input/output error")))
+        monkeypatch.setattr(job, "whole_shard_keys", lambda path, remember_in=None: ([], OSError(5, "Input/output error")))
         expected = r"cannot be read \(\[Errno 5\] Input/output error\)"
     with pytest.raises(typer.BadParameter, match=f"{shard} {expected}.*: move it out of the folder and rerun"):
         job.run_curation(load_config(None, QUIET), uris, out)

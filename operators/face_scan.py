@@ -13,6 +13,7 @@ import io
 import json
 import os
 import time
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,9 +90,10 @@ def scan_video(
             detections.extend(zip(chunk.positions[chosen].tolist(), analyzer.detect(list(chunk.frames[chosen]))))
 
     candidates: list[Candidate] = []
+    positions = [p for p, _ in detections]  # ascending: the chunks come in order
     for shot_start, shot_end in shots.shots():
         with timer.time("track"):
-            shot_detections = [(p, f) for p, f in detections if shot_start <= p < shot_end]
+            shot_detections = detections[bisect_left(positions, shot_start):bisect_left(positions, shot_end)]
             tracks = track_faces(shot_detections, shot_end, step, cfg.track_iou, cfg.track_max_gap)
         for start, end, main in _clip_ranges(tracks, shot_start, shot_end, step, cfg):
             if main is None:

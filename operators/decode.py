@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -95,27 +96,37 @@ def _declared_rate(reader) -> float:
     return fps
 
 
-def _mpeg_ts_size(path: str) -> tuple[int, int] | None:
-    """(width, height) of an MPEG-TS file's video, None for any other container: decord lists a
-    TS file's frames and times but decodes none by index, so it is read in order (PyAV)."""
+def _pyav_probe(path: str) -> tuple[bool, int, int] | None:
+    """(whether the container is MPEG-TS, the video's coded width and height) as PyAV reads them,
+    None if it cannot. decord lists a TS file's frames and times but decodes none by index, so TS
+    is decoded with PyAV (`_pyav_frames`)."""
     import av
 
     try:
         with av.open(path) as container:
-            if "mpegts" not in container.format.name.split(",") or not container.streams.video:
+            if not container.streams.video:
                 return None
             codec = container.streams.video[0].codec_context
-            return int(codec.width), int(codec.height)
+            return "mpegts" in container.format.name.split(","), int(codec.width), int(codec.height)
     except av.FFmpegError:
         return None
+
+
+def _decord_misshapes(width: int) -> bool:
+    """Whether decord returns frames `width` pixels wide in a wrong shape: it takes a frame's
+    channels to be its RGB row's length over its width, and FFmpeg aligns rows to the CPU's SIMD
+    width (16, 32 or 64 bytes: 3-byte pixels pad a row to a multiple of 16, 32 or 64 pixels), so
+    where the padded row is a whole multiple of the width (96 px padded to 128 reads as 4
+    channels) every batch fails. Only widths under 192 px can."""
+    return any(width % align and 3 * -(-width // align) * align % width == 0 for align in (16, 32, 64))
 
 
 def probe_video(path: str) -> VideoInfo:
     """Size, frame rate and frame count; raises VideoUnreadable for anything decord cannot use."""
     reader = _reader(path)
-    ts_size = _mpeg_ts_size(path)
-    if ts_size is not None:
-        return _timeline(reader, *ts_size, from_keyframe=True)[0]
+    stream = _pyav_probe(path)
+    if stream is not None and stream[0]:
+        return _timeline(reader, *stream[1:], from_keyframe=True)[0]
     height, width = reader[0].shape[:2]
     return _timeline(reader, int(width), int(height))[0]
 
@@ -166,12 +177,18 @@ def iter_frame_chunks(
     """
     width, height = size if size else (-1, -1)
     reader = _reader(path, width, height)
-    mpeg_ts = _mpeg_ts_size(path) is not None
+    stream = _pyav_probe(path)
+    mpeg_ts = stream is not None and stream[0]
     info, shown, starts = _timeline(reader, from_keyframe=mpeg_ts)
     positions, sources = resample_positions(info, target_fps, start_s, end_s, starts)
-    if shown[0] > 0 or mpeg_ts:  # decord would seek hidden frames by coded position and return wrong ones
+    # decord turns a rotated video upright: either coded side may become the width it decodes at
+    widths = (size[0],) if size else stream[1:] if stream else ()
+    # PyAV where decord would seek hidden frames by coded position (returning wrong ones), cannot
+    # decode TS by index, or would return frames in a wrong shape
+    if shown[0] > 0 or mpeg_ts or any(_decord_misshapes(w) for w in widths):
+        seek_points = _seek_points(reader, shown)
         del reader
-        frames = _pyav_frames(path, sources, size, chunk_size)
+        frames = _pyav_frames(path, sources, size, chunk_size, seek_points)
     else:
         frames = _decord_frames(reader, shown[sources], chunk_size)
     for begin in range(0, len(positions), chunk_size):
@@ -189,20 +206,92 @@ def _decord_frames(reader, sources: np.ndarray, chunk_size: int) -> Iterator[np.
         yield decoded[inverse]
 
 
-def _pyav_frames(path: str, sources: np.ndarray, size: tuple[int, int] | None, chunk_size: int) -> Iterator[np.ndarray]:
+def _seek_points(reader, shown: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(the shown frames' start times from the first one, the indices among them of keyframes after
+    the first): what `_pyav_frames` seeks by. None where times cannot tell frames apart (missing,
+    repeated, out of order). decord counts keyframes in decoding order, which in a closed GOP is
+    also their place among the shown frames; elsewhere the seek lands earlier, or is refused."""
+    times = reader.get_frame_timestamp(shown)[:, 0].astype(np.float64)
+    if len(times) < 2 or not (np.all(np.isfinite(times)) and np.all(np.abs(times) < 1e6)
+                              and np.all(np.diff(times) > 0)):
+        return None
+    keys = np.searchsorted(shown, reader.get_key_indices())
+    return times - times[0], np.unique(keys[(keys > 0) & (keys < len(shown))])
+
+
+def _shown_index(seconds: float, starts: np.ndarray) -> int | None:
+    """The shown frame starting `seconds` after the first, None if none starts within a quarter of
+    its distance to its neighbours (decord's times are float32: exact equality is too strict)."""
+    index = int(np.clip(np.searchsorted(starts, seconds), 1, len(starts) - 1))
+    index -= int(seconds - starts[index - 1] < starts[index] - seconds)
+    gap = np.diff(starts[max(index - 1, 0):index + 2]).min()
+    return index if abs(starts[index] - seconds) < gap / 4 else None
+
+
+#: how far before a keyframe a TS seek aims: FFmpeg finds a TS position by decoding times, and a
+#: keyframe is decoded up to a few frames before it is shown (B-frames)
+_TS_SEEK_LEAD_S = 0.5
+
+
+def _numbered_frames(path: str, first: int,
+                     seek_points: tuple[np.ndarray, np.ndarray] | None) -> Iterator[tuple[int, object]]:
+    """PyAV's decoded frames, each with its index as an in-order decode counts them, from a
+    keyframe at or before shown frame `first`.
+
+    A frame is identified by its time after the in-order decode's first frame. The decode after a
+    seek starts at its first keyframe (frames before it may be predicted from ones never decoded)
+    and counts on from that keyframe's index; a seek that lands after frame `first`, or on a
+    keyframe whose time is no shown frame's, is abandoned for a decode from the first packet.
+    """
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        decoded = container.decode(stream)
+        origin = next(decoded, None)
+        if origin is None:
+            return
+        keys = seek_points[1][seek_points[1] <= first] if seek_points is not None else ()
+        if origin.pts is None or not len(keys):
+            yield 0, origin
+            yield from enumerate(decoded, 1)
+            return
+        decoded.close()
+        starts = seek_points[0]
+        lead = _TS_SEEK_LEAD_S if "mpegts" in container.format.name.split(",") else 0.0
+        target = origin.pts + round((starts[keys[-1]] - lead) / stream.time_base)
+        try:
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+            decoded = container.decode(stream)
+            anchor = next((frame for frame in decoded if frame.key_frame), None)
+        except av.FFmpegError:
+            anchor = None
+        if anchor is not None and anchor.pts is not None:
+            index = _shown_index(float((anchor.pts - origin.pts) * stream.time_base), starts)
+            if index is not None and index <= first:
+                yield index, anchor
+                yield from enumerate(decoded, index + 1)
+                return
+    with av.open(path) as container:
+        yield from enumerate(container.decode(video=0))
+
+
+def _pyav_frames(path: str, sources: np.ndarray, size: tuple[int, int] | None, chunk_size: int,
+                 seek_points: tuple[np.ndarray, np.ndarray] | None = None) -> Iterator[np.ndarray]:
     """The same as `_decord_frames` for a file decord cannot seek (an edit list hides leading
-    frames; H.264 in MPEG-TS), by decoding it in order with PyAV (FFmpeg drops frames an edit list
-    hides; `sources` index the shown ones). A stream
-    that ends a frame or so before its timestamps said holds its last frame, as a player does."""
+    frames; H.264 in MPEG-TS) or decode (`_decord_misshapes`), with PyAV: from the keyframe before
+    the first wanted frame where `seek_points` allow (FFmpeg drops frames an edit list hides;
+    `sources` index the shown ones). A stream that ends a frame or so before its timestamps said
+    holds its last frame, as a player does."""
     import av
 
     width, height = size if size else (None, None)
     wanted = deque(sources.tolist())
     chunk: list[np.ndarray] = []
     last, index = None, -1
-    with av.open(path) as container:
+    with closing(_numbered_frames(path, wanted[0] if wanted else 0, seek_points)) as numbered:
         try:
-            for index, last in enumerate(container.decode(video=0)):
+            for index, last in numbered:
                 if not wanted:
                     break
                 if wanted[0] != index:

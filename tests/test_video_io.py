@@ -52,7 +52,7 @@ def _mpeg_ts(mp4: Path, ts: Path, skip_packets: int = 0) -> Path:
 
 
 def test_h264_in_mpeg_ts_decodes_as_its_mp4(tmp_path: Path) -> None:
-    """decord lists an MPEG-TS file's frames but cannot decode them by index: it is read in order,
+    """decord lists an MPEG-TS file's frames but cannot decode them by index: it is read with PyAV,
     from its first keyframe (a cut or capture starts mid-GOP; the frames before it cannot be decoded)."""
     import decord
 
@@ -83,6 +83,106 @@ def test_h264_in_mpeg_ts_decodes_as_its_mp4(tmp_path: Path) -> None:
     assert np.array_equal(frames["cut"], frames["source"][10:])
     scaled = np.concatenate([c.frames for c in iter_frame_chunks(str(whole), 25, chunk_size=8, size=(32, 24))])
     assert scaled.shape == (40, 24, 32, 3)
+
+
+def _gop_clip(path: Path, count: int, keyint: int, size: tuple[int, int] = (64, 48)) -> Path:
+    """`count` frames at 25 fps, a keyframe every `keyint` (B-frames between), each frame told
+    apart by its brightness and a noisy strip."""
+    width, height = size
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=25, options={"g": str(keyint), "keyint_min": str(keyint),
+                                                            "sc_threshold": "0"})
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        for k in range(count):
+            image = np.full((height, width, 3), (5 * k) % 256, np.uint8)
+            image[:, :width // 4] = rng.integers(0, 255, (height, width // 4, 3))
+            out.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(video.encode(None))
+    return path
+
+
+def _edit_list_hiding(mp4: Path, out: Path, frames: int) -> Path:
+    """`mp4`'s packets `frames` (at 25 fps) earlier: the mp4 muxer writes an edit list that hides them."""
+    with av.open(str(mp4)) as src, av.open(str(out), "w", format="mp4") as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        shift = round(Fraction(frames, 25) / src.streams.video[0].time_base)
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.pts, packet.dts, packet.stream = packet.pts - shift, packet.dts - shift, stream
+                dst.mux(packet)
+    return out
+
+
+@pytest.fixture
+def decode_starts(monkeypatch) -> list[int]:
+    """The index of the first frame each PyAV decode starts at (0: from the first packet)."""
+    from portraitflow.operators import decode
+
+    starts, numbered = [], decode._numbered_frames
+
+    def recorded(*args):
+        frames = numbered(*args)
+        for index, frame in frames:
+            starts.append(index)
+            yield index, frame
+            yield from frames
+
+    monkeypatch.setattr(decode, "_numbered_frames", recorded)
+    return starts
+
+
+def test_a_clip_of_a_ts_or_edit_listed_file_is_decoded_from_its_keyframe(tmp_path: Path, decode_starts) -> None:
+    """PyAV seeks to the keyframe before a clip, not decoding the file from its start, and returns the
+    frames an in-order decode of the whole file does, wherever the clip starts (a keyframe, the frame
+    before one, mid-GOP, the last frames), for a TS (also one cut mid-GOP) and an edit-listed mp4."""
+    mp4 = _gop_clip(tmp_path / "source.mp4", 130, keyint=12)
+    files = [_mpeg_ts(mp4, tmp_path / "talk.ts"), _mpeg_ts(mp4, tmp_path / "cut.ts", skip_packets=5),
+             _edit_list_hiding(mp4, tmp_path / "edited.mp4", frames=5)]
+    for path in files:
+        with av.open(str(path)) as container:
+            whole = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+        assert probe_video(str(path)).num_frames == len(whole) == {"talk.ts": 130, "cut.ts": 118, "edited.mp4": 125}[path.name]
+        for first in (0, 3, 36, 47, 71, len(whole) - 9, len(whole) - 1):
+            decode_starts.clear()
+            frames = np.concatenate([c.frames for c in iter_frame_chunks(str(path), 25, first / 25, (first + 9) / 25,
+                                                                         chunk_size=4)])
+            assert np.array_equal(frames, whole[first:first + 9]), (path.name, first)
+            assert decode_starts[0] <= first and (first < 24 or decode_starts[0] > 0), (path.name, first)
+
+
+def test_a_seek_that_lands_after_the_clip_falls_back_to_decoding_in_order(tmp_path: Path, decode_starts,
+                                                                         monkeypatch) -> None:
+    """FFmpeg seeks a TS by decoding times, and a keyframe is decoded before it is shown: aimed at the
+    keyframe's own time, the seek lands past it and decoding starts at the next keyframe, after the
+    clip. The frames come from a decode from the first packet instead."""
+    from portraitflow.operators import decode
+
+    monkeypatch.setattr(decode, "_TS_SEEK_LEAD_S", 0.0)
+    ts = _mpeg_ts(_gop_clip(tmp_path / "source.mp4", 60, keyint=12), tmp_path / "talk.ts")
+    with av.open(str(ts)) as container:
+        whole = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    frames = np.concatenate([c.frames for c in iter_frame_chunks(str(ts), 25, 30 / 25, 40 / 25)])
+    assert np.array_equal(frames, whole[30:40]) and decode_starts == [0]
+
+
+def test_widths_decord_reads_in_a_wrong_shape_are_decoded_with_pyav(tmp_path: Path) -> None:
+    """decord takes RGB rows that FFmpeg padded to a whole multiple of the width (24 px to 32 or 64; 96
+    to 128 and 144 to 192 on an AVX-512 machine) as extra channels, and then fails every batch: such
+    widths, of the video or of the size asked for, are decoded with PyAV, at the true size."""
+    import decord
+
+    square, wide = _gop_clip(tmp_path / "square.mp4", 30, 12, (96, 96)), _gop_clip(tmp_path / "wide.mp4", 30, 12, (160, 128))
+    with pytest.raises(decord.DECORDError):  # rows of 24 px are padded to 32 or 64 whatever the CPU
+        decord.VideoReader(str(wide), width=24, height=16, num_threads=1).get_batch([0])
+    for path, size in ((square, None), (wide, (144, 96)), (wide, (24, 16))):
+        with av.open(str(path)) as container:
+            width, height = size or (96, 96)
+            whole = np.stack([f.to_ndarray(format="rgb24", width=width, height=height)
+                              for f in container.decode(video=0)])
+        frames = np.concatenate([c.frames for c in iter_frame_chunks(str(path), 25, 0.4, size=size, chunk_size=7)])
+        assert frames.shape == (20, height, width, 3) and np.array_equal(frames, whole[10:])
+    assert probe_video(str(square)) == VideoInfo(96, 96, 25.0, 30)
 
 
 def test_unreadable_inputs_raise_the_documented_error(tmp_path: Path) -> None:
@@ -342,8 +442,9 @@ def test_frames_an_edit_list_hides_are_not_decoded(media_dir: Path) -> None:
     assert np.abs(chunk.frames[0].astype(int) - small).mean() < 3
 
 
-def test_a_stream_that_ends_before_its_timestamps_holds_its_last_frame(media_dir: Path) -> None:
-    """This clip's timestamps promise 29 shown frames; FFmpeg decodes 28 (its edit list hides the rest)."""
+def test_a_stream_that_ends_before_its_timestamps_holds_its_last_frame(media_dir: Path, decode_starts) -> None:
+    """This clip's timestamps promise 29 shown frames; FFmpeg decodes 28 (its edit list hides the rest),
+    also from the keyframe a clip at its end is decoded from."""
     path = media_dir / "upscaleavideo_old_video_1.mp4"
     if not path.exists():
         pytest.skip("upscaleavideo_old_video_1.mp4 is not in the shared media")
@@ -351,6 +452,8 @@ def test_a_stream_that_ends_before_its_timestamps_holds_its_last_frame(media_dir
     frames = np.concatenate([c.frames for c in iter_frame_chunks(str(path), info.fps, chunk_size=8)])
     assert len(frames) == info.num_frames
     assert np.array_equal(frames[-1], frames[-2])
+    end = np.concatenate([c.frames for c in iter_frame_chunks(str(path), info.fps, (info.num_frames - 3) / info.fps)])
+    assert np.array_equal(end, frames[-3:]) and decode_starts[-1] > 0
 
 
 def _numbered_clip(path: Path, container: str, codec: str, count: int) -> None:

@@ -95,7 +95,8 @@ class CurateConfig(BaseModel):
     face_actors: int = Field(
         0, ge=0,
         description="Curation actors at most; each holds the face models, scans an input and renders the clips "
-        "it kept (0: one per `actor_cpus` CPUs of the cluster)."
+        "it kept (0: one per `actor_cpus` CPUs on a local Ray; on a cluster, a pool that grows from one "
+        "actor as nodes are added)."
     )
     actor_cpus: int = Field(
         1, ge=1, description="CPUs each curation actor reserves; OpenCV (unless `face.num_threads`), ONNX Runtime and "

@@ -38,7 +38,7 @@ def animate(
     mlflow_uri: MlflowUriOption = None,
 ) -> None:
     """Animate each reference portrait with its driving video; one MLflow run per invocation."""
-    from portraitflow.jobs.runtime import NotEnoughCpus
+    from portraitflow.jobs.runtime import NotEnoughResources
     from portraitflow.operators.atomic import FolderBusy
     from portraitflow.operators.generation_jobs import cross_jobs, load_jobs, pair_jobs
     from portraitflow.pipelines.generate import run_generation
@@ -68,8 +68,8 @@ def animate(
             raise typer.BadParameter(str(exc), param_hint="--refs/--drivers") from exc
     try:
         table = run_generation(job_list, out, cfg, resume=resume)
-    except NotEnoughCpus as exc:
-        raise typer.BadParameter(f"{exc} or give Ray more CPUs (ray.num_cpus)") from exc
+    except NotEnoughResources as exc:
+        raise typer.BadParameter(str(exc)) from exc
     except FolderBusy as exc:
         raise typer.BadParameter(str(exc), param_hint="--out") from exc
     counts = table.status.value_counts().to_dict()

@@ -79,7 +79,7 @@ def sweep(
     config. Rerunning resumes: finished configs are not redone."""
     import yaml
 
-    from portraitflow.jobs.runtime import NotEnoughCpus
+    from portraitflow.jobs.runtime import NotEnoughResources
     from portraitflow.jobs.sweep import check_sweep, run_sweep
     from portraitflow.operators.atomic import FolderBusy
     from portraitflow.operators.sweep_spec import load_sweep
@@ -97,7 +97,7 @@ def sweep(
         raise typer.BadParameter(f"{sweep_file}: {_error_line(exc, sweep_file)}", param_hint="SWEEP_FILE") from exc
     try:
         run_id = run_sweep(spec, cfg, out)
-    except NotEnoughCpus as exc:
+    except NotEnoughResources as exc:
         raise typer.BadParameter(str(exc)) from exc
     except FolderBusy as exc:
         raise typer.BadParameter(str(exc), param_hint="--out") from exc

@@ -93,23 +93,23 @@ def _connect(host: str, port: int, what: str) -> None:
         raise ServiceUnreachable(f"cannot reach {what}: {reason}") from None
 
 
-class NotEnoughCpus(ValueError):
-    """A local Ray cannot run a flow's actors beside the tasks that feed them."""
+class NotEnoughResources(ValueError):
+    """A local Ray cannot run a flow's actors (beside the tasks that feed them)."""
 
 
-def require_cpus(cfg: RayConfig, needed: float, shortfall: Callable[[float], str]) -> None:
-    """NotEnoughCpus(shortfall(cpus)) when a local Ray has fewer than `needed` CPUs: the run would
-    wait forever. On a cluster a warning only: an autoscaler may add the CPUs, but a fixed-size
-    cluster never will, and the run would otherwise wait without a word."""
+def require_resource(cfg: RayConfig, resource: str, needed: float, shortfall: Callable[[float], str]) -> None:
+    """NotEnoughResources(shortfall(have)) when a local Ray has less than `needed` of `resource`
+    ("CPU", "GPU"): the run would wait forever. On a cluster a warning only: an autoscaler may add
+    them, but a fixed-size cluster never will, and the run would otherwise wait without a word."""
     import ray
 
-    cpus = ray.cluster_resources().get("CPU", 0)
-    if cpus >= needed:
+    have = ray.cluster_resources().get(resource, 0)
+    if have >= needed:
         return
     if not ray_address(cfg):
-        raise NotEnoughCpus(shortfall(cpus))
+        raise NotEnoughResources(shortfall(have))
     log.warning("%s now: the run waits until an autoscaler adds nodes (on a fixed-size cluster it never "
-                "will; stop it and follow that advice)", shortfall(cpus))
+                "will; stop it and follow that advice)", shortfall(have))
 
 
 def init_ray(cfg: RayConfig, mlflow: MLflowConfig | None = None) -> None:

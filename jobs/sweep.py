@@ -25,7 +25,7 @@ from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.jobs.runtime import (
     FOLDER_TAG, end_abandoned_runs, ensure_experiment, folder_tag, init_ray, log_values, mlflow_client,
-    require_cpus,
+    require_resource,
 )
 from portraitflow.operators import metrics, metrics_learned, report, sweep_spec
 from portraitflow.operators.atomic import atomic_write, exclusive_folder
@@ -313,7 +313,7 @@ def _check_cpus(configs: list[dict[str, Any]], max_parallel: int, cfg: PortraitF
     at_once = sorted(animating, reverse=True)[:max_parallel]
     if at_once:
         needed = sum(at_once) + 1
-        require_cpus(cfg.ray, needed, lambda cpus: (
+        require_resource(cfg.ray, "CPU", needed, lambda cpus: (
             f"{len(at_once)} animating configs at once need {needed:g} CPUs (an animation actor each and one for "
             f"the tasks that feed them); Ray has {cpus:g}: lower --max-parallel (evaluate.max_parallel) to "
             f"{max(int((cpus - 1) // max(at_once)), 1)}"))

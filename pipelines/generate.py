@@ -12,7 +12,7 @@ import pandas as pd
 
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.animate import AnimateConfig
-from portraitflow.jobs.runtime import init_ray, mlflow_run, require_cpus
+from portraitflow.jobs.runtime import init_ray, mlflow_run, require_resource
 from portraitflow.models.animators.registry import check_backend, resolve_backend
 from portraitflow.operators.animate import AnimateJobs, prepare_job
 from portraitflow.operators.atomic import exclusive_folder
@@ -83,8 +83,13 @@ def run_generation(
         started = time.perf_counter()
         init_ray(cfg.ray, cfg.mlflow)
         needed = cfg.animate.cpus_per_actor + 1  # else an actor holds every CPU and starves the tasks feeding it
-        require_cpus(cfg.ray, needed, lambda cpus: f"the generation flow needs {needed:g} CPUs (a preparation "
-                     f"task beside an animation actor); Ray has {cpus:g}: lower animate.cpus_per_actor")
+        require_resource(cfg.ray, "CPU", needed, lambda cpus: (
+            f"the generation flow needs {needed:g} CPUs (a preparation task beside an animation actor); Ray has "
+            f"{cpus:g}: lower animate.cpus_per_actor or give Ray more CPUs (ray.num_cpus)"))
+        if animation_pool(backend, cfg.animate)[1]:
+            require_resource(cfg.ray, "GPU", 1, lambda gpus: (
+                f"hunyuan with animate.gpus={cfg.animate.gpus} needs a GPU for each animation actor; Ray has "
+                f"{gpus:g}: pass --gpus 0 to animate on CPU actors (float32, slow)"))
         with mlflow_run(cfg.mlflow, cfg.animate.experiment, out_dir) as run:
             pending = [row for row in rows if row["status"] == "pending"]
             if pending:

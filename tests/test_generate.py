@@ -257,6 +257,9 @@ def test_too_few_cpus_is_an_error_not_a_hang(tmp_path: Path, ray_local) -> None:
     result = CliRunner().invoke(app, ["animate", "--ref", "a.png", "--driving", "b.mp4", "--out", str(tmp_path),
                                       "--set", "animate.cpus_per_actor=1.5", "--set", "mlflow.enabled=false"])
     assert result.exit_code == 2 and "needs 2.5 CPUs" in result.output and "Traceback" not in result.output
+    no_gpu = CliRunner().invoke(app, ["animate", "--ref", "a.png", "--driving", "b.mp4", "--out", str(tmp_path),
+                                      "--weights", "tiny", "--set", "mlflow.enabled=false"])  # gpus 1 by default
+    assert no_gpu.exit_code == 2 and "needs a GPU" in no_gpu.output and "--gpus 0" in no_gpu.output
 
 
 def test_a_job_whose_result_never_comes_back_still_gets_a_failed_row(tmp_path: Path, ray_local,

@@ -65,14 +65,14 @@ def test_too_few_cpus_stop_a_local_run_and_are_said_on_a_cluster(monkeypatch: py
     import ray
 
     from portraitflow.jobs.config.runtime import RayConfig
-    from portraitflow.jobs.runtime import NotEnoughCpus, require_cpus
+    from portraitflow.jobs.runtime import NotEnoughResources, require_resource
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    require_cpus(RayConfig(), 2.0, lambda cpus: "unused")
-    with pytest.raises(NotEnoughCpus, match="needs 3; Ray has 2"):
-        require_cpus(RayConfig(), 3.0, lambda cpus: f"needs 3; Ray has {cpus:g}")
-    require_cpus(RayConfig(address="10.0.0.1:6379"), 3.0, lambda cpus: f"needs 3; Ray has {cpus:g}")
+    require_resource(RayConfig(), "CPU", 2.0, lambda cpus: "unused")
+    with pytest.raises(NotEnoughResources, match="needs 3; Ray has 2"):
+        require_resource(RayConfig(), "CPU", 3.0, lambda cpus: f"needs 3; Ray has {cpus:g}")
+    require_resource(RayConfig(address="10.0.0.1:6379"), "CPU", 3.0, lambda cpus: f"needs 3; Ray has {cpus:g}")
     assert "needs 3; Ray has 2 now: the run waits until an autoscaler adds nodes" in caplog.text
 
 

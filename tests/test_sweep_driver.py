@@ -115,7 +115,7 @@ def test_a_sweep_refuses_more_animating_configs_at_once_than_its_cpus_can_feed(
 
     import ray
 
-    from portraitflow.jobs.runtime import NotEnoughCpus
+    from portraitflow.jobs.runtime import NotEnoughResources
 
     sweep, cfg, data = driver
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": cpus or 2.0})
@@ -126,7 +126,7 @@ def test_a_sweep_refuses_more_animating_configs_at_once_than_its_cpus_can_feed(
     if not refused:
         sweep.run_sweep(spec, cfg, data.parent / "out")
         return
-    with pytest.raises(NotEnoughCpus, match="lower --max-parallel .* to 1"):
+    with pytest.raises(NotEnoughResources, match="lower --max-parallel .* to 1"):
         sweep.run_sweep(spec, cfg, data.parent / "out")
     assert not MlflowClient(cfg.mlflow.tracking_uri).search_experiments(filter_string="name != 'Default'")
 

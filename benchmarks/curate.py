@@ -41,6 +41,7 @@ from portraitflow.jobs.config import load_config
 from portraitflow.jobs.curate import run_curation
 from portraitflow.jobs.runtime import init_ray
 from portraitflow.operators.curate_input import CurateInputStage
+from portraitflow.operators.quarantine import MAX_ATTEMPTS
 from portraitflow.pipelines import curate as ray_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def talking_videos(min_side: int, max_side: int, max_seconds: float, limit: int 
 
 def _loop_curate(rows, cfg, scan_dir, staging_dir, attempts_dir):
     stage = CurateInputStage(cfg.model_dump(mode="json"), str(scan_dir), str(staging_dir), str(attempts_dir),
-                             ray_pipeline.CRASH_RETRIES + 1)
+                             MAX_ATTEMPTS)
     return [stage.curate(row) for row in rows], "single-process loop"
 
 

@@ -35,7 +35,7 @@ from portraitflow.operators.face_scan import SIGNATURE_SIZE, check_galleries, lo
 from portraitflow.operators.filters import RENDER_FAILED
 from portraitflow.operators.identity import CorpusLedger
 from portraitflow.operators.inputs import clip_input_key, expand_inputs, input_key
-from portraitflow.operators.quarantine import CRASH_RETRIES, quarantined_row
+from portraitflow.operators.quarantine import MAX_ATTEMPTS, quarantined_row
 from portraitflow.operators.shards import (INDEX_NAME, pack_shards, rewrite_whole, shard_paths, whole_shard_keys,
                                            write_index)
 
@@ -361,7 +361,7 @@ def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], p
     with mlflow_run(cfg.mlflow, cfg.curate.experiment, out) as run:
         scanned, ray_stats = curate_inputs(pending, cfg, layout.scans, layout.staging, layout.attempts)
         returned = {r["input_key"] for r in scanned}
-        lost = [quarantined_row(r, CRASH_RETRIES + 1) for r in pending if r["input_key"] not in returned]
+        lost = [quarantined_row(r, MAX_ATTEMPTS) for r in pending if r["input_key"] not in returned]
         scanned = sorted(scanned + lost, key=lambda r: r["input_key"])
         clips_by_input = _decide_corpus(cfg, scanned, layout, in_shards)
         if renders_after_decisions(cfg.curate):

@@ -15,8 +15,9 @@ from portraitflow.operators.probe import FAILED
 
 # Ray Data retries a dead worker's task forever and, since Ray 2.60, takes no retry limit but
 # through the deprecated `ray_remote_args`, so stages count the starts themselves: an input whose
-# worker dies (segfault, OOM kill, lost node) is retried this many times, then it is a failed row.
-CRASH_RETRIES = 2
+# worker dies (segfault, OOM kill, lost node) is started this many times (two retries), then it is
+# a failed row.
+MAX_ATTEMPTS = 3
 
 
 def start_attempt(folder: Path, key: str) -> int:

@@ -150,10 +150,6 @@ class SkipCounter:
         with self._counts.get_lock():
             return {reason: int(n) for reason, n in zip(SKIP_REASONS, self._counts) if n}
 
-    @property
-    def total(self) -> int:
-        return sum(self.counts().values())
-
 
 #: shard draws per shard, all without a usable sample, after which a resampled stream gives up:
 #: a usable shard among S is missed by 10 S random draws with probability about e^-10.

@@ -17,7 +17,7 @@ from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.runtime import local_cpus
 from portraitflow.operators.curate_input import CurateInputStage
 from portraitflow.operators.inputs import input_bytes
-from portraitflow.operators.quarantine import CRASH_RETRIES
+from portraitflow.operators.quarantine import MAX_ATTEMPTS
 
 if TYPE_CHECKING:
     import ray.data
@@ -38,7 +38,6 @@ def _actor_pool(cfg: PortraitFlowConfig, inputs: int) -> ActorPoolStrategy:
     nodes (the CPUs present at the start, none on a fresh cluster, would fix it at one). Each actor
     has its next input queued, so it never waits for the driver between inputs (a crash costs the
     queued input nothing: only starts count)."""
-    import ray.data
     from ray.data import ActorPoolStrategy
 
     cpus = local_cpus(cfg.ray)
@@ -62,7 +61,7 @@ def curate_inputs(rows: list[dict[str, Any]], cfg: PortraitFlowConfig, scan_dir:
         CurateInputStage,
         fn_constructor_kwargs={"config": cfg.model_dump(mode="json"), "scan_dir": str(scan_dir),
                                "staging_dir": str(staging_dir), "attempts_dir": str(attempts_dir),
-                               "max_attempts": CRASH_RETRIES + 1},
+                               "max_attempts": MAX_ATTEMPTS},
         batch_size=1,
         num_cpus=cfg.curate.actor_cpus,
         # The probe runs inside the actor, since a separate probe task would find every CPU held by the actors.

@@ -21,7 +21,7 @@ from portraitflow.operators.generation_results import (
     RESULTS_FILE, log_to_mlflow, merged_with_earlier, plan_rows, records_dir, results_table, save_preview,
     write_atomic,
 )
-from portraitflow.operators.quarantine import CRASH_RETRIES
+from portraitflow.operators.quarantine import MAX_ATTEMPTS
 
 #: a preparation task holds the face models and one chunk of full-resolution frames. Declaring
 #: it also keeps Ray Data from fusing the tasks into the animation actors (different resources).
@@ -95,7 +95,7 @@ def run_generation(
             if pending:
                 actors, gpus_per_actor = animation_pool(backend, cfg.animate)
                 crashes = {"attempts_dir": str(_fresh(out_dir / ".state" / "attempts")),
-                           "max_attempts": CRASH_RETRIES + 1}  # a job that kills its worker is given up on
+                           "max_attempts": MAX_ATTEMPTS}  # a job that kills its worker is given up on
                 jobs_ds = ray.data.from_items(pending, override_num_blocks=len(pending))
                 jobs_ds.context.max_errored_blocks = -1  # a job whose block is lost still gets its row (below)
                 finished = (

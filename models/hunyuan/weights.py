@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -111,7 +111,6 @@ class HunyuanModels:
     motion_resolution: int
     arcface: Path | None = None
     source: str = "random"
-    extras: dict = field(default_factory=dict)
 
 
 def _builders(size: ModelSize, unet_config: dict, vae_config: dict) -> dict[str, Callable[[], nn.Module]]:

@@ -29,7 +29,7 @@ from portraitflow.jobs.runtime import (
 )
 from portraitflow.operators import metrics, metrics_learned, report, sweep_spec
 from portraitflow.operators.atomic import atomic_write, exclusive_folder
-from portraitflow.operators.eval_dataset import load_jobs
+from portraitflow.operators.eval_dataset import dataset_jobs
 from portraitflow.operators.evaluate_video import learned_aggregates
 from portraitflow.pipelines.evaluate import evaluate_outputs, generate_outputs
 
@@ -154,7 +154,7 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
             generated = generate_outputs(params, jobs, work_dir / "outputs", cfg)
             children.check()
             outcome = generated[[c for c in ("job_id", "status", "reason", "output") if c in generated]]
-            merged = pd.DataFrame(jobs)[["job_id", "ref", "driving"]].merge(  # ids are unique (load_jobs)
+            merged = pd.DataFrame(jobs)[["job_id", "ref", "driving"]].merge(  # ids are unique (dataset_jobs)
                 outcome, on="job_id", how="left", validate="one_to_one")
             merged = merged.fillna({"status": "failed", "reason": "not_generated"}).assign(
                 paste_back=sweep_spec.config_settings(params, cfg).paste_back)  # how the evaluator frames the truth
@@ -255,7 +255,7 @@ def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir:
     end_abandoned_runs(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent_id}'")
     client.update_run(parent_id, status="RUNNING")
     try:
-        jobs = load_jobs(spec.dataset, evaluate.protocol, out_dir / "dataset", evaluate.max_seconds,
+        jobs = dataset_jobs(spec.dataset, evaluate.protocol, out_dir / "dataset", evaluate.max_seconds,
                          evaluate.max_videos, exclude=out_dir)  # an OUT inside the dataset holds no inputs
         atomic_write(out_dir / "dataset.parquet", pd.DataFrame(jobs).astype(str).to_parquet())  # failed inputs too
         usable = [j for j in jobs if j.get("status", "ok") == "ok"]

@@ -15,27 +15,36 @@ import functools
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.config.face import FaceConfig
 from portraitflow.models.animators.base import ReferenceInput
 from portraitflow.models.animators.registry import animator_params, create_animator
 from portraitflow.models.face.base import FaceAnalyzer
 from portraitflow.models.face.images import load_image
-from portraitflow.operators.decode import VideoUnreadable
-from portraitflow.operators.driving_motion import DrivingMotion, extract_driving_motion, iter_driving_windows
 from portraitflow.operators.atomic import atomic_write
+from portraitflow.operators.decode import VideoUnreadable
+from portraitflow.operators.driving_motion import (
+    DrivingMotion,
+    extract_driving_motion,
+    iter_driving_windows,
+)
 from portraitflow.operators.generation_jobs import input_fingerprint
 from portraitflow.operators.generation_results import write_record
 from portraitflow.operators.paste_back import paste_back
 from portraitflow.operators.probe import error_text
 from portraitflow.operators.quarantine import crashed_reason, start_attempt
-from portraitflow.operators.reference_portrait import NoFace, PreparedReference, UnreadableImage, prepare_reference
+from portraitflow.operators.reference_portrait import (
+    NoFace,
+    PreparedReference,
+    UnreadableImage,
+    prepare_reference,
+)
+from portraitflow.operators.timing import StageTimer
 from portraitflow.operators.video_writer import has_audio, write_h264
 
 #: columns only carried from the preparation task to the animation actor (empty when it failed).
@@ -106,23 +115,6 @@ def prepare_job(row: dict[str, Any], face_cfg_json: str, animate_cfg_json: str, 
     return {**row, "reference": reference.to_bytes(), "motion": motion, "prep_s": time.perf_counter() - started}
 
 
-class _Timed:
-    """Wraps an iterator and adds the time spent producing its items to `seconds`."""
-
-    def __init__(self, items: Iterable[np.ndarray]) -> None:
-        self._items = iter(items)
-        self.seconds = 0.0
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        while True:
-            started = time.perf_counter()
-            item = next(self._items, None)
-            self.seconds += time.perf_counter() - started
-            if item is None:
-                return
-            yield item
-
-
 class AnimateJobs:
     """Ray Data callable class: the actor holds one animator for all the jobs it is given."""
 
@@ -146,7 +138,8 @@ class AnimateJobs:
             return {**result, "status": "failed", "reason": crashed_reason("animation", self.max_attempts)}
         started = time.perf_counter()
         try:
-            frames, animation, fps, reference = self._render(row)
+            timer = StageTimer()
+            frames, fps, reference = self._render(row, timer)
             written = write_h264(row["output"], frames, fps=fps, audio_from=row["driving"], crf=self.cfg.crf)
         except Exception as exc:  # a job boundary (see _failed)
             return _failed(result, "animation", exc)
@@ -154,20 +147,20 @@ class AnimateJobs:
         model = json.dumps(self.animator.describe(reference), sort_keys=True, default=str)
         total = time.perf_counter() - started
         done = {**result, "status": "ok", "reason": "", "model": model, "frames": written, "fps": fps,
-                "seconds": written / fps, "has_audio": has_audio(row["output"]), "animate_s": animation.seconds,
-                "encode_s": total - animation.seconds, "total_s": total + row["prep_s"]}
+                "seconds": written / fps, "has_audio": has_audio(row["output"]), "animate_s": timer.seconds["animate"],
+                "encode_s": total - timer.seconds["animate"], "total_s": total + row["prep_s"]}
         write_record(self.records_dir, done)
         return done
 
-    def _render(self, row: dict[str, Any]) -> tuple[Iterable[np.ndarray], _Timed, float, ReferenceInput]:
-        """The output frames (lazy), the timer around the animator, the output frame rate, and
-        the reference they animate."""
+    def _render(self, row: dict[str, Any], timer: StageTimer) -> tuple[Iterable[np.ndarray], float, ReferenceInput]:
+        """The output frames (lazy; the animator's time goes to `timer`'s "animate"), the output
+        frame rate, and the reference they animate."""
         prepared = PreparedReference.from_bytes(row["reference"])
         motion = DrivingMotion.from_bytes(row["motion"])
         params = animator_params(self.backend, json.loads(row["params"]))
         windows = iter_driving_windows(row["driving"], motion, self.cfg.window)
-        animation = _Timed(self.animator.animate(prepared.reference, windows, params))
+        animation = timer.iterate("animate", self.animator.animate(prepared.reference, windows, params))
         if not params["paste_back"]:
-            return animation, animation, motion.fps, prepared.reference
+            return animation, motion.fps, prepared.reference
         image = load_image(row["ref"]).rgb
-        return paste_back(image, animation, prepared.box, self.cfg.feather), animation, motion.fps, prepared.reference
+        return paste_back(image, animation, prepared.box, self.cfg.feather), motion.fps, prepared.reference

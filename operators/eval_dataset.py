@@ -95,9 +95,9 @@ def _jobs_file(path: Path, folder: Path, max_seconds: float | None, max_videos: 
     optional, ids unique: a repeated `job_id` refuses the file, derived ids that collide get a
     hash); each driving video is cut to `max_seconds` like a folder's clips, with its job's own
     portrait as the reference."""
-    from portraitflow.operators.generation_jobs import load_jobs as read_jobs_file
+    from portraitflow.operators.generation_jobs import load_jobs
 
-    jobs = read_jobs_file(path)[:max_videos]
+    jobs = load_jobs(path)[:max_videos]
     with_params = [job.job_id for job in jobs if job.params]
     if with_params:
         raise ValueError(f"{path}: per-job params ({', '.join(with_params[:3])}) are for `animate`; "
@@ -186,16 +186,16 @@ def _unique(jobs: list[dict[str, Any]], spec: DatasetSpec) -> list[dict[str, Any
     return jobs
 
 
-def load_jobs(spec: DatasetSpec, protocol: str, folder: str | Path, max_seconds: float | None = None,
+def dataset_jobs(spec: DatasetSpec, protocol: str, folder: str | Path, max_seconds: float | None = None,
               max_videos: int | None = None, exclude: str | Path | None = None) -> list[dict[str, Any]]:
     """Jobs (job_id, ref, driving, status, reason) ready for generation, with unique job ids (else
     ValueError); failed rows included. A folder dataset's globs skip `folder` (the prepared clips)
     and `exclude` (the sweep's output folder), wherever they lie."""
     skip = (Path(folder),) + ((Path(exclude),) if exclude is not None else ())
-    return _unique(_load_jobs(spec, protocol, Path(folder), max_seconds, max_videos, skip), spec)
+    return _unique(_dataset_jobs(spec, protocol, Path(folder), max_seconds, max_videos, skip), spec)
 
 
-def _load_jobs(spec: DatasetSpec, protocol: str, folder: Path, max_seconds: float | None,
+def _dataset_jobs(spec: DatasetSpec, protocol: str, folder: Path, max_seconds: float | None,
                max_videos: int | None, skip: tuple[Path, ...]) -> list[dict[str, Any]]:
     folder.mkdir(parents=True, exist_ok=True)
     if spec.type == "jobs":

@@ -32,7 +32,8 @@ def still_frames(reference: np.ndarray, analyzer: FaceAnalyzer, size: int, paste
 
 def render_still(job: dict[str, Any], out_path: Path, analyzer: FaceAnalyzer, size: int = 512,
                  paste_back: bool = False, chunk: int = 32) -> dict[str, Any]:
-    """Write the still video of one job; returns a results row (job_id, status, reason, output, frames)."""
+    """Write the still video of one job; returns its results row (job_id, status, reason, output,
+    frames, backend; `error` for an unreadable driver, `seconds` once written)."""
     from portraitflow.models.face.images import load_image
     from portraitflow.operators.decode import VideoUnreadable, probe_video
     from portraitflow.operators.video_writer import write_h264

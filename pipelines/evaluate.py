@@ -19,10 +19,11 @@ from portraitflow.operators.sweep_spec import config_settings
 
 
 def generate_outputs(params: dict[str, Any], jobs: list[dict], out_dir: Path, cfg: PortraitFlowConfig) -> pd.DataFrame:
-    """(job_id, status, reason, output) per job for one config. `still` is the baseline, rendered
-    here; every other backend runs through the generation pipeline with the config's params as
-    animate settings (its own MLflow run is off: the sweep's child run records this config). Params
-    are validated first (`config_settings`), before anything is written or run."""
+    """A row per job for one config, at least (job_id, status, reason, output). `still`, the
+    baseline, is rendered here; every other backend runs through the generation pipeline
+    (`run_generation`, whose results table it returns) with the config's params as animate settings
+    (its own MLflow run is off: the sweep's child run records this config). Params are validated
+    first (`config_settings`), before anything is written or run."""
     import ray.data
     from ray.data import ActorPoolStrategy
 

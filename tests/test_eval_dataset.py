@@ -11,7 +11,7 @@ import numpy as np
 from synthetic_shards import write_shard
 
 from portraitflow.operators import eval_dataset
-from portraitflow.operators.eval_dataset import DatasetSpec, load_jobs
+from portraitflow.operators.eval_dataset import DatasetSpec, dataset_jobs
 from portraitflow.operators.inputs import input_key
 
 NO_PARTNER = "no_cross_portrait"  # the reason of a cross job with no clip of another source to pair with
@@ -44,7 +44,7 @@ def _cross_folder(videos: list[str], tmp_path: Path) -> list[dict]:
 
     with mock.patch.object(eval_dataset, "prepare_clip", _fake_prepare), \
             mock.patch.object(eval_dataset, "_matches", matches):
-        return load_jobs(DatasetSpec(path=str(tmp_path)), "cross", tmp_path / "prepared")
+        return dataset_jobs(DatasetSpec(path=str(tmp_path)), "cross", tmp_path / "prepared")
 
 
 def test_cross_jobs_pair_ok_clips_with_another_clip_and_keep_failed_ones(tmp_path: Path) -> None:
@@ -69,7 +69,7 @@ def test_a_file_both_globs_match_is_a_driver_never_its_own_portrait(tmp_path: Pa
         (tmp_path / name).write_bytes(b"x")
     spec = DatasetSpec(path=str(tmp_path), include=["*"], refs=["*.png", "*.gif"])
     with mock.patch.object(eval_dataset, "prepare_clip", _fake_prepare):
-        jobs = load_jobs(spec, "cross", tmp_path / "prepared")
+        jobs = dataset_jobs(spec, "cross", tmp_path / "prepared")
     assert [(Path(j["source"]).name, Path(j["ref"]).name) for j in jobs] == [("talk.gif", "face.png")]
 
 
@@ -77,7 +77,7 @@ def test_a_key_repeated_in_another_shard_is_a_job_of_its_own(tmp_path: Path) -> 
     shards = tmp_path / "foreign"
     write_shard(shards / "000000.tar", {"sample0": _sample(_clip(tmp_path / "a.mp4", shade=0))})
     write_shard(shards / "000001.tar", {"sample0": _sample(_clip(tmp_path / "b.mp4", shade=60))})
-    jobs = load_jobs(DatasetSpec(type="shards", path=str(shards)), "self", tmp_path / "prepared")
+    jobs = dataset_jobs(DatasetSpec(type="shards", path=str(shards)), "self", tmp_path / "prepared")
     assert [j["status"] for j in jobs] == ["ok", "ok"] and len({j["job_id"] for j in jobs}) == 2
     assert len({Path(j["source"]).read_bytes() for j in jobs}) == 2  # both clips written, neither lost
 
@@ -89,7 +89,7 @@ def test_shard_cross_jobs_never_take_a_portrait_from_the_same_source_video(tmp_p
     write_shard(tmp_path / "curated" / "shards" / "000000.tar", {
         f"{one}_00000000_00001000": _sample(a), f"{one}_00001000_00002000": _sample(a),
         f"{two}_00000000_00001000": _sample(b)})
-    jobs = load_jobs(DatasetSpec(type="shards", path=str(tmp_path / "curated")), "cross", tmp_path / "prepared")
+    jobs = dataset_jobs(DatasetSpec(type="shards", path=str(tmp_path / "curated")), "cross", tmp_path / "prepared")
     assert [j["status"] for j in jobs] == ["ok"] * 3
     refs = [j["ref"] for j in jobs]
     assert refs[0] == refs[1] == jobs[2]["driving"].replace(".mp4", ".ref.png")  # both clips of `one` get `two`'s
@@ -97,7 +97,7 @@ def test_shard_cross_jobs_never_take_a_portrait_from_the_same_source_video(tmp_p
 
     # the json's `source` names the video too; every clip from one video: failed rows, none dropped
     write_shard(tmp_path / "same" / "000000.tar", {"x": _sample(a, "/videos/one.mp4"), "y": _sample(b, "/videos/one.mp4")})
-    same = load_jobs(DatasetSpec(type="shards", path=str(tmp_path / "same")), "cross", tmp_path / "prepared")
+    same = dataset_jobs(DatasetSpec(type="shards", path=str(tmp_path / "same")), "cross", tmp_path / "prepared")
     assert [(j["status"], j["reason"]) for j in same] == [("failed", NO_PARTNER)] * 2
 
 
@@ -109,7 +109,7 @@ def test_prepared_clips_are_named_by_their_cut_length(tmp_path: Path) -> None:
     spec, prepared = DatasetSpec(path=str(videos)), tmp_path / "prepared"
     frames = {}
     for max_seconds in (0.5, 0.3, None, 0.5):
-        [job] = load_jobs(spec, "self", prepared, max_seconds=max_seconds)
+        [job] = dataset_jobs(spec, "self", prepared, max_seconds=max_seconds)
         assert job["status"] == "ok" and "." not in job["job_id"]
         assert Path(job["driving"]).stem == job["job_id"] == Path(job["ref"]).name[: -len(".ref.png")]
         frames.setdefault(job["driving"], set()).add(probe_video(job["driving"]).num_frames)
@@ -124,19 +124,19 @@ def test_shards_stop_at_max_videos_and_a_corrupt_shard_is_a_failed_row(tmp_path:
     write_shard(shards / "000002.tar", {"s2_a": _sample(b), "s2_nomp4": {"json": b"{}"}})
     spec = DatasetSpec(type="shards", path=str(tmp_path / "curated"))
 
-    first = load_jobs(spec, "self", tmp_path / "one", max_seconds=0.5, max_videos=1)
+    first = dataset_jobs(spec, "self", tmp_path / "one", max_seconds=0.5, max_videos=1)
     assert [j["status"] for j in first] == ["ok"]
     assert len(list((tmp_path / "one").glob("*.source.mp4"))) == 1  # nothing past max_videos is written
 
     (shards / "000001.tar").write_bytes(b"this is not a tar archive" * 100)
 
-    jobs = load_jobs(spec, "self", tmp_path / "all", max_seconds=0.5)
+    jobs = dataset_jobs(spec, "self", tmp_path / "all", max_seconds=0.5)
     assert [(j["status"], j["reason"]) for j in jobs] == [
         ("ok", None), ("ok", None), ("failed", "unreadable_shard"), ("ok", None), ("failed", "no_video")]
     assert jobs[2]["source"].endswith("000001.tar") and jobs[2]["error"]
     assert len({j["job_id"] for j in jobs}) == 5
 
-    cross = load_jobs(spec, "cross", tmp_path / "all", max_seconds=0.5, max_videos=4)
+    cross = dataset_jobs(spec, "cross", tmp_path / "all", max_seconds=0.5, max_videos=4)
     assert [j["status"] for j in cross] == ["ok", "ok", "failed", "ok"]
     assert all(j["ref"] != j["driving"].replace(".mp4", ".ref.png") for j in cross if j["status"] == "ok")
 
@@ -154,7 +154,7 @@ def test_a_folder_dataset_never_takes_the_sweeps_own_files_for_inputs(tmp_path: 
     spec = DatasetSpec(path=str(data), include=["*.mp4"], refs=["*.png"])
     for protocol in ("self", "cross", "self"):  # the first run writes OUT/dataset; the others rerun over it
         _clip(out / "configs" / "0123abcd" / "outputs" / "talk-1000ms-0123456789.mp4")
-        jobs = load_jobs(spec, protocol, out / "dataset", max_seconds=1.0, exclude=out)
+        jobs = dataset_jobs(spec, protocol, out / "dataset", max_seconds=1.0, exclude=out)
         assert [Path(j["source"]).name for j in jobs] == ["talk.mp4"]
         assert protocol == "self" or jobs[0]["ref"] == str(data / "portrait.png")
     assert list((out / "dataset").glob("*.ref.png")) and list((out / "dataset").glob("*.mp4"))  # there to be found

@@ -11,7 +11,7 @@ import pytest
 
 from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.operators import report, sweep_spec
-from portraitflow.operators.eval_dataset import DatasetSpec, load_jobs
+from portraitflow.operators.eval_dataset import DatasetSpec, dataset_jobs
 
 
 def _spec(**extra) -> sweep_spec.SweepSpec:
@@ -127,7 +127,7 @@ def test_curated_shards_become_self_and_cross_jobs(tmp_path: Path) -> None:
     _tar(curated / "shards" / "000000.tar", {"clip_a": _clip(tmp_path / "a.mp4"), "clip_b": _clip(tmp_path / "b.mp4", shade=40)})
     _tar(curated / "staging" / "clip_c.tar", {"clip_c": _clip(tmp_path / "c.mp4")})  # not yet in a shard
     spec = DatasetSpec(type="shards", path=str(curated))
-    jobs = load_jobs(spec, "self", tmp_path / "prepared", max_seconds=0.5)
+    jobs = dataset_jobs(spec, "self", tmp_path / "prepared", max_seconds=0.5)
     assert len(jobs) == 2 and all(j["status"] == "ok" for j in jobs)
     from portraitflow.models.face.images import load_image
     from portraitflow.operators.decode import iter_frame_chunks, probe_video
@@ -136,9 +136,9 @@ def test_curated_shards_become_self_and_cross_jobs(tmp_path: Path) -> None:
         assert probe_video(job["driving"]).num_frames == 5  # cut to 0.5 s at 10 fps
         first = next(iter_frame_chunks(job["driving"], 10, chunk_size=1)).frames[0]
         assert np.array_equal(load_image(job["ref"]).rgb, first)  # the reference is the clip's first frame
-    again = load_jobs(spec, "self", tmp_path / "prepared", max_seconds=0.5)
+    again = dataset_jobs(spec, "self", tmp_path / "prepared", max_seconds=0.5)
     assert again == jobs
-    cross = load_jobs(spec, "cross", tmp_path / "prepared", max_seconds=0.5)
+    cross = dataset_jobs(spec, "cross", tmp_path / "prepared", max_seconds=0.5)
     assert [c["ref"] for c in cross] == [jobs[1]["ref"], jobs[0]["ref"]]
 
 
@@ -147,7 +147,7 @@ def test_a_bad_video_in_a_folder_is_a_failed_row(tmp_path: Path) -> None:
     folder.mkdir()
     _clip(folder / "good.mp4")
     (folder / "broken.mp4").write_bytes(b"not a video at all")
-    jobs = load_jobs(DatasetSpec(path=str(folder)), "self", tmp_path / "prepared")
+    jobs = dataset_jobs(DatasetSpec(path=str(folder)), "self", tmp_path / "prepared")
     status = {Path(j["source"]).name: (j["status"], j["reason"]) for j in jobs}
     assert status == {"good.mp4": ("ok", None), "broken.mp4": ("failed", "unreadable")}
 
@@ -207,7 +207,7 @@ def test_a_jobs_dataset_is_read_as_animate_reads_it_and_cut_to_max_seconds(tmp_p
     _clip(data / "talk.mp4", frames=10)  # 1 s at 10 fps
     (data / "face.png").write_bytes(b"")
     (data / "jobs.csv").write_text("ref,driving\nface.png,talk.mp4\nface.png,missing.mp4\n")  # paths from the file
-    rows = load_jobs(DatasetSpec(type="jobs", path=str(data / "jobs.csv")), "cross", tmp_path / "prepared", max_seconds=0.5)
+    rows = dataset_jobs(DatasetSpec(type="jobs", path=str(data / "jobs.csv")), "cross", tmp_path / "prepared", max_seconds=0.5)
     assert [r["job_id"] for r in rows] == ["face__talk", "face__missing"]
     assert rows[0]["status"] == "ok" and rows[0]["ref"] == str(data / "face.png")
     assert rows[0]["driving"].startswith(str(tmp_path / "prepared")) and probe_video(rows[0]["driving"]).duration_s <= 0.6
@@ -215,7 +215,7 @@ def test_a_jobs_dataset_is_read_as_animate_reads_it_and_cut_to_max_seconds(tmp_p
     assert rows[1]["status"] == "failed" and rows[1]["reason"] == "unreadable"
     (data / "params.csv").write_text("ref,driving,seed\nface.png,talk.mp4,3\n")
     with pytest.raises(ValueError, match="per-job params"):
-        load_jobs(DatasetSpec(type="jobs", path=str(data / "params.csv")), "cross", tmp_path / "prepared")
+        dataset_jobs(DatasetSpec(type="jobs", path=str(data / "params.csv")), "cross", tmp_path / "prepared")
 
 
 def test_jobs_dataset_ids_are_unique_so_each_job_keeps_its_own_ref_and_driver(tmp_path: Path) -> None:
@@ -227,14 +227,14 @@ def test_jobs_dataset_ids_are_unique_so_each_job_keeps_its_own_ref_and_driver(tm
         _clip(data / session / "drive.mp4", shade=shade)
         (data / session / "ref.png").write_bytes(b"")
     (data / "jobs.csv").write_text("ref,driving\ns1/ref.png,s1/drive.mp4\ns2/ref.png,s2/drive.mp4\n")
-    rows = load_jobs(DatasetSpec(type="jobs", path=str(data / "jobs.csv")), "cross", tmp_path / "prepared")
+    rows = dataset_jobs(DatasetSpec(type="jobs", path=str(data / "jobs.csv")), "cross", tmp_path / "prepared")
     assert len({r["job_id"] for r in rows}) == 2 and all(r["job_id"].startswith("ref__drive-") for r in rows)
     assert [r["ref"] for r in rows] == [str(data / "s1/ref.png"), str(data / "s2/ref.png")]
     assert [r["source"] for r in rows] == [str(data / "s1/drive.mp4"), str(data / "s2/drive.mp4")]
     assert rows[0]["driving"] != rows[1]["driving"]
     (data / "twice.csv").write_text("job_id,ref,driving\nj,s1/ref.png,s1/drive.mp4\nj,s2/ref.png,s2/drive.mp4\n")
     with pytest.raises(ValueError, match="job_id 'j'"):
-        load_jobs(DatasetSpec(type="jobs", path=str(data / "twice.csv")), "cross", tmp_path / "again")
+        dataset_jobs(DatasetSpec(type="jobs", path=str(data / "twice.csv")), "cross", tmp_path / "again")
     assert not list((tmp_path / "again").glob("*.mp4"))
 
 

@@ -28,7 +28,7 @@ from portraitflow.jobs.runtime import (
     require_resource,
 )
 from portraitflow.operators import metrics, metrics_learned, report, sweep_spec
-from portraitflow.operators.atomic import atomic_write, exclusive_folder
+from portraitflow.operators.atomic import atomic_write, exclusive_folder, write_parquet
 from portraitflow.operators.eval_dataset import dataset_jobs
 from portraitflow.operators.evaluate_video import learned_aggregates
 from portraitflow.pipelines.evaluate import evaluate_outputs, generate_outputs
@@ -117,7 +117,7 @@ def score_and_log(client: MlflowClient, run_id: str, jobs: pd.DataFrame, label: 
     table.insert(0, "config", label)
     if "output" not in table and "output" in jobs:  # where each scored video is (a resume checks it is still there)
         table = table.merge(jobs[["job_id", "output"]], on="job_id", how="left", validate="one_to_one")
-    atomic_write(work_dir / "per_video.parquet", table.to_parquet())
+    write_parquet(work_dir / "per_video.parquet", table)
     client.log_table(run_id, data=table, artifact_file="per_video.json")
     client.log_artifact(run_id, str(work_dir / "per_video.parquet"))
     ok = table[table["status"] == "ok"]
@@ -257,7 +257,7 @@ def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir:
     try:
         jobs = dataset_jobs(spec.dataset, evaluate.protocol, out_dir / "dataset", evaluate.max_seconds,
                          evaluate.max_videos, exclude=out_dir)  # an OUT inside the dataset holds no inputs
-        atomic_write(out_dir / "dataset.parquet", pd.DataFrame(jobs).astype(str).to_parquet())  # failed inputs too
+        write_parquet(out_dir / "dataset.parquet", pd.DataFrame(jobs).astype(str))  # failed inputs too
         usable = [j for j in jobs if j.get("status", "ok") == "ok"]
         log_values(client, parent_id, params={"configs": len(configs), "protocol": evaluate.protocol,
                                               "dataset": spec.dataset.path})

@@ -83,6 +83,15 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
         Path(tmp).write_bytes(data.encode() if isinstance(data, str) else data)
 
 
+def write_parquet(path: str | Path, table) -> None:
+    """A pandas DataFrame (without its index) or a pyarrow Table as a parquet file, atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with atomic_target(path) as tmp:
+        pq.write_table(table if isinstance(table, pa.Table) else pa.Table.from_pandas(table, preserve_index=False), tmp)
+
+
 def _sync(path: str | Path) -> None:
     """Flush a file's data, or a folder's entries (a rename into it), to the disk."""
     fd = os.open(path, os.O_RDONLY)

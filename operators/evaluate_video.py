@@ -33,7 +33,7 @@ import numpy as np
 from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.models.face.base import FaceAnalyzer
 from portraitflow.operators import metrics, metrics_learned
-from portraitflow.operators.atomic import atomic_target
+from portraitflow.operators.atomic import atomic_target, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -196,13 +196,6 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if parts else {}
 
 
-def _write_parquet(table, path: Path) -> None:
-    import pyarrow.parquet as pq
-
-    with atomic_target(path) as tmp:
-        pq.write_table(table, tmp)
-
-
 def _save_npy(array: np.ndarray, path: Path) -> None:
     with atomic_target(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, np.asarray(array, np.float32), allow_pickle=False)
@@ -320,8 +313,8 @@ class JobEvaluator:
         self._write_features(clips, folder, row["job_id"])
         import pyarrow as pa
 
-        _write_parquet(pa.table({k: np.asarray(v) for k, v in frame_table.items()}),
-                       folder / f"{row['job_id']}.frames.parquet")
+        write_parquet(folder / f"{row['job_id']}.frames.parquet",
+                      pa.table({k: np.asarray(v) for k, v in frame_table.items()}))
         means = {name: metrics.nanmean(values) for name, values in frame_table.items() if name != "frame"}
         means["detection_rate"] = means.pop("face_detected")
         return {**row, "status": "ok", "frames": int(len(frame_table["frame"])), **means}

@@ -14,7 +14,7 @@ import pandas as pd
 from portraitflow.jobs.config.animate import PER_JOB_FIELDS, AnimateConfig
 from portraitflow.jobs.config.face import FaceConfig
 from portraitflow.models.animators.registry import check_settings
-from portraitflow.operators.atomic import atomic_target, atomic_write
+from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.decode import VideoUnreadable, probe_video
 from portraitflow.operators.generation_jobs import (Job, effective_params, input_fingerprint, output_name,
                                                    output_settings)
@@ -141,11 +141,6 @@ def results_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
-
-
-def write_atomic(table: pd.DataFrame, path: Path) -> None:
-    with atomic_target(path) as tmp:
-        table.to_parquet(tmp, index=False)
 
 
 def preview_strip(outputs: list[str], frames_per_output: int, height: int = 160) -> np.ndarray | None:

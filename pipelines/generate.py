@@ -15,11 +15,10 @@ from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.runtime import init_ray, mlflow_run, require_resource
 from portraitflow.models.animators.registry import check_backend, resolve_backend
 from portraitflow.operators.animate import AnimateJobs, prepare_job
-from portraitflow.operators.atomic import exclusive_folder
+from portraitflow.operators.atomic import exclusive_folder, write_parquet
 from portraitflow.operators.generation_jobs import Job, load_jobs
 from portraitflow.operators.generation_results import (
     RESULTS_FILE, log_to_mlflow, merged_with_earlier, plan_rows, records_dir, results_table, save_preview,
-    write_atomic,
 )
 from portraitflow.operators.quarantine import MAX_ATTEMPTS
 
@@ -115,7 +114,7 @@ def run_generation(
                 rows = [by_output.get(row["output"], {**row, "status": "failed", "reason": LOST_REASON})
                         if row["status"] == "pending" else row for row in rows]
             table = results_table(rows)
-            write_atomic(merged_with_earlier(table, out_dir / RESULTS_FILE), out_dir / RESULTS_FILE)
+            write_parquet(out_dir / RESULTS_FILE, merged_with_earlier(table, out_dir / RESULTS_FILE))
             preview = save_preview(table, cfg.animate, out_dir)
             if run is not None:
                 log_to_mlflow(table, cfg.animate, backend, time.perf_counter() - started, preview)

@@ -13,7 +13,8 @@ import pytest
 
 from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.operators.generation_jobs import FINGERPRINT_BYTES, Job, input_fingerprint
-from portraitflow.operators.generation_results import RESULTS_FILE, plan_rows, results_table, write_atomic
+from portraitflow.operators.atomic import write_parquet
+from portraitflow.operators.generation_results import RESULTS_FILE, plan_rows, results_table
 from portraitflow.operators.video_writer import write_h264
 
 CFG = AnimateConfig(backend="warp")
@@ -96,7 +97,7 @@ def _previous_results(out: Path, row: dict, **record) -> dict:
     done = {**row, "status": "ok", "reason": "", "model": json.dumps({"animator": "warp", "seed": 7}), "frames": 6,
             "fps": 12.0, "seconds": 0.5, "has_audio": False, "prep_s": 3.5, "animate_s": 1.25, "encode_s": 0.5,
             "total_s": 5.25, **record}
-    write_atomic(results_table([done]), out / RESULTS_FILE)
+    write_parquet(out / RESULTS_FILE, results_table([done]))
     return done
 
 
@@ -112,7 +113,7 @@ def test_a_skipped_job_keeps_the_model_record_and_timings_of_the_run_that_made_i
     for field in ("model", "frames", "fps", "seconds", "has_audio", "prep_s", "animate_s", "encode_s", "total_s"):
         assert again[field] == done[field], field
     # that skipped row, written as this run's results, carries the record on to the next rerun
-    write_atomic(results_table([again]), out / RESULTS_FILE)
+    write_parquet(out / RESULTS_FILE, results_table([again]))
     third = _plan(out, ref, driving)
     assert third["status"] == "skipped" and json.loads(third["model"]) == {"animator": "warp", "seed": 7}
     assert third["prep_s"] == 3.5 and third["total_s"] == 5.25

@@ -8,7 +8,7 @@ set -u
 budget=${1:-540}
 logs=${OUT:-pending_gpu}
 mkdir -p "$logs"
-python=${PYTHON:-python}
+python=${PYTHON:-python3}
 start=$SECONDS
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$logs/gpu.txt"
 

@@ -65,7 +65,7 @@ def plan_rows(jobs: list[Job], out_dir: Path, backend: str, cfg: AnimateConfig, 
         row.update(params=json.dumps(params, sort_keys=True), output=str(output))
         if str(output) in planned:
             row.update(status="failed", reason=f"duplicate of job {planned[str(output)]}")
-        elif resume and output.is_file() and (finished := _probe(output)):
+        elif resume and output.is_file() and (finished := _finished(output, previous.get(output.name, {}))):
             record = previous.get(output.name, {})
             kept = {k: record[k] for k in KEPT_FIELDS} if record.get("frames") == finished["frames"] else finished
             row.update(status="skipped", reason="complete output exists", **kept)
@@ -82,7 +82,8 @@ def records_dir(out_dir: Path) -> Path:
 def write_record(folder: Path, row: dict[str, Any]) -> None:
     """The record of a job that made its output, named after the output: a run killed before it
     writes `results.parquet` (or a later run into the folder with other jobs) keeps it."""
-    record = {k: _plain(row[k]) for k in KEPT_FIELDS}
+    stat = Path(row["output"]).stat()  # which file it describes: a resume trusts it without probing
+    record = {**{k: _plain(row[k]) for k in KEPT_FIELDS}, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     atomic_write(folder / f"{Path(row['output']).stem}.json", json.dumps(record, sort_keys=True))
 
 
@@ -103,7 +104,8 @@ def previous_records(out_dir: Path) -> dict[str, dict[str, Any]]:
         pass
     for record in sorted(records_dir(out_dir).glob("*.json")):
         try:
-            found[f"{record.stem}.mp4"] = {k: json.loads(record.read_text())[k] for k in KEPT_FIELDS}
+            saved = json.loads(record.read_text())
+            found[f"{record.stem}.mp4"] = {k: saved[k] for k in (*KEPT_FIELDS, "bytes", "mtime_ns") if k in saved}
         except (OSError, ValueError, KeyError, TypeError):  # written atomically, so only a foreign file
             continue
     return found
@@ -120,6 +122,16 @@ def merged_with_earlier(table: pd.DataFrame, path: Path) -> pd.DataFrame:
         return table
     others = earlier[~earlier.job_id.isin(table.job_id)]
     return pd.concat([table, others], ignore_index=True).astype(table.dtypes.to_dict()) if len(others) else table
+
+
+def _finished(path: Path, record: dict[str, Any]) -> dict[str, Any] | None:
+    """What `_probe` tells of a finished output, taken from its record when the file is the one the
+    record describes (same size and modification time): a resume of thousands of jobs then opens
+    none of their videos."""
+    stat = path.stat()
+    if (record.get("bytes"), record.get("mtime_ns")) == (stat.st_size, stat.st_mtime_ns):
+        return {k: record[k] for k in ("frames", "fps", "seconds", "has_audio")}
+    return _probe(path)
 
 
 def _probe(path: Path) -> dict[str, Any] | None:

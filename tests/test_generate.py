@@ -187,6 +187,27 @@ def test_rerun_skips_finished_jobs_and_retries_failed_ones(run) -> None:
     assert saved.set_index("job_id").loc[["turns", "missing"], "status"].tolist() == ["skipped", "failed"]
 
 
+def test_a_resume_trusts_the_record_of_an_unchanged_output_without_opening_it(run, monkeypatch) -> None:
+    from portraitflow.models.animators.registry import resolve_backend
+    from portraitflow.operators import generation_results
+
+    cfg, jobs = run["cfg"], run["jobs"][:2]
+    probed: list[Path] = []
+    monkeypatch.setattr(generation_results, "_probe", lambda path: probed.append(path) or None)
+
+    def plan():
+        return generation_results.plan_rows(jobs, run["out"], resolve_backend(cfg.animate), cfg.animate, True, cfg.face)
+
+    assert [r["status"] for r in plan()] == ["skipped", "skipped"] and probed == []
+    output = Path(run["table"].loc["turns", "output"])
+    times = (output.stat().st_atime_ns, output.stat().st_mtime_ns)
+    os.utime(output, ns=(times[0], times[1] + 1))  # another file, for all it knows
+    try:
+        assert [r["status"] for r in plan()] == ["pending", "skipped"] and probed == [output]  # probed: unreadable here
+    finally:
+        os.utime(output, ns=times)
+
+
 def test_a_run_killed_before_its_results_file_leaves_each_finished_jobs_record(run, tmp_path: Path) -> None:
     import shutil
 

@@ -276,6 +276,17 @@ def _numbered_frames(path: str, first: int,
         yield from enumerate(container.decode(video=0))
 
 
+def _upright_rgb(frame, size: tuple[int, int] | None) -> np.ndarray:
+    """A PyAV frame as RGB, turned upright as its display matrix says (a phone video stored
+    sideways), at `size` (width, height) upright: what decord returns for the same frame."""
+    turns = frame.rotation // 90  # counter-clockwise quarter turns, negative for clockwise
+    width, height = size if size else (None, None)
+    if turns % 2:
+        width, height = height, width
+    rgb = frame.to_ndarray(format="rgb24", width=width, height=height)
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns % 4 else rgb
+
+
 def _pyav_frames(path: str, sources: np.ndarray, size: tuple[int, int] | None, chunk_size: int,
                  seek_points: tuple[np.ndarray, np.ndarray] | None = None) -> Iterator[np.ndarray]:
     """The same as `_decord_frames` for a file decord cannot seek (an edit list hides leading
@@ -285,7 +296,6 @@ def _pyav_frames(path: str, sources: np.ndarray, size: tuple[int, int] | None, c
     holds its last frame, as a player does."""
     import av
 
-    width, height = size if size else (None, None)
     wanted = deque(sources.tolist())
     chunk: list[np.ndarray] = []
     last, index = None, -1
@@ -296,7 +306,7 @@ def _pyav_frames(path: str, sources: np.ndarray, size: tuple[int, int] | None, c
                     break
                 if wanted[0] != index:
                     continue
-                rgb = last.to_ndarray(format="rgb24", width=width, height=height)
+                rgb = _upright_rgb(last, size)
                 while wanted and wanted[0] == index:
                     chunk.append(rgb)
                     wanted.popleft()
@@ -307,7 +317,7 @@ def _pyav_frames(path: str, sources: np.ndarray, size: tuple[int, int] | None, c
             raise VideoUnreadable(f"decoding failed near frame {index + 1}: {str(exc)[:200]}") from exc
         if wanted and last is None:
             raise VideoUnreadable("FFmpeg decoded no frame of the video")
-        held = last.to_ndarray(format="rgb24", width=width, height=height) if wanted else None
+        held = _upright_rgb(last, size) if wanted else None
     for _ in range(len(wanted)):
         chunk.append(held)
         if len(chunk) == chunk_size:

@@ -495,3 +495,28 @@ def test_an_avi_without_frame_times_keeps_every_frame(media_dir: Path) -> None:
     with av.open(str(path)) as container:
         count = sum(1 for _ in container.decode(video=0))
     assert probe_video(str(path)).num_frames == count == 164
+
+
+def test_a_sideways_phone_clip_comes_out_upright_whichever_decoder_reads_it(tmp_path: Path) -> None:
+    """Stored sideways with a display rotation (a phone video), then trimmed with an edit list (what
+    `ffmpeg -ss ... -c copy` writes): the trimmed file is decoded with PyAV, which must turn its
+    frames upright as decord does, or a driver's motion is read sideways."""
+    upright = np.zeros((40, 64, 48, 3), np.uint8)
+    upright[:, :16, :, 0] = 250  # a red band at the top, a green one on the left, brightness per frame
+    upright[:, :, :8, 1] = 200
+    upright[..., 2] = (4 * np.arange(40, dtype=np.uint8))[:, None, None]
+    stored = tmp_path / "phone.mp4"
+    with av.open(str(stored), "w") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.set_display_rotation(-90)  # shown turned a quarter clockwise
+        for frame in upright:
+            out.mux(video.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(frame, 1)), format="rgb24")))
+        out.mux(video.encode(None))
+    trimmed = _edit_list_hiding(stored, tmp_path / "trimmed.mp4", frames=5)
+    for size in (None, (24, 32)):
+        whole = np.concatenate([c.frames for c in iter_frame_chunks(str(stored), 25.0, size=size)])
+        cut = np.concatenate([c.frames for c in iter_frame_chunks(str(trimmed), 25.0, size=size)])
+        assert whole.shape[1:3] == cut.shape[1:3] == ((64, 48) if size is None else (32, 24))
+        assert whole[0, :4, :, 0].mean() > 200 and whole[0, -4:, :, 0].mean() < 50  # decord: upright
+        assert np.abs(cut.astype(int) - whole[5:]).mean() < 3  # the same frames, upright

@@ -17,6 +17,15 @@ from portraitflow.operators.atomic import atomic_target
 AAC_SAMPLE_RATES = frozenset({96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350})
 
 
+def played_audio(container):
+    """The audio stream a player plays: the one marked default (a dub's original and its
+    translations are often all there), else the first."""
+    import av
+
+    tracks = container.streams.audio
+    return next((s for s in tracks if s.disposition & av.stream.Disposition.default), tracks[0])
+
+
 class _AudioSource:
     """The first audio stream of a file from `start_s` on the video's clock, decoded lazily and
     re-encoded up to a given time.
@@ -48,7 +57,7 @@ class _AudioSource:
         if not container.streams.audio:
             container.close()
             return None
-        return cls(container, container.streams.audio[0], start_s)
+        return cls(container, played_audio(container), start_s)
 
     def _from_start(self, frames):
         """Frames from `start_s` on, resampled to `rate`: the one that straddles it cut to begin

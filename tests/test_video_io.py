@@ -520,3 +520,32 @@ def test_a_sideways_phone_clip_comes_out_upright_whichever_decoder_reads_it(tmp_
         assert whole.shape[1:3] == cut.shape[1:3] == ((64, 48) if size is None else (32, 24))
         assert whole[0, :4, :, 0].mean() > 200 and whole[0, -4:, :, 0].mean() < 50  # decord: upright
         assert np.abs(cut.astype(int) - whole[5:]).mean() < 3  # the same frames, upright
+
+
+def test_the_output_carries_the_audio_track_a_player_plays(tmp_path: Path) -> None:
+    """A dub's driver may hold the original and a translation: the track marked default is the one
+    heard, whatever its place."""
+    driver = tmp_path / "two_tracks.mp4"
+    rate = 16000
+    with av.open(str(driver), "w") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width = video.height = 32
+        video.pix_fmt = "yuv420p"
+        tracks = [(out.add_stream("aac", rate=rate, layout="mono"), pitch) for pitch in (440, 1000)]
+        tracks[0][0].disposition, tracks[1][0].disposition = av.stream.Disposition(0), av.stream.Disposition.default
+        for _ in range(25):
+            out.mux(video.encode(av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")))
+        out.mux(video.encode(None))
+        for stream, pitch in tracks:
+            tone = (0.3 * np.sin(2 * np.pi * pitch * np.arange(rate) / rate)).astype(np.float32)[None]
+            frame = av.AudioFrame.from_ndarray(tone, format="fltp", layout="mono")
+            frame.sample_rate = rate
+            for packet in [*stream.encode(frame), *stream.encode(None)]:
+                out.mux(packet)
+    output = tmp_path / "out.mp4"
+    write_h264(output, [np.zeros((25, 32, 32, 3), np.uint8)], fps=25.0, audio_from=driver)
+    with av.open(str(output)) as container:
+        stream = container.streams.audio[0]
+        samples = np.concatenate([f.to_ndarray().mean(axis=0) for f in container.decode(stream)])
+        peak = np.argmax(np.abs(np.fft.rfft(samples))) * stream.rate / len(samples)
+    assert abs(peak - 1000) < 20, peak

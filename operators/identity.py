@@ -26,17 +26,33 @@ log = logging.getLogger(__name__)
 def switch_index(samples: np.ndarray, threshold: float) -> int | None:
     """Where the identity of time-ordered sample embeddings changes.
 
-    None: all samples agree. k > 0: samples before k are one person and from k on another.
-    -1: they disagree but not as one clean switch (alternating or several people).
+    Samples are one person when each is linked to the others through pairs at or above
+    `threshold` (single linkage): a frame looking away scores low against some samples but still
+    matches others (0.56-0.74 on the shared media), while a different person matches none (at
+    most 0.43); requiring every pair to agree rejected whole clips of one person for one frame.
+
+    None: all samples are one person. k > 0: samples before k are one person and from k on
+    another. -1: not one person, but not as one clean switch (alternating or several people).
     """
     samples = l2_normalise(samples)
-    if len(samples) < 2 or float((samples @ samples.T).min()) >= threshold:
+    same = samples @ samples.T >= threshold
+    if len(samples) < 2 or _linked(same):
         return None
     for k in range(1, len(samples)):
-        head, tail = samples[:k], samples[k:]
-        if (head @ head.T).min() >= threshold and (tail @ tail.T).min() >= threshold and (head @ tail.T).max() < threshold:
+        if _linked(same[:k, :k]) and _linked(same[k:, k:]) and not same[:k, k:].any():
             return k
     return -1
+
+
+def _linked(same: np.ndarray) -> bool:
+    """Whether a boolean similarity matrix links every sample to the first through a chain of pairs."""
+    reached = np.zeros(len(same), bool)
+    reached[0] = True
+    while True:
+        grown = reached | same[reached].any(axis=0)
+        if (grown == reached).all():
+            return bool(reached.all())
+        reached = grown
 
 
 def load_gallery(analyzer: FaceAnalyzer, folder: str | None, warn_skipped: bool = False) -> np.ndarray:

@@ -311,6 +311,12 @@ def test_identity_switch_is_located_or_refused() -> None:
     assert switch_index(jitter(a, 6), 0.5) is None
     assert switch_index(np.concatenate([jitter(a, 3), jitter(b, 5)]), 0.5) == 3
     assert switch_index(np.concatenate([jitter(a, 2), jitter(b, 2), jitter(a, 2)]), 0.5) == -1
+    # the last frame looks away: below the threshold against some samples, still matching its neighbour
+    frames = jitter(a, 8)
+    frames[7] = l2_normalise(frames[6] + 0.9 * b)
+    similarities = frames[7] @ frames[:7].T
+    assert similarities.min() < 0.5 < similarities.max()
+    assert switch_index(frames, 0.5) is None  # one person (requiring every pair to agree rejected the clip)
 
 
 def test_corpus_ledger_caps_identities_and_drops_duplicates() -> None:

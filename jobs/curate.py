@@ -88,9 +88,11 @@ def check_corpus_settings(cfg: PortraitFlowConfig, layout: Layout) -> list[str]:
     if not layout.settings.is_file():
         return []
     recorded, current = json.loads(layout.settings.read_text()), corpus_settings(cfg)
-    differing = [(f"{section}.{key}", recorded.get(section, {}).get(key), value)
-                 for section, values in current.items() for key, value in values.items()
-                 if recorded.get(section, {}).get(key) != value]
+    # a setting added since the folder was curated counts at its default, which keeps the old behaviour
+    defaults = corpus_settings(PortraitFlowConfig())
+    was = {section: {**defaults[section], **recorded.get(section, {})} for section in current}
+    differing = [(f"{section}.{key}", was[section].get(key), value) for section, values in current.items()
+                 for key, value in values.items() if was[section].get(key) != value]
     changed = [f"{name}: {old!r} -> {new!r}" for name, old, new in differing]
     if changed and holds_finished_work(layout):
         recorded_names = {f"{section}.{key}" for section, values in recorded.items() for key in values}

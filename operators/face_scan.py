@@ -176,6 +176,7 @@ def _cheap_checks(main: Track, tracks: list[Track], start: int, end: int, info: 
         filters.face_presence(measures["detected_ratio"], cfg),
         filters.single_face(secondary),
         filters.resolution(info.width, info.height, cfg),
+        filters.frame_rate(info.fps, cfg),
         filters.face_size(side, cfg),
         filters.duration((end - start) / cfg.fps, cfg),
         filters.pose(measures["keypoint_yaw"], 0.0, cfg),  # profiles, which the landmark fit reads as frontal

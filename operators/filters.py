@@ -12,6 +12,7 @@ from portraitflow.jobs.config.curate import CurateConfig
 NO_FACE = "no_face"
 MULTIPLE_FACES = "multiple_faces"
 LOW_RESOLUTION = "low_resolution"
+LOW_FRAME_RATE = "low_frame_rate"
 FACE_TOO_SMALL = "face_too_small"
 TOO_SHORT = "too_short"
 EXTREME_POSE = "extreme_pose"
@@ -40,6 +41,10 @@ def single_face(secondary_faces: int) -> str | None:
 
 def resolution(width: int, height: int, cfg: CurateConfig) -> str | None:
     return LOW_RESOLUTION if min(width, height) < cfg.min_resolution else None
+
+
+def frame_rate(source_fps: float, cfg: CurateConfig) -> str | None:
+    return LOW_FRAME_RATE if source_fps < cfg.min_source_fps else None
 
 
 def face_size(median_side_px: float, cfg: CurateConfig) -> str | None:

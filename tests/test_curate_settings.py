@@ -81,6 +81,22 @@ def test_other_settings_are_refused_once_the_folder_holds_finished_work_only(tmp
         check_corpus_settings(other, layout)
 
 
+def test_a_setting_added_since_a_folder_was_curated_counts_at_its_default(tmp_path: Path) -> None:
+    """Folders curated before `min_source_fps` existed resume at its default (any frame rate, as
+    they were curated), and refuse another value like any other change."""
+    from portraitflow.operators import ledger
+
+    layout = Layout(tmp_path)
+    layout.make()
+    older = corpus_settings(load_config(None, []))
+    del older["curate"]["min_source_fps"]
+    layout.settings.write_text(json.dumps(older))
+    ledger.write_marker(layout.done, {"input_key": "talk", "status": "rejected"}, [])
+    assert check_corpus_settings(load_config(None, []), layout) == []
+    with pytest.raises(typer.BadParameter, match=r"curate\.min_source_fps: 0\.0 -> 20\.0"):
+        check_corpus_settings(load_config(None, ["curate.min_source_fps=20"]), layout)
+
+
 def test_settings_taken_anew_discard_the_samples_staged_under_the_old_ones(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from portraitflow.jobs.curate import run_curation

@@ -406,6 +406,9 @@ def test_filters_return_their_reason_codes() -> None:
     assert filters.face_size(cfg.min_face_px - 1, cfg) == "face_too_small"
     assert filters.face_size(cfg.min_face_px, cfg) is None
     assert filters.duration(1.0, cfg) == "too_short"
+    assert filters.frame_rate(10.0, cfg) is None  # any frame rate by default
+    assert filters.frame_rate(10.0, CurateConfig(min_source_fps=20)) == "low_frame_rate"
+    assert filters.frame_rate(25.0, CurateConfig(min_source_fps=20)) is None
     assert filters.pose(60.0, 0.0, cfg) == "extreme_pose"
     assert filters.motion(0.0, cfg) == "too_static" and filters.motion(1.0, cfg) == "too_shaky"
     assert filters.first_reason(None, "a", "b") == "a" and filters.first_reason(None) is None

@@ -43,6 +43,11 @@ class CurateConfig(BaseModel):
     min_resolution: int = Field(
         256, ge=0, description="`low_resolution`: minimum shorter side of the source video in px."
     )
+    min_source_fps: float = Field(
+        0.0, ge=0, description="`low_frame_rate`: minimum frame rate of the source video (frames/s); a slower source "
+        "reaches `fps` only by repeating frames (10 fps at 25: 60% repeats), which teaches a video model to stutter. "
+        "0: any (a corpus for 25-fps training might take 20)."
+    )
     min_sharpness: float = Field(
         80.0, ge=0, description="`too_blurry`: minimum median variance of the Laplacian of the face box (grey, 64x64)."
     )

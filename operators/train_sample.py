@@ -8,6 +8,7 @@ Pure numpy/torch on one sample, so the same function serves the PyTorch and the 
 from __future__ import annotations
 
 import io
+import json
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -226,8 +227,17 @@ def build_train_sample(sample: Mapping[str, Any], n_frames: int = 25, seed: int 
     decoded, tracks = at_resolution(decoded, tracks, resolution)
     frames, reference = decoded[:-1], decoded[-1]
     out = encoder_inputs(frames, reference, tracks, window, ref_index, pixel_dtype)
-    out.update(key=key, frame_indices=window, reference_index=np.int64(ref_index))
+    out.update(key=key, frame_indices=window, reference_index=np.int64(ref_index), fps=_clip_fps(sample))
     return out
+
+
+def _clip_fps(sample: Mapping[str, Any]) -> np.float32:
+    """The clip's frame rate from its json member (SVD conditions on it: `added_time_ids`); NaN
+    when a sample does not say."""
+    try:
+        return np.float32(json.loads(bytes(sample.get("json") or b"{}")).get("fps", np.nan))
+    except (ValueError, TypeError, AttributeError):
+        return np.float32(np.nan)
 
 
 def collate_samples(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

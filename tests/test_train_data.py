@@ -73,13 +73,14 @@ def test_batches_have_the_shapes_dtypes_and_ranges_of_the_spec(dataset) -> None:
         "frames": (b, t, 3, 512, 512), "reference": (b, 3, 512, 512), "reference_dino": (b, 3, 224, 224),
         "reference_face": (b, 3, 112, 112), "expression_crops": (b, t, 3, 256, 256), "head_crops": (b, t, 3, 256, 256),
         "intensity_buckets": (b, 1, 2), "identity": (b, 128), "pose": (b, t, 3), "landmarks": (b, t, 68, 2),
-        "kps": (b, t, 5, 2), "frame_indices": (b, t), "reference_index": (b,),
+        "kps": (b, t, 5, 2), "frame_indices": (b, t), "reference_index": (b,), "fps": (b,),
     }
     assert {name: tuple(batch[name].shape) for name in shapes} == shapes
     assert len(batch["key"]) == b
     for name in ("frames", "reference", "reference_dino", "reference_face", "expression_crops", "head_crops"):
         assert batch[name].dtype == torch.float32
     assert batch["intensity_buckets"].dtype == torch.int32
+    assert batch["fps"].tolist() == [25.0, 25.0]  # the curated rate, from each sample's json
     # VAE inputs in [-1, 1]; ArcFace and motion-encoder inputs in [0, 1]; DINO ImageNet-normalised
     for name in ("frames", "reference"):
         assert batch[name].min() >= -1 and batch[name].max() <= 1 and batch[name].min() < -0.5

@@ -28,7 +28,7 @@ from portraitflow.models.face.pose import yaw_from_keypoints
 from portraitflow.operators import filters
 from portraitflow.operators.decode import VideoInfo, iter_frame_chunks
 from portraitflow.operators.atomic import atomic_write
-from portraitflow.operators.identity import load_gallery, matches_gallery, switch_index
+from portraitflow.operators.identity import identity_link, load_gallery, matches_gallery, switch_index
 from portraitflow.operators.inputs import clip_key
 from portraitflow.operators.motion import motion_table
 from portraitflow.operators.probe import FAILED, error_text, probe_input
@@ -236,6 +236,7 @@ def _decide(arrays: dict[str, np.ndarray], first: int, last: int, offset: int, m
     if duration or len(sample_index) == 0:
         return [Candidate(start, end, duration or filters.TOO_SHORT, measures)]
     threshold = same_person if cfg.identity_switch_similarity is None else cfg.identity_switch_similarity
+    measures = dict(measures, identity_link=identity_link(sample_embedding))
     switch = switch_index(sample_embedding, threshold)
     if switch == -1:
         return [Candidate(start, end, filters.IDENTITY_SWITCH, measures)]

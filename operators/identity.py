@@ -35,24 +35,34 @@ def switch_index(samples: np.ndarray, threshold: float) -> int | None:
     another. -1: not one person, but not as one clean switch (alternating or several people).
     """
     samples = l2_normalise(samples)
-    same = samples @ samples.T >= threshold
-    if len(samples) < 2 or _linked(same):
+    sims = samples @ samples.T
+    if len(samples) < 2 or _weakest_link(sims) >= threshold:
         return None
     for k in range(1, len(samples)):
-        if _linked(same[:k, :k]) and _linked(same[k:, k:]) and not same[:k, k:].any():
+        if _weakest_link(sims[:k, :k]) >= threshold and _weakest_link(sims[k:, k:]) >= threshold \
+                and sims[:k, k:].max() < threshold:
             return k
     return -1
 
 
-def _linked(same: np.ndarray) -> bool:
-    """Whether a boolean similarity matrix links every sample to the first through a chain of pairs."""
-    reached = np.zeros(len(same), bool)
-    reached[0] = True
-    while True:
-        grown = reached | same[reached].any(axis=0)
-        if (grown == reached).all():
-            return bool(reached.all())
-        reached = grown
+def identity_link(samples: np.ndarray) -> float:
+    """The similarity at which sample embeddings become one person by single linkage (`switch_index`):
+    a clip's `identity_link` measure, which says how near its threshold a clip came."""
+    samples = l2_normalise(samples)
+    return _weakest_link(samples @ samples.T)
+
+
+def _weakest_link(sims: np.ndarray) -> float:
+    """The weakest pair a maximum spanning tree of the similarity matrix needs (1 for one sample):
+    every sample joins the others through pairs at least this similar, and no higher bar does."""
+    joined = np.zeros(len(sims), bool)
+    joined[0] = True
+    best, weakest = sims[0].copy(), 1.0
+    for _ in range(len(sims) - 1):
+        nearest = int(np.argmax(np.where(joined, -np.inf, best)))
+        weakest, joined[nearest] = min(weakest, float(best[nearest])), True
+        best = np.maximum(best, sims[nearest])
+    return weakest
 
 
 def load_gallery(analyzer: FaceAnalyzer, folder: str | None, warn_skipped: bool = False) -> np.ndarray:

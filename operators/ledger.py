@@ -21,7 +21,8 @@ from portraitflow.operators.paths import escape_undecodable
 log = logging.getLogger(__name__)
 
 ACCEPTED, REJECTED, FAILED = "accepted", "rejected", "failed"
-MEASURES = ("face_side_px", "detected_ratio", "secondary_faces", "keypoint_yaw", "sharpness", "yaw", "pitch", "motion")
+MEASURES = ("face_side_px", "detected_ratio", "secondary_faces", "keypoint_yaw", "sharpness", "identity_link", "yaw",
+            "pitch", "motion")
 
 
 def marker_path(done_dir: Path, input_key: str) -> Path:

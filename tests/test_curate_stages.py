@@ -15,7 +15,7 @@ from portraitflow.jobs.config.curate import CurateConfig
 from portraitflow.models.face.base import Face
 from portraitflow.operators import filters
 from portraitflow.models.face.base import l2_normalise
-from portraitflow.operators.identity import CorpusLedger, switch_index
+from portraitflow.operators.identity import CorpusLedger, identity_link, switch_index
 from portraitflow.operators.inputs import (LIST_CYCLE, NO_VIDEO_FILES, NOT_UTF8, _expand_uri, clip_key, expand_inputs,
                                            input_key, local_copy, matching_videos)
 from portraitflow.operators.motion import motion_intensity, motion_table
@@ -317,6 +317,8 @@ def test_identity_switch_is_located_or_refused() -> None:
     similarities = frames[7] @ frames[:7].T
     assert similarities.min() < 0.5 < similarities.max()
     assert switch_index(frames, 0.5) is None  # one person (requiring every pair to agree rejected the clip)
+    assert identity_link(frames) == pytest.approx(similarities.max(), abs=1e-6)  # its best pair joins it
+    assert identity_link(np.concatenate([jitter(a, 3), jitter(b, 3)])) < 0.5 <= identity_link(jitter(a, 5))
 
 
 def test_corpus_ledger_caps_identities_and_drops_duplicates() -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.config.face import FaceConfig
 from portraitflow.models.animators.base import ReferenceInput
@@ -28,22 +29,13 @@ from portraitflow.models.face.base import FaceAnalyzer
 from portraitflow.models.face.images import load_image
 from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.decode import VideoUnreadable
-from portraitflow.operators.driving_motion import (
-    DrivingMotion,
-    extract_driving_motion,
-    iter_driving_windows,
-)
+from portraitflow.operators.driving_motion import DrivingMotion, extract_driving_motion, iter_driving_windows
 from portraitflow.operators.generation_jobs import input_fingerprint
 from portraitflow.operators.generation_results import write_record
 from portraitflow.operators.paste_back import paste_back
 from portraitflow.operators.probe import error_text
 from portraitflow.operators.quarantine import crashed_reason, start_attempt
-from portraitflow.operators.reference_portrait import (
-    NoFace,
-    PreparedReference,
-    UnreadableImage,
-    prepare_reference,
-)
+from portraitflow.operators.reference_portrait import NoFace, PreparedReference, UnreadableImage, prepare_reference
 from portraitflow.operators.timing import StageTimer
 from portraitflow.operators.video_writer import has_audio, write_h264
 

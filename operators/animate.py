@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import fcntl
 import functools
-import hashlib
 import json
 import time
 from collections.abc import Iterable
@@ -33,6 +32,7 @@ from portraitflow.operators.driving_motion import DrivingMotion, extract_driving
 from portraitflow.operators.generation_jobs import input_fingerprint
 from portraitflow.operators.generation_results import write_record
 from portraitflow.operators.paste_back import paste_back
+from portraitflow.operators.paths import hashed_name
 from portraitflow.operators.probe import error_text
 from portraitflow.operators.quarantine import crashed_reason, start_attempt
 from portraitflow.operators.reference_portrait import NoFace, PreparedReference, UnreadableImage, prepare_reference
@@ -70,7 +70,7 @@ def _driving_motion(path: str, face_cfg_json: str, cfg: AnimateConfig, motion_di
     face = FaceConfig.model_validate_json(face_cfg_json).result_settings()
     settings = {"driving": input_fingerprint(path), "face": face, "size": cfg.size,
                 "min_face_fraction": cfg.min_face_fraction, "smooth_sigma": cfg.smooth_sigma}
-    cached = motion_dir / f"{hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:24]}.npz"
+    cached = motion_dir / f"{hashed_name('motion', json.dumps(settings, sort_keys=True))}.npz"
     motion_dir.mkdir(parents=True, exist_ok=True)
     with open(cached.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # jobs on the same driver at once wait for one extraction

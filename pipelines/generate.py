@@ -85,14 +85,14 @@ def run_generation(
         require_resource(cfg.ray, "CPU", needed, lambda cpus: (
             f"the generation flow needs {needed:g} CPUs (a preparation task beside an animation actor); Ray has "
             f"{cpus:g}: lower animate.cpus_per_actor or give Ray more CPUs (ray.num_cpus)"))
-        if animation_pool(backend, cfg.animate)[1]:
+        actors, gpus_per_actor = animation_pool(backend, cfg.animate)
+        if gpus_per_actor:
             require_resource(cfg.ray, "GPU", 1, lambda gpus: (
                 f"hunyuan with animate.gpus={cfg.animate.gpus} needs a GPU for each animation actor; Ray has "
                 f"{gpus:g}: pass --gpus 0 to animate on CPU actors (float32, slow)"))
         with mlflow_run(cfg.mlflow, cfg.animate.experiment, out_dir) as run:
             pending = [row for row in rows if row["status"] == "pending"]
             if pending:
-                actors, gpus_per_actor = animation_pool(backend, cfg.animate)
                 crashes = {"attempts_dir": str(_fresh(out_dir / ".state" / "attempts")),
                            "max_attempts": MAX_ATTEMPTS}  # a job that kills its worker is given up on
                 jobs_ds = ray.data.from_items(pending, override_num_blocks=len(pending))

@@ -83,8 +83,7 @@ def ours(pipe: HunyuanPipeline, inputs: Inputs, settings: SamplingSettings,
     lap("reference")
     latents = pipe.sample(reference, motion, pose, settings, noise=inputs.noise)
     lap("denoising")
-    kept = range(settings.pad_frames, latents.shape[1] - settings.pad_frames)
-    summary = _frames_summary(pipe.decode(latents, settings.decode_chunk_size, kept))
+    summary = _frames_summary(pipe.decode(latents, settings.decode_chunk_size, _kept(len(inputs.motion), settings)))
     lap("decoding")
     return latents, summary
 
@@ -195,10 +194,9 @@ def main() -> None:
     parser.add_argument("--skip-baseline-above", type=int, default=1000,
                         help="do not run the baseline for longer videos (its memory grows with length)")
     parser.add_argument("--compile", metavar="MODE",
-                        help="torch.compile mode of ours' UNet, as the animator's `compile_mode` (default: `default` on "
-                             "CUDA, `off` on the CPU); its compile time is printed apart, in the warm-up")
-    parser.add_argument("--compile-decoder", action="store_true",
-                        help="ours: also compile the VAE decoder, in the same mode as the UNet (a candidate)")
+                        help="torch.compile mode of ours' UNet and VAE decoder, as the animator's `compile_mode` "
+                             "(default: `default` on CUDA, `off` on the CPU); its compile time is printed apart, in the "
+                             "warm-up, and the eager decoder is timed on ours' latents")
     parser.add_argument("--windows-per-call", type=int, default=1,
                         help="ours: windows of a step batched into one UNet call (the animator's `windows_per_call`)")
     parser.add_argument("--no-cudnn-benchmark", action="store_true",
@@ -219,24 +217,26 @@ def main() -> None:
     torch.backends.cudnn.benchmark = device.type == "cuda" and not args.no_cudnn_benchmark
     print(f"{size} modules on {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
           f"{settings.num_steps} steps, window {settings.frames_per_window}, torch threads {torch.get_num_threads()}"
-          + (f", ours torch.compile mode {args.compile}" if args.compile else "")
-          + (" (UNet and VAE decoder)" if args.compile and args.compile_decoder else ""))
+          + (f", ours torch.compile mode {args.compile}" if args.compile else ""))
     header = (f"{'dtype':5s} {'frames':>6s} | {'ours f/s':>9s} {'base f/s':>9s} {'speed-up':>8s} | "
               f"{'ours cpu-s':>10s} {'base cpu-s':>10s} | {'ours GiB':>8s} {'base GiB':>8s} | max |diff|")
     print(header)
     for dtype_name in dtypes:
         models = random_models(size, device=device, dtype=DTYPES[dtype_name], seed=args.seed)
         pipe = models.pipeline
-        mine_pipe = copy.copy(pipe)  # the same modules; with --compile, ours calls a compiled view of the UNet
+        mine_pipe = copy.copy(pipe)  # the same modules; with --compile, ours calls compiled views of them
         if args.compile:
-            mine_pipe.compile_unet(args.compile)
-        if args.compile and args.compile_decoder:
-            mine_pipe.compile_decoder(args.compile)
-        _warm_up(pipe, mine_pipe, models.resolution, settings, args)
+            mine_pipe.compile(args.compile)
+        _warm_up(pipe, mine_pipe, models.resolution, settings, frames, args)
         for count in frames:
             inputs = make_inputs(pipe, models.resolution, count, settings, args.seed)
             phases: dict[str, float] = {}
             mine, wall, cpu, peak = timed(lambda: ours(mine_pipe, inputs, settings, phases), device)
+            print(f"  ours: {count / wall:.3f} f/s, peak {_gib(peak)} GiB;" + _phase_line(phases, count, settings), flush=True)
+            if args.compile:
+                _, eager_decode, _, _ = timed(lambda: _frames_summary(pipe.decode(mine[0], settings.decode_chunk_size,
+                                                                                  _kept(count, settings))), device)
+                print(f"  the same latents through the eager decoder: {eager_decode:.2f} s", flush=True)
             row = f"{dtype_name:5s} {count:6d} | {count / wall:9.3f} "
             if count <= args.skip_baseline_above:
                 theirs, b_wall, b_cpu, b_peak = timed(lambda: baseline(pipe, inputs, settings), device)
@@ -246,30 +246,43 @@ def main() -> None:
             else:
                 row += f"{'-':>9s} {'-':>8s} | {cpu:10.1f} {'-':>10s} | {_gib(peak):>8s} {'-':>8s} |"
             print(row, flush=True)
-            print(_phase_line(phases, count, settings), flush=True)
         del models, pipe
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
 
 def _warm_up(pipe: HunyuanPipeline, mine_pipe: HunyuanPipeline, resolution: int, settings: SamplingSettings,
-             args: argparse.Namespace) -> None:
-    """One untimed one-step run of each path: the UNet's shapes depend on the window, not the video
-    length, so library set-up, cuDNN autotuning and compilation stay out of every timed row."""
+             frames: list[int], args: argparse.Namespace) -> None:
+    """One untimed one-step run of each path, so library set-up, cuDNN autotuning and compilation
+    stay out of every timed row. The UNet's shapes depend on the window, not the video length,
+    except that with several windows per call a length whose window count leaves a remainder has
+    a smaller last call: ours also warms up on each such length."""
     short = dataclasses.replace(settings, num_steps=1)
-    inputs = make_inputs(pipe, resolution, settings.frames_per_window, short, args.seed)
-    _, wall, _, _ = timed(lambda: ours(mine_pipe, inputs, short), pipe.device)
+    lengths = [settings.frames_per_window] + [count for count in frames if _windows(count, settings) % settings.windows_per_call]
+    wall = 0.0
+    for count in dict.fromkeys(lengths):
+        inputs = make_inputs(pipe, resolution, count, short, args.seed)
+        wall += timed(lambda: ours(mine_pipe, inputs, short), pipe.device)[1]
     if args.compile:
         print(f"ours warm-up with torch.compile: {wall:.1f} s", flush=True)
     if settings.frames_per_window <= args.skip_baseline_above:
+        inputs = make_inputs(pipe, resolution, settings.frames_per_window, short, args.seed)
         baseline(pipe, inputs, short)
+
+
+def _kept(frames: int, settings: SamplingSettings) -> range:
+    """The video's frames among the padded ones."""
+    return range(settings.pad_frames, settings.pad_frames + frames)
+
+
+def _windows(frames: int, settings: SamplingSettings) -> int:
+    return len(window_indices(frames + 2 * settings.pad_frames, settings.frames_per_window, settings.overlap, 0))
 
 
 def _phase_line(phases: dict[str, float], frames: int, settings: SamplingSettings) -> str:
     """Ours' phases, with the denoising per UNet call (the windows of a step are the same for every shift)."""
-    windows = len(window_indices(frames + 2 * settings.pad_frames, settings.frames_per_window, settings.overlap, 0))
-    calls = settings.num_steps * -(-windows // settings.windows_per_call)
-    return (f"  ours phases: reference {phases['reference']:.2f} s, denoising {phases['denoising']:.1f} s "
+    calls = settings.num_steps * -(-_windows(frames, settings) // settings.windows_per_call)
+    return (f" phases: reference {phases['reference']:.2f} s, denoising {phases['denoising']:.1f} s "
             f"({calls} UNet calls, {1000 * phases['denoising'] / calls:.1f} ms each), "
             f"decoding {phases['decoding']:.2f} s")
 

@@ -66,13 +66,15 @@ class AnimateConfig(BaseModel):
     cpus_per_actor: float = Field(1.0, gt=0.0, description="CPUs reserved by each animation actor.")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = Field(
         "default",
-        description="hunyuan on CUDA: `torch.compile` mode of the UNet (1.46x per UNet call on an H200, docs/hunyuan.md). "
-        "Each GPU actor compiles on its first job (about 150 s; about 30 s from the compile cache a previous run "
-        "left on the machine); a failed compilation falls back to eager. Empty: eager.",
+        description="hunyuan on CUDA: `torch.compile` mode of the UNet and the VAE decoder (1.46x per UNet call on an "
+        "H200; decoding 2.5x on an H100; docs/hunyuan.md). Each GPU actor compiles on its first job (about 180 s on an "
+        "H100; about 30 s from the compile cache a previous run left on the machine); a failed compilation falls back "
+        "to eager. Empty: eager.",
     )
     windows_per_call: int = Field(
         1, ge=1, description="hunyuan: windows of a denoising step batched into one UNet call (exact; each adds one "
-        "window's activations to the device's peak). 2 gave 5.5% more frame-passes per second, eager, on an H200.",
+        "window's activations to the device's peak). 2 gave 3.4% more frame-passes per second compiled on an H100 "
+        "(5.5% eager on an H200); with an odd window count the last call holds one window, a second shape to compile.",
     )
     gpus: int = Field(1, ge=0, description="hunyuan: most GPUs to use, one actor each; 0 runs hunyuan on `actors` CPU actors.")
     crf: int = Field(18, ge=0, le=51, description="H.264 constant rate factor of the outputs (lower is better quality).")

@@ -14,7 +14,6 @@ use the crop's central third, which is that box in a crop made by the release's 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch._dynamo.exc import TorchDynamoException
 
 from portraitflow.jobs.config.animate import PER_JOB_FIELDS, PIPELINE_FIELDS
 from portraitflow.models.animators.base import Animator, DrivingWindow, ReferenceInput
@@ -43,7 +41,6 @@ TINY_SETTINGS = SamplingSettings(num_steps=2, frames_per_window=8, overlap=3, sh
 #: release's frame-0 face box in a crop made by the release's own rule.
 CENTRAL_THIRD = (1 / 3, 1 / 3, 2 / 3, 2 / 3)
 
-logger = logging.getLogger(__name__)
 
 
 class HunyuanAnimator(Animator):
@@ -60,11 +57,8 @@ class HunyuanAnimator(Animator):
         self.models = models
         self.settings = settings
         self.job_settings = settings  # the last job's, as it ran (`describe`)
-        #: what the outputs' metadata says of compilation: off, the mode, or why it fell back to eager
-        self.compiled = "off"
         if compile_mode:
-            models.pipeline.compile_unet(compile_mode)
-            self.compiled = compile_mode
+            models.pipeline.compile(compile_mode)
         self._arcface = None
         if models.arcface is not None:
             import onnxruntime
@@ -112,7 +106,7 @@ class HunyuanAnimator(Animator):
         compilation (as it ran: a failed compilation falls back during the job) and the sampling
         settings the job used (its params, the window fitted to a short video)."""
         return {"animator": self.name, "weights": self.models.source, "identity": self.identity(reference)[1],
-                "dtype": str(self.models.pipeline.dtype).removeprefix("torch."), "compile": self.compiled,
+                "dtype": str(self.models.pipeline.dtype).removeprefix("torch."), "compile": self.models.pipeline.compiled,
                 **dataclasses.asdict(self.job_settings)}
 
     # -- animation --------------------------------------------------------------------------------
@@ -184,23 +178,8 @@ class HunyuanAnimator(Animator):
         window = min(settings.frames_per_window, len(padded))
         settings = dataclasses.replace(settings, frames_per_window=window, overlap=min(settings.overlap, window - 1))
         self.job_settings = settings
-        latents = self._sample(features, padded, settings)
+        latents = pipeline.sample(features, padded, pipeline.black_pose_features(resolution, resolution), settings)
         yield from self._frames_in_windows(latents, settings, lengths, side)
-
-    def _sample(self, features: ReferenceFeatures, motion: PaddedMotion, settings: SamplingSettings) -> torch.Tensor:
-        """The padded video's latents; a UNet that fails to compile falls back to eager for good, so
-        a machine without a working compiler tool chain still serves every job."""
-        pipeline, resolution = self.models.pipeline, self.models.resolution
-        pose = pipeline.black_pose_features(resolution, resolution)
-        try:
-            return pipeline.sample(features, motion, pose, settings)
-        except TorchDynamoException as error:
-            if not hasattr(pipeline.unet, "_orig_mod"):  # not compiled (any more): a real error
-                raise
-            logger.warning("torch.compile of the UNet failed; running it eagerly from now on: %s", error)
-            self.compiled = f"failed, eager ({type(error).__name__})"
-            pipeline.uncompile_unet()
-            return pipeline.sample(features, motion, pose, settings)
 
     def _frames_in_windows(self, latents: torch.Tensor, settings: SamplingSettings, lengths: list[int],
                            side: int) -> Iterator[np.ndarray]:

@@ -9,8 +9,9 @@ variable-frame-rate video is resampled by its frames' timestamps, not by its ave
 """
 from __future__ import annotations
 
+import io
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from fractions import Fraction
@@ -193,6 +194,49 @@ def iter_frame_chunks(
         frames = _decord_frames(reader, shown[sources], chunk_size)
     for begin in range(0, len(positions), chunk_size):
         yield FrameChunk(positions=positions[begin:begin + chunk_size], frames=next(frames))
+
+
+def read_frames(source: str | bytes, indices: Sequence[int]) -> tuple[np.ndarray, int]:
+    """(len(indices), H, W, 3) uint8 RGB of frames by decode index (any order, repeats allowed), and
+    the video's frame count, of a file or an in-memory video (a shard's clip).
+
+    decord seeks to the keyframe before the first wanted frame and decodes forward, so frames after
+    the last wanted one are never decoded; a video decord would return in a wrong shape
+    (`_decord_misshapes`) is decoded whole with PyAV instead (such videos are under 192 px wide).
+    """
+    wanted, inverse = np.unique(np.asarray(indices, np.int64), return_inverse=True)
+    stream = _pyav_probe(_openable(source))
+    if stream is not None and any(_decord_misshapes(side) for side in stream[1:]):
+        frames, count = _pyav_picks(source, wanted)
+    else:
+        reader = _reader(_openable(source))
+        count = len(reader)
+        if len(wanted) and wanted[-1] >= count:
+            raise VideoUnreadable(f"the video has {count} frames, frame {int(wanted[-1])} wanted")
+        frames = next(_decord_frames(reader, wanted, max(len(wanted), 1)), np.empty((0, 0, 0, 3), np.uint8))
+    return frames[inverse], count
+
+
+def _openable(source: str | bytes):
+    """A path as it is; bytes as a fresh file object (each reader consumes its own)."""
+    return io.BytesIO(source) if isinstance(source, bytes) else source
+
+
+def _pyav_picks(source: str | bytes, wanted: np.ndarray) -> tuple[np.ndarray, int]:
+    """The frames at sorted unique decode indices `wanted` and the frame count, decoding in order."""
+    import av
+
+    picked, count = [], 0
+    try:
+        with av.open(_openable(source)) as container:
+            for count, frame in enumerate(container.decode(video=0), 1):
+                if len(picked) < len(wanted) and wanted[len(picked)] == count - 1:
+                    picked.append(_upright_rgb(frame, None))
+    except av.FFmpegError as exc:
+        raise VideoUnreadable(f"decoding failed near frame {count + 1}: {str(exc)[:200]}") from exc
+    if len(picked) < len(wanted):
+        raise VideoUnreadable(f"the video has {count} frames, frame {int(wanted[-1])} wanted")
+    return np.stack(picked) if picked else np.empty((0, 0, 0, 3), np.uint8), count
 
 
 def _decord_frames(reader, sources: np.ndarray, chunk_size: int) -> Iterator[np.ndarray]:

@@ -15,7 +15,7 @@ from portraitflow.jobs.config.animate import PER_JOB_FIELDS, AnimateConfig
 from portraitflow.jobs.config.face import FaceConfig
 from portraitflow.models.animators.registry import check_settings
 from portraitflow.operators.atomic import atomic_write
-from portraitflow.operators.decode import VideoUnreadable, probe_video
+from portraitflow.operators.decode import VideoUnreadable, probe_video, read_frames
 from portraitflow.operators.generation_jobs import (Job, effective_params, input_fingerprint, output_name,
                                                    output_settings)
 from portraitflow.operators.paths import confined
@@ -157,13 +157,10 @@ def _plain(value: Any) -> Any:
 
 def preview_strip(outputs: list[str], frames_per_output: int, height: int = 160) -> np.ndarray | None:
     """One row per output of `frames_per_output` evenly spaced frames, as an RGB image."""
-    from decord import VideoReader, cpu
-
     rows = []
     for path in outputs:
-        reader = VideoReader(path, ctx=cpu(0), num_threads=1)
-        picks = np.linspace(0, len(reader) - 1, frames_per_output).round().astype(int).tolist()
-        frames = reader.get_batch(picks).asnumpy()
+        picks = np.linspace(0, probe_video(path).num_frames - 1, frames_per_output).round().astype(int)
+        frames, _ = read_frames(path, picks)
         width = round(frames.shape[2] * height / frames.shape[1])
         rows.append(np.concatenate([cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in frames], axis=1))
     if not rows:

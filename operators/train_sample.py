@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from portraitflow.models.face.align import align_arcface
-from portraitflow.operators.decode import VideoUnreadable
+from portraitflow.operators.decode import VideoUnreadable, read_frames
 from portraitflow.operators.motion import window_buckets
 
 #: Members every curated sample carries (issue 3, item 8) that a training sample needs.
@@ -99,23 +99,11 @@ def choose_window(num_frames: int, n_frames: int, rng: np.random.Generator) -> t
 
 def decode_frames(mp4: bytes, indices: Sequence[int]) -> tuple[np.ndarray, int]:
     """(len(indices), H, W, 3) uint8 RGB of the given frames (any order, repeats allowed) and the
-    clip's frame count.
-
-    decord seeks to the keyframe before the first wanted frame and decodes forward, so frames
-    after the last wanted one are never decoded and skipped ones are never converted to RGB.
-    """
-    from decord import DECORDError, VideoReader, cpu
-
-    unique, inverse = np.unique(np.asarray(indices, np.int64), return_inverse=True)
+    clip's frame count; a clip that does not decode is skipped with its reason."""
     try:
-        reader = VideoReader(io.BytesIO(mp4), ctx=cpu(0), num_threads=1)
-        count = len(reader)
-        if count == 0 or unique[-1] >= count:
-            raise VideoUnreadable(f"the video has {count} frames, frame {int(unique[-1])} wanted")
-        decoded = reader.get_batch(unique.tolist()).asnumpy()
-    except (DECORDError, RuntimeError, VideoUnreadable) as exc:
+        return read_frames(mp4, indices)
+    except VideoUnreadable as exc:
         raise SampleSkipped("video_undecodable", str(exc).splitlines()[0][:200]) from exc
-    return decoded[inverse], count
 
 
 def anchor_face_box(tracks: ClipTracks, frame: int) -> np.ndarray:

@@ -193,3 +193,20 @@ def test_cross_jobs_with_one_stem_in_two_formats_get_distinct_ids(tmp_path: Path
     ids = [j.job_id for j in jobs]
     assert len(set(ids)) == 3 and ids[2] == "b__x" and all(i.startswith("a__x-") for i in ids[:2])
     assert ids == [j.job_id for j in cross_jobs(str(tmp_path / "refs"), str(tmp_path / "drivers"))]
+
+
+def test_the_preview_strip_shows_outputs_of_any_width(tmp_path: Path) -> None:
+    """96 px is a width decord returns in a wrong shape: the strip reads it through PyAV."""
+    import numpy as np
+
+    from portraitflow.operators.generation_results import preview_strip
+    from portraitflow.operators.video_writer import write_h264
+
+    outputs = []
+    for width in (96, 128):
+        frames = np.stack([np.full((64, width, 3), 20 * k, np.uint8) for k in range(6)])
+        outputs.append(str(tmp_path / f"out{width}.mp4"))
+        write_h264(outputs[-1], [frames], fps=25)
+    strip = preview_strip(outputs, 3, height=32)
+    assert strip.shape == (64, 3 * 64, 3)  # rows of 3 frames, 32 px high: 48 and 64 px wide, padded to 64 x 3
+    assert [int(strip[:32, 48 * k + 24].mean()) for k in range(3)] == pytest.approx([0, 40, 100], abs=3)  # frames 0, 2, 5

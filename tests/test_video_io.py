@@ -8,7 +8,8 @@ import av
 import numpy as np
 import pytest
 
-from portraitflow.operators.decode import VideoUnreadable, iter_frame_chunks, probe_video, resample_positions, VideoInfo
+from portraitflow.operators.decode import (VideoInfo, VideoUnreadable, iter_frame_chunks, probe_video, read_frames,
+                                          resample_positions)
 from portraitflow.operators.video_writer import has_audio, write_h264
 
 
@@ -183,6 +184,23 @@ def test_widths_decord_reads_in_a_wrong_shape_are_decoded_with_pyav(tmp_path: Pa
         frames = np.concatenate([c.frames for c in iter_frame_chunks(str(path), 25, 0.4, size=size, chunk_size=7)])
         assert frames.shape == (20, height, width, 3) and np.array_equal(frames, whole[10:])
     assert probe_video(str(square)) == VideoInfo(96, 96, 25.0, 30)
+
+
+@pytest.mark.parametrize("size", [(96, 96), (64, 48)])
+def test_read_frames_picks_frames_by_index_from_a_file_or_memory_at_any_width(tmp_path: Path,
+                                                                              size: tuple[int, int]) -> None:
+    """The training loader reads a shard's clip from memory and the preview strip an output file:
+    96 px is a width decord returns in a wrong shape (PyAV decodes it), 64 px one it reads."""
+    path = _gop_clip(tmp_path / "clip.mp4", 30, 12, size)
+    with av.open(str(path)) as container:
+        whole = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    for source in (str(path), path.read_bytes()):
+        frames, count = read_frames(source, [17, 3, 17, 29])
+        assert count == 30 and np.array_equal(frames, whole[[17, 3, 17, 29]])
+        with pytest.raises(VideoUnreadable, match="30 frames, frame 30 wanted"):
+            read_frames(source, [2, 30])
+    with pytest.raises(VideoUnreadable):
+        read_frames(path.read_bytes()[:2000], [0])
 
 
 def test_unreadable_inputs_raise_the_documented_error(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from portraitflow.operators.face_scan import SIGNATURE_SIZE, check_galleries, lo
 from portraitflow.operators.filters import RENDER_FAILED
 from portraitflow.operators.identity import CorpusLedger
 from portraitflow.operators.inputs import clip_input_key, expand_inputs, input_key
+from portraitflow.operators.overlap import OverlapRule
 from portraitflow.operators.quarantine import MAX_ATTEMPTS, quarantined_row
 from portraitflow.operators.shards import (INDEX_NAME, pack_shards, rewrite_whole, shard_paths, whole_shard_keys,
                                            write_index)
@@ -73,6 +74,10 @@ OPERATIONAL_SETTINGS = {"face": {"num_threads"},
                         "curate": {"face_actors", "actor_cpus", "chunk_frames", "experiment", "progress_bars",
                                    "shard_max_samples", "shard_max_bytes"}}
 
+#: settings added with a default that changed the results, at the value that reproduces what a folder
+#: curated before they existed got; any other setting added since counts at its default
+BEHAVIOUR_BEFORE_ADDED = {"curate": {"shot_hash_threshold": 0.0}}
+
 
 def corpus_settings(cfg: PortraitFlowConfig) -> dict[str, Any]:
     """The settings a corpus's decisions and samples depend on, as JSON-ready values."""
@@ -88,16 +93,18 @@ def check_corpus_settings(cfg: PortraitFlowConfig, layout: Layout) -> list[str]:
     if not layout.settings.is_file():
         return []
     recorded, current = json.loads(layout.settings.read_text()), corpus_settings(cfg)
-    # a setting added since the folder was curated counts at its default, which keeps the old behaviour
+    # a setting added since the folder was curated counts at the value that keeps the old behaviour
     defaults = corpus_settings(PortraitFlowConfig())
-    was = {section: {**defaults[section], **recorded.get(section, {})} for section in current}
+    was = {section: {**defaults[section], **BEHAVIOUR_BEFORE_ADDED.get(section, {}), **recorded.get(section, {})}
+           for section in current}
     differing = [(f"{section}.{key}", was[section].get(key), value) for section, values in current.items()
                  for key, value in values.items() if was[section].get(key) != value]
     changed = [f"{name}: {old!r} -> {new!r}" for name, old, new in differing]
     if changed and holds_finished_work(layout):
-        recorded_names = {f"{section}.{key}" for section, values in recorded.items() for key in values}
+        restorable = {f"{section}.{key}" for section, values in [*recorded.items(), *BEHAVIOUR_BEFORE_ADDED.items()]
+                      for key in values}
         restore = " ".join(shlex.quote(f"--set={name}={json.dumps(old)}") for name, old, _ in differing
-                           if name in recorded_names) or "(none recorded)"
+                           if name in restorable) or "(none recorded)"
         raise typer.BadParameter(
             f"{layout.out} holds a corpus curated with other settings ({'; '.join(changed)}); "
             f"curate into a new --out, or run with the recorded settings: {restore}", param_hint="--out")
@@ -213,10 +220,10 @@ def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], layout: Layout,
     for key, clip in committed:
         corpus.keep(*identity(key, clip))
     for key, clip in undecided:
-        embedding, signature = identity(key, clip)
-        clip["reason"] = corpus.decide(embedding, signature)
+        embedding, signature, thumbnails = identity(key, clip)
+        clip["reason"] = corpus.decide(embedding, signature, thumbnails, clip["measures"])
         if clip["reason"] is None:
-            corpus.keep(embedding, signature)
+            corpus.keep(embedding, signature, thumbnails)
     return clips_by_input
 
 
@@ -247,35 +254,39 @@ def _committed_clips(layout: Layout, input_key: str, samples: list[str], in_shar
 
 def _sample_clip(shard: Path, key: str, fps: float) -> dict[str, Any]:
     """A committed clip as its sample in `shard` tells it: its time range, its scores, and its
-    identity (the embedding, and the footage signature; None in samples written before it was)."""
+    identity (the embedding, the footage signature and thumbnails; None in samples written before them)."""
+    arrays = ("id.npy", "signature.npy", "thumbnails.npy")
     with tarfile.open(shard) as tar:
         names = set(tar.getnames())
-        fields = {name: tar.extractfile(f"{key}.{name}").read() for name in ("json", "id.npy", "signature.npy")
+        fields = {name: tar.extractfile(f"{key}.{name}").read() for name in ("json", *arrays)
                   if f"{key}.{name}" in names}
     meta = json.loads(fields["json"])
-    embedding, signature = (np.load(io.BytesIO(fields[name]), allow_pickle=False) if name in fields else None
-                            for name in ("id.npy", "signature.npy"))
+    identity = tuple(np.load(io.BytesIO(fields[name]), allow_pickle=False) if name in fields else None
+                     for name in arrays)
     return {"key": key, "start": round(meta["start_s"] * fps), "end": round(meta["end_s"] * fps), "reason": None,
-            "measures": meta["scores"], "identity": (embedding, signature)}
+            "measures": meta["scores"], "identity": identity}
 
 
 class _Identities:
-    """Clips' identity embeddings and content signatures: from their samples, or from their input's
-    scan, read once for all its clips (an input's clips are decided one after another). A finished
-    input's scan may predate footage signatures: its clips then match no duplicate."""
+    """Clips' identity embeddings, content signatures and thumbnails: from their samples, or from
+    their input's scan, read once for all its clips (an input's clips are decided one after another).
+    A finished input's scan may predate footage signatures or thumbnails: its clips then match no
+    duplicate of that kind."""
 
     def __init__(self, layout: Layout) -> None:
         self.layout, self.input_key, self.scan = layout, None, {}
 
-    def __call__(self, input_key: str, clip: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    def __call__(self, input_key: str,
+                 clip: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         if "identity" in clip:
             return clip["identity"]
         if input_key != self.input_key:
             self.input_key = input_key
-            self.scan = load_scan_arrays(scan_path(self.layout.scans, input_key), ("embedding", "signature"))
+            self.scan = load_scan_arrays(scan_path(self.layout.scans, input_key),
+                                         ("embedding", "signature", "thumbnails"))
         arrays = self.scan[clip["index"]]
         signature = arrays["signature"] if arrays["signature"].size == SIGNATURE_SIZE else None  # a scan's from before
-        return arrays["embedding"], signature
+        return arrays["embedding"], signature, arrays.get("thumbnails")
 
 
 def _render_kept(cfg: PortraitFlowConfig, layout: Layout, scanned: list[dict], clips_by_input: dict,
@@ -306,7 +317,8 @@ def _render_kept(cfg: PortraitFlowConfig, layout: Layout, scanned: list[dict], c
 def _corpus_ledger(cfg: PortraitFlowConfig, same_person: float) -> CorpusLedger:
     switch = cfg.curate.identity_switch_similarity
     threshold = same_person if switch is None else switch
-    return CorpusLedger(threshold, cfg.curate.max_clips_per_identity, cfg.curate.duplicate_similarity)
+    return CorpusLedger(threshold, cfg.curate.max_clips_per_identity, cfg.curate.duplicate_similarity,
+                        OverlapRule.from_config(cfg.curate))
 
 
 def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run: bool = False) -> dict[str, Any]:

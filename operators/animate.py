@@ -28,7 +28,8 @@ from portraitflow.models.face.base import FaceAnalyzer
 from portraitflow.models.face.images import load_image
 from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.decode import VideoUnreadable
-from portraitflow.operators.driving_motion import DrivingMotion, extract_driving_motion, iter_driving_windows
+from portraitflow.operators.driving_motion import (EXTRACTION_VERSION, DrivingMotion, extract_driving_motion,
+                                                   iter_driving_windows)
 from portraitflow.operators.generation_jobs import input_fingerprint
 from portraitflow.operators.generation_results import write_record
 from portraitflow.operators.paste_back import paste_back
@@ -68,7 +69,7 @@ def _driving_motion(path: str, face_cfg_json: str, cfg: AnimateConfig, motion_di
     driver (a portrait grid on one driving video pays its dominant preparation cost once): kept in
     `motion_dir` under a digest of what the driver holds and every setting the extraction reads."""
     face = FaceConfig.model_validate_json(face_cfg_json).result_settings()
-    settings = {"driving": input_fingerprint(path), "face": face, "size": cfg.size,
+    settings = {"version": EXTRACTION_VERSION, "driving": input_fingerprint(path), "face": face, "size": cfg.size,
                 "min_face_fraction": cfg.min_face_fraction, "smooth_sigma": cfg.smooth_sigma}
     cached = motion_dir / f"{hashed_name('motion', json.dumps(settings, sort_keys=True))}.npz"
     motion_dir.mkdir(parents=True, exist_ok=True)

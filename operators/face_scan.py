@@ -80,7 +80,8 @@ def scan_video(
     to_source = np.array([info.width / width, info.height / height], np.float32)
     step = max(1, cfg.detect_every)
     shots = ShotDetector(cfg.fps, cfg.shot_content_threshold, cfg.shot_histogram_threshold,
-                         min_shot_frames=round(cfg.fps / 2), scan_side=cfg.shot_scan_side)
+                         min_shot_frames=round(cfg.fps / 2), scan_side=cfg.shot_scan_side,
+                         hash_threshold=cfg.shot_hash_threshold)
     detections: list[tuple[int, list[Face]]] = []
     for chunk in timer.iterate("decode", iter_frame_chunks(path, cfg.fps, chunk_size=cfg.chunk_frames, size=size)):
         with timer.time("shots"):
@@ -259,8 +260,9 @@ def _decide(arrays: dict[str, np.ndarray], first: int, last: int, offset: int, m
     if reason:
         return [Candidate(start, end, reason, measures)]
     frontal = int(np.argmin(np.abs(frames["pose"][:, :2]).sum(axis=1)))
-    kept = dict(frames, motion=motion, embedding=embedding,
-                signature=content_signature(frames.pop("thumbnails")),
+    thumbnails = frames.pop("thumbnails")
+    kept = dict(frames, motion=motion, embedding=embedding, signature=content_signature(thumbnails),
+                thumbnails=thumbnails.astype(np.uint8),  # INTER_AREA of uint8 frames: whole grey levels already
                 crop_box=square_crop_box(np.median(frames["boxes"], axis=0), (info.height, info.width)).astype(np.float32),
                 ref_index=np.array(frontal))
     return [Candidate(start, end, None, measures, kept)]
@@ -294,12 +296,14 @@ def content_signature(thumbnails: np.ndarray, steps: int = SIGNATURE_STEPS) -> n
 SCANNED = "scanned"
 #: bumped when a stored measure changes meaning (2: `yaw`/`pitch` are median absolute angles;
 #: 3: `signature` fingerprints the frames, not the keypoints; the pose fits rigid points, and
-#: `keypoint_yaw` rejects profiles)
-SCAN_MEASURES_VERSION = 3
+#: `keypoint_yaw` rejects profiles; 4: kept clips hold their `thumbnails`, which the partial-duplicate
+#: check compares: a scan without them is made again)
+SCAN_MEASURES_VERSION = 4
 #: curate fields a scan does not depend on (resources, decoding chunk size, naming, the stages
 #: after it); changing them keeps earlier scans valid.
 _NOT_IN_SCAN = {"face_actors", "actor_cpus", "chunk_frames", "experiment", "progress_bars", "crop_size", "crf",
-                "keep_audio", "shard_max_samples", "shard_max_bytes", "max_clips_per_identity", "duplicate_similarity"}
+                "keep_audio", "shard_max_samples", "shard_max_bytes", "max_clips_per_identity", "duplicate_similarity",
+                "duplicate_overlap_share", "duplicate_overlap_seconds", "duplicate_window_similarity"}
 
 
 def scan_fingerprint(cfg: PortraitFlowConfig) -> str:

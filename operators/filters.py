@@ -24,6 +24,7 @@ IDENTITY_NOT_ALLOWED = "identity_not_allowed"
 IDENTITY_DENIED = "identity_denied"
 IDENTITY_OVER_CAP = "identity_over_cap"
 DUPLICATE = "duplicate"
+PARTIAL_DUPLICATE = "partial_duplicate"
 RENDER_FAILED = "render_failed"
 
 #: faces are compared at this side: small enough that every kept face is downsampled, so the

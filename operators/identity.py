@@ -2,7 +2,8 @@
 
 - within a clip: do sampled frames show one person, and if not, where does it switch;
 - against allow/deny galleries built from folders of photos;
-- across the corpus: a cap of clips per identity (greedy clustering) and near-duplicate clips.
+- across the corpus: a cap of clips per identity (greedy clustering) and near-duplicate clips
+  (the same footage whole, or a stretch of it: operators/overlap.py).
 
 The corpus-wide decisions are greedy: the clips already in the corpus enter the ledger first, then
 new clips are decided in the canonical order (sorted keys), so a resumed run decides as an
@@ -15,9 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from portraitflow.jobs.config.curate import CurateConfig
 from portraitflow.models.face.base import FaceAnalyzer, l2_normalise
 from portraitflow.models.face.images import load_image
-from portraitflow.operators.filters import DUPLICATE, IDENTITY_OVER_CAP
+from portraitflow.operators.filters import DUPLICATE, IDENTITY_OVER_CAP, PARTIAL_DUPLICATE
+from portraitflow.operators.overlap import (QUERY_HOP_FRAMES, OverlapRule, SharedFootage, kept_hop_frames,
+                                            longest_shared, window_signatures)
 from portraitflow.operators.paths import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -95,8 +99,9 @@ class _Rows:
     """A matrix that grows by rows, doubling its storage: appending stays cheap at any corpus size,
     and a comparison against every row so far is one matrix product."""
 
-    def __init__(self) -> None:
+    def __init__(self, dtype: type = np.float32) -> None:
         self._data: np.ndarray | None = None
+        self.dtype = dtype
         self.count = 0
 
     def view(self) -> np.ndarray:
@@ -104,28 +109,65 @@ class _Rows:
         return self._data[:self.count]
 
     def append(self, row: np.ndarray) -> int:
-        if self._data is None:
-            self._data = np.empty((4, len(row)), np.float32)
-        elif self.count == len(self._data):
-            self._data = np.concatenate([self._data, np.empty_like(self._data)])
-        self._data[self.count] = row
-        self.count += 1
+        self.extend(row[None])
         return self.count - 1
+
+    def extend(self, rows: np.ndarray) -> None:
+        if self._data is None:
+            self._data = np.empty((max(4, len(rows)), rows.shape[1]), self.dtype)
+        while self.count + len(rows) > len(self._data):
+            self._data = np.concatenate([self._data, np.empty_like(self._data)])
+        self._data[self.count:self.count + len(rows)] = rows
+        self.count += len(rows)
 
     def __setitem__(self, index: int, row: np.ndarray) -> None:
         self._data[index] = row
 
 
-class CorpusLedger:
-    """Kept clips so far: identity clusters (for the cap) and appearance signatures (duplicates)."""
+class _KeptFootage:
+    """A cluster's kept clips as windows of their thumbnails (`overlap.window_signatures`, every
+    KEPT_HOP_SECONDS): the signatures in one growing matrix, and where each row is from (the clip's
+    number, the window's start frame, the clip's length in frames)."""
 
-    def __init__(self, same_person: float, max_per_identity: int, duplicate_similarity: float) -> None:
+    def __init__(self) -> None:
+        self.signatures = _Rows()
+        self.places = _Rows(np.int64)
+        self.clips = 0
+
+    def add(self, thumbnails: np.ndarray, fps: float) -> None:
+        starts, signatures = window_signatures(thumbnails, fps, kept_hop_frames(fps))
+        if len(starts):
+            self.signatures.extend(signatures)
+            self.places.extend(np.stack([np.full_like(starts, self.clips), starts,
+                                         np.full_like(starts, len(thumbnails))], axis=1))
+        self.clips += 1
+
+    def longest_shared(self, thumbnails: np.ndarray, rule: OverlapRule) -> SharedFootage | None:
+        """The longest stretch a new clip shares with these clips; None where either side has no
+        window to compare (a clip shorter than a window, kept clips from before thumbnails)."""
+        if not self.signatures.count:
+            return None
+        starts, signatures = window_signatures(thumbnails, rule.fps, QUERY_HOP_FRAMES)
+        if not len(starts):
+            return None
+        return longest_shared(starts, signatures, len(thumbnails), self.signatures.view(), self.places.view(),
+                              rule.fps, rule.window_similarity)
+
+
+class CorpusLedger:
+    """Kept clips so far: identity clusters (for the cap), and appearance signatures and windows of
+    thumbnails (duplicates: the same footage whole, or a stretch of it)."""
+
+    def __init__(self, same_person: float, max_per_identity: int, duplicate_similarity: float,
+                 overlap: OverlapRule | None = None) -> None:
         self.same_person = same_person
         self.max_per_identity = max_per_identity
         self.duplicate_similarity = duplicate_similarity
+        self.overlap = overlap or OverlapRule.from_config(CurateConfig())  # None: the default settings
         self._centroids = _Rows()
         self._counts: list[int] = []
         self._signatures: list[_Rows] = []  # per cluster, its kept clips' signatures
+        self._footage: list[_KeptFootage] = []  # per cluster, its kept clips' windows
 
     def _cluster(self, embedding: np.ndarray) -> int | None:
         if not self._centroids.count:
@@ -134,29 +176,49 @@ class CorpusLedger:
         best = int(np.argmax(sims))
         return best if sims[best] >= self.same_person else None
 
-    def decide(self, embedding: np.ndarray, signature: np.ndarray) -> str | None:
-        """The reject reason of a new clip against those kept so far, or None to keep it."""
-        embedding, signature = l2_normalise(embedding), l2_normalise(signature)
-        cluster = self._cluster(embedding)
-        if cluster is not None:
-            kept = self._signatures[cluster]
-            if kept.count and float((kept.view() @ signature).max()) >= self.duplicate_similarity:
-                return DUPLICATE
-            if self.max_per_identity and self._counts[cluster] >= self.max_per_identity:
-                return IDENTITY_OVER_CAP
+    def decide(self, embedding: np.ndarray, signature: np.ndarray | None, thumbnails: np.ndarray | None = None,
+               measures: dict[str, float] | None = None) -> str | None:
+        """The reject reason of a new clip against those kept so far, or None to keep it.
+
+        `measures` (the clip's), when given, gets what the duplicate checks found among the kept
+        clips of its identity, so its row shows how near it came: `duplicate_similarity` (the
+        closest signature) and, with `thumbnails`, `overlap_s` and `overlap_share` (the longest
+        stretch of shared footage); a measure with nothing to compare against is left out.
+        """
+        cluster = self._cluster(l2_normalise(embedding))
+        if cluster is None:
+            return None
+        kept = self._signatures[cluster]
+        similarity = float((kept.view() @ l2_normalise(signature)).max()) if kept.count and signature is not None \
+            else None
+        shared = self._footage[cluster].longest_shared(thumbnails, self.overlap) if thumbnails is not None else None
+        if measures is not None:
+            if similarity is not None:
+                measures["duplicate_similarity"] = similarity
+            if shared is not None:
+                measures.update(overlap_s=shared.frames / self.overlap.fps, overlap_share=shared.share)
+        if similarity is not None and similarity >= self.duplicate_similarity:
+            return DUPLICATE
+        if shared is not None and self.overlap.is_duplicate(shared):
+            return PARTIAL_DUPLICATE
+        if self.max_per_identity and self._counts[cluster] >= self.max_per_identity:
+            return IDENTITY_OVER_CAP
         return None
 
-    def keep(self, embedding: np.ndarray, signature: np.ndarray | None) -> None:
-        """Add a kept clip; one without a signature (a sample older than signatures) counts towards
-        its identity's cap but matches no duplicate."""
+    def keep(self, embedding: np.ndarray, signature: np.ndarray | None, thumbnails: np.ndarray | None = None) -> None:
+        """Add a kept clip; one without a signature or thumbnails (a sample older than them) counts
+        towards its identity's cap but matches no duplicate of the kind it lacks."""
         embedding = l2_normalise(embedding)
         cluster = self._cluster(embedding)
         if cluster is None:
             cluster = self._centroids.append(embedding)
             self._counts.append(0)
             self._signatures.append(_Rows())
+            self._footage.append(_KeptFootage())
         count = self._counts[cluster]
         self._centroids[cluster] = l2_normalise(self._centroids.view()[cluster] * count + embedding)
         self._counts[cluster] = count + 1
         if signature is not None:
             self._signatures[cluster].append(l2_normalise(signature))
+        if thumbnails is not None:
+            self._footage[cluster].add(thumbnails, self.overlap.fps)

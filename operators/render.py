@@ -95,6 +95,7 @@ def render_sample(
         "id.npy": npy_bytes(arrays["embedding"].astype(np.float32)),
         "motion.npy": npy_bytes(motion.astype(np.float32)),
         "signature.npy": npy_bytes(arrays["signature"].astype(np.float16)),
+        "thumbnails.npy": npy_bytes(arrays["thumbnails"].astype(np.uint8)),
     }
 
 

@@ -159,18 +159,20 @@ DRAWS_PER_SHARD = 10
 class UsableShardsCheck:
     """A resampled stream draws shards forever, so shards with nothing to train on would hang the
     epoch: `count_draws` (a pipeline stage on the shard URLs) ends the stream once a process has
-    drawn 10 x (number of shards) shards, plus one per sample the shuffle buffer may hold before
-    any is built, without one usable sample (`__call__` wraps the sample builder), and the epoch
-    that yielded nothing raises with the skip counts where it is iterated. Once a sample was usable
-    it never ends the stream: the data is sparse, not unusable. (Ending, not raising, keeps the
-    error out of deep generator stacks, whose traceback CPython 3.11 can fail to format.)
+    drawn 10 x (number of shards) shards, plus `lookahead` (the draws that may be read ahead, into
+    open shards and the shuffle buffer, before any sample is built), without one usable sample
+    (`__call__` wraps the sample builder), and the epoch that yielded nothing raises with the skip
+    counts where it is iterated. Once a sample was usable (`usable`: already known, e.g. when a
+    resumed pass replays what it yielded before) it never ends the stream: the data is sparse, not
+    unusable. (Ending, not raising, keeps the error out of deep generator stacks, whose traceback
+    CPython 3.11 can fail to format.)
     """
 
     def __init__(self, build: Callable[[dict[str, Any]], dict[str, Any]], skips: SkipCounter, shards: int,
-                 shuffle_buffer: int) -> None:
+                 lookahead: int, usable: bool = False) -> None:
         self.build, self.skips, self.shards = build, skips, shards
-        self.limit = DRAWS_PER_SHARD * shards + shuffle_buffer
-        self.draws, self.usable = 0, False
+        self.limit = DRAWS_PER_SHARD * shards + lookahead
+        self.draws, self.usable = 0, usable
 
     def count_draws(self, urls: Iterable[Any]) -> Iterator[Any]:
         for url in urls:

@@ -1,54 +1,34 @@
 """Curated WebDataset shards -> HunyuanPortrait-style training batches.
 
-PyTorch path: `TrainLoader` (a DataLoader per epoch over a `webdataset` pipeline, ranks and
-workers on disjoint shards). Ray path: `ray_train_dataset` (`read_webdataset` -> samples) for
-trainers on Ray Train, batched with `iter_torch_batches(collate_fn=RayCollate())`.
+PyTorch path: `TrainLoader` (a DataLoader per epoch over `ShardBatches`: ranks and workers on
+disjoint shards, each worker interleaving several shards through a shuffle buffer so a batch mixes
+sources; resumable mid-epoch with `state_dict` / `load_state_dict`). Ray path: `ray_train_dataset`
+(`read_webdataset` -> samples) for trainers on Ray Train, batched with
+`iter_torch_batches(collate_fn=RayCollate())`.
 Both skip and count what cannot be trained on; every sample is built by `build_train_sample`.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+import secrets
+import zlib
+from collections.abc import Iterator
+from dataclasses import asdict, replace
 from functools import partial
 from typing import Any
 
 import numpy as np
 import ray
+import torch.utils.data
 import webdataset as wds
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from portraitflow.jobs.config.train_data import TrainDataConfig
-from portraitflow.operators.shard_source import SKIP_REASONS, SkipCounter, UsableShardsCheck, expand_shards
-from portraitflow.operators.train_sample import SampleSkipped, build_train_sample, collate_samples
+from portraitflow.operators.shard_source import SKIP_REASONS, SkipCounter, expand_shards
+from portraitflow.operators.train_sample import SampleSkipped
+from portraitflow.pipelines.train_batches import EpochProgress, RankLayout, ShardBatches, sample_builder
 
 log = logging.getLogger(__name__)
-
-
-def sample_builder(cfg: TrainDataConfig, epoch: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """`build_train_sample` with the config's settings, as both paths run it."""
-    return partial(build_train_sample, n_frames=cfg.n_frames, seed=cfg.seed, epoch=epoch, pixel_dtype=cfg.pixel_dtype,
-                   resolution=cfg.resolution, smooth_sigma=cfg.smooth_sigma, identity_dim=cfg.identity_dim)
-
-
-def webdataset_pipeline(cfg: TrainDataConfig, urls: list[str], skips: SkipCounter, epoch: int = 0) -> wds.WebDataset:
-    """The per-rank sample pipeline: shards split by node then worker, shuffled, decoded, batched.
-
-    A worker or rank without shards yields nothing (no `empty_check`); `TrainLoader` raises when
-    the whole pass yields nothing, and a resampled stream ends once its draws find nothing usable."""
-    seed = None if cfg.seed is None else wds.utils.make_seed(cfg.seed, epoch)
-    build = sample_builder(cfg, epoch)
-    dataset = wds.WebDataset(
-        urls, resampled=cfg.resampled, shardshuffle=False if cfg.resampled else cfg.shard_shuffle,
-        nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker, handler=skips.handler,
-        seed=seed, empty_check=False,
-    )
-    if cfg.resampled:
-        build = UsableShardsCheck(build, skips, len(urls), cfg.shuffle_buffer)
-        opener = next(i for i, stage in enumerate(dataset.pipeline) if isinstance(stage, wds.cache.StreamingOpen))
-        dataset.pipeline.insert(opener, build.count_draws)  # each URL the shard list yields is one draw
-    return (dataset.shuffle(cfg.shuffle_buffer, seed=seed)
-            .map(build, handler=skips.handler)
-            .batched(cfg.batch_size, collation_fn=collate_samples, partial=not cfg.drop_last))
 
 
 class TrainLoader:
@@ -58,6 +38,12 @@ class TrainLoader:
     get equal work only with at least world_size x num_workers shards of similar size; for DDP
     prefer `resampled`, where every rank runs exactly `samples_per_epoch` samples per pass: full
     batches, then one holding the remainder (dropped with `drop_last`, which then rounds down).
+
+    `state_dict()` / `load_state_dict()` resume a pass mid-epoch: the restarted loader's next pass
+    yields exactly the batches the interrupted one had not yielded, in its order, given the same
+    shards, seed, world size, rank, worker count and order settings (an unseeded loader's drawn
+    seed is in the state). Under other ones the saved positions mean nothing: the epoch restarts
+    from its first sample (resampled: its remaining count is drawn afresh), with a warning.
 
     Local shards that do not exist raise FileNotFoundError here, when the loader is built; a
     shard that breaks while read is skipped and counted (`shard_unreadable`), and a pass that
@@ -71,48 +57,93 @@ class TrainLoader:
                              f"batch_size={cfg.batch_size} would drop every sample of a resampled epoch")
         self.cfg, self.epoch, self.skips = cfg, epoch, SkipCounter()
         self.urls = expand_shards(cfg.shards)
-        _, world_size, _, _ = wds.utils.pytorch_worker_info()
+        rank, world_size, _, _ = wds.utils.pytorch_worker_info()
         if not cfg.resampled and len(self.urls) < world_size:
             raise ValueError(f"training loader: {len(self.urls)} shard(s) for {world_size} ranks: ranks read whole "
                              "shards, so some would get none; set train_data.resampled, or curate with a smaller "
                              "curate.shard_max_samples")
+        seed = secrets.randbits(63) if cfg.seed is None else cfg.seed
+        self.layout = RankLayout(seed, rank, world_size, max(1, cfg.num_workers))
+        self._progress: EpochProgress | None = None  # the pass under way, or left unfinished
+        self._resume: EpochProgress | None = None  # loaded by load_state_dict, for the next pass
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         cfg = self.cfg
-        loader = wds.WebLoader(webdataset_pipeline(cfg, self.urls, self.skips, self.epoch), batch_size=None,
-                               num_workers=cfg.num_workers, pin_memory=cfg.pin_memory,
-                               prefetch_factor=cfg.prefetch_factor if cfg.num_workers else None)
-        epoch, self.epoch = self.epoch, self.epoch + 1
-        batches = loader
-        if cfg.resampled:
-            samples = cfg.samples_per_epoch - (cfg.samples_per_epoch % cfg.batch_size if cfg.drop_last else 0)
-            batches = _first_samples(loader, samples)
-        delivered = 0
-        for batch in batches:
-            delivered += len(batch["key"])
+        progress, self._resume = self._resume or self._start(self.epoch), None
+        self._progress, self.epoch = progress, progress.epoch + 1
+        loader = torch.utils.data.DataLoader(
+            ShardBatches(cfg, self.urls, self.skips, progress, self.layout), batch_size=None,
+            num_workers=cfg.num_workers, pin_memory=cfg.pin_memory,
+            prefetch_factor=cfg.prefetch_factor if cfg.num_workers else None)
+        target = self._resampled_pass_samples() if cfg.resampled else None
+        batches = iter(loader)
+        while target is None or progress.samples_seen < target:
+            batch = next(batches, None)
+            if batch is None:
+                break
+            worker = batch.pop("__worker__")
+            progress.positions[worker] = batch.pop("__position__")
+            if "key" not in batch:  # a resumed worker's place in the round robin
+                continue
+            if target is not None and progress.samples_seen + len(batch["key"]) > target:
+                batch = {name: values[:target - progress.samples_seen] for name, values in batch.items()}
+            progress.samples_seen += len(batch["key"])
+            progress.next_worker = (worker + 1) % self.layout.num_workers
             yield batch
-        if not delivered:
-            rank, world_size, _, _ = wds.utils.pytorch_worker_info()
+        if not progress.samples_seen:
+            rank, world_size = self.layout.rank, self.layout.world_size
             on_rank = f" on rank {rank} of {world_size}" if world_size > 1 else ""
-            raise RuntimeError(f"training loader, epoch {epoch}: no samples{on_rank} from {len(self.urls)} shard(s), "
-                               f"e.g. {self.urls[0]}; skipped so far {self.skipped}")
+            raise RuntimeError(f"training loader, epoch {progress.epoch}: no samples{on_rank} from {len(self.urls)} "
+                               f"shard(s), e.g. {self.urls[0]}; skipped so far {self.skipped}")
+        self._progress = None
         if self.skipped:
-            log.warning("training loader, epoch %d: skipped so far %s", epoch, self.skipped)
+            log.warning("training loader, epoch %d: skipped so far %s", progress.epoch, self.skipped)
+
+    def _resampled_pass_samples(self) -> int:
+        """Samples per rank in one resampled pass (`drop_last` rounds down to whole batches)."""
+        cfg = self.cfg
+        return cfg.samples_per_epoch - (cfg.samples_per_epoch % cfg.batch_size if cfg.drop_last else 0)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this rank's loader stands, in ints and strings (save it with the trainer's checkpoint,
+        per rank; `torch.load(weights_only=True)` reads it back): the epoch under way, or the next
+        one between passes, the samples it yielded, each worker's stream position, and what fixes
+        the streams."""
+        progress = self._resume or self._progress or self._start(self.epoch)
+        return {"epoch": progress.epoch, "samples_seen": progress.samples_seen,
+                "worker_positions": list(progress.positions), "next_worker": progress.next_worker,
+                "streams": self._streams()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Make the next pass go on from `state` (see the class docstring for what must match)."""
+        saved = state["streams"]
+        if self.cfg.seed is None:  # an unseeded run's order was drawn: take the saved draw
+            self.layout = replace(self.layout, seed=int(saved["seed"]))
+        progress = EpochProgress(int(state["epoch"]), int(state["samples_seen"]),
+                                 [int(p) for p in state["worker_positions"]], int(state["next_worker"]))
+        changed = sorted(name for name, value in self._streams().items() if saved.get(name) != value)
+        if changed:
+            log.warning("training loader: state saved with other %s; epoch %d restarts from its first sample%s",
+                        ", ".join(changed), progress.epoch,
+                        ", its remaining samples drawn afresh" if self.cfg.resampled else "")
+            kept = progress.samples_seen if self.cfg.resampled else 0
+            progress = replace(self._start(progress.epoch), samples_seen=kept)
+        self.epoch, self._resume, self._progress = progress.epoch, progress, None
+
+    def _start(self, epoch: int) -> EpochProgress:
+        return EpochProgress(epoch, 0, [0] * self.layout.num_workers)
+
+    def _streams(self) -> dict[str, Any]:
+        """What fixes every worker's sample stream besides the epoch: a saved position means nothing
+        under other values."""
+        cfg, digest = self.cfg, zlib.crc32("\n".join(self.urls).encode())
+        return {**asdict(self.layout), "shards": f"{len(self.urls)}:{digest:08x}",
+                "resampled": cfg.resampled, "shard_shuffle": cfg.shard_shuffle,
+                "interleaved_shards": cfg.interleaved_shards, "shuffle_buffer": cfg.shuffle_buffer}
 
     @property
     def skipped(self) -> dict[str, int]:
         return self.skips.counts()
-
-
-def _first_samples(batches: Iterable[dict[str, Any]], count: int) -> Iterator[dict[str, Any]]:
-    """The first `count` samples of a stream of batches, the last batch cut to the remainder."""
-    for batch in batches:
-        size = len(batch["key"])
-        if size >= count:
-            yield batch if size == count else {name: values[:count] for name, values in batch.items()}
-            return
-        yield batch
-        count -= size
 
 
 def ray_train_dataset(cfg: TrainDataConfig, epoch: int = 0) -> tuple[ray.data.Dataset, Any]:

@@ -97,12 +97,13 @@ def _stage_results(monkeypatch: pytest.MonkeyPatch, results: dict[str, dict]) ->
 
 
 def _scan(scans: Path, uri: str, clips: list[tuple]) -> str:
-    """Save a scan of `uri` whose clips are (start, end, reason, (embedding, signature) of a kept one)."""
+    """Save a scan of `uri` whose clips are (start, end, reason, (embedding, signature[, thumbnails])
+    of a kept one)."""
     from portraitflow.operators.face_scan import Candidate, save_scan, scan_path
     from portraitflow.operators.inputs import input_key
 
     candidates = [Candidate(start, end, reason, {"face_side_px": 200.0},
-                            {"embedding": identity[0], "signature": identity[1]} if identity else {})
+                            dict(zip(("embedding", "signature", "thumbnails"), identity)) if identity else {})
                   for start, end, reason, identity in clips]
     meta = {"fingerprint": "", "source": {}, "face_backend": "opencv", "same_person": 0.52}
     save_scan(scan_path(scans, input_key(uri)), meta, candidates)
@@ -111,14 +112,24 @@ def _scan(scans: Path, uri: str, clips: list[tuple]) -> str:
 
 def _pack(layout, key: str, start: int, end: int, embedding: np.ndarray, signature: np.ndarray | None) -> None:
     """A sample in a shard as rendering writes it (a sample written before signatures has none)."""
-    from portraitflow.operators.shards import npy_bytes, pack_shards, stage_sample
+    from portraitflow.operators.shards import pack_shards
+
+    _stage(layout, key, start, end, embedding, signature)
+    pack_shards(layout.staging, layout.shards, 100, 1 << 30)
+
+
+def _stage(layout, key: str, start: int, end: int, embedding: np.ndarray, signature: np.ndarray | None,
+           thumbnails: np.ndarray | None = None) -> None:
+    """A sample staged as rendering stages it (one written before signatures or thumbnails has none)."""
+    from portraitflow.operators.shards import npy_bytes, stage_sample
 
     meta = {"key": key, "start_s": start / FPS, "end_s": end / FPS, "scores": {"face_side_px": 200.0}}
     members = {"json": json.dumps(meta).encode(), "id.npy": npy_bytes(embedding)}
     if signature is not None:
         members["signature.npy"] = npy_bytes(signature.astype(np.float16))
+    if thumbnails is not None:
+        members["thumbnails.npy"] = npy_bytes(thumbnails)
     stage_sample(layout.staging, key, members)
-    pack_shards(layout.staging, layout.shards, 100, 1 << 30)
 
 
 @pytest.mark.parametrize("retry", ["unreadable", "unreadable_and_scan_lost", "another_file"])
@@ -189,9 +200,54 @@ def test_a_scan_signature_from_before_footage_signatures_matches_no_duplicate(tm
     new = _scan(layout.scans, str(tmp_path / "new.mp4"),
                 [(0, 50, None, (person, content_signature(rng.uniform(0, 255, (50, 16, 16)))))])
     identities = _Identities(layout)
-    kept_embedding, kept_signature = identities(old, {"index": 0})
-    new_embedding, new_signature = identities(new, {"index": 0})
-    assert kept_signature is None and new_signature.size == SIGNATURE_SIZE
+    kept_embedding, kept_signature, kept_thumbnails = identities(old, {"index": 0})
+    new_embedding, new_signature, _ = identities(new, {"index": 0})
+    assert kept_signature is None and kept_thumbnails is None and new_signature.size == SIGNATURE_SIZE
     ledger = CorpusLedger(same_person=0.5, max_per_identity=1, duplicate_similarity=0.9)
     ledger.keep(kept_embedding, kept_signature)
     assert ledger.decide(new_embedding, new_signature) == "identity_over_cap"  # counted, compared with nothing
+
+
+@pytest.mark.parametrize("sample_has_thumbnails", [True, False])
+def test_a_clip_holding_part_of_a_kept_one_is_a_partial_duplicate_in_a_run_and_against_the_shards(
+        sample_has_thumbnails: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`a_long` keeps a 10-s clip; `b_half` holds its first half and is rejected in the same run,
+    its row giving the overlap. A later run holds `c_trim` (a re-upload trimmed at both ends) to
+    the clip as its sample in the shards tells it (its scan gone): rejected too, unless the sample
+    is from before thumbnails, which leaves it the whole-clip check only."""
+    from synthetic_footage import footage, re_encoded
+
+    from portraitflow.jobs.curate import Layout, run_curation
+    from portraitflow.models.face.base import l2_normalise
+    from portraitflow.operators.face_scan import content_signature, scan_path
+    from portraitflow.operators.inputs import clip_key
+
+    person = l2_normalise(np.random.default_rng(4).normal(size=128)).astype(np.float32)
+    long, half, trim = footage(1, 250), footage(1, 250)[:125], re_encoded(footage(1, 250)[37:213])
+    layout = Layout(tmp_path)
+    layout.make()
+    uris = {name: str(tmp_path / f"{name}.mp4") for name in ("a_long", "b_half", "c_trim")}
+    keys = {name: _scan(layout.scans, uris[name], [(0, len(thumbnails), None,
+                                                    (person, content_signature(thumbnails), thumbnails))])
+            for name, thumbnails in (("a_long", long), ("b_half", half), ("c_trim", trim))}
+    _stage_results(monkeypatch, dict.fromkeys(keys.values(), SCANNED))
+    kept_key = clip_key(keys["a_long"], 0, 10.0)
+    _stage(layout, kept_key, 0, 250, person, content_signature(long), long if sample_has_thumbnails else None)
+    cfg = load_config(None, QUIET)
+    run_curation(cfg, [uris["a_long"], uris["b_half"]], tmp_path)
+    clips = {row["key"]: row for row in _rows(tmp_path / "clips.parquet")}
+    kept, rejected = clips[kept_key], clips[clip_key(keys["b_half"], 0, 5.0)]
+    assert kept["decision"] == "accepted" and np.isnan(kept["overlap_share"])  # nothing kept before it
+    assert rejected["reason"] == "partial_duplicate" and rejected["duplicate_similarity"] < 0.9
+    assert rejected["overlap_share"] > 0.95 and rejected["overlap_s"] == pytest.approx(5.0, abs=0.2)
+
+    scan_path(layout.scans, keys["a_long"]).unlink()
+    trim_key = clip_key(keys["c_trim"], 0, 7.04)
+    _stage(layout, trim_key, 0, len(trim), person, content_signature(trim), trim)
+    run_curation(cfg, [uris["c_trim"]], tmp_path)
+    trimmed = {row["key"]: row for row in _rows(tmp_path / "clips.parquet")}[trim_key]
+    if sample_has_thumbnails:
+        assert trimmed["reason"] == "partial_duplicate" and trimmed["overlap_share"] > 0.9
+    else:
+        assert trimmed["decision"] == "accepted" and np.isnan(trimmed["overlap_share"])
+        assert trimmed["duplicate_similarity"] < 0.9

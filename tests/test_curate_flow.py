@@ -151,7 +151,7 @@ def test_shards_read_back_with_webdataset(curated) -> None:
     assert len(samples) == metrics["clips_accepted"] == sum(s["nsamples"] for s in index["shardlist"])
     for sample in samples:
         assert {"mp4", "ref.jpg", "json", "landmarks.npy", "kps.npy", "pose.npy", "id.npy", "motion.npy",
-                "signature.npy"} <= set(sample)
+                "signature.npy", "thumbnails.npy"} <= set(sample)
         assert "." not in sample["__key__"]
         meta = json.loads(sample["json"])
         arrays = {k: np.load(io.BytesIO(sample[k]), allow_pickle=False) for k in sample if k.endswith(".npy")}
@@ -165,6 +165,7 @@ def test_shards_read_back_with_webdataset(curated) -> None:
         assert np.linalg.norm(arrays["id.npy"]) == pytest.approx(1.0, abs=1e-3)
         assert arrays["signature.npy"].dtype == np.float16
         assert np.linalg.norm(arrays["signature.npy"].astype(np.float32)) == pytest.approx(1.0, abs=1e-2)
+        assert arrays["thumbnails.npy"].dtype == np.uint8 and arrays["thumbnails.npy"].shape == (frames, 16, 16)
         assert frames == round((meta["end_s"] - meta["start_s"]) * meta["fps"])
         assert meta["source"] and meta["face_backend"] == "opencv" and len(meta["crop_box"]) == 4
         inside = (arrays["kps.npy"] >= 0) & (arrays["kps.npy"] <= meta["crop_size"])

@@ -173,3 +173,20 @@ def test_gallery_photos_left_out_are_named(media_dir: Path, tmp_path: Path, capl
     (folder / "notes.png").write_text("not a picture")
     check_galleries(load_config(None, [f"curate.deny_dir={folder}"]))
     assert "2 photo(s) left out of the gallery: notes.png (not_an_image), wall.png (no face)" in caplog.text
+
+
+def test_a_folder_curated_before_shot_hash_threshold_resumes_only_with_the_old_shot_splitting(tmp_path: Path) -> None:
+    """The setting came with a default that splits dim footage into fewer shots; a folder curated before
+    it existed split every histogram cut (0.0), so resuming with the new default would mix the two."""
+    from portraitflow.operators import ledger
+
+    layout = Layout(tmp_path)
+    layout.make()
+    older = corpus_settings(load_config(None, []))
+    del older["curate"]["shot_hash_threshold"]
+    layout.settings.write_text(json.dumps(older))
+    ledger.write_marker(layout.done, {"input_key": "talk", "status": "rejected"}, [])
+    with pytest.raises(typer.BadParameter, match=r"curate\.shot_hash_threshold: 0\.0 -> 0\.25.*"
+                       r"recorded settings: --set=curate\.shot_hash_threshold=0\.0"):
+        check_corpus_settings(load_config(None, []), layout)
+    assert check_corpus_settings(load_config(None, ["curate.shot_hash_threshold=0"]), layout) == []

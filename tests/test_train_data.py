@@ -111,8 +111,8 @@ def test_batches_have_the_shapes_dtypes_and_ranges_of_the_spec(dataset) -> None:
         def skin_fraction(images):
             return ((images - skin).abs().amax(dim=0) < 0.05).float().mean()
         assert skin_fraction(expression) > 0.6 and 0.02 < skin_fraction(head) < 0.2
-        assert torch.allclose(batch["head_crops"][i, :, :, 100, 100],
-                              (batch["frames"][i, :, :, 200:202, 200:202].mean(dim=(-1, -2)) + 1) / 2, atol=0.02)
+        halved = (torch.nn.functional.avg_pool2d(batch["frames"][i], 2) + 1) / 2  # off only at edges (antialiased)
+        assert (batch["head_crops"][i] - halved).abs().mean() < 0.005
         # ArcFace alignment puts the drawn eyes (dark) on the template's eye positions
         face = batch["reference_face"][i]
         assert face[:, 52, 38].max() < 0.25 and face[:, 52, 73].max() < 0.25 and face[:, 75, 56].min() > 0.3
@@ -247,14 +247,15 @@ def test_an_epoch_without_samples_raises_with_the_skip_counts(dataset, tmp_path)
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_a_resampled_epoch_without_usable_shards_raises_instead_of_drawing_forever(dataset, tmp_path, num_workers) -> None:
-    """10 draws per shard plus the shuffle buffer, whatever makes the shards unusable; sparse data still trains."""
+    """10 draws per shard plus the shuffle buffer and the shards read at once, whatever makes the shards
+    unusable; sparse data still trains."""
     garbage = tmp_path / "000000.tar"
     garbage.write_bytes(np.random.default_rng(0).bytes(5000))
     resampled = dict(resampled=True, samples_per_epoch=4, num_workers=num_workers, shuffle_buffer=8)
     with pytest.raises(RuntimeError, match=r"no samples from 1 shard.*'shard_unreadable'"):
         list(TrainLoader(_config(dataset, shards=[str(garbage)], **resampled)))
     one_shard = str(dataset[0] / "shards" / "000000.tar")
-    draws = 10 * 1 + 8  # per worker: 10 per shard, and the shuffle buffer's 8; 2 clips per shard
+    draws = 10 * 1 + 8 + 4  # per worker: 10 per shard, the shuffle buffer's 8, 4 shards open; 2 clips per shard
     with pytest.raises(RuntimeError, match=rf"no samples from 1 shard.*'clip_too_short': {draws * 2 * max(1, num_workers)}"):
         list(TrainLoader(_config(dataset, shards=[one_shard], n_frames=CLIP_FRAMES + 1, **resampled)))
     with pytest.raises(RuntimeError, match=r"no samples from 4 shard.*'clip_too_short'"):

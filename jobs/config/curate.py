@@ -27,6 +27,12 @@ class CurateConfig(BaseModel):
         0.1, ge=0, description="PySceneDetect HistogramDetector threshold; catches cuts between similar-looking scenes."
     )
     shot_scan_side: int = Field(128, ge=16, description="Side, in px, frames are scaled to for shot detection.")
+    shot_hash_threshold: float = Field(
+        0.25, ge=0, le=1,
+        description="A HistogramDetector cut counts only where PySceneDetect's HashDetector (a perceptual hash, "
+        "blind to brightness) also changes by this fraction of its bits: exposure steps in dim footage move a "
+        "dark frame's histogram like a cut. 0: every histogram cut counts, as before this setting existed.",
+    )
     # faces and tracking
     detect_every: int = Field(
         2, ge=1, description="Run the face detector on every Nth frame; track and interpolate between."
@@ -80,6 +86,24 @@ class CurateConfig(BaseModel):
         description="`duplicate`: a clip of a kept clip's identity whose footage signature (how its frames' 16x16 grey "
         "thumbnails change over time) is this close (cosine) to that clip's. Re-encodes of one clip score about 0.95-0.99, "
         "other takes below 0.4.",
+    )
+    duplicate_overlap_share: float = Field(
+        0.5, gt=0, le=1,
+        description="`partial_duplicate`: a clip of a kept clip's identity that shares a stretch of footage with it at "
+        "least this long, as a share of the shorter of the two (a clip holding the first half of a kept one, a "
+        "re-upload trimmed at either end: 0.92-1.0 on the shared media). Stretches are found on 2-s windows of the "
+        "thumbnails.",
+    )
+    duplicate_overlap_seconds: float = Field(
+        0.0, ge=0,
+        description="`partial_duplicate` also when the shared stretch lasts at least this many seconds, whatever "
+        "share of the clips it is (0: the share alone decides).",
+    )
+    duplicate_window_similarity: float = Field(
+        0.9, ge=-1, le=1,
+        description="Cosine at which two 2-s windows of thumbnails count as the same footage for "
+        "`partial_duplicate`. A re-encode's windows score 0.96-0.99; windows of footage not shared at most 0.86 on the "
+        "shared media (other stretches of a 10-fps source, whose repeated frames look alike).",
     )
     # crops and shards
     crop_size: int = Field(

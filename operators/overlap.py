@@ -1,0 +1,129 @@
+"""Footage two clips share: a stretch of one that is a stretch of the other, at any offset.
+
+The whole-clip signature (`face_scan.content_signature`) resamples each clip to a fixed number of
+steps, so a clip holding only part of another (its first half, a re-upload trimmed at either end)
+scores like other footage (0.29 on the shared media). Here a clip is described by windows of
+WINDOW_SECONDS of its grey thumbnails instead: a new clip's windows every QUERY_HOP_FRAMES against
+a kept clip's every KEPT_HOP_SECONDS, so whatever the offset between them some window of the new
+clip starts within a frame of each kept one. Their similarities are one matrix product, and kept
+windows that match at offsets that agree (a diagonal of that matrix) are a stretch of shared
+footage. Clips are resampled to the curation `fps` before (operators/decode.py), so sources at
+other frame rates line up frame for frame.
+
+Set on the shared media (at 25 fps): the windows of a 384-px crf-30 re-encode, started 37 frames
+in, score 0.96-0.99 against the original's. Among 3564 pairs of 4-s and 10-s clips of 9 videos that
+share no footage, no window pair reaches 0.86: the closest are other stretches of a 10-fps source,
+whose repeated frames look alike; another stretch of a 25-fps shot (same speaker, same set) scores
+at most 0.76, another video 0.35. At 0.9 none of those pairs shares a single window.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from portraitflow.jobs.config.curate import CurateConfig
+
+WINDOW_SECONDS = 2.0
+WINDOW_STEPS = 8  # frames sampled in a window, evenly spread
+WINDOW_POOL = 2  # 16x16 thumbnails averaged to 8x8: 512 values a window, a quarter of the ledger's memory at 16x16
+SMOOTH_FRAMES = 2.0  # sigma in time, as the whole-clip signature: a frame or two off still matches
+QUERY_HOP_FRAMES = 2
+KEPT_HOP_SECONDS = 0.5  # 17 windows for a 10-s clip: the ledger's memory per kept clip
+#: how far the offsets of two neighbouring matched windows may differ and still be one stretch: the
+#: query windows' spacing, plus a frame for sources whose resampled frames fall a frame apart
+OFFSET_TOLERANCE_FRAMES = QUERY_HOP_FRAMES + 1
+
+
+def window_frames(fps: float) -> int:
+    """Frames in a window at `fps`."""
+    return max(WINDOW_STEPS, round(WINDOW_SECONDS * fps))
+
+
+def kept_hop_frames(fps: float) -> int:
+    return max(1, round(KEPT_HOP_SECONDS * fps))
+
+
+def window_signatures(thumbnails: np.ndarray, fps: float, hop: int) -> tuple[np.ndarray, np.ndarray]:
+    """The start frames (W,) and unit signatures (W, D) float32 of a clip's windows every `hop`
+    frames and one ending with the clip (none when the clip is shorter than a window).
+
+    Each thumbnail is standardised (zero mean, unit contrast), so a fade or a colour grade of a
+    re-upload changes nothing; within a window, the mean over time is removed, which leaves how
+    the picture changes: the same footage matches, another take on the same set does not.
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    count, height, width = thumbnails.shape
+    length = window_frames(fps)
+    if count < length:
+        return np.zeros(0, np.int64), np.zeros((0, (height // WINDOW_POOL) * (width // WINDOW_POOL) * WINDOW_STEPS),
+                                               np.float32)
+    pooled = thumbnails.astype(np.float64).reshape(count, height // WINDOW_POOL, WINDOW_POOL, width // WINDOW_POOL,
+                                                   WINDOW_POOL).mean(axis=(2, 4)).reshape(count, -1)
+    pooled = (pooled - pooled.mean(axis=1, keepdims=True)) / np.maximum(pooled.std(axis=1, keepdims=True), 1.0)
+    pooled = gaussian_filter1d(pooled, SMOOTH_FRAMES, axis=0, mode="nearest")
+    starts = np.unique(np.append(np.arange(0, count - length + 1, hop), count - length))  # the last ends with the clip
+    steps = np.linspace(0, length - 1, WINDOW_STEPS).round().astype(np.int64)
+    windows = pooled[starts[:, None] + steps[None, :]]
+    windows = (windows - windows.mean(axis=1, keepdims=True)).reshape(len(starts), -1)
+    norms = np.linalg.norm(windows, axis=1, keepdims=True)
+    return starts, (windows / np.maximum(norms, 1e-12)).astype(np.float32)  # a frozen picture: zeros, matching nothing
+
+
+@dataclass(frozen=True)
+class SharedFootage:
+    """The longest stretches a clip shares with kept clips: in frames, and as a share of the
+    shorter clip of each pair (the largest of each may come from different kept clips)."""
+
+    frames: int
+    share: float
+
+
+def longest_shared(query_starts: np.ndarray, query_signatures: np.ndarray, query_frames: int,
+                   kept_signatures: np.ndarray, kept_places: np.ndarray, fps: float,
+                   window_similarity: float) -> SharedFootage:
+    """The longest stretch of footage the query clip shares with any kept clip.
+
+    `kept_places` (R, 3) says where each row of `kept_signatures` is from: its clip's number, its
+    start frame, its clip's length in frames; rows of one clip are consecutive, in time order.
+    Each kept window takes its best query window; consecutive kept windows of one clip that both
+    match (cosine >= `window_similarity`) at offsets within OFFSET_TOLERANCE_FRAMES are one
+    stretch, from the first window's start to the last one's end. Linear in R after the product.
+    """
+    if not len(query_starts) or not len(kept_signatures):
+        return SharedFootage(0, 0.0)
+    similarity = kept_signatures @ query_signatures.T
+    best = similarity.argmax(axis=1)
+    matched = similarity[np.arange(len(best)), best] >= window_similarity
+    if not matched.any():
+        return SharedFootage(0, 0.0)
+    clip, start, clip_frames = kept_places.T
+    offset = start - query_starts[best]
+    continues = np.zeros(len(best), bool)
+    continues[1:] = (matched[1:] & matched[:-1] & (clip[1:] == clip[:-1])
+                     & (np.abs(offset[1:] - offset[:-1]) <= OFFSET_TOLERANCE_FRAMES))
+    first = matched & ~continues
+    stretch_start = start[np.flatnonzero(first)][np.cumsum(first) - 1]  # each row's stretch's first start
+    frames = (start - stretch_start + window_frames(fps))[matched]
+    shorter = np.minimum(clip_frames[matched], query_frames)
+    return SharedFootage(int(frames.max()), float(np.minimum(frames / shorter, 1.0).max()))
+
+
+@dataclass(frozen=True)
+class OverlapRule:
+    """When shared footage makes a clip a `partial_duplicate` (the `duplicate_overlap_*` and
+    `duplicate_window_similarity` settings)."""
+
+    fps: float
+    window_similarity: float
+    min_share: float
+    min_seconds: float  # 0: the share alone decides
+
+    @classmethod
+    def from_config(cls, cfg: CurateConfig) -> OverlapRule:
+        return cls(cfg.fps, cfg.duplicate_window_similarity, cfg.duplicate_overlap_share, cfg.duplicate_overlap_seconds)
+
+    def is_duplicate(self, shared: SharedFootage) -> bool:
+        long_enough = self.min_seconds > 0 and shared.frames / self.fps >= self.min_seconds
+        return shared.frames > 0 and (shared.share >= self.min_share or long_enough)

@@ -1,0 +1,98 @@
+"""The PyTorch path's sample streams: `ShardBatches`, one rank's batches of one epoch, each
+DataLoader worker reading its own shards in the order `operators.sample_order` fixes, building
+samples and batching them; `TrainLoader` (pipelines/train_data.py) runs it once per pass.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any
+
+import torch.utils.data
+import webdataset as wds
+
+from portraitflow.jobs.config.train_data import TrainDataConfig
+from portraitflow.operators.sample_order import (buffer_shuffle, interleaved_samples, resampled_shards, stream_rng,
+                                                 worker_shards)
+from portraitflow.operators.shard_source import SkipCounter, UsableShardsCheck
+from portraitflow.operators.train_sample import build_train_sample, collate_samples
+
+
+def sample_builder(cfg: TrainDataConfig, epoch: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """`build_train_sample` with the config's settings, as both paths run it."""
+    return partial(build_train_sample, n_frames=cfg.n_frames, seed=cfg.seed, epoch=epoch, pixel_dtype=cfg.pixel_dtype,
+                   resolution=cfg.resolution, smooth_sigma=cfg.smooth_sigma, identity_dim=cfg.identity_dim)
+
+
+@dataclass
+class EpochProgress:
+    """Where one rank's pass of an epoch stands: the samples it yielded, each worker's position in
+    its raw sample stream just after its last yielded batch (what lies before was yielded or
+    skipped as bad data), and the worker whose batch comes next in the DataLoader's round robin."""
+
+    epoch: int
+    samples_seen: int
+    positions: list[int]
+    next_worker: int = 0
+
+
+@dataclass(frozen=True)
+class RankLayout:
+    """What fixes a rank's sample streams besides the epoch and the config's order settings."""
+
+    seed: int
+    rank: int
+    world_size: int
+    num_workers: int
+
+
+class ShardBatches(torch.utils.data.IterableDataset):
+    """One rank's batches of one epoch, built and batched in each DataLoader worker from its own
+    shards (`operators.sample_order`). Each batch carries `__worker__` and `__position__` (that
+    worker's next stream position) for the loader's bookkeeping. A pass starting from `progress`
+    skips earlier positions without decoding them, and workers before `progress.next_worker` first
+    yield an empty batch, so the round robin over workers goes on in the interrupted pass's order."""
+
+    def __init__(self, cfg: TrainDataConfig, urls: list[str], skips: SkipCounter, progress: EpochProgress,
+                 layout: RankLayout) -> None:
+        super().__init__()
+        self.cfg, self.urls, self.skips, self.layout = cfg, urls, skips, layout
+        self.progress = replace(progress, positions=list(progress.positions))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        cfg, layout, epoch = self.cfg, self.layout, self.progress.epoch
+        info = torch.utils.data.get_worker_info()
+        worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        start = self.progress.positions[worker]
+        build = sample_builder(cfg, epoch)
+        if cfg.resampled:  # a worker's draws stop once they are plainly unusable (`UsableShardsCheck`)
+            check = UsableShardsCheck(build, self.skips, len(self.urls), cfg.shuffle_buffer + cfg.interleaved_shards,
+                                      usable=start > 0)
+            draws = stream_rng(layout.seed, epoch, layout.rank, worker, "shard_draws")
+            build, shards = check, check.count_draws(resampled_shards(self.urls, draws))
+        else:
+            shards = worker_shards(self.urls, epoch=epoch, rank=layout.rank, world_size=layout.world_size,
+                                   worker=worker, num_workers=num_workers, shared_seed=cfg.seed or 0,
+                                   stream_seed=layout.seed, shuffle=cfg.shard_shuffle)
+        samples = buffer_shuffle(interleaved_samples(shards, self._open_shard, cfg.interleaved_shards),
+                                 cfg.shuffle_buffer, stream_rng(layout.seed, epoch, layout.rank, worker, "samples"))
+        if worker < self.progress.next_worker:
+            yield {"__worker__": worker, "__position__": start}
+        built: list[dict[str, Any]] = []
+        for position, sample in enumerate(samples):
+            if position < start:
+                continue
+            try:
+                built.append(build(sample))
+            except Exception as exc:  # noqa: BLE001 - the handler counts bad data and raises anything else
+                self.skips.handler(exc)
+                continue
+            if len(built) == cfg.batch_size:
+                yield dict(collate_samples(built), __worker__=worker, __position__=position + 1)
+                built = []
+        if built and not cfg.drop_last:
+            yield dict(collate_samples(built), __worker__=worker, __position__=position + 1)
+
+    def _open_shard(self, url: str) -> Iterator[dict[str, Any]]:
+        return wds.tariterators.tarfile_samples([{"url": url}], handler=self.skips.handler)

@@ -1,0 +1,232 @@
+"""Near-duplicates that share only a stretch of footage (operators/overlap.py, the CorpusLedger):
+caught as `partial_duplicate` with what was measured in the clip's row, on footage the tests make."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from portraitflow.jobs.config import load_config
+from portraitflow.jobs.config.curate import CurateConfig
+from portraitflow.models.face.base import l2_normalise
+from portraitflow.operators import filters
+from portraitflow.operators.face_scan import content_signature
+from portraitflow.operators.identity import CorpusLedger
+from portraitflow.operators.overlap import KEPT_HOP_SECONDS, OverlapRule
+from synthetic_footage import footage, re_encoded
+
+FPS = 25.0
+PERSON = l2_normalise(np.arange(1.0, 9.0))
+
+
+def _ledger(**settings: float) -> CorpusLedger:
+    cfg = CurateConfig(**settings)
+    return CorpusLedger(0.5, cfg.max_clips_per_identity, cfg.duplicate_similarity, OverlapRule.from_config(cfg))
+
+
+def _decide(ledger: CorpusLedger, thumbnails: np.ndarray) -> tuple[str | None, dict[str, float]]:
+    measures: dict[str, float] = {}
+    return ledger.decide(PERSON, content_signature(thumbnails), thumbnails, measures), measures
+
+
+def _keep(ledger: CorpusLedger, thumbnails: np.ndarray) -> None:
+    ledger.keep(PERSON, content_signature(thumbnails), thumbnails)
+
+
+KEPT = footage(1, 250)  # a 10-s clip
+
+
+def _measured(overlap_s: float, shared_s: float) -> bool:
+    """Whether a measured overlap fits a stretch of `shared_s`: kept windows start every
+    KEPT_HOP_SECONDS, so a stretch that ends inside both clips is seen up to a hop short at each end."""
+    return shared_s - 2 * KEPT_HOP_SECONDS - 1 / FPS <= overlap_s <= shared_s + 1 / FPS
+
+
+@pytest.mark.parametrize(("new", "shared_s"), [
+    (KEPT[:125], 5.0),  # its first half
+    (re_encoded(KEPT[37:213]), 7.04),  # re-uploaded, trimmed at both ends
+    (re_encoded(np.concatenate([footage(2, 30), KEPT[100:200], footage(3, 20)])), 4.0),  # holds a stretch of it
+])
+def test_a_clip_sharing_a_stretch_with_a_kept_clip_is_a_partial_duplicate(new: np.ndarray, shared_s: float) -> None:
+    """The whole-clip signature misses each of them; the windows aligned in time find the stretch,
+    and the clip's measures say how long it is."""
+    ledger = _ledger()
+    _keep(ledger, KEPT)
+    reason, measures = _decide(ledger, new)
+    assert measures["duplicate_similarity"] < CurateConfig().duplicate_similarity  # what the old check saw
+    assert reason == filters.PARTIAL_DUPLICATE
+    assert _measured(measures["overlap_s"], shared_s)
+    assert measures["overlap_share"] == pytest.approx(measures["overlap_s"] * FPS / min(len(new), len(KEPT)))
+
+
+def test_other_footage_of_the_same_set_and_the_same_identity_is_kept() -> None:
+    """Another take on the same set, and a stretch of the kept clip's shot after it, share no
+    footage with it: kept, with the overlap they were measured at (none)."""
+    ledger = _ledger()
+    shot = footage(1, 500)
+    _keep(ledger, shot[:250])
+    for new in (footage(4, 250, background_seed=1), shot[250:]):
+        reason, measures = _decide(ledger, new)
+        assert reason is None
+        assert measures["overlap_s"] == 0.0 and measures["overlap_share"] == 0.0
+
+
+def test_a_whole_copy_is_still_a_duplicate() -> None:
+    ledger = _ledger()
+    _keep(ledger, KEPT)
+    reason, measures = _decide(ledger, re_encoded(KEPT))
+    assert reason == filters.DUPLICATE
+    assert measures["duplicate_similarity"] > 0.95 and measures["overlap_share"] == pytest.approx(1.0)
+
+
+def test_the_shared_stretch_counts_by_its_share_of_the_shorter_clip_or_by_its_length() -> None:
+    """A 10-s clip whose first 3 s end the kept one: 30% of either, below the default share."""
+    new = re_encoded(np.concatenate([KEPT[175:], footage(5, 175)]))
+    for settings, expected in [({}, None), ({"duplicate_overlap_share": 0.25}, filters.PARTIAL_DUPLICATE),
+                               ({"duplicate_overlap_seconds": 2.5}, filters.PARTIAL_DUPLICATE),
+                               ({"duplicate_overlap_seconds": 3.5}, None)]:
+        ledger = _ledger(**settings)
+        _keep(ledger, KEPT)
+        reason, measures = _decide(ledger, new)
+        assert reason == expected, settings
+        assert _measured(measures["overlap_s"], 3.0)
+        assert measures["overlap_share"] == pytest.approx(measures["overlap_s"] / 10)
+
+
+def test_a_faded_or_regraded_stretch_is_still_the_samefootage() -> None:
+    """A re-upload with other brightness and contrast, fading out: each frame is standardised."""
+    graded = KEPT[50:200] * 0.7 + 30
+    faded = graded * np.linspace(1.0, 0.4, len(graded))[:, None, None]
+    ledger = _ledger()
+    _keep(ledger, KEPT)
+    reason, measures = _decide(ledger, faded.round().astype(np.uint8))
+    assert reason == filters.PARTIAL_DUPLICATE and _measured(measures["overlap_s"], 6.0)
+
+
+def test_a_partial_duplicate_is_judged_within_the_identity_only() -> None:
+    ledger = _ledger()
+    _keep(ledger, KEPT)
+    measures: dict[str, float] = {}
+    other_person = l2_normalise(np.arange(8.0, 0.0, -1.0) * np.array([1, -1] * 4))
+    assert ledger.decide(other_person, content_signature(KEPT[:125]), KEPT[:125], measures) is None
+    assert measures == {}  # compared with no kept clip
+
+
+def test_kept_clips_without_thumbnails_are_compared_whole_and_still_count_for_the_cap() -> None:
+    """Samples and scans written before thumbnails: their clips match no partial duplicate."""
+    ledger = _ledger(max_clips_per_identity=2)
+    ledger.keep(PERSON, content_signature(KEPT), None)
+    reason, measures = _decide(ledger, KEPT[:125])
+    assert reason is None and "overlap_share" not in measures and "duplicate_similarity" in measures
+    assert _decide(ledger, KEPT)[0] == filters.DUPLICATE
+    _keep(ledger, footage(6, 250))
+    assert _decide(ledger, footage(7, 250))[0] == filters.IDENTITY_OVER_CAP
+
+
+def test_a_clip_shorter_than_a_window_is_compared_whole_only() -> None:
+    ledger = _ledger(min_clip_seconds=1.0)
+    _keep(ledger, KEPT)
+    reason, measures = _decide(ledger, KEPT[:40])
+    assert reason is None and "overlap_s" not in measures
+
+
+def test_decisions_are_the_same_from_thumbnails_read_back_from_a_scan_or_a_sample(tmp_path: Path) -> None:
+    """What the ledger compares round-trips exactly through the scan file and the sample's npy, so
+    a resumed run, which reads kept clips back from either, decides as the uninterrupted one."""
+    import io
+
+    from portraitflow.operators.face_scan import Candidate, load_scan_arrays, save_scan
+    from portraitflow.operators.shards import npy_bytes
+
+    arrays = {"embedding": PERSON.astype(np.float32), "signature": content_signature(KEPT), "thumbnails": KEPT}
+    save_scan(tmp_path / "scan.npz", {"fingerprint": ""}, [Candidate(0, 250, None, {}, arrays)])
+    from_scan = load_scan_arrays(tmp_path / "scan.npz", ("thumbnails",))[0]["thumbnails"]
+    from_sample = np.load(io.BytesIO(npy_bytes(KEPT)), allow_pickle=False)
+    new = re_encoded(KEPT[20:160])
+    decided = []
+    for thumbnails in (KEPT, from_scan, from_sample):
+        assert thumbnails.dtype == np.uint8 and np.array_equal(thumbnails, KEPT)
+        ledger = _ledger()
+        ledger.keep(PERSON, content_signature(KEPT), thumbnails)
+        decided.append(_decide(ledger, new))
+    assert decided[0] == decided[1] == decided[2] and decided[0][0] == filters.PARTIAL_DUPLICATE
+
+
+def test_the_clip_row_reports_the_duplicate_measures_and_older_markers_still_make_the_tables() -> None:
+    from portraitflow.operators import ledger
+
+    row = {"uri": "/in/a.mp4", "input_key": "a"}
+    measured = ledger.clip_row("a_1", row, {"start": 0, "end": 125, "reason": filters.PARTIAL_DUPLICATE,
+                                            "measures": {"duplicate_similarity": 0.29, "overlap_s": 4.9,
+                                                         "overlap_share": 0.98}}, FPS)
+    assert (measured["reason"], measured["overlap_share"], measured["overlap_s"]) == ("partial_duplicate", 0.98, 4.9)
+    unmeasured = ledger.clip_row("a_2", row, {"start": 125, "end": 250, "reason": None, "measures": {}}, FPS)
+    assert math.isnan(unmeasured["overlap_share"]) and math.isnan(unmeasured["duplicate_similarity"])
+    older = {k: v for k, v in unmeasured.items() if k not in ("duplicate_similarity", "overlap_s", "overlap_share")}
+    input_row = ledger.input_row(dict(row, status="scanned", duration_s=10.0), [measured, older])
+    _, clips = ledger._tables({"a": {"input": input_row, "clips": [measured, older]}})
+    assert clips.column("overlap_share").to_pylist() == [0.98, None]
+    assert input_row["clips_rejected"] == {"partial_duplicate": 1}
+
+
+def test_the_overlap_settings_leave_scans_valid_and_an_older_folder_resumes_with_them(tmp_path: Path) -> None:
+    """They decide after the scan, like `duplicate_similarity`; a folder curated before they existed
+    counts them at their defaults instead of refusing to resume."""
+    from portraitflow.jobs.curate import Layout, check_corpus_settings, corpus_settings
+    from portraitflow.operators import ledger
+    from portraitflow.operators.face_scan import scan_fingerprint
+
+    names = ("duplicate_overlap_share", "duplicate_overlap_seconds", "duplicate_window_similarity")
+    changed = load_config(None, ["curate.duplicate_overlap_share=0.8", "curate.duplicate_overlap_seconds=3",
+                                 "curate.duplicate_window_similarity=0.95"])
+    assert scan_fingerprint(changed) == scan_fingerprint(load_config(None, []))
+    layout = Layout(tmp_path)
+    layout.make()
+    older = corpus_settings(load_config(None, []))
+    for name in names:
+        del older["curate"][name]
+    layout.settings.write_text(json.dumps(older))
+    ledger.write_marker(layout.done, {"input_key": "talk", "status": "rejected"}, [])
+    assert check_corpus_settings(load_config(None, []), layout) == []
+
+
+def _decoded(path: Path, fps: float, start_s: float = 0.0, end_s: float | None = None,
+             size: tuple[int, int] | None = None) -> np.ndarray:
+    from portraitflow.operators.decode import iter_frame_chunks
+
+    return np.concatenate([c.frames for c in iter_frame_chunks(str(path), fps, start_s, end_s, size=size)])
+
+
+def test_a_trimmed_re_encode_at_another_frame_rate_is_a_partial_duplicate(media_dir: Path, tmp_path: Path) -> None:
+    """A 30-fps talking video re-encoded at 24 fps, 320 px, crf 30, then cut 3.2 s from inside a
+    kept 10-s clip: both are resampled to 25 fps, so their windows line up; the whole-clip
+    signatures do not match, and the stretch of the shot after the kept clip is no duplicate."""
+    from portraitflow.operators.face_scan import frame_thumbnails
+    from portraitflow.operators.video_writer import write_h264
+
+    source = media_dir / "liveportrait_d9.mp4"
+    write_h264(tmp_path / "reupload.mp4", [_decoded(source, 24.0, 3.0, 14.0, (320, 320))], 24, crf=30)
+    original = frame_thumbnails(_decoded(source, FPS)).astype(np.uint8)
+    reupload = frame_thumbnails(_decoded(tmp_path / "reupload.mp4", FPS)).astype(np.uint8)
+    kept = original[90:340]  # 3.6-13.6 s of the source
+    ledger = _ledger()
+    _keep(ledger, kept)
+    reason, measures = _decide(ledger, reupload[25:105])  # 4.0-7.2 s of the source
+    assert measures["duplicate_similarity"] < 0.5
+    assert reason == filters.PARTIAL_DUPLICATE and measures["overlap_share"] > 0.85
+    reason, measures = _decide(ledger, original[340:])
+    assert reason is None and measures["overlap_s"] == 0.0
+
+
+def test_stretches_that_are_apart_in_the_new_clip_are_measured_apart() -> None:
+    """Two neighbouring windows of the kept clip found 4 s apart in the new one are two stretches of
+    2 s, not one of 2.5 s: a stretch follows one diagonal (one time offset) of the similarities."""
+    new = re_encoded(np.concatenate([KEPT[:58], footage(8, 50), KEPT[8:70]]))
+    ledger = _ledger(duplicate_overlap_share=1.0)
+    _keep(ledger, KEPT)
+    reason, measures = _decide(ledger, new)
+    assert measures["overlap_s"] == pytest.approx(2.0)
+    assert reason is None

@@ -15,7 +15,8 @@ OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output folder (cre
 
 def evaluate(
     results: Annotated[Path, typer.Argument(
-        help="Generation results (results.parquet) or a jobs file with an `output` column.", exists=True)],
+        help="Generation results (results.parquet) or a jobs file with an `output` column; relative paths "
+        "are taken from its folder.", exists=True)],
     out: OutOption,
     jobs: Annotated[Optional[Path], typer.Option(
         "--jobs", help="The jobs file given to `animate`, for `ref` and `driving` when RESULTS lacks them "
@@ -27,7 +28,8 @@ def evaluate(
     ray_address: RayAddressOption = None,
     mlflow_uri: MlflowUriOption = None,
 ) -> None:
-    """Score existing outputs in one MLflow run and write a static HTML report to OUT/report."""
+    """Score existing outputs in one MLflow run and write a static HTML report to OUT/report;
+    exit 1 when no job could be scored."""
     from portraitflow.jobs.sweep import check_rank_by, evaluate_results, report_from_run
     from portraitflow.operators.paths import safe_stem
 
@@ -62,6 +64,7 @@ def evaluate(
     run_id = evaluate_results(table, cfg, out, name=results.parent.name or "evaluate")
     page = report_from_run(run_id, cfg, out / "report")
     typer.echo(f"run {run_id}\nreport {page}")
+    _refuse_nothing_scored(out / "per_video.parquet", results)
 
 
 def sweep(
@@ -150,14 +153,37 @@ def _animate_jobs(path: Path):
 
 def _read_table(path: Path):
     """RESULTS as written: text cells stay text (as `load_jobs` reads a jobs file), so a job id such
-    as `007` keeps its zeros and matches its jobs file and output names."""
+    as `007` keeps its zeros and matches its jobs file and output names; relative `ref`, `driving`
+    and `output` paths are taken from RESULTS' folder, as `load_jobs` takes a jobs file's."""
     import pandas as pd
 
+    from portraitflow.operators.generation_jobs import local_path
+
     if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    if path.suffix in (".jsonl", ".ndjson"):
-        return pd.read_json(path, lines=True, dtype=False)
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+        table = pd.read_parquet(path)
+    elif path.suffix in (".jsonl", ".ndjson"):
+        table = pd.read_json(path, lines=True, dtype=False)
+    else:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for column in ("ref", "driving", "output"):
+        if column in table:  # a missing cell (None, NaN) stays missing: its row fails with its reason
+            table[column] = [local_path(v, path.parent) if isinstance(v, str) else v for v in table[column]]
+    return table
+
+
+def _refuse_nothing_scored(per_video: Path, results: Path) -> None:
+    """Exit 1 naming the reasons when no job of RESULTS was scored: the run and report exist, but a
+    zero exit would pass off an empty evaluation (every output path wrong, say) as a result."""
+    import pandas as pd
+
+    table = pd.read_parquet(per_video)
+    if (table["status"] == "ok").any():
+        return
+    reasons = table["reason"].fillna("unknown").value_counts() if "reason" in table else pd.Series(dtype=int)
+    typer.echo(f"error: no job of {results} could be scored ({len(table)} job(s): "
+               f"{', '.join(f'{count} {reason}' for reason, count in reasons.items()) or 'none'}; see {per_video}). "
+               f"Relative ref, driving and output paths are taken from {results.parent.resolve()}.", err=True)
+    raise typer.Exit(1)
 
 
 def _error_line(exc: Exception, path: Path) -> str:

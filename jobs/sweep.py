@@ -2,8 +2,9 @@
 
 One sweep = one parent MLflow run (tagged with the sweep's hash and its output folder, so a rerun
 into the same folder resumes it) and one child run per config (tagged `mlflow.parentRunId` and the
-config's hash; a FINISHED child is not redone while the outputs it scored are all there). A sweep
-holds its folder alone; resuming, it marks KILLED the children a sweep killed outright left RUNNING. Children are created with MlflowClient rather than the fluent API because up to
+config's hash; a FINISHED child is not redone while it scored exactly the dataset's usable jobs and
+their outputs are all there, and a config its params refuse is recorded FAILED once, not per
+rerun). A sweep holds its folder alone; resuming, it marks KILLED the children a sweep killed outright left RUNNING. Children are created with MlflowClient rather than the fluent API because up to
 `max_parallel` configs run at once in threads, and the fluent active-run stack is per thread.
 An interrupted sweep (Ctrl-C) starts no queued config, ends the children in flight and the parent
 KILLED, and re-raises; a config in the middle of a stage (generation, scoring) stops when it ends.
@@ -25,7 +26,7 @@ from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.jobs.runtime import (
     FOLDER_TAG, end_abandoned_runs, ensure_experiment, folder_tag, init_ray, log_values, mlflow_client,
-    require_resource,
+    mlflow_tracking_uri, require_resource,
 )
 from portraitflow.operators import metrics, metrics_learned, report, sweep_spec
 from portraitflow.operators.atomic import atomic_write, exclusive_folder, write_parquet
@@ -86,9 +87,10 @@ class ChildRuns:
 
 
 def _finished_child(client: MlflowClient, experiment_id: str, parent_id: str, config_hash: str,
-                    work_dir: Path) -> Run | None:
-    """The config's latest FINISHED child run, unless an output it scored is gone from `work_dir`
-    (then the config runs again: generation remakes only what is missing)."""
+                    work_dir: Path, job_ids: set[str]) -> Run | None:
+    """The config's latest FINISHED child run, unless the jobs it scored are not `job_ids` (the
+    dataset gained or lost clips: the hash covers the dataset's spec, not its files) or an output
+    it scored is gone from `work_dir`. Then the config runs again: generation makes only what is missing."""
     runs = client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{CONFIG_TAG}` = "
                               f"'{config_hash}' and attributes.status = 'FINISHED'", max_results=1,
                               order_by=["attributes.start_time DESC"])
@@ -99,6 +101,12 @@ def _finished_child(client: MlflowClient, experiment_id: str, parent_id: str, co
         log.warning("%s: its scores are gone from %s; running it again", runs[0].info.run_name, work_dir)
         return None
     table = pd.read_parquet(scored)
+    scored_ids = set(table["job_id"].astype(str)) if "job_id" in table else set()
+    if scored_ids != job_ids:
+        log.warning("%s: scored %d job(s), the dataset now has %d usable (%d new, %d gone); running it again",
+                    runs[0].info.run_name, len(scored_ids), len(job_ids), len(job_ids - scored_ids),
+                    len(scored_ids - job_ids))
+        return None
     if "output" not in table:  # scored before outputs were listed: nothing to check against
         return runs[0]
     missing = [out for out in table.loc[table["status"] == "ok", "output"] if not Path(out).is_file()]
@@ -109,10 +117,49 @@ def _finished_child(client: MlflowClient, experiment_id: str, parent_id: str, co
     return runs[0]
 
 
+def _error_text(exc: BaseException) -> str:
+    """How a config's failure is recorded (its run's `error` tag)."""
+    return f"{type(exc).__name__}: {exc}"[:5000]
+
+
+def _refusal(params: dict[str, Any], cfg: PortraitFlowConfig) -> ValueError | None:
+    """Why `config_settings` refuses these params, or None: such a config fails before anything runs,
+    the same way on every rerun."""
+    try:
+        sweep_spec.config_settings(params, cfg)
+    except ValueError as exc:  # pydantic's ValidationError is one
+        return exc
+    return None
+
+
+def _refused_child(client: MlflowClient, experiment_id: str, parent_id: str, config_hash: str,
+                   error: str) -> Run | None:
+    """The config's latest FAILED child if it failed with `error`: a rerun records a refused config
+    once, rather than one more identical FAILED child per rerun."""
+    runs = client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{CONFIG_TAG}` = "
+                              f"'{config_hash}' and attributes.status = 'FAILED'", max_results=1,
+                              order_by=["attributes.start_time DESC"])
+    return runs[0] if runs and runs[0].data.tags.get("error") == error else None
+
+
+def _clear_metric_files(work_dir: Path, job_ids: set[str]) -> None:
+    """Remove the per-frame tables and features left in `work_dir/metrics` by an earlier scoring of
+    these jobs: a job that now fails, or is scored without FID/FVD weights, writes none, and a stale
+    file would be uploaded (and pooled into FID/FVD) as if it were this scoring's."""
+    folder = work_dir / "metrics"
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path.name.split(".", 1)[0] in job_ids:  # job ids are dot-free (safe_stem, clip names)
+                path.unlink()
+
+
 def score_and_log(client: MlflowClient, run_id: str, jobs: pd.DataFrame, label: str, work_dir: Path,
                   evaluate: EvaluateConfig, cfg: PortraitFlowConfig) -> pd.DataFrame:
     """Score generated jobs (job_id, ref, driving, status, reason, output) into run `run_id`:
-    per-video table artifact, aggregate metrics, per-frame tables, side-by-side videos."""
+    per-video table artifact, aggregate metrics, per-frame tables, side-by-side videos. Only these
+    jobs' files under `work_dir` are logged: it may hold an earlier scoring's (an `evaluate` into the
+    same OUT)."""
+    _clear_metric_files(work_dir, set(jobs["job_id"].astype(str)))
     table = evaluate_outputs(jobs, work_dir, cfg, evaluate)
     table.insert(0, "config", label)
     if "output" not in table and "output" in jobs:  # where each scored video is (a resume checks it is still there)
@@ -130,27 +177,59 @@ def score_and_log(client: MlflowClient, run_id: str, jobs: pd.DataFrame, label: 
     log_values(client, run_id, metrics=aggregates)
     client.log_text(run_id, "\n".join(metrics_learned.skip_notes(evaluate).values()), "notes.txt")
     _log_side_by_side(client, run_id, jobs[jobs["job_id"].isin(ok["job_id"])], work_dir, evaluate.side_by_side)
-    if (work_dir / "metrics").is_dir():
-        client.log_artifacts(run_id, str(work_dir / "metrics"), "frames")
+    ok_ids, folder = set(ok["job_id"].astype(str)), work_dir / "metrics"
+    _log_files(client, run_id, [path for path in sorted(folder.iterdir()) if path.name.split(".", 1)[0] in ok_ids]
+               if folder.is_dir() else [], "frames")
     return table
+
+
+def _log_files(client: MlflowClient, run_id: str, paths: list[Path], artifact_path: str) -> None:
+    """Log just `paths` under `artifact_path` in one upload (a tracking server is a round trip per
+    call), however many other files their folder holds."""
+    import os
+    import shutil
+    import tempfile
+
+    if not paths:
+        return
+    with tempfile.TemporaryDirectory(prefix="portraitflow-artifacts-") as staging:
+        for path in paths:
+            try:
+                os.link(path, Path(staging) / path.name)
+            except OSError:  # another filesystem
+                shutil.copy2(path, Path(staging) / path.name)
+        client.log_artifacts(run_id, staging, artifact_path)
 
 
 def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepSpec, evaluate: EvaluateConfig,
                cfg: PortraitFlowConfig, out_dir: Path, parent_id: str, experiment_id: str,
                children: ChildRuns | None = None) -> dict[str, Any]:
-    """Generate and score one config in its own child run (or reuse a finished one); a summary row.
-    `children` tracks the sweep's runs in flight: once it is stopped, this config stops at its next stage."""
+    """Generate and score one config in its own child run (or reuse a finished one, or the failed
+    one of a config refused the same way before); a summary row. `children` tracks the sweep's
+    runs in flight: once it is stopped, this config stops at its next stage."""
     client = mlflow_client(cfg.mlflow)
     children = children or ChildRuns(client)
     config_hash = sweep_spec.config_hash(params, spec.dataset, evaluate, cfg)
     label = sweep_spec.config_label(params)
     work_dir = out_dir / "configs" / config_hash
-    done = _finished_child(client, experiment_id, parent_id, config_hash, work_dir)
+    refused = _refusal(params, cfg)
+    row = {"config": label, "backend": params["backend"], **{k: v for k, v in params.items() if k != "backend"}}
+    if refused is not None:
+        earlier = _refused_child(client, experiment_id, parent_id, config_hash, _error_text(refused))
+        if earlier is not None:
+            return {**row, "config_hash": config_hash, "run_id": earlier.info.run_id, "reused": True,
+                    "error": _error_text(refused)[:300]}
+        done = None
+    else:
+        done = _finished_child(client, experiment_id, parent_id, config_hash, work_dir,
+                               {str(job["job_id"]) for job in jobs})
     if done is None:
         tags = {PARENT_TAG: parent_id, CONFIG_TAG: config_hash, PARAMS_TAG: json.dumps(params, sort_keys=True)}
         run_id = children.start(experiment_id, label, tags)
         try:
             log_values(client, run_id, params={**params, **evaluate.model_dump(), "face_backend": cfg.face.backend})
+            if refused is not None:
+                raise refused
             generated = generate_outputs(params, jobs, work_dir / "outputs", cfg)
             children.check()
             outcome = generated[[c for c in ("job_id", "status", "reason", "output") if c in generated]]
@@ -162,18 +241,17 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
             children.end(run_id, "FINISHED")
         except Exception as exc:  # one broken config must not stop the others; its run says why
             children.check()  # unless the sweep was stopped under it: then it was killed, not broken
-            client.set_tag(run_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
+            client.set_tag(run_id, "error", _error_text(exc))
             children.end(run_id, "FAILED")
-            return {"config": label, "backend": params["backend"], "config_hash": config_hash, "run_id": run_id,
-                    "reused": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+            return {**row, "config_hash": config_hash, "run_id": run_id, "reused": False,
+                    "error": _error_text(exc)[:300]}
         except BaseException:
             children.end(run_id, "KILLED")
             raise
     else:
         run_id = done.info.run_id
     metrics = client.get_run(run_id).data.metrics
-    return {"config": label, "backend": params["backend"], **{k: v for k, v in params.items() if k != "backend"},
-            **metrics, "config_hash": config_hash, "run_id": run_id, "reused": done is not None}
+    return {**row, **metrics, "config_hash": config_hash, "run_id": run_id, "reused": done is not None}
 
 
 def evaluate_results(jobs: pd.DataFrame, cfg: PortraitFlowConfig, out_dir: str | Path, name: str = "evaluate") -> str:
@@ -195,13 +273,34 @@ def evaluate_results(jobs: pd.DataFrame, cfg: PortraitFlowConfig, out_dir: str |
 
 
 def _log_side_by_side(client: MlflowClient, run_id: str, rows: pd.DataFrame, work_dir: Path, count: int) -> None:
-    folder = work_dir / "side_by_side"
+    """Render (reference | driver | output) for the first `count` rows and log those videos only. A
+    video already in `work_dir/side_by_side` is reused only while its inputs are unchanged
+    (`_inputs_digest`): new outputs with the same job ids must not be shown beside old videos."""
+    folder, videos = work_dir / "side_by_side", []
     for row in rows.head(count).itertuples():
-        path = folder / f"{row.job_id}.mp4"
-        if not path.is_file():
+        path, digest = folder / f"{row.job_id}.mp4", _inputs_digest(row.ref, row.driving, row.output)
+        stamp = folder / f"{row.job_id}.inputs"  # not logged: only `videos` are
+        if not (path.is_file() and stamp.is_file() and stamp.read_text() == digest):
             report.side_by_side(row.ref, row.driving, row.output, path)
-    if folder.is_dir():
-        client.log_artifacts(run_id, str(folder), "side_by_side")
+            atomic_write(stamp, digest)
+        videos.append(path)
+    _log_files(client, run_id, videos, "side_by_side")
+
+
+def _inputs_digest(*paths: str) -> str:
+    """A digest of each path with its size and modification time: it changes when any input is
+    replaced or rewritten, without reading the videos."""
+    import hashlib
+    import os
+
+    parts = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            parts.append(f"{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}")
+        except (OSError, TypeError, ValueError):
+            parts.append(f"{path}:missing")
+    return hashlib.sha256("\n".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def check_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig) -> tuple[EvaluateConfig, list[dict[str, Any]]]:
@@ -249,6 +348,7 @@ def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir:
     init_ray(cfg.ray, cfg.mlflow)
     _check_cpus(configs, evaluate.max_parallel, cfg)
     client = mlflow_client(cfg.mlflow)
+    _note_tracking_store(out_dir, mlflow_tracking_uri(cfg.mlflow))
     experiment_id = ensure_experiment(client, evaluate.experiment)
     tags = {SWEEP_TAG: sweep_spec.sweep_hash(spec, evaluate, cfg), FOLDER_TAG: folder_tag(out_dir)}
     parent_id = _parent(client, experiment_id, spec.name, tags)
@@ -281,6 +381,30 @@ def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir:
         client.set_terminated(parent_id, "KILLED")
         raise
     return parent_id
+
+
+#: the MLflow store a sweep into OUT recorded its runs in (credentials removed)
+TRACKING_STORE_FILE = "tracking_store.txt"
+
+
+def _note_tracking_store(out_dir: Path, uri: str) -> None:
+    """Record the store this sweep uses in OUT, warning when an earlier sweep into OUT used another:
+    a resume is looked up in the store, and the default one is ./mlflow.db of the current folder,
+    so a rerun from elsewhere starts a new parent and redoes every config."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    store = uri  # rebuilt only without credentials: urlunsplit would turn sqlite://// into sqlite://
+    if parts.username or parts.password:
+        store = urlunsplit(parts._replace(netloc=(parts.hostname or "") + (f":{parts.port}" if parts.port else "")))
+    record = out_dir / TRACKING_STORE_FILE
+    earlier = record.read_text().strip() if record.is_file() else None
+    if earlier and earlier != store:
+        log.warning("%s was swept with the MLflow store %s; this sweep uses %s, so it resumes nothing recorded "
+                    "there (the default store is mlflow.db in the current folder: run from the first sweep's "
+                    "folder, or give --mlflow-uri %s)", out_dir, earlier, store, earlier)
+    if earlier != store:
+        atomic_write(record, store + "\n")
 
 
 def _parent(client: MlflowClient, experiment_id: str, name: str, tags: dict[str, str]) -> str:

@@ -12,7 +12,10 @@ space: unless the output was pasted back onto the full frame, the clip is cut wi
 square crop box (the reference is the clip's first frame, so that is the box generation used) and
 resized to the output's size (whether it was pasted back: the job's `paste_back` or `params`, or
 the `results.parquet` beside the output; not known, the clip is cut only when sizes differ). The
-reference must be the size of the driving frames, or the row fails (`reference_size_mismatch`).
+reference must be the size of the driving frames (else `reference_size_mismatch`) and the clip's
+first frame: its PSNR against that frame at the pixel metrics' size must reach
+`SELF_REFERENCE_MIN_PSNR_DB` (else `reference_not_driver_frame`), since another person's portrait of
+the same size would be scored against a clip that is no ground truth for it (`--protocol cross`).
 Head pose is measured with each face centred in its own square crop
 on both sides, as generation measures it, so APD does not depend on where the face sits. APD and
 AED compare head poses and expression shapes directly in self-reenactment (one person, the driver
@@ -44,6 +47,17 @@ NO_REFERENCE_FACE = "no_reference_face"
 EVALUATION_ERROR = "evaluation_error"
 FRAME_COUNT_MISMATCH = "frame_count_mismatch"
 REFERENCE_SIZE_MISMATCH = "reference_size_mismatch"
+REFERENCE_NOT_DRIVER_FRAME = "reference_not_driver_frame"
+
+#: self protocol: least PSNR (dB, at `pixel_size`) of the reference against the driving clip's first
+#: frame. Measured on the 59 decodable clips of the shared media: the clip's frame saved as PNG reads
+#: 100 (the cap), as JPEG quality 50 at least 33.5 (quality 95: 41.4); first frames of other clips of
+#: the same size, and portraits cut to it, at most 19.4 (one man, two clips of one studio) and 5.3 for
+#: the portrait of another woman the review scored as self.
+SELF_REFERENCE_MIN_PSNR_DB = 30.0
+#: per-video columns that describe a video rather than score it (not ranked, never in `metrics.METRICS`):
+#: the output's and the driver's own jitter and flicker, which `jitter_error` and `flicker_error` compare
+DIAGNOSTICS = ("output_jitter", "driver_jitter", "output_flicker", "driver_flicker")
 
 #: side of the square crop space head pose is measured in (only the face's size in it matters)
 POSE_SIZE = 512
@@ -183,13 +197,32 @@ def learned_picks(analysed: int, fid_frames: int, clip_frames: int) -> tuple[np.
     return fid, (starts[:, None] + np.arange(clip_frames)[None]).reshape(-1)
 
 
-def _resize(frames: np.ndarray, size: int | None) -> np.ndarray:
-    """Frames scaled to `size` x `size` (area filter), or unchanged without a size."""
+def scale_short_side(frames: np.ndarray, size: int | None) -> np.ndarray:
+    """Frames (T, H, W, 3) scaled so their shorter side is `size`, keeping the aspect ratio (area
+    filter), or unchanged without a size: pixel metrics see a wide pasted-back frame undistorted
+    (squashing it to a square made SSIM's window anisotropic) and all of it."""
     import cv2
 
-    if not size or frames.shape[1:3] == (size, size):
+    height, width = frames.shape[1:3]
+    if not size or min(height, width) == size:
         return frames
-    return np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames])
+    scale = size / min(height, width)
+    target = (max(size, round(width * scale)), max(size, round(height * scale)))  # cv2 takes (w, h)
+    return np.stack([cv2.resize(f, target, interpolation=cv2.INTER_AREA) for f in frames])
+
+
+def first_frame_psnr(reference: np.ndarray, driving: str, fps: float, pixel_size: int | None) -> float:
+    """PSNR (dB) of `reference` against the driving clip's first frame at the driver's rate, both
+    scaled as the pixel metrics scale frames: how the self protocol checks that the reference is the
+    clip's own first frame (the clip is then the output's ground truth). Same-size inputs only."""
+    from portraitflow.operators.decode import iter_frame_chunks
+
+    chunks = iter_frame_chunks(driving, fps, chunk_size=1)
+    try:
+        first = next(chunks).frames[:1]
+    finally:
+        chunks.close()
+    return float(metrics.psnr(scale_short_side(reference[None], pixel_size), scale_short_side(first, pixel_size))[0])
 
 
 def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -229,7 +262,7 @@ class JobEvaluator:
 
     @property
     def columns(self) -> list[str]:
-        return ["job_id", "status", "reason", "error", "frames", *self.metric_names]
+        return ["job_id", "status", "reason", "error", "frames", *self.metric_names, *DIAGNOSTICS]
 
     def evaluate(self, job: dict[str, Any], work_dir: str | Path) -> dict[str, Any]:
         """One row with every column: status `ok` or `failed` with a reason, and metric means
@@ -239,7 +272,8 @@ class JobEvaluator:
         except Exception as exc:  # a job that breaks a stage is a failed row; the other jobs go on
             row = {"job_id": str(job["job_id"]), "status": "failed", "reason": EVALUATION_ERROR, "frames": 0,
                    "error": f"{type(exc).__name__}: {exc}"[:300]}
-        return {name: row.get(name, float("nan") if name in self.metric_names else None) for name in self.columns}
+        numeric = {*self.metric_names, *DIAGNOSTICS}
+        return {name: row.get(name, float("nan") if name in numeric else None) for name in self.columns}
 
     def _evaluate(self, job: dict[str, Any], work_dir: str | Path) -> dict[str, Any]:
         from portraitflow.models.face.align import square_crop_box
@@ -270,6 +304,14 @@ class JobEvaluator:
                     "error": f"self protocol: reference is {reference.rgb.shape[1]}x{reference.rgb.shape[0]}, "
                              f"driving frames are {driver.width}x{driver.height}, so the reference's crop box "
                              "is not the driver's (the reference must be the clip's first frame)"}
+        if self_protocol:
+            match_db = first_frame_psnr(reference.rgb, str(job["driving"]), fps, self.cfg.pixel_size)
+            if match_db < SELF_REFERENCE_MIN_PSNR_DB:
+                return {**row, "reason": REFERENCE_NOT_DRIVER_FRAME,
+                        "error": f"self protocol: the reference is not the driving clip's first frame (PSNR "
+                                 f"{match_db:.1f} dB against it, below {SELF_REFERENCE_MIN_PSNR_DB:g}), so the clip "
+                                 "is no ground truth for this output; for a portrait of another person or from "
+                                 "another clip use --protocol cross"}
         ref_faces = self.analyzer.detect([reference.rgb])[0]
         if not ref_faces:
             return {**row, "reason": NO_REFERENCE_FACE}
@@ -321,9 +363,10 @@ class JobEvaluator:
 
     def _pixel_metrics(self, out_frames: np.ndarray, drv_frames: np.ndarray,
                        positions: np.ndarray) -> dict[str, np.ndarray]:
-        values = {"frame": positions.astype(np.int64), "luma": metrics.luminance(out_frames)}
+        values = {"frame": positions.astype(np.int64), "luma": metrics.luminance(out_frames),
+                  "driver_luma": metrics.luminance(drv_frames)}
         if self.cfg.protocol == "self":
-            out_frames, drv_frames = (_resize(f, self.cfg.pixel_size) for f in (out_frames, drv_frames))
+            out_frames, drv_frames = (scale_short_side(f, self.cfg.pixel_size) for f in (out_frames, drv_frames))
             values.update(psnr=metrics.psnr(out_frames, drv_frames), ssim=metrics.ssim(out_frames, drv_frames),
                           l1=metrics.l1(out_frames, drv_frames))
             if "lpips" in self.networks:
@@ -331,7 +374,7 @@ class JobEvaluator:
         return values
 
     def _frame_metrics(self, pixel: dict, out: dict, drv: dict, ref_embedding: np.ndarray) -> dict[str, np.ndarray]:
-        table = {k: v for k, v in pixel.items() if k != "luma"}
+        table = {k: v for k, v in pixel.items() if k not in ("luma", "driver_luma")}
         table["face_detected"] = out["detected"].astype(np.float64)
         table[self.csim_name] = metrics.csim(out["embedding"], ref_embedding)
         if self.cfg.protocol == "self":
@@ -341,8 +384,14 @@ class JobEvaluator:
         self_protocol = self.cfg.protocol == "self"
         table["apd"] = (metrics.apd if self_protocol else metrics.apd_change)(out["pose"], drv["pose"])
         table["aed"] = (metrics.aed if self_protocol else metrics.aed_change)(out["landmarks"], drv["landmarks"])
-        table["jitter"] = metrics.landmark_jitter(out["landmarks"])
-        table["flicker"] = metrics.flicker(pixel["luma"])
+        # a video's own jitter and flicker reward not moving (real talking has both), so the ranked
+        # metrics are how far they are from the driver's; the own values stay as diagnostics
+        table["jitter_error"] = metrics.jitter_error(out["landmarks"], drv["landmarks"])
+        table["flicker_error"] = metrics.flicker_error(pixel["luma"], pixel["driver_luma"])
+        table["output_jitter"] = metrics.landmark_jitter(out["landmarks"])
+        table["driver_jitter"] = metrics.landmark_jitter(drv["landmarks"])
+        table["output_flicker"] = metrics.flicker(pixel["luma"])
+        table["driver_flicker"] = metrics.flicker(pixel["driver_luma"])
         return table
 
     @staticmethod

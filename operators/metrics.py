@@ -15,7 +15,7 @@ import numpy as np
 #: `csim` stands for `csim_<face backend>`; `fid` and `fvd` are pooled per config, not per video.
 METRICS: dict[str, bool] = {
     "psnr": True, "ssim": True, "l1": False, "lpips": False, "csim": True, "akd": False, "apd": False,
-    "aed": False, "jitter": False, "flicker": False, "detection_rate": True, "fid": False, "fvd": False,
+    "aed": False, "jitter_error": False, "flicker_error": False, "detection_rate": True, "fid": False, "fvd": False,
 }
 #: metrics that need a ground truth, so the self protocol only
 SELF_ONLY = ("psnr", "ssim", "l1", "lpips", "akd")
@@ -209,16 +209,30 @@ def csim(embeddings: np.ndarray, reference_embedding: np.ndarray) -> np.ndarray:
 
 
 def landmark_jitter(landmarks: np.ndarray) -> np.ndarray:
-    """Temporal jitter: mean landmark acceleration per frame (frames 1..T-2), per face size.
+    """Temporal jitter of one video: mean landmark acceleration per frame (frames 1..T-2), per face size.
 
-    Smooth motion (still or constant velocity) scores 0; frame-to-frame shaking does not.
-    Returns T values with NaN at both ends, where acceleration is undefined.
+    Smooth motion (still or constant velocity) scores 0; frame-to-frame shaking does not, and nor
+    does real talking, so this describes a video rather than scoring it (`jitter_error` compares it
+    with the driver's). Returns T values with NaN at both ends, where acceleration is undefined.
     """
     out = np.full(len(landmarks), np.nan)
     if len(landmarks) >= 3:
         accel = landmarks[2:] - 2.0 * landmarks[1:-1] + landmarks[:-2]
         out[1:-1] = np.linalg.norm(accel, axis=2).mean(axis=1) / face_size(landmarks[1:-1])
     return out
+
+
+def jitter_error(pred_landmarks: np.ndarray, target_landmarks: np.ndarray) -> np.ndarray:
+    """How far the output's jitter is from the driver's on each frame: |jitter(pred) - jitter(target)|.
+
+    Real talking moves landmarks, so the output's own jitter rewarded not moving (a still output
+    won, a real video lost to warp). Against the driver's, a copy scores 0, a still output the
+    driver's motion, a shaking one its shaking. Magnitudes, not acceleration vectors: landmark noise
+    dominates single-frame accelerations, and the vector error ranked the still output first on all
+    six real clips measured. Each side per its own face size, so two people compare (cross).
+    """
+    _check_pair(pred_landmarks, target_landmarks)
+    return np.abs(landmark_jitter(pred_landmarks) - landmark_jitter(target_landmarks))
 
 
 def luminance(frames: np.ndarray) -> np.ndarray:
@@ -228,9 +242,11 @@ def luminance(frames: np.ndarray) -> np.ndarray:
 
 
 def flicker(frames: np.ndarray) -> np.ndarray:
-    """Brightness flicker per frame: how far a frame's mean luma is from its neighbours' average.
+    """Brightness flicker of one video per frame: how far a frame's mean luma is from its
+    neighbours' average.
 
-    A steady or steadily changing brightness scores 0; alternating +d/-d scores 2d. NaN at both
+    A steady or steadily changing brightness scores 0; alternating +d/-d scores 2d. Real talking
+    (a mouth opening) scores too, so `flicker_error` compares it with the driver's. NaN at both
     ends. Takes frames (T, H, W, 3) or precomputed luma (T,).
     """
     luma = luminance(frames) if np.ndim(frames) == 4 else np.asarray(frames, np.float64)
@@ -238,6 +254,18 @@ def flicker(frames: np.ndarray) -> np.ndarray:
     if len(luma) >= 3:
         out[1:-1] = np.abs(luma[1:-1] - 0.5 * (luma[:-2] + luma[2:]))
     return out
+
+
+def flicker_error(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """How far the output's flicker is from the driver's on each frame: |flicker(pred) -
+    flicker(target)|, 0..255 luma.
+
+    A copy scores 0, a still output the driver's own flicker, generated brightness pumping what it
+    adds. Takes frames (T, H, W, 3) or luma (T,) for each; NaN at both ends.
+    """
+    pred_flicker, target_flicker = flicker(pred), flicker(target)
+    _check_pair(pred_flicker, target_flicker)
+    return np.abs(pred_flicker - target_flicker)
 
 
 def nanmean(values: np.ndarray) -> float:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import subprocess
 import sys
@@ -44,11 +45,17 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return pq.read_table(path).to_pylist()
 
 
+def _nan_as_none(row: dict[str, Any]) -> dict[str, Any]:
+    """A measure not taken (NaN: a clip with nothing kept to compare against) compares equal to
+    itself, as NaN does not."""
+    return {name: None if isinstance(value, float) and math.isnan(value) else value for name, value in row.items()}
+
+
 def curated_contents(out: Path) -> dict[str, Any]:
     """Everything a curated folder holds that must not depend on how the run went (cluster size,
     faults, resumes): manifest and clip rows, and for every shard its samples and their bytes."""
-    manifest = sorted(read_rows(out / "manifest.parquet"), key=lambda r: r["input_key"])
-    clips = sorted(read_rows(out / "clips.parquet"), key=lambda r: r["key"])
+    manifest = sorted(map(_nan_as_none, read_rows(out / "manifest.parquet")), key=lambda r: r["input_key"])
+    clips = sorted(map(_nan_as_none, read_rows(out / "clips.parquet")), key=lambda r: r["key"])
     shards = {}
     for shard in sorted((out / "shards").glob("*.tar")):
         with tarfile.open(shard) as tar:

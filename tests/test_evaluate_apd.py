@@ -28,7 +28,7 @@ def _apd(pred: np.ndarray, target: np.ndarray, protocol: str) -> float:
         name, embedding_dim = "fake", 4
 
     count = len(pred)
-    pixel = {"frame": np.arange(count), "luma": np.full(count, 100.0)}
+    pixel = {"frame": np.arange(count), "luma": np.full(count, 100.0), "driver_luma": np.full(count, 100.0)}
     faces = {"detected": np.ones(count, bool), "embedding": np.ones((count, 4)),
              "landmarks": np.random.default_rng(0).uniform(0, 100, (count, 68, 2))}
     table = JobEvaluator(Analyzer(), EvaluateConfig(protocol=protocol))._frame_metrics(

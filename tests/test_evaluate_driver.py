@@ -104,3 +104,33 @@ def test_evaluate_jobs_without_job_id_matches_the_ids_animate_derived(small_swee
     (tmp_path / "typo.csv").write_text("ref,drivng\na.png,b.mp4\n")
     refused = CliRunner().invoke(app, [*args, "--jobs", str(tmp_path / "typo.csv")])
     assert refused.exit_code == 2 and "drivng" in refused.output and "Traceback" not in refused.output
+
+
+def test_evaluate_takes_relative_paths_from_the_results_folder_and_fails_when_nothing_is_scored(
+        small_sweep, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hand-written results CSV beside its videos, run from another folder: its paths were taken
+    from the current folder, every job was `no_output`, and the command still exited 0."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from portraitflow.jobs.cli import app
+
+    dataset = small_sweep["root"] / "sweep" / "dataset"
+    clip, ref = next(dataset.glob("*.mp4")), next(dataset.glob("*.ref.png"))
+    output = next((small_sweep["root"] / "sweep" / "configs").rglob(f"outputs/{clip.stem}.mp4"))
+    table = tmp_path / "table"
+    table.mkdir()
+    for source, name in ((clip, "drv.mp4"), (ref, "ref.png"), (output, "out.mp4")):
+        shutil.copy(source, table / name)
+    (table / "results.csv").write_text("job_id,ref,driving,output\nj,ref.png,drv.mp4,out.mp4\n")
+    (table / "lost.csv").write_text("job_id,ref,driving,output\nj,ref.png,drv.mp4,gone.mp4\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    args = ["--mlflow-uri", small_sweep["uri"], "--set", "evaluate.frame_stride=2", "--set", "evaluate.side_by_side=0"]
+    scored = CliRunner().invoke(app, ["evaluate", str(table / "results.csv"), "--out", str(tmp_path / "eval"), *args])
+    assert scored.exit_code == 0, scored.output
+    assert pd.read_parquet(tmp_path / "eval" / "per_video.parquet")["status"].tolist() == ["ok"]
+    lost = CliRunner().invoke(app, ["evaluate", str(table / "lost.csv"), "--out", str(tmp_path / "lost"), *args])
+    assert lost.exit_code == 1 and "could be scored" in lost.output and "1 no_output" in lost.output, lost.output

@@ -61,7 +61,8 @@ def test_sweep_records_a_parent_with_one_nested_run_per_config(sweep_run) -> Non
         assert child.info.status == "FINISHED"
         metrics = child.data.metrics
         assert metrics["jobs_ok"] == len(DRIVERS) and metrics["jobs_failed"] == 0
-        for name in ("psnr", "ssim", "l1", "csim_opencv", "akd", "apd", "aed", "jitter", "flicker", "detection_rate"):
+        for name in ("psnr", "ssim", "l1", "csim_opencv", "akd", "apd", "aed", "jitter_error", "flicker_error",
+                     "detection_rate"):
             assert name in metrics, name
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"per_video.json", "per_video.parquet", "side_by_side", "frames"} <= artifacts
@@ -77,6 +78,8 @@ def test_warp_ranks_ahead_of_the_still_baseline_on_motion(sweep_run) -> None:
     warp, still = children["warp"].data.metrics, children["still"].data.metrics
     assert warp["apd"] < still["apd"]
     assert warp["akd"] < still["akd"]
+    # against the driver's own jitter and flicker: a still output lacks the driver's motion
+    assert warp["jitter_error"] < still["jitter_error"] and warp["flicker_error"] < still["flicker_error"]
     summary = pd.read_csv(sweep_run["out"] / "summary.csv")
     assert list(summary["config"]) == ["warp", "still", "warp[pose_multiplier=-1.0]"]  # by APD, lower first
     assert "pose_multiplier" in summary["error"].iloc[2] and summary["error"].iloc[:2].isna().all()

@@ -159,10 +159,12 @@ def test_jobs_that_cannot_be_scored_get_every_column_and_a_reason(tmp_path: Path
     from portraitflow.models.face.factory import create_analyzer
     from portraitflow.operators.evaluate_video import JobEvaluator
 
+    from portraitflow.operators.decode import iter_frame_chunks
+
     clip = tmp_path / "clip.mp4"
     _clip(clip)
-    blank = tmp_path / "blank.png"
-    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(blank)
+    blank = tmp_path / "blank.png"  # the clip's first frame: a self-protocol reference, with no face in it
+    Image.fromarray(next(iter_frame_chunks(str(clip), 10.0, chunk_size=1)).frames[0]).save(blank)
     evaluator = JobEvaluator(create_analyzer(FaceConfig()), EvaluateConfig())
     missing = evaluator.evaluate({"job_id": "a", "ref": str(blank), "driving": str(clip), "output": str(tmp_path / "nope.mp4")}, tmp_path)
     faceless = evaluator.evaluate({"job_id": "b", "ref": str(blank), "driving": str(clip), "output": str(clip)}, tmp_path)
@@ -278,7 +280,14 @@ def test_evaluate_reads_job_ids_of_a_text_results_file_as_text(tmp_path: Path, m
         pd.DataFrame(rows).to_json(results, orient="records", lines=True)
     (tmp_path / "jobs.csv").write_text(f"job_id,ref,driving\n{ids[0]},r.png,d.mp4\n{ids[1]},q.png,e.mp4\n")
     scored = []
-    monkeypatch.setattr(sweep, "evaluate_results", lambda table, *_, **__: scored.append(table) or "run")
+
+    def evaluate_results(table: pd.DataFrame, cfg, out_dir, *_, **__) -> str:
+        scored.append(table)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        table.assign(status="ok").to_parquet(Path(out_dir) / "per_video.parquet")  # as the real one writes it
+        return "run"
+
+    monkeypatch.setattr(sweep, "evaluate_results", evaluate_results)
     monkeypatch.setattr(sweep, "report_from_run", lambda *_: tmp_path / "report.html")
     args = ["evaluate", str(results), "--out", str(tmp_path / "eval"), "--jobs", str(tmp_path / "jobs.csv")]
     result = CliRunner().invoke(app, args)
@@ -390,6 +399,103 @@ def test_self_protocol_refuses_a_reference_that_is_not_the_size_of_the_driving_f
                                     tmp_path)
     assert (row["status"], row["reason"]) == ("failed", "reference_size_mismatch")
     assert "240x200" in row["error"] and "320x320" in row["error"] and np.isnan(row["psnr"])
+
+
+def test_self_protocol_refuses_a_reference_that_is_not_the_clips_first_frame(corner_clip, tmp_path: Path) -> None:
+    """Another portrait of the driver's size was scored against the clip as ground truth (a
+    cross-reenactment read as self, exit 0): now the row fails and says to use the cross protocol;
+    the clip's frame saved as JPEG still passes."""
+    from PIL import Image
+
+    clip = corner_clip
+    other = np.full_like(clip["frames"][0], 90)
+    other[:160, 160:] = clip["frames"][0][:160, :160]  # the face in the other corner: another portrait
+    other_ref, jpeg_ref = tmp_path / "other.png", tmp_path / "first.jpg"
+    Image.fromarray(other).save(other_ref)
+    Image.fromarray(clip["frames"][0]).save(jpeg_ref, quality=75)
+    output = _crop_video(clip, tmp_path / "crop.mp4", 128)
+    job = {"job_id": "j", "driving": clip["driving"], "output": output, "paste_back": False}
+    row = _evaluator(clip).evaluate({**job, "ref": str(other_ref)}, tmp_path)
+    assert (row["status"], row["reason"]) == ("failed", "reference_not_driver_frame"), row
+    assert "--protocol cross" in row["error"] and np.isnan(row["psnr"]) and np.isnan(row["jitter_error"])
+    jpeg = _evaluator(clip).evaluate({**job, "ref": str(jpeg_ref)}, tmp_path)
+    assert jpeg["status"] == "ok" and jpeg["psnr"] > 30, jpeg
+    cross = _evaluator(clip, protocol="cross").evaluate({**job, "ref": str(other_ref)}, tmp_path)
+    assert cross["status"] == "ok", cross
+
+
+def test_the_reference_threshold_sits_between_real_self_pairs_and_other_clips(media_dir: Path, tmp_path: Path) -> None:
+    """On real footage: a clip's first frame saved as a poor JPEG clears the threshold; the first
+    frame of another clip of the same man in the same studio (the closest pair in the shared media,
+    19.4 dB) and another person's portrait cut to the clip's size do not."""
+    import cv2
+    from PIL import Image
+
+    from portraitflow.models.face.images import load_image
+    from portraitflow.operators.decode import iter_frame_chunks, probe_video
+    from portraitflow.operators.evaluate_video import SELF_REFERENCE_MIN_PSNR_DB, first_frame_psnr
+
+    driving = str(media_dir / "dreamtalk_M030_front_neutral_level1_001.mp4")
+    info = probe_video(driving)
+    first = next(iter_frame_chunks(driving, info.fps, chunk_size=1)).frames[0]
+    Image.fromarray(first).save(tmp_path / "first.jpg", quality=50)
+    same_man = str(media_dir / "dreamtalk_M030_front_happy_level3_001.mp4")
+    other_clip = next(iter_frame_chunks(same_man, probe_video(same_man).fps, chunk_size=1)).frames[0]
+    portrait = cv2.resize(load_image(media_dir / "sadtalker_happy.png").rgb, (info.width, info.height))
+
+    def psnr(image: np.ndarray) -> float:
+        return first_frame_psnr(image, driving, info.fps, 256)
+
+    assert psnr(first) == 100.0 and psnr(load_image(tmp_path / "first.jpg").rgb) > SELF_REFERENCE_MIN_PSNR_DB + 3
+    assert psnr(other_clip) < SELF_REFERENCE_MIN_PSNR_DB - 8 and psnr(portrait) < SELF_REFERENCE_MIN_PSNR_DB - 8
+
+
+@pytest.mark.parametrize("height, width, scaled", [(180, 320, (64, 114)), (320, 180, (114, 64)), (90, 90, (64, 64))])
+def test_pixel_metrics_keep_the_aspect_ratio_of_non_square_frames(monkeypatch: pytest.MonkeyPatch, height: int,
+                                                                  width: int, scaled: tuple[int, int]) -> None:
+    """A pasted-back 16:9 frame was squashed to pixel_size x pixel_size before PSNR, SSIM and L1; now
+    its shorter side is scaled to pixel_size, the same for output and ground truth, so a circle
+    stays a circle."""
+    import cv2
+
+    from portraitflow.operators import metrics
+    from portraitflow.operators.evaluate_video import JobEvaluator, scale_short_side
+
+    frame = np.zeros((1, height, width, 3), np.uint8)
+    cv2.circle(frame[0], (width // 2, height // 2), min(height, width) // 3, (255, 255, 255), -1)
+    small = scale_short_side(frame, 64)
+    assert small.shape[1:3] == scaled
+    rows, cols = np.nonzero(small[0, ..., 0] > 127)
+    assert abs((np.ptp(cols) + 1) - (np.ptp(rows) + 1)) <= 1  # round, not an ellipse
+    seen: list[tuple] = []
+    monkeypatch.setattr(metrics, "ssim", lambda pred, target: (seen.append((pred.shape, target.shape)),
+                                                               np.ones(len(pred)))[1])
+    evaluator = JobEvaluator(type("A", (), {"name": "opencv", "embedding_dim": 4})(), EvaluateConfig(pixel_size=64))
+    evaluator._pixel_metrics(frame, frame.copy(), np.arange(1))
+    assert seen == [((1, *scaled, 3), (1, *scaled, 3))]
+
+
+def test_a_still_output_no_longer_beats_the_clip_itself_on_jitter_and_flicker(media_dir: Path, tmp_path: Path) -> None:
+    """The output's own jitter and flicker ranked a still output first and the ground truth behind
+    warp (real talking moves); scored against the driver's, the clip itself is perfect and the still
+    output pays for the motion it lacks."""
+    from portraitflow.jobs.config.face import FaceConfig
+    from portraitflow.models.face.factory import create_analyzer
+    from portraitflow.operators.evaluate_video import JobEvaluator
+    from portraitflow.operators.still_baseline import render_still
+
+    spec = DatasetSpec(path=str(media_dir), include=["liveportrait_d20.mp4"])
+    [job] = dataset_jobs(spec, "self", tmp_path / "prepared", max_seconds=2.0)
+    analyzer = create_analyzer(FaceConfig())
+    still = render_still(job, tmp_path / "still.mp4", analyzer, size=256)
+    evaluator = JobEvaluator(analyzer, EvaluateConfig())
+    itself = evaluator.evaluate({**job, "output": job["driving"], "paste_back": True}, tmp_path / "itself")
+    frozen = evaluator.evaluate({**job, "output": still["output"], "paste_back": False}, tmp_path / "still")
+    assert itself["status"] == frozen["status"] == "ok"
+    assert itself["jitter_error"] == 0.0 and itself["flicker_error"] == 0.0
+    assert frozen["output_jitter"] < 0.5 * frozen["driver_jitter"]  # the own jitter it used to win on
+    assert frozen["output_flicker"] < 0.5 * frozen["driver_flicker"]
+    assert frozen["jitter_error"] > 0.5 * frozen["driver_jitter"] and frozen["flicker_error"] > 0.5 * frozen["driver_flicker"]
 
 
 def test_head_pose_does_not_depend_on_where_the_face_sits(media_dir: Path) -> None:

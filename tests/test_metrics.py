@@ -106,6 +106,34 @@ def test_flicker_sees_alternating_brightness_not_ramps() -> None:
     assert np.allclose(metrics.flicker(blink)[1:-1], 12.0)
 
 
+def test_jitter_and_flicker_errors_score_the_output_against_the_drivers_own() -> None:
+    """Talking moves landmarks and mouth brightness, so the output's own jitter and flicker made a
+    still output win and the real video lose; against the driver's, a copy scores 0, a still output
+    the driver's motion, and shaking or pumping on top of the driver's motion adds to the error."""
+    base = _landmarks(8)
+    mouth = np.zeros((8, 68, 2))
+    mouth[:, 48:68, 1] = 3.0 * np.sin(np.arange(8) * 1.3)[:, None]  # the lips open and close
+    talking, still = base + mouth, base
+    shaking = talking + np.array([1, -1] * 4)[:, None, None] * np.array([1.5, 0.0])
+    driver_jitter = metrics.landmark_jitter(talking)[1:-1]
+    assert np.allclose(metrics.jitter_error(talking, talking)[1:-1], 0.0)
+    assert np.allclose(metrics.jitter_error(still, talking)[1:-1], driver_jitter)  # still: all the driver's motion
+    assert np.all(metrics.landmark_jitter(still)[1:-1] < driver_jitter)  # what ranked it first before
+    assert np.nanmean(metrics.jitter_error(shaking, talking)) > 0.5 * np.nanmean(driver_jitter)
+    assert np.isnan(metrics.jitter_error(still, talking)[[0, -1]]).all()
+
+    speaking = 100.0 + 4.0 * np.sin(np.arange(8) * 1.3)  # luma as the mouth opens and closes
+    steady = np.full(8, 100.0)
+    pumping = speaking + np.array([1, -1] * 4) * 5.0
+    assert np.allclose(metrics.flicker_error(speaking, speaking)[1:-1], 0.0)
+    assert np.allclose(metrics.flicker_error(steady, speaking)[1:-1], metrics.flicker(speaking)[1:-1])
+    assert np.nanmean(metrics.flicker_error(pumping, speaking)) > 5.0
+    frames = np.repeat(speaking.astype(np.uint8)[:, None, None, None], 3, axis=3)
+    assert np.allclose(metrics.flicker_error(frames, speaking.astype(np.uint8).astype(float))[1:-1], 0.0)
+    assert not {"jitter", "flicker"} & set(metrics.METRICS)  # the own values are no ranked metrics
+    assert not metrics.higher_is_better("jitter_error") and not metrics.higher_is_better("flicker_error")
+
+
 def test_csim_and_nanmean() -> None:
     ref = np.array([1.0, 0.0, 0.0])
     assert np.allclose(metrics.csim(np.array([[2.0, 0, 0], [0, 1.0, 0]]), ref), [1.0, 0.0])

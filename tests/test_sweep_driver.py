@@ -2,6 +2,7 @@
 rerun takes for its dataset, and what Ctrl-C leaves behind in MLflow."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -293,3 +294,158 @@ def test_the_report_keeps_one_row_per_config() -> None:
                                                                            "FINISHED"],
                          "run_id": ["a1", "a2", "b1", "b2", "c1"]})
     assert sorted(_latest_per_config(runs)["run_id"]) == ["a2", "b2", "c1"]
+
+
+def _write_clip(path: Path, shade: int = 0) -> None:
+    """An 8-frame 64² clip of a moving ramp, as the `driver` fixture's."""
+    from portraitflow.operators.video_writer import write_h264
+
+    ramp = np.linspace(0, 200, 64, dtype=np.uint8)[None, None, :, None]
+    frames = np.broadcast_to(ramp, (8, 64, 64, 3)) + np.arange(shade, shade + 8, dtype=np.uint8)[:, None, None, None]
+    write_h264(path, [frames], fps=8.0)
+
+
+def _fake_generation(sweep, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Generation that copies each job's driver as its output (made once, as generation skips what
+    exists) and scoring that records the jobs as scored; returns the outputs made, in order."""
+    made: list[str] = []
+
+    def generate(params, jobs, folder, _cfg):
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for job in jobs:
+            output = folder / f"{job['job_id']}.mp4"
+            if not output.is_file():
+                made.append(job["job_id"])
+                output.write_bytes(Path(job["driving"]).read_bytes())
+            rows.append({"job_id": job["job_id"], "status": "ok", "reason": "", "output": str(output)})
+        return pd.DataFrame(rows)
+
+    def score(client, run_id, jobs, label, work_dir, *_):
+        jobs.to_parquet(work_dir / "per_video.parquet")
+        client.log_metric(run_id, "jobs_ok", float((jobs["status"] == "ok").sum()))
+
+    monkeypatch.setattr(sweep, "generate_outputs", generate)
+    monkeypatch.setattr(sweep, "score_and_log", score)
+    return made
+
+
+def test_a_rerun_after_the_dataset_gained_a_clip_scores_it_instead_of_reusing_the_finished_config(
+        driver, monkeypatch) -> None:
+    """The config hash covers the dataset's spec (path, globs), not its files: a finished child was
+    reused and the new clip never generated nor scored."""
+    sweep, cfg, data = driver
+    made = _fake_generation(sweep, monkeypatch)
+    spec, out = _spec(data, [{"backend": "still"}]), data.parent / "out"
+    sweep.run_sweep(spec, cfg, out)
+    _write_clip(data / "more.mp4", shade=40)
+    sweep.run_sweep(spec, cfg, out)
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["reused"].tolist() == [False] and summary["jobs_ok"].tolist() == [2]
+    assert len(made) == 2 and made[1].startswith("more")  # only the new clip generated
+    [scored] = out.glob("configs/*/per_video.parquet")
+    assert len(pd.read_parquet(scored)) == 2
+    sweep.run_sweep(spec, cfg, out)  # nothing changed since: reused
+    assert pd.read_csv(out / "summary.csv")["reused"].tolist() == [True] and len(made) == 2
+
+
+def test_a_refused_config_is_recorded_failed_once_with_its_params_but_a_failure_while_running_is_retried(
+        driver, monkeypatch) -> None:
+    """A config its params refuse fails the same way on every rerun: it got one more FAILED child
+    each time, and its summary row had no params."""
+    from mlflow import MlflowClient
+
+    from portraitflow.operators import sweep_spec
+
+    sweep, cfg, data = driver
+
+    def generate(params, jobs, folder, cfg):  # as generation: params validated first, then it breaks
+        sweep_spec.config_settings(params, cfg)
+        raise RuntimeError("the disk is full")
+
+    monkeypatch.setattr(sweep, "generate_outputs", generate)
+    spec, out = _spec(data, [{"backend": "warp", "seed": 3}, {"backend": "still", "size": 128}]), data.parent / "out"
+    parents = {sweep.run_sweep(spec, cfg, out) for _ in range(3)}
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    [parent] = parents
+    children = client.search_runs([client.get_run(parent).info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parent}'")
+    names = [c.info.run_name for c in children]
+    assert {c.info.status for c in children} == {"FAILED"}
+    assert names.count("warp[seed=3]") == 1  # one run, not three
+    assert names.count("still[size=128]") == 3  # it may not fail next time: tried again
+    summary = pd.read_csv(out / "summary.csv").set_index("config")
+    assert summary.loc["warp[seed=3]", "seed"] == 3 and summary.loc["still[size=128]", "size"] == 128
+    assert "does not use seed" in summary.loc["warp[seed=3]", "error"]
+    assert summary.loc["warp[seed=3]", "reused"] and not summary.loc["still[size=128]", "reused"]
+
+
+def test_scoring_new_outputs_with_the_same_job_ids_logs_new_side_by_sides_and_only_this_tables_frames(
+        driver, monkeypatch, tmp_path: Path) -> None:
+    """`evaluate` into an existing OUT: side-by-side videos were rendered only when missing (so the
+    old outputs were shown beside the new numbers) and every file in OUT/metrics was uploaded."""
+    from mlflow import MlflowClient
+
+    from portraitflow.jobs.runtime import ensure_experiment
+
+    sweep, cfg, data = driver
+    out = tmp_path / "eval"
+    (out / "metrics").mkdir(parents=True)
+    (out / "metrics" / "gone.frames.parquet").write_bytes(b"a job of an earlier table")
+    (out / "metrics" / "a.fid_real.npy").write_bytes(b"features of an earlier scoring")
+    rendered: list[bytes] = []
+
+    def render(ref, driving, output, path):
+        rendered.append(Path(output).read_bytes())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rendered[-1])
+
+    def evaluate_outputs(jobs, work_dir, *_):  # as the evaluator: a per-frame table for each scored job
+        (work_dir / "metrics" / "a.frames.parquet").write_bytes(b"frames")
+        return pd.DataFrame({"job_id": ["a"], "status": ["ok"], "apd": [1.0]})
+
+    monkeypatch.setattr(sweep, "evaluate_outputs", evaluate_outputs)
+    monkeypatch.setattr(sweep, "learned_aggregates", lambda *_: {})
+    monkeypatch.setattr(sweep.report, "side_by_side", render)
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    experiment = ensure_experiment(client, "rescore")
+    evaluate = cfg.evaluate.model_copy(update={"side_by_side": 1})
+
+    def score(output: Path) -> tuple[bytes, list[str]]:
+        run_id = client.create_run(experiment).info.run_id
+        jobs = pd.DataFrame({"job_id": ["a"], "ref": [str(data / "talk.mp4")], "driving": [str(data / "talk.mp4")],
+                             "output": [str(output)], "status": ["ok"], "reason": [""]})
+        sweep.score_and_log(client, run_id, jobs, "c", out, evaluate, cfg)
+        video = Path(client.download_artifacts(run_id, "side_by_side/a.mp4", str(tmp_path / run_id))).read_bytes()
+        return video, sorted(Path(a.path).name for a in client.list_artifacts(run_id, "frames"))
+
+    crop, pasted = tmp_path / "anim_crop" / "a.mp4", tmp_path / "anim_pb" / "a.mp4"
+    for path, content in ((crop, b"crop"), (pasted, b"pasted back")):
+        path.parent.mkdir()
+        path.write_bytes(content)
+    assert score(crop) == (b"crop", ["a.frames.parquet"])
+    assert score(crop) == (b"crop", ["a.frames.parquet"]) and len(rendered) == 1  # unchanged inputs: reused
+    assert score(pasted) == (b"pasted back", ["a.frames.parquet"]) and len(rendered) == 2
+    crop.write_bytes(b"crop, animated again")  # the same path rewritten
+    assert score(crop)[0] == b"crop, animated again" and len(rendered) == 3
+
+
+def test_a_sweep_into_an_out_recorded_in_another_mlflow_store_is_warned_about(
+        driver, monkeypatch, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The default store is ./mlflow.db of the current folder: a rerun from elsewhere silently
+    started a new parent and redid every config."""
+    sweep, cfg, data = driver
+    _fake_generation(sweep, monkeypatch)
+    spec, out = _spec(data, [{"backend": "still"}]), data.parent / "out"
+    first = cfg.mlflow.tracking_uri
+    other = cfg.model_copy(update={"mlflow": cfg.mlflow.model_copy(
+        update={"tracking_uri": f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"})})
+    (tmp_path / "elsewhere").mkdir()
+    with caplog.at_level(logging.WARNING, logger="portraitflow.jobs.sweep"):
+        sweep.run_sweep(spec, cfg, out)
+        sweep.run_sweep(spec, cfg, out)
+        assert not [r for r in caplog.records if "MLflow store" in r.getMessage()]
+        sweep.run_sweep(spec, other, out)
+    [warned] = [r.getMessage() for r in caplog.records if "MLflow store" in r.getMessage()]
+    assert f"--mlflow-uri {first}" in warned
+    assert (out / sweep.TRACKING_STORE_FILE).read_text().strip() == other.mlflow.tracking_uri

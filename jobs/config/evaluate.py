@@ -27,8 +27,8 @@ class EvaluateConfig(BaseModel):
     max_parallel: int = Field(1, ge=1, description="Sweep configs generated and evaluated at the same time.")
     evaluators: int = Field(1, ge=1, description="Evaluation actors (each holds one face analyser).")
     pixel_size: int | None = Field(
-        256, ge=16, description="Side in px at which PSNR, SSIM, L1 and LPIPS compare frames (papers report "
-        "256); empty compares at the output's own size.",
+        256, ge=16, description="Shorter side in px to which frames are scaled, aspect ratio kept, before PSNR, "
+        "SSIM, L1 and LPIPS compare them (papers report 256); empty compares at the output's own size.",
     )
     chunk_frames: int = Field(32, ge=2, description="Frames decoded and analysed per step, which bounds memory.")
     side_by_side: int = Field(2, ge=0, description="Jobs per config rendered as reference | driver | output videos.")

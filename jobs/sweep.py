@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 SWEEP_TAG, CONFIG_TAG, PARENT_TAG = "portraitflow.sweep_hash", "portraitflow.config_hash", "mlflow.parentRunId"
 PARAMS_TAG = "portraitflow.config_params"  # the config's sweep params as JSON, for the report's columns
+VERSION_TAG = "portraitflow.version"  # the code that made a run's numbers (`sweep_spec.code_version`)
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,14 @@ def _finished_child(client: MlflowClient, experiment_id: str, parent_id: str, co
                     len(missing), missing[0])
         return None
     return runs[0]
+
+
+def _settings_params(params: dict[str, Any], cfg: PortraitFlowConfig) -> dict[str, Any]:
+    """What else made a config's numbers, as `animate.*` and `face.*` params: the sweep params alone
+    do not tell a 256-px sweep from a 512-px one (`-s animate.size=256`)."""
+    generation = sweep_spec.generation_settings(params, cfg) or {}
+    return {**{f"animate.{key}": value for key, value in generation.items()},
+            **{f"face.{key}": value for key, value in cfg.face.result_settings().items()}}
 
 
 def _error_text(exc: BaseException) -> str:
@@ -224,10 +233,12 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
         done = _finished_child(client, experiment_id, parent_id, config_hash, work_dir,
                                {str(job["job_id"]) for job in jobs})
     if done is None:
-        tags = {PARENT_TAG: parent_id, CONFIG_TAG: config_hash, PARAMS_TAG: json.dumps(params, sort_keys=True)}
+        tags = {PARENT_TAG: parent_id, CONFIG_TAG: config_hash, PARAMS_TAG: json.dumps(params, sort_keys=True),
+                VERSION_TAG: sweep_spec.code_version()}
         run_id = children.start(experiment_id, label, tags)
         try:
-            log_values(client, run_id, params={**params, **evaluate.model_dump(), "face_backend": cfg.face.backend})
+            log_values(client, run_id, params={**params, **evaluate.model_dump(), "face_backend": cfg.face.backend,
+                                               **_settings_params(params, cfg)})
             if refused is not None:
                 raise refused
             generated = generate_outputs(params, jobs, work_dir / "outputs", cfg)
@@ -258,7 +269,8 @@ def evaluate_results(jobs: pd.DataFrame, cfg: PortraitFlowConfig, out_dir: str |
     """Score outputs that already exist (job_id, ref, driving, output[, status, reason]) in one MLflow run."""
     out_dir = Path(out_dir)
     client = mlflow_client(cfg.mlflow)
-    run_id = client.create_run(ensure_experiment(client, cfg.evaluate.experiment), run_name=name).info.run_id
+    run_id = client.create_run(ensure_experiment(client, cfg.evaluate.experiment), run_name=name,
+                               tags={VERSION_TAG: sweep_spec.code_version()}).info.run_id
     try:
         init_ray(cfg.ray, cfg.mlflow)
         log_values(client, run_id, params=cfg.evaluate.model_dump())
@@ -350,7 +362,8 @@ def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir:
     client = mlflow_client(cfg.mlflow)
     _note_tracking_store(out_dir, mlflow_tracking_uri(cfg.mlflow))
     experiment_id = ensure_experiment(client, evaluate.experiment)
-    tags = {SWEEP_TAG: sweep_spec.sweep_hash(spec, evaluate, cfg), FOLDER_TAG: folder_tag(out_dir)}
+    tags = {SWEEP_TAG: sweep_spec.sweep_hash(spec, evaluate, cfg), FOLDER_TAG: folder_tag(out_dir),
+            VERSION_TAG: sweep_spec.code_version()}
     parent_id = _parent(client, experiment_id, spec.name, tags)
     end_abandoned_runs(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent_id}'")
     client.update_run(parent_id, status="RUNNING")
@@ -371,8 +384,11 @@ def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir:
         failed = int(summary["error"].notna().sum()) if "error" in summary else 0  # only failed configs have one
         log_values(client, parent_id, metrics={"configs_finished": len(summary) - failed, "configs_failed": failed,
                                                "videos": len(usable), "videos_failed": len(jobs) - len(usable)})
-        report_from_run(parent_id, cfg, out_dir / "report", evaluate.rank_by)
-        client.log_artifacts(parent_id, str(out_dir / "report"), "report")
+        report = out_dir / "report"
+        report_from_run(parent_id, cfg, report, evaluate.rank_by)
+        # the page, plot and tables; the children's videos and tables stay in their own runs (the
+        # local report holds copies of them under runs/, which would store each video twice)
+        _log_files(client, parent_id, sorted(p for p in report.glob("*") if p.is_file()), "report")
         client.set_terminated(parent_id, "FINISHED")
     except Exception:
         client.set_terminated(parent_id, "FAILED")

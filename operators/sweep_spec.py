@@ -75,11 +75,19 @@ def effective_evaluate(base: EvaluateConfig, spec: SweepSpec) -> EvaluateConfig:
     return EvaluateConfig.model_validate({**base.model_dump(), **spec.evaluate})
 
 
+def code_version() -> str:
+    """The installed portraitflow's version: runs record it, and a config's hash includes it, since
+    another version's animators or metrics may give other numbers for the same settings."""
+    from importlib.metadata import version
+
+    return version("portraitflow")
+
+
 def config_hash(params: dict[str, Any], dataset: DatasetSpec, evaluate: EvaluateConfig, cfg: PortraitFlowConfig) -> str:
     """12 hex digits that change whenever anything that changes this config's numbers changes."""
     scoring = {k: v for k, v in evaluate.model_dump().items() if k not in _NOT_HASHED}
     payload = {"params": params, "generation": generation_settings(params, cfg), "face": cfg.face.result_settings(),
-               "dataset": dataset.model_dump(), "evaluate": scoring}
+               "dataset": dataset.model_dump(), "evaluate": scoring, "version": code_version()}
     return _digest(payload)
 
 

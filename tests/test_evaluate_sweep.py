@@ -66,6 +66,12 @@ def test_sweep_records_a_parent_with_one_nested_run_per_config(sweep_run) -> Non
             assert name in metrics, name
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"per_video.json", "per_video.parquet", "side_by_side", "frames"} <= artifacts
+        assert child.data.tags["portraitflow.version"] == parent.data.tags["portraitflow.version"] != ""
+        # the settings that made the videos, beyond the sweep params
+        assert {"animate.size", "face.backend"} <= set(child.data.params)
+    assert "animate.paste_back" in children["still"].data.params
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert "report/index.html" in report and "report/runs" not in report  # child videos are not stored twice
     per_video = pd.read_parquet(sweep_run["out"] / "configs" / children["warp"].data.tags["portraitflow.config_hash"]
                                 / "per_video.parquet")
     assert len(per_video) == len(DRIVERS) and (per_video["status"] == "ok").all()

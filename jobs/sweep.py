@@ -32,6 +32,7 @@ from portraitflow.operators import metrics, metrics_learned, report, sweep_spec
 from portraitflow.operators.atomic import atomic_write, exclusive_folder, write_parquet
 from portraitflow.operators.eval_dataset import dataset_jobs
 from portraitflow.operators.evaluate_video import learned_aggregates
+from portraitflow.operators.generation_jobs import input_fingerprint
 from portraitflow.pipelines.evaluate import evaluate_outputs, generate_outputs
 
 if TYPE_CHECKING:
@@ -287,32 +288,17 @@ def evaluate_results(jobs: pd.DataFrame, cfg: PortraitFlowConfig, out_dir: str |
 def _log_side_by_side(client: MlflowClient, run_id: str, rows: pd.DataFrame, work_dir: Path, count: int) -> None:
     """Render (reference | driver | output) for the first `count` rows and log those videos only. A
     video already in `work_dir/side_by_side` is reused only while its inputs are unchanged
-    (`_inputs_digest`): new outputs with the same job ids must not be shown beside old videos."""
+    (`input_fingerprint` of each): new outputs with the same job ids must not be shown beside old videos."""
     folder, videos = work_dir / "side_by_side", []
     for row in rows.head(count).itertuples():
-        path, digest = folder / f"{row.job_id}.mp4", _inputs_digest(row.ref, row.driving, row.output)
+        path = folder / f"{row.job_id}.mp4"
+        digest = "\n".join(input_fingerprint(str(p)) for p in (row.ref, row.driving, row.output))
         stamp = folder / f"{row.job_id}.inputs"  # not logged: only `videos` are
         if not (path.is_file() and stamp.is_file() and stamp.read_text() == digest):
             report.side_by_side(row.ref, row.driving, row.output, path)
             atomic_write(stamp, digest)
         videos.append(path)
     _log_files(client, run_id, videos, "side_by_side")
-
-
-def _inputs_digest(*paths: str) -> str:
-    """A digest of each path with its size and modification time: it changes when any input is
-    replaced or rewritten, without reading the videos."""
-    import hashlib
-    import os
-
-    parts = []
-    for path in paths:
-        try:
-            stat = os.stat(path)
-            parts.append(f"{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}")
-        except (OSError, TypeError, ValueError):
-            parts.append(f"{path}:missing")
-    return hashlib.sha256("\n".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def check_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig) -> tuple[EvaluateConfig, list[dict[str, Any]]]:

@@ -202,41 +202,25 @@ def read_frames(source: str | bytes, indices: Sequence[int]) -> tuple[np.ndarray
 
     decord seeks to the keyframe before the first wanted frame and decodes forward, so frames after
     the last wanted one are never decoded; a video decord would return in a wrong shape
-    (`_decord_misshapes`) is decoded whole with PyAV instead (such videos are under 192 px wide).
+    (`_decord_misshapes`: under 192 px wide) is decoded with PyAV instead (`_pyav_frames`, which
+    takes a file object as well as a path).
     """
     wanted, inverse = np.unique(np.asarray(indices, np.int64), return_inverse=True)
+    reader = _reader(_openable(source))  # decord counts the frames of any width
+    count = len(reader)
+    if len(wanted) and wanted[-1] >= count:
+        raise VideoUnreadable(f"the video has {count} frames, frame {int(wanted[-1])} wanted")
     stream = _pyav_probe(_openable(source))
     if stream is not None and any(_decord_misshapes(side) for side in stream[1:]):
-        frames, count = _pyav_picks(source, wanted)
+        chunks = _pyav_frames(_openable(source), wanted, None, max(len(wanted), 1))
     else:
-        reader = _reader(_openable(source))
-        count = len(reader)
-        if len(wanted) and wanted[-1] >= count:
-            raise VideoUnreadable(f"the video has {count} frames, frame {int(wanted[-1])} wanted")
-        frames = next(_decord_frames(reader, wanted, max(len(wanted), 1)), np.empty((0, 0, 0, 3), np.uint8))
-    return frames[inverse], count
+        chunks = _decord_frames(reader, wanted, max(len(wanted), 1))
+    return next(chunks, np.empty((0, 0, 0, 3), np.uint8))[inverse], count
 
 
 def _openable(source: str | bytes):
     """A path as it is; bytes as a fresh file object (each reader consumes its own)."""
     return io.BytesIO(source) if isinstance(source, bytes) else source
-
-
-def _pyav_picks(source: str | bytes, wanted: np.ndarray) -> tuple[np.ndarray, int]:
-    """The frames at sorted unique decode indices `wanted` and the frame count, decoding in order."""
-    import av
-
-    picked, count = [], 0
-    try:
-        with av.open(_openable(source)) as container:
-            for count, frame in enumerate(container.decode(video=0), 1):
-                if len(picked) < len(wanted) and wanted[len(picked)] == count - 1:
-                    picked.append(_upright_rgb(frame, None))
-    except av.FFmpegError as exc:
-        raise VideoUnreadable(f"decoding failed near frame {count + 1}: {str(exc)[:200]}") from exc
-    if len(picked) < len(wanted):
-        raise VideoUnreadable(f"the video has {count} frames, frame {int(wanted[-1])} wanted")
-    return np.stack(picked) if picked else np.empty((0, 0, 0, 3), np.uint8), count
 
 
 def _decord_frames(reader, sources: np.ndarray, chunk_size: int) -> Iterator[np.ndarray]:

@@ -5,11 +5,13 @@ same reference, motion tokens and noise. The *baseline* follows the official loo
 (SPEC 6-8): three guidance branches on every window, per-frame copies of the image tokens and the
 reference latent for the whole video, the temporal context copied once per position, the pose
 guider run on all N black frames at once, padded motion tokens of the whole video on the device,
-the reference encoded twice, and every decoded frame kept until the end. *Ours* is
+the reference encoded twice, every decoded frame kept until the end, and diffusers' stock GEGLU
+and 3-D temporal convolutions. *Ours* is
 `HunyuanPipeline`: two branches when the appearance and motion scales are equal (exact
 cancellation), the black-pose feature computed once, contexts shared instead of copied, reference
 features once per job, motion tokens on the host travelling per window without stalling the host,
-chunked decoding that streams out and skips the chunks of padding only, and on CUDA the UNet under
+chunked decoding that streams out and skips the chunks of padding only, on CUDA the fused GEGLU
+kernel and 2-D frame convolutions (`fused.py`), and the UNet and VAE decoder under
 `torch.compile` as the animator runs it (`--compile off` for eager). Motion tokens are given
 (random), so the motion encoders are outside both timings.
 
@@ -28,6 +30,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from portraitflow.models.hunyuan.fused import use_fused_kernels
 from portraitflow.models.hunyuan.pipeline import (
     INITIAL_LATENT_SCALE,
     HunyuanPipeline,
@@ -141,6 +144,8 @@ def baseline(pipe: HunyuanPipeline, inputs: Inputs, settings: SamplingSettings) 
                             device=device, dtype=dtype).repeat(3, 1)
     window, shift = settings.frames_per_window, 0
     unet.condition_slot.repeat_contexts = True
+    use_fused_kernels(unet, False)
+    use_fused_kernels(vae, False)
     try:
         for step in range(settings.num_steps):
             sigma, sigma_next = sigmas[step], sigmas[step + 1]
@@ -165,6 +170,8 @@ def baseline(pipe: HunyuanPipeline, inputs: Inputs, settings: SamplingSettings) 
             shift = next_shift(shift, settings.shift_offset, window)
     finally:
         unet.condition_slot.repeat_contexts = False
+        use_fused_kernels(unet, True)
+        use_fused_kernels(vae, True)
     decoded = torch.cat([vae.decode((c / vae.config.scaling_factor).to(vae.decoder.conv_in.weight.dtype),
                                     num_frames=len(c)).sample
                          for c in latents[0].split(settings.decode_chunk_size)])  # all frames kept

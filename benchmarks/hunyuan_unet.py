@@ -3,12 +3,13 @@
 `hunyuan_gpu.py` times whole jobs; this times the call that is 95% of a job, so kernel-level
 variants can be compared in seconds instead of minutes: ms per call, frame-passes/s, achieved
 TFLOP/s (FLOPs counted by `torch.utils.flop_counter`), and each variant's largest difference from
-the eager result. `--profile` prints the CUDA kernels that take the most time in one call of each
-variant. Every variant but `eager-all-rows` skips the unconditional branch's cross-attention, as
-the pipeline does.
+diffusers' stock sums (eager, fused kernels off, all rows). `--profile` prints the CUDA kernels
+that take the most time in one call of each variant. Every variant but `eager-all-rows` skips the
+unconditional branch's cross-attention, and every `-stock` one runs diffusers' GEGLU and 3-D
+temporal convolutions instead of the fused kernels (`fused.use_fused_kernels`).
 
     python benchmarks/hunyuan_unet.py                                # full size on CUDA, fp16
-    python benchmarks/hunyuan_unet.py --variants eager-all-rows eager compile --profile
+    python benchmarks/hunyuan_unet.py --variants compile-stock compile --profile
     python benchmarks/hunyuan_unet.py --tiny                         # tiny UNet on the CPU
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from hunyuan_gpu import DTYPES  # run as a script: benchmarks/ is on the path
+from portraitflow.models.hunyuan.fused import use_fused_kernels
 from portraitflow.models.hunyuan.unet import SVD_XT_UNET_CONFIG, TINY_UNET_CONFIG, HunyuanUNet
 
 
@@ -34,14 +36,17 @@ class Variant:
     compile_mode: str | None = None  # torch.compile mode; reduce-overhead adds CUDA graphs
     all_rows: bool = False  # cross-attention computed for the unconditional items too
     attention: str | None = None  # an SDPBackend the attention is restricted to; None: PyTorch's choice
+    fused_kernels: bool = True  # FusedGEGLU and FrameConv; off: diffusers' stock computation
 
 
 VARIANTS = {
     "eager": Variant(),
-    "eager-all-rows": Variant(all_rows=True),
+    "eager-stock": Variant(fused_kernels=False),
+    "eager-all-rows": Variant(all_rows=True, fused_kernels=False),
     "channels-last": Variant(channels_last=True),
     "two-windows": Variant(windows=2),
     "compile": Variant(compile_mode="default"),
+    "compile-stock": Variant(compile_mode="default", fused_kernels=False),
     "compile-cudagraphs": Variant(compile_mode="reduce-overhead"),
     "compile-two-windows": Variant(windows=2, compile_mode="default"),
     "compile-max-autotune": Variant(compile_mode="max-autotune-no-cudagraphs"),
@@ -129,7 +134,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny UNet on the CPU (16² latents)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default fp16; tiny fp32")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["eager-all-rows", "eager", "compile"])
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["eager-stock", "eager", "compile-stock", "compile"])
     parser.add_argument("--calls", type=int, default=5, help="timed calls per variant")
     parser.add_argument("--profile", type=int, nargs="?", const=30, default=0, metavar="ROWS",
                         help="on CUDA, print the top ROWS kernels of one call of each variant")
@@ -149,6 +154,7 @@ def main() -> None:
     print(f"{'tiny' if args.tiny else 'full'} UNet on {device} ({name}), {dtype_name}, "
           f"{latent}² latents, {frames}-frame windows, 2 guidance branches")
     reference_inputs = call_inputs(unet, 1, latent, device, dtype, args.seed)
+    use_fused_kernels(unet, False)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         reference = unet(*reference_inputs)
     flops_per_pass = counter.get_total_flops() / (2 * frames)
@@ -158,6 +164,7 @@ def main() -> None:
     for variant in args.variants:
         spec = VARIANTS[variant]
         conv2d_memory_format(unet, torch.channels_last if spec.channels_last else torch.contiguous_format)
+        use_fused_kernels(unet, spec.fused_kernels)
         run = variant_call(unet, spec, latent, reference_inputs, args.seed)
         with torch.no_grad():
             setup = time.perf_counter()
@@ -171,13 +178,14 @@ def main() -> None:
             output, seconds = timed_calls(run, args.calls, device)
             diff = f"{(output.float() - reference.float()).abs().max().item():.2e}" if spec.windows == 1 else "-"
             if args.profile and device.type == "cuda":
-                profiles.append((variant, run))
+                profiles.append((variant, spec, run))
         windows = spec.windows
         passes = 2 * windows * frames / seconds
         print(f"{variant:22s} {seconds * 1e3:9.1f} {passes:9.1f} {passes * flops_per_pass / 1e12:8.1f} "
               f"{setup:8.1f} | {diff}", flush=True)
-    for variant, run in profiles:
+    for variant, spec, run in profiles:
         print(f"\n{variant}:")
+        use_fused_kernels(unet, spec.fused_kernels)
         with torch.no_grad():
             print_profile(run, args.profile)
     conv2d_memory_format(unet, torch.contiguous_format)

@@ -26,6 +26,7 @@ from torch._dynamo.exc import TorchDynamoException
 
 from portraitflow.models.hunyuan.conditions import appearance_tokens
 from portraitflow.models.hunyuan.dino import DinoV2WithIdAdapters
+from portraitflow.models.hunyuan.fused import substitute_fused_kernels
 from portraitflow.models.hunyuan.image_proj import ImageProjector
 from portraitflow.models.hunyuan.pose_guider import PoseGuider
 from portraitflow.models.hunyuan.sampler import (
@@ -124,6 +125,7 @@ class HunyuanPipeline:
     ) -> None:
         self.unet = unet
         self.vae = vae
+        substitute_fused_kernels(vae)  # the UNet substitutes its own
         self.pose_guider = pose_guider
         self.image_encoder = image_encoder
         self.image_proj = image_proj

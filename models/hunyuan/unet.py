@@ -8,6 +8,9 @@ The additions are made with the hooks diffusers offers instead of a forked copy 
   takes frame 0);
 - the pose-guider feature is added to the `conv_in` output by a forward hook.
 
+On CUDA its feed-forward GEGLUs and temporal convolutions run as fused kernels that compute the
+same sums (`fused.substitute_fused_kernels`; the state dict's keys stay).
+
 The contexts reach the processors through a `ConditionSlot` that `HunyuanUNet.forward` fills for
 the duration of one call. Batch items whose contexts are all zero (the guidance's unconditional
 branch) skip cross-attention: attention over all-zero keys and values is exactly zero, so their
@@ -27,6 +30,8 @@ import torch.nn.functional as F
 from diffusers import UNetSpatioTemporalConditionModel
 from diffusers.models.attention_processor import Attention
 from torch import nn
+
+from portraitflow.models.hunyuan.fused import substitute_fused_kernels
 
 #: diffusers layout of stabilityai/stable-video-diffusion-img2vid-xt `unet/config.json`.
 SVD_XT_UNET_CONFIG: dict = {
@@ -170,6 +175,7 @@ class HunyuanUNet(UNetSpatioTemporalConditionModel):
             if isinstance(module, Attention) and name.endswith(".attn2"):
                 temporal = ".temporal_transformer_blocks." in name
                 module.set_processor(IPAttnProcessor(module.inner_dim, cross_dim, self.condition_slot, temporal))
+        substitute_fused_kernels(self)
         self.conv_in.register_forward_hook(self._add_pose_features)
 
     # diffusers' from_config/from_pretrained take the constructor's arguments from its signature

@@ -1,0 +1,53 @@
+"""The fused GEGLU kernel against cuBLAS and inductor at the UNet's three feed-forward widths (CUDA).
+
+For each [M, K] activation of one 25-frame, two-branch UNet call (M = 50 frames x pixels at
+64², 32² and 16²; K = 320, 640, 1280; the projection is K -> 8K, the output 4K) it prints TFLOP/s
+of the projection's FLOPs for: the projection alone (cuBLAS, no GEGLU: a ceiling), diffusers'
+eager GEGLU, the same under `torch.compile` (cuBLAS plus one fused GELU-multiply kernel, as the
+compiled UNet without `fused.py`), the autotuned fused kernel, and each of its tile configs.
+
+    python benchmarks/geglu_kernel.py
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from triton.testing import do_bench
+
+from portraitflow.models.hunyuan import geglu_triton
+
+SHAPES = [(50 * 64 * 64, 320), (50 * 32 * 32, 640), (50 * 16 * 16, 1280)]
+
+
+def stock_geglu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    hidden, gate = F.linear(x, weight, bias).chunk(2, dim=-1)
+    return hidden * F.gelu(gate)
+
+
+def main() -> None:
+    compiled = torch.compile(stock_geglu, dynamic=False)
+    print(f"{torch.cuda.get_device_name()}, fp16, TFLOP/s of the projection (2 M K 8K)")
+    for rows, depth in SHAPES:
+        width = 4 * depth
+        x = torch.randn(rows, depth, device="cuda", dtype=torch.float16)
+        weight = torch.randn(2 * width, depth, device="cuda", dtype=torch.float16) / depth**0.5
+        bias = torch.randn(2 * width, device="cuda", dtype=torch.float16)
+        out = torch.empty(rows, width, device="cuda", dtype=torch.float16)
+        flop = 2 * rows * depth * 2 * width
+
+        def rate(run) -> str:
+            return f"{flop / do_bench(run) / 1e9:.0f}"
+
+        cells = [f"projection only {rate(lambda: F.linear(x, weight, bias))}",
+                 f"eager {rate(lambda: stock_geglu(x, weight, bias))}",
+                 f"compiled {rate(lambda: compiled(x, weight, bias))}",
+                 f"fused {rate(lambda: geglu_triton.launch(x, weight, bias, out))}"]
+        for config in geglu_triton.CONFIGS:
+            meta = dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+            name = f"{meta['BLOCK_M']}x{meta['BLOCK_N']}x{meta['BLOCK_K']}/{config.num_stages}"
+            cells.append(f"{name} {rate(lambda: geglu_triton.launch(x, weight, bias, out, meta))}")
+        print(f"M {rows:6d} K {depth:4d} | " + " | ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
 SWEEP_TAG, CONFIG_TAG, PARENT_TAG = "portraitflow.sweep_hash", "portraitflow.config_hash", "mlflow.parentRunId"
 PARAMS_TAG = "portraitflow.config_params"  # the config's sweep params as JSON, for the report's columns
-VERSION_TAG = "portraitflow.version"  # the code that made a run's numbers (`sweep_spec.code_version`)
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +234,7 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
                                {str(job["job_id"]) for job in jobs})
     if done is None:
         tags = {PARENT_TAG: parent_id, CONFIG_TAG: config_hash, PARAMS_TAG: json.dumps(params, sort_keys=True),
-                VERSION_TAG: sweep_spec.code_version()}
+                **sweep_spec.code_tags()}
         run_id = children.start(experiment_id, label, tags)
         try:
             log_values(client, run_id, params={**params, **evaluate.model_dump(), "face_backend": cfg.face.backend,
@@ -271,7 +270,7 @@ def evaluate_results(jobs: pd.DataFrame, cfg: PortraitFlowConfig, out_dir: str |
     out_dir = Path(out_dir)
     client = mlflow_client(cfg.mlflow)
     run_id = client.create_run(ensure_experiment(client, cfg.evaluate.experiment), run_name=name,
-                               tags={VERSION_TAG: sweep_spec.code_version()}).info.run_id
+                               tags=sweep_spec.code_tags()).info.run_id
     try:
         init_ray(cfg.ray, cfg.mlflow)
         log_values(client, run_id, params=cfg.evaluate.model_dump())
@@ -349,7 +348,7 @@ def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir:
     _note_tracking_store(out_dir, mlflow_tracking_uri(cfg.mlflow))
     experiment_id = ensure_experiment(client, evaluate.experiment)
     tags = {SWEEP_TAG: sweep_spec.sweep_hash(spec, evaluate, cfg), FOLDER_TAG: folder_tag(out_dir),
-            VERSION_TAG: sweep_spec.code_version()}
+            **sweep_spec.code_tags()}
     parent_id = _parent(client, experiment_id, spec.name, tags)
     end_abandoned_runs(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent_id}'")
     client.update_run(parent_id, status="RUNNING")
@@ -419,7 +418,8 @@ def _parent(client: MlflowClient, experiment_id: str, name: str, tags: dict[str,
     untagged = [r for r in previous if FOLDER_TAG not in r.data.tags]
     if ours or untagged:
         parent_id = (ours or untagged)[0].info.run_id
-        client.set_tag(parent_id, FOLDER_TAG, tags[FOLDER_TAG])
+        for key, value in tags.items():  # its folder, and the code this run of it uses
+            client.set_tag(parent_id, key, value)
         return parent_id
     return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
 
@@ -475,9 +475,10 @@ def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, r
     out_dir.mkdir(parents=True, exist_ok=True)
     children = client.search_runs([parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{run_id}'",
                                   order_by=["attributes.start_time ASC"]) or [parent]
-    rows = [{"config": child.info.run_name or child.info.run_id, **json.loads(child.data.tags.get(PARAMS_TAG, "{}")),
-             "status": child.info.status, **child.data.metrics, "error": child.data.tags.get("error", ""),
-             "run_id": child.info.run_id} for child in children]
+    params = [json.loads(child.data.tags.get(PARAMS_TAG, "{}")) for child in children]
+    rows = [{"config": child.info.run_name or child.info.run_id, **values, "status": child.info.status,
+             **child.data.metrics, "error": child.data.tags.get("error", ""), "run_id": child.info.run_id}
+            for child, values in zip(children, params)]
     summary = _latest_per_config(pd.DataFrame(rows))
     tables, videos = [], []
     finished = summary[summary["status"] == "FINISHED"]
@@ -489,11 +490,19 @@ def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, r
             videos.append((f"{label}: {video.stem}", video))
     per_video = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["config"])
     summary = _ranked(summary, rank_by)
-    plot = report.metric_plots(per_video, out_dir / "metrics.png", list(summary["config"])) if len(per_video) else None
+    order = list(summary["config"])
+    plots = []
+    if len(per_video):
+        plots.append(("Metrics across configs", report.metric_plots(per_video, out_dir / "metrics.png", order)))
+        swept = report.parameter_plots(summary, per_video, list(dict.fromkeys(k for p in params for k in p)),
+                                       out_dir / "parameters.png")
+        paired = report.paired_plot(per_video, rank_by, order, out_dir / "paired.png")
+        plots += [(heading, plot) for heading, plot in (("Metrics against the swept parameters", swept),
+                                                         (f"{rank_by} per video across configs", paired)) if plot]
     notes_file = _download(client, run_id, ("notes.txt",), out_dir / "runs" / run_id) / "notes.txt"
     notes = [n for n in notes_file.read_text().splitlines() if n] if notes_file.is_file() else []
     return report.write_html(out_dir, f"PortraitFlow evaluation: {parent.info.run_name or run_id}", summary, rank_by,
-                             plot, videos, notes, per_video)
+                             plots, videos, notes, per_video)
 
 
 def _ranked(summary: pd.DataFrame, rank_by: str) -> pd.DataFrame:

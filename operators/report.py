@@ -56,32 +56,128 @@ def rank(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
     return ranked.reset_index(drop=True)
 
 
-def metric_plots(per_video: pd.DataFrame, out_path: Path, order: Sequence[str]) -> Path:
-    """One box plot per metric, configs on the x axis in `order`, in a single PNG."""
+def _figure(count: int, cols: int = 3):
+    """A matplotlib figure of `count` panels in rows of `cols` (Agg: no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [m for m in metric_columns(per_video) if per_video[m].notna().any()]
-    cols = min(3, max(1, len(names)))
-    rows = max(1, int(np.ceil(len(names) / cols)))
+    cols = min(cols, max(1, count))
+    rows = max(1, int(np.ceil(count / cols)))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    for ax, name in zip(axes.flat, names):
-        data = [per_video.loc[per_video["config"] == c, name].dropna().to_numpy() for c in order]
-        ax.boxplot(data, showmeans=True)
-        for x, values in enumerate(data, start=1):  # every video as a dot: sweeps are often a few videos
-            ax.scatter(x + np.linspace(-0.12, 0.12, len(values)), values, s=9, alpha=0.6, color="tab:blue", zorder=3)
-        ax.set_xticks(range(1, len(order) + 1), [str(c) for c in order], rotation=20, ha="right", fontsize=8)
-        ax.set_title(f"{name} ({'lower' if lower_is_better(name) else 'higher'} is better)", fontsize=9)
-        ax.grid(axis="y", alpha=0.3)
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[count:]:
         ax.axis("off")
+    return fig, list(axes.flat)
+
+
+def _save(fig, out_path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     with atomic_target(out_path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return out_path
+
+
+def _title(metric: str) -> str:
+    return f"{metric} ({'lower' if lower_is_better(metric) else 'higher'} is better)"
+
+
+def metric_plots(per_video: pd.DataFrame, out_path: Path, order: Sequence[str]) -> Path:
+    """One box plot per metric, configs on the x axis in `order`, in a single PNG."""
+    names = [m for m in metric_columns(per_video) if per_video[m].notna().any()]
+    fig, axes = _figure(len(names))
+    for ax, name in zip(axes, names):
+        data = [per_video.loc[per_video["config"] == c, name].dropna().to_numpy() for c in order]
+        ax.boxplot(data, showmeans=True)
+        for x, values in enumerate(data, start=1):  # every video as a dot: sweeps are often a few videos
+            ax.scatter(x + np.linspace(-0.12, 0.12, len(values)), values, s=9, alpha=0.6, color="tab:blue", zorder=3)
+        ax.set_xticks(range(1, len(order) + 1), [str(c) for c in order], rotation=20, ha="right", fontsize=8)
+        ax.set_title(_title(name), fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    return _save(fig, out_path)
+
+
+def numeric_params(summary: pd.DataFrame, params: Sequence[str]) -> list[str]:
+    """The params in `params` whose values in `summary` are numbers (not flags) and take two or more values."""
+    out = []
+    for name in params:
+        values = summary[name].dropna() if name in summary.columns else pd.Series(dtype=object)
+        numbers = [v for v in values if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))]
+        if numbers and len(numbers) == len(values) and len(set(numbers)) >= 2:
+            out.append(name)
+    return out
+
+
+def _value_text(value) -> str:
+    """A param value as a legend shows it: 25 rather than the 25.0 a column with gaps holds."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def parameter_plots(summary: pd.DataFrame, per_video: pd.DataFrame, params: Sequence[str],
+                    out_path: Path) -> Path | None:
+    """Each metric against each numeric param of the grid: a config's mean over its videos with a
+    95% interval (1.96 standard errors), one line per combination of the other params (the
+    backend included), so a trend reads at a glance where the box plots only order configs; configs
+    that set none of these params (the `still` baseline) are dashed levels. None when no numeric
+    param takes two values."""
+    swept = numeric_params(summary, params)
+    names = [m for m in metric_columns(per_video) if per_video[m].notna().any()]
+    if not swept or not names:
+        return None
+    stats = per_video.groupby("config")[names].agg(["mean", "std", "count"])
+    unswept = list(summary.loc[summary[swept].isna().all(axis=1), "config"])
+    fig, axes = _figure(len(names) * len(swept), cols=len(swept) if len(swept) > 1 else 3)
+    panels = iter(axes)
+    for name in names:
+        for param in swept:
+            ax = next(panels)
+            others = [p for p in params if p != param and p in summary.columns]
+            rows = summary[summary[param].notna() & summary["config"].isin(stats.index)]
+            for key, group in rows.groupby([rows[p].map(_value_text) for p in others] if others else [0] * len(rows)):
+                group = group.sort_values(param)
+                mean = stats.loc[group["config"], (name, "mean")].to_numpy()
+                error = 1.96 * (stats.loc[group["config"], (name, "std")].fillna(0.0)
+                                / np.sqrt(stats.loc[group["config"], (name, "count")].clip(lower=1))).to_numpy()
+                label = ", ".join(f"{p}={v}" for p, v in zip(others, key if isinstance(key, tuple) else (key,))) if others else None
+                ax.errorbar(group[param].astype(float), mean, yerr=error, marker="o", capsize=3, label=label)
+            for config in unswept:  # a baseline such as `still`: a level to compare the lines with
+                if config in stats.index and not np.isnan(stats.loc[config, (name, "mean")]):
+                    ax.axhline(stats.loc[config, (name, "mean")], color="grey", linestyle="--", linewidth=1, label=config)
+            ax.set_xlabel(param, fontsize=8)
+            ax.set_title(_title(name), fontsize=9)
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[1]:
+                ax.legend(fontsize=6)
+    return _save(fig, out_path)
+
+
+def paired_plot(per_video: pd.DataFrame, metric: str, order: Sequence[str], out_path: Path) -> Path | None:
+    """`metric` of every video across the configs in `order`, one line per video (`job_id`), the
+    config means in black: whether a better mean is better on every video or carried by a few.
+    None with fewer than two configs or no video scored by two of them."""
+    if metric not in per_video.columns or "job_id" not in per_video.columns:
+        return None
+    table = per_video.pivot_table(index="job_id", columns="config", values=metric, aggfunc="mean")
+    columns = [c for c in order if c in table.columns]
+    table = table[columns] if columns else table
+    if len(columns) < 2 or not (table.notna().sum(axis=1) >= 2).any():
+        return None
+    fig, (ax,) = _figure(1, cols=1)
+    fig.set_size_inches(max(4.2, 0.9 * len(columns) + 2), 3.6)
+    x = np.arange(len(columns))
+    for _, values in table.iterrows():
+        ax.plot(x, values.to_numpy(dtype=float), color="tab:blue", alpha=0.35, marker=".", linewidth=1)
+    ax.plot(x, table.mean().to_numpy(dtype=float), color="black", marker="o", linewidth=2, label="mean")
+    ax.set_xticks(x, [str(c) for c in columns], rotation=20, ha="right", fontsize=8)
+    ax.set_title(f"{_title(metric)}, one line per video", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, out_path)
 
 
 def _fit_height(frames: np.ndarray, height: int) -> np.ndarray:
@@ -138,18 +234,18 @@ td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f3f3
 video{max-width:100%;margin:4px 0}figure{margin:1em 0}.note{color:#8a5a00}"""
 
 
-def write_html(out_dir: Path, title: str, summary: pd.DataFrame, rank_by: str, plot: Path | None,
+def write_html(out_dir: Path, title: str, summary: pd.DataFrame, rank_by: str, plots: Sequence[tuple[str, Path]],
                videos: Sequence[tuple[str, Path]], notes: Sequence[str], per_video: pd.DataFrame | None = None) -> Path:
-    """index.html in `out_dir`; `plot` and `videos` must lie inside `out_dir` (linked relatively)."""
+    """index.html in `out_dir`; `plots` (heading, PNG) and `videos` must lie inside `out_dir` (linked relatively)."""
     parts = [f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>",
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<h2>Summary, ranked by {html.escape(rank_by)} "
              f"({'lower' if lower_is_better(rank_by) else 'higher'} is better)</h2>", _table_html(summary, rank_by)]
     if notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li class=note>{html.escape(n)}</li>" for n in notes) + "</ul>")
-    if plot is not None:
-        parts.append(f"<h2>Metrics across configs</h2><img src='{html.escape(plot.relative_to(out_dir).as_posix())}' "
-                     "alt='box plots of each metric per config'>")
+    for heading, plot in plots:
+        parts.append(f"<h2>{html.escape(heading)}</h2><img src='{html.escape(plot.relative_to(out_dir).as_posix())}' "
+                     f"alt='{html.escape(heading)}'>")
     if videos:
         parts.append("<h2>Side by side: reference | driver | output</h2>")
         for caption, path in videos:

@@ -83,6 +83,28 @@ def code_version() -> str:
     return version("portraitflow")
 
 
+def code_tags() -> dict[str, str]:
+    """MLflow tags naming the code that made a run's numbers: the version, and where the package
+    runs from a git checkout (an editable install) the commit, with `-dirty` when files differ from
+    it, under MLflow's own `mlflow.source.git.commit`. The commit is provenance only: it is not part
+    of a config's hash, so a commit that changes no numbers does not make a sweep score again."""
+    import subprocess
+    from pathlib import Path
+
+    tags = {"portraitflow.version": code_version()}
+    source = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):  # no git, or an installed wheel outside any checkout
+        return tags
+    if commit:
+        tags["mlflow.source.git.commit"] = commit + ("-dirty" if changed else "")
+    return tags
+
+
 def config_hash(params: dict[str, Any], dataset: DatasetSpec, evaluate: EvaluateConfig, cfg: PortraitFlowConfig) -> str:
     """12 hex digits that change whenever anything that changes this config's numbers changes."""
     scoring = {k: v for k, v in evaluate.model_dump().items() if k not in _NOT_HASHED}

@@ -1,12 +1,15 @@
 """Sweeps end to end on real media: warp against the still baseline, nested MLflow runs, resume, report."""
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from portraitflow.jobs.config import load_config
+from portraitflow.operators import sweep_spec
 
 #: talking videos with visible head motion (MANIFEST.tsv), cut to their first seconds
 DRIVERS = ["liveportrait_d20.mp4", "sadtalker_WDA_KatieHill_000.mp4"]
@@ -55,6 +58,11 @@ def _children(uri: str, parent_id: str):
 
 def test_sweep_records_a_parent_with_one_nested_run_per_config(sweep_run) -> None:
     client, parent, children = _children(sweep_run["uri"], sweep_run["parent_id"])
+    checkout_commit = ""
+    if shutil.which("git"):
+        head = subprocess.run(["git", "-C", str(Path(sweep_spec.__file__).parent), "rev-parse", "HEAD"],
+                              capture_output=True, text=True)
+        checkout_commit = head.stdout.strip() if head.returncode == 0 else ""
     assert parent.info.status == "FINISHED"
     assert set(children) == {"warp", "still"}
     for child in children.values():
@@ -67,6 +75,8 @@ def test_sweep_records_a_parent_with_one_nested_run_per_config(sweep_run) -> Non
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"per_video.json", "per_video.parquet", "side_by_side", "frames"} <= artifacts
         assert child.data.tags["portraitflow.version"] == parent.data.tags["portraitflow.version"] != ""
+        if checkout_commit:  # run from a git checkout: the commit that made the numbers, as MLflow names it
+            assert child.data.tags["mlflow.source.git.commit"].removesuffix("-dirty") == checkout_commit
         # the settings that made the videos, beyond the sweep params
         assert {"animate.size", "face.backend"} <= set(child.data.params)
     assert "animate.paste_back" in children["still"].data.params

@@ -195,10 +195,25 @@ def test_report_ranks_by_metric_direction_and_writes_a_page(tmp_path: Path) -> N
                               "apd": [3.0, 3.5, 1.0, 1.2], "ssim": [0.5, 0.6, 0.7, 0.8]})
     plot = report.metric_plots(per_video, tmp_path / "metrics.png", ["c", "a"])
     assert plot.stat().st_size > 5_000
-    page = report.write_html(tmp_path, "t", report.rank(summary, "apd"), "apd", plot, [], ["fid skipped: x"], per_video)
+    paired = report.paired_plot(per_video, "apd", ["c", "a"], tmp_path / "paired.png")
+    assert paired is not None and paired.stat().st_size > 5_000
+    assert report.paired_plot(per_video[per_video["config"] == "a"], "apd", ["a"], tmp_path / "one.png") is None
+    page = report.write_html(tmp_path, "t", report.rank(summary, "apd"), "apd",
+                             [("Metrics across configs", plot), ("apd per video", paired)], [], ["fid skipped: x"], per_video)
     text = page.read_text()
     assert text.index("<td>c</td>") < text.index("<td>a</td>") < text.index("<td>b</td>")
-    assert "src='metrics.png'" in text and "fid skipped" in text
+    assert "src='metrics.png'" in text and "src='paired.png'" in text and "fid skipped" in text
+
+
+def test_parameter_plots_draw_each_numeric_param_of_the_grid(tmp_path: Path) -> None:
+    summary = pd.DataFrame({"config": ["w1", "w2", "w3", "h1", "s"], "backend": ["warp"] * 3 + ["hunyuan", "still"],
+                            "scale": [1.0, 2.0, 3.0, 1.0, None], "flip": [True, False, True, None, None]})
+    assert report.numeric_params(summary, ["backend", "scale", "flip"]) == ["scale"]
+    per_video = pd.DataFrame({"config": [c for c in summary["config"] for _ in range(2)],
+                              "job_id": ["x", "y"] * 5, "apd": np.arange(10.0), "ssim": np.linspace(0, 1, 10)})
+    plot = report.parameter_plots(summary, per_video, ["backend", "scale", "flip"], tmp_path / "parameters.png")
+    assert plot is not None and plot.stat().st_size > 5_000
+    assert report.parameter_plots(summary, per_video, ["backend", "flip"], tmp_path / "none.png") is None
 
 
 def test_a_jobs_dataset_is_read_as_animate_reads_it_and_cut_to_max_seconds(tmp_path: Path) -> None:

@@ -76,7 +76,7 @@ OPERATIONAL_SETTINGS = {"face": {"num_threads"},
 
 #: settings added with a default that changed the results, at the value that reproduces what a folder
 #: curated before they existed got; any other setting added since counts at its default
-BEHAVIOUR_BEFORE_ADDED = {"curate": {"shot_hash_threshold": 0.0}}
+BEHAVIOUR_BEFORE_ADDED = {"curate": {"shot_hash_threshold": 0.0, "duplicate_mirrored": False}}
 
 
 def corpus_settings(cfg: PortraitFlowConfig) -> dict[str, Any]:

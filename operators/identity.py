@@ -21,7 +21,7 @@ from portraitflow.models.face.base import FaceAnalyzer, l2_normalise
 from portraitflow.models.face.images import load_image
 from portraitflow.operators.filters import DUPLICATE, IDENTITY_OVER_CAP, PARTIAL_DUPLICATE
 from portraitflow.operators.overlap import (QUERY_HOP_FRAMES, OverlapRule, SharedFootage, kept_hop_frames,
-                                            longest_shared, window_signatures)
+                                            longest_shared, mirrored_signature, window_signatures)
 from portraitflow.operators.paths import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -183,15 +183,25 @@ class CorpusLedger:
         `measures` (the clip's), when given, gets what the duplicate checks found among the kept
         clips of its identity, so its row shows how near it came: `duplicate_similarity` (the
         closest signature) and, with `thumbnails`, `overlap_s` and `overlap_share` (the longest
-        stretch of shared footage); a measure with nothing to compare against is left out.
+        stretch of shared footage); a measure with nothing to compare against is left out. With
+        `overlap.mirrored`, the clip's mirror image is compared too (a flipped re-upload), and
+        each measure is the closer of the two.
         """
         cluster = self._cluster(l2_normalise(embedding))
         if cluster is None:
             return None
         kept = self._signatures[cluster]
-        similarity = float((kept.view() @ l2_normalise(signature)).max()) if kept.count and signature is not None \
-            else None
-        shared = self._footage[cluster].longest_shared(thumbnails, self.overlap) if thumbnails is not None else None
+        similarity = shared = None
+        partial = False
+        if kept.count and signature is not None:
+            signatures = [signature, *([mirrored_signature(signature, thumbnails.shape[2])]
+                                       if thumbnails is not None and self.overlap.mirrored else [])]
+            similarity = max(float((kept.view() @ l2_normalise(s)).max()) for s in signatures)
+        if thumbnails is not None:
+            views = [thumbnails, *([np.flip(thumbnails, axis=2)] if self.overlap.mirrored else [])]
+            found = [f for f in (self._footage[cluster].longest_shared(v, self.overlap) for v in views) if f is not None]
+            shared = max(found, key=lambda f: (f.share, f.frames)) if found else None
+            partial = any(map(self.overlap.is_duplicate, found))
         if measures is not None:
             if similarity is not None:
                 measures["duplicate_similarity"] = similarity
@@ -199,7 +209,7 @@ class CorpusLedger:
                 measures.update(overlap_s=shared.frames / self.overlap.fps, overlap_share=shared.share)
         if similarity is not None and similarity >= self.duplicate_similarity:
             return DUPLICATE
-        if shared is not None and self.overlap.is_duplicate(shared):
+        if partial:
             return PARTIAL_DUPLICATE
         if self.max_per_identity and self._counts[cluster] >= self.max_per_identity:
             return IDENTITY_OVER_CAP

@@ -190,3 +190,20 @@ def test_a_folder_curated_before_shot_hash_threshold_resumes_only_with_the_old_s
                        r"recorded settings: --set=curate\.shot_hash_threshold=0\.0"):
         check_corpus_settings(load_config(None, []), layout)
     assert check_corpus_settings(load_config(None, ["curate.shot_hash_threshold=0"]), layout) == []
+
+
+def test_a_folder_curated_before_mirrored_duplicates_resumes_only_without_them(tmp_path: Path) -> None:
+    """Mirrored copies were kept before `duplicate_mirrored`; resuming with it on would reject new
+    flipped copies of clips while older ones stay in the corpus."""
+    from portraitflow.operators import ledger
+
+    layout = Layout(tmp_path)
+    layout.make()
+    older = corpus_settings(load_config(None, []))
+    del older["curate"]["duplicate_mirrored"]
+    layout.settings.write_text(json.dumps(older))
+    ledger.write_marker(layout.done, {"input_key": "talk", "status": "rejected"}, [])
+    with pytest.raises(typer.BadParameter, match=r"curate\.duplicate_mirrored: False -> True.*"
+                       r"recorded settings: --set=curate\.duplicate_mirrored=false"):
+        check_corpus_settings(load_config(None, []), layout)
+    assert check_corpus_settings(load_config(None, ["curate.duplicate_mirrored=false"]), layout) == []

@@ -230,3 +230,28 @@ def test_stretches_that_are_apart_in_the_new_clip_are_measured_apart() -> None:
     reason, measures = _decide(ledger, new)
     assert measures["overlap_s"] == pytest.approx(2.0)
     assert reason is None
+
+
+@pytest.mark.parametrize(("new", "expected"), [
+    (re_encoded(np.flip(KEPT, axis=2)), filters.DUPLICATE),  # a flipped re-upload of the whole clip
+    (re_encoded(np.flip(KEPT[37:213], axis=2)), filters.PARTIAL_DUPLICATE),  # flipped and trimmed
+])
+def test_a_mirrored_copy_is_a_duplicate_unless_switched_off(new: np.ndarray, expected: str) -> None:
+    ledger = _ledger(duplicate_overlap_share=0.5)
+    _keep(ledger, KEPT)
+    reason, measures = _decide(ledger, new)
+    assert reason == expected
+    assert measures["overlap_share"] > 0.9
+    unmirrored = _ledger(duplicate_mirrored=False)
+    _keep(unmirrored, KEPT)
+    reason, measures = _decide(unmirrored, new)
+    assert reason is None  # as it is, the mirror image shares no footage with the kept clip
+    assert measures["duplicate_similarity"] < 0.5 and measures["overlap_share"] == 0.0
+
+
+def test_the_mirrored_signature_is_the_signature_of_the_mirror_image() -> None:
+    from portraitflow.operators.overlap import mirrored_signature
+
+    thumbnails = footage(6, 60)
+    mirrored = mirrored_signature(content_signature(thumbnails), thumbnails.shape[2])
+    np.testing.assert_allclose(mirrored, content_signature(np.flip(thumbnails, axis=2)), atol=1e-6)

@@ -99,6 +99,13 @@ class CurateConfig(BaseModel):
         description="`partial_duplicate` also when the shared stretch lasts at least this many seconds, whatever "
         "share of the clips it is (0: the share alone decides).",
     )
+    duplicate_mirrored: bool = Field(
+        True,
+        description="`duplicate` and `partial_duplicate` also for a clip whose mirror image is (or shares footage "
+        "with) a kept clip of its identity: a flipped re-upload. Off, mirrored copies are kept (as a different "
+        "picture). On the shared media no mirrored pair of clips that share no footage came near a threshold (at "
+        "most 0.67 per window, 0.19 whole).",
+    )
     duplicate_window_similarity: float = Field(
         0.9, ge=-1, le=1,
         description="Cosine at which two 2-s windows of thumbnails count as the same footage for "

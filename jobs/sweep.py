@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
 SWEEP_TAG, CONFIG_TAG, PARENT_TAG = "portraitflow.sweep_hash", "portraitflow.config_hash", "mlflow.parentRunId"
+SCORES_FROM_TAG = "portraitflow.scores_from"  # the run of another sweep whose scores a child logged again
 PARAMS_TAG = "portraitflow.config_params"  # the config's sweep params as JSON, for the report's columns
 
 log = logging.getLogger(__name__)
@@ -87,14 +88,15 @@ class ChildRuns:
             self._running.clear()
 
 
-def _finished_child(client: MlflowClient, experiment_id: str, parent_id: str, config_hash: str,
+def _finished_child(client: MlflowClient, experiment_id: str, parent_id: str | None, config_hash: str,
                     work_dir: Path, job_ids: set[str]) -> Run | None:
-    """The config's latest FINISHED child run, unless the jobs it scored are not `job_ids` (the
-    dataset gained or lost clips: the hash covers the dataset's spec, not its files) or an output
-    it scored is gone from `work_dir`. Then the config runs again: generation makes only what is missing."""
-    runs = client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{CONFIG_TAG}` = "
-                              f"'{config_hash}' and attributes.status = 'FINISHED'", max_results=1,
-                              order_by=["attributes.start_time DESC"])
+    """The config's latest FINISHED child run of `parent_id` (None: of any sweep), unless the jobs
+    scored in `work_dir` are not `job_ids` (the dataset gained or lost clips: the hash covers the
+    dataset's spec, not its files) or an output they scored is gone. Then the config runs again:
+    generation makes only what is missing."""
+    parent = f"tags.`{PARENT_TAG}` = '{parent_id}' and " if parent_id else ""
+    runs = client.search_runs([experiment_id], f"{parent}tags.`{CONFIG_TAG}` = '{config_hash}' and "
+                              "attributes.status = 'FINISHED'", max_results=1, order_by=["attributes.start_time DESC"])
     if not runs:
         return None
     scored = work_dir / "per_video.parquet"
@@ -174,6 +176,14 @@ def score_and_log(client: MlflowClient, run_id: str, jobs: pd.DataFrame, label: 
     if "output" not in table and "output" in jobs:  # where each scored video is (a resume checks it is still there)
         table = table.merge(jobs[["job_id", "output"]], on="job_id", how="left", validate="one_to_one")
     write_parquet(work_dir / "per_video.parquet", table)
+    log_scores(client, run_id, table, jobs, work_dir, evaluate)
+    return table
+
+
+def log_scores(client: MlflowClient, run_id: str, table: pd.DataFrame, jobs: pd.DataFrame, work_dir: Path,
+               evaluate: EvaluateConfig) -> None:
+    """Log the scores `work_dir` holds (its per_video.parquet is `table`) into run `run_id`: the
+    per-video table, aggregate metrics, per-frame tables, side-by-side videos (made once, cached)."""
     client.log_table(run_id, data=table, artifact_file="per_video.json")
     client.log_artifact(run_id, str(work_dir / "per_video.parquet"))
     ok = table[table["status"] == "ok"]
@@ -189,7 +199,6 @@ def score_and_log(client: MlflowClient, run_id: str, jobs: pd.DataFrame, label: 
     ok_ids, folder = set(ok["job_id"].astype(str)), work_dir / "metrics"
     _log_files(client, run_id, [path for path in sorted(folder.iterdir()) if path.name.split(".", 1)[0] in ok_ids]
                if folder.is_dir() else [], "frames")
-    return table
 
 
 def _log_files(client: MlflowClient, run_id: str, paths: list[Path], artifact_path: str) -> None:
@@ -213,8 +222,9 @@ def _log_files(client: MlflowClient, run_id: str, paths: list[Path], artifact_pa
 def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepSpec, evaluate: EvaluateConfig,
                cfg: PortraitFlowConfig, out_dir: Path, parent_id: str, experiment_id: str,
                children: ChildRuns | None = None) -> dict[str, Any]:
-    """Generate and score one config in its own child run (or reuse a finished one, or the failed
-    one of a config refused the same way before); a summary row. `children` tracks the sweep's
+    """Generate and score one config in its own child run (or reuse a finished one, or log again the
+    scores another sweep into this folder finished, or reuse the failed run of a config refused the
+    same way before); a summary row. `children` tracks the sweep's
     runs in flight: once it is stopped, this config stops at its next stage."""
     client = mlflow_client(cfg.mlflow)
     children = children or ChildRuns(client)
@@ -228,10 +238,12 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
         if earlier is not None:
             return {**row, "config_hash": config_hash, "run_id": earlier.info.run_id, "reused": True,
                     "error": _error_text(refused)[:300]}
-        done = None
+        done = scored_before = None
     else:
-        done = _finished_child(client, experiment_id, parent_id, config_hash, work_dir,
-                               {str(job["job_id"]) for job in jobs})
+        job_ids = {str(job["job_id"]) for job in jobs}
+        done = _finished_child(client, experiment_id, parent_id, config_hash, work_dir, job_ids)
+        # another sweep into this folder finished it (a grid since extended): its scores stand
+        scored_before = None if done else _finished_child(client, experiment_id, None, config_hash, work_dir, job_ids)
     if done is None:
         tags = {PARENT_TAG: parent_id, CONFIG_TAG: config_hash, PARAMS_TAG: json.dumps(params, sort_keys=True),
                 **sweep_spec.code_tags()}
@@ -241,14 +253,15 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
                                                **_settings_params(params, cfg)})
             if refused is not None:
                 raise refused
-            generated = generate_outputs(params, jobs, work_dir / "outputs", cfg)
-            children.check()
-            outcome = generated[[c for c in ("job_id", "status", "reason", "output") if c in generated]]
-            merged = pd.DataFrame(jobs)[["job_id", "ref", "driving"]].merge(  # ids are unique (dataset_jobs)
-                outcome, on="job_id", how="left", validate="one_to_one")
-            merged = merged.fillna({"status": "failed", "reason": "not_generated"}).assign(
-                paste_back=sweep_spec.config_settings(params, cfg).paste_back)  # how the evaluator frames the truth
-            score_and_log(client, run_id, merged, label, work_dir, evaluate, cfg)
+            if scored_before is not None:
+                client.set_tag(run_id, SCORES_FROM_TAG, scored_before.info.run_id)
+                table = pd.read_parquet(work_dir / "per_video.parquet")
+                log_scores(client, run_id, table, _generated_jobs(jobs, table, params, cfg), work_dir, evaluate)
+            else:
+                generated = generate_outputs(params, jobs, work_dir / "outputs", cfg)
+                children.check()
+                score_and_log(client, run_id, _generated_jobs(jobs, generated, params, cfg), label, work_dir,
+                              evaluate, cfg)
             children.end(run_id, "FINISHED")
         except Exception as exc:  # one broken config must not stop the others; its run says why
             children.check()  # unless the sweep was stopped under it: then it was killed, not broken
@@ -262,7 +275,19 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
     else:
         run_id = done.info.run_id
     metrics = client.get_run(run_id).data.metrics
-    return {**row, **metrics, "config_hash": config_hash, "run_id": run_id, "reused": done is not None}
+    return {**row, **metrics, "config_hash": config_hash, "run_id": run_id,
+            "reused": done is not None or scored_before is not None}
+
+
+def _generated_jobs(jobs: list[dict], outcome: pd.DataFrame, params: dict[str, Any],
+                    cfg: PortraitFlowConfig) -> pd.DataFrame:
+    """The usable jobs with what generation made of each (status, reason, output; a job it left
+    out failed `not_generated`) and how the evaluator frames the truth (`paste_back`)."""
+    outcome = outcome[[c for c in ("job_id", "status", "reason", "output") if c in outcome]]
+    merged = pd.DataFrame(jobs)[["job_id", "ref", "driving"]].merge(  # ids are unique (dataset_jobs)
+        outcome, on="job_id", how="left", validate="one_to_one")
+    return merged.fillna({"status": "failed", "reason": "not_generated"}).assign(
+        paste_back=sweep_spec.config_settings(params, cfg).paste_back)
 
 
 def evaluate_results(jobs: pd.DataFrame, cfg: PortraitFlowConfig, out_dir: str | Path, name: str = "evaluate") -> str:

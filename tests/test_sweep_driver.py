@@ -449,3 +449,35 @@ def test_a_sweep_into_an_out_recorded_in_another_mlflow_store_is_warned_about(
     [warned] = [r.getMessage() for r in caplog.records if "MLflow store" in r.getMessage()]
     assert f"--mlflow-uri {first}" in warned
     assert (out / sweep.TRACKING_STORE_FILE).read_text().strip() == other.mlflow.tracking_uri
+
+
+def test_extending_the_grid_scores_only_the_new_config_and_logs_the_others_scores_again(
+        driver, monkeypatch) -> None:
+    """A grid with one more value is another sweep (a new parent), but a config it shares with the
+    first sweep into the same folder was scored there: its child logs those scores, names the run
+    they come from, and nothing is generated or scored again."""
+    sweep, cfg, data = driver
+    made = _fake_generation(sweep, monkeypatch)
+    scored: list[str] = []
+    fake_score = sweep.score_and_log
+
+    def score(client, run_id, jobs, label, work_dir, *rest):
+        scored.append(label)
+        fake_score(client, run_id, jobs, label, work_dir, *rest)
+
+    monkeypatch.setattr(sweep, "score_and_log", score)
+    out = data.parent / "out"
+    first = sweep.run_sweep(_spec(data, [{"backend": "still"}], side_by_side=0), cfg, out)
+    second = sweep.run_sweep(_spec(data, [{"backend": "still"}, {"backend": "still", "size": 128}], side_by_side=0),
+                             cfg, out)
+    assert first != second and scored == ["still", "still[size=128]"] and len(made) == 2
+    summary = pd.read_csv(out / "summary.csv").set_index("config")
+    assert summary["reused"].to_dict() == {"still": True, "still[size=128]": False}
+    from mlflow import MlflowClient
+
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    child = client.get_run(summary.loc["still", "run_id"])
+    assert child.data.tags["mlflow.parentRunId"] == second and child.info.status == "FINISHED"
+    earlier = client.get_run(child.data.tags["portraitflow.scores_from"])
+    assert earlier.data.tags["mlflow.parentRunId"] == first
+    assert {"per_video.json", "per_video.parquet"} <= {a.path for a in client.list_artifacts(child.info.run_id)}

@@ -4,11 +4,14 @@ For each [M, K] activation of one 25-frame, two-branch UNet call (M = 50 frames 
 64², 32² and 16²; K = 320, 640, 1280; the projection is K -> 8K, the output 4K) it prints TFLOP/s
 of the projection's FLOPs for: the projection alone (cuBLAS, no GEGLU: a ceiling), diffusers'
 eager GEGLU, the same under `torch.compile` (cuBLAS plus one fused GELU-multiply kernel, as the
-compiled UNet without `fused.py`), the autotuned fused kernel, and each of its tile configs.
+compiled UNet without `fused.py`), the autotuned fused kernel, each of its tile configs, and the
+persistent candidates (`geglu_triton.PERSISTENT_CONFIGS`, marked `p`).
 
     python benchmarks/geglu_kernel.py
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +27,11 @@ def stock_geglu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
     return hidden * F.gelu(gate)
 
 
+def rate(run: Callable[[], object], flop: int) -> str:
+    """TFLOP/s of `run` (Triton's `do_bench`: median of warmed-up calls)."""
+    return f"{flop / do_bench(run) / 1e9:.0f}"
+
+
 def main() -> None:
     compiled = torch.compile(stock_geglu, dynamic=False)
     print(f"{torch.cuda.get_device_name()}, fp16, TFLOP/s of the projection (2 M K 8K)")
@@ -34,19 +42,16 @@ def main() -> None:
         bias = torch.randn(2 * width, device="cuda", dtype=torch.float16)
         out = torch.empty(rows, width, device="cuda", dtype=torch.float16)
         flop = 2 * rows * depth * 2 * width
-
-        def rate(run) -> str:
-            return f"{flop / do_bench(run) / 1e9:.0f}"
-
-        cells = [f"projection only {rate(lambda: F.linear(x, weight, bias))}",
-                 f"eager {rate(lambda: stock_geglu(x, weight, bias))}",
-                 f"compiled {rate(lambda: compiled(x, weight, bias))}",
-                 f"fused {rate(lambda: geglu_triton.launch(x, weight, bias, out))}"]
-        for config in geglu_triton.CONFIGS:
+        runs = {"projection only": lambda: F.linear(x, weight, bias),  # noqa: B023 (timed before the next shape)
+                "eager": lambda: stock_geglu(x, weight, bias),  # noqa: B023
+                "compiled": lambda: compiled(x, weight, bias),  # noqa: B023
+                "fused": lambda: geglu_triton.launch(x, weight, bias, out)}  # noqa: B023
+        for config in geglu_triton.CONFIGS + geglu_triton.PERSISTENT_CONFIGS:
             meta = dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
-            name = f"{meta['BLOCK_M']}x{meta['BLOCK_N']}x{meta['BLOCK_K']}/{config.num_stages}"
-            cells.append(f"{name} {rate(lambda: geglu_triton.launch(x, weight, bias, out, meta))}")
-        print(f"M {rows:6d} K {depth:4d} | " + " | ".join(cells), flush=True)
+            name = f"{meta['BLOCK_M']}x{meta['BLOCK_N']}x{meta['BLOCK_K']}/{config.num_stages}{'p' * meta['PERSISTENT']}"
+            runs[name] = lambda meta=meta: geglu_triton.launch(x, weight, bias, out, meta)  # noqa: B023
+        print(f"M {rows:6d} K {depth:4d} | " + " | ".join(f"{name} {rate(run, flop)}" for name, run in runs.items()),
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -77,3 +77,23 @@ def test_pipeline_substitutes_the_vae_decoder_and_the_switch_turns_both_off() ->
     use_fused_kernels(pipe.unet, False)
     assert not any(m.as_2d for m in frame_convs)
     assert not any(m.fused for m in pipe.unet.modules() if isinstance(m, FusedGEGLU))
+
+
+@pytest.mark.skipif(geglu_triton is None, reason="needs Triton")
+def test_a_kernel_that_fails_leaves_the_formula_with_one_warning(monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    calls = []
+
+    def broken(*args: object, **kwargs: object) -> None:
+        calls.append(args)
+        raise RuntimeError("no kernel image is available for execution on the device")
+
+    monkeypatch.setattr(geglu_triton, "launch", broken)
+    monkeypatch.setattr(geglu_triton, "kernel_failure", None)
+    stock = GEGLU(64, 32)
+    x = torch.randn(2, 5, 64)
+    for _ in range(2):
+        out = torch.ops.portraitflow.linear_geglu(x, stock.proj.weight, stock.proj.bias)
+        torch.testing.assert_close(out, stock(x))
+    assert len(calls) == 1 and "no kernel image" in geglu_triton.kernel_failure
+    assert caplog.text.count("the fused GEGLU kernel failed") == 1

@@ -31,7 +31,7 @@ from portraitflow.models.hunyuan.conditions import (
     image_tensor,
 )
 from portraitflow.models.hunyuan.dino import ID_DIM
-from portraitflow.models.hunyuan.pipeline import PaddedMotion, ReferenceFeatures, SamplingSettings, dino_input
+from portraitflow.models.hunyuan.pipeline import PaddedMotion, SamplingSettings, dino_input
 from portraitflow.models.hunyuan.weights import HunyuanModels, load_models, random_models
 
 #: `weights` value that selects random tiny modules (CPU plumbing tests of the generation flow).

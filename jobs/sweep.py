@@ -245,8 +245,11 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
         # another sweep into this folder finished it (a grid since extended): its scores stand
         scored_before = None if done else _finished_child(client, experiment_id, None, config_hash, work_dir, job_ids)
     if done is None:
-        tags = {PARENT_TAG: parent_id, CONFIG_TAG: config_hash, PARAMS_TAG: json.dumps(params, sort_keys=True),
-                **sweep_spec.code_tags()}
+        code = sweep_spec.code_tags()
+        if scored_before is not None:  # the commit that made the scores it logs, not today's
+            code = {key: value for key, value in code.items() if key not in sweep_spec.GIT_TAGS}
+            code.update((key, scored_before.data.tags[key]) for key in sweep_spec.GIT_TAGS if key in scored_before.data.tags)
+        tags = {PARENT_TAG: parent_id, CONFIG_TAG: config_hash, PARAMS_TAG: json.dumps(params, sort_keys=True), **code}
         run_id = children.start(experiment_id, label, tags)
         try:
             log_values(client, run_id, params={**params, **evaluate.model_dump(), "face_backend": cfg.face.backend,

@@ -303,7 +303,8 @@ SCAN_MEASURES_VERSION = 4
 #: after it); changing them keeps earlier scans valid.
 _NOT_IN_SCAN = {"face_actors", "actor_cpus", "chunk_frames", "experiment", "progress_bars", "crop_size", "crf",
                 "keep_audio", "shard_max_samples", "shard_max_bytes", "max_clips_per_identity", "duplicate_similarity",
-                "duplicate_overlap_share", "duplicate_overlap_seconds", "duplicate_window_similarity"}
+                "duplicate_overlap_share", "duplicate_overlap_seconds", "duplicate_window_similarity",
+                "duplicate_mirrored"}
 
 
 def scan_fingerprint(cfg: PortraitFlowConfig) -> str:

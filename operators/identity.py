@@ -185,14 +185,14 @@ class CorpusLedger:
         closest signature) and, with `thumbnails`, `overlap_s` and `overlap_share` (the longest
         stretch of shared footage); a measure with nothing to compare against is left out. With
         `overlap.mirrored`, the clip's mirror image is compared too (a flipped re-upload), and
-        each measure is the closer of the two.
+        each measure is the larger of the two views' (as a shared stretch's length and share may
+        come from different kept clips).
         """
         cluster = self._cluster(l2_normalise(embedding))
         if cluster is None:
             return None
         kept = self._signatures[cluster]
         similarity = shared = None
-        partial = False
         if kept.count and signature is not None:
             signatures = [signature, *([mirrored_signature(signature, thumbnails.shape[2])]
                                        if thumbnails is not None and self.overlap.mirrored else [])]
@@ -200,8 +200,7 @@ class CorpusLedger:
         if thumbnails is not None:
             views = [thumbnails, *([np.flip(thumbnails, axis=2)] if self.overlap.mirrored else [])]
             found = [f for f in (self._footage[cluster].longest_shared(v, self.overlap) for v in views) if f is not None]
-            shared = max(found, key=lambda f: (f.share, f.frames)) if found else None
-            partial = any(map(self.overlap.is_duplicate, found))
+            shared = SharedFootage(max(f.frames for f in found), max(f.share for f in found)) if found else None
         if measures is not None:
             if similarity is not None:
                 measures["duplicate_similarity"] = similarity
@@ -209,7 +208,7 @@ class CorpusLedger:
                 measures.update(overlap_s=shared.frames / self.overlap.fps, overlap_share=shared.share)
         if similarity is not None and similarity >= self.duplicate_similarity:
             return DUPLICATE
-        if partial:
+        if shared is not None and self.overlap.is_duplicate(shared):
             return PARTIAL_DUPLICATE
         if self.max_per_identity and self._counts[cluster] >= self.max_per_identity:
             return IDENTITY_OVER_CAP

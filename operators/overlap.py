@@ -86,7 +86,7 @@ def mirrored_signature(signature: np.ndarray, side: int) -> np.ndarray:
 @dataclass(frozen=True)
 class SharedFootage:
     """The longest stretches a clip shares with kept clips: in frames, and as a share of the
-    shorter clip of each pair (the largest of each may come from different kept clips)."""
+    shorter clip of each pair (the largest of each may come from different kept clips, or views)."""
 
     frames: int
     share: float

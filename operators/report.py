@@ -118,12 +118,22 @@ def _value_text(value) -> str:
     return str(value)
 
 
+def _interval(std: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Half-widths of 95% intervals of means over `count` videos (Student's t: a sweep scores a
+    few videos, where 1.96 standard errors would be 2-6 times too narrow); NaN, no bar, for one."""
+    from scipy.stats import t
+
+    count = np.asarray(count, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count >= 2, t.ppf(0.975, np.maximum(count - 1, 1)) * std / np.sqrt(count), np.nan)
+
+
 def parameter_plots(summary: pd.DataFrame, per_video: pd.DataFrame, params: Sequence[str],
                     out_path: Path) -> Path | None:
     """Each metric against each numeric param of the grid: a config's mean over its videos with a
-    95% interval (1.96 standard errors), one line per combination of the other params (the
-    backend included), so a trend reads at a glance where the box plots only order configs; configs
-    that set none of these params (the `still` baseline) are dashed levels. None when no numeric
+    95% interval (`_interval`), one line per combination of the other params (the backend
+    included), so a trend reads at a glance where the box plots only order configs; configs that
+    set none of the swept params (the `still` baseline) are dashed levels. None when no numeric
     param takes two values."""
     swept = numeric_params(summary, params)
     names = [m for m in metric_columns(per_video) if per_video[m].notna().any()]
@@ -141,10 +151,11 @@ def parameter_plots(summary: pd.DataFrame, per_video: pd.DataFrame, params: Sequ
             for key, group in rows.groupby([rows[p].map(_value_text) for p in others] if others else [0] * len(rows)):
                 group = group.sort_values(param)
                 mean = stats.loc[group["config"], (name, "mean")].to_numpy()
-                error = 1.96 * (stats.loc[group["config"], (name, "std")].fillna(0.0)
-                                / np.sqrt(stats.loc[group["config"], (name, "count")].clip(lower=1))).to_numpy()
-                label = ", ".join(f"{p}={v}" for p, v in zip(others, key if isinstance(key, tuple) else (key,))) if others else None
-                ax.errorbar(group[param].astype(float), mean, yerr=error, marker="o", capsize=3, label=label)
+                error = _interval(stats.loc[group["config"], (name, "std")].to_numpy(),
+                                  stats.loc[group["config"], (name, "count")].to_numpy())
+                values = zip(others, key if isinstance(key, tuple) else (key,))
+                label = ", ".join(f"{p}={v}" for p, v in values if v != "nan") if others else None  # nan: not set
+                ax.errorbar(group[param].astype(float), mean, yerr=error, marker="o", capsize=3, label=label or None)
             for config in unswept:  # a baseline such as `still`: a level to compare the lines with
                 if config in stats.index and not np.isnan(stats.loc[config, (name, "mean")]):
                     ax.axhline(stats.loc[config, (name, "mean")], color="grey", linestyle="--", linewidth=1, label=config)
@@ -164,7 +175,7 @@ def paired_plot(per_video: pd.DataFrame, metric: str, order: Sequence[str], out_
         return None
     table = per_video.pivot_table(index="job_id", columns="config", values=metric, aggfunc="mean")
     columns = [c for c in order if c in table.columns]
-    table = table[columns] if columns else table
+    table = table[columns]
     if len(columns) < 2 or not (table.notna().sum(axis=1) >= 2).any():
         return None
     fig, (ax,) = _figure(1, cols=1)
@@ -239,8 +250,7 @@ def write_html(out_dir: Path, title: str, summary: pd.DataFrame, rank_by: str, p
     """index.html in `out_dir`; `plots` (heading, PNG) and `videos` must lie inside `out_dir` (linked relatively)."""
     parts = [f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>",
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
-             f"<h2>Summary, ranked by {html.escape(rank_by)} "
-             f"({'lower' if lower_is_better(rank_by) else 'higher'} is better)</h2>", _table_html(summary, rank_by)]
+             f"<h2>Summary, ranked by {html.escape(_title(rank_by))}</h2>", _table_html(summary, rank_by)]
     if notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li class=note>{html.escape(n)}</li>" for n in notes) + "</ul>")
     for heading, plot in plots:

@@ -17,6 +17,7 @@ finished, and a rerun with other settings redoes them.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -83,26 +84,38 @@ def code_version() -> str:
     return version("portraitflow")
 
 
-def code_tags() -> dict[str, str]:
-    """MLflow tags naming the code that made a run's numbers: the version, and where the package
-    runs from a git checkout (an editable install) the commit, with `-dirty` when files differ from
-    it, under MLflow's own `mlflow.source.git.commit`. The commit is provenance only: it is not part
-    of a config's hash, so a commit that changes no numbers does not make a sweep score again."""
-    import subprocess
-    from pathlib import Path
+#: the tags `code_tags` adds from a git checkout (MLflow's own commit tag, and whether files differed)
+GIT_TAGS = ("mlflow.source.git.commit", "portraitflow.git_dirty")
 
-    tags = {"portraitflow.version": code_version()}
-    source = Path(__file__).resolve().parent
+
+def code_tags() -> dict[str, str]:
+    """MLflow tags naming the code that makes a run's numbers: the version, and where the package
+    runs from its own git checkout (an editable install) the commit and whether tracked files
+    differ from it (`GIT_TAGS`). The commit is provenance only: it is not part of a config's hash,
+    so a commit that changes no numbers does not make a sweep score again."""
+    return {"portraitflow.version": code_version(), **_git_state()}
+
+
+@functools.cache
+def _git_state() -> dict[str, str]:
+    """Read once per process: a file edited mid-sweep does not give its configs different commits.
+    Only the checkout whose top is the package's own source folder counts (a wheel installed in a
+    virtual environment inside another project's checkout is not that project's code)."""
+    import subprocess
+
+    source = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "--no-optional-locks", "-C", str(source), *args], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+
     try:
-        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        changed = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
-                                 capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):  # no git, or an installed wheel outside any checkout
-        return tags
-    if commit:
-        tags["mlflow.source.git.commit"] = commit + ("-dirty" if changed else "")
-    return tags
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != source:
+            return {}
+        commit, changed = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):  # no git, or no checkout
+        return {}
+    return dict(zip(GIT_TAGS, (commit, str(bool(changed)).lower())))
 
 
 def config_hash(params: dict[str, Any], dataset: DatasetSpec, evaluate: EvaluateConfig, cfg: PortraitFlowConfig) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -175,35 +176,25 @@ def test_gallery_photos_left_out_are_named(media_dir: Path, tmp_path: Path, capl
     assert "2 photo(s) left out of the gallery: notes.png (not_an_image), wall.png (no face)" in caplog.text
 
 
-def test_a_folder_curated_before_shot_hash_threshold_resumes_only_with_the_old_shot_splitting(tmp_path: Path) -> None:
-    """The setting came with a default that splits dim footage into fewer shots; a folder curated before
-    it existed split every histogram cut (0.0), so resuming with the new default would mix the two."""
+@pytest.mark.parametrize(("setting", "change", "restore"), [
+    # a default that splits dim footage into fewer shots; before it, every histogram cut split (0.0)
+    ("shot_hash_threshold", "0.0 -> 0.25", "0.0"),
+    # mirrored copies were kept before; on, new flipped copies would be rejected while older ones stay
+    ("duplicate_mirrored", "False -> True", "false"),
+])
+def test_a_folder_curated_before_a_setting_that_changed_results_resumes_only_with_the_old_behaviour(
+        tmp_path: Path, setting: str, change: str, restore: str) -> None:
+    """A folder recorded before the setting existed counts it at the value that reproduces what it
+    got (`BEHAVIOUR_BEFORE_ADDED`), so resuming with the new default would mix the two."""
     from portraitflow.operators import ledger
 
     layout = Layout(tmp_path)
     layout.make()
     older = corpus_settings(load_config(None, []))
-    del older["curate"]["shot_hash_threshold"]
+    del older["curate"][setting]
     layout.settings.write_text(json.dumps(older))
     ledger.write_marker(layout.done, {"input_key": "talk", "status": "rejected"}, [])
-    with pytest.raises(typer.BadParameter, match=r"curate\.shot_hash_threshold: 0\.0 -> 0\.25.*"
-                       r"recorded settings: --set=curate\.shot_hash_threshold=0\.0"):
+    with pytest.raises(typer.BadParameter, match=rf"curate\.{setting}: {re.escape(change)}.*"
+                       rf"recorded settings: --set=curate\.{setting}={re.escape(restore)}"):
         check_corpus_settings(load_config(None, []), layout)
-    assert check_corpus_settings(load_config(None, ["curate.shot_hash_threshold=0"]), layout) == []
-
-
-def test_a_folder_curated_before_mirrored_duplicates_resumes_only_without_them(tmp_path: Path) -> None:
-    """Mirrored copies were kept before `duplicate_mirrored`; resuming with it on would reject new
-    flipped copies of clips while older ones stay in the corpus."""
-    from portraitflow.operators import ledger
-
-    layout = Layout(tmp_path)
-    layout.make()
-    older = corpus_settings(load_config(None, []))
-    del older["curate"]["duplicate_mirrored"]
-    layout.settings.write_text(json.dumps(older))
-    ledger.write_marker(layout.done, {"input_key": "talk", "status": "rejected"}, [])
-    with pytest.raises(typer.BadParameter, match=r"curate\.duplicate_mirrored: False -> True.*"
-                       r"recorded settings: --set=curate\.duplicate_mirrored=false"):
-        check_corpus_settings(load_config(None, []), layout)
-    assert check_corpus_settings(load_config(None, ["curate.duplicate_mirrored=false"]), layout) == []
+    assert check_corpus_settings(load_config(None, [f"curate.{setting}={restore}"]), layout) == []

@@ -76,7 +76,8 @@ def test_sweep_records_a_parent_with_one_nested_run_per_config(sweep_run) -> Non
         assert {"per_video.json", "per_video.parquet", "side_by_side", "frames"} <= artifacts
         assert child.data.tags["portraitflow.version"] == parent.data.tags["portraitflow.version"] != ""
         if checkout_commit:  # run from a git checkout: the commit that made the numbers, as MLflow names it
-            assert child.data.tags["mlflow.source.git.commit"].removesuffix("-dirty") == checkout_commit
+            assert child.data.tags["mlflow.source.git.commit"] == checkout_commit
+            assert child.data.tags["portraitflow.git_dirty"] in ("true", "false")
         # the settings that made the videos, beyond the sweep params
         assert {"animate.size", "face.backend"} <= set(child.data.params)
     assert "animate.paste_back" in children["still"].data.params

@@ -181,7 +181,7 @@ def test_the_overlap_settings_leave_scans_valid_and_an_older_folder_resumes_with
 
     names = ("duplicate_overlap_share", "duplicate_overlap_seconds", "duplicate_window_similarity")
     changed = load_config(None, ["curate.duplicate_overlap_share=0.8", "curate.duplicate_overlap_seconds=3",
-                                 "curate.duplicate_window_similarity=0.95"])
+                                 "curate.duplicate_window_similarity=0.95", "curate.duplicate_mirrored=false"])
     assert scan_fingerprint(changed) == scan_fingerprint(load_config(None, []))
     layout = Layout(tmp_path)
     layout.make()
@@ -255,3 +255,16 @@ def test_the_mirrored_signature_is_the_signature_of_the_mirror_image() -> None:
     thumbnails = footage(6, 60)
     mirrored = mirrored_signature(content_signature(thumbnails), thumbnails.shape[2])
     np.testing.assert_allclose(mirrored, content_signature(np.flip(thumbnails, axis=2)), atol=1e-6)
+
+
+def test_the_reported_overlap_agrees_with_the_decision_when_the_views_differ() -> None:
+    """The plain view shares 6 s (0.6 of the clip: a duplicate by the seconds rule only), the
+    mirrored view 3 s at 0.83 of a short kept clip (neither rule): each measure is the larger of
+    the two, so the row shows the 6 s that rejected the clip."""
+    tail = footage(7, 100)
+    ledger = _ledger(duplicate_overlap_share=0.9, duplicate_overlap_seconds=4.5)
+    _keep(ledger, KEPT)
+    _keep(ledger, np.flip(np.concatenate([tail[:75], footage(8, 15)]), axis=2))
+    reason, measures = _decide(ledger, re_encoded(np.concatenate([KEPT[:150], tail])))
+    assert reason == filters.PARTIAL_DUPLICATE
+    assert measures["overlap_s"] >= 4.5 and 0.6 < measures["overlap_share"] < 0.9

@@ -168,13 +168,13 @@ def baseline(pipe: HunyuanPipeline, inputs: Inputs, settings: SamplingSettings) 
                 counts[frames] += 1
             latents = accumulated / counts[None, :, None, None, None]
             shift = next_shift(shift, settings.shift_offset, window)
+        decoded = torch.cat([vae.decode((c / vae.config.scaling_factor).to(vae.decoder.conv_in.weight.dtype),
+                                        num_frames=len(c)).sample
+                             for c in latents[0].split(settings.decode_chunk_size)])  # all frames kept
     finally:
         unet.condition_slot.repeat_contexts = False
         use_fused_kernels(unet, True)
         use_fused_kernels(vae, True)
-    decoded = torch.cat([vae.decode((c / vae.config.scaling_factor).to(vae.decoder.conv_in.weight.dtype),
-                                    num_frames=len(c)).sample
-                         for c in latents[0].split(settings.decode_chunk_size)])  # all frames kept
     return latents, _frames_summary([decoded[pad:num_frames - pad]])
 
 

@@ -5,8 +5,8 @@ variants can be compared in seconds instead of minutes: ms per call, frame-passe
 TFLOP/s (FLOPs counted by `torch.utils.flop_counter`), and each variant's largest difference from
 diffusers' stock sums (eager, fused kernels off, all rows). `--profile` prints the CUDA kernels
 that take the most time in one call of each variant. Every variant but `eager-all-rows` skips the
-unconditional branch's cross-attention, and every `-stock` one runs diffusers' GEGLU and 3-D
-temporal convolutions instead of the fused kernels (`fused.use_fused_kernels`).
+unconditional branch's cross-attention, and the `-stock` ones and `eager-all-rows` run diffusers'
+GEGLU and 3-D temporal convolutions instead of the fused kernels (`fused.use_fused_kernels`).
 
     python benchmarks/hunyuan_unet.py                                # full size on CUDA, fp16
     python benchmarks/hunyuan_unet.py --variants compile-stock compile --profile

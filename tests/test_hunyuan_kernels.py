@@ -54,9 +54,9 @@ def test_frame_convolution_refuses_a_spatial_kernel() -> None:
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_fused_geglu_kernel_matches_the_formula_on_cuda(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    stock = GEGLU(320, 1280).cuda().to(dtype)
+    stock = GEGLU(320, 1000).cuda().to(dtype)
     fused = FusedGEGLU.replacing(stock)
-    x = torch.randn(3, 1000, 320, device="cuda", dtype=dtype)  # 3000 rows: no multiple of a tile
+    x = torch.randn(3, 1000, 320, device="cuda", dtype=dtype)  # 3000 rows and 1000 columns: no multiple of a tile
     assert fused.can_fuse(x)
     hidden, gate = torch.nn.functional.linear(x.float(), stock.proj.weight.float(), stock.proj.bias.float()).chunk(2, -1)
     exact = hidden * torch.nn.functional.gelu(gate)
@@ -79,7 +79,7 @@ def test_pipeline_substitutes_the_vae_decoder_and_the_switch_turns_both_off() ->
     assert not any(m.fused for m in pipe.unet.modules() if isinstance(m, FusedGEGLU))
 
 
-@pytest.mark.skipif(geglu_triton is None, reason="needs Triton")
+@pytest.mark.skipif(geglu_triton is None or not torch.cuda.is_available(), reason="needs Triton and a CUDA device")
 def test_a_kernel_that_fails_leaves_the_formula_with_one_warning(monkeypatch: pytest.MonkeyPatch,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
     calls = []
@@ -90,10 +90,12 @@ def test_a_kernel_that_fails_leaves_the_formula_with_one_warning(monkeypatch: py
 
     monkeypatch.setattr(geglu_triton, "launch", broken)
     monkeypatch.setattr(geglu_triton, "kernel_failure", None)
-    stock = GEGLU(64, 32)
-    x = torch.randn(2, 5, 64)
+    stock = GEGLU(64, 32).cuda().half()
+    x = torch.randn(2, 5, 64, device="cuda", dtype=torch.float16)
     for _ in range(2):
         out = torch.ops.portraitflow.linear_geglu(x, stock.proj.weight, stock.proj.bias)
         torch.testing.assert_close(out, stock(x))
+    with pytest.raises(RuntimeError, match="multiple of 64"):  # what the kernel cannot read: refused, not run
+        torch.ops.portraitflow.linear_geglu(x[..., :48], stock.proj.weight[:, :48], stock.proj.bias)
     assert len(calls) == 1 and "no kernel image" in geglu_triton.kernel_failure
     assert caplog.text.count("the fused GEGLU kernel failed") == 1

@@ -19,7 +19,9 @@ from torch import nn
 
 try:
     from portraitflow.models.hunyuan import geglu_triton
-except ImportError:  # no Triton (the CPU wheels of torch): the unfused formula everywhere
+except ModuleNotFoundError as missing:  # no Triton (the CPU wheels of torch): the unfused formula everywhere
+    if missing.name != "triton":
+        raise
     geglu_triton = None  # type: ignore[assignment]
 
 _FUSED_DTYPES = (torch.float16, torch.bfloat16)

@@ -9,6 +9,7 @@ never reaches device memory. Imported only where Triton is installed; registered
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 import triton
@@ -31,7 +32,7 @@ PERSISTENT_CONFIGS = [
                   num_stages=stages, num_warps=8)
     for block_k, stages in ((32, 4), (32, 5), (64, 3), (64, 4))
 ]
-K_MULTIPLE = 64
+K_MULTIPLE = math.lcm(*(config.kwargs["BLOCK_K"] for config in CONFIGS + PERSISTENT_CONFIGS))
 logger = logging.getLogger(__name__)
 
 
@@ -111,16 +112,26 @@ kernel_failure: str | None = None
 @torch.library.custom_op("portraitflow::linear_geglu", mutates_args=())
 def linear_geglu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """GEGLU(x @ weight.T + bias) for x [..., K] on CUDA; the output is [..., weight.shape[0] // 2].
-    If the kernel fails to build or run (a Triton that does not support this GPU, say), this and
-    every later call compute diffusers' formula instead, with one warning: a job never stops on it."""
+    If the kernel fails to build or launch (a Triton that does not support this GPU, say), this and
+    every later call compute diffusers' formula instead, with one warning: a job never stops on it.
+    (A fault while it runs on the device would poison the CUDA context; the checks above keep the
+    kernel to inputs it reads within bounds.)"""
     global kernel_failure
+    torch._check(x.is_cuda and weight.device == x.device and bias.device == x.device,
+                 lambda: "portraitflow::linear_geglu runs on CUDA tensors of one device")
+    torch._check(x.dtype in (torch.float16, torch.bfloat16) and weight.dtype == bias.dtype == x.dtype,
+                 lambda: f"portraitflow::linear_geglu takes float16 or bfloat16 alike, not {x.dtype}/{weight.dtype}")
+    torch._check(x.shape[-1] == weight.shape[1] and x.shape[-1] % K_MULTIPLE == 0 and weight.shape[0] % 2 == 0,
+                 lambda: f"portraitflow::linear_geglu needs K a multiple of {K_MULTIPLE} (the kernel reads whole "
+                         f"tiles of K) and an even output: x {tuple(x.shape)}, weight {tuple(weight.shape)}")
     rows = x.reshape(-1, x.shape[-1])
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
     if kernel_failure is None:
         out = rows.new_empty(rows.shape[0], weight.shape[0] // 2)
         try:
-            launch(rows, weight.contiguous(), bias.contiguous(), out)
+            with torch.cuda.device(x.device):
+                launch(rows, weight.contiguous(), bias.contiguous(), out)
             return out.reshape(*x.shape[:-1], out.shape[-1])
         except Exception as error:  # noqa: BLE001 (any build or launch failure; the formula is the same)
             kernel_failure = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"

@@ -28,8 +28,12 @@ def stock_geglu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
 
 
 def rate(run: Callable[[], object], flop: int) -> str:
-    """TFLOP/s of `run` (Triton's `do_bench`: median of warmed-up calls)."""
-    return f"{flop / do_bench(run) / 1e9:.0f}"
+    """TFLOP/s of `run` (Triton's `do_bench`: median of warmed-up calls), or why it failed (a
+    candidate config this Triton cannot build, say)."""
+    try:
+        return f"{flop / do_bench(run) / 1e9:.0f}"
+    except Exception as error:  # noqa: BLE001 (any build or launch failure is a result here)
+        return f"failed ({type(error).__name__})"
 
 
 def main() -> None:

@@ -28,6 +28,8 @@ step() {  # NAME NEEDED_SECONDS COMMAND...
     timeout "$left" "$@" 2>&1 | tee "$logs/$name.log" | grep -v -e Warning -e warn
 }
 
+# The kernel tests that need CUDA (fp16 and bf16 against the formula, a failing kernel's fallback).
+step kernel_tests 60 "$python" -m pytest -q -p no:cacheprovider tests/test_hunyuan_kernels.py
 # The fused GEGLU kernel against cuBLAS and inductor, per tile config, the untimed persistent
 # candidates included (about a minute).
 step geglu_kernel 90 "$python" benchmarks/geglu_kernel.py

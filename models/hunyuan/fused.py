@@ -55,9 +55,10 @@ class FusedGEGLU(nn.Module):
 
 class FrameConv(nn.Conv3d):
     """A convolution over frames only (the temporal blocks' (3, 1, 1)) of [B, C, F, H, W], computed
-    as a (3, 1) 2-D convolution of [B, C, F, H*W]: the same sums, but a 2-D convolution runs channels-last as the
-    rest of the compiled UNet does, where cuDNN wraps each 3-D one in transposes of its input,
-    weight and output (7 ms of a 185-ms UNet call on an H100)."""
+    as a (3, 1) 2-D convolution of [B, C, F, H*W]: the same sums, but a 2-D convolution runs
+    channels-last as the rest of the compiled UNet does, where cuDNN wraps each 3-D one in
+    transposes of its input, weight and output (7 ms of a 185-ms UNet call on an H100; what the
+    2-D form saves was measured only together with the fused GEGLU)."""
 
     def __init__(self, conv: nn.Conv3d) -> None:
         if not self.convolves_frames_only(conv):

@@ -3,8 +3,8 @@
 One sweep = one parent MLflow run (tagged with the sweep's hash and its output folder, so a rerun
 into the same folder resumes it) and one child run per config (tagged `mlflow.parentRunId` and the
 config's hash; a FINISHED child is not redone while it scored exactly the dataset's usable jobs and
-their outputs are all there, and a config its params refuse is recorded FAILED once, not per
-rerun). A sweep holds its folder alone; resuming, it marks KILLED the children a sweep killed outright left RUNNING. Children are created with MlflowClient rather than the fluent API because up to
+their outputs are all there, a config another sweep into the same folder scored takes that run's
+metrics, and a config its params refuse is recorded FAILED once, not per rerun). A sweep holds its folder alone; resuming, it marks KILLED the children a sweep killed outright left RUNNING. Children are created with MlflowClient rather than the fluent API because up to
 `max_parallel` configs run at once in threads, and the fluent active-run stack is per thread.
 An interrupted sweep (Ctrl-C) starts no queued config, ends the children in flight and the parent
 KILLED, and re-raises; a config in the middle of a stage (generation, scoring) stops when it ends.
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
 SWEEP_TAG, CONFIG_TAG, PARENT_TAG = "portraitflow.sweep_hash", "portraitflow.config_hash", "mlflow.parentRunId"
-SCORES_FROM_TAG = "portraitflow.scores_from"  # the run of another sweep whose scores a child logged again
+SCORES_FROM_TAG = "portraitflow.scores_from"  # the run of another sweep whose scores (metrics) a child took
 PARAMS_TAG = "portraitflow.config_params"  # the config's sweep params as JSON, for the report's columns
 
 log = logging.getLogger(__name__)
@@ -88,36 +88,63 @@ class ChildRuns:
             self._running.clear()
 
 
-def _finished_child(client: MlflowClient, experiment_id: str, parent_id: str | None, config_hash: str,
-                    work_dir: Path, job_ids: set[str]) -> Run | None:
-    """The config's latest FINISHED child run of `parent_id` (None: of any sweep), unless the jobs
-    scored in `work_dir` are not `job_ids` (the dataset gained or lost clips: the hash covers the
-    dataset's spec, not its files) or an output they scored is gone. Then the config runs again:
-    generation makes only what is missing."""
-    parent = f"tags.`{PARENT_TAG}` = '{parent_id}' and " if parent_id else ""
-    runs = client.search_runs([experiment_id], f"{parent}tags.`{CONFIG_TAG}` = '{config_hash}' and "
-                              "attributes.status = 'FINISHED'", max_results=1, order_by=["attributes.start_time DESC"])
-    if not runs:
-        return None
+#: in OUT/configs/<hash>/: the FINISHED run whose scores per_video.parquet holds (written when its
+#: scoring finished, removed when another starts, so a scoring that failed half way is never taken)
+SCORED_BY = "scored_by.txt"
+
+
+def _scoring_run(client: MlflowClient, parent_id: str, config_hash: str, work_dir: Path,
+                 job_ids: set[str]) -> Run | None:
+    """The FINISHED run that made the scores `work_dir` holds, while they still stand: the jobs
+    they cover are exactly `job_ids` (the dataset gained or lost clips: the hash covers the
+    dataset's spec, not its files) and every output they scored is there. Otherwise None, and the
+    config runs again: generation makes only what is missing. A folder scored before SCORED_BY
+    was written is taken at this parent's latest FINISHED child of the config."""
+    from mlflow.exceptions import MlflowException
+
+    record = work_dir / SCORED_BY
+    if record.is_file():
+        try:
+            run = client.get_run(record.read_text().strip())
+        except MlflowException:  # recorded in another store: nothing here to reuse
+            return None
+        if run.info.status != "FINISHED" or run.data.tags.get(CONFIG_TAG) != config_hash:
+            return None
+    else:
+        run = _child(client, parent_id, config_hash)
+        if run is None:
+            return None
     scored = work_dir / "per_video.parquet"
     if not scored.is_file():
-        log.warning("%s: its scores are gone from %s; running it again", runs[0].info.run_name, work_dir)
+        log.warning("%s: its scores are gone from %s; running it again", run.info.run_name, work_dir)
         return None
     table = pd.read_parquet(scored)
     scored_ids = set(table["job_id"].astype(str)) if "job_id" in table else set()
     if scored_ids != job_ids:
         log.warning("%s: scored %d job(s), the dataset now has %d usable (%d new, %d gone); running it again",
-                    runs[0].info.run_name, len(scored_ids), len(job_ids), len(job_ids - scored_ids),
+                    run.info.run_name, len(scored_ids), len(job_ids), len(job_ids - scored_ids),
                     len(scored_ids - job_ids))
         return None
     if "output" not in table:  # scored before outputs were listed: nothing to check against
-        return runs[0]
+        return run
     missing = [out for out in table.loc[table["status"] == "ok", "output"] if not Path(out).is_file()]
     if missing:
-        log.warning("%s: %d output(s) it scored are gone (%s); running it again", runs[0].info.run_name,
+        log.warning("%s: %d output(s) it scored are gone (%s); running it again", run.info.run_name,
                     len(missing), missing[0])
         return None
-    return runs[0]
+    return run
+
+
+def _child(client: MlflowClient, parent_id: str, config_hash: str, scores_from: str | None = None) -> Run | None:
+    """The parent's latest FINISHED child of the config (that logged `scores_from`'s scores, if given)."""
+    parent = client.get_run(parent_id)
+    query = f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{CONFIG_TAG}` = '{config_hash}' and " \
+            "attributes.status = 'FINISHED'"
+    if scores_from:
+        query += f" and tags.`{SCORES_FROM_TAG}` = '{scores_from}'"
+    runs = client.search_runs([parent.info.experiment_id], query, max_results=1,
+                              order_by=["attributes.start_time DESC"])
+    return runs[0] if runs else None
 
 
 def _settings_params(params: dict[str, Any], cfg: PortraitFlowConfig) -> dict[str, Any]:
@@ -176,14 +203,6 @@ def score_and_log(client: MlflowClient, run_id: str, jobs: pd.DataFrame, label: 
     if "output" not in table and "output" in jobs:  # where each scored video is (a resume checks it is still there)
         table = table.merge(jobs[["job_id", "output"]], on="job_id", how="left", validate="one_to_one")
     write_parquet(work_dir / "per_video.parquet", table)
-    log_scores(client, run_id, table, jobs, work_dir, evaluate)
-    return table
-
-
-def log_scores(client: MlflowClient, run_id: str, table: pd.DataFrame, jobs: pd.DataFrame, work_dir: Path,
-               evaluate: EvaluateConfig) -> None:
-    """Log the scores `work_dir` holds (its per_video.parquet is `table`) into run `run_id`: the
-    per-video table, aggregate metrics, per-frame tables, side-by-side videos (made once, cached)."""
     client.log_table(run_id, data=table, artifact_file="per_video.json")
     client.log_artifact(run_id, str(work_dir / "per_video.parquet"))
     ok = table[table["status"] == "ok"]
@@ -199,6 +218,7 @@ def log_scores(client: MlflowClient, run_id: str, table: pd.DataFrame, jobs: pd.
     ok_ids, folder = set(ok["job_id"].astype(str)), work_dir / "metrics"
     _log_files(client, run_id, [path for path in sorted(folder.iterdir()) if path.name.split(".", 1)[0] in ok_ids]
                if folder.is_dir() else [], "frames")
+    return table
 
 
 def _log_files(client: MlflowClient, run_id: str, paths: list[Path], artifact_path: str) -> None:
@@ -240,15 +260,18 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
                     "error": _error_text(refused)[:300]}
         done = scored_before = None
     else:
-        job_ids = {str(job["job_id"]) for job in jobs}
-        done = _finished_child(client, experiment_id, parent_id, config_hash, work_dir, job_ids)
-        # another sweep into this folder finished it (a grid since extended): its scores stand
-        scored_before = None if done else _finished_child(client, experiment_id, None, config_hash, work_dir, job_ids)
+        scored = _scoring_run(client, parent_id, config_hash, work_dir, {str(job["job_id"]) for job in jobs})
+        if scored is None or scored.data.tags.get(PARENT_TAG) == parent_id:
+            done, scored_before = scored, None
+        else:  # another sweep into this folder scored it (a grid since extended): its scores stand
+            done = _child(client, parent_id, config_hash, scored.info.run_id)  # logged here by an earlier run
+            scored_before = scored if done is None else None
     if done is None:
         code = sweep_spec.code_tags()
-        if scored_before is not None:  # the commit that made the scores it logs, not today's
+        if scored_before is not None:  # the scores' run and the commit that made them, not today's
             code = {key: value for key, value in code.items() if key not in sweep_spec.GIT_TAGS}
             code.update((key, scored_before.data.tags[key]) for key in sweep_spec.GIT_TAGS if key in scored_before.data.tags)
+            code[SCORES_FROM_TAG] = scored_before.info.run_id
         tags = {PARENT_TAG: parent_id, CONFIG_TAG: config_hash, PARAMS_TAG: json.dumps(params, sort_keys=True), **code}
         run_id = children.start(experiment_id, label, tags)
         try:
@@ -256,16 +279,22 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
                                                **_settings_params(params, cfg)})
             if refused is not None:
                 raise refused
-            if scored_before is not None:
-                client.set_tag(run_id, SCORES_FROM_TAG, scored_before.info.run_id)
-                table = pd.read_parquet(work_dir / "per_video.parquet")
-                log_scores(client, run_id, table, _generated_jobs(jobs, table, params, cfg), work_dir, evaluate)
+            if scored_before is not None:  # its metrics; the tables and videos stay in that run (the report reads them there)
+                log_values(client, run_id, metrics=scored_before.data.metrics)
             else:
+                for stale in (SCORED_BY, "per_video.parquet"):  # until this scoring finishes, nothing here stands
+                    (work_dir / stale).unlink(missing_ok=True)
                 generated = generate_outputs(params, jobs, work_dir / "outputs", cfg)
                 children.check()
-                score_and_log(client, run_id, _generated_jobs(jobs, generated, params, cfg), label, work_dir,
-                              evaluate, cfg)
+                outcome = generated[[c for c in ("job_id", "status", "reason", "output") if c in generated]]
+                merged = pd.DataFrame(jobs)[["job_id", "ref", "driving"]].merge(  # ids are unique (dataset_jobs)
+                    outcome, on="job_id", how="left", validate="one_to_one")
+                merged = merged.fillna({"status": "failed", "reason": "not_generated"}).assign(
+                    paste_back=sweep_spec.config_settings(params, cfg).paste_back)  # how the evaluator frames the truth
+                score_and_log(client, run_id, merged, label, work_dir, evaluate, cfg)
             children.end(run_id, "FINISHED")
+            if scored_before is None:
+                atomic_write(work_dir / SCORED_BY, run_id)
         except Exception as exc:  # one broken config must not stop the others; its run says why
             children.check()  # unless the sweep was stopped under it: then it was killed, not broken
             client.set_tag(run_id, "error", _error_text(exc))
@@ -280,17 +309,6 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
     metrics = client.get_run(run_id).data.metrics
     return {**row, **metrics, "config_hash": config_hash, "run_id": run_id,
             "reused": done is not None or scored_before is not None}
-
-
-def _generated_jobs(jobs: list[dict], outcome: pd.DataFrame, params: dict[str, Any],
-                    cfg: PortraitFlowConfig) -> pd.DataFrame:
-    """The usable jobs with what generation made of each (status, reason, output; a job it left
-    out failed `not_generated`) and how the evaluator frames the truth (`paste_back`)."""
-    outcome = outcome[[c for c in ("job_id", "status", "reason", "output") if c in outcome]]
-    merged = pd.DataFrame(jobs)[["job_id", "ref", "driving"]].merge(  # ids are unique (dataset_jobs)
-        outcome, on="job_id", how="left", validate="one_to_one")
-    return merged.fillna({"status": "failed", "reason": "not_generated"}).assign(
-        paste_back=sweep_spec.config_settings(params, cfg).paste_back)
 
 
 def evaluate_results(jobs: pd.DataFrame, cfg: PortraitFlowConfig, out_dir: str | Path, name: str = "evaluate") -> str:
@@ -508,10 +526,12 @@ def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, r
              **child.data.metrics, "error": child.data.tags.get("error", ""), "run_id": child.info.run_id}
             for child, values in zip(children, params)]
     summary = _latest_per_config(pd.DataFrame(rows))
+    # a child that logged another sweep's scores has its tables and videos in that sweep's run
+    sources = {child.info.run_id: child.data.tags.get(SCORES_FROM_TAG, child.info.run_id) for child in children}
     tables, videos = [], []
     finished = summary[summary["status"] == "FINISHED"]
     for label, run in zip(finished["config"], finished["run_id"]):
-        local = _download(client, run, ("per_video.parquet", "side_by_side"), out_dir / "runs" / run)
+        local = _download(client, sources[run], ("per_video.parquet", "side_by_side"), out_dir / "runs" / sources[run])
         if (local / "per_video.parquet").is_file():
             tables.append(pd.read_parquet(local / "per_video.parquet").assign(config=label))
         for video in sorted((local / "side_by_side").glob("*.mp4")):

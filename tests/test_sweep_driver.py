@@ -239,10 +239,13 @@ def test_a_rerun_remakes_what_is_gone_ends_what_a_kill_left_running_and_keeps_to
     assert len(generated) == 2 and next(out.glob("configs/*/outputs/*.mp4")).is_file()  # made again
     assert [r.info.status for r in children(parent)] == ["FINISHED", "FINISHED"]
     assert pd.read_csv(out / "summary.csv")["reused"].tolist() == [False]
+    assert sweep.run_sweep(spec, cfg, out) == parent and len(generated) == 2  # the second, complete, is reused
+    assert pd.read_csv(out / "summary.csv")["reused"].tolist() == [True]
     client.update_run(children(parent)[1].info.run_id, status="RUNNING")  # as a sweep killed outright leaves it
     assert sweep.run_sweep(spec, cfg, out) == parent and len(generated) == 2
-    assert [r.info.status for r in children(parent)] == ["FINISHED", "KILLED"]  # the first, complete, is reused
-    assert pd.read_csv(out / "summary.csv")["reused"].tolist() == [True]
+    # the scores on disk are the killed run's: scored again (not the first run's, which scored other files)
+    assert [r.info.status for r in children(parent)] == ["FINISHED", "KILLED", "FINISHED"]
+    assert pd.read_csv(out / "summary.csv")["reused"].tolist() == [False]
 
     elsewhere = sweep.run_sweep(spec, cfg, data.parent / "elsewhere")  # another folder: another sweep
     assert elsewhere != parent and len(generated) == 3
@@ -479,5 +482,31 @@ def test_extending_the_grid_scores_only_the_new_config_and_logs_the_others_score
     child = client.get_run(summary.loc["still", "run_id"])
     assert child.data.tags["mlflow.parentRunId"] == second and child.info.status == "FINISHED"
     earlier = client.get_run(child.data.tags["portraitflow.scores_from"])
-    assert earlier.data.tags["mlflow.parentRunId"] == first
-    assert {"per_video.json", "per_video.parquet"} <= {a.path for a in client.list_artifacts(child.info.run_id)}
+    assert earlier.data.tags["mlflow.parentRunId"] == first and child.data.metrics == earlier.data.metrics
+    assert sweep.run_sweep(_spec(data, [{"backend": "still"}, {"backend": "still", "size": 128}], side_by_side=0),
+                           cfg, out) == second
+    assert scored == ["still", "still[size=128]"] and len(client.search_runs(  # rerun: the same child, not another
+        [child.info.experiment_id], f"tags.`mlflow.parentRunId` = '{second}'")) == 2
+
+
+def test_scores_left_by_a_scoring_that_did_not_finish_are_never_taken(driver, monkeypatch) -> None:
+    """A config scored by a first sweep loses its output; a wider sweep makes it again, and its
+    scoring fails: a third sweep must score it, not take the first sweep's numbers for the new video."""
+    sweep, cfg, data = driver
+    _fake_generation(sweep, monkeypatch)
+    fake_score, scored = sweep.score_and_log, []
+
+    def score(client, run_id, jobs, label, work_dir, *rest):
+        scored.append(label)
+        if len(scored) == 2:
+            raise RuntimeError("scoring broke")
+        fake_score(client, run_id, jobs, label, work_dir, *rest)
+
+    monkeypatch.setattr(sweep, "score_and_log", score)
+    out, still = data.parent / "out", {"backend": "still"}
+    sweep.run_sweep(_spec(data, [still], side_by_side=0), cfg, out)
+    next(out.glob("configs/*/outputs/*.mp4")).unlink()
+    sweep.run_sweep(_spec(data, [still, {"backend": "still", "size": 128}], side_by_side=0), cfg, out)
+    assert scored == ["still", "still", "still[size=128]"]
+    sweep.run_sweep(_spec(data, [still, {"backend": "still", "size": 96}], side_by_side=0), cfg, out)
+    assert scored[3:] == ["still", "still[size=96]"]

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from portraitflow.models.hunyuan.fused import use_fused_kernels
+from portraitflow.models.hunyuan.fused import geglu_kernel_state, use_fused_kernels
 from portraitflow.models.hunyuan.pipeline import (
     INITIAL_LATENT_SCALE,
     HunyuanPipeline,
@@ -239,7 +239,8 @@ def main() -> None:
             inputs = make_inputs(pipe, models.resolution, count, settings, args.seed)
             phases: dict[str, float] = {}
             mine, wall, cpu, peak = timed(lambda: ours(mine_pipe, inputs, settings, phases), device)
-            print(f"  ours: {count / wall:.3f} f/s, peak {_gib(peak)} GiB;" + _phase_line(phases, count, settings), flush=True)
+            print(f"  ours: {count / wall:.3f} f/s, peak {_gib(peak)} GiB;" + _phase_line(phases, count, settings)
+                  + f"; GEGLU: {geglu_kernel_state(device)}", flush=True)
             if args.compile:
                 _, eager_decode, _, _ = timed(lambda: _frames_summary(pipe.decode(mine[0], settings.decode_chunk_size,
                                                                                   _kept(count, settings))), device)

@@ -25,7 +25,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from hunyuan_gpu import DTYPES  # run as a script: benchmarks/ is on the path
-from portraitflow.models.hunyuan.fused import use_fused_kernels
+from portraitflow.models.hunyuan.fused import geglu_kernel_state, use_fused_kernels
 from portraitflow.models.hunyuan.unet import SVD_XT_UNET_CONFIG, TINY_UNET_CONFIG, HunyuanUNet
 
 
@@ -181,8 +181,9 @@ def main() -> None:
                 profiles.append((variant, spec, run))
         windows = spec.windows
         passes = 2 * windows * frames / seconds
+        fell_back = geglu_kernel_state(device) if spec.fused_kernels and "failed" in geglu_kernel_state(device) else ""
         print(f"{variant:22s} {seconds * 1e3:9.1f} {passes:9.1f} {passes * flops_per_pass / 1e12:8.1f} "
-              f"{setup:8.1f} | {diff}", flush=True)
+              f"{setup:8.1f} | {diff} {fell_back}", flush=True)
     for variant, spec, run in profiles:
         print(f"\n{variant}:")
         use_fused_kernels(unet, spec.fused_kernels)

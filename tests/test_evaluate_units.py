@@ -214,6 +214,10 @@ def test_parameter_plots_draw_each_numeric_param_of_the_grid(tmp_path: Path) -> 
     plot = report.parameter_plots(summary, per_video, ["backend", "scale", "flip"], tmp_path / "parameters.png")
     assert plot is not None and plot.stat().st_size > 5_000
     assert report.parameter_plots(summary, per_video, ["backend", "flip"], tmp_path / "none.png") is None
+    # Student's t: 12.7 standard errors for 2 videos, 2.78 for 5; no interval for one
+    half = report._interval(np.array([1.0, 1.0, 1.0]), np.array([2, 5, 1]))
+    np.testing.assert_allclose(half[:2], [12.706 / np.sqrt(2), 2.776 / np.sqrt(5)], rtol=1e-3)
+    assert np.isnan(half[2])
 
 
 def test_a_jobs_dataset_is_read_as_animate_reads_it_and_cut_to_max_seconds(tmp_path: Path) -> None:

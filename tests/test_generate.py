@@ -264,6 +264,7 @@ def test_hunyuan_backend_end_to_end_with_tiny_random_weights(media_dir: Path, tm
     model = json.loads(row.model)
     assert model["animator"] == "hunyuan" and model["weights"] == "random:tiny:0" and model["identity"]
     assert model["num_steps"] >= 1 and model["compile"] == "off"  # CPU actors run eager
+    assert model["geglu"] == "formula (not CUDA)"
 
 
 def test_too_few_cpus_is_an_error_not_a_hang(tmp_path: Path, ray_local) -> None:

@@ -99,3 +99,20 @@ def test_a_kernel_that_fails_leaves_the_formula_with_one_warning(monkeypatch: py
         torch.ops.portraitflow.linear_geglu(x[..., :48], stock.proj.weight[:, :48], stock.proj.bias)
     assert len(calls) == 1 and "no kernel image" in geglu_triton.kernel_failure
     assert caplog.text.count("the fused GEGLU kernel failed") == 1
+
+
+@pytest.mark.skipif(geglu_triton is None or not torch.cuda.is_available(), reason="needs Triton and a CUDA device")
+@pytest.mark.parametrize("index", range(len(geglu_triton.CONFIGS + geglu_triton.PERSISTENT_CONFIGS))
+                         if geglu_triton is not None else [])
+def test_every_tile_config_computes_the_formula_on_cuda(index: int) -> None:
+    """Each autotuned config and each persistent candidate, launched alone (the autotuner keeps one)."""
+    config = (geglu_triton.CONFIGS + geglu_triton.PERSISTENT_CONFIGS)[index]
+    meta = dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+    torch.manual_seed(index)
+    x = torch.randn(3000, 320, device="cuda", dtype=torch.float16)
+    weight = torch.randn(2000, 320, device="cuda", dtype=torch.float16) / 320**0.5
+    bias = torch.randn(2000, device="cuda", dtype=torch.float16)
+    out = torch.full((3000, 1000), float("nan"), device="cuda", dtype=torch.float16)
+    geglu_triton.launch(x, weight, bias, out, meta)
+    hidden, gate = torch.nn.functional.linear(x.float(), weight.float(), bias.float()).chunk(2, -1)
+    torch.testing.assert_close(out.float(), hidden * torch.nn.functional.gelu(gate), rtol=2e-2, atol=2e-2)

@@ -31,6 +31,7 @@ from portraitflow.models.hunyuan.conditions import (
     image_tensor,
 )
 from portraitflow.models.hunyuan.dino import ID_DIM
+from portraitflow.models.hunyuan.fused import geglu_kernel_state
 from portraitflow.models.hunyuan.pipeline import PaddedMotion, SamplingSettings, dino_input
 from portraitflow.models.hunyuan.weights import HunyuanModels, load_models, random_models
 
@@ -103,11 +104,13 @@ class HunyuanAnimator(Animator):
 
     def describe(self, reference: ReferenceInput) -> dict[str, Any]:
         """A job's `model` record, once its frames are out: weights, identity source, dtype,
-        compilation (as it ran: a failed compilation falls back during the job) and the sampling
+        compilation (as it ran: a failed compilation falls back during the job), what computed the
+        GEGLUs (`fused.geglu_kernel_state`, which a failed kernel also changes) and the sampling
         settings the job used (its params, the window fitted to a short video)."""
+        pipeline = self.models.pipeline
         return {"animator": self.name, "weights": self.models.source, "identity": self.identity(reference)[1],
-                "dtype": str(self.models.pipeline.dtype).removeprefix("torch."), "compile": self.models.pipeline.compiled,
-                **dataclasses.asdict(self.job_settings)}
+                "dtype": str(pipeline.dtype).removeprefix("torch."), "compile": pipeline.compiled,
+                "geglu": geglu_kernel_state(pipeline.device), **dataclasses.asdict(self.job_settings)}
 
     # -- animation --------------------------------------------------------------------------------
 

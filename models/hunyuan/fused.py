@@ -24,9 +24,6 @@ except ModuleNotFoundError as missing:  # no Triton (the CPU wheels of torch): t
         raise
     geglu_triton = None  # type: ignore[assignment]
 
-_FUSED_DTYPES = (torch.float16, torch.bfloat16)
-
-
 class FusedGEGLU(nn.Module):
     """GEGLU(x) = (x W_h + b_h) * gelu(x W_g + b_g), in one kernel where it can be."""
 
@@ -41,10 +38,8 @@ class FusedGEGLU(nn.Module):
         return cls(geglu.proj)
 
     def can_fuse(self, hidden_states: torch.Tensor) -> bool:
-        weight = self.proj.weight
-        return (self.fused and geglu_triton is not None and hidden_states.is_cuda
-                and hidden_states.dtype in _FUSED_DTYPES and weight.dtype == hidden_states.dtype
-                and self.proj.bias is not None and weight.shape[1] % geglu_triton.K_MULTIPLE == 0)
+        return (self.fused and geglu_triton is not None
+                and geglu_triton.refusal(hidden_states, self.proj.weight, self.proj.bias) is None)
 
     def forward(self, hidden_states: torch.Tensor, *_: object, **__: object) -> torch.Tensor:
         if self.can_fuse(hidden_states):
@@ -92,6 +87,18 @@ def substitute_fused_kernels(root: nn.Module) -> None:
         for name, child in list(module.named_children()):
             if type(child) is nn.Conv3d and FrameConv.convolves_frames_only(child):
                 setattr(module, name, FrameConv(child))
+
+
+def geglu_kernel_state(device: torch.device) -> str:
+    """What computes the feed-forward GEGLUs on `device`, for a job's `model` record: the fused
+    kernel, or diffusers' formula and why."""
+    if device.type != "cuda":
+        return "formula (not CUDA)"
+    if geglu_triton is None:
+        return "formula (no Triton)"
+    if geglu_triton.kernel_failure:
+        return f"formula (the kernel failed: {geglu_triton.kernel_failure})"
+    return "fused kernel"
 
 
 def use_fused_kernels(root: nn.Module, enabled: bool) -> None:

@@ -26,13 +26,14 @@ CONFIGS = [
                    num_stages=3, num_warps=8)]
 #: candidates not yet measured on a GPU: one program per multiprocessor walking the tiles in one
 #: flattened loop, so the next tile's loads overlap this tile's GELU epilogue (at K = 320 the main
-#: loop is only ten 32-wide steps). benchmarks/geglu_kernel.py times them beside CONFIGS.
+#: loop is only ten 32-wide steps). benchmarks/geglu_kernel.py checks and times them beside CONFIGS;
+#: one that wins joins CONFIGS by hand. Their BLOCK_K must divide K_MULTIPLE.
 PERSISTENT_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": block_k, "GROUP_M": 8, "PERSISTENT": True},
                   num_stages=stages, num_warps=8)
     for block_k, stages in ((32, 4), (32, 5), (64, 3), (64, 4))
 ]
-K_MULTIPLE = math.lcm(*(config.kwargs["BLOCK_K"] for config in CONFIGS + PERSISTENT_CONFIGS))
+K_MULTIPLE = math.lcm(*(config.kwargs["BLOCK_K"] for config in CONFIGS))  # the candidates must fit it too
 logger = logging.getLogger(__name__)
 
 
@@ -83,6 +84,7 @@ def _programs(x: torch.Tensor, tiles: int, persistent: bool) -> int:
     """One program per tile, or per multiprocessor (persistent)."""
     if not persistent:
         return tiles
+    # off CUDA only Triton's interpreter runs the kernel: a few programs still walk several tiles each
     processors = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
     return min(tiles, processors)
 
@@ -105,25 +107,34 @@ def launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch
         linear_geglu_kernel[grid(config)](*args, **config)
 
 
-#: why the kernel stopped being used in this process (it failed to build or run), else None
+#: why the kernel stopped being used in this process (it failed to build or launch), else None
 kernel_failure: str | None = None
+
+
+def refusal(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str | None:
+    """Why the kernel cannot compute GEGLU(x @ weight.T + bias), or None: it takes CUDA tensors of
+    one device, float16 or bfloat16 alike, and K a multiple of every tile's K (it reads whole tiles)."""
+    if bias is None:
+        return "no bias"
+    if not (x.is_cuda and weight.device == x.device and bias.device == x.device):
+        return "not CUDA tensors of one device"
+    if not (x.dtype in (torch.float16, torch.bfloat16) and weight.dtype == bias.dtype == x.dtype):
+        return f"{x.dtype}/{weight.dtype}, not float16 or bfloat16 alike"
+    if not (x.shape[-1] == weight.shape[1] and x.shape[-1] % K_MULTIPLE == 0 and weight.shape[0] % 2 == 0):
+        return f"x {tuple(x.shape)} and weight {tuple(weight.shape)}: K not a multiple of {K_MULTIPLE}, or an odd output"
+    return None
 
 
 @torch.library.custom_op("portraitflow::linear_geglu", mutates_args=())
 def linear_geglu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """GEGLU(x @ weight.T + bias) for x [..., K] on CUDA; the output is [..., weight.shape[0] // 2].
     If the kernel fails to build or launch (a Triton that does not support this GPU, say), this and
-    every later call compute diffusers' formula instead, with one warning: a job never stops on it.
-    (A fault while it runs on the device would poison the CUDA context; the checks above keep the
-    kernel to inputs it reads within bounds.)"""
+    every later call compute diffusers' formula instead, with one warning. Running out of memory
+    is no such failure and propagates; a fault on the device itself would poison the CUDA context,
+    which `refusal` guards against by keeping the kernel to inputs it reads within bounds."""
     global kernel_failure
-    torch._check(x.is_cuda and weight.device == x.device and bias.device == x.device,
-                 lambda: "portraitflow::linear_geglu runs on CUDA tensors of one device")
-    torch._check(x.dtype in (torch.float16, torch.bfloat16) and weight.dtype == bias.dtype == x.dtype,
-                 lambda: f"portraitflow::linear_geglu takes float16 or bfloat16 alike, not {x.dtype}/{weight.dtype}")
-    torch._check(x.shape[-1] == weight.shape[1] and x.shape[-1] % K_MULTIPLE == 0 and weight.shape[0] % 2 == 0,
-                 lambda: f"portraitflow::linear_geglu needs K a multiple of {K_MULTIPLE} (the kernel reads whole "
-                         f"tiles of K) and an even output: x {tuple(x.shape)}, weight {tuple(weight.shape)}")
+    reason = refusal(x, weight, bias)
+    torch._check(reason is None, lambda: f"portraitflow::linear_geglu: {reason}")
     rows = x.reshape(-1, x.shape[-1])
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
@@ -133,6 +144,8 @@ def linear_geglu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> t
             with torch.cuda.device(x.device):
                 launch(rows, weight.contiguous(), bias.contiguous(), out)
             return out.reshape(*x.shape[:-1], out.shape[-1])
+        except torch.cuda.OutOfMemoryError:
+            raise
         except Exception as error:  # noqa: BLE001 (any build or launch failure; the formula is the same)
             kernel_failure = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             logger.warning("the fused GEGLU kernel failed, diffusers' GEGLU runs instead: %s", kernel_failure)

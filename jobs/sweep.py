@@ -93,7 +93,7 @@ class ChildRuns:
 SCORED_BY = "scored_by.txt"
 
 
-def _scoring_run(client: MlflowClient, parent_id: str, config_hash: str, work_dir: Path,
+def _scoring_run(client: MlflowClient, experiment_id: str, parent_id: str, config_hash: str, work_dir: Path,
                  job_ids: set[str]) -> Run | None:
     """The FINISHED run that made the scores `work_dir` holds, while they still stand: the jobs
     they cover are exactly `job_ids` (the dataset gained or lost clips: the hash covers the
@@ -111,7 +111,7 @@ def _scoring_run(client: MlflowClient, parent_id: str, config_hash: str, work_di
         if run.info.status != "FINISHED" or run.data.tags.get(CONFIG_TAG) != config_hash:
             return None
     else:
-        run = _child(client, parent_id, config_hash)
+        run = _child(client, experiment_id, parent_id, config_hash)
         if run is None:
             return None
     scored = work_dir / "per_video.parquet"
@@ -135,14 +135,14 @@ def _scoring_run(client: MlflowClient, parent_id: str, config_hash: str, work_di
     return run
 
 
-def _child(client: MlflowClient, parent_id: str, config_hash: str, scores_from: str | None = None) -> Run | None:
-    """The parent's latest FINISHED child of the config (that logged `scores_from`'s scores, if given)."""
-    parent = client.get_run(parent_id)
+def _child(client: MlflowClient, experiment_id: str, parent_id: str, config_hash: str,
+           scores_from: str | None = None, status: str = "FINISHED") -> Run | None:
+    """The parent's latest child of the config in `status` (that logged `scores_from`'s scores, if given)."""
     query = f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{CONFIG_TAG}` = '{config_hash}' and " \
-            "attributes.status = 'FINISHED'"
+            f"attributes.status = '{status}'"
     if scores_from:
         query += f" and tags.`{SCORES_FROM_TAG}` = '{scores_from}'"
-    runs = client.search_runs([parent.info.experiment_id], query, max_results=1,
+    runs = client.search_runs([experiment_id], query, max_results=1,
                               order_by=["attributes.start_time DESC"])
     return runs[0] if runs else None
 
@@ -174,10 +174,8 @@ def _refused_child(client: MlflowClient, experiment_id: str, parent_id: str, con
                    error: str) -> Run | None:
     """The config's latest FAILED child if it failed with `error`: a rerun records a refused config
     once, rather than one more identical FAILED child per rerun."""
-    runs = client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{CONFIG_TAG}` = "
-                              f"'{config_hash}' and attributes.status = 'FAILED'", max_results=1,
-                              order_by=["attributes.start_time DESC"])
-    return runs[0] if runs and runs[0].data.tags.get("error") == error else None
+    run = _child(client, experiment_id, parent_id, config_hash, status="FAILED")
+    return run if run is not None and run.data.tags.get("error") == error else None
 
 
 def _clear_metric_files(work_dir: Path, job_ids: set[str]) -> None:
@@ -260,11 +258,12 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
                     "error": _error_text(refused)[:300]}
         done = scored_before = None
     else:
-        scored = _scoring_run(client, parent_id, config_hash, work_dir, {str(job["job_id"]) for job in jobs})
+        scored = _scoring_run(client, experiment_id, parent_id, config_hash, work_dir,
+                              {str(job["job_id"]) for job in jobs})
         if scored is None or scored.data.tags.get(PARENT_TAG) == parent_id:
             done, scored_before = scored, None
         else:  # another sweep into this folder scored it (a grid since extended): its scores stand
-            done = _child(client, parent_id, config_hash, scored.info.run_id)  # logged here by an earlier run
+            done = _child(client, experiment_id, parent_id, config_hash, scored.info.run_id)  # logged by an earlier run
             scored_before = scored if done is None else None
     if done is None:
         code = sweep_spec.code_tags()

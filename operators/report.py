@@ -156,8 +156,8 @@ def parameter_plots(summary: pd.DataFrame, per_video: pd.DataFrame, params: Sequ
                 error = _interval(stats.loc[group["config"], (name, "std")].to_numpy(),
                                   stats.loc[group["config"], (name, "count")].to_numpy())
                 values = zip(others, key if isinstance(key, tuple) else (key,))
-                label = ", ".join(f"{p}={v}" for p, v in values if p not in unset) if others else None
-                ax.errorbar(group[param].astype(float), mean, yerr=error, marker="o", capsize=3, label=label or None)
+                label = ", ".join(f"{p}={v}" for p, v in values if p not in unset) or None  # none: no legend entry
+                ax.errorbar(group[param].astype(float), mean, yerr=error, marker="o", capsize=3, label=label)
             for config in unswept:  # a baseline such as `still`: a level to compare the lines with
                 if config in stats.index and not np.isnan(stats.loc[config, (name, "mean")]):
                     ax.axhline(stats.loc[config, (name, "mean")], color="grey", linestyle="--", linewidth=1, label=config)

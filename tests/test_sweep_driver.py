@@ -206,24 +206,7 @@ def test_a_rerun_remakes_what_is_gone_ends_what_a_kill_left_running_and_keeps_to
     from portraitflow.operators.atomic import FolderBusy, exclusive_folder
 
     sweep, cfg, data = driver
-    generated = []
-
-    def generate(params, jobs, folder, _cfg):
-        folder.mkdir(parents=True, exist_ok=True)
-        rows = []
-        for job in jobs:
-            output = folder / f"{job['job_id']}.mp4"
-            if not output.is_file():
-                generated.append(output.name)
-                output.write_bytes(b"video")
-            rows.append({"job_id": job["job_id"], "status": "ok", "reason": "", "output": str(output)})
-        return pd.DataFrame(rows)
-
-    def score(client, run_id, jobs, label, work_dir, *_):
-        jobs.to_parquet(work_dir / "per_video.parquet")
-
-    monkeypatch.setattr(sweep, "generate_outputs", generate)
-    monkeypatch.setattr(sweep, "score_and_log", score)
+    generated = _fake_generation(sweep, monkeypatch)
     spec, out = _spec(data, [{"backend": "still"}]), data.parent / "out"
     parent = sweep.run_sweep(spec, cfg, out)
     client = MlflowClient(cfg.mlflow.tracking_uri)

@@ -1,9 +1,9 @@
 """The Triton kernel behind `fused.FusedGEGLU`: a linear layer whose output goes through GEGLU
 before it is stored.
 
-Each program computes one [BLOCK_M, BLOCK_N] tile of the GEGLU output from two accumulators, the
-projection's hidden half (weight rows n) and its gate half (rows N + n), so the 2N-wide projection
-never reaches device memory. Imported only where Triton is installed; registered as the custom op
+Each [BLOCK_M, BLOCK_N] tile of the GEGLU output comes from two accumulators, the projection's
+hidden half (weight rows n) and its gate half (rows N + n), so the 2N-wide projection never
+reaches device memory; a program computes one tile, or (persistent) several in turn. Imported only where Triton is installed; registered as the custom op
 `portraitflow::linear_geglu` so `torch.compile` keeps it as one opaque call.
 """
 from __future__ import annotations

@@ -28,6 +28,11 @@ def stream_rng(seed: int, epoch: int, rank: int, worker: int, purpose: str) -> n
     return np.random.default_rng([seed, epoch, rank, worker, zlib.crc32(purpose.encode())])
 
 
+def epoch_shard_order(urls: Sequence[str], seed: int, epoch: int) -> list[str]:
+    """The shard list permuted by (seed, epoch): the same wherever it is computed, another every epoch."""
+    return [urls[i] for i in np.random.default_rng([seed, epoch]).permutation(len(urls))]
+
+
 def worker_shards(urls: Sequence[str], *, epoch: int, rank: int, world_size: int, worker: int, num_workers: int,
                   shared_seed: int, stream_seed: int, shuffle: bool) -> list[str]:
     """The shards one worker of one rank reads in an epoch, in reading order.
@@ -37,8 +42,7 @@ def worker_shards(urls: Sequence[str], *, epoch: int, rank: int, world_size: int
     worker's share is then ordered by its own `stream_seed`. Without, index order throughout."""
     if not shuffle:
         return list(urls)[rank::world_size][worker::num_workers]
-    permuted = [urls[i] for i in np.random.default_rng([shared_seed, epoch]).permutation(len(urls))]
-    share = permuted[rank::world_size][worker::num_workers]
+    share = epoch_shard_order(urls, shared_seed, epoch)[rank::world_size][worker::num_workers]
     return [share[i] for i in stream_rng(stream_seed, epoch, rank, worker, "shard_order").permutation(len(share))]
 
 

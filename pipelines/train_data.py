@@ -24,6 +24,7 @@ import webdataset as wds
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from portraitflow.jobs.config.train_data import TrainDataConfig
+from portraitflow.operators.sample_order import epoch_shard_order
 from portraitflow.operators.shard_source import SKIP_REASONS, SkipCounter, expand_shards
 from portraitflow.operators.train_sample import SampleSkipped
 from portraitflow.pipelines.train_batches import EpochProgress, RankLayout, ShardBatches, sample_builder
@@ -147,14 +148,24 @@ class TrainLoader:
 
 
 def ray_train_dataset(cfg: TrainDataConfig, epoch: int = 0) -> tuple[ray.data.Dataset, Any]:
-    """(dataset of training samples, tally actor): `ray.get(tally.counts.remote())` gives the
-    skipped samples by reason. Members are read as raw bytes (no decoder, so nothing is unpickled);
+    """(dataset of one epoch's training samples, tally actor): `ray.get(tally.counts.remote())` gives
+    the skipped samples by reason. Members are read as raw bytes (no decoder, so nothing is unpickled);
     Ray Train's `get_dataset_shard` splits it across ranks, `iter_torch_batches(
     local_shuffle_buffer_size=...)` shuffles samples. Shards that break mid-read drop their block
-    (logged by Ray, up to `ray_max_errored_blocks`), not the run."""
+    (logged by Ray, up to `ray_max_errored_blocks`), not the run.
+
+    With `shard_shuffle`, each read task takes shards of the epoch's permutation (seeded by (seed,
+    epoch), as the PyTorch path's; unseeded, Ray's file shuffle), so its block does not hold
+    neighbouring keys of one source. Ray reads many tasks at once, which interleaves shards; an
+    epoch is not resumable midway (Ray Train restarts it from its checkpoint's epoch)."""
+    if cfg.resampled:
+        raise ValueError("train_data.resampled is for TrainLoader: the Ray path reads every shard once per epoch")
+    urls = expand_shards(cfg.shards)
+    if cfg.shard_shuffle and cfg.seed is not None:
+        urls = epoch_shard_order(urls, cfg.seed, epoch)
     tally = SkipTally.remote()
-    dataset = ray.data.read_webdataset(expand_shards(cfg.shards), decoder=None,
-                                       shuffle="files" if cfg.seed is None else None)
+    dataset = ray.data.read_webdataset(urls, decoder=None,
+                                       shuffle="files" if cfg.shard_shuffle and cfg.seed is None else None)
     build = sample_builder(cfg, epoch)
     dataset = dataset.flat_map(partial(_samples_or_skip, build=build, tally=tally))
     dataset.context.max_errored_blocks = cfg.ray_max_errored_blocks

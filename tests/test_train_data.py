@@ -281,7 +281,9 @@ def test_ray_data_path_yields_the_same_samples_and_counts_skips(dataset, damaged
     torch_samples = {key: {name: value[i] for name, value in batch.items() if name != "key"}
                      for batch in TrainLoader(cfg) for i, key in enumerate(batch["key"])}
     fields = set(next(iter(torch_samples.values()))) | {"key"}
-    dataset_, tally = ray_train_dataset(cfg.model_copy(update={"shards": cfg.shards + [truncated_shard]}))
+    # in index order, so the read task that fails on the truncated shard holds no other shard's samples
+    dataset_, tally = ray_train_dataset(cfg.model_copy(update={"shards": cfg.shards + [truncated_shard],
+                                                               "shard_shuffle": False}))
     seen = set()
     for batch in dataset_.iter_torch_batches(batch_size=3, collate_fn=RayCollate()):
         assert set(batch) == fields
@@ -292,6 +294,26 @@ def test_ray_data_path_yields_the_same_samples_and_counts_skips(dataset, damaged
     # the truncated shard's block is dropped whole (cut0 with it), the run goes on
     assert seen == set(torch_samples) == set(dataset[1]) | {"bad3"}
     assert ray.get(tally.counts.remote()) == {"video_undecodable": 1, "bad_array": 1, "missing_member": 1}
+
+
+def test_ray_path_reads_each_epochs_shard_permutation_and_refuses_resampling(dataset, ray_local, monkeypatch) -> None:
+    """It read the shards in key order every epoch when seeded (blocks of neighbouring keys, from few
+    sources), and took `resampled` and `shard_shuffle: false` without a word."""
+    import ray.data
+
+    read, calls = ray.data.read_webdataset, []
+    monkeypatch.setattr(ray.data, "read_webdataset",
+                        lambda paths, **kwargs: calls.append((list(paths), kwargs["shuffle"])) or read(paths, **kwargs))
+    in_order = expand_shards(_config(dataset).shards[0])
+    for epoch in (0, 1):
+        ray_train_dataset(_config(dataset, seed=3), epoch=epoch)
+    ray_train_dataset(_config(dataset, seed=3, shard_shuffle=False), epoch=1)
+    ray_train_dataset(_config(dataset), epoch=0)
+    (first, _), (second, _) = calls[:2]
+    assert sorted(first) == sorted(second) == in_order and first != second and first != in_order
+    assert calls[2:] == [(in_order, None), (in_order, "files")]  # unseeded: Ray's own file shuffle
+    with pytest.raises(ValueError, match="resampled is for TrainLoader"):
+        ray_train_dataset(_config(dataset, resampled=True))
 
 
 @pytest.mark.slow

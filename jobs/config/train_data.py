@@ -31,11 +31,12 @@ class TrainDataConfig(BaseModel):
     )
     shard_shuffle: bool = Field(
         True, description="Permute the shard list every epoch, seeded by (seed, epoch) and the same on every rank, "
-        "before ranks and workers split it. false: index order, each rank and worker reading the same shards every epoch."
+        "before ranks and workers split it (the Ray path: before read tasks take it; unseeded, Ray's file shuffle). "
+        "false: index order, each rank and worker reading the same shards every epoch."
     )
     resampled: bool = Field(
         False, description="Draw shards with replacement, endlessly (epoch-less training); epochs are "
-        "`samples_per_epoch` long."
+        "`samples_per_epoch` long. PyTorch path only: the Ray path refuses it."
     )
     samples_per_epoch: int = Field(
         10_000, ge=1, description="Resampled mode: samples per rank in one pass of the loader."
@@ -48,8 +49,9 @@ class TrainDataConfig(BaseModel):
     )
     pin_memory: bool = Field(False, description="Pin batches in page-locked memory for faster host-to-GPU copies.")
     ray_max_errored_blocks: int = Field(
-        -1, description="Ray path: read blocks (a shard's samples read in one task) that may fail, e.g. on a truncated "
-        "shard, before the run stops; their samples are dropped and Ray logs each. -1: any number."
+        -1, description="Ray path: read blocks (the samples of the shards one read task reads; Ray gives small shards "
+        "one task together) that may fail, e.g. on a truncated shard, before the run stops; their samples are dropped, "
+        "the other shards' of that task with them, and Ray logs each. -1: any number."
     )
     resolution: int = Field(
         512, ge=64, description="Side of the frames and reference in a batch (SPEC: 512); clips curated at another "

@@ -58,6 +58,12 @@ class Candidate:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # only for clips still kept
 
 
+#: prefixes of the `arrays` of a clip being scanned that only its decisions read, never stored:
+#: the sampled frames' embeddings, and per-frame values the measures of each part of a split clip
+#: are taken from (`_track_frames`, sharpness)
+DECISION_ONLY = ("sample_", "measure_")
+
+
 @dataclass(frozen=True)
 class Galleries:
     allow: np.ndarray
@@ -161,28 +167,56 @@ def _overlap(track: Track, start: int, end: int) -> int:
 
 def _cheap_checks(main: Track, tracks: list[Track], start: int, end: int, info: VideoInfo,
                   to_source: np.ndarray, step: int, cfg: CurateConfig) -> Candidate:
+    """First pass on a clip's tracks; a clip it keeps carries their per-frame values on to `_measure`."""
+    frames = _track_frames(main, tracks, start, end, to_source)
+    measures = _track_measures(frames, _detection_frames(start, end, step), cfg)
+    reason = _track_reason(measures, end - start, info, cfg)
+    return Candidate(start, end, reason, measures, {} if reason else frames)
+
+
+def _track_frames(main: Track, tracks: list[Track], start: int, end: int,
+                  to_source: np.ndarray) -> dict[str, np.ndarray]:
+    """Per frame of [start, end), what the first-pass measures summarise: kept (not stored, see
+    DECISION_ONLY) so that each part of a clip split at an identity switch is measured on its own frames.
+    `measure_other_sides` holds a column per other track on the clip, NaN where it is not."""
     part = main.between(start, end)
-    side = float(np.median(part.sides) * to_source.min())
-    secondary = sum(
-        1 for t in tracks
-        if t is not main and _overlap(t, start, end) >= 0.25 * (end - start)
-        and np.median(t.between(start, end).sides) >= cfg.secondary_face_ratio * np.median(part.sides)
-    )
-    seen = part.detected.astype(bool)
-    measures = {"face_side_px": side, "detected_ratio": float(part.detected.sum() / _detection_frames(start, end, step)),
-                "secondary_faces": float(secondary),
-                "keypoint_yaw": float(np.median(np.abs(yaw_from_keypoints(part.kps[seen], part.boxes[seen]))))
-                if seen.any() else 0.0}
-    reason = filters.first_reason(
+    scale = to_source.min()
+    others = [t.between(start, end) for t in tracks if t is not main and _overlap(t, start, end)]
+    other_sides = np.full((end - start, len(others)), np.nan, np.float32)
+    for column, other in enumerate(others):
+        other_sides[other.positions - start, column] = other.sides * scale
+    return {"measure_face_side": part.sides * scale, "measure_detected": part.detected.astype(bool),
+            "measure_keypoint_yaw": np.abs(yaw_from_keypoints(part.kps, part.boxes)),
+            "measure_other_sides": other_sides}
+
+
+def _track_measures(frames: dict[str, np.ndarray], detection_frames: int, cfg: CurateConfig) -> dict[str, float]:
+    """The first-pass measures of a clip, or of a part of one, from its `_track_frames`."""
+    seen, sides, others = frames["measure_detected"], frames["measure_face_side"], frames["measure_other_sides"]
+    present = ~np.isnan(others)
+    secondary = sum(1 for column, on in zip(others.T, present.T)
+                    if on.sum() >= 0.25 * len(sides)
+                    and np.median(column[on]) >= cfg.secondary_face_ratio * np.median(sides))
+    return {"face_side_px": float(np.median(sides)), "detected_ratio": float(seen.sum() / detection_frames),
+            "secondary_faces": float(secondary), "keypoint_yaw": _detected_median(frames["measure_keypoint_yaw"], seen)}
+
+
+def _detected_median(values: np.ndarray, seen: np.ndarray) -> float:
+    """The median over the frames the detector found the face on (0 for none)."""
+    return float(np.median(values[seen])) if seen.any() else 0.0
+
+
+def _track_reason(measures: dict[str, float], frames: int, info: VideoInfo, cfg: CurateConfig) -> str | None:
+    """The first-pass filters on a clip's (or part's) `_track_measures`, in docs/curation.md's order."""
+    return filters.first_reason(
         filters.face_presence(measures["detected_ratio"], cfg),
-        filters.single_face(secondary),
+        filters.single_face(int(measures["secondary_faces"])),
         filters.resolution(info.width, info.height, cfg),
         filters.frame_rate(info.fps, cfg),
-        filters.face_size(side, cfg),
-        filters.duration((end - start) / cfg.fps, cfg),
+        filters.face_size(measures["face_side_px"], cfg),
+        filters.duration(frames / cfg.fps, cfg),
         filters.pose(measures["keypoint_yaw"], 0.0, cfg),  # profiles, which the landmark fit reads as frontal
     )
-    return Candidate(start, end, reason, measures)
 
 
 def _measure(analyzer: FaceAnalyzer, path: str, size, frame_hw: tuple[int, int], main: Track, candidate: Candidate,
@@ -202,8 +236,9 @@ def _measure(analyzer: FaceAnalyzer, path: str, size, frame_hw: tuple[int, int],
             landmarks.append(marks)
         with timer.time("pose"):
             poses.append(analyzer.head_pose(marks, [frame_hw] * len(marks)))
-        with timer.time("sharpness"):
-            sharp.extend(filters.laplacian_sharpness(f, b) for f, b, d in zip(chunk.frames, boxes, part.detected[index]) if d)
+        with timer.time("sharpness"):  # on detected frames: NaN on the others
+            sharp.extend(filters.laplacian_sharpness(f, b) if d else np.nan
+                         for f, b, d in zip(chunk.frames, boxes, part.detected[index]))
         with timer.time("signature"):
             thumbnails.append(frame_thumbnails(chunk.frames))
         picked = np.flatnonzero(np.isin(index, samples))
@@ -219,23 +254,30 @@ def _measure(analyzer: FaceAnalyzer, path: str, size, frame_hw: tuple[int, int],
         "thumbnails": np.concatenate(thumbnails),
         "sample_index": samples,
         "sample_embedding": np.concatenate(embeddings),
+        "measure_sharpness": np.array(sharp, np.float64),
+        **candidate.arrays,  # `_track_frames`
     }
-    measures = dict(candidate.measures, sharpness=float(np.median(sharp)) if sharp else 0.0)
     with timer.time("filters"):
-        return _decide(arrays, 0, end - start, start, measures, info, galleries, analyzer.same_person_threshold, cfg)
+        return _decide(arrays, 0, end - start, start, info, galleries, analyzer.same_person_threshold, cfg)
 
 
-def _decide(arrays: dict[str, np.ndarray], first: int, last: int, offset: int, measures: dict[str, float],
-            info: VideoInfo, galleries: Galleries, same_person: float, cfg: CurateConfig) -> list[Candidate]:
-    """Filter frames [first, last) of a measured clip; an identity switch splits it in two."""
+def _decide(arrays: dict[str, np.ndarray], first: int, last: int, offset: int, info: VideoInfo,
+            galleries: Galleries, same_person: float, cfg: CurateConfig) -> list[Candidate]:
+    """Filter frames [first, last) of a measured clip; an identity switch splits it in two.
+
+    Every measure is taken on these frames, first pass included, so each part of a split clip is
+    judged and reported on its own person's frames, not on the whole clip's.
+    """
     start, end = offset + first, offset + last
     frames = {k: v[first:last] for k, v in arrays.items() if not k.startswith("sample_")}
     in_range = (arrays["sample_index"] >= first) & (arrays["sample_index"] < last)
     sample_index = arrays["sample_index"][in_range]
     sample_embedding = arrays["sample_embedding"][in_range]
-    duration = filters.duration((last - first) / cfg.fps, cfg)
-    if duration or len(sample_index) == 0:
-        return [Candidate(start, end, duration or filters.TOO_SHORT, measures)]
+    measures = dict(_track_measures(frames, _detection_frames(start, end, max(1, cfg.detect_every)), cfg),
+                    sharpness=_detected_median(frames["measure_sharpness"], frames["measure_detected"]))
+    reason = _track_reason(measures, last - first, info, cfg)
+    if reason or len(sample_index) == 0:
+        return [Candidate(start, end, reason or filters.TOO_SHORT, measures)]
     threshold = same_person if cfg.identity_switch_similarity is None else cfg.identity_switch_similarity
     measures = dict(measures, identity_link=identity_link(sample_embedding))
     switch = switch_index(sample_embedding, threshold)
@@ -243,8 +285,8 @@ def _decide(arrays: dict[str, np.ndarray], first: int, last: int, offset: int, m
         return [Candidate(start, end, filters.IDENTITY_SWITCH, measures)]
     if switch is not None:
         before, after = int(sample_index[switch - 1]) + 1, int(sample_index[switch])
-        return (_decide(arrays, first, before, offset, measures, info, galleries, same_person, cfg)
-                + _decide(arrays, after, last, offset, measures, info, galleries, same_person, cfg))
+        return (_decide(arrays, first, before, offset, info, galleries, same_person, cfg)
+                + _decide(arrays, after, last, offset, info, galleries, same_person, cfg))
     motion = motion_table(frames["landmarks"], frames["kps"])
     embedding = l2_normalise(sample_embedding.mean(axis=0))
     yaw, pitch = np.median(np.abs(frames["pose"][:, :2]), axis=0)  # what `extreme_pose` tests
@@ -260,8 +302,9 @@ def _decide(arrays: dict[str, np.ndarray], first: int, last: int, offset: int, m
     if reason:
         return [Candidate(start, end, reason, measures)]
     frontal = int(np.argmin(np.abs(frames["pose"][:, :2]).sum(axis=1)))
-    thumbnails = frames.pop("thumbnails")
-    kept = dict(frames, motion=motion, embedding=embedding, signature=content_signature(thumbnails),
+    stored = {k: v for k, v in frames.items() if not k.startswith(DECISION_ONLY)}
+    thumbnails = stored.pop("thumbnails")
+    kept = dict(stored, motion=motion, embedding=embedding, signature=content_signature(thumbnails),
                 thumbnails=thumbnails.astype(np.uint8),  # INTER_AREA of uint8 frames: whole grey levels already
                 crop_box=square_crop_box(np.median(frames["boxes"], axis=0), (info.height, info.width)).astype(np.float32),
                 ref_index=np.array(frontal))
@@ -297,8 +340,10 @@ SCANNED = "scanned"
 #: bumped when a stored measure changes meaning (2: `yaw`/`pitch` are median absolute angles;
 #: 3: `signature` fingerprints the frames, not the keypoints; the pose fits rigid points, and
 #: `keypoint_yaw` rejects profiles; 4: kept clips hold their `thumbnails`, which the partial-duplicate
-#: check compares: a scan without them is made again)
-SCAN_MEASURES_VERSION = 4
+#: check compares: a scan without them is made again; 5: the parts of a clip split at an identity
+#: switch are measured and filtered on their own frames: `sharpness` and the first-pass measures
+#: were the whole clip's)
+SCAN_MEASURES_VERSION = 5
 #: curate fields a scan does not depend on (resources, decoding chunk size, naming, the stages
 #: after it); changing them keeps earlier scans valid.
 _NOT_IN_SCAN = {"face_actors", "actor_cpus", "chunk_frames", "experiment", "progress_bars", "crop_size", "crf",

@@ -1,0 +1,127 @@
+"""A clip split at an identity switch: each part is measured and judged on its own person's frames.
+
+The second pass (`face_scan._measure`) runs on made-up frames with a stand-in face backend, so a
+part's frames can differ from the other part's in one way at a time (blur, face size, pose, a
+bystander) while the whole clip's medians stay those of the first, longer part.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from portraitflow.jobs.config.curate import CurateConfig
+from portraitflow.operators import face_scan, filters
+from portraitflow.operators.decode import FrameChunk, VideoInfo
+from portraitflow.operators.timing import StageTimer
+from portraitflow.operators.tracking import Track
+
+FRAMES, SWITCH = 200, 120  # 8 s: the first person 4.8 s, the second 3.2 s
+SIDE, TO_SOURCE = 64, 4.0  # analysis frames of a 256-px video
+BOX = np.array([8, 8, 56, 56], np.float32)  # 192 source px
+SMALL_BOX = np.array([18, 18, 46, 46], np.float32)  # 112 source px, under `min_face_px`
+PEOPLE = np.eye(8, dtype=np.float32)[:2]
+# with 8 identity samples (0, 28, 57, 85, 114, 142, 171, 199) the split keeps [0, 115) and [142, 200)
+FIRST, SECOND = (0, 115), (142, 200)
+
+
+class _Analyzer:
+    """A face backend telling the two people apart by their faces' brightness (dark, bright)."""
+
+    same_person_threshold = 0.5
+
+    def landmarks(self, frames: list[np.ndarray], boxes: np.ndarray) -> np.ndarray:
+        grid = np.stack(np.meshgrid(np.linspace(0.2, 0.8, 17), [0.3, 0.5, 0.6, 0.8]), -1).reshape(68, 2)
+        return boxes[:, None, :2] + grid[None] * (boxes[:, None, 2:] - boxes[:, None, :2])
+
+    def head_pose(self, landmarks: np.ndarray, sizes: list[tuple[int, int]]) -> np.ndarray:
+        return np.zeros((len(landmarks), 3), np.float32)
+
+    def embed(self, frames: list[np.ndarray], faces: list) -> np.ndarray:
+        return np.stack([PEOPLE[int(_face(frame, face.box).mean() > 127)] for frame, face in zip(frames, faces)])
+
+
+def _face(frame: np.ndarray, box: np.ndarray) -> np.ndarray:
+    x1, y1, x2, y2 = box.astype(int)
+    return frame[y1:y2, x1:x2]
+
+
+def _footage(second_box: np.ndarray, blur_second: bool) -> np.ndarray:
+    """(FRAMES, SIDE, SIDE, 3) frames: a dark textured face, then from SWITCH a bright one."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    frames = np.full((FRAMES, SIDE, SIDE, 3), 128, np.uint8)
+    for index, frame in enumerate(frames):
+        box, low = (BOX, 0) if index < SWITCH else (second_box, 128)
+        face = _face(frame, box)
+        face[:] = rng.integers(low, low + 128, face.shape[:2])[..., None]
+        if blur_second and index >= SWITCH:
+            frame[:] = cv2.GaussianBlur(frame, (0, 0), 3)
+    return frames
+
+
+def _track(second_box: np.ndarray, nose_offset: float) -> Track:
+    """The main face's track, detected every second frame; the second person's nose sits
+    `nose_offset` box widths off centre (0.45: about 64 degrees of keypoint yaw)."""
+    boxes = np.stack([BOX if i < SWITCH else second_box for i in range(FRAMES)])
+    offsets = np.where(np.arange(FRAMES) < SWITCH, 0.0, nose_offset)
+    shape = np.array([[0.35, 0.35], [0.65, 0.35], [0.5, 0.55], [0.375, 0.75], [0.625, 0.75]], np.float32)
+    kps = np.repeat(shape[None], FRAMES, axis=0)
+    kps[:, 2, 0] += offsets
+    kps = boxes[:, None, :2] + kps * (boxes[:, None, 2:] - boxes[:, None, :2])
+    return Track(np.arange(FRAMES), boxes, kps.astype(np.float32), np.arange(FRAMES) % 2 == 0)
+
+
+def _scan(monkeypatch: pytest.MonkeyPatch, frames: np.ndarray, main: Track,
+          others: list[Track] = ()) -> list[face_scan.Candidate]:
+    """The first pass and the second on the clip [0, FRAMES), with `frames` as the decoded video."""
+    def decoded(path: str, fps: float, start_s: float, end_s: float, chunk_size: int, size: object):
+        for begin in range(round(start_s * fps), round(end_s * fps), chunk_size):
+            positions = np.arange(begin, min(begin + chunk_size, round(end_s * fps)))
+            yield FrameChunk(positions, frames[positions])
+
+    monkeypatch.setattr(face_scan, "iter_frame_chunks", decoded)
+    cfg = CurateConfig(min_motion=0.0, chunk_frames=48)  # the made-up landmarks hold still
+    info = VideoInfo(SIDE * 4, SIDE * 4, cfg.fps, FRAMES)
+    to_source = np.full(2, TO_SOURCE, np.float32)
+    galleries = face_scan.Galleries(np.zeros((0, 8)), np.zeros((0, 8)), 0.5)
+    candidate = face_scan._cheap_checks(main, [main, *others], 0, FRAMES, info, to_source, cfg.detect_every, cfg)
+    assert candidate.reason is None  # the whole clip passes the first pass on the first person's frames
+    return face_scan._measure(_Analyzer(), "talk.mp4", None, (SIDE, SIDE), main, candidate, to_source, info,
+                              galleries, cfg, StageTimer())
+
+
+def _median_sharpness(frames: np.ndarray, box: np.ndarray, start: int, end: int) -> float:
+    return float(np.median([filters.laplacian_sharpness(frames[i], box) for i in range(start, end, 2)]))
+
+
+def test_a_blurred_part_is_rejected_on_its_own_sharpness_and_the_sharp_part_kept(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    frames = _footage(BOX, blur_second=True)
+    sharp, blurred = _scan(monkeypatch, frames, _track(BOX, 0.0))
+    assert [(c.start, c.end, c.reason) for c in (sharp, blurred)] == [(*FIRST, None), (*SECOND, filters.TOO_BLURRY)]
+    assert sharp.measures["sharpness"] == pytest.approx(_median_sharpness(frames, BOX, *FIRST))
+    assert blurred.measures["sharpness"] == pytest.approx(_median_sharpness(frames, BOX, *SECOND))
+    assert blurred.measures["sharpness"] < CurateConfig().min_sharpness < sharp.measures["sharpness"]
+    assert len(sharp.arrays["boxes"]) == FIRST[1] - FIRST[0]
+    assert not [name for name in sharp.arrays if name.startswith(face_scan.DECISION_ONLY)]  # none stored
+
+
+@pytest.mark.parametrize(("second", "measure", "own", "reason"), [
+    ("small face", "face_side_px", 112.0, filters.FACE_TOO_SMALL),
+    ("profile", "keypoint_yaw", float(np.degrees(np.arcsin(0.9))), filters.EXTREME_POSE),
+    ("bystander", "secondary_faces", 1.0, filters.MULTIPLE_FACES),
+])
+def test_a_part_is_judged_on_its_own_first_pass_measures(monkeypatch: pytest.MonkeyPatch, second: str, measure: str,
+                                                        own: float, reason: str) -> None:
+    """The whole clip passes on the first person's medians; the second person's part does not on its own."""
+    second_box = SMALL_BOX if second == "small face" else BOX
+    # a face on 40 frames of the second part: over a quarter of it, under a quarter of the clip
+    bystander = Track(np.arange(150, 190), np.tile(np.array([0, 0, 20, 20], np.float32), (40, 1)),
+                      np.zeros((40, 5, 2), np.float32), np.ones(40, bool))
+    first, rest = _scan(monkeypatch, _footage(second_box, blur_second=False),
+                        _track(second_box, 0.45 if second == "profile" else 0.0),
+                        [bystander] if second == "bystander" else [])
+    assert [(c.start, c.end, c.reason) for c in (first, rest)] == [(*FIRST, None), (*SECOND, reason)]
+    assert rest.measures[measure] == pytest.approx(own, rel=1e-4)
+    assert first.measures[measure] == pytest.approx({"face_side_px": 192.0}.get(measure, 0.0))

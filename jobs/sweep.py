@@ -4,7 +4,13 @@ One sweep = one parent MLflow run (tagged with the sweep's hash and its output f
 into the same folder resumes it) and one child run per config (tagged `mlflow.parentRunId` and the
 config's hash; a FINISHED child is not redone while it scored exactly the dataset's usable jobs and
 their outputs are all there, a config another sweep into the same folder scored takes that run's
-metrics, and a config its params refuse is recorded FAILED once, not per rerun). A sweep holds its folder alone; resuming, it marks KILLED the children a sweep killed outright left RUNNING. Children are created with MlflowClient rather than the fluent API because up to
+metrics, and a config its params refuse is recorded FAILED once, not per rerun). A config whose
+child ended FAILED or KILLED is tried again in a new child (tagged `portraitflow.attempt`, and
+`portraitflow.previous_error` after a failure); once that attempt ends, however it ends, the
+config's earlier FAILED and KILLED children in the parent are soft-deleted (`mlflow runs restore`
+brings one back), so a config keeps one record of its retries rather than a list of dead attempts.
+A sweep holds its folder alone; resuming, it marks KILLED the children a sweep killed outright
+left RUNNING. Children are created with MlflowClient rather than the fluent API because up to
 `max_parallel` configs run at once in threads, and the fluent active-run stack is per thread.
 An interrupted sweep (Ctrl-C) starts no queued config, ends the children in flight and the parent
 KILLED, and re-raises; a config in the middle of a stage (generation, scoring) stops when it ends.
@@ -42,6 +48,10 @@ if TYPE_CHECKING:
 SWEEP_TAG, CONFIG_TAG, PARENT_TAG = "portraitflow.sweep_hash", "portraitflow.config_hash", "mlflow.parentRunId"
 SCORES_FROM_TAG = "portraitflow.scores_from"  # the run of another sweep whose scores (metrics) a child took
 PARAMS_TAG = "portraitflow.config_params"  # the config's sweep params as JSON, for the report's columns
+ATTEMPT_TAG = "portraitflow.attempt"  # n for the n-th child of its config in the parent
+PREVIOUS_ERROR_TAG = "portraitflow.previous_error"  # the `error` of the attempt a child retries, if that one failed
+#: how much of a failure the `error` and `previous_error` tags keep
+ERROR_CHARS = 5000
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +63,21 @@ class SweepInterrupted(BaseException):
 
 class ChildRuns:
     """The child runs in flight, so an interrupted sweep can end them KILLED at once. After `stop`,
-    no config starts a run, and none ends FINISHED or FAILED: what it was doing was cut short."""
+    no config starts a run, and none ends FINISHED or FAILED: what it was doing was cut short. A
+    run's earlier attempts are deleted when it ends, not before: one cut short (SIGKILL) loses no record."""
 
     def __init__(self, client: MlflowClient) -> None:
         self._client = client
         self._lock = threading.Lock()
-        self._running: set[str] = set()
+        self._running: dict[str, list[str]] = {}  # run id: the earlier attempts it supersedes
         self._stopped = False
 
-    def start(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+    def start(self, experiment_id: str, run_name: str, tags: dict[str, str], supersedes: list[str]) -> str:
+        """A new run, whose end soft-deletes the runs `supersedes` names."""
         with self._lock:
             self.check()
             run_id = self._client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
-            self._running.add(run_id)
+            self._running[run_id] = supersedes
             return run_id
 
     def check(self) -> None:
@@ -77,15 +89,18 @@ class ChildRuns:
         """Terminate a run this sweep started, unless `stop` ended it first."""
         with self._lock:
             if run_id in self._running:
-                self._running.discard(run_id)
-                self._client.set_terminated(run_id, status)
+                self._terminate(run_id, status)
 
     def stop(self) -> None:
         with self._lock:
             self._stopped = True
-            for run_id in self._running:
-                self._client.set_terminated(run_id, "KILLED")
-            self._running.clear()
+            for run_id in list(self._running):
+                self._terminate(run_id, "KILLED")
+
+    def _terminate(self, run_id: str, status: str) -> None:
+        self._client.set_terminated(run_id, status)
+        for earlier in self._running.pop(run_id):
+            self._client.delete_run(earlier)
 
 
 #: in OUT/configs/<hash>/: the FINISHED run whose scores per_video.parquet holds (written when its
@@ -111,9 +126,10 @@ def _scoring_run(client: MlflowClient, experiment_id: str, parent_id: str, confi
         if run.info.status != "FINISHED" or run.data.tags.get(CONFIG_TAG) != config_hash:
             return None
     else:
-        run = _child(client, experiment_id, parent_id, config_hash)
-        if run is None:
+        finished = _children(client, experiment_id, parent_id, config_hash)
+        if not finished:
             return None
+        run = finished[0]
     scored = work_dir / "per_video.parquet"
     if not scored.is_file():
         log.warning("%s: its scores are gone from %s; running it again", run.info.run_name, work_dir)
@@ -135,16 +151,26 @@ def _scoring_run(client: MlflowClient, experiment_id: str, parent_id: str, confi
     return run
 
 
-def _child(client: MlflowClient, experiment_id: str, parent_id: str, config_hash: str,
-           scores_from: str | None = None, status: str = "FINISHED") -> Run | None:
-    """The parent's latest child of the config in `status` (that logged `scores_from`'s scores, if given)."""
-    query = f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{CONFIG_TAG}` = '{config_hash}' and " \
-            f"attributes.status = '{status}'"
+def _children(client: MlflowClient, experiment_id: str, parent_id: str, config_hash: str,
+              scores_from: str | None = None, status: str | None = "FINISHED") -> list[Run]:
+    """The parent's children of the config in `status` (in any, if None; that logged `scores_from`'s
+    scores, if given), latest first. Deleted ones, attempts superseded by a retry, are not searched."""
+    query = f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{CONFIG_TAG}` = '{config_hash}'"
+    if status:
+        query += f" and attributes.status = '{status}'"
     if scores_from:
         query += f" and tags.`{SCORES_FROM_TAG}` = '{scores_from}'"
-    runs = client.search_runs([experiment_id], query, max_results=1,
-                              order_by=["attributes.start_time DESC"])
-    return runs[0] if runs else None
+    return list(client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"]))
+
+
+def _attempt_tags(earlier: list[Run]) -> dict[str, str]:
+    """The tags of the next attempt at a config whose children in the parent are `earlier` (latest
+    first): its number (the latest carries the count, the runs it superseded being deleted; a run
+    recorded before the tag counts one) and, when the latest failed, the error it retries."""
+    tags = {ATTEMPT_TAG: str(1 + max([len(earlier), *(int(r.data.tags.get(ATTEMPT_TAG, 0)) for r in earlier)]))}
+    if earlier and earlier[0].info.status == "FAILED" and "error" in earlier[0].data.tags:
+        tags[PREVIOUS_ERROR_TAG] = earlier[0].data.tags["error"][:ERROR_CHARS]
+    return tags
 
 
 def _settings_params(params: dict[str, Any], cfg: PortraitFlowConfig) -> dict[str, Any]:
@@ -157,7 +183,7 @@ def _settings_params(params: dict[str, Any], cfg: PortraitFlowConfig) -> dict[st
 
 def _error_text(exc: BaseException) -> str:
     """How a config's failure is recorded (its run's `error` tag)."""
-    return f"{type(exc).__name__}: {exc}"[:5000]
+    return f"{type(exc).__name__}: {exc}"[:ERROR_CHARS]
 
 
 def _refusal(params: dict[str, Any], cfg: PortraitFlowConfig) -> ValueError | None:
@@ -174,8 +200,8 @@ def _refused_child(client: MlflowClient, experiment_id: str, parent_id: str, con
                    error: str) -> Run | None:
     """The config's latest FAILED child if it failed with `error`: a rerun records a refused config
     once, rather than one more identical FAILED child per rerun."""
-    run = _child(client, experiment_id, parent_id, config_hash, status="FAILED")
-    return run if run is not None and run.data.tags.get("error") == error else None
+    failed = _children(client, experiment_id, parent_id, config_hash, status="FAILED")
+    return failed[0] if failed and failed[0].data.tags.get("error") == error else None
 
 
 def _clear_metric_files(work_dir: Path, job_ids: set[str]) -> None:
@@ -263,16 +289,19 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
         if scored is None or scored.data.tags.get(PARENT_TAG) == parent_id:
             done, scored_before = scored, None
         else:  # another sweep into this folder scored it (a grid since extended): its scores stand
-            done = _child(client, experiment_id, parent_id, config_hash, scored.info.run_id)  # logged by an earlier run
-            scored_before = scored if done is None else None
+            logged = _children(client, experiment_id, parent_id, config_hash, scored.info.run_id)  # by an earlier run
+            done, scored_before = (logged[0], None) if logged else (None, scored)
     if done is None:
         code = sweep_spec.code_tags()
         if scored_before is not None:  # the scores' run and the commit that made them, not today's
             code = {key: value for key, value in code.items() if key not in sweep_spec.GIT_TAGS}
             code.update((key, scored_before.data.tags[key]) for key in sweep_spec.GIT_TAGS if key in scored_before.data.tags)
             code[SCORES_FROM_TAG] = scored_before.info.run_id
-        tags = {PARENT_TAG: parent_id, CONFIG_TAG: config_hash, PARAMS_TAG: json.dumps(params, sort_keys=True), **code}
-        run_id = children.start(experiment_id, label, tags)
+        attempts = _children(client, experiment_id, parent_id, config_hash, status=None)
+        tags = {PARENT_TAG: parent_id, CONFIG_TAG: config_hash, PARAMS_TAG: json.dumps(params, sort_keys=True),
+                **_attempt_tags(attempts), **code}
+        run_id = children.start(experiment_id, label, tags, [r.info.run_id for r in attempts
+                                                             if r.info.status in ("FAILED", "KILLED")])
         try:
             log_values(client, run_id, params={**params, **evaluate.model_dump(), "face_backend": cfg.face.backend,
                                                **_settings_params(params, cfg)})

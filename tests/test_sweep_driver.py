@@ -210,24 +210,22 @@ def test_a_rerun_remakes_what_is_gone_ends_what_a_kill_left_running_and_keeps_to
     spec, out = _spec(data, [{"backend": "still"}]), data.parent / "out"
     parent = sweep.run_sweep(spec, cfg, out)
     client = MlflowClient(cfg.mlflow.tracking_uri)
-
-    def children(parent_id: str) -> list:
-        return client.search_runs([client.get_run(parent_id).info.experiment_id],
-                                  f"tags.`mlflow.parentRunId` = '{parent_id}'", order_by=["attributes.start_time ASC"])
-
-    assert len(children(parent)) == 1
+    assert len(_child_runs(client, parent)) == 1
     assert len(generated) == 1 and sweep.run_sweep(spec, cfg, out) == parent and len(generated) == 1  # reused
     next(out.glob("configs/*/outputs/*.mp4")).unlink()
     assert sweep.run_sweep(spec, cfg, out) == parent
     assert len(generated) == 2 and next(out.glob("configs/*/outputs/*.mp4")).is_file()  # made again
-    assert [r.info.status for r in children(parent)] == ["FINISHED", "FINISHED"]
+    assert [r.info.status for r in _child_runs(client, parent)] == ["FINISHED", "FINISHED"]
     assert pd.read_csv(out / "summary.csv")["reused"].tolist() == [False]
     assert sweep.run_sweep(spec, cfg, out) == parent and len(generated) == 2  # the second, complete, is reused
     assert pd.read_csv(out / "summary.csv")["reused"].tolist() == [True]
-    client.update_run(children(parent)[1].info.run_id, status="RUNNING")  # as a sweep killed outright leaves it
+    killed = _child_runs(client, parent)[1].info.run_id
+    client.update_run(killed, status="RUNNING")  # as a sweep killed outright leaves it
     assert sweep.run_sweep(spec, cfg, out) == parent and len(generated) == 2
-    # the scores on disk are the killed run's: scored again (not the first run's, which scored other files)
-    assert [r.info.status for r in children(parent)] == ["FINISHED", "KILLED", "FINISHED"]
+    # the scores on disk are the killed run's: scored again (not the first run's, which scored other files),
+    # in a run that supersedes the killed one
+    assert [r.info.status for r in _child_runs(client, parent)] == ["FINISHED", "FINISHED"]
+    assert [(r.info.run_id, r.info.status) for r in _child_runs(client, parent, deleted=True)] == [(killed, "KILLED")]
     assert pd.read_csv(out / "summary.csv")["reused"].tolist() == [False]
 
     elsewhere = sweep.run_sweep(spec, cfg, data.parent / "elsewhere")  # another folder: another sweep
@@ -280,6 +278,94 @@ def test_the_report_keeps_one_row_per_config() -> None:
                                                                            "FINISHED"],
                          "run_id": ["a1", "a2", "b1", "b2", "c1"]})
     assert sorted(_latest_per_config(runs)["run_id"]) == ["a2", "b2", "c1"]
+
+
+def _child_runs(client, parent_id: str, deleted: bool = False) -> list:
+    """The parent's active children, or its deleted ones (superseded attempts), oldest first."""
+    from mlflow.entities import ViewType
+
+    return client.search_runs([client.get_run(parent_id).info.experiment_id],
+                              f"tags.`mlflow.parentRunId` = '{parent_id}'",
+                              ViewType.DELETED_ONLY if deleted else ViewType.ACTIVE_ONLY,
+                              order_by=["attributes.start_time ASC"])
+
+
+def test_a_failing_config_keeps_one_child_across_reruns_each_attempt_deleting_the_last(driver, monkeypatch) -> None:
+    """A config whose generation broke got one more FAILED child per rerun: its history was a list of
+    dead attempts. Each attempt (tagged with its number and the error it retries) now soft-deletes
+    the config's earlier FAILED and KILLED children of this parent once it ends; a config that
+    finished, and another parent's child of the same config, are left alone."""
+    from mlflow import MlflowClient
+
+    sweep, cfg, data = driver
+    _fake_generation(sweep, monkeypatch)
+    fake_generate, errors = sweep.generate_outputs, ["a", "b", "c"]
+
+    def generate(params, *rest):  # `still` breaks three times, then works
+        if "size" not in params and errors:
+            raise RuntimeError(f"the disk is full ({errors.pop(0)})")
+        return fake_generate(params, *rest)
+
+    monkeypatch.setattr(sweep, "generate_outputs", generate)
+    spec, out = _spec(data, [{"backend": "still"}, {"backend": "still", "size": 128}]), data.parent / "out"
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    elsewhere = sweep.run_sweep(spec, cfg, data.parent / "elsewhere")  # another parent, failing with (a)
+    for attempt, status, previous in ((1, "FAILED", None), (2, "FAILED", "b"), (3, "FINISHED", "c")):
+        parent = sweep.run_sweep(spec, cfg, out)
+        [child, other] = sorted(_child_runs(client, parent), key=lambda run: run.info.run_name)
+        assert (child.info.run_name, child.info.status, child.data.tags["portraitflow.attempt"]) == (
+            "still", status, str(attempt))
+        assert child.data.tags.get("portraitflow.previous_error") == (
+            previous and f"RuntimeError: the disk is full ({previous})")
+        deleted = _child_runs(client, parent, deleted=True)
+        assert [(r.info.run_name, r.info.status) for r in deleted] == [("still", "FAILED")] * (attempt - 1)
+        assert (other.info.status, other.data.tags["portraitflow.attempt"]) == ("FINISHED", "1")
+    assert sorted(r.info.status for r in _child_runs(client, elsewhere)) == ["FAILED", "FINISHED"]
+    summary = pd.read_csv(out / "summary.csv").set_index("config")
+    assert summary.loc["still", "run_id"] == child.info.run_id and "error" not in summary
+
+
+def test_a_child_killed_by_ctrl_c_is_superseded_by_the_reruns(driver, monkeypatch) -> None:
+    """Ctrl-C during a retry ends it KILLED and deletes the failed attempt it retried; the next rerun's
+    child, once it finishes, deletes the killed one: the config keeps one child throughout."""
+    from mlflow import MlflowClient
+
+    sweep, cfg, data = driver
+    _fake_generation(sweep, monkeypatch)
+    fake_generate, release, calls = sweep.generate_outputs, threading.Event(), []
+
+    def generate(*args):  # fails, then is interrupted, then works
+        calls.append(args)
+        if len(calls) == 1:
+            raise RuntimeError("the disk is full")
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            release.wait(timeout=30)
+        return fake_generate(*args)
+
+    monkeypatch.setattr(sweep, "generate_outputs", generate)
+    spec, out = _spec(data, [{"backend": "still"}]), data.parent / "out"
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    parent = sweep.run_sweep(spec, cfg, out)
+    [failed] = _child_runs(client, parent)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sweep.run_sweep(spec, cfg, out)
+    finally:
+        release.set()
+        for thread in threading.enumerate():
+            if thread.name.startswith("sweep-config"):
+                thread.join(timeout=30)
+    [killed] = _child_runs(client, parent)
+    assert (killed.info.status, killed.data.tags["portraitflow.attempt"]) == ("KILLED", "2")
+    assert killed.data.tags["portraitflow.previous_error"] == "RuntimeError: the disk is full"
+    assert [r.info.run_id for r in _child_runs(client, parent, deleted=True)] == [failed.info.run_id]
+    assert sweep.run_sweep(spec, cfg, out) == parent
+    [child] = _child_runs(client, parent)
+    assert (child.info.status, child.data.tags["portraitflow.attempt"]) == ("FINISHED", "3")
+    assert "portraitflow.previous_error" not in child.data.tags  # the attempt it retries was killed, not broken
+    assert [r.info.run_id for r in _child_runs(client, parent, deleted=True)] == [failed.info.run_id,
+                                                                                   killed.info.run_id]
 
 
 def _write_clip(path: Path, shade: int = 0) -> None:
@@ -338,7 +424,8 @@ def test_a_rerun_after_the_dataset_gained_a_clip_scores_it_instead_of_reusing_th
 def test_a_refused_config_is_recorded_failed_once_with_its_params_but_a_failure_while_running_is_retried(
         driver, monkeypatch) -> None:
     """A config its params refuse fails the same way on every rerun: it got one more FAILED child
-    each time, and its summary row had no params."""
+    each time, and its summary row had no params. A config failing while running is tried again
+    on every rerun, in a child that supersedes the last (`test_a_failing_config_keeps_one_child...`)."""
     from mlflow import MlflowClient
 
     from portraitflow.operators import sweep_spec
@@ -359,7 +446,8 @@ def test_a_refused_config_is_recorded_failed_once_with_its_params_but_a_failure_
     names = [c.info.run_name for c in children]
     assert {c.info.status for c in children} == {"FAILED"}
     assert names.count("warp[seed=3]") == 1  # one run, not three
-    assert names.count("still[size=128]") == 3  # it may not fail next time: tried again
+    assert names.count("still[size=128]") == 1  # it may not fail next time: tried again, in one child
+    assert [c.data.tags["portraitflow.attempt"] for c in children if c.info.run_name == "still[size=128]"] == ["3"]
     summary = pd.read_csv(out / "summary.csv").set_index("config")
     assert summary.loc["warp[seed=3]", "seed"] == 3 and summary.loc["still[size=128]", "size"] == 128
     assert "does not use seed" in summary.loc["warp[seed=3]", "error"]

@@ -31,11 +31,13 @@ from portraitflow.jobs.options import (ConfigOption, MlflowUriOption, RayAddress
 from portraitflow.operators import ledger
 from portraitflow.operators.atomic import FolderBusy, atomic_write, exclusive_folder
 from portraitflow.operators.curate_input import renders_after_decisions
+from portraitflow.operators.decode import probe_video
 from portraitflow.operators.face_scan import SIGNATURE_SIZE, check_galleries, load_scan_arrays, scan_clips, scan_path
 from portraitflow.operators.filters import RENDER_FAILED
 from portraitflow.operators.identity import CorpusLedger
-from portraitflow.operators.inputs import clip_input_key, expand_inputs, input_key
+from portraitflow.operators.inputs import clip_input_key, expand_inputs, input_key, is_uri, local_copy
 from portraitflow.operators.overlap import OverlapRule
+from portraitflow.operators.probe import error_text
 from portraitflow.operators.quarantine import MAX_ATTEMPTS, quarantined_row
 from portraitflow.operators.shards import (INDEX_NAME, pack_shards, rewrite_whole, shard_paths, whole_shard_keys,
                                            write_index)
@@ -335,11 +337,16 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
     rows = sorted(({"uri": u, "input_key": input_key(u)} for u in uris), key=lambda r: r["input_key"])
     if dry_run:  # reads the shards, repairs nothing
         in_shards = {k for path in shard_paths(layout.shards) for k in whole_shard_keys(path, layout.shard_keys)[0]}
-        pending = _pending(rows, ledger.load_markers(layout.done), in_shards)
+        pending = {row["input_key"] for row in _pending(rows, ledger.load_markers(layout.done), in_shards)}
+        unreadable = 0
         for row in rows:
-            typer.echo(f"{'pending' if row in pending else 'done   '}  {row['input_key']}  {row['uri']}")
-        typer.echo(f"{len(pending)} of {len(rows)} input(s) would be processed into {out}")
-        return {"inputs": len(rows), "pending": len(pending)}
+            reason = _unreadable(row["uri"]) if row["input_key"] in pending else None
+            unreadable += reason is not None
+            state = "done   " if row["input_key"] not in pending else "pending" if reason is None else "fails  "
+            typer.echo(f"{state}  {row['input_key']}  {row['uri']}" + (f"  ({reason})" if reason else ""))
+        typer.echo(f"{len(pending)} of {len(rows)} input(s) would be processed into {out}"
+                   + (f", {unreadable} of them recorded failed: they cannot be read" if unreadable else ""))
+        return {"inputs": len(rows), "pending": len(pending), "unreadable": unreadable}
     with exclusive(layout):
         if check_corpus_settings(cfg, layout):  # again: a run that held the folder may have just recorded its own
             shutil.rmtree(layout.staging, ignore_errors=True)  # rendered with the settings now replaced
@@ -349,6 +356,19 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
         pending = _pending(rows, ledger.load_markers(layout.done), in_shards, layout.done)
         init_ray(cfg.ray, cfg.mlflow)
         return _curate_pending(cfg, layout, rows, pending, in_shards)
+
+
+def _unreadable(uri: str) -> str | None:
+    """Why the run would record a local input `failed` at its probe, or None; a remote input is not
+    fetched (the run fetches it once, for the probe and everything after)."""
+    if is_uri(uri):
+        return None
+    try:
+        with local_copy(uri) as path:
+            probe_video(path)
+    except Exception as exc:  # what `probe_input` records
+        return error_text(exc)
+    return None
 
 
 def _pending(rows: list[dict], markers: dict[str, dict], in_shards: Collection[str],
@@ -474,7 +494,7 @@ def _log_run(cfg: PortraitFlowConfig, layout: Layout, metrics: dict[str, Any], c
 def curate(
     inputs: Annotated[list[str], typer.Argument(help="Files, folders, globs, .txt/.parquet lists, or URIs.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (shards, manifest, state).")],
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the inputs a run would process (those without a finished record), then stop; inputs are not opened, so an unreadable one is listed too and fails in the run.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the inputs a run would process (those without a finished record), each local one probed as the run would: one that cannot be read is listed `fails` with the reason; then stop. Remote inputs are not fetched.")] = False,
     config: ConfigOption = None,
     set_: SetOption = None,
     ray_address: RayAddressOption = None,

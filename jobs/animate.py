@@ -37,7 +37,8 @@ def animate(
     ray_address: RayAddressOption = None,
     mlflow_uri: MlflowUriOption = None,
 ) -> None:
-    """Animate each reference portrait with its driving video; one MLflow run per invocation."""
+    """Animate each reference portrait with its driving video; one MLflow run per invocation.
+    Every job runs; the exit status is 1 when any failed (results.parquet says why), so a scheduler sees it."""
     from portraitflow.jobs.runtime import NotEnoughResources
     from portraitflow.operators.atomic import FolderBusy
     from portraitflow.operators.generation_jobs import cross_jobs, load_jobs, pair_jobs
@@ -74,8 +75,11 @@ def animate(
         raise typer.BadParameter(str(exc), param_hint="--out") from exc
     counts = table.status.value_counts().to_dict()
     typer.echo(f"{len(table)} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f"; results in {out / 'results.parquet'}")
-    for row in table[table.status == "failed"].itertuples():
+    failed = table[table.status == "failed"]
+    for row in failed.itertuples():
         typer.echo(f"  failed {row.job_id}: {row.reason}")
+    if len(failed):
+        raise typer.Exit(1)
 
 
 def _animate_overrides(overrides: list[str] | None) -> list[str]:

@@ -62,6 +62,8 @@ def run_generation(
     resume: skip jobs whose output (named by job id + a digest of what the inputs hold and the
         settings) exists; a skipped job's row keeps what the run that made its video recorded
         (model, frames, timings: from the previous `results.parquet`, when it has the output).
+        False redoes every job from its inputs, the drivers' cached motion included (an edit the
+        cache's key cannot see is what a user reruns without resume for).
 
     One row per job, in input order: job_id, status (`ok`, `skipped`, `failed`), reason, output
     (mp4 path), ref, driving, backend, params (JSON), model (JSON), frames, fps, seconds, has_audio,
@@ -79,6 +81,9 @@ def run_generation(
     check_backend(backend, cfg.animate)  # what would fail every actor fails here, before Ray starts
     with exclusive_folder(out_dir):  # FolderBusy while another run writes it
         rows = plan_rows(jobs, out_dir, backend, cfg.animate, resume, cfg.face)
+        motion_dir = out_dir / ".state" / "motion"
+        if not resume:
+            shutil.rmtree(motion_dir, ignore_errors=True)
         started = time.perf_counter()
         init_ray(cfg.ray, cfg.mlflow)
         needed = cfg.animate.cpus_per_actor + 1  # else an actor holds every CPU and starves the tasks feeding it
@@ -101,7 +106,7 @@ def run_generation(
                     jobs_ds
                     .map(prepare_job, fn_kwargs={"face_cfg_json": cfg.face.model_dump_json(),
                                                  "animate_cfg_json": cfg.animate.model_dump_json(), **crashes,
-                                                 "motion_dir": str(out_dir / ".state" / "motion")},
+                                                 "motion_dir": str(motion_dir)},
                          num_cpus=1, memory=PREP_MEMORY)
                     .map_batches(AnimateJobs, fn_constructor_kwargs={"backend": backend, **crashes,
                                                                      "records_dir": str(records_dir(out_dir)),

@@ -230,7 +230,7 @@ def test_cli_animates_a_jobs_file(run, media_dir: Path, tmp_path: Path) -> None:
     jobs.write_text(f"job_id,ref,driving,motion\nlawn,{media_dir / 'face_alignment_grass.jpg'},{media_dir / 'vexpress_RD_Radio10_0_clip_0.mp4'},absolute\n")
     result = CliRunner().invoke(app, ["animate", "--jobs", str(jobs), "--out", str(tmp_path / "out"),
                                       "--set", "mlflow.enabled=false", "--pose-multiplier", "0.5"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # the job failed: a scheduler must see it
     assert "1 failed" in result.output and "no face in the reference image" in result.output
     row = pd.read_parquet(tmp_path / "out" / "results.parquet").iloc[0]
     assert row.job_id == "lawn" and '"pose_multiplier": 0.5' in row.params and '"motion": "absolute"' in row.params
@@ -345,8 +345,8 @@ def test_a_job_that_kills_its_worker_every_time_fails_and_the_others_finish(
     assert pd.read_parquet(tmp_path / "out" / "results.parquet").status.tolist() == ["ok", "failed"]
 
 
-def test_jobs_sharing_a_driver_extract_its_motion_once(media_dir: Path, inputs: dict[str, Path], tmp_path: Path,
-                                                         ray_local) -> None:
+def test_jobs_sharing_a_driver_extract_its_motion_once_and_no_resume_extracts_it_again(
+        media_dir: Path, inputs: dict[str, Path], tmp_path: Path, ray_local) -> None:
     from portraitflow.pipelines.generate import run_generation
 
     cfg, out = load_config(None, ["mlflow.enabled=false"]), tmp_path / "out"
@@ -356,6 +356,10 @@ def test_jobs_sharing_a_driver_extract_its_motion_once(media_dir: Path, inputs: 
     second = run_generation([Job("b", str(media_dir / "hallo_6.jpg"), str(inputs["turns"]))], out, cfg)
     assert first.status.tolist() == second.status.tolist() == ["ok"]
     assert list((out / ".state" / "motion").glob("*.npz")) == [motion] and motion.stat().st_mtime_ns == stamp
+    # an edit the cache's key misses (same size and ends) is what --no-resume is for: it reads the driver again
+    third = run_generation([Job("b", str(media_dir / "hallo_6.jpg"), str(inputs["turns"]))], out, cfg, resume=False)
+    assert third.status.tolist() == ["ok"]
+    assert list((out / ".state" / "motion").glob("*.npz")) == [motion] and motion.stat().st_mtime_ns != stamp
 
 
 def test_driving_windows_carry_the_face_box_each_shot_starts_with(media_dir: Path, analyzer) -> None:

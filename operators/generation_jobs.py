@@ -3,15 +3,16 @@ validated, and named deterministically so reruns find their finished outputs.
 
 A job's local paths are made absolute when it is made, so results and output names do not
 depend on the working folder or on how a path was typed (`./a.png` and `a.png` are one job). A
-job whose params are invalid, or whose ref or driving is a URL (only local files are read), is
-kept with a reason (it ends as a `failed` row); a jobs file with an unknown column is refused
-whole, since every row would be misread.
+job whose params are invalid, or whose ref or driving is empty or a URL (only local files are
+read), is kept with a reason (it ends as a `failed` row); a jobs file with an unknown column, or a
+CSV row with more fields than its header, is refused whole, since rows would be misread.
 
 Job ids are unique, since every result, metric and file downstream is keyed by them: a jobs file
 that gives one `job_id` to two rows is refused whole (which row is meant cannot be guessed, and a
 `failed` row would carry the same id), and an id derived from ref and driving that two jobs
 would share (`s1/ref.png` and `s2/ref.png`, `a.png` and `a.jpg`) gets a short hash of the job's
-full paths and params, so it stays readable, file-name safe and the same on every rerun.
+full paths and params, so it stays readable, file-name safe and the same on every rerun. Which of
+the two forms a job gets depends on the rest of its list, so resume looks for both (`id_forms`).
 
 Output names (`output_name`) cover what the inputs hold, not only their paths: a driving video
 re-exported at the same path is another job's input, and resume must not take the old video for
@@ -19,6 +20,7 @@ its result.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
@@ -62,17 +64,28 @@ def default_job_id(ref: str, driving: str) -> str:
     return f"{Path(ref).stem}__{Path(driving).stem}"
 
 
-def _identity(job: Job) -> str:
-    return json.dumps({"ref": job.ref, "driving": job.driving, "params": job.params}, sort_keys=True, default=str)
+def _hashed_id(job: Job) -> str:
+    """The derived id of a job whose `default_job_id` another job of its list shares: that id plus a
+    hash of the job's ref, driving and params (dot-free, at most 80 characters, so `output_name`
+    keeps the hash)."""
+    identity = json.dumps({"ref": job.ref, "driving": job.driving, "params": job.params}, sort_keys=True, default=str)
+    return hashed_name(default_job_id(job.ref, job.driving), identity, max_len=69, fallback="job")
+
+
+def id_forms(job: Job) -> list[str]:
+    """Every id `unique_ids` can give `job`, its own first: a derived id is `default_job_id` in one
+    list and `_hashed_id` in another (where another job shares the default), so resume looks for
+    the job's output under both. A given id is the only one: it names that output alone."""
+    derived = [default_job_id(job.ref, job.driving), _hashed_id(job)]
+    return [job.job_id, *(form for form in derived if form != job.job_id)] if job.job_id in derived else [job.job_id]
 
 
 def unique_ids(jobs: list[Job], source: str) -> list[Job]:
     """`jobs` (an empty `job_id`: none given) with unique ids, or ValueError naming the id.
 
     A given id used twice is refused. A derived id stays `default_job_id` when no other job has
-    it; otherwise it is `hashed_name` of it and the job's ref, driving and params (dot-free, at most
-    80 characters, so `output_name` keeps the hash). Jobs identical in all of these and given no
-    id are refused too: they are one job listed twice.
+    it; otherwise it is `_hashed_id`. Jobs identical in ref, driving and params and given no id are
+    refused too: they are one job listed twice.
     """
     given = Counter(job.job_id for job in jobs if job.job_id)
     twice = [job_id for job_id, count in given.items() if count > 1]
@@ -88,7 +101,7 @@ def unique_ids(jobs: list[Job], source: str) -> list[Job]:
         if not job_id:
             job_id = default_job_id(job.ref, job.driving)
             if derived[job_id] > 1 or job_id in given:
-                job_id = hashed_name(job_id, _identity(job), max_len=69, fallback="job")
+                job_id = _hashed_id(job)
         if job_id in seen:
             raise ValueError(f"{source}: data rows {seen[job_id]} and {row} both get job id {job_id!r} (same ref, "
                              "driving and params, no job_id): remove one, or give each its own job_id")
@@ -144,26 +157,16 @@ def load_jobs(path: str | Path) -> list[Job]:
     Relative paths are taken relative to the jobs file's folder. Ids are unique (`unique_ids`):
     a `job_id` given to two rows refuses the file.
     """
-    import pandas as pd
-
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    elif suffix in (".jsonl", ".ndjson"):
-        table = pd.read_json(path, lines=True, dtype=False)
-    elif suffix == ".parquet":
-        table = pd.read_parquet(path)
-    else:
-        raise ValueError(f"{path}: jobs files are .csv, .jsonl or .parquet")
-    unknown = set(table.columns) - set(JOB_COLUMNS) - set(PER_JOB_FIELDS)
-    missing = {"ref", "driving"} - set(table.columns)
+    columns, rows = _table(path)
+    unknown = set(columns) - set(JOB_COLUMNS) - set(PER_JOB_FIELDS)
+    missing = {"ref", "driving"} - set(columns)
     if unknown or missing:
         raise ValueError(f"{path}: unknown columns {sorted(unknown)}, missing columns {sorted(missing)}; "
                          f"allowed: {', '.join(JOB_COLUMNS + PER_JOB_FIELDS)}")
     jobs = []
-    for row in table.to_dict("records"):
-        ref, driving = (str(row[k]) if _present(row[k]) else "" for k in ("ref", "driving"))
+    for row in rows:
+        ref, driving = (str(row[k]) if _present(row.get(k)) else "" for k in ("ref", "driving"))
         ref, driving = (local_path(p, path.parent) for p in (ref, driving))
         job_id = str(row["job_id"]) if _present(row.get("job_id")) else ""  # derived by unique_ids
         params = {k: row[k] for k in PER_JOB_FIELDS if k in row and _present(row[k])}
@@ -171,9 +174,54 @@ def load_jobs(path: str | Path) -> list[Job]:
     return unique_ids(jobs, str(path))
 
 
+def _table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """A jobs file's columns and rows, each value as the file holds it: a CSV's text, JSON's and
+    parquet's own types, so a job id `7` stays `7` (pandas makes a column of integers with a gap
+    floats, `7.0`), and no CSV row shifts into other columns (pandas takes a row with one field
+    more than the header for an index and its fields; a trailing comma or an unquoted comma in a
+    path makes one): such a row refuses the file, named."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's BOM is no column name
+            reader = csv.DictReader(handle)  # fields past the header's go to the key None; blank lines skipped
+            rows = list(reader)
+            columns = list(reader.fieldnames or [])
+        for number, row in enumerate(rows, 1):
+            if None in row:
+                raise ValueError(f"{path}: data row {number} has {len(columns) + len(row[None])} fields, the header "
+                                 f"{len(columns)}: quote a value holding a comma, drop a trailing comma")
+        twice = sorted(name for name, count in Counter(columns).items() if count > 1)
+        if twice:
+            raise ValueError(f"{path}: columns {twice} are given twice")
+        return columns, rows
+    if suffix in (".jsonl", ".ndjson"):
+        rows = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: line {number}, column {exc.colno}: {exc.msg}") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}: line {number} is not a JSON object")
+            rows.append(row)
+        return list(dict.fromkeys(name for row in rows for name in row)), rows
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path).to_pandas(integer_object_nulls=True)  # ints with nulls: ints and None
+        return list(table.columns), table.to_dict("records")
+    raise ValueError(f"{path}: jobs files are .csv, .jsonl or .parquet")
+
+
 def effective_params(job: Job, cfg: AnimateConfig) -> dict[str, Any]:
     """The job's motion options: the config's, overridden by the job's; ValueError if invalid, or
-    if ref or driving is a URL (the flow reads local files only; found here, not as "not found")."""
+    if ref or driving is empty or a URL (the flow reads local files only): said here, since an
+    empty path reads as the current folder and a URL as a missing file."""
+    empty = [f"{name} is empty" for name in ("ref", "driving") if not getattr(job, name)]
+    if empty:
+        raise ValueError("; ".join(empty))
     remote = [f"{name} {value}" for name, value in (("ref", job.ref), ("driving", job.driving)) if _is_url(value)]
     if remote:
         raise ValueError(f"remote paths are not supported, give local files: {'; '.join(remote)}")

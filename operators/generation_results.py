@@ -4,6 +4,7 @@ the results table written atomically, a preview strip of finished outputs, and t
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from portraitflow.jobs.config.face import FaceConfig
 from portraitflow.models.animators.registry import check_settings
 from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.decode import VideoUnreadable, probe_video, read_frames
-from portraitflow.operators.generation_jobs import (Job, effective_params, input_fingerprint, output_name,
+from portraitflow.operators.generation_jobs import (Job, effective_params, id_forms, input_fingerprint, output_name,
                                                    output_settings)
 from portraitflow.operators.paths import confined
 from portraitflow.operators.video_writer import has_audio
@@ -41,7 +42,14 @@ def plan_rows(jobs: list[Job], out_dir: Path, backend: str, cfg: AnimateConfig, 
     param `backend` does not read, or the same output as an earlier job). Output names cover the
     face settings too: the face layer finds the crop and the motion, and what the inputs hold
     (`input_fingerprint`, read once per file). A skipped row keeps what the run that made its
-    video recorded of it (`previous_records`)."""
+    video recorded of it (`previous_records`).
+
+    A job's complete output is looked for under each id the job can have (`id_forms`): a derived
+    id takes a hash where another job of the list shares it, so adding `fr/anna.jpg` beside
+    `en/anna.jpg` renames both jobs, yet their videos, same content digest, are done. A video
+    found under another form is recorded as this job's output where it is, neither renamed (the
+    earlier rows, records and any reader name it; planning writes nothing) nor linked (one video
+    listed, previewed and copied twice)."""
     rows, planned = [], {}
     settings = output_settings(backend, cfg)  # once: a weights fingerprint reads files
     shared = {name: value for name, value in settings.items() if name not in PER_JOB_FIELDS}
@@ -61,14 +69,17 @@ def plan_rows(jobs: list[Job], out_dir: Path, backend: str, cfg: AnimateConfig, 
             if path not in fingerprints:
                 fingerprints[path] = input_fingerprint(path)
         inputs = {"ref": fingerprints[job.ref], "driving": fingerprints[job.driving]}
-        output = confined(out_dir, output_name(job, backend, read, shared, inputs))
+        outputs = [confined(out_dir, output_name(replace(job, job_id=form), backend, read, shared, inputs))
+                 for form in id_forms(job)]  # its own first
+        output = outputs[0]
         row.update(params=json.dumps(params, sort_keys=True), output=str(output))
         if str(output) in planned:
             row.update(status="failed", reason=f"duplicate of job {planned[str(output)]}")
-        elif resume and output.is_file() and (finished := _finished(output, previous.get(output.name, {}))):
-            record = previous.get(output.name, {})
+        elif resume and (done := _finished(outputs, previous)):
+            path, finished = done
+            record = previous.get(path.name, {})
             kept = {k: record[k] for k in KEPT_FIELDS} if record.get("frames") == finished["frames"] else finished
-            row.update(status="skipped", reason="complete output exists", **kept)
+            row.update(status="skipped", reason="complete output exists", output=str(path), **kept)
         planned.setdefault(str(output), job.job_id)
         rows.append(row)
     return rows
@@ -112,26 +123,38 @@ def previous_records(out_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def merged_with_earlier(table: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """This invocation's rows, then the rows `path` holds of jobs it did not have: a job list run
-    in parts into one folder keeps every part's rows. An unreadable earlier file is replaced."""
+    """This invocation's rows, then the rows `path` holds of other jobs: a job list run in parts
+    into one folder keeps every part's rows. An earlier row is replaced by this invocation's row of
+    the same job (job_id, ref and driving: parts may derive one id for different inputs) or of the
+    same output (a video made under another id, found by resume). An unreadable earlier file is
+    replaced."""
     try:
         earlier = pd.read_parquet(path) if path.is_file() else None
     except (OSError, ValueError):
         earlier = None
     if earlier is None or list(earlier.columns) != list(table.columns):
         return table
-    others = earlier[~earlier.job_id.isin(table.job_id)]
+    job = ["job_id", "ref", "driving"]
+    same_job = pd.MultiIndex.from_frame(earlier[job]).isin(pd.MultiIndex.from_frame(table[job]))
+    same_output = earlier.output.isin(table.output[table.output != ""])
+    others = earlier[~(same_job | same_output)]
     return pd.concat([table, others], ignore_index=True).astype(table.dtypes.to_dict()) if len(others) else table
 
 
-def _finished(path: Path, record: dict[str, Any]) -> dict[str, Any] | None:
-    """What `_probe` tells of a finished output, taken from its record when the file is the one the
-    record describes (same size and modification time): a resume of thousands of jobs then opens
-    none of their videos."""
-    stat = path.stat()
-    if (record.get("bytes"), record.get("mtime_ns")) == (stat.st_size, stat.st_mtime_ns):
-        return {k: record[k] for k in ("frames", "fps", "seconds", "has_audio")}
-    return _probe(path)
+def _finished(paths: list[Path], previous: dict[str, dict[str, Any]]) -> tuple[Path, dict[str, Any]] | None:
+    """The first of `paths` that is a finished output (outputs are written whole, `atomic_target`;
+    one that cannot be read is redone), with what `_probe` tells of it, taken from its record in
+    `previous` when the file is the one the record describes (same size and modification time): a
+    resume of thousands of jobs then opens none of their videos."""
+    for path in paths:
+        if not path.is_file():
+            continue
+        stat, record = path.stat(), previous.get(path.name, {})
+        if (record.get("bytes"), record.get("mtime_ns")) == (stat.st_size, stat.st_mtime_ns):
+            return path, {k: record[k] for k in ("frames", "fps", "seconds", "has_audio")}
+        if probed := _probe(path):
+            return path, probed
+    return None
 
 
 def _probe(path: Path) -> dict[str, Any] | None:

@@ -210,3 +210,49 @@ def test_the_preview_strip_shows_outputs_of_any_width(tmp_path: Path) -> None:
     strip = preview_strip(outputs, 3, height=32)
     assert strip.shape == (64, 3 * 64, 3)  # rows of 3 frames, 32 px high: 48 and 64 px wide, padded to 64 x 3
     assert [int(strip[:32, 48 * k + 24].mean()) for k in range(3)] == pytest.approx([0, 40, 100], abs=3)  # frames 0, 2, 5
+
+
+@pytest.mark.parametrize("row", ["hallo.jpg,vfr.mp4,", "my ref, é.jpg,vfr.mp4"])
+def test_a_csv_row_with_more_fields_than_the_header_refuses_the_file_naming_it(tmp_path: Path, row: str) -> None:
+    """A trailing comma (spreadsheet exports) or an unquoted comma in a path: pandas took the extra
+    field for an index and shifted the row (ref became the driving video, driving empty)."""
+    path = tmp_path / "jobs.csv"
+    path.write_text(f'ref,driving\n"my ref, é.jpg",vfr.mp4\n{row}\n')
+    with pytest.raises(ValueError, match=r"jobs.csv: data row 2 has 3 fields, the header 2: quote a value"):
+        load_jobs(path)
+    path.write_text('ref,driving\n"my ref, é.jpg",vfr.mp4\n\nb.png,\n')  # a quoted comma, a blank line, a short row
+    quoted, short = load_jobs(path)
+    assert quoted.ref == str(tmp_path / "my ref, é.jpg") and quoted.driving == str(tmp_path / "vfr.mp4")
+    assert short.ref == str(tmp_path / "b.png") and short.driving == ""
+
+
+def test_an_empty_ref_or_driving_fails_its_job_saying_so(tmp_path: Path) -> None:
+    """An empty path read as the current folder: `a folder, not a video`, `Is a directory: '.'`."""
+    path = tmp_path / "jobs.csv"
+    path.write_text("job_id,ref,driving\nnoref,,d.mp4\nnodrive,a.png,\nneither,,\nok,a.png,d.mp4\n")
+    rows = plan_rows(load_jobs(path), tmp_path / "out", "warp", AnimateConfig(), resume=True)
+    assert [(r["job_id"], r["status"], r["reason"]) for r in rows] == [
+        ("noref", "failed", "ref is empty"), ("nodrive", "failed", "driving is empty"),
+        ("neither", "failed", "ref is empty; driving is empty"), ("ok", "pending", "")]
+
+
+@pytest.mark.parametrize("form", ["jsonl", "arrow parquet", "pandas parquet", "csv"])
+def test_job_ids_are_read_as_written_not_as_floats(tmp_path: Path, form: str) -> None:
+    """Integer ids beside a row without one became `7.0` (pandas makes such a column float)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / f"jobs.{form.split()[-1]}"
+    if form == "jsonl":
+        path.write_text('{"ref": "a.png", "driving": "d.mp4", "job_id": 7}\n{"ref": "b.png", "driving": "d.mp4"}\n'
+                        '{"ref": "c.png", "driving": "d.mp4", "job_id": 8}\n')
+    elif form == "arrow parquet":
+        pq.write_table(pa.table({"ref": ["a.png", "b.png", "c.png"], "driving": ["d.mp4"] * 3,
+                                 "job_id": pa.array([7, None, 8])}), path)
+    elif form == "pandas parquet":
+        pd.DataFrame({"ref": ["a.png", "b.png", "c.png"], "driving": ["d.mp4"] * 3,
+                      "job_id": pd.array([7, None, 8], dtype="Int64")}).to_parquet(path)
+    else:
+        path.write_text("ref,driving,job_id\na.png,d.mp4,7\nb.png,d.mp4,\nc.png,d.mp4,007\n")
+    ids = [job.job_id for job in load_jobs(path)]
+    assert ids == ["7", "b__d", "007" if form == "csv" else "8"]

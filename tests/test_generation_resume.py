@@ -162,3 +162,49 @@ def test_one_generation_at_a_time_per_output_folder(tmp_path: Path) -> None:
                                           str(tmp_path / "b.mp4"), "--out", str(out)])
     assert result.exit_code == 2 and "another run is writing" in result.output, result.output
     assert not (out / RESULTS_FILE).exists()
+
+
+def test_a_finished_job_is_found_when_other_jobs_change_its_derived_id(tmp_path: Path) -> None:
+    """The repro: `en/anna.jpg` and `fr/anna.jpg`, each run alone, are `anna__drive`; listed
+    together both get a hashed id, and their finished videos were rendered again. Found under the
+    other id form, each is skipped with its own video and record; no file is added or renamed."""
+    from portraitflow.operators.generation_jobs import pair_jobs, unique_ids
+    from portraitflow.operators.generation_results import records_dir, write_record
+
+    out = tmp_path / "out"
+    en, driving = _inputs(tmp_path / "en")
+    fr = tmp_path / "fr" / "ref.png"
+    fr.parent.mkdir()
+    fr.write_bytes(b"another portrait" + en.read_bytes())
+    alone = {}
+    for ref in (en, fr):
+        [row] = plan_rows(pair_jobs(str(ref), str(driving)), out, "warp", CFG, resume=True)
+        _finish(row)
+        write_record(records_dir(out), {**row, "frames": 6, "fps": 12.0, "seconds": 0.5, "prep_s": 3.5})
+        alone[str(ref)] = row["output"]
+    files = sorted(out.glob("*.mp4"))
+    both = unique_ids([Job("", str(en), str(driving)), Job("", str(fr), str(driving))], "test")
+    assert all(job.job_id.startswith("ref__talk-") for job in both)  # other ids than alone
+    rows = plan_rows(both, out, "warp", CFG, resume=True)
+    assert [(r["status"], r["output"]) for r in rows] == [("skipped", alone[str(en)]), ("skipped", alone[str(fr)])]
+    assert all(r["prep_s"] == 3.5 for r in rows) and sorted(out.glob("*.mp4")) == files
+    assert plan_rows([Job("given", str(en), str(driving))], out, "warp", CFG, resume=True)[0]["status"] == "pending"
+
+
+def test_parts_run_into_one_folder_keep_each_others_rows_though_their_jobs_share_an_id(tmp_path: Path) -> None:
+    """The repro: `en/anna.jpg` then `fr/anna.jpg`, run alone, both `anna__drive`: results.parquet
+    kept the fr row only. Earlier rows are replaced by the same job (id, ref, driving) or output."""
+    from portraitflow.operators.generation_results import merged_with_earlier
+
+    path = tmp_path / RESULTS_FILE
+    row = {"job_id": "anna__drive", "status": "ok", "driving": "/in/drive.mp4"}
+    en = {**row, "ref": "/en/anna.jpg", "output": "/out/anna__drive-a00d492ba0.mp4"}
+    fr = {**row, "ref": "/fr/anna.jpg", "output": "/out/anna__drive-7a81c8c484.mp4"}
+    write_parquet(path, results_table([en]))
+    merged = merged_with_earlier(results_table([fr]), path)
+    assert merged.ref.tolist() == ["/fr/anna.jpg", "/en/anna.jpg"]
+    write_parquet(path, merged)
+    en_again = {**en, "job_id": "anna__drive-1f35dec047", "status": "skipped"}  # its video, under a hashed id
+    fr_redone = {**fr, "output": "/out/anna__drive-0123456789.mp4"}  # the same job, another video
+    merged = merged_with_earlier(results_table([en_again, fr_redone]), path)
+    assert merged[["job_id", "output"]].values.tolist() == [[r["job_id"], r["output"]] for r in (en_again, fr_redone)]

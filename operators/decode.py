@@ -4,12 +4,14 @@ Frames are never held for a whole video: callers iterate chunks of at most `chun
 so memory depends on the chunk, not on the video's length.
 
 Time is presentation time, as a player shows the video: frames an edit list hides (decord
-reports them with negative times) are skipped, the timeline starts at the first shown frame, and a
-variable-frame-rate video is resampled by its frames' timestamps, not by its average rate.
+reports them with negative times, or at or after the edit's end) are skipped, the timeline starts at
+the first shown frame, and a variable-frame-rate video is resampled by its frames' timestamps, not
+by its average rate.
 """
 from __future__ import annotations
 
 import io
+import math
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import closing
@@ -55,13 +57,14 @@ def _reader(path: str, width: int = -1, height: int = -1):
     return reader
 
 
-def _timeline(reader, width: int = 0, height: int = 0,
-              from_keyframe: bool = False) -> tuple[VideoInfo, np.ndarray, np.ndarray]:
+def _timeline(reader, width: int = 0, height: int = 0, from_keyframe: bool = False,
+              edit_end_s: float = math.inf) -> tuple[VideoInfo, np.ndarray, np.ndarray]:
     """(the shown frames' VideoInfo, their decord indices, their start times from the first one).
 
-    Frames before the first with a non-negative time are hidden by an edit list; with
-    `from_keyframe`, so are those before the first keyframe (an MPEG-TS capture or cut starts
-    mid-GOP: FFmpeg cannot decode them, and a player starts at the keyframe too). A container
+    Frames before the first with a non-negative time are hidden by an edit list, and so are those
+    that start at or after its end, `edit_end_s` (`_edit_list_end`); with `from_keyframe`, so are
+    those before the first keyframe (an MPEG-TS capture or cut starts mid-GOP: FFmpeg cannot decode
+    them, and a player starts at the keyframe too). A container
     without usable timestamps (AVI and MPEG-PS, whose missing times decord reports as huge negative
     ones; times that run backwards) gets the uniform timeline of its declared average rate.
     """
@@ -78,7 +81,7 @@ def _timeline(reader, width: int = 0, height: int = 0,
         count = len(reader) - first
         info = VideoInfo(width, height, _average_rate(count, count / fps), count)
         return info, np.arange(first, len(reader)), np.arange(count) / fps
-    visible = np.flatnonzero(starts >= -1e-3)  # among the frames from `first`
+    visible = np.flatnonzero((starts >= -1e-3) & (starts < edit_end_s - 1e-3))  # among the frames from `first`
     if len(visible) == 0:
         raise VideoUnreadable("the video shows no frames (all are hidden by its edit list)")
     shown = first + visible
@@ -113,6 +116,42 @@ def _pyav_probe(path: str) -> tuple[bool, int, int] | None:
         return None
 
 
+#: how much of an mp4's end `_edit_list_end` reads: a copy cut's trailing packets are its last few
+_EDIT_END_TAIL_S = 10.0
+
+
+def _edit_list_end(path: str) -> float:
+    """When an mp4 edit list stops showing frames, in seconds on decord's clock; inf if it shows all.
+
+    A cut with `ffmpeg -c copy` keeps the packets its last frames are decoded with, often one shown
+    after the cut (the P-frame its last B-frames are predicted from): decord lists it, FFmpeg does
+    not show it. The mp4 demuxer marks the packets an edit list hides as discarded, so the packets
+    of the last `_EDIT_END_TAIL_S` are read (none decoded: every decode of a clip asks, so reading
+    a long file whole each time would cost more than its clips) and the end is the first hidden one
+    after a shown one. Only the mp4 demuxer applies edit lists: other containers are not read.
+    """
+    import av
+
+    try:
+        with av.open(path) as container:
+            if "mov" not in container.format.name.split(",") or not container.streams.video:
+                return math.inf
+            stream = container.streams.video[0]
+            origin, tick = stream.start_time or 0, stream.time_base  # decord's clock starts at start_time
+            tail = round(_EDIT_END_TAIL_S / tick)
+            if stream.duration and stream.duration > tail:
+                container.seek(origin + stream.duration - tail, stream=stream, backward=True)
+            shown, hidden = [], []
+            for packet in container.demux(stream):
+                if packet.pts is not None:
+                    (hidden if packet.is_discard else shown).append(packet.pts)
+    except av.FFmpegError:
+        return math.inf
+    first = min(shown, default=math.inf)
+    ends = [pts for pts in hidden if pts > first]  # not the leading frames it hides
+    return float((min(ends) - origin) * tick) if ends else math.inf
+
+
 def _decord_misshapes(width: int) -> bool:
     """Whether decord returns frames `width` pixels wide in a wrong shape: it takes a frame's
     channels to be its RGB row's length over its width, and FFmpeg aligns rows to the CPU's SIMD
@@ -126,10 +165,11 @@ def probe_video(path: str) -> VideoInfo:
     """Size, frame rate and frame count; raises VideoUnreadable for anything decord cannot use."""
     reader = _reader(path)
     stream = _pyav_probe(path)
+    edit_end_s = _edit_list_end(path)
     if stream is not None and stream[0]:
-        return _timeline(reader, *stream[1:], from_keyframe=True)[0]
+        return _timeline(reader, *stream[1:], from_keyframe=True, edit_end_s=edit_end_s)[0]
     height, width = reader[0].shape[:2]
-    return _timeline(reader, int(width), int(height))[0]
+    return _timeline(reader, int(width), int(height), edit_end_s=edit_end_s)[0]
 
 
 def _average_rate(frames: int, seconds: float) -> float:
@@ -180,7 +220,7 @@ def iter_frame_chunks(
     reader = _reader(path, width, height)
     stream = _pyav_probe(path)
     mpeg_ts = stream is not None and stream[0]
-    info, shown, starts = _timeline(reader, from_keyframe=mpeg_ts)
+    info, shown, starts = _timeline(reader, from_keyframe=mpeg_ts, edit_end_s=_edit_list_end(path))
     positions, sources = resample_positions(info, target_fps, start_s, end_s, starts)
     # decord turns a rotated video upright: either coded side may become the width it decodes at
     widths = (size[0],) if size else stream[1:] if stream else ()

@@ -26,8 +26,9 @@ from portraitflow.operators.tracking import Track, box_iou, interpolate_rows, tr
 #: faces smaller than this fraction of a frame's largest face get no landmarks (bystanders).
 MIN_RELATIVE_SIDE = 0.5
 #: bumped when extraction gives other motion for the same driver and settings, so cached motion is
-#: made again (2: shots are split as curation splits them, a histogram cut confirmed by the hash)
-EXTRACTION_VERSION = 2
+#: made again (2: shots are split as curation splits them, a histogram cut confirmed by the hash;
+#: 3: a frame coded after an mp4 edit list's end is not shown, nor counted in the driver's rate)
+EXTRACTION_VERSION = 3
 
 
 @dataclass

@@ -342,7 +342,7 @@ SCANNED = "scanned"
 #: `keypoint_yaw` rejects profiles; 4: kept clips hold their `thumbnails`, which the partial-duplicate
 #: check compares: a scan without them is made again; 5: the parts of a clip split at an identity
 #: switch are measured and filtered on their own frames: `sharpness` and the first-pass measures
-#: were the whole clip's)
+#: were the whole clip's; and a frame coded after an mp4 edit list's end is off the timeline)
 SCAN_MEASURES_VERSION = 5
 #: curate fields a scan does not depend on (resources, decoding chunk size, naming, the stages
 #: after it); changing them keeps earlier scans valid.

@@ -1,6 +1,7 @@
 """Decoding in chunks with resampling, and H.264 encoding with the driver's audio."""
 from __future__ import annotations
 
+import struct
 from fractions import Fraction
 from pathlib import Path
 
@@ -460,18 +461,63 @@ def test_frames_an_edit_list_hides_are_not_decoded(media_dir: Path) -> None:
     assert np.abs(chunk.frames[0].astype(int) - small).mean() < 3
 
 
-def test_a_stream_that_ends_before_its_timestamps_holds_its_last_frame(media_dir: Path, decode_starts) -> None:
-    """This clip's timestamps promise 29 shown frames; FFmpeg decodes 28 (its edit list hides the rest),
-    also from the keyframe a clip at its end is decoded from."""
-    path = media_dir / "upscaleavideo_old_video_1.mp4"
+def _copy_cut(mp4: Path, out: Path, packets: int) -> tuple[Path, int]:
+    """What `ffmpeg -t ... -c copy` writes: `mp4`'s first `packets` packets in decoding order, which
+    may hold a P-frame shown after a B-frame they lack (the B-frames before it are predicted from
+    it), and an edit list that ends at the first frame they lack, hiding the frames after it.
+    Returns the file and how many frames it shows."""
+    with av.open(str(mp4)) as src, av.open(str(out), "w", format="mp4") as dst:
+        stream, tick = dst.add_stream_from_template(src.streams.video[0]), src.streams.video[0].time_base
+        kept = []
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None and len(kept) < packets:
+                kept.append(round(packet.pts * tick * 25))
+                packet.stream = stream
+                dst.mux(packet)
+    shown = next(k for k, frame in enumerate(sorted(kept)) if frame != k)  # the first frame the cut lacks
+    data = bytearray(out.read_bytes())
+    at = data.rindex(b"elst") + 12  # after the version, flags and entry count: the edit's duration
+    assert data[at - 8] == 0 and data[at - 4:at] == struct.pack(">I", 1)  # one edit, 32-bit times
+    data[at:at + 4] = struct.pack(">I", shown * 40)  # in the movie clock's milliseconds
+    out.write_bytes(bytes(data))
+    return out, shown
+
+
+def test_a_frame_a_copy_cut_codes_after_its_edit_list_is_not_shown(tmp_path: Path) -> None:
+    """FFmpeg does not show a frame after the edit list's end: it is neither counted nor in the rate,
+    which spanning it and the missing frames before it made 34 frames at 23.6 fps (33 at 25 fps
+    shown). decord reads the cut, and PyAV the widths decord misshapes."""
+    cut, shown = _copy_cut(_gop_clip(tmp_path / "source.mp4", 40, keyint=12), tmp_path / "cut.mp4", packets=34)
+    with av.open(str(cut)) as container:
+        whole = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(whole) == shown < 34  # the cut codes a frame it does not show
+    assert probe_video(str(cut)) == VideoInfo(64, 48, 25.0, shown)
+    for size in (None, (24, 16)):
+        frames = np.concatenate([c.frames for c in iter_frame_chunks(str(cut), 25.0, chunk_size=8, size=size)])
+        expected = [av.VideoFrame.from_ndarray(f, format="rgb24").to_ndarray(format="rgb24", width=24, height=16)
+                    for f in whole] if size else whole
+        assert len(frames) == shown and np.abs(frames.astype(int) - np.stack(expected)).mean() < 3
+
+
+@pytest.mark.parametrize("name", ["metrical_tracker_justin.mp4", "upscaleavideo_old_video_1.mp4"])
+def test_a_drivers_frame_past_its_edit_list_is_not_shown(media_dir: Path, decode_starts, name: str) -> None:
+    """These clips, cut with `-c copy`, hide leading frames and code one after their edit list's end:
+    FFmpeg shows 300 and 28 frames at their nominal rate. Counted, that frame made the rate 29.77 and
+    23.39 fps, so resampling to the nominal rate skipped a frame and doubled the last one. A clip at
+    the end is decoded from its keyframe."""
+    path = media_dir / name
     if not path.exists():
-        pytest.skip("upscaleavideo_old_video_1.mp4 is not in the shared media")
+        pytest.skip(f"{name} is not in the shared media")
+    with av.open(str(path)) as container:
+        nominal = float(container.streams.video[0].average_rate)
+        whole = np.stack([f.to_ndarray(format="rgb24", width=64, height=64) for f in container.decode(video=0)])
     info = probe_video(str(path))
-    frames = np.concatenate([c.frames for c in iter_frame_chunks(str(path), info.fps, chunk_size=8)])
-    assert len(frames) == info.num_frames
-    assert np.array_equal(frames[-1], frames[-2])
-    end = np.concatenate([c.frames for c in iter_frame_chunks(str(path), info.fps, (info.num_frames - 3) / info.fps)])
-    assert np.array_equal(end, frames[-3:]) and decode_starts[-1] > 0
+    assert (info.num_frames, info.fps) == (len(whole), nominal) and len(whole) in (300, 28)
+    frames = np.concatenate([c.frames for c in iter_frame_chunks(str(path), nominal, chunk_size=64, size=(64, 64))])
+    assert np.array_equal(frames, whole)
+    end = np.concatenate([c.frames for c in iter_frame_chunks(str(path), nominal, (len(whole) - 3) / nominal,
+                                                              size=(64, 64))])
+    assert np.array_equal(end, whole[-3:]) and decode_starts[-1] > 0
 
 
 def _numbered_clip(path: Path, container: str, codec: str, count: int) -> None:

@@ -220,8 +220,8 @@ def build_train_sample(sample: Mapping[str, Any], n_frames: int = 25, seed: int 
 
 
 def _clip_fps(sample: Mapping[str, Any]) -> np.float32:
-    """The clip's frame rate from its json member (SVD conditions on it: `added_time_ids`); NaN
-    when a sample does not say."""
+    """The clip's frame rate from its json member, NaN when a sample does not say. Not what SVD's
+    `added_time_ids` take: the release conditions on a constant 12.5 (SPEC section 8)."""
     try:
         return np.float32(json.loads(bytes(sample.get("json") or b"{}")).get("fps", np.nan))
     except (ValueError, TypeError, AttributeError):

@@ -3,7 +3,7 @@
 PyTorch path: `TrainLoader` (a DataLoader per epoch over `ShardBatches`: ranks and workers on
 disjoint shards, each worker interleaving several shards through a shuffle buffer so a batch mixes
 sources; resumable mid-epoch with `state_dict` / `load_state_dict`). Ray path: `ray_train_dataset`
-(`read_webdataset` -> samples) for trainers on Ray Train, batched with
+(a task per shard -> samples) for trainers on Ray Train, batched with
 `iter_torch_batches(collate_fn=RayCollate())`.
 Both skip and count what cannot be trained on; every sample is built by `build_train_sample`.
 """
@@ -14,7 +14,6 @@ import secrets
 import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, replace
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,6 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from portraitflow.jobs.config.train_data import TrainDataConfig
 from portraitflow.operators.sample_order import epoch_shard_order
 from portraitflow.operators.shard_source import SKIP_REASONS, SkipCounter, expand_shards
-from portraitflow.operators.train_sample import SampleSkipped
 from portraitflow.pipelines.train_batches import EpochProgress, RankLayout, ShardBatches, sample_builder
 
 log = logging.getLogger(__name__)
@@ -149,35 +147,42 @@ class TrainLoader:
 
 def ray_train_dataset(cfg: TrainDataConfig, epoch: int = 0) -> tuple[ray.data.Dataset, Any]:
     """(dataset of one epoch's training samples, tally actor): `ray.get(tally.counts.remote())` gives
-    the skipped samples by reason. Members are read as raw bytes (no decoder, so nothing is unpickled);
-    Ray Train's `get_dataset_shard` splits it across ranks, `iter_torch_batches(
-    local_shuffle_buffer_size=...)` shuffles samples. Shards that break mid-read drop their block
-    (logged by Ray, up to `ray_max_errored_blocks`), not the run.
+    the skipped samples by reason. Ray Train's `get_dataset_shard` splits it across ranks,
+    `iter_torch_batches(local_shuffle_buffer_size=...)` shuffles samples.
 
-    With `shard_shuffle`, each read task takes shards of the epoch's permutation (seeded by (seed,
-    epoch), as the PyTorch path's; unseeded, Ray's file shuffle), so its block does not hold
-    neighbouring keys of one source. Ray reads many tasks at once, which interleaves shards; an
-    epoch is not resumable midway (Ray Train restarts it from its checkpoint's epoch)."""
+    One task per shard reads it as the PyTorch path's workers do (webdataset's tar reader, members
+    as raw bytes, so nothing is unpickled; `SkipCounter` semantics): bad data and a shard that
+    breaks are skipped and counted, the samples before the break kept, while anything else (a
+    bug) fails the epoch instead of silently emptying the tasks it hit. With `shard_shuffle`, the
+    tasks take the shards in the epoch's permutation (seeded by (seed, epoch), as the PyTorch path's;
+    unseeded, a fresh seed); Ray runs many at once, which interleaves shards. An epoch is not
+    resumable midway (Ray Train restarts it from its checkpoint's epoch)."""
     if cfg.resampled:
         raise ValueError("train_data.resampled is for TrainLoader: the Ray path reads every shard once per epoch")
     urls = expand_shards(cfg.shards)
-    if cfg.shard_shuffle and cfg.seed is not None:
-        urls = epoch_shard_order(urls, cfg.seed, epoch)
+    if cfg.shard_shuffle:
+        urls = epoch_shard_order(urls, secrets.randbits(63) if cfg.seed is None else cfg.seed, epoch)
     tally = SkipTally.remote()
-    dataset = ray.data.read_webdataset(urls, decoder=None,
-                                       shuffle="files" if cfg.shard_shuffle and cfg.seed is None else None)
-    build = sample_builder(cfg, epoch)
-    dataset = dataset.flat_map(partial(_samples_or_skip, build=build, tally=tally))
-    dataset.context.max_errored_blocks = cfg.ray_max_errored_blocks
+    shards = ray.data.from_items([{"url": url} for url in urls], override_num_blocks=len(urls))
+    dataset = shards.map_batches(_shard_samples, batch_size=1,
+                                 fn_kwargs={"build": sample_builder(cfg, epoch), "tally": tally})
     return dataset, tally
 
 
-def _samples_or_skip(row: dict[str, Any], build, tally) -> list[dict[str, Any]]:
+def _shard_samples(shard: dict[str, np.ndarray], build, tally) -> Iterator[dict[str, np.ndarray]]:
+    """The training samples of one shard, a one-row batch each (a shard's decoded samples would not
+    fit in memory at once); its skips reach the tally before the task ends."""
+    skips = SkipCounter()
     try:
-        return [build(row)]
-    except SampleSkipped as exc:
-        tally.add.remote(exc.reason)
-        return []
+        for raw in wds.tariterators.tarfile_samples([{"url": str(shard["url"][0])}], handler=skips.handler):
+            try:
+                sample = build(raw)
+            except Exception as exc:  # noqa: BLE001 - the handler counts bad data and raises anything else
+                skips.handler(exc)
+                continue
+            yield {name: np.asarray(value)[None] for name, value in sample.items()}
+    finally:
+        ray.get(tally.add.remote(skips.counts()))
 
 
 class RayCollate(NumpyBatchCollateFn):
@@ -193,13 +198,14 @@ class RayCollate(NumpyBatchCollateFn):
 
 @ray.remote(num_cpus=0)
 class SkipTally:
-    """Skips of the Ray path per reason, gathered from every read task."""
+    """Skips of the Ray path per reason, gathered from every shard's task."""
 
     def __init__(self) -> None:
         self._counts = dict.fromkeys(SKIP_REASONS, 0)
 
-    def add(self, reason: str) -> None:
-        self._counts[reason if reason in self._counts else "other"] += 1
+    def add(self, counts: dict[str, int]) -> None:
+        for reason, n in counts.items():
+            self._counts[reason] += n
 
     def counts(self) -> dict[str, int]:
         return {reason: n for reason, n in self._counts.items() if n}

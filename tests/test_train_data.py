@@ -272,18 +272,18 @@ def test_index_folder_and_brace_pattern_name_the_same_shards(dataset) -> None:
     assert by_index == by_folder == by_pattern and len(by_index) == 4
 
 
-def test_ray_data_path_yields_the_same_samples_and_counts_skips(dataset, damaged, ray_local) -> None:
+def test_ray_data_path_yields_the_same_samples_and_counts_the_same_skips(dataset, damaged, ray_local) -> None:
+    """A truncated shard is read up to its break, as on the PyTorch path: Ray's read of it failed
+    whole, dropping the samples of every shard its read task held, uncounted."""
     import ray
 
-    damaged_shard, truncated_shard = (damaged[0].replace("{000000..000002}", n) for n in ("000001", "000002"))
     cfg = _config(dataset, seed=3, batch_size=4, n_frames=4)
-    cfg = cfg.model_copy(update={"shards": cfg.shards + [damaged_shard]})
+    cfg = cfg.model_copy(update={"shards": cfg.shards + [damaged[0]]})
+    loader = TrainLoader(cfg)
     torch_samples = {key: {name: value[i] for name, value in batch.items() if name != "key"}
-                     for batch in TrainLoader(cfg) for i, key in enumerate(batch["key"])}
+                     for batch in loader for i, key in enumerate(batch["key"])}
     fields = set(next(iter(torch_samples.values()))) | {"key"}
-    # in index order, so the read task that fails on the truncated shard holds no other shard's samples
-    dataset_, tally = ray_train_dataset(cfg.model_copy(update={"shards": cfg.shards + [truncated_shard],
-                                                               "shard_shuffle": False}))
+    dataset_, tally = ray_train_dataset(cfg)
     seen = set()
     for batch in dataset_.iter_torch_batches(batch_size=3, collate_fn=RayCollate()):
         assert set(batch) == fields
@@ -291,27 +291,34 @@ def test_ray_data_path_yields_the_same_samples_and_counts_skips(dataset, damaged
             seen.add(key)
             for name, value in torch_samples[key].items():
                 assert batch[name][i].dtype == value.dtype and torch.equal(batch[name][i], value), name
-    # the truncated shard's block is dropped whole (cut0 with it), the run goes on
-    assert seen == set(torch_samples) == set(dataset[1]) | {"bad3"}
-    assert ray.get(tally.counts.remote()) == {"video_undecodable": 1, "bad_array": 1, "missing_member": 1}
+    assert seen == set(torch_samples) == set(dataset[1]) | damaged[1]
+    assert ray.get(tally.counts.remote()) == loader.skipped and loader.skipped["shard_unreadable"] == 1
+
+
+def test_a_bug_fails_the_ray_epoch_instead_of_emptying_it(dataset, ray_local) -> None:
+    """Ray's errored-block allowance took any exception for a bad read: 0 samples, no error."""
+    buggy = TrainDataConfig.model_construct(**{**_config(dataset).model_dump(), "pixel_dtype": "bogus"})
+    dataset_, _ = ray_train_dataset(buggy)
+    with pytest.raises(Exception, match="bogus"):
+        dataset_.take_all()
 
 
 def test_ray_path_reads_each_epochs_shard_permutation_and_refuses_resampling(dataset, ray_local, monkeypatch) -> None:
-    """It read the shards in key order every epoch when seeded (blocks of neighbouring keys, from few
+    """It read the shards in key order every epoch when seeded (tasks of neighbouring keys, from few
     sources), and took `resampled` and `shard_shuffle: false` without a word."""
     import ray.data
 
-    read, calls = ray.data.read_webdataset, []
-    monkeypatch.setattr(ray.data, "read_webdataset",
-                        lambda paths, **kwargs: calls.append((list(paths), kwargs["shuffle"])) or read(paths, **kwargs))
+    from_items, orders = ray.data.from_items, []
+    monkeypatch.setattr(ray.data, "from_items",
+                        lambda rows, **kwargs: orders.append([row["url"] for row in rows]) or from_items(rows, **kwargs))
     in_order = expand_shards(_config(dataset).shards[0])
     for epoch in (0, 1):
         ray_train_dataset(_config(dataset, seed=3), epoch=epoch)
     ray_train_dataset(_config(dataset, seed=3, shard_shuffle=False), epoch=1)
     ray_train_dataset(_config(dataset), epoch=0)
-    (first, _), (second, _) = calls[:2]
-    assert sorted(first) == sorted(second) == in_order and first != second and first != in_order
-    assert calls[2:] == [(in_order, None), (in_order, "files")]  # unseeded: Ray's own file shuffle
+    first, second, unshuffled, unseeded = orders
+    assert sorted(first) == sorted(second) == sorted(unseeded) == in_order == unshuffled
+    assert first != second and first != in_order
     with pytest.raises(ValueError, match="resampled is for TrainLoader"):
         ray_train_dataset(_config(dataset, resampled=True))
 
@@ -350,3 +357,12 @@ def test_a_bug_is_raised_not_counted_as_a_skipped_sample() -> None:
     with pytest.raises(KeyError):
         counter.handler(KeyError("a typo in the loader"))
     assert counter.counts() == {"bad_array": 1, "shard_unreadable": 1}
+
+
+@pytest.mark.parametrize("setting", [{"seed": -1}, {"resolution": 100}])
+def test_settings_the_loader_or_model_would_fail_on_are_refused_with_the_config(setting: dict) -> None:
+    """A negative seed failed at the first random draw, a side off the 64 grid in the trainer's UNet."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=next(iter(setting))):
+        TrainDataConfig(**setting)

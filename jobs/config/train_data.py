@@ -31,7 +31,7 @@ class TrainDataConfig(BaseModel):
     )
     shard_shuffle: bool = Field(
         True, description="Permute the shard list every epoch, seeded by (seed, epoch) and the same on every rank, "
-        "before ranks and workers split it (the Ray path: before read tasks take it; unseeded, Ray's file shuffle). "
+        "before ranks and workers split it (the Ray path: before its shard tasks take it). "
         "false: index order, each rank and worker reading the same shards every epoch."
     )
     resampled: bool = Field(
@@ -43,18 +43,15 @@ class TrainDataConfig(BaseModel):
     )
     seed: int | None = Field(
         None,
+        ge=0,
         description="Deterministic mode (evaluation): shard order, shuffle and every window and reference are "
         "fixed by (seed, epoch, sample key). Empty: the loader draws a seed for the order when it is built (its "
         "`state_dict` keeps it, so a resumed run goes on in the same order) and windows are fresh every time.",
     )
     pin_memory: bool = Field(False, description="Pin batches in page-locked memory for faster host-to-GPU copies.")
-    ray_max_errored_blocks: int = Field(
-        -1, description="Ray path: read blocks (the samples of the shards one read task reads; Ray gives small shards "
-        "one task together) that may fail, e.g. on a truncated shard, before the run stops; their samples are dropped, "
-        "the other shards' of that task with them, and Ray logs each. -1: any number."
-    )
     resolution: int = Field(
-        512, ge=64, description="Side of the frames and reference in a batch (SPEC: 512); clips curated at another "
+        512, ge=64, multiple_of=64, description="Side of the frames and reference in a batch (SPEC: 512; a multiple of 64, "
+        "which the VAE's 8x and the UNet's three halvings need); clips curated at another "
         "`crop_size` are resized to it, their keypoints, landmarks and boxes scaled."
     )
     smooth_sigma: float = Field(

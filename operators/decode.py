@@ -25,6 +25,10 @@ class VideoUnreadable(ValueError):
     """The input is not a decodable video (empty, truncated, audio only, zero frames, ...)."""
 
 
+class TooFewFrames(VideoUnreadable):
+    """Frames past the video's end were asked for: a fault of whoever counted its frames."""
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     width: int
@@ -249,7 +253,7 @@ def read_frames(source: str | bytes, indices: Sequence[int]) -> tuple[np.ndarray
     reader = _reader(_openable(source))  # decord counts the frames of any width
     count = len(reader)
     if len(wanted) and wanted[-1] >= count:
-        raise VideoUnreadable(f"the video has {count} frames, frame {int(wanted[-1])} wanted")
+        raise TooFewFrames(f"the video has {count} frames, frame {int(wanted[-1])} wanted")
     stream = _pyav_probe(_openable(source))
     if stream is not None and any(_decord_misshapes(side) for side in stream[1:]):
         chunks = _pyav_frames(_openable(source), wanted, None, max(len(wanted), 1))

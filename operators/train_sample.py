@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from portraitflow.models.face.align import align_arcface
-from portraitflow.operators.decode import VideoUnreadable, read_frames
+from portraitflow.operators.decode import TooFewFrames, VideoUnreadable, read_frames
 from portraitflow.operators.motion import window_buckets
 
 #: Members every curated sample carries (issue 3, item 8) that a training sample needs.
@@ -102,6 +102,8 @@ def decode_frames(mp4: bytes, indices: Sequence[int]) -> tuple[np.ndarray, int]:
     clip's frame count; a clip that does not decode is skipped with its reason."""
     try:
         return read_frames(mp4, indices)
+    except TooFewFrames as exc:  # the arrays count more frames than the video has, whichever window was drawn
+        raise SampleSkipped("frame_count_mismatch", str(exc)) from exc
     except VideoUnreadable as exc:
         raise SampleSkipped("video_undecodable", str(exc).splitlines()[0][:200]) from exc
 

@@ -162,6 +162,16 @@ def test_expression_anchor_is_the_tracked_face_box_when_the_shard_has_one(tmp_pa
         parse_tracks(sample)
 
 
+def test_arrays_longer_than_the_video_are_a_frame_count_mismatch_whatever_the_window(tmp_path) -> None:
+    """Windows past the video's end read as `video_undecodable`, the others as the mismatch: one
+    defect counted under two reasons, depending on the draw."""
+    sample = dict(clip_members(40, seed=1, workdir=tmp_path / "long"), __key__="long")
+    sample["mp4"] = clip_members(20, seed=1, workdir=tmp_path / "short")["mp4"]
+    for seed in range(6):
+        with pytest.raises(SampleSkipped, match="frame_count_mismatch"):
+            build_train_sample(sample, n_frames=8, seed=seed)
+
+
 def test_two_ranks_get_disjoint_samples(dataset, monkeypatch) -> None:
     seen = []
     for rank in (0, 1):

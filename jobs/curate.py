@@ -324,8 +324,9 @@ def _corpus_ledger(cfg: PortraitFlowConfig, same_person: float) -> CorpusLedger:
 
 
 def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run: bool = False) -> dict[str, Any]:
-    """Curate `inputs` into `out`; returns the summary metrics (also logged to MLflow)."""
-    from portraitflow.jobs.runtime import init_ray
+    """Curate `inputs` into `out`; returns the summary metrics (also logged to MLflow).
+    NotEnoughResources when a local Ray cannot place one curation actor (it would wait forever)."""
+    from portraitflow.jobs.runtime import init_ray, require_resource
 
     layout = Layout(out)
     check_corpus_settings(cfg, layout)
@@ -355,6 +356,11 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
         in_shards = _repair_shards(layout)
         pending = _pending(rows, ledger.load_markers(layout.done), in_shards, layout.done)
         init_ray(cfg.ray, cfg.mlflow)
+        if pending:  # every input is curated on `actor_cpus` CPUs; with none pending, nothing is placed
+            needed = cfg.curate.actor_cpus
+            require_resource(cfg.ray, "CPU", needed, lambda cpus: (
+                f"a curation actor needs {needed} CPUs (curate.actor_cpus); Ray has {cpus:g}: lower "
+                "curate.actor_cpus or give Ray more CPUs (ray.num_cpus)"))
         return _curate_pending(cfg, layout, rows, pending, in_shards)
 
 
@@ -501,12 +507,17 @@ def curate(
     mlflow_uri: MlflowUriOption = None,
 ) -> None:
     """Curate talking-head videos into WebDataset shards, a manifest and an MLflow run."""
+    from portraitflow.jobs.runtime import NotEnoughResources
+
     check_out_folder(out)
     cfg = resolve_config(config, set_, ray_address, mlflow_uri)
     if not dry_run:  # a dry run loads no model
         refuse_missing_face_models(cfg)
         refuse_unreachable_services(cfg)
-    metrics = run_curation(cfg, inputs, out, dry_run=dry_run)
+    try:
+        metrics = run_curation(cfg, inputs, out, dry_run=dry_run)
+    except NotEnoughResources as exc:
+        raise typer.BadParameter(str(exc)) from exc
     if not dry_run:
         typer.echo(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()}, indent=1))
         typer.echo(f"manifest {out / 'manifest.parquet'}\nclips {out / 'clips.parquet'}\n"

@@ -67,10 +67,8 @@ def doctor(
     from portraitflow.models.face.registry import describe_backends
 
     for report in describe_backends(cfg.face):
-        ok = report.available
-        typer.echo(f"  [{'ok' if ok else 'missing':7s}] {report.name}: {report.detail}")
-        if report.name == cfg.face.backend:
-            healthy &= ok
+        typer.echo(f"  [{'ok' if report.available else 'missing':7s}] {report.name}: {report.detail}")
+    healthy &= _check(f"face.backend={cfg.face.backend}", lambda: _face_models(cfg))
 
     typer.echo("services:")
     if check_ray:
@@ -86,6 +84,15 @@ def _single_opencv(extra: list[str]) -> str:
     import cv2
 
     return f"cv2 {cv2.__version__}"
+
+
+def _face_models(cfg) -> str:
+    """The check the flows refuse a run by (`refuse_missing_face_models`), so doctor passes exactly
+    the machines they run on: the backend's own models and dlib's landmarks, which both use."""
+    from portraitflow.models.face.factory import check_model_files
+
+    check_model_files(cfg.face)
+    return "every model file it needs is here"
 
 
 def _ray(cfg) -> str:

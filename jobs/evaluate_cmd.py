@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from portraitflow.jobs.options import (ConfigOption, MlflowUriOption, RayAddressOption, SetOption,
-                                      check_out_folder, refuse_missing_face_models, refuse_unreachable_services,
-                                      resolve_config)
+                                      check_out_folder, refuse_missing_face_models, refuse_mlflow_disabled,
+                                      refuse_unreachable_services, resolve_config)
 
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created).")]
 
@@ -35,6 +35,7 @@ def evaluate(
 
     cfg = resolve_config(config, overrides, ray_address, mlflow_uri, {"evaluate.protocol": protocol})
     check_out_folder(out)
+    refuse_mlflow_disabled(cfg)
     refuse_missing_face_models(cfg)
     refuse_unreachable_services(cfg)
     try:
@@ -89,6 +90,7 @@ def sweep(
 
     cfg = resolve_config(config, overrides, ray_address, mlflow_uri)
     check_out_folder(out)
+    refuse_mlflow_disabled(cfg)
     refuse_missing_face_models(cfg)
     refuse_unreachable_services(cfg)
     try:  # everything the file can get wrong, before any MLflow run or Ray starts
@@ -124,6 +126,7 @@ def report(
 
     cfg = resolve_config(config, overrides, None, mlflow_uri)
     check_out_folder(out)
+    refuse_mlflow_disabled(cfg)
     refuse_unreachable_services(cfg, ray=False)
     try:
         check_rank_by(rank_by or cfg.evaluate.rank_by, "--rank-by" if rank_by else "evaluate.rank_by")

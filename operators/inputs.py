@@ -36,6 +36,7 @@ LIST_CYCLE = "the list includes itself (directly or through other lists)"
 BROKEN_LINK = "a broken symbolic link: its target does not exist, or links lead back to it"
 NOT_A_FILE = "not a regular file (a pipe, socket or device)"
 NOT_UTF8 = "the file name is not valid UTF-8 (its undecodable bytes are shown as \\xNN escapes)"
+NO_SUCH_FILE = "no such file or folder"
 _BYTE_ESCAPE = re.compile(r"\\x([89a-f][0-9a-f])")  # what escape_undecodable makes of a byte that is not UTF-8
 
 
@@ -226,7 +227,7 @@ def local_copy(uri: str) -> Iterator[str]:
     Raises for an input `expand_inputs` kept because it names no video: the store's error,
     `matched no video files` for a folder, pattern or empty list, the reading error of an
     unreadable list, `LIST_CYCLE` for one that includes itself (`expand_inputs` expands every other
-    list); `NOT_UTF8` for a file whose name it escaped; `BROKEN_LINK`, and `NOT_A_FILE`.
+    list); `NOT_UTF8` for a file whose name it escaped; `BROKEN_LINK`, `NO_SUCH_FILE`, and `NOT_A_FILE`.
     """
     if not is_uri(uri):
         path = _local(uri)
@@ -236,9 +237,11 @@ def local_copy(uri: str) -> Iterator[str]:
             raise FileNotFoundError(BROKEN_LINK)
         if Path(path).is_dir() or (glob.has_magic(path) and not os.path.lexists(path)):
             raise FileNotFoundError(NO_VIDEO_FILES)
+        if not os.path.lexists(path):  # a mistyped name: said as such, not as a video decord cannot open
+            raise FileNotFoundError(NO_SUCH_FILE)
         if _is_list(path):
             raise ValueError(LIST_CYCLE if _read_list(path) else NO_VIDEO_FILES)  # unreadable: its own error
-        if os.path.exists(path) and not os.path.isfile(path):  # a FIFO or a device would block the decoder
+        if not os.path.isfile(path):  # a FIFO or a device would block the decoder
             raise ValueError(NOT_A_FILE)
         yield path
         return

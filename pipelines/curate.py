@@ -33,17 +33,18 @@ def _configured(ds: ray.data.Dataset, cfg: PortraitFlowConfig) -> ray.data.Datas
 
 
 def _actor_pool(cfg: PortraitFlowConfig, inputs: int) -> ActorPoolStrategy:
-    """A fixed pool on a local Ray (one actor per `actor_cpus` CPUs, at most one per input); on a
-    cluster, unless `face_actors` fixes it, a pool that grows from one actor as the autoscaler adds
-    nodes (the CPUs present at the start, none on a fresh cluster, would fix it at one). Each actor
-    has its next input queued, so it never waits for the driver between inputs (a crash costs the
-    queued input nothing: only starts count)."""
+    """A fixed pool on a local Ray (one actor per `actor_cpus` CPUs, at most one per input;
+    `run_curation` refuses a Ray without the CPUs for one); on a cluster, unless `face_actors`
+    fixes it, a pool that grows from one actor as the autoscaler adds nodes (the CPUs present at
+    the start, none on a fresh cluster, would fix it at one). Each actor has its next input queued,
+    so it never waits for the driver between inputs (a crash costs the queued input nothing: only
+    starts count)."""
     from ray.data import ActorPoolStrategy
 
     cpus = local_cpus(cfg.ray)
     if cpus is None and not cfg.curate.face_actors:
         return ActorPoolStrategy(min_size=1, max_size=inputs, max_tasks_in_flight_per_actor=2)
-    actors = max(1, min(cfg.curate.face_actors or int(cpus) // cfg.curate.actor_cpus, inputs))
+    actors = min(cfg.curate.face_actors or int(cpus) // cfg.curate.actor_cpus, inputs)
     return ActorPoolStrategy(min_size=actors, max_size=actors, max_tasks_in_flight_per_actor=2)
 
 

@@ -178,3 +178,63 @@ def test_every_verb_that_writes_takes_its_folder_as_out(tmp_path: Path) -> None:
     for verb in ("samples", "curate", "animate", "sweep", "evaluate", "report", "convert-weights"):
         help_text = CliRunner().invoke(app, [verb, "--help"], env=WIDE).output
         assert "--out" in help_text, verb
+
+
+def test_curate_refuses_an_actor_larger_than_a_local_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray Data would wait forever for an actor no node can place (it did, with actor_cpus 4 on 2 CPUs)."""
+    import ray
+
+    from portraitflow.pipelines import curate as pipeline
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr("portraitflow.jobs.runtime.init_ray", lambda *args, **kwargs: None)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(pipeline, "curate_inputs", lambda *args: pytest.fail("curation started"))
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    result = CliRunner().invoke(app, ["curate", str(tmp_path / "a.mp4"), "--out", str(tmp_path / "out"),
+                                      "--set", "curate.actor_cpus=4", "--set", "mlflow.enabled=false"], env=WIDE)
+    assert result.exit_code == 2, result.output
+    assert "a curation actor needs 4 CPUs (curate.actor_cpus); Ray has 2" in result.output
+
+
+@pytest.mark.parametrize("verb", ["evaluate", "sweep", "report"])
+def test_the_verbs_whose_results_are_mlflow_runs_refuse_it_disabled(verb: str, tmp_path: Path) -> None:
+    """They would record (or read) runs anyway, the setting silently ignored."""
+    (tmp_path / "sweep.yaml").write_text("configs: [{backend: warp}]\n")
+    (tmp_path / "results.csv").write_text("job_id,output\n")
+    first = {"report": "0123abcd", "sweep": str(tmp_path / "sweep.yaml"), "evaluate": str(tmp_path / "results.csv")}
+    result = CliRunner().invoke(app, [verb, first[verb], "--out", str(tmp_path / "out"), "--set", "mlflow.enabled=false",
+                                      "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"], env=WIDE)
+    assert result.exit_code == 2 and "keep their results in MLflow runs" in result.output, result.output
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "out").exists()
+
+
+def test_doctor_fails_where_the_flows_refuse_the_face_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both backends need dlib's landmarks: a machine without them must not pass an image or node check."""
+    from portraitflow.models.face import model_files
+
+    def missing() -> dict:
+        raise model_files.ModelFilesMissing("no 68-point predictor")
+
+    monkeypatch.setattr(model_files, "dlib_models", missing)
+    result = CliRunner().invoke(app, ["doctor", "--no-check-ray", "--mlflow-uri", f"sqlite:///{tmp_path / 'm.db'}"],
+                                env=WIDE)
+    assert result.exit_code == 1, result.output
+    assert "[missing] face.backend=opencv: no 68-point predictor" in result.output
+
+
+def test_samples_refuses_an_out_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("not a folder")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        result = CliRunner().invoke(app, ["samples", "--out", str(out)], env=WIDE)
+        assert result.exit_code == 2 and "is a file, not a folder" in result.output, result.output
+
+
+def test_a_mistyped_input_is_said_to_be_missing(tmp_path: Path) -> None:
+    """Not "decord cannot open the video", which hid the cause."""
+    from portraitflow.operators.inputs import NO_SUCH_FILE
+
+    result = CliRunner().invoke(app, ["curate", str(tmp_path / "nope_input"), "--out", str(tmp_path / "out"),
+                                      "--dry-run"], env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert re.search(rf"fails +nope_input-\w+ +\S+nope_input +\(FileNotFoundError: {NO_SUCH_FILE}\)", result.output)

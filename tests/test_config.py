@@ -101,3 +101,14 @@ def test_curate_settings_out_of_range_are_refused(override: str) -> None:
     """A zero shard size would pack empty shards forever; a zero step or frame rate fails every input."""
     with pytest.raises(ValueError):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("override", ["ray.num_cpus=-3", "ray.num_cpus=0", "ray.object_store_memory_mb=-1",
+                                      "ray.object_store_memory_mb=74", "face.det_size=0", "face.det_score_threshold=7",
+                                      "face.num_threads=-2", "face.same_person_threshold=1.5"])
+def test_runtime_and_face_settings_out_of_range_are_refused(override: str) -> None:
+    """Taken, they crashed Ray with a traceback (negative CPUs, an object store under Ray's minimum)
+    or quietly changed nothing or everything (no face found at size 0, threads left at the default)."""
+    with pytest.raises(ValueError):
+        load_config(None, [override])
+    assert CliRunner().invoke(app, ["config", "show", "--set", override]).exit_code == 2

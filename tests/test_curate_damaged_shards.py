@@ -114,6 +114,7 @@ def _curate_one_by_one(monkeypatch: pytest.MonkeyPatch, samples: dict[str, list[
 
     monkeypatch.setattr(pipeline, "curate_inputs", curate_inputs)
     monkeypatch.setattr("portraitflow.jobs.runtime.init_ray", lambda *args, **kwargs: None)
+    monkeypatch.setattr("portraitflow.jobs.runtime.require_resource", lambda *args, **kwargs: None)  # no actor to place
     return given
 
 

@@ -28,6 +28,7 @@ def in_process(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(pipeline, "curate_inputs", curate_inputs)
     monkeypatch.setattr("portraitflow.jobs.runtime.init_ray", lambda *args, **kwargs: None)
+    monkeypatch.setattr("portraitflow.jobs.runtime.require_resource", lambda *args, **kwargs: None)  # no actor to place
 
 
 def _noise_video(path: Path) -> Path:
@@ -94,6 +95,7 @@ def _stage_results(monkeypatch: pytest.MonkeyPatch, results: dict[str, dict]) ->
     monkeypatch.setattr(pipeline, "curate_inputs", lambda rows, *_: (
         [dict(row, **results[row["input_key"]], timings="{}", render_errors="{}", rendered=0) for row in rows], ""))
     monkeypatch.setattr("portraitflow.jobs.runtime.init_ray", lambda *args, **kwargs: None)
+    monkeypatch.setattr("portraitflow.jobs.runtime.require_resource", lambda *args, **kwargs: None)  # no actor to place
 
 
 def _scan(scans: Path, uri: str, clips: list[tuple]) -> str:

@@ -14,9 +14,11 @@ class RayConfig(BaseModel):
         description="Ray cluster to join (`auto`, `ray://host:10001`, ...). Empty: the RAY_ADDRESS "
         "environment variable if set, else a local Ray started in-process.",
     )
-    num_cpus: int | None = Field(None, description="CPUs for a local Ray; empty means all cores.")
+    num_cpus: int | None = Field(
+        None, ge=1, description="CPUs for a local Ray (every flow's tasks and actors need one); empty means all cores."
+    )
     object_store_memory_mb: int | None = Field(
-        None, description="Object store size for a local Ray; empty lets Ray choose."
+        None, ge=75, description="Object store size, in MB, for a local Ray (Ray's minimum is 75); empty lets Ray choose."
     )
     ship_code: bool = Field(
         True,
@@ -35,4 +37,8 @@ class MLflowConfig(BaseModel):
         description="MLflow tracking URI (a server `http://...` or a store `sqlite:///...`). Empty: "
         "MLFLOW_TRACKING_URI if set, else `sqlite:///mlflow.db` in the working directory.",
     )
-    enabled: bool = Field(True, description="Record runs in MLflow.")
+    enabled: bool = Field(
+        True,
+        description="Record runs in MLflow. `false` is for curate and animate; evaluate, sweep and report keep "
+        "their results in MLflow runs and refuse it.",
+    )

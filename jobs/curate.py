@@ -201,8 +201,10 @@ def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], layout: Layout,
     those of an input an earlier run packed before it could mark it done, or marked failed because
     another of its clips failed to render, whatever its retry finds now (it may fail, or scan
     another file). Committed clips enter the ledger first, so inputs added to an existing corpus are
-    capped and de-duplicated against all of it. Then the other pending clips are decided greedily
-    in canonical (key) order, which makes a resumed run decide as an uninterrupted one did.
+    capped and de-duplicated against all of it. Then the other pending clips are decided greedily,
+    longest first (then in key order): an excerpt never rejects the longer original it was cut
+    from, nor takes the identity's cap before it, whatever the file names; a fixed order also makes
+    a resumed run decide as an uninterrupted one did.
     """
     fps = cfg.curate.fps
     packed: dict[str, list[str]] = defaultdict(list)
@@ -210,8 +212,9 @@ def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], layout: Layout,
         packed[clip_input_key(sample)].append(sample)
     clips_by_input = {r["input_key"]: _input_clips(r, layout, packed.get(r["input_key"], []), in_shards, fps)
                       for r in sorted(rows, key=lambda r: r["input_key"])}
-    undecided = [(key, c) for key, clips in clips_by_input.items() for c in clips
-                 if c["reason"] is None and c["key"] not in in_shards]
+    undecided = sorted(((key, c) for key, clips in clips_by_input.items() for c in clips
+                        if c["reason"] is None and c["key"] not in in_shards),
+                       key=lambda item: (item[1]["start"] - item[1]["end"], item[1]["key"]))
     if not undecided:
         return clips_by_input
     committed = [(key, c) for key in sorted(packed.keys() - clips_by_input.keys())

@@ -268,3 +268,21 @@ def test_the_reported_overlap_agrees_with_the_decision_when_the_views_differ() -
     reason, measures = _decide(ledger, re_encoded(np.concatenate([KEPT[:150], tail])))
     assert reason == filters.PARTIAL_DUPLICATE
     assert measures["overlap_s"] >= 4.5 and 0.6 < measures["overlap_share"] < 0.9
+
+
+@pytest.mark.parametrize("excerpt_name", ["a_excerpt", "z_excerpt"])
+def test_an_excerpt_decided_with_its_original_is_rejected_whatever_the_names(
+        excerpt_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clips were decided in key order: an excerpt whose name sorted first rejected the whole of
+    its longer original, footage found nowhere else included."""
+    from portraitflow.jobs import curate
+
+    original, excerpt = KEPT, KEPT[50:150]
+    clips = {name: {"key": f"{name}_00000000_{len(frames) * 40:08d}", "start": 0, "end": len(frames), "reason": None,
+                    "measures": {}, "same_person": 0.5,
+                    "identity": (PERSON, content_signature(frames), frames)}
+             for name, frames in (("m_original", original), (excerpt_name, excerpt))}
+    monkeypatch.setattr(curate, "_input_clips", lambda row, *_: [clips[row["input_key"]]])
+    decided = curate._decide_corpus(load_config(None, []), [{"input_key": name} for name in sorted(clips)], None, {})
+    assert decided["m_original"][0]["reason"] is None
+    assert decided[excerpt_name][0]["reason"] == filters.PARTIAL_DUPLICATE

@@ -169,12 +169,13 @@ class CorpusLedger:
         self._signatures: list[_Rows] = []  # per cluster, its kept clips' signatures
         self._footage: list[_KeptFootage] = []  # per cluster, its kept clips' windows
 
-    def _cluster(self, embedding: np.ndarray) -> int | None:
+    def _clusters(self, embedding: np.ndarray) -> list[int]:
+        """The clusters whose centroid is this person's, nearest first: greedy clustering may split
+        one person (a first clip at an odd pose starts its own cluster), and their footage is theirs."""
         if not self._centroids.count:
-            return None
+            return []
         sims = self._centroids.view() @ embedding
-        best = int(np.argmax(sims))
-        return best if sims[best] >= self.same_person else None
+        return [int(i) for i in np.argsort(-sims, kind="stable") if sims[i] >= self.same_person]
 
     def decide(self, embedding: np.ndarray, signature: np.ndarray | None, thumbnails: np.ndarray | None = None,
                measures: dict[str, float] | None = None) -> str | None:
@@ -188,18 +189,19 @@ class CorpusLedger:
         each measure is the larger of the two views' (as a shared stretch's length and share may
         come from different kept clips).
         """
-        cluster = self._cluster(l2_normalise(embedding))
-        if cluster is None:
+        clusters = self._clusters(l2_normalise(embedding))
+        if not clusters:
             return None
-        kept = self._signatures[cluster]
         similarity = shared = None
-        if kept.count and signature is not None:
+        kept = [self._signatures[c] for c in clusters if self._signatures[c].count]
+        if kept and signature is not None:
             signatures = [signature, *([mirrored_signature(signature, thumbnails.shape[2])]
                                        if thumbnails is not None and self.overlap.mirrored else [])]
-            similarity = max(float((kept.view() @ l2_normalise(s)).max()) for s in signatures)
+            similarity = max(float((rows.view() @ l2_normalise(s)).max()) for rows in kept for s in signatures)
         if thumbnails is not None:
             views = [thumbnails, *([np.flip(thumbnails, axis=2)] if self.overlap.mirrored else [])]
-            found = [f for f in (self._footage[cluster].longest_shared(v, self.overlap) for v in views) if f is not None]
+            found = [f for c in clusters for f in (self._footage[c].longest_shared(v, self.overlap) for v in views)
+                     if f is not None]
             shared = SharedFootage(max(f.frames for f in found), max(f.share for f in found)) if found else None
         if measures is not None:
             if similarity is not None:
@@ -210,7 +212,7 @@ class CorpusLedger:
             return DUPLICATE
         if shared is not None and self.overlap.is_duplicate(shared):
             return PARTIAL_DUPLICATE
-        if self.max_per_identity and self._counts[cluster] >= self.max_per_identity:
+        if self.max_per_identity and self._counts[clusters[0]] >= self.max_per_identity:
             return IDENTITY_OVER_CAP
         return None
 
@@ -218,7 +220,7 @@ class CorpusLedger:
         """Add a kept clip; one without a signature or thumbnails (a sample older than them) counts
         towards its identity's cap but matches no duplicate of the kind it lacks."""
         embedding = l2_normalise(embedding)
-        cluster = self._cluster(embedding)
+        cluster = next(iter(self._clusters(embedding)), None)  # the nearest
         if cluster is None:
             cluster = self._centroids.append(embedding)
             self._counts.append(0)

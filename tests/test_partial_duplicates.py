@@ -286,3 +286,17 @@ def test_an_excerpt_decided_with_its_original_is_rejected_whatever_the_names(
     decided = curate._decide_corpus(load_config(None, []), [{"input_key": name} for name in sorted(clips)], None, {})
     assert decided["m_original"][0]["reason"] is None
     assert decided[excerpt_name][0]["reason"] == filters.PARTIAL_DUPLICATE
+
+
+def test_a_re_upload_is_compared_with_every_cluster_of_its_person_not_only_the_nearest() -> None:
+    """A person split in two clusters (a first clip at an odd pose starts its own): a copy of a
+    clip of one cluster, embedded nearer the other's centroid, was compared with that one only."""
+    def at(degrees: float) -> np.ndarray:
+        return np.array([math.cos(math.radians(degrees)), math.sin(math.radians(degrees))])
+
+    ledger = _ledger()
+    ledger.keep(at(0), content_signature(KEPT), KEPT)
+    other = footage(5, 250)
+    ledger.keep(at(70), content_signature(other), other)  # 0.34 to the first centroid: a second cluster
+    copy = re_encoded(KEPT)
+    assert ledger.decide(at(45), content_signature(copy), copy) == filters.DUPLICATE  # 0.91 to the second, 0.71 to the first

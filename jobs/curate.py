@@ -25,6 +25,7 @@ import numpy as np
 import typer
 
 from portraitflow.jobs.config import PortraitFlowConfig
+from portraitflow.jobs.config.curate import absolute_folder
 from portraitflow.jobs.options import (ConfigOption, MlflowUriOption, RayAddressOption, SetOption,
                                       check_out_folder, refuse_missing_face_models, refuse_unreachable_services,
                                       resolve_config)
@@ -32,7 +33,8 @@ from portraitflow.operators import ledger
 from portraitflow.operators.atomic import FolderBusy, atomic_write, exclusive_folder
 from portraitflow.operators.curate_input import renders_after_decisions
 from portraitflow.operators.decode import probe_video
-from portraitflow.operators.face_scan import SIGNATURE_SIZE, check_galleries, load_scan_arrays, scan_clips, scan_path
+from portraitflow.operators.face_scan import (GALLERY_DIGEST_PREFIX, GALLERY_SETTINGS, SIGNATURE_SIZE, check_galleries,
+                                              gallery_digests, load_scan_arrays, scan_clips, scan_path)
 from portraitflow.operators.filters import RENDER_FAILED
 from portraitflow.operators.identity import CorpusLedger
 from portraitflow.operators.inputs import clip_input_key, expand_inputs, input_key, is_uri, local_copy
@@ -82,9 +84,12 @@ BEHAVIOUR_BEFORE_ADDED = {"curate": {"shot_hash_threshold": 0.0, "duplicate_mirr
 
 
 def corpus_settings(cfg: PortraitFlowConfig) -> dict[str, Any]:
-    """The settings a corpus's decisions and samples depend on, as JSON-ready values."""
-    return {section: getattr(cfg, section).model_dump(mode="json", exclude=exempt)
-            for section, exempt in OPERATIONAL_SETTINGS.items()}
+    """The settings a corpus's decisions and samples depend on, as JSON-ready values; a gallery as
+    the digest of the photos it holds (`gallery_digests`), which its decisions depend on, not its path."""
+    settings = {section: getattr(cfg, section).model_dump(mode="json", exclude=exempt)
+                for section, exempt in OPERATIONAL_SETTINGS.items()}
+    settings["curate"] |= gallery_digests(cfg.curate)
+    return settings
 
 
 def check_corpus_settings(cfg: PortraitFlowConfig, layout: Layout) -> list[str]:
@@ -99,18 +104,41 @@ def check_corpus_settings(cfg: PortraitFlowConfig, layout: Layout) -> list[str]:
     defaults = corpus_settings(PortraitFlowConfig())
     was = {section: {**defaults[section], **BEHAVIOUR_BEFORE_ADDED.get(section, {}), **recorded.get(section, {})}
            for section in current}
+    was["curate"] |= _galleries_recorded_by_path(was["curate"], cfg, current["curate"])
     differing = [(f"{section}.{key}", was[section].get(key), value) for section, values in current.items()
                  for key, value in values.items() if was[section].get(key) != value]
     changed = [f"{name}: {old!r} -> {new!r}" for name, old, new in differing]
     if changed and holds_finished_work(layout):
         restorable = {f"{section}.{key}" for section, values in [*recorded.items(), *BEHAVIOUR_BEFORE_ADDED.items()]
                       for key in values}
-        restore = " ".join(shlex.quote(f"--set={name}={json.dumps(old)}") for name, old, _ in differing
-                           if name in restorable) or "(none recorded)"
+        sets = " ".join(shlex.quote(f"--set={name}={json.dumps(old)}") for name, old, _ in differing
+                        if name in restorable and not _is_gallery_digest(name, old))
+        photos = ", ".join(f"{name} holding the photos it held" for name, old, _ in differing
+                           if _is_gallery_digest(name, old))
+        restore = " and ".join(filter(None, [sets, photos])) or "(none recorded)"
         raise typer.BadParameter(
             f"{layout.out} holds a corpus curated with other settings ({'; '.join(changed)}); "
             f"curate into a new --out, or run with the recorded settings: {restore}", param_hint="--out")
     return changed
+
+
+def _galleries_recorded_by_path(recorded: dict[str, Any], cfg: PortraitFlowConfig,
+                                current: dict[str, Any]) -> dict[str, Any]:
+    """The galleries of a folder recorded before galleries were recorded by their photos: its
+    record holds each folder's path, so what the folder held then is unknown. Where that path
+    names the folder given now, the gallery counts as unchanged (refusing would lock such a folder
+    for good: no setting restores photos); another folder, or none now, is a change like any other."""
+    return {name: current[name] for name in GALLERY_SETTINGS
+            if isinstance(recorded.get(name), str) and not _is_gallery_digest(f"curate.{name}", recorded[name])
+            and absolute_folder(recorded[name]) == getattr(cfg.curate, name)}
+
+
+def _is_gallery_digest(name: str, value: Any) -> bool:
+    """Whether `value` of the setting `name` (`section.key`) records a gallery's photos: no
+    `--set` restores it."""
+    section, _, key = name.partition(".")
+    return section == "curate" and key in GALLERY_SETTINGS and isinstance(value, str) \
+        and value.startswith(GALLERY_DIGEST_PREFIX)
 
 
 def holds_finished_work(layout: Layout) -> bool:
@@ -332,11 +360,11 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
     from portraitflow.jobs.runtime import init_ray, require_resource
 
     layout = Layout(out)
-    check_corpus_settings(cfg, layout)
-    try:
+    try:  # first: a missing gallery folder is said as such, not as photos that changed
         check_galleries(cfg)
     except (ValueError, OSError) as exc:  # a gallery without a face, the face models missing
         raise typer.BadParameter(str(exc)) from exc
+    check_corpus_settings(cfg, layout)
     uris = expand_inputs(inputs)
     rows = sorted(({"uri": u, "input_key": input_key(u)} for u in uris), key=lambda r: r["input_key"])
     if dry_run:  # reads the shards, repairs nothing
@@ -394,6 +422,14 @@ def _pending(rows: list[dict], markers: dict[str, dict], in_shards: Collection[s
     return [r for r in rows if not ledger.is_done(markers.get(r["input_key"], {}))]
 
 
+def _packed_by_input(in_shards: Collection[str]) -> dict[str, list[str]]:
+    """The keys of the samples in the shards, by input key, sorted."""
+    packed: dict[str, list[str]] = defaultdict(list)
+    for sample in sorted(in_shards):
+        packed[clip_input_key(sample)].append(sample)
+    return packed
+
+
 def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], pending: list[dict],
                     in_shards: dict[str, Path]) -> dict[str, Any]:
     from portraitflow.jobs.runtime import mlflow_run
@@ -402,7 +438,9 @@ def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], p
     out = layout.out
     started = time.perf_counter()
     with mlflow_run(cfg.mlflow, cfg.curate.experiment, out) as run:
-        scanned, ray_stats = curate_inputs(pending, cfg, layout.scans, layout.staging, layout.attempts)
+        packed = _packed_by_input(in_shards)  # a retried input's clips in the shards are not rendered again
+        given = [dict(r, packed=json.dumps(packed.get(r["input_key"], []))) for r in pending]
+        scanned, ray_stats = curate_inputs(given, cfg, layout.scans, layout.staging, layout.attempts)
         returned = {r["input_key"] for r in scanned}
         lost = [quarantined_row(r, MAX_ATTEMPTS) for r in pending if r["input_key"] not in returned]
         scanned = sorted(scanned + lost, key=lambda r: r["input_key"])

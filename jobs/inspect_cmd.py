@@ -10,18 +10,30 @@ import typer
 from portraitflow.operators.shards import INDEX_NAME, shard_paths, whole_shard_keys
 
 
+#: what each kind of mismatch between the shards and the tables or index means, for the message
+MISMATCHES = {
+    "missing_shards": "shard(s) the index lists are missing",
+    "unindexed_shards": "shard(s) in shards/ are not in the index",
+    "missing_keys": "accepted clip(s) in clips.parquet are in no shard",
+    "unexpected_keys": "sample(s) in the shards are no accepted clip in clips.parquet",
+}
+
+
 def summarise(out: Path, samples: int = 5) -> dict:
     """Inputs per status, clips per decision and reason, shard sizes, a few sample keys and the
     first failed inputs (`failed_shown` says how many of all). A shard that cannot be read whole
-    counts its intact samples and says why in `error`; `shards_unreadable` counts such shards."""
+    counts its intact samples and says why in `error`; `shards_unreadable` counts such shards.
+    `mismatches` holds what the tables and the index promise that the shards do not hold, and the
+    reverse (`_mismatches`): empty when they agree."""
     import pyarrow.parquet as pq
 
     manifest = pq.read_table(out / "manifest.parquet").to_pandas()
     clips = pq.read_table(out / "clips.parquet").to_pandas()
-    shards, keys = [], []
+    shards, keys, held = [], [], {}
     for path in shard_paths(out / "shards"):
         entry, intact_keys = _read_shard(path)
         shards.append(entry)
+        held[str(path.relative_to(out))] = intact_keys
         keys = keys or intact_keys[:samples]
     failed = manifest[manifest.status == "failed"]
     return {
@@ -34,10 +46,31 @@ def summarise(out: Path, samples: int = 5) -> dict:
         "shards": shards,
         "shards_unreadable": sum("error" in entry for entry in shards),
         "index": INDEX_NAME if (out / INDEX_NAME).exists() else None,
+        "mismatches": _mismatches(out, set(clips.key[clips.decision == "accepted"]), held, samples),
         "sample_keys": keys,
         "failed": failed[["path", "error"]].to_dict("records")[:samples],
         "failed_shown": f"{min(samples, len(failed))} of {len(failed)}",
     }
+
+
+def _mismatches(out: Path, accepted: set[str], held: dict[str, list[str]], samples: int) -> dict[str, dict]:
+    """Each kind of `MISMATCHES` found, as its count and first `samples` names: the shards the
+    index lists against those in shards/ (`held`: url -> the keys of its whole samples), the
+    accepted keys of clips.parquet against the keys in them. A deleted shard passes every other
+    check, and a loader fails on it or trains on fewer clips than the manifest says. Names only:
+    the tar headers are read, no video. An index that is missing or unreadable lists no shard."""
+    try:
+        listed = {entry["url"] for entry in json.loads((out / INDEX_NAME).read_text())["shardlist"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        listed = set()
+    in_shards = {key for keys in held.values() for key in keys}
+    found = {
+        "missing_shards": listed - held.keys(),
+        "unindexed_shards": held.keys() - listed,
+        "missing_keys": accepted - in_shards,
+        "unexpected_keys": in_shards - accepted,
+    }
+    return {kind: {"count": len(names), "first": sorted(names)[:samples]} for kind, names in found.items() if names}
 
 
 def _read_shard(path: Path) -> tuple[dict, list[str]]:
@@ -52,13 +85,23 @@ def _read_shard(path: Path) -> tuple[dict, list[str]]:
 def inspect(out: Annotated[Path, typer.Argument(help="A folder written by `portraitflow curate`.", exists=True)]) -> None:
     """Summarise a curated output: counts per status and reason, shard sizes, sample keys.
 
-    Exits 1, after the summary, when a shard cannot be read whole."""
+    Exits 1, after the summary, when a shard cannot be read whole or the shards do not hold what
+    clips.parquet and the index list (`mismatches`), each problem named on stderr with the repair."""
     for table in (out / "manifest.parquet", out / "clips.parquet"):
         if not table.is_file():
             raise typer.BadParameter(f"{table} not found: not a folder written by `portraitflow curate`", param_hint="OUT")
     summary = summarise(out)
     typer.echo(json.dumps(summary, indent=1))
+    problems = []
     if summary["shards_unreadable"]:
         broken = [entry["name"] for entry in summary["shards"] if "error" in entry]
-        typer.echo(f"{len(broken)} of {len(summary['shards'])} shards unreadable: {', '.join(broken)}", err=True)
+        problems.append(f"{len(broken)} of {len(summary['shards'])} shards unreadable: {', '.join(broken)}")
+    for kind, found in summary["mismatches"].items():
+        more = ", ..." if found["count"] > len(found["first"]) else ""
+        problems.append(f"{found['count']} {MISMATCHES[kind]}: {', '.join(found['first'])}{more}")
+    if problems:
+        typer.echo("\n".join(problems), err=True)
+        typer.echo(f"to repair it, rerun `portraitflow curate` with the same inputs and --out {out}: it rewrites "
+                   "damaged shards, curates again the inputs whose clips were lost, and rewrites the index and the "
+                   "tables (move out first any shard copied in from another corpus)", err=True)
         raise typer.Exit(1)

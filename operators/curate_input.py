@@ -12,6 +12,7 @@ import contextlib
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,10 @@ from portraitflow.operators.shards import staged_path
 class CurateInputStage:
     """Ray Data callable class (an actor pool): holds the face models; one input per call.
 
-    Each row comes back with `render_errors` (JSON: clip key -> error of the clips that could not
-    be rendered) and `timings` (seconds per stage, scan and renders together).
+    A row may say which of its input's clips are in the shards already (`packed`, JSON keys: a
+    retried input's), which are not rendered again. Each row comes back with `render_errors`
+    (JSON: clip key -> error of the clips that could not be rendered), `timings` (seconds per
+    stage, scan and renders together) and `rendered` (how many clips were).
     """
 
     def __init__(self, config: dict[str, Any], scan_dir: str, staging_dir: str, attempts_dir: str,
@@ -69,7 +72,9 @@ class CurateInputStage:
                 _discard_staged(self.staging_dir, row["input_key"])
             timings.update(json.loads(row["timings"]))
             if row["status"] != FAILED and self.render_now:
-                rendered = _render_clips(row, path, None, self.cfg, self.scan_dir, self.staging_dir, timings, errors)
+                packed = set(json.loads(row.get("packed", "[]")))
+                rendered = _render_clips(row, path, lambda key: key not in packed, self.cfg, self.scan_dir,
+                                         self.staging_dir, timings, errors)
         except Exception as exc:  # a damaged scan file, a bug: this input fails with its error, the run goes on
             probed = row if "width" in row else unfetched_input(row, exc)  # raised inside scan(): sizes unknown
             return dict(probed, status=FAILED, error=error_text(exc), timings=json.dumps(timings), render_errors="{}",
@@ -112,24 +117,24 @@ def render_decided_clips(row: dict[str, Any], config: dict[str, Any], scan_dir: 
     rendered = 0
     try:
         with local_copy(row["uri"]) as path:
-            rendered = _render_clips(row, path, keys, cfg, Path(scan_dir), Path(staging_dir), timings, errors)
+            rendered = _render_clips(row, path, keys.__contains__, cfg, Path(scan_dir), Path(staging_dir), timings,
+                                     errors)
     except Exception as exc:  # the input vanished or its store refused since the scan: its clips fail
         errors = {key: error_text(exc) for key in keys}
     return {"input_key": row["input_key"], "render_errors": json.dumps(errors), "timings": json.dumps(timings),
             "rendered": rendered}
 
 
-def _render_clips(row: dict[str, Any], path: str, keys: set[str] | None, cfg: CurateConfig, scan_dir: Path,
+def _render_clips(row: dict[str, Any], path: str, wanted: Callable[[str], bool], cfg: CurateConfig, scan_dir: Path,
                   staging_dir: Path, timings: Counter, errors: dict[str, str]) -> int:
-    """Render and stage the clips the scan kept (only `keys`, when given) that are not staged yet;
-    adds to `timings` and `errors`, returns how many were rendered."""
+    """Render and stage the clips the scan kept whose keys are `wanted` and that are not staged
+    yet; adds to `timings` and `errors`, returns how many were rendered."""
     scan_file = scan_path(scan_dir, row["input_key"])
     source = {"uri": row["uri"], "width": row["width"], "height": row["height"], "scan_path": str(scan_file)}
     rendered = 0
     for clip in scan_clips(scan_file, row["input_key"], cfg.fps):
-        if clip["reason"] is not None or (keys is not None and clip["key"] not in keys) \
-                or staged_path(staging_dir, clip["key"]).exists():
-            continue  # rejected, not asked for, or staged already (an earlier attempt, a killed run)
+        if clip["reason"] is not None or not wanted(clip["key"]) or staged_path(staging_dir, clip["key"]).exists():
+            continue  # rejected, not asked for (in the shards, not kept by the decisions), or staged already
         result = render_clip(dict(clip, **source), path, cfg, staging_dir)
         timings.update(result["timings"])
         rendered += 1

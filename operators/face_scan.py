@@ -8,6 +8,7 @@ Coordinates in the result are source-video pixels.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -31,6 +32,7 @@ from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.identity import identity_link, load_gallery, matches_gallery, switch_index
 from portraitflow.operators.inputs import clip_key
 from portraitflow.operators.motion import motion_table
+from portraitflow.operators.paths import IMAGE_SUFFIXES
 from portraitflow.operators.probe import FAILED, error_text, probe_input
 from portraitflow.operators.shots import ShotDetector
 from portraitflow.operators.timing import StageTimer
@@ -352,11 +354,38 @@ _NOT_IN_SCAN = {"face_actors", "actor_cpus", "chunk_frames", "experiment", "prog
                 "duplicate_mirrored"}
 
 
+#: the settings naming a gallery folder, whose photos decide `identity_not_allowed` / `identity_denied`
+GALLERY_SETTINGS = ("allow_dir", "deny_dir")
+GALLERY_DIGEST_PREFIX = "sha256:"
+
+
 def scan_fingerprint(cfg: PortraitFlowConfig) -> str:
-    """A hash of every setting a scan depends on; a rerun with other settings scans again."""
-    relevant = {"face": cfg.face.result_settings(),
-                "curate": cfg.curate.model_dump(exclude=_NOT_IN_SCAN), "measures": SCAN_MEASURES_VERSION}
+    """A hash of every setting a scan depends on, the galleries by what they hold
+    (`gallery_digests`); a rerun with other settings or other gallery photos scans again."""
+    curate = cfg.curate.model_dump(exclude=_NOT_IN_SCAN) | gallery_digests(cfg.curate)
+    relevant = {"face": cfg.face.result_settings(), "curate": curate, "measures": SCAN_MEASURES_VERSION}
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def gallery_digests(cfg: CurateConfig) -> dict[str, str | None]:
+    """Each gallery setting as the digest of the photos its folder holds (None when unset): the
+    decisions depend on those, not on where the folder is, and a path would stay the same while
+    someone adds a person's photo to it."""
+    folders = {name: getattr(cfg, name) for name in GALLERY_SETTINGS}
+    return {name: gallery_digest(folder) if folder else None for name, folder in folders.items()}
+
+
+def gallery_digest(folder: str) -> str:
+    """`sha256:` of the sorted hashes of the bytes of the photos `load_gallery` embeds (every
+    `IMAGE_SUFFIXES` file below `folder`): names and places do not count, content does. A gallery
+    is a few photos, which loading it reads whole anyway. A photo that cannot be read counts as
+    absent, as the gallery skips it."""
+    hashes = []
+    for photo in Path(folder).rglob("*"):
+        if photo.suffix.lower() in IMAGE_SUFFIXES:
+            with contextlib.suppress(OSError):  # a folder named like a photo, a broken link, no permission
+                hashes.append(hashlib.sha256(photo.read_bytes()).hexdigest())
+    return GALLERY_DIGEST_PREFIX + hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()[:16]
 
 
 def source_identity(path: str, row: dict[str, Any]) -> dict[str, Any]:
@@ -427,7 +456,7 @@ def check_galleries(cfg: PortraitFlowConfig) -> None:
     """Load the allow and deny galleries as the scan will, so a folder that is missing or holds no
     photo with a face stops the run before anything is written, with the setting that names it (in
     the curation actors it would kill each one as it starts); raises ValueError."""
-    folders = {name: getattr(cfg.curate, name) for name in ("allow_dir", "deny_dir") if getattr(cfg.curate, name)}
+    folders = {name: getattr(cfg.curate, name) for name in GALLERY_SETTINGS if getattr(cfg.curate, name)}
     for name, folder in folders.items():
         if not Path(folder).is_dir():
             raise ValueError(f"curate.{name}: {folder} is not a folder")

@@ -2,7 +2,9 @@
 
 An INPUT is a file, a folder (searched recursively, through links to folders), a glob (unless a
 file has that very name), a `.txt`/`.lst` list (one path or URI a
-line) or a `.parquet` list (column `path`, else the first string column). Paths may be local or any
+line) or a `.parquet` list (column `path`, else the first string column). A folder takes the files
+named like videos, a glob every file it matches but those plainly not videos (`_is_input`), and
+each logs how many files it left out, by suffix. Paths may be local or any
 URI pyarrow's filesystems understand (`s3://`, `gs://`, `hdfs://`, `file://`). An argument that
 names no video (a pattern or folder without one, an unknown scheme, an unreachable store) is kept
 as it is, so its row ends `failed` with the reason (`local_copy` raises it) instead of vanishing.
@@ -17,15 +19,17 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import glob
+import logging
 import os
 import re
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from portraitflow.operators.paths import VIDEO_SUFFIXES, escape_undecodable, hashed_name
+from portraitflow.operators.paths import NOT_VIDEO_SUFFIXES, VIDEO_SUFFIXES, escape_undecodable, hashed_name
 
 if TYPE_CHECKING:
     from pyarrow import fs
@@ -38,6 +42,8 @@ NOT_A_FILE = "not a regular file (a pipe, socket or device)"
 NOT_UTF8 = "the file name is not valid UTF-8 (its undecodable bytes are shown as \\xNN escapes)"
 NO_SUCH_FILE = "no such file or folder"
 _BYTE_ESCAPE = re.compile(r"\\x([89a-f][0-9a-f])")  # what escape_undecodable makes of a byte that is not UTF-8
+
+log = logging.getLogger(__name__)
 
 
 def is_uri(text: str) -> bool:
@@ -89,15 +95,15 @@ def _glob_match(parts: list[str], pattern: list[str]) -> bool:
     return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _glob_match(parts[1:], pattern[1:])
 
 
-def matching_videos(filesystem: fs.FileSystem, root: str, pattern: str) -> list[str]:
-    """The video files under `root` whose path below it matches the glob `pattern`, as sorted paths
+def matching_files(filesystem: fs.FileSystem, root: str, pattern: str) -> list[str]:
+    """The files under `root` whose path below it matches the glob `pattern`, as sorted paths
     relative to `root`; the listing is recursive only when the pattern reaches below `root`."""
     from pyarrow import fs
 
     wanted = pattern.split("/")
     selector = fs.FileSelector(root, recursive=len(wanted) > 1 or "**" in pattern, allow_not_found=True)
     below = (f.path[len(root.rstrip("/")):].lstrip("/") for f in filesystem.get_file_info(selector)
-             if f.type == fs.FileType.File and Path(f.path).suffix.lower() in VIDEO_SUFFIXES)
+             if f.type == fs.FileType.File)
     return sorted(path for path in below if _glob_match(path.split("/"), wanted))
 
 
@@ -110,7 +116,8 @@ def _expand_uri(uri: str) -> list[str]:
     from pyarrow import fs
 
     location, mark, options = uri.partition("?")
-    if glob.has_magic(location):
+    globbed = glob.has_magic(location)
+    if globbed:
         parts = location.split("/")
         first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
         location, pattern = "/".join(parts[:first]), "/".join(parts[first:])
@@ -120,7 +127,8 @@ def _expand_uri(uri: str) -> list[str]:
         if filesystem.get_file_info(root).type != fs.FileType.Directory:
             return [uri]
         pattern = "**"
-    return [f"{location.rstrip('/')}/{path}{mark}{options}" for path in matching_videos(filesystem, root, pattern)]
+    found = _inputs_among(uri, matching_files(filesystem, root, pattern), globbed)
+    return [f"{location.rstrip('/')}/{path}{mark}{options}" for path in found]
 
 
 def expand_inputs(specs: Iterable[str], *, _expanding: frozenset[str] = frozenset()) -> list[str]:
@@ -153,20 +161,20 @@ def expand_inputs(specs: Iterable[str], *, _expanding: frozenset[str] = frozense
                 continue
             found.update(expand_inputs(entries, _expanding=_expanding | {listed}) or [listed])  # empty: kept
         elif Path(local).is_dir():
-            found.update(_videos_under(local) or [str(Path(local).resolve())])
+            kept = _inputs_among(spec, _files_under(local), globbed=False)
+            found.update([_entry(p) for p in kept] or [str(Path(local).resolve())])
         elif glob.has_magic(local) and not os.path.lexists(local):  # the name of a file means that file
-            matches = [_video_entry(p) for p in glob.glob(local, recursive=True) if not Path(p).is_dir()]
-            found.update([p for p in matches if p] or [os.path.abspath(local)])
+            matches = [p for p in glob.glob(local, recursive=True) if not Path(p).is_dir()]
+            kept = _inputs_among(spec, matches, globbed=True)
+            found.update([_entry(p) for p in kept] or [os.path.abspath(local)])
         else:  # absolute, so a missing input has the same key from any working directory
             found.add(str(Path(local).resolve()) if Path(local).exists() else os.path.abspath(local))
     return sorted({escape_undecodable(uri) for uri in found})
 
 
-def _videos_under(folder: str) -> list[str]:
-    """The videos in `folder` and below, through symbolic links to folders (each folder once).
-
-    Entries named like videos are listed as `_video_entry` says.
-    """
+def _files_under(folder: str) -> list[str]:
+    """The entries in `folder` and below that are not folders, through symbolic links to folders
+    (each folder once)."""
     found, walked = [], set()
     for root, folders, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
@@ -174,16 +182,38 @@ def _videos_under(folder: str) -> list[str]:
             folders.clear()
             continue
         walked.add(real)
-        found.extend(filter(None, (_video_entry(os.path.join(root, name)) for name in files)))
+        found.extend(os.path.join(root, name) for name in files)
     return found
 
 
-def _video_entry(path: str) -> str | None:
-    """The input a folder or pattern entry named like a video makes (None for other names): a file
-    by its real path; a broken link, a loop of links or a pipe as it is, so its row fails with the
-    reason (`local_copy`) instead of the entry vanishing."""
-    if Path(path).suffix.lower() not in VIDEO_SUFFIXES:
-        return None
+def _is_input(path: str, globbed: bool) -> bool:
+    """Whether a file a folder or a glob found is an input. A folder holds anything (notes,
+    sidecars, photos), so it takes the files named like videos; a glob is what the user named, so
+    it takes every file unless its suffix marks it as plainly not a video, and a video under an
+    unusual suffix gets a row (failed, with the reason, when it cannot be read) instead of none."""
+    suffix = Path(path).suffix.lower()
+    return suffix not in NOT_VIDEO_SUFFIXES if globbed else suffix in VIDEO_SUFFIXES
+
+
+def _inputs_among(spec: str, paths: list[str], globbed: bool) -> list[str]:
+    """The `paths` a folder or glob `spec` found that are inputs (`_is_input`); logs how many it
+    left out, by suffix, so that no file is left out unseen."""
+    kept, skipped = [], Counter()
+    for path in paths:
+        if _is_input(path, globbed):
+            kept.append(path)
+        else:
+            skipped[Path(path).suffix.lower() or "no suffix"] += 1
+    if skipped:
+        counts = ", ".join(f"{count} {suffix}" for suffix, count in sorted(skipped.items()))
+        log.warning("%s: left out %d file(s) not taken for videos (%s)", escape_undecodable(spec), skipped.total(), counts)
+    return kept
+
+
+def _entry(path: str) -> str:
+    """The input a folder or glob entry makes: a file by its real path; a broken link, a loop of
+    links or a pipe as it is, so its row fails with the reason (`local_copy`) instead of the entry
+    vanishing."""
     return os.path.realpath(path) if os.path.isfile(path) else os.path.abspath(path)
 
 

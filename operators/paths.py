@@ -14,9 +14,24 @@ from pathlib import Path
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 #: What every flow takes for a video and for a photo, by suffix (lower case). A GIF is both: a
-#: clip to curate or drive with, or a portrait (its first frame).
-VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".ts", ".gif"})
+#: clip to curate or drive with, or a portrait (its first frame). The video suffixes are the
+#: containers FFmpeg (decord's and PyAV's) reads that cameras, phones, broadcast and the web write
+#: (tests/test_inputs_suffixes.py probes a file of each), so a folder of raw footage skips none.
+VIDEO_SUFFIXES = frozenset({
+    ".mp4", ".m4v", ".mov", ".qt", ".3gp", ".3g2", ".f4v",  # ISO/QuickTime
+    ".mkv", ".webm", ".avi", ".divx", ".flv", ".wmv", ".asf", ".rm", ".rmvb", ".ogv", ".dv", ".mxf",
+    ".mpg", ".mpeg", ".vob", ".ts", ".mts", ".m2ts", ".m2t",  # MPEG program and transport streams
+    ".gif",
+})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+#: Suffixes that mark a file as plainly not a video (a photo, sound, text, a table, subtitles, an
+#: archive): what a glob leaves out. A glob keeps any other file it matches, so a video under a
+#: suffix not listed above still gets a row (failed, with the reason, if it cannot be read).
+NOT_VIDEO_SUFFIXES = (IMAGE_SUFFIXES - VIDEO_SUFFIXES) | frozenset({
+    ".wav", ".mp3", ".flac", ".aac", ".m4a", ".opus", ".wma",
+    ".txt", ".lst", ".md", ".pdf", ".log", ".nfo", ".json", ".jsonl", ".csv", ".tsv", ".parquet", ".yaml", ".yml",
+    ".xml", ".srt", ".vtt", ".ass", ".ssa", ".npy", ".npz", ".zip", ".tar", ".gz", ".tgz", ".7z", ".rar", ".md5",
+})
 
 
 def safe_name(text: str, max_len: int = 48, fallback: str = "item") -> str:

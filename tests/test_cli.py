@@ -96,7 +96,8 @@ def test_inspect_reports_a_truncated_shard_and_exits_1(tmp_path: Path) -> None:
 
     pd.DataFrame({"path": ["a.mp4"], "status": ["accepted"], "error": [None], "seconds_accepted": [3.0]}).to_parquet(
         tmp_path / "manifest.parquet")
-    pd.DataFrame({"decision": ["accepted"] * 3, "reason": [None] * 3}).to_parquet(tmp_path / "clips.parquet")
+    pd.DataFrame({"key": ["k0", "k1", "k2"], "decision": ["accepted"] * 3, "reason": [None] * 3}).to_parquet(
+        tmp_path / "clips.parquet")
     shard = io.BytesIO()
     with tarfile.open(fileobj=shard, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for key in ("k0", "k1", "k2"):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -45,7 +46,8 @@ def test_text_fields_take_the_override_as_written() -> None:
     cfg = load_config(None, ["curate.allow_dir=2024", "mlflow.tracking_uri=2024", "curate.experiment=no",
                              "ray.address=auto #1", "face.insightface_pack=[x", "curate.deny_dir=",
                              "face.det_size=480", "curate.fps=29.97", "train_data.shards=[a, 'b']"])
-    assert (cfg.curate.allow_dir, cfg.mlflow.tracking_uri, cfg.curate.experiment) == ("2024", "2024", "no")
+    assert (cfg.curate.allow_dir, cfg.mlflow.tracking_uri, cfg.curate.experiment) == \
+        (os.path.abspath("2024"), "2024", "no")  # a gallery folder is taken from the working directory
     assert cfg.ray.address == "auto #1" and cfg.face.insightface_pack == "[x" and cfg.curate.deny_dir is None
     assert cfg.face.det_size == 480 and cfg.curate.fps == 29.97 and cfg.train_data.shards == ["a", "b"]
     cfg = load_config(None, ["animate.weights=null", "evaluate.rank_by='apd'", "curate.allow_dir= /w ",

@@ -17,7 +17,7 @@ from portraitflow.operators import filters
 from portraitflow.models.face.base import l2_normalise
 from portraitflow.operators.identity import CorpusLedger, identity_link, switch_index
 from portraitflow.operators.inputs import (LIST_CYCLE, NO_VIDEO_FILES, NOT_UTF8, _expand_uri, clip_key, expand_inputs,
-                                           input_key, local_copy, matching_videos)
+                                           input_key, local_copy, matching_files)
 from portraitflow.operators.motion import motion_intensity, motion_table
 from portraitflow.operators.shards import pack_shards, read_staged, shard_keys, shard_paths, stage_sample, write_index
 from portraitflow.operators.tracking import track_faces
@@ -49,14 +49,15 @@ def test_remote_patterns_list_the_folder_before_the_wildcard_and_keep_matching_v
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
     store = fs.SubTreeFileSystem(str(tmp_path), fs.LocalFileSystem())
-    assert matching_videos(store, "bucket/more", "*.mp4") == ["a.mp4"]
-    assert matching_videos(store, "bucket/more", "*") == ["a.mp4", "b.MOV"]  # video suffixes only, one level
-    assert matching_videos(store, "bucket/more", "*/*.mp4") == ["deep/c.mp4"]
-    assert matching_videos(store, "bucket/more", "**/*.m[pk][4v]") == ["a.mp4", "deep/c.mp4", "deep/x/d.mkv"]
-    assert matching_videos(store, "bucket", "**") == ["more/a.mp4", "more/b.MOV", "more/deep/c.mp4",
-                                                      "more/deep/x/d.mkv", "other/e.mp4"]
-    assert matching_videos(store, "bucket/gone", "*.mp4") == []
+    assert matching_files(store, "bucket/more", "*.mp4") == ["a.mp4"]
+    assert matching_files(store, "bucket/more", "*") == ["a.mp4", "b.MOV", "notes.txt"]  # one level
+    assert matching_files(store, "bucket/more", "*/*.mp4") == ["deep/c.mp4"]
+    assert matching_files(store, "bucket/more", "**/*.m[pk][4v]") == ["a.mp4", "deep/c.mp4", "deep/x/d.mkv"]
+    assert matching_files(store, "bucket", "**") == ["more/a.mp4", "more/b.MOV", "more/deep/c.mp4",
+                                                     "more/deep/x/d.mkv", "more/notes.txt", "other/e.mp4"]
+    assert matching_files(store, "bucket/gone", "*.mp4") == []
     base = f"file://{tmp_path}/bucket"
+    assert _expand_uri(f"{base}/more/*") == [f"{base}/more/a.mp4", f"{base}/more/b.MOV"]  # not notes.txt
     assert _expand_uri(f"{base}/more/*.mp4") == [f"{base}/more/a.mp4"]
     assert _expand_uri(f"{base}/*/deep/*.mp4") == [f"{base}/more/deep/c.mp4"]
     assert _expand_uri(f"{base}/other/") == [f"{base}/other/e.mp4"]

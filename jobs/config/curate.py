@@ -1,6 +1,8 @@
 """Settings of the curate flow."""
 from __future__ import annotations
 
+import os
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
@@ -76,8 +78,14 @@ class CurateConfig(BaseModel):
         None, ge=-1, le=1,
         description="Cosine below which two frames of a clip are different people; empty: the backend's threshold.",
     )
-    allow_dir: str | None = Field(None, description="Folder of photos of allowed identities (`identity_not_allowed`).")
-    deny_dir: str | None = Field(None, description="Folder of photos of denied identities (`identity_denied`).")
+    allow_dir: str | None = Field(
+        None, description="Folder of photos of allowed identities (`identity_not_allowed`); a relative path is taken "
+        "from the working directory the config is read in.",
+    )
+    deny_dir: str | None = Field(
+        None, description="Folder of photos of denied identities (`identity_denied`); a relative path is taken from "
+        "the working directory the config is read in.",
+    )
     max_clips_per_identity: int = Field(
         0, ge=0, description="`identity_over_cap`: clips kept per identity cluster (0: no cap)."
     )
@@ -148,6 +156,13 @@ class CurateConfig(BaseModel):
                              f"min_clip_seconds ({self.min_clip_seconds})")
         return self
 
+    @field_validator("allow_dir", "deny_dir")
+    @classmethod
+    def _absolute_gallery(cls, folder: str | None) -> str | None:
+        """Resolved where the config is read (the driver): a worker, given the config as read, loads
+        the folder the driver checked, whatever its own working directory."""
+        return absolute_folder(folder) if folder else None
+
     @field_validator("crop_size")
     @classmethod
     def _even_crop(cls, size: int) -> int:
@@ -156,3 +171,9 @@ class CurateConfig(BaseModel):
         if size % 2:
             raise ValueError(f"crop_size ({size}) must be even: H.264 in yuv420p has no odd sides")
         return size
+
+
+def absolute_folder(folder: str) -> str:
+    """`folder` as an absolute path (`~` expanded), without resolving links: the same string again
+    wherever it is read once absolute."""
+    return os.path.abspath(os.path.expanduser(folder))

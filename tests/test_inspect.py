@@ -1,0 +1,104 @@
+"""`portraitflow inspect` checks that the shards hold what clips.parquet and the index list: a
+deleted shard, or a run killed between packing and rewriting the index, exits 1 naming what is
+missing or unexpected, and the rerun the message advises repairs it. The driver runs in-process
+(no Ray, no video read), as in test_curate_damaged_shards.py."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from portraitflow.jobs.cli import app
+from portraitflow.jobs.config import load_config
+from portraitflow.operators.shards import shard_paths, whole_shard_keys
+from test_curate_damaged_shards import _curate_one_by_one, _members
+from test_curate_driver import QUIET, _scan
+
+ONE_PER_SHARD = QUIET + ["curate.shard_max_samples=1"]
+
+
+def _prepared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, names: list[str]) -> tuple[Path, list[str]]:
+    """Inputs of one clip each, scanned into `tmp_path/out`, whose curation stages their sample:
+    (out, uris). A run packs each sample into a shard of its own."""
+    from portraitflow.jobs.curate import Layout
+    from portraitflow.operators.inputs import clip_key
+
+    out = tmp_path / "out"
+    layout = Layout(out)
+    layout.make()
+    uris = [str(tmp_path / f"{name}.mp4") for name in names]
+    samples = {}
+    for seed, uri in enumerate(uris):
+        members = _members(0, 50, seed)
+        identity = (np.load(io.BytesIO(members["id.npy"])), np.load(io.BytesIO(members["signature.npy"])))
+        key = _scan(layout.scans, uri, [(0, 50, None, identity)])
+        samples[key] = [(clip_key(key, 0, 2.0), members)]
+    _curate_one_by_one(monkeypatch, samples)
+    return out, uris
+
+
+def _inspect(out: Path):
+    return CliRunner().invoke(app, ["inspect", str(out)], env={"COLUMNS": "400"})
+
+
+def test_a_deleted_shard_exits_1_and_the_advised_rerun_repairs_it(tmp_path: Path, monkeypatch) -> None:
+    from portraitflow.jobs.curate import run_curation
+
+    out, uris = _prepared(tmp_path, monkeypatch, ["anna", "ben", "carl"])
+    run_curation(load_config(None, ONE_PER_SHARD), uris, out)
+    assert _inspect(out).exit_code == 0
+    shard = out / "shards" / "000001.tar"
+    [lost] = whole_shard_keys(shard)[0]
+    shard.unlink()
+
+    result = _inspect(out)
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    assert summary["clips"] == {"accepted": 3}  # what the manifest still says
+    assert summary["mismatches"] == {"missing_shards": {"count": 1, "first": ["shards/000001.tar"]},
+                                     "missing_keys": {"count": 1, "first": [lost]}}
+    assert "1 shard(s) the index lists are missing: shards/000001.tar" in result.stderr
+    assert f"1 accepted clip(s) in clips.parquet are in no shard: {lost}" in result.stderr
+    assert f"rerun `portraitflow curate` with the same inputs and --out {out}" in result.stderr
+
+    run_curation(load_config(None, ONE_PER_SHARD), uris, out)
+    repaired = _inspect(out)
+    assert repaired.exit_code == 0, repaired.output
+    assert json.loads(repaired.stdout)["mismatches"] == {}
+    assert [p.name for p in shard_paths(out / "shards")] == ["000000.tar", "000002.tar", "000003.tar"]
+
+
+def test_a_run_killed_before_it_rewrote_the_index_and_tables_exits_1_until_rerun(tmp_path: Path, monkeypatch) -> None:
+    """Its packed shard is not in the index and its sample in no table: a loader reading the index
+    misses it, one reading shards/ trains on a clip the manifest does not list."""
+    from portraitflow.jobs import curate as job
+
+    out, uris = _prepared(tmp_path, monkeypatch, ["anna", "ben", "dora"])
+    job.run_curation(load_config(None, ONE_PER_SHARD), uris[:2], out)
+    assert _inspect(out).exit_code == 0
+
+    class Killed(Exception):
+        pass
+
+    def killed(*args, **kwargs) -> None:
+        raise Killed
+
+    with monkeypatch.context() as patched, pytest.raises(Killed):
+        patched.setattr(job, "write_index", killed)
+        job.run_curation(load_config(None, ONE_PER_SHARD), uris, out)  # dora's sample is packed, then the kill
+    [added] = whole_shard_keys(out / "shards" / "000002.tar")[0]
+    assert added.startswith("dora-")
+
+    result = _inspect(out)
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stdout)["mismatches"] == {"unindexed_shards": {"count": 1, "first": ["shards/000002.tar"]},
+                                                       "unexpected_keys": {"count": 1, "first": [added]}}
+    assert "1 shard(s) in shards/ are not in the index: shards/000002.tar" in result.stderr
+    assert f"1 sample(s) in the shards are no accepted clip in clips.parquet: {added}" in result.stderr
+
+    job.run_curation(load_config(None, ONE_PER_SHARD), uris, out)
+    assert _inspect(out).exit_code == 0

@@ -235,9 +235,7 @@ def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], layout: Layout,
     a resumed run decide as an uninterrupted one did.
     """
     fps = cfg.curate.fps
-    packed: dict[str, list[str]] = defaultdict(list)
-    for sample in sorted(in_shards):
-        packed[clip_input_key(sample)].append(sample)
+    packed = _packed_by_input(in_shards)
     clips_by_input = {r["input_key"]: _input_clips(r, layout, packed.get(r["input_key"], []), in_shards, fps)
                       for r in sorted(rows, key=lambda r: r["input_key"])}
     undecided = sorted(((key, c) for key, clips in clips_by_input.items() for c in clips

@@ -80,7 +80,7 @@ def sweep(
     mlflow_uri: MlflowUriOption = None,
 ) -> None:
     """Generate and evaluate every config of SWEEP_FILE: one parent MLflow run, one nested run per
-    config. Rerunning resumes: finished configs are not redone."""
+    config. Rerunning resumes: finished configs are not redone. Exit 1 when no config finished."""
     import yaml
 
     from portraitflow.jobs.runtime import NotEnoughResources
@@ -107,6 +107,7 @@ def sweep(
     except FolderBusy as exc:
         raise typer.BadParameter(str(exc), param_hint="--out") from exc
     typer.echo(f"parent run {run_id}\nsummary {out / 'summary.csv'}\nreport {out / 'report' / 'index.html'}")
+    _refuse_no_config_finished(out / "summary.csv", sweep_file)
 
 
 def report(
@@ -186,6 +187,21 @@ def _refuse_nothing_scored(per_video: Path, results: Path) -> None:
     typer.echo(f"error: no job of {results} could be scored ({len(table)} job(s): "
                f"{', '.join(f'{count} {reason}' for reason, count in reasons.items()) or 'none'}; see {per_video}). "
                f"Relative ref, driving and output paths are taken from {results.parent.resolve()}.", err=True)
+    raise typer.Exit(1)
+
+
+def _refuse_no_config_finished(summary_csv: Path, sweep_file: Path) -> None:
+    """Exit 1 naming the errors when every config of the sweep failed (only a failed config's row
+    has an `error`): the runs, summary and report exist, but a zero exit would tell a script or CI
+    that a sweep with no result worked."""
+    import pandas as pd
+
+    summary = pd.read_csv(summary_csv)
+    if "error" not in summary or summary["error"].isna().any():
+        return
+    errors = summary["error"].value_counts()
+    typer.echo(f"error: no config of {sweep_file} finished ({len(summary)} failed: "
+               f"{'; '.join(f'{count} x {error}' for error, count in errors.items())}; see {summary_csv}).", err=True)
     raise typer.Exit(1)
 
 

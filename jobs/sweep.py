@@ -2,9 +2,10 @@
 
 One sweep = one parent MLflow run (tagged with the sweep's hash and its output folder, so a rerun
 into the same folder resumes it) and one child run per config (tagged `mlflow.parentRunId` and the
-config's hash; a FINISHED child is not redone while it scored exactly the dataset's usable jobs and
-their outputs are all there, a config another sweep into the same folder scored takes that run's
-metrics, and a config its params refuse is recorded FAILED once, not per rerun). A config whose
+config's hash; a FINISHED child is not redone while it scored exactly the dataset's usable jobs on
+the same input contents and their outputs are all there, a config another sweep into
+the same folder scored takes that run's metrics, and a config its params refuse is recorded FAILED
+once, not per rerun). A config whose
 child ended FAILED or KILLED is tried again in a new child (tagged `portraitflow.attempt`, and
 `portraitflow.previous_error` after a failure); once that attempt ends, however it ends, the
 config's earlier FAILED and KILLED children in the parent are soft-deleted (`mlflow runs restore`
@@ -106,15 +107,31 @@ class ChildRuns:
 #: in OUT/configs/<hash>/: the FINISHED run whose scores per_video.parquet holds (written when its
 #: scoring finished, removed when another starts, so a scoring that failed half way is never taken)
 SCORED_BY = "scored_by.txt"
+#: what per_video.parquet keeps of each job's reference and driving video (`input_fingerprint`), so
+#: a resume takes a config's scores only for the same jobs on the same contents
+INPUT_FINGERPRINTS = ("ref_fingerprint", "driving_fingerprint")
+
+
+def _job_inputs(jobs: list[dict]) -> pd.DataFrame:
+    """job_id, ref, driving and INPUT_FINGERPRINTS of `jobs`: the config hash covers the dataset's
+    spec, not its files, and a job id names a path, not what it holds (a jobs file edited in place)."""
+    table = pd.DataFrame(jobs, columns=["job_id", "ref", "driving"])
+    return table.assign(ref_fingerprint=table["ref"].map(input_fingerprint),
+                        driving_fingerprint=table["driving"].map(input_fingerprint))
 
 
 def _scoring_run(client: MlflowClient, experiment_id: str, parent_id: str, config_hash: str, work_dir: Path,
-                 job_ids: set[str]) -> Run | None:
-    """The FINISHED run that made the scores `work_dir` holds, while they still stand: the jobs
-    they cover are exactly `job_ids` (the dataset gained or lost clips: the hash covers the
-    dataset's spec, not its files) and every output they scored is there. Otherwise None, and the
-    config runs again: generation makes only what is missing. A folder scored before SCORED_BY
-    was written is taken at this parent's latest FINISHED child of the config."""
+                 inputs: pd.DataFrame) -> Run | None:
+    """The FINISHED run that made the scores `work_dir` holds, while they still stand: they cover
+    exactly the jobs of `inputs` (`_job_inputs`) on the same contents (the dataset gained or lost
+    clips, a job's reference or driver holds something else, a missing file was put in place: a
+    job that failed on it is tried again) and every output they scored is there. Otherwise None,
+    and the config runs again: generation makes only what is missing. A job that failed on inputs
+    that are unchanged would fail again: it is not retried, so one faceless reference does not
+    rescore every config on every rerun (removing `per_video.parquet` from the config's folder
+    forces a run). Scores that do not record their inputs' fingerprints (made before they did) cannot be
+    checked, so they do not stand. A folder scored before SCORED_BY was written is taken at this
+    parent's latest FINISHED child of the config."""
     from mlflow.exceptions import MlflowException
 
     record = work_dir / SCORED_BY
@@ -135,14 +152,18 @@ def _scoring_run(client: MlflowClient, experiment_id: str, parent_id: str, confi
         log.warning("%s: its scores are gone from %s; running it again", run.info.run_name, work_dir)
         return None
     table = pd.read_parquet(scored)
-    scored_ids = set(table["job_id"].astype(str)) if "job_id" in table else set()
-    if scored_ids != job_ids:
-        log.warning("%s: scored %d job(s), the dataset now has %d usable (%d new, %d gone); running it again",
-                    run.info.run_name, len(scored_ids), len(job_ids), len(job_ids - scored_ids),
-                    len(scored_ids - job_ids))
+    if not {"job_id", "status", "output", *INPUT_FINGERPRINTS} <= set(table.columns):
+        log.warning("%s: its scores do not record what each job's inputs held (scored by an older version); "
+                    "running it again", run.info.run_name)
         return None
-    if "output" not in table:  # scored before outputs were listed: nothing to check against
-        return run
+    columns = ["job_id", *INPUT_FINGERPRINTS]
+    had, has = (set(t[columns].astype(str).itertuples(index=False, name=None)) for t in (table, inputs))
+    if had != has:
+        scored_ids, job_ids = {job[0] for job in had}, {job[0] for job in has}
+        log.warning("%s: scored %d job(s), the dataset now has %d usable (%d new, %d gone, %d with other inputs); "
+                    "running it again", run.info.run_name, len(scored_ids), len(job_ids), len(job_ids - scored_ids),
+                    len(scored_ids - job_ids), len({job[0] for job in had - has} & job_ids))
+        return None
     missing = [out for out in table.loc[table["status"] == "ok", "output"] if not Path(out).is_file()]
     if missing:
         log.warning("%s: %d output(s) it scored are gone (%s); running it again", run.info.run_name,
@@ -217,15 +238,16 @@ def _clear_metric_files(work_dir: Path, job_ids: set[str]) -> None:
 
 def score_and_log(client: MlflowClient, run_id: str, jobs: pd.DataFrame, label: str, work_dir: Path,
                   evaluate: EvaluateConfig, cfg: PortraitFlowConfig) -> pd.DataFrame:
-    """Score generated jobs (job_id, ref, driving, status, reason, output) into run `run_id`:
-    per-video table artifact, aggregate metrics, per-frame tables, side-by-side videos. Only these
-    jobs' files under `work_dir` are logged: it may hold an earlier scoring's (an `evaluate` into the
-    same OUT)."""
+    """Score generated jobs (job_id, ref, driving, status, reason, output[, INPUT_FINGERPRINTS]) into
+    run `run_id`: per-video table artifact, aggregate metrics, per-frame tables, side-by-side videos.
+    Only these jobs' files under `work_dir` are logged: it may hold an earlier scoring's (an
+    `evaluate` into the same OUT)."""
     _clear_metric_files(work_dir, set(jobs["job_id"].astype(str)))
     table = evaluate_outputs(jobs, work_dir, cfg, evaluate)
     table.insert(0, "config", label)
-    if "output" not in table and "output" in jobs:  # where each scored video is (a resume checks it is still there)
-        table = table.merge(jobs[["job_id", "output"]], on="job_id", how="left", validate="one_to_one")
+    carried = [c for c in ("output", *INPUT_FINGERPRINTS) if c in jobs and c not in table]
+    if carried:  # where each scored video is and what its inputs held (what a resume checks, `_scoring_run`)
+        table = table.merge(jobs[["job_id", *carried]], on="job_id", how="left", validate="one_to_one")
     write_parquet(work_dir / "per_video.parquet", table)
     client.log_table(run_id, data=table, artifact_file="per_video.json")
     client.log_artifact(run_id, str(work_dir / "per_video.parquet"))
@@ -277,6 +299,7 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
     work_dir = out_dir / "configs" / config_hash
     refused = _refusal(params, cfg)
     row = {"config": label, "backend": params["backend"], **{k: v for k, v in params.items() if k != "backend"}}
+    inputs = _job_inputs(jobs)  # read before generation: a file changed while it runs is caught by the next rerun
     if refused is not None:
         earlier = _refused_child(client, experiment_id, parent_id, config_hash, _error_text(refused))
         if earlier is not None:
@@ -284,8 +307,7 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
                     "error": _error_text(refused)[:300]}
         done = scored_before = None
     else:
-        scored = _scoring_run(client, experiment_id, parent_id, config_hash, work_dir,
-                              {str(job["job_id"]) for job in jobs})
+        scored = _scoring_run(client, experiment_id, parent_id, config_hash, work_dir, inputs)
         if scored is None or scored.data.tags.get(PARENT_TAG) == parent_id:
             done, scored_before = scored, None
         else:  # another sweep into this folder scored it (a grid since extended): its scores stand
@@ -315,8 +337,7 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
                 generated = generate_outputs(params, jobs, work_dir / "outputs", cfg)
                 children.check()
                 outcome = generated[[c for c in ("job_id", "status", "reason", "output") if c in generated]]
-                merged = pd.DataFrame(jobs)[["job_id", "ref", "driving"]].merge(  # ids are unique (dataset_jobs)
-                    outcome, on="job_id", how="left", validate="one_to_one")
+                merged = inputs.merge(outcome, on="job_id", how="left", validate="one_to_one")  # ids unique (dataset_jobs)
                 merged = merged.fillna({"status": "failed", "reason": "not_generated"}).assign(
                     paste_back=sweep_spec.config_settings(params, cfg).paste_back)  # how the evaluator frames the truth
                 score_and_log(client, run_id, merged, label, work_dir, evaluate, cfg)
@@ -550,8 +571,10 @@ def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, r
     children = client.search_runs([parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{run_id}'",
                                   order_by=["attributes.start_time ASC"]) or [parent]
     params = [json.loads(child.data.tags.get(PARAMS_TAG, "{}")) for child in children]
+    # a run that did not finish shows no numbers, as in summary.csv: what it logged is partial
     rows = [{"config": child.info.run_name or child.info.run_id, **values, "status": child.info.status,
-             **child.data.metrics, "error": child.data.tags.get("error", ""), "run_id": child.info.run_id}
+             **(child.data.metrics if child.info.status == "FINISHED" else {}),
+             "error": child.data.tags.get("error", ""), "run_id": child.info.run_id}
             for child, values in zip(children, params)]
     summary = _latest_per_config(pd.DataFrame(rows))
     # a child that logged another sweep's scores has its tables and videos in that sweep's run
@@ -564,21 +587,27 @@ def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, r
             tables.append(pd.read_parquet(local / "per_video.parquet").assign(config=label))
         for video in sorted((local / "side_by_side").glob("*.mp4")):
             videos.append((f"{label}: {video.stem}", video))
-    per_video = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["config"])
+    per_video = report.failed_as_undetected(pd.concat(tables, ignore_index=True) if tables
+                                            else pd.DataFrame(columns=["config"]))
     summary = _ranked(summary, rank_by)
     order = list(summary["config"])
-    plots = []
+    plots, captions = [], {}
     if len(per_video):
         plots.append(("Metrics across configs", report.metric_plots(per_video, out_dir / "metrics.png", order)))
         swept = report.parameter_plots(summary, per_video, list(dict.fromkeys(k for p in params for k in p)),
                                        out_dir / "parameters.png")
         paired = report.paired_plot(per_video, rank_by, order, out_dir / "paired.png")
-        plots += [(heading, plot) for heading, plot in (("Metrics against the swept parameters", swept),
-                                                         (f"{rank_by} per video across configs", paired)) if plot]
+        swept_heading, paired_heading = "Metrics against the swept parameters", f"{rank_by} per video across configs"
+        plots += [(heading, plot) for heading, plot in ((swept_heading, swept), (paired_heading, paired)) if plot]
+        captions = {swept_heading: "Bars: 95% intervals of each config's mean on its own, cut to the values the metric "
+                    "can take. The configs are scored on the same videos, so overlapping bars do not make them equal"
+                    + (f": compare configs on {rank_by} video by video below." if paired else "."),
+                    paired_heading: "One line per video, across the configs: a config better on nearly every line is "
+                    "better whatever the intervals say; a mean carried by one or two videos shows here."}
     notes_file = _download(client, run_id, ("notes.txt",), out_dir / "runs" / run_id) / "notes.txt"
     notes = [n for n in notes_file.read_text().splitlines() if n] if notes_file.is_file() else []
     return report.write_html(out_dir, f"PortraitFlow evaluation: {parent.info.run_name or run_id}", summary, rank_by,
-                             plots, videos, notes, per_video)
+                             plots, videos, notes, per_video, captions)
 
 
 def _ranked(summary: pd.DataFrame, rank_by: str) -> pd.DataFrame:
@@ -592,12 +621,16 @@ def _ranked(summary: pd.DataFrame, rank_by: str) -> pd.DataFrame:
 
 
 def _latest_per_config(summary: pd.DataFrame) -> pd.DataFrame:
-    """One row per config: its latest finished run if any (a config run again because outputs it
-    scored were gone has two), else its latest attempt (runs come oldest first)."""
-    finished = summary["status"] == "FINISHED"
-    return pd.concat([summary[finished].drop_duplicates("config", keep="last"),
-                      summary[~finished & ~summary["config"].isin(summary.loc[finished, "config"])]
-                      .drop_duplicates("config", keep="last")], ignore_index=True)
+    """One row per config, its latest attempt (runs come oldest first), as `summary.csv` has it. A
+    config runs again only once its scores no longer stand (`_scoring_run`: other jobs or inputs,
+    outputs gone, videos that failed), so when that attempt failed or was killed, an older FINISHED
+    run's numbers are the ones it was to replace: only that run's id is shown, as `stale_run`."""
+    latest = summary.drop_duplicates("config", keep="last")
+    finished = summary[summary["status"] == "FINISHED"].drop_duplicates("config", keep="last")
+    stale = latest["config"].map(finished.set_index("config")["run_id"]).where(latest["status"] != "FINISHED")
+    if stale.notna().any():
+        latest = latest.assign(stale_run=stale.fillna(""))
+    return latest.reset_index(drop=True)
 
 
 def _download(client: MlflowClient, run_id: str, names: tuple[str, ...], folder: Path) -> Path:

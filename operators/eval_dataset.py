@@ -6,9 +6,13 @@ reference is taken from the cut clip so reference and ground truth share every p
 jobs pair each driving video with a portrait of someone else: a folder's portraits, else the
 first frame of another clip, never one cut from the same source video. Prepared files have names
 derived from the input and the cut length (`{input_key}-{ms}ms`, `{input_key}-full` uncut), so a
-rerun finds them and does not redo them, and a sweep with another `max_seconds` sharing the folder
-never reuses them. A folder's globs never pick up files under the sweep's own output folder, so
-a sweep writing inside its dataset does not take its clips and outputs for inputs on a rerun.
+rerun finds them and does not redo them while the input holds what they were cut from (a stamp
+beside them: an input re-exported at the same path is cut again), and a sweep with another
+`max_seconds` sharing the folder never reuses them. A cross job's id names its portrait (the
+clip's name, `-x` and the portrait's input key or clip name), not its place in a list: a portrait
+added never gives an earlier job's id to another pairing. A folder's globs never pick up files
+under the sweep's own output folder, so a sweep writing inside its dataset does not take its clips
+and outputs for inputs on a rerun.
 Shards are read one at a time up to `max_videos` samples; an unreadable shard
 (or the rest of it) and a sample without a clip are failed rows with their reason.
 """
@@ -19,12 +23,14 @@ import logging
 import os
 import re
 from collections import Counter
+from itertools import cycle
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from portraitflow.operators.atomic import atomic_target, atomic_write
+from portraitflow.operators.generation_jobs import input_fingerprint
 from portraitflow.operators.inputs import input_key
 from portraitflow.operators.paths import IMAGE_SUFFIXES, VIDEO_SUFFIXES, hashed_name, safe_stem
 
@@ -61,18 +67,24 @@ def clip_name(source: str, max_seconds: float | None) -> str:
 
 def prepare_clip(source: str, folder: Path, max_seconds: float | None, reference: bool = True) -> dict[str, Any]:
     """Cut the clip (when asked) and extract its first frame as the reference (unless the job has
-    its own); a row with status and reason. The job id is the clip's name (`clip_name`)."""
+    its own); a row with status and reason. The job id is the clip's name (`clip_name`), which
+    covers the source's path only: `<name>.inputs` keeps the `input_fingerprint` of the source the
+    clip was cut from, and a clip whose source now holds something else (or that has no stamp, as
+    one cut before stamps) is cut again, its reference with it."""
     from portraitflow.operators.decode import VideoUnreadable, iter_frame_chunks, probe_video
     from portraitflow.operators.video_writer import write_h264
 
     key = clip_name(source, max_seconds)
-    clip, ref = folder / f"{key}.mp4", folder / f"{key}.ref.png"
+    clip, ref, stamp = folder / f"{key}.mp4", folder / f"{key}.ref.png", folder / f"{key}.inputs"
     row = {"job_id": key, "source": source, "ref": str(ref), "driving": str(clip), "status": "ok", "reason": None}
     try:
-        if not clip.is_file():
+        cut_from = input_fingerprint(source)
+        if not (clip.is_file() and stamp.is_file() and stamp.read_text() == cut_from):
+            ref.unlink(missing_ok=True)  # the old clip's first frame
             fps = probe_video(source).fps
             frames = (chunk.frames for chunk in iter_frame_chunks(source, fps, end_s=max_seconds))
             write_h264(clip, frames, fps, audio_from=source)
+            atomic_write(stamp, cut_from)
         if reference and not ref.is_file():
             first = next(iter_frame_chunks(str(clip), probe_video(str(clip)).fps, chunk_size=1))
             _save_png(first.frames[0], ref)
@@ -140,7 +152,8 @@ def _failed(job_id: str, source: str, reason: str, error: str) -> dict[str, Any]
 
 def _unpack_shards(spec: DatasetSpec, folder: Path, max_videos: int | None) -> list[tuple[str, str] | dict[str, Any]]:
     """The first `max_videos` shard samples, each its clip written out as `<key>.source.mp4` (a key
-    met again, in another shard, gets a hash of its shard) and
+    met again, in another shard, gets a hash of its shard; written again when a shard curated anew
+    holds other bytes under the key) and
     given as (path, origin: the input key of its source video); a sample without a clip, and a
     shard that cannot be read (from where it breaks), are failed rows instead, with a warning."""
     import webdataset as wds
@@ -164,7 +177,7 @@ def _unpack_shards(spec: DatasetSpec, folder: Path, max_videos: int | None) -> l
                     entries.append(_failed(key, url, "no_video", f"sample {key} of {url} has no mp4"))
                 else:
                     target = folder / f"{key}.source.mp4"
-                    if not target.is_file():
+                    if not target.is_file() or target.read_bytes() != sample["mp4"]:
                         atomic_write(target, sample["mp4"])
                     entries.append((str(target), _origin(key, sample)))
                 if max_videos is not None and len(entries) >= max_videos:
@@ -214,8 +227,8 @@ def _dataset_jobs(spec: DatasetSpec, protocol: str, folder: Path, max_seconds: f
     portraits = [p for p in _matches(Path(spec.path), spec.refs, IMAGE_SUFFIXES, skip)
                  if p not in videos] if spec.type == "folder" else []  # a .gif both globs match is a driver
     if portraits:
-        return [{**clip, "job_id": f"{clip['job_id']}-x{i % len(portraits)}", "ref": portraits[i % len(portraits)]}
-                for i, clip in enumerate(clips)]
+        return [{**clip, "job_id": f"{clip['job_id']}-x{input_key(portrait)}", "ref": portrait}
+                for clip, portrait in zip(clips, cycle(portraits))]
     if not any(clip["status"] == "ok" for clip in clips):  # no portraits, and no clip to take one from
         raise ValueError(f"cross-reenactment needs portraits matching {spec.refs} in {spec.path}")
     return _cross_first_frames(clips, origins)
@@ -223,9 +236,10 @@ def _dataset_jobs(spec: DatasetSpec, protocol: str, folder: Path, max_seconds: f
 
 def _cross_first_frames(clips: list[dict[str, Any]], origins: list[str | None]) -> list[dict[str, Any]]:
     """Cross jobs without portraits: each ok clip's reference is the first frame of the next ok
-    clip (in order, wrapping round) cut from another source video, and its job id ends `-x<n>`,
-    n that clip's place in the dataset. A clip with no such partner (every other ok clip is from the
-    same source) is a failed row, and a clip that failed stays failed; both end `-x`, no reference."""
+    clip (in order, wrapping round) cut from another source video, and its job id ends `-x` and that
+    clip's name (not its place in the dataset, which a clip added before it shifts). A clip with no
+    such partner (every other ok clip is from the same source) is a failed row, and a clip that
+    failed stays failed; both end `-x`, no reference."""
     ok = [i for i, clip in enumerate(clips) if clip["status"] == "ok"]
     jobs = []
     for i, clip in enumerate(clips):
@@ -237,6 +251,6 @@ def _cross_first_frames(clips: list[dict[str, Any]], origins: list[str | None]) 
                 job.update(status="failed", reason=NO_PARTNER,
                            error="no clip of another source video to take the reference portrait from")
             else:
-                job.update(job_id=f"{clip['job_id']}-x{partner}", ref=clips[partner]["ref"])
+                job.update(job_id=f"{clip['job_id']}-x{clips[partner]['job_id']}", ref=clips[partner]["ref"])
         jobs.append(job)
     return jobs

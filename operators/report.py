@@ -6,7 +6,7 @@ relative paths, so it opens from the file system in any browser with no server.
 from __future__ import annotations
 
 import html
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,15 @@ def rank(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
         ranked = ranked.assign(full_coverage=rates >= best - COVERAGE_TOLERANCE)
         ranked = pd.concat([ranked[ranked["full_coverage"]], ranked[~ranked["full_coverage"]]])
     return ranked.reset_index(drop=True)
+
+
+def failed_as_undetected(per_video: pd.DataFrame) -> pd.DataFrame:
+    """`per_video` with detection_rate 0 where it is undefined (a failed video), as a config's
+    `detection_rate` averages it and `rank` compares it: plotted over the scored videos alone, a
+    config ranked last for the videos it failed would show full coverage."""
+    if "detection_rate" not in per_video.columns:
+        return per_video
+    return per_video.assign(detection_rate=per_video["detection_rate"].fillna(0.0))
 
 
 def _figure(count: int, cols: int = 3):
@@ -129,13 +138,32 @@ def _interval(std: np.ndarray, count: np.ndarray) -> np.ndarray:
         return np.where(count >= 2, t.ppf(0.975, np.maximum(count - 1, 1)) * std / np.sqrt(count), np.nan)
 
 
+#: the values each metric (`metrics.METRICS`) can take: a 95% interval of a mean over a few videos
+#: reaches far past them (SSIM above 1, a negative error), where no config's mean can be
+RANGES: dict[str, tuple[float, float]] = {
+    "psnr": (0.0, metrics.PSNR_CAP_DB), "ssim": (-1.0, 1.0), "l1": (0.0, 1.0), "lpips": (0.0, np.inf),
+    "csim": (-1.0, 1.0), "akd": (0.0, np.inf), "apd": (0.0, 180.0), "aed": (0.0, np.inf),
+    "jitter_error": (0.0, np.inf), "flicker_error": (0.0, 255.0), "detection_rate": (0.0, 1.0),
+    "fid": (0.0, np.inf), "fvd": (0.0, np.inf),
+}
+
+
+def clipped_error(metric: str, mean: np.ndarray, half: np.ndarray) -> np.ndarray:
+    """Error bars (below, above) of intervals `mean` ± `half` cut to `metric`'s RANGES: the part
+    outside holds no possible mean, and drawn it stretches the axis past what the metric can be."""
+    low, high = RANGES[metrics.metric_kind(metric)]
+    room = np.maximum([mean - low, high - mean], 0.0)  # a cosine of 1 + 2e-16 has none above, not less
+    return np.minimum(half, room)
+
+
 def parameter_plots(summary: pd.DataFrame, per_video: pd.DataFrame, params: Sequence[str],
                     out_path: Path) -> Path | None:
     """Each metric against each numeric param of the grid: a config's mean over its videos with a
-    95% interval (`_interval`), one line per combination of the other params (the backend
-    included), so a trend reads at a glance where the box plots only order configs; configs that
-    set none of the swept params (the `still` baseline) are dashed levels. None when no numeric
-    param takes two values."""
+    95% interval (`_interval`, cut to the metric's RANGES), one line per combination of the other
+    params (the backend included), so a trend reads at a glance where the box plots only order
+    configs; configs that set none of the swept params (the `still` baseline) are dashed levels.
+    Each interval is of one config's mean alone, so it does not compare configs that share videos
+    (`paired_plot` does). None when no numeric param takes two values."""
     swept = numeric_params(summary, params)
     names = [m for m in metric_columns(per_video) if per_video[m].notna().any()]
     if not swept or not names:
@@ -153,8 +181,8 @@ def parameter_plots(summary: pd.DataFrame, per_video: pd.DataFrame, params: Sequ
                 group = group.sort_values(param)
                 unset = {p for p in others if group[p].isna().all()}  # not a param of this line's configs
                 mean = stats.loc[group["config"], (name, "mean")].to_numpy()
-                error = _interval(stats.loc[group["config"], (name, "std")].to_numpy(),
-                                  stats.loc[group["config"], (name, "count")].to_numpy())
+                error = clipped_error(name, mean, _interval(stats.loc[group["config"], (name, "std")].to_numpy(),
+                                                            stats.loc[group["config"], (name, "count")].to_numpy()))
                 values = zip(others, key if isinstance(key, tuple) else (key,))
                 label = ", ".join(f"{p}={v}" for p, v in values if p not in unset) or None  # none: no legend entry
                 ax.errorbar(group[param].astype(float), mean, yerr=error, marker="o", capsize=3, label=label)
@@ -248,8 +276,10 @@ video{max-width:100%;margin:4px 0}figure{margin:1em 0}.note{color:#8a5a00}"""
 
 
 def write_html(out_dir: Path, title: str, summary: pd.DataFrame, rank_by: str, plots: Sequence[tuple[str, Path]],
-               videos: Sequence[tuple[str, Path]], notes: Sequence[str], per_video: pd.DataFrame | None = None) -> Path:
-    """index.html in `out_dir`; `plots` (heading, PNG) and `videos` must lie inside `out_dir` (linked relatively)."""
+               videos: Sequence[tuple[str, Path]], notes: Sequence[str], per_video: pd.DataFrame | None = None,
+               captions: Mapping[str, str] | None = None) -> Path:
+    """index.html in `out_dir`; `plots` (heading, PNG) and `videos` must lie inside `out_dir` (linked
+    relatively); `captions` (by heading) say under a plot how to read it."""
     parts = [f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>",
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<h2>Summary, ranked by {html.escape(_title(rank_by))}</h2>", _table_html(summary, rank_by)]
@@ -258,6 +288,8 @@ def write_html(out_dir: Path, title: str, summary: pd.DataFrame, rank_by: str, p
     for heading, plot in plots:
         parts.append(f"<h2>{html.escape(heading)}</h2><img src='{html.escape(plot.relative_to(out_dir).as_posix())}' "
                      f"alt='{html.escape(heading)}'>")
+        if captions and heading in captions:
+            parts.append(f"<p class=note>{html.escape(captions[heading])}</p>")
     if videos:
         parts.append("<h2>Side by side: reference | driver | output</h2>")
         for caption, path in videos:

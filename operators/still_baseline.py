@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from portraitflow.models.face.base import FaceAnalyzer
-from portraitflow.operators.paths import safe_stem
+from portraitflow.operators.generation_jobs import Job, output_name
 
 
 def still_frames(reference: np.ndarray, analyzer: FaceAnalyzer, size: int, paste_back: bool) -> np.ndarray:
@@ -73,11 +73,12 @@ class StillActor:
         self.out_dir, self.size, self.paste_back = Path(out_dir), size, paste_back
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
-        """Render each job unless its video exists (a resumed sweep). Videos are named by job id
-        (unique, as the job loaders make them), through `safe_stem` so any id is a safe file name."""
-        rows = []
+        """Render each job unless its video exists (a resumed sweep). Videos are named as generation
+        names an animator's (`output_name`: job id, what the reference and driver hold, size and
+        paste_back), so a job whose reference changed is rendered again, never scored on the old video."""
+        rows, settings = [], {"size": self.size, "paste_back": self.paste_back}
         for job in (dict(zip(batch, values)) for values in zip(*batch.values())):
-            path = self.out_dir / f"{safe_stem(str(job['job_id']))}.mp4"
+            path = self.out_dir / output_name(Job(str(job["job_id"]), job["ref"], job["driving"]), "still", {}, settings)
             if path.is_file():
                 rows.append({"job_id": job["job_id"], "status": "ok", "reason": None, "output": str(path)})
                 continue

@@ -581,3 +581,30 @@ def test_scores_left_by_a_scoring_that_did_not_finish_are_never_taken(driver, mo
     assert scored == ["still", "still", "still[size=128]"]
     sweep.run_sweep(_spec(data, [still, {"backend": "still", "size": 96}], side_by_side=0), cfg, out)
     assert scored[3:] == ["still", "still[size=96]"]
+
+
+def test_a_sweep_where_no_config_finished_exits_1_naming_the_errors(driver, monkeypatch) -> None:
+    """It exited 0 with every config FAILED, so CI took a sweep with no result for a success."""
+    from typer.testing import CliRunner
+
+    from portraitflow.jobs.cli import app
+
+    sweep, cfg, data = driver
+    _fake_generation(sweep, monkeypatch)
+    fake_score = sweep.score_and_log
+
+    def broken(*_):
+        raise RuntimeError("scoring broke")
+
+    monkeypatch.setattr(sweep, "score_and_log", broken)
+    spec, out = data.parent / "sweep.yaml", data.parent / "out"
+    spec.write_text(f"name: s\ndataset: {{type: folder, path: {data}}}\nconfigs: [{{backend: still}}]\n"
+                    "evaluate: {max_seconds: 0.5, side_by_side: 0}\n")
+    args = ["sweep", str(spec), "--out", str(out), "--mlflow-uri", cfg.mlflow.tracking_uri]
+    failed = CliRunner().invoke(app, args, env={"COLUMNS": "1000"})
+    assert failed.exit_code == 1, failed.output
+    assert "no config of" in failed.output and "1 x RuntimeError: scoring broke" in failed.output, failed.output
+    assert (out / "summary.csv").is_file() and "report" in failed.output  # still written
+    monkeypatch.setattr(sweep, "score_and_log", fake_score)
+    finished = CliRunner().invoke(app, args, env={"COLUMNS": "1000"})
+    assert finished.exit_code == 0, finished.output

@@ -125,19 +125,18 @@ def previous_records(out_dir: Path) -> dict[str, dict[str, Any]]:
 def merged_with_earlier(table: pd.DataFrame, path: Path) -> pd.DataFrame:
     """This invocation's rows, then the rows `path` holds of other jobs: a job list run in parts
     into one folder keeps every part's rows. An earlier row is replaced by this invocation's row of
-    the same job (job_id, ref and driving: parts may derive one id for different inputs) or of the
-    same output (a video made under another id, found by resume). An unreadable earlier file is
-    replaced."""
+    the same job_id (job ids stay unique, as `evaluate` and every per-job file need: a job whose
+    ref was corrected replaces its row, and of two parts that derive one id from different inputs
+    the later's row stands, the earlier's video staying in the folder) or of the same output (a
+    video made under another id, found by resume). An unreadable earlier file is replaced."""
     try:
         earlier = pd.read_parquet(path) if path.is_file() else None
     except (OSError, ValueError):
         earlier = None
     if earlier is None or list(earlier.columns) != list(table.columns):
         return table
-    job = ["job_id", "ref", "driving"]
-    same_job = pd.MultiIndex.from_frame(earlier[job]).isin(pd.MultiIndex.from_frame(table[job]))
     same_output = earlier.output.isin(table.output[table.output != ""])
-    others = earlier[~(same_job | same_output)]
+    others = earlier[~(earlier.job_id.isin(table.job_id) | same_output)]
     return pd.concat([table, others], ignore_index=True).astype(table.dtypes.to_dict()) if len(others) else table
 
 

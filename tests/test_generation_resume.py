@@ -191,9 +191,9 @@ def test_a_finished_job_is_found_when_other_jobs_change_its_derived_id(tmp_path:
     assert plan_rows([Job("given", str(en), str(driving))], out, "warp", CFG, resume=True)[0]["status"] == "pending"
 
 
-def test_parts_run_into_one_folder_keep_each_others_rows_though_their_jobs_share_an_id(tmp_path: Path) -> None:
-    """The repro: `en/anna.jpg` then `fr/anna.jpg`, run alone, both `anna__drive`: results.parquet
-    kept the fr row only. Earlier rows are replaced by the same job (id, ref, driving) or output."""
+def test_results_keep_one_row_per_job_id_and_per_output(tmp_path: Path) -> None:
+    """Earlier rows are replaced by this run's row of the same job id (ids stay unique: `evaluate`
+    refuses a table with one id twice), or of the same output (found under another id by resume)."""
     from portraitflow.operators.generation_results import merged_with_earlier
 
     path = tmp_path / RESULTS_FILE
@@ -202,9 +202,9 @@ def test_parts_run_into_one_folder_keep_each_others_rows_though_their_jobs_share
     fr = {**row, "ref": "/fr/anna.jpg", "output": "/out/anna__drive-7a81c8c484.mp4"}
     write_parquet(path, results_table([en]))
     merged = merged_with_earlier(results_table([fr]), path)
-    assert merged.ref.tolist() == ["/fr/anna.jpg", "/en/anna.jpg"]
-    write_parquet(path, merged)
-    en_again = {**en, "job_id": "anna__drive-1f35dec047", "status": "skipped"}  # its video, under a hashed id
-    fr_redone = {**fr, "output": "/out/anna__drive-0123456789.mp4"}  # the same job, another video
-    merged = merged_with_earlier(results_table([en_again, fr_redone]), path)
-    assert merged[["job_id", "output"]].values.tolist() == [[r["job_id"], r["output"]] for r in (en_again, fr_redone)]
+    assert merged.ref.tolist() == ["/fr/anna.jpg"]  # run alone, both derive `anna__drive`: the later stands
+    other = {**row, "job_id": "other", "ref": "/o.jpg", "output": "/out/other-0123456789.mp4"}
+    write_parquet(path, results_table([*merged.to_dict("records"), other]))
+    fr_again = {**fr, "job_id": "anna__drive-170bb791d1", "status": "skipped"}  # its video, under a hashed id
+    merged = merged_with_earlier(results_table([fr_again]), path)
+    assert merged[["job_id", "output"]].values.tolist() == [[r["job_id"], r["output"]] for r in (fr_again, other)]

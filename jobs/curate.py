@@ -238,9 +238,8 @@ def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], layout: Layout,
     packed = _packed_by_input(in_shards)
     clips_by_input = {r["input_key"]: _input_clips(r, layout, packed.get(r["input_key"], []), in_shards, fps)
                       for r in sorted(rows, key=lambda r: r["input_key"])}
-    undecided = sorted(((key, c) for key, clips in clips_by_input.items() for c in clips
-                        if c["reason"] is None and c["key"] not in in_shards),
-                       key=lambda item: (item[1]["start"] - item[1]["end"], item[1]["key"]))
+    undecided = [(key, c) for key, clips in clips_by_input.items() for c in clips
+                 if c["reason"] is None and c["key"] not in in_shards]
     if not undecided:
         return clips_by_input
     committed = [(key, c) for key in sorted(packed.keys() - clips_by_input.keys())
@@ -250,8 +249,11 @@ def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], layout: Layout,
     identity = _Identities(layout)
     for key, clip in committed:
         corpus.keep(*identity(key, clip))
-    for key, clip in undecided:
-        embedding, signature, thumbnails = identity(key, clip)
+    # read in key order, each input's scan once (about 64 KB of thumbnails per undecided 10-s clip
+    # held until decided), then decided longest first
+    undecided = sorted([(c["start"] - c["end"], c["key"], identity(key, c), c) for key, c in undecided],
+                       key=lambda item: item[:2])
+    for *_, (embedding, signature, thumbnails), clip in undecided:
         clip["reason"] = corpus.decide(embedding, signature, thumbnails, clip["measures"])
         if clip["reason"] is None:
             corpus.keep(embedding, signature, thumbnails)
@@ -300,7 +302,7 @@ def _sample_clip(shard: Path, key: str, fps: float) -> dict[str, Any]:
 
 class _Identities:
     """Clips' identity embeddings, content signatures and thumbnails: from their samples, or from
-    their input's scan, read once for all its clips (an input's clips are decided one after another).
+    their input's scan, read once for all its clips (asked for one input's clips after another).
     A finished input's scan may predate footage signatures or thumbnails: its clips then match no
     duplicate of that kind."""
 

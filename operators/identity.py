@@ -175,7 +175,8 @@ class CorpusLedger:
         if not self._centroids.count:
             return []
         sims = self._centroids.view() @ embedding
-        return [int(i) for i in np.argsort(-sims, kind="stable") if sims[i] >= self.same_person]
+        matching = np.flatnonzero(sims >= self.same_person)  # few of many: sorted alone
+        return matching[np.argsort(-sims[matching], kind="stable")].tolist()
 
     def decide(self, embedding: np.ndarray, signature: np.ndarray | None, thumbnails: np.ndarray | None = None,
                measures: dict[str, float] | None = None) -> str | None:

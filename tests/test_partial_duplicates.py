@@ -300,3 +300,27 @@ def test_a_re_upload_is_compared_with_every_cluster_of_its_person_not_only_the_n
     ledger.keep(at(70), content_signature(other), other)  # 0.34 to the first centroid: a second cluster
     copy = re_encoded(KEPT)
     assert ledger.decide(at(45), content_signature(copy), copy) == filters.DUPLICATE  # 0.91 to the second, 0.71 to the first
+
+
+def test_deciding_longest_first_reads_each_inputs_scan_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clips of many inputs decided longest first came one input, then another: the scan cache,
+    one input deep, read an input's scan again for nearly every clip (865 reads for 20 inputs)."""
+    from types import SimpleNamespace
+
+    from portraitflow.jobs import curate
+
+    lengths = {f"in{i}": [50 + 7 * ((i * 5 + j * 3) % 11) for j in range(4)] for i in range(5)}
+    monkeypatch.setattr(curate, "_input_clips", lambda row, *_: [
+        {"key": f"{row['input_key']}_{j}", "start": 0, "end": n, "reason": None, "measures": {}, "same_person": 0.5,
+         "index": j} for j, n in enumerate(lengths[row["input_key"]])])
+    reads = []
+
+    def load(path, names):
+        reads.append(path.name)
+        frames = footage(len(reads), 60)
+        return {j: {"embedding": l2_normalise(np.eye(8)[len(reads) % 8] + 0.1), "signature": content_signature(frames),
+                    "thumbnails": frames} for j in range(4)}
+
+    monkeypatch.setattr(curate, "load_scan_arrays", load)
+    curate._decide_corpus(load_config(None, []), [{"input_key": key} for key in lengths], SimpleNamespace(scans=Path("s")), {})
+    assert sorted(reads) == sorted(set(reads)) and len(reads) == len(lengths)

@@ -177,7 +177,8 @@ def _unpack_shards(spec: DatasetSpec, folder: Path, max_videos: int | None) -> l
                     entries.append(_failed(key, url, "no_video", f"sample {key} of {url} has no mp4"))
                 else:
                     target = folder / f"{key}.source.mp4"
-                    if not target.is_file() or target.read_bytes() != sample["mp4"]:
+                    if not target.is_file() or target.stat().st_size != len(sample["mp4"]) \
+                            or target.read_bytes() != sample["mp4"]:  # read only where the sizes agree
                         atomic_write(target, sample["mp4"])
                     entries.append((str(target), _origin(key, sample)))
                 if max_videos is not None and len(entries) >= max_videos:

@@ -190,8 +190,12 @@ def _is_input(path: str, globbed: bool) -> bool:
     """Whether a file a folder or a glob found is an input. A folder holds anything (notes,
     sidecars, photos), so it takes the files named like videos; a glob is what the user named, so
     it takes every file unless its suffix marks it as plainly not a video, and a video under an
-    unusual suffix gets a row (failed, with the reason, when it cannot be read) instead of none."""
+    unusual suffix gets a row (failed, with the reason, when it cannot be read) instead of none.
+    Hidden files (`.DS_Store`, `._clip.mp4` resource forks) are an OS's, never inputs."""
+    name = Path(path).name
     suffix = Path(path).suffix.lower()
+    if name.startswith("."):
+        return False
     return suffix not in NOT_VIDEO_SUFFIXES if globbed else suffix in VIDEO_SUFFIXES
 
 
@@ -203,7 +207,8 @@ def _inputs_among(spec: str, paths: list[str], globbed: bool) -> list[str]:
         if _is_input(path, globbed):
             kept.append(path)
         else:
-            skipped[Path(path).suffix.lower() or "no suffix"] += 1
+            name = Path(path).name
+            skipped["hidden" if name.startswith(".") else Path(name).suffix.lower() or "no suffix"] += 1
     if skipped:
         counts = ", ".join(f"{count} {suffix}" for suffix, count in sorted(skipped.items()))
         log.warning("%s: left out %d file(s) not taken for videos (%s)", escape_undecodable(spec), skipped.total(), counts)

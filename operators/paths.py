@@ -31,6 +31,7 @@ NOT_VIDEO_SUFFIXES = (IMAGE_SUFFIXES - VIDEO_SUFFIXES) | frozenset({
     ".wav", ".mp3", ".flac", ".aac", ".m4a", ".opus", ".wma",
     ".txt", ".lst", ".md", ".pdf", ".log", ".nfo", ".json", ".jsonl", ".csv", ".tsv", ".parquet", ".yaml", ".yml",
     ".xml", ".srt", ".vtt", ".ass", ".ssa", ".npy", ".npz", ".zip", ".tar", ".gz", ".tgz", ".7z", ".rar", ".md5",
+    ".xmp", ".thm", ".db", ".ini", ".cpi", ".mpl", ".bdm", ".clpi", ".mpls",  # cameras' and OSes' sidecars, AVCHD indexes
 })
 
 

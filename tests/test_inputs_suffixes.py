@@ -95,3 +95,15 @@ def test_a_glob_keeps_every_file_it_matches_but_plain_non_videos(tmp_path: Path,
     assert expand_inputs([str(folder / "*.r3d")]) == [str(folder.resolve() / "clip.r3d")] and not caplog.messages
     assert expand_inputs([str(folder / "*.txt")]) == [str(folder / "*.txt")]  # kept: it fails, matched no video
     assert caplog.messages == [f"{folder}/*.txt: left out 1 file(s) not taken for videos (1 .txt)"]
+
+
+def test_hidden_files_and_sidecars_are_left_out(tmp_path: Path, caplog) -> None:
+    """A card or a Mac folder holds `.DS_Store`, `._clip.mp4` forks and `.xmp`/`.thm` sidecars: a
+    glob took the sidecars as inputs and a folder the forks, each failed on every run."""
+    for name in ("a.mp4", ".DS_Store", "._a.mp4", "a.xmp", "a.THM"):
+        (tmp_path / name).write_bytes(b"x")
+    with caplog.at_level(logging.WARNING):
+        assert expand_inputs([str(tmp_path / "*")]) == [str(tmp_path.resolve() / "a.mp4")]  # `*` skips hidden names
+        assert expand_inputs([str(tmp_path)]) == [str(tmp_path.resolve() / "a.mp4")]
+    assert caplog.messages == [f"{tmp_path}/*: left out 2 file(s) not taken for videos (1 .thm, 1 .xmp)",
+                               f"{tmp_path}: left out 4 file(s) not taken for videos (1 .thm, 1 .xmp, 2 hidden)"]

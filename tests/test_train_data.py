@@ -376,3 +376,9 @@ def test_settings_the_loader_or_model_would_fail_on_are_refused_with_the_config(
 
     with pytest.raises(ValidationError, match=next(iter(setting))):
         TrainDataConfig(**setting)
+
+
+def test_a_config_from_before_the_ray_reader_change_still_loads() -> None:
+    """`ray_max_errored_blocks` was removed: refusing it would break every config that set it."""
+    with pytest.warns(UserWarning, match="ray_max_errored_blocks is gone"):
+        assert TrainDataConfig(ray_max_errored_blocks=3) == TrainDataConfig()

@@ -73,6 +73,18 @@ class TrainDataConfig(BaseModel):
         """Earlier configs gave a shard shuffle buffer's size: any size above 0 shuffled, as this does."""
         return value > 0 if isinstance(value, int) and not isinstance(value, bool) else value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_settings(cls, values: object) -> object:
+        """Settings earlier versions had, dropped with a warning so their configs still load."""
+        if isinstance(values, dict) and "ray_max_errored_blocks" in values:
+            import warnings
+
+            values = {k: v for k, v in values.items() if k != "ray_max_errored_blocks"}
+            warnings.warn("train_data.ray_max_errored_blocks is gone and ignored: the Ray path now skips and counts "
+                          "bad samples and broken shards as the PyTorch path does, and a bug fails the epoch", stacklevel=2)
+        return values
+
     @model_validator(mode="after")
     def _resampled_draws_are_random(self) -> "TrainDataConfig":
         if self.resampled and self.seed is not None:

@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import shlex
 import shutil
 import tarfile
@@ -18,6 +19,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -368,11 +370,15 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
     uris = expand_inputs(inputs)
     rows = sorted(({"uri": u, "input_key": input_key(u)} for u in uris), key=lambda r: r["input_key"])
     if dry_run:  # reads the shards, repairs nothing
+        by_key = {row["input_key"]: row for row in rows}
         in_shards = {k for path in shard_paths(layout.shards) for k in whole_shard_keys(path, layout.shard_keys)[0]}
         pending = {row["input_key"] for row in _pending(rows, ledger.load_markers(layout.done), in_shards)}
+        with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as probes:  # the decoders release the GIL
+            keys = sorted(pending)
+            reasons = dict(zip(keys, probes.map(_unreadable, [by_key[key]["uri"] for key in keys])))
         unreadable = 0
         for row in rows:
-            reason = _unreadable(row["uri"]) if row["input_key"] in pending else None
+            reason = reasons.get(row["input_key"])
             unreadable += reason is not None
             state = "done   " if row["input_key"] not in pending else "pending" if reason is None else "fails  "
             typer.echo(f"{state}  {row['input_key']}  {row['uri']}" + (f"  ({reason})" if reason else ""))

@@ -287,11 +287,12 @@ def _log_files(client: MlflowClient, run_id: str, paths: list[Path], artifact_pa
 
 def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepSpec, evaluate: EvaluateConfig,
                cfg: PortraitFlowConfig, out_dir: Path, parent_id: str, experiment_id: str,
-               children: ChildRuns | None = None) -> dict[str, Any]:
+               children: ChildRuns | None = None, inputs: pd.DataFrame | None = None) -> dict[str, Any]:
     """Generate and score one config in its own child run (or reuse a finished one, or log again the
     scores another sweep into this folder finished, or reuse the failed run of a config refused the
     same way before); a summary row. `children` tracks the sweep's
-    runs in flight: once it is stopped, this config stops at its next stage."""
+    runs in flight: once it is stopped, this config stops at its next stage. `inputs` is
+    `_job_inputs(jobs)`, read once for all the configs of a sweep (None: read here)."""
     client = mlflow_client(cfg.mlflow)
     children = children or ChildRuns(client)
     config_hash = sweep_spec.config_hash(params, spec.dataset, evaluate, cfg)
@@ -299,7 +300,8 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
     work_dir = out_dir / "configs" / config_hash
     refused = _refusal(params, cfg)
     row = {"config": label, "backend": params["backend"], **{k: v for k, v in params.items() if k != "backend"}}
-    inputs = _job_inputs(jobs)  # read before generation: a file changed while it runs is caught by the next rerun
+    if inputs is None:  # read before generation: a file changed while it runs is caught by the next rerun
+        inputs = _job_inputs(jobs)
     if refused is not None:
         earlier = _refused_child(client, experiment_id, parent_id, config_hash, _error_text(refused))
         if earlier is not None:
@@ -546,10 +548,11 @@ def _run_configs(configs: list[dict[str, Any]], jobs: list[dict], spec: sweep_sp
     stops the wait (Ctrl-C) cancels the queued configs and ends the children in flight KILLED
     before it propagates; their threads stop at their next stage rather than run on unrecorded."""
     children = ChildRuns(mlflow_client(cfg.mlflow))
+    inputs = _job_inputs(jobs)  # what every config's jobs hold, read once
     pool = ThreadPoolExecutor(max_workers=evaluate.max_parallel, thread_name_prefix="sweep-config")
     try:
         futures = [pool.submit(run_config, params, jobs, spec, evaluate, cfg, out_dir, parent_id, experiment_id,
-                               children) for params in configs]
+                               children, inputs) for params in configs]
         summary = pd.DataFrame([f.result() for f in futures])
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)

@@ -191,10 +191,10 @@ def _is_input(path: str, globbed: bool) -> bool:
     sidecars, photos), so it takes the files named like videos; a glob is what the user named, so
     it takes every file unless its suffix marks it as plainly not a video, and a video under an
     unusual suffix gets a row (failed, with the reason, when it cannot be read) instead of none.
-    Hidden files (`.DS_Store`, `._clip.mp4` resource forks) are an OS's, never inputs."""
-    name = Path(path).name
+    The AppleDouble forks macOS writes beside each file on other disks (`._clip.mp4`) are never
+    inputs, whatever their suffix."""
     suffix = Path(path).suffix.lower()
-    if name.startswith("."):
+    if Path(path).name.startswith("._"):
         return False
     return suffix not in NOT_VIDEO_SUFFIXES if globbed else suffix in VIDEO_SUFFIXES
 

@@ -89,7 +89,7 @@ def test_evaluate_jobs_without_job_id_matches_the_ids_animate_derived(small_swee
 
     dataset = small_sweep["root"] / "sweep" / "dataset"
     clip, ref = next(dataset.glob("*.mp4")), next(dataset.glob("*.ref.png"))
-    output = next((small_sweep["root"] / "sweep" / "configs").rglob(f"outputs/{clip.stem}.mp4"))
+    output = next((small_sweep["root"] / "sweep" / "configs").rglob(f"outputs/{clip.stem}-*.mp4"))  # id-digest, as animators name
     jobs = tmp_path / "jobs.csv"
     jobs.write_text(f"ref,driving\n{os.path.relpath(ref, tmp_path)},{os.path.relpath(clip, tmp_path)}\n")
     results = tmp_path / "results.parquet"
@@ -118,7 +118,7 @@ def test_evaluate_takes_relative_paths_from_the_results_folder_and_fails_when_no
 
     dataset = small_sweep["root"] / "sweep" / "dataset"
     clip, ref = next(dataset.glob("*.mp4")), next(dataset.glob("*.ref.png"))
-    output = next((small_sweep["root"] / "sweep" / "configs").rglob(f"outputs/{clip.stem}.mp4"))
+    output = next((small_sweep["root"] / "sweep" / "configs").rglob(f"outputs/{clip.stem}-*.mp4"))  # id-digest, as animators name
     table = tmp_path / "table"
     table.mkdir()
     for source, name in ((clip, "drv.mp4"), (ref, "ref.png"), (output, "out.mp4")):

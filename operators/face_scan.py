@@ -29,10 +29,10 @@ from portraitflow.models.face.pose import yaw_from_keypoints
 from portraitflow.operators import filters
 from portraitflow.operators.decode import VideoInfo, iter_frame_chunks
 from portraitflow.operators.atomic import atomic_write
-from portraitflow.operators.identity import identity_link, load_gallery, matches_gallery, switch_index
+from portraitflow.operators.identity import (gallery_photos, identity_link, load_gallery, matches_gallery,
+                                             switch_index)
 from portraitflow.operators.inputs import clip_key
 from portraitflow.operators.motion import motion_table
-from portraitflow.operators.paths import IMAGE_SUFFIXES
 from portraitflow.operators.probe import FAILED, error_text, probe_input
 from portraitflow.operators.shots import ShotDetector
 from portraitflow.operators.timing import StageTimer
@@ -377,14 +377,13 @@ def gallery_digests(cfg: CurateConfig) -> dict[str, str | None]:
 
 def gallery_digest(folder: str) -> str:
     """`sha256:` of the sorted hashes of the bytes of the photos `load_gallery` embeds (every
-    `IMAGE_SUFFIXES` file below `folder`): names and places do not count, content does. A gallery
-    is a few photos, which loading it reads whole anyway. A photo that cannot be read counts as
-    absent, as the gallery skips it."""
+    `gallery_photos`): names and places do not count, content does. A gallery is a few photos,
+    which loading it reads whole anyway. A photo that cannot be read counts as absent, as the
+    gallery skips it."""
     hashes = []
-    for photo in Path(folder).rglob("*"):
-        if photo.suffix.lower() in IMAGE_SUFFIXES:
-            with contextlib.suppress(OSError):  # a folder named like a photo, a broken link, no permission
-                hashes.append(hashlib.sha256(photo.read_bytes()).hexdigest())
+    for photo in gallery_photos(folder):
+        with contextlib.suppress(OSError):  # a folder named like a photo, a broken link, no permission
+            hashes.append(hashlib.sha256(photo.read_bytes()).hexdigest())
     return GALLERY_DIGEST_PREFIX + hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()[:16]
 
 

@@ -69,15 +69,19 @@ def _weakest_link(sims: np.ndarray) -> float:
     return weakest
 
 
+def gallery_photos(folder: str) -> list[Path]:
+    """The photos of a gallery folder: every `IMAGE_SUFFIXES` file below it, sorted."""
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def load_gallery(analyzer: FaceAnalyzer, folder: str | None, warn_skipped: bool = False) -> np.ndarray:
     """(N, D) embeddings of the largest face of each photo in `folder`. Photos that cannot be read
     or show no face are skipped, named in a warning with `warn_skipped` (the driver's check: a deny
     list silently missing a person would let them through)."""
     if not folder:
         return np.zeros((0, analyzer.embedding_dim), np.float32)
-    photos = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     embeddings, skipped = [], []
-    for photo in photos:
+    for photo in gallery_photos(folder):
         image = load_image(photo)
         faces = analyzer.detect([image.rgb])[0] if image.ok else []
         if faces:

@@ -68,6 +68,13 @@ def test_help_names_choices_and_defaults() -> None:
     assert refused.exit_code == 2 and "bogus" in refused.output
 
 
+def test_help_shows_no_value_for_a_flag() -> None:
+    """typer 0.29 renders `--dry-run <bool>`, which reads as if it took a value: `--dry-run true`
+    would then curate an input named `true`. pyproject keeps typer below it."""
+    curate = CliRunner().invoke(app, ["curate", "--help"], env=WIDE).output
+    assert re.search(r"--dry-run\s+List the inputs", curate), curate
+
+
 def test_a_bad_config_file_or_override_is_a_usage_error(tmp_path: Path) -> None:
     """Malformed YAML, a folder given as --config, an unparsable --set: exit 2 naming it, no traceback."""
     bad = tmp_path / "bad.yaml"

@@ -74,6 +74,9 @@ def sweep(
     out: OutOption,
     max_parallel: Annotated[Optional[int], typer.Option(
         "--max-parallel", help="Configs run at the same time.", min=1)] = None,
+    retry_failed: Annotated[bool, typer.Option(
+        "--retry-failed", help="Run again each config with a failed video, generating only what is missing "
+        "(a failure on unchanged inputs is otherwise kept: it would fail again).")] = False,
     config: ConfigOption = None,
     overrides: SetOption = None,
     ray_address: RayAddressOption = None,
@@ -101,7 +104,7 @@ def sweep(
     except (ValueError, yaml.YAMLError) as exc:  # pydantic's ValidationError is a ValueError
         raise typer.BadParameter(f"{sweep_file}: {_error_line(exc, sweep_file)}", param_hint="SWEEP_FILE") from exc
     try:
-        run_id = run_sweep(spec, cfg, out)
+        run_id = run_sweep(spec, cfg, out, retry_failed)
     except NotEnoughResources as exc:
         raise typer.BadParameter(str(exc)) from exc
     except FolderBusy as exc:

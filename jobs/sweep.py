@@ -121,15 +121,15 @@ def _job_inputs(jobs: list[dict]) -> pd.DataFrame:
 
 
 def _scoring_run(client: MlflowClient, experiment_id: str, parent_id: str, config_hash: str, work_dir: Path,
-                 inputs: pd.DataFrame) -> Run | None:
+                 inputs: pd.DataFrame, retry_failed: bool = False) -> Run | None:
     """The FINISHED run that made the scores `work_dir` holds, while they still stand: they cover
     exactly the jobs of `inputs` (`_job_inputs`) on the same contents (the dataset gained or lost
     clips, a job's reference or driver holds something else, a missing file was put in place: a
     job that failed on it is tried again) and every output they scored is there. Otherwise None,
     and the config runs again: generation makes only what is missing. A job that failed on inputs
     that are unchanged would fail again: it is not retried, so one faceless reference does not
-    rescore every config on every rerun (removing `per_video.parquet` from the config's folder
-    forces a run). Scores that do not record their inputs' fingerprints (made before they did) cannot be
+    rescore every config on every rerun; `retry_failed` runs a config with any failed job again
+    (a worker out of memory). Scores that do not record their inputs' fingerprints (made before they did) cannot be
     checked, so they do not stand. A folder scored before SCORED_BY was written is taken at this
     parent's latest FINISHED child of the config."""
     from mlflow.exceptions import MlflowException
@@ -163,6 +163,10 @@ def _scoring_run(client: MlflowClient, experiment_id: str, parent_id: str, confi
         log.warning("%s: scored %d job(s), the dataset now has %d usable (%d new, %d gone, %d with other inputs); "
                     "running it again", run.info.run_name, len(scored_ids), len(job_ids), len(job_ids - scored_ids),
                     len(scored_ids - job_ids), len({job[0] for job in had - has} & job_ids))
+        return None
+    failed = int((table["status"] != "ok").sum())
+    if retry_failed and failed:
+        log.warning("%s: %d job(s) failed; running it again (--retry-failed)", run.info.run_name, failed)
         return None
     missing = [out for out in table.loc[table["status"] == "ok", "output"] if not Path(out).is_file()]
     if missing:
@@ -287,12 +291,14 @@ def _log_files(client: MlflowClient, run_id: str, paths: list[Path], artifact_pa
 
 def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepSpec, evaluate: EvaluateConfig,
                cfg: PortraitFlowConfig, out_dir: Path, parent_id: str, experiment_id: str,
-               children: ChildRuns | None = None, inputs: pd.DataFrame | None = None) -> dict[str, Any]:
+               children: ChildRuns | None = None, inputs: pd.DataFrame | None = None,
+               retry_failed: bool = False) -> dict[str, Any]:
     """Generate and score one config in its own child run (or reuse a finished one, or log again the
     scores another sweep into this folder finished, or reuse the failed run of a config refused the
     same way before); a summary row. `children` tracks the sweep's
     runs in flight: once it is stopped, this config stops at its next stage. `inputs` is
-    `_job_inputs(jobs)`, read once for all the configs of a sweep (None: read here)."""
+    `_job_inputs(jobs)`, read once for all the configs of a sweep (None: read here). `retry_failed`
+    runs again a config whose scores hold a failed job, where unchanged inputs would reuse them."""
     client = mlflow_client(cfg.mlflow)
     children = children or ChildRuns(client)
     config_hash = sweep_spec.config_hash(params, spec.dataset, evaluate, cfg)
@@ -309,7 +315,7 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
                     "error": _error_text(refused)[:300]}
         done = scored_before = None
     else:
-        scored = _scoring_run(client, experiment_id, parent_id, config_hash, work_dir, inputs)
+        scored = _scoring_run(client, experiment_id, parent_id, config_hash, work_dir, inputs, retry_failed)
         if scored is None or scored.data.tags.get(PARENT_TAG) == parent_id:
             done, scored_before = scored, None
         else:  # another sweep into this folder scored it (a grid since extended): its scores stand
@@ -426,19 +432,21 @@ def check_rank_by(rank_by: str, setting: str) -> None:
         raise ValueError(f"{setting} {rank_by!r} is not a metric; the metrics are {', '.join(metrics.metric_list())}")
 
 
-def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str | Path) -> str:
+def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str | Path,
+              retry_failed: bool = False) -> str:
     """Run (or resume) a sweep; returns the parent run id. The report lands in `out_dir/report`.
+    `retry_failed`: configs with a failed job run again (`run_config`).
     ValueError (`check_sweep`) before any run or Ray starts when the sweep itself is wrong;
     FolderBusy while another sweep writes `out_dir`."""
     out_dir = Path(out_dir).resolve()  # output paths recorded absolute: a resume from elsewhere finds them
     evaluate, configs = check_sweep(spec, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     with exclusive_folder(out_dir):
-        return _sweep_holding(spec, cfg, out_dir, evaluate, configs)
+        return _sweep_holding(spec, cfg, out_dir, evaluate, configs, retry_failed)
 
 
 def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: Path, evaluate: EvaluateConfig,
-                   configs: list[dict[str, Any]]) -> str:
+                   configs: list[dict[str, Any]], retry_failed: bool) -> str:
     init_ray(cfg.ray, cfg.mlflow)
     _check_cpus(configs, evaluate.max_parallel, cfg)
     client = mlflow_client(cfg.mlflow)
@@ -459,8 +467,8 @@ def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir:
         client.log_text(parent_id, spec.model_dump_json(indent=2), "sweep.json")
         client.log_text(parent_id, "\n".join(metrics_learned.skip_notes(evaluate).values()), "notes.txt")
         client.log_artifact(parent_id, str(out_dir / "dataset.parquet"))
-        summary = _ranked(_run_configs(configs, usable, spec, evaluate, cfg, out_dir, parent_id, experiment_id),
-                          evaluate.rank_by)
+        summary = _ranked(_run_configs(configs, usable, spec, evaluate, cfg, out_dir, parent_id, experiment_id,
+                                       retry_failed), evaluate.rank_by)
         atomic_write(out_dir / "summary.csv", summary.to_csv(index=False))
         client.log_artifact(parent_id, str(out_dir / "summary.csv"))
         failed = int(summary["error"].notna().sum()) if "error" in summary else 0  # only failed configs have one
@@ -543,7 +551,8 @@ def _check_cpus(configs: list[dict[str, Any]], max_parallel: int, cfg: PortraitF
 
 
 def _run_configs(configs: list[dict[str, Any]], jobs: list[dict], spec: sweep_spec.SweepSpec, evaluate: EvaluateConfig,
-                 cfg: PortraitFlowConfig, out_dir: Path, parent_id: str, experiment_id: str) -> pd.DataFrame:
+                 cfg: PortraitFlowConfig, out_dir: Path, parent_id: str, experiment_id: str,
+                 retry_failed: bool) -> pd.DataFrame:
     """`run_config` of every config, `max_parallel` at a time: one summary row each. Anything that
     stops the wait (Ctrl-C) cancels the queued configs and ends the children in flight KILLED
     before it propagates; their threads stop at their next stage rather than run on unrecorded."""
@@ -552,7 +561,7 @@ def _run_configs(configs: list[dict[str, Any]], jobs: list[dict], spec: sweep_sp
     pool = ThreadPoolExecutor(max_workers=evaluate.max_parallel, thread_name_prefix="sweep-config")
     try:
         futures = [pool.submit(run_config, params, jobs, spec, evaluate, cfg, out_dir, parent_id, experiment_id,
-                               children, inputs) for params in configs]
+                               children, inputs, retry_failed) for params in configs]
         summary = pd.DataFrame([f.result() for f in futures])
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)

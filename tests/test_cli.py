@@ -246,3 +246,21 @@ def test_a_mistyped_input_is_said_to_be_missing(tmp_path: Path) -> None:
                                       "--dry-run"], env=WIDE)
     assert result.exit_code == 0, result.output
     assert re.search(rf"fails +nope_input-\w+ +\S+nope_input +\(FileNotFoundError: {NO_SUCH_FILE}\)", result.output)
+
+
+def test_sweep_passes_retry_failed_to_the_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def run_sweep(spec, cfg, out, retry_failed=False):
+        calls.append(retry_failed)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.csv").write_text("config,run_id\nwarp,r\n")
+        return "r"
+
+    monkeypatch.setattr("portraitflow.jobs.sweep.run_sweep", run_sweep)
+    (tmp_path / "sweep.yaml").write_text(f"dataset: {{type: folder, path: {tmp_path}}}\nconfigs: [{{backend: warp}}]\n")
+    for flags in ([], ["--retry-failed"]):
+        result = CliRunner().invoke(app, ["sweep", str(tmp_path / "sweep.yaml"), "--out", str(tmp_path / "out"),
+                                          "--mlflow-uri", f"sqlite:///{tmp_path / 'm.db'}", *flags], env=WIDE)
+        assert result.exit_code == 0, result.output
+    assert calls == [False, True]

@@ -143,3 +143,36 @@ def test_a_failed_job_is_tried_again_once_its_input_is_in_place_and_only_then(dr
     assert rerun() == (False, 0) and rerun() == (True, 0)
     Image.new("RGB", (64, 64), (200, 40, 40)).save(data / "late.png")
     assert rerun() == (False, 1) and rerun() == (True, 1)
+
+
+def test_retry_failed_runs_a_config_again_whose_job_failed_on_unchanged_inputs(driver, monkeypatch) -> None:  # noqa: F811
+    """A worker out of memory fails a job once; a plain rerun keeps that failure (the inputs are
+    unchanged), `retry_failed` generates it again, and a config with no failure is still reused."""
+    sweep, cfg, data = driver
+    _fake_generation(sweep, monkeypatch)
+    generate, calls = sweep.generate_outputs, []
+
+    def out_of_memory_once(params, jobs, folder, cfg):
+        calls.append([job["job_id"] for job in jobs])
+        if len(calls) > 1:
+            return generate(params, jobs, folder, cfg)
+        folder.mkdir(parents=True)
+        return pd.DataFrame([{"job_id": job["job_id"], "status": "failed", "reason": "worker out of memory",
+                              "output": None} for job in jobs])
+
+    monkeypatch.setattr(sweep, "generate_outputs", out_of_memory_once)
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(data / "ref.png")
+    jobs, out = data / "jobs.csv", data.parent / "out"
+    jobs.write_text("job_id,ref,driving\na,ref.png,talk.mp4\n")
+    spec = SweepSpec.model_validate({"name": "s", "dataset": {"type": "jobs", "path": str(jobs)},
+                                     "configs": [{"backend": "still"}], "evaluate": {"max_seconds": 0.5}})
+
+    def rerun(retry_failed: bool) -> tuple[bool, int]:
+        sweep.run_sweep(spec, cfg, out, retry_failed=retry_failed)
+        summary = pd.read_csv(out / "summary.csv")
+        assert "error" not in summary, summary.to_dict("records")
+        return bool(summary["reused"].item()), int(summary["jobs_ok"].item())
+
+    assert rerun(False) == (False, 0) and rerun(False) == (True, 0) and len(calls) == 1
+    assert rerun(True) == (False, 1) and len(calls) == 2
+    assert rerun(True) == (True, 1) and len(calls) == 2

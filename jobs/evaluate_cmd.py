@@ -214,10 +214,12 @@ def _error_line(exc: Exception, path: Path) -> str:
     import yaml
     from pydantic import ValidationError
 
+    from portraitflow.jobs.config import validation_problems
+
     if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
         mark = exc.problem_mark
         return f"not valid YAML: {exc.problem} (line {mark.line + 1}, column {mark.column + 1})"
     if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg']}" for e in exc.errors())
+        return validation_problems(exc)
     text = " ".join(str(exc).split())
     return text.removeprefix(f"{path}: ")

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from portraitflow.jobs.config import PortraitFlowConfig
+from portraitflow.jobs.config import PortraitFlowConfig, validation_problems
 from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.jobs.runtime import (
     FOLDER_TAG, end_abandoned_runs, ensure_experiment, folder_tag, init_ray, log_values, mlflow_client,
@@ -419,8 +419,7 @@ def check_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig) -> tuple[Ev
     try:
         evaluate = sweep_spec.effective_evaluate(cfg.evaluate, spec)
     except ValidationError as exc:
-        raise ValueError("; ".join(f"{'.'.join(['evaluate', *map(str, e['loc'])])}: {e['msg']} (got {e['input']!r})"
-                                   for e in exc.errors())) from exc
+        raise ValueError(validation_problems(exc, "evaluate")) from exc
     check_rank_by(evaluate.rank_by, "evaluate.rank_by")
     return evaluate, sweep_spec.expand_configs(spec)
 

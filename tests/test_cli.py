@@ -48,7 +48,10 @@ def test_flag_values_are_kept_whole(weights: str, generation_calls: list, tmp_pa
 def test_missing_weights_fail_before_ray(generation_calls: list, tmp_path: Path) -> None:
     result = _animate(tmp_path, "--weights", str(tmp_path / "nowhere"))
     assert result.exit_code == 2
-    assert f"{tmp_path / 'nowhere' / 'hyportrait' / 'unet'}.pth" in result.output
+    assert f"weights folder {tmp_path / 'nowhere'} does not exist" in " ".join(result.output.replace("│", " ").split())
+    (tmp_path / "empty").mkdir()
+    incomplete = _animate(tmp_path, "--weights", str(tmp_path / "empty"))
+    assert incomplete.exit_code == 2 and f"{tmp_path / 'empty' / 'hyportrait' / 'unet'}.pth" in incomplete.output
     assert "Traceback" not in result.output
     no_weights = _animate(tmp_path, "--backend", "hunyuan")
     assert no_weights.exit_code == 2 and "needs --weights" in no_weights.output
@@ -264,3 +267,14 @@ def test_sweep_passes_retry_failed_to_the_sweep(tmp_path: Path, monkeypatch: pyt
                                           "--mlflow-uri", f"sqlite:///{tmp_path / 'm.db'}", *flags], env=WIDE)
         assert result.exit_code == 0, result.output
     assert calls == [False, True]
+
+
+def test_a_setting_out_of_range_is_one_line_per_problem() -> None:
+    """Pydantic's own text takes three lines per field and ends with a link to its documentation."""
+    result = CliRunner().invoke(app, ["config", "show", "--set", "curate.fps=-1", "--set", "face.det_size=3",
+                                      "--set", "curate.bogus=1"], env=WIDE)
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.replace("│", " ").split())
+    assert ("face.det_size: Input should be greater than or equal to 32 (got 3); curate.fps: Input should be "
+            "greater than 0 (got -1); curate.bogus: no such setting (got 1)") in message, message
+    assert "errors.pydantic.dev" not in message

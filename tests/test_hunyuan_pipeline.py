@@ -266,6 +266,8 @@ def test_missing_weights_error_lists_every_missing_path(tiny_weights, tmp_path: 
     assert str(partial / "hyportrait" / "dino.pth") not in message
     assert str(partial / "unet" / "config.json") not in message
     assert message.count("\n  - ") == len(removed)
+    with pytest.raises(WeightsMissing, match=f"weights folder {tmp_path / 'typo'} does not exist. Download"):
+        load_models(tmp_path / "typo", size="tiny")
 
 
 def test_convert_weights_round_trip(tiny_weights, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.config.curate import CurateConfig
@@ -92,7 +92,22 @@ def load_config(
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"{path}: top level must be a mapping of sections")
         data = loaded or {}
-    return PortraitFlowConfig.model_validate(apply_overrides(data, overrides or [], values))
+    try:
+        return PortraitFlowConfig.model_validate(apply_overrides(data, overrides or [], values))
+    except ValidationError as exc:
+        raise ValueError(validation_problems(exc)) from exc
+
+
+def validation_problems(exc: ValidationError, within: str = "") -> str:
+    """Pydantic's report on one line, `field: what is wrong (got value)` per problem, fields named
+    from `within` (a section): its own text spreads each over three lines and links its docs."""
+    lines = []
+    for error in exc.errors():
+        field = ".".join([within, *map(str, error["loc"])] if within else map(str, error["loc"]))
+        message = "no such setting" if error["type"] == "extra_forbidden" else error["msg"].removeprefix("Value error, ")
+        got = "" if error["type"] in ("value_error", "missing") else f" (got {error['input']!r})"
+        lines.append(f"{field + ': ' if field else ''}{message}{got}")
+    return "; ".join(lines)
 
 
 def _is_text_field(path: list[str]) -> bool:

@@ -176,16 +176,18 @@ def missing_files(weights_dir: Path) -> list[str]:
 
 
 def check_weights_dir(weights_dir: str | Path) -> Path:
+    """`weights_dir`, or WeightsMissing naming each missing file (a mistyped folder: the folder
+    alone) and where to download it."""
     weights_dir = Path(weights_dir).expanduser()
+    download = ("Download the release's hyportrait/*.pth and arcface.onnx (Tencent-Hunyuan/HunyuanPortrait) and the "
+                "vae/, unet/config.json and scheduler/ folders of stabilityai/stable-video-diffusion-img2vid-xt into "
+                "that folder, keeping this layout.")
+    if not weights_dir.is_dir():
+        raise WeightsMissing(f"HunyuanPortrait weights folder {weights_dir} does not exist. {download}")
     missing = missing_files(weights_dir)
     if missing:
         listing = "\n".join(f"  - {path}" for path in missing)
-        raise WeightsMissing(
-            f"HunyuanPortrait weights are incomplete in {weights_dir}; missing:\n{listing}\n"
-            "Download the release's hyportrait/*.pth and arcface.onnx (Tencent-Hunyuan/HunyuanPortrait) and the "
-            "vae/, unet/config.json and scheduler/ folders of stabilityai/stable-video-diffusion-img2vid-xt into "
-            "that folder, keeping this layout."
-        )
+        raise WeightsMissing(f"HunyuanPortrait weights are incomplete in {weights_dir}; missing:\n{listing}\n{download}")
     return weights_dir
 
 

@@ -339,7 +339,8 @@ def _render_kept(cfg: PortraitFlowConfig, layout: Layout, scanned: list[dict], c
             row = by_key[key]
             todo.append({"input_key": key, "uri": row["uri"], "width": row["width"], "height": row["height"],
                          "keys": json.dumps(keys)})
-    results = {r["input_key"]: r for r in render_decided(todo, cfg, layout.scans, layout.staging)}
+    rendered = render_decided(todo, cfg, layout.scans, layout.staging, layout.attempts)
+    results = {r["input_key"]: r for r in rendered}
     for job in todo:
         lost = {"render_errors": json.dumps(dict.fromkeys(json.loads(job["keys"]), RENDER_LOST)), "timings": "{}",
                 "rendered": 0}

@@ -23,7 +23,7 @@ from portraitflow.jobs.config.curate import CurateConfig
 from portraitflow.operators.face_scan import FaceScanStage, batch_rows, rows_batch, scan_clips, scan_path
 from portraitflow.operators.inputs import clip_input_key, is_uri, local_copy
 from portraitflow.operators.probe import FAILED, error_text, unfetched_input
-from portraitflow.operators.quarantine import quarantined_row, start_attempt
+from portraitflow.operators.quarantine import crashed_reason, quarantined_row, start_attempt
 from portraitflow.operators.render import render_clip
 from portraitflow.operators.shards import staged_path
 
@@ -104,17 +104,22 @@ def renders_after_decisions(cfg: CurateConfig) -> bool:
     return cfg.max_clips_per_identity > 0
 
 
-def render_decided_clips(row: dict[str, Any], config: dict[str, Any], scan_dir: str, staging_dir: str) -> dict[str, Any]:
+def render_decided_clips(row: dict[str, Any], config: dict[str, Any], scan_dir: str, staging_dir: str,
+                         attempts_dir: str, max_attempts: int) -> dict[str, Any]:
     """Ray Data task: render the clips of one input the corpus decisions kept (`row["keys"]`, JSON).
 
     Returns `input_key`, `render_errors` (clip key -> error; every clip's, when the input can no
-    longer be fetched), `timings` and `rendered`.
+    longer be fetched or crashed its worker on each of `max_attempts` starts: Ray Data would
+    retry it forever), `timings` and `rendered`.
     """
     cfg = PortraitFlowConfig.model_validate(config).curate
     keys = set(json.loads(row["keys"]))
     timings: Counter = Counter()
     errors: dict[str, str] = {}
     rendered = 0
+    if start_attempt(Path(attempts_dir), f"render-{row['input_key']}") > max_attempts:
+        errors = dict.fromkeys(keys, crashed_reason("render", max_attempts))
+        return {"input_key": row["input_key"], "render_errors": json.dumps(errors), "timings": "{}", "rendered": 0}
     try:
         with local_copy(row["uri"]) as path:
             rendered = _render_clips(row, path, keys.__contains__, cfg, Path(scan_dir), Path(staging_dir), timings,

@@ -73,7 +73,7 @@ def curate_inputs(rows: list[dict[str, Any]], cfg: PortraitFlowConfig, scan_dir:
 
 
 def render_decided(rows: list[dict[str, Any]], cfg: PortraitFlowConfig, scan_dir: Path,
-                   staging_dir: Path) -> list[dict]:
+                   staging_dir: Path, attempts_dir: Path) -> list[dict]:
     """The second pass when rendering waits for the corpus decisions: one task per input with
     kept clips (`keys`), on `actor_cpus` CPUs like the scan; returns the rows that came back."""
     import ray.data
@@ -86,5 +86,6 @@ def render_decided(rows: list[dict[str, Any]], cfg: PortraitFlowConfig, scan_dir
                                          override_num_blocks=len(rows)), cfg)
     ds = ds.map(render_decided_clips, num_cpus=cfg.curate.actor_cpus,
                 fn_kwargs={"config": cfg.model_dump(mode="json"), "scan_dir": str(scan_dir),
-                           "staging_dir": str(staging_dir)})
+                           "staging_dir": str(staging_dir), "attempts_dir": str(attempts_dir),
+                           "max_attempts": MAX_ATTEMPTS})
     return ds.take_all()

@@ -25,6 +25,7 @@ from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.curate import CurateConfig
 from portraitflow.models.face.align import square_crop_box
 from portraitflow.models.face.base import Face, FaceAnalyzer, l2_normalise
+from portraitflow.models.face.model_files import file_sha256
 from portraitflow.models.face.pose import yaw_from_keypoints
 from portraitflow.operators import filters
 from portraitflow.operators.decode import VideoInfo, iter_frame_chunks
@@ -383,7 +384,7 @@ def gallery_digest(folder: str) -> str:
     hashes = []
     for photo in gallery_photos(folder):
         with contextlib.suppress(OSError):  # a folder named like a photo, a broken link, no permission
-            hashes.append(hashlib.sha256(photo.read_bytes()).hexdigest())
+            hashes.append(file_sha256(photo))
     return GALLERY_DIGEST_PREFIX + hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()[:16]
 
 

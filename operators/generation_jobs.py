@@ -35,7 +35,7 @@ from pydantic import ValidationError
 
 from portraitflow.jobs.config.animate import OPERATIONAL_FIELDS, PER_JOB_FIELDS, AnimateConfig
 from portraitflow.models.animators.registry import backend_settings
-from portraitflow.operators.paths import IMAGE_SUFFIXES, VIDEO_SUFFIXES, hashed_name, safe_name
+from portraitflow.operators.paths import IMAGE_SUFFIXES, VIDEO_SUFFIXES, hashed_name
 
 log = logging.getLogger(__name__)
 
@@ -304,4 +304,4 @@ def output_name(job: Job, backend: str, params: dict[str, Any], settings: dict[s
     inputs = inputs or {name: input_fingerprint(getattr(job, name)) for name in ("ref", "driving")}
     identity = json.dumps({"ref": inputs["ref"], "driving": inputs["driving"], "backend": backend, "params": params,
                            "settings": settings}, sort_keys=True, default=str)
-    return f"{safe_name(job.job_id, 80, fallback='job')}-{hashlib.sha1(identity.encode()).hexdigest()[:10]}.mp4"
+    return f"{hashed_name(job.job_id, identity, 80, fallback='job')}.mp4"

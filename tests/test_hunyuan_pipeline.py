@@ -418,3 +418,15 @@ def test_the_generation_flow_refuses_incomplete_weights_before_ray_starts(tmp_pa
     cfg = load_config(None, [f"animate.weights={tmp_path}", "ray.address=ray://nowhere.invalid:1"])
     with pytest.raises(WeightsMissing, match="unet.pth"):  # a Ray start would fail differently
         run_generation([], tmp_path / "out", cfg)
+
+
+def test_the_black_pose_feature_is_the_pose_guider_on_black_frames() -> None:
+    """The animator feeds the release's all-black pose input as one constant frame, computed once:
+    it must equal the pose guider run on a window of black frames, which the goldens check."""
+    pipe = random_models("tiny", seed=3).pipeline
+    indices = torch.arange(4)
+    black = torch.zeros(6, 3, 64, 64)
+    per_window = pipe.pose_image_features(black)(indices)
+    constant = pipe.black_pose_features(64, 64)(indices)
+    assert per_window.shape[0] == 1 and per_window.shape[1] == len(indices) and constant.shape[1] == 1
+    torch.testing.assert_close(constant.expand_as(per_window), per_window)

@@ -12,8 +12,8 @@ class EvaluateConfig(BaseModel):
     protocol: Literal["self", "cross"] = Field(
         "self",
         description="`self`: reference = first frame of a clip, driver = the same clip, outputs compared "
-        "to it as ground truth (PSNR, SSIM, L1, AKD). `cross`: reference and driver of different people; "
-        "only driver-relative metrics (APD, AED) and identity to the reference.",
+        "to it as ground truth (PSNR, SSIM, L1, LPIPS, AKD). `cross`: reference and driver of different people; "
+        "every metric but those ground-truth ones (pose, expression, identity, jitter, flicker, detection, FID, FVD).",
     )
     experiment: str = Field("portraitflow-evaluate", description="MLflow experiment of evaluations and sweeps.")
     rank_by: str = Field("apd", description="Metric that sorts the summary table and the report.")

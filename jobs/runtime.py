@@ -232,7 +232,7 @@ def mlflow_client(cfg: MLflowConfig) -> MlflowClient:
     return mlflow.MlflowClient(uri)
 
 
-def ensure_experiment(client, name: str) -> str:
+def ensure_experiment(client: MlflowClient, name: str) -> str:
     """The experiment's id, creating it on first use.
 
     With an sqlite store, artifacts go to `mlartifacts/` beside the database file rather than to

@@ -12,6 +12,11 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
 
 
 def _file_mode() -> int:
@@ -83,7 +88,7 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
         Path(tmp).write_bytes(data.encode() if isinstance(data, str) else data)
 
 
-def write_parquet(path: str | Path, table) -> None:
+def write_parquet(path: str | Path, table: pa.Table | pd.DataFrame) -> None:
     """A pandas DataFrame (without its index) or a pyarrow Table as a parquet file, atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -4,10 +4,14 @@ from __future__ import annotations
 import io
 import tarfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from portraitflow.operators.shards import shard_paths
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def contact_sheet(shard_dir: Path, out: Path, max_images: int = 64, thumb: int = 128) -> int:
@@ -32,7 +36,7 @@ def contact_sheet(shard_dir: Path, out: Path, max_images: int = 64, thumb: int =
     return len(images)
 
 
-def histograms(clips, out: Path) -> None:
+def histograms(clips: pd.DataFrame, out: Path) -> None:
     """Pose (yaw, pitch), face size and clip length of the candidate clips, accepted vs rejected."""
     import matplotlib
 

@@ -8,16 +8,20 @@ from __future__ import annotations
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from portraitflow.operators.atomic import atomic_target
+
+if TYPE_CHECKING:
+    import av
 
 
 #: Sample rates the AAC encoder accepts; another source rate is resampled to 48 kHz.
 AAC_SAMPLE_RATES = frozenset({96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350})
 
 
-def played_audio(container):
+def played_audio(container: av.container.InputContainer) -> av.audio.stream.AudioStream:
     """The audio stream a player plays: the one marked default (a dub's original and its
     translations are often all there), else the first."""
     import av

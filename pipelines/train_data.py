@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -169,7 +169,8 @@ def ray_train_dataset(cfg: TrainDataConfig, epoch: int = 0) -> tuple[ray.data.Da
     return dataset, tally
 
 
-def _shard_samples(shard: dict[str, np.ndarray], build, tally) -> Iterator[dict[str, np.ndarray]]:
+def _shard_samples(shard: dict[str, np.ndarray], build: Callable[[dict], dict[str, Any]],
+                   tally: ray.actor.ActorHandle) -> Iterator[dict[str, np.ndarray]]:
     """The training samples of one shard, a one-row batch each (a shard's decoded samples would not
     fit in memory at once); its skips reach the tally before the task ends."""
     skips = SkipCounter()

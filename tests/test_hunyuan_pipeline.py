@@ -286,7 +286,11 @@ def test_convert_weights_round_trip(tiny_weights, tmp_path: Path) -> None:
     again = CliRunner().invoke(app, ["convert-weights", str(root), "--out", str(out)])
     assert again.exit_code == 0 and "already complete" in again.output
     missing = CliRunner().invoke(app, ["convert-weights", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")])
-    assert missing.exit_code == 2 and "unet.pth" in missing.output and "Traceback" not in missing.output
+    said = " ".join(missing.output.replace("│", " ").split())
+    assert missing.exit_code == 2 and "does not exist" in said and "Traceback" not in said
+    (tmp_path / "empty").mkdir()
+    empty = CliRunner().invoke(app, ["convert-weights", str(tmp_path / "empty"), "--out", str(tmp_path / "x")])
+    assert empty.exit_code == 2 and "unet.pth" in empty.output and "Traceback" not in empty.output
 
 
 def _driving(rng: np.random.Generator, lengths: list[int], side: int) -> Iterator[DrivingWindow]:

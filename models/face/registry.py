@@ -1,7 +1,9 @@
 """Which face backends can run here, and where their model files were found."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from portraitflow.jobs.config.face import FaceConfig
 from portraitflow.models.face import model_files
@@ -14,7 +16,7 @@ class BackendReport:
     detail: str
 
 
-def _report(name: str, locate) -> BackendReport:
+def _report(name: str, locate: Callable[[], dict[str, Path]]) -> BackendReport:
     try:
         found = locate()
     except model_files.ModelFilesMissing as exc:

@@ -135,8 +135,7 @@ class IPAttnProcessor(nn.Module):
         self.temporal = temporal
         self._slot = slot  # a plain object, not a sub-module
 
-    def forward(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None,
-                 attention_mask=None, **_: object) -> torch.Tensor:
+    def forward(self, attn: Attention, hidden_states: torch.Tensor, **_: object) -> torch.Tensor:
         contexts = self._slot.current()
         if self.temporal:
             image, motion = contexts.temporal_image, contexts.temporal_motion

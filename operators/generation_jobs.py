@@ -35,7 +35,8 @@ from pydantic import ValidationError
 
 from portraitflow.jobs.config.animate import OPERATIONAL_FIELDS, PER_JOB_FIELDS, AnimateConfig
 from portraitflow.models.animators.registry import backend_settings
-from portraitflow.operators.paths import IMAGE_SUFFIXES, VIDEO_SUFFIXES, hashed_name
+from portraitflow.operators.inputs import NOT_UTF8, escapes_a_file_name
+from portraitflow.operators.paths import IMAGE_SUFFIXES, VIDEO_SUFFIXES, escape_undecodable, hashed_name
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,12 @@ def unique_ids(jobs: list[Job], source: str) -> list[Job]:
 
     A given id used twice is refused. A derived id stays `default_job_id` when no other job has
     it; otherwise it is `_hashed_id`. Jobs identical in ref, driving and params and given no id are
-    refused too: they are one job listed twice.
+    refused too: they are one job listed twice. A name that is not valid UTF-8 (a folder's file,
+    an argument, a JSONL escape) is escaped (`escape_undecodable`): no table can hold it, and its
+    job fails with `NOT_UTF8` (`effective_params`) rather than the whole results table.
     """
+    jobs = [replace(job, **{name: escape_undecodable(getattr(job, name)) for name in ("job_id", "ref", "driving")})
+            for job in jobs]
     given = Counter(job.job_id for job in jobs if job.job_id)
     twice = [job_id for job_id, count in given.items() if count > 1]
     if twice:
@@ -222,6 +227,9 @@ def effective_params(job: Job, cfg: AnimateConfig) -> dict[str, Any]:
     empty = [f"{name} is empty" for name in ("ref", "driving") if not getattr(job, name)]
     if empty:
         raise ValueError("; ".join(empty))
+    undecodable = [f"{name}: {NOT_UTF8}" for name in ("ref", "driving") if escapes_a_file_name(getattr(job, name))]
+    if undecodable:
+        raise ValueError("; ".join(undecodable))
     remote = [f"{name} {value}" for name, value in (("ref", job.ref), ("driving", job.driving)) if _is_url(value)]
     if remote:
         raise ValueError(f"remote paths are not supported, give local files: {'; '.join(remote)}")

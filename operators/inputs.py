@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import tempfile
+import urllib.parse
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -51,7 +52,11 @@ def is_uri(text: str) -> bool:
 
 
 def _local(text: str) -> str:
-    return text[len("file://") :] if text.startswith("file://") else text
+    """The local path of `text`: a `file://` URI's percent-decoded (`Path.as_uri()` writes a space
+    as `%20`; bytes that are not UTF-8 come back as the file system's own), any other as given."""
+    if not text.startswith("file://"):
+        return text
+    return urllib.parse.unquote(text[len("file://"):].removeprefix("localhost"), errors="surrogateescape")
 
 
 def _read_list(path: str) -> list[str]:
@@ -65,8 +70,12 @@ def _read_list(path: str) -> list[str]:
         if not names:
             raise ValueError(f"{path}: a parquet list needs a string column (`path`)")
         return [str(v) for v in table.column(names[0]).to_pylist() if v]
-    lines = Path(path).read_text().splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    lines = [line.strip() for line in Path(path).read_text().splitlines()]
+    for number, line in enumerate(lines, 1):
+        if line.startswith("#") and (Path(path).parent / line).is_file():  # a comment, yet a file's name
+            log.warning("%s line %d: %r is read as a comment, yet names a file; write ./%s to take it",
+                        path, number, line, line)
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 def _list_entries(path: str) -> list[str]:
@@ -247,7 +256,7 @@ def clip_input_key(key: str) -> str:
     return key.rsplit("_", 2)[0]
 
 
-def _escapes_a_file_name(path: str) -> bool:
+def escapes_a_file_name(path: str) -> bool:
     """Whether `path` names no file but is what `escape_undecodable` made of the name of one."""
     if not _BYTE_ESCAPE.search(path) or os.path.lexists(path):
         return False
@@ -266,7 +275,7 @@ def local_copy(uri: str) -> Iterator[str]:
     """
     if not is_uri(uri):
         path = _local(uri)
-        if _escapes_a_file_name(path):
+        if escapes_a_file_name(path):
             raise UnicodeError(f"{NOT_UTF8}: {path}")
         if os.path.islink(path) and not os.path.exists(path):
             raise FileNotFoundError(BROKEN_LINK)

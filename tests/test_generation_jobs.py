@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.operators.generation_jobs import (
@@ -18,6 +19,7 @@ from portraitflow.operators.generation_jobs import (
     pair_jobs,
 )
 from portraitflow.operators.generation_results import RESULT_DEFAULTS, plan_rows, results_table
+from portraitflow.operators.inputs import NOT_UTF8
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
@@ -256,3 +258,19 @@ def test_job_ids_are_read_as_written_not_as_floats(tmp_path: Path, form: str) ->
         path.write_text("ref,driving,job_id\na.png,d.mp4,7\nb.png,d.mp4,\nc.png,d.mp4,007\n")
     ids = [job.job_id for job in load_jobs(path)]
     assert ids == ["7", "b__d", "007" if form == "csv" else "8"]
+
+
+def test_a_file_name_that_is_not_utf8_fails_its_job_and_the_table_holds_it(tmp_path: Path) -> None:
+    """`caf\\xe9.jpg` in --refs ran, then the results table (pyarrow) refused its surrogate: a
+    traceback after every job, no results.parquet, the same on every rerun."""
+    import pyarrow as pa
+
+    refs, drivers = tmp_path / "refs", tmp_path / "drivers"
+    refs.mkdir(), drivers.mkdir()
+    Image.new("RGB", (32, 32)).save(refs / "ok.png")
+    Image.new("RGB", (32, 32)).save(refs / b"caf\xe9.png".decode("utf-8", "surrogateescape"))
+    (drivers / "talk.mp4").write_bytes(b"not read when planning")
+    rows = plan_rows(cross_jobs(str(refs), str(drivers)), tmp_path / "out", "warp", AnimateConfig(), resume=True)
+    assert [(Path(r["ref"]).name, r["status"]) for r in rows] == [("caf\\xe9.png", "failed"), ("ok.png", "pending")]
+    assert rows[0]["reason"] == f"ref: {NOT_UTF8}"
+    pa.Table.from_pandas(results_table(rows))  # every row writable

@@ -276,9 +276,9 @@ class JobEvaluator:
         return {name: row.get(name, float("nan") if name in numeric else None) for name in self.columns}
 
     def _evaluate(self, job: dict[str, Any], work_dir: str | Path) -> dict[str, Any]:
-        from portraitflow.models.face.align import square_crop_box
         from portraitflow.models.face.images import load_image
         from portraitflow.operators.decode import VideoUnreadable, iter_frame_chunks, probe_video, resample_positions
+        from portraitflow.operators.reference_portrait import NoFace, reference_face
 
         row: dict[str, Any] = {"job_id": str(job["job_id"]), "status": "failed", "reason": None, "frames": 0}
         output = job.get("output")
@@ -312,11 +312,11 @@ class JobEvaluator:
                                  f"{match_db:.1f} dB against it, below {SELF_REFERENCE_MIN_PSNR_DB:g}), so the clip "
                                  "is no ground truth for this output; for a portrait of another person or from "
                                  "another clip use --protocol cross"}
-        ref_faces = self.analyzer.detect([reference.rgb])[0]
-        if not ref_faces:
+        try:
+            ref_face, crop_box = reference_face(reference.rgb, self.analyzer)
+        except NoFace:
             return {**row, "reason": NO_REFERENCE_FACE}
-        ref_embedding = self.analyzer.embed([reference.rgb], ref_faces[:1])[0]
-        crop_box = square_crop_box(ref_faces[0].box, reference.rgb.shape[:2])
+        ref_embedding = self.analyzer.embed([reference.rgb], [ref_face])[0]
         pasted = pasted_back(job, output) if self_protocol else None
         if self_protocol and pasted is None and (out_info.width, out_info.height) == (driver.width, driver.height) \
                 and driver.width == driver.height and crop_box[2] - crop_box[0] < driver.width:

@@ -12,7 +12,7 @@ import numpy as np
 
 from portraitflow.models.animators.base import ReferenceInput
 from portraitflow.models.face.align import align_arcface, crop_square, square_crop_box
-from portraitflow.models.face.base import FaceAnalyzer
+from portraitflow.models.face.base import Face, FaceAnalyzer
 
 
 class NoFace(ValueError):
@@ -68,13 +68,19 @@ def centred_head_pose(analyzer: FaceAnalyzer, landmarks: np.ndarray, size: int) 
     return analyzer.head_pose(centred, [(size, size)] * len(landmarks))
 
 
-def prepare_reference(image: np.ndarray, analyzer: FaceAnalyzer, size: int) -> PreparedReference:
-    """The largest face of an RGB image, cropped square at `size`; raises NoFace without one."""
+def reference_face(image: np.ndarray, analyzer: FaceAnalyzer) -> tuple[Face, tuple[int, int, int, int]]:
+    """The largest face of an RGB reference and the square box generation crops around it; raises
+    NoFace without one. Generation, the still baseline and evaluation's self protocol all frame the
+    reference this way, so the scores compare the crop generation made."""
     faces = analyzer.detect([image])[0]
     if not faces:
         raise NoFace("no face in the reference image")
-    face = faces[0]
-    box = square_crop_box(face.box, image.shape[:2])
+    return faces[0], square_crop_box(faces[0].box, image.shape[:2])
+
+
+def prepare_reference(image: np.ndarray, analyzer: FaceAnalyzer, size: int) -> PreparedReference:
+    """The largest face of an RGB image, cropped square at `size`; raises NoFace without one."""
+    face, box = reference_face(image, analyzer)
     landmarks = to_crop(analyzer.landmarks([image], face.box[None])[0], box, size)
     reference = ReferenceInput(
         crop=crop_square(image, box, size),

@@ -19,15 +19,13 @@ from portraitflow.operators.generation_jobs import Job, output_name
 
 
 def still_frames(reference: np.ndarray, analyzer: FaceAnalyzer, size: int, paste_back: bool) -> np.ndarray:
-    """The single frame the baseline shows; raises ValueError when the reference has no face."""
-    from portraitflow.models.face.align import crop_square, square_crop_box
+    """The single frame the baseline shows; raises NoFace when the reference has none."""
+    from portraitflow.models.face.align import crop_square
+    from portraitflow.operators.reference_portrait import reference_face
 
     if paste_back:
         return reference
-    faces = analyzer.detect([reference])[0]
-    if not faces:
-        raise ValueError("no face in the reference")
-    return crop_square(reference, square_crop_box(faces[0].box, reference.shape[:2]), size)
+    return crop_square(reference, reference_face(reference, analyzer)[1], size)
 
 
 def render_still(job: dict[str, Any], out_path: Path, analyzer: FaceAnalyzer, size: int = 512,
@@ -36,6 +34,7 @@ def render_still(job: dict[str, Any], out_path: Path, analyzer: FaceAnalyzer, si
     frames, backend; `error` for an unreadable driver, `seconds` once written)."""
     from portraitflow.models.face.images import load_image
     from portraitflow.operators.decode import VideoUnreadable, probe_video
+    from portraitflow.operators.reference_portrait import NoFace
     from portraitflow.operators.video_writer import write_h264
 
     started = time.perf_counter()
@@ -49,7 +48,7 @@ def render_still(job: dict[str, Any], out_path: Path, analyzer: FaceAnalyzer, si
         frame = still_frames(reference.rgb, analyzer, size, paste_back)
     except VideoUnreadable as exc:
         return {**row, "reason": "driving_unreadable", "error": str(exc)[:300]}
-    except ValueError:
+    except NoFace:
         return {**row, "reason": "no_face"}
     count = info.num_frames
 

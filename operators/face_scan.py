@@ -40,6 +40,9 @@ from portraitflow.operators.timing import StageTimer
 from portraitflow.operators.tracking import Track, interpolate_rows, track_faces
 
 MIN_TRACK_DETECTIONS = 3  # a face seen once is more often a false detection than a clip
+#: how near (a share of the frame's shorter side) a face box may come to the frame's edge and still
+#: show the whole face, for the reference frame's choice
+REF_BORDER_MARGIN = 0.01
 #: a clip's footage fingerprint: grey thumbnails of the whole frame (SIGNATURE_SIDE squared), smoothed
 #: over SIGNATURE_SMOOTH_FRAMES (sigma) so a clip cut a frame or two apart still matches, at
 #: SIGNATURE_STEPS times. On the shared media a 384² crf-28 re-encode of a clip scores 0.99 against
@@ -278,7 +281,9 @@ def _decide(arrays: dict[str, np.ndarray], first: int, last: int, offset: int, i
     sample_embedding = arrays["sample_embedding"][in_range]
     measures = dict(_track_measures(frames, _detection_frames(start, end, max(1, cfg.detect_every)), cfg),
                     sharpness=_detected_median(frames["measure_sharpness"], frames["measure_detected"]))
-    reason = _track_reason(measures, last - first, info, cfg)
+    # the whole clip passed `duration` in the first pass, so a part shorter is the rest of a split:
+    # `too_short` first, whatever else it fails (a rest of one undetected frame had read `no_face`)
+    reason = filters.duration((last - first) / cfg.fps, cfg) or _track_reason(measures, last - first, info, cfg)
     if reason or len(sample_index) == 0:
         return [Candidate(start, end, reason or filters.TOO_SHORT, measures)]
     threshold = same_person if cfg.identity_switch_similarity is None else cfg.identity_switch_similarity
@@ -304,7 +309,8 @@ def _decide(arrays: dict[str, np.ndarray], first: int, last: int, offset: int, i
     )
     if reason:
         return [Candidate(start, end, reason, measures)]
-    frontal = int(np.argmin(np.abs(frames["pose"][:, :2]).sum(axis=1)))
+    frontal = reference_index(frames["pose"], frames["landmarks"], frames["measure_detected"], frames["boxes"],
+                              (info.height, info.width))
     stored = {k: v for k, v in frames.items() if not k.startswith(DECISION_ONLY)}
     thumbnails = stored.pop("thumbnails")
     kept = dict(stored, motion=motion, embedding=embedding, signature=content_signature(thumbnails),
@@ -312,6 +318,49 @@ def _decide(arrays: dict[str, np.ndarray], first: int, last: int, offset: int, i
                 crop_box=square_crop_box(np.median(frames["boxes"], axis=0), (info.height, info.width)).astype(np.float32),
                 ref_index=np.array(frontal))
     return [Candidate(start, end, None, measures, kept)]
+
+
+def eye_aspect_ratio(landmarks: np.ndarray) -> np.ndarray:
+    """(T,) mean eye aspect ratio of the two eyes of iBUG-68 landmarks (T, 68, 2): eyelid gaps over
+    eye width, so it falls as the eyes close (a blink or a look down) whatever the face size."""
+    points = np.asarray(landmarks, np.float64)
+    ratios = []
+    for eye in (points[:, 36:42], points[:, 42:48]):
+        lids = np.linalg.norm(eye[:, [1, 2]] - eye[:, [5, 4]], axis=-1).sum(axis=1)
+        ratios.append(lids / np.maximum(2 * np.linalg.norm(eye[:, 0] - eye[:, 3], axis=-1), 1e-6))
+    return (ratios[0] + ratios[1]) / 2
+
+
+def inside_frame(boxes: np.ndarray, frame_hw: tuple[int, int]) -> np.ndarray:
+    """(T,) whether each face box (x1, y1, x2, y2) keeps REF_BORDER_MARGIN of the frame's shorter
+    side from every edge: a box at the edge may hold a face the frame cuts off."""
+    height, width = frame_hw
+    gap = REF_BORDER_MARGIN * min(height, width)
+    x1, y1, x2, y2 = np.asarray(boxes, np.float64).T
+    return (x1 > gap) & (y1 > gap) & (x2 < width - gap) & (y2 < height - gap)
+
+
+def reference_index(pose: np.ndarray, landmarks: np.ndarray, detected: np.ndarray, boxes: np.ndarray,
+                    frame_hw: tuple[int, int]) -> int:
+    """The clip's reference frame (`ref.jpg`, `ref_face.jpg`, training's identity image): the smallest
+    |yaw| + |pitch| among frames with a finite pose that were detected (not interpolated), show the
+    whole face (`inside_frame`) and have their eyes open (eye aspect ratio at least the clip's median).
+
+    The most frontal frame alone is often a blink or a look down, which the pose fit reads as
+    frontal. Where no frame meets a condition together with those before it, that condition is
+    dropped, so a clip always gets the best frame it has.
+    """
+    turn = np.abs(np.asarray(pose, np.float64)[:, :2]).sum(axis=1)
+    usable = np.isfinite(turn)
+    if not usable.any():  # no pose at all: choose on the other conditions alone
+        turn, usable = np.zeros(len(turn)), np.ones(len(turn), bool)
+    ratio = eye_aspect_ratio(landmarks)
+    eyes_open = ratio >= np.nanmedian(ratio) if np.isfinite(ratio).any() else np.ones(len(ratio), bool)
+    for wanted in (np.asarray(detected, bool), inside_frame(boxes, frame_hw), eyes_open):
+        if (usable & wanted).any():
+            usable = usable & wanted
+    candidates = np.flatnonzero(usable)
+    return int(candidates[np.argmin(turn[candidates])])
 
 
 def frame_thumbnails(frames: np.ndarray) -> np.ndarray:
@@ -345,8 +394,10 @@ SCANNED = "scanned"
 #: `keypoint_yaw` rejects profiles; 4: kept clips hold their `thumbnails`, which the partial-duplicate
 #: check compares: a scan without them is made again; 5: the parts of a clip split at an identity
 #: switch are measured and filtered on their own frames: `sharpness` and the first-pass measures
-#: were the whole clip's; and a frame coded after an mp4 edit list's end is off the timeline)
-SCAN_MEASURES_VERSION = 5
+#: were the whole clip's; and a frame coded after an mp4 edit list's end is off the timeline;
+#: 6: `motion` is the speed of landmarks smoothed in time (raw, it measured jitter), and `ref_index`
+#: is a detected, eyes-open frame inside the image, not just the most frontal one)
+SCAN_MEASURES_VERSION = 6
 #: curate fields a scan does not depend on (resources, decoding chunk size, naming, the stages
 #: after it); changing them keeps earlier scans valid.
 _NOT_IN_SCAN = {"face_actors", "actor_cpus", "chunk_frames", "experiment", "progress_bars", "crop_size", "crf",

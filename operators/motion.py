@@ -1,15 +1,20 @@
 """Motion descriptors of a face over time: per-frame intensity and HunyuanPortrait's buckets.
 
-Pure numpy, shared by curation (clip tags and the `too_static` / `too_shaky` filters) and the
+Pure numpy and scipy, shared by curation (clip tags and the `too_static` / `too_shaky` filters) and the
 generation flow (driving-video conditioning).
 """
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
 
 from portraitflow.models.hunyuan.buckets import head_exp_motion_buckets
 
 WINDOW = 25  # frames per motion chunk (SPEC 3: n_sample_frames)
+#: sigma, in frames, of the smoothing in time before `motion_intensity`: it takes out the landmark
+#: fit's frame-to-frame jitter, which on a still face reads as much as a talking face's motion
+#: (the numbers behind `min_motion` are in docs/curation.md)
+SMOOTH_FRAMES = 2.0
 
 
 def face_scale(landmarks: np.ndarray) -> np.ndarray:
@@ -19,13 +24,16 @@ def face_scale(landmarks: np.ndarray) -> np.ndarray:
 
 
 def motion_intensity(landmarks: np.ndarray) -> np.ndarray:
-    """(T,) mean landmark displacement from the previous frame over the face size; 0 for frame 0.
+    """(T,) mean displacement from the previous frame of the landmarks smoothed in time (Gaussian,
+    sigma SMOOTH_FRAMES) over the face size; 0 for frame 0.
 
-    Scale-free, so a value means the same on a 256 px and a 1080 px face.
+    Scale-free, so a value means the same on a 256 px and a 1080 px face. Smoothed, because the
+    frame-to-frame jitter of the landmark fit on a still face is as large as a talking face's motion.
     """
     points = np.asarray(landmarks, np.float64)
     if len(points) < 2:
         return np.zeros(len(points), np.float32)
+    points = gaussian_filter1d(points, SMOOTH_FRAMES, axis=0, mode="nearest")
     speed = np.linalg.norm(np.diff(points, axis=0), axis=-1).mean(axis=1) / face_scale(points)[1:]
     return np.concatenate([[0.0], speed]).astype(np.float32)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from portraitflow.operators.driving_motion import _fill
 
@@ -43,3 +44,22 @@ def test_fill_a_shot_without_detections_holds_the_nearest_shots_facing_value():
     known = np.array([False, False, True, True])
     values = np.array([0.0, 0.0, 5.0, 6.0], np.float32)[:, None]
     np.testing.assert_array_equal(_fill(values, known, shot)[:, 0], [5.0, 5.0, 5.0, 6.0])
+
+
+class _NoFaces:
+    """An analyser that finds no face: enough to run the decoding and shot detection."""
+
+    def detect(self, frames: list) -> list[list]:
+        return [[] for _ in frames]
+
+
+def test_an_int_frame_rate_is_taken_like_a_float(tmp_path) -> None:
+    # PySceneDetect refuses an int fps; `fps=25` used to raise TypeError before a frame was read
+    from bad_media import synthetic_video
+
+    from portraitflow.operators.driving_motion import extract_driving_motion
+    from portraitflow.operators.reference_portrait import NoFace
+
+    path = synthetic_video(tmp_path / "shapes.mp4", frames=10)
+    with pytest.raises(NoFace):
+        extract_driving_motion(str(path), _NoFaces(), fps=25)

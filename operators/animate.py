@@ -94,7 +94,7 @@ def prepare_job(row: dict[str, Any], face_cfg_json: str, animate_cfg_json: str, 
         loaded = load_image(row["ref"])
         if not loaded.ok:
             raise UnreadableImage(f"{loaded.reason} ({loaded.detail})")
-        reference = prepare_reference(loaded.rgb, _analyzer(face_cfg_json), cfg.size)
+        reference = prepare_reference(loaded.rgb, _analyzer(face_cfg_json), cfg.size, cfg.min_face_px)
     except Exception as exc:  # a job boundary (see _failed)
         return {**_failed(row, "reference image", exc), **INTERMEDIATE}
     try:

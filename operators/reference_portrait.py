@@ -78,9 +78,13 @@ def reference_face(image: np.ndarray, analyzer: FaceAnalyzer) -> tuple[Face, tup
     return faces[0], square_crop_box(faces[0].box, image.shape[:2])
 
 
-def prepare_reference(image: np.ndarray, analyzer: FaceAnalyzer, size: int) -> PreparedReference:
-    """The largest face of an RGB image, cropped square at `size`; raises NoFace without one."""
+def prepare_reference(image: np.ndarray, analyzer: FaceAnalyzer, size: int, min_face_px: int = 0) -> PreparedReference:
+    """The largest face of an RGB image, cropped square at `size`; raises NoFace without one, or
+    with one smaller than `min_face_px` (the longer side of its box)."""
     face, box = reference_face(image, analyzer)
+    side = float(max(face.box[2] - face.box[0], face.box[3] - face.box[1]))
+    if side < min_face_px:
+        raise NoFace(f"face too small ({side:.0f} px; animate.min_face_px={min_face_px})")
     landmarks = to_crop(analyzer.landmarks([image], face.box[None])[0], box, size)
     reference = ReferenceInput(
         crop=crop_square(image, box, size),

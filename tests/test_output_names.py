@@ -18,7 +18,7 @@ OTHER_VALUES = {
     "size": 256, "window": 10, "paste_back": True, "feather": 0.2, "min_face_fraction": 0.3, "smooth_sigma": 0.0,
     "crf": 23, "motion": "absolute", "pose_multiplier": 0.5, "expression_multiplier": 2.0, "seed": 1, "num_steps": 3,
     "appearance_scale": 1.5, "motion_scale": 1.5, "actors": 3, "cpus_per_actor": 2.0, "gpus": 0, "compile_mode": None,
-    "windows_per_call": 2, "preview_jobs": 1, "preview_frames": 2, "experiment": "other",
+    "windows_per_call": 2, "preview_jobs": 1, "preview_frames": 2, "experiment": "other", "min_face_px": 32,
 }
 BASE = {"warp": {"backend": "warp"}, "hunyuan": {"backend": "hunyuan", "weights": "tiny"}}
 

@@ -18,11 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field
 PER_JOB_FIELDS = ("motion", "pose_multiplier", "expression_multiplier", "paste_back",
                   "seed", "num_steps", "appearance_scale", "motion_scale")
 #: settings the generation flow applies whatever the animator: framing, driving motion, encoding, resources.
-PIPELINE_FIELDS = ("backend", "size", "window", "paste_back", "feather", "min_face_fraction", "smooth_sigma", "crf",
-                   "actors", "cpus_per_actor", "preview_jobs", "preview_frames", "experiment")
+PIPELINE_FIELDS = ("backend", "size", "window", "paste_back", "feather", "min_face_fraction", "min_face_px",
+                   "smooth_sigma", "crf", "actors", "cpus_per_actor", "preview_jobs", "preview_frames", "experiment")
 #: settings that change where and how fast jobs run, and what is recorded, but not the videos written
-#: (up to numerical precision: `compile_mode`, and `gpus` 0, which runs hunyuan in float32 on CPUs).
-OPERATIONAL_FIELDS = ("actors", "cpus_per_actor", "gpus", "compile_mode", "windows_per_call", "preview_jobs",
+#: (up to numerical precision: `compile_mode`, and `gpus` 0, which runs hunyuan in float32 on CPUs;
+#: `min_face_px` only decides whether a job runs at all).
+OPERATIONAL_FIELDS = ("min_face_px", "actors", "cpus_per_actor", "gpus", "compile_mode", "windows_per_call", "preview_jobs",
                       "preview_frames", "experiment")
 
 
@@ -57,6 +58,10 @@ class AnimateConfig(BaseModel):
     feather: float = Field(0.1, gt=0.0, le=0.5, description="Width of the paste-back mask's soft edge, as a fraction of the crop side.")
     min_face_fraction: float = Field(
         0.5, ge=0.0, le=1.0, description="A driving video whose face is found on fewer frames than this fraction fails."
+    )
+    min_face_px: int = Field(
+        64, ge=0, description="A reference portrait whose face is smaller (the longer side of its box, in px) fails: "
+        "the animator would upscale a thumbnail into a featureless video (0: any size).",
     )
     smooth_sigma: float = Field(0.8, ge=0.0, description="Temporal Gaussian smoothing of the driver's landmarks, in frames (0: none).")
     actors: int = Field(

@@ -6,12 +6,14 @@ so memory depends on the chunk, not on the video's length.
 Time is presentation time, as a player shows the video: frames an edit list hides (decord
 reports them with negative times, or at or after the edit's end) are skipped, the timeline starts at
 the first shown frame, and a variable-frame-rate video is resampled by its frames' timestamps, not
-by its average rate.
+by its average rate. Frames come at the size a player shows: non-square pixels (anamorphic DV,
+broadcast) are stretched to their shown width.
 """
 from __future__ import annotations
 
 import io
 import math
+import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import closing
@@ -19,6 +21,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
+
+#: what the decoders open: a path, or a video in memory (a shard's clip)
+Source = str | io.BytesIO
 
 
 class VideoUnreadable(ValueError):
@@ -49,13 +54,16 @@ class FrameChunk:
     frames: np.ndarray  # (T, H, W, 3) uint8 RGB
 
 
-def _reader(path: str, width: int = -1, height: int = -1):
+def _reader(path: Source, width: int = -1, height: int = -1):
+    """A decord reader of a path or file object; its errors without the path, so that failures
+    group by reason (a remote input's path is a temporary one)."""
     from decord import DECORDError, VideoReader, cpu
 
     try:
         reader = VideoReader(path, ctx=cpu(0), width=width, height=height, num_threads=1)
     except (DECORDError, RuntimeError) as exc:
-        raise VideoUnreadable(f"decord cannot open the video: {str(exc).splitlines()[0][:200]}") from exc
+        text = str(exc).replace(path, "<input>") if isinstance(path, str) else str(exc)
+        raise VideoUnreadable(f"decord cannot open the video: {text.splitlines()[0][:200]}") from exc
     if len(reader) == 0:
         raise VideoUnreadable("the video has zero frames")
     return reader
@@ -70,7 +78,9 @@ def _timeline(reader, width: int = 0, height: int = 0, from_keyframe: bool = Fal
     those before the first keyframe (an MPEG-TS capture or cut starts mid-GOP: FFmpeg cannot decode
     them, and a player starts at the keyframe too). A container
     without usable timestamps (AVI and MPEG-PS, whose missing times decord reports as huge negative
-    ones; times that run backwards) gets the uniform timeline of its declared average rate.
+    ones; times that repeat or run backwards: MPEG-TS segments joined end to end restart their
+    clock, and decord, sorting frames by time, interleaves the segments) gets the uniform timeline
+    of its declared average rate, in decoding order.
     """
     first = 0
     if from_keyframe:
@@ -80,7 +90,7 @@ def _timeline(reader, width: int = 0, height: int = 0, from_keyframe: bool = Fal
             raise VideoUnreadable("the video has no keyframe to start decoding from")
     times = reader.get_frame_timestamp(np.arange(first, len(reader)))  # [n, 2]: start, end seconds
     starts = times[:, 0]
-    if not (np.all(np.isfinite(times)) and np.all(np.abs(times) < 1e6) and np.all(np.diff(starts) >= 0)):
+    if not (np.all(np.isfinite(times)) and np.all(np.abs(times) < 1e6) and np.all(np.diff(starts) > 0)):
         fps = _declared_rate(reader)
         count = len(reader) - first
         info = VideoInfo(width, height, _average_rate(count, count / fps), count)
@@ -104,20 +114,79 @@ def _declared_rate(reader) -> float:
     return fps
 
 
-def _pyav_probe(path: str) -> tuple[bool, int, int] | None:
-    """(whether the container is MPEG-TS, the video's coded width and height) as PyAV reads them,
-    None if it cannot. decord lists a TS file's frames and times but decodes none by index, so TS
-    is decoded with PyAV (`_pyav_frames`)."""
+@dataclass(frozen=True)
+class _Stream:
+    """A file's video stream as PyAV reads it before decoding. decord lists a TS file's frames and
+    times but decodes none by index, so TS is decoded with PyAV (`_pyav_frames`)."""
+
+    mpeg_ts: bool
+    width: int  # coded, in stored pixels
+    height: int
+    sar: Fraction  # a stored pixel's width over its height: shown (width * sar) x height
+    hdr_pq: bool  # HDR10's transfer (SMPTE ST 2084): decoded as if SDR, its pictures come out washed out
+
+
+#: FFmpeg's transfer characteristic of HDR10 (SMPTE ST 2084, PQ)
+_TRC_PQ = 16
+
+
+def _is_empty(source: Source) -> bool:
+    """Whether a path names a file of 0 bytes, or a file object holds none (a missing file is left
+    to the decoders' own error)."""
+    if isinstance(source, io.BytesIO):
+        return source.getbuffer().nbytes == 0
+    return os.path.isfile(source) and os.path.getsize(source) == 0
+
+
+def _pyav_probe(source: Source) -> _Stream | None:
+    """The first video stream of a path or file object, None if PyAV cannot open it (decord then
+    says why). Raises VideoUnreadable with a reason that groups for the commonest bad inputs (empty,
+    audio only, a still image)."""
     import av
 
+    if _is_empty(source):
+        raise VideoUnreadable("empty file (0 bytes)")
     try:
-        with av.open(path) as container:
+        with av.open(source) as container:
+            formats = container.format.name.split(",")
             if not container.streams.video:
-                return None
-            codec = container.streams.video[0].codec_context
-            return "mpegts" in container.format.name.split(","), int(codec.width), int(codec.height)
+                raise VideoUnreadable("no video stream (audio only)" if container.streams.audio else "no video stream")
+            if any(name == "image2" or name.endswith("_pipe") for name in formats):
+                raise VideoUnreadable("a still image, not a video")
+            stream = container.streams.video[0]
+            codec = stream.codec_context
+            sar = stream.sample_aspect_ratio or codec.sample_aspect_ratio or Fraction(1)
+            return _Stream("mpegts" in formats, int(codec.width), int(codec.height), Fraction(sar),
+                           codec.color_trc == _TRC_PQ)
     except av.FFmpegError:
         return None
+
+
+def is_hdr_pq(path: str) -> bool:
+    """Whether the video is HDR10 (PQ transfer). Decoded as if SDR, as here (this FFmpeg has no
+    `zscale` to tone-map from linear light), it comes out washed out: fine for landmarks and
+    motion, wrong for judging or keeping its pictures (curation refuses it)."""
+    stream = _pyav_probe(path)
+    return stream is not None and stream.hdr_pq
+
+
+def _display_size(source: Source) -> tuple[int, int]:
+    """(width, height) a player shows the first frame at: turned upright (a phone video stored
+    sideways) and, for non-square pixels (anamorphic DV, broadcast), stretched to its display
+    width, kept even: what frames are decoded at when no size is asked, so a face keeps its shape
+    and a stream whose picture size changes (joined captures) still stacks."""
+    import av
+
+    with av.open(source) as container:
+        stream = container.streams.video[0]
+        frame = next(container.decode(stream), None)
+        sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio or Fraction(1)
+    if frame is None:
+        raise VideoUnreadable("FFmpeg decoded no frame of the video")
+    width, height = frame.width, frame.height
+    if sar != 1:
+        width = max(2, round(width * Fraction(sar) / 2) * 2)
+    return (height, width) if frame.rotation % 180 else (width, height)
 
 
 #: how much of an mp4's end `_edit_list_end` reads: a copy cut's trailing packets are its last few
@@ -166,14 +235,15 @@ def _decord_misshapes(width: int) -> bool:
 
 
 def probe_video(path: str) -> VideoInfo:
-    """Size, frame rate and frame count; raises VideoUnreadable for anything decord cannot use."""
-    reader = _reader(path)
+    """Shown size (`_display_size`), frame rate and frame count; raises VideoUnreadable for
+    anything decord cannot use."""
     stream = _pyav_probe(path)
+    reader = _reader(path)
     edit_end_s = _edit_list_end(path)
-    if stream is not None and stream[0]:
-        return _timeline(reader, *stream[1:], from_keyframe=True, edit_end_s=edit_end_s)[0]
-    height, width = reader[0].shape[:2]
-    return _timeline(reader, int(width), int(height), edit_end_s=edit_end_s)[0]
+    if stream is None:
+        height, width = reader[0].shape[:2]
+        return _timeline(reader, int(width), int(height), edit_end_s=edit_end_s)[0]
+    return _timeline(reader, *_display_size(path), from_keyframe=stream.mpeg_ts, edit_end_s=edit_end_s)[0]
 
 
 def _average_rate(frames: int, seconds: float) -> float:
@@ -218,22 +288,25 @@ def iter_frame_chunks(
     """Yield the resampled frames of [start_s, end_s) in chunks of at most `chunk_size` frames.
 
     `size` = (width, height) lets decord scale while decoding, which is far cheaper than decoding
-    at full resolution and resizing afterwards.
+    at full resolution and resizing afterwards; without it, frames come at the size `probe_video`
+    reports (non-square pixels stretched to their shown width).
     """
+    stream = _pyav_probe(path)
+    if size is None and stream is not None and stream.sar != 1:
+        size = _display_size(path)
     width, height = size if size else (-1, -1)
     reader = _reader(path, width, height)
-    stream = _pyav_probe(path)
-    mpeg_ts = stream is not None and stream[0]
+    mpeg_ts = stream is not None and stream.mpeg_ts
     info, shown, starts = _timeline(reader, from_keyframe=mpeg_ts, edit_end_s=_edit_list_end(path))
     positions, sources = resample_positions(info, target_fps, start_s, end_s, starts)
     # decord turns a rotated video upright: either coded side may become the width it decodes at
-    widths = (size[0],) if size else stream[1:] if stream else ()
+    widths = (size[0],) if size else (stream.width, stream.height) if stream else ()
     # PyAV where decord would seek hidden frames by coded position (returning wrong ones), cannot
     # decode TS by index, or would return frames in a wrong shape
     if shown[0] > 0 or mpeg_ts or any(_decord_misshapes(w) for w in widths):
         seek_points = _seek_points(reader, shown)
         del reader
-        frames = _pyav_frames(path, sources, size, chunk_size, seek_points)
+        frames = _pyav_frames(path, sources, size or _display_size(path), chunk_size, seek_points)
     else:
         frames = _decord_frames(reader, shown[sources], chunk_size)
     for begin in range(0, len(positions), chunk_size):
@@ -255,14 +328,14 @@ def read_frames(source: str | bytes, indices: Sequence[int]) -> tuple[np.ndarray
     if len(wanted) and wanted[-1] >= count:
         raise TooFewFrames(f"the video has {count} frames, frame {int(wanted[-1])} wanted")
     stream = _pyav_probe(_openable(source))
-    if stream is not None and any(_decord_misshapes(side) for side in stream[1:]):
-        chunks = _pyav_frames(_openable(source), wanted, None, max(len(wanted), 1))
+    if stream is not None and any(_decord_misshapes(side) for side in (stream.width, stream.height)):
+        chunks = _pyav_frames(_openable(source), wanted, _display_size(_openable(source)), max(len(wanted), 1))
     else:
         chunks = _decord_frames(reader, wanted, max(len(wanted), 1))
     return next(chunks, np.empty((0, 0, 0, 3), np.uint8))[inverse], count
 
 
-def _openable(source: str | bytes):
+def _openable(source: str | bytes) -> Source:
     """A path as it is; bytes as a fresh file object (each reader consumes its own)."""
     return io.BytesIO(source) if isinstance(source, bytes) else source
 
@@ -348,24 +421,25 @@ def _numbered_frames(path: str, first: int,
         yield from enumerate(container.decode(video=0))
 
 
-def _upright_rgb(frame, size: tuple[int, int] | None) -> np.ndarray:
+def _upright_rgb(frame, size: tuple[int, int]) -> np.ndarray:
     """A PyAV frame as RGB, turned upright as its display matrix says (a phone video stored
     sideways), at `size` (width, height) upright: what decord returns for the same frame."""
     turns = frame.rotation // 90  # counter-clockwise quarter turns, negative for clockwise
-    width, height = size if size else (None, None)
+    width, height = size
     if turns % 2:
         width, height = height, width
     rgb = frame.to_ndarray(format="rgb24", width=width, height=height)
     return np.ascontiguousarray(np.rot90(rgb, turns)) if turns % 4 else rgb
 
 
-def _pyav_frames(path: str, sources: np.ndarray, size: tuple[int, int] | None, chunk_size: int,
+def _pyav_frames(path: Source, sources: np.ndarray, size: tuple[int, int], chunk_size: int,
                  seek_points: tuple[np.ndarray, np.ndarray] | None = None) -> Iterator[np.ndarray]:
     """The same as `_decord_frames` for a file decord cannot seek (an edit list hides leading
     frames; H.264 in MPEG-TS) or decode (`_decord_misshapes`), with PyAV: from the keyframe before
     the first wanted frame where `seek_points` allow (FFmpeg drops frames an edit list hides;
-    `sources` index the shown ones). A stream that ends a frame or so before its timestamps said
-    holds its last frame, as a player does."""
+    `sources` index the shown ones). Every frame is scaled to `size` (upright width, height), so a
+    stream whose picture size changes midway stacks. A stream that ends a frame or so before its
+    timestamps said holds its last frame, as a player does."""
     import av
 
     wanted = deque(sources.tolist())

@@ -1,0 +1,140 @@
+"""Odd but real-world streams: joined MPEG-TS segments, a picture size that changes, non-square
+pixels, HDR, and the commonest bad files, each read as a player shows it or given a reason that groups."""
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from portraitflow.operators.decode import is_hdr_pq, iter_frame_chunks, probe_video
+from portraitflow.operators.probe import HDR_PQ, probe_input
+
+
+def _segment(path: Path, levels: range, size: tuple[int, int] = (64, 64), container: str = "mpegts",
+             sar: Fraction | None = None, rotation: int | None = None, color_trc: int | None = None) -> Path:
+    """Frames at 25 fps of brightness `levels`, stored at `size` (width, height): a striped
+    picture (a bright band over the left quarter of the stored columns) tells its shape."""
+    width, height = size
+    with av.open(str(path), "w", format=container) as out:
+        video = out.add_stream("libx264", rate=25, options={"g": "10"})
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        if sar is not None:
+            video.codec_context.sample_aspect_ratio = sar
+        if rotation is not None:
+            video.set_display_rotation(rotation)
+        if color_trc is not None:
+            video.codec_context.color_trc = color_trc
+        for level in levels:
+            image = np.full((height, width, 3), level, np.uint8)
+            image[:, :width // 4] = 250
+            out.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(video.encode(None))
+    return path
+
+
+def _decoded(path: Path, **kwargs) -> np.ndarray:
+    return np.concatenate([chunk.frames for chunk in iter_frame_chunks(str(path), 25.0, chunk_size=16, **kwargs)])
+
+
+def _brightness(frames: np.ndarray) -> np.ndarray:
+    """Each frame's level, read right of the bright band."""
+    return frames[:, :, frames.shape[2] // 2:].reshape(len(frames), -1).mean(1)
+
+
+def test_ts_segments_joined_end_to_end_play_in_order_at_their_own_rate(tmp_path: Path) -> None:
+    """Each segment's clock starts again (camcorder .MTS splits, HLS captures joined with `cat`):
+    sorted by time the segments interleave, which read 2 s as 1 s at 50 fps, every other frame."""
+    first = _segment(tmp_path / "a.ts", range(20, 120, 4))
+    second = _segment(tmp_path / "b.ts", range(120, 220, 4))
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    info = probe_video(str(joined))
+    assert (info.fps, info.num_frames) == (25.0, 50)
+    levels = _brightness(_decoded(joined))
+    assert len(levels) == 50 and np.all(np.diff(levels) > 0)  # every frame, in the order filmed
+    single = probe_video(str(first))
+    assert (single.fps, single.num_frames) == (25.0, 25)
+
+
+def test_a_picture_size_that_changes_midway_is_scaled_to_the_first(tmp_path: Path) -> None:
+    """Joined captures switch size (64 to 96 px here): every frame comes at the probed size, not a
+    numpy error about shapes."""
+    small = _segment(tmp_path / "small.ts", range(20, 120, 4), (64, 64))
+    large = _segment(tmp_path / "large.ts", range(120, 220, 4), (96, 96))
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(small.read_bytes() + large.read_bytes())
+    info = probe_video(str(joined))
+    assert (info.width, info.height, info.num_frames) == (64, 64, 50)
+    frames = _decoded(joined)
+    assert frames.shape == (50, 64, 64, 3) and np.all(np.diff(_brightness(frames)) > 0)
+    assert _decoded(joined, size=(32, 32)).shape == (50, 32, 32, 3)
+
+
+@pytest.mark.parametrize("container", ["mp4", "mpegts"])  # decord, PyAV
+def test_non_square_pixels_are_decoded_at_their_shown_width(tmp_path: Path, container: str) -> None:
+    """48x64 stored with pixels 4:3 wide is shown 64x64: a face would be squeezed a quarter at the
+    stored size. The probe says the shown size, and frames come at it unless a size is asked."""
+    path = _segment(tmp_path / f"anamorphic.{container}", range(20, 60, 4), (48, 64), container, Fraction(4, 3))
+    info = probe_video(str(path))
+    assert (info.width, info.height) == (64, 64)
+    frames = _decoded(path)
+    assert frames.shape == (10, 64, 64, 3)
+    band = frames[0, 32, :, 0] > 200  # a quarter of the stored width is a quarter of the shown one
+    assert band[:14].all() and not band[18:].any()
+    assert _decoded(path, size=(32, 32)).shape == (10, 32, 32, 3)
+
+
+def test_non_square_pixels_of_a_sideways_phone_clip_stretch_its_stored_width(tmp_path: Path) -> None:
+    """Stored 48x32 with pixels 2:1 wide is 96x32 unturned, and shown turned a quarter: 32x96."""
+    path = _segment(tmp_path / "sideways.mp4", range(20, 60, 4), (48, 32), "mp4", Fraction(2), rotation=-90)
+    info = probe_video(str(path))
+    assert (info.width, info.height) == (32, 96)
+    assert _decoded(path).shape == (10, 96, 32, 3)
+
+
+def test_curation_refuses_pq_hdr_with_its_reason_and_reads_hlg(tmp_path: Path) -> None:
+    """PQ decoded as if SDR comes out washed out (then judged too blurry, or kept so); HLG is made
+    to look right on an SDR screen. A PQ driver still gives its motion: only curation refuses it."""
+    pq = _segment(tmp_path / "pq.mp4", range(20, 60, 4), container="mp4", color_trc=16)
+    hlg = _segment(tmp_path / "hlg.mp4", range(20, 60, 4), container="mp4", color_trc=18)
+    refused = probe_input({"uri": str(pq)}, str(pq))
+    assert (refused["status"], refused["error"]) == ("failed", HDR_PQ)
+    assert probe_input({"uri": str(hlg)}, str(hlg))["status"] == ""
+    assert is_hdr_pq(str(pq)) and not is_hdr_pq(str(hlg))
+    assert _decoded(pq).shape == _decoded(hlg).shape == (10, 64, 64, 3)
+
+
+def _audio_only(path: Path) -> Path:
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def _png(path: Path) -> Path:
+    from PIL import Image
+
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(path, format="PNG")
+    return path
+
+
+def test_the_commonest_bad_files_get_reasons_that_group(tmp_path: Path) -> None:
+    """The row says what is wrong in words shared by every such file, never its path (a remote
+    input's is a temporary one), so failures can be counted by reason."""
+    (tmp_path / "zero.mp4").write_bytes(b"")
+    (tmp_path / "junk.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
+    expected = {"zero.mp4": "empty file (0 bytes)", "audio.mp4": "no video stream (audio only)",
+                "photo.mp4": "a still image, not a video"}
+    paths = [tmp_path / "zero.mp4", _audio_only(tmp_path / "audio.mp4"), _png(tmp_path / "photo.mp4"),
+             tmp_path / "junk.mp4"]
+    for path in paths:
+        row = probe_input({"path": str(path)}, str(path))
+        assert row["status"] == "failed" and str(tmp_path) not in row["error"], row
+        assert row["error"] == expected.get(path.name, row["error"]), row
+    assert probe_input({}, str(tmp_path / "junk.mp4"))["error"].startswith("decord cannot open the video")

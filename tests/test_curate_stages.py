@@ -587,3 +587,13 @@ def test_a_file_named_like_a_pattern_is_that_file_and_keys_do_not_depend_on_the_
     monkeypatch.chdir(tmp_path.parent)
     assert expand_inputs([f"{tmp_path.name}/gone[1].mp4", f"{tmp_path.name}/gone.mp4"]) == missing
     assert all(os.path.isabs(path) for path in missing)
+
+
+def test_a_render_decodes_fewer_frames_at_once_of_a_large_source() -> None:
+    """A 4K source rendered 64 full frames at a time: 3.6 GB for one chunk."""
+    from portraitflow.operators.render import frames_per_chunk
+
+    assert frames_per_chunk(64, 1920, 1080) == 64
+    assert frames_per_chunk(64, 3840, 2160) == 16
+    assert frames_per_chunk(64, 7680, 4320) == 4
+    assert frames_per_chunk(64, 30000, 20000) == 1

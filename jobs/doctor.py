@@ -64,10 +64,16 @@ def doctor(
     )
 
     typer.echo("face backends:")
-    from portraitflow.models.face.registry import describe_backends
+    from portraitflow.models.face.factory import backend_model_files
+    from portraitflow.models.face.model_files import ModelFilesMissing
 
-    for report in describe_backends(cfg.face):
-        typer.echo(f"  [{'ok' if report.available else 'missing':7s}] {report.name}: {report.detail}")
+    for backend in ("opencv", "insightface", "dlib-landmarks"):
+        try:
+            found = backend_model_files(backend, cfg.face)
+        except ModelFilesMissing as exc:
+            typer.echo(f"  [missing] {backend}: {exc}")
+        else:
+            typer.echo(f"  [ok     ] {backend}: {', '.join(f'{k}={v}' for k, v in found.items())}")
     healthy &= _check(f"face.backend={cfg.face.backend}", lambda: _face_models(cfg))
 
     typer.echo("services:")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from portraitflow.jobs.config.face import FaceConfig
 from portraitflow.models.face import model_files
@@ -27,15 +28,24 @@ def create_analyzer(cfg: FaceConfig, threads: int = 0) -> FaceAnalyzer:
     return analyzer
 
 
+def backend_model_files(backend: str, cfg: FaceConfig) -> dict[str, Path]:
+    """The model files of `backend` (detector and recogniser; `dlib-landmarks`: the 68-point
+    landmarks every backend takes from dlib), by role; raises model_files.ModelFilesMissing,
+    naming what to download and where to put it, when they are not on this machine."""
+    if backend == "opencv":
+        return model_files.opencv_models()
+    if backend == "insightface":
+        return model_files.insightface_models(cfg.insightface_root, cfg.insightface_pack)
+    if backend == "dlib-landmarks":
+        return model_files.dlib_models()
+    raise ValueError(f"unknown face backend {backend!r}")
+
+
 def check_model_files(cfg: FaceConfig) -> None:
-    """Raise model_files.ModelFilesMissing, naming what to download and where to put it, when
-    `cfg.backend`'s model files are not on this machine: a driver refuses the run before each of
-    its actors dies of it."""
-    model_files.dlib_models()  # both backends take their 68 landmarks from dlib
-    if cfg.backend == "opencv":
-        model_files.opencv_models()
-    elif cfg.backend == "insightface":
-        model_files.insightface_models(cfg.insightface_root, cfg.insightface_pack)
+    """Raise model_files.ModelFilesMissing when `cfg.backend`'s model files or the landmark
+    models are missing: a driver refuses the run before each of its actors dies of it."""
+    for backend in ("dlib-landmarks", cfg.backend):
+        backend_model_files(backend, cfg)
 
 
 def _load_backend(cfg: FaceConfig, threads: int) -> FaceAnalyzer:

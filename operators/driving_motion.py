@@ -1,6 +1,12 @@
 """The driving video's motion: shots, the driver's face track, one crop box per shot, and per-frame
 keypoints, landmarks and head pose in that crop's pixels; then the windows the animators consume.
 
+Head pose is the landmark fit (`centred_head_pose`) except on profiles (`models.face.pose.profile_pose`:
+the detector keypoints say the head is turned past `PROFILE_KEYPOINT_YAW`), where the landmarks lie
+like a frontal face: there the yaw is the keypoints' and pitch and roll are filled from the frames
+around. A driver mostly in profile is still used: HunyuanPortrait takes its motion from the
+driving crops themselves, and the warp preview gets a head turned the right way.
+
 `extract_driving_motion` decodes the video once in bounded chunks and keeps only small per-frame
 arrays; `iter_driving_windows` decodes it again, window by window, to cut the crops, so memory
 never depends on the video's length.
@@ -17,6 +23,7 @@ from scipy.ndimage import gaussian_filter1d
 from portraitflow.models.animators.base import DrivingWindow
 from portraitflow.models.face.align import crop_square, square_crop_box
 from portraitflow.models.face.base import Face, FaceAnalyzer
+from portraitflow.models.face.pose import profile_pose
 from portraitflow.operators.decode import VideoUnreadable, iter_frame_chunks, probe_video
 from portraitflow.operators.motion import window_buckets
 from portraitflow.operators.reference_portrait import NoFace, centred_head_pose, to_crop
@@ -27,8 +34,10 @@ from portraitflow.operators.tracking import Track, box_iou, interpolate_rows, tr
 MIN_RELATIVE_SIDE = 0.5
 #: bumped when extraction gives other motion for the same driver and settings, so cached motion is
 #: made again (2: shots are split as curation splits them, a histogram cut confirmed by the hash;
-#: 3: a frame coded after an mp4 edit list's end is not shown, nor counted in the driver's rate)
-EXTRACTION_VERSION = 3
+#: 3: a frame coded after an mp4 edit list's end is not shown, nor counted in the driver's rate;
+#: 4: on profiles the yaw is the detector keypoints', not the landmark fit's; a non-square-pixel
+#: driver is read at its shown width, joined MPEG-TS segments in decoding order)
+EXTRACTION_VERSION = 4
 
 
 @dataclass
@@ -133,6 +142,7 @@ def extract_driving_motion(
     first_faces: list[np.ndarray | None] = []
     kps = np.zeros((num_frames, 5, 2), np.float32)
     landmarks = np.zeros((num_frames, 68, 2), np.float32)
+    face_track = np.zeros((num_frames, 4), np.float32)  # each frame's face box, crop pixels: tells profiles
     detected = np.zeros(num_frames, dtype=bool)
     for index, (start, end) in enumerate(shots.shots()):
         shot[start:end] = index
@@ -155,6 +165,7 @@ def extract_driving_motion(
                 first_faces[-1] = to_crop(faces[best][0].box.reshape(2, 2), box, size).reshape(4)
             kps[position] = to_crop(faces[best][0].kps, box, size)
             landmarks[position] = to_crop(faces[best][1], box, size)
+            face_track[position] = to_crop(faces[best][0].box.reshape(2, 2), box, size).reshape(4)
             detected[position] = True
     if not detected.any():
         raise NoFace("no face in the driving video")
@@ -162,6 +173,7 @@ def extract_driving_motion(
         raise NoFace(f"the driver's face is found on {detected.mean():.0%} of the driving frames "
                      f"(at least {min_face_fraction:.0%} needed)")
     kps, landmarks = _fill(kps, detected, shot), _fill(landmarks, detected, shot)
+    face_track = _fill(face_track, detected, shot)
     have = [i for i, b in enumerate(shot_boxes) if b is not None]
     nearest = [min(have, key=lambda j: abs(j - i)) for i in range(len(shot_boxes))]
     boxes = np.stack([shot_boxes[j] for j in nearest])
@@ -171,11 +183,14 @@ def extract_driving_motion(
             in_shot = shot == index
             kps[in_shot] = gaussian_filter1d(kps[in_shot], smooth_sigma, axis=0, mode="nearest")
             landmarks[in_shot] = gaussian_filter1d(landmarks[in_shot], smooth_sigma, axis=0, mode="nearest")
-    pose = centred_head_pose(analyzer, landmarks, size)
-    fitted = np.isfinite(pose).all(axis=1)
+            face_track[in_shot] = gaussian_filter1d(face_track[in_shot], smooth_sigma, axis=0, mode="nearest")
+    pose, profile = profile_pose(centred_head_pose(analyzer, landmarks, size), kps, face_track)
+    fitted = np.isfinite(pose).all(axis=1)  # not on profiles: their pitch and roll are filled too
     if not fitted.any():
         raise NoFace("no head pose fits the driver's landmarks")
-    return DrivingMotion(float(fps), size, shot, boxes, face_boxes, kps, landmarks, _fill(pose, fitted, shot), detected)
+    filled = _fill(pose, fitted, shot)
+    filled[profile, 0] = pose[profile, 0]  # the keypoints' yaw, which has the right sign
+    return DrivingMotion(float(fps), size, shot, boxes, face_boxes, kps, landmarks, filled, detected)
 
 
 def iter_driving_windows(path: str, motion: DrivingMotion, window: int = 25) -> Iterator[DrivingWindow]:

@@ -35,6 +35,8 @@ import numpy as np
 
 from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.models.face.base import FaceAnalyzer
+from portraitflow.models.face.pose import profile_pose
+from portraitflow.operators.reference_portrait import crop_head_pose
 from portraitflow.operators import metrics, metrics_learned
 from portraitflow.operators.atomic import atomic_target, write_parquet
 
@@ -59,13 +61,11 @@ SELF_REFERENCE_MIN_PSNR_DB = 30.0
 #: the output's and the driver's own jitter and flicker, which `jitter_error` and `flicker_error` compare
 DIAGNOSTICS = ("output_jitter", "driver_jitter", "output_flicker", "driver_flicker")
 
-#: side of the square crop space head pose is measured in (only the face's size in it matters)
-POSE_SIZE = 512
-
-
 def analyse_faces(analyzer: FaceAnalyzer, frames: np.ndarray, embed: bool = True) -> dict[str, np.ndarray]:
     """Largest face per frame: detected flag, landmarks (T,68,2), pose (T,3), embedding (T,D)
-    (only with `embed`); NaN rows where no face was found."""
+    (only with `embed`); NaN rows where no face was found. The pose is NaN too on profiles
+    (`models.face.pose.profile_pose`), where the landmark fit reads a turned head as frontal or
+    turned the other way, so APD leaves them out rather than compare noise."""
     count = len(frames)
     out = {
         "detected": np.zeros(count, bool),
@@ -82,27 +82,15 @@ def analyse_faces(analyzer: FaceAnalyzer, frames: np.ndarray, embed: bool = True
     landmarks = analyzer.landmarks(kept_frames, np.stack([face.box for face in kept_faces]))
     out["detected"][kept] = True
     out["landmarks"][kept] = landmarks
-    out["pose"][kept] = crop_head_pose(analyzer, landmarks, [face.box for face in kept_faces],
-                                       [frame.shape[:2] for frame in kept_frames])
+    pose = crop_head_pose(analyzer, landmarks, [face.box for face in kept_faces],
+                          [frame.shape[:2] for frame in kept_frames])
+    profile = profile_pose(pose, np.stack([face.kps for face in kept_faces]),
+                           np.stack([face.box for face in kept_faces]))[1]
+    pose[profile] = np.nan
+    out["pose"][kept] = pose
     if embed:
         out["embedding"][kept] = analyzer.embed(kept_frames, kept_faces)
     return out
-
-
-def crop_head_pose(analyzer: FaceAnalyzer, landmarks: np.ndarray, face_boxes: list[np.ndarray],
-                   image_sizes: list[tuple[int, int]]) -> np.ndarray:
-    """(N, 3) head pose of each face as generation measures it: landmarks moved into the face's
-    square crop (`square_crop_box` of its box, at `POSE_SIZE`) and centred there
-    (`centred_head_pose`), so the angles depend on the head, not on where it sits in the frame or
-    how much of the frame it fills."""
-    from portraitflow.models.face.align import square_crop_box
-    from portraitflow.operators.reference_portrait import centred_head_pose, to_crop
-
-    if not len(landmarks):
-        return np.zeros((0, 3), np.float32)
-    in_crop = np.stack([to_crop(points, square_crop_box(box, size), POSE_SIZE)
-                        for points, box, size in zip(landmarks, face_boxes, image_sizes)])
-    return centred_head_pose(analyzer, in_crop, POSE_SIZE)
 
 
 def to_output_space(frames: np.ndarray, shape: tuple[int, int], crop_box: np.ndarray | None,

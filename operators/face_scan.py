@@ -26,7 +26,8 @@ from portraitflow.jobs.config.curate import CurateConfig
 from portraitflow.models.face.align import square_crop_box
 from portraitflow.models.face.base import Face, FaceAnalyzer, l2_normalise
 from portraitflow.models.face.model_files import file_sha256
-from portraitflow.models.face.pose import yaw_from_keypoints
+from portraitflow.models.face.pose import (MAX_PROFILE_SHARE, PROFILE_KEYPOINT_YAW, landmark_scale_yaw, profile_pose,
+                                          yaw_from_keypoints)
 from portraitflow.operators import filters
 from portraitflow.operators.decode import VideoInfo, iter_frame_chunks
 from portraitflow.operators.atomic import atomic_write
@@ -35,6 +36,7 @@ from portraitflow.operators.identity import (gallery_photos, identity_link, load
 from portraitflow.operators.inputs import clip_key
 from portraitflow.operators.motion import motion_table
 from portraitflow.operators.probe import FAILED, error_text, probe_input
+from portraitflow.operators.reference_portrait import crop_head_pose
 from portraitflow.operators.shots import ShotDetector
 from portraitflow.operators.timing import StageTimer
 from portraitflow.operators.tracking import Track, interpolate_rows, track_faces
@@ -203,8 +205,10 @@ def _track_measures(frames: dict[str, np.ndarray], detection_frames: int, cfg: C
     secondary = sum(1 for column, on in zip(others.T, present.T)
                     if on.sum() >= 0.25 * len(sides)
                     and np.median(column[on]) >= cfg.secondary_face_ratio * np.median(sides))
+    profile = frames["measure_keypoint_yaw"][seen] > PROFILE_KEYPOINT_YAW
     return {"face_side_px": float(np.median(sides)), "detected_ratio": float(seen.sum() / detection_frames),
-            "secondary_faces": float(secondary), "keypoint_yaw": _detected_median(frames["measure_keypoint_yaw"], seen)}
+            "secondary_faces": float(secondary), "keypoint_yaw": _detected_median(frames["measure_keypoint_yaw"], seen),
+            "profile_share": float(profile.mean()) if len(profile) else 0.0}
 
 
 def _detected_median(values: np.ndarray, seen: np.ndarray) -> float:
@@ -221,7 +225,10 @@ def _track_reason(measures: dict[str, float], frames: int, info: VideoInfo, cfg:
         filters.frame_rate(info.fps, cfg),
         filters.face_size(measures["face_side_px"], cfg),
         filters.duration(frames / cfg.fps, cfg),
-        filters.pose(measures["keypoint_yaw"], 0.0, cfg),  # profiles, which the landmark fit reads as frontal
+        # profiles, which the landmark fit reads as frontal: a clip mostly in profile whatever
+        # `max_abs_yaw`, and the keypoints' median yaw on the fit's scale, which the limit means
+        filters.EXTREME_POSE if measures.get("profile_share", 0.0) > MAX_PROFILE_SHARE else None,
+        filters.pose(float(landmark_scale_yaw(measures["keypoint_yaw"])), 0.0, cfg),
     )
 
 
@@ -241,7 +248,7 @@ def _measure(analyzer: FaceAnalyzer, path: str, size, frame_hw: tuple[int, int],
             marks = analyzer.landmarks(list(chunk.frames), boxes)
             landmarks.append(marks)
         with timer.time("pose"):
-            poses.append(analyzer.head_pose(marks, [frame_hw] * len(marks)))
+            poses.append(scan_pose(analyzer, marks, boxes, part.kps[index], frame_hw))
         with timer.time("sharpness"):  # on detected frames: NaN on the others
             sharp.extend(filters.laplacian_sharpness(f, b) if d else np.nan
                          for f, b, d in zip(chunk.frames, boxes, part.detected[index]))
@@ -256,7 +263,7 @@ def _measure(analyzer: FaceAnalyzer, path: str, size, frame_hw: tuple[int, int],
         "boxes": part.boxes * np.tile(to_source, 2),
         "kps": part.kps * to_source,
         "landmarks": np.concatenate(landmarks) * to_source,
-        "pose": np.concatenate(poses).astype(np.float32),
+        "pose": _fill_pose(np.concatenate(poses).astype(np.float32)),
         "thumbnails": np.concatenate(thumbnails),
         "sample_index": samples,
         "sample_embedding": np.concatenate(embeddings),
@@ -265,6 +272,30 @@ def _measure(analyzer: FaceAnalyzer, path: str, size, frame_hw: tuple[int, int],
     }
     with timer.time("filters"):
         return _decide(arrays, 0, end - start, start, info, galleries, analyzer.same_person_threshold, cfg)
+
+
+def scan_pose(analyzer: FaceAnalyzer, landmarks: np.ndarray, boxes: np.ndarray, kps: np.ndarray,
+              frame_hw: tuple[int, int]) -> np.ndarray:
+    """(N, 3) per-frame head pose of a clip as generation and evaluation measure it
+    (`reference_portrait.crop_head_pose`: the landmarks centred in the face's square crop, so where the
+    face sits in the frame and how much of it it fills do not tilt it; fitted on the whole frame it
+    read 5-9 degrees more pitch), and on profiles the keypoints' yaw with pitch and roll NaN
+    (`profile_pose`; `_fill_pose` fills them)."""
+    pose = crop_head_pose(analyzer, landmarks, list(boxes), [frame_hw] * len(landmarks))
+    return profile_pose(pose, kps, boxes)[0]
+
+
+def _fill_pose(pose: np.ndarray) -> np.ndarray:
+    """A clip's per-frame pose with the rows `profile_pose` left without pitch and roll, or that no
+    fit found, interpolated from the frames that have one (held at the clip's ends); the yaw of a
+    profile is kept. Left NaN in a clip without any such frame."""
+    pose = np.array(pose, np.float32)
+    known = np.isfinite(pose).all(axis=1)
+    if known.any() and not known.all():
+        yaw = pose[:, 0].copy()
+        pose[~known] = interpolate_rows(np.flatnonzero(~known), np.flatnonzero(known), pose[known])
+        pose[np.isfinite(yaw), 0] = yaw[np.isfinite(yaw)]
+    return pose
 
 
 def _decide(arrays: dict[str, np.ndarray], first: int, last: int, offset: int, info: VideoInfo,
@@ -396,8 +427,11 @@ SCANNED = "scanned"
 #: switch are measured and filtered on their own frames: `sharpness` and the first-pass measures
 #: were the whole clip's; and a frame coded after an mp4 edit list's end is off the timeline;
 #: 6: `motion` is the speed of landmarks smoothed in time (raw, it measured jitter), and `ref_index`
-#: is a detected, eyes-open frame inside the image, not just the most frontal one)
-SCAN_MEASURES_VERSION = 6
+#: is a detected, eyes-open frame inside the image, not just the most frontal one;
+#: 7: `pose` is fitted on the face centred in its square crop, as generation and evaluation fit it, and
+#: on profiles takes the keypoints' yaw; `extreme_pose` compares `keypoint_yaw` on the landmark fit's
+#: scale and rejects a clip mostly in profile (`profile_share`))
+SCAN_MEASURES_VERSION = 7
 #: curate fields a scan does not depend on (resources, decoding chunk size, naming, the stages
 #: after it); changing them keeps earlier scans valid.
 _NOT_IN_SCAN = {"face_actors", "actor_cpus", "chunk_frames", "experiment", "progress_bars", "crop_size", "crf",

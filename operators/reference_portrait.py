@@ -68,6 +68,23 @@ def centred_head_pose(analyzer: FaceAnalyzer, landmarks: np.ndarray, size: int) 
     return analyzer.head_pose(centred, [(size, size)] * len(landmarks))
 
 
+#: side of the square crop space `crop_head_pose` measures in (only the face's size in it matters)
+POSE_SIZE = 512
+
+
+def crop_head_pose(analyzer: FaceAnalyzer, landmarks: np.ndarray, face_boxes: list[np.ndarray],
+                   image_sizes: list[tuple[int, int]]) -> np.ndarray:
+    """(N, 3) head pose of each face as generation measures it: landmarks moved into the face's
+    square crop (`square_crop_box` of its box, at `POSE_SIZE`) and centred there
+    (`centred_head_pose`), so the angles depend on the head, not on where it sits in the frame or
+    how much of the frame it fills."""
+    if not len(landmarks):
+        return np.zeros((0, 3), np.float32)
+    in_crop = np.stack([to_crop(points, square_crop_box(box, size), POSE_SIZE)
+                        for points, box, size in zip(landmarks, face_boxes, image_sizes)])
+    return centred_head_pose(analyzer, in_crop, POSE_SIZE)
+
+
 def reference_face(image: np.ndarray, analyzer: FaceAnalyzer) -> tuple[Face, tuple[int, int, int, int]]:
     """The largest face of an RGB reference and the square box generation crops around it; raises
     NoFace without one. Generation, the still baseline and evaluation's self protocol all frame the

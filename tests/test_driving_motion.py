@@ -63,3 +63,71 @@ def test_an_int_frame_rate_is_taken_like_a_float(tmp_path) -> None:
     path = synthetic_video(tmp_path / "shapes.mp4", frames=10)
     with pytest.raises(NoFace):
         extract_driving_motion(str(path), _NoFaces(), fps=25)
+
+
+class _TurningDriver:
+    """One face per frame whose landmarks always fit a positive yaw (as dlib lays out a profile: like a
+    near-frontal face, here turned the wrong way), while its detector nose moves from the box centre
+    (frontal) to 0.45 box widths left of it (a left profile) from frame `turn` on."""
+
+    def __init__(self, turn: int) -> None:
+        self.turn, self.seen = turn, 0
+
+    def detect(self, frames: list) -> list[list]:
+        from portraitflow.models.face.base import Face
+
+        faces = []
+        for _ in frames:
+            kps = np.array([[40, 45], [88, 45], [64, 60], [46, 78], [82, 78]], np.float32)
+            kps[2, 0] -= 0.45 * 96 if self.seen >= self.turn else 0.0
+            faces.append([Face(np.array([16, 16, 112, 112], np.float32), 1.0, kps)])
+            self.seen += 1
+        return faces
+
+    def landmarks(self, frames: list, boxes: np.ndarray) -> np.ndarray:
+        from scipy.spatial.transform import Rotation
+
+        from portraitflow.models.face.pose import POSE_LANDMARKS, POSE_TEMPLATE
+
+        turned = Rotation.from_euler("y", -20, degrees=True).apply(POSE_TEMPLATE)  # nose to larger x: yaw +20
+        points = np.full((68, 2), 64.0)
+        points[POSE_LANDMARKS] = turned[:, :2] * 0.5 + 64.0
+        return np.repeat(points[None], len(frames), axis=0).astype(np.float32)
+
+    def head_pose(self, landmarks: np.ndarray, image_sizes: list) -> np.ndarray:
+        from portraitflow.models.face.pose import head_pose_from_landmarks
+
+        return head_pose_from_landmarks(landmarks, image_sizes)
+
+
+def test_a_profile_drivers_yaw_comes_from_its_keypoints(tmp_path) -> None:
+    """`lia_ted_driving3.mp4`'s left profile gave the warp animator yaw +32..+46 (a head turning right)."""
+    from bad_media import synthetic_video
+
+    from portraitflow.operators.driving_motion import extract_driving_motion
+
+    path = str(synthetic_video(tmp_path / "shapes.mp4", frames=20))
+    motion = extract_driving_motion(path, _TurningDriver(turn=8), size=128, fps=25.0)
+    assert motion.num_frames == 20
+    assert np.all((motion.pose[:5, 0] > 10.0) & (motion.pose[:5, 0] < 25.0))  # frontal keypoints: the fit stands
+    np.testing.assert_allclose(motion.pose[11:, 0], np.degrees(np.arcsin(-0.675)), atol=0.5)  # asin(1.5 x -0.45)
+    assert np.isfinite(motion.pose).all()  # pitch and roll filled from the frontal frames
+
+
+def test_the_ted_drivers_left_profile_reads_as_turned_left(media_dir) -> None:
+    """MANIFEST: frontal, then near side profile to her left. Frames 84-114 (10 fps) read yaw
+    +10..+49 from the landmark fit; the keypoints read -50..-90 (asin(2 x offset))."""
+    from portraitflow.jobs.config import FaceConfig
+    from portraitflow.models.face.factory import create_analyzer
+    from portraitflow.models.face.model_files import ModelFilesMissing
+    from portraitflow.operators.driving_motion import extract_driving_motion
+
+    try:
+        analyzer = create_analyzer(FaceConfig(backend="opencv"))
+    except ModelFilesMissing as missing:
+        pytest.skip(str(missing))
+    path = str(media_dir / "lia_ted_driving3.mp4")
+    motion = extract_driving_motion(path, analyzer, size=512)  # 54% of its frames in profile: still used
+    assert motion.fps == 10.0
+    assert np.all(motion.pose[:30, 0] > 15.0)  # first turned to the image's right, which the fit reads
+    assert np.all(motion.pose[84:115, 0] < -30.0)

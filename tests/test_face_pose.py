@@ -181,3 +181,57 @@ def test_frontal_real_frames_read_near_zero_and_mirror(opencv_analyzer, media_di
     assert abs(pose[0] + mirrored[0]) < 2.5  # yaw changes sign, at about the same size
     assert abs(pose[2] + mirrored[2]) < 1.5  # so does roll
     assert abs(pose[1] - mirrored[1]) < 2.0  # pitch stays
+
+
+def _keypoints_with_nose_at(offsets: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Detector keypoints and boxes (a 200-px box at 100..300) with the nose `offset` box widths
+    right of the box centre."""
+    boxes = np.tile(np.array([100, 100, 300, 300], np.float32), (len(offsets), 1))
+    kps = np.tile(np.array([[170, 170], [230, 170], [200, 210], [175, 250], [225, 250]], np.float32),
+                  (len(offsets), 1, 1))
+    kps[:, 2, 0] = 200 + 200 * np.asarray(offsets, np.float32)
+    return kps, boxes
+
+
+def test_a_profile_frame_takes_the_keypoints_yaw_not_the_landmark_fits():
+    """dlib lays profiles out like a near-frontal face: `inspireface_pose_left_face.jpeg` (about -80)
+    read -22.8 and +1.9, `lia_ted_driving3.mp4`'s left profile +32..+46."""
+    from portraitflow.models.face.pose import PROFILE_KEYPOINT_YAW, profile_pose, yaw_from_keypoints
+
+    kps, boxes = _keypoints_with_nose_at([0.1, -0.3, -0.45, 0.48])
+    assert np.abs(yaw_from_keypoints(kps, boxes))[1] < PROFILE_KEYPOINT_YAW < np.abs(yaw_from_keypoints(kps, boxes))[2]
+    fitted = np.array([[8.0, 3.0, 1.0], [-25.0, 2.0, 0.0], [30.0, -9.0, 12.0], [-2.0, 5.0, 4.0]], np.float32)
+    pose, profile = profile_pose(fitted, kps, boxes)
+    assert profile.tolist() == [False, False, True, True]
+    np.testing.assert_array_equal(pose[:2], fitted[:2])  # turned less: the fit stands
+    np.testing.assert_allclose(pose[2:, 0], np.degrees(np.arcsin([-0.675, 0.72])), atol=1e-3)  # asin(1.5 x offset)
+    assert np.isnan(pose[2:, 1:]).all()  # pitch and roll are left to the frames around
+
+
+def test_keypoint_yaw_on_the_landmark_scale_puts_45_degrees_where_the_fit_reads_45():
+    """asin(2 x offset) read 27 where the landmark fit read 20 on the shared media, so `max_abs_yaw`
+    45 rejected clips at about 30-35 degrees of landmark yaw; on the fit's scale (gain 1.5) 45 is 45."""
+    from portraitflow.models.face.pose import LANDMARK_SCALE_GAIN, landmark_scale_yaw, yaw_from_keypoints
+
+    kps, boxes = _keypoints_with_nose_at([0.0, 0.1, -0.25, np.sin(np.radians(45)) / LANDMARK_SCALE_GAIN])
+    raw = yaw_from_keypoints(kps, boxes)
+    np.testing.assert_allclose(landmark_scale_yaw(raw), yaw_from_keypoints(kps, boxes, LANDMARK_SCALE_GAIN), atol=1e-3)
+    np.testing.assert_allclose(landmark_scale_yaw(raw)[2:], [np.degrees(np.arcsin(-0.375)), 45.0], atol=1e-3)
+    assert raw[3] == pytest.approx(70.5, abs=0.1)
+
+
+@pytest.mark.parametrize("photo", ["inspireface_pose_left_face.jpeg", "deca_AFLW2000_image00181.jpg"])
+def test_profile_photos_read_as_turned_left_and_leave_apd(opencv_analyzer, media_dir: Path, photo):
+    """MANIFEST: near and full left profiles. The landmark fit read -22.6 and +2.7 (opencv)."""
+    from portraitflow.models.face.images import load_image
+    from portraitflow.models.face.pose import profile_pose
+    from portraitflow.operators.evaluate_video import analyse_faces
+    from portraitflow.operators.reference_portrait import crop_head_pose
+
+    image = load_image(str(media_dir / photo)).rgb
+    face = opencv_analyzer.detect([image])[0][0]
+    fitted = crop_head_pose(opencv_analyzer, opencv_analyzer.landmarks([image], face.box[None]), [face.box],
+                            [image.shape[:2]])
+    pose, profile = profile_pose(fitted, face.kps[None], face.box[None])
+    assert profile[0] and pose[0, 0] < -40.0
+    assert np.isnan(analyse_faces(opencv_analyzer, image[None], embed=False)["pose"]).all()

@@ -97,18 +97,69 @@ def head_pose_from_landmarks(landmarks: np.ndarray, image_sizes: Sequence[tuple[
     return np.array(poses, dtype=np.float32).reshape(-1, 3)
 
 
-def yaw_from_keypoints(kps: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """(N,) float32 yaw in degrees (signs as above) from detector keypoints (N, 5, 2) and boxes (N, 4).
+#: `yaw_from_keypoints` past which a frame counts as a profile and its landmark fit is not trusted:
+#: dlib lays a profile's 68 landmarks out like a near-frontal face, so the fit reads it as about
+#: frontal or turned the other way. Measured on `lia_ted_driving3.mp4` (10 fps, the driver turning
+#: to her left): up to a keypoint yaw of 40 (nose 0.33 of the box width off its centre) the fit
+#: follows the turn (-22 to -30); from 48 on (0.37) it reads -14 to +51, +32 to +46 across the
+#: near-profile frames 84-114 whose keypoints read -50 to -90.
+PROFILE_KEYPOINT_YAW = 45.0
+#: the gain that puts keypoint yaw on the landmark fit's scale: asin(gain x offset). Fitted on the
+#: shared media's scans (41 clips, 6982 frames, landmark fit on the face centred in its crop):
+#: binned by the offset, the median landmark yaw is 5.6, 10.6, 14.1, 19.7 and 20.9 degrees where
+#: asin(1.5 x offset) reads 5.8, 10.4, 14.9, 19.8 and 23.6 (and asin(2 x offset) 7.8, 14.0,
+#: 20.0, 26.9 and 32.3). It cannot read past about 55 (the nose at the box's edge).
+LANDMARK_SCALE_GAIN = 1.5
+#: share of a clip's frames in profile past which curation rejects it (`extreme_pose`): its
+#: landmarks, and the expression and pose taken from them, would be mostly a frontal shape laid
+#: over a profile
+MAX_PROFILE_SHARE = 0.5
 
-    The 68-point landmarks are fitted to a near-frontal shape and carry no yaw on profiles; the
-    detectors' keypoints are trained on profiles too and keep the nose where it is. Its offset
-    from the box centre over the box width, 0 frontal and about +-0.5 in full profile, reads as
-    asin(2 x offset): on the shared media's head turns this agrees with the landmark fit within
-    about 5 degrees up to 30, and it reads the profiles the landmarks cannot (YuNet: -90 and -77
-    degrees on `inspireface_pose_left_face.jpeg` and `deca_AFLW2000_image00181.jpg`).
-    """
+
+def nose_offset(kps: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(N,) the detector's nose keypoint's offset from its box's centre over the box width: 0
+    frontal, about +-0.5 in full profile (signs as yaw); keypoints (N, 5, 2), boxes (N, 4)."""
     kps = np.asarray(kps, np.float64).reshape(-1, 5, 2)
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     width = np.maximum(boxes[:, 2] - boxes[:, 0], 1e-6)
-    offset = (kps[:, 2, 0] - (boxes[:, 0] + boxes[:, 2]) / 2) / width
-    return np.degrees(np.arcsin(np.clip(2 * offset, -1.0, 1.0))).astype(np.float32)
+    return (kps[:, 2, 0] - (boxes[:, 0] + boxes[:, 2]) / 2) / width
+
+
+def yaw_from_keypoints(kps: np.ndarray, boxes: np.ndarray, gain: float = 2.0) -> np.ndarray:
+    """(N,) float32 yaw in degrees (signs as above) from detector keypoints (N, 5, 2) and boxes (N, 4).
+
+    The 68-point landmarks are fitted to a near-frontal shape and carry no yaw on profiles; the
+    detectors' keypoints are trained on profiles too and keep the nose where it is. The yaw is
+    asin(gain x `nose_offset`). The default gain 2 reads a full profile as +-90 (YuNet: -90 and -77
+    degrees on `inspireface_pose_left_face.jpeg` and `deca_AFLW2000_image00181.jpg`) and is what
+    tells profiles (`PROFILE_KEYPOINT_YAW`), but it overshoots the landmark fit past about 10
+    degrees (27 where the fit reads 20, 32 where it reads 21); `LANDMARK_SCALE_GAIN` reads on the fit's
+    scale (`landmark_scale_yaw`).
+    """
+    offset = nose_offset(kps, boxes)
+    return np.degrees(np.arcsin(np.clip(gain * offset, -1.0, 1.0))).astype(np.float32)
+
+
+def landmark_scale_yaw(keypoint_yaw: np.ndarray | float) -> np.ndarray:
+    """Keypoint yaw of the default gain (asin(2 x offset)) on the landmark fit's scale
+    (asin(`LANDMARK_SCALE_GAIN` x offset)), for comparing it with limits meant for the fit
+    (`max_abs_yaw`): a keypoint yaw of 70.5 is 45 there, and 90 is 48.6."""
+    sine = np.sin(np.radians(np.asarray(keypoint_yaw, np.float64))) * LANDMARK_SCALE_GAIN / 2.0
+    return np.degrees(np.arcsin(np.clip(sine, -1.0, 1.0)))
+
+
+def profile_pose(pose: np.ndarray, kps: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(pose, profile): landmark-fit poses (N, 3) with the profile frames' rows replaced, and which
+    frames are profiles (N,) bool: `yaw_from_keypoints` of the frame's detector keypoints (N, 5, 2)
+    and face box (N, 4) beyond `PROFILE_KEYPOINT_YAW`.
+
+    On a profile the fit is not trusted: its pitch and roll become NaN (callers fill them from the
+    frames around, or leave the frame out) and its yaw is the keypoints' on the fit's scale
+    (`LANDMARK_SCALE_GAIN`), whose sign is right where the fit's often is not.
+    """
+    pose = np.array(pose, dtype=np.float32).reshape(-1, 3)
+    profile = np.abs(yaw_from_keypoints(kps, boxes)) > PROFILE_KEYPOINT_YAW
+    pose[profile] = np.nan
+    pose[profile, 0] = yaw_from_keypoints(np.asarray(kps).reshape(-1, 5, 2)[profile],
+                                          np.asarray(boxes).reshape(-1, 4)[profile], LANDMARK_SCALE_GAIN)
+    return pose, profile

@@ -74,7 +74,7 @@ def bench_pipeline(media: Path, cpus: int) -> dict[int, dict[str, float]]:
 
     from portraitflow.jobs.config import load_config
     from portraitflow.operators.generation_jobs import Job
-    from portraitflow.pipelines.generate import run_generation
+    from portraitflow.jobs.generation import run_generation
 
     jobs = [Job(f"{Path(r).stem}__{Path(d).stem}", str(media / r), str(media / d)) for r in REFS for d in DRIVERS]
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)

@@ -39,10 +39,10 @@ def animate(
 ) -> None:
     """Animate each reference portrait with its driving video; one MLflow run per invocation.
     Every job runs; the exit status is 1 when any failed (results.parquet says why), so a scheduler sees it."""
+    from portraitflow.jobs.generation import run_generation
     from portraitflow.jobs.runtime import NotEnoughResources
     from portraitflow.operators.atomic import FolderBusy
     from portraitflow.operators.generation_jobs import cross_jobs, load_jobs, pair_jobs
-    from portraitflow.pipelines.generate import run_generation
 
     forms = [ref is not None or driving is not None, jobs is not None, refs is not None or drivers is not None]
     if sum(forms) != 1 or (forms[0] and not (ref and driving)) or (forms[2] and not (refs and drivers)):

@@ -15,8 +15,9 @@ left RUNNING. Children are created with MlflowClient rather than the fluent API 
 `max_parallel` configs run at once in threads, and the fluent active-run stack is per thread.
 An interrupted sweep (Ctrl-C) starts no queued config, ends the children in flight and the parent
 KILLED, and re-raises; a config in the middle of a stage (generation, scoring) stops when it ends.
-Scoring outputs that already exist is one such run on its own. The Ray Data wiring that
-generates and scores is pipelines/evaluate.py.
+Scoring outputs that already exist is one such run on its own. A config's outputs are made by the
+generation job (jobs/generation.py) inside its child run; the Ray Data wiring that scores them is
+pipelines/evaluate.py.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import pandas as pd
 
 from portraitflow.jobs.config import PortraitFlowConfig, validation_problems
 from portraitflow.jobs.config.evaluate import EvaluateConfig
+from portraitflow.jobs.generation import run_generation
 from portraitflow.jobs.runtime import (
     FOLDER_TAG, end_abandoned_runs, ensure_experiment, folder_tag, init_ray, log_values, mlflow_client,
     mlflow_tracking_uri, require_resource,
@@ -40,7 +42,7 @@ from portraitflow.operators.atomic import atomic_write, exclusive_folder, write_
 from portraitflow.operators.eval_dataset import dataset_jobs
 from portraitflow.operators.evaluate_video import learned_aggregates
 from portraitflow.operators.generation_jobs import input_fingerprint
-from portraitflow.pipelines.evaluate import evaluate_outputs, generate_outputs
+from portraitflow.pipelines.evaluate import evaluate_outputs
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -289,6 +291,21 @@ def _log_files(client: MlflowClient, run_id: str, paths: list[Path], artifact_pa
         client.log_artifacts(run_id, staging, artifact_path)
 
 
+def generate_outputs(params: dict[str, Any], jobs: list[dict], out_dir: Path, cfg: PortraitFlowConfig) -> pd.DataFrame:
+    """A row per job for one config, at least (job_id, status, reason, output): the generation job
+    with the config's params as its animate settings (validated first, `config_settings`, before
+    anything is written or run), without an MLflow run of its own (the config's child run records it)."""
+    from portraitflow.operators.generation_jobs import Job
+
+    animate = sweep_spec.config_settings(params, cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not jobs:
+        return pd.DataFrame(columns=["job_id", "status", "reason", "output"])
+    table = run_generation([Job(j["job_id"], j["ref"], j["driving"]) for j in jobs], out_dir,
+                           cfg.model_copy(update={"animate": animate}), log_run=False)
+    return table.assign(status=table["status"].replace({"skipped": "ok"}))  # skipped = finished before
+
+
 def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepSpec, evaluate: EvaluateConfig,
                cfg: PortraitFlowConfig, out_dir: Path, parent_id: str, experiment_id: str,
                children: ChildRuns | None = None, inputs: pd.DataFrame | None = None,
@@ -529,17 +546,15 @@ def _parent(client: MlflowClient, experiment_id: str, name: str, tags: dict[str,
 
 
 def _check_cpus(configs: list[dict[str, Any]], max_parallel: int, cfg: PortraitFlowConfig) -> None:
-    """Animating configs running at once each hold an animation actor; with no CPU left for the
-    preparation tasks that feed them, the sweep would wait forever. (A `still` config's actor, the
-    evaluators and a config its params refuse need no feeding.)"""
+    """Configs running at once each hold an animation actor; with no CPU left for the preparation
+    tasks that feed them, the sweep would wait forever. (The evaluators and a config its params
+    refuse need no feeding.)"""
     animating = []
     for params in configs:
         try:
-            settings = sweep_spec.config_settings(params, cfg)
+            animating.append(sweep_spec.config_settings(params, cfg).cpus_per_actor)
         except ValueError:  # fails alone, before generating
             continue
-        if params["backend"] != "still":
-            animating.append(settings.cpus_per_actor)
     at_once = sorted(animating, reverse=True)[:max_parallel]
     if at_once:
         needed = sum(at_once) + 1

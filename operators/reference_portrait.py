@@ -87,8 +87,8 @@ def crop_head_pose(analyzer: FaceAnalyzer, landmarks: np.ndarray, face_boxes: li
 
 def reference_face(image: np.ndarray, analyzer: FaceAnalyzer) -> tuple[Face, tuple[int, int, int, int]]:
     """The largest face of an RGB reference and the square box generation crops around it; raises
-    NoFace without one. Generation, the still baseline and evaluation's self protocol all frame the
-    reference this way, so the scores compare the crop generation made."""
+    NoFace without one. Generation (every animator, the `still` baseline included) and evaluation's
+    self protocol both frame the reference this way, so the scores compare the crop generation made."""
     faces = analyzer.detect([image])[0]
     if not faces:
         raise NoFace("no face in the reference image")

@@ -137,15 +137,13 @@ def sweep_hash(spec: SweepSpec, evaluate: EvaluateConfig, cfg: PortraitFlowConfi
 
 
 def generation_settings(params: dict[str, Any], cfg: PortraitFlowConfig) -> dict[str, Any] | None:
-    """What makes a config's videos: for `still`, its framing (`STILL_PARAMS`); for an animator, its
-    backend and `output_settings` (what names generation's outputs, weights by their fingerprint).
-    None for params that are refused: that config fails before it makes anything."""
+    """What makes a config's videos: its backend and `output_settings` (what names generation's
+    outputs, weights by their fingerprint). None for params that are refused: that config fails
+    before it makes anything."""
     try:
         settings = config_settings(params, cfg)
     except ValueError:
         return None
-    if params["backend"] == "still":
-        return {name: getattr(settings, name) for name in STILL_PARAMS}
     backend = resolve_backend(settings)
     return {"backend": backend, **output_settings(backend, settings)}
 
@@ -160,27 +158,14 @@ def config_label(params: dict[str, Any]) -> str:
     return f"{params['backend']}[{','.join(rest)}]" if rest else str(params["backend"])
 
 
-#: the params a `still` config may set besides `backend`: how the reference is framed.
-STILL_PARAMS = ("size", "paste_back")
-
-
 def config_settings(params: dict[str, Any], cfg: PortraitFlowConfig) -> AnimateConfig:
     """The animate settings of one sweep config: `cfg.animate` overridden by its params, validated.
 
     ValueError (pydantic's ValidationError is one) naming any unknown or invalid param, or one the
-    config's backend does not read: `still` takes only `STILL_PARAMS`, an animator the settings it
-    declares (`registry.check_settings`). Such a param, a typo or a setting of another backend, is
-    refused rather than ignored, so two configs never differ only in a label (and a run).
+    config's backend does not read (`registry.check_settings`; `still` reads only the framing and
+    encoding every backend reads). Such a param, a typo or a setting of another backend, is refused
+    rather than ignored, so two configs never differ only in a label (and a run).
     """
-    if params.get("backend") == "still":
-        unused = sorted(set(params) - {"backend", *STILL_PARAMS})
-        if unused:
-            kinds = [f"{key!r} ({'an animate setting it does not use' if key in AnimateConfig.model_fields else 'unknown'})"
-                     for key in unused]
-            raise ValueError(f"backend still: unsupported params {', '.join(kinds)}; the still baseline takes only "
-                             f"{', '.join(STILL_PARAMS)} (list it under `configs:`, not in a grid of motion settings)")
-        framing = {k: v for k, v in params.items() if k != "backend"}
-        return cfg.animate.model_validate({**cfg.animate.model_dump(), **framing})
     settings = cfg.animate.model_validate({**cfg.animate.model_dump(), **params})
     check_settings(resolve_backend(settings), params)
     return settings

@@ -40,6 +40,7 @@ def test_every_animate_setting_is_read_by_every_backend_or_declared_by_exactly_o
     ("hunyuan", {"backend": "hunyuan", "weights": "tiny", "pose_multiplier": 0.5}, "pose_multiplier"),
     ("hunyuan", {"backend": "hunyuan", "weights": "tiny", "motion": "absolute"}, "motion"),
     ("hunyuan", {"backend": "auto", "weights": "tiny", "expression_multiplier": 2.0}, "expression_multiplier"),
+    ("still", {"backend": "still", "pose_multiplier": 0.5, "seed": 1}, "pose_multiplier, seed"),
 ])
 def test_a_sweep_config_refuses_a_param_its_backend_does_not_read(backend: str, params: dict, unused: str) -> None:
     with pytest.raises(ValueError, match=rf"backend {backend} does not use {unused}: {backend} reads"):
@@ -52,6 +53,24 @@ def test_a_sweep_config_takes_its_backends_own_params_and_every_backends() -> No
     assert (warp.pose_multiplier, warp.motion, warp.crf) == (0.5, "absolute", 20)
     hunyuan = config_settings({"backend": "hunyuan", "weights": "tiny", "seed": 1, "num_steps": 3, "size": 256}, cfg)
     assert (hunyuan.seed, hunyuan.num_steps, hunyuan.size) == (1, 3, 256)
+
+
+def test_the_still_baseline_is_an_animator_that_repeats_the_reference_crop() -> None:
+    """`still` is chosen like any backend and reads no setting of its own: every driving frame shows
+    the prepared crop unchanged, so the flow frames, encodes, resumes and quarantines it like the others."""
+    import numpy as np
+
+    from portraitflow.models.animators.base import DrivingWindow, ReferenceInput
+    from portraitflow.models.animators.registry import create_animator
+
+    crop = np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    reference = ReferenceInput(crop, np.zeros((5, 2)), np.zeros((68, 2)), np.zeros(3), np.zeros((112, 112, 3), np.uint8))
+    windows = [DrivingWindow(start, np.zeros((n, 8, 8, 3), np.uint8), np.zeros((n, 5, 2)), np.zeros((n, 68, 2)),
+                             np.zeros((n, 3))) for start, n in ((0, 3), (3, 2))]
+    animator = create_animator("still", AnimateConfig(backend="still"))
+    frames = list(animator.animate(reference, iter(windows), {"paste_back": False}))
+    assert [len(f) for f in frames] == [3, 2] and all((f == crop).all() for f in frames)
+    assert animator.describe(reference) == {"animator": "still"} and backend_settings("still") == set(PIPELINE_FIELDS)
 
 
 def test_a_job_column_its_backend_does_not_read_fails_that_job(tmp_path: Path) -> None:
@@ -81,10 +100,10 @@ def test_the_command_line_refuses_job_options_the_backend_does_not_read(
     from typer.testing import CliRunner
 
     from portraitflow.jobs.cli import app
-    from portraitflow.pipelines import generate
+    from portraitflow.jobs import generation
 
     calls = []
-    monkeypatch.setattr(generate, "run_generation", lambda jobs, out, cfg, resume=True: calls.append(cfg) or
+    monkeypatch.setattr(generation, "run_generation", lambda jobs, out, cfg, resume=True: calls.append(cfg) or
                         pd.DataFrame({"job_id": [], "status": [], "reason": []}))
     pair = ["--ref", str(tmp_path / "a.png"), "--driving", str(tmp_path / "b.mp4"), "--out", str(tmp_path / "out")]
     result = CliRunner().invoke(app, ["animate", *pair, *flags], env={"COLUMNS": "400"})

@@ -17,7 +17,7 @@ WIDE = {"COLUMNS": "400"}  # rich wraps errors and help to the terminal width
 @pytest.fixture
 def generation_calls(monkeypatch: pytest.MonkeyPatch) -> list:
     """Stands in for the Ray flow: records the config `animate` hands over and returns no rows."""
-    from portraitflow.pipelines import generate
+    from portraitflow.jobs import generation
 
     calls: list = []
 
@@ -25,7 +25,7 @@ def generation_calls(monkeypatch: pytest.MonkeyPatch) -> list:
         calls.append(cfg)
         return pd.DataFrame({"job_id": [], "status": [], "reason": []})
 
-    monkeypatch.setattr(generate, "run_generation", record)
+    monkeypatch.setattr(generation, "run_generation", record)
     return calls
 
 

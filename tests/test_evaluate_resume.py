@@ -1,5 +1,5 @@
-"""What a rerun of a sweep may take from an earlier one: a prepared clip, a still video, a config's
-scores, only while the inputs behind them hold what they held (a job that failed on a missing file is
+"""What a rerun of a sweep may take from an earlier one: a prepared clip, a config's scores (a
+config's videos, `still` included, are generation's: tests/test_generation_resume.py), only while the inputs behind them hold what they held (a job that failed on a missing file is
 tried again once it is there)."""
 from __future__ import annotations
 
@@ -22,26 +22,6 @@ def _first_frame(video: str) -> np.ndarray:
     from portraitflow.operators.decode import iter_frame_chunks, probe_video
 
     return next(iter_frame_chunks(video, probe_video(video).fps, chunk_size=1)).frames[0]
-
-
-def test_a_still_video_is_rendered_again_once_its_reference_changed(tmp_path: Path) -> None:
-    """The still baseline reused `<job_id>.mp4` whatever it was made from: after a job's reference
-    changed, the old portrait was scored against the new one (CSIM 0.158 instead of ~0.97)."""
-    from portraitflow.jobs.config import load_config
-    from portraitflow.operators.still_baseline import StillActor
-
-    ref, driving = tmp_path / "ref.png", tmp_path / "talk.mp4"
-    _clip(driving, frames=4)
-    actor = StillActor(load_config(None, []).face.model_dump(), str(tmp_path / "outputs"), 64, paste_back=True)
-    batch = {"job_id": ["a"], "ref": [str(ref)], "driving": [str(driving)]}
-    outputs = []
-    for colour in ((200, 40, 40), (40, 40, 200), (40, 40, 200)):
-        Image.new("RGB", (64, 64), colour).save(ref)  # the same path, rewritten
-        result = actor(batch)
-        assert result["status"] == ["ok"]
-        outputs.append(result["output"][0])
-        assert np.abs(_first_frame(outputs[-1]).mean(axis=(0, 1)) - colour).max() < 8
-    assert outputs[0] != outputs[1] == outputs[2]  # unchanged inputs: the video is reused
 
 
 def test_a_config_is_scored_again_when_a_jobs_inputs_changed_under_the_same_id(driver, monkeypatch) -> None:  # noqa: F811

@@ -28,7 +28,8 @@ evaluate: {{protocol: self, max_seconds: 2.0, frame_stride: 2, side_by_side: 1, 
 
 @pytest.fixture(scope="module")
 def sweep_run(media_dir: Path, ray_local, tmp_path_factory):
-    """`portraitflow sweep` on two real clips with two configs at once (plus a broken one)."""
+    """`portraitflow sweep` on two real clips with two configs at once (plus a broken one): half a CPU
+    per animation actor, so both actors and the task feeding them fit the 2 CPUs of `ray_local`."""
     from typer.testing import CliRunner
 
     from portraitflow.jobs.cli import app
@@ -39,7 +40,7 @@ def sweep_run(media_dir: Path, ray_local, tmp_path_factory):
     sweep_file = out / "sweep.yaml"
     sweep_file.write_text(SWEEP_YAML.format(media=media_dir, drivers=DRIVERS))
     result = CliRunner().invoke(app, ["sweep", str(sweep_file), "--out", str(out / "sweep"), "--max-parallel",
-                                      "2", "--mlflow-uri", uri])
+                                      "2", "--set", "animate.cpus_per_actor=0.5", "--mlflow-uri", uri])
     assert result.exit_code == 0, result.output
     assert (out / "mlartifacts").is_dir()  # an sqlite store keeps artifacts beside its database
     parent_id = result.output.split("parent run ")[1].split()[0]
@@ -191,16 +192,19 @@ def test_learned_metrics_from_local_weights_score_real_videos(sweep_run, tmp_pat
 def test_cross_reenactment_scores_identity_and_motion_without_ground_truth(sweep_run, media_dir: Path,
                                                                            tmp_path: Path) -> None:
     """A portrait of someone else, shown still against a driver: identity holds, pose error is measured."""
+    from portraitflow.jobs.config import load_config
     from portraitflow.jobs.config.evaluate import EvaluateConfig
     from portraitflow.jobs.config.face import FaceConfig
+    from portraitflow.jobs.generation import run_generation
     from portraitflow.models.face.factory import create_analyzer
     from portraitflow.operators.evaluate_video import JobEvaluator
-    from portraitflow.operators.still_baseline import render_still
+    from portraitflow.operators.generation_jobs import Job
 
     analyzer = create_analyzer(FaceConfig())
     driver = sorted((sweep_run["out"] / "dataset").glob("liveportrait_d20*.mp4"))[0]
     job = {"job_id": "cross", "ref": str(media_dir / "sadtalker_happy.png"), "driving": str(driver)}
-    rendered = render_still(job, tmp_path / "cross.mp4", analyzer)
+    cfg = load_config(None, ["animate.backend=still", "mlflow.enabled=false"])
+    [rendered] = run_generation([Job(**job)], tmp_path / "cross", cfg).to_dict("records")
     assert rendered["status"] == "ok"
     row = JobEvaluator(analyzer, EvaluateConfig(protocol="cross", frame_stride=3)).evaluate(
         {**job, "output": rendered["output"]}, tmp_path)

@@ -72,7 +72,7 @@ def test_settings_under_the_sweep_that_change_outputs_change_both_hashes(overrid
     assert same_config == same_sweep == (not changes)
 
 
-def test_a_still_config_hash_follows_its_framing_only_and_hunyuan_its_weights(tmp_path: Path) -> None:
+def test_a_still_config_hash_follows_what_it_writes_only_and_hunyuan_its_weights(tmp_path: Path) -> None:
     from portraitflow.jobs.config import load_config
 
     dataset, evaluate = DatasetSpec(path="/data"), EvaluateConfig()
@@ -81,7 +81,8 @@ def test_a_still_config_hash_follows_its_framing_only_and_hunyuan_its_weights(tm
         return sweep_spec.config_hash(params, dataset, evaluate, load_config(None, list(overrides)))
 
     still = {"backend": "still"}
-    assert digest(still) == digest(still, "animate.crf=30") != digest(still, "animate.size=256")
+    assert digest(still) == digest(still, "animate.pose_multiplier=2") != digest(still, "animate.size=256")
+    assert digest(still) == digest(still, "animate.actors=2") != digest(still, "animate.crf=30")
     weights = tmp_path / "weights"
     weights.mkdir()
     (weights / "unet.pth").write_bytes(b"first weights")
@@ -316,18 +317,18 @@ def test_evaluate_reads_job_ids_of_a_text_results_file_as_text(tmp_path: Path, m
 
 
 def test_a_still_config_refuses_params_it_does_not_take_before_any_work(tmp_path: Path) -> None:
-    """`still` frames the reference (`size`, `paste_back`); a typo or a motion setting is refused
-    naming the key, as `AnimateConfig` refuses other backends' unknown keys, not ignored."""
+    """`still` reads only what every backend reads (framing such as `size`, `paste_back`); a typo or
+    a motion setting is refused naming the key, as for every backend, not ignored."""
     from portraitflow.jobs.config import load_config
+    from portraitflow.jobs.sweep import generate_outputs
     from portraitflow.operators.sweep_spec import config_settings
-    from portraitflow.pipelines.evaluate import generate_outputs
 
     cfg = load_config(None, [])
     settings = config_settings({"backend": "still", "size": 256, "paste_back": True}, cfg)
     assert (settings.size, settings.paste_back) == (256, True)
-    with pytest.raises(ValueError, match=r"'pose_multipler' \(unknown\).*takes only size, paste_back"):
+    with pytest.raises(ValueError, match="pose_multipler"):
         config_settings({"backend": "still", "pose_multipler": 0.5}, cfg)
-    with pytest.raises(ValueError, match=r"'pose_multiplier' \(an animate setting it does not use\)"):
+    with pytest.raises(ValueError, match="backend still does not use pose_multiplier: still reads only the settings"):
         config_settings({"backend": "still", "pose_multiplier": 0.5}, cfg)
     with pytest.raises(ValueError, match="size"):
         config_settings({"backend": "still", "size": "big"}, cfg)
@@ -494,19 +495,23 @@ def test_pixel_metrics_keep_the_aspect_ratio_of_non_square_frames(monkeypatch: p
     assert seen == [((1, *scaled, 3), (1, *scaled, 3))]
 
 
-def test_a_still_output_no_longer_beats_the_clip_itself_on_jitter_and_flicker(media_dir: Path, tmp_path: Path) -> None:
+def test_a_still_output_no_longer_beats_the_clip_itself_on_jitter_and_flicker(media_dir: Path, tmp_path: Path,
+                                                                            ray_local) -> None:
     """The output's own jitter and flicker ranked a still output first and the ground truth behind
     warp (real talking moves); scored against the driver's, the clip itself is perfect and the still
     output pays for the motion it lacks."""
+    from portraitflow.jobs.config import load_config
     from portraitflow.jobs.config.face import FaceConfig
+    from portraitflow.jobs.generation import run_generation
     from portraitflow.models.face.factory import create_analyzer
     from portraitflow.operators.evaluate_video import JobEvaluator
-    from portraitflow.operators.still_baseline import render_still
+    from portraitflow.operators.generation_jobs import Job
 
     spec = DatasetSpec(path=str(media_dir), include=["liveportrait_d20.mp4"])
     [job] = dataset_jobs(spec, "self", tmp_path / "prepared", max_seconds=2.0)
     analyzer = create_analyzer(FaceConfig())
-    still = render_still(job, tmp_path / "still.mp4", analyzer, size=256)
+    cfg = load_config(None, ["animate.backend=still", "animate.size=256", "mlflow.enabled=false"])
+    [still] = run_generation([Job(job["job_id"], job["ref"], job["driving"])], tmp_path / "still", cfg).to_dict("records")
     evaluator = JobEvaluator(analyzer, EvaluateConfig())
     itself = evaluator.evaluate({**job, "output": job["driving"], "paste_back": True}, tmp_path / "itself")
     frozen = evaluator.evaluate({**job, "output": still["output"], "paste_back": False}, tmp_path / "still")

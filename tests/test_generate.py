@@ -47,7 +47,7 @@ def inputs(media_dir: Path, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def run(media_dir: Path, inputs: dict[str, Path], tmp_path_factory, ray_local):
-    from portraitflow.pipelines.generate import run_generation
+    from portraitflow.jobs.generation import run_generation
 
     out = tmp_path_factory.mktemp("generated")
     uri = f"sqlite:///{out.parent / 'mlflow.db'}"
@@ -169,7 +169,7 @@ def test_one_mlflow_run_records_the_invocation(run) -> None:
 
 
 def test_rerun_skips_finished_jobs_and_retries_failed_ones(run) -> None:
-    from portraitflow.pipelines.generate import run_generation
+    from portraitflow.jobs.generation import run_generation
 
     outputs = run["table"].loc[["turns", "talk"], "output"].tolist()
     stamps = [os.stat(p).st_mtime_ns for p in outputs]
@@ -244,8 +244,9 @@ def test_cli_animates_a_jobs_file(run, media_dir: Path, tmp_path: Path) -> None:
 
 def test_hunyuan_backend_end_to_end_with_tiny_random_weights(media_dir: Path, tmp_path: Path, ray_local) -> None:
     """Plumbing and shapes of the hunyuan actor path: random tiny modules on CPU actors."""
+    from portraitflow.jobs.generation import run_generation
     from portraitflow.models.animators.registry import resolve_backend
-    from portraitflow.pipelines.generate import animation_pool, run_generation
+    from portraitflow.pipelines.generate import animation_pool
 
     source = media_dir / "vexpress_RD_Radio10_0_clip_0.mp4"
     driver = tmp_path / "second.mp4"  # 1 s with its audio: few frames through the sampler
@@ -271,7 +272,7 @@ def test_too_few_cpus_is_an_error_not_a_hang(tmp_path: Path, ray_local) -> None:
     from typer.testing import CliRunner
 
     from portraitflow.jobs.cli import app
-    from portraitflow.pipelines.generate import run_generation
+    from portraitflow.jobs.generation import run_generation
 
     cfg = load_config(None, ["animate.cpus_per_actor=1.5", "mlflow.enabled=false"])  # 2.5 CPUs > the 2 of ray_local
     with pytest.raises(ValueError, match="needs 2.5 CPUs"):
@@ -289,7 +290,8 @@ def test_a_job_whose_result_never_comes_back_still_gets_a_failed_row(tmp_path: P
     """A result Ray loses (a dead worker's block) must not cost the other jobs' rows or results.parquet."""
     import ray.data
 
-    from portraitflow.pipelines.generate import LOST_REASON, run_generation
+    from portraitflow.jobs.generation import run_generation
+    from portraitflow.pipelines.generate import LOST_REASON
 
     take_all = ray.data.Dataset.take_all
     monkeypatch.setattr(ray.data.Dataset, "take_all", lambda self, *a, **k: take_all(self, *a, **k)[1:])
@@ -325,7 +327,7 @@ def test_a_job_that_kills_its_worker_every_time_fails_and_the_others_finish(
     import shutil
     import threading
 
-    from portraitflow.pipelines.generate import run_generation
+    from portraitflow.jobs.generation import run_generation
 
     poison = tmp_path / "poison.mp4"
     shutil.copy(inputs["turns"], poison)
@@ -347,7 +349,7 @@ def test_a_job_that_kills_its_worker_every_time_fails_and_the_others_finish(
 
 def test_jobs_sharing_a_driver_extract_its_motion_once_and_no_resume_extracts_it_again(
         media_dir: Path, inputs: dict[str, Path], tmp_path: Path, ray_local) -> None:
-    from portraitflow.pipelines.generate import run_generation
+    from portraitflow.jobs.generation import run_generation
 
     cfg, out = load_config(None, ["mlflow.enabled=false"]), tmp_path / "out"
     first = run_generation([Job("a", str(media_dir / "sadtalker_people_0.png"), str(inputs["turns"]))], out, cfg)

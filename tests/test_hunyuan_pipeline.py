@@ -416,8 +416,8 @@ def test_generation_flow_builds_the_hunyuan_animator_from_config() -> None:
 
 def test_the_generation_flow_refuses_incomplete_weights_before_ray_starts(tmp_path: Path) -> None:
     from portraitflow.jobs.config import load_config
+    from portraitflow.jobs.generation import run_generation
     from portraitflow.models.hunyuan.weights import WeightsMissing
-    from portraitflow.pipelines.generate import run_generation
 
     cfg = load_config(None, [f"animate.weights={tmp_path}", "ray.address=ray://nowhere.invalid:1"])
     with pytest.raises(WeightsMissing, match="unet.pth"):  # a Ray start would fail differently

@@ -20,7 +20,7 @@ OTHER_VALUES = {
     "appearance_scale": 1.5, "motion_scale": 1.5, "actors": 3, "cpus_per_actor": 2.0, "gpus": 0, "compile_mode": None,
     "windows_per_call": 2, "preview_jobs": 1, "preview_frames": 2, "experiment": "other", "min_face_px": 32,
 }
-BASE = {"warp": {"backend": "warp"}, "hunyuan": {"backend": "hunyuan", "weights": "tiny"}}
+BASE = {"warp": {"backend": "warp"}, "hunyuan": {"backend": "hunyuan", "weights": "tiny"}, "still": {"backend": "still"}}
 
 
 def _name(tmp_path: Path, backend: str, **settings) -> str:
@@ -30,7 +30,7 @@ def _name(tmp_path: Path, backend: str, **settings) -> str:
     return Path(row["output"]).name
 
 
-@pytest.mark.parametrize("backend", ["warp", "hunyuan"])
+@pytest.mark.parametrize("backend", ["warp", "hunyuan", "still"])
 def test_every_setting_a_backend_reads_changes_the_name_unless_operational(tmp_path: Path, backend: str) -> None:
     read = backend_settings(backend) - {"backend", "weights"}
     assert read <= set(OTHER_VALUES)  # a new setting needs its value here, and a decision: operational or not

@@ -104,7 +104,7 @@ def test_ctrl_c_starts_no_queued_config_and_ends_the_runs_in_flight_killed(drive
 @pytest.mark.parametrize(("cpus", "configs", "refused"), [
     (2.0, [{"backend": "warp"}, {"backend": "warp", "pose_multiplier": 0.5}], True),  # two actors, nothing feeds them
     (3.0, [{"backend": "warp"}, {"backend": "warp", "pose_multiplier": 0.5}], False),
-    (2.0, [{"backend": "warp"}, {"backend": "still"}], False),  # a still config's actor needs no feeding
+    (2.0, [{"backend": "warp"}, {"backend": "still"}], True),  # still is an animator too: its actor is fed alike
     (2.0, [{"backend": "warp"}, {"backend": "warp", "pose_multiplier": -1.0}], False),  # refused: fails alone
     (None, [{"backend": "warp"}, {"backend": "warp", "pose_multiplier": 0.5}], False),  # a cluster: it autoscales
 ])

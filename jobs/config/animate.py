@@ -30,10 +30,11 @@ OPERATIONAL_FIELDS = ("min_face_px", "actors", "cpus_per_actor", "gpus", "compil
 class AnimateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["auto", "warp", "hunyuan"] = Field(
+    backend: Literal["auto", "warp", "hunyuan", "still"] = Field(
         "auto",
         description="Animator. `warp`: the CPU landmark-driven preview and baseline (docs/generation.md). "
-        "`hunyuan`: HunyuanPortrait from `weights`. `auto`: hunyuan when `weights` is set, else warp.",
+        "`hunyuan`: HunyuanPortrait from `weights`. `still`: the reference repeated, the evaluation baseline "
+        "that moves nothing. `auto`: hunyuan when `weights` is set, else warp.",
     )
     weights: str | None = Field(
         None, description="Folder of the HunyuanPortrait weights (hunyuan backend); empty selects warp under `auto`."

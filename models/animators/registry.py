@@ -21,6 +21,10 @@ def animator_class(backend: str) -> type[Animator]:
         from portraitflow.models.animators.warp import WarpAnimator
 
         return WarpAnimator
+    if backend == "still":
+        from portraitflow.models.animators.still import StillAnimator
+
+        return StillAnimator
     if backend == "hunyuan":
         from portraitflow.models.hunyuan.animator import HunyuanAnimator
 
@@ -40,8 +44,8 @@ def check_settings(backend: str, names: Iterable[str]) -> None:
     if unused:
         shared = ", ".join(name for name in PIPELINE_FIELDS if name != "backend")
         own = ", ".join(animator_class(backend).params)
-        raise ValueError(f"backend {backend} does not use {', '.join(unused)}: {backend} reads {own}, "
-                         f"besides the settings of every backend ({shared})")
+        reads = f"{own}, besides the settings of every backend" if own else "only the settings of every backend"
+        raise ValueError(f"backend {backend} does not use {', '.join(unused)}: {backend} reads {reads} ({shared})")
 
 
 def animator_params(backend: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -69,14 +73,11 @@ def check_backend(backend: str, cfg: AnimateConfig) -> None:
 
 
 def create_animator(backend: str, cfg: AnimateConfig) -> Animator:
-    """Load the backend's model once; actors call this in __init__ so nothing is pickled."""
-    if backend == "warp":
-        from portraitflow.models.animators.warp import WarpAnimator
-
-        return WarpAnimator()
+    """Load the backend's model once; actors call this in __init__ so nothing is pickled. Only
+    hunyuan holds weights; the others are built from their class alone."""
     if backend == "hunyuan":
         from portraitflow.models.hunyuan.animator import HunyuanAnimator
 
         check_backend(backend, cfg)
         return HunyuanAnimator.create(cfg.weights, compile_mode=cfg.compile_mode, windows_per_call=cfg.windows_per_call)
-    raise ValueError(f"unknown animator backend {backend!r}")
+    return animator_class(backend)()

@@ -1,0 +1,84 @@
+"""The generation job: many (reference portrait, driving video) jobs into one output folder.
+
+It holds the folder, plans resume, starts Ray, records the MLflow run and writes results.parquet
+and preview.png; the Ray Data wiring it runs is pipelines/generate.py (docs/generation.md).
+"""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from portraitflow.jobs.config import PortraitFlowConfig
+from portraitflow.jobs.runtime import init_ray, mlflow_run, require_resource
+from portraitflow.models.animators.registry import check_backend, resolve_backend
+from portraitflow.operators.atomic import exclusive_folder, write_parquet
+from portraitflow.operators.generation_jobs import Job, load_jobs
+from portraitflow.operators.generation_results import (
+    RESULTS_FILE, log_to_mlflow, merged_with_earlier, plan_rows, records_dir, results_table, save_preview,
+)
+from portraitflow.pipelines.generate import animate_pending, animation_pool
+
+
+def _fresh(folder: Path) -> Path:
+    """`folder`, emptied: crash counts belong to one invocation."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def run_generation(jobs: list[Job] | str | Path, out_dir: str | Path, cfg: PortraitFlowConfig | None = None,
+                   resume: bool = True, log_run: bool = True) -> pd.DataFrame:
+    """Animate every job; returns this invocation's results table, one row per job in input order
+    (docs/generation.md, "How it runs"), also merged into `out_dir/results.parquet`. A bad job never
+    stops the others.
+
+    jobs: `Job` objects, or a CSV / JSONL / parquet jobs file (`load_jobs`).
+    resume: skip jobs whose output exists; False redoes every job, the drivers' cached motion included
+        (an edit the cache's key cannot see is what a user reruns without resume for).
+    log_run: one MLflow run per call (when `cfg.mlflow` enables tracking); False where the caller
+        records the work in its own run (a sweep's child run).
+    Raises FolderBusy while another run writes `out_dir`, and NotEnoughResources (a local Ray that
+    could never run the flow) or the backend's refusal (`check_backend`) before any job runs.
+    """
+    cfg = cfg or PortraitFlowConfig()
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = load_jobs(jobs) if isinstance(jobs, (str, Path)) else jobs
+    backend = resolve_backend(cfg.animate)
+    check_backend(backend, cfg.animate)  # what would fail every actor fails here, before Ray starts
+    with exclusive_folder(out_dir):  # FolderBusy while another run writes it
+        rows = plan_rows(jobs, out_dir, backend, cfg.animate, resume, cfg.face)
+        motion_dir = out_dir / ".state" / "motion"
+        if not resume:
+            shutil.rmtree(motion_dir, ignore_errors=True)
+        started = time.perf_counter()
+        init_ray(cfg.ray, cfg.mlflow)
+        _check_resources(backend, cfg)
+        with mlflow_run(cfg.mlflow, cfg.animate.experiment, out_dir) if log_run else contextlib.nullcontext() as run:
+            pending = [row for row in rows if row["status"] == "pending"]
+            if pending:
+                finished = iter(animate_pending(pending, backend, cfg, motion_dir,
+                                                _fresh(out_dir / ".state" / "attempts"), records_dir(out_dir)))
+                rows = [next(finished) if row["status"] == "pending" else row for row in rows]
+            table = results_table(rows)
+            write_parquet(out_dir / RESULTS_FILE, merged_with_earlier(table, out_dir / RESULTS_FILE))
+            preview = save_preview(table, cfg.animate, out_dir)
+            if run is not None:
+                log_to_mlflow(table, cfg.animate, backend, time.perf_counter() - started, preview)
+        return table
+
+
+def _check_resources(backend: str, cfg: PortraitFlowConfig) -> None:
+    """NotEnoughResources when a local Ray could never run the flow, rather than a run that waits forever."""
+    needed = cfg.animate.cpus_per_actor + 1  # else an actor holds every CPU and starves the tasks feeding it
+    require_resource(cfg.ray, "CPU", needed, lambda cpus: (
+        f"the generation flow needs {needed:g} CPUs (a preparation task beside an animation actor); Ray has "
+        f"{cpus:g}: lower animate.cpus_per_actor or give Ray more CPUs (ray.num_cpus)"))
+    if animation_pool(backend, cfg.animate)[1]:
+        require_resource(cfg.ray, "GPU", 1, lambda gpus: (
+            f"hunyuan with animate.gpus={cfg.animate.gpus} needs a GPU for each animation actor; Ray has "
+            f"{gpus:g}: pass --gpus 0 to animate on CPU actors (float32, slow)"))

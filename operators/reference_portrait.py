@@ -13,6 +13,7 @@ import numpy as np
 from portraitflow.models.animators.base import ReferenceInput
 from portraitflow.models.face.align import align_arcface, crop_square, square_crop_box
 from portraitflow.models.face.base import Face, FaceAnalyzer
+from portraitflow.models.face.pose import profile_pose
 
 
 class NoFace(ValueError):
@@ -97,7 +98,9 @@ def reference_face(image: np.ndarray, analyzer: FaceAnalyzer) -> tuple[Face, tup
 
 def prepare_reference(image: np.ndarray, analyzer: FaceAnalyzer, size: int, min_face_px: int = 0) -> PreparedReference:
     """The largest face of an RGB image, cropped square at `size`; raises NoFace without one, or
-    with one smaller than `min_face_px` (the longer side of its box)."""
+    with one smaller than `min_face_px` (the longer side of its box). A portrait in profile takes
+    its yaw from the detector's keypoints (`profile_pose`: the landmark fit reads it as frontal or
+    turned the other way) and, with no frame around to take them from, pitch and roll 0."""
     face, box = reference_face(image, analyzer)
     side = float(max(face.box[2] - face.box[0], face.box[3] - face.box[1]))
     if side < min_face_px:
@@ -107,7 +110,8 @@ def prepare_reference(image: np.ndarray, analyzer: FaceAnalyzer, size: int, min_
         crop=crop_square(image, box, size),
         kps=to_crop(face.kps, box, size),
         landmarks=landmarks,
-        pose=centred_head_pose(analyzer, landmarks[None], size)[0],
+        pose=np.nan_to_num(profile_pose(centred_head_pose(analyzer, landmarks[None], size), face.kps[None],
+                                        face.box[None])[0][0]),
         aligned_face=align_arcface(image, face.kps),
         embedding=analyzer.embed([image], [face])[0],
     )

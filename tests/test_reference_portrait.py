@@ -20,3 +20,12 @@ def test_a_face_smaller_than_min_face_px_fails_the_reference() -> None:
         prepare_reference(thumbnail, analyzer, 512, min_face_px=64)
     assert prepare_reference(thumbnail, analyzer, 512, min_face_px=0).reference.crop.shape == (512, 512, 3)
     assert prepare_reference(photo, analyzer, 512, min_face_px=64).reference.crop.shape == (512, 512, 3)
+
+
+@pytest.mark.parametrize("photo", ["inspireface_pose_left_face.jpeg", "deca_AFLW2000_image00181.jpg"])
+def test_a_portrait_in_profile_reads_turned_the_way_it_is(media_dir, photo: str) -> None:
+    """Both face the image's left (about -80 degrees); the landmark fit read them -23 and +3."""
+    from portraitflow.models.face.images import load_image
+
+    reference = prepare_reference(load_image(str(media_dir / photo)).rgb, create_analyzer(FaceConfig()), 512).reference
+    assert reference.pose[0] < -40.0 and np.isfinite(reference.pose).all(), reference.pose

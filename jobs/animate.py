@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -17,23 +17,33 @@ Motion = AnimateConfig.model_fields["motion"].annotation
 
 
 def animate(
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: videos, results.parquet, preview.png."),
-    ref: Optional[Path] = typer.Option(None, "--ref", help="Reference portrait image (with --driving)."),
-    driving: Optional[Path] = typer.Option(None, "--driving", help="Driving video (with --ref)."),
-    jobs: Optional[Path] = typer.Option(None, "--jobs", exists=True, dir_okay=False, help="CSV, JSONL or parquet: ref, driving, optional job_id and per-job params."),
-    refs: Optional[Path] = typer.Option(None, "--refs", exists=True, file_okay=False, help="Folder of portraits (with --drivers): every pair is a job."),
-    drivers: Optional[Path] = typer.Option(None, "--drivers", exists=True, file_okay=False, help="Folder of driving videos (with --refs)."),
-    backend: Optional[Backend] = typer.Option(None, help="Animator (animate.backend)."),
-    weights: Optional[str] = typer.Option(None, help="HunyuanPortrait weights folder, or `tiny` for random tiny modules (plumbing tests) (animate.weights)."),
-    actors: Optional[int] = typer.Option(None, help="Most animation actors for CPU backends; the pool grows from 1 (animate.actors)."),
-    gpus: Optional[int] = typer.Option(None, help="Most GPUs for hunyuan, one actor each; 0 runs hunyuan on CPU actors in float32 (animate.gpus)."),
-    motion: Optional[Motion] = typer.Option(None, help="Motion transfer (animate.motion)."),
-    pose_multiplier: Optional[float] = typer.Option(None, help="Head motion gain (animate.pose_multiplier)."),
-    expression_multiplier: Optional[float] = typer.Option(None, help="Expression gain (animate.expression_multiplier)."),
-    paste_back: Optional[bool] = typer.Option(None, "--paste-back/--crop-only", help="Composite onto the full portrait, or write the crop."),
-    resume: bool = typer.Option(True, help="Skip jobs whose complete output exists."),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: videos, results.parquet, preview.png.")],
+    ref: Annotated[Optional[Path], typer.Option("--ref", help="Reference portrait image (with --driving).")] = None,
+    driving: Annotated[Optional[Path], typer.Option("--driving", help="Driving video (with --ref).")] = None,
+    jobs: Annotated[Optional[Path], typer.Option(
+        "--jobs", exists=True, dir_okay=False,
+        help="CSV, JSONL or parquet: ref, driving, optional job_id and per-job params.")] = None,
+    refs: Annotated[Optional[Path], typer.Option(
+        "--refs", exists=True, file_okay=False, help="Folder of portraits (with --drivers): every pair is a job.")] = None,
+    drivers: Annotated[Optional[Path], typer.Option(
+        "--drivers", exists=True, file_okay=False, help="Folder of driving videos (with --refs).")] = None,
+    backend: Annotated[Optional[Backend], typer.Option(help="Animator (animate.backend).")] = None,
+    weights: Annotated[Optional[str], typer.Option(
+        help="HunyuanPortrait weights folder, or `tiny` for random tiny modules (plumbing tests) (animate.weights).")] = None,
+    actors: Annotated[Optional[int], typer.Option(
+        help="Most animation actors for CPU backends; the pool grows from 1 (animate.actors).")] = None,
+    gpus: Annotated[Optional[int], typer.Option(
+        help="Most GPUs for hunyuan, one actor each; 0 runs hunyuan on CPU actors in float32 (animate.gpus).")] = None,
+    motion: Annotated[Optional[Motion], typer.Option(help="Motion transfer (animate.motion).")] = None,
+    pose_multiplier: Annotated[Optional[float], typer.Option(help="Head motion gain (animate.pose_multiplier).")] = None,
+    expression_multiplier: Annotated[Optional[float], typer.Option(
+        help="Expression gain (animate.expression_multiplier).")] = None,
+    paste_back: Annotated[Optional[bool], typer.Option(
+        "--paste-back/--crop-only",
+        help="Composite onto the full portrait, or write the crop (animate.paste_back; default: the crop).")] = None,
+    resume: Annotated[bool, typer.Option(help="Skip jobs whose complete output exists.")] = True,
     config: ConfigOption = None,
-    set_: SetOption = None,
+    overrides: SetOption = None,
     ray_address: RayAddressOption = None,
     mlflow_uri: MlflowUriOption = None,
 ) -> None:
@@ -50,8 +60,8 @@ def animate(
     flags = {"backend": backend, "weights": weights, "actors": actors, "gpus": gpus, "motion": motion,
              "pose_multiplier": pose_multiplier, "expression_multiplier": expression_multiplier, "paste_back": paste_back}
     check_out_folder(out)
-    cfg = resolve_config(config, set_, ray_address, mlflow_uri, {f"animate.{k}": v for k, v in flags.items()})
-    check_job_options(cfg.animate, [k for k, v in flags.items() if v is not None] + _animate_overrides(set_))
+    cfg = resolve_config(config, overrides, ray_address, mlflow_uri, {f"animate.{k}": v for k, v in flags.items()})
+    check_job_options(cfg.animate, [k for k, v in flags.items() if v is not None] + _animate_overrides(overrides))
     check_weights(cfg.animate)
     refuse_missing_face_models(cfg)
     refuse_unreachable_services(cfg)

@@ -73,7 +73,7 @@ def sweep(
         help="Sweep YAML: dataset, grid and/or configs, evaluate overrides.", exists=True, dir_okay=False)],
     out: OutOption,
     max_parallel: Annotated[Optional[int], typer.Option(
-        "--max-parallel", help="Configs run at the same time.", min=1)] = None,
+        "--max-parallel", help="Configs run at the same time (evaluate.max_parallel).", min=1)] = None,
     retry_failed: Annotated[bool, typer.Option(
         "--retry-failed", help="Run again each config with a failed video, generating only what is missing "
         "(a failure on unchanged inputs is otherwise kept: it would fail again).")] = False,

@@ -27,7 +27,9 @@ import numpy as np
 import typer
 
 from portraitflow.jobs.config import PortraitFlowConfig
-from portraitflow.jobs.config.curate import absolute_folder
+from portraitflow.jobs.config.curate import CurateConfig, absolute_folder
+from portraitflow.jobs.config.face import FaceConfig
+from portraitflow.jobs.config.fields import operational
 from portraitflow.jobs.options import (ConfigOption, MlflowUriOption, RayAddressOption, SetOption,
                                       check_out_folder, refuse_missing_face_models, refuse_unreachable_services,
                                       resolve_config)
@@ -76,9 +78,7 @@ RENDER_LOST = "rendering: the worker processing this input crashed; its result n
 
 #: settings that may change between runs into one output folder: they change how fast the work
 #: is done or how the shards are cut, never what a sample holds or which clips are kept.
-OPERATIONAL_SETTINGS = {"face": {"num_threads"},
-                        "curate": {"face_actors", "actor_cpus", "chunk_frames", "experiment", "progress_bars",
-                                   "shard_max_samples", "shard_max_bytes"}}
+OPERATIONAL_SETTINGS = {"face": operational(FaceConfig), "curate": operational(CurateConfig)}
 
 #: settings added with a default that changed the results, at the value that reproduces what a folder
 #: curated before they existed got; any other setting added since counts at its default

@@ -23,6 +23,7 @@ import numpy as np
 
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.curate import CurateConfig
+from portraitflow.jobs.config.fields import operational
 from portraitflow.models.face.align import square_crop_box
 from portraitflow.models.face.base import Face, FaceAnalyzer, l2_normalise
 from portraitflow.models.face.model_files import file_sha256
@@ -434,10 +435,9 @@ SCANNED = "scanned"
 SCAN_MEASURES_VERSION = 7
 #: curate fields a scan does not depend on (resources, decoding chunk size, naming, the stages
 #: after it); changing them keeps earlier scans valid.
-_NOT_IN_SCAN = {"face_actors", "actor_cpus", "chunk_frames", "experiment", "progress_bars", "crop_size", "crf",
-                "keep_audio", "shard_max_samples", "shard_max_bytes", "max_clips_per_identity", "duplicate_similarity",
-                "duplicate_overlap_share", "duplicate_overlap_seconds", "duplicate_window_similarity",
-                "duplicate_mirrored"}
+_NOT_IN_SCAN = operational(CurateConfig) | {
+    "crop_size", "crf", "keep_audio", "keyframe_interval", "max_clips_per_identity", "duplicate_similarity",
+    "duplicate_overlap_share", "duplicate_overlap_seconds", "duplicate_window_similarity", "duplicate_mirrored"}
 
 
 #: the settings naming a gallery folder, whose photos decide `identity_not_allowed` / `identity_denied`

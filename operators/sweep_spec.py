@@ -30,12 +30,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.config.evaluate import EvaluateConfig
+from portraitflow.jobs.config.fields import operational
 from portraitflow.models.animators.registry import check_settings, resolve_backend
 from portraitflow.operators.eval_dataset import DatasetSpec
 from portraitflow.operators.generation_jobs import output_settings
 
 #: evaluate fields that do not change a config's numbers, left out of its hash
-_NOT_HASHED = {"experiment", "rank_by", "max_parallel", "evaluators", "chunk_frames", "side_by_side"}
+_NOT_HASHED = operational(EvaluateConfig)
 
 
 class SweepSpec(BaseModel):

@@ -58,6 +58,7 @@ def test_scans_are_redone_for_settings_they_depend_on_only() -> None:
 
     base = scan_fingerprint(load_config(None, []))
     assert scan_fingerprint(load_config(None, ["face.num_threads=3", "curate.crf=30", "curate.actor_cpus=2"])) == base
+    assert scan_fingerprint(load_config(None, ["curate.keyframe_interval=25", "curate.shard_max_samples=7"])) == base
     assert scan_fingerprint(load_config(None, ["curate.min_face_px=200"])) != base
 
 

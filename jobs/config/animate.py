@@ -14,17 +14,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from portraitflow.jobs.config.fields import OPERATIONAL, operational
+
 #: job fields a jobs file may set per row, overriding the config.
 PER_JOB_FIELDS = ("motion", "pose_multiplier", "expression_multiplier", "paste_back",
                   "seed", "num_steps", "appearance_scale", "motion_scale")
 #: settings the generation flow applies whatever the animator: framing, driving motion, encoding, resources.
 PIPELINE_FIELDS = ("backend", "size", "window", "paste_back", "feather", "min_face_fraction", "min_face_px",
                    "smooth_sigma", "crf", "actors", "cpus_per_actor", "preview_jobs", "preview_frames", "experiment")
-#: settings that change where and how fast jobs run, and what is recorded, but not the videos written
-#: (up to numerical precision: `compile_mode`, and `gpus` 0, which runs hunyuan in float32 on CPUs;
-#: `min_face_px` only decides whether a job runs at all).
-OPERATIONAL_FIELDS = ("min_face_px", "actors", "cpus_per_actor", "gpus", "compile_mode", "windows_per_call", "preview_jobs",
-                      "preview_frames", "experiment")
 
 
 class AnimateConfig(BaseModel):
@@ -61,30 +58,36 @@ class AnimateConfig(BaseModel):
         0.5, ge=0.0, le=1.0, description="A driving video whose face is found on fewer frames than this fraction fails."
     )
     min_face_px: int = Field(
-        64, ge=0, description="A reference portrait whose face is smaller (the longer side of its box, in px) fails: "
+        64, ge=0, json_schema_extra=OPERATIONAL, description="A reference portrait whose face is smaller (the longer side of its box, in px) fails: "
         "the animator would upscale a thumbnail into a featureless video (0: any size).",
     )
     smooth_sigma: float = Field(0.8, ge=0.0, description="Temporal Gaussian smoothing of the driver's landmarks, in frames (0: none).")
     actors: int = Field(
-        1, ge=1, description="Most animation actors for CPU backends (warp, or hunyuan with `gpus` 0); the pool grows "
+        1, ge=1, json_schema_extra=OPERATIONAL, description="Most animation actors for CPU backends (warp, or hunyuan with `gpus` 0); the pool grows "
         "from 1 while CPUs are free, so preparation tasks always keep room to run.",
     )
-    cpus_per_actor: float = Field(1.0, gt=0.0, description="CPUs reserved by each animation actor.")
+    cpus_per_actor: float = Field(1.0, gt=0.0, json_schema_extra=OPERATIONAL, description="CPUs reserved by each animation actor.")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = Field(
         "default",
-        description="hunyuan on CUDA: `torch.compile` mode of the UNet and the VAE decoder (1.46x per UNet call on an "
+        json_schema_extra=OPERATIONAL, description="hunyuan on CUDA: `torch.compile` mode of the UNet and the VAE decoder (1.46x per UNet call on an "
         "H200; decoding 2.5x on an H100; docs/hunyuan.md). Each GPU actor compiles on its first job (about 180 s on an "
         "H100; about 30 s from the compile cache a previous run left on the machine); a failed compilation falls back "
         "to eager. Empty: eager.",
     )
     windows_per_call: int = Field(
-        1, ge=1, description="hunyuan: windows of a denoising step batched into one UNet call (exact; each adds one "
+        1, ge=1, json_schema_extra=OPERATIONAL, description="hunyuan: windows of a denoising step batched into one UNet call (exact; each adds one "
         "window's activations to the device's peak). 2 gave 3.4% more frame-passes per second compiled on an H100 "
         "(5.5% eager on an H200); with an odd window count the last call holds one window, a second shape to compile "
         "(the first job's warm-up on an H100 went from about 180 s to 400 s), so it pays on long batches.",
     )
-    gpus: int = Field(1, ge=0, description="hunyuan: most GPUs to use, one actor each; 0 runs hunyuan on `actors` CPU actors.")
+    gpus: int = Field(1, ge=0, json_schema_extra=OPERATIONAL, description="hunyuan: most GPUs to use, one actor each; 0 runs hunyuan on `actors` CPU actors.")
     crf: int = Field(18, ge=0, le=51, description="H.264 constant rate factor of the outputs (lower is better quality).")
-    preview_jobs: int = Field(4, ge=0, description="Finished outputs shown in the MLflow preview strip.")
-    preview_frames: int = Field(5, ge=1, description="Frames per output in the preview strip.")
-    experiment: str = Field("portraitflow-animate", description="MLflow experiment of the runs.")
+    preview_jobs: int = Field(4, ge=0, json_schema_extra=OPERATIONAL, description="Finished outputs shown in the MLflow preview strip.")
+    preview_frames: int = Field(5, ge=1, json_schema_extra=OPERATIONAL, description="Frames per output in the preview strip.")
+    experiment: str = Field("portraitflow-animate", json_schema_extra=OPERATIONAL, description="MLflow experiment of the runs.")
+
+
+#: settings that change where and how fast jobs run, and what is recorded, but not the videos written
+#: (up to numerical precision: `compile_mode`, and `gpus` 0, which runs hunyuan in float32 on CPUs;
+#: `min_face_px` only decides whether a job runs at all): left out of output names
+OPERATIONAL_FIELDS = operational(AnimateConfig)

@@ -5,6 +5,8 @@ import os
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from portraitflow.jobs.config.fields import OPERATIONAL
+
 
 class CurateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -14,7 +16,7 @@ class CurateConfig(BaseModel):
         25.0, gt=0, description="Frame rate every input is resampled to (clips, arrays and mp4s use it)."
     )
     chunk_frames: int = Field(
-        64, ge=1, description="Frames decoded at once; memory depends on this, not on video length. Results do "
+        64, ge=1, json_schema_extra=OPERATIONAL, description="Frames decoded at once; memory depends on this, not on video length. Results do "
         "not, so it may change when resuming an output folder. Renders of sources above 1080p take fewer, "
         "at most 400 MB of full-resolution frames (16 of 4K)."
     )
@@ -135,23 +137,23 @@ class CurateConfig(BaseModel):
         description="Frames between keyframes of the crops: training loaders seek into 25-frame windows, so "
         "a short interval bounds what they decode (larger files; 0 keeps x264's default of 250).",
     )
-    shard_max_samples: int = Field(100, ge=1, description="Samples per shard.")
+    shard_max_samples: int = Field(100, ge=1, json_schema_extra=OPERATIONAL, description="Samples per shard.")
     shard_max_bytes: int = Field(
-        1 << 30, ge=1, description="Bytes per shard; a shard ends at whichever limit comes first."
+        1 << 30, ge=1, json_schema_extra=OPERATIONAL, description="Bytes per shard; a shard ends at whichever limit comes first."
     )
     # resources
     face_actors: int = Field(
         0, ge=0,
-        description="Curation actors at most; each holds the face models, scans an input and renders the clips "
+        json_schema_extra=OPERATIONAL, description="Curation actors at most; each holds the face models, scans an input and renders the clips "
         "it kept (0: one per `actor_cpus` CPUs on a local Ray; on a cluster, a pool that grows from one "
         "actor as nodes are added)."
     )
     actor_cpus: int = Field(
-        1, ge=1, description="CPUs each curation actor reserves; OpenCV (unless `face.num_threads`), ONNX Runtime and "
+        1, ge=1, json_schema_extra=OPERATIONAL, description="CPUs each curation actor reserves; OpenCV (unless `face.num_threads`), ONNX Runtime and "
         "x264 use that many threads in it."
     )
-    experiment: str = Field("portraitflow-curate", description="MLflow experiment of curate runs.")
-    progress_bars: bool = Field(True, description="Show Ray Data progress bars.")
+    experiment: str = Field("portraitflow-curate", json_schema_extra=OPERATIONAL, description="MLflow experiment of curate runs.")
+    progress_bars: bool = Field(True, json_schema_extra=OPERATIONAL, description="Show Ray Data progress bars.")
 
     @model_validator(mode="after")
     def _clip_lengths(self) -> CurateConfig:

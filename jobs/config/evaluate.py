@@ -5,6 +5,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from portraitflow.jobs.config.fields import OPERATIONAL
+
 
 class EvaluateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -15,8 +17,8 @@ class EvaluateConfig(BaseModel):
         "to it as ground truth (PSNR, SSIM, L1, LPIPS, AKD). `cross`: reference and driver of different people; "
         "every metric but those ground-truth ones (pose, expression, identity, jitter, flicker, detection, FID, FVD).",
     )
-    experiment: str = Field("portraitflow-evaluate", description="MLflow experiment of evaluations and sweeps.")
-    rank_by: str = Field("apd", description="Metric that sorts the summary table and the report.")
+    experiment: str = Field("portraitflow-evaluate", json_schema_extra=OPERATIONAL, description="MLflow experiment of evaluations and sweeps.")
+    rank_by: str = Field("apd", json_schema_extra=OPERATIONAL, description="Metric that sorts the summary table and the report.")
     frame_stride: int = Field(
         1, ge=1, description="Analyse every Nth frame for face metrics (1 = all); temporal metrics use the kept frames."
     )
@@ -24,14 +26,14 @@ class EvaluateConfig(BaseModel):
         None, gt=0, description="Cut each driving clip to its first N seconds before generating (empty: whole clip)."
     )
     max_videos: int | None = Field(None, ge=1, description="Use at most N clips of the dataset (empty: all).")
-    max_parallel: int = Field(1, ge=1, description="Sweep configs generated and evaluated at the same time.")
-    evaluators: int = Field(1, ge=1, description="Evaluation actors (each holds one face analyser).")
+    max_parallel: int = Field(1, ge=1, json_schema_extra=OPERATIONAL, description="Sweep configs generated and evaluated at the same time.")
+    evaluators: int = Field(1, ge=1, json_schema_extra=OPERATIONAL, description="Evaluation actors (each holds one face analyser).")
     pixel_size: int | None = Field(
         256, ge=16, description="Shorter side in px to which frames are scaled, aspect ratio kept, before PSNR, "
         "SSIM, L1 and LPIPS compare them (papers report 256); empty compares at the output's own size.",
     )
-    chunk_frames: int = Field(32, ge=2, description="Frames decoded and analysed per step, which bounds memory.")
-    side_by_side: int = Field(2, ge=0, description="Jobs per config rendered as reference | driver | output videos.")
+    chunk_frames: int = Field(32, ge=2, json_schema_extra=OPERATIONAL, description="Frames decoded and analysed per step, which bounds memory.")
+    side_by_side: int = Field(2, ge=0, json_schema_extra=OPERATIONAL, description="Jobs per config rendered as reference | driver | output videos.")
     lpips_onnx: str | None = Field(
         None, description="Local LPIPS ONNX file (two images in [-1,1] to distances); empty skips LPIPS with a note."
     )

@@ -5,6 +5,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from portraitflow.jobs.config.fields import OPERATIONAL, operational
+
 
 class FaceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -29,12 +31,12 @@ class FaceConfig(BaseModel):
     )
     num_threads: int | None = Field(
         None, ge=1,
-        description="Threads OpenCV and ONNX Runtime may use per process. Empty: the CPUs the stage reserves "
+        json_schema_extra=OPERATIONAL, description="Threads OpenCV and ONNX Runtime may use per process. Empty: the CPUs the stage reserves "
         "(curation: `curate.actor_cpus`), else OMP_NUM_THREADS (which Ray sets to the CPUs of each task or actor), "
         "else the libraries' defaults.",
     )
 
     def result_settings(self) -> dict:
         """Every setting that changes what the face layer finds, so results depend on them:
-        all but `num_threads`, which changes speed only."""
-        return self.model_dump(exclude={"num_threads"})
+        all but the operational ones (`num_threads`), which change speed only."""
+        return self.model_dump(exclude=set(operational(type(self))))

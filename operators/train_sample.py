@@ -10,12 +10,14 @@ from __future__ import annotations
 import io
 import json
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
 
+from portraitflow.jobs.config.train_data import TrainDataConfig
 from portraitflow.models.face.align import align_arcface
 from portraitflow.operators.decode import TooFewFrames, VideoUnreadable, read_frames
 from portraitflow.operators.motion import window_buckets
@@ -219,6 +221,12 @@ def build_train_sample(sample: Mapping[str, Any], n_frames: int = 25, seed: int 
     out = encoder_inputs(frames, reference, tracks, window, ref_index, pixel_dtype)
     out.update(key=key, frame_indices=window, reference_index=np.int64(ref_index), fps=_clip_fps(sample))
     return out
+
+
+def sample_builder(cfg: TrainDataConfig, epoch: int) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """`build_train_sample` with the config's settings, as both loader paths run it."""
+    return partial(build_train_sample, n_frames=cfg.n_frames, seed=cfg.seed, epoch=epoch, pixel_dtype=cfg.pixel_dtype,
+                   resolution=cfg.resolution, smooth_sigma=cfg.smooth_sigma, identity_dim=cfg.identity_dim)
 
 
 def _clip_fps(sample: Mapping[str, Any]) -> np.float32:

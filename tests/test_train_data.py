@@ -13,10 +13,11 @@ from scipy.ndimage import gaussian_filter1d
 
 from portraitflow.jobs.config.train_data import TrainDataConfig
 from portraitflow.models.hunyuan.buckets import head_exp_motion_buckets
+from portraitflow.operators.ray_train_samples import RayCollate
 from portraitflow.operators.shard_source import expand_shards
 from portraitflow.operators.shards import npy_bytes
 from portraitflow.operators.train_sample import SampleSkipped, anchor_face_box, build_train_sample, parse_tracks
-from portraitflow.pipelines.train_data import TrainLoader, RayCollate, ray_train_dataset
+from portraitflow.pipelines.train_data import TrainLoader, ray_train_dataset
 from synthetic_shards import clip_members, frame_code, write_dataset, write_shard
 
 CLIP_FRAMES = 36

@@ -1,12 +1,10 @@
-"""The PyTorch path's sample streams: `ShardBatches`, one rank's batches of one epoch, each
-DataLoader worker reading its own shards in the order `operators.sample_order` fixes, building
-samples and batching them; `TrainLoader` (pipelines/train_data.py) runs it once per pass.
+"""One rank's batches of one epoch on the PyTorch path: each DataLoader worker reads its own shards
+in the order `operators.sample_order` fixes, builds samples (`sample_builder`) and batches them.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
-from functools import partial
+from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch.utils.data
@@ -16,43 +14,16 @@ from portraitflow.jobs.config.train_data import TrainDataConfig
 from portraitflow.operators.sample_order import (buffer_shuffle, interleaved_samples, resampled_shards, stream_rng,
                                                  worker_shards)
 from portraitflow.operators.shard_source import SkipCounter, UsableShardsCheck
-from portraitflow.operators.train_sample import build_train_sample, collate_samples
-
-
-def sample_builder(cfg: TrainDataConfig, epoch: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """`build_train_sample` with the config's settings, as both paths run it."""
-    return partial(build_train_sample, n_frames=cfg.n_frames, seed=cfg.seed, epoch=epoch, pixel_dtype=cfg.pixel_dtype,
-                   resolution=cfg.resolution, smooth_sigma=cfg.smooth_sigma, identity_dim=cfg.identity_dim)
-
-
-@dataclass
-class EpochProgress:
-    """Where one rank's pass of an epoch stands: the samples it yielded, each worker's position in
-    its raw sample stream just after its last yielded batch (what lies before was yielded or
-    skipped as bad data), and the worker whose batch comes next in the DataLoader's round robin."""
-
-    epoch: int
-    samples_seen: int
-    positions: list[int]
-    next_worker: int = 0
-
-
-@dataclass(frozen=True)
-class RankLayout:
-    """What fixes a rank's sample streams besides the epoch and the config's order settings."""
-
-    seed: int
-    rank: int
-    world_size: int
-    num_workers: int
+from portraitflow.operators.train_progress import EpochProgress, RankLayout
+from portraitflow.operators.train_sample import collate_samples, sample_builder
 
 
 class ShardBatches(torch.utils.data.IterableDataset):
     """One rank's batches of one epoch, built and batched in each DataLoader worker from its own
-    shards (`operators.sample_order`). Each batch carries `__worker__` and `__position__` (that
-    worker's next stream position) for the loader's bookkeeping. A pass starting from `progress`
-    skips earlier positions without decoding them, and workers before `progress.next_worker` first
-    yield an empty batch, so the round robin over workers goes on in the interrupted pass's order."""
+    shards. Each batch carries `__worker__` and `__position__` (that worker's next stream position)
+    for `booked_batches`. A pass starting from `progress` skips earlier positions without decoding
+    them, and workers before `progress.next_worker` first yield an empty batch, so the round robin
+    over workers goes on in the interrupted pass's order."""
 
     def __init__(self, cfg: TrainDataConfig, urls: list[str], skips: SkipCounter, progress: EpochProgress,
                  layout: RankLayout) -> None:

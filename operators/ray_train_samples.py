@@ -1,0 +1,62 @@
+"""The Ray path's training samples: `shard_samples` reads one shard per task as the PyTorch path's
+workers do (webdataset's tar reader, members as raw bytes, so nothing is unpickled; `SkipCounter`
+semantics): bad data and a shard that breaks are skipped and counted, the samples before the
+break kept, while anything else (a bug) fails the epoch instead of silently emptying the tasks it
+hit. Every task's skips reach one `SkipTally` actor; `RayCollate` batches samples as the PyTorch
+path does.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import ray
+import webdataset as wds
+from ray.data.collate_fn import NumpyBatchCollateFn
+
+from portraitflow.operators.shard_source import SKIP_REASONS, SkipCounter
+
+
+def shard_samples(shard: dict[str, np.ndarray], build: Callable[[dict], dict[str, Any]],
+                  tally: ray.actor.ActorHandle) -> Iterator[dict[str, np.ndarray]]:
+    """One shard's training samples (`shard`: a one-row batch of its `url`), each as a one-row batch
+    (a shard's decoded samples would not fit in memory at once); its skips reach `tally` before the
+    task ends."""
+    skips = SkipCounter()
+    try:
+        for raw in wds.tariterators.tarfile_samples([{"url": str(shard["url"][0])}], handler=skips.handler):
+            try:
+                sample = build(raw)
+            except Exception as exc:  # noqa: BLE001 - the handler counts bad data and raises anything else
+                skips.handler(exc)
+                continue
+            yield {name: np.asarray(value)[None] for name, value in sample.items()}
+    finally:
+        ray.get(tally.add.remote(skips.counts()))
+
+
+class RayCollate(NumpyBatchCollateFn):
+    """`iter_torch_batches(collate_fn=RayCollate())`: the PyTorch path's batch layout (tensors for
+    every field, the keys as a list of str)."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        import torch
+
+        return {name: [str(key) for key in values] if name == "key" else torch.from_numpy(np.require(values, requirements="W"))
+                for name, values in batch.items()}
+
+
+@ray.remote(num_cpus=0)
+class SkipTally:
+    """Skips of the Ray path per reason, gathered from every shard's task."""
+
+    def __init__(self) -> None:
+        self._counts = dict.fromkeys(SKIP_REASONS, 0)
+
+    def add(self, counts: dict[str, int]) -> None:
+        for reason, n in counts.items():
+            self._counts[reason] += n
+
+    def counts(self) -> dict[str, int]:
+        return {reason: n for reason, n in self._counts.items() if n}

@@ -109,6 +109,10 @@ class ChildRuns:
 #: in OUT/configs/<hash>/: the FINISHED run whose scores per_video.parquet holds (written when its
 #: scoring finished, removed when another starts, so a scoring that failed half way is never taken)
 SCORED_BY = "scored_by.txt"
+#: bumped when a metric is computed otherwise, so scores made before are made again (not the
+#: videos: the config's hash, its folder, stays). 2: pose is fitted centred in the face's crop and
+#: profile frames are left out of APD
+SCORING_VERSION = 2
 #: what per_video.parquet keeps of each job's reference and driving video (`input_fingerprint`), so
 #: a resume takes a config's scores only for the same jobs on the same contents
 INPUT_FINGERPRINTS = ("ref_fingerprint", "driving_fingerprint")
@@ -158,6 +162,9 @@ def _scoring_run(client: MlflowClient, experiment_id: str, parent_id: str, confi
         log.warning("%s: its scores do not record what each job's inputs held (scored by an older version); "
                     "running it again", run.info.run_name)
         return None
+    if table.get("scoring_version", pd.Series([1])).ne(SCORING_VERSION).any():
+        log.warning("%s: scored by an older version of the metrics; scoring it again", run.info.run_name)
+        return None
     columns = ["job_id", *INPUT_FINGERPRINTS]
     had, has = (set(t[columns].astype(str).itertuples(index=False, name=None)) for t in (table, inputs))
     if had != has:
@@ -205,6 +212,7 @@ def _settings_params(params: dict[str, Any], cfg: PortraitFlowConfig) -> dict[st
     do not tell a 256-px sweep from a 512-px one (`-s animate.size=256`)."""
     generation = sweep_spec.generation_settings(params, cfg) or {}
     return {**{f"animate.{key}": value for key, value in generation.items()},
+            "animate.min_face_px": cfg.animate.min_face_px,  # not in the names: it decides which jobs run
             **{f"face.{key}": value for key, value in cfg.face.result_settings().items()}}
 
 
@@ -251,6 +259,7 @@ def score_and_log(client: MlflowClient, run_id: str, jobs: pd.DataFrame, label: 
     _clear_metric_files(work_dir, set(jobs["job_id"].astype(str)))
     table = evaluate_outputs(jobs, work_dir, cfg, evaluate)
     table.insert(0, "config", label)
+    table["scoring_version"] = SCORING_VERSION
     carried = [c for c in ("output", *INPUT_FINGERPRINTS) if c in jobs and c not in table]
     if carried:  # where each scored video is and what its inputs held (what a resume checks, `_scoring_run`)
         table = table.merge(jobs[["job_id", *carried]], on="job_id", how="left", validate="one_to_one")

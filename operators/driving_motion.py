@@ -186,9 +186,10 @@ def extract_driving_motion(
             face_track[in_shot] = gaussian_filter1d(face_track[in_shot], smooth_sigma, axis=0, mode="nearest")
     pose, profile = profile_pose(centred_head_pose(analyzer, landmarks, size), kps, face_track)
     fitted = np.isfinite(pose).all(axis=1)  # not on profiles: their pitch and roll are filled too
-    if not fitted.any():
+    if not (fitted | profile).any():
         raise NoFace("no head pose fits the driver's landmarks")
-    filled = _fill(pose, fitted, shot)
+    # a driver in profile throughout has no pitch and roll to fill from: 0, as a profile portrait's
+    filled = _fill(pose, fitted, shot) if fitted.any() else np.nan_to_num(pose)
     filled[profile, 0] = pose[profile, 0]  # the keypoints' yaw, which has the right sign
     return DrivingMotion(float(fps), size, shot, boxes, face_boxes, kps, landmarks, filled, detected)
 

@@ -35,7 +35,7 @@ from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.identity import (gallery_photos, identity_link, load_gallery, matches_gallery,
                                              switch_index)
 from portraitflow.operators.inputs import clip_key
-from portraitflow.operators.motion import motion_table
+from portraitflow.operators.motion import motion_intensity, motion_table
 from portraitflow.operators.probe import FAILED, error_text, probe_input
 from portraitflow.operators.reference_portrait import crop_head_pose
 from portraitflow.operators.shots import ShotDetector
@@ -330,11 +330,13 @@ def _decide(arrays: dict[str, np.ndarray], first: int, last: int, offset: int, i
     motion = motion_table(frames["landmarks"], frames["kps"])
     embedding = l2_normalise(sample_embedding.mean(axis=0))
     yaw, pitch = np.median(np.abs(frames["pose"][:, :2]), axis=0)  # what `extreme_pose` tests
-    measures = dict(measures, yaw=float(yaw), pitch=float(pitch), motion=float(motion[1:, 0].mean() if len(motion) > 1 else 0.0))
+    shake = motion_intensity(frames["landmarks"], smooth_frames=0)
+    measures = dict(measures, yaw=float(yaw), pitch=float(pitch), motion=float(motion[1:, 0].mean() if len(motion) > 1 else 0.0),
+                    shake=float(shake[1:].mean() if len(shake) > 1 else 0.0))
     reason = filters.first_reason(
         filters.pose(measures["yaw"], measures["pitch"], cfg),
         filters.sharpness(measures["sharpness"], cfg),
-        filters.motion(measures["motion"], cfg),
+        filters.motion(measures["motion"], measures["shake"], cfg),
         filters.IDENTITY_DENIED if matches_gallery(embedding, galleries.deny, galleries.threshold) else None,
         filters.IDENTITY_NOT_ALLOWED
         if len(galleries.allow) and not matches_gallery(embedding, galleries.allow, galleries.threshold) else None,

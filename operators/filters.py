@@ -65,10 +65,12 @@ def sharpness(median_laplacian_var: float, cfg: CurateConfig) -> str | None:
     return TOO_BLURRY if median_laplacian_var < cfg.min_sharpness else None
 
 
-def motion(mean_intensity: float, cfg: CurateConfig) -> str | None:
+def motion(mean_intensity: float, mean_shake: float, cfg: CurateConfig) -> str | None:
+    """On a clip's `motion` (landmarks smoothed in time: how much the face moves) and `shake` (raw:
+    that plus the frame-to-frame jitter of the fit and of a shaking camera)."""
     if mean_intensity < cfg.min_motion:
         return TOO_STATIC
-    return TOO_SHAKY if mean_intensity > cfg.max_motion else None
+    return TOO_SHAKY if mean_shake > cfg.max_motion else None
 
 
 def laplacian_sharpness(frame: np.ndarray, box: np.ndarray) -> float:

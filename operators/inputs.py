@@ -72,7 +72,7 @@ def _read_list(path: str) -> list[str]:
         return [str(v) for v in table.column(names[0]).to_pylist() if v]
     lines = [line.strip() for line in Path(path).read_text().splitlines()]
     for number, line in enumerate(lines, 1):
-        if line.startswith("#") and (Path(path).parent / line).is_file():  # a comment, yet a file's name
+        if line.startswith("#") and os.path.isfile(Path(path).parent / line):  # a comment, yet a file's name
             log.warning("%s line %d: %r is read as a comment, yet names a file; write ./%s to take it",
                         path, number, line, line)
     return [line for line in lines if line and not line.startswith("#")]

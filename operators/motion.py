@@ -23,17 +23,19 @@ def face_scale(landmarks: np.ndarray) -> np.ndarray:
     return np.maximum(np.hypot(extent[:, 0], extent[:, 1]), 1e-6)
 
 
-def motion_intensity(landmarks: np.ndarray) -> np.ndarray:
+def motion_intensity(landmarks: np.ndarray, smooth_frames: float = SMOOTH_FRAMES) -> np.ndarray:
     """(T,) mean displacement from the previous frame of the landmarks smoothed in time (Gaussian,
-    sigma SMOOTH_FRAMES) over the face size; 0 for frame 0.
+    sigma `smooth_frames`; 0: raw) over the face size; 0 for frame 0.
 
     Scale-free, so a value means the same on a 256 px and a 1080 px face. Smoothed, because the
-    frame-to-frame jitter of the landmark fit on a still face is as large as a talking face's motion.
+    frame-to-frame jitter of the landmark fit on a still face is as large as a talking face's
+    motion; raw, it keeps the frame-to-frame shake of a handheld camera, which smoothing takes out.
     """
     points = np.asarray(landmarks, np.float64)
     if len(points) < 2:
         return np.zeros(len(points), np.float32)
-    points = gaussian_filter1d(points, SMOOTH_FRAMES, axis=0, mode="nearest")
+    if smooth_frames > 0:
+        points = gaussian_filter1d(points, smooth_frames, axis=0, mode="nearest")
     speed = np.linalg.norm(np.diff(points, axis=0), axis=-1).mean(axis=1) / face_scale(points)[1:]
     return np.concatenate([[0.0], speed]).astype(np.float32)
 

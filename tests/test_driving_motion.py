@@ -112,6 +112,8 @@ def test_a_profile_drivers_yaw_comes_from_its_keypoints(tmp_path) -> None:
     assert np.all((motion.pose[:5, 0] > 10.0) & (motion.pose[:5, 0] < 25.0))  # frontal keypoints: the fit stands
     np.testing.assert_allclose(motion.pose[11:, 0], np.degrees(np.arcsin(-0.675)), atol=0.5)  # asin(1.5 x -0.45)
     assert np.isfinite(motion.pose).all()  # pitch and roll filled from the frontal frames
+    throughout = extract_driving_motion(path, _TurningDriver(turn=0), size=128, fps=25.0)  # profile on every frame
+    assert np.all(throughout.pose[:, 0] < -30.0) and np.all(throughout.pose[:, 1:] == 0.0)
 
 
 def test_the_ted_drivers_left_profile_reads_as_turned_left(media_dir) -> None:

@@ -394,7 +394,7 @@ def _fake_generation(sweep, monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return pd.DataFrame(rows)
 
     def score(client, run_id, jobs, label, work_dir, *_):
-        jobs.to_parquet(work_dir / "per_video.parquet")
+        jobs.assign(scoring_version=sweep.SCORING_VERSION).to_parquet(work_dir / "per_video.parquet")
         client.log_metric(run_id, "jobs_ok", float((jobs["status"] == "ok").sum()))
 
     monkeypatch.setattr(sweep, "generate_outputs", generate)
@@ -608,3 +608,26 @@ def test_a_sweep_where_no_config_finished_exits_1_naming_the_errors(driver, monk
     monkeypatch.setattr(sweep, "score_and_log", fake_score)
     finished = CliRunner().invoke(app, args, env={"COLUMNS": "1000"})
     assert finished.exit_code == 0, finished.output
+
+
+def test_scores_of_an_older_metrics_version_are_made_again_from_the_same_videos(driver, monkeypatch) -> None:
+    """APD changed meaning (profile frames left out): a resumed sweep reused the animators' old
+    scores beside a still config scored anew, and ranked them together."""
+    sweep, cfg, data = driver
+    made = _fake_generation(sweep, monkeypatch)
+    scored = []
+    fake_score = sweep.score_and_log
+
+    def score(client, run_id, jobs, label, work_dir, *rest):
+        scored.append(label)
+        fake_score(client, run_id, jobs, label, work_dir, *rest)
+
+    monkeypatch.setattr(sweep, "score_and_log", score)
+    spec, out = _spec(data, [{"backend": "warp"}]), data.parent / "out"
+    sweep.run_sweep(spec, cfg, out)
+    sweep.run_sweep(spec, cfg, out)
+    assert len(scored) == 1 and len(made) == 1  # reused
+    [table] = out.glob("configs/*/per_video.parquet")
+    pd.read_parquet(table).assign(scoring_version=1).to_parquet(table)
+    sweep.run_sweep(spec, cfg, out)
+    assert len(scored) == 2 and len(made) == 1  # scored again, from the videos it had

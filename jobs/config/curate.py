@@ -72,8 +72,8 @@ class CurateConfig(BaseModel):
         "talking clips 0.0014-0.016 (docs/curation.md)."
     )
     max_motion: float = Field(
-        0.08, gt=0, description="`too_shaky`: maximum mean motion intensity (speed of the landmarks smoothed in "
-        "time / face size per frame); no real clip of the shared media comes near it (at most 0.016)."
+        0.08, gt=0, description="`too_shaky`: maximum mean `shake` (speed of the raw landmarks / face size per "
+        "frame: motion, the fit's jitter and a shaking camera's; real clips of the shared media read 0.0042-0.027)."
     )
     min_face_frames_ratio: float = Field(
         0.9, ge=0, le=1, description="`no_face`: fraction of a clip's frames the main track must cover."

@@ -37,8 +37,9 @@ from portraitflow.operators import ledger
 from portraitflow.operators.atomic import FolderBusy, atomic_write, exclusive_folder
 from portraitflow.operators.curate_input import renders_after_decisions
 from portraitflow.operators.decode import probe_video
-from portraitflow.operators.face_scan import (GALLERY_DIGEST_PREFIX, GALLERY_SETTINGS, SIGNATURE_SIZE, check_galleries,
-                                              gallery_digests, load_scan_arrays, scan_clips, scan_path)
+from portraitflow.operators.face_scan import (GALLERY_DIGEST_PREFIX, GALLERY_SETTINGS, SCAN_MEASURES_VERSION,
+                                              SIGNATURE_SIZE, check_galleries, gallery_digests, load_scan_arrays,
+                                              scan_clips, scan_path)
 from portraitflow.operators.filters import RENDER_FAILED
 from portraitflow.operators.identity import CorpusLedger
 from portraitflow.operators.inputs import clip_input_key, expand_inputs, input_key, is_uri, local_copy
@@ -82,7 +83,12 @@ OPERATIONAL_SETTINGS = {"face": operational(FaceConfig), "curate": operational(C
 
 #: settings added with a default that changed the results, at the value that reproduces what a folder
 #: curated before they existed got; any other setting added since counts at its default
-BEHAVIOUR_BEFORE_ADDED = {"curate": {"shot_hash_threshold": 0.0, "duplicate_mirrored": False}}
+#: (the scan measures of a folder that records none: curated before they were recorded)
+BEHAVIOUR_BEFORE_ADDED = {"curate": {"shot_hash_threshold": 0.0, "duplicate_mirrored": False},
+                          "versions": {"scan_measures": 6}}
+#: what the latest measures version changed in what a corpus holds, for the refusal to mix them
+MEASURES_CHANGES = ("pose.npy is fitted centred in the crop, motion on smoothed landmarks, the reference "
+                    "frame has open eyes, profiles are rejected")
 
 
 def corpus_settings(cfg: PortraitFlowConfig) -> dict[str, Any]:
@@ -91,7 +97,7 @@ def corpus_settings(cfg: PortraitFlowConfig) -> dict[str, Any]:
     settings = {section: getattr(cfg, section).model_dump(mode="json", exclude=exempt)
                 for section, exempt in OPERATIONAL_SETTINGS.items()}
     settings["curate"] |= gallery_digests(cfg.curate)
-    return settings
+    return settings | {"versions": {"scan_measures": SCAN_MEASURES_VERSION}}
 
 
 def check_corpus_settings(cfg: PortraitFlowConfig, layout: Layout) -> list[str]:
@@ -106,6 +112,12 @@ def check_corpus_settings(cfg: PortraitFlowConfig, layout: Layout) -> list[str]:
     defaults = corpus_settings(PortraitFlowConfig())
     was = {section: {**defaults[section], **BEHAVIOUR_BEFORE_ADDED.get(section, {}), **recorded.get(section, {})}
            for section in current}
+    measured_by = was["versions"]["scan_measures"]
+    if measured_by != SCAN_MEASURES_VERSION and holds_finished_work(layout):
+        raise typer.BadParameter(
+            f"{layout.out} holds a corpus measured by an older version of curation (scan measures "
+            f"{measured_by}, now {SCAN_MEASURES_VERSION}: {MEASURES_CHANGES}); its samples would not match new "
+            "ones, whatever the settings: curate into a new --out", param_hint="--out")
     was["curate"] |= _galleries_recorded_by_path(was["curate"], cfg, current["curate"])
     differing = [(f"{section}.{key}", was[section].get(key), value) for section, values in current.items()
                  for key, value in values.items() if was[section].get(key) != value]

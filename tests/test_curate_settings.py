@@ -198,3 +198,23 @@ def test_a_folder_curated_before_a_setting_that_changed_results_resumes_only_wit
                        rf"recorded settings: --set=curate\.{setting}={re.escape(restore)}"):
         check_corpus_settings(load_config(None, []), layout)
     assert check_corpus_settings(load_config(None, [f"curate.{setting}={restore}"]), layout) == []
+
+
+def test_a_corpus_measured_by_an_older_version_is_not_resumed(tmp_path: Path) -> None:
+    """Scan measures 7 changed what samples hold (pose convention, motion, reference frame): a
+    resume mixed both in one corpus, and advised `--set curate.min_motion=0.002`, which on the new
+    scale rejects real clips."""
+    from portraitflow.operators import ledger
+    from portraitflow.operators.face_scan import SCAN_MEASURES_VERSION
+
+    layout = Layout(tmp_path)
+    layout.make()
+    older = corpus_settings(load_config(None, []))
+    del older["versions"]  # recorded before versions were
+    layout.settings.write_text(json.dumps(older))
+    assert check_corpus_settings(load_config(None, []), layout) == [f"versions.scan_measures: 6 -> {SCAN_MEASURES_VERSION}"]
+    ledger.write_marker(layout.done, {"input_key": "talk", "status": "rejected"}, [])
+    with pytest.raises(typer.BadParameter, match=rf"scan measures 6, now {SCAN_MEASURES_VERSION}: .*curate into a new --out"):
+        check_corpus_settings(load_config(None, []), layout)
+    layout.settings.write_text(json.dumps(corpus_settings(load_config(None, []))))
+    assert check_corpus_settings(load_config(None, []), layout) == []

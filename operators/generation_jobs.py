@@ -33,6 +33,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from portraitflow.jobs.config import validation_problems
 from portraitflow.jobs.config.animate import OPERATIONAL_FIELDS, PER_JOB_FIELDS, AnimateConfig
 from portraitflow.models.animators.registry import backend_settings
 from portraitflow.operators.inputs import NOT_UTF8, escapes_a_file_name
@@ -236,8 +237,7 @@ def effective_params(job: Job, cfg: AnimateConfig) -> dict[str, Any]:
     try:
         merged = AnimateConfig.model_validate({**cfg.model_dump(), **job.params})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"invalid job params: {problems}") from None
+        raise ValueError(f"invalid job params: {validation_problems(exc)}") from None
     return {k: getattr(merged, k) for k in PER_JOB_FIELDS}
 
 

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from portraitflow.jobs.config import PortraitFlowConfig
+from portraitflow.jobs.config import PortraitFlowConfig, validation_problems
 from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.jobs.config.fields import operational
@@ -162,11 +162,14 @@ def config_label(params: dict[str, Any]) -> str:
 def config_settings(params: dict[str, Any], cfg: PortraitFlowConfig) -> AnimateConfig:
     """The animate settings of one sweep config: `cfg.animate` overridden by its params, validated.
 
-    ValueError (pydantic's ValidationError is one) naming any unknown or invalid param, or one the
+    ValueError naming any unknown or invalid param (one line each, `validation_problems`), or one the
     config's backend does not read (`registry.check_settings`; `still` reads only the framing and
     encoding every backend reads). Such a param, a typo or a setting of another backend, is refused
     rather than ignored, so two configs never differ only in a label (and a run).
     """
-    settings = cfg.animate.model_validate({**cfg.animate.model_dump(), **params})
+    try:
+        settings = cfg.animate.model_validate({**cfg.animate.model_dump(), **params})
+    except ValidationError as exc:
+        raise ValueError(validation_problems(exc)) from None
     check_settings(resolve_backend(settings), params)
     return settings

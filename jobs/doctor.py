@@ -64,10 +64,10 @@ def doctor(
     )
 
     typer.echo("face backends:")
-    from portraitflow.models.face.factory import backend_model_files
+    from portraitflow.models.face.factory import MODEL_SETS, backend_model_files
     from portraitflow.models.face.model_files import ModelFilesMissing
 
-    for backend in ("opencv", "insightface", "dlib-landmarks"):
+    for backend in MODEL_SETS:
         try:
             found = backend_model_files(backend, cfg.face)
         except ModelFilesMissing as exc:

@@ -28,6 +28,10 @@ def create_analyzer(cfg: FaceConfig, threads: int = 0) -> FaceAnalyzer:
     return analyzer
 
 
+#: what `backend_model_files` knows: each detector/recogniser backend, and the landmarks all share
+MODEL_SETS = ("opencv", "insightface", "dlib-landmarks")
+
+
 def backend_model_files(backend: str, cfg: FaceConfig) -> dict[str, Path]:
     """The model files of `backend` (detector and recogniser; `dlib-landmarks`: the 68-point
     landmarks every backend takes from dlib), by role; raises model_files.ModelFilesMissing,

@@ -183,7 +183,8 @@ def check_weights_dir(weights_dir: str | Path) -> Path:
                 "vae/, unet/config.json and scheduler/ folders of stabilityai/stable-video-diffusion-img2vid-xt into "
                 "that folder, keeping this layout.")
     if not weights_dir.is_dir():
-        raise WeightsMissing(f"HunyuanPortrait weights folder {weights_dir} does not exist. {download}")
+        problem = "is a file, not a folder" if weights_dir.exists() else "does not exist"
+        raise WeightsMissing(f"HunyuanPortrait weights folder {weights_dir} {problem}. {download}")
     missing = missing_files(weights_dir)
     if missing:
         listing = "\n".join(f"  - {path}" for path in missing)

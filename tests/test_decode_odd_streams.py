@@ -138,3 +138,26 @@ def test_the_commonest_bad_files_get_reasons_that_group(tmp_path: Path) -> None:
         assert row["status"] == "failed" and str(tmp_path) not in row["error"], row
         assert row["error"] == expected.get(path.name, row["error"]), row
     assert probe_input({}, str(tmp_path / "junk.mp4"))["error"].startswith("decord cannot open the video")
+
+
+def test_interlaced_video_comes_with_its_fields_blended(tmp_path: Path) -> None:
+    """Broadcast footage weaves two fields shot 1/50 s apart: a moving edge combs, and the crops
+    kept the combing (a reviewer's interlaced clip was accepted with sharpness 331)."""
+    from portraitflow.operators.decode import _pyav_probe
+
+    path = tmp_path / "interlaced.mp4"
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=25, options={"tff": "1"})
+        video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
+        video.codec_context.flags |= av.codec.context.Flags.interlaced_dct | av.codec.context.Flags.interlaced_me
+        for _ in range(10):
+            woven = np.full((64, 64, 3), 40, np.uint8)
+            woven[1::2] = 200  # the second field: the same place a moment later, brighter
+            out.mux(video.encode(av.VideoFrame.from_ndarray(woven, format="rgb24")))
+        out.mux(video.encode(None))
+    assert _pyav_probe(str(path)).interlaced
+    frames = _decoded(path).astype(int)
+    assert np.abs(np.diff(frames[:, 4:-4], axis=1)).mean() < 10  # woven, neighbouring rows differ by 160
+    assert 100 < frames[:, 4:-4].mean() < 140
+    progressive = _segment(tmp_path / "progressive.mp4", range(20, 60, 4), container="mp4")
+    assert not _pyav_probe(str(progressive)).interlaced

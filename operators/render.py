@@ -24,7 +24,7 @@ from portraitflow.operators.probe import error_text
 from portraitflow.operators.reference_portrait import to_crop
 from portraitflow.operators.shards import npy_bytes, stage_sample
 from portraitflow.operators.timing import StageTimer
-from portraitflow.operators.video_writer import write_h264
+from portraitflow.operators.video_writer import audio_seconds, write_h264
 
 FORMAT_VERSION = 1
 #: most bytes of source-resolution RGB frames a render decodes at once: `chunk_frames` (64) of 1080p
@@ -72,7 +72,7 @@ def render_sample(
             frames = write_h264(mp4, crops(), cfg.fps, audio_from=path if cfg.keep_audio else None,
                                 audio_start_s=clip["start"] / cfg.fps, crf=cfg.crf,
                                 keyframe_interval=cfg.keyframe_interval or None, threads=cfg.actor_cpus)
-        video = mp4.read_bytes()
+        video, audio_s = mp4.read_bytes(), audio_seconds(mp4)
     if frames != clip["end"] - clip["start"]:
         raise ValueError(f"decoded {frames} frames for a clip of {clip['end'] - clip['start']}")
     motion = arrays["motion"]
@@ -84,6 +84,7 @@ def render_sample(
         "end_s": clip["end"] / cfg.fps,
         "fps": cfg.fps,
         "num_frames": frames,
+        "audio_s": round(audio_s, 3),  # less than the clip's length where the source's audio stops early
         "source_size": [clip["width"], clip["height"]],
         "crop_box": [float(v) for v in crop_box],
         "crop_size": size,

@@ -145,6 +145,19 @@ def _slice_samples(frame, start: int, stop: int):
     return trimmed
 
 
+def audio_seconds(path: str | Path) -> float:
+    """Seconds of audio in an mp4 `write_h264` wrote (its track's duration as the container states
+    it, the encoder's priming left out), 0.0 for none: a source whose audio stops early gives a
+    clip that is partly silent, which its sample says (`audio_s`)."""
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            return 0.0
+        stream = played_audio(container)
+        return float((stream.duration or 0) * stream.time_base)
+
+
 def has_audio(path: str | Path) -> bool:
     import av
 

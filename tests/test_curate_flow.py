@@ -176,6 +176,7 @@ def test_shards_read_back_with_webdataset(curated) -> None:
         assert 0 <= arrays["motion.npy"][:, 1:].min() and arrays["motion.npy"][:, 1:].max() <= 127
         with av.open(io.BytesIO(sample["mp4"])) as container:
             assert bool(container.streams.audio) == has_audio(meta["source"])  # the source's sound, if it has any
+            assert (meta["audio_s"] > 0) == bool(container.streams.audio) and meta["audio_s"] <= meta["end_s"] - meta["start_s"] + 0.05
             decoded = [f for f in container.decode(video=0)]
         assert len(decoded) == frames and (decoded[0].width, decoded[0].height) == (512, 512)
         assert Image.open(io.BytesIO(sample["ref.jpg"])).size == (512, 512)

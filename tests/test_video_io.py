@@ -613,3 +613,16 @@ def test_the_output_carries_the_audio_track_a_player_plays(tmp_path: Path) -> No
         samples = np.concatenate([f.to_ndarray().mean(axis=0) for f in container.decode(stream)])
         peak = np.argmax(np.abs(np.fft.rfft(samples))) * stream.rate / len(samples)
     assert abs(peak - 1000) < 20, peak
+
+
+def test_audio_seconds_says_how_much_of_a_clip_has_sound(tmp_path: Path) -> None:
+    """A source whose audio stops early gave a clip silent for most of its length, and nothing in
+    its sample said so: the sample json now records `audio_s`."""
+    from portraitflow.operators.video_writer import audio_seconds
+
+    source, clip, silent = tmp_path / "source.mp4", tmp_path / "clip.mp4", tmp_path / "silent.mp4"
+    _tone_after(source, silent_s=0.0, total_s=1.0)
+    write_h264(clip, [_gradient_clip(25)] * 3, fps=25.0, audio_from=source)  # 3 s of video, 1 s of audio
+    write_h264(silent, [_gradient_clip(25)], fps=25.0)
+    assert audio_seconds(clip) == pytest.approx(1.0, abs=0.05)
+    assert audio_seconds(silent) == 0.0

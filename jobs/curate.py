@@ -87,8 +87,8 @@ OPERATIONAL_SETTINGS = {"face": operational(FaceConfig), "curate": operational(C
 BEHAVIOUR_BEFORE_ADDED = {"curate": {"shot_hash_threshold": 0.0, "duplicate_mirrored": False},
                           "versions": {"scan_measures": 6}}
 #: what the latest measures version changed in what a corpus holds, for the refusal to mix them
-MEASURES_CHANGES = ("pose.npy is fitted centred in the crop, motion on smoothed landmarks, the reference "
-                    "frame has open eyes, profiles are rejected")
+MEASURES_CHANGES = ("since 6: motion on smoothed landmarks, a reference frame with open eyes, pose.npy fitted "
+                    "centred in the crop, profiles rejected, interlaced frames blended")
 
 
 def corpus_settings(cfg: PortraitFlowConfig) -> dict[str, Any]:
@@ -106,6 +106,9 @@ def check_corpus_settings(cfg: PortraitFlowConfig, layout: Layout) -> list[str]:
     result would say so. Until then (a first run that failed early, or one that finished nothing)
     any settings are taken; returns what they change, as `section.key: old -> new`."""
     if not layout.settings.is_file():
+        if holds_finished_work(layout):  # every version that recorded nothing measured otherwise
+            raise typer.BadParameter(f"{layout.out} holds a corpus that records no settings (curated by an early "
+                                     "version): curate into a new --out", param_hint="--out")
         return []
     recorded, current = json.loads(layout.settings.read_text()), corpus_settings(cfg)
     # a setting added since the folder was curated counts at the value that keeps the old behaviour
@@ -114,10 +117,11 @@ def check_corpus_settings(cfg: PortraitFlowConfig, layout: Layout) -> list[str]:
            for section in current}
     measured_by = was["versions"]["scan_measures"]
     if measured_by != SCAN_MEASURES_VERSION and holds_finished_work(layout):
+        said = measured_by if "versions" in recorded else f"{measured_by} or older"
         raise typer.BadParameter(
-            f"{layout.out} holds a corpus measured by an older version of curation (scan measures "
-            f"{measured_by}, now {SCAN_MEASURES_VERSION}: {MEASURES_CHANGES}); its samples would not match new "
-            "ones, whatever the settings: curate into a new --out", param_hint="--out")
+            f"{layout.out} holds a corpus measured by an older version of curation (scan measures {said}, now "
+            f"{SCAN_MEASURES_VERSION}: {MEASURES_CHANGES}); its samples would not match new ones, whatever the "
+            "settings: curate into a new --out", param_hint="--out")
     was["curate"] |= _galleries_recorded_by_path(was["curate"], cfg, current["curate"])
     differing = [(f"{section}.{key}", was[section].get(key), value) for section, values in current.items()
                  for key, value in values.items() if was[section].get(key) != value]

@@ -64,12 +64,12 @@ def doctor(
     )
 
     typer.echo("face backends:")
-    from portraitflow.models.face.factory import MODEL_SETS, backend_model_files
+    from portraitflow.models.face.factory import MODEL_FILES
     from portraitflow.models.face.model_files import ModelFilesMissing
 
-    for backend in MODEL_SETS:
+    for backend, locate in MODEL_FILES.items():
         try:
-            found = backend_model_files(backend, cfg.face)
+            found = locate(cfg.face)
         except ModelFilesMissing as exc:
             typer.echo(f"  [missing] {backend}: {exc}")
         else:

@@ -226,7 +226,7 @@ def _refusal(params: dict[str, Any], cfg: PortraitFlowConfig) -> ValueError | No
     the same way on every rerun."""
     try:
         sweep_spec.config_settings(params, cfg)
-    except ValueError as exc:  # pydantic's ValidationError is one
+    except ValueError as exc:
         return exc
     return None
 

@@ -293,8 +293,9 @@ def iter_frame_chunks(
 
     `size` = (width, height) lets decord scale while decoding, which is far cheaper than decoding
     at full resolution and resizing afterwards; without it, frames come at the size `probe_video`
-    reports (non-square pixels stretched to their shown width). Interlaced video comes with its
-    fields blended (`blend_fields`), so a moving edge does not comb.
+    reports (non-square pixels stretched to their shown width). Interlaced video decoded at full
+    size comes with its combed frames' fields blended (`blend_fields`), so a moving edge does not
+    comb; scaled down, the decoder's resampling has mixed them already.
     """
     stream = _pyav_probe(path)
     if size is None and stream is not None and stream.sar != 1:
@@ -314,21 +315,46 @@ def iter_frame_chunks(
         frames = _pyav_frames(path, sources, size or _display_size(path), chunk_size, seek_points)
     else:
         frames = _decord_frames(reader, shown[sources], chunk_size)
-    if stream is not None and stream.interlaced:
-        frames = map(blend_fields, frames)
+    if stream is not None and stream.interlaced and not (size and min(size) < min(stream.width, stream.height)):
+        frames = map(_deinterlaced, frames)  # scaled down, the decoder's resampling has mixed the fields
     for begin in range(0, len(positions), chunk_size):
         yield FrameChunk(positions=positions[begin:begin + chunk_size], frames=next(frames))
 
 
-def blend_fields(frames: np.ndarray) -> np.ndarray:
-    """(T, H, W, 3) uint8 frames of interlaced video with each row averaged with its neighbours
-    (1, 2, 1)/4: FFmpeg's linear-blend deinterlacer. Woven, the two fields of a moving face are
-    shown 1/50 s apart on alternate rows (combing on the lips and hair, which the crops, the
-    sharpness measure and the landmarks would take for detail); blended, each row holds both."""
-    rows = np.asarray(frames, np.uint16)
-    above = np.concatenate([rows[:, :1], rows[:, :-1]], axis=1)
-    below = np.concatenate([rows[:, 1:], rows[:, -1:]], axis=1)
-    return ((above + 2 * rows + below + 2) // 4).astype(np.uint8)
+#: how much more a frame's rows stand out from their neighbours (the other field) than from the
+#: rows two away (their own field) for it to count as combed. A progressive picture is smoother
+#: from row to row than over two rows: 0.39-0.67 on 40 videos of the shared media; a woven
+#: interlaced talking head read 1.05-3.63 (median 2.06)
+COMB_RATIO = 1.0
+
+
+def combed(frame: np.ndarray) -> bool:
+    """Whether an (H, W, 3) uint8 frame shows two fields of different moments woven together. A
+    stream's field order says how it was coded, not what it shows: progressive film is often coded
+    interlaced, and a still interlaced scene does not comb."""
+    grey = frame.mean(axis=2, dtype=np.float32)
+    other_field = np.abs(grey[1:-1] - (grey[:-2] + grey[2:]) / 2).mean()
+    own_field = np.abs(grey[2:-2] - (grey[:-4] + grey[4:]) / 2).mean()
+    return bool(other_field > COMB_RATIO * own_field)
+
+
+def blend_fields(frame: np.ndarray) -> np.ndarray:
+    """An (H, W, 3) uint8 frame with each row averaged with its neighbours (1, 2, 1)/4: FFmpeg's
+    linear-blend deinterlacer. Woven, the two fields of a moving face are shown 1/50 s apart on
+    alternate rows (combing on the lips and hair, which the crops, the sharpness measure and the
+    landmarks would take for detail); blended, each row holds both."""
+    import cv2
+
+    kernel = np.array([[0.25], [0.5], [0.25]], np.float32)
+    return cv2.filter2D(frame, -1, kernel, borderType=cv2.BORDER_REPLICATE)
+
+
+def _deinterlaced(chunk: np.ndarray) -> np.ndarray:
+    """A chunk of interlaced video with its combed frames blended, one frame at a time, in place."""
+    for index, frame in enumerate(chunk):
+        if combed(frame):
+            chunk[index] = blend_fields(frame)
+    return chunk
 
 
 def read_frames(source: str | bytes, indices: Sequence[int]) -> tuple[np.ndarray, int]:

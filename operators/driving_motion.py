@@ -188,8 +188,8 @@ def extract_driving_motion(
     fitted = np.isfinite(pose).all(axis=1)  # not on profiles: their pitch and roll are filled too
     if not (fitted | profile).any():
         raise NoFace("no head pose fits the driver's landmarks")
-    # a driver in profile throughout has no pitch and roll to fill from: 0, as a profile portrait's
-    filled = _fill(pose, fitted, shot) if fitted.any() else np.nan_to_num(pose)
+    # a driver whose pose no frame fits but its profiles: their yaw, pitch and roll 0 (as a profile portrait's)
+    filled = _fill(pose, fitted, shot) if fitted.any() else np.nan_to_num(_fill(pose, profile, shot))
     filled[profile, 0] = pose[profile, 0]  # the keypoints' yaw, which has the right sign
     return DrivingMotion(float(fps), size, shot, boxes, face_boxes, kps, landmarks, filled, detected)
 

@@ -141,7 +141,7 @@ def test_clips_already_in_shards_stay_in_the_corpus_whatever_the_retry_finds(
     under another name. The retry of `talk` fails, finds its scan gone too, or finds another file:
     the packed clip keeps its row, its input's row accounts for it, and it counts in the ledger
     (the copy is a duplicate), in this run and in a later one that leaves `talk` out."""
-    from portraitflow.jobs.curate import Layout, run_curation
+    from portraitflow.jobs.curate import Layout, corpus_settings, run_curation
     from portraitflow.models.face.base import l2_normalise
     from portraitflow.operators.face_scan import content_signature, scan_path
     from portraitflow.operators.inputs import clip_key
@@ -153,6 +153,7 @@ def test_clips_already_in_shards_stay_in_the_corpus_whatever_the_retry_finds(
         identities.append((embedding, content_signature(rng.uniform(0, 255, (50, 16, 16)))))
     layout = Layout(tmp_path)
     layout.make()
+    layout.settings.write_text(json.dumps(corpus_settings(load_config(None, QUIET))))  # as the first run recorded
     talk, copy, later_copy = (str(tmp_path / name) for name in ("talk.mp4", "copy.mp4", "later_copy.mp4"))
     talk_key = _scan(layout.scans, talk, [(0, 50, None, identities[0][:2]), (50, 100, None, identities[1][:2]),
                                           (100, 150, "too_static", None)])

@@ -137,6 +137,7 @@ def test_a_retried_input_renders_only_its_clips_not_in_the_shards(tmp_path: Path
                content_signature(rng.uniform(0, 255, (50, 16, 16)))) for _ in range(2)]
     layout = Layout(tmp_path / "out")
     layout.make()
+    layout.settings.write_text(json.dumps(corpus_settings(load_config(None, QUIET))))  # as the first run recorded
     video = tmp_path / "talk.mp4"
     video.write_bytes(b"the scan is reused; never decoded")
     key = _scan(layout.scans, str(video), [(0, 50, None, people[0]), (50, 100, None, people[1])])

@@ -214,7 +214,11 @@ def test_a_corpus_measured_by_an_older_version_is_not_resumed(tmp_path: Path) ->
     layout.settings.write_text(json.dumps(older))
     assert check_corpus_settings(load_config(None, []), layout) == [f"versions.scan_measures: 6 -> {SCAN_MEASURES_VERSION}"]
     ledger.write_marker(layout.done, {"input_key": "talk", "status": "rejected"}, [])
-    with pytest.raises(typer.BadParameter, match=rf"scan measures 6, now {SCAN_MEASURES_VERSION}: .*curate into a new --out"):
+    with pytest.raises(typer.BadParameter, match=rf"scan measures 6 or older, now {SCAN_MEASURES_VERSION}: .*"
+                                                 r"curate into a new --out"):
         check_corpus_settings(load_config(None, []), layout)
     layout.settings.write_text(json.dumps(corpus_settings(load_config(None, []))))
     assert check_corpus_settings(load_config(None, []), layout) == []
+    layout.settings.unlink()  # curated before settings were recorded at all
+    with pytest.raises(typer.BadParameter, match="records no settings"):
+        check_corpus_settings(load_config(None, []), layout)

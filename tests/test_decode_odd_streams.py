@@ -140,24 +140,33 @@ def test_the_commonest_bad_files_get_reasons_that_group(tmp_path: Path) -> None:
     assert probe_input({}, str(tmp_path / "junk.mp4"))["error"].startswith("decord cannot open the video")
 
 
-def test_interlaced_video_comes_with_its_fields_blended(tmp_path: Path) -> None:
-    """Broadcast footage weaves two fields shot 1/50 s apart: a moving edge combs, and the crops
-    kept the combing (a reviewer's interlaced clip was accepted with sharpness 331)."""
-    from portraitflow.operators.decode import _pyav_probe
-
-    path = tmp_path / "interlaced.mp4"
+def _interlaced(path: Path, second_field: int) -> Path:
+    """64x64 interlaced H.264 whose frames weave a field at level 40 with one at `second_field`."""
     with av.open(str(path), "w") as out:
         video = out.add_stream("libx264", rate=25, options={"tff": "1"})
         video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
         video.codec_context.flags |= av.codec.context.Flags.interlaced_dct | av.codec.context.Flags.interlaced_me
         for _ in range(10):
             woven = np.full((64, 64, 3), 40, np.uint8)
-            woven[1::2] = 200  # the second field: the same place a moment later, brighter
+            woven[1::2] = second_field
             out.mux(video.encode(av.VideoFrame.from_ndarray(woven, format="rgb24")))
         out.mux(video.encode(None))
-    assert _pyav_probe(str(path)).interlaced
-    frames = _decoded(path).astype(int)
+    return path
+
+
+def test_combed_interlaced_frames_come_with_their_fields_blended(tmp_path: Path) -> None:
+    """Broadcast footage weaves two fields shot 1/50 s apart: a moving edge combs, and the crops
+    kept the combing (a reviewer's interlaced clip was accepted with sharpness 331)."""
+    from portraitflow.operators.decode import _pyav_probe
+
+    moving = _interlaced(tmp_path / "moving.mp4", second_field=200)  # the second field brighter: combed
+    assert _pyav_probe(str(moving)).interlaced
+    frames = _decoded(moving).astype(int)
     assert np.abs(np.diff(frames[:, 4:-4], axis=1)).mean() < 10  # woven, neighbouring rows differ by 160
     assert 100 < frames[:, 4:-4].mean() < 140
+    still = _decoded(_interlaced(tmp_path / "still.mp4", second_field=40)).astype(int)  # nothing moved: no comb
+    assert np.abs(still - 40).max() <= 3
+    small = _decoded(moving, size=(32, 32))  # scaled down: the decoder mixed the fields, left as it did
+    assert small.shape[1:] == (32, 32, 3)
     progressive = _segment(tmp_path / "progressive.mp4", range(20, 60, 4), container="mp4")
     assert not _pyav_probe(str(progressive)).interlaced

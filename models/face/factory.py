@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from portraitflow.jobs.config.face import FaceConfig
@@ -28,28 +29,21 @@ def create_analyzer(cfg: FaceConfig, threads: int = 0) -> FaceAnalyzer:
     return analyzer
 
 
-#: what `backend_model_files` knows: each detector/recogniser backend, and the landmarks all share
-MODEL_SETS = ("opencv", "insightface", "dlib-landmarks")
-
-
-def backend_model_files(backend: str, cfg: FaceConfig) -> dict[str, Path]:
-    """The model files of `backend` (detector and recogniser; `dlib-landmarks`: the 68-point
-    landmarks every backend takes from dlib), by role; raises model_files.ModelFilesMissing,
-    naming what to download and where to put it, when they are not on this machine."""
-    if backend == "opencv":
-        return model_files.opencv_models()
-    if backend == "insightface":
-        return model_files.insightface_models(cfg.insightface_root, cfg.insightface_pack)
-    if backend == "dlib-landmarks":
-        return model_files.dlib_models()
-    raise ValueError(f"unknown face backend {backend!r}")
+#: each detector/recogniser backend's model files, and the 68-point landmarks every backend takes
+#: from dlib (`dlib-landmarks`), by role; each raises model_files.ModelFilesMissing, naming what to
+#: download and where to put it, when they are not on this machine
+MODEL_FILES: dict[str, Callable[[FaceConfig], dict[str, Path]]] = {
+    "opencv": lambda cfg: model_files.opencv_models(),
+    "insightface": lambda cfg: model_files.insightface_models(cfg.insightface_root, cfg.insightface_pack),
+    "dlib-landmarks": lambda cfg: model_files.dlib_models(),
+}
 
 
 def check_model_files(cfg: FaceConfig) -> None:
     """Raise model_files.ModelFilesMissing when `cfg.backend`'s model files or the landmark
     models are missing: a driver refuses the run before each of its actors dies of it."""
     for backend in ("dlib-landmarks", cfg.backend):
-        backend_model_files(backend, cfg)
+        MODEL_FILES[backend](cfg)
 
 
 def _load_backend(cfg: FaceConfig, threads: int) -> FaceAnalyzer:

@@ -17,7 +17,7 @@ import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 import numpy as np
@@ -40,6 +40,7 @@ class VideoInfo:
     height: int
     fps: float  # shown frames per second of presentation time (the average rate of a VFR video)
     num_frames: int  # frames a player shows
+    hdr_pq: bool = False  # HDR10 (PQ transfer): decoded as if SDR (no `zscale` here), it comes out washed out
 
     @property
     def duration_s(self) -> float:
@@ -123,7 +124,7 @@ class _Stream:
     width: int  # coded, in stored pixels
     height: int
     sar: Fraction  # a stored pixel's width over its height: shown (width * sar) x height
-    hdr_pq: bool  # HDR10's transfer (SMPTE ST 2084): decoded as if SDR, its pictures come out washed out
+    hdr_pq: bool  # HDR10 (PQ transfer), as `VideoInfo.hdr_pq`
     interlaced: bool  # its fields are coded apart in time (broadcast, DV): woven, a moving edge combs
 
 
@@ -159,19 +160,15 @@ def _pyav_probe(source: Source) -> _Stream | None:
                 raise VideoUnreadable("a still image, not a video")
             stream = container.streams.video[0]
             codec = stream.codec_context
-            sar = stream.sample_aspect_ratio or codec.sample_aspect_ratio or Fraction(1)
-            return _Stream("mpegts" in formats, int(codec.width), int(codec.height), Fraction(sar),
+            return _Stream("mpegts" in formats, int(codec.width), int(codec.height), _pixel_aspect(stream),
                            codec.color_trc == _TRC_PQ, codec.field_order in _INTERLACED_FIELD_ORDERS)
     except av.FFmpegError:
         return None
 
 
-def is_hdr_pq(path: str) -> bool:
-    """Whether the video is HDR10 (PQ transfer). Decoded as if SDR, as here (this FFmpeg has no
-    `zscale` to tone-map from linear light), it comes out washed out: fine for landmarks and
-    motion, wrong for judging or keeping its pictures (curation refuses it)."""
-    stream = _pyav_probe(path)
-    return stream is not None and stream.hdr_pq
+def _pixel_aspect(stream) -> Fraction:
+    """A PyAV video stream's stored pixel width over height, from the container or else the codec."""
+    return Fraction(stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio or 1)
 
 
 def _display_size(source: Source) -> tuple[int, int]:
@@ -184,12 +181,12 @@ def _display_size(source: Source) -> tuple[int, int]:
     with av.open(source) as container:
         stream = container.streams.video[0]
         frame = next(container.decode(stream), None)
-        sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio or Fraction(1)
+        sar = _pixel_aspect(stream)
     if frame is None:
         raise VideoUnreadable("FFmpeg decoded no frame of the video")
     width, height = frame.width, frame.height
     if sar != 1:
-        width = max(2, round(width * Fraction(sar) / 2) * 2)
+        width = max(2, round(width * sar / 2) * 2)
     return (height, width) if frame.rotation % 180 else (width, height)
 
 
@@ -239,15 +236,16 @@ def _decord_misshapes(width: int) -> bool:
 
 
 def probe_video(path: str) -> VideoInfo:
-    """Shown size (`_display_size`), frame rate and frame count; raises VideoUnreadable for
-    anything decord cannot use."""
+    """Shown size (`_display_size`), frame rate, frame count and whether it is HDR10; raises
+    VideoUnreadable for anything decord cannot use."""
     stream = _pyav_probe(path)
     reader = _reader(path)
     edit_end_s = _edit_list_end(path)
     if stream is None:
         height, width = reader[0].shape[:2]
         return _timeline(reader, int(width), int(height), edit_end_s=edit_end_s)[0]
-    return _timeline(reader, *_display_size(path), from_keyframe=stream.mpeg_ts, edit_end_s=edit_end_s)[0]
+    info = _timeline(reader, *_display_size(path), from_keyframe=stream.mpeg_ts, edit_end_s=edit_end_s)[0]
+    return replace(info, hdr_pq=stream.hdr_pq)
 
 
 def _average_rate(frames: int, seconds: float) -> float:

@@ -28,7 +28,7 @@ from portraitflow.operators.decode import VideoUnreadable, iter_frame_chunks, pr
 from portraitflow.operators.motion import window_buckets
 from portraitflow.operators.reference_portrait import NoFace, centred_head_pose, to_crop
 from portraitflow.operators.shots import ShotDetector
-from portraitflow.operators.tracking import Track, box_iou, interpolate_rows, track_faces
+from portraitflow.operators.tracking import Track, box_iou, fill_pose, fill_within_shots, track_faces
 
 #: faces smaller than this fraction of a frame's largest face get no landmarks (bystanders).
 MIN_RELATIVE_SIDE = 0.5
@@ -79,30 +79,6 @@ def _main_track(tracks: list[Track], start: int, end: int) -> Track | None:
     if not parts:
         return None
     return max(parts, key=lambda p: (int(p.detected.sum()), float(np.median(p.sides))))
-
-
-def _fill(values: np.ndarray, known: np.ndarray, shot: np.ndarray) -> np.ndarray:
-    """(T, ...) values with the frames that are not `known` filled within their shot: linear
-    interpolation between the shot's known frames, held at the shot's ends, never across a cut
-    (each shot's values are in its own crop's pixels).
-
-    A shot without a known frame borrows the nearest shot that has one (the lower on ties, as for
-    the crop boxes) and holds that shot's value on the side facing it.
-    """
-    filled = np.asarray(values, dtype=np.float32).copy()
-    positions = np.arange(len(values))
-    indices = np.unique(shot)
-    have = [int(i) for i in indices if known[shot == i].any()]
-    for index in indices:
-        in_shot = shot == index
-        where = np.flatnonzero(in_shot & known)
-        if len(where):
-            filled[in_shot] = interpolate_rows(positions[in_shot], where, values[where])
-            continue
-        donor = min(have, key=lambda j: abs(j - int(index)))
-        donor_known = np.flatnonzero((shot == donor) & known)
-        filled[in_shot] = values[donor_known[-1] if donor < index else donor_known[0]]
-    return filled
 
 
 def extract_driving_motion(
@@ -172,8 +148,8 @@ def extract_driving_motion(
     if detected.mean() < min_face_fraction:
         raise NoFace(f"the driver's face is found on {detected.mean():.0%} of the driving frames "
                      f"(at least {min_face_fraction:.0%} needed)")
-    kps, landmarks = _fill(kps, detected, shot), _fill(landmarks, detected, shot)
-    face_track = _fill(face_track, detected, shot)
+    kps, landmarks = fill_within_shots(kps, detected, shot), fill_within_shots(landmarks, detected, shot)
+    face_track = fill_within_shots(face_track, detected, shot)
     have = [i for i, b in enumerate(shot_boxes) if b is not None]
     nearest = [min(have, key=lambda j: abs(j - i)) for i in range(len(shot_boxes))]
     boxes = np.stack([shot_boxes[j] for j in nearest])
@@ -185,13 +161,9 @@ def extract_driving_motion(
             landmarks[in_shot] = gaussian_filter1d(landmarks[in_shot], smooth_sigma, axis=0, mode="nearest")
             face_track[in_shot] = gaussian_filter1d(face_track[in_shot], smooth_sigma, axis=0, mode="nearest")
     pose, profile = profile_pose(centred_head_pose(analyzer, landmarks, size), kps, face_track)
-    fitted = np.isfinite(pose).all(axis=1)  # not on profiles: their pitch and roll are filled too
-    if not (fitted | profile).any():
+    if not (np.isfinite(pose).all(axis=1) | profile).any():
         raise NoFace("no head pose fits the driver's landmarks")
-    # a driver whose pose no frame fits but its profiles: their yaw, pitch and roll 0 (as a profile portrait's)
-    filled = _fill(pose, fitted, shot) if fitted.any() else np.nan_to_num(_fill(pose, profile, shot))
-    filled[profile, 0] = pose[profile, 0]  # the keypoints' yaw, which has the right sign
-    return DrivingMotion(float(fps), size, shot, boxes, face_boxes, kps, landmarks, filled, detected)
+    return DrivingMotion(float(fps), size, shot, boxes, face_boxes, kps, landmarks, fill_pose(pose, shot), detected)
 
 
 def iter_driving_windows(path: str, motion: DrivingMotion, window: int = 25) -> Iterator[DrivingWindow]:

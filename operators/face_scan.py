@@ -40,7 +40,7 @@ from portraitflow.operators.probe import FAILED, error_text, probe_input
 from portraitflow.operators.reference_portrait import crop_head_pose
 from portraitflow.operators.shots import ShotDetector
 from portraitflow.operators.timing import StageTimer
-from portraitflow.operators.tracking import Track, interpolate_rows, track_faces
+from portraitflow.operators.tracking import Track, fill_pose, interpolate_rows, track_faces
 
 MIN_TRACK_DETECTIONS = 3  # a face seen once is more often a false detection than a clip
 #: how near (a share of the frame's shorter side) a face box may come to the frame's edge and still
@@ -264,7 +264,7 @@ def _measure(analyzer: FaceAnalyzer, path: str, size, frame_hw: tuple[int, int],
         "boxes": part.boxes * np.tile(to_source, 2),
         "kps": part.kps * to_source,
         "landmarks": np.concatenate(landmarks) * to_source,
-        "pose": _fill_pose(np.concatenate(poses).astype(np.float32)),
+        "pose": fill_pose(np.concatenate(poses), np.zeros(len(part.boxes), np.int64)),  # one shot
         "thumbnails": np.concatenate(thumbnails),
         "sample_index": samples,
         "sample_embedding": np.concatenate(embeddings),
@@ -281,22 +281,9 @@ def scan_pose(analyzer: FaceAnalyzer, landmarks: np.ndarray, boxes: np.ndarray, 
     (`reference_portrait.crop_head_pose`: the landmarks centred in the face's square crop, so where the
     face sits in the frame and how much of it it fills do not tilt it; fitted on the whole frame it
     read 5-9 degrees more pitch), and on profiles the keypoints' yaw with pitch and roll NaN
-    (`profile_pose`; `_fill_pose` fills them)."""
+    (`profile_pose`; `tracking.fill_pose` fills them)."""
     pose = crop_head_pose(analyzer, landmarks, list(boxes), [frame_hw] * len(landmarks))
     return profile_pose(pose, kps, boxes)[0]
-
-
-def _fill_pose(pose: np.ndarray) -> np.ndarray:
-    """A clip's per-frame pose with the rows `profile_pose` left without pitch and roll, or that no
-    fit found, interpolated from the frames that have one (held at the clip's ends); the yaw of a
-    profile is kept. Left NaN in a clip without any such frame."""
-    pose = np.array(pose, np.float32)
-    known = np.isfinite(pose).all(axis=1)
-    if known.any() and not known.all():
-        yaw = pose[:, 0].copy()
-        pose[~known] = interpolate_rows(np.flatnonzero(~known), np.flatnonzero(known), pose[known])
-        pose[np.isfinite(yaw), 0] = yaw[np.isfinite(yaw)]
-    return pose
 
 
 def _decide(arrays: dict[str, np.ndarray], first: int, last: int, offset: int, info: VideoInfo,

@@ -6,7 +6,7 @@ import re
 import time
 from typing import Any
 
-from portraitflow.operators.decode import VideoUnreadable, is_hdr_pq, probe_video
+from portraitflow.operators.decode import VideoUnreadable, probe_video
 
 FAILED = "failed"
 #: why curation refuses HDR10: its pictures would be judged and kept washed out
@@ -29,7 +29,7 @@ def probe_input(row: dict[str, Any], path: str) -> dict[str, Any]:
     out = _unprobed(row)
     try:
         info = probe_video(path)
-        if is_hdr_pq(path):
+        if info.hdr_pq:
             raise VideoUnreadable(HDR_PQ)
         out.update(width=info.width, height=info.height, src_fps=info.fps, duration_s=info.duration_s)
     except Exception as exc:  # unreadable, missing, odd streams: the row says so and the run goes on

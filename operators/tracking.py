@@ -87,6 +87,48 @@ def interpolate_rows(x: np.ndarray, xp: np.ndarray, rows: np.ndarray) -> np.ndar
     return filled.reshape((len(x), *np.shape(rows)[1:]))
 
 
+def fill_within_shots(values: np.ndarray, known: np.ndarray, shot: np.ndarray) -> np.ndarray:
+    """(T, ...) values with the frames that are not `known` filled within their shot: linear
+    interpolation between the shot's known frames, held at the shot's ends, never across a cut
+    (each shot's values are in its own crop's pixels).
+
+    A shot without a known frame borrows the nearest shot that has one (the lower on ties, as for
+    the crop boxes) and holds that shot's value on the side facing it.
+    """
+    filled = np.asarray(values, dtype=np.float32).copy()
+    positions = np.arange(len(values))
+    indices = np.unique(shot)
+    have = [int(i) for i in indices if known[shot == i].any()]
+    for index in indices:
+        in_shot = shot == index
+        where = np.flatnonzero(in_shot & known)
+        if len(where):
+            filled[in_shot] = interpolate_rows(positions[in_shot], where, values[where])
+            continue
+        donor = min(have, key=lambda j: abs(j - int(index)))
+        donor_known = np.flatnonzero((shot == donor) & known)
+        filled[in_shot] = values[donor_known[-1] if donor < index else donor_known[0]]
+    return filled
+
+
+def fill_pose(pose: np.ndarray, shot: np.ndarray) -> np.ndarray:
+    """(T, 3) yaw, pitch, roll with the frames no landmark fit found (NaN) and the profiles
+    `profile_pose` left without pitch and roll filled within their shot (`fill_within_shots`) from
+    the fitted frames; a profile keeps its keypoints' yaw, which has the right sign. Where only
+    profiles give a pose, pitch and roll are 0 (as a profile portrait's); where none does, it stays NaN."""
+    pose = np.asarray(pose, np.float32)
+    fitted = np.isfinite(pose).all(axis=1)
+    profile = np.isfinite(pose[:, 0]) & ~fitted
+    if fitted.any():
+        filled = fill_within_shots(pose, fitted, shot)
+    elif profile.any():
+        filled = np.nan_to_num(fill_within_shots(pose, profile, shot))
+    else:
+        return pose.copy()
+    filled[profile, 0] = pose[profile, 0]
+    return filled
+
+
 def _interpolate(track: list[tuple[int, Face]], end: int, step: int) -> Track:
     known = np.array([p for p, _ in track])
     last = min(int(known[-1]) + step, end)

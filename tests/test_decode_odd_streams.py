@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from portraitflow.operators.decode import is_hdr_pq, iter_frame_chunks, probe_video
+from portraitflow.operators.decode import iter_frame_chunks, probe_video
 from portraitflow.operators.probe import HDR_PQ, probe_input
 
 
@@ -103,7 +103,7 @@ def test_curation_refuses_pq_hdr_with_its_reason_and_reads_hlg(tmp_path: Path) -
     refused = probe_input({"uri": str(pq)}, str(pq))
     assert (refused["status"], refused["error"]) == ("failed", HDR_PQ)
     assert probe_input({"uri": str(hlg)}, str(hlg))["status"] == ""
-    assert is_hdr_pq(str(pq)) and not is_hdr_pq(str(hlg))
+    assert probe_video(str(pq)).hdr_pq and not probe_video(str(hlg)).hdr_pq
     assert _decoded(pq).shape == _decoded(hlg).shape == (10, 64, 64, 3)
 
 

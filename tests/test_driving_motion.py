@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from portraitflow.operators.driving_motion import _fill
+from portraitflow.operators.tracking import fill_within_shots
 
 
 def test_fill_holds_a_missing_frame_next_to_a_cut_at_its_own_shot_value():
@@ -16,7 +16,7 @@ def test_fill_holds_a_missing_frame_next_to_a_cut_at_its_own_shot_value():
     values = np.zeros((8, 5, 2), np.float32)
     values[:3] = np.array([100.0, 102.0, 104.0])[:, None, None]
     values[5:] = np.array([400.0, 402.0, 404.0])[:, None, None]
-    filled = _fill(values, known, shot)
+    filled = fill_within_shots(values, known, shot)
     assert filled.shape == values.shape and filled.dtype == np.float32
     np.testing.assert_array_equal(filled[known], values[known])
     np.testing.assert_array_equal(filled[3], np.full((5, 2), 104.0))
@@ -27,7 +27,7 @@ def test_fill_interpolates_inside_a_shot():
     shot = np.array([0, 0, 0, 0, 0, 1, 1])
     known = np.array([True, False, False, True, True, True, True])
     values = np.array([0.0, -1.0, -1.0, 30.0, 40.0, 500.0, 600.0], np.float32)[:, None]
-    filled = _fill(values, known, shot)
+    filled = fill_within_shots(values, known, shot)
     np.testing.assert_allclose(filled[:, 0], [0.0, 10.0, 20.0, 30.0, 40.0, 500.0, 600.0])
 
 
@@ -38,12 +38,12 @@ def test_fill_a_shot_without_detections_holds_the_nearest_shots_facing_value():
     shot = np.array([0, 0, 1, 1, 2, 2, 3])
     known = np.array([True, True, False, False, True, True, False])
     values = np.array([1.0, 2.0, 0.0, 0.0, 7.0, 8.0, 0.0], np.float32)[:, None]
-    np.testing.assert_array_equal(_fill(values, known, shot)[:, 0], [1.0, 2.0, 2.0, 2.0, 7.0, 8.0, 8.0])
+    np.testing.assert_array_equal(fill_within_shots(values, known, shot)[:, 0], [1.0, 2.0, 2.0, 2.0, 7.0, 8.0, 8.0])
 
     shot = np.array([0, 0, 1, 1])
     known = np.array([False, False, True, True])
     values = np.array([0.0, 0.0, 5.0, 6.0], np.float32)[:, None]
-    np.testing.assert_array_equal(_fill(values, known, shot)[:, 0], [5.0, 5.0, 5.0, 6.0])
+    np.testing.assert_array_equal(fill_within_shots(values, known, shot)[:, 0], [5.0, 5.0, 5.0, 6.0])
 
 
 class _NoFaces:

@@ -47,11 +47,19 @@ def test_the_scan_pose_does_not_depend_on_where_the_face_sits_and_is_evaluations
 
 
 def test_profile_rows_keep_the_keypoints_yaw_and_take_pitch_and_roll_from_the_frames_around():
-    from portraitflow.operators.face_scan import _fill_pose
+    from portraitflow.operators.tracking import fill_pose
 
     pose = np.array([[10, 4, 1], [-44, np.nan, np.nan], [np.nan, np.nan, np.nan], [20, 8, 3]], np.float32)
-    np.testing.assert_allclose(_fill_pose(pose), [[10, 4, 1], [-44, 16 / 3, 5 / 3], [50 / 3, 20 / 3, 7 / 3], [20, 8, 3]],
-                               atol=1e-4)
+    np.testing.assert_allclose(fill_pose(pose, np.zeros(4, np.int64)),
+                               [[10, 4, 1], [-44, 16 / 3, 5 / 3], [50 / 3, 20 / 3, 7 / 3], [20, 8, 3]], atol=1e-4)
+
+
+def test_a_pose_only_profiles_give_has_their_yaw_and_level_pitch_and_roll_and_none_stays_unknown():
+    from portraitflow.operators.tracking import fill_pose
+
+    profiles = np.array([[-50, np.nan, np.nan], [np.nan, np.nan, np.nan], [-46, np.nan, np.nan]], np.float32)
+    np.testing.assert_allclose(fill_pose(profiles, np.zeros(3, np.int64)), [[-50, 0, 0], [-48, 0, 0], [-46, 0, 0]])
+    assert np.isnan(fill_pose(np.full((2, 3), np.nan, np.float32), np.zeros(2, np.int64))).all()
 
 
 def _first_pass(nose_offset: float, cfg: CurateConfig):

@@ -12,10 +12,9 @@ from typing import Any
 
 import numpy as np
 import ray
-import webdataset as wds
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from portraitflow.operators.shard_source import SKIP_REASONS, SkipCounter
+from portraitflow.operators.shard_source import SKIP_REASONS, SkipCounter, read_shard
 
 
 def shard_samples(shard: dict[str, np.ndarray], build: Callable[[dict], dict[str, Any]],
@@ -25,7 +24,7 @@ def shard_samples(shard: dict[str, np.ndarray], build: Callable[[dict], dict[str
     task ends."""
     skips = SkipCounter()
     try:
-        for raw in wds.tariterators.tarfile_samples([{"url": str(shard["url"][0])}], handler=skips.handler):
+        for raw in read_shard(str(shard["url"][0]), skips.handler):
             try:
                 sample = build(raw)
             except Exception as exc:  # noqa: BLE001 - the handler counts bad data and raises anything else

@@ -8,12 +8,11 @@ from dataclasses import replace
 from typing import Any
 
 import torch.utils.data
-import webdataset as wds
 
 from portraitflow.jobs.config.train_data import TrainDataConfig
 from portraitflow.operators.sample_order import (buffer_shuffle, interleaved_samples, resampled_shards, stream_rng,
                                                  worker_shards)
-from portraitflow.operators.shard_source import SkipCounter, UsableShardsCheck
+from portraitflow.operators.shard_source import SkipCounter, UsableShardsCheck, read_shard
 from portraitflow.operators.train_progress import EpochProgress, RankLayout
 from portraitflow.operators.train_sample import collate_samples, sample_builder
 
@@ -66,4 +65,4 @@ class ShardBatches(torch.utils.data.IterableDataset):
             yield dict(collate_samples(built), __worker__=worker, __position__=position + 1)
 
     def _open_shard(self, url: str) -> Iterator[dict[str, Any]]:
-        return wds.tariterators.tarfile_samples([{"url": url}], handler=self.skips.handler)
+        return read_shard(url, self.skips.handler)

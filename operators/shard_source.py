@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import webdataset as wds
-from webdataset.gopen import gopen_schemes
+from webdataset.gopen import gopen, gopen_schemes
 
 from portraitflow.operators.shards import INDEX_NAME
 from portraitflow.operators.train_sample import SampleSkipped
@@ -111,12 +111,41 @@ def expand_shards(sources: str | Sequence[str]) -> list[str]:
     return urls
 
 
-def _reported_again(exc: BaseException) -> bool:
-    """Whether webdataset reports this shard error a second time: its member loop tags an error
-    with ` @ <stream>` and goes on, so a broken tar raises again from the shard loop, which counts
-    it (one break, one count); a member error the stream survives leaves its sample incomplete,
-    counted as `missing_member`."""
-    return bool(exc.args) and isinstance(exc.args[0], str) and " @ " in exc.args[0] and len(exc.args) == 1
+def read_shard(url: str, handler: Callable[[BaseException], bool]) -> Iterator[dict[str, Any]]:
+    """A shard's samples as webdataset gives them (`__key__`, `__url__`, then one bytes value per
+    member, named by what follows the key's dot), streamed from any URL webdataset's `gopen` opens.
+
+    tarfile takes a shard cut short at a header, or a damaged header, for the archive's end, which
+    would drop the rest of the shard uncounted: here the end must be the zero blocks a writer adds
+    after its last member, else `tarfile.ReadError` goes to `handler` (`shard_unreadable`), as does
+    any error that breaks the stream. A sample holds whole members only; the one a break cuts short
+    comes without the rest, which the sample builder counts (`missing_member`).
+    """
+    sample: dict[str, Any] | None = None
+    broken: Exception | None = None
+    try:
+        with gopen(url, "rb") as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, field = posixpath.basename(member.name).partition(".")
+                key = posixpath.join(posixpath.dirname(member.name), key)
+                if sample is None or sample["__key__"] != key:
+                    if sample is not None:
+                        yield sample
+                    sample = {"__key__": key, "__url__": url}
+                sample[field] = tar.extractfile(member).read()
+            # the first zero block ended the loop; a writer adds a second (and pads the record)
+            end = tar.fileobj.read(tarfile.BLOCKSIZE)
+            if len(end) < tarfile.BLOCKSIZE or end.count(0) != len(end):
+                raise tarfile.ReadError("no end-of-archive blocks after the last member read: the shard was cut short "
+                                        "or a header is damaged")
+    except Exception as exc:  # noqa: BLE001 - the handler counts a broken shard and raises anything else
+        broken = exc
+    if sample is not None:
+        yield sample
+    if broken is not None and not handler(broken):
+        raise broken
 
 
 class SkipCounter:
@@ -135,8 +164,6 @@ class SkipCounter:
         if isinstance(exc, SampleSkipped):
             reason = exc.reason if exc.reason in SKIP_REASONS else "other"
         elif isinstance(exc, (tarfile.TarError, EOFError, OSError)):
-            if _reported_again(exc):
-                return True
             reason = "shard_unreadable"
         else:
             raise exc

@@ -86,11 +86,20 @@ def sample_rng(seed: int | None, epoch: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, zlib.crc32(key.encode())])
 
 
-def choose_window(num_frames: int, n_frames: int, rng: np.random.Generator) -> tuple[int, int]:
+def choose_window(num_frames: int, n_frames: int, rng: np.random.Generator,
+                  reference: int | None = None) -> tuple[int, int]:
     """(first driving frame, reference frame): the window is placed uniformly in the clip and the
-    reference uniformly among the frames outside it (any frame when the window fills the clip)."""
+    reference uniformly among the frames outside it (any frame when the window fills the clip).
+    A given `reference` stays, and the window is placed uniformly among the places that leave it
+    out (any place when none does)."""
     if num_frames < n_frames:
         raise SampleSkipped("clip_too_short", f"{num_frames} frames < window of {n_frames}")
+    if reference is not None:
+        if not 0 <= reference < num_frames:
+            raise SampleSkipped("bad_array", f"reference frame {reference} outside the clip's {num_frames} frames")
+        starts = np.arange(num_frames - n_frames + 1)
+        clear = starts[(starts > reference) | (starts + n_frames <= reference)]
+        return int(rng.choice(clear if len(clear) else starts)), reference
     start = int(rng.integers(0, num_frames - n_frames + 1))
     outside = num_frames - n_frames
     if outside == 0:
@@ -200,18 +209,21 @@ def at_resolution(frames: np.ndarray, tracks: ClipTracks, resolution: int) -> tu
 
 def build_train_sample(sample: Mapping[str, Any], n_frames: int = 25, seed: int | None = None, epoch: int = 0,
                        pixel_dtype: str = "float32", resolution: int = 512, smooth_sigma: float = 0.8,
-                       identity_dim: int | None = None) -> dict[str, Any]:
+                       identity_dim: int | None = None, reference: str = "random") -> dict[str, Any]:
     """A curated WebDataset sample (member name -> bytes) -> one training sample (numpy arrays).
 
-    Raises SampleSkipped with a reason code for anything that cannot be trained on, including an
-    identity embedding that is not `identity_dim` wide (corpora curated with other face backends).
+    `reference` "curated" takes the clip's curated reference frame (`ref_frame` in its json:
+    frontal, eyes open) as the identity image, "random" any frame outside the window. Raises
+    SampleSkipped with a reason code for anything that cannot be trained on, including an identity
+    embedding that is not `identity_dim` wide (corpora curated with other face backends).
     """
     key = str(sample.get("__key__", ""))
     tracks = parse_tracks(sample)
     if identity_dim is not None and len(tracks.identity) != identity_dim:
         raise SampleSkipped("identity_mismatch", f"identity has {len(tracks.identity)} dimensions, not {identity_dim}")
     tracks = smoothed(tracks, smooth_sigma)
-    start, ref_index = choose_window(tracks.num_frames, n_frames, sample_rng(seed, epoch, key))
+    curated = _curated_reference(sample) if reference == "curated" else None
+    start, ref_index = choose_window(tracks.num_frames, n_frames, sample_rng(seed, epoch, key), curated)
     window = np.arange(start, start + n_frames)
     decoded, video_frames = decode_frames(bytes(sample["mp4"]), np.append(window, ref_index))
     if video_frames != tracks.num_frames:
@@ -226,7 +238,16 @@ def build_train_sample(sample: Mapping[str, Any], n_frames: int = 25, seed: int 
 def sample_builder(cfg: TrainDataConfig, epoch: int) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
     """`build_train_sample` with the config's settings, as both loader paths run it."""
     return partial(build_train_sample, n_frames=cfg.n_frames, seed=cfg.seed, epoch=epoch, pixel_dtype=cfg.pixel_dtype,
-                   resolution=cfg.resolution, smooth_sigma=cfg.smooth_sigma, identity_dim=cfg.identity_dim)
+                   resolution=cfg.resolution, smooth_sigma=cfg.smooth_sigma, identity_dim=cfg.identity_dim,
+                   reference=cfg.reference)
+
+
+def _curated_reference(sample: Mapping[str, Any]) -> int:
+    """The frame curation chose as the clip's reference (`ref_frame` in its json)."""
+    try:
+        return int(json.loads(bytes(sample["json"]))["ref_frame"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise SampleSkipped("missing_member", f"no curated reference frame in the sample's json ({exc!r})") from exc
 
 
 def _clip_fps(sample: Mapping[str, Any]) -> np.float32:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import tarfile
 from pathlib import Path
@@ -129,6 +130,26 @@ def test_a_clip_as_long_as_the_window_takes_its_reference_inside_it(tmp_path) ->
         build_train_sample(sample, n_frames=7)
 
 
+def test_the_curated_reference_is_the_identity_image_and_the_window_leaves_it_out(tmp_path) -> None:
+    """`reference: curated` takes curation's `ref_frame` (frontal, eyes open), never a blink drawn at random."""
+    sample = dict(clip_members(12, seed=6, workdir=tmp_path), __key__="ref")
+    sample["json"] = json.dumps(dict(json.loads(sample["json"]), ref_frame=5)).encode()
+    for seed in range(6):
+        out = build_train_sample(sample, n_frames=4, seed=seed, reference="curated")
+        assert out["reference_index"] == 5 and 5 not in out["frame_indices"].tolist()
+        reference = ((out["reference"].transpose(1, 2, 0) + 1) * 127.5).round().astype(np.uint8)
+        assert frame_code(reference[None])[0] == 5
+    starts = {int(build_train_sample(sample, n_frames=4, seed=seed, reference="curated")["frame_indices"][0])
+              for seed in range(40)}
+    assert starts == {0, 1, 6, 7, 8}  # every place that leaves frame 5 out
+    assert build_train_sample(sample, n_frames=12, seed=0, reference="curated")["reference_index"] == 5  # no place does
+    from portraitflow.operators.train_sample import sample_builder
+    assert sample_builder(TrainDataConfig(reference="curated"), epoch=0).keywords["reference"] == "curated"
+    del sample["json"]
+    with pytest.raises(SampleSkipped, match="no curated reference"):
+        build_train_sample(sample, n_frames=4, seed=0, reference="curated")
+
+
 def test_clips_curated_at_another_crop_size_batch_at_the_training_resolution(tmp_path) -> None:
     sample = dict(clip_members(8, seed=3, workdir=tmp_path), __key__="crop")
     full = build_train_sample(sample, n_frames=4, seed=0)
@@ -209,9 +230,37 @@ def test_corrupt_and_truncated_samples_are_skipped_and_counted(damaged) -> None:
     assert set(_keys(loader)) == expected_good
     skipped = loader.skipped
     assert skipped.pop("video_undecodable") == 1 and skipped.pop("bad_array") == 1
-    assert skipped.pop("shard_unreadable") == 1  # one break, counted once (webdataset reports it twice)
-    assert skipped.pop("missing_member") >= 1  # bad2, and the cut-off remains of cut1
+    assert skipped.pop("shard_unreadable") == 1  # the cut in cut1, counted once
+    assert skipped.pop("missing_member") == 2  # bad2, and cut1 without the members after the cut
     assert skipped == {}
+
+
+def _three_sample_shard(path: Path) -> bytes:
+    write_shard(path, {f"s{i}": {"json": b"{}", "npy": bytes(600)} for i in range(3)})
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["cut_at_a_header", "cut_inside_a_header", "garbled_header", "cut_in_the_end_blocks"])
+def test_a_shard_that_ends_at_a_broken_header_is_counted_unreadable_after_its_whole_samples(tmp_path, damage) -> None:
+    """tarfile takes a header cut short or garbled for the archive's end: without the end-of-archive
+    check the rest of the shard would vanish uncounted. The samples before the break still come."""
+    from portraitflow.operators.shard_source import SkipCounter, read_shard
+
+    whole = _three_sample_shard(tmp_path / "whole.tar")
+    header = whole.index(b"s1.json")  # the second sample's first header
+    last = whole.index(b"s2.npy") + 512 + 1024  # where s2's data ends: the end blocks follow
+    broken = {"cut_at_a_header": whole[:header], "cut_inside_a_header": whole[:header + 100],
+              "garbled_header": whole[:header + 150] + b"x" + whole[header + 151:],
+              "cut_in_the_end_blocks": whole[:last + 100]}[damage]
+    (tmp_path / "broken.tar").write_bytes(broken)
+    counter = SkipCounter()
+    samples = list(read_shard(str(tmp_path / "broken.tar"), counter.handler))
+    assert counter.counts() == {"shard_unreadable": 1}
+    expected = ["s0", "s1", "s2"] if damage == "cut_in_the_end_blocks" else ["s0"]
+    assert [s["__key__"] for s in samples] == expected and all(set(s) == {"__key__", "__url__", "json", "npy"} for s in samples)
+    intact = SkipCounter()
+    assert [s["__key__"] for s in read_shard(str(tmp_path / "whole.tar"), intact.handler)] == ["s0", "s1", "s2"]
+    assert intact.counts() == {}
 
 
 def test_resampled_mode_is_endless_with_fixed_epochs(dataset) -> None:

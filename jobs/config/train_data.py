@@ -48,6 +48,11 @@ class TrainDataConfig(BaseModel):
         "fixed by (seed, epoch, sample key). Empty: the loader draws a seed for the order when it is built (its "
         "`state_dict` keeps it, so a resumed run goes on in the same order) and windows are fresh every time.",
     )
+    reference: Literal["random", "curated"] = Field(
+        "random", description="The identity image of a sample: `random`, a frame outside the driving window, new "
+        "each epoch (references in every pose and expression of the clip, blinks included); `curated`, the clip's "
+        "curated reference (`ref_frame`: its most frontal frame with open eyes), the window placed to leave it out."
+    )
     pin_memory: bool = Field(False, description="Pin batches in page-locked memory for faster host-to-GPU copies.")
     resolution: int = Field(
         512, ge=64, multiple_of=64, description="Side of the frames and reference in a batch (SPEC: 512; a multiple of 64, "

@@ -158,7 +158,7 @@ def _pyav_probe(source: Source) -> _Stream | None:
                 raise VideoUnreadable("no video stream (audio only)" if container.streams.audio else "no video stream")
             if any(name == "image2" or name.endswith("_pipe") for name in formats):
                 raise VideoUnreadable("a still image, not a video")
-            stream = container.streams.video[0]
+            stream = container.streams.best("video")
             codec = stream.codec_context
             return _Stream("mpegts" in formats, int(codec.width), int(codec.height), _pixel_aspect(stream),
                            codec.color_trc == _TRC_PQ, codec.field_order in _INTERLACED_FIELD_ORDERS)
@@ -179,7 +179,7 @@ def _display_size(source: Source) -> tuple[int, int]:
     import av
 
     with av.open(source) as container:
-        stream = container.streams.video[0]
+        stream = container.streams.best("video")
         frame = next(container.decode(stream), None)
         sar = _pixel_aspect(stream)
     if frame is None:
@@ -210,7 +210,7 @@ def _edit_list_end(path: str) -> float:
         with av.open(path) as container:
             if "mov" not in container.format.name.split(",") or not container.streams.video:
                 return math.inf
-            stream = container.streams.video[0]
+            stream = container.streams.best("video")
             origin, tick = stream.start_time or 0, stream.time_base  # decord's clock starts at start_time
             tail = round(_EDIT_END_TAIL_S / tick)
             if stream.duration and stream.duration > tail:
@@ -433,7 +433,7 @@ def _numbered_frames(path: str, first: int,
     import av
 
     with av.open(path) as container:
-        stream = container.streams.video[0]
+        stream = container.streams.best("video")
         decoded = container.decode(stream)
         origin = next(decoded, None)
         if origin is None:
@@ -460,7 +460,7 @@ def _numbered_frames(path: str, first: int,
                 yield from enumerate(decoded, index + 1)
                 return
     with av.open(path) as container:
-        yield from enumerate(container.decode(video=0))
+        yield from enumerate(container.decode(container.streams.best("video")))
 
 
 def _upright_rgb(frame, size: tuple[int, int]) -> np.ndarray:

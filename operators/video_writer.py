@@ -115,7 +115,7 @@ def _first_video_time(container) -> float:
     if not container.streams.video:
         return 0.0
     try:
-        frame = next(container.decode(video=0), None)
+        frame = next(container.decode(container.streams.best("video")), None)
     finally:
         container.seek(0)
     return float(frame.time) if frame is not None and frame.time is not None else 0.0

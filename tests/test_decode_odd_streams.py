@@ -170,3 +170,24 @@ def test_combed_interlaced_frames_come_with_their_fields_blended(tmp_path: Path)
     assert small.shape[1:] == (32, 32, 3)
     progressive = _segment(tmp_path / "progressive.mp4", range(20, 60, 4), container="mp4")
     assert not _pyav_probe(str(progressive)).interlaced
+
+
+def test_a_still_picture_stream_ahead_of_the_video_is_not_taken_for_it(tmp_path: Path) -> None:
+    """A one-frame MJPEG stream (cover art) stored first, as Matroska keeps it: size, frames and the
+    decoders all follow the stream FFmpeg picks as the video (decord's choice too)."""
+    path = tmp_path / "cover.mkv"
+    with av.open(str(path), "w", format="matroska") as out:
+        cover = out.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 96, 32, "yuvj420p"
+        video = out.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        out.mux(cover.encode(av.VideoFrame.from_ndarray(np.full((32, 96, 3), 30, np.uint8), format="rgb24")))
+        out.mux(cover.encode(None))
+        for level in range(40, 240, 8):
+            out.mux(video.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), level, np.uint8), format="rgb24")))
+        out.mux(video.encode(None))
+    info = probe_video(str(path))
+    assert (info.width, info.height, info.num_frames) == (64, 48, 25)
+    frames = _decoded(path)
+    assert frames.shape == (25, 48, 64, 3)
+    np.testing.assert_allclose(frames.mean(axis=(1, 2, 3)), np.arange(40, 240, 8), atol=4)

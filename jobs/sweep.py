@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
 SWEEP_TAG, CONFIG_TAG, PARENT_TAG = "portraitflow.sweep_hash", "portraitflow.config_hash", "mlflow.parentRunId"
+GENERATION_TAG = "portraitflow.generation_hash"  # names the folder of a config's videos, OUT/configs/<hash>/
 SCORES_FROM_TAG = "portraitflow.scores_from"  # the run of another sweep whose scores (metrics) a child took
 PARAMS_TAG = "portraitflow.config_params"  # the config's sweep params as JSON, for the report's columns
 ATTEMPT_TAG = "portraitflow.attempt"  # n for the n-th child of its config in the parent
@@ -106,13 +107,15 @@ class ChildRuns:
             self._client.delete_run(earlier)
 
 
-#: in OUT/configs/<hash>/: the FINISHED run whose scores per_video.parquet holds (written when its
-#: scoring finished, removed when another starts, so a scoring that failed half way is never taken)
+#: in a config's scores folder, OUT/configs/<generation hash>/scores/<config hash>/: the FINISHED run
+#: whose scores per_video.parquet holds (written when its scoring finished, removed when another
+#: starts, so a scoring that failed half way is never taken)
 SCORED_BY = "scored_by.txt"
 #: bumped when a metric is computed otherwise, so scores made before are made again (not the
-#: videos: the config's hash, its folder, stays). 2: pose is fitted centred in the face's crop and
-#: profile frames are left out of APD
-SCORING_VERSION = 2
+#: videos: the config's hashes, its folders, stay). 2: pose is fitted centred in the face's crop and
+#: profile frames are left out of APD; 3: jitter_error compares windowed means, and an output one
+#: frame longer or shorter than its driver is aligned (`frame_offset`)
+SCORING_VERSION = 3
 #: what per_video.parquet keeps of each job's reference and driving video (`input_fingerprint`), so
 #: a resume takes a config's scores only for the same jobs on the same contents
 INPUT_FINGERPRINTS = ("ref_fingerprint", "driving_fingerprint")
@@ -126,8 +129,8 @@ def _job_inputs(jobs: list[dict]) -> pd.DataFrame:
                         driving_fingerprint=table["driving"].map(input_fingerprint))
 
 
-def _scoring_run(client: MlflowClient, experiment_id: str, parent_id: str, config_hash: str, work_dir: Path,
-                 inputs: pd.DataFrame, retry_failed: bool = False) -> Run | None:
+def _scoring_run(client: MlflowClient, config_hash: str, work_dir: Path, inputs: pd.DataFrame,
+                 retry_failed: bool = False) -> Run | None:
     """The FINISHED run that made the scores `work_dir` holds, while they still stand: they cover
     exactly the jobs of `inputs` (`_job_inputs`) on the same contents (the dataset gained or lost
     clips, a job's reference or driver holds something else, a missing file was put in place: a
@@ -136,23 +139,18 @@ def _scoring_run(client: MlflowClient, experiment_id: str, parent_id: str, confi
     that are unchanged would fail again: it is not retried, so one faceless reference does not
     rescore every config on every rerun; `retry_failed` runs a config with any failed job again
     (a worker out of memory). Scores that do not record their inputs' fingerprints (made before they did) cannot be
-    checked, so they do not stand. A folder scored before SCORED_BY was written is taken at this
-    parent's latest FINISHED child of the config."""
+    checked, so they do not stand, and nor do scores without SCORED_BY (a scoring that did not finish)."""
     from mlflow.exceptions import MlflowException
 
     record = work_dir / SCORED_BY
-    if record.is_file():
-        try:
-            run = client.get_run(record.read_text().strip())
-        except MlflowException:  # recorded in another store: nothing here to reuse
-            return None
-        if run.info.status != "FINISHED" or run.data.tags.get(CONFIG_TAG) != config_hash:
-            return None
-    else:
-        finished = _children(client, experiment_id, parent_id, config_hash)
-        if not finished:
-            return None
-        run = finished[0]
+    if not record.is_file():
+        return None
+    try:
+        run = client.get_run(record.read_text().strip())
+    except MlflowException:  # recorded in another store: nothing here to reuse
+        return None
+    if run.info.status != "FINISHED" or run.data.tags.get(CONFIG_TAG) != config_hash:
+        return None
     scored = work_dir / "per_video.parquet"
     if not scored.is_file():
         log.warning("%s: its scores are gone from %s; running it again", run.info.run_name, work_dir)
@@ -300,6 +298,13 @@ def _log_files(client: MlflowClient, run_id: str, paths: list[Path], artifact_pa
         client.log_artifacts(run_id, staging, artifact_path)
 
 
+def _failed_jobs(work_dir: Path) -> str:
+    """The ids of the jobs a config's scores hold as failed (in generation or scoring), as a JSON
+    list (a `summary.csv` column): the parent counts the videos some config failed."""
+    table = pd.read_parquet(work_dir / "per_video.parquet", columns=["job_id", "status"])
+    return json.dumps(sorted(table.loc[table["status"] != "ok", "job_id"].astype(str)))
+
+
 def generate_outputs(params: dict[str, Any], jobs: list[dict], out_dir: Path, cfg: PortraitFlowConfig) -> pd.DataFrame:
     """A row per job for one config, at least (job_id, status, reason, output): the generation job
     with the config's params as its animate settings (validated first, `config_settings`, before
@@ -321,15 +326,20 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
                retry_failed: bool = False) -> dict[str, Any]:
     """Generate and score one config in its own child run (or reuse a finished one, or log again the
     scores another sweep into this folder finished, or reuse the failed run of a config refused the
-    same way before); a summary row. `children` tracks the sweep's
+    same way before); a summary row. Its videos go to OUT/configs/<generation hash>/outputs/, shared
+    with configs that differ only in scoring, and its scores to `scores/<config hash>/` there, so
+    changing a scoring setting scores the same videos again. `children` tracks the sweep's
     runs in flight: once it is stopped, this config stops at its next stage. `inputs` is
     `_job_inputs(jobs)`, read once for all the configs of a sweep (None: read here). `retry_failed`
     runs again a config whose scores hold a failed job, where unchanged inputs would reuse them."""
     client = mlflow_client(cfg.mlflow)
     children = children or ChildRuns(client)
     config_hash = sweep_spec.config_hash(params, spec.dataset, evaluate, cfg)
+    videos_hash = sweep_spec.generation_hash(params, spec.dataset, evaluate, cfg)
     label = sweep_spec.config_label(params)
-    work_dir = out_dir / "configs" / config_hash
+    outputs_dir = out_dir / "configs" / videos_hash / "outputs"
+    work_dir = out_dir / "configs" / videos_hash / "scores" / config_hash
+    hashes = {"config_hash": config_hash, "generation_hash": videos_hash}
     refused = _refusal(params, cfg)
     row = {"config": label, "backend": params["backend"], **{k: v for k, v in params.items() if k != "backend"}}
     if inputs is None:  # read before generation: a file changed while it runs is caught by the next rerun
@@ -337,11 +347,10 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
     if refused is not None:
         earlier = _refused_child(client, experiment_id, parent_id, config_hash, _error_text(refused))
         if earlier is not None:
-            return {**row, "config_hash": config_hash, "run_id": earlier.info.run_id, "reused": True,
-                    "error": _error_text(refused)[:300]}
+            return {**row, **hashes, "run_id": earlier.info.run_id, "reused": True, "error": _error_text(refused)[:300]}
         done = scored_before = None
     else:
-        scored = _scoring_run(client, experiment_id, parent_id, config_hash, work_dir, inputs, retry_failed)
+        scored = _scoring_run(client, config_hash, work_dir, inputs, retry_failed)
         if scored is None or scored.data.tags.get(PARENT_TAG) == parent_id:
             done, scored_before = scored, None
         else:  # another sweep into this folder scored it (a grid since extended): its scores stand
@@ -354,8 +363,8 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
             code.update((key, scored_before.data.tags[key]) for key in sweep_spec.GIT_TAGS if key in scored_before.data.tags)
             code[SCORES_FROM_TAG] = scored_before.info.run_id
         attempts = _children(client, experiment_id, parent_id, config_hash, status=None)
-        tags = {PARENT_TAG: parent_id, CONFIG_TAG: config_hash, PARAMS_TAG: json.dumps(params, sort_keys=True),
-                **_attempt_tags(attempts), **code}
+        tags = {PARENT_TAG: parent_id, CONFIG_TAG: config_hash, GENERATION_TAG: videos_hash,
+                PARAMS_TAG: json.dumps(params, sort_keys=True), **_attempt_tags(attempts), **code}
         run_id = children.start(experiment_id, label, tags, [r.info.run_id for r in attempts
                                                              if r.info.status in ("FAILED", "KILLED")])
         try:
@@ -366,9 +375,10 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
             if scored_before is not None:  # its metrics; the tables and videos stay in that run (the report reads them there)
                 log_values(client, run_id, metrics=scored_before.data.metrics)
             else:
+                work_dir.mkdir(parents=True, exist_ok=True)
                 for stale in (SCORED_BY, "per_video.parquet"):  # until this scoring finishes, nothing here stands
                     (work_dir / stale).unlink(missing_ok=True)
-                generated = generate_outputs(params, jobs, work_dir / "outputs", cfg)
+                generated = generate_outputs(params, jobs, outputs_dir, cfg)
                 children.check()
                 outcome = generated[[c for c in ("job_id", "status", "reason", "output") if c in generated]]
                 merged = inputs.merge(outcome, on="job_id", how="left", validate="one_to_one")  # ids unique (dataset_jobs)
@@ -382,15 +392,14 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
             children.check()  # unless the sweep was stopped under it: then it was killed, not broken
             client.set_tag(run_id, "error", _error_text(exc))
             children.end(run_id, "FAILED")
-            return {**row, "config_hash": config_hash, "run_id": run_id, "reused": False,
-                    "error": _error_text(exc)[:300]}
+            return {**row, **hashes, "run_id": run_id, "reused": False, "error": _error_text(exc)[:300]}
         except BaseException:
             children.end(run_id, "KILLED")
             raise
     else:
         run_id = done.info.run_id
     metrics = client.get_run(run_id).data.metrics
-    return {**row, **metrics, "config_hash": config_hash, "run_id": run_id,
+    return {**row, **metrics, "failed_jobs": _failed_jobs(work_dir), **hashes, "run_id": run_id,
             "reused": done is not None or scored_before is not None}
 
 
@@ -492,13 +501,18 @@ def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir:
         client.log_text(parent_id, spec.model_dump_json(indent=2), "sweep.json")
         client.log_text(parent_id, "\n".join(metrics_learned.skip_notes(evaluate).values()), "notes.txt")
         client.log_artifact(parent_id, str(out_dir / "dataset.parquet"))
+        _warn_of_earlier_layout(out_dir)
         summary = _ranked(_run_configs(configs, usable, spec, evaluate, cfg, out_dir, parent_id, experiment_id,
                                        retry_failed), evaluate.rank_by)
         atomic_write(out_dir / "summary.csv", summary.to_csv(index=False))
         client.log_artifact(parent_id, str(out_dir / "summary.csv"))
         failed = int(summary["error"].notna().sum()) if "error" in summary else 0  # only failed configs have one
+        # only finished configs have failed_jobs: a config that failed whole is in configs_failed
+        finished_failures = summary["failed_jobs"].dropna() if "failed_jobs" in summary else []
+        failed_anywhere = set().union(*map(json.loads, finished_failures))
         log_values(client, parent_id, metrics={"configs_finished": len(summary) - failed, "configs_failed": failed,
-                                               "videos": len(usable), "videos_failed": len(jobs) - len(usable)})
+                                               "videos": len(usable), "videos_failed": len(jobs) - len(usable),
+                                               "videos_failed_any_config": len(failed_anywhere)})
         report = out_dir / "report"
         report_from_run(parent_id, cfg, report, evaluate.rank_by)
         # the page, plot and tables; the children's videos and tables stay in their own runs (the
@@ -512,6 +526,18 @@ def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir:
         client.set_terminated(parent_id, "KILLED")
         raise
     return parent_id
+
+
+def _warn_of_earlier_layout(out_dir: Path) -> None:
+    """Name the config folders of the layout before videos and scores were kept apart (scores beside
+    the videos, in one folder per config and scoring): they are not read, so their configs are made
+    and scored again in the folders of this layout, and only a person can tell when to delete them."""
+    earlier = sorted({path.parent.name for name in (SCORED_BY, "per_video.parquet")
+                      for path in (out_dir / "configs").glob(f"*/{name}")})
+    if earlier:
+        log.warning("%s/configs holds %d folder(s) of an earlier layout (%s): not read; their configs are made and "
+                    "scored again under configs/<generation hash>/ (delete those folders to free their space)",
+                    out_dir, len(earlier), ", ".join(earlier))
 
 
 #: the MLflow store a sweep into OUT recorded its runs in (credentials removed)

@@ -5,7 +5,9 @@ as many frames as the driver at its frame rate). The output and the driver are d
 lockstep in chunks, so memory depends on the chunk size, never on the video's length. Results:
 one row of per-video means, plus a per-frame parquet table written beside the outputs. An output
 whose frame count (at the driver's rate) differs from the driver's by more than one frame fails
-(`frame_count_mismatch`) instead of being scored on the overlap.
+(`frame_count_mismatch`) instead of being scored on the overlap; one that differs by one is paired
+with the driver as its first frames match best (`frame_offset`: a generator that writes the
+reference first would otherwise be scored a frame late throughout).
 
 Self-reenactment compares the output to the driving clip as ground truth in the output's pixel
 space: unless the output was pasted back onto the full frame, the clip is cut with the reference's
@@ -60,6 +62,11 @@ SELF_REFERENCE_MIN_PSNR_DB = 30.0
 #: per-video columns that describe a video rather than score it (not ranked, never in `metrics.METRICS`):
 #: the output's and the driver's own jitter and flicker, which `jitter_error` and `flicker_error` compare
 DIAGNOSTICS = ("output_jitter", "driver_jitter", "output_flicker", "driver_flicker")
+#: frames compared, from the start of both videos, to choose how an output one frame longer or
+#: shorter than its driver is paired with it (`JobEvaluator._frame_offset`)
+ALIGNMENT_PROBE_FRAMES = 8
+#: seconds of analysed frames per `metrics.jitter_error` window
+JITTER_WINDOW_S = 1.0
 
 def analyse_faces(analyzer: FaceAnalyzer, frames: np.ndarray, embed: bool = True) -> dict[str, np.ndarray]:
     """Largest face per frame: detected flag, landmarks (T,68,2), pose (T,3), embedding (T,D)
@@ -250,7 +257,7 @@ class JobEvaluator:
 
     @property
     def columns(self) -> list[str]:
-        return ["job_id", "status", "reason", "error", "frames", *self.metric_names, *DIAGNOSTICS]
+        return ["job_id", "status", "reason", "error", "frames", "frame_offset", *self.metric_names, *DIAGNOSTICS]
 
     def evaluate(self, job: dict[str, Any], work_dir: str | Path) -> dict[str, Any]:
         """One row with every column: status `ok` or `failed` with a reason, and metric means
@@ -260,7 +267,7 @@ class JobEvaluator:
         except Exception as exc:  # a job that breaks a stage is a failed row; the other jobs go on
             row = {"job_id": str(job["job_id"]), "status": "failed", "reason": EVALUATION_ERROR, "frames": 0,
                    "error": f"{type(exc).__name__}: {exc}"[:300]}
-        numeric = {*self.metric_names, *DIAGNOSTICS}
+        numeric = {"frame_offset", *self.metric_names, *DIAGNOSTICS}
         return {name: row.get(name, float("nan") if name in numeric else None) for name in self.columns}
 
     def _evaluate(self, job: dict[str, Any], work_dir: str | Path) -> dict[str, Any]:
@@ -311,25 +318,35 @@ class JobEvaluator:
             log.warning("%s: nothing says whether %s is a face crop or pasted back, and either would be this "
                         "size; scored as pasted back (give the job a paste_back column, or keep animate's "
                         "results.parquet beside the outputs)", row["job_id"], output)
-        fid_picks, fvd_picks = learned_picks(analysed_count(min(out_count, drv_count), self.cfg.frame_stride),
-                                             self.cfg.fid_frames_per_video, self.cfg.fvd_clip_frames)
+        try:
+            offset = 0 if out_count == drv_count else self._frame_offset(
+                output, str(job["driving"]), fps, out_count - drv_count, crop_box, pasted)
+        except VideoUnreadable as exc:
+            return {**row, "reason": UNREADABLE, "error": str(exc)[:300]}
+        # the longer video's first frame is left out when the output runs a frame ahead (1) or behind (-1)
+        out_start, drv_start = max(offset, 0), max(-offset, 0)
+        paired = min(out_count, drv_count)
+        fid_picks, fvd_picks = learned_picks(
+            analysed_count(drv_start + paired, self.cfg.frame_stride) - analysed_count(drv_start, self.cfg.frame_stride),
+            self.cfg.fid_frames_per_video, self.cfg.fvd_clip_frames)
         clips: dict[str, dict[str, list[np.ndarray]]] = {
             kind: {"fake": [], "real": []} for kind in ("fid", "fvd") if kind in self.networks}
         analysed = 0
         try:
-            pairs = zip(iter_frame_chunks(output, fps, chunk_size=self.cfg.chunk_frames),
-                        iter_frame_chunks(str(job["driving"]), fps, chunk_size=self.cfg.chunk_frames))
+            pairs = zip(iter_frame_chunks(output, fps, start_s=out_start / fps, chunk_size=self.cfg.chunk_frames),
+                        iter_frame_chunks(str(job["driving"]), fps, start_s=drv_start / fps,
+                                          chunk_size=self.cfg.chunk_frames))
             per_frame, out_faces, drv_faces = [], [], []
-            for out_chunk, drv_chunk in pairs:
+            for out_chunk, drv_chunk in pairs:  # frames are the driver's: what each output frame is scored against
                 count = min(len(out_chunk.frames), len(drv_chunk.frames))
-                keep = [i for i in range(count) if int(out_chunk.positions[i]) % self.cfg.frame_stride == 0]
+                keep = [i for i in range(count) if int(drv_chunk.positions[i]) % self.cfg.frame_stride == 0]
                 if not keep:
                     continue
                 out_frames = out_chunk.frames[keep]
                 drv_frames = drv_chunk.frames[keep]
                 if self_protocol:
                     drv_frames = to_output_space(drv_frames, out_frames.shape[1:3], crop_box, pasted)
-                per_frame.append(self._pixel_metrics(out_frames, drv_frames, out_chunk.positions[keep]))
+                per_frame.append(self._pixel_metrics(out_frames, drv_frames, drv_chunk.positions[keep]))
                 out_faces.append(analyse_faces(self.analyzer, out_frames))
                 drv_faces.append(analyse_faces(self.analyzer, drv_frames, embed=False))
                 self._keep_clip_frames(clips, {"fid": fid_picks, "fvd": fvd_picks}, analysed, out_frames, drv_frames)
@@ -338,7 +355,9 @@ class JobEvaluator:
             return {**row, "reason": UNREADABLE, "error": str(exc)[:300]}
         if not per_frame:
             return {**row, "reason": UNREADABLE, "error": "no frames decoded"}
-        frame_table = self._frame_metrics(_concat(per_frame), _concat(out_faces), _concat(drv_faces), ref_embedding)
+        jitter_window = max(1, round(fps * JITTER_WINDOW_S / self.cfg.frame_stride))
+        frame_table = self._frame_metrics(_concat(per_frame), _concat(out_faces), _concat(drv_faces), ref_embedding,
+                                          jitter_window)
         folder = Path(work_dir) / "metrics"
         self._write_features(clips, folder, row["job_id"])
         import pyarrow as pa
@@ -347,7 +366,7 @@ class JobEvaluator:
                       pa.table({k: np.asarray(v) for k, v in frame_table.items()}))
         means = {name: metrics.nanmean(values) for name, values in frame_table.items() if name != "frame"}
         means["detection_rate"] = means.pop("face_detected")
-        return {**row, "status": "ok", "frames": int(len(frame_table["frame"])), **means}
+        return {**row, "status": "ok", "frames": int(len(frame_table["frame"])), "frame_offset": offset, **means}
 
     def _pixel_metrics(self, out_frames: np.ndarray, drv_frames: np.ndarray,
                        positions: np.ndarray) -> dict[str, np.ndarray]:
@@ -361,7 +380,8 @@ class JobEvaluator:
                 values["lpips"] = metrics_learned.lpips(self.networks["lpips"], out_frames, drv_frames)
         return values
 
-    def _frame_metrics(self, pixel: dict, out: dict, drv: dict, ref_embedding: np.ndarray) -> dict[str, np.ndarray]:
+    def _frame_metrics(self, pixel: dict, out: dict, drv: dict, ref_embedding: np.ndarray,
+                       jitter_window: int) -> dict[str, np.ndarray]:
         table = {k: v for k, v in pixel.items() if k not in ("luma", "driver_luma")}
         table["face_detected"] = out["detected"].astype(np.float64)
         table[self.csim_name] = metrics.csim(out["embedding"], ref_embedding)
@@ -374,13 +394,48 @@ class JobEvaluator:
         table["aed"] = (metrics.aed if self_protocol else metrics.aed_change)(out["landmarks"], drv["landmarks"])
         # a video's own jitter and flicker reward not moving (real talking has both), so the ranked
         # metrics are how far they are from the driver's; the own values stay as diagnostics
-        table["jitter_error"] = metrics.jitter_error(out["landmarks"], drv["landmarks"])
+        table["jitter_error"] = metrics.jitter_error(out["landmarks"], drv["landmarks"], jitter_window)
         table["flicker_error"] = metrics.flicker_error(pixel["luma"], pixel["driver_luma"])
         table["output_jitter"] = metrics.landmark_jitter(out["landmarks"])
         table["driver_jitter"] = metrics.landmark_jitter(drv["landmarks"])
         table["output_flicker"] = metrics.flicker(pixel["luma"])
         table["driver_flicker"] = metrics.flicker(pixel["driver_luma"])
         return table
+
+    def _frame_offset(self, output: str, driving: str, fps: float, extra: int, crop_box: tuple[int, int, int, int],
+                      pasted: bool | None) -> int:
+        """How many frames the output runs ahead of the driver, when it has `extra` (1 or -1) frames
+        more: 1 pairs the output's second frame with the driver's first (a generator that writes the
+        reference first), -1 the output's first with the driver's second, 0 both first frames (the
+        longer one's last frame left over; kept when neither pairing matches better). Measured on
+        the first ALIGNMENT_PROBE_FRAMES pairs only, a few frames decoded again rather than the whole
+        videos twice: self, the mean pixel error (L1) against the ground truth; cross,
+        `_motion_mismatch` of the landmarks."""
+        from portraitflow.operators.decode import iter_frame_chunks
+
+        firsts = []
+        for path in (output, driving):
+            chunks = iter_frame_chunks(path, fps, chunk_size=ALIGNMENT_PROBE_FRAMES + 1)
+            try:
+                firsts.append(next(chunks).frames)
+            finally:
+                chunks.close()
+        out_frames, drv_frames = firsts
+        if self.cfg.protocol == "self":
+            drv_frames = to_output_space(drv_frames, out_frames.shape[1:3], crop_box, pasted)
+            out_side, drv_side = (scale_short_side(f, self.cfg.pixel_size) for f in (out_frames, drv_frames))
+            mismatch = _pixel_mismatch
+        else:
+            out_side, drv_side = (analyse_faces(self.analyzer, f, embed=False)["landmarks"]
+                                  for f in (out_frames, drv_frames))
+            mismatch = _motion_mismatch
+
+        def paired(offset: int) -> float:
+            out_start, drv_start = max(offset, 0), max(-offset, 0)
+            count = min(len(out_side) - out_start, len(drv_side) - drv_start, ALIGNMENT_PROBE_FRAMES)
+            return mismatch(out_side[out_start:out_start + count], drv_side[drv_start:drv_start + count])
+
+        return extra if paired(extra) < paired(0) else 0
 
     @staticmethod
     def _keep_clip_frames(clips: dict[str, dict[str, list[np.ndarray]]], picks: dict[str, np.ndarray], first: int,
@@ -405,6 +460,23 @@ class JobEvaluator:
                 frames = np.concatenate(clips["fvd"][side])  # whole clips, one after another
                 _save_npy(metrics_learned.video_features(self.networks["fvd"], frames, self.cfg.fvd_clip_frames),
                           folder / f"{job_id}.fvd_{side}.npy")
+
+
+def _pixel_mismatch(out_frames: np.ndarray, drv_frames: np.ndarray) -> float:
+    """Mean pixel error (L1, 0..1) of frames against their ground truth."""
+    return float(metrics.l1(out_frames, drv_frames).mean())
+
+
+def _motion_mismatch(out_landmarks: np.ndarray, drv_landmarks: np.ndarray) -> float:
+    """Mean distance between how the two videos' landmarks move from the first frame where both show a
+    face, each per its own face size there (two people: their shapes and framings drop out); NaN
+    with fewer than two such frames."""
+    both = np.flatnonzero(np.isfinite(out_landmarks).all(axis=(1, 2)) & np.isfinite(drv_landmarks).all(axis=(1, 2)))
+    if len(both) < 2:
+        return float("nan")
+    moves = [(landmarks[both] - landmarks[both[0]]) / metrics.face_size(landmarks[both[:1]])[0]
+             for landmarks in (out_landmarks, drv_landmarks)]
+    return float(np.linalg.norm(moves[0] - moves[1], axis=2).mean())
 
 
 def learned_aggregates(work_dir: Path, job_ids: list[str]) -> dict[str, float]:

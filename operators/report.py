@@ -39,19 +39,17 @@ def rank(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
 
     Metrics are means over the frames where they are defined: a config that loses the face (or
     fails videos, which count as no face) is scored on fewer, easier frames. So with a
-    `detection_rate` column, configs that fall short of the best animating one's by more than
+    `detection_rate` column, configs that fall short of the best config's by more than
     COVERAGE_TOLERANCE rank after the others (`full_coverage` False), each group by `metric`
-    with undefined values at its end. The `still` baseline never moves the face, so it sets no
-    bar (it keeps its place among configs that do not)."""
+    with undefined values at its end. The best includes the `still` baseline: it keeps the face,
+    and an animator has to beat it on the same frames, not on the easier ones it kept."""
     ascending = lower_is_better(metric)
     if metric not in summary.columns:
         raise ValueError(f"cannot rank by {metric!r}: the summary has {metric_columns(summary)}")
     ranked = summary.sort_values(metric, ascending=ascending, na_position="last", kind="stable")
     if "detection_rate" in ranked.columns and metric != "detection_rate":
         rates = ranked["detection_rate"].fillna(0.0)
-        animating = rates[ranked["backend"] != "still"] if "backend" in ranked.columns else rates
-        best = animating.max() if len(animating) else rates.max()
-        ranked = ranked.assign(full_coverage=rates >= best - COVERAGE_TOLERANCE)
+        ranked = ranked.assign(full_coverage=rates >= rates.max() - COVERAGE_TOLERANCE)
         ranked = pd.concat([ranked[ranked["full_coverage"]], ranked[~ranked["full_coverage"]]])
     return ranked.reset_index(drop=True)
 

@@ -9,11 +9,14 @@ configs:                     # explicit configs, added to the grid's
 evaluate: {protocol: self, max_seconds: 2, rank_by: apd}   # overrides of the evaluate section
 ```
 
-Each config gets a deterministic hash of everything that changes its numbers: its params, the
-effective generation settings (the global `animate` section under them, as generation names its
-outputs), the face-analysis settings, the dataset and the evaluation settings. The hash names its
-output folder and tags its MLflow run, so a resumed sweep recognises configs it has already
-finished, and a rerun with other settings redoes them.
+Each config gets two deterministic hashes. Its generation hash covers what makes its videos: its
+params, the effective generation settings (the global `animate` section under them, as generation
+names its outputs), the face-analysis settings, the dataset, the evaluate settings that make the
+jobs (`JOB_SETTINGS`) and the code version; it names the folder of its videos, which configs that
+differ only in how they are scored share. Its config hash adds the scoring settings (the other
+evaluate settings, learned-metric networks by their files' fingerprint); it names the folder of its
+scores under that one and tags its MLflow run, so a resumed sweep recognises configs it has already
+finished, and a rerun with other scoring settings scores the same videos again instead of making them again.
 """
 from __future__ import annotations
 
@@ -33,10 +36,14 @@ from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.jobs.config.fields import operational
 from portraitflow.models.animators.registry import check_settings, resolve_backend
 from portraitflow.operators.eval_dataset import DatasetSpec
-from portraitflow.operators.generation_jobs import output_settings
+from portraitflow.operators.generation_jobs import input_fingerprint, output_settings
+from portraitflow.operators.metrics_learned import LEARNED_METRICS
 
 #: evaluate fields that do not change a config's numbers, left out of its hash
 _NOT_HASHED = operational(EvaluateConfig)
+#: evaluate fields that decide which jobs a config's videos are made for (`dataset_jobs` reads them);
+#: every other hashed evaluate field changes only how the videos are scored
+JOB_SETTINGS = ("protocol", "max_seconds", "max_videos")
 
 
 class SweepSpec(BaseModel):
@@ -78,8 +85,9 @@ def effective_evaluate(base: EvaluateConfig, spec: SweepSpec) -> EvaluateConfig:
 
 
 def code_version() -> str:
-    """The installed portraitflow's version: runs record it, and a config's hash includes it, since
-    another version's animators or metrics may give other numbers for the same settings."""
+    """The installed portraitflow's version: runs record it, and a config's generation hash includes
+    it, since another version's animators may make other videos from the same settings (a change of
+    the metrics alone is `jobs.sweep.SCORING_VERSION`'s, which scores the same videos again)."""
     from importlib.metadata import version
 
     return version("portraitflow")
@@ -119,22 +127,41 @@ def _git_state() -> dict[str, str]:
     return dict(zip(GIT_TAGS, (commit, str(bool(changed)).lower())))
 
 
-def config_hash(params: dict[str, Any], dataset: DatasetSpec, evaluate: EvaluateConfig, cfg: PortraitFlowConfig) -> str:
-    """12 hex digits that change whenever anything that changes this config's numbers changes."""
-    scoring = {k: v for k, v in evaluate.model_dump().items() if k not in _NOT_HASHED}
+def generation_hash(params: dict[str, Any], dataset: DatasetSpec, evaluate: EvaluateConfig,
+                    cfg: PortraitFlowConfig) -> str:
+    """12 hex digits that change whenever anything that changes this config's videos changes: not
+    its scoring settings, so configs that differ only in those share their videos."""
     payload = {"params": params, "generation": generation_settings(params, cfg), "face": cfg.face.result_settings(),
-               "dataset": dataset.model_dump(), "evaluate": scoring, "version": code_version()}
+               "dataset": dataset.model_dump(), "jobs": {name: getattr(evaluate, name) for name in JOB_SETTINGS},
+               "version": code_version()}
     return _digest(payload)
+
+
+def config_hash(params: dict[str, Any], dataset: DatasetSpec, evaluate: EvaluateConfig, cfg: PortraitFlowConfig) -> str:
+    """12 hex digits that change whenever anything that changes this config's numbers changes: its
+    `generation_hash` and its scoring settings."""
+    scoring = {k: v for k, v in _evaluate_settings(evaluate).items() if k not in JOB_SETTINGS}
+    return _digest({"generation": generation_hash(params, dataset, evaluate, cfg), "scoring": scoring})
 
 
 def sweep_hash(spec: SweepSpec, evaluate: EvaluateConfig, cfg: PortraitFlowConfig) -> str:
     """Identifies the parent run a rerun of the same sweep resumes (`evaluate` is the effective one, so
     settings that do not change numbers, such as --max-parallel, never start a new parent; other
-    generation or face settings do, like another sweep file)."""
-    payload = {"spec": spec.model_dump(exclude={"evaluate"}), "evaluate": evaluate.model_dump(exclude=_NOT_HASHED),
+    generation, face or scoring settings do, like another sweep file)."""
+    payload = {"spec": spec.model_dump(exclude={"evaluate"}), "evaluate": _evaluate_settings(evaluate),
                "generation": [generation_settings(params, cfg) for params in expand_configs(spec)],
                "face": cfg.face.result_settings()}
     return _digest(payload)
+
+
+def _evaluate_settings(evaluate: EvaluateConfig) -> dict[str, Any]:
+    """The evaluate settings that change numbers, each learned-metric network as the fingerprint of
+    its file (`input_fingerprint`): another export at the same path scores otherwise."""
+    settings = evaluate.model_dump(exclude=_NOT_HASHED)
+    for field, _ in LEARNED_METRICS.values():
+        if settings[field]:
+            settings[field] = input_fingerprint(str(Path(settings[field]).expanduser()))
+    return settings
 
 
 def generation_settings(params: dict[str, Any], cfg: PortraitFlowConfig) -> dict[str, Any] | None:

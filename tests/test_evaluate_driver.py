@@ -57,7 +57,7 @@ def small_sweep(ray_local, tmp_path_factory):
 
 def test_sweep_files_are_written_atomically(small_sweep) -> None:
     out = small_sweep["root"] / "sweep"
-    per_video = next(out.glob("configs/*/per_video.parquet"))
+    per_video = next(out.glob("configs/*/scores/*/per_video.parquet"))
     assert {out / "dataset.parquet", out / "summary.csv", per_video} <= set(small_sweep["replaced"])
     assert not list(out.rglob("*.part"))
 

@@ -44,7 +44,7 @@ def test_a_config_is_scored_again_when_a_jobs_inputs_changed_under_the_same_id(d
 
     assert not rerun("one.png") and rerun("one.png")
     assert not rerun("two.png")
-    [scored] = out.glob("configs/*/per_video.parquet")
+    [scored] = out.glob("configs/*/scores/*/per_video.parquet")
     assert pd.read_parquet(scored)["ref_fingerprint"].tolist() == [input_fingerprint(str(data / "two.png"))]
     assert rerun("two.png")
     pd.read_parquet(scored).drop(columns=["ref_fingerprint", "driving_fingerprint"]).to_parquet(scored)

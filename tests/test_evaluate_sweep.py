@@ -84,8 +84,9 @@ def test_sweep_records_a_parent_with_one_nested_run_per_config(sweep_run) -> Non
     assert "animate.paste_back" in children["still"].data.params
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "report/index.html" in report and "report/runs" not in report  # child videos are not stored twice
-    per_video = pd.read_parquet(sweep_run["out"] / "configs" / children["warp"].data.tags["portraitflow.config_hash"]
-                                / "per_video.parquet")
+    warp_tags = children["warp"].data.tags
+    per_video = pd.read_parquet(sweep_run["out"] / "configs" / warp_tags["portraitflow.generation_hash"] / "scores"
+                                / warp_tags["portraitflow.config_hash"] / "per_video.parquet")
     assert len(per_video) == len(DRIVERS) and (per_video["status"] == "ok").all()
     assert all(Path(output).is_file() for output in per_video["output"])  # what a resume checks
     assert (per_video["detection_rate"] > 0.9).all()
@@ -148,7 +149,7 @@ def test_evaluate_command_scores_existing_outputs_like_the_sweep(sweep_run, tmp_
 
     _, _, children = _children(sweep_run["uri"], sweep_run["parent_id"])
     warp = children["warp"]
-    results = sweep_run["out"] / "configs" / warp.data.tags["portraitflow.config_hash"] / "outputs" / "results.parquet"
+    results = sweep_run["out"] / "configs" / warp.data.tags["portraitflow.generation_hash"] / "outputs" / "results.parquet"
     result = CliRunner().invoke(app, ["evaluate", str(results), "--out", str(tmp_path / "eval"), "--mlflow-uri",
                                       sweep_run["uri"], "--set", "evaluate.frame_stride=2", "--set", "evaluate.side_by_side=0"])
     assert result.exit_code == 0, result.output
@@ -173,7 +174,7 @@ def test_learned_metrics_from_local_weights_score_real_videos(sweep_run, tmp_pat
                          fvd_onnx=channel_means(tmp_path / "v.onnx", video=True))
     evaluator = JobEvaluator(create_analyzer(FaceConfig()), cfg)
     _, _, children = _children(sweep_run["uri"], sweep_run["parent_id"])
-    still_dir = sweep_run["out"] / "configs" / children["still"].data.tags["portraitflow.config_hash"] / "outputs"
+    still_dir = sweep_run["out"] / "configs" / children["still"].data.tags["portraitflow.generation_hash"] / "outputs"
     clips = sorted((sweep_run["out"] / "dataset").glob("*.ref.png"))
     keys = [ref.name[: -len(".ref.png")] for ref in clips]
     jobs = [{"job_id": key, "ref": str(ref), "driving": str(ref.with_name(f"{key}.mp4"))} for key, ref in zip(keys, clips)]

@@ -2,6 +2,7 @@
 rerun takes for its dataset, and what Ctrl-C leaves behind in MLflow."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -50,8 +51,8 @@ def test_a_sweep_writing_inside_its_dataset_reads_the_same_inputs_on_a_rerun(dri
             (folder / f"{job['job_id']}-0123456789.mp4").write_bytes(Path(job["driving"]).read_bytes())
         return pd.DataFrame([{"job_id": j["job_id"], "status": "ok", "reason": "", "output": ""} for j in jobs])
 
+    _fake_generation(sweep, monkeypatch)
     monkeypatch.setattr(sweep, "generate_outputs", generate)
-    monkeypatch.setattr(sweep, "score_and_log", lambda *_: None)
     spec = _spec(data, [{"backend": "still"}, {"backend": "still", "size": 256}])
     for _ in range(2):
         sweep.run_sweep(spec, cfg, out)
@@ -415,7 +416,7 @@ def test_a_rerun_after_the_dataset_gained_a_clip_scores_it_instead_of_reusing_th
     summary = pd.read_csv(out / "summary.csv")
     assert summary["reused"].tolist() == [False] and summary["jobs_ok"].tolist() == [2]
     assert len(made) == 2 and made[1].startswith("more")  # only the new clip generated
-    [scored] = out.glob("configs/*/per_video.parquet")
+    [scored] = out.glob("configs/*/scores/*/per_video.parquet")
     assert len(pd.read_parquet(scored)) == 2
     sweep.run_sweep(spec, cfg, out)  # nothing changed since: reused
     assert pd.read_csv(out / "summary.csv")["reused"].tolist() == [True] and len(made) == 2
@@ -627,7 +628,80 @@ def test_scores_of_an_older_metrics_version_are_made_again_from_the_same_videos(
     sweep.run_sweep(spec, cfg, out)
     sweep.run_sweep(spec, cfg, out)
     assert len(scored) == 1 and len(made) == 1  # reused
-    [table] = out.glob("configs/*/per_video.parquet")
+    [table] = out.glob("configs/*/scores/*/per_video.parquet")
     pd.read_parquet(table).assign(scoring_version=1).to_parquet(table)
     sweep.run_sweep(spec, cfg, out)
     assert len(scored) == 2 and len(made) == 1  # scored again, from the videos it had
+
+
+def test_a_scoring_setting_changed_scores_the_same_videos_again_instead_of_making_them_again(driver, monkeypatch) -> None:
+    """A scoring-only setting (here `evaluate.pixel_size`) was part of the hash that named a config's
+    folder, videos included: changing it made every video again (hours of GPU with hunyuan). The
+    videos now live under the generation hash, and each scoring of them in its own folder there."""
+    sweep, cfg, data = driver
+    made, fake_score, scored_in = _fake_generation(sweep, monkeypatch), sweep.score_and_log, []
+
+    def score(client, run_id, jobs, label, work_dir, *rest):
+        scored_in.append(work_dir)
+        fake_score(client, run_id, jobs, label, work_dir, *rest)
+
+    monkeypatch.setattr(sweep, "score_and_log", score)
+    out = data.parent / "out"
+    for pixel_size in (256, 128, 256):
+        sweep.run_sweep(_spec(data, [{"backend": "still"}], pixel_size=pixel_size), cfg, out)
+    assert len(made) == 1  # one video, made once
+    [videos] = (out / "configs").iterdir()
+    assert len(scored_in) == 2 and {folder.parent for folder in scored_in} == {videos / "scores"}
+    assert scored_in[0] != scored_in[1]  # the two scorings kept apart
+    assert pd.read_csv(out / "summary.csv")["reused"].tolist() == [True]  # the first sweep, rerun: nothing redone
+    assert pd.read_csv(out / "summary.csv")["generation_hash"].tolist() == [videos.name]
+
+
+def test_a_config_folder_of_the_earlier_layout_is_named_and_never_read(driver, monkeypatch, caplog) -> None:
+    """Before videos and scores were kept apart, OUT/configs/<config hash>/ held both: such a folder is
+    not taken for scores of this layout (its configs are made and scored again), and a warning
+    names it so it can be deleted."""
+    import shutil
+
+    sweep, cfg, data = driver
+    made = _fake_generation(sweep, monkeypatch)
+    spec, out = _spec(data, [{"backend": "still"}]), data.parent / "out"
+    sweep.run_sweep(spec, cfg, out)
+    [scores] = out.glob("configs/*/scores/*")
+    earlier = out / "configs" / scores.name  # as the earlier layout left it: named by the config hash
+    shutil.copytree(scores, earlier)
+    shutil.copytree(scores.parent.parent / "outputs", earlier / "outputs")
+    shutil.rmtree(scores.parent.parent)
+    with caplog.at_level(logging.WARNING, logger="portraitflow.jobs.sweep"):
+        sweep.run_sweep(spec, cfg, out)
+    [warned] = [r.getMessage() for r in caplog.records if "earlier layout" in r.getMessage()]
+    assert earlier.name in warned
+    assert pd.read_csv(out / "summary.csv")["reused"].tolist() == [False] and len(made) == 2
+    assert (earlier / sweep.SCORED_BY).is_file() and len(list(out.glob("configs/*/scores/*/per_video.parquet"))) == 1
+
+
+def test_the_parent_counts_the_videos_that_failed_in_any_config(driver, monkeypatch) -> None:
+    """The parent's `videos_failed` counts only inputs the dataset could not prepare: a video that
+    failed in generation or scoring, even in every config, read `videos_failed 0` there."""
+    from mlflow import MlflowClient
+
+    sweep, cfg, data = driver
+    _write_clip(data / "more.mp4", shade=40)
+    _fake_generation(sweep, monkeypatch)
+    generate = sweep.generate_outputs
+
+    def loses_one_clip(params, jobs, folder, cfg):  # still loses `more`, still[size=128] loses `talk`
+        lost = [job for job in jobs if job["job_id"].startswith("talk" if "size" in params else "more")]
+        made = generate(params, [job for job in jobs if job not in lost], folder, cfg)
+        return pd.concat([made, pd.DataFrame([{"job_id": job["job_id"], "status": "failed",
+                                               "reason": "worker out of memory", "output": None} for job in lost])])
+
+    monkeypatch.setattr(sweep, "generate_outputs", loses_one_clip)
+    spec = _spec(data, [{"backend": "still"}, {"backend": "still", "size": 128}, {"backend": "warp", "seed": 3}])
+    out, client = data.parent / "out", MlflowClient(cfg.mlflow.tracking_uri)
+    for _ in range(2):  # and the same when the configs are reused
+        metrics = client.get_run(sweep.run_sweep(spec, cfg, out)).data.metrics
+        assert (metrics["videos"], metrics["videos_failed"], metrics["videos_failed_any_config"]) == (2, 0, 2)
+        assert metrics["configs_failed"] == 1  # warp[seed=3] is refused: counted there, not per video
+    summary = pd.read_csv(out / "summary.csv").set_index("config")
+    assert [len(json.loads(summary.loc[config, "failed_jobs"])) for config in ("still", "still[size=128]")] == [1, 1]

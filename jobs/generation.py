@@ -42,7 +42,8 @@ def run_generation(jobs: list[Job] | str | Path, out_dir: str | Path, cfg: Portr
     log_run: one MLflow run per call (when `cfg.mlflow` enables tracking); False where the caller
         records the work in its own run (a sweep's child run).
     Raises FolderBusy while another run writes `out_dir`, and NotEnoughResources (a local Ray that
-    could never run the flow) or the backend's refusal (`check_backend`) before any job runs.
+    could never run the flow) or the backend's refusal (`check_backend`) before any job runs. Ray is
+    started only when a job is pending.
     """
     cfg = cfg or PortraitFlowConfig()
     out_dir = Path(out_dir).resolve()
@@ -56,10 +57,11 @@ def run_generation(jobs: list[Job] | str | Path, out_dir: str | Path, cfg: Portr
         if not resume:
             shutil.rmtree(motion_dir, ignore_errors=True)
         started = time.perf_counter()
-        init_ray(cfg.ray, cfg.mlflow)
-        _check_resources(backend, cfg)
+        pending = [row for row in rows if row["status"] == "pending"]
+        if pending:  # a rerun of a finished folder records its rows without starting Ray
+            init_ray(cfg.ray, cfg.mlflow)
+            _check_resources(backend, cfg)
         with mlflow_run(cfg.mlflow, cfg.animate.experiment, out_dir) if log_run else contextlib.nullcontext() as run:
-            pending = [row for row in rows if row["status"] == "pending"]
             if pending:
                 finished = iter(animate_pending(pending, backend, cfg, motion_dir,
                                                 _fresh(out_dir / ".state" / "attempts"), records_dir(out_dir)))

@@ -31,8 +31,8 @@ from portraitflow.operators.decode import VideoUnreadable
 from portraitflow.operators.driving_motion import (EXTRACTION_VERSION, DrivingMotion, extract_driving_motion,
                                                    iter_driving_windows)
 from portraitflow.operators.generation_jobs import input_fingerprint
-from portraitflow.operators.generation_results import write_record
-from portraitflow.operators.paste_back import paste_back
+from portraitflow.operators.generation_results import failed_row, write_record
+from portraitflow.operators.paste_back import fit_within, paste_back
 from portraitflow.operators.paths import hashed_name
 from portraitflow.operators.probe import error_text
 from portraitflow.operators.quarantine import crashed_reason, start_attempt
@@ -53,10 +53,10 @@ def _analyzer(face_cfg_json: str) -> FaceAnalyzer:
 
 
 def _failed(row: dict[str, Any], stage: str, exc: Exception) -> dict[str, Any]:
-    """The job's row as `failed`. Known bad input (NoFace, VideoUnreadable, ...) gives its own
-    message; anything else its type too, since a job boundary must never stop the flow."""
+    """The job's row as `failed` (`failed_row`). Known bad input (NoFace, VideoUnreadable, ...) gives
+    its own message; anything else its type too, since a job boundary must never stop the flow."""
     known = (NoFace, UnreadableImage, VideoUnreadable, FileNotFoundError, IsADirectoryError)
-    return {**row, "status": "failed", "reason": f"{stage}: {error_text(exc, known)}"[:300]}
+    return failed_row(row, f"{stage}: {error_text(exc, known)}")
 
 
 def _crashed_too_often(row: dict[str, Any], stage: str, attempts_dir: str, max_attempts: int) -> bool:
@@ -87,7 +87,7 @@ def prepare_job(row: dict[str, Any], face_cfg_json: str, animate_cfg_json: str, 
                 max_attempts: int, motion_dir: str) -> dict[str, Any]:
     """Reference crop and driving motion of one job, as npz bytes columns; or a failed row."""
     if _crashed_too_often(row, "prepare", attempts_dir, max_attempts):
-        return {**row, "status": "failed", "reason": crashed_reason("preparation", max_attempts), **INTERMEDIATE}
+        return {**failed_row(row, crashed_reason("preparation", max_attempts)), **INTERMEDIATE}
     cfg = AnimateConfig.model_validate_json(animate_cfg_json)
     started = time.perf_counter()
     try:
@@ -128,7 +128,7 @@ class AnimateJobs:
         if row["status"] != "pending":
             return result
         if _crashed_too_often(row, "animate", self.attempts_dir, self.max_attempts):
-            return {**result, "status": "failed", "reason": crashed_reason("animation", self.max_attempts)}
+            return failed_row(result, crashed_reason("animation", self.max_attempts))
         started = time.perf_counter()
         try:
             timer = StageTimer()
@@ -155,5 +155,5 @@ class AnimateJobs:
         animation = timer.iterate("animate", self.animator.animate(prepared.reference, windows, params))
         if not params["paste_back"]:
             return animation, motion.fps, prepared.reference
-        image = load_image(row["ref"]).rgb
-        return paste_back(image, animation, prepared.box, self.cfg.feather), motion.fps, prepared.reference
+        image, box = fit_within(load_image(row["ref"]).rgb, prepared.box, self.cfg.max_output_side)
+        return paste_back(image, animation, box, self.cfg.feather), motion.fps, prepared.reference

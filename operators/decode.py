@@ -55,16 +55,40 @@ class FrameChunk:
     frames: np.ndarray  # (T, H, W, 3) uint8 RGB
 
 
+def _ffmpeg_reason(source: Source) -> str | None:
+    """Why FFmpeg cannot open `source`, as PyAV says it, with the demuxer's own complaint where it
+    logged one: `Invalid data found when processing input (moov atom not found)` for a truncated
+    mp4. None when it opens. PyAV keeps FFmpeg's log off by default; it is on, captured rather than
+    printed, for this call only."""
+    import av
+    import av.logging
+
+    if isinstance(source, io.BytesIO):
+        source.seek(0)  # decord has read it
+    level = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)
+    try:
+        with av.logging.Capture(), av.open(source):
+            return None
+    except av.FFmpegError as exc:
+        logged = exc.log[2].strip() if exc.log else ""  # (level, component, message) of the last error
+        return f"{exc.strerror} ({logged})" if logged else str(exc.strerror)
+    finally:
+        av.logging.set_level(level)
+
+
 def _reader(path: Source, width: int = -1, height: int = -1):
-    """A decord reader of a path or file object; its errors without the path, so that failures
-    group by reason (a remote input's path is a temporary one)."""
+    """A decord reader of a path or file object. Its failure is said with FFmpeg's reason
+    (`_ffmpeg_reason`; decord's own message is "Error reading <input>..."), without the path, so
+    that failures group by reason (a remote input's path is a temporary one)."""
     from decord import DECORDError, VideoReader, cpu
 
     try:
         reader = VideoReader(path, ctx=cpu(0), width=width, height=height, num_threads=1)
     except (DECORDError, RuntimeError) as exc:
-        text = str(exc).replace(path, "<input>") if isinstance(path, str) else str(exc)
-        raise VideoUnreadable(f"decord cannot open the video: {text.splitlines()[0][:200]}") from exc
+        decord_text = str(exc).replace(path, "<input>") if isinstance(path, str) else str(exc)
+        reason = _ffmpeg_reason(path) or decord_text.splitlines()[0]
+        raise VideoUnreadable(f"cannot open the video: {reason[:200]}") from exc
     if len(reader) == 0:
         raise VideoUnreadable("the video has zero frames")
     return reader

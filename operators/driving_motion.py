@@ -147,7 +147,7 @@ def extract_driving_motion(
         raise NoFace("no face in the driving video")
     if detected.mean() < min_face_fraction:
         raise NoFace(f"the driver's face is found on {detected.mean():.0%} of the driving frames "
-                     f"(at least {min_face_fraction:.0%} needed)")
+                     f"(at least {min_face_fraction:.0%} needed: animate.min_face_fraction={min_face_fraction:g})")
     kps, landmarks = fill_within_shots(kps, detected, shot), fill_within_shots(landmarks, detected, shot)
     face_track = fill_within_shots(face_track, detected, shot)
     have = [i for i, b in enumerate(shot_boxes) if b is not None]

@@ -307,6 +307,8 @@ def output_name(job: Job, backend: str, params: dict[str, Any], settings: dict[s
     another driving video or reference at the same path, or with other settings, writes a new file
     instead of mistaking the old one for its result.
 
+    params: the job's params `backend` reads, and `max_output_side` where it scales the output
+        (`plan_rows`: only those outputs were renamed when it came).
     inputs: `{"ref": ..., "driving": ...}` fingerprints (`input_fingerprint`) when the caller has
         them (`plan_rows` reads each file once for all its jobs); read here otherwise."""
     inputs = inputs or {name: input_fingerprint(getattr(job, name)) for name in ("ref", "driving")}

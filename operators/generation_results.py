@@ -15,10 +15,12 @@ import pandas as pd
 from portraitflow.jobs.config.animate import PER_JOB_FIELDS, AnimateConfig
 from portraitflow.jobs.config.face import FaceConfig
 from portraitflow.models.animators.registry import check_settings
+from portraitflow.models.face.images import long_side
 from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.decode import VideoUnreadable, probe_video, read_frames
 from portraitflow.operators.generation_jobs import (Job, effective_params, id_forms, input_fingerprint, output_name,
                                                    output_settings)
+from portraitflow.operators.paste_back import exceeds
 from portraitflow.operators.paths import confined
 from portraitflow.operators.video_writer import has_audio
 
@@ -36,13 +38,22 @@ RESULT_DEFAULTS: dict[str, Any] = {
 KEPT_FIELDS = ("model", "frames", "fps", "seconds", "has_audio", "prep_s", "animate_s", "encode_s", "total_s")
 
 
+def failed_row(row: dict[str, Any], reason: str) -> dict[str, Any]:
+    """`row` as `failed` with `reason`, whatever failed it (planning, preparation, animation, a
+    crash, a lost result): its `output` blank, as no video was written for it, so a script that
+    copies `results.output` never meets a path that does not exist."""
+    return {**row, "status": "failed", "reason": reason[:300], "output": ""}
+
+
 def plan_rows(jobs: list[Job], out_dir: Path, backend: str, cfg: AnimateConfig, resume: bool,
               face: FaceConfig | None = None) -> list[dict[str, Any]]:
     """A row per job: `pending`, `skipped` (its complete output exists) or `failed` (bad params, a
     param `backend` does not read, or the same output as an earlier job). Output names cover the
     face settings too: the face layer finds the crop and the motion, and what the inputs hold
     (`input_fingerprint`, read once per file). A skipped row keeps what the run that made its
-    video recorded of it (`previous_records`).
+    video recorded of it (`previous_records`). `max_output_side` is in a job's name only where it
+    scales the job's output (pasted back onto a portrait larger than it): the names of every other
+    output are those they had before the setting existed.
 
     A job's complete output is looked for under each id the job can have (`id_forms`): a derived
     id takes a hash where another job of the list shares it, so adding `fr/anna.jpg` beside
@@ -52,9 +63,10 @@ def plan_rows(jobs: list[Job], out_dir: Path, backend: str, cfg: AnimateConfig, 
     listed, previewed and copied twice)."""
     rows, planned = [], {}
     settings = output_settings(backend, cfg)  # once: a weights fingerprint reads files
-    shared = {name: value for name, value in settings.items() if name not in PER_JOB_FIELDS}
+    shared = {name: value for name, value in settings.items() if name not in (*PER_JOB_FIELDS, "max_output_side")}
     shared["face"] = (face or FaceConfig()).result_settings()
     fingerprints: dict[str, str] = {}  # a file shared by many jobs (--refs x --drivers) is read once
+    long_sides: dict[str, int] = {}  # likewise each portrait's header
     previous = previous_records(out_dir) if resume else {}
     for job in jobs:
         row = {**RESULT_DEFAULTS, "job_id": job.job_id, "ref": job.ref, "driving": job.driving, "backend": backend}
@@ -62,9 +74,14 @@ def plan_rows(jobs: list[Job], out_dir: Path, backend: str, cfg: AnimateConfig, 
             params = effective_params(job, cfg)
             check_settings(backend, job.params)
         except ValueError as exc:
-            rows.append({**row, "status": "failed", "reason": str(exc)[:300]})
+            rows.append(failed_row(row, str(exc)))
             continue
         read = {name: value for name, value in params.items() if name in settings}  # what the backend uses
+        if params["paste_back"]:
+            if job.ref not in long_sides:
+                long_sides[job.ref] = long_side(job.ref)
+            if exceeds(long_sides[job.ref], cfg.max_output_side):
+                read["max_output_side"] = cfg.max_output_side
         for path in (job.ref, job.driving):
             if path not in fingerprints:
                 fingerprints[path] = input_fingerprint(path)
@@ -74,7 +91,7 @@ def plan_rows(jobs: list[Job], out_dir: Path, backend: str, cfg: AnimateConfig, 
         output = outputs[0]
         row.update(params=json.dumps(params, sort_keys=True), output=str(output))
         if str(output) in planned:
-            row.update(status="failed", reason=f"duplicate of job {planned[str(output)]}")
+            row = failed_row(row, f"duplicate of job {planned[str(output)]}")
         elif resume and (done := _finished(outputs, previous)):
             path, finished = done
             record = previous.get(path.name, {})

@@ -168,6 +168,12 @@ def has_audio(path: str | Path) -> bool:
         return False
 
 
+#: bitexact: no library version strings in the file, so the bytes depend on the frames and settings
+#: only, not on which FFmpeg build (PyAV's or decord's) a worker loaded first. faststart: the index
+#: (moov) is moved before the frames once they are written, so a browser plays the file while it
+#: downloads instead of fetching its end first.
+MUX_OPTIONS = {"fflags": "+bitexact", "movflags": "+faststart"}
+
 #: AVColorSpace / AVColorPrimaries / AVColorTransferCharacteristic SMPTE 170M (BT.601, 525 lines)
 #: and AVColorRange MPEG (limited)
 _SMPTE170M, _LIMITED_RANGE = 6, 1
@@ -202,16 +208,15 @@ def write_h264(
     node where every CPU already runs its own task).
 
     The file appears only when complete (temp file + rename), so a crash never leaves a
-    half-written output that a resume would mistake for a finished one.
+    half-written output that a resume would mistake for a finished one; its index comes first
+    (`MUX_OPTIONS`).
     """
     import av
 
     audio = _AudioSource.open(audio_from, audio_start_s) if audio_from else None
     frames_written = 0
     try:
-        # bitexact: no library version strings in the file, so the bytes depend on the frames and
-        # settings only, not on which FFmpeg build (PyAV's or decord's) a worker loaded first
-        with atomic_target(path) as tmp, av.open(tmp, mode="w", format="mp4", options={"fflags": "+bitexact"}) as out:
+        with atomic_target(path) as tmp, av.open(tmp, mode="w", format="mp4", options=MUX_OPTIONS) as out:
             video = None
             out_audio = None
             if audio is not None:

@@ -13,6 +13,7 @@ from typing import Any
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.operators.animate import AnimateJobs, prepare_job
+from portraitflow.operators.generation_results import failed_row
 from portraitflow.operators.quarantine import MAX_ATTEMPTS
 
 #: a preparation task holds the face models and one chunk of full-resolution frames. Declaring
@@ -58,5 +59,5 @@ def animate_pending(pending: list[dict[str, Any]], backend: str, cfg: PortraitFl
                      num_cpus=cfg.animate.cpus_per_actor, num_gpus=gpus_per_actor)
         .take_all()
     )
-    by_output = {row["output"]: row for row in finished}
-    return [by_output.get(row["output"], {**row, "status": "failed", "reason": LOST_REASON}) for row in pending]
+    by_job = {row["job_id"]: row for row in finished}  # ids are unique; a failed row's output is blank
+    return [by_job.get(row["job_id"]) or failed_row(row, LOST_REASON) for row in pending]

@@ -127,3 +127,33 @@ def test_real_media_all_load_or_give_a_reason(media_dir: Path, media_manifest):
         loaded = load_image(media_dir / file)
         assert loaded.ok, (file, loaded.reason, loaded.detail)
         assert loaded.rgb.ndim == 3 and loaded.rgb.shape[2] == 3
+
+
+@pytest.fixture(scope="module")
+def display_p3(media_dir: Path) -> bytes:
+    """The Display P3 ICC profile a phone embeds in its photos (one of the shared portraits has it)."""
+    with Image.open(media_dir / "inspireface_pose_left_face.jpeg") as photo:
+        return photo.info["icc_profile"]
+
+
+def test_an_embedded_colour_profile_is_converted_to_srgb(astronaut, display_p3):
+    """A phone stores the colours it saw as Display P3 numbers; taken for sRGB they looked duller."""
+    from PIL import ImageCms
+
+    p3 = ImageCms.ImageCmsProfile(io.BytesIO(display_p3))
+    as_p3 = ImageCms.profileToProfile(Image.fromarray(astronaut), ImageCms.createProfile("sRGB"), p3)
+    loaded = load_image(_encode(as_p3, "PNG", icc_profile=display_p3))
+    _assert_rgb(loaded, astronaut.shape)
+    error = np.abs(loaded.rgb.astype(int) - astronaut.astype(int))
+    assert error.mean() < 0.5 and error.max() <= 3, (error.mean(), error.max())  # P3 numbers taken for sRGB: 3.4, 38
+
+
+@pytest.mark.parametrize("mode, profile", [("RGB", b"not a colour profile"), ("L", "display_p3")])
+def test_a_profile_that_cannot_be_applied_keeps_the_pixels_and_warns(astronaut, display_p3, caplog, mode, profile):
+    image = Image.fromarray(astronaut).convert(mode)
+    stored = _encode(image, "PNG", icc_profile=display_p3 if profile == "display_p3" else profile)
+    with caplog.at_level("WARNING", logger=images.__name__):
+        loaded = load_image(stored)
+    _assert_rgb(loaded, astronaut.shape)
+    np.testing.assert_array_equal(loaded.rgb, np.asarray(image.convert("RGB")))
+    assert "colour profile is not applied" in caplog.text

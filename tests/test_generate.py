@@ -301,6 +301,7 @@ def test_a_job_whose_result_never_comes_back_still_gets_a_failed_row(tmp_path: P
     assert list(table.job_id) == ["a", "b", "c"] and (table.status == "failed").all()
     assert sorted(table.reason == LOST_REASON) == [False, False, True]
     assert table.reason.str.startswith("reference image").sum() == 2
+    assert (table.output == "").all()  # no video was written for any of them, lost or failed
     assert pd.read_parquet(tmp_path / "out" / "results.parquet").equals(table)
 
 

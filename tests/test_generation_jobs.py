@@ -133,7 +133,8 @@ def test_paths_are_recorded_absolute_so_resume_does_not_depend_on_how_they_were_
     assert {(j.job_id, j.ref, j.driving) for jobs in forms for j in jobs} == \
         {("a__x", str(tmp_path / "refs/a.png"), str(tmp_path / "drivers/x.mp4"))}
     rows = plan_rows([jobs[0] for jobs in forms], tmp_path / "out", "warp", AnimateConfig(), resume=True)
-    assert len({r["output"] for r in rows}) == 1 and rows[0]["ref"] == str(tmp_path / "refs/a.png")
+    assert rows[0]["status"] == "pending" and rows[0]["ref"] == str(tmp_path / "refs/a.png")
+    assert [r["reason"] for r in rows[1:]] == ["duplicate of job a__x"] * 3  # one output, so one job
 
 
 def test_remote_paths_fail_their_job_with_a_reason_not_as_missing_files(tmp_path: Path) -> None:

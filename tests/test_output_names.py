@@ -19,7 +19,10 @@ OTHER_VALUES = {
     "crf": 23, "motion": "absolute", "pose_multiplier": 0.5, "expression_multiplier": 2.0, "seed": 1, "num_steps": 3,
     "appearance_scale": 1.5, "motion_scale": 1.5, "actors": 3, "cpus_per_actor": 2.0, "gpus": 0, "compile_mode": None,
     "windows_per_call": 2, "preview_jobs": 1, "preview_frames": 2, "experiment": "other", "min_face_px": 32,
+    "max_output_side": 1024,
 }
+#: settings in the names of only the outputs they change (the test's job, crop-only, is not one)
+NAMED_WHERE_THEY_APPLY = {"max_output_side"}
 BASE = {"warp": {"backend": "warp"}, "hunyuan": {"backend": "hunyuan", "weights": "tiny"}, "still": {"backend": "still"}}
 
 
@@ -37,7 +40,7 @@ def test_every_setting_a_backend_reads_changes_the_name_unless_operational(tmp_p
     default = _name(tmp_path, backend)
     for field in sorted(read):
         changed = _name(tmp_path, backend, **{field: OTHER_VALUES[field]})
-        assert (changed == default) == (field in OPERATIONAL_FIELDS), field
+        assert (changed == default) == (field in OPERATIONAL_FIELDS or field in NAMED_WHERE_THEY_APPLY), field
 
 
 def test_a_rerun_with_other_settings_does_not_skip_the_old_output(tmp_path: Path) -> None:
@@ -88,3 +91,23 @@ def test_face_settings_but_threads_change_the_names(tmp_path: Path) -> None:
         return row["output"]
 
     assert name() == name(num_threads=3) != name(det_score_threshold=0.8) != name(det_size=320)
+
+
+def test_the_output_side_cap_names_only_the_outputs_it_scales(tmp_path: Path) -> None:
+    """Outputs the cap leaves alone (a crop, a portrait within it) keep the names they had without it."""
+    from PIL import Image
+
+    small, large = tmp_path / "small.png", tmp_path / "large.png"
+    Image.new("RGB", (300, 200)).save(small)
+    Image.new("RGB", (200, 3000)).save(large)
+
+    def name(ref: Path, paste_back: bool, cap: int) -> str:
+        [row] = plan_rows([Job("j", str(ref), "b.mp4", {"paste_back": paste_back})], tmp_path, "warp",
+                          AnimateConfig(backend="warp", max_output_side=cap), resume=True)
+        return Path(row["output"]).name
+
+    for ref, paste_back in ((small, True), (large, False)):
+        assert name(ref, paste_back, 2048) == name(ref, paste_back, 1024) == name(ref, paste_back, 0), ref
+    assert len({name(large, True, cap) for cap in (2048, 1024, 0)}) == 3
+    assert name(large, True, 3000) == name(large, True, 0)  # the portrait fits: its own size, its old name
+    assert name(small, True, 256) != name(small, True, 0)

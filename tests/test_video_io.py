@@ -214,6 +214,42 @@ def test_unreadable_inputs_raise_the_documented_error(tmp_path: Path) -> None:
             probe_video(str(path))
 
 
+def test_an_unopenable_video_says_ffmpegs_reason_without_its_path(tmp_path: Path) -> None:
+    """decord's own message was `Error reading <input>...`; a recording cut short lacks its index
+    (moov), which a camera writes last."""
+    from bad_media import truncated
+
+    cut_short = truncated(tmp_path / "cut short.mp4", 0.5)
+    text = tmp_path / "notes.mp4"
+    text.write_text("meeting notes, not a video\n")
+    readers = {"path": lambda path: probe_video(str(path)),
+               "chunks": lambda path: next(iter_frame_chunks(str(path), 25.0)),
+               "memory": lambda path: read_frames(path.read_bytes(), [0])}  # a shard's clip
+    reasons = {}
+    for path in (cut_short, text):
+        for form, read in readers.items():
+            with pytest.raises(VideoUnreadable) as raised:
+                read(path)
+            reasons[path.name, form] = str(raised.value)
+    invalid = "cannot open the video: Invalid data found when processing input"
+    assert {reasons["cut short.mp4", form] for form in ("path", "chunks", "memory")} == {
+        f"{invalid} (moov atom not found)"}, reasons
+    assert {reasons["notes.mp4", form] for form in ("path", "chunks")} == {f"{invalid} (moov atom not found)"}
+    assert reasons["notes.mp4", "memory"] == invalid  # no name: FFmpeg tries no demuxer in particular
+
+
+def test_the_index_of_an_output_comes_before_its_frames(tmp_path: Path) -> None:
+    """faststart: a browser plays the file while it downloads, not after fetching its end."""
+    path = tmp_path / "out.mp4"
+    write_h264(path, [_gradient_clip(10)], fps=25)
+    data, boxes, offset = path.read_bytes(), [], 0
+    while offset < len(data):
+        size, kind = struct.unpack(">I4s", data[offset:offset + 8])
+        boxes.append(kind.decode())
+        offset += size
+    assert offset == len(data) and boxes.index("moov") < boxes.index("mdat"), boxes
+
+
 def test_audio_of_the_driver_is_muxed_and_cut_to_the_video(media_dir: Path, media_manifest, tmp_path: Path) -> None:
     with_audio = media_manifest[(media_manifest.has_audio == 1) & (media_manifest.kind == "talking_video")]
     driver = media_dir / with_audio.iloc[0].file

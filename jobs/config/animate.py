@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from portraitflow.jobs.config.fields import OPERATIONAL, operational
 
@@ -20,8 +20,12 @@ from portraitflow.jobs.config.fields import OPERATIONAL, operational
 PER_JOB_FIELDS = ("motion", "pose_multiplier", "expression_multiplier", "paste_back",
                   "seed", "num_steps", "appearance_scale", "motion_scale")
 #: settings the generation flow applies whatever the animator: framing, driving motion, encoding, resources.
-PIPELINE_FIELDS = ("backend", "size", "window", "paste_back", "feather", "min_face_fraction", "min_face_px",
-                   "smooth_sigma", "crf", "actors", "cpus_per_actor", "preview_jobs", "preview_frames", "experiment")
+PIPELINE_FIELDS = ("backend", "size", "window", "paste_back", "feather", "max_output_side", "min_face_fraction",
+                   "min_face_px", "smooth_sigma", "crf", "actors", "cpus_per_actor", "preview_jobs", "preview_frames",
+                   "experiment")
+#: the smallest crop and output side: the face fills about a third of the crop, so below this it
+#: would be a thumbnail the animator cannot read
+MIN_SIDE = 64
 
 
 class AnimateConfig(BaseModel):
@@ -36,8 +40,11 @@ class AnimateConfig(BaseModel):
     weights: str | None = Field(
         None, description="Folder of the HunyuanPortrait weights (hunyuan backend); empty selects warp under `auto`."
     )
-    size: int = Field(512, description="Side in pixels of the square face crop the animator works in.")
-    window: int = Field(25, description="Driving frames streamed through the animator at a time (bounds memory).")
+    size: int = Field(
+        512, ge=MIN_SIDE, description="Side in pixels of the square face crop the animator works in; even, as H.264 "
+        "in yuv420p needs.",
+    )
+    window: int = Field(25, ge=1, description="Driving frames streamed through the animator at a time (bounds memory).")
     motion: Literal["relative", "absolute"] = Field(
         "relative",
         description="`relative`: the driver's motion from its first frame of each shot is added to the "
@@ -53,7 +60,16 @@ class AnimateConfig(BaseModel):
     num_steps: int | None = Field(None, ge=1, description="hunyuan: denoising steps; empty: the backend's default.")
     appearance_scale: float | None = Field(None, ge=0.0, description="hunyuan: appearance guidance scale; empty: default.")
     motion_scale: float | None = Field(None, ge=0.0, description="hunyuan: motion guidance scale; empty: default.")
-    feather: float = Field(0.1, gt=0.0, le=0.5, description="Width of the paste-back mask's soft edge, as a fraction of the crop side.")
+    feather: float = Field(
+        0.1, gt=0.0, le=0.5, description="Width of the paste-back mask's soft edge, as a fraction of the crop "
+        "side; a side of the crop on the portrait's border gets none.",
+    )
+    max_output_side: int = Field(
+        2048, ge=0, description="Paste-back: a portrait whose longer side exceeds this many pixels is scaled down to "
+        "it, with its crop box, before the animation is composited onto it, so outputs stay a size hardware decoders "
+        "play (a 12 MP photo made an H.264 level 6 stream) and a window of frames a few hundred MB (0: the "
+        "portrait's own size). Crop-only outputs are `size`.",
+    )
     min_face_fraction: float = Field(
         0.5, ge=0.0, le=1.0, description="A driving video whose face is found on fewer frames than this fraction fails."
     )
@@ -81,10 +97,29 @@ class AnimateConfig(BaseModel):
         "(the first job's warm-up on an H100 went from about 180 s to 400 s), so it pays on long batches.",
     )
     gpus: int = Field(1, ge=0, json_schema_extra=OPERATIONAL, description="hunyuan: most GPUs to use, one actor each; 0 runs hunyuan on `actors` CPU actors.")
-    crf: int = Field(18, ge=0, le=51, description="H.264 constant rate factor of the outputs (lower is better quality).")
+    crf: int = Field(
+        18, ge=1, le=51, description="H.264 constant rate factor of the outputs (lower is better quality; 0, lossless, "
+        "is refused: it writes the High 4:4:4 profile, which browsers and most players cannot play).",
+    )
     preview_jobs: int = Field(4, ge=0, json_schema_extra=OPERATIONAL, description="Finished outputs shown in the MLflow preview strip.")
     preview_frames: int = Field(5, ge=1, json_schema_extra=OPERATIONAL, description="Frames per output in the preview strip.")
     experiment: str = Field("portraitflow-animate", json_schema_extra=OPERATIONAL, description="MLflow experiment of the runs.")
+
+    @field_validator("size")
+    @classmethod
+    def _even_size(cls, size: int) -> int:
+        """An odd crop would be cut to the even side below by the encoder (crop-only outputs)."""
+        if size % 2:
+            raise ValueError(f"size ({size}) must be even: H.264 in yuv420p has no odd sides")
+        return size
+
+    @field_validator("max_output_side")
+    @classmethod
+    def _output_side(cls, side: int) -> int:
+        """A smaller side would make every pasted-back portrait a thumbnail, or nothing to encode."""
+        if 0 < side < MIN_SIDE:
+            raise ValueError(f"max_output_side ({side}) must be 0 (the portrait's own size) or at least {MIN_SIDE}")
+        return side
 
 
 #: settings that change where and how fast jobs run, and what is recorded, but not the videos written

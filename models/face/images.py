@@ -1,18 +1,22 @@
 """Loading user-supplied images into RGB uint8 arrays, with a reason instead of a crash.
 
-Pillow decodes every format it knows; the image is turned upright by its EXIF orientation, and
-16-bit, grayscale, palette, CMYK, alpha and other modes are converted to 8-bit RGB (alpha is
-composited on black, the zero padding every crop here uses).
+Pillow decodes every format it knows; the image is turned upright by its EXIF orientation,
+converted from its embedded ICC colour profile to sRGB (a Display P3 phone photo read as sRGB
+numbers looks duller), and 16-bit, grayscale, palette, CMYK, alpha and other modes are converted
+to 8-bit RGB (alpha is composited on black, the zero padding every crop here uses).
 """
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
 
 #: Larger images are refused before decoding (below Pillow's own decompression-bomb limit, which
 #: is made an error too).
@@ -37,6 +41,26 @@ class LoadedImage:
     @property
     def ok(self) -> bool:
         return self.rgb is not None
+
+
+#: the modes LittleCMS converts with a profile of their own colour space, and the mode each becomes
+#: in sRGB; other modes (16-bit grayscale, palette, grayscale with alpha) keep their numbers
+_MANAGED_MODES = {"RGB": "RGB", "RGBA": "RGBA", "CMYK": "RGB", "L": "RGB"}
+_SRGB = ImageCms.createProfile("sRGB")
+
+
+def _to_srgb(image: Image.Image, icc_profile: bytes | None, name: str) -> Image.Image:
+    """`image` converted from `icc_profile` (its embedded one) to sRGB, as a colour-managed viewer
+    shows it. A profile that cannot be read or does not fit the image (an RGB profile on a grayscale
+    picture) leaves the pixels as they are, taken for sRGB, with a warning naming `name`."""
+    if not icc_profile or image.mode not in _MANAGED_MODES:
+        return image
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc_profile))
+        return ImageCms.profileToProfile(image, profile, _SRGB, outputMode=_MANAGED_MODES[image.mode])
+    except (ImageCms.PyCMSError, OSError) as exc:
+        log.warning("%s: its colour profile is not applied (%s); its pixels are taken for sRGB", name, exc)
+        return image
 
 
 def _to_rgb8(image: Image.Image) -> np.ndarray:
@@ -76,7 +100,8 @@ def load_image(source: str | Path | bytes) -> LoadedImage:
                     return LoadedImage(None, TOO_LARGE, f"{image.width}x{image.height}")
                 image.load()
                 upright = ImageOps.exif_transpose(image)
-                rgb = _to_rgb8(upright)
+                name = str(source) if isinstance(source, (str, Path)) else "an image given as bytes"
+                rgb = _to_rgb8(_to_srgb(upright, image.info.get("icc_profile"), name))
     except UnidentifiedImageError:  # its message names a BytesIO object's address: not stable
         return LoadedImage(None, NOT_AN_IMAGE, "no image format Pillow knows")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -86,3 +111,13 @@ def load_image(source: str | Path | bytes) -> LoadedImage:
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         return LoadedImage(None, CORRUPT, f"decoded to shape {rgb.shape}")
     return LoadedImage(rgb)
+
+
+def long_side(path: str | Path) -> int:
+    """The longer side in pixels of the image at `path`, read from its header alone (its EXIF
+    orientation does not change it); 0 for a file Pillow cannot open (its job fails on loading it)."""
+    try:
+        with Image.open(path) as image:
+            return max(image.size)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return 0

@@ -114,7 +114,8 @@ SCORED_BY = "scored_by.txt"
 #: bumped when a metric is computed otherwise, so scores made before are made again (not the
 #: videos: the config's hashes, its folders, stay). 2: pose is fitted centred in the face's crop and
 #: profile frames are left out of APD; 3: jitter_error compares windowed means, and an output one
-#: frame longer or shorter than its driver is aligned (`frame_offset`)
+#: frame longer or shorter than its driver is aligned (`frame_offset`), and `detection_rate` counts
+#: the frames where the driver shows a face
 SCORING_VERSION = 3
 #: what per_video.parquet keeps of each job's reference and driving video (`input_fingerprint`), so
 #: a resume takes a config's scores only for the same jobs on the same contents
@@ -267,8 +268,9 @@ def score_and_log(client: MlflowClient, run_id: str, jobs: pd.DataFrame, label: 
     ok = table[table["status"] == "ok"]
     aggregates = {m: float(ok[m].mean()) for m in report.metric_columns(ok) if ok[m].notna().any()}
     if len(table):  # over every job: a video that failed shows no face (what ranking compares, report.rank)
-        rates = table["detection_rate"] if "detection_rate" in table else pd.Series(0.0, index=table.index)
-        aggregates["detection_rate"] = float(rates.fillna(0.0).mean())
+        rates = table["detection_rate"] if "detection_rate" in table else pd.Series(float("nan"), index=table.index)
+        rates = rates.where(table["status"] == "ok", 0.0)  # NaN stays only where a driver showed no face
+        aggregates["detection_rate"] = float(rates.mean()) if rates.notna().any() else 0.0
     aggregates.update(learned_aggregates(work_dir, list(ok["job_id"])))
     aggregates.update(jobs_ok=len(ok), jobs_failed=len(table) - len(ok))
     log_values(client, run_id, metrics=aggregates)
@@ -335,11 +337,11 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
     client = mlflow_client(cfg.mlflow)
     children = children or ChildRuns(client)
     config_hash = sweep_spec.config_hash(params, spec.dataset, evaluate, cfg)
-    videos_hash = sweep_spec.generation_hash(params, spec.dataset, evaluate, cfg)
+    generation_hash = sweep_spec.generation_hash(params, spec.dataset, evaluate, cfg)
     label = sweep_spec.config_label(params)
-    outputs_dir = out_dir / "configs" / videos_hash / "outputs"
-    work_dir = out_dir / "configs" / videos_hash / "scores" / config_hash
-    hashes = {"config_hash": config_hash, "generation_hash": videos_hash}
+    outputs_dir = out_dir / "configs" / generation_hash / "outputs"
+    work_dir = out_dir / "configs" / generation_hash / "scores" / config_hash
+    hashes = {"config_hash": config_hash, "generation_hash": generation_hash}
     refused = _refusal(params, cfg)
     row = {"config": label, "backend": params["backend"], **{k: v for k, v in params.items() if k != "backend"}}
     if inputs is None:  # read before generation: a file changed while it runs is caught by the next rerun
@@ -363,7 +365,7 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
             code.update((key, scored_before.data.tags[key]) for key in sweep_spec.GIT_TAGS if key in scored_before.data.tags)
             code[SCORES_FROM_TAG] = scored_before.info.run_id
         attempts = _children(client, experiment_id, parent_id, config_hash, status=None)
-        tags = {PARENT_TAG: parent_id, CONFIG_TAG: config_hash, GENERATION_TAG: videos_hash,
+        tags = {PARENT_TAG: parent_id, CONFIG_TAG: config_hash, GENERATION_TAG: generation_hash,
                 PARAMS_TAG: json.dumps(params, sort_keys=True), **_attempt_tags(attempts), **code}
         run_id = children.start(experiment_id, label, tags, [r.info.run_id for r in attempts
                                                              if r.info.status in ("FAILED", "KILLED")])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import closing
@@ -55,6 +56,10 @@ class FrameChunk:
     frames: np.ndarray  # (T, H, W, 3) uint8 RGB
 
 
+#: one `_ffmpeg_reason` at a time: it sets PyAV's process-wide log level and reads its last logged error
+_FFMPEG_REASON_LOCK = threading.Lock()
+
+
 def _ffmpeg_reason(source: Source) -> str | None:
     """Why FFmpeg cannot open `source`, as PyAV says it, with the demuxer's own complaint where it
     logged one: `Invalid data found when processing input (moov atom not found)` for a truncated
@@ -65,16 +70,17 @@ def _ffmpeg_reason(source: Source) -> str | None:
 
     if isinstance(source, io.BytesIO):
         source.seek(0)  # decord has read it
-    level = av.logging.get_level()
-    av.logging.set_level(av.logging.ERROR)
-    try:
-        with av.logging.Capture(), av.open(source):
-            return None
-    except av.FFmpegError as exc:
-        logged = exc.log[2].strip() if exc.log else ""  # (level, component, message) of the last error
-        return f"{exc.strerror} ({logged})" if logged else str(exc.strerror)
-    finally:
-        av.logging.set_level(level)
+    with _FFMPEG_REASON_LOCK:
+        level = av.logging.get_level()
+        av.logging.set_level(av.logging.ERROR)
+        try:
+            with av.logging.Capture(), av.open(source):
+                return None
+        except av.FFmpegError as exc:
+            logged = exc.log[2].strip() if exc.log else ""  # (level, component, message) of the last error
+            return f"{exc.strerror} ({logged})" if logged else str(exc.strerror)
+        finally:
+            av.logging.set_level(level)
 
 
 def _reader(path: Source, width: int = -1, height: int = -1):

@@ -65,6 +65,8 @@ DIAGNOSTICS = ("output_jitter", "driver_jitter", "output_flicker", "driver_flick
 #: frames compared, from the start of both videos, to choose how an output one frame longer or
 #: shorter than its driver is paired with it (`JobEvaluator._frame_offset`)
 ALIGNMENT_PROBE_FRAMES = 8
+#: how much better (this fraction of the other's mismatch) the shifted pairing must match to be taken
+ALIGNMENT_MARGIN = 0.8
 #: seconds of analysed frames per `metrics.jitter_error` window
 JITTER_WINDOW_S = 1.0
 
@@ -383,7 +385,9 @@ class JobEvaluator:
     def _frame_metrics(self, pixel: dict, out: dict, drv: dict, ref_embedding: np.ndarray,
                        jitter_window: int) -> dict[str, np.ndarray]:
         table = {k: v for k, v in pixel.items() if k not in ("luma", "driver_luma")}
-        table["face_detected"] = out["detected"].astype(np.float64)
+        # among the frames where the driver shows a face: where it shows none, an output that follows
+        # it loses the face too, and that is no fault of the animator's
+        table["face_detected"] = np.where(drv["detected"], out["detected"], np.nan)
         table[self.csim_name] = metrics.csim(out["embedding"], ref_embedding)
         if self.cfg.protocol == "self":
             table["akd"] = metrics.akd(out["landmarks"], drv["landmarks"])
@@ -435,7 +439,9 @@ class JobEvaluator:
             count = min(len(out_side) - out_start, len(drv_side) - drv_start, ALIGNMENT_PROBE_FRAMES)
             return mismatch(out_side[out_start:out_start + count], drv_side[drv_start:drv_start + count])
 
-        return extra if paired(extra) < paired(0) else 0
+        # by a clear margin only: on a still opening both pairings match alike, and coding noise must
+        # not shift a whole video by a frame (NaN, no measure, compares False: both first frames)
+        return extra if paired(extra) < ALIGNMENT_MARGIN * paired(0) else 0
 
     @staticmethod
     def _keep_clip_frames(clips: dict[str, dict[str, list[np.ndarray]]], picks: dict[str, np.ndarray], first: int,

@@ -260,11 +260,12 @@ def _measure(analyzer: FaceAnalyzer, path: str, size, frame_hw: tuple[int, int],
             with timer.time("embed"):
                 faces = [Face(box=part.boxes[index[i]], score=1.0, kps=part.kps[index[i]]) for i in picked]
                 embeddings.append(analyzer.embed([chunk.frames[i] for i in picked], faces))
+    pose = np.concatenate(poses)
     arrays = {
         "boxes": part.boxes * np.tile(to_source, 2),
         "kps": part.kps * to_source,
         "landmarks": np.concatenate(landmarks) * to_source,
-        "pose": fill_pose(np.concatenate(poses), np.zeros(len(part.boxes), np.int64)),  # one shot
+        "pose": fill_pose(pose, np.zeros(len(pose), np.int64)),  # the clip is one shot
         "thumbnails": np.concatenate(thumbnails),
         "sample_index": samples,
         "sample_embedding": np.concatenate(embeddings),

@@ -239,8 +239,8 @@ def jitter_error(pred_landmarks: np.ndarray, target_landmarks: np.ndarray, windo
     the still output first on all six real clips measured. Each side per its own face size, so
     two people compare (cross).
     """
+    _check_pair(pred_landmarks, target_landmarks)
     pred_jitter, target_jitter = landmark_jitter(pred_landmarks), landmark_jitter(target_landmarks)
-    _check_pair(pred_jitter, target_jitter)
     out = np.full(len(pred_jitter), np.nan)
     both = np.isfinite(pred_jitter) & np.isfinite(target_jitter)
     for part in np.array_split(np.arange(len(out)), max(1, round(len(out) / window))):

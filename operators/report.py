@@ -55,12 +55,13 @@ def rank(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def failed_as_undetected(per_video: pd.DataFrame) -> pd.DataFrame:
-    """`per_video` with detection_rate 0 where it is undefined (a failed video), as a config's
+    """`per_video` with detection_rate 0 for a failed video, as a config's
     `detection_rate` averages it and `rank` compares it: plotted over the scored videos alone, a
     config ranked last for the videos it failed would show full coverage."""
     if "detection_rate" not in per_video.columns:
         return per_video
-    return per_video.assign(detection_rate=per_video["detection_rate"].fillna(0.0))
+    failed = per_video["status"] != "ok" if "status" in per_video.columns else per_video["detection_rate"].isna()
+    return per_video.assign(detection_rate=per_video["detection_rate"].mask(failed, 0.0))
 
 
 def _figure(count: int, cols: int = 3):

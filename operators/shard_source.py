@@ -43,6 +43,7 @@ SKIP_REASONS = (
     "video_undecodable",
     "degenerate_keypoints",
     "identity_mismatch",
+    "no_curated_reference",
     "other",
 )
 
@@ -112,8 +113,9 @@ def expand_shards(sources: str | Sequence[str]) -> list[str]:
 
 
 def read_shard(url: str, handler: Callable[[BaseException], bool]) -> Iterator[dict[str, Any]]:
-    """A shard's samples as webdataset gives them (`__key__`, `__url__`, then one bytes value per
-    member, named by what follows the key's dot), streamed from any URL webdataset's `gopen` opens.
+    """A shard's samples in webdataset's layout (`__key__`, `__url__`, then one bytes value per
+    member, named by what follows the key's dot: the shards curation writes), streamed from any URL
+    webdataset's `gopen` opens.
 
     tarfile takes a shard cut short at a header, or a damaged header, for the archive's end, which
     would drop the rest of the shard uncounted: here the end must be the zero blocks a writer adds
@@ -135,6 +137,7 @@ def read_shard(url: str, handler: Callable[[BaseException], bool]) -> Iterator[d
                         yield sample
                     sample = {"__key__": key, "__url__": url}
                 sample[field] = tar.extractfile(member).read()
+                tar.members = []  # a stream's TarFile would keep every member's header to its end
             # the first zero block ended the loop; a writer adds a second (and pads the record)
             end = tar.fileobj.read(tarfile.BLOCKSIZE)
             if len(end) < tarfile.BLOCKSIZE or end.count(0) != len(end):

@@ -173,7 +173,10 @@ def generation_settings(params: dict[str, Any], cfg: PortraitFlowConfig) -> dict
     except ValueError:
         return None
     backend = resolve_backend(settings)
-    return {"backend": backend, **output_settings(backend, settings)}
+    generation = {"backend": backend, **output_settings(backend, settings)}
+    if not settings.paste_back:  # it only scales pasted-back outputs (nor does it name crop-only ones)
+        generation.pop("max_output_side", None)
+    return generation
 
 
 def _digest(payload: dict[str, Any]) -> str:

@@ -247,7 +247,8 @@ def _curated_reference(sample: Mapping[str, Any]) -> int:
     try:
         return int(json.loads(bytes(sample["json"]))["ref_frame"])
     except (KeyError, ValueError, TypeError) as exc:
-        raise SampleSkipped("missing_member", f"no curated reference frame in the sample's json ({exc!r})") from exc
+        raise SampleSkipped("no_curated_reference", f"no curated reference frame (`ref_frame`) in the sample's json "
+                            f"({exc!r}): curated by an earlier version? train_data.reference random takes any") from exc
 
 
 def _clip_fps(sample: Mapping[str, Any]) -> np.float32:

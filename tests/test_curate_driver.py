@@ -83,7 +83,7 @@ def _rows(path: Path) -> list[dict]:
 
 
 FPS = 25.0
-UNREADABLE = {"status": "failed", "error": "decord cannot open the video", "width": 0, "height": 0, "src_fps": 0.0,
+UNREADABLE = {"status": "failed", "error": "cannot open the video: Invalid data found when processing input", "width": 0, "height": 0, "src_fps": 0.0,
               "duration_s": 0.0}
 SCANNED = {"status": "scanned", "error": "", "width": 512, "height": 512, "src_fps": FPS, "duration_s": 6.0}
 
@@ -178,7 +178,7 @@ def test_clips_already_in_shards_stay_in_the_corpus_whatever_the_retry_finds(
         assert manifest[talk_key]["status"] == "accepted" and talk_clips == sorted([packed, clip_key(talk_key, 0, 3.0)])
     else:
         assert manifest[talk_key]["status"] == "failed" and talk_clips == [packed]
-        assert manifest[talk_key]["error"] == (f"decord cannot open the video; its 1 clip(s) already in the shards "
+        assert manifest[talk_key]["error"] == (f"cannot open the video: Invalid data found when processing input; its 1 clip(s) already in the shards "
                                                f"stay in the corpus: {packed}")
     assert clips[clip_key(copies[0], 0, 2.0)]["reason"] == "duplicate"
 

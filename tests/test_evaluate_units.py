@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from portraitflow.jobs.config.evaluate import EvaluateConfig
-from portraitflow.operators import report, sweep_spec
+from portraitflow.operators import metrics, report, sweep_spec
 from portraitflow.operators.eval_dataset import DatasetSpec, dataset_jobs
 
 
@@ -112,6 +112,21 @@ def test_a_scoring_setting_changes_the_config_hash_but_not_the_generation_hash(s
     assert same_videos == (not makes_videos)
     assert sweep_spec.generation_hash(params, dataset, base, cfg) != sweep_spec.generation_hash(
         params, dataset, base, load_config(None, ["animate.size=256"]))
+
+
+def test_the_output_side_cap_makes_other_videos_only_where_they_are_pasted_back() -> None:
+    """`max_output_side` scales pasted-back outputs only: a crop-only sweep that changed it made every
+    video again."""
+    from portraitflow.jobs.config import load_config
+
+    dataset, evaluate = DatasetSpec(path="/data"), EvaluateConfig()
+
+    def videos(params: dict, *overrides: str) -> str:
+        return sweep_spec.generation_hash(params, dataset, evaluate, load_config(None, list(overrides)))
+
+    crop, pasted = {"backend": "warp"}, {"backend": "warp", "paste_back": True}
+    assert videos(crop) == videos(crop, "animate.max_output_side=1024")
+    assert videos(pasted) != videos(pasted, "animate.max_output_side=1024")
 
 
 def test_learned_metric_networks_are_hashed_by_what_their_files_hold(tmp_path: Path) -> None:
@@ -261,6 +276,34 @@ def test_the_still_baseline_sets_the_coverage_bar_too() -> None:
     assert list(ranked["full_coverage"]) == [True, False, False]
     kept = report.rank(summary.assign(detection_rate=[0.99, 0.91, 1.00]), "akd")
     assert list(kept["config"]) == ["warpA", "still", "warpB"]  # within the tolerance of still's: ranked on akd
+
+
+def test_the_detection_rate_counts_only_the_frames_where_the_driver_shows_a_face() -> None:
+    """With still setting the bar, an output that follows a driver into profile (its face lost there
+    too) must keep full coverage: the rate is over the driver's face frames, and a driver without
+    one anywhere leaves it undefined rather than 0."""
+    from portraitflow.operators.evaluate_video import JobEvaluator
+
+    class Analyzer:
+        name, embedding_dim = "fake", 4
+
+    count = 10
+    driver_face = np.arange(count) < 7  # the driver turns away for the last three frames
+    pixel = {"frame": np.arange(count), "luma": np.full(count, 100.0), "driver_luma": np.full(count, 100.0)}
+    landmarks = np.random.default_rng(0).uniform(0, 100, (count, 68, 2))
+
+    def rate(out_face: np.ndarray, drv_face: np.ndarray) -> float:
+        def faces(seen: np.ndarray) -> dict[str, np.ndarray]:
+            return {"detected": seen, "embedding": np.ones((count, 4)), "pose": np.zeros((count, 3)),
+                    "landmarks": np.where(seen[:, None, None], landmarks, np.nan)}
+        table = JobEvaluator(Analyzer(), EvaluateConfig(protocol="cross"))._frame_metrics(
+            pixel, faces(out_face), faces(drv_face), np.ones(4), jitter_window=25)
+        return metrics.nanmean(table["face_detected"])
+
+    assert rate(driver_face, driver_face) == 1.0  # follows the driver into profile: nothing lost
+    assert rate(np.ones(count, bool), driver_face) == 1.0  # still: keeps the face throughout
+    assert rate(driver_face & (np.arange(count) != 3), driver_face) == pytest.approx(6 / 7)  # lost one of 7
+    assert np.isnan(rate(np.ones(count, bool), np.zeros(count, bool)))
 
 
 def test_parameter_plots_draw_each_numeric_param_of_the_grid(tmp_path: Path) -> None:
@@ -633,6 +676,27 @@ def test_an_output_a_frame_longer_or_shorter_is_paired_as_its_first_frames_match
     assert row["psnr"] > aligned["psnr"] - 1, (row, aligned)
     paired = range(max(-offset, 0), 20)  # the driver's frames that have an output, every 2nd analysed
     assert row["frames"] == len([frame for frame in paired if frame % 2 == 0])
+
+
+def test_a_still_opening_leaves_an_output_a_frame_longer_paired_from_the_start(corner_clip, tmp_path: Path) -> None:
+    """On a still opening (an animator's own grain over the driver's) both pairings match alike, and
+    taking the shifted one by any margin scored about half of such videos a frame late throughout."""
+    from portraitflow.operators.video_writer import write_h264
+
+    clip, rng = corner_clip, np.random.default_rng(0)
+    still = np.repeat(clip["frames"][:1], 12, axis=0).astype(np.int16)
+
+    def grain() -> np.ndarray:
+        return np.clip(still + rng.integers(-4, 5, still.shape), 0, 255).astype(np.uint8)
+
+    offsets = []
+    for attempt in range(8):
+        driver = tmp_path / f"driver{attempt}.mp4"
+        write_h264(driver, [grain()], fps=10.0)
+        output = grain()  # rendered: its own grain, one frame more at the end
+        output = _crop_video(clip, tmp_path / f"out{attempt}.mp4", 128, np.concatenate([output, output[-1:]]))
+        offsets.append(_evaluator(clip)._frame_offset(output, str(driver), 10.0, 1, clip["box"], False))
+    assert offsets == [0] * 8
 
 
 @pytest.mark.parametrize("shown", ["reference first", "last frame twice", "first frame missing"])

@@ -146,8 +146,9 @@ def test_the_curated_reference_is_the_identity_image_and_the_window_leaves_it_ou
     from portraitflow.operators.train_sample import sample_builder
     assert sample_builder(TrainDataConfig(reference="curated"), epoch=0).keywords["reference"] == "curated"
     del sample["json"]
-    with pytest.raises(SampleSkipped, match="no curated reference"):
+    with pytest.raises(SampleSkipped, match="no curated reference") as skipped:
         build_train_sample(sample, n_frames=4, seed=0, reference="curated")
+    assert skipped.value.reason == "no_curated_reference"
 
 
 def test_clips_curated_at_another_crop_size_batch_at_the_training_resolution(tmp_path) -> None:

@@ -418,8 +418,9 @@ def _decord_frames(reader, sources: np.ndarray, chunk_size: int) -> Iterator[np.
         unique, inverse = np.unique(sources[begin:begin + chunk_size], return_inverse=True)
         try:
             decoded = reader.get_batch(unique.tolist()).asnumpy()
-        except Exception as exc:  # decord raises bare errors on damaged packets mid-stream
-            raise VideoUnreadable(f"decoding failed near frame {int(unique[0])}: {str(exc).splitlines()[0][:200]}") from exc
+        except Exception as exc:  # decord's text on damaged packets mid-stream is its own source lines and codes
+            raise VideoUnreadable(f"decoding failed near frame {int(unique[0])} of {len(reader)}: the decoder rejects "
+                                  "the data there (damaged, or the file is cut short)") from exc
         yield decoded[inverse]
 
 
@@ -532,7 +533,7 @@ def _pyav_frames(path: Source, sources: np.ndarray, size: tuple[int, int], chunk
                         yield np.stack(chunk)
                         chunk = []
         except av.FFmpegError as exc:
-            raise VideoUnreadable(f"decoding failed near frame {index + 1}: {str(exc)[:200]}") from exc
+            raise VideoUnreadable(f"decoding failed near frame {index + 1}: {exc.strerror}") from exc  # str() names the file
         if wanted and last is None:
             raise VideoUnreadable("FFmpeg decoded no frame of the video")
         held = _upright_rgb(last, size) if wanted else None

@@ -169,10 +169,11 @@ def has_audio(path: str | Path) -> bool:
 
 
 #: bitexact: no library version strings in the file, so the bytes depend on the frames and settings
-#: only, not on which FFmpeg build (PyAV's or decord's) a worker loaded first. faststart: the index
-#: (moov) is moved before the frames once they are written, so a browser plays the file while it
-#: downloads instead of fetching its end first.
-MUX_OPTIONS = {"fflags": "+bitexact", "movflags": "+faststart"}
+#: only, not on which FFmpeg build (PyAV's or decord's) a worker loaded first
+MUX_OPTIONS = {"fflags": "+bitexact"}
+#: the index (moov) moved before the frames once they are written, so a browser plays the file while
+#: it downloads instead of fetching its end first
+FASTSTART = {"movflags": "+faststart"}
 
 #: AVColorSpace / AVColorPrimaries / AVColorTransferCharacteristic SMPTE 170M (BT.601, 525 lines)
 #: and AVColorRange MPEG (limited)
@@ -196,6 +197,7 @@ def write_h264(
     preset: str = "veryfast",
     keyframe_interval: int | None = None,
     threads: int = 0,
+    faststart: bool = True,
 ) -> int:
     """Encode (T, H, W, 3) uint8 RGB chunks to an mp4 at `path`; returns the number of frames.
 
@@ -209,14 +211,16 @@ def write_h264(
 
     The file appears only when complete (temp file + rename), so a crash never leaves a
     half-written output that a resume would mistake for a finished one; its index comes first
-    (`MUX_OPTIONS`).
+    (`FASTSTART`) unless `faststart` is off (the index last, as a camera writes it: a copy cut
+    short loses it).
     """
     import av
 
     audio = _AudioSource.open(audio_from, audio_start_s) if audio_from else None
     frames_written = 0
     try:
-        with atomic_target(path) as tmp, av.open(tmp, mode="w", format="mp4", options=MUX_OPTIONS) as out:
+        with atomic_target(path) as tmp, av.open(tmp, mode="w", format="mp4",
+                                                  options={**MUX_OPTIONS, **(FASTSTART if faststart else {})}) as out:
             video = None
             out_audio = None
             if audio is not None:

@@ -39,7 +39,8 @@ def _corrupt_inputs(folder: Path) -> dict[str, str]:
     from portraitflow.operators.video_writer import write_h264
 
     whole = folder / "whole.tmp"
-    write_h264(whole.with_suffix(".mp4"), [np.random.default_rng(0).integers(0, 255, (30, 64, 64, 3), np.uint8)], 25)
+    write_h264(whole.with_suffix(".mp4"), [np.random.default_rng(0).integers(0, 255, (30, 64, 64, 3), np.uint8)], 25,
+               faststart=False)  # the index at the end, lost with the cut
     data = whole.with_suffix(".mp4").read_bytes()
     whole.with_suffix(".mp4").unlink()
     (folder / "truncated.mp4").write_bytes(data[: len(data) // 3])

@@ -1,6 +1,7 @@
 """Decoding in chunks with resampling, and H.264 encoding with the driver's audio."""
 from __future__ import annotations
 
+import re
 import struct
 from fractions import Fraction
 from pathlib import Path
@@ -239,15 +240,21 @@ def test_an_unopenable_video_says_ffmpegs_reason_without_its_path(tmp_path: Path
 
 
 def test_the_index_of_an_output_comes_before_its_frames(tmp_path: Path) -> None:
-    """faststart: a browser plays the file while it downloads, not after fetching its end."""
-    path = tmp_path / "out.mp4"
-    write_h264(path, [_gradient_clip(10)], fps=25)
-    data, boxes, offset = path.read_bytes(), [], 0
-    while offset < len(data):
-        size, kind = struct.unpack(">I4s", data[offset:offset + 8])
-        boxes.append(kind.decode())
-        offset += size
-    assert offset == len(data) and boxes.index("moov") < boxes.index("mdat"), boxes
+    """faststart: a browser plays the file while it downloads, not after fetching its end; off, the
+    index comes last, as a camera writes it (the samples' cut copy loses it)."""
+    def boxes(faststart: bool) -> list[str]:
+        path = tmp_path / f"out{faststart}.mp4"
+        write_h264(path, [_gradient_clip(10)], fps=25, faststart=faststart)
+        data, found, offset = path.read_bytes(), [], 0
+        while offset < len(data):
+            size, kind = struct.unpack(">I4s", data[offset:offset + 8])
+            found.append(kind.decode())
+            offset += size
+        assert offset == len(data)
+        return found
+
+    first, last = boxes(True), boxes(False)
+    assert first.index("moov") < first.index("mdat") and last.index("moov") > last.index("mdat"), (first, last)
 
 
 def test_audio_of_the_driver_is_muxed_and_cut_to_the_video(media_dir: Path, media_manifest, tmp_path: Path) -> None:
@@ -662,3 +669,19 @@ def test_audio_seconds_says_how_much_of_a_clip_has_sound(tmp_path: Path) -> None
     write_h264(silent, [_gradient_clip(25)], fps=25.0)
     assert audio_seconds(clip) == pytest.approx(1.0, abs=0.05)
     assert audio_seconds(silent) == 0.0
+
+
+def test_a_download_cut_short_fails_where_its_data_ends_with_a_reason_that_groups(tmp_path: Path) -> None:
+    """A faststart file (index first, as web videos are) cut short keeps its index: it opens, and
+    decoding fails where the data ends. decord's text there was its own source lines and codes."""
+    whole = tmp_path / "whole.mp4"
+    write_h264(whole, [np.random.default_rng(0).integers(0, 256, (60, 64, 64, 3), np.uint8)], fps=25)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    info = probe_video(str(cut))
+    with pytest.raises(VideoUnreadable) as raised:
+        for _ in iter_frame_chunks(str(cut), info.fps, chunk_size=8):
+            pass
+    assert re.fullmatch(r"decoding failed near frame \d+ of \d+: the decoder rejects the data there "
+                        r"\(damaged, or the file is cut short\)", str(raised.value)), raised.value

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,6 +44,7 @@ from portraitflow.operators.atomic import atomic_write, exclusive_folder, write_
 from portraitflow.operators.eval_dataset import dataset_jobs
 from portraitflow.operators.evaluate_video import learned_aggregates
 from portraitflow.operators.generation_jobs import input_fingerprint
+from portraitflow.operators.generation_results import records_dir
 from portraitflow.pipelines.evaluate import evaluate_outputs
 
 if TYPE_CHECKING:
@@ -380,7 +383,9 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
                 work_dir.mkdir(parents=True, exist_ok=True)
                 for stale in (SCORED_BY, "per_video.parquet"):  # until this scoring finishes, nothing here stands
                     (work_dir / stale).unlink(missing_ok=True)
+                adopted = _adopt_earlier_videos(out_dir / "configs", outputs_dir)
                 generated = generate_outputs(params, jobs, outputs_dir, cfg)
+                _drop_unused(adopted, generated)
                 children.check()
                 outcome = generated[[c for c in ("job_id", "status", "reason", "output") if c in generated]]
                 merged = inputs.merge(outcome, on="job_id", how="left", validate="one_to_one")  # ids unique (dataset_jobs)
@@ -530,16 +535,61 @@ def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir:
     return parent_id
 
 
+def _earlier_layout(configs: Path) -> list[Path]:
+    """The config folders of the layout before videos and scores were kept apart: one folder per
+    config and scoring, its scores beside its `outputs/`."""
+    return sorted({path.parent for name in (SCORED_BY, "per_video.parquet") for path in configs.glob(f"*/{name}")})
+
+
 def _warn_of_earlier_layout(out_dir: Path) -> None:
-    """Name the config folders of the layout before videos and scores were kept apart (scores beside
-    the videos, in one folder per config and scoring): they are not read, so their configs are made
-    and scored again in the folders of this layout, and only a person can tell when to delete them."""
-    earlier = sorted({path.parent.name for name in (SCORED_BY, "per_video.parquet")
-                      for path in (out_dir / "configs").glob(f"*/{name}")})
+    """Name the earlier layout's folders: their scores are not read (their configs are scored again),
+    their videos are taken where they fit (`_adopt_earlier_videos`), and only a person can tell when
+    to delete them."""
+    earlier = _earlier_layout(out_dir / "configs")
     if earlier:
-        log.warning("%s/configs holds %d folder(s) of an earlier layout (%s): not read; their configs are made and "
-                    "scored again under configs/<generation hash>/ (delete those folders to free their space)",
-                    out_dir, len(earlier), ", ".join(earlier))
+        log.warning("%s/configs holds %d folder(s) of an earlier layout (%s): their videos are taken into "
+                    "configs/<generation hash>/outputs/ where a config makes the same ones, their scores are not read "
+                    "(its configs are scored again); delete those folders once this sweep has finished",
+                    out_dir, len(earlier), ", ".join(folder.name for folder in earlier))
+
+
+def _adopt_earlier_videos(configs: Path, outputs_dir: Path) -> list[Path]:
+    """Link into `outputs_dir` the videos of the earlier layout's folders (and their generation
+    records) that it lacks, so generation's resume skips those it would make: a video's name digests
+    its inputs and every setting that makes it, so another config's never matches. Returns the links
+    made, which `_drop_unused` takes out again where generation did not use them."""
+    made = []
+    for folder in _earlier_layout(configs):
+        for video in sorted((folder / "outputs").glob("*.mp4")):
+            target = outputs_dir / video.name
+            if target.exists():
+                continue
+            outputs_dir.mkdir(parents=True, exist_ok=True)
+            _link(video, target)
+            made.append(target)
+            record = records_dir(folder / "outputs") / f"{video.stem}.json"
+            if record.is_file() and not (kept := records_dir(outputs_dir) / record.name).exists():
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                _link(record, kept)
+    return made
+
+
+def _link(source: Path, target: Path) -> None:
+    """A hard link (no space taken twice), or a copy keeping the modification time where the file
+    system has none: a generation record names its video's size and time."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _drop_unused(adopted: list[Path], generated: pd.DataFrame) -> None:
+    """Remove the adopted videos (and records) that are no output of this config's jobs."""
+    used = {Path(output).name for output in generated["output"].dropna() if output} if "output" in generated else set()
+    for video in adopted:
+        if video.name not in used:
+            video.unlink(missing_ok=True)
+            (records_dir(video.parent) / f"{video.stem}.json").unlink(missing_ok=True)
 
 
 #: the MLflow store a sweep into OUT recorded its runs in (credentials removed)

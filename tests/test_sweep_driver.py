@@ -657,10 +657,11 @@ def test_a_scoring_setting_changed_scores_the_same_videos_again_instead_of_makin
     assert pd.read_csv(out / "summary.csv")["generation_hash"].tolist() == [videos.name]
 
 
-def test_a_config_folder_of_the_earlier_layout_is_named_and_never_read(driver, monkeypatch, caplog) -> None:
-    """Before videos and scores were kept apart, OUT/configs/<config hash>/ held both: such a folder is
-    not taken for scores of this layout (its configs are made and scored again), and a warning
-    names it so it can be deleted."""
+def test_a_config_folder_of_the_earlier_layout_gives_its_videos_but_not_its_scores(driver, monkeypatch, caplog) -> None:
+    """Before videos and scores were kept apart, OUT/configs/<config hash>/ held both: such a folder's
+    scores are not taken (its configs are scored again), its videos are (they were made whole; with
+    hunyuan, hours of GPU), another config's stray video is not left in this one's folder, and a
+    warning names the folder so it can be deleted."""
     import shutil
 
     sweep, cfg, data = driver
@@ -671,13 +672,17 @@ def test_a_config_folder_of_the_earlier_layout_is_named_and_never_read(driver, m
     earlier = out / "configs" / scores.name  # as the earlier layout left it: named by the config hash
     shutil.copytree(scores, earlier)
     shutil.copytree(scores.parent.parent / "outputs", earlier / "outputs")
+    (earlier / "outputs" / "another-config.mp4").write_bytes(b"a video no job of this config makes")
     shutil.rmtree(scores.parent.parent)
     with caplog.at_level(logging.WARNING, logger="portraitflow.jobs.sweep"):
         sweep.run_sweep(spec, cfg, out)
     [warned] = [r.getMessage() for r in caplog.records if "earlier layout" in r.getMessage()]
     assert earlier.name in warned
-    assert pd.read_csv(out / "summary.csv")["reused"].tolist() == [False] and len(made) == 2
+    assert pd.read_csv(out / "summary.csv")["reused"].tolist() == [False] and len(made) == 1  # scored, not made
     assert (earlier / sweep.SCORED_BY).is_file() and len(list(out.glob("configs/*/scores/*/per_video.parquet"))) == 1
+    [outputs] = [folder for folder in out.glob("configs/*/outputs") if folder.parent != earlier]
+    assert sorted(p.name for p in outputs.glob("*.mp4")) == sorted(p.name for p in (earlier / "outputs").glob("*.mp4")
+                                                                   if p.name != "another-config.mp4")
 
 
 def test_the_parent_counts_the_videos_that_failed_in_any_config(driver, monkeypatch) -> None:

@@ -40,7 +40,7 @@ from portraitflow.jobs.runtime import (
     mlflow_tracking_uri, require_resource,
 )
 from portraitflow.operators import metrics, metrics_learned, report, sweep_spec
-from portraitflow.operators.atomic import atomic_write, exclusive_folder, write_parquet
+from portraitflow.operators.atomic import atomic_target, atomic_write, exclusive_folder, write_parquet
 from portraitflow.operators.eval_dataset import dataset_jobs
 from portraitflow.operators.evaluate_video import learned_aggregates
 from portraitflow.operators.generation_jobs import input_fingerprint
@@ -273,7 +273,7 @@ def score_and_log(client: MlflowClient, run_id: str, jobs: pd.DataFrame, label: 
     if len(table):  # over every job: a video that failed shows no face (what ranking compares, report.rank)
         rates = table["detection_rate"] if "detection_rate" in table else pd.Series(float("nan"), index=table.index)
         rates = rates.where(table["status"] == "ok", 0.0)  # NaN stays only where a driver showed no face
-        aggregates["detection_rate"] = float(rates.mean()) if rates.notna().any() else 0.0
+        aggregates["detection_rate"] = float(rates.mean())  # NaN where no driver shows a face: nothing to keep
     aggregates.update(learned_aggregates(work_dir, list(ok["job_id"])))
     aggregates.update(jobs_ok=len(ok), jobs_failed=len(table) - len(ok))
     log_values(client, run_id, metrics=aggregates)
@@ -383,9 +383,9 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
                 work_dir.mkdir(parents=True, exist_ok=True)
                 for stale in (SCORED_BY, "per_video.parquet"):  # until this scoring finishes, nothing here stands
                     (work_dir / stale).unlink(missing_ok=True)
-                adopted = _adopt_earlier_videos(out_dir / "configs", outputs_dir)
+                if earlier := _earlier_layout(out_dir / "configs"):
+                    _adopt_earlier_videos(earlier, outputs_dir, _planned_names(params, jobs, outputs_dir, cfg))
                 generated = generate_outputs(params, jobs, outputs_dir, cfg)
-                _drop_unused(adopted, generated)
                 children.check()
                 outcome = generated[[c for c in ("job_id", "status", "reason", "output") if c in generated]]
                 merged = inputs.merge(outcome, on="job_id", how="left", validate="one_to_one")  # ids unique (dataset_jobs)
@@ -537,8 +537,9 @@ def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir:
 
 def _earlier_layout(configs: Path) -> list[Path]:
     """The config folders of the layout before videos and scores were kept apart: one folder per
-    config and scoring, its scores beside its `outputs/`."""
-    return sorted({path.parent for name in (SCORED_BY, "per_video.parquet") for path in configs.glob(f"*/{name}")})
+    config and scoring, its videos in `outputs/` with no `scores/` beside them (this layout makes
+    `scores/` before any video)."""
+    return sorted(folder.parent for folder in configs.glob("*/outputs") if not (folder.parent / "scores").exists())
 
 
 def _warn_of_earlier_layout(out_dir: Path) -> None:
@@ -553,43 +554,45 @@ def _warn_of_earlier_layout(out_dir: Path) -> None:
                     out_dir, len(earlier), ", ".join(folder.name for folder in earlier))
 
 
-def _adopt_earlier_videos(configs: Path, outputs_dir: Path) -> list[Path]:
-    """Link into `outputs_dir` the videos of the earlier layout's folders (and their generation
-    records) that it lacks, so generation's resume skips those it would make: a video's name digests
-    its inputs and every setting that makes it, so another config's never matches. Returns the links
-    made, which `_drop_unused` takes out again where generation did not use them."""
-    made = []
-    for folder in _earlier_layout(configs):
-        for video in sorted((folder / "outputs").glob("*.mp4")):
-            target = outputs_dir / video.name
-            if target.exists():
+def _planned_names(params: dict[str, Any], jobs: list[dict], outputs_dir: Path, cfg: PortraitFlowConfig) -> set[str]:
+    """The file names generation gives this config's videos (`plan_rows`: they digest each job's
+    inputs and every setting that makes its video)."""
+    from portraitflow.models.animators.registry import resolve_backend
+    from portraitflow.operators.generation_jobs import Job
+    from portraitflow.operators.generation_results import plan_rows
+
+    animate = sweep_spec.config_settings(params, cfg)
+    rows = plan_rows([Job(j["job_id"], j["ref"], j["driving"]) for j in jobs], outputs_dir, resolve_backend(animate),
+                     animate, resume=False, face=cfg.face)
+    return {Path(row["output"]).name for row in rows if row["output"]}
+
+
+def _adopt_earlier_videos(earlier: list[Path], outputs_dir: Path, names: set[str]) -> None:
+    """Link into `outputs_dir` the videos named in `names` that it lacks from the `earlier` layout's
+    config folders, with their generation records, so generation's resume skips them (a name
+    digests a video's inputs and settings: another config's never matches)."""
+    for folder in earlier:
+        for name in sorted(names):
+            video, target = folder / "outputs" / name, outputs_dir / name
+            if not video.is_file() or target.exists():
                 continue
-            outputs_dir.mkdir(parents=True, exist_ok=True)
-            _link(video, target)
-            made.append(target)
             record = records_dir(folder / "outputs") / f"{video.stem}.json"
-            if record.is_file() and not (kept := records_dir(outputs_dir) / record.name).exists():
-                kept.parent.mkdir(parents=True, exist_ok=True)
-                _link(record, kept)
-    return made
+            if record.is_file():
+                _link(record, records_dir(outputs_dir) / record.name)  # first: it vouches for the video
+            _link(video, target)
 
 
 def _link(source: Path, target: Path) -> None:
-    """A hard link (no space taken twice), or a copy keeping the modification time where the file
-    system has none: a generation record names its video's size and time."""
+    """A hard link (no space taken twice), else an atomic copy keeping the modification time: a
+    generation record names its video's size and time."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(source, target)
+    except FileExistsError:
+        pass
     except OSError:
-        shutil.copy2(source, target)
-
-
-def _drop_unused(adopted: list[Path], generated: pd.DataFrame) -> None:
-    """Remove the adopted videos (and records) that are no output of this config's jobs."""
-    used = {Path(output).name for output in generated["output"].dropna() if output} if "output" in generated else set()
-    for video in adopted:
-        if video.name not in used:
-            video.unlink(missing_ok=True)
-            (records_dir(video.parent) / f"{video.stem}.json").unlink(missing_ok=True)
+        with atomic_target(target) as tmp:
+            shutil.copy2(source, tmp)
 
 
 #: the MLflow store a sweep into OUT recorded its runs in (credentials removed)

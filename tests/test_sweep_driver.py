@@ -666,6 +666,8 @@ def test_a_config_folder_of_the_earlier_layout_gives_its_videos_but_not_its_scor
 
     sweep, cfg, data = driver
     made = _fake_generation(sweep, monkeypatch)
+    # the fake generation names each video by its job (the real one as `plan_rows` plans)
+    monkeypatch.setattr(sweep, "_planned_names", lambda params, jobs, *_: {f"{job['job_id']}.mp4" for job in jobs})
     spec, out = _spec(data, [{"backend": "still"}]), data.parent / "out"
     sweep.run_sweep(spec, cfg, out)
     [scores] = out.glob("configs/*/scores/*")

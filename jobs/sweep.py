@@ -43,7 +43,7 @@ from portraitflow.operators import metrics, metrics_learned, report, sweep_spec
 from portraitflow.operators.atomic import atomic_target, atomic_write, exclusive_folder, write_parquet
 from portraitflow.operators.eval_dataset import dataset_jobs
 from portraitflow.operators.evaluate_video import learned_aggregates
-from portraitflow.operators.generation_jobs import input_fingerprint
+from portraitflow.operators.generation_jobs import Job, input_fingerprint
 from portraitflow.operators.generation_results import records_dir
 from portraitflow.pipelines.evaluate import evaluate_outputs
 
@@ -314,15 +314,17 @@ def generate_outputs(params: dict[str, Any], jobs: list[dict], out_dir: Path, cf
     """A row per job for one config, at least (job_id, status, reason, output): the generation job
     with the config's params as its animate settings (validated first, `config_settings`, before
     anything is written or run), without an MLflow run of its own (the config's child run records it)."""
-    from portraitflow.operators.generation_jobs import Job
-
     animate = sweep_spec.config_settings(params, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not jobs:
         return pd.DataFrame(columns=["job_id", "status", "reason", "output"])
-    table = run_generation([Job(j["job_id"], j["ref"], j["driving"]) for j in jobs], out_dir,
-                           cfg.model_copy(update={"animate": animate}), log_run=False)
+    table = run_generation(_generation_jobs(jobs), out_dir, cfg.model_copy(update={"animate": animate}), log_run=False)
     return table.assign(status=table["status"].replace({"skipped": "ok"}))  # skipped = finished before
+
+
+def _generation_jobs(jobs: list[dict]) -> list[Job]:
+    """A sweep's dataset jobs as the generation flow takes them."""
+    return [Job(j["job_id"], j["ref"], j["driving"]) for j in jobs]
 
 
 def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepSpec, evaluate: EvaluateConfig,
@@ -558,12 +560,11 @@ def _planned_names(params: dict[str, Any], jobs: list[dict], outputs_dir: Path, 
     """The file names generation gives this config's videos (`plan_rows`: they digest each job's
     inputs and every setting that makes its video)."""
     from portraitflow.models.animators.registry import resolve_backend
-    from portraitflow.operators.generation_jobs import Job
     from portraitflow.operators.generation_results import plan_rows
 
     animate = sweep_spec.config_settings(params, cfg)
-    rows = plan_rows([Job(j["job_id"], j["ref"], j["driving"]) for j in jobs], outputs_dir, resolve_backend(animate),
-                     animate, resume=False, face=cfg.face)
+    rows = plan_rows(_generation_jobs(jobs), outputs_dir, resolve_backend(animate), animate, resume=False,
+                     face=cfg.face)
     return {Path(row["output"]).name for row in rows if row["output"]}
 
 

@@ -411,7 +411,8 @@ class JobEvaluator:
         """How many frames the output runs ahead of the driver, when it has `extra` (1 or -1) frames
         more: 1 pairs the output's second frame with the driver's first (a generator that writes the
         reference first), -1 the output's first with the driver's second, 0 both first frames (the
-        longer one's last frame left over; kept when neither pairing matches better). Measured on
+        longer one's last frame left over; kept unless the shifted pairing matches clearly better,
+        by ALIGNMENT_MARGIN). Measured on
         the first ALIGNMENT_PROBE_FRAMES pairs only, a few frames decoded again rather than the whole
         videos twice: self, the mean pixel error (L1) against the ground truth; cross,
         `_motion_mismatch` of the landmarks."""

@@ -20,7 +20,7 @@ from portraitflow.operators.generation_jobs import Job, load_jobs
 from portraitflow.operators.generation_results import (
     RESULTS_FILE, log_to_mlflow, merged_with_earlier, plan_rows, records_dir, results_table, save_preview,
 )
-from portraitflow.pipelines.generate import animate_pending, animation_pool
+from portraitflow.pipelines.generate import PREP_MEMORY, animate_pending, animation_memory, animation_pool
 
 
 def _fresh(folder: Path) -> Path:
@@ -84,3 +84,9 @@ def _check_resources(backend: str, cfg: PortraitFlowConfig) -> None:
         require_resource(cfg.ray, "GPU", 1, lambda gpus: (
             f"hunyuan with animate.gpus={cfg.animate.gpus} needs a GPU for each animation actor; Ray has "
             f"{gpus:g}: pass --gpus 0 to animate on CPU actors (float32, slow)"))
+    memory = animation_memory(cfg.animate) + PREP_MEMORY
+    require_resource(cfg.ray, "memory", memory, lambda have: (
+        f"an animation actor and the preparation task feeding it declare {memory / 1024**3:.1f} GiB (the actor "
+        f"holds about 5 windows of output frames, animate.window={cfg.animate.window} at up to "
+        f"{max(cfg.animate.size, cfg.animate.max_output_side or 2048)} px); Ray has {have / 1024**3:.1f} GiB: lower "
+        "animate.window or animate.max_output_side"))

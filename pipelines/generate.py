@@ -19,6 +19,11 @@ from portraitflow.operators.quarantine import MAX_ATTEMPTS
 #: a preparation task holds the face models and one chunk of full-resolution frames. Declaring
 #: it also keeps Ray Data from fusing the tasks into the animation actors (different resources).
 PREP_MEMORY = 768 * 1024**2
+#: an animation actor's memory besides its output frames (interpreter, animator, encoder), and the
+#: windows of output frames it holds at once: a 2048-px paste-back at `window` 25 peaked 1.37 GB
+#: above the actor's start, 4.4 windows.
+ACTOR_BASE_MEMORY = 512 * 1024**2
+WINDOWS_HELD = 5
 #: the reason of a job whose result never came back from Ray (its worker died, its block was
 #: dropped): like curation's lost inputs (jobs/curate.py) it still gets its `failed` row.
 LOST_REASON = "animation: the worker processing this job crashed; its result never came back"
@@ -33,6 +38,14 @@ def animation_pool(backend: str, cfg: AnimateConfig) -> tuple[int, int]:
     if backend == "hunyuan" and cfg.gpus > 0:
         return cfg.gpus, 1
     return cfg.actors, 0
+
+
+def animation_memory(cfg: AnimateConfig) -> int:
+    """Bytes an animation actor declares, so Ray never packs more actors onto a node than its memory
+    holds: the largest output frame (the paste-back cap; 2048 px when uncapped, as a photo's size is
+    not known ahead) times the windows held at once."""
+    side = max(cfg.size, cfg.max_output_side or 2048)
+    return ACTOR_BASE_MEMORY + WINDOWS_HELD * cfg.window * side * side * 3
 
 
 def animate_pending(pending: list[dict[str, Any]], backend: str, cfg: PortraitFlowConfig, motion_dir: Path,
@@ -56,7 +69,8 @@ def animate_pending(pending: list[dict[str, Any]], backend: str, cfg: PortraitFl
         .map_batches(AnimateJobs, fn_constructor_kwargs={"backend": backend, "records_dir": str(records_dir),
                                                          "animate_cfg_json": cfg.animate.model_dump_json(), **crashes},
                      batch_size=1, compute=ActorPoolStrategy(min_size=1, max_size=actors),
-                     num_cpus=cfg.animate.cpus_per_actor, num_gpus=gpus_per_actor)
+                     num_cpus=cfg.animate.cpus_per_actor, num_gpus=gpus_per_actor,
+                     memory=animation_memory(cfg.animate))
         .take_all()
     )
     by_job = {row["job_id"]: row for row in finished}  # ids are unique; a failed row's output is blank

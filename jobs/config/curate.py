@@ -130,7 +130,10 @@ class CurateConfig(BaseModel):
     crop_size: int = Field(
         512, ge=16, description="Side of the square crops, in px; even, as H.264 in yuv420p needs even sides."
     )
-    crf: int = Field(18, ge=0, le=51, description="H.264 constant rate factor of the crops.")
+    crf: int = Field(
+        18, ge=0, le=51, description="H.264 constant rate factor of the crops (0 is lossless: the High 4:4:4 "
+        "Predictive profile, which FFmpeg and decord decode but browsers do not play).",
+    )
     keep_audio: bool = Field(True, description="Mux the source's audio of each clip's time range into its mp4 (AAC).")
     keyframe_interval: int = Field(
         25, ge=0,

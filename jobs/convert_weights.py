@@ -1,4 +1,4 @@
-"""`portraitflow convert-weights DIR --out OUT`: the HunyuanPortrait release as safetensors, once.
+"""`portraitflow convert-weights DIR OUT`: the HunyuanPortrait release as safetensors, once.
 
 Later loads from OUT are pickle-free and memory-mapped; the layout stays the official one.
 """
@@ -10,19 +10,28 @@ import typer
 
 
 def convert_weights(
-    weights_dir: Path = typer.Argument(..., help="Folder in the official layout (hyportrait/*.pth, vae/, unet/, scheduler/)."),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder to write (same layout, every .pth as .safetensors)."),
+    weights_dir: Path = typer.Argument(..., metavar="DIR", help="Folder in the official layout (hyportrait/*.pth, vae/, unet/, scheduler/)."),
+    out: Path | None = typer.Argument(None, metavar="OUT", show_default=False,
+                                      help="Folder to write (same layout, every .pth as .safetensors)."),
+    out_option: Path | None = typer.Option(None, "--out", "-o", show_default=False,
+                                           help="OUT as an option, as the other verbs take it."),
 ) -> None:
     """Convert the release's .pth checkpoints (read with weights_only=True) to safetensors.
 
     OUT appears (or gets its missing files) only once every file is converted; until then they
-    wait in OUT.partial (OUT/.partial when OUT exists), from which a rerun resumes."""
+    wait in OUT.partial (OUT/.partial when OUT exists), from which a rerun resumes; what was
+    staged from another DIR, or from a file downloaded again since, is converted again."""
     from portraitflow.models.hunyuan.weights import WeightsMissing, WeightsUnreadable, convert_weights as convert
 
+    if out is None and out_option is None:
+        raise typer.BadParameter("give the folder to write, as OUT or --out OUT", param_hint="OUT")
+    if out is not None and out_option is not None and out != out_option:
+        raise typer.BadParameter(f"OUT {out} and --out {out_option} differ; give one", param_hint="OUT")
+    out_dir = out or out_option
     try:
         written = convert(weights_dir, out_dir)
     except (WeightsMissing, WeightsUnreadable) as exc:  # a usage error, as animate reports it
-        raise typer.BadParameter(str(exc), param_hint="WEIGHTS_DIR") from exc
+        raise typer.BadParameter(str(exc), param_hint="DIR") from exc
     for path in written:
         typer.echo(f"wrote {path}")
     typer.echo(f"{len(written)} file(s) written to {out_dir}" if written else f"{out_dir} is already complete")

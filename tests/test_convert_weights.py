@@ -1,7 +1,10 @@
 """`convert-weights` on a release folder with a corrupt or partly downloaded checkpoint."""
 from __future__ import annotations
 
+import argparse
 import io
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -85,3 +88,99 @@ def test_an_existing_folder_gets_its_missing_files_only_when_all_are_converted(r
     assert done.exit_code == 0, done.output
     assert len(list(release.glob("hyportrait/*.safetensors"))) == len(HYPORTRAIT_MODULES)
     assert not (release / ".partial").exists()
+
+
+class Killed(BaseException):
+    """Stands for a conversion killed mid-way (nothing in it catches a BaseException)."""
+
+
+def test_a_resume_installs_only_what_was_staged_from_the_current_sources(release: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run from folder A killed before its end, then a run from folder B into the same OUT: OUT
+    must hold B's files only, not A's staged ones (nor A's fp16 VAE, which loads would prefer)."""
+    other = tmp_path / "other"
+    shutil.copytree(release, other)
+    (other / "hyportrait" / "pose_guider.pth").write_bytes(_checkpoint(99))
+    (other / "vae" / VAE_WEIGHTS[0]).unlink()
+    (other / "vae" / VAE_WEIGHTS[1]).write_text("B's VAE")
+    (release / weights.ARCFACE).write_bytes(b"onnx")
+    copy = weights._atomic_copy
+
+    def killed_at_arcface(source: Path, target: Path) -> None:
+        if source.name == weights.ARCFACE:
+            raise Killed
+        copy(source, target)
+
+    monkeypatch.setattr(weights, "_atomic_copy", killed_at_arcface)
+    out = tmp_path / "converted"
+    with pytest.raises(Killed):
+        weights.convert_weights(release, out)
+    assert (tmp_path / "converted.partial" / "hyportrait" / "pose_guider.safetensors").is_file()
+
+    reads = _count_reads(monkeypatch)
+    done = _convert(other, out)
+    assert done.exit_code == 0, done.output
+    assert [p.stem for p in reads] == list(HYPORTRAIT_MODULES)
+    assert torch.equal(weights.read_state_dict(out / "hyportrait" / "pose_guider.safetensors")["weight"],
+                       torch.load(other / "hyportrait" / "pose_guider.pth")["weight"])
+    assert sorted(p.name for p in (out / "vae").iterdir()) == ["config.json", VAE_WEIGHTS[1]]
+    assert not (out / weights.ARCFACE).exists() and not (out / weights.STAGED_FROM).exists()
+
+
+def test_a_resume_converts_again_a_checkpoint_downloaded_again(release: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    headpose = release / "hyportrait" / "headpose.pth"
+    whole = headpose.read_bytes()
+    headpose.write_bytes(whole[:100])
+    out = tmp_path / "converted"
+    assert _convert(release, out).exit_code == 2  # unet .. expression are staged
+
+    headpose.write_bytes(whole)
+    new_pose_guider = torch.randn(5, 5)  # another size: a new version whatever the clock's resolution
+    torch.save({"weight": new_pose_guider}, release / "hyportrait" / "pose_guider.pth")
+    reads = _count_reads(monkeypatch)
+    done = _convert(release, out)
+    assert done.exit_code == 0, done.output
+    assert [p.stem for p in reads] == ["pose_guider", "headpose", "motion_proj"]
+    assert torch.equal(weights.read_state_dict(out / "hyportrait" / "pose_guider.safetensors")["weight"],
+                       new_pose_guider)
+
+
+@pytest.mark.parametrize("how", [["OUT"], ["--out", "OUT"], ["-o", "OUT"], ["OUT", "--out", "OUT"]])
+def test_out_is_positional_or_an_option(release: Path, tmp_path: Path, how: list[str]) -> None:
+    out = tmp_path / "converted"
+    args = [str(out) if arg == "OUT" else arg for arg in how]
+    done = CliRunner().invoke(app, ["convert-weights", str(release), *args], env=WIDE)
+    assert done.exit_code == 0, done.output
+    assert (out / "hyportrait" / "unet.safetensors").is_file()
+
+
+def test_out_missing_or_given_twice_differently_is_a_usage_error(release: Path, tmp_path: Path) -> None:
+    neither = CliRunner().invoke(app, ["convert-weights", str(release)], env=WIDE)
+    assert neither.exit_code == 2 and "give the folder to write, as OUT or --out OUT" in neither.output
+    both = CliRunner().invoke(app, ["convert-weights", str(release), str(tmp_path / "a"), "--out",
+                                    str(tmp_path / "b")], env=WIDE)
+    assert both.exit_code == 2 and "differ; give one" in both.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("pickled", ["module", "namespace"])
+def test_a_checkpoint_that_needs_pickle_is_not_called_corrupt(release: Path, tmp_path: Path, pickled: str) -> None:
+    path = release / "hyportrait" / "pose_guider.pth"
+    linear = torch.nn.Linear(2, 2)
+    torch.save(linear if pickled == "module" else {"state_dict": linear.state_dict(), "args": argparse.Namespace(a=1)},
+               path)
+    failed = _convert(release, tmp_path / "converted")
+    said = " ".join(failed.output.replace("│", " ").split())
+    assert failed.exit_code == 2, failed.output
+    assert f"{path} is not a plain tensor state dict: it holds" in said
+    assert ("torch.nn.modules.linear.Linear" if pickled == "module" else "argparse.Namespace") in said
+    assert "PortraitFlow does not unpickle" in said and "torch.load(PATH, weights_only=False)" in said
+    assert "download it again" not in said and "Traceback" not in said
+
+
+@pytest.mark.parametrize("config", CONFIG_FILES)
+def test_a_corrupt_config_file_is_named(release: Path, config: str) -> None:
+    (release / config).write_text("{")
+    with pytest.raises(weights.WeightsUnreadable, match=f"^{re.escape(str(release / config))} is not valid JSON"):
+        weights.load_models(release, size="tiny")

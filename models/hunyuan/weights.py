@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +45,10 @@ HYPORTRAIT_MODULES = ("unet", "pose_guider", "dino", "image_proj", "expression",
 VAE_WEIGHTS = ("diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors")
 CONFIG_FILES = ("vae/config.json", "unet/config.json", "scheduler/scheduler_config.json")
 ARCFACE = "arcface.onnx"
+#: in a conversion's staging folder: which source file (path, size, mtime) each staged file came from
+STAGED_FROM = ".staged_from.json"
+#: torch's weights-only unpickler refusing a Python object (a module, an argparse.Namespace, ...)
+_PICKLED_OBJECT = re.compile(r"GLOBAL (\S+) (?:was not an allowed global|whose module)")
 
 #: SVD-XT `vae/config.json` (diffusers layout).
 SVD_XT_VAE_CONFIG: dict = {
@@ -207,10 +213,26 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)  # the pre-zip format cannot be mapped
     except Exception as exc:  # a cut or corrupt file fails in many ways (zip, unpickler, safetensors header)
+        pickled = _PICKLED_OBJECT.search(str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
+        if pickled:  # an intact file that a new download would not change
+            raise WeightsUnreadable(
+                f"{path} is not a plain tensor state dict: it holds {pickled[1]}, which only unpickling could "
+                "rebuild, and PortraitFlow does not unpickle (it can run arbitrary code). From a copy you trust, "
+                "convert it yourself: obj = torch.load(PATH, weights_only=False), then torch.save(obj.state_dict(), "
+                "PATH) for a whole module, or torch.save of the dict that holds its tensors (e.g. obj['state_dict'])"
+            ) from exc
         first_sentence = " ".join(str(exc).split()).split(". ")[0]
         raise WeightsUnreadable(
             f"{path} is unreadable or incomplete; download it again ({type(exc).__name__}: {first_sentence})"
         ) from exc
+
+
+def _read_json(path: Path) -> dict:
+    """A config file, or WeightsUnreadable naming it (json's own error names no file)."""
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not text
+        raise WeightsUnreadable(f"{path} is not valid JSON ({exc}); download it again") from exc
 
 
 def _load_strict(module: nn.Module, path: Path, name: str) -> None:
@@ -234,9 +256,9 @@ def load_models(weights_dir: str | Path, device: torch.device | str = "cpu", dty
     `size` picks the constructor arguments of the modules without a config file (`tiny` for tests).
     """
     root = check_weights_dir(weights_dir)
-    unet_config = json.loads((root / "unet" / "config.json").read_text())
-    vae_config = json.loads((root / "vae" / "config.json").read_text())
-    scheduler_config = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+    unet_config = _read_json(root / "unet" / "config.json")
+    vae_config = _read_json(root / "vae" / "config.json")
+    scheduler_config = _read_json(root / "scheduler" / "scheduler_config.json")
     modules: dict[str, nn.Module] = {}
     spec = SIZES[size]
     for name, build in _builders(spec, unet_config, vae_config).items():
@@ -274,7 +296,7 @@ def convert_weights(weights_dir: str | Path, out_dir: str | Path) -> list[Path]:
     Files already in `out_dir` are kept. The others are written to a staging folder first (see
     `_staging_dir`) and moved into `out_dir` only once all of them are there, so a conversion
     that fails (an unreadable file) or is killed never leaves a partial `out_dir`; its rerun
-    resumes from the staging folder.
+    resumes from the staging folder, keeping only what was staged from the same source files.
     """
     root = check_weights_dir(weights_dir)
     out = Path(out_dir).expanduser()
@@ -287,14 +309,20 @@ def convert_weights(weights_dir: str | Path, out_dir: str | Path) -> list[Path]:
     if not pending:
         return []
     staging = _staging_dir(out)
+    fingerprints = {relative.as_posix(): _fingerprint(source) for relative, source in pending.items()}
+    staged = _resumable(staging, fingerprints)
     for relative, source in pending.items():
-        staged = staging / relative
-        if staged.exists():  # from an earlier, interrupted run
+        key = relative.as_posix()
+        if key in staged:  # by an interrupted run, from these very files
             continue
         if relative in saves:
-            _atomic_save(read_state_dict(source), staged, source.relative_to(root).as_posix())
+            _atomic_save(read_state_dict(source), staging / relative, source.relative_to(root).as_posix())
         else:
-            _atomic_copy(source, staged)
+            _atomic_copy(source, staging / relative)
+        staged[key] = fingerprints[key]
+        with atomic_target(staging / STAGED_FROM) as temporary:
+            Path(temporary).write_text(json.dumps(staged))
+    (staging / STAGED_FROM).unlink()
     if out.exists():
         for relative in pending:
             (out / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -303,6 +331,26 @@ def convert_weights(weights_dir: str | Path, out_dir: str | Path) -> list[Path]:
     else:
         os.replace(staging, out)
     return [out / relative for relative in pending]
+
+
+def _fingerprint(source: Path) -> list:
+    """Which version of which file `source` is: another folder, or a download made again, differs."""
+    stat = source.stat()
+    return [str(source.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def _resumable(staging: Path, fingerprints: dict[str, list]) -> dict[str, list]:
+    """The files in `staging` that an interrupted run made from the sources that `fingerprints`
+    describe now; every other file there (staged from another folder or an older download, or a
+    write cut short) is deleted, or a resume would install it as this conversion's."""
+    record = staging / STAGED_FROM
+    recorded = json.loads(record.read_text()) if record.is_file() else {}
+    kept = {relative: fingerprint for relative, fingerprint in recorded.items()
+            if fingerprints.get(relative) == fingerprint and (staging / relative).is_file()}
+    for path in staging.rglob("*"):
+        if path.is_file() and path != record and path.relative_to(staging).as_posix() not in kept:
+            path.unlink()
+    return kept
 
 
 def _staging_dir(out: Path) -> Path:

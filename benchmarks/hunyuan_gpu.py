@@ -151,7 +151,7 @@ def baseline(pipe: HunyuanPipeline, inputs: Inputs, settings: SamplingSettings) 
             sigma, sigma_next = sigmas[step], sigmas[step + 1]
             timestep = schedule.timesteps[step].to(device)
             accumulated = torch.zeros_like(latents)
-            counts = torch.zeros(num_frames, device=device)
+            counts = torch.zeros(num_frames, device=device, dtype=dtype)  # the release counts in the UNet dtype
             for frames in window_indices(num_frames, window, settings.overlap, shift):
                 frames = frames.to(device)
                 x = latents[:, frames]

@@ -25,7 +25,6 @@ from portraitflow.models.face.align import crop_square, square_crop_box
 from portraitflow.models.face.base import Face, FaceAnalyzer
 from portraitflow.models.face.pose import profile_pose
 from portraitflow.operators.decode import VideoUnreadable, iter_frame_chunks, probe_video
-from portraitflow.operators.motion import window_buckets
 from portraitflow.operators.reference_portrait import NoFace, centred_head_pose, to_crop
 from portraitflow.operators.shots import ShotDetector
 from portraitflow.operators.tracking import Track, box_iou, fill_pose, fill_within_shots, track_faces
@@ -36,8 +35,9 @@ MIN_RELATIVE_SIDE = 0.5
 #: made again (2: shots are split as curation splits them, a histogram cut confirmed by the hash;
 #: 3: a frame coded after an mp4 edit list's end is not shown, nor counted in the driver's rate;
 #: 4: on profiles the yaw is the detector keypoints', not the landmark fit's; a non-square-pixel
-#: driver is read at its shown width, joined MPEG-TS segments in decoding order)
-EXTRACTION_VERSION = 4
+#: driver is read at its shown width, joined MPEG-TS segments in decoding order; 5: the keypoints
+#: before smoothing are kept too)
+EXTRACTION_VERSION = 5
 
 
 @dataclass
@@ -49,7 +49,8 @@ class DrivingMotion:
     shot: np.ndarray  # (T,) shot index of each frame
     boxes: np.ndarray  # (num_shots, 4) square crop box of each shot, in video pixels
     face_boxes: np.ndarray  # (num_shots, 4) the driver's face box on the shot's first detection, crop pixels
-    kps: np.ndarray  # (T, 5, 2)
+    kps: np.ndarray  # (T, 5, 2) smoothed in time (`smooth_sigma`)
+    raw_kps: np.ndarray  # (T, 5, 2) as detected (gaps interpolated): what HunyuanPortrait reads
     landmarks: np.ndarray  # (T, 68, 2)
     pose: np.ndarray  # (T, 3) yaw, pitch, roll in degrees
     detected: np.ndarray  # (T,) bool: the driver's face was detected (else interpolated)
@@ -61,7 +62,7 @@ class DrivingMotion:
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
         np.savez(buffer, fps=self.fps, size=self.size, shot=self.shot, boxes=self.boxes,
-                 face_boxes=self.face_boxes, kps=self.kps,
+                 face_boxes=self.face_boxes, kps=self.kps, raw_kps=self.raw_kps,
                  landmarks=self.landmarks, pose=self.pose, detected=self.detected)
         return buffer.getvalue()
 
@@ -69,7 +70,7 @@ class DrivingMotion:
     def from_bytes(cls, data: bytes) -> "DrivingMotion":
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             return cls(float(npz["fps"]), int(npz["size"]), npz["shot"], npz["boxes"], npz["face_boxes"], npz["kps"],
-                       npz["landmarks"], npz["pose"], npz["detected"])
+                       npz["raw_kps"], npz["landmarks"], npz["pose"], npz["detected"])
 
 
 def _main_track(tracks: list[Track], start: int, end: int) -> Track | None:
@@ -150,6 +151,7 @@ def extract_driving_motion(
                      f"(at least {min_face_fraction:.0%} needed: animate.min_face_fraction={min_face_fraction:g})")
     kps, landmarks = fill_within_shots(kps, detected, shot), fill_within_shots(landmarks, detected, shot)
     face_track = fill_within_shots(face_track, detected, shot)
+    raw_kps = kps.copy()
     have = [i for i, b in enumerate(shot_boxes) if b is not None]
     nearest = [min(have, key=lambda j: abs(j - i)) for i in range(len(shot_boxes))]
     boxes = np.stack([shot_boxes[j] for j in nearest])
@@ -163,12 +165,13 @@ def extract_driving_motion(
     pose, profile = profile_pose(centred_head_pose(analyzer, landmarks, size), kps, face_track)
     if not (np.isfinite(pose).all(axis=1) | profile).any():
         raise NoFace("no head pose fits the driver's landmarks")
-    return DrivingMotion(float(fps), size, shot, boxes, face_boxes, kps, landmarks, fill_pose(pose, shot), detected)
+    return DrivingMotion(float(fps), size, shot, boxes, face_boxes, kps, raw_kps, landmarks, fill_pose(pose, shot),
+                         detected)
 
 
 def iter_driving_windows(path: str, motion: DrivingMotion, window: int = 25) -> Iterator[DrivingWindow]:
     """The driving video as windows of `window` frames: crops cut with their shot's box, and the
-    motion of those frames. `meta` carries each frame's shot and the window's intensity buckets."""
+    motion of those frames. `meta` carries each frame's shot."""
     for chunk in iter_frame_chunks(path, motion.fps, chunk_size=window):
         frames = chunk.positions
         if len(frames) == 0 or frames[0] >= motion.num_frames:
@@ -176,9 +179,8 @@ def iter_driving_windows(path: str, motion: DrivingMotion, window: int = 25) -> 
         frames = frames[frames < motion.num_frames]
         crops = np.stack([crop_square(rgb, motion.boxes[motion.shot[i]], motion.size)
                           for i, rgb in zip(frames, chunk.frames)])
-        head_bucket, exp_bucket = window_buckets(motion.kps[frames], window=len(frames))[0]
         yield DrivingWindow(
-            start=int(frames[0]), crops=crops, kps=motion.kps[frames], landmarks=motion.landmarks[frames],
-            pose=motion.pose[frames], face_boxes=motion.face_boxes[motion.shot[frames]],
-            meta={"shot": motion.shot[frames], "head_bucket": int(head_bucket), "exp_bucket": int(exp_bucket)},
+            start=int(frames[0]), crops=crops, kps=motion.kps[frames], raw_kps=motion.raw_kps[frames],
+            landmarks=motion.landmarks[frames], pose=motion.pose[frames],
+            face_boxes=motion.face_boxes[motion.shot[frames]], meta={"shot": motion.shot[frames]},
         )

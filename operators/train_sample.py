@@ -208,7 +208,7 @@ def at_resolution(frames: np.ndarray, tracks: ClipTracks, resolution: int) -> tu
 
 
 def build_train_sample(sample: Mapping[str, Any], n_frames: int = 25, seed: int | None = None, epoch: int = 0,
-                       pixel_dtype: str = "float32", resolution: int = 512, smooth_sigma: float = 0.8,
+                       pixel_dtype: str = "float32", resolution: int = 512, smooth_sigma: float = 0.0,
                        identity_dim: int | None = None, reference: str = "random") -> dict[str, Any]:
     """A curated WebDataset sample (member name -> bytes) -> one training sample (numpy arrays).
 

@@ -116,6 +116,24 @@ def test_a_profile_drivers_yaw_comes_from_its_keypoints(tmp_path) -> None:
     assert np.all(throughout.pose[:, 0] < -30.0) and np.all(throughout.pose[:, 1:] == 0.0)
 
 
+def test_the_keypoints_before_smoothing_are_kept_for_hunyuanportrait(tmp_path) -> None:
+    """The release computes its intensity buckets and expression crops on its detector's per-frame
+    points; smoothed (warp's jitter filter) the buckets came out about 40% lower."""
+    from bad_media import synthetic_video
+
+    from portraitflow.operators.driving_motion import DrivingMotion, extract_driving_motion, iter_driving_windows
+
+    path = str(synthetic_video(tmp_path / "shapes.mp4", frames=16))
+    smoothed = extract_driving_motion(path, _TurningDriver(turn=8), size=128, fps=25.0, smooth_sigma=2.0)
+    raw = extract_driving_motion(path, _TurningDriver(turn=8), size=128, fps=25.0, smooth_sigma=0)
+    np.testing.assert_array_equal(smoothed.raw_kps, raw.kps)  # the nose's step at frame 8, as detected
+    assert np.abs(smoothed.kps - raw.kps).max() > 5.0
+    again = DrivingMotion.from_bytes(smoothed.to_bytes())  # the cached form keeps both
+    windows = list(iter_driving_windows(path, again, window=5))
+    np.testing.assert_array_equal(np.concatenate([w.raw_kps for w in windows]), raw.kps)
+    np.testing.assert_array_equal(np.concatenate([w.kps for w in windows]), smoothed.kps)
+
+
 def test_the_ted_drivers_left_profile_reads_as_turned_left(media_dir) -> None:
     """MANIFEST: frontal, then near side profile to her left. Frames 84-114 (10 fps) read yaw
     +10..+49 from the landmark fit; the keypoints read -50..-90 (asin(2 x offset))."""

@@ -69,6 +69,7 @@ def _motion(frames: int, size: int) -> DrivingMotion:
     kps = np.array([[20, 24], [44, 24], [32, 34], [22, 46], [42, 46]], np.float32) * size / 64
     return DrivingMotion(fps=25.0, size=size, shot=np.zeros(frames, np.int64), boxes=np.array([[0, 0, 96, 96]]),
                          face_boxes=np.array([[16.0, 16.0, 48.0, 48.0]]), kps=np.repeat(kps[None], frames, axis=0),
+                         raw_kps=np.repeat(kps[None], frames, axis=0),
                          landmarks=np.zeros((frames, 68, 2), np.float32), pose=np.zeros((frames, 3), np.float32),
                          detected=np.ones(frames, bool))
 

@@ -20,7 +20,8 @@ from portraitflow.models.hunyuan.animator import TINY_SETTINGS, TINY_WEIGHTS, Hu
 from portraitflow.models.hunyuan.conditions import expression_boxes, expression_crops
 from portraitflow.models.hunyuan.dino import DinoV2WithIdAdapters
 from portraitflow.models.hunyuan.image_proj import ImageProjector
-from portraitflow.models.hunyuan.pipeline import HunyuanPipeline, PaddedMotion, SamplingSettings, _OverlapAverage
+from portraitflow.models.hunyuan.pipeline import (HunyuanPipeline, PaddedMotion, ReferenceFeatures, SamplingSettings,
+                                                 _OverlapAverage)
 from portraitflow.models.hunyuan.pose_guider import PoseGuider
 from portraitflow.models.hunyuan.sampler import SVD_XT_SCHEDULER_CONFIG, karras_schedule, next_shift, window_indices
 from portraitflow.models.hunyuan.unet import HunyuanUNet
@@ -328,6 +329,27 @@ def test_tiny_animator_streams_windows_and_is_reproducible() -> None:
     assert record["frames_per_window"] == 1 + 2 * record["pad_frames"] < TINY_SETTINGS.frames_per_window  # fitted
     with pytest.raises(ValueError, match="num_step"):
         list(animator.animate(reference, _driving(np.random.default_rng(1), [4], side), {"num_step": 9}))
+    # a bad value fails before any work, not after the denoising (or, a negative pad, by dropping frames)
+    for bad in ({"appearance_scale": 2.0}, {"decode_chunk_size": 0}, {"pad_frames": -1}, {"seed": "x"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            next(animator.animate(reference, iter(()), bad))  # no driving frames: nothing else would raise
+    list(animator.animate(reference, iter(()), {"seed": 11}))  # a job without frames is still the one described
+    assert animator.describe(reference)["seed"] == 11
+
+
+def test_initial_noise_depends_on_the_seed_and_frame_only() -> None:
+    """Frame i's noise is the i-th draw of a CPU generator: the same for any video length (and any
+    device), drawn frame by frame into the latents."""
+    pipe = random_models("tiny", seed=3).pipeline
+    reference = ReferenceFeatures(image_tokens=torch.zeros(1, 1, 1), mean=torch.randn(1, 4, 8, 8),
+                                  latent=torch.zeros(1, 4, 8, 8))
+    short, long = (pipe.initial_latents(reference, n, None, SamplingSettings(seed=4), 700.0) for n in (5, 12))
+    assert torch.equal(short, long[:, :5]) and not torch.equal(long[:, 0], long[:, 1])
+    other = pipe.initial_latents(reference, 5, None, SamplingSettings(seed=9), 700.0)
+    assert not torch.equal(short, other)
+    noise = torch.randn(1, 5, 4, 8, 8)
+    given = pipe.initial_latents(reference, 5, noise, SamplingSettings(), 700.0)
+    assert torch.allclose(given, reference.mean[:, None] * 0.18215 + noise * 700.0)
 
 
 def test_motion_is_encoded_in_chunks_from_the_video_start_whatever_the_windows() -> None:
@@ -353,6 +375,12 @@ def test_motion_is_encoded_in_chunks_from_the_video_start_whatever_the_windows()
     assert lengths == [7, 30, 14] and len(expected) == 3  # 25 + 25 + 1 frames
     torch.testing.assert_close(tokens, torch.cat(expected).to(tokens.dtype), atol=0, rtol=0)
     assert (tokens - whole.to(tokens.dtype)).abs().max() > 1e-3  # chunk boundaries change the tokens
+    # the keypoints before smoothing are what the release reads, where a window carries them
+    smoothed = [dataclasses.replace(w, kps=w.kps.mean(axis=0, keepdims=True).repeat(len(w.kps), 0), raw_kps=w.kps)
+                for w in windows]
+    torch.testing.assert_close(animator._motion_tokens(iter(smoothed))[0], tokens, atol=0, rtol=0)
+    assert (animator._motion_tokens(iter(dataclasses.replace(w, raw_kps=None) for w in smoothed))[0]
+            - tokens).abs().max() > 1e-3
 
 
 def test_a_failed_compilation_falls_back_to_eager_with_the_same_frames(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -102,7 +102,7 @@ def test_batches_have_the_shapes_dtypes_and_ranges_of_the_spec(dataset) -> None:
         ref_pixels = ((batch["reference"][i].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
         assert frame_code(ref_pixels[None])[0] == ref
         arrays = _shard_arrays(dataset, key)
-        kps = gaussian_filter1d(arrays["kps.npy"], 0.8, axis=0, mode="nearest")  # smoothed as a driver's
+        kps = arrays["kps.npy"]  # per frame, as curated: as the release trains and HunyuanPortrait infers
         assert np.allclose(batch["kps"][i].numpy(), kps[window])
         assert np.allclose(batch["pose"][i].numpy(), arrays["pose.npy"][window])
         assert np.allclose(batch["identity"][i].numpy(), arrays["id.npy"])
@@ -159,8 +159,10 @@ def test_clips_curated_at_another_crop_size_batch_at_the_training_resolution(tmp
     assert np.allclose(half["kps"], full["kps"] / 2) and np.allclose(half["landmarks"], full["landmarks"] / 2)
     assert np.array_equal(half["intensity_buckets"], full["intensity_buckets"])  # scale-free, as SPEC defines them
     assert np.abs(half["reference_face"] - full["reference_face"]).mean() < 0.03  # the same aligned face
-    raw = build_train_sample(sample, n_frames=4, seed=0, smooth_sigma=0)
-    assert np.allclose(raw["kps"], parse_tracks(sample).kps[raw["frame_indices"]])
+    raw = parse_tracks(sample).kps
+    assert np.allclose(full["kps"], raw[full["frame_indices"]])  # per frame by default, as the release trains
+    smoothed = build_train_sample(sample, n_frames=4, seed=0, smooth_sigma=0.8)
+    assert np.allclose(smoothed["kps"], gaussian_filter1d(raw, 0.8, axis=0, mode="nearest")[full["frame_indices"]])
 
 
 def test_an_identity_of_another_width_is_skipped_when_a_width_is_set(tmp_path) -> None:

@@ -77,7 +77,8 @@ class AnimateConfig(BaseModel):
         64, ge=0, json_schema_extra=OPERATIONAL, description="A reference portrait whose face is smaller (the longer side of its box, in px) fails: "
         "the animator would upscale a thumbnail into a featureless video (0: any size).",
     )
-    smooth_sigma: float = Field(0.8, ge=0.0, description="Temporal Gaussian smoothing of the driver's landmarks, in frames (0: none).")
+    smooth_sigma: float = Field(0.8, ge=0.0, description="Temporal Gaussian smoothing of the driver's landmarks, in frames (0: none): warp's "
+                                "jitter filter; HunyuanPortrait reads the points as detected, as the release does.")
     actors: int = Field(
         1, ge=1, json_schema_extra=OPERATIONAL, description="Most animation actors for CPU backends (warp, or hunyuan with `gpus` 0); the pool grows "
         "from 1 while CPUs are free, so preparation tasks always keep room to run.",

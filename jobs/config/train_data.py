@@ -60,8 +60,9 @@ class TrainDataConfig(BaseModel):
         "`crop_size` are resized to it, their keypoints, landmarks and boxes scaled."
     )
     smooth_sigma: float = Field(
-        0.8, ge=0, description="Gaussian smoothing in time (frames) of the keypoints and landmarks, as "
-        "`animate.smooth_sigma` smooths a driver's, so buckets and expression crops match inference. 0: as curated."
+        0.0, ge=0, description="Gaussian smoothing in time (frames) of the keypoints and landmarks. 0: as curated, "
+        "per frame, as the release trains and as `animate` feeds HunyuanPortrait its intensity buckets and expression "
+        "crops (smoothed points lowered the buckets by about 40%)."
     )
     identity_dim: int | None = Field(
         None, ge=1, description="Width of the curation identity embedding (`identity`) a batch holds; samples of "

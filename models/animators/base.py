@@ -36,6 +36,9 @@ class DrivingWindow:
     pose: np.ndarray  # (T, 3)
     meta: dict[str, Any] = field(default_factory=dict)
     face_boxes: np.ndarray | None = None  # (T, 4) the face box each frame's shot starts with (crop pixels)
+    #: (T, 5, 2) the keypoints before any smoothing in time: HunyuanPortrait's intensity buckets and
+    #: expression crops read them as the release does (its detector's per-frame points); None: `kps`
+    raw_kps: np.ndarray | None = None
 
 
 class Animator(ABC):

@@ -122,7 +122,9 @@ class HunyuanAnimator(Animator):
         unknown = sorted(set(params) - sampling - flow)
         if unknown:
             raise ValueError(f"unknown HunyuanPortrait params {unknown}; sampling settings are {sorted(sampling)}")
-        return dataclasses.replace(self.settings, **{k: v for k, v in params.items() if k in sampling})
+        settings = dataclasses.replace(self.settings, **{k: v for k, v in params.items() if k in sampling})
+        _check_settings(settings)
+        return settings
 
     def _motion_tokens(self, windows: Iterator[DrivingWindow]) -> tuple[torch.Tensor, list[int]]:
         """Host tensor [T, L, D] of motion tokens, and the driving windows' lengths."""
@@ -146,14 +148,15 @@ class HunyuanAnimator(Animator):
                 anchors = window.face_boxes
                 if anchors is None:
                     anchors = np.asarray(CENTRAL_THIRD) * window.crops.shape[1]
-                face = expression_crops(window.crops, window.kps, anchors, size).to(device)
+                kps = window.kps if window.raw_kps is None else window.raw_kps
+                face = expression_crops(window.crops, kps, anchors, size).to(device)
                 head = image_tensor(window.crops, size).to(device)
                 offset = 0
                 while offset < len(face):
                     room = MOTION_CHUNK_FRAMES - sum(len(f) for f in pending["face"])
                     pending["face"].append(face[offset:offset + room])
                     pending["head"].append(head[offset:offset + room])
-                    pending["kps"].append(window.kps[offset:offset + room])
+                    pending["kps"].append(kps[offset:offset + room])
                     offset += room
                     if sum(len(f) for f in pending["face"]) == MOTION_CHUNK_FRAMES:
                         flush()
@@ -168,6 +171,7 @@ class HunyuanAnimator(Animator):
         settings = self._settings(params)
         side = reference.crop.shape[0]
         resolution = models.resolution
+        self.job_settings = settings
         motion, lengths = self._motion_tokens(windows)
         if not lengths:
             return
@@ -199,3 +203,20 @@ class HunyuanAnimator(Animator):
                 count = lengths.pop(0)
                 yield np.stack(buffered[:count])
                 del buffered[:count]
+        if lengths or buffered:
+            raise RuntimeError(f"decoded {len(kept)} frames for {sum(lengths) + len(buffered)} driving frames left "
+                               "over: the sampled video and the driving windows disagree")
+
+
+def _check_settings(settings: SamplingSettings) -> None:
+    """ValueError for settings that would fail a job late (after its denoising) or drop frames."""
+    counts = {"num_steps": 1, "frames_per_window": 1, "overlap": 0, "shift_offset": 0, "pad_frames": 0,
+              "decode_chunk_size": 1, "windows_per_call": 1, "seed": -2**63}
+    for name, least in counts.items():
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"HunyuanPortrait param {name} must be an integer of at least {least}, not {value!r}")
+    for name in ("appearance_scale", "motion_scale"):
+        value = getattr(settings, name)
+        if not (isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)):
+            raise ValueError(f"HunyuanPortrait param {name} must be a (first step, last step) pair, not {value!r}")

@@ -41,9 +41,11 @@ from portraitflow.models.hunyuan.unet import HunyuanUNet
 
 #: the release scales the initial latent by this constant, not by the VAE config (SPEC 6).
 INITIAL_LATENT_SCALE = 0.18215
-#: seed of the release's `seed_everything`.
 logger = logging.getLogger(__name__)
 
+#: seed of the release's `seed_everything`, our default. The release's noise comes from CUDA's
+#: default generator after other draws (SPEC 8); ours from a CPU generator frame by frame
+#: (`initial_latents`), so the same seed gives the same video on any device, not the release's.
 RELEASE_SEED = 72580
 
 
@@ -185,9 +187,9 @@ class HunyuanPipeline:
         encoder_dtype = self.vae.encoder.conv_in.weight.dtype
         image = vae_image.to(self.device, encoder_dtype)
         mean = latent = self.vae.encode(image).latent_dist.mean.float()
-        if noise_aug_strength:
-            generator = torch.Generator(device=self.device).manual_seed(seed)
-            noise = torch.randn(image.shape, generator=generator, device=self.device, dtype=image.dtype)
+        if noise_aug_strength:  # a stream of its own: `seed` draws the initial latents' noise
+            generator = torch.Generator().manual_seed(seed + 1)
+            noise = torch.randn(image.shape, generator=generator, dtype=image.dtype).to(self.device)
             latent = self.vae.encode(image + noise_aug_strength * noise).latent_dist.mode().float()
         image_tokens = appearance_tokens(self.image_encoder, self.image_proj, dino_image, identity)
         return ReferenceFeatures(image_tokens=image_tokens.to(self.dtype), mean=mean, latent=latent)
@@ -217,13 +219,20 @@ class HunyuanPipeline:
 
     def initial_latents(self, reference: ReferenceFeatures, num_frames: int, noise: torch.Tensor | None,
                         settings: SamplingSettings, sigma_max: float) -> torch.Tensor:
-        """0.18215 x reference mean + sigma_0 x noise, [1, N, 4, h, w] in the model's dtype."""
-        shape = (1, num_frames, *reference.latent.shape[1:])
-        if noise is None:
-            generator = torch.Generator(device=self.device).manual_seed(settings.seed)
-            noise = torch.randn(shape, generator=generator, device=self.device, dtype=torch.float32)
-        base = (reference.mean * INITIAL_LATENT_SCALE)[:, None]
-        return (base + noise.to(self.device, torch.float32) * sigma_max).to(self.dtype)
+        """0.18215 x reference mean + sigma_0 x noise, [1, N, 4, h, w] in the model's dtype.
+
+        Without `noise`, frame i's noise is the i-th draw of a CPU generator seeded with
+        `settings.seed`: the same on any device and for any video length, and made frame by frame
+        into the latents, so no float32 copy of the whole video's noise is ever on the device.
+        """
+        frame_shape = reference.latent.shape[1:]
+        base = reference.mean[0] * INITIAL_LATENT_SCALE
+        latents = torch.empty((1, num_frames, *frame_shape), device=self.device, dtype=self.dtype)
+        generator = torch.Generator().manual_seed(settings.seed)
+        for frame in range(num_frames):
+            drawn = torch.randn(frame_shape, generator=generator) if noise is None else noise[0, frame]
+            latents[0, frame] = base + drawn.to(self.device, torch.float32) * sigma_max
+        return latents
 
     @torch.no_grad()
     def sample(

@@ -60,11 +60,18 @@ for _scheme in PYARROW_SCHEMES:
 
 
 def _local_path(url: str) -> str | None:
-    """The file a local URL (a plain path or `file://`) names; None for remote and `pipe:` URLs."""
+    """The file a local URL (a plain path, `file://`, or a path that exists whatever it looks
+    like: `run-2024-05-01T10:00/...` parses as a scheme) names; None for remote and `pipe:` URLs."""
     parsed = urlparse(url)
-    if parsed.scheme == "":
+    if parsed.scheme == "" or os.path.exists(url):
         return url
     return parsed.path if parsed.scheme == "file" else None
+
+
+def _open(url: str):
+    """A binary stream of a shard: a local file opened as a file, anything else through `gopen`."""
+    path = _local_path(url)
+    return open(path, "rb") if path is not None else gopen(url, "rb")
 
 
 def _read_text(url: str) -> str:
@@ -78,12 +85,21 @@ def _read_text(url: str) -> str:
 
 def read_index(url: str) -> list[str]:
     """Shard URLs of a wids-style index (`{"shardlist": [{"url": ..., "nsamples": ...}]}`);
-    relative URLs are relative to the index's folder."""
+    relative URLs are relative to the index's folder.
+
+    An index is data, as untrusted as the shards (a downloaded or shared corpus): its entries may
+    name files and storage URLs only. webdataset would run a `pipe:` entry through the shell, and
+    fetch `http:` ones with curl, so any other scheme is refused."""
     base = posixpath.dirname(url)
     urls = []
     for entry in json.loads(_read_text(url))["shardlist"]:
         shard = str(entry["url"])
-        urls.append(shard if urlparse(shard).scheme or shard.startswith("/") else posixpath.join(base, shard))
+        scheme = urlparse(shard).scheme
+        if scheme not in ("", "file", *PYARROW_SCHEMES):
+            raise ValueError(f"{url} names the shard {shard[:200]!r}: an index may name files and "
+                             f"{'/'.join(PYARROW_SCHEMES)} URLs only, not '{scheme}:' (which would run a command "
+                             "or fetch from the network)")
+        urls.append(shard if scheme or shard.startswith("/") else posixpath.join(base, shard))
     return urls
 
 
@@ -101,7 +117,8 @@ def expand_shards(sources: str | Sequence[str]) -> list[str]:
                 raise FileNotFoundError(f"shard folder {item} has no {INDEX_NAME}: give a folder written by "
                                         "`portraitflow curate`, its index, or shard paths")
             item = os.path.join(item, INDEX_NAME)
-        for url in wds.shardlists.expand_urls(item):
+        # a path that exists is taken as it is: `cur {a,b}` or `a::b` are folder names, not patterns
+        for url in [item] if os.path.exists(item) else wds.shardlists.expand_urls(item):
             urls.extend(read_index(url)) if url.endswith(".json") else urls.append(url)
     if not urls:
         raise ValueError(f"no shards in {sources!r}")
@@ -126,7 +143,7 @@ def read_shard(url: str, handler: Callable[[BaseException], bool]) -> Iterator[d
     sample: dict[str, Any] | None = None
     broken: Exception | None = None
     try:
-        with gopen(url, "rb") as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+        with _open(url) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
             for member in tar:
                 if not member.isfile():
                     continue

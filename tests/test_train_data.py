@@ -335,6 +335,33 @@ def test_index_folder_and_brace_pattern_name_the_same_shards(dataset) -> None:
     assert by_index == by_folder == by_pattern and len(by_index) == 4
 
 
+def test_an_index_that_names_a_command_is_refused_not_run(dataset, tmp_path) -> None:
+    """An index is data from whoever shared the corpus: webdataset runs `pipe:` URLs through the shell."""
+    import json
+    import shutil
+
+    marker = tmp_path / "ran"
+    shared = tmp_path / "shared"
+    shutil.copytree(dataset[0], shared)
+    index = json.loads((shared / "index.wids.json").read_text())
+    index["shardlist"][0]["url"] = f"pipe:touch {marker}; cat {shared / 'shards' / '000000.tar'}"
+    (shared / "index.wids.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="an index may name files and s3/gs"):
+        list(TrainLoader(_config(dataset, shards=[str(shared)])))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["cur {a,b}", "cur{1..2}", "cur::x", "run-2024-05-01T10:00"])
+def test_a_curated_folder_loads_whatever_its_name_looks_like(dataset, tmp_path, name) -> None:
+    """A path that exists is not a brace pattern, a `::` list or a URL scheme."""
+    import shutil
+
+    folder = tmp_path / name
+    shutil.copytree(dataset[0], folder)
+    assert expand_shards(str(folder)) == [str(folder / "shards" / f"00000{i}.tar") for i in range(4)]
+    assert len(_keys(TrainLoader(_config(dataset, shards=[str(folder)])))) == 8
+
+
 def test_ray_data_path_yields_the_same_samples_and_counts_the_same_skips(dataset, damaged, ray_local) -> None:
     """A truncated shard is read up to its break, as on the PyTorch path: Ray's read of it failed
     whole, dropping the samples of every shard its read task held, uncounted."""

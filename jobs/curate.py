@@ -268,14 +268,24 @@ def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], layout: Layout,
     for key, clip in committed:
         corpus.keep(*identity(key, clip))
     # read in key order, each input's scan once (about 64 KB of thumbnails per undecided 10-s clip
-    # held until decided), then decided longest first
-    undecided = sorted([(c["start"] - c["end"], c["key"], identity(key, c), c) for key, c in undecided],
-                       key=lambda item: item[:2])
-    for *_, (embedding, signature, thumbnails), clip in undecided:
+    # held until decided), then decided in `_decision_order`
+    undecided = sorted([(_decision_order(c), identity(key, c), c) for key, c in undecided], key=lambda item: item[0])
+    for _, (embedding, signature, thumbnails), clip in undecided:
         clip["reason"] = corpus.decide(embedding, signature, thumbnails, clip["measures"])
         if clip["reason"] is None:
             corpus.keep(embedding, signature, thumbnails)
     return clips_by_input
+
+
+def _decision_order(clip: dict[str, Any]) -> tuple:
+    """Longest first; among clips of one length (copies of the same footage resample alike), the
+    larger, then sharper face first, so of two copies the better is kept, not the one whose file
+    name sorts first (a 320-px re-encode beat its 512-px original that way); the key last."""
+    def larger_first(name: str) -> float:
+        value = float(clip["measures"].get(name, np.nan))
+        return -value if np.isfinite(value) else np.inf
+
+    return clip["start"] - clip["end"], larger_first("face_side_px"), larger_first("sharpness"), clip["key"]
 
 
 def _input_clips(row: dict[str, Any], layout: Layout, packed: list[str], in_shards: dict[str, Path],

@@ -313,6 +313,11 @@ def test_corpus_decisions_leave_rejected_clips_out_of_the_shards(media_dir: Path
     (tmp_path / "in").mkdir()
     for name, source in sources.items():
         shutil.copy(media_dir / source, tmp_path / "in" / name)
+    # the other take cut shorter than a's 3.76 s: of clips of one length the larger face would go first
+    from portraitflow.operators.decode import iter_frame_chunks
+    from portraitflow.operators.video_writer import write_h264
+    write_h264(tmp_path / "in" / "c.mp4", (c.frames for c in iter_frame_chunks(str(media_dir / sources["c.mp4"]), 25.0,
+                                                                            0.0, 3.0)), 25.0)
     out = tmp_path / "out"
     cfg = load_config(None, OVERRIDES + ["mlflow.enabled=false", "curate.max_clips_per_identity=1"])
     metrics = run_curation(cfg, [str(tmp_path / "in")], out)

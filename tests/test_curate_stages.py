@@ -610,3 +610,17 @@ def test_a_render_decodes_fewer_frames_at_once_of_a_large_source() -> None:
     assert frames_per_chunk(64, 3840, 2160) == 16
     assert frames_per_chunk(64, 7680, 4320) == 4
     assert frames_per_chunk(64, 30000, 20000) == 1
+
+
+def test_of_two_copies_of_one_footage_the_larger_sharper_face_is_decided_first() -> None:
+    """Copies resample to one length, so the file name used to decide which copy is kept: a 320-px
+    re-encode named `d11_*` beat its 512-px original `liveportrait_d11`."""
+    from portraitflow.jobs.curate import _decision_order
+
+    def clip(key: str, end: float, side: float, sharpness: float = 100.0) -> dict:
+        return {"key": key, "start": 0.0, "end": end, "measures": {"face_side_px": side, "sharpness": sharpness}}
+
+    clips = [clip("a_reencode", 5.0, 154.0), clip("b_original", 5.0, 243.0), clip("c_longer", 6.0, 100.0),
+             clip("d_softer", 5.0, 243.0, 50.0), clip("e_unmeasured", 5.0, float("nan"))]
+    order = [c["key"] for c in sorted(clips, key=_decision_order)]
+    assert order == ["c_longer", "b_original", "d_softer", "a_reencode", "e_unmeasured"]

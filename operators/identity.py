@@ -12,6 +12,8 @@ uninterrupted one and added inputs are held to the clips already kept.
 from __future__ import annotations
 
 import logging
+import operator
+from functools import reduce
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from portraitflow.models.face.base import FaceAnalyzer, l2_normalise
 from portraitflow.models.face.images import load_image
 from portraitflow.operators.filters import DUPLICATE, IDENTITY_OVER_CAP, PARTIAL_DUPLICATE
 from portraitflow.operators.overlap import (QUERY_HOP_FRAMES, OverlapRule, SharedFootage, kept_hop_frames,
-                                            longest_shared, mirrored_signature, window_signatures)
+                                            mirrored_signature, shared_footage, window_signatures)
 from portraitflow.operators.paths import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -146,15 +148,15 @@ class _KeptFootage:
                                          np.full_like(starts, len(thumbnails))], axis=1))
         self.clips += 1
 
-    def longest_shared(self, thumbnails: np.ndarray, rule: OverlapRule) -> SharedFootage | None:
-        """The longest stretch a new clip shares with these clips; None where either side has no
-        window to compare (a clip shorter than a window, kept clips from before thumbnails)."""
+    def shared_footage(self, thumbnails: np.ndarray, rule: OverlapRule) -> SharedFootage | None:
+        """The footage a new clip shares with these clips; None where either side has no window to
+        compare (a clip shorter than a window, kept clips from before thumbnails)."""
         if not self.signatures.count:
             return None
         starts, signatures = window_signatures(thumbnails, rule.fps, QUERY_HOP_FRAMES)
         if not len(starts):
             return None
-        return longest_shared(starts, signatures, len(thumbnails), self.signatures.view(), self.places.view(),
+        return shared_footage(starts, signatures, len(thumbnails), self.signatures.view(), self.places.view(),
                               rule.fps, rule.window_similarity)
 
 
@@ -188,11 +190,11 @@ class CorpusLedger:
 
         `measures` (the clip's), when given, gets what the duplicate checks found among the kept
         clips of its identity, so its row shows how near it came: `duplicate_similarity` (the
-        closest signature) and, with `thumbnails`, `overlap_s` and `overlap_share` (the longest
-        stretch of shared footage); a measure with nothing to compare against is left out. With
-        `overlap.mirrored`, the clip's mirror image is compared too (a flipped re-upload), and
-        each measure is the larger of the two views' (as a shared stretch's length and share may
-        come from different kept clips).
+        closest signature) and, with `thumbnails`, `overlap_s` and `overlap_share` (the clip's
+        footage found in any of them, `SharedFootage`); a measure with nothing to compare against
+        is left out. With `overlap.mirrored`, the clip's mirror image is compared too (a flipped
+        re-upload): `duplicate_similarity` is the larger of the two views', and the footage found
+        in either view counts together.
         """
         clusters = self._clusters(l2_normalise(embedding))
         if not clusters:
@@ -205,9 +207,9 @@ class CorpusLedger:
             similarity = max(float((rows.view() @ l2_normalise(s)).max()) for rows in kept for s in signatures)
         if thumbnails is not None:
             views = [thumbnails, *([np.flip(thumbnails, axis=2)] if self.overlap.mirrored else [])]
-            found = [f for c in clusters for f in (self._footage[c].longest_shared(v, self.overlap) for v in views)
+            found = [f for c in clusters for f in (self._footage[c].shared_footage(v, self.overlap) for v in views)
                      if f is not None]
-            shared = SharedFootage(max(f.frames for f in found), max(f.share for f in found)) if found else None
+            shared = reduce(operator.or_, found) if found else None  # of every cluster and view: a piece kept in one, the rest in another
         if measures is not None:
             if similarity is not None:
                 measures["duplicate_similarity"] = similarity

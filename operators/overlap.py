@@ -5,10 +5,12 @@ steps, so a clip holding only part of another (its first half, a re-upload trimm
 scores like other footage (0.29 on the shared media). Here a clip is described by windows of
 WINDOW_SECONDS of its grey thumbnails instead: a new clip's windows every QUERY_HOP_FRAMES against
 a kept clip's every KEPT_HOP_SECONDS, so whatever the offset between them some window of the new
-clip starts within a frame of each kept one. Their similarities are one matrix product, and kept
-windows that match at offsets that agree (a diagonal of that matrix) are a stretch of shared
-footage. Clips are resampled to the curation `fps` before (operators/decode.py), so sources at
-other frame rates line up frame for frame.
+clip starts within a frame of each kept one. Their similarities are one matrix product, and the
+frames of a kept window and of its best window of the new clip, where they match, are shared
+footage: counted over all kept clips together, as a re-upload of a long source trimmed by half a
+piece holds the end of one kept piece and the start of the next. Clips are resampled to the
+curation `fps` before (operators/decode.py), so sources at other frame rates line up frame for
+frame.
 
 Set on the shared media (at 25 fps): the windows of a 384-px crf-30 re-encode, started 37 frames
 in, score 0.96-0.99 against the original's. Among 3564 pairs of 4-s and 10-s clips of 9 videos that
@@ -35,9 +37,6 @@ WINDOW_POOL = 2  # 16x16 thumbnails averaged to 8x8: 512 values a window, a quar
 SMOOTH_FRAMES = 2.0  # sigma in time, as the whole-clip signature: a frame or two off still matches
 QUERY_HOP_FRAMES = 2
 KEPT_HOP_SECONDS = 0.5  # 17 windows for a 10-s clip: the ledger's memory per kept clip
-#: how far the offsets of two neighbouring matched windows may differ and still be one stretch: the
-#: query windows' spacing, plus a frame for sources whose resampled frames fall a frame apart
-OFFSET_TOLERANCE_FRAMES = QUERY_HOP_FRAMES + 1
 
 
 def window_frames(fps: float) -> int:
@@ -83,43 +82,71 @@ def mirrored_signature(signature: np.ndarray, side: int) -> np.ndarray:
     return signature.reshape(-1, side, side)[:, :, ::-1].reshape(signature.shape)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SharedFootage:
-    """The longest stretches a clip shares with kept clips: in frames, and as a share of the
-    shorter clip of each pair (the largest of each may come from different kept clips, or views)."""
+    """The footage a clip shares with kept clips: which of its frames are in any of them, and the
+    largest share of one kept clip shorter than it that is in it (such a clip, held whole, is a
+    duplicate however little of the new one it is)."""
 
-    frames: int
-    share: float
+    covered: np.ndarray  # bool (T,): the clip's frames in a matched window
+    kept_share: float
+
+    @property
+    def frames(self) -> int:
+        """The clip's frames found in kept clips, never more than it has: pieces of several kept
+        clips add up, and the same frames found twice count once."""
+        return int(self.covered.sum())
+
+    @property
+    def share(self) -> float:
+        """What `duplicate_overlap_share` tests: the share of the clip found in kept clips, or of a
+        shorter kept clip found in it, whichever is larger."""
+        return max(self.frames / len(self.covered), self.kept_share)
+
+    def __or__(self, other: SharedFootage) -> SharedFootage:
+        """Both together: what another cluster or view of the same clip found (frame for frame, as a
+        mirror image keeps the clip's time)."""
+        return SharedFootage(self.covered | other.covered, max(self.kept_share, other.kept_share))
 
 
-def longest_shared(query_starts: np.ndarray, query_signatures: np.ndarray, query_frames: int,
+def shared_footage(query_starts: np.ndarray, query_signatures: np.ndarray, query_frames: int,
                    kept_signatures: np.ndarray, kept_places: np.ndarray, fps: float,
                    window_similarity: float) -> SharedFootage:
-    """The longest stretch of footage the query clip shares with any kept clip.
+    """The footage the query clip shares with kept clips (both with windows).
 
     `kept_places` (R, 3) says where each row of `kept_signatures` is from: its clip's number, its
     start frame, its clip's length in frames; rows of one clip are consecutive, in time order.
-    Each kept window takes its best query window; consecutive kept windows of one clip that both
-    match (cosine >= `window_similarity`) at offsets within OFFSET_TOLERANCE_FRAMES are one
-    stretch, from the first window's start to the last one's end. Linear in R after the product.
+    Each kept window takes its best query window; where they match (cosine >= `window_similarity`)
+    the frames of both windows are shared. The query's frames count together whatever kept clip they
+    match, so a clip straddling two kept ones is found whole; a matched stretch reads up to a kept
+    window step short at each end that falls inside both clips. Linear in R and T after the product.
     """
-    if not len(query_starts) or not len(kept_signatures):
-        return SharedFootage(0, 0.0)
     similarity = kept_signatures @ query_signatures.T
     best = similarity.argmax(axis=1)
     matched = similarity[np.arange(len(best)), best] >= window_similarity
-    if not matched.any():
-        return SharedFootage(0, 0.0)
-    clip, start, clip_frames = kept_places.T
-    offset = start - query_starts[best]
-    continues = np.zeros(len(best), bool)
-    continues[1:] = (matched[1:] & matched[:-1] & (clip[1:] == clip[:-1])
-                     & (np.abs(offset[1:] - offset[:-1]) <= OFFSET_TOLERANCE_FRAMES))
-    first = matched & ~continues
-    stretch_start = start[np.flatnonzero(first)][np.cumsum(first) - 1]  # each row's stretch's first start
-    frames = (start - stretch_start + window_frames(fps))[matched]
-    shorter = np.minimum(clip_frames[matched], query_frames)
-    return SharedFootage(int(frames.max()), float(np.minimum(frames / shorter, 1.0).max()))
+    length = window_frames(fps)
+    clip, start, clip_frames = kept_places[matched & (kept_places[:, 2] < query_frames)].T
+    return SharedFootage(_covered(query_starts[best[matched]], length, query_frames),
+                         _largest_kept_share(clip, start, clip_frames, length))
+
+
+def _covered(starts: np.ndarray, length: int, frames: int) -> np.ndarray:
+    """Which of a clip's `frames` frames the windows of `length` at `starts` (inside it) hold."""
+    edges = np.zeros(frames + 1, np.int64)
+    np.add.at(edges, starts, 1)
+    np.add.at(edges, starts + length, -1)
+    return np.cumsum(edges[:-1]) > 0
+
+
+def _largest_kept_share(clip: np.ndarray, start: np.ndarray, clip_frames: np.ndarray, length: int) -> float:
+    """The largest share of one kept clip its matched windows hold (each clip's rows consecutive, in
+    time order): a window holds the frames up to the next one's start, the last its own length."""
+    if not len(clip):
+        return 0.0
+    changes = clip[1:] != clip[:-1]
+    firsts, last = np.flatnonzero(np.append(True, changes)), np.append(changes, True)
+    held = np.where(last, length, np.minimum(np.diff(start, append=start[-1]), length))
+    return float((np.add.reduceat(held, firsts) / clip_frames[firsts]).max())
 
 
 @dataclass(frozen=True)

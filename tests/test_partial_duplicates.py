@@ -62,6 +62,43 @@ def test_a_clip_sharing_a_stretch_with_a_kept_clip_is_a_partial_duplicate(new: n
     assert measures["overlap_share"] == pytest.approx(measures["overlap_s"] * FPS / min(len(new), len(KEPT)))
 
 
+def test_a_trimmed_copy_of_a_long_source_is_a_partial_duplicate_where_its_pieces_straddle_the_kept_ones() -> None:
+    """A 40-s source kept as 10-s pieces, and a copy trimmed 5 s at each end, cut the same way: each
+    of its pieces is half of one kept piece and half of the next, under 0.5 of either, but all of
+    it is kept footage (the longest stretch shared with one kept clip let all of them through)."""
+    source = footage(9, 1000)
+    ledger = _ledger()
+    for start in range(0, len(source), 250):
+        _keep(ledger, source[start:start + 250])
+    copy = re_encoded(source[125:875])
+    for start in range(0, len(copy), 250):
+        reason, measures = _decide(ledger, copy[start:start + 250])
+        assert reason == filters.PARTIAL_DUPLICATE and _measured(measures["overlap_s"], 10.0)
+        assert measures["overlap_share"] == pytest.approx(measures["overlap_s"] / 10)
+
+
+def test_a_clip_holding_a_shorter_kept_clip_whole_is_a_partial_duplicate() -> None:
+    """A 10-s original after its 4-s excerpt was kept: 0.4 of it is kept footage, but all of the
+    kept clip is in it, which the share tests (of the shorter clip) and the row reports."""
+    ledger = _ledger()
+    _keep(ledger, KEPT[50:150])
+    reason, measures = _decide(ledger, re_encoded(KEPT))
+    assert reason == filters.PARTIAL_DUPLICATE and _measured(measures["overlap_s"], 4.0)
+    assert measures["overlap_share"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("frames", [110, 133, 160])
+def test_the_shared_footage_is_never_longer_than_the_clip(frames: int) -> None:
+    """A copy played 3% fast (a frame dropped every 33) matches kept windows further apart than its
+    own length: measured on the kept clip, 133 frames read 134 frames (5.36 s) in a clip of 130."""
+    new = re_encoded(KEPT[np.arange(0, frames, 1.03).round().astype(np.int64)])
+    ledger = _ledger()
+    _keep(ledger, KEPT)
+    reason, measures = _decide(ledger, new)
+    assert reason == filters.PARTIAL_DUPLICATE
+    assert round(measures["overlap_s"] * FPS) <= len(new) and measures["overlap_share"] <= 1.0
+
+
 def test_other_footage_of_the_same_set_and_the_same_identity_is_kept() -> None:
     """Another take on the same set, and a stretch of the kept clip's shot after it, share no
     footage with it: kept, with the overlap they were measured at (none)."""
@@ -221,14 +258,16 @@ def test_a_trimmed_re_encode_at_another_frame_rate_is_a_partial_duplicate(media_
     assert reason is None and measures["overlap_s"] == 0.0
 
 
-def test_stretches_that_are_apart_in_the_new_clip_are_measured_apart() -> None:
-    """Two neighbouring windows of the kept clip found 4 s apart in the new one are two stretches of
-    2 s, not one of 2.5 s: a stretch follows one diagonal (one time offset) of the similarities."""
+def test_stretches_that_are_apart_in_the_new_clip_count_their_own_frames_only() -> None:
+    """Two neighbouring windows of the kept clip found 4 s apart in the new one are the new clip's
+    frames in those two windows, 4 s of its 6.8: not the 2.5 s between the kept windows' ends, nor
+    the new footage between the two stretches."""
     new = re_encoded(np.concatenate([KEPT[:58], footage(8, 50), KEPT[8:70]]))
     ledger = _ledger(duplicate_overlap_share=1.0)
     _keep(ledger, KEPT)
     reason, measures = _decide(ledger, new)
-    assert measures["overlap_s"] == pytest.approx(2.0)
+    assert measures["overlap_s"] == pytest.approx(4.0)
+    assert measures["overlap_share"] == pytest.approx(4.0 * FPS / len(new))
     assert reason is None
 
 
@@ -257,17 +296,20 @@ def test_the_mirrored_signature_is_the_signature_of_the_mirror_image() -> None:
     np.testing.assert_allclose(mirrored, content_signature(np.flip(thumbnails, axis=2)), atol=1e-6)
 
 
-def test_the_reported_overlap_agrees_with_the_decision_when_the_views_differ() -> None:
-    """The plain view shares 6 s (0.6 of the clip: a duplicate by the seconds rule only), the
-    mirrored view 3 s at 0.83 of a short kept clip (neither rule): each measure is the larger of
-    the two, so the row shows the 6 s that rejected the clip."""
+def test_footage_found_in_either_view_counts_together() -> None:
+    """The clip's first 6 s are a kept clip's as they are, its last 3 s most of a short kept clip's
+    mirror image (0.82 of it): neither view alone finds 0.85 of either clip, both together do, and
+    the row reports the footage that rejected it."""
     tail = footage(7, 100)
-    ledger = _ledger(duplicate_overlap_share=0.9, duplicate_overlap_seconds=4.5)
-    _keep(ledger, KEPT)
-    _keep(ledger, np.flip(np.concatenate([tail[:75], footage(8, 15)]), axis=2))
-    reason, measures = _decide(ledger, re_encoded(np.concatenate([KEPT[:150], tail])))
-    assert reason == filters.PARTIAL_DUPLICATE
-    assert measures["overlap_s"] >= 4.5 and 0.6 < measures["overlap_share"] < 0.9
+    new = re_encoded(np.concatenate([KEPT[:150], tail]))
+    for mirrored, expected, shared_s in ((True, filters.PARTIAL_DUPLICATE, 9.0), (False, None, 6.0)):
+        ledger = _ledger(duplicate_overlap_share=0.85, duplicate_mirrored=mirrored)
+        _keep(ledger, KEPT)
+        _keep(ledger, np.flip(np.concatenate([tail[:75], footage(8, 15)]), axis=2))
+        reason, measures = _decide(ledger, new)
+        assert reason == expected
+        assert _measured(measures["overlap_s"], shared_s)
+        assert measures["overlap_share"] == pytest.approx(measures["overlap_s"] * FPS / len(new))
 
 
 @pytest.mark.parametrize("excerpt_name", ["a_excerpt", "z_excerpt"])

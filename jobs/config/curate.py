@@ -103,15 +103,15 @@ class CurateConfig(BaseModel):
     )
     duplicate_overlap_share: float = Field(
         0.5, gt=0, le=1,
-        description="`partial_duplicate`: a clip of a kept clip's identity that shares a stretch of footage with it at "
-        "least this long, as a share of the shorter of the two (a clip holding the first half of a kept one, a "
-        "re-upload trimmed at either end: 0.92-1.0 on the shared media). Stretches are found on 2-s windows of the "
-        "thumbnails.",
+        description="`partial_duplicate`: a clip of a kept clip's identity whose footage found in the kept clips of "
+        "that identity (together) is at least this share of it, or of a shorter kept clip found in it (a clip holding "
+        "the first half of a kept one, a re-upload trimmed at either end: 0.92-1.0 on the shared media). Footage is "
+        "matched on 2-s windows of the thumbnails.",
     )
     duplicate_overlap_seconds: float = Field(
         0.0, ge=0,
-        description="`partial_duplicate` also when the shared stretch lasts at least this many seconds, whatever "
-        "share of the clips it is (0: the share alone decides).",
+        description="`partial_duplicate` also when the footage found in kept clips lasts at least this many seconds in "
+        "all, whatever share of the clip it is (0: the share alone decides).",
     )
     duplicate_mirrored: bool = Field(
         True,

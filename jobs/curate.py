@@ -33,6 +33,7 @@ from portraitflow.jobs.config.fields import operational
 from portraitflow.jobs.options import (ConfigOption, MlflowUriOption, RayAddressOption, SetOption,
                                       check_out_folder, refuse_missing_face_models, refuse_unreachable_services,
                                       resolve_config)
+from portraitflow.models.face.factory import model_digests
 from portraitflow.operators import ledger
 from portraitflow.operators.atomic import FolderBusy, atomic_write, exclusive_folder
 from portraitflow.operators.curate_input import renders_after_decisions
@@ -97,7 +98,7 @@ def corpus_settings(cfg: PortraitFlowConfig) -> dict[str, Any]:
     settings = {section: getattr(cfg, section).model_dump(mode="json", exclude=exempt)
                 for section, exempt in OPERATIONAL_SETTINGS.items()}
     settings["curate"] |= gallery_digests(cfg.curate)
-    return settings | {"versions": {"scan_measures": SCAN_MEASURES_VERSION}}
+    return settings | {"versions": {"scan_measures": SCAN_MEASURES_VERSION}, "models": model_digests(cfg.face)}
 
 
 def check_corpus_settings(cfg: PortraitFlowConfig, layout: Layout) -> list[str]:
@@ -123,6 +124,8 @@ def check_corpus_settings(cfg: PortraitFlowConfig, layout: Layout) -> list[str]:
             f"{SCAN_MEASURES_VERSION}: {MEASURES_CHANGES}); its samples would not match new ones, whatever the "
             "settings: curate into a new --out", param_hint="--out")
     was["curate"] |= _galleries_recorded_by_path(was["curate"], cfg, current["curate"])
+    if "models" not in recorded:  # curated before the model files were recorded: unknown, taken as the same
+        was["models"] = current["models"]
     differing = [(f"{section}.{key}", was[section].get(key), value) for section, values in current.items()
                  for key, value in values.items() if was[section].get(key) != value]
     changed = [f"{name}: {old!r} -> {new!r}" for name, old, new in differing]
@@ -130,10 +133,11 @@ def check_corpus_settings(cfg: PortraitFlowConfig, layout: Layout) -> list[str]:
         restorable = {f"{section}.{key}" for section, values in [*recorded.items(), *BEHAVIOUR_BEFORE_ADDED.items()]
                       for key in values}
         sets = " ".join(shlex.quote(f"--set={name}={json.dumps(old)}") for name, old, _ in differing
-                        if name in restorable and not _is_gallery_digest(name, old))
+                        if name in restorable and not _is_gallery_digest(name, old) and not name.startswith("models."))
         photos = ", ".join(f"{name} holding the photos it held" for name, old, _ in differing
                            if _is_gallery_digest(name, old))
-        restore = " and ".join(filter(None, [sets, photos])) or "(none recorded)"
+        models = "the face model files it was curated with" if any(n.startswith("models.") for n, *_ in differing) else ""
+        restore = " and ".join(filter(None, [sets, photos, models])) or "(none recorded)"
         raise typer.BadParameter(
             f"{layout.out} holds a corpus curated with other settings ({'; '.join(changed)}); "
             f"curate into a new --out, or run with the recorded settings: {restore}", param_hint="--out")

@@ -222,3 +222,19 @@ def test_a_corpus_measured_by_an_older_version_is_not_resumed(tmp_path: Path) ->
     layout.settings.unlink()  # curated before settings were recorded at all
     with pytest.raises(typer.BadParameter, match="records no settings"):
         check_corpus_settings(load_config(None, []), layout)
+
+
+def test_other_face_model_files_are_refused_like_other_settings(tmp_path: Path) -> None:
+    """Another insightface root, or a pack replaced in place, changes no setting but every embedding:
+    a resume mixed two recognisers' vectors, and de-duplication missed a re-encode across them."""
+    cfg = load_config(None, [])
+    layout = _finished_corpus(tmp_path / "a", cfg)
+    recorded = json.loads(layout.settings.read_text())
+    assert set(recorded["models"]) == {"sface", "shape_predictor_68", "yunet"}
+    recorded["models"]["sface"] = "0" * 64  # curated with another recogniser file
+    layout.settings.write_text(json.dumps(recorded))
+    with pytest.raises(typer.BadParameter, match=r"models\.sface: '0000.*the face model files it was curated with"):
+        check_corpus_settings(cfg, layout)
+    del recorded["models"]  # curated before model files were recorded: taken as the same
+    layout.settings.write_text(json.dumps(recorded))
+    assert check_corpus_settings(cfg, layout) == []

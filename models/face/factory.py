@@ -1,6 +1,7 @@
 """Build the configured face analyser; Ray actors call this in __init__ so nothing is pickled."""
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,21 @@ def check_model_files(cfg: FaceConfig) -> None:
     models are missing: a driver refuses the run before each of its actors dies of it."""
     for backend in ("dlib-landmarks", cfg.backend):
         MODEL_FILES[backend](cfg)
+
+
+def model_digests(cfg: FaceConfig) -> dict[str, str]:
+    """The sha256 of each model file `cfg` resolves to, by role: what a face layer finds depends on
+    the files, not on the settings that name them (another insightface root, a pack replaced in
+    place), so a corpus and its cached scans record these."""
+    files = {**MODEL_FILES["dlib-landmarks"](cfg), **MODEL_FILES[cfg.backend](cfg)}
+    return {role: _file_digest(str(path), path.stat().st_size, path.stat().st_mtime_ns)
+            for role, path in sorted(files.items())}
+
+
+@functools.lru_cache(maxsize=16)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """A model file's sha256, read once per process while its size and time stay the same."""
+    return model_files.file_sha256(Path(path))
 
 
 def _load_backend(cfg: FaceConfig, threads: int) -> FaceAnalyzer:

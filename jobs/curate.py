@@ -403,7 +403,9 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
     if dry_run:  # reads the shards, repairs nothing
         by_key = {row["input_key"]: row for row in rows}
         in_shards = {k for path in shard_paths(layout.shards) for k in whole_shard_keys(path, layout.shard_keys)[0]}
-        pending = {row["input_key"] for row in _pending(rows, ledger.load_markers(layout.done), in_shards)}
+        markers = ledger.load_markers(layout.done)
+        pending = {row["input_key"] for row in _pending(rows, markers, in_shards)}
+        changed = set(ledger.changed_since_curated(rows, markers))
         with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as probes:  # the decoders release the GIL
             keys = sorted(pending)
             reasons = dict(zip(keys, probes.map(_unreadable, [by_key[key]["uri"] for key in keys])))
@@ -411,10 +413,12 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
         for row in rows:
             reason = reasons.get(row["input_key"])
             unreadable += reason is not None
-            state = "done   " if row["input_key"] not in pending else "pending" if reason is None else "fails  "
+            state = ("changed" if row["uri"] in changed else "done   ") if row["input_key"] not in pending \
+                else "pending" if reason is None else "fails  "
             typer.echo(f"{state}  {row['input_key']}  {row['uri']}" + (f"  ({reason})" if reason else ""))
         typer.echo(f"{len(pending)} of {len(rows)} input(s) would be processed into {out}"
                    + (f", {unreadable} of them recorded failed: they cannot be read" if unreadable else ""))
+        _warn_changed(sorted(changed))
         return {"inputs": len(rows), "pending": len(pending), "unreadable": unreadable}
     with exclusive(layout):
         if check_corpus_settings(cfg, layout):  # again: a run that held the folder may have just recorded its own
@@ -422,7 +426,9 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
         layout.make()
         atomic_write(layout.settings, json.dumps(corpus_settings(cfg), indent=1, sort_keys=True))
         in_shards = _repair_shards(layout)
-        pending = _pending(rows, ledger.load_markers(layout.done), in_shards, layout.done)
+        markers = ledger.load_markers(layout.done)
+        _warn_changed(ledger.changed_since_curated(rows, markers))
+        pending = _pending(rows, markers, in_shards, layout.done)
         init_ray(cfg.ray, cfg.mlflow)
         if pending:  # every input is curated on `actor_cpus` CPUs; with none pending, nothing is placed
             needed = cfg.curate.actor_cpus
@@ -430,6 +436,15 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
                 f"a curation actor needs {needed} CPUs (curate.actor_cpus); Ray has {cpus:g}: lower "
                 "curate.actor_cpus or give Ray more CPUs (ray.num_cpus)"))
         return _curate_pending(cfg, layout, rows, pending, in_shards)
+
+
+def _warn_changed(paths: list[str]) -> None:
+    """Name the done inputs whose file was replaced: they are not curated again (their clips are in
+    the shards, under keys of their path), so the corpus keeps describing the earlier files."""
+    if paths:
+        log.warning("%d input(s) changed since they were curated (another size or modification time), and keep the "
+                    "rows and clips of the earlier file: %s. To curate the new content, give it a new name or curate "
+                    "into a new --out", len(paths), ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else ""))
 
 
 def _unreadable(uri: str) -> str | None:
@@ -497,7 +512,8 @@ def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], p
             waiting[key] = {c["key"] for c in clips if c["reason"] is None and c["key"] not in in_shards}
 
         def finish(key: str) -> None:
-            ledger.write_marker(layout.done, ledger.input_row(by_key[key], clip_rows[key]), clip_rows[key])
+            ledger.write_marker(layout.done, ledger.input_row(by_key[key], clip_rows[key]), clip_rows[key],
+                                ledger.source_stat(by_key[key]["uri"]))
 
         for key in sorted(k for k, keys in waiting.items() if not keys):
             finish(key)

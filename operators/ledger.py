@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from portraitflow.operators.atomic import atomic_target, atomic_write
+from portraitflow.operators.inputs import is_uri
 from portraitflow.operators.paths import escape_undecodable
 
 log = logging.getLogger(__name__)
@@ -29,8 +31,30 @@ def marker_path(done_dir: Path, input_key: str) -> Path:
     return done_dir / f"{input_key}.json"
 
 
-def write_marker(done_dir: Path, input_row: dict[str, Any], clip_rows: list[dict[str, Any]]) -> None:
-    atomic_write(marker_path(done_dir, input_row["input_key"]), json.dumps({"input": input_row, "clips": clip_rows}))
+def write_marker(done_dir: Path, input_row: dict[str, Any], clip_rows: list[dict[str, Any]],
+                 source: dict[str, int] | None = None) -> None:
+    """The input's rows, and `source` (`source_stat`: the file as it was curated), if local."""
+    marker = {"input": input_row, "clips": clip_rows, **({"source": source} if source else {})}
+    atomic_write(marker_path(done_dir, input_row["input_key"]), json.dumps(marker))
+
+
+def source_stat(uri: str) -> dict[str, int] | None:
+    """A local input's size and modification time, which tell a file replaced under the same name;
+    None for a remote input or a file that is gone."""
+    if is_uri(uri):
+        return None
+    try:
+        stat = os.stat(uri)
+    except OSError:
+        return None
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def changed_since_curated(rows: list[dict[str, Any]], markers: dict[str, dict[str, Any]]) -> list[str]:
+    """The inputs of `rows` done in `markers` whose file is no longer the one curated (its size or
+    time differ): their rows and clips describe the earlier file."""
+    return [row["uri"] for row in rows if is_done(marker := markers.get(row["input_key"], {}))
+            and "source" in marker and source_stat(row["uri"]) not in (None, marker["source"])]
 
 
 def is_done(marker: dict[str, Any]) -> bool:

@@ -9,7 +9,7 @@ import pytest
 import typer
 
 from portraitflow.jobs.config import load_config
-from portraitflow.jobs.curate import Layout, check_corpus_settings, exclusive
+from portraitflow.jobs.curate import Layout, check_corpus_settings, corpus_settings, exclusive
 
 
 def test_a_fresh_output_folder_accepts_any_settings(tmp_path: Path) -> None:
@@ -150,3 +150,39 @@ def test_holding_a_folder_clears_the_writes_a_killed_run_left_unfinished(tmp_pat
         # the recent one may still be written by a killed run's worker; the other file is not ours
         assert left == sorted([".notes.part", str(Path(parts[2][1]).relative_to(tmp_path))])
         assert (tmp_path / "deep" / "talk.mp4").read_bytes() == b"video"
+
+
+def test_a_done_input_replaced_under_its_name_is_named_not_silently_kept(tmp_path: Path, capsys,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A re-exported video at the same path used to be skipped as done without a word, the manifest
+    describing the earlier file; it is named, in the log and by `--dry-run`."""
+    import os
+
+    from portraitflow.jobs.curate import run_curation
+    from portraitflow.operators import ledger
+    from portraitflow.operators.inputs import input_key
+
+    video = tmp_path / "talk.mp4"
+    video.write_bytes(b"first take")
+    untouched = tmp_path / "other.mp4"
+    untouched.write_bytes(b"other")
+    layout = Layout(tmp_path / "out")
+    layout.make()
+    cfg = load_config(None, ["mlflow.enabled=false"])
+    layout.settings.write_text(json.dumps(corpus_settings(cfg)))
+    rows = [{"uri": str(p), "input_key": input_key(str(p))} for p in (video, untouched)]
+    for row in rows:
+        ledger.write_marker(layout.done, {"input_key": row["input_key"], "status": "rejected"}, [],
+                            ledger.source_stat(row["uri"]))
+    assert ledger.changed_since_curated(rows, ledger.load_markers(layout.done)) == []
+    video.write_bytes(b"second take, longer")
+    os.utime(untouched)  # touched only: the same size, another time
+    markers = ledger.load_markers(layout.done)
+    assert ledger.changed_since_curated(rows, markers) == [str(video), str(untouched)]
+    del markers[rows[0]["input_key"]]["source"]  # a marker written before sources were recorded
+    assert ledger.changed_since_curated(rows, markers) == [str(untouched)]
+    assert ledger.source_stat("s3://bucket/talk.mp4") is None
+
+    run_curation(cfg, [str(video)], layout.out, dry_run=True)
+    assert capsys.readouterr().out.startswith(f"changed  {rows[0]['input_key']}  {video}")
+    assert "changed since they were curated" in caplog.text and str(video) in caplog.text

@@ -100,7 +100,7 @@ def sweep(
         spec = load_sweep(sweep_file)
         if max_parallel:
             spec = spec.model_copy(update={"evaluate": {**spec.evaluate, "max_parallel": max_parallel}})
-        check_sweep(spec, cfg)
+        check_sweep(spec, cfg, out)
     except (ValueError, yaml.YAMLError) as exc:  # pydantic's ValidationError is a ValueError
         raise typer.BadParameter(f"{sweep_file}: {_error_line(exc, sweep_file)}", param_hint="SWEEP_FILE") from exc
     try:
@@ -159,19 +159,23 @@ def _animate_jobs(path: Path):
 
 
 def _read_table(path: Path):
-    """RESULTS as written: text cells stay text (as `load_jobs` reads a jobs file), so a job id such
-    as `007` keeps its zeros and matches its jobs file and output names; relative `ref`, `driving`
-    and `output` paths are taken from RESULTS' folder, as `load_jobs` takes a jobs file's."""
+    """RESULTS as written: a CSV or JSONL read as `load_jobs` reads a jobs file (`read_table`), so
+    text cells stay text (a job id such as `007` keeps its zeros and matches its jobs file and output
+    names), and a CSV row with a field more than its header (a trailing or unquoted comma), which
+    would shift every column, is refused, named; relative `ref`, `driving` and `output` paths are
+    taken from RESULTS' folder, as `load_jobs` takes a jobs file's."""
     import pandas as pd
 
-    from portraitflow.operators.generation_jobs import local_path
+    from portraitflow.operators.generation_jobs import local_path, read_table
 
-    if path.suffix == ".parquet":
+    if path.suffix.lower() == ".parquet":
         table = pd.read_parquet(path)
-    elif path.suffix in (".jsonl", ".ndjson"):
-        table = pd.read_json(path, lines=True, dtype=False)
     else:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        try:
+            columns, rows = read_table(path)
+        except ValueError as exc:  # a JSON error, a shifted row, a suffix of no table
+            raise typer.BadParameter(str(exc), param_hint="RESULTS") from exc
+        table = pd.DataFrame(rows, columns=columns)
     for column in ("ref", "driving", "output"):
         if column in table:  # a missing cell (None, NaN) stays missing: its row fails with its reason
             table[column] = [local_path(v, path.parent) if isinstance(v, str) else v for v in table[column]]

@@ -41,7 +41,7 @@ from portraitflow.jobs.runtime import (
 )
 from portraitflow.operators import metrics, metrics_learned, report, sweep_spec
 from portraitflow.operators.atomic import atomic_target, atomic_write, exclusive_folder, write_parquet
-from portraitflow.operators.eval_dataset import dataset_jobs
+from portraitflow.operators.eval_dataset import check_dataset, dataset_jobs
 from portraitflow.operators.evaluate_video import learned_aggregates
 from portraitflow.operators.generation_jobs import Job, input_fingerprint
 from portraitflow.operators.generation_results import records_dir
@@ -447,10 +447,12 @@ def _log_side_by_side(client: MlflowClient, run_id: str, rows: pd.DataFrame, wor
     _log_files(client, run_id, videos, "side_by_side")
 
 
-def check_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig) -> tuple[EvaluateConfig, list[dict[str, Any]]]:
+def check_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig,
+                out_dir: str | Path | None = None) -> tuple[EvaluateConfig, list[dict[str, Any]]]:
     """The effective evaluate settings and the configs of `spec`, or ValueError (one line) saying
     what the sweep gets wrong as a whole: a dataset path that is not there, evaluate overrides that
-    are unknown or invalid, a config without `backend`, no config at all. Nothing is started:
+    are unknown or invalid, a config without `backend`, no config at all, a dataset that names no
+    video outside `out_dir` (`check_dataset`; last, as it lists the dataset). Nothing is started:
     `run_sweep` (and the CLI, before it) call it first. A config whose params its backend refuses
     is not an error here: it fails alone (`run_config`)."""
     from pydantic import ValidationError
@@ -465,7 +467,9 @@ def check_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig) -> tuple[Ev
     except ValidationError as exc:
         raise ValueError(validation_problems(exc, "evaluate")) from exc
     check_rank_by(evaluate.rank_by, "evaluate.rank_by")
-    return evaluate, sweep_spec.expand_configs(spec)
+    configs = sweep_spec.expand_configs(spec)
+    check_dataset(dataset, out_dir)
+    return evaluate, configs
 
 
 def check_rank_by(rank_by: str, setting: str) -> None:
@@ -482,7 +486,7 @@ def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str 
     ValueError (`check_sweep`) before any run or Ray starts when the sweep itself is wrong;
     FolderBusy while another sweep writes `out_dir`."""
     out_dir = Path(out_dir).resolve()  # output paths recorded absolute: a resume from elsewhere finds them
-    evaluate, configs = check_sweep(spec, cfg)
+    evaluate, configs = check_sweep(spec, cfg, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with exclusive_folder(out_dir):
         return _sweep_holding(spec, cfg, out_dir, evaluate, configs, retry_failed)

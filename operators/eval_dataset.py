@@ -12,9 +12,11 @@ beside them: an input re-exported at the same path is cut again), and a sweep wi
 clip's name, `-x` and the portrait's input key or clip name), not its place in a list: a portrait
 added never gives an earlier job's id to another pairing. A folder's globs never pick up files
 under the sweep's own output folder, so a sweep writing inside its dataset does not take its clips
-and outputs for inputs on a rerun.
-Shards are read one at a time up to `max_videos` samples; an unreadable shard
-(or the rest of it) and a sample without a clip are failed rows with their reason.
+and outputs for inputs on a rerun; they match names in any case (a camera's `TALK.MP4`), and never
+take macOS `._` forks.
+Shards are read one at a time up to `max_videos` samples, each as a local file: a shard's name is
+data, and webdataset's opener would run one starting `pipe:` as a shell command. An unreadable
+shard (or the rest of it) and a sample without a clip are failed rows with their reason.
 """
 from __future__ import annotations
 
@@ -24,14 +26,14 @@ import os
 import re
 from collections import Counter
 from itertools import cycle
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from portraitflow.operators.atomic import atomic_target, atomic_write
-from portraitflow.operators.generation_jobs import input_fingerprint
-from portraitflow.operators.inputs import input_key
+from portraitflow.operators.generation_jobs import input_fingerprint, load_jobs
+from portraitflow.operators.inputs import input_key, is_apple_double
 from portraitflow.operators.paths import IMAGE_SUFFIXES, VIDEO_SUFFIXES, hashed_name, safe_stem
 
 log = logging.getLogger(__name__)
@@ -94,11 +96,15 @@ def prepare_clip(source: str, folder: Path, max_seconds: float | None, reference
 
 
 def _matches(folder: Path, patterns: list[str], suffixes: set[str], skip: tuple[Path, ...] = ()) -> list[str]:
-    """Files under `folder` matching a pattern, none inside a `skip` folder: a sweep's own clips and
+    """Files under `folder` whose path below it matches a pattern from the right, as `rglob` finds
+    them, but in any case, since cameras and phones write `TALK.MP4` and `IMG_0001.MOV`; no
+    AppleDouble fork (`is_apple_double`), and none inside a `skip` folder: a sweep's own clips and
     outputs, when its folder lies in the dataset, are never inputs of a rerun."""
     skipped = [Path(os.path.abspath(s)) for s in skip]
-    found = {p for pattern in patterns for p in folder.rglob(pattern) if p.suffix.lower() in suffixes
-             and not any(Path(os.path.abspath(p)).is_relative_to(s) for s in skipped)}
+    wanted = [re.sub(r"^(\*\*/)+", "", pattern.lower()) for pattern in patterns]  # `match` spans folders already
+    found = [p for p in folder.rglob("*") if p.suffix.lower() in suffixes and not is_apple_double(p)
+             and any(PurePath(str(p.relative_to(folder)).lower()).match(pattern) for pattern in wanted)
+             and not any(Path(os.path.abspath(p)).is_relative_to(s) for s in skipped)]
     return sorted(str(p) for p in found)
 
 
@@ -107,8 +113,6 @@ def _jobs_file(path: Path, folder: Path, max_seconds: float | None, max_videos: 
     optional, ids unique: a repeated `job_id` refuses the file, derived ids that collide get a
     hash); each driving video is cut to `max_seconds` like a folder's clips, with its job's own
     portrait as the reference."""
-    from portraitflow.operators.generation_jobs import load_jobs
-
     jobs = load_jobs(path)[:max_videos]
     with_params = [job.job_id for job in jobs if job.params]
     if with_params:
@@ -118,18 +122,19 @@ def _jobs_file(path: Path, folder: Path, max_seconds: float | None, max_videos: 
              "job_id": safe_stem(job.job_id), "ref": job.ref} for job in jobs]
 
 
-def _shard_urls(path: str) -> list[str]:
-    """A curated output folder (its `shards/`), a folder of tars, or a glob of tars."""
+def _shard_files(path: str) -> list[str]:
+    """The shards of a curated output folder (its `shards/`), a folder of tars, or a glob of tars,
+    as absolute paths: a name found by listing never starts like a URL (`pipe:...`)."""
     import glob
 
     from portraitflow.operators.shards import shard_paths
 
     source = Path(path)
     if (source / "shards").is_dir():
-        return [str(p) for p in shard_paths(source / "shards")]
-    if source.is_dir():
-        return sorted(str(p) for p in source.glob("*.tar"))
-    return sorted(glob.glob(path))
+        found = shard_paths(source / "shards")
+    else:
+        found = source.glob("*.tar") if source.is_dir() else glob.glob(path)
+    return sorted(os.path.abspath(p) for p in found)
 
 
 def _origin(key: str, sample: dict[str, Any]) -> str:
@@ -156,18 +161,15 @@ def _unpack_shards(spec: DatasetSpec, folder: Path, max_videos: int | None) -> l
     holds other bytes under the key) and
     given as (path, origin: the input key of its source video); a sample without a clip, and a
     shard that cannot be read (from where it breaks), are failed rows instead, with a warning."""
-    import webdataset as wds
+    from portraitflow.operators.shard_source import read_shard
 
-    urls = _shard_urls(spec.path)
-    if not urls:
-        raise ValueError(f"no .tar shards at {spec.path}")
     entries: list[tuple[str, str] | dict[str, Any]] = []
     seen: set[str] = set()
-    for url in urls:
+    for url in _shard_files(spec.path):
         if max_videos is not None and len(entries) >= max_videos:
             break
-        try:  # one shard at a time: webdataset's default handler re-raises, and stops the lot
-            for sample in wds.WebDataset([url], shardshuffle=False, empty_check=False):
+        try:  # one shard at a time, read as a file (never through gopen); its break raises, to be a row below
+            for sample in read_shard(url, handler=lambda _: False):
                 key = safe_stem(str(sample["__key__"]))
                 if key in seen:  # shards not curated here may repeat keys: a later one is named by its shard
                     key = hashed_name(key, f"{url}#{sample['__key__']}")
@@ -207,6 +209,23 @@ def dataset_jobs(spec: DatasetSpec, protocol: str, folder: str | Path, max_secon
     and `exclude` (the sweep's output folder), wherever they lie."""
     skip = (Path(folder),) + ((Path(exclude),) if exclude is not None else ())
     return _unique(_dataset_jobs(spec, protocol, Path(folder), max_seconds, max_videos, skip), spec)
+
+
+def check_dataset(spec: DatasetSpec, exclude: str | Path | None = None) -> None:
+    """ValueError when the dataset names no video, since a sweep would run every config on none and
+    finish: no file under a folder matching `include` (outside `exclude`, the sweep's output
+    folder), no row in a jobs file (read as `dataset_jobs` reads it), no shard file. Only what
+    listing tells: a shard without a sample is known when it is read."""
+    if spec.type == "folder":
+        skip = (Path(exclude),) if exclude is not None else ()
+        found = _matches(Path(spec.path), spec.include, VIDEO_SUFFIXES, skip)
+        why = f"no video file under it matches include {spec.include} (in any case)"
+    elif spec.type == "jobs":
+        found, why = load_jobs(spec.path), "the jobs file has no rows"
+    else:
+        found, why = _shard_files(spec.path), "no .tar shards there"
+    if not found:
+        raise ValueError(f"dataset {spec.path!r} matched no videos: {why}")
 
 
 def _dataset_jobs(spec: DatasetSpec, protocol: str, folder: Path, max_seconds: float | None,

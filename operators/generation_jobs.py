@@ -36,7 +36,7 @@ from pydantic import ValidationError
 from portraitflow.jobs.config import validation_problems
 from portraitflow.jobs.config.animate import OPERATIONAL_FIELDS, PER_JOB_FIELDS, AnimateConfig
 from portraitflow.models.animators.registry import backend_settings
-from portraitflow.operators.inputs import NOT_UTF8, escapes_a_file_name
+from portraitflow.operators.inputs import NOT_UTF8, escapes_a_file_name, is_apple_double
 from portraitflow.operators.paths import IMAGE_SUFFIXES, VIDEO_SUFFIXES, escape_undecodable, hashed_name
 
 log = logging.getLogger(__name__)
@@ -142,8 +142,10 @@ def cross_jobs(refs_dir: str, drivers_dir: str) -> list[Job]:
 
 
 def _entries(folder: str, suffixes: frozenset[str], what: str) -> list[Path]:
+    """The files of `folder` named like `what`, but AppleDouble forks (`is_apple_double`): a folder
+    copied from a Mac holds a `._` twin of each, which no flow can read."""
     entries = sorted(Path(folder).iterdir())
-    chosen = [p for p in entries if p.suffix.lower() in suffixes and not p.is_dir()]
+    chosen = [p for p in entries if p.suffix.lower() in suffixes and not p.is_dir() and not is_apple_double(p)]
     if not chosen:
         raise ValueError(f"{folder} holds no {what} (files ending {', '.join(sorted(suffixes))})")
     ignored = [p.name + ("/" if p.is_dir() else "") for p in entries if p not in chosen]
@@ -164,7 +166,7 @@ def load_jobs(path: str | Path) -> list[Job]:
     a `job_id` given to two rows refuses the file.
     """
     path = Path(path)
-    columns, rows = _table(path)
+    columns, rows = read_table(path)
     unknown = set(columns) - set(JOB_COLUMNS) - set(PER_JOB_FIELDS)
     missing = {"ref", "driving"} - set(columns)
     if unknown or missing:
@@ -180,15 +182,16 @@ def load_jobs(path: str | Path) -> list[Job]:
     return unique_ids(jobs, str(path))
 
 
-def _table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+def read_table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
     """A jobs file's columns and rows, each value as the file holds it: a CSV's text, JSON's and
     parquet's own types, so a job id `7` stays `7` (pandas makes a column of integers with a gap
     floats, `7.0`), and no CSV row shifts into other columns (pandas takes a row with one field
     more than the header for an index and its fields; a trailing comma or an unquoted comma in a
-    path makes one): such a row refuses the file, named."""
+    path makes one): such a row refuses the file, named. A text file's UTF-8 BOM (spreadsheets and
+    Notepad write one) is dropped, not read as part of the first column's name or line."""
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's BOM is no column name
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)  # fields past the header's go to the key None; blank lines skipped
             rows = list(reader)
             columns = list(reader.fieldnames or [])
@@ -202,7 +205,7 @@ def _table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
         return columns, rows
     if suffix in (".jsonl", ".ndjson"):
         rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
             if not line.strip():
                 continue
             try:

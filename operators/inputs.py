@@ -70,7 +70,8 @@ def _read_list(path: str) -> list[str]:
         if not names:
             raise ValueError(f"{path}: a parquet list needs a string column (`path`)")
         return [str(v) for v in table.column(names[0]).to_pylist() if v]
-    lines = [line.strip() for line in Path(path).read_text().splitlines()]
+    text = Path(path).read_text(encoding="utf-8-sig")  # a BOM (Notepad writes one) is no part of line 1
+    lines = [line.strip() for line in text.splitlines()]
     for number, line in enumerate(lines, 1):
         if line.startswith("#") and os.path.isfile(Path(path).parent / line):  # a comment, yet a file's name
             log.warning("%s line %d: %r is read as a comment, yet names a file; write ./%s to take it",
@@ -200,12 +201,17 @@ def _is_input(path: str, globbed: bool) -> bool:
     sidecars, photos), so it takes the files named like videos; a glob is what the user named, so
     it takes every file unless its suffix marks it as plainly not a video, and a video under an
     unusual suffix gets a row (failed, with the reason, when it cannot be read) instead of none.
-    The AppleDouble forks macOS writes beside each file on other disks (`._clip.mp4`) are never
-    inputs, whatever their suffix."""
+    AppleDouble forks (`is_apple_double`) are never inputs, whatever their suffix."""
     suffix = Path(path).suffix.lower()
-    if Path(path).name.startswith("._"):
+    if is_apple_double(path):
         return False
     return suffix not in NOT_VIDEO_SUFFIXES if globbed else suffix in VIDEO_SUFFIXES
+
+
+def is_apple_double(path: str | Path) -> bool:
+    """Whether `path` is an AppleDouble fork, the `._clip.mp4` macOS writes beside each file on a
+    disk that cannot hold its metadata (exFAT, SMB, USB): no flow takes one, whatever its suffix."""
+    return Path(path).name.startswith("._")
 
 
 def _inputs_among(spec: str, paths: list[str], globbed: bool) -> list[str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
+import pytest
 from synthetic_shards import write_shard
 
 from portraitflow.operators import eval_dataset
@@ -158,3 +159,32 @@ def test_a_folder_dataset_never_takes_the_sweeps_own_files_for_inputs(tmp_path: 
         assert [Path(j["source"]).name for j in jobs] == ["talk.mp4"]
         assert protocol == "self" or jobs[0]["ref"] == str(data / "portrait.png")
     assert list((out / "dataset").glob("*.ref.png")) and list((out / "dataset").glob("*.mp4"))  # there to be found
+
+
+def test_a_shard_named_like_a_pipe_url_is_read_as_a_file_and_runs_nothing(tmp_path: Path, monkeypatch) -> None:
+    """A folder's or glob's shard names are data: `pipe:touch MARK;cat good.tar;.tar` ran its command
+    through webdataset's opener when listed bare from `path: "."`; now every shard is read as a file."""
+    tars = tmp_path / "tars"
+    write_shard(tars / "good.tar", {"s0": _sample(_clip(tmp_path / "a.mp4"))})
+    (tars / "pipe:touch MARK;cat good.tar;.tar").write_bytes((tars / "good.tar").read_bytes())
+    monkeypatch.chdir(tars)
+    for path in (".", "*.tar"):
+        assert all(name.startswith("/") for name in eval_dataset._shard_files(path))
+        jobs = dataset_jobs(DatasetSpec(type="shards", path=path), "self", tmp_path / "prepared", max_seconds=0.5)
+        assert [j["status"] for j in jobs] == ["ok", "ok"]  # the odd name's copy of good.tar, read as a tar
+    assert not (tars / "MARK").exists()
+
+
+def test_a_folder_takes_camera_names_in_any_case_and_never_macos_forks(tmp_path: Path) -> None:
+    """`TALK.MP4` and `IMG_0001.MOV` were left out silently (`rglob` is case-sensitive), and each `._`
+    fork a Mac leaves on other disks was a failed input; a folder with no video is refused."""
+    for name in ("TALK.MP4", "sub/IMG_0001.MOV", "clip.mp4", "._TALK.MP4", "sub/._IMG_0001.MOV", "notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    found = eval_dataset._matches(tmp_path, ["**/*.mp4", "sub/*.mov"], eval_dataset.VIDEO_SUFFIXES)
+    assert found == [str(tmp_path / name) for name in ("TALK.MP4", "clip.mp4", "sub/IMG_0001.MOV")]
+    eval_dataset.check_dataset(DatasetSpec(path=str(tmp_path)))
+    with pytest.raises(ValueError, match=r"dataset '.*' matched no videos: no video file under it matches include"):
+        eval_dataset.check_dataset(DatasetSpec(path=str(tmp_path), include=["*.mkv", "*.txt"]))
+    with pytest.raises(ValueError, match="matched no videos"):  # the sweep's own outputs are not the dataset's
+        eval_dataset.check_dataset(DatasetSpec(path=str(tmp_path / "sub"), include=["*.mov"]), exclude=tmp_path)

@@ -828,3 +828,56 @@ def test_metrics_are_the_names_the_evaluation_defines_not_every_numeric_column(
                                      "evaluate": {"rank_by": "nosuch"}})
     with pytest.raises(ValueError, match="evaluate.rank_by 'nosuch' is not a metric"):
         sweep.check_sweep(spec, load_config(None, []))
+
+
+def test_a_sweep_over_a_dataset_with_no_video_is_a_usage_error_before_any_run(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder holding only a macOS fork and notes ran every config on nothing and exited 0."""
+    from typer.testing import CliRunner
+
+    from portraitflow.jobs import sweep
+    from portraitflow.jobs.cli import app
+
+    def no_ray(*_, **__):
+        raise AssertionError("Ray started for a dataset with no video")
+
+    monkeypatch.setattr(sweep, "init_ray", no_ray)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "._talk.mp4").write_bytes(b"\0\5\26\7")
+    (data / "notes.txt").write_text("no video here")
+    (tmp_path / "sweep.yaml").write_text(f"name: s\ndataset: {{type: folder, path: {data}}}\n"
+                                         "configs: [{backend: still}]\n")
+    result = CliRunner().invoke(app, ["sweep", str(tmp_path / "sweep.yaml"), "--out", str(tmp_path / "out"),
+                                      "--mlflow-uri", f"sqlite:///{tmp_path / 'm.db'}"], env={"COLUMNS": "1000"})
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert f"dataset '{data}' matched no videos" in " ".join(result.output.replace("│", " ").split())
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_evaluate_refuses_a_csv_row_whose_comma_would_shift_its_columns(tmp_path: Path) -> None:
+    """pandas took a row with a trailing comma for an index and its fields: `job_id` got the ref,
+    `output` nothing, and a wrong file was scored or failed under a made-up id."""
+    from typer.testing import CliRunner
+
+    from portraitflow.jobs.cli import app
+
+    results = tmp_path / "results.csv"
+    results.write_text("job_id,ref,driving,output\nj0,a.png,b.mp4,o.mp4\nj1,a.png,b.mp4,out.mp4,\n")
+    result = CliRunner().invoke(app, ["evaluate", str(results), "--out", str(tmp_path / "eval"),
+                                      "--mlflow-uri", f"sqlite:///{tmp_path / 'm.db'}"], env={"COLUMNS": "1000"})
+    assert result.exit_code == 2 and "data row 2 has 5 fields" in result.output, result.output
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "m.db").exists()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_evaluate_reads_a_results_file_that_starts_with_a_bom(tmp_path: Path, suffix: str) -> None:
+    from portraitflow.jobs.evaluate_cmd import _read_table
+
+    results = tmp_path / f"results{suffix}"
+    text = ("job_id,ref,driving,output\nj1,a.png,b.mp4,o.mp4\n" if suffix == ".csv" else
+            '{"job_id": "j1", "ref": "a.png", "driving": "b.mp4", "output": "o.mp4"}\n')
+    results.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    table = _read_table(results)
+    assert table.columns.tolist() == ["job_id", "ref", "driving", "output"] and table["job_id"].tolist() == ["j1"]
+    assert table["output"].tolist() == [str(tmp_path / "o.mp4")]

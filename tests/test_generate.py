@@ -394,3 +394,21 @@ def test_driving_windows_carry_the_face_box_each_shot_starts_with(media_dir: Pat
     assert inside.all(), "the first frame's keypoints lie in its face box"
     window = next(iter_driving_windows(path, motion))
     assert np.array_equal(window.face_boxes, motion.face_boxes[motion.shot[:len(window.crops)]])
+
+
+def test_folders_from_a_mac_and_jobs_files_with_a_bom_give_only_the_jobs_they_name(tmp_path: Path, caplog) -> None:
+    """`--refs`/`--drivers` took each `._` fork macOS leaves on other disks for a portrait or video
+    (failed jobs, exit 1); a JSONL jobs file starting with a BOM was refused whole."""
+    from portraitflow.operators.generation_jobs import cross_jobs, load_jobs
+
+    for name in ("refs/hallo.jpg", "refs/._hallo.jpg", "drivers/talk.mp4", "drivers/._talk.mp4"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    with caplog.at_level("WARNING"):
+        jobs = cross_jobs(str(tmp_path / "refs"), str(tmp_path / "drivers"))
+    assert [(Path(j.ref).name, Path(j.driving).name) for j in jobs] == [("hallo.jpg", "talk.mp4")]
+    assert "ignored: ._hallo.jpg" in caplog.text and "ignored: ._talk.mp4" in caplog.text
+    listed = tmp_path / "jobs.jsonl"
+    listed.write_bytes(b"\xef\xbb\xbf" + json.dumps({"job_id": "j1", "ref": "refs/hallo.jpg",
+                                                     "driving": "drivers/talk.mp4"}).encode() + b"\r\n")
+    assert load_jobs(listed) == [Job("j1", str(tmp_path / "refs/hallo.jpg"), str(tmp_path / "drivers/talk.mp4"))]

@@ -5,7 +5,9 @@
 #   bash benchmarks/offline_gpu.sh run [SECONDS [STEP...]]   # on the GPU box, the checkout carried with .whl/
 # `run` installs the wheels into a temporary folder, makes the checkout importable as
 # `portraitflow` (the names pyproject.toml maps its folders to) and runs benchmarks/pending_gpu.sh
-# with the same arguments. Only what the benchmarks import besides torch is fetched.
+# with the same arguments. It fetches the two packages the lent GPU machines lacked (their image
+# has torch with CUDA, Triton, numpy, scipy, scikit-image, OpenCV, Pillow, safetensors, requests,
+# huggingface_hub, PyYAML and tqdm); a barer machine needs those from jobs/constraints.txt too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 wheels=.whl

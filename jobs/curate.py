@@ -34,6 +34,7 @@ from portraitflow.jobs.options import (ConfigOption, MlflowUriOption, RayAddress
                                       check_out_folder, refuse_missing_face_models, refuse_unreachable_services,
                                       resolve_config)
 from portraitflow.models.face.factory import model_digests
+from portraitflow.models.face.model_files import ModelFilesMissing
 from portraitflow.operators import ledger
 from portraitflow.operators.atomic import FolderBusy, atomic_write, exclusive_folder
 from portraitflow.operators.curate_input import renders_after_decisions
@@ -88,17 +89,24 @@ OPERATIONAL_SETTINGS = {"face": operational(FaceConfig), "curate": operational(C
 BEHAVIOUR_BEFORE_ADDED = {"curate": {"shot_hash_threshold": 0.0, "duplicate_mirrored": False},
                           "versions": {"scan_measures": 6}}
 #: what the latest measures version changed in what a corpus holds, for the refusal to mix them
-MEASURES_CHANGES = ("since 6: motion on smoothed landmarks, a reference frame with open eyes, pose.npy fitted "
+MEASURES_CHANGES = ("since 7: frames where the face leaves the crop cut out (face_leaves_crop), identity embedded "
+                    "on detected frames only, unmeasured sharpness/keypoint_yaw/profile_share NaN; since 6: motion on smoothed landmarks, a reference frame with open eyes, pose.npy fitted "
                     "centred in the crop, profiles rejected, interlaced frames blended")
 
 
-def corpus_settings(cfg: PortraitFlowConfig) -> dict[str, Any]:
+def corpus_settings(cfg: PortraitFlowConfig, models: bool = True) -> dict[str, Any]:
     """The settings a corpus's decisions and samples depend on, as JSON-ready values; a gallery as
-    the digest of the photos it holds (`gallery_digests`), which its decisions depend on, not its path."""
+    the digest of the photos it holds (`gallery_digests`), which its decisions depend on, not its
+    path; with `models`, the face model files by their digests where this machine has them (a
+    driver of a cluster may not: only its workers load them), else none."""
     settings = {section: getattr(cfg, section).model_dump(mode="json", exclude=exempt)
                 for section, exempt in OPERATIONAL_SETTINGS.items()}
     settings["curate"] |= gallery_digests(cfg.curate)
-    return settings | {"versions": {"scan_measures": SCAN_MEASURES_VERSION}, "models": model_digests(cfg.face)}
+    try:
+        digests = model_digests(cfg.face) if models else {}
+    except ModelFilesMissing:
+        digests = {}
+    return settings | {"versions": {"scan_measures": SCAN_MEASURES_VERSION}, "models": digests}
 
 
 def check_corpus_settings(cfg: PortraitFlowConfig, layout: Layout) -> list[str]:
@@ -113,7 +121,7 @@ def check_corpus_settings(cfg: PortraitFlowConfig, layout: Layout) -> list[str]:
         return []
     recorded, current = json.loads(layout.settings.read_text()), corpus_settings(cfg)
     # a setting added since the folder was curated counts at the value that keeps the old behaviour
-    defaults = corpus_settings(PortraitFlowConfig())
+    defaults = corpus_settings(PortraitFlowConfig(), models=False)
     was = {section: {**defaults[section], **BEHAVIOUR_BEFORE_ADDED.get(section, {}), **recorded.get(section, {})}
            for section in current}
     measured_by = was["versions"]["scan_measures"]
@@ -124,8 +132,8 @@ def check_corpus_settings(cfg: PortraitFlowConfig, layout: Layout) -> list[str]:
             f"{SCAN_MEASURES_VERSION}: {MEASURES_CHANGES}); its samples would not match new ones, whatever the "
             "settings: curate into a new --out", param_hint="--out")
     was["curate"] |= _galleries_recorded_by_path(was["curate"], cfg, current["curate"])
-    if "models" not in recorded:  # curated before the model files were recorded: unknown, taken as the same
-        was["models"] = current["models"]
+    if not recorded.get("models") or not current["models"]:  # not recorded then, or not on this machine now:
+        was["models"] = current["models"]  # unknown, taken as the same
     differing = [(f"{section}.{key}", was[section].get(key), value) for section, values in current.items()
                  for key, value in values.items() if was[section].get(key) != value]
     changed = [f"{name}: {old!r} -> {new!r}" for name, old, new in differing]
@@ -252,7 +260,7 @@ def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], layout: Layout,
     another of its clips failed to render, whatever its retry finds now (it may fail, or scan
     another file). Committed clips enter the ledger first, so inputs added to an existing corpus are
     capped and de-duplicated against all of it. Then the other pending clips are decided greedily,
-    longest first (then in key order): an excerpt never rejects the longer original it was cut
+    in `_decision_order` (longest first): an excerpt never rejects the longer original it was cut
     from, nor takes the identity's cap before it, whatever the file names; a fixed order also makes
     a resumed run decide as an uninterrupted one did.
     """
@@ -424,7 +432,10 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
         if check_corpus_settings(cfg, layout):  # again: a run that held the folder may have just recorded its own
             shutil.rmtree(layout.staging, ignore_errors=True)  # rendered with the settings now replaced
         layout.make()
-        atomic_write(layout.settings, json.dumps(corpus_settings(cfg), indent=1, sort_keys=True))
+        settings = corpus_settings(cfg)
+        if not settings["models"] and layout.settings.is_file():  # the files are not here: keep what was recorded
+            settings["models"] = json.loads(layout.settings.read_text()).get("models", {})
+        atomic_write(layout.settings, json.dumps(settings, indent=1, sort_keys=True))
         in_shards = _repair_shards(layout)
         markers = ledger.load_markers(layout.done)
         _warn_changed(ledger.changed_since_curated(rows, markers))

@@ -26,7 +26,7 @@ import os
 import re
 from collections import Counter
 from itertools import cycle
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -96,16 +96,30 @@ def prepare_clip(source: str, folder: Path, max_seconds: float | None, reference
 
 
 def _matches(folder: Path, patterns: list[str], suffixes: set[str], skip: tuple[Path, ...] = ()) -> list[str]:
-    """Files under `folder` whose path below it matches a pattern from the right, as `rglob` finds
-    them, but in any case, since cameras and phones write `TALK.MP4` and `IMG_0001.MOV`; no
+    """Files under `folder` matching a pattern as `rglob` finds them, but in any case, since cameras
+    and phones write `TALK.MP4` and `IMG_0001.MOV` (`_any_case`); no
     AppleDouble fork (`is_apple_double`), and none inside a `skip` folder: a sweep's own clips and
     outputs, when its folder lies in the dataset, are never inputs of a rerun."""
     skipped = [Path(os.path.abspath(s)) for s in skip]
-    wanted = [re.sub(r"^(\*\*/)+", "", pattern.lower()) for pattern in patterns]  # `match` spans folders already
-    found = [p for p in folder.rglob("*") if p.suffix.lower() in suffixes and not is_apple_double(p)
-             and any(PurePath(str(p.relative_to(folder)).lower()).match(pattern) for pattern in wanted)
-             and not any(Path(os.path.abspath(p)).is_relative_to(s) for s in skipped)]
+    found = {p for pattern in patterns for p in folder.rglob(_any_case(pattern))
+             if p.suffix.lower() in suffixes and not is_apple_double(p)
+             and not any(Path(os.path.abspath(p)).is_relative_to(s) for s in skipped)}
     return sorted(str(p) for p in found)
+
+
+def _any_case(pattern: str) -> str:
+    """A glob pattern matching names in any case (`*.mp4` -> `*.[mM][pP]4`): letters outside
+    `[...]` classes become a class of both cases, so `**` and the rest keep rglob's meaning."""
+    out, in_class = [], False
+    for char in pattern:
+        if char == "[" and not in_class:
+            in_class = True
+        elif char == "]" and in_class:
+            in_class = False
+        elif char.isalpha() and not in_class and char.lower() != char.upper():
+            char = f"[{char.lower()}{char.upper()}]"
+        out.append(char)
+    return "".join(out)
 
 
 def _jobs_file(path: Path, folder: Path, max_seconds: float | None, max_videos: int | None) -> list[dict[str, Any]]:

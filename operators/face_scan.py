@@ -54,6 +54,11 @@ SIGNATURE_SIDE = 16
 SIGNATURE_SMOOTH_FRAMES = 2.0
 SIGNATURE_STEPS = 32
 SIGNATURE_SIZE = SIGNATURE_STEPS * SIGNATURE_SIDE ** 2
+#: the largest share of a face box a clip's fixed crop may leave out on a frame: the 68 clips kept
+#: from the shared media in review s14 leave out at most 0.016 (a face box touching the edge of a
+#: tightly cropped source), while a speaker leaning out of the crop (`skyreels_driving_2`) went from
+#: 0.004 to 0.13 in one frame and on to 0.56, with up to 78% of the landmarks outside the crop
+MAX_CROP_OUTSIDE = 0.1
 
 
 @dataclass
@@ -209,12 +214,13 @@ def _track_measures(frames: dict[str, np.ndarray], detection_frames: int, cfg: C
     profile = frames["measure_keypoint_yaw"][seen] > PROFILE_KEYPOINT_YAW
     return {"face_side_px": float(np.median(sides)), "detected_ratio": float(seen.sum() / detection_frames),
             "secondary_faces": float(secondary), "keypoint_yaw": _detected_median(frames["measure_keypoint_yaw"], seen),
-            "profile_share": float(profile.mean()) if len(profile) else 0.0}
+            "profile_share": float(profile.mean()) if len(profile) else np.nan}
 
 
 def _detected_median(values: np.ndarray, seen: np.ndarray) -> float:
-    """The median over the frames the detector found the face on (0 for none)."""
-    return float(np.median(values[seen])) if seen.any() else 0.0
+    """The median over the frames the detector found the face on; NaN for none (unmeasured, where 0
+    read as a wholly blurred or frontal face). Every filter keeps a NaN (a comparison with it is false)."""
+    return float(np.median(values[seen])) if seen.any() else np.nan
 
 
 def _track_reason(measures: dict[str, float], frames: int, info: VideoInfo, cfg: CurateConfig) -> str | None:
@@ -239,7 +245,7 @@ def _measure(analyzer: FaceAnalyzer, path: str, size, frame_hw: tuple[int, int],
     """Second pass over a clip: per-frame landmarks, pose, sharpness and sampled embeddings."""
     start, end = candidate.start, candidate.end
     part = main.between(start, end)
-    samples = np.unique(np.linspace(0, end - start - 1, cfg.identity_samples).round().astype(int))
+    samples = identity_sample_frames(part.detected, cfg.identity_samples)
     landmarks, poses, sharp, embeddings, thumbnails = [], [], [], [], []
     chunks = iter_frame_chunks(path, cfg.fps, start / cfg.fps, end / cfg.fps, cfg.chunk_frames, size)
     for chunk in timer.iterate("decode", chunks):
@@ -276,6 +282,17 @@ def _measure(analyzer: FaceAnalyzer, path: str, size, frame_hw: tuple[int, int],
         return _decide(arrays, 0, end - start, start, info, galleries, analyzer.same_person_threshold, cfg)
 
 
+def identity_sample_frames(detected: np.ndarray, count: int) -> np.ndarray:
+    """Frames of a clip to embed: `count` spread over it, each moved to the nearest frame the detector
+    found the face on, duplicates dropped. An interpolated box can be a detection step off a moving
+    face: on a shaking camera's clip, crops missing the face read as another person (`identity_switch`)."""
+    spread = np.linspace(0, len(detected) - 1, count).round().astype(int)
+    found = np.flatnonzero(detected)
+    if len(found):  # none only where `min_face_frames_ratio` is 0
+        spread = found[np.abs(found[None, :] - spread[:, None]).argmin(axis=1)]
+    return np.unique(spread)
+
+
 def scan_pose(analyzer: FaceAnalyzer, landmarks: np.ndarray, boxes: np.ndarray, kps: np.ndarray,
               frame_hw: tuple[int, int]) -> np.ndarray:
     """(N, 3) per-frame head pose of a clip as generation and evaluation measure it
@@ -289,18 +306,18 @@ def scan_pose(analyzer: FaceAnalyzer, landmarks: np.ndarray, boxes: np.ndarray, 
 
 def _decide(arrays: dict[str, np.ndarray], first: int, last: int, offset: int, info: VideoInfo,
             galleries: Galleries, same_person: float, cfg: CurateConfig) -> list[Candidate]:
-    """Filter frames [first, last) of a measured clip; an identity switch splits it in two.
+    """Filter frames [first, last) of a measured clip; an identity switch splits it in two, and frames
+    where the face leaves the clip's crop are cut out (`face_leaves_crop`), the parts around them kept.
 
     Every measure is taken on these frames, first pass included, so each part of a split clip is
     judged and reported on its own person's frames, not on the whole clip's.
     """
     start, end = offset + first, offset + last
-    frames = {k: v[first:last] for k, v in arrays.items() if not k.startswith("sample_")}
+    frames = _frames(arrays, first, last)
     in_range = (arrays["sample_index"] >= first) & (arrays["sample_index"] < last)
     sample_index = arrays["sample_index"][in_range]
     sample_embedding = arrays["sample_embedding"][in_range]
-    measures = dict(_track_measures(frames, _detection_frames(start, end, max(1, cfg.detect_every)), cfg),
-                    sharpness=_detected_median(frames["measure_sharpness"], frames["measure_detected"]))
+    measures = _part_measures(frames, start, end, cfg)
     # the whole clip passed `duration` in the first pass, so a part shorter is the rest of a split:
     # `too_short` first, whatever else it fails (a rest of one undetected frame had read `no_face`)
     reason = filters.duration((last - first) / cfg.fps, cfg) or _track_reason(measures, last - first, info, cfg)
@@ -315,11 +332,22 @@ def _decide(arrays: dict[str, np.ndarray], first: int, last: int, offset: int, i
         before, after = int(sample_index[switch - 1]) + 1, int(sample_index[switch])
         return (_decide(arrays, first, before, offset, info, galleries, same_person, cfg)
                 + _decide(arrays, after, last, offset, info, galleries, same_person, cfg))
+    crop_box = square_crop_box(np.median(frames["boxes"], axis=0), (info.height, info.width))
+    outside = outside_share(frames["boxes"], crop_box)
+    leaving = _crop_exit(outside, max(1, round(cfg.min_clip_seconds * cfg.fps)))
+    if leaving is not None:  # each part around the frames cut out gets its own crop
+        cut, back = first + leaving[0], first + leaving[1]
+        out = dict(_part_measures(_frames(arrays, cut, back), offset + cut, offset + back, cfg),
+                   face_outside_crop=float(outside[leaving[0]:leaving[1]].max()))
+        before, after = (_decide(arrays, a, b, offset, info, galleries, same_person, cfg) if b > a else []
+                         for a, b in ((first, cut), (back, last)))
+        return [*before, Candidate(offset + cut, offset + back, filters.FACE_LEAVES_CROP, out), *after]
     motion = motion_table(frames["landmarks"], frames["kps"])
     embedding = l2_normalise(sample_embedding.mean(axis=0))
     yaw, pitch = np.median(np.abs(frames["pose"][:, :2]), axis=0)  # what `extreme_pose` tests
     shake = motion_intensity(frames["landmarks"], smooth_frames=0)
-    measures = dict(measures, yaw=float(yaw), pitch=float(pitch), motion=float(motion[1:, 0].mean() if len(motion) > 1 else 0.0),
+    measures = dict(measures, face_outside_crop=float(outside.max()), yaw=float(yaw), pitch=float(pitch),
+                    motion=float(motion[1:, 0].mean() if len(motion) > 1 else 0.0),
                     shake=float(shake[1:].mean() if len(shake) > 1 else 0.0))
     reason = filters.first_reason(
         filters.pose(measures["yaw"], measures["pitch"], cfg),
@@ -337,9 +365,44 @@ def _decide(arrays: dict[str, np.ndarray], first: int, last: int, offset: int, i
     thumbnails = stored.pop("thumbnails")
     kept = dict(stored, motion=motion, embedding=embedding, signature=content_signature(thumbnails),
                 thumbnails=thumbnails.astype(np.uint8),  # INTER_AREA of uint8 frames: whole grey levels already
-                crop_box=square_crop_box(np.median(frames["boxes"], axis=0), (info.height, info.width)).astype(np.float32),
+                crop_box=crop_box.astype(np.float32),
                 ref_index=np.array(frontal))
     return [Candidate(start, end, None, measures, kept)]
+
+
+def _frames(arrays: dict[str, np.ndarray], first: int, last: int) -> dict[str, np.ndarray]:
+    """The per-frame arrays of frames [first, last) of a measured clip (all but its samples')."""
+    return {k: v[first:last] for k, v in arrays.items() if not k.startswith("sample_")}
+
+
+def _part_measures(frames: dict[str, np.ndarray], start: int, end: int, cfg: CurateConfig) -> dict[str, float]:
+    """The first-pass measures and the sharpness of a measured clip's frames [start, end) (`_frames`)."""
+    return dict(_track_measures(frames, _detection_frames(start, end, max(1, cfg.detect_every)), cfg),
+                sharpness=_detected_median(frames["measure_sharpness"], frames["measure_detected"]))
+
+
+def outside_share(boxes: np.ndarray, crop_box: np.ndarray) -> np.ndarray:
+    """(T,) share of each face box (x1, y1, x2, y2) outside the crop box: what of the face the
+    clip's crop cuts off on that frame."""
+    boxes, crop_box = np.asarray(boxes, np.float64), np.asarray(crop_box, np.float64)
+    overlap = np.minimum(boxes[:, 2:], crop_box[2:]) - np.maximum(boxes[:, :2], crop_box[:2])
+    area = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+    return 1.0 - np.prod(np.clip(overlap, 0, None), axis=1) / np.maximum(area, 1e-9)
+
+
+def _crop_exit(outside: np.ndarray, min_frames: int) -> tuple[int, int] | None:
+    """[cut, back): from the first frame with more than MAX_CROP_OUTSIDE of its face box outside the
+    crop (`outside_share`) to the first of `min_frames` frames in a row back inside, or to the end (a
+    shorter stretch inside could not be a clip of its own); None when the face stays inside."""
+    leaves = outside > MAX_CROP_OUTSIDE
+    if not leaves.any():
+        return None
+    cut, inside_run = int(np.argmax(leaves)), 0
+    for index in range(cut, len(leaves)):
+        inside_run = 0 if leaves[index] else inside_run + 1
+        if inside_run == min_frames:
+            return cut, index + 1 - min_frames
+    return cut, len(leaves)
 
 
 def eye_aspect_ratio(landmarks: np.ndarray) -> np.ndarray:
@@ -421,8 +484,10 @@ SCANNED = "scanned"
 #: is a detected, eyes-open frame inside the image, not just the most frontal one;
 #: 7: `pose` is fitted on the face centred in its square crop, as generation and evaluation fit it, and
 #: on profiles takes the keypoints' yaw; `extreme_pose` compares `keypoint_yaw` on the landmark fit's
-#: scale and rejects a clip mostly in profile (`profile_share`))
-SCAN_MEASURES_VERSION = 7
+#: scale and rejects a clip mostly in profile (`profile_share`);
+#: 8: frames where the face leaves the clip's crop are cut out (`face_leaves_crop`, `face_outside_crop`),
+#: identity samples are embedded on detected frames only, and a measure of no detected frame is NaN, not 0)
+SCAN_MEASURES_VERSION = 8
 #: curate fields a scan does not depend on (resources, decoding chunk size, naming, the stages
 #: after it); changing them keeps earlier scans valid.
 _NOT_IN_SCAN = operational(CurateConfig) | {
@@ -437,9 +502,13 @@ GALLERY_DIGEST_PREFIX = "sha256:"
 
 def scan_fingerprint(cfg: PortraitFlowConfig) -> str:
     """A hash of every setting a scan depends on, the galleries by what they hold
-    (`gallery_digests`); a rerun with other settings or other gallery photos scans again."""
+    (`gallery_digests`) and the face models by their files (`model_digests`); a rerun with other
+    settings, gallery photos or model files scans again."""
+    from portraitflow.models.face.factory import model_digests
+
     curate = cfg.curate.model_dump(exclude=_NOT_IN_SCAN) | gallery_digests(cfg.curate)
-    relevant = {"face": cfg.face.result_settings(), "curate": curate, "measures": SCAN_MEASURES_VERSION}
+    relevant = {"face": cfg.face.result_settings(), "curate": curate, "measures": SCAN_MEASURES_VERSION,
+                "models": model_digests(cfg.face)}
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

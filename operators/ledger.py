@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 ACCEPTED, REJECTED, FAILED = "accepted", "rejected", "failed"
 MEASURES = ("face_side_px", "detected_ratio", "secondary_faces", "keypoint_yaw", "profile_share", "sharpness",
-            "identity_link", "yaw", "pitch", "motion", "shake", "duplicate_similarity", "overlap_s", "overlap_share")
+            "identity_link", "face_outside_crop", "yaw", "pitch", "motion", "shake", "duplicate_similarity", "overlap_s", "overlap_share")
 
 
 def marker_path(done_dir: Path, input_key: str) -> Path:

@@ -148,6 +148,7 @@ def read_shard(url: str, handler: Callable[[BaseException], bool]) -> Iterator[d
                 if not member.isfile():
                     continue
                 key, _, field = posixpath.basename(member.name).partition(".")
+                field = field.lower()  # as webdataset groups them: `KEY.MP4` is the sample's `mp4`
                 key = posixpath.join(posixpath.dirname(member.name), key)
                 if sample is None or sample["__key__"] != key:
                     if sample is not None:

@@ -7,6 +7,7 @@ the stages live in operators/animate.py.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +41,17 @@ def animation_pool(backend: str, cfg: AnimateConfig) -> tuple[int, int]:
     return cfg.actors, 0
 
 
-def animation_memory(cfg: AnimateConfig) -> int:
+def animation_memory(cfg: AnimateConfig, paste_back: bool) -> int:
     """Bytes an animation actor declares, so Ray never packs more actors onto a node than its memory
-    holds: the largest output frame (the paste-back cap; 2048 px when uncapped, as a photo's size is
-    not known ahead) times the windows held at once."""
-    side = max(cfg.size, cfg.max_output_side or 2048)
+    holds: the largest output frame (a crop of `size`, or with `paste_back` the cap, 2048 px when
+    uncapped, as a photo's size is not known ahead) times the windows held at once."""
+    side = max(cfg.size, (cfg.max_output_side or 2048) if paste_back else 0)
     return ACTOR_BASE_MEMORY + WINDOWS_HELD * cfg.window * side * side * 3
+
+
+def pastes_back(pending: list[dict[str, Any]]) -> bool:
+    """Whether any of the jobs pastes its animation back onto the whole portrait (larger frames)."""
+    return any(json.loads(row["params"]).get("paste_back") for row in pending)
 
 
 def animate_pending(pending: list[dict[str, Any]], backend: str, cfg: PortraitFlowConfig, motion_dir: Path,
@@ -70,7 +76,7 @@ def animate_pending(pending: list[dict[str, Any]], backend: str, cfg: PortraitFl
                                                          "animate_cfg_json": cfg.animate.model_dump_json(), **crashes},
                      batch_size=1, compute=ActorPoolStrategy(min_size=1, max_size=actors),
                      num_cpus=cfg.animate.cpus_per_actor, num_gpus=gpus_per_actor,
-                     memory=animation_memory(cfg.animate))
+                     memory=animation_memory(cfg.animate, pastes_back(pending)))
         .take_all()
     )
     by_job = {row["job_id"]: row for row in finished}  # ids are unique; a failed row's output is blank

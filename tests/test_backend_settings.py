@@ -112,3 +112,16 @@ def test_the_command_line_refuses_job_options_the_backend_does_not_read(
     else:
         assert result.exit_code == 2 and f"does not use {refused}:" in result.output and not calls, result.output
         assert "Traceback" not in result.output
+
+
+def test_hunyuan_neither_reads_nor_is_named_by_the_drivers_smoothing() -> None:
+    """HunyuanPortrait reads the keypoints as detected: a sweep over `smooth_sigma` would repeat its
+    GPU jobs, and a new value re-render its videos unchanged."""
+    from portraitflow.models.animators.registry import check_settings
+    from portraitflow.operators.generation_jobs import output_settings
+
+    cfg = load_config(None, []).animate
+    assert "smooth_sigma" in backend_settings("warp") and "smooth_sigma" not in backend_settings("hunyuan")
+    assert "smooth_sigma" not in output_settings("hunyuan", cfg) and "smooth_sigma" in output_settings("warp", cfg)
+    with pytest.raises(ValueError, match="backend hunyuan does not use smooth_sigma"):
+        check_settings("hunyuan", ["smooth_sigma"])

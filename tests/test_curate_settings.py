@@ -238,3 +238,12 @@ def test_other_face_model_files_are_refused_like_other_settings(tmp_path: Path) 
     del recorded["models"]  # curated before model files were recorded: taken as the same
     layout.settings.write_text(json.dumps(recorded))
     assert check_corpus_settings(cfg, layout) == []
+
+
+def test_a_scan_is_made_again_for_other_face_model_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    from portraitflow.models.face import factory
+
+    cfg = load_config(None, [])
+    before = scan_fingerprint(cfg)
+    monkeypatch.setattr(factory, "model_digests", lambda face: {"sface": "another recogniser"})
+    assert scan_fingerprint(cfg) != before

@@ -183,6 +183,8 @@ def test_a_folder_takes_camera_names_in_any_case_and_never_macos_forks(tmp_path:
         (tmp_path / name).write_bytes(b"")
     found = eval_dataset._matches(tmp_path, ["**/*.mp4", "sub/*.mov"], eval_dataset.VIDEO_SUFFIXES)
     assert found == [str(tmp_path / name) for name in ("TALK.MP4", "clip.mp4", "sub/IMG_0001.MOV")]
+    nested = eval_dataset._matches(tmp_path, ["sub/**/*.MOV", "[c]lip.*"], eval_dataset.VIDEO_SUFFIXES)
+    assert nested == [str(tmp_path / "clip.mp4"), str(tmp_path / "sub/IMG_0001.MOV")]  # `**` inside a pattern too
     eval_dataset.check_dataset(DatasetSpec(path=str(tmp_path)))
     with pytest.raises(ValueError, match=r"dataset '.*' matched no videos: no video file under it matches include"):
         eval_dataset.check_dataset(DatasetSpec(path=str(tmp_path), include=["*.mkv", "*.txt"]))

@@ -285,7 +285,7 @@ def test_too_few_cpus_is_an_error_not_a_hang(tmp_path: Path, ray_local) -> None:
     assert no_gpu.exit_code == 2 and "needs a GPU" in no_gpu.output and "--gpus 0" in no_gpu.output
     # an actor declares the output frames it holds: a window no node could hold is refused up front
     huge = CliRunner().invoke(app, ["animate", "--ref", "a.png", "--driving", "b.mp4", "--out", str(tmp_path),
-                                    "--set", "animate.window=100000", "--set", "mlflow.enabled=false"])
+                                    "--set", "animate.window=100000", "--paste-back", "--set", "mlflow.enabled=false"])
     words = " ".join(huge.output.replace("│", " ").split())  # the error box wraps its lines
     assert huge.exit_code == 2 and "lower animate.window" in words and "Traceback" not in words
 
@@ -295,10 +295,11 @@ def test_an_animation_actor_declares_the_frames_it_holds() -> None:
 
     cfg = load_config(None, []).animate
     frame = 2048 * 2048 * 3  # the paste-back cap
-    assert animation_memory(cfg) == ACTOR_BASE_MEMORY + 5 * 25 * frame
-    assert animation_memory(cfg.model_copy(update={"window": 50})) - ACTOR_BASE_MEMORY == 2 * 5 * 25 * frame
-    assert animation_memory(cfg.model_copy(update={"max_output_side": 1024})) == ACTOR_BASE_MEMORY + 5 * 25 * frame // 4
-    assert animation_memory(cfg.model_copy(update={"max_output_side": 0})) == animation_memory(cfg)  # uncapped: estimate
+    assert animation_memory(cfg, True) == ACTOR_BASE_MEMORY + 5 * 25 * frame
+    assert animation_memory(cfg.model_copy(update={"window": 50}), True) - ACTOR_BASE_MEMORY == 2 * 5 * 25 * frame
+    assert animation_memory(cfg.model_copy(update={"max_output_side": 1024}), True) == ACTOR_BASE_MEMORY + 5 * 25 * frame // 4
+    assert animation_memory(cfg.model_copy(update={"max_output_side": 0}), True) == animation_memory(cfg, True)  # estimate
+    assert animation_memory(cfg, False) == ACTOR_BASE_MEMORY + 5 * 25 * 512 * 512 * 3  # crops only: the default
 
 
 def test_a_job_whose_result_never_comes_back_still_gets_a_failed_row(tmp_path: Path, ray_local,

@@ -73,7 +73,7 @@ def _track(second_box: np.ndarray, nose_offset: float) -> Track:
 
 
 def _scan(monkeypatch: pytest.MonkeyPatch, frames: np.ndarray, main: Track,
-          others: list[Track] = ()) -> list[face_scan.Candidate]:
+          others: list[Track] = (), analyzer: _Analyzer | None = None) -> list[face_scan.Candidate]:
     """The first pass and the second on the clip [0, FRAMES), with `frames` as the decoded video."""
     def decoded(path: str, fps: float, start_s: float, end_s: float, chunk_size: int, size: object):
         for begin in range(round(start_s * fps), round(end_s * fps), chunk_size):
@@ -87,7 +87,7 @@ def _scan(monkeypatch: pytest.MonkeyPatch, frames: np.ndarray, main: Track,
     galleries = face_scan.Galleries(np.zeros((0, 8)), np.zeros((0, 8)), 0.5)
     candidate = face_scan._cheap_checks(main, [main, *others], 0, FRAMES, info, to_source, cfg.detect_every, cfg)
     assert candidate.reason is None  # the whole clip passes the first pass on the first person's frames
-    return face_scan._measure(_Analyzer(), "talk.mp4", None, (SIDE, SIDE), main, candidate, to_source, info,
+    return face_scan._measure(analyzer or _Analyzer(), "talk.mp4", None, (SIDE, SIDE), main, candidate, to_source, info,
                               galleries, cfg, StageTimer())
 
 
@@ -125,3 +125,27 @@ def test_a_part_is_judged_on_its_own_first_pass_measures(monkeypatch: pytest.Mon
     assert [(c.start, c.end, c.reason) for c in (first, rest)] == [(*FIRST, None), (*SECOND, reason)]
     assert rest.measures[measure] == pytest.approx(own, rel=1e-4)
     assert first.measures[measure] == pytest.approx({"face_side_px": 192.0}.get(measure, 0.0))
+
+
+class _AligningAnalyzer(_Analyzer):
+    """A recogniser that knows the dark face only from a crop on it: a crop half beside it reads as
+    someone else (a real recogniser's embedding of a misaligned crop drifts the same way)."""
+
+    def embed(self, frames: list[np.ndarray], faces: list) -> np.ndarray:
+        return np.stack([PEOPLE[int(_face(frame, face.box).mean() > 80)] for frame, face in zip(frames, faces)])
+
+
+def test_identity_samples_are_embedded_on_detected_frames_not_interpolated_ones(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shaking camera moves the face between detections, where the track's box is interpolated: one
+    person's clip sampled at 0, 28, 57, 85, ..., 199 was rejected `identity_switch`, its undetected
+    samples cropped half beside the face. Moved to the nearest detected frames, they are one person."""
+    rng = np.random.default_rng(0)
+    frames = np.full((FRAMES, SIDE, SIDE, 3), 128, np.uint8)
+    for index, frame in enumerate(frames):  # the dark face, 24 px to the right on the undetected frames
+        face = _face(frame, BOX + (np.array([24, 0, 24, 0], np.float32) if index % 2 else 0))
+        face[:] = rng.integers(0, 128, face.shape[:2])[..., None]
+    [clip] = _scan(monkeypatch, frames, _track(BOX, 0.0), analyzer=_AligningAnalyzer())
+    assert (clip.start, clip.end, clip.reason) == (0, FRAMES, None)
+    assert clip.measures["identity_link"] == pytest.approx(1.0)
+    assert face_scan.identity_sample_frames(np.arange(9) % 4 == 0, 4).tolist() == [0, 4, 8]  # 3 and 5 -> 4

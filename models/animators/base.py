@@ -48,6 +48,9 @@ class Animator(ABC):
     #: the animate settings this animator reads besides every backend's (`PIPELINE_FIELDS`): a setting
     #: in neither is refused for this backend (in a sweep config, a jobs file's column, a flag), not ignored.
     params: ClassVar[tuple[str, ...]] = ()
+    #: settings of every backend's (`PIPELINE_FIELDS`) that this animator's output does not depend on:
+    #: refused like any other setting it does not read, and left out of its output names
+    unread: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def animate(

@@ -33,8 +33,10 @@ def animator_class(backend: str) -> type[Animator]:
 
 
 def backend_settings(backend: str) -> frozenset[str]:
-    """Every animate setting `backend` reads: every backend's (`PIPELINE_FIELDS`) and its animator's `params`."""
-    return frozenset(PIPELINE_FIELDS) | frozenset(animator_class(backend).params)
+    """Every animate setting `backend` reads: every backend's (`PIPELINE_FIELDS`) but those its
+    animator leaves `unread`, and its animator's `params`."""
+    animator = animator_class(backend)
+    return (frozenset(PIPELINE_FIELDS) - frozenset(animator.unread)) | frozenset(animator.params)
 
 
 def check_settings(backend: str, names: Iterable[str]) -> None:
@@ -42,7 +44,7 @@ def check_settings(backend: str, names: Iterable[str]) -> None:
     silently ignored (and, in a sweep, cost a run that only repeats another)."""
     unused = sorted(set(names) - backend_settings(backend))
     if unused:
-        shared = ", ".join(name for name in PIPELINE_FIELDS if name != "backend")
+        shared = ", ".join(name for name in PIPELINE_FIELDS if name != "backend" and name not in animator_class(backend).unread)
         own = ", ".join(animator_class(backend).params)
         reads = f"{own}, besides the settings of every backend" if own else "only the settings of every backend"
         raise ValueError(f"backend {backend} does not use {', '.join(unused)}: {backend} reads {reads} ({shared})")

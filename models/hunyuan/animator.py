@@ -52,6 +52,8 @@ class HunyuanAnimator(Animator):
     #: how the model is served; the driving motion comes from the crops, so no motion options.
     params = ("weights", "seed", "num_steps", "appearance_scale", "motion_scale", "compile_mode", "windows_per_call",
               "gpus")
+    #: its motion comes from the crops and the keypoints as detected, never the smoothed ones
+    unread = ("smooth_sigma",)
 
     def __init__(self, models: HunyuanModels, settings: SamplingSettings = SamplingSettings(),
                  compile_mode: str | None = None) -> None:
@@ -216,6 +218,8 @@ def _check_settings(settings: SamplingSettings) -> None:
         value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"HunyuanPortrait param {name} must be an integer of at least {least}, not {value!r}")
+    if settings.seed >= 2**64:  # torch's generators take 64 bits
+        raise ValueError(f"HunyuanPortrait param seed must be below 2**64, not {settings.seed}")
     for name in ("appearance_scale", "motion_scale"):
         value = getattr(settings, name)
         if not (isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)):

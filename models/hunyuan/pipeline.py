@@ -188,7 +188,7 @@ class HunyuanPipeline:
         image = vae_image.to(self.device, encoder_dtype)
         mean = latent = self.vae.encode(image).latent_dist.mean.float()
         if noise_aug_strength:  # a stream of its own: `seed` draws the initial latents' noise
-            generator = torch.Generator().manual_seed(seed + 1)
+            generator = torch.Generator().manual_seed((seed + 1) % 2**64)
             noise = torch.randn(image.shape, generator=generator, dtype=image.dtype).to(self.device)
             latent = self.vae.encode(image + noise_aug_strength * noise).latent_dist.mode().float()
         image_tokens = appearance_tokens(self.image_encoder, self.image_proj, dino_image, identity)

@@ -261,7 +261,10 @@ def test_sweep_passes_retry_failed_to_the_sweep(tmp_path: Path, monkeypatch: pyt
         return "r"
 
     monkeypatch.setattr("portraitflow.jobs.sweep.run_sweep", run_sweep)
-    (tmp_path / "sweep.yaml").write_text(f"dataset: {{type: folder, path: {tmp_path}}}\nconfigs: [{{backend: warp}}]\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "talk.mp4").write_bytes(b"")  # a dataset naming no video is refused before the sweep
+    (tmp_path / "sweep.yaml").write_text(f"dataset: {{type: folder, path: {tmp_path / 'data'}}}\n"
+                                         "configs: [{backend: warp}]\n")
     for flags in ([], ["--retry-failed"]):
         result = CliRunner().invoke(app, ["sweep", str(tmp_path / "sweep.yaml"), "--out", str(tmp_path / "out"),
                                           "--mlflow-uri", f"sqlite:///{tmp_path / 'm.db'}", *flags], env=WIDE)

@@ -41,7 +41,7 @@ from portraitflow.operators.curate_input import renders_after_decisions
 from portraitflow.operators.decode import probe_video
 from portraitflow.operators.face_scan import (GALLERY_DIGEST_PREFIX, GALLERY_SETTINGS, SCAN_MEASURES_VERSION,
                                               SIGNATURE_SIZE, check_galleries, gallery_digests, load_scan_arrays,
-                                              scan_clips, scan_path)
+                                              load_scan_meta, scan_clips, scan_path)
 from portraitflow.operators.filters import RENDER_FAILED
 from portraitflow.operators.identity import CorpusLedger
 from portraitflow.operators.inputs import clip_input_key, expand_inputs, input_key, is_uri, local_copy
@@ -449,6 +449,16 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
         return _curate_pending(cfg, layout, rows, pending, in_shards)
 
 
+def _scanned_file(layout: Layout, row: dict[str, Any]) -> dict[str, int] | None:
+    """The size and time of the local input file its scan was made of (`source_identity`), for
+    `ledger.changed_since_curated`; None for a remote input or one without a scan (failed)."""
+    path = scan_path(layout.scans, row["input_key"])
+    if is_uri(row["uri"]) or not path.is_file():
+        return None
+    source = load_scan_meta(path).get("source", {})
+    return {"size": source["size"], "mtime_ns": source["mtime_ns"]} if "size" in source else None
+
+
 def _warn_changed(paths: list[str]) -> None:
     """Name the done inputs whose file was replaced: they are not curated again (their clips are in
     the shards, under keys of their path), so the corpus keeps describing the earlier files."""
@@ -524,7 +534,7 @@ def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], p
 
         def finish(key: str) -> None:
             ledger.write_marker(layout.done, ledger.input_row(by_key[key], clip_rows[key]), clip_rows[key],
-                                ledger.source_stat(by_key[key]["uri"]))
+                                _scanned_file(layout, by_key[key]))
 
         for key in sorted(k for k, keys in waiting.items() if not keys):
             finish(key)

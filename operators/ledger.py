@@ -33,7 +33,8 @@ def marker_path(done_dir: Path, input_key: str) -> Path:
 
 def write_marker(done_dir: Path, input_row: dict[str, Any], clip_rows: list[dict[str, Any]],
                  source: dict[str, int] | None = None) -> None:
-    """The input's rows, and `source` (`source_stat`: the file as it was curated), if local."""
+    """The input's rows, and `source`, if local: the size and time (as `source_stat` gives them) of
+    the file its scan was made of."""
     marker = {"input": input_row, "clips": clip_rows, **({"source": source} if source else {})}
     atomic_write(marker_path(done_dir, input_row["input_key"]), json.dumps(marker))
 

@@ -186,3 +186,16 @@ def test_a_done_input_replaced_under_its_name_is_named_not_silently_kept(tmp_pat
     run_curation(cfg, [str(video)], layout.out, dry_run=True)
     assert capsys.readouterr().out.startswith(f"changed  {rows[0]['input_key']}  {video}")
     assert "changed since they were curated" in caplog.text and str(video) in caplog.text
+
+
+def test_a_marker_records_the_file_its_scan_was_made_of(tmp_path: Path) -> None:
+    """Not the file at the path when the input finishes: one replaced during its own run is named next time."""
+    from portraitflow.jobs.curate import _scanned_file
+    from portraitflow.operators.face_scan import save_scan, scan_path
+
+    layout = Layout(tmp_path)
+    layout.make()
+    save_scan(scan_path(layout.scans, "talk"), {"source": {"size": 5, "mtime_ns": 7, "width": 64, "height": 64}}, [])
+    assert _scanned_file(layout, {"input_key": "talk", "uri": str(tmp_path / "talk.mp4")}) == {"size": 5, "mtime_ns": 7}
+    assert _scanned_file(layout, {"input_key": "talk", "uri": "s3://bucket/talk.mp4"}) is None
+    assert _scanned_file(layout, {"input_key": "gone", "uri": str(tmp_path / "gone.mp4")}) is None

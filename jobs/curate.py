@@ -90,8 +90,9 @@ BEHAVIOUR_BEFORE_ADDED = {"curate": {"shot_hash_threshold": 0.0, "duplicate_mirr
                           "versions": {"scan_measures": 6}}
 #: what the latest measures version changed in what a corpus holds, for the refusal to mix them
 MEASURES_CHANGES = ("since 7: frames where the face leaves the crop cut out (face_leaves_crop), identity embedded "
-                    "on detected frames only, unmeasured sharpness/keypoint_yaw/profile_share NaN; since 6: motion on smoothed landmarks, a reference frame with open eyes, pose.npy fitted "
-                    "centred in the crop, profiles rejected, interlaced frames blended")
+                    "on detected frames only, unmeasured sharpness/keypoint_yaw/profile_share NaN; since 6: motion "
+                    "on smoothed landmarks, a reference frame with open eyes, pose.npy fitted centred in the crop, "
+                    "profiles rejected, interlaced frames blended")
 
 
 def corpus_settings(cfg: PortraitFlowConfig, models: bool = True) -> dict[str, Any]:

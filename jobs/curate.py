@@ -457,7 +457,7 @@ def _scanned_file(layout: Layout, row: dict[str, Any]) -> dict[str, int] | None:
     if is_uri(row["uri"]) or not path.is_file():
         return None
     source = load_scan_meta(path).get("source", {})
-    return {"size": source["size"], "mtime_ns": source["mtime_ns"]} if "size" in source else None
+    return {key: source[key] for key in ("size", "mtime_ns")} if "size" in source else None
 
 
 def _warn_changed(paths: list[str]) -> None:

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import time
 from bisect import bisect_left
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.identity import (gallery_photos, identity_link, load_gallery, matches_gallery,
                                              switch_index)
 from portraitflow.operators.inputs import clip_key
+from portraitflow.operators.ledger import file_stat
 from portraitflow.operators.motion import motion_intensity, motion_table
 from portraitflow.operators.probe import FAILED, error_text, probe_input
 from portraitflow.operators.reference_portrait import crop_head_pose
@@ -535,9 +535,8 @@ def gallery_digest(folder: str) -> str:
 def source_identity(path: str, row: dict[str, Any]) -> dict[str, Any]:
     """What tells the file a scan was made of from another put at its path later: its size and
     modification time (a remote object's, which its local copy keeps) and what the probe found."""
-    stat = os.stat(path)
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "width": row["width"], "height": row["height"],
-            "fps": row["src_fps"], "frames": round(row["duration_s"] * row["src_fps"])}
+    return {**file_stat(path), "width": row["width"], "height": row["height"], "fps": row["src_fps"],
+            "frames": round(row["duration_s"] * row["src_fps"])}
 
 
 def save_scan(path: Path, meta: dict[str, Any], candidates: list[Candidate]) -> None:

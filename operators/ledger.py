@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 ACCEPTED, REJECTED, FAILED = "accepted", "rejected", "failed"
 MEASURES = ("face_side_px", "detected_ratio", "secondary_faces", "keypoint_yaw", "profile_share", "sharpness",
-            "identity_link", "face_outside_crop", "yaw", "pitch", "motion", "shake", "duplicate_similarity", "overlap_s", "overlap_share")
+            "identity_link", "face_outside_crop", "yaw", "pitch", "motion", "shake", "duplicate_similarity",
+            "overlap_s", "overlap_share")
 
 
 def marker_path(done_dir: Path, input_key: str) -> Path:
@@ -33,22 +34,26 @@ def marker_path(done_dir: Path, input_key: str) -> Path:
 
 def write_marker(done_dir: Path, input_row: dict[str, Any], clip_rows: list[dict[str, Any]],
                  source: dict[str, int] | None = None) -> None:
-    """The input's rows, and `source`, if local: the size and time (as `source_stat` gives them) of
-    the file its scan was made of."""
+    """The input's rows, and `source`, if local: the `file_stat` of the file its scan was made of."""
     marker = {"input": input_row, "clips": clip_rows, **({"source": source} if source else {})}
     atomic_write(marker_path(done_dir, input_row["input_key"]), json.dumps(marker))
 
 
+def file_stat(path: str) -> dict[str, int]:
+    """A file's size and modification time, which tell a file replaced under the same name (the
+    scan records them, `face_scan.source_identity`; its input's marker keeps them)."""
+    stat = os.stat(path)
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
 def source_stat(uri: str) -> dict[str, int] | None:
-    """A local input's size and modification time, which tell a file replaced under the same name;
-    None for a remote input or a file that is gone."""
+    """A local input's `file_stat` now; None for a remote input or a file that is gone."""
     if is_uri(uri):
         return None
     try:
-        stat = os.stat(uri)
+        return file_stat(uri)
     except OSError:
         return None
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def changed_since_curated(rows: list[dict[str, Any]], markers: dict[str, dict[str, Any]]) -> list[str]:

@@ -35,7 +35,7 @@ from pydantic import ValidationError
 
 from portraitflow.jobs.config import validation_problems
 from portraitflow.jobs.config.animate import OPERATIONAL_FIELDS, PER_JOB_FIELDS, AnimateConfig
-from portraitflow.models.animators.registry import backend_settings
+from portraitflow.models.animators.registry import animator_class, backend_settings
 from portraitflow.operators.inputs import NOT_UTF8, escapes_a_file_name, is_apple_double
 from portraitflow.operators.paths import IMAGE_SUFFIXES, VIDEO_SUFFIXES, escape_undecodable, hashed_name
 
@@ -246,11 +246,14 @@ def effective_params(job: Job, cfg: AnimateConfig) -> dict[str, Any]:
 
 def output_settings(backend: str, cfg: AnimateConfig) -> dict[str, Any]:
     """Every setting of `cfg` that changes `backend`'s videos: each one it reads (`backend_settings`)
-    but `OPERATIONAL_FIELDS`, with `weights` as the fingerprint of what they hold, not where."""
+    but `OPERATIONAL_FIELDS`, with `weights` as the fingerprint of what they hold, not where, and
+    the animator's `output_version` once it has one."""
     names = backend_settings(backend) - set(OPERATIONAL_FIELDS) - {"backend"}
     settings = {name: getattr(cfg, name) for name in sorted(names)}
     if settings.get("weights"):
         settings["weights"] = weights_fingerprint(settings["weights"])
+    if version := animator_class(backend).output_version:
+        settings["output_version"] = version
     return settings
 
 

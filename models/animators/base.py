@@ -51,6 +51,11 @@ class Animator(ABC):
     #: settings of every backend's (`PIPELINE_FIELDS`) that this animator's output does not depend on:
     #: refused like any other setting it does not read, and left out of its output names
     unread: ClassVar[tuple[str, ...]] = ()
+    #: bumped when the same inputs and settings make another video (this animator's code, or the
+    #: driving motion it reads, `EXTRACTION_VERSION`), so outputs made before get new names
+    #: (`output_settings`) instead of being taken for done; 0 is left out of names, so outputs
+    #: made before the field existed kept theirs
+    output_version: ClassVar[int] = 0
 
     @abstractmethod
     def animate(

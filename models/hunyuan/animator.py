@@ -54,6 +54,8 @@ class HunyuanAnimator(Animator):
               "gpus")
     #: its motion comes from the crops and the keypoints as detected, never the smoothed ones
     unread = ("smooth_sigma",)
+    #: 1: intensity buckets and expression crops read the keypoints as detected; noise drawn per frame
+    output_version = 1
 
     def __init__(self, models: HunyuanModels, settings: SamplingSettings = SamplingSettings(),
                  compile_mode: str | None = None) -> None:

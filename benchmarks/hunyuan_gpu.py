@@ -254,7 +254,7 @@ def main() -> None:
             else:
                 row += f"{'-':>9s} {'-':>8s} | {cpu:10.1f} {'-':>10s} | {_gib(peak):>8s} {'-':>8s} |"
             print(row, flush=True)
-        del models, pipe
+        models = pipe = mine_pipe = None  # the next dtype's modules are built with these freed
         if device.type == "cuda":
             torch.cuda.empty_cache()
 

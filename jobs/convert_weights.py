@@ -5,16 +5,18 @@ Later loads from OUT are pickle-free and memory-mapped; the layout stays the off
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
 
 def convert_weights(
-    weights_dir: Path = typer.Argument(..., metavar="DIR", help="Folder in the official layout (hyportrait/*.pth, vae/, unet/, scheduler/)."),
-    out: Path | None = typer.Argument(None, metavar="OUT", show_default=False,
-                                      help="Folder to write (same layout, every .pth as .safetensors)."),
-    out_option: Path | None = typer.Option(None, "--out", "-o", show_default=False,
-                                           help="OUT as an option, as the other verbs take it."),
+    weights_dir: Annotated[Path, typer.Argument(metavar="DIR", show_default=False,
+                                                help="Folder in the official layout (hyportrait/*.pth, vae/, unet/, scheduler/).")],
+    out: Annotated[Optional[Path], typer.Argument(metavar="OUT", show_default=False,
+                                                  help="Folder to write (same layout, every .pth as .safetensors).")] = None,
+    out_option: Annotated[Optional[Path], typer.Option("--out", "-o", show_default=False,
+                                                       help="OUT as an option, as the other verbs take it.")] = None,
 ) -> None:
     """Convert the release's .pth checkpoints (read with weights_only=True) to safetensors.
 

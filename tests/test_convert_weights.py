@@ -73,7 +73,7 @@ def test_a_cut_checkpoint_is_named_and_leaves_no_partial_output(release: Path, t
     assert [p.stem for p in reads] == list(HYPORTRAIT_MODULES[2:])  # unet and pose_guider were kept from the failed run
     assert not (tmp_path / "converted.partial").exists()
     assert torch.equal(weights.read_state_dict(out / "hyportrait" / "dino.safetensors")["weight"],
-                       torch.load(io.BytesIO(whole))["weight"])
+                       torch.load(io.BytesIO(whole), weights_only=True)["weight"])
 
 
 def test_an_existing_folder_gets_its_missing_files_only_when_all_are_converted(release: Path) -> None:
@@ -122,7 +122,7 @@ def test_a_resume_installs_only_what_was_staged_from_the_current_sources(release
     assert done.exit_code == 0, done.output
     assert [p.stem for p in reads] == list(HYPORTRAIT_MODULES)
     assert torch.equal(weights.read_state_dict(out / "hyportrait" / "pose_guider.safetensors")["weight"],
-                       torch.load(other / "hyportrait" / "pose_guider.pth")["weight"])
+                       torch.load(other / "hyportrait" / "pose_guider.pth", weights_only=True)["weight"])
     assert sorted(p.name for p in (out / "vae").iterdir()) == ["config.json", VAE_WEIGHTS[1]]
     assert not (out / weights.ARCFACE).exists() and not (out / weights.STAGED_FROM).exists()
 

@@ -16,21 +16,6 @@ from portraitflow.operators import ledger
 QUIET = ["mlflow.enabled=false", "curate.progress_bars=false"]
 
 
-@pytest.fixture
-def in_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The curation stage runs here, one input after another: no Ray."""
-    from portraitflow.operators.curate_input import CurateInputStage
-    from portraitflow.pipelines import curate as pipeline
-
-    def curate_inputs(rows, cfg, scan_dir, staging_dir, attempts_dir):
-        stage = CurateInputStage(cfg.model_dump(mode="json"), str(scan_dir), str(staging_dir), str(attempts_dir), 3)
-        return [stage.curate(dict(row)) for row in rows], ""
-
-    monkeypatch.setattr(pipeline, "curate_inputs", curate_inputs)
-    monkeypatch.setattr("portraitflow.jobs.runtime.init_ray", lambda *args, **kwargs: None)
-    monkeypatch.setattr("portraitflow.jobs.runtime.require_resource", lambda *args, **kwargs: None)  # no actor to place
-
-
 def _noise_video(path: Path) -> Path:
     from portraitflow.operators.video_writer import write_h264
 

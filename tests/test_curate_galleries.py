@@ -15,7 +15,7 @@ from portraitflow.jobs.config import PortraitFlowConfig, load_config
 from portraitflow.jobs.curate import Layout, check_corpus_settings, corpus_settings
 from portraitflow.operators import ledger
 from portraitflow.operators.face_scan import scan_fingerprint
-from test_curate_driver import QUIET, SCANNED, _rows, _scan, in_process  # noqa: F401 (a fixture)
+from test_curate_driver import QUIET, SCANNED, _rows, _scan
 
 
 def _gallery(folder: Path, *photos: str) -> Path:

@@ -36,8 +36,9 @@ MIN_RELATIVE_SIDE = 0.5
 #: 3: a frame coded after an mp4 edit list's end is not shown, nor counted in the driver's rate;
 #: 4: on profiles the yaw is the detector keypoints', not the landmark fit's; a non-square-pixel
 #: driver is read at its shown width, joined MPEG-TS segments in decoding order; 5: the keypoints
-#: before smoothing are kept too)
-EXTRACTION_VERSION = 5
+#: before smoothing are kept too; 6: a shot is at least half a second at the driver's own rate, as
+#: curation's at its rate, not 12 frames)
+EXTRACTION_VERSION = 6
 
 
 @dataclass

@@ -100,8 +100,7 @@ def scan_video(
     to_source = np.array([info.width / width, info.height / height], np.float32)
     step = max(1, cfg.detect_every)
     shots = ShotDetector(cfg.fps, cfg.shot_content_threshold, cfg.shot_histogram_threshold,
-                         min_shot_frames=round(cfg.fps / 2), scan_side=cfg.shot_scan_side,
-                         hash_threshold=cfg.shot_hash_threshold)
+                         scan_side=cfg.shot_scan_side, hash_threshold=cfg.shot_hash_threshold)
     detections: list[tuple[int, list[Face]]] = []
     for chunk in timer.iterate("decode", iter_frame_chunks(path, cfg.fps, chunk_size=cfg.chunk_frames, size=size)):
         with timer.time("shots"):

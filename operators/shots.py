@@ -24,16 +24,17 @@ class ShotDetector:
         fps: float,
         content_threshold: float = 27.0,
         histogram_threshold: float = 0.1,
-        min_shot_frames: int = 12,
+        min_shot_frames: int | None = None,
         scan_side: int = 128,
         hash_threshold: float = 0.25,
     ) -> None:
         """The defaults are curation's (`curate.shot_*`), so a driver is split as a curated clip is.
-        `hash_threshold`: the HashDetector distance (0-1) a histogram cut must also reach; 0 lets
+        `min_shot_frames`: None is half a second of frames at `fps`. `hash_threshold`: the HashDetector distance (0-1) a histogram cut must also reach; 0 lets
         every histogram cut count, as before the check existed."""
         from scenedetect import ContentDetector, HashDetector, HistogramDetector
 
         self.fps = fps
+        min_shot_frames = round(fps / 2) if min_shot_frames is None else min_shot_frames
         self.min_shot_frames = min_shot_frames
         self.scan_side = scan_side
         self._content = ContentDetector(threshold=content_threshold, min_scene_len=min_shot_frames)

@@ -72,7 +72,7 @@ def test_a_hash_threshold_no_cut_reaches_keeps_only_the_content_vote() -> None:
 
 
 def _shared_cuts(path: Path) -> list[int]:
-    detector = ShotDetector(FPS, histogram_threshold=CURATE_HISTOGRAM_THRESHOLD, min_shot_frames=round(FPS / 2))
+    detector = ShotDetector(FPS, histogram_threshold=CURATE_HISTOGRAM_THRESHOLD)
     for chunk in iter_frame_chunks(str(path), FPS):
         detector.update(chunk.positions, chunk.frames)
     return detector.cuts()
@@ -84,3 +84,10 @@ def test_shared_low_light_talking_head_is_one_shot_and_known_cuts_stay(media_dir
     assert _shared_cuts(media_dir / "lia_vox_driving3.mov") == []
     assert _shared_cuts(media_dir / "derived_scenecut_liveportrait_d18_to_d19.mp4") == [88]
     assert _shared_cuts(media_dir / "face_recognition_short_hamilton_clip.mp4") == [17, 69, 177]
+
+
+def test_the_shortest_shot_is_half_a_second_at_any_rate() -> None:
+    """A driver is split at its own rate as curation splits at its: cuts under half a second merge
+    (12 frames at 25 fps, 15 at a 30 fps driver's), unless told otherwise."""
+    assert [ShotDetector(fps).min_shot_frames for fps in (25.0, 30.0, 12.5)] == [12, 15, 6]
+    assert ShotDetector(30.0, min_shot_frames=4).min_shot_frames == 4

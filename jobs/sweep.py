@@ -288,8 +288,6 @@ def score_and_log(client: MlflowClient, run_id: str, jobs: pd.DataFrame, label: 
 def _log_files(client: MlflowClient, run_id: str, paths: list[Path], artifact_path: str) -> None:
     """Log just `paths` under `artifact_path` in one upload (a tracking server is a round trip per
     call), however many other files their folder holds."""
-    import os
-    import shutil
     import tempfile
 
     if not paths:

@@ -11,7 +11,7 @@ import numpy as np
 from portraitflow.operators.shards import shard_paths
 
 if TYPE_CHECKING:
-    import pandas as pd
+    import pyarrow as pa
 
 
 def contact_sheet(shard_dir: Path, out: Path, max_images: int = 64, thumb: int = 128) -> int:
@@ -36,7 +36,7 @@ def contact_sheet(shard_dir: Path, out: Path, max_images: int = 64, thumb: int =
     return len(images)
 
 
-def histograms(clips: pd.DataFrame, out: Path) -> None:
+def histograms(clips: pa.Table, out: Path) -> None:
     """Pose (yaw, pitch), face size and clip length of the candidate clips, accepted vs rejected."""
     import matplotlib
 

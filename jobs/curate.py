@@ -40,10 +40,11 @@ from portraitflow.operators.atomic import FolderBusy, atomic_write, exclusive_fo
 from portraitflow.operators.curate_input import renders_after_decisions
 from portraitflow.operators.decode import probe_video
 from portraitflow.operators.face_scan import (GALLERY_DIGEST_PREFIX, GALLERY_SETTINGS, SCAN_MEASURES_VERSION,
-                                              SIGNATURE_SIZE, check_galleries, gallery_digests, load_scan_arrays,
-                                              load_scan_meta, scan_clips, scan_path)
+                                              check_galleries, gallery_digests, load_scan_arrays, load_scan_meta,
+                                              scan_clips, scan_path)
 from portraitflow.operators.filters import RENDER_FAILED
 from portraitflow.operators.identity import CorpusLedger
+from portraitflow.operators.overlap import SIGNATURE_SIZE
 from portraitflow.operators.inputs import clip_input_key, expand_inputs, input_key, is_uri, local_copy
 from portraitflow.operators.overlap import OverlapRule
 from portraitflow.operators.probe import error_text

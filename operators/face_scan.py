@@ -36,24 +36,17 @@ from portraitflow.operators.identity import (gallery_photos, identity_link, load
 from portraitflow.operators.inputs import clip_key
 from portraitflow.operators.ledger import file_stat
 from portraitflow.operators.motion import motion_intensity, motion_table
+from portraitflow.operators.overlap import content_signature, frame_thumbnails
 from portraitflow.operators.probe import FAILED, error_text, probe_input
 from portraitflow.operators.reference_portrait import crop_head_pose
 from portraitflow.operators.shots import ShotDetector
 from portraitflow.operators.timing import StageTimer
-from portraitflow.operators.tracking import Track, fill_pose, interpolate_rows, track_faces
+from portraitflow.operators.tracking import Track, fill_pose, track_faces
 
 MIN_TRACK_DETECTIONS = 3  # a face seen once is more often a false detection than a clip
 #: how near (a share of the frame's shorter side) a face box may come to the frame's edge and still
 #: show the whole face, for the reference frame's choice
 REF_BORDER_MARGIN = 0.01
-#: a clip's footage fingerprint: grey thumbnails of the whole frame (SIGNATURE_SIDE squared), smoothed
-#: over SIGNATURE_SMOOTH_FRAMES (sigma) so a clip cut a frame or two apart still matches, at
-#: SIGNATURE_STEPS times. On the shared media a 384² crf-28 re-encode of a clip scores 0.99 against
-#: it (0.95 with its start 2 frames off); another take of the same speaker, same set: 0.17.
-SIGNATURE_SIDE = 16
-SIGNATURE_SMOOTH_FRAMES = 2.0
-SIGNATURE_STEPS = 32
-SIGNATURE_SIZE = SIGNATURE_STEPS * SIGNATURE_SIDE ** 2
 #: the largest share of a face box a clip's fixed crop may leave out on a frame: the 68 clips kept
 #: from the shared media in review s14 leave out at most 0.016 (a face box touching the edge of a
 #: tightly cropped source), while a speaker leaning out of the crop (`skyreels_driving_2`) went from
@@ -445,31 +438,6 @@ def reference_index(pose: np.ndarray, landmarks: np.ndarray, detected: np.ndarra
             usable = usable & wanted
     candidates = np.flatnonzero(usable)
     return int(candidates[np.argmin(turn[candidates])])
-
-
-def frame_thumbnails(frames: np.ndarray) -> np.ndarray:
-    """(T, SIGNATURE_SIDE, SIGNATURE_SIDE) float32 grey thumbnails of RGB frames (T, H, W, 3)."""
-    import cv2
-
-    side = (SIGNATURE_SIDE, SIGNATURE_SIDE)
-    return np.stack([cv2.resize(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), side, interpolation=cv2.INTER_AREA)
-                     for frame in frames]).astype(np.float32)
-
-
-def content_signature(thumbnails: np.ndarray, steps: int = SIGNATURE_STEPS) -> np.ndarray:
-    """A unit vector of how a clip's frames change over time: its thumbnails smoothed in time,
-    resampled to `steps` times, less their mean over time.
-
-    Thumbnails average out resolution and encoding, and removing the mean leaves what moves, so the
-    same footage re-encoded matches while another take of one speaker on one set does not (what
-    `duplicate` must tell apart; the keypoint trajectory used before measured detector jitter).
-    """
-    from scipy.ndimage import gaussian_filter1d
-
-    pixels = gaussian_filter1d(thumbnails.reshape(len(thumbnails), -1).astype(np.float64), SIGNATURE_SMOOTH_FRAMES,
-                               axis=0, mode="nearest")
-    resampled = interpolate_rows(np.linspace(0, len(pixels) - 1, steps), np.arange(len(pixels)), pixels)
-    return l2_normalise((resampled - resampled.mean(axis=0)).reshape(-1))
 
 
 SCANNED = "scanned"

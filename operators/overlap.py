@@ -1,7 +1,7 @@
-"""Footage two clips share: a stretch of one that is a stretch of the other, at any offset.
+"""Footage two clips share: the same clip whole, or a stretch of one that is a stretch of the other.
 
-The whole-clip signature (`face_scan.content_signature`) resamples each clip to a fixed number of
-steps, so a clip holding only part of another (its first half, a re-upload trimmed at either end)
+The whole-clip signature (`content_signature`, its thumbnails' change over time) resamples each
+clip to a fixed number of steps, so a clip holding only part of another (its first half, a re-upload trimmed at either end)
 scores like other footage (0.29 on the shared media). Here a clip is described by windows of
 WINDOW_SECONDS of its grey thumbnails instead: a new clip's windows every QUERY_HOP_FRAMES against
 a kept clip's every KEPT_HOP_SECONDS, so whatever the offset between them some window of the new
@@ -30,13 +30,48 @@ from dataclasses import dataclass
 import numpy as np
 
 from portraitflow.jobs.config.curate import CurateConfig
+from portraitflow.models.face.base import l2_normalise
+from portraitflow.operators.tracking import interpolate_rows
+
+#: a clip's footage fingerprint: grey thumbnails of the whole frame (SIGNATURE_SIDE squared), smoothed
+#: over SIGNATURE_SMOOTH_FRAMES (sigma) so a clip cut a frame or two apart still matches, at
+#: SIGNATURE_STEPS times. On the shared media a 384² crf-28 re-encode of a clip scores 0.99 against
+#: it (0.95 with its start 2 frames off); another take of the same speaker, same set: 0.17.
+SIGNATURE_SIDE = 16
+SIGNATURE_SMOOTH_FRAMES = 2.0  # sigma in time, windows too: a frame or two off still matches
+SIGNATURE_STEPS = 32
+SIGNATURE_SIZE = SIGNATURE_STEPS * SIGNATURE_SIDE ** 2
 
 WINDOW_SECONDS = 2.0
 WINDOW_STEPS = 8  # frames sampled in a window, evenly spread
-WINDOW_POOL = 2  # 16x16 thumbnails averaged to 8x8: 512 values a window, a quarter of the ledger's memory at 16x16
-SMOOTH_FRAMES = 2.0  # sigma in time, as the whole-clip signature: a frame or two off still matches
+WINDOW_POOL = 2  # thumbnails averaged to 8x8: 512 values a window, a quarter of the ledger's memory at 16x16
 QUERY_HOP_FRAMES = 2
 KEPT_HOP_SECONDS = 0.5  # 17 windows for a 10-s clip: the ledger's memory per kept clip
+
+
+def frame_thumbnails(frames: np.ndarray) -> np.ndarray:
+    """(T, SIGNATURE_SIDE, SIGNATURE_SIDE) float32 grey thumbnails of RGB frames (T, H, W, 3)."""
+    import cv2
+
+    side = (SIGNATURE_SIDE, SIGNATURE_SIDE)
+    return np.stack([cv2.resize(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), side, interpolation=cv2.INTER_AREA)
+                     for frame in frames]).astype(np.float32)
+
+
+def content_signature(thumbnails: np.ndarray, steps: int = SIGNATURE_STEPS) -> np.ndarray:
+    """A unit vector of how a clip's frames change over time: its thumbnails smoothed in time,
+    resampled to `steps` times, less their mean over time.
+
+    Thumbnails average out resolution and encoding, and removing the mean leaves what moves, so the
+    same footage re-encoded matches while another take of one speaker on one set does not (what
+    `duplicate` must tell apart; the keypoint trajectory used before measured detector jitter).
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    pixels = gaussian_filter1d(thumbnails.reshape(len(thumbnails), -1).astype(np.float64), SIGNATURE_SMOOTH_FRAMES,
+                               axis=0, mode="nearest")
+    resampled = interpolate_rows(np.linspace(0, len(pixels) - 1, steps), np.arange(len(pixels)), pixels)
+    return l2_normalise((resampled - resampled.mean(axis=0)).reshape(-1))
 
 
 def window_frames(fps: float) -> int:
@@ -66,7 +101,7 @@ def window_signatures(thumbnails: np.ndarray, fps: float, hop: int) -> tuple[np.
     pooled = thumbnails.astype(np.float64).reshape(count, height // WINDOW_POOL, WINDOW_POOL, width // WINDOW_POOL,
                                                    WINDOW_POOL).mean(axis=(2, 4)).reshape(count, -1)
     pooled = (pooled - pooled.mean(axis=1, keepdims=True)) / np.maximum(pooled.std(axis=1, keepdims=True), 1.0)
-    pooled = gaussian_filter1d(pooled, SMOOTH_FRAMES, axis=0, mode="nearest")
+    pooled = gaussian_filter1d(pooled, SIGNATURE_SMOOTH_FRAMES, axis=0, mode="nearest")
     starts = np.unique(np.append(np.arange(0, count - length + 1, hop), count - length))  # the last ends with the clip
     steps = np.linspace(0, length - 1, WINDOW_STEPS).round().astype(np.int64)
     windows = pooled[starts[:, None] + steps[None, :]]
@@ -76,7 +111,7 @@ def window_signatures(thumbnails: np.ndarray, fps: float, hop: int) -> tuple[np.
 
 
 def mirrored_signature(signature: np.ndarray, side: int) -> np.ndarray:
-    """The whole-clip signature (`face_scan.content_signature`) of the clip's mirror image: that
+    """The whole-clip signature (`content_signature`) of the clip's mirror image: that
     signature works on each thumbnail pixel apart (smoothed and resampled in time), so mirroring
     the thumbnails mirrors each of its steps, and no thumbnail is needed again."""
     return signature.reshape(-1, side, side)[:, :, ::-1].reshape(signature.shape)

@@ -1,5 +1,5 @@
 """Made-up footage as the near-duplicate checks see it: (frames, 16, 16) uint8 grey thumbnails
-(`face_scan.frame_thumbnails`) at the curation fps."""
+(`overlap.frame_thumbnails`) at the curation fps."""
 from __future__ import annotations
 
 import numpy as np

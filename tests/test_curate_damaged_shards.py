@@ -24,7 +24,7 @@ def _members(start: int, end: int, seed: int) -> dict[str, bytes]:
     """A sample as rendering stages it (what the driver reads back of a committed clip), with an
     mp4 big enough that a cut lands inside it."""
     from portraitflow.models.face.base import l2_normalise
-    from portraitflow.operators.face_scan import content_signature
+    from portraitflow.operators.overlap import content_signature
 
     rng = np.random.default_rng(seed)
     meta = {"start_s": start / FPS, "end_s": end / FPS, "scores": {"face_side_px": 200.0}}

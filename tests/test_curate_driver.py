@@ -128,7 +128,8 @@ def test_clips_already_in_shards_stay_in_the_corpus_whatever_the_retry_finds(
     (the copy is a duplicate), in this run and in a later one that leaves `talk` out."""
     from portraitflow.jobs.curate import Layout, corpus_settings, run_curation
     from portraitflow.models.face.base import l2_normalise
-    from portraitflow.operators.face_scan import content_signature, scan_path
+    from portraitflow.operators.face_scan import scan_path
+    from portraitflow.operators.overlap import content_signature
     from portraitflow.operators.inputs import clip_key
 
     rng = np.random.default_rng(0)
@@ -177,7 +178,7 @@ def test_a_scan_signature_from_before_footage_signatures_matches_no_duplicate(tm
     must not meet the new ones in a dot product (a ValueError after the whole scan, every rerun)."""
     from portraitflow.jobs.curate import Layout, _Identities
     from portraitflow.models.face.base import l2_normalise
-    from portraitflow.operators.face_scan import SIGNATURE_SIZE, content_signature
+    from portraitflow.operators.overlap import SIGNATURE_SIZE, content_signature
     from portraitflow.operators.identity import CorpusLedger
 
     rng = np.random.default_rng(1)
@@ -207,7 +208,8 @@ def test_a_clip_holding_part_of_a_kept_one_is_a_partial_duplicate_in_a_run_and_a
 
     from portraitflow.jobs.curate import Layout, run_curation
     from portraitflow.models.face.base import l2_normalise
-    from portraitflow.operators.face_scan import content_signature, scan_path
+    from portraitflow.operators.face_scan import scan_path
+    from portraitflow.operators.overlap import content_signature
     from portraitflow.operators.inputs import clip_key
 
     person = l2_normalise(np.random.default_rng(4).normal(size=128)).astype(np.float32)

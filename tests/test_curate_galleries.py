@@ -128,7 +128,7 @@ def test_a_retried_input_renders_only_its_clips_not_in_the_shards(tmp_path: Path
     from portraitflow.jobs.curate import run_curation
     from portraitflow.models.face.base import l2_normalise
     from portraitflow.operators import curate_input
-    from portraitflow.operators.face_scan import content_signature
+    from portraitflow.operators.overlap import content_signature
     from portraitflow.operators.inputs import clip_key
     from portraitflow.operators.shards import npy_bytes, pack_shards, stage_sample
 

@@ -435,7 +435,7 @@ def test_a_kept_clip_without_a_signature_counts_for_the_cap_and_matches_no_dupli
 
 
 def _signature(frames: np.ndarray) -> np.ndarray:
-    from portraitflow.operators.face_scan import content_signature, frame_thumbnails
+    from portraitflow.operators.overlap import content_signature, frame_thumbnails
 
     return content_signature(frame_thumbnails(frames))
 

@@ -13,7 +13,7 @@ from portraitflow.jobs.config import load_config
 from portraitflow.jobs.config.curate import CurateConfig
 from portraitflow.models.face.base import l2_normalise
 from portraitflow.operators import filters
-from portraitflow.operators.face_scan import content_signature
+from portraitflow.operators.overlap import content_signature
 from portraitflow.operators.identity import CorpusLedger
 from portraitflow.operators.overlap import KEPT_HOP_SECONDS, OverlapRule
 from synthetic_footage import footage, re_encoded
@@ -241,7 +241,7 @@ def test_a_trimmed_re_encode_at_another_frame_rate_is_a_partial_duplicate(media_
     """A 30-fps talking video re-encoded at 24 fps, 320 px, crf 30, then cut 3.2 s from inside a
     kept 10-s clip: both are resampled to 25 fps, so their windows line up; the whole-clip
     signatures do not match, and the stretch of the shot after the kept clip is no duplicate."""
-    from portraitflow.operators.face_scan import frame_thumbnails
+    from portraitflow.operators.overlap import frame_thumbnails
     from portraitflow.operators.video_writer import write_h264
 
     source = media_dir / "liveportrait_d9.mp4"

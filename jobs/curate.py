@@ -391,9 +391,7 @@ def _render_kept(cfg: PortraitFlowConfig, layout: Layout, scanned: list[dict], c
 
 
 def _corpus_ledger(cfg: PortraitFlowConfig, same_person: float) -> CorpusLedger:
-    switch = cfg.curate.identity_switch_similarity
-    threshold = same_person if switch is None else switch
-    return CorpusLedger(threshold, cfg.curate.max_clips_per_identity, cfg.curate.duplicate_similarity,
+    return CorpusLedger(cfg.curate.same_person_similarity(same_person), cfg.curate.max_clips_per_identity, cfg.curate.duplicate_similarity,
                         OverlapRule.from_config(cfg.curate))
 
 

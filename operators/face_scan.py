@@ -75,7 +75,7 @@ DECISION_ONLY = ("sample_", "measure_")
 class Galleries:
     allow: np.ndarray
     deny: np.ndarray
-    threshold: float
+    threshold: float  # the cosine from which two faces are one person (`CurateConfig.same_person_similarity`)
 
 
 def analysis_size(info: VideoInfo, max_side: int) -> tuple[int, int]:
@@ -271,7 +271,7 @@ def _measure(analyzer: FaceAnalyzer, path: str, size, frame_hw: tuple[int, int],
         **candidate.arrays,  # `_track_frames`
     }
     with timer.time("filters"):
-        return _decide(arrays, 0, end - start, start, info, galleries, analyzer.same_person_threshold, cfg)
+        return _decide(arrays, 0, end - start, start, info, galleries, cfg)
 
 
 def identity_sample_frames(detected: np.ndarray, count: int) -> np.ndarray:
@@ -297,7 +297,7 @@ def scan_pose(analyzer: FaceAnalyzer, landmarks: np.ndarray, boxes: np.ndarray, 
 
 
 def _decide(arrays: dict[str, np.ndarray], first: int, last: int, offset: int, info: VideoInfo,
-            galleries: Galleries, same_person: float, cfg: CurateConfig) -> list[Candidate]:
+            galleries: Galleries, cfg: CurateConfig) -> list[Candidate]:
     """Filter frames [first, last) of a measured clip; an identity switch splits it in two, and frames
     where the face leaves the clip's crop are cut out (`face_leaves_crop`), the parts around them kept.
 
@@ -315,15 +315,14 @@ def _decide(arrays: dict[str, np.ndarray], first: int, last: int, offset: int, i
     reason = filters.duration((last - first) / cfg.fps, cfg) or _track_reason(measures, last - first, info, cfg)
     if reason or len(sample_index) == 0:
         return [Candidate(start, end, reason or filters.TOO_SHORT, measures)]
-    threshold = same_person if cfg.identity_switch_similarity is None else cfg.identity_switch_similarity
     measures = dict(measures, identity_link=identity_link(sample_embedding))
-    switch = switch_index(sample_embedding, threshold)
+    switch = switch_index(sample_embedding, galleries.threshold)
     if switch == -1:
         return [Candidate(start, end, filters.IDENTITY_SWITCH, measures)]
     if switch is not None:
         before, after = int(sample_index[switch - 1]) + 1, int(sample_index[switch])
-        return (_decide(arrays, first, before, offset, info, galleries, same_person, cfg)
-                + _decide(arrays, after, last, offset, info, galleries, same_person, cfg))
+        return (_decide(arrays, first, before, offset, info, galleries, cfg)
+                + _decide(arrays, after, last, offset, info, galleries, cfg))
     crop_box = square_crop_box(np.median(frames["boxes"], axis=0), (info.height, info.width))
     outside = outside_share(frames["boxes"], crop_box)
     leaving = _crop_exit(outside, max(1, round(cfg.min_clip_seconds * cfg.fps)))
@@ -331,7 +330,7 @@ def _decide(arrays: dict[str, np.ndarray], first: int, last: int, offset: int, i
         cut, back = first + leaving[0], first + leaving[1]
         out = dict(_part_measures(_frames(arrays, cut, back), offset + cut, offset + back, cfg),
                    face_outside_crop=float(outside[leaving[0]:leaving[1]].max()))
-        before, after = (_decide(arrays, a, b, offset, info, galleries, same_person, cfg) if b > a else []
+        before, after = (_decide(arrays, a, b, offset, info, galleries, cfg) if b > a else []
                          for a, b in ((first, cut), (back, last)))
         return [*before, Candidate(offset + cut, offset + back, filters.FACE_LEAVES_CROP, out), *after]
     motion = motion_table(frames["landmarks"], frames["kps"])
@@ -592,10 +591,9 @@ class FaceScanStage:
         self.fingerprint = scan_fingerprint(cfg)
         self.analyzer = create_analyzer(cfg.face, threads=cfg.curate.actor_cpus)  # as many as the CPUs reserved
         self.scan_dir = Path(scan_dir)
-        threshold = self.cfg.identity_switch_similarity
-        threshold = self.analyzer.same_person_threshold if threshold is None else threshold
         self.galleries = Galleries(load_gallery(self.analyzer, self.cfg.allow_dir),
-                                   load_gallery(self.analyzer, self.cfg.deny_dir), threshold)
+                                   load_gallery(self.analyzer, self.cfg.deny_dir),
+                                   self.cfg.same_person_similarity(self.analyzer.same_person_threshold))
 
     def scan(self, row: dict[str, Any], path: str) -> dict[str, Any]:
         """Probe and scan one input (`path`: its local copy) into `scan_dir/{input_key}.npz`; a

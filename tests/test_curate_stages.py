@@ -358,7 +358,7 @@ def test_the_short_rest_of_a_clip_split_at_an_identity_switch_is_too_short_not_n
         "measure_other_sides": np.zeros((frames, 0), np.float32),
     }
     galleries = face_scan.Galleries(np.zeros((0, 8)), np.zeros((0, 8)), 0.5)
-    parts = face_scan._decide(arrays, 0, frames, 0, VideoInfo(300, 300, 25.0, frames), galleries, 0.5, cfg)
+    parts = face_scan._decide(arrays, 0, frames, 0, VideoInfo(300, 300, 25.0, frames), galleries, cfg)
     assert [(c.start, c.end, c.reason) for c in parts] == [(0, 91, None), (105, 106, filters.TOO_SHORT)]
 
 

@@ -38,7 +38,7 @@ def _arrays(boxes: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _decide(arrays: dict[str, np.ndarray]) -> list[face_scan.Candidate]:
-    return face_scan._decide(arrays, 0, FRAMES, 0, INFO, GALLERIES, 0.5, CFG)
+    return face_scan._decide(arrays, 0, FRAMES, 0, INFO, GALLERIES, CFG)
 
 
 def _leaning(*stretches: tuple[int, int]) -> np.ndarray:

@@ -158,6 +158,12 @@ class CurateConfig(BaseModel):
     experiment: str = Field("portraitflow-curate", json_schema_extra=OPERATIONAL, description="MLflow experiment of curate runs.")
     progress_bars: bool = Field(True, json_schema_extra=OPERATIONAL, description="Show Ray Data progress bars.")
 
+    def same_person_similarity(self, backend_threshold: float) -> float:
+        """The cosine from which two faces are one person: within a clip (below it, `identity_switch`),
+        against the galleries and across the corpus: `identity_switch_similarity`, else the face
+        backend's `same_person_threshold`."""
+        return backend_threshold if self.identity_switch_similarity is None else self.identity_switch_similarity
+
     @model_validator(mode="after")
     def _clip_lengths(self) -> CurateConfig:
         if self.max_clip_seconds < self.min_clip_seconds:

@@ -378,7 +378,7 @@ def _render_kept(cfg: PortraitFlowConfig, layout: Layout, scanned: list[dict], c
         if keys:
             row = by_key[key]
             todo.append({"input_key": key, "uri": row["uri"], "width": row["width"], "height": row["height"],
-                         "keys": json.dumps(keys)})
+                         "src_fps": row["src_fps"], "keys": json.dumps(keys)})
     rendered = render_decided(todo, cfg, layout.scans, layout.staging, layout.attempts)
     results = {r["input_key"]: r for r in rendered}
     for job in todo:

@@ -135,7 +135,8 @@ def _render_clips(row: dict[str, Any], path: str, wanted: Callable[[str], bool],
     """Render and stage the clips the scan kept whose keys are `wanted` and that are not staged
     yet; adds to `timings` and `errors`, returns how many were rendered."""
     scan_file = scan_path(scan_dir, row["input_key"])
-    source = {"uri": row["uri"], "width": row["width"], "height": row["height"], "scan_path": str(scan_file)}
+    source = {"uri": row["uri"], "width": row["width"], "height": row["height"], "src_fps": row["src_fps"],
+              "scan_path": str(scan_file)}
     rendered = 0
     for clip in scan_clips(scan_file, row["input_key"], cfg.fps):
         if clip["reason"] is not None or not wanted(clip["key"]) or staged_path(staging_dir, clip["key"]).exists():

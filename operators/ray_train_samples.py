@@ -3,7 +3,8 @@ workers do (webdataset's tar reader, members as raw bytes, so nothing is unpickl
 semantics): bad data and a shard that breaks are skipped and counted, the samples before the
 break kept, while anything else (a bug) fails the epoch instead of silently emptying the tasks it
 hit. Every task's skips reach one `SkipTally` actor; `RayCollate` batches samples as the PyTorch
-path does.
+path does; `check_trainable` refuses a corpus none of whose samples can be trained on, before an
+epoch runs through none.
 """
 from __future__ import annotations
 
@@ -33,6 +34,25 @@ def shard_samples(shard: dict[str, np.ndarray], build: Callable[[dict], dict[str
             yield {name: np.asarray(value)[None] for name, value in sample.items()}
     finally:
         ray.get(tally.add.remote(skips.counts()))
+
+
+def check_trainable(urls: list[str], build: Callable[[dict], dict[str, Any]]) -> None:
+    """RuntimeError, with the skips by reason, unless some shard of `urls` holds a sample `build`
+    takes: otherwise every Ray Train epoch would run through zero batches and finish (an `n_frames`
+    longer than every clip, shards curated before a field a setting needs), where the PyTorch loader
+    raises after such a pass. Reads the shards in order up to the first usable sample: one sample
+    of a usable corpus, the whole corpus only when none is; a bug raises, as in the tasks."""
+    skips = SkipCounter()
+    for url in urls:
+        for raw in read_shard(url, skips.handler):
+            try:
+                build(raw)
+            except Exception as exc:  # noqa: BLE001 - the handler counts bad data and raises anything else
+                skips.handler(exc)
+                continue
+            return
+    raise RuntimeError(f"training dataset: no sample of {len(urls)} shard(s), e.g. {urls[0]}, can be trained on; "
+                       f"skipped {skips.counts()}")
 
 
 class RayCollate(NumpyBatchCollateFn):

@@ -83,6 +83,7 @@ def render_sample(
         "start_s": clip["start"] / cfg.fps,
         "end_s": clip["end"] / cfg.fps,
         "fps": cfg.fps,
+        "source_fps": round(float(clip["src_fps"]), 3),  # below `fps`, frames were repeated to reach it
         "num_frames": frames,
         "audio_s": round(audio_s, 3),  # less than the clip's length where the source's audio stops early
         "source_size": [clip["width"], clip["height"]],

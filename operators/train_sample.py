@@ -231,7 +231,7 @@ def build_train_sample(sample: Mapping[str, Any], n_frames: int = 25, seed: int 
     decoded, tracks = at_resolution(decoded, tracks, resolution)
     frames, reference = decoded[:-1], decoded[-1]
     out = encoder_inputs(frames, reference, tracks, window, ref_index, pixel_dtype)
-    out.update(key=key, frame_indices=window, reference_index=np.int64(ref_index), fps=_clip_fps(sample))
+    out.update(key=key, frame_indices=window, reference_index=np.int64(ref_index), **_clip_rates(sample))
     return out
 
 
@@ -251,13 +251,23 @@ def _curated_reference(sample: Mapping[str, Any]) -> int:
                             f"({exc!r}): curated by an earlier version? train_data.reference random takes any") from exc
 
 
-def _clip_fps(sample: Mapping[str, Any]) -> np.float32:
-    """The clip's frame rate from its json member, NaN when a sample does not say. Not what SVD's
-    `added_time_ids` take: the release conditions on a constant 12.5 (SPEC section 8)."""
+def _clip_rates(sample: Mapping[str, Any]) -> dict[str, np.float32]:
+    """`fps`, the clip's frame rate, and `source_fps`, its source's: below `fps`, curation repeated
+    frames to reach it, so a window holds a still every few frames (a 12-fps source: every other
+    frame). From the sample's json, NaN where it does not say (`source_fps`: curated before it was
+    recorded). Not what SVD's `added_time_ids` take: the release conditions on a constant 12.5
+    (SPEC section 8)."""
     try:
-        return np.float32(json.loads(bytes(sample.get("json") or b"{}")).get("fps", np.nan))
-    except (ValueError, TypeError, AttributeError):
-        return np.float32(np.nan)
+        meta = json.loads(bytes(sample.get("json") or b"{}"))
+    except (ValueError, TypeError):
+        meta = {}
+    rates = {}
+    for name in ("fps", "source_fps"):
+        try:
+            rates[name] = np.float32(meta.get(name, np.nan) if isinstance(meta, dict) else np.nan)
+        except (ValueError, TypeError):
+            rates[name] = np.float32(np.nan)
+    return rates
 
 
 def collate_samples(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import torch.utils.data
 import webdataset as wds
 
 from portraitflow.jobs.config.train_data import TrainDataConfig
-from portraitflow.operators.ray_train_samples import SkipTally, shard_samples
+from portraitflow.operators.ray_train_samples import SkipTally, check_trainable, shard_samples
 from portraitflow.operators.sample_order import epoch_shard_order
 from portraitflow.operators.shard_batches import ShardBatches
 from portraitflow.operators.shard_source import SkipCounter, expand_shards
@@ -52,6 +52,12 @@ class TrainLoader:
             raise ValueError(f"training loader: {len(self.urls)} shard(s) for {world_size} ranks: ranks read whole "
                              "shards, so some would get none; set train_data.resampled, or curate with a smaller "
                              "curate.shard_max_samples")
+        on_rank = len(range(rank, len(self.urls), world_size))
+        if not cfg.resampled and on_rank < cfg.num_workers:
+            log.warning("training loader: rank %d reads %d shard(s) with num_workers=%d, so %d worker(s) read "
+                        "nothing (workers read whole shards); set train_data.resampled, fewer workers, or curate "
+                        "with a smaller curate.shard_max_samples", rank, on_rank, cfg.num_workers,
+                        cfg.num_workers - on_rank)
         seed = secrets.randbits(63) if cfg.seed is None else cfg.seed
         self.layout = RankLayout(seed, rank, world_size, max(1, cfg.num_workers))
         self._progress: EpochProgress | None = None  # the pass under way, or left unfinished
@@ -102,14 +108,16 @@ def ray_train_dataset(cfg: TrainDataConfig, epoch: int = 0) -> tuple[ray.data.Da
     the skipped samples by reason. Ray Train's `get_dataset_shard` splits it across ranks,
     `iter_torch_batches(local_shuffle_buffer_size=...)` shuffles samples. With `shard_shuffle` the
     tasks take the shards in the PyTorch path's permutation of (seed, epoch) (unseeded, a fresh
-    seed); Ray runs many at once, which interleaves shards. Not resumable mid-epoch."""
+    seed); Ray runs many at once, which interleaves shards. Not resumable mid-epoch. RuntimeError
+    when no sample of the shards can be trained on (`check_trainable`)."""
     if cfg.resampled:
         raise ValueError("train_data.resampled is for TrainLoader: the Ray path reads every shard once per epoch")
     urls = expand_shards(cfg.shards)
     if cfg.shard_shuffle:
         urls = epoch_shard_order(urls, secrets.randbits(63) if cfg.seed is None else cfg.seed, epoch)
+    build = sample_builder(cfg, epoch)
+    check_trainable(urls, build)
     tally = SkipTally.remote()
     shards = ray.data.from_items([{"url": url} for url in urls], override_num_blocks=len(urls))
-    dataset = shards.map_batches(shard_samples, batch_size=1,
-                                 fn_kwargs={"build": sample_builder(cfg, epoch), "tally": tally})
+    dataset = shards.map_batches(shard_samples, batch_size=1, fn_kwargs={"build": build, "tally": tally})
     return dataset, tally

@@ -87,7 +87,7 @@ def clip_members(num_frames: int, seed: int, workdir: Path, fps: float = 25.0) -
     write_h264(video, [clip["frames"]], fps=fps)
     ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(clip["frames"][0], cv2.COLOR_RGB2BGR))
     assert ok
-    meta = {"source": f"synthetic/{seed}.mp4", "start_s": 0.0, "end_s": num_frames / fps, "fps": fps,
+    meta = {"source": f"synthetic/{seed}.mp4", "start_s": 0.0, "end_s": num_frames / fps, "fps": fps, "source_fps": fps,
             "crop_box": [0, 0, 512, 512], "face_backend": "synthetic", "scores": {}}
     return {
         "mp4": video.read_bytes(),

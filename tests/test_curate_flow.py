@@ -14,6 +14,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from portraitflow.jobs.config import load_config
@@ -149,6 +150,8 @@ def test_shards_read_back_with_webdataset(curated) -> None:
     urls = [str(out / s["url"]) for s in index["shardlist"]]
     assert urls and all(Path(u).name.endswith(".tar") and len(Path(u).stem) == 6 for u in urls)
     samples = list(wds.WebDataset(urls, shardshuffle=False))
+    manifest = pq.read_table(out / "manifest.parquet", columns=["path", "fps"]).to_pydict()
+    source_rates = dict(zip(manifest["path"], manifest["fps"]))
     assert len(samples) == metrics["clips_accepted"] == sum(s["nsamples"] for s in index["shardlist"])
     for sample in samples:
         assert {"mp4", "ref.jpg", "json", "landmarks.npy", "kps.npy", "pose.npy", "id.npy", "motion.npy",
@@ -169,6 +172,7 @@ def test_shards_read_back_with_webdataset(curated) -> None:
         assert arrays["thumbnails.npy"].dtype == np.uint8 and arrays["thumbnails.npy"].shape == (frames, 16, 16)
         assert frames == round((meta["end_s"] - meta["start_s"]) * meta["fps"])
         assert meta["source"] and meta["face_backend"] == "opencv" and len(meta["crop_box"]) == 4
+        assert meta["source_fps"] == pytest.approx(source_rates[meta["source"]], abs=1e-3)
         inside = (arrays["kps.npy"] >= 0) & (arrays["kps.npy"] <= meta["crop_size"])
         assert inside.mean() > 0.95  # keypoints are in crop pixels
         boxes = arrays["boxes.npy"][:, None]

@@ -83,6 +83,7 @@ def test_batches_have_the_shapes_dtypes_and_ranges_of_the_spec(dataset) -> None:
         assert batch[name].dtype == torch.float32
     assert batch["intensity_buckets"].dtype == torch.int32
     assert batch["fps"].tolist() == [25.0, 25.0]  # the curated rate, from each sample's json
+    assert batch["source_fps"].tolist() == [25.0, 25.0]  # its source's: below fps, frames were repeated
     # VAE inputs in [-1, 1]; ArcFace and motion-encoder inputs in [0, 1]; DINO ImageNet-normalised
     for name in ("frames", "reference"):
         assert batch[name].min() >= -1 and batch[name].max() <= 1 and batch[name].min() < -0.5
@@ -385,12 +386,28 @@ def test_ray_data_path_yields_the_same_samples_and_counts_the_same_skips(dataset
     assert ray.get(tally.counts.remote()) == loader.skipped and loader.skipped["shard_unreadable"] == 1
 
 
-def test_a_bug_fails_the_ray_epoch_instead_of_emptying_it(dataset, ray_local) -> None:
+def test_a_bug_fails_the_ray_epoch_instead_of_emptying_it(dataset, ray_local, monkeypatch) -> None:
     """Ray's errored-block allowance took any exception for a bad read: 0 samples, no error."""
     buggy = TrainDataConfig.model_construct(**{**_config(dataset).model_dump(), "pixel_dtype": "bogus"})
+    with pytest.raises(Exception, match="bogus"):  # the driver's first sample meets it
+        ray_train_dataset(buggy)
+    monkeypatch.setattr("portraitflow.pipelines.train_data.check_trainable", lambda urls, build: None)
     dataset_, _ = ray_train_dataset(buggy)
-    with pytest.raises(Exception, match="bogus"):
+    with pytest.raises(Exception, match="bogus"):  # and so does every task
         dataset_.take_all()
+
+
+def test_the_ray_path_refuses_shards_without_a_sample_to_train_on(dataset, ray_local, monkeypatch) -> None:
+    """Every sample skipped: the Ray epochs ran through zero batches and finished, no error. A usable
+    corpus costs the check one sample of its first shard."""
+    with pytest.raises(RuntimeError, match=r"no sample of 4 shard.*'clip_too_short': 8"):
+        ray_train_dataset(_config(dataset, n_frames=CLIP_FRAMES + 1))
+    from portraitflow.operators import ray_train_samples
+
+    reads, read_shard = [], ray_train_samples.read_shard
+    monkeypatch.setattr(ray_train_samples, "read_shard", lambda url, handler: reads.append(url) or read_shard(url, handler))
+    ray_train_dataset(_config(dataset))
+    assert len(reads) == 1
 
 
 def test_ray_path_reads_each_epochs_shard_permutation_and_refuses_resampling(dataset, ray_local, monkeypatch) -> None:
@@ -462,3 +479,15 @@ def test_a_config_from_before_the_ray_reader_change_still_loads() -> None:
     """`ray_max_errored_blocks` was removed: refusing it would break every config that set it."""
     with pytest.warns(UserWarning, match="ray_max_errored_blocks is gone"):
         assert TrainDataConfig(ray_max_errored_blocks=3) == TrainDataConfig()
+
+
+def test_workers_that_would_read_no_shard_are_warned_of(dataset, caplog) -> None:
+    """Workers take whole shards: 4 shards for 6 workers left 2 idle, silently."""
+    with caplog.at_level("WARNING", logger="portraitflow.pipelines.train_data"):
+        TrainLoader(_config(dataset, num_workers=6))
+    assert "reads 4 shard(s) with num_workers=6, so 2 worker(s) read nothing" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="portraitflow.pipelines.train_data"):
+        TrainLoader(_config(dataset, num_workers=4))
+        TrainLoader(_config(dataset, num_workers=6, resampled=True, samples_per_epoch=8))
+    assert "read nothing" not in caplog.text

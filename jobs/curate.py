@@ -39,16 +39,14 @@ from portraitflow.operators import ledger
 from portraitflow.operators.atomic import FolderBusy, atomic_write, exclusive_folder
 from portraitflow.operators.curate_input import renders_after_decisions
 from portraitflow.operators.decode import probe_video
-from portraitflow.operators.face_scan import (GALLERY_DIGEST_PREFIX, GALLERY_SETTINGS, SCAN_MEASURES_VERSION,
-                                              check_galleries, gallery_digests, load_scan_arrays, load_scan_meta,
-                                              scan_clips, scan_path)
+from portraitflow.operators.corpus_decisions import Identities, corpus_ledger, decide_clips
+from portraitflow.operators.face_scan import check_galleries
 from portraitflow.operators.filters import RENDER_FAILED
-from portraitflow.operators.identity import CorpusLedger
-from portraitflow.operators.overlap import SIGNATURE_SIZE
 from portraitflow.operators.inputs import clip_input_key, expand_inputs, input_key, is_uri, local_copy
-from portraitflow.operators.overlap import OverlapRule
 from portraitflow.operators.probe import error_text
 from portraitflow.operators.quarantine import MAX_ATTEMPTS, quarantined_row
+from portraitflow.operators.scan_store import (GALLERY_DIGEST_PREFIX, GALLERY_SETTINGS, SCAN_MEASURES_VERSION,
+                                               gallery_digests, load_scan_meta, scan_clips, scan_path)
 from portraitflow.operators.shards import (INDEX_NAME, pack_shards, rewrite_whole, shard_paths, whole_shard_keys,
                                            write_index)
 
@@ -255,16 +253,12 @@ def _lost_inputs(markers: dict[str, dict], in_shards: Collection[str]) -> dict[s
 def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], layout: Layout,
                    in_shards: dict[str, Path]) -> dict[str, list[dict]]:
     """The candidate clips of the pending inputs, with the cap per identity and the near-duplicate
-    checks applied.
+    checks applied (`decide_clips`).
 
     Every clip already in the shards is committed to the corpus: those of finished inputs, and
     those of an input an earlier run packed before it could mark it done, or marked failed because
     another of its clips failed to render, whatever its retry finds now (it may fail, or scan
-    another file). Committed clips enter the ledger first, so inputs added to an existing corpus are
-    capped and de-duplicated against all of it. Then the other pending clips are decided greedily,
-    in `_decision_order` (longest first): an excerpt never rejects the longer original it was cut
-    from, nor takes the identity's cap before it, whatever the file names; a fixed order also makes
-    a resumed run decide as an uninterrupted one did.
+    another file). The other pending clips are decided against them.
     """
     fps = cfg.curate.fps
     packed = _packed_by_input(in_shards)
@@ -277,29 +271,9 @@ def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], layout: Layout,
     committed = [(key, c) for key in sorted(packed.keys() - clips_by_input.keys())
                  for c in _committed_clips(layout, key, packed[key], in_shards, fps)]
     committed += [(key, c) for key, clips in clips_by_input.items() for c in clips if c["key"] in in_shards]
-    corpus = _corpus_ledger(cfg, undecided[0][1]["same_person"])
-    identity = _Identities(layout)
-    for key, clip in committed:
-        corpus.keep(*identity(key, clip))
-    # read in key order, each input's scan once (about 64 KB of thumbnails per undecided 10-s clip
-    # held until decided), then decided in `_decision_order`
-    undecided = sorted([(_decision_order(c), identity(key, c), c) for key, c in undecided], key=lambda item: item[0])
-    for _, (embedding, signature, thumbnails), clip in undecided:
-        clip["reason"] = corpus.decide(embedding, signature, thumbnails, clip["measures"])
-        if clip["reason"] is None:
-            corpus.keep(embedding, signature, thumbnails)
+    corpus = corpus_ledger(cfg.curate, undecided[0][1]["same_person"])
+    decide_clips(corpus, committed, undecided, Identities(layout.scans))
     return clips_by_input
-
-
-def _decision_order(clip: dict[str, Any]) -> tuple:
-    """Longest first; among clips of one length (copies of the same footage resample alike), the
-    larger, then sharper face first, so of two copies the better is kept, not the one whose file
-    name sorts first (a 320-px re-encode beat its 512-px original that way); the key last."""
-    def larger_first(name: str) -> float:
-        value = float(clip["measures"].get(name, np.nan))
-        return -value if np.isfinite(value) else np.inf
-
-    return clip["start"] - clip["end"], larger_first("face_side_px"), larger_first("sharpness"), clip["key"]
 
 
 def _input_clips(row: dict[str, Any], layout: Layout, packed: list[str], in_shards: dict[str, Path],
@@ -342,28 +316,6 @@ def _sample_clip(shard: Path, key: str, fps: float) -> dict[str, Any]:
             "measures": meta["scores"], "identity": identity}
 
 
-class _Identities:
-    """Clips' identity embeddings, content signatures and thumbnails: from their samples, or from
-    their input's scan, read once for all its clips (asked for one input's clips after another).
-    A finished input's scan may predate footage signatures or thumbnails: its clips then match no
-    duplicate of that kind."""
-
-    def __init__(self, layout: Layout) -> None:
-        self.layout, self.input_key, self.scan = layout, None, {}
-
-    def __call__(self, input_key: str,
-                 clip: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        if "identity" in clip:
-            return clip["identity"]
-        if input_key != self.input_key:
-            self.input_key = input_key
-            self.scan = load_scan_arrays(scan_path(self.layout.scans, input_key),
-                                         ("embedding", "signature", "thumbnails"))
-        arrays = self.scan[clip["index"]]
-        signature = arrays["signature"] if arrays["signature"].size == SIGNATURE_SIZE else None  # a scan's from before
-        return arrays["embedding"], signature, arrays.get("thumbnails")
-
-
 def _render_kept(cfg: PortraitFlowConfig, layout: Layout, scanned: list[dict], clips_by_input: dict,
                  in_shards: Collection[str]) -> None:
     """Render the clips the corpus decisions kept, when rendering waits for them; each input's
@@ -388,11 +340,6 @@ def _render_kept(cfg: PortraitFlowConfig, layout: Layout, scanned: list[dict], c
         row["render_errors"] = json.dumps({**json.loads(row["render_errors"]), **json.loads(result["render_errors"])})
         row["timings"] = json.dumps(Counter(json.loads(row["timings"])) + Counter(json.loads(result["timings"])))
         row["rendered"] = int(row.get("rendered") or 0) + int(result["rendered"])
-
-
-def _corpus_ledger(cfg: PortraitFlowConfig, same_person: float) -> CorpusLedger:
-    return CorpusLedger(cfg.curate.same_person_similarity(same_person), cfg.curate.max_clips_per_identity, cfg.curate.duplicate_similarity,
-                        OverlapRule.from_config(cfg.curate))
 
 
 def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run: bool = False) -> dict[str, Any]:

@@ -7,8 +7,8 @@
 
 The corpus-wide decisions are greedy: the clips already in the corpus enter the ledger first, then
 new clips are decided in a canonical order (longest first, then the larger and sharper face, then
-the key: `jobs/curate._decision_order`), so a resumed run decides as an uninterrupted one and added
-inputs are held to the clips already kept.
+the key: `corpus_decisions.decision_order`), so a resumed run decides as an uninterrupted one and
+added inputs are held to the clips already kept.
 """
 from __future__ import annotations
 

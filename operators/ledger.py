@@ -41,7 +41,7 @@ def write_marker(done_dir: Path, input_row: dict[str, Any], clip_rows: list[dict
 
 def file_stat(path: str) -> dict[str, int]:
     """A file's size and modification time, which tell a file replaced under the same name (the
-    scan records them, `face_scan.source_identity`; its input's marker keeps them)."""
+    scan records them, `scan_store.source_identity`; its input's marker keeps them)."""
     stat = os.stat(path)
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 

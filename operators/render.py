@@ -18,10 +18,10 @@ import numpy as np
 from portraitflow.jobs.config.curate import CurateConfig
 from portraitflow.models.face.align import align_arcface, crop_square
 from portraitflow.operators.decode import iter_frame_chunks
-from portraitflow.operators.face_scan import load_clip_arrays
 from portraitflow.operators.motion import WINDOW
 from portraitflow.operators.probe import error_text
 from portraitflow.operators.reference_portrait import to_crop
+from portraitflow.operators.scan_store import load_clip_arrays
 from portraitflow.operators.shards import npy_bytes, stage_sample
 from portraitflow.operators.timing import StageTimer
 from portraitflow.operators.video_writer import audio_seconds, write_h264

@@ -86,8 +86,9 @@ def _stage_results(monkeypatch: pytest.MonkeyPatch, results: dict[str, dict]) ->
 def _scan(scans: Path, uri: str, clips: list[tuple]) -> str:
     """Save a scan of `uri` whose clips are (start, end, reason, (embedding, signature[, thumbnails])
     of a kept one)."""
-    from portraitflow.operators.face_scan import Candidate, save_scan, scan_path
+    from portraitflow.operators.face_scan import Candidate
     from portraitflow.operators.inputs import input_key
+    from portraitflow.operators.scan_store import save_scan, scan_path
 
     candidates = [Candidate(start, end, reason, {"face_side_px": 200.0},
                             dict(zip(("embedding", "signature", "thumbnails"), identity)) if identity else {})
@@ -128,7 +129,7 @@ def test_clips_already_in_shards_stay_in_the_corpus_whatever_the_retry_finds(
     (the copy is a duplicate), in this run and in a later one that leaves `talk` out."""
     from portraitflow.jobs.curate import Layout, corpus_settings, run_curation
     from portraitflow.models.face.base import l2_normalise
-    from portraitflow.operators.face_scan import scan_path
+    from portraitflow.operators.scan_store import scan_path
     from portraitflow.operators.overlap import content_signature
     from portraitflow.operators.inputs import clip_key
 
@@ -176,8 +177,9 @@ def test_clips_already_in_shards_stay_in_the_corpus_whatever_the_retry_finds(
 def test_a_scan_signature_from_before_footage_signatures_matches_no_duplicate(tmp_path: Path) -> None:
     """A finished input's scan from an earlier version holds a keypoint signature (320 values): it
     must not meet the new ones in a dot product (a ValueError after the whole scan, every rerun)."""
-    from portraitflow.jobs.curate import Layout, _Identities
+    from portraitflow.jobs.curate import Layout
     from portraitflow.models.face.base import l2_normalise
+    from portraitflow.operators.corpus_decisions import Identities
     from portraitflow.operators.overlap import SIGNATURE_SIZE, content_signature
     from portraitflow.operators.identity import CorpusLedger
 
@@ -188,7 +190,7 @@ def test_a_scan_signature_from_before_footage_signatures_matches_no_duplicate(tm
     old = _scan(layout.scans, str(tmp_path / "old.mp4"), [(0, 50, None, (person, l2_normalise(rng.normal(size=320))))])
     new = _scan(layout.scans, str(tmp_path / "new.mp4"),
                 [(0, 50, None, (person, content_signature(rng.uniform(0, 255, (50, 16, 16)))))])
-    identities = _Identities(layout)
+    identities = Identities(layout.scans)
     kept_embedding, kept_signature, kept_thumbnails = identities(old, {"index": 0})
     new_embedding, new_signature, _ = identities(new, {"index": 0})
     assert kept_signature is None and kept_thumbnails is None and new_signature.size == SIGNATURE_SIZE
@@ -208,7 +210,7 @@ def test_a_clip_holding_part_of_a_kept_one_is_a_partial_duplicate_in_a_run_and_a
 
     from portraitflow.jobs.curate import Layout, run_curation
     from portraitflow.models.face.base import l2_normalise
-    from portraitflow.operators.face_scan import scan_path
+    from portraitflow.operators.scan_store import scan_path
     from portraitflow.operators.overlap import content_signature
     from portraitflow.operators.inputs import clip_key
 

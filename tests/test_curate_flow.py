@@ -358,8 +358,9 @@ def test_allow_and_deny_galleries_decide_identity(media_dir: Path, tmp_path: Pat
     import cv2
 
     from portraitflow.operators.decode import iter_frame_chunks
-    from portraitflow.operators.face_scan import FaceScanStage, load_scan_meta
+    from portraitflow.operators.face_scan import FaceScanStage
     from portraitflow.operators.inputs import input_key
+    from portraitflow.operators.scan_store import load_scan_meta
 
     speaker, other = media_dir / TALKING[0], media_dir / TALKING[1]
     for folder, source in (("deny", speaker), ("allow", other)):

@@ -14,7 +14,7 @@ import typer
 from portraitflow.jobs.config import PortraitFlowConfig, load_config
 from portraitflow.jobs.curate import Layout, check_corpus_settings, corpus_settings
 from portraitflow.operators import ledger
-from portraitflow.operators.face_scan import scan_fingerprint
+from portraitflow.operators.scan_store import scan_fingerprint
 from test_curate_driver import QUIET, SCANNED, _rows, _scan
 
 

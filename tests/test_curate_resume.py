@@ -54,7 +54,7 @@ def test_a_shard_is_on_disk_before_its_samples_are_marked_done(tmp_path: Path, m
 
 
 def test_scans_are_redone_for_settings_they_depend_on_only() -> None:
-    from portraitflow.operators.face_scan import scan_fingerprint
+    from portraitflow.operators.scan_store import scan_fingerprint
 
     base = scan_fingerprint(load_config(None, []))
     assert scan_fingerprint(load_config(None, ["face.num_threads=3", "curate.crf=30", "curate.actor_cpus=2"])) == base
@@ -106,7 +106,7 @@ def test_kept_clips_whose_render_never_comes_back_fail_their_input(tmp_path: Pat
 
     asked = []
     monkeypatch.setattr(pipeline, "render_decided", lambda rows, *_: asked.extend(rows) or [])
-    row = {"input_key": "a", "uri": "/v/a.mp4", "width": 64, "height": 64, "render_errors": "{}",
+    row = {"input_key": "a", "uri": "/v/a.mp4", "width": 64, "height": 64, "src_fps": 25.0, "render_errors": "{}",
            "timings": json.dumps({"scan": 1.0}), "rendered": 0}
     clips = {"a": [{"key": "a_1", "reason": None}, {"key": "a_2", "reason": None}, {"key": "a_3", "reason": "duplicate"}]}
     cfg = load_config(None, ["curate.max_clips_per_identity=1"])
@@ -191,7 +191,7 @@ def test_a_done_input_replaced_under_its_name_is_named_not_silently_kept(tmp_pat
 def test_a_marker_records_the_file_its_scan_was_made_of(tmp_path: Path) -> None:
     """Not the file at the path when the input finishes: one replaced during its own run is named next time."""
     from portraitflow.jobs.curate import _scanned_file
-    from portraitflow.operators.face_scan import save_scan, scan_path
+    from portraitflow.operators.scan_store import save_scan, scan_path
 
     layout = Layout(tmp_path)
     layout.make()

@@ -11,7 +11,7 @@ import typer
 
 from portraitflow.jobs.config import load_config
 from portraitflow.jobs.curate import Layout, check_corpus_settings, corpus_settings
-from portraitflow.operators.face_scan import scan_fingerprint
+from portraitflow.operators.scan_store import scan_fingerprint
 
 
 def test_an_odd_crop_size_is_refused_with_the_reason() -> None:
@@ -138,10 +138,10 @@ def test_a_bad_gallery_stops_the_run_before_anything_is_written(gallery: str, tm
 
 
 def test_an_identity_switch_similarity_of_zero_is_taken_not_replaced_by_the_backends() -> None:
-    from portraitflow.jobs.curate import _corpus_ledger
+    from portraitflow.operators.corpus_decisions import corpus_ledger
 
-    assert _corpus_ledger(load_config(None, ["curate.identity_switch_similarity=0"]), 0.5).same_person == 0.0
-    assert _corpus_ledger(load_config(None, []), 0.5).same_person == 0.5
+    assert corpus_ledger(load_config(None, ["curate.identity_switch_similarity=0"]).curate, 0.5).same_person == 0.0
+    assert corpus_ledger(load_config(None, []).curate, 0.5).same_person == 0.5
 
 
 @pytest.mark.parametrize(("cpus", "face_actors", "sizes"), [
@@ -205,7 +205,7 @@ def test_a_corpus_measured_by_an_older_version_is_not_resumed(tmp_path: Path) ->
     resume mixed both in one corpus, and advised `--set curate.min_motion=0.002`, which on the new
     scale rejects real clips."""
     from portraitflow.operators import ledger
-    from portraitflow.operators.face_scan import SCAN_MEASURES_VERSION
+    from portraitflow.operators.scan_store import SCAN_MEASURES_VERSION
 
     layout = Layout(tmp_path)
     layout.make()

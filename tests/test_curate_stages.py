@@ -214,7 +214,7 @@ def _noise_video(path: Path, frames: int) -> Path:
 def test_a_saved_scan_is_reused_only_for_the_file_it_was_made_of(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Another file put at the input's path, or the same one modified, is scanned again."""
     from portraitflow.jobs.config import load_config
-    from portraitflow.operators import face_scan
+    from portraitflow.operators import face_scan, scan_store
 
     scans = []
     real_scan = face_scan.scan_video
@@ -222,11 +222,11 @@ def test_a_saved_scan_is_reused_only_for_the_file_it_was_made_of(tmp_path: Path,
     stage = face_scan.FaceScanStage(load_config(None, []).model_dump(mode="json"), str(tmp_path))
     video = _noise_video(tmp_path / "talk.mp4", 30)
     row = {"uri": str(video), "input_key": "talk-0123456789"}
-    scan_file = face_scan.scan_path(tmp_path, row["input_key"])
+    scan_file = scan_store.scan_path(tmp_path, row["input_key"])
 
     def scan() -> dict:
         assert stage.scan(dict(row), str(video))["status"] == face_scan.SCANNED
-        return face_scan.load_scan_meta(scan_file)["source"]
+        return scan_store.load_scan_meta(scan_file)["source"]
 
     source = scan()
     assert source == {"size": video.stat().st_size, "mtime_ns": video.stat().st_mtime_ns, "width": 64, "height": 64,
@@ -615,12 +615,12 @@ def test_a_render_decodes_fewer_frames_at_once_of_a_large_source() -> None:
 def test_of_two_copies_of_one_footage_the_larger_sharper_face_is_decided_first() -> None:
     """Copies resample to one length, so the file name used to decide which copy is kept: a 320-px
     re-encode named `d11_*` beat its 512-px original `liveportrait_d11`."""
-    from portraitflow.jobs.curate import _decision_order
+    from portraitflow.operators.corpus_decisions import decision_order
 
     def clip(key: str, end: float, side: float, sharpness: float = 100.0) -> dict:
         return {"key": key, "start": 0.0, "end": end, "measures": {"face_side_px": side, "sharpness": sharpness}}
 
     clips = [clip("a_reencode", 5.0, 154.0), clip("b_original", 5.0, 243.0), clip("c_longer", 6.0, 100.0),
              clip("d_softer", 5.0, 243.0, 50.0), clip("e_unmeasured", 5.0, float("nan"))]
-    order = [c["key"] for c in sorted(clips, key=_decision_order)]
+    order = [c["key"] for c in sorted(clips, key=decision_order)]
     assert order == ["c_longer", "b_original", "d_softer", "a_reencode", "e_unmeasured"]

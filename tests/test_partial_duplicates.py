@@ -175,7 +175,8 @@ def test_decisions_are_the_same_from_thumbnails_read_back_from_a_scan_or_a_sampl
     a resumed run, which reads kept clips back from either, decides as the uninterrupted one."""
     import io
 
-    from portraitflow.operators.face_scan import Candidate, load_scan_arrays, save_scan
+    from portraitflow.operators.face_scan import Candidate
+    from portraitflow.operators.scan_store import load_scan_arrays, save_scan
     from portraitflow.operators.shards import npy_bytes
 
     arrays = {"embedding": PERSON.astype(np.float32), "signature": content_signature(KEPT), "thumbnails": KEPT}
@@ -214,7 +215,7 @@ def test_the_overlap_settings_leave_scans_valid_and_an_older_folder_resumes_with
     counts them at their defaults instead of refusing to resume."""
     from portraitflow.jobs.curate import Layout, check_corpus_settings, corpus_settings
     from portraitflow.operators import ledger
-    from portraitflow.operators.face_scan import scan_fingerprint
+    from portraitflow.operators.scan_store import scan_fingerprint
 
     names = ("duplicate_overlap_share", "duplicate_overlap_seconds", "duplicate_window_similarity")
     changed = load_config(None, ["curate.duplicate_overlap_share=0.8", "curate.duplicate_overlap_seconds=3",
@@ -325,7 +326,8 @@ def test_an_excerpt_decided_with_its_original_is_rejected_whatever_the_names(
                     "identity": (PERSON, content_signature(frames), frames)}
              for name, frames in (("m_original", original), (excerpt_name, excerpt))}
     monkeypatch.setattr(curate, "_input_clips", lambda row, *_: [clips[row["input_key"]]])
-    decided = curate._decide_corpus(load_config(None, []), [{"input_key": name} for name in sorted(clips)], None, {})
+    decided = curate._decide_corpus(load_config(None, []), [{"input_key": name} for name in sorted(clips)],
+                                    curate.Layout(Path("unused")), {})
     assert decided["m_original"][0]["reason"] is None
     assert decided[excerpt_name][0]["reason"] == filters.PARTIAL_DUPLICATE
 
@@ -350,6 +352,7 @@ def test_deciding_longest_first_reads_each_inputs_scan_once(monkeypatch: pytest.
     from types import SimpleNamespace
 
     from portraitflow.jobs import curate
+    from portraitflow.operators import corpus_decisions
 
     lengths = {f"in{i}": [50 + 7 * ((i * 5 + j * 3) % 11) for j in range(4)] for i in range(5)}
     monkeypatch.setattr(curate, "_input_clips", lambda row, *_: [
@@ -363,6 +366,6 @@ def test_deciding_longest_first_reads_each_inputs_scan_once(monkeypatch: pytest.
         return {j: {"embedding": l2_normalise(np.eye(8)[len(reads) % 8] + 0.1), "signature": content_signature(frames),
                     "thumbnails": frames} for j in range(4)}
 
-    monkeypatch.setattr(curate, "load_scan_arrays", load)
+    monkeypatch.setattr(corpus_decisions, "load_scan_arrays", load)
     curate._decide_corpus(load_config(None, []), [{"input_key": key} for key in lengths], SimpleNamespace(scans=Path("s")), {})
     assert sorted(reads) == sorted(set(reads)) and len(reads) == len(lengths)

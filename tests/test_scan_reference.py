@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from portraitflow.operators.face_scan import eye_aspect_ratio, inside_frame, reference_index
+from portraitflow.operators.reference_frame import eye_aspect_ratio, inside_frame, reference_index
 
 FRAME_HW = (400, 400)
 INSIDE = [100.0, 100.0, 300.0, 300.0]

@@ -1,0 +1,79 @@
+"""The corpus-wide decisions on the clips the scans kept: near-duplicates and the cap per identity.
+
+They need every clip, so the driver takes them once every input is scanned (jobs/curate.py, which
+also tells which clips the corpus holds already); the comparisons are operators/identity.py's
+`CorpusLedger`. Greedy, in a fixed order, so the result depends on neither file names nor where
+an earlier run was stopped.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from portraitflow.jobs.config.curate import CurateConfig
+from portraitflow.operators.identity import CorpusLedger
+from portraitflow.operators.overlap import SIGNATURE_SIZE, OverlapRule
+from portraitflow.operators.scan_store import load_scan_arrays, scan_path
+
+
+def corpus_ledger(cfg: CurateConfig, same_person: float) -> CorpusLedger:
+    """An empty ledger with the decisions' settings; `same_person`: the threshold of the face
+    backend that scanned the clips, which `identity_switch_similarity` overrides when set."""
+    return CorpusLedger(cfg.same_person_similarity(same_person), cfg.max_clips_per_identity, cfg.duplicate_similarity,
+                        OverlapRule.from_config(cfg))
+
+
+def decision_order(clip: dict[str, Any]) -> tuple:
+    """Longest first; among clips of one length (copies of the same footage resample alike), the
+    larger, then sharper face first, so of two copies the better is kept, not the one whose file
+    name sorts first (a 320-px re-encode beat its 512-px original that way); the key last."""
+    def larger_first(name: str) -> float:
+        value = float(clip["measures"].get(name, np.nan))
+        return -value if np.isfinite(value) else np.inf
+
+    return clip["start"] - clip["end"], larger_first("face_side_px"), larger_first("sharpness"), clip["key"]
+
+
+def decide_clips(corpus: CorpusLedger, committed: list[tuple[str, dict[str, Any]]],
+                 undecided: list[tuple[str, dict[str, Any]]], identities: Identities) -> None:
+    """Set the `reason` (None: kept) of each `undecided` clip, (input key, clip) in key order, and
+    add to its `measures` what the duplicate checks found.
+
+    The `committed` clips (in the corpus already) enter the ledger first, so new clips are capped
+    and de-duplicated against all of it. Then the undecided are decided greedily in `decision_order`
+    (longest first): an excerpt never rejects the longer original it was cut from, nor takes the
+    identity's cap before it, whatever the file names; a fixed order also makes a resumed run decide
+    as an uninterrupted one did.
+    """
+    for key, clip in committed:
+        corpus.keep(*identities(key, clip))
+    # read in key order, each input's scan once (about 64 KB of thumbnails per undecided 10-s clip
+    # held until decided), then decided in `decision_order`
+    ordered = sorted([(decision_order(c), identities(key, c), c) for key, c in undecided], key=lambda item: item[0])
+    for _, (embedding, signature, thumbnails), clip in ordered:
+        clip["reason"] = corpus.decide(embedding, signature, thumbnails, clip["measures"])
+        if clip["reason"] is None:
+            corpus.keep(embedding, signature, thumbnails)
+
+
+class Identities:
+    """Clips' identity embeddings, content signatures and thumbnails: from their samples, or from
+    their input's scan, read once for all its clips (asked for one input's clips after another).
+    A finished input's scan may predate footage signatures or thumbnails: its clips then match no
+    duplicate of that kind."""
+
+    def __init__(self, scan_dir: Path) -> None:
+        self.scan_dir, self.input_key, self.scan = scan_dir, None, {}
+
+    def __call__(self, input_key: str,
+                 clip: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        if "identity" in clip:
+            return clip["identity"]
+        if input_key != self.input_key:
+            self.input_key = input_key
+            self.scan = load_scan_arrays(scan_path(self.scan_dir, input_key), ("embedding", "signature", "thumbnails"))
+        arrays = self.scan[clip["index"]]
+        signature = arrays["signature"] if arrays["signature"].size == SIGNATURE_SIZE else None  # a scan's from before
+        return arrays["embedding"], signature, arrays.get("thumbnails")

@@ -25,12 +25,13 @@ app.add_typer(config_cmd.app, name="config")
 
 def main() -> None:
     """The console script: `app`, with a cluster that refuses this driver past the checks each verb
-    makes first (token authentication, say) said in one line, as those checks say theirs."""
-    from portraitflow.jobs.runtime import ServiceUnreachable
+    makes first (token authentication, say), or a deleted MLflow experiment, said in one line (exit
+    2), as those checks say theirs."""
+    from portraitflow.jobs.runtime import ExperimentDeleted, ServiceUnreachable
 
     try:
         app()
-    except ServiceUnreachable as exc:
+    except (ServiceUnreachable, ExperimentDeleted) as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise SystemExit(2) from None
 

@@ -83,7 +83,7 @@ def sweep(
     mlflow_uri: MlflowUriOption = None,
 ) -> None:
     """Generate and evaluate every config of SWEEP_FILE: one parent MLflow run, one nested run per
-    config. Rerunning resumes: finished configs are not redone. Exit 1 when no config finished."""
+    config. Rerunning resumes: finished configs are not redone. Exit 1 when no config scored a video."""
     import yaml
 
     from portraitflow.jobs.runtime import NotEnoughResources
@@ -110,7 +110,7 @@ def sweep(
     except FolderBusy as exc:
         raise typer.BadParameter(str(exc), param_hint="--out") from exc
     typer.echo(f"parent run {run_id}\nsummary {out / 'summary.csv'}\nreport {out / 'report' / 'index.html'}")
-    _refuse_no_config_finished(out / "summary.csv", sweep_file)
+    _refuse_sweep_scored_nothing(out / "summary.csv", sweep_file)
 
 
 def report(
@@ -197,18 +197,23 @@ def _refuse_nothing_scored(per_video: Path, results: Path) -> None:
     raise typer.Exit(1)
 
 
-def _refuse_no_config_finished(summary_csv: Path, sweep_file: Path) -> None:
-    """Exit 1 naming the errors when every config of the sweep failed (only a failed config's row
-    has an `error`): the runs, summary and report exist, but a zero exit would tell a script or CI
-    that a sweep with no result worked."""
+def _refuse_sweep_scored_nothing(summary_csv: Path, sweep_file: Path) -> None:
+    """Exit 1 naming the reasons when no config scored a video: every config failed (only a failed
+    config's row has an `error`), or finished with every job failed (`jobs_ok` 0: a dataset whose
+    clips show no face). The runs, summary and report exist, but a zero exit would tell a script or
+    CI that a sweep with no result worked, where `evaluate` exits 1 alike."""
     import pandas as pd
 
     summary = pd.read_csv(summary_csv)
-    if "error" not in summary or summary["error"].isna().any():
+    failed = summary["error"].notna() if "error" in summary else pd.Series(False, index=summary.index)
+    scored = summary["jobs_ok"].fillna(0) > 0 if "jobs_ok" in summary else ~failed
+    if scored.any():
         return
-    errors = summary["error"].value_counts()
-    typer.echo(f"error: no config of {sweep_file} finished ({len(summary)} failed: "
-               f"{'; '.join(f'{count} x {error}' for error, count in errors.items())}; see {summary_csv}).", err=True)
+    reasons = [f"{count} x {error}" for error, count in summary.loc[failed, "error"].value_counts().items()]
+    if (~failed).any():
+        reasons.append(f"{int((~failed).sum())} finished with every job failed (their per_video tables say why)")
+    typer.echo(f"error: no config of {sweep_file} scored a video ({len(summary)} config(s): {'; '.join(reasons)}; "
+               f"see {summary_csv}).", err=True)
     raise typer.Exit(1)
 
 

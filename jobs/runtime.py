@@ -20,6 +20,7 @@ from portraitflow.jobs.config.runtime import MLflowConfig, RayConfig
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities import Run
 
 DEFAULT_MLFLOW_DB = "mlflow.db"
 FOLDER_TAG = "portraitflow.out_folder"  # which output folder a run wrote (`folder_tag`)
@@ -44,6 +45,14 @@ def local_cpus(cfg: RayConfig) -> float | None:
 
 class ServiceUnreachable(RuntimeError):
     """The Ray cluster or the MLflow server named cannot be reached (or refuses this driver)."""
+
+
+class ExperimentDeleted(RuntimeError):
+    """The MLflow experiment a job's runs go to is deleted, so it takes none (`ensure_experiment`)."""
+
+
+#: runs per `search_runs` page, MLflow's most (`search_all_runs`)
+SEARCH_PAGE = 1000
 
 
 #: seconds to wait for a Ray cluster's or an MLflow server's port before calling it unreachable
@@ -233,12 +242,18 @@ def mlflow_client(cfg: MLflowConfig) -> MlflowClient:
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
-    """The experiment's id, creating it on first use.
+    """The experiment's id, creating it on first use; ExperimentDeleted for one in MLflow's trash
+    (the UI's delete keeps its name), which takes no runs until restored.
 
     With an sqlite store, artifacts go to `mlartifacts/` beside the database file rather than to
     MLflow's default `./mlruns` of whatever directory the process happens to run in.
     """
     experiment = client.get_experiment_by_name(name)
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        raise ExperimentDeleted(
+            f"the MLflow experiment {name!r} (id {experiment.experiment_id}) is deleted: restore it (`mlflow "
+            f"experiments restore --experiment-id {experiment.experiment_id}` with MLFLOW_TRACKING_URI="
+            f"{client.tracking_uri}) or name another in this flow's `experiment` setting (`--set <flow>.experiment=NAME`)")
     if experiment is not None:
         return experiment.experiment_id
     uri = str(client.tracking_uri)
@@ -266,11 +281,25 @@ def folder_tag(folder: Path) -> str:
     return hashlib.sha1(str(Path(folder).resolve()).encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
+def search_all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str,
+                    order_by: list[str] | None = None) -> list[Run]:
+    """Every run matching `filter_string`, page by page: one `search_runs` call returns at most
+    1000, and a sweep's children can be more."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string, order_by=order_by, max_results=SEARCH_PAGE,
+                                  page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def end_abandoned_runs(client: MlflowClient, experiment_id: str, filter_string: str) -> None:
     """Mark KILLED the runs matching `filter_string` that are still RUNNING. A run killed outright
     (SIGKILL, a lost node) cannot end its own run; the caller holds the folder those runs wrote
     (`exclusive_folder`), so none of them is alive."""
-    for run in client.search_runs([experiment_id], f"{filter_string} and attributes.status = 'RUNNING'"):
+    for run in search_all_runs(client, [experiment_id], f"{filter_string} and attributes.status = 'RUNNING'"):
         log.warning("MLflow run %s (%s) was left RUNNING by a run killed outright: marked KILLED",
                     run.info.run_id, run.info.run_name)
         client.set_terminated(run.info.run_id, "KILLED")

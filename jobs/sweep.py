@@ -37,7 +37,7 @@ from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.jobs.generation import run_generation
 from portraitflow.jobs.runtime import (
     FOLDER_TAG, end_abandoned_runs, ensure_experiment, folder_tag, init_ray, log_values, mlflow_client,
-    mlflow_tracking_uri, require_resource,
+    mlflow_tracking_uri, require_resource, search_all_runs,
 )
 from portraitflow.operators import metrics, metrics_learned, report, sweep_spec
 from portraitflow.operators.atomic import atomic_target, atomic_write, exclusive_folder, write_parquet
@@ -465,9 +465,27 @@ def check_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig,
     except ValidationError as exc:
         raise ValueError(validation_problems(exc, "evaluate")) from exc
     check_rank_by(evaluate.rank_by, "evaluate.rank_by")
-    configs = sweep_spec.expand_configs(spec)
+    configs = _distinct_configs(sweep_spec.expand_configs(spec), cfg)
     check_dataset(dataset, out_dir)
     return evaluate, configs
+
+
+def _distinct_configs(configs: list[dict[str, Any]], cfg: PortraitFlowConfig) -> list[dict[str, Any]]:
+    """`configs` less each that makes the same videos as one before it (so the same scores), with a
+    warning naming both: `{backend: warp}` beside `{backend: warp, pose_multiplier: 1.0}`, or 1 beside
+    1.0, would each be generated, scored and ranked. A config its backend refuses stays: it fails alone."""
+    kept: dict[str, dict[str, Any]] = {}
+    distinct = []
+    for params in configs:
+        settings = sweep_spec.generation_settings(params, cfg)
+        key = json.dumps(settings, sort_keys=True, default=str)
+        if settings is not None and key in kept:
+            log.warning("sweep config %s makes the same videos as %s: left out", sweep_spec.config_label(params),
+                        sweep_spec.config_label(kept[key]))
+            continue
+        kept.setdefault(key, params)
+        distinct.append(params)
+    return distinct
 
 
 def check_rank_by(rank_by: str, setting: str) -> None:
@@ -687,8 +705,8 @@ def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, r
     parent = client.get_run(run_id)  # an unknown run fails here, before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    children = client.search_runs([parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{run_id}'",
-                                  order_by=["attributes.start_time ASC"]) or [parent]
+    children = search_all_runs(client, [parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{run_id}'",
+                               order_by=["attributes.start_time ASC"]) or [parent]
     params = [json.loads(child.data.tags.get(PARAMS_TAG, "{}")) for child in children]
     # a run that did not finish shows no numbers, as in summary.csv: what it logged is partial
     rows = [{"config": child.info.run_name or child.info.run_id, **values, "status": child.info.status,
@@ -711,11 +729,14 @@ def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, r
     summary = _ranked(summary, rank_by)
     order = list(summary["config"])
     plots, captions = [], {}
+    files = {name: out_dir / f"{name}.png" for name in ("metrics", "parameters", "paired")}
+    for path in files.values():  # a plot this report has not must not be left from an earlier one
+        path.unlink(missing_ok=True)
     if len(per_video):
-        plots.append(("Metrics across configs", report.metric_plots(per_video, out_dir / "metrics.png", order)))
+        plots.append(("Metrics across configs", report.metric_plots(per_video, files["metrics"], order)))
         swept = report.parameter_plots(summary, per_video, list(dict.fromkeys(k for p in params for k in p)),
-                                       out_dir / "parameters.png")
-        paired = report.paired_plot(per_video, rank_by, order, out_dir / "paired.png")
+                                       files["parameters"])
+        paired = report.paired_plot(per_video, rank_by, order, files["paired"])
         swept_heading, paired_heading = "Metrics against the swept parameters", f"{rank_by} per video across configs"
         plots += [(heading, plot) for heading, plot in ((swept_heading, swept), (paired_heading, paired)) if plot]
         captions = {swept_heading: "Bars: 95% intervals of each config's mean on its own, cut to the values the metric "

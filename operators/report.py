@@ -162,7 +162,9 @@ def parameter_plots(summary: pd.DataFrame, per_video: pd.DataFrame, params: Sequ
     params (the backend included), so a trend reads at a glance where the box plots only order
     configs; configs that set none of the swept params (the `still` baseline) are dashed levels.
     Each interval is of one config's mean alone, so it does not compare configs that share videos
-    (`paired_plot` does). None when no numeric param takes two values."""
+    (`paired_plot` does). None when no numeric param takes two values among the scored configs: a
+    refused value (a typo such as "1,5") scores nothing and does not hide the others' trend."""
+    summary = summary[summary["config"].isin(per_video["config"])]
     swept = numeric_params(summary, params)
     names = [m for m in metric_columns(per_video) if per_video[m].notna().any()]
     if not swept or not names:

@@ -114,3 +114,27 @@ def test_parameter_intervals_stay_within_what_the_metric_can_be_and_the_page_sen
     page = sweep_report["page"]
     assert "src='parameters.png'" in page and "src='paired.png'" in page
     assert "compare configs on apd video by video below" in page
+
+
+def test_a_report_folder_reused_keeps_no_plot_of_an_earlier_report(tmp_path: Path) -> None:
+    """A second sweep into the same OUT kept the first one's parameters plot (a config it never ran),
+    and its parent run uploaded it as its own."""
+    from mlflow import MlflowClient
+
+    from portraitflow.jobs import sweep
+    from portraitflow.jobs.config import load_config
+    from portraitflow.jobs.runtime import ensure_experiment
+
+    cfg = load_config(None, [f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    experiment_id = ensure_experiment(client, cfg.evaluate.experiment)
+    parent = client.create_run(experiment_id, run_name="one").info.run_id
+    ok = pd.DataFrame({"job_id": ["x", "y"], "status": "ok", "apd": [2.0, 4.0], "detection_rate": 1.0})
+    _child(client, experiment_id, parent, {"backend": "still"}, "FINISHED", 1000, tmp_path, {"apd": 3.0}, ok)
+    out = tmp_path / "report"
+    out.mkdir()
+    for name in ("parameters.png", "paired.png"):
+        (out / name).write_bytes(b"an earlier sweep's plot")
+    page = sweep.report_from_run(parent, cfg, out, "apd").read_text()
+    assert (out / "metrics.png").is_file() and "metrics.png" in page
+    assert not (out / "parameters.png").exists() and not (out / "paired.png").exists()

@@ -881,3 +881,47 @@ def test_evaluate_reads_a_results_file_that_starts_with_a_bom(tmp_path: Path, su
     table = _read_table(results)
     assert table.columns.tolist() == ["job_id", "ref", "driving", "output"] and table["job_id"].tolist() == ["j1"]
     assert table["output"].tolist() == [str(tmp_path / "o.mp4")]
+
+
+def test_a_refused_grid_value_does_not_hide_the_others_trend(tmp_path: Path) -> None:
+    """A typo ("1,5") refused one config, and the finished ones lost their parameters plot."""
+    summary = pd.DataFrame({"config": ["a", "b", "typo"], "backend": ["warp"] * 3, "scale": [0.5, 1.0, "1,5"],
+                            "status": ["FINISHED", "FINISHED", "FAILED"]})
+    per_video = pd.DataFrame({"config": ["a", "a", "b", "b"], "job_id": ["x", "y"] * 2, "apd": [1.0, 2.0, 3.0, 4.0]})
+    plot = report.parameter_plots(summary, per_video, ["backend", "scale"], tmp_path / "parameters.png")
+    assert plot is not None and plot.is_file()
+
+
+def test_a_sweep_that_scored_no_video_exits_1_naming_why(tmp_path: Path) -> None:
+    """Every job of its one config failed (a clip with no face): it exited 0."""
+    import typer
+
+    from portraitflow.jobs.evaluate_cmd import _refuse_sweep_scored_nothing
+
+    summary = tmp_path / "summary.csv"
+    pd.DataFrame({"config": ["warp", "still"], "jobs_ok": [0, None], "jobs_failed": [1, None],
+                  "error": [None, "RuntimeError: broke"]}).to_csv(summary, index=False)
+    with pytest.raises(typer.Exit) as stopped:
+        _refuse_sweep_scored_nothing(summary, Path("sweep.yaml"))
+    assert stopped.value.exit_code == 1
+    pd.DataFrame({"config": ["warp", "still"], "jobs_ok": [0, 2], "error": [None, None]}).to_csv(summary, index=False)
+    _refuse_sweep_scored_nothing(summary, Path("sweep.yaml"))  # one config scored: a result
+
+
+def test_configs_that_make_the_same_videos_run_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`{backend: warp}`, `pose_multiplier: 1.0` and `pose_multiplier: 1` were three configs: each
+    generated, scored and ranked, for one set of videos."""
+    from portraitflow.jobs.config import load_config
+    from portraitflow.jobs.sweep import check_sweep
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "talk.mp4").write_bytes(b"listed, not read")
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"name: s\ndataset: {{type: folder, path: {tmp_path / 'data'}}}\nconfigs: [{{backend: warp}}, "
+                    "{backend: auto}, {backend: still}, {backend: still, seed: 3}]\n"
+                    "grid: {backend: [warp], pose_multiplier: [1.0, 1, 0.5]}\n")
+    with caplog.at_level("WARNING", logger="portraitflow.jobs.sweep"):
+        _, configs = check_sweep(sweep_spec.load_sweep(path), load_config(None, []))
+    assert configs == [{"backend": "warp", "pose_multiplier": 1.0}, {"backend": "warp", "pose_multiplier": 0.5},
+                       {"backend": "still"}, {"backend": "still", "seed": 3}]  # still refuses a seed: it fails alone
+    assert caplog.text.count("makes the same videos as warp[pose_multiplier=1.0]") == 3  # 1, warp, auto

@@ -157,3 +157,33 @@ def test_log_values_records_params_and_metrics_of_a_run_in_one_request(tmp_path:
     data = client.get_run(run_id).data
     assert len(data.params) == 151 and data.params["long"] == long_value and data.params["p149"] == "149"
     assert data.metrics == {"psnr": 31.5, "jobs_ok": 3.0}
+
+
+def test_a_deleted_experiment_is_a_one_line_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """The MLflow UI's delete keeps the name; the next job crashed with a traceback on it."""
+    from portraitflow.jobs import cli
+    from portraitflow.jobs.runtime import ExperimentDeleted, ensure_experiment, mlflow_client
+
+    cfg = MLflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow_client(cfg)
+    client.delete_experiment(ensure_experiment(client, "flow"))
+    with pytest.raises(ExperimentDeleted, match="'flow' .* is deleted: restore it .*mlflow experiments restore"):
+        with mlflow_run(cfg, "flow", tmp_path / "out"):
+            pass
+    monkeypatch.setattr(cli, "app", lambda: ensure_experiment(client, "flow"))
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    assert stopped.value.code == 2 and "is deleted" in capsys.readouterr().err
+
+
+def test_every_matching_run_is_found_past_a_search_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep's report listed its first 1000 children only."""
+    from portraitflow.jobs import runtime
+
+    client = runtime.mlflow_client(MLflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    experiment = runtime.ensure_experiment(client, "many")
+    for _ in range(5):
+        client.create_run(experiment, tags={"sweep": "s"})
+    monkeypatch.setattr(runtime, "SEARCH_PAGE", 2)
+    assert len(runtime.search_all_runs(client, [experiment], "tags.sweep = 's'")) == 5

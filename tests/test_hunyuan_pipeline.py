@@ -462,3 +462,26 @@ def test_the_black_pose_feature_is_the_pose_guider_on_black_frames() -> None:
     constant = pipe.black_pose_features(64, 64)(indices)
     assert per_window.shape[0] == 1 and per_window.shape[1] == len(indices) and constant.shape[1] == 1
     torch.testing.assert_close(constant.expand_as(per_window), per_window)
+
+
+def test_cut_or_corrupt_weights_are_refused_before_ray_starts(tiny_weights, tmp_path: Path) -> None:
+    """Every file there but garbage: the actors failed once every job was prepared, in a 445-line
+    traceback, exit 1, no results table."""
+    from portraitflow.jobs.config import load_config
+    from portraitflow.jobs.generation import run_generation
+    from portraitflow.models.hunyuan.weights import WeightsUnreadable, check_weights_dir
+
+    _, root = tiny_weights
+    broken = tmp_path / "broken"
+    shutil.copytree(root, broken)
+    assert check_weights_dir(broken) == broken  # intact .pth (zip) and .safetensors pass
+    unet, vae = broken / "hyportrait" / "unet.pth", broken / "vae" / "diffusion_pytorch_model.safetensors"
+    unet.write_bytes(unet.read_bytes()[: unet.stat().st_size // 2])  # a download cut short
+    vae.write_bytes(b"\x00" * 1000)
+    (broken / "hyportrait" / "dino.pth").write_bytes(b"<html>rate limited</html>")
+    cfg = load_config(None, [f"animate.weights={broken}", "ray.address=ray://nowhere.invalid:1"])
+    with pytest.raises(WeightsUnreadable) as error:
+        run_generation([], tmp_path / "out", cfg)
+    message = str(error.value)
+    assert message.count("\n  - ") == 3 and str(unet) in message and str(vae) in message and "dino.pth" in message
+    assert "pose_guider" not in message

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,9 +181,33 @@ def missing_files(weights_dir: Path) -> list[str]:
     return missing
 
 
+def unreadable_files(weights_dir: Path) -> list[str]:
+    """Each weights file present that cannot be a checkpoint, judged from its index alone (a
+    safetensors header and its data's length, a zip-format .pth's central directory, which sit at
+    the ends a cut download loses): found here in milliseconds, not once every job is prepared."""
+    from safetensors import safe_open
+
+    files = [_module_file(weights_dir, name) for name in HYPORTRAIT_MODULES] + [_vae_file(weights_dir)]
+    unreadable = []
+    for path in filter(None, files):
+        try:
+            if path.suffix == ".safetensors":
+                with safe_open(path, "pt"):
+                    pass
+            elif zipfile.is_zipfile(path):
+                zipfile.ZipFile(path).close()
+            else:
+                with open(path, "rb") as handle:
+                    if handle.read(1) != b"\x80":  # neither torch's zip format nor its legacy pickle stream
+                        raise ValueError("not a torch checkpoint")
+        except Exception as exc:  # noqa: BLE001 - safetensors, zipfile and OSError fail in their own ways
+            unreadable.append(f"{path} ({type(exc).__name__}: {str(exc)[:120]})")
+    return unreadable
+
+
 def check_weights_dir(weights_dir: str | Path) -> Path:
     """`weights_dir`, or WeightsMissing naming each missing file (a mistyped folder: the folder
-    alone) and where to download it."""
+    alone) and where to download it, or WeightsUnreadable naming each file that is cut or corrupt."""
     weights_dir = Path(weights_dir).expanduser()
     download = ("Download the release's hyportrait/*.pth and arcface.onnx (Tencent-Hunyuan/HunyuanPortrait) and the "
                 "vae/, unet/config.json and scheduler/ folders of stabilityai/stable-video-diffusion-img2vid-xt into "
@@ -194,6 +219,11 @@ def check_weights_dir(weights_dir: str | Path) -> Path:
     if missing:
         listing = "\n".join(f"  - {path}" for path in missing)
         raise WeightsMissing(f"HunyuanPortrait weights are incomplete in {weights_dir}; missing:\n{listing}\n{download}")
+    unreadable = unreadable_files(weights_dir)
+    if unreadable:
+        listing = "\n".join(f"  - {path}" for path in unreadable)
+        raise WeightsUnreadable(f"HunyuanPortrait weights in {weights_dir} are cut short or corrupt (a failed "
+                                f"download?); download these again:\n{listing}")
     return weights_dir
 
 

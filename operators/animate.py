@@ -13,11 +13,13 @@ from __future__ import annotations
 import fcntl
 import functools
 import json
+import math
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from portraitflow.jobs.config.animate import AnimateConfig
@@ -116,6 +118,10 @@ class AnimateJobs:
         self.backend = backend
         self.attempts_dir, self.max_attempts, self.records_dir = attempts_dir, max_attempts, Path(records_dir)
         self.cfg = AnimateConfig.model_validate_json(animate_cfg_json)
+        # the CPUs Ray reserved: x264 would take 1.5 threads per core of the node and OpenCV's pool
+        # (warp's remaps) every core, whatever OMP_NUM_THREADS says
+        self.threads = max(1, math.floor(self.cfg.cpus_per_actor))
+        cv2.setNumThreads(self.threads)
         self.animator = create_animator(backend, self.cfg)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -133,7 +139,8 @@ class AnimateJobs:
         try:
             timer = StageTimer()
             frames, fps, reference = self._render(row, timer)
-            written = write_h264(row["output"], frames, fps=fps, audio_from=row["driving"], crf=self.cfg.crf)
+            written = write_h264(row["output"], frames, fps=fps, audio_from=row["driving"], crf=self.cfg.crf,
+                                 threads=self.threads)
         except Exception as exc:  # a job boundary (see _failed)
             return _failed(result, "animation", exc)
         # described once the frames are out: what ran (settings fitted to the video, a compile fallback)

@@ -5,6 +5,7 @@ two streams interleave, and it is cut at the video's end so the output never out
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
@@ -219,27 +220,32 @@ def write_h264(
     audio = _AudioSource.open(audio_from, audio_start_s) if audio_from else None
     frames_written = 0
     try:
+        chunks = iter(chunks)
+        first = next((chunk for chunk in chunks if len(chunk)), None)
+        if first is None:
+            raise ValueError("no frames to encode")
         with atomic_target(path) as tmp, av.open(tmp, mode="w", format="mp4",
                                                   options={**MUX_OPTIONS, **(FASTSTART if faststart else {})}) as out:
-            video = None
+            rate = Fraction(fps).limit_denominator(1001)
+            # video first: stream 0, where players, editors and `ffmpeg -map 0:0` look for it
+            video = out.add_stream("libx264", rate=rate)
+            video.height, video.width = first[0].shape[0] - first[0].shape[0] % 2, first[0].shape[1] - first[0].shape[1] % 2
+            video.pix_fmt = "yuv420p"
+            _tag_bt601(video.codec_context)
+            video.options = {"crf": str(crf), "preset": preset}
+            if threads:
+                video.codec_context.thread_count = threads
+            if keyframe_interval:
+                video.options |= {"g": str(keyframe_interval), "keyint_min": str(keyframe_interval)}
             out_audio = None
             if audio is not None:
                 in_audio = audio.stream
                 out_audio = out.add_stream("aac", rate=audio.rate)
                 out_audio.layout = in_audio.layout.name if in_audio.layout else "stereo"
-            rate = Fraction(fps).limit_denominator(1001)
-            for chunk in chunks:
+                if in_audio.metadata.get("language"):  # which dub track this is, for a dubbing team
+                    out_audio.metadata["language"] = in_audio.metadata["language"]
+            for chunk in itertools.chain([first], chunks):
                 for rgb in chunk:
-                    if video is None:
-                        video = out.add_stream("libx264", rate=rate)
-                        video.height, video.width = rgb.shape[0] - rgb.shape[0] % 2, rgb.shape[1] - rgb.shape[1] % 2
-                        video.pix_fmt = "yuv420p"
-                        _tag_bt601(video.codec_context)
-                        video.options = {"crf": str(crf), "preset": preset}
-                        if threads:
-                            video.codec_context.thread_count = threads
-                        if keyframe_interval:
-                            video.options |= {"g": str(keyframe_interval), "keyint_min": str(keyframe_interval)}
                     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[: video.height, : video.width]), format="rgb24")
                     frame.pts = frames_written
                     frame.time_base = Fraction(1) / rate
@@ -247,8 +253,6 @@ def write_h264(
                     frames_written += 1
                 if out_audio is not None:
                     audio.mux_until(out, out_audio, frames_written / float(rate))
-            if video is None:
-                raise ValueError("no frames to encode")
             out.mux(video.encode())
             if out_audio is not None:
                 audio.mux_until(out, out_audio, frames_written / float(rate), final=True)

@@ -186,3 +186,25 @@ def test_a_driver_whose_face_is_too_rarely_found_names_the_setting(tmp_path: Pat
                                      r"animate\.min_face_fraction=0\.5\)"):
         extract_driving_motion(path, _FaceOnFirstFrames(3), size=128, fps=25.0, min_face_fraction=0.5)
 
+
+
+def test_an_animation_actor_keeps_opencv_and_the_encoder_to_its_cpus(tmp_path: Path, still_job,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """x264 took about 1.5 threads per core of the node and OpenCV's pool every core, whatever the
+    actor reserved: actors packed on a big node slowed each other down."""
+    import cv2
+
+    from portraitflow.operators import animate
+
+    ref, driving, actor = still_job
+    encoder_threads = []
+    write_h264 = animate.write_h264
+    monkeypatch.setattr(animate, "write_h264", lambda *a, **k: encoder_threads.append(k["threads"]) or write_h264(*a, **k))
+    before = cv2.getNumThreads()
+    try:
+        cfg = AnimateConfig(backend="still", size=64, cpus_per_actor=2.5)
+        done = actor(cfg)._one(_row(tmp_path, ref, driving, cfg))
+        assert done["status"] == "ok", done["reason"]
+        assert encoder_threads == [2] and cv2.getNumThreads() == 2
+    finally:
+        cv2.setNumThreads(before)

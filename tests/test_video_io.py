@@ -640,6 +640,7 @@ def test_the_output_carries_the_audio_track_a_player_plays(tmp_path: Path) -> No
         video.pix_fmt = "yuv420p"
         tracks = [(out.add_stream("aac", rate=rate, layout="mono"), pitch) for pitch in (440, 1000)]
         tracks[0][0].disposition, tracks[1][0].disposition = av.stream.Disposition(0), av.stream.Disposition.default
+        tracks[0][0].metadata["language"], tracks[1][0].metadata["language"] = "eng", "spa"
         for _ in range(25):
             out.mux(video.encode(av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")))
         out.mux(video.encode(None))
@@ -655,6 +656,8 @@ def test_the_output_carries_the_audio_track_a_player_plays(tmp_path: Path) -> No
         stream = container.streams.audio[0]
         samples = np.concatenate([f.to_ndarray().mean(axis=0) for f in container.decode(stream)])
         peak = np.argmax(np.abs(np.fft.rfft(samples))) * stream.rate / len(samples)
+        # video first, where `-map 0:0` and editors look; the dub's language kept
+        assert [s.type for s in container.streams] == ["video", "audio"] and stream.metadata["language"] == "spa"
     assert abs(peak - 1000) < 20, peak
 
 

@@ -70,6 +70,8 @@ def animate(
             job_list = load_jobs(jobs)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--jobs") from exc
+        if not job_list:  # a header alone: nothing would run, and a zero exit would say it worked
+            raise typer.BadParameter(f"{jobs} has no jobs (no row below its header)", param_hint="--jobs")
     elif ref is not None:
         job_list = pair_jobs(str(ref), str(driving))
     else:

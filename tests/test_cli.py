@@ -281,3 +281,11 @@ def test_a_setting_out_of_range_is_one_line_per_problem() -> None:
     assert ("face.det_size: Input should be greater than or equal to 32 (got 3); curate.fps: Input should be "
             "greater than 0 (got -1); curate.bogus: no such setting (got 1)") in message, message
     assert "errors.pydantic.dev" not in message
+
+
+def test_animate_refuses_a_jobs_file_with_a_header_alone(generation_calls: list, tmp_path: Path) -> None:
+    """It ran no job, logged a run and exited 0: a script took an empty batch for a finished one."""
+    (tmp_path / "jobs.csv").write_text("ref,driving\n")
+    result = CliRunner().invoke(app, ["animate", "--jobs", str(tmp_path / "jobs.csv"), "--out", str(tmp_path / "out")],
+                                env=WIDE)
+    assert result.exit_code == 2 and "has no jobs" in result.output and generation_calls == []

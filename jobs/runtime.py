@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 DEFAULT_MLFLOW_DB = "mlflow.db"
 FOLDER_TAG = "portraitflow.out_folder"  # which output folder a run wrote (`folder_tag`)
+FOLDER_PATH_TAG = "portraitflow.out_path"  # the same folder as a path a user can read
 CODE_PACKAGES = ("jobs", "pipelines", "operators", "models")
 JOB_CONFIG_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job manager on a submitted driver
 
@@ -319,5 +320,6 @@ def mlflow_run(cfg: MLflowConfig, experiment: str, folder: Path) -> Iterator[obj
     experiment_id = ensure_experiment(client, experiment)
     end_abandoned_runs(client, experiment_id, f"tags.`{FOLDER_TAG}` = '{folder_tag(folder)}'")
     mlflow.set_experiment(experiment_id=experiment_id)
-    with mlflow.start_run(run_name=Path(folder).name, tags={FOLDER_TAG: folder_tag(folder)}) as run:
+    tags = {FOLDER_TAG: folder_tag(folder), FOLDER_PATH_TAG: str(Path(folder).resolve())}
+    with mlflow.start_run(run_name=Path(folder).name, tags=tags) as run:
         yield run

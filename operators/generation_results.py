@@ -14,7 +14,7 @@ import pandas as pd
 
 from portraitflow.jobs.config.animate import PER_JOB_FIELDS, AnimateConfig
 from portraitflow.jobs.config.face import FaceConfig
-from portraitflow.models.animators.registry import check_settings
+from portraitflow.models.animators.registry import backend_settings, check_settings
 from portraitflow.models.face.images import long_side
 from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.decode import VideoUnreadable, probe_video, read_frames
@@ -220,10 +220,13 @@ def save_preview(table: pd.DataFrame, cfg: AnimateConfig, out_dir: Path) -> Path
 
 
 def log_to_mlflow(table: pd.DataFrame, cfg: AnimateConfig, backend: str, wall_s: float, preview: Path | None) -> None:
-    """Params, counts, throughput, the per-job table and the preview strip of this invocation."""
+    """Params (the settings `backend` reads: a warp run logs no GPU or sampling settings), counts,
+    throughput, the per-job table and the preview strip of this invocation."""
     import mlflow
 
-    mlflow.log_params({**cfg.model_dump(mode="json"), "backend_resolved": backend, "jobs": len(table)})
+    read = backend_settings(backend)
+    settings = {name: value for name, value in cfg.model_dump(mode="json").items() if name in read}
+    mlflow.log_params({**settings, "backend_resolved": backend, "jobs": len(table)})
     done = table[table.status == "ok"]
     counts = table.status.value_counts()
     mlflow.log_metrics({

@@ -164,6 +164,8 @@ def test_one_mlflow_run_records_the_invocation(run) -> None:
     record = runs[0]
     assert record.data.metrics["jobs_ok"] == 2 and record.data.metrics["jobs_failed"] == 6
     assert record.data.metrics["frames_per_s"] > 0 and record.data.params["backend_resolved"] == "warp"
+    assert "pose_multiplier" in record.data.params and "compile_mode" not in record.data.params  # warp's settings only
+    assert Path(record.data.tags["portraitflow.out_path"]).is_dir()  # the folder, readable beside its hash
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(record.info.run_id)}
     assert {"results.json", "preview.png"} <= artifacts
 

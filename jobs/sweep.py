@@ -278,7 +278,10 @@ def score_and_log(client: MlflowClient, run_id: str, jobs: pd.DataFrame, label: 
     aggregates.update(jobs_ok=len(ok), jobs_failed=len(table) - len(ok))
     log_values(client, run_id, metrics=aggregates)
     client.log_text(run_id, "\n".join(metrics_learned.skip_notes(evaluate).values()), "notes.txt")
-    _log_side_by_side(client, run_id, jobs[jobs["job_id"].isin(ok["job_id"])], work_dir, evaluate.side_by_side)
+    offsets = ok.set_index("job_id")["frame_offset"] if "frame_offset" in ok else pd.Series(dtype=float)
+    shown = jobs[jobs["job_id"].isin(ok["job_id"])]
+    shown = shown.assign(frame_offset=shown["job_id"].map(offsets).fillna(0).astype(int))
+    _log_side_by_side(client, run_id, shown, work_dir, evaluate.side_by_side)
     ok_ids, folder = set(ok["job_id"].astype(str)), work_dir / "metrics"
     _log_files(client, run_id, [path for path in sorted(folder.iterdir()) if path.name.split(".", 1)[0] in ok_ids]
                if folder.is_dir() else [], "frames")
@@ -430,16 +433,18 @@ def evaluate_results(jobs: pd.DataFrame, cfg: PortraitFlowConfig, out_dir: str |
 
 
 def _log_side_by_side(client: MlflowClient, run_id: str, rows: pd.DataFrame, work_dir: Path, count: int) -> None:
-    """Render (reference | driver | output) for the first `count` rows and log those videos only. A
-    video already in `work_dir/side_by_side` is reused only while its inputs are unchanged
+    """Render (reference | driver | output) for the first `count` rows and log those videos only,
+    the frames paired as they were scored (`frame_offset`). A video already in
+    `work_dir/side_by_side` is reused only while its inputs and pairing are unchanged
     (`input_fingerprint` of each): new outputs with the same job ids must not be shown beside old videos."""
     folder, videos = work_dir / "side_by_side", []
     for row in rows.head(count).itertuples():
         path = folder / f"{row.job_id}.mp4"
-        digest = "\n".join(input_fingerprint(str(p)) for p in (row.ref, row.driving, row.output))
+        digest = "\n".join([*(input_fingerprint(str(p)) for p in (row.ref, row.driving, row.output)),
+                            *([f"offset {row.frame_offset}"] if row.frame_offset else [])])
         stamp = folder / f"{row.job_id}.inputs"  # not logged: only `videos` are
         if not (path.is_file() and stamp.is_file() and stamp.read_text() == digest):
-            report.side_by_side(row.ref, row.driving, row.output, path)
+            report.side_by_side(row.ref, row.driving, row.output, path, frame_offset=row.frame_offset)
             atomic_write(stamp, digest)
         videos.append(path)
     _log_files(client, run_id, videos, "side_by_side")

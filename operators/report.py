@@ -229,8 +229,10 @@ def _fit_height(frames: np.ndarray, height: int) -> np.ndarray:
     return np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in frames])
 
 
-def side_by_side(ref: str, driving: str, output: str, out_path: Path, height: int = 256) -> int:
-    """reference | driver | output as one H.264 video with the driver's audio; returns frames."""
+def side_by_side(ref: str, driving: str, output: str, out_path: Path, height: int = 256, frame_offset: int = 0) -> int:
+    """reference | driver | output as one H.264 video with the driver's audio; returns frames. The
+    frames are paired as evaluation paired them: `frame_offset` 1 (-1) leaves out the output's (the
+    driver's) first frame, where one runs a frame ahead of the other."""
     from portraitflow.models.face.images import load_image
     from portraitflow.operators.decode import iter_frame_chunks, probe_video
     from portraitflow.operators.video_writer import write_h264
@@ -241,13 +243,16 @@ def side_by_side(ref: str, driving: str, output: str, out_path: Path, height: in
     still = _fit_height(reference.rgb[None], height)[0]
     fps = probe_video(driving).fps
 
+    out_start, drv_start = max(frame_offset, 0) / fps, max(-frame_offset, 0) / fps
+
     def panels() -> Iterator[np.ndarray]:
-        for drv, out in zip(iter_frame_chunks(driving, fps), iter_frame_chunks(output, fps)):
+        for drv, out in zip(iter_frame_chunks(driving, fps, start_s=drv_start),
+                            iter_frame_chunks(output, fps, start_s=out_start)):
             count = min(len(drv.frames), len(out.frames))
             yield np.concatenate([np.repeat(still[None], count, axis=0), _fit_height(drv.frames[:count], height),
                                   _fit_height(out.frames[:count], height)], axis=2)
 
-    return write_h264(out_path, panels(), fps, audio_from=driving)
+    return write_h264(out_path, panels(), fps, audio_from=driving, audio_start_s=drv_start)
 
 
 def _cell(value) -> str:

@@ -925,3 +925,22 @@ def test_configs_that_make_the_same_videos_run_once(tmp_path: Path, caplog: pyte
     assert configs == [{"backend": "warp", "pose_multiplier": 1.0}, {"backend": "warp", "pose_multiplier": 0.5},
                        {"backend": "still"}, {"backend": "still", "seed": 3}]  # still refuses a seed: it fails alone
     assert caplog.text.count("makes the same videos as warp[pose_multiplier=1.0]") == 3  # 1, warp, auto
+
+
+def test_the_side_by_side_pairs_frames_as_they_were_scored(tmp_path: Path) -> None:
+    """An output that writes the reference first (`frame_offset` 1) was shown a frame out of step
+    with the pairing its numbers came from."""
+    from PIL import Image
+
+    from portraitflow.operators.decode import read_frames
+    from portraitflow.operators.video_writer import write_h264
+
+    levels = np.arange(0, 200, 20)
+    driver, output, ref = tmp_path / "driver.mp4", tmp_path / "output.mp4", tmp_path / "ref.png"
+    write_h264(driver, [np.stack([np.full((64, 64, 3), v, np.uint8) for v in levels])], fps=10)
+    write_h264(output, [np.stack([np.full((64, 64, 3), v, np.uint8) for v in [250, *levels]])], fps=10)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(ref)
+    count = report.side_by_side(str(ref), str(driver), str(output), tmp_path / "sbs.mp4", height=64, frame_offset=1)
+    frames, _ = read_frames(str(tmp_path / "sbs.mp4"), list(range(count)))
+    middle, right = frames[:, 32, 96, 0].astype(int), frames[:, 32, 160, 0].astype(int)
+    assert count == len(levels) and np.abs(middle - right).max() <= 3 and np.abs(middle - levels).max() <= 3

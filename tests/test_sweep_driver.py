@@ -470,7 +470,7 @@ def test_scoring_new_outputs_with_the_same_job_ids_logs_new_side_by_sides_and_on
     (out / "metrics" / "a.fid_real.npy").write_bytes(b"features of an earlier scoring")
     rendered: list[bytes] = []
 
-    def render(ref, driving, output, path):
+    def render(ref, driving, output, path, frame_offset=0):
         rendered.append(Path(output).read_bytes())
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(rendered[-1])

@@ -157,7 +157,8 @@ class AnimateJobs:
         frame rate, and the reference they animate."""
         prepared = PreparedReference.from_bytes(row["reference"])
         motion = DrivingMotion.from_bytes(row["motion"])
-        params = animator_params(self.backend, json.loads(row["params"]))
+        # the paste-back band's width too: warp holds it still, so nothing moved shows twice there
+        params = animator_params(self.backend, {**json.loads(row["params"]), "feather": self.cfg.feather})
         windows = iter_driving_windows(row["driving"], motion, self.cfg.window)
         animation = timer.iterate("animate", self.animator.animate(prepared.reference, windows, params))
         if not params["paste_back"]:

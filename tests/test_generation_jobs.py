@@ -280,15 +280,16 @@ def test_a_file_name_that_is_not_utf8_fails_its_job_and_the_table_holds_it(tmp_p
 def test_an_animator_output_version_renames_its_outputs_and_zero_names_nothing(monkeypatch) -> None:
     """A bumped `output_version` gives every output of that backend a new name, so a rerun remakes
     videos the old code made; version 0 adds nothing, so the names from before the field stay."""
-    from portraitflow.models.animators.warp import WarpAnimator
+    from portraitflow.models.animators.still import StillAnimator
 
     job = Job("talk", "a.png", "b.mp4")
     params = effective_params(job, AnimateConfig())
-    before = output_name(job, "warp", params, output_settings("warp", AnimateConfig()))
-    unversioned = output_settings("warp", AnimateConfig())
+    before = output_name(job, "still", params, output_settings("still", AnimateConfig()))
+    unversioned = output_settings("still", AnimateConfig())
     assert "output_version" not in unversioned
-    monkeypatch.setattr(WarpAnimator, "output_version", 2)
-    bumped = output_settings("warp", AnimateConfig())
+    monkeypatch.setattr(StillAnimator, "output_version", 2)
+    bumped = output_settings("still", AnimateConfig())
     assert bumped == {**unversioned, "output_version": 2}
-    assert output_name(job, "warp", params, bumped) != before
+    assert output_name(job, "still", params, bumped) != before
+    assert output_settings("warp", AnimateConfig())["output_version"] >= 1
     assert output_settings("hunyuan", AnimateConfig(backend="hunyuan", weights="tiny"))["output_version"] >= 1

@@ -15,9 +15,12 @@ Motion is relative to the driver's first frame of each shot (`relative`), or tak
 reference itself (`absolute`: the driver's pose and expression replace the reference's). The
 moved landmarks, forehead points that turn with the head, a head-outline ring that moves with
 the face's edge and a fixed crop border drive a piecewise-affine warp of the reference crop,
-rendered as one dense map and `cv2.remap`. A mouth opened wider than the reference's is filled
-with a dark cavity. Head turns approach +-25 degrees yaw and +-20 pitch smoothly, and the head
-is kept inside the crop, because a 2D warp folds beyond that.
+rendered as one dense map and `cv2.remap`. A crop pasted back onto the portrait (`paste_back`) is
+blended with the still photo along its edges (`feather`): a fixed frame inside that band keeps the
+band as it was, so nothing shows twice along the seam, except where the face itself comes that
+near. A mouth opened wider than the reference's is filled with a dark cavity. Head turns approach
++-25 degrees yaw and +-20 pitch smoothly, and the head is kept inside the crop, because a 2D warp
+folds beyond that.
 
 No learned model: no hair, teeth or occlusion synthesis, and large head turns stretch the
 background. It is a preview and a baseline, not a generator (docs/generation.md).
@@ -32,6 +35,7 @@ import cv2
 import numpy as np
 from scipy.spatial import Delaunay
 
+from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.models.animators.base import Animator, DrivingWindow, ReferenceInput
 
 #: landmarks that move with the head only: contour ends, nose bridge and tip, eye corners.
@@ -49,6 +53,9 @@ HEAD_AXES = (1.0, 1.6, 1.0)
 MAX_YAW, MAX_PITCH = 25.0, 20.0
 
 DEFAULT_PARAMS: dict[str, Any] = {"motion": "relative", "pose_multiplier": 1.0, "expression_multiplier": 1.0}
+#: `animate.feather` where a job's params do not carry it: the width of the paste-back mask's soft
+#: edge, a fraction of the crop side (operators/paste_back.py)
+DEFAULT_FEATHER = float(AnimateConfig.model_fields["feather"].default)
 
 
 @dataclass
@@ -169,6 +176,80 @@ def border_points(size: int, per_side: int = 4) -> np.ndarray:
     return np.concatenate([top, bottom, left, right])
 
 
+def still_band(size: int, feather: float, map_step: int) -> float:
+    """How far in from the crop's edges (pixels) a pasted-back warp keeps the reference unmoved.
+
+    Paste-back blends the crop with the still photo over `feather` of the side at each edge
+    (operators/paste_back.py): whatever the warp moved there would show twice, the moved copy and
+    the still one each half transparent (a second shoulder over the background). Beyond that, the
+    coarse map's cells (`map_step`, one on each side of the line between moving and fixed
+    triangles) and the resize onto the photo (a cubic kernel reads 2 crop pixels on) reach across."""
+    return feather * size + 2 * map_step + 2
+
+
+def frame_points(size: int, inset: float) -> np.ndarray:
+    """A closed ring of points, in order, on the square `inset` px inside the crop's edges, at most
+    inset / 2 apart: close enough that no triangle of the warp reaches across it from inside."""
+    low, high = inset, size - 1 - inset
+    if high - low < inset / 2:
+        return np.zeros((0, 2))
+    steps = int(np.ceil((high - low) / (inset / 2)))
+    corners = np.array([[low, low], [high, low], [high, high], [low, high]])
+    t = np.linspace(0.0, 1.0, steps + 1)[:-1, None]
+    return np.concatenate([a + (b - a) * t for a, b in zip(corners, np.roll(corners, -1, axis=0))])
+
+
+def signed_areas(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """(T,) signed area of each triangle (vertex indices into `points`); the sign is its orientation."""
+    a, b, c = points[triangles[:, 0]], points[triangles[:, 1]], points[triangles[:, 2]]
+    return 0.5 * ((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0]))
+
+
+def outside_distance(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+    """(N,) distance of each point from a convex polygon (its vertices in order), 0 inside it."""
+    a, b = polygon, np.roll(polygon, -1, axis=0)
+    edge = b - a
+    rel = points[:, None, :] - a[None]  # (N, E, 2)
+    t = np.clip((rel * edge).sum(-1) / np.maximum((edge * edge).sum(-1), 1e-12), 0.0, 1.0)
+    distance = np.linalg.norm(rel - t[..., None] * edge, axis=-1).min(axis=1)
+    cross = edge[None, :, 0] * rel[..., 1] - edge[None, :, 1] * rel[..., 0]
+    inside = (cross >= 0).all(axis=1) | (cross <= 0).all(axis=1)
+    return np.where(inside, 0.0, distance)
+
+
+def face_hull(face: np.ndarray) -> np.ndarray:
+    """The convex hull of the face's points (landmarks and forehead), vertices in order."""
+    return cv2.convexHull(face.astype(np.float32))[:, 0].astype(np.float64)
+
+
+#: Points held still (the frame, the ring near the band) give way to the face, moving as they
+#: would without the frame, from the first ratio of each pair on, fully at the second:
+#: - the face's distance to the point over its distance at rest, coming nearer (what lies between
+#:   is squeezed, and folds) or going further (it is stretched: a tight crop whose chin nearly
+#:   touches the band stretches the neck as the head rises rather than show a second shoulder,
+#:   until the chin has risen several times that gap and a few pixels would smear over many);
+#: - the area of a triangle with a held point over its area at rest (a squeeze or a shear that
+#:   folds it, which distances alone can miss).
+HOLD_NEARER, YIELD_NEARER = 2 / 3, 1 / 3
+HOLD_FURTHER, YIELD_FURTHER = 5.0, 10.0
+HOLD_SHRINK, YIELD_SHRINK = 0.5, 0.2
+
+
+def giving_way(ratio: np.ndarray, hold: float, full: float) -> np.ndarray:
+    """0 up to the ratio `hold`, rising smoothly (on a log scale) to 1 at `full`, which may lie
+    either side of it: smooth in the points' positions, so nothing jumps from frame to frame."""
+    ramp = np.clip(np.log(np.maximum(ratio, 1e-9) / hold) / np.log(full / hold), 0.0, 1.0)
+    return ramp * ramp * (3.0 - 2.0 * ramp)
+
+
+def distance_giving_way(rest: np.ndarray, now: np.ndarray) -> np.ndarray:
+    """How far points held still give way, from the face's distance to them at rest and now;
+    always fully for a point on the reference face."""
+    ratio = now / np.maximum(rest, 1e-9)
+    way = np.maximum(giving_way(ratio, HOLD_NEARER, YIELD_NEARER), giving_way(ratio, HOLD_FURTHER, YIELD_FURTHER))
+    return np.where(rest > 0.5, way, 1.0)
+
+
 class PiecewiseAffineRenderer:
     """Warps one source image by moving its control points; the triangulation is fixed per source.
 
@@ -240,6 +321,9 @@ class WarpAnimator(Animator):
 
     name = "warp"
     params = tuple(DEFAULT_PARAMS)
+    #: 1: a pasted-back crop stays still where paste-back blends it with the photo (`still_band`),
+    #: and a head outline reaching past the crop no longer drags its edge with a still driver
+    output_version = 1
 
     def __init__(self, map_step: int = 4) -> None:
         self.map_step = map_step
@@ -250,8 +334,11 @@ class WarpAnimator(Animator):
         options = {**DEFAULT_PARAMS, **params}
         if options["motion"] not in ("relative", "absolute"):
             raise ValueError(f"motion must be relative or absolute, got {options['motion']!r}")
+        band = 0.0
+        if options.get("paste_back"):  # `paste_back` and `feather` are settings of every backend
+            band = still_band(reference.crop.shape[0], float(options.get("feather", DEFAULT_FEATHER)), self.map_step)
         motion = _MotionTransfer(reference, options["motion"], float(options["pose_multiplier"]),
-                                 float(options["expression_multiplier"]))
+                                 float(options["expression_multiplier"]), band)
         renderer = PiecewiseAffineRenderer(reference.crop, motion.source_points, self.map_step)
         for window in windows:
             shots = window.meta.get("shot", np.zeros(len(window.landmarks), dtype=np.int64))
@@ -266,7 +353,8 @@ class WarpAnimator(Animator):
 class _MotionTransfer:
     """Per-frame target landmarks of the reference, given the driver's landmarks and pose."""
 
-    def __init__(self, reference: ReferenceInput, motion: str, pose_gain: float, expression_gain: float) -> None:
+    def __init__(self, reference: ReferenceInput, motion: str, pose_gain: float, expression_gain: float,
+                 still_band: float = 0.0) -> None:
         self.ref = reference.landmarks.astype(np.float64)
         self.ref_pose = reference.pose.astype(np.float64)
         self.absolute = motion == "absolute"
@@ -277,20 +365,115 @@ class _MotionTransfer:
         self.ref_forehead = forehead_points(self.ref)
         self.ref_forehead_head = lift(self.ref_forehead, self.ref_centre, self.ref_half, relief=False)
         self.ref_face = np.concatenate([self.ref, self.ref_forehead])
-        self.ref_ring = ring_points(self.ref_face)
         size = reference.crop.shape[0]
-        self.border = border_points(size)
         self.limits = (1.0, size - 2.0)
+        # inside the crop, where its moves are clipped: a point beyond the edge would be pulled in
+        # even by a still driver, dragging the crop's edge with it
+        self.ref_ring = np.clip(ring_points(self.ref_face), *self.limits)
+        self.border = self.border_unframed = border_points(size)
         margin = 0.03 * size  # the head may move up to here, or as far out as it already reaches
         self.room = (np.minimum(self.ref_face.min(axis=0), margin), np.maximum(self.ref_face.max(axis=0), size - 1 - margin))
         # the ring moves as the face point it grew from (so the band between them never folds),
         # less near the crop's edge (so the band between it and the fixed border never folds)
         clearance = np.minimum(self.ref_ring, size - 1 - self.ref_ring).min(axis=1)
         self.ring_gain = np.clip(clearance / (0.15 * size), 0.0, 1.0)[:, None]
-        self.source_points = np.concatenate([self.ref_face, self.ref_ring, self.border])
+        self.still_band = still_band
+        self.ring_kept = np.ones(len(self.ref_ring), dtype=bool)  # the ring's points that are control points
+        self.frame = np.zeros((0, 2))
+        if still_band > 0:
+            self._hold_still_band(size, clearance)
+        self.source_points = np.concatenate([self.ref_face, self.ref_ring[self.ring_kept], self.border, self.frame])
         self.ref_mouth_area = polygon_area(self.ref[INNER_MOUTH])
         self.cavity_colour = self._lip_colour(reference.crop) * 0.25
         self.shot: int | None = None
+
+    def _hold_still_band(self, size: int, clearance: np.ndarray) -> None:
+        """Pasted back: a fixed frame `still_band` px inside the crop's edges, so that the warp
+        leaves the band outside it as it was; the ring's motion ends at the frame rather than at
+        the edge, and its points in the band or near the frame are left to the frame. Where the
+        face comes so near, or goes so far, that holding them would fold or smear what lies between,
+        frame and ring give way (`HOLD_NEARER`...) and move as they would without the frame: the
+        face keeps its motion, and only there does the band move."""
+        band = self.still_band
+        frame = frame_points(size, band)  # none where the band leaves no room inside it
+        spacing = float(np.linalg.norm(frame[1] - frame[0])) if len(frame) else band
+        # the border as dense as the frame: the band between them is a strip of small triangles,
+        # which a frame point giving way squeezes without folding
+        self.border = border_points(size, max(4, int(np.ceil((size - 1) / spacing))))
+        self.ring_kept = clearance > band + spacing / 2
+        self.still_ring_gain = np.clip((clearance - band) / (0.15 * size), 0.0, 1.0)[self.ring_kept, None]
+        if not len(frame):
+            return
+        ref_hull = face_hull(self.ref_face)
+        self.ring_rest = outside_distance(self.ref_ring[self.ring_kept], ref_hull)
+        others = np.concatenate([self.ref_face, self.ref_ring[self.ring_kept], self.border])
+        kept = np.linalg.norm(frame[:, None] - others[None], axis=-1).min(axis=1) > 2.0
+        self.frame = frame[kept]
+        # each frame point's share of the frame, the segments to its neighbours: the face must
+        # not cross them while it holds still
+        t = np.linspace(0.0, 1.0, 5)[None, :, None]
+        cells = np.concatenate([frame[:, None] + (np.roll(frame, 1, axis=0) - frame)[:, None] * t,
+                                frame[:, None] + (np.roll(frame, -1, axis=0) - frame)[:, None] * t], axis=1)
+        self.frame_cells = cells[kept]
+        self.frame_rest = self._cell_distance(ref_hull)
+        # how far apart along the closed frame each two of its points are, in pixels
+        order = np.nonzero(kept)[0]
+        steps = np.abs(order[:, None] - order[None, :])
+        self.frame_apart = np.minimum(steps, len(frame) - steps) * spacing
+        self.frame_spacing = spacing
+        # where each frame point lies in the warp without the frame: its triangle of face, ring and
+        # border and its barycentric weights there, to move it as that warp would
+        mesh = Delaunay(np.concatenate([self.ref_face, self.ref_ring, self.border_unframed]), qhull_options="QJ")
+        simplex = mesh.find_simplex(self.frame)
+        transform = mesh.transform[simplex]
+        weights = np.einsum("fij,fj->fi", transform[:, :2], self.frame - transform[:, 2])
+        self.frame_triangles = mesh.simplices[simplex]
+        self.frame_barycentric = np.column_stack([weights, 1.0 - weights.sum(axis=1)])
+        # the triangles of the warp with a held point, and their areas at rest (slivers left out)
+        points = np.concatenate([others, self.frame])
+        held = np.zeros(len(points), dtype=bool)
+        held[len(self.ref_face) : len(self.ref_face) + self.ring_kept.sum()] = True
+        held[len(others) :] = True
+        triangles = Delaunay(points, qhull_options="QJ").simplices
+        triangles = triangles[held[triangles].any(axis=1)]
+        rest = signed_areas(points, triangles)
+        self.watched, self.watched_rest = triangles[np.abs(rest) > 1.0], rest[np.abs(rest) > 1.0]
+
+    def _cell_distance(self, hull: np.ndarray) -> np.ndarray:
+        """(F,) distance of each frame point's share of the frame from the face's hull."""
+        return outside_distance(self.frame_cells.reshape(-1, 2), hull).reshape(len(self.frame_cells), -1).min(axis=1)
+
+    def _held(self, face: np.ndarray, moving_ring: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ring's control points and the frame, pasted back: held still in and near the band,
+        and moving as without the frame (`moving_ring`, `unframed`) as far as they give way."""
+        still_ring = np.clip(self.ref_ring[self.ring_kept] + shift[self.ring_kept] * self.still_ring_gain, *self.limits)
+        if not len(self.frame):  # a band too wide to hold: the ring's motion ends at it all the same
+            return still_ring, self.frame
+        free_ring = moving_ring[self.ring_kept]
+        moved = np.concatenate([face - self.ref_face, moving_ring - self.ref_ring, np.zeros_like(self.border_unframed)])
+        unframed = np.einsum("fk,fkc->fc", self.frame_barycentric, moved[self.frame_triangles])
+        rings = slice(len(face), len(face) + len(still_ring))
+        frames = slice(len(face) + len(still_ring) + len(self.border), None)
+        give = np.zeros(len(face) + len(still_ring) + len(self.border) + len(self.frame))
+        hull = face_hull(face)
+        give[rings] = distance_giving_way(self.ring_rest, outside_distance(still_ring, hull))
+        give[frames] = distance_giving_way(self.frame_rest, self._cell_distance(hull))
+        for _ in range(8):  # what gives way moves, and may squeeze what held next to it
+            before = give.copy()
+            ring = still_ring + (free_ring - still_ring) * give[rings, None]
+            frame = self.frame + unframed * give[frames, None]
+            points = np.concatenate([face, ring, self.border, frame])
+            area = signed_areas(points, self.watched) / self.watched_rest
+            np.maximum.at(give, self.watched, giving_way(area, HOLD_SHRINK, YIELD_SHRINK)[:, None])
+            # along the frame, a point gives way as far as its neighbours less 1 / their shift per
+            # pixel between them: a sharp step from moving to still would shear the band
+            reach = np.maximum(give[frames] * np.linalg.norm(unframed, axis=1), self.frame_spacing)
+            taper = np.clip(1.0 - self.frame_apart / reach[None, :], 0.0, 1.0)
+            give[frames] = (give[frames][None, :] * taper).max(axis=1)
+            if np.abs(give - before).max() < 1e-3:
+                break
+        ring = still_ring + (free_ring - still_ring) * give[rings, None]
+        return ring, self.frame + unframed * give[frames, None]
 
     def _lip_colour(self, crop: np.ndarray) -> np.ndarray:
         lips = np.round(self.ref[48:60]).astype(np.int32)
@@ -310,7 +493,7 @@ class _MotionTransfer:
 
     def step(self, landmarks: np.ndarray, pose: np.ndarray, shot: int) -> tuple[np.ndarray, np.ndarray]:
         """The reference's landmarks moved as the driver moved from its anchor to this frame, and
-        the control points of the warp (landmarks, outline, border) in `source_points` order."""
+        the control points of the warp (face, outline ring, border, frame) in `source_points` order."""
         pose = np.nan_to_num(pose)  # a missing pose only costs the rotation fit its first guess
         if shot != self.shot:
             self.shot = shot
@@ -329,7 +512,10 @@ class _MotionTransfer:
         face = np.clip(self._inside(np.concatenate([placement(ref_rigid + expression_on_ref), forehead])), *self.limits)
         shift = (face - self.ref_face)[RING_SOURCES]
         ring = np.clip(self.ref_ring + shift * self.ring_gain, *self.limits)
-        return face[:68], np.concatenate([face, ring, self.border])
+        frame = self.frame
+        if self.still_band > 0:
+            ring, frame = self._held(face, ring, shift)
+        return face[:68], np.concatenate([face, ring, self.border, frame])
 
     def _rigid_error(self, landmarks: np.ndarray, angles: np.ndarray) -> np.ndarray:
         """Residual of the stable landmarks after turning the anchor by `angles` and placing it."""

@@ -214,7 +214,6 @@ def _settings_params(params: dict[str, Any], cfg: PortraitFlowConfig) -> dict[st
     do not tell a 256-px sweep from a 512-px one (`-s animate.size=256`)."""
     generation = sweep_spec.generation_settings(params, cfg) or {}
     return {**{f"animate.{key}": value for key, value in generation.items()},
-            "animate.min_face_px": cfg.animate.min_face_px,  # not in the names: it decides which jobs run
             **{f"face.{key}": value for key, value in cfg.face.result_settings().items()}}
 
 

@@ -44,6 +44,9 @@ _NOT_HASHED = operational(EvaluateConfig)
 #: evaluate fields that decide which jobs a config's videos are made for (`dataset_jobs` reads them);
 #: every other hashed evaluate field changes only how the videos are scored
 JOB_SETTINGS = ("protocol", "max_seconds", "max_videos")
+#: animate settings that decide whether a job runs, not what its video holds: out of output names,
+#: in a config's numbers (a job that does not run scores as failed)
+JOB_GATES = ("min_face_px", "min_face_fraction")
 
 
 class SweepSpec(BaseModel):
@@ -166,14 +169,15 @@ def _evaluate_settings(evaluate: EvaluateConfig) -> dict[str, Any]:
 
 def generation_settings(params: dict[str, Any], cfg: PortraitFlowConfig) -> dict[str, Any] | None:
     """What makes a config's videos: its backend and `output_settings` (what names generation's
-    outputs, weights by their fingerprint). None for params that are refused: that config fails
-    before it makes anything."""
+    outputs, weights by their fingerprint), and which jobs run (`JOB_GATES`: not in the names, but
+    in the numbers). None for params that are refused: that config fails before it makes anything."""
     try:
         settings = config_settings(params, cfg)
     except ValueError:
         return None
     backend = resolve_backend(settings)
-    generation = {"backend": backend, **output_settings(backend, settings)}
+    generation = {"backend": backend, **output_settings(backend, settings),
+                  **{name: getattr(settings, name) for name in JOB_GATES}}
     if not settings.paste_back:  # it only scales pasted-back outputs (nor does it name crop-only ones)
         generation.pop("max_output_side", None)
     return generation

@@ -53,7 +53,8 @@ def test_grid_and_list_expand_to_distinct_configs_with_stable_hashes() -> None:
 
 @pytest.mark.parametrize("override, changes", [
     ("animate.crf=30", True), ("animate.feather=0.3", True), ("animate.smooth_sigma=0", True),
-    ("animate.min_face_fraction=0.2", True), ("animate.window=10", True), ("animate.size=256", True),
+    ("animate.min_face_fraction=0.2", True), ("animate.min_face_px=128", True), ("animate.window=10", False),
+    ("animate.size=256", True),
     ("animate.motion=absolute", True), ("face.det_size=320", True), ("face.det_score_threshold=0.8", True),
     ("animate.actors=3", False), ("animate.cpus_per_actor=2", False), ("face.num_threads=2", False),
     ("animate.experiment=other", False),

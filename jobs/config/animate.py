@@ -44,7 +44,8 @@ class AnimateConfig(BaseModel):
         512, ge=MIN_SIDE, description="Side in pixels of the square face crop the animator works in; even, as H.264 "
         "in yuv420p needs.",
     )
-    window: int = Field(25, ge=1, description="Driving frames streamed through the animator at a time (bounds memory).")
+    window: int = Field(25, ge=1, json_schema_extra=OPERATIONAL,
+                        description="Driving frames streamed through the animator at a time (bounds memory).")
     motion: Literal["relative", "absolute"] = Field(
         "relative",
         description="`relative`: the driver's motion from its first frame of each shot is added to the "
@@ -71,7 +72,8 @@ class AnimateConfig(BaseModel):
         "portrait's own size). Crop-only outputs are `size`.",
     )
     min_face_fraction: float = Field(
-        0.5, ge=0.0, le=1.0, description="A driving video whose face is found on fewer frames than this fraction fails."
+        0.5, ge=0.0, le=1.0, json_schema_extra=OPERATIONAL,
+        description="A driving video whose face is found on fewer frames than this fraction fails.",
     )
     min_face_px: int = Field(
         64, ge=0, json_schema_extra=OPERATIONAL, description="A reference portrait whose face is smaller (the longer side of its box, in px) fails: "
@@ -125,5 +127,6 @@ class AnimateConfig(BaseModel):
 
 #: settings that change where and how fast jobs run, and what is recorded, but not the videos written
 #: (up to numerical precision: `compile_mode`, and `gpus` 0, which runs hunyuan in float32 on CPUs;
-#: `min_face_px` only decides whether a job runs at all): left out of output names
+#: `window` only batches the driving frames; `min_face_px` and `min_face_fraction` only decide whether
+#: a job runs at all): left out of output names
 OPERATIONAL_FIELDS = operational(AnimateConfig)

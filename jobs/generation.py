@@ -20,7 +20,8 @@ from portraitflow.operators.generation_jobs import Job, load_jobs
 from portraitflow.operators.generation_results import (
     RESULTS_FILE, log_to_mlflow, merged_with_earlier, plan_rows, records_dir, results_table, save_preview,
 )
-from portraitflow.pipelines.generate import PREP_MEMORY, animate_pending, animation_memory, animation_pool, pastes_back
+from portraitflow.pipelines.generate import (PREP_MEMORY, animate_pending, animation_memory, animation_pool,
+                                             pasted_back_side)
 
 
 def _fresh(folder: Path) -> Path:
@@ -59,12 +60,13 @@ def run_generation(jobs: list[Job] | str | Path, out_dir: str | Path, cfg: Portr
         started = time.perf_counter()
         pending = [row for row in rows if row["status"] == "pending"]
         if pending:  # a rerun of a finished folder records its rows without starting Ray
+            pasted_side = pasted_back_side(pending, cfg.animate.max_output_side)
             init_ray(cfg.ray, cfg.mlflow)
-            _check_resources(backend, cfg, pastes_back(pending))
+            _check_resources(backend, cfg, pasted_side)
         with mlflow_run(cfg.mlflow, cfg.animate.experiment, out_dir) if log_run else contextlib.nullcontext() as run:
             if pending:
-                finished = iter(animate_pending(pending, backend, cfg, motion_dir,
-                                                _fresh(out_dir / ".state" / "attempts"), records_dir(out_dir)))
+                finished = iter(animate_pending(pending, backend, cfg, motion_dir, _fresh(out_dir / ".state" / "attempts"),
+                                                records_dir(out_dir), pasted_side))
                 rows = [next(finished) if row["status"] == "pending" else row for row in rows]
             table = results_table(rows)
             write_parquet(out_dir / RESULTS_FILE, merged_with_earlier(table, out_dir / RESULTS_FILE))
@@ -74,7 +76,7 @@ def run_generation(jobs: list[Job] | str | Path, out_dir: str | Path, cfg: Portr
         return table
 
 
-def _check_resources(backend: str, cfg: PortraitFlowConfig, paste_back: bool) -> None:
+def _check_resources(backend: str, cfg: PortraitFlowConfig, pasted_side: int) -> None:
     """NotEnoughResources when a local Ray could never run the flow, rather than a run that waits forever."""
     needed = cfg.animate.cpus_per_actor + 1  # else an actor holds every CPU and starves the tasks feeding it
     require_resource(cfg.ray, "CPU", needed, lambda cpus: (
@@ -84,8 +86,9 @@ def _check_resources(backend: str, cfg: PortraitFlowConfig, paste_back: bool) ->
         require_resource(cfg.ray, "GPU", 1, lambda gpus: (
             f"hunyuan with animate.gpus={cfg.animate.gpus} needs a GPU for each animation actor; Ray has "
             f"{gpus:g}: pass --gpus 0 to animate on CPU actors (float32, slow)"))
-    memory = animation_memory(cfg.animate, paste_back) + PREP_MEMORY
+    memory = animation_memory(cfg.animate, pasted_side) + PREP_MEMORY
+    pasted = f" pasted back onto portraits up to {pasted_side} px" if pasted_side > cfg.animate.size else ""
     require_resource(cfg.ray, "memory", memory, lambda have: (
         f"an animation actor and the preparation task feeding it declare {memory / 1024**3:.1f} GiB (the actor "
-        f"holds about 5 windows of output frames, animate.window={cfg.animate.window}{' pasted back' * paste_back}); "
+        f"holds about 5 windows of output frames, animate.window={cfg.animate.window}{pasted}); "
         f"Ray has {have / 1024**3:.1f} GiB: lower animate.window or animate.max_output_side"))

@@ -17,7 +17,7 @@ import numpy as np
 
 from portraitflow.jobs.config.curate import CurateConfig
 from portraitflow.models.face.align import align_arcface, crop_square
-from portraitflow.operators.decode import iter_frame_chunks
+from portraitflow.operators.decode import frames_per_chunk, iter_frame_chunks
 from portraitflow.operators.motion import WINDOW
 from portraitflow.operators.probe import error_text
 from portraitflow.operators.reference_portrait import to_crop
@@ -27,15 +27,9 @@ from portraitflow.operators.timing import StageTimer
 from portraitflow.operators.video_writer import audio_seconds, write_h264
 
 FORMAT_VERSION = 1
-#: most bytes of source-resolution RGB frames a render decodes at once: `chunk_frames` (64) of 1080p
-#: fit, of a 4K source 16 (64 of them held 3.6 GB), of 8K 4
+#: most bytes of source-resolution RGB frames a render decodes at once (`frames_per_chunk`):
+#: `chunk_frames` (64) of 1080p fit, of a 4K source 16 (64 of them held 3.6 GB), of 8K 4
 RENDER_CHUNK_BYTES = 400 * 1024**2
-
-
-def frames_per_chunk(most: int, width: int, height: int) -> int:
-    """How many source frames of `width` x `height` a render decodes at once: `most`, fewer where
-    they would pass RENDER_CHUNK_BYTES, so a render's memory does not grow with the resolution."""
-    return max(1, min(most, RENDER_CHUNK_BYTES // max(1, width * height * 3)))
 
 
 def _jpeg(rgb: np.ndarray) -> bytes:
@@ -56,7 +50,8 @@ def render_sample(
 
     def crops():
         chunks = iter_frame_chunks(path, cfg.fps, clip["start"] / cfg.fps, clip["end"] / cfg.fps,
-                                   frames_per_chunk(cfg.chunk_frames, clip["width"], clip["height"]))
+                                   frames_per_chunk(cfg.chunk_frames, clip["width"], clip["height"],
+                                                    RENDER_CHUNK_BYTES))
         for chunk in timer.iterate("render_decode", chunks):
             with timer.time("crop"):
                 out = np.stack([crop_square(frame, crop_box, size) for frame in chunk.frames])

@@ -13,17 +13,28 @@ from typing import Any
 
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.animate import AnimateConfig
+from portraitflow.models.face.images import long_side
 from portraitflow.operators.animate import AnimateJobs, prepare_job
 from portraitflow.operators.generation_results import failed_row
 from portraitflow.operators.quarantine import MAX_ATTEMPTS
 
-#: a preparation task holds the face models and one chunk of full-resolution frames. Declaring
-#: it also keeps Ray Data from fusing the tasks into the animation actors (different resources).
-PREP_MEMORY = 768 * 1024**2
-#: an animation actor's memory besides its output frames (interpreter, animator, encoder), and the
-#: windows of output frames it holds at once: a 2048-px paste-back at `window` 25 peaked 1.37 GB
-#: above the actor's start, 4.4 windows.
-ACTOR_BASE_MEMORY = 512 * 1024**2
+#: a preparation task: the Ray worker with the face models, one portrait, and the driver's
+#: extraction, which decodes at most DRIVING_CHUNK_BYTES (128 MiB) of full-resolution frames at
+#: once, in order with PyAV (operators/driving_motion.py), so its peak hardly depends on the
+#: driver's size or length. Ray's peaks (USS) of the task: 331 MiB on a 512x512 driver, 462 on a
+#: 2-s 1080p one, 477 on a 20-s 1080x1920 one, 514-560 on 4K ones of 2 and 32 s (558 with a 16-MP
+#: portrait), 545 for 7 jobs in one worker, 778 on 8K; before the budget, a 2-s 4K driver took
+#: 3.1 GiB. Ray asks for 25% above a peak. Declaring it also keeps Ray Data from fusing the tasks
+#: into the animation actors (different resources).
+PREP_MEMORY = 1024 * 1024**2
+#: an animation actor's memory besides the output frames it holds (interpreter, animator, encoder,
+#: the driver decoded DRIVING_CHUNK_BYTES at a time and cut into windows of crops), and the windows
+#: of output frames it holds at once (`animation_memory`). Ray's peaks (USS) crop-only: 272 MiB on
+#: a 512x512 driver, 381 on 1080p, 475 on 4K, 490 on a 20-s 1080x1920 one, 514 for 7 jobs of all
+#: these sizes in one actor, 595 on 8K (a 2-s 4K driver took 3.1 GiB before the budget); pasted
+#: back onto a portrait capped at 2048 px 1.5 GiB, onto an uncapped 2721x2705 one 2.1-2.3 GiB
+#: (about 3.6 windows of its frames besides the crop-only peak).
+ACTOR_BASE_MEMORY = 704 * 1024**2
 WINDOWS_HELD = 5
 #: the reason of a job whose result never came back from Ray (its worker died, its block was
 #: dropped): like curation's lost inputs (jobs/curate.py) it still gets its `failed` row.
@@ -41,24 +52,30 @@ def animation_pool(backend: str, cfg: AnimateConfig) -> tuple[int, int]:
     return cfg.actors, 0
 
 
-def animation_memory(cfg: AnimateConfig, paste_back: bool) -> int:
+def animation_memory(cfg: AnimateConfig, pasted_side: int) -> int:
     """Bytes an animation actor declares, so Ray never packs more actors onto a node than its memory
-    holds: the largest output frame (a crop of `size`, or with `paste_back` the cap, 2048 px when
-    uncapped, as a photo's size is not known ahead) times the windows held at once."""
-    side = max(cfg.size, (cfg.max_output_side or 2048) if paste_back else 0)
+    holds: its base and the windows of output frames it holds at once, each frame a crop of `size`
+    or, where a job pastes back, as large as the largest portrait pasted back onto (`pasted_side`,
+    its longer side as output: `pasted_back_side`; 0 where none is)."""
+    side = max(cfg.size, pasted_side)
     return ACTOR_BASE_MEMORY + WINDOWS_HELD * cfg.window * side * side * 3
 
 
-def pastes_back(pending: list[dict[str, Any]]) -> bool:
-    """Whether any of the jobs pastes its animation back onto the whole portrait (larger frames)."""
-    return any(json.loads(row["params"]).get("paste_back") for row in pending)
+def pasted_back_side(pending: list[dict[str, Any]], max_output_side: int) -> int:
+    """The longer side of the largest output frame a job of `pending` pastes back onto its portrait:
+    the portrait's own, read from its header (each portrait once), at most `max_output_side` (0:
+    uncapped; `fit_within`); 0 where no job pastes back (crop-only outputs) or no portrait opens."""
+    portraits = {row["ref"] for row in pending if json.loads(row["params"]).get("paste_back")}
+    side = max((long_side(path) for path in portraits), default=0)
+    return min(side, max_output_side) if max_output_side else side
 
 
 def animate_pending(pending: list[dict[str, Any]], backend: str, cfg: PortraitFlowConfig, motion_dir: Path,
-                    attempts_dir: Path, records_dir: Path) -> list[dict[str, Any]]:
+                    attempts_dir: Path, records_dir: Path, pasted_side: int) -> list[dict[str, Any]]:
     """The result row of each pending row (`plan_rows`), in their order; a job whose result never
     came back fails with LOST_REASON rather than vanish. Crash counts go to `attempts_dir`, the
-    drivers' motion is cached in `motion_dir`, each finished job's record in `records_dir`."""
+    drivers' motion is cached in `motion_dir`, each finished job's record in `records_dir`;
+    `pasted_side` sizes the actors' memory (`animation_memory`)."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -76,7 +93,7 @@ def animate_pending(pending: list[dict[str, Any]], backend: str, cfg: PortraitFl
                                                          "animate_cfg_json": cfg.animate.model_dump_json(), **crashes},
                      batch_size=1, compute=ActorPoolStrategy(min_size=1, max_size=actors),
                      num_cpus=cfg.animate.cpus_per_actor, num_gpus=gpus_per_actor,
-                     memory=animation_memory(cfg.animate, pastes_back(pending)))
+                     memory=animation_memory(cfg.animate, pasted_side))
         .take_all()
     )
     by_job = {row["job_id"]: row for row in finished}  # ids are unique; a failed row's output is blank

@@ -604,12 +604,13 @@ def test_a_file_named_like_a_pattern_is_that_file_and_keys_do_not_depend_on_the_
 
 def test_a_render_decodes_fewer_frames_at_once_of_a_large_source() -> None:
     """A 4K source rendered 64 full frames at a time: 3.6 GB for one chunk."""
-    from portraitflow.operators.render import frames_per_chunk
+    from portraitflow.operators.decode import frames_per_chunk
+    from portraitflow.operators.render import RENDER_CHUNK_BYTES
 
-    assert frames_per_chunk(64, 1920, 1080) == 64
-    assert frames_per_chunk(64, 3840, 2160) == 16
-    assert frames_per_chunk(64, 7680, 4320) == 4
-    assert frames_per_chunk(64, 30000, 20000) == 1
+    assert frames_per_chunk(64, 1920, 1080, RENDER_CHUNK_BYTES) == 64
+    assert frames_per_chunk(64, 3840, 2160, RENDER_CHUNK_BYTES) == 16
+    assert frames_per_chunk(64, 7680, 4320, RENDER_CHUNK_BYTES) == 4
+    assert frames_per_chunk(64, 30000, 20000, RENDER_CHUNK_BYTES) == 1
 
 
 def test_of_two_copies_of_one_footage_the_larger_sharper_face_is_decided_first() -> None:

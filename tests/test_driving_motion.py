@@ -151,3 +151,67 @@ def test_the_ted_drivers_left_profile_reads_as_turned_left(media_dir) -> None:
     assert motion.fps == 10.0
     assert np.all(motion.pose[:30, 0] > 15.0)  # first turned to the image's right, which the fit reads
     assert np.all(motion.pose[84:115, 0] < -30.0)
+
+
+def _spy_chunks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
+    """Record the chunk size and `in_order` of every decode the driving-motion module starts."""
+    from portraitflow.operators import driving_motion
+
+    calls: list[tuple[int, bool]] = []
+    decode = driving_motion.iter_frame_chunks
+
+    def spied(*args, chunk_size: int = 64, in_order: bool = False, **kwargs):
+        calls.append((chunk_size, in_order))
+        return decode(*args, chunk_size=chunk_size, in_order=in_order, **kwargs)
+
+    monkeypatch.setattr(driving_motion, "iter_frame_chunks", spied)
+    return calls
+
+
+def test_driving_windows_cut_from_chunks_under_the_byte_budget_are_the_windows_decoded_whole(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 4K driver's window was decoded whole (25 frames, 620 MB) in the animation actor; decoded a
+    few frames at a time and cropped at once, every window is the one cut from its frames decoded
+    together, bit for bit."""
+    from bad_media import synthetic_video
+
+    from portraitflow.models.face.align import crop_square
+    from portraitflow.operators import driving_motion
+    from portraitflow.operators.decode import iter_frame_chunks
+
+    path = str(synthetic_video(tmp_path / "shapes.mp4", frames=23, size=(160, 128)))  # a shape decord reads
+    motion = driving_motion.extract_driving_motion(path, _TurningDriver(turn=8), size=64, fps=25.0)
+    before = []  # as the windows were cut: decoded a window at a time (decord), cropped together
+    for chunk in iter_frame_chunks(path, motion.fps, chunk_size=5):
+        frames = chunk.positions[chunk.positions < motion.num_frames]
+        before.append((frames, np.stack([crop_square(rgb, motion.boxes[motion.shot[i]], motion.size)
+                                         for i, rgb in zip(frames, chunk.frames)])))
+    monkeypatch.setattr(driving_motion, "DRIVING_CHUNK_BYTES", 2 * 160 * 128 * 3)  # two frames of the clip
+    calls = _spy_chunks(monkeypatch)
+    windows = list(driving_motion.iter_driving_windows(path, motion, window=5))
+    assert calls == [(2, True)]
+    assert [len(w.crops) for w in windows] == [5, 5, 5, 5, 3]
+    for (frames, crops), window in zip(before, windows, strict=True):
+        assert window.start == frames[0]
+        np.testing.assert_array_equal(window.crops, crops)
+        for name in ("kps", "raw_kps", "landmarks", "pose"):
+            np.testing.assert_array_equal(getattr(window, name), getattr(motion, name)[frames])
+        np.testing.assert_array_equal(window.face_boxes, motion.face_boxes[motion.shot[frames]])
+        np.testing.assert_array_equal(window.meta["shot"], motion.shot[frames])
+
+
+def test_motion_extracted_from_chunks_under_the_byte_budget_is_the_same(tmp_path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of fewer frames (a 4K driver: 5, not 32) change nothing the extraction finds, so
+    cached motion stays valid (EXTRACTION_VERSION unchanged)."""
+    from bad_media import synthetic_video
+
+    from portraitflow.operators import driving_motion
+
+    path = str(synthetic_video(tmp_path / "shapes.mp4", frames=23, size=(160, 128)))
+    calls = _spy_chunks(monkeypatch)
+    whole = driving_motion.extract_driving_motion(path, _TurningDriver(turn=8), size=64, fps=25.0)
+    monkeypatch.setattr(driving_motion, "DRIVING_CHUNK_BYTES", 3 * 160 * 128 * 3)
+    chunked = driving_motion.extract_driving_motion(path, _TurningDriver(turn=8), size=64, fps=25.0)
+    assert calls == [(32, True), (3, True)]
+    assert chunked.to_bytes() == whole.to_bytes()

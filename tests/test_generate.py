@@ -296,12 +296,33 @@ def test_an_animation_actor_declares_the_frames_it_holds() -> None:
     from portraitflow.pipelines.generate import ACTOR_BASE_MEMORY, animation_memory
 
     cfg = load_config(None, []).animate
-    frame = 2048 * 2048 * 3  # the paste-back cap
-    assert animation_memory(cfg, True) == ACTOR_BASE_MEMORY + 5 * 25 * frame
-    assert animation_memory(cfg.model_copy(update={"window": 50}), True) - ACTOR_BASE_MEMORY == 2 * 5 * 25 * frame
-    assert animation_memory(cfg.model_copy(update={"max_output_side": 1024}), True) == ACTOR_BASE_MEMORY + 5 * 25 * frame // 4
-    assert animation_memory(cfg.model_copy(update={"max_output_side": 0}), True) == animation_memory(cfg, True)  # estimate
-    assert animation_memory(cfg, False) == ACTOR_BASE_MEMORY + 5 * 25 * 512 * 512 * 3  # crops only: the default
+    frame = 2048 * 2048 * 3  # a portrait pasted back at the cap
+    assert animation_memory(cfg, 2048) == ACTOR_BASE_MEMORY + 5 * 25 * frame
+    assert animation_memory(cfg.model_copy(update={"window": 50}), 2048) - ACTOR_BASE_MEMORY == 2 * 5 * 25 * frame
+    assert animation_memory(cfg, 1024) == ACTOR_BASE_MEMORY + 5 * 25 * frame // 4
+    assert animation_memory(cfg, 0) == ACTOR_BASE_MEMORY + 5 * 25 * 512 * 512 * 3  # crops only: the default
+    assert animation_memory(cfg, 300) == animation_memory(cfg, 0)  # a small portrait: the crops are larger
+
+
+def test_the_actors_memory_follows_the_largest_portrait_pasted_back(tmp_path: Path) -> None:
+    """Uncapped, a 2721x2705 portrait pasted back used 2.3 GiB where the actor declared 2 GiB for an
+    assumed 2048 px: the side is each portrait's own, read from its header, capped where a cap is set."""
+    from PIL import Image
+
+    from portraitflow.pipelines.generate import pasted_back_side
+
+    for name, size in (("wide.png", (2721, 2705)), ("small.png", (640, 800)), ("tall.png", (1000, 3000))):
+        Image.new("RGB", size).save(tmp_path / name)
+
+    def row(ref: str, paste_back: bool) -> dict:
+        return {"ref": str(tmp_path / ref), "params": json.dumps({"paste_back": paste_back})}
+
+    jobs = [row("wide.png", True), row("small.png", True), row("tall.png", False)]
+    assert pasted_back_side(jobs, 0) == 2721
+    assert pasted_back_side(jobs, 2048) == 2048
+    assert pasted_back_side(jobs[1:], 2048) == 800  # under the cap: its own side
+    assert pasted_back_side(jobs[2:], 0) == 0  # crop-only: no portrait is read
+    assert pasted_back_side([row("missing.png", True)], 0) == 0  # fails on loading, in its own task
 
 
 def test_a_job_whose_result_never_comes_back_still_gets_a_failed_row(tmp_path: Path, ray_local,

@@ -542,6 +542,19 @@ def _pyav_frames(path: Source, sources: np.ndarray, size: tuple[int, int], chunk
     chunk: np.ndarray | None = None  # sized for the frames it will hold: at most `chunk_size`, those left
     filled = 0
     last, index = None, -1
+
+    def place(rgb: np.ndarray) -> Iterator[np.ndarray]:
+        """`rgb` as the next wanted frame, in the chunk being filled; yields the chunk once full."""
+        nonlocal chunk, filled
+        if chunk is None:
+            chunk, filled = np.empty((min(chunk_size, len(wanted)), *rgb.shape), np.uint8), 0
+        chunk[filled] = rgb
+        filled += 1
+        wanted.popleft()
+        if filled == len(chunk):
+            full, chunk = chunk, None
+            yield full
+
     with closing(_numbered_frames(path, wanted[0] if wanted else 0, seek_points)) as numbered:
         try:
             for index, last in numbered:
@@ -551,28 +564,12 @@ def _pyav_frames(path: Source, sources: np.ndarray, size: tuple[int, int], chunk
                     continue
                 rgb = _upright_rgb(last, size)
                 while wanted and wanted[0] == index:
-                    if chunk is None:
-                        chunk, filled = np.empty((min(chunk_size, len(wanted)), *rgb.shape), np.uint8), 0
-                    chunk[filled] = rgb
-                    filled += 1
-                    wanted.popleft()
-                    if filled == len(chunk):
-                        full, chunk = chunk, None
-                        yield full
-                        del full
+                    yield from place(rgb)
                 del rgb
         except av.FFmpegError as exc:
             raise VideoUnreadable(f"decoding failed near frame {index + 1}: {exc.strerror}") from exc  # str() names the file
         if wanted and last is None:
             raise VideoUnreadable("FFmpeg decoded no frame of the video")
         held = _upright_rgb(last, size) if wanted else None
-    while wanted:
-        if chunk is None:
-            chunk, filled = np.empty((min(chunk_size, len(wanted)), *held.shape), np.uint8), 0
-        chunk[filled] = held
-        filled += 1
-        wanted.popleft()
-        if filled == len(chunk):
-            full, chunk = chunk, None
-            yield full
-            del full
+    while wanted:  # the stream ended early: its last frame repeated
+        yield from place(held)

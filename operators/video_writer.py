@@ -5,7 +5,6 @@ two streams interleave, and it is cut at the video's end so the output never out
 """
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
@@ -224,12 +223,19 @@ def write_h264(
         first = next((chunk for chunk in chunks if len(chunk)), None)
         if first is None:
             raise ValueError("no frames to encode")
+        height, width = first[0].shape[:2]
+        held = [first]  # handed on, then let go: a chunk of 2048-px frames is 300 MB
+        del first
+
+        def every_chunk() -> Iterable[np.ndarray]:
+            yield held.pop()
+            yield from chunks
         with atomic_target(path) as tmp, av.open(tmp, mode="w", format="mp4",
                                                   options={**MUX_OPTIONS, **(FASTSTART if faststart else {})}) as out:
             rate = Fraction(fps).limit_denominator(1001)
             # video first: stream 0, where players, editors and `ffmpeg -map 0:0` look for it
             video = out.add_stream("libx264", rate=rate)
-            video.height, video.width = first[0].shape[0] - first[0].shape[0] % 2, first[0].shape[1] - first[0].shape[1] % 2
+            video.height, video.width = height - height % 2, width - width % 2
             video.pix_fmt = "yuv420p"
             _tag_bt601(video.codec_context)
             video.options = {"crf": str(crf), "preset": preset}
@@ -244,7 +250,7 @@ def write_h264(
                 out_audio.layout = in_audio.layout.name if in_audio.layout else "stereo"
                 if in_audio.metadata.get("language"):  # which dub track this is, for a dubbing team
                     out_audio.metadata["language"] = in_audio.metadata["language"]
-            for chunk in itertools.chain([first], chunks):
+            for chunk in every_chunk():
                 for rgb in chunk:
                     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[: video.height, : video.width]), format="rgb24")
                     frame.pts = frames_written

@@ -60,18 +60,18 @@ def animator_params(backend: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_backend(backend: str, cfg: AnimateConfig) -> None:
-    """Raise what would fail every actor of `backend` (ValueError, or WeightsMissing naming each
-    missing file), so the driver refuses it before Ray starts."""
+    """Raise what would fail every actor of `backend` (ValueError; WeightsMissing naming each missing
+    file, WeightsUnreadable each cut or corrupt one), so the driver refuses it before Ray starts."""
     if backend != "hunyuan":
         return
     from portraitflow.models.hunyuan.animator import TINY_WEIGHTS
-    from portraitflow.models.hunyuan.weights import check_weights_dir
+    from portraitflow.models.hunyuan.weights import check_weights_dir, check_weights_readable
 
     if not cfg.weights:
         raise ValueError("the hunyuan animator needs --weights (animate.weights): a folder in the official "
                          "layout, or `tiny`")
     if cfg.weights != TINY_WEIGHTS:
-        check_weights_dir(cfg.weights)
+        check_weights_readable(check_weights_dir(cfg.weights))
 
 
 def create_animator(backend: str, cfg: AnimateConfig) -> Animator:

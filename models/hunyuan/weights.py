@@ -207,7 +207,7 @@ def unreadable_files(weights_dir: Path) -> list[str]:
 
 def check_weights_dir(weights_dir: str | Path) -> Path:
     """`weights_dir`, or WeightsMissing naming each missing file (a mistyped folder: the folder
-    alone) and where to download it, or WeightsUnreadable naming each file that is cut or corrupt."""
+    alone) and where to download it."""
     weights_dir = Path(weights_dir).expanduser()
     download = ("Download the release's hyportrait/*.pth and arcface.onnx (Tencent-Hunyuan/HunyuanPortrait) and the "
                 "vae/, unet/config.json and scheduler/ folders of stabilityai/stable-video-diffusion-img2vid-xt into "
@@ -219,12 +219,19 @@ def check_weights_dir(weights_dir: str | Path) -> Path:
     if missing:
         listing = "\n".join(f"  - {path}" for path in missing)
         raise WeightsMissing(f"HunyuanPortrait weights are incomplete in {weights_dir}; missing:\n{listing}\n{download}")
+    return weights_dir
+
+
+def check_weights_readable(weights_dir: Path) -> None:
+    """WeightsUnreadable naming each weights file of a complete folder that is cut short or corrupt
+    (`unreadable_files`): said before a job runs, where the actors would fail once every job is
+    prepared. `convert-weights` does without it: it names a cut file as it reaches it and keeps
+    what it converted before."""
     unreadable = unreadable_files(weights_dir)
     if unreadable:
         listing = "\n".join(f"  - {path}" for path in unreadable)
         raise WeightsUnreadable(f"HunyuanPortrait weights in {weights_dir} are cut short or corrupt (a failed "
                                 f"download?); download these again:\n{listing}")
-    return weights_dir
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -18,8 +18,10 @@ Motion = AnimateConfig.model_fields["motion"].annotation
 
 def animate(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: videos, results.parquet, preview.png.")],
-    ref: Annotated[Optional[Path], typer.Option("--ref", help="Reference portrait image (with --driving).")] = None,
-    driving: Annotated[Optional[Path], typer.Option("--driving", help="Driving video (with --ref).")] = None,
+    ref: Annotated[Optional[Path], typer.Option(
+        "--ref", exists=True, dir_okay=False, help="Reference portrait image (with --driving).")] = None,
+    driving: Annotated[Optional[Path], typer.Option(
+        "--driving", exists=True, dir_okay=False, help="Driving video (with --ref).")] = None,
     jobs: Annotated[Optional[Path], typer.Option(
         "--jobs", exists=True, dir_okay=False,
         help="CSV, JSONL or parquet: ref, driving, optional job_id and per-job params.")] = None,

@@ -87,7 +87,7 @@ def sweep(
     import yaml
 
     from portraitflow.jobs.runtime import NotEnoughResources
-    from portraitflow.jobs.sweep import check_sweep, run_sweep
+    from portraitflow.jobs.sweep import InvalidSweep, run_sweep
     from portraitflow.operators.atomic import FolderBusy
     from portraitflow.operators.sweep_spec import load_sweep
 
@@ -96,15 +96,16 @@ def sweep(
     refuse_mlflow_disabled(cfg)
     refuse_missing_face_models(cfg)
     refuse_unreachable_services(cfg)
-    try:  # everything the file can get wrong, before any MLflow run or Ray starts
+    try:
         spec = load_sweep(sweep_file)
         if max_parallel:
             spec = spec.model_copy(update={"evaluate": {**spec.evaluate, "max_parallel": max_parallel}})
-        check_sweep(spec, cfg, out)
     except (ValueError, yaml.YAMLError) as exc:  # pydantic's ValidationError is a ValueError
         raise typer.BadParameter(f"{sweep_file}: {_error_line(exc, sweep_file)}", param_hint="SWEEP_FILE") from exc
     try:
-        run_id = run_sweep(spec, cfg, out, retry_failed)
+        run_id = run_sweep(spec, cfg, out, retry_failed)  # checks the sweep whole before anything starts
+    except InvalidSweep as exc:
+        raise typer.BadParameter(f"{sweep_file}: {_error_line(exc, sweep_file)}", param_hint="SWEEP_FILE") from exc
     except NotEnoughResources as exc:
         raise typer.BadParameter(str(exc)) from exc
     except FolderBusy as exc:

@@ -63,6 +63,10 @@ ERROR_CHARS = 5000
 log = logging.getLogger(__name__)
 
 
+class InvalidSweep(ValueError):
+    """The sweep as a whole is wrong (`check_sweep`): raised before any MLflow run or Ray starts."""
+
+
 class SweepInterrupted(BaseException):
     """Raised in a config's thread at its next stage once the sweep is interrupted; a BaseException,
     like KeyboardInterrupt, so it is never taken for the config's own failure."""
@@ -454,9 +458,17 @@ def check_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig,
     """The effective evaluate settings and the configs of `spec`, or ValueError (one line) saying
     what the sweep gets wrong as a whole: a dataset path that is not there, evaluate overrides that
     are unknown or invalid, a config without `backend`, no config at all, a dataset that names no
-    video outside `out_dir` (`check_dataset`; last, as it lists the dataset). Nothing is started:
-    `run_sweep` (and the CLI, before it) call it first. A config whose params its backend refuses
+    video outside `out_dir` (`check_dataset`; last, as it lists the dataset), as `InvalidSweep`.
+    Nothing is started: `run_sweep` calls it first. A config whose params its backend refuses
     is not an error here: it fails alone (`run_config`)."""
+    try:
+        return _checked_sweep(spec, cfg, out_dir)
+    except ValueError as exc:  # pydantic's ValidationError is one
+        raise InvalidSweep(str(exc)) from exc
+
+
+def _checked_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig,
+                   out_dir: str | Path | None) -> tuple[EvaluateConfig, list[dict[str, Any]]]:
     from pydantic import ValidationError
 
     dataset, where = spec.dataset, Path(spec.dataset.path)
@@ -503,7 +515,7 @@ def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str 
               retry_failed: bool = False) -> str:
     """Run (or resume) a sweep; returns the parent run id. The report lands in `out_dir/report`.
     `retry_failed`: configs with a failed job run again (`run_config`).
-    ValueError (`check_sweep`) before any run or Ray starts when the sweep itself is wrong;
+    InvalidSweep (`check_sweep`) before any run or Ray starts when the sweep itself is wrong;
     FolderBusy while another sweep writes `out_dir`."""
     out_dir = Path(out_dir).resolve()  # output paths recorded absolute: a resume from elsewhere finds them
     evaluate, configs = check_sweep(spec, cfg, out_dir)

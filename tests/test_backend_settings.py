@@ -105,6 +105,8 @@ def test_the_command_line_refuses_job_options_the_backend_does_not_read(
     calls = []
     monkeypatch.setattr(generation, "run_generation", lambda jobs, out, cfg, resume=True: calls.append(cfg) or
                         pd.DataFrame({"job_id": [], "status": [], "reason": []}))
+    for name in ("a.png", "b.mp4"):  # the flags refuse a path that is not there
+        (tmp_path / name).touch()
     pair = ["--ref", str(tmp_path / "a.png"), "--driving", str(tmp_path / "b.mp4"), "--out", str(tmp_path / "out")]
     result = CliRunner().invoke(app, ["animate", *pair, *flags], env={"COLUMNS": "400"})
     if refused is None:

@@ -30,6 +30,8 @@ def generation_calls(monkeypatch: pytest.MonkeyPatch) -> list:
 
 
 def _animate(tmp_path: Path, *flags: str):
+    for name in ("a.png", "b.mp4"):  # the flags refuse a path that is not there
+        (tmp_path / name).touch()
     pair = ["--ref", str(tmp_path / "a.png"), "--driving", str(tmp_path / "b.mp4"), "--out", str(tmp_path / "out")]
     return CliRunner().invoke(app, ["animate", *pair, *flags], env=WIDE)
 
@@ -174,6 +176,17 @@ def test_every_verb_refuses_missing_face_models_before_anything_starts(verb: str
                                       "face.backend=insightface"], env=WIDE)
     assert result.exit_code == 2 and "download an insightface pack" in result.output, result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_misspelt_ref_or_driving_is_a_usage_error(generation_calls: list, tmp_path: Path) -> None:
+    """A typo in --ref started Ray and made a failed job about 30 s later; it is the command that is wrong."""
+    (tmp_path / "b.mp4").touch()
+    result = CliRunner().invoke(app, ["animate", "--ref", str(tmp_path / "a.jpgg"), "--driving", str(tmp_path / "b.mp4"),
+                                      "--out", str(tmp_path / "out")], env=WIDE)
+    assert result.exit_code == 2 and "a.jpgg' does not exist" in result.output and not generation_calls, result.output
+    folder = CliRunner().invoke(app, ["animate", "--ref", str(tmp_path / "b.mp4"), "--driving", str(tmp_path),
+                                      "--out", str(tmp_path / "out")], env=WIDE)
+    assert folder.exit_code == 2 and "is a directory" in folder.output and not generation_calls, folder.output
 
 
 def test_animate_refuses_an_out_that_is_a_file(generation_calls: list, tmp_path: Path) -> None:

@@ -279,14 +279,17 @@ def test_too_few_cpus_is_an_error_not_a_hang(tmp_path: Path, ray_local) -> None:
     cfg = load_config(None, ["animate.cpus_per_actor=1.5", "mlflow.enabled=false"])  # 2.5 CPUs > the 2 of ray_local
     with pytest.raises(ValueError, match="needs 2.5 CPUs"):
         run_generation([Job("a", "a.png", "b.mp4")], tmp_path, cfg)
-    result = CliRunner().invoke(app, ["animate", "--ref", "a.png", "--driving", "b.mp4", "--out", str(tmp_path),
+    pair = ["--ref", str(tmp_path / "a.png"), "--driving", str(tmp_path / "b.mp4")]
+    for name in ("a.png", "b.mp4"):  # the flags refuse a path that is not there
+        (tmp_path / name).touch()
+    result = CliRunner().invoke(app, ["animate", *pair, "--out", str(tmp_path),
                                       "--set", "animate.cpus_per_actor=1.5", "--set", "mlflow.enabled=false"])
     assert result.exit_code == 2 and "needs 2.5 CPUs" in result.output and "Traceback" not in result.output
-    no_gpu = CliRunner().invoke(app, ["animate", "--ref", "a.png", "--driving", "b.mp4", "--out", str(tmp_path),
+    no_gpu = CliRunner().invoke(app, ["animate", *pair, "--out", str(tmp_path),
                                       "--weights", "tiny", "--set", "mlflow.enabled=false"])  # gpus 1 by default
     assert no_gpu.exit_code == 2 and "needs a GPU" in no_gpu.output and "--gpus 0" in no_gpu.output
     # an actor declares the output frames it holds: a window no node could hold is refused up front
-    huge = CliRunner().invoke(app, ["animate", "--ref", "a.png", "--driving", "b.mp4", "--out", str(tmp_path),
+    huge = CliRunner().invoke(app, ["animate", *pair, "--out", str(tmp_path),
                                     "--set", "animate.window=100000", "--paste-back", "--set", "mlflow.enabled=false"])
     words = " ".join(huge.output.replace("│", " ").split())  # the error box wraps its lines
     assert huge.exit_code == 2 and "lower animate.window" in words and "Traceback" not in words

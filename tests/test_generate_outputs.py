@@ -148,6 +148,8 @@ def test_settings_every_job_would_fail_on_exit_2_before_anything_runs(tmp_path: 
 
     from portraitflow.jobs.cli import app
 
+    for name in ("a.png", "b.mp4"):  # the flags refuse a path that is not there
+        (tmp_path / name).touch()
     result = CliRunner().invoke(app, ["animate", "--ref", str(tmp_path / "a.png"), "--driving", str(tmp_path / "b.mp4"),
                                       "--out", str(tmp_path / "out"), "--set", setting], env={"COLUMNS": "400"})
     assert result.exit_code == 2, result.output

@@ -712,3 +712,21 @@ def test_the_parent_counts_the_videos_that_failed_in_any_config(driver, monkeypa
         assert metrics["configs_failed"] == 1  # warp[seed=3] is refused: counted there, not per video
     summary = pd.read_csv(out / "summary.csv").set_index("config")
     assert [len(json.loads(summary.loc[config, "failed_jobs"])) for config in ("still", "still[size=128]")] == [1, 1]
+
+
+def test_the_cli_checks_a_sweep_once(driver, monkeypatch, caplog) -> None:
+    """The CLI checked the sweep, then `run_sweep` checked it again: each warning (here a config
+    that makes the same videos as another) was printed twice."""
+    from typer.testing import CliRunner
+
+    from portraitflow.jobs.cli import app
+
+    sweep, cfg, data = driver
+    _fake_generation(sweep, monkeypatch)
+    spec, out = data.parent / "sweep.yaml", data.parent / "out"
+    spec.write_text(f"name: s\ndataset: {{type: folder, path: {data}}}\n"
+                    "configs: [{backend: still}, {backend: still, size: 512}]\n"
+                    "evaluate: {max_seconds: 0.5, side_by_side: 0}\n")
+    result = CliRunner().invoke(app, ["sweep", str(spec), "--out", str(out), "--mlflow-uri", cfg.mlflow.tracking_uri])
+    assert result.exit_code == 0, result.output
+    assert caplog.text.count("makes the same videos as") == 1, caplog.text

@@ -1,6 +1,8 @@
 """The `portraitflow` command. Each verb lives in its own module under jobs/ and is added here."""
 from __future__ import annotations
 
+import signal
+
 import typer
 
 from portraitflow.jobs import animate, config_cmd, convert_weights, curate, doctor, evaluate_cmd, inspect_cmd, samples
@@ -27,13 +29,16 @@ def main() -> None:
     """The console script: `app`, with a cluster that refuses this driver past the checks each verb
     makes first (token authentication, say), or a deleted MLflow experiment, said in one line (exit
     2), as those checks say theirs."""
-    from portraitflow.jobs.runtime import ExperimentDeleted, ServiceUnreachable
+    from portraitflow.jobs.runtime import ExperimentDeleted, ServiceUnreachable, Terminated
 
     try:
         app()
     except (ServiceUnreachable, ExperimentDeleted) as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise SystemExit(2) from None
+    except Terminated:
+        typer.echo("Terminated (SIGTERM): finished work is kept; rerun the same command to resume", err=True)
+        raise SystemExit(128 + signal.SIGTERM) from None
 
 
 if __name__ == "__main__":

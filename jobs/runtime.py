@@ -8,8 +8,10 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,6 +48,17 @@ def local_cpus(cfg: RayConfig) -> float | None:
 
 class ServiceUnreachable(RuntimeError):
     """The Ray cluster or the MLflow server named cannot be reached (or refuses this driver)."""
+
+
+class Terminated(BaseException):
+    """SIGTERM (a scheduler stopping the job, `ray job stop`), raised in the main thread so what ends
+    an interrupted job cleanly runs; Ray's own handler aborts the process (exit 134), leaving its
+    MLflow run RUNNING. A BaseException, like KeyboardInterrupt (which Click would turn into exit 1),
+    so it is never taken for a job's own failure."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 class ExperimentDeleted(RuntimeError):
@@ -133,6 +146,16 @@ def init_ray(cfg: RayConfig, mlflow: MLflowConfig | None = None) -> None:
 
     if ray.is_initialized():
         return
+    try:
+        _init_ray(cfg, mlflow)
+    finally:  # after ray.init, which installs its own SIGTERM handler; only the main thread may
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _terminated)
+
+
+def _init_ray(cfg: RayConfig, mlflow: MLflowConfig | None) -> None:
+    import ray
+
     address = ray_address(cfg)
     uri = mlflow_tracking_uri(mlflow) if mlflow is not None and mlflow.enabled else None
     if not address:
@@ -322,4 +345,8 @@ def mlflow_run(cfg: MLflowConfig, experiment: str, folder: Path) -> Iterator[obj
     mlflow.set_experiment(experiment_id=experiment_id)
     tags = {FOLDER_TAG: folder_tag(folder), FOLDER_PATH_TAG: str(Path(folder).resolve())}
     with mlflow.start_run(run_name=Path(folder).name, tags=tags) as run:
-        yield run
+        try:
+            yield run
+        except (KeyboardInterrupt, Terminated):  # Ctrl-C or SIGTERM: stopped, not failed
+            mlflow.end_run("KILLED")
+            raise

@@ -258,12 +258,18 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _run_until(args: list[str], out: Path, kill_when: str | None, timeout: float = 500) -> None:
-    """Run the CLI; with `kill_when` (a glob under `out`), SIGKILL it and its children once it matches."""
+def _run_until(args: list[str], out: Path, kill_when: str | None, timeout: float = 500,
+               terminate: bool = False) -> None:
+    """Run the CLI; with `kill_when` (a glob under `out`), SIGKILL it and its children once it
+    matches, or with `terminate` send it SIGTERM, as a scheduler would, and expect it to stop itself."""
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + timeout
     try:
         while proc.poll() is None and time.monotonic() < deadline:
+            if kill_when and list(out.glob(kill_when)) and terminate:
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(timeout=120) == 128 + signal.SIGTERM  # Ray's own handler aborted: 134
+                return
             if kill_when and list(out.glob(kill_when)):
                 family = _descendants(proc.pid)
                 proc.send_signal(signal.SIGKILL)
@@ -284,15 +290,20 @@ def _run_until(args: list[str], out: Path, kill_when: str | None, timeout: float
 
 @pytest.mark.slow
 def test_killed_runs_resume_to_the_same_output(curated, flow_inputs, tmp_path: Path) -> None:
-    """Killed once while scanning and once while rendering, the rerun equals the uninterrupted run."""
+    """Killed once while scanning and terminated (SIGTERM) once while rendering, the rerun equals the
+    uninterrupted run; the terminated run's MLflow run ends KILLED, not left RUNNING."""
+    import mlflow
     import pandas as pd
 
     reference, _, _ = curated
-    out = tmp_path / "resumed"
+    out, uri = tmp_path / "resumed", f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = [sys.executable, "-m", "portraitflow.jobs.cli", "curate", *sorted(flow_inputs), "--out", str(out),
-            "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"] + [a for o in OVERRIDES for a in ("--set", o)]
+            "--mlflow-uri", uri] + [a for o in OVERRIDES for a in ("--set", o)]
     _run_until(args, out, ".state/scan/*.npz")
-    _run_until(args, out, ".state/staging/*.tar")
+    _run_until(args, out, ".state/staging/*.tar", terminate=True)
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], order_by=["start_time"])
+    assert runs[-1].info.status == "KILLED"
     _run_until(args, out, None)
     columns = ["path", "status", "clips_accepted", "seconds_accepted"]
     assert pd.read_parquet(out / "manifest.parquet")[columns].equals(pd.read_parquet(reference / "manifest.parquet")[columns])

@@ -161,6 +161,7 @@ def _init_ray(cfg: RayConfig, mlflow: MLflowConfig | None) -> None:
     if not address:
         object_store = cfg.object_store_memory_mb * 1024 * 1024 if cfg.object_store_memory_mb else None
         ray.init(
+            address="local",  # never a `ray start` cluster on this machine, which Ray would otherwise join
             num_cpus=cfg.num_cpus,
             object_store_memory=object_store,
             include_dashboard=False,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from portraitflow.jobs import runtime
+from portraitflow.jobs.config.runtime import RayConfig
 from portraitflow.jobs.runtime import reachable_from_workers, stage_driver_code, worker_runtime_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +26,25 @@ def test_worker_env_carries_settings_and_tracking_uri(monkeypatch: pytest.Monkey
     assert env["env_vars"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert "UNRELATED_SECRET" not in env["env_vars"]
     assert env["py_modules"] == ["/tmp/stage/portraitflow"]
+
+
+def test_no_address_starts_a_local_ray_even_beside_a_ray_start_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray joins a cluster `ray start` left on this machine when given no address, where num_cpus is
+    refused (ValueError) and the work would land on that cluster; no address means a local Ray."""
+    import signal
+
+    import ray
+
+    calls = []
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        runtime.init_ray(RayConfig(num_cpus=2), None)
+    finally:  # init_ray takes SIGTERM over (`Terminated`); the test session keeps its own
+        signal.signal(signal.SIGTERM, previous)
+    assert calls[0]["address"] == "local" and calls[0]["num_cpus"] == 2
 
 
 def test_submitted_job_env_merges_without_conflict(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,8 @@ class RayConfig(BaseModel):
     address: str | None = Field(
         None,
         description="Ray cluster to join (`auto`, `ray://host:10001`, ...). Empty: the RAY_ADDRESS "
-        "environment variable if set, else a local Ray started in-process.",
+        "environment variable if set, else a local Ray started in-process (never a `ray start` cluster on "
+        "this machine: give `auto` for that).",
     )
     num_cpus: int | None = Field(
         None, ge=1, description="CPUs for a local Ray (every flow's tasks and actors need one); empty means all cores."

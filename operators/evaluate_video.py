@@ -274,7 +274,7 @@ class JobEvaluator:
 
     def _evaluate(self, job: dict[str, Any], work_dir: str | Path) -> dict[str, Any]:
         from portraitflow.models.face.images import load_image
-        from portraitflow.operators.decode import VideoUnreadable, iter_frame_chunks, probe_video, resample_positions
+        from portraitflow.operators.decode import VideoUnreadable, probe_video, resample_positions
         from portraitflow.operators.reference_portrait import NoFace, reference_face
 
         row: dict[str, Any] = {"job_id": str(job["job_id"]), "status": "failed", "reason": None, "frames": 0}
@@ -296,19 +296,9 @@ class JobEvaluator:
         if abs(out_count - drv_count) > 1:  # a truncated or padded output is not scored on the overlap
             return {**row, "reason": FRAME_COUNT_MISMATCH,
                     "error": f"output has {out_count} frames at the driver's {fps:g} fps, driver has {drv_count}"}
-        if self_protocol and tuple(reference.rgb.shape[:2]) != (driver.height, driver.width):
-            return {**row, "reason": REFERENCE_SIZE_MISMATCH,
-                    "error": f"self protocol: reference is {reference.rgb.shape[1]}x{reference.rgb.shape[0]}, "
-                             f"driving frames are {driver.width}x{driver.height}, so the reference's crop box "
-                             "is not the driver's (the reference must be the clip's first frame)"}
-        if self_protocol:
-            match_db = first_frame_psnr(reference.rgb, str(job["driving"]), fps, self.cfg.pixel_size)
-            if match_db < SELF_REFERENCE_MIN_PSNR_DB:
-                return {**row, "reason": REFERENCE_NOT_DRIVER_FRAME,
-                        "error": f"self protocol: the reference is not the driving clip's first frame (PSNR "
-                                 f"{match_db:.1f} dB against it, below {SELF_REFERENCE_MIN_PSNR_DB:g}), so the clip "
-                                 "is no ground truth for this output; for a portrait of another person or from "
-                                 "another clip use --protocol cross"}
+        refusal = self._not_ground_truth(reference.rgb, str(job["driving"]), driver) if self_protocol else None
+        if refusal is not None:
+            return {**row, **refusal}
         try:
             ref_face, crop_box = reference_face(reference.rgb, self.analyzer)
         except NoFace:
@@ -320,39 +310,13 @@ class JobEvaluator:
             log.warning("%s: nothing says whether %s is a face crop or pasted back, and either would be this "
                         "size; scored as pasted back (give the job a paste_back column, or keep animate's "
                         "results.parquet beside the outputs)", row["job_id"], output)
+        clips: dict[str, dict[str, list[np.ndarray]]] = {
+            kind: {"fake": [], "real": []} for kind in ("fid", "fvd") if kind in self.networks}
         try:
             offset = 0 if out_count == drv_count else self._frame_offset(
                 output, str(job["driving"]), fps, out_count - drv_count, crop_box, pasted)
-        except VideoUnreadable as exc:
-            return {**row, "reason": UNREADABLE, "error": str(exc)[:300]}
-        # the longer video's first frame is left out when the output runs a frame ahead (1) or behind (-1)
-        out_start, drv_start = max(offset, 0), max(-offset, 0)
-        paired = min(out_count, drv_count)
-        fid_picks, fvd_picks = learned_picks(
-            analysed_count(drv_start + paired, self.cfg.frame_stride) - analysed_count(drv_start, self.cfg.frame_stride),
-            self.cfg.fid_frames_per_video, self.cfg.fvd_clip_frames)
-        clips: dict[str, dict[str, list[np.ndarray]]] = {
-            kind: {"fake": [], "real": []} for kind in ("fid", "fvd") if kind in self.networks}
-        analysed = 0
-        try:
-            pairs = zip(iter_frame_chunks(output, fps, start_s=out_start / fps, chunk_size=self.cfg.chunk_frames),
-                        iter_frame_chunks(str(job["driving"]), fps, start_s=drv_start / fps,
-                                          chunk_size=self.cfg.chunk_frames))
-            per_frame, out_faces, drv_faces = [], [], []
-            for out_chunk, drv_chunk in pairs:  # frames are the driver's: what each output frame is scored against
-                count = min(len(out_chunk.frames), len(drv_chunk.frames))
-                keep = [i for i in range(count) if int(drv_chunk.positions[i]) % self.cfg.frame_stride == 0]
-                if not keep:
-                    continue
-                out_frames = out_chunk.frames[keep]
-                drv_frames = drv_chunk.frames[keep]
-                if self_protocol:
-                    drv_frames = to_output_space(drv_frames, out_frames.shape[1:3], crop_box, pasted)
-                per_frame.append(self._pixel_metrics(out_frames, drv_frames, drv_chunk.positions[keep]))
-                out_faces.append(analyse_faces(self.analyzer, out_frames))
-                drv_faces.append(analyse_faces(self.analyzer, drv_frames, embed=False))
-                self._keep_clip_frames(clips, {"fid": fid_picks, "fvd": fvd_picks}, analysed, out_frames, drv_frames)
-                analysed += len(keep)
+            per_frame, out_faces, drv_faces = self._analyse_pairs(
+                output, str(job["driving"]), fps, offset, min(out_count, drv_count), crop_box, pasted, clips)
         except VideoUnreadable as exc:
             return {**row, "reason": UNREADABLE, "error": str(exc)[:300]}
         if not per_frame:
@@ -369,6 +333,60 @@ class JobEvaluator:
         means = {name: metrics.nanmean(values) for name, values in frame_table.items() if name != "frame"}
         means["detection_rate"] = means.pop("face_detected")
         return {**row, "status": "ok", "frames": int(len(frame_table["frame"])), "frame_offset": offset, **means}
+
+    def _not_ground_truth(self, reference: np.ndarray, driving: str, driver: Any) -> dict[str, str] | None:
+        """Self protocol: the reason and error when the reference is not the driving clip's first
+        frame (another size, or too unlike it), so the clip is no ground truth for the output."""
+        from portraitflow.operators.decode import VideoUnreadable
+
+        if tuple(reference.shape[:2]) != (driver.height, driver.width):
+            return {"reason": REFERENCE_SIZE_MISMATCH,
+                    "error": f"self protocol: reference is {reference.shape[1]}x{reference.shape[0]}, "
+                             f"driving frames are {driver.width}x{driver.height}, so the reference's crop box "
+                             "is not the driver's (the reference must be the clip's first frame)"}
+        try:
+            match_db = first_frame_psnr(reference, driving, driver.fps, self.cfg.pixel_size)
+        except VideoUnreadable as exc:
+            return {"reason": UNREADABLE, "error": str(exc)[:300]}
+        if match_db >= SELF_REFERENCE_MIN_PSNR_DB:
+            return None
+        return {"reason": REFERENCE_NOT_DRIVER_FRAME,
+                "error": f"self protocol: the reference is not the driving clip's first frame (PSNR "
+                         f"{match_db:.1f} dB against it, below {SELF_REFERENCE_MIN_PSNR_DB:g}), so the clip "
+                         "is no ground truth for this output; for a portrait of another person or from "
+                         "another clip use --protocol cross"}
+
+    def _analyse_pairs(self, output: str, driving: str, fps: float, offset: int, paired: int,
+                       crop_box: tuple[int, int, int, int], pasted: bool | None,
+                       clips: dict[str, dict[str, list[np.ndarray]]]) -> tuple[list[dict], list[dict], list[dict]]:
+        """Pixel metrics and face analyses, per chunk, of `paired` output and driver frames decoded in
+        lockstep (every `frame_stride`-th of the driver's); the frames FID and FVD use go to `clips`.
+        The longer video's first frame is left out when the output runs a frame ahead (`offset` 1)
+        or behind (-1). VideoUnreadable when either stops decoding."""
+        from portraitflow.operators.decode import iter_frame_chunks
+
+        out_start, drv_start = max(offset, 0), max(-offset, 0)
+        stride = self.cfg.frame_stride
+        fid_picks, fvd_picks = learned_picks(
+            analysed_count(drv_start + paired, stride) - analysed_count(drv_start, stride),
+            self.cfg.fid_frames_per_video, self.cfg.fvd_clip_frames)
+        pairs = zip(iter_frame_chunks(output, fps, start_s=out_start / fps, chunk_size=self.cfg.chunk_frames),
+                    iter_frame_chunks(driving, fps, start_s=drv_start / fps, chunk_size=self.cfg.chunk_frames))
+        per_frame, out_faces, drv_faces, analysed = [], [], [], 0
+        for out_chunk, drv_chunk in pairs:  # frames are the driver's: what each output frame is scored against
+            count = min(len(out_chunk.frames), len(drv_chunk.frames))
+            keep = [i for i in range(count) if int(drv_chunk.positions[i]) % stride == 0]
+            if not keep:
+                continue
+            out_frames, drv_frames = out_chunk.frames[keep], drv_chunk.frames[keep]
+            if self.cfg.protocol == "self":
+                drv_frames = to_output_space(drv_frames, out_frames.shape[1:3], crop_box, pasted)
+            per_frame.append(self._pixel_metrics(out_frames, drv_frames, drv_chunk.positions[keep]))
+            out_faces.append(analyse_faces(self.analyzer, out_frames))
+            drv_faces.append(analyse_faces(self.analyzer, drv_frames, embed=False))
+            self._keep_clip_frames(clips, {"fid": fid_picks, "fvd": fvd_picks}, analysed, out_frames, drv_frames)
+            analysed += len(keep)
+        return per_frame, out_faces, drv_faces
 
     def _pixel_metrics(self, out_frames: np.ndarray, drv_frames: np.ndarray,
                        positions: np.ndarray) -> dict[str, np.ndarray]:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.runtime import init_ray, mlflow_run, require_resource
-from portraitflow.models.animators.registry import check_backend, resolve_backend
+from portraitflow.models.animators.registry import check_backend, model_host_bytes, resolve_backend
 from portraitflow.operators.atomic import exclusive_folder, write_parquet
 from portraitflow.operators.generation_jobs import Job, load_jobs
 from portraitflow.operators.generation_results import (
@@ -86,9 +86,11 @@ def _check_resources(backend: str, cfg: PortraitFlowConfig, pasted_side: int) ->
         require_resource(cfg.ray, "GPU", 1, lambda gpus: (
             f"hunyuan with animate.gpus={cfg.animate.gpus} needs a GPU for each animation actor; Ray has "
             f"{gpus:g}: pass --gpus 0 to animate on CPU actors (float32, slow)"))
-    memory = animation_memory(cfg.animate, pasted_side) + PREP_MEMORY
+    memory = animation_memory(backend, cfg.animate, pasted_side) + PREP_MEMORY
     pasted = f" pasted back onto portraits up to {pasted_side} px" if pasted_side > cfg.animate.size else ""
+    model = model_host_bytes(backend, cfg.animate)
+    weights = f" and {model / 1024**3:.1f} GiB of model weights" if model else ""
     require_resource(cfg.ray, "memory", memory, lambda have: (
         f"an animation actor and the preparation task feeding it declare {memory / 1024**3:.1f} GiB (the actor "
-        f"holds about 5 windows of output frames, animate.window={cfg.animate.window}{pasted}); "
+        f"holds about 5 windows of output frames, animate.window={cfg.animate.window}{pasted}{weights}); "
         f"Ray has {have / 1024**3:.1f} GiB: lower animate.window or animate.max_output_side"))

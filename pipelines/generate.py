@@ -13,6 +13,7 @@ from typing import Any
 
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.animate import AnimateConfig
+from portraitflow.models.animators.registry import model_host_bytes
 from portraitflow.models.face.images import long_side
 from portraitflow.operators.animate import AnimateJobs, prepare_job
 from portraitflow.operators.generation_results import failed_row
@@ -52,13 +53,14 @@ def animation_pool(backend: str, cfg: AnimateConfig) -> tuple[int, int]:
     return cfg.actors, 0
 
 
-def animation_memory(cfg: AnimateConfig, pasted_side: int) -> int:
+def animation_memory(backend: str, cfg: AnimateConfig, pasted_side: int) -> int:
     """Bytes an animation actor declares, so Ray never packs more actors onto a node than its memory
-    holds: its base and the windows of output frames it holds at once, each frame a crop of `size`
-    or, where a job pastes back, as large as the largest portrait pasted back onto (`pasted_side`,
-    its longer side as output: `pasted_back_side`; 0 where none is)."""
+    holds: its base, its model's host memory (`model_host_bytes`: hunyuan's checkpoints), and the
+    windows of output frames it holds at once, each frame a crop of `size` or, where a job pastes
+    back, as large as the largest portrait pasted back onto (`pasted_side`, its longer side as
+    output: `pasted_back_side`; 0 where none is)."""
     side = max(cfg.size, pasted_side)
-    return ACTOR_BASE_MEMORY + WINDOWS_HELD * cfg.window * side * side * 3
+    return ACTOR_BASE_MEMORY + model_host_bytes(backend, cfg) + WINDOWS_HELD * cfg.window * side * side * 3
 
 
 def pasted_back_side(pending: list[dict[str, Any]], max_output_side: int) -> int:
@@ -93,7 +95,7 @@ def animate_pending(pending: list[dict[str, Any]], backend: str, cfg: PortraitFl
                                                          "animate_cfg_json": cfg.animate.model_dump_json(), **crashes},
                      batch_size=1, compute=ActorPoolStrategy(min_size=1, max_size=actors),
                      num_cpus=cfg.animate.cpus_per_actor, num_gpus=gpus_per_actor,
-                     memory=animation_memory(cfg.animate, pasted_side))
+                     memory=animation_memory(backend, cfg.animate, pasted_side))
         .take_all()
     )
     by_job = {row["job_id"]: row for row in finished}  # ids are unique; a failed row's output is blank

@@ -300,11 +300,31 @@ def test_an_animation_actor_declares_the_frames_it_holds() -> None:
 
     cfg = load_config(None, []).animate
     frame = 2048 * 2048 * 3  # a portrait pasted back at the cap
-    assert animation_memory(cfg, 2048) == ACTOR_BASE_MEMORY + 5 * 25 * frame
-    assert animation_memory(cfg.model_copy(update={"window": 50}), 2048) - ACTOR_BASE_MEMORY == 2 * 5 * 25 * frame
-    assert animation_memory(cfg, 1024) == ACTOR_BASE_MEMORY + 5 * 25 * frame // 4
-    assert animation_memory(cfg, 0) == ACTOR_BASE_MEMORY + 5 * 25 * 512 * 512 * 3  # crops only: the default
-    assert animation_memory(cfg, 300) == animation_memory(cfg, 0)  # a small portrait: the crops are larger
+    assert animation_memory("warp", cfg, 2048) == ACTOR_BASE_MEMORY + 5 * 25 * frame
+    assert animation_memory("warp", cfg.model_copy(update={"window": 50}), 2048) - ACTOR_BASE_MEMORY == 2 * 5 * 25 * frame
+    assert animation_memory("warp", cfg, 1024) == ACTOR_BASE_MEMORY + 5 * 25 * frame // 4
+    assert animation_memory("warp", cfg, 0) == ACTOR_BASE_MEMORY + 5 * 25 * 512 * 512 * 3  # crops only: the default
+    assert animation_memory("warp", cfg, 300) == animation_memory("warp", cfg, 0)  # small portrait: crops are larger
+
+
+def test_a_hunyuan_actor_declares_its_checkpoints(tmp_path: Path) -> None:
+    """The actor declared 704 MiB and a few windows, and loads some 4 GB of checkpoints into host
+    memory (kept there as float32 on CPU): Ray could pack actors onto a node whose memory holds one."""
+    from portraitflow.models.hunyuan.weights import HYPORTRAIT_MODULES
+    from portraitflow.pipelines.generate import animation_memory
+
+    for name in HYPORTRAIT_MODULES:
+        (tmp_path / "hyportrait").mkdir(exist_ok=True)
+        (tmp_path / "hyportrait" / f"{name}.safetensors").write_bytes(b"x" * 1000)
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"x" * 500)
+    (tmp_path / "unused.bin").write_bytes(b"x" * 10**6)  # not a file the model loads
+    checkpoints = 1000 * len(HYPORTRAIT_MODULES) + 500
+    cfg = load_config(None, [f"animate.weights={tmp_path}"]).animate
+    warp = animation_memory("warp", cfg, 0)
+    assert animation_memory("hunyuan", cfg, 0) == warp + checkpoints  # passing through on their way to a GPU
+    assert animation_memory("hunyuan", cfg.model_copy(update={"gpus": 0}), 0) == warp + 2 * checkpoints  # float32
+    assert animation_memory("hunyuan", cfg.model_copy(update={"weights": "tiny"}), 0) == warp
 
 
 def test_the_actors_memory_follows_the_largest_portrait_pasted_back(tmp_path: Path) -> None:

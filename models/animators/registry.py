@@ -74,6 +74,19 @@ def check_backend(backend: str, cfg: AnimateConfig) -> None:
         check_weights_readable(check_weights_dir(cfg.weights))
 
 
+def model_host_bytes(backend: str, cfg: AnimateConfig) -> int:
+    """Host memory an actor of `backend` holds for its model, for Ray's memory declaration: hunyuan's
+    checkpoints pass through host memory as they load onto a GPU, and on CPU (`gpus` 0) stay there
+    as float32, up to twice a 16-bit file; 0 for the other backends and for `tiny` weights."""
+    from portraitflow.models.hunyuan.animator import TINY_WEIGHTS
+
+    if backend != "hunyuan" or not cfg.weights or cfg.weights == TINY_WEIGHTS:
+        return 0
+    from portraitflow.models.hunyuan.weights import weights_bytes
+
+    return weights_bytes(cfg.weights) * (1 if cfg.gpus else 2)
+
+
 def create_animator(backend: str, cfg: AnimateConfig) -> Animator:
     """Load the backend's model once; actors call this in __init__ so nothing is pickled. Only
     hunyuan holds weights; the others are built from their class alone."""

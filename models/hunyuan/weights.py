@@ -181,6 +181,14 @@ def missing_files(weights_dir: Path) -> list[str]:
     return missing
 
 
+def weights_bytes(weights_dir: str | Path) -> int:
+    """Bytes of the checkpoints `load_models` reads into host memory before the modules move to
+    their device: what a GPU actor holds at least while it loads."""
+    weights_dir = Path(weights_dir).expanduser()
+    files = [_module_file(weights_dir, name) for name in HYPORTRAIT_MODULES] + [_vae_file(weights_dir)]
+    return sum(path.stat().st_size for path in filter(None, files))
+
+
 def unreadable_files(weights_dir: Path) -> list[str]:
     """Each weights file present that cannot be a checkpoint, judged from its index alone (a
     safetensors header and its data's length, a zip-format .pth's central directory, which sit at

@@ -134,3 +134,18 @@ def test_image_is_built_by_the_install_script() -> None:
     assert "jobs/constraints.txt" in dockerfile  # torch at the pinned version, CPU or CUDA by index
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored
+
+
+def test_every_cluster_file_names_the_image_of_this_version() -> None:
+    """`ray_cluster.yaml` ran 0.1.0 images while the docs built and pushed 0.2.0: `ray up` pulled a
+    tag never pushed, or last release's code, which the head's driver then shipped to every worker."""
+    import re
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    files = [ROOT / "ray_cluster.yaml", ROOT / "jobs/Dockerfile", ROOT / "docs/cluster.md",
+             *sorted((ROOT / "jobs/k8s").glob("*.yaml"))]
+    tags = {(path.name, tag) for path in files
+            for tag in re.findall(r"portraitflow:([\w.]+)-(?:cpu|gpu)", path.read_text())}
+    assert {name for name, _ in tags} >= {"ray_cluster.yaml", "Dockerfile", "cluster.md", "rayjob-curate.yaml"}
+    assert {tag for _, tag in tags} == {version}, sorted(tags)

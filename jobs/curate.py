@@ -387,7 +387,7 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
         markers = ledger.load_markers(layout.done)
         _warn_changed(ledger.changed_since_curated(rows, markers))
         pending = _pending(rows, markers, in_shards, layout.done)
-        init_ray(cfg.ray, cfg.mlflow)
+        init_ray(cfg.ray)
         if pending:  # every input is curated on `actor_cpus` CPUs; with none pending, nothing is placed
             needed = cfg.curate.actor_cpus
             require_resource(cfg.ray, "CPU", needed, lambda cpus: (

@@ -61,7 +61,7 @@ def run_generation(jobs: list[Job] | str | Path, out_dir: str | Path, cfg: Portr
         pending = [row for row in rows if row["status"] == "pending"]
         if pending:  # a rerun of a finished folder records its rows without starting Ray
             pasted_side = pasted_back_side(pending, cfg.animate.max_output_side)
-            init_ray(cfg.ray, cfg.mlflow)
+            init_ray(cfg.ray)
             _check_resources(backend, cfg, pasted_side)
         with mlflow_run(cfg.mlflow, cfg.animate.experiment, out_dir) if log_run else contextlib.nullcontext() as run:
             if pending:

@@ -84,7 +84,15 @@ def refuse_unreachable_services(cfg: PortraitFlowConfig, ray: bool = True) -> No
 
 def check_out_folder(out: Path) -> None:
     """Refuse an --out that cannot become a folder (it, or a folder above it, is a file) before
-    anything starts: found later, an MLflow run would already be made and left FAILED."""
+    anything starts: found later, an MLflow run would already be made and left FAILED. Refuse one
+    inside a submitted job's working directory too (a relative --out under `ray job submit`): Ray's
+    temporary copy, which it deletes, which later jobs share, and which other nodes' workers do not see."""
+    from portraitflow.jobs.runtime import in_submitted_working_dir
+
+    if in_submitted_working_dir(out):
+        raise typer.BadParameter(
+            f"{out} is inside this job's working directory ({Path.cwd()}), Ray's temporary copy of --working-dir: "
+            "give a path on storage every node sees, such as the shared mount (docs/cluster.md)", param_hint="--out")
     for path in (out, *out.parents):
         if path.exists():
             if not path.is_dir():

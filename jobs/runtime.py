@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib
 import json
@@ -135,7 +136,7 @@ def require_resource(cfg: RayConfig, resource: str, needed: float, shortfall: Ca
                 "will; stop it and follow that advice)", shortfall(have))
 
 
-def init_ray(cfg: RayConfig, mlflow: MLflowConfig | None = None) -> None:
+def init_ray(cfg: RayConfig) -> None:
     """Join the configured cluster, or start Ray in-process; a no-op when already connected.
 
     Workers get the driver's settings through the runtime_env (worker_runtime_env), and on a
@@ -147,17 +148,16 @@ def init_ray(cfg: RayConfig, mlflow: MLflowConfig | None = None) -> None:
     if ray.is_initialized():
         return
     try:
-        _init_ray(cfg, mlflow)
+        _init_ray(cfg)
     finally:  # after ray.init, which installs its own SIGTERM handler; only the main thread may
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _terminated)
 
 
-def _init_ray(cfg: RayConfig, mlflow: MLflowConfig | None) -> None:
+def _init_ray(cfg: RayConfig) -> None:
     import ray
 
     address = ray_address(cfg)
-    uri = mlflow_tracking_uri(mlflow) if mlflow is not None and mlflow.enabled else None
     if not address:
         object_store = cfg.object_store_memory_mb * 1024 * 1024 if cfg.object_store_memory_mb else None
         ray.init(
@@ -165,16 +165,13 @@ def _init_ray(cfg: RayConfig, mlflow: MLflowConfig | None) -> None:
             num_cpus=cfg.num_cpus,
             object_store_memory=object_store,
             include_dashboard=False,
-            runtime_env=worker_runtime_env(uri) or None,
+            runtime_env=worker_runtime_env() or None,
         )
         return
-    if uri and not uri.startswith(("http://", "https://", "databricks")):
-        log.warning("MLflow store %s is local to the driver's node; give a tracking server on a cluster", uri)
-    uri = reachable_from_workers(uri) if uri else None
     with tempfile.TemporaryDirectory(prefix="portraitflow-code-") as stage:
         code = stage_driver_code(Path(stage)) if cfg.ship_code else None
         try:
-            ray.init(address=address, runtime_env=worker_runtime_env(uri, code) or None, log_to_driver=True)
+            ray.init(address=address, runtime_env=worker_runtime_env(code) or None, log_to_driver=True)
         except ConnectionError as exc:  # unreachable, or refused (token authentication)
             raise ServiceUnreachable(_ray_refusal(address, exc)) from exc
         except ValueError as exc:
@@ -196,34 +193,21 @@ def _ray_refusal(address: str, exc: BaseException) -> str:
     return f"cannot join the Ray cluster at {address}: {text[:300]}"
 
 
-def worker_runtime_env(mlflow_uri: str | None, code_dir: Path | None = None) -> dict[str, Any]:
+def worker_runtime_env(code_dir: Path | None = None) -> dict[str, Any]:
     """The runtime_env this driver adds for its workers.
 
-    PORTRAITFLOW_* and MLFLOW_* variables (model roots, tracking URI) and the resolved MLflow URI
-    hold on every node. Inside `ray job submit`, Ray merges this with the job's own runtime_env
-    and refuses a key given twice, so whatever the job already sets is left to the job.
+    PORTRAITFLOW_* variables (model roots, caches) hold on every node. MLflow's are not sent: only
+    the driver records runs, and Ray shows a job's runtime_env to whoever reaches its dashboard
+    (`MLFLOW_TRACKING_PASSWORD`, a token). Inside `ray job submit`, Ray merges this with the job's
+    own runtime_env and refuses a key given twice, so whatever the job already sets is left to it.
     """
-    env_vars = {k: v for k, v in os.environ.items() if k.startswith(("PORTRAITFLOW_", "MLFLOW_"))}
-    if mlflow_uri:
-        env_vars["MLFLOW_TRACKING_URI"] = mlflow_uri
+    env_vars = {k: v for k, v in os.environ.items() if k.startswith("PORTRAITFLOW_")}
     job_env = submitted_job_runtime_env()
     env_vars = {k: v for k, v in env_vars.items() if k not in (job_env.get("env_vars") or {})}
     runtime_env: dict[str, Any] = {"env_vars": env_vars} if env_vars else {}
     if code_dir is not None and "py_modules" not in job_env:
         runtime_env["py_modules"] = [str(code_dir)]
     return runtime_env
-
-
-def reachable_from_workers(uri: str) -> str:
-    """The tracking URI as other nodes must use it: a loopback host becomes this node's address
-    (a driver on the head reaches the head's MLflow server at 127.0.0.1; workers cannot)."""
-    parts = urlsplit(uri)
-    if parts.hostname not in ("localhost", "127.0.0.1", "::1"):
-        return uri
-    import ray.util
-
-    netloc = ray.util.get_node_ip_address() + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def submitted_job_runtime_env() -> dict[str, Any]:
@@ -262,8 +246,25 @@ def mlflow_client(cfg: MLflowConfig) -> MlflowClient:
     import mlflow
 
     uri = mlflow_tracking_uri(cfg)
+    _warn_if_store_is_temporary(uri)
     mlflow.set_tracking_uri(uri)
     return mlflow.MlflowClient(uri)
+
+
+@functools.cache  # once per store and process, however many runs a sweep makes
+def _warn_if_store_is_temporary(uri: str) -> None:
+    """Under `ray job submit --working-dir`, the working directory is Ray's unpacked copy, which
+    every job with the same files shares and Ray deletes when it collects it: runs recorded in a
+    store there (the default `sqlite:///mlflow.db`) are as good as lost."""
+    if uri.startswith("sqlite:///") and in_submitted_working_dir(Path(uri.removeprefix("sqlite:///"))):
+        log.warning("MLflow store %s is inside this submitted job's working directory, a temporary copy Ray "
+                    "deletes: give --mlflow-uri a tracking server (docs/cluster.md)", uri)
+
+
+def in_submitted_working_dir(path: Path) -> bool:
+    """Whether `path` lies in the unpacked working directory of the `ray job submit` that started
+    this driver (its working directory then), which Ray may delete and other nodes do not see."""
+    return bool(submitted_job_runtime_env().get("working_dir")) and path.resolve().is_relative_to(Path.cwd())
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:

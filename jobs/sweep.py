@@ -423,7 +423,7 @@ def evaluate_results(jobs: pd.DataFrame, cfg: PortraitFlowConfig, out_dir: str |
     run_id = client.create_run(ensure_experiment(client, cfg.evaluate.experiment), run_name=name,
                                tags=sweep_spec.code_tags()).info.run_id
     try:
-        init_ray(cfg.ray, cfg.mlflow)
+        init_ray(cfg.ray)
         log_values(client, run_id, params=cfg.evaluate.model_dump())
         jobs = jobs.assign(status=jobs["status"] if "status" in jobs else "ok",
                            reason=jobs["reason"] if "reason" in jobs else "")  # a plain table of outputs has neither
@@ -526,7 +526,7 @@ def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str 
 
 def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: Path, evaluate: EvaluateConfig,
                    configs: list[dict[str, Any]], retry_failed: bool) -> str:
-    init_ray(cfg.ray, cfg.mlflow)
+    init_ray(cfg.ray)
     _check_cpus(configs, evaluate.max_parallel, cfg)
     client = mlflow_client(cfg.mlflow)
     _note_tracking_store(out_dir, mlflow_tracking_uri(cfg.mlflow))

@@ -10,22 +10,48 @@ import pytest
 import yaml
 from portraitflow.jobs import runtime
 from portraitflow.jobs.config.runtime import RayConfig
-from portraitflow.jobs.runtime import reachable_from_workers, stage_driver_code, worker_runtime_env
+from portraitflow.jobs.runtime import stage_driver_code, worker_runtime_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_worker_env_carries_settings_and_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_env_carries_settings_but_no_mlflow_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every MLFLOW_* variable went into the runtime_env, which `ray list jobs --detail` and the
+    dashboard show (MLFLOW_TRACKING_PASSWORD), though only the driver records runs."""
     monkeypatch.delenv(runtime.JOB_CONFIG_ENV_VAR, raising=False)
     monkeypatch.setenv("PORTRAITFLOW_MODELS", "/models")
-    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", "http://minio:9000")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cr3t")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://user:s3cr3t@mlflow:5000")
     monkeypatch.setenv("UNRELATED_SECRET", "x")
-    env = worker_runtime_env("http://mlflow:5000", Path("/tmp/stage/portraitflow"))
-    assert env["env_vars"]["PORTRAITFLOW_MODELS"] == "/models"
-    assert env["env_vars"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
-    assert env["env_vars"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
-    assert "UNRELATED_SECRET" not in env["env_vars"]
+    env = worker_runtime_env(Path("/tmp/stage/portraitflow"))
+    assert env["env_vars"] == {"PORTRAITFLOW_MODELS": "/models"}
     assert env["py_modules"] == ["/tmp/stage/portraitflow"]
+    assert "s3cr3t" not in json.dumps(env)
+
+
+def test_a_submitted_job_refuses_an_out_in_its_temporary_working_dir(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path, caplog) -> None:
+    """`--out out/` under `ray job submit --working-dir .` wrote into Ray's unpacked copy, which later
+    jobs share and Ray deletes (and other nodes' workers do not see), and said nothing; so did a
+    default sqlite store there."""
+    import typer
+
+    from portraitflow.jobs.config.runtime import MLflowConfig
+    from portraitflow.jobs.options import check_out_folder
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(runtime.JOB_CONFIG_ENV_VAR, json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg_x.zip"}}))
+    with pytest.raises(typer.BadParameter, match="Ray's temporary copy of --working-dir"):
+        check_out_folder(Path("out"))
+    check_out_folder(tmp_path.parent / "elsewhere")  # storage outside the copy
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    runtime.mlflow_client(MLflowConfig())
+    assert "inside this submitted job's working directory" in caplog.text
+    caplog.clear()
+    runtime.mlflow_client(MLflowConfig(tracking_uri=f"sqlite:///{tmp_path.parent / 'kept.db'}"))
+    assert "working directory" not in caplog.text
+    monkeypatch.delenv(runtime.JOB_CONFIG_ENV_VAR)  # not submitted: a relative --out is the user's own folder
+    check_out_folder(Path("out"))
 
 
 def test_no_address_starts_a_local_ray_even_beside_a_ray_start_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,7 +67,7 @@ def test_no_address_starts_a_local_ray_even_beside_a_ray_start_cluster(monkeypat
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
     previous = signal.getsignal(signal.SIGTERM)
     try:
-        runtime.init_ray(RayConfig(num_cpus=2), None)
+        runtime.init_ray(RayConfig(num_cpus=2))
     finally:  # init_ray takes SIGTERM over (`Terminated`); the test session keeps its own
         signal.signal(signal.SIGTERM, previous)
     assert calls[0]["address"] == "local" and calls[0]["num_cpus"] == 2
@@ -57,7 +83,7 @@ def test_submitted_job_env_merges_without_conflict(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv(runtime.JOB_CONFIG_ENV_VAR, json.dumps({"runtime_env": job_env}))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     monkeypatch.setenv("PORTRAITFLOW_MODELS", "/models")
-    ours = worker_runtime_env("http://mlflow:5000", Path("/tmp/stage/portraitflow"))
+    ours = worker_runtime_env(Path("/tmp/stage/portraitflow"))
     assert ours == {"env_vars": {"PORTRAITFLOW_MODELS": "/models"}}
     merged = _merge_runtime_env(job_env, ours)
     assert merged is not None, "Ray would refuse this runtime_env"
@@ -76,16 +102,6 @@ def test_staged_code_imports_as_the_portraitflow_namespace(tmp_path: Path) -> No
                             capture_output=True, text=True, check=True)
     for line in result.stdout.split():
         assert Path(line).is_relative_to(root), line
-
-
-def test_loopback_tracking_uri_becomes_reachable() -> None:
-    import ray.util
-
-    ip = ray.util.get_node_ip_address()
-    assert reachable_from_workers("http://127.0.0.1:5000") == f"http://{ip}:5000"
-    assert reachable_from_workers("http://localhost:5000/") == f"http://{ip}:5000/"
-    assert reachable_from_workers("http://mlflow.svc:5000") == "http://mlflow.svc:5000"
-    assert reachable_from_workers("sqlite:////data/mlflow.db") == "sqlite:////data/mlflow.db"
 
 
 def test_ray_up_config_is_valid_for_the_autoscaler() -> None:

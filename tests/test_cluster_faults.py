@@ -189,13 +189,17 @@ def test_ray_job_submit_with_working_dir(inputs, tmp_path: Path) -> None:
                           "--set", "curate.progress_bars=false"],
             "from-tree": ["--", "bash", "jobs/from_tree.sh", "curate", str(bad), "--out", str(tmp_path / "tree-out"),
                           "--set", "curate.progress_bars=false", "--set", "mlflow.enabled=false"],
+            # a relative --out would be Ray's temporary copy of the working dir: refused, exit 2
+            "relative-out": ["--", "portraitflow", "curate", str(bad), "--out", "out", "--set", "mlflow.enabled=false"],
         }
         for job_id, args in jobs.items():
             subprocess.run([*ray_cli, "submit", *address, "--no-wait", "--submission-id", job_id, "--working-dir",
                             str(tree), *args], env=env, check=True, capture_output=True, timeout=300)
             state = _wait_for_job(ray_cli + ["status", *address, job_id], env, timeout_s=600)
             logs = subprocess.run([*ray_cli, "logs", *address, job_id], env=env, capture_output=True, text=True).stdout
-            assert state == "succeeded", f"job {job_id} {state}:\n{logs[-4000:]}"
+            expected = "failed" if job_id == "relative-out" else "succeeded"
+            assert state == expected, f"job {job_id} {state}:\n{logs[-4000:]}"
+        assert "temporary copy of --working-dir" in " ".join(logs.replace("│", " ").split()), logs[-4000:]
 
     rows = {Path(r["path"]).name: r for r in read_rows(tmp_path / "installed" / "manifest.parquet")}
     assert rows[Path(inputs[0]).name]["status"] == "accepted"

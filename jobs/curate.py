@@ -346,6 +346,7 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
     """Curate `inputs` into `out`; returns the summary metrics (also logged to MLflow).
     NotEnoughResources when a local Ray cannot place one curation actor (it would wait forever)."""
     from portraitflow.jobs.runtime import init_ray, require_resource
+    from portraitflow.pipelines.curate import WORKER_MEMORY
 
     layout = Layout(out)
     try:  # first: a missing gallery folder is said as such, not as photos that changed
@@ -393,6 +394,8 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
             require_resource(cfg.ray, "CPU", needed, lambda cpus: (
                 f"a curation actor needs {needed} CPUs (curate.actor_cpus); Ray has {cpus:g}: lower "
                 "curate.actor_cpus or give Ray more CPUs (ray.num_cpus)"))
+            require_resource(cfg.ray, "memory", WORKER_MEMORY, lambda have: (
+                f"a curation actor declares {WORKER_MEMORY / 1024**3:g} GiB of memory; Ray has {have / 1024**3:.1f} GiB"))
         return _curate_pending(cfg, layout, rows, pending, in_shards)
 
 

@@ -39,12 +39,13 @@ def ray_address(cfg: RayConfig) -> str | None:
     return cfg.address or os.environ.get("RAY_ADDRESS") or None
 
 
-def local_cpus(cfg: RayConfig) -> float | None:
-    """The CPUs of the local Ray, or None on a cluster: there the CPUs present now (none on a
-    fresh autoscaling cluster) say nothing about those the autoscaler adds as work waits."""
+def local_resource(cfg: RayConfig, resource: str) -> float | None:
+    """How much of `resource` ("CPU", "memory" in bytes) the local Ray has, or None on a cluster:
+    there what is present now (nothing on a fresh autoscaling cluster) says nothing about what the
+    autoscaler adds as work waits."""
     import ray
 
-    return None if ray_address(cfg) else ray.cluster_resources().get("CPU", 0)
+    return None if ray_address(cfg) else ray.cluster_resources().get(resource, 0)
 
 
 class ServiceUnreachable(RuntimeError):

@@ -10,7 +10,7 @@ driving crops themselves, and the warp preview gets a head turned the right way.
 `extract_driving_motion` decodes the video once in bounded chunks and keeps only small per-frame
 arrays; `iter_driving_windows` decodes it again to cut the crops, window by window. Both decode
 in order with PyAV (decord holds on to frames it decoded, more the longer the video) at most
-DRIVING_CHUNK_BYTES of full-resolution frames at once, so memory depends on neither the video's
+FULL_RES_CHUNK_BYTES (decode.py) of full-resolution frames at once, so memory depends on neither the video's
 length nor, beyond that budget, its resolution.
 """
 from __future__ import annotations
@@ -26,8 +26,8 @@ from portraitflow.models.animators.base import DrivingWindow
 from portraitflow.models.face.align import crop_square, square_crop_box
 from portraitflow.models.face.base import Face, FaceAnalyzer
 from portraitflow.models.face.pose import profile_pose
-from portraitflow.operators.decode import (FrameChunk, VideoUnreadable, frames_per_chunk, iter_frame_chunks,
-                                           probe_video)
+from portraitflow.operators.decode import (FULL_RES_CHUNK_BYTES, FrameChunk, VideoUnreadable, frames_per_chunk,
+                                           iter_frame_chunks, probe_video)
 from portraitflow.operators.reference_portrait import NoFace, centred_head_pose, to_crop
 from portraitflow.operators.shots import ShotDetector
 from portraitflow.operators.tracking import Track, box_iou, fill_pose, fill_within_shots, track_faces
@@ -42,13 +42,6 @@ MIN_RELATIVE_SIDE = 0.5
 #: before smoothing are kept too; 6: a shot is at least half a second at the driver's own rate, as
 #: curation's at its rate, not 12 frames)
 EXTRACTION_VERSION = 6
-#: most bytes of full-resolution RGB frames the extraction or the window iteration decodes at once
-#: (`frames_per_chunk`): 32 frames (the extraction's chunk) of up to 1280x720 or 25 (a window) of up
-#: to 1440x1080 fit, of 1080p 21, of 4K 5. Decoded so, in order with PyAV (`iter_frame_chunks`'s
-#: `in_order`), the extraction peaked 0.09-0.33 GB above its process's start on drivers from 480x480
-#: to 4K and 2 to 32 s long, the windows 0.11-0.32 GB; 32 and 25 frames at a time with decord, a
-#: 2-s 4K driver peaked 3.0 and 3.1 GB, an 8-s one 7.2 and 5.8 GB, a 20-s 1080x1920 one 3.5 and 1.9.
-DRIVING_CHUNK_BYTES = 128 * 1024**2
 
 
 @dataclass
@@ -124,7 +117,7 @@ def extract_driving_motion(
     measured: dict[int, list[tuple[Face, np.ndarray]]] = {}
 
     shots = ShotDetector(fps)
-    chunk_size = frames_per_chunk(chunk_size, info.width, info.height, DRIVING_CHUNK_BYTES)
+    chunk_size = frames_per_chunk(chunk_size, info.width, info.height, FULL_RES_CHUNK_BYTES)
     for chunk in iter_frame_chunks(path, fps, chunk_size=chunk_size, in_order=True):
         shots.update(chunk.positions, chunk.frames)
         _detect_and_measure(chunk, analyzer, detections, measured)
@@ -192,10 +185,10 @@ def iter_driving_windows(path: str, motion: DrivingMotion, window: int = 25) -> 
     """The driving video as windows of `window` frames: crops cut with their shot's box, and the
     motion of those frames. `meta` carries each frame's shot.
 
-    Frames are decoded in chunks of at most DRIVING_CHUNK_BYTES (of a 4K driver 5 frames, not a
+    Frames are decoded in chunks of at most FULL_RES_CHUNK_BYTES (of a 4K driver 5 frames, not a
     window's 25) and each is cropped at once, so only crops are held until a window is full."""
     info = probe_video(path)
-    chunk_size = frames_per_chunk(window, info.width, info.height, DRIVING_CHUNK_BYTES)
+    chunk_size = frames_per_chunk(window, info.width, info.height, FULL_RES_CHUNK_BYTES)
     positions: list[int] = []
     crops: list[np.ndarray] = []
     for chunk in iter_frame_chunks(path, motion.fps, chunk_size=chunk_size, in_order=True):

@@ -1,7 +1,8 @@
 """Render one accepted clip into its WebDataset sample: 512 crop mp4, reference images, arrays.
 
 The crop box is fixed per clip (HunyuanPortrait's square box, zero-padded at borders) and the
-frames are decoded at source resolution in chunks, so memory stays bounded. Landmarks, keypoints
+frames are decoded at source resolution, in order with PyAV, at most FULL_RES_CHUNK_BYTES at a
+time, so memory depends on neither the clip's length nor, beyond that, the source's resolution. Landmarks, keypoints
 and poses in the sample are in the pixels of the crop (0..crop_size), aligned with the mp4.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from portraitflow.jobs.config.curate import CurateConfig
 from portraitflow.models.face.align import align_arcface, crop_square
-from portraitflow.operators.decode import frames_per_chunk, iter_frame_chunks
+from portraitflow.operators.decode import FULL_RES_CHUNK_BYTES, frames_per_chunk, iter_frame_chunks
 from portraitflow.operators.motion import WINDOW
 from portraitflow.operators.probe import error_text
 from portraitflow.operators.reference_portrait import to_crop
@@ -27,9 +28,6 @@ from portraitflow.operators.timing import StageTimer
 from portraitflow.operators.video_writer import audio_seconds, write_h264
 
 FORMAT_VERSION = 1
-#: most bytes of source-resolution RGB frames a render decodes at once (`frames_per_chunk`):
-#: `chunk_frames` (64) of 1080p fit, of a 4K source 16 (64 of them held 3.6 GB), of 8K 4
-RENDER_CHUNK_BYTES = 400 * 1024**2
 
 
 def _jpeg(rgb: np.ndarray) -> bytes:
@@ -51,7 +49,7 @@ def render_sample(
     def crops():
         chunks = iter_frame_chunks(path, cfg.fps, clip["start"] / cfg.fps, clip["end"] / cfg.fps,
                                    frames_per_chunk(cfg.chunk_frames, clip["width"], clip["height"],
-                                                    RENDER_CHUNK_BYTES))
+                                                    FULL_RES_CHUNK_BYTES), in_order=True)
         for chunk in timer.iterate("render_decode", chunks):
             with timer.time("crop"):
                 out = np.stack([crop_square(frame, crop_box, size) for frame in chunk.frames])

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from portraitflow.jobs.config import PortraitFlowConfig
-from portraitflow.jobs.runtime import local_cpus
+from portraitflow.jobs.runtime import local_resource
 from portraitflow.operators.curate_input import CurateInputStage
 from portraitflow.operators.inputs import input_bytes
 from portraitflow.operators.quarantine import MAX_ATTEMPTS
@@ -22,6 +22,14 @@ from portraitflow.operators.quarantine import MAX_ATTEMPTS
 if TYPE_CHECKING:
     import ray.data
     from ray.data import ActorPoolStrategy
+
+#: what a curation worker declares to Ray, so a node never runs more of them than its memory holds:
+#: the face models, an input's scan (its per-frame arrays grow with its length) and one clip's
+#: render (source frames decoded in order, at most FULL_RES_CHUNK_BYTES at once). Peak RSS of one
+#: process scanning and rendering an input: 0.65 GiB for a 65-s 256-px one, 0.79 for a 30-s 4K one,
+#: 0.94 for a 50-s 1080p one (the scan 0.5 GiB above the models there). Decoded with decord, which
+#: holds on to frames, rendering one 10-s clip of the 4K input took 15 GiB.
+WORKER_MEMORY = 2 * 1024**3
 
 def _configured(ds: ray.data.Dataset, cfg: PortraitFlowConfig) -> ray.data.Dataset:
     """`ds` with curation's execution settings, on its own context (the process's stays as it was)."""
@@ -33,18 +41,20 @@ def _configured(ds: ray.data.Dataset, cfg: PortraitFlowConfig) -> ray.data.Datas
 
 
 def _actor_pool(cfg: PortraitFlowConfig, inputs: int) -> ActorPoolStrategy:
-    """A fixed pool on a local Ray (one actor per `actor_cpus` CPUs, at most one per input;
-    `run_curation` refuses a Ray without the CPUs for one); on a cluster, unless `face_actors`
+    """A fixed pool on a local Ray (one actor per `actor_cpus` CPUs, as many as its memory holds
+    (WORKER_MEMORY each), at most one per input; `run_curation` refuses a Ray without the CPUs
+    and memory for one: the pool would wait forever for actors that cannot start); on a cluster, unless `face_actors`
     fixes it, a pool that grows from one actor as the autoscaler adds nodes (the CPUs present at
     the start, none on a fresh cluster, would fix it at one). Each actor has its next input queued,
     so it never waits for the driver between inputs (a crash costs the queued input nothing: only
     starts count)."""
     from ray.data import ActorPoolStrategy
 
-    cpus = local_cpus(cfg.ray)
+    cpus, memory = local_resource(cfg.ray, "CPU"), local_resource(cfg.ray, "memory")
     if cpus is None and not cfg.curate.face_actors:
         return ActorPoolStrategy(min_size=1, max_size=inputs, max_tasks_in_flight_per_actor=2)
-    actors = min(cfg.curate.face_actors or int(cpus) // cfg.curate.actor_cpus, inputs)
+    fit = None if cpus is None else min(int(cpus) // cfg.curate.actor_cpus, int(memory // WORKER_MEMORY))
+    actors = max(1, min(cfg.curate.face_actors or fit, inputs))
     return ActorPoolStrategy(min_size=actors, max_size=actors, max_tasks_in_flight_per_actor=2)
 
 
@@ -65,6 +75,7 @@ def curate_inputs(rows: list[dict[str, Any]], cfg: PortraitFlowConfig, scan_dir:
                                "max_attempts": MAX_ATTEMPTS},
         batch_size=1,
         num_cpus=cfg.curate.actor_cpus,
+        memory=WORKER_MEMORY,
         # The probe runs inside the actor, since a separate probe task would find every CPU held by the actors.
         compute=_actor_pool(cfg, len(rows)),
     )
@@ -84,7 +95,7 @@ def render_decided(rows: list[dict[str, Any]], cfg: PortraitFlowConfig, scan_dir
         return []
     ds = _configured(ray.data.from_items(sorted(rows, key=lambda r: -input_bytes(r["uri"])),
                                          override_num_blocks=len(rows)), cfg)
-    ds = ds.map(render_decided_clips, num_cpus=cfg.curate.actor_cpus,
+    ds = ds.map(render_decided_clips, num_cpus=cfg.curate.actor_cpus, memory=WORKER_MEMORY,
                 fn_kwargs={"config": cfg.model_dump(mode="json"), "scan_dir": str(scan_dir),
                            "staging_dir": str(staging_dir), "attempts_dir": str(attempts_dir),
                            "max_attempts": MAX_ATTEMPTS})

@@ -20,7 +20,7 @@ from portraitflow.operators.generation_results import failed_row
 from portraitflow.operators.quarantine import MAX_ATTEMPTS
 
 #: a preparation task: the Ray worker with the face models, one portrait, and the driver's
-#: extraction, which decodes at most DRIVING_CHUNK_BYTES (128 MiB) of full-resolution frames at
+#: extraction, which decodes at most FULL_RES_CHUNK_BYTES (128 MiB) of full-resolution frames at
 #: once, in order with PyAV (operators/driving_motion.py), so its peak hardly depends on the
 #: driver's size or length. Ray's peaks (USS) of the task: 331 MiB on a 512x512 driver, 462 on a
 #: 2-s 1080p one, 477 on a 20-s 1080x1920 one, 514-560 on 4K ones of 2 and 32 s (558 with a 16-MP
@@ -29,7 +29,7 @@ from portraitflow.operators.quarantine import MAX_ATTEMPTS
 #: into the animation actors (different resources).
 PREP_MEMORY = 1024 * 1024**2
 #: an animation actor's memory besides the output frames it holds (interpreter, animator, encoder,
-#: the driver decoded DRIVING_CHUNK_BYTES at a time and cut into windows of crops), and the windows
+#: the driver decoded FULL_RES_CHUNK_BYTES at a time and cut into windows of crops), and the windows
 #: of output frames it holds at once (`animation_memory`). Ray's peaks (USS) crop-only: 272 MiB on
 #: a 512x512 driver, 381 on 1080p, 475 on 4K, 490 on a 20-s 1080x1920 one, 514 for 7 jobs of all
 #: these sizes in one actor, 595 on 8K (a 2-s 4K driver took 3.1 GiB before the budget); pasted

@@ -144,16 +144,19 @@ def test_an_identity_switch_similarity_of_zero_is_taken_not_replaced_by_the_back
     assert corpus_ledger(load_config(None, []).curate, 0.5).same_person == 0.5
 
 
-@pytest.mark.parametrize(("cpus", "face_actors", "sizes"), [
-    (8.0, None, (4, 4)),  # local: one actor per actor_cpus (2) CPUs
-    (None, None, (1, 30)),  # a cluster: grows from one as nodes come
-    (None, 3, (3, 3)),  # fixed where asked
+@pytest.mark.parametrize(("cpus", "memory_gib", "face_actors", "sizes"), [
+    (8.0, 64, None, (4, 4)),  # local: one actor per actor_cpus (2) CPUs
+    (8.0, 5, None, (2, 2)),  # as many as the local memory holds: more would never start, and the pool waits for them
+    (None, None, None, (1, 30)),  # a cluster: grows from one as nodes come
+    (None, None, 3, (3, 3)),  # fixed where asked
 ])
 def test_the_curation_actor_pool_grows_on_a_cluster_and_fits_a_local_ray(
-        monkeypatch: pytest.MonkeyPatch, cpus: float | None, face_actors: int | None, sizes: tuple[int, int]) -> None:
+        monkeypatch: pytest.MonkeyPatch, cpus: float | None, memory_gib: int | None, face_actors: int | None,
+        sizes: tuple[int, int]) -> None:
     from portraitflow.pipelines import curate
 
-    monkeypatch.setattr(curate, "local_cpus", lambda _ray: cpus)
+    have = {"CPU": cpus, "memory": memory_gib and memory_gib * 1024**3}
+    monkeypatch.setattr(curate, "local_resource", lambda _ray, resource: have[resource])
     overrides = ["curate.actor_cpus=2"] + ([f"curate.face_actors={face_actors}"] if face_actors else [])
     pool = curate._actor_pool(load_config(None, overrides), inputs=30)
     assert (pool.min_size, pool.max_size) == sizes

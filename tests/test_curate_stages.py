@@ -604,13 +604,48 @@ def test_a_file_named_like_a_pattern_is_that_file_and_keys_do_not_depend_on_the_
 
 def test_a_render_decodes_fewer_frames_at_once_of_a_large_source() -> None:
     """A 4K source rendered 64 full frames at a time: 3.6 GB for one chunk."""
-    from portraitflow.operators.decode import frames_per_chunk
-    from portraitflow.operators.render import RENDER_CHUNK_BYTES
+    from portraitflow.operators.decode import FULL_RES_CHUNK_BYTES, frames_per_chunk
 
-    assert frames_per_chunk(64, 1920, 1080, RENDER_CHUNK_BYTES) == 64
-    assert frames_per_chunk(64, 3840, 2160, RENDER_CHUNK_BYTES) == 16
-    assert frames_per_chunk(64, 7680, 4320, RENDER_CHUNK_BYTES) == 4
-    assert frames_per_chunk(64, 30000, 20000, RENDER_CHUNK_BYTES) == 1
+    assert frames_per_chunk(64, 1920, 1080, FULL_RES_CHUNK_BYTES) == 21
+    assert frames_per_chunk(64, 3840, 2160, FULL_RES_CHUNK_BYTES) == 5
+    assert frames_per_chunk(64, 7680, 4320, FULL_RES_CHUNK_BYTES) == 1
+    assert frames_per_chunk(64, 640, 360, FULL_RES_CHUNK_BYTES) == 64
+
+
+def test_a_render_reads_in_order_the_frames_decord_would(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """decord holds on to the frames it decodes: rendering one 10-s clip of a 4K source took 15 GB.
+    The render reads in order with PyAV, never decord, and gets decord's pixels, so samples of a
+    corpus curated before are unchanged."""
+    from portraitflow.models.face.align import ARCFACE_TEMPLATE
+    from portraitflow.operators import decode
+    from portraitflow.operators.render import render_sample
+    from portraitflow.operators.timing import StageTimer
+    from portraitflow.operators.video_writer import write_h264
+
+    rng = np.random.default_rng(0)
+    frames = [np.clip(rng.normal(128, 40, (240, 320, 3)) + i, 0, 255).astype(np.uint8) for i in range(75)]
+    source = tmp_path / "source.mp4"
+    write_h264(source, [np.stack(frames)], 25.0, keyframe_interval=10)
+    by_decord = np.concatenate([c.frames for c in decode.iter_frame_chunks(str(source), 25.0, 1.0, 2.0, 8)])
+    in_order = np.concatenate([c.frames for c in decode.iter_frame_chunks(str(source), 25.0, 1.0, 2.0, 8,
+                                                                          in_order=True)])
+    assert by_decord.shape == (25, 240, 320, 3) and np.array_equal(by_decord, in_order)
+
+    def no_decord(*_, **__):
+        raise AssertionError("the render decoded with decord")
+
+    monkeypatch.setattr(decode, "_decord_frames", no_decord)
+    count = 25
+    arrays = {"crop_box": np.array([40.0, 0.0, 280.0, 240.0]), "ref_index": np.array(3),
+              "kps": np.tile(ARCFACE_TEMPLATE + 100.0, (count, 1, 1)), "landmarks": np.full((count, 68, 2), 120.0),
+              "boxes": np.tile([80.0, 40.0, 240.0, 200.0], (count, 1)), "pose": np.zeros((count, 3)),
+              "embedding": np.ones(8), "motion": np.zeros((count, 3)), "signature": np.zeros(16),
+              "thumbnails": np.zeros((2, 8, 8, 3))}
+    clip = {"start": 25, "end": 50, "key": "k", "uri": str(source), "src_fps": 25.0, "width": 320, "height": 240,
+            "measures": {}}
+    cfg = CurateConfig(crop_size=64, keep_audio=False)
+    fields = render_sample(str(source), clip, arrays, cfg, "test", StageTimer())
+    assert json.loads(fields["json"])["num_frames"] == count and fields["ref.jpg"][:2] == b"\xff\xd8"
 
 
 def test_of_two_copies_of_one_footage_the_larger_sharper_face_is_decided_first() -> None:

@@ -186,7 +186,7 @@ def test_driving_windows_cut_from_chunks_under_the_byte_budget_are_the_windows_d
         frames = chunk.positions[chunk.positions < motion.num_frames]
         before.append((frames, np.stack([crop_square(rgb, motion.boxes[motion.shot[i]], motion.size)
                                          for i, rgb in zip(frames, chunk.frames)])))
-    monkeypatch.setattr(driving_motion, "DRIVING_CHUNK_BYTES", 2 * 160 * 128 * 3)  # two frames of the clip
+    monkeypatch.setattr(driving_motion, "FULL_RES_CHUNK_BYTES", 2 * 160 * 128 * 3)  # two frames of the clip
     calls = _spy_chunks(monkeypatch)
     windows = list(driving_motion.iter_driving_windows(path, motion, window=5))
     assert calls == [(2, True)]
@@ -211,7 +211,7 @@ def test_motion_extracted_from_chunks_under_the_byte_budget_is_the_same(tmp_path
     path = str(synthetic_video(tmp_path / "shapes.mp4", frames=23, size=(160, 128)))
     calls = _spy_chunks(monkeypatch)
     whole = driving_motion.extract_driving_motion(path, _TurningDriver(turn=8), size=64, fps=25.0)
-    monkeypatch.setattr(driving_motion, "DRIVING_CHUNK_BYTES", 3 * 160 * 128 * 3)
+    monkeypatch.setattr(driving_motion, "FULL_RES_CHUNK_BYTES", 3 * 160 * 128 * 3)
     chunked = driving_motion.extract_driving_motion(path, _TurningDriver(turn=8), size=64, fps=25.0)
     assert calls == [(32, True), (3, True)]
     assert chunked.to_bytes() == whole.to_bytes()

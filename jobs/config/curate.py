@@ -17,8 +17,8 @@ class CurateConfig(BaseModel):
     )
     chunk_frames: int = Field(
         64, ge=1, json_schema_extra=OPERATIONAL, description="Frames decoded at once; memory depends on this, not on video length. Results do "
-        "not, so it may change when resuming an output folder. Renders of sources above 1080p take fewer, "
-        "at most 400 MB of full-resolution frames (16 of 4K)."
+        "not, so it may change when resuming an output folder. Renders decode full-resolution frames in "
+        "order, at most 128 MiB of them at once (21 of 1080p, 5 of 4K)."
     )
     analysis_max_side: int = Field(
         640, ge=0,

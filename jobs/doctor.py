@@ -34,14 +34,18 @@ def _check(label: str, probe: Callable[[], str]) -> bool:
     return True
 
 
-def _gpu() -> str:
+def _gpu(required: bool) -> str:
     import torch
 
     if torch.cuda.is_available():
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         return ", ".join(names)
     smi = shutil.which("nvidia-smi")
-    return "no CUDA device visible to torch" + (f" (nvidia-smi at {smi})" if smi else "")
+    build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a build without CUDA")
+    problem = f"no CUDA device visible to torch ({build})" + (f"; nvidia-smi at {smi}" if smi else "")
+    if required:
+        raise RuntimeError(problem)
+    return problem
 
 
 def doctor(
@@ -50,6 +54,7 @@ def doctor(
     ray_address: RayAddressOption = None,
     mlflow_uri: MlflowUriOption = None,
     check_ray: bool = typer.Option(True, help="Start or join Ray to prove it works."),
+    require_gpu: bool = typer.Option(False, help="Exit 1 without a CUDA GPU torch can use (a GPU node's check)."),
 ) -> None:
     """Report versions, face backends and models, Ray, MLflow and GPUs. Exit 1 if the default path is broken."""
     cfg = resolve_config(config, set_, ray_address, mlflow_uri)
@@ -80,7 +85,7 @@ def doctor(
     if check_ray:
         healthy &= _check("ray", lambda: _ray(cfg))
     healthy &= _check("mlflow", lambda: _mlflow(cfg))
-    _check("gpu", _gpu)
+    healthy &= _check("gpu", lambda: _gpu(require_gpu)) or not require_gpu
     raise typer.Exit(0 if healthy else 1)
 
 

@@ -247,6 +247,14 @@ def test_doctor_fails_where_the_flows_refuse_the_face_models(tmp_path: Path, mon
     assert "[missing] face.backend=opencv: no 68-point predictor" in result.output
 
 
+def test_doctor_can_require_a_gpu(tmp_path: Path) -> None:
+    """A GPU node whose image has a CPU torch passed its setup check; its hunyuan jobs failed one by one."""
+    args = ["doctor", "--no-check-ray", "--mlflow-uri", f"sqlite:///{tmp_path / 'm.db'}"]
+    assert CliRunner().invoke(app, args, env=WIDE).exit_code == 0  # this machine has no GPU: reported, not required
+    result = CliRunner().invoke(app, [*args, "--require-gpu"], env=WIDE)
+    assert result.exit_code == 1 and "[missing] gpu: no CUDA device visible to torch" in result.output, result.output
+
+
 def test_samples_refuses_an_out_that_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("not a folder")
     for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):

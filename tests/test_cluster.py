@@ -118,6 +118,7 @@ def test_ray_up_config_is_valid_for_the_autoscaler() -> None:
     assert types["gpu_worker"]["docker"]["worker_image"].endswith("-gpu")
     assert config["docker"]["image"].endswith("-cpu")
     assert any("portraitflow doctor" in c for c in config["setup_commands"])
+    assert any("--require-gpu" in c for c in types["gpu_worker"]["worker_setup_commands"])
 
 
 def test_rayjob_manifest_runs_curate_on_the_project_image() -> None:

@@ -315,14 +315,14 @@ def test_a_hunyuan_actor_declares_its_checkpoints(tmp_path: Path) -> None:
 
     for name in HYPORTRAIT_MODULES:
         (tmp_path / "hyportrait").mkdir(exist_ok=True)
-        (tmp_path / "hyportrait" / f"{name}.safetensors").write_bytes(b"x" * 1000)
+        (tmp_path / "hyportrait" / f"{name}.safetensors").write_bytes(b"x" * (3000 if name == "unet" else 1000))
     (tmp_path / "vae").mkdir()
     (tmp_path / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"x" * 500)
     (tmp_path / "unused.bin").write_bytes(b"x" * 10**6)  # not a file the model loads
-    checkpoints = 1000 * len(HYPORTRAIT_MODULES) + 500
+    checkpoints = 3000 + 1000 * (len(HYPORTRAIT_MODULES) - 1) + 500
     cfg = load_config(None, [f"animate.weights={tmp_path}"]).animate
     warp = animation_memory("warp", cfg, 0)
-    assert animation_memory("hunyuan", cfg, 0) == warp + checkpoints  # passing through on their way to a GPU
+    assert animation_memory("hunyuan", cfg, 0) == warp + 3000  # one at a time on its way to a GPU: the largest
     assert animation_memory("hunyuan", cfg.model_copy(update={"gpus": 0}), 0) == warp + 2 * checkpoints  # float32
     assert animation_memory("hunyuan", cfg.model_copy(update={"weights": "tiny"}), 0) == warp
 

@@ -76,15 +76,17 @@ def check_backend(backend: str, cfg: AnimateConfig) -> None:
 
 def model_host_bytes(backend: str, cfg: AnimateConfig) -> int:
     """Host memory an actor of `backend` holds for its model, for Ray's memory declaration: hunyuan's
-    checkpoints pass through host memory as they load onto a GPU, and on CPU (`gpus` 0) stay there
-    as float32, up to twice a 16-bit file; 0 for the other backends and for `tiny` weights."""
+    checkpoints pass through host memory one at a time as they load onto a GPU (the largest, the
+    UNet's, counts), and on CPU (`gpus` 0) all stay there as float32, up to twice a 16-bit file; 0
+    for the other backends and for `tiny` weights."""
     from portraitflow.models.hunyuan.animator import TINY_WEIGHTS
 
     if backend != "hunyuan" or not cfg.weights or cfg.weights == TINY_WEIGHTS:
         return 0
-    from portraitflow.models.hunyuan.weights import weights_bytes
+    from portraitflow.models.hunyuan.weights import checkpoint_sizes
 
-    return weights_bytes(cfg.weights) * (1 if cfg.gpus else 2)
+    sizes = checkpoint_sizes(cfg.weights)
+    return max(sizes, default=0) if cfg.gpus else 2 * sum(sizes)
 
 
 def create_animator(backend: str, cfg: AnimateConfig) -> Animator:

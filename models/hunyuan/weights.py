@@ -132,19 +132,23 @@ def _builders(size: ModelSize, unet_config: dict, vae_config: dict) -> dict[str,
     }
 
 
-def _assemble(modules: dict[str, nn.Module], size: ModelSize, device: torch.device | str, dtype: torch.dtype,
-              scheduler_config: dict | None, arcface: Path | None, source: str) -> HunyuanModels:
-    """fp32 for the VAE encoder and the motion nets (as the release), `dtype` for the rest."""
-    for name, module in modules.items():
-        module.eval().requires_grad_(False)
-        # nn.Module.to: diffusers' override warns about fp32 modules these models do not have
-        nn.Module.to(module, device=device,
-                     dtype=torch.float32 if name in ("expression", "headpose", "motion_proj") else dtype)
-    vae = modules["vae"]
-    vae.encoder.float()
-    vae.quant_conv.float()
-    pipeline = HunyuanPipeline(modules["unet"], vae, modules["pose_guider"], modules["dino"], modules["image_proj"],
-                               scheduler_config=scheduler_config)
+def _placed(name: str, module: nn.Module, device: torch.device | str, dtype: torch.dtype) -> nn.Module:
+    """`module` frozen on `device`: fp32 for the VAE encoder and the motion nets (as the release),
+    `dtype` for the rest. Each module is placed as soon as it is loaded, so host memory holds one
+    checkpoint at a time on its way to a GPU, not all of them."""
+    module.eval().requires_grad_(False)
+    # nn.Module.to: diffusers' override warns about fp32 modules these models do not have
+    nn.Module.to(module, device=device, dtype=torch.float32 if name in ("expression", "headpose", "motion_proj") else dtype)
+    if name == "vae":
+        module.encoder.float()
+        module.quant_conv.float()
+    return module
+
+
+def _assemble(modules: dict[str, nn.Module], size: ModelSize, scheduler_config: dict | None, arcface: Path | None,
+              source: str) -> HunyuanModels:
+    pipeline = HunyuanPipeline(modules["unet"], modules["vae"], modules["pose_guider"], modules["dino"],
+                               modules["image_proj"], scheduler_config=scheduler_config)
     return HunyuanModels(pipeline, modules["expression"], modules["headpose"], modules["motion_proj"],
                          size.resolution, size.motion_resolution, arcface=arcface, source=source)
 
@@ -155,8 +159,8 @@ def random_models(size: str = "tiny", device: torch.device | str = "cpu", dtype:
     spec = SIZES[size]
     torch.manual_seed(seed)
     with torch.device(device):
-        modules = {name: build() for name, build in _builders(spec, spec.unet, spec.vae).items()}
-    return _assemble(modules, spec, device, dtype, None, None, f"random:{size}:{seed}")
+        modules = {name: _placed(name, build(), device, dtype) for name, build in _builders(spec, spec.unet, spec.vae).items()}
+    return _assemble(modules, spec, None, None, f"random:{size}:{seed}")
 
 
 def _module_file(weights_dir: Path, name: str) -> Path | None:
@@ -181,12 +185,12 @@ def missing_files(weights_dir: Path) -> list[str]:
     return missing
 
 
-def weights_bytes(weights_dir: str | Path) -> int:
-    """Bytes of the checkpoints `load_models` reads into host memory before the modules move to
-    their device: what a GPU actor holds at least while it loads."""
+def checkpoint_sizes(weights_dir: str | Path) -> list[int]:
+    """Bytes of each checkpoint `load_models` reads into host memory, one at a time, before its
+    module moves to its device."""
     weights_dir = Path(weights_dir).expanduser()
     files = [_module_file(weights_dir, name) for name in HYPORTRAIT_MODULES] + [_vae_file(weights_dir)]
-    return sum(path.stat().st_size for path in filter(None, files))
+    return [path.stat().st_size for path in filter(None, files)]
 
 
 def unreadable_files(weights_dir: Path) -> list[str]:
@@ -311,10 +315,9 @@ def load_models(weights_dir: str | Path, device: torch.device | str = "cpu", dty
             module = build()
         path = _vae_file(root) if name == "vae" else _module_file(root, name)
         _load_strict(module, path, name)
-        modules[name] = module
+        modules[name] = _placed(name, module, device, dtype)
     arcface = root / ARCFACE
-    return _assemble(modules, spec, device, dtype, scheduler_config, arcface if arcface.is_file() else None,
-                     str(root))
+    return _assemble(modules, spec, scheduler_config, arcface if arcface.is_file() else None, str(root))
 
 
 def _atomic_copy(source: Path, target: Path) -> None:

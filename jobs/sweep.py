@@ -379,8 +379,8 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
         run_id = children.start(experiment_id, label, tags, [r.info.run_id for r in attempts
                                                              if r.info.status in ("FAILED", "KILLED")])
         try:
-            log_values(client, run_id, params={**params, **evaluate.model_dump(), "face_backend": cfg.face.backend,
-                                               **_settings_params(params, cfg)})
+            log_values(client, run_id, params={**params, **_settings_params(params, cfg),
+                                               **{f"evaluate.{k}": v for k, v in evaluate.model_dump().items()}})
             if refused is not None:
                 raise refused
             if scored_before is not None:  # its metrics; the tables and videos stay in that run (the report reads them there)

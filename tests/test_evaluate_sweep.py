@@ -80,7 +80,8 @@ def test_sweep_records_a_parent_with_one_nested_run_per_config(sweep_run) -> Non
             assert child.data.tags["mlflow.source.git.commit"] == checkout_commit
             assert child.data.tags["portraitflow.git_dirty"] in ("true", "false")
         # the settings that made the videos, beyond the sweep params
-        assert {"animate.size", "face.backend"} <= set(child.data.params)
+        assert {"animate.size", "face.backend", "evaluate.protocol", "evaluate.rank_by"} <= set(child.data.params)
+        assert "protocol" not in child.data.params  # each setting under its section, as `-s` names it
     assert "animate.paste_back" in children["still"].data.params
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "report/index.html" in report and "report/runs" not in report  # child videos are not stored twice

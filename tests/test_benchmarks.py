@@ -1,4 +1,4 @@
-"""The HunyuanPortrait benchmarks stay runnable on a CPU (`--tiny`), and ours still equals the baseline."""
+"""The benchmarks stay runnable on a CPU (HunyuanPortrait's with `--tiny`), and each still compares like with like."""
 from __future__ import annotations
 
 import subprocess
@@ -32,3 +32,12 @@ def test_unet_benchmark_variants_agree() -> None:
     assert rows.keys() == {"eager-all-rows", "eager", "channels-last"}
     assert float(rows["eager"].rsplit("|", 1)[1]) < 1e-6
     assert float(rows["channels-last"].rsplit("|", 1)[1]) < 1e-4
+
+
+def test_full_res_decode_benchmark_compares_equal_frames(media_dir: Path) -> None:
+    """It refuses to report when the two readers decode different frames (exit non-zero)."""
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "full_res_decode.py"), "--video",
+                             str(media_dir / "vexpress_RD_Radio10_0_clip_0.mp4"), "--seconds", "1"],
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "30 frames" in result.stdout and '"decord_over_in_order"' in result.stdout, result.stdout

@@ -29,8 +29,9 @@ def main() -> None:
     """The console script: `app`, with a cluster that refuses this driver past the checks each verb
     makes first (token authentication, say), or a deleted MLflow experiment, said in one line (exit
     2), as those checks say theirs."""
-    from portraitflow.jobs.runtime import ExperimentDeleted, ServiceUnreachable, Terminated
+    from portraitflow.jobs.runtime import ExperimentDeleted, ServiceUnreachable, Terminated, stop_on_sigterm
 
+    stop_on_sigterm()  # also for a verb that never starts Ray (a finished folder, `report`)
     try:
         app()
     except (ServiceUnreachable, ExperimentDeleted) as exc:

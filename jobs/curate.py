@@ -395,7 +395,8 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
                 f"a curation actor needs {needed} CPUs (curate.actor_cpus); Ray has {cpus:g}: lower "
                 "curate.actor_cpus or give Ray more CPUs (ray.num_cpus)"))
             require_resource(cfg.ray, "memory", WORKER_MEMORY, lambda have: (
-                f"a curation actor declares {WORKER_MEMORY / 1024**3:g} GiB of memory; Ray has {have / 1024**3:.1f} GiB"))
+                f"a curation actor declares {WORKER_MEMORY / 1024**3:g} GiB of memory; Ray has {have / 1024**3:.1f} GiB: "
+                "free memory, or give Ray a smaller object store (ray.object_store_memory_mb)"))
         return _curate_pending(cfg, layout, rows, pending, in_shards)
 
 

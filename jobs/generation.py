@@ -93,4 +93,6 @@ def _check_resources(backend: str, cfg: PortraitFlowConfig, pasted_side: int) ->
     require_resource(cfg.ray, "memory", memory, lambda have: (
         f"an animation actor and the preparation task feeding it declare {memory / 1024**3:.1f} GiB (the actor "
         f"holds about 5 windows of output frames, animate.window={cfg.animate.window}{pasted}{weights}); "
-        f"Ray has {have / 1024**3:.1f} GiB: lower animate.window or animate.max_output_side"))
+        f"Ray has {have / 1024**3:.1f} GiB: " + ("give Ray more memory (the weights alone need that much), or "
+                                                 "lower animate.window" if model else
+                                                 "lower animate.window or animate.max_output_side")))

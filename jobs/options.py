@@ -91,7 +91,7 @@ def check_out_folder(out: Path) -> None:
 
     if in_submitted_working_dir(out):
         raise typer.BadParameter(
-            f"{out} is inside this job's working directory ({Path.cwd()}), Ray's temporary copy of --working-dir: "
+            f"{out} is inside Ray's temporary copy of --working-dir ({out.resolve()}): "
             "give a path on storage every node sees, such as the shared mount (docs/cluster.md)", param_hint="--out")
     for path in (out, *out.parents):
         if path.exists():

@@ -60,7 +60,15 @@ class Terminated(BaseException):
 
 
 def _terminated(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup the first started
     raise Terminated()
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM raises `Terminated` in the main thread (elsewhere signals cannot be handled). The CLI
+    takes it first; `init_ray` again after `ray.init`, which installs Ray's own handler."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
 
 
 class ExperimentDeleted(RuntimeError):
@@ -150,9 +158,8 @@ def init_ray(cfg: RayConfig) -> None:
         return
     try:
         _init_ray(cfg)
-    finally:  # after ray.init, which installs its own SIGTERM handler; only the main thread may
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, _terminated)
+    finally:
+        stop_on_sigterm()
 
 
 def _init_ray(cfg: RayConfig) -> None:
@@ -263,9 +270,12 @@ def _warn_if_store_is_temporary(uri: str) -> None:
 
 
 def in_submitted_working_dir(path: Path) -> bool:
-    """Whether `path` lies in the unpacked working directory of the `ray job submit` that started
-    this driver (its working directory then), which Ray may delete and other nodes do not see."""
-    return bool(submitted_job_runtime_env().get("working_dir")) and path.resolve().is_relative_to(Path.cwd())
+    """Whether `path` lies where Ray unpacks a submitted job's working directory (the driver starts
+    there; its entrypoint may `cd` elsewhere), which Ray may delete and other nodes do not see."""
+    if not submitted_job_runtime_env().get("working_dir"):
+        return False
+    parts = path.resolve().parts
+    return any(parts[i:i + 2] == ("runtime_resources", "working_dir_files") for i in range(len(parts) - 1))
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:

@@ -36,7 +36,7 @@ from portraitflow.jobs.config import PortraitFlowConfig, validation_problems
 from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.jobs.generation import run_generation
 from portraitflow.jobs.runtime import (
-    FOLDER_TAG, end_abandoned_runs, ensure_experiment, folder_tag, init_ray, log_values, mlflow_client,
+    FOLDER_TAG, Terminated, end_abandoned_runs, ensure_experiment, folder_tag, init_ray, log_values, mlflow_client,
     mlflow_tracking_uri, require_resource, search_all_runs,
 )
 from portraitflow.operators import metrics, metrics_learned, report, sweep_spec
@@ -429,6 +429,9 @@ def evaluate_results(jobs: pd.DataFrame, cfg: PortraitFlowConfig, out_dir: str |
                            reason=jobs["reason"] if "reason" in jobs else "")  # a plain table of outputs has neither
         score_and_log(client, run_id, jobs, name, out_dir, cfg.evaluate, cfg)
         client.set_terminated(run_id, "FINISHED")
+    except (KeyboardInterrupt, Terminated):  # Ctrl-C or SIGTERM: stopped, not failed
+        client.set_terminated(run_id, "KILLED")
+        raise
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise

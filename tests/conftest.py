@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PORTRAITFLOW_SHARED", REPO.parent / "shared"))
+
+
+@pytest.fixture(autouse=True)
+def _sigterm_kept() -> Iterator[None]:
+    """The CLI and `init_ray` take SIGTERM over (`Terminated`); the test session keeps its own."""
+    previous = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, previous)
 
 
 def _shared(sub: str) -> Path:

@@ -247,8 +247,11 @@ def test_doctor_fails_where_the_flows_refuse_the_face_models(tmp_path: Path, mon
     assert "[missing] face.backend=opencv: no 68-point predictor" in result.output
 
 
-def test_doctor_can_require_a_gpu(tmp_path: Path) -> None:
+def test_doctor_can_require_a_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A GPU node whose image has a CPU torch passed its setup check; its hunyuan jobs failed one by one."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a node without one
     args = ["doctor", "--no-check-ray", "--mlflow-uri", f"sqlite:///{tmp_path / 'm.db'}"]
     assert CliRunner().invoke(app, args, env=WIDE).exit_code == 0  # this machine has no GPU: reported, not required
     result = CliRunner().invoke(app, [*args, "--require-gpu"], env=WIDE)

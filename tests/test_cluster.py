@@ -39,17 +39,23 @@ def test_a_submitted_job_refuses_an_out_in_its_temporary_working_dir(monkeypatch
     from portraitflow.jobs.config.runtime import MLflowConfig
     from portraitflow.jobs.options import check_out_folder
 
-    monkeypatch.chdir(tmp_path)
+    unpacked = tmp_path / "session_1" / "runtime_resources" / "working_dir_files" / "_ray_pkg_x"
+    unpacked.mkdir(parents=True)
+    monkeypatch.chdir(unpacked)  # where Ray starts a submitted driver
     monkeypatch.setenv(runtime.JOB_CONFIG_ENV_VAR, json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg_x.zip"}}))
-    with pytest.raises(typer.BadParameter, match="Ray's temporary copy of --working-dir"):
-        check_out_folder(Path("out"))
-    check_out_folder(tmp_path.parent / "elsewhere")  # storage outside the copy
+    for out in ("out", "../out"):
+        with pytest.raises(typer.BadParameter, match="Ray's temporary copy of --working-dir"):
+            check_out_folder(Path(out))
+    check_out_folder(tmp_path / "elsewhere")  # storage outside the copy
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     runtime.mlflow_client(MLflowConfig())
     assert "inside this submitted job's working directory" in caplog.text
     caplog.clear()
-    runtime.mlflow_client(MLflowConfig(tracking_uri=f"sqlite:///{tmp_path.parent / 'kept.db'}"))
+    runtime.mlflow_client(MLflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'kept.db'}"))
     assert "working directory" not in caplog.text
+    monkeypatch.chdir(tmp_path)  # an entrypoint that went elsewhere first (`bash -c "cd /mnt/efs && ..."`)
+    check_out_folder(Path("out"))
+    monkeypatch.chdir(unpacked)
     monkeypatch.delenv(runtime.JOB_CONFIG_ENV_VAR)  # not submitted: a relative --out is the user's own folder
     check_out_folder(Path("out"))
 
@@ -57,19 +63,13 @@ def test_a_submitted_job_refuses_an_out_in_its_temporary_working_dir(monkeypatch
 def test_no_address_starts_a_local_ray_even_beside_a_ray_start_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ray joins a cluster `ray start` left on this machine when given no address, where num_cpus is
     refused (ValueError) and the work would land on that cluster; no address means a local Ray."""
-    import signal
-
     import ray
 
     calls = []
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        runtime.init_ray(RayConfig(num_cpus=2))
-    finally:  # init_ray takes SIGTERM over (`Terminated`); the test session keeps its own
-        signal.signal(signal.SIGTERM, previous)
+    runtime.init_ray(RayConfig(num_cpus=2))
     assert calls[0]["address"] == "local" and calls[0]["num_cpus"] == 2
 
 

@@ -59,6 +59,23 @@ def test_a_run_killed_outright_is_marked_killed_by_the_next_run_into_its_folder(
     assert client.get_run(rerun.info.run_id).info.status == "FINISHED"
 
 
+def test_a_terminated_or_interrupted_run_ends_killed_and_a_failed_one_failed(tmp_path: Path) -> None:
+    """SIGTERM (`Terminated`) aborted the process under Ray's handler and left the run RUNNING;
+    Ctrl-C ended it FAILED, as if the job itself had failed."""
+    import mlflow
+
+    from portraitflow.jobs.runtime import Terminated
+
+    cfg = MLflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    statuses = {}
+    for stop in (Terminated, KeyboardInterrupt, RuntimeError):
+        with pytest.raises(stop):
+            with mlflow_run(cfg, "stopped", tmp_path / stop.__name__) as run:
+                raise stop()
+        statuses[stop.__name__] = mlflow.MlflowClient(cfg.tracking_uri).get_run(run.info.run_id).info.status
+    assert statuses == {"Terminated": "KILLED", "KeyboardInterrupt": "KILLED", "RuntimeError": "FAILED"}
+
+
 def test_too_few_cpus_stop_a_local_run_and_are_said_on_a_cluster(monkeypatch: pytest.MonkeyPatch,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     """A fixed-size cluster never gets the CPUs; an autoscaling one may: the run goes on, but says so."""

@@ -105,6 +105,12 @@ def check_mlflow_reachable(cfg: MLflowConfig) -> None:
     reached through an HTTP proxy (the proxy answers for it)."""
     uri = mlflow_tracking_uri(cfg)
     parts = urlsplit(uri)
+    if cfg.enabled and parts.scheme in ("", "file"):  # MLflow's file store is in maintenance mode: a traceback after Ray started
+        path = Path(parts.path if parts.scheme else uri).expanduser().absolute()
+        raise ServiceUnreachable(f"the MLflow tracking URI {uri!r} is a path: give sqlite:///{path} (a store in that "
+                                 "file) or http://HOST:PORT (a tracking server)")
+    if cfg.enabled and parts.scheme == "sqlite" and not Path(uri.removeprefix("sqlite:///")).parent.is_dir():
+        raise ServiceUnreachable(f"the MLflow store {uri!r} is in a folder that does not exist")
     if not cfg.enabled or parts.scheme not in ("http", "https") or not parts.hostname:
         return
     proxies = urllib.request.getproxies()

@@ -101,6 +101,28 @@ def _closed_port() -> int:
         return probe.getsockname()[1]
 
 
+def test_a_path_for_the_tracking_uri_is_a_one_line_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--mlflow-uri ./x.db` made MLflow's file store, in maintenance mode: a 70-line traceback
+    after Ray had started and the output folder was made."""
+    from typer.testing import CliRunner
+
+    from portraitflow.jobs.cli import app
+    from portraitflow.jobs.runtime import ServiceUnreachable, check_mlflow_reachable
+
+    monkeypatch.chdir(tmp_path)
+    for uri in ("./x.db", "file:///tmp/mlruns"):
+        with pytest.raises(ServiceUnreachable, match="is a path: give sqlite:///"):
+            check_mlflow_reachable(MLflowConfig(tracking_uri=uri))
+    with pytest.raises(ServiceUnreachable, match="in a folder that does not exist"):
+        check_mlflow_reachable(MLflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'nowhere' / 'x.db'}"))
+    check_mlflow_reachable(MLflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'x.db'}"))
+    check_mlflow_reachable(MLflowConfig(tracking_uri="./x.db", enabled=False))
+    result = CliRunner().invoke(app, ["curate", str(tmp_path), "--out", str(tmp_path / "out"), "--mlflow-uri", "./x.db"],
+                                env={"COLUMNS": "400"})
+    assert result.exit_code == 2 and f"give sqlite:///{tmp_path / 'x.db'}" in " ".join(result.output.replace("│", " ").split())
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_cluster_or_server_nothing_answers_on_is_a_one_line_usage_error(tmp_path: Path) -> None:
     import socket
 

@@ -75,6 +75,7 @@ def animate(
         if not job_list:  # a header alone: nothing would run, and a zero exit would say it worked
             raise typer.BadParameter(f"{jobs} has no jobs (no row below its header)", param_hint="--jobs")
     elif ref is not None:
+        _refuse_swapped(ref, driving)
         job_list = pair_jobs(str(ref), str(driving))
     else:
         try:
@@ -94,6 +95,16 @@ def animate(
         typer.echo(f"  failed {row.job_id}: {row.reason}")
     if len(failed):
         raise typer.Exit(1)
+
+
+def _refuse_swapped(ref: Path, driving: Path) -> None:
+    """A video given as --ref with a photo as --driving: the job would start Ray and fail in its
+    preparation (`not_an_image`) half a minute later. A GIF is both, so it is never refused."""
+    from portraitflow.operators.paths import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+
+    if ref.suffix.lower() in VIDEO_SUFFIXES - IMAGE_SUFFIXES and driving.suffix.lower() in IMAGE_SUFFIXES - VIDEO_SUFFIXES:
+        raise typer.BadParameter(f"{ref} is a video and {driving} a photo: swap them (--ref is the portrait, "
+                                 "--driving the video)", param_hint="--ref/--driving")
 
 
 def _animate_overrides(overrides: list[str] | None) -> list[str]:

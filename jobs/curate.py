@@ -577,7 +577,8 @@ def curate(
 
     check_out_folder(out)
     cfg = resolve_config(config, set_, ray_address, mlflow_uri)
-    if not dry_run:  # a dry run loads no model
+    if not dry_run:  # a dry run loads no model, and lists a missing input as `fails`
+        _refuse_inputs_that_name_nothing(inputs)
         refuse_missing_face_models(cfg)
         refuse_unreachable_services(cfg)
     try:
@@ -588,3 +589,37 @@ def curate(
         typer.echo(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()}, indent=1))
         typer.echo(f"manifest {out / 'manifest.parquet'}\nclips {out / 'clips.parquet'}\n"
                    f"shards {out / 'shards'} (index {out / INDEX_NAME})")
+        _say_failed_inputs(out / "manifest.parquet", metrics)
+
+
+#: failed inputs named on the console after a run (the manifest holds them all)
+FAILED_SHOWN = 10
+
+
+def _refuse_inputs_that_name_nothing(inputs: list[str]) -> None:
+    """Every argument a local path that is not there, or a pattern matching nothing (a typo): a usage
+    error, not a run whose every input fails. Where some do name files, the others become `failed`
+    rows, as any bad input does."""
+    import glob
+
+    from portraitflow.operators.inputs import is_uri
+
+    def names_nothing(spec: str) -> bool:
+        return not is_uri(spec) and not (glob.glob(spec) if glob.has_magic(spec) else os.path.lexists(spec))
+
+    if all(names_nothing(spec) for spec in inputs):
+        raise typer.BadParameter(f"no such file or folder: {', '.join(inputs)}", param_hint="INPUTS")
+
+
+def _say_failed_inputs(manifest: Path, metrics: dict[str, Any]) -> None:
+    """The failed inputs and why, on stderr, as `animate` says its failed jobs: the summary's count
+    alone hid a typo or a broken file. Exit 1 when every input failed: nothing was curated."""
+    import pandas as pd
+
+    failed = pd.read_parquet(manifest, columns=["path", "status", "error"]).query("status == @ledger.FAILED")
+    for row in failed.head(FAILED_SHOWN).itertuples():
+        typer.echo(f"  failed {row.path}: {row.error}", err=True)
+    if len(failed) > FAILED_SHOWN:
+        typer.echo(f"  ... {len(failed) - FAILED_SHOWN} more failed (the manifest's `error` says why)", err=True)
+    if metrics["inputs"] and metrics["inputs_failed"] == metrics["inputs"]:
+        raise typer.Exit(1)

@@ -142,6 +142,8 @@ def report(
     except MlflowException as exc:  # an unknown run id is a user's mistake, not a crash
         raise typer.BadParameter(f"run {run_id} in {mlflow_tracking_uri(cfg.mlflow)}: {exc.message}",
                                  param_hint="RUN_ID") from exc
+    except ValueError as exc:  # a run of another flow (a curation's)
+        raise typer.BadParameter(str(exc), param_hint="RUN_ID") from exc
     typer.echo(str(page))
 
 
@@ -188,13 +190,22 @@ def _refuse_nothing_scored(per_video: Path, results: Path) -> None:
     zero exit would pass off an empty evaluation (every output path wrong, say) as a result."""
     import pandas as pd
 
+    from portraitflow.operators.evaluate_video import (NO_OUTPUT, REFERENCE_NOT_DRIVER_FRAME, REFERENCE_SIZE_MISMATCH,
+                                                       UNREADABLE)
+
     table = pd.read_parquet(per_video)
     if (table["status"] == "ok").any():
         return
     reasons = table["reason"].fillna("unknown").value_counts() if "reason" in table else pd.Series(dtype=int)
+    hints = []
+    if {REFERENCE_SIZE_MISMATCH, REFERENCE_NOT_DRIVER_FRAME} & set(reasons.index):
+        hints.append("A portrait animated by another person's or another clip's video has no ground truth: "
+                     "score it with --protocol cross.")
+    if {NO_OUTPUT, UNREADABLE} & set(reasons.index):
+        hints.append(f"Relative ref, driving and output paths are taken from {results.parent.resolve()}.")
     typer.echo(f"error: no job of {results} could be scored ({len(table)} job(s): "
                f"{', '.join(f'{count} {reason}' for reason, count in reasons.items()) or 'none'}; see {per_video}). "
-               f"Relative ref, driving and output paths are taken from {results.parent.resolve()}.", err=True)
+               + " ".join(hints), err=True)
     raise typer.Exit(1)
 
 

@@ -34,6 +34,7 @@ import pandas as pd
 
 from portraitflow.jobs.config import PortraitFlowConfig, validation_problems
 from portraitflow.jobs.config.evaluate import EvaluateConfig
+from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.generation import run_generation
 from portraitflow.jobs.runtime import (
     FOLDER_TAG, Terminated, end_abandoned_runs, ensure_experiment, folder_tag, init_ray, log_values, mlflow_client,
@@ -484,9 +485,25 @@ def _checked_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig,
     except ValidationError as exc:
         raise ValueError(validation_problems(exc, "evaluate")) from exc
     check_rank_by(evaluate.rank_by, "evaluate.rank_by")
-    configs = _distinct_configs(sweep_spec.expand_configs(spec), cfg)
+    expanded = sweep_spec.expand_configs(spec)
+    _check_param_names(expanded)
+    configs = _distinct_configs(expanded, cfg)
     check_dataset(dataset, out_dir)
     return evaluate, configs
+
+
+def _check_param_names(configs: list[dict[str, Any]]) -> None:
+    """ValueError for a param that is no animate setting at all (a typo in `grid:` failed every
+    config after each had started a run); one its config's backend does not read fails that config
+    alone (`config_settings`)."""
+    import difflib
+
+    fields = set(AnimateConfig.model_fields)
+    unknown = sorted({name for params in configs for name in params} - fields)
+    if unknown:
+        close = {name: difflib.get_close_matches(name, fields, n=1) for name in unknown}
+        named = ", ".join(f"{name!r}" + (f" (did you mean {close[name][0]!r}?)" if close[name] else "") for name in unknown)
+        raise ValueError(f"{named}: no animate setting has that name (docs/config.md lists them)")
 
 
 def _distinct_configs(configs: list[dict[str, Any]], cfg: PortraitFlowConfig) -> list[dict[str, Any]]:
@@ -717,11 +734,18 @@ def _run_configs(configs: list[dict[str, Any]], jobs: list[dict], spec: sweep_sp
 
 def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, rank_by: str | None = None) -> Path:
     """A static HTML report of a sweep's parent run (or of a single evaluation run) from MLflow;
-    ValueError, before anything is read or written, when `rank_by` is no metric."""
+    ValueError, before anything is read or written, when `rank_by` is no metric or the run is
+    neither (a curation run made a page of its own metrics titled as an evaluation)."""
     rank_by = rank_by or cfg.evaluate.rank_by
     check_rank_by(rank_by, "rank_by")
     client = mlflow_client(cfg.mlflow)
     parent = client.get_run(run_id)  # an unknown run fails here, before anything is written
+    scored = {SWEEP_TAG, PARENT_TAG, SCORES_FROM_TAG} & set(parent.data.tags) or any(
+        artifact.path == "per_video.parquet" for artifact in client.list_artifacts(run_id))
+    if not scored:
+        experiment = client.get_experiment(parent.info.experiment_id).name
+        raise ValueError(f"run {run_id} (experiment {experiment!r}) is neither a sweep nor an evaluation: "
+                         "give a sweep's parent run id or an `evaluate` run id")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     children = search_all_runs(client, [parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{run_id}'",

@@ -343,7 +343,8 @@ class JobEvaluator:
             return {"reason": REFERENCE_SIZE_MISMATCH,
                     "error": f"self protocol: reference is {reference.shape[1]}x{reference.shape[0]}, "
                              f"driving frames are {driver.width}x{driver.height}, so the reference's crop box "
-                             "is not the driver's (the reference must be the clip's first frame)"}
+                             "is not the driver's (the reference must be the clip's first frame; a portrait "
+                             "animated by another video is scored with --protocol cross)"}
         try:
             match_db = first_frame_psnr(reference, driving, driver.fps, self.cfg.pixel_size)
         except VideoUnreadable as exc:

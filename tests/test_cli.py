@@ -132,6 +132,18 @@ def test_inspect_reports_a_truncated_shard_and_exits_1(tmp_path: Path) -> None:
     assert "1 of 2 shards unreadable: 000001.tar" in result.stderr and "Traceback" not in result.output
 
 
+def test_report_refuses_a_run_that_is_no_evaluation(tmp_path: Path) -> None:
+    """A curation run's id made a page of curation metrics titled as an evaluation, exit 0."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    run = client.create_run(client.create_experiment("curate")).info.run_id
+    result = CliRunner().invoke(app, ["report", run, "--out", str(tmp_path / "r"), "--mlflow-uri", uri], env=WIDE)
+    assert result.exit_code == 2 and "experiment 'curate') is neither a sweep nor an evaluation" in result.output
+    assert not (tmp_path / "r").exists()
+
+
 def test_report_names_the_unknown_run_and_store(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = CliRunner().invoke(app, ["report", "0123abcd", "--out", str(tmp_path / "r"), "--mlflow-uri", uri], env=WIDE)
@@ -178,8 +190,9 @@ def test_every_verb_refuses_missing_face_models_before_anything_starts(verb: str
     assert not (tmp_path / "out").exists()
 
 
-def test_a_misspelt_ref_or_driving_is_a_usage_error(generation_calls: list, tmp_path: Path) -> None:
-    """A typo in --ref started Ray and made a failed job about 30 s later; it is the command that is wrong."""
+def test_a_misspelt_or_swapped_ref_or_driving_is_a_usage_error(generation_calls: list, tmp_path: Path) -> None:
+    """A typo in --ref, or the two swapped, started Ray and made a failed job about 30 s later; it is
+    the command that is wrong."""
     (tmp_path / "b.mp4").touch()
     result = CliRunner().invoke(app, ["animate", "--ref", str(tmp_path / "a.jpgg"), "--driving", str(tmp_path / "b.mp4"),
                                       "--out", str(tmp_path / "out")], env=WIDE)
@@ -187,6 +200,10 @@ def test_a_misspelt_ref_or_driving_is_a_usage_error(generation_calls: list, tmp_
     folder = CliRunner().invoke(app, ["animate", "--ref", str(tmp_path / "b.mp4"), "--driving", str(tmp_path),
                                       "--out", str(tmp_path / "out")], env=WIDE)
     assert folder.exit_code == 2 and "is a directory" in folder.output and not generation_calls, folder.output
+    (tmp_path / "a.JPG").touch()
+    swapped = CliRunner().invoke(app, ["animate", "--ref", str(tmp_path / "b.mp4"), "--driving", str(tmp_path / "a.JPG"),
+                                       "--out", str(tmp_path / "out")], env=WIDE)
+    assert swapped.exit_code == 2 and "swap them" in swapped.output and not generation_calls, swapped.output
 
 
 def test_animate_refuses_an_out_that_is_a_file(generation_calls: list, tmp_path: Path) -> None:
@@ -273,6 +290,18 @@ def test_a_mistyped_input_is_said_to_be_missing(tmp_path: Path) -> None:
                                       "--dry-run"], env=WIDE)
     assert result.exit_code == 0, result.output
     assert re.search(rf"fails +nope_input-\w+ +\S+nope_input +\(FileNotFoundError: {NO_SUCH_FILE}\)", result.output)
+
+
+def test_curate_says_which_inputs_failed_and_refuses_arguments_that_name_nothing(tmp_path: Path, in_process) -> None:
+    """`curate /nope/dir` exited 0 after starting Ray, and a run's failed inputs showed only as a
+    count: a typo looked like success."""
+    args = ["--out", str(tmp_path / "out"), "--set", "mlflow.enabled=false"]
+    typo = CliRunner().invoke(app, ["curate", str(tmp_path / "nope"), str(tmp_path / "*.mkv"), *args], env=WIDE)
+    assert typo.exit_code == 2 and "no such file or folder" in typo.output and not (tmp_path / "out").exists()
+    (tmp_path / "broken.mp4").write_bytes(b"\0" * 1000)
+    failed = CliRunner().invoke(app, ["curate", str(tmp_path / "broken.mp4"), str(tmp_path / "nope"), *args], env=WIDE)
+    assert failed.exit_code == 1, failed.output  # every input failed: nothing was curated
+    assert f"failed {tmp_path / 'broken.mp4'}: " in failed.output and f"failed {tmp_path / 'nope'}: " in failed.output
 
 
 def test_sweep_passes_retry_failed_to_the_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

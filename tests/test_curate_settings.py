@@ -123,6 +123,7 @@ def test_a_bad_gallery_stops_the_run_before_anything_is_written(gallery: str, tm
 
     from portraitflow.jobs.cli import app
 
+    (tmp_path / "talk.mp4").write_bytes(b"x")  # an input that is there: only the gallery is wrong
     folder = tmp_path / gallery
     if gallery == "no_face":
         folder.mkdir()

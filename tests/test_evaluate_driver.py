@@ -134,3 +134,4 @@ def test_evaluate_takes_relative_paths_from_the_results_folder_and_fails_when_no
     assert pd.read_parquet(tmp_path / "eval" / "per_video.parquet")["status"].tolist() == ["ok"]
     lost = CliRunner().invoke(app, ["evaluate", str(table / "lost.csv"), "--out", str(tmp_path / "lost"), *args])
     assert lost.exit_code == 1 and "could be scored" in lost.output and "1 no_output" in lost.output, lost.output
+    assert "Relative ref, driving and output paths" in lost.output and "--protocol cross" not in lost.output

@@ -945,3 +945,19 @@ def test_the_side_by_side_pairs_frames_as_they_were_scored(tmp_path: Path) -> No
     frames, _ = read_frames(str(tmp_path / "sbs.mp4"), list(range(count)))
     middle, right = frames[:, 32, 96, 0].astype(int), frames[:, 32, 160, 0].astype(int)
     assert count == len(levels) and np.abs(middle - right).max() <= 3 and np.abs(middle - levels).max() <= 3
+
+
+def test_an_evaluation_that_scored_nothing_for_want_of_ground_truth_points_to_cross(tmp_path: Path, capsys) -> None:
+    """`evaluate out/results.parquet` on animate's own outputs (portraits driven by other videos) failed
+    every job `reference_size_mismatch` under the default self protocol, and pointed at relative paths."""
+    import pandas as pd
+    import typer
+
+    from portraitflow.jobs.evaluate_cmd import _refuse_nothing_scored
+
+    per_video = tmp_path / "per_video.parquet"
+    pd.DataFrame({"job_id": ["a"], "status": ["failed"], "reason": ["reference_size_mismatch"]}).to_parquet(per_video)
+    with pytest.raises(typer.Exit):
+        _refuse_nothing_scored(per_video, tmp_path / "results.parquet")
+    said = capsys.readouterr().err
+    assert "score it with --protocol cross" in said and "Relative ref" not in said

@@ -142,6 +142,8 @@ def test_a_sweep_refuses_more_animating_configs_at_once_than_its_cpus_can_feed(
     ("name: s\ndataset: {type: folder, path: DATA}\nconfigs: [{backend: still}]\nevaluate: {nosuch: 1}\n",
      "evaluate.nosuch: no such setting"),
     ("name: s\ndataset: {type: folder, path: DATA}\ngrids: {backend: [warp]}\n", "grids: no such setting"),
+    ("name: s\ndataset: {type: folder, path: DATA}\ngrid: {backend: [warp], pose_multipler: [1.0]}\n",
+     "'pose_multipler' (did you mean 'pose_multiplier'?): no animate setting has that name"),
     ("name: s\ndataset: {type: folder, path: DATA/nowhere}\nconfigs: [{backend: still}]\n",
      "dataset.path 'DATA/nowhere' is not a folder"),
     ("- just\n- a list\n", "a sweep file is a mapping"),

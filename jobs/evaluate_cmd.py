@@ -1,6 +1,7 @@
 """`portraitflow evaluate`, `portraitflow sweep` and `portraitflow report`."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -87,11 +88,14 @@ def sweep(
     import yaml
 
     from portraitflow.jobs.runtime import NotEnoughResources
-    from portraitflow.jobs.sweep import InvalidSweep, run_sweep
+    from portraitflow.jobs.sweep import InvalidSweep, run_sweep, store_of_earlier_sweep
     from portraitflow.operators.atomic import FolderBusy
     from portraitflow.operators.sweep_spec import load_sweep
 
     cfg = resolve_config(config, overrides, ray_address, mlflow_uri)
+    if not cfg.mlflow.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI") and (earlier := store_of_earlier_sweep(out)):
+        typer.echo(f"resuming with the MLflow store the sweep into {out} used: {earlier}", err=True)
+        cfg.mlflow.tracking_uri = earlier  # the default, ./mlflow.db, would be another store from another folder
     check_out_folder(out)
     refuse_mlflow_disabled(cfg)
     refuse_missing_face_models(cfg)

@@ -656,6 +656,15 @@ def _link(source: Path, target: Path) -> None:
 TRACKING_STORE_FILE = "tracking_store.txt"
 
 
+def store_of_earlier_sweep(out_dir: Path) -> str | None:
+    """The sqlite store an earlier sweep into `out_dir` recorded (`_note_tracking_store`), which a
+    rerun given no store resumes from, wherever it runs; None for none, or for a server (its URI
+    was recorded without credentials)."""
+    record = Path(out_dir) / TRACKING_STORE_FILE
+    store = record.read_text().strip() if record.is_file() else ""
+    return store if store.startswith("sqlite:///") else None
+
+
 def _note_tracking_store(out_dir: Path, uri: str) -> None:
     """Record the store this sweep uses in OUT, warning when an earlier sweep into OUT used another:
     a resume is looked up in the store, and the default one is ./mlflow.db of the current folder,

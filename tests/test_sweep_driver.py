@@ -732,3 +732,28 @@ def test_the_cli_checks_a_sweep_once(driver, monkeypatch, caplog) -> None:
     result = CliRunner().invoke(app, ["sweep", str(spec), "--out", str(out), "--mlflow-uri", cfg.mlflow.tracking_uri])
     assert result.exit_code == 0, result.output
     assert caplog.text.count("makes the same videos as") == 1, caplog.text
+
+
+def test_a_rerun_given_no_store_resumes_from_the_store_the_sweep_used(driver, monkeypatch, tmp_path: Path) -> None:
+    """Rerun from another folder with the default store, a sweep started over in a new mlflow.db
+    there and redid every config; OUT records its store, and a rerun given none takes it."""
+    from typer.testing import CliRunner
+
+    from portraitflow.jobs.cli import app
+
+    sweep, cfg, data = driver
+    _fake_generation(sweep, monkeypatch)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    spec, out = data.parent / "sweep.yaml", data.parent / "out"
+    spec.write_text(f"name: s\ndataset: {{type: folder, path: {data}}}\nconfigs: [{{backend: still}}]\n"
+                    "evaluate: {max_seconds: 0.5, side_by_side: 0}\n")
+    first = CliRunner().invoke(app, ["sweep", str(spec), "--out", str(out), "--mlflow-uri", cfg.mlflow.tracking_uri])
+    assert first.exit_code == 0, first.output
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri set it: a new process has none
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    again = CliRunner().invoke(app, ["sweep", str(spec), "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert f"resuming with the MLflow store the sweep into {out} used: {cfg.mlflow.tracking_uri}" in again.output
+    assert first.output.split("parent run ")[1].split()[0] == again.output.split("parent run ")[1].split()[0]
+    assert not (tmp_path / "elsewhere" / "mlflow.db").exists()

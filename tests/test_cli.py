@@ -334,6 +334,10 @@ def test_a_setting_out_of_range_is_one_line_per_problem() -> None:
     assert ("face.det_size: Input should be greater than or equal to 32 (got 3); curate.fps: Input should be "
             "greater than 0 (got -1); curate.bogus: no such setting (got 1)") in message, message
     assert "errors.pydantic.dev" not in message
+    typos = CliRunner().invoke(app, ["config", "show", "--set", "curat.fps=25", "--set", "curate.detect_evry=2"], env=WIDE)
+    message = " ".join(typos.output.replace("│", " ").split())
+    assert typos.exit_code == 2 and "curat: no such setting (did you mean 'curate'?)" in message, message
+    assert "curate.detect_evry: no such setting (did you mean 'detect_every'?)" in message, message
 
 
 def test_animate_refuses_a_jobs_file_with_a_header_alone(generation_calls: list, tmp_path: Path) -> None:

@@ -95,19 +95,35 @@ def load_config(
     try:
         return PortraitFlowConfig.model_validate(apply_overrides(data, overrides or [], values))
     except ValidationError as exc:
-        raise ValueError(validation_problems(exc)) from exc
+        raise ValueError(validation_problems(exc, model=PortraitFlowConfig)) from exc
 
 
-def validation_problems(exc: ValidationError, within: str = "") -> str:
+def validation_problems(exc: ValidationError, within: str = "", model: type[BaseModel] | None = None) -> str:
     """Pydantic's report on one line, `field: what is wrong (got value)` per problem, fields named
-    from `within` (a section): its own text spreads each over three lines and links its docs."""
+    from `within` (a section): its own text spreads each over three lines and links its docs. With
+    the validated `model`, an unknown name comes with the nearest it has (`curat` -> `curate`)."""
     lines = []
     for error in exc.errors():
         field = ".".join([within, *map(str, error["loc"])] if within else map(str, error["loc"]))
         message = "no such setting" if error["type"] == "extra_forbidden" else error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden" and model is not None and (near := _nearest(model, error["loc"])):
+            message += f" (did you mean {near!r}?)"
         got = "" if error["type"] in ("value_error", "missing") else f" (got {error['input']!r})"
         lines.append(f"{field + ': ' if field else ''}{message}{got}")
     return "; ".join(lines)
+
+
+def _nearest(model: type[BaseModel], loc: tuple) -> str | None:
+    """The field of the section `loc` is in whose name is closest to its last part, if any is close."""
+    import difflib
+
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    near = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return near[0] if near else None
 
 
 def _is_text_field(path: list[str]) -> bool:

@@ -11,7 +11,7 @@ import typer
 
 
 def convert_weights(
-    weights_dir: Annotated[Path, typer.Argument(metavar="DIR", show_default=False,
+    weights_dir: Annotated[Path, typer.Argument(metavar="DIR", show_default=False, exists=True, file_okay=False,
                                                 help="Folder in the official layout (hyportrait/*.pth, vae/, unet/, scheduler/).")],
     out: Annotated[Optional[Path], typer.Argument(metavar="OUT", show_default=False,
                                                   help="Folder to write (same layout, every .pth as .safetensors).")] = None,

@@ -16,6 +16,11 @@ Backend = AnimateConfig.model_fields["backend"].annotation
 Motion = AnimateConfig.model_fields["motion"].annotation
 
 
+def _setting(name: str) -> str:
+    """Where a flag's value lives in the config, and its default there, for the flag's help."""
+    return f"(animate.{name}, default {AnimateConfig.model_fields[name].default})"
+
+
 def animate(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: videos, results.parquet, preview.png.")],
     ref: Annotated[Optional[Path], typer.Option(
@@ -29,17 +34,17 @@ def animate(
         "--refs", exists=True, file_okay=False, help="Folder of portraits (with --drivers): every pair is a job.")] = None,
     drivers: Annotated[Optional[Path], typer.Option(
         "--drivers", exists=True, file_okay=False, help="Folder of driving videos (with --refs).")] = None,
-    backend: Annotated[Optional[Backend], typer.Option(help="Animator (animate.backend).")] = None,
+    backend: Annotated[Optional[Backend], typer.Option(help=f"Animator {_setting('backend')}.")] = None,
     weights: Annotated[Optional[str], typer.Option(
         help="HunyuanPortrait weights folder, or `tiny` for random tiny modules (plumbing tests) (animate.weights).")] = None,
     actors: Annotated[Optional[int], typer.Option(
-        help="Most animation actors for CPU backends; the pool grows from 1 (animate.actors).")] = None,
+        help=f"Most animation actors for CPU backends; the pool grows from 1 {_setting('actors')}.")] = None,
     gpus: Annotated[Optional[int], typer.Option(
-        help="Most GPUs for hunyuan, one actor each; 0 runs hunyuan on CPU actors in float32 (animate.gpus).")] = None,
-    motion: Annotated[Optional[Motion], typer.Option(help="Motion transfer (animate.motion).")] = None,
-    pose_multiplier: Annotated[Optional[float], typer.Option(help="Head motion gain (animate.pose_multiplier).")] = None,
+        help=f"Most GPUs for hunyuan, one actor each; 0 runs hunyuan on CPU actors in float32 {_setting('gpus')}.")] = None,
+    motion: Annotated[Optional[Motion], typer.Option(help=f"Motion transfer {_setting('motion')}.")] = None,
+    pose_multiplier: Annotated[Optional[float], typer.Option(help=f"Head motion gain {_setting('pose_multiplier')}.")] = None,
     expression_multiplier: Annotated[Optional[float], typer.Option(
-        help="Expression gain (animate.expression_multiplier).")] = None,
+        help=f"Expression gain {_setting('expression_multiplier')}.")] = None,
     paste_back: Annotated[Optional[bool], typer.Option(
         "--paste-back/--crop-only",
         help="Composite onto the full portrait, or write the crop (animate.paste_back; default: the crop).")] = None,

@@ -7,11 +7,15 @@ from typing import Annotated, Optional
 
 import typer
 
+from portraitflow.jobs.config.evaluate import EvaluateConfig
+
 from portraitflow.jobs.options import (ConfigOption, MlflowUriOption, RayAddressOption, SetOption,
                                       check_out_folder, refuse_missing_face_models, refuse_mlflow_disabled,
                                       refuse_unreachable_services, resolve_config)
 
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created).")]
+#: the config's own choices, so the flag offers (and checks) exactly what the config accepts
+Protocol = EvaluateConfig.model_fields["protocol"].annotation
 
 
 def evaluate(
@@ -22,8 +26,10 @@ def evaluate(
     jobs: Annotated[Optional[Path], typer.Option(
         "--jobs", help="The jobs file given to `animate`, for `ref` and `driving` when RESULTS lacks them "
         "(job ids as animate gave them: `job_id`, else derived from ref and driving).", exists=True)] = None,
-    protocol: Annotated[Optional[str], typer.Option(
-        "--protocol", help="self or cross (default: evaluate.protocol).")] = None,
+    protocol: Annotated[Optional[Protocol], typer.Option(
+        "--protocol", help="self: each output against its own driving clip (the reference is the clip's first "
+        "frame); cross: a portrait driven by another video (evaluate.protocol, default "
+        f"{EvaluateConfig.model_fields['protocol'].default}).")] = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
     ray_address: RayAddressOption = None,

@@ -68,8 +68,8 @@ def animate(
              "pose_multiplier": pose_multiplier, "expression_multiplier": expression_multiplier, "paste_back": paste_back}
     check_out_folder(out)
     cfg = resolve_config(config, overrides, ray_address, mlflow_uri, {f"animate.{k}": v for k, v in flags.items()})
+    check_weights(cfg.animate)  # first: it reads no model code, so a wrong --weights is said in a second
     check_job_options(cfg.animate, [k for k, v in flags.items() if v is not None] + _animate_overrides(overrides))
-    check_weights(cfg.animate)
     refuse_missing_face_models(cfg)
     refuse_unreachable_services(cfg)
     if jobs is not None:
@@ -95,6 +95,11 @@ def animate(
         raise typer.BadParameter(str(exc), param_hint="--out") from exc
     counts = table.status.value_counts().to_dict()
     typer.echo(f"{len(table)} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f"; results in {out / 'results.parquet'}")
+    if cfg.mlflow.enabled:  # as curate, sweep and evaluate name theirs
+        import mlflow
+
+        if (run := mlflow.last_active_run()) is not None:
+            typer.echo(f"run {run.info.run_id} ({mlflow.get_tracking_uri()})")
     failed = table[table.status == "failed"]
     for row in failed.itertuples():
         typer.echo(f"  failed {row.job_id}: {row.reason}")

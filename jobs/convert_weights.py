@@ -23,7 +23,8 @@ def convert_weights(
     OUT appears (or gets its missing files) only once every file is converted; until then they
     wait in OUT.partial (OUT/.partial when OUT exists), from which a rerun resumes; what was
     staged from another DIR, or from a file downloaded again since, is converted again."""
-    from portraitflow.models.hunyuan.weights import WeightsMissing, WeightsUnreadable, convert_weights as convert
+    from portraitflow.models.hunyuan.checkpoints import WeightsMissing, WeightsUnreadable
+    from portraitflow.models.hunyuan.weights import convert_weights as convert
 
     if out is None and out_option is None:
         raise typer.BadParameter("give the folder to write, as OUT or --out OUT", param_hint="OUT")

@@ -5,6 +5,7 @@ import importlib.metadata
 import platform
 import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 import typer
 
@@ -120,9 +121,12 @@ def _ray(cfg) -> str:
 
 
 def _mlflow(cfg) -> str:
-    from portraitflow.jobs.runtime import check_mlflow_reachable, mlflow_client
+    from portraitflow.jobs.runtime import check_mlflow_reachable, mlflow_client, mlflow_tracking_uri
 
     check_mlflow_reachable(cfg.mlflow)
+    uri = mlflow_tracking_uri(cfg.mlflow)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return f"{uri} (made by the first run; a check would make it here)"
     client = mlflow_client(cfg.mlflow)
     experiments = client.search_experiments(max_results=1000)
     return f"{client.tracking_uri} ({len(experiments)} experiment(s))"

@@ -190,6 +190,25 @@ def test_every_verb_refuses_missing_face_models_before_anything_starts(verb: str
     assert not (tmp_path / "out").exists()
 
 
+def test_animate_names_its_mlflow_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """curate, sweep and evaluate print their run id; animate printed none."""
+    from portraitflow.jobs import generation
+    from portraitflow.jobs.runtime import mlflow_run
+
+    def one_run(jobs, out, cfg, resume=True) -> pd.DataFrame:
+        with mlflow_run(cfg.mlflow, cfg.animate.experiment, out):
+            return pd.DataFrame({"job_id": ["a"], "status": ["ok"], "reason": [""]})
+
+    monkeypatch.setattr(generation, "run_generation", one_run)
+    for name in ("a.png", "b.mp4"):
+        (tmp_path / name).touch()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = CliRunner().invoke(app, ["animate", "--ref", str(tmp_path / "a.png"), "--driving", str(tmp_path / "b.mp4"),
+                                      "--out", str(tmp_path / "out"), "--mlflow-uri", uri], env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert re.search(rf"^run [0-9a-f]{{32}} \({re.escape(uri)}\)$", result.output, re.M), result.output
+
+
 def test_a_misspelt_or_swapped_ref_or_driving_is_a_usage_error(generation_calls: list, tmp_path: Path) -> None:
     """A typo in --ref, or the two swapped, started Ray and made a failed job about 30 s later; it is
     the command that is wrong."""

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from portraitflow.jobs.cli import app
 from portraitflow.models.hunyuan import weights
-from portraitflow.models.hunyuan.weights import CONFIG_FILES, HYPORTRAIT_MODULES, VAE_WEIGHTS
+from portraitflow.models.hunyuan.checkpoints import ARCFACE, CONFIG_FILES, HYPORTRAIT_MODULES, VAE_WEIGHTS, WeightsUnreadable
 
 WIDE = {"COLUMNS": "400"}  # rich wraps errors to the terminal width
 
@@ -103,11 +103,11 @@ def test_a_resume_installs_only_what_was_staged_from_the_current_sources(release
     (other / "hyportrait" / "pose_guider.pth").write_bytes(_checkpoint(99))
     (other / "vae" / VAE_WEIGHTS[0]).unlink()
     (other / "vae" / VAE_WEIGHTS[1]).write_text("B's VAE")
-    (release / weights.ARCFACE).write_bytes(b"onnx")
+    (release / ARCFACE).write_bytes(b"onnx")
     copy = weights._atomic_copy
 
     def killed_at_arcface(source: Path, target: Path) -> None:
-        if source.name == weights.ARCFACE:
+        if source.name == ARCFACE:
             raise Killed
         copy(source, target)
 
@@ -124,7 +124,7 @@ def test_a_resume_installs_only_what_was_staged_from_the_current_sources(release
     assert torch.equal(weights.read_state_dict(out / "hyportrait" / "pose_guider.safetensors")["weight"],
                        torch.load(other / "hyportrait" / "pose_guider.pth", weights_only=True)["weight"])
     assert sorted(p.name for p in (out / "vae").iterdir()) == ["config.json", VAE_WEIGHTS[1]]
-    assert not (out / weights.ARCFACE).exists() and not (out / weights.STAGED_FROM).exists()
+    assert not (out / ARCFACE).exists() and not (out / weights.STAGED_FROM).exists()
 
 
 def test_a_resume_converts_again_a_checkpoint_downloaded_again(release: Path, tmp_path: Path,
@@ -182,5 +182,5 @@ def test_a_checkpoint_that_needs_pickle_is_not_called_corrupt(release: Path, tmp
 @pytest.mark.parametrize("config", CONFIG_FILES)
 def test_a_corrupt_config_file_is_named(release: Path, config: str) -> None:
     (release / config).write_text("{")
-    with pytest.raises(weights.WeightsUnreadable, match=f"^{re.escape(str(release / config))} is not valid JSON"):
+    with pytest.raises(WeightsUnreadable, match=f"^{re.escape(str(release / config))} is not valid JSON"):
         weights.load_models(release, size="tiny")

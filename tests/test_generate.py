@@ -310,7 +310,7 @@ def test_an_animation_actor_declares_the_frames_it_holds() -> None:
 def test_a_hunyuan_actor_declares_its_checkpoints(tmp_path: Path) -> None:
     """The actor declared 704 MiB and a few windows, and loads some 4 GB of checkpoints into host
     memory (kept there as float32 on CPU): Ray could pack actors onto a node whose memory holds one."""
-    from portraitflow.models.hunyuan.weights import HYPORTRAIT_MODULES
+    from portraitflow.models.hunyuan.checkpoints import HYPORTRAIT_MODULES
     from portraitflow.pipelines.generate import animation_memory
 
     for name in HYPORTRAIT_MODULES:

@@ -25,13 +25,8 @@ from portraitflow.models.hunyuan.pipeline import (HunyuanPipeline, PaddedMotion,
 from portraitflow.models.hunyuan.pose_guider import PoseGuider
 from portraitflow.models.hunyuan.sampler import SVD_XT_SCHEDULER_CONFIG, karras_schedule, next_shift, window_indices
 from portraitflow.models.hunyuan.unet import HunyuanUNet
-from portraitflow.models.hunyuan.weights import (
-    HYPORTRAIT_MODULES,
-    HunyuanModels,
-    WeightsMissing,
-    load_models,
-    random_models,
-)
+from portraitflow.models.hunyuan.checkpoints import HYPORTRAIT_MODULES, WeightsMissing
+from portraitflow.models.hunyuan.weights import HunyuanModels, load_models, random_models
 
 DINO_LAYOUT_ONLY = {"block_chunks", "backbone", "layers_output"}  # release arguments that pick a layout
 
@@ -235,7 +230,7 @@ def _state(models: HunyuanModels) -> dict[str, torch.Tensor]:
 
 def test_a_checkpoint_of_another_module_or_in_the_pre_zip_format_is_named_or_read(tiny_weights,
                                                                                   tmp_path: Path) -> None:
-    from portraitflow.models.hunyuan.weights import WeightsUnreadable
+    from portraitflow.models.hunyuan.checkpoints import WeightsUnreadable
 
     _, root = tiny_weights
     swapped = tmp_path / "swapped"
@@ -445,7 +440,7 @@ def test_generation_flow_builds_the_hunyuan_animator_from_config() -> None:
 def test_the_generation_flow_refuses_incomplete_weights_before_ray_starts(tmp_path: Path) -> None:
     from portraitflow.jobs.config import load_config
     from portraitflow.jobs.generation import run_generation
-    from portraitflow.models.hunyuan.weights import WeightsMissing
+    from portraitflow.models.hunyuan.checkpoints import WeightsMissing
 
     cfg = load_config(None, [f"animate.weights={tmp_path}", "ray.address=ray://nowhere.invalid:1"])
     with pytest.raises(WeightsMissing, match="unet.pth"):  # a Ray start would fail differently
@@ -469,7 +464,7 @@ def test_cut_or_corrupt_weights_are_refused_before_ray_starts(tiny_weights, tmp_
     traceback, exit 1, no results table."""
     from portraitflow.jobs.config import load_config
     from portraitflow.jobs.generation import run_generation
-    from portraitflow.models.hunyuan.weights import WeightsUnreadable, check_weights_readable
+    from portraitflow.models.hunyuan.checkpoints import WeightsUnreadable, check_weights_readable
 
     _, root = tiny_weights
     broken = tmp_path / "broken"

@@ -64,8 +64,7 @@ def check_backend(backend: str, cfg: AnimateConfig) -> None:
     file, WeightsUnreadable each cut or corrupt one), so the driver refuses it before Ray starts."""
     if backend != "hunyuan":
         return
-    from portraitflow.models.hunyuan.animator import TINY_WEIGHTS
-    from portraitflow.models.hunyuan.weights import check_weights_dir, check_weights_readable
+    from portraitflow.models.hunyuan.checkpoints import TINY_WEIGHTS, check_weights_dir, check_weights_readable
 
     if not cfg.weights:
         raise ValueError("the hunyuan animator needs --weights (animate.weights): a folder in the official "
@@ -79,12 +78,10 @@ def model_host_bytes(backend: str, cfg: AnimateConfig) -> int:
     checkpoints pass through host memory one at a time as they load onto a GPU (the largest, the
     UNet's, counts), and on CPU (`gpus` 0) all stay there as float32, up to twice a 16-bit file; 0
     for the other backends and for `tiny` weights."""
-    from portraitflow.models.hunyuan.animator import TINY_WEIGHTS
+    from portraitflow.models.hunyuan.checkpoints import TINY_WEIGHTS, checkpoint_sizes
 
     if backend != "hunyuan" or not cfg.weights or cfg.weights == TINY_WEIGHTS:
         return 0
-    from portraitflow.models.hunyuan.weights import checkpoint_sizes
-
     sizes = checkpoint_sizes(cfg.weights)
     return max(sizes, default=0) if cfg.gpus else 2 * sum(sizes)
 

@@ -33,10 +33,10 @@ from portraitflow.models.hunyuan.conditions import (
 from portraitflow.models.hunyuan.dino import ID_DIM
 from portraitflow.models.hunyuan.fused import geglu_kernel_state
 from portraitflow.models.hunyuan.pipeline import PaddedMotion, SamplingSettings, dino_input
+from portraitflow.models.hunyuan.checkpoints import TINY_WEIGHTS
 from portraitflow.models.hunyuan.weights import HunyuanModels, load_models, random_models
 
 #: `weights` value that selects random tiny modules (CPU plumbing tests of the generation flow).
-TINY_WEIGHTS = "tiny"
 TINY_SETTINGS = SamplingSettings(num_steps=2, frames_per_window=8, overlap=3, shift_offset=3, pad_frames=3)
 #: where a driving window carries no face boxes, the anchor is the crop's central third: the
 #: release's frame-0 face box in a crop made by the release's own rule.

@@ -18,13 +18,21 @@ import json
 import os
 import re
 import shutil
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLTemporalDecoder
+from portraitflow.models.hunyuan.checkpoints import (
+    ARCFACE,
+    CONFIG_FILES,
+    HYPORTRAIT_MODULES,
+    WeightsUnreadable,
+    check_weights_dir,
+    module_file,
+    vae_file,
+)
 from portraitflow.models.hunyuan.dino import DinoV2WithIdAdapters
 from portraitflow.models.hunyuan.expression import HeadExpression
 from portraitflow.models.hunyuan.headpose import HeadPose
@@ -41,10 +49,6 @@ from portraitflow.operators.atomic import atomic_target
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-HYPORTRAIT_MODULES = ("unet", "pose_guider", "dino", "image_proj", "expression", "headpose", "motion_proj")
-VAE_WEIGHTS = ("diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors")
-CONFIG_FILES = ("vae/config.json", "unet/config.json", "scheduler/scheduler_config.json")
-ARCFACE = "arcface.onnx"
 #: in a conversion's staging folder: which source file (path, size, mtime) each staged file came from
 STAGED_FROM = ".staged_from.json"
 #: torch's weights-only unpickler refusing a Python object (a module, an argparse.Namespace, ...)
@@ -95,14 +99,6 @@ TINY = ModelSize(
     resolution=64, motion_resolution=64,
 )
 SIZES = {"full": FULL, "tiny": TINY}
-
-
-class WeightsMissing(FileNotFoundError):
-    """Files of the official layout are missing; the message lists each one and where to get them."""
-
-
-class WeightsUnreadable(ValueError):
-    """A weights file is there but cannot be read: corrupt, or cut short by a failed download."""
 
 
 @dataclass
@@ -161,89 +157,6 @@ def random_models(size: str = "tiny", device: torch.device | str = "cpu", dtype:
     with torch.device(device):
         modules = {name: _placed(name, build(), device, dtype) for name, build in _builders(spec, spec.unet, spec.vae).items()}
     return _assemble(modules, spec, None, None, f"random:{size}:{seed}")
-
-
-def _module_file(weights_dir: Path, name: str) -> Path | None:
-    for suffix in (".safetensors", ".pth"):
-        path = weights_dir / "hyportrait" / f"{name}{suffix}"
-        if path.is_file():
-            return path
-    return None
-
-
-def _vae_file(weights_dir: Path) -> Path | None:
-    return next((weights_dir / "vae" / n for n in VAE_WEIGHTS if (weights_dir / "vae" / n).is_file()), None)
-
-
-def missing_files(weights_dir: Path) -> list[str]:
-    """Each required path that is absent, as the user would have to create it."""
-    missing = [f"{weights_dir / 'hyportrait' / name}.pth" for name in HYPORTRAIT_MODULES
-               if _module_file(weights_dir, name) is None]
-    missing += [str(weights_dir / name) for name in CONFIG_FILES if not (weights_dir / name).is_file()]
-    if _vae_file(weights_dir) is None:
-        missing.append(f"{weights_dir / 'vae' / VAE_WEIGHTS[0]} (or {VAE_WEIGHTS[1]})")
-    return missing
-
-
-def checkpoint_sizes(weights_dir: str | Path) -> list[int]:
-    """Bytes of each checkpoint `load_models` reads into host memory, one at a time, before its
-    module moves to its device."""
-    weights_dir = Path(weights_dir).expanduser()
-    files = [_module_file(weights_dir, name) for name in HYPORTRAIT_MODULES] + [_vae_file(weights_dir)]
-    return [path.stat().st_size for path in filter(None, files)]
-
-
-def unreadable_files(weights_dir: Path) -> list[str]:
-    """Each weights file present that cannot be a checkpoint, judged from its index alone (a
-    safetensors header and its data's length, a zip-format .pth's central directory, which sit at
-    the ends a cut download loses): found here in milliseconds, not once every job is prepared."""
-    from safetensors import safe_open
-
-    files = [_module_file(weights_dir, name) for name in HYPORTRAIT_MODULES] + [_vae_file(weights_dir)]
-    unreadable = []
-    for path in filter(None, files):
-        try:
-            if path.suffix == ".safetensors":
-                with safe_open(path, "pt"):
-                    pass
-            elif zipfile.is_zipfile(path):
-                zipfile.ZipFile(path).close()
-            else:
-                with open(path, "rb") as handle:
-                    if handle.read(1) != b"\x80":  # neither torch's zip format nor its legacy pickle stream
-                        raise ValueError("not a torch checkpoint")
-        except Exception as exc:  # noqa: BLE001 - safetensors, zipfile and OSError fail in their own ways
-            unreadable.append(f"{path} ({type(exc).__name__}: {str(exc)[:120]})")
-    return unreadable
-
-
-def check_weights_dir(weights_dir: str | Path) -> Path:
-    """`weights_dir`, or WeightsMissing naming each missing file (a mistyped folder: the folder
-    alone) and where to download it."""
-    weights_dir = Path(weights_dir).expanduser()
-    download = ("Download the release's hyportrait/*.pth and arcface.onnx (Tencent-Hunyuan/HunyuanPortrait) and the "
-                "vae/, unet/config.json and scheduler/ folders of stabilityai/stable-video-diffusion-img2vid-xt into "
-                "that folder, keeping this layout.")
-    if not weights_dir.is_dir():
-        problem = "is a file, not a folder" if weights_dir.exists() else "does not exist"
-        raise WeightsMissing(f"HunyuanPortrait weights folder {weights_dir} {problem}. {download}")
-    missing = missing_files(weights_dir)
-    if missing:
-        listing = "\n".join(f"  - {path}" for path in missing)
-        raise WeightsMissing(f"HunyuanPortrait weights are incomplete in {weights_dir}; missing:\n{listing}\n{download}")
-    return weights_dir
-
-
-def check_weights_readable(weights_dir: Path) -> None:
-    """WeightsUnreadable naming each weights file of a complete folder that is cut short or corrupt
-    (`unreadable_files`): said before a job runs, where the actors would fail once every job is
-    prepared. `convert-weights` does without it: it names a cut file as it reaches it and keeps
-    what it converted before."""
-    unreadable = unreadable_files(weights_dir)
-    if unreadable:
-        listing = "\n".join(f"  - {path}" for path in unreadable)
-        raise WeightsUnreadable(f"HunyuanPortrait weights in {weights_dir} are cut short or corrupt (a failed "
-                                f"download?); download these again:\n{listing}")
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -313,7 +226,7 @@ def load_models(weights_dir: str | Path, device: torch.device | str = "cpu", dty
     for name, build in _builders(spec, unet_config, vae_config).items():
         with torch.device("meta"):
             module = build()
-        path = _vae_file(root) if name == "vae" else _module_file(root, name)
+        path = vae_file(root) if name == "vae" else module_file(root, name)
         _load_strict(module, path, name)
         modules[name] = _placed(name, module, device, dtype)
     arcface = root / ARCFACE
@@ -348,8 +261,8 @@ def convert_weights(weights_dir: str | Path, out_dir: str | Path) -> list[Path]:
     """
     root = check_weights_dir(weights_dir)
     out = Path(out_dir).expanduser()
-    saves = {Path("hyportrait") / f"{name}.safetensors": _module_file(root, name) for name in HYPORTRAIT_MODULES}
-    copies = [root / name for name in CONFIG_FILES] + [_vae_file(root)]
+    saves = {Path("hyportrait") / f"{name}.safetensors": module_file(root, name) for name in HYPORTRAIT_MODULES}
+    copies = [root / name for name in CONFIG_FILES] + [vae_file(root)]
     if (root / ARCFACE).is_file():
         copies.append(root / ARCFACE)
     sources = saves | {source.relative_to(root): source for source in copies}

@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from portraitflow.jobs.config import PortraitFlowConfig, validation_problems
-from portraitflow.jobs.config.evaluate import EvaluateConfig
+from portraitflow.jobs.config import PortraitFlowConfig, nearest_field, validation_problems
 from portraitflow.jobs.config.animate import AnimateConfig
+from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.jobs.generation import run_generation
 from portraitflow.jobs.runtime import (
     FOLDER_TAG, Terminated, end_abandoned_runs, ensure_experiment, folder_tag, init_ray, log_values, mlflow_client,
@@ -496,13 +496,10 @@ def _check_param_names(configs: list[dict[str, Any]]) -> None:
     """ValueError for a param that is no animate setting at all (a typo in `grid:` failed every
     config after each had started a run); one its config's backend does not read fails that config
     alone (`config_settings`)."""
-    import difflib
-
-    fields = set(AnimateConfig.model_fields)
-    unknown = sorted({name for params in configs for name in params} - fields)
+    unknown = sorted({name for params in configs for name in params} - set(AnimateConfig.model_fields))
     if unknown:
-        close = {name: difflib.get_close_matches(name, fields, n=1) for name in unknown}
-        named = ", ".join(f"{name!r}" + (f" (did you mean {close[name][0]!r}?)" if close[name] else "") for name in unknown)
+        near = {name: nearest_field(AnimateConfig, (name,)) for name in unknown}
+        named = ", ".join(f"{name!r}" + (f" (did you mean {near[name]!r}?)" if near[name] else "") for name in unknown)
         raise ValueError(f"{named}: no animate setting has that name (docs/config.md lists them)")
 
 

@@ -106,14 +106,14 @@ def validation_problems(exc: ValidationError, within: str = "", model: type[Base
     for error in exc.errors():
         field = ".".join([within, *map(str, error["loc"])] if within else map(str, error["loc"]))
         message = "no such setting" if error["type"] == "extra_forbidden" else error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden" and model is not None and (near := _nearest(model, error["loc"])):
+        if error["type"] == "extra_forbidden" and model is not None and (near := nearest_field(model, error["loc"])):
             message += f" (did you mean {near!r}?)"
         got = "" if error["type"] in ("value_error", "missing") else f" (got {error['input']!r})"
         lines.append(f"{field + ': ' if field else ''}{message}{got}")
     return "; ".join(lines)
 
 
-def _nearest(model: type[BaseModel], loc: tuple) -> str | None:
+def nearest_field(model: type[BaseModel], loc: tuple) -> str | None:
     """The field of the section `loc` is in whose name is closest to its last part, if any is close."""
     import difflib
 

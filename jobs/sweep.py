@@ -746,7 +746,9 @@ def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, r
     check_rank_by(rank_by, "rank_by")
     client = mlflow_client(cfg.mlflow)
     parent = client.get_run(run_id)  # an unknown run fails here, before anything is written
-    scored = {SWEEP_TAG, PARENT_TAG, SCORES_FROM_TAG} & set(parent.data.tags) or any(
+    children = search_all_runs(client, [parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{run_id}'",
+                               order_by=["attributes.start_time ASC"])
+    scored = children or {SWEEP_TAG, PARENT_TAG, SCORES_FROM_TAG} & set(parent.data.tags) or any(
         artifact.path == "per_video.parquet" for artifact in client.list_artifacts(run_id))
     if not scored:
         experiment = client.get_experiment(parent.info.experiment_id).name
@@ -754,8 +756,7 @@ def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, r
                          "give a sweep's parent run id or an `evaluate` run id")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    children = search_all_runs(client, [parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{run_id}'",
-                               order_by=["attributes.start_time ASC"]) or [parent]
+    children = children or [parent]
     params = [json.loads(child.data.tags.get(PARAMS_TAG, "{}")) for child in children]
     # a run that did not finish shows no numbers, as in summary.csv: what it logged is partial
     rows = [{"config": child.info.run_name or child.info.run_id, **values, "status": child.info.status,

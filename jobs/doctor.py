@@ -5,7 +5,6 @@ import importlib.metadata
 import platform
 import shutil
 from collections.abc import Callable
-from pathlib import Path
 
 import typer
 
@@ -121,11 +120,12 @@ def _ray(cfg) -> str:
 
 
 def _mlflow(cfg) -> str:
-    from portraitflow.jobs.runtime import check_mlflow_reachable, mlflow_client, mlflow_tracking_uri
+    from portraitflow.jobs.runtime import check_mlflow_reachable, mlflow_client, mlflow_tracking_uri, sqlite_store_path
 
     check_mlflow_reachable(cfg.mlflow)
     uri = mlflow_tracking_uri(cfg.mlflow)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+    database = sqlite_store_path(uri)
+    if database is not None and not database.exists():
         return f"{uri} (made by the first run; a check would make it here)"
     client = mlflow_client(cfg.mlflow)
     experiments = client.search_experiments(max_results=1000)

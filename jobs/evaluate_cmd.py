@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 
 from portraitflow.jobs.config.evaluate import EvaluateConfig
-
 from portraitflow.jobs.options import (ConfigOption, MlflowUriOption, RayAddressOption, SetOption,
                                       check_out_folder, refuse_missing_face_models, refuse_mlflow_disabled,
                                       refuse_unreachable_services, resolve_config)

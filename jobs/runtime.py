@@ -99,6 +99,11 @@ def check_ray_reachable(cfg: RayConfig) -> None:
         _connect(host.strip("[]"), int(port), f"the Ray cluster at {address}")
 
 
+def sqlite_store_path(uri: str) -> Path | None:
+    """The database file of an `sqlite:///PATH` tracking URI, None for any other store."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
 def check_mlflow_reachable(cfg: MLflowConfig) -> None:
     """ServiceUnreachable, within seconds, for a tracking server nothing answers on (MLflow's
     client retries for about four minutes). Stores that are not servers pass, and so does a server
@@ -109,7 +114,8 @@ def check_mlflow_reachable(cfg: MLflowConfig) -> None:
         path = Path(parts.path if parts.scheme else uri).expanduser().absolute()
         raise ServiceUnreachable(f"the MLflow tracking URI {uri!r} is a path: give sqlite:///{path} (a store in that "
                                  "file) or http://HOST:PORT (a tracking server)")
-    if cfg.enabled and parts.scheme == "sqlite" and not Path(uri.removeprefix("sqlite:///")).parent.is_dir():
+    database = sqlite_store_path(uri)
+    if cfg.enabled and database is not None and not database.parent.is_dir():
         raise ServiceUnreachable(f"the MLflow store {uri!r} is in a folder that does not exist")
     if not cfg.enabled or parts.scheme not in ("http", "https") or not parts.hostname:
         return
@@ -270,7 +276,8 @@ def _warn_if_store_is_temporary(uri: str) -> None:
     """Under `ray job submit --working-dir`, the working directory is Ray's unpacked copy, which
     every job with the same files shares and Ray deletes when it collects it: runs recorded in a
     store there (the default `sqlite:///mlflow.db`) are as good as lost."""
-    if uri.startswith("sqlite:///") and in_submitted_working_dir(Path(uri.removeprefix("sqlite:///"))):
+    database = sqlite_store_path(uri)
+    if database is not None and in_submitted_working_dir(database):
         log.warning("MLflow store %s is inside this submitted job's working directory, a temporary copy Ray "
                     "deletes: give --mlflow-uri a tracking server (docs/cluster.md)", uri)
 
@@ -299,10 +306,8 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
             f"{client.tracking_uri}) or name another in this flow's `experiment` setting (`--set <flow>.experiment=NAME`)")
     if experiment is not None:
         return experiment.experiment_id
-    uri = str(client.tracking_uri)
-    location = None
-    if uri.startswith("sqlite:///"):
-        location = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+    database = sqlite_store_path(str(client.tracking_uri))
+    location = None if database is None else (database.resolve().parent / "mlartifacts").as_uri()
     return client.create_experiment(name, artifact_location=location)
 
 

@@ -38,7 +38,7 @@ from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.jobs.generation import run_generation
 from portraitflow.jobs.runtime import (
     FOLDER_TAG, Terminated, end_abandoned_runs, ensure_experiment, folder_tag, init_ray, log_values, mlflow_client,
-    mlflow_tracking_uri, require_resource, search_all_runs,
+    mlflow_tracking_uri, require_resource, search_all_runs, sqlite_store_path,
 )
 from portraitflow.operators import metrics, metrics_learned, report, sweep_spec
 from portraitflow.operators.atomic import atomic_target, atomic_write, exclusive_folder, write_parquet
@@ -659,7 +659,7 @@ def store_of_earlier_sweep(out_dir: Path) -> str | None:
     was recorded without credentials)."""
     record = Path(out_dir) / TRACKING_STORE_FILE
     store = record.read_text().strip() if record.is_file() else ""
-    return store if store.startswith("sqlite:///") else None
+    return store if sqlite_store_path(store) is not None else None
 
 
 def _note_tracking_store(out_dir: Path, uri: str) -> None:

@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.options import (ConfigOption, MlflowUriOption, RayAddressOption, SetOption,
                                       check_out_folder, refuse_missing_face_models, refuse_unreachable_services,
@@ -96,15 +97,29 @@ def animate(
     counts = table.status.value_counts().to_dict()
     typer.echo(f"{len(table)} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f"; results in {out / 'results.parquet'}")
     if cfg.mlflow.enabled:  # as curate, sweep and evaluate name theirs
-        import mlflow
-
-        if (run := mlflow.last_active_run()) is not None:
-            typer.echo(f"run {run.info.run_id} ({mlflow.get_tracking_uri()})")
+        _say_run(cfg, out)
     failed = table[table.status == "failed"]
     for row in failed.itertuples():
         typer.echo(f"  failed {row.job_id}: {row.reason}")
     if len(failed):
         raise typer.Exit(1)
+
+
+def _say_run(cfg: PortraitFlowConfig, out: Path) -> None:
+    """The MLflow run this invocation recorded: the latest into `out` (`mlflow_run` tags it with the
+    folder), looked up in the store rather than taken from MLflow's process-wide last run."""
+    from portraitflow.jobs.runtime import FOLDER_TAG, folder_tag, mlflow_client, mlflow_tracking_uri, sqlite_store_path
+
+    database = sqlite_store_path(mlflow_tracking_uri(cfg.mlflow))
+    if database is not None and not database.exists():  # nothing was recorded; opening it would make it
+        return
+    client = mlflow_client(cfg.mlflow)
+    experiment = client.get_experiment_by_name(cfg.animate.experiment)
+    runs = [] if experiment is None else client.search_runs(
+        [experiment.experiment_id], f"tags.`{FOLDER_TAG}` = '{folder_tag(out)}'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if runs:
+        typer.echo(f"run {runs[0].info.run_id} ({client.tracking_uri})")
 
 
 def _refuse_swapped(ref: Path, driving: Path) -> None:

@@ -219,17 +219,17 @@ def _refuse_nothing_scored(per_video: Path, results: Path) -> None:
 
 
 def _refuse_sweep_scored_nothing(summary_csv: Path, sweep_file: Path) -> None:
-    """Exit 1 naming the reasons when no config scored a video: every config failed (only a failed
-    config's row has an `error`), or finished with every job failed (`jobs_ok` 0: a dataset whose
-    clips show no face). The runs, summary and report exist, but a zero exit would tell a script or
-    CI that a sweep with no result worked, where `evaluate` exits 1 alike."""
+    """Exit 1 naming the reasons when no config scored a video (`scored_any`). The runs, summary and
+    report exist, but a zero exit would tell a script or CI that a sweep with no result worked,
+    where `evaluate` exits 1 alike."""
     import pandas as pd
 
+    from portraitflow.jobs.sweep import scored_any
+
     summary = pd.read_csv(summary_csv)
-    failed = summary["error"].notna() if "error" in summary else pd.Series(False, index=summary.index)
-    scored = summary["jobs_ok"].fillna(0) > 0 if "jobs_ok" in summary else ~failed
-    if scored.any():
+    if scored_any(summary):
         return
+    failed = summary["error"].notna() if "error" in summary else pd.Series(False, index=summary.index)
     reasons = [f"{count} x {error}" for error, count in summary.loc[failed, "error"].value_counts().items()]
     if (~failed).any():
         reasons.append(f"{int((~failed).sum())} finished with every job failed (their per_video tables say why)")

@@ -428,8 +428,9 @@ def evaluate_results(jobs: pd.DataFrame, cfg: PortraitFlowConfig, out_dir: str |
         log_values(client, run_id, params=cfg.evaluate.model_dump())
         jobs = jobs.assign(status=jobs["status"] if "status" in jobs else "ok",
                            reason=jobs["reason"] if "reason" in jobs else "")  # a plain table of outputs has neither
-        score_and_log(client, run_id, jobs, name, out_dir, cfg.evaluate, cfg)
-        client.set_terminated(run_id, "FINISHED")
+        table = score_and_log(client, run_id, jobs, name, out_dir, cfg.evaluate, cfg)
+        # an evaluation that scored no job is no result: FAILED, as its exit status says (the CLI's 1)
+        client.set_terminated(run_id, "FINISHED" if (table["status"] == "ok").any() else "FAILED")
     except (KeyboardInterrupt, Terminated):  # Ctrl-C or SIGTERM: stopped, not failed
         client.set_terminated(run_id, "KILLED")
         raise
@@ -521,6 +522,15 @@ def _distinct_configs(configs: list[dict[str, Any]], cfg: PortraitFlowConfig) ->
     return distinct
 
 
+def scored_any(summary: pd.DataFrame) -> bool:
+    """Whether a config of a sweep's summary scored a video: one that failed whole has an `error`;
+    one that finished with every job failed (a dataset whose clips show no face) has `jobs_ok` 0.
+    A sweep that scored none is no result: its parent run ends FAILED and the CLI exits 1."""
+    failed = summary["error"].notna() if "error" in summary else pd.Series(False, index=summary.index)
+    scored = summary["jobs_ok"].fillna(0) > 0 if "jobs_ok" in summary else ~failed
+    return bool(scored.any())
+
+
 def check_rank_by(rank_by: str, setting: str) -> None:
     """ValueError unless `rank_by` is a metric (`metrics.METRICS`): a sweep param or a typo is not
     one, and would be ranked with a made-up direction or warned about only at the end."""
@@ -580,7 +590,7 @@ def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir:
         # the page, plot and tables; the children's videos and tables stay in their own runs (the
         # local report holds copies of them under runs/, which would store each video twice)
         _log_files(client, parent_id, sorted(p for p in report.glob("*") if p.is_file()), "report")
-        client.set_terminated(parent_id, "FINISHED")
+        client.set_terminated(parent_id, "FINISHED" if scored_any(summary) else "FAILED")
     except Exception:
         client.set_terminated(parent_id, "FAILED")
         raise

@@ -135,3 +135,8 @@ def test_evaluate_takes_relative_paths_from_the_results_folder_and_fails_when_no
     lost = CliRunner().invoke(app, ["evaluate", str(table / "lost.csv"), "--out", str(tmp_path / "lost"), *args])
     assert lost.exit_code == 1 and "could be scored" in lost.output and "1 no_output" in lost.output, lost.output
     assert "Relative ref, driving and output paths" in lost.output and "--protocol cross" not in lost.output
+    from mlflow import MlflowClient
+
+    statuses = {MlflowClient(small_sweep["uri"]).get_run(result.output.split("run ")[1].split()[0]).info.status
+                for result in (scored, lost)}
+    assert statuses == {"FINISHED", "FAILED"}  # the run that scored nothing is no result, as its exit says

@@ -608,9 +608,14 @@ def test_a_sweep_where_no_config_finished_exits_1_naming_the_errors(driver, monk
     assert failed.exit_code == 1, failed.output
     assert "no config of" in failed.output and "1 x RuntimeError: scoring broke" in failed.output, failed.output
     assert (out / "summary.csv").is_file() and "report" in failed.output  # still written
+    from mlflow import MlflowClient
+
+    parent = failed.output.split("parent run ")[1].split()[0]
+    assert MlflowClient(cfg.mlflow.tracking_uri).get_run(parent).info.status == "FAILED"  # no result, as exit 1 says
     monkeypatch.setattr(sweep, "score_and_log", fake_score)
     finished = CliRunner().invoke(app, args, env={"COLUMNS": "1000"})
     assert finished.exit_code == 0, finished.output
+    assert MlflowClient(cfg.mlflow.tracking_uri).get_run(parent).info.status == "FINISHED"  # the same parent, resumed
 
 
 def test_scores_of_an_older_metrics_version_are_made_again_from_the_same_videos(driver, monkeypatch) -> None:

@@ -67,7 +67,7 @@ def animate(
         raise typer.BadParameter("give exactly one of: --ref with --driving, --jobs, or --refs with --drivers")
     flags = {"backend": backend, "weights": weights, "actors": actors, "gpus": gpus, "motion": motion,
              "pose_multiplier": pose_multiplier, "expression_multiplier": expression_multiplier, "paste_back": paste_back}
-    check_out_folder(out)
+    check_out_folder(out, "animate")
     cfg = resolve_config(config, overrides, ray_address, mlflow_uri, {f"animate.{k}": v for k, v in flags.items()})
     check_weights(cfg.animate)  # first: it reads no model code, so a wrong --weights is said in a second
     check_job_options(cfg.animate, [k for k, v in flags.items() if v is not None] + _animate_overrides(overrides))

@@ -180,7 +180,7 @@ def holds_finished_work(layout: Layout) -> bool:
 def exclusive(layout: Layout) -> Iterator[None]:
     """Hold the output folder for one curation at a time: two would number their shards alike."""
     try:
-        with exclusive_folder(layout.out, layout.lock):
+        with exclusive_folder(layout.out, "curate", layout.lock):
             yield
     except FolderBusy as exc:
         raise typer.BadParameter(str(exc), param_hint="--out") from None
@@ -575,7 +575,7 @@ def curate(
     """Curate talking-head videos into WebDataset shards, a manifest and an MLflow run."""
     from portraitflow.jobs.runtime import NotEnoughResources
 
-    check_out_folder(out)
+    check_out_folder(out, "curate")
     cfg = resolve_config(config, set_, ray_address, mlflow_uri)
     if not dry_run:  # a dry run loads no model, and lists a missing input as `fails`
         _refuse_inputs_that_name_nothing(inputs)

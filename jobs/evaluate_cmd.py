@@ -40,7 +40,7 @@ def evaluate(
     from portraitflow.operators.paths import safe_stem
 
     cfg = resolve_config(config, overrides, ray_address, mlflow_uri, {"evaluate.protocol": protocol})
-    check_out_folder(out)
+    check_out_folder(out, "evaluate")
     refuse_mlflow_disabled(cfg)
     refuse_missing_face_models(cfg)
     refuse_unreachable_services(cfg)
@@ -101,7 +101,7 @@ def sweep(
     if not cfg.mlflow.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI") and (earlier := store_of_earlier_sweep(out)):
         typer.echo(f"resuming with the MLflow store the sweep into {out} used: {earlier}", err=True)
         cfg.mlflow.tracking_uri = earlier  # the default, ./mlflow.db, would be another store from another folder
-    check_out_folder(out)
+    check_out_folder(out, "sweep")
     refuse_mlflow_disabled(cfg)
     refuse_missing_face_models(cfg)
     refuse_unreachable_services(cfg)
@@ -139,7 +139,7 @@ def report(
     from portraitflow.jobs.sweep import check_rank_by, report_from_run
 
     cfg = resolve_config(config, overrides, None, mlflow_uri)
-    check_out_folder(out)
+    check_out_folder(out, "report")
     refuse_mlflow_disabled(cfg)
     refuse_unreachable_services(cfg, ray=False)
     try:

@@ -52,7 +52,7 @@ def run_generation(jobs: list[Job] | str | Path, out_dir: str | Path, cfg: Portr
     jobs = load_jobs(jobs) if isinstance(jobs, (str, Path)) else jobs
     backend = resolve_backend(cfg.animate)
     check_backend(backend, cfg.animate)  # what would fail every actor fails here, before Ray starts
-    with exclusive_folder(out_dir):  # FolderBusy while another run writes it
+    with exclusive_folder(out_dir, "animate"):  # FolderBusy while another run writes it
         rows = plan_rows(jobs, out_dir, backend, cfg.animate, resume, cfg.face)
         motion_dir = out_dir / ".state" / "motion"
         if not resume:

@@ -82,12 +82,14 @@ def refuse_unreachable_services(cfg: PortraitFlowConfig, ray: bool = True) -> No
             raise typer.BadParameter(str(exc), param_hint=flag) from None
 
 
-def check_out_folder(out: Path) -> None:
+def check_out_folder(out: Path, flow: str) -> None:
     """Refuse an --out that cannot become a folder (it, or a folder above it, is a file) before
     anything starts: found later, an MLflow run would already be made and left FAILED. Refuse one
     inside a submitted job's working directory too (a relative --out under `ray job submit`): Ray's
-    temporary copy, which it deletes, which later jobs share, and which other nodes' workers do not see."""
+    temporary copy, which it deletes, which later jobs share, and which other nodes' workers do not
+    see; and one holding another flow's outputs (`check_folder_owner`), whose files `flow` would mix with its own."""
     from portraitflow.jobs.runtime import in_submitted_working_dir
+    from portraitflow.operators.atomic import FolderOfAnotherFlow, check_folder_owner
 
     if in_submitted_working_dir(out):
         raise typer.BadParameter(
@@ -98,4 +100,8 @@ def check_out_folder(out: Path) -> None:
             if not path.is_dir():
                 raise typer.BadParameter(f"{path} is a file, not a folder" if path == out else
                                          f"{out}: {path} is a file, not a folder", param_hint="--out")
-            return
+            break
+    try:
+        check_folder_owner(out, flow)
+    except FolderOfAnotherFlow as exc:
+        raise typer.BadParameter(str(exc), param_hint="--out") from None

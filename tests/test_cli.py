@@ -365,3 +365,29 @@ def test_animate_refuses_a_jobs_file_with_a_header_alone(generation_calls: list,
     result = CliRunner().invoke(app, ["animate", "--jobs", str(tmp_path / "jobs.csv"), "--out", str(tmp_path / "out")],
                                 env=WIDE)
     assert result.exit_code == 2 and "has no jobs" in result.output and generation_calls == []
+
+
+@pytest.mark.parametrize("verb", ["animate", "sweep", "evaluate", "report"])
+def test_a_folder_holding_curated_outputs_is_refused_to_other_verbs(verb: str, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing told a curate folder from an animate one: one flow wrote its report/, ledger and
+    lock among the other's files. The first flow to hold a folder marks it; another is refused
+    (exit 2) before Ray starts, and the same flow goes on."""
+    from portraitflow.operators.atomic import OWNER_MARK, FolderBusy, exclusive_folder
+
+    monkeypatch.setattr("portraitflow.jobs.runtime.init_ray", lambda *args, **kwargs: pytest.fail("Ray started"))
+    out = tmp_path / "curated"
+    with exclusive_folder(out, "curate"):
+        assert (out / OWNER_MARK).read_text() == "curate\n"
+    (tmp_path / "a.png").write_bytes(b"x")
+    (tmp_path / "b.mp4").write_bytes(b"x")
+    (tmp_path / "sweep.yaml").write_text("configs: [{backend: warp}]\n")
+    (tmp_path / "results.csv").write_text("job_id,output\n")
+    first = {"animate": ["--ref", str(tmp_path / "a.png"), "--driving", str(tmp_path / "b.mp4")],
+             "sweep": [str(tmp_path / "sweep.yaml")], "evaluate": [str(tmp_path / "results.csv")], "report": ["0" * 32]}
+    result = CliRunner().invoke(app, [verb, *first[verb], "--out", str(out)], env=WIDE)
+    assert result.exit_code == 2 and "holds the outputs of `portraitflow curate`" in result.output, result.output
+    with exclusive_folder(out, "curate"):  # its own flow holds it again
+        pass
+    with pytest.raises(FolderBusy, match="not animate"), exclusive_folder(out, "animate"):
+        pytest.fail("held")

@@ -45,8 +45,8 @@ def test_a_submitted_job_refuses_an_out_in_its_temporary_working_dir(monkeypatch
     monkeypatch.setenv(runtime.JOB_CONFIG_ENV_VAR, json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg_x.zip"}}))
     for out in ("out", "../out"):
         with pytest.raises(typer.BadParameter, match="Ray's temporary copy of --working-dir"):
-            check_out_folder(Path(out))
-    check_out_folder(tmp_path / "elsewhere")  # storage outside the copy
+            check_out_folder(Path(out), "curate")
+    check_out_folder(tmp_path / "elsewhere", "curate")  # storage outside the copy
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     runtime.mlflow_client(MLflowConfig())
     assert "inside this submitted job's working directory" in caplog.text
@@ -54,10 +54,10 @@ def test_a_submitted_job_refuses_an_out_in_its_temporary_working_dir(monkeypatch
     runtime.mlflow_client(MLflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'kept.db'}"))
     assert "working directory" not in caplog.text
     monkeypatch.chdir(tmp_path)  # an entrypoint that went elsewhere first (`bash -c "cd /mnt/efs && ..."`)
-    check_out_folder(Path("out"))
+    check_out_folder(Path("out"), "curate")
     monkeypatch.chdir(unpacked)
     monkeypatch.delenv(runtime.JOB_CONFIG_ENV_VAR)  # not submitted: a relative --out is the user's own folder
-    check_out_folder(Path("out"))
+    check_out_folder(Path("out"), "curate")
 
 
 def test_no_address_starts_a_local_ray_even_beside_a_ray_start_cluster(monkeypatch: pytest.MonkeyPatch) -> None:

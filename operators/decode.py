@@ -42,10 +42,17 @@ class VideoInfo:
     fps: float  # shown frames per second of presentation time (the average rate of a VFR video)
     num_frames: int  # frames a player shows
     hdr_pq: bool = False  # HDR10 (PQ transfer): decoded as if SDR (no `zscale` here), it comes out washed out
+    nominal_fps: float | None = None  # the stream's frame rate where it drops a few frames (`_nominal_rate`)
 
     @property
     def duration_s(self) -> float:
         return self.num_frames / self.fps
+
+    @property
+    def output_fps(self) -> float:
+        """The rate a video made from this one is written at: a 29.97-fps capture that dropped a
+        frame averages 29.6 fps, and a player shows it at 29.97 holding the frame before the gap."""
+        return self.nominal_fps or self.fps
 
 
 @dataclass(frozen=True)
@@ -156,6 +163,7 @@ class _Stream:
     sar: Fraction  # a stored pixel's width over its height: shown (width * sar) x height
     hdr_pq: bool  # HDR10 (PQ transfer), as `VideoInfo.hdr_pq`
     interlaced: bool  # its fields are coded apart in time (broadcast, DV): woven, a moving edge combs
+    guessed_rate: Fraction | None  # FFmpeg's guess at its frame rate (`av_guess_frame_rate`)
 
 
 #: FFmpeg's transfer characteristic of HDR10 (SMPTE ST 2084, PQ)
@@ -191,7 +199,8 @@ def _pyav_probe(source: Source) -> _Stream | None:
             stream = container.streams.best("video")
             codec = stream.codec_context
             return _Stream("mpegts" in formats, int(codec.width), int(codec.height), _pixel_aspect(stream),
-                           codec.color_trc == _TRC_PQ, codec.field_order in _INTERLACED_FIELD_ORDERS)
+                           codec.color_trc == _TRC_PQ, codec.field_order in _INTERLACED_FIELD_ORDERS,
+                           stream.guessed_rate)
     except av.FFmpegError:
         return None
 
@@ -275,7 +284,22 @@ def probe_video(path: str) -> VideoInfo:
         height, width = reader[0].shape[:2]
         return _timeline(reader, int(width), int(height), edit_end_s=edit_end_s)[0]
     info = _timeline(reader, *_display_size(path), from_keyframe=stream.mpeg_ts, edit_end_s=edit_end_s)[0]
-    return replace(info, hdr_pq=stream.hdr_pq)
+    return replace(info, hdr_pq=stream.hdr_pq, nominal_fps=_nominal_rate(info.fps, stream.guessed_rate))
+
+
+#: frames a stream may be short of its declared rate and still be taken at that rate: a capture
+#: that dropped a few; fewer than that and its average is its rate (a phone's variable rate, a
+#: 60-fps container of 30-fps frames), as re-timing it would make frames that are not there
+DROPPED_FRAMES_AT_MOST = 0.05
+
+
+def _nominal_rate(average: float, guessed: Fraction | None) -> float | None:
+    """FFmpeg's guessed rate of a stream whose average rate is below it, by at most
+    DROPPED_FRAMES_AT_MOST, else None (the average is its rate): the rate a player's clock runs
+    at, which an output made from it keeps."""
+    if guessed is None:
+        return None
+    return float(guessed) if average * (1 + 1e-4) < guessed <= average / (1 - DROPPED_FRAMES_AT_MOST) else None
 
 
 def _average_rate(frames: int, seconds: float) -> float:
@@ -288,6 +312,12 @@ def _average_rate(frames: int, seconds: float) -> float:
     return rate
 
 
+#: how far, in frames, a time may be off and still be taken as on a frame's start: decord's times are
+#: float32 seconds, off by up to 0.007 frames an hour into a 30-fps video, and the 60 frames of 2 s
+#: at 29.97 fps, from a video that averages less, summed to 60.00001
+TIME_SLACK_FRAMES = 1e-2
+
+
 def resample_positions(info: VideoInfo, target_fps: float, start_s: float = 0.0, end_s: float | None = None,
                        frame_starts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Positions of a `target_fps` timeline over [start_s, end_s) and the source frame (index among
@@ -298,14 +328,14 @@ def resample_positions(info: VideoInfo, target_fps: float, start_s: float = 0.0,
     frames' start times; None means evenly spaced at `info.fps`.
     """
     end_s = info.duration_s if end_s is None else min(end_s, info.duration_s)
-    first = int(np.ceil(start_s * target_fps - 1e-6))
-    last = int(np.ceil(end_s * target_fps - 1e-6))
+    first = int(np.ceil(start_s * target_fps - TIME_SLACK_FRAMES))
+    last = int(np.ceil(end_s * target_fps - TIME_SLACK_FRAMES))
     positions = np.arange(first, max(first, last))
     times = positions / target_fps
     if frame_starts is None:
-        sources = np.floor(times * info.fps + 1e-6).astype(np.int64)
+        sources = np.floor(times * info.fps + TIME_SLACK_FRAMES).astype(np.int64)
     else:
-        sources = np.searchsorted(frame_starts, times + 1e-6, side="right") - 1
+        sources = np.searchsorted(frame_starts, times + TIME_SLACK_FRAMES / info.fps, side="right") - 1
     return positions, np.clip(sources, 0, info.num_frames - 1)
 
 

@@ -112,7 +112,7 @@ def extract_driving_motion(
     found on fewer than `min_face_fraction` of the frames.
     """
     info = probe_video(path)
-    fps = float(fps or info.fps)  # PySceneDetect's timecodes refuse an int frame rate
+    fps = float(fps or info.output_fps)  # PySceneDetect's timecodes refuse an int frame rate
     detections: list[tuple[int, list[Face]]] = []
     measured: dict[int, list[tuple[Face, np.ndarray]]] = {}
 

@@ -83,7 +83,7 @@ def prepare_clip(source: str, folder: Path, max_seconds: float | None, reference
         cut_from = input_fingerprint(source)
         if not (clip.is_file() and stamp.is_file() and stamp.read_text() == cut_from):
             ref.unlink(missing_ok=True)  # the old clip's first frame
-            fps = probe_video(source).fps
+            fps = probe_video(source).output_fps
             frames = (chunk.frames for chunk in iter_frame_chunks(source, fps, end_s=max_seconds))
             write_h264(clip, frames, fps, audio_from=source)
             atomic_write(stamp, cut_from)

@@ -288,7 +288,7 @@ class JobEvaluator:
         self_protocol = self.cfg.protocol == "self"
         try:
             driver, out_info = probe_video(str(job["driving"])), probe_video(output)
-            fps = driver.fps
+            fps = driver.output_fps
             out_count = len(resample_positions(out_info, fps)[0])
         except VideoUnreadable as exc:
             return {**row, "reason": UNREADABLE, "error": str(exc)[:300]}
@@ -346,7 +346,7 @@ class JobEvaluator:
                              "is not the driver's (the reference must be the clip's first frame; a portrait "
                              "animated by another video is scored with --protocol cross)"}
         try:
-            match_db = first_frame_psnr(reference, driving, driver.fps, self.cfg.pixel_size)
+            match_db = first_frame_psnr(reference, driving, driver.output_fps, self.cfg.pixel_size)
         except VideoUnreadable as exc:
             return {"reason": UNREADABLE, "error": str(exc)[:300]}
         if match_db >= SELF_REFERENCE_MIN_PSNR_DB:

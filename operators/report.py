@@ -241,7 +241,7 @@ def side_by_side(ref: str, driving: str, output: str, out_path: Path, height: in
     if not reference.ok:
         raise ValueError(f"reference {ref}: {reference.reason}")
     still = _fit_height(reference.rgb[None], height)[0]
-    fps = probe_video(driving).fps
+    fps = probe_video(driving).output_fps
 
     out_start, drv_start = max(frame_offset, 0) / fps, max(-frame_offset, 0) / fps
 

@@ -8,6 +8,7 @@ import os
 import struct
 import zlib
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -223,3 +224,23 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
             with_stat = os.lstat(path)
             found[path] = (with_stat.st_size, with_stat.st_mtime_ns)
     return found
+
+
+def dropped_frame_video(path: Path, frames: int = 60, dropped: int = 30) -> Path:
+    """A 29.97-fps H.264 mp4 (no face) whose frame `dropped` was never captured: a gap of two frame
+    times in its timestamps, as a capture card or a phone under load leaves. Frame k's grey is 3k."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(30000, 1001))
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 30000)
+        for index in (k for k in range(frames) if k != dropped):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 3 * index, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = index * 1001, Fraction(1, 30000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

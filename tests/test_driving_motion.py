@@ -215,3 +215,15 @@ def test_motion_extracted_from_chunks_under_the_byte_budget_is_the_same(tmp_path
     chunked = driving_motion.extract_driving_motion(path, _TurningDriver(turn=8), size=64, fps=25.0)
     assert calls == [(32, True), (3, True)]
     assert chunked.to_bytes() == whole.to_bytes()
+
+
+def test_a_driver_that_dropped_a_frame_is_animated_at_its_own_rate(tmp_path) -> None:
+    """A 29.97-fps driver short of one frame was animated at its average, 29.47 fps: an output at
+    a rate no editor's timeline has. It is animated at 29.97, the frame before the gap held over it."""
+    from bad_media import dropped_frame_video
+
+    from portraitflow.operators.driving_motion import extract_driving_motion
+
+    path = str(dropped_frame_video(tmp_path / "dropped.mp4"))
+    motion = extract_driving_motion(path, _TurningDriver(turn=1000), size=64)
+    assert motion.fps == pytest.approx(30000 / 1001, rel=1e-9) and motion.num_frames == 60

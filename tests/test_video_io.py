@@ -480,11 +480,28 @@ def test_a_variable_frame_rate_video_is_resampled_by_its_timestamps(tmp_path: Pa
         out.mux(video.encode(None))
     info = probe_video(str(path))
     assert info.num_frames == 51 and info.duration_s == pytest.approx(4.0, abs=0.05)
+    assert info.output_fps == info.fps  # 12.75: a hold this long is the video's, not a capture's dropped frames
     means = np.concatenate([c.frames.reshape(len(c.frames), -1).mean(1) for c in iter_frame_chunks(str(path), 25.0)])
     assert len(means) == pytest.approx(100, abs=1)
     held = means[25:75]  # 1.0 s .. 3.0 s shows the held frame
     assert np.ptp(held) < 2 and abs(held[0] - (10 + 4 * 25)) < 3
     assert abs(means[75] - (10 + 4 * 26)) < 3
+
+
+def test_a_capture_that_dropped_a_frame_keeps_its_frame_rate(tmp_path: Path) -> None:
+    """A 29.97-fps driver short of one frame averages 29.47 fps over 2 s, and its animation was
+    written at that rate. Its rate is FFmpeg's (29.97), a player's clock: the frame before the gap
+    is held over it. A variable rate far from its declared one keeps its average."""
+    from bad_media import dropped_frame_video
+
+    path = str(dropped_frame_video(tmp_path / "dropped.mp4"))
+    info = probe_video(path)
+    assert info.num_frames == 59 and info.fps == pytest.approx(59 / 2.002, rel=1e-3)
+    assert info.output_fps == float(Fraction(30000, 1001))
+    greys = np.concatenate([c.frames[:, 0, 0, 0] for c in iter_frame_chunks(path, info.output_fps)]).astype(int)
+    assert len(greys) == 60 and abs(greys[30] - greys[29]) <= 2 and abs(greys[31] - 3 * 31) <= 3
+    write_h264(tmp_path / "steady.mp4", [_gradient_clip(30)], fps=30000 / 1001)
+    assert probe_video(str(tmp_path / "steady.mp4")).nominal_fps is None  # no frame missing: its average is its rate
 
 
 def test_frames_an_edit_list_hides_are_not_decoded(media_dir: Path) -> None:

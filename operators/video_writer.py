@@ -30,13 +30,31 @@ def played_audio(container: av.container.InputContainer) -> av.audio.stream.Audi
     return next((s for s in tracks if s.disposition & av.stream.Disposition.default), tracks[0])
 
 
-class _AudioSource:
-    """The first audio stream of a file from `start_s` on the video's clock, decoded lazily and
-    re-encoded up to a given time.
+#: AAC's own channel configurations (1-6, 8 in its AudioSpecificConfig), by channel count: any
+#: other layout (the 5.1(side) of decoded AC-3, quad, 2.1, 16 channels, "N channels" with no
+#: order) is written as configuration 0 with a program config element, which many hardware and
+#: browser decoders refuse; it is remixed to the one of its channel count (FFmpeg's remix matrix)
+AAC_LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "4.0", 5: "5.0", 6: "5.1", 7: "7.1", 8: "7.1"}
+#: the sample format audio is handled in before the encoder: packed, as PyAV 18 miscounts the
+#: planes of planar 8-channel frames and reads past their data
+_WORK_FORMAT = "flt"
+#: a jump this long in the source audio's timestamps is a hole (dropped audio, joined segments):
+#: it is filled with silence, so what follows keeps its time
+AUDIO_GAP_S = 0.01
 
-    `start_s` counts from the file's first shown video frame, as `decode` does, so an audio
-    stream that starts earlier or later than the video stays in sync: the lead-in before the
-    video is dropped, and a late start is preceded by silence.
+
+def aac_layout(channels: int) -> str:
+    """The AAC channel configuration a source of `channels` channels is written in."""
+    return AAC_LAYOUTS.get(channels, "7.1")
+
+
+class _AudioSource:
+    """The played audio stream of a file from `start_s` on the video's clock, decoded lazily,
+    converted to the output's rate and layout, and re-encoded up to a given time.
+
+    Time follows the source's timestamps, counted from the file's first shown video frame, as
+    `decode` counts: the lead-in before `start_s` is dropped, and a late start or a hole in the
+    audio is filled with silence, so everything after stays in sync.
     """
 
     def __init__(self, container, stream, start_s: float) -> None:
@@ -44,6 +62,8 @@ class _AudioSource:
         self.stream = stream
         self.start_s = _first_video_time(container) + start_s  # on the file's clock
         self.rate = stream.rate if stream.rate in AAC_SAMPLE_RATES else 48000
+        self.layout = aac_layout(stream.codec_context.channels)
+        _name_unordered_channels(stream)
         if self.start_s > 0:
             container.seek(int(self.start_s / stream.time_base), stream=stream)  # lands at or before start_s
         self._frames = self._from_start(container.decode(stream))
@@ -64,31 +84,63 @@ class _AudioSource:
         return cls(container, played_audio(container), start_s)
 
     def _from_start(self, frames):
-        """Frames from `start_s` on, resampled to `rate`: the one that straddles it cut to begin
-        exactly there, or silence before the first when the audio starts later."""
-        import av
-
+        """Frames from `start_s` on in the output's rate, layout and `_WORK_FORMAT`: the lead-in
+        before `start_s` dropped, silence wherever the source's timestamps leave time unfilled."""
+        filled_to = self.start_s  # the source time the frames yielded so far reach
+        drop = 0  # output samples still to drop: the part of the first frame before start_s
         resampler = None
         for frame in frames:
-            if frame.time is not None and frame.time + frame.samples / frame.sample_rate <= self.start_s:
+            at = filled_to if frame.time is None else float(frame.time)
+            if at + frame.samples / frame.sample_rate <= self.start_s:
                 continue
+            if at - filled_to > AUDIO_GAP_S:  # a late start, or a hole: silence up to this frame
+                if resampler is not None:  # what the resampler holds comes before the hole
+                    yield from self._dropping(resampler.resample(None), 0)
+                    resampler = None
+                yield self._silence(round((at - filled_to) * self.rate))
+            elif at < self.start_s:
+                drop = round((self.start_s - at) * self.rate)
             if resampler is None:
-                resampler = av.AudioResampler(format=frame.format.name, layout=frame.layout.name, rate=self.rate)
-                if frame.time is not None and frame.time > self.start_s:
-                    yield from resampler.resample(_silence(frame, round((frame.time - self.start_s) * frame.sample_rate)))
-            if frame.time is not None and frame.time < self.start_s:
-                frame = _slice_samples(frame, round((self.start_s - frame.time) * frame.sample_rate), frame.samples)
-            frame.pts = None
-            yield from resampler.resample(frame)
+                resampler = self._resampler()
+            frame.pts = None  # contiguous from here: times are checked above, not by the resampler
+            for converted in resampler.resample(frame):
+                drop = yield from self._dropping([converted], drop)
+            filled_to = max(filled_to, at + frame.samples / frame.sample_rate)
         if resampler is not None:
-            yield from resampler.resample(None)
+            yield from self._dropping(resampler.resample(None), drop)
+
+    @staticmethod
+    def _dropping(frames, drop: int):
+        """Yield `frames` less their first `drop` samples; returns how many were not dropped yet."""
+        for frame in frames:
+            if drop >= frame.samples:
+                drop -= frame.samples
+                continue
+            yield _slice_samples(frame, drop, frame.samples) if drop else frame
+            drop = 0
+        return drop
+
+    def _resampler(self):
+        import av
+
+        return av.AudioResampler(format=_WORK_FORMAT, layout=self.layout, rate=self.rate)
+
+    def _silence(self, samples: int):
+        import av
+
+        channels = len(av.AudioLayout(self.layout).channels)
+        silent = av.AudioFrame.from_ndarray(np.zeros((1, samples * channels), np.float32),
+                                            format=_WORK_FORMAT, layout=self.layout)
+        silent.sample_rate = self.rate
+        return silent
 
     def mux_until(self, out, out_stream, until_s: float, final: bool = False) -> None:
         """Encode the source frames that end by `until_s` (the video written so far).
 
         A frame that straddles `until_s` waits for more video, unless `final` (`until_s` is the
         video's end): then it is cut to its samples before `until_s` and the rest dropped, so
-        the audio never outlasts the video.
+        the audio never outlasts the video. Audio that ends before the video is not padded: the
+        track's length says how much of the video has sound (`audio_seconds`).
         """
         while True:
             frame = self._pending or next(self._frames, None)
@@ -101,10 +153,13 @@ class _AudioSource:
                 return
             if keep < frame.samples:
                 frame = _slice_samples(frame, 0, keep)
-            # explicit timestamps from 0, so the muxer's edit list hides the encoder's priming delay
-            frame.pts, frame.time_base = self._samples_out, Fraction(1, frame.sample_rate)
-            self._samples_out += frame.samples
-            out.mux(out_stream.encode(frame))
+            self._encode(out, out_stream, frame)
+
+    def _encode(self, out, out_stream, frame) -> None:
+        # explicit timestamps from 0, so the muxer's edit list hides the encoder's priming delay
+        frame.pts, frame.time_base = self._samples_out, Fraction(1, frame.sample_rate)
+        self._samples_out += frame.samples
+        out.mux(out_stream.encode(frame))
 
     def close(self) -> None:
         self.container.close()
@@ -121,25 +176,25 @@ def _first_video_time(container) -> float:
     return float(frame.time) if frame is not None and frame.time is not None else 0.0
 
 
-def _silence(like, samples: int):
-    """`samples` of silence in the format, layout and rate of the audio frame `like`."""
-    import av
+#: a standard order for channels that have none, by count: AAC's own where it has one for the count
+_DEFAULT_LAYOUTS = {**AAC_LAYOUTS, 7: "6.1", 16: "hexadecagonal"}
 
-    channels = len(like.layout.channels)
-    shape = (channels, samples) if like.format.is_planar else (1, samples * channels)
-    silent = av.AudioFrame.from_ndarray(np.zeros(shape, dtype=like.to_ndarray().dtype),
-                                        format=like.format.name, layout=like.layout.name)
-    silent.sample_rate = like.sample_rate
-    return silent
+
+def _name_unordered_channels(stream) -> None:
+    """Give a stream whose channels have no declared order ("2 channels": MXF and AVI PCM, split
+    mono tracks) a standard order for its count, before it decodes: the resampler remixes
+    only named channels, and the AAC encoder refuses unnamed ones."""
+    context = stream.codec_context
+    if context.layout.name.endswith("channels") and context.channels in _DEFAULT_LAYOUTS:
+        context.layout = _DEFAULT_LAYOUTS[context.channels]
 
 
 def _slice_samples(frame, start: int, stop: int):
-    """A copy of an audio frame with only its samples [start, stop) (planar or packed)."""
+    """A copy of a packed (`_WORK_FORMAT`) audio frame with only its samples [start, stop)."""
     import av
 
-    data = frame.to_ndarray()
-    step = 1 if frame.format.is_planar else len(frame.layout.channels)
-    trimmed = av.AudioFrame.from_ndarray(np.ascontiguousarray(data[:, start * step:stop * step]),
+    channels = len(frame.layout.channels)
+    trimmed = av.AudioFrame.from_ndarray(np.ascontiguousarray(frame.to_ndarray()[:, start * channels:stop * channels]),
                                          format=frame.format.name, layout=frame.layout.name)
     trimmed.sample_rate = frame.sample_rate
     return trimmed
@@ -247,7 +302,8 @@ def write_h264(
             if audio is not None:
                 in_audio = audio.stream
                 out_audio = out.add_stream("aac", rate=audio.rate)
-                out_audio.layout = in_audio.layout.name if in_audio.layout else "stereo"
+                out_audio.layout = audio.layout
+                out_audio.codec_context.flags |= int(av.codec.context.Flags.bitexact)  # no encoder version string
                 if in_audio.metadata.get("language"):  # which dub track this is, for a dubbing team
                     out_audio.metadata["language"] = in_audio.metadata["language"]
             for chunk in every_chunk():

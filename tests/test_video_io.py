@@ -464,6 +464,82 @@ def test_audio_at_a_rate_aac_cannot_encode_is_resampled(tmp_path: Path, rate: in
     assert click == pytest.approx(flash, abs=0.01)
 
 
+def _noise_track(path: Path, layout: str, seconds: float = 1.0, rate: int = 48000, codec: str = "aac",
+                 hole: tuple[float, float] | None = None, container: str = "mp4") -> np.ndarray:
+    """A `seconds` video with an audio track in `layout` (each channel its own noise), without the
+    audio frames that would start inside `hole` (their timestamps jump it, as dropped audio leaves);
+    returns the first channel as written."""
+    channels = len(av.AudioLayout(layout).channels)
+    noise = np.random.default_rng(channels).uniform(-0.5, 0.5, (round(seconds * rate), channels)).astype(np.float32)
+    with av.open(str(path), "w", format=container) as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width = video.height = 64
+        video.pix_fmt = "yuv420p"
+        audio = out.add_stream(codec, rate=rate)
+        audio.layout = layout
+        for start in range(0, len(noise), 1024):
+            if hole and hole[0] <= start / rate < hole[1]:
+                continue
+            block = noise[start:start + 1024]
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(block.reshape(1, -1)), format="flt", layout=layout)
+            frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
+            out.mux(audio.encode(frame))
+        out.mux(audio.encode(None))
+        for _ in range(round(seconds * 25)):
+            out.mux(video.encode(av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")))
+        out.mux(video.encode(None))
+    return noise[:, 0]
+
+
+def _aac_channel_configuration(path: Path) -> int:
+    """The channelConfiguration of an mp4's AAC track (0: a program config element names them)."""
+    with av.open(str(path)) as container:
+        extradata = container.streams.audio[0].codec_context.extradata
+    return (int.from_bytes(extradata[:2], "big") >> 3) & 15
+
+
+@pytest.mark.parametrize(("layout", "written", "configuration"), [
+    ("7.1", "7.1", 7), ("5.1(side)", "5.1", 6), ("quad", "4.0", 4), ("2.1", "3.0", 3), ("mono", "mono", 1)])
+def test_any_channel_layout_is_written_in_an_aac_configuration_of_its_own(
+        tmp_path: Path, layout: str, written: str, configuration: int) -> None:
+    """A 7.1 track crashed the worker (PyAV reads past the planes of planar 8-channel frames); AC-3's
+    5.1(side), quad and 2.1 were written as configuration 0, which many decoders refuse."""
+    source, output = tmp_path / "source.mp4", tmp_path / "out.mp4"
+    _noise_track(source, layout)
+    write_h264(output, [_gradient_clip(25)], fps=25.0, audio_from=source)
+    with av.open(str(output)) as container:
+        assert container.streams.audio[0].layout.name == written
+    assert _aac_channel_configuration(output) == configuration
+    assert b"Lavc" not in output.read_bytes()  # no encoder version string: the bytes depend on the inputs only
+
+
+def test_pcm_channels_with_no_declared_order_are_written_as_stereo(tmp_path: Path) -> None:
+    """MXF and AVI PCM declare "2 channels" with no order: the AAC encoder refused them, and the job
+    failed with `avcodec_open2("aac", ...) returned 22`."""
+    source, output = tmp_path / "source.avi", tmp_path / "out.mp4"
+    _noise_track(source, "stereo", codec="pcm_s16le", container="avi")
+    with av.open(str(source)) as container:
+        assert container.streams.audio[0].layout.name == "2 channels"  # as FFmpeg reads AVI's PCM
+    write_h264(output, [_gradient_clip(25)], fps=25.0, audio_from=source)
+    with av.open(str(output)) as container:
+        assert container.streams.audio[0].layout.name == "stereo"
+
+
+def test_a_hole_in_the_audio_is_silence_and_what_follows_keeps_its_time(tmp_path: Path) -> None:
+    """Audio samples were joined end to end: after a 0.4-s hole everything ran 0.4 s early."""
+    source, output = tmp_path / "source.mkv", tmp_path / "out.mp4"
+    written = _noise_track(source, "mono", seconds=2.0, hole=(0.8, 1.2), container="matroska")
+    write_h264(output, [_gradient_clip(25), _gradient_clip(25)], fps=25.0, audio_from=source)
+    with av.open(str(output)) as container:
+        played = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
+    hole = slice(round(0.83 * 48000), round(1.17 * 48000))
+    assert np.abs(played[hole]).max() < 0.01
+    at, length = round(1.4 * 48000), round(0.4 * 48000)
+    lags = range(-round(0.5 * 48000), round(0.1 * 48000))  # it ran 0.4 s early
+    match = [np.dot(played[at:at + length], written[at + lag:at + lag + length]) for lag in lags]
+    assert abs(lags[int(np.argmax(match))]) <= 48  # Matroska's times are whole milliseconds
+
+
 def test_a_variable_frame_rate_video_is_resampled_by_its_timestamps(tmp_path: Path) -> None:
     """1 s at 25 fps, one frame held for 2 s, then 1 s at 25 fps: 4 s, not 51 frames / 25 fps."""
     path = tmp_path / "vfr.mp4"

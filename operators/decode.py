@@ -164,6 +164,7 @@ class _Stream:
     hdr_pq: bool  # HDR10 (PQ transfer), as `VideoInfo.hdr_pq`
     interlaced: bool  # its fields are coded apart in time (broadcast, DV): woven, a moving edge combs
     guessed_rate: Fraction | None  # FFmpeg's guess at its frame rate (`av_guess_frame_rate`)
+    tick_s: float  # its timestamps' unit: Matroska's and WebM's are whole milliseconds
 
 
 #: FFmpeg's transfer characteristic of HDR10 (SMPTE ST 2084, PQ)
@@ -200,7 +201,7 @@ def _pyav_probe(source: Source) -> _Stream | None:
             codec = stream.codec_context
             return _Stream("mpegts" in formats, int(codec.width), int(codec.height), _pixel_aspect(stream),
                            codec.color_trc == _TRC_PQ, codec.field_order in _INTERLACED_FIELD_ORDERS,
-                           stream.guessed_rate)
+                           stream.guessed_rate, float(stream.time_base or 0))
     except av.FFmpegError:
         return None
 
@@ -284,7 +285,8 @@ def probe_video(path: str) -> VideoInfo:
         height, width = reader[0].shape[:2]
         return _timeline(reader, int(width), int(height), edit_end_s=edit_end_s)[0]
     info = _timeline(reader, *_display_size(path), from_keyframe=stream.mpeg_ts, edit_end_s=edit_end_s)[0]
-    return replace(info, hdr_pq=stream.hdr_pq, nominal_fps=_nominal_rate(info.fps, stream.guessed_rate))
+    nominal = _nominal_rate(info.fps, stream.guessed_rate, stream.tick_s / info.duration_s)
+    return replace(info, hdr_pq=stream.hdr_pq, nominal_fps=nominal)
 
 
 #: frames a stream may be short of its declared rate and still be taken at that rate: a capture
@@ -293,19 +295,28 @@ def probe_video(path: str) -> VideoInfo:
 DROPPED_FRAMES_AT_MOST = 0.05
 
 
-def _nominal_rate(average: float, guessed: Fraction | None) -> float | None:
-    """FFmpeg's guessed rate of a stream whose average rate is below it, by at most
-    DROPPED_FRAMES_AT_MOST, else None (the average is its rate): the rate a player's clock runs
-    at, which an output made from it keeps."""
-    if guessed is None:
+def _nominal_rate(average: float, guessed: Fraction | None, rounding: float) -> float | None:
+    """FFmpeg's guessed rate (snapped as `_snapped`) of a stream whose average rate differs from
+    it, but is below it by at most DROPPED_FRAMES_AT_MOST or above it by at most `rounding` (its
+    timestamps' rounding over its length: 2 s of 24-fps Matroska averages 24.012), else None (the
+    average is its rate): the rate a player's clock runs at, which an output made from it keeps."""
+    if guessed is None or guessed <= 0:
         return None
-    return float(guessed) if average * (1 + 1e-4) < guessed <= average / (1 - DROPPED_FRAMES_AT_MOST) else None
+    nominal = _snapped(float(guessed))
+    if abs(average - nominal) <= 1e-4 * nominal:
+        return None
+    return nominal if nominal * (1 - DROPPED_FRAMES_AT_MOST) <= average <= nominal * (1 + 1e-4 + 2 * rounding) else None
 
 
 def _average_rate(frames: int, seconds: float) -> float:
-    """Frames per second, snapped to the nominal integer or x/1001 rate within 0.01%: decord's
-    timestamps are float32 and rounded, so a 25 fps video would otherwise read as 25.0000006."""
-    rate = frames / seconds
+    """Frames per second, `_snapped`: decord's timestamps are float32 and rounded, so a 25 fps
+    video would otherwise read as 25.0000006."""
+    return _snapped(frames / seconds)
+
+
+def _snapped(rate: float) -> float:
+    """`rate` snapped to the nominal integer or x/1001 rate within 0.01% (FFmpeg guesses 59.94-fps
+    Matroska as 19001/317)."""
     for nominal in (Fraction(round(rate)), Fraction(round(rate * 1.001) * 1000, 1001)):
         if nominal and abs(rate - nominal) < 1e-4 * rate:
             return float(nominal)
@@ -319,13 +330,16 @@ TIME_SLACK_FRAMES = 1e-2
 
 
 def resample_positions(info: VideoInfo, target_fps: float, start_s: float = 0.0, end_s: float | None = None,
-                       frame_starts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       frame_starts: np.ndarray | None = None, tick_s: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Positions of a `target_fps` timeline over [start_s, end_s) and the source frame (index among
     the shown frames) on screen at each.
 
     Each output time t picks the frame shown at t (the last one starting by t), which repeats frames
     when upsampling and skips them when downsampling, as a player would. `frame_starts` are the
-    frames' start times; None means evenly spaced at `info.fps`.
+    frames' start times; None means evenly spaced at `info.fps`. A time up to one `tick_s` (the
+    unit the container rounds times to) before a frame's start is taken as on it: 29.97-fps
+    Matroska, its times rounded to the millisecond, otherwise repeats a frame and skips the next
+    about every sixth frame.
     """
     end_s = info.duration_s if end_s is None else min(end_s, info.duration_s)
     first = int(np.ceil(start_s * target_fps - TIME_SLACK_FRAMES))
@@ -335,7 +349,8 @@ def resample_positions(info: VideoInfo, target_fps: float, start_s: float = 0.0,
     if frame_starts is None:
         sources = np.floor(times * info.fps + TIME_SLACK_FRAMES).astype(np.int64)
     else:
-        sources = np.searchsorted(frame_starts, times + TIME_SLACK_FRAMES / info.fps, side="right") - 1
+        slack_s = max(TIME_SLACK_FRAMES / info.fps, tick_s)
+        sources = np.searchsorted(frame_starts, times + slack_s, side="right") - 1
     return positions, np.clip(sources, 0, info.num_frames - 1)
 
 
@@ -386,7 +401,8 @@ def iter_frame_chunks(
     reader = _reader(path, width, height)
     mpeg_ts = stream is not None and stream.mpeg_ts
     info, shown, starts = _timeline(reader, from_keyframe=mpeg_ts, edit_end_s=_edit_list_end(path))
-    positions, sources = resample_positions(info, target_fps, start_s, end_s, starts)
+    positions, sources = resample_positions(info, target_fps, start_s, end_s, starts,
+                                            tick_s=stream.tick_s if stream is not None else 0.0)
     # decord turns a rotated video upright: either coded side may become the width it decodes at
     widths = (size[0],) if size else (stream.width, stream.height) if stream else ()
     # PyAV where decord would seek hidden frames by coded position (returning wrong ones), cannot

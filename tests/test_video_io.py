@@ -580,6 +580,26 @@ def test_a_capture_that_dropped_a_frame_keeps_its_frame_rate(tmp_path: Path) -> 
     assert probe_video(str(tmp_path / "steady.mp4")).nominal_fps is None  # no frame missing: its average is its rate
 
 
+@pytest.mark.parametrize("rate", [Fraction(30000, 1001), Fraction(24), Fraction(60000, 1001)])
+def test_matroska_times_in_whole_milliseconds_give_every_frame_once_at_its_rate(tmp_path: Path, rate: Fraction) -> None:
+    """OBS records Matroska, browsers WebM, both timing frames in whole milliseconds: about every
+    sixth frame was repeated and the next skipped, and 24 fps read as 24.012, 59.94 as 59.97."""
+    path = tmp_path / "clip.mkv"
+    with av.open(str(path), "w", format="matroska") as out:
+        video = out.add_stream("libx264", rate=rate)
+        video.width = video.height = 64
+        video.pix_fmt = "yuv420p"
+        for k in range(round(2 * rate)):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 2 * k, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = k, 1 / rate
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+    info = probe_video(str(path))
+    assert info.output_fps == float(rate)
+    greys = np.concatenate([c.frames[:, 0, 0, 0] for c in iter_frame_chunks(str(path), info.output_fps)]).astype(int)
+    assert len(greys) == round(2 * rate) and np.all(np.abs(greys - 2 * np.arange(len(greys))) <= 2)
+
+
 def test_frames_an_edit_list_hides_are_not_decoded(media_dir: Path) -> None:
     """This film clip's mp4 edit list hides its first 15 coded frames: players show 48 (PyAV too)."""
     path = media_dir / "upscaleavideo_old_movie_2.mp4"

@@ -88,7 +88,8 @@ OPERATIONAL_SETTINGS = {"face": operational(FaceConfig), "curate": operational(C
 BEHAVIOUR_BEFORE_ADDED = {"curate": {"shot_hash_threshold": 0.0, "duplicate_mirrored": False},
                           "versions": {"scan_measures": 6}}
 #: what the latest measures version changed in what a corpus holds, for the refusal to mix them
-MEASURES_CHANGES = ("since 7: frames where the face leaves the crop cut out (face_leaves_crop), identity embedded "
+MEASURES_CHANGES = ("since 8: identity embedded at least every identity_sample_seconds, the reference frame one "
+                    "of those embedded, a clip denied when any sample is a denied person; since 7: frames where the face leaves the crop cut out (face_leaves_crop), identity embedded "
                     "on detected frames only, unmeasured sharpness/keypoint_yaw/profile_share NaN; since 6: motion "
                     "on smoothed landmarks, a reference frame with open eyes, pose.npy fitted centred in the crop, "
                     "profiles rejected, interlaced frames blended")

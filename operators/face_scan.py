@@ -229,7 +229,8 @@ def _measure(analyzer: FaceAnalyzer, path: str, size, frame_hw: tuple[int, int],
     """Second pass over a clip: per-frame landmarks, pose, sharpness and sampled embeddings."""
     start, end = candidate.start, candidate.end
     part = main.between(start, end)
-    samples = identity_sample_frames(part.detected, cfg.identity_samples)
+    spaced = int(np.ceil((end - start) / (cfg.identity_sample_seconds * cfg.fps))) + 1
+    samples = identity_sample_frames(part.detected, max(cfg.identity_samples, spaced))
     landmarks, poses, sharp, embeddings, thumbnails = [], [], [], [], []
     chunks = iter_frame_chunks(path, cfg.fps, start / cfg.fps, end / cfg.fps, cfg.chunk_frames, size)
     for chunk in timer.iterate("decode", chunks):
@@ -336,14 +337,15 @@ def _decide(arrays: dict[str, np.ndarray], first: int, last: int, offset: int, i
         filters.pose(measures["yaw"], measures["pitch"], cfg),
         filters.sharpness(measures["sharpness"], cfg),
         filters.motion(measures["motion"], measures["shake"], cfg),
-        filters.IDENTITY_DENIED if matches_gallery(embedding, galleries.deny, galleries.threshold) else None,
+        filters.IDENTITY_DENIED if matches_gallery(sample_embedding, galleries.deny, galleries.threshold) else None,
         filters.IDENTITY_NOT_ALLOWED
         if len(galleries.allow) and not matches_gallery(embedding, galleries.allow, galleries.threshold) else None,
     )
     if reason:
         return [Candidate(start, end, reason, measures)]
+    embedded = np.isin(np.arange(first, last), sample_index)  # the frames whose person was checked
     frontal = reference_index(frames["pose"], frames["landmarks"], frames["measure_detected"], frames["boxes"],
-                              (info.height, info.width))
+                              (info.height, info.width), embedded)
     stored = {k: v for k, v in frames.items() if not k.startswith(DECISION_ONLY)}
     thumbnails = stored.pop("thumbnails")
     kept = dict(stored, motion=motion, embedding=embedding, signature=content_signature(thumbnails),

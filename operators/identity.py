@@ -98,8 +98,10 @@ def load_gallery(analyzer: FaceAnalyzer, folder: str | None, warn_skipped: bool 
     return np.stack(embeddings)
 
 
-def matches_gallery(embedding: np.ndarray, gallery: np.ndarray, threshold: float) -> bool:
-    return bool(len(gallery)) and float((gallery @ l2_normalise(embedding)).max()) >= threshold
+def matches_gallery(embeddings: np.ndarray, gallery: np.ndarray, threshold: float) -> bool:
+    """Whether an embedding (D,), or any of several (N, D), is a gallery's person: a clip is denied
+    when any of its samples shows a denied person, not only when their mean does."""
+    return bool(len(gallery)) and float((gallery @ l2_normalise(embeddings).T).max()) >= threshold
 
 
 class _Rows:

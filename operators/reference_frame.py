@@ -1,7 +1,7 @@
 """Which frame of a kept clip is its reference (`ref_index`, stored by the scan: operators/face_scan.py).
 
 The most frontal frame alone is often a blink or a look down; these pure functions on the clip's
-per-frame arrays also ask for a detected, whole face with open eyes.
+per-frame arrays also ask for a detected, whole face with open eyes, on a frame the identity checks embedded.
 """
 from __future__ import annotations
 
@@ -33,8 +33,10 @@ def inside_frame(boxes: np.ndarray, frame_hw: tuple[int, int]) -> np.ndarray:
 
 
 def reference_index(pose: np.ndarray, landmarks: np.ndarray, detected: np.ndarray, boxes: np.ndarray,
-                    frame_hw: tuple[int, int]) -> int:
-    """The clip's reference frame (`ref.jpg`, `ref_face.jpg`, training's identity image): the smallest
+                    frame_hw: tuple[int, int], embedded: np.ndarray) -> int:
+    """The clip's reference frame (`ref.jpg`, `ref_face.jpg`, training's identity image): among the
+    `embedded` frames (those whose person the identity checks compared: any other could show
+    someone else, a second of another person had become a clip's reference), the smallest
     |yaw| + |pitch| among frames with a finite pose that were detected (not interpolated), show the
     whole face (`inside_frame`) and have their eyes open (eye aspect ratio at least the clip's median).
 
@@ -42,10 +44,11 @@ def reference_index(pose: np.ndarray, landmarks: np.ndarray, detected: np.ndarra
     frontal. Where no frame meets a condition together with those before it, that condition is
     dropped, so a clip always gets the best frame it has.
     """
+    embedded = np.asarray(embedded, bool)
     turn = np.abs(np.asarray(pose, np.float64)[:, :2]).sum(axis=1)
-    usable = np.isfinite(turn)
+    usable = np.isfinite(turn) & embedded
     if not usable.any():  # no pose at all: choose on the other conditions alone
-        turn, usable = np.zeros(len(turn)), np.ones(len(turn), bool)
+        turn, usable = np.zeros(len(turn)), embedded.copy()
     ratio = eye_aspect_ratio(landmarks)
     eyes_open = ratio >= np.nanmedian(ratio) if np.isfinite(ratio).any() else np.ones(len(ratio), bool)
     for wanted in (np.asarray(detected, bool), inside_frame(boxes, frame_hw), eyes_open):

@@ -20,8 +20,9 @@ SIDE, TO_SOURCE = 64, 4.0  # analysis frames of a 256-px video
 BOX = np.array([8, 8, 56, 56], np.float32)  # 192 source px
 SMALL_BOX = np.array([18, 18, 46, 46], np.float32)  # 112 source px, under `min_face_px`
 PEOPLE = np.eye(8, dtype=np.float32)[:2]
-# with 8 identity samples (0, 28, 57, 85, 114, 142, 171, 199) the split keeps [0, 115) and [142, 200)
-FIRST, SECOND = (0, 115), (142, 200)
+# with identity samples at most 0.5 s apart (17: 0, 12, ..., 112, 124, ..., 198, on detected frames)
+# the split keeps [0, 113) and [124, 200)
+FIRST, SECOND = (0, 113), (124, 200)
 
 
 class _Analyzer:
@@ -149,3 +150,25 @@ def test_identity_samples_are_embedded_on_detected_frames_not_interpolated_ones(
     assert (clip.start, clip.end, clip.reason) == (0, FRAMES, None)
     assert clip.measures["identity_link"] == pytest.approx(1.0)
     assert face_scan.identity_sample_frames(np.arange(9) % 4 == 0, 4).tolist() == [0, 4, 8]  # 3 and 5 -> 4
+
+
+
+def test_a_second_of_another_person_inside_a_clip_is_seen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frames 88-111 of one person's 8-s clip show another, with no cut: 8 samples (0, 28, 57, 85, 114,
+    ...) fell around them, the clip was kept whole, and the other person's most frontal frame became
+    its reference. Samples at most 0.5 s apart see them: no clip kept holds a frame of them."""
+    rng = np.random.default_rng(0)
+    frames = np.full((FRAMES, SIDE, SIDE, 3), 128, np.uint8)
+    for index, frame in enumerate(frames):
+        low = 128 if 88 <= index < 112 else 0
+        _face(frame, BOX)[:] = rng.integers(low, low + 128, (48, 48))[..., None]
+    parts = _scan(monkeypatch, frames, _track(BOX, 0.0))
+    kept = [(c.start, c.end) for c in parts if c.reason is None]
+    assert all(end <= 88 or start >= 112 for start, end in kept), [(c.start, c.end, c.reason) for c in parts]
+
+
+def test_a_deny_list_matches_any_sample_not_only_their_mean() -> None:
+    from portraitflow.operators.identity import matches_gallery
+
+    samples, denied = np.stack([PEOPLE[0], PEOPLE[0], PEOPLE[1]]), PEOPLE[1:]
+    assert matches_gallery(samples, denied, 0.5) and not matches_gallery(samples.mean(axis=0), denied, 0.5)

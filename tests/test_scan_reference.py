@@ -51,7 +51,7 @@ def test_the_reference_is_the_most_frontal_detected_whole_open_eyed_frame() -> N
         ((5.0, 0.0), True, True, INSIDE),  # the one
         ((10.0, 5.0), True, True, INSIDE),
     ])
-    assert reference_index(pose, landmarks, detected, boxes, FRAME_HW) == 4
+    assert reference_index(pose, landmarks, detected, boxes, FRAME_HW, np.ones(len(pose), bool)) == 4
 
 
 @pytest.mark.parametrize("change, expected", [
@@ -74,4 +74,15 @@ def test_a_condition_no_frame_meets_is_dropped(change: str, expected: int) -> No
         pose[:] = np.nan
     else:
         boxes[:] = AT_LEFT_EDGE
-    assert reference_index(pose, landmarks, detected, boxes, FRAME_HW) == expected
+    assert reference_index(pose, landmarks, detected, boxes, FRAME_HW, np.ones(len(pose), bool)) == expected
+
+
+def test_the_reference_is_a_frame_the_identity_checks_embedded() -> None:
+    """A second of another person between two identity samples was the clip's most frontal stretch,
+    and became its reference (`ref.jpg`, training's identity image): a person no check had seen."""
+    pose, landmarks, detected, boxes = _clip([((float(yaw), 0.0), True, True, INSIDE) for yaw in (9, 8, 0, 1, 7, 6)])
+    embedded = np.array([True, False, False, False, True, True])
+    assert reference_index(pose, landmarks, detected, boxes, FRAME_HW, np.ones(6, bool)) == 2
+    assert reference_index(pose, landmarks, detected, boxes, FRAME_HW, embedded) == 5
+    pose[:] = np.nan  # no pose at all: still an embedded frame
+    assert reference_index(pose, landmarks, detected, boxes, FRAME_HW, ~embedded) == 1

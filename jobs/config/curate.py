@@ -79,7 +79,11 @@ class CurateConfig(BaseModel):
         0.9, ge=0, le=1, description="`no_face`: fraction of a clip's frames the main track must cover."
     )
     # identity
-    identity_samples: int = Field(8, ge=1, description="Frames embedded per clip for identity checks.")
+    identity_samples: int = Field(8, ge=1, description="Fewest frames embedded per clip for identity checks.")
+    identity_sample_seconds: float = Field(
+        0.5, gt=0, description="Longest gap between a clip's embedded frames: another person on screen this long "
+        "inside a clip is seen (with 8 samples alone, a second of another person fell between two).",
+    )
     identity_switch_similarity: float | None = Field(
         None, ge=-1, le=1,
         description="Cosine below which two frames of a clip are different people; empty: the backend's threshold.",

@@ -312,9 +312,12 @@ def _decide(arrays: dict[str, np.ndarray], first: int, last: int, offset: int, i
     switch = switch_index(sample_embedding, galleries.threshold)
     if switch == -1:
         return [Candidate(start, end, filters.IDENTITY_SWITCH, measures)]
-    if switch is not None:
+    if switch is not None:  # the frames between the two people's samples show either: a row of their own
         before, after = int(sample_index[switch - 1]) + 1, int(sample_index[switch])
+        between = dict(_part_measures(_frames(arrays, before, after), offset + before, offset + after, cfg),
+                       identity_link=measures["identity_link"])
         return (_decide(arrays, first, before, offset, info, galleries, cfg)
+                + [Candidate(offset + before, offset + after, filters.IDENTITY_SWITCH, between)] * (after > before)
                 + _decide(arrays, after, last, offset, info, galleries, cfg))
     crop_box = square_crop_box(np.median(frames["boxes"], axis=0), (info.height, info.width))
     outside = outside_share(frames["boxes"], crop_box)

@@ -359,7 +359,8 @@ def test_the_short_rest_of_a_clip_split_at_an_identity_switch_is_too_short_not_n
     }
     galleries = face_scan.Galleries(np.zeros((0, 8)), np.zeros((0, 8)), 0.5)
     parts = face_scan._decide(arrays, 0, frames, 0, VideoInfo(300, 300, 25.0, frames), galleries, cfg)
-    assert [(c.start, c.end, c.reason) for c in parts] == [(0, 91, None), (105, 106, filters.TOO_SHORT)]
+    assert [(c.start, c.end, c.reason) for c in parts] == [(0, 91, None), (91, 105, filters.IDENTITY_SWITCH),
+                                                           (105, 106, filters.TOO_SHORT)]
 
 
 def test_identity_switch_is_located_or_refused() -> None:

@@ -99,8 +99,10 @@ def _median_sharpness(frames: np.ndarray, box: np.ndarray, start: int, end: int)
 def test_a_blurred_part_is_rejected_on_its_own_sharpness_and_the_sharp_part_kept(
         monkeypatch: pytest.MonkeyPatch) -> None:
     frames = _footage(BOX, blur_second=True)
-    sharp, blurred = _scan(monkeypatch, frames, _track(BOX, 0.0))
+    sharp, between, blurred = _scan(monkeypatch, frames, _track(BOX, 0.0))
     assert [(c.start, c.end, c.reason) for c in (sharp, blurred)] == [(*FIRST, None), (*SECOND, filters.TOO_BLURRY)]
+    # the frames between the two people's samples show either: their own row, so every second is accounted for
+    assert (between.start, between.end, between.reason) == (FIRST[1], SECOND[0], filters.IDENTITY_SWITCH)
     assert sharp.measures["sharpness"] == pytest.approx(_median_sharpness(frames, BOX, *FIRST))
     assert blurred.measures["sharpness"] == pytest.approx(_median_sharpness(frames, BOX, *SECOND))
     assert blurred.measures["sharpness"] < CurateConfig().min_sharpness < sharp.measures["sharpness"]
@@ -120,7 +122,7 @@ def test_a_part_is_judged_on_its_own_first_pass_measures(monkeypatch: pytest.Mon
     # a face on 40 frames of the second part: over a quarter of it, under a quarter of the clip
     bystander = Track(np.arange(150, 190), np.tile(np.array([0, 0, 20, 20], np.float32), (40, 1)),
                       np.zeros((40, 5, 2), np.float32), np.ones(40, bool))
-    first, rest = _scan(monkeypatch, _footage(second_box, blur_second=False),
+    first, _, rest = _scan(monkeypatch, _footage(second_box, blur_second=False),
                         _track(second_box, 0.45 if second == "profile" else 0.0),
                         [bystander] if second == "bystander" else [])
     assert [(c.start, c.end, c.reason) for c in (first, rest)] == [(*FIRST, None), (*SECOND, reason)]

@@ -12,6 +12,8 @@ app = typer.Typer(
     help="Curate talking-head corpora, animate portraits in batch, and evaluate, on Ray Data + MLflow.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: it wraps at any width, where rich's table cut option text at 80 columns
+    context_settings={"max_content_width": 120},
 )
 app.command("doctor")(doctor.doctor)
 app.command("curate")(curate.curate)

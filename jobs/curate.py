@@ -565,7 +565,7 @@ def _log_run(cfg: PortraitFlowConfig, layout: Layout, metrics: dict[str, Any], c
 
 
 def curate(
-    inputs: Annotated[list[str], typer.Argument(help="Files, folders, globs, .txt/.parquet lists, or URIs.")],
+    inputs: Annotated[list[str], typer.Argument(metavar="INPUTS...", help="Files, folders, globs, .txt/.parquet lists, or URIs.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (shards, manifest, state).")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the inputs a run would process (those without a finished record), each local one probed as the run would: one that cannot be read is listed `fails` with the reason; then stop. Remote inputs are not fetched.")] = False,
     config: ConfigOption = None,

@@ -19,7 +19,7 @@ Protocol = EvaluateConfig.model_fields["protocol"].annotation
 
 def evaluate(
     results: Annotated[Path, typer.Argument(
-        help="Generation results (results.parquet) or a jobs file with an `output` column; relative paths "
+        metavar="RESULTS", help="Generation results (results.parquet) or a jobs file with an `output` column; relative paths "
         "are taken from its folder.", exists=True)],
     out: OutOption,
     jobs: Annotated[Optional[Path], typer.Option(
@@ -76,7 +76,7 @@ def evaluate(
 
 def sweep(
     sweep_file: Annotated[Path, typer.Argument(
-        help="Sweep YAML: dataset, grid and/or configs, evaluate overrides.", exists=True, dir_okay=False)],
+        metavar="SWEEP_FILE", help="Sweep YAML: dataset, grid and/or configs, evaluate overrides.", exists=True, dir_okay=False)],
     out: OutOption,
     max_parallel: Annotated[Optional[int], typer.Option(
         "--max-parallel", help="Configs run at the same time (evaluate.max_parallel).", min=1)] = None,
@@ -124,7 +124,7 @@ def sweep(
 
 
 def report(
-    run_id: Annotated[str, typer.Argument(help="A sweep's parent run id, or an evaluation run id.")],
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="A sweep's parent run id, or an evaluation run id.")],
     out: OutOption,
     rank_by: Annotated[Optional[str], typer.Option(
         "--rank-by", help="Metric sorting the summary (default: evaluate.rank_by).")] = None,

@@ -82,7 +82,7 @@ def _read_shard(path: Path) -> tuple[dict, list[str]]:
     return entry, keys
 
 
-def inspect(out: Annotated[Path, typer.Argument(help="A folder written by `portraitflow curate`.", exists=True)]) -> None:
+def inspect(out: Annotated[Path, typer.Argument(metavar="OUT", help="A folder written by `portraitflow curate`.", exists=True)]) -> None:
     """Summarise a curated output: counts per status and reason, shard sizes, sample keys.
 
     Exits 1, after the summary, when a shard cannot be read whole or the shards do not hold what

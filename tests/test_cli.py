@@ -66,9 +66,10 @@ def test_missing_weights_fail_before_ray(generation_calls: list, tmp_path: Path)
 def test_help_names_choices_and_defaults() -> None:
     animate = CliRunner().invoke(app, ["animate", "--help"], env=WIDE)
     assert animate.exit_code == 0
-    assert "auto|warp|hunyuan" in animate.output and "relative|absolute" in animate.output
-    assert "`tiny` for random tiny modules" in animate.output
-    assert "default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the current directory" in animate.output
+    text = " ".join(animate.output.split())  # as wrapped at any width
+    assert "auto|warp|hunyuan" in text and "relative|absolute" in text
+    assert "`tiny` for random tiny modules" in text
+    assert "default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the current directory" in text
     refused = CliRunner().invoke(app, ["animate", "--backend", "bogus", "--out", "x"], env=WIDE)
     assert refused.exit_code == 2 and "bogus" in refused.output
 

@@ -30,7 +30,7 @@ from portraitflow.operators.decode import (FULL_RES_CHUNK_BYTES, FrameChunk, Vid
                                            iter_frame_chunks, probe_video)
 from portraitflow.operators.reference_portrait import NoFace, centred_head_pose, to_crop
 from portraitflow.operators.shots import ShotDetector
-from portraitflow.operators.tracking import Track, box_iou, fill_pose, fill_within_shots, track_faces
+from portraitflow.operators.face_tracking import Track, box_iou, fill_pose, fill_within_shots, track_faces
 
 #: faces smaller than this fraction of a frame's largest face get no landmarks (bystanders).
 MIN_RELATIVE_SIDE = 0.5

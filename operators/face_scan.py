@@ -36,7 +36,7 @@ from portraitflow.operators.scan_store import (GALLERY_SETTINGS, load_scan_meta,
                                                source_identity)
 from portraitflow.operators.shots import ShotDetector
 from portraitflow.operators.timing import StageTimer
-from portraitflow.operators.tracking import Track, fill_pose, track_faces
+from portraitflow.operators.face_tracking import Track, fill_pose, track_faces
 
 MIN_TRACK_DETECTIONS = 3  # a face seen once is more often a false detection than a clip
 #: the largest share of a face box a clip's fixed crop may leave out on a frame: the 68 clips kept
@@ -284,7 +284,7 @@ def scan_pose(analyzer: FaceAnalyzer, landmarks: np.ndarray, boxes: np.ndarray, 
     (`reference_portrait.crop_head_pose`: the landmarks centred in the face's square crop, so where the
     face sits in the frame and how much of it it fills do not tilt it; fitted on the whole frame it
     read 5-9 degrees more pitch), and on profiles the keypoints' yaw with pitch and roll NaN
-    (`profile_pose`; `tracking.fill_pose` fills them)."""
+    (`profile_pose`; `face_tracking.fill_pose` fills them)."""
     pose = crop_head_pose(analyzer, landmarks, list(boxes), [frame_hw] * len(landmarks))
     return profile_pose(pose, kps, boxes)[0]
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from portraitflow.jobs.config.curate import CurateConfig
 from portraitflow.models.face.base import l2_normalise
-from portraitflow.operators.tracking import interpolate_rows
+from portraitflow.operators.face_tracking import interpolate_rows
 
 #: a clip's footage fingerprint: grey thumbnails of the whole frame (SIGNATURE_SIDE squared), smoothed
 #: over SIGNATURE_SMOOTH_FRAMES (sigma) so a clip cut a frame or two apart still matches, at

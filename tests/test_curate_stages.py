@@ -20,7 +20,7 @@ from portraitflow.operators.inputs import (LIST_CYCLE, NO_VIDEO_FILES, NOT_UTF8,
                                            input_key, local_copy, matching_files)
 from portraitflow.operators.motion import motion_intensity, motion_table
 from portraitflow.operators.shards import pack_shards, read_staged, shard_keys, shard_paths, stage_sample, write_index
-from portraitflow.operators.tracking import track_faces
+from portraitflow.operators.face_tracking import track_faces
 
 
 def test_inputs_expand_folders_globs_lists_and_uris(tmp_path: Path) -> None:
@@ -412,7 +412,7 @@ def test_a_profile_track_is_rejected_by_its_keypoint_yaw(nose_x: float, reason: 
     """The landmark fit reads profiles as nearly frontal; the track's keypoints do not."""
     from portraitflow.operators.decode import VideoInfo
     from portraitflow.operators.face_scan import _cheap_checks
-    from portraitflow.operators.tracking import Track
+    from portraitflow.operators.face_tracking import Track
 
     frames = 100
     kps = np.tile(np.array([[170, 170], [230, 170], [nose_x, 210], [175, 250], [225, 250]], np.float32), (frames, 1, 1))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from portraitflow.operators.tracking import fill_within_shots
+from portraitflow.operators.face_tracking import fill_within_shots
 
 
 def test_fill_holds_a_missing_frame_next_to_a_cut_at_its_own_shot_value():

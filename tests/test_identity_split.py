@@ -13,7 +13,7 @@ from portraitflow.jobs.config.curate import CurateConfig
 from portraitflow.operators import face_scan, filters
 from portraitflow.operators.decode import FrameChunk, VideoInfo
 from portraitflow.operators.timing import StageTimer
-from portraitflow.operators.tracking import Track
+from portraitflow.operators.face_tracking import Track
 
 FRAMES, SWITCH = 200, 120  # 8 s: the first person 4.8 s, the second 3.2 s
 SIDE, TO_SOURCE = 64, 4.0  # analysis frames of a 256-px video

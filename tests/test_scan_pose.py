@@ -47,7 +47,7 @@ def test_the_scan_pose_does_not_depend_on_where_the_face_sits_and_is_evaluations
 
 
 def test_profile_rows_keep_the_keypoints_yaw_and_take_pitch_and_roll_from_the_frames_around():
-    from portraitflow.operators.tracking import fill_pose
+    from portraitflow.operators.face_tracking import fill_pose
 
     pose = np.array([[10, 4, 1], [-44, np.nan, np.nan], [np.nan, np.nan, np.nan], [20, 8, 3]], np.float32)
     np.testing.assert_allclose(fill_pose(pose, np.zeros(4, np.int64)),
@@ -55,7 +55,7 @@ def test_profile_rows_keep_the_keypoints_yaw_and_take_pitch_and_roll_from_the_fr
 
 
 def test_a_pose_only_profiles_give_has_their_yaw_and_level_pitch_and_roll_and_none_stays_unknown():
-    from portraitflow.operators.tracking import fill_pose
+    from portraitflow.operators.face_tracking import fill_pose
 
     profiles = np.array([[-50, np.nan, np.nan], [np.nan, np.nan, np.nan], [-46, np.nan, np.nan]], np.float32)
     np.testing.assert_allclose(fill_pose(profiles, np.zeros(3, np.int64)), [[-50, 0, 0], [-48, 0, 0], [-46, 0, 0]])
@@ -65,7 +65,7 @@ def test_a_pose_only_profiles_give_has_their_yaw_and_level_pitch_and_roll_and_no
 def _first_pass(nose_offset: float, cfg: CurateConfig):
     from portraitflow.operators.decode import VideoInfo
     from portraitflow.operators.face_scan import _cheap_checks
-    from portraitflow.operators.tracking import Track
+    from portraitflow.operators.face_tracking import Track
 
     frames = 100
     kps = np.tile(np.array([[170, 170], [230, 170], [200 + 200 * nose_offset, 210], [175, 250], [225, 250]],

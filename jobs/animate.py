@@ -11,6 +11,7 @@ from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.options import (ConfigOption, MlflowUriOption, RayAddressOption, SetOption,
                                       check_out_folder, refuse_missing_face_models, refuse_unreachable_services,
                                       resolve_config)
+from portraitflow.operators.job_status import FAILED
 
 #: the config's own choices, so the flags offer (and check) exactly what the config accepts.
 Backend = AnimateConfig.model_fields["backend"].annotation
@@ -98,7 +99,7 @@ def animate(
     typer.echo(f"{len(table)} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f"; results in {out / 'results.parquet'}")
     if cfg.mlflow.enabled:  # as curate, sweep and evaluate name theirs
         _say_run(cfg, out)
-    failed = table[table.status == "failed"]
+    failed = table[table.status == FAILED]
     for row in failed.itertuples():
         typer.echo(f"  failed {row.job_id}: {row.reason}")
     if len(failed):

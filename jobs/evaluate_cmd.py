@@ -11,6 +11,7 @@ from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.jobs.options import (ConfigOption, MlflowUriOption, RayAddressOption, SetOption,
                                       check_out_folder, refuse_missing_face_models, refuse_mlflow_disabled,
                                       refuse_unreachable_services, resolve_config)
+from portraitflow.operators.job_status import OK, SKIPPED
 
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created).")]
 #: the config's own choices, so the flag offers (and checks) exactly what the config accepts
@@ -66,7 +67,7 @@ def evaluate(
     if missing:
         raise typer.BadParameter(f"{results}: missing columns {sorted(missing)} (give --jobs for ref and driving)")
     if "status" in table:
-        table = table.assign(status=table["status"].replace({"skipped": "ok"}))
+        table = table.assign(status=table["status"].replace({SKIPPED: OK}))
     table = table.assign(job_id=[safe_stem(str(j)) for j in table["job_id"]])  # ids name files under OUT
     run_id = evaluate_results(table, cfg, out, name=results.parent.name or "evaluate")
     page = report_from_run(run_id, cfg, out / "report")
@@ -203,7 +204,7 @@ def _refuse_nothing_scored(per_video: Path, results: Path) -> None:
                                                        UNREADABLE)
 
     table = pd.read_parquet(per_video)
-    if (table["status"] == "ok").any():
+    if (table["status"] == OK).any():
         return
     reasons = table["reason"].fillna("unknown").value_counts() if "reason" in table else pd.Series(dtype=int)
     hints = []

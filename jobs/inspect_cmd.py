@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from portraitflow.operators import ledger
 from portraitflow.operators.shards import INDEX_NAME, shard_paths, whole_shard_keys
 
 
@@ -35,7 +36,7 @@ def summarise(out: Path, samples: int = 5) -> dict:
         shards.append(entry)
         held[str(path.relative_to(out))] = intact_keys
         keys = keys or intact_keys[:samples]
-    failed = manifest[manifest.status == "failed"]
+    failed = manifest[manifest.status == ledger.FAILED]
     return {
         "inputs": {str(k): int(v) for k, v in manifest.status.value_counts().sort_index().items()},
         "clips": {str(k): int(v) for k, v in clips.decision.value_counts().sort_index().items()},

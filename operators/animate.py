@@ -34,6 +34,7 @@ from portraitflow.operators.driving_motion import (EXTRACTION_VERSION, DrivingMo
                                                    iter_driving_windows)
 from portraitflow.operators.generation_jobs import input_fingerprint
 from portraitflow.operators.generation_results import failed_row, write_record
+from portraitflow.operators.job_status import OK
 from portraitflow.operators.paste_back import fit_within, paste_back
 from portraitflow.operators.paths import hashed_name
 from portraitflow.operators.probe import error_text
@@ -146,7 +147,7 @@ class AnimateJobs:
         # described once the frames are out: what ran (settings fitted to the video, a compile fallback)
         model = json.dumps(self.animator.describe(reference), sort_keys=True, default=str)
         total = time.perf_counter() - started
-        done = {**result, "status": "ok", "reason": "", "model": model, "frames": written, "fps": fps,
+        done = {**result, "status": OK, "reason": "", "model": model, "frames": written, "fps": fps,
                 "seconds": written / fps, "has_audio": has_audio(row["output"]), "animate_s": timer.seconds["animate"],
                 "encode_s": total - timer.seconds["animate"], "total_s": total + row["prep_s"]}
         write_record(self.records_dir, done)

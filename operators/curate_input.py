@@ -22,7 +22,8 @@ from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.curate import CurateConfig
 from portraitflow.operators.face_scan import FaceScanStage, batch_rows, rows_batch
 from portraitflow.operators.inputs import clip_input_key, is_uri, local_copy
-from portraitflow.operators.probe import FAILED, error_text, unfetched_input
+from portraitflow.operators.ledger import FAILED
+from portraitflow.operators.probe import error_text, unfetched_input
 from portraitflow.operators.quarantine import crashed_reason, quarantined_row, start_attempt
 from portraitflow.operators.render import render_clip
 from portraitflow.operators.scan_store import scan_clips, scan_path

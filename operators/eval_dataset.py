@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from portraitflow.operators.atomic import atomic_target, atomic_write
 from portraitflow.operators.generation_jobs import input_fingerprint, load_jobs
 from portraitflow.operators.inputs import input_key, is_apple_double
+from portraitflow.operators.job_status import FAILED, OK
 from portraitflow.operators.paths import IMAGE_SUFFIXES, VIDEO_SUFFIXES, hashed_name, safe_stem
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def prepare_clip(source: str, folder: Path, max_seconds: float | None, reference
 
     key = clip_name(source, max_seconds)
     clip, ref, stamp = folder / f"{key}.mp4", folder / f"{key}.ref.png", folder / f"{key}.inputs"
-    row = {"job_id": key, "source": source, "ref": str(ref), "driving": str(clip), "status": "ok", "reason": None}
+    row = {"job_id": key, "source": source, "ref": str(ref), "driving": str(clip), "status": OK, "reason": None}
     try:
         cut_from = input_fingerprint(source)
         if not (clip.is_file() and stamp.is_file() and stamp.read_text() == cut_from):
@@ -91,7 +92,7 @@ def prepare_clip(source: str, folder: Path, max_seconds: float | None, reference
             first = next(iter_frame_chunks(str(clip), probe_video(str(clip)).fps, chunk_size=1))
             _save_png(first.frames[0], ref)
     except (VideoUnreadable, ValueError, OSError) as exc:
-        return {**row, "status": "failed", "reason": "unreadable", "error": str(exc)[:300]}
+        return {**row, "status": FAILED, "reason": "unreadable", "error": str(exc)[:300]}
     return row
 
 
@@ -165,7 +166,7 @@ def _origin(key: str, sample: dict[str, Any]) -> str:
 
 
 def _failed(job_id: str, source: str, reason: str, error: str) -> dict[str, Any]:
-    return {"job_id": job_id, "source": source, "ref": "", "driving": "", "status": "failed", "reason": reason,
+    return {"job_id": job_id, "source": source, "ref": "", "driving": "", "status": FAILED, "reason": reason,
             "error": error[:300]}
 
 
@@ -263,7 +264,7 @@ def _dataset_jobs(spec: DatasetSpec, protocol: str, folder: Path, max_seconds: f
     if portraits:
         return [{**clip, "job_id": f"{clip['job_id']}-x{input_key(portrait)}", "ref": portrait}
                 for clip, portrait in zip(clips, cycle(portraits))]
-    if not any(clip["status"] == "ok" for clip in clips):  # no portraits, and no clip to take one from
+    if not any(clip["status"] == OK for clip in clips):  # no portraits, and no clip to take one from
         raise ValueError(f"cross-reenactment needs portraits matching {spec.refs} in {spec.path}")
     return _cross_first_frames(clips, origins)
 
@@ -274,15 +275,15 @@ def _cross_first_frames(clips: list[dict[str, Any]], origins: list[str | None]) 
     clip's name (not its place in the dataset, which a clip added before it shifts). A clip with no
     such partner (every other ok clip is from the same source) is a failed row, and a clip that
     failed stays failed; both end `-x`, no reference."""
-    ok = [i for i, clip in enumerate(clips) if clip["status"] == "ok"]
+    ok = [i for i, clip in enumerate(clips) if clip["status"] == OK]
     jobs = []
     for i, clip in enumerate(clips):
         job = {**clip, "job_id": f"{clip['job_id']}-x", "ref": ""}
-        if clip["status"] == "ok":
+        if clip["status"] == OK:
             j = ok.index(i)
             partner = next((k for k in ok[j + 1:] + ok[:j] if origins[k] != origins[i]), None)
             if partner is None:
-                job.update(status="failed", reason=NO_PARTNER,
+                job.update(status=FAILED, reason=NO_PARTNER,
                            error="no clip of another source video to take the reference portrait from")
             else:
                 job.update(job_id=f"{clip['job_id']}-x{clips[partner]['job_id']}", ref=clips[partner]["ref"])

@@ -38,6 +38,7 @@ import numpy as np
 from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.models.face.base import FaceAnalyzer
 from portraitflow.models.face.pose import profile_pose
+from portraitflow.operators.job_status import FAILED, OK
 from portraitflow.operators.reference_portrait import crop_head_pose
 from portraitflow.operators import metrics, metrics_learned
 from portraitflow.operators.atomic import atomic_target, write_parquet
@@ -267,7 +268,7 @@ class JobEvaluator:
         try:
             row = self._evaluate(job, work_dir)
         except Exception as exc:  # a job that breaks a stage is a failed row; the other jobs go on
-            row = {"job_id": str(job["job_id"]), "status": "failed", "reason": EVALUATION_ERROR, "frames": 0,
+            row = {"job_id": str(job["job_id"]), "status": FAILED, "reason": EVALUATION_ERROR, "frames": 0,
                    "error": f"{type(exc).__name__}: {exc}"[:300]}
         numeric = {"frame_offset", *self.metric_names, *DIAGNOSTICS}
         return {name: row.get(name, float("nan") if name in numeric else None) for name in self.columns}
@@ -277,7 +278,7 @@ class JobEvaluator:
         from portraitflow.operators.decode import VideoUnreadable, probe_video, resample_positions
         from portraitflow.operators.reference_portrait import NoFace, reference_face
 
-        row: dict[str, Any] = {"job_id": str(job["job_id"]), "status": "failed", "reason": None, "frames": 0}
+        row: dict[str, Any] = {"job_id": str(job["job_id"]), "status": FAILED, "reason": None, "frames": 0}
         output = job.get("output")
         if not _has_output(output):
             return {**row, "reason": NO_OUTPUT}
@@ -332,7 +333,7 @@ class JobEvaluator:
                       pa.table({k: np.asarray(v) for k, v in frame_table.items()}))
         means = {name: metrics.nanmean(values) for name, values in frame_table.items() if name != "frame"}
         means["detection_rate"] = means.pop("face_detected")
-        return {**row, "status": "ok", "frames": int(len(frame_table["frame"])), "frame_offset": offset, **means}
+        return {**row, "status": OK, "frames": int(len(frame_table["frame"])), "frame_offset": offset, **means}
 
     def _not_ground_truth(self, reference: np.ndarray, driving: str, driver: Any) -> dict[str, str] | None:
         """Self protocol: the reason and error when the reference is not the driving clip's first

@@ -20,6 +20,7 @@ from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.decode import VideoUnreadable, probe_video, read_frames
 from portraitflow.operators.generation_jobs import (Job, effective_params, id_forms, input_fingerprint, output_name,
                                                    output_settings)
+from portraitflow.operators.job_status import DONE, FAILED, OK, SKIPPED
 from portraitflow.operators.paste_back import exceeds
 from portraitflow.operators.paths import confined
 from portraitflow.operators.video_writer import has_audio
@@ -42,7 +43,7 @@ def failed_row(row: dict[str, Any], reason: str) -> dict[str, Any]:
     """`row` as `failed` with `reason`, whatever failed it (planning, preparation, animation, a
     crash, a lost result): its `output` blank, as no video was written for it, so a script that
     copies `results.output` never meets a path that does not exist."""
-    return {**row, "status": "failed", "reason": reason[:300], "output": ""}
+    return {**row, "status": FAILED, "reason": reason[:300], "output": ""}
 
 
 def plan_rows(jobs: list[Job], out_dir: Path, backend: str, cfg: AnimateConfig, resume: bool,
@@ -96,7 +97,7 @@ def plan_rows(jobs: list[Job], out_dir: Path, backend: str, cfg: AnimateConfig, 
             path, finished = done
             record = previous.get(path.name, {})
             kept = {k: record[k] for k in KEPT_FIELDS} if record.get("frames") == finished["frames"] else finished
-            row.update(status="skipped", reason="complete output exists", output=str(path), **kept)
+            row.update(status=SKIPPED, reason="complete output exists", output=str(path), **kept)
         planned.setdefault(str(output), job.job_id)
         rows.append(row)
     return rows
@@ -125,7 +126,7 @@ def previous_records(out_dir: Path) -> dict[str, dict[str, Any]]:
     path = out_dir / RESULTS_FILE
     try:
         table = pd.read_parquet(path) if path.is_file() else pd.DataFrame(columns=["status", "output", *KEPT_FIELDS])
-        table = table[table.status.isin(["ok", "skipped"])]
+        table = table[table.status.isin(DONE)]
         found.update((Path(str(row["output"])).name, {k: _plain(row[k]) for k in KEPT_FIELDS})
                      for row in table[["output", *KEPT_FIELDS]].to_dict("records"))
     except (OSError, ValueError, KeyError, AttributeError, TypeError):  # not parquet, an older schema
@@ -210,7 +211,7 @@ def preview_strip(outputs: list[str], frames_per_output: int, height: int = 160)
 
 def save_preview(table: pd.DataFrame, cfg: AnimateConfig, out_dir: Path) -> Path | None:
     """`out_dir/preview.png` from the first finished outputs; None when nothing finished."""
-    done = table[table.status.isin(["ok", "skipped"])].output.tolist()[: cfg.preview_jobs]
+    done = table[table.status.isin(DONE)].output.tolist()[: cfg.preview_jobs]
     strip = preview_strip(done, cfg.preview_frames)
     if strip is None:
         return None
@@ -227,11 +228,11 @@ def log_to_mlflow(table: pd.DataFrame, cfg: AnimateConfig, backend: str, wall_s:
     read = backend_settings(backend)
     settings = {name: value for name, value in cfg.model_dump(mode="json").items() if name in read}
     mlflow.log_params({**settings, "backend_resolved": backend, "jobs": len(table)})
-    done = table[table.status == "ok"]
+    done = table[table.status == OK]
     counts = table.status.value_counts()
     mlflow.log_metrics({
-        "jobs_ok": int(counts.get("ok", 0)), "jobs_failed": int(counts.get("failed", 0)),
-        "jobs_skipped": int(counts.get("skipped", 0)), "frames_generated": int(done.frames.sum()),
+        "jobs_ok": int(counts.get(OK, 0)), "jobs_failed": int(counts.get(FAILED, 0)),
+        "jobs_skipped": int(counts.get(SKIPPED, 0)), "frames_generated": int(done.frames.sum()),
         "wall_s": wall_s, "frames_per_s": float(done.frames.sum()) / max(wall_s, 1e-9),
         "video_s_per_wall_s": float(done.seconds.sum()) / max(wall_s, 1e-9),
     })

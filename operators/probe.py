@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 from portraitflow.operators.decode import VideoUnreadable, probe_video
+from portraitflow.operators.ledger import FAILED
 
-FAILED = "failed"
 #: why curation refuses HDR10: its pictures would be judged and kept washed out
 HDR_PQ = "HDR (PQ) video: convert it to SDR first"
 _LOG_STAMP = re.compile(r"\[\d{2}:\d{2}:\d{2}\] ")

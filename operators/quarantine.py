@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from portraitflow.operators.atomic import atomic_write
-from portraitflow.operators.probe import FAILED
+from portraitflow.operators.ledger import FAILED
 
 # Ray Data retries a dead worker's task forever and, since Ray 2.60, takes no retry limit but
 # through the deprecated `ray_remote_args`, so stages count the starts themselves: an input whose

@@ -14,6 +14,7 @@ import pandas as pd
 
 from portraitflow.operators import metrics
 from portraitflow.operators.atomic import atomic_target, atomic_write
+from portraitflow.operators.job_status import OK
 
 
 def lower_is_better(metric: str) -> bool:
@@ -60,7 +61,7 @@ def failed_as_undetected(per_video: pd.DataFrame) -> pd.DataFrame:
     config ranked last for the videos it failed would show full coverage."""
     if "detection_rate" not in per_video.columns:
         return per_video
-    failed = per_video["status"] != "ok" if "status" in per_video.columns else per_video["detection_rate"].isna()
+    failed = per_video["status"] != OK if "status" in per_video.columns else per_video["detection_rate"].isna()
     return per_video.assign(detection_rate=per_video["detection_rate"].mask(failed, 0.0))
 
 

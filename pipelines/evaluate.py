@@ -13,6 +13,7 @@ import pandas as pd
 
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.evaluate import EvaluateConfig
+from portraitflow.operators.job_status import OK
 
 
 def evaluate_outputs(jobs: pd.DataFrame, work_dir: Path, cfg: PortraitFlowConfig,
@@ -25,7 +26,7 @@ def evaluate_outputs(jobs: pd.DataFrame, work_dir: Path, cfg: PortraitFlowConfig
 
     from portraitflow.operators.evaluate_video import EvaluateActor
 
-    ready = jobs[jobs["status"] == "ok"]
+    ready = jobs[jobs["status"] == OK]
     scored = pd.DataFrame()
     if len(ready):
         columns = [c for c in ("job_id", "ref", "driving", "output", "paste_back", "params") if c in ready]
@@ -35,5 +36,5 @@ def evaluate_outputs(jobs: pd.DataFrame, work_dir: Path, cfg: PortraitFlowConfig
                             fn_constructor_kwargs={"face": cfg.face.model_dump(), "evaluate": evaluate.model_dump(),
                                                    "work_dir": str(work_dir)})
         scored = pd.DataFrame(ds.take_all())
-    failed = jobs.loc[jobs["status"] != "ok", ["job_id", "status", "reason"]]
+    failed = jobs.loc[jobs["status"] != OK, ["job_id", "status", "reason"]]
     return pd.concat([scored, failed], ignore_index=True).sort_values("job_id", kind="stable").reset_index(drop=True)

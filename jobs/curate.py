@@ -30,6 +30,7 @@ from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.curate import CurateConfig, absolute_folder
 from portraitflow.jobs.config.face import FaceConfig
 from portraitflow.jobs.config.fields import operational
+from portraitflow.jobs.runtime import claim_folder
 from portraitflow.jobs.options import (ConfigOption, MlflowUriOption, RayAddressOption, SetOption,
                                       check_out_folder, refuse_missing_face_models, refuse_unreachable_services,
                                       resolve_config)
@@ -89,7 +90,8 @@ BEHAVIOUR_BEFORE_ADDED = {"curate": {"shot_hash_threshold": 0.0, "duplicate_mirr
                           "versions": {"scan_measures": 6}}
 #: what the latest measures version changed in what a corpus holds, for the refusal to mix them
 MEASURES_CHANGES = ("since 8: identity embedded at least every identity_sample_seconds, the reference frame one "
-                    "of those embedded, a clip denied when any sample is a denied person; since 7: frames where the face leaves the crop cut out (face_leaves_crop), identity embedded "
+                    "of those embedded, a clip denied when any sample is a denied person, frames picked allowing "
+                    "for Matroska's millisecond times; since 7: frames where the face leaves the crop cut out (face_leaves_crop), identity embedded "
                     "on detected frames only, unmeasured sharpness/keypoint_yaw/profile_share NaN; since 6: motion "
                     "on smoothed landmarks, a reference frame with open eyes, pose.npy fitted centred in the crop, "
                     "profiles rejected, interlaced frames blended")
@@ -181,7 +183,8 @@ def holds_finished_work(layout: Layout) -> bool:
 def exclusive(layout: Layout) -> Iterator[None]:
     """Hold the output folder for one curation at a time: two would number their shards alike."""
     try:
-        with exclusive_folder(layout.out, "curate", layout.lock):
+        with exclusive_folder(layout.out, layout.lock):
+            claim_folder(layout.out, "curate")
             yield
     except FolderBusy as exc:
         raise typer.BadParameter(str(exc), param_hint="--out") from None

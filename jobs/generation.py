@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from portraitflow.jobs.config import PortraitFlowConfig
-from portraitflow.jobs.runtime import init_ray, mlflow_run, require_resource
+from portraitflow.jobs.runtime import claim_folder, init_ray, mlflow_run, require_resource
 from portraitflow.models.animators.registry import check_backend, model_host_bytes, resolve_backend
 from portraitflow.operators.atomic import exclusive_folder, write_parquet
 from portraitflow.operators.generation_jobs import Job, load_jobs
@@ -52,7 +52,8 @@ def run_generation(jobs: list[Job] | str | Path, out_dir: str | Path, cfg: Portr
     jobs = load_jobs(jobs) if isinstance(jobs, (str, Path)) else jobs
     backend = resolve_backend(cfg.animate)
     check_backend(backend, cfg.animate)  # what would fail every actor fails here, before Ray starts
-    with exclusive_folder(out_dir, "animate"):  # FolderBusy while another run writes it
+    with exclusive_folder(out_dir):  # FolderBusy while another run writes it
+        claim_folder(out_dir, "animate")
         rows = plan_rows(jobs, out_dir, backend, cfg.animate, resume, cfg.face)
         motion_dir = out_dir / ".state" / "motion"
         if not resume:

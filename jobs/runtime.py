@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from portraitflow.jobs.config.runtime import MLflowConfig, RayConfig
+from portraitflow.operators.atomic import FolderBusy, atomic_write
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -136,6 +137,36 @@ def _connect(host: str, port: int, what: str) -> None:
     except OSError as exc:
         reason = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
         raise ServiceUnreachable(f"cannot reach {what}: {reason}") from None
+
+
+class FolderOfAnotherFlow(FolderBusy):
+    """The output folder holds another flow's outputs (`folder_owner`)."""
+
+
+#: in an output folder, the verb (curate, animate, sweep, evaluate) whose outputs it holds: one
+#: flow's run into another's folder would mix their files (a report/, a ledger, a lock)
+OWNER_MARK = ".portraitflow-flow"
+#: what each flow's folder holds, for one written before the mark existed (animate keeps a .state/ too)
+_FOLDER_CONTENTS = ((".state/done", "curate"), ("manifest.parquet", "curate"), ("results.parquet", "animate"),
+                    ("summary.csv", "sweep"), ("per_video.parquet", "evaluate"))
+
+
+def folder_owner(folder: Path) -> str | None:
+    """The verb whose outputs `folder` holds: its OWNER_MARK, else what it holds; None for neither."""
+    mark = folder / OWNER_MARK
+    if mark.is_file():
+        return mark.read_text().strip()
+    return next((flow for name, flow in _FOLDER_CONTENTS if (folder / name).exists()), None)
+
+
+def claim_folder(folder: Path, flow: str) -> None:
+    """Mark `folder` as `flow`'s, or FolderOfAnotherFlow when it holds another verb's outputs."""
+    owner = folder_owner(folder)
+    if owner not in (None, flow):
+        raise FolderOfAnotherFlow(f"{folder} holds the outputs of `portraitflow {owner}`, not {flow}: "
+                                  f"give {flow} a folder of its own")
+    if not (folder / OWNER_MARK).is_file():
+        atomic_write(folder / OWNER_MARK, f"{flow}\n")
 
 
 class NotEnoughResources(ValueError):

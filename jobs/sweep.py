@@ -37,8 +37,8 @@ from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.jobs.generation import run_generation
 from portraitflow.jobs.runtime import (
-    FOLDER_TAG, Terminated, end_abandoned_runs, ensure_experiment, folder_tag, init_ray, log_values, mlflow_client,
-    mlflow_tracking_uri, require_resource, search_all_runs, sqlite_store_path,
+    FOLDER_TAG, Terminated, claim_folder, end_abandoned_runs, ensure_experiment, folder_tag, init_ray, log_values,
+    mlflow_client, mlflow_tracking_uri, require_resource, search_all_runs, sqlite_store_path,
 )
 from portraitflow.operators import metrics, metrics_learned, report, sweep_spec
 from portraitflow.operators.atomic import atomic_target, atomic_write, exclusive_folder, write_parquet
@@ -46,6 +46,7 @@ from portraitflow.operators.eval_dataset import check_dataset, dataset_jobs
 from portraitflow.operators.evaluate_video import learned_aggregates
 from portraitflow.operators.generation_jobs import Job, input_fingerprint
 from portraitflow.operators.generation_results import records_dir
+from portraitflow.operators.job_status import FAILED, OK, SKIPPED
 from portraitflow.pipelines.evaluate import evaluate_outputs
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ SCORES_FROM_TAG = "portraitflow.scores_from"  # the run of another sweep whose s
 PARAMS_TAG = "portraitflow.config_params"  # the config's sweep params as JSON, for the report's columns
 ATTEMPT_TAG = "portraitflow.attempt"  # n for the n-th child of its config in the parent
 PREVIOUS_ERROR_TAG = "portraitflow.previous_error"  # the `error` of the attempt a child retries, if that one failed
+#: on an evaluation run that scored every job and scored none: FAILED, its tables whole (what the report shows)
+NOTHING_SCORED_TAG = "portraitflow.nothing_scored"
 #: how much of a failure the `error` and `previous_error` tags keep
 ERROR_CHARS = 5000
 
@@ -123,8 +126,9 @@ SCORED_BY = "scored_by.txt"
 #: videos: the config's hashes, its folders, stay). 2: pose is fitted centred in the face's crop and
 #: profile frames are left out of APD; 3: jitter_error compares windowed means, and an output one
 #: frame longer or shorter than its driver is aligned (`frame_offset`), and `detection_rate` counts
-#: the frames where the driver shows a face
-SCORING_VERSION = 3
+#: the frames where the driver shows a face; 4: outputs and drivers are paired at the driver's own
+#: rate (`VideoInfo.output_fps`: a driver that dropped frames, Matroska's millisecond times)
+SCORING_VERSION = 4
 #: what per_video.parquet keeps of each job's reference and driving video (`input_fingerprint`), so
 #: a resume takes a config's scores only for the same jobs on the same contents
 INPUT_FINGERPRINTS = ("ref_fingerprint", "driving_fingerprint")
@@ -180,11 +184,11 @@ def _scoring_run(client: MlflowClient, config_hash: str, work_dir: Path, inputs:
                     "running it again", run.info.run_name, len(scored_ids), len(job_ids), len(job_ids - scored_ids),
                     len(scored_ids - job_ids), len({job[0] for job in had - has} & job_ids))
         return None
-    failed = int((table["status"] != "ok").sum())
+    failed = int((table["status"] != OK).sum())
     if retry_failed and failed:
         log.warning("%s: %d job(s) failed; running it again (--retry-failed)", run.info.run_name, failed)
         return None
-    missing = [out for out in table.loc[table["status"] == "ok", "output"] if not Path(out).is_file()]
+    missing = [out for out in table.loc[table["status"] == OK, "output"] if not Path(out).is_file()]
     if missing:
         log.warning("%s: %d output(s) it scored are gone (%s); running it again", run.info.run_name,
                     len(missing), missing[0])
@@ -272,11 +276,11 @@ def score_and_log(client: MlflowClient, run_id: str, jobs: pd.DataFrame, label: 
     write_parquet(work_dir / "per_video.parquet", table)
     client.log_table(run_id, data=table, artifact_file="per_video.json")
     client.log_artifact(run_id, str(work_dir / "per_video.parquet"))
-    ok = table[table["status"] == "ok"]
+    ok = table[table["status"] == OK]
     aggregates = {m: float(ok[m].mean()) for m in report.metric_columns(ok) if ok[m].notna().any()}
     if len(table):  # over every job: a video that failed shows no face (what ranking compares, report.rank)
         rates = table["detection_rate"] if "detection_rate" in table else pd.Series(float("nan"), index=table.index)
-        rates = rates.where(table["status"] == "ok", 0.0)  # NaN stays only where a driver showed no face
+        rates = rates.where(table["status"] == OK, 0.0)  # NaN stays only where a driver showed no face
         aggregates["detection_rate"] = float(rates.mean())  # NaN where no driver shows a face: nothing to keep
     aggregates.update(learned_aggregates(work_dir, list(ok["job_id"])))
     aggregates.update(jobs_ok=len(ok), jobs_failed=len(table) - len(ok))
@@ -312,7 +316,7 @@ def _failed_jobs(work_dir: Path) -> str:
     """The ids of the jobs a config's scores hold as failed (in generation or scoring), as a JSON
     list (a `summary.csv` column): the parent counts the videos some config failed."""
     table = pd.read_parquet(work_dir / "per_video.parquet", columns=["job_id", "status"])
-    return json.dumps(sorted(table.loc[table["status"] != "ok", "job_id"].astype(str)))
+    return json.dumps(sorted(table.loc[table["status"] != OK, "job_id"].astype(str)))
 
 
 def generate_outputs(params: dict[str, Any], jobs: list[dict], out_dir: Path, cfg: PortraitFlowConfig) -> pd.DataFrame:
@@ -324,7 +328,7 @@ def generate_outputs(params: dict[str, Any], jobs: list[dict], out_dir: Path, cf
     if not jobs:
         return pd.DataFrame(columns=["job_id", "status", "reason", "output"])
     table = run_generation(_generation_jobs(jobs), out_dir, cfg.model_copy(update={"animate": animate}), log_run=False)
-    return table.assign(status=table["status"].replace({"skipped": "ok"}))  # skipped = finished before
+    return table.assign(status=table["status"].replace({SKIPPED: OK}))  # skipped = finished before
 
 
 def _generation_jobs(jobs: list[dict]) -> list[Job]:
@@ -396,7 +400,7 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
                 children.check()
                 outcome = generated[[c for c in ("job_id", "status", "reason", "output") if c in generated]]
                 merged = inputs.merge(outcome, on="job_id", how="left", validate="one_to_one")  # ids unique (dataset_jobs)
-                merged = merged.fillna({"status": "failed", "reason": "not_generated"}).assign(
+                merged = merged.fillna({"status": FAILED, "reason": "not_generated"}).assign(
                     paste_back=sweep_spec.config_settings(params, cfg).paste_back)  # how the evaluator frames the truth
                 score_and_log(client, run_id, merged, label, work_dir, evaluate, cfg)
             children.end(run_id, "FINISHED")
@@ -420,17 +424,22 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
 def evaluate_results(jobs: pd.DataFrame, cfg: PortraitFlowConfig, out_dir: str | Path, name: str = "evaluate") -> str:
     """Score outputs that already exist (job_id, ref, driving, output[, status, reason]) in one MLflow run."""
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    claim_folder(out_dir, "evaluate")
     client = mlflow_client(cfg.mlflow)
     run_id = client.create_run(ensure_experiment(client, cfg.evaluate.experiment), run_name=name,
                                tags=sweep_spec.code_tags()).info.run_id
     try:
         init_ray(cfg.ray)
         log_values(client, run_id, params=cfg.evaluate.model_dump())
-        jobs = jobs.assign(status=jobs["status"] if "status" in jobs else "ok",
+        jobs = jobs.assign(status=jobs["status"] if "status" in jobs else OK,
                            reason=jobs["reason"] if "reason" in jobs else "")  # a plain table of outputs has neither
         table = score_and_log(client, run_id, jobs, name, out_dir, cfg.evaluate, cfg)
-        # an evaluation that scored no job is no result: FAILED, as its exit status says (the CLI's 1)
-        client.set_terminated(run_id, "FINISHED" if (table["status"] == "ok").any() else "FAILED")
+        if (table["status"] == OK).any():
+            client.set_terminated(run_id, "FINISHED")
+        else:  # no result: FAILED, as its exit status says (the CLI's 1), its per-video reasons kept for the report
+            client.set_tag(run_id, NOTHING_SCORED_TAG, "true")
+            client.set_terminated(run_id, "FAILED")
     except (KeyboardInterrupt, Terminated):  # Ctrl-C or SIGTERM: stopped, not failed
         client.set_terminated(run_id, "KILLED")
         raise
@@ -547,7 +556,8 @@ def run_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir: str 
     out_dir = Path(out_dir).resolve()  # output paths recorded absolute: a resume from elsewhere finds them
     evaluate, configs = check_sweep(spec, cfg, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with exclusive_folder(out_dir, "sweep"):
+    with exclusive_folder(out_dir):
+        claim_folder(out_dir, "sweep")
         return _sweep_holding(spec, cfg, out_dir, evaluate, configs, retry_failed)
 
 
@@ -567,7 +577,7 @@ def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir:
         jobs = dataset_jobs(spec.dataset, evaluate.protocol, out_dir / "dataset", evaluate.max_seconds,
                          evaluate.max_videos, exclude=out_dir)  # an OUT inside the dataset holds no inputs
         write_parquet(out_dir / "dataset.parquet", pd.DataFrame(jobs).astype(str))  # failed inputs too
-        usable = [j for j in jobs if j.get("status", "ok") == "ok"]
+        usable = [j for j in jobs if j.get("status", OK) == OK]
         log_values(client, parent_id, params={"configs": len(configs), "protocol": evaluate.protocol,
                                               "dataset": spec.dataset.path})
         client.log_text(parent_id, spec.model_dump_json(indent=2), "sweep.json")
@@ -768,16 +778,19 @@ def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, r
     out_dir.mkdir(parents=True, exist_ok=True)
     children = children or [parent]
     params = [json.loads(child.data.tags.get(PARAMS_TAG, "{}")) for child in children]
-    # a run that did not finish shows no numbers, as in summary.csv: what it logged is partial
+    # a run that did not finish shows no numbers, as in summary.csv: what it logged is partial (one that
+    # scored every job and none of them logged whole tables, which say why)
+    whole = {child.info.run_id for child in children
+             if child.info.status == "FINISHED" or child.data.tags.get(NOTHING_SCORED_TAG) == "true"}
     rows = [{"config": child.info.run_name or child.info.run_id, **values, "status": child.info.status,
-             **(child.data.metrics if child.info.status == "FINISHED" else {}),
+             **(child.data.metrics if child.info.run_id in whole else {}),
              "error": child.data.tags.get("error", ""), "run_id": child.info.run_id}
             for child, values in zip(children, params)]
     summary = _latest_per_config(pd.DataFrame(rows))
     # a child that logged another sweep's scores has its tables and videos in that sweep's run
     sources = {child.info.run_id: child.data.tags.get(SCORES_FROM_TAG, child.info.run_id) for child in children}
     tables, videos = [], []
-    finished = summary[summary["status"] == "FINISHED"]
+    finished = summary[summary["run_id"].isin(whole)]
     for label, run in zip(finished["config"], finished["run_id"]):
         local = _download(client, sources[run], ("per_video.parquet", "side_by_side"), out_dir / "runs" / sources[run])
         if (local / "per_video.parquet").is_file():

@@ -34,34 +34,15 @@ class FolderBusy(RuntimeError):
     """Another process holds the output folder."""
 
 
-class FolderOfAnotherFlow(FolderBusy):
-    """The output folder holds another flow's outputs (its OWNER_MARK)."""
-
-
-#: in an output folder, the name of the flow (curate, animate, sweep) whose outputs it holds: one
-#: flow's run into another's folder would mix their files (both write a report/, a ledger, a lock)
-OWNER_MARK = ".portraitflow-flow"
-
-
-def check_folder_owner(folder: Path, flow: str) -> None:
-    """FolderOfAnotherFlow when `folder` holds the outputs of a flow other than `flow`."""
-    mark = folder / OWNER_MARK
-    owner = mark.read_text().strip() if mark.is_file() else flow
-    if owner != flow:
-        raise FolderOfAnotherFlow(f"{folder} holds the outputs of `portraitflow {owner}`, not {flow}: "
-                                  f"give {flow} a folder of its own")
-
-
 #: a temp file untouched this long belongs to a write that will never finish (a killed run's Ray
 #: workers may outlive its driver for a while, still writing)
 ABANDONED_AFTER_S = 15 * 60
 
 
 @contextlib.contextmanager
-def exclusive_folder(folder: Path, flow: str, lock: Path | None = None) -> Iterator[None]:
+def exclusive_folder(folder: Path, lock: Path | None = None) -> Iterator[None]:
     """Hold `folder` for this process alone (FolderBusy if another holds it), after clearing the
-    temp files of writes a killed run left there; mark it as `flow`'s, or FolderOfAnotherFlow
-    when another flow's outputs are there (`check_folder_owner`).
+    temp files of writes a killed run left there.
 
     The lock is an flock on `lock` (`folder/.lock` by default): the kernel drops it when its
     holder dies, however it dies, so a killed run never blocks the next (on NFS, flock needs the
@@ -75,9 +56,6 @@ def exclusive_folder(folder: Path, flow: str, lock: Path | None = None) -> Itera
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise FolderBusy(f"another run is writing {folder}") from None
-        check_folder_owner(folder, flow)
-        if not (folder / OWNER_MARK).is_file():
-            atomic_write(folder / OWNER_MARK, f"{flow}\n")
         stale = time.time() - ABANDONED_AFTER_S
         for path in folder.rglob(".*.part"):
             with contextlib.suppress(OSError):  # gone meanwhile

@@ -323,10 +323,16 @@ def _snapped(rate: float) -> float:
     return rate
 
 
-#: how far, in frames, a time may be off and still be taken as on a frame's start: decord's times are
-#: float32 seconds, off by up to 0.007 frames an hour into a 30-fps video, and the 60 frames of 2 s
-#: at 29.97 fps, from a video that averages less, summed to 60.00001
-TIME_SLACK_FRAMES = 1e-2
+#: how far, in frames, a length may overshoot a whole count of frames and still give that count:
+#: the 60 frames of 2 s at 29.97 fps, from a video that averages less, summed to 60.00001
+COUNT_SLACK_FRAMES = 1e-2
+#: decord's frame times are float32 seconds: a time this close to a frame's start (1 us, and two
+#: float32 steps at its size: 0.9 ms an hour in) is taken as on it; any more would pick a frame
+#: that starts after the time, which moved a shot cut of a 29.97-fps video resampled to 25 a frame early
+FLOAT32_SLACK_S, FLOAT32_STEP = 1e-6, 2.4e-7
+#: a container tick this share of a frame or more is the frame rate's own clock (AVI, MXF, Y4M: one
+#: tick a frame), whose times are exact, not rounded: half of it as slack would pick the next frame
+TICK_AT_MOST_FRAMES = 0.25
 
 
 def resample_positions(info: VideoInfo, target_fps: float, start_s: float = 0.0, end_s: float | None = None,
@@ -336,21 +342,22 @@ def resample_positions(info: VideoInfo, target_fps: float, start_s: float = 0.0,
 
     Each output time t picks the frame shown at t (the last one starting by t), which repeats frames
     when upsampling and skips them when downsampling, as a player would. `frame_starts` are the
-    frames' start times; None means evenly spaced at `info.fps`. A time up to one `tick_s` (the
-    unit the container rounds times to) before a frame's start is taken as on it: 29.97-fps
-    Matroska, its times rounded to the millisecond, otherwise repeats a frame and skips the next
-    about every sixth frame.
+    frames' start times; None means evenly spaced at `info.fps`. A time up to half a `tick_s` (the
+    unit the container rounds times to, where that is a small part of a frame) before a frame's
+    start is taken as on it: 29.97-fps Matroska, its times rounded to the millisecond, otherwise
+    repeats a frame and skips the next about every sixth frame.
     """
     end_s = info.duration_s if end_s is None else min(end_s, info.duration_s)
-    first = int(np.ceil(start_s * target_fps - TIME_SLACK_FRAMES))
-    last = int(np.ceil(end_s * target_fps - TIME_SLACK_FRAMES))
+    first = int(np.ceil(start_s * target_fps - COUNT_SLACK_FRAMES))
+    last = int(np.ceil(end_s * target_fps - COUNT_SLACK_FRAMES))
     positions = np.arange(first, max(first, last))
     times = positions / target_fps
     if frame_starts is None:
-        sources = np.floor(times * info.fps + TIME_SLACK_FRAMES).astype(np.int64)
+        sources = np.floor(times * info.fps + 1e-6).astype(np.int64)
     else:
-        slack_s = max(TIME_SLACK_FRAMES / info.fps, tick_s)
-        sources = np.searchsorted(frame_starts, times + slack_s, side="right") - 1
+        rounded = tick_s / 2 if tick_s < TICK_AT_MOST_FRAMES / info.fps else 0.0  # a time rounded to its tick
+        slack = FLOAT32_SLACK_S + FLOAT32_STEP * times + rounded
+        sources = np.searchsorted(frame_starts, times + slack, side="right") - 1
     return positions, np.clip(sources, 0, info.num_frames - 1)
 
 

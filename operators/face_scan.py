@@ -27,9 +27,10 @@ from portraitflow.models.face.pose import (MAX_PROFILE_SHARE, PROFILE_KEYPOINT_Y
 from portraitflow.operators import filters
 from portraitflow.operators.decode import VideoInfo, iter_frame_chunks
 from portraitflow.operators.identity import identity_link, load_gallery, matches_gallery, switch_index
+from portraitflow.operators.ledger import FAILED
 from portraitflow.operators.motion import motion_intensity, motion_table
 from portraitflow.operators.overlap import content_signature, frame_thumbnails
-from portraitflow.operators.probe import FAILED, error_text, probe_input
+from portraitflow.operators.probe import error_text, probe_input
 from portraitflow.operators.reference_frame import reference_index
 from portraitflow.operators.reference_portrait import crop_head_pose
 from portraitflow.operators.scan_store import (GALLERY_SETTINGS, load_scan_meta, save_scan, scan_fingerprint, scan_path,
@@ -312,12 +313,14 @@ def _decide(arrays: dict[str, np.ndarray], first: int, last: int, offset: int, i
     switch = switch_index(sample_embedding, galleries.threshold)
     if switch == -1:
         return [Candidate(start, end, filters.IDENTITY_SWITCH, measures)]
-    if switch is not None:  # the frames between the two people's samples show either: a row of their own
+    if switch is not None:
         before, after = int(sample_index[switch - 1]) + 1, int(sample_index[switch])
-        between = dict(_part_measures(_frames(arrays, before, after), offset + before, offset + after, cfg),
+        between = []  # the frames between the two people's samples show either: a row of their own
+        if after > before:
+            gap = dict(_part_measures(_frames(arrays, before, after), offset + before, offset + after, cfg),
                        identity_link=measures["identity_link"])
-        return (_decide(arrays, first, before, offset, info, galleries, cfg)
-                + [Candidate(offset + before, offset + after, filters.IDENTITY_SWITCH, between)] * (after > before)
+            between = [Candidate(offset + before, offset + after, filters.IDENTITY_SWITCH, gap)]
+        return (_decide(arrays, first, before, offset, info, galleries, cfg) + between
                 + _decide(arrays, after, last, offset, info, galleries, cfg))
     crop_box = square_crop_box(np.median(frames["boxes"], axis=0), (info.height, info.width))
     outside = outside_share(frames["boxes"], crop_box)

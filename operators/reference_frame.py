@@ -45,6 +45,8 @@ def reference_index(pose: np.ndarray, landmarks: np.ndarray, detected: np.ndarra
     dropped, so a clip always gets the best frame it has.
     """
     embedded = np.asarray(embedded, bool)
+    if not embedded.any():
+        raise ValueError("no embedded frame to take the reference from")
     turn = np.abs(np.asarray(pose, np.float64)[:, :2]).sum(axis=1)
     usable = np.isfinite(turn) & embedded
     if not usable.any():  # no pose at all: choose on the other conditions alone

@@ -44,8 +44,9 @@ AUDIO_GAP_S = 0.01
 
 
 def aac_layout(channels: int) -> str:
-    """The AAC channel configuration a source of `channels` channels is written in."""
-    return AAC_LAYOUTS.get(channels, "7.1")
+    """The AAC channel configuration a source of `channels` channels is written in (stereo where
+    the stream does not say, as a probe may leave it 0)."""
+    return AAC_LAYOUTS.get(channels, "7.1" if channels > 8 else "stereo")
 
 
 class _AudioSource:
@@ -85,27 +86,35 @@ class _AudioSource:
 
     def _from_start(self, frames):
         """Frames from `start_s` on in the output's rate, layout and `_WORK_FORMAT`: the lead-in
-        before `start_s` dropped, silence wherever the source's timestamps leave time unfilled."""
-        filled_to = self.start_s  # the source time the frames yielded so far reach
-        drop = 0  # output samples still to drop: the part of the first frame before start_s
+        before `start_s` dropped, silence wherever the source's timestamps leave time unfilled.
+
+        `played` is where the audio handed on so far ends on the source's clock (its own samples,
+        not its frames' times), so holes shorter than AUDIO_GAP_S add up until they are filled,
+        and audio that overlaps what was played is cut, rather than the drift adding up."""
+        played = self.start_s
+        drop = 0  # output samples still to drop: a lead-in before start_s, or an overlap
         resampler = None
         for frame in frames:
-            at = filled_to if frame.time is None else float(frame.time)
-            if at + frame.samples / frame.sample_rate <= self.start_s:
-                continue
-            if at - filled_to > AUDIO_GAP_S:  # a late start, or a hole: silence up to this frame
+            duration = frame.samples / frame.sample_rate
+            at = played if frame.time is None else float(frame.time)
+            if at + duration <= played:
+                continue  # before start_s, or played already
+            gap = at - played
+            if gap > AUDIO_GAP_S:  # a late start, or a hole: silence up to this frame
                 if resampler is not None:  # what the resampler holds comes before the hole
-                    yield from self._dropping(resampler.resample(None), 0)
+                    drop = yield from self._dropping(resampler.resample(None), drop)
                     resampler = None
-                yield self._silence(round((at - filled_to) * self.rate))
-            elif at < self.start_s:
-                drop = round((self.start_s - at) * self.rate)
+                yield from self._silence_for(gap)
+                played = at
+            elif gap < -AUDIO_GAP_S or at < self.start_s:  # an overlap, or the lead-in (cut to the sample)
+                drop += round(-gap * self.rate)
+                played = at
             if resampler is None:
                 resampler = self._resampler()
             frame.pts = None  # contiguous from here: times are checked above, not by the resampler
             for converted in resampler.resample(frame):
                 drop = yield from self._dropping([converted], drop)
-            filled_to = max(filled_to, at + frame.samples / frame.sample_rate)
+            played += duration
         if resampler is not None:
             yield from self._dropping(resampler.resample(None), drop)
 
@@ -125,14 +134,20 @@ class _AudioSource:
 
         return av.AudioResampler(format=_WORK_FORMAT, layout=self.layout, rate=self.rate)
 
-    def _silence(self, samples: int):
+    def _silence_for(self, seconds: float):
+        """`seconds` of silence in frames of at most a second: a timestamp that jumps an hour ahead
+        is not an hour of samples at once (`mux_until` stops taking them at the video's end)."""
         import av
 
         channels = len(av.AudioLayout(self.layout).channels)
-        silent = av.AudioFrame.from_ndarray(np.zeros((1, samples * channels), np.float32),
-                                            format=_WORK_FORMAT, layout=self.layout)
-        silent.sample_rate = self.rate
-        return silent
+        left = round(seconds * self.rate)
+        while left > 0:
+            samples = min(left, self.rate)
+            silent = av.AudioFrame.from_ndarray(np.zeros((1, samples * channels), np.float32),
+                                                format=_WORK_FORMAT, layout=self.layout)
+            silent.sample_rate = self.rate
+            yield silent
+            left -= samples
 
     def mux_until(self, out, out_stream, until_s: float, final: bool = False) -> None:
         """Encode the source frames that end by `until_s` (the video written so far).
@@ -153,13 +168,10 @@ class _AudioSource:
                 return
             if keep < frame.samples:
                 frame = _slice_samples(frame, 0, keep)
-            self._encode(out, out_stream, frame)
-
-    def _encode(self, out, out_stream, frame) -> None:
-        # explicit timestamps from 0, so the muxer's edit list hides the encoder's priming delay
-        frame.pts, frame.time_base = self._samples_out, Fraction(1, frame.sample_rate)
-        self._samples_out += frame.samples
-        out.mux(out_stream.encode(frame))
+            # explicit timestamps from 0, so the muxer's edit list hides the encoder's priming delay
+            frame.pts, frame.time_base = self._samples_out, Fraction(1, frame.sample_rate)
+            self._samples_out += frame.samples
+            out.mux(out_stream.encode(frame))
 
     def close(self) -> None:
         self.container.close()

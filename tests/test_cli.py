@@ -374,12 +374,13 @@ def test_a_folder_holding_curated_outputs_is_refused_to_other_verbs(verb: str, t
     """Nothing told a curate folder from an animate one: one flow wrote its report/, ledger and
     lock among the other's files. The first flow to hold a folder marks it; another is refused
     (exit 2) before Ray starts, and the same flow goes on."""
-    from portraitflow.operators.atomic import OWNER_MARK, FolderBusy, exclusive_folder
+    from portraitflow.jobs.runtime import OWNER_MARK, FolderOfAnotherFlow, claim_folder
 
     monkeypatch.setattr("portraitflow.jobs.runtime.init_ray", lambda *args, **kwargs: pytest.fail("Ray started"))
     out = tmp_path / "curated"
-    with exclusive_folder(out, "curate"):
-        assert (out / OWNER_MARK).read_text() == "curate\n"
+    out.mkdir()
+    claim_folder(out, "curate")
+    assert (out / OWNER_MARK).read_text() == "curate\n"
     (tmp_path / "a.png").write_bytes(b"x")
     (tmp_path / "b.mp4").write_bytes(b"x")
     (tmp_path / "sweep.yaml").write_text("configs: [{backend: warp}]\n")
@@ -388,7 +389,23 @@ def test_a_folder_holding_curated_outputs_is_refused_to_other_verbs(verb: str, t
              "sweep": [str(tmp_path / "sweep.yaml")], "evaluate": [str(tmp_path / "results.csv")], "report": ["0" * 32]}
     result = CliRunner().invoke(app, [verb, *first[verb], "--out", str(out)], env=WIDE)
     assert result.exit_code == 2 and "holds the outputs of `portraitflow curate`" in result.output, result.output
-    with exclusive_folder(out, "curate"):  # its own flow holds it again
-        pass
-    with pytest.raises(FolderBusy, match="not animate"), exclusive_folder(out, "animate"):
-        pytest.fail("held")
+    claim_folder(out, "curate")  # its own flow goes on
+    with pytest.raises(FolderOfAnotherFlow, match="not animate"):
+        claim_folder(out, "animate")
+
+
+@pytest.mark.parametrize(("holds", "owner"), [(".state/done", "curate"), ("results.parquet", "animate"),
+                                              ("summary.csv", "sweep"), ("per_video.parquet", "evaluate")])
+def test_a_folder_written_before_the_mark_is_known_by_what_it_holds(tmp_path: Path, holds: str, owner: str) -> None:
+    """An unmarked curate folder given once by mistake to animate would have become animate's, and
+    its curation could not resume."""
+    from portraitflow.jobs.runtime import FolderOfAnotherFlow, claim_folder, folder_owner
+
+    (tmp_path / holds).mkdir(parents=True) if holds.startswith(".state") else (tmp_path / holds).write_bytes(b"")
+    (tmp_path / ".state" / "motion").mkdir(parents=True, exist_ok=True)  # animate's cache: a .state/ of its own
+    assert folder_owner(tmp_path) == owner
+    other = "animate" if owner != "animate" else "curate"
+    with pytest.raises(FolderOfAnotherFlow):
+        claim_folder(tmp_path, other)
+    claim_folder(tmp_path, owner)
+    assert folder_owner(tmp_path) == owner

@@ -145,7 +145,7 @@ def test_holding_a_folder_clears_the_writes_a_killed_run_left_unfinished(tmp_pat
     atomic_write(tmp_path / "deep" / "talk.mp4", b"video")
     (tmp_path / ".notes.part").write_text("not ours")
     os.utime(tmp_path / ".notes.part", (old, old))
-    with exclusive_folder(tmp_path, "curate"):
+    with exclusive_folder(tmp_path):
         left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.part"))
         # the recent one may still be written by a killed run's worker; the other file is not ours
         assert left == sorted([".notes.part", str(Path(parts[2][1]).relative_to(tmp_path))])

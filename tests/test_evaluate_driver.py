@@ -137,6 +137,8 @@ def test_evaluate_takes_relative_paths_from_the_results_folder_and_fails_when_no
     assert "Relative ref, driving and output paths" in lost.output and "--protocol cross" not in lost.output
     from mlflow import MlflowClient
 
-    statuses = {MlflowClient(small_sweep["uri"]).get_run(result.output.split("run ")[1].split()[0]).info.status
-                for result in (scored, lost)}
-    assert statuses == {"FINISHED", "FAILED"}  # the run that scored nothing is no result, as its exit says
+    statuses = [MlflowClient(small_sweep["uri"]).get_run(result.output.split("run ")[1].split()[0]).info.status
+                for result in (scored, lost)]
+    assert statuses == ["FINISHED", "FAILED"]  # the run that scored nothing is no result, as its exit says
+    page = (tmp_path / "lost" / "report" / "index.html").read_text()
+    assert "no_output" in page  # its report still shows each job's reason

@@ -157,7 +157,7 @@ def test_one_generation_at_a_time_per_output_folder(tmp_path: Path) -> None:
     out.mkdir()
     (tmp_path / "a.png").write_bytes(b"x")
     (tmp_path / "b.mp4").write_bytes(b"x")
-    with exclusive_folder(out, "animate"):  # another animate holds it
+    with exclusive_folder(out):  # another animate holds it
         result = CliRunner().invoke(app, ["animate", "--ref", str(tmp_path / "a.png"), "--driving",
                                           str(tmp_path / "b.mp4"), "--out", str(out)])
     assert result.exit_code == 2 and "another run is writing" in result.output, result.output

@@ -233,7 +233,7 @@ def test_a_rerun_remakes_what_is_gone_ends_what_a_kill_left_running_and_keeps_to
 
     elsewhere = sweep.run_sweep(spec, cfg, data.parent / "elsewhere")  # another folder: another sweep
     assert elsewhere != parent and len(generated) == 3
-    with exclusive_folder(out, "sweep"), pytest.raises(FolderBusy, match="another run is writing"):
+    with exclusive_folder(out), pytest.raises(FolderBusy, match="another run is writing"):
         sweep.run_sweep(spec, cfg, out)
 
 

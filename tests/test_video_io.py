@@ -1,8 +1,10 @@
 """Decoding in chunks with resampling, and H.264 encoding with the driver's audio."""
 from __future__ import annotations
 
+import contextlib
 import re
 import struct
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -28,6 +30,18 @@ def test_resample_positions_pick_the_frame_on_screen() -> None:
     assert np.all(np.diff(sources) >= 1)
     positions, sources = resample_positions(info, 25.0, start_s=1.0, end_s=2.0)
     assert positions[0] == 25 and len(positions) == 25 and sources[0] == 30
+
+
+@pytest.mark.parametrize(("rate", "tick"), [(30000 / 1001, 1e-3), (24.0, 1e-3), (25.0, 1 / 25), (30000 / 1001, 1001 / 30000)])
+def test_each_frame_is_picked_once_at_its_own_rate_whatever_the_containers_clock(rate: float, tick: float) -> None:
+    """Times rounded to a millisecond tick (Matroska) land up to half a tick late: taken as on their
+    frame. A tick of one frame (AVI, MXF) is the rate's own clock, exact: half of it as slack had
+    picked frame k+1 for frame k where float32 times sit a hair early."""
+    exact = np.arange(300) / rate
+    starts = (np.round(exact / tick) * tick).astype(np.float32)  # as the container stores them, as decord reads them
+    info = VideoInfo(64, 64, rate, 300)
+    positions, sources = resample_positions(info, rate, frame_starts=starts.astype(np.float64), tick_s=tick)
+    assert len(positions) == 300 and sources.tolist() == list(range(300))
 
 
 def test_round_trip_chunks_and_resampling(tmp_path: Path) -> None:
@@ -465,10 +479,11 @@ def test_audio_at_a_rate_aac_cannot_encode_is_resampled(tmp_path: Path, rate: in
 
 
 def _noise_track(path: Path, layout: str, seconds: float = 1.0, rate: int = 48000, codec: str = "aac",
-                 hole: tuple[float, float] | None = None, container: str = "mp4") -> np.ndarray:
+                 hole: tuple[float, float] | None = None, container: str = "mp4",
+                 delay: Callable[[int], float] = lambda block: 0.0) -> np.ndarray:
     """A `seconds` video with an audio track in `layout` (each channel its own noise), without the
-    audio frames that would start inside `hole` (their timestamps jump it, as dropped audio leaves);
-    returns the first channel as written."""
+    audio frames that would start inside `hole` (their timestamps jump it, as dropped audio leaves),
+    the k-th 1024-sample frame stamped `delay(k)` seconds late; returns the first channel as written."""
     channels = len(av.AudioLayout(layout).channels)
     noise = np.random.default_rng(channels).uniform(-0.5, 0.5, (round(seconds * rate), channels)).astype(np.float32)
     with av.open(str(path), "w", format=container) as out:
@@ -482,7 +497,8 @@ def _noise_track(path: Path, layout: str, seconds: float = 1.0, rate: int = 4800
                 continue
             block = noise[start:start + 1024]
             frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(block.reshape(1, -1)), format="flt", layout=layout)
-            frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
+            frame.sample_rate, frame.time_base = rate, Fraction(1, rate)
+            frame.pts = start + round(delay(start // 1024) * rate)
             out.mux(audio.encode(frame))
         out.mux(audio.encode(None))
         for _ in range(round(seconds * 25)):
@@ -510,7 +526,7 @@ def test_any_channel_layout_is_written_in_an_aac_configuration_of_its_own(
     with av.open(str(output)) as container:
         assert container.streams.audio[0].layout.name == written
     assert _aac_channel_configuration(output) == configuration
-    assert b"Lavc" not in output.read_bytes()  # no encoder version string: the bytes depend on the inputs only
+    assert b"Lavc" not in output.read_bytes()  # no AAC encoder version string (x264 writes its own in the video)
 
 
 def test_pcm_channels_with_no_declared_order_are_written_as_stereo(tmp_path: Path) -> None:
@@ -538,6 +554,54 @@ def test_a_hole_in_the_audio_is_silence_and_what_follows_keeps_its_time(tmp_path
     lags = range(-round(0.5 * 48000), round(0.1 * 48000))  # it ran 0.4 s early
     match = [np.dot(played[at:at + length], written[at + lag:at + lag + length]) for lag in lags]
     assert abs(lags[int(np.argmax(match))]) <= 48  # Matroska's times are whole milliseconds
+
+
+@contextlib.contextmanager
+def _memory_limit(extra: int):
+    """Address space capped at `extra` bytes above what the process maps now (MemoryError past it)."""
+    import resource
+
+    mapped = sum(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
+                 if line.startswith("VmSize:"))
+    before = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (mapped + extra, before[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, before)
+
+
+def _lag_samples(played: np.ndarray, written: np.ndarray, at_s: float, rate: int = 48000) -> int:
+    """How many samples late `played` holds `written`'s 0.2 s from `at_s` on (negative: early)."""
+    at, length = round(at_s * rate), round(0.2 * rate)
+    lags = range(-round(0.3 * rate), round(0.3 * rate))
+    return lags[int(np.argmax([np.dot(played[at:at + length], written[at - lag:at - lag + length]) for lag in lags]))]
+
+
+def test_holes_too_short_to_fill_one_by_one_add_up_and_are_filled(tmp_path: Path) -> None:
+    """A capture that loses 5 ms between audio frames: each hole was under the 10-ms bar and ignored,
+    so after 2 s the audio ran 0.45 s early. Where the audio handed on has got to is counted by its
+    samples, so the holes add up until they are filled."""
+    source, output = tmp_path / "source.mkv", tmp_path / "out.mp4"
+    written = _noise_track(source, "mono", seconds=2.0, container="matroska", delay=lambda block: 0.005 * block)
+    write_h264(output, [_gradient_clip(25), _gradient_clip(25)], fps=25.0, audio_from=source)
+    with av.open(str(output)) as container:
+        played = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
+    stretch = 1 + 0.005 * 48000 / 1024  # block k is stamped 5 ms x k late: t seconds of audio play at t x stretch
+    late = 1.0 - 1.0 / stretch  # what plays 1 s in was written 0.19 s earlier
+    # holes wait until they pass AUDIO_GAP_S (10 ms) to be filled: within that, and a window's worth of them
+    assert abs(_lag_samples(played, written, 1.0) - late * 48000) <= 0.025 * 48000  # it ran 0.19 s early
+
+
+def test_a_timestamp_an_hour_ahead_gives_silence_only_up_to_the_videos_end(tmp_path: Path) -> None:
+    """Silence for a hole was one frame of the whole gap: an hour of 7.1 is 11 GB at once, of mono 0.7."""
+    source, output = tmp_path / "source.mkv", tmp_path / "out.mp4"
+    _noise_track(source, "mono", seconds=1.0, container="matroska", delay=lambda block: 3600.0 * (block >= 20))
+    with _memory_limit(256 * 1024**2):  # above what the process holds now
+        write_h264(output, [_gradient_clip(25)], fps=25.0, audio_from=source)
+    with av.open(str(output)) as container:
+        played = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
+    assert len(played) == pytest.approx(48000, abs=1024) and np.abs(played[round(0.5 * 48000):]).max() < 0.01
 
 
 def test_a_variable_frame_rate_video_is_resampled_by_its_timestamps(tmp_path: Path) -> None:

@@ -81,8 +81,9 @@ class CurateConfig(BaseModel):
     # identity
     identity_samples: int = Field(8, ge=1, description="Fewest frames embedded per clip for identity checks.")
     identity_sample_seconds: float = Field(
-        0.5, gt=0, description="Longest gap between a clip's embedded frames: another person on screen this long "
-        "inside a clip is seen (with 8 samples alone, a second of another person fell between two).",
+        0.5, gt=0, description="About the longest gap between a clip's embedded frames (each moved to the nearest "
+        "detected frame): another person on screen this long inside a clip is seen (with 8 samples alone, a second "
+        "of another person fell between two).",
     )
     identity_switch_similarity: float | None = Field(
         None, ge=-1, le=1,

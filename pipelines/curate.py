@@ -28,9 +28,11 @@ if TYPE_CHECKING:
 #: render (source frames decoded in order, at most FULL_RES_CHUNK_BYTES at once). Peak RSS of one
 #: process scanning and rendering an input: 0.65 GiB for a 65-s 256-px one, 0.79 for a 30-s 4K one,
 #: 0.94 for a 50-s 1080p one (the scan 0.5 GiB above the models there; scanning 5 min of 1080p,
-#: 0.96), so inputs of several minutes fit with Ray's advised 25% to spare. Decoded with decord,
-#: which holds on to frames, rendering one 10-s clip of the 4K input took 15 GiB.
-WORKER_MEMORY = 1536 * 1024**2
+#: 0.96). Ray's own measure of a worker, which counts its libraries too, reached 1.9 GiB on a 20-s
+#: 1080x1920 input and 1.7 with identity samples 8 a clip (its warning asks for 2.3): 2.5 GiB, with
+#: Ray's advised 25% to spare. Decoded with decord, which holds on to frames, rendering one 10-s
+#: clip of the 4K input took 15 GiB.
+WORKER_MEMORY = 2560 * 1024**2
 
 def _configured(ds: ray.data.Dataset, cfg: PortraitFlowConfig) -> ray.data.Dataset:
     """`ds` with curation's execution settings, on its own context (the process's stays as it was)."""

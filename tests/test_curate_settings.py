@@ -147,7 +147,7 @@ def test_an_identity_switch_similarity_of_zero_is_taken_not_replaced_by_the_back
 
 @pytest.mark.parametrize(("cpus", "memory_gib", "face_actors", "sizes"), [
     (8.0, 64, None, (4, 4)),  # local: one actor per actor_cpus (2) CPUs
-    (8.0, 3, None, (2, 2)),  # as many as the local memory holds: more would never start, and the pool waits for them
+    (8.0, 5, None, (2, 2)),  # as many as the local memory holds: more would never start, and the pool waits for them
     (None, None, None, (1, 30)),  # a cluster: grows from one as nodes come
     (None, None, 3, (3, 3)),  # fixed where asked
 ])

@@ -28,6 +28,7 @@ from portraitflow.operators.quarantine import crashed_reason, quarantined_row, s
 from portraitflow.operators.render import render_clip
 from portraitflow.operators.scan_store import scan_clips, scan_path
 from portraitflow.operators.shards import staged_path
+from portraitflow.operators.timing import Progress, log_progress_to_stderr
 
 
 class CurateInputStage:
@@ -46,6 +47,7 @@ class CurateInputStage:
         self.staging_dir, self.attempts_dir = Path(staging_dir), Path(attempts_dir)
         self.max_attempts = max_attempts
         self.render_now = not renders_after_decisions(self.cfg)
+        log_progress_to_stderr()  # a long input's progress, on the driver's console
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return rows_batch([self.curate(row) for row in batch_rows(batch)])
@@ -139,13 +141,15 @@ def _render_clips(row: dict[str, Any], path: str, wanted: Callable[[str], bool],
     scan_file = scan_path(scan_dir, row["input_key"])
     source = {"uri": row["uri"], "width": row["width"], "height": row["height"], "src_fps": row["src_fps"],
               "scan_path": str(scan_file)}
+    clips = [clip for clip in scan_clips(scan_file, row["input_key"], cfg.fps) if clip["reason"] is None
+             and wanted(clip["key"]) and not staged_path(staging_dir, clip["key"]).exists()]
+    progress = Progress(f"{row['uri']}: rendered", len(clips), "clips")  # not in the shards, not staged yet
     rendered = 0
-    for clip in scan_clips(scan_file, row["input_key"], cfg.fps):
-        if clip["reason"] is not None or not wanted(clip["key"]) or staged_path(staging_dir, clip["key"]).exists():
-            continue  # rejected, not asked for (in the shards, not kept by the decisions), or staged already
+    for clip in clips:
         result = render_clip(dict(clip, **source), path, cfg, staging_dir)
         timings.update(result["timings"])
         rendered += 1
+        progress(rendered)
         if result["error"]:
             errors[clip["key"]] = result["error"]
     return rendered

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from portraitflow.operators.reference_portrait import crop_head_pose
 from portraitflow.operators.scan_store import (GALLERY_SETTINGS, load_scan_meta, save_scan, scan_fingerprint, scan_path,
                                                source_identity)
 from portraitflow.operators.shots import ShotDetector
-from portraitflow.operators.timing import StageTimer
+from portraitflow.operators.timing import Progress, StageTimer
 from portraitflow.operators.face_tracking import Track, fill_pose, track_faces
 
 MIN_TRACK_DETECTIONS = 3  # a face seen once is more often a false detection than a clip
@@ -78,9 +79,11 @@ def analysis_size(info: VideoInfo, max_side: int) -> tuple[int, int]:
 
 
 def scan_video(
-    analyzer: FaceAnalyzer, path: str, info: VideoInfo, cfg: CurateConfig, galleries: Galleries, timer: StageTimer
+    analyzer: FaceAnalyzer, path: str, info: VideoInfo, cfg: CurateConfig, galleries: Galleries, timer: StageTimer,
+    progress: Callable[[float], None] = lambda seconds: None,
 ) -> list[Candidate]:
-    """All candidate clips of a video, in time order, each kept (reason None) or rejected."""
+    """All candidate clips of a video, in time order, each kept (reason None) or rejected;
+    `progress` is told the seconds of video scanned after each chunk."""
     width, height = analysis_size(info, cfg.analysis_max_side)
     size = None if (width, height) == (info.width, info.height) else (width, height)
     to_source = np.array([info.width / width, info.height / height], np.float32)
@@ -94,6 +97,7 @@ def scan_video(
         chosen = chunk.positions % step == 0
         with timer.time("detect"):
             detections.extend(zip(chunk.positions[chosen].tolist(), analyzer.detect(list(chunk.frames[chosen]))))
+        progress((chunk.positions[-1] + 1) / cfg.fps)
 
     candidates: list[Candidate] = []
     positions = [p for p, _ in detections]  # ascending: the chunks come in order
@@ -462,7 +466,8 @@ class FaceScanStage:
         timer = StageTimer()
         try:
             info = VideoInfo(row["width"], row["height"], row["src_fps"], round(row["duration_s"] * row["src_fps"]))
-            candidates = scan_video(self.analyzer, path, info, self.cfg, self.galleries, timer)
+            progress = Progress(f"{row['uri']}: scanned", info.duration_s, "s")
+            candidates = scan_video(self.analyzer, path, info, self.cfg, self.galleries, timer, progress)
             save_scan(scan_file, {"fingerprint": self.fingerprint, "source": source, "face_backend": self.analyzer.name,
                                    "same_person": self.analyzer.same_person_threshold}, candidates)
         except Exception as exc:  # damaged mid-stream, odd frames: this input fails, the run goes on

@@ -661,3 +661,19 @@ def test_of_two_copies_of_one_footage_the_larger_sharper_face_is_decided_first()
              clip("d_softer", 5.0, 243.0, 50.0), clip("e_unmeasured", 5.0, float("nan"))]
     order = [c["key"] for c in sorted(clips, key=decision_order)]
     assert order == ["c_longer", "b_original", "d_softer", "a_reencode", "e_unmeasured"]
+
+
+def test_a_long_input_says_how_far_its_scan_and_render_have_got(caplog: pytest.LogCaptureFixture, monkeypatch) -> None:
+    """Ray Data counts whole inputs: a minutes-long 4K input was silent until it ended."""
+    import logging
+
+    from portraitflow.operators import timing
+
+    clock = iter([0.0, 10.0, 31.0, 40.0, 62.0])
+    monkeypatch.setattr(timing.time, "monotonic", lambda: next(clock))
+    progress = timing.Progress("talk.mp4: scanned", 300.0, "s")
+    with caplog.at_level(logging.INFO, logger="portraitflow.progress"):
+        for done in (20.0, 45.0, 60.0, 90.0):  # at 10, 31, 40 and 62 s of wall time
+            progress(done)
+    assert [r.getMessage() for r in caplog.records] == ["talk.mp4: scanned 45 of 300 s (15%)",
+                                                       "talk.mp4: scanned 90 of 300 s (30%)"]

@@ -91,7 +91,8 @@ BEHAVIOUR_BEFORE_ADDED = {"curate": {"shot_hash_threshold": 0.0, "duplicate_mirr
 #: what the latest measures version changed in what a corpus holds, for the refusal to mix them
 MEASURES_CHANGES = ("since 8: identity embedded at least every identity_sample_seconds, the reference frame one "
                     "of those embedded, a clip denied when any sample is a denied person, frames picked allowing "
-                    "for Matroska's millisecond times; since 7: frames where the face leaves the crop cut out (face_leaves_crop), identity embedded "
+                    "for Matroska's millisecond times; since 7: frames where the face leaves the crop cut out "
+                    "(face_leaves_crop), identity embedded "
                     "on detected frames only, unmeasured sharpness/keypoint_yaw/profile_share NaN; since 6: motion "
                     "on smoothed landmarks, a reference frame with open eyes, pose.npy fitted centred in the crop, "
                     "profiles rejected, interlaced frames blended")

@@ -27,6 +27,7 @@ from portraitflow.models.face.pose import (MAX_PROFILE_SHARE, PROFILE_KEYPOINT_Y
                                           yaw_from_keypoints)
 from portraitflow.operators import filters
 from portraitflow.operators.decode import VideoInfo, iter_frame_chunks
+from portraitflow.operators.face_tracking import Track, fill_pose, track_faces
 from portraitflow.operators.identity import identity_link, load_gallery, matches_gallery, switch_index
 from portraitflow.operators.ledger import FAILED
 from portraitflow.operators.motion import motion_intensity, motion_table
@@ -38,7 +39,6 @@ from portraitflow.operators.scan_store import (GALLERY_SETTINGS, load_scan_meta,
                                                source_identity)
 from portraitflow.operators.shots import ShotDetector
 from portraitflow.operators.timing import Progress, StageTimer
-from portraitflow.operators.face_tracking import Track, fill_pose, track_faces
 
 MIN_TRACK_DETECTIONS = 3  # a face seen once is more often a false detection than a clip
 #: the largest share of a face box a clip's fixed crop may leave out on a frame: the 68 clips kept

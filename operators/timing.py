@@ -28,8 +28,9 @@ def log_progress_to_stderr() -> None:
 
 
 class Progress:
-    """Logs `what` (`talk.mp4: scanned`) done of `total` `unit` at most every `every_s` seconds, first after `every_s`:
-    Ray Data counts whole inputs, so a minutes-long 4K input was silent until it ended."""
+    """Logs how much of `total` `unit` `what` (`talk.mp4: scanned`) has done, at most every
+    `every_s` seconds and first after `every_s`: Ray Data counts whole inputs, so a minutes-long
+    4K input was silent until it ended."""
 
     def __init__(self, what: str, total: float, unit: str, every_s: float = PROGRESS_EVERY_S) -> None:
         self.what, self.total, self.unit, self.every_s = what, total, unit, every_s

@@ -87,8 +87,8 @@ def check_out_folder(out: Path, flow: str) -> None:
     anything starts: found later, an MLflow run would already be made and left FAILED. Refuse one
     inside a submitted job's working directory too (a relative --out under `ray job submit`): Ray's
     temporary copy, which it deletes, which later jobs share, and which other nodes' workers do not
-    see; and one holding another verb's outputs (`folder_owner`), whose files `flow` would mix with its own."""
-    from portraitflow.jobs.runtime import folder_owner, in_submitted_working_dir
+    see; and one holding another verb's outputs (`check_folder_owner`), whose files `flow` would mix with its own."""
+    from portraitflow.jobs.runtime import FolderOfAnotherFlow, check_folder_owner, in_submitted_working_dir
 
     if in_submitted_working_dir(out):
         raise typer.BadParameter(
@@ -100,7 +100,7 @@ def check_out_folder(out: Path, flow: str) -> None:
                 raise typer.BadParameter(f"{path} is a file, not a folder" if path == out else
                                          f"{out}: {path} is a file, not a folder", param_hint="--out")
             break
-    owner = folder_owner(out) if out.is_dir() else None
-    if owner not in (None, flow):
-        raise typer.BadParameter(f"{out} holds the outputs of `portraitflow {owner}`, not {flow}: "
-                                 f"give {flow} a folder of its own", param_hint="--out")
+    try:
+        check_folder_owner(out, flow)
+    except FolderOfAnotherFlow as exc:
+        raise typer.BadParameter(str(exc), param_hint="--out") from None

@@ -159,12 +159,17 @@ def folder_owner(folder: Path) -> str | None:
     return next((flow for name, flow in _FOLDER_CONTENTS if (folder / name).exists()), None)
 
 
-def claim_folder(folder: Path, flow: str) -> None:
-    """Mark `folder` as `flow`'s, or FolderOfAnotherFlow when it holds another verb's outputs."""
+def check_folder_owner(folder: Path, flow: str) -> None:
+    """FolderOfAnotherFlow when `folder` holds the outputs of a verb other than `flow`."""
     owner = folder_owner(folder)
     if owner not in (None, flow):
         raise FolderOfAnotherFlow(f"{folder} holds the outputs of `portraitflow {owner}`, not {flow}: "
                                   f"give {flow} a folder of its own")
+
+
+def claim_folder(folder: Path, flow: str) -> None:
+    """Mark `folder` as `flow`'s, or FolderOfAnotherFlow when it holds another verb's outputs."""
+    check_folder_owner(folder, flow)
     if not (folder / OWNER_MARK).is_file():
         atomic_write(folder / OWNER_MARK, f"{flow}\n")
 

@@ -90,7 +90,7 @@ BEHAVIOUR_BEFORE_ADDED = {"curate": {"shot_hash_threshold": 0.0, "duplicate_mirr
                           "versions": {"scan_measures": 6}}
 #: what the latest measures version changed in what a corpus holds, for the refusal to mix them
 MEASURES_CHANGES = ("since 8: identity embedded at least every identity_sample_seconds, the reference frame one "
-                    "of those embedded, a clip denied when any sample is a denied person, frames picked allowing "
+                    "of those embedded, a switch away and back cut into its parts, a clip denied when any sample is a denied person, frames picked allowing "
                     "for Matroska's millisecond times; since 7: frames where the face leaves the crop cut out "
                     "(face_leaves_crop), identity embedded "
                     "on detected frames only, unmeasured sharpness/keypoint_yaw/profile_share NaN; since 6: motion "

@@ -315,8 +315,6 @@ def _decide(arrays: dict[str, np.ndarray], first: int, last: int, offset: int, i
         return [Candidate(start, end, reason or filters.TOO_SHORT, measures)]
     measures = dict(measures, identity_link=identity_link(sample_embedding))
     switch = switch_index(sample_embedding, galleries.threshold)
-    if switch == -1:
-        return [Candidate(start, end, filters.IDENTITY_SWITCH, measures)]
     if switch is not None:
         before, after = int(sample_index[switch - 1]) + 1, int(sample_index[switch])
         between = []  # the frames between the two people's samples show either: a row of their own

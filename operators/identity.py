@@ -31,25 +31,29 @@ log = logging.getLogger(__name__)
 
 
 def switch_index(samples: np.ndarray, threshold: float) -> int | None:
-    """Where the identity of time-ordered sample embeddings changes.
+    """Where the identity of time-ordered sample embeddings first changes.
 
     Samples are one person when each is linked to the others through pairs at or above
     `threshold` (single linkage): a frame looking away scores low against some samples but still
     matches others (0.56-0.74 on the shared media), while a different person matches none (at
     most 0.43); requiring every pair to agree rejected whole clips of one person for one frame.
 
-    None: all samples are one person. k > 0: samples before k are one person and from k on
-    another. -1: not one person, but not as one clean switch (alternating or several people).
+    None: all samples are one person. k > 0: sample k is the first not linked to sample 0's
+    person; the caller cuts there and judges each side again on its own, so one person, another
+    and the first again come out as three parts (the whole clip was rejected, a second of someone
+    else costing both sides of it).
     """
     samples = l2_normalise(samples)
     sims = samples @ samples.T
     if len(samples) < 2 or _weakest_link(sims) >= threshold:
         return None
-    for k in range(1, len(samples)):
-        if _weakest_link(sims[:k, :k]) >= threshold and _weakest_link(sims[k:, k:]) >= threshold \
-                and sims[:k, k:].max() < threshold:
-            return k
-    return -1
+    linked = np.zeros(len(samples), bool)  # sample 0's person: every sample linked to it, however far
+    linked[0] = True
+    while True:
+        grown = linked | (sims[linked] >= threshold).any(axis=0)
+        if (grown == linked).all():
+            return int(np.flatnonzero(~linked)[0])
+        linked = grown
 
 
 def identity_link(samples: np.ndarray) -> float:

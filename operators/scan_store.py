@@ -40,8 +40,9 @@ if TYPE_CHECKING:
 #: scale and rejects a clip mostly in profile (`profile_share`);
 #: 8: frames where the face leaves the clip's crop are cut out (`face_leaves_crop`, `face_outside_crop`),
 #: identity samples are embedded on detected frames only, and a measure of no detected frame is NaN, not 0)
-#: 9: identity samples at most `identity_sample_seconds` apart, the reference frame one of them, and
-#: a clip denied when any sample (not only their mean) is a denied person
+#: 9: identity samples at most `identity_sample_seconds` apart, the reference frame one of them, a
+#: switch away and back cut into its parts, and a clip denied when any sample (not only their mean)
+#: is a denied person
 SCAN_MEASURES_VERSION = 9
 #: curate fields a scan does not depend on (resources, decoding chunk size, naming, the stages
 #: after it); changing them keeps earlier scans valid.

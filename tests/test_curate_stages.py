@@ -363,13 +363,17 @@ def test_the_short_rest_of_a_clip_split_at_an_identity_switch_is_too_short_not_n
                                                            (105, 106, filters.TOO_SHORT)]
 
 
-def test_identity_switch_is_located_or_refused() -> None:
+def test_identity_switch_is_located() -> None:
     rng = np.random.default_rng(1)
     a, b = l2_normalise(rng.normal(size=(2, 128)))
     jitter = lambda v, n: l2_normalise(v + rng.normal(0, 0.05, (n, 128)))  # noqa: E731
     assert switch_index(jitter(a, 6), 0.5) is None
     assert switch_index(np.concatenate([jitter(a, 3), jitter(b, 5)]), 0.5) == 3
-    assert switch_index(np.concatenate([jitter(a, 2), jitter(b, 2), jitter(a, 2)]), 0.5) == -1
+    # away and back: cut at the first sample not the first person's, each side judged again on its own
+    assert switch_index(np.concatenate([jitter(a, 2), jitter(b, 2), jitter(a, 2)]), 0.5) == 2
+    assert switch_index(np.concatenate([jitter(b, 2), jitter(a, 2)]), 0.5) == 2
+    c = l2_normalise(rng.normal(size=128))
+    assert switch_index(np.concatenate([jitter(a, 2), jitter(c, 1), jitter(a, 1), jitter(b, 2)]), 0.5) == 2
     # the last frame looks away: below the threshold against some samples, still matching its neighbour
     frames = jitter(a, 8)
     frames[7] = l2_normalise(frames[6] + 0.9 * b)

@@ -158,15 +158,18 @@ def test_identity_samples_are_embedded_on_detected_frames_not_interpolated_ones(
 def test_a_second_of_another_person_inside_a_clip_is_seen(monkeypatch: pytest.MonkeyPatch) -> None:
     """Frames 88-111 of one person's 8-s clip show another, with no cut: 8 samples (0, 28, 57, 85, 114,
     ...) fell around them, the clip was kept whole, and the other person's most frontal frame became
-    its reference. Samples at most 0.5 s apart see them: no clip kept holds a frame of them."""
+    its reference. Samples at most 0.5 s apart see them (the one at 100): no clip kept holds a frame
+    of them, and the first person's footage on either side is kept (a switch away and back had
+    rejected the whole clip)."""
     rng = np.random.default_rng(0)
     frames = np.full((FRAMES, SIDE, SIDE, 3), 128, np.uint8)
     for index, frame in enumerate(frames):
         low = 128 if 88 <= index < 112 else 0
         _face(frame, BOX)[:] = rng.integers(low, low + 128, (48, 48))[..., None]
     parts = _scan(monkeypatch, frames, _track(BOX, 0.0))
-    # one person, another, the first again: no clean switch to split at (a whole clip was kept)
-    assert [(c.start, c.end, c.reason) for c in parts] == [(0, FRAMES, filters.IDENTITY_SWITCH)]
+    assert [(c.start, c.end, c.reason) for c in parts] == [
+        (0, 87, None), (87, 100, filters.IDENTITY_SWITCH), (100, 101, filters.TOO_SHORT),
+        (101, 112, filters.IDENTITY_SWITCH), (112, FRAMES, None)]
 
 
 def test_a_deny_list_matches_any_sample_not_only_their_mean() -> None:

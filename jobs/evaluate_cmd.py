@@ -225,12 +225,12 @@ def _refuse_sweep_scored_nothing(summary_csv: Path, sweep_file: Path) -> None:
     where `evaluate` exits 1 alike."""
     import pandas as pd
 
-    from portraitflow.jobs.sweep import scored_any
+    from portraitflow.jobs.sweep import failed_configs, scored_any
 
     summary = pd.read_csv(summary_csv)
     if scored_any(summary):
         return
-    failed = summary["error"].notna() if "error" in summary else pd.Series(False, index=summary.index)
+    failed = failed_configs(summary)
     reasons = [f"{count} x {error}" for error, count in summary.loc[failed, "error"].value_counts().items()]
     if (~failed).any():
         reasons.append(f"{int((~failed).sum())} finished with every job failed (their per_video tables say why)")

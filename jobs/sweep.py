@@ -531,12 +531,16 @@ def _distinct_configs(configs: list[dict[str, Any]], cfg: PortraitFlowConfig) ->
     return distinct
 
 
+def failed_configs(summary: pd.DataFrame) -> pd.Series:
+    """Which configs of a sweep's summary failed whole: only those have an `error`."""
+    return summary["error"].notna() if "error" in summary else pd.Series(False, index=summary.index)
+
+
 def scored_any(summary: pd.DataFrame) -> bool:
     """Whether a config of a sweep's summary scored a video: one that failed whole has an `error`;
     one that finished with every job failed (a dataset whose clips show no face) has `jobs_ok` 0.
     A sweep that scored none is no result: its parent run ends FAILED and the CLI exits 1."""
-    failed = summary["error"].notna() if "error" in summary else pd.Series(False, index=summary.index)
-    scored = summary["jobs_ok"].fillna(0) > 0 if "jobs_ok" in summary else ~failed
+    scored = summary["jobs_ok"].fillna(0) > 0 if "jobs_ok" in summary else ~failed_configs(summary)
     return bool(scored.any())
 
 
@@ -588,7 +592,7 @@ def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir:
                                        retry_failed), evaluate.rank_by)
         atomic_write(out_dir / "summary.csv", summary.to_csv(index=False))
         client.log_artifact(parent_id, str(out_dir / "summary.csv"))
-        failed = int(summary["error"].notna().sum()) if "error" in summary else 0  # only failed configs have one
+        failed = int(failed_configs(summary).sum())
         # only finished configs have failed_jobs: a config that failed whole is in configs_failed
         finished_failures = summary["failed_jobs"].dropna() if "failed_jobs" in summary else []
         failed_anywhere = set().union(*map(json.loads, finished_failures))

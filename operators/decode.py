@@ -41,7 +41,6 @@ class VideoInfo:
     height: int
     fps: float  # shown frames per second of presentation time (the average rate of a VFR video)
     num_frames: int  # frames a player shows
-    hdr_pq: bool = False  # HDR10 (PQ transfer): decoded as if SDR (no `zscale` here), it comes out washed out
     nominal_fps: float | None = None  # the stream's frame rate where it drops a few frames (`_nominal_rate`)
 
     @property
@@ -161,14 +160,17 @@ class _Stream:
     width: int  # coded, in stored pixels
     height: int
     sar: Fraction  # a stored pixel's width over its height: shown (width * sar) x height
-    hdr_pq: bool  # HDR10 (PQ transfer), as `VideoInfo.hdr_pq`
+    wide_colour: bool  # HDR or BT.2020 primaries (`_is_wide_colour`): decoded to SDR BT.709 by `_SdrRgb`
     interlaced: bool  # its fields are coded apart in time (broadcast, DV): woven, a moving edge combs
     guessed_rate: Fraction | None  # FFmpeg's guess at its frame rate (`av_guess_frame_rate`)
     tick_s: float  # its timestamps' unit: Matroska's and WebM's are whole milliseconds
 
 
-#: FFmpeg's transfer characteristic of HDR10 (SMPTE ST 2084, PQ)
-_TRC_PQ = 16
+#: FFmpeg's transfer characteristics of HDR: SMPTE ST 2084 (PQ: HDR10, HDR10+, Dolby Vision 8.1)
+#: and ARIB STD-B67 (HLG: a phone's HDR video)
+_TRC_HDR = frozenset({16, 18})
+#: FFmpeg's BT.2020 colour primaries (HDR's, and a wide-gamut SDR master's)
+_PRIMARIES_BT2020 = 9
 #: FFmpeg's field orders of interlaced video (top or bottom field first, coded either way);
 #: 0 is unknown, 1 progressive
 _INTERLACED_FIELD_ORDERS = frozenset({2, 3, 4, 5})
@@ -200,10 +202,16 @@ def _pyav_probe(source: Source) -> _Stream | None:
             stream = container.streams.best("video")
             codec = stream.codec_context
             return _Stream("mpegts" in formats, int(codec.width), int(codec.height), _pixel_aspect(stream),
-                           codec.color_trc == _TRC_PQ, codec.field_order in _INTERLACED_FIELD_ORDERS,
+                           _is_wide_colour(codec), codec.field_order in _INTERLACED_FIELD_ORDERS,
                            stream.guessed_rate, float(stream.time_base or 0))
     except av.FFmpegError:
         return None
+
+
+def _is_wide_colour(coded) -> bool:
+    """Whether a codec context's or a frame's colours are coded for HDR or BT.2020: read as if they
+    were SDR BT.709 (as decord reads every video), they come out washed out and dark."""
+    return coded.color_trc in _TRC_HDR or coded.color_primaries == _PRIMARIES_BT2020
 
 
 def _pixel_aspect(stream) -> Fraction:
@@ -276,8 +284,8 @@ def _decord_misshapes(width: int) -> bool:
 
 
 def probe_video(path: str) -> VideoInfo:
-    """Shown size (`_display_size`), frame rate, frame count and whether it is HDR10; raises
-    VideoUnreadable for anything decord cannot use."""
+    """Shown size (`_display_size`), frame rate and frame count; raises VideoUnreadable for
+    anything decord cannot use."""
     stream = _pyav_probe(path)
     reader = _reader(path)
     edit_end_s = _edit_list_end(path)
@@ -286,7 +294,7 @@ def probe_video(path: str) -> VideoInfo:
         return _timeline(reader, int(width), int(height), edit_end_s=edit_end_s)[0]
     info = _timeline(reader, *_display_size(path), from_keyframe=stream.mpeg_ts, edit_end_s=edit_end_s)[0]
     nominal = _nominal_rate(info.fps, stream.guessed_rate, stream.tick_s / info.duration_s)
-    return replace(info, hdr_pq=stream.hdr_pq, nominal_fps=nominal)
+    return replace(info, nominal_fps=nominal)
 
 
 #: frames a stream may be short of its declared rate and still be taken at that rate: a capture
@@ -413,8 +421,10 @@ def iter_frame_chunks(
     # decord turns a rotated video upright: either coded side may become the width it decodes at
     widths = (size[0],) if size else (stream.width, stream.height) if stream else ()
     # PyAV where decord would seek hidden frames by coded position (returning wrong ones), cannot
-    # decode TS by index, or would return frames in a wrong shape; and where asked to (`in_order`)
-    if shown[0] > 0 or mpeg_ts or any(_decord_misshapes(w) for w in widths) or (in_order and stream is not None):
+    # decode TS by index, would return frames in a wrong shape or HDR colours as SDR ones; and where
+    # asked to (`in_order`)
+    if (shown[0] > 0 or mpeg_ts or any(_decord_misshapes(w) for w in widths)
+            or (stream is not None and (in_order or stream.wide_colour))):
         seek_points = _seek_points(reader, shown)
         del reader
         frames = _pyav_frames(path, sources, size or _display_size(path), chunk_size, seek_points)
@@ -468,8 +478,8 @@ def read_frames(source: str | bytes, indices: Sequence[int]) -> tuple[np.ndarray
 
     decord seeks to the keyframe before the first wanted frame and decodes forward, so frames after
     the last wanted one are never decoded; a video decord would return in a wrong shape
-    (`_decord_misshapes`: under 192 px wide) is decoded with PyAV instead (`_pyav_frames`, which
-    takes a file object as well as a path).
+    (`_decord_misshapes`: under 192 px wide) or in washed-out colours (HDR, BT.2020) is decoded
+    with PyAV instead (`_pyav_frames`, which takes a file object as well as a path).
     """
     wanted, inverse = np.unique(np.asarray(indices, np.int64), return_inverse=True)
     reader = _reader(_openable(source))  # decord counts the frames of any width
@@ -477,7 +487,7 @@ def read_frames(source: str | bytes, indices: Sequence[int]) -> tuple[np.ndarray
     if len(wanted) and wanted[-1] >= count:
         raise TooFewFrames(f"the video has {count} frames, frame {int(wanted[-1])} wanted")
     stream = _pyav_probe(_openable(source))
-    if stream is not None and any(_decord_misshapes(side) for side in (stream.width, stream.height)):
+    if stream is not None and (stream.wide_colour or any(_decord_misshapes(side) for side in (stream.width, stream.height))):
         chunks = _pyav_frames(_openable(source), wanted, _display_size(_openable(source)), max(len(wanted), 1))
     else:
         chunks = _decord_frames(reader, wanted, max(len(wanted), 1))
@@ -577,14 +587,59 @@ def _numbered_frames(path: str, first: int,
         yield from enumerate(container.decode(container.streams.best("video")))
 
 
-def _upright_rgb(frame, size: tuple[int, int]) -> np.ndarray:
-    """A PyAV frame as RGB, turned upright as its display matrix says (a phone video stored
-    sideways), at `size` (width, height) upright: what decord returns for the same frame."""
+#: swscale's colour management (FFmpeg 7.1 on) to SDR BT.709. The relative colorimetric intent maps
+#: HDR's reference white (203 cd/m², ITU-R BT.2408) to SDR white and clips what is brighter, as an
+#: SDR camera would: skin and other diffuse surfaces look as in SDR. An SDR photo coded as PQ or as
+#: HLG comes back within 1.4 of 255 levels on average (decoded as SDR: 24 and 15 levels off); the
+#: perceptual intent darkened its midtones by a fifth, even with HDR10's mastering metadata.
+_TO_SDR_BT709 = "out_transfer=bt709:out_primaries=bt709:intent=relative_colorimetric"
+
+
+class _SdrRgb:
+    """Decoded frames as RGB at a given size, as an SDR BT.709 screen shows them: HDR and BT.2020
+    frames (`_is_wide_colour`) through a filter graph of swscale's colour management, one per
+    picture and output size (a stream's picture size may change), the others as decord reads them."""
+
+    def __init__(self) -> None:
+        self._graphs: dict[tuple[int, int, str, int, int], object] = {}
+
+    def __call__(self, frame, width: int, height: int) -> np.ndarray:
+        if not _is_wide_colour(frame):
+            return frame.to_ndarray(format="rgb24", width=width, height=height)
+        key = (frame.width, frame.height, frame.format.name, width, height)
+        if key not in self._graphs:
+            self._graphs[key] = self._graph(frame, width, height)
+        graph = self._graphs[key]
+        graph.push(frame)
+        return graph.pull().to_ndarray()
+
+    @staticmethod
+    def _graph(frame, width: int, height: int):
+        import av
+
+        graph = av.filter.Graph()
+        # the YCbCr matrix and range as the frame's: unsaid, the first scale would drop them
+        source = graph.add("buffer", video_size=f"{frame.width}x{frame.height}", pix_fmt=frame.format.name,
+                           time_base="1/1", pixel_aspect="1/1", colorspace=str(int(frame.colorspace)),
+                           range=str(int(frame.color_range)))
+        chain = [source,
+                 graph.add("scale", f"w={width}:h={height}"),  # resized first: colour managed, a 4K
+                 graph.add("scale", _TO_SDR_BT709),             # frame took 267 ms, at 640x360 16
+                 graph.add("format", "rgb24"), graph.add("buffersink")]
+        for node, after in zip(chain, chain[1:]):
+            node.link_to(after)
+        graph.configure()
+        return graph
+
+
+def _upright_rgb(frame, size: tuple[int, int], to_rgb: _SdrRgb) -> np.ndarray:
+    """A PyAV frame as RGB (`to_rgb`), turned upright as its display matrix says (a phone video
+    stored sideways), at `size` (width, height) upright: what decord returns for the same frame."""
     turns = frame.rotation // 90  # counter-clockwise quarter turns, negative for clockwise
     width, height = size
     if turns % 2:
         width, height = height, width
-    rgb = frame.to_ndarray(format="rgb24", width=width, height=height)
+    rgb = to_rgb(frame, width, height)
     return np.ascontiguousarray(np.rot90(rgb, turns)) if turns % 4 else rgb
 
 
@@ -601,6 +656,7 @@ def _pyav_frames(path: Source, sources: np.ndarray, size: tuple[int, int], chunk
     import av
 
     wanted = deque(sources.tolist())
+    to_rgb = _SdrRgb()
     chunk: np.ndarray | None = None  # sized for the frames it will hold: at most `chunk_size`, those left
     filled = 0
     last, index = None, -1
@@ -624,7 +680,7 @@ def _pyav_frames(path: Source, sources: np.ndarray, size: tuple[int, int], chunk
                     break
                 if wanted[0] != index:
                     continue
-                rgb = _upright_rgb(last, size)
+                rgb = _upright_rgb(last, size, to_rgb)
                 while wanted and wanted[0] == index:
                     yield from place(rgb)
                 del rgb
@@ -632,6 +688,6 @@ def _pyav_frames(path: Source, sources: np.ndarray, size: tuple[int, int], chunk
             raise VideoUnreadable(f"decoding failed near frame {index + 1}: {exc.strerror}") from exc  # str() names the file
         if wanted and last is None:
             raise VideoUnreadable("FFmpeg decoded no frame of the video")
-        held = _upright_rgb(last, size) if wanted else None
+        held = _upright_rgb(last, size, to_rgb) if wanted else None
     while wanted:  # the stream ended early: its last frame repeated
         yield from place(held)

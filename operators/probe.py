@@ -9,8 +9,6 @@ from typing import Any
 from portraitflow.operators.decode import VideoUnreadable, probe_video
 from portraitflow.operators.ledger import FAILED
 
-#: why curation refuses HDR10: its pictures would be judged and kept washed out
-HDR_PQ = "HDR (PQ) video: convert it to SDR first"
 _LOG_STAMP = re.compile(r"\[\d{2}:\d{2}:\d{2}\] ")
 
 
@@ -23,14 +21,11 @@ def error_text(exc: BaseException, known: tuple[type[BaseException], ...] = (Vid
 
 
 def probe_input(row: dict[str, Any], path: str) -> dict[str, Any]:
-    """Probe `path`, the local copy of the row's input; never raises for bad input. HDR10 fails
-    (`HDR_PQ`): decoded as SDR it would be judged too blurry, or kept washed out."""
+    """Probe `path`, the local copy of the row's input; never raises for bad input."""
     start = time.perf_counter()
     out = _unprobed(row)
     try:
         info = probe_video(path)
-        if info.hdr_pq:
-            raise VideoUnreadable(HDR_PQ)
         out.update(width=info.width, height=info.height, src_fps=info.fps, duration_s=info.duration_s)
     except Exception as exc:  # unreadable, missing, odd streams: the row says so and the run goes on
         out.update(status=FAILED, error=error_text(exc))

@@ -9,8 +9,8 @@ import av
 import numpy as np
 import pytest
 
-from portraitflow.operators.decode import iter_frame_chunks, probe_video
-from portraitflow.operators.probe import HDR_PQ, probe_input
+from portraitflow.operators.decode import iter_frame_chunks, probe_video, read_frames
+from portraitflow.operators.probe import probe_input
 
 
 def _segment(path: Path, levels: range, size: tuple[int, int] = (64, 64), container: str = "mpegts",
@@ -95,16 +95,80 @@ def test_non_square_pixels_of_a_sideways_phone_clip_stretch_its_stored_width(tmp
     assert _decoded(path).shape == (10, 96, 32, 3)
 
 
-def test_curation_refuses_pq_hdr_with_its_reason_and_reads_hlg(tmp_path: Path) -> None:
-    """PQ decoded as if SDR comes out washed out (then judged too blurry, or kept so); HLG is made
-    to look right on an SDR screen. A PQ driver still gives its motion: only curation refuses it."""
-    pq = _segment(tmp_path / "pq.mp4", range(20, 60, 4), container="mp4", color_trc=16)
-    hlg = _segment(tmp_path / "hlg.mp4", range(20, 60, 4), container="mp4", color_trc=18)
-    refused = probe_input({"uri": str(pq)}, str(pq))
-    assert (refused["status"], refused["error"]) == ("failed", HDR_PQ)
-    assert probe_input({"uri": str(hlg)}, str(hlg))["status"] == ""
-    assert probe_video(str(pq)).hdr_pq and not probe_video(str(hlg)).hdr_pq
-    assert _decoded(pq).shape == _decoded(hlg).shape == (10, 64, 64, 3)
+#: BT.709 primaries' linear RGB in BT.2020's (ITU-R BT.2087)
+_BT709_TO_BT2020 = np.array([[0.6274, 0.3293, 0.0433], [0.0691, 0.9195, 0.0114], [0.0164, 0.0880, 0.8956]])
+
+
+def _sdr_picture(size: int = 64) -> np.ndarray:
+    """Skin, hair and background tones with gradients, all within SDR."""
+    ramp = np.linspace(0.0, 1.0, size)
+    picture = np.empty((size, size, 3))
+    picture[..., 0] = 40 + 180 * ramp[None, :]
+    picture[..., 1] = 30 + 120 * ramp[:, None]
+    picture[..., 2] = 90 - 60 * ramp[None, :]
+    picture[size // 4:3 * size // 4, size // 4:3 * size // 4] = (224, 172, 140)  # skin
+    return picture.round().astype(np.uint8)
+
+
+def _as_hdr(picture: np.ndarray, transfer: str) -> np.ndarray:
+    """The picture as BT.2100 codes it (BT.2020 primaries, PQ or HLG), its white at HDR's reference
+    white (203 cd/m², ITU-R BT.2408): what an SDR picture looks like placed in an HDR master."""
+    display = (picture / 255.0) ** 2.4 @ _BT709_TO_BT2020.T * 203.0  # cd/m² on a BT.1886 screen
+    if transfer == "pq":
+        m1, m2, c1, c2, c3 = 0.1593017578125, 78.84375, 0.8359375, 18.8515625, 18.6875
+        light = (display / 10000.0) ** m1
+        return ((c1 + c2 * light) / (1 + c3 * light)) ** m2
+    display /= 1000.0  # HLG's nominal display, whose system gamma is 1.2
+    scene_luma = np.maximum(display @ np.array([0.2627, 0.6780, 0.0593]), 1e-12) ** (1 / 1.2)
+    scene = display / scene_luma[..., None] ** 0.2
+    a, b, c = 0.17883277, 0.28466892, 0.55991073
+    return np.where(scene <= 1 / 12, np.sqrt(3 * scene), a * np.log(np.maximum(12 * scene - b, 1e-12)) + c)
+
+
+def _hdr_clip(path: Path, picture: np.ndarray, transfer: str) -> Path:
+    """3 frames of `picture` coded as HDR: 10-bit BT.2020 YCbCr, narrow range, losslessly."""
+    signal = _as_hdr(picture.astype(np.float64), transfer)
+    kr, kb = 0.2627, 0.0593
+    luma = signal @ np.array([kr, 1 - kr - kb, kb])
+    cb, cr = (signal[..., 2] - luma) / (2 * (1 - kb)), (signal[..., 0] - luma) / (2 * (1 - kr))
+    half = len(picture) // 2
+    planes = [64 + 876 * luma] + [(512 + 896 * chroma).reshape(half, 2, half, 2).mean((1, 3)) for chroma in (cb, cr)]
+    trc = {"pq": 16, "hlg": 18}[transfer]
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=25, options={"qp": "0"})
+        video.width = video.height = len(picture)
+        video.pix_fmt = "yuv420p10le"
+        codec = video.codec_context
+        codec.color_primaries, codec.color_trc, codec.colorspace, codec.color_range = 9, trc, 9, 1
+        frame = av.VideoFrame(len(picture), len(picture), "yuv420p10le")
+        for plane, values in zip(frame.planes, planes):
+            rows = np.frombuffer(plane, np.uint16).reshape(-1, plane.line_size // 2)
+            rows[:values.shape[0], :values.shape[1]] = values.round()
+        frame.color_primaries, frame.color_trc, frame.colorspace, frame.color_range = 9, trc, 9, 1
+        for pts in range(3):
+            frame.pts = pts
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("transfer", ["pq", "hlg"])
+def test_hdr_is_read_as_an_sdr_screen_shows_it(tmp_path: Path, transfer: str) -> None:
+    """HDR10 and a phone's HLG video, read as if SDR (as decord reads every video), came out dark
+    and washed out (this picture coded as PQ: 32 levels off on average, as HLG 19), so curation
+    refused PQ and judged HLG on wrong colours. Both are read as SDR BT.709 now, their reference
+    white as SDR white, by every reader: at full size, scaled while decoding, and by frame index
+    (within 3.1 levels: 4:2:0 chroma of saturated colours)."""
+    picture = _sdr_picture()
+    path = _hdr_clip(tmp_path / f"{transfer}.mp4", picture, transfer)
+    assert probe_input({"uri": str(path)}, str(path))["status"] == ""
+    full = _decoded(path)
+    assert full.shape == (3, 64, 64, 3)
+    assert np.abs(full.astype(float) - picture).mean() < 4
+    halved = _decoded(path, size=(32, 32)).astype(float).mean((1, 2))
+    assert np.abs(halved - picture.reshape(-1, 3).mean(0)).max() < 3
+    indexed, count = read_frames(str(path), [2, 0])
+    assert count == 3 and np.abs(indexed.astype(float) - picture).mean() < 4
 
 
 def _audio_only(path: Path) -> Path:

@@ -49,6 +49,13 @@ def window_buckets(kps: np.ndarray, window: int = WINDOW) -> np.ndarray:
 
 
 def motion_table(landmarks: np.ndarray, kps: np.ndarray, window: int = WINDOW) -> np.ndarray:
-    """(T, 3) float32 per frame: intensity, and the head and expression buckets of its window."""
+    """(T, 3) float32 per frame: intensity, and the head and expression buckets of its window. The
+    frames after a clip's last whole window take the buckets of its last `window` frames: a few
+    frames' buckets read as nearly still (9 frames of a talking head (0, 1), its whole windows'
+    (2-9, 11-20)), which a sampler filtering on them would take for a still face."""
+    kps = np.asarray(kps)
     buckets = np.repeat(window_buckets(kps, window), window, axis=0)[: len(kps)]
+    whole = len(kps) // window * window
+    if 0 < whole < len(kps):
+        buckets[whole:] = head_exp_motion_buckets(kps[-window:])
     return np.column_stack([motion_intensity(landmarks), buckets]).astype(np.float32)

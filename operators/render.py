@@ -76,12 +76,13 @@ def render_sample(
         "start_s": clip["start"] / cfg.fps,
         "end_s": clip["end"] / cfg.fps,
         "fps": cfg.fps,
-        "source_fps": round(float(clip["src_fps"]), 3),  # below `fps`, frames were repeated to reach it
+        "source_fps": round(float(clip["src_fps"]), 3),  # below `fps`, frames were repeated; above, dropped
         "num_frames": frames,
         "audio_s": round(audio_s, 3),  # less than the clip's length where the source's audio stops early
         "source_size": [clip["width"], clip["height"]],
         "crop_box": [float(v) for v in crop_box],
         "crop_size": size,
+        "crop_scale": round(size / float(crop_box[2] - crop_box[0]), 4),  # above 1: source pixels enlarged
         "ref_frame": ref_index,
         "face_backend": face_backend,
         "embedding_dim": int(arrays["embedding"].shape[0]),

@@ -172,6 +172,8 @@ def test_shards_read_back_with_webdataset(curated) -> None:
         assert arrays["thumbnails.npy"].dtype == np.uint8 and arrays["thumbnails.npy"].shape == (frames, 16, 16)
         assert frames == round((meta["end_s"] - meta["start_s"]) * meta["fps"])
         assert meta["source"] and meta["face_backend"] == "opencv" and len(meta["crop_box"]) == 4
+        box_side = meta["crop_box"][2] - meta["crop_box"][0]  # a box wider than the source is zero-padded
+        assert meta["crop_scale"] == pytest.approx(meta["crop_size"] / box_side, rel=1e-3)
         assert meta["source_fps"] == pytest.approx(source_rates[meta["source"]], abs=1e-3)
         inside = (arrays["kps.npy"] >= 0) & (arrays["kps.npy"] <= meta["crop_size"])
         assert inside.mean() > 0.95  # keypoints are in crop pixels

@@ -18,7 +18,7 @@ from portraitflow.models.face.base import l2_normalise
 from portraitflow.operators.identity import CorpusLedger, identity_link, switch_index
 from portraitflow.operators.inputs import (LIST_CYCLE, NO_VIDEO_FILES, NOT_UTF8, _expand_uri, clip_key, expand_inputs,
                                            input_key, local_copy, matching_files)
-from portraitflow.operators.motion import motion_intensity, motion_table
+from portraitflow.operators.motion import motion_intensity, motion_table, window_buckets
 from portraitflow.operators.shards import pack_shards, read_staged, shard_keys, shard_paths, stage_sample, write_index
 from portraitflow.operators.face_tracking import track_faces
 
@@ -303,6 +303,19 @@ def test_motion_is_zero_when_still_and_scale_free() -> None:
     kps = np.repeat(rng.uniform(0, 100, (1, 5, 2)), 60, axis=0)
     table = motion_table(moving[np.arange(60) % 10], kps)
     assert table.shape == (60, 3) and np.all(table[:, 1:] == 0)
+
+
+def test_the_frames_after_the_last_whole_window_take_the_buckets_of_the_last_window() -> None:
+    """Buckets measure motion over a window, so 10 frames read as half the motion of 25 at the same
+    speed; the clip's tail is measured over its last 25 frames instead."""
+    from portraitflow.models.hunyuan.buckets import head_exp_motion_buckets
+
+    rng = np.random.default_rng(3)
+    kps = np.cumsum(rng.normal(0, 2.0, (60, 5, 2)), axis=0) + 200  # a face moving at a steady rate
+    table = motion_table(np.zeros((60, 68, 2)), kps)
+    assert np.array_equal(table[:50, 1:], np.repeat(window_buckets(kps), 25, axis=0)[:50])
+    assert np.array_equal(table[50:, 1:], np.tile(head_exp_motion_buckets(kps[35:]), (10, 1)))
+    assert not np.array_equal(table[50:, 1:], np.tile(window_buckets(kps)[2], (10, 1)))  # what it was
 
 
 def test_landmark_jitter_on_a_still_face_is_too_static_and_a_talking_face_is_not() -> None:

@@ -20,6 +20,7 @@ import numpy as np
 
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.curate import CurateConfig
+from portraitflow.models.face.base import FaceAnalyzer
 from portraitflow.operators.face_scan import FaceScanStage, batch_rows, rows_batch
 from portraitflow.operators.inputs import clip_input_key, is_uri, local_copy
 from portraitflow.operators.ledger import FAILED
@@ -78,7 +79,7 @@ class CurateInputStage:
             if row["status"] != FAILED and self.render_now:
                 packed = set(json.loads(row.get("packed", "[]")))
                 rendered = _render_clips(row, path, lambda key: key not in packed, self.cfg, self.scan_dir,
-                                         self.staging_dir, timings, errors)
+                                         self.staging_dir, timings, errors, self.scanner.analyzer)
         except Exception as exc:  # a damaged scan file, a bug: this input fails with its error, the run goes on
             probed = row if "width" in row else unfetched_input(row, exc)  # raised inside scan(): sizes unknown
             return dict(probed, status=FAILED, error=error_text(exc), timings=json.dumps(timings), render_errors="{}",
@@ -116,7 +117,10 @@ def render_decided_clips(row: dict[str, Any], config: dict[str, Any], scan_dir: 
     longer be fetched or crashed its worker on each of `max_attempts` starts: Ray Data would
     retry it forever), `timings` and `rendered`.
     """
-    cfg = PortraitFlowConfig.model_validate(config).curate
+    from portraitflow.models.face.factory import create_analyzer
+
+    full = PortraitFlowConfig.model_validate(config)
+    cfg = full.curate
     keys = set(json.loads(row["keys"]))
     timings: Counter = Counter()
     errors: dict[str, str] = {}
@@ -125,9 +129,10 @@ def render_decided_clips(row: dict[str, Any], config: dict[str, Any], scan_dir: 
         errors = dict.fromkeys(keys, crashed_reason("render", max_attempts))
         return {"input_key": row["input_key"], "render_errors": json.dumps(errors), "timings": "{}", "rendered": 0}
     try:
+        analyzer = create_analyzer(full.face, threads=cfg.actor_cpus)  # landmarks fitted again on fine crops
         with local_copy(row["uri"]) as path:
             rendered = _render_clips(row, path, keys.__contains__, cfg, Path(scan_dir), Path(staging_dir), timings,
-                                     errors)
+                                     errors, analyzer)
     except Exception as exc:  # the input vanished or its store refused since the scan: its clips fail
         errors = {key: error_text(exc) for key in keys}
     return {"input_key": row["input_key"], "render_errors": json.dumps(errors), "timings": json.dumps(timings),
@@ -135,7 +140,7 @@ def render_decided_clips(row: dict[str, Any], config: dict[str, Any], scan_dir: 
 
 
 def _render_clips(row: dict[str, Any], path: str, wanted: Callable[[str], bool], cfg: CurateConfig, scan_dir: Path,
-                  staging_dir: Path, timings: Counter, errors: dict[str, str]) -> int:
+                  staging_dir: Path, timings: Counter, errors: dict[str, str], analyzer: FaceAnalyzer) -> int:
     """Render and stage the clips the scan kept whose keys are `wanted` and that are not staged
     yet; adds to `timings` and `errors`, returns how many were rendered."""
     scan_file = scan_path(scan_dir, row["input_key"])
@@ -146,7 +151,7 @@ def _render_clips(row: dict[str, Any], path: str, wanted: Callable[[str], bool],
     progress = Progress(f"{row['uri']}: rendered", len(clips), "clips")  # not in the shards, not staged yet
     rendered = 0
     for clip in clips:
-        result = render_clip(dict(clip, **source), path, cfg, staging_dir)
+        result = render_clip(dict(clip, **source), path, cfg, staging_dir, analyzer)
         timings.update(result["timings"])
         rendered += 1
         progress(rendered)

@@ -3,7 +3,9 @@
 The crop box is fixed per clip (HunyuanPortrait's square box, zero-padded at borders) and the
 frames are decoded at source resolution, in order with PyAV, at most FULL_RES_CHUNK_BYTES at a
 time, so memory depends on neither the clip's length nor, beyond that, the source's resolution. Landmarks, keypoints
-and poses in the sample are in the pixels of the crop (0..crop_size), aligned with the mp4.
+and poses in the sample are in the pixels of the crop (0..crop_size), aligned with the mp4. The scan
+fits landmarks on frames at most `analysis_max_side` wide; where the crop shows the face finer than
+that (`REFIT_ABOVE`), the sample's landmarks, pose and motion intensity are fitted again on the crop.
 """
 from __future__ import annotations
 
@@ -18,8 +20,11 @@ import numpy as np
 
 from portraitflow.jobs.config.curate import CurateConfig
 from portraitflow.models.face.align import align_arcface, crop_square
-from portraitflow.operators.decode import FULL_RES_CHUNK_BYTES, frames_per_chunk, iter_frame_chunks
-from portraitflow.operators.motion import WINDOW
+from portraitflow.models.face.base import FaceAnalyzer
+from portraitflow.operators.decode import FULL_RES_CHUNK_BYTES, VideoInfo, frames_per_chunk, iter_frame_chunks
+from portraitflow.operators.face_scan import analysis_size, scan_pose
+from portraitflow.operators.face_tracking import fill_pose
+from portraitflow.operators.motion import WINDOW, motion_table
 from portraitflow.operators.probe import error_text
 from portraitflow.operators.reference_portrait import to_crop
 from portraitflow.operators.scan_store import load_clip_arrays
@@ -28,6 +33,11 @@ from portraitflow.operators.timing import StageTimer
 from portraitflow.operators.video_writer import audio_seconds, write_h264
 
 FORMAT_VERSION = 1
+#: how much finer than the scan's analysis frame the crop must show the face for its landmarks to be
+#: fitted again on the crop: a 1080x1920 phone video's face (39 px between the eyes at 640 px, 107
+#: in the 512 crop) had 1.48x the frame-to-frame landmark jitter and 1.2-1.3x the pose noise of a fit
+#: on the crop; a 512-px source's crop is its analysis frame, and gains nothing
+REFIT_ABOVE = 1.25
 
 
 def _jpeg(rgb: np.ndarray) -> bytes:
@@ -37,14 +47,26 @@ def _jpeg(rgb: np.ndarray) -> bytes:
     return data.tobytes()
 
 
+def analysis_gain(clip: dict, crop_box: np.ndarray, cfg: CurateConfig) -> float:
+    """How many crop pixels a pixel of the scan's analysis frame spans (above 1: the crop is finer)."""
+    width, _ = analysis_size(VideoInfo(clip["width"], clip["height"], 1.0, 1), cfg.analysis_max_side)
+    return cfg.crop_size * clip["width"] / (width * float(crop_box[2] - crop_box[0]))
+
+
 def render_sample(
-    path: str, clip: dict, arrays: dict[str, np.ndarray], cfg: CurateConfig, face_backend: str, timer: StageTimer
+    path: str, clip: dict, arrays: dict[str, np.ndarray], cfg: CurateConfig, face_backend: str, timer: StageTimer,
+    analyzer: FaceAnalyzer | None = None,
 ) -> dict[str, bytes]:
-    """The fields of one sample (mp4, ref.jpg, ref_face.jpg, json, *.npy) for a kept clip."""
+    """The fields of one sample (mp4, ref.jpg, ref_face.jpg, json, *.npy) for a kept clip; with
+    `analyzer`, landmarks fitted again on the crop where it is finer than the analysis frame."""
     crop_box = arrays["crop_box"]
     ref_index = int(arrays["ref_index"])
     size = cfg.crop_size
     reference: dict[str, np.ndarray] = {}
+    kps = to_crop(arrays["kps"], crop_box, size)
+    boxes = to_crop(arrays["boxes"].reshape(-1, 2, 2), crop_box, size).reshape(-1, 4)
+    refit = analyzer is not None and analysis_gain(clip, crop_box, cfg) > REFIT_ABOVE
+    landmarks = [] if refit else [to_crop(arrays["landmarks"], crop_box, size)]
 
     def crops():
         chunks = iter_frame_chunks(path, cfg.fps, clip["start"] / cfg.fps, clip["end"] / cfg.fps,
@@ -57,6 +79,9 @@ def render_sample(
                 if len(hit):
                     reference["crop"] = out[hit[0]]
                     reference["face"] = align_arcface(chunk.frames[hit[0]], arrays["kps"][ref_index])
+            if refit:
+                with timer.time("render_landmarks"):
+                    landmarks.append(analyzer.landmarks(list(out), boxes[chunk.positions - clip["start"]]))
             yield out
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,7 +93,13 @@ def render_sample(
         video, audio_s = mp4.read_bytes(), audio_seconds(mp4)
     if frames != clip["end"] - clip["start"]:
         raise ValueError(f"decoded {frames} frames for a clip of {clip['end'] - clip['start']}")
-    motion = arrays["motion"]
+    landmarks = np.concatenate(landmarks)
+    if refit:
+        with timer.time("render_pose"):
+            pose = fill_pose(scan_pose(analyzer, landmarks, boxes, kps, (size, size)), np.zeros(len(kps), np.int64))
+        motion = motion_table(landmarks, kps)
+    else:
+        pose, motion = arrays["pose"], arrays["motion"]
     meta = {
         "format_version": FORMAT_VERSION,
         "key": clip["key"],
@@ -94,10 +125,10 @@ def render_sample(
         "ref.jpg": _jpeg(reference["crop"]),
         "ref_face.jpg": _jpeg(reference["face"]),
         "json": json.dumps(meta, sort_keys=True).encode(),
-        "landmarks.npy": npy_bytes(to_crop(arrays["landmarks"], crop_box, size)),
-        "kps.npy": npy_bytes(to_crop(arrays["kps"], crop_box, size)),
-        "boxes.npy": npy_bytes(to_crop(arrays["boxes"].reshape(-1, 2, 2), crop_box, size).reshape(-1, 4)),
-        "pose.npy": npy_bytes(arrays["pose"].astype(np.float32)),
+        "landmarks.npy": npy_bytes(landmarks.astype(np.float32)),
+        "kps.npy": npy_bytes(kps),
+        "boxes.npy": npy_bytes(boxes),
+        "pose.npy": npy_bytes(pose.astype(np.float32)),
         "id.npy": npy_bytes(arrays["embedding"].astype(np.float32)),
         "motion.npy": npy_bytes(motion.astype(np.float32)),
         "signature.npy": npy_bytes(arrays["signature"].astype(np.float16)),
@@ -105,7 +136,8 @@ def render_sample(
     }
 
 
-def render_clip(row: dict[str, Any], path: str, cfg: CurateConfig, staging_dir: Path) -> dict[str, Any]:
+def render_clip(row: dict[str, Any], path: str, cfg: CurateConfig, staging_dir: Path,
+                analyzer: FaceAnalyzer) -> dict[str, Any]:
     """Render one kept clip (`row`: the clip, its input's uri and size, its scan file; `path`: the
     input's local copy) and stage its sample; never raises: an error is returned with the clip's key."""
     cpu = time.process_time()
@@ -113,7 +145,7 @@ def render_clip(row: dict[str, Any], path: str, cfg: CurateConfig, staging_dir: 
     error = ""
     try:
         arrays = load_clip_arrays(Path(row["scan_path"]), row["index"])
-        fields = render_sample(path, row, arrays, cfg, row["face_backend"], timer)
+        fields = render_sample(path, row, arrays, cfg, row["face_backend"], timer, analyzer)
         with timer.time("stage"):
             stage_sample(staging_dir, row["key"], fields)
     except Exception as exc:  # one clip that cannot be rendered is recorded, the run goes on

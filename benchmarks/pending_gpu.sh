@@ -5,6 +5,13 @@
 # Prints each step's table; logs go to $OUT (or ./pending_gpu) as STEP.log. A step that would not
 # fit in the time left is listed as skipped, not started. The cold end-to-end run needs a call of
 # its own: `pending_gpu.sh 580 e2e_250_ours`.
+#
+# Compiled kernels travel between loans: a cold warm-up (compiling and autotuning the UNet and the
+# VAE decoder) took about 400 s of a 900-s loan. After each step the compile caches are saved to
+# $OUT as compile_cache.tgz.00, .01, ... (15 MiB parts: a loan returns files of 16 MiB at most);
+# copy the parts that came back into benchmarks/.compile_cache/ (git-ignored) and carry that
+# folder (`carry: ["benchmarks/.compile_cache"]`), and the next loan starts from them. They fit
+# one torch, Triton and GPU: another's caches are only missed, never wrong.
 set -u
 budget=${1:-540}
 if [[ ! $budget =~ ^[0-9]+$ ]]; then
@@ -24,6 +31,17 @@ logs=${OUT:-pending_gpu}
 mkdir -p "$logs"
 python=${PYTHON:-python3}
 start=$SECONDS
+carried=${COMPILE_CACHE:-benchmarks/.compile_cache}
+cache=$(mktemp -d)
+export TORCHINDUCTOR_CACHE_DIR=$cache/inductor TRITON_CACHE_DIR=$cache/triton
+if compgen -G "$carried/compile_cache.tgz.*" > /dev/null; then
+    cat "$carried"/compile_cache.tgz.* | tar xz -C "$cache" && echo "== compile caches from $carried: $(du -sh "$cache" | cut -f1)"
+fi
+
+save_caches() {  # the caches as they are now, in $logs (a step killed at its limit keeps the last save)
+    rm -f "$logs"/compile_cache.tgz.*
+    tar cz -C "$cache" . | split -b 15M -d - "$logs/compile_cache.tgz."
+}
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$logs/gpu.txt"
 
 step() {  # NAME NEEDED_SECONDS COMMAND...
@@ -39,7 +57,7 @@ step() {  # NAME NEEDED_SECONDS COMMAND...
     echo "== $name: $*"
     # Python's warnings (a "...Warning: " line and the source line after it) stay in the log only
     timeout "$left" "$@" 2>&1 | tee "$logs/$name.log" | grep -v -E 'Warning: |^ +warnings\.warn\('
-
+    save_caches
 }
 
 # The kernel tests that need CUDA (fp16 and bf16 against the formula, a failing kernel's fallback).

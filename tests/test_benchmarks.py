@@ -41,3 +41,35 @@ def test_full_res_decode_benchmark_compares_equal_frames(media_dir: Path) -> Non
                             capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "30 frames" in result.stdout and '"decord_over_in_order"' in result.stdout, result.stdout
+
+
+def test_a_loans_compile_caches_come_back_in_parts_and_warm_the_next_loan(tmp_path: Path) -> None:
+    """A cold warm-up took about 400 s of a 900-s GPU loan: `pending_gpu.sh` saves the compile caches
+    into $OUT in parts a loan can return (16 MiB at most each), and starts from carried ones."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "nvidia-smi").write_text("#!/bin/sh\necho 'a GPU, 80 GiB, 1980 MHz'\n")
+    # stands in for a compiling step: reports whether it found an earlier loan's kernel, then compiles one
+    (fake_bin / "fake-python").write_text(
+        "#!/bin/sh\n"
+        'test -f "$TORCHINDUCTOR_CACHE_DIR/kernel.bin" && echo "warm" || echo "cold"\n'
+        'mkdir -p "$TORCHINDUCTOR_CACHE_DIR" && head -c 20000000 /dev/urandom > "$TORCHINDUCTOR_CACHE_DIR/kernel.bin"\n')
+    for tool in fake_bin.iterdir():
+        tool.chmod(0o755)
+    env = {"PATH": f"{fake_bin}:/usr/bin:/bin", "PYTHON": str(fake_bin / "fake-python"), "HOME": str(tmp_path)}
+
+    def loan(out: Path, carried: Path) -> str:
+        result = subprocess.run(["bash", str(BENCHMARKS / "pending_gpu.sh"), "100", "kernel_tests"], capture_output=True,
+                                text=True, timeout=120, check=False, env=dict(env, OUT=str(out), COMPILE_CACHE=str(carried)))
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    first = loan(tmp_path / "out1", tmp_path / "nothing_carried")
+    assert "cold" in first and "warm" not in first
+    parts = sorted((tmp_path / "out1").glob("compile_cache.tgz.*"))
+    assert len(parts) == 2 and all(p.stat().st_size <= 15 * 2**20 for p in parts)  # 20 MB of random bytes
+    carried = tmp_path / "carried"
+    carried.mkdir()
+    for part in parts:
+        (carried / part.name).write_bytes(part.read_bytes())
+    assert "warm" in loan(tmp_path / "out2", carried)

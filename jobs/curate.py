@@ -362,9 +362,10 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
     uris = expand_inputs(inputs)
     rows = sorted(({"uri": u, "input_key": input_key(u)} for u in uris), key=lambda r: r["input_key"])
     if dry_run:  # reads the shards, repairs nothing
-        by_key = {row["input_key"]: row for row in rows}
         in_shards = {k for path in shard_paths(layout.shards) for k in whole_shard_keys(path, layout.shard_keys)[0]}
         markers = ledger.load_markers(layout.done)
+        rows, moved = _follow_moves(rows, markers, None)
+        by_key = {row["input_key"]: row for row in rows}
         pending = {row["input_key"] for row in _pending(rows, markers, in_shards)}
         changed = set(ledger.changed_since_curated(rows, markers))
         with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as probes:  # the decoders release the GIL
@@ -374,9 +375,10 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
         for row in rows:
             reason = reasons.get(row["input_key"])
             unreadable += reason is not None
-            state = ("changed" if row["uri"] in changed else "done   ") if row["input_key"] not in pending \
-                else "pending" if reason is None else "fails  "
-            typer.echo(f"{state}  {row['input_key']}  {row['uri']}" + (f"  ({reason})" if reason else ""))
+            state = ("changed" if row["uri"] in changed else "moved  " if row["uri"] in moved else "done   ") \
+                if row["input_key"] not in pending else "pending" if reason is None else "fails  "
+            note = reason or (f"curated as {moved[row['uri']]}" if row["uri"] in moved else None)
+            typer.echo(f"{state}  {row['input_key']}  {row['uri']}" + (f"  ({note})" if note else ""))
         typer.echo(f"{len(pending)} of {len(rows)} input(s) would be processed into {out}"
                    + (f", {unreadable} of them recorded failed: they cannot be read" if unreadable else ""))
         _warn_changed(sorted(changed))
@@ -391,6 +393,7 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
         atomic_write(layout.settings, json.dumps(settings, indent=1, sort_keys=True))
         in_shards = _repair_shards(layout)
         markers = ledger.load_markers(layout.done)
+        rows, _ = _follow_moves(rows, markers, layout.done)
         _warn_changed(ledger.changed_since_curated(rows, markers))
         pending = _pending(rows, markers, in_shards, layout.done)
         init_ray(cfg.ray)
@@ -413,6 +416,25 @@ def _scanned_file(layout: Layout, row: dict[str, Any]) -> dict[str, int] | None:
         return None
     source = load_scan_meta(path).get("source", {})
     return {key: source[key] for key in ("size", "mtime_ns")} if "size" in source else None
+
+
+def _follow_moves(rows: list[dict], markers: dict[str, dict], done_dir: Path | None) -> tuple[list[dict], dict[str, str]]:
+    """`rows` with each input moved or renamed since it was curated (`ledger.moved_inputs`) under the
+    key it was curated as, so it is done, not curated again and rejected as a duplicate of itself;
+    its marker takes the new path (in `markers`, and in `done_dir` unless None: a dry run writes
+    nothing). Also: each moved input's uri -> the path it was curated from."""
+    moved = ledger.moved_inputs(rows, markers)
+    was = {}
+    for uri, key in moved.items():
+        was[uri] = markers[key]["input"]["path"]
+        markers[key] = ledger.moved_marker(markers[key], uri)
+        if done_dir is not None:
+            ledger.write_marker(done_dir, markers[key]["input"], markers[key]["clips"], markers[key].get("source"))
+    if moved:
+        log.info("%d input(s) moved or renamed since they were curated keep their rows and clips, at the new path: %s",
+                 len(moved), ", ".join(f"{was[uri]} -> {uri}" for uri in list(moved)[:5]))
+    keyed = (dict(row, input_key=moved.get(row["uri"], row["input_key"])) for row in rows)
+    return sorted(keyed, key=lambda row: row["input_key"]), was
 
 
 def _warn_changed(paths: list[str]) -> None:

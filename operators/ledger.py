@@ -64,6 +64,32 @@ def changed_since_curated(rows: list[dict[str, Any]], markers: dict[str, dict[st
             and "source" in marker and source_stat(row["uri"]) not in (None, marker["source"])]
 
 
+def moved_inputs(rows: list[dict[str, Any]], markers: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """uri -> input key, for the local inputs of `rows` not done under their own key that are the
+    file a done input was curated from, moved or renamed since (`mv` and `rsync -a` keep a file's
+    modification time): its marker's file is gone, is not among `rows`, and had the input's size
+    and modification time to the nanosecond. Each marker goes to one input, the first in `rows`."""
+    given = {row["uri"] for row in rows}
+    gone: dict[tuple[int, int], str] = {}
+    for key, marker in markers.items():
+        path, source = marker.get("input", {}).get("path", ""), marker.get("source")
+        if is_done(marker) and source and path not in given and not is_uri(path) and not os.path.lexists(path):
+            gone.setdefault((source["size"], source["mtime_ns"]), key)
+    moved = {}
+    for row in rows if gone else []:
+        stat = None if is_done(markers.get(row["input_key"], {})) else source_stat(row["uri"])
+        key = gone.pop((stat["size"], stat["mtime_ns"]), None) if stat else None
+        if key is not None:
+            moved[row["uri"]] = key
+    return moved
+
+
+def moved_marker(marker: dict[str, Any], uri: str) -> dict[str, Any]:
+    """A done input's marker with its rows at the file's new path `uri` (its key, which names its
+    clips in the shards, stays)."""
+    return dict(marker, input=dict(marker["input"], path=uri), clips=[dict(c, path=uri) for c in marker["clips"]])
+
+
 def is_done(marker: dict[str, Any]) -> bool:
     """Whether a marker's input is done: a `failed` one is recorded, but a rerun tries it again."""
     return marker.get("input", {}).get("status", FAILED) != FAILED

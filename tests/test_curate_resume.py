@@ -199,3 +199,49 @@ def test_a_marker_records_the_file_its_scan_was_made_of(tmp_path: Path) -> None:
     assert _scanned_file(layout, {"input_key": "talk", "uri": str(tmp_path / "talk.mp4")}) == {"size": 5, "mtime_ns": 7}
     assert _scanned_file(layout, {"input_key": "talk", "uri": "s3://bucket/talk.mp4"}) is None
     assert _scanned_file(layout, {"input_key": "gone", "uri": str(tmp_path / "gone.mp4")}) is None
+
+
+def test_an_input_moved_since_it_was_curated_keeps_its_rows_at_the_new_path(tmp_path: Path, capsys) -> None:
+    """A renamed or moved corpus folder used to be curated again, every input rejected as a duplicate
+    of itself; an input is recognised by its size and modification time where its old file is gone."""
+    import os
+
+    from portraitflow.jobs.curate import _follow_moves, run_curation
+    from portraitflow.operators import ledger
+    from portraitflow.operators.inputs import input_key
+
+    layout = Layout(tmp_path / "out")
+    layout.make()
+    cfg = load_config(None, ["mlflow.enabled=false"])
+    layout.settings.write_text(json.dumps(corpus_settings(cfg)))
+    old, kept = tmp_path / "raw" / "talk.mp4", tmp_path / "raw" / "other.mp4"
+    old.parent.mkdir()
+    old.write_bytes(b"a take")
+    kept.write_bytes(b"a take")  # the same size, its own file
+    os.utime(kept, ns=(1, 1))
+    for path in (old, kept):
+        row = {"uri": str(path), "input_key": input_key(str(path)), "status": "scanned", "width": 64, "height": 64}
+        clips = [ledger.clip_row(f"{row['input_key']}_00000000_00002000", row, {"start": 0, "end": 50, "reason": "too_static"},
+                                 25.0)]  # rejected: no sample in the shards to check
+        ledger.write_marker(layout.done, ledger.input_row(row, clips), clips, ledger.source_stat(str(path)))
+    new = tmp_path / "renamed" / "talk take 1.mp4"
+    new.parent.mkdir()
+    os.rename(old, new)
+    copy = tmp_path / "renamed" / "copy.mp4"
+    copy.write_bytes(b"a take")  # the same bytes, a newer time: another file, curated on its own
+    uris = [str(new), str(kept), str(copy)]
+
+    run_curation(cfg, uris, layout.out, dry_run=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert f"moved    {input_key(str(old))}  {new}  (curated as {old})" in lines
+    assert any(line.split()[0] == "fails" and f"  {copy}  (" in line for line in lines)  # to curate: not a video here
+    assert not list(layout.done.glob(f"{input_key(str(new))}*"))  # a dry run writes nothing
+    assert ledger.load_markers(layout.done)[input_key(str(old))]["input"]["path"] == str(old)
+
+    rows = [{"uri": u, "input_key": input_key(u)} for u in uris]
+    rows, was = _follow_moves(rows, ledger.load_markers(layout.done), layout.done)
+    assert was == {str(new): str(old)}
+    assert {r["uri"]: r["input_key"] for r in rows}[str(new)] == input_key(str(old))
+    marker = ledger.load_markers(layout.done)[input_key(str(old))]
+    assert marker["input"]["path"] == str(new) and [c["path"] for c in marker["clips"]] == [str(new)]
+    assert _follow_moves(rows, ledger.load_markers(layout.done), layout.done)[1] == {}  # once

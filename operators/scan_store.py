@@ -128,14 +128,3 @@ def load_clip_arrays(path: Path, index: int, names: tuple[str, ...] | None = Non
     with np.load(path, allow_pickle=False) as data:
         return {k[len(prefix):]: data[k] for k in data.files
                 if k.startswith(prefix) and (names is None or k[len(prefix):] in names)}
-
-
-def load_scan_arrays(path: Path, names: tuple[str, ...]) -> dict[int, dict[str, np.ndarray]]:
-    """Arrays `names` of every clip of a scan file, by clip index, read in one open."""
-    clips: dict[int, dict[str, np.ndarray]] = {}
-    with np.load(path, allow_pickle=False) as data:
-        for member in data.files:
-            index, _, name = member[1:].partition("_")
-            if member.startswith("c") and name in names:
-                clips.setdefault(int(index), {})[name] = data[member]
-    return clips

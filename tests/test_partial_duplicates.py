@@ -176,12 +176,12 @@ def test_decisions_are_the_same_from_thumbnails_read_back_from_a_scan_or_a_sampl
     import io
 
     from portraitflow.operators.face_scan import Candidate
-    from portraitflow.operators.scan_store import load_scan_arrays, save_scan
+    from portraitflow.operators.scan_store import load_clip_arrays, save_scan
     from portraitflow.operators.shards import npy_bytes
 
     arrays = {"embedding": PERSON.astype(np.float32), "signature": content_signature(KEPT), "thumbnails": KEPT}
     save_scan(tmp_path / "scan.npz", {"fingerprint": ""}, [Candidate(0, 250, None, {}, arrays)])
-    from_scan = load_scan_arrays(tmp_path / "scan.npz", ("thumbnails",))[0]["thumbnails"]
+    from_scan = load_clip_arrays(tmp_path / "scan.npz", 0, ("thumbnails",))["thumbnails"]
     from_sample = np.load(io.BytesIO(npy_bytes(KEPT)), allow_pickle=False)
     new = re_encoded(KEPT[20:160])
     decided = []
@@ -346,26 +346,33 @@ def test_a_re_upload_is_compared_with_every_cluster_of_its_person_not_only_the_n
     assert ledger.decide(at(45), content_signature(copy), copy) == filters.DUPLICATE  # 0.91 to the second, 0.71 to the first
 
 
-def test_deciding_longest_first_reads_each_inputs_scan_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Clips of many inputs decided longest first came one input, then another: the scan cache,
-    one input deep, read an input's scan again for nearly every clip (865 reads for 20 inputs)."""
+def test_deciding_longest_first_reads_each_clip_once_as_it_is_decided(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clips of many inputs are decided longest first, one input's then another's. A cache one input
+    deep read a scan again for nearly every clip (865 reads for 20 inputs); reading every scan ahead
+    held every undecided clip's signature and thumbnails at once (208 KB a 10-s clip: 1 TB for 5
+    million). Each clip's own arrays are read once, just before it is decided."""
     from types import SimpleNamespace
 
     from portraitflow.jobs import curate
     from portraitflow.operators import corpus_decisions
+    from portraitflow.operators.identity import CorpusLedger
 
     lengths = {f"in{i}": [50 + 7 * ((i * 5 + j * 3) % 11) for j in range(4)] for i in range(5)}
     monkeypatch.setattr(curate, "_input_clips", lambda row, *_: [
         {"key": f"{row['input_key']}_{j}", "start": 0, "end": n, "reason": None, "measures": {}, "same_person": 0.5,
          "index": j} for j, n in enumerate(lengths[row["input_key"]])])
-    reads = []
+    reads, read_when_decided = [], []
 
-    def load(path, names):
-        reads.append(path.name)
+    def load(path, index, names):
+        reads.append((path.name, index))
         frames = footage(len(reads), 60)
-        return {j: {"embedding": l2_normalise(np.eye(8)[len(reads) % 8] + 0.1), "signature": content_signature(frames),
-                    "thumbnails": frames} for j in range(4)}
+        return {"embedding": l2_normalise(np.eye(8)[len(reads) % 8] + 0.1), "signature": content_signature(frames),
+                "thumbnails": frames}
 
-    monkeypatch.setattr(corpus_decisions, "load_scan_arrays", load)
+    decide = CorpusLedger.decide
+    monkeypatch.setattr(CorpusLedger, "decide", lambda self, *a, **k: read_when_decided.append(len(reads))
+                        or decide(self, *a, **k))
+    monkeypatch.setattr(corpus_decisions, "load_clip_arrays", load)
     curate._decide_corpus(load_config(None, []), [{"input_key": key} for key in lengths], SimpleNamespace(scans=Path("s")), {})
-    assert sorted(reads) == sorted(set(reads)) and len(reads) == len(lengths)
+    assert len(reads) == len(set(reads)) == sum(map(len, lengths.values()))
+    assert read_when_decided == list(range(1, len(reads) + 1))  # none read ahead of its decision

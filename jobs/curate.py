@@ -89,7 +89,9 @@ OPERATIONAL_SETTINGS = {"face": operational(FaceConfig), "curate": operational(C
 BEHAVIOUR_BEFORE_ADDED = {"curate": {"shot_hash_threshold": 0.0, "duplicate_mirrored": False},
                           "versions": {"scan_measures": 6}}
 #: what the latest measures version changed in what a corpus holds, for the refusal to mix them
-MEASURES_CHANGES = ("since 8: identity embedded at least every identity_sample_seconds, the reference frame one "
+MEASURES_CHANGES = ("since 9: HDR and BT.2020 video read in SDR colours, the frames after a clip's last whole "
+                    "window bucketed over its last 25, landmarks fitted again on crops finer than the analysis frame; "
+                    "since 8: identity embedded at least every identity_sample_seconds, the reference frame one "
                     "of those embedded, a switch away and back cut into its parts, a clip denied when any sample is a denied person, frames picked allowing "
                     "for Matroska's millisecond times; since 7: frames where the face leaves the crop cut out "
                     "(face_leaves_crop), identity embedded "

@@ -9,6 +9,7 @@ decisions instead (`render_decided_clips`, a second pass over the inputs that ke
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from collections import Counter
@@ -20,6 +21,7 @@ import numpy as np
 
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.curate import CurateConfig
+from portraitflow.jobs.config.face import FaceConfig
 from portraitflow.models.face.base import FaceAnalyzer
 from portraitflow.operators.face_scan import FaceScanStage, batch_rows, rows_batch
 from portraitflow.operators.inputs import clip_input_key, is_uri, local_copy
@@ -79,7 +81,7 @@ class CurateInputStage:
             if row["status"] != FAILED and self.render_now:
                 packed = set(json.loads(row.get("packed", "[]")))
                 rendered = _render_clips(row, path, lambda key: key not in packed, self.cfg, self.scan_dir,
-                                         self.staging_dir, timings, errors, self.scanner.analyzer)
+                                         self.staging_dir, timings, errors, lambda: self.scanner.analyzer)
         except Exception as exc:  # a damaged scan file, a bug: this input fails with its error, the run goes on
             probed = row if "width" in row else unfetched_input(row, exc)  # raised inside scan(): sizes unknown
             return dict(probed, status=FAILED, error=error_text(exc), timings=json.dumps(timings), render_errors="{}",
@@ -117,8 +119,6 @@ def render_decided_clips(row: dict[str, Any], config: dict[str, Any], scan_dir: 
     longer be fetched or crashed its worker on each of `max_attempts` starts: Ray Data would
     retry it forever), `timings` and `rendered`.
     """
-    from portraitflow.models.face.factory import create_analyzer
-
     full = PortraitFlowConfig.model_validate(config)
     cfg = full.curate
     keys = set(json.loads(row["keys"]))
@@ -129,18 +129,26 @@ def render_decided_clips(row: dict[str, Any], config: dict[str, Any], scan_dir: 
         errors = dict.fromkeys(keys, crashed_reason("render", max_attempts))
         return {"input_key": row["input_key"], "render_errors": json.dumps(errors), "timings": "{}", "rendered": 0}
     try:
-        analyzer = create_analyzer(full.face, threads=cfg.actor_cpus)  # landmarks fitted again on fine crops
         with local_copy(row["uri"]) as path:
             rendered = _render_clips(row, path, keys.__contains__, cfg, Path(scan_dir), Path(staging_dir), timings,
-                                     errors, analyzer)
+                                     errors, lambda: _face_analyzer(full.face.model_dump_json(), cfg.actor_cpus))
     except Exception as exc:  # the input vanished or its store refused since the scan: its clips fail
         errors = {key: error_text(exc) for key in keys}
     return {"input_key": row["input_key"], "render_errors": json.dumps(errors), "timings": json.dumps(timings),
             "rendered": rendered}
 
 
+@functools.lru_cache(maxsize=1)
+def _face_analyzer(face_settings: str, threads: int) -> FaceAnalyzer:
+    """The face analyser of these settings (JSON), loaded once per worker process: Ray reuses a
+    process for many render tasks, and loading the models takes about a second."""
+    from portraitflow.models.face.factory import create_analyzer
+
+    return create_analyzer(FaceConfig.model_validate_json(face_settings), threads=threads)
+
+
 def _render_clips(row: dict[str, Any], path: str, wanted: Callable[[str], bool], cfg: CurateConfig, scan_dir: Path,
-                  staging_dir: Path, timings: Counter, errors: dict[str, str], analyzer: FaceAnalyzer) -> int:
+                  staging_dir: Path, timings: Counter, errors: dict[str, str], analyzer: Callable[[], FaceAnalyzer]) -> int:
     """Render and stage the clips the scan kept whose keys are `wanted` and that are not staged
     yet; adds to `timings` and `errors`, returns how many were rendered."""
     scan_file = scan_path(scan_dir, row["input_key"])

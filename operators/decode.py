@@ -587,11 +587,12 @@ def _numbered_frames(path: str, first: int,
         yield from enumerate(container.decode(container.streams.best("video")))
 
 
-#: swscale's colour management (FFmpeg 7.1 on) to SDR BT.709. The relative colorimetric intent maps
+#: swscale's colour management (FFmpeg 8, in PyAV 17's wheels on) to SDR BT.709. The relative colorimetric intent maps
 #: HDR's reference white (203 cd/m², ITU-R BT.2408) to SDR white and clips what is brighter, as an
 #: SDR camera would: skin and other diffuse surfaces look as in SDR. An SDR photo coded as PQ or as
-#: HLG comes back within 1.4 of 255 levels on average (decoded as SDR: 24 and 15 levels off); the
-#: perceptual intent darkened its midtones by a fifth, even with HDR10's mastering metadata.
+#: HLG comes back within 1.4 of 255 levels on average (decoded as if SDR: 24 and 15 levels off, a
+#: photo of a face; 32 and 19, the tests' saturated picture); the perceptual intent darkened its
+#: midtones by a fifth, even with HDR10's mastering metadata.
 _TO_SDR_BT709 = "out_transfer=bt709:out_primaries=bt709:intent=relative_colorimetric"
 
 
@@ -601,12 +602,12 @@ class _SdrRgb:
     picture and output size (a stream's picture size may change), the others as decord reads them."""
 
     def __init__(self) -> None:
-        self._graphs: dict[tuple[int, int, str, int, int], object] = {}
+        self._graphs: dict[tuple[int, int, str, int, int, int, int], object] = {}
 
     def __call__(self, frame, width: int, height: int) -> np.ndarray:
         if not _is_wide_colour(frame):
             return frame.to_ndarray(format="rgb24", width=width, height=height)
-        key = (frame.width, frame.height, frame.format.name, width, height)
+        key = (frame.width, frame.height, frame.format.name, int(frame.colorspace), int(frame.color_range), width, height)
         if key not in self._graphs:
             self._graphs[key] = self._graph(frame, width, height)
         graph = self._graphs[key]
@@ -618,17 +619,20 @@ class _SdrRgb:
         import av
 
         graph = av.filter.Graph()
-        # the YCbCr matrix and range as the frame's: unsaid, the first scale would drop them
-        source = graph.add("buffer", video_size=f"{frame.width}x{frame.height}", pix_fmt=frame.format.name,
-                           time_base="1/1", pixel_aspect="1/1", colorspace=str(int(frame.colorspace)),
-                           range=str(int(frame.color_range)))
-        chain = [source,
-                 graph.add("scale", f"w={width}:h={height}"),  # resized first: colour managed, a 4K
-                 graph.add("scale", _TO_SDR_BT709),             # frame took 267 ms, at 640x360 16
-                 graph.add("format", "rgb24"), graph.add("buffersink")]
-        for node, after in zip(chain, chain[1:]):
-            node.link_to(after)
-        graph.configure()
+        try:
+            # the YCbCr matrix and range as the frame's: unsaid, the first scale would drop them
+            source = graph.add("buffer", video_size=f"{frame.width}x{frame.height}", pix_fmt=frame.format.name,
+                               time_base="1/1", pixel_aspect="1/1", colorspace=str(int(frame.colorspace)),
+                               range=str(int(frame.color_range)))
+            chain = [source,
+                     graph.add("scale", f"w={width}:h={height}"),  # resized first: colour managed, a 4K
+                     graph.add("scale", _TO_SDR_BT709),             # frame took 267 ms, at 640x360 16
+                     graph.add("format", "rgb24"), graph.add("buffersink")]
+            for node, after in zip(chain, chain[1:]):
+                node.link_to(after)
+            graph.configure()
+        except av.FFmpegError as exc:  # an FFmpeg before 8 has no colour management in swscale
+            raise VideoUnreadable(f"HDR or BT.2020 video needs FFmpeg 8's colour conversion (PyAV >= 17): {exc}") from exc
         return graph
 
 

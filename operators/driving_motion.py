@@ -41,8 +41,9 @@ MIN_RELATIVE_SIDE = 0.5
 #: driver is read at its shown width, joined MPEG-TS segments in decoding order; 5: the keypoints
 #: before smoothing are kept too; 6: a shot is at least half a second at the driver's own rate, as
 #: curation's at its rate, not 12 frames; 7: a driver that dropped frames is read at its own rate, not
-#: its average, and Matroska's millisecond times pick each frame once)
-EXTRACTION_VERSION = 7
+#: its average, and Matroska's millisecond times pick each frame once; 8: HDR and BT.2020 drivers are
+#: read in SDR colours)
+EXTRACTION_VERSION = 8
 
 
 @dataclass

@@ -57,5 +57,8 @@ def motion_table(landmarks: np.ndarray, kps: np.ndarray, window: int = WINDOW) -
     buckets = np.repeat(window_buckets(kps, window), window, axis=0)[: len(kps)]
     whole = len(kps) // window * window
     if 0 < whole < len(kps):
-        buckets[whole:] = head_exp_motion_buckets(kps[-window:])
+        try:
+            buckets[whole:] = head_exp_motion_buckets(kps[-window:])
+        except ValueError:  # its first frame's keypoints are degenerate: the partial window's stand
+            pass
     return np.column_stack([motion_intensity(landmarks), buckets]).astype(np.float32)

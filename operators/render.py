@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,10 @@ from portraitflow.operators.timing import StageTimer
 from portraitflow.operators.video_writer import audio_seconds, write_h264
 
 FORMAT_VERSION = 1
-#: how much finer than the scan's analysis frame the crop must show the face for its landmarks to be
-#: fitted again on the crop: a 1080x1920 phone video's face (39 px between the eyes at 640 px, 107
-#: in the 512 crop) had 1.48x the frame-to-frame landmark jitter and 1.2-1.3x the pose noise of a fit
-#: on the crop; a 512-px source's crop is its analysis frame, and gains nothing
+#: how much more of the source's detail than the scan's analysis frame the crop must hold for its
+#: landmarks to be fitted again on the crop: a 1080x1920 phone video's face (39 px between the eyes
+#: at 640 px, 107 in the 512 crop) had 1.51x the frame-to-frame landmark jitter and 1.2-1.4x the
+#: pose noise of a fit on the crop; a 512-px source's crop is its analysis frame, and gains nothing
 REFIT_ABOVE = 1.25
 
 
@@ -47,26 +48,29 @@ def _jpeg(rgb: np.ndarray) -> bytes:
     return data.tobytes()
 
 
-def analysis_gain(clip: dict, crop_box: np.ndarray, cfg: CurateConfig) -> float:
-    """How many crop pixels a pixel of the scan's analysis frame spans (above 1: the crop is finer)."""
+def analysis_gain(clip: dict, crop_scale: float, cfg: CurateConfig) -> float:
+    """How much more of the source's detail the crop holds than the scan's analysis frame (above 1:
+    the crop is finer). A crop that enlarges its source (`crop_scale` above 1) adds no detail."""
     width, _ = analysis_size(VideoInfo(clip["width"], clip["height"], 1.0, 1), cfg.analysis_max_side)
-    return cfg.crop_size * clip["width"] / (width * float(crop_box[2] - crop_box[0]))
+    return min(crop_scale, 1.0) * clip["width"] / width
 
 
 def render_sample(
     path: str, clip: dict, arrays: dict[str, np.ndarray], cfg: CurateConfig, face_backend: str, timer: StageTimer,
-    analyzer: FaceAnalyzer | None = None,
+    analyzer: Callable[[], FaceAnalyzer] | None = None,
 ) -> dict[str, bytes]:
     """The fields of one sample (mp4, ref.jpg, ref_face.jpg, json, *.npy) for a kept clip; with
-    `analyzer`, landmarks fitted again on the crop where it is finer than the analysis frame."""
+    `analyzer` (called once a clip needs it: loading the models takes about a second), landmarks
+    fitted again on the crop where it is finer than the analysis frame."""
     crop_box = arrays["crop_box"]
     ref_index = int(arrays["ref_index"])
     size = cfg.crop_size
+    crop_scale = size / float(crop_box[2] - crop_box[0])  # above 1: the source's pixels are enlarged
     reference: dict[str, np.ndarray] = {}
     kps = to_crop(arrays["kps"], crop_box, size)
     boxes = to_crop(arrays["boxes"].reshape(-1, 2, 2), crop_box, size).reshape(-1, 4)
-    refit = analyzer is not None and analysis_gain(clip, crop_box, cfg) > REFIT_ABOVE
-    landmarks = [] if refit else [to_crop(arrays["landmarks"], crop_box, size)]
+    fitter = analyzer() if analyzer is not None and analysis_gain(clip, crop_scale, cfg) > REFIT_ABOVE else None
+    landmarks = [] if fitter else [to_crop(arrays["landmarks"], crop_box, size)]
 
     def crops():
         chunks = iter_frame_chunks(path, cfg.fps, clip["start"] / cfg.fps, clip["end"] / cfg.fps,
@@ -79,9 +83,9 @@ def render_sample(
                 if len(hit):
                     reference["crop"] = out[hit[0]]
                     reference["face"] = align_arcface(chunk.frames[hit[0]], arrays["kps"][ref_index])
-            if refit:
+            if fitter:
                 with timer.time("render_landmarks"):
-                    landmarks.append(analyzer.landmarks(list(out), boxes[chunk.positions - clip["start"]]))
+                    landmarks.append(fitter.landmarks(list(out), boxes[chunk.positions - clip["start"]]))
             yield out
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,9 +98,9 @@ def render_sample(
     if frames != clip["end"] - clip["start"]:
         raise ValueError(f"decoded {frames} frames for a clip of {clip['end'] - clip['start']}")
     landmarks = np.concatenate(landmarks)
-    if refit:
+    if fitter:
         with timer.time("render_pose"):
-            pose = fill_pose(scan_pose(analyzer, landmarks, boxes, kps, (size, size)), np.zeros(len(kps), np.int64))
+            pose = fill_pose(scan_pose(fitter, landmarks, boxes, kps, (size, size)), np.zeros(len(kps), np.int64))
         motion = motion_table(landmarks, kps)
     else:
         pose, motion = arrays["pose"], arrays["motion"]
@@ -113,7 +117,8 @@ def render_sample(
         "source_size": [clip["width"], clip["height"]],
         "crop_box": [float(v) for v in crop_box],
         "crop_size": size,
-        "crop_scale": round(size / float(crop_box[2] - crop_box[0]), 4),  # above 1: source pixels enlarged
+        "crop_scale": round(crop_scale, 4),
+        "landmarks_refit": fitter is not None,  # fitted on the crop, not on the scan's analysis frame
         "ref_frame": ref_index,
         "face_backend": face_backend,
         "embedding_dim": int(arrays["embedding"].shape[0]),
@@ -137,7 +142,7 @@ def render_sample(
 
 
 def render_clip(row: dict[str, Any], path: str, cfg: CurateConfig, staging_dir: Path,
-                analyzer: FaceAnalyzer) -> dict[str, Any]:
+                analyzer: Callable[[], FaceAnalyzer]) -> dict[str, Any]:
     """Render one kept clip (`row`: the clip, its input's uri and size, its scan file; `path`: the
     input's local copy) and stage its sample; never raises: an error is returned with the clip's key."""
     cpu = time.process_time()

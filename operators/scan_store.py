@@ -42,8 +42,10 @@ if TYPE_CHECKING:
 #: identity samples are embedded on detected frames only, and a measure of no detected frame is NaN, not 0)
 #: 9: identity samples at most `identity_sample_seconds` apart, the reference frame one of them, a
 #: switch away and back cut into its parts, and a clip denied when any sample (not only their mean)
-#: is a denied person
-SCAN_MEASURES_VERSION = 9
+#: is a denied person;
+#: 10: HDR and BT.2020 video read in SDR BT.709 colours, the frames after a clip's last whole window
+#: bucketed over its last 25, and samples' landmarks, pose and intensity fitted again on fine crops
+SCAN_MEASURES_VERSION = 10
 #: curate fields a scan does not depend on (resources, decoding chunk size, naming, the stages
 #: after it); changing them keeps earlier scans valid.
 _NOT_IN_SCAN = operational(CurateConfig) | {

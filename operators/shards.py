@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import os
 import re
 import tarfile
 from collections import deque
@@ -19,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from portraitflow.operators.atomic import atomic_target, atomic_write
+
+log = logging.getLogger(__name__)
 
 SHARD_NAME = re.compile(r"^(\d{6})\.tar$")
 INDEX_NAME = "index.wids.json"
@@ -160,17 +164,21 @@ def whole_shard_keys(path: Path, remember_in: Path | None = None) -> tuple[list[
             keys.append(key)
     except (tarfile.TarError, OSError) as exc:
         return keys, exc
-    _remember_whole(path, keys, remember_in)
+    _remember_whole(path, stat, keys, remember_in)
     return list(keys), None
 
 
-def _remember_whole(path: Path, keys: list[str], remember_in: Path | None) -> None:
-    """Remember that the shard at `path`, as it is now, holds `keys` whole (`whole_shard_keys`)."""
-    stat = path.stat()
+def _remember_whole(path: Path, stat: os.stat_result, keys: list[str], remember_in: Path | None) -> None:
+    """Remember that the shard at `path`, as `stat` found it before it was read (a change since
+    then is read again), holds `keys` whole (`whole_shard_keys`). The note is only a saving: one
+    that cannot be written is skipped."""
     _READ_WHOLE[(str(path.resolve()), stat.st_size, stat.st_mtime_ns)] = keys
     if remember_in is not None:
-        atomic_write(remember_in / f"{path.stem}.json",
-                     json.dumps({"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "keys": keys}))
+        try:
+            atomic_write(remember_in / f"{path.stem}.json",
+                         json.dumps({"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "keys": keys}))
+        except OSError as exc:
+            log.warning("could not note the keys of %s (the next run reads its headers again): %s", path, exc)
 
 
 def rewrite_whole(path: Path) -> list[str]:
@@ -228,7 +236,7 @@ def pack_shards(
         with atomic_target(target) as tmp, open(tmp, "wb") as out:  # durable before a marker vouches for it
             _write_samples(out, (read_staged(p) for p in batch))
         keys = [p.stem for p in batch]
-        _remember_whole(target, keys, remember_in)  # written whole, just now
+        _remember_whole(target, target.stat(), keys, remember_in)  # written whole, just now
         if on_shard:
             on_shard(keys)
         for p in batch:

@@ -109,6 +109,15 @@ def test_the_run_that_packs_a_shard_notes_its_keys_so_the_next_never_reads_its_h
     assert [k for path in written for k in whole_shard_keys(path, notes)[0]] == keys and not reads
 
 
+def test_a_note_that_cannot_be_written_does_not_stop_packing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The note only saves a read: a shard durable on disk is not given up for it."""
+    staging, blocked = tmp_path / "staging", tmp_path / "notes"
+    blocked.write_text("a file where the notes' folder would be")
+    stage_sample(staging, "k0", _members(0, 50, 0))
+    [path] = pack_shards(staging, tmp_path / "shards", 100, 1 << 30, remember_in=blocked)
+    assert whole_shard_keys(path) == (["k0"], None) and "could not note the keys" in caplog.text
+
+
 def test_a_shard_cut_inside_its_end_blocks_is_whole(tmp_path: Path) -> None:
     path, keys = _shard(tmp_path)
     _cut(path, _offsets(path)["k2.signature.npy"][1] + 10)

@@ -686,12 +686,13 @@ def test_landmarks_are_fitted_again_on_a_crop_finer_than_the_analysis_frame(tmp_
         def embed(self, frames, faces):
             raise AssertionError("not embedded again")
 
-        def landmarks(self, frames, boxes):
+        def landmarks(self, frames, boxes):  # moving with the frames' brightness, as a face would
             self.calls.append(([f.shape for f in frames], np.array(boxes)))
-            return np.stack([b[:2] + shape * (b[2:] - b[:2]) for b in np.asarray(boxes, np.float64)])
+            return np.stack([b[:2] + shape * (b[2:] - b[:2]) + f.mean() / 4
+                             for f, b in zip(frames, np.asarray(boxes, np.float64))])
 
     source = tmp_path / "source.mp4"
-    write_h264(source, [np.full((50, 240, 320, 3), 90, np.uint8)], 25.0)
+    write_h264(source, [np.stack([np.full((240, 320, 3), 60 + 2 * i, np.uint8) for i in range(50)])], 25.0)
     count = 25
     arrays = {"crop_box": np.array([40.0, 0.0, 280.0, 240.0]), "ref_index": np.array(3),
               "kps": np.tile([[120.0, 100], [200, 100], [160, 130], [130, 160], [190, 160]], (count, 1, 1)),
@@ -701,21 +702,23 @@ def test_landmarks_are_fitted_again_on_a_crop_finer_than_the_analysis_frame(tmp_
     clip = {"start": 25, "end": 50, "key": "k", "uri": str(source), "src_fps": 25.0, "width": 320, "height": 240,
             "measures": {}}
     fine = CurateConfig(crop_size=256, analysis_max_side=160, keep_audio=False)  # 240 px of source, 120 analysed
-    assert analysis_gain(clip, arrays["crop_box"], fine) > REFIT_ABOVE
+    assert analysis_gain(clip, 256 / 240, fine) == 2.0 > REFIT_ABOVE  # enlarged, but twice the analysed detail
     fitter = CropFitter()
-    fields = render_sample(str(source), clip, arrays, fine, "test", StageTimer(), fitter)
+    fields = render_sample(str(source), clip, arrays, fine, "test", StageTimer(), lambda: fitter)
     crop_boxes = (np.array([100.0, 60.0, 220.0, 200.0]) - [40, 0, 40, 0]) * (256 / 240)
     assert {s for shapes, _ in fitter.calls for s in shapes} == {(256, 256, 3)}
     assert np.allclose(np.concatenate([b for _, b in fitter.calls]), crop_boxes, atol=1e-3)
     stored = {name: np.load(io.BytesIO(fields[f"{name}.npy"])) for name in ("landmarks", "pose", "motion")}
-    assert np.allclose(stored["landmarks"], crop_boxes[:2] + shape * (crop_boxes[2:] - crop_boxes[:2]), atol=1e-3)
+    assert np.allclose(stored["landmarks"] - stored["landmarks"][:, :1],
+                       (shape - shape[0]) * (crop_boxes[2:] - crop_boxes[:2]), atol=1e-3)
     assert np.isfinite(stored["pose"]).all() and np.abs(stored["pose"]).max() > 0  # fitted, not the scan's zeros
-    assert stored["motion"].shape == (count, 3)
+    assert stored["motion"].shape == (count, 3) and stored["motion"][1:, 0].min() > 0  # the scan's were 0
+    assert json.loads(fields["json"])["landmarks_refit"] is True
 
     fitter.calls.clear()
     coarse = CurateConfig(crop_size=64, analysis_max_side=160, keep_audio=False)
-    fields = render_sample(str(source), clip, arrays, coarse, "test", StageTimer(), fitter)
-    assert not fitter.calls
+    fields = render_sample(str(source), clip, arrays, coarse, "test", StageTimer(), lambda: fitter)
+    assert not fitter.calls and json.loads(fields["json"])["landmarks_refit"] is False
     assert np.allclose(np.load(io.BytesIO(fields["landmarks.npy"])), (120.0 - np.array([40.0, 0.0])) * 64 / 240)
 
 

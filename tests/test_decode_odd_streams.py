@@ -255,3 +255,14 @@ def test_a_still_picture_stream_ahead_of_the_video_is_not_taken_for_it(tmp_path:
     frames = _decoded(path)
     assert frames.shape == (25, 48, 64, 3)
     np.testing.assert_allclose(frames.mean(axis=(1, 2, 3)), np.arange(40, 240, 8), atol=4)
+
+
+def test_an_ffmpeg_without_colour_management_says_so_for_hdr(tmp_path: Path, monkeypatch) -> None:
+    """Before FFmpeg 8, swscale has no `intent`: HDR inputs failed as `decoding failed near frame 1:
+    Option not found`, which reads as a damaged file."""
+    from portraitflow.operators import decode
+
+    path = _hdr_clip(tmp_path / "pq.mp4", _sdr_picture(), "pq")
+    monkeypatch.setattr(decode, "_TO_SDR_BT709", "out_transfer=bt709:an_option_of_later_versions=1")
+    with pytest.raises(decode.VideoUnreadable, match="needs FFmpeg 8's colour conversion"):
+        _decoded(path)

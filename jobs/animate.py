@@ -109,18 +109,15 @@ def animate(
 def _say_run(cfg: PortraitFlowConfig, out: Path) -> None:
     """The MLflow run this invocation recorded: the latest into `out` (`mlflow_run` tags it with the
     folder), looked up in the store rather than taken from MLflow's process-wide last run."""
-    from portraitflow.jobs.runtime import FOLDER_TAG, folder_tag, mlflow_client, mlflow_tracking_uri, sqlite_store_path
+    from portraitflow.jobs.runtime import latest_run_into, mlflow_client, mlflow_tracking_uri, sqlite_store_path
 
     database = sqlite_store_path(mlflow_tracking_uri(cfg.mlflow))
     if database is not None and not database.exists():  # nothing was recorded; opening it would make it
         return
     client = mlflow_client(cfg.mlflow)
-    experiment = client.get_experiment_by_name(cfg.animate.experiment)
-    runs = [] if experiment is None else client.search_runs(
-        [experiment.experiment_id], f"tags.`{FOLDER_TAG}` = '{folder_tag(out)}'",
-        order_by=["attributes.start_time DESC"], max_results=1)
-    if runs:
-        typer.echo(f"run {runs[0].info.run_id} ({client.tracking_uri})")
+    run_id = latest_run_into(client, out)
+    if run_id:
+        typer.echo(f"run {run_id} ({client.tracking_uri})")
 
 
 def _refuse_swapped(ref: Path, driving: Path) -> None:

@@ -365,6 +365,16 @@ def folder_tag(folder: Path) -> str:
     return hashlib.sha1(str(Path(folder).resolve()).encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
+def latest_run_into(client: MlflowClient, folder: Path) -> str | None:
+    """The id of the latest run, in any experiment, of a job that wrote `folder` (`mlflow_run` and
+    the sweep tag it with FOLDER_TAG; a folder holds one flow's work): how a sweep names the curation
+    run of its shards, or an evaluation the animate run of its results. None when the store has none."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, f"tags.`{FOLDER_TAG}` = '{folder_tag(folder)}'",
+                              order_by=["attributes.start_time DESC"], max_results=1) if experiments else []
+    return runs[0].info.run_id if runs else None
+
+
 def search_all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str,
                     order_by: list[str] | None = None) -> list[Run]:
     """Every run matching `filter_string`, page by page: one `search_runs` call returns at most
@@ -389,9 +399,53 @@ def end_abandoned_runs(client: MlflowClient, experiment_id: str, filter_string: 
         client.set_terminated(run.info.run_id, "KILLED")
 
 
+def code_version() -> str:
+    """The installed portraitflow's version: runs record it, and a config's generation hash includes
+    it, since another version's animators may make other videos from the same settings (a change of
+    the metrics alone is `jobs.sweep.SCORING_VERSION`'s, which scores the same videos again)."""
+    from importlib.metadata import version
+
+    return version("portraitflow")
+
+
+#: the tags `code_tags` adds from a git checkout (MLflow's own commit tag, and whether files differed)
+GIT_TAGS = ("mlflow.source.git.commit", "portraitflow.git_dirty")
+
+
+def code_tags() -> dict[str, str]:
+    """MLflow tags naming the code that makes a run's numbers: the version, and where the package
+    runs from its own git checkout (an editable install) the commit and whether tracked files
+    differ from it (`GIT_TAGS`). The commit is provenance only: it is not part of a config's hash,
+    so a commit that changes no numbers does not make a sweep score again."""
+    return {"portraitflow.version": code_version(), **_git_state()}
+
+
+@functools.cache
+def _git_state() -> dict[str, str]:
+    """Read once per process: a file edited mid-sweep does not give its configs different commits.
+    Only the checkout whose top is the package's own source folder counts (a wheel installed in a
+    virtual environment inside another project's checkout is not that project's code)."""
+    import subprocess
+
+    source = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "--no-optional-locks", "-C", str(source), *args], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != source:
+            return {}
+        commit, changed = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):  # no git, or no checkout
+        return {}
+    return dict(zip(GIT_TAGS, (commit, str(bool(changed)).lower())))
+
+
 @contextlib.contextmanager
 def mlflow_run(cfg: MLflowConfig, experiment: str, folder: Path) -> Iterator[object | None]:
-    """The run of a job writing `folder` (named after it, tagged with `folder_tag`), with the
+    """The run of a job writing `folder` (named after it, tagged with `folder_tag` and the code that
+    ran, `code_tags`), with the
     tracking URI resolved; None when tracking is disabled. Call it holding the folder: runs of
     earlier jobs into it still RUNNING were killed outright, and are marked KILLED first."""
     if not cfg.enabled:
@@ -403,7 +457,7 @@ def mlflow_run(cfg: MLflowConfig, experiment: str, folder: Path) -> Iterator[obj
     experiment_id = ensure_experiment(client, experiment)
     end_abandoned_runs(client, experiment_id, f"tags.`{FOLDER_TAG}` = '{folder_tag(folder)}'")
     mlflow.set_experiment(experiment_id=experiment_id)
-    tags = {FOLDER_TAG: folder_tag(folder), FOLDER_PATH_TAG: str(Path(folder).resolve())}
+    tags = {FOLDER_TAG: folder_tag(folder), FOLDER_PATH_TAG: str(Path(folder).resolve()), **code_tags()}
     with mlflow.start_run(run_name=Path(folder).name, tags=tags) as run:
         try:
             yield run

@@ -37,8 +37,9 @@ from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.jobs.generation import run_generation
 from portraitflow.jobs.runtime import (
-    FOLDER_TAG, Terminated, claim_folder, end_abandoned_runs, ensure_experiment, folder_tag, init_ray, log_values,
-    mlflow_client, mlflow_tracking_uri, require_resource, search_all_runs, sqlite_store_path,
+    FOLDER_TAG, GIT_TAGS, Terminated, claim_folder, code_tags, end_abandoned_runs, ensure_experiment, folder_tag,
+    init_ray, latest_run_into, log_values, mlflow_client, mlflow_tracking_uri, require_resource, search_all_runs,
+    sqlite_store_path,
 )
 from portraitflow.operators import metrics, metrics_learned, report, sweep_spec
 from portraitflow.operators.atomic import atomic_target, atomic_write, exclusive_folder, write_parquet
@@ -373,10 +374,10 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
             logged = _children(client, experiment_id, parent_id, config_hash, scored.info.run_id)  # by an earlier run
             done, scored_before = (logged[0], None) if logged else (None, scored)
     if done is None:
-        code = sweep_spec.code_tags()
+        code = code_tags()
         if scored_before is not None:  # the scores' run and the commit that made them, not today's
-            code = {key: value for key, value in code.items() if key not in sweep_spec.GIT_TAGS}
-            code.update((key, scored_before.data.tags[key]) for key in sweep_spec.GIT_TAGS if key in scored_before.data.tags)
+            code = {key: value for key, value in code.items() if key not in GIT_TAGS}
+            code.update((key, scored_before.data.tags[key]) for key in GIT_TAGS if key in scored_before.data.tags)
             code[SCORES_FROM_TAG] = scored_before.info.run_id
         attempts = _children(client, experiment_id, parent_id, config_hash, status=None)
         tags = {PARENT_TAG: parent_id, CONFIG_TAG: config_hash, GENERATION_TAG: generation_hash,
@@ -421,14 +422,28 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
             "reused": done is not None or scored_before is not None}
 
 
-def evaluate_results(jobs: pd.DataFrame, cfg: PortraitFlowConfig, out_dir: str | Path, name: str = "evaluate") -> str:
-    """Score outputs that already exist (job_id, ref, driving, output[, status, reason]) in one MLflow run."""
+#: tags tracing a score back to what it scored: the results table, the animate run that made it,
+#: the curation run of a sweep's shards (looked up by the folder each wrote, `latest_run_into`)
+RESULTS_TAG, GENERATION_RUN_TAG, CURATION_RUN_TAG = ("portraitflow.results", "portraitflow.generation_run_id",
+                                                     "portraitflow.curation_run_id")
+
+
+def _run_tag(tag: str, run_id: str | None) -> dict[str, str]:
+    return {tag: run_id} if run_id else {}
+
+
+def evaluate_results(jobs: pd.DataFrame, cfg: PortraitFlowConfig, out_dir: str | Path, name: str = "evaluate",
+                     results: Path | None = None) -> str:
+    """Score outputs that already exist (job_id, ref, driving, output[, status, reason]) in one MLflow
+    run; `results`, the table they were read from, is named in its tags with the run that made it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     claim_folder(out_dir, "evaluate")
     client = mlflow_client(cfg.mlflow)
+    source = {} if results is None else {RESULTS_TAG: str(Path(results).resolve()),
+                                         **_run_tag(GENERATION_RUN_TAG, latest_run_into(client, Path(results).parent))}
     run_id = client.create_run(ensure_experiment(client, cfg.evaluate.experiment), run_name=name,
-                               tags=sweep_spec.code_tags()).info.run_id
+                               tags={**code_tags(), **source}).info.run_id
     try:
         init_ray(cfg.ray)
         log_values(client, run_id, params=cfg.evaluate.model_dump())
@@ -573,7 +588,7 @@ def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir:
     _note_tracking_store(out_dir, mlflow_tracking_uri(cfg.mlflow))
     experiment_id = ensure_experiment(client, evaluate.experiment)
     tags = {SWEEP_TAG: sweep_spec.sweep_hash(spec, evaluate, cfg), FOLDER_TAG: folder_tag(out_dir),
-            **sweep_spec.code_tags()}
+            **code_tags()}
     parent_id = _parent(client, experiment_id, spec.name, tags)
     end_abandoned_runs(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent_id}'")
     client.update_run(parent_id, status="RUNNING")
@@ -583,7 +598,10 @@ def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir:
         write_parquet(out_dir / "dataset.parquet", pd.DataFrame(jobs).astype(str))  # failed inputs too
         usable = [j for j in jobs if j.get("status", OK) == OK]
         log_values(client, parent_id, params={"configs": len(configs), "protocol": evaluate.protocol,
-                                              "dataset": spec.dataset.path})
+                                              "dataset": os.path.abspath(spec.dataset.path)})
+        if spec.dataset.type == "shards" and Path(spec.dataset.path, "shards").is_dir():  # a curated output folder
+            for key, value in _run_tag(CURATION_RUN_TAG, latest_run_into(client, Path(spec.dataset.path))).items():
+                client.set_tag(parent_id, key, value)
         client.log_text(parent_id, spec.model_dump_json(indent=2), "sweep.json")
         client.log_text(parent_id, "\n".join(metrics_learned.skip_notes(evaluate).values()), "notes.txt")
         client.log_artifact(parent_id, str(out_dir / "dataset.parquet"))

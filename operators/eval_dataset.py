@@ -63,30 +63,37 @@ def _save_png(rgb, path: Path) -> None:
         Image.fromarray(rgb).save(tmp, format="PNG")
 
 
-def clip_name(source: str, max_seconds: float | None) -> str:
-    """The dot-free name of `source` cut to `max_seconds`: `{input_key}-{ms}ms`, or `-full` uncut."""
-    return f"{input_key(source)}-{'full' if max_seconds is None else f'{round(max_seconds * 1000)}ms'}"
+def clip_name(source: str, max_seconds: float | None, name: str | None = None) -> str:
+    """The dot-free name of `source` (or `name`, a curated sample's key) cut to `max_seconds`:
+    `{input_key}-{ms}ms`, or `-full` uncut."""
+    return f"{name or input_key(source)}-{'full' if max_seconds is None else f'{round(max_seconds * 1000)}ms'}"
 
 
-def prepare_clip(source: str, folder: Path, max_seconds: float | None, reference: bool = True) -> dict[str, Any]:
+def prepare_clip(source: str, folder: Path, max_seconds: float | None, reference: bool = True,
+                 curated: str | None = None) -> dict[str, Any]:
     """Cut the clip (when asked) and extract its first frame as the reference (unless the job has
     its own); a row with status and reason. The job id is the clip's name (`clip_name`), which
     covers the source's path only: `<name>.inputs` keeps the `input_fingerprint` of the source the
     clip was cut from, and a clip whose source now holds something else (or that has no stamp, as
-    one cut before stamps) is cut again, its reference with it."""
+    one cut before stamps) is cut again, its reference with it. A `curated` clip (its sample key,
+    which names the job) no longer than `max_seconds` is taken as it is, not encoded a second time:
+    it is already H.264 at a constant rate (a re-encode read 41-43 dB against it)."""
     from portraitflow.operators.decode import VideoUnreadable, iter_frame_chunks, probe_video
     from portraitflow.operators.video_writer import write_h264
 
-    key = clip_name(source, max_seconds)
+    key = clip_name(source, max_seconds, curated)
     clip, ref, stamp = folder / f"{key}.mp4", folder / f"{key}.ref.png", folder / f"{key}.inputs"
     row = {"job_id": key, "source": source, "ref": str(ref), "driving": str(clip), "status": OK, "reason": None}
     try:
         cut_from = input_fingerprint(source)
         if not (clip.is_file() and stamp.is_file() and stamp.read_text() == cut_from):
             ref.unlink(missing_ok=True)  # the old clip's first frame
-            fps = probe_video(source).output_fps
-            frames = (chunk.frames for chunk in iter_frame_chunks(source, fps, end_s=max_seconds))
-            write_h264(clip, frames, fps, audio_from=source)
+            info = probe_video(source)
+            if curated and (max_seconds is None or info.duration_s <= max_seconds):
+                atomic_write(clip, Path(source).read_bytes())
+            else:
+                frames = (chunk.frames for chunk in iter_frame_chunks(source, info.output_fps, end_s=max_seconds))
+                write_h264(clip, frames, info.output_fps, audio_from=source)
             atomic_write(stamp, cut_from)
         if reference and not ref.is_file():
             first = next(iter_frame_chunks(str(clip), probe_video(str(clip)).fps, chunk_size=1))
@@ -170,15 +177,17 @@ def _failed(job_id: str, source: str, reason: str, error: str) -> dict[str, Any]
             "error": error[:300]}
 
 
-def _unpack_shards(spec: DatasetSpec, folder: Path, max_videos: int | None) -> list[tuple[str, str] | dict[str, Any]]:
+def _unpack_shards(spec: DatasetSpec, folder: Path,
+                   max_videos: int | None) -> list[tuple[str, str, str | None] | dict[str, Any]]:
     """The first `max_videos` shard samples, each its clip written out as `<key>.source.mp4` (a key
     met again, in another shard, gets a hash of its shard; written again when a shard curated anew
     holds other bytes under the key) and
-    given as (path, origin: the input key of its source video); a sample without a clip, and a
-    shard that cannot be read (from where it breaks), are failed rows instead, with a warning."""
+    given as (path, origin: the input key of its source video, its key: its jobs' name); a sample
+    without a clip, and a shard that cannot be read (from where it breaks), are failed rows
+    instead, with a warning."""
     from portraitflow.operators.shard_source import read_shard
 
-    entries: list[tuple[str, str] | dict[str, Any]] = []
+    entries: list[tuple[str, str, str | None] | dict[str, Any]] = []
     seen: set[str] = set()
     for url in _shard_files(spec.path):
         if max_videos is not None and len(entries) >= max_videos:
@@ -197,7 +206,7 @@ def _unpack_shards(spec: DatasetSpec, folder: Path, max_videos: int | None) -> l
                     if not target.is_file() or target.stat().st_size != len(sample["mp4"]) \
                             or target.read_bytes() != sample["mp4"]:  # read only where the sizes agree
                         atomic_write(target, sample["mp4"])
-                    entries.append((str(target), _origin(key, sample)))
+                    entries.append((str(target), _origin(key, sample), key))
                 if max_videos is not None and len(entries) >= max_videos:
                     break
         except Exception as exc:  # noqa: BLE001 - a corrupt shard is any reading error; it is a row
@@ -252,10 +261,10 @@ def _dataset_jobs(spec: DatasetSpec, protocol: str, folder: Path, max_seconds: f
     if spec.type == "shards":
         entries = _unpack_shards(spec, folder, max_videos)
     else:  # every file is a source video of its own
-        entries = [(video, video) for video in videos[:max_videos]]
+        entries = [(video, video, None) for video in videos[:max_videos]]
     clips, origins = [], []
     for entry in entries:
-        clips.append(prepare_clip(entry[0], folder, max_seconds) if isinstance(entry, tuple) else entry)
+        clips.append(prepare_clip(entry[0], folder, max_seconds, curated=entry[2]) if isinstance(entry, tuple) else entry)
         origins.append(entry[1] if isinstance(entry, tuple) else None)
     if protocol == "self":
         return clips

@@ -20,7 +20,6 @@ finished, and a rerun with other scoring settings scores the same videos again i
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
 import json
@@ -34,6 +33,7 @@ from portraitflow.jobs.config import PortraitFlowConfig, validation_problems
 from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.jobs.config.fields import operational
+from portraitflow.jobs.runtime import code_version
 from portraitflow.models.animators.registry import check_settings, resolve_backend
 from portraitflow.operators.eval_dataset import DatasetSpec
 from portraitflow.operators.generation_jobs import input_fingerprint, output_settings
@@ -85,49 +85,6 @@ def expand_configs(spec: SweepSpec) -> list[dict[str, Any]]:
 
 def effective_evaluate(base: EvaluateConfig, spec: SweepSpec) -> EvaluateConfig:
     return EvaluateConfig.model_validate({**base.model_dump(), **spec.evaluate})
-
-
-def code_version() -> str:
-    """The installed portraitflow's version: runs record it, and a config's generation hash includes
-    it, since another version's animators may make other videos from the same settings (a change of
-    the metrics alone is `jobs.sweep.SCORING_VERSION`'s, which scores the same videos again)."""
-    from importlib.metadata import version
-
-    return version("portraitflow")
-
-
-#: the tags `code_tags` adds from a git checkout (MLflow's own commit tag, and whether files differed)
-GIT_TAGS = ("mlflow.source.git.commit", "portraitflow.git_dirty")
-
-
-def code_tags() -> dict[str, str]:
-    """MLflow tags naming the code that makes a run's numbers: the version, and where the package
-    runs from its own git checkout (an editable install) the commit and whether tracked files
-    differ from it (`GIT_TAGS`). The commit is provenance only: it is not part of a config's hash,
-    so a commit that changes no numbers does not make a sweep score again."""
-    return {"portraitflow.version": code_version(), **_git_state()}
-
-
-@functools.cache
-def _git_state() -> dict[str, str]:
-    """Read once per process: a file edited mid-sweep does not give its configs different commits.
-    Only the checkout whose top is the package's own source folder counts (a wheel installed in a
-    virtual environment inside another project's checkout is not that project's code)."""
-    import subprocess
-
-    source = Path(__file__).resolve().parents[1]
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "--no-optional-locks", "-C", str(source), *args], capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
-
-    try:
-        if Path(git("rev-parse", "--show-toplevel")).resolve() != source:
-            return {}
-        commit, changed = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.SubprocessError):  # no git, or no checkout
-        return {}
-    return dict(zip(GIT_TAGS, (commit, str(bool(changed)).lower())))
 
 
 def generation_hash(params: dict[str, Any], dataset: DatasetSpec, evaluate: EvaluateConfig,

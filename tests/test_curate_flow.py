@@ -204,6 +204,7 @@ def test_mlflow_run_has_params_metrics_and_artifacts(curated) -> None:
     for metric in ("inputs", "inputs_failed", "clips_accepted", "hours_in", "video_seconds_per_s", "time_detect_s",
                    "rejected_no_face"):
         assert metric in run.data.metrics, metric
+    assert run.data.tags["portraitflow.version"]  # which code made the shards
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"manifest.parquet", "clips.parquet", "contact_sheet.png", "histograms.png", "ray_data_stats.txt"} <= artifacts
 

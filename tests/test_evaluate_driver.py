@@ -96,10 +96,19 @@ def test_evaluate_jobs_without_job_id_matches_the_ids_animate_derived(small_swee
     pd.DataFrame({"job_id": [f"{ref.stem}__{clip.stem}"], "status": ["ok"], "output": [str(output)]}).to_parquet(results)
     args = ["evaluate", str(results), "--out", str(tmp_path / "eval"), "--mlflow-uri", small_sweep["uri"],
             "--set", "evaluate.frame_stride=2", "--set", "evaluate.side_by_side=0"]
+    from portraitflow.jobs.runtime import FOLDER_TAG, folder_tag
+    from portraitflow.jobs.sweep import GENERATION_RUN_TAG, RESULTS_TAG
+
+    client = MlflowClient(small_sweep["uri"])
+    animate_run = client.create_run(client.create_experiment("animate-elsewhere"),  # the run that wrote the results
+                                    tags={FOLDER_TAG: folder_tag(tmp_path)}).info.run_id
     result = CliRunner().invoke(app, [*args, "--jobs", str(jobs)])
     assert result.exit_code == 0, result.output
-    run = MlflowClient(small_sweep["uri"]).get_run(result.output.split("run ")[1].split()[0])
+    run = client.get_run(result.output.split("run ")[1].split()[0])
     assert run.data.metrics["jobs_ok"] == 1 and run.data.metrics["csim_opencv"] > 0.5
+    # a score traces back to the table it scored, the animate run that made it, and the code
+    assert (run.data.tags[RESULTS_TAG], run.data.tags[GENERATION_RUN_TAG]) == (str(results.resolve()), animate_run)
+    assert run.data.tags["portraitflow.version"]
 
     (tmp_path / "typo.csv").write_text("ref,drivng\na.png,b.mp4\n")
     refused = CliRunner().invoke(app, [*args, "--jobs", str(tmp_path / "typo.csv")])

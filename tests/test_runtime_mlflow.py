@@ -226,3 +226,21 @@ def test_every_matching_run_is_found_past_a_search_page(tmp_path: Path, monkeypa
         client.create_run(experiment, tags={"sweep": "s"})
     monkeypatch.setattr(runtime, "SEARCH_PAGE", 2)
     assert len(runtime.search_all_runs(client, [experiment], "tags.sweep = 's'")) == 5
+
+
+def test_the_latest_run_into_a_folder_is_found_in_any_experiment(tmp_path: Path) -> None:
+    """How an evaluation names the animate run of its results, and a sweep the curation run of its shards."""
+    import time
+
+    from mlflow import MlflowClient
+
+    from portraitflow.jobs.runtime import FOLDER_TAG, folder_tag, latest_run_into
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert latest_run_into(client, tmp_path / "curated") is None
+    tags = {FOLDER_TAG: folder_tag(tmp_path / "curated")}
+    client.create_run(client.create_experiment("portraitflow-curate"), tags=tags)
+    time.sleep(0.01)
+    later = client.create_run(client.create_experiment("elsewhere"), tags=tags).info.run_id
+    client.create_run("0", tags={FOLDER_TAG: folder_tag(tmp_path / "other")})
+    assert latest_run_into(client, tmp_path / "curated") == later

@@ -20,19 +20,22 @@ MISMATCHES = {
 }
 
 
-def summarise(out: Path, samples: int = 5) -> dict:
+def summarise(out: Path, samples: int = 5, quick: bool = False) -> dict:
     """Inputs per status, clips per decision and reason, shard sizes, a few sample keys and the
     first failed inputs (`failed_shown` says how many of all). A shard that cannot be read whole
     counts its intact samples and says why in `error`; `shards_unreadable` counts such shards.
     `mismatches` holds what the tables and the index promise that the shards do not hold, and the
-    reverse (`_mismatches`): empty when they agree."""
+    reverse (`_mismatches`): empty when they agree. `quick` takes the keys the run that wrote a
+    shard noted (`.state/shard_keys/`) while its size and time are unchanged, instead of reading
+    every header (41 ms a 100-sample shard: 34 min for 50,000); damage in place that keeps both
+    is then not seen."""
     import pyarrow.parquet as pq
 
     manifest = pq.read_table(out / "manifest.parquet").to_pandas()
     clips = pq.read_table(out / "clips.parquet").to_pandas()
     shards, keys, held = [], [], {}
     for path in shard_paths(out / "shards"):
-        entry, intact_keys = _read_shard(path)
+        entry, intact_keys = _read_shard(path, out / ".state" / "shard_keys" if quick else None)
         shards.append(entry)
         held[str(path.relative_to(out))] = intact_keys
         keys = keys or intact_keys[:samples]
@@ -74,16 +77,20 @@ def _mismatches(out: Path, accepted: set[str], held: dict[str, list[str]], sampl
     return {kind: {"count": len(names), "first": sorted(names)[:samples]} for kind, names in found.items() if names}
 
 
-def _read_shard(path: Path) -> tuple[dict, list[str]]:
-    """A shard's summary entry and the keys of its intact samples (those before a break)."""
-    keys, damage = whole_shard_keys(path)
+def _read_shard(path: Path, notes: Path | None) -> tuple[dict, list[str]]:
+    """A shard's summary entry and the keys of its intact samples (those before a break), read from
+    its headers, or from `notes` where they hold the shard as it is."""
+    keys, damage = whole_shard_keys(path, notes, read_only=True)  # inspecting writes nothing
     entry = {"name": path.name, "samples": len(keys), "mb": round(path.stat().st_size / 2**20, 2)}
     if damage is not None:
         entry["error"] = f"unreadable: {damage}"
     return entry, keys
 
 
-def inspect(out: Annotated[Path, typer.Argument(metavar="OUT", help="A folder written by `portraitflow curate`.", exists=True)]) -> None:
+def inspect(
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="A folder written by `portraitflow curate`.", exists=True)],
+    quick: Annotated[bool, typer.Option("--quick", help="Take each shard's keys from the note its run wrote while the shard's size and time are unchanged, instead of reading every header (a large corpus: minutes, not tens of minutes); damage in place that keeps both is then not seen.")] = False,
+) -> None:
     """Summarise a curated output: counts per status and reason, shard sizes, sample keys.
 
     Exits 1, after the summary, when a shard cannot be read whole or the shards do not hold what
@@ -91,7 +98,7 @@ def inspect(out: Annotated[Path, typer.Argument(metavar="OUT", help="A folder wr
     for table in (out / "manifest.parquet", out / "clips.parquet"):
         if not table.is_file():
             raise typer.BadParameter(f"{table} not found: not a folder written by `portraitflow curate`", param_hint="OUT")
-    summary = summarise(out)
+    summary = summarise(out, quick=quick)
     typer.echo(json.dumps(summary, indent=1))
     problems = []
     if summary["shards_unreadable"]:

@@ -135,14 +135,15 @@ def _ends_cleanly(tar: tarfile.TarFile) -> bool:
 _READ_WHOLE: dict[tuple[str, int, int], list[str]] = {}
 
 
-def whole_shard_keys(path: Path, remember_in: Path | None = None) -> tuple[list[str], Exception | None]:
+def whole_shard_keys(path: Path, remember_in: Path | None = None,
+                     read_only: bool = False) -> tuple[list[str], Exception | None]:
     """The keys of a shard's whole samples, and why it cannot be read whole (None when it can).
 
     Reading the headers costs a seek per member, so a shard read whole is remembered by its size
     and modification time: in this process, and in `remember_in` (a folder) across runs, so a run
     into a large corpus reads only new or changed shards. A shard cut short or rewritten changes
     both and is read again; one damaged in place with neither changing is not (`portraitflow
-    inspect` reads every shard whole)."""
+    inspect` reads every shard whole, unless `--quick`). `read_only` notes nothing new."""
     try:
         stat = path.stat()
     except OSError as exc:
@@ -164,7 +165,7 @@ def whole_shard_keys(path: Path, remember_in: Path | None = None) -> tuple[list[
             keys.append(key)
     except (tarfile.TarError, OSError) as exc:
         return keys, exc
-    _remember_whole(path, stat, keys, remember_in)
+    _remember_whole(path, stat, keys, None if read_only else remember_in)
     return list(keys), None
 
 

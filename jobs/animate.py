@@ -115,7 +115,7 @@ def _say_run(cfg: PortraitFlowConfig, out: Path) -> None:
     if database is not None and not database.exists():  # nothing was recorded; opening it would make it
         return
     client = mlflow_client(cfg.mlflow)
-    run_id = latest_run_into(client, out)
+    run_id = latest_run_into(client, out, finished=False)  # failed jobs end it FAILED
     if run_id:
         typer.echo(f"run {run_id} ({client.tracking_uri})")
 

@@ -279,7 +279,11 @@ def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], layout: Layout,
                  for c in _committed_clips(layout, key, packed[key], in_shards, fps)]
     committed += [(key, c) for key, clips in clips_by_input.items() for c in clips if c["key"] in in_shards]
     corpus = corpus_ledger(cfg.curate, undecided[0][1]["same_person"])
-    decide_clips(corpus, committed, undecided, Identities(layout.scans))
+    identities = Identities(layout.scans)
+    try:
+        decide_clips(corpus, committed, undecided, identities)
+    finally:
+        identities.close()
     return clips_by_input
 
 
@@ -364,7 +368,8 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
     uris = expand_inputs(inputs)
     rows = sorted(({"uri": u, "input_key": input_key(u)} for u in uris), key=lambda r: r["input_key"])
     if dry_run:  # reads the shards, repairs nothing
-        in_shards = {k for path in shard_paths(layout.shards) for k in whole_shard_keys(path, layout.shard_keys)[0]}
+        in_shards = {k for path in shard_paths(layout.shards)
+                     for k in whole_shard_keys(path, layout.shard_keys, read_only=True)[0]}
         markers = ledger.load_markers(layout.done)
         rows, moved = _follow_moves(rows, markers, None)
         by_key = {row["input_key"]: row for row in rows}
@@ -424,17 +429,19 @@ def _follow_moves(rows: list[dict], markers: dict[str, dict], done_dir: Path | N
     """`rows` with each input moved or renamed since it was curated (`ledger.moved_inputs`) under the
     key it was curated as, so it is done, not curated again and rejected as a duplicate of itself;
     its marker takes the new path (in `markers`, and in `done_dir` unless None: a dry run writes
-    nothing). Also: each moved input's uri -> the path it was curated from."""
+    nothing). Also: each input moved since the last run's uri -> the path it was curated from."""
     moved = ledger.moved_inputs(rows, markers)
     was = {}
     for uri, key in moved.items():
+        if markers[key]["input"]["path"] == uri:  # followed by an earlier run
+            continue
         was[uri] = markers[key]["input"]["path"]
         markers[key] = ledger.moved_marker(markers[key], uri)
         if done_dir is not None:
             ledger.write_marker(done_dir, markers[key]["input"], markers[key]["clips"], markers[key].get("source"))
-    if moved:
+    if was:
         log.info("%d input(s) moved or renamed since they were curated keep their rows and clips, at the new path: %s",
-                 len(moved), ", ".join(f"{was[uri]} -> {uri}" for uri in list(moved)[:5]))
+                 len(was), ", ".join(f"{was[uri]} -> {uri}" for uri in list(was)[:5]))
     keyed = (dict(row, input_key=moved.get(row["uri"], row["input_key"])) for row in rows)
     return sorted(keyed, key=lambda row: row["input_key"]), was
 

@@ -365,13 +365,21 @@ def folder_tag(folder: Path) -> str:
     return hashlib.sha1(str(Path(folder).resolve()).encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-def latest_run_into(client: MlflowClient, folder: Path) -> str | None:
-    """The id of the latest run, in any experiment, of a job that wrote `folder` (`mlflow_run` and
-    the sweep tag it with FOLDER_TAG; a folder holds one flow's work): how a sweep names the curation
-    run of its shards, or an evaluation the animate run of its results. None when the store has none."""
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments, f"tags.`{FOLDER_TAG}` = '{folder_tag(folder)}'",
-                              order_by=["attributes.start_time DESC"], max_results=1) if experiments else []
+def latest_run_into(client: MlflowClient, folder: Path, finished: bool = True) -> str | None:
+    """The id of the latest (`finished`: finished) run, in any experiment, of a job that wrote
+    `folder` (`mlflow_run` and the sweep tag it with FOLDER_TAG; a folder holds one flow's work):
+    how a sweep names the curation run of its shards, or an evaluation the animate run of its
+    results. None when the store has none."""
+    experiments, token = [], None
+    while True:  # a page holds at most SEARCH_PAGE experiments
+        page = client.search_experiments(max_results=SEARCH_PAGE, page_token=token)
+        experiments += [e.experiment_id for e in page]
+        token = page.token
+        if not token:
+            break
+    found = f"tags.`{FOLDER_TAG}` = '{folder_tag(folder)}'" + (" and attributes.status = 'FINISHED'" if finished else "")
+    runs = client.search_runs(experiments, found, order_by=["attributes.start_time DESC"],
+                              max_results=1) if experiments else []
     return runs[0].info.run_id if runs else None
 
 

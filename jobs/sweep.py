@@ -423,9 +423,10 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
 
 
 #: tags tracing a score back to what it scored: the results table, the animate run that made it,
-#: the curation run of a sweep's shards (looked up by the folder each wrote, `latest_run_into`)
-RESULTS_TAG, GENERATION_RUN_TAG, CURATION_RUN_TAG = ("portraitflow.results", "portraitflow.generation_run_id",
-                                                     "portraitflow.curation_run_id")
+#: a sweep's dataset by absolute path and the curation run of its shards (runs looked up by the
+#: folder each wrote, `latest_run_into`)
+RESULTS_TAG, GENERATION_RUN_TAG, DATASET_TAG, CURATION_RUN_TAG = (
+    "portraitflow.results", "portraitflow.generation_run_id", "portraitflow.dataset", "portraitflow.curation_run_id")
 
 
 def _run_tag(tag: str, run_id: str | None) -> dict[str, str]:
@@ -598,7 +599,8 @@ def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir:
         write_parquet(out_dir / "dataset.parquet", pd.DataFrame(jobs).astype(str))  # failed inputs too
         usable = [j for j in jobs if j.get("status", OK) == OK]
         log_values(client, parent_id, params={"configs": len(configs), "protocol": evaluate.protocol,
-                                              "dataset": os.path.abspath(spec.dataset.path)})
+                                              "dataset": spec.dataset.path})  # as written: a param never changes
+        client.set_tag(parent_id, DATASET_TAG, os.path.abspath(spec.dataset.path))
         if spec.dataset.type == "shards" and Path(spec.dataset.path, "shards").is_dir():  # a curated output folder
             for key, value in _run_tag(CURATION_RUN_TAG, latest_run_into(client, Path(spec.dataset.path))).items():
                 client.set_tag(parent_id, key, value)

@@ -70,18 +70,19 @@ def clip_name(source: str, max_seconds: float | None, name: str | None = None) -
 
 
 def prepare_clip(source: str, folder: Path, max_seconds: float | None, reference: bool = True,
-                 curated: str | None = None) -> dict[str, Any]:
+                 name: str | None = None, curated: bool = False) -> dict[str, Any]:
     """Cut the clip (when asked) and extract its first frame as the reference (unless the job has
     its own); a row with status and reason. The job id is the clip's name (`clip_name`), which
     covers the source's path only: `<name>.inputs` keeps the `input_fingerprint` of the source the
     clip was cut from, and a clip whose source now holds something else (or that has no stamp, as
-    one cut before stamps) is cut again, its reference with it. A `curated` clip (its sample key,
-    which names the job) no longer than `max_seconds` is taken as it is, not encoded a second time:
-    it is already H.264 at a constant rate (a re-encode read 41-43 dB against it)."""
+    one cut before stamps) is cut again, its reference with it. `name` (a shard sample's key) names
+    the job instead of the source's path; a clip `curated` by portraitflow no longer than
+    `max_seconds` is taken as it is, not encoded a second time: it is already H.264 at a constant
+    rate (a re-encode read 41-43 dB against it)."""
     from portraitflow.operators.decode import VideoUnreadable, iter_frame_chunks, probe_video
     from portraitflow.operators.video_writer import write_h264
 
-    key = clip_name(source, max_seconds, curated)
+    key = clip_name(source, max_seconds, name)
     clip, ref, stamp = folder / f"{key}.mp4", folder / f"{key}.ref.png", folder / f"{key}.inputs"
     row = {"job_id": key, "source": source, "ref": str(ref), "driving": str(clip), "status": OK, "reason": None}
     try:
@@ -159,14 +160,20 @@ def _shard_files(path: str) -> list[str]:
     return sorted(os.path.abspath(p) for p in found)
 
 
-def _origin(key: str, sample: dict[str, Any]) -> str:
-    """The source video a shard sample was cut from, as its input key: from the sample's json
-    `source`, else from its clip key `{input_key}_{start_ms}_{end_ms}`, else the key itself."""
+def _meta(sample: dict[str, Any]) -> dict[str, Any]:
+    """A shard sample's json, {} when it has none or it is not an object."""
     try:
         meta = json.loads(sample.get("json") or b"{}")
     except (ValueError, UnicodeDecodeError):
-        meta = None
-    if isinstance(meta, dict) and isinstance(meta.get("source"), str) and meta["source"]:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _origin(key: str, sample: dict[str, Any]) -> str:
+    """The source video a shard sample was cut from, as its input key: from the sample's json
+    `source`, else from its clip key `{input_key}_{start_ms}_{end_ms}`, else the key itself."""
+    meta = _meta(sample)
+    if isinstance(meta.get("source"), str) and meta["source"]:
         return input_key(meta["source"])
     match = CLIP_KEY.fullmatch(key)
     return match.group(1) if match else key
@@ -178,16 +185,17 @@ def _failed(job_id: str, source: str, reason: str, error: str) -> dict[str, Any]
 
 
 def _unpack_shards(spec: DatasetSpec, folder: Path,
-                   max_videos: int | None) -> list[tuple[str, str, str | None] | dict[str, Any]]:
+                   max_videos: int | None) -> list[tuple[str, str, str | None, bool] | dict[str, Any]]:
     """The first `max_videos` shard samples, each its clip written out as `<key>.source.mp4` (a key
     met again, in another shard, gets a hash of its shard; written again when a shard curated anew
     holds other bytes under the key) and
-    given as (path, origin: the input key of its source video, its key: its jobs' name); a sample
+    given as (path, origin: the input key of its source video, its key: its jobs' name, whether
+    portraitflow curated it: its json has a `format_version`); a sample
     without a clip, and a shard that cannot be read (from where it breaks), are failed rows
     instead, with a warning."""
     from portraitflow.operators.shard_source import read_shard
 
-    entries: list[tuple[str, str, str | None] | dict[str, Any]] = []
+    entries: list[tuple[str, str, str | None, bool] | dict[str, Any]] = []
     seen: set[str] = set()
     for url in _shard_files(spec.path):
         if max_videos is not None and len(entries) >= max_videos:
@@ -206,7 +214,7 @@ def _unpack_shards(spec: DatasetSpec, folder: Path,
                     if not target.is_file() or target.stat().st_size != len(sample["mp4"]) \
                             or target.read_bytes() != sample["mp4"]:  # read only where the sizes agree
                         atomic_write(target, sample["mp4"])
-                    entries.append((str(target), _origin(key, sample), key))
+                    entries.append((str(target), _origin(key, sample), key, "format_version" in _meta(sample)))
                 if max_videos is not None and len(entries) >= max_videos:
                     break
         except Exception as exc:  # noqa: BLE001 - a corrupt shard is any reading error; it is a row
@@ -261,10 +269,11 @@ def _dataset_jobs(spec: DatasetSpec, protocol: str, folder: Path, max_seconds: f
     if spec.type == "shards":
         entries = _unpack_shards(spec, folder, max_videos)
     else:  # every file is a source video of its own
-        entries = [(video, video, None) for video in videos[:max_videos]]
+        entries = [(video, video, None, False) for video in videos[:max_videos]]
     clips, origins = [], []
     for entry in entries:
-        clips.append(prepare_clip(entry[0], folder, max_seconds, curated=entry[2]) if isinstance(entry, tuple) else entry)
+        clips.append(prepare_clip(entry[0], folder, max_seconds, name=entry[2], curated=entry[3])
+                     if isinstance(entry, tuple) else entry)
         origins.append(entry[1] if isinstance(entry, tuple) else None)
     if protocol == "self":
         return clips

@@ -65,22 +65,29 @@ def changed_since_curated(rows: list[dict[str, Any]], markers: dict[str, dict[st
 
 
 def moved_inputs(rows: list[dict[str, Any]], markers: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """uri -> input key, for the local inputs of `rows` not done under their own key that are the
-    file a done input was curated from, moved or renamed since (`mv` and `rsync -a` keep a file's
-    modification time): its marker's file is gone, is not among `rows`, and had the input's size
-    and modification time to the nanosecond. Each marker goes to one input, the first in `rows`."""
+    """uri -> input key, for the inputs of `rows` not done under their own key that were curated
+    under another: at this path by an earlier run that followed their move (their marker holds the
+    path), or, local and moved or renamed since (`mv` and `rsync -a` keep a file's modification
+    time), from a file that is gone, is not among `rows`, and had the input's size and modification
+    time to the nanosecond. Markers of equal size and time go to such inputs in order."""
     given = {row["uri"] for row in rows}
-    gone: dict[tuple[int, int], str] = {}
+    followed = {marker["input"].get("path"): key for key, marker in markers.items() if is_done(marker)}
+    gone: dict[tuple[int, int], list[str]] = {}
     for key, marker in markers.items():
         path, source = marker.get("input", {}).get("path", ""), marker.get("source")
         if is_done(marker) and source and path not in given and not is_uri(path) and not os.path.lexists(path):
-            gone.setdefault((source["size"], source["mtime_ns"]), key)
+            gone.setdefault((source["size"], source["mtime_ns"]), []).append(key)
     moved = {}
-    for row in rows if gone else []:
-        stat = None if is_done(markers.get(row["input_key"], {})) else source_stat(row["uri"])
-        key = gone.pop((stat["size"], stat["mtime_ns"]), None) if stat else None
-        if key is not None:
-            moved[row["uri"]] = key
+    for row in rows:
+        if is_done(markers.get(row["input_key"], {})):
+            continue
+        if row["uri"] in followed:
+            moved[row["uri"]] = followed[row["uri"]]
+            continue
+        stat = source_stat(row["uri"]) if gone else None
+        keys = gone.get((stat["size"], stat["mtime_ns"])) if stat else None
+        if keys:
+            moved[row["uri"]] = keys.pop(0)
     return moved
 
 

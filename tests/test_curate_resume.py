@@ -244,4 +244,32 @@ def test_an_input_moved_since_it_was_curated_keeps_its_rows_at_the_new_path(tmp_
     assert {r["uri"]: r["input_key"] for r in rows}[str(new)] == input_key(str(old))
     marker = ledger.load_markers(layout.done)[input_key(str(old))]
     assert marker["input"]["path"] == str(new) and [c["path"] for c in marker["clips"]] == [str(new)]
-    assert _follow_moves(rows, ledger.load_markers(layout.done), layout.done)[1] == {}  # once
+    # the next run keys the new path afresh: still the key it was curated as, done, not moved again
+    fresh = [{"uri": u, "input_key": input_key(u)} for u in uris]
+    rows, was = _follow_moves(fresh, ledger.load_markers(layout.done), layout.done)
+    assert was == {} and {r["uri"]: r["input_key"] for r in rows}[str(new)] == input_key(str(old))
+    run_curation(cfg, uris, layout.out, dry_run=True)
+    assert f"done     {input_key(str(old))}  {new}" in capsys.readouterr().out.splitlines()
+
+
+def test_two_moved_files_of_one_size_and_time_each_take_a_marker(tmp_path: Path) -> None:
+    """A folder of copies made with `cp -p` and then moved: each marker goes to one file."""
+    import os
+
+    from portraitflow.operators import ledger
+    from portraitflow.operators.inputs import input_key
+
+    done = tmp_path / "done"
+    olds = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
+    for old in olds:
+        old.write_bytes(b"same")
+        os.utime(old, ns=(5, 5))
+        row = {"uri": str(old), "input_key": input_key(str(old)), "status": "scanned"}
+        ledger.write_marker(done, ledger.input_row(row, []), [], ledger.source_stat(str(old)))
+    news = [tmp_path / "moved" / "a.mp4", tmp_path / "moved" / "b.mp4"]
+    news[0].parent.mkdir()
+    for old, new in zip(olds, news):
+        os.rename(old, new)
+    rows = [{"uri": str(n), "input_key": input_key(str(n))} for n in news]
+    moved = ledger.moved_inputs(rows, ledger.load_markers(done))
+    assert sorted(moved) == sorted(map(str, news)) and len(set(moved.values())) == 2

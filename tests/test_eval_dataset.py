@@ -32,7 +32,7 @@ def _sample(video: bytes, source: str | None = None) -> dict[str, bytes]:
     return {"mp4": video, "json": json.dumps({"source": source} if source else {}).encode()}
 
 
-def _fake_prepare(video, folder, max_seconds, reference=True, curated=None):
+def _fake_prepare(video, folder, max_seconds, reference=True, name=None, curated=False):
     key = Path(video).stem
     return {"job_id": key, "source": video, "ref": f"{key}.ref.png", "driving": f"{key}.mp4",
             "status": "failed" if key == "B" else "ok", "reason": "unreadable" if key == "B" else None}
@@ -88,12 +88,14 @@ def test_shard_jobs_are_named_by_their_sample_key_wherever_they_are_prepared(tmp
     sweep's folder: the clip's end time was lost and two sweeps of one corpus could not be joined.
     A clip no longer than the cut is taken as curated, not encoded a second time."""
     key = f"{input_key('/videos/one.mp4')}_00000000_00001000"
-    write_shard(tmp_path / "curated" / "shards" / "000000.tar", {key: _sample(_clip(tmp_path / "a.mp4"))})
+    ours = {"mp4": _clip(tmp_path / "a.mp4"), "json": json.dumps({"format_version": 1}).encode()}
+    write_shard(tmp_path / "curated" / "shards" / "000000.tar", {key: ours, "foreign": _sample(_clip(tmp_path / "b.mp4"))})
     spec = DatasetSpec(type="shards", path=str(tmp_path / "curated"))
     first, second = (dataset_jobs(spec, "self", tmp_path / out, max_seconds=3.0) for out in ("sweep_a", "sweep_b"))
-    assert [j["job_id"] for j in first] == [j["job_id"] for j in second] == [f"{key}-3000ms"]
+    assert [j["job_id"] for j in first] == [j["job_id"] for j in second] == [f"{key}-3000ms", "foreign-3000ms"]
     assert Path(first[0]["driving"]).read_bytes() == (tmp_path / "a.mp4").read_bytes()  # 1 s, under the 3-s cut
-    [cut] = dataset_jobs(spec, "self", tmp_path / "sweep_a", max_seconds=0.5)
+    assert Path(first[1]["driving"]).read_bytes() != (tmp_path / "b.mp4").read_bytes()  # not ours: encoded anew
+    [cut, _] = dataset_jobs(spec, "self", tmp_path / "sweep_a", max_seconds=0.5)
     assert cut["job_id"] == f"{key}-500ms" and Path(cut["driving"]).read_bytes() != (tmp_path / "a.mp4").read_bytes()
 
 

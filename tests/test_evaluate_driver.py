@@ -102,6 +102,7 @@ def test_evaluate_jobs_without_job_id_matches_the_ids_animate_derived(small_swee
     client = MlflowClient(small_sweep["uri"])
     animate_run = client.create_run(client.create_experiment("animate-elsewhere"),  # the run that wrote the results
                                     tags={FOLDER_TAG: folder_tag(tmp_path)}).info.run_id
+    client.set_terminated(animate_run, "FINISHED")
     result = CliRunner().invoke(app, [*args, "--jobs", str(jobs)])
     assert result.exit_code == 0, result.output
     run = client.get_run(result.output.split("run ")[1].split()[0])

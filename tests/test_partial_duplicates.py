@@ -350,29 +350,73 @@ def test_deciding_longest_first_reads_each_clip_once_as_it_is_decided(monkeypatc
     """Clips of many inputs are decided longest first, one input's then another's. A cache one input
     deep read a scan again for nearly every clip (865 reads for 20 inputs); reading every scan ahead
     held every undecided clip's signature and thumbnails at once (208 KB a 10-s clip: 1 TB for 5
-    million). Each clip's own arrays are read once, just before it is decided."""
+    million); opening a scan for each clip cost its whole directory each time. Each clip's own
+    arrays are read once, just before it is decided, and each scan is opened once."""
     from types import SimpleNamespace
 
     from portraitflow.jobs import curate
-    from portraitflow.operators import corpus_decisions
+    from portraitflow.operators.corpus_decisions import Identities
     from portraitflow.operators.identity import CorpusLedger
 
     lengths = {f"in{i}": [50 + 7 * ((i * 5 + j * 3) % 11) for j in range(4)] for i in range(5)}
     monkeypatch.setattr(curate, "_input_clips", lambda row, *_: [
         {"key": f"{row['input_key']}_{j}", "start": 0, "end": n, "reason": None, "measures": {}, "same_person": 0.5,
          "index": j} for j, n in enumerate(lengths[row["input_key"]])])
-    reads, read_when_decided = [], []
+    reads, opened, read_when_decided = [], [], []
 
-    def load(path, index, names):
-        reads.append((path.name, index))
-        frames = footage(len(reads), 60)
-        return {"embedding": l2_normalise(np.eye(8)[len(reads) % 8] + 0.1), "signature": content_signature(frames),
-                "thumbnails": frames}
+    class Scan:  # an npz's members, read lazily as np.load's are
+        def __init__(self, key: str) -> None:
+            self.key = key
+
+        def __getitem__(self, member: str) -> np.ndarray:
+            index, name = member[1:].split("_", 1)
+            if name == "embedding":
+                reads.append((self.key, int(index)))
+            frames = footage(len(reads), 60)
+            return {"embedding": l2_normalise(np.eye(8)[len(reads) % 8] + 0.1), "signature": content_signature(frames),
+                    "thumbnails": frames}[name]
+
+        def close(self) -> None:
+            pass
+
+    def scan(self, input_key):
+        if input_key not in self._open:
+            opened.append(input_key)
+            self._open[input_key] = (Scan(input_key), {f"c{j}_{n}" for j in range(4) for n in Identities.NAMES})
+        return self._open[input_key]
 
     decide = CorpusLedger.decide
     monkeypatch.setattr(CorpusLedger, "decide", lambda self, *a, **k: read_when_decided.append(len(reads))
                         or decide(self, *a, **k))
-    monkeypatch.setattr(corpus_decisions, "load_clip_arrays", load)
+    monkeypatch.setattr(Identities, "_scan", scan)
     curate._decide_corpus(load_config(None, []), [{"input_key": key} for key in lengths], SimpleNamespace(scans=Path("s")), {})
     assert len(reads) == len(set(reads)) == sum(map(len, lengths.values()))
+    assert sorted(opened) == sorted(lengths)  # each scan opened once
     assert read_when_decided == list(range(1, len(reads) + 1))  # none read ahead of its decision
+
+
+def test_identities_read_each_clips_own_arrays_from_the_scans_kept_open(tmp_path: Path, monkeypatch) -> None:
+    """Interleaved inputs beyond the open scans are opened again; every clip gets its own arrays."""
+    from portraitflow.operators.corpus_decisions import Identities
+    from portraitflow.operators.face_scan import Candidate
+    from portraitflow.operators.scan_store import save_scan, scan_path
+
+    made = {}
+    for i in range(3):
+        candidates = []
+        for j in range(2):
+            frames = footage(10 * i + j, 30)
+            arrays = {"embedding": l2_normalise(np.eye(8)[(i + j) % 8] + 0.1).astype(np.float32),
+                      "signature": content_signature(frames), "thumbnails": frames}
+            candidates.append(Candidate(0, 30, None, {}, arrays))
+            made[(f"in{i}", j)] = arrays
+        save_scan(scan_path(tmp_path, f"in{i}"), {"fingerprint": ""}, candidates)
+    monkeypatch.setattr(Identities, "OPEN_SCANS", 2)
+    identities = Identities(tmp_path)
+    for key, index in [("in0", 0), ("in1", 0), ("in2", 0), ("in0", 1), ("in2", 1), ("in1", 1)]:
+        embedding, signature, thumbnails = identities(key, {"index": index})
+        expected = made[(key, index)]
+        assert np.array_equal(embedding, expected["embedding"]) and np.array_equal(thumbnails, expected["thumbnails"])
+        assert np.array_equal(signature, expected["signature"]) and len(identities._open) <= 2
+    identities.close()
+    assert not identities._open

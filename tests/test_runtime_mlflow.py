@@ -242,5 +242,11 @@ def test_the_latest_run_into_a_folder_is_found_in_any_experiment(tmp_path: Path)
     client.create_run(client.create_experiment("portraitflow-curate"), tags=tags)
     time.sleep(0.01)
     later = client.create_run(client.create_experiment("elsewhere"), tags=tags).info.run_id
+    time.sleep(0.01)
+    killed = client.create_run("0", tags=tags).info.run_id
+    client.set_terminated(killed, "KILLED")
     client.create_run("0", tags={FOLDER_TAG: folder_tag(tmp_path / "other")})
-    assert latest_run_into(client, tmp_path / "curated") == later
+    assert latest_run_into(client, tmp_path / "curated") is None  # none finished yet
+    client.set_terminated(later, "FINISHED")
+    assert latest_run_into(client, tmp_path / "curated") == later  # not the killed one after it
+    assert latest_run_into(client, tmp_path / "curated", finished=False) == killed

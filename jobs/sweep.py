@@ -429,10 +429,6 @@ RESULTS_TAG, GENERATION_RUN_TAG, DATASET_TAG, CURATION_RUN_TAG = (
     "portraitflow.results", "portraitflow.generation_run_id", "portraitflow.dataset", "portraitflow.curation_run_id")
 
 
-def _run_tag(tag: str, run_id: str | None) -> dict[str, str]:
-    return {tag: run_id} if run_id else {}
-
-
 def evaluate_results(jobs: pd.DataFrame, cfg: PortraitFlowConfig, out_dir: str | Path, name: str = "evaluate",
                      results: Path | None = None) -> str:
     """Score outputs that already exist (job_id, ref, driving, output[, status, reason]) in one MLflow
@@ -441,8 +437,11 @@ def evaluate_results(jobs: pd.DataFrame, cfg: PortraitFlowConfig, out_dir: str |
     out_dir.mkdir(parents=True, exist_ok=True)
     claim_folder(out_dir, "evaluate")
     client = mlflow_client(cfg.mlflow)
-    source = {} if results is None else {RESULTS_TAG: str(Path(results).resolve()),
-                                         **_run_tag(GENERATION_RUN_TAG, latest_run_into(client, Path(results).parent))}
+    source = {}
+    if results is not None:
+        source[RESULTS_TAG] = str(Path(results).resolve())
+        if generation_run := latest_run_into(client, Path(results).parent):
+            source[GENERATION_RUN_TAG] = generation_run
     run_id = client.create_run(ensure_experiment(client, cfg.evaluate.experiment), run_name=name,
                                tags={**code_tags(), **source}).info.run_id
     try:
@@ -602,8 +601,8 @@ def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir:
                                               "dataset": spec.dataset.path})  # as written: a param never changes
         client.set_tag(parent_id, DATASET_TAG, os.path.abspath(spec.dataset.path))
         if spec.dataset.type == "shards" and Path(spec.dataset.path, "shards").is_dir():  # a curated output folder
-            for key, value in _run_tag(CURATION_RUN_TAG, latest_run_into(client, Path(spec.dataset.path))).items():
-                client.set_tag(parent_id, key, value)
+            if curation_run := latest_run_into(client, Path(spec.dataset.path)):
+                client.set_tag(parent_id, CURATION_RUN_TAG, curation_run)
         client.log_text(parent_id, spec.model_dump_json(indent=2), "sweep.json")
         client.log_text(parent_id, "\n".join(metrics_learned.skip_notes(evaluate).values()), "notes.txt")
         client.log_artifact(parent_id, str(out_dir / "dataset.parquet"))

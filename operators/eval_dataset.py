@@ -169,10 +169,9 @@ def _meta(sample: dict[str, Any]) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def _origin(key: str, sample: dict[str, Any]) -> str:
-    """The source video a shard sample was cut from, as its input key: from the sample's json
+def _origin(key: str, meta: dict[str, Any]) -> str:
+    """The source video a shard sample was cut from, as its input key: from its json (`meta`)
     `source`, else from its clip key `{input_key}_{start_ms}_{end_ms}`, else the key itself."""
-    meta = _meta(sample)
     if isinstance(meta.get("source"), str) and meta["source"]:
         return input_key(meta["source"])
     match = CLIP_KEY.fullmatch(key)
@@ -214,7 +213,8 @@ def _unpack_shards(spec: DatasetSpec, folder: Path,
                     if not target.is_file() or target.stat().st_size != len(sample["mp4"]) \
                             or target.read_bytes() != sample["mp4"]:  # read only where the sizes agree
                         atomic_write(target, sample["mp4"])
-                    entries.append((str(target), _origin(key, sample), key, "format_version" in _meta(sample)))
+                    meta = _meta(sample)
+                    entries.append((str(target), _origin(key, meta), key, "format_version" in meta))
                 if max_videos is not None and len(entries) >= max_videos:
                     break
         except Exception as exc:  # noqa: BLE001 - a corrupt shard is any reading error; it is a row

@@ -67,6 +67,7 @@ class Layout:
         self.attempts = self.state / "attempts"
         self.settings = self.state / "settings.json"
         self.shard_keys = self.state / "shard_keys"  # each shard's keys, read once (`whole_shard_keys`)
+        self.corpus = self.state / "corpus"  # the clips kept so far, for the corpus decisions (`CorpusLedger`)
         self.lock = self.state / "lock"
 
     def make(self) -> None:
@@ -265,7 +266,9 @@ def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], layout: Layout,
     Every clip already in the shards is committed to the corpus: those of finished inputs, and
     those of an input an earlier run packed before it could mark it done, or marked failed because
     another of its clips failed to render, whatever its retry finds now (it may fail, or scan
-    another file). The other pending clips are decided against them.
+    another file). The ledger the last decisions saved holds most of them; those it lacks are read
+    from their scans. The other pending clips are decided against them, and the ledger is saved
+    again for the next run.
     """
     fps = cfg.curate.fps
     packed = _packed_by_input(in_shards)
@@ -275,15 +278,18 @@ def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], layout: Layout,
                  if c["reason"] is None and c["key"] not in in_shards]
     if not undecided:
         return clips_by_input
-    committed = [(key, c) for key in sorted(packed.keys() - clips_by_input.keys())
-                 for c in _committed_clips(layout, key, packed[key], in_shards, fps)]
-    committed += [(key, c) for key, clips in clips_by_input.items() for c in clips if c["key"] in in_shards]
-    corpus = corpus_ledger(cfg.curate, undecided[0][1]["same_person"])
+    corpus = corpus_ledger(cfg.curate, undecided[0][1]["same_person"], layout.corpus, in_shards)
+    missing = _packed_by_input(in_shards.keys() - set(corpus.keys))
+    committed = [(key, c) for key in sorted(missing.keys() - clips_by_input.keys())
+                 for c in _committed_clips(layout, key, missing[key], in_shards, fps)]
+    committed += [(key, c) for key, clips in clips_by_input.items() for c in clips if c["key"] in missing.get(key, ())]
     identities = Identities(layout.scans)
     try:
         decide_clips(corpus, committed, undecided, identities)
+        corpus.save()
     finally:
         identities.close()
+        corpus.close()
     return clips_by_input
 
 

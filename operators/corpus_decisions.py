@@ -1,29 +1,31 @@
 """The corpus-wide decisions on the clips the scans kept: near-duplicates and the cap per identity.
 
 They need every clip, so the driver takes them once every input is scanned (jobs/curate.py, which
-also tells which clips the corpus holds already); the comparisons are operators/identity.py's
-`CorpusLedger`. Greedy, in a fixed order, so the result depends on neither file names nor where
-an earlier run was stopped.
+also tells which clips the corpus holds already); the comparisons are operators/corpus_ledger.py's
+`CorpusLedger`, which the folder keeps between runs. Greedy, in a fixed order, so the result
+depends on neither file names nor where an earlier run was stopped.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from portraitflow.jobs.config.curate import CurateConfig
-from portraitflow.operators.identity import CorpusLedger
+from portraitflow.operators.corpus_ledger import CorpusLedger
 from portraitflow.operators.overlap import SIGNATURE_SIZE, OverlapRule
 from portraitflow.operators.scan_store import scan_path
 
 
-def corpus_ledger(cfg: CurateConfig, same_person: float) -> CorpusLedger:
-    """An empty ledger with the decisions' settings; `same_person`: the threshold of the face
-    backend that scanned the clips, which `identity_switch_similarity` overrides when set."""
-    return CorpusLedger(cfg.same_person_similarity(same_person), cfg.max_clips_per_identity, cfg.duplicate_similarity,
-                        OverlapRule.from_config(cfg))
+def corpus_ledger(cfg: CurateConfig, same_person: float, folder: Path, committed: Collection[str]) -> CorpusLedger:
+    """The ledger with the decisions' settings that `folder` keeps, holding the clips a run saved
+    there that are `committed` (in the shards); `same_person`: the threshold of the face backend
+    that scanned the clips, which `identity_switch_similarity` overrides when set."""
+    return CorpusLedger.reopen(folder, committed, cfg.same_person_similarity(same_person), cfg.max_clips_per_identity,
+                               cfg.duplicate_similarity, OverlapRule.from_config(cfg))
 
 
 def decision_order(clip: dict[str, Any]) -> tuple:
@@ -42,14 +44,15 @@ def decide_clips(corpus: CorpusLedger, committed: list[tuple[str, dict[str, Any]
     """Set the `reason` (None: kept) of each `undecided` clip, (input key, clip) in key order, and
     add to its `measures` what the duplicate checks found.
 
-    The `committed` clips (in the corpus already) enter the ledger first, so new clips are capped
-    and de-duplicated against all of it. Then the undecided are decided greedily in `decision_order`
+    The `committed` clips (in the corpus already, but not in the ledger: it was saved before they
+    were packed, or by none) enter the ledger first, so new clips are capped and de-duplicated
+    against all of it. Then the undecided are decided greedily in `decision_order`
     (longest first): an excerpt never rejects the longer original it was cut from, nor takes the
     identity's cap before it, whatever the file names; a fixed order also makes a resumed run decide
     as an uninterrupted one did.
     """
     for key, clip in committed:
-        corpus.keep(*identities(key, clip))
+        corpus.keep(clip["key"], *identities(key, clip))
     # ordered by their metadata, each clip's arrays read as it is decided: read ahead, every
     # undecided clip's signature and thumbnails were held at once (208 KB a 10-s clip, twice what
     # a kept one costs the ledger)
@@ -57,7 +60,7 @@ def decide_clips(corpus: CorpusLedger, committed: list[tuple[str, dict[str, Any]
         embedding, signature, thumbnails = identities(key, clip)
         clip["reason"] = corpus.decide(embedding, signature, thumbnails, clip["measures"])
         if clip["reason"] is None:
-            corpus.keep(embedding, signature, thumbnails)
+            corpus.keep(clip["key"], embedding, signature, thumbnails)
 
 
 class Identities:

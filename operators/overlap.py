@@ -83,6 +83,15 @@ def kept_hop_frames(fps: float) -> int:
     return max(1, round(KEPT_HOP_SECONDS * fps))
 
 
+def window_starts(frames: int, fps: float, hop: int) -> np.ndarray:
+    """The start frames of a clip's windows every `hop` frames and one ending with the clip (none
+    when the clip is shorter than a window)."""
+    length = window_frames(fps)
+    if frames < length:
+        return np.zeros(0, np.int64)
+    return np.unique(np.append(np.arange(0, frames - length + 1, hop), frames - length))
+
+
 def window_signatures(thumbnails: np.ndarray, fps: float, hop: int) -> tuple[np.ndarray, np.ndarray]:
     """The start frames (W,) and unit signatures (W, D) float32 of a clip's windows every `hop`
     frames and one ending with the clip (none when the clip is shorter than a window).
@@ -94,15 +103,13 @@ def window_signatures(thumbnails: np.ndarray, fps: float, hop: int) -> tuple[np.
     from scipy.ndimage import gaussian_filter1d
 
     count, height, width = thumbnails.shape
-    length = window_frames(fps)
-    if count < length:
-        return np.zeros(0, np.int64), np.zeros((0, (height // WINDOW_POOL) * (width // WINDOW_POOL) * WINDOW_STEPS),
-                                               np.float32)
+    length, starts = window_frames(fps), window_starts(count, fps, hop)
+    if not len(starts):
+        return starts, np.zeros((0, (height // WINDOW_POOL) * (width // WINDOW_POOL) * WINDOW_STEPS), np.float32)
     pooled = thumbnails.astype(np.float64).reshape(count, height // WINDOW_POOL, WINDOW_POOL, width // WINDOW_POOL,
                                                    WINDOW_POOL).mean(axis=(2, 4)).reshape(count, -1)
     pooled = (pooled - pooled.mean(axis=1, keepdims=True)) / np.maximum(pooled.std(axis=1, keepdims=True), 1.0)
     pooled = gaussian_filter1d(pooled, SIGNATURE_SMOOTH_FRAMES, axis=0, mode="nearest")
-    starts = np.unique(np.append(np.arange(0, count - length + 1, hop), count - length))  # the last ends with the clip
     steps = np.linspace(0, length - 1, WINDOW_STEPS).round().astype(np.int64)
     windows = pooled[starts[:, None] + steps[None, :]]
     windows = (windows - windows.mean(axis=1, keepdims=True)).reshape(len(starts), -1)

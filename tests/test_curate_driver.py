@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -181,7 +182,7 @@ def test_a_scan_signature_from_before_footage_signatures_matches_no_duplicate(tm
     from portraitflow.models.face.base import l2_normalise
     from portraitflow.operators.corpus_decisions import Identities
     from portraitflow.operators.overlap import SIGNATURE_SIZE, content_signature
-    from portraitflow.operators.identity import CorpusLedger
+    from portraitflow.operators.corpus_ledger import CorpusLedger
 
     rng = np.random.default_rng(1)
     layout = Layout(tmp_path)
@@ -195,7 +196,7 @@ def test_a_scan_signature_from_before_footage_signatures_matches_no_duplicate(tm
     new_embedding, new_signature, _ = identities(new, {"index": 0})
     assert kept_signature is None and kept_thumbnails is None and new_signature.size == SIGNATURE_SIZE
     ledger = CorpusLedger(same_person=0.5, max_per_identity=1, duplicate_similarity=0.9)
-    ledger.keep(kept_embedding, kept_signature)
+    ledger.keep("clip1", kept_embedding, kept_signature)
     assert ledger.decide(new_embedding, new_signature) == "identity_over_cap"  # counted, compared with nothing
 
 
@@ -204,8 +205,9 @@ def test_a_clip_holding_part_of_a_kept_one_is_a_partial_duplicate_in_a_run_and_a
         sample_has_thumbnails: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`a_long` keeps a 10-s clip; `b_half` holds its first half and is rejected in the same run,
     its row giving the overlap. A later run holds `c_trim` (a re-upload trimmed at both ends) to
-    the clip as its sample in the shards tells it (its scan gone): rejected too, unless the sample
-    is from before thumbnails, which leaves it the whole-clip check only."""
+    the clip as its sample in the shards tells it (its scan gone, and the corpus ledger, as in a
+    folder curated before the ledger was kept): rejected too, unless the sample is from before
+    thumbnails, which leaves it the whole-clip check only."""
     from synthetic_footage import footage, re_encoded
 
     from portraitflow.jobs.curate import Layout, run_curation
@@ -234,6 +236,7 @@ def test_a_clip_holding_part_of_a_kept_one_is_a_partial_duplicate_in_a_run_and_a
     assert rejected["overlap_share"] > 0.95 and rejected["overlap_s"] == pytest.approx(5.0, abs=0.2)
 
     scan_path(layout.scans, keys["a_long"]).unlink()
+    shutil.rmtree(layout.corpus)
     trim_key = clip_key(keys["c_trim"], 0, 7.04)
     _stage(layout, trim_key, 0, len(trim), person, content_signature(trim), trim)
     run_curation(cfg, [uris["c_trim"]], tmp_path)

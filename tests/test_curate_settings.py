@@ -138,11 +138,12 @@ def test_a_bad_gallery_stops_the_run_before_anything_is_written(gallery: str, tm
     assert not out.exists()
 
 
-def test_an_identity_switch_similarity_of_zero_is_taken_not_replaced_by_the_backends() -> None:
+def test_an_identity_switch_similarity_of_zero_is_taken_not_replaced_by_the_backends(tmp_path: Path) -> None:
     from portraitflow.operators.corpus_decisions import corpus_ledger
 
-    assert corpus_ledger(load_config(None, ["curate.identity_switch_similarity=0"]).curate, 0.5).same_person == 0.0
-    assert corpus_ledger(load_config(None, []).curate, 0.5).same_person == 0.5
+    zero = corpus_ledger(load_config(None, ["curate.identity_switch_similarity=0"]).curate, 0.5, tmp_path / "a", ())
+    assert zero.same_person == 0.0
+    assert corpus_ledger(load_config(None, []).curate, 0.5, tmp_path / "b", ()).same_person == 0.5
 
 
 @pytest.mark.parametrize(("cpus", "memory_gib", "face_actors", "sizes"), [

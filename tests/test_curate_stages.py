@@ -15,7 +15,8 @@ from portraitflow.jobs.config.curate import CurateConfig
 from portraitflow.models.face.base import Face
 from portraitflow.operators import filters
 from portraitflow.models.face.base import l2_normalise
-from portraitflow.operators.identity import CorpusLedger, identity_link, switch_index
+from portraitflow.operators.corpus_ledger import CorpusLedger
+from portraitflow.operators.identity import identity_link, switch_index
 from portraitflow.operators.inputs import (LIST_CYCLE, NO_VIDEO_FILES, NOT_UTF8, _expand_uri, clip_key, expand_inputs,
                                            input_key, local_copy, matching_files)
 from portraitflow.operators.motion import motion_intensity, motion_table, window_buckets
@@ -403,10 +404,10 @@ def test_corpus_ledger_caps_identities_and_drops_duplicates() -> None:
     ledger = CorpusLedger(same_person=0.5, max_per_identity=2, duplicate_similarity=0.97)
     signatures = l2_normalise(rng.normal(size=(4, 64)))
     assert ledger.decide(person, signatures[0]) is None
-    ledger.keep(person, signatures[0])
+    ledger.keep("clip1", person, signatures[0])
     assert ledger.decide(person, signatures[0]) == filters.DUPLICATE
     assert ledger.decide(l2_normalise(rng.normal(size=128)), signatures[0]) is None  # another person, same motion
-    ledger.keep(person, signatures[1])
+    ledger.keep("clip2", person, signatures[1])
     assert ledger.decide(person, signatures[2]) == filters.IDENTITY_OVER_CAP
 
 
@@ -445,9 +446,9 @@ def test_a_kept_clip_without_a_signature_counts_for_the_cap_and_matches_no_dupli
     rng = np.random.default_rng(3)
     person, signature = l2_normalise(rng.normal(size=128)), l2_normalise(rng.normal(size=64))
     ledger = CorpusLedger(same_person=0.5, max_per_identity=2, duplicate_similarity=0.9)
-    ledger.keep(person, None)
+    ledger.keep("clip3", person, None)
     assert ledger.decide(person, signature) is None
-    ledger.keep(person, signature)
+    ledger.keep("clip4", person, signature)
     assert ledger.decide(person, signature) == filters.DUPLICATE
     assert ledger.decide(person, l2_normalise(rng.normal(size=64))) == filters.IDENTITY_OVER_CAP
 

@@ -14,7 +14,7 @@ from portraitflow.jobs.config.curate import CurateConfig
 from portraitflow.models.face.base import l2_normalise
 from portraitflow.operators import filters
 from portraitflow.operators.overlap import content_signature
-from portraitflow.operators.identity import CorpusLedger
+from portraitflow.operators.corpus_ledger import CorpusLedger
 from portraitflow.operators.overlap import KEPT_HOP_SECONDS, OverlapRule
 from synthetic_footage import footage, re_encoded
 
@@ -33,7 +33,7 @@ def _decide(ledger: CorpusLedger, thumbnails: np.ndarray) -> tuple[str | None, d
 
 
 def _keep(ledger: CorpusLedger, thumbnails: np.ndarray) -> None:
-    ledger.keep(PERSON, content_signature(thumbnails), thumbnails)
+    ledger.keep("clip1", PERSON, content_signature(thumbnails), thumbnails)
 
 
 KEPT = footage(1, 250)  # a 10-s clip
@@ -155,7 +155,7 @@ def test_a_partial_duplicate_is_judged_within_the_identity_only() -> None:
 def test_kept_clips_without_thumbnails_are_compared_whole_and_still_count_for_the_cap() -> None:
     """Samples and scans written before thumbnails: their clips match no partial duplicate."""
     ledger = _ledger(max_clips_per_identity=2)
-    ledger.keep(PERSON, content_signature(KEPT), None)
+    ledger.keep("clip2", PERSON, content_signature(KEPT), None)
     reason, measures = _decide(ledger, KEPT[:125])
     assert reason is None and "overlap_share" not in measures and "duplicate_similarity" in measures
     assert _decide(ledger, KEPT)[0] == filters.DUPLICATE
@@ -188,7 +188,7 @@ def test_decisions_are_the_same_from_thumbnails_read_back_from_a_scan_or_a_sampl
     for thumbnails in (KEPT, from_scan, from_sample):
         assert thumbnails.dtype == np.uint8 and np.array_equal(thumbnails, KEPT)
         ledger = _ledger()
-        ledger.keep(PERSON, content_signature(KEPT), thumbnails)
+        ledger.keep("clip3", PERSON, content_signature(KEPT), thumbnails)
         decided.append(_decide(ledger, new))
     assert decided[0] == decided[1] == decided[2] and decided[0][0] == filters.PARTIAL_DUPLICATE
 
@@ -315,7 +315,7 @@ def test_footage_found_in_either_view_counts_together() -> None:
 
 @pytest.mark.parametrize("excerpt_name", ["a_excerpt", "z_excerpt"])
 def test_an_excerpt_decided_with_its_original_is_rejected_whatever_the_names(
-        excerpt_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        excerpt_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Clips were decided in key order: an excerpt whose name sorted first rejected the whole of
     its longer original, footage found nowhere else included."""
     from portraitflow.jobs import curate
@@ -327,7 +327,7 @@ def test_an_excerpt_decided_with_its_original_is_rejected_whatever_the_names(
              for name, frames in (("m_original", original), (excerpt_name, excerpt))}
     monkeypatch.setattr(curate, "_input_clips", lambda row, *_: [clips[row["input_key"]]])
     decided = curate._decide_corpus(load_config(None, []), [{"input_key": name} for name in sorted(clips)],
-                                    curate.Layout(Path("unused")), {})
+                                    curate.Layout(tmp_path), {})
     assert decided["m_original"][0]["reason"] is None
     assert decided[excerpt_name][0]["reason"] == filters.PARTIAL_DUPLICATE
 
@@ -339,14 +339,15 @@ def test_a_re_upload_is_compared_with_every_cluster_of_its_person_not_only_the_n
         return np.array([math.cos(math.radians(degrees)), math.sin(math.radians(degrees))])
 
     ledger = _ledger()
-    ledger.keep(at(0), content_signature(KEPT), KEPT)
+    ledger.keep("clip4", at(0), content_signature(KEPT), KEPT)
     other = footage(5, 250)
-    ledger.keep(at(70), content_signature(other), other)  # 0.34 to the first centroid: a second cluster
+    ledger.keep("clip5", at(70), content_signature(other), other)  # 0.34 to the first centroid: a second cluster
     copy = re_encoded(KEPT)
     assert ledger.decide(at(45), content_signature(copy), copy) == filters.DUPLICATE  # 0.91 to the second, 0.71 to the first
 
 
-def test_deciding_longest_first_reads_each_clip_once_as_it_is_decided(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_deciding_longest_first_reads_each_clip_once_as_it_is_decided(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Clips of many inputs are decided longest first, one input's then another's. A cache one input
     deep read a scan again for nearly every clip (865 reads for 20 inputs); reading every scan ahead
     held every undecided clip's signature and thumbnails at once (208 KB a 10-s clip: 1 TB for 5
@@ -356,7 +357,7 @@ def test_deciding_longest_first_reads_each_clip_once_as_it_is_decided(monkeypatc
 
     from portraitflow.jobs import curate
     from portraitflow.operators.corpus_decisions import Identities
-    from portraitflow.operators.identity import CorpusLedger
+    from portraitflow.operators.corpus_ledger import CorpusLedger
 
     lengths = {f"in{i}": [50 + 7 * ((i * 5 + j * 3) % 11) for j in range(4)] for i in range(5)}
     monkeypatch.setattr(curate, "_input_clips", lambda row, *_: [
@@ -389,7 +390,7 @@ def test_deciding_longest_first_reads_each_clip_once_as_it_is_decided(monkeypatc
     monkeypatch.setattr(CorpusLedger, "decide", lambda self, *a, **k: read_when_decided.append(len(reads))
                         or decide(self, *a, **k))
     monkeypatch.setattr(Identities, "_scan", scan)
-    curate._decide_corpus(load_config(None, []), [{"input_key": key} for key in lengths], SimpleNamespace(scans=Path("s")), {})
+    curate._decide_corpus(load_config(None, []), [{"input_key": key} for key in lengths], SimpleNamespace(scans=Path("s"), corpus=tmp_path), {})
     assert len(reads) == len(set(reads)) == sum(map(len, lengths.values()))
     assert sorted(opened) == sorted(lengths)  # each scan opened once
     assert read_when_decided == list(range(1, len(reads) + 1))  # none read ahead of its decision

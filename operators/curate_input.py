@@ -27,7 +27,7 @@ from portraitflow.operators.face_scan import FaceScanStage, batch_rows, rows_bat
 from portraitflow.operators.inputs import clip_input_key, is_uri, local_copy
 from portraitflow.operators.ledger import FAILED
 from portraitflow.operators.probe import error_text, unfetched_input
-from portraitflow.operators.quarantine import crashed_reason, quarantined_row, start_attempt
+from portraitflow.operators.quarantine import crashed_reason, finish_attempt, quarantined_row, start_attempt
 from portraitflow.operators.render import render_clip
 from portraitflow.operators.scan_store import scan_clips, scan_path
 from portraitflow.operators.shards import staged_path
@@ -63,9 +63,12 @@ class CurateInputStage:
             try:  # a remote input is fetched once, for the probe, the scan and every clip
                 path = stack.enter_context(local_copy(row["uri"]))
             except Exception as exc:  # the remote store refused: this input fails, the run goes on
-                return dict(unfetched_input(row, exc), render_errors="{}", rendered=0)
-            fetch = time.perf_counter() - fetch
-            return self._curate_local(row, path, {"fetch": fetch} if is_uri(row["uri"]) else {})
+                result = dict(unfetched_input(row, exc), render_errors="{}", rendered=0)
+            else:
+                fetch = time.perf_counter() - fetch
+                result = self._curate_local(row, path, {"fetch": fetch} if is_uri(row["uri"]) else {})
+        finish_attempt(self.attempts_dir, row["input_key"])
+        return result
 
     def _curate_local(self, row: dict[str, Any], path: str, fetch_timing: dict[str, float]) -> dict[str, Any]:
         timings = Counter(fetch_timing)
@@ -134,6 +137,7 @@ def render_decided_clips(row: dict[str, Any], config: dict[str, Any], scan_dir: 
                                      errors, lambda: _face_analyzer(full.face.model_dump_json(), cfg.actor_cpus))
     except Exception as exc:  # the input vanished or its store refused since the scan: its clips fail
         errors = {key: error_text(exc) for key in keys}
+    finish_attempt(Path(attempts_dir), f"render-{row['input_key']}")
     return {"input_key": row["input_key"], "render_errors": json.dumps(errors), "timings": json.dumps(timings),
             "rendered": rendered}
 

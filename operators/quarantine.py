@@ -3,7 +3,10 @@
 A worker that dies on an input (segfault, OOM kill) is restarted and the input retried, however
 often the executor is willing to; each start of an input is recorded in a file named after it
 first, so the start after the last allowed attempt gives up with a `failed` row instead of
-crashing again. The counts belong to one invocation: the driver clears the folder when it starts.
+crashing again. An input that finishes clears its count: a task holds several inputs in a large
+run, and when another of them crashes its worker, the retried task starts the finished ones again
+without their counting towards a quarantine. The counts belong to one invocation: the driver clears
+the folder when it starts.
 """
 from __future__ import annotations
 
@@ -26,6 +29,11 @@ def start_attempt(folder: Path, key: str) -> int:
     count = int(path.read_text()) + 1 if path.exists() else 1
     atomic_write(path, str(count))
     return count
+
+
+def finish_attempt(folder: Path, key: str) -> None:
+    """Clear the starts of the input `key`, which finished without crashing its worker."""
+    (folder / key).unlink(missing_ok=True)
 
 
 def crashed_reason(stage: str, attempts: int) -> str:

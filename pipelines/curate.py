@@ -34,18 +34,37 @@ if TYPE_CHECKING:
 #: clip of the 4K input took 15 GiB.
 WORKER_MEMORY = 2560 * 1024**2
 
+#: up to this many inputs, each is a Ray Data block of its own (one actor task): the best balance at
+#: the end of a run, and a worker that crashes takes one input's task with it
+ONE_INPUT_PER_TASK_UP_TO = 1000
+#: above it, inputs share blocks, at most this many a block: a block costs the driver the same
+#: whatever it holds (building the dataset, Ray Data's scheduling of its task), about 14 ms on a
+#: shared 2-core machine (`benchmarks/ray_input_blocks.py`), 4 h of driver time at 1e6 inputs one a block
+MAX_INPUTS_PER_TASK = 16
+
 def _configured(ds: ray.data.Dataset, cfg: PortraitFlowConfig) -> ray.data.Dataset:
     """`ds` with curation's execution settings, on its own context (the process's stays as it was)."""
     context = ds.context
     context.enable_progress_bars = cfg.curate.progress_bars
     context.execution_options.preserve_order = False  # results are keyed; order is restored on the driver
-    context.max_errored_blocks = -1  # every block is one input; a lost one becomes a `failed` row
+    context.max_errored_blocks = -1  # the inputs of a lost block become `failed` rows
     return ds
 
 
-def _actor_pool(cfg: PortraitFlowConfig, inputs: int) -> ActorPoolStrategy:
+def input_blocks(inputs: int, per_task: int) -> int:
+    """How many blocks (actor tasks) `inputs` inputs are split into: `per_task` a block when set
+    (`curate.inputs_per_task`); else one each up to ONE_INPUT_PER_TASK_UP_TO inputs, and above it
+    at least that many blocks of at most MAX_INPUTS_PER_TASK."""
+    if per_task:
+        return -(-inputs // per_task)
+    if inputs <= ONE_INPUT_PER_TASK_UP_TO:
+        return inputs
+    return max(ONE_INPUT_PER_TASK_UP_TO, -(-inputs // MAX_INPUTS_PER_TASK))
+
+
+def _actor_pool(cfg: PortraitFlowConfig, tasks: int) -> ActorPoolStrategy:
     """A fixed pool on a local Ray (one actor per `actor_cpus` CPUs, as many as its memory holds
-    (WORKER_MEMORY each), at most one per input; `run_curation` refuses a Ray without the CPUs
+    (WORKER_MEMORY each), at most one per task (`input_blocks`); `run_curation` refuses a Ray without the CPUs
     and memory for one: the pool would wait forever for actors that cannot start); on a cluster, unless `face_actors`
     fixes it, a pool that grows from one actor as the autoscaler adds nodes (the CPUs present at
     the start, none on a fresh cluster, would fix it at one). Each actor has its next input queued,
@@ -55,9 +74,9 @@ def _actor_pool(cfg: PortraitFlowConfig, inputs: int) -> ActorPoolStrategy:
 
     cpus, memory = local_resource(cfg.ray, "CPU"), local_resource(cfg.ray, "memory")
     if cpus is None and not cfg.curate.face_actors:
-        return ActorPoolStrategy(min_size=1, max_size=inputs, max_tasks_in_flight_per_actor=2)
+        return ActorPoolStrategy(min_size=1, max_size=tasks, max_tasks_in_flight_per_actor=2)
     fit = None if cpus is None else min(int(cpus) // cfg.curate.actor_cpus, int(memory // WORKER_MEMORY))
-    actors = max(1, min(cfg.curate.face_actors or fit, inputs))
+    actors = max(1, min(cfg.curate.face_actors or fit, tasks))
     return ActorPoolStrategy(min_size=actors, max_size=actors, max_tasks_in_flight_per_actor=2)
 
 
@@ -70,7 +89,8 @@ def curate_inputs(rows: list[dict[str, Any]], cfg: PortraitFlowConfig, scan_dir:
         return [], ""
     # Largest files first: the inputs that start last decide how long CPUs idle at the end.
     rows = sorted(rows, key=lambda r: -input_bytes(r["uri"]))
-    ds = _configured(ray.data.from_items(rows, override_num_blocks=len(rows)), cfg)
+    blocks = input_blocks(len(rows), cfg.curate.inputs_per_task)
+    ds = _configured(ray.data.from_items(rows, override_num_blocks=blocks), cfg)
     ds = ds.map_batches(
         CurateInputStage,
         fn_constructor_kwargs={"config": cfg.model_dump(mode="json"), "scan_dir": str(scan_dir),
@@ -80,7 +100,7 @@ def curate_inputs(rows: list[dict[str, Any]], cfg: PortraitFlowConfig, scan_dir:
         num_cpus=cfg.curate.actor_cpus,
         memory=WORKER_MEMORY,
         # The probe runs inside the actor, since a separate probe task would find every CPU held by the actors.
-        compute=_actor_pool(cfg, len(rows)),
+        compute=_actor_pool(cfg, blocks),
     )
     out = ds.take_all()
     return out, ds.stats()
@@ -88,8 +108,9 @@ def curate_inputs(rows: list[dict[str, Any]], cfg: PortraitFlowConfig, scan_dir:
 
 def render_decided(rows: list[dict[str, Any]], cfg: PortraitFlowConfig, scan_dir: Path,
                    staging_dir: Path, attempts_dir: Path) -> list[dict]:
-    """The second pass when rendering waits for the corpus decisions: one task per input with
-    kept clips (`keys`), on `actor_cpus` CPUs like the scan; returns the rows that came back."""
+    """The second pass when rendering waits for the corpus decisions: a task per input with kept
+    clips (`keys`; in a large run, per block of them: `input_blocks`), on `actor_cpus` CPUs like the
+    scan; returns the rows that came back."""
     import ray.data
 
     from portraitflow.operators.curate_input import render_decided_clips
@@ -97,7 +118,7 @@ def render_decided(rows: list[dict[str, Any]], cfg: PortraitFlowConfig, scan_dir
     if not rows:
         return []
     ds = _configured(ray.data.from_items(sorted(rows, key=lambda r: -input_bytes(r["uri"])),
-                                         override_num_blocks=len(rows)), cfg)
+                                         override_num_blocks=input_blocks(len(rows), cfg.curate.inputs_per_task)), cfg)
     ds = ds.map(render_decided_clips, num_cpus=cfg.curate.actor_cpus, memory=WORKER_MEMORY,
                 fn_kwargs={"config": cfg.model_dump(mode="json"), "scan_dir": str(scan_dir),
                            "staging_dir": str(staging_dir), "attempts_dir": str(attempts_dir),

@@ -455,15 +455,20 @@ def test_an_unexpected_error_while_curating_gives_a_failed_row_with_its_text(tmp
 
 def test_an_input_that_crashes_its_render_worker_is_given_up_on(tmp_path: Path) -> None:
     """The second render pass (a cap per identity) counts starts as the first pass does: Ray Data
-    retries a task whose worker died forever, so the start after the last allowed one fails its clips."""
+    retries a task whose worker died forever, so the start after the last allowed one fails its
+    clips; a start that finishes clears the count (its task may be retried for another input)."""
     from portraitflow.operators.curate_input import render_decided_clips
+    from portraitflow.operators.quarantine import start_attempt
 
     cfg = load_config(None, OVERRIDES + ["mlflow.enabled=false"])
     row = {"input_key": "talk-0123456789", "uri": str(tmp_path / "talk.mp4"), "width": 64, "height": 64,
            "keys": json.dumps(["talk-0123456789_00000000_00002000"])}
     args = (cfg.model_dump(mode="json"), str(tmp_path), str(tmp_path), str(tmp_path), 2)
-    for _ in range(2):  # the file is gone: each start fails its clip with why, and counts
+    for _ in range(3):  # the file is gone: each start fails its clip with why, and finishes
         assert "FileNotFoundError" in render_decided_clips(dict(row), *args)["render_errors"]
+    assert not (tmp_path / "render-talk-0123456789").exists()
+    for _ in range(2):  # two starts whose worker died before they finished
+        start_attempt(tmp_path, "render-talk-0123456789")
     given_up = render_decided_clips(dict(row), *args)
     assert json.loads(given_up["render_errors"]) == {
         "talk-0123456789_00000000_00002000": "render: quarantined: the worker processing this job crashed on each of "

@@ -160,7 +160,7 @@ def test_the_curation_actor_pool_grows_on_a_cluster_and_fits_a_local_ray(
     have = {"CPU": cpus, "memory": memory_gib and memory_gib * 1024**3}
     monkeypatch.setattr(curate, "local_resource", lambda _ray, resource: have[resource])
     overrides = ["curate.actor_cpus=2"] + ([f"curate.face_actors={face_actors}"] if face_actors else [])
-    pool = curate._actor_pool(load_config(None, overrides), inputs=30)
+    pool = curate._actor_pool(load_config(None, overrides), tasks=30)
     assert (pool.min_size, pool.max_size) == sizes
 
 

@@ -569,12 +569,26 @@ def test_offline_samples_cover_accept_reject_and_fail(tmp_path: Path) -> None:
 
 
 def test_attempts_are_counted_per_input_on_disk(tmp_path: Path) -> None:
-    """A restarted worker reads how often an input was started before: that is what quarantines it."""
-    from portraitflow.operators.quarantine import start_attempt
+    """A restarted worker reads how often an input was started before: that is what quarantines it.
+    An input that finished starts again from one (a retried task of several inputs starts it again)."""
+    from portraitflow.operators.quarantine import finish_attempt, start_attempt
 
     assert [start_attempt(tmp_path, "a-1") for _ in range(3)] == [1, 2, 3]
     assert start_attempt(tmp_path, "b-2") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-1", "b-2"]  # no temp files left behind
+    finish_attempt(tmp_path, "b-2")
+    assert start_attempt(tmp_path, "b-2") == 1 and start_attempt(tmp_path, "a-1") == 4
+
+
+@pytest.mark.parametrize(("inputs", "per_task", "blocks"), [
+    (1, 0, 1), (1000, 0, 1000),  # one input a task: the best balance at the end of a run
+    (1001, 0, 1000), (16000, 0, 1000), (16001, 0, 1001), (1_000_000, 0, 62_500),  # at most 16 a task above
+    (5, 2, 3), (5, 10, 1),  # as set
+])
+def test_large_runs_group_inputs_into_tasks(inputs: int, per_task: int, blocks: int) -> None:
+    from portraitflow.pipelines.curate import input_blocks
+
+    assert input_blocks(inputs, per_task) == blocks
 
 
 def test_folders_are_walked_through_links_and_broken_links_fail_with_their_reason(tmp_path: Path) -> None:

@@ -550,7 +550,7 @@ def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], p
         elapsed = time.perf_counter() - started
         metrics = _metrics(manifest, clips, scanned, elapsed, {r["input_key"] for r in rows}, index, cfg.curate.fps)
         if run is not None:
-            _log_run(cfg, layout, metrics, clips, ray_stats)
+            _log_run(cfg, layout, metrics, manifest, clips, {r["input_key"] for r in rows}, ray_stats)
             metrics["mlflow_run_id"] = run.info.run_id
     return metrics
 
@@ -588,21 +588,30 @@ def _metrics(manifest, clips, scanned, elapsed: float, keys: set[str], index: di
     return metrics
 
 
-def _log_run(cfg: PortraitFlowConfig, layout: Layout, metrics: dict[str, Any], clips, ray_stats: str) -> None:
+def _log_run(cfg: PortraitFlowConfig, layout: Layout, metrics: dict[str, Any], manifest, clips, keys: set[str],
+             ray_stats: str) -> None:
+    """The run's params, metrics and artifacts: the manifest and clip rows of the inputs it was
+    given (`keys`), as its metrics count them; the folder holds the whole corpus's, which logged on
+    every run would copy a corpus of a million inputs' tables (about 1 GB) into each run."""
     import mlflow
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
     from portraitflow.operators.curation_report import contact_sheet, histograms
 
     flat = {f"{section}.{k}": v for section, values in cfg.model_dump(mode="json").items() for k, v in values.items()}
     mlflow.log_params({k: str(v) for k, v in flat.items()})  # MLflow cuts a value past its limit, with a warning
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-    mlflow.log_artifact(str(layout.out / "manifest.parquet"))
-    mlflow.log_artifact(str(layout.out / "clips.parquet"))
+    given = pa.array(sorted(keys), pa.string())
+    manifest, clips = (table.filter(pc.is_in(table["input_key"], value_set=given)) for table in (manifest, clips))
     with tempfile.TemporaryDirectory() as tmp:
+        pq.write_table(manifest, Path(tmp) / "manifest.parquet")
+        pq.write_table(clips, Path(tmp) / "clips.parquet")
         contact_sheet(layout.shards, Path(tmp) / "contact_sheet.png")
         histograms(clips, Path(tmp) / "histograms.png")
         (Path(tmp) / "ray_data_stats.txt").write_text(ray_stats)
-        for name in ("contact_sheet.png", "histograms.png", "ray_data_stats.txt"):
+        for name in ("manifest.parquet", "clips.parquet", "contact_sheet.png", "histograms.png", "ray_data_stats.txt"):
             mlflow.log_artifact(str(Path(tmp) / name))
 
 

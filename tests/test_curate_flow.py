@@ -235,6 +235,24 @@ def test_rerun_skips_finished_inputs_and_adds_nothing(curated, flow_inputs, caps
     assert sum(s["samples"] for s in summary["shards"]) == summary["clips"]["accepted"]
 
 
+def test_a_run_logs_the_rows_of_the_inputs_it_was_given(curated, flow_inputs, tmp_path: Path) -> None:
+    """A rerun given one input logs that input's manifest and clip rows, as its metrics count them:
+    the whole corpus's tables were copied into every run (about 1 GB at a million inputs)."""
+    import pyarrow.parquet as pq
+    from mlflow.tracking import MlflowClient
+
+    from portraitflow.jobs.curate import run_curation
+
+    out, _, uri = curated
+    one = next(path for path, expected in sorted(flow_inputs.items()) if expected == "accepted")
+    metrics = run_curation(load_config(None, OVERRIDES + [f"mlflow.tracking_uri={uri}"]), [one], out)
+    logged = Path(MlflowClient(tracking_uri=uri).download_artifacts(metrics["mlflow_run_id"], "", str(tmp_path)))
+    manifest, clips = (pq.read_table(logged / name).to_pydict() for name in ("manifest.parquet", "clips.parquet"))
+    assert manifest["path"] == [one] and metrics["inputs"] == 1
+    assert set(clips["input_key"]) == set(manifest["input_key"]) and len(clips["key"]) >= 1
+    assert len(pq.read_table(out / "manifest.parquet")) == len(flow_inputs)  # the folder's stay whole
+
+
 def _shard_members(out: Path) -> dict[str, bytes]:
     members = {}
     for path in sorted((out / "shards").glob("*.tar")):

@@ -48,8 +48,8 @@ from portraitflow.operators.probe import error_text
 from portraitflow.operators.quarantine import MAX_ATTEMPTS, quarantined_row
 from portraitflow.operators.scan_store import (GALLERY_DIGEST_PREFIX, GALLERY_SETTINGS, SCAN_MEASURES_VERSION,
                                                gallery_digests, load_scan_meta, scan_clips, scan_path)
-from portraitflow.operators.shards import (INDEX_NAME, pack_shards, rewrite_whole, shard_paths, whole_shard_keys,
-                                           write_index)
+from portraitflow.operators.shards import (INDEX_NAME, default_pack_workers, pack_shards, rewrite_whole, shard_paths,
+                                           whole_shard_keys, write_index)
 
 log = logging.getLogger(__name__)
 
@@ -544,7 +544,7 @@ def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], p
             if path.stem not in owner:
                 path.unlink()
         pack_shards(layout.staging, layout.shards, cfg.curate.shard_max_samples, cfg.curate.shard_max_bytes, on_shard,
-                    layout.shard_keys)
+                    layout.shard_keys, cfg.curate.shard_pack_workers or default_pack_workers())
         index = write_index(out, layout.shards)
         manifest, clips = ledger.write_tables(out, ledger.load_markers(layout.done))
         elapsed = time.perf_counter() - started

@@ -1,21 +1,32 @@
 """WebDataset shards: one staged tar per sample, then packed in key order into numbered shards.
 
 A sample is staged as `staging/{key}.tar` as soon as it is rendered (atomically), so a resumed
-run re-renders nothing that finished. Packing walks staged samples in sorted key order and appends
-shards `shards/{n:06d}.tar` after those already written, skipping keys any shard already holds: a
-key is never written twice, and a run killed between shards and rerun fills the same shards as an
-uninterrupted run. Every member is raw bytes (mp4, jpg, json, npy): no pickle.
+run re-renders nothing that finished. Packing plans staged samples in sorted key order into shards
+`shards/{n:06d}.tar` after those already written, skipping keys any shard already holds, writes
+the planned shards in parallel and moves them into place in number order: a key is never written
+twice, and a run killed between shards and rerun fills the same shards as an uninterrupted run.
+Every member is raw bytes (mp4, jpg, json, npy): no pickle.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import io
+import itertools
 import json
 import logging
+import multiprocessing
 import os
 import re
+import shutil
+import signal
+import sys
 import tarfile
+import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -201,21 +212,35 @@ def rewrite_whole(path: Path) -> list[str]:
     return keys
 
 
-def pack_shards(
-    staging_dir: Path,
-    shard_dir: Path,
-    max_samples: int,
-    max_bytes: int,
-    on_shard: Callable[[list[str]], None] | None = None,
-    remember_in: Path | None = None,
-) -> list[Path]:
-    """Move staged samples, in key order, into new shards after the existing ones.
+#: below this many samples (seconds of packing), it stays in this process: writers take 0.2-0.4 s to
+#: start, and 1.2 s of CPU each more under the CLI, which a spawned process imports again; on a
+#: shared 2-core machine they lost at 500 samples (0.7-0.9x) and gave 0.9-1.6x at 1,000-2,000
+#: (`benchmarks/pack_shards.py`)
+PARALLEL_FROM_SAMPLES = 2000
+#: writers at most by default: each copies about 250 MB/s (`benchmarks/pack_shards.py`), so 8
+#: (2 GB/s) already outrun most volumes a head node writes to
+MAX_DEFAULT_WORKERS = 8
+#: shards written whole but not yet in place, in `.packing.*` folders of the shard folder (one a run)
+PACKING_PREFIX = ".packing."
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
-    `on_shard(keys)` runs after each shard is durable (completion markers hang off it); staged
-    files are deleted only afterwards. Each new shard's keys are noted in `remember_in`
-    (`whole_shard_keys`), so the next run does not read back the headers of shards it wrote
-    (41 ms for a shard of 100 samples in the page cache: 34 min for 50,000). Returns the shards written.
-    """
+
+def default_pack_workers() -> int:
+    """One writer per CPU this process may run on, at most MAX_DEFAULT_WORKERS."""
+    return max(1, min(MAX_DEFAULT_WORKERS, len(os.sched_getaffinity(0))))
+
+
+@dataclass(frozen=True)
+class _PlannedShard:
+    target: Path
+    staged: tuple[Path, ...]
+
+
+def _plan_shards(staging_dir: Path, shard_dir: Path, max_samples: int, max_bytes: int) -> list[_PlannedShard]:
+    """The new shards, numbered after the existing ones, and the staged samples each will hold: in
+    key order, skipping (and deleting) samples a shard already holds, each shard ending at whichever
+    limit comes first by the staged files' sizes. Decided before any shard is written, so shards
+    written at once hold what one written after the other would."""
     existing = shard_paths(shard_dir)
     done = {key for path in existing for key in shard_keys(path)}
     number = int(SHARD_NAME.match(existing[-1].name).group(1)) + 1 if existing else 0
@@ -224,7 +249,7 @@ def pack_shards(
         if path.stem in done:
             path.unlink()
     pending = deque(p for p in staged if p.exists())
-    written: list[Path] = []
+    plan: list[_PlannedShard] = []
     while pending:
         batch, size = [], 0
         while pending and len(batch) < max_samples:
@@ -233,17 +258,101 @@ def pack_shards(
                 break
             size += sample_size
             batch.append(pending.popleft())
-        target = shard_dir / f"{number:06d}.tar"
-        with atomic_target(target) as tmp, open(tmp, "wb") as out:  # durable before a marker vouches for it
-            _write_samples(out, (read_staged(p) for p in batch))
-        keys = [p.stem for p in batch]
-        _remember_whole(target, target.stat(), keys, remember_in)  # written whole, just now
-        if on_shard:
-            on_shard(keys)
-        for p in batch:
-            p.unlink()
-        written.append(target)
-        number += 1
+        plan.append(_PlannedShard(shard_dir / f"{number + len(plan):06d}.tar", tuple(batch)))
+    return plan
+
+
+def _write_shard(staged: tuple[Path, ...], packed: Path) -> None:
+    """Write a shard of the staged samples to `packed`, durably (in a writer process, or the driver)."""
+    with atomic_target(packed) as tmp, open(tmp, "wb") as out:
+        _write_samples(out, (read_staged(p) for p in staged))
+
+
+def _start_writer(driver_pid: int) -> None:
+    """A writer dies with its driver (on Linux): one left behind by a killed run would take the shards
+    already queued and then wait forever. Ctrl-C reaches the driver alone, which then lets the shards
+    being written finish and cancels the rest."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != driver_pid:  # the driver died before the line above
+        os._exit(1)
+
+
+def _written_in_order(plan: list[_PlannedShard], packing: Path, workers: int) -> Iterator[_PlannedShard]:
+    """The planned shards, in shard order, each once written whole to `packing` under its name: one
+    after the other in this process with one worker, else by `workers` processes (tarfile holds the
+    GIL: threads packed 0.6-1.2x as fast as one, `benchmarks/pack_shards.py --threads`), at most two
+    shards each ahead of the first one not yet given back, so finished shards never pile up on the
+    disk beside their staged samples."""
+    if workers == 1:
+        for shard in plan:
+            _write_shard(shard.staged, packing / shard.target.name)
+            yield shard
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),  # no fork of Ray's threads
+                               initializer=_start_writer, initargs=(os.getpid(),))
+
+    def submit(shard: _PlannedShard) -> tuple[_PlannedShard, Future]:
+        return shard, pool.submit(_write_shard, shard.staged, packing / shard.target.name)
+
+    try:
+        todo = iter(plan)
+        ahead = deque(map(submit, itertools.islice(todo, 2 * workers)))
+        while ahead:
+            shard, writing = ahead.popleft()
+            writing.result()
+            ahead.extend(map(submit, itertools.islice(todo, 1)))
+            yield shard
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def pack_shards(
+    staging_dir: Path,
+    shard_dir: Path,
+    max_samples: int,
+    max_bytes: int,
+    on_shard: Callable[[list[str]], None] | None = None,
+    remember_in: Path | None = None,
+    workers: int = 1,
+) -> list[Path]:
+    """Move staged samples, in key order, into new shards after the existing ones.
+
+    Which samples go into which shard is planned first (`_plan_shards`); the shards are then written
+    by `workers` processes at once (by this process alone below PARALLEL_FROM_SAMPLES samples) into
+    a folder of this call's own, and moved into place one by one in shard order, so the shard folder
+    never holds a shard after a missing one and a killed run resumes as one that ran through.
+    `on_shard(keys)` runs, in shard order, once a shard is durably in place (completion markers
+    hang off it); its staged files are deleted only afterwards. Each new shard's keys are noted in
+    `remember_in` (`whole_shard_keys`), so the next run does not read back the headers of shards
+    it wrote (41 ms for a shard of 100 samples in the page cache: 34 min for 50,000). Returns the
+    shards written.
+    """
+    for abandoned in shard_dir.glob(PACKING_PREFIX + "*"):  # a killed run's shards, written but not moved in
+        shutil.rmtree(abandoned, ignore_errors=True)
+    plan = _plan_shards(staging_dir, shard_dir, max_samples, max_bytes)
+    if not plan:
+        return []
+    if sum(len(shard.staged) for shard in plan) < PARALLEL_FROM_SAMPLES:
+        workers = 1
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    packing = Path(tempfile.mkdtemp(prefix=PACKING_PREFIX, dir=shard_dir))
+    written: list[Path] = []
+    try:
+        with contextlib.closing(_written_in_order(plan, packing, min(workers, len(plan)))) as written_in_order:
+            for shard in written_in_order:
+                with atomic_target(shard.target) as tmp:  # moved in durably, before a marker vouches for it
+                    os.replace(packing / shard.target.name, tmp)
+                keys = [p.stem for p in shard.staged]
+                _remember_whole(shard.target, shard.target.stat(), keys, remember_in)  # written whole, just now
+                if on_shard:
+                    on_shard(keys)
+                for p in shard.staged:
+                    p.unlink()
+                written.append(shard.target)
+    finally:
+        shutil.rmtree(packing, ignore_errors=True)
     return written
 
 

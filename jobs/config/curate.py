@@ -149,6 +149,11 @@ class CurateConfig(BaseModel):
     shard_max_bytes: int = Field(
         1 << 30, ge=1, json_schema_extra=OPERATIONAL, description="Bytes per shard; a shard ends at whichever limit comes first."
     )
+    shard_pack_workers: int = Field(
+        0, ge=0, json_schema_extra=OPERATIONAL, description="Processes writing shards at once on the driver, once "
+        "every input is done (0: one per CPU the driver may use, at most 8); below 2,000 samples to pack the driver "
+        "writes them alone. The shards are the same, byte for byte, whatever the number."
+    )
     # resources
     inputs_per_task: int = Field(
         0, ge=0, json_schema_extra=OPERATIONAL, description="Inputs a curation task holds (0: one each up to 1,000 "

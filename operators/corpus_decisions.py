@@ -3,7 +3,9 @@
 They need every clip, so the driver takes them once every input is scanned (jobs/curate.py, which
 also tells which clips the corpus holds already); the comparisons are operators/corpus_ledger.py's
 `CorpusLedger`, which the folder keeps between runs. Greedy, in a fixed order, so the result
-depends on neither file names nor where an earlier run was stopped.
+depends on neither file names nor where an earlier run was stopped before its decisions (a run
+stopped after them, before it packed every clip they kept, decides the clips it had not packed
+again, against those it had: a few decisions may differ from the run it resumes).
 """
 from __future__ import annotations
 
@@ -48,8 +50,8 @@ def decide_clips(corpus: CorpusLedger, committed: list[tuple[str, dict[str, Any]
     were packed, or by none) enter the ledger first, so new clips are capped and de-duplicated
     against all of it. Then the undecided are decided greedily in `decision_order`
     (longest first): an excerpt never rejects the longer original it was cut from, nor takes the
-    identity's cap before it, whatever the file names; a fixed order also makes a resumed run decide
-    as an uninterrupted one did.
+    identity's cap before it, whatever the file names; a fixed order also makes a run resumed from
+    before its decisions decide as an uninterrupted one did.
     """
     for key, clip in committed:
         corpus.keep(clip["key"], *identities(key, clip))

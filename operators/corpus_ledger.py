@@ -2,19 +2,22 @@
 per identity) and the clips' footage (near-duplicates: the same footage whole, or a stretch of it,
 operators/overlap.py).
 
-The rows of the kept clips (embedding, whole-clip signature, footage windows: about 66 kB for a
-10-s clip) are appended to files, not held in RAM: held, they bounded an output folder to about
-50,000 inputs on a 128-GB head node (docs/capacity.md), and only the rows of the new clip's
-identity are ever read. `save` writes which clip each row is and the clusters beside them, so the
-next run reopens the ledger as this one left it, less the clips the shards do not hold, instead of
-computing every committed clip's windows again from its scan (56.5 s and 2.3 GB for 20,000 clips).
+The rows of the kept clips (embedding, whole-clip signature, footage windows: about 69 kB for a
+10-s clip) are appended to files and read back through a memory map, not held by the process:
+held, they bounded an output folder to about 50,000 inputs on a 128-GB head node
+(docs/capacity.md), and only the rows of the new clip's identity are ever read. `save` writes
+which clip each row is and the clusters beside them, so the next run reopens the ledger as this
+one left it, less the clips the shards do not hold, instead of computing every committed clip's
+windows again from its scan (56.5 s and 2.3 GB for 20,000 clips).
 """
 from __future__ import annotations
 
-import io
+import functools
 import json
+import logging
 import os
 import tempfile
+import uuid
 import zipfile
 from collections.abc import Collection
 from pathlib import Path
@@ -23,20 +26,39 @@ import numpy as np
 
 from portraitflow.jobs.config.curate import CurateConfig
 from portraitflow.models.face.base import l2_normalise
-from portraitflow.operators.atomic import atomic_write
+from portraitflow.operators import overlap as footage
+from portraitflow.operators.atomic import atomic_target
 from portraitflow.operators.filters import DUPLICATE, IDENTITY_OVER_CAP, PARTIAL_DUPLICATE
 from portraitflow.operators.overlap import (QUERY_HOP_FRAMES, OverlapRule, SharedFootage, kept_hop_frames,
                                             mirrored_signature, shared_footage, window_signatures, window_starts)
 
-#: bumped when what the saved files hold changes meaning; a ledger of another version is rebuilt
+log = logging.getLogger(__name__)
+
+#: bumped when what the saved files hold changes meaning; a ledger of another version is made again
 LEDGER_VERSION = 1
 TABLE_NAME = "ledger.npz"
-#: the row files: a kept clip's embedding and signature, and its footage windows (whose start frames
-#: follow from its length: `overlap.window_starts`)
+#: the row files, `{name}-{ledger id}.bin`: a kept clip's embedding and signature, and its footage
+#: windows (whose start frames follow from its length: `overlap.window_starts`)
 ROW_FILES = ("embeddings", "signatures", "windows")
 #: a kept clip's columns in the table: its cluster, its rows (a signature row of -1: it has none;
 #: windows lo..hi), its length in frames
 CLUSTER, EMBEDDING, SIGNATURE, WINDOWS_LO, WINDOWS_HI, FRAMES = range(6)
+
+
+def _footage_geometry() -> dict[str, float]:
+    """What the saved signatures and windows mean, in code: a release that changes it makes the
+    ledger again rather than compare old rows with new ones."""
+    return {name: getattr(footage, name) for name in ("SIGNATURE_SIDE", "SIGNATURE_STEPS", "SIGNATURE_SMOOTH_FRAMES",
+                                                      "WINDOW_SECONDS", "WINDOW_STEPS", "WINDOW_POOL", "KEPT_HOP_SECONDS")}
+
+
+@functools.lru_cache(maxsize=4096)
+def _kept_window_starts(frames: int, fps: float) -> np.ndarray:
+    """A kept clip's window start frames, by its length: asked for every kept clip of an identity at
+    each decision."""
+    starts = window_starts(frames, fps, kept_hop_frames(fps))
+    starts.flags.writeable = False
+    return starts
 
 
 class _Rows:
@@ -66,15 +88,17 @@ class _Rows:
 
 
 class _RowFile:
-    """float32 rows of one width appended to a file and read back by number: the page cache, not
-    the process, holds what is read often. Without a path, an unnamed temporary file (a ledger that
-    is never saved)."""
+    """float32 rows of one width appended to a file and read back through a read-only memory map:
+    the page cache, not the process, holds what is read often. The file grows, sparse, to twice what
+    it holds, so the map stays valid for the appends that fit. Without a path, an unnamed temporary
+    file (a ledger that is never saved)."""
 
     dtype = np.dtype(np.float32)
 
     def __init__(self, path: Path | None, width: int = 0, count: int = 0) -> None:
         self._file = tempfile.TemporaryFile() if path is None else open(path, "r+b" if count else "w+b")  # noqa: SIM115
         self.width, self.count = width, count
+        self._map: np.memmap | None = None
 
     def append(self, rows: np.ndarray) -> int:
         """Write `rows` (n, width) after the others; returns the first one's number."""
@@ -83,20 +107,30 @@ class _RowFile:
             self.width = rows.shape[1]
         if rows.shape[1] != self.width:
             raise ValueError(f"rows of {rows.shape[1]} values appended to a file of rows of {self.width}")
-        first = self.count
-        os.pwrite(self._file.fileno(), rows.tobytes(), first * self._row_bytes)
+        first, fd = self.count, self._file.fileno()
+        at, data = first * self._row_bytes, memoryview(rows.tobytes())
+        size = os.fstat(fd).st_size
+        if size < at + len(data):
+            os.ftruncate(fd, max(at + len(data), 2 * size))
+        while data:  # a write may stop short (a full disk frees up): a hole of zeros would pass for rows
+            written = os.pwrite(fd, data, at)
+            if not written:
+                raise OSError(f"nothing written to the corpus ledger's {self._file.name}")
+            data, at = data[written:], at + written
         self.count += len(rows)
         return first
 
     def take(self, rows: np.ndarray) -> np.ndarray:
-        """The rows numbered `rows`, in that order: one read for each run of consecutive numbers."""
+        """The rows numbered `rows`, in that order (a view of the map where they are consecutive)."""
         rows = np.asarray(rows, np.int64)
         if not len(rows):
             return np.zeros((0, self.width), self.dtype)
-        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-        parts = [np.frombuffer(os.pread(self._file.fileno(), len(run) * self._row_bytes, int(run[0]) * self._row_bytes),
-                               self.dtype) for run in np.split(rows, breaks)]
-        return np.concatenate(parts).reshape(len(rows), self.width)
+        if self._map is None or len(self._map) < self.count:
+            self._map = np.memmap(self._file, self.dtype, "r",
+                                  shape=(os.fstat(self._file.fileno()).st_size // self._row_bytes, self.width))
+        if rows[-1] - rows[0] + 1 == len(rows) and (np.diff(rows) == 1).all():
+            return self._map[rows[0]:rows[-1] + 1]
+        return self._map[rows]
 
     @property
     def _row_bytes(self) -> int:
@@ -107,10 +141,10 @@ class _RowFile:
         return os.fstat(self._file.fileno()).st_size >= self.count * self._row_bytes
 
     def sync(self) -> None:
-        self._file.flush()
         os.fsync(self._file.fileno())
 
     def close(self) -> None:
+        self._map = None
         self._file.close()
 
 
@@ -118,100 +152,125 @@ class CorpusLedger:
     """Kept clips so far: identity clusters (for the cap), and appearance signatures and windows of
     thumbnails (duplicates: the same footage whole, or a stretch of it).
 
-    `folder`: where its row files go and `save` writes its table; without one, temporary files.
-    A new ledger in a folder starts empty, replacing what the folder held; `reopen` takes it back
-    (`saved`: the row files' widths and counts its table gives).
+    A new ledger is empty; with `folder`, its row files go there under a new id, and the table and
+    files saved there before stay until `save` replaces them (a run stopped before leaves the last
+    saved ledger whole). `reopen` takes a saved one back (`saved`: its table's meta).
     """
 
     def __init__(self, same_person: float, max_per_identity: int, duplicate_similarity: float,
-                 overlap: OverlapRule | None = None, folder: Path | None = None,
-                 saved: dict[str, list[int]] | None = None) -> None:
+                 overlap: OverlapRule | None = None, folder: Path | None = None, saved: dict | None = None) -> None:
         self.same_person = same_person
         self.max_per_identity = max_per_identity
         self.duplicate_similarity = duplicate_similarity
         self.overlap = overlap or OverlapRule.from_config(CurateConfig())  # None: the default settings
         self.folder = folder
+        self.id = saved["id"] if saved else uuid.uuid4().hex[:16]
         self.keys: list[str] = []  # the kept clips' sample keys, in the order they were kept
         self._clips = _Rows(np.int64)  # a row of the CLUSTER...FRAMES columns per kept clip
         self._centroids = _Rows()
         self._counts: list[int] = []
         self._members: list[list[int]] = []  # per cluster, its clips' numbers in the order they were kept
-        if folder is not None and saved is None:
+        if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / TABLE_NAME).unlink(missing_ok=True)  # its row files are about to be replaced
-        self._rows = {name: _RowFile(folder and folder / f"{name}.bin", *(saved or {}).get(name, (0, 0)))
-                      for name in ROW_FILES}
+        self._rows: dict[str, _RowFile] = {}
+        try:
+            for name in ROW_FILES:
+                self._rows[name] = _RowFile(folder and folder / f"{name}-{self.id}.bin",
+                                            *(saved["rows"][name] if saved else (0, 0)))
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
     def reopen(cls, folder: Path, committed: Collection[str], same_person: float, max_per_identity: int,
                duplicate_similarity: float, overlap: OverlapRule) -> CorpusLedger:
         """The ledger a run saved in `folder`, less its clips not `committed` (not in the shards: a
-        render failed, a run was stopped before packing, a damaged shard was cut); empty when none
-        was saved or it was made with other settings.
+        render failed, a run was stopped before packing, a damaged shard was cut), as if they had
+        never been kept; a new, empty one (said in the log) when none was saved, or it was made
+        with other settings or footage geometry, or is damaged."""
+        def anew(why: str | None) -> CorpusLedger:
+            if why:
+                log.warning("%s: the corpus ledger is made again from the scans of the clips in the shards: %s",
+                            folder, why)
+            return cls(same_person, max_per_identity, duplicate_similarity, overlap, folder)
 
-        Left out, the clips' identities stay as they were clustered, each centroid made again from
-        the clips it keeps (a cluster keeping none is dropped): no clip is compared anew."""
         try:
             with np.load(folder / TABLE_NAME, allow_pickle=False) as saved:
                 table = {name: saved[name] for name in saved.files}
             meta = json.loads(str(table["meta"]))
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # none saved, or cut short
-            return cls(same_person, max_per_identity, duplicate_similarity, overlap, folder)
-        if meta != cls._meta_for(same_person, overlap) | {"rows": meta.get("rows")}:
-            return cls(same_person, max_per_identity, duplicate_similarity, overlap, folder)
+        except FileNotFoundError:
+            return anew(None)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            return anew(f"its table cannot be read ({exc})")
+        expected = cls._meta_for(same_person, overlap)
+        changed = [name for name, value in expected.items() if meta.get(name) != value]
+        if changed:
+            return anew(f"it was made with another {', '.join(changed)}")
         try:
-            ledger = cls(same_person, max_per_identity, duplicate_similarity, overlap, folder, saved=meta["rows"])
-        except (OSError, KeyError, TypeError, ValueError):  # a row file gone, or the table's rows unlike any
-            return cls(same_person, max_per_identity, duplicate_similarity, overlap, folder)
+            ledger = cls(same_person, max_per_identity, duplicate_similarity, overlap, folder, saved=meta)
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            return anew(f"its row files cannot be opened ({exc})")
         if not all(rows.holds_its_rows() for rows in ledger._rows.values()):
             ledger.close()
-            return cls(same_person, max_per_identity, duplicate_similarity, overlap, folder)
+            return anew("its row files are shorter than its table says")
         keys = table["keys"].tobytes().decode().split("\n") if len(table["keys"]) else []
-        kept = np.array([key in committed for key in keys], bool)
-        ledger._restore(keys, table["clips"], table["centroids"], table["counts"], kept)
+        ledger._restore(keys, table, np.array([key in committed for key in keys], bool))
         return ledger
 
-    def _restore(self, keys: list[str], clips: np.ndarray, centroids: np.ndarray, counts: np.ndarray,
-                 kept: np.ndarray) -> None:
-        """Take the saved clips that are `kept`; their clusters' centroids made again where some are not."""
-        clips = clips[kept]
+    def _restore(self, keys: list[str], table: dict[str, np.ndarray], kept: np.ndarray) -> None:
+        """Take back the saved clips that are `kept`, as the ledger would be had it never kept the others.
+
+        Clips kept before the first one left out never met it: they stay in their clusters. From it
+        on, each clip is clustered again as `keep` clusters it (a clip that joined two people's
+        clips into one cluster may be the one left out). The rows of left-out clips after the last
+        clip kept are written over by the next appends, so the table is saved again at once."""
+        clips = table["clips"][kept]
         self.keys = [key for key, keep in zip(keys, kept) if keep]
-        if not kept.all():
-            used, clips[:, CLUSTER] = np.unique(clips[:, CLUSTER], return_inverse=True)
-            centroids, counts = np.zeros((len(used), centroids.shape[1]), np.float32), np.zeros(len(used), np.int64)
-            embeddings = self._rows["embeddings"].take(clips[:, EMBEDDING])
-            for cluster, embedding in zip(clips[:, CLUSTER], embeddings):  # as `keep` made them, in the same order
-                centroids[cluster] = l2_normalise(centroids[cluster] * counts[cluster] + embedding)
-                counts[cluster] += 1
-        self._clips = _Rows(np.int64, clips.copy())
-        self._centroids = _Rows(np.float32, centroids.copy())
-        self._counts = counts.tolist()
-        self._members = [[] for _ in self._counts]
-        for number, cluster in enumerate(clips[:, CLUSTER].tolist()):
-            self._members[cluster].append(number)
+        if kept.all():
+            self._clips = _Rows(np.int64, clips)
+            self._centroids = _Rows(np.float32, table["centroids"])
+            self._counts = table["counts"].tolist()
+            self._members = [[] for _ in self._counts]
+            for number, cluster in enumerate(clips[:, CLUSTER].tolist()):
+                self._members[cluster].append(number)
+            return
+        first_left_out = int(np.argmin(kept))
+        self._clips = _Rows(np.int64)
+        for number, (clip, embedding) in enumerate(zip(clips, self._rows["embeddings"].take(clips[:, EMBEDDING]))):
+            clip[CLUSTER] = self._join(embedding, int(clip[CLUSTER]) if number < first_left_out else None)
+            self._members[clip[CLUSTER]].append(self._clips.append(clip))
+        ends = {"embeddings": clips[:, EMBEDDING] + 1, "signatures": clips[:, SIGNATURE] + 1,
+                "windows": clips[:, WINDOWS_HI]}
+        for name, rows in self._rows.items():
+            rows.count = int(ends[name].max(initial=0))
+        self.save()
 
     @staticmethod
     def _meta_for(same_person: float, overlap: OverlapRule) -> dict:
-        """What the saved rows and clusters depend on: the clustering threshold and the windows' spacing."""
+        """What the saved rows and clusters depend on: the clustering threshold, the frame rate and
+        the footage geometry."""
         return {"version": LEDGER_VERSION, "same_person": same_person, "fps": overlap.fps,
-                "kept_hop_frames": kept_hop_frames(overlap.fps)}
+                "geometry": _footage_geometry()}
 
     def save(self) -> None:
         """Make the row files durable, then write the table that says what they hold (atomically:
-        a run stopped before it reopens the previous table, whose rows are still there)."""
+        a run stopped before reopens the previous table, whose rows are still there), then delete
+        the row files of any other ledger the folder held."""
         if self.folder is None:
             raise ValueError("a ledger without a folder cannot be saved")
         for rows in self._rows.values():
             rows.sync()
-        buffer = io.BytesIO()
         meta = self._meta_for(self.same_person, self.overlap) | {
-            "rows": {name: [rows.width, rows.count] for name, rows in self._rows.items()}}
-        np.savez(buffer, meta=np.array(json.dumps(meta)),
-                 keys=np.frombuffer("\n".join(self.keys).encode(), np.uint8),
-                 clips=self._clips.view() if self.keys else np.zeros((0, FRAMES + 1), np.int64),
-                 centroids=self._centroids.view() if self._counts else np.zeros((0, 0), np.float32),
-                 counts=np.array(self._counts, np.int64))
-        atomic_write(self.folder / TABLE_NAME, buffer.getvalue())
+            "id": self.id, "rows": {name: [rows.width, rows.count] for name, rows in self._rows.items()}}
+        with atomic_target(self.folder / TABLE_NAME) as tmp, open(tmp, "wb") as out:
+            np.savez(out, meta=np.array(json.dumps(meta)),
+                     keys=np.frombuffer("\n".join(self.keys).encode(), np.uint8),
+                     clips=self._clips.view() if self.keys else np.zeros((0, FRAMES + 1), np.int64),
+                     centroids=self._centroids.view() if self._counts else np.zeros((0, 0), np.float32),
+                     counts=np.array(self._counts, np.int64))
+        for other in self.folder.glob("*.bin"):
+            if not other.name.endswith(f"-{self.id}.bin"):
+                other.unlink(missing_ok=True)
 
     def close(self) -> None:
         for rows in self._rows.values():
@@ -225,6 +284,20 @@ class CorpusLedger:
         sims = self._centroids.view() @ embedding
         matching = np.flatnonzero(sims >= self.same_person)  # few of many: sorted alone
         return matching[np.argsort(-sims[matching], kind="stable")].tolist()
+
+    def _join(self, embedding: np.ndarray, cluster: int | None = None) -> int:
+        """Count a kept clip's unit embedding (float32) in `cluster` (None: its person's nearest, or
+        a new one) and move that centroid towards it; returns the cluster."""
+        if cluster is None:
+            cluster = next(iter(self._clusters(embedding)), len(self._counts))
+        if cluster == len(self._counts):
+            self._centroids.append(embedding)
+            self._counts.append(0)
+            self._members.append([])
+        count = self._counts[cluster]
+        self._centroids[cluster] = l2_normalise(self._centroids.view()[cluster] * count + embedding)
+        self._counts[cluster] = count + 1
+        return cluster
 
     def decide(self, embedding: np.ndarray, signature: np.ndarray | None, thumbnails: np.ndarray | None = None,
                measures: dict[str, float] | None = None) -> str | None:
@@ -249,9 +322,10 @@ class CorpusLedger:
             signatures = [signature, *([mirrored_signature(signature, thumbnails.shape[2])]
                                        if thumbnails is not None and self.overlap.mirrored else [])]
             similarity = max(float((kept @ l2_normalise(s)).max()) for s in signatures)
-        if thumbnails is not None:
+        kept_windows = self._kept_windows(clips) if thumbnails is not None else None
+        if kept_windows is not None:
             views = [thumbnails, *([np.flip(thumbnails, axis=2)] if self.overlap.mirrored else [])]
-            found = [f for v in views if (f := self._shared_footage(clips, v)) is not None]
+            found = [f for v in views if (f := self._shared_footage(v, *kept_windows)) is not None]
             shared = found[0] | found[1] if len(found) == 2 else next(iter(found), None)
         if measures is not None:
             if similarity is not None:
@@ -266,38 +340,37 @@ class CorpusLedger:
             return IDENTITY_OVER_CAP
         return None
 
-    def _shared_footage(self, clips: np.ndarray, thumbnails: np.ndarray) -> SharedFootage | None:
-        """The footage a new clip shares with these kept `clips` (of every cluster of its person
-        together: a piece kept in one, the rest in another); None where either side has no window
-        to compare (a clip shorter than a window, kept clips from before thumbnails)."""
+    def _kept_windows(self, clips: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The footage windows of these kept `clips` (of every cluster of the person together: a
+        piece kept in one, the rest in another) and where each is from (`shared_footage`'s
+        `kept_places`); None when they have none (kept clips from before thumbnails)."""
         lengths = clips[:, WINDOWS_HI] - clips[:, WINDOWS_LO]
         if not lengths.sum():
             return None
+        first_of_clip = np.repeat(clips[:, WINDOWS_LO] - np.cumsum(lengths) + lengths, lengths)
+        rows = first_of_clip + np.arange(lengths.sum())  # each clip's windows, consecutive, in time order
+        places = np.stack([np.repeat(np.arange(len(clips)), lengths),
+                           np.concatenate([_kept_window_starts(int(frames), self.overlap.fps)
+                                           for frames in clips[:, FRAMES]]),
+                           np.repeat(clips[:, FRAMES], lengths)], axis=1)
+        return self._rows["windows"].take(rows), places
+
+    def _shared_footage(self, thumbnails: np.ndarray, kept: np.ndarray, places: np.ndarray) -> SharedFootage | None:
+        """The footage a new clip shares with the kept windows; None when it is shorter than a window."""
         starts, signatures = window_signatures(thumbnails, self.overlap.fps, QUERY_HOP_FRAMES)
         if not len(starts):
             return None
-        first_of_clip = np.repeat(clips[:, WINDOWS_LO] - np.cumsum(lengths) + lengths, lengths)
-        rows = first_of_clip + np.arange(lengths.sum())  # each clip's windows, consecutive, in time order
-        hop = kept_hop_frames(self.overlap.fps)
-        places = np.stack([np.repeat(np.arange(len(clips)), lengths),
-                           np.concatenate([window_starts(frames, self.overlap.fps, hop) for frames in clips[:, FRAMES]]),
-                           np.repeat(clips[:, FRAMES], lengths)], axis=1)
-        return shared_footage(starts, signatures, len(thumbnails), self._rows["windows"].take(rows), places,
-                              self.overlap.fps, self.overlap.window_similarity)
+        return shared_footage(starts, signatures, len(thumbnails), kept, places, self.overlap.fps,
+                              self.overlap.window_similarity)
 
     def keep(self, key: str, embedding: np.ndarray, signature: np.ndarray | None,
              thumbnails: np.ndarray | None = None) -> None:
         """Add the kept clip `key`; one without a signature or thumbnails (a sample older than them)
         counts towards its identity's cap but matches no duplicate of the kind it lacks."""
-        embedding = l2_normalise(embedding)
-        cluster = next(iter(self._clusters(embedding)), None)  # the nearest
-        if cluster is None:
-            cluster = self._centroids.append(embedding)
-            self._counts.append(0)
-            self._members.append([])
-        count = self._counts[cluster]
-        self._centroids[cluster] = l2_normalise(self._centroids.view()[cluster] * count + embedding)
-        self._counts[cluster] = count + 1
+        if "\n" in key:
+            raise ValueError(f"a sample key holds a line break: {key!r}")
+        embedding = l2_normalise(embedding).astype(np.float32)  # as the row file gives it back to `_restore`
+        cluster = self._join(embedding)
         signature_row = -1 if signature is None else self._rows["signatures"].append(l2_normalise(signature)[None])
         lo = hi = self._rows["windows"].count
         if thumbnails is not None:

@@ -37,9 +37,9 @@ WORKER_MEMORY = 2560 * 1024**2
 #: up to this many inputs, each is a Ray Data block of its own (one actor task): the best balance at
 #: the end of a run, and a worker that crashes takes one input's task with it
 ONE_INPUT_PER_TASK_UP_TO = 1000
-#: above it, inputs share blocks, at most this many a block: a block costs the driver the same
-#: whatever it holds (building the dataset, Ray Data's scheduling of its task), about 14 ms on a
-#: shared 2-core machine (`benchmarks/ray_input_blocks.py`), 4 h of driver time at 1e6 inputs one a block
+#: above it, inputs share blocks, at most this many a block: a block costs the driver about the
+#: same whatever it holds (building the dataset, Ray Data's scheduling of its task), 21-28 ms on a
+#: shared 2-core machine (`benchmarks/ray_input_blocks.py`), ~6 h of driver time at 1e6 inputs one a block
 MAX_INPUTS_PER_TASK = 16
 
 def _configured(ds: ray.data.Dataset, cfg: PortraitFlowConfig) -> ray.data.Dataset:

@@ -3,6 +3,7 @@ ledger that was saved, less the clips the shards do not hold, and a resume reads
 the committed clips it lacks."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from portraitflow.jobs.config import load_config
 from portraitflow.jobs.config.curate import CurateConfig
 from portraitflow.models.face.base import l2_normalise
 from portraitflow.operators import filters
+from portraitflow.operators import overlap
 from portraitflow.operators.corpus_ledger import TABLE_NAME, CorpusLedger
 from portraitflow.operators.overlap import OverlapRule, content_signature
 from synthetic_footage import footage, re_encoded
@@ -60,18 +62,24 @@ def _decide_all(ledger: CorpusLedger, clips: list) -> list[tuple[str | None, dic
     return decided
 
 
+def _reopen_committed(folder: Path, ledger: CorpusLedger, lost: set[str] = frozenset()) -> CorpusLedger:
+    """`ledger` saved and closed, and reopened with every clip it kept in the shards but `lost`."""
+    ledger.save()
+    ledger.close()
+    return _reopen(folder, committed=set(ledger.keys) - lost)
+
+
 def test_a_reopened_ledger_decides_as_the_one_that_was_saved(tmp_path: Path) -> None:
-    saved = _ledger(tmp_path)
+    in_memory, saved = _ledger(None), _ledger(tmp_path)
     first = _decide_all(saved, CLIPS[:16])
     assert {reason for reason, _ in first} == {None, filters.DUPLICATE}  # the re-encodes are caught
-    saved.save()
-    reopened = _reopen(tmp_path, committed=set(saved.keys))
-    assert reopened.keys == saved.keys
-    later = _decide_all(saved, CLIPS[16:])
+    assert _decide_all(in_memory, CLIPS[:16]) == first
+    reopened = _reopen_committed(tmp_path, saved)
+    assert reopened.keys == in_memory.keys
+    later = _decide_all(in_memory, CLIPS[16:])
     assert _decide_all(reopened, CLIPS[16:]) == later  # reasons and every measure, exactly
     assert filters.IDENTITY_OVER_CAP in {reason for reason, _ in later}
-    reopened.save()
-    assert _reopen(tmp_path, committed=set(reopened.keys)).keys == saved.keys  # saved again, with what it added
+    assert _reopen_committed(tmp_path, reopened).keys == in_memory.keys  # saved again, with what it added
 
 
 def test_clips_the_shards_lack_are_left_out_as_if_never_kept(tmp_path: Path) -> None:
@@ -79,9 +87,8 @@ def test_clips_the_shards_lack_are_left_out_as_if_never_kept(tmp_path: Path) -> 
     shard leaves the ledger; a person all of whose clips left it starts afresh."""
     saved = _ledger(tmp_path)
     _decide_all(saved, CLIPS[:16])
-    saved.save()
     lost = {key for key, *_ in CLIPS[:16:4]} | {CLIPS[2][0]}  # every clip of person 0, and one of person 2
-    reopened = _reopen(tmp_path, committed=set(saved.keys) - lost)
+    reopened = _reopen_committed(tmp_path, saved, lost)
     assert reopened.keys == [key for key in saved.keys if key not in lost]
     never_lost = _ledger(None)
     for key, embedding, signature, thumbnails in CLIPS[:16]:
@@ -89,25 +96,93 @@ def test_clips_the_shards_lack_are_left_out_as_if_never_kept(tmp_path: Path) -> 
             never_lost.keep(key, embedding, signature, thumbnails)
     assert _decide_all(reopened, CLIPS[16:]) == _decide_all(never_lost, CLIPS[16:])
     copy_of_lost = _clip(99, 0, re_encoded(CLIPS[0][3], seed=99))
-    assert _decide_all(_reopen(tmp_path, committed=set(reopened.keys)), [copy_of_lost]) == [(None, {})]
+    (reason, _), = _decide_all(_reopen_committed(tmp_path, reopened), [copy_of_lost])
+    assert reason is None  # its original is no longer in the corpus
 
 
-@pytest.mark.parametrize("change", ["same_person", "fps", "table", "row_file", "none"])
-def test_a_ledger_of_other_settings_or_damaged_is_started_anew(change: str, tmp_path: Path) -> None:
+def test_a_clip_left_out_that_joined_two_people_leaves_them_apart(tmp_path: Path) -> None:
+    """Greedy clustering chains: `a` (39 degrees from both) joined `b` and `c` (78 degrees apart: two
+    people) into one cluster. Left out, they are clustered again without it, so a clip of `c`'s
+    person is held to `c`'s cap alone, as a ledger that never kept `a` holds it."""
+    def at(degrees: float) -> np.ndarray:
+        return np.array([np.cos(np.radians(degrees)), np.sin(np.radians(degrees))], np.float32)
+
+    clips = {name: (f"{name}_00000000_00004000", at(degrees), None, None)
+             for name, degrees in (("a", 39), ("b", 0), ("c", 78), ("d", 80))}
+    saved = _ledger(tmp_path, max_clips_per_identity=2)
+    for name in "abc":
+        saved.keep(*clips[name])
+    assert saved.decide(*clips["d"][1:]) == filters.IDENTITY_OVER_CAP  # one cluster of three
+    reopened = _reopen_committed(tmp_path, saved, lost={clips["a"][0]})
+    never_kept = _ledger(None, max_clips_per_identity=2)
+    for name in "bc":
+        never_kept.keep(*clips[name])
+    assert reopened.decide(*clips["d"][1:]) is never_kept.decide(*clips["d"][1:]) is None
+
+
+def test_the_rows_of_clips_left_out_at_the_end_are_written_over(tmp_path: Path) -> None:
+    """The usual loss (a run stopped before packing, renders that failed) is the last clips kept:
+    their rows are taken back, and the table saved at once, so it never vouches for rows written over."""
+    saved = _ledger(tmp_path)
+    _decide_all(saved, CLIPS[:8])
+    windows_of_six = saved._clips.view()[5, 4]  # the end of the sixth clip's windows
+    reopened = _reopen_committed(tmp_path, saved, lost=set(saved.keys[6:]))
+    assert reopened._rows["windows"].count == windows_of_six and reopened._rows["embeddings"].count == 6
+    _decide_all(reopened, CLIPS[8:12])  # kept over the rows taken back; never saved (the run stops)
+    reopened.close()
+    again = _reopen(tmp_path, committed=set(saved.keys[:6]))
+    assert again.keys == saved.keys[:6]
+    in_memory = _ledger(None)
+    for clip in CLIPS[:8]:
+        if clip[0] in again.keys:
+            in_memory.keep(*clip)
+    assert _decide_all(again, CLIPS[8:]) == _decide_all(in_memory, CLIPS[8:])
+
+
+def test_a_write_that_stops_short_is_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """os.pwrite may write less than it was given (a disk that fills up and frees): the rest is
+    written too, not left a hole of zeros that the table would vouch for."""
+    real = os.pwrite
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, offset: real(fd, bytes(data)[:max(1, len(data) // 3)], offset))
+    saved = _ledger(tmp_path)
+    _decide_all(saved, CLIPS[:8])
+    monkeypatch.undo()
+    reopened = _reopen_committed(tmp_path, saved)
+    in_memory = _ledger(None)
+    _decide_all(in_memory, CLIPS[:8])
+    assert _decide_all(reopened, CLIPS[8:]) == _decide_all(in_memory, CLIPS[8:])
+
+
+@pytest.mark.parametrize("change", ["same_person", "fps", "geometry", "table", "row_file_gone", "row_file_short",
+                                    "none"])
+def test_a_ledger_of_other_settings_or_damaged_is_made_anew(change: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
     saved = _ledger(tmp_path)
     _decide_all(saved, CLIPS[:8])
     saved.save()
+    saved.close()
+    windows = tmp_path / f"windows-{saved.id}.bin"
     if change == "table":
         (tmp_path / TABLE_NAME).write_bytes((tmp_path / TABLE_NAME).read_bytes()[:100])
-    if change == "row_file":
-        with open(tmp_path / "windows.bin", "r+b") as rows:
+    if change == "row_file_gone":  # another folder's ledger files copied in, say
+        windows.rename(tmp_path / "windows-0123456789abcdef.bin")
+    if change == "row_file_short":
+        with open(windows, "r+b") as rows:
             rows.truncate(1000)
+    if change == "geometry":  # a release that changed how windows are made
+        monkeypatch.setattr(overlap, "WINDOW_STEPS", 4)
     reopened = _reopen(tmp_path, set(saved.keys), same_person=0.6 if change == "same_person" else 0.5,
                        **({"fps": 30.0} if change == "fps" else {}))
     assert reopened.keys == (saved.keys if change == "none" else [])
-    assert (tmp_path / TABLE_NAME).exists() == (change == "none")  # its rows are to be replaced
+    assert ("made again" in caplog.text) == (change != "none")
+    monkeypatch.undo()
     reason, _ = _decide_all(reopened, CLIPS[:1])[0]  # the first clip again
     assert reason == (filters.DUPLICATE if change == "none" else None)
+    if change != "none":  # the damaged ledger stays until the new one is saved, then its files go
+        reopened.save()
+        assert sorted(p.name for p in tmp_path.glob("*.bin")) == [f"{n}-{reopened.id}.bin" for n in
+                                                                     ("embeddings", "signatures", "windows")]
 
 
 def test_a_resume_reads_only_the_committed_clips_its_saved_ledger_lacks(tmp_path: Path,

@@ -200,14 +200,14 @@ def test_a_scan_signature_from_before_footage_signatures_matches_no_duplicate(tm
     assert ledger.decide(new_embedding, new_signature) == "identity_over_cap"  # counted, compared with nothing
 
 
-@pytest.mark.parametrize("sample_has_thumbnails", [True, False])
+@pytest.mark.parametrize(("sample_has_thumbnails", "ledger_kept"), [(True, False), (False, False), (False, True)])
 def test_a_clip_holding_part_of_a_kept_one_is_a_partial_duplicate_in_a_run_and_against_the_shards(
-        sample_has_thumbnails: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        sample_has_thumbnails: bool, ledger_kept: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`a_long` keeps a 10-s clip; `b_half` holds its first half and is rejected in the same run,
     its row giving the overlap. A later run holds `c_trim` (a re-upload trimmed at both ends) to
-    the clip as its sample in the shards tells it (its scan gone, and the corpus ledger, as in a
-    folder curated before the ledger was kept): rejected too, unless the sample is from before
-    thumbnails, which leaves it the whole-clip check only."""
+    the clip as the corpus ledger kept it, or, its scan and the ledger gone (a folder curated before
+    the ledger was kept), as its sample in the shards tells it: rejected too, unless the sample is
+    from before thumbnails, which leaves it the whole-clip check only."""
     from synthetic_footage import footage, re_encoded
 
     from portraitflow.jobs.curate import Layout, run_curation
@@ -236,12 +236,13 @@ def test_a_clip_holding_part_of_a_kept_one_is_a_partial_duplicate_in_a_run_and_a
     assert rejected["overlap_share"] > 0.95 and rejected["overlap_s"] == pytest.approx(5.0, abs=0.2)
 
     scan_path(layout.scans, keys["a_long"]).unlink()
-    shutil.rmtree(layout.corpus)
+    if not ledger_kept:
+        shutil.rmtree(layout.corpus)
     trim_key = clip_key(keys["c_trim"], 0, 7.04)
     _stage(layout, trim_key, 0, len(trim), person, content_signature(trim), trim)
     run_curation(cfg, [uris["c_trim"]], tmp_path)
     trimmed = {row["key"]: row for row in _rows(tmp_path / "clips.parquet")}[trim_key]
-    if sample_has_thumbnails:
+    if sample_has_thumbnails or ledger_kept:
         assert trimmed["reason"] == "partial_duplicate" and trimmed["overlap_share"] > 0.9
     else:
         assert trimmed["decision"] == "accepted" and np.isnan(trimmed["overlap_share"])

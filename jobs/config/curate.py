@@ -157,8 +157,8 @@ class CurateConfig(BaseModel):
     # resources
     inputs_per_task: int = Field(
         0, ge=0, json_schema_extra=OPERATIONAL, description="Inputs a curation task holds (0: one each up to 1,000 "
-        "inputs, then at most 16, at least 1,000 tasks): each task costs the driver about 14 ms whatever it holds, "
-        "4 h at a million inputs one a task. A worker that crashes retries its task's other inputs too; they finish "
+        "inputs, then at most 16, at least 1,000 tasks): each task costs the driver about 20 ms whatever it holds, "
+        "~6 h at a million inputs one a task. A worker that crashes retries its task's other inputs too; they finish "
         "quickly from their saved scans and never count towards a quarantine."
     )
     face_actors: int = Field(

@@ -550,7 +550,7 @@ def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], p
         elapsed = time.perf_counter() - started
         metrics = _metrics(manifest, clips, scanned, elapsed, {r["input_key"] for r in rows}, index, cfg.curate.fps)
         if run is not None:
-            _log_run(cfg, layout, metrics, manifest, clips, {r["input_key"] for r in rows}, ray_stats)
+            _log_run(cfg, layout, metrics, manifest, clips, {r["input_key"] for r in pending}, ray_stats)
             metrics["mlflow_run_id"] = run.info.run_id
     return metrics
 
@@ -590,9 +590,9 @@ def _metrics(manifest, clips, scanned, elapsed: float, keys: set[str], index: di
 
 def _log_run(cfg: PortraitFlowConfig, layout: Layout, metrics: dict[str, Any], manifest, clips, keys: set[str],
              ray_stats: str) -> None:
-    """The run's params, metrics and artifacts: the manifest and clip rows of the inputs it was
-    given (`keys`), as its metrics count them; the folder holds the whole corpus's, which logged on
-    every run would copy a corpus of a million inputs' tables (about 1 GB) into each run."""
+    """The run's params, metrics and artifacts: the manifest and clip rows of the inputs it
+    curated (`keys`: those pending); the folder holds the whole corpus's, which logged on every
+    run, resumes included, would copy a corpus of a million inputs' tables (about 1 GB) into each."""
     import mlflow
     import pyarrow as pa
     import pyarrow.compute as pc

@@ -52,11 +52,16 @@ def _footage_geometry() -> dict[str, float]:
                                                       "WINDOW_SECONDS", "WINDOW_STEPS", "WINDOW_POOL", "KEPT_HOP_SECONDS")}
 
 
-@functools.lru_cache(maxsize=4096)
 def _kept_window_starts(frames: int, fps: float) -> np.ndarray:
     """A kept clip's window start frames, by its length: asked for every kept clip of an identity at
     each decision."""
-    starts = window_starts(frames, fps, kept_hop_frames(fps))
+    return _window_starts(frames, fps, footage.window_frames(fps), kept_hop_frames(fps))
+
+
+@functools.lru_cache(maxsize=4096)
+def _window_starts(frames: int, fps: float, length: int, hop: int) -> np.ndarray:
+    """`window_starts`, remembered (by everything it depends on)."""
+    starts = window_starts(frames, fps, hop)
     starts.flags.writeable = False
     return starts
 
@@ -186,8 +191,9 @@ class CorpusLedger:
                duplicate_similarity: float, overlap: OverlapRule) -> CorpusLedger:
         """The ledger a run saved in `folder`, less its clips not `committed` (not in the shards: a
         render failed, a run was stopped before packing, a damaged shard was cut), as if they had
-        never been kept; a new, empty one (said in the log) when none was saved, or it was made
-        with other settings or footage geometry, or is damaged."""
+        never been kept (its table saved again then: `_restore`); a new, empty one when none was
+        saved or none of its clips is committed, or (said in the log) when it was made with other
+        settings or footage geometry, or is damaged."""
         def anew(why: str | None) -> CorpusLedger:
             if why:
                 log.warning("%s: the corpus ledger is made again from the scans of the clips in the shards: %s",
@@ -214,7 +220,11 @@ class CorpusLedger:
             ledger.close()
             return anew("its row files are shorter than its table says")
         keys = table["keys"].tobytes().decode().split("\n") if len(table["keys"]) else []
-        ledger._restore(keys, table, np.array([key in committed for key in keys], bool))
+        kept = np.array([key in committed for key in keys], bool)
+        if keys and not kept.any():  # a run stopped before it packed anything: its settings may change since
+            ledger.close()
+            return anew(None)
+        ledger._restore(keys, table, kept)
         return ledger
 
     def _restore(self, keys: list[str], table: dict[str, np.ndarray], kept: np.ndarray) -> None:
@@ -236,7 +246,9 @@ class CorpusLedger:
             return
         first_left_out = int(np.argmin(kept))
         self._clips = _Rows(np.int64)
-        for number, (clip, embedding) in enumerate(zip(clips, self._rows["embeddings"].take(clips[:, EMBEDDING]))):
+        embeddings = self._rows["embeddings"]
+        for number, clip in enumerate(clips):  # each embedding from the map, not all of them copied at once
+            embedding = embeddings.take(clip[EMBEDDING:EMBEDDING + 1])[0]
             clip[CLUSTER] = self._join(embedding, int(clip[CLUSTER]) if number < first_left_out else None)
             self._members[clip[CLUSTER]].append(self._clips.append(clip))
         ends = {"embeddings": clips[:, EMBEDDING] + 1, "signatures": clips[:, SIGNATURE] + 1,

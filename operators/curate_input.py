@@ -56,6 +56,12 @@ class CurateInputStage:
         return rows_batch([self.curate(row) for row in batch_rows(batch)])
 
     def curate(self, row: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self._curate_counted(row)
+        except Exception as exc:  # its start count or its fetched copy's clean-up failed: this input fails,
+            return dict(unfetched_input(row, exc), render_errors="{}", rendered=0)  # not its task's other inputs
+
+    def _curate_counted(self, row: dict[str, Any]) -> dict[str, Any]:
         if start_attempt(self.attempts_dir, row["input_key"]) > self.max_attempts:
             return quarantined_row(row, self.max_attempts)
         with contextlib.ExitStack() as stack:

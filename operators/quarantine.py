@@ -5,8 +5,9 @@ often the executor is willing to; each start of an input is recorded in a file n
 first, so the start after the last allowed attempt gives up with a `failed` row instead of
 crashing again. An input that finishes clears its count: a task holds several inputs in a large
 run, and when another of them crashes its worker, the retried task starts the finished ones again
-without their counting towards a quarantine. The counts belong to one invocation: the driver clears
-the folder when it starts.
+without their counting towards a quarantine. The crash is laid at the input running when the worker
+died: one that damages the process and crashes it during the next input's work gets that input
+quarantined. The counts belong to one invocation: the driver clears the folder when it starts.
 """
 from __future__ import annotations
 

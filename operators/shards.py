@@ -227,7 +227,8 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 def default_pack_workers() -> int:
     """One writer per CPU this process may run on, at most MAX_DEFAULT_WORKERS."""
-    return max(1, min(MAX_DEFAULT_WORKERS, len(os.sched_getaffinity(0))))
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # not on macOS
+    return max(1, min(MAX_DEFAULT_WORKERS, usable))
 
 
 @dataclass(frozen=True)

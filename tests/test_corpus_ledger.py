@@ -211,3 +211,15 @@ def test_a_resume_reads_only_the_committed_clips_its_saved_ledger_lacks(tmp_path
     decided = curate._decide_corpus(cfg, [{"input_key": "in8"}], layout, in_shards)
     assert read == ["in7"] and decided["in8"][0]["reason"] == filters.DUPLICATE
     assert set(_reopen(layout.corpus, in_shards).keys) == set(in_shards)  # saved again, in7 added
+
+
+def test_a_ledger_none_of_whose_clips_was_packed_takes_other_embeddings(tmp_path: Path) -> None:
+    """A first run stopped before it packed anything leaves a ledger and nothing finished, so the
+    next may change the face model: embeddings of another size start a new ledger, not a failure
+    on every later run."""
+    saved = _ledger(tmp_path)
+    _decide_all(saved, CLIPS[:4])
+    reopened = _reopen_committed(tmp_path, saved, lost=set(saved.keys))
+    wider = np.random.default_rng(5).normal(size=512)
+    reopened.keep("other_00000000_00004000", wider, None)
+    assert _reopen_committed(tmp_path, reopened).keys == ["other_00000000_00004000"]

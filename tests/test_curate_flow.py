@@ -235,21 +235,23 @@ def test_rerun_skips_finished_inputs_and_adds_nothing(curated, flow_inputs, caps
     assert sum(s["samples"] for s in summary["shards"]) == summary["clips"]["accepted"]
 
 
-def test_a_run_logs_the_rows_of_the_inputs_it_was_given(curated, flow_inputs, tmp_path: Path) -> None:
-    """A rerun given one input logs that input's manifest and clip rows, as its metrics count them:
-    the whole corpus's tables were copied into every run (about 1 GB at a million inputs)."""
+def test_a_run_logs_the_rows_of_the_inputs_it_curated(curated, flow_inputs, tmp_path: Path) -> None:
+    """A rerun given a finished input and a failed one curates the failed one again and logs its
+    manifest and clip rows alone: the whole corpus's tables were copied into every run, resumes
+    included (about 1 GB at a million inputs)."""
     import pyarrow.parquet as pq
     from mlflow.tracking import MlflowClient
 
     from portraitflow.jobs.curate import run_curation
 
     out, _, uri = curated
-    one = next(path for path, expected in sorted(flow_inputs.items()) if expected == "accepted")
-    metrics = run_curation(load_config(None, OVERRIDES + [f"mlflow.tracking_uri={uri}"]), [one], out)
+    done, failed = (next(path for path, expected in sorted(flow_inputs.items()) if expected == status)
+                    for status in ("accepted", "failed"))
+    metrics = run_curation(load_config(None, OVERRIDES + [f"mlflow.tracking_uri={uri}"]), [done, failed], out)
     logged = Path(MlflowClient(tracking_uri=uri).download_artifacts(metrics["mlflow_run_id"], "", str(tmp_path)))
     manifest, clips = (pq.read_table(logged / name).to_pydict() for name in ("manifest.parquet", "clips.parquet"))
-    assert manifest["path"] == [one] and metrics["inputs"] == 1
-    assert set(clips["input_key"]) == set(manifest["input_key"]) and len(clips["key"]) >= 1
+    assert manifest["path"] == [failed] and manifest["status"] == ["failed"] and metrics["inputs"] == 2
+    assert set(clips["input_key"]) <= set(manifest["input_key"])
     assert len(pq.read_table(out / "manifest.parquet")) == len(flow_inputs)  # the folder's stay whole
 
 
@@ -469,6 +471,10 @@ def test_an_unexpected_error_while_curating_gives_a_failed_row_with_its_text(tmp
     unmatched = stage.curate({"uri": str(tmp_path / "nothing-*.mp4"), "input_key": "unmatched"})
     assert unmatched["status"] == "failed" and unmatched["error"] == "FileNotFoundError: matched no video files"
     assert set(failed) == set(unmatched)  # the same fields as every other row
+    stage.attempts_dir = tmp_path / "clip.mp4" / "attempts"  # its start cannot be counted: a file in the way
+    uncounted = stage.curate(dict(row))  # a failed row, not an error that would fail its whole task's inputs
+    assert uncounted["status"] == "failed" and "NotADirectoryError" in uncounted["error"]
+    assert set(uncounted) == set(failed)
 
 
 def test_an_input_that_crashes_its_render_worker_is_given_up_on(tmp_path: Path) -> None:

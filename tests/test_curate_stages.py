@@ -591,6 +591,25 @@ def test_large_runs_group_inputs_into_tasks(inputs: int, per_task: int, blocks: 
     assert input_blocks(inputs, per_task) == blocks
 
 
+def test_a_task_of_several_inputs_holds_one_of_the_largest_not_all_of_them(ray_local, tmp_path: Path) -> None:
+    """Ray Data cuts a list into consecutive blocks: the largest-first list cut so put the largest
+    inputs one after the other in one task. Dealt in turn, each task starts with one of the largest."""
+    from portraitflow.jobs.config import load_config
+    from portraitflow.pipelines.curate import _inputs_dataset
+
+    sizes = [3, 11, 7, 2, 13, 5, 17, 1, 19, 23]
+    rows = []
+    for i, size in enumerate(sizes):
+        (tmp_path / f"in{i}.mp4").write_bytes(b"x" * size)
+        rows.append({"uri": str(tmp_path / f"in{i}.mp4"), "input_key": f"in{i}"})
+    ds, blocks = _inputs_dataset(rows, load_config(None, ["curate.inputs_per_task=3"]))
+    held = [[int(k[2:]) for k in b["input_key"]] for b in ds.iter_batches(batch_size=None, batch_format="pandas")]
+    assert blocks == len(held) == 4 and sorted(i for block in held for i in block) == list(range(10))
+    largest_first = sorted(range(10), key=lambda i: -sizes[i])
+    assert sorted(block[0] for block in held) == sorted(largest_first[:4])  # each task starts with one of the 4 largest
+    assert all(sizes[a] > sizes[b] for block in held for a, b in zip(block, block[1:]))
+
+
 def test_folders_are_walked_through_links_and_broken_links_fail_with_their_reason(tmp_path: Path) -> None:
     from portraitflow.operators.inputs import BROKEN_LINK, NOT_A_FILE
 

@@ -152,14 +152,16 @@ class CurateConfig(BaseModel):
     shard_pack_workers: int = Field(
         0, ge=0, json_schema_extra=OPERATIONAL, description="Processes writing shards at once on the driver, once "
         "every input is done (0: one per CPU the driver may use, at most 8); below 2,000 samples to pack the driver "
-        "writes them alone. The shards are the same, byte for byte, whatever the number."
+        "writes them alone. The shards are the same, byte for byte, whatever the number. Each writer runs up to "
+        "two shards ahead of those moved into place: leave room for 2 x workers x shard_max_bytes on the shards' disk."
     )
     # resources
     inputs_per_task: int = Field(
         0, ge=0, json_schema_extra=OPERATIONAL, description="Inputs a curation task holds (0: one each up to 1,000 "
         "inputs, then at most 16, at least 1,000 tasks): each task costs the driver about 20 ms whatever it holds, "
-        "~6 h at a million inputs one a task. A worker that crashes retries its task's other inputs too; they finish "
-        "quickly from their saved scans and never count towards a quarantine."
+        "~6 h at a million inputs one a task. A worker that crashes retries its task's other inputs too: they never "
+        "count towards a quarantine, and a local one finishes quickly from its saved scan (a remote one is fetched "
+        "again); a task lost for good fails all of its inputs, which the next run curates again."
     )
     face_actors: int = Field(
         0, ge=0,

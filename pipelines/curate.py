@@ -42,6 +42,7 @@ ONE_INPUT_PER_TASK_UP_TO = 1000
 #: shared 2-core machine (`benchmarks/ray_input_blocks.py`), ~6 h of driver time at 1e6 inputs one a block
 MAX_INPUTS_PER_TASK = 16
 
+
 def _inputs_dataset(rows: list[dict[str, Any]], cfg: PortraitFlowConfig) -> tuple[ray.data.Dataset, int]:
     """The rows as a dataset of `input_blocks` blocks (one actor task each) with curation's
     execution settings, and how many blocks.

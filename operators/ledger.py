@@ -34,10 +34,13 @@ def marker_path(done_dir: Path, input_key: str) -> Path:
 
 
 def write_marker(done_dir: Path, input_row: dict[str, Any], clip_rows: list[dict[str, Any]],
-                 source: dict[str, int] | None = None) -> None:
-    """The input's rows, and `source`, if local: the `file_stat` of the file its scan was made of."""
+                 source: dict[str, int] | None = None) -> dict[str, Any]:
+    """The input's rows, and `source`, if local: the `file_stat` of the file its scan was made of.
+    Returns the marker as `load_markers` reads it back, so a run keeps its markers without reading
+    the folder's again."""
     marker = {"input": input_row, "clips": clip_rows, **({"source": source} if source else {})}
     atomic_write(marker_path(done_dir, input_row["input_key"]), json.dumps(marker))
+    return marker
 
 
 def file_stat(path: str) -> dict[str, int]:
@@ -102,6 +105,17 @@ def is_done(marker: dict[str, Any]) -> bool:
     return marker.get("input", {}).get("status", FAILED) != FAILED
 
 
+def any_done(done_dir: Path) -> bool:
+    """Whether some marker in the folder is done, reading markers only until one is."""
+    for path in done_dir.glob("*.json") if done_dir.is_dir() else []:
+        try:
+            if is_done(json.loads(path.read_text())):
+                return True
+        except (OSError, ValueError):  # `load_markers` ignores it too
+            continue
+    return False
+
+
 def load_markers(done_dir: Path) -> dict[str, dict[str, Any]]:
     """input_key -> marker, for every usable marker in the folder. One that cannot be read (a
     damaged disk) or whose rows do not fit the tables counts as missing, so its input is curated
@@ -115,8 +129,15 @@ def load_markers(done_dir: Path) -> dict[str, dict[str, Any]]:
             markers[path.stem] = _escaped(marker) if _SURROGATE_ESCAPE.search(text) else marker
         except (OSError, ValueError) as exc:
             log.warning("ignoring the unreadable marker %s, its input is curated again: %s", path, exc)
+    _fitting_tables(markers)
+    return markers
+
+
+def _fitting_tables(markers: dict[str, dict[str, Any]]) -> tuple[Any, Any]:
+    """The tables of `markers`, less (removed from `markers`) each marker whose rows do not fit them:
+    its input is curated again instead of every run stopping on it."""
     try:
-        _tables(markers)
+        return _tables(markers)
     except Exception:  # some marker holds what the tables cannot: find it, so the others are kept
         for key, marker in list(markers.items()):
             try:
@@ -125,7 +146,7 @@ def load_markers(done_dir: Path) -> dict[str, dict[str, Any]]:
                 log.warning("ignoring the marker of %s, its rows do not fit the tables; its input is curated "
                             "again: %s", key, exc)
                 del markers[key]
-    return markers
+    return _tables(markers)
 
 
 #: how JSON writes a UTF-16 surrogate (`\udce9`): only a marker with one can hold text to escape.
@@ -222,7 +243,7 @@ def write_tables(out_dir: Path, markers: dict[str, dict[str, Any]]) -> tuple[Any
     """manifest.parquet and clips.parquet from every marker (as `load_markers` gives them), written atomically."""
     import pyarrow.parquet as pq
 
-    manifest, clips = _tables(markers)
+    manifest, clips = _fitting_tables(markers)
     for name, table in (("manifest.parquet", manifest), ("clips.parquet", clips)):
         with atomic_target(out_dir / name) as tmp:
             pq.write_table(table, tmp)

@@ -62,6 +62,39 @@ def test_a_marker_holding_a_surrogate_or_a_bad_field_does_not_stop_the_manifest(
     assert [row["path"] for row in _rows(tmp_path / "manifest.parquet")] == ["/v/caf\\xe9.mp4", "/v/ok.mp4"]
 
 
+def test_a_run_reads_the_markers_once_and_its_tables_equal_the_folders(tmp_path: Path, in_process,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run follows the markers it writes instead of reading the folder's again at the end
+    (~21 kB of RAM and ~0.15 ms a marker, twice, at a million inputs); the tables must not differ."""
+    import pyarrow.parquet as pq
+
+    from portraitflow.jobs.curate import run_curation
+    from portraitflow.operators.ledger import _tables
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a", "b"):
+        _noise_video(folder / f"{name}.mp4")
+    reads = []
+    load = ledger.load_markers
+    monkeypatch.setattr(ledger, "load_markers", lambda done: reads.append(done) or load(done))
+    out = tmp_path / "out"
+    run_curation(load_config(None, QUIET), [str(folder / "a.mp4")], out)
+    run_curation(load_config(None, QUIET), [str(folder)], out)
+    assert len(reads) == 2  # one a run
+    manifest, clips = _tables(load(out / ".state" / "done"))
+    assert _rows(out / "manifest.parquet") == manifest.to_pylist() and len(manifest) == 2
+    assert pq.read_table(out / "clips.parquet").to_pandas().equals(clips.to_pandas())  # NaN measures alike
+
+
+def test_written_tables_leave_out_a_marker_that_does_not_fit(tmp_path: Path) -> None:
+    row = {"uri": "/v/a.mp4", "input_key": "a", "status": "scanned", "width": 64, "height": 64}
+    markers = {"a": ledger.write_marker(tmp_path, ledger.input_row(row, []), []),
+               "bad": {"input": dict(ledger.input_row(dict(row, input_key="bad"), []), width="wide"), "clips": []}}
+    manifest, _ = ledger.write_tables(tmp_path, markers)
+    assert manifest.column("input_key").to_pylist() == ["a"] and list(markers) == ["a"]
+
+
 def _rows(path: Path) -> list[dict]:
     import pyarrow.parquet as pq
 

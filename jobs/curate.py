@@ -610,7 +610,8 @@ def _log_run(cfg: PortraitFlowConfig, layout: Layout, metrics: dict[str, Any], m
     with tempfile.TemporaryDirectory() as tmp:
         pq.write_table(manifest, Path(tmp) / "manifest.parquet")
         pq.write_table(clips, Path(tmp) / "clips.parquet")
-        contact_sheet(layout.shards, Path(tmp) / "contact_sheet.png")
+        accepted = clips.filter(pc.equal(clips["decision"], ledger.ACCEPTED))["key"].to_pylist()
+        contact_sheet(layout.shards, Path(tmp) / "contact_sheet.png", accepted, layout.shard_keys)
         histograms(clips, Path(tmp) / "histograms.png")
         (Path(tmp) / "ray_data_stats.txt").write_text(ray_stats)
         for name in ("manifest.parquet", "clips.parquet", "contact_sheet.png", "histograms.png", "ray_data_stats.txt"):

@@ -3,30 +3,41 @@ from __future__ import annotations
 
 import io
 import tarfile
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from portraitflow.operators.shards import shard_paths
+from portraitflow.operators.shards import shard_paths, whole_shard_keys
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 
-def contact_sheet(shard_dir: Path, out: Path, max_images: int = 64, thumb: int = 128) -> int:
-    """A PNG grid of the accepted clips' `ref.jpg`, in key order; returns the number of images."""
+def contact_sheet(shard_dir: Path, out: Path, keys: Collection[str], key_notes: Path | None = None,
+                  max_images: int = 64, thumb: int = 128) -> int:
+    """A PNG grid of the `ref.jpg` of the clips `keys` names (a run's accepted clips), in key
+    order; returns the number of images. Shards are searched newest first (a run appends its
+    own) through their key notes, so only the shards holding those clips are opened."""
     from PIL import Image
 
-    images = []
-    for path in shard_paths(shard_dir):
+    wanted = set(keys)
+    found: dict[str, Image.Image] = {}
+    for path in reversed(shard_paths(shard_dir)):
+        if len(found) >= max_images or not wanted:
+            break
+        held = wanted.intersection(whole_shard_keys(path, key_notes, read_only=True)[0])
+        if not held:
+            continue
         with tarfile.open(path) as tar:
             for member in tar:
-                if member.name.endswith(".ref.jpg") and len(images) < max_images:
+                key, _, field = member.name.partition(".")  # keys are dot-free
+                if field == "ref.jpg" and key in held and len(found) < max_images:
                     with Image.open(io.BytesIO(tar.extractfile(member).read())) as image:
-                        images.append(image.convert("RGB").resize((thumb, thumb)))
-        if len(images) >= max_images:
-            break
+                        found[key] = image.convert("RGB").resize((thumb, thumb))
+        wanted -= held
+    images = [found[key] for key in sorted(found)]
     columns = max(1, min(8, len(images)))
     rows = max(1, -(-len(images) // columns))
     sheet = Image.new("RGB", (columns * thumb, rows * thumb))

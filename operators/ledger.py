@@ -266,8 +266,8 @@ def _tables(markers: dict[str, dict[str, Any]]) -> tuple[Any, Any]:
         ("end_s", pa.float64()), ("duration_s", pa.float64()), ("decision", pa.string()), ("reason", pa.string()),
         ("error", pa.string()), *[(m, pa.float64()) for m in MEASURES],
     ])
-    inputs = [dict(m["input"], clips_rejected=list(m["input"].get("clips_rejected", {}).items()))
-              for m in markers.values()]
+    ordered = [markers[key] for key in sorted(markers)]  # by input key, whatever order a run added them in
+    inputs = [dict(m["input"], clips_rejected=list(m["input"].get("clips_rejected", {}).items())) for m in ordered]
     manifest = pa.Table.from_pylist(inputs, schema=manifest_schema)
-    clips = pa.Table.from_pylist([c for m in markers.values() for c in m["clips"]], schema=clip_schema)
+    clips = pa.Table.from_pylist([c for m in ordered for c in m["clips"]], schema=clip_schema)
     return manifest, clips

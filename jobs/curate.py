@@ -393,7 +393,7 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
             note = reason or (f"curated as {moved[row['uri']]}" if row["uri"] in moved else None)
             typer.echo(f"{state}  {row['input_key']}  {row['uri']}" + (f"  ({note})" if note else ""))
         typer.echo(f"{len(pending)} of {len(rows)} input(s) would be processed into {out}"
-                   + (f", {unreadable} of them recorded failed: they cannot be read" if unreadable else ""))
+                   + (f", {unreadable} of them would be recorded failed: they cannot be read" if unreadable else ""))
         _warn_changed(sorted(changed))
         return {"inputs": len(rows), "pending": len(pending), "unreadable": unreadable}
     with exclusive(layout):

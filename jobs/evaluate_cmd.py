@@ -128,7 +128,7 @@ def report(
     run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="A sweep's parent run id, or an evaluation run id.")],
     out: OutOption,
     rank_by: Annotated[Optional[str], typer.Option(
-        "--rank-by", help="Metric sorting the summary (default: evaluate.rank_by).")] = None,
+        "--rank-by", help="Metric sorting the summary (default: the one the sweep ranked by, else evaluate.rank_by).")] = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
     mlflow_uri: MlflowUriOption = None,
@@ -144,7 +144,8 @@ def report(
     refuse_mlflow_disabled(cfg)
     refuse_unreachable_services(cfg, ray=False)
     try:
-        check_rank_by(rank_by or cfg.evaluate.rank_by, "--rank-by" if rank_by else "evaluate.rank_by")
+        if rank_by is not None:  # the run's own is checked once it is read
+            check_rank_by(rank_by, "--rank-by")
     except ValueError as exc:  # a sweep param or a typo, which would be ranked with a made-up direction
         raise typer.BadParameter(str(exc), param_hint="--rank-by") from exc
     try:

@@ -783,10 +783,12 @@ def _run_configs(configs: list[dict[str, Any]], jobs: list[dict], spec: sweep_sp
 
 def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, rank_by: str | None = None) -> Path:
     """A static HTML report of a sweep's parent run (or of a single evaluation run) from MLflow;
-    ValueError, before anything is read or written, when `rank_by` is no metric or the run is
-    neither (a curation run made a page of its own metrics titled as an evaluation)."""
-    rank_by = rank_by or cfg.evaluate.rank_by
-    check_rank_by(rank_by, "rank_by")
+    ValueError, before anything is written, when `rank_by` is no metric or the run is neither (a
+    curation run made a page of its own metrics titled as an evaluation). Without `rank_by`, the
+    sweep's own (its configs' logged `evaluate.rank_by`), so a page made again ranks as the sweep's
+    did; `cfg.evaluate.rank_by` for a run that logged none."""
+    if rank_by is not None:
+        check_rank_by(rank_by, "rank_by")
     client = mlflow_client(cfg.mlflow)
     parent = client.get_run(run_id)  # an unknown run fails here, before anything is written
     children = search_all_runs(client, [parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{run_id}'",
@@ -800,6 +802,10 @@ def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, r
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     children = children or [parent]
+    logged = next((child.data.params["evaluate.rank_by"] for child in children
+                   if "evaluate.rank_by" in child.data.params), None)
+    rank_by = rank_by or logged or cfg.evaluate.rank_by
+    check_rank_by(rank_by, "rank_by")
     params = [json.loads(child.data.tags.get(PARAMS_TAG, "{}")) for child in children]
     # a run that did not finish shows no numbers, as in summary.csv: what it logged is partial (one that
     # scored every job and none of them logged whole tables, which say why)

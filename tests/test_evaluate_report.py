@@ -138,3 +138,26 @@ def test_a_report_folder_reused_keeps_no_plot_of_an_earlier_report(tmp_path: Pat
     page = sweep.report_from_run(parent, cfg, out, "apd").read_text()
     assert (out / "metrics.png").is_file() and "metrics.png" in page
     assert not (out / "parameters.png").exists() and not (out / "paired.png").exists()
+
+
+def test_a_report_made_again_ranks_by_the_metric_the_sweep_ranked_by(tmp_path: Path) -> None:
+    """`portraitflow report RUN` ranked a sweep of `rank_by: akd` by the default apd unless told
+    `--rank-by akd` again; `--rank-by` still overrides it."""
+    from mlflow import MlflowClient
+
+    from portraitflow.jobs import sweep
+    from portraitflow.jobs.config import load_config
+    from portraitflow.jobs.runtime import ensure_experiment
+
+    cfg = load_config(None, [f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    experiment_id = ensure_experiment(client, cfg.evaluate.experiment)
+    parent = client.create_run(experiment_id, run_name="s").info.run_id
+    for backend, akd, apd in (("warp", 0.02, 5.0), ("still", 0.1, 1.0)):
+        child = _child(client, experiment_id, parent, {"backend": backend}, "FINISHED", 1000, tmp_path,
+                       {"akd": akd, "apd": apd})
+        client.log_param(child, "evaluate.rank_by", "akd")
+    page = sweep.report_from_run(parent, cfg, tmp_path / "again").read_text()
+    assert "ranked by akd (" in page and page.index(">warp<") < page.index(">still<")
+    page = sweep.report_from_run(parent, cfg, tmp_path / "told", "apd").read_text()
+    assert "ranked by apd (" in page and page.index(">still<") < page.index(">warp<")

@@ -1,6 +1,7 @@
 """The `portraitflow` command. Each verb lives in its own module under jobs/ and is added here."""
 from __future__ import annotations
 
+import os
 import signal
 
 import typer
@@ -34,6 +35,8 @@ def main() -> None:
     from portraitflow.jobs.runtime import ExperimentDeleted, ServiceUnreachable, Terminated, stop_on_sigterm
 
     stop_on_sigterm()  # also for a verb that never starts Ray (a finished folder, `report`)
+    # a bar per artifact a sweep or report downloads buried the lines that matter; a user's setting stands
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         app()
     except (ServiceUnreachable, ExperimentDeleted) as exc:

@@ -17,6 +17,7 @@ from portraitflow.jobs.runtime import claim_folder, init_ray, mlflow_run, requir
 from portraitflow.models.animators.registry import check_backend, model_host_bytes, resolve_backend
 from portraitflow.operators.atomic import exclusive_folder, write_parquet
 from portraitflow.operators.generation_jobs import Job, load_jobs
+from portraitflow.operators.job_status import DONE
 from portraitflow.operators.generation_results import (
     RESULTS_FILE, log_to_mlflow, merged_with_earlier, plan_rows, records_dir, results_table, save_preview,
 )
@@ -74,6 +75,10 @@ def run_generation(jobs: list[Job] | str | Path, out_dir: str | Path, cfg: Portr
             preview = save_preview(table, cfg.animate, out_dir)
             if run is not None:
                 log_to_mlflow(table, cfg.animate, backend, time.perf_counter() - started, preview)
+                if len(table) and not table.status.isin(DONE).any():  # as evaluate and sweep end theirs
+                    import mlflow
+
+                    mlflow.end_run("FAILED")
         return table
 
 

@@ -163,11 +163,29 @@ def test_one_mlflow_run_records_the_invocation(run) -> None:
     assert len(runs) == 1
     record = runs[0]
     assert record.data.metrics["jobs_ok"] == 2 and record.data.metrics["jobs_failed"] == 6
+    assert record.info.status == "FINISHED"  # some jobs made a video
     assert record.data.metrics["frames_per_s"] > 0 and record.data.params["backend_resolved"] == "warp"
     assert "pose_multiplier" in record.data.params and "compile_mode" not in record.data.params  # warp's settings only
     assert Path(record.data.tags["portraitflow.out_path"]).is_dir()  # the folder, readable beside its hash
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(record.info.run_id)}
     assert {"results.json", "preview.png"} <= artifacts
+
+
+def test_a_run_whose_every_job_failed_ends_failed_in_mlflow(tmp_path: Path, ray_local) -> None:
+    """It ended FINISHED (exit status 1), where evaluate and sweep end such runs FAILED: a filter on
+    the status missed it."""
+    import mlflow
+
+    from portraitflow.jobs.generation import run_generation
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = load_config(None, [f"mlflow.tracking_uri={uri}"])
+    table = run_generation([Job("missing", str(tmp_path / "no_portrait.png"), str(tmp_path / "no_driver.mp4"))],
+                           tmp_path / "out", cfg)
+    assert list(table.status) == ["failed"]
+    mlflow.set_tracking_uri(uri)
+    (record,) = mlflow.search_runs(experiment_names=[cfg.animate.experiment], output_format="list")
+    assert record.info.status == "FAILED" and record.data.metrics["jobs_failed"] == 1
 
 
 def test_rerun_skips_finished_jobs_and_retries_failed_ones(run) -> None:

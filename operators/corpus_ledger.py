@@ -29,8 +29,9 @@ from portraitflow.models.face.base import l2_normalise
 from portraitflow.operators import overlap as footage
 from portraitflow.operators.atomic import atomic_target
 from portraitflow.operators.filters import DUPLICATE, IDENTITY_OVER_CAP, PARTIAL_DUPLICATE
-from portraitflow.operators.overlap import (QUERY_HOP_FRAMES, OverlapRule, SharedFootage, kept_hop_frames,
-                                            mirrored_signature, shared_footage, window_signatures, window_starts)
+from portraitflow.operators.overlap import (QUERY_HOP_FRAMES, OverlapRule, SharedFootage, footage_signal,
+                                            kept_hop_frames, mirrored_signature, shared_footage, window_signatures,
+                                            window_starts)
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,7 @@ class CorpusLedger:
         self._centroids = _Rows()
         self._counts: list[int] = []
         self._members: list[list[int]] = []  # per cluster, its clips' numbers in the order they were kept
+        self._signal_of: tuple[np.ndarray | None, np.ndarray | None] = (None, None)  # see `_signal`
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
         self._rows: dict[str, _RowFile] = {}
@@ -336,7 +338,8 @@ class CorpusLedger:
             similarity = max(float((kept @ l2_normalise(s)).max()) for s in signatures)
         kept_windows = self._kept_windows(clips) if thumbnails is not None else None
         if kept_windows is not None:
-            views = [thumbnails, *([np.flip(thumbnails, axis=2)] if self.overlap.mirrored else [])]
+            signal = self._signal(thumbnails)
+            views = [signal, *([signal[:, :, ::-1]] if self.overlap.mirrored else [])]
             found = [f for v in views if (f := self._shared_footage(v, *kept_windows)) is not None]
             shared = found[0] | found[1] if len(found) == 2 else next(iter(found), None)
         if measures is not None:
@@ -367,13 +370,21 @@ class CorpusLedger:
                            np.repeat(clips[:, FRAMES], lengths)], axis=1)
         return self._rows["windows"].take(rows), places
 
-    def _shared_footage(self, thumbnails: np.ndarray, kept: np.ndarray, places: np.ndarray) -> SharedFootage | None:
-        """The footage a new clip shares with the kept windows; None when it is shorter than a window."""
-        starts, signatures = window_signatures(thumbnails, self.overlap.fps, QUERY_HOP_FRAMES)
+    def _shared_footage(self, signal: np.ndarray, kept: np.ndarray, places: np.ndarray) -> SharedFootage | None:
+        """The footage a new clip (its `footage_signal`) shares with the kept windows; None when it is
+        shorter than a window."""
+        starts, signatures = window_signatures(signal, self.overlap.fps, QUERY_HOP_FRAMES)
         if not len(starts):
             return None
-        return shared_footage(starts, signatures, len(thumbnails), kept, places, self.overlap.fps,
+        return shared_footage(starts, signatures, len(signal), kept, places, self.overlap.fps,
                               self.overlap.window_similarity)
+
+    def _signal(self, thumbnails: np.ndarray) -> np.ndarray:
+        """The clip's `footage_signal`, computed once for a `decide` and the `keep` of the same clip
+        that follows it (the same array): it was 60% of the decisions' time, computed three times."""
+        if self._signal_of[0] is not thumbnails:
+            self._signal_of = (thumbnails, footage_signal(thumbnails))
+        return self._signal_of[1]
 
     def keep(self, key: str, embedding: np.ndarray, signature: np.ndarray | None,
              thumbnails: np.ndarray | None = None) -> None:
@@ -386,7 +397,8 @@ class CorpusLedger:
         signature_row = -1 if signature is None else self._rows["signatures"].append(l2_normalise(signature)[None])
         lo = hi = self._rows["windows"].count
         if thumbnails is not None:
-            starts, windows = window_signatures(thumbnails, self.overlap.fps, kept_hop_frames(self.overlap.fps))
+            starts, windows = window_signatures(self._signal(thumbnails), self.overlap.fps,
+                                                kept_hop_frames(self.overlap.fps))
             if len(starts):
                 lo = self._rows["windows"].append(windows)
                 hi = lo + len(starts)

@@ -92,26 +92,37 @@ def window_starts(frames: int, fps: float, hop: int) -> np.ndarray:
     return np.unique(np.append(np.arange(0, frames - length + 1, hop), frames - length))
 
 
-def window_signatures(thumbnails: np.ndarray, fps: float, hop: int) -> tuple[np.ndarray, np.ndarray]:
-    """The start frames (W,) and unit signatures (W, D) float32 of a clip's windows every `hop`
-    frames and one ending with the clip (none when the clip is shorter than a window).
+def footage_signal(thumbnails: np.ndarray) -> np.ndarray:
+    """(T, h, w) float64 what a clip's windows are cut from (`window_signatures`): its thumbnails
+    averaged over WINDOW_POOL-square blocks, each standardised (zero mean, unit contrast: a fade or
+    a colour grade of a re-upload changes nothing) and smoothed in time.
 
-    Each thumbnail is standardised (zero mean, unit contrast), so a fade or a colour grade of a
-    re-upload changes nothing; within a window, the mean over time is removed, which leaves how
-    the picture changes: the same footage matches, another take on the same set does not.
+    The mirror image's signal is `signal[:, :, ::-1]`: pooling, standardising and smoothing all
+    commute with the flip, so the ledger computes one signal a clip for both views and its keep.
     """
     from scipy.ndimage import gaussian_filter1d
 
     count, height, width = thumbnails.shape
+    pixels = thumbnails.astype(np.float64)
+    blocks = [pixels[:, i::WINDOW_POOL, j::WINDOW_POOL] for i in range(WINDOW_POOL) for j in range(WINDOW_POOL)]
+    pooled = (sum(blocks) / len(blocks)).reshape(count, -1)  # strided sums: 5x faster than a mean over two axes
+    pooled = (pooled - pooled.mean(axis=1, keepdims=True)) / np.maximum(pooled.std(axis=1, keepdims=True), 1.0)
+    smoothed = gaussian_filter1d(pooled, SIGNATURE_SMOOTH_FRAMES, axis=0, mode="nearest")
+    return smoothed.reshape(count, height // WINDOW_POOL, width // WINDOW_POOL)
+
+
+def window_signatures(signal: np.ndarray, fps: float, hop: int) -> tuple[np.ndarray, np.ndarray]:
+    """The start frames (W,) and unit signatures (W, D) float32 of a clip's windows every `hop`
+    frames and one ending with the clip (none when the clip is shorter than a window), cut from its
+    `footage_signal`. Within a window, the mean over time is removed, which leaves how the picture
+    changes: the same footage matches, another take on the same set does not.
+    """
+    count = len(signal)
     length, starts = window_frames(fps), window_starts(count, fps, hop)
     if not len(starts):
-        return starts, np.zeros((0, (height // WINDOW_POOL) * (width // WINDOW_POOL) * WINDOW_STEPS), np.float32)
-    pooled = thumbnails.astype(np.float64).reshape(count, height // WINDOW_POOL, WINDOW_POOL, width // WINDOW_POOL,
-                                                   WINDOW_POOL).mean(axis=(2, 4)).reshape(count, -1)
-    pooled = (pooled - pooled.mean(axis=1, keepdims=True)) / np.maximum(pooled.std(axis=1, keepdims=True), 1.0)
-    pooled = gaussian_filter1d(pooled, SIGNATURE_SMOOTH_FRAMES, axis=0, mode="nearest")
+        return starts, np.zeros((0, signal[0].size * WINDOW_STEPS), np.float32)
     steps = np.linspace(0, length - 1, WINDOW_STEPS).round().astype(np.int64)
-    windows = pooled[starts[:, None] + steps[None, :]]
+    windows = signal.reshape(count, -1)[starts[:, None] + steps[None, :]]
     windows = (windows - windows.mean(axis=1, keepdims=True)).reshape(len(starts), -1)
     norms = np.linalg.norm(windows, axis=1, keepdims=True)
     return starts, (windows / np.maximum(norms, 1e-12)).astype(np.float32)  # a frozen picture: zeros, matching nothing

@@ -95,10 +95,10 @@ def _check_resources(backend: str, cfg: PortraitFlowConfig, pasted_side: int) ->
     memory = animation_memory(backend, cfg.animate, pasted_side) + PREP_MEMORY
     pasted = f" pasted back onto portraits up to {pasted_side} px" if pasted_side > cfg.animate.size else ""
     model = model_host_bytes(backend, cfg.animate)
-    weights = f" and {model / 1024**3:.1f} GiB of model weights" if model else ""
+    weights = f" and {model / 1024**3:.1f} GiB for the model" if model else ""
     require_resource(cfg.ray, "memory", memory, lambda have: (
         f"an animation actor and the preparation task feeding it declare {memory / 1024**3:.1f} GiB (the actor "
         f"holds about 5 windows of output frames, animate.window={cfg.animate.window}{pasted}{weights}); "
-        f"Ray has {have / 1024**3:.1f} GiB: " + ("give Ray more memory (the weights alone need that much), or "
-                                                 "lower animate.window" if model else
+        f"Ray has {have / 1024**3:.1f} GiB: " + ("give Ray more memory (the model needs its part whatever the "
+                                                 "window), or lower animate.window" if model else
                                                  "lower animate.window or animate.max_output_side")))

@@ -73,17 +73,26 @@ def check_backend(backend: str, cfg: AnimateConfig) -> None:
         check_weights_readable(check_weights_dir(cfg.weights))
 
 
+#: a hunyuan actor's runtime beside the base every actor declares: torch, diffusers and the
+#: sampler's host tensors. With `tiny` weights on CPU the actor peaked at 782-799 MiB (Ray's USS, review
+#: s20) where it declared 798 MiB, no more than warp's; so 384 MiB, about half again that excess
+#: and the unmeasured rest (a CUDA context's host side is not measured: no GPU in that review).
+HUNYUAN_RUNTIME_MEMORY = 384 * 1024**2
+
+
 def model_host_bytes(backend: str, cfg: AnimateConfig) -> int:
-    """Host memory an actor of `backend` holds for its model, for Ray's memory declaration: hunyuan's
-    checkpoints pass through host memory one at a time as they load onto a GPU (the largest, the
-    UNet's, counts), and on CPU (`gpus` 0) all stay there as float32, up to twice a 16-bit file; 0
-    for the other backends and for `tiny` weights."""
+    """Host memory an actor of `backend` holds for its model, for Ray's memory declaration: 0 for
+    the other backends; hunyuan's runtime (HUNYUAN_RUNTIME_MEMORY) and its checkpoints, which pass
+    through host memory one at a time as they load onto a GPU (the largest, the UNet's, counts), and
+    on CPU (`gpus` 0) all stay there as float32, up to twice a 16-bit file (`tiny`: none)."""
     from portraitflow.models.hunyuan.checkpoints import TINY_WEIGHTS, checkpoint_sizes
 
-    if backend != "hunyuan" or not cfg.weights or cfg.weights == TINY_WEIGHTS:
+    if backend != "hunyuan":
         return 0
+    if not cfg.weights or cfg.weights == TINY_WEIGHTS:
+        return HUNYUAN_RUNTIME_MEMORY
     sizes = checkpoint_sizes(cfg.weights)
-    return max(sizes, default=0) if cfg.gpus else 2 * sum(sizes)
+    return HUNYUAN_RUNTIME_MEMORY + (max(sizes, default=0) if cfg.gpus else 2 * sum(sizes))
 
 
 def create_animator(backend: str, cfg: AnimateConfig) -> Animator:

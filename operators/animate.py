@@ -73,7 +73,7 @@ def _driving_motion(path: str, face_cfg_json: str, cfg: AnimateConfig, motion_di
     `motion_dir` under a digest of what the driver holds and every setting the extraction reads."""
     face = FaceConfig.model_validate_json(face_cfg_json).result_settings()
     settings = {"version": EXTRACTION_VERSION, "driving": input_fingerprint(path), "face": face, "size": cfg.size,
-                "min_face_fraction": cfg.min_face_fraction, "smooth_sigma": cfg.smooth_sigma}
+                "min_face_fraction": cfg.min_face_fraction, "smooth_sigma": cfg.smooth_sigma, "min_face_px": cfg.min_face_px}
     cached = motion_dir / f"{hashed_name('motion', json.dumps(settings, sort_keys=True))}.npz"
     motion_dir.mkdir(parents=True, exist_ok=True)
     with open(cached.with_suffix(".lock"), "w") as lock:
@@ -81,7 +81,8 @@ def _driving_motion(path: str, face_cfg_json: str, cfg: AnimateConfig, motion_di
         if cached.is_file():
             return cached.read_bytes()
         motion = extract_driving_motion(path, _analyzer(face_cfg_json), cfg.size,
-                                        min_face_fraction=cfg.min_face_fraction, smooth_sigma=cfg.smooth_sigma)
+                                        min_face_fraction=cfg.min_face_fraction, smooth_sigma=cfg.smooth_sigma,
+                                        min_face_px=cfg.min_face_px)
         atomic_write(cached, motion.to_bytes())
         return cached.read_bytes()
 

@@ -107,11 +107,14 @@ def extract_driving_motion(
     chunk_size: int = 32,
     min_face_fraction: float = 0.5,
     smooth_sigma: float = 0.8,
+    min_face_px: int = 0,
 ) -> DrivingMotion:
     """Detect, track and measure the driver's face on every frame of the resampled timeline.
 
     Raises VideoUnreadable for a video decord cannot use and NoFace when the driver's face is
-    found on fewer than `min_face_fraction` of the frames.
+    found on fewer than `min_face_fraction` of the frames, or is smaller than `min_face_px` (the
+    longer side of its box, median over the frames it is found on): a 30-px face's landmarks are
+    noise, which an animator turns into grimaces.
     """
     info = probe_video(path)
     fps = float(fps or info.output_fps)  # PySceneDetect's timecodes refuse an int frame rate
@@ -135,6 +138,7 @@ def extract_driving_motion(
     landmarks = np.zeros((num_frames, 68, 2), np.float32)
     face_track = np.zeros((num_frames, 4), np.float32)  # each frame's face box, crop pixels: tells profiles
     detected = np.zeros(num_frames, dtype=bool)
+    face_sides = np.zeros(num_frames, np.float32)  # the longer side of each detected face box, video pixels
     for index, (start, end) in enumerate(shots.shots()):
         shot[start:end] = index
         track = _main_track(tracks, start, end)
@@ -157,12 +161,16 @@ def extract_driving_motion(
             kps[position] = to_crop(faces[best][0].kps, box, size)
             landmarks[position] = to_crop(faces[best][1], box, size)
             face_track[position] = to_crop(faces[best][0].box.reshape(2, 2), box, size).reshape(4)
+            face_sides[position] = max(faces[best][0].box[2:] - faces[best][0].box[:2])
             detected[position] = True
     if not detected.any():
         raise NoFace("no face in the driving video")
     if detected.mean() < min_face_fraction:
         raise NoFace(f"the driver's face is found on {detected.mean():.0%} of the driving frames "
                      f"(at least {min_face_fraction:.0%} needed: animate.min_face_fraction={min_face_fraction:g})")
+    if (side := float(np.median(face_sides[detected]))) < min_face_px:
+        raise NoFace(f"the driver's face is too small ({side:.0f} px, the median over its frames; "
+                     f"animate.min_face_px={min_face_px})")
     kps, landmarks = fill_within_shots(kps, detected, shot), fill_within_shots(landmarks, detected, shot)
     face_track = fill_within_shots(face_track, detected, shot)
     raw_kps = kps.copy()

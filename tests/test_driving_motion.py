@@ -116,6 +116,20 @@ def test_a_profile_drivers_yaw_comes_from_its_keypoints(tmp_path) -> None:
     assert np.all(throughout.pose[:, 0] < -30.0) and np.all(throughout.pose[:, 1:] == 0.0)
 
 
+def test_a_driver_whose_face_is_smaller_than_min_face_px_fails(tmp_path) -> None:
+    """`lia_taichi_driving2.mp4` (a 30-px face) animated a portrait grimacing at landmark noise, `ok`:
+    `min_face_px` guarded the reference only. Its face box here: 96 px on every frame."""
+    from bad_media import synthetic_video
+
+    from portraitflow.operators.driving_motion import extract_driving_motion
+    from portraitflow.operators.reference_portrait import NoFace
+
+    path = str(synthetic_video(tmp_path / "shapes.mp4", frames=12))
+    assert extract_driving_motion(path, _TurningDriver(turn=99), size=128, fps=25.0, min_face_px=96).num_frames == 12
+    with pytest.raises(NoFace, match=r"too small \(96 px.*animate.min_face_px=97"):
+        extract_driving_motion(path, _TurningDriver(turn=99), size=128, fps=25.0, min_face_px=97)
+
+
 def test_the_keypoints_before_smoothing_are_kept_for_hunyuanportrait(tmp_path) -> None:
     """The release computes its intensity buckets and expression crops on its detector's per-frame
     points; smoothed (warp's jitter filter) the buckets came out about 40% lower."""

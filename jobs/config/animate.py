@@ -77,7 +77,9 @@ class AnimateConfig(BaseModel):
     )
     min_face_px: int = Field(
         64, ge=0, json_schema_extra=OPERATIONAL, description="A reference portrait whose face is smaller (the longer side of its box, in px) fails: "
-        "the animator would upscale a thumbnail into a featureless video (0: any size).",
+        "the animator would upscale a thumbnail into a featureless video; so does a driving video whose face is "
+        "(the median over the frames it is found on): a 30-px face's landmarks are noise, animated as grimaces "
+        "(0: any size).",
     )
     smooth_sigma: float = Field(0.8, ge=0.0, description="Temporal Gaussian smoothing of the driver's landmarks, in frames (0: none): warp's "
                                 "jitter filter; HunyuanPortrait reads the points as detected, as the release does.")

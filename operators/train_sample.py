@@ -209,18 +209,22 @@ def at_resolution(frames: np.ndarray, tracks: ClipTracks, resolution: int) -> tu
 
 def build_train_sample(sample: Mapping[str, Any], n_frames: int = 25, seed: int | None = None, epoch: int = 0,
                        pixel_dtype: str = "float32", resolution: int = 512, smooth_sigma: float = 0.0,
-                       identity_dim: int | None = None, reference: str = "random") -> dict[str, Any]:
+                       identity_dim: int | None = None, reference: str = "random",
+                       identity_backend: str | None = None) -> dict[str, Any]:
     """A curated WebDataset sample (member name -> bytes) -> one training sample (numpy arrays).
 
     `reference` "curated" takes the clip's curated reference frame (`ref_frame` in its json:
     frontal, eyes open) as the identity image, "random" any frame outside the window. Raises
     SampleSkipped with a reason code for anything that cannot be trained on, including an identity
-    embedding that is not `identity_dim` wide (corpora curated with other face backends).
+    embedding that is not `identity_dim` wide or not `identity_backend`'s (corpora curated with other
+    face backends).
     """
     key = str(sample.get("__key__", ""))
     tracks = parse_tracks(sample)
     if identity_dim is not None and len(tracks.identity) != identity_dim:
         raise SampleSkipped("identity_mismatch", f"identity has {len(tracks.identity)} dimensions, not {identity_dim}")
+    if identity_backend is not None and (backend := _face_backend(sample)) != identity_backend:
+        raise SampleSkipped("identity_mismatch", f"identity embedded by the {backend!r} face backend, not {identity_backend!r}")
     tracks = smoothed(tracks, smooth_sigma)
     curated = _curated_reference(sample) if reference == "curated" else None
     start, ref_index = choose_window(tracks.num_frames, n_frames, sample_rng(seed, epoch, key), curated)
@@ -239,7 +243,16 @@ def sample_builder(cfg: TrainDataConfig, epoch: int) -> Callable[[Mapping[str, A
     """`build_train_sample` with the config's settings, as both loader paths run it."""
     return partial(build_train_sample, n_frames=cfg.n_frames, seed=cfg.seed, epoch=epoch, pixel_dtype=cfg.pixel_dtype,
                    resolution=cfg.resolution, smooth_sigma=cfg.smooth_sigma, identity_dim=cfg.identity_dim,
-                   reference=cfg.reference)
+                   reference=cfg.reference, identity_backend=cfg.identity_backend)
+
+
+def _face_backend(sample: Mapping[str, Any]) -> str | None:
+    """The face backend the sample's json says curated it; None where it says none."""
+    try:
+        meta = json.loads(bytes(sample.get("json") or b"{}"))
+    except (ValueError, TypeError):
+        return None
+    return meta.get("face_backend") if isinstance(meta, dict) else None
 
 
 def _curated_reference(sample: Mapping[str, Any]) -> int:

@@ -174,6 +174,15 @@ def test_an_identity_of_another_width_is_skipped_when_a_width_is_set(tmp_path) -
         build_train_sample(sample, n_frames=4, identity_dim=128)
 
 
+def test_an_identity_of_another_face_backend_is_skipped_when_a_backend_is_set(tmp_path) -> None:
+    """The opencv backend and the small insightface pack both embed in 128 dimensions: a loader over
+    corpora of both batched two unrelated spaces, `identity_dim` 128 passing both."""
+    sample = dict(clip_members(6, seed=4, workdir=tmp_path), __key__="other")  # json: face_backend "synthetic"
+    assert build_train_sample(sample, n_frames=4, identity_backend="synthetic")["identity"].shape == (128,)
+    with pytest.raises(SampleSkipped, match="identity_mismatch.*'synthetic' face backend, not 'opencv'"):
+        build_train_sample(sample, n_frames=4, identity_dim=128, identity_backend="opencv")
+
+
 def test_expression_anchor_is_the_tracked_face_box_when_the_shard_has_one(tmp_path) -> None:
     sample = dict(clip_members(6, seed=1, workdir=tmp_path), __key__="boxes")
     older = parse_tracks(sample)

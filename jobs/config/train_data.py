@@ -66,8 +66,13 @@ class TrainDataConfig(BaseModel):
     )
     identity_dim: int | None = Field(
         None, ge=1, description="Width of the curation identity embedding (`identity`) a batch holds; samples of "
-        "another width (corpora curated with other face backends) are skipped as `identity_mismatch`. Empty: no check, "
-        "for a corpus curated with one backend."
+        "another width are skipped as `identity_mismatch`. Empty: no check, for a corpus curated with one backend."
+    )
+    identity_backend: str | None = Field(
+        None, description="Face backend whose identity embeddings a batch holds (`face_backend` in a sample's json); "
+        "samples curated with another are skipped as `identity_mismatch`. Embeddings of two backends can share a width "
+        "and not a space (the default opencv backend's and the small insightface pack's are both 128-d), which "
+        "`identity_dim` cannot tell apart. Empty: no check."
     )
     pixel_dtype: Literal["float32", "float16"] = Field(
         "float32", description="dtype of the pixel tensors (frames, reference, crops); float16 halves transfer."

@@ -43,8 +43,9 @@ def decision_order(clip: dict[str, Any]) -> tuple:
 
 def decide_clips(corpus: CorpusLedger, committed: list[tuple[str, dict[str, Any]]],
                  undecided: list[tuple[str, dict[str, Any]]], identities: Identities) -> None:
-    """Set the `reason` (None: kept) of each `undecided` clip, (input key, clip) in key order, and
-    add to its `measures` what the duplicate checks found.
+    """Set the `reason` (None: kept) and `matched_key` (the kept clip that decided it, `Decision`)
+    of each `undecided` clip, (input key, clip) in key order, and add to its `measures` what the
+    duplicate checks found.
 
     The `committed` clips (in the corpus already, but not in the ledger: it was saved before they
     were packed, or by none) enter the ledger first, so new clips are capped and de-duplicated
@@ -60,7 +61,7 @@ def decide_clips(corpus: CorpusLedger, committed: list[tuple[str, dict[str, Any]
     # a kept one costs the ledger)
     for key, clip in sorted(undecided, key=lambda item: decision_order(item[1])):
         embedding, signature, thumbnails = identities(key, clip)
-        clip["reason"] = corpus.decide(embedding, signature, thumbnails, clip["measures"])
+        clip["reason"], clip["matched_key"] = corpus.decide(embedding, signature, thumbnails, clip["measures"])
         if clip["reason"] is None:
             corpus.keep(clip["key"], embedding, signature, thumbnails)
 

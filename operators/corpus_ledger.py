@@ -12,7 +12,6 @@ windows again from its scan (56.5 s and 2.3 GB for 20,000 clips).
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ import uuid
 import zipfile
 from collections.abc import Collection
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,8 +30,7 @@ from portraitflow.operators import overlap as footage
 from portraitflow.operators.atomic import atomic_target
 from portraitflow.operators.filters import DUPLICATE, IDENTITY_OVER_CAP, PARTIAL_DUPLICATE
 from portraitflow.operators.overlap import (QUERY_HOP_FRAMES, OverlapRule, SharedFootage, footage_signal,
-                                            kept_hop_frames, mirrored_signature, shared_footage, window_signatures,
-                                            window_starts)
+                                            kept_hop_frames, mirrored_signature, shared_footage, window_signatures)
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +52,13 @@ def _footage_geometry() -> dict[str, float]:
                                                       "WINDOW_SECONDS", "WINDOW_STEPS", "WINDOW_POOL", "KEPT_HOP_SECONDS")}
 
 
-def _kept_window_starts(frames: int, fps: float) -> np.ndarray:
-    """A kept clip's window start frames, by its length: asked for every kept clip of an identity at
-    each decision."""
-    return _window_starts(frames, fps, footage.window_frames(fps), kept_hop_frames(fps))
+class Decision(NamedTuple):
+    """A clip's corpus decision: its reject reason (None: kept), and the sample key of the kept clip
+    that decided it (the one it repeats, or its identity's first for `identity_over_cap`), so a
+    curator can look at what it was judged against."""
 
-
-@functools.lru_cache(maxsize=4096)
-def _window_starts(frames: int, fps: float, length: int, hop: int) -> np.ndarray:
-    """`window_starts`, remembered (by everything it depends on)."""
-    starts = window_starts(frames, fps, hop)
-    starts.flags.writeable = False
-    return starts
+    reason: str | None
+    matched: str | None
 
 
 class _Rows:
@@ -314,8 +308,9 @@ class CorpusLedger:
         return cluster
 
     def decide(self, embedding: np.ndarray, signature: np.ndarray | None, thumbnails: np.ndarray | None = None,
-               measures: dict[str, float] | None = None) -> str | None:
-        """The reject reason of a new clip against those kept so far, or None to keep it.
+               measures: dict[str, float] | None = None) -> Decision:
+        """The reject reason of a new clip against those kept so far (None to keep it), and the kept
+        clip it matched: the one it repeats (most of), or its identity's first for the cap.
 
         `measures` (the clip's), when given, gets what the duplicate checks found among the kept
         clips of its identity, so its row shows how near it came: `duplicate_similarity` (the
@@ -327,15 +322,17 @@ class CorpusLedger:
         """
         clusters = self._clusters(l2_normalise(embedding))
         if not clusters:
-            return None
-        clips = self._clips.view()[[number for c in clusters for number in self._members[c]]]
-        similarity = shared = None
-        signature_rows = clips[:, SIGNATURE][clips[:, SIGNATURE] >= 0]
-        if len(signature_rows) and signature is not None:
-            kept = self._rows["signatures"].take(signature_rows)
+            return Decision(None, None)
+        numbers = np.array([number for c in clusters for number in self._members[c]])
+        clips = self._clips.view()[numbers]
+        similarity = shared = closest = None
+        with_signature = np.flatnonzero(clips[:, SIGNATURE] >= 0)
+        if len(with_signature) and signature is not None:
+            kept = self._rows["signatures"].take(clips[with_signature, SIGNATURE])
             signatures = [signature, *([mirrored_signature(signature, thumbnails.shape[2])]
                                        if thumbnails is not None and self.overlap.mirrored else [])]
-            similarity = max(float((kept @ l2_normalise(s)).max()) for s in signatures)
+            scores = np.max([kept @ l2_normalise(s) for s in signatures], axis=0)
+            similarity, closest = float(scores.max()), int(numbers[with_signature[scores.argmax()]])
         kept_windows = self._kept_windows(clips) if thumbnails is not None else None
         if kept_windows is not None:
             signal = self._signal(thumbnails)
@@ -348,35 +345,31 @@ class CorpusLedger:
             if shared is not None:
                 measures.update(overlap_s=shared.frames / self.overlap.fps, overlap_share=shared.share)
         if similarity is not None and similarity >= self.duplicate_similarity:
-            return DUPLICATE
+            return Decision(DUPLICATE, self.keys[closest])
         if shared is not None and self.overlap.is_duplicate(shared):
-            return PARTIAL_DUPLICATE
+            return Decision(PARTIAL_DUPLICATE, self.keys[numbers[shared.most_matched]])
         if self.max_per_identity and self._counts[clusters[0]] >= self.max_per_identity:
-            return IDENTITY_OVER_CAP
-        return None
+            return Decision(IDENTITY_OVER_CAP, self.keys[self._members[clusters[0]][0]])
+        return Decision(None, None)
 
     def _kept_windows(self, clips: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """The footage windows of these kept `clips` (of every cluster of the person together: a
-        piece kept in one, the rest in another) and where each is from (`shared_footage`'s
-        `kept_places`); None when they have none (kept clips from before thumbnails)."""
+        piece kept in one, the rest in another) and which of `clips` each is from; None when they
+        have none (kept clips from before thumbnails)."""
         lengths = clips[:, WINDOWS_HI] - clips[:, WINDOWS_LO]
         if not lengths.sum():
             return None
         first_of_clip = np.repeat(clips[:, WINDOWS_LO] - np.cumsum(lengths) + lengths, lengths)
         rows = first_of_clip + np.arange(lengths.sum())  # each clip's windows, consecutive, in time order
-        places = np.stack([np.repeat(np.arange(len(clips)), lengths),
-                           np.concatenate([_kept_window_starts(int(frames), self.overlap.fps)
-                                           for frames in clips[:, FRAMES]]),
-                           np.repeat(clips[:, FRAMES], lengths)], axis=1)
-        return self._rows["windows"].take(rows), places
+        return self._rows["windows"].take(rows), np.repeat(np.arange(len(clips)), lengths)
 
-    def _shared_footage(self, signal: np.ndarray, kept: np.ndarray, places: np.ndarray) -> SharedFootage | None:
+    def _shared_footage(self, signal: np.ndarray, kept: np.ndarray, kept_clips: np.ndarray) -> SharedFootage | None:
         """The footage a new clip (its `footage_signal`) shares with the kept windows; None when it is
         shorter than a window."""
         starts, signatures = window_signatures(signal, self.overlap.fps, QUERY_HOP_FRAMES)
         if not len(starts):
             return None
-        return shared_footage(starts, signatures, len(signal), kept, places, self.overlap.fps,
+        return shared_footage(starts, signatures, len(signal), kept, kept_clips, self.overlap.fps,
                               self.overlap.window_similarity)
 
     def _signal(self, thumbnails: np.ndarray) -> np.ndarray:

@@ -179,6 +179,7 @@ def clip_row(key: str, input_row: dict[str, Any], clip: dict[str, Any], fps: flo
         "decision": decision,
         "reason": reason or "",
         "error": clip.get("error", ""),
+        "matched_key": (clip.get("matched_key") or "") if reason else "",
     }
     row.update({m: float(clip.get("measures", {}).get(m, np.nan)) for m in MEASURES})
     return row
@@ -264,7 +265,7 @@ def _tables(markers: dict[str, dict[str, Any]]) -> tuple[Any, Any]:
     clip_schema = pa.schema([
         ("key", pa.string()), ("input_key", pa.string()), ("path", pa.string()), ("start_s", pa.float64()),
         ("end_s", pa.float64()), ("duration_s", pa.float64()), ("decision", pa.string()), ("reason", pa.string()),
-        ("error", pa.string()), *[(m, pa.float64()) for m in MEASURES],
+        ("error", pa.string()), ("matched_key", pa.string()), *[(m, pa.float64()) for m in MEASURES],
     ])
     ordered = [markers[key] for key in sorted(markers)]  # by input key, whatever order a run added them in
     inputs = [dict(m["input"], clips_rejected=list(m["input"].get("clips_rejected", {}).items())) for m in ordered]

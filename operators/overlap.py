@@ -138,11 +138,11 @@ def mirrored_signature(signature: np.ndarray, side: int) -> np.ndarray:
 @dataclass(frozen=True, eq=False)
 class SharedFootage:
     """The footage a clip shares with kept clips: which of its frames are in any of them, and the
-    largest share of one kept clip shorter than it that is in it (such a clip, held whole, is a
-    duplicate however little of the new one it is)."""
+    kept clip of each window that matched (their numbers in the comparison), which names the one
+    it repeats most."""
 
     covered: np.ndarray  # bool (T,): the clip's frames in a matched window
-    kept_share: float
+    matched_clips: np.ndarray  # int (M,): the kept clip of each matched kept window
 
     @property
     def frames(self) -> int:
@@ -152,35 +152,36 @@ class SharedFootage:
 
     @property
     def share(self) -> float:
-        """What `duplicate_overlap_share` tests: the share of the clip found in kept clips, or of a
-        shorter kept clip found in it, whichever is larger."""
-        return max(self.frames / len(self.covered), self.kept_share)
+        """What `duplicate_overlap_share` tests: the share of the clip found in kept clips."""
+        return self.frames / len(self.covered)
+
+    @property
+    def most_matched(self) -> int | None:
+        """The kept clip with the most windows found in this one (the lower number on ties); None
+        when none matched."""
+        return int(np.bincount(self.matched_clips).argmax()) if len(self.matched_clips) else None
 
     def __or__(self, other: SharedFootage) -> SharedFootage:
         """Both together: what another cluster or view of the same clip found (frame for frame, as a
         mirror image keeps the clip's time)."""
-        return SharedFootage(self.covered | other.covered, max(self.kept_share, other.kept_share))
+        return SharedFootage(self.covered | other.covered, np.concatenate([self.matched_clips, other.matched_clips]))
 
 
 def shared_footage(query_starts: np.ndarray, query_signatures: np.ndarray, query_frames: int,
-                   kept_signatures: np.ndarray, kept_places: np.ndarray, fps: float,
+                   kept_signatures: np.ndarray, kept_clips: np.ndarray, fps: float,
                    window_similarity: float) -> SharedFootage:
     """The footage the query clip shares with kept clips (both with windows).
 
-    `kept_places` (R, 3) says where each row of `kept_signatures` is from: its clip's number, its
-    start frame, its clip's length in frames; rows of one clip are consecutive, in time order.
-    Each kept window takes its best query window; where they match (cosine >= `window_similarity`)
-    the frames of both windows are shared. The query's frames count together whatever kept clip they
+    `kept_clips` (R,) says which kept clip each row of `kept_signatures` is a window of. Each kept
+    window takes its best query window; where they match (cosine >= `window_similarity`) the frames
+    of the query window are shared. The query's frames count together whatever kept clip they
     match, so a clip straddling two kept ones is found whole; a matched stretch reads up to a kept
     window step short at each end that falls inside both clips. Linear in R and T after the product.
     """
     similarity = kept_signatures @ query_signatures.T
     best = similarity.argmax(axis=1)
     matched = similarity[np.arange(len(best)), best] >= window_similarity
-    length = window_frames(fps)
-    clip, start, clip_frames = kept_places[matched & (kept_places[:, 2] < query_frames)].T
-    return SharedFootage(_covered(query_starts[best[matched]], length, query_frames),
-                         _largest_kept_share(clip, start, clip_frames, length))
+    return SharedFootage(_covered(query_starts[best[matched]], window_frames(fps), query_frames), kept_clips[matched])
 
 
 def _covered(starts: np.ndarray, length: int, frames: int) -> np.ndarray:
@@ -189,17 +190,6 @@ def _covered(starts: np.ndarray, length: int, frames: int) -> np.ndarray:
     np.add.at(edges, starts, 1)
     np.add.at(edges, starts + length, -1)
     return np.cumsum(edges[:-1]) > 0
-
-
-def _largest_kept_share(clip: np.ndarray, start: np.ndarray, clip_frames: np.ndarray, length: int) -> float:
-    """The largest share of one kept clip its matched windows hold (each clip's rows consecutive, in
-    time order): a window holds the frames up to the next one's start, the last its own length."""
-    if not len(clip):
-        return 0.0
-    changes = clip[1:] != clip[:-1]
-    firsts, last = np.flatnonzero(np.append(True, changes)), np.append(changes, True)
-    held = np.where(last, length, np.minimum(np.diff(start, append=start[-1]), length))
-    return float((np.add.reduceat(held, firsts) / clip_frames[firsts]).max())
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ def _decide_all(ledger: CorpusLedger, clips: list) -> list[tuple[str | None, dic
     decided = []
     for key, embedding, signature, thumbnails in clips:
         measures: dict[str, float] = {}
-        reason = ledger.decide(embedding, signature, thumbnails, measures)
+        reason = ledger.decide(embedding, signature, thumbnails, measures).reason
         if reason is None:
             ledger.keep(key, embedding, signature, thumbnails)
         decided.append((reason, measures))
@@ -112,12 +112,12 @@ def test_a_clip_left_out_that_joined_two_people_leaves_them_apart(tmp_path: Path
     saved = _ledger(tmp_path, max_clips_per_identity=2)
     for name in "abc":
         saved.keep(*clips[name])
-    assert saved.decide(*clips["d"][1:]) == filters.IDENTITY_OVER_CAP  # one cluster of three
+    assert saved.decide(*clips["d"][1:]).reason == filters.IDENTITY_OVER_CAP  # one cluster of three
     reopened = _reopen_committed(tmp_path, saved, lost={clips["a"][0]})
     never_kept = _ledger(None, max_clips_per_identity=2)
     for name in "bc":
         never_kept.keep(*clips[name])
-    assert reopened.decide(*clips["d"][1:]) is never_kept.decide(*clips["d"][1:]) is None
+    assert reopened.decide(*clips["d"][1:]).reason is never_kept.decide(*clips["d"][1:]).reason is None
 
 
 def test_the_rows_of_clips_left_out_at_the_end_are_written_over(tmp_path: Path) -> None:

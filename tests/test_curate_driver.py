@@ -230,7 +230,7 @@ def test_a_scan_signature_from_before_footage_signatures_matches_no_duplicate(tm
     assert kept_signature is None and kept_thumbnails is None and new_signature.size == SIGNATURE_SIZE
     ledger = CorpusLedger(same_person=0.5, max_per_identity=1, duplicate_similarity=0.9)
     ledger.keep("clip1", kept_embedding, kept_signature)
-    assert ledger.decide(new_embedding, new_signature) == "identity_over_cap"  # counted, compared with nothing
+    assert ledger.decide(new_embedding, new_signature).reason == "identity_over_cap"  # counted, compared with nothing
 
 
 @pytest.mark.parametrize(("sample_has_thumbnails", "ledger_kept"), [(True, False), (False, False), (False, True)])

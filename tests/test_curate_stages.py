@@ -403,12 +403,12 @@ def test_corpus_ledger_caps_identities_and_drops_duplicates() -> None:
     person = l2_normalise(rng.normal(size=128))
     ledger = CorpusLedger(same_person=0.5, max_per_identity=2, duplicate_similarity=0.97)
     signatures = l2_normalise(rng.normal(size=(4, 64)))
-    assert ledger.decide(person, signatures[0]) is None
+    assert ledger.decide(person, signatures[0]).reason is None
     ledger.keep("clip1", person, signatures[0])
-    assert ledger.decide(person, signatures[0]) == filters.DUPLICATE
-    assert ledger.decide(l2_normalise(rng.normal(size=128)), signatures[0]) is None  # another person, same motion
+    assert ledger.decide(person, signatures[0]) == (filters.DUPLICATE, "clip1")
+    assert ledger.decide(l2_normalise(rng.normal(size=128)), signatures[0]).reason is None  # another person, same motion
     ledger.keep("clip2", person, signatures[1])
-    assert ledger.decide(person, signatures[2]) == filters.IDENTITY_OVER_CAP
+    assert ledger.decide(person, signatures[2]) == (filters.IDENTITY_OVER_CAP, "clip1")  # the identity's first
 
 
 @pytest.mark.parametrize(("length", "min_frames", "max_frames", "expected"), [
@@ -447,10 +447,10 @@ def test_a_kept_clip_without_a_signature_counts_for_the_cap_and_matches_no_dupli
     person, signature = l2_normalise(rng.normal(size=128)), l2_normalise(rng.normal(size=64))
     ledger = CorpusLedger(same_person=0.5, max_per_identity=2, duplicate_similarity=0.9)
     ledger.keep("clip3", person, None)
-    assert ledger.decide(person, signature) is None
+    assert ledger.decide(person, signature).reason is None
     ledger.keep("clip4", person, signature)
-    assert ledger.decide(person, signature) == filters.DUPLICATE
-    assert ledger.decide(person, l2_normalise(rng.normal(size=64))) == filters.IDENTITY_OVER_CAP
+    assert ledger.decide(person, signature).reason == filters.DUPLICATE
+    assert ledger.decide(person, l2_normalise(rng.normal(size=64))).reason == filters.IDENTITY_OVER_CAP
 
 
 def _signature(frames: np.ndarray) -> np.ndarray:

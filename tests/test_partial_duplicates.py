@@ -29,7 +29,7 @@ def _ledger(**settings: float) -> CorpusLedger:
 
 def _decide(ledger: CorpusLedger, thumbnails: np.ndarray) -> tuple[str | None, dict[str, float]]:
     measures: dict[str, float] = {}
-    return ledger.decide(PERSON, content_signature(thumbnails), thumbnails, measures), measures
+    return ledger.decide(PERSON, content_signature(thumbnails), thumbnails, measures).reason, measures
 
 
 def _keep(ledger: CorpusLedger, thumbnails: np.ndarray) -> None:
@@ -77,14 +77,26 @@ def test_a_trimmed_copy_of_a_long_source_is_a_partial_duplicate_where_its_pieces
         assert measures["overlap_share"] == pytest.approx(measures["overlap_s"] / 10)
 
 
-def test_a_clip_holding_a_shorter_kept_clip_whole_is_a_partial_duplicate() -> None:
-    """A 10-s original after its 4-s excerpt was kept: 0.4 of it is kept footage, but all of the
-    kept clip is in it, which the share tests (of the shorter clip) and the row reports."""
+def test_an_original_after_its_kept_excerpt_keeps_its_own_footage() -> None:
+    """A 7.2-s original curated after its 3.5-s excerpt was kept (review s20, `liveportrait_d18`)
+    was rejected whole, its footage outside the excerpt lost: 0.49 of it is kept footage, under the
+    share, so it is kept (the excerpt's frames then twice in the corpus). Decided in one run, the
+    original comes first and the excerpt is the one rejected."""
     ledger = _ledger()
     _keep(ledger, KEPT[50:150])
     reason, measures = _decide(ledger, re_encoded(KEPT))
-    assert reason == filters.PARTIAL_DUPLICATE and _measured(measures["overlap_s"], 4.0)
-    assert measures["overlap_share"] == pytest.approx(1.0)
+    assert reason is None and _measured(measures["overlap_s"], 4.0)
+    assert measures["overlap_share"] == pytest.approx(measures["overlap_s"] / 10)
+
+
+def test_a_partial_duplicate_names_the_kept_clip_it_repeats_most() -> None:
+    """A curator auditing a rejection had nothing to join on: the row names the kept clip."""
+    ledger = _ledger()
+    ledger.keep("first", PERSON, content_signature(KEPT[:100]), KEPT[:100])
+    ledger.keep("second", PERSON, content_signature(KEPT[100:]), KEPT[100:])
+    copy = re_encoded(KEPT[60:250])  # 40 frames of the first, all 150 of the second
+    decision = ledger.decide(PERSON, content_signature(copy), copy)
+    assert decision == (filters.PARTIAL_DUPLICATE, "second")
 
 
 @pytest.mark.parametrize("frames", [110, 133, 160])
@@ -148,7 +160,7 @@ def test_a_partial_duplicate_is_judged_within_the_identity_only() -> None:
     _keep(ledger, KEPT)
     measures: dict[str, float] = {}
     other_person = l2_normalise(np.arange(8.0, 0.0, -1.0) * np.array([1, -1] * 4))
-    assert ledger.decide(other_person, content_signature(KEPT[:125]), KEPT[:125], measures) is None
+    assert ledger.decide(other_person, content_signature(KEPT[:125]), KEPT[:125], measures).reason is None
     assert measures == {}  # compared with no kept clip
 
 
@@ -198,15 +210,18 @@ def test_the_clip_row_reports_the_duplicate_measures_and_older_markers_still_mak
 
     row = {"uri": "/in/a.mp4", "input_key": "a"}
     measured = ledger.clip_row("a_1", row, {"start": 0, "end": 125, "reason": filters.PARTIAL_DUPLICATE,
-                                            "measures": {"duplicate_similarity": 0.29, "overlap_s": 4.9,
-                                                         "overlap_share": 0.98}}, FPS)
+                                            "matched_key": "b_7", "measures": {"duplicate_similarity": 0.29,
+                                                                               "overlap_s": 4.9, "overlap_share": 0.98}}, FPS)
     assert (measured["reason"], measured["overlap_share"], measured["overlap_s"]) == ("partial_duplicate", 0.98, 4.9)
+    assert measured["matched_key"] == "b_7"
     unmeasured = ledger.clip_row("a_2", row, {"start": 125, "end": 250, "reason": None, "measures": {}}, FPS)
     assert math.isnan(unmeasured["overlap_share"]) and math.isnan(unmeasured["duplicate_similarity"])
-    older = {k: v for k, v in unmeasured.items() if k not in ("duplicate_similarity", "overlap_s", "overlap_share")}
+    older = {k: v for k, v in unmeasured.items()
+             if k not in ("duplicate_similarity", "overlap_s", "overlap_share", "matched_key")}
     input_row = ledger.input_row(dict(row, status="scanned", duration_s=10.0), [measured, older])
     _, clips = ledger._tables({"a": {"input": input_row, "clips": [measured, older]}})
     assert clips.column("overlap_share").to_pylist() == [0.98, None]
+    assert clips.column("matched_key").to_pylist() == ["b_7", None]  # markers from before it say nothing
     assert input_row["clips_rejected"] == {"partial_duplicate": 1}
 
 
@@ -330,6 +345,7 @@ def test_an_excerpt_decided_with_its_original_is_rejected_whatever_the_names(
                                     curate.Layout(tmp_path), {})
     assert decided["m_original"][0]["reason"] is None
     assert decided[excerpt_name][0]["reason"] == filters.PARTIAL_DUPLICATE
+    assert decided[excerpt_name][0]["matched_key"] == clips["m_original"]["key"]  # what its row names
 
 
 def test_a_re_upload_is_compared_with_every_cluster_of_its_person_not_only_the_nearest() -> None:
@@ -343,7 +359,7 @@ def test_a_re_upload_is_compared_with_every_cluster_of_its_person_not_only_the_n
     other = footage(5, 250)
     ledger.keep("clip5", at(70), content_signature(other), other)  # 0.34 to the first centroid: a second cluster
     copy = re_encoded(KEPT)
-    assert ledger.decide(at(45), content_signature(copy), copy) == filters.DUPLICATE  # 0.91 to the second, 0.71 to the first
+    assert ledger.decide(at(45), content_signature(copy), copy).reason == filters.DUPLICATE  # 0.91 to the second, 0.71 to the first
 
 
 def test_deciding_longest_first_reads_each_clip_once_as_it_is_decided(tmp_path: Path,

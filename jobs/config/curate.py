@@ -109,9 +109,9 @@ class CurateConfig(BaseModel):
     duplicate_overlap_share: float = Field(
         0.5, gt=0, le=1,
         description="`partial_duplicate`: a clip of a kept clip's identity whose footage found in the kept clips of "
-        "that identity (together) is at least this share of it, or of a shorter kept clip found in it (a clip holding "
-        "the first half of a kept one, a re-upload trimmed at either end: 0.92-1.0 on the shared media). Footage is "
-        "matched on 2-s windows of the thumbnails.",
+        "that identity (together) is at least this share of it (a clip holding the first half of a kept one, a "
+        "re-upload trimmed at either end: 0.92-1.0 on the shared media; an original curated after its kept excerpt "
+        "holds less and is kept, its own footage with it). Footage is matched on 2-s windows of the thumbnails.",
     )
     duplicate_overlap_seconds: float = Field(
         0.0, ge=0,

@@ -117,6 +117,33 @@ def test_head_turns_move_the_nose_the_way_the_pose_says(yaw: float, pitch: float
     assert np.abs(still - ref.landmarks).max() < 0.3 * np.abs(moved - ref.landmarks).max()
 
 
+def test_a_driver_crossing_its_crop_moves_the_reference_head_a_bounded_way() -> None:
+    """A singer walking across a stage (`face_recognition_short_hamilton_clip.mp4`) and a pedestrian
+    walking up to the camera moved the driver's face far in its shot's fixed crop: followed one for
+    one, the portrait's head was pushed into a corner and cut along the crop's edge."""
+    from portraitflow.models.animators.warp import MAX_SCALE, MAX_SHIFT
+
+    ref = reference()
+    _, half = head_frame(ref.landmarks)
+    start = synthetic_landmarks(cx=90, half=30)
+
+    def moved(driver: np.ndarray) -> np.ndarray:
+        transfer = _MotionTransfer(ref, "relative", 1.0, 0.0)
+        transfer.step(start.astype(float), np.zeros(3), 0)
+        return transfer.step(driver.astype(float), np.zeros(3), 0)[0]
+
+    def size(marks: np.ndarray) -> float:
+        return float(np.ptp(marks[:, 0]))
+
+    far = moved(synthetic_landmarks(cx=200, half=60))  # across the crop, twice as large
+    assert size(far) / size(ref.landmarks) <= MAX_SCALE + 0.01
+    assert np.linalg.norm(far.mean(axis=0) - ref.landmarks.mean(axis=0)) <= MAX_SHIFT * half * MAX_SCALE + 1.0
+    assert 0 < far.min() and far.max() < SIZE  # the head whole inside the crop
+    near = moved(start + np.float32([2.0, -1.0]))  # a talking head's sway: followed as it is
+    sway = (near - ref.landmarks).mean(axis=0)  # 2 px of a 30-px half-width, on the reference's
+    np.testing.assert_allclose(sway, np.array([2.0, -1.0]) * half / 30, rtol=0.02)
+
+
 def test_relative_motion_restarts_at_each_shot() -> None:
     ref = reference()
     first, second = synthetic_landmarks(cx=140, half=40), synthetic_landmarks(cx=100, half=50, mouth_open=0.6)

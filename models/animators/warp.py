@@ -19,8 +19,8 @@ rendered as one dense map and `cv2.remap`. A crop pasted back onto the portrait 
 blended with the still photo along its edges (`feather`): a fixed frame inside that band keeps the
 band as it was, so nothing shows twice along the seam, except where the face itself comes that
 near. A mouth opened wider than the reference's is filled with a dark cavity. Head turns approach
-+-25 degrees yaw and +-20 pitch smoothly, and the head is kept inside the crop, because a 2D warp
-folds beyond that.
++-25 degrees yaw and +-20 pitch smoothly, the head's shift 0.6 face half-widths and its scale change
+1.3x, and the head is kept inside the crop, because a 2D warp folds beyond that.
 
 No learned model: no hair, teeth or occlusion synthesis, and large head turns stretch the
 background. It is a preview and a baseline, not a generator (docs/generation.md).
@@ -51,6 +51,11 @@ HEAD_AXES = (1.0, 1.6, 1.0)
 #: a 2D warp of a frontal photo cannot show a head turned further than this (degrees): target
 #: yaw and pitch approach these limits smoothly (tanh) instead of folding the face.
 MAX_YAW, MAX_PITCH = 25.0, 20.0
+#: likewise the head's placement: its shift approaches MAX_SHIFT of the reference's face
+#: half-widths and its scale change a factor MAX_SCALE. A driver walking across a stage, or
+#: towards the camera, moves its face far in its shot's fixed crop; followed one for one, the
+#: reference's head was pushed into a corner and cut by the crop's edge (review s20).
+MAX_SHIFT, MAX_SCALE = 0.6, 1.3
 
 DEFAULT_PARAMS: dict[str, Any] = {"motion": "relative", "pose_multiplier": 1.0, "expression_multiplier": 1.0}
 #: `animate.feather` where a job's params do not carry it: the width of the paste-back mask's soft
@@ -323,7 +328,7 @@ class WarpAnimator(Animator):
     params = tuple(DEFAULT_PARAMS)
     #: 1: a pasted-back crop stays still where paste-back blends it with the photo (`still_band`),
     #: and a head outline reaching past the crop no longer drags its edge with a still driver
-    output_version = 1
+    output_version = 2
 
     def __init__(self, map_step: int = 4) -> None:
         self.map_step = map_step
@@ -507,7 +512,7 @@ class _MotionTransfer:
         ref_pitch = self._limited(self.ref_pose[1], pitch * self.pose_gain, MAX_PITCH)
         ref_rigid = rotate_project(self.ref_head, self.ref_centre, self.ref_half, ref_yaw, ref_pitch)
         on_ref = _Similarity(head.scale, head.angle, self.to_ref.linear() @ head.shift, self.to_ref(head.centre))
-        placement = on_ref.power(self.pose_gain)
+        placement = self._bounded(on_ref.power(self.pose_gain))
         forehead = placement(rotate_project(self.ref_forehead_head, self.ref_centre, self.ref_half, ref_yaw, ref_pitch))
         face = np.clip(self._inside(np.concatenate([placement(ref_rigid + expression_on_ref), forehead])), *self.limits)
         shift = (face - self.ref_face)[RING_SOURCES]
@@ -542,6 +547,16 @@ class _MotionTransfer:
         low, high = self.room
         shift = np.maximum(low - face.min(axis=0), 0.0) - np.maximum(face.max(axis=0) - high, 0.0)
         return face + shift
+
+    def _bounded(self, placement: _Similarity) -> _Similarity:
+        """The placement with its shift and scale change approaching MAX_SHIFT and MAX_SCALE softly
+        (tanh), as `_limited` bounds yaw and pitch: a talking head's few percent pass nearly as
+        they are (a shift of a tenth of a half-width loses 0.1%)."""
+        log_limit = np.log(MAX_SCALE)
+        scale = float(np.exp(log_limit * np.tanh(np.log(placement.scale) / log_limit)))
+        limit, length = MAX_SHIFT * self.ref_half, float(np.linalg.norm(placement.shift))
+        shift = placement.shift * (limit * np.tanh(length / limit) / length) if length > 0 else placement.shift
+        return _Similarity(scale, placement.angle, shift, placement.centre)
 
     @staticmethod
     def _limited(start: float, change: float, limit: float) -> float:

@@ -1,6 +1,7 @@
 """The CLI's handling of flags and of ordinary user mistakes: clean errors, no Ray, no tracebacks."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -409,3 +410,21 @@ def test_a_folder_written_before_the_mark_is_known_by_what_it_holds(tmp_path: Pa
         claim_folder(tmp_path, other)
     claim_folder(tmp_path, owner)
     assert folder_owner(tmp_path) == owner
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "false"), ("true", "true")])
+def test_the_command_silences_mlflows_artifact_bars_unless_the_user_set_them(
+        given: str | None, expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep's report printed a progress bar per artifact it downloaded, burying its summary."""
+    import sys
+
+    from portraitflow.jobs import cli
+
+    if given is None:
+        monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    else:
+        monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", given)
+    monkeypatch.setattr(sys, "argv", ["portraitflow", "--help"])
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == expected

@@ -425,6 +425,7 @@ def test_the_command_silences_mlflows_artifact_bars_unless_the_user_set_them(
     else:
         monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", given)
     monkeypatch.setattr(sys, "argv", ["portraitflow", "--help"])
+    monkeypatch.setattr("portraitflow.jobs.runtime.stop_on_sigterm", lambda: None)  # pytest keeps its handler
     with pytest.raises(SystemExit):
         cli.main()
     assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == expected

@@ -128,7 +128,7 @@ def report(
     run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="A sweep's parent run id, or an evaluation run id.")],
     out: OutOption,
     rank_by: Annotated[Optional[str], typer.Option(
-        "--rank-by", help="Metric sorting the summary (default: the one the sweep ranked by, else evaluate.rank_by).")] = None,
+        "--rank-by", help="Metric sorting the summary (default: the one the run ranked by, else evaluate.rank_by).")] = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
     mlflow_uri: MlflowUriOption = None,

@@ -62,6 +62,7 @@ ATTEMPT_TAG = "portraitflow.attempt"  # n for the n-th child of its config in th
 PREVIOUS_ERROR_TAG = "portraitflow.previous_error"  # the `error` of the attempt a child retries, if that one failed
 #: on an evaluation run that scored every job and scored none: FAILED, its tables whole (what the report shows)
 NOTHING_SCORED_TAG = "portraitflow.nothing_scored"
+RANK_BY_TAG = "portraitflow.rank_by"  # the metric a sweep's latest run ranked its configs by
 #: how much of a failure the `error` and `previous_error` tags keep
 ERROR_CHARS = 5000
 
@@ -603,6 +604,7 @@ def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir:
         if spec.dataset.type == "shards" and Path(spec.dataset.path, "shards").is_dir():  # a curated output folder
             if curation_run := latest_run_into(client, Path(spec.dataset.path)):
                 client.set_tag(parent_id, CURATION_RUN_TAG, curation_run)
+        client.set_tag(parent_id, RANK_BY_TAG, evaluate.rank_by)  # a rerun may rank by another
         client.log_text(parent_id, spec.model_dump_json(indent=2), "sweep.json")
         client.log_text(parent_id, "\n".join(metrics_learned.skip_notes(evaluate).values()), "notes.txt")
         client.log_artifact(parent_id, str(out_dir / "dataset.parquet"))
@@ -785,8 +787,9 @@ def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, r
     """A static HTML report of a sweep's parent run (or of a single evaluation run) from MLflow;
     ValueError, before anything is written, when `rank_by` is no metric or the run is neither (a
     curation run made a page of its own metrics titled as an evaluation). Without `rank_by`, the
-    sweep's own (its configs' logged `evaluate.rank_by`), so a page made again ranks as the sweep's
-    did; `cfg.evaluate.rank_by` for a run that logged none."""
+    run's own, so a page made again ranks as the run's did: a sweep's latest (RANK_BY_TAG; for a
+    sweep from before it, its latest config's logged `evaluate.rank_by`), an evaluation's `rank_by`
+    param; `cfg.evaluate.rank_by` for a run that recorded none."""
     if rank_by is not None:
         check_rank_by(rank_by, "rank_by")
     client = mlflow_client(cfg.mlflow)
@@ -802,8 +805,9 @@ def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, r
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     children = children or [parent]
-    logged = next((child.data.params["evaluate.rank_by"] for child in children
-                   if "evaluate.rank_by" in child.data.params), None)
+    logged = parent.data.tags.get(RANK_BY_TAG) or parent.data.params.get("rank_by") or next(
+        (child.data.params["evaluate.rank_by"] for child in reversed(children) if "evaluate.rank_by" in child.data.params),
+        None)
     rank_by = rank_by or logged or cfg.evaluate.rank_by
     check_rank_by(rank_by, "rank_by")
     params = [json.loads(child.data.tags.get(PARAMS_TAG, "{}")) for child in children]

@@ -38,10 +38,11 @@ log = logging.getLogger(__name__)
 LEDGER_VERSION = 1
 TABLE_NAME = "ledger.npz"
 #: the row files, `{name}-{ledger id}.bin`: a kept clip's embedding and signature, and its footage
-#: windows (whose start frames follow from its length: `overlap.window_starts`)
+#: windows
 ROW_FILES = ("embeddings", "signatures", "windows")
 #: a kept clip's columns in the table: its cluster, its rows (a signature row of -1: it has none;
-#: windows lo..hi), its length in frames
+#: windows lo..hi), its length in frames (recorded, read by no decision since 2026-11-28, when a
+#: kept clip's own share found in a new one stopped counting; kept so saved ledgers stay readable)
 CLUSTER, EMBEDDING, SIGNATURE, WINDOWS_LO, WINDOWS_HI, FRAMES = range(6)
 
 
@@ -170,7 +171,7 @@ class CorpusLedger:
         self._centroids = _Rows()
         self._counts: list[int] = []
         self._members: list[list[int]] = []  # per cluster, its clips' numbers in the order they were kept
-        self._signal_of: tuple[np.ndarray | None, np.ndarray | None] = (None, None)  # see `_signal`
+        self._signal_of: tuple[np.ndarray, np.ndarray] | None = None  # see `_signal`
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
         self._rows: dict[str, _RowFile] = {}
@@ -374,9 +375,11 @@ class CorpusLedger:
 
     def _signal(self, thumbnails: np.ndarray) -> np.ndarray:
         """The clip's `footage_signal`, computed once for a `decide` and the `keep` of the same clip
-        that follows it (the same array): it was 60% of the decisions' time, computed three times."""
-        if self._signal_of[0] is not thumbnails:
-            self._signal_of = (thumbnails, footage_signal(thumbnails))
+        that follows it: it was 60% of the decisions' time, computed three times. The thumbnails it
+        was computed from are kept and compared (a tenth of the computation), so other thumbnails,
+        or the same array filled again, are never given another clip's signal."""
+        if self._signal_of is None or not np.array_equal(self._signal_of[0], thumbnails):
+            self._signal_of = (thumbnails.copy(), footage_signal(thumbnails))
         return self._signal_of[1]
 
     def keep(self, key: str, embedding: np.ndarray, signature: np.ndarray | None,

@@ -17,9 +17,10 @@ if TYPE_CHECKING:
 
 def contact_sheet(shard_dir: Path, out: Path, keys: Collection[str], key_notes: Path | None = None,
                   max_images: int = 64, thumb: int = 128) -> int:
-    """A PNG grid of the `ref.jpg` of the clips `keys` names (a run's accepted clips), in key
-    order; returns the number of images. Shards are searched newest first (a run appends its
-    own) through their key notes, so only the shards holding those clips are opened."""
+    """A PNG grid of the `ref.jpg` of the clips `keys` names (a run's accepted clips), at most
+    `max_images`, in key order; returns the number of images. Shards are searched newest first (a
+    run appends its own) through their key notes, so only the shards holding those clips are
+    opened, and of more than `max_images` clips those packed last are shown."""
     from PIL import Image
 
     wanted = set(keys)

@@ -109,7 +109,8 @@ def any_done(done_dir: Path) -> bool:
     """Whether some marker in the folder is done, reading markers only until one is."""
     for path in done_dir.glob("*.json") if done_dir.is_dir() else []:
         try:
-            if is_done(json.loads(path.read_text())):
+            marker = json.loads(path.read_text())
+            if isinstance(marker, dict) and is_done(marker):
                 return True
         except (OSError, ValueError):  # `load_markers` ignores it too
             continue

@@ -103,12 +103,15 @@ def footage_signal(thumbnails: np.ndarray) -> np.ndarray:
     from scipy.ndimage import gaussian_filter1d
 
     count, height, width = thumbnails.shape
-    pixels = thumbnails.astype(np.float64)
+    side = (height // WINDOW_POOL, width // WINDOW_POOL)  # a thumbnail of odd size: its last row or column left out
+    if not count:
+        return np.zeros((0, *side))
+    pixels = thumbnails[:, :side[0] * WINDOW_POOL, :side[1] * WINDOW_POOL].astype(np.float64)
     blocks = [pixels[:, i::WINDOW_POOL, j::WINDOW_POOL] for i in range(WINDOW_POOL) for j in range(WINDOW_POOL)]
     pooled = (sum(blocks) / len(blocks)).reshape(count, -1)  # strided sums: 5x faster than a mean over two axes
     pooled = (pooled - pooled.mean(axis=1, keepdims=True)) / np.maximum(pooled.std(axis=1, keepdims=True), 1.0)
     smoothed = gaussian_filter1d(pooled, SIGNATURE_SMOOTH_FRAMES, axis=0, mode="nearest")
-    return smoothed.reshape(count, height // WINDOW_POOL, width // WINDOW_POOL)
+    return smoothed.reshape(count, *side)
 
 
 def window_signatures(signal: np.ndarray, fps: float, hop: int) -> tuple[np.ndarray, np.ndarray]:
@@ -120,7 +123,7 @@ def window_signatures(signal: np.ndarray, fps: float, hop: int) -> tuple[np.ndar
     count = len(signal)
     length, starts = window_frames(fps), window_starts(count, fps, hop)
     if not len(starts):
-        return starts, np.zeros((0, signal[0].size * WINDOW_STEPS), np.float32)
+        return starts, np.zeros((0, int(np.prod(signal.shape[1:])) * WINDOW_STEPS), np.float32)
     steps = np.linspace(0, length - 1, WINDOW_STEPS).round().astype(np.int64)
     windows = signal.reshape(count, -1)[starts[:, None] + steps[None, :]]
     windows = (windows - windows.mean(axis=1, keepdims=True)).reshape(len(starts), -1)

@@ -420,10 +420,9 @@ def test_the_command_silences_mlflows_artifact_bars_unless_the_user_set_them(
 
     from portraitflow.jobs import cli
 
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", given or "")  # recorded, so the test's own is undone
     if given is None:
-        monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
-    else:
-        monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", given)
+        monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
     monkeypatch.setattr(sys, "argv", ["portraitflow", "--help"])
     monkeypatch.setattr("portraitflow.jobs.runtime.stop_on_sigterm", lambda: None)  # pytest keeps its handler
     with pytest.raises(SystemExit):

@@ -87,6 +87,15 @@ def test_a_run_reads_the_markers_once_and_its_tables_equal_the_folders(tmp_path:
     assert pq.read_table(out / "clips.parquet").to_pandas().equals(clips.to_pandas())  # NaN measures alike
 
 
+def test_finished_work_is_found_past_a_marker_that_holds_no_object(tmp_path: Path) -> None:
+    """`null` in a marker (valid JSON) stopped every run, a dry run too, before any shard was packed."""
+    (tmp_path / "a.json").write_text("null")
+    assert not ledger.any_done(tmp_path)
+    row = {"uri": "/v/b.mp4", "input_key": "b", "status": "scanned", "width": 64, "height": 64}
+    ledger.write_marker(tmp_path, ledger.input_row(row, []), [])
+    assert ledger.any_done(tmp_path)
+
+
 def test_written_tables_leave_out_a_marker_that_does_not_fit(tmp_path: Path) -> None:
     row = {"uri": "/v/a.mp4", "input_key": "a", "status": "scanned", "width": 64, "height": 64}
     markers = {"a": ledger.write_marker(tmp_path, ledger.input_row(row, []), []),

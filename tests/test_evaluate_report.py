@@ -157,7 +157,30 @@ def test_a_report_made_again_ranks_by_the_metric_the_sweep_ranked_by(tmp_path: P
         child = _child(client, experiment_id, parent, {"backend": backend}, "FINISHED", 1000, tmp_path,
                        {"akd": akd, "apd": apd})
         client.log_param(child, "evaluate.rank_by", "akd")
-    page = sweep.report_from_run(parent, cfg, tmp_path / "again").read_text()
+    page = sweep.report_from_run(parent, cfg, tmp_path / "again").read_text()  # a sweep from before the tag
     assert "ranked by akd (" in page and page.index(">warp<") < page.index(">still<")
     page = sweep.report_from_run(parent, cfg, tmp_path / "told", "apd").read_text()
     assert "ranked by apd (" in page and page.index(">still<") < page.index(">warp<")
+    client.set_tag(parent, sweep.RANK_BY_TAG, "apd")  # rerun ranking by apd: its configs' runs reused
+    page = sweep.report_from_run(parent, cfg, tmp_path / "rerun").read_text()
+    assert "ranked by apd (" in page
+
+
+def test_an_evaluation_run_made_again_ranks_by_its_own_rank_by(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from portraitflow.jobs import sweep
+    from portraitflow.jobs.config import load_config
+    from portraitflow.jobs.runtime import ensure_experiment
+
+    cfg = load_config(None, [f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    run = client.create_run(ensure_experiment(client, cfg.evaluate.experiment), run_name="e").info.run_id
+    ok = pd.DataFrame({"job_id": ["x"], "status": "ok", "akd": [0.1]})
+    (tmp_path / run).mkdir()
+    ok.to_parquet(tmp_path / run / "per_video.parquet")
+    client.log_artifact(run, str(tmp_path / run / "per_video.parquet"))
+    client.log_param(run, "rank_by", "akd")
+    client.log_metric(run, "akd", 0.1)
+    client.set_terminated(run, "FINISHED")
+    assert "ranked by akd (" in sweep.report_from_run(run, cfg, tmp_path / "page").read_text()

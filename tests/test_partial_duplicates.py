@@ -437,3 +437,30 @@ def test_identities_read_each_clips_own_arrays_from_the_scans_kept_open(tmp_path
         assert np.array_equal(signature, expected["signature"]) and len(identities._open) <= 2
     identities.close()
     assert not identities._open
+
+
+def test_a_clip_without_frames_or_with_odd_thumbnails_finds_no_windows_rather_than_failing() -> None:
+    """The signal is computed before the clip's length is checked: an empty clip or a thumbnail of
+    odd size (a scan written by hand, or damaged) failed the decisions where it found nothing."""
+    from portraitflow.operators.overlap import footage_signal
+
+    assert footage_signal(np.zeros((0, 16, 16), np.float32)).shape == (0, 8, 8)
+    assert footage_signal(KEPT[:30, :15, :15]).shape == (30, 7, 7)
+    ledger = _ledger()
+    _keep(ledger, KEPT)
+    for clip in (KEPT[:0], KEPT[:30, :15, :15]):
+        assert ledger.decide(PERSON, None, clip).reason is None
+
+
+def test_thumbnails_filled_again_in_place_are_not_given_the_last_clips_signal() -> None:
+    """The signal computed for a decision is reused for the keep that follows it: only for the same
+    thumbnails, not for the same array holding another clip's."""
+    buffer = KEPT.copy()
+    other = footage(7, 250)
+    ledger, fresh = _ledger(), _ledger()
+    ledger.decide(PERSON, content_signature(buffer), buffer)
+    buffer[:] = other
+    ledger.keep("clip1", PERSON, content_signature(other), buffer)
+    fresh.keep("clip1", PERSON, content_signature(other), other)
+    copy = re_encoded(other)
+    assert _decide(ledger, copy) == _decide(fresh, copy) and _decide(ledger, copy)[0] == filters.DUPLICATE

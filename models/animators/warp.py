@@ -551,7 +551,7 @@ class _MotionTransfer:
     def _bounded(self, placement: _Similarity) -> _Similarity:
         """The placement with its shift and scale change approaching MAX_SHIFT and MAX_SCALE softly
         (tanh), as `_limited` bounds yaw and pitch: a talking head's few percent pass nearly as
-        they are (a shift of a tenth of a half-width loses 0.1%)."""
+        they are (a shift of a tenth of a half-width loses 0.9% of it)."""
         log_limit = np.log(MAX_SCALE)
         scale = float(np.exp(log_limit * np.tanh(np.log(placement.scale) / log_limit)))
         limit, length = MAX_SHIFT * self.ref_half, float(np.linalg.norm(placement.shift))

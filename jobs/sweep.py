@@ -789,7 +789,7 @@ def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, r
     curation run made a page of its own metrics titled as an evaluation). Without `rank_by`, the
     run's own, so a page made again ranks as the run's did: a sweep's latest (RANK_BY_TAG; for a
     sweep from before it, its latest config's logged `evaluate.rank_by`), an evaluation's `rank_by`
-    param; `cfg.evaluate.rank_by` for a run that recorded none."""
+    param; `cfg.evaluate.rank_by` for a run that recorded none or one that is no metric now."""
     if rank_by is not None:
         check_rank_by(rank_by, "rank_by")
     client = mlflow_client(cfg.mlflow)
@@ -802,14 +802,10 @@ def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, r
         experiment = client.get_experiment(parent.info.experiment_id).name
         raise ValueError(f"run {run_id} (experiment {experiment!r}) is neither a sweep nor an evaluation: "
                          "give a sweep's parent run id or an `evaluate` run id")
+    children = children or [parent]
+    rank_by = rank_by or _recorded_rank_by(parent, children) or cfg.evaluate.rank_by
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    children = children or [parent]
-    logged = parent.data.tags.get(RANK_BY_TAG) or parent.data.params.get("rank_by") or next(
-        (child.data.params["evaluate.rank_by"] for child in reversed(children) if "evaluate.rank_by" in child.data.params),
-        None)
-    rank_by = rank_by or logged or cfg.evaluate.rank_by
-    check_rank_by(rank_by, "rank_by")
     params = [json.loads(child.data.tags.get(PARAMS_TAG, "{}")) for child in children]
     # a run that did not finish shows no numbers, as in summary.csv: what it logged is partial (one that
     # scored every job and none of them logged whole tables, which say why)
@@ -854,6 +850,18 @@ def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, r
     notes = [n for n in notes_file.read_text().splitlines() if n] if notes_file.is_file() else []
     return report.write_html(out_dir, f"PortraitFlow evaluation: {parent.info.run_name or run_id}", summary, rank_by,
                              plots, videos, notes, per_video, captions)
+
+
+def _recorded_rank_by(parent, children: list) -> str | None:
+    """The metric a sweep or an evaluation run recorded ranking by (`report_from_run`); None, with a
+    warning, where it is no metric now (renamed by a later release)."""
+    recorded = parent.data.tags.get(RANK_BY_TAG) or parent.data.params.get("rank_by") or next(
+        (child.data.params["evaluate.rank_by"] for child in reversed(children) if "evaluate.rank_by" in child.data.params),
+        None)
+    if recorded is not None and metrics.metric_kind(recorded) is None:
+        log.warning("run %s was ranked by %r, which is no metric now: ranking by the default", parent.info.run_id, recorded)
+        return None
+    return recorded
 
 
 def _ranked(summary: pd.DataFrame, rank_by: str) -> pd.DataFrame:

@@ -164,6 +164,10 @@ def test_a_report_made_again_ranks_by_the_metric_the_sweep_ranked_by(tmp_path: P
     client.set_tag(parent, sweep.RANK_BY_TAG, "apd")  # rerun ranking by apd: its configs' runs reused
     page = sweep.report_from_run(parent, cfg, tmp_path / "rerun").read_text()
     assert "ranked by apd (" in page
+    client.set_tag(parent, sweep.RANK_BY_TAG, "akd_v0")  # a metric a later release renamed: the default
+    page = sweep.report_from_run(parent, load_config(None, [f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                                                            "evaluate.rank_by=akd"]), tmp_path / "renamed").read_text()
+    assert "ranked by akd (" in page
 
 
 def test_an_evaluation_run_made_again_ranks_by_its_own_rank_by(tmp_path: Path) -> None:

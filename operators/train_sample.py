@@ -246,13 +246,18 @@ def sample_builder(cfg: TrainDataConfig, epoch: int) -> Callable[[Mapping[str, A
                    reference=cfg.reference, identity_backend=cfg.identity_backend)
 
 
-def _face_backend(sample: Mapping[str, Any]) -> str | None:
-    """The face backend the sample's json says curated it; None where it says none."""
+def _meta(sample: Mapping[str, Any]) -> dict[str, Any]:
+    """The sample's json as a dict; empty where it has none or it does not hold an object."""
     try:
         meta = json.loads(bytes(sample.get("json") or b"{}"))
     except (ValueError, TypeError):
-        return None
-    return meta.get("face_backend") if isinstance(meta, dict) else None
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _face_backend(sample: Mapping[str, Any]) -> str | None:
+    """The face backend the sample's json says curated it; None where it says none."""
+    return _meta(sample).get("face_backend")
 
 
 def _curated_reference(sample: Mapping[str, Any]) -> int:
@@ -270,14 +275,11 @@ def _clip_rates(sample: Mapping[str, Any]) -> dict[str, np.float32]:
     frame). From the sample's json, NaN where it does not say (`source_fps`: curated before it was
     recorded). Not what SVD's `added_time_ids` take: the release conditions on a constant 12.5
     (SPEC section 8)."""
-    try:
-        meta = json.loads(bytes(sample.get("json") or b"{}"))
-    except (ValueError, TypeError):
-        meta = {}
+    meta = _meta(sample)
     rates = {}
     for name in ("fps", "source_fps"):
         try:
-            rates[name] = np.float32(meta.get(name, np.nan) if isinstance(meta, dict) else np.nan)
+            rates[name] = np.float32(meta.get(name, np.nan))
         except (ValueError, TypeError):
             rates[name] = np.float32(np.nan)
     return rates

@@ -55,7 +55,7 @@ MAX_YAW, MAX_PITCH = 25.0, 20.0
 #: half-widths and its scale change a factor MAX_SCALE. A driver walking across a stage, or
 #: towards the camera, moves its face far in its shot's fixed crop; followed one for one, the
 #: reference's head was pushed into a corner and cut by the crop's edge (review s20). Measured on the
-#: shared talking drivers (hallo_6.jpg as reference): the median frame's shift loses 0.05-0.6% of
+#: shared talking drivers (hallo_6.jpg as reference): the median frame's shift loses 0.05-2.4% of
 #: itself, the 95th percentile's 0.4-3.2%, skyreels_driving_4's large head moves 32%; at 1.0 the
 #: walking singer's hair was still cut by the crop's top edge.
 MAX_SHIFT, MAX_SCALE = 0.6, 1.3

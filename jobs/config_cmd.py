@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 
@@ -17,9 +18,30 @@ app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=T
 
 @app.command("show")
 def show(config: ConfigOption = None, set_: SetOption = None) -> None:
-    """Print the effective config (defaults, then the YAML file, then --set overrides)."""
+    """Print the effective config (defaults, then the YAML file, then --set overrides), and what the
+    fields left empty resolve to from the environment or their defaults."""
     cfg = resolve_config(config, set_)
     typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    for line in resolved_empty_fields(cfg):
+        typer.echo(f"# {line}")
+
+
+def resolved_empty_fields(cfg: PortraitFlowConfig) -> list[str]:
+    """`field = value (source)` for each empty field a flow resolves from the environment or a
+    default: where a job goes (Ray, MLflow) and which insightface pack it loads."""
+    from portraitflow.jobs.runtime import mlflow_tracking_uri, ray_address
+    from portraitflow.models.face.model_files import INSIGHTFACE_ROOT_ENV
+
+    lines = []
+    if not cfg.ray.address:
+        address = ray_address(cfg.ray)
+        lines.append(f"ray.address = {address} (RAY_ADDRESS)" if address else "ray.address = a local Ray, started in-process")
+    if not cfg.mlflow.tracking_uri:
+        source = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "the default, in this folder"
+        lines.append(f"mlflow.tracking_uri = {mlflow_tracking_uri(cfg.mlflow)} ({source})")
+    if not cfg.face.insightface_root and os.environ.get(INSIGHTFACE_ROOT_ENV):
+        lines.append(f"face.insightface_root = {os.environ[INSIGHTFACE_ROOT_ENV]} ({INSIGHTFACE_ROOT_ENV})")
+    return lines
 
 
 @app.command("docs")

@@ -95,9 +95,14 @@ def inspect(
 
     Exits 1, after the summary, when a shard cannot be read whole or the shards do not hold what
     clips.parquet and the index list (`mismatches`), each problem named on stderr with the repair."""
+    from portraitflow.jobs.runtime import folder_owner
+
     for table in (out / "manifest.parquet", out / "clips.parquet"):
         if not table.is_file():
-            raise typer.BadParameter(f"{table} not found: not a folder written by `portraitflow curate`", param_hint="OUT")
+            why = ("no curation into it has finished yet (one was stopped, or is running): rerun the same "
+                   "`portraitflow curate` command to resume it" if folder_owner(out) == "curate"
+                   else "not a folder written by `portraitflow curate`")
+            raise typer.BadParameter(f"{table} not found: {why}", param_hint="OUT")
     summary = summarise(out, quick=quick)
     typer.echo(json.dumps(summary, indent=1))
     problems = []

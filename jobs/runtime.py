@@ -86,16 +86,20 @@ REACH_TIMEOUT_S = 5.0
 
 def check_ray_reachable(cfg: RayConfig) -> None:
     """ServiceUnreachable, within seconds, for a cluster address nothing answers on (Ray itself
-    retries for minutes) or a dashboard URL given as one. "auto" and a local Ray pass."""
+    retries for minutes), a dashboard URL given as one, or a Ray Client address (`ray://`), on
+    which Ray Data's pipelines fail inside Ray. "auto" and a local Ray pass."""
     address = ray_address(cfg)
     if not address or address == "auto":
         return
+    join = ("a driver joins the cluster at HOST:6379 (the address `ray start --head` prints), or runs on the "
+            "embedded Ray with neither --ray-address nor RAY_ADDRESS set")
     if address.startswith(("http://", "https://")):
+        raise ServiceUnreachable(f"{address} is a Ray dashboard URL, what `ray job submit --address` takes; {join}")
+    if address.startswith("ray://"):
         raise ServiceUnreachable(
-            f"{address} is a Ray dashboard URL, what `ray job submit --address` takes; a driver joins the "
-            "cluster at HOST:6379 (the address `ray start --head` prints), or runs on the embedded Ray "
-            "with neither --ray-address nor RAY_ADDRESS set")
-    host, _, port = address.removeprefix("ray://").rpartition(":")
+            f"{address} is a Ray Client address, through which Ray Data's pipelines fail inside Ray; {join}, "
+            "or is submitted with `ray job submit` (docs/cluster.md)")
+    host, _, port = address.rpartition(":")
     if host and port.isdigit():
         _connect(host.strip("[]"), int(port), f"the Ray cluster at {address}")
 

@@ -112,6 +112,7 @@ def expand_shards(sources: str | Sequence[str]) -> list[str]:
     items = [sources] if isinstance(sources, str) else list(sources)
     urls: list[str] = []
     for item in items:
+        item = os.path.expanduser(item)
         if os.path.isdir(item):
             if not os.path.isfile(os.path.join(item, INDEX_NAME)):
                 raise FileNotFoundError(f"shard folder {item} has no {INDEX_NAME}: give a folder written by "
@@ -121,11 +122,13 @@ def expand_shards(sources: str | Sequence[str]) -> list[str]:
         for url in [item] if os.path.exists(item) else wds.shardlists.expand_urls(item):
             urls.extend(read_index(url)) if url.endswith(".json") else urls.append(url)
     if not urls:
-        raise ValueError(f"no shards in {sources!r}")
+        raise ValueError(f"no shards in {sources!r}: an index that lists none is a curation that accepted no clip")
     missing = [url for url in urls if (path := _local_path(url)) is not None and not os.path.isfile(path)]
     if missing:
         more = f" and {len(missing) - 1} more of {len(urls)} shards" if len(missing) > 1 else ""
-        raise FileNotFoundError(f"shard not found: {missing[0]}{more}")
+        glob = " (`*` and `?` are not patterns here: give a brace pattern such as {000000..000009}.tar, or the " \
+               "curated folder)" if any(char in missing[0] for char in "*?") else ""
+        raise FileNotFoundError(f"shard not found: {missing[0]}{more}{glob}")
     return urls
 
 

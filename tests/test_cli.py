@@ -98,8 +98,17 @@ def test_a_bad_config_file_or_override_is_a_usage_error(tmp_path: Path) -> None:
 def test_inspect_names_the_missing_manifest(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["inspect", str(tmp_path)], env=WIDE)
     assert result.exit_code == 2
-    assert str(tmp_path / "manifest.parquet") in result.output
+    assert str(tmp_path / "manifest.parquet") in result.output and "not a folder written by" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_inspect_says_a_curation_stopped_before_its_tables_can_be_resumed(tmp_path: Path) -> None:
+    """A run stopped by `ray job stop` was called "not a folder written by `portraitflow curate`"."""
+    from portraitflow.jobs.runtime import claim_folder
+
+    claim_folder(tmp_path, "curate")
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path)], env=WIDE)
+    assert result.exit_code == 2 and "rerun the same `portraitflow curate` command" in result.output
 
 
 def test_inspect_reports_a_truncated_shard_and_exits_1(tmp_path: Path) -> None:

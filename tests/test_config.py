@@ -114,3 +114,25 @@ def test_runtime_and_face_settings_out_of_range_are_refused(override: str) -> No
     with pytest.raises(ValueError):
         load_config(None, [override])
     assert CliRunner().invoke(app, ["config", "show", "--set", override]).exit_code == 2
+
+
+def test_config_show_says_what_empty_fields_resolve_to(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """It printed `address: null` where every verb would join RAY_ADDRESS's cluster, record to
+    MLFLOW_TRACKING_URI's server and load PORTRAITFLOW_INSIGHTFACE_ROOT's pack."""
+    from typer.testing import CliRunner
+
+    from portraitflow.jobs.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    monkeypatch.setenv("PORTRAITFLOW_INSIGHTFACE_ROOT", "/models/if")
+    shown = CliRunner().invoke(app, ["config", "show"]).output
+    assert "# ray.address = 10.0.0.1:6379 (RAY_ADDRESS)" in shown
+    assert "# mlflow.tracking_uri = http://mlflow.example:5000 (MLFLOW_TRACKING_URI)" in shown
+    assert "# face.insightface_root = /models/if (PORTRAITFLOW_INSIGHTFACE_ROOT)" in shown
+    for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PORTRAITFLOW_INSIGHTFACE_ROOT"):
+        monkeypatch.delenv(name)
+    shown = CliRunner().invoke(app, ["config", "show", "--set", "ray.address=auto"]).output
+    assert "# ray.address" not in shown and "insightface_root =" not in shown
+    assert f"# mlflow.tracking_uri = sqlite:///{tmp_path / 'mlflow.db'} (the default, in this folder)" in shown

@@ -143,7 +143,9 @@ def test_a_cluster_or_server_nothing_answers_on_is_a_one_line_usage_error(tmp_pa
         server.bind(("127.0.0.1", 0))
         server.listen()
         port = server.getsockname()[1]
-        check_ray_reachable(RayConfig(address=f"ray://127.0.0.1:{port}"))
+        check_ray_reachable(RayConfig(address=f"127.0.0.1:{port}"))
+        with pytest.raises(ServiceUnreachable, match="is a Ray Client address"):  # curate crashed inside Ray Data
+            check_ray_reachable(RayConfig(address=f"ray://127.0.0.1:{port}"))
         check_mlflow_reachable(MLflowConfig(tracking_uri=f"http://127.0.0.1:{port}"))
     check_mlflow_reachable(MLflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}"))
     with pytest.raises(ServiceUnreachable, match="is not valid"):

@@ -345,6 +345,22 @@ def test_index_folder_and_brace_pattern_name_the_same_shards(dataset) -> None:
     assert by_index == by_folder == by_pattern and len(by_index) == 4
 
 
+def test_shard_errors_say_what_to_give(dataset, tmp_path, monkeypatch) -> None:
+    """A `*.tar` glob read "shard not found", a folder whose curation accepted nothing "no shards",
+    and `~` was not expanded."""
+    import json
+
+    with pytest.raises(FileNotFoundError, match=r"not patterns here: give a brace pattern"):
+        expand_shards(str(dataset[0] / "shards" / "*.tar"))
+    empty = tmp_path / "nothing_accepted"
+    empty.mkdir()
+    (empty / "index.wids.json").write_text(json.dumps({"wids_version": 1, "shardlist": []}))
+    with pytest.raises(ValueError, match="a curation that accepted no clip"):
+        expand_shards(str(empty))
+    monkeypatch.setenv("HOME", str(dataset[0].parent))
+    assert expand_shards(f"~/{dataset[0].name}") == expand_shards(str(dataset[0]))
+
+
 def test_an_index_that_names_a_command_is_refused_not_run(dataset, tmp_path) -> None:
     """An index is data from whoever shared the corpus: webdataset runs `pipe:` URLs through the shell."""
     import json

@@ -11,7 +11,7 @@ class RayConfig(BaseModel):
 
     address: str | None = Field(
         None,
-        description="Ray cluster to join (`auto`, `ray://host:10001`, ...). Empty: the RAY_ADDRESS "
+        description="Ray cluster to join (`auto`, `HOST:6379`; not a Ray Client `ray://` address, on which Ray Data fails). Empty: the RAY_ADDRESS "
         "environment variable if set, else a local Ray started in-process (never a `ray start` cluster on "
         "this machine: give `auto` for that).",
     )

@@ -133,6 +133,33 @@ def check_mlflow_reachable(cfg: MLflowConfig) -> None:
         raise ServiceUnreachable(f"the MLflow tracking URI {uri!r} is not valid: {exc}") from None
     shown = urlunsplit(parts._replace(netloc=f"{parts.hostname}:{port}"))
     _connect(parts.hostname, port, f"the MLflow server at {shown}")
+    _check_mlflow_api(uri, shown)
+
+
+#: MLflow's own ways to authenticate to a tracking server: with any of them set, a refusal of the
+#: probe below (which sends none of them) says nothing about the run's requests
+MLFLOW_AUTH_ENV = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_AUTH")
+
+
+def _check_mlflow_api(uri: str, shown: str) -> None:
+    """ServiceUnreachable where what answers at `uri` refuses MLflow's API outright: 404 (another
+    service on that port: a Ray dashboard given as the server), or 401/403 with no MLflow
+    credentials set; the run would end in a 70-line traceback after Ray started. One request, no
+    retries; anything else (no answer in time, a TLS setting, a server error) is left to the run."""
+    import urllib.error
+
+    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
+    try:
+        urllib.request.urlopen(request, timeout=REACH_TIMEOUT_S).close()
+    except urllib.error.HTTPError as exc:
+        credentials = any(os.environ.get(name) for name in MLFLOW_AUTH_ENV)
+        if exc.code == 404 or (exc.code in (401, 403) and not credentials):
+            needs = "" if exc.code == 404 else (", or one that needs credentials (MLFLOW_TRACKING_USERNAME and "
+                                                "MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN)")
+            raise ServiceUnreachable(f"{shown} answered {exc.code} to an MLflow API call: not an MLflow tracking "
+                                     f"server{needs}") from None
+    except (OSError, ValueError):  # no answer in time, TLS, a reset: the run's own client says more
+        pass
 
 
 def _connect(host: str, port: int, what: str) -> None:

@@ -252,3 +252,43 @@ def test_the_latest_run_into_a_folder_is_found_in_any_experiment(tmp_path: Path)
     client.set_terminated(later, "FINISHED")
     assert latest_run_into(client, tmp_path / "curated") == later  # not the killed one after it
     assert latest_run_into(client, tmp_path / "curated", finished=False) == killed
+
+
+@pytest.mark.parametrize(("status", "refused"), [(404, True), (401, True), (403, True), (200, False), (500, False)])
+def test_a_server_that_refuses_mlflows_api_is_a_one_line_usage_error(status: int, refused: bool,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ray dashboard's port given as --mlflow-uri (it answered 401) passed the port check, and the
+    run ended in a 73-line traceback after Ray had started."""
+    import http.server
+    import threading
+
+    from portraitflow.jobs.runtime import MLFLOW_AUTH_ENV, ServiceUnreachable, check_mlflow_reachable
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the handler's name
+            body = b'{"experiments": []}'
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    for name in MLFLOW_AUTH_ENV:
+        monkeypatch.delenv(name, raising=False)
+    server = http.server.HTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        if refused:
+            with pytest.raises(ServiceUnreachable, match=f"answered {status} to an MLflow API call"):
+                check_mlflow_reachable(MLflowConfig(tracking_uri=uri))
+        else:
+            check_mlflow_reachable(MLflowConfig(tracking_uri=uri))
+        if status == 401:  # with credentials set, the probe (which sends none) decides nothing
+            monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "t")
+            check_mlflow_reachable(MLflowConfig(tracking_uri=uri))
+    finally:
+        server.shutdown()
+        server.server_close()

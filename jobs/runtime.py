@@ -136,23 +136,23 @@ def check_mlflow_reachable(cfg: MLflowConfig) -> None:
     _check_mlflow_api(uri, shown)
 
 
-#: MLflow's own ways to authenticate to a tracking server: with any of them set, a refusal of the
-#: probe below (which sends none of them) says nothing about the run's requests
-MLFLOW_AUTH_ENV = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_AUTH")
-
-
 def _check_mlflow_api(uri: str, shown: str) -> None:
     """ServiceUnreachable where what answers at `uri` refuses MLflow's API outright: 404 (another
-    service on that port: a Ray dashboard given as the server), or 401/403 with no MLflow
-    credentials set; the run would end in a 70-line traceback after Ray started. One request, no
-    retries; anything else (no answer in time, a TLS setting, a server error) is left to the run."""
+    service on that port: a Ray dashboard given as the server), or 401/403 while MLflow has no
+    credentials to send (its environment variables, `~/.mlflow/credentials`, an auth plugin: this
+    probe sends none of them, so with any, a refusal says nothing of the run's requests); the run
+    would end in a 70-line traceback after Ray started. One request, no retries; anything else (no
+    answer in time, a TLS setting, a server error) is left to the run."""
     import urllib.error
+
+    from mlflow.utils.credentials import get_default_host_creds
 
     request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
     try:
         urllib.request.urlopen(request, timeout=REACH_TIMEOUT_S).close()
     except urllib.error.HTTPError as exc:
-        credentials = any(os.environ.get(name) for name in MLFLOW_AUTH_ENV)
+        creds = get_default_host_creds(uri)
+        credentials = any((creds.username, creds.token, creds.aws_sigv4, creds.auth))
         if exc.code == 404 or (exc.code in (401, 403) and not credentials):
             needs = "" if exc.code == 404 else (", or one that needs credentials (MLFLOW_TRACKING_USERNAME and "
                                                 "MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN)")

@@ -255,14 +255,14 @@ def test_the_latest_run_into_a_folder_is_found_in_any_experiment(tmp_path: Path)
 
 
 @pytest.mark.parametrize(("status", "refused"), [(404, True), (401, True), (403, True), (200, False), (500, False)])
-def test_a_server_that_refuses_mlflows_api_is_a_one_line_usage_error(status: int, refused: bool,
+def test_a_server_that_refuses_mlflows_api_is_a_one_line_usage_error(status: int, refused: bool, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """A Ray dashboard's port given as --mlflow-uri (it answered 401) passed the port check, and the
     run ended in a 73-line traceback after Ray had started."""
     import http.server
     import threading
 
-    from portraitflow.jobs.runtime import MLFLOW_AUTH_ENV, ServiceUnreachable, check_mlflow_reachable
+    from portraitflow.jobs.runtime import ServiceUnreachable, check_mlflow_reachable
 
     class Answer(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the handler's name
@@ -275,8 +275,9 @@ def test_a_server_that_refuses_mlflows_api_is_a_one_line_usage_error(status: int
         def log_message(self, *args) -> None:
             pass
 
-    for name in MLFLOW_AUTH_ENV:
+    for name in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_AUTH", "MLFLOW_TRACKING_AWS_SIGV4"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.mlflow/credentials
     server = http.server.HTTPServer(("127.0.0.1", 0), Answer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     uri = f"http://127.0.0.1:{server.server_address[1]}"
@@ -286,8 +287,9 @@ def test_a_server_that_refuses_mlflows_api_is_a_one_line_usage_error(status: int
                 check_mlflow_reachable(MLflowConfig(tracking_uri=uri))
         else:
             check_mlflow_reachable(MLflowConfig(tracking_uri=uri))
-        if status == 401:  # with credentials set, the probe (which sends none) decides nothing
-            monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "t")
+        if status == 401:  # with credentials, the probe (which sends none) decides nothing
+            (tmp_path / ".mlflow").mkdir()
+            (tmp_path / ".mlflow" / "credentials").write_text("[mlflow]\nmlflow_tracking_username = u\n")
             check_mlflow_reachable(MLflowConfig(tracking_uri=uri))
     finally:
         server.shutdown()

@@ -858,9 +858,13 @@ def _recorded_rank_by(parent, children: list) -> str | None:
     recorded = parent.data.tags.get(RANK_BY_TAG) or parent.data.params.get("rank_by") or next(
         (child.data.params["evaluate.rank_by"] for child in reversed(children) if "evaluate.rank_by" in child.data.params),
         None)
-    if recorded is not None and metrics.metric_kind(recorded) is None:
-        log.warning("run %s was ranked by %r, which is no metric now: ranking by the default", parent.info.run_id, recorded)
-        return None
+    if recorded is not None:
+        try:
+            check_rank_by(recorded, "recorded rank_by")
+        except ValueError:
+            log.warning("run %s was ranked by %r, which is no metric now: ranking by the default", parent.info.run_id,
+                        recorded)
+            return None
     return recorded
 
 

@@ -263,7 +263,7 @@ def _face_backend(sample: Mapping[str, Any]) -> str | None:
 def _curated_reference(sample: Mapping[str, Any]) -> int:
     """The frame curation chose as the clip's reference (`ref_frame` in its json)."""
     try:
-        return int(json.loads(bytes(sample["json"]))["ref_frame"])
+        return int(_meta(sample)["ref_frame"])
     except (KeyError, ValueError, TypeError) as exc:
         raise SampleSkipped("no_curated_reference", f"no curated reference frame (`ref_frame`) in the sample's json "
                             f"({exc!r}): curated by an earlier version? train_data.reference random takes any") from exc

@@ -72,8 +72,8 @@ def animate(
     cfg = resolve_config(config, overrides, ray_address, mlflow_uri, {f"animate.{k}": v for k, v in flags.items()})
     check_weights(cfg.animate)  # first: it reads no model code, so a wrong --weights is said in a second
     check_job_options(cfg.animate, [k for k, v in flags.items() if v is not None] + _animate_overrides(overrides))
-    refuse_missing_face_models(cfg)
     refuse_unreachable_services(cfg)
+    refuse_missing_face_models(cfg)
     if jobs is not None:
         try:
             job_list = load_jobs(jobs)

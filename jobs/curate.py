@@ -634,8 +634,8 @@ def curate(
     cfg = resolve_config(config, set_, ray_address, mlflow_uri)
     if not dry_run:  # a dry run loads no model, and lists a missing input as `fails`
         _refuse_inputs_that_name_nothing(inputs)
-        refuse_missing_face_models(cfg)
         refuse_unreachable_services(cfg)
+        refuse_missing_face_models(cfg)
     try:
         metrics = run_curation(cfg, inputs, out, dry_run=dry_run)
     except NotEnoughResources as exc:

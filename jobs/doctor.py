@@ -9,6 +9,7 @@ from collections.abc import Callable
 import typer
 
 from portraitflow.jobs.options import ConfigOption, MlflowUriOption, RayAddressOption, SetOption, resolve_config
+from portraitflow.jobs import runtime
 
 PACKAGES = [
     "portraitflow", "torch", "ray", "mlflow", "diffusers", "pyarrow", "webdataset", "decord2", "av",
@@ -84,6 +85,8 @@ def doctor(
     typer.echo("services:")
     if check_ray:
         healthy &= _check("ray", lambda: _ray(cfg))
+        if runtime.ray_address(cfg.ray):
+            healthy &= _check(f"face.backend={cfg.face.backend} on the cluster's nodes", lambda: _node_models(cfg))
     healthy &= _check("mlflow", lambda: _mlflow(cfg))
     healthy &= _check("gpu", lambda: _gpu(require_gpu)) or not require_gpu
     raise typer.Exit(0 if healthy else 1)
@@ -104,6 +107,15 @@ def _face_models(cfg) -> str:
 
     check_model_files(cfg.face)
     return "every model file it needs is here"
+
+
+def _node_models(cfg) -> str:
+    """The check the flows refuse a cluster run by: every node with CPUs holds the same files."""
+    from portraitflow.jobs.options import node_model_problem
+
+    if problem := node_model_problem(cfg):
+        raise RuntimeError(problem)
+    return "every node with CPUs holds them, the same files"
 
 
 def _ray(cfg) -> str:

@@ -43,8 +43,8 @@ def evaluate(
     cfg = resolve_config(config, overrides, ray_address, mlflow_uri, {"evaluate.protocol": protocol})
     check_out_folder(out, "evaluate")
     refuse_mlflow_disabled(cfg)
-    refuse_missing_face_models(cfg)
     refuse_unreachable_services(cfg)
+    refuse_missing_face_models(cfg)
     try:
         check_rank_by(cfg.evaluate.rank_by, "evaluate.rank_by")
     except ValueError as exc:
@@ -104,8 +104,8 @@ def sweep(
         cfg.mlflow.tracking_uri = earlier  # the default, ./mlflow.db, would be another store from another folder
     check_out_folder(out, "sweep")
     refuse_mlflow_disabled(cfg)
-    refuse_missing_face_models(cfg)
     refuse_unreachable_services(cfg)
+    refuse_missing_face_models(cfg)
     try:
         spec = load_sweep(sweep_file)
         if max_parallel:

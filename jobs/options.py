@@ -1,6 +1,7 @@
 """CLI options shared by every verb, so each flag means the same thing everywhere."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -45,18 +46,80 @@ def resolve_config(
 
 def refuse_missing_face_models(cfg: PortraitFlowConfig) -> None:
     """A face backend whose model files are missing is a usage error naming what to download and
-    where to put it, before Ray starts, instead of an actor dying of it (curate) or every job
-    failing (animate, sweep, evaluate). Local Ray only: on a cluster the workers' files count."""
+    where to put it, before any work starts, instead of an actor dying of it in Ray's long
+    traceback (curate) or every job failing (animate, sweep, evaluate). On a cluster (which must
+    answer: call `refuse_unreachable_services` first) the files of each node with CPUs count,
+    where its workers load them (`node_model_problem`)."""
     from portraitflow.jobs.runtime import ray_address
     from portraitflow.models.face.factory import check_model_files
     from portraitflow.models.face.model_files import ModelFilesMissing
 
     if ray_address(cfg.ray):
+        if problem := node_model_problem(cfg):
+            raise typer.BadParameter(problem, param_hint="face.backend")
         return
     try:
         check_model_files(cfg.face)
     except ModelFilesMissing as exc:
         raise typer.BadParameter(str(exc), param_hint="face.backend") from exc
+
+
+#: nodes named in a message, the rest counted
+NODES_NAMED = 3
+
+
+def node_model_problem(cfg: PortraitFlowConfig) -> str | None:
+    """What keeps the cluster's nodes from running `cfg.face` alike, None when nothing: nodes
+    lacking a model file, or holding other files than the others (their embeddings would not
+    compare: one corpus, two identity spaces), or than this driver where it has them (a corpus
+    records the driver's digests). Joins the cluster."""
+    from portraitflow.jobs.runtime import init_ray, on_each_node
+    from portraitflow.models.face.factory import model_digests
+    from portraitflow.models.face.model_files import ModelFilesMissing
+
+    init_ray(cfg.ray)
+    answers = on_each_node(_node_model_digests, cfg.face.model_dump(mode="json"))
+    failed: dict[str, list[str]] = {}
+    for node, answer in answers.items():
+        if not isinstance(answer, dict):
+            failed.setdefault(str(answer), []).append(node)
+    if failed:
+        return (f"{sum(map(len, failed.values()))} of {len(answers)} Ray node(s) cannot load the face models of "
+                f"face.backend={cfg.face.backend}: "
+                + "; ".join(f"{_named(nodes)}: {why}" for why, nodes in failed.items()))
+    try:
+        answers["this driver"] = model_digests(cfg.face)
+    except ModelFilesMissing:  # a driver that only submits work need not hold them
+        pass
+    holders: dict[str, list[str]] = {}
+    for node, digests in answers.items():
+        holders.setdefault(json.dumps(digests, sort_keys=True), []).append(node)
+    if len(holders) < 2:
+        return None
+    versions = [json.loads(digests) for digests in holders]
+    roles = sorted({role for digests in versions for role in digests
+                    if len({version.get(role) for version in versions}) > 1})
+    files = "; ".join(f"{_named(nodes)}: " + ", ".join(f"{role} {json.loads(digests).get(role, '-')[:12]}"
+                                                     for role in roles) for digests, nodes in holders.items())
+    return (f"the Ray nodes hold different face model files (sha256 by role: {files}); embeddings of other files do "
+            "not compare, nor are they the files the corpus records: give every node and the driver the same files")
+
+
+def _named(nodes: list[str]) -> str:
+    more = len(nodes) - NODES_NAMED
+    return ", ".join(nodes[:NODES_NAMED]) + (f" and {more} more" if more > 0 else "")
+
+
+def _node_model_digests(face_settings: dict[str, Any]) -> dict[str, str] | str:
+    """On a node: its face model files' digests by role, or what is missing (a Ray task)."""
+    from portraitflow.jobs.config.face import FaceConfig
+    from portraitflow.models.face.factory import model_digests
+    from portraitflow.models.face.model_files import ModelFilesMissing
+
+    try:
+        return model_digests(FaceConfig.model_validate(face_settings))
+    except ModelFilesMissing as exc:
+        return str(exc)
 
 
 def refuse_mlflow_disabled(cfg: PortraitFlowConfig) -> None:

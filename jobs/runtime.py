@@ -267,6 +267,35 @@ def _init_ray(cfg: RayConfig) -> None:
             raise ServiceUnreachable(_ray_refusal(address, exc)) from exc
 
 
+#: seconds a node has to answer `on_each_node` (its worker starts, with the shipped code, in seconds)
+NODE_ANSWER_TIMEOUT_S = 120.0
+
+
+def on_each_node(function: Callable[..., Any], *args: Any) -> dict[str, Any]:
+    """`function(*args)` run once on each alive node with CPUs (those whose workers run the flows'
+    stages), by node ("ADDRESS (NODE ID prefix)"): what a node holds (model files) is its own, not
+    the driver's. A node that has not answered within NODE_ANSWER_TIMEOUT_S, or that failed to run
+    it, maps to a RuntimeError saying so."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    remote = ray.remote(num_cpus=0, max_retries=0)(function)
+    asked = {f"{node['NodeManagerAddress']} ({node['NodeID'][:8]})": remote.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(*args)
+        for node in ray.nodes() if node.get("Alive") and node.get("Resources", {}).get("CPU", 0) > 0}
+    ray.wait(list(asked.values()), num_returns=len(asked), timeout=NODE_ANSWER_TIMEOUT_S)
+    answers: dict[str, Any] = {}
+    for node, ref in asked.items():
+        try:
+            answers[node] = ray.get(ref, timeout=0)
+        except ray.exceptions.GetTimeoutError:
+            ray.cancel(ref, force=True)
+            answers[node] = RuntimeError(f"no answer within {NODE_ANSWER_TIMEOUT_S:g} s")
+        except ray.exceptions.RayError as exc:
+            answers[node] = RuntimeError(" ".join(str(exc).split())[-300:])
+    return answers
+
+
 def _ray_refusal(address: str, exc: BaseException) -> str:
     """One line for a cluster that refused this driver, with what to do where Ray says it."""
     text = " ".join(str(exc).split())

@@ -84,8 +84,10 @@ class LocalRayCluster:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         return {**env, **BASE_ENV, "RAY_ADDRESS": self.address, **extra}
 
-    def start_node(self, name: str, num_cpus: int, object_store_mb: int = 300, dashboard: bool = False) -> RayNode:
-        """Start a node (the first is the head; `dashboard` gives it the job submission API)."""
+    def start_node(self, name: str, num_cpus: int, object_store_mb: int = 300, dashboard: bool = False,
+                   cwd: Path | None = None) -> RayNode:
+        """Start a node (the first is the head; `dashboard` gives it the job submission API) in
+        `cwd`, its workers' working directory: where a relative path leads on that node."""
         head = not self.nodes
         log = self.root / f"{name}.log"
         args = [
@@ -107,7 +109,7 @@ class LocalRayCluster:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | BASE_ENV
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"  # as in an image: the CLI on PATH
         with log.open("wb") as out:
-            process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env,
+            process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                                        start_new_session=True)
         node = RayNode(name, process, log)
         self.nodes.append(node)
@@ -144,15 +146,18 @@ class LocalRayCluster:
 
 
 @contextmanager
-def local_ray_cluster(cpus_per_node: list[int], dashboard: bool = False) -> Iterator[LocalRayCluster]:
-    """Nodes `node0`, `node1`, ... with the given CPUs; the first is the head."""
+def local_ray_cluster(cpus_per_node: list[int], dashboard: bool = False,
+                      node_dirs: list[Path] | None = None) -> Iterator[LocalRayCluster]:
+    """Nodes `node0`, `node1`, ... with the given CPUs, each started in its `node_dirs` entry when
+    given; the first is the head."""
     root = Path(tempfile.mkdtemp(prefix="pfray-", dir="/tmp"))  # short: Ray's socket paths are bounded
     cluster = LocalRayCluster(root)
     # if this process is killed before the `finally` runs, the watchdog stops the nodes
     watchdog = subprocess.Popen([sys.executable, __file__, str(os.getpid()), str(root)], start_new_session=True)
     try:
         for index, cpus in enumerate(cpus_per_node):
-            cluster.start_node(f"node{index}", cpus, dashboard=dashboard and index == 0)
+            cluster.start_node(f"node{index}", cpus, dashboard=dashboard and index == 0,
+                               cwd=node_dirs[index] if node_dirs else None)
         yield cluster
     finally:
         cluster.stop()

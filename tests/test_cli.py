@@ -42,6 +42,7 @@ def test_flag_values_are_kept_whole(weights: str, generation_calls: list, tmp_pa
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A flag's string is the value: not cut at `#`, not read as a YAML number, boolean or mapping."""
     monkeypatch.setattr("portraitflow.jobs.animate.check_weights", lambda cfg: None)  # no such folders here
+    monkeypatch.setattr("portraitflow.jobs.options.node_model_problem", lambda cfg: None)  # nor such a cluster
     result = _animate(tmp_path, "--backend", "hunyuan", "--weights", weights, "--ray-address", "auto #1")
     assert result.exit_code == 0, result.output
     assert generation_calls[0].animate.weights == weights
@@ -182,9 +183,14 @@ def test_a_face_backend_without_its_models_is_a_usage_error(generation_calls: li
     result = _animate(tmp_path, "--set", "face.backend=insightface")
     assert result.exit_code == 2 and "download an insightface pack" in result.output and generation_calls == []
     assert "Traceback" not in result.output
+    # on a cluster the nodes' files count, not the driver's (tests/test_cluster_models.py asks real nodes)
     monkeypatch.setattr("portraitflow.jobs.runtime.check_ray_reachable", lambda _ray: None)  # as if it answered
-    on_a_cluster = _animate(tmp_path, "--set", "face.backend=insightface", "--ray-address", "ray://head:10001")
-    assert on_a_cluster.exit_code == 0, on_a_cluster.output  # there the workers' files count
+    monkeypatch.setattr("portraitflow.jobs.options.node_model_problem", lambda cfg: None)
+    on_a_cluster = _animate(tmp_path, "--set", "face.backend=insightface", "--ray-address", "head:6379")
+    assert on_a_cluster.exit_code == 0, on_a_cluster.output
+    monkeypatch.setattr("portraitflow.jobs.options.node_model_problem", lambda cfg: "1 of 2 Ray node(s) lack them")
+    lacking = _animate(tmp_path, "--set", "face.backend=insightface", "--ray-address", "head:6379")
+    assert lacking.exit_code == 2 and "1 of 2 Ray node(s) lack them" in lacking.output
 
 
 @pytest.mark.parametrize("verb", ["curate", "sweep", "evaluate"])

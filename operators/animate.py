@@ -142,7 +142,7 @@ class AnimateJobs:
             timer = StageTimer()
             frames, fps, reference = self._render(row, timer)
             written = write_h264(row["output"], frames, fps=fps, audio_from=row["driving"], crf=self.cfg.crf,
-                                 threads=self.threads)
+                                 threads=self.threads, pad_audio=True)
         except Exception as exc:  # a job boundary (see _failed)
             return _failed(result, "animation", exc)
         # described once the frames are out: what ran (settings fitted to the video, a compile fallback)

@@ -149,18 +149,22 @@ class _AudioSource:
             yield silent
             left -= samples
 
-    def mux_until(self, out, out_stream, until_s: float, final: bool = False) -> None:
+    def mux_until(self, out, out_stream, until_s: float, final: bool = False, pad: bool = False) -> None:
         """Encode the source frames that end by `until_s` (the video written so far).
 
         A frame that straddles `until_s` waits for more video, unless `final` (`until_s` is the
         video's end): then it is cut to its samples before `until_s` and the rest dropped, so
-        the audio never outlasts the video. Audio that ends before the video is not padded: the
-        track's length says how much of the video has sound (`audio_seconds`).
+        the audio never outlasts the video. Audio that ends before the video is filled with
+        silence to its end when `final` and `pad`; else the track's length says how much of the
+        video has sound (`audio_seconds`).
         """
         while True:
             frame = self._pending or next(self._frames, None)
             self._pending = None
             if frame is None:
+                if final and pad and (short := round(until_s * self.rate) - self._samples_out) > 0:
+                    self._frames, pad = self._silence_for(short / self.rate), False
+                    continue
                 return
             keep = round(until_s * frame.sample_rate) - self._samples_out
             if keep <= 0 or (keep < frame.samples and not final):
@@ -265,11 +269,14 @@ def write_h264(
     keyframe_interval: int | None = None,
     threads: int = 0,
     faststart: bool = True,
+    pad_audio: bool = False,
 ) -> int:
     """Encode (T, H, W, 3) uint8 RGB chunks to an mp4 at `path`; returns the number of frames.
 
     `audio_from`'s first audio stream, from `audio_start_s` on (a clip cut out of a longer video),
-    is muxed alongside and cut at the video's end; a source without audio gives a silent output.
+    is muxed alongside and cut at the video's end, and with `pad_audio` filled with silence to it
+    where it ends first (a finished video's tracks last alike); a source without audio gives an
+    output without audio.
 
     `keyframe_interval` (frames) bounds how far a reader must decode to reach any frame: training
     loaders that seek into windows want it near the window length; None keeps x264's default.
@@ -329,7 +336,7 @@ def write_h264(
                     audio.mux_until(out, out_audio, frames_written / float(rate))
             out.mux(video.encode())
             if out_audio is not None:
-                audio.mux_until(out, out_audio, frames_written / float(rate), final=True)
+                audio.mux_until(out, out_audio, frames_written / float(rate), final=True, pad=pad_audio)
                 out.mux(out_audio.encode())
     finally:
         if audio is not None:

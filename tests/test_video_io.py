@@ -851,6 +851,23 @@ def test_audio_seconds_says_how_much_of_a_clip_has_sound(tmp_path: Path) -> None
     assert audio_seconds(silent) == 0.0
 
 
+def test_pad_audio_fills_a_short_track_with_silence_to_the_videos_end(tmp_path: Path) -> None:
+    """An animated video whose driver's audio stops early (a dub shorter than its picture) had a
+    track shorter than its video, which editors and concatenation trip over: `pad_audio` (what
+    animate writes) lasts as the video does, the sound where it was and silence after."""
+    source, padded = tmp_path / "source.mp4", tmp_path / "padded.mp4"
+    _tone_after(source, silent_s=0.0, total_s=1.0)
+    written = write_h264(padded, [_gradient_clip(25)] * 3, fps=25.0, audio_from=source, pad_audio=True)
+    audio_s, video_s, packet_end_s, rate = _audio_and_video_end_s(padded)
+    assert written == 75 and video_s == pytest.approx(3.0, abs=1e-6)
+    assert packet_end_s == pytest.approx(video_s, abs=1 / rate) and audio_s >= video_s - 0.002
+    with av.open(str(padded)) as container:
+        samples = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(container.streams.audio[0])])
+    loud = np.flatnonzero(np.abs(samples) > 0.3) / rate
+    assert loud[0] < 0.05 and loud[-1] == pytest.approx(1.0, abs=0.03)  # the tone kept its second
+    assert np.abs(samples[int(1.1 * rate):]).max() < 0.01  # then silence
+
+
 def test_a_download_cut_short_fails_where_its_data_ends_with_a_reason_that_groups(tmp_path: Path) -> None:
     """A faststart file (index first, as web videos are) cut short keeps its index: it opens, and
     decoding fails where the data ends. decord's text there was its own source lines and codes."""

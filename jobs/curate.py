@@ -33,7 +33,7 @@ from portraitflow.jobs.config.fields import operational
 from portraitflow.jobs.runtime import claim_folder
 from portraitflow.jobs.options import (ConfigOption, MlflowUriOption, RayAddressOption, SetOption,
                                       check_out_folder, refuse_missing_face_models, refuse_unreachable_services,
-                                      resolve_config)
+                                      resolve_config, worker_lacking_models)
 from portraitflow.models.face.factory import model_digests
 from portraitflow.models.face.model_files import ModelFilesMissing
 from portraitflow.operators import ledger
@@ -58,6 +58,7 @@ class Layout:
     """Where everything lives under the output folder."""
 
     def __init__(self, out: Path) -> None:
+        out = Path(out).resolve()  # workers start elsewhere: each node's own directory on a cluster
         self.out = out
         self.shards = out / "shards"
         self.state = out / ".state"
@@ -640,6 +641,11 @@ def curate(
         metrics = run_curation(cfg, inputs, out, dry_run=dry_run)
     except NotEnoughResources as exc:
         raise typer.BadParameter(str(exc)) from exc
+    except Exception as exc:
+        if (lacking := worker_lacking_models(exc)) is None:
+            raise
+        typer.echo(f"Error: {lacking}", err=True)
+        raise typer.Exit(1) from None
     if not dry_run:
         typer.echo(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()}, indent=1))
         typer.echo(f"manifest {out / 'manifest.parquet'}\nclips {out / 'clips.parquet'}\n"

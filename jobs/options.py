@@ -105,6 +105,23 @@ def node_model_problem(cfg: PortraitFlowConfig) -> str | None:
             "not compare, nor are they the files the corpus records: give every node and the driver the same files")
 
 
+def worker_lacking_models(exc: BaseException) -> str | None:
+    """One line for a run that died of a Ray worker without the face models (a node the
+    autoscaler added after `node_model_problem` asked the others), None for any other error: Ray
+    passes the worker's error on as text inside its own, after several hundred lines."""
+    import re
+
+    text = str(exc)
+    marker = "ModelFilesMissing: "
+    if marker not in text:
+        return None
+    missing = text[text.rindex(marker) + len(marker):].splitlines()[0]
+    node = re.search(r"\bip=([0-9a-fA-F.:]+)", text)
+    where = f"the Ray node at {node.group(1)}" if node else "a Ray node"
+    return (f"a worker on {where} cannot load the face models: {missing}. What finished is kept: rerun once every "
+            "node holds the same files (`portraitflow doctor --ray-address ...` checks the nodes up now)")
+
+
 def _named(nodes: list[str]) -> str:
     more = len(nodes) - NODES_NAMED
     return ", ".join(nodes[:NODES_NAMED]) + (f" and {more} more" if more > 0 else "")

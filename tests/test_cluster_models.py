@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from ray_nodes import LocalRayCluster, local_ray_cluster
 
@@ -33,7 +34,7 @@ def _pack(root: Path, name: str, source: Path, changed: bool = False) -> None:
 @pytest.fixture(scope="module")
 def node_dirs(insightface_root: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """The driver's folder and three nodes': `whole` everywhere alike; `lacking` missing on node1;
-    `other` with another recogniser on node2."""
+    `other` with another recogniser on node2; `driver_only` on no node."""
     source = insightface_root / "models" / "pack"
     driver, head, lacking, other = (tmp_path_factory.mktemp(name) for name in ("driver", "node0", "node1", "node2"))
     for folder in (driver, head, lacking, other):
@@ -43,6 +44,7 @@ def node_dirs(insightface_root: Path, tmp_path_factory: pytest.TempPathFactory) 
     for folder in (driver, head, lacking):
         _pack(folder, "other", source)
     _pack(other, "other", source, changed=True)
+    _pack(driver, "driver_only", source)
     return [driver, head, lacking, other]
 
 
@@ -97,3 +99,40 @@ def _node_id_of(cluster: LocalRayCluster, name: str) -> str:
     result = subprocess.run([sys.executable, "-c", probe], env=cluster.env(), capture_output=True, text=True,
                             timeout=120, check=True)
     return result.stdout.split()[-1]
+
+
+def test_a_node_that_joins_after_the_check_ends_the_run_in_one_line(cluster: LocalRayCluster, node_dirs: list[Path],
+                                                                     media_dir: Path) -> None:
+    """Nodes the autoscaler adds once the nodes were asked (here: every node, unasked) kill the
+    curation's actors they hold: the run ends saying which node lacks what, not in Ray's
+    traceback (the worker's own lines, which Ray prints on the driver's console, come before)."""
+    driver = node_dirs[0]
+    unchecked = ("import sys; from portraitflow.jobs import options; options.node_model_problem = lambda cfg: None; "
+                 "from portraitflow.jobs.cli import app; app(sys.argv[1:])")
+    inputs = [str(media_dir / name) for name in ("dreamtalk_M030_front_neutral_level1_001.mp4",
+                                                  "dreamtalk_W009_front_neutral_level1_001.mp4")]
+    result = subprocess.run(
+        [sys.executable, "-c", unchecked, "curate", *inputs, "--out", "unchecked", "--set", "face.backend=insightface",
+         "--set", "face.insightface_root=ifroot", "--set", "face.insightface_pack=driver_only",
+         "--set", "curate.progress_bars=false"],
+        env=cluster.env(MLFLOW_TRACKING_URI=f"sqlite:///{driver}/mlflow.db"), cwd=driver, capture_output=True,
+        text=True, timeout=600)
+    assert result.returncode == 1, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: a worker on the Ray node at ") and "ifroot/models/driver_only does not exist" in last
+
+
+def test_a_relative_out_is_the_drivers_folder_on_every_node(cluster: LocalRayCluster, node_dirs: list[Path],
+                                                           media_dir: Path) -> None:
+    """Workers start in their node's directory: a relative --out sent as given had them write their
+    scans under it there, and the driver failed to find them (FileNotFoundError on a scan)."""
+    driver = node_dirs[0]
+    result = subprocess.run(
+        [CLI, "curate", str(media_dir / "dreamtalk_M030_front_neutral_level1_001.mp4"), "--out", "relative",
+         "--set", "face.backend=insightface", "--set", "face.insightface_root=ifroot",
+         "--set", "face.insightface_pack=whole", "--set", "curate.progress_bars=false"],
+        env=cluster.env(MLFLOW_TRACKING_URI=f"sqlite:///{driver}/mlflow.db"), cwd=driver, capture_output=True,
+        text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert pq.read_table(driver / "relative" / "manifest.parquet").column("status").to_pylist() == ["accepted"]
+    assert not any((folder / "relative").exists() for folder in node_dirs[1:])

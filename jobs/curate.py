@@ -48,7 +48,7 @@ from portraitflow.operators.probe import error_text
 from portraitflow.operators.quarantine import MAX_ATTEMPTS, quarantined_row
 from portraitflow.operators.scan_store import (GALLERY_DIGEST_PREFIX, GALLERY_SETTINGS, SCAN_MEASURES_VERSION,
                                                gallery_digests, load_scan_meta, scan_clips, scan_path)
-from portraitflow.operators.shards import (INDEX_NAME, default_pack_workers, pack_shards, rewrite_whole, shard_paths,
+from portraitflow.operators.shards import (INDEX_NAME, default_pack_workers, drop_damaged_staged, pack_shards, rewrite_whole, shard_paths,
                                            whole_shard_keys, write_index)
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,8 @@ OPERATIONAL_SETTINGS = {"face": operational(FaceConfig), "curate": operational(C
 #: settings added with a default that changed the results, at the value that reproduces what a folder
 #: curated before they existed got; any other setting added since counts at its default
 #: (the scan measures of a folder that records none: curated before they were recorded)
-BEHAVIOUR_BEFORE_ADDED = {"curate": {"shot_hash_threshold": 0.0, "duplicate_mirrored": False},
+BEHAVIOUR_BEFORE_ADDED = {"curate": {"shot_hash_threshold": 0.0, "duplicate_mirrored": False,
+                                      "duplicate_keep_unique": False},
                           "versions": {"scan_measures": 6}}
 #: what the latest measures version changed in what a corpus holds, for the refusal to mix them
 MEASURES_CHANGES = ("since 9: HDR and BT.2020 video read in SDR colours, the frames after a clip's last whole "
@@ -285,12 +286,15 @@ def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], layout: Layout,
                  for c in _committed_clips(layout, key, missing[key], in_shards, fps)]
     committed += [(key, c) for key, clips in clips_by_input.items() for c in clips if c["key"] in missing.get(key, ())]
     identities = Identities(layout.scans)
+    unique_frames = round(cfg.curate.min_clip_seconds * fps) if cfg.curate.duplicate_keep_unique else 0
     try:
-        decide_clips(corpus, committed, undecided, identities)
+        cut = decide_clips(corpus, committed, undecided, identities, unique_frames)
         corpus.save()
     finally:
         identities.close()
         corpus.close()
+    for key, part in cut:
+        clips_by_input[key] = sorted([*clips_by_input[key], part], key=lambda c: c["start"])
     return clips_by_input
 
 
@@ -331,29 +335,31 @@ def _sample_clip(shard: Path, key: str, fps: float) -> dict[str, Any]:
     identity = tuple(np.load(io.BytesIO(fields[name]), allow_pickle=False) if name in fields else None
                      for name in arrays)
     return {"key": key, "start": round(meta["start_s"] * fps), "end": round(meta["end_s"] * fps), "reason": None,
-            "measures": meta["scores"], "identity": identity}
+            "measures": meta["scores"], "identity": identity, **({"cut_from": meta["cut_from"]} if "cut_from" in meta else {})}
 
 
 def _render_kept(cfg: PortraitFlowConfig, layout: Layout, scanned: list[dict], clips_by_input: dict,
-                 in_shards: Collection[str]) -> None:
-    """Render the clips the corpus decisions kept, when rendering waits for them; each input's
-    render errors, timings and count join its row. The clips of an input whose result never comes
-    back fail (so the input is tried again by the next run)."""
+                 in_shards: Collection[str], cut_only: bool) -> None:
+    """Render the clips the corpus decisions kept (with `cut_only`, those cut out of partial
+    duplicates, when the scan rendered the others); each input's render errors, timings and count
+    join its row. The clips of an input whose result never comes back fail (so the input is tried
+    again by the next run)."""
     from portraitflow.pipelines.curate import render_decided
 
     by_key = {r["input_key"]: r for r in scanned}
     todo = []
     for key, clips in clips_by_input.items():
-        keys = [c["key"] for c in clips if c["reason"] is None and c["key"] not in in_shards]
-        if keys:
+        kept = [c for c in clips if c["reason"] is None and c["key"] not in in_shards and ("cut" in c or not cut_only)]
+        if kept:
             row = by_key[key]
             todo.append({"input_key": key, "uri": row["uri"], "width": row["width"], "height": row["height"],
-                         "src_fps": row["src_fps"], "keys": json.dumps(keys)})
+                         "src_fps": row["src_fps"], "keys": json.dumps([c["key"] for c in kept if "cut" not in c]),
+                         "cuts": json.dumps({c["key"]: [c["index"], *c["cut"]] for c in kept if "cut" in c})})
     rendered = render_decided(todo, cfg, layout.scans, layout.staging, layout.attempts)
     results = {r["input_key"]: r for r in rendered}
     for job in todo:
-        lost = {"render_errors": json.dumps(dict.fromkeys(json.loads(job["keys"]), RENDER_LOST)), "timings": "{}",
-                "rendered": 0}
+        keys = [*json.loads(job["keys"]), *json.loads(job["cuts"])]
+        lost = {"render_errors": json.dumps(dict.fromkeys(keys, RENDER_LOST)), "timings": "{}", "rendered": 0}
         result, row = results.get(job["input_key"], lost), by_key[job["input_key"]]
         row["render_errors"] = json.dumps({**json.loads(row["render_errors"]), **json.loads(result["render_errors"])})
         row["timings"] = json.dumps(Counter(json.loads(row["timings"])) + Counter(json.loads(result["timings"])))
@@ -428,7 +434,10 @@ def _scanned_file(layout: Layout, row: dict[str, Any]) -> dict[str, int] | None:
     path = scan_path(layout.scans, row["input_key"])
     if is_uri(row["uri"]) or not path.is_file():
         return None
-    source = load_scan_meta(path).get("source", {})
+    try:
+        source = load_scan_meta(path).get("source", {})
+    except Exception:  # damaged since (the input failed on it): as for no scan
+        return None
     return {key: source[key] for key in ("size", "mtime_ns")} if "size" in source else None
 
 
@@ -514,9 +523,10 @@ def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], p
         lost = [quarantined_row(r, MAX_ATTEMPTS) for r in pending if r["input_key"] not in returned]
         scanned = sorted(scanned + lost, key=lambda r: r["input_key"])
         clips_by_input = _decide_corpus(cfg, scanned, layout, in_shards)
-        if renders_after_decisions(cfg.curate):
-            _render_kept(cfg, layout, scanned, clips_by_input, in_shards)
+        _render_kept(cfg, layout, scanned, clips_by_input, in_shards, cut_only=not renders_after_decisions(cfg.curate))
         errors = {k: e for r in scanned for k, e in json.loads(r["render_errors"]).items()}
+        errors |= drop_damaged_staged(layout.staging, [c["key"] for clips in clips_by_input.values() for c in clips
+                                                       if c["reason"] is None and c["key"] not in in_shards])
         by_key = {r["input_key"]: r for r in scanned}
 
         clip_rows: dict[str, list[dict]] = {}

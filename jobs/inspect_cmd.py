@@ -20,6 +20,21 @@ MISMATCHES = {
 }
 
 
+class DamagedTable(ValueError):
+    """A table of the folder cannot be read (cut short, overwritten)."""
+
+
+def _read_table(path: Path):
+    """A table of the folder as pandas; DamagedTable naming it when it cannot be read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pandas()
+    except (pa.ArrowException, OSError) as exc:
+        raise DamagedTable(f"{path} cannot be read ({' '.join(str(exc).split())[:200]})") from exc
+
+
 def summarise(out: Path, samples: int = 5, quick: bool = False) -> dict:
     """Inputs per status, clips per decision and reason, shard sizes, a few sample keys and the
     first failed inputs (`failed_shown` says how many of all). A shard that cannot be read whole
@@ -29,10 +44,7 @@ def summarise(out: Path, samples: int = 5, quick: bool = False) -> dict:
     shard noted (`.state/shard_keys/`) while its size and time are unchanged, instead of reading
     every header (41 ms a 100-sample shard: 34 min for 50,000); damage in place that keeps both
     is then not seen."""
-    import pyarrow.parquet as pq
-
-    manifest = pq.read_table(out / "manifest.parquet").to_pandas()
-    clips = pq.read_table(out / "clips.parquet").to_pandas()
+    manifest, clips = (_read_table(out / name) for name in ("manifest.parquet", "clips.parquet"))
     shards, keys, held = [], [], {}
     for path in shard_paths(out / "shards"):
         entry, intact_keys = _read_shard(path, out / ".state" / "shard_keys" if quick else None)
@@ -97,13 +109,17 @@ def inspect(
     clips.parquet and the index list (`mismatches`), each problem named on stderr with the repair."""
     from portraitflow.jobs.runtime import folder_owner
 
+    rerun = f"rerun the same `portraitflow curate` command (--out {out}): it resumes a stopped curation and writes " \
+            "the tables again from its completion records"
     for table in (out / "manifest.parquet", out / "clips.parquet"):
         if not table.is_file():
-            why = ("no curation into it has finished yet (one was stopped, or is running): rerun the same "
-                   "`portraitflow curate` command to resume it" if folder_owner(out) == "curate"
+            why = (f"no curation into it has finished, or the table was removed: {rerun}" if folder_owner(out) == "curate"
                    else "not a folder written by `portraitflow curate`")
             raise typer.BadParameter(f"{table} not found: {why}", param_hint="OUT")
-    summary = summarise(out, quick=quick)
+    try:
+        summary = summarise(out, quick=quick)
+    except DamagedTable as exc:
+        raise typer.BadParameter(f"{exc}: {rerun}", param_hint="OUT") from None
     typer.echo(json.dumps(summary, indent=1))
     problems = []
     if summary["shards_unreadable"]:

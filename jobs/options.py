@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -163,7 +165,8 @@ def refuse_unreachable_services(cfg: PortraitFlowConfig, ray: bool = True) -> No
 
 
 def check_out_folder(out: Path, flow: str) -> None:
-    """Refuse an --out that cannot become a folder (it, or a folder above it, is a file) before
+    """Refuse an --out that cannot become a folder (it, or a folder above it, is a file; the folder
+    it would be made in, or it, cannot be written in) before
     anything starts: found later, an MLflow run would already be made and left FAILED. Refuse one
     inside a submitted job's working directory too (a relative --out under `ray job submit`): Ray's
     temporary copy, which it deletes, which later jobs share, and which other nodes' workers do not
@@ -179,6 +182,10 @@ def check_out_folder(out: Path, flow: str) -> None:
             if not path.is_dir():
                 raise typer.BadParameter(f"{path} is a file, not a folder" if path == out else
                                          f"{out}: {path} is a file, not a folder", param_hint="--out")
+            try:  # what the run would write first: a folder in it (a read-only mount, another user's folder)
+                os.rmdir(tempfile.mkdtemp(prefix=".portraitflow-probe-", dir=path))
+            except OSError as exc:
+                raise typer.BadParameter(f"{out}: cannot write in {path} ({exc.strerror or exc})", param_hint="--out") from None
             break
     try:
         check_folder_owner(out, flow)

@@ -79,7 +79,12 @@ def _driving_motion(path: str, face_cfg_json: str, cfg: AnimateConfig, motion_di
     with open(cached.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # jobs on the same driver at once wait for one extraction
         if cached.is_file():
-            return cached.read_bytes()
+            data = cached.read_bytes()
+            try:
+                DrivingMotion.from_bytes(data)  # damaged since (a disk error, a copied folder): extracted again
+                return data
+            except Exception:
+                cached.unlink()
         motion = extract_driving_motion(path, _analyzer(face_cfg_json), cfg.size,
                                         min_face_fraction=cfg.min_face_fraction, smooth_sigma=cfg.smooth_sigma,
                                         min_face_px=cfg.min_face_px)

@@ -18,8 +18,10 @@ import numpy as np
 
 from portraitflow.jobs.config.curate import CurateConfig
 from portraitflow.operators.corpus_ledger import CorpusLedger
-from portraitflow.operators.overlap import SIGNATURE_SIZE, OverlapRule
+from portraitflow.operators.overlap import (SIGNATURE_SIZE, OverlapRule, content_signature, kept_hop_frames,
+                                            unique_stretches)
 from portraitflow.operators.scan_store import scan_path
+from portraitflow.operators.unique_footage import unique_clip
 
 
 def corpus_ledger(cfg: CurateConfig, same_person: float, folder: Path, committed: Collection[str]) -> CorpusLedger:
@@ -42,10 +44,13 @@ def decision_order(clip: dict[str, Any]) -> tuple:
 
 
 def decide_clips(corpus: CorpusLedger, committed: list[tuple[str, dict[str, Any]]],
-                 undecided: list[tuple[str, dict[str, Any]]], identities: Identities) -> None:
+                 undecided: list[tuple[str, dict[str, Any]]], identities: Identities,
+                 unique_frames: int = 0) -> list[tuple[str, dict[str, Any]]]:
     """Set the `reason` (None: kept) and `matched_key` (the kept clip that decided it, `Decision`)
     of each `undecided` clip, (input key, clip) in key order, and add to its `measures` what the
-    duplicate checks found.
+    duplicate checks found. With `unique_frames`, a `partial_duplicate`'s stretches found in no
+    kept clip that last that many frames become clips of their own (operators/unique_footage.py),
+    each decided right after it; returns them as (input key, clip), decided.
 
     The `committed` clips (in the corpus already, but not in the ledger: it was saved before they
     were packed, or by none) enter the ledger first, so new clips are capped and de-duplicated
@@ -59,11 +64,29 @@ def decide_clips(corpus: CorpusLedger, committed: list[tuple[str, dict[str, Any]
     # ordered by their metadata, each clip's arrays read as it is decided: read ahead, every
     # undecided clip's signature and thumbnails were held at once (208 KB a 10-s clip, twice what
     # a kept one costs the ledger)
+    cut = []
     for key, clip in sorted(undecided, key=lambda item: decision_order(item[1])):
         embedding, signature, thumbnails = identities(key, clip)
-        clip["reason"], clip["matched_key"] = corpus.decide(embedding, signature, thumbnails, clip["measures"])
-        if clip["reason"] is None:
-            corpus.keep(clip["key"], embedding, signature, thumbnails)
+        covered = _decide(corpus, clip, embedding, signature, thumbnails)
+        if covered is None or not unique_frames:
+            continue
+        for first, last in unique_stretches(covered, unique_frames, kept_hop_frames(corpus.overlap.fps)):
+            part = unique_clip(clip, key, first, last, corpus.overlap.fps)
+            frames = thumbnails[first:last]
+            _decide(corpus, part, embedding, None if signature is None else content_signature(frames), frames)
+            cut.append((key, part))
+    return cut
+
+
+def _decide(corpus: CorpusLedger, clip: dict[str, Any], embedding: np.ndarray, signature: np.ndarray | None,
+            thumbnails: np.ndarray | None) -> np.ndarray | None:
+    """Decide `clip`, keep it in the ledger when kept; returns what a partial duplicate's frames
+    found in kept clips are (`Decision.covered`), else None."""
+    decision = corpus.decide(embedding, signature, thumbnails, clip["measures"])
+    clip["reason"], clip["matched_key"] = decision.reason, decision.matched
+    if decision.reason is None:
+        corpus.keep(clip["key"], embedding, signature, thumbnails)
+    return decision.covered
 
 
 class Identities:

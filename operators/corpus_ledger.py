@@ -54,12 +54,14 @@ def _footage_geometry() -> dict[str, float]:
 
 
 class Decision(NamedTuple):
-    """A clip's corpus decision: its reject reason (None: kept), and the sample key of the kept clip
+    """A clip's corpus decision: its reject reason (None: kept), the sample key of the kept clip
     that decided it (the one it repeats, or its identity's first for `identity_over_cap`), so a
-    curator can look at what it was judged against."""
+    curator can look at what it was judged against, and for a `partial_duplicate` which of its
+    frames were found in kept clips (the rest is footage of its own)."""
 
     reason: str | None
     matched: str | None
+    covered: np.ndarray | None = None
 
 
 class _Rows:
@@ -348,7 +350,7 @@ class CorpusLedger:
         if similarity is not None and similarity >= self.duplicate_similarity:
             return Decision(DUPLICATE, self.keys[closest])
         if shared is not None and self.overlap.is_duplicate(shared):
-            return Decision(PARTIAL_DUPLICATE, self.keys[numbers[shared.most_matched]])
+            return Decision(PARTIAL_DUPLICATE, self.keys[numbers[shared.most_matched]], shared.covered)
         if self.max_per_identity and self._counts[clusters[0]] >= self.max_per_identity:
             return Decision(IDENTITY_OVER_CAP, self.keys[self._members[clusters[0]][0]])
         return Decision(None, None)

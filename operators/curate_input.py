@@ -32,6 +32,7 @@ from portraitflow.operators.render import render_clip
 from portraitflow.operators.scan_store import scan_clips, scan_path
 from portraitflow.operators.shards import staged_path
 from portraitflow.operators.timing import Progress, log_progress_to_stderr
+from portraitflow.operators.unique_footage import unique_clip
 
 
 class CurateInputStage:
@@ -122,7 +123,9 @@ def renders_after_decisions(cfg: CurateConfig) -> bool:
 
 def render_decided_clips(row: dict[str, Any], config: dict[str, Any], scan_dir: str, staging_dir: str,
                          attempts_dir: str, max_attempts: int) -> dict[str, Any]:
-    """Ray Data task: render the clips of one input the corpus decisions kept (`row["keys"]`, JSON).
+    """Ray Data task: render the clips of one input the corpus decisions kept: scan clips
+    (`row["keys"]`, JSON) and clips cut out of them (`row["cuts"]`, JSON: key -> [scan clip index,
+    first frame, last frame], operators/unique_footage.py).
 
     Returns `input_key`, `render_errors` (clip key -> error; every clip's, when the input can no
     longer be fetched or crashed its worker on each of `max_attempts` starts: Ray Data would
@@ -130,7 +133,8 @@ def render_decided_clips(row: dict[str, Any], config: dict[str, Any], scan_dir: 
     """
     full = PortraitFlowConfig.model_validate(config)
     cfg = full.curate
-    keys = set(json.loads(row["keys"]))
+    cuts = json.loads(row.get("cuts") or "{}")
+    keys = set(json.loads(row["keys"])) | cuts.keys()
     timings: Counter = Counter()
     errors: dict[str, str] = {}
     rendered = 0
@@ -140,7 +144,7 @@ def render_decided_clips(row: dict[str, Any], config: dict[str, Any], scan_dir: 
     try:
         with local_copy(row["uri"]) as path:
             rendered = _render_clips(row, path, keys.__contains__, cfg, Path(scan_dir), Path(staging_dir), timings,
-                                     errors, lambda: _face_analyzer(full.face.model_dump_json(), cfg.actor_cpus))
+                                     errors, lambda: _face_analyzer(full.face.model_dump_json(), cfg.actor_cpus), cuts)
     except Exception as exc:  # the input vanished or its store refused since the scan: its clips fail
         errors = {key: error_text(exc) for key in keys}
     finish_attempt(Path(attempts_dir), f"render-{row['input_key']}")
@@ -158,14 +162,19 @@ def _face_analyzer(face_settings: str, threads: int) -> FaceAnalyzer:
 
 
 def _render_clips(row: dict[str, Any], path: str, wanted: Callable[[str], bool], cfg: CurateConfig, scan_dir: Path,
-                  staging_dir: Path, timings: Counter, errors: dict[str, str], analyzer: Callable[[], FaceAnalyzer]) -> int:
-    """Render and stage the clips the scan kept whose keys are `wanted` and that are not staged
-    yet; adds to `timings` and `errors`, returns how many were rendered."""
+                  staging_dir: Path, timings: Counter, errors: dict[str, str], analyzer: Callable[[], FaceAnalyzer],
+                  cuts: dict[str, list[int]] | None = None) -> int:
+    """Render and stage the clips the scan kept whose keys are `wanted`, and the `cuts` of them
+    (`render_decided_clips`), that are not staged yet; adds to `timings` and `errors`, returns how
+    many were rendered."""
     scan_file = scan_path(scan_dir, row["input_key"])
     source = {"uri": row["uri"], "width": row["width"], "height": row["height"], "src_fps": row["src_fps"],
               "scan_path": str(scan_file)}
-    clips = [clip for clip in scan_clips(scan_file, row["input_key"], cfg.fps) if clip["reason"] is None
-             and wanted(clip["key"]) and not staged_path(staging_dir, clip["key"]).exists()]
+    scanned = scan_clips(scan_file, row["input_key"], cfg.fps)
+    clips = [clip for clip in scanned if clip["reason"] is None and wanted(clip["key"])]
+    clips += [dict(unique_clip(scanned[index], row["input_key"], first, last, cfg.fps), key=key)
+              for key, (index, first, last) in (cuts or {}).items()]
+    clips = [clip for clip in clips if not staged_path(staging_dir, clip["key"]).exists()]
     progress = Progress(f"{row['uri']}: rendered", len(clips), "clips")  # not in the shards, not staged yet
     rendered = 0
     for clip in clips:

@@ -458,7 +458,10 @@ class FaceScanStage:
         timings = json.loads(row["timings"])
         source = source_identity(path, row)
         if scan_file.exists():
-            meta = load_scan_meta(scan_file)
+            try:
+                meta = load_scan_meta(scan_file)
+            except Exception:  # cut short or damaged (an interrupted copy, a full disk): scanned again
+                meta = {}
             if meta.get("fingerprint") == self.fingerprint and meta.get("source") == source:
                 return dict(row, status=SCANNED)
         timer = StageTimer()

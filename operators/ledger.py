@@ -181,6 +181,7 @@ def clip_row(key: str, input_row: dict[str, Any], clip: dict[str, Any], fps: flo
         "reason": reason or "",
         "error": clip.get("error", ""),
         "matched_key": (clip.get("matched_key") or "") if reason else "",
+        "cut_from": clip.get("cut_from") or "",
     }
     row.update({m: float(clip.get("measures", {}).get(m, np.nan)) for m in MEASURES})
     return row
@@ -266,7 +267,8 @@ def _tables(markers: dict[str, dict[str, Any]]) -> tuple[Any, Any]:
     clip_schema = pa.schema([
         ("key", pa.string()), ("input_key", pa.string()), ("path", pa.string()), ("start_s", pa.float64()),
         ("end_s", pa.float64()), ("duration_s", pa.float64()), ("decision", pa.string()), ("reason", pa.string()),
-        ("error", pa.string()), ("matched_key", pa.string()), *[(m, pa.float64()) for m in MEASURES],
+        ("error", pa.string()), ("matched_key", pa.string()), ("cut_from", pa.string()),
+        *[(m, pa.float64()) for m in MEASURES],
     ])
     ordered = [markers[key] for key in sorted(markers)]  # by input key, whatever order a run added them in
     inputs = [dict(m["input"], clips_rejected=list(m["input"].get("clips_rejected", {}).items())) for m in ordered]

@@ -195,6 +195,19 @@ def _covered(starts: np.ndarray, length: int, frames: int) -> np.ndarray:
     return np.cumsum(edges[:-1]) > 0
 
 
+def unique_stretches(covered: np.ndarray, min_frames: int, margin: int) -> list[tuple[int, int]]:
+    """The stretches [first, last) of a clip's frames found in no kept clip (`covered` False),
+    less `margin` frames where they border footage that was (a matched stretch reads up to a kept
+    window step short at each end, `shared_footage`), at least `min_frames` long."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[True], covered, [True]]).astype(np.int8)))
+    stretches = []
+    for first, last in zip(edges[::2], edges[1::2]):
+        first, last = first + (margin if first > 0 else 0), last - (margin if last < len(covered) else 0)
+        if last - first >= min_frames:
+            stretches.append((int(first), int(last)))
+    return stretches
+
+
 @dataclass(frozen=True)
 class OverlapRule:
     """When shared footage makes a clip a `partial_duplicate` (the `duplicate_overlap_*` and

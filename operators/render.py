@@ -31,6 +31,7 @@ from portraitflow.operators.reference_portrait import to_crop
 from portraitflow.operators.scan_store import load_clip_arrays
 from portraitflow.operators.shards import npy_bytes, stage_sample
 from portraitflow.operators.timing import StageTimer
+from portraitflow.operators.unique_footage import cut_arrays
 from portraitflow.operators.video_writer import audio_seconds, write_h264
 
 FORMAT_VERSION = 1
@@ -124,6 +125,7 @@ def render_sample(
         "embedding_dim": int(arrays["embedding"].shape[0]),
         "scores": {k: round(float(v), 4) for k, v in clip["measures"].items()},
         "motion_buckets": motion[::WINDOW, 1:].astype(int).tolist(),  # (head, expression) per window
+        **({"cut_from": clip["cut_from"]} if "cut_from" in clip else {}),  # a partial duplicate's own footage
     }
     return {
         "mp4": video,
@@ -150,6 +152,8 @@ def render_clip(row: dict[str, Any], path: str, cfg: CurateConfig, staging_dir: 
     error = ""
     try:
         arrays = load_clip_arrays(Path(row["scan_path"]), row["index"])
+        if "cut" in row:  # a partial duplicate's own footage (operators/unique_footage.py)
+            arrays = cut_arrays(arrays, *row["cut"], (row["height"], row["width"]))
         fields = render_sample(path, row, arrays, cfg, row["face_backend"], timer, analyzer)
         with timer.time("stage"):
             stage_sample(staging_dir, row["key"], fields)

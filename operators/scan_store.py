@@ -50,7 +50,8 @@ SCAN_MEASURES_VERSION = 10
 #: after it); changing them keeps earlier scans valid.
 _NOT_IN_SCAN = operational(CurateConfig) | {
     "crop_size", "crf", "keep_audio", "keyframe_interval", "max_clips_per_identity", "duplicate_similarity",
-    "duplicate_overlap_share", "duplicate_overlap_seconds", "duplicate_window_similarity", "duplicate_mirrored"}
+    "duplicate_overlap_share", "duplicate_overlap_seconds", "duplicate_window_similarity", "duplicate_mirrored",
+    "duplicate_keep_unique"}
 
 
 #: the settings naming a gallery folder, whose photos decide `identity_not_allowed` / `identity_denied`

@@ -77,6 +77,27 @@ def stage_sample(staging_dir: Path, key: str, fields: dict[str, bytes]) -> int:
     return target.stat().st_size
 
 
+def drop_damaged_staged(staging_dir: Path, keys: Iterable[str]) -> dict[str, str]:
+    """The staged samples of `keys` that cannot be read whole (damaged since they were staged: a
+    disk error, a folder copied while it was written), deleted, each with why: packing stopped on
+    such a file on every run. Reads tar headers only (a cut tar ends before a member's data)."""
+    damaged = {}
+    for key in keys:
+        path = staged_path(staging_dir, key)
+        if not path.exists():
+            continue
+        try:
+            with tarfile.open(path) as tar:
+                names = tar.getnames()
+            if not names or any(not name.startswith(key + ".") for name in names):
+                raise ValueError(f"members of another sample: {names[:3]}")
+        except (tarfile.TarError, OSError, ValueError) as exc:
+            path.unlink(missing_ok=True)
+            damaged[key] = (f"its staged sample could not be read ({type(exc).__name__}: {exc}): removed, so "
+                            "the next run renders it again")
+    return damaged
+
+
 def read_staged(path: Path) -> tuple[str, dict[str, bytes]]:
     """The key and fields of a staged sample."""
     fields: dict[str, bytes] = {}

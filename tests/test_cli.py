@@ -443,3 +443,26 @@ def test_the_command_silences_mlflows_artifact_bars_unless_the_user_set_them(
     with pytest.raises(SystemExit):
         cli.main()
     assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == expected
+
+
+@pytest.mark.parametrize("verb", ["curate", "animate", "samples"])
+def test_an_out_that_cannot_be_written_is_a_usage_error(verb: str, tmp_path: Path) -> None:
+    """A read-only place (here /proc, where even root makes no folder) gave a 68-line traceback, exit 1."""
+    (tmp_path / "a.png").touch()
+    (tmp_path / "b.mp4").touch()
+    first = {"curate": [str(tmp_path / "b.mp4")], "animate": ["--ref", str(tmp_path / "a.png"), "--driving",
+                                                               str(tmp_path / "b.mp4")], "samples": []}
+    result = CliRunner().invoke(app, [verb, *first[verb], "--out", "/proc/portraitflow_out"], env=WIDE)
+    assert result.exit_code == 2 and "cannot write in /proc" in result.output, result.output
+
+
+def test_animate_refuses_an_out_inside_its_input_folders(tmp_path: Path, generation_calls: list) -> None:
+    """An --out inside --drivers took the run's own videos for new drivers on every rerun."""
+    refs, drivers = tmp_path / "refs", tmp_path / "drivers"
+    refs.mkdir()
+    drivers.mkdir()
+    for out in (drivers, drivers / "out", refs / "out"):
+        result = CliRunner().invoke(app, ["animate", "--refs", str(refs), "--drivers", str(drivers), "--out", str(out)],
+                                    env=WIDE)
+        assert result.exit_code == 2 and "a rerun would take this run's videos" in result.output, result.output
+    assert generation_calls == []

@@ -450,8 +450,9 @@ def test_a_remote_input_is_fetched_once_for_its_probe_scan_and_every_clip(
 
 
 def test_an_unexpected_error_while_curating_gives_a_failed_row_with_its_text(tmp_path: Path) -> None:
-    """A damaged scan file makes the scan raise outside its own guards: the input fails with that
-    error (before, the worker raised and the input ended `quarantined` with the error lost)."""
+    """An error the scan raises outside its own guards (a bug): the input fails with that error
+    (before, the worker raised and the input ended `quarantined` with the error lost). A damaged
+    scan file, which raised so, is now scanned again (test_curate_resume.py)."""
     from portraitflow.operators import curate_input
     from portraitflow.operators.inputs import input_key
     from portraitflow.operators.video_writer import write_h264
@@ -464,9 +465,15 @@ def test_an_unexpected_error_while_curating_gives_a_failed_row_with_its_text(tmp
         folder.mkdir()
     stage = curate_input.CurateInputStage(cfg.model_dump(mode="json"), *map(str, dirs), max_attempts=2)
     row = {"uri": str(video), "input_key": input_key(str(video))}
-    (dirs[0] / f"{row['input_key']}.npz").write_bytes(b"not a scan file")
+    scan = stage.scanner.scan
+
+    def unexpected(row: dict, path: str) -> dict:
+        raise ValueError("an error no guard expected")
+
+    stage.scanner.scan = unexpected
     failed = stage.curate(dict(row))
-    assert failed["status"] == "failed" and failed["error"].startswith("ValueError: ") and "pickle" in failed["error"]
+    stage.scanner.scan = scan
+    assert failed["status"] == "failed" and failed["error"] == "ValueError: an error no guard expected"
     assert failed["render_errors"] == "{}" and isinstance(json.loads(failed["timings"]), dict)
     unmatched = stage.curate({"uri": str(tmp_path / "nothing-*.mp4"), "input_key": "unmatched"})
     assert unmatched["status"] == "failed" and unmatched["error"] == "FileNotFoundError: matched no video files"

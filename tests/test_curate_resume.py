@@ -108,11 +108,12 @@ def test_kept_clips_whose_render_never_comes_back_fail_their_input(tmp_path: Pat
     monkeypatch.setattr(pipeline, "render_decided", lambda rows, *_: asked.extend(rows) or [])
     row = {"input_key": "a", "uri": "/v/a.mp4", "width": 64, "height": 64, "src_fps": 25.0, "render_errors": "{}",
            "timings": json.dumps({"scan": 1.0}), "rendered": 0}
-    clips = {"a": [{"key": "a_1", "reason": None}, {"key": "a_2", "reason": None}, {"key": "a_3", "reason": "duplicate"}]}
+    clips = {"a": [{"key": "a_1", "reason": None}, {"key": "a_2", "reason": None}, {"key": "a_3", "reason": "duplicate"},
+                   {"key": "a_4", "reason": None, "index": 2, "cut": [60, 120], "cut_from": "a_3"}]}
     cfg = load_config(None, ["curate.max_clips_per_identity=1"])
-    curate._render_kept(cfg, Layout(tmp_path), [row], clips, in_shards={"a_1"})
-    assert [json.loads(r["keys"]) for r in asked] == [["a_2"]]
-    assert json.loads(row["render_errors"]) == {"a_2": curate.RENDER_LOST}
+    curate._render_kept(cfg, Layout(tmp_path), [row], clips, in_shards={"a_1"}, cut_only=False)
+    assert [(json.loads(r["keys"]), json.loads(r["cuts"])) for r in asked] == [(["a_2"], {"a_4": [2, 60, 120]})]
+    assert json.loads(row["render_errors"]) == {"a_2": curate.RENDER_LOST, "a_4": curate.RENDER_LOST}
     assert json.loads(row["timings"]) == {"scan": 1.0} and row["rendered"] == 0
 
 
@@ -273,3 +274,36 @@ def test_two_moved_files_of_one_size_and_time_each_take_a_marker(tmp_path: Path)
     rows = [{"uri": str(n), "input_key": input_key(str(n))} for n in news]
     moved = ledger.moved_inputs(rows, ledger.load_markers(done))
     assert sorted(moved) == sorted(map(str, news)) and len(set(moved.values())) == 2
+
+
+def test_a_damaged_scan_file_counts_as_no_scan(tmp_path: Path, media_dir: Path) -> None:
+    """A scan cut short (an interrupted copy, a full disk) stopped every later run of the folder in
+    a traceback, the healthy inputs without rows too, until someone found and deleted it."""
+    from portraitflow.jobs.curate import _scanned_file
+    from portraitflow.operators.face_scan import FaceScanStage
+    from portraitflow.operators.scan_store import load_scan_meta, scan_path
+
+    layout = Layout(tmp_path)
+    layout.make()
+    scan_file = scan_path(layout.scans, "talk")
+    scan_file.write_bytes(b"PK\x03\x04 cut short")
+    assert _scanned_file(layout, {"input_key": "talk", "uri": str(tmp_path / "talk.mp4")}) is None
+    video = media_dir / "dreamtalk_M030_front_neutral_level1_001.mp4"
+    stage = FaceScanStage(load_config(None, []).model_dump(mode="json"), str(layout.scans))
+    row = stage.scan({"uri": str(video), "input_key": "talk"}, str(video))
+    assert row["status"] == "scanned" and "fingerprint" in load_scan_meta(scan_file)  # scanned again
+
+
+def test_a_damaged_staged_sample_fails_its_clip_so_the_next_run_renders_it_again(tmp_path: Path) -> None:
+    """Packing stopped on a staged sample cut short on every run, until someone deleted it."""
+    from portraitflow.operators.shards import drop_damaged_staged, stage_sample, staged_path
+
+    whole, cut, foreign = "a_00000000_00002000", "b_00000000_00002000", "c_00000000_00002000"
+    for key in (whole, cut, foreign):
+        stage_sample(tmp_path, key, {"mp4": bytes(200_000), "json": b"{}"})
+    data = staged_path(tmp_path, cut).read_bytes()
+    staged_path(tmp_path, cut).write_bytes(data[: len(data) // 2])
+    staged_path(tmp_path, foreign).write_bytes(staged_path(tmp_path, whole).read_bytes())  # another sample's members
+    damaged = drop_damaged_staged(tmp_path, [whole, cut, foreign, "never_staged_00000000_00002000"])
+    assert sorted(damaged) == [cut, foreign] and "the next run renders it again" in damaged[cut]
+    assert staged_path(tmp_path, whole).exists() and not staged_path(tmp_path, cut).exists()

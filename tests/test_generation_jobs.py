@@ -293,3 +293,29 @@ def test_an_animator_output_version_renames_its_outputs_and_zero_names_nothing(m
     assert output_name(job, "still", params, bumped) != before
     assert output_settings("warp", AnimateConfig())["output_version"] >= 1
     assert output_settings("hunyuan", AnimateConfig(backend="hunyuan", weights="tiny"))["output_version"] >= 1
+
+
+def test_a_damaged_motion_cache_is_extracted_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cached driver's motion cut short failed every job on that driver on every resumed run."""
+    import numpy as np
+
+    from portraitflow.jobs.config.face import FaceConfig
+    from portraitflow.operators import animate
+    from portraitflow.operators.driving_motion import DrivingMotion
+
+    frames = 3
+    motion = DrivingMotion(25.0, 512, np.zeros(frames, np.int64), np.zeros((1, 4)), np.zeros((1, 4)),
+                           np.zeros((frames, 5, 2)), np.zeros((frames, 5, 2)), np.zeros((frames, 68, 2)),
+                           np.zeros((frames, 3)), np.ones(frames, bool))
+    extractions = []
+    monkeypatch.setattr(animate, "_analyzer", lambda face: None)
+    monkeypatch.setattr(animate, "extract_driving_motion", lambda *args, **kwargs: extractions.append(1) or motion)
+    driver = tmp_path / "talk.mp4"
+    driver.write_bytes(b"a driver")
+    args = (str(driver), FaceConfig().model_dump_json(), AnimateConfig(), tmp_path / "motion")
+    first = animate._driving_motion(*args)
+    assert animate._driving_motion(*args) == first and len(extractions) == 1  # cached
+    [cached] = (tmp_path / "motion").glob("*.npz")
+    cached.write_bytes(first[:100])
+    assert animate._driving_motion(*args) == first and len(extractions) == 2
+    assert DrivingMotion.from_bytes(cached.read_bytes()).num_frames == frames

@@ -123,3 +123,17 @@ def test_a_run_killed_before_it_rewrote_the_index_and_tables_exits_1_until_rerun
 
     job.run_curation(load_config(None, ONE_PER_SHARD), uris, out)
     assert _inspect(out).exit_code == 0
+
+
+@pytest.mark.parametrize("table", ["manifest.parquet", "clips.parquet"])
+def test_a_damaged_table_is_named_in_one_line_with_the_repair(tmp_path: Path, monkeypatch, table: str) -> None:
+    """A table cut short gave pyarrow's 60-line traceback."""
+    from portraitflow.jobs.curate import run_curation
+
+    out, uris = _prepared(tmp_path, monkeypatch, ["anna"])
+    run_curation(load_config(None, ONE_PER_SHARD), uris, out)
+    (out / table).write_bytes((out / table).read_bytes()[:100])
+    result = _inspect(out)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    message = " ".join(result.output.replace("│", " ").split())
+    assert f"{table} cannot be read" in message and "rerun the same `portraitflow curate` command" in message

@@ -131,6 +131,13 @@ class CurateConfig(BaseModel):
         "`partial_duplicate`. A re-encode's windows score 0.96-0.99; windows of footage not shared at most 0.86 on the "
         "shared media (other stretches of a 10-fps source, whose repeated frames look alike).",
     )
+    duplicate_keep_unique: bool = Field(
+        True,
+        description="A `partial_duplicate`'s footage found in no kept clip, each stretch of it lasting "
+        "`min_clip_seconds` (less half a second where it borders the footage found), is kept as a clip of its own, "
+        "decided as any clip (its row's `cut_from` names the clip it was cut from). Off, a partial duplicate is "
+        "rejected whole.",
+    )
     # crops and shards
     crop_size: int = Field(
         512, ge=16, description="Side of the square crops, in px; even, as H.264 in yuv420p needs even sides."

@@ -1,0 +1,131 @@
+"""A partial duplicate's own footage kept as a clip of its own (operators/unique_footage.py)."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from curate_runs import LOCAL_RAY, curated_contents, read_rows, run_curate
+from synthetic_footage import footage, re_encoded
+
+from portraitflow.jobs.config.curate import CurateConfig
+from portraitflow.models.face.base import l2_normalise
+from portraitflow.operators import filters
+from portraitflow.operators.corpus_decisions import decide_clips
+from portraitflow.operators.corpus_ledger import CorpusLedger
+from portraitflow.operators.overlap import OverlapRule, content_signature, unique_stretches
+from portraitflow.operators.unique_footage import cut_arrays
+
+FPS = 25.0
+PERSON = l2_normalise(np.arange(1.0, 9.0))
+
+
+@pytest.mark.parametrize(("covered", "expected"), [
+    ("1111000000000000", [(6, 16)]),  # the end of the clip is its own: no margin there
+    ("0000000000001111", [(0, 10)]),
+    ("1100000000000011", [(4, 12)]),  # footage found at both ends: a margin at each
+    ("1110000111000000000", [(12, 19)]),  # the stretch between is too short once its margins are off
+    ("1111111111111111", []),
+])
+def test_unique_stretches_leave_a_margin_where_found_footage_borders_them(covered: str, expected: list) -> None:
+    mask = np.array([c == "1" for c in covered])
+    assert unique_stretches(mask, min_frames=5, margin=2) == expected
+
+
+def _identities(thumbnails: dict[str, np.ndarray]):
+    return lambda key, clip: (PERSON, content_signature(thumbnails[clip["key"]]), thumbnails[clip["key"]])
+
+
+def _clip(key: str, frames: int) -> dict:
+    return {"key": key, "start": 0, "end": frames, "reason": None, "measures": {"sharpness": 120.0}, "index": 0}
+
+
+@pytest.mark.parametrize("keep_unique", [True, False])
+def test_a_partial_duplicates_own_footage_is_cut_out_and_kept(keep_unique: bool) -> None:
+    """An original of 10 s kept; a re-upload holding its last 6 s and 4 s found nowhere else: the
+    re-upload is a partial duplicate (0.6 of it found), and its last 4 s, less half a second
+    where they border the footage found, become a clip of their own."""
+    kept, new = footage(1, 250), footage(2, 100)
+    thumbnails = {"orig_00000000_00010000": kept,
+                  "reup_00000000_00010000": re_encoded(np.concatenate([kept[100:], new]))}
+    cfg = CurateConfig()
+    ledger = CorpusLedger(0.5, 0, cfg.duplicate_similarity, OverlapRule.from_config(cfg))
+    clips = [("orig", _clip("orig_00000000_00010000", 250)), ("reup", _clip("reup_00000000_00010000", 250))]
+    cut = decide_clips(ledger, [], clips, _identities(thumbnails), unique_frames=50 if keep_unique else 0)
+    assert clips[1][1]["reason"] == filters.PARTIAL_DUPLICATE
+    if not keep_unique:
+        assert cut == []
+        return
+    [(input_key, part)] = cut
+    assert input_key == "reup" and part["reason"] is None and part["cut_from"] == "reup_00000000_00010000"
+    first, last = part["cut"]
+    assert 150 < first <= 150 + 13 + 2 and last == 250  # 6 s found (up to a window hop short), a margin after
+    assert part["key"] == f"reup_{first * 40:08d}_00010000" and (part["start"], part["end"]) == (first, last)
+    assert part["measures"]["sharpness"] == 120.0 and part["measures"]["overlap_share"] == 0.0
+    assert "overlap_share" in clips[1][1]["measures"]  # the parent's own, untouched by the part's
+    assert part["key"] in ledger.keys  # kept: a later copy of that footage is a duplicate of it
+    copy = re_encoded(new[10:], seed=3)
+    assert ledger.decide(PERSON, content_signature(copy), copy).reason in {filters.DUPLICATE, filters.PARTIAL_DUPLICATE}
+
+
+def test_cut_arrays_take_the_parents_frames_and_their_own_reference() -> None:
+    rng = np.random.default_rng(0)
+    frames = 100
+    landmarks = rng.uniform(100, 300, (frames, 68, 2)).astype(np.float32)
+    arrays = {"boxes": np.tile(np.array([100, 100, 300, 300], np.float32), (frames, 1)),
+              "kps": landmarks[:, [36, 45, 30, 48, 54]], "landmarks": landmarks,
+              "pose": rng.uniform(-20, 20, (frames, 3)).astype(np.float32),
+              "motion": np.zeros((frames, 3), np.float32), "thumbnails": footage(4, frames),
+              "embedding": PERSON.astype(np.float32), "signature": np.zeros(8192, np.float32),
+              "crop_box": np.array([50, 50, 350, 350], np.float32), "ref_index": np.array(70)}
+    inside = cut_arrays(arrays, 60, 90, (480, 640))
+    assert int(inside["ref_index"]) == 10  # the parent's frame 70
+    assert all(len(inside[k]) == 30 for k in ("boxes", "kps", "landmarks", "pose", "thumbnails", "motion"))
+    np.testing.assert_array_equal(inside["landmarks"], landmarks[60:90])
+    np.testing.assert_allclose(inside["signature"], content_signature(arrays["thumbnails"][60:90].astype(np.float32)))
+    np.testing.assert_array_equal(inside["crop_box"], arrays["crop_box"])
+    outside = cut_arrays(arrays, 0, 40, (480, 640))
+    assert 0 <= int(outside["ref_index"]) < 40
+
+
+def _cut(path: Path, start_s: float, end_s: float, source: Path) -> str:
+    from portraitflow.operators.decode import iter_frame_chunks, probe_video
+    from portraitflow.operators.video_writer import write_h264
+
+    fps = probe_video(str(source)).fps
+    write_h264(path, [c.frames for c in iter_frame_chunks(str(source), fps, start_s, end_s)], fps=fps,
+               audio_from=source, audio_start_s=start_s)
+    return str(path)
+
+
+@pytest.mark.parametrize("cap", [0, 5])
+def test_curate_keeps_the_footage_of_a_later_excerpt_found_nowhere_else(media_dir: Path, tmp_path: Path,
+                                                                        cap: int) -> None:
+    """Two excerpts of one shot, 0-7.5 s and 3-10 s: the first is kept, the second holds 4.5 s of
+    it and 2.5 s of its own, which become a sample of its own (rendered by the scan's actors, or
+    with a cap per identity after the decisions); a rerun changes nothing."""
+    source = media_dir / "liveportrait_d9.mp4"
+    inputs = [_cut(tmp_path / "a_first.mp4", 0.0, 7.5, source), _cut(tmp_path / "b_later.mp4", 3.0, 10.0, source)]
+    out = tmp_path / "out"
+    run_curate(inputs, out, None, *LOCAL_RAY, "--set", f"curate.max_clips_per_identity={cap}")
+    clips = {row["key"].split("-")[0] + row["key"][-18:]: row for row in read_rows(out / "clips.parquet")}
+    parent, part = clips["b_later_00000000_00007000"], next(r for r in clips.values() if r["cut_from"])
+    assert parent["reason"] == filters.PARTIAL_DUPLICATE and part["cut_from"].endswith("_00000000_00007000")
+    assert part["decision"] == "accepted" and part["input_key"] == parent["input_key"]
+    assert 4.5 < part["start_s"] < 5.1 and part["end_s"] == 7.0  # its own footage starts at 4.5 s
+    [manifest] = [r for r in read_rows(out / "manifest.parquet") if r["input_key"] == parent["input_key"]]
+    assert manifest["status"] == "accepted" and manifest["clips_accepted"] == 1
+    [shard] = [path for path in (out / "shards").glob("*.tar") if f"{part['key']}.json" in tarfile.open(path).getnames()]
+    with tarfile.open(shard) as tar:
+        meta = json.loads(tar.extractfile(f"{part['key']}.json").read())
+        thumbnails = np.load(io.BytesIO(tar.extractfile(f"{part['key']}.thumbnails.npy").read()))
+    frames = round((part["end_s"] - part["start_s"]) * 25)
+    assert meta["num_frames"] == frames == len(thumbnails) and meta["cut_from"] == part["cut_from"]
+    assert 0 <= meta["ref_frame"] < frames
+    if not cap:
+        before = curated_contents(out)
+        run_curate(inputs, out, None, *LOCAL_RAY)
+        assert curated_contents(out) == before

@@ -31,7 +31,7 @@ app.add_typer(config_cmd.app, name="config")
 def main() -> None:
     """The console script: `app`, with a cluster that refuses this driver past the checks each verb
     makes first (token authentication, say), or a deleted MLflow experiment, said in one line (exit
-    2), as those checks say theirs."""
+    2), as those checks say theirs; and a stop by SIGTERM or Ctrl-C said with what it leaves."""
     from portraitflow.jobs.runtime import ExperimentDeleted, ServiceUnreachable, Terminated, stop_on_sigterm
 
     stop_on_sigterm()  # also for a verb that never starts Ray (a finished folder, `report`)
@@ -45,6 +45,11 @@ def main() -> None:
     except Terminated:
         typer.echo("Terminated (SIGTERM): finished work is kept; rerun the same command to resume", err=True)
         raise SystemExit(128 + signal.SIGTERM) from None
+    except SystemExit as exc:  # typer ends a Ctrl-C (KeyboardInterrupt) so, silently
+        if exc.code == 128 + signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut Ray's shutdown into a traceback
+            typer.echo("Interrupted (Ctrl-C): finished work is kept; rerun the same command to resume", err=True)
+        raise
 
 
 if __name__ == "__main__":

@@ -504,3 +504,19 @@ def test_an_input_that_crashes_its_render_worker_is_given_up_on(tmp_path: Path) 
     assert json.loads(given_up["render_errors"]) == {
         "talk-0123456789_00000000_00002000": "render: quarantined: the worker processing this job crashed on each of "
                                              "its 2 attempts"}
+
+
+def test_ctrl_c_says_the_finished_work_is_kept(media_dir: Path, tmp_path: Path) -> None:
+    """SIGTERM said so in one line; Ctrl-C ended silently after Ray's "execution failed"."""
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "portraitflow.jobs.cli", "curate", str(media_dir / "liveportrait_d6.mp4"), "--out",
+            str(out)] + [a for o in OVERRIDES + ["mlflow.enabled=false"] for a in ("--set", o)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's job
+    deadline = time.monotonic() + 300
+    while not list(out.glob(".state/attempts/*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == "Interrupted (Ctrl-C): finished work is kept; rerun the same command to resume"

@@ -293,8 +293,17 @@ def probe_video(path: str) -> VideoInfo:
         height, width = reader[0].shape[:2]
         return _timeline(reader, int(width), int(height), edit_end_s=edit_end_s)[0]
     info = _timeline(reader, *_display_size(path), from_keyframe=stream.mpeg_ts, edit_end_s=edit_end_s)[0]
+    if stream.guessed_rate and info.fps > BROKEN_TIMESTAMPS_RATIO * stream.guessed_rate:
+        raise VideoUnreadable(f"its frames' timestamps are broken: {info.num_frames} frames in {info.duration_s:.3f} s "
+                              f"({info.fps:g} fps, where its stream says {float(stream.guessed_rate):g})")
     nominal = _nominal_rate(info.fps, stream.guessed_rate, stream.tick_s / info.duration_s)
     return replace(info, nominal_fps=nominal)
+
+
+#: how many times FFmpeg's guessed rate (which every timestamp of the stream can be written at) its
+#: frames may average before their timestamps count as broken: a muxer that stamped 60 frames 0
+#: read as 1800 fps where the stream says 30, an "ok" video of 33 ms
+BROKEN_TIMESTAMPS_RATIO = 4
 
 
 #: frames a stream may be short of its declared rate and still be taken at that rate: a capture

@@ -882,3 +882,21 @@ def test_a_download_cut_short_fails_where_its_data_ends_with_a_reason_that_group
             pass
     assert re.fullmatch(r"decoding failed near frame \d+ of \d+: the decoder rejects the data there "
                         r"\(damaged, or the file is cut short\)", str(raised.value)), raised.value
+
+
+def test_a_video_whose_frames_share_one_timestamp_is_unreadable_not_1800_fps(tmp_path: Path) -> None:
+    """Decoded frames re-encoded without their times all land at 0: 60 frames in 33 ms. An animate
+    job on such a driver was `ok`, with an 1800-fps output of 33 ms and its audio cut to that."""
+    source, path = tmp_path / "source.mp4", tmp_path / "untimed.mp4"
+    write_h264(source, [np.random.default_rng(0).integers(0, 256, (60, 64, 64, 3), np.uint8)], fps=25)
+    with av.open(str(source)) as decoded, av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        for frame in decoded.decode(video=0):
+            frame.pts = None
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    with pytest.raises(VideoUnreadable, match="timestamps are broken: 60 frames in 0.033 s"):
+        probe_video(str(path))
+    assert probe_video(str(source)).fps == 25.0

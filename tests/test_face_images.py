@@ -117,7 +117,15 @@ def test_exif_rotation_is_applied(astronaut):
 def test_oversized_images_are_refused_before_decoding(monkeypatch, astronaut):
     monkeypatch.setattr(images, "MAX_PIXELS", 1000)
     loaded = load_image(_encode(Image.fromarray(astronaut), "PNG"))
-    assert loaded.rgb is None and loaded.reason == images.TOO_LARGE
+    assert loaded.rgb is None and loaded.reason == images.TOO_LARGE and loaded.detail.startswith("512x512 is over")
+
+
+def test_an_image_over_pillows_own_limit_is_said_to_be_over_ours() -> None:
+    """A 100-MP photo was refused in Pillow's words: a limit of 89 MP (ours is 64) and a "decompression
+    bomb DOS attack", for an ordinary phone camera's high-resolution mode."""
+    header = Image.new("L", (10_000, 10_000))
+    loaded = load_image(_encode(header, "PNG"))
+    assert loaded.reason == images.TOO_LARGE and loaded.detail == "100 megapixels is " + images.TOO_LARGE_TEXT
 
 
 def test_real_media_all_load_or_give_a_reason(media_dir: Path, media_manifest):

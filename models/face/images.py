@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 #: Larger images are refused before decoding (below Pillow's own decompression-bomb limit, which
 #: is made an error too).
 MAX_PIXELS = 64_000_000
+TOO_LARGE_TEXT = f"over the {MAX_PIXELS // 1_000_000}-megapixel limit: downscale it"
 
 #: Reason codes of a failed load.
 EMPTY = "empty"
@@ -97,15 +99,17 @@ def load_image(source: str | Path | bytes) -> LoadedImage:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 if image.width * image.height > MAX_PIXELS:
-                    return LoadedImage(None, TOO_LARGE, f"{image.width}x{image.height}")
+                    return LoadedImage(None, TOO_LARGE, f"{image.width}x{image.height} is {TOO_LARGE_TEXT}")
                 image.load()
                 upright = ImageOps.exif_transpose(image)
                 name = str(source) if isinstance(source, (str, Path)) else "an image given as bytes"
                 rgb = _to_rgb8(_to_srgb(upright, image.info.get("icc_profile"), name))
     except UnidentifiedImageError:  # its message names a BytesIO object's address: not stable
         return LoadedImage(None, NOT_AN_IMAGE, "no image format Pillow knows")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        return LoadedImage(None, TOO_LARGE, str(exc))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # Pillow's own check, above ours
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(pixels.group(1)) / 1e6:.0f} megapixels" if pixels else "it"
+        return LoadedImage(None, TOO_LARGE, f"{size} is {TOO_LARGE_TEXT}")
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
         return LoadedImage(None, CORRUPT, f"{type(exc).__name__}: {exc}")
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:

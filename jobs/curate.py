@@ -560,12 +560,23 @@ def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], p
                     layout.shard_keys, cfg.curate.shard_pack_workers or default_pack_workers())
         index = write_index(out, layout.shards)
         manifest, clips = ledger.write_tables(out, markers)
+        _warn_foreign_samples(in_shards, set(clips.column("key").to_pylist()))
         elapsed = time.perf_counter() - started
         metrics = _metrics(manifest, clips, scanned, elapsed, {r["input_key"] for r in rows}, index, cfg.curate.fps)
         if run is not None:
             _log_run(cfg, layout, metrics, manifest, clips, {r["input_key"] for r in pending}, ray_stats)
             metrics["mlflow_run_id"] = run.info.run_id
     return metrics
+
+
+def _warn_foreign_samples(in_shards: dict[str, Path], clip_keys: set[str]) -> None:
+    """Name the shards holding samples that are no clip of this corpus (a shard copied in from
+    another): the index lists them, and a loader reads them as this corpus's."""
+    foreign = Counter(path.name for key, path in in_shards.items() if key not in clip_keys)
+    if foreign:
+        log.warning("%d sample(s) in shards/ %s are no clip of this corpus (copied in from another?): move the "
+                    "shard(s) out and rerun; `portraitflow inspect` names the samples",
+                    sum(foreign.values()), ", ".join(sorted(foreign)))
 
 
 def _metrics(manifest, clips, scanned, elapsed: float, keys: set[str], index: dict, fps: float) -> dict[str, Any]:

@@ -137,3 +137,21 @@ def test_a_damaged_table_is_named_in_one_line_with_the_repair(tmp_path: Path, mo
     assert result.exit_code == 2 and "Traceback" not in result.output
     message = " ".join(result.output.replace("│", " ").split())
     assert f"{table} cannot be read" in message and "rerun the same `portraitflow curate` command" in message
+
+
+def test_a_run_names_a_shard_copied_in_from_another_corpus(tmp_path: Path, monkeypatch, caplog) -> None:
+    """It was added to the index with exit 0 and no word: a loader reads its samples as this corpus's."""
+    import logging
+    import shutil
+
+    from portraitflow.jobs.curate import run_curation
+
+    other, other_uris = _prepared(tmp_path / "other", monkeypatch, ["zoe"])
+    run_curation(load_config(None, ONE_PER_SHARD), other_uris, other)
+    out, uris = _prepared(tmp_path, monkeypatch, ["anna"])
+    run_curation(load_config(None, ONE_PER_SHARD), uris, out)
+    shutil.copy(other / "shards" / "000000.tar", out / "shards" / "000001.tar")
+    with caplog.at_level(logging.WARNING, logger="portraitflow.jobs.curate"):
+        run_curation(load_config(None, ONE_PER_SHARD), uris, out)
+    [warning] = [r.getMessage() for r in caplog.records if "no clip of this corpus" in r.getMessage()]
+    assert warning.startswith("1 sample(s) in shards/ 000001.tar are no clip of this corpus")

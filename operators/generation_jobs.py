@@ -166,7 +166,13 @@ def load_jobs(path: str | Path) -> list[Job]:
     a `job_id` given to two rows refuses the file.
     """
     path = Path(path)
-    columns, rows = read_table(path)
+    try:
+        columns, rows = read_table(path)
+    except UnicodeDecodeError as exc:  # its own text names neither the file nor where
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start:exc.start + 1]!r}): "
+                         "save it as UTF-8") from None
+    if not columns:
+        raise ValueError(f"{path}: empty: no columns (ref and driving, optionally job_id and params)")
     unknown = set(columns) - set(JOB_COLUMNS) - set(PER_JOB_FIELDS)
     missing = {"ref", "driving"} - set(columns)
     if unknown or missing:

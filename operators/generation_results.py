@@ -92,7 +92,7 @@ def plan_rows(jobs: list[Job], out_dir: Path, backend: str, cfg: AnimateConfig, 
         output = outputs[0]
         row.update(params=json.dumps(params, sort_keys=True), output=str(output))
         if str(output) in planned:
-            row = failed_row(row, f"duplicate of job {planned[str(output)]}")
+            row = failed_row(row, f"duplicate of job {planned[str(output)]}: the same files and settings, one video")
         elif resume and (done := _finished(outputs, previous)):
             path, finished = done
             record = previous.get(path.name, {})

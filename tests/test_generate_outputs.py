@@ -122,7 +122,7 @@ def test_failed_rows_name_no_output_whatever_failed_them(tmp_path: Path, still_j
     planned = plan_rows(jobs, tmp_path / "plan", "still", cfg, resume=True)
     assert [r["status"] for r in planned] == ["pending", "failed", "failed"]  # backend refusal, invalid param
     duplicate = plan_rows([jobs[0], jobs[0]], tmp_path / "dup", "still", cfg, resume=True)
-    assert duplicate[1]["reason"] == "duplicate of job a"
+    assert duplicate[1]["reason"] == "duplicate of job a: the same files and settings, one video"
     row = _row(tmp_path, ref, driving, cfg)
     prep = {"face_cfg_json": "{}", "animate_cfg_json": cfg.model_dump_json(), "attempts_dir": str(tmp_path / "att"),
             "motion_dir": str(tmp_path / "motion")}

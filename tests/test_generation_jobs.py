@@ -53,7 +53,7 @@ def test_invalid_params_fail_that_job_only(tmp_path: Path) -> None:
     rows = plan_rows(jobs, tmp_path, "warp", AnimateConfig(), resume=True)
     assert [r["status"] for r in rows] == ["failed", "failed", "pending", "pending", "failed"]
     assert "motion" in rows[0]["reason"] and "pose_multiplier" in rows[1]["reason"]
-    assert rows[4]["reason"] == "duplicate of job good"
+    assert rows[4]["reason"] == "duplicate of job good: the same files and settings, one video"
     table = results_table(rows)
     assert list(table.columns) == list(RESULT_DEFAULTS) and len(table) == 5
 
@@ -134,7 +134,7 @@ def test_paths_are_recorded_absolute_so_resume_does_not_depend_on_how_they_were_
         {("a__x", str(tmp_path / "refs/a.png"), str(tmp_path / "drivers/x.mp4"))}
     rows = plan_rows([jobs[0] for jobs in forms], tmp_path / "out", "warp", AnimateConfig(), resume=True)
     assert rows[0]["status"] == "pending" and rows[0]["ref"] == str(tmp_path / "refs/a.png")
-    assert [r["reason"] for r in rows[1:]] == ["duplicate of job a__x"] * 3  # one output, so one job
+    assert [r["reason"] for r in rows[1:]] == ["duplicate of job a__x: the same files and settings, one video"] * 3  # one output, so one job
 
 
 def test_remote_paths_fail_their_job_with_a_reason_not_as_missing_files(tmp_path: Path) -> None:
@@ -319,3 +319,15 @@ def test_a_damaged_motion_cache_is_extracted_again(tmp_path: Path, monkeypatch: 
     cached.write_bytes(first[:100])
     assert animate._driving_motion(*args) == first and len(extractions) == 2
     assert DrivingMotion.from_bytes(cached.read_bytes()).num_frames == frames
+
+
+def test_a_jobs_file_not_utf8_or_empty_is_named_with_what_is_wrong(tmp_path: Path) -> None:
+    """Python's codec error named neither the file nor the fix; an empty file read as `unknown columns []`."""
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("ref,driving\ncafé.png,talk.mp4\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin.csv: not UTF-8 text \(byte 15 is b'\\xe9'\): save it as UTF-8"):
+        load_jobs(latin)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(ValueError, match=r"empty.csv: empty: no columns \(ref and driving"):
+        load_jobs(empty)

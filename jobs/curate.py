@@ -515,6 +515,7 @@ def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], p
 
     out = layout.out
     started = time.perf_counter()
+    staged_before = {path.stem for path in layout.staging.glob("*.tar")}  # by runs that may have been cut short
     with mlflow_run(cfg.mlflow, cfg.curate.experiment, out) as run:
         packed = _packed_by_input(in_shards)  # a retried input's clips in the shards are not rendered again
         given = [dict(r, packed=json.dumps(packed.get(r["input_key"], []))) for r in pending]
@@ -526,7 +527,7 @@ def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], p
         _render_kept(cfg, layout, scanned, clips_by_input, in_shards, cut_only=not renders_after_decisions(cfg.curate))
         errors = {k: e for r in scanned for k, e in json.loads(r["render_errors"]).items()}
         errors |= drop_damaged_staged(layout.staging, [c["key"] for clips in clips_by_input.values() for c in clips
-                                                       if c["reason"] is None and c["key"] not in in_shards])
+                                                       if c["reason"] is None and c["key"] in staged_before])
         by_key = {r["input_key"]: r for r in scanned}
 
         clip_rows: dict[str, list[dict]] = {}

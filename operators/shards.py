@@ -80,7 +80,8 @@ def stage_sample(staging_dir: Path, key: str, fields: dict[str, bytes]) -> int:
 def drop_damaged_staged(staging_dir: Path, keys: Iterable[str]) -> dict[str, str]:
     """The staged samples of `keys` that cannot be read whole (damaged since they were staged: a
     disk error, a folder copied while it was written), deleted, each with why: packing stopped on
-    such a file on every run. Reads tar headers only (a cut tar ends before a member's data)."""
+    such a file on every run. Reads tar headers only (a cut tar ends before a member's data): 0.4 ms
+    a sample in the page cache, so a run checks those earlier runs left, not those it staged."""
     damaged = {}
     for key in keys:
         path = staged_path(staging_dir, key)

@@ -267,3 +267,31 @@ def test_a_shard_that_cannot_be_repaired_stops_the_run_with_what_to_do(refused: 
     with pytest.raises(typer.BadParameter, match=f"{shard} {expected}.*: move it out of the folder and rerun"):
         job.run_curation(load_config(None, QUIET), uris, out)
     assert given == [] and shard.read_bytes() == cut
+
+
+def test_a_staged_sample_a_killed_run_left_cut_short_is_rendered_again(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A staged sample cut short (a copy of the folder interrupted, a disk error) stopped packing,
+    and so every later run, in a traceback: its input now fails and the next run stages it again."""
+    from portraitflow.jobs.curate import Layout, run_curation
+    from portraitflow.operators.inputs import clip_key
+    from portraitflow.operators.shards import stage_sample, staged_path
+
+    out = tmp_path / "out"
+    layout = Layout(out)
+    layout.make()
+    uri = str(tmp_path / "anna.mp4")
+    members = _members(0, 50, 0)
+    identity = (np.load(io.BytesIO(members["id.npy"])), np.load(io.BytesIO(members["signature.npy"])))
+    key = _scan(layout.scans, uri, [(0, 50, None, identity)])
+    sample = clip_key(key, 0, 2.0)
+    stage_sample(layout.staging, sample, members)  # as a killed run left it, then cut short
+    staged = staged_path(layout.staging, sample)
+    staged.write_bytes(staged.read_bytes()[:5000])
+    _curate_one_by_one(monkeypatch, {key: [(sample, members)]})
+    run_curation(load_config(None, QUIET), [uri], out)
+    [row] = _manifest(out).values()
+    assert row["status"] == "failed" and "its staged sample could not be read" in row["error"]
+    run_curation(load_config(None, QUIET), [uri], out)
+    [row] = _manifest(out).values()
+    assert row["status"] == "accepted" and iter_shard_keys(out / "shards" / "000000.tar")

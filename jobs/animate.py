@@ -70,9 +70,9 @@ def animate(
              "pose_multiplier": pose_multiplier, "expression_multiplier": expression_multiplier, "paste_back": paste_back}
     check_out_folder(out, "animate")
     for flag, folder in (("--refs", refs), ("--drivers", drivers)):
-        if folder is not None and (out.resolve() == folder.resolve() or folder.resolve() in out.resolve().parents):
-            raise typer.BadParameter(f"{out} is inside {flag} {folder}: a rerun would take this run's videos and "
-                                     "preview for inputs; give an --out outside it", param_hint="--out")
+        if folder is not None and out.resolve() == folder.resolve():  # listed flat: a folder inside it is not read
+            raise typer.BadParameter(f"{out} is the {flag} folder: a rerun would take this run's videos and preview "
+                                     "for inputs; give another --out (a folder inside it will do)", param_hint="--out")
     cfg = resolve_config(config, overrides, ray_address, mlflow_uri, {f"animate.{k}": v for k, v in flags.items()})
     check_weights(cfg.animate)  # first: it reads no model code, so a wrong --weights is said in a second
     check_job_options(cfg.animate, [k for k, v in flags.items() if v is not None] + _animate_overrides(overrides))

@@ -48,7 +48,7 @@ from portraitflow.operators.probe import error_text
 from portraitflow.operators.quarantine import MAX_ATTEMPTS, quarantined_row
 from portraitflow.operators.scan_store import (GALLERY_DIGEST_PREFIX, GALLERY_SETTINGS, SCAN_MEASURES_VERSION,
                                                gallery_digests, load_scan_meta, scan_clips, scan_path)
-from portraitflow.operators.shards import (INDEX_NAME, default_pack_workers, drop_damaged_staged, pack_shards, rewrite_whole, shard_paths,
+from portraitflow.operators.shards import (INDEX_NAME, default_pack_workers, pack_shards, rewrite_whole, shard_paths,
                                            whole_shard_keys, write_index)
 
 log = logging.getLogger(__name__)
@@ -515,7 +515,6 @@ def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], p
 
     out = layout.out
     started = time.perf_counter()
-    staged_before = {path.stem for path in layout.staging.glob("*.tar")}  # by runs that may have been cut short
     with mlflow_run(cfg.mlflow, cfg.curate.experiment, out) as run:
         packed = _packed_by_input(in_shards)  # a retried input's clips in the shards are not rendered again
         given = [dict(r, packed=json.dumps(packed.get(r["input_key"], []))) for r in pending]
@@ -526,8 +525,6 @@ def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], p
         clips_by_input = _decide_corpus(cfg, scanned, layout, in_shards)
         _render_kept(cfg, layout, scanned, clips_by_input, in_shards, cut_only=not renders_after_decisions(cfg.curate))
         errors = {k: e for r in scanned for k, e in json.loads(r["render_errors"]).items()}
-        errors |= drop_damaged_staged(layout.staging, [c["key"] for clips in clips_by_input.values() for c in clips
-                                                       if c["reason"] is None and c["key"] in staged_before])
         by_key = {r["input_key"]: r for r in scanned}
 
         clip_rows: dict[str, list[dict]] = {}

@@ -30,7 +30,7 @@ from portraitflow.operators.probe import error_text, unfetched_input
 from portraitflow.operators.quarantine import crashed_reason, finish_attempt, quarantined_row, start_attempt
 from portraitflow.operators.render import render_clip
 from portraitflow.operators.scan_store import scan_clips, scan_path
-from portraitflow.operators.shards import staged_path
+from portraitflow.operators.shards import staged_whole
 from portraitflow.operators.timing import Progress, log_progress_to_stderr
 from portraitflow.operators.unique_footage import unique_clip
 
@@ -174,7 +174,7 @@ def _render_clips(row: dict[str, Any], path: str, wanted: Callable[[str], bool],
     clips = [clip for clip in scanned if clip["reason"] is None and wanted(clip["key"])]
     clips += [dict(unique_clip(scanned[index], row["input_key"], first, last, cfg.fps), key=key)
               for key, (index, first, last) in (cuts or {}).items()]
-    clips = [clip for clip in clips if not staged_path(staging_dir, clip["key"]).exists()]
+    clips = [clip for clip in clips if not staged_whole(staging_dir, clip["key"])]
     progress = Progress(f"{row['uri']}: rendered", len(clips), "clips")  # not in the shards, not staged yet
     rendered = 0
     for clip in clips:

@@ -294,9 +294,9 @@ def test_a_damaged_scan_file_counts_as_no_scan(tmp_path: Path, media_dir: Path) 
     assert row["status"] == "scanned" and "fingerprint" in load_scan_meta(scan_file)  # scanned again
 
 
-def test_a_damaged_staged_sample_fails_its_clip_so_the_next_run_renders_it_again(tmp_path: Path) -> None:
+def test_a_damaged_staged_sample_is_deleted_so_it_is_rendered_again(tmp_path: Path) -> None:
     """Packing stopped on a staged sample cut short on every run, until someone deleted it."""
-    from portraitflow.operators.shards import drop_damaged_staged, stage_sample, staged_path
+    from portraitflow.operators.shards import stage_sample, staged_path, staged_whole
 
     whole, cut, foreign = "a_00000000_00002000", "b_00000000_00002000", "c_00000000_00002000"
     for key in (whole, cut, foreign):
@@ -304,6 +304,6 @@ def test_a_damaged_staged_sample_fails_its_clip_so_the_next_run_renders_it_again
     data = staged_path(tmp_path, cut).read_bytes()
     staged_path(tmp_path, cut).write_bytes(data[: len(data) // 2])
     staged_path(tmp_path, foreign).write_bytes(staged_path(tmp_path, whole).read_bytes())  # another sample's members
-    damaged = drop_damaged_staged(tmp_path, [whole, cut, foreign, "never_staged_00000000_00002000"])
-    assert sorted(damaged) == [cut, foreign] and "the next run renders it again" in damaged[cut]
+    assert [staged_whole(tmp_path, key) for key in (whole, cut, foreign, "never_00000000_00002000")] == [True] + [False] * 3
     assert staged_path(tmp_path, whole).exists() and not staged_path(tmp_path, cut).exists()
+    assert not staged_path(tmp_path, foreign).exists()

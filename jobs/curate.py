@@ -287,8 +287,13 @@ def _decide_corpus(cfg: PortraitFlowConfig, rows: list[dict], layout: Layout,
     committed += [(key, c) for key, clips in clips_by_input.items() for c in clips if c["key"] in missing.get(key, ())]
     identities = Identities(layout.scans)
     unique_frames = round(cfg.curate.min_clip_seconds * fps) if cfg.curate.duplicate_keep_unique else 0
+    cuts_of: dict[str, set[str]] = defaultdict(set)  # cuts packed by a run stopped before their parent's marker
+    for clips in clips_by_input.values():
+        for clip in clips:
+            if clip.get("cut_from") and clip["key"] in in_shards:
+                cuts_of[clip["cut_from"]].add(clip["key"])
     try:
-        cut = decide_clips(corpus, committed, undecided, identities, unique_frames)
+        cut = decide_clips(corpus, committed, undecided, identities, unique_frames, cuts_of)
         corpus.save()
     finally:
         identities.close()

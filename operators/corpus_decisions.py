@@ -9,6 +9,7 @@ again, against those it had: a few decisions may differ from the run it resumes)
 """
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from collections.abc import Collection
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 
 from portraitflow.jobs.config.curate import CurateConfig
 from portraitflow.operators.corpus_ledger import CorpusLedger
+from portraitflow.operators.filters import PARTIAL_DUPLICATE
 from portraitflow.operators.overlap import (SIGNATURE_SIZE, OverlapRule, content_signature, kept_hop_frames,
                                             unique_stretches)
 from portraitflow.operators.scan_store import scan_path
@@ -44,49 +46,67 @@ def decision_order(clip: dict[str, Any]) -> tuple:
 
 
 def decide_clips(corpus: CorpusLedger, committed: list[tuple[str, dict[str, Any]]],
-                 undecided: list[tuple[str, dict[str, Any]]], identities: Identities,
-                 unique_frames: int = 0) -> list[tuple[str, dict[str, Any]]]:
+                 undecided: list[tuple[str, dict[str, Any]]], identities: Identities, unique_frames: int = 0,
+                 cuts_of: dict[str, set[str]] | None = None) -> list[tuple[str, dict[str, Any]]]:
     """Set the `reason` (None: kept) and `matched_key` (the kept clip that decided it, `Decision`)
     of each `undecided` clip, (input key, clip) in key order, and add to its `measures` what the
     duplicate checks found. With `unique_frames`, a `partial_duplicate`'s stretches found in no
     kept clip that last that many frames become clips of their own (operators/unique_footage.py),
-    each decided right after it; returns them as (input key, clip), decided.
+    queued in `decision_order` like the others; returns them as (input key, clip), decided.
 
     The `committed` clips (in the corpus already, but not in the ledger: it was saved before they
     were packed, or by none) enter the ledger first, so new clips are capped and de-duplicated
     against all of it. Then the undecided are decided greedily in `decision_order`
     (longest first): an excerpt never rejects the longer original it was cut from, nor takes the
     identity's cap before it, whatever the file names; a fixed order also makes a run resumed from
-    before its decisions decide as an uninterrupted one did.
+    before its decisions decide as an uninterrupted one did. `cuts_of` names, by parent key, the
+    committed cuts of an undecided clip (a run stopped after packing them, before its parent's
+    marker): the parent is decided without them, as it was, its cuts are not made again, and it is
+    never kept whole beside them.
     """
+    cuts_of = cuts_of or {}
     for key, clip in committed:
         corpus.keep(clip["key"], *identities(key, clip))
-    # ordered by their metadata, each clip's arrays read as it is decided: read ahead, every
+    # a heap in decision order; each scan clip's arrays read as it is decided: read ahead, every
     # undecided clip's signature and thumbnails were held at once (208 KB a 10-s clip, twice what
-    # a kept one costs the ledger)
-    cut = []
-    for key, clip in sorted(undecided, key=lambda item: decision_order(item[1])):
-        embedding, signature, thumbnails = identities(key, clip)
-        covered = _decide(corpus, clip, embedding, signature, thumbnails)
+    # a kept one costs the ledger). A cut's arrays (few) wait in the heap.
+    queue = [(decision_order(clip), number, key, clip, None) for number, (key, clip) in enumerate(undecided)]
+    heapq.heapify(queue)
+    cut: list[tuple[str, dict[str, Any]]] = []
+    while queue:
+        _, _, key, clip, arrays = heapq.heappop(queue)
+        embedding, signature, thumbnails = arrays or identities(key, clip)
+        own_cuts = cuts_of.get(clip["key"], set())
+        covered = _decide(corpus, clip, embedding, signature, thumbnails, own_cuts)
         if covered is None or not unique_frames:
             continue
         for first, last in unique_stretches(covered, unique_frames, kept_hop_frames(corpus.overlap.fps)):
             part = unique_clip(clip, key, first, last, corpus.overlap.fps)
+            if part["key"] in own_cuts:  # in the corpus already
+                continue
             frames = thumbnails[first:last]
-            _decide(corpus, part, embedding, None if signature is None else content_signature(frames), frames)
+            part_arrays = (embedding, None if signature is None else content_signature(frames), frames)
+            heapq.heappush(queue, (decision_order(part), len(undecided) + len(cut), key, part, part_arrays))
             cut.append((key, part))
     return cut
 
 
 def _decide(corpus: CorpusLedger, clip: dict[str, Any], embedding: np.ndarray, signature: np.ndarray | None,
-            thumbnails: np.ndarray | None) -> np.ndarray | None:
-    """Decide `clip`, keep it in the ledger when kept; returns what a partial duplicate's frames
-    found in kept clips are (`Decision.covered`), else None."""
-    decision = corpus.decide(embedding, signature, thumbnails, clip["measures"])
-    clip["reason"], clip["matched_key"] = decision.reason, decision.matched
-    if decision.reason is None:
+            thumbnails: np.ndarray | None, own_cuts: set[str]) -> np.ndarray | None:
+    """Decide `clip` without its `own_cuts`, keep it in the ledger when kept; returns which of a
+    partial duplicate's frames were found in kept clips (`Decision.covered`), else None. A clip
+    with cuts in the corpus that would now be kept whole (what decided it is no longer kept: its
+    input failed, or was left out) stays `partial_duplicate` of its cut, and what is left of it
+    beyond its cuts may be cut again."""
+    decision = corpus.decide(embedding, signature, thumbnails, clip["measures"], exclude=own_cuts)
+    reason, matched, covered = decision
+    if own_cuts and reason is None:
+        reason, matched = PARTIAL_DUPLICATE, min(own_cuts)
+        covered = corpus.decide(embedding, signature, thumbnails).covered  # its cuts counted as footage found
+    clip["reason"], clip["matched_key"] = reason, matched
+    if reason is None:
         corpus.keep(clip["key"], embedding, signature, thumbnails)
-    return decision.covered
+    return covered if reason == PARTIAL_DUPLICATE else None
 
 
 class Identities:

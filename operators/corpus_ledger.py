@@ -56,8 +56,8 @@ def _footage_geometry() -> dict[str, float]:
 class Decision(NamedTuple):
     """A clip's corpus decision: its reject reason (None: kept), the sample key of the kept clip
     that decided it (the one it repeats, or its identity's first for `identity_over_cap`), so a
-    curator can look at what it was judged against, and for a `partial_duplicate` which of its
-    frames were found in kept clips (the rest is footage of its own)."""
+    curator can look at what it was judged against, and which of its frames were found in kept
+    clips (None where footage was not compared; the rest of a `partial_duplicate` is its own)."""
 
     reason: str | None
     matched: str | None
@@ -311,7 +311,7 @@ class CorpusLedger:
         return cluster
 
     def decide(self, embedding: np.ndarray, signature: np.ndarray | None, thumbnails: np.ndarray | None = None,
-               measures: dict[str, float] | None = None) -> Decision:
+               measures: dict[str, float] | None = None, exclude: Collection[str] = ()) -> Decision:
         """The reject reason of a new clip against those kept so far (None to keep it), and the kept
         clip it matched: the one it repeats (most of), or its identity's first for the cap.
 
@@ -321,12 +321,14 @@ class CorpusLedger:
         footage found in any of them, `SharedFootage`); a measure with nothing to compare against
         is left out. With `overlap.mirrored`, the clip's mirror image is compared too (a flipped
         re-upload): `duplicate_similarity` is the larger of the two views', and the footage found
-        in either view counts together.
+        in either view counts together. The kept clips of keys in `exclude` count neither as
+        footage nor towards the cap (a clip's own cuts, kept before it was decided again).
         """
         clusters = self._clusters(l2_normalise(embedding))
-        if not clusters:
+        numbers = np.array([number for c in clusters for number in self._members[c]
+                            if not exclude or self.keys[number] not in exclude], np.int64)
+        if not len(numbers):
             return Decision(None, None)
-        numbers = np.array([number for c in clusters for number in self._members[c]])
         clips = self._clips.view()[numbers]
         similarity = shared = closest = None
         with_signature = np.flatnonzero(clips[:, SIGNATURE] >= 0)
@@ -347,13 +349,17 @@ class CorpusLedger:
                 measures["duplicate_similarity"] = similarity
             if shared is not None:
                 measures.update(overlap_s=shared.frames / self.overlap.fps, overlap_share=shared.share)
+        covered = None if shared is None else shared.covered
         if similarity is not None and similarity >= self.duplicate_similarity:
-            return Decision(DUPLICATE, self.keys[closest])
+            return Decision(DUPLICATE, self.keys[closest], covered)
         if shared is not None and self.overlap.is_duplicate(shared):
-            return Decision(PARTIAL_DUPLICATE, self.keys[numbers[shared.most_matched]], shared.covered)
-        if self.max_per_identity and self._counts[clusters[0]] >= self.max_per_identity:
-            return Decision(IDENTITY_OVER_CAP, self.keys[self._members[clusters[0]][0]])
-        return Decision(None, None)
+            return Decision(PARTIAL_DUPLICATE, self.keys[numbers[shared.most_matched]], covered)
+        counted = [n for n in self._members[clusters[0]] if self.keys[n] not in exclude] if exclude else None
+        held = self._counts[clusters[0]] if counted is None else len(counted)
+        if self.max_per_identity and held >= self.max_per_identity:
+            first = self._members[clusters[0]][0] if counted is None else counted[0]
+            return Decision(IDENTITY_OVER_CAP, self.keys[first], covered)
+        return Decision(None, None, covered)
 
     def _kept_windows(self, clips: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """The footage windows of these kept `clips` (of every cluster of the person together: a

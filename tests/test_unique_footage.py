@@ -36,7 +36,8 @@ def test_unique_stretches_leave_a_margin_where_found_footage_borders_them(covere
 
 
 def _identities(thumbnails: dict[str, np.ndarray]):
-    return lambda key, clip: (PERSON, content_signature(thumbnails[clip["key"]]), thumbnails[clip["key"]])
+    return lambda key, clip: clip.get("identity") or (PERSON, content_signature(thumbnails[clip["key"]]),
+                                                      thumbnails[clip["key"]])
 
 
 def _clip(key: str, frames: int) -> dict:
@@ -129,3 +130,56 @@ def test_curate_keeps_the_footage_of_a_later_excerpt_found_nowhere_else(media_di
         before = curated_contents(out)
         run_curate(inputs, out, None, *LOCAL_RAY)
         assert curated_contents(out) == before
+
+
+def _corpus(**settings) -> CorpusLedger:
+    cfg = CurateConfig(**settings)
+    return CorpusLedger(0.5, cfg.max_clips_per_identity, cfg.duplicate_similarity, OverlapRule.from_config(cfg))
+
+
+ORIGINAL = footage(1, 250)  # 10 s
+LATER = re_encoded(np.concatenate([ORIGINAL[100:], footage(2, 90)]))  # its last 6 s, then 3.6 s of its own
+
+
+def test_a_cut_waits_for_longer_clips_under_a_cap() -> None:
+    """Decided right after its parent, a 3-s cut took the identity's last place before a 9-s clip
+    of new footage (review s21: 30% less footage kept with the cut on than off)."""
+    thumbnails = {"orig_00000000_00010000": ORIGINAL, "later_00000000_00009600": LATER,
+                  "new_00000000_00009000": footage(3, 225)}
+    clips = [("orig", _clip("orig_00000000_00010000", 250)), ("later", _clip("later_00000000_00009600", 240)),
+             ("new", _clip("new_00000000_00009000", 225))]
+    [(_, part)] = decide_clips(_corpus(max_clips_per_identity=2), [], clips, _identities(thumbnails), unique_frames=50)
+    assert [clip["reason"] for _, clip in clips] == [None, filters.PARTIAL_DUPLICATE, None]
+    assert part["reason"] == filters.IDENTITY_OVER_CAP
+
+
+def _cut_of(parent: dict, part: dict) -> tuple[str, dict]:
+    """A cut as a resumed run finds it: packed, in the corpus, read back from its sample."""
+    first, last = part["cut"]
+    frames = LATER[first:last]
+    return "later", {"key": part["key"], "start": part["start"], "end": part["end"], "reason": None, "measures": {},
+                     "cut_from": parent["key"], "identity": (PERSON, content_signature(frames), frames)}
+
+
+@pytest.mark.parametrize("original_kept", [True, False])
+def test_a_parent_decided_again_beside_its_packed_cut(original_kept: bool) -> None:
+    """A run stopped after packing a cut, before its parent's marker, decides the parent again: it
+    was judged with its own cut as footage found (its row's overlap 0.57 -> 0.89, `matched_key` its
+    own cut), and, where the clip it repeats was no longer kept, accepted whole beside the cut."""
+    thumbnails = {"orig_00000000_00010000": ORIGINAL, "later_00000000_00009600": LATER}
+    first = [("orig", _clip("orig_00000000_00010000", 250)), ("later", _clip("later_00000000_00009600", 240))]
+    [(_, part)] = decide_clips(_corpus(), [], first, _identities(thumbnails), unique_frames=50)
+    uninterrupted = first[1][1]
+    parent = _clip("later_00000000_00009600", 240)
+    committed = [_cut_of(uninterrupted, part)] + ([("orig", dict(first[0][1], identity=(
+        PERSON, content_signature(ORIGINAL), ORIGINAL)))] if original_kept else [])
+    cut = decide_clips(_corpus(), committed, [("later", parent)], _identities(thumbnails), unique_frames=50,
+                       cuts_of={parent["key"]: {part["key"]}})
+    assert parent["reason"] == filters.PARTIAL_DUPLICATE
+    if original_kept:  # as uninterrupted
+        assert cut == [] and parent["matched_key"] == "orig_00000000_00010000"
+        assert parent["measures"]["overlap_share"] == uninterrupted["measures"]["overlap_share"]
+    else:  # the original's footage is in no kept clip now: it is cut from the parent, the cut's kept as it was
+        assert parent["matched_key"] == part["key"]
+        [(_, rest)] = cut
+        assert rest["reason"] is None and rest["cut"][0] == 0 and rest["cut"][1] <= part["cut"][0]

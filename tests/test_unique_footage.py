@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from curate_runs import LOCAL_RAY, curated_contents, read_rows, run_curate
+from curate_runs import LOCAL_RAY, curated_contents, read_rows, run_curate, sample_keys
 from synthetic_footage import footage, re_encoded
 
 from portraitflow.jobs.config.curate import CurateConfig
@@ -183,3 +183,39 @@ def test_a_parent_decided_again_beside_its_packed_cut(original_kept: bool) -> No
         assert parent["matched_key"] == part["key"]
         [(_, rest)] = cut
         assert rest["reason"] is None and rest["cut"][0] == 0 and rest["cut"][1] <= part["cut"][0]
+
+
+def test_a_run_stopped_after_packing_a_cut_resumes_to_the_uninterrupted_outcome(media_dir: Path,
+                                                                               tmp_path: Path) -> None:
+    """Stopped after the cut's shard, before its parent's marker: the rerun decided the parent with
+    its own cut as footage found (review s21)."""
+    import subprocess
+    import sys
+
+    from curate_runs import FAST
+
+    source = media_dir / "liveportrait_d9.mp4"
+    inputs = [_cut(tmp_path / "a_first.mp4", 0.0, 7.5, source), _cut(tmp_path / "b_later.mp4", 3.0, 10.0, source)]
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    run_curate(inputs, whole, None, *LOCAL_RAY)
+    stop_at_parent = ("import sys; from portraitflow.operators import ledger; write = ledger.write_marker\n"
+                      "def stop(done, row, clips, scanned):\n"
+                      "    if row['input_key'].startswith('b_later'): raise SystemExit(9)\n"
+                      "    return write(done, row, clips, scanned)\n"
+                      "ledger.write_marker = stop\n"
+                      "from portraitflow.jobs.cli import app; app(sys.argv[1:])")
+    killed = subprocess.run([sys.executable, "-c", stop_at_parent, "curate", *inputs, "--out", str(stopped), *FAST,
+                             *LOCAL_RAY], capture_output=True, text=True, timeout=600)
+    assert killed.returncode == 9, killed.stderr[-3000:]
+    assert any("b_later" in key and "_00004" in key for key in sample_keys(stopped))  # the cut is packed
+    run_curate(inputs, stopped, None, *LOCAL_RAY)
+    assert sample_keys(stopped) == sample_keys(whole)
+    rows = {name: {row["key"]: row for row in read_rows(out / "clips.parquet")} for name, out in
+            (("whole", whole), ("stopped", stopped))}
+    assert rows["whole"].keys() == rows["stopped"].keys()
+    for key, row in rows["whole"].items():
+        again = rows["stopped"][key]
+        assert (again["decision"], again["reason"], again["matched_key"], again["cut_from"]) == \
+            (row["decision"], row["reason"], row["matched_key"], row["cut_from"])
+        if not row["cut_from"]:  # a clip packed before its marker keeps no duplicate measures (as before cuts)
+            assert again["overlap_share"] == pytest.approx(row["overlap_share"], nan_ok=True)

@@ -354,11 +354,10 @@ class CorpusLedger:
             return Decision(DUPLICATE, self.keys[closest], covered)
         if shared is not None and self.overlap.is_duplicate(shared):
             return Decision(PARTIAL_DUPLICATE, self.keys[numbers[shared.most_matched]], covered)
-        counted = [n for n in self._members[clusters[0]] if self.keys[n] not in exclude] if exclude else None
-        held = self._counts[clusters[0]] if counted is None else len(counted)
-        if self.max_per_identity and held >= self.max_per_identity:
-            first = self._members[clusters[0]][0] if counted is None else counted[0]
-            return Decision(IDENTITY_OVER_CAP, self.keys[first], covered)
+        if self.max_per_identity:  # a capped cluster holds few clips: counted one by one
+            counted = [n for n in self._members[clusters[0]] if self.keys[n] not in exclude]
+            if len(counted) >= self.max_per_identity:
+                return Decision(IDENTITY_OVER_CAP, self.keys[counted[0]], covered)
         return Decision(None, None, covered)
 
     def _kept_windows(self, clips: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

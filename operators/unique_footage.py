@@ -4,9 +4,10 @@ A `partial_duplicate` is mostly footage the corpus holds, but the rest of it may
 else: the end of a talk whose start an excerpt kept, the minutes a re-upload added. Each stretch of
 it found in no kept clip that lasts `min_clip_seconds` becomes a clip (`duplicate_keep_unique`):
 decided as any clip is, in its place in the decision order (operators/corpus_decisions.py), and
-rendered from the parent's scan arrays cut to its frames. Its key names its own time range; `cut_from` names the parent. It shares the parent's
-crop box, identity embedding and quality measures (taken on the whole parent, which passed every
-filter); its motion, footage signature and reference frame are its own.
+rendered from the parent's scan arrays cut to its frames. Its key names its own time range;
+`cut_from` names the parent. It shares the parent's crop box, identity embedding and quality
+measures (taken on the whole parent, which passed every filter); its motion, footage signature and
+reference frame are its own.
 """
 from __future__ import annotations
 

@@ -11,9 +11,8 @@ import numpy as np
 from skimage.transform import SimilarityTransform
 
 #: ArcFace 112x112 template: left eye, right eye, nose tip, left and right mouth corner (as seen in
-#: the image), the order of `Face.kps`.
-#: the 112x112 ArcFace template: the release's (SPEC section 2, `align_face`) is the 96x112 one with
-#: every x shifted by +8, which is these points
+#: the image), the order of `Face.kps`. The release's (SPEC section 2, `align_face`) is the 96x112
+#: one with every x shifted by +8: these points.
 ARCFACE_TEMPLATE = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
     dtype=np.float32,

@@ -98,11 +98,11 @@ def node_model_problem(cfg: PortraitFlowConfig) -> str | None:
         holders.setdefault(json.dumps(digests, sort_keys=True), []).append(node)
     if len(holders) < 2:
         return None
-    versions = [json.loads(digests) for digests in holders]
-    roles = sorted({role for digests in versions for role in digests
-                    if len({version.get(role) for version in versions}) > 1})
-    files = "; ".join(f"{_named(nodes)}: " + ", ".join(f"{role} {json.loads(digests).get(role, '-')[:12]}"
-                                                     for role in roles) for digests, nodes in holders.items())
+    versions = {json.dumps(digests, sort_keys=True): digests for digests in answers.values()}
+    roles = sorted({role for digests in versions.values() for role in digests
+                    if len({version.get(role) for version in versions.values()}) > 1})
+    files = "; ".join(f"{_named(nodes)}: " + ", ".join(f"{role} {versions[held].get(role, '-')[:12]}" for role in roles)
+                      for held, nodes in holders.items())
     return (f"the Ray nodes hold different face model files (sha256 by role: {files}); embeddings of other files do "
             "not compare, nor are they the files the corpus records: give every node and the driver the same files")
 

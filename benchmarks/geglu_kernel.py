@@ -5,7 +5,7 @@ For each [M, K] activation of one 25-frame, two-branch UNet call (M = 50 frames 
 of the projection's FLOPs for: the projection alone (cuBLAS, no GEGLU: a ceiling), diffusers'
 eager GEGLU, the same under `torch.compile` (cuBLAS plus one fused GELU-multiply kernel, as the
 compiled UNet without `fused.py`), the autotuned fused kernel, each of its tile configs, and the
-persistent candidates (`geglu_triton.PERSISTENT_CONFIGS`, marked `p`); each writer of the fused
+persistent configs (`geglu_triton.PERSISTENT_CONFIGS`, marked `p`); each writer of the fused
 output is first checked against the formula (`wrong` if it is off), a config that cannot be built
 says so.
 

@@ -262,13 +262,17 @@ def main() -> None:
 def _warm_up(pipe: HunyuanPipeline, mine_pipe: HunyuanPipeline, resolution: int, settings: SamplingSettings,
              frames: list[int], args: argparse.Namespace) -> None:
     """One untimed one-step run of each path, so library set-up, cuDNN autotuning and compilation
-    stay out of every timed row. The UNet's shapes depend on the window, not the video length,
-    except that with several windows per call a length whose window count leaves a remainder has
-    a smaller last call: ours also warms up on each such length."""
+    stay out of every timed row. The UNet compiles once per call shape (windows in the call), so
+    ours warms up on the shortest lengths whose calls hold every shape the timed lengths need (each
+    shape costs minutes to compile cold)."""
     short = dataclasses.replace(settings, num_steps=1)
-    lengths = [settings.frames_per_window] + [count for count in frames if _windows(count, settings) % settings.windows_per_call]
+    lengths, covered = [], set()
+    for count in sorted(frames):
+        if not _call_sizes(count, settings) <= covered:
+            lengths.append(count)
+            covered |= _call_sizes(count, settings)
     wall = 0.0
-    for count in dict.fromkeys(lengths):
+    for count in lengths:
         inputs = make_inputs(pipe, resolution, count, short, args.seed)
         wall += timed(lambda: ours(mine_pipe, inputs, short), pipe.device)[1]
     if args.compile:
@@ -285,6 +289,12 @@ def _kept(frames: int, settings: SamplingSettings) -> range:
 
 def _windows(frames: int, settings: SamplingSettings) -> int:
     return len(window_indices(frames + 2 * settings.pad_frames, settings.frames_per_window, settings.overlap, 0))
+
+
+def _call_sizes(frames: int, settings: SamplingSettings) -> set[int]:
+    """The windows per UNet call that a video of `frames` makes (the last call may hold fewer)."""
+    windows, per_call = _windows(frames, settings), settings.windows_per_call
+    return {min(per_call, windows - first) for first in range(0, windows, per_call)}
 
 
 def _phase_line(phases: dict[str, float], frames: int, settings: SamplingSettings) -> str:

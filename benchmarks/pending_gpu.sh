@@ -3,15 +3,16 @@
 # limit, so a short loan of a GPU (minutes) yields the most figures. Usage:
 #   bash benchmarks/pending_gpu.sh [SECONDS [STEP...]]   # total budget, default 540; only the named steps
 # Prints each step's table; logs go to $OUT (or ./pending_gpu) as STEP.log. A step that would not
-# fit in the time left is listed as skipped, not started. The cold end-to-end run needs a call of
-# its own: `pending_gpu.sh 580 e2e_250_ours`.
+# fit in the time left is listed as skipped, not started.
 #
-# Compiled kernels travel between loans: a cold warm-up (compiling and autotuning the UNet and the
-# VAE decoder) took about 400 s of a 900-s loan. After each step the compile caches are saved to
-# $OUT as compile_cache.tgz.00, .01, ... (15 MiB parts: a loan returns files of 16 MiB at most);
-# copy the parts that came back into benchmarks/.compile_cache/ (git-ignored) and carry that
-# folder (`carry: ["benchmarks/.compile_cache"]`), and the next loan starts from them. They fit
-# one torch, Triton and GPU: another's caches are only missed, never wrong.
+# Compiled kernels can travel between loans: a cold warm-up (compiling and autotuning the UNet and
+# the VAE decoder) takes minutes of a 900-s loan. After each step the compile caches are saved to
+# $OUT as compile_cache.tgz.00, .01, ... (15 MiB parts: a loan returns files of 16 MiB at most),
+# unless they exceed CACHE_LIMIT_MIB (a loan returns 64 MiB in all, and the logs must come back:
+# two UNet shapes with every GEGLU tile config's kernels made 4 parts and more). Copy the parts
+# into benchmarks/.compile_cache/ (git-ignored) and carry that folder (`carry:
+# ["benchmarks/.compile_cache"]`; the tree that travels is 64 MiB at most), and the next loan
+# starts from them. They fit one torch, Triton and GPU: another's caches are only missed, never wrong.
 set -u
 budget=${1:-540}
 if [[ ! $budget =~ ^[0-9]+$ ]]; then
@@ -20,7 +21,7 @@ if [[ ! $budget =~ ^[0-9]+$ ]]; then
 fi
 shift $(($# > 0 ? 1 : 0))
 wanted=" $* "
-steps=" kernel_tests geglu_kernel e2e_250_ours e2e_250_with_baseline unet_fused unet_attention e2e_250_bf16 e2e_1000_memory "
+steps=" e2e_250_with_baseline kernel_tests geglu_kernel e2e_250_ours unet_fused unet_attention e2e_250_bf16 e2e_1000_memory "
 for name in "$@"; do
     if [[ $steps != *" $name "* ]]; then
         echo "unknown step '$name'; the steps are:$steps" >&2
@@ -38,9 +39,17 @@ if compgen -G "$carried/compile_cache.tgz.*" > /dev/null; then
     cat "$carried"/compile_cache.tgz.* | tar xz -C "$cache" && echo "== compile caches from $carried: $(du -sh "$cache" | cut -f1)"
 fi
 
+limit_mib=${CACHE_LIMIT_MIB:-45}
 save_caches() {  # the caches as they are now, in $logs (a step killed at its limit keeps the last save)
     rm -f "$logs"/compile_cache.tgz.*
-    tar cz -C "$cache" . | split -b 15M -d - "$logs/compile_cache.tgz."
+    tar cz -C "$cache" -f "$cache.tgz" .
+    local mib=$(($(stat -c %s "$cache.tgz") / 1048576))
+    if ((mib > limit_mib)); then
+        echo "== compile caches not saved: $mib MiB compressed, over CACHE_LIMIT_MIB=$limit_mib"
+    else
+        split -b 15M -d "$cache.tgz" "$logs/compile_cache.tgz."
+    fi
+    rm -f "$cache.tgz"
 }
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$logs/gpu.txt"
 
@@ -60,19 +69,17 @@ step() {  # NAME NEEDED_SECONDS COMMAND...
     save_caches
 }
 
+# End to end at 250 frames, ours beside the baseline: the 13 windows of a step in one UNet call, so
+# one UNet shape compiles (about 150 s cold on an H100; with the decoder and the kernel autotuning
+# the cold warm-up is about 200 s), and the baseline adds about 180 s.
+step e2e_250_with_baseline 480 "$python" benchmarks/hunyuan_gpu.py --dtypes fp16 --frames 250 --windows-per-call 13
 # The kernel tests that need CUDA (fp16 and bf16 against the formula, a failing kernel's fallback).
 step kernel_tests 60 "$python" -m pytest -q -p no:cacheprovider tests/test_hunyuan_kernels.py
-# The fused GEGLU kernel against cuBLAS and inductor, per tile config, the untimed persistent
-# candidates included (about a minute).
+# The fused GEGLU kernel against cuBLAS and inductor, per tile config (about a minute).
 step geglu_kernel 90 "$python" benchmarks/geglu_kernel.py
-# End to end at 250 frames with the fused kernels and two windows per call. Cold, the warm-up
-# alone takes about 400 s on an H100 (a second UNet shape for the 13th window, the kernel
-# autotuning), so ours runs first on its own; on the same warm machine a second call
-# `pending_gpu.sh 580 e2e_250_with_baseline` finds the compiled kernels cached and adds the
-# baseline side by side (163 s on an H100).
-step e2e_250_ours 460 "$python" benchmarks/hunyuan_gpu.py --dtypes fp16 --frames 250 --windows-per-call 2 \
+# Ours alone as session 22 measured it: calls of 7 and 6 windows, two UNet shapes (warm-up 340 s cold).
+step e2e_250_ours 460 "$python" benchmarks/hunyuan_gpu.py --dtypes fp16 --frames 250 --windows-per-call 7 \
     --skip-baseline-above 0
-step e2e_250_with_baseline 330 "$python" benchmarks/hunyuan_gpu.py --dtypes fp16 --frames 250 --windows-per-call 2
 # One UNet call: stock against fused kernels, compiled, with the kernel profile (~150 s per compile).
 step unet_fused 330 "$python" benchmarks/hunyuan_unet.py --variants compile-stock compile --calls 3 --profile
 step unet_attention 200 "$python" benchmarks/hunyuan_unet.py --variants compile compile-flash-attention

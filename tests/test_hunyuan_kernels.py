@@ -105,7 +105,7 @@ def test_a_kernel_that_fails_leaves_the_formula_with_one_warning(monkeypatch: py
 @pytest.mark.parametrize("index", range(len(geglu_triton.CONFIGS + geglu_triton.PERSISTENT_CONFIGS))
                          if geglu_triton is not None else [])
 def test_every_tile_config_computes_the_formula_on_cuda(index: int) -> None:
-    """Each autotuned config and each persistent candidate, launched alone (the autotuner keeps one)."""
+    """Each config the autotuner may keep, one-tile and persistent, launched alone."""
     config = (geglu_triton.CONFIGS + geglu_triton.PERSISTENT_CONFIGS)[index]
     meta = dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
     torch.manual_seed(index)

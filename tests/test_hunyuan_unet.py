@@ -8,7 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from portraitflow.models.hunyuan.unet import SVD_XT_UNET_CONFIG, HunyuanUNet, IPAttnProcessor
+from portraitflow.models.hunyuan.unet import (
+    SVD_XT_UNET_CONFIG,
+    BatchSplitSelfAttention,
+    HunyuanUNet,
+    IPAttnProcessor,
+)
 
 
 pytestmark = pytest.mark.usefixtures("torch_two_threads")
@@ -73,6 +78,24 @@ def test_folded_contexts_equal_the_repeated_ones(unet_golden) -> None:
     finally:
         unet.condition_slot.repeat_contexts = False
     torch.testing.assert_close(folded, repeated, atol=1e-5, rtol=1e-5)
+
+
+def test_self_attention_split_into_batches_equals_the_whole(unet_golden, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the kernels' batch limit the self-attention runs in parts: the same output."""
+    unet, _, data = unet_golden
+    whole = _run(unet, data)
+    temporal = unet.down_blocks[0].attentions[0].temporal_transformer_blocks[0].attn1
+    sequences = []
+    handle = temporal.register_forward_pre_hook(lambda _m, inputs: sequences.append(inputs[0].shape[0]))
+    monkeypatch.setattr(BatchSplitSelfAttention, "MAX_BATCH", 7)
+    try:
+        split = _run(unet, data)
+    finally:
+        handle.remove()
+    assert sequences and sequences[0] > 7 and sequences[0] % 7  # several parts, the last one shorter
+    assert all(isinstance(m.processor, BatchSplitSelfAttention) for name, m in unet.named_modules()
+               if name.endswith(".attn1"))
+    torch.testing.assert_close(split, whole, atol=1e-6, rtol=1e-6)
 
 
 def test_unconditional_items_skip_cross_attention_exactly(unet_golden) -> None:

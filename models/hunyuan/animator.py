@@ -82,6 +82,10 @@ class HunyuanAnimator(Animator):
         """
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         compile_mode = compile_mode if str(device).startswith("cuda") else None
+        if str(device).startswith("cuda"):
+            # every call of a job repeats a few window shapes, so cuDNN's choice of convolution
+            # algorithm, timed once per shape, pays (the GPU benchmarks measure with it on)
+            torch.backends.cudnn.benchmark = True
         if str(weights) == TINY_WEIGHTS:
             models, settings = random_models("tiny", device=device, dtype=dtype or torch.float32), TINY_SETTINGS
         else:

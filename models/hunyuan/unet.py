@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from diffusers import UNetSpatioTemporalConditionModel
-from diffusers.models.attention_processor import Attention
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import nn
 
 from portraitflow.models.hunyuan.fused import substitute_fused_kernels
@@ -158,6 +158,24 @@ class IPAttnProcessor(nn.Module):
         return torch.cat([bias.expand(skipped, out.shape[1], -1), out])
 
 
+class BatchSplitSelfAttention(AttnProcessor2_0):
+    """diffusers' self-attention, in batches of at most `MAX_BATCH` sequences.
+
+    CUDA launches SDPA's flash and memory-efficient kernels with the batch on a grid axis of at
+    most 65535 blocks. A temporal layer attends over frames with one sequence per pixel and batch
+    item (4096 per item at 512²), so a UNet call of more than 15 items (7 windows of 2 guidance
+    branches) would exceed it; each sequence attends alone, so the split is exact.
+    """
+
+    MAX_BATCH = 65535
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        attend = super().__call__
+        if hidden_states.shape[0] <= self.MAX_BATCH:
+            return attend(attn, hidden_states, *args, **kwargs)
+        return torch.cat([attend(attn, part, *args, **kwargs) for part in hidden_states.split(self.MAX_BATCH)])
+
+
 class HunyuanUNet(UNetSpatioTemporalConditionModel):
     """`UNetSpatioTemporalConditionModel` with HunyuanPortrait's IP attention and pose input.
 
@@ -174,6 +192,8 @@ class HunyuanUNet(UNetSpatioTemporalConditionModel):
             if isinstance(module, Attention) and name.endswith(".attn2"):
                 temporal = ".temporal_transformer_blocks." in name
                 module.set_processor(IPAttnProcessor(module.inner_dim, cross_dim, self.condition_slot, temporal))
+            elif isinstance(module, Attention) and name.endswith(".attn1"):
+                module.set_processor(BatchSplitSelfAttention())
         substitute_fused_kernels(self)
         self.conv_in.register_forward_hook(self._add_pose_features)
 

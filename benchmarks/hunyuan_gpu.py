@@ -264,7 +264,8 @@ def _warm_up(pipe: HunyuanPipeline, mine_pipe: HunyuanPipeline, resolution: int,
     """One untimed one-step run of each path, so library set-up, cuDNN autotuning and compilation
     stay out of every timed row. The UNet compiles once per call shape (windows in the call), so
     ours warms up on the shortest lengths whose calls hold every shape the timed lengths need (each
-    shape costs minutes to compile cold)."""
+    shape costs minutes to compile cold); the eager decoder and the baseline's pose guider (one
+    shape per length) choose their convolution algorithms here too."""
     short = dataclasses.replace(settings, num_steps=1)
     lengths, covered = [], set()
     for count in sorted(frames):
@@ -274,12 +275,20 @@ def _warm_up(pipe: HunyuanPipeline, mine_pipe: HunyuanPipeline, resolution: int,
     wall = 0.0
     for count in lengths:
         inputs = make_inputs(pipe, resolution, count, short, args.seed)
-        wall += timed(lambda: ours(mine_pipe, inputs, short), pipe.device)[1]
+        (latents, _), seconds, _, _ = timed(lambda: ours(mine_pipe, inputs, short), pipe.device)
+        wall += seconds
     if args.compile:
         print(f"ours warm-up with torch.compile: {wall:.1f} s", flush=True)
+        with torch.no_grad():  # the eager decoder's row chooses its convolution algorithms here
+            _frames_summary(pipe.decode(latents[:, :settings.decode_chunk_size], settings.decode_chunk_size))
     if settings.frames_per_window <= args.skip_baseline_above:
         inputs = make_inputs(pipe, resolution, settings.frames_per_window, short, args.seed)
         baseline(pipe, inputs, short)
+    with torch.no_grad():  # the baseline's pose guider runs on all padded frames at once: a shape per length
+        for count in frames:
+            if count <= args.skip_baseline_above:
+                pipe.pose_guider(torch.zeros(1, 3, count + 2 * settings.pad_frames, resolution, resolution,
+                                             device=pipe.device, dtype=pipe.dtype))
 
 
 def _kept(frames: int, settings: SamplingSettings) -> range:

@@ -36,16 +36,25 @@ carried=${COMPILE_CACHE:-benchmarks/.compile_cache}
 cache=$(mktemp -d)
 export TORCHINDUCTOR_CACHE_DIR=$cache/inductor TRITON_CACHE_DIR=$cache/triton
 if compgen -G "$carried/compile_cache.tgz.*" > /dev/null; then
-    cat "$carried"/compile_cache.tgz.* | tar xz -C "$cache" && echo "== compile caches from $carried: $(du -sh "$cache" | cut -f1)"
+    # a part that did not come back leaves cut kernel files that the compilers would load as hits
+    if cat "$carried"/compile_cache.tgz.* | gzip -t 2> /dev/null; then
+        cat "$carried"/compile_cache.tgz.* | tar xz -C "$cache" && echo "== compile caches from $carried: $(du -sh "$cache" | cut -f1)"
+    else
+        echo "== compile caches in $carried ignored: the archive is incomplete (a part is missing or cut)"
+    fi
 fi
 
 limit_mib=${CACHE_LIMIT_MIB:-45}
+if [[ ! $limit_mib =~ ^[0-9]+$ ]]; then
+    echo "CACHE_LIMIT_MIB must be a whole number of MiB (got '$limit_mib')" >&2
+    exit 2
+fi
 save_caches() {  # the caches as they are now, in $logs (a step killed at its limit keeps the last save)
     rm -f "$logs"/compile_cache.tgz.*
-    tar cz -C "$cache" -f "$cache.tgz" .
-    local mib=$(($(stat -c %s "$cache.tgz") / 1048576))
-    if ((mib > limit_mib)); then
-        echo "== compile caches not saved: $mib MiB compressed, over CACHE_LIMIT_MIB=$limit_mib"
+    if ! tar cz -C "$cache" -f "$cache.tgz" .; then
+        echo "== compile caches not saved: tar failed"
+    elif (($(stat -c %s "$cache.tgz") > limit_mib * 1048576)); then
+        echo "== compile caches not saved: $(du -m "$cache.tgz" | cut -f1) MiB compressed, over CACHE_LIMIT_MIB=$limit_mib"
     else
         split -b 15M -d "$cache.tgz" "$logs/compile_cache.tgz."
     fi
@@ -70,8 +79,8 @@ step() {  # NAME NEEDED_SECONDS COMMAND...
 }
 
 # End to end at 250 frames, ours beside the baseline: the 13 windows of a step in one UNet call, so
-# one UNet shape compiles (about 150 s cold on an H100; with the decoder and the kernel autotuning
-# the cold warm-up is about 200 s), and the baseline adds about 180 s.
+# one UNet shape compiles (an estimate, as no 13-window call has run yet: about 150 s cold on an
+# H100, about 200 s with the decoder and the kernel autotuning), and the baseline adds about 180 s.
 step e2e_250_with_baseline 480 "$python" benchmarks/hunyuan_gpu.py --dtypes fp16 --frames 250 --windows-per-call 13
 # The kernel tests that need CUDA (fp16 and bf16 against the formula, a failing kernel's fallback).
 step kernel_tests 60 "$python" -m pytest -q -p no:cacheprovider tests/test_hunyuan_kernels.py

@@ -58,9 +58,10 @@ def test_a_loans_compile_caches_come_back_in_parts_and_warm_the_next_loan(tmp_pa
         tool.chmod(0o755)
     env = {"PATH": f"{fake_bin}:/usr/bin:/bin", "PYTHON": str(fake_bin / "fake-python"), "HOME": str(tmp_path)}
 
-    def loan(out: Path, carried: Path) -> str:
+    def loan(out: Path, carried: Path, **settings: str) -> str:
         result = subprocess.run(["bash", str(BENCHMARKS / "pending_gpu.sh"), "100", "kernel_tests"], capture_output=True,
-                                text=True, timeout=120, check=False, env=dict(env, OUT=str(out), COMPILE_CACHE=str(carried)))
+                                text=True, timeout=120, check=False,
+                                env=dict(env, OUT=str(out), COMPILE_CACHE=str(carried), **settings))
         assert result.returncode == 0, result.stderr
         return result.stdout
 
@@ -73,3 +74,11 @@ def test_a_loans_compile_caches_come_back_in_parts_and_warm_the_next_loan(tmp_pa
     for part in parts:
         (carried / part.name).write_bytes(part.read_bytes())
     assert "warm" in loan(tmp_path / "out2", carried)
+    # a part that did not come back: the cut archive is not unpacked (it would leave cut kernels as hits)
+    (carried / parts[-1].name).unlink()
+    incomplete = loan(tmp_path / "out3", carried)
+    assert "cold" in incomplete and "archive is incomplete" in incomplete
+    # caches larger than a loan can return beside the logs are not saved at all
+    too_large = loan(tmp_path / "out4", tmp_path / "nothing_carried", CACHE_LIMIT_MIB="10")
+    assert "not saved" in too_large and not list((tmp_path / "out4").glob("compile_cache.tgz.*"))
+    assert (tmp_path / "out4" / "kernel_tests.log").exists()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
 from safetensors.torch import load_file
 
 from portraitflow.models.hunyuan.unet import (
@@ -84,18 +85,21 @@ def test_self_attention_split_into_batches_equals_the_whole(unet_golden, monkeyp
     """Past the kernels' batch limit the self-attention runs in parts: the same output."""
     unet, _, data = unet_golden
     whole = _run(unet, data)
-    temporal = unet.down_blocks[0].attentions[0].temporal_transformer_blocks[0].attn1
-    sequences = []
-    handle = temporal.register_forward_pre_hook(lambda _m, inputs: sequences.append(inputs[0].shape[0]))
+    batches = []  # what each call of diffusers' self-attention received
+    stock = AttnProcessor2_0.__call__
+
+    def spy(self: AttnProcessor2_0, attn: torch.nn.Module, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        batches.append(hidden_states.shape[0])
+        return stock(self, attn, hidden_states, *args, **kwargs)
+
+    monkeypatch.setattr(AttnProcessor2_0, "__call__", spy)
     monkeypatch.setattr(BatchSplitSelfAttention, "MAX_BATCH", 7)
-    try:
-        split = _run(unet, data)
-    finally:
-        handle.remove()
-    assert sequences and sequences[0] > 7 and sequences[0] % 7  # several parts, the last one shorter
-    assert all(isinstance(m.processor, BatchSplitSelfAttention) for name, m in unet.named_modules()
-               if name.endswith(".attn1"))
+    split = _run(unet, data)
+    assert batches and max(batches) == 7 and any(batch < 7 for batch in batches)  # parts, a last shorter one
     torch.testing.assert_close(split, whole, atol=1e-6, rtol=1e-6)
+    layer = unet.down_blocks[0].attentions[0].temporal_transformer_blocks[0].attn1
+    with pytest.raises(ValueError, match="without a mask"):
+        layer.processor(layer, torch.zeros(8, 3, layer.query_dim), attention_mask=torch.zeros(8, 1, 3))
 
 
 def test_unconditional_items_skip_cross_attention_exactly(unet_golden) -> None:

@@ -84,7 +84,9 @@ class HunyuanAnimator(Animator):
         compile_mode = compile_mode if str(device).startswith("cuda") else None
         if str(device).startswith("cuda"):
             # every call of a job repeats a few window shapes, so cuDNN's choice of convolution
-            # algorithm, timed once per shape, pays (the GPU benchmarks measure with it on)
+            # algorithm, timed once per shape, pays (the GPU benchmarks measure with it on). It is
+            # process-wide (the actor's process serves this model alone), and the algorithms it
+            # picks may differ from one process to the next, so outputs may differ in rounding.
             torch.backends.cudnn.benchmark = True
         if str(weights) == TINY_WEIGHTS:
             models, settings = random_models("tiny", device=device, dtype=dtype or torch.float32), TINY_SETTINGS

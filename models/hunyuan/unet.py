@@ -161,18 +161,23 @@ class IPAttnProcessor(nn.Module):
 class BatchSplitSelfAttention(AttnProcessor2_0):
     """diffusers' self-attention, in batches of at most `MAX_BATCH` sequences.
 
-    CUDA launches SDPA's flash and memory-efficient kernels with the batch on a grid axis of at
-    most 65535 blocks. A temporal layer attends over frames with one sequence per pixel and batch
-    item (4096 per item at 512²), so a UNet call of more than 15 items (7 windows of 2 guidance
-    branches) would exceed it; each sequence attends alone, so the split is exact.
+    CUDA launches SDPA's kernels with the batch on a grid axis of at most 65535 blocks. A temporal
+    layer attends over frames with one sequence per pixel and batch item (4096 per item at 512²),
+    so a UNet call of more than 15 items (7 windows of 2 guidance branches, 5 of 3) would exceed
+    it; each sequence attends alone, so the split is exact. The UNet's self-attention takes no
+    mask, context or `temb`; a split call refuses them rather than split them wrongly.
     """
 
     MAX_BATCH = 65535
 
-    def __call__(self, attn: Attention, hidden_states: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
+                 *args: object, **kwargs: object) -> torch.Tensor:
         attend = super().__call__
         if hidden_states.shape[0] <= self.MAX_BATCH:
-            return attend(attn, hidden_states, *args, **kwargs)
+            return attend(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        if encoder_hidden_states is not None or attention_mask is not None or temb is not None:
+            raise ValueError("BatchSplitSelfAttention splits self-attention without a mask, context or temb only")
         return torch.cat([attend(attn, part, *args, **kwargs) for part in hidden_states.split(self.MAX_BATCH)])
 
 

@@ -98,7 +98,8 @@ def _check_resources(backend: str, cfg: PortraitFlowConfig, pasted_side: int) ->
     weights = f" and {model / 1024**3:.1f} GiB for the model" if model else ""
     require_resource(cfg.ray, "memory", memory, lambda have: (
         f"an animation actor and the preparation task feeding it declare {memory / 1024**3:.1f} GiB (the actor "
-        f"holds about 5 windows of output frames, animate.window={cfg.animate.window}{pasted}{weights}); "
-        f"Ray has {have / 1024**3:.1f} GiB: " + ("give Ray more memory (the model needs its part whatever the "
-                                                 "window), or lower animate.window" if model else
-                                                 "lower animate.window or animate.max_output_side")))
+        f"holds about 5 windows of output frames, animate.window={cfg.animate.window} of "
+        f"animate.size={cfg.animate.size} px{pasted}{weights}); Ray has {have / 1024**3:.1f} GiB: "
+        + ("give Ray more memory (the model needs its part whatever the window), or lower animate.window"
+           if model else "lower animate.window or animate.size"
+           + (", or animate.max_output_side" if pasted else ""))))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import hashlib
 import importlib
@@ -364,7 +365,32 @@ def mlflow_client(cfg: MLflowConfig) -> MlflowClient:
     uri = mlflow_tracking_uri(cfg)
     _warn_if_store_is_temporary(uri)
     mlflow.set_tracking_uri(uri)
-    return mlflow.MlflowClient(uri)
+    database = sqlite_store_path(uri)
+    return mlflow.MlflowClient(uri) if database is None else _open_sqlite_store(uri, database)
+
+
+def _open_sqlite_store(uri: str, database: Path) -> MlflowClient:
+    """Open the store once, one process at a time. MLflow creates a new sqlite store's tables as
+    it first opens it, so runs started together on a new store each created them and all but one
+    failed, at times leaving a half-made file that every later run failed on; a lock on the store's
+    folder (released when its holder ends, however it ends) takes the opening in turn.
+    ServiceUnreachable, in one line, for a file that is no usable store."""
+    import mlflow
+
+    folder = None
+    try:
+        folder = os.open(database.parent, os.O_RDONLY)
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        client = mlflow.MlflowClient(uri)
+        client.search_experiments(max_results=1)
+        return client
+    except Exception as exc:  # noqa: BLE001 (sqlite's, SQLAlchemy's or MLflow's: the file is no usable store)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ServiceUnreachable(f"the MLflow store {database} cannot be opened ({reason[:200]}): move it aside "
+                                 "(the next run makes a new one) or give --mlflow-uri another store") from None
+    finally:
+        if folder is not None:
+            os.close(folder)
 
 
 @functools.cache  # once per store and process, however many runs a sweep makes

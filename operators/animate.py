@@ -108,9 +108,9 @@ def prepare_job(row: dict[str, Any], face_cfg_json: str, animate_cfg_json: str, 
         return {**_failed(row, "reference image", exc), **INTERMEDIATE}
     try:
         if Path(row["driving"]).is_dir():
-            raise IsADirectoryError("a folder, not a video")
+            raise IsADirectoryError(f"{row['driving']} is a folder, not a video")
         if not Path(row["driving"]).is_file():
-            raise FileNotFoundError("not found")
+            raise FileNotFoundError(f"{row['driving']} not found")  # a stray space in a CSV shows here
         motion = _driving_motion(row["driving"], face_cfg_json, cfg, Path(motion_dir))
     except Exception as exc:  # a job boundary (see _failed)
         return {**_failed(row, "driving video", exc), **INTERMEDIATE}

@@ -46,7 +46,7 @@ NO_PARTNER = "no_cross_portrait"
 class DatasetSpec(BaseModel):
     """The `dataset:` block of a sweep file."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     type: Literal["folder", "jobs", "shards"] = Field("folder", description="Where the clips come from.")
     path: str = Field(..., description="The folder, the jobs file (csv/jsonl/parquet), or a curated output "

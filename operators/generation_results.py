@@ -4,6 +4,7 @@ the results table written atomically, a preview strip of finished outputs, and t
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from portraitflow.operators.job_status import DONE, FAILED, OK, SKIPPED
 from portraitflow.operators.paste_back import exceeds
 from portraitflow.operators.paths import confined
 from portraitflow.operators.video_writer import has_audio
+
+logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.parquet"
 PREVIEW_FILE = "preview.png"
@@ -121,7 +124,7 @@ def previous_records(out_dir: Path) -> dict[str, dict[str, Any]]:
     output file name (so a moved `out` folder keeps them): each job's record (`write_record`), and
     `out_dir/results.parquet`'s `ok` rows and `skipped` rows carrying an earlier record (folders
     from before records). Missing or unreadable ones are left out: skipped rows then describe the
-    video alone; a record whose frame count differs from the video's is not used (`plan_rows`)."""
+    video alone; a video whose frame count differs from its record's is made again (`_finished`)."""
     found: dict[str, dict[str, Any]] = {}
     path = out_dir / RESULTS_FILE
     try:
@@ -160,16 +163,20 @@ def merged_with_earlier(table: pd.DataFrame, path: Path) -> pd.DataFrame:
 
 def _finished(paths: list[Path], previous: dict[str, dict[str, Any]]) -> tuple[Path, dict[str, Any]] | None:
     """The first of `paths` that is a finished output (outputs are written whole, `atomic_target`;
-    one that cannot be read is redone), with what `_probe` tells of it, taken from its record in
-    `previous` when the file is the one the record describes (same size and modification time): a
-    resume of thousands of jobs then opens none of their videos."""
+    one that cannot be read, or holds other frames than its record says, is redone), with what
+    `_probe` tells of it, taken from its record in `previous` when the file is the one the record
+    describes (same size and modification time): a resume of thousands of jobs then opens none of
+    their videos."""
     for path in paths:
         if not path.is_file():
             continue
         stat, record = path.stat(), previous.get(path.name, {})
         if (record.get("bytes"), record.get("mtime_ns")) == (stat.st_size, stat.st_mtime_ns):
             return path, {k: record[k] for k in ("frames", "fps", "seconds", "has_audio")}
-        if probed := _probe(path):
+        probed = _probe(path)
+        if probed and record and record.get("frames") != probed["frames"]:
+            continue  # not the video its record describes (cut short by a copy, say): redone
+        if probed:
             return path, probed
     return None
 
@@ -199,8 +206,12 @@ def preview_strip(outputs: list[str], frames_per_output: int, height: int = 160)
     """One row per output of `frames_per_output` evenly spaced frames, as an RGB image."""
     rows = []
     for path in outputs:
-        picks = np.linspace(0, probe_video(path).num_frames - 1, frames_per_output).round().astype(int)
-        frames, _ = read_frames(path, picks)
+        try:
+            picks = np.linspace(0, probe_video(path).num_frames - 1, frames_per_output).round().astype(int)
+            frames, _ = read_frames(path, picks)
+        except VideoUnreadable as exc:  # damaged since it was made: a preview is no reason to fail the run
+            logger.warning("preview leaves out %s: %s", path, exc)
+            continue
         width = round(frames.shape[2] * height / frames.shape[1])
         rows.append(np.concatenate([cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in frames], axis=1))
     if not rows:

@@ -50,7 +50,7 @@ JOB_GATES = ("min_face_px", "min_face_fraction")
 
 
 class SweepSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field("sweep", description="Name of the parent MLflow run.")
     dataset: DatasetSpec

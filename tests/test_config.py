@@ -116,6 +116,16 @@ def test_runtime_and_face_settings_out_of_range_are_refused(override: str) -> No
     assert CliRunner().invoke(app, ["config", "show", "--set", override]).exit_code == 2
 
 
+@pytest.mark.parametrize("override", ["animate.pose_multiplier=.inf", "animate.smooth_sigma=.inf",
+                                      "animate.expression_multiplier=.nan", "animate.seed=18446744073709551616"])
+def test_infinite_or_out_of_range_numbers_are_refused(override: str) -> None:
+    """Taken, an infinite multiplier reached the workers as JSON null and crashed each of them (every
+    job `failed` as a crashed worker); a seed past 64 bits failed each job after its preparation."""
+    with pytest.raises(ValueError):
+        load_config(None, [override])
+    assert CliRunner().invoke(app, ["config", "show", "--set", override]).exit_code == 2
+
+
 def test_config_show_says_what_empty_fields_resolve_to(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """It printed `address: null` where every verb would join RAY_ADDRESS's cluster, record to
     MLFLOW_TRACKING_URI's server and load PORTRAITFLOW_INSIGHTFACE_ROOT's pack."""

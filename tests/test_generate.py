@@ -81,7 +81,8 @@ def test_every_job_has_a_row_and_bad_jobs_fail_with_a_reason(run) -> None:
     assert set(failed.index) == {"missing", "no_face", "corrupt", "faceless_video", "folder_driver", "text_ref"}
     assert failed.reason.str.len().min() > 5
     assert "no face" in table.loc["no_face", "reason"] and "driving video" in table.loc["corrupt", "reason"]
-    assert table.loc["folder_driver", "reason"] == "driving video: a folder, not a video"
+    folder = table.loc["folder_driver"]
+    assert folder.reason == f"driving video: {folder.driving} is a folder, not a video"
     # the same on every run: no decoder clock times, no object addresses
     assert not failed.reason.str.contains(r"\[\d\d:\d\d:\d\d\]|0x[0-9a-f]{6}").any(), failed.reason.tolist()
     saved = pd.read_parquet(run["out"] / "results.parquet").set_index("job_id")
@@ -311,6 +312,7 @@ def test_too_few_cpus_is_an_error_not_a_hang(tmp_path: Path, ray_local) -> None:
                                     "--set", "animate.window=100000", "--paste-back", "--set", "mlflow.enabled=false"])
     words = " ".join(huge.output.replace("│", " ").split())  # the error box wraps its lines
     assert huge.exit_code == 2 and "lower animate.window" in words and "Traceback" not in words
+    assert "animate.size=512 px" in words, words  # the frames' size is named: a huge one is the cause as often
 
 
 def test_an_animation_actor_declares_the_frames_it_holds() -> None:

@@ -49,13 +49,15 @@ def test_unknown_columns_refuse_the_whole_file(tmp_path: Path) -> None:
 
 def test_invalid_params_fail_that_job_only(tmp_path: Path) -> None:
     jobs = [Job("bad", "a.png", "b.mp4", {"motion": "sideways"}), Job("neg", "a.png", "b.mp4", {"pose_multiplier": -1}),
-            Job("good", "a.png", "b.mp4"), Job("twin", "a.png", "b.mp4"), Job("good", "a.png", "b.mp4")]
+            Job("good", "a.png", "b.mp4"), Job("twin", "a.png", "b.mp4"), Job("good", "a.png", "b.mp4"),
+            Job("inf", "a.png", "b.mp4", {"expression_multiplier": "inf"})]  # was `ok`: a video of no face
     rows = plan_rows(jobs, tmp_path, "warp", AnimateConfig(), resume=True)
-    assert [r["status"] for r in rows] == ["failed", "failed", "pending", "pending", "failed"]
+    assert [r["status"] for r in rows] == ["failed", "failed", "pending", "pending", "failed", "failed"]
     assert "motion" in rows[0]["reason"] and "pose_multiplier" in rows[1]["reason"]
+    assert "expression_multiplier" in rows[5]["reason"] and "finite" in rows[5]["reason"]
     assert rows[4]["reason"] == "duplicate of job good: the same files and settings, one video"
     table = results_table(rows)
-    assert list(table.columns) == list(RESULT_DEFAULTS) and len(table) == 5
+    assert list(table.columns) == list(RESULT_DEFAULTS) and len(table) == 6
 
 
 def test_output_names_are_safe_and_change_with_what_changes_the_video() -> None:

@@ -123,6 +123,8 @@ def test_a_skipped_job_keeps_the_model_record_and_timings_of_the_run_that_made_i
 
 
 def test_without_a_usable_earlier_record_a_skipped_row_describes_the_video_alone(tmp_path: Path) -> None:
+    """...and a video that holds other frames than its record says is made again (the repro: an
+    output cut to 13 of its 75 frames was kept as done, and the preview crashed every rerun)."""
     ref, driving = _inputs(tmp_path / "in")
     out = tmp_path / "out"
     first = _plan(out, ref, driving)
@@ -138,8 +140,8 @@ def test_without_a_usable_earlier_record_a_skipped_row_describes_the_video_alone
     assert skipped()["model"] == "{}"
     pd.DataFrame({"job_id": ["j"], "output": [first["output"]]}).to_parquet(out / RESULTS_FILE)  # other columns
     assert skipped()["model"] == "{}"
-    _previous_results(out, first, frames=9)  # a record of another video under this name
-    assert skipped()["model"] == "{}"
+    _previous_results(out, first, frames=9)  # its record counts other frames: cut short since (a copy), say
+    assert _plan(out, ref, driving)["status"] == "pending"
     _previous_results(out, first, status="failed")  # a failed row describes no video
     assert skipped()["prep_s"] == 0.0
     _previous_results(out, first)
@@ -226,3 +228,13 @@ def test_a_rerun_with_nothing_left_to_run_starts_no_ray(tmp_path: Path, monkeypa
     table = generation.run_generation([Job("j", str(ref), str(driving))], out, cfg)
     assert table.status.tolist() == ["skipped"]
     assert pd.read_parquet(out / RESULTS_FILE).status.tolist() == ["skipped"]
+
+
+def test_the_preview_leaves_out_an_output_that_cannot_be_read(tmp_path: Path) -> None:
+    from portraitflow.operators.generation_results import preview_strip
+
+    good, cut = tmp_path / "good.mp4", tmp_path / "cut.mp4"
+    write_h264(good, [np.full((6, 32, 32, 3), 128, np.uint8)], fps=12)
+    cut.write_bytes(good.read_bytes()[:300])
+    strip = preview_strip([str(cut), str(good)], 3)
+    assert strip is not None and strip.shape[0] == 160  # one row: the readable output's

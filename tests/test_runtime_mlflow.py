@@ -294,3 +294,30 @@ def test_a_server_that_refuses_mlflows_api_is_a_one_line_usage_error(status: int
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_runs_started_together_on_a_new_sqlite_store_all_open_it(tmp_path: Path) -> None:
+    """The repro: two animate runs started at once in a new folder raced to create mlflow.db's
+    tables; one failed in a SQLAlchemy traceback, at times leaving a file every later run failed on."""
+    import subprocess
+    import sys
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    script = ("import sys\nfrom portraitflow.jobs.config.runtime import MLflowConfig\n"
+              "from portraitflow.jobs.runtime import ensure_experiment, mlflow_client\n"
+              "sys.stdin.read()\n"  # all start, then open the store at once
+              f"ensure_experiment(mlflow_client(MLflowConfig(tracking_uri={store!r})), 'together')\n")
+    runs = [subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(4)]
+    for run in runs:
+        run.stdin.close()
+    errors = [run.stderr.read() for run in runs]
+    assert [run.wait(timeout=120) for run in runs] == [0] * 4, errors
+
+
+def test_a_file_that_is_no_usable_store_is_a_one_line_usage_error(tmp_path: Path) -> None:
+    from portraitflow.jobs.runtime import ServiceUnreachable, mlflow_client
+
+    (tmp_path / "mlflow.db").write_bytes(b"not a database, but not empty either" * 100)
+    with pytest.raises(ServiceUnreachable, match=r"mlflow\.db cannot be opened .*move it aside"):
+        mlflow_client(MLflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))

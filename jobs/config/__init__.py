@@ -22,7 +22,7 @@ from portraitflow.jobs.config.train_data import TrainDataConfig
 class PortraitFlowConfig(BaseModel):
     """The whole effective configuration of one invocation."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     ray: RayConfig = Field(default_factory=RayConfig)
     mlflow: MLflowConfig = Field(default_factory=MLflowConfig)

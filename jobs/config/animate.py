@@ -29,7 +29,7 @@ MIN_SIDE = 64
 
 
 class AnimateConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     backend: Literal["auto", "warp", "hunyuan", "still"] = Field(
         "auto",
@@ -57,7 +57,7 @@ class AnimateConfig(BaseModel):
         False, description="Composite the animated crop onto the full reference image with a feathered mask; "
         "otherwise write the square crop.",
     )
-    seed: int | None = Field(None, description="hunyuan: sampling seed; empty: the release's seed.")
+    seed: int | None = Field(None, ge=-2**63, lt=2**64, description="hunyuan: sampling seed (a 64-bit integer); empty: the release's seed.")
     num_steps: int | None = Field(None, ge=1, description="hunyuan: denoising steps; empty: the backend's default.")
     appearance_scale: float | None = Field(None, ge=0.0, description="hunyuan: appearance guidance scale; empty: default.")
     motion_scale: float | None = Field(None, ge=0.0, description="hunyuan: motion guidance scale; empty: default.")

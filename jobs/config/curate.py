@@ -9,7 +9,7 @@ from portraitflow.jobs.config.fields import OPERATIONAL
 
 
 class CurateConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     # decoding
     fps: float = Field(

@@ -9,7 +9,7 @@ from portraitflow.jobs.config.fields import OPERATIONAL
 
 
 class EvaluateConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     protocol: Literal["self", "cross"] = Field(
         "self",

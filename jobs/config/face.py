@@ -9,7 +9,7 @@ from portraitflow.jobs.config.fields import OPERATIONAL, operational
 
 
 class FaceConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     backend: Literal["opencv", "insightface"] = Field(
         "opencv",

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class RayConfig(BaseModel):
     """Where work runs: a local Ray started in-process, or a cluster to join."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     address: str | None = Field(
         None,
@@ -31,7 +31,7 @@ class RayConfig(BaseModel):
 class MLflowConfig(BaseModel):
     """Where runs are recorded: an sqlite store in the working directory, or a tracking server."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     tracking_uri: str | None = Field(
         None,

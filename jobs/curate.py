@@ -128,7 +128,15 @@ def check_corpus_settings(cfg: PortraitFlowConfig, layout: Layout) -> list[str]:
             raise typer.BadParameter(f"{layout.out} holds a corpus that records no settings (curated by an early "
                                      "version): curate into a new --out", param_hint="--out")
         return []
-    recorded, current = json.loads(layout.settings.read_text()), corpus_settings(cfg)
+    try:
+        recorded = json.loads(layout.settings.read_text())
+        if not (isinstance(recorded, dict) and all(isinstance(value, dict) for value in recorded.values())):
+            raise ValueError("not a mapping of sections")
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise typer.BadParameter(f"{layout.settings} is damaged ({exc}): it records the settings {layout.out} was "
+                                 "curated with; restore it from a copy of the folder, or curate into a new --out",
+                                 param_hint="--out") from None
+    current = corpus_settings(cfg)
     # a setting added since the folder was curated counts at the value that keeps the old behaviour
     defaults = corpus_settings(PortraitFlowConfig(), models=False)
     was = {section: {**defaults[section], **BEHAVIOUR_BEFORE_ADDED.get(section, {}), **recorded.get(section, {})}

@@ -130,7 +130,12 @@ def inspect(
         problems.append(f"{found['count']} {MISMATCHES[kind]}: {', '.join(found['first'])}{more}")
     if problems:
         typer.echo("\n".join(problems), err=True)
-        typer.echo(f"to repair it, rerun `portraitflow curate` with the same inputs and --out {out}: it rewrites "
-                   "damaged shards, curates again the inputs whose clips were lost, and rewrites the index and the "
-                   "tables (move out first any shard copied in from another corpus)", err=True)
+        # a shard damaged in place keeps the size and time its note names, and curate trusts the note
+        notes = [note for entry in summary["shards"] if "error" in entry
+                 if (note := out / ".state" / "shard_keys" / f"{Path(entry['name']).stem}.json").is_file()]
+        first = f"delete the notes that vouch for the unreadable shards (rm {' '.join(map(str, notes))}), then " \
+            if notes else ""
+        typer.echo(f"to repair it, {first}rerun `portraitflow curate` with the same inputs and --out {out}: it "
+                   "rewrites damaged shards, curates again the inputs whose clips were lost, and rewrites the index "
+                   "and the tables (move out first any shard copied in from another corpus)", err=True)
         raise typer.Exit(1)

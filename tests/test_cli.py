@@ -142,6 +142,13 @@ def test_inspect_reports_a_truncated_shard_and_exits_1(tmp_path: Path) -> None:
     assert broken["samples"] == 1 and broken["error"].startswith("unreadable: ")
     assert summary["shards_unreadable"] == 1 and summary["sample_keys"] == ["k0", "k1", "k2"]
     assert "1 of 2 shards unreadable: 000001.tar" in result.stderr and "Traceback" not in result.output
+    assert "delete the notes" not in result.stderr
+    # damaged in place, a shard keeps the size and time its note names: curate would trust it, unless told
+    note = tmp_path / ".state" / "shard_keys" / "000001.json"
+    note.parent.mkdir(parents=True)
+    note.write_text("{}")
+    again = CliRunner().invoke(app, ["inspect", str(tmp_path)], env=WIDE)
+    assert again.exit_code == 1 and f"rm {note}" in " ".join(again.stderr.split())
 
 
 def test_report_refuses_a_run_that_is_no_evaluation(tmp_path: Path) -> None:

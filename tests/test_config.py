@@ -117,10 +117,12 @@ def test_runtime_and_face_settings_out_of_range_are_refused(override: str) -> No
 
 
 @pytest.mark.parametrize("override", ["animate.pose_multiplier=.inf", "animate.smooth_sigma=.inf",
-                                      "animate.expression_multiplier=.nan", "animate.seed=18446744073709551616"])
+                                      "animate.expression_multiplier=.nan", "animate.seed=18446744073709551616",
+                                      "curate.fps=1e308", "curate.crop_size=99999998", 'curate.experiment=""'])
 def test_infinite_or_out_of_range_numbers_are_refused(override: str) -> None:
     """Taken, an infinite multiplier reached the workers as JSON null and crashed each of them (every
-    job `failed` as a crashed worker); a seed past 64 bits failed each job after its preparation."""
+    job `failed` as a crashed worker); a seed past 64 bits failed each job after its preparation;
+    a huge frame rate or crop size failed every input, an empty experiment crashed after Ray started."""
     with pytest.raises(ValueError):
         load_config(None, [override])
     assert CliRunner().invoke(app, ["config", "show", "--set", override]).exit_code == 2

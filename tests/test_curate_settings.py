@@ -252,3 +252,13 @@ def test_a_scan_is_made_again_for_other_face_model_files(monkeypatch: pytest.Mon
     before = scan_fingerprint(cfg)
     monkeypatch.setattr(factory, "model_digests", lambda face: {"sface": "another recogniser"})
     assert scan_fingerprint(cfg) != before
+
+
+@pytest.mark.parametrize("damage", ['{"curate": {"fps"', "[]", '{"curate": 5}', "\udcff"])
+def test_a_damaged_settings_record_is_named_in_one_line(damage: str, tmp_path: Path) -> None:
+    """The repro: a cut, a list or a section that is no mapping crashed curate in a traceback."""
+    layout = Layout(tmp_path)
+    layout.make()
+    layout.settings.write_bytes(damage.encode("utf-8", "surrogateescape"))
+    with pytest.raises(typer.BadParameter, match=r"settings\.json is damaged .*restore it"):
+        check_corpus_settings(load_config(None, []), layout)

@@ -110,7 +110,7 @@ class AnimateConfig(BaseModel):
     )
     preview_jobs: int = Field(4, ge=0, json_schema_extra=OPERATIONAL, description="Finished outputs shown in the MLflow preview strip.")
     preview_frames: int = Field(5, ge=1, json_schema_extra=OPERATIONAL, description="Frames per output in the preview strip.")
-    experiment: str = Field("portraitflow-animate", json_schema_extra=OPERATIONAL, description="MLflow experiment of the runs.")
+    experiment: str = Field("portraitflow-animate", min_length=1, json_schema_extra=OPERATIONAL, description="MLflow experiment of the runs.")
 
     @field_validator("size")
     @classmethod

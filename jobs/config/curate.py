@@ -13,7 +13,7 @@ class CurateConfig(BaseModel):
 
     # decoding
     fps: float = Field(
-        25.0, gt=0, description="Frame rate every input is resampled to (clips, arrays and mp4s use it)."
+        25.0, gt=0, le=240, description="Frame rate every input is resampled to (clips, arrays and mp4s use it)."
     )
     chunk_frames: int = Field(
         64, ge=1, json_schema_extra=OPERATIONAL, description="Frames decoded at once; memory depends on this, not on video length. Results do "
@@ -140,7 +140,7 @@ class CurateConfig(BaseModel):
     )
     # crops and shards
     crop_size: int = Field(
-        512, ge=16, description="Side of the square crops, in px; even, as H.264 in yuv420p needs even sides."
+        512, ge=16, le=4096, description="Side of the square crops, in px; even, as H.264 in yuv420p needs even sides."
     )
     crf: int = Field(
         18, ge=0, le=51, description="H.264 constant rate factor of the crops (0 is lossless: the High 4:4:4 "
@@ -180,7 +180,7 @@ class CurateConfig(BaseModel):
         1, ge=1, json_schema_extra=OPERATIONAL, description="CPUs each curation actor reserves; OpenCV (unless `face.num_threads`), ONNX Runtime and "
         "x264 use that many threads in it."
     )
-    experiment: str = Field("portraitflow-curate", json_schema_extra=OPERATIONAL, description="MLflow experiment of curate runs.")
+    experiment: str = Field("portraitflow-curate", min_length=1, json_schema_extra=OPERATIONAL, description="MLflow experiment of curate runs.")
     progress_bars: bool = Field(True, json_schema_extra=OPERATIONAL, description="Show Ray Data progress bars.")
 
     def same_person_similarity(self, backend_threshold: float) -> float:

@@ -17,7 +17,7 @@ class EvaluateConfig(BaseModel):
         "to it as ground truth (PSNR, SSIM, L1, LPIPS, AKD). `cross`: reference and driver of different people; "
         "every metric but those ground-truth ones (pose, expression, identity, jitter, flicker, detection, FID, FVD).",
     )
-    experiment: str = Field("portraitflow-evaluate", json_schema_extra=OPERATIONAL, description="MLflow experiment of evaluations and sweeps.")
+    experiment: str = Field("portraitflow-evaluate", min_length=1, json_schema_extra=OPERATIONAL, description="MLflow experiment of evaluations and sweeps.")
     rank_by: str = Field("apd", json_schema_extra=OPERATIONAL, description="Metric that sorts the summary table and the report.")
     frame_stride: int = Field(
         1, ge=1, description="Analyse every Nth frame for face metrics (1 = all); temporal metrics use the kept frames."

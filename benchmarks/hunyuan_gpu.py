@@ -269,9 +269,10 @@ def _warm_up(pipe: HunyuanPipeline, mine_pipe: HunyuanPipeline, resolution: int,
     short = dataclasses.replace(settings, num_steps=1)
     lengths, covered = [], set()
     for count in sorted(frames):
-        if not _call_sizes(count, settings) <= covered:
+        sizes = _call_sizes(count, settings)
+        if not sizes <= covered:
             lengths.append(count)
-            covered |= _call_sizes(count, settings)
+            covered |= sizes
     wall = 0.0
     for count in lengths:
         inputs = make_inputs(pipe, resolution, count, short, args.seed)

@@ -48,8 +48,8 @@ from portraitflow.operators.probe import error_text
 from portraitflow.operators.quarantine import MAX_ATTEMPTS, quarantined_row
 from portraitflow.operators.scan_store import (GALLERY_DIGEST_PREFIX, GALLERY_SETTINGS, SCAN_MEASURES_VERSION,
                                                gallery_digests, load_scan_meta, scan_clips, scan_path)
-from portraitflow.operators.shards import (INDEX_NAME, default_pack_workers, pack_shards, rewrite_whole, shard_paths,
-                                           whole_shard_keys, write_index)
+from portraitflow.operators.shards import (INDEX_NAME, default_pack_workers, pack_shards, rewrite_whole, shard_notes,
+                                           shard_paths, whole_shard_keys, write_index)
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Layout:
         self.done = self.state / "done"
         self.attempts = self.state / "attempts"
         self.settings = self.state / "settings.json"
-        self.shard_keys = self.state / "shard_keys"  # each shard's keys, read once (`whole_shard_keys`)
+        self.shard_keys = shard_notes(out)  # each shard's keys, read once (`whole_shard_keys`)
         self.corpus = self.state / "corpus"  # the clips kept so far, for the corpus decisions (`CorpusLedger`)
         self.lock = self.state / "lock"
 

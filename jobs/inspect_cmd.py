@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from portraitflow.operators import ledger
-from portraitflow.operators.shards import INDEX_NAME, shard_paths, whole_shard_keys
+from portraitflow.operators.shards import INDEX_NAME, shard_note, shard_notes, shard_paths, whole_shard_keys
 
 
 #: what each kind of mismatch between the shards and the tables or index means, for the message
@@ -47,7 +47,7 @@ def summarise(out: Path, samples: int = 5, quick: bool = False) -> dict:
     manifest, clips = (_read_table(out / name) for name in ("manifest.parquet", "clips.parquet"))
     shards, keys, held = [], [], {}
     for path in shard_paths(out / "shards"):
-        entry, intact_keys = _read_shard(path, out / ".state" / "shard_keys" if quick else None)
+        entry, intact_keys = _read_shard(path, shard_notes(out) if quick else None)
         shards.append(entry)
         held[str(path.relative_to(out))] = intact_keys
         keys = keys or intact_keys[:samples]
@@ -132,10 +132,11 @@ def inspect(
         typer.echo("\n".join(problems), err=True)
         # a shard damaged in place keeps the size and time its note names, and curate trusts the note
         notes = [note for entry in summary["shards"] if "error" in entry
-                 if (note := out / ".state" / "shard_keys" / f"{Path(entry['name']).stem}.json").is_file()]
+                 if (note := shard_note(Path(entry["name"]), shard_notes(out))).is_file()]
         first = f"delete the notes that vouch for the unreadable shards (rm {' '.join(map(str, notes))}), then " \
             if notes else ""
         typer.echo(f"to repair it, {first}rerun `portraitflow curate` with the same inputs and --out {out}: it "
                    "rewrites damaged shards, curates again the inputs whose clips were lost, and rewrites the index "
                    "and the tables (move out first any shard copied in from another corpus)", err=True)
         raise typer.Exit(1)
+

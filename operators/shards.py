@@ -167,6 +167,16 @@ def _ends_cleanly(tar: tarfile.TarFile) -> bool:
 _READ_WHOLE: dict[tuple[str, int, int], list[str]] = {}
 
 
+def shard_notes(out: Path) -> Path:
+    """The folder of a curated folder `out` where each shard read whole is noted (`whole_shard_keys`)."""
+    return out / ".state" / "shard_keys"
+
+
+def shard_note(path: Path, notes: Path) -> Path:
+    """Where the keys of the shard at `path`, read whole, are noted in the folder `notes`."""
+    return notes / f"{path.stem}.json"
+
+
 def whole_shard_keys(path: Path, remember_in: Path | None = None,
                      read_only: bool = False) -> tuple[list[str], Exception | None]:
     """The keys of a shard's whole samples, and why it cannot be read whole (None when it can).
@@ -181,7 +191,7 @@ def whole_shard_keys(path: Path, remember_in: Path | None = None,
     except OSError as exc:
         return [], exc
     identity = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    note = remember_in / f"{path.stem}.json" if remember_in is not None else None
+    note = shard_note(path, remember_in) if remember_in is not None else None
     if identity not in _READ_WHOLE and note is not None and note.is_file():
         try:
             saved = json.loads(note.read_text())
@@ -208,7 +218,7 @@ def _remember_whole(path: Path, stat: os.stat_result, keys: list[str], remember_
     _READ_WHOLE[(str(path.resolve()), stat.st_size, stat.st_mtime_ns)] = keys
     if remember_in is not None:
         try:
-            atomic_write(remember_in / f"{path.stem}.json",
+            atomic_write(shard_note(path, remember_in),
                          json.dumps({"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "keys": keys}))
         except OSError as exc:
             log.warning("could not note the keys of %s (the next run reads its headers again): %s", path, exc)

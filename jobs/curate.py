@@ -485,11 +485,15 @@ def _warn_changed(paths: list[str]) -> None:
 
 
 def _unreadable(uri: str) -> str | None:
-    """Why the run would record a local input `failed` at its probe, or None; a remote input is not
-    fetched (the run fetches it once, for the probe and everything after)."""
-    if is_uri(uri):
-        return None
+    """Why the run would record an input `failed` at its probe, or None. A remote input is not
+    fetched (the run fetches it once, for the probe and everything after): only its store is
+    resolved, which fails for a scheme no store takes (`http://`)."""
     try:
+        if is_uri(uri):
+            from pyarrow import fs
+
+            fs.FileSystem.from_uri(uri)
+            return None
         with local_copy(uri) as path:
             probe_video(path)
     except Exception as exc:  # what `probe_input` records
@@ -654,7 +658,7 @@ def _log_run(cfg: PortraitFlowConfig, layout: Layout, metrics: dict[str, Any], m
 def curate(
     inputs: Annotated[list[str], typer.Argument(metavar="INPUTS...", help="Files, folders, globs, .txt/.parquet lists, or URIs.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (shards, manifest, state).")],
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the inputs a run would process (those without a finished record), each local one probed as the run would: one that cannot be read is listed `fails` with the reason; then stop. Remote inputs are not fetched.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the inputs a run would process (those without a finished record), each local one probed as the run would: one that cannot be read is listed `fails` with the reason; then stop. Remote inputs are not fetched, only their store resolved (an unknown scheme is listed `fails`).")] = False,
     config: ConfigOption = None,
     set_: SetOption = None,
     ray_address: RayAddressOption = None,

@@ -120,6 +120,8 @@ def check_mlflow_reachable(cfg: MLflowConfig) -> None:
         path = Path(parts.path if parts.scheme else uri).expanduser().absolute()
         raise ServiceUnreachable(f"the MLflow tracking URI {uri!r} is a path: give sqlite:///{path} (a store in that "
                                  "file) or http://HOST:PORT (a tracking server)")
+    if cfg.enabled:
+        _check_store_scheme(uri)
     database = sqlite_store_path(uri)
     if cfg.enabled and database is not None and not database.parent.is_dir():
         raise ServiceUnreachable(f"the MLflow store {uri!r} is in a folder that does not exist")
@@ -135,6 +137,20 @@ def check_mlflow_reachable(cfg: MLflowConfig) -> None:
     shown = urlunsplit(parts._replace(netloc=f"{parts.hostname}:{port}"))
     _connect(parts.hostname, port, f"the MLflow server at {shown}")
     _check_mlflow_api(uri, shown)
+
+
+def _check_store_scheme(uri: str) -> None:
+    """ServiceUnreachable for a URI whose scheme no installed tracking store (MLflow's own or a
+    plugin's) takes: MLflow refused it in two chained tracebacks."""
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+    from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
+
+    try:
+        _tracking_store_registry.get_store_builder(uri)
+    except UnsupportedModelRegistryStoreURIException:
+        schemes = ", ".join(sorted(s for s in _tracking_store_registry._registry if s not in ("", "file")))
+        raise ServiceUnreachable(f"the MLflow tracking URI {uri!r} has a scheme no tracking store takes "
+                                 f"(these do: {schemes})") from None
 
 
 def _check_mlflow_api(uri: str, shown: str) -> None:

@@ -218,12 +218,12 @@ def test_rerun_skips_finished_inputs_and_adds_nothing(curated, flow_inputs, caps
     manifest_before = (out / "manifest.parquet").read_bytes()
     cfg = load_config(None, OVERRIDES + [f"mlflow.tracking_uri={uri}"])
     dry = run_curation(cfg, sorted(flow_inputs), out, dry_run=True)
-    # only the failed inputs are retried, and the dry run says why each local one fails (a URI is not fetched)
-    local_failed = _failed(flow_inputs) - 1  # foo://bucket/clip.mp4
-    assert dry == {"inputs": len(flow_inputs), "pending": _failed(flow_inputs), "unreadable": local_failed}
+    # only the failed inputs are retried, and the dry run says why each fails (a URI's store is resolved, not fetched)
+    assert dry == {"inputs": len(flow_inputs), "pending": _failed(flow_inputs), "unreadable": _failed(flow_inputs)}
     listed = capsys.readouterr().out.splitlines()
-    assert sum(line.startswith("fails") for line in listed) == local_failed
+    assert sum(line.startswith("fails") for line in listed) == _failed(flow_inputs)
     assert any(line.startswith("fails") and "matched no video files" in line for line in listed)
+    assert any(line.startswith("fails") and "foo://bucket/clip.mp4  (ArrowInvalid" in line for line in listed)
     run_curation(cfg, sorted(flow_inputs), out)
     assert {p.name: p.read_bytes() for p in (out / "shards").glob("*.tar")} == before
     import pandas as pd

@@ -113,6 +113,8 @@ def test_a_path_for_the_tracking_uri_is_a_one_line_usage_error(tmp_path: Path, m
     for uri in ("./x.db", "file:///tmp/mlruns"):
         with pytest.raises(ServiceUnreachable, match="is a path: give sqlite:///"):
             check_mlflow_reachable(MLflowConfig(tracking_uri=uri))
+    with pytest.raises(ServiceUnreachable, match="has a scheme no tracking store takes .*sqlite"):
+        check_mlflow_reachable(MLflowConfig(tracking_uri="foo://bar"))  # was two chained tracebacks
     with pytest.raises(ServiceUnreachable, match="in a folder that does not exist"):
         check_mlflow_reachable(MLflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'nowhere' / 'x.db'}"))
     check_mlflow_reachable(MLflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'x.db'}"))

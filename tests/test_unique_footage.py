@@ -102,16 +102,23 @@ def _cut(path: Path, start_s: float, end_s: float, source: Path) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("cap", [0, 5])
-def test_curate_keeps_the_footage_of_a_later_excerpt_found_nowhere_else(media_dir: Path, tmp_path: Path,
-                                                                        cap: int) -> None:
-    """Two excerpts of one shot, 0-7.5 s and 3-10 s: the first is kept, the second holds 4.5 s of
-    it and 2.5 s of its own, which become a sample of its own (rendered by the scan's actors, or
-    with a cap per identity after the decisions); a rerun changes nothing."""
+def _excerpts(media_dir: Path, folder: Path) -> list[str]:
+    """Two excerpts of one shot, 0-7.5 s and 3-10 s: the second holds 4.5 s of the first and 2.5 s of its own."""
     source = media_dir / "liveportrait_d9.mp4"
-    inputs = [_cut(tmp_path / "a_first.mp4", 0.0, 7.5, source), _cut(tmp_path / "b_later.mp4", 3.0, 10.0, source)]
-    out = tmp_path / "out"
-    run_curate(inputs, out, None, *LOCAL_RAY, "--set", f"curate.max_clips_per_identity={cap}")
+    return [_cut(folder / "a_first.mp4", 0.0, 7.5, source), _cut(folder / "b_later.mp4", 3.0, 10.0, source)]
+
+
+@pytest.fixture(scope="module")
+def excerpts_curated(media_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path]:
+    """The two excerpts curated uninterrupted with the defaults: (inputs, out)."""
+    folder = tmp_path_factory.mktemp("excerpts")
+    inputs = _excerpts(media_dir, folder)
+    run_curate(inputs, folder / "out", None, *LOCAL_RAY)
+    return inputs, folder / "out"
+
+
+def _assert_later_excerpts_own_footage_is_a_sample(out: Path) -> None:
+    """The first excerpt is kept, the second is a partial duplicate whose own footage is a sample of its own."""
     clips = {row["key"].split("-")[0] + row["key"][-18:]: row for row in read_rows(out / "clips.parquet")}
     parent, part = clips["b_later_00000000_00007000"], next(r for r in clips.values() if r["cut_from"])
     assert parent["reason"] == filters.PARTIAL_DUPLICATE and part["cut_from"].endswith("_00000000_00007000")
@@ -126,10 +133,23 @@ def test_curate_keeps_the_footage_of_a_later_excerpt_found_nowhere_else(media_di
     frames = round((part["end_s"] - part["start_s"]) * 25)
     assert meta["num_frames"] == frames == len(thumbnails) and meta["cut_from"] == part["cut_from"]
     assert 0 <= meta["ref_frame"] < frames
-    if not cap:
-        before = curated_contents(out)
-        run_curate(inputs, out, None, *LOCAL_RAY)
-        assert curated_contents(out) == before
+
+
+def test_curate_keeps_the_footage_of_a_later_excerpt_found_nowhere_else(excerpts_curated) -> None:
+    """The own footage is rendered by the scan's actors; a rerun changes nothing."""
+    inputs, out = excerpts_curated
+    _assert_later_excerpts_own_footage_is_a_sample(out)
+    before = curated_contents(out)
+    run_curate(inputs, out, None, *LOCAL_RAY)
+    assert curated_contents(out) == before
+
+
+def test_with_a_cap_per_identity_the_later_excerpts_footage_is_cut_after_the_decisions(media_dir: Path,
+                                                                                      tmp_path: Path) -> None:
+    """With a cap per identity, the own footage is rendered after the decisions, as without one."""
+    inputs = _excerpts(media_dir, tmp_path)
+    run_curate(inputs, tmp_path / "out", None, *LOCAL_RAY, "--set", "curate.max_clips_per_identity=5")
+    _assert_later_excerpts_own_footage_is_a_sample(tmp_path / "out")
 
 
 def _corpus(**settings) -> CorpusLedger:
@@ -185,7 +205,7 @@ def test_a_parent_decided_again_beside_its_packed_cut(original_kept: bool) -> No
         assert rest["reason"] is None and rest["cut"][0] == 0 and rest["cut"][1] <= part["cut"][0]
 
 
-def test_a_run_stopped_after_packing_a_cut_resumes_to_the_uninterrupted_outcome(media_dir: Path,
+def test_a_run_stopped_after_packing_a_cut_resumes_to_the_uninterrupted_outcome(excerpts_curated,
                                                                                tmp_path: Path) -> None:
     """Stopped after the cut's shard, before its parent's marker: the rerun decided the parent with
     its own cut as footage found (review s21)."""
@@ -194,10 +214,8 @@ def test_a_run_stopped_after_packing_a_cut_resumes_to_the_uninterrupted_outcome(
 
     from curate_runs import FAST
 
-    source = media_dir / "liveportrait_d9.mp4"
-    inputs = [_cut(tmp_path / "a_first.mp4", 0.0, 7.5, source), _cut(tmp_path / "b_later.mp4", 3.0, 10.0, source)]
-    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    run_curate(inputs, whole, None, *LOCAL_RAY)
+    inputs, whole = excerpts_curated
+    stopped = tmp_path / "stopped"
     stop_at_parent = ("import sys; from portraitflow.operators import ledger; write = ledger.write_marker\n"
                       "def stop(done, row, clips, scanned):\n"
                       "    if row['input_key'].startswith('b_later'): raise SystemExit(9)\n"

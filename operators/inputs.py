@@ -148,38 +148,52 @@ def expand_inputs(specs: Iterable[str], *, _expanding: frozenset[str] = frozense
     vanishing or stopping the run: bad input is never silently dropped. So is a list met again
     while it is being expanded (`_expanding`: the resolved lists that include this one). A name
     that is not valid UTF-8 comes back escaped (`escape_undecodable`), to fail with `NOT_UTF8`.
+    Two names of one file (a link beside its target) make one input, and a warning says so.
     """
-    found: set[str] = set()
+    found: dict[str, str] = {}  # input -> the first name that named it
     for spec in specs:
         spec = str(spec)
         if is_uri(spec):
             try:
-                found.update(_expand_uri(spec) or [spec])
+                uris = _expand_uri(spec) or [spec]
             except Exception:  # unknown scheme, unreachable store: local_copy raises it again for the row
-                found.add(spec)
+                uris = [spec]
+            for uri in uris:
+                _add(found, uri, uri)
             continue
         local = _local(spec)
         if _is_list(local):
             listed = str(Path(local).resolve())
             if listed in _expanding:  # a cycle: the list is kept, and local_copy fails it with LIST_CYCLE
-                found.add(listed)
-                continue
-            try:
-                entries = _list_entries(local)
-            except (OSError, ValueError):  # not UTF-8, no string column: local_copy raises it again for the row
-                found.add(listed)
-                continue
-            found.update(expand_inputs(entries, _expanding=_expanding | {listed}) or [listed])  # empty: kept
+                named = [listed]
+            else:
+                try:
+                    named = expand_inputs(_list_entries(local), _expanding=_expanding | {listed}) or [listed]  # empty: kept
+                except (OSError, ValueError):  # not UTF-8, no string column: local_copy raises it again for the row
+                    named = [listed]
+            for uri in named:
+                _add(found, uri, uri)
         elif Path(local).is_dir():
             kept = _inputs_among(spec, _files_under(local), globbed=False)
-            found.update([_entry(p) for p in kept] or [str(Path(local).resolve())])
+            for path in kept or [local]:
+                _add(found, path, _entry(path) if kept else str(Path(local).resolve()))
         elif glob.has_magic(local) and not os.path.lexists(local):  # the name of a file means that file
             matches = [p for p in glob.glob(local, recursive=True) if not Path(p).is_dir()]
             kept = _inputs_among(spec, matches, globbed=True)
-            found.update([_entry(p) for p in kept] or [os.path.abspath(local)])
+            for path in kept or [local]:
+                _add(found, path, _entry(path) if kept else os.path.abspath(local))
         else:  # absolute, so a missing input has the same key from any working directory
-            found.add(str(Path(local).resolve()) if Path(local).exists() else os.path.abspath(local))
+            _add(found, local, str(Path(local).resolve()) if Path(local).exists() else os.path.abspath(local))
     return sorted({escape_undecodable(uri) for uri in found})
+
+
+def _add(found: dict[str, str], name: str, uri: str) -> None:
+    """Record input `uri`, named `name`; a second name of it (a link beside its target) is logged,
+    since it gets no row of its own."""
+    first = found.setdefault(uri, name)
+    if first != name and os.path.abspath(first) != os.path.abspath(name):
+        log.warning("%s and %s are the same file: curated once, as %s", escape_undecodable(first),
+                    escape_undecodable(name), escape_undecodable(uri))
 
 
 def _files_under(folder: str) -> list[str]:

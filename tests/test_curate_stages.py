@@ -641,6 +641,18 @@ def test_folders_are_walked_through_links_and_broken_links_fail_with_their_reaso
         pass
 
 
+def test_a_link_beside_its_target_is_one_input_and_the_log_says_so(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """The link got no row and no log line: the user could not tell where their input went."""
+    (tmp_path / "talk.mp4").write_bytes(b"x")
+    os.symlink(tmp_path / "talk.mp4", tmp_path / "alias.mp4")
+    with caplog.at_level("WARNING", logger="portraitflow.operators.inputs"):
+        found = expand_inputs([str(tmp_path / "talk.mp4"), str(tmp_path / "alias.mp4"), str(tmp_path / "talk.mp4")])
+    assert found == [str(tmp_path.resolve() / "talk.mp4")]
+    [warning] = [r.getMessage() for r in caplog.records]  # the same name twice is no second name
+    assert f"{tmp_path / 'talk.mp4'} and {tmp_path / 'alias.mp4'} are the same file" in warning
+
+
 def test_a_file_named_like_a_pattern_is_that_file_and_keys_do_not_depend_on_the_working_directory(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("clip[1].mp4", "clip1.mp4"):

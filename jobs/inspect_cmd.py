@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from portraitflow.operators import ledger
-from portraitflow.operators.shards import INDEX_NAME, shard_note, shard_notes, shard_paths, whole_shard_keys
+from portraitflow.operators.shards import INDEX_NAME, read_index, shard_note, shard_notes, shard_paths, whole_shard_keys
 
 
 #: what each kind of mismatch between the shards and the tables or index means, for the message
@@ -40,7 +40,8 @@ def summarise(out: Path, samples: int = 5, quick: bool = False) -> dict:
     first failed inputs (`failed_shown` says how many of all). A shard that cannot be read whole
     counts its intact samples and says why in `error`; `shards_unreadable` counts such shards.
     `mismatches` holds what the tables and the index promise that the shards do not hold, and the
-    reverse (`_mismatches`): empty when they agree. `quick` takes the keys the run that wrote a
+    reverse (`_mismatches`): empty when they agree; `index_error` says why an index that is there
+    cannot be read (its shards are then not compared). `quick` takes the keys the run that wrote a
     shard noted (`.state/shard_keys/`) while its size and time are unchanged, instead of reading
     every header (41 ms a 100-sample shard: 34 min for 50,000); damage in place that keeps both
     is then not seen."""
@@ -52,6 +53,12 @@ def summarise(out: Path, samples: int = 5, quick: bool = False) -> dict:
         held[str(path.relative_to(out))] = intact_keys
         keys = keys or intact_keys[:samples]
     failed = manifest[manifest.status == ledger.FAILED]
+    try:
+        listed, index_error = set(read_index(out)), None
+    except FileNotFoundError:
+        listed, index_error = set(), None
+    except (OSError, ValueError) as exc:
+        listed, index_error = None, str(exc)
     return {
         "inputs": {str(k): int(v) for k, v in manifest.status.value_counts().sort_index().items()},
         "clips": {str(k): int(v) for k, v in clips.decision.value_counts().sort_index().items()},
@@ -62,27 +69,26 @@ def summarise(out: Path, samples: int = 5, quick: bool = False) -> dict:
         "shards": shards,
         "shards_unreadable": sum("error" in entry for entry in shards),
         "index": INDEX_NAME if (out / INDEX_NAME).exists() else None,
-        "mismatches": _mismatches(out, set(clips.key[clips.decision == "accepted"]), held, samples),
+        **({"index_error": index_error} if index_error else {}),
+        "mismatches": _mismatches(listed, set(clips.key[clips.decision == "accepted"]), held, samples),
         "sample_keys": keys,
         "failed": failed[["path", "error"]].to_dict("records")[:samples],
         "failed_shown": f"{min(samples, len(failed))} of {len(failed)}",
     }
 
 
-def _mismatches(out: Path, accepted: set[str], held: dict[str, list[str]], samples: int) -> dict[str, dict]:
+def _mismatches(listed: set[str] | None, accepted: set[str], held: dict[str, list[str]],
+                samples: int) -> dict[str, dict]:
     """Each kind of `MISMATCHES` found, as its count and first `samples` names: the shards the
-    index lists against those in shards/ (`held`: url -> the keys of its whole samples), the
-    accepted keys of clips.parquet against the keys in them. A deleted shard passes every other
-    check, and a loader fails on it or trains on fewer clips than the manifest says. Names only:
-    the tar headers are read, no video. An index that is missing or unreadable lists no shard."""
-    try:
-        listed = {entry["url"] for entry in json.loads((out / INDEX_NAME).read_text())["shardlist"]}
-    except (OSError, ValueError, KeyError, TypeError):
-        listed = set()
+    index lists (a missing index lists none; None, one that cannot be read, is not compared)
+    against those in shards/ (`held`: url -> the keys of its whole samples), the accepted keys of
+    clips.parquet against the keys in them. A deleted shard passes every other check, and a
+    loader fails on it or trains on fewer clips than the manifest says. Names only: the tar
+    headers are read, no video."""
     in_shards = {key for keys in held.values() for key in keys}
     found = {
-        "missing_shards": listed - held.keys(),
-        "unindexed_shards": held.keys() - listed,
+        "missing_shards": set() if listed is None else listed - held.keys(),
+        "unindexed_shards": set() if listed is None else held.keys() - listed,
         "missing_keys": accepted - in_shards,
         "unexpected_keys": in_shards - accepted,
     }
@@ -121,7 +127,7 @@ def inspect(
     except DamagedTable as exc:
         raise typer.BadParameter(f"{exc}: {rerun}", param_hint="OUT") from None
     typer.echo(json.dumps(summary, indent=1))
-    problems = []
+    problems = [summary["index_error"]] if "index_error" in summary else []
     if summary["shards_unreadable"]:
         broken = [entry["name"] for entry in summary["shards"] if "error" in entry]
         problems.append(f"{len(broken)} of {len(summary['shards'])} shards unreadable: {', '.join(broken)}")

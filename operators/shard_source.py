@@ -91,9 +91,13 @@ def read_index(url: str) -> list[str]:
     name files and storage URLs only. webdataset would run a `pipe:` entry through the shell, and
     fetch `http:` ones with curl, so any other scheme is refused."""
     base = posixpath.dirname(url)
+    try:
+        entries = [str(entry["url"]) for entry in json.loads(_read_text(url))["shardlist"]]
+    except (ValueError, KeyError, TypeError) as exc:  # cut short, overwritten, another tool's JSON
+        raise ValueError(f"{url} cannot be read as a shard index ({type(exc).__name__}: {exc}); one `portraitflow "
+                         "curate` wrote is written again by rerunning it with the same inputs and --out") from None
     urls = []
-    for entry in json.loads(_read_text(url))["shardlist"]:
-        shard = str(entry["url"])
+    for shard in entries:
         scheme = urlparse(shard).scheme
         if scheme not in ("", "file", *PYARROW_SCHEMES):
             raise ValueError(f"{url} names the shard {shard[:200]!r}: an index may name files and "

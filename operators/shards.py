@@ -388,6 +388,17 @@ def pack_shards(
     return written
 
 
+def read_index(out_dir: Path) -> dict[str, int]:
+    """Samples per shard (its path below `out_dir`) as the folder's index lists them.
+    FileNotFoundError when there is none, ValueError naming the file when it is no index."""
+    path = out_dir / INDEX_NAME
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        return {str(entry["url"]): int(entry["nsamples"]) for entry in json.loads(text)["shardlist"]}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} cannot be read as a shard index ({type(exc).__name__}: {exc})") from None
+
+
 def write_index(out_dir: Path, shard_dir: Path, name: str = "portraitflow") -> dict:
     """A wids-style index (`wids-shard-index-v1`) of every shard, beside the shards."""
     shards = [

@@ -125,6 +125,22 @@ def test_a_run_killed_before_it_rewrote_the_index_and_tables_exits_1_until_rerun
     assert _inspect(out).exit_code == 0
 
 
+def test_an_index_that_cannot_be_read_is_named_and_a_rerun_writes_it_again(tmp_path: Path, monkeypatch) -> None:
+    """An overwritten index read as listing no shard: inspect said every shard was "not in the
+    index", and the user went looking for shards that were there."""
+    from portraitflow.jobs.curate import run_curation
+
+    out, uris = _prepared(tmp_path, monkeypatch, ["anna"])
+    run_curation(load_config(None, ONE_PER_SHARD), uris, out)
+    (out / "index.wids.json").write_text("junk")
+    result = _inspect(out)
+    assert result.exit_code == 1 and json.loads(result.stdout)["mismatches"] == {}
+    assert "index.wids.json cannot be read as a shard index (JSONDecodeError" in result.stderr
+    assert "rerun `portraitflow curate` with the same inputs" in result.stderr
+    run_curation(load_config(None, ONE_PER_SHARD), uris, out)
+    assert _inspect(out).exit_code == 0
+
+
 @pytest.mark.parametrize("table", ["manifest.parquet", "clips.parquet"])
 def test_a_damaged_table_is_named_in_one_line_with_the_repair(tmp_path: Path, monkeypatch, table: str) -> None:
     """A table cut short gave pyarrow's 60-line traceback."""

@@ -375,6 +375,9 @@ def test_an_index_that_names_a_command_is_refused_not_run(dataset, tmp_path) -> 
     with pytest.raises(ValueError, match="an index may name files and s3/gs"):
         list(TrainLoader(_config(dataset, shards=[str(shared)])))
     assert not marker.exists()
+    (shared / "index.wids.json").write_text("junk")  # a bare JSONDecodeError named no file
+    with pytest.raises(ValueError, match=r"index.wids.json cannot be read as a shard index \(JSONDecodeError"):
+        list(TrainLoader(_config(dataset, shards=[str(shared)])))
 
 
 @pytest.mark.parametrize("name", ["cur {a,b}", "cur{1..2}", "cur::x", "run-2024-05-01T10:00"])

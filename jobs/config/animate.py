@@ -82,7 +82,7 @@ class AnimateConfig(BaseModel):
         "(0: any size).",
     )
     smooth_sigma: float = Field(0.8, ge=0.0, description="Temporal Gaussian smoothing of the driver's landmarks, in frames (0: none): warp's "
-                                "jitter filter; HunyuanPortrait reads the points as detected, as the release does.")
+                                "jitter filter; hunyuan reads the points as detected, as the release does, and refuses this setting.")
     actors: int = Field(
         1, ge=1, json_schema_extra=OPERATIONAL, description="Most animation actors for CPU backends (warp, or hunyuan with `gpus` 0); the pool grows "
         "from 1 while CPUs are free, so preparation tasks always keep room to run.",

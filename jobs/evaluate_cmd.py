@@ -232,7 +232,8 @@ def _refuse_sweep_scored_nothing(summary_csv: Path, sweep_file: Path) -> None:
     if scored_any(summary):
         return
     failed = failed_configs(summary)
-    reasons = [f"{count} x {error}" for error, count in summary.loc[failed, "error"].value_counts().items()]
+    reasons = [f"{count} x {error}" for error, count in summary.loc[failed, "error"].value_counts().items()] \
+        if failed.any() else []  # the column is there only when a config failed whole
     if (~failed).any():
         reasons.append(f"{int((~failed).sum())} finished with every job failed (their per_video tables say why)")
     typer.echo(f"error: no config of {sweep_file} scored a video ({len(summary)} config(s): {'; '.join(reasons)}; "

@@ -366,11 +366,16 @@ def stage_driver_code(stage: Path) -> Path:
 
 
 def mlflow_tracking_uri(cfg: MLflowConfig) -> str:
-    """Explicit URI, else MLFLOW_TRACKING_URI, else an sqlite store in the working directory."""
+    """Explicit URI, else MLFLOW_TRACKING_URI, else an sqlite store in the working directory. An
+    sqlite store's path is made absolute: a sweep records its store for a rerun from anywhere,
+    where a relative one named another (new, empty) store."""
     uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    return f"sqlite:///{Path.cwd() / DEFAULT_MLFLOW_DB}"
+    if not uri:
+        return f"sqlite:///{Path.cwd() / DEFAULT_MLFLOW_DB}"
+    database = sqlite_store_path(uri)
+    if database is not None and not database.is_absolute() and not str(database).startswith(":"):  # not :memory:
+        return f"sqlite:///{database.absolute()}"
+    return uri
 
 
 def mlflow_client(cfg: MLflowConfig) -> MlflowClient:

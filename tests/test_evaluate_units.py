@@ -893,7 +893,7 @@ def test_a_refused_grid_value_does_not_hide_the_others_trend(tmp_path: Path) -> 
     assert plot is not None and plot.is_file()
 
 
-def test_a_sweep_that_scored_no_video_exits_1_naming_why(tmp_path: Path) -> None:
+def test_a_sweep_that_scored_no_video_exits_1_naming_why(tmp_path: Path, capsys) -> None:
     """Every job of its one config failed (a clip with no face): it exited 0."""
     import typer
 
@@ -905,6 +905,10 @@ def test_a_sweep_that_scored_no_video_exits_1_naming_why(tmp_path: Path) -> None
     with pytest.raises(typer.Exit) as stopped:
         _refuse_sweep_scored_nothing(summary, Path("sweep.yaml"))
     assert stopped.value.exit_code == 1
+    pd.DataFrame({"config": ["warp"], "jobs_ok": [0], "jobs_failed": [1]}).to_csv(summary, index=False)
+    with pytest.raises(typer.Exit):  # no config failed whole, so no `error` column: a KeyError before
+        _refuse_sweep_scored_nothing(summary, Path("sweep.yaml"))
+    assert "1 finished with every job failed" in capsys.readouterr().err
     pd.DataFrame({"config": ["warp", "still"], "jobs_ok": [0, 2], "error": [None, None]}).to_csv(summary, index=False)
     _refuse_sweep_scored_nothing(summary, Path("sweep.yaml"))  # one config scored: a result
 

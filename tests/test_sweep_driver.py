@@ -739,9 +739,12 @@ def test_the_cli_checks_a_sweep_once(driver, monkeypatch, caplog) -> None:
     assert caplog.text.count("makes the same videos as") == 1, caplog.text
 
 
-def test_a_rerun_given_no_store_resumes_from_the_store_the_sweep_used(driver, monkeypatch, tmp_path: Path) -> None:
+@pytest.mark.parametrize("relative", [False, True])
+def test_a_rerun_given_no_store_resumes_from_the_store_the_sweep_used(driver, monkeypatch, tmp_path: Path,
+                                                                     relative: bool) -> None:
     """Rerun from another folder with the default store, a sweep started over in a new mlflow.db
-    there and redid every config; OUT records its store, and a rerun given none takes it."""
+    there and redid every config; OUT records its store, and a rerun given none takes it (a
+    relative sqlite:/// store was recorded as given, and named a new store from elsewhere)."""
     from typer.testing import CliRunner
 
     from portraitflow.jobs.cli import app
@@ -752,7 +755,12 @@ def test_a_rerun_given_no_store_resumes_from_the_store_the_sweep_used(driver, mo
     spec, out = data.parent / "sweep.yaml", data.parent / "out"
     spec.write_text(f"name: s\ndataset: {{type: folder, path: {data}}}\nconfigs: [{{backend: still}}]\n"
                     "evaluate: {max_seconds: 0.5, side_by_side: 0}\n")
-    first = CliRunner().invoke(app, ["sweep", str(spec), "--out", str(out), "--mlflow-uri", cfg.mlflow.tracking_uri])
+    given = cfg.mlflow.tracking_uri
+    if relative:
+        database = Path(given.removeprefix("sqlite:///"))
+        monkeypatch.chdir(database.parent)
+        given = f"sqlite:///{database.name}"
+    first = CliRunner().invoke(app, ["sweep", str(spec), "--out", str(out), "--mlflow-uri", given])
     assert first.exit_code == 0, first.output
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri set it: a new process has none
     (tmp_path / "elsewhere").mkdir()

@@ -511,7 +511,7 @@ def _checked_sweep(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig,
     except ValidationError as exc:
         raise ValueError(validation_problems(exc, "evaluate")) from exc
     check_rank_by(evaluate.rank_by, "evaluate.rank_by")
-    expanded = sweep_spec.expand_configs(spec)
+    expanded = sweep_spec.expand_configs(spec, warn_repeats=True)
     _check_param_names(expanded)
     configs = _distinct_configs(expanded, cfg)
     check_dataset(dataset, out_dir)

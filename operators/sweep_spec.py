@@ -23,13 +23,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from portraitflow.jobs.config import PortraitFlowConfig, validation_problems
+from portraitflow.jobs.config import PortraitFlowConfig, load_yaml_file, validation_problems
 from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.jobs.config.fields import operational
@@ -47,6 +47,7 @@ JOB_SETTINGS = ("protocol", "max_seconds", "max_videos")
 #: animate settings that decide whether a job runs, not what its video holds: out of output names,
 #: in a config's numbers (a job that does not run scores as failed)
 JOB_GATES = ("min_face_px", "min_face_fraction")
+log = logging.getLogger(__name__)
 
 
 class SweepSpec(BaseModel):
@@ -58,16 +59,27 @@ class SweepSpec(BaseModel):
     configs: list[dict[str, Any]] = Field(default_factory=list, description="Explicit configs, added to the grid's.")
     evaluate: dict[str, Any] = Field(default_factory=dict, description="Overrides of the evaluate config section.")
 
+    @field_validator("grid")
+    @classmethod
+    def _no_empty_axis(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        """An empty list makes the product empty: the grid's configs vanished beside `configs`."""
+        empty = [name for name, values in grid.items() if not values]
+        if empty:
+            raise ValueError(f"{', '.join(empty)}: an empty list makes no config of the grid (give values, or "
+                             "leave the parameter out)")
+        return grid
+
 
 def load_sweep(path: str | Path) -> SweepSpec:
-    data = yaml.safe_load(Path(path).read_text())
+    data = load_yaml_file(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a sweep file is a mapping (name, dataset, grid, configs, evaluate)")
     return SweepSpec.model_validate(data)
 
 
-def expand_configs(spec: SweepSpec) -> list[dict[str, Any]]:
-    """Grid product then explicit configs, duplicates dropped; each needs a `backend`."""
+def expand_configs(spec: SweepSpec, warn_repeats: bool = False) -> list[dict[str, Any]]:
+    """Grid product then explicit configs, duplicates dropped (each with a warning when
+    `warn_repeats`: the sweep's check, once per run); each needs a `backend`."""
     keys = sorted(spec.grid)
     grid = [dict(zip(keys, values)) for values in itertools.product(*(spec.grid[k] for k in keys))] if keys else []
     configs, seen = [], set()
@@ -75,7 +87,10 @@ def expand_configs(spec: SweepSpec) -> list[dict[str, Any]]:
         if "backend" not in params:
             raise ValueError(f"sweep config {params} has no `backend`")
         key = json.dumps(params, sort_keys=True, default=str)
-        if key not in seen:
+        if key in seen:
+            if warn_repeats:
+                log.warning("sweep config %s is listed twice: it runs once", config_label(params))
+        else:
             seen.add(key)
             configs.append(dict(params))
     if not configs:

@@ -63,6 +63,9 @@ def test_unreadable_config_and_bad_yaml_are_value_errors_that_name_the_source(tm
         load_config(bad)
     with pytest.raises(ValueError, match=re.escape(f"{tmp_path}: cannot read the config file")):
         load_config(tmp_path)
+    bad.write_text("curate:\n  fps: 10\n  fps: 25\n")  # PyYAML keeps the last one without a word
+    with pytest.raises(ValueError, match=re.escape(f"{bad} is not valid YAML: the key 'fps' is given twice at line 3")):
+        load_config(bad)
     with pytest.raises(ValueError, match=r"override 'curate.fps=\[' is not valid YAML"):
         load_config(None, ["curate.fps=["])
 

@@ -923,13 +923,14 @@ def test_configs_that_make_the_same_videos_run_once(tmp_path: Path, caplog: pyte
     (tmp_path / "data" / "talk.mp4").write_bytes(b"listed, not read")
     path = tmp_path / "sweep.yaml"
     path.write_text(f"name: s\ndataset: {{type: folder, path: {tmp_path / 'data'}}}\nconfigs: [{{backend: warp}}, "
-                    "{backend: auto}, {backend: still}, {backend: still, seed: 3}]\n"
+                    "{backend: auto}, {backend: still}, {backend: still, seed: 3}, {backend: still}]\n"
                     "grid: {backend: [warp], pose_multiplier: [1.0, 1, 0.5]}\n")
-    with caplog.at_level("WARNING", logger="portraitflow.jobs.sweep"):
+    with caplog.at_level("WARNING"):
         _, configs = check_sweep(sweep_spec.load_sweep(path), load_config(None, []))
     assert configs == [{"backend": "warp", "pose_multiplier": 1.0}, {"backend": "warp", "pose_multiplier": 0.5},
                        {"backend": "still"}, {"backend": "still", "seed": 3}]  # still refuses a seed: it fails alone
     assert caplog.text.count("makes the same videos as warp[pose_multiplier=1.0]") == 3  # 1, warp, auto
+    assert caplog.text.count("sweep config still is listed twice: it runs once") == 1  # was left out without a word
 
 
 def test_the_side_by_side_pairs_frames_as_they_were_scored(tmp_path: Path) -> None:

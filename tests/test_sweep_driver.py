@@ -147,6 +147,12 @@ def test_a_sweep_refuses_more_animating_configs_at_once_than_its_cpus_can_feed(
     ("name: s\ndataset: {type: folder, path: DATA/nowhere}\nconfigs: [{backend: still}]\n",
      "dataset.path 'DATA/nowhere' is not a folder"),
     ("- just\n- a list\n", "a sweep file is a mapping"),
+    # PyYAML keeps the last of a repeated key: the first list of values vanished
+    ("name: s\ndataset: {type: folder, path: DATA}\ngrid:\n  backend: [warp]\n  pose_multiplier: [0.5]\n"
+     "  pose_multiplier: [1.0]\n", "not valid YAML: the key 'pose_multiplier' is given twice (line 6, column 3)"),
+    # an empty axis made the product empty: the grid's configs vanished beside `configs`
+    ("name: s\ndataset: {type: folder, path: DATA}\ngrid: {backend: [warp], pose_multiplier: []}\n"
+     "configs: [{backend: still}]\n", "grid: pose_multiplier: an empty list makes no config of the grid"),
 ])
 def test_a_sweep_file_mistake_is_a_usage_error_before_any_run_or_ray(
         driver, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str, says: str) -> None:

@@ -77,6 +77,30 @@ def apply_overrides(
     return merged
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key repeated within one mapping: PyYAML keeps the last one
+    silently, so a second `dataset:` or `pose_multiplier:` replaced the first without a word."""
+
+
+def _unique_key_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, (str, int, float, bool)) and key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_key_mapping)
+
+
+def load_yaml_file(path: str | Path) -> Any:
+    """A YAML file's data, read as `yaml.safe_load` does, with a repeated key refused
+    (a `yaml.YAMLError` that marks where)."""
+    return yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] | None = None, values: dict[str, Any] | None = None
 ) -> PortraitFlowConfig:
@@ -84,7 +108,7 @@ def load_config(
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            loaded = yaml.safe_load(Path(path).read_text())
+            loaded = load_yaml_file(path)
         except (OSError, UnicodeDecodeError) as exc:
             raise ValueError(f"{path}: cannot read the config file: {getattr(exc, 'strerror', None) or exc}") from exc
         except yaml.YAMLError as exc:

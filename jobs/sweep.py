@@ -848,8 +848,24 @@ def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, r
                     "better whatever the intervals say; a mean carried by one or two videos shows here."}
     notes_file = _download(client, run_id, ("notes.txt",), out_dir / "runs" / run_id) / "notes.txt"
     notes = [n for n in notes_file.read_text().splitlines() if n] if notes_file.is_file() else []
+    notes += _sweep_notes(parent, len(summary))
     return report.write_html(out_dir, f"PortraitFlow evaluation: {parent.info.run_name or run_id}", summary, rank_by,
                              plots, videos, notes, per_video, captions)
+
+
+def _sweep_notes(parent: Run, configs_run: int) -> list[str]:
+    """What the page must say of the sweep as a whole: that it was stopped before every config ran
+    (the page would pass for the whole sweep), and how many of the dataset's videos could not be used."""
+    notes = []
+    planned = parent.data.params.get("configs")
+    if parent.info.status == "KILLED" and planned is not None:
+        notes.append(f"The sweep was interrupted (its run ended KILLED): {configs_run} of its {planned} configs "
+                     "ran; rerun the same `portraitflow sweep` command to run the others.")
+    unusable = int(parent.data.metrics.get("videos_failed", 0))
+    if unusable:
+        notes.append(f"{unusable} video(s) of the dataset could not be used and are in no config's numbers: "
+                     "dataset.parquet (in the sweep's folder and its run) says why.")
+    return notes
 
 
 def _recorded_rank_by(parent, children: list) -> str | None:

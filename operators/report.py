@@ -94,6 +94,11 @@ def _title(metric: str) -> str:
     return f"{metric} ({'lower' if lower_is_better(metric) else 'higher'} is better)"
 
 
+def _ranking(summary: pd.DataFrame, rank_by: str) -> str:
+    """How the summary is ordered: the heading named a metric no config had over rows in run order."""
+    return f"ranked by {_title(rank_by)}" if rank_by in summary.columns else f"in run order: no config has {rank_by}"
+
+
 def metric_plots(per_video: pd.DataFrame, out_path: Path, order: Sequence[str]) -> Path:
     """One box plot per metric, configs on the x axis in `order`, in a single PNG."""
     names = [m for m in metric_columns(per_video) if per_video[m].notna().any()]
@@ -289,7 +294,7 @@ def write_html(out_dir: Path, title: str, summary: pd.DataFrame, rank_by: str, p
     relatively); `captions` (by heading) say under a plot how to read it."""
     parts = [f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>",
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
-             f"<h2>Summary, ranked by {html.escape(_title(rank_by))}</h2>", _table_html(summary, rank_by)]
+             f"<h2>Summary, {html.escape(_ranking(summary, rank_by))}</h2>", _table_html(summary, rank_by)]
     if notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li class=note>{html.escape(n)}</li>" for n in notes) + "</ul>")
     for heading, plot in plots:

@@ -77,6 +77,8 @@ def test_an_unknown_rank_metric_is_warned_about_with_the_metrics_there_are(small
         "csim_opencv"}  # metrics only: no sweep param, no job count
     summary = pd.read_csv(small_sweep["root"] / "sweep" / "summary.csv")
     assert list(summary["config"]) == ["still", "warp[pose_multiplier=-1.0]"]  # the order they ran in
+    page = (small_sweep["root"] / "sweep" / "report" / "index.html").read_text()
+    assert "Summary, in run order: no config has lpips" in page  # it said "ranked by lpips" over rows in run order
 
 
 def test_evaluate_jobs_without_job_id_matches_the_ids_animate_derived(small_sweep, tmp_path: Path) -> None:

@@ -966,3 +966,18 @@ def test_an_evaluation_that_scored_nothing_for_want_of_ground_truth_points_to_cr
         _refuse_nothing_scored(per_video, tmp_path / "results.parquet")
     said = capsys.readouterr().err
     assert "score it with --protocol cross" in said and "Relative ref" not in said
+
+
+def test_the_report_says_how_many_of_the_datasets_videos_could_not_be_used() -> None:
+    """They were in dataset.parquet and a parent metric only: the page, meant to be read alone, never said."""
+    from types import SimpleNamespace
+
+    from portraitflow.jobs.sweep import _sweep_notes
+
+    def parent(status: str, failed: float) -> SimpleNamespace:
+        return SimpleNamespace(info=SimpleNamespace(status=status),
+                               data=SimpleNamespace(params={"configs": "3"}, metrics={"videos_failed": failed}))
+
+    [note] = _sweep_notes(parent("FINISHED", 2.0), 3)
+    assert note.startswith("2 video(s) of the dataset could not be used") and "dataset.parquet" in note
+    assert _sweep_notes(parent("FINISHED", 0.0), 3) == []

@@ -100,6 +100,9 @@ def test_ctrl_c_starts_no_queued_config_and_ends_the_runs_in_flight_killed(drive
     assert sorted(started) == [128, 160] and not scored
     children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert {c.info.status for c in children} == {"KILLED"}
+    monkeypatch.undo()  # the sweep's own report, not the fixture's stand-in
+    page = sweep.report_from_run(parent.info.run_id, cfg, data / "page").read_text()  # it passed for the whole sweep
+    assert "The sweep was interrupted (its run ended KILLED): 2 of its 4 configs ran" in page
 
 
 @pytest.mark.parametrize(("cpus", "configs", "refused"), [

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from portraitflow.jobs.config import parse_override
 from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.jobs.options import (ConfigOption, MlflowUriOption, RayAddressOption, SetOption,
                                       check_out_folder, refuse_missing_face_models, refuse_mlflow_disabled,
@@ -108,8 +109,10 @@ def sweep(
     refuse_missing_face_models(cfg)
     try:
         spec = load_sweep(sweep_file)
-        if max_parallel:
-            spec = spec.model_copy(update={"evaluate": {**spec.evaluate, "max_parallel": max_parallel}})
+        # the command line wins over the file's `evaluate:`, as over any config file (the file's won silently)
+        given = {path[1]: value for path, value in map(parse_override, overrides or []) if path[0] == "evaluate"
+                 and len(path) == 2} | ({"max_parallel": max_parallel} if max_parallel else {})
+        spec = spec.model_copy(update={"evaluate": {**spec.evaluate, **given}})
     except (ValueError, yaml.YAMLError) as exc:  # pydantic's ValidationError is a ValueError
         raise typer.BadParameter(f"{sweep_file}: {_error_line(exc, sweep_file)}", param_hint="SWEEP_FILE") from exc
     try:

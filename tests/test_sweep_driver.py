@@ -779,3 +779,20 @@ def test_a_rerun_given_no_store_resumes_from_the_store_the_sweep_used(driver, mo
     assert f"resuming with the MLflow store the sweep into {out} used: {cfg.mlflow.tracking_uri}" in again.output
     assert first.output.split("parent run ")[1].split()[0] == again.output.split("parent run ")[1].split()[0]
     assert not (tmp_path / "elsewhere" / "mlflow.db").exists()
+
+
+def test_an_evaluate_setting_on_the_command_line_wins_over_the_sweep_files(driver, monkeypatch) -> None:
+    """`-s evaluate.max_seconds=0.25` lost to the file's 0.5 without a word, where --max-parallel won."""
+    from typer.testing import CliRunner
+
+    from portraitflow.jobs.cli import app
+
+    sweep, cfg, data = driver
+    _fake_generation(sweep, monkeypatch)
+    spec, out = data.parent / "sweep.yaml", data.parent / "out"
+    spec.write_text(f"name: s\ndataset: {{type: folder, path: {data}}}\nconfigs: [{{backend: still}}]\n"
+                    "evaluate: {max_seconds: 0.5, side_by_side: 0}\n")
+    result = CliRunner().invoke(app, ["sweep", str(spec), "--out", str(out), "--mlflow-uri", cfg.mlflow.tracking_uri,
+                                      "-s", "evaluate.max_seconds=0.25"])
+    assert result.exit_code == 0, result.output
+    assert [path.name.split("-")[-1] for path in (out / "dataset").glob("*.mp4")] == ["250ms.mp4"]

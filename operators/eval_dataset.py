@@ -252,6 +252,9 @@ def check_dataset(spec: DatasetSpec, exclude: str | Path | None = None) -> None:
         skip = (Path(exclude),) if exclude is not None else ()
         found = _matches(Path(spec.path), spec.include, VIDEO_SUFFIXES, skip)
         why = f"no video file under it matches include {spec.include} (in any case)"
+        if not found and skip and _matches(Path(spec.path), spec.include, VIDEO_SUFFIXES, ()):
+            why = (f"every video file matching include {spec.include} lies in the output folder {exclude}, which is "
+                   "never read as input: give another --out")
     elif spec.type == "jobs":
         found, why = load_jobs(spec.path), "the jobs file has no rows"
     else:

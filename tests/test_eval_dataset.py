@@ -204,5 +204,6 @@ def test_a_folder_takes_camera_names_in_any_case_and_never_macos_forks(tmp_path:
     eval_dataset.check_dataset(DatasetSpec(path=str(tmp_path)))
     with pytest.raises(ValueError, match=r"dataset '.*' matched no videos: no video file under it matches include"):
         eval_dataset.check_dataset(DatasetSpec(path=str(tmp_path), include=["*.mkv", "*.txt"]))
-    with pytest.raises(ValueError, match="matched no videos"):  # the sweep's own outputs are not the dataset's
+    with pytest.raises(ValueError, match="matched no videos: every video file .* lies in the output folder"):
+        # the sweep's own outputs are not the dataset's, and the message says why the videos there were passed over
         eval_dataset.check_dataset(DatasetSpec(path=str(tmp_path / "sub"), include=["*.mov"]), exclude=tmp_path)

@@ -67,6 +67,8 @@ def evaluate(
     missing = {"job_id", "ref", "driving", "output"} - set(table.columns)
     if missing:
         raise typer.BadParameter(f"{results}: missing columns {sorted(missing)} (give --jobs for ref and driving)")
+    if table.empty:  # before Ray and a FAILED run, as sweep refuses a jobs file with no row
+        raise typer.BadParameter(f"{results} has no row: nothing to score", param_hint="RESULTS")
     if "status" in table:
         table = table.assign(status=table["status"].replace({SKIPPED: OK}))
     table = table.assign(job_id=[safe_stem(str(j)) for j in table["job_id"]])  # ids name files under OUT

@@ -155,8 +155,9 @@ def refuse_unreachable_services(cfg: PortraitFlowConfig, ray: bool = True) -> No
     and both end in long tracebacks."""
     from portraitflow.jobs.runtime import ServiceUnreachable, check_mlflow_reachable, check_ray_reachable
 
+    from_env = not cfg.mlflow.tracking_uri and os.environ.get("MLFLOW_TRACKING_URI")  # the option was not given
     checks = ([(check_ray_reachable, cfg.ray, "--ray-address")] if ray else []) + [
-        (check_mlflow_reachable, cfg.mlflow, "--mlflow-uri")]
+        (check_mlflow_reachable, cfg.mlflow, "MLFLOW_TRACKING_URI" if from_env else "--mlflow-uri")]
     for check, settings, flag in checks:
         try:
             check(settings)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -65,6 +66,7 @@ NOTHING_SCORED_TAG = "portraitflow.nothing_scored"
 RANK_BY_TAG = "portraitflow.rank_by"  # the metric a sweep's latest run ranked its configs by
 #: how much of a failure the `error` and `previous_error` tags keep
 ERROR_CHARS = 5000
+_RUN_ID = re.compile(r"[0-9a-f]{32}")  # an MLflow run id: the report's copies of a run's files are in runs/<id>/
 
 log = logging.getLogger(__name__)
 
@@ -818,6 +820,9 @@ def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, r
     summary = _latest_per_config(pd.DataFrame(rows))
     # a child that logged another sweep's scores has its tables and videos in that sweep's run
     sources = {child.info.run_id: child.data.tags.get(SCORES_FROM_TAG, child.info.run_id) for child in children}
+    for earlier in (out_dir / "runs").glob("*"):  # a page made again here kept the videos of runs it no longer shows
+        if _RUN_ID.fullmatch(earlier.name) and earlier.name not in {run_id, *sources.values()}:
+            shutil.rmtree(earlier)
     tables, videos = [], []
     finished = summary[summary["run_id"].isin(whole)]
     for label, run in zip(finished["config"], finished["run_id"]):
@@ -857,6 +862,9 @@ def _sweep_notes(parent: Run, configs_run: int) -> list[str]:
     """What the page must say of the sweep as a whole: that it was stopped before every config ran
     (the page would pass for the whole sweep), and how many of the dataset's videos could not be used."""
     notes = []
+    if parent.info.lifecycle_stage == "deleted":
+        notes.append(f"This run is deleted in MLflow (`mlflow runs restore --run-id {parent.info.run_id}` brings it "
+                     "back); a sweep deletes a config's attempts once it has tried the config again.")
     planned = parent.data.params.get("configs")
     if parent.info.status == "KILLED" and planned is not None:
         notes.append(f"The sweep was interrupted (its run ended KILLED): {configs_run} of its {planned} configs "

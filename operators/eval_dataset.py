@@ -282,6 +282,9 @@ def _dataset_jobs(spec: DatasetSpec, protocol: str, folder: Path, max_seconds: f
         return clips
     portraits = [p for p in _matches(Path(spec.path), spec.refs, IMAGE_SUFFIXES, skip)
                  if p not in videos] if spec.type == "folder" else []  # a .gif both globs match is a driver
+    if len(portraits) > len(clips):
+        log.warning("%d of the %d portraits in %s are in no cross job: each clip is paired with one portrait, "
+                    "and there are %d clips", len(portraits) - len(clips), len(portraits), spec.path, len(clips))
     if portraits:
         return [{**clip, "job_id": f"{clip['job_id']}-x{input_key(portrait)}", "ref": portrait}
                 for clip, portrait in zip(clips, cycle(portraits))]

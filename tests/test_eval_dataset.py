@@ -74,6 +74,15 @@ def test_a_file_both_globs_match_is_a_driver_never_its_own_portrait(tmp_path: Pa
     assert [(Path(j["source"]).name, Path(j["ref"]).name) for j in jobs] == [("talk.gif", "face.png")]
 
 
+def test_portraits_no_clip_is_paired_with_are_named_in_a_warning(tmp_path: Path, caplog) -> None:
+    """A third portrait beside two clips was in no job, and nothing said so."""
+    for name in ("talk.mp4", "face_a.png", "face_b.png", "face_c.png"):
+        (tmp_path / name).write_bytes(b"x")
+    with mock.patch.object(eval_dataset, "prepare_clip", _fake_prepare), caplog.at_level("WARNING"):
+        jobs = dataset_jobs(DatasetSpec(path=str(tmp_path)), "cross", tmp_path / "prepared")
+    assert len(jobs) == 1 and "2 of the 3 portraits in" in caplog.text and "there are 1 clips" in caplog.text
+
+
 def test_a_key_repeated_in_another_shard_is_a_job_of_its_own(tmp_path: Path) -> None:
     shards = tmp_path / "foreign"
     write_shard(shards / "000000.tar", {"sample0": _sample(_clip(tmp_path / "a.mp4", shade=0))})

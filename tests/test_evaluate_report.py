@@ -159,8 +159,15 @@ def test_a_report_made_again_ranks_by_the_metric_the_sweep_ranked_by(tmp_path: P
         client.log_param(child, "evaluate.rank_by", "akd")
     page = sweep.report_from_run(parent, cfg, tmp_path / "again").read_text()  # a sweep from before the tag
     assert "ranked by akd (" in page and page.index(">warp<") < page.index(">still<")
+    stale = tmp_path / "told" / "runs" / ("0" * 32)  # a run an earlier page in this folder showed
+    stale.mkdir(parents=True)
     page = sweep.report_from_run(parent, cfg, tmp_path / "told", "apd").read_text()
     assert "ranked by apd (" in page and page.index(">still<") < page.index(">warp<")
+    assert not stale.exists() and len(list((tmp_path / "told" / "runs").iterdir())) == 3  # 2 configs, the parent
+    client.delete_run(parent)  # it said nothing of it: the page passed for a live run
+    page = sweep.report_from_run(parent, cfg, tmp_path / "told", "apd").read_text()
+    assert f"This run is deleted in MLflow (`mlflow runs restore --run-id {parent}`" in page
+    client.restore_run(parent)
     client.set_tag(parent, sweep.RANK_BY_TAG, "apd")  # rerun ranking by apd: its configs' runs reused
     page = sweep.report_from_run(parent, cfg, tmp_path / "rerun").read_text()
     assert "ranked by apd (" in page

@@ -380,6 +380,9 @@ def test_evaluate_refuses_results_or_jobs_whose_ids_do_not_match_one_to_one(tmp_
     (tmp_path / "other.csv").write_text("job_id,ref,driving\na,r.png,d.mp4\nc,q.png,e.mp4\n")
     refused = CliRunner().invoke(app, [*args, "--jobs", str(tmp_path / "other.csv")])
     assert refused.exit_code == 2 and "'b'" in refused.output and "Traceback" not in refused.output
+    pd.DataFrame({"job_id": [], "ref": [], "driving": [], "output": []}).to_parquet(results)
+    refused = CliRunner().invoke(app, args)  # Ray started and a FAILED run was recorded for no job
+    assert refused.exit_code == 2 and "has no row: nothing to score" in refused.output
     assert not (tmp_path / "eval").exists() and not (tmp_path / "m.db").exists()
 
 

@@ -32,7 +32,9 @@ def test_default_store_is_sqlite_in_the_working_directory(tmp_path: Path, monkey
     assert mlflow_tracking_uri(MLflowConfig()) == f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
     assert mlflow_tracking_uri(MLflowConfig()) == "http://tracking:5000"
-    assert mlflow_tracking_uri(MLflowConfig(tracking_uri="sqlite:///x.db")) == "sqlite:///x.db"
+    assert mlflow_tracking_uri(MLflowConfig(tracking_uri="sqlite:////data/x.db")) == "sqlite:////data/x.db"
+    # a relative store is made absolute: recorded by a sweep, it named another store from elsewhere
+    assert mlflow_tracking_uri(MLflowConfig(tracking_uri="sqlite:///x.db")) == f"sqlite:///{tmp_path / 'x.db'}"
 
 
 def test_disabled_tracking_yields_no_run() -> None:
@@ -163,6 +165,9 @@ def test_a_cluster_or_server_nothing_answers_on_is_a_one_line_usage_error(tmp_pa
         result = CliRunner().invoke(app, ["curate", str(tmp_path), "--out", str(tmp_path / "out"), flag, value])
         assert result.exit_code == 2 and "cannot reach" in result.output and "secret" not in result.output
         assert not (tmp_path / "out").exists()
+    from_env = CliRunner().invoke(app, ["curate", str(tmp_path), "--out", str(tmp_path / "out")],
+                                  env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed}", "COLUMNS": "400"})
+    assert from_env.exit_code == 2 and "Invalid value for MLFLOW_TRACKING_URI: cannot reach" in from_env.output
 
 
 def test_a_cluster_that_refuses_the_driver_says_what_to_export(monkeypatch: pytest.MonkeyPatch,

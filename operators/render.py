@@ -9,6 +9,7 @@ that (`REFIT_ABOVE`), the sample's landmarks, pose and motion intensity are fitt
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 import time
@@ -127,11 +128,10 @@ def render_sample(
         "motion_buckets": motion[::WINDOW, 1:].astype(int).tolist(),  # (head, expression) per window
         **({"cut_from": clip["cut_from"]} if "cut_from" in clip else {}),  # a partial duplicate's own footage
     }
-    return {
+    members = {
         "mp4": video,
         "ref.jpg": _jpeg(reference["crop"]),
         "ref_face.jpg": _jpeg(reference["face"]),
-        "json": json.dumps(meta, sort_keys=True).encode(),
         "landmarks.npy": npy_bytes(landmarks.astype(np.float32)),
         "kps.npy": npy_bytes(kps),
         "boxes.npy": npy_bytes(boxes),
@@ -141,6 +141,9 @@ def render_sample(
         "signature.npy": npy_bytes(arrays["signature"].astype(np.float16)),
         "thumbnails.npy": npy_bytes(arrays["thumbnails"].astype(np.uint8)),
     }
+    # readers check a member against it before decoding: damage a decoder does not report, or crashes on
+    meta["sha256"] = {name: hashlib.sha256(data).hexdigest() for name, data in members.items()}
+    return {**members, "json": json.dumps(meta, sort_keys=True).encode()}
 
 
 def render_clip(row: dict[str, Any], path: str, cfg: CurateConfig, staging_dir: Path,

@@ -37,6 +37,8 @@ PYARROW_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 SKIP_REASONS = (
     "shard_unreadable",
     "missing_member",
+    "damaged_member",
+    "bad_json",
     "bad_array",
     "frame_count_mismatch",
     "clip_too_short",

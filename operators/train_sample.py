@@ -7,6 +7,7 @@ Pure numpy/torch on one sample, so the same function serves the PyTorch and the 
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import zlib
@@ -67,9 +68,24 @@ def parse_tracks(sample: Mapping[str, Any]) -> ClipTracks:
 
 
 def _load_array(sample: Mapping[str, Any], name: str, shape: tuple[int, ...] | None) -> np.ndarray:
-    """One finite numeric .npy member as float32: (T, *shape), or (D,) when shape is None."""
+    """One finite numeric .npy member as float32: (T, *shape), or (D,) when shape is None. The
+    header is read first, and its shape checked against the member's size, so a damaged one is
+    counted, not raised: numpy's header parser raises SyntaxError or tokenize's TokenError for
+    some bytes, and a shape that does not fit its bytes asked for terabytes."""
+    data = bytes(sample[name])
+    stream = io.BytesIO(data)
     try:
-        array = np.load(io.BytesIO(bytes(sample[name])), allow_pickle=False)
+        version = np.lib.format.read_magic(stream)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        declared, _, dtype = read_header(stream)
+        size = int(np.prod(declared, dtype=np.int64)) * dtype.itemsize
+    except Exception as exc:  # noqa: BLE001 - whatever the parser raises for bytes it cannot read
+        raise SampleSkipped("bad_array", f"{name}: {type(exc).__name__}: {exc}") from exc
+    if dtype.hasobject or size != len(data) - stream.tell():
+        raise SampleSkipped("bad_array", f"{name}: a header of shape {declared} {dtype} over {len(data) - stream.tell()} "
+                            "bytes of data")
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise SampleSkipped("bad_array", f"{name}: {exc}") from exc
     ok = array.ndim == 1 if shape is None else array.shape[1:] == shape
@@ -220,6 +236,7 @@ def build_train_sample(sample: Mapping[str, Any], n_frames: int = 25, seed: int 
     face backends).
     """
     key = str(sample.get("__key__", ""))
+    check_digests(sample)
     tracks = parse_tracks(sample)
     if identity_dim is not None and len(tracks.identity) != identity_dim:
         raise SampleSkipped("identity_mismatch", f"identity has {len(tracks.identity)} dimensions, not {identity_dim}")
@@ -246,13 +263,30 @@ def sample_builder(cfg: TrainDataConfig, epoch: int) -> Callable[[Mapping[str, A
                    reference=cfg.reference, identity_backend=cfg.identity_backend)
 
 
+def check_digests(sample: Mapping[str, Any]) -> None:
+    """SampleSkipped ("damaged_member") for a member whose bytes are not those curation wrote, by
+    the SHA-256 its json records of each other member (samples curated before it record none). A
+    damaged mp4 is not always an error to the decoder: one flipped byte of its sample table made
+    decord crash the process (a segmentation fault), which no handler counts."""
+    for name, digest in _meta(sample).get("sha256", {}).items():
+        if name in sample and hashlib.sha256(bytes(sample[name])).hexdigest() != digest:
+            raise SampleSkipped("damaged_member", f"{sample.get('__key__')}: {name} is not the file curation wrote "
+                                "(its SHA-256 differs from the json's): the shard was damaged since")
+
+
 def _meta(sample: Mapping[str, Any]) -> dict[str, Any]:
-    """The sample's json as a dict; empty where it has none or it does not hold an object."""
-    try:
-        meta = json.loads(bytes(sample.get("json") or b"{}"))
-    except (ValueError, TypeError):
+    """The sample's json as a dict; empty where it has none (samples from other tools).
+    SampleSkipped ("bad_json") for one that is there but holds no JSON object: cut short or
+    overwritten, it gave NaN rates and no digests without a word."""
+    if not sample.get("json"):
         return {}
-    return meta if isinstance(meta, dict) else {}
+    try:
+        meta = json.loads(bytes(sample["json"]))
+    except (ValueError, TypeError) as exc:
+        raise SampleSkipped("bad_json", f"{sample.get('__key__')}: the json does not parse ({exc})") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("sha256", {}), dict):
+        raise SampleSkipped("bad_json", f"{sample.get('__key__')}: the json holds no sample description")
+    return meta
 
 
 def _face_backend(sample: Mapping[str, Any]) -> str | None:
@@ -278,10 +312,11 @@ def _clip_rates(sample: Mapping[str, Any]) -> dict[str, np.float32]:
     meta = _meta(sample)
     rates = {}
     for name in ("fps", "source_fps"):
-        try:
-            rates[name] = np.float32(meta.get(name, np.nan))
-        except (ValueError, TypeError):
-            rates[name] = np.float32(np.nan)
+        value = meta.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not np.isfinite(value) or value <= 0):
+            raise SampleSkipped("bad_json", f"{sample.get('__key__')}: `{name}` is {value!r}, no frame rate")
+        rates[name] = np.float32(np.nan if value is None else value)
     return rates
 
 

@@ -1,6 +1,7 @@
 """The curate flow end to end on real media: decisions, manifest, shards, MLflow, resume."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -158,6 +159,8 @@ def test_shards_read_back_with_webdataset(curated) -> None:
                 "signature.npy", "thumbnails.npy"} <= set(sample)
         assert "." not in sample["__key__"]
         meta = json.loads(sample["json"])
+        assert meta["sha256"] == {name: hashlib.sha256(sample[name]).hexdigest() for name in sample
+                                  if not name.startswith("__") and name != "json"}  # every other member's
         arrays = {k: np.load(io.BytesIO(sample[k]), allow_pickle=False) for k in sample if k.endswith(".npy")}
         frames = meta["num_frames"]
         assert arrays["landmarks.npy"].shape == (frames, 68, 2)

@@ -1,6 +1,7 @@
 """The training loader: curated shards in, SPEC-conformant batches out, on both paths."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -246,6 +247,40 @@ def test_corrupt_and_truncated_samples_are_skipped_and_counted(damaged) -> None:
     assert skipped.pop("shard_unreadable") == 1  # the cut in cut1, counted once
     assert skipped.pop("missing_member") == 2  # bad2, and cut1 without the members after the cut
     assert skipped == {}
+
+
+def _with_digests(members: dict[str, bytes]) -> dict[str, bytes]:
+    """The members with the SHA-256 of each non-json member in the json, as curation writes them."""
+    meta = json.loads(members["json"])
+    meta["sha256"] = {name: hashlib.sha256(data).hexdigest() for name, data in members.items() if name != "json"}
+    return {**members, "json": json.dumps(meta).encode()}
+
+
+def _npy_header_replaced(data: bytes, old: bytes, new: bytes) -> bytes:
+    """An .npy whose header has `old` replaced by `new`, padded to its length (the data stays)."""
+    header_end = data.index(b"\n") + 1
+    return data[:header_end].replace(old, new.ljust(len(old))) + data[header_end:]
+
+
+@pytest.mark.parametrize(("damage", "reason"), [
+    # one flipped byte of an mp4's sample table made decord crash the process: no handler could count it
+    (lambda m: {**m, "mp4": m["mp4"][:1800] + bytes([m["mp4"][1800] ^ 0x3C]) + m["mp4"][1801:]}, "damaged_member"),
+    (lambda m: {**m, "kps.npy": m["kps.npy"][:-1] + b"\x00"}, "damaged_member"),
+    # without digests (samples from before them, or another tool's), header damage numpy raised as no ValueError
+    (lambda m: {**m, "kps.npy": _npy_header_replaced(m["kps.npy"], b"{", b")")}, "bad_array"),  # SyntaxError
+    (lambda m: {**m, "kps.npy": _npy_header_replaced(m["kps.npy"], b"'shape': (", b"'shape': (99999999999, ")},
+     "bad_array"),  # asked numpy for terabytes
+    (lambda m: {**m, "json": m["json"][:20]}, "bad_json"),  # cut short: NaN rates, no digests, no word
+    (lambda m: {**m, "json": m["json"].replace(b'"fps": 25.0', b'"fps": "abc"')}, "bad_json"),
+])
+def test_damaged_members_and_descriptions_are_skipped_by_reason(tmp_path, damage, reason: str) -> None:
+    members = clip_members(CLIP_FRAMES, 7, tmp_path)
+    if reason == "damaged_member":
+        members = _with_digests(members)
+    build_train_sample({"__key__": "clip", **members}, n_frames=4, seed=0)  # whole, it trains
+    with pytest.raises(SampleSkipped) as skipped:
+        build_train_sample({"__key__": "clip", **damage(members)}, n_frames=4, seed=0)
+    assert skipped.value.reason == reason, skipped.value
 
 
 def _three_sample_shard(path: Path) -> bytes:

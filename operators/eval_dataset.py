@@ -36,6 +36,7 @@ from portraitflow.operators.generation_jobs import input_fingerprint, load_jobs
 from portraitflow.operators.inputs import input_key, is_apple_double
 from portraitflow.operators.job_status import FAILED, OK
 from portraitflow.operators.paths import IMAGE_SUFFIXES, VIDEO_SUFFIXES, hashed_name, safe_stem
+from portraitflow.operators.train_sample import SampleSkipped, check_digests
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,15 @@ def _meta(sample: dict[str, Any]) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
+def _damage(sample: dict[str, Any]) -> str | None:
+    """Why a curated sample is not as curation wrote it (`check_digests`), or None."""
+    try:
+        check_digests(sample)
+    except SampleSkipped as exc:
+        return str(exc)
+    return None
+
+
 def _origin(key: str, meta: dict[str, Any]) -> str:
     """The source video a shard sample was cut from, as its input key: from its json (`meta`)
     `source`, else from its clip key `{input_key}_{start_ms}_{end_ms}`, else the key itself."""
@@ -208,6 +218,9 @@ def _unpack_shards(spec: DatasetSpec, folder: Path,
                 if "mp4" not in sample:
                     log.warning("%s: sample %s has no mp4; skipped", url, key)
                     entries.append(_failed(key, url, "no_video", f"sample {key} of {url} has no mp4"))
+                elif damage := _damage(sample):  # decoding a damaged mp4 can crash this process
+                    log.warning("%s: sample %s skipped: %s", url, key, damage)
+                    entries.append(_failed(key, url, "damaged_sample", damage))
                 else:
                     target = folder / f"{key}.source.mp4"
                     if not target.is_file() or target.stat().st_size != len(sample["mp4"]) \

@@ -83,6 +83,21 @@ def test_portraits_no_clip_is_paired_with_are_named_in_a_warning(tmp_path: Path,
     assert len(jobs) == 1 and "2 of the 3 portraits in" in caplog.text and "there are 1 clips" in caplog.text
 
 
+def test_a_sample_damaged_since_curation_is_a_failed_row_not_decoded(tmp_path: Path) -> None:
+    """Its json's digests say so before the sweep's own process decodes it (a flipped mp4 byte can crash decord)."""
+    import hashlib
+
+    video = _clip(tmp_path / "a.mp4")
+    digests = {"sha256": {"mp4": hashlib.sha256(video).hexdigest()}}
+    damaged = video[:-9] + bytes([video[-9] ^ 1]) + video[-8:]
+    write_shard(tmp_path / "shards" / "000000.tar", {"good": {"mp4": video, "json": json.dumps(digests).encode()},
+                                                     "bad": {"mp4": damaged, "json": json.dumps(digests).encode()}})
+    jobs = {job["job_id"].split("-")[0]: job for job in
+            dataset_jobs(DatasetSpec(type="shards", path=str(tmp_path / "shards")), "self", tmp_path / "prepared")}
+    assert jobs["good"]["status"] == "ok"
+    assert (jobs["bad"]["status"], jobs["bad"]["reason"]) == ("failed", "damaged_sample")
+
+
 def test_a_key_repeated_in_another_shard_is_a_job_of_its_own(tmp_path: Path) -> None:
     shards = tmp_path / "foreign"
     write_shard(shards / "000000.tar", {"sample0": _sample(_clip(tmp_path / "a.mp4", shade=0))})

@@ -75,8 +75,10 @@ class TrainLoader:
         if not progress.samples_seen:
             rank, world_size = self.layout.rank, self.layout.world_size
             on_rank = f" on rank {rank} of {world_size}" if world_size > 1 else ""
+            dropped = (f"; drop_last drops each worker's last incomplete batch of {cfg.batch_size}, which may have "
+                       "been every sample it read" if cfg.drop_last else "")
             raise RuntimeError(f"training loader, epoch {progress.epoch}: no samples{on_rank} from {len(self.urls)} "
-                               f"shard(s), e.g. {self.urls[0]}; skipped so far {self.skipped}")
+                               f"shard(s), e.g. {self.urls[0]}; skipped so far {self.skipped}{dropped}")
         self._progress = None
         if self.skipped:
             log.warning("training loader, epoch %d: skipped so far %s", progress.epoch, self.skipped)

@@ -351,6 +351,8 @@ def test_an_epoch_without_samples_raises_with_the_skip_counts(dataset, tmp_path)
         list(TrainLoader(_config(dataset, shards=[str(garbage)])))
     with pytest.raises(RuntimeError, match=r"no samples from 4 shard.*'clip_too_short': 8"):
         list(TrainLoader(_config(dataset, n_frames=CLIP_FRAMES + 1, num_workers=2)))
+    with pytest.raises(RuntimeError, match=r"skipped so far \{\}; drop_last drops each worker's last incomplete batch"):
+        list(TrainLoader(_config(dataset, batch_size=5, drop_last=True, num_workers=2)))  # 4 samples a worker
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])

@@ -114,7 +114,8 @@ def expand_shards(sources: str | Sequence[str]) -> list[str]:
     index JSON files, a curated output folder (its index), or a list of any of these.
 
     Raises FileNotFoundError naming a local shard, index or folder that does not exist: the
-    reader would only skip it, so a mistyped path would give an empty epoch."""
+    reader would only skip it, so a mistyped path would give an empty epoch. A shard named twice
+    is read once, with a warning."""
     items = [sources] if isinstance(sources, str) else list(sources)
     urls: list[str] = []
     for item in items:
@@ -135,7 +136,13 @@ def expand_shards(sources: str | Sequence[str]) -> list[str]:
         glob = " (`*` and `?` are not patterns here: give a brace pattern such as {000000..000009}.tar, or the " \
                "curated folder)" if any(char in missing[0] for char in "*?") else ""
         raise FileNotFoundError(f"shard not found: {missing[0]}{more}{glob}")
-    return urls
+    by_file = {}
+    for url in urls:
+        by_file.setdefault(os.path.abspath(path) if (path := _local_path(url)) is not None else url, url)
+    unique = list(by_file.values())
+    if len(unique) < len(urls):  # a folder given twice, or overlapping patterns: each sample would come twice
+        log.warning("%d shard(s) are named more than once in %r: each is read once", len(urls) - len(unique), sources)
+    return unique
 
 
 def read_shard(url: str, handler: Callable[[BaseException], bool]) -> Iterator[dict[str, Any]]:

@@ -382,6 +382,13 @@ def test_index_folder_and_brace_pattern_name_the_same_shards(dataset) -> None:
     assert by_index == by_folder == by_pattern and len(by_index) == 4
 
 
+def test_a_shard_named_twice_is_read_once(dataset, caplog) -> None:
+    """A folder listed twice, or a pattern overlapping it, gave every sample twice an epoch."""
+    with caplog.at_level("WARNING"):
+        urls = expand_shards([str(dataset[0]), str(dataset[0] / "shards" / "{000002..000003}.tar")])
+    assert urls == expand_shards(str(dataset[0])) and "2 shard(s) are named more than once" in caplog.text
+
+
 def test_shard_errors_say_what_to_give(dataset, tmp_path, monkeypatch) -> None:
     """A `*.tar` glob read "shard not found", a folder whose curation accepted nothing "no shards",
     and `~` was not expanded."""

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from portraitflow.operators import ledger
-from portraitflow.operators.shards import INDEX_NAME, read_index, shard_note, shard_notes, shard_paths, whole_shard_keys
+from portraitflow.operators.shards import (INDEX_NAME, iter_samples, read_index, shard_note, shard_notes, shard_paths,
+                                           whole_shard_keys)
 
 
 #: what each kind of mismatch between the shards and the tables or index means, for the message
@@ -35,7 +37,7 @@ def _read_table(path: Path):
         raise DamagedTable(f"{path} cannot be read ({' '.join(str(exc).split())[:200]})") from exc
 
 
-def summarise(out: Path, samples: int = 5, quick: bool = False) -> dict:
+def summarise(out: Path, samples: int = 5, quick: bool = False, verify: bool = False) -> dict:
     """Inputs per status, clips per decision and reason, shard sizes, a few sample keys and the
     first failed inputs (`failed_shown` says how many of all). A shard that cannot be read whole
     counts its intact samples and says why in `error`; `shards_unreadable` counts such shards.
@@ -44,11 +46,14 @@ def summarise(out: Path, samples: int = 5, quick: bool = False) -> dict:
     cannot be read (its shards are then not compared). `quick` takes the keys the run that wrote a
     shard noted (`.state/shard_keys/`) while its size and time are unchanged, instead of reading
     every header (41 ms a 100-sample shard: 34 min for 50,000); damage in place that keeps both
-    is then not seen."""
+    is then not seen. `verify` reads every member too (`_damaged_samples`): each shard entry
+    lists its samples damaged since curation under `damaged`, counted in `samples_damaged`."""
     manifest, clips = (_read_table(out / name) for name in ("manifest.parquet", "clips.parquet"))
     shards, keys, held = [], [], {}
     for path in shard_paths(out / "shards"):
         entry, intact_keys = _read_shard(path, shard_notes(out) if quick else None)
+        if verify and (damaged := _damaged_samples(path)):
+            entry["damaged"] = damaged
         shards.append(entry)
         held[str(path.relative_to(out))] = intact_keys
         keys = keys or intact_keys[:samples]
@@ -68,6 +73,7 @@ def summarise(out: Path, samples: int = 5, quick: bool = False) -> dict:
         "hours_accepted": round(float(manifest.seconds_accepted.sum()) / 3600, 4),
         "shards": shards,
         "shards_unreadable": sum("error" in entry for entry in shards),
+        **({"samples_damaged": sum(len(entry.get("damaged", [])) for entry in shards)} if verify else {}),
         "index": INDEX_NAME if (out / INDEX_NAME).exists() else None,
         **({"index_error": index_error} if index_error else {}),
         "mismatches": _mismatches(listed, set(clips.key[clips.decision == "accepted"]), held, samples),
@@ -95,6 +101,27 @@ def _mismatches(listed: set[str] | None, accepted: set[str], held: dict[str, lis
     return {kind: {"count": len(names), "first": sorted(names)[:samples]} for kind, names in found.items() if names}
 
 
+def _damaged_samples(path: Path) -> list[str]:
+    """`key (why)` for each sample of a shard that lacks a member training needs or holds one that
+    no longer matches the SHA-256 its json records (samples curated before digests: members only).
+    Reads every member; a shard's break is reported by its headers' read."""
+    from portraitflow.operators.train_sample import REQUIRED_MEMBERS, SampleSkipped, check_digests
+
+    damaged = []
+    try:
+        for key, fields in iter_samples(path):
+            missing = [name for name in (*REQUIRED_MEMBERS, "json") if not fields.get(name)]
+            try:
+                if missing:
+                    raise SampleSkipped("missing_member", f"lacks {missing}")
+                check_digests({"__key__": key, **fields})
+            except SampleSkipped as exc:
+                damaged.append(f"{key} ({exc})")
+    except (tarfile.TarError, OSError):
+        pass
+    return damaged
+
+
 def _read_shard(path: Path, notes: Path | None) -> tuple[dict, list[str]]:
     """A shard's summary entry and the keys of its intact samples (those before a break), read from
     its headers, or from `notes` where they hold the shard as it is."""
@@ -108,6 +135,7 @@ def _read_shard(path: Path, notes: Path | None) -> tuple[dict, list[str]]:
 def inspect(
     out: Annotated[Path, typer.Argument(metavar="OUT", help="A folder written by `portraitflow curate`.", exists=True)],
     quick: Annotated[bool, typer.Option("--quick", help="Take each shard's keys from the note its run wrote while the shard's size and time are unchanged, instead of reading every header (a large corpus: minutes, not tens of minutes); damage in place that keeps both is then not seen.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Also read every member: a sample lacking one training needs, or holding one that no longer matches the SHA-256 its json records (damage in place, bit rot), is named (about a second per GB).")] = False,
 ) -> None:
     """Summarise a curated output: counts per status and reason, shard sizes, sample keys.
 
@@ -123,7 +151,7 @@ def inspect(
                    else "not a folder written by `portraitflow curate`")
             raise typer.BadParameter(f"{table} not found: {why}", param_hint="OUT")
     try:
-        summary = summarise(out, quick=quick)
+        summary = summarise(out, quick=quick, verify=verify)
     except DamagedTable as exc:
         raise typer.BadParameter(f"{exc}: {rerun}", param_hint="OUT") from None
     typer.echo(json.dumps(summary, indent=1))
@@ -134,6 +162,11 @@ def inspect(
     for kind, found in summary["mismatches"].items():
         more = ", ..." if found["count"] > len(found["first"]) else ""
         problems.append(f"{found['count']} {MISMATCHES[kind]}: {', '.join(found['first'])}{more}")
+    damaged = [entry for entry in summary["shards"] if "damaged" in entry]
+    if damaged:
+        named = [sample for entry in damaged for sample in entry["damaged"]]
+        problems.append(f"{len(named)} sample(s) in {len(damaged)} shard(s) damaged since curation: "
+                        f"{'; '.join(named[:5])}{'; ...' if len(named) > 5 else ''}")
     if problems:
         typer.echo("\n".join(problems), err=True)
         # a shard damaged in place keeps the size and time its note names, and curate trusts the note
@@ -141,6 +174,10 @@ def inspect(
                  if (note := shard_note(Path(entry["name"]), shard_notes(out))).is_file()]
         first = f"delete the notes that vouch for the unreadable shards (rm {' '.join(map(str, notes))}), then " \
             if notes else ""
+        if damaged:  # they read whole: curate keeps them, so they go, and their inputs are curated again
+            doomed = [out / "shards" / entry["name"] for entry in damaged]
+            doomed += [note for path in doomed if (note := shard_note(path, shard_notes(out))).is_file()]
+            first += f"delete the shards holding damaged samples and their notes (rm {' '.join(map(str, doomed))}), then "
         typer.echo(f"to repair it, {first}rerun `portraitflow curate` with the same inputs and --out {out}: it "
                    "rewrites damaged shards, curates again the inputs whose clips were lost, and rewrites the index "
                    "and the tables (move out first any shard copied in from another corpus)", err=True)

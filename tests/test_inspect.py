@@ -171,3 +171,30 @@ def test_a_run_names_a_shard_copied_in_from_another_corpus(tmp_path: Path, monke
         run_curation(load_config(None, ONE_PER_SHARD), uris, out)
     [warning] = [r.getMessage() for r in caplog.records if "no clip of this corpus" in r.getMessage()]
     assert warning.startswith("1 sample(s) in shards/ 000001.tar are no clip of this corpus")
+
+
+def test_verify_names_samples_damaged_in_place_and_the_shards_to_delete(tmp_path: Path, monkeypatch) -> None:
+    """A member changed in place (size and time kept) or one missing passed inspect (exit 0), and a
+    rerun of curate kept the shard: training skipped the clip every epoch."""
+    import hashlib
+
+    from portraitflow.jobs.curate import run_curation
+    from portraitflow.jobs.inspect_cmd import _damaged_samples
+    from synthetic_shards import clip_members, write_shard
+
+    members = clip_members(8, 0, tmp_path)
+    meta = json.loads(members["json"])
+    meta["sha256"] = {name: hashlib.sha256(data).hexdigest() for name, data in members.items() if name != "json"}
+    members["json"] = json.dumps(meta).encode()
+    flipped = {**members, "kps.npy": members["kps.npy"][:-1] + bytes([members["kps.npy"][-1] ^ 1])}
+    without = {name: data for name, data in members.items() if name != "pose.npy"}
+    write_shard(tmp_path / "000000.tar", {"good": members, "flipped": flipped, "without": without})
+    assert [entry.split(" (")[0] for entry in _damaged_samples(tmp_path / "000000.tar")] == ["flipped", "without"]
+
+    out, uris = _prepared(tmp_path, monkeypatch, ["anna"])  # staged samples lack landmarks, kps and pose
+    run_curation(load_config(None, ONE_PER_SHARD), uris, out)
+    assert _inspect(out).exit_code == 0  # headers alone do not see it
+    result = CliRunner().invoke(app, ["inspect", str(out), "--verify"], env={"COLUMNS": "400"})
+    assert result.exit_code == 1 and json.loads(result.stdout)["samples_damaged"] == 1
+    assert "1 sample(s) in 1 shard(s) damaged since curation: anna-" in result.stderr
+    assert f"rm {out / 'shards' / '000000.tar'}" in result.stderr

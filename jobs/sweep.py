@@ -104,11 +104,13 @@ class ChildRuns:
         if self._stopped:
             raise SweepInterrupted
 
-    def end(self, run_id: str, status: str) -> None:
-        """Terminate a run this sweep started, unless `stop` ended it first."""
+    def end(self, run_id: str, status: str) -> bool:
+        """Terminate a run this sweep started, unless `stop` ended it first (then False)."""
         with self._lock:
-            if run_id in self._running:
-                self._terminate(run_id, status)
+            if run_id not in self._running:
+                return False
+            self._terminate(run_id, status)
+            return True
 
     def stop(self) -> None:
         with self._lock:
@@ -407,8 +409,8 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
                 merged = merged.fillna({"status": FAILED, "reason": "not_generated"}).assign(
                     paste_back=sweep_spec.config_settings(params, cfg).paste_back)  # how the evaluator frames the truth
                 score_and_log(client, run_id, merged, label, work_dir, evaluate, cfg)
-            children.end(run_id, "FINISHED")
-            if scored_before is None:
+            # a run the sweep's stop ended KILLED does not vouch for its scores, however far they got
+            if children.end(run_id, "FINISHED") and scored_before is None:
                 atomic_write(work_dir / SCORED_BY, run_id)
         except Exception as exc:  # one broken config must not stop the others; its run says why
             children.check()  # unless the sweep was stopped under it: then it was killed, not broken

@@ -105,6 +105,28 @@ def test_ctrl_c_starts_no_queued_config_and_ends_the_runs_in_flight_killed(drive
     assert "The sweep was interrupted (its run ended KILLED): 2 of its 4 configs ran" in page
 
 
+def test_a_config_stopped_while_scoring_leaves_no_record_that_its_scores_stand(driver, monkeypatch) -> None:
+    """Ctrl-C while a config scored: its run ended KILLED, yet scored_by.txt named it (review s23)."""
+    sweep, cfg, data = driver
+    _fake_generation(sweep, monkeypatch)
+    stopped = threading.Event()
+
+    def score(*_args):  # the sweep is stopped under it; it finishes its stage as scoring does
+        os.kill(os.getpid(), signal.SIGINT)
+        stopped.wait(timeout=30)
+
+    monkeypatch.setattr(sweep, "score_and_log", score)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sweep.run_sweep(_spec(data, [{"backend": "still"}]), cfg, data / "out")
+    finally:
+        stopped.set()
+        for thread in threading.enumerate():
+            if thread.name.startswith("sweep-config"):
+                thread.join(timeout=30)
+    assert list((data / "out" / "configs").glob("*/scores/*/")) and not list((data / "out").rglob(sweep.SCORED_BY))
+
+
 @pytest.mark.parametrize(("cpus", "configs", "refused"), [
     (2.0, [{"backend": "warp"}, {"backend": "warp", "pose_multiplier": 0.5}], True),  # two actors, nothing feeds them
     (3.0, [{"backend": "warp"}, {"backend": "warp", "pose_multiplier": 0.5}], False),

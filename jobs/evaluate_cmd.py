@@ -72,7 +72,10 @@ def evaluate(
     if "status" in table:
         table = table.assign(status=table["status"].replace({SKIPPED: OK}))
     table = table.assign(job_id=[safe_stem(str(j)) for j in table["job_id"]])  # ids name files under OUT
-    run_id = evaluate_results(table, cfg, out, name=results.parent.name or "evaluate", results=results)
+    # named by its folder (animate's --out), and by the file too where it is not animate's: two tables
+    # of one folder made two runs and pages of one name
+    name = results.parent.name if results.name == "results.parquet" else f"{results.parent.name}/{results.name}"
+    run_id = evaluate_results(table, cfg, out, name=name.strip("/") or "evaluate", results=results)
     page = report_from_run(run_id, cfg, out / "report")
     typer.echo(f"run {run_id}\nreport {page}")
     _refuse_nothing_scored(out / "per_video.parquet", results)

@@ -405,8 +405,9 @@ def test_evaluate_reads_job_ids_of_a_text_results_file_as_text(tmp_path: Path, m
     (tmp_path / "jobs.csv").write_text(f"job_id,ref,driving\n{ids[0]},r.png,d.mp4\n{ids[1]},q.png,e.mp4\n")
     scored = []
 
-    def evaluate_results(table: pd.DataFrame, cfg, out_dir, *_, **__) -> str:
+    def evaluate_results(table: pd.DataFrame, cfg, out_dir, *_, name: str, **__) -> str:
         scored.append(table)
+        assert name == f"{tmp_path.name}/{results.name}"  # two tables of one folder were two runs of one name
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         table.assign(status="ok").to_parquet(Path(out_dir) / "per_video.parquet")  # as the real one writes it
         return "run"

@@ -48,7 +48,7 @@ from portraitflow.operators.probe import error_text
 from portraitflow.operators.quarantine import MAX_ATTEMPTS, quarantined_row
 from portraitflow.operators.scan_store import (GALLERY_DIGEST_PREFIX, GALLERY_SETTINGS, SCAN_MEASURES_VERSION,
                                                gallery_digests, load_scan_meta, scan_clips, scan_path)
-from portraitflow.operators.shards import (INDEX_NAME, default_pack_workers, pack_shards, read_index, rewrite_whole,
+from portraitflow.operators.shards import (INDEX_NAME, default_pack_workers, indexed_shards, pack_shards, rewrite_whole,
                                            shard_notes, shard_paths, whole_shard_keys, write_index)
 
 log = logging.getLogger(__name__)
@@ -250,7 +250,7 @@ def _repair_shard(path: Path, whole: list[str], damage: Exception) -> list[str]:
 def _indexed_samples(out: Path) -> dict[str, int]:
     """Samples per shard as the index last listed them (none when it is missing or unreadable)."""
     try:
-        return read_index(out)
+        return indexed_shards(out)
     except (OSError, ValueError):
         return {}
 

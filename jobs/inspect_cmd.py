@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from portraitflow.operators import ledger
-from portraitflow.operators.shards import (INDEX_NAME, iter_samples, read_index, shard_note, shard_notes, shard_paths,
+from portraitflow.operators.shards import (INDEX_NAME, indexed_shards, iter_samples, shard_note, shard_notes, shard_paths,
                                            whole_shard_keys)
 
 
@@ -59,7 +59,7 @@ def summarise(out: Path, samples: int = 5, quick: bool = False, verify: bool = F
         keys = keys or intact_keys[:samples]
     failed = manifest[manifest.status == ledger.FAILED]
     try:
-        listed, index_error = set(read_index(out)), None
+        listed, index_error = set(indexed_shards(out)), None
     except FileNotFoundError:
         listed, index_error = set(), None
     except (OSError, ValueError) as exc:
@@ -105,7 +105,7 @@ def _damaged_samples(path: Path) -> list[str]:
     """`key (why)` for each sample of a shard that lacks a member training needs or holds one that
     no longer matches the SHA-256 its json records (samples curated before digests: members only).
     Reads every member; a shard's break is reported by its headers' read."""
-    from portraitflow.operators.train_sample import REQUIRED_MEMBERS, SampleSkipped, check_digests
+    from portraitflow.operators.train_sample import REQUIRED_MEMBERS, SampleSkipped, check_digests, sample_meta
 
     damaged = []
     try:
@@ -114,7 +114,7 @@ def _damaged_samples(path: Path) -> list[str]:
             try:
                 if missing:
                     raise SampleSkipped("missing_member", f"lacks {missing}")
-                check_digests({"__key__": key, **fields})
+                check_digests({"__key__": key, **fields}, sample_meta({"__key__": key, **fields}))
             except SampleSkipped as exc:
                 damaged.append(f"{key} ({exc})")
     except (tarfile.TarError, OSError):

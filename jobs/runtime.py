@@ -142,13 +142,17 @@ def check_mlflow_reachable(cfg: MLflowConfig) -> None:
 def _check_store_scheme(uri: str) -> None:
     """ServiceUnreachable for a URI whose scheme no installed tracking store (MLflow's own or a
     plugin's) takes: MLflow refused it in two chained tracebacks."""
-    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
-    from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
+    try:  # MLflow's registry is not public API: where it moved, MLflow's own error stands
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+        from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
 
+        known = set(_tracking_store_registry._registry)
+    except (ImportError, AttributeError):
+        return
     try:
         _tracking_store_registry.get_store_builder(uri)
     except UnsupportedModelRegistryStoreURIException:
-        schemes = ", ".join(sorted(s for s in _tracking_store_registry._registry if s not in ("", "file")))
+        schemes = ", ".join(sorted(s for s in known if s not in ("", "file")))
         raise ServiceUnreachable(f"the MLflow tracking URI {uri!r} has a scheme no tracking store takes "
                                  f"(these do: {schemes})") from None
 
@@ -373,7 +377,9 @@ def mlflow_tracking_uri(cfg: MLflowConfig) -> str:
     if not uri:
         return f"sqlite:///{Path.cwd() / DEFAULT_MLFLOW_DB}"
     database = sqlite_store_path(uri)
-    if database is not None and not database.is_absolute() and not str(database).startswith(":"):  # not :memory:
+    # not :memory:, an SQLite URI filename (`file:x.db?uri=true`) or no path at all
+    if database is not None and str(database) not in ("", ".") and not database.is_absolute() \
+            and not str(database).startswith((":", "file:")):
         return f"sqlite:///{database.absolute()}"
     return uri
 

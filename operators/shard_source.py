@@ -13,12 +13,12 @@
 """
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
 import posixpath
 import tarfile
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlparse
@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 import webdataset as wds
 from webdataset.gopen import gopen, gopen_schemes
 
-from portraitflow.operators.shards import INDEX_NAME
+from portraitflow.operators.shards import INDEX_NAME, parse_index
 from portraitflow.operators.train_sample import SampleSkipped
 
 log = logging.getLogger(__name__)
@@ -93,13 +93,8 @@ def read_index(url: str) -> list[str]:
     name files and storage URLs only. webdataset would run a `pipe:` entry through the shell, and
     fetch `http:` ones with curl, so any other scheme is refused."""
     base = posixpath.dirname(url)
-    try:
-        entries = [str(entry["url"]) for entry in json.loads(_read_text(url))["shardlist"]]
-    except (ValueError, KeyError, TypeError) as exc:  # cut short, overwritten, another tool's JSON
-        raise ValueError(f"{url} cannot be read as a shard index ({type(exc).__name__}: {exc}); one `portraitflow "
-                         "curate` wrote is written again by rerunning it with the same inputs and --out") from None
     urls = []
-    for shard in entries:
+    for shard in parse_index(_read_text(url), url):
         scheme = urlparse(shard).scheme
         if scheme not in ("", "file", *PYARROW_SCHEMES):
             raise ValueError(f"{url} names the shard {shard[:200]!r}: an index may name files and "
@@ -114,8 +109,8 @@ def expand_shards(sources: str | Sequence[str]) -> list[str]:
     index JSON files, a curated output folder (its index), or a list of any of these.
 
     Raises FileNotFoundError naming a local shard, index or folder that does not exist: the
-    reader would only skip it, so a mistyped path would give an empty epoch. A shard named twice
-    is read once, with a warning."""
+    reader would only skip it, so a mistyped path would give an empty epoch. A shard named more
+    than once is read as often (oversampling), with a warning."""
     items = [sources] if isinstance(sources, str) else list(sources)
     urls: list[str] = []
     for item in items:
@@ -136,13 +131,11 @@ def expand_shards(sources: str | Sequence[str]) -> list[str]:
         glob = " (`*` and `?` are not patterns here: give a brace pattern such as {000000..000009}.tar, or the " \
                "curated folder)" if any(char in missing[0] for char in "*?") else ""
         raise FileNotFoundError(f"shard not found: {missing[0]}{more}{glob}")
-    by_file = {}
-    for url in urls:
-        by_file.setdefault(os.path.abspath(path) if (path := _local_path(url)) is not None else url, url)
-    unique = list(by_file.values())
-    if len(unique) < len(urls):  # a folder given twice, or overlapping patterns: each sample would come twice
-        log.warning("%d shard(s) are named more than once in %r: each is read once", len(urls) - len(unique), sources)
-    return unique
+    named = Counter(os.path.abspath(path) if (path := _local_path(url)) is not None else url for url in urls)
+    if len(named) < len(urls):  # oversampling, or a folder given twice by mistake: the samples come as often
+        log.warning("%d shard(s) are named more than once in %r: each is read as often as named, its samples as "
+                    "often an epoch", sum(1 for count in named.values() if count > 1), sources)
+    return urls
 
 
 def read_shard(url: str, handler: Callable[[BaseException], bool]) -> Iterator[dict[str, Any]]:

@@ -388,15 +388,21 @@ def pack_shards(
     return written
 
 
-def read_index(out_dir: Path) -> dict[str, int]:
-    """Samples per shard (its path below `out_dir`) as the folder's index lists them.
-    FileNotFoundError when there is none, ValueError naming the file when it is no index."""
-    path = out_dir / INDEX_NAME
-    text = path.read_text(encoding="utf-8", errors="replace")
+def parse_index(text: str, where: str) -> dict[str, int]:
+    """Samples per shard URL of a wids-style index's text (`where` names it in the error):
+    ValueError for one cut short, overwritten or another tool's JSON."""
     try:
         return {str(entry["url"]): int(entry["nsamples"]) for entry in json.loads(text)["shardlist"]}
     except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path} cannot be read as a shard index ({type(exc).__name__}: {exc})") from None
+        raise ValueError(f"{where} cannot be read as a shard index ({type(exc).__name__}: {exc}); one `portraitflow "
+                         "curate` wrote is written again by rerunning it with the same inputs and --out") from None
+
+
+def indexed_shards(out_dir: Path) -> dict[str, int]:
+    """Samples per shard (its path below `out_dir`) as the folder's index lists them.
+    FileNotFoundError when there is none, ValueError naming the file when it is no index."""
+    path = out_dir / INDEX_NAME
+    return parse_index(path.read_text(encoding="utf-8", errors="replace"), str(path))
 
 
 def write_index(out_dir: Path, shard_dir: Path, name: str = "portraitflow") -> dict:

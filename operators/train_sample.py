@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -81,7 +82,8 @@ def _load_array(sample: Mapping[str, Any], name: str, shape: tuple[int, ...] | N
         size = int(np.prod(declared, dtype=np.int64)) * dtype.itemsize
     except Exception as exc:  # noqa: BLE001 - whatever the parser raises for bytes it cannot read
         raise SampleSkipped("bad_array", f"{name}: {type(exc).__name__}: {exc}") from exc
-    if dtype.hasobject or size != len(data) - stream.tell():
+    if dtype.hasobject or not all(type(side) is int and side >= 0 for side in declared) \
+            or size != len(data) - stream.tell():
         raise SampleSkipped("bad_array", f"{name}: a header of shape {declared} {dtype} over {len(data) - stream.tell()} "
                             "bytes of data")
     try:
@@ -236,7 +238,7 @@ def build_train_sample(sample: Mapping[str, Any], n_frames: int = 25, seed: int 
     face backends).
     """
     key = str(sample.get("__key__", ""))
-    check_digests(sample)
+    check_digests(sample, sample_meta(sample), (*REQUIRED_MEMBERS, "boxes.npy"))  # what is decoded here
     tracks = parse_tracks(sample)
     if identity_dim is not None and len(tracks.identity) != identity_dim:
         raise SampleSkipped("identity_mismatch", f"identity has {len(tracks.identity)} dimensions, not {identity_dim}")
@@ -263,19 +265,23 @@ def sample_builder(cfg: TrainDataConfig, epoch: int) -> Callable[[Mapping[str, A
                    reference=cfg.reference, identity_backend=cfg.identity_backend)
 
 
-def check_digests(sample: Mapping[str, Any]) -> None:
-    """SampleSkipped ("damaged_member") for a member whose bytes are not those curation wrote, by
-    the SHA-256 its json records of each other member (samples curated before it record none). A
-    damaged mp4 is not always an error to the decoder: one flipped byte of its sample table made
-    decord crash the process (a segmentation fault), which no handler counts."""
-    for name, digest in _meta(sample).get("sha256", {}).items():
-        if name in sample and hashlib.sha256(bytes(sample[name])).hexdigest() != digest:
+def check_digests(sample: Mapping[str, Any], meta: Mapping[str, Any], names: Iterable[str] | None = None) -> None:
+    """SampleSkipped ("damaged_member") for a member (of `names`, default all) whose bytes are not
+    those curation wrote, by the SHA-256 its json (`meta`) records of each other member (samples
+    curated before, or by other tools, record none). A damaged mp4 is not always an error to the
+    decoder: one flipped byte of its sample table made decord crash the process (a segmentation
+    fault), which no handler counts."""
+    digests = meta.get("sha256")
+    if not isinstance(digests, dict):
+        return
+    for name in digests if names is None else names:
+        if name in sample and name in digests and hashlib.sha256(bytes(sample[name])).hexdigest() != digests[name]:
             raise SampleSkipped("damaged_member", f"{sample.get('__key__')}: {name} is not the file curation wrote "
                                 "(its SHA-256 differs from the json's): the shard was damaged since")
 
 
-def _meta(sample: Mapping[str, Any]) -> dict[str, Any]:
-    """The sample's json as a dict; empty where it has none (samples from other tools).
+def sample_meta(sample: Mapping[str, Any]) -> dict[str, Any]:
+    """A curated sample's json as a dict; empty where it has none (samples from other tools).
     SampleSkipped ("bad_json") for one that is there but holds no JSON object: cut short or
     overwritten, it gave NaN rates and no digests without a word."""
     if not sample.get("json"):
@@ -284,20 +290,20 @@ def _meta(sample: Mapping[str, Any]) -> dict[str, Any]:
         meta = json.loads(bytes(sample["json"]))
     except (ValueError, TypeError) as exc:
         raise SampleSkipped("bad_json", f"{sample.get('__key__')}: the json does not parse ({exc})") from exc
-    if not isinstance(meta, dict) or not isinstance(meta.get("sha256", {}), dict):
+    if not isinstance(meta, dict):
         raise SampleSkipped("bad_json", f"{sample.get('__key__')}: the json holds no sample description")
     return meta
 
 
 def _face_backend(sample: Mapping[str, Any]) -> str | None:
     """The face backend the sample's json says curated it; None where it says none."""
-    return _meta(sample).get("face_backend")
+    return sample_meta(sample).get("face_backend")
 
 
 def _curated_reference(sample: Mapping[str, Any]) -> int:
     """The frame curation chose as the clip's reference (`ref_frame` in its json)."""
     try:
-        return int(_meta(sample)["ref_frame"])
+        return int(sample_meta(sample)["ref_frame"])
     except (KeyError, ValueError, TypeError) as exc:
         raise SampleSkipped("no_curated_reference", f"no curated reference frame (`ref_frame`) in the sample's json "
                             f"({exc!r}): curated by an earlier version? train_data.reference random takes any") from exc
@@ -309,14 +315,20 @@ def _clip_rates(sample: Mapping[str, Any]) -> dict[str, np.float32]:
     frame). From the sample's json, NaN where it does not say (`source_fps`: curated before it was
     recorded). Not what SVD's `added_time_ids` take: the release conditions on a constant 12.5
     (SPEC section 8)."""
-    meta = _meta(sample)
+    meta = sample_meta(sample)
     rates = {}
     for name in ("fps", "source_fps"):
         value = meta.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not np.isfinite(value) or value <= 0):
+        if value is None:
+            rates[name] = np.float32(np.nan)
+            continue
+        try:
+            rate = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+        except OverflowError:  # an integer past float's range
+            rate = math.inf
+        if not (math.isfinite(rate) and rate > 0):
             raise SampleSkipped("bad_json", f"{sample.get('__key__')}: `{name}` is {value!r}, no frame rate")
-        rates[name] = np.float32(np.nan if value is None else value)
+        rates[name] = np.float32(rate)
     return rates
 
 

@@ -29,7 +29,7 @@ from portraitflow.operators.train_progress import (EpochProgress, RankLayout, bo
 from portraitflow.operators.train_sample import sample_builder
 
 log = logging.getLogger(__name__)
-#: tries of a Ray shard task whose worker process dies, before the epoch fails with the error
+#: retries of a Ray shard task whose worker process dies (Ray Data's default is forever), after which the epoch fails
 SHARD_TASK_RETRIES = 3
 
 
@@ -123,7 +123,7 @@ def ray_train_dataset(cfg: TrainDataConfig, epoch: int = 0) -> tuple[ray.data.Da
     check_trainable(urls, build)
     tally = SkipTally.remote()
     shards = ray.data.from_items([{"url": url} for url in urls], override_num_blocks=len(urls))
-    # a task whose worker dies (a sample crashing the decoder's process) fails the epoch after 3 tries: Ray retried it forever
+    # a task whose worker dies (a sample crashing the decoder's process) is retried a bounded number of times
     dataset = shards.map_batches(shard_samples, batch_size=1, fn_kwargs={"build": build, "tally": tally},
                                  max_retries=SHARD_TASK_RETRIES)
     return dataset, tally

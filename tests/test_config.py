@@ -66,6 +66,10 @@ def test_unreadable_config_and_bad_yaml_are_value_errors_that_name_the_source(tm
     bad.write_text("curate:\n  fps: 10\n  fps: 25\n")  # PyYAML keeps the last one without a word
     with pytest.raises(ValueError, match=re.escape(f"{bad} is not valid YAML: the key 'fps' is given twice at line 3")):
         load_config(bad)
+    bad.write_text("base: &base {fps: 10, crop_size: 256}\n")
+    merged = tmp_path / "merged.yaml"  # a merge key is no repeat, and an explicit key overrides what it merges
+    merged.write_text("curate:\n  <<: {fps: 10, crop_size: 256}\n  fps: 25\n")
+    assert (load_config(merged).curate.fps, load_config(merged).curate.crop_size) == (25, 256)
     with pytest.raises(ValueError, match=r"override 'curate.fps=\[' is not valid YAML"):
         load_config(None, ["curate.fps=["])
 

@@ -91,10 +91,12 @@ def test_a_sample_damaged_since_curation_is_a_failed_row_not_decoded(tmp_path: P
     digests = {"sha256": {"mp4": hashlib.sha256(video).hexdigest()}}
     damaged = video[:-9] + bytes([video[-9] ^ 1]) + video[-8:]
     write_shard(tmp_path / "shards" / "000000.tar", {"good": {"mp4": video, "json": json.dumps(digests).encode()},
-                                                     "bad": {"mp4": damaged, "json": json.dumps(digests).encode()}})
+                                                     "bad": {"mp4": damaged, "json": json.dumps(digests).encode()},
+                                                     "foreign": {"mp4": video, "json": b'{"sha256": "ab12"}'},
+                                                     "caption": {"mp4": video, "json": b"a caption"}})
     jobs = {job["job_id"].split("-")[0]: job for job in
             dataset_jobs(DatasetSpec(type="shards", path=str(tmp_path / "shards")), "self", tmp_path / "prepared")}
-    assert jobs["good"]["status"] == "ok"
+    assert jobs["good"]["status"] == jobs["foreign"]["status"] == jobs["caption"]["status"] == "ok"  # other tools' json
     assert (jobs["bad"]["status"], jobs["bad"]["reason"]) == ("failed", "damaged_sample")
 
 

@@ -979,7 +979,7 @@ def test_the_report_says_how_many_of_the_datasets_videos_could_not_be_used() -> 
     from portraitflow.jobs.sweep import _sweep_notes
 
     def parent(status: str, failed: float) -> SimpleNamespace:
-        return SimpleNamespace(info=SimpleNamespace(status=status),
+        return SimpleNamespace(info=SimpleNamespace(status=status, lifecycle_stage="active", run_id="r"),
                                data=SimpleNamespace(params={"configs": "3"}, metrics={"videos_failed": failed}))
 
     [note] = _sweep_notes(parent("FINISHED", 2.0), 3)

@@ -175,7 +175,8 @@ def test_a_run_names_a_shard_copied_in_from_another_corpus(tmp_path: Path, monke
 
 def test_verify_names_samples_damaged_in_place_and_the_shards_to_delete(tmp_path: Path, monkeypatch) -> None:
     """A member changed in place (size and time kept) or one missing passed inspect (exit 0), and a
-    rerun of curate kept the shard: training skipped the clip every epoch."""
+    rerun of curate kept the shard: training skipped the clip every epoch. Both are found by
+    `_damaged_samples`; through the command, samples missing members (the staged stand-ins')."""
     import hashlib
 
     from portraitflow.jobs.curate import run_curation

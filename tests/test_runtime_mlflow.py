@@ -35,6 +35,8 @@ def test_default_store_is_sqlite_in_the_working_directory(tmp_path: Path, monkey
     assert mlflow_tracking_uri(MLflowConfig(tracking_uri="sqlite:////data/x.db")) == "sqlite:////data/x.db"
     # a relative store is made absolute: recorded by a sweep, it named another store from elsewhere
     assert mlflow_tracking_uri(MLflowConfig(tracking_uri="sqlite:///x.db")) == f"sqlite:///{tmp_path / 'x.db'}"
+    for kept in ("sqlite:///file:x.db?mode=memory&uri=true", "sqlite:///:memory:", "sqlite:///"):
+        assert mlflow_tracking_uri(MLflowConfig(tracking_uri=kept)) == kept
 
 
 def test_disabled_tracking_yields_no_run() -> None:

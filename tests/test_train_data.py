@@ -257,9 +257,11 @@ def _with_digests(members: dict[str, bytes]) -> dict[str, bytes]:
 
 
 def _npy_header_replaced(data: bytes, old: bytes, new: bytes) -> bytes:
-    """An .npy whose header has `old` replaced by `new`, padded to its length (the data stays)."""
-    header_end = data.index(b"\n") + 1
-    return data[:header_end].replace(old, new.ljust(len(old))) + data[header_end:]
+    """An .npy whose header has `old` replaced by `new`, the header's padding taking up the
+    difference, so its length and the data stay where they were."""
+    header_end = data.index(b"\n")
+    header = data[:header_end].replace(old, new)
+    return header[:header_end].ljust(header_end) + data[header_end:]
 
 
 @pytest.mark.parametrize(("damage", "reason"), [
@@ -272,6 +274,9 @@ def _npy_header_replaced(data: bytes, old: bytes, new: bytes) -> bytes:
      "bad_array"),  # asked numpy for terabytes
     (lambda m: {**m, "json": m["json"][:20]}, "bad_json"),  # cut short: NaN rates, no digests, no word
     (lambda m: {**m, "json": m["json"].replace(b'"fps": 25.0', b'"fps": "abc"')}, "bad_json"),
+    (lambda m: {**m, "json": m["json"].replace(b'"fps": 25.0', b'"fps": 1' + b"0" * 400)}, "bad_json"),  # TypeError
+    (lambda m: {**m, "pose.npy": _npy_header_replaced(m["pose.npy"], b"'shape': (", b"'shape': (True, ")},
+     "bad_array"),  # a bool passes for an int in the header: TypeError in np.load
 ])
 def test_damaged_members_and_descriptions_are_skipped_by_reason(tmp_path, damage, reason: str) -> None:
     members = clip_members(CLIP_FRAMES, 7, tmp_path)
@@ -382,11 +387,12 @@ def test_index_folder_and_brace_pattern_name_the_same_shards(dataset) -> None:
     assert by_index == by_folder == by_pattern and len(by_index) == 4
 
 
-def test_a_shard_named_twice_is_read_once(dataset, caplog) -> None:
-    """A folder listed twice, or a pattern overlapping it, gave every sample twice an epoch."""
+def test_a_shard_named_twice_is_read_twice_with_a_warning(dataset, caplog) -> None:
+    """A folder listed twice, or a pattern overlapping it, gave every sample twice an epoch without a
+    word; repeating shards is also how WebDataset users oversample, so they stay as named."""
     with caplog.at_level("WARNING"):
         urls = expand_shards([str(dataset[0]), str(dataset[0] / "shards" / "{000002..000003}.tar")])
-    assert urls == expand_shards(str(dataset[0])) and "2 shard(s) are named more than once" in caplog.text
+    assert urls == expand_shards(str(dataset[0])) + urls[-2:] and "2 shard(s) are named more than once" in caplog.text
 
 
 def test_shard_errors_say_what_to_give(dataset, tmp_path, monkeypatch) -> None:

@@ -77,14 +77,16 @@ def apply_overrides(
     return merged
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class _UniqueKeySafeLoader(yaml.SafeLoader):
     """PyYAML's safe loader, refusing a key repeated within one mapping: PyYAML keeps the last one
     silently, so a second `dataset:` or `pose_multiplier:` replaced the first without a word."""
 
 
-def _unique_key_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+def _unique_key_mapping(loader: _UniqueKeySafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: flattened by construct_mapping, as before
+            continue
         key = loader.construct_object(key_node, deep=deep)
         if isinstance(key, (str, int, float, bool)) and key in seen:
             raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice", key_node.start_mark)
@@ -92,13 +94,13 @@ def _unique_key_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: 
     return loader.construct_mapping(node, deep)
 
 
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_key_mapping)
+_UniqueKeySafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_key_mapping)
 
 
 def load_yaml_file(path: str | Path) -> Any:
     """A YAML file's data, read as `yaml.safe_load` does, with a repeated key refused
     (a `yaml.YAMLError` that marks where)."""
-    return yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    return yaml.load(Path(path).read_text(), Loader=_UniqueKeySafeLoader)
 
 
 def load_config(

@@ -298,7 +298,8 @@ class HunyuanPipeline:
         motion = torch.cat([motion_tokens.new_zeros(((branches - 1) * windows, *motion_tokens.shape[1:])), motion_tokens])
         if pose_features.shape[0] > 1:
             pose_features = pose_features.repeat(branches, 1, 1, 1, 1)
-        torch.compiler.cudagraph_mark_step_begin()  # under CUDA graphs, the last call's output may be reused
+        if self._compiled_unet is not None:  # under CUDA graphs the last call's output may be reused (eager: no
+            torch.compiler.cudagraph_mark_step_begin()  # graphs, and the call imported the compiler, 1.7 s)
         v = self._compiled_or_eager(self._compiled_unet, self.unet, sample, timestep, image, motion,
                                     time_ids.expand(branches * windows, -1), pose_features,
                                     unconditional=windows).float()

@@ -184,3 +184,14 @@ def test_a_corrupt_config_file_is_named(release: Path, config: str) -> None:
     (release / config).write_text("{")
     with pytest.raises(WeightsUnreadable, match=f"^{re.escape(str(release / config))} is not valid JSON"):
         weights.load_models(release, size="tiny")
+
+
+def test_a_training_checkpoint_wrapper_is_named_not_a_traceback(release: Path, tmp_path: Path) -> None:
+    """`{"state_dict": ..., "epoch": 3}` loads without pickle, and saving it as safetensors crashed
+    (`'dict' object has no attribute 'contiguous'`, exit 1)."""
+    path = release / "hyportrait" / "unet.pth"
+    torch.save({"state_dict": {"weight": torch.zeros(2)}, "epoch": 3}, path)
+    failed = _convert(release, tmp_path / "converted")
+    said = " ".join(failed.output.replace("│", " ").split())
+    assert failed.exit_code == 2 and "hyportrait/unet.pth holds entries that are no tensors: state_dict, epoch" in said
+    assert "Traceback" not in said and not (tmp_path / "converted").exists()

@@ -245,6 +245,31 @@ def test_a_checkpoint_of_another_module_or_in_the_pre_zip_format_is_named_or_rea
     load_models(legacy, dtype=torch.float32, size="tiny")  # cannot be memory-mapped: read whole
 
 
+def test_weights_the_actors_would_fail_on_are_named_together_by_the_driver(tiny_weights, tmp_path: Path) -> None:
+    """Keys or shapes of another module, a training checkpoint's wrapper, a config that is not
+    JSON, an arcface.onnx that is no model: each passed the driver's checks, and the actors failed
+    once every job was prepared, in Ray's tracebacks and with no row (review s23)."""
+    from portraitflow.models.hunyuan.checkpoints import WeightsUnreadable
+    from portraitflow.models.hunyuan.weights import check_weights_loadable
+
+    _, root = tiny_weights
+    check_weights_loadable(root, size="tiny")  # the release's own loads
+    broken = tmp_path / "broken"
+    shutil.copytree(root, broken)
+    shutil.copy(broken / "hyportrait" / "image_proj.pth", broken / "hyportrait" / "pose_guider.pth")
+    state = torch.load(broken / "hyportrait" / "dino.pth", weights_only=True)
+    torch.save({"state_dict": state, "epoch": 3}, broken / "hyportrait" / "dino.pth")
+    (broken / "scheduler" / "scheduler_config.json").write_text("{not json")
+    (broken / "arcface.onnx").write_bytes(b"\x08\x07random bytes that are no protobuf model")
+    with pytest.raises(WeightsUnreadable) as error:
+        check_weights_loadable(broken, size="tiny")
+    message = str(error.value)
+    assert message.count("\n  - ") == 4, message
+    assert "pose_guider.pth is not the release's pose_guider checkpoint" in message
+    assert "dino.pth holds entries that are no tensors: state_dict, epoch" in message
+    assert "scheduler_config.json is not valid JSON" in message and "arcface.onnx is no ONNX model" in message
+
+
 def test_missing_weights_error_lists_every_missing_path(tiny_weights, tmp_path: Path) -> None:
     _, root = tiny_weights
     partial = tmp_path / "partial"

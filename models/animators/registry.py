@@ -61,7 +61,7 @@ def animator_params(backend: str, params: dict[str, Any]) -> dict[str, Any]:
 
 def check_backend(backend: str, cfg: AnimateConfig) -> None:
     """Raise what would fail every actor of `backend` (ValueError; WeightsMissing naming each missing
-    file, WeightsUnreadable each cut or corrupt one), so the driver refuses it before Ray starts."""
+    file, WeightsUnreadable each cut, corrupt or foreign one), so the driver refuses it before Ray starts."""
     if backend != "hunyuan":
         return
     from portraitflow.models.hunyuan.checkpoints import TINY_WEIGHTS, check_weights_dir, check_weights_readable
@@ -70,7 +70,10 @@ def check_backend(backend: str, cfg: AnimateConfig) -> None:
         raise ValueError("the hunyuan animator needs --weights (animate.weights): a folder in the official "
                          "layout, or `tiny`")
     if cfg.weights != TINY_WEIGHTS:
-        check_weights_readable(check_weights_dir(cfg.weights))
+        from portraitflow.models.hunyuan.weights import check_weights_loadable
+
+        check_weights_readable(check_weights_dir(cfg.weights))  # a cut download, named from its index
+        check_weights_loadable(cfg.weights)
 
 
 #: a hunyuan actor's runtime beside the base every actor declares: torch, diffusers and the

@@ -46,6 +46,7 @@ from portraitflow.models.hunyuan.unet import (
     HunyuanUNet,
 )
 from portraitflow.operators.atomic import atomic_target
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -233,12 +234,91 @@ def load_models(weights_dir: str | Path, device: torch.device | str = "cpu", dty
     return _assemble(modules, spec, scheduler_config, arcface if arcface.is_file() else None, str(root))
 
 
+def check_weights_loadable(weights_dir: str | Path, size: str = "full") -> None:
+    """WeightsUnreadable listing every file of a complete folder that `load_models` would fail on:
+    a config that is not JSON or builds no module, a checkpoint whose keys or shapes are not the
+    release's (another module's file, a `{"state_dict": ..., "epoch": ...}` wrapper), one holding
+    a pickled object or no tensors, an `arcface.onnx` that does not parse. The modules are built
+    on the `meta` device and the checkpoints read lazily (safetensors' header, `.pth` memory-mapped),
+    so the driver says it in seconds, before Ray starts: found by the actors, every job had been
+    prepared and the run ended in Ray's tracebacks, with no row. `size` as for `load_models`."""
+    root = check_weights_dir(weights_dir)
+    problems: list[str] = []
+    configs: dict[str, dict] = {}
+    for name, relative in (("unet", "unet/config.json"), ("vae", "vae/config.json"),
+                           ("scheduler", "scheduler/scheduler_config.json")):
+        try:
+            configs[name] = _read_json(root / relative)
+        except WeightsUnreadable as exc:
+            problems.append(str(exc))
+    if "unet" in configs and "vae" in configs:
+        for name, build in _builders(SIZES[size], configs["unet"], configs["vae"]).items():
+            path = vae_file(root) if name == "vae" else module_file(root, name)
+            try:
+                with torch.device("meta"):
+                    module = build()
+            except Exception as exc:  # noqa: BLE001 - a config diffusers cannot build from
+                problems.append(f"{root / name / 'config.json'} builds no {name} ({type(exc).__name__}: {exc})")
+                continue
+            try:
+                problem = _shape_mismatch({k: tuple(v.shape) for k, v in module.state_dict().items()}, _tensor_shapes(path))
+            except WeightsUnreadable as exc:
+                problems.append(str(exc))
+                continue
+            if problem:
+                problems.append(f"{path} is not the release's {name} checkpoint ({problem})")
+    arcface = root / ARCFACE
+    if arcface.is_file():
+        import onnx
+
+        try:
+            onnx.load(str(arcface), load_external_data=False)
+        except Exception as exc:  # noqa: BLE001 - protobuf's errors for a file that is no model
+            problems.append(f"{arcface} is no ONNX model ({type(exc).__name__}); download it again")
+    if problems:
+        listing = "\n".join(f"  - {problem}" for problem in problems)
+        raise WeightsUnreadable(f"HunyuanPortrait weights in {root} cannot be loaded:\n{listing}")
+
+
+def _tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape in a checkpoint, its data unread where the format allows; WeightsUnreadable
+    for a file that is no state dict of tensors."""
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(path, framework="pt") as checkpoint:
+                return {key: tuple(checkpoint.get_slice(key).get_shape()) for key in checkpoint.keys()}
+        except Exception as exc:  # noqa: BLE001 - a header that does not parse
+            raise WeightsUnreadable(f"{path} is unreadable or incomplete; download it again ({exc})") from exc
+    state = read_state_dict(path)
+    others = [str(key) for key, value in state.items() if not isinstance(value, torch.Tensor)] \
+        if isinstance(state, dict) else ["(not a dict)"]
+    if others:
+        raise WeightsUnreadable(f"{path} holds entries that are no tensors: {', '.join(others[:5])} (a training "
+                                "checkpoint? save the dict of its tensors, e.g. obj['state_dict'])")
+    return {str(key): tuple(value.shape) for key, value in state.items()}
+
+
+def _shape_mismatch(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> str | None:
+    """What keeps `found` from loading into a module of `expected` with strict=True, or None."""
+    missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+    shapes = [f"{key} {list(found[key])} not {list(expected[key])}" for key in sorted(expected.keys() & found.keys())
+              if found[key] != expected[key]]
+    parts = [f"{len(missing)} missing, e.g. {missing[:3]}" if missing else "",
+             f"{len(unexpected)} unexpected, e.g. {unexpected[:3]}" if unexpected else "",
+             f"{len(shapes)} of other shapes, e.g. {shapes[:2]}" if shapes else ""]
+    return "; ".join(part for part in parts if part) or None
+
+
 def _atomic_copy(source: Path, target: Path) -> None:
     with atomic_target(target) as temporary:
         shutil.copyfile(source, temporary)
 
 
 def _atomic_save(state_dict: dict[str, torch.Tensor], target: Path, source: str) -> None:
+    others = [str(key) for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
+    if others:  # safetensors holds tensors only: a training checkpoint's wrapper or counters crashed the save
+        raise WeightsUnreadable(f"{source} holds entries that are no tensors: {', '.join(others[:5])} (a training "
+                                "checkpoint? save the dict of its tensors, e.g. obj['state_dict'])")
     seen: set[int] = set()
     tensors = {}
     for key, value in state_dict.items():

@@ -29,8 +29,9 @@ from itertools import cycle
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from portraitflow.jobs.config.fields import ConfigModel
 from portraitflow.operators.atomic import atomic_target, atomic_write
 from portraitflow.operators.generation_jobs import input_fingerprint, load_jobs
 from portraitflow.operators.inputs import input_key, is_apple_double
@@ -44,10 +45,8 @@ CLIP_KEY = re.compile(r"(.+)_\d{8,}_\d{8,}")  # `inputs.clip_key`: {input_key}_{
 NO_PARTNER = "no_cross_portrait"
 
 
-class DatasetSpec(BaseModel):
+class DatasetSpec(ConfigModel):
     """The `dataset:` block of a sweep file."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     type: Literal["folder", "jobs", "shards"] = Field("folder", description="Where the clips come from.")
     path: str = Field(..., description="The folder, the jobs file (csv/jsonl/parquet), or a curated output "

@@ -27,12 +27,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from portraitflow.jobs.config import PortraitFlowConfig, load_yaml_file, validation_problems
 from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.config.evaluate import EvaluateConfig
-from portraitflow.jobs.config.fields import operational
+from portraitflow.jobs.config.fields import ConfigModel, operational
 from portraitflow.jobs.runtime import code_version
 from portraitflow.models.animators.registry import check_settings, resolve_backend
 from portraitflow.operators.eval_dataset import DatasetSpec
@@ -50,9 +50,7 @@ JOB_GATES = ("min_face_px", "min_face_fraction")
 log = logging.getLogger(__name__)
 
 
-class SweepSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
+class SweepSpec(ConfigModel):
     name: str = Field("sweep", description="Name of the parent MLflow run.")
     dataset: DatasetSpec
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="Params whose cartesian product is swept.")

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
+
+from portraitflow.jobs.config.fields import ConfigModel
 
 from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.config.curate import CurateConfig
@@ -19,10 +21,8 @@ from portraitflow.jobs.config.runtime import MLflowConfig, RayConfig
 from portraitflow.jobs.config.train_data import TrainDataConfig
 
 
-class PortraitFlowConfig(BaseModel):
+class PortraitFlowConfig(ConfigModel):
     """The whole effective configuration of one invocation."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     ray: RayConfig = Field(default_factory=RayConfig)
     mlflow: MLflowConfig = Field(default_factory=MLflowConfig)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from portraitflow.jobs.config.fields import OPERATIONAL, operational
+from portraitflow.jobs.config.fields import ConfigModel, OPERATIONAL, operational
 
 #: job fields a jobs file may set per row, overriding the config.
 PER_JOB_FIELDS = ("motion", "pose_multiplier", "expression_multiplier", "paste_back",
@@ -28,9 +28,7 @@ PIPELINE_FIELDS = ("backend", "size", "window", "paste_back", "feather", "max_ou
 MIN_SIDE = 64
 
 
-class AnimateConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
+class AnimateConfig(ConfigModel):
     backend: Literal["auto", "warp", "hunyuan", "still"] = Field(
         "auto",
         description="Animator. `warp`: the CPU landmark-driven preview and baseline (docs/generation.md). "

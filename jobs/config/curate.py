@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import os
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from portraitflow.jobs.config.fields import OPERATIONAL
+from portraitflow.jobs.config.fields import ConfigModel, OPERATIONAL
 
 
-class CurateConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class CurateConfig(ConfigModel):
 
     # decoding
     fps: float = Field(

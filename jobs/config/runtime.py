@@ -1,13 +1,14 @@
 """Where work runs (Ray) and where it is recorded (MLflow)."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from portraitflow.jobs.config.fields import ConfigModel
 
 
-class RayConfig(BaseModel):
+class RayConfig(ConfigModel):
     """Where work runs: a local Ray started in-process, or a cluster to join."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     address: str | None = Field(
         None,
@@ -28,10 +29,8 @@ class RayConfig(BaseModel):
     )
 
 
-class MLflowConfig(BaseModel):
+class MLflowConfig(ConfigModel):
     """Where runs are recorded: an sqlite store in the working directory, or a tracking server."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     tracking_uri: str | None = Field(
         None,

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from portraitflow.jobs.config.fields import ConfigModel
 
 
-class TrainDataConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
+class TrainDataConfig(ConfigModel):
     shards: list[str] = Field(
         default_factory=list,
         description="Shard sources: a curated output folder (its shard index), brace patterns "

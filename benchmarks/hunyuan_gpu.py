@@ -194,8 +194,8 @@ def timed(run: Callable[[], tuple], device: torch.device) -> tuple[tuple, float,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny random modules on the CPU (64², 3 steps)")
-    parser.add_argument("--frames", type=int, nargs="+", help="driving frames per run (default 50 250 1000; tiny 12 30)")
-    parser.add_argument("--steps", type=int, help="denoising steps (default 25; tiny 3)")
+    parser.add_argument("--frames", type=_positive, nargs="+", help="driving frames per run (default 50 250 1000; tiny 12 30)")
+    parser.add_argument("--steps", type=_positive, help="denoising steps (default 25; tiny 3)")
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), help="default fp16 bf16; tiny fp32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip-baseline-above", type=int, default=1000,
@@ -204,7 +204,7 @@ def main() -> None:
                         help="torch.compile mode of ours' UNet and VAE decoder, as the animator's `compile_mode` "
                              "(default: `default` on CUDA, `off` on the CPU); its compile time is printed apart, in the "
                              "warm-up, and the eager decoder is timed on ours' latents")
-    parser.add_argument("--windows-per-call", type=int, default=1,
+    parser.add_argument("--windows-per-call", type=_positive, default=1,
                         help="ours: windows of a step batched into one UNet call (the animator's `windows_per_call`)")
     parser.add_argument("--no-cudnn-benchmark", action="store_true",
                         help="on CUDA, use cuDNN's heuristics instead of autotuning convolutions (both runs)")
@@ -216,6 +216,10 @@ def main() -> None:
     settings = SamplingSettings(num_steps=args.steps or 25, windows_per_call=args.windows_per_call)
     if args.tiny:
         settings = dataclasses.replace(settings, num_steps=args.steps or 3, frames_per_window=8, pad_frames=3)
+    shortest = settings.frames_per_window - 2 * settings.pad_frames  # a window must fit in the padded video
+    if min(frames) < shortest:
+        parser.error(f"--frames: at least {shortest} driving frames (one {settings.frames_per_window}-frame window "
+                     f"with {settings.pad_frames} padding frames at each end)")
     device = torch.device(args.device)
     if args.compile is None:
         args.compile = "default" if device.type == "cuda" else "off"
@@ -290,6 +294,13 @@ def _warm_up(pipe: HunyuanPipeline, mine_pipe: HunyuanPipeline, resolution: int,
             if count <= args.skip_baseline_above:
                 pipe.pose_guider(torch.zeros(1, 3, count + 2 * settings.pad_frames, resolution, resolution,
                                              device=pipe.device, dtype=pipe.dtype))
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
 
 
 def _kept(frames: int, settings: SamplingSettings) -> range:

@@ -290,12 +290,19 @@ def _tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         except Exception as exc:  # noqa: BLE001 - a header that does not parse
             raise WeightsUnreadable(f"{path} is unreadable or incomplete; download it again ({exc})") from exc
     state = read_state_dict(path)
+    _refuse_non_tensors(state, str(path))
+    return {str(key): tuple(value.shape) for key, value in state.items()}
+
+
+def _refuse_non_tensors(state: object, where: str) -> None:
+    """WeightsUnreadable for a checkpoint that is no dict of tensors: a training checkpoint's
+    wrapper (`{"state_dict": ..., "epoch": 3}`) loads without pickle, and neither safetensors nor
+    a module takes it."""
     others = [str(key) for key, value in state.items() if not isinstance(value, torch.Tensor)] \
         if isinstance(state, dict) else ["(not a dict)"]
     if others:
-        raise WeightsUnreadable(f"{path} holds entries that are no tensors: {', '.join(others[:5])} (a training "
+        raise WeightsUnreadable(f"{where} holds entries that are no tensors: {', '.join(others[:5])} (a training "
                                 "checkpoint? save the dict of its tensors, e.g. obj['state_dict'])")
-    return {str(key): tuple(value.shape) for key, value in state.items()}
 
 
 def _shape_mismatch(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> str | None:
@@ -315,10 +322,7 @@ def _atomic_copy(source: Path, target: Path) -> None:
 
 
 def _atomic_save(state_dict: dict[str, torch.Tensor], target: Path, source: str) -> None:
-    others = [str(key) for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
-    if others:  # safetensors holds tensors only: a training checkpoint's wrapper or counters crashed the save
-        raise WeightsUnreadable(f"{source} holds entries that are no tensors: {', '.join(others[:5])} (a training "
-                                "checkpoint? save the dict of its tensors, e.g. obj['state_dict'])")
+    _refuse_non_tensors(state_dict, source)  # safetensors holds tensors only: the save crashed on them
     seen: set[int] = set()
     tensors = {}
     for key, value in state_dict.items():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from portraitflow.jobs.cli import app
@@ -31,10 +32,18 @@ def release(tmp_path: Path) -> Path:
     for seed, name in enumerate(HYPORTRAIT_MODULES):
         (root / "hyportrait").mkdir(parents=True, exist_ok=True)
         (root / "hyportrait" / f"{name}.pth").write_bytes(_checkpoint(seed))
-    for name in [*CONFIG_FILES, f"vae/{VAE_WEIGHTS[0]}"]:
+    for name in CONFIG_FILES:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text("{}")
+    save_file({"weight": torch.zeros(2)}, root / "vae" / VAE_WEIGHTS[0])
     return root
+
+
+def _onnx_model() -> bytes:
+    """The bytes of an (empty) ONNX model: copied files are read before they are copied."""
+    import onnx
+
+    return onnx.helper.make_model(onnx.helper.make_graph([], "empty", [], [])).SerializeToString()
 
 
 def _convert(root: Path, out: Path):
@@ -102,8 +111,8 @@ def test_a_resume_installs_only_what_was_staged_from_the_current_sources(release
     shutil.copytree(release, other)
     (other / "hyportrait" / "pose_guider.pth").write_bytes(_checkpoint(99))
     (other / "vae" / VAE_WEIGHTS[0]).unlink()
-    (other / "vae" / VAE_WEIGHTS[1]).write_text("B's VAE")
-    (release / ARCFACE).write_bytes(b"onnx")
+    save_file({"weight": torch.ones(2)}, other / "vae" / VAE_WEIGHTS[1])  # B's VAE
+    (release / ARCFACE).write_bytes(_onnx_model())
     copy = weights._atomic_copy
 
     def killed_at_arcface(source: Path, target: Path) -> None:
@@ -195,3 +204,14 @@ def test_a_training_checkpoint_wrapper_is_named_not_a_traceback(release: Path, t
     said = " ".join(failed.output.replace("│", " ").split())
     assert failed.exit_code == 2 and "hyportrait/unet.pth holds entries that are no tensors: state_dict, epoch" in said
     assert "Traceback" not in said and not (tmp_path / "converted").exists()
+
+
+@pytest.mark.parametrize("copied", [CONFIG_FILES[1], f"vae/{VAE_WEIGHTS[0]}", ARCFACE])
+def test_a_corrupt_file_copied_as_it_is_is_named_not_installed(release: Path, tmp_path: Path, copied: str) -> None:
+    """Copied unread, a cut VAE or a config that is not JSON made a converted folder that said it was
+    complete, and a rerun after the download was mended kept the bad copy."""
+    (release / copied).write_bytes(b"{not json, no safetensors header, no protobuf")
+    failed = _convert(release, tmp_path / "converted")
+    said = " ".join(failed.output.replace("│", " ").split())
+    assert failed.exit_code == 2 and str(release / copied) in said and "Traceback" not in said
+    assert not (tmp_path / "converted").exists()

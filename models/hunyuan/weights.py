@@ -269,12 +269,10 @@ def check_weights_loadable(weights_dir: str | Path, size: str = "full") -> None:
                 problems.append(f"{path} is not the release's {name} checkpoint ({problem})")
     arcface = root / ARCFACE
     if arcface.is_file():
-        import onnx
-
         try:
-            onnx.load(str(arcface), load_external_data=False)
-        except Exception as exc:  # noqa: BLE001 - protobuf's errors for a file that is no model
-            problems.append(f"{arcface} is no ONNX model ({type(exc).__name__}); download it again")
+            _check_onnx(arcface)
+        except WeightsUnreadable as exc:
+            problems.append(str(exc))
     if problems:
         listing = "\n".join(f"  - {problem}" for problem in problems)
         raise WeightsUnreadable(f"HunyuanPortrait weights in {root} cannot be loaded:\n{listing}")
@@ -292,6 +290,27 @@ def _tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     state = read_state_dict(path)
     _refuse_non_tensors(state, str(path))
     return {str(key): tuple(value.shape) for key, value in state.items()}
+
+
+def _check_onnx(path: Path) -> None:
+    """WeightsUnreadable for a file that is no ONNX model (cut short, another file under its name)."""
+    import onnx
+
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf's errors for a file that is no model
+        raise WeightsUnreadable(f"{path} is no ONNX model ({type(exc).__name__}); download it again") from exc
+
+
+def _check_copied(path: Path) -> None:
+    """WeightsUnreadable for a file `convert_weights` copies as it is that its reader would refuse:
+    copied unread, a corrupt VAE or config made a converted folder that looked complete."""
+    if path.suffix == ".json":
+        _read_json(path)
+    elif path.suffix == ".safetensors":
+        _tensor_shapes(path)
+    elif path.suffix == ".onnx":
+        _check_onnx(path)
 
 
 def _refuse_non_tensors(state: object, where: str) -> None:
@@ -363,6 +382,7 @@ def convert_weights(weights_dir: str | Path, out_dir: str | Path) -> list[Path]:
         if relative in saves:
             _atomic_save(read_state_dict(source), staging / relative, source.relative_to(root).as_posix())
         else:
+            _check_copied(source)
             _atomic_copy(source, staging / relative)
         staged[key] = fingerprints[key]
         with atomic_target(staging / STAGED_FROM) as temporary:

@@ -77,8 +77,8 @@ def plan_rows(jobs: list[Job], out_dir: Path, backend: str, cfg: AnimateConfig, 
         try:
             params = effective_params(job, cfg)
             check_settings(backend, job.params)
-        except ValueError as exc:
-            rows.append(failed_row(row, str(exc)))
+        except ValueError as exc:  # the params as the job gave them: the row says what was refused
+            rows.append(failed_row({**row, "params": json.dumps(job.params, sort_keys=True, default=str)}, str(exc)))
             continue
         read = {name: value for name, value in params.items() if name in settings}  # what the backend uses
         if params["paste_back"]:

@@ -55,6 +55,7 @@ def test_invalid_params_fail_that_job_only(tmp_path: Path) -> None:
     assert [r["status"] for r in rows] == ["failed", "failed", "pending", "pending", "failed", "failed"]
     assert "motion" in rows[0]["reason"] and "pose_multiplier" in rows[1]["reason"]
     assert "expression_multiplier" in rows[5]["reason"] and "finite" in rows[5]["reason"]
+    assert json.loads(rows[0]["params"]) == {"motion": "sideways"}  # what was refused, as given (was {})
     assert rows[4]["reason"] == "duplicate of job good: the same files and settings, one video"
     table = results_table(rows)
     assert list(table.columns) == list(RESULT_DEFAULTS) and len(table) == 6

@@ -46,7 +46,8 @@ def failed_row(row: dict[str, Any], reason: str) -> dict[str, Any]:
     """`row` as `failed` with `reason`, whatever failed it (planning, preparation, animation, a
     crash, a lost result): its `output` blank, as no video was written for it, so a script that
     copies `results.output` never meets a path that does not exist."""
-    return {**row, "status": FAILED, "reason": reason[:300], "output": ""}
+    clipped = reason if len(reason) <= 300 else reason[:299].rsplit(" ", 1)[0] + "…"  # not cut mid-word
+    return {**row, "status": FAILED, "reason": clipped, "output": ""}
 
 
 def plan_rows(jobs: list[Job], out_dir: Path, backend: str, cfg: AnimateConfig, resume: bool,

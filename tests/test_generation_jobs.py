@@ -56,6 +56,9 @@ def test_invalid_params_fail_that_job_only(tmp_path: Path) -> None:
     assert "motion" in rows[0]["reason"] and "pose_multiplier" in rows[1]["reason"]
     assert "expression_multiplier" in rows[5]["reason"] and "finite" in rows[5]["reason"]
     assert json.loads(rows[0]["params"]) == {"motion": "sideways"}  # what was refused, as given (was {})
+    long = plan_rows([Job("hy", "a.png", "b.mp4", {"motion": "absolute"})], tmp_path, "hunyuan",
+                     AnimateConfig(), resume=True)[0]["reason"]  # the settings hunyuan reads: a long list
+    assert len(long) <= 300 and long.endswith("…") and long[-2] != " " and long.startswith("backend hunyuan does not use")
     assert rows[4]["reason"] == "duplicate of job good: the same files and settings, one video"
     table = results_table(rows)
     assert list(table.columns) == list(RESULT_DEFAULTS) and len(table) == 6

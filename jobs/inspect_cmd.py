@@ -111,10 +111,11 @@ def _damaged_samples(path: Path) -> list[str]:
     try:
         for key, fields in iter_samples(path):
             missing = [name for name in (*REQUIRED_MEMBERS, "json") if not fields.get(name)]
+            sample = {"__key__": key, **fields}
             try:
                 if missing:
                     raise SampleSkipped("missing_member", f"lacks {missing}")
-                check_digests({"__key__": key, **fields}, sample_meta({"__key__": key, **fields}))
+                check_digests(sample, sample_meta(sample))
             except SampleSkipped as exc:
                 damaged.append(f"{key} ({exc})")
     except (tarfile.TarError, OSError):

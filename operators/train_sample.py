@@ -238,14 +238,16 @@ def build_train_sample(sample: Mapping[str, Any], n_frames: int = 25, seed: int 
     face backends).
     """
     key = str(sample.get("__key__", ""))
-    check_digests(sample, sample_meta(sample), (*REQUIRED_MEMBERS, "boxes.npy"))  # what is decoded here
+    meta = sample_meta(sample)  # parsed once: digests, face backend, reference frame, rates
+    check_digests(sample, meta, (*REQUIRED_MEMBERS, "boxes.npy"))  # what is decoded here
+    rates = _clip_rates(meta, key)  # before decoding: a json that gives no frame rate is skipped as it stands
     tracks = parse_tracks(sample)
     if identity_dim is not None and len(tracks.identity) != identity_dim:
         raise SampleSkipped("identity_mismatch", f"identity has {len(tracks.identity)} dimensions, not {identity_dim}")
-    if identity_backend is not None and (backend := _face_backend(sample)) != identity_backend:
+    if identity_backend is not None and (backend := meta.get("face_backend")) != identity_backend:
         raise SampleSkipped("identity_mismatch", f"identity embedded by the {backend!r} face backend, not {identity_backend!r}")
     tracks = smoothed(tracks, smooth_sigma)
-    curated = _curated_reference(sample) if reference == "curated" else None
+    curated = _curated_reference(meta) if reference == "curated" else None
     start, ref_index = choose_window(tracks.num_frames, n_frames, sample_rng(seed, epoch, key), curated)
     window = np.arange(start, start + n_frames)
     decoded, video_frames = decode_frames(bytes(sample["mp4"]), np.append(window, ref_index))
@@ -254,7 +256,7 @@ def build_train_sample(sample: Mapping[str, Any], n_frames: int = 25, seed: int 
     decoded, tracks = at_resolution(decoded, tracks, resolution)
     frames, reference = decoded[:-1], decoded[-1]
     out = encoder_inputs(frames, reference, tracks, window, ref_index, pixel_dtype)
-    out.update(key=key, frame_indices=window, reference_index=np.int64(ref_index), **_clip_rates(sample))
+    out.update(key=key, frame_indices=window, reference_index=np.int64(ref_index), **rates)
     return out
 
 
@@ -295,27 +297,21 @@ def sample_meta(sample: Mapping[str, Any]) -> dict[str, Any]:
     return meta
 
 
-def _face_backend(sample: Mapping[str, Any]) -> str | None:
-    """The face backend the sample's json says curated it; None where it says none."""
-    return sample_meta(sample).get("face_backend")
-
-
-def _curated_reference(sample: Mapping[str, Any]) -> int:
-    """The frame curation chose as the clip's reference (`ref_frame` in its json)."""
+def _curated_reference(meta: Mapping[str, Any]) -> int:
+    """The frame curation chose as the clip's reference (`ref_frame` in its json, `meta`)."""
     try:
-        return int(sample_meta(sample)["ref_frame"])
+        return int(meta["ref_frame"])
     except (KeyError, ValueError, TypeError) as exc:
         raise SampleSkipped("no_curated_reference", f"no curated reference frame (`ref_frame`) in the sample's json "
                             f"({exc!r}): curated by an earlier version? train_data.reference random takes any") from exc
 
 
-def _clip_rates(sample: Mapping[str, Any]) -> dict[str, np.float32]:
+def _clip_rates(meta: Mapping[str, Any], key: str) -> dict[str, np.float32]:
     """`fps`, the clip's frame rate, and `source_fps`, its source's: below `fps`, curation repeated
     frames to reach it, so a window holds a still every few frames (a 12-fps source: every other
     frame). From the sample's json, NaN where it does not say (`source_fps`: curated before it was
     recorded). Not what SVD's `added_time_ids` take: the release conditions on a constant 12.5
-    (SPEC section 8)."""
-    meta = sample_meta(sample)
+    (SPEC section 8). `meta` is the sample's json, `key` names it in a skip."""
     rates = {}
     for name in ("fps", "source_fps"):
         value = meta.get(name)
@@ -327,7 +323,7 @@ def _clip_rates(sample: Mapping[str, Any]) -> dict[str, np.float32]:
         except OverflowError:  # an integer past float's range
             rate = math.inf
         if not (math.isfinite(rate) and rate > 0):
-            raise SampleSkipped("bad_json", f"{sample.get('__key__')}: `{name}` is {value!r}, no frame rate")
+            raise SampleSkipped("bad_json", f"{key}: `{name}` is {value!r}, no frame rate")
         rates[name] = np.float32(rate)
     return rates
 

@@ -104,14 +104,14 @@ def prepare_clip(source: str, folder: Path, max_seconds: float | None, reference
     return row
 
 
-def _matches(folder: Path, patterns: list[str], suffixes: set[str], skip: tuple[Path, ...] = ()) -> list[str]:
+def _matches(folder: Path, patterns: list[str], suffixes: set[str] | None, skip: tuple[Path, ...] = ()) -> list[str]:
     """Files under `folder` matching a pattern as `rglob` finds them, but in any case, since cameras
-    and phones write `TALK.MP4` and `IMG_0001.MOV` (`_any_case`); no
-    AppleDouble fork (`is_apple_double`), and none inside a `skip` folder: a sweep's own clips and
-    outputs, when its folder lies in the dataset, are never inputs of a rerun."""
+    and phones write `TALK.MP4` and `IMG_0001.MOV` (`_any_case`), with one of `suffixes` (None: any
+    file); no AppleDouble fork (`is_apple_double`), and none inside a `skip` folder: a sweep's own
+    clips and outputs, when its folder lies in the dataset, are never inputs of a rerun."""
     skipped = [Path(os.path.abspath(s)) for s in skip]
     found = {p for pattern in patterns for p in folder.rglob(_any_case(pattern))
-             if p.suffix.lower() in suffixes and not is_apple_double(p)
+             if (p.suffix.lower() in suffixes if suffixes is not None else p.is_file()) and not is_apple_double(p)
              and not any(Path(os.path.abspath(p)).is_relative_to(s) for s in skipped)}
     return sorted(str(p) for p in found)
 
@@ -265,6 +265,13 @@ def check_dataset(spec: DatasetSpec, exclude: str | Path | None = None) -> None:
         skip = (Path(exclude),) if exclude is not None else ()
         found = _matches(Path(spec.path), spec.include, VIDEO_SUFFIXES, skip)
         why = f"no video file under it matches include {spec.include} (in any case)"
+        if others := sorted(set(_matches(Path(spec.path), spec.include, None, skip)) - set(found)):
+            what = (f"{len(others)} files that are no video ({', '.join(Path(p).name for p in others[:3])}"
+                    f"{', ...' if len(others) > 3 else ''}): drivers are videos ({', '.join(sorted(VIDEO_SUFFIXES))}), "
+                    "portraits are matched by `refs`")
+            why += f"; it matches {what}"
+            if found:
+                log.warning("dataset %s: include %s matches %s; they are not read", spec.path, spec.include, what)
         if not found and skip and _matches(Path(spec.path), spec.include, VIDEO_SUFFIXES, ()):
             why = (f"every video file matching include {spec.include} lies in the output folder {exclude}, which is "
                    "never read as input: give another --out")

@@ -118,13 +118,15 @@ def test_curate_settings_out_of_range_are_refused(override: str) -> None:
                                       "animate.pose_multiplier=.inf", "animate.smooth_sigma=.inf",
                                       "animate.expression_multiplier=.nan", "animate.seed=18446744073709551616",
                                       "curate.fps=1e308", "curate.crop_size=99999998", 'curate.experiment=""',
-                                      "animate.seed=true", "curate.fps=true", "animate.num_steps=false"])
+                                      "animate.seed=true", "curate.fps=true", "animate.num_steps=false",
+                                      "animate.seed=-1"])
 def test_settings_out_of_range_are_refused_in_one_line(override: str) -> None:
     """Taken, they crashed Ray with a traceback (negative CPUs, an object store under Ray's minimum)
     or quietly changed nothing or everything (no face found at size 0, threads left at the default);
     an infinite multiplier reached the workers as JSON null and crashed each of them, a seed past
     64 bits failed each job after its preparation, a huge frame rate or crop size failed every
-    input, an empty experiment crashed after Ray started; true was taken for 1 (a seed, a frame rate)."""
+    input, an empty experiment crashed after Ray started; true was taken for 1 (a seed, a frame rate);
+    seed -1 drew what 2**64-1 does, under another name."""
     with pytest.raises(ValueError):
         load_config(None, [override])
     assert CliRunner().invoke(app, ["config", "show", "--set", override]).exit_code == 2

@@ -4,6 +4,7 @@ their cut length, a folder's globs skip the sweep's own files, and shards are re
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from unittest import mock
 
@@ -215,6 +216,19 @@ def test_a_shard_named_like_a_pipe_url_is_read_as_a_file_and_runs_nothing(tmp_pa
         jobs = dataset_jobs(DatasetSpec(type="shards", path=path), "self", tmp_path / "prepared", max_seconds=0.5)
         assert [j["status"] for j in jobs] == ["ok", "ok"]  # the odd name's copy of good.tar, read as a tar
     assert not (tars / "MARK").exists()
+
+
+def test_files_include_matches_that_are_no_video_are_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A portrait a folder dataset's `include` matched was passed over without a word (no row, no
+    log), and a dataset of pictures was only "no video file matches include"."""
+    for name in ("talk.mp4", "face.png", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    with caplog.at_level(logging.WARNING):
+        eval_dataset.check_dataset(DatasetSpec(path=str(tmp_path), include=["*"]))
+    assert "matches 2 files that are no video (face.png, notes.txt)" in caplog.text and "not read" in caplog.text
+    with pytest.raises(ValueError, match=r"no video file under it matches include \['\*.png'\] \(in any case\); "
+                                         r"it matches 1 files that are no video \(face.png\).*portraits are matched by `refs`"):
+        eval_dataset.check_dataset(DatasetSpec(path=str(tmp_path), include=["*.png"]))
 
 
 def test_a_folder_takes_camera_names_in_any_case_and_never_macos_forks(tmp_path: Path) -> None:

@@ -350,7 +350,7 @@ def test_tiny_animator_streams_windows_and_is_reproducible() -> None:
     with pytest.raises(ValueError, match="num_step"):
         list(animator.animate(reference, _driving(np.random.default_rng(1), [4], side), {"num_step": 9}))
     # a bad value fails before any work, not after the denoising (or, a negative pad, by dropping frames)
-    for bad in ({"appearance_scale": 2.0}, {"decode_chunk_size": 0}, {"pad_frames": -1}, {"seed": "x"}, {"seed": 2**64}):
+    for bad in ({"appearance_scale": 2.0}, {"decode_chunk_size": 0}, {"pad_frames": -1}, {"seed": "x"}, {"seed": 2**64}, {"seed": -1}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             next(animator.animate(reference, iter(()), bad))  # no driving frames: nothing else would raise
     list(animator.animate(reference, iter(()), {"seed": 11}))  # a job without frames is still the one described

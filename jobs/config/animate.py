@@ -55,7 +55,8 @@ class AnimateConfig(ConfigModel):
         False, description="Composite the animated crop onto the full reference image with a feathered mask; "
         "otherwise write the square crop.",
     )
-    seed: int | None = Field(None, ge=-2**63, lt=2**64, description="hunyuan: sampling seed (a 64-bit integer); empty: the release's seed.")
+    seed: int | None = Field(None, ge=0, lt=2**64, description="hunyuan: sampling seed (0 to 2**64-1, what torch's "
+                             "generators take: a negative seed would draw what its value plus 2**64 does); empty: the release's seed.")
     num_steps: int | None = Field(None, ge=1, description="hunyuan: denoising steps; empty: the backend's default.")
     appearance_scale: float | None = Field(None, ge=0.0, description="hunyuan: appearance guidance scale; empty: default.")
     motion_scale: float | None = Field(None, ge=0.0, description="hunyuan: motion guidance scale; empty: default.")

@@ -221,12 +221,12 @@ class HunyuanAnimator(Animator):
 def _check_settings(settings: SamplingSettings) -> None:
     """ValueError for settings that would fail a job late (after its denoising) or drop frames."""
     counts = {"num_steps": 1, "frames_per_window": 1, "overlap": 0, "shift_offset": 0, "pad_frames": 0,
-              "decode_chunk_size": 1, "windows_per_call": 1, "seed": -2**63}
+              "decode_chunk_size": 1, "windows_per_call": 1, "seed": 0}
     for name, least in counts.items():
         value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"HunyuanPortrait param {name} must be an integer of at least {least}, not {value!r}")
-    if settings.seed >= 2**64:  # torch's generators take 64 bits
+    if settings.seed >= 2**64:  # torch's generators take 64 bits (a negative seed would alias seed + 2**64)
         raise ValueError(f"HunyuanPortrait param seed must be below 2**64, not {settings.seed}")
     for name in ("appearance_scale", "motion_scale"):
         value = getattr(settings, name)

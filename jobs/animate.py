@@ -10,7 +10,7 @@ from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.options import (ConfigOption, MlflowUriOption, RayAddressOption, SetOption,
                                       check_out_folder, refuse_missing_face_models, refuse_unreachable_services,
-                                      resolve_config)
+                                      resolve_config, say_failures)
 from portraitflow.operators.job_status import FAILED
 
 #: the config's own choices, so the flags offer (and check) exactly what the config accepts.
@@ -104,8 +104,7 @@ def animate(
     if cfg.mlflow.enabled:  # as curate, sweep and evaluate name theirs
         _say_run(cfg, out)
     failed = table[table.status == FAILED]
-    for row in failed.itertuples():
-        typer.echo(f"  failed {row.job_id}: {row.reason}")
+    say_failures(list(zip(failed.job_id, failed.reason)), "results.parquet's `reason`")
     if len(failed):
         raise typer.Exit(1)
 

@@ -1,6 +1,7 @@
 """The `portraitflow` command. Each verb lives in its own module under jobs/ and is added here."""
 from __future__ import annotations
 
+import errno
 import os
 import signal
 
@@ -28,10 +29,14 @@ app.command("convert-weights")(convert_weights.convert_weights)
 app.add_typer(config_cmd.app, name="config")
 
 
+#: a write refused for room, not for anything about the inputs: said in one line, and resumable
+OUT_OF_ROOM = (errno.ENOSPC, errno.EDQUOT)
+
+
 def main() -> None:
     """The console script: `app`, with a cluster that refuses this driver past the checks each verb
     makes first (token authentication, say), or a deleted MLflow experiment, said in one line (exit
-    2), as those checks say theirs; and a stop by SIGTERM or Ctrl-C said with what it leaves."""
+    2), as those checks say theirs; a full disk too; and a stop by SIGTERM or Ctrl-C said with what it leaves."""
     from portraitflow.jobs.runtime import ExperimentDeleted, ServiceUnreachable, Terminated, stop_on_sigterm
 
     stop_on_sigterm()  # also for a verb that never starts Ray (a finished folder, `report`)
@@ -45,6 +50,12 @@ def main() -> None:
     except Terminated:
         typer.echo("Terminated (SIGTERM): finished work is kept; rerun the same command to resume", err=True)
         raise SystemExit(128 + signal.SIGTERM) from None
+    except OSError as exc:
+        if exc.errno not in OUT_OF_ROOM:
+            raise
+        typer.echo(f"Error: {exc.strerror} writing {exc.filename or 'the output'}: finished work is kept; free "
+                   "room and rerun the same command to resume", err=True)
+        raise SystemExit(2) from None
     except SystemExit as exc:  # typer ends a Ctrl-C (KeyboardInterrupt) so, silently
         if exc.code == 128 + signal.SIGINT:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut Ray's shutdown into a traceback

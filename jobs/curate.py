@@ -33,15 +33,15 @@ from portraitflow.jobs.config.fields import operational
 from portraitflow.jobs.runtime import claim_folder
 from portraitflow.jobs.options import (ConfigOption, MlflowUriOption, RayAddressOption, SetOption,
                                       check_out_folder, refuse_missing_face_models, refuse_unreachable_services,
-                                      resolve_config, worker_lacking_models)
+                                      resolve_config, say_failures, worker_lacking_models)
 from portraitflow.models.face.factory import model_digests
 from portraitflow.models.face.model_files import ModelFilesMissing
 from portraitflow.operators import ledger
-from portraitflow.operators.atomic import FolderBusy, atomic_write, exclusive_folder
+from portraitflow.operators.atomic import FolderBusy, UnreadableFile, atomic_write, exclusive_folder
 from portraitflow.operators.curate_input import renders_after_decisions
 from portraitflow.operators.decode import probe_video
 from portraitflow.operators.corpus_decisions import Identities, corpus_ledger, decide_clips
-from portraitflow.operators.face_scan import check_galleries
+from portraitflow.operators.face_scan import SCAN_DECODE, check_galleries
 from portraitflow.operators.filters import RENDER_FAILED
 from portraitflow.operators.inputs import clip_input_key, expand_inputs, input_key, is_uri, local_copy
 from portraitflow.operators.probe import error_text
@@ -89,7 +89,7 @@ OPERATIONAL_SETTINGS = {"face": operational(FaceConfig), "curate": operational(C
 #: curated before they existed got; any other setting added since counts at its default
 #: (the scan measures of a folder that records none: curated before they were recorded)
 BEHAVIOUR_BEFORE_ADDED = {"curate": {"shot_hash_threshold": 0.0, "duplicate_mirrored": False,
-                                      "duplicate_keep_unique": False},
+                                      "duplicate_keep_unique": False, "identity_switch_margin_seconds": 0.0},
                           "versions": {"scan_measures": 6}}
 #: what the latest measures version changed in what a corpus holds, for the refusal to mix them
 MEASURES_CHANGES = ("since 9: HDR and BT.2020 video read in SDR colours, the frames after a clip's last whole "
@@ -330,7 +330,7 @@ def _committed_clips(layout: Layout, input_key: str, samples: list[str], in_shar
         return []
     try:
         saved = scan_clips(scan_path(layout.scans, input_key), input_key, fps)
-    except Exception:  # missing or damaged: the samples themselves tell their clips
+    except UnreadableFile:  # missing or damaged: the samples themselves tell their clips
         saved = []
     kept = {c["key"]: c for c in saved if c["reason"] is None}
     return [kept.get(sample) or _sample_clip(in_shards[sample], sample, fps) for sample in samples]
@@ -429,12 +429,12 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
         rows, _ = _follow_moves(rows, markers, layout.done)
         _warn_changed(ledger.changed_since_curated(rows, markers))
         pending = _pending(rows, markers, in_shards, layout.done)
-        init_ray(cfg.ray)
-        if pending:  # every input is curated on `actor_cpus` CPUs; with none pending, nothing is placed
+        if pending:  # every input is curated on `actor_cpus` CPUs; with none pending, Ray is not started
+            init_ray(cfg.ray)
             needed = cfg.curate.actor_cpus
             require_resource(cfg.ray, "CPU", needed, lambda cpus: (
                 f"a curation actor needs {needed} CPUs (curate.actor_cpus); Ray has {cpus:g}: lower "
-                "curate.actor_cpus or give Ray more CPUs (ray.num_cpus)"))
+                "curate.actor_cpus or give Ray more CPUs (ray.num_cpus on a local Ray; nodes on a cluster)"))
             require_resource(cfg.ray, "memory", WORKER_MEMORY, lambda have: (
                 f"a curation actor declares {WORKER_MEMORY / 1024**3:g} GiB of memory; Ray has {have / 1024**3:.1f} GiB: "
                 "free memory, or give Ray a smaller object store (ray.object_store_memory_mb)"))
@@ -449,7 +449,7 @@ def _scanned_file(layout: Layout, row: dict[str, Any]) -> dict[str, int] | None:
         return None
     try:
         source = load_scan_meta(path).get("source", {})
-    except Exception:  # damaged since (the input failed on it): as for no scan
+    except UnreadableFile:  # damaged since (the input failed on it): as for no scan
         return None
     return {key: source[key] for key in ("size", "mtime_ns")} if "size" in source else None
 
@@ -602,10 +602,13 @@ def _metrics(manifest, clips, scanned, elapsed: float, keys: set[str], index: di
     clip_table = clip_table[clip_table.input_key.isin(keys)]
     status = Counter(table.status)
     stages: dict[str, float] = defaultdict(float)
+    seconds_in = 0.0  # of video scanned now: a resumed run reuses finished scans
     for row in scanned:
-        for stage, seconds in json.loads(row.get("timings") or "{}").items():
+        timings = json.loads(row.get("timings") or "{}")
+        for stage, seconds in timings.items():
             stages[stage] += seconds
-    seconds_in = float(sum(r.get("duration_s") or 0.0 for r in scanned if r["status"] != ledger.FAILED))
+        if row["status"] != ledger.FAILED and SCAN_DECODE in timings:
+            seconds_in += float(row.get("duration_s") or 0.0)
     frames = seconds_in * fps
     metrics: dict[str, Any] = {
         "inputs": len(table),
@@ -669,6 +672,7 @@ def curate(
 
     check_out_folder(out, "curate")
     cfg = resolve_config(config, set_, ray_address, mlflow_uri)
+    _refuse_inputs_in_working_dir(inputs)
     if not dry_run:  # a dry run loads no model, and lists a missing input as `fails`
         _refuse_inputs_that_name_nothing(inputs)
         refuse_unreachable_services(cfg)
@@ -689,8 +693,20 @@ def curate(
         _say_failed_inputs(out / "manifest.parquet", metrics)
 
 
-#: failed inputs named on the console after a run (the manifest holds them all)
-FAILED_SHOWN = 10
+def _refuse_inputs_in_working_dir(inputs: list[str]) -> None:
+    """A local video inside Ray's temporary copy of a submitted `--working-dir` (a relative path under
+    `ray job submit`): its key is made of that copy's path, which another submission changes, so the
+    same video was curated again as a new input (and the manifest recorded a folder Ray deletes). A
+    list carried there is fine: the videos it names are what is checked."""
+    from portraitflow.jobs.runtime import in_submitted_working_dir, submitted_job_runtime_env
+
+    if not submitted_job_runtime_env().get("working_dir"):
+        return
+    inside = [spec for spec in expand_inputs(inputs) if not is_uri(spec) and in_submitted_working_dir(Path(spec))]
+    if inside:
+        raise typer.BadParameter(
+            f"{inside[0]} is inside Ray's temporary copy of --working-dir ({Path(inside[0]).resolve()}), which changes "
+            "with each submission: give absolute paths on storage every node sees (docs/cluster.md)", param_hint="INPUTS")
 
 
 def _refuse_inputs_that_name_nothing(inputs: list[str]) -> None:
@@ -698,8 +714,6 @@ def _refuse_inputs_that_name_nothing(inputs: list[str]) -> None:
     error, not a run whose every input fails. Where some do name files, the others become `failed`
     rows, as any bad input does."""
     import glob
-
-    from portraitflow.operators.inputs import is_uri
 
     def names_nothing(spec: str) -> bool:
         return not is_uri(spec) and not (glob.glob(spec) if glob.has_magic(spec) else os.path.lexists(spec))
@@ -709,14 +723,11 @@ def _refuse_inputs_that_name_nothing(inputs: list[str]) -> None:
 
 
 def _say_failed_inputs(manifest: Path, metrics: dict[str, Any]) -> None:
-    """The failed inputs and why, on stderr, as `animate` says its failed jobs: the summary's count
+    """The failed inputs and why (`say_failures`), as `animate` says its failed jobs: the summary's count
     alone hid a typo or a broken file. Exit 1 when every input failed: nothing was curated."""
     import pandas as pd
 
     failed = pd.read_parquet(manifest, columns=["path", "status", "error"]).query("status == @ledger.FAILED")
-    for row in failed.head(FAILED_SHOWN).itertuples():
-        typer.echo(f"  failed {row.path}: {row.error}", err=True)
-    if len(failed) > FAILED_SHOWN:
-        typer.echo(f"  ... {len(failed) - FAILED_SHOWN} more failed (the manifest's `error` says why)", err=True)
+    say_failures(list(zip(failed.path, failed.error)), "the manifest's `error`")
     if metrics["inputs"] and metrics["inputs_failed"] == metrics["inputs"]:
         raise typer.Exit(1)

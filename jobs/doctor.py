@@ -111,10 +111,15 @@ def _face_models(cfg) -> str:
 
 def _node_models(cfg) -> str:
     """The check the flows refuse a cluster run by: every node with CPUs holds the same files."""
+    import ray
+
     from portraitflow.jobs.options import node_model_problem
 
     if problem := node_model_problem(cfg):
         raise RuntimeError(problem)
+    if not any(node.get("Alive") and node.get("Resources", {}).get("CPU", 0) > 0 for node in ray.nodes()):
+        return ("no node with CPUs yet, so none was asked (nodes an autoscaler adds are not: their image's "
+                "build-time `portraitflow doctor` covers them)")
     return "every node with CPUs holds them, the same files"
 
 

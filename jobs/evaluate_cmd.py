@@ -129,6 +129,8 @@ def sweep(
     except FolderBusy as exc:
         raise typer.BadParameter(str(exc), param_hint="--out") from exc
     typer.echo(f"parent run {run_id}\nsummary {out / 'summary.csv'}\nreport {out / 'report' / 'index.html'}")
+    if not retry_failed:
+        _say_failures_kept(out / "summary.csv")
     _refuse_sweep_scored_nothing(out / "summary.csv", sweep_file)
 
 
@@ -226,6 +228,22 @@ def _refuse_nothing_scored(per_video: Path, results: Path) -> None:
                f"{', '.join(f'{count} {reason}' for reason, count in reasons.items()) or 'none'}; see {per_video}). "
                + " ".join(hints), err=True)
     raise typer.Exit(1)
+
+
+def _say_failures_kept(summary_csv: Path) -> None:
+    """Name the configs a resume took from earlier runs with failed videos: failures on unchanged
+    inputs are not retried, and after a full disk a plain rerun exited 0 with a config of 0 videos."""
+    import pandas as pd
+
+    summary = pd.read_csv(summary_csv)
+    if not {"reused", "jobs_failed"} <= set(summary.columns):
+        return
+    kept = summary[summary["reused"].astype(bool) & (summary["jobs_failed"].fillna(0) > 0)]
+    if len(kept):
+        named = ", ".join(f"{config} ({int(failed)} failed)" for config, failed in zip(kept["config"], kept["jobs_failed"]))
+        typer.echo(f"kept from earlier runs with failed videos: {named}; failures on unchanged inputs are not "
+                   "retried: --retry-failed runs them again (their reasons are in each config's per_video table)",
+                   err=True)
 
 
 def _refuse_sweep_scored_nothing(summary_csv: Path, sweep_file: Path) -> None:

@@ -6,6 +6,7 @@ and preview.png; the Ray Data wiring it runs is pipelines/generate.py (docs/gene
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ from portraitflow.operators.generation_results import (
 )
 from portraitflow.pipelines.generate import (PREP_MEMORY, animate_pending, animation_memory, animation_pool,
                                              pasted_back_side)
+
+log = logging.getLogger(__name__)
 
 
 def _fresh(folder: Path) -> Path:
@@ -71,7 +74,9 @@ def run_generation(jobs: list[Job] | str | Path, out_dir: str | Path, cfg: Portr
                                                 records_dir(out_dir), pasted_side))
                 rows = [next(finished) if row["status"] == "pending" else row for row in rows]
             table = results_table(rows)
-            write_parquet(out_dir / RESULTS_FILE, merged_with_earlier(table, out_dir / RESULTS_FILE))
+            merged = merged_with_earlier(table, out_dir / RESULTS_FILE)
+            write_parquet(out_dir / RESULTS_FILE, merged)
+            _warn_of_unlisted_videos(out_dir, merged)
             preview = save_preview(table, cfg.animate, out_dir)
             if run is not None:
                 log_to_mlflow(table, cfg.animate, backend, time.perf_counter() - started, preview)
@@ -82,12 +87,24 @@ def run_generation(jobs: list[Job] | str | Path, out_dir: str | Path, cfg: Portr
         return table
 
 
+def _warn_of_unlisted_videos(out_dir: Path, results: pd.DataFrame) -> None:
+    """Name the videos of `out_dir` its results table does not list: a rerun with other settings
+    writes new names beside the earlier run's videos (never over them), which a glob of the folder
+    would otherwise take for this run's."""
+    listed = {Path(path).name for path in results.output if path}
+    unlisted = sorted(path.name for path in out_dir.glob("*.mp4") if path.name not in listed)
+    if unlisted:
+        log.warning("%d video(s) in %s are in no row of %s, made by earlier runs with other settings or inputs "
+                    "(%s%s): results.parquet lists this folder's current outputs", len(unlisted), out_dir,
+                    RESULTS_FILE, ", ".join(unlisted[:3]), ", ..." if len(unlisted) > 3 else "")
+
+
 def _check_resources(backend: str, cfg: PortraitFlowConfig, pasted_side: int) -> None:
     """NotEnoughResources when a local Ray could never run the flow, rather than a run that waits forever."""
     needed = cfg.animate.cpus_per_actor + 1  # else an actor holds every CPU and starves the tasks feeding it
     require_resource(cfg.ray, "CPU", needed, lambda cpus: (
         f"the generation flow needs {needed:g} CPUs (a preparation task beside an animation actor); Ray has "
-        f"{cpus:g}: lower animate.cpus_per_actor or give Ray more CPUs (ray.num_cpus)"))
+        f"{cpus:g}: lower animate.cpus_per_actor or give Ray more CPUs (ray.num_cpus on a local Ray; nodes on a cluster)"))
     if animation_pool(backend, cfg.animate)[1]:
         require_resource(cfg.ray, "GPU", 1, lambda gpus: (
             f"hunyuan with animate.gpus={cfg.animate.gpus} needs a GPU for each animation actor; Ray has "

@@ -192,3 +192,16 @@ def check_out_folder(out: Path, flow: str) -> None:
         check_folder_owner(out, flow)
     except FolderOfAnotherFlow as exc:
         raise typer.BadParameter(str(exc), param_hint="--out") from None
+
+
+#: failed inputs or jobs named on the console after a run (its table holds them all)
+FAILED_SHOWN = 10
+
+
+def say_failures(failures: list[tuple[str, str]], table: str) -> None:
+    """The first `FAILED_SHOWN` (name, reason) pairs of a run, on stderr, so a script reading the
+    summary on stdout is not flooded by a batch where every job failed; `table` says where the rest are."""
+    for name, reason in failures[:FAILED_SHOWN]:
+        typer.echo(f"  failed {name}: {reason}", err=True)
+    if len(failures) > FAILED_SHOWN:
+        typer.echo(f"  ... {len(failures) - FAILED_SHOWN} more failed ({table} says why)", err=True)

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import tempfile
 import threading
 import urllib.request
@@ -83,6 +84,9 @@ SEARCH_PAGE = 1000
 
 #: seconds to wait for a Ray cluster's or an MLflow server's port before calling it unreachable
 REACH_TIMEOUT_S = 5.0
+#: seconds an MLflow server that took the connection has to answer one API call: a busy or cold
+#: server can be slow; one that never answers kept MLflow's client waiting for many minutes
+API_ANSWER_TIMEOUT_S = 30.0
 
 
 def check_ray_reachable(cfg: RayConfig) -> None:
@@ -102,7 +106,29 @@ def check_ray_reachable(cfg: RayConfig) -> None:
             "or is submitted with `ray job submit` (docs/cluster.md)")
     host, _, port = address.rpartition(":")
     if host and port.isdigit():
-        _connect(host.strip("[]"), int(port), f"the Ray cluster at {address}")
+        _check_gcs(host.strip("[]"), int(port), address, join)
+
+
+def _check_gcs(host: str, port: int, address: str, join: str) -> None:
+    """ServiceUnreachable unless a gRPC server answers on the port: Ray's GCS (HTTP/2) sends its
+    settings frame at once, while the dashboard's port given without `http://` answers HTTP/1, and
+    a port that takes connections and never answers stays silent; `ray.init` retried either for
+    ever. A connection closed without a word (TLS, say) is left to Ray."""
+    what = f"the Ray cluster at {address}"
+    try:
+        with socket.create_connection((host, port), timeout=REACH_TIMEOUT_S) as connection:
+            connection.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            try:
+                reply = connection.recv(16)
+            except TimeoutError:
+                raise ServiceUnreachable(f"{what} takes connections but does not answer as Ray does within "
+                                         f"{REACH_TIMEOUT_S:g} s; {join}") from None
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise ServiceUnreachable(f"cannot reach {what}: {reason}") from None
+    if reply.startswith(b"HTTP/"):
+        raise ServiceUnreachable(f"{address} answers HTTP, as a Ray dashboard (the port `ray job submit "
+                                 f"--address` takes) or a web server does, not Ray's GCS; {join}")
 
 
 def sqlite_store_path(uri: str) -> Path | None:
@@ -170,7 +196,7 @@ def _check_mlflow_api(uri: str, shown: str) -> None:
 
     request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
     try:
-        urllib.request.urlopen(request, timeout=REACH_TIMEOUT_S).close()
+        urllib.request.urlopen(request, timeout=API_ANSWER_TIMEOUT_S).close()
     except urllib.error.HTTPError as exc:
         creds = get_default_host_creds(uri)
         credentials = any((creds.username, creds.token, creds.aws_sigv4, creds.auth))
@@ -179,8 +205,13 @@ def _check_mlflow_api(uri: str, shown: str) -> None:
                                                 "MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN)")
             raise ServiceUnreachable(f"{shown} answered {exc.code} to an MLflow API call: not an MLflow tracking "
                                      f"server{needs}") from None
-    except (OSError, ValueError):  # no answer in time, TLS, a reset: the run's own client says more
-        pass
+    except (OSError, ValueError) as exc:  # a reset, a certificate this probe cannot check: the run's client says more
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, TimeoutError):  # the run's client waited on it for minutes, silently
+            raise ServiceUnreachable(f"{shown} takes connections but gave no HTTP answer within "
+                                     f"{API_ANSWER_TIMEOUT_S:g} s: a server that hangs?") from None
+        if isinstance(reason, ssl.SSLError) and reason.reason == "WRONG_VERSION_NUMBER":
+            raise ServiceUnreachable(f"{shown} does not speak TLS: give http://, not https://") from None
 
 
 def _connect(host: str, port: int, what: str) -> None:
@@ -563,6 +594,34 @@ def _git_state() -> dict[str, str]:
     return dict(zip(GIT_TAGS, (commit, str(bool(changed)).lower())))
 
 
+def ended_status(exc: BaseException) -> str:
+    """How a run that `exc` ended is recorded, one rule for every flow: FAILED for an error, KILLED
+    for a stop (Ctrl-C, SIGTERM, a stopped sweep: BaseExceptions that are no errors)."""
+    return "FAILED" if isinstance(exc, Exception) else "KILLED"
+
+
+@contextlib.contextmanager
+def terminated_on_raise(client: Any, run_id: str) -> Iterator[None]:
+    """Ends run `run_id` as `ended_status` says when the block raises (`_end_quietly`); a block that
+    completes ends the run itself, FINISHED or FAILED by what it made."""
+    try:
+        yield
+    except BaseException as exc:
+        status = ended_status(exc)
+        _end_quietly(lambda: client.set_terminated(run_id, status), run_id)
+        raise
+
+
+def _end_quietly(end: Callable[[], None], run_id: str) -> None:
+    """End a run as the error that stops its job propagates; a store that cannot record it (an
+    sqlite file on the disk that just filled) is warned of, rather than raise over that error."""
+    try:
+        end()
+    except Exception as exc:  # noqa: BLE001 - whatever the store raises, the job's own error is the one to see
+        log.warning("MLflow run %s could not be ended (%s): the next run into its folder marks it KILLED",
+                    run_id, exc)
+
+
 @contextlib.contextmanager
 def mlflow_run(cfg: MLflowConfig, experiment: str, folder: Path) -> Iterator[object | None]:
     """The run of a job writing `folder` (named after it, tagged with `folder_tag` and the code that
@@ -582,6 +641,7 @@ def mlflow_run(cfg: MLflowConfig, experiment: str, folder: Path) -> Iterator[obj
     with mlflow.start_run(run_name=Path(folder).name, tags=tags) as run:
         try:
             yield run
-        except (KeyboardInterrupt, Terminated):  # Ctrl-C or SIGTERM: stopped, not failed
-            mlflow.end_run("KILLED")
+        except BaseException as exc:
+            status = ended_status(exc)
+            _end_quietly(lambda: mlflow.end_run(status), run.info.run_id)
             raise

@@ -38,9 +38,9 @@ from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.jobs.generation import run_generation
 from portraitflow.jobs.runtime import (
-    FOLDER_TAG, GIT_TAGS, Terminated, claim_folder, code_tags, end_abandoned_runs, ensure_experiment, folder_tag,
-    init_ray, latest_run_into, log_values, mlflow_client, mlflow_tracking_uri, require_resource, search_all_runs,
-    sqlite_store_path,
+    FOLDER_TAG, GIT_TAGS, claim_folder, code_tags, end_abandoned_runs, ensure_experiment, folder_tag, init_ray,
+    latest_run_into, log_values, mlflow_client, mlflow_tracking_uri, require_resource, search_all_runs,
+    sqlite_store_path, terminated_on_raise,
 )
 from portraitflow.operators import metrics, metrics_learned, report, sweep_spec
 from portraitflow.operators.atomic import atomic_target, atomic_write, exclusive_folder, write_parquet
@@ -48,8 +48,8 @@ from portraitflow.operators.eval_dataset import check_dataset, dataset_jobs
 from portraitflow.operators.evaluate_video import learned_aggregates
 from portraitflow.operators.generation_jobs import Job, input_fingerprint
 from portraitflow.operators.generation_results import records_dir
-from portraitflow.operators.job_status import FAILED, OK, SKIPPED
-from portraitflow.pipelines.evaluate import evaluate_outputs
+from portraitflow.operators.job_status import FAILED, OK, SKIPPED, clipped
+from portraitflow.pipelines.evaluate import EVALUATOR_MEMORY, evaluate_outputs
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -311,10 +311,7 @@ def _log_files(client: MlflowClient, run_id: str, paths: list[Path], artifact_pa
         return
     with tempfile.TemporaryDirectory(prefix="portraitflow-artifacts-") as staging:
         for path in paths:
-            try:
-                os.link(path, Path(staging) / path.name)
-            except OSError:  # another filesystem
-                shutil.copy2(path, Path(staging) / path.name)
+            _link(path, Path(staging) / path.name)
         client.log_artifacts(run_id, staging, artifact_path)
 
 
@@ -369,7 +366,7 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
     if refused is not None:
         earlier = _refused_child(client, experiment_id, parent_id, config_hash, _error_text(refused))
         if earlier is not None:
-            return {**row, **hashes, "run_id": earlier.info.run_id, "reused": True, "error": _error_text(refused)[:300]}
+            return {**row, **hashes, "run_id": earlier.info.run_id, "reused": True, "error": clipped(_error_text(refused))}
         done = scored_before = None
     else:
         scored = _scoring_run(client, config_hash, work_dir, inputs, retry_failed)
@@ -416,7 +413,7 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
             children.check()  # unless the sweep was stopped under it: then it was killed, not broken
             client.set_tag(run_id, "error", _error_text(exc))
             children.end(run_id, "FAILED")
-            return {**row, **hashes, "run_id": run_id, "reused": False, "error": _error_text(exc)[:300]}
+            return {**row, **hashes, "run_id": run_id, "reused": False, "error": clipped(_error_text(exc))}
         except BaseException:
             children.end(run_id, "KILLED")
             raise
@@ -449,8 +446,9 @@ def evaluate_results(jobs: pd.DataFrame, cfg: PortraitFlowConfig, out_dir: str |
             source[GENERATION_RUN_TAG] = generation_run
     run_id = client.create_run(ensure_experiment(client, cfg.evaluate.experiment), run_name=name,
                                tags={**code_tags(), **source}).info.run_id
-    try:
+    with terminated_on_raise(client, run_id):
         init_ray(cfg.ray)
+        _check_evaluator_memory(cfg)
         log_values(client, run_id, params=cfg.evaluate.model_dump())
         jobs = jobs.assign(status=jobs["status"] if "status" in jobs else OK,
                            reason=jobs["reason"] if "reason" in jobs else "")  # a plain table of outputs has neither
@@ -460,12 +458,6 @@ def evaluate_results(jobs: pd.DataFrame, cfg: PortraitFlowConfig, out_dir: str |
         else:  # no result: FAILED, as its exit status says (the CLI's 1), its per-video reasons kept for the report
             client.set_tag(run_id, NOTHING_SCORED_TAG, "true")
             client.set_terminated(run_id, "FAILED")
-    except (KeyboardInterrupt, Terminated):  # Ctrl-C or SIGTERM: stopped, not failed
-        client.set_terminated(run_id, "KILLED")
-        raise
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
     return run_id
 
 
@@ -589,15 +581,22 @@ def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir:
                    configs: list[dict[str, Any]], retry_failed: bool) -> str:
     init_ray(cfg.ray)
     _check_cpus(configs, evaluate.max_parallel, cfg)
+    _check_evaluator_memory(cfg)
     client = mlflow_client(cfg.mlflow)
     _note_tracking_store(out_dir, mlflow_tracking_uri(cfg.mlflow))
     experiment_id = ensure_experiment(client, evaluate.experiment)
     tags = {SWEEP_TAG: sweep_spec.sweep_hash(spec, evaluate, cfg), FOLDER_TAG: folder_tag(out_dir),
             **code_tags()}
+    # any sweep into this folder killed outright (this one, or one of other settings) left its runs
+    # RUNNING: ended before this sweep's parent is found or made (a new run is RUNNING)
+    in_folder = f"tags.`{FOLDER_TAG}` = '{tags[FOLDER_TAG]}'"
+    for abandoned in search_all_runs(client, [experiment_id], f"{in_folder} and attributes.status = 'RUNNING'"):
+        end_abandoned_runs(client, experiment_id, f"tags.`{PARENT_TAG}` = '{abandoned.info.run_id}'")
+    end_abandoned_runs(client, experiment_id, in_folder)
     parent_id = _parent(client, experiment_id, spec.name, tags)
-    end_abandoned_runs(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent_id}'")
+    end_abandoned_runs(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent_id}'")  # one recorded without its folder
     client.update_run(parent_id, status="RUNNING")
-    try:
+    with terminated_on_raise(client, parent_id):
         jobs = dataset_jobs(spec.dataset, evaluate.protocol, out_dir / "dataset", evaluate.max_seconds,
                          evaluate.max_videos, exclude=out_dir)  # an OUT inside the dataset holds no inputs
         write_parquet(out_dir / "dataset.parquet", pd.DataFrame(jobs).astype(str))  # failed inputs too
@@ -630,12 +629,6 @@ def _sweep_holding(spec: sweep_spec.SweepSpec, cfg: PortraitFlowConfig, out_dir:
         # local report holds copies of them under runs/, which would store each video twice)
         _log_files(client, parent_id, sorted(p for p in report.glob("*") if p.is_file()), "report")
         client.set_terminated(parent_id, "FINISHED" if scored_any(summary) else "FAILED")
-    except Exception:
-        client.set_terminated(parent_id, "FAILED")
-        raise
-    except BaseException:  # Ctrl-C: the configs in flight are already KILLED (_run_configs)
-        client.set_terminated(parent_id, "KILLED")
-        raise
     return parent_id
 
 
@@ -745,6 +738,14 @@ def _parent(client: MlflowClient, experiment_id: str, name: str, tags: dict[str,
             client.set_tag(parent_id, key, value)
         return parent_id
     return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+
+
+def _check_evaluator_memory(cfg: PortraitFlowConfig) -> None:
+    """NotEnoughResources when a local Ray has less memory than one evaluator declares: its pool
+    would wait for ever."""
+    require_resource(cfg.ray, "memory", EVALUATOR_MEMORY, lambda have: (
+        f"an evaluator declares {EVALUATOR_MEMORY / 1024**3:.2f} GiB of memory; Ray has {have / 1024**3:.1f} GiB: "
+        "free memory, or give Ray a smaller object store (ray.object_store_memory_mb)"))
 
 
 def _check_cpus(configs: list[dict[str, Any]], max_parallel: int, cfg: PortraitFlowConfig) -> None:
@@ -871,6 +872,10 @@ def _sweep_notes(parent: Run, configs_run: int) -> list[str]:
     if parent.info.status == "KILLED" and planned is not None:
         notes.append(f"The sweep was interrupted (its run ended KILLED): {configs_run} of its {planned} configs "
                      "ran; rerun the same `portraitflow sweep` command to run the others.")
+    elif parent.info.status == "RUNNING" and planned is not None and configs_run < int(planned):
+        notes.append(f"The sweep's run is still RUNNING, and {configs_run} of its {planned} configs have runs (those "
+                     "shown RUNNING have no final numbers): it is in progress, or was killed outright (SIGKILL, a "
+                     "lost node); rerun the same `portraitflow sweep` command to finish it.")
     unusable = int(parent.data.metrics.get("videos_failed", 0))
     if unusable:
         notes.append(f"{unusable} video(s) of the dataset could not be used and are in no config's numbers: "

@@ -11,7 +11,6 @@ Both return rows of the results table; the large intermediate columns are droppe
 from __future__ import annotations
 
 import fcntl
-import functools
 import json
 import math
 import time
@@ -26,9 +25,9 @@ from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.config.face import FaceConfig
 from portraitflow.models.animators.base import ReferenceInput
 from portraitflow.models.animators.registry import animator_params, create_animator
-from portraitflow.models.face.base import FaceAnalyzer
+from portraitflow.models.face.factory import worker_analyzer
 from portraitflow.models.face.images import load_image
-from portraitflow.operators.atomic import atomic_write
+from portraitflow.operators.atomic import UnreadableFile, atomic_write
 from portraitflow.operators.decode import VideoUnreadable
 from portraitflow.operators.driving_motion import (EXTRACTION_VERSION, DrivingMotion, extract_driving_motion,
                                                    iter_driving_windows)
@@ -38,6 +37,7 @@ from portraitflow.operators.job_status import OK
 from portraitflow.operators.paste_back import fit_within, paste_back
 from portraitflow.operators.paths import hashed_name
 from portraitflow.operators.probe import error_text
+from portraitflow.operators.ray_rows import batch_rows, rows_batch
 from portraitflow.operators.quarantine import crashed_reason, start_attempt
 from portraitflow.operators.reference_portrait import NoFace, PreparedReference, UnreadableImage, prepare_reference
 from portraitflow.operators.timing import StageTimer
@@ -45,14 +45,6 @@ from portraitflow.operators.video_writer import has_audio, write_h264
 
 #: columns only carried from the preparation task to the animation actor (empty when it failed).
 INTERMEDIATE = {"reference": b"", "motion": b""}
-
-
-@functools.lru_cache(maxsize=2)
-def _analyzer(face_cfg_json: str) -> FaceAnalyzer:
-    """One face analyser per worker process, reused by every task that process runs."""
-    from portraitflow.models.face.factory import create_analyzer
-
-    return create_analyzer(FaceConfig.model_validate_json(face_cfg_json))
 
 
 def _failed(row: dict[str, Any], stage: str, exc: Exception) -> dict[str, Any]:
@@ -83,13 +75,14 @@ def _driving_motion(path: str, face_cfg_json: str, cfg: AnimateConfig, motion_di
             try:
                 DrivingMotion.from_bytes(data)  # damaged since (a disk error, a copied folder): extracted again
                 return data
-            except Exception:
+            except UnreadableFile:
                 cached.unlink()
-        motion = extract_driving_motion(path, _analyzer(face_cfg_json), cfg.size,
+        motion = extract_driving_motion(path, worker_analyzer(face_cfg_json), cfg.size,
                                         min_face_fraction=cfg.min_face_fraction, smooth_sigma=cfg.smooth_sigma,
                                         min_face_px=cfg.min_face_px)
-        atomic_write(cached, motion.to_bytes())
-        return cached.read_bytes()
+        data = motion.to_bytes()
+        atomic_write(cached, data)
+        return data
 
 
 def prepare_job(row: dict[str, Any], face_cfg_json: str, animate_cfg_json: str, attempts_dir: str,
@@ -103,7 +96,7 @@ def prepare_job(row: dict[str, Any], face_cfg_json: str, animate_cfg_json: str, 
         loaded = load_image(row["ref"])
         if not loaded.ok:
             raise UnreadableImage(f"{loaded.reason} ({loaded.detail})")
-        reference = prepare_reference(loaded.rgb, _analyzer(face_cfg_json), cfg.size, cfg.min_face_px)
+        reference = prepare_reference(loaded.rgb, worker_analyzer(face_cfg_json), cfg.size, cfg.min_face_px)
     except Exception as exc:  # a job boundary (see _failed)
         return {**_failed(row, "reference image", exc), **INTERMEDIATE}
     try:
@@ -132,9 +125,7 @@ class AnimateJobs:
         self.animator = create_animator(backend, self.cfg)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = [{k: batch[k][i] for k in batch} for i in range(len(batch["job_id"]))]
-        results = [self._one(row) for row in rows]
-        return {k: np.array([r[k] for r in results], dtype=object) for k in results[0]}
+        return rows_batch([self._one(row) for row in batch_rows(batch)], dtype=object)
 
     def _one(self, row: dict[str, Any]) -> dict[str, Any]:
         result = {k: v for k, v in row.items() if k not in INTERMEDIATE}

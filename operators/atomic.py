@@ -10,6 +10,7 @@ import os
 import re
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +33,27 @@ _UNFINISHED = re.compile(r"\..+\.[a-z0-9_]{8}\.part")  # atomic_target's temp fi
 
 class FolderBusy(RuntimeError):
     """Another process holds the output folder."""
+
+
+class UnreadableFile(ValueError):
+    """A file this project wrote (a scan, cached motion) that is missing or cannot be read back:
+    cut short or damaged since (an interrupted copy, a full disk, bit rot). Callers make it again."""
+
+
+#: what reading a missing or damaged npz or its JSON raises; anything else (a TypeError, an
+#: AttributeError) is a bug, and propagates rather than passing for a damaged file
+_READING_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile)
+
+
+@contextlib.contextmanager
+def reading(what: str | Path) -> Iterator[None]:
+    """Turns the errors of reading a missing or damaged `what` into `UnreadableFile` naming it."""
+    try:
+        yield
+    except UnreadableFile:
+        raise
+    except _READING_ERRORS as exc:
+        raise UnreadableFile(f"{what}: {type(exc).__name__}: {exc}") from exc
 
 
 #: a temp file untouched this long belongs to a write that will never finish (a killed run's Ray

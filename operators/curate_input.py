@@ -9,7 +9,6 @@ decisions instead (`render_decided_clips`, a second pass over the inputs that ke
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import time
 from collections import Counter
@@ -21,12 +20,13 @@ import numpy as np
 
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.curate import CurateConfig
-from portraitflow.jobs.config.face import FaceConfig
 from portraitflow.models.face.base import FaceAnalyzer
-from portraitflow.operators.face_scan import FaceScanStage, batch_rows, rows_batch
+from portraitflow.models.face.factory import worker_analyzer
+from portraitflow.operators.face_scan import FaceScanStage
 from portraitflow.operators.inputs import clip_input_key, is_uri, local_copy
 from portraitflow.operators.ledger import FAILED
 from portraitflow.operators.probe import error_text, unfetched_input
+from portraitflow.operators.ray_rows import batch_rows, rows_batch
 from portraitflow.operators.quarantine import crashed_reason, finish_attempt, quarantined_row, start_attempt
 from portraitflow.operators.render import render_clip
 from portraitflow.operators.scan_store import scan_clips, scan_path
@@ -144,7 +144,7 @@ def render_decided_clips(row: dict[str, Any], config: dict[str, Any], scan_dir: 
     try:
         with local_copy(row["uri"]) as path:
             rendered = _render_clips(row, path, keys.__contains__, cfg, Path(scan_dir), Path(staging_dir), timings,
-                                     errors, lambda: _face_analyzer(full.face.model_dump_json(), cfg.actor_cpus), cuts)
+                                     errors, lambda: worker_analyzer(full.face.model_dump_json(), cfg.actor_cpus), cuts)
     except Exception as exc:  # the input vanished or its store refused since the scan: its clips fail
         errors = {key: error_text(exc) for key in keys}
     finish_attempt(Path(attempts_dir), f"render-{row['input_key']}")
@@ -152,21 +152,12 @@ def render_decided_clips(row: dict[str, Any], config: dict[str, Any], scan_dir: 
             "rendered": rendered}
 
 
-@functools.lru_cache(maxsize=1)
-def _face_analyzer(face_settings: str, threads: int) -> FaceAnalyzer:
-    """The face analyser of these settings (JSON), loaded once per worker process: Ray reuses a
-    process for many render tasks, and loading the models takes about a second."""
-    from portraitflow.models.face.factory import create_analyzer
-
-    return create_analyzer(FaceConfig.model_validate_json(face_settings), threads=threads)
-
-
 def _render_clips(row: dict[str, Any], path: str, wanted: Callable[[str], bool], cfg: CurateConfig, scan_dir: Path,
                   staging_dir: Path, timings: Counter, errors: dict[str, str], analyzer: Callable[[], FaceAnalyzer],
                   cuts: dict[str, list[int]] | None = None) -> int:
     """Render and stage the clips the scan kept whose keys are `wanted`, and the `cuts` of them
     (`render_decided_clips`), that are not staged yet; adds to `timings` and `errors`, returns how
-    many were rendered."""
+    many were rendered (failed renders are in `errors`, not counted)."""
     scan_file = scan_path(scan_dir, row["input_key"])
     source = {"uri": row["uri"], "width": row["width"], "height": row["height"], "src_fps": row["src_fps"],
               "scan_path": str(scan_file)}
@@ -176,12 +167,10 @@ def _render_clips(row: dict[str, Any], path: str, wanted: Callable[[str], bool],
               for key, (index, first, last) in (cuts or {}).items()]
     clips = [clip for clip in clips if not staged_whole(staging_dir, clip["key"])]
     progress = Progress(f"{row['uri']}: rendered", len(clips), "clips")  # not in the shards, not staged yet
-    rendered = 0
-    for clip in clips:
+    for done, clip in enumerate(clips, 1):
         result = render_clip(dict(clip, **source), path, cfg, staging_dir, analyzer)
         timings.update(result["timings"])
-        rendered += 1
-        progress(rendered)
+        progress(done)
         if result["error"]:
             errors[clip["key"]] = result["error"]
-    return rendered
+    return len(clips) - sum(clip["key"] in errors for clip in clips)

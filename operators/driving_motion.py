@@ -26,6 +26,7 @@ from portraitflow.models.animators.base import DrivingWindow
 from portraitflow.models.face.align import crop_square, square_crop_box
 from portraitflow.models.face.base import Face, FaceAnalyzer
 from portraitflow.models.face.pose import profile_pose
+from portraitflow.operators.atomic import reading
 from portraitflow.operators.decode import (FULL_RES_CHUNK_BYTES, FrameChunk, VideoUnreadable, frames_per_chunk,
                                            iter_frame_chunks, probe_video)
 from portraitflow.operators.reference_portrait import NoFace, centred_head_pose, to_crop
@@ -34,6 +35,8 @@ from portraitflow.operators.face_tracking import Track, box_iou, fill_pose, fill
 
 #: faces smaller than this fraction of a frame's largest face get no landmarks (bystanders).
 MIN_RELATIVE_SIDE = 0.5
+#: frames decoded and detected at a time, fewer where FULL_RES_CHUNK_BYTES would be passed
+DETECT_CHUNK_FRAMES = 32
 #: bumped when extraction gives other motion for the same driver and settings, so cached motion is
 #: made again (2: shots are split as curation splits them, a histogram cut confirmed by the hash;
 #: 3: a frame coded after an mp4 edit list's end is not shown, nor counted in the driver's rate;
@@ -74,7 +77,8 @@ class DrivingMotion:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "DrivingMotion":
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        """The motion `to_bytes` wrote; `UnreadableFile` when the bytes are cut short or damaged."""
+        with reading("driving motion"), np.load(io.BytesIO(data), allow_pickle=False) as npz:
             return cls(float(npz["fps"]), int(npz["size"]), npz["shot"], npz["boxes"], npz["face_boxes"], npz["kps"],
                        npz["raw_kps"], npz["landmarks"], npz["pose"], npz["detected"])
 
@@ -104,7 +108,6 @@ def extract_driving_motion(
     analyzer: FaceAnalyzer,
     size: int = 512,
     fps: float | None = None,
-    chunk_size: int = 32,
     min_face_fraction: float = 0.5,
     smooth_sigma: float = 0.8,
     min_face_px: int = 0,
@@ -122,7 +125,7 @@ def extract_driving_motion(
     measured: dict[int, list[tuple[Face, np.ndarray]]] = {}
 
     shots = ShotDetector(fps)
-    chunk_size = frames_per_chunk(chunk_size, info.width, info.height, FULL_RES_CHUNK_BYTES)
+    chunk_size = frames_per_chunk(DETECT_CHUNK_FRAMES, info.width, info.height, FULL_RES_CHUNK_BYTES)
     for chunk in iter_frame_chunks(path, fps, chunk_size=chunk_size, in_order=True):
         shots.update(chunk.positions, chunk.frames)
         _detect_and_measure(chunk, analyzer, detections, measured)
@@ -163,6 +166,25 @@ def extract_driving_motion(
             face_track[position] = to_crop(faces[best][0].box.reshape(2, 2), box, size).reshape(4)
             face_sides[position] = max(faces[best][0].box[2:] - faces[best][0].box[:2])
             detected[position] = True
+    _check_driver_face(detected, face_sides, min_face_fraction, min_face_px)
+    kps, landmarks = fill_within_shots(kps, detected, shot), fill_within_shots(landmarks, detected, shot)
+    face_track = fill_within_shots(face_track, detected, shot)
+    raw_kps = kps.copy()
+    have = [i for i, b in enumerate(shot_boxes) if b is not None]
+    nearest = [min(have, key=lambda j: abs(j - i)) for i in range(len(shot_boxes))]
+    boxes = np.stack([shot_boxes[j] for j in nearest])
+    face_boxes = np.stack([first_faces[j] for j in nearest])
+    kps, landmarks, face_track = (_smoothed_in_shots(track, shot, smooth_sigma) for track in (kps, landmarks, face_track))
+    pose, profile = profile_pose(centred_head_pose(analyzer, landmarks, size), kps, face_track)
+    if not (np.isfinite(pose).all(axis=1) | profile).any():
+        raise NoFace("no head pose fits the driver's landmarks")
+    return DrivingMotion(float(fps), size, shot, boxes, face_boxes, kps, raw_kps, landmarks, fill_pose(pose, shot),
+                         detected)
+
+
+def _check_driver_face(detected: np.ndarray, face_sides: np.ndarray, min_face_fraction: float,
+                       min_face_px: int) -> None:
+    """NoFace for a driver whose face is found on too few frames, or too small to read."""
     if not detected.any():
         raise NoFace("no face in the driving video")
     if detected.mean() < min_face_fraction:
@@ -171,24 +193,17 @@ def extract_driving_motion(
     if (side := float(np.median(face_sides[detected]))) < min_face_px:
         raise NoFace(f"the driver's face is too small ({side:.0f} px, the median over its frames; "
                      f"animate.min_face_px={min_face_px})")
-    kps, landmarks = fill_within_shots(kps, detected, shot), fill_within_shots(landmarks, detected, shot)
-    face_track = fill_within_shots(face_track, detected, shot)
-    raw_kps = kps.copy()
-    have = [i for i, b in enumerate(shot_boxes) if b is not None]
-    nearest = [min(have, key=lambda j: abs(j - i)) for i in range(len(shot_boxes))]
-    boxes = np.stack([shot_boxes[j] for j in nearest])
-    face_boxes = np.stack([first_faces[j] for j in nearest])
-    if smooth_sigma > 0:
-        for index in np.unique(shot):
-            in_shot = shot == index
-            kps[in_shot] = gaussian_filter1d(kps[in_shot], smooth_sigma, axis=0, mode="nearest")
-            landmarks[in_shot] = gaussian_filter1d(landmarks[in_shot], smooth_sigma, axis=0, mode="nearest")
-            face_track[in_shot] = gaussian_filter1d(face_track[in_shot], smooth_sigma, axis=0, mode="nearest")
-    pose, profile = profile_pose(centred_head_pose(analyzer, landmarks, size), kps, face_track)
-    if not (np.isfinite(pose).all(axis=1) | profile).any():
-        raise NoFace("no head pose fits the driver's landmarks")
-    return DrivingMotion(float(fps), size, shot, boxes, face_boxes, kps, raw_kps, landmarks, fill_pose(pose, shot),
-                         detected)
+
+
+def _smoothed_in_shots(track: np.ndarray, shot: np.ndarray, sigma: float) -> np.ndarray:
+    """`track` (T, ...) smoothed in time within each shot (0: as it is): a cut is never blurred across."""
+    if sigma <= 0:
+        return track
+    smoothed = track.copy()
+    for index in np.unique(shot):
+        in_shot = shot == index
+        smoothed[in_shot] = gaussian_filter1d(track[in_shot], sigma, axis=0, mode="nearest")
+    return smoothed
 
 
 def iter_driving_windows(path: str, motion: DrivingMotion, window: int = 25) -> Iterator[DrivingWindow]:

@@ -35,8 +35,9 @@ from portraitflow.jobs.config.fields import ConfigModel
 from portraitflow.operators.atomic import atomic_target, atomic_write
 from portraitflow.operators.generation_jobs import input_fingerprint, load_jobs
 from portraitflow.operators.inputs import input_key, is_apple_double
-from portraitflow.operators.job_status import FAILED, OK
+from portraitflow.operators.job_status import FAILED, OK, clipped
 from portraitflow.operators.paths import IMAGE_SUFFIXES, VIDEO_SUFFIXES, hashed_name, safe_stem
+from portraitflow.operators.probe import error_text
 from portraitflow.operators.train_sample import SampleSkipped, check_digests
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def prepare_clip(source: str, folder: Path, max_seconds: float | None, reference
             first = next(iter_frame_chunks(str(clip), probe_video(str(clip)).fps, chunk_size=1))
             _save_png(first.frames[0], ref)
     except (VideoUnreadable, ValueError, OSError) as exc:
-        return {**row, "status": FAILED, "reason": "unreadable", "error": str(exc)[:300]}
+        return {**row, "status": FAILED, "reason": "unreadable", "error": error_text(exc)}
     return row
 
 
@@ -190,7 +191,7 @@ def _origin(key: str, meta: dict[str, Any]) -> str:
 
 def _failed(job_id: str, source: str, reason: str, error: str) -> dict[str, Any]:
     return {"job_id": job_id, "source": source, "ref": "", "driving": "", "status": FAILED, "reason": reason,
-            "error": error[:300]}
+            "error": clipped(error)}
 
 
 def _unpack_shards(spec: DatasetSpec, folder: Path,
@@ -263,15 +264,20 @@ def check_dataset(spec: DatasetSpec, exclude: str | Path | None = None) -> None:
     listing tells: a shard without a sample is known when it is read."""
     if spec.type == "folder":
         skip = (Path(exclude),) if exclude is not None else ()
-        found = _matches(Path(spec.path), spec.include, VIDEO_SUFFIXES, skip)
+        matched = _matches(Path(spec.path), spec.include, None, skip)  # one walk of the tree for both
+        found = [p for p in matched if Path(p).suffix.lower() in VIDEO_SUFFIXES]
         why = f"no video file under it matches include {spec.include} (in any case)"
-        if others := sorted(set(_matches(Path(spec.path), spec.include, None, skip)) - set(found)):
+        others = [p for p in matched if p not in set(found)]
+        if others:  # portraits `refs` reads are not news
+            others = sorted(set(others) - set(_matches(Path(spec.path), spec.refs, IMAGE_SUFFIXES, skip)))
+        if others:
             what = (f"{len(others)} files that are no video ({', '.join(Path(p).name for p in others[:3])}"
                     f"{', ...' if len(others) > 3 else ''}): drivers are videos ({', '.join(sorted(VIDEO_SUFFIXES))}), "
                     "portraits are matched by `refs`")
             why += f"; it matches {what}"
             if found:
-                log.warning("dataset %s: include %s matches %s; they are not read", spec.path, spec.include, what)
+                log.warning("dataset %s: include %s matches %s; they are not read as drivers", spec.path,
+                            spec.include, what)
         if not found and skip and _matches(Path(spec.path), spec.include, VIDEO_SUFFIXES, ()):
             why = (f"every video file matching include {spec.include} lies in the output folder {exclude}, which is "
                    "never read as input: give another --out")

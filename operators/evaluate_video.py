@@ -38,10 +38,12 @@ import numpy as np
 from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.models.face.base import FaceAnalyzer
 from portraitflow.models.face.pose import profile_pose
-from portraitflow.operators.job_status import FAILED, OK
-from portraitflow.operators.reference_portrait import crop_head_pose
 from portraitflow.operators import metrics, metrics_learned
 from portraitflow.operators.atomic import atomic_target, write_parquet
+from portraitflow.operators.job_status import FAILED, OK
+from portraitflow.operators.probe import error_text
+from portraitflow.operators.ray_rows import batch_rows
+from portraitflow.operators.reference_portrait import crop_head_pose
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +166,7 @@ def pasted_back(job: dict[str, Any], output: str) -> bool | None:
         import pandas as pd
 
         table = pd.read_parquet(results, columns=["output", "params"])
-    except Exception:  # not a results table of ours: nothing is known
+    except (OSError, ValueError, KeyError):  # not a results table of ours (pyarrow's errors are ValueErrors)
         return None
     name = Path(output).name
     rows = [params for path, params in zip(table["output"], table["params"])
@@ -269,13 +271,14 @@ class JobEvaluator:
             row = self._evaluate(job, work_dir)
         except Exception as exc:  # a job that breaks a stage is a failed row; the other jobs go on
             row = {"job_id": str(job["job_id"]), "status": FAILED, "reason": EVALUATION_ERROR, "frames": 0,
-                   "error": f"{type(exc).__name__}: {exc}"[:300]}
+                   "error": error_text(exc, known=())}
         numeric = {"frame_offset", *self.metric_names, *DIAGNOSTICS}
         return {name: row.get(name, float("nan") if name in numeric else None) for name in self.columns}
 
     def _evaluate(self, job: dict[str, Any], work_dir: str | Path) -> dict[str, Any]:
         from portraitflow.models.face.images import load_image
-        from portraitflow.operators.decode import VideoUnreadable, probe_video, resample_positions
+        from portraitflow.operators.decode import (FULL_RES_CHUNK_BYTES, VideoUnreadable, frames_per_chunk,
+                                                   probe_video, resample_positions)
         from portraitflow.operators.reference_portrait import NoFace, reference_face
 
         row: dict[str, Any] = {"job_id": str(job["job_id"]), "status": FAILED, "reason": None, "frames": 0}
@@ -292,7 +295,7 @@ class JobEvaluator:
             fps = driver.output_fps
             out_count = len(resample_positions(out_info, fps)[0])
         except VideoUnreadable as exc:
-            return {**row, "reason": UNREADABLE, "error": str(exc)[:300]}
+            return {**row, "reason": UNREADABLE, "error": error_text(exc)}
         drv_count = len(resample_positions(driver, fps)[0])
         if abs(out_count - drv_count) > 1:  # a truncated or padded output is not scored on the overlap
             return {**row, "reason": FRAME_COUNT_MISMATCH,
@@ -316,10 +319,12 @@ class JobEvaluator:
         try:
             offset = 0 if out_count == drv_count else self._frame_offset(
                 output, str(job["driving"]), fps, out_count - drv_count, crop_box, pasted)
+            chunk = frames_per_chunk(self.cfg.chunk_frames, max(out_info.width, driver.width),
+                                     max(out_info.height, driver.height), FULL_RES_CHUNK_BYTES)
             per_frame, out_faces, drv_faces = self._analyse_pairs(
-                output, str(job["driving"]), fps, offset, min(out_count, drv_count), crop_box, pasted, clips)
+                output, str(job["driving"]), fps, offset, min(out_count, drv_count), crop_box, pasted, clips, chunk)
         except VideoUnreadable as exc:
-            return {**row, "reason": UNREADABLE, "error": str(exc)[:300]}
+            return {**row, "reason": UNREADABLE, "error": error_text(exc)}
         if not per_frame:
             return {**row, "reason": UNREADABLE, "error": "no frames decoded"}
         jitter_window = max(1, round(fps * JITTER_WINDOW_S / self.cfg.frame_stride))
@@ -349,7 +354,7 @@ class JobEvaluator:
         try:
             match_db = first_frame_psnr(reference, driving, driver.output_fps, self.cfg.pixel_size)
         except VideoUnreadable as exc:
-            return {"reason": UNREADABLE, "error": str(exc)[:300]}
+            return {"reason": UNREADABLE, "error": error_text(exc)}
         if match_db >= SELF_REFERENCE_MIN_PSNR_DB:
             return None
         return {"reason": REFERENCE_NOT_DRIVER_FRAME,
@@ -360,9 +365,10 @@ class JobEvaluator:
 
     def _analyse_pairs(self, output: str, driving: str, fps: float, offset: int, paired: int,
                        crop_box: tuple[int, int, int, int], pasted: bool | None,
-                       clips: dict[str, dict[str, list[np.ndarray]]]) -> tuple[list[dict], list[dict], list[dict]]:
-        """Pixel metrics and face analyses, per chunk, of `paired` output and driver frames decoded in
-        lockstep (every `frame_stride`-th of the driver's); the frames FID and FVD use go to `clips`.
+                       clips: dict[str, dict[str, list[np.ndarray]]],
+                       chunk: int) -> tuple[list[dict], list[dict], list[dict]]:
+        """Pixel metrics and face analyses, per `chunk` frames, of `paired` output and driver frames
+        decoded in lockstep (every `frame_stride`-th of the driver's); the frames FID and FVD use go to `clips`.
         The longer video's first frame is left out when the output runs a frame ahead (`offset` 1)
         or behind (-1). VideoUnreadable when either stops decoding."""
         from portraitflow.operators.decode import iter_frame_chunks
@@ -372,8 +378,9 @@ class JobEvaluator:
         fid_picks, fvd_picks = learned_picks(
             analysed_count(drv_start + paired, stride) - analysed_count(drv_start, stride),
             self.cfg.fid_frames_per_video, self.cfg.fvd_clip_frames)
-        pairs = zip(iter_frame_chunks(output, fps, start_s=out_start / fps, chunk_size=self.cfg.chunk_frames),
-                    iter_frame_chunks(driving, fps, start_s=drv_start / fps, chunk_size=self.cfg.chunk_frames))
+        # in order (PyAV): decord holds on to the frames it decoded, 0.7 GiB a 9-s 720p video (decode.py)
+        pairs = zip(iter_frame_chunks(output, fps, start_s=out_start / fps, chunk_size=chunk, in_order=True),
+                    iter_frame_chunks(driving, fps, start_s=drv_start / fps, chunk_size=chunk, in_order=True))
         per_frame, out_faces, drv_faces, analysed = [], [], [], 0
         for out_chunk, drv_chunk in pairs:  # frames are the driver's: what each output frame is scored against
             count = min(len(out_chunk.frames), len(drv_chunk.frames))
@@ -531,6 +538,5 @@ class EvaluateActor:
         self.work_dir = work_dir
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
-        jobs = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        rows = [self.evaluator.evaluate(job, self.work_dir) for job in jobs]
+        rows = [self.evaluator.evaluate(job, self.work_dir) for job in batch_rows(batch)]
         return {name: [row[name] for row in rows] for name in self.evaluator.columns}

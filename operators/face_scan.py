@@ -26,6 +26,7 @@ from portraitflow.models.face.base import Face, FaceAnalyzer, l2_normalise
 from portraitflow.models.face.pose import (MAX_PROFILE_SHARE, PROFILE_KEYPOINT_YAW, landmark_scale_yaw, profile_pose,
                                           yaw_from_keypoints)
 from portraitflow.operators import filters
+from portraitflow.operators.atomic import UnreadableFile
 from portraitflow.operators.decode import VideoInfo, iter_frame_chunks
 from portraitflow.operators.face_tracking import Track, fill_pose, track_faces
 from portraitflow.operators.identity import identity_link, load_gallery, matches_gallery, switch_index
@@ -41,6 +42,9 @@ from portraitflow.operators.shots import ShotDetector
 from portraitflow.operators.timing import Progress, StageTimer
 
 MIN_TRACK_DETECTIONS = 3  # a face seen once is more often a false detection than a clip
+#: the first pass's decoding time: in an input's timings only when it was scanned by this run (a reused
+#: scan records none, and renders time theirs as `render_decode`)
+SCAN_DECODE = "decode"
 #: the largest share of a face box a clip's fixed crop may leave out on a frame: the 68 clips kept
 #: from the shared media in review s14 leave out at most 0.016 (a face box touching the edge of a
 #: tightly cropped source), while a speaker leaning out of the crop (`skyreels_driving_2`) went from
@@ -91,7 +95,7 @@ def scan_video(
     shots = ShotDetector(cfg.fps, cfg.shot_content_threshold, cfg.shot_histogram_threshold,
                          scan_side=cfg.shot_scan_side, hash_threshold=cfg.shot_hash_threshold)
     detections: list[tuple[int, list[Face]]] = []
-    for chunk in timer.iterate("decode", iter_frame_chunks(path, cfg.fps, chunk_size=cfg.chunk_frames, size=size)):
+    for chunk in timer.iterate(SCAN_DECODE, iter_frame_chunks(path, cfg.fps, chunk_size=cfg.chunk_frames, size=size)):
         with timer.time("shots"):
             shots.update(chunk.positions, chunk.frames)
         chosen = chunk.positions % step == 0
@@ -238,7 +242,7 @@ def _measure(analyzer: FaceAnalyzer, path: str, size, frame_hw: tuple[int, int],
     samples = identity_sample_frames(part.detected, max(cfg.identity_samples, spaced))
     landmarks, poses, sharp, embeddings, thumbnails = [], [], [], [], []
     chunks = iter_frame_chunks(path, cfg.fps, start / cfg.fps, end / cfg.fps, cfg.chunk_frames, size)
-    for chunk in timer.iterate("decode", chunks):
+    for chunk in timer.iterate(SCAN_DECODE, chunks):
         index = chunk.positions - start
         boxes = part.boxes[index]
         with timer.time("landmarks"):
@@ -316,14 +320,16 @@ def _decide(arrays: dict[str, np.ndarray], first: int, last: int, offset: int, i
     measures = dict(measures, identity_link=identity_link(sample_embedding))
     switch = switch_index(sample_embedding, galleries.threshold)
     if switch is not None:
-        before, after = int(sample_index[switch - 1]) + 1, int(sample_index[switch])
+        margin = round(cfg.identity_switch_margin_seconds * cfg.fps)  # a dissolve's blended frames go too
+        before = max(first, int(sample_index[switch - 1]) + 1 - margin)
+        after = min(last, int(sample_index[switch]) + margin)
         between = []  # the frames between the two people's samples show either: a row of their own
         if after > before:
             gap = dict(_part_measures(_frames(arrays, before, after), offset + before, offset + after, cfg),
                        identity_link=measures["identity_link"])
             between = [Candidate(offset + before, offset + after, filters.IDENTITY_SWITCH, gap)]
-        return (_decide(arrays, first, before, offset, info, galleries, cfg) + between
-                + _decide(arrays, after, last, offset, info, galleries, cfg))
+        return ((_decide(arrays, first, before, offset, info, galleries, cfg) if before > first else []) + between
+                + (_decide(arrays, after, last, offset, info, galleries, cfg) if last > after else []))
     crop_box = square_crop_box(np.median(frames["boxes"], axis=0), (info.height, info.width))
     outside = outside_share(frames["boxes"], crop_box)
     leaving = _crop_exit(outside, max(1, round(cfg.min_clip_seconds * cfg.fps)))
@@ -398,16 +404,6 @@ def _crop_exit(outside: np.ndarray, min_frames: int) -> tuple[int, int] | None:
     return cut, len(leaves)
 
 
-def batch_rows(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """Ray Data numpy batch -> plain Python rows (numpy scalars unwrapped)."""
-    size = len(next(iter(batch.values())))
-    return [{k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items()} for i in range(size)]
-
-
-def rows_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    return {k: np.array([r[k] for r in rows]) for k in rows[0]}
-
-
 def check_galleries(cfg: PortraitFlowConfig) -> None:
     """Load the allow and deny galleries as the scan will, so a folder that is missing or holds no
     photo with a face stops the run before anything is written, with the setting that names it (in
@@ -460,7 +456,7 @@ class FaceScanStage:
         if scan_file.exists():
             try:
                 meta = load_scan_meta(scan_file)
-            except Exception:  # cut short or damaged (an interrupted copy, a full disk): scanned again
+            except UnreadableFile:  # cut short or damaged (an interrupted copy, a full disk): scanned again
                 meta = {}
             if meta.get("fingerprint") == self.fingerprint and meta.get("source") == source:
                 return dict(row, status=SCANNED)

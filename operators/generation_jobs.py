@@ -113,7 +113,24 @@ def unique_ids(jobs: list[Job], source: str) -> list[Job]:
                              "driving and params, no job_id): remove one, or give each its own job_id")
         seen[job_id] = row
         named.append(job if job_id == job.job_id else replace(job, job_id=job_id))
+    _refuse_one_job_written_twice(jobs, source)
     return named
+
+
+def _refuse_one_job_written_twice(jobs: list[Job], source: str) -> None:
+    """ValueError for two rows without a job_id whose params differ only in how they are written
+    ("1" and "1.0"): two ids, two videos of one job. Ids still hash the params as written, so the
+    outputs of earlier runs keep their names."""
+    first: dict[str, int] = {}
+    for row, job in enumerate(jobs, 1):
+        if job.job_id:
+            continue
+        same = json.dumps({"ref": job.ref, "driving": job.driving, "params": _as_settings(job.params)},
+                          sort_keys=True, default=str)
+        if same in first:
+            raise ValueError(f"{source}: data rows {first[same]} and {row} are one job (same ref and driving, "
+                             "params that read the same): remove one, or give each its own job_id")
+        first[same] = row
 
 
 def _is_url(path: str) -> bool:
@@ -186,6 +203,18 @@ def load_jobs(path: str | Path) -> list[Job]:
         params = {k: row[k] for k in PER_JOB_FIELDS if k in row and _present(row[k])}
         jobs.append(Job(job_id, ref, driving, params))
     return unique_ids(jobs, str(path))
+
+
+def _as_settings(params: dict[str, Any]) -> dict[str, Any]:
+    """A job's params as the settings read them (CSV's "1" and "1.0" are the multiplier 1.0); a
+    value a setting refuses stays as written (its job fails with the reason, `effective_params`)."""
+    read = {}
+    for name, value in params.items():
+        try:
+            read[name] = getattr(AnimateConfig.model_validate({name: value}), name)
+        except ValidationError:
+            read[name] = value
+    return read
 
 
 def read_table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:

@@ -21,7 +21,7 @@ from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.decode import VideoUnreadable, probe_video, read_frames
 from portraitflow.operators.generation_jobs import (Job, effective_params, id_forms, input_fingerprint, output_name,
                                                    output_settings)
-from portraitflow.operators.job_status import DONE, FAILED, OK, SKIPPED
+from portraitflow.operators.job_status import DONE, FAILED, OK, SKIPPED, clipped
 from portraitflow.operators.paste_back import exceeds
 from portraitflow.operators.paths import confined
 from portraitflow.operators.video_writer import has_audio
@@ -46,8 +46,7 @@ def failed_row(row: dict[str, Any], reason: str) -> dict[str, Any]:
     """`row` as `failed` with `reason`, whatever failed it (planning, preparation, animation, a
     crash, a lost result): its `output` blank, as no video was written for it, so a script that
     copies `results.output` never meets a path that does not exist."""
-    clipped = reason if len(reason) <= 300 else reason[:299].rsplit(" ", 1)[0] + "…"  # not cut mid-word
-    return {**row, "status": FAILED, "reason": clipped, "output": ""}
+    return {**row, "status": FAILED, "reason": clipped(reason), "output": ""}
 
 
 def plan_rows(jobs: list[Job], out_dir: Path, backend: str, cfg: AnimateConfig, resume: bool,
@@ -222,13 +221,19 @@ def preview_strip(outputs: list[str], frames_per_output: int, height: int = 160)
 
 
 def save_preview(table: pd.DataFrame, cfg: AnimateConfig, out_dir: Path) -> Path | None:
-    """`out_dir/preview.png` from the first finished outputs; None when nothing finished."""
+    """`out_dir/preview.png` from the first finished outputs; None when nothing finished, or when it
+    cannot be written (a full disk): a warning, since the videos and results.parquet are written
+    already, and a traceback here hid the run's summary and ended its MLflow run FAILED."""
     done = table[table.status.isin(DONE)].output.tolist()[: cfg.preview_jobs]
     strip = preview_strip(done, cfg.preview_frames)
     if strip is None:
         return None
     path = out_dir / PREVIEW_FILE
-    atomic_write(path, cv2.imencode(".png", np.ascontiguousarray(strip[:, :, ::-1]))[1].tobytes())
+    try:
+        atomic_write(path, cv2.imencode(".png", np.ascontiguousarray(strip[:, :, ::-1]))[1].tobytes())
+    except OSError as exc:
+        logger.warning("the preview strip %s was not written: %s", path, exc)
+        return None
     return path
 
 

@@ -7,17 +7,19 @@ import time
 from typing import Any
 
 from portraitflow.operators.decode import VideoUnreadable, probe_video
+from portraitflow.operators.job_status import REASON_CHARS, clipped
 from portraitflow.operators.ledger import FAILED
 
 _LOG_STAMP = re.compile(r"\[\d{2}:\d{2}:\d{2}\] ")
 
 
-def error_text(exc: BaseException, known: tuple[type[BaseException], ...] = (VideoUnreadable,)) -> str:
-    """A stable one-line error for a manifest or results row: the message of a `known` error (the
-    input's fault, which says it all), else the type too; decord's wall-clock stamps dropped, so
-    runs can be compared and failures grouped by reason."""
+def error_text(exc: BaseException, known: tuple[type[BaseException], ...] = (VideoUnreadable,),
+               limit: int = REASON_CHARS) -> str:
+    """A stable error for a manifest or results row: the message of a `known` error (the input's
+    fault, which says it all), else the type too; decord's wall-clock stamps dropped, so runs can
+    be compared and failures grouped by reason; `clipped` to `limit`."""
     text = str(exc) if isinstance(exc, known) else f"{type(exc).__name__}: {exc}"
-    return _LOG_STAMP.sub("", text)[:500]
+    return clipped(_LOG_STAMP.sub("", text), limit)
 
 
 def probe_input(row: dict[str, Any], path: str) -> dict[str, Any]:

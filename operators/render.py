@@ -5,7 +5,8 @@ frames are decoded at source resolution, in order with PyAV, at most FULL_RES_CH
 time, so memory depends on neither the clip's length nor, beyond that, the source's resolution. Landmarks, keypoints
 and poses in the sample are in the pixels of the crop (0..crop_size), aligned with the mp4. The scan
 fits landmarks on frames at most `analysis_max_side` wide; where the crop shows the face finer than
-that (`REFIT_ABOVE`), the sample's landmarks, pose and motion intensity are fitted again on the crop.
+that (`REFIT_ABOVE`), the sample's landmarks, keypoints, pose and motion intensity are fitted again
+on the crop.
 """
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ FORMAT_VERSION = 1
 #: at 640 px, 107 in the 512 crop) had 1.51x the frame-to-frame landmark jitter and 1.2-1.4x the
 #: pose noise of a fit on the crop; a 512-px source's crop is its analysis frame, and gains nothing
 REFIT_ABOVE = 1.25
+#: a face detected on the crop is the tracked one when its box overlaps the track's this much
+SAME_FACE_IOU = 0.3
 
 
 def _jpeg(rgb: np.ndarray) -> bytes:
@@ -63,7 +66,7 @@ def render_sample(
 ) -> dict[str, bytes]:
     """The fields of one sample (mp4, ref.jpg, ref_face.jpg, json, *.npy) for a kept clip; with
     `analyzer` (called once a clip needs it: loading the models takes about a second), landmarks
-    fitted again on the crop where it is finer than the analysis frame."""
+    fitted and keypoints detected again on the crop where it is finer than the analysis frame."""
     crop_box = arrays["crop_box"]
     ref_index = int(arrays["ref_index"])
     size = cfg.crop_size
@@ -79,15 +82,17 @@ def render_sample(
                                    frames_per_chunk(cfg.chunk_frames, clip["width"], clip["height"],
                                                     FULL_RES_CHUNK_BYTES), in_order=True)
         for chunk in timer.iterate("render_decode", chunks):
+            rows = chunk.positions - clip["start"]
             with timer.time("crop"):
                 out = np.stack([crop_square(frame, crop_box, size) for frame in chunk.frames])
-                hit = np.flatnonzero(chunk.positions - clip["start"] == ref_index)
-                if len(hit):
-                    reference["crop"] = out[hit[0]]
-                    reference["face"] = align_arcface(chunk.frames[hit[0]], arrays["kps"][ref_index])
             if fitter:
                 with timer.time("render_landmarks"):
-                    landmarks.append(fitter.landmarks(list(out), boxes[chunk.positions - clip["start"]]))
+                    landmarks.append(fitter.landmarks(list(out), boxes[rows]))
+                    kps[rows] = detected_kps(fitter, out, boxes[rows], kps[rows])
+            hit = np.flatnonzero(rows == ref_index)
+            if len(hit):  # aligned on the source's pixels, at the keypoints the sample holds
+                reference["crop"] = out[hit[0]]
+                reference["face"] = align_arcface(chunk.frames[hit[0]], kps[ref_index] / crop_scale + crop_box[:2])
             yield out
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,6 +126,7 @@ def render_sample(
         "crop_size": size,
         "crop_scale": round(crop_scale, 4),
         "landmarks_refit": fitter is not None,  # fitted on the crop, not on the scan's analysis frame
+        "kps_refit": fitter is not None,  # detected on the crop too (absent: curated before they were)
         "ref_frame": ref_index,
         "face_backend": face_backend,
         "embedding_dim": int(arrays["embedding"].shape[0]),
@@ -144,6 +150,26 @@ def render_sample(
     # readers check a member against it before decoding: damage a decoder does not report, or crashes on
     meta["sha256"] = {name: hashlib.sha256(data).hexdigest() for name, data in members.items()}
     return {**members, "json": json.dumps(meta, sort_keys=True).encode()}
+
+
+def detected_kps(detector: FaceAnalyzer, crops: np.ndarray, boxes: np.ndarray, kps: np.ndarray) -> np.ndarray:
+    """Keypoints detected on each crop, of the face overlapping its tracked box (IoU at least
+    `SAME_FACE_IOU`): the scan detects on its analysis frame, where a phone video's small face put
+    the eyes 0.15-0.19 of the eye distance off the crop's landmarks. A frame without such a face
+    keeps the scan's `kps` moved by the median offset of the crops' detections from them, so the
+    points do not jump by that offset where a detection is missed (none found: the scan's)."""
+    from portraitflow.operators.face_tracking import box_iou
+
+    found = np.zeros(len(kps), bool)
+    detected = kps.copy()
+    for index, faces in enumerate(detector.detect(list(crops))):
+        if faces:
+            overlap = box_iou(boxes[index], np.stack([face.box for face in faces]))[0]
+            if overlap.max() >= SAME_FACE_IOU:
+                detected[index], found[index] = faces[int(overlap.argmax())].kps, True
+    if found.any():
+        detected[~found] = kps[~found] + np.median(detected[found] - kps[found], axis=0)
+    return detected
 
 
 def render_clip(row: dict[str, Any], path: str, cfg: CurateConfig, staging_dir: Path,

@@ -252,8 +252,8 @@ def side_by_side(ref: str, driving: str, output: str, out_path: Path, height: in
     out_start, drv_start = max(frame_offset, 0) / fps, max(-frame_offset, 0) / fps
 
     def panels() -> Iterator[np.ndarray]:
-        for drv, out in zip(iter_frame_chunks(driving, fps, start_s=drv_start),
-                            iter_frame_chunks(output, fps, start_s=out_start)):
+        for drv, out in zip(iter_frame_chunks(driving, fps, start_s=drv_start, in_order=True),  # bounded memory
+                            iter_frame_chunks(output, fps, start_s=out_start, in_order=True)):
             count = min(len(drv.frames), len(out.frames))
             yield np.concatenate([np.repeat(still[None], count, axis=0), _fit_height(drv.frames[:count], height),
                                   _fit_height(out.frames[:count], height)], axis=2)

@@ -19,7 +19,7 @@ from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.curate import CurateConfig
 from portraitflow.jobs.config.fields import operational
 from portraitflow.models.face.model_files import file_sha256
-from portraitflow.operators.atomic import atomic_write
+from portraitflow.operators.atomic import atomic_write, reading
 from portraitflow.operators.identity import gallery_photos
 from portraitflow.operators.inputs import clip_key
 from portraitflow.operators.ledger import file_stat
@@ -108,7 +108,8 @@ def save_scan(path: Path, meta: dict[str, Any], candidates: list[Candidate]) -> 
 
 
 def load_scan_meta(path: Path) -> dict[str, Any]:
-    with np.load(path, allow_pickle=False) as data:
+    """The scan's JSON; `UnreadableFile` when it is missing or damaged."""
+    with reading(path), np.load(path, allow_pickle=False) as data:
         return json.loads(str(data["meta"]))
 
 
@@ -119,9 +120,11 @@ def scan_path(scan_dir: Path, input_key: str) -> Path:
 
 def scan_clips(path: Path, input_key: str, fps: float) -> list[dict[str, Any]]:
     """The candidate clips of a scan file in time order, each with its sample key, its index in the
-    file, the face backend and that backend's same-person threshold."""
+    file, the face backend and that backend's same-person threshold; `UnreadableFile` when the
+    file is missing or damaged."""
     meta = load_scan_meta(path)
-    return [dict(clip, key=clip_key(input_key, clip["start"] / fps, clip["end"] / fps), index=index,
+    with reading(path):
+        return [dict(clip, key=clip_key(input_key, clip["start"] / fps, clip["end"] / fps), index=index,
                  face_backend=meta["face_backend"], same_person=meta["same_person"])
             for index, clip in enumerate(meta["clips"])]
 

@@ -5,17 +5,24 @@ two streams interleave, and it is cut at the video's end so the output never out
 """
 from __future__ import annotations
 
+import functools
+import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from portraitflow.operators.atomic import atomic_target
 
 if TYPE_CHECKING:
     import av
 
+log = logging.getLogger(__name__)
 
 #: Sample rates the AAC encoder accepts; another source rate is resampled to 48 kHz.
 AAC_SAMPLE_RATES = frozenset({96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350})
@@ -47,6 +54,58 @@ def aac_layout(channels: int) -> str:
     """The AAC channel configuration a source of `channels` channels is written in (stereo where
     the stream does not say, as a probe may leave it 0)."""
     return AAC_LAYOUTS.get(channels, "7.1" if channels > 8 else "stereo")
+
+
+class AudioUnreadable(ValueError):
+    """The audio of a file whose video is used cannot be decoded without crashing the process."""
+
+
+#: decodes the first frame of a file's stream (argv: path, stream index), in a child process
+#: (`check_audio_decodes`)
+_DECODE_AUDIO = """
+import sys, av
+with av.open(sys.argv[1]) as container:
+    for frame in container.decode(container.streams[int(sys.argv[2])]):
+        frame.layout.name
+        break
+"""
+#: seconds the child may take to decode one audio frame
+_DECODE_CHECK_TIMEOUT_S = 120
+
+
+def check_audio_decodes(source: str | Path) -> None:
+    """AudioUnreadable when decoding the audio track `source` plays would abort the process: PyAV
+    17-18 frees a custom-ordered channel layout twice (6.1 and 7.1 PCM in MOV, whose `chan` atom
+    orders the channels), a `double free` that took each worker it met with it, so a job was retried
+    and quarantined with no reason. Tried in a child process for files of the MOV family (where that
+    atom is; 0.2 s), once per file version in a process; only the child's death by a signal counts
+    (an ordinary decoding error is the writer's own to raise)."""
+    import av
+
+    try:
+        with av.open(str(source)) as container:
+            if not container.streams.audio or not container.format.name.startswith("mov"):
+                return
+            track = played_audio(container).index
+    except av.FFmpegError:
+        return  # no audio will be read from it
+    stat = os.stat(source)
+    _check_in_child(os.path.abspath(source), track, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _check_in_child(path: str, track: int, size: int, mtime_ns: int) -> None:
+    """`check_audio_decodes` of one version of a file (`size` and `mtime_ns` key the cache)."""
+    try:
+        done = subprocess.run([sys.executable, "-c", _DECODE_AUDIO, path, str(track)], capture_output=True,
+                              timeout=_DECODE_CHECK_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise AudioUnreadable(f"{Path(path).name}: decoding one frame of its audio took over "
+                              f"{_DECODE_CHECK_TIMEOUT_S} s") from None
+    if done.returncode < 0:  # killed by a signal: SIGABRT from glibc's double-free check, SIGSEGV
+        tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"signal {-done.returncode}"]
+        raise AudioUnreadable(f"{Path(path).name}: its audio crashes the decoder (PyAV: {tail[0]}); a 6.1 or 7.1 "
+                              "PCM track in a MOV does: re-mux it, e.g. `ffmpeg -i IN -c:v copy -c:a aac OUT.mp4`")
 
 
 class _AudioSource:
@@ -82,7 +141,20 @@ class _AudioSource:
         if not container.streams.audio:
             container.close()
             return None
-        return cls(container, played_audio(container), start_s)
+        try:
+            check_audio_decodes(source)
+        except AudioUnreadable:
+            container.close()
+            raise
+        stream = played_audio(container)
+        if stream.duration is not None and stream.start_time is not None:  # as the container states them
+            ends_s = float((stream.start_time + stream.duration) * stream.time_base)
+            if ends_s <= _first_video_time(container) + start_s:  # the track would be silence only
+                log.warning("%s: its audio ends before the video's first frame%s: the output gets no audio track",
+                            source, f" (+{start_s:g} s)" if start_s else "")
+                container.close()
+                return None
+        return cls(container, stream, start_s)
 
     def _from_start(self, frames):
         """Frames from `start_s` on in the output's rate, layout and `_WORK_FORMAT`: the lead-in

@@ -15,6 +15,12 @@ from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.operators.job_status import OK
 
+#: what an evaluator declares to Ray, so a sweep's pools beside its animation actors never hold more
+#: than a node's memory: the face models and both videos decoded in order, `chunk_frames` at a time
+#: (at most FULL_RES_CHUNK_BYTES each). Peak RSS scoring a video against itself: 0.81 GiB at 480x480,
+#: 1.19 at 1280x720, 1.48 at 1080x1920 (decoded with decord before: 1.07, 2.64, 4.57); 25% spare.
+EVALUATOR_MEMORY = 1900 * 1024**2
+
 
 def evaluate_outputs(jobs: pd.DataFrame, work_dir: Path, cfg: PortraitFlowConfig,
                      evaluate: EvaluateConfig) -> pd.DataFrame:
@@ -31,7 +37,7 @@ def evaluate_outputs(jobs: pd.DataFrame, work_dir: Path, cfg: PortraitFlowConfig
     if len(ready):
         columns = [c for c in ("job_id", "ref", "driving", "output", "paste_back", "params") if c in ready]
         ds = ray.data.from_items(ready[columns].to_dict("records"), override_num_blocks=len(ready))
-        ds = ds.map_batches(EvaluateActor, batch_size=1, num_cpus=1,
+        ds = ds.map_batches(EvaluateActor, batch_size=1, num_cpus=1, memory=EVALUATOR_MEMORY,
                             compute=ActorPoolStrategy(size=min(evaluate.evaluators, len(ready))),
                             fn_constructor_kwargs={"face": cfg.face.model_dump(), "evaluate": evaluate.model_dump(),
                                                    "work_dir": str(work_dir)})

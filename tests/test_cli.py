@@ -477,3 +477,54 @@ def test_animate_refuses_an_out_that_is_one_of_its_input_folders(tmp_path: Path,
     inside = CliRunner().invoke(app, ["animate", "--refs", str(refs), "--drivers", str(drivers), "--out",
                                       str(drivers / "out")], env=WIDE)
     assert "a rerun would take" not in inside.output  # refused for the empty folders only
+
+
+def test_failures_are_listed_on_stderr_ten_at_most(capsys: pytest.CaptureFixture[str]) -> None:
+    """`animate` printed every failed job on stdout, 10,000 lines for a batch where all failed,
+    among the summary scripts read; `curate` already capped its list on stderr."""
+    from portraitflow.jobs.options import FAILED_SHOWN, say_failures
+
+    say_failures([(f"job{i}", "no face") for i in range(FAILED_SHOWN + 5)], "results.parquet's `reason`")
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("  failed job") == FAILED_SHOWN and "failed job9: no face" in err
+    assert err.splitlines()[-1] == "  ... 5 more failed (results.parquet's `reason` says why)"
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EACCES"])
+def test_a_full_disk_is_one_line_that_says_a_rerun_resumes(code: str, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A full disk mid-curation was an 80-line traceback and exit 1, which says every input failed;
+    any other OSError is a bug or an input's, and keeps its traceback."""
+    import errno
+
+    from portraitflow.jobs import cli
+
+    def fill(*_args, **_kwargs):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), "/out/.state/corpus/ledger.bin")
+
+    monkeypatch.setattr(cli, "app", fill)
+    monkeypatch.setattr("portraitflow.jobs.runtime.stop_on_sigterm", lambda: None)  # pytest keeps its handler
+    if code == "EACCES":
+        with pytest.raises(PermissionError):
+            cli.main()
+        return
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == ("Error: No space left on device writing /out/.state/corpus/ledger.bin: finished "
+                                       "work is kept; free room and rerun the same command to resume\n")
+
+
+def test_a_resumed_sweep_names_the_configs_it_kept_with_failed_videos(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """After a full disk, the rerun exited 0 keeping a config with 0 of 2 videos, and nothing
+    pointed to --retry-failed (review s24)."""
+    from portraitflow.jobs.evaluate_cmd import _say_failures_kept
+
+    summary = tmp_path / "summary.csv"
+    pd.DataFrame({"config": ["warp[p=0.5]", "warp[p=1.0]", "still"], "jobs_ok": [2, 0, 1],
+                  "jobs_failed": [0, 2, 1], "reused": [True, True, False]}).to_csv(summary, index=False)
+    _say_failures_kept(summary)
+    err = capsys.readouterr().err
+    assert "kept from earlier runs with failed videos: warp[p=1.0] (2 failed);" in err and "--retry-failed" in err
+    assert "still" not in err  # failed in this run, not kept

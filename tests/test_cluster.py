@@ -60,6 +60,37 @@ def test_a_submitted_job_refuses_an_out_in_its_temporary_working_dir(monkeypatch
     check_out_folder(Path("out"), "curate")
 
 
+def test_a_submitted_curation_refuses_inputs_in_its_temporary_working_dir(monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Path) -> None:
+    """A relative input under `ray job submit --working-dir .` was keyed by Ray's unpacked copy: a
+    second submission after any edit curated the same video again (review s24)."""
+    from typer.testing import CliRunner
+
+    from portraitflow.jobs.cli import app
+
+    unpacked = tmp_path / "session_1" / "runtime_resources" / "working_dir_files" / "_ray_pkg_x"
+    (unpacked / "samples").mkdir(parents=True)
+    (unpacked / "samples" / "talk.mp4").write_bytes(b"")
+    monkeypatch.chdir(unpacked)
+    monkeypatch.setenv(runtime.JOB_CONFIG_ENV_VAR, json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg_x.zip"}}))
+    result = CliRunner().invoke(app, ["curate", "samples/talk.mp4", "--out", str(tmp_path / "out")],
+                                env={"COLUMNS": "400"})
+    assert result.exit_code == 2 and "samples/talk.mp4 is inside Ray's temporary copy of --working-dir" in result.output
+    assert not (tmp_path / "out").exists()
+    import typer
+
+    from portraitflow.jobs.curate import _refuse_inputs_in_working_dir
+
+    shared = tmp_path / "shared" / "talk.mp4"  # storage every node sees
+    shared.parent.mkdir()
+    shared.write_bytes(b"")
+    (unpacked / "inputs.txt").write_text(f"{shared}\n")
+    _refuse_inputs_in_working_dir(["inputs.txt"])  # a list carried by --working-dir, naming absolute paths
+    (unpacked / "relative.txt").write_text("samples/talk.mp4\n")
+    with pytest.raises(typer.BadParameter, match="talk.mp4 is inside Ray's temporary copy"):
+        _refuse_inputs_in_working_dir(["relative.txt"])
+
+
 def test_no_address_starts_a_local_ray_even_beside_a_ray_start_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ray joins a cluster `ray start` left on this machine when given no address, where num_cpus is
     refused (ValueError) and the work would land on that cluster; no address means a local Ray."""

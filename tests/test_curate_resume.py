@@ -294,6 +294,35 @@ def test_a_damaged_scan_file_counts_as_no_scan(tmp_path: Path, media_dir: Path) 
     assert row["status"] == "scanned" and "fingerprint" in load_scan_meta(scan_file)  # scanned again
 
 
+def test_a_bug_reading_a_scan_is_raised_not_taken_for_a_damaged_file(tmp_path: Path, monkeypatch) -> None:
+    """Every read of a scan caught any exception as damage: a bug in reading it rescanned every
+    input on every resume without a word. Damage (missing, cut short, not the JSON written) is
+    `UnreadableFile`, naming the file; a TypeError is a bug, and is raised."""
+    import numpy as np
+
+    from portraitflow.operators import scan_store
+    from portraitflow.operators.atomic import UnreadableFile
+    from portraitflow.operators.driving_motion import DrivingMotion
+
+    scan_file = tmp_path / "talk.npz"
+    for damage in (None, b"PK\x03\x04 cut short", b"not a zip"):
+        scan_file.unlink(missing_ok=True)
+        if damage:
+            scan_file.write_bytes(damage)
+        with pytest.raises(UnreadableFile, match=str(scan_file)):
+            scan_store.scan_clips(scan_file, "talk", 25.0)
+    np.savez(scan_file, meta=np.array(json.dumps({"clips": [{"start": 0, "end": 5}]})))  # no face_backend
+    with pytest.raises(UnreadableFile, match="KeyError"):
+        scan_store.scan_clips(scan_file, "talk", 25.0)
+    with pytest.raises(UnreadableFile, match="driving motion"):
+        DrivingMotion.from_bytes(b"PK\x03\x04")
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(scan_store, "json", SimpleNamespace(loads=lambda text: None + 1))  # not the json module
+    with pytest.raises(TypeError):
+        scan_store.load_scan_meta(scan_file)
+
+
 def test_a_damaged_staged_sample_is_deleted_so_it_is_rendered_again(tmp_path: Path) -> None:
     """Packing stopped on a staged sample cut short on every run, until someone deleted it."""
     from portraitflow.operators.shards import stage_sample, staged_path, staged_whole
@@ -307,3 +336,20 @@ def test_a_damaged_staged_sample_is_deleted_so_it_is_rendered_again(tmp_path: Pa
     assert [staged_whole(tmp_path, key) for key in (whole, cut, foreign, "never_00000000_00002000")] == [True] + [False] * 3
     assert staged_path(tmp_path, whole).exists() and not staged_path(tmp_path, cut).exists()
     assert not staged_path(tmp_path, foreign).exists()
+
+
+def test_a_resumed_run_counts_throughput_over_the_video_it_scanned() -> None:
+    """A resume that reused every scan reported 0.83 video-s/s, as much as a whole curation."""
+    import pyarrow as pa
+
+    from portraitflow.jobs.curate import _metrics
+
+    manifest = pa.table({"input_key": ["a", "b"], "status": ["accepted", "accepted"],
+                         "seconds_in": [10.0, 30.0], "seconds_accepted": [10.0, 30.0]})
+    clips = pa.table({"input_key": ["a", "b"], "decision": ["accepted", "accepted"], "reason": [None, None]})
+    scanned = [{"status": "scanned", "duration_s": 10.0, "timings": json.dumps({"probe": 0.1, "decode": 1.0,
+                                                                               "detect": 4.0, "worker_cpu": 5.0})},
+               {"status": "scanned", "duration_s": 30.0,  # reused, its clips rendered now
+                "timings": json.dumps({"probe": 0.1, "render_decode": 2.0, "encode": 1.0, "worker_cpu": 3.0})}]
+    metrics = _metrics(manifest, clips, scanned, 5.0, {"a", "b"}, {"shardlist": []}, 25.0)
+    assert metrics["video_seconds_per_s"] == 2.0 and metrics["frames_per_s"] == 50.0 and metrics["inputs"] == 2

@@ -186,6 +186,8 @@ def test_gallery_photos_left_out_are_named(media_dir: Path, tmp_path: Path, capl
     ("shot_hash_threshold", "0.0 -> 0.25", "0.0"),
     # mirrored copies were kept before; on, new flipped copies would be rejected while older ones stay
     ("duplicate_mirrored", "False -> True", "false"),
+    # a dissolve's frames beside an identity switch were kept before (review s24)
+    ("identity_switch_margin_seconds", "0.0 -> 0.5", "0.0"),
 ])
 def test_a_folder_curated_before_a_setting_that_changed_results_resumes_only_with_the_old_behaviour(
         tmp_path: Path, setting: str, change: str, restore: str) -> None:

@@ -221,14 +221,16 @@ def test_a_shard_named_like_a_pipe_url_is_read_as_a_file_and_runs_nothing(tmp_pa
 def test_files_include_matches_that_are_no_video_are_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A portrait a folder dataset's `include` matched was passed over without a word (no row, no
     log), and a dataset of pictures was only "no video file matches include"."""
-    for name in ("talk.mp4", "face.png", "notes.txt"):
+    for name in ("talk.mp4", "face.png", "face.bmp", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
     with caplog.at_level(logging.WARNING):
         eval_dataset.check_dataset(DatasetSpec(path=str(tmp_path), include=["*"]))
-    assert "matches 2 files that are no video (face.png, notes.txt)" in caplog.text and "not read" in caplog.text
-    with pytest.raises(ValueError, match=r"no video file under it matches include \['\*.png'\] \(in any case\); "
-                                         r"it matches 1 files that are no video \(face.png\).*portraits are matched by `refs`"):
-        eval_dataset.check_dataset(DatasetSpec(path=str(tmp_path), include=["*.png"]))
+    # face.png is a portrait `refs` reads: not named
+    assert "matches 2 files that are no video (face.bmp, notes.txt)" in caplog.text
+    assert "not read as drivers" in caplog.text
+    with pytest.raises(ValueError, match=r"no video file under it matches include \['\*.bmp'\] \(in any case\); "
+                                         r"it matches 1 files that are no video \(face.bmp\).*portraits are matched by `refs`"):
+        eval_dataset.check_dataset(DatasetSpec(path=str(tmp_path), include=["*.bmp"]))
 
 
 def test_a_folder_takes_camera_names_in_any_case_and_never_macos_forks(tmp_path: Path) -> None:

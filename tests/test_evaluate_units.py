@@ -216,6 +216,16 @@ def test_a_bad_video_in_a_folder_is_a_failed_row(tmp_path: Path) -> None:
     assert status == {"good.mp4": ("ok", None), "broken.mp4": ("failed", "unreadable")}
 
 
+def test_row_errors_are_clipped_at_a_word_without_decord_stamps() -> None:
+    """Evaluation and sweep rows cut errors mid-word at 300 characters and kept decord's wall-clock
+    stamps, so one failure read differently in every run; generation rows were already clipped."""
+    from portraitflow.operators.probe import error_text
+
+    text = error_text(RuntimeError("[12:05:42] video_reader.cc:86: ERROR " + "opening the file " * 30))
+    assert len(text) <= 300 and text.endswith("…") and text[-2] != " " and "[12:05:42]" not in text
+    assert text.startswith("RuntimeError: video_reader.cc:86: ERROR opening the file")
+
+
 def test_jobs_that_cannot_be_scored_get_every_column_and_a_reason(tmp_path: Path) -> None:
     from PIL import Image
 
@@ -985,3 +995,17 @@ def test_the_report_says_how_many_of_the_datasets_videos_could_not_be_used() -> 
     [note] = _sweep_notes(parent("FINISHED", 2.0), 3)
     assert note.startswith("2 video(s) of the dataset could not be used") and "dataset.parquet" in note
     assert _sweep_notes(parent("FINISHED", 0.0), 3) == []
+    # a sweep killed outright: its page passed for a whole one, a config RUNNING, one never started (review s24)
+    [note] = _sweep_notes(parent("RUNNING", 0.0), 2)
+    assert note.startswith("The sweep's run is still RUNNING, and 2 of its 3 configs have runs")
+    assert _sweep_notes(parent("RUNNING", 0.0), 3) == []  # the sweep's own page, made before it ends its run
+
+
+def test_a_long_path_in_a_reason_is_kept_in_part() -> None:
+    """Cut at a word, a reason ending in a long path lost the path whole (review s24)."""
+    from portraitflow.operators.job_status import clipped
+
+    path = "s3://bucket/" + "a" * 40 + "/" + "b" * 300 + ".mp4"
+    text = clipped(f"FileNotFoundError: [Errno 2] No such file or directory: {path}")
+    assert len(text) == 300 and text.endswith("b…") and "s3://bucket/aaa" in text
+    assert clipped("word " * 100).endswith("word…") and len(clipped("word " * 100)) <= 300

@@ -314,7 +314,7 @@ def test_a_damaged_motion_cache_is_extracted_again(tmp_path: Path, monkeypatch: 
                            np.zeros((frames, 5, 2)), np.zeros((frames, 5, 2)), np.zeros((frames, 68, 2)),
                            np.zeros((frames, 3)), np.ones(frames, bool))
     extractions = []
-    monkeypatch.setattr(animate, "_analyzer", lambda face: None)
+    monkeypatch.setattr(animate, "worker_analyzer", lambda face: None)
     monkeypatch.setattr(animate, "extract_driving_motion", lambda *args, **kwargs: extractions.append(1) or motion)
     driver = tmp_path / "talk.mp4"
     driver.write_bytes(b"a driver")
@@ -337,3 +337,63 @@ def test_a_jobs_file_not_utf8_or_empty_is_named_with_what_is_wrong(tmp_path: Pat
     empty.write_text("")
     with pytest.raises(ValueError, match=r"empty.csv: empty: no columns \(ref and driving"):
         load_jobs(empty)
+
+
+def test_a_preview_that_cannot_be_written_is_a_warning(tmp_path: Path, monkeypatch, caplog) -> None:
+    """On a full disk the strip's write raised after every video and results.parquet were written:
+    a traceback instead of the summary, and the MLflow run ended FAILED."""
+    import logging
+
+    import numpy as np
+
+    from portraitflow.operators import generation_results
+
+    def full_disk(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(generation_results, "preview_strip", lambda outputs, frames: np.zeros((8, 8, 3), np.uint8))
+    monkeypatch.setattr(generation_results, "atomic_write", full_disk)
+    table = pd.DataFrame({"status": ["ok"], "output": [str(tmp_path / "a.mp4")]})
+    with caplog.at_level(logging.WARNING):
+        assert generation_results.save_preview(table, AnimateConfig(), tmp_path) is None
+    assert "preview.png was not written: [Errno 28] No space left on device" in caplog.text
+
+
+def test_videos_of_earlier_settings_left_in_the_folder_are_named(tmp_path: Path, caplog) -> None:
+    """A rerun with other settings wrote its videos beside the first run's, and nothing said that
+    half the folder's videos were in no row of results.parquet (review s24)."""
+    import logging
+
+    from portraitflow.jobs.generation import _warn_of_unlisted_videos
+
+    for name in ("talk-aaaa.mp4", "talk-bbbb.mp4", ".talk-cccc.mp4.x1y2z3w4.part"):
+        (tmp_path / name).write_bytes(b"")
+    results = pd.DataFrame({"output": [str(tmp_path / "talk-bbbb.mp4"), ""]})
+    with caplog.at_level(logging.WARNING):
+        _warn_of_unlisted_videos(tmp_path, results)
+    assert "1 video(s) in" in caplog.text and "(talk-aaaa.mp4)" in caplog.text and "cccc" not in caplog.text
+    caplog.clear()
+    _warn_of_unlisted_videos(tmp_path, pd.DataFrame({"output": [str(tmp_path / n) for n in ("talk-aaaa.mp4",
+                                                                                             "talk-bbbb.mp4")]}))
+    assert not caplog.text
+
+
+def test_one_job_written_two_ways_is_one_job(tmp_path: Path) -> None:
+    """`1` and `1.0` (and `true` and `True`) in a CSV were two jobs with two ids: two videos of the
+    same thing. Read as the settings read them, they are the same row, which the file may not list
+    twice; a value the setting refuses stays as written and fails its own job."""
+    path = tmp_path / "jobs.csv"
+    path.write_text("ref,driving,pose_multiplier,paste_back\na.png,d.mp4,1,true\na.png,d.mp4,1.0,True\n")
+    with pytest.raises(ValueError, match="data rows 1 and 2 are one job"):
+        load_jobs(path)
+    path.write_text("ref,driving,pose_multiplier\na.png,d.mp4,0.5\na.png,d.mp4,lots\na.png,d.mp4,1\n")
+    first, second, third = load_jobs(path)
+    assert second.params == {"pose_multiplier": "lots"}  # fails its own job
+    with pytest.raises(ValueError, match="invalid job params: pose_multiplier"):
+        effective_params(second, AnimateConfig())
+    # ids hash the params as written, as before: the videos of earlier runs keep their names
+    from portraitflow.operators.generation_jobs import _hashed_id
+
+    assert first.params == {"pose_multiplier": "0.5"}
+    assert first.job_id == _hashed_id(Job("", first.ref, first.driving, {"pose_multiplier": "0.5"}))
+    assert first.job_id != _hashed_id(Job("", first.ref, first.driving, {"pose_multiplier": 0.5}))

@@ -73,16 +73,17 @@ def _track(second_box: np.ndarray, nose_offset: float) -> Track:
     return Track(np.arange(FRAMES), boxes, kps.astype(np.float32), np.arange(FRAMES) % 2 == 0)
 
 
-def _scan(monkeypatch: pytest.MonkeyPatch, frames: np.ndarray, main: Track,
-          others: list[Track] = (), analyzer: _Analyzer | None = None) -> list[face_scan.Candidate]:
-    """The first pass and the second on the clip [0, FRAMES), with `frames` as the decoded video."""
+def _scan(monkeypatch: pytest.MonkeyPatch, frames: np.ndarray, main: Track, others: list[Track] = (),
+          analyzer: _Analyzer | None = None, margin_s: float = 0.0) -> list[face_scan.Candidate]:
+    """The first pass and the second on the clip [0, FRAMES), with `frames` as the decoded video; no
+    margin around a switch unless `margin_s` (the parts' own frames are what these tests judge)."""
     def decoded(path: str, fps: float, start_s: float, end_s: float, chunk_size: int, size: object):
         for begin in range(round(start_s * fps), round(end_s * fps), chunk_size):
             positions = np.arange(begin, min(begin + chunk_size, round(end_s * fps)))
             yield FrameChunk(positions, frames[positions])
 
     monkeypatch.setattr(face_scan, "iter_frame_chunks", decoded)
-    cfg = CurateConfig(min_motion=0.0, chunk_frames=48)  # the made-up landmarks hold still
+    cfg = CurateConfig(min_motion=0.0, chunk_frames=48, identity_switch_margin_seconds=margin_s)  # still landmarks
     info = VideoInfo(SIDE * 4, SIDE * 4, cfg.fps, FRAMES)
     to_source = np.full(2, TO_SOURCE, np.float32)
     galleries = face_scan.Galleries(np.zeros((0, 8)), np.zeros((0, 8)), 0.5)
@@ -160,7 +161,8 @@ def test_a_second_of_another_person_inside_a_clip_is_seen(monkeypatch: pytest.Mo
     ...) fell around them, the clip was kept whole, and the other person's most frontal frame became
     its reference. Samples at most 0.5 s apart see them (the one at 100): no clip kept holds a frame
     of them, and the first person's footage on either side is kept (a switch away and back had
-    rejected the whole clip)."""
+    rejected the whole clip). Half a second either side of each switch goes with it (a dissolve's
+    frames blend the two faces)."""
     rng = np.random.default_rng(0)
     frames = np.full((FRAMES, SIDE, SIDE, 3), 128, np.uint8)
     for index, frame in enumerate(frames):
@@ -170,6 +172,11 @@ def test_a_second_of_another_person_inside_a_clip_is_seen(monkeypatch: pytest.Mo
     assert [(c.start, c.end, c.reason) for c in parts] == [
         (0, 87, None), (87, 100, filters.IDENTITY_SWITCH), (100, 101, filters.TOO_SHORT),
         (101, 112, filters.IDENTITY_SWITCH), (112, FRAMES, None)]
+    margin = round(0.5 * CurateConfig().fps)
+    parts = _scan(monkeypatch, frames, _track(BOX, 0.0), margin_s=0.5)
+    assert [(c.start, c.end, c.reason) for c in parts] == [
+        (0, 87 - margin, None), (87 - margin, 100 + margin, filters.IDENTITY_SWITCH),
+        (100 + margin, FRAMES, None)]
 
 
 def test_a_deny_list_matches_any_sample_not_only_their_mean() -> None:

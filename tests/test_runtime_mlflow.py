@@ -72,12 +72,31 @@ def test_a_terminated_or_interrupted_run_ends_killed_and_a_failed_one_failed(tmp
 
     cfg = MLflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     statuses = {}
-    for stop in (Terminated, KeyboardInterrupt, RuntimeError):
+    for stop in (Terminated, KeyboardInterrupt, SystemExit, RuntimeError):
         with pytest.raises(stop):
             with mlflow_run(cfg, "stopped", tmp_path / stop.__name__) as run:
                 raise stop()
         statuses[stop.__name__] = mlflow.MlflowClient(cfg.tracking_uri).get_run(run.info.run_id).info.status
-    assert statuses == {"Terminated": "KILLED", "KeyboardInterrupt": "KILLED", "RuntimeError": "FAILED"}
+    assert statuses == {"Terminated": "KILLED", "KeyboardInterrupt": "KILLED", "SystemExit": "KILLED",
+                        "RuntimeError": "FAILED"}
+
+
+def test_every_flow_ends_a_raised_run_by_one_rule(tmp_path: Path) -> None:
+    """Five hand-written endings disagreed: SystemExit ended an evaluation FAILED and a sweep KILLED."""
+    from portraitflow.jobs.runtime import Terminated, terminated_on_raise
+
+    class Client:
+        def set_terminated(self, run_id: str, status: str) -> None:
+            ended[run_id] = status
+
+    ended: dict[str, str] = {}
+    for stop in (Terminated, KeyboardInterrupt, SystemExit, RuntimeError, ValueError):
+        with pytest.raises(stop), terminated_on_raise(Client(), stop.__name__):
+            raise stop()
+    with terminated_on_raise(Client(), "completed"):
+        pass  # a completed block ends its run itself
+    assert ended == {"Terminated": "KILLED", "KeyboardInterrupt": "KILLED", "SystemExit": "KILLED",
+                     "RuntimeError": "FAILED", "ValueError": "FAILED"}
 
 
 def test_too_few_cpus_stop_a_local_run_and_are_said_on_a_cluster(monkeypatch: pytest.MonkeyPatch,
@@ -145,14 +164,19 @@ def test_a_cluster_or_server_nothing_answers_on_is_a_one_line_usage_error(tmp_pa
         check_ray_reachable(RayConfig(address="http://127.0.0.1:8265"))
     with pytest.raises(ServiceUnreachable, match=f"cannot reach the MLflow server at http://127.0.0.1:{closed}"):
         check_mlflow_reachable(MLflowConfig(tracking_uri=f"http://user:secret@127.0.0.1:{closed}"))
-    with socket.socket() as server:
+    with socket.socket() as server, pytest.MonkeyPatch.context() as quick:
         server.bind(("127.0.0.1", 0))
         server.listen()
         port = server.getsockname()[1]
-        check_ray_reachable(RayConfig(address=f"127.0.0.1:{port}"))
+        quick.setattr("portraitflow.jobs.runtime.REACH_TIMEOUT_S", 0.5)
+        quick.setattr("portraitflow.jobs.runtime.API_ANSWER_TIMEOUT_S", 0.5)
+        # takes connections, never answers: Ray and MLflow's client waited on it for many minutes
+        with pytest.raises(ServiceUnreachable, match="takes connections but does not answer as Ray does"):
+            check_ray_reachable(RayConfig(address=f"127.0.0.1:{port}"))
         with pytest.raises(ServiceUnreachable, match="is a Ray Client address"):  # curate crashed inside Ray Data
             check_ray_reachable(RayConfig(address=f"ray://127.0.0.1:{port}"))
-        check_mlflow_reachable(MLflowConfig(tracking_uri=f"http://127.0.0.1:{port}"))
+        with pytest.raises(ServiceUnreachable, match="takes connections but gave no HTTP answer within 0.5 s"):
+            check_mlflow_reachable(MLflowConfig(tracking_uri=f"http://127.0.0.1:{port}"))
     check_mlflow_reachable(MLflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}"))
     with pytest.raises(ServiceUnreachable, match="is not valid"):
         check_mlflow_reachable(MLflowConfig(tracking_uri="http://127.0.0.1:abc"))
@@ -330,3 +354,44 @@ def test_a_file_that_is_no_usable_store_is_a_one_line_usage_error(tmp_path: Path
     (tmp_path / "mlflow.db").write_bytes(b"not a database, but not empty either" * 100)
     with pytest.raises(ServiceUnreachable, match=r"mlflow\.db cannot be opened .*move it aside"):
         mlflow_client(MLflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
+
+
+def test_a_port_that_answers_http_is_no_ray_cluster_and_plain_http_no_tls_server() -> None:
+    """The dashboard's port given without `http://` (what people export for `ray job submit`) passed
+    the connect check and `ray.init` retried for ever; `https://` to a plain-HTTP MLflow server hung
+    the run silently. Ray's GCS speaks HTTP/2 (its settings frame first): that passes."""
+    import http.server
+    import socketserver
+    import threading
+
+    from portraitflow.jobs.config.runtime import RayConfig
+    from portraitflow.jobs.runtime import ServiceUnreachable, check_mlflow_reachable, check_ray_reachable
+
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *_args) -> None:
+            pass
+
+    class Grpc(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            self.request.sendall(b"\x00\x00\x18\x04\x00\x00\x00\x00\x00")  # an HTTP/2 SETTINGS frame
+
+    for handler in (Quiet, Grpc):
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.server_address[1]
+        try:
+            if handler is Quiet:
+                with pytest.raises(ServiceUnreachable, match=f"127.0.0.1:{port} answers HTTP, as a Ray dashboard"):
+                    check_ray_reachable(RayConfig(address=f"127.0.0.1:{port}"))
+                with pytest.raises(ServiceUnreachable, match="does not speak TLS: give http://, not https://"):
+                    check_mlflow_reachable(MLflowConfig(tracking_uri=f"https://127.0.0.1:{port}"))
+                check_mlflow_reachable(MLflowConfig(tracking_uri=f"http://127.0.0.1:{port}"))  # answers: an MLflow
+            else:
+                check_ray_reachable(RayConfig(address=f"127.0.0.1:{port}"))
+        finally:
+            server.shutdown()
+            server.server_close()

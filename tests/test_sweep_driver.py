@@ -24,7 +24,7 @@ def driver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from portraitflow.operators.video_writer import write_h264
 
     monkeypatch.setattr(sweep, "init_ray", lambda *_, **__: None)
-    monkeypatch.setattr("ray.cluster_resources", lambda: {"CPU": 8.0})
+    monkeypatch.setattr("ray.cluster_resources", lambda: {"CPU": 8.0, "memory": 16.0 * 1024**3})
     monkeypatch.setattr(sweep, "report_from_run", lambda _run, _cfg, folder, *_: Path(folder).mkdir(parents=True,
                                                                                                      exist_ok=True))
     data = tmp_path / "data"
@@ -144,7 +144,7 @@ def test_a_sweep_refuses_more_animating_configs_at_once_than_its_cpus_can_feed(
     from portraitflow.jobs.runtime import NotEnoughResources
 
     sweep, cfg, data = driver
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": cpus or 2.0})
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": cpus or 2.0, "memory": 16.0 * 1024**3})
     if cpus is None:  # a cluster: only warned, an autoscaler may add CPUs
         cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": "10.0.0.1:6379"})})
     monkeypatch.setattr(sweep, "_run_configs", lambda *_: pd.DataFrame({"config": ["c"], "apd": [0.1]}))
@@ -818,3 +818,38 @@ def test_an_evaluate_setting_on_the_command_line_wins_over_the_sweep_files(drive
                                       "-s", "evaluate.max_seconds=0.25"])
     assert result.exit_code == 0, result.output
     assert [path.name.split("-")[-1] for path in (out / "dataset").glob("*.mp4")] == ["250ms.mp4"]
+
+
+def test_a_sweep_killed_outright_is_ended_by_the_next_sweep_of_other_settings(driver, monkeypatch, caplog) -> None:
+    """A parent and child a SIGKILLed sweep left RUNNING stayed so for ever when the next sweep into
+    the folder had other settings (another parent): only that parent's own children were ended."""
+    from mlflow import MlflowClient
+
+    from portraitflow.jobs.runtime import FOLDER_TAG, ensure_experiment, folder_tag
+
+    sweep, cfg, data = driver
+    out = data.parent / "out"
+    out.mkdir()
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    experiment = ensure_experiment(client, cfg.evaluate.experiment)
+    killed = client.create_run(experiment, run_name="s", tags={FOLDER_TAG: folder_tag(out),
+                                                               sweep.SWEEP_TAG: "other-settings"}).info.run_id
+    child = client.create_run(experiment, run_name="still", tags={sweep.PARENT_TAG: killed}).info.run_id
+    _fake_generation(sweep, monkeypatch)
+    with caplog.at_level(logging.WARNING):
+        parent = sweep.run_sweep(_spec(data, [{"backend": "still"}]), cfg, out)
+    assert parent != killed and client.get_run(parent).info.status == "FINISHED"
+    assert [client.get_run(run).info.status for run in (killed, child)] == ["KILLED", "KILLED"]
+    assert killed in caplog.text and parent not in caplog.text  # its own new run is not called abandoned
+
+
+def test_a_local_ray_without_an_evaluators_memory_is_refused_before_any_run(driver, monkeypatch) -> None:
+    """Evaluators declare their memory now: a Ray without it would wait for ever (review s24)."""
+    import ray
+
+    from portraitflow.jobs.runtime import NotEnoughResources
+
+    sweep, cfg, data = driver
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0, "memory": 1.0 * 1024**3})
+    with pytest.raises(NotEnoughResources, match="an evaluator declares 1.86 GiB of memory; Ray has 1.0 GiB"):
+        sweep.run_sweep(_spec(data, [{"backend": "still"}]), cfg, data.parent / "out")

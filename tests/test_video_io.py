@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 import struct
 from collections.abc import Callable
 from fractions import Fraction
@@ -369,6 +370,71 @@ def test_a_clip_gets_the_audio_of_its_own_time_range(tmp_path: Path) -> None:
     assert len(samples) / rate == pytest.approx(1.0, abs=0.1)  # cut at the source's frame (1024 samples) granularity
     loud = np.flatnonzero(np.abs(samples) > 0.3)[0] / rate
     assert loud == pytest.approx(0.2, abs=0.005), "the tone starts 0.2 s into the clip, as at 1.2 s in the source"
+
+
+def test_audio_that_would_crash_the_decoder_fails_the_write_not_the_process(tmp_path: Path, monkeypatch) -> None:
+    """A 6.1 or 7.1 PCM track in a MOV makes PyAV 18 free its channel layout twice: the worker
+    writing an output with it aborted (`double free`) on every attempt, and its job was quarantined
+    with no reason. Decoding is tried in a child process first (here one that aborts as PyAV does)."""
+    from portraitflow.operators import video_writer
+
+    source, out = tmp_path / "talk.mov", tmp_path / "out.mp4"
+    _tone_after(source, silent_s=0.0, total_s=1.0)  # an mp4's bytes under a .mov name: the same demuxer
+    monkeypatch.setattr(video_writer, "_DECODE_AUDIO", "import os; os.abort()")
+    video_writer._check_in_child.cache_clear()
+    with pytest.raises(video_writer.AudioUnreadable, match=r"talk.mov: its audio crashes the decoder .* re-mux it"):
+        write_h264(out, [_gradient_clip(25)], fps=25.0, audio_from=source)
+    assert not out.exists()
+    monkeypatch.setattr(video_writer, "_DECODE_AUDIO", "raise SystemExit(1)")  # an error, no crash: the writer's
+    video_writer._check_in_child.cache_clear()
+    write_h264(out, [_gradient_clip(25)], fps=25.0, audio_from=source)
+    assert has_audio(out)
+    video_writer._check_in_child.cache_clear()
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg command to write a MOV chan atom")
+def test_a_71_pcm_mov_is_refused_by_its_decoding_check(tmp_path: Path) -> None:
+    """The real case, where an `ffmpeg` command can write it (PyAV writes no `chan` atom)."""
+    import subprocess
+
+    from portraitflow.operators import video_writer
+
+    source, out = tmp_path / "talk71.mov", tmp_path / "out.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=64x64:rate=25", "-f", "lavfi", "-i",
+                    "anullsrc=channel_layout=7.1:sample_rate=48000", "-t", "0.4", "-c:v", "libx264", "-c:a",
+                    "pcm_s16le", str(source)], check=True)
+    video_writer.check_audio_decodes(tmp_path / "missing.mov")  # nothing to read: nothing refused
+    try:
+        video_writer.check_audio_decodes(source)
+    except video_writer.AudioUnreadable:
+        return  # PyAV 17-18: refused before this process decodes it
+    write_h264(out, [_gradient_clip(10)], fps=25.0, audio_from=source)  # a PyAV without the bug: written
+    assert has_audio(out)
+
+
+def test_audio_that_ends_before_the_video_starts_gives_no_track(tmp_path: Path, caplog) -> None:
+    """Its whole track was silence padding, and results said `has_audio` True (review s24)."""
+    import logging
+
+    source, out = tmp_path / "late.mp4", tmp_path / "out.mp4"
+    with av.open(str(source), "w", format="mp4") as container:  # audio 0-0.5 s, video 1-2 s
+        video = container.add_stream("libx264", rate=25)
+        video.width = video.height = 64
+        video.pix_fmt = "yuv420p"
+        audio = container.add_stream("aac", rate=16000)
+        audio.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(np.full((1, 8000), 0.5, np.float32), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = 16000, 0, Fraction(1, 16000)
+        container.mux(audio.encode(frame))
+        container.mux(audio.encode(None))
+        for index in range(25):
+            picture = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
+            picture.pts, picture.time_base = 25 + index, Fraction(1, 25)
+            container.mux(video.encode(picture))
+        container.mux(video.encode(None))
+    with caplog.at_level(logging.WARNING):
+        write_h264(out, [_gradient_clip(25)], fps=25.0, audio_from=source, pad_audio=True)
+    assert not has_audio(out) and "its audio ends before the video's first frame" in caplog.text
 
 
 def _audio_and_video_end_s(path: Path) -> tuple[float, float, float, int]:

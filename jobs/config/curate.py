@@ -84,6 +84,12 @@ class CurateConfig(ConfigModel):
         "detected frame): another person on screen this long inside a clip is seen (with 8 samples alone, a second "
         "of another person fell between two).",
     )
+    identity_switch_margin_seconds: float = Field(
+        0.5, ge=0, description="Seconds cut out on each side of an identity switch with the frames between the two "
+        "people's samples (`identity_switch`): the shot detector finds hard cuts, so a switch inside a shot is a "
+        "dissolve or a fade, whose frames blend the two faces (a 1-s dissolve left 10 frames of up to 40% of the "
+        "other person in the clip before it).",
+    )
     identity_switch_similarity: float | None = Field(
         None, ge=-1, le=1,
         description="Cosine below which two frames of a clip are different people; empty: the backend's threshold.",

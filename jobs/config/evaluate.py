@@ -30,7 +30,8 @@ class EvaluateConfig(ConfigModel):
         256, ge=16, description="Shorter side in px to which frames are scaled, aspect ratio kept, before PSNR, "
         "SSIM, L1 and LPIPS compare them (papers report 256); empty compares at the output's own size.",
     )
-    chunk_frames: int = Field(32, ge=2, json_schema_extra=OPERATIONAL, description="Frames decoded and analysed per step, which bounds memory.")
+    chunk_frames: int = Field(32, ge=2, json_schema_extra=OPERATIONAL, description="Frames of each video decoded and analysed per step, "
+                              "fewer where they would pass 128 MiB (5 frames of 4K): bounds memory.")
     side_by_side: int = Field(2, ge=0, json_schema_extra=OPERATIONAL, description="Jobs per config rendered as reference | driver | output videos.")
     lpips_onnx: str | None = Field(
         None, description="Local LPIPS ONNX file (two images in [-1,1] to distances); empty skips LPIPS with a note."

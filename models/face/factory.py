@@ -30,6 +30,14 @@ def create_analyzer(cfg: FaceConfig, threads: int = 0) -> FaceAnalyzer:
     return analyzer
 
 
+@functools.lru_cache(maxsize=2)
+def worker_analyzer(face_settings: str, threads: int = 0) -> FaceAnalyzer:
+    """The analyser of these settings (`FaceConfig` JSON), loaded once per worker process: Ray runs
+    many tasks in one process (curation's renders, generation's preparations), and loading the
+    models takes about a second."""
+    return create_analyzer(FaceConfig.model_validate_json(face_settings), threads=threads)
+
+
 #: each detector/recogniser backend's model files, and the 68-point landmarks every backend takes
 #: from dlib (`dlib-landmarks`), by role; each raises model_files.ModelFilesMissing, naming what to
 #: download and where to put it, when they are not on this machine

@@ -110,7 +110,6 @@ class PaddedMotion:
 
 
 PoseSource = Callable[[torch.Tensor], torch.Tensor]  # padded frame indices [K] -> [1, K or 1, C0, h, w]
-WindowCallback = Callable[[int, int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
 class HunyuanPipeline:
@@ -242,7 +241,6 @@ class HunyuanPipeline:
         pose: PoseSource,
         settings: SamplingSettings = SamplingSettings(),
         noise: torch.Tensor | None = None,
-        on_window: WindowCallback | None = None,
     ) -> torch.Tensor:
         """Final latents [1, N, 4, h, w] of the padded video (N = len(motion)), in the model's dtype."""
         num_frames = len(motion)
@@ -272,8 +270,6 @@ class HunyuanPipeline:
                                    g_appearance, g_motion, three_way)
                 x_next = euler_v_step(x, v, sigma, sigma_next)
                 for row, index in enumerate(group):
-                    if on_window is not None:
-                        on_window(step, index, windows[index], v[row:row + 1], x_next[row:row + 1])
                     average.add(index, x_next[row:row + 1])
             shift = next_shift(shift, settings.shift_offset, window)
         return latents

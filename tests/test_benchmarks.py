@@ -43,6 +43,15 @@ def test_full_res_decode_benchmark_compares_equal_frames(media_dir: Path) -> Non
     assert "30 frames" in result.stdout and '"decord_over_in_order"' in result.stdout, result.stdout
 
 
+def test_evaluate_memory_benchmark_compares_equal_scores(media_dir: Path) -> None:
+    """It refuses to report when the two readers give different scores (exit non-zero)."""
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "evaluate_memory.py"), "--video",
+                             str(media_dir / "vexpress_RD_Radio10_0_clip_0.mp4")],
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "62 frames scored" in result.stdout and '"decord_over_in_order"' in result.stdout, result.stdout
+
+
 def test_a_loans_compile_caches_come_back_in_parts_and_warm_the_next_loan(tmp_path: Path) -> None:
     """A cold warm-up took about 400 s of a 900-s GPU loan: `pending_gpu.sh` saves the compile caches
     into $OUT in parts a loan can return (16 MiB at most each), and starts from carried ones."""

@@ -17,24 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from child_process import measure_in_children, print_ratios, resident_mib  # sibling script: benchmarks/ is on sys.path when run
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PORTRAITFLOW_SHARED", ROOT.parent / "shared"))
 READERS = ("decord", "in_order")
 #: per-video metrics compared between the readers (the others follow from the same frames)
 COMPARED = ("psnr", "ssim", "l1", "akd", "apd", "aed", "frames")
-
-
-def _resident_mib(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def measure(video: str, chunk_frames: int, reader: str) -> dict:
@@ -57,12 +50,12 @@ def measure(video: str, chunk_frames: int, reader: str) -> dict:
         reference = Path(work) / "ref.png"
         Image.fromarray(next(decode.iter_frame_chunks(video, info.output_fps, chunk_size=1)).frames[0]).save(reference)
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM from here: what scoring adds to the loaded models
-        before, began = _resident_mib("VmRSS"), time.perf_counter()
+        before, began = resident_mib("VmRSS"), time.perf_counter()
         row = evaluator.evaluate({"job_id": "bench", "ref": str(reference), "driving": video, "output": video}, work)
         wall = time.perf_counter() - began
     if row["status"] != "ok":
         raise SystemExit(f"{video} could not be scored: {row['reason']} {row.get('error') or ''}")
-    return {"wall_s": round(wall, 2), "peak_above_start_mib": round(_resident_mib("VmHWM") - before),
+    return {"wall_s": round(wall, 2), "peak_above_start_mib": round(resident_mib("VmHWM") - before),
             "size": f"{info.width}x{info.height}",
             "metrics": {name: float(np.round(row[name], 6)) for name in COMPARED}}
 
@@ -78,21 +71,14 @@ def main() -> None:
     if args.reader:
         print(json.dumps(measure(args.video, args.chunk_frames, args.reader)))
         return
-    results = {}
-    for reader in READERS:
-        child = subprocess.run([sys.executable, __file__, "--video", args.video, "--chunk-frames",
-                                str(args.chunk_frames), "--reader", reader], capture_output=True, text=True, check=True)
-        results[reader] = json.loads(child.stdout.splitlines()[-1])
+    results = measure_in_children(__file__, ["--video", args.video, "--chunk-frames", str(args.chunk_frames)], READERS,
+                                  same="metrics")
     decord, in_order = results["decord"], results["in_order"]
-    if decord["metrics"] != in_order["metrics"]:
-        raise SystemExit(f"the readers gave different scores: {results}")
     print(f"{args.video}: {in_order['size']}, {in_order['metrics']['frames']:g} frames scored, "
           f"chunk_frames {args.chunk_frames}")
     for reader, row in results.items():
         print(f"  {reader:9s} {row['wall_s']:7.2f} s  peak +{row['peak_above_start_mib']} MiB")
-    print(json.dumps({"decord_over_in_order": {
-        "wall": round(decord["wall_s"] / in_order["wall_s"], 2),
-        "peak_memory": round(decord["peak_above_start_mib"] / max(1, in_order["peak_above_start_mib"]), 2)}}))
+    print_ratios(decord, in_order)
 
 
 if __name__ == "__main__":

@@ -17,21 +17,14 @@ import argparse
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from child_process import measure_in_children, print_ratios, resident_mib  # sibling script: benchmarks/ is on sys.path when run
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PORTRAITFLOW_SHARED", ROOT.parent / "shared"))
 READERS = {"decord": False, "in_order": True}
-
-
-def _resident_mib(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def measure(video: str, start: float, seconds: float, in_order: bool) -> dict:
@@ -41,14 +34,14 @@ def measure(video: str, start: float, seconds: float, in_order: bool) -> dict:
     info = probe_video(video)
     chunk = frames_per_chunk(64, info.width, info.height, FULL_RES_CHUNK_BYTES)
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM from here: what the decoding adds
-    before, began = _resident_mib("VmRSS"), time.perf_counter()
+    before, began = resident_mib("VmRSS"), time.perf_counter()
     digest, frames = hashlib.sha256(), 0
     for part in iter_frame_chunks(video, info.fps, start, start + seconds, chunk, in_order=in_order):
         digest.update(part.frames.tobytes())
         frames += len(part.frames)
     wall = time.perf_counter() - began
     return {"wall_s": round(wall, 2), "frames": frames, "frames_per_s": round(frames / wall, 1),
-            "peak_above_start_mib": round(_resident_mib("VmHWM") - before), "chunk_frames": chunk,
+            "peak_above_start_mib": round(resident_mib("VmHWM") - before), "chunk_frames": chunk,
             "size": f"{info.width}x{info.height}", "sha256": digest.hexdigest()[:16]}
 
 
@@ -62,23 +55,15 @@ def main() -> None:
     if args.reader:
         print(json.dumps(measure(args.video, args.start, args.seconds, READERS[args.reader])))
         return
-    results = {}
-    for reader in READERS:
-        child = subprocess.run([sys.executable, __file__, "--video", args.video, "--start", str(args.start),
-                                "--seconds", str(args.seconds), "--reader", reader],
-                               capture_output=True, text=True, check=True)
-        results[reader] = json.loads(child.stdout.splitlines()[-1])
+    results = measure_in_children(__file__, ["--video", args.video, "--start", str(args.start),
+                                             "--seconds", str(args.seconds)], tuple(READERS), same="sha256")
     decord, in_order = results["decord"], results["in_order"]
-    if decord["sha256"] != in_order["sha256"]:
-        raise SystemExit(f"the readers decoded different frames: {results}")
     print(f"{args.video}: {args.seconds:g} s from {args.start:g} s, {in_order['size']}, "
           f"{in_order['frames']} frames, {in_order['chunk_frames']} per chunk")
     for reader, row in results.items():
         print(f"  {reader:9s} {row['wall_s']:7.2f} s  {row['frames_per_s']:7.1f} frames/s  "
               f"peak +{row['peak_above_start_mib']} MiB")
-    print(json.dumps({"decord_over_in_order": {
-        "wall": round(decord["wall_s"] / in_order["wall_s"], 2),
-        "peak_memory": round(decord["peak_above_start_mib"] / max(1, in_order["peak_above_start_mib"]), 2)}}))
+    print_ratios(decord, in_order)
 
 
 if __name__ == "__main__":

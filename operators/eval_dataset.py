@@ -267,7 +267,7 @@ def check_dataset(spec: DatasetSpec, exclude: str | Path | None = None) -> None:
         matched = _matches(Path(spec.path), spec.include, None, skip)  # one walk of the tree for both
         found = [p for p in matched if Path(p).suffix.lower() in VIDEO_SUFFIXES]
         why = f"no video file under it matches include {spec.include} (in any case)"
-        others = [p for p in matched if p not in set(found)]
+        others = [p for p in matched if Path(p).suffix.lower() not in VIDEO_SUFFIXES]
         if others:  # portraits `refs` reads are not news
             others = sorted(set(others) - set(_matches(Path(spec.path), spec.refs, IMAGE_SUFFIXES, skip)))
         if others:

@@ -91,8 +91,9 @@ def render_sample(
                     kps[rows] = detected_kps(fitter, out, boxes[rows], kps[rows])
             hit = np.flatnonzero(rows == ref_index)
             if len(hit):  # aligned on the source's pixels, at the keypoints the sample holds
+                source_kps = kps[ref_index] / crop_scale + crop_box[:2] if fitter else arrays["kps"][ref_index]
                 reference["crop"] = out[hit[0]]
-                reference["face"] = align_arcface(chunk.frames[hit[0]], kps[ref_index] / crop_scale + crop_box[:2])
+                reference["face"] = align_arcface(chunk.frames[hit[0]], source_kps)
             yield out
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -73,24 +73,17 @@ with av.open(sys.argv[1]) as container:
 _DECODE_CHECK_TIMEOUT_S = 120
 
 
-def check_audio_decodes(source: str | Path) -> None:
-    """AudioUnreadable when decoding the audio track `source` plays would abort the process: PyAV
-    17-18 frees a custom-ordered channel layout twice (6.1 and 7.1 PCM in MOV, whose `chan` atom
-    orders the channels), a `double free` that took each worker it met with it, so a job was retried
-    and quarantined with no reason. Tried in a child process for files of the MOV family (where that
-    atom is; 0.2 s), once per file version in a process; only the child's death by a signal counts
-    (an ordinary decoding error is the writer's own to raise)."""
-    import av
-
-    try:
-        with av.open(str(source)) as container:
-            if not container.streams.audio or not container.format.name.startswith("mov"):
-                return
-            track = played_audio(container).index
-    except av.FFmpegError:
-        return  # no audio will be read from it
+def check_audio_decodes(container: av.container.InputContainer, source: str | Path) -> None:
+    """AudioUnreadable when decoding the audio track `source` plays (`container`, open on it) would
+    abort the process: PyAV 17-18 frees a custom-ordered channel layout twice (6.1 and 7.1 PCM in
+    MOV, whose `chan` atom orders the channels), a `double free` that took each worker it met with
+    it, so a job was retried and quarantined with no reason. Tried in a child process for files of
+    the MOV family (where that atom is; 0.2 s), once per file version in a process; only the child's
+    death by a signal counts (an ordinary decoding error is the writer's own to raise)."""
+    if not container.format.name.startswith("mov"):
+        return
     stat = os.stat(source)
-    _check_in_child(os.path.abspath(source), track, stat.st_size, stat.st_mtime_ns)
+    _check_in_child(os.path.abspath(source), played_audio(container).index, stat.st_size, stat.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=256)
@@ -141,11 +134,6 @@ class _AudioSource:
         if not container.streams.audio:
             container.close()
             return None
-        try:
-            check_audio_decodes(source)
-        except AudioUnreadable:
-            container.close()
-            raise
         stream = played_audio(container)
         if stream.duration is not None and stream.start_time is not None:  # as the container states them
             ends_s = float((stream.start_time + stream.duration) * stream.time_base)
@@ -154,6 +142,11 @@ class _AudioSource:
                             source, f" (+{start_s:g} s)" if start_s else "")
                 container.close()
                 return None
+        try:
+            check_audio_decodes(container, source)
+        except AudioUnreadable:
+            container.close()
+            raise
         return cls(container, stream, start_s)
 
     def _from_start(self, frames):

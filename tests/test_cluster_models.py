@@ -6,6 +6,7 @@ own disk: the driver's files say nothing of theirs.
 """
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -105,7 +106,8 @@ def test_a_node_that_joins_after_the_check_ends_the_run_in_one_line(cluster: Loc
                                                                      media_dir: Path) -> None:
     """Nodes the autoscaler adds once the nodes were asked (here: every node, unasked) kill the
     curation's actors they hold: the run ends saying which node lacks what, not in Ray's
-    traceback (the worker's own lines, which Ray prints on the driver's console, come before)."""
+    traceback (the worker's own lines, which Ray forwards to the driver's console as they come, a
+    `(MapWorker... pid=...)` prefix on each, may land before or after it)."""
     driver = node_dirs[0]
     unchecked = ("import sys; from portraitflow.jobs import options; options.node_model_problem = lambda cfg: None; "
                  "from portraitflow.jobs.cli import app; app(sys.argv[1:])")
@@ -118,7 +120,8 @@ def test_a_node_that_joins_after_the_check_ends_the_run_in_one_line(cluster: Loc
         env=cluster.env(MLFLOW_TRACKING_URI=f"sqlite:///{driver}/mlflow.db"), cwd=driver, capture_output=True,
         text=True, timeout=600)
     assert result.returncode == 1, result.stderr[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
+    forwarded = re.compile(r"^(\x1b\[\d+m)?\(\w.*pid=\d+")  # a worker's line, as Ray forwards it
+    last = [line for line in result.stderr.strip().splitlines() if not forwarded.match(line)][-1]
     assert last.startswith("Error: a worker on the Ray node at ") and "ifroot/models/driver_only does not exist" in last
 
 

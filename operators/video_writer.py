@@ -111,9 +111,10 @@ class _AudioSource:
     """
 
     def __init__(self, container, stream, start_s: float) -> None:
+        """`start_s` on the file's clock (`open` adds the first shown video frame's time)."""
         self.container = container
         self.stream = stream
-        self.start_s = _first_video_time(container) + start_s  # on the file's clock
+        self.start_s = start_s
         self.rate = stream.rate if stream.rate in AAC_SAMPLE_RATES else 48000
         self.layout = aac_layout(stream.codec_context.channels)
         _name_unordered_channels(stream)
@@ -135,9 +136,10 @@ class _AudioSource:
             container.close()
             return None
         stream = played_audio(container)
+        from_s = _first_video_time(container) + start_s  # on the file's clock
         if stream.duration is not None and stream.start_time is not None:  # as the container states them
             ends_s = float((stream.start_time + stream.duration) * stream.time_base)
-            if ends_s <= _first_video_time(container) + start_s:  # the track would be silence only
+            if ends_s <= from_s:  # the track would be silence only
                 log.warning("%s: its audio ends before the video's first frame%s: the output gets no audio track",
                             source, f" (+{start_s:g} s)" if start_s else "")
                 container.close()
@@ -147,7 +149,7 @@ class _AudioSource:
         except AudioUnreadable:
             container.close()
             raise
-        return cls(container, stream, start_s)
+        return cls(container, stream, from_s)
 
     def _from_start(self, frames):
         """Frames from `start_s` on in the output's rate, layout and `_WORK_FORMAT`: the lead-in

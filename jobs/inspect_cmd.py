@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from portraitflow.operators import ledger
+from portraitflow.operators.job_status import one_line
 from portraitflow.operators.shards import (INDEX_NAME, indexed_shards, iter_samples, shard_note, shard_notes, shard_paths,
                                            whole_shard_keys)
 
@@ -34,7 +35,7 @@ def _read_table(path: Path):
     try:
         return pq.read_table(path).to_pandas()
     except (pa.ArrowException, OSError) as exc:
-        raise DamagedTable(f"{path} cannot be read ({' '.join(str(exc).split())[:200]})") from exc
+        raise DamagedTable(f"{path} cannot be read ({one_line(str(exc), 200)})") from exc
 
 
 def summarise(out: Path, samples: int = 5, quick: bool = False, verify: bool = False) -> dict:

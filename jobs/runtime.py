@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from portraitflow.jobs.config.runtime import MLflowConfig, RayConfig
 from portraitflow.operators.atomic import FolderBusy, atomic_write
+from portraitflow.operators.job_status import clipped, one_line
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -350,7 +351,6 @@ def on_each_node(function: Callable[..., Any], *args: Any) -> dict[str, Any]:
 
 def _ray_refusal(address: str, exc: BaseException) -> str:
     """One line for a cluster that refused this driver, with what to do where Ray says it."""
-    text = " ".join(str(exc).split())
     chain, cause = [], exc
     while cause is not None and len(chain) < 10:  # Ray names token auth in an error the last one chains
         chain.append(str(cause))
@@ -358,7 +358,7 @@ def _ray_refusal(address: str, exc: BaseException) -> str:
     if any("RAY_AUTH_MODE" in part or "AuthToken" in part for part in chain):
         return (f"the Ray cluster at {address} refused this driver: it uses token authentication; export "
                 "RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN, or the cluster's ~/.ray/auth_token) on the driver")
-    return f"cannot join the Ray cluster at {address}: {text[:300]}"
+    return f"cannot join the Ray cluster at {address}: {one_line(str(exc))}"
 
 
 def worker_runtime_env(code_dir: Path | None = None) -> dict[str, Any]:
@@ -444,7 +444,7 @@ def _open_sqlite_store(uri: str, database: Path) -> MlflowClient:
         return client
     except Exception as exc:  # noqa: BLE001 (sqlite's, SQLAlchemy's or MLflow's: the file is no usable store)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ServiceUnreachable(f"the MLflow store {database} cannot be opened ({reason[:200]}): move it aside "
+        raise ServiceUnreachable(f"the MLflow store {database} cannot be opened ({clipped(reason, 200)}): move it aside "
                                  "(the next run makes a new one) or give --mlflow-uri another store") from None
     finally:
         if folder is not None:

@@ -49,6 +49,7 @@ from portraitflow.operators.evaluate_video import learned_aggregates
 from portraitflow.operators.generation_jobs import Job, input_fingerprint
 from portraitflow.operators.generation_results import records_dir
 from portraitflow.operators.job_status import FAILED, OK, SKIPPED, clipped
+from portraitflow.operators.probe import error_text
 from portraitflow.pipelines.evaluate import EVALUATOR_MEMORY, evaluate_outputs
 
 if TYPE_CHECKING:
@@ -220,7 +221,7 @@ def _attempt_tags(earlier: list[Run]) -> dict[str, str]:
     recorded before the tag counts one) and, when the latest failed, the error it retries."""
     tags = {ATTEMPT_TAG: str(1 + max([len(earlier), *(int(r.data.tags.get(ATTEMPT_TAG, 0)) for r in earlier)]))}
     if earlier and earlier[0].info.status == "FAILED" and "error" in earlier[0].data.tags:
-        tags[PREVIOUS_ERROR_TAG] = earlier[0].data.tags["error"][:ERROR_CHARS]
+        tags[PREVIOUS_ERROR_TAG] = clipped(earlier[0].data.tags["error"], ERROR_CHARS)
     return tags
 
 
@@ -232,9 +233,9 @@ def _settings_params(params: dict[str, Any], cfg: PortraitFlowConfig) -> dict[st
             **{f"face.{key}": value for key, value in cfg.face.result_settings().items()}}
 
 
-def _error_text(exc: BaseException) -> str:
-    """How a config's failure is recorded (its run's `error` tag)."""
-    return f"{type(exc).__name__}: {exc}"[:ERROR_CHARS]
+def _error_tag(exc: BaseException) -> str:
+    """How a config's failure is recorded (its run's `error` tag): longer than a table's reason."""
+    return error_text(exc, known=(), limit=ERROR_CHARS)
 
 
 def _refusal(params: dict[str, Any], cfg: PortraitFlowConfig) -> ValueError | None:
@@ -364,9 +365,9 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
     if inputs is None:  # read before generation: a file changed while it runs is caught by the next rerun
         inputs = _job_inputs(jobs)
     if refused is not None:
-        earlier = _refused_child(client, experiment_id, parent_id, config_hash, _error_text(refused))
+        earlier = _refused_child(client, experiment_id, parent_id, config_hash, _error_tag(refused))
         if earlier is not None:
-            return {**row, **hashes, "run_id": earlier.info.run_id, "reused": True, "error": clipped(_error_text(refused))}
+            return {**row, **hashes, "run_id": earlier.info.run_id, "reused": True, "error": error_text(refused, known=())}
         done = scored_before = None
     else:
         scored = _scoring_run(client, config_hash, work_dir, inputs, retry_failed)
@@ -411,9 +412,9 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
                 atomic_write(work_dir / SCORED_BY, run_id)
         except Exception as exc:  # one broken config must not stop the others; its run says why
             children.check()  # unless the sweep was stopped under it: then it was killed, not broken
-            client.set_tag(run_id, "error", _error_text(exc))
+            client.set_tag(run_id, "error", _error_tag(exc))
             children.end(run_id, "FAILED")
-            return {**row, **hashes, "run_id": run_id, "reused": False, "error": clipped(_error_text(exc))}
+            return {**row, **hashes, "run_id": run_id, "reused": False, "error": error_text(exc, known=())}
         except BaseException:
             children.end(run_id, "KILLED")
             raise

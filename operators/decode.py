@@ -23,6 +23,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from portraitflow.operators.job_status import clipped
+
 #: what the decoders open: a path, or a video in memory (a shard's clip)
 Source = str | io.BytesIO
 
@@ -100,7 +102,7 @@ def _reader(path: Source, width: int = -1, height: int = -1):
     except (DECORDError, RuntimeError) as exc:
         decord_text = str(exc).replace(path, "<input>") if isinstance(path, str) else str(exc)
         reason = _ffmpeg_reason(path) or decord_text.splitlines()[0]
-        raise VideoUnreadable(f"cannot open the video: {reason[:200]}") from exc
+        raise VideoUnreadable(f"cannot open the video: {clipped(reason, 200)}") from exc
     if len(reader) == 0:
         raise VideoUnreadable("the video has zero frames")
     return reader

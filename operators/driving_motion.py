@@ -27,7 +27,7 @@ from portraitflow.models.face.align import crop_square, square_crop_box
 from portraitflow.models.face.base import Face, FaceAnalyzer
 from portraitflow.models.face.pose import profile_pose
 from portraitflow.operators.atomic import reading
-from portraitflow.operators.decode import (FULL_RES_CHUNK_BYTES, FrameChunk, VideoUnreadable, frames_per_chunk,
+from portraitflow.operators.decode import (FULL_RES_CHUNK_BYTES, FrameChunk, VideoInfo, VideoUnreadable, frames_per_chunk,
                                            iter_frame_chunks, probe_video)
 from portraitflow.operators.reference_portrait import NoFace, centred_head_pose, to_crop
 from portraitflow.operators.shots import ShotDetector
@@ -114,7 +114,7 @@ def extract_driving_motion(
 ) -> DrivingMotion:
     """Detect, track and measure the driver's face on every frame of the resampled timeline.
 
-    Raises VideoUnreadable for a video decord cannot use and NoFace when the driver's face is
+    Raises VideoUnreadable for a video that cannot be decoded and NoFace when the driver's face is
     found on fewer than `min_face_fraction` of the frames, or is smaller than `min_face_px` (the
     longer side of its box, median over the frames it is found on): a 30-px face's landmarks are
     noise, which an animator turns into grimaces.
@@ -133,53 +133,72 @@ def extract_driving_motion(
     num_frames = shots.num_frames
     if num_frames == 0:
         raise VideoUnreadable("no frames on the resampled timeline")
-    tracks = track_faces(detections, num_frames, step=1)
-    shot = np.zeros(num_frames, dtype=np.int64)
-    shot_boxes: list[np.ndarray | None] = []
-    first_faces: list[np.ndarray | None] = []
-    kps = np.zeros((num_frames, 5, 2), np.float32)
-    landmarks = np.zeros((num_frames, 68, 2), np.float32)
-    face_track = np.zeros((num_frames, 4), np.float32)  # each frame's face box, crop pixels: tells profiles
-    detected = np.zeros(num_frames, dtype=bool)
-    face_sides = np.zeros(num_frames, np.float32)  # the longer side of each detected face box, video pixels
-    for index, (start, end) in enumerate(shots.shots()):
-        shot[start:end] = index
-        track = _main_track(tracks, start, end)
-        if track is None:  # no face in this shot: it borrows a neighbour's boxes below
-            shot_boxes.append(None)
-            first_faces.append(None)
-            continue
-        centre = np.median((track.boxes[:, :2] + track.boxes[:, 2:]) / 2, axis=0)
-        side = np.percentile(track.boxes[:, 2:] - track.boxes[:, :2], 90, axis=0)
-        box = square_crop_box(np.concatenate([centre - side / 2, centre + side / 2]), (info.height, info.width))
-        shot_boxes.append(box)
-        first_faces.append(None)
-        for position, track_box, hit in zip(track.positions, track.boxes, track.detected):
-            if not hit:
-                continue
-            faces = measured[int(position)]
-            best = int(np.argmax(box_iou(track_box, np.stack([f.box for f, _ in faces]))[0]))
-            if first_faces[-1] is None:
-                first_faces[-1] = to_crop(faces[best][0].box.reshape(2, 2), box, size).reshape(4)
-            kps[position] = to_crop(faces[best][0].kps, box, size)
-            landmarks[position] = to_crop(faces[best][1], box, size)
-            face_track[position] = to_crop(faces[best][0].box.reshape(2, 2), box, size).reshape(4)
-            face_sides[position] = max(faces[best][0].box[2:] - faces[best][0].box[:2])
-            detected[position] = True
-    _check_driver_face(detected, face_sides, min_face_fraction, min_face_px)
-    kps, landmarks = fill_within_shots(kps, detected, shot), fill_within_shots(landmarks, detected, shot)
-    face_track = fill_within_shots(face_track, detected, shot)
+    measures = _measure_shots(shots, track_faces(detections, num_frames, step=1), measured, info, size)
+    shot, detected = measures.shot, measures.detected
+    _check_driver_face(detected, measures.face_sides, min_face_fraction, min_face_px)
+    kps, landmarks = fill_within_shots(measures.kps, detected, shot), fill_within_shots(measures.landmarks, detected, shot)
+    face_track = fill_within_shots(measures.face_track, detected, shot)
     raw_kps = kps.copy()
-    have = [i for i, b in enumerate(shot_boxes) if b is not None]
-    nearest = [min(have, key=lambda j: abs(j - i)) for i in range(len(shot_boxes))]
-    boxes = np.stack([shot_boxes[j] for j in nearest])
-    face_boxes = np.stack([first_faces[j] for j in nearest])
+    have = [i for i, b in enumerate(measures.shot_boxes) if b is not None]
+    nearest = [min(have, key=lambda j: abs(j - i)) for i in range(len(measures.shot_boxes))]
+    boxes = np.stack([measures.shot_boxes[j] for j in nearest])
+    face_boxes = np.stack([measures.first_faces[j] for j in nearest])
     kps, landmarks, face_track = (_smoothed_in_shots(track, shot, smooth_sigma) for track in (kps, landmarks, face_track))
     pose, profile = profile_pose(centred_head_pose(analyzer, landmarks, size), kps, face_track)
     if not (np.isfinite(pose).all(axis=1) | profile).any():
         raise NoFace("no head pose fits the driver's landmarks")
     return DrivingMotion(float(fps), size, shot, boxes, face_boxes, kps, raw_kps, landmarks, fill_pose(pose, shot),
                          detected)
+
+
+@dataclass
+class _ShotMeasures:
+    """Per frame of the resampled timeline: its shot, and its main face in the crop of that shot
+    (zeros where it was not detected); per shot, its crop box and first face box (None: no face)."""
+
+    shot: np.ndarray
+    kps: np.ndarray
+    landmarks: np.ndarray
+    face_track: np.ndarray  # each frame's face box, crop pixels: tells profiles
+    face_sides: np.ndarray  # the longer side of each detected face box, video pixels
+    detected: np.ndarray
+    shot_boxes: list[np.ndarray | None]
+    first_faces: list[np.ndarray | None]
+
+
+def _measure_shots(shots: ShotDetector, tracks: list[Track], measured: dict[int, list[tuple[Face, np.ndarray]]],
+                   info: VideoInfo, size: int) -> _ShotMeasures:
+    """Each shot's main track, its crop box, and the track's face measured in that crop."""
+    num_frames = shots.num_frames
+    out = _ShotMeasures(np.zeros(num_frames, np.int64), np.zeros((num_frames, 5, 2), np.float32),
+                        np.zeros((num_frames, 68, 2), np.float32), np.zeros((num_frames, 4), np.float32),
+                        np.zeros(num_frames, np.float32), np.zeros(num_frames, bool), [], [])
+    for index, (start, end) in enumerate(shots.shots()):
+        out.shot[start:end] = index
+        track = _main_track(tracks, start, end)
+        if track is None:  # no face in this shot: it borrows a neighbour's boxes
+            out.shot_boxes.append(None)
+            out.first_faces.append(None)
+            continue
+        centre = np.median((track.boxes[:, :2] + track.boxes[:, 2:]) / 2, axis=0)
+        side = np.percentile(track.boxes[:, 2:] - track.boxes[:, :2], 90, axis=0)
+        box = square_crop_box(np.concatenate([centre - side / 2, centre + side / 2]), (info.height, info.width))
+        out.shot_boxes.append(box)
+        out.first_faces.append(None)
+        for position, track_box, hit in zip(track.positions, track.boxes, track.detected):
+            if not hit:
+                continue
+            faces = measured[int(position)]
+            face, marks = faces[int(np.argmax(box_iou(track_box, np.stack([f.box for f, _ in faces]))[0]))]
+            face_box = to_crop(face.box.reshape(2, 2), box, size).reshape(4)
+            if out.first_faces[-1] is None:
+                out.first_faces[-1] = face_box
+            out.kps[position] = to_crop(face.kps, box, size)
+            out.landmarks[position] = to_crop(marks, box, size)
+            out.face_track[position] = face_box
+            out.face_sides[position] = max(face.box[2:] - face.box[:2])
+            out.detected[position] = True
+    return out
 
 
 def _check_driver_face(detected: np.ndarray, face_sides: np.ndarray, min_face_fraction: float,

@@ -17,3 +17,9 @@ def clipped(text: str, limit: int = REASON_CHARS) -> str:
     head = text[:limit - 1]
     at_word = head.rsplit(" ", 1)[0]
     return (at_word if len(at_word) >= 0.8 * len(head) else head) + "…"
+
+
+def one_line(text: str, limit: int = REASON_CHARS) -> str:
+    """`text` with its line breaks and runs of spaces made single spaces, `clipped` to `limit`: an
+    error quoted inside a one-line message."""
+    return clipped(" ".join(text.split()), limit)

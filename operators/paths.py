@@ -68,8 +68,12 @@ def confined(root: str | Path, *parts: str) -> Path:
     return path
 
 
-def safe_stem(text: str, max_len: int = 96) -> str:
+#: the longest stem `safe_stem` gives: room for a suffix and a prefix under a file system's 255 bytes
+STEM_CHARS = 96
+
+
+def safe_stem(text: str) -> str:
     """A file stem for an id taken from input: the id itself when it is already a safe name, else
     `hashed_name(id)`, so ordinary ids keep their names and odd ones can neither escape nor collide."""
-    name = safe_name(text, max_len, fallback="")
-    return name if name and name == text else hashed_name(text, text, max_len - 11)
+    name = safe_name(text, STEM_CHARS, fallback="")
+    return name if name and name == text else hashed_name(text, text, STEM_CHARS - 11)

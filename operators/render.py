@@ -112,7 +112,24 @@ def render_sample(
         motion = motion_table(landmarks, kps)
     else:
         pose, motion = arrays["pose"], arrays["motion"]
-    meta = {
+    meta = _sample_meta(clip, arrays, cfg, face_backend, crop_box, frames, audio_s, refit=fitter is not None,
+                        motion=motion)
+    members = {
+        "mp4": video,
+        "ref.jpg": _jpeg(reference["crop"]),
+        "ref_face.jpg": _jpeg(reference["face"]),
+        **_array_members(arrays, landmarks, kps, boxes, pose, motion),
+    }
+    # readers check a member against it before decoding: damage a decoder does not report, or crashes on
+    meta["sha256"] = {name: hashlib.sha256(data).hexdigest() for name, data in members.items()}
+    return {**members, "json": json.dumps(meta, sort_keys=True).encode()}
+
+
+def _sample_meta(clip: dict, arrays: dict[str, np.ndarray], cfg: CurateConfig, face_backend: str,
+                 crop_box: np.ndarray, frames: int, audio_s: float, refit: bool, motion: np.ndarray) -> dict[str, Any]:
+    """The sample's json, but for the members' checksums."""
+    size = cfg.crop_size
+    return {
         "format_version": FORMAT_VERSION,
         "key": clip["key"],
         "source": clip["uri"],
@@ -125,20 +142,22 @@ def render_sample(
         "source_size": [clip["width"], clip["height"]],
         "crop_box": [float(v) for v in crop_box],
         "crop_size": size,
-        "crop_scale": round(crop_scale, 4),
-        "landmarks_refit": fitter is not None,  # fitted on the crop, not on the scan's analysis frame
-        "kps_refit": fitter is not None,  # detected on the crop too (absent: curated before they were)
-        "ref_frame": ref_index,
+        "crop_scale": round(size / float(crop_box[2] - crop_box[0]), 4),
+        "landmarks_refit": refit,  # fitted on the crop, not on the scan's analysis frame
+        "kps_refit": refit,  # detected on the crop too (absent: curated before they were)
+        "ref_frame": int(arrays["ref_index"]),
         "face_backend": face_backend,
         "embedding_dim": int(arrays["embedding"].shape[0]),
         "scores": {k: round(float(v), 4) for k, v in clip["measures"].items()},
         "motion_buckets": motion[::WINDOW, 1:].astype(int).tolist(),  # (head, expression) per window
         **({"cut_from": clip["cut_from"]} if "cut_from" in clip else {}),  # a partial duplicate's own footage
     }
-    members = {
-        "mp4": video,
-        "ref.jpg": _jpeg(reference["crop"]),
-        "ref_face.jpg": _jpeg(reference["face"]),
+
+
+def _array_members(arrays: dict[str, np.ndarray], landmarks: np.ndarray, kps: np.ndarray, boxes: np.ndarray,
+                   pose: np.ndarray, motion: np.ndarray) -> dict[str, bytes]:
+    """The sample's .npy members, in the dtypes readers expect."""
+    return {
         "landmarks.npy": npy_bytes(landmarks.astype(np.float32)),
         "kps.npy": npy_bytes(kps),
         "boxes.npy": npy_bytes(boxes),
@@ -148,9 +167,6 @@ def render_sample(
         "signature.npy": npy_bytes(arrays["signature"].astype(np.float16)),
         "thumbnails.npy": npy_bytes(arrays["thumbnails"].astype(np.uint8)),
     }
-    # readers check a member against it before decoding: damage a decoder does not report, or crashes on
-    meta["sha256"] = {name: hashlib.sha256(data).hexdigest() for name, data in members.items()}
-    return {**members, "json": json.dumps(meta, sort_keys=True).encode()}
 
 
 def detected_kps(detector: FaceAnalyzer, crops: np.ndarray, boxes: np.ndarray, kps: np.ndarray) -> np.ndarray:

@@ -405,12 +405,12 @@ def indexed_shards(out_dir: Path) -> dict[str, int]:
     return parse_index(path.read_text(encoding="utf-8", errors="replace"), str(path))
 
 
-def write_index(out_dir: Path, shard_dir: Path, name: str = "portraitflow") -> dict:
+def write_index(out_dir: Path, shard_dir: Path) -> dict:
     """A wids-style index (`wids-shard-index-v1`) of every shard, beside the shards."""
     shards = [
         {"url": str(path.relative_to(out_dir)), "nsamples": len(shard_keys(path)), "filesize": path.stat().st_size}
         for path in shard_paths(shard_dir)
     ]
-    index = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": name, "shardlist": shards}
+    index = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": "portraitflow", "shardlist": shards}
     atomic_write(out_dir / INDEX_NAME, json.dumps(index, indent=1))
     return index

@@ -22,6 +22,7 @@ import numpy as np
 from portraitflow.jobs.config.train_data import TrainDataConfig
 from portraitflow.models.face.align import align_arcface
 from portraitflow.operators.decode import TooFewFrames, VideoUnreadable, read_frames
+from portraitflow.operators.job_status import clipped
 from portraitflow.operators.motion import window_buckets
 
 #: Members every curated sample carries (issue 3, item 8) that a training sample needs.
@@ -134,7 +135,7 @@ def decode_frames(mp4: bytes, indices: Sequence[int]) -> tuple[np.ndarray, int]:
     except TooFewFrames as exc:  # the arrays count more frames than the video has, whichever window was drawn
         raise SampleSkipped("frame_count_mismatch", str(exc)) from exc
     except VideoUnreadable as exc:
-        raise SampleSkipped("video_undecodable", str(exc).splitlines()[0][:200]) from exc
+        raise SampleSkipped("video_undecodable", clipped(str(exc).splitlines()[0], 200)) from exc
 
 
 def anchor_face_box(tracks: ClipTracks, frame: int) -> np.ndarray:

@@ -10,7 +10,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -312,6 +312,8 @@ MUX_OPTIONS = {"fflags": "+bitexact"}
 #: the index (moov) moved before the frames once they are written, so a browser plays the file while
 #: it downloads instead of fetching its end first
 FASTSTART = {"movflags": "+faststart"}
+#: x264's speed/size trade-off for every output (its own default is "medium"); the quality is set by the CRF
+X264_PRESET = "veryfast"
 
 #: AVColorSpace / AVColorPrimaries / AVColorTransferCharacteristic SMPTE 170M (BT.601, 525 lines)
 #: and AVColorRange MPEG (limited)
@@ -325,6 +327,50 @@ def _tag_bt601(context) -> None:
     context.color_range = _LIMITED_RANGE
 
 
+def _first_frame_size(chunks: Iterable[np.ndarray]) -> tuple[tuple[int, int], Iterator[np.ndarray]]:
+    """(height, width) of the first frame, and every chunk again from the first non-empty one;
+    ValueError when there is no frame."""
+    chunks = iter(chunks)
+    first = next((chunk for chunk in chunks if len(chunk)), None)
+    if first is None:
+        raise ValueError("no frames to encode")
+    size = first[0].shape[:2]
+    held = [first]  # handed on, then let go: a chunk of 2048-px frames is 300 MB
+    del first
+
+    def every_chunk() -> Iterator[np.ndarray]:
+        yield held.pop()
+        yield from chunks
+    return size, every_chunk()
+
+
+def _add_video_stream(out, rate: Fraction, width: int, height: int, crf: int, keyframe_interval: int | None,
+                      threads: int):
+    """The H.264 stream, yuv420p at the even size at most `width` x `height`, tagged BT.601."""
+    video = out.add_stream("libx264", rate=rate)
+    video.height, video.width = height - height % 2, width - width % 2
+    video.pix_fmt = "yuv420p"
+    _tag_bt601(video.codec_context)
+    video.options = {"crf": str(crf), "preset": X264_PRESET}
+    if threads:
+        video.codec_context.thread_count = threads
+    if keyframe_interval:
+        video.options |= {"g": str(keyframe_interval), "keyint_min": str(keyframe_interval)}
+    return video
+
+
+def _add_audio_stream(out, audio: _AudioSource):
+    """The AAC stream that `audio` is encoded into, keeping its rate, layout and language."""
+    import av
+
+    stream = out.add_stream("aac", rate=audio.rate)
+    stream.layout = audio.layout
+    stream.codec_context.flags |= int(av.codec.context.Flags.bitexact)  # no encoder version string
+    if audio.stream.metadata.get("language"):  # which dub track this is, for a dubbing team
+        stream.metadata["language"] = audio.stream.metadata["language"]
+    return stream
+
+
 def write_h264(
     path: str | Path,
     chunks: Iterable[np.ndarray],
@@ -332,7 +378,6 @@ def write_h264(
     audio_from: str | Path | None = None,
     audio_start_s: float = 0.0,
     crf: int = 18,
-    preset: str = "veryfast",
     keyframe_interval: int | None = None,
     threads: int = 0,
     faststart: bool = True,
@@ -360,39 +405,14 @@ def write_h264(
     audio = _AudioSource.open(audio_from, audio_start_s) if audio_from else None
     frames_written = 0
     try:
-        chunks = iter(chunks)
-        first = next((chunk for chunk in chunks if len(chunk)), None)
-        if first is None:
-            raise ValueError("no frames to encode")
-        height, width = first[0].shape[:2]
-        held = [first]  # handed on, then let go: a chunk of 2048-px frames is 300 MB
-        del first
-
-        def every_chunk() -> Iterable[np.ndarray]:
-            yield held.pop()
-            yield from chunks
+        (height, width), chunks = _first_frame_size(chunks)
         with atomic_target(path) as tmp, av.open(tmp, mode="w", format="mp4",
                                                   options={**MUX_OPTIONS, **(FASTSTART if faststart else {})}) as out:
             rate = Fraction(fps).limit_denominator(1001)
             # video first: stream 0, where players, editors and `ffmpeg -map 0:0` look for it
-            video = out.add_stream("libx264", rate=rate)
-            video.height, video.width = height - height % 2, width - width % 2
-            video.pix_fmt = "yuv420p"
-            _tag_bt601(video.codec_context)
-            video.options = {"crf": str(crf), "preset": preset}
-            if threads:
-                video.codec_context.thread_count = threads
-            if keyframe_interval:
-                video.options |= {"g": str(keyframe_interval), "keyint_min": str(keyframe_interval)}
-            out_audio = None
-            if audio is not None:
-                in_audio = audio.stream
-                out_audio = out.add_stream("aac", rate=audio.rate)
-                out_audio.layout = audio.layout
-                out_audio.codec_context.flags |= int(av.codec.context.Flags.bitexact)  # no encoder version string
-                if in_audio.metadata.get("language"):  # which dub track this is, for a dubbing team
-                    out_audio.metadata["language"] = in_audio.metadata["language"]
-            for chunk in every_chunk():
+            video = _add_video_stream(out, rate, width, height, crf, keyframe_interval, threads)
+            out_audio = _add_audio_stream(out, audio) if audio is not None else None
+            for chunk in chunks:
                 for rgb in chunk:
                     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[: video.height, : video.width]), format="rgb24")
                     frame.pts = frames_written

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -12,6 +12,9 @@ from portraitflow.jobs.options import (ConfigOption, MlflowUriOption, RayAddress
                                       check_out_folder, refuse_missing_face_models, refuse_unreachable_services,
                                       resolve_config, say_failures)
 from portraitflow.operators.job_status import FAILED
+
+if TYPE_CHECKING:
+    from portraitflow.operators.generation_jobs import Job
 
 #: the config's own choices, so the flags offer (and check) exactly what the config accepts.
 Backend = AnimateConfig.model_fields["backend"].annotation
@@ -61,7 +64,6 @@ def animate(
     from portraitflow.jobs.generation import run_generation
     from portraitflow.jobs.runtime import NotEnoughResources
     from portraitflow.operators.atomic import FolderBusy
-    from portraitflow.operators.generation_jobs import cross_jobs, load_jobs, pair_jobs
 
     forms = [ref is not None or driving is not None, jobs is not None, refs is not None or drivers is not None]
     if sum(forms) != 1 or (forms[0] and not (ref and driving)) or (forms[2] and not (refs and drivers)):
@@ -78,21 +80,7 @@ def animate(
     check_job_options(cfg.animate, [k for k, v in flags.items() if v is not None] + _animate_overrides(overrides))
     refuse_unreachable_services(cfg)
     refuse_missing_face_models(cfg)
-    if jobs is not None:
-        try:
-            job_list = load_jobs(jobs)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--jobs") from exc
-        if not job_list:  # a header alone: nothing would run, and a zero exit would say it worked
-            raise typer.BadParameter(f"{jobs} has no jobs (no row below its header)", param_hint="--jobs")
-    elif ref is not None:
-        _refuse_swapped(ref, driving)
-        job_list = pair_jobs(str(ref), str(driving))
-    else:
-        try:
-            job_list = cross_jobs(str(refs), str(drivers))
-        except (ValueError, OSError) as exc:  # none of its kind; a folder that cannot be listed
-            raise typer.BadParameter(str(exc), param_hint="--refs/--drivers") from exc
+    job_list = _job_list(ref, driving, jobs, refs, drivers)
     try:
         table = run_generation(job_list, out, cfg, resume=resume)
     except NotEnoughResources as exc:
@@ -109,10 +97,33 @@ def animate(
         raise typer.Exit(1)
 
 
+def _job_list(ref: Path | None, driving: Path | None, jobs: Path | None, refs: Path | None,
+              drivers: Path | None) -> list[Job]:
+    """The jobs of whichever form was given (one pair, a jobs file, every pair of two folders)."""
+    from portraitflow.operators.generation_jobs import cross_jobs, load_jobs, pair_jobs
+
+    if jobs is not None:
+        try:
+            job_list = load_jobs(jobs)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--jobs") from exc
+        if not job_list:  # a header alone: nothing would run, and a zero exit would say it worked
+            raise typer.BadParameter(f"{jobs} has no jobs (no row below its header)", param_hint="--jobs")
+        return job_list
+    if ref is not None:
+        _refuse_swapped(ref, driving)
+        return pair_jobs(str(ref), str(driving))
+    try:
+        return cross_jobs(str(refs), str(drivers))
+    except (ValueError, OSError) as exc:  # none of its kind; a folder that cannot be listed
+        raise typer.BadParameter(str(exc), param_hint="--refs/--drivers") from exc
+
+
 def _say_run(cfg: PortraitFlowConfig, out: Path) -> None:
     """The MLflow run this invocation recorded: the latest into `out` (`mlflow_run` tags it with the
     folder), looked up in the store rather than taken from MLflow's process-wide last run."""
-    from portraitflow.jobs.runtime import latest_run_into, mlflow_client, mlflow_tracking_uri, sqlite_store_path
+    from portraitflow.jobs.runtime import (latest_run_into, mlflow_client, mlflow_tracking_uri, sqlite_store_path,
+                                           without_credentials)
 
     database = sqlite_store_path(mlflow_tracking_uri(cfg.mlflow))
     if database is not None and not database.exists():  # nothing was recorded; opening it would make it
@@ -120,7 +131,7 @@ def _say_run(cfg: PortraitFlowConfig, out: Path) -> None:
     client = mlflow_client(cfg.mlflow)
     run_id = latest_run_into(client, out, finished=False)  # failed jobs end it FAILED
     if run_id:
-        typer.echo(f"run {run_id} ({client.tracking_uri})")
+        typer.echo(f"run {run_id} ({without_credentials(str(client.tracking_uri))})")
 
 
 def _refuse_swapped(ref: Path, driving: Path) -> None:

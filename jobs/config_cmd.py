@@ -29,7 +29,7 @@ def show(config: ConfigOption = None, set_: SetOption = None) -> None:
 def resolved_empty_fields(cfg: PortraitFlowConfig) -> list[str]:
     """`field = value (source)` for each empty field a flow resolves from the environment or a
     default: where a job goes (Ray, MLflow) and which insightface pack it loads."""
-    from portraitflow.jobs.runtime import mlflow_tracking_uri, ray_address
+    from portraitflow.jobs.runtime import mlflow_tracking_uri, ray_address, without_credentials
     from portraitflow.models.face.model_files import INSIGHTFACE_ROOT_ENV
 
     lines = []
@@ -38,7 +38,7 @@ def resolved_empty_fields(cfg: PortraitFlowConfig) -> list[str]:
         lines.append(f"ray.address = {address} (RAY_ADDRESS)" if address else "ray.address = a local Ray, started in-process")
     if not cfg.mlflow.tracking_uri:
         source = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "the default, in this folder"
-        lines.append(f"mlflow.tracking_uri = {mlflow_tracking_uri(cfg.mlflow)} ({source})")
+        lines.append(f"mlflow.tracking_uri = {without_credentials(mlflow_tracking_uri(cfg.mlflow))} ({source})")
     if not cfg.face.insightface_root and os.environ.get(INSIGHTFACE_ROOT_ENV):
         lines.append(f"face.insightface_root = {os.environ[INSIGHTFACE_ROOT_ENV]} ({INSIGHTFACE_ROOT_ENV})")
     return lines

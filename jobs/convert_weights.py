@@ -35,6 +35,8 @@ def convert_weights(
         written = convert(weights_dir, out_dir)
     except (WeightsMissing, WeightsUnreadable) as exc:  # a usage error, as animate reports it
         raise typer.BadParameter(str(exc), param_hint="DIR") from exc
+    except FileExistsError as exc:  # its staging folder is taken by files of another's
+        raise typer.BadParameter(str(exc), param_hint="OUT") from exc
     for path in written:
         typer.echo(f"wrote {path}")
     typer.echo(f"{len(written)} file(s) written to {out_dir}" if written else f"{out_dir} is already complete")

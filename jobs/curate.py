@@ -43,7 +43,7 @@ from portraitflow.operators.decode import probe_video
 from portraitflow.operators.corpus_decisions import Identities, corpus_ledger, decide_clips
 from portraitflow.operators.face_scan import SCAN_DECODE, check_galleries
 from portraitflow.operators.filters import RENDER_FAILED
-from portraitflow.operators.inputs import clip_input_key, expand_inputs, input_key, is_uri, local_copy
+from portraitflow.operators.inputs import clip_input_key, distinct_keys, expand_inputs, input_key, is_uri, local_copy
 from portraitflow.operators.probe import error_text
 from portraitflow.operators.quarantine import MAX_ATTEMPTS, quarantined_row
 from portraitflow.operators.scan_store import (GALLERY_DIGEST_PREFIX, GALLERY_SETTINGS, SCAN_MEASURES_VERSION,
@@ -340,7 +340,7 @@ def _sample_clip(shard: Path, key: str, fps: float) -> dict[str, Any]:
     """A committed clip as its sample in `shard` tells it: its time range, its scores, and its
     identity (the embedding, the footage signature and thumbnails; None in samples written before them)."""
     arrays = ("id.npy", "signature.npy", "thumbnails.npy")
-    with tarfile.open(shard) as tar:
+    with tarfile.open(shard, "r:") as tar:
         names = set(tar.getnames())
         fields = {name: tar.extractfile(f"{key}.{name}").read() for name in ("json", *arrays)
                   if f"{key}.{name}" in names}
@@ -379,11 +379,50 @@ def _render_kept(cfg: PortraitFlowConfig, layout: Layout, scanned: list[dict], c
         row["rendered"] = int(row.get("rendered") or 0) + int(result["rendered"])
 
 
+def _dry_run(rows: list[dict[str, str]], layout: Layout, out: Path) -> dict[str, Any]:
+    """List what a run would do with each input, and why (reads the shards, repairs nothing)."""
+    in_shards = {k for path in shard_paths(layout.shards)
+                 for k in whole_shard_keys(path, layout.shard_keys, read_only=True)[0]}
+    markers = ledger.load_markers(layout.done)
+    rows, moved = _follow_moves(distinct_keys(rows, _curated_paths(markers)), markers, None)
+    by_key = {row["input_key"]: row for row in rows}
+    pending = {row["input_key"] for row in _pending(rows, markers, in_shards)}
+    changed = set(ledger.changed_since_curated(rows, markers))
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as probes:  # the decoders release the GIL
+        keys = sorted(pending)
+        reasons = dict(zip(keys, probes.map(_unreadable, [by_key[key]["uri"] for key in keys])))
+    unreadable = 0
+    for row in rows:
+        reason = reasons.get(row["input_key"])
+        unreadable += reason is not None
+        state = ("changed" if row["uri"] in changed else "moved  " if row["uri"] in moved else "done   ") \
+            if row["input_key"] not in pending else "pending" if reason is None else "fails  "
+        note = reason or (f"curated as {moved[row['uri']]}" if row["uri"] in moved else None)
+        typer.echo(f"{state}  {row['input_key']}  {row['uri']}" + (f"  ({note})" if note else ""))
+    typer.echo(f"{len(pending)} of {len(rows)} input(s) would be processed into {out}"
+               + (f", {unreadable} of them would be recorded failed: they cannot be read" if unreadable else ""))
+    _warn_changed(sorted(changed))
+    return {"inputs": len(rows), "pending": len(pending), "unreadable": unreadable}
+
+
+def _require_curation_resources(cfg: PortraitFlowConfig) -> None:
+    """NotEnoughResources when Ray cannot place one curation actor (its pool would wait forever)."""
+    from portraitflow.jobs.runtime import require_resource
+    from portraitflow.pipelines.curate import WORKER_MEMORY
+
+    needed = cfg.curate.actor_cpus
+    require_resource(cfg.ray, "CPU", needed, lambda cpus: (
+        f"a curation actor needs {needed} CPUs (curate.actor_cpus); Ray has {cpus:g}: lower "
+        "curate.actor_cpus or give Ray more CPUs (ray.num_cpus on a local Ray; nodes on a cluster)"))
+    require_resource(cfg.ray, "memory", WORKER_MEMORY, lambda have: (
+        f"a curation actor declares {WORKER_MEMORY / 1024**3:g} GiB of memory; Ray has {have / 1024**3:.1f} GiB: "
+        "free memory, or give Ray a smaller object store (ray.object_store_memory_mb)"))
+
+
 def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run: bool = False) -> dict[str, Any]:
     """Curate `inputs` into `out`; returns the summary metrics (also logged to MLflow).
     NotEnoughResources when a local Ray cannot place one curation actor (it would wait forever)."""
-    from portraitflow.jobs.runtime import init_ray, require_resource
-    from portraitflow.pipelines.curate import WORKER_MEMORY
+    from portraitflow.jobs.runtime import init_ray
 
     layout = Layout(out)
     try:  # first: a missing gallery folder is said as such, not as photos that changed
@@ -393,29 +432,8 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
     check_corpus_settings(cfg, layout)
     uris = expand_inputs(inputs)
     rows = sorted(({"uri": u, "input_key": input_key(u)} for u in uris), key=lambda r: r["input_key"])
-    if dry_run:  # reads the shards, repairs nothing
-        in_shards = {k for path in shard_paths(layout.shards)
-                     for k in whole_shard_keys(path, layout.shard_keys, read_only=True)[0]}
-        markers = ledger.load_markers(layout.done)
-        rows, moved = _follow_moves(rows, markers, None)
-        by_key = {row["input_key"]: row for row in rows}
-        pending = {row["input_key"] for row in _pending(rows, markers, in_shards)}
-        changed = set(ledger.changed_since_curated(rows, markers))
-        with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as probes:  # the decoders release the GIL
-            keys = sorted(pending)
-            reasons = dict(zip(keys, probes.map(_unreadable, [by_key[key]["uri"] for key in keys])))
-        unreadable = 0
-        for row in rows:
-            reason = reasons.get(row["input_key"])
-            unreadable += reason is not None
-            state = ("changed" if row["uri"] in changed else "moved  " if row["uri"] in moved else "done   ") \
-                if row["input_key"] not in pending else "pending" if reason is None else "fails  "
-            note = reason or (f"curated as {moved[row['uri']]}" if row["uri"] in moved else None)
-            typer.echo(f"{state}  {row['input_key']}  {row['uri']}" + (f"  ({note})" if note else ""))
-        typer.echo(f"{len(pending)} of {len(rows)} input(s) would be processed into {out}"
-                   + (f", {unreadable} of them would be recorded failed: they cannot be read" if unreadable else ""))
-        _warn_changed(sorted(changed))
-        return {"inputs": len(rows), "pending": len(pending), "unreadable": unreadable}
+    if dry_run:
+        return _dry_run(rows, layout, out)
     with exclusive(layout):
         if check_corpus_settings(cfg, layout):  # again: a run that held the folder may have just recorded its own
             shutil.rmtree(layout.staging, ignore_errors=True)  # rendered with the settings now replaced
@@ -426,18 +444,12 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
         atomic_write(layout.settings, json.dumps(settings, indent=1, sort_keys=True))
         in_shards = _repair_shards(layout)
         markers = ledger.load_markers(layout.done)
-        rows, _ = _follow_moves(rows, markers, layout.done)
+        rows, _ = _follow_moves(distinct_keys(rows, _curated_paths(markers)), markers, layout.done)
         _warn_changed(ledger.changed_since_curated(rows, markers))
         pending = _pending(rows, markers, in_shards, layout.done)
         if pending:  # every input is curated on `actor_cpus` CPUs; with none pending, Ray is not started
             init_ray(cfg.ray)
-            needed = cfg.curate.actor_cpus
-            require_resource(cfg.ray, "CPU", needed, lambda cpus: (
-                f"a curation actor needs {needed} CPUs (curate.actor_cpus); Ray has {cpus:g}: lower "
-                "curate.actor_cpus or give Ray more CPUs (ray.num_cpus on a local Ray; nodes on a cluster)"))
-            require_resource(cfg.ray, "memory", WORKER_MEMORY, lambda have: (
-                f"a curation actor declares {WORKER_MEMORY / 1024**3:g} GiB of memory; Ray has {have / 1024**3:.1f} GiB: "
-                "free memory, or give Ray a smaller object store (ray.object_store_memory_mb)"))
+            _require_curation_resources(cfg)
         return _curate_pending(cfg, layout, rows, pending, in_shards, markers)
 
 
@@ -452,6 +464,11 @@ def _scanned_file(layout: Layout, row: dict[str, Any]) -> dict[str, int] | None:
     except UnreadableFile:  # damaged since (the input failed on it): as for no scan
         return None
     return {key: source[key] for key in ("size", "mtime_ns")} if "size" in source else None
+
+
+def _curated_paths(markers: dict[str, dict]) -> dict[str, str]:
+    """input key -> the path its marker records."""
+    return {key: marker.get("input", {}).get("path", "") for key, marker in markers.items()}
 
 
 def _follow_moves(rows: list[dict], markers: dict[str, dict], done_dir: Path | None) -> tuple[list[dict], dict[str, str]]:
@@ -673,8 +690,8 @@ def curate(
     check_out_folder(out, "curate")
     cfg = resolve_config(config, set_, ray_address, mlflow_uri)
     _refuse_inputs_in_working_dir(inputs)
-    if not dry_run:  # a dry run loads no model, and lists a missing input as `fails`
-        _refuse_inputs_that_name_nothing(inputs)
+    _refuse_inputs_that_name_nothing(inputs)  # a dry run too: it says what the run would do
+    if not dry_run:  # a dry run loads no model
         refuse_unreachable_services(cfg)
         refuse_missing_face_models(cfg)
     try:
@@ -719,7 +736,11 @@ def _refuse_inputs_that_name_nothing(inputs: list[str]) -> None:
         return not is_uri(spec) and not (glob.glob(spec) if glob.has_magic(spec) else os.path.lexists(spec))
 
     if all(names_nothing(spec) for spec in inputs):
-        raise typer.BadParameter(f"no such file or folder: {', '.join(inputs)}", param_hint="INPUTS")
+        patterns = [spec for spec in inputs if glob.has_magic(spec)]
+        paths = [spec for spec in inputs if not glob.has_magic(spec)]
+        said = ([f"no such file or folder: {', '.join(paths)}"] if paths else []) + (
+            [f"matched no file (patterns are case-sensitive): {', '.join(patterns)}"] if patterns else [])
+        raise typer.BadParameter("; ".join(said), param_hint="INPUTS")
 
 
 def _say_failed_inputs(manifest: Path, metrics: dict[str, Any]) -> None:

@@ -137,7 +137,8 @@ def _ray(cfg) -> str:
 
 
 def _mlflow(cfg) -> str:
-    from portraitflow.jobs.runtime import check_mlflow_reachable, mlflow_client, mlflow_tracking_uri, sqlite_store_path
+    from portraitflow.jobs.runtime import (check_mlflow_reachable, mlflow_client, mlflow_tracking_uri, sqlite_store_path,
+                                           without_credentials)
 
     check_mlflow_reachable(cfg.mlflow)
     uri = mlflow_tracking_uri(cfg.mlflow)
@@ -146,4 +147,4 @@ def _mlflow(cfg) -> str:
         return f"{uri} (made by the first run; a check would make it here)"
     client = mlflow_client(cfg.mlflow)
     experiments = client.search_experiments(max_results=1000)
-    return f"{client.tracking_uri} ({len(experiments)} experiment(s))"
+    return f"{without_credentials(str(client.tracking_uri))} ({len(experiments)} experiment(s))"

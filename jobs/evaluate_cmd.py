@@ -51,10 +51,16 @@ def evaluate(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="evaluate.rank_by") from exc
     table = _read_table(results)
-    repeated = table["job_id"][table["job_id"].duplicated()].unique().tolist() if "job_id" in table else []
-    if repeated:  # every metric file, side-by-side video and merge is keyed by job id
-        raise typer.BadParameter(f"{results}: job_id {repeated[0]!r} is on more than one row"
-                                 f"{f' (and {len(repeated) - 1} more ids)' if len(repeated) > 1 else ''}; "
+    # every metric file, side-by-side video and merge is keyed by the id's file stem (`safe_stem`)
+    ids_by_stem: dict[str, list[str]] = {}
+    for job_id in table["job_id"] if "job_id" in table else []:
+        ids_by_stem.setdefault(safe_stem(str(job_id)), []).append(str(job_id))
+    repeated = [stem for stem, ids in ids_by_stem.items() if len(ids) > 1]
+    if repeated:
+        ids = list(dict.fromkeys(ids_by_stem[repeated[0]]))
+        same = f"job_id {ids[0]!r} is on more than one row" if len(ids) == 1 else \
+            f"job_ids {', '.join(map(repr, ids))} name the same files ({repeated[0]})"
+        raise typer.BadParameter(f"{results}: {same}{f' (and {len(repeated) - 1} more ids)' if len(repeated) > 1 else ''}; "
                                  "job ids must be unique", param_hint="RESULTS")
     if jobs is not None and "job_id" in table:  # ids as animate gave them: strings, unique
         table = table.drop(columns=[c for c in ("ref", "driving") if c in table]).astype({"job_id": str}).merge(
@@ -102,7 +108,7 @@ def sweep(
     from portraitflow.jobs.runtime import NotEnoughResources
     from portraitflow.jobs.sweep import InvalidSweep, run_sweep, store_of_earlier_sweep
     from portraitflow.operators.atomic import FolderBusy
-    from portraitflow.operators.sweep_spec import load_sweep
+    from portraitflow.jobs.sweep_spec import load_sweep
 
     cfg = resolve_config(config, overrides, ray_address, mlflow_uri)
     if not cfg.mlflow.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI") and (earlier := store_of_earlier_sweep(out)):

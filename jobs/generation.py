@@ -14,16 +14,16 @@ from pathlib import Path
 import pandas as pd
 
 from portraitflow.jobs.config import PortraitFlowConfig
+from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.runtime import claim_folder, init_ray, mlflow_run, require_resource
-from portraitflow.models.animators.registry import check_backend, model_host_bytes, resolve_backend
+from portraitflow.models.animators.registry import backend_settings, check_backend, model_host_bytes, resolve_backend
 from portraitflow.operators.atomic import exclusive_folder, write_parquet
 from portraitflow.operators.generation_jobs import Job, load_jobs
-from portraitflow.operators.job_status import DONE
+from portraitflow.operators.job_status import DONE, FAILED, OK, SKIPPED
 from portraitflow.operators.generation_results import (
-    RESULTS_FILE, log_to_mlflow, merged_with_earlier, plan_rows, records_dir, results_table, save_preview,
+    RESULTS_FILE, merged_with_earlier, pasted_back_side, plan_rows, records_dir, results_table, save_preview,
 )
-from portraitflow.pipelines.generate import (PREP_MEMORY, animate_pending, animation_memory, animation_pool,
-                                             pasted_back_side)
+from portraitflow.pipelines.generate import PREP_MEMORY, animate_pending, animation_memory, animation_pool
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +79,32 @@ def run_generation(jobs: list[Job] | str | Path, out_dir: str | Path, cfg: Portr
             _warn_of_unlisted_videos(out_dir, merged)
             preview = save_preview(table, cfg.animate, out_dir)
             if run is not None:
-                log_to_mlflow(table, cfg.animate, backend, time.perf_counter() - started, preview)
-                if len(table) and not table.status.isin(DONE).any():  # as evaluate and sweep end theirs
-                    import mlflow
-
-                    mlflow.end_run("FAILED")
+                _log_run(table, cfg.animate, backend, time.perf_counter() - started, preview)
         return table
+
+
+def _log_run(table: pd.DataFrame, cfg: AnimateConfig, backend: str, wall_s: float, preview: Path | None) -> None:
+    """Params (the settings `backend` reads: a warp run logs no GPU or sampling settings), counts,
+    throughput, the per-job table and the preview strip of this invocation; the run ends FAILED when
+    no job has a video, as evaluate and sweep end theirs."""
+    import mlflow
+
+    read = backend_settings(backend)
+    settings = {name: value for name, value in cfg.model_dump(mode="json").items() if name in read}
+    mlflow.log_params({**settings, "backend_resolved": backend, "jobs": len(table)})
+    done = table[table.status == OK]
+    counts = table.status.value_counts()
+    mlflow.log_metrics({
+        "jobs_ok": int(counts.get(OK, 0)), "jobs_failed": int(counts.get(FAILED, 0)),
+        "jobs_skipped": int(counts.get(SKIPPED, 0)), "frames_generated": int(done.frames.sum()),
+        "wall_s": wall_s, "frames_per_s": float(done.frames.sum()) / max(wall_s, 1e-9),
+        "video_s_per_wall_s": float(done.seconds.sum()) / max(wall_s, 1e-9),
+    })
+    mlflow.log_table(table, artifact_file="results.json")
+    if preview is not None:
+        mlflow.log_artifact(str(preview))
+    if len(table) and not table.status.isin(DONE).any():
+        mlflow.end_run("FAILED")
 
 
 def _warn_of_unlisted_videos(out_dir: Path, results: pd.DataFrame) -> None:

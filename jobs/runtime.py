@@ -132,6 +132,19 @@ def _check_gcs(host: str, port: int, address: str, join: str) -> None:
                                  f"--address` takes) or a web server does, not Ray's GCS; {join}")
 
 
+def without_credentials(uri: str) -> str:
+    """`uri` as it may be printed: a user and password in it removed (a URI without them comes back
+    as it is: rebuilt, `sqlite:////abs` would lose a slash)."""
+    parts = urlsplit(uri)
+    try:
+        if not (parts.username or parts.password):
+            return uri
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # a port that is not a number: the userinfo cut off by hand
+        return uri.replace(parts.netloc, parts.netloc.rsplit("@", 1)[-1], 1)
+    return urlunsplit(parts._replace(netloc=(parts.hostname or "") + port))
+
+
 def sqlite_store_path(uri: str) -> Path | None:
     """The database file of an `sqlite:///PATH` tracking URI, None for any other store."""
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
@@ -160,7 +173,7 @@ def check_mlflow_reachable(cfg: MLflowConfig) -> None:
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as exc:  # a port that is not a number
-        raise ServiceUnreachable(f"the MLflow tracking URI {uri!r} is not valid: {exc}") from None
+        raise ServiceUnreachable(f"the MLflow tracking URI {without_credentials(uri)!r} is not valid: {exc}") from None
     shown = urlunsplit(parts._replace(netloc=f"{parts.hostname}:{port}"))
     _connect(parts.hostname, port, f"the MLflow server at {shown}")
     _check_mlflow_api(uri, shown)
@@ -180,7 +193,7 @@ def _check_store_scheme(uri: str) -> None:
         _tracking_store_registry.get_store_builder(uri)
     except UnsupportedModelRegistryStoreURIException:
         schemes = ", ".join(sorted(s for s in known if s not in ("", "file")))
-        raise ServiceUnreachable(f"the MLflow tracking URI {uri!r} has a scheme no tracking store takes "
+        raise ServiceUnreachable(f"the MLflow tracking URI {without_credentials(uri)!r} has a scheme no tracking store takes "
                                  f"(these do: {schemes})") from None
 
 
@@ -483,7 +496,7 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
         raise ExperimentDeleted(
             f"the MLflow experiment {name!r} (id {experiment.experiment_id}) is deleted: restore it (`mlflow "
             f"experiments restore --experiment-id {experiment.experiment_id}` with MLFLOW_TRACKING_URI="
-            f"{client.tracking_uri}) or name another in this flow's `experiment` setting (`--set <flow>.experiment=NAME`)")
+            f"{without_credentials(str(client.tracking_uri))}) or name another in this flow's `experiment` setting (`--set <flow>.experiment=NAME`)")
     if experiment is not None:
         return experiment.experiment_id
     database = sqlite_store_path(str(client.tracking_uri))

@@ -40,9 +40,10 @@ from portraitflow.jobs.generation import run_generation
 from portraitflow.jobs.runtime import (
     FOLDER_TAG, GIT_TAGS, claim_folder, code_tags, end_abandoned_runs, ensure_experiment, folder_tag, init_ray,
     latest_run_into, log_values, mlflow_client, mlflow_tracking_uri, require_resource, search_all_runs,
-    sqlite_store_path, terminated_on_raise,
+    sqlite_store_path, terminated_on_raise, without_credentials,
 )
-from portraitflow.operators import metrics, metrics_learned, report, sweep_spec
+from portraitflow.jobs import sweep_spec
+from portraitflow.operators import metrics, metrics_learned, report
 from portraitflow.operators.atomic import atomic_target, atomic_write, exclusive_folder, write_parquet
 from portraitflow.operators.eval_dataset import check_dataset, dataset_jobs
 from portraitflow.operators.evaluate_video import learned_aggregates
@@ -340,6 +341,46 @@ def _generation_jobs(jobs: list[dict]) -> list[Job]:
     return [Job(j["job_id"], j["ref"], j["driving"]) for j in jobs]
 
 
+def _finished_scores(client: MlflowClient, experiment_id: str, parent_id: str, config_hash: str, work_dir: Path,
+                     inputs: pd.DataFrame, retry_failed: bool) -> tuple[Run | None, Run | None]:
+    """(this sweep's finished child of the config, to reuse as it is; or the run of another sweep
+    into this folder that scored it, a grid since extended, whose scores stand), at most one of them."""
+    scored = _scoring_run(client, config_hash, work_dir, inputs, retry_failed)
+    if scored is None or scored.data.tags.get(PARENT_TAG) == parent_id:
+        return scored, None
+    logged = _children(client, experiment_id, parent_id, config_hash, scored.info.run_id)  # by an earlier run
+    return (logged[0], None) if logged else (None, scored)
+
+
+def _code_tags(scored_before: Run | None) -> dict[str, str]:
+    """The code tags of a child run: today's, or, logging again the scores of `scored_before`, that
+    run's commit and id (the code that made the scores)."""
+    code = code_tags()
+    if scored_before is not None:
+        code = {key: value for key, value in code.items() if key not in GIT_TAGS}
+        code.update((key, scored_before.data.tags[key]) for key in GIT_TAGS if key in scored_before.data.tags)
+        code[SCORES_FROM_TAG] = scored_before.info.run_id
+    return code
+
+
+def _generate_and_score(client: MlflowClient, run_id: str, params: dict[str, Any], jobs: list[dict],
+                        inputs: pd.DataFrame, label: str, out_dir: Path, outputs_dir: Path, work_dir: Path,
+                        evaluate: EvaluateConfig, cfg: PortraitFlowConfig, children: ChildRuns) -> None:
+    """Make a config's videos (adopting those an earlier folder layout made) and score them into `run_id`."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (SCORED_BY, "per_video.parquet"):  # until this scoring finishes, nothing here stands
+        (work_dir / stale).unlink(missing_ok=True)
+    if earlier := _earlier_layout(out_dir / "configs"):
+        _adopt_earlier_videos(earlier, outputs_dir, _planned_names(params, jobs, outputs_dir, cfg))
+    generated = generate_outputs(params, jobs, outputs_dir, cfg)
+    children.check()
+    outcome = generated[[c for c in ("job_id", "status", "reason", "output") if c in generated]]
+    merged = inputs.merge(outcome, on="job_id", how="left", validate="one_to_one")  # ids unique (dataset_jobs)
+    merged = merged.fillna({"status": FAILED, "reason": "not_generated"}).assign(
+        paste_back=sweep_spec.config_settings(params, cfg).paste_back)  # how the evaluator frames the truth
+    score_and_log(client, run_id, merged, label, work_dir, evaluate, cfg)
+
+
 def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepSpec, evaluate: EvaluateConfig,
                cfg: PortraitFlowConfig, out_dir: Path, parent_id: str, experiment_id: str,
                children: ChildRuns | None = None, inputs: pd.DataFrame | None = None,
@@ -370,21 +411,12 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
             return {**row, **hashes, "run_id": earlier.info.run_id, "reused": True, "error": error_text(refused, known=())}
         done = scored_before = None
     else:
-        scored = _scoring_run(client, config_hash, work_dir, inputs, retry_failed)
-        if scored is None or scored.data.tags.get(PARENT_TAG) == parent_id:
-            done, scored_before = scored, None
-        else:  # another sweep into this folder scored it (a grid since extended): its scores stand
-            logged = _children(client, experiment_id, parent_id, config_hash, scored.info.run_id)  # by an earlier run
-            done, scored_before = (logged[0], None) if logged else (None, scored)
+        done, scored_before = _finished_scores(client, experiment_id, parent_id, config_hash, work_dir, inputs,
+                                               retry_failed)
     if done is None:
-        code = code_tags()
-        if scored_before is not None:  # the scores' run and the commit that made them, not today's
-            code = {key: value for key, value in code.items() if key not in GIT_TAGS}
-            code.update((key, scored_before.data.tags[key]) for key in GIT_TAGS if key in scored_before.data.tags)
-            code[SCORES_FROM_TAG] = scored_before.info.run_id
         attempts = _children(client, experiment_id, parent_id, config_hash, status=None)
         tags = {PARENT_TAG: parent_id, CONFIG_TAG: config_hash, GENERATION_TAG: generation_hash,
-                PARAMS_TAG: json.dumps(params, sort_keys=True), **_attempt_tags(attempts), **code}
+                PARAMS_TAG: json.dumps(params, sort_keys=True), **_attempt_tags(attempts), **_code_tags(scored_before)}
         run_id = children.start(experiment_id, label, tags, [r.info.run_id for r in attempts
                                                              if r.info.status in ("FAILED", "KILLED")])
         try:
@@ -395,18 +427,8 @@ def run_config(params: dict[str, Any], jobs: list[dict], spec: sweep_spec.SweepS
             if scored_before is not None:  # its metrics; the tables and videos stay in that run (the report reads them there)
                 log_values(client, run_id, metrics=scored_before.data.metrics)
             else:
-                work_dir.mkdir(parents=True, exist_ok=True)
-                for stale in (SCORED_BY, "per_video.parquet"):  # until this scoring finishes, nothing here stands
-                    (work_dir / stale).unlink(missing_ok=True)
-                if earlier := _earlier_layout(out_dir / "configs"):
-                    _adopt_earlier_videos(earlier, outputs_dir, _planned_names(params, jobs, outputs_dir, cfg))
-                generated = generate_outputs(params, jobs, outputs_dir, cfg)
-                children.check()
-                outcome = generated[[c for c in ("job_id", "status", "reason", "output") if c in generated]]
-                merged = inputs.merge(outcome, on="job_id", how="left", validate="one_to_one")  # ids unique (dataset_jobs)
-                merged = merged.fillna({"status": FAILED, "reason": "not_generated"}).assign(
-                    paste_back=sweep_spec.config_settings(params, cfg).paste_back)  # how the evaluator frames the truth
-                score_and_log(client, run_id, merged, label, work_dir, evaluate, cfg)
+                _generate_and_score(client, run_id, params, jobs, inputs, label, out_dir, outputs_dir, work_dir,
+                                    evaluate, cfg, children)
             # a run the sweep's stop ended KILLED does not vouch for its scores, however far they got
             if children.end(run_id, "FINISHED") and scored_before is None:
                 atomic_write(work_dir / SCORED_BY, run_id)
@@ -709,12 +731,7 @@ def _note_tracking_store(out_dir: Path, uri: str) -> None:
     """Record the store this sweep uses in OUT, warning when an earlier sweep into OUT used another:
     a resume is looked up in the store, and the default one is ./mlflow.db of the current folder,
     so a rerun from elsewhere starts a new parent and redoes every config."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    store = uri  # rebuilt only without credentials: urlunsplit would turn sqlite://// into sqlite://
-    if parts.username or parts.password:
-        store = urlunsplit(parts._replace(netloc=(parts.hostname or "") + (f":{parts.port}" if parts.port else "")))
+    store = without_credentials(uri)
     record = out_dir / TRACKING_STORE_FILE
     earlier = record.read_text().strip() if record.is_file() else None
     if earlier and earlier != store:

@@ -31,7 +31,7 @@ def contact_sheet(shard_dir: Path, out: Path, keys: Collection[str], key_notes: 
         held = wanted.intersection(whole_shard_keys(path, key_notes, read_only=True)[0])
         if not held:
             continue
-        with tarfile.open(path) as tar:
+        with tarfile.open(path, "r:") as tar:
             for member in tar:
                 key, _, field = member.name.partition(".")  # keys are dot-free
                 if field == "ref.jpg" and key in held and len(found) < max_images:

@@ -55,6 +55,10 @@ EVALUATION_ERROR = "evaluation_error"
 FRAME_COUNT_MISMATCH = "frame_count_mismatch"
 REFERENCE_SIZE_MISMATCH = "reference_size_mismatch"
 REFERENCE_NOT_DRIVER_FRAME = "reference_not_driver_frame"
+ASPECT_MISMATCH = "aspect_mismatch"
+#: how far an output's width may be from what its height and the ground truth's aspect give: even
+#: sizes (x264) and a pasted-back frame capped at `max_output_side` round a pixel or two
+ASPECT_SLACK_PX = 2
 
 #: self protocol: least PSNR (dB, at `pixel_size`) of the reference against the driving clip's first
 #: frame. Measured on the 59 decodable clips of the shared media: the clip's frame saved as PNG reads
@@ -126,6 +130,21 @@ def to_output_space(frames: np.ndarray, shape: tuple[int, int], crop_box: np.nda
     if same_size:
         return frames
     return np.stack([cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA) for frame in frames])
+
+
+def _aspect_refusal(output: Any, driver: Any, pasted: bool | None) -> dict[str, str] | None:
+    """Self protocol: the reason and error when the output's aspect ratio is not its ground truth's
+    (the driver's frame pasted back, else the square face crop; not known, as `to_output_space`
+    frames it), since the ground truth would be resized to the output's shape and a squashed
+    output scored as perfect."""
+    if pasted is None:  # `to_output_space` cuts the face only for a square output of another size
+        pasted = output.width != output.height or (output.width, output.height) == (driver.width, driver.height)
+    aspect = driver.width / driver.height if pasted else 1.0
+    if abs(output.width - output.height * aspect) <= ASPECT_SLACK_PX * max(1.0, aspect):
+        return None
+    truth = f"the driver's {driver.width}x{driver.height} frame" if pasted else "a square face crop"
+    return {"reason": ASPECT_MISMATCH, "error": f"output is {output.width}x{output.height}, its ground truth "
+                                                 f"{truth}: scored, it would be resized to the output's shape"}
 
 
 def _flag(value: Any) -> bool | None:
@@ -309,11 +328,14 @@ class JobEvaluator:
             return {**row, "reason": NO_REFERENCE_FACE}
         ref_embedding = self.analyzer.embed([reference.rgb], [ref_face])[0]
         pasted = pasted_back(job, output) if self_protocol else None
-        if self_protocol and pasted is None and (out_info.width, out_info.height) == (driver.width, driver.height) \
-                and driver.width == driver.height and crop_box[2] - crop_box[0] < driver.width:
-            log.warning("%s: nothing says whether %s is a face crop or pasted back, and either would be this "
-                        "size; scored as pasted back (give the job a paste_back column, or keep animate's "
-                        "results.parquet beside the outputs)", row["job_id"], output)
+        if self_protocol and (refusal := _aspect_refusal(out_info, driver, pasted)) is not None:
+            return {**row, **refusal}
+        if self_protocol and pasted is None and out_info.width == out_info.height and driver.width == driver.height \
+                and crop_box[2] - crop_box[0] < driver.width:
+            same = out_info.width == driver.width
+            log.warning("%s: nothing says whether %s is a face crop or pasted back, and either could be this "
+                        "size; scored as %s (give the job a paste_back column, or keep animate's results.parquet "
+                        "beside the outputs)", row["job_id"], output, "pasted back" if same else "a face crop")
         clips: dict[str, dict[str, list[np.ndarray]]] = {
             kind: {"fake": [], "real": []} for kind in ("fid", "fvd") if kind in self.networks}
         try:
@@ -530,11 +552,12 @@ def learned_aggregates(work_dir: Path, job_ids: list[str]) -> dict[str, float]:
 class EvaluateActor:
     """Ray Data callable: one face analyser per actor, scoring a batch of job rows."""
 
-    def __init__(self, face: dict[str, Any], evaluate: dict[str, Any], work_dir: str) -> None:
+    def __init__(self, face_json: str, evaluate_json: str, work_dir: str) -> None:
         from portraitflow.jobs.config.face import FaceConfig
         from portraitflow.models.face.factory import create_analyzer
 
-        self.evaluator = JobEvaluator(create_analyzer(FaceConfig(**face)), EvaluateConfig(**evaluate))
+        self.evaluator = JobEvaluator(create_analyzer(FaceConfig.model_validate_json(face_json)),
+                                      EvaluateConfig.model_validate_json(evaluate_json))
         self.work_dir = work_dir
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:

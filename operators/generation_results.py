@@ -15,13 +15,13 @@ import pandas as pd
 
 from portraitflow.jobs.config.animate import PER_JOB_FIELDS, AnimateConfig
 from portraitflow.jobs.config.face import FaceConfig
-from portraitflow.models.animators.registry import backend_settings, check_settings
+from portraitflow.models.animators.registry import check_settings
 from portraitflow.models.face.images import long_side
 from portraitflow.operators.atomic import atomic_write
 from portraitflow.operators.decode import VideoUnreadable, probe_video, read_frames
 from portraitflow.operators.generation_jobs import (Job, effective_params, id_forms, input_fingerprint, output_name,
                                                    output_settings)
-from portraitflow.operators.job_status import DONE, FAILED, OK, SKIPPED, clipped
+from portraitflow.operators.job_status import DONE, FAILED, SKIPPED, clipped
 from portraitflow.operators.paste_back import exceeds
 from portraitflow.operators.paths import confined
 from portraitflow.operators.video_writer import has_audio
@@ -138,7 +138,7 @@ def previous_records(out_dir: Path) -> dict[str, dict[str, Any]]:
         try:
             saved = json.loads(record.read_text())
             found[f"{record.stem}.mp4"] = {k: saved[k] for k in (*KEPT_FIELDS, "bytes", "mtime_ns") if k in saved}
-        except (OSError, ValueError, KeyError, TypeError):  # written atomically, so only a foreign file
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):  # written atomically: a foreign file
             continue
     return found
 
@@ -237,22 +237,10 @@ def save_preview(table: pd.DataFrame, cfg: AnimateConfig, out_dir: Path) -> Path
     return path
 
 
-def log_to_mlflow(table: pd.DataFrame, cfg: AnimateConfig, backend: str, wall_s: float, preview: Path | None) -> None:
-    """Params (the settings `backend` reads: a warp run logs no GPU or sampling settings), counts,
-    throughput, the per-job table and the preview strip of this invocation."""
-    import mlflow
-
-    read = backend_settings(backend)
-    settings = {name: value for name, value in cfg.model_dump(mode="json").items() if name in read}
-    mlflow.log_params({**settings, "backend_resolved": backend, "jobs": len(table)})
-    done = table[table.status == OK]
-    counts = table.status.value_counts()
-    mlflow.log_metrics({
-        "jobs_ok": int(counts.get(OK, 0)), "jobs_failed": int(counts.get(FAILED, 0)),
-        "jobs_skipped": int(counts.get(SKIPPED, 0)), "frames_generated": int(done.frames.sum()),
-        "wall_s": wall_s, "frames_per_s": float(done.frames.sum()) / max(wall_s, 1e-9),
-        "video_s_per_wall_s": float(done.seconds.sum()) / max(wall_s, 1e-9),
-    })
-    mlflow.log_table(table, artifact_file="results.json")
-    if preview is not None:
-        mlflow.log_artifact(str(preview))
+def pasted_back_side(pending: list[dict[str, Any]], max_output_side: int) -> int:
+    """The longer side of the largest output frame a job of `pending` pastes back onto its portrait:
+    the portrait's own, read from its header (each portrait once), at most `max_output_side` (0:
+    uncapped; `fit_within`); 0 where no job pastes back (crop-only outputs) or no portrait opens."""
+    portraits = {row["ref"] for row in pending if json.loads(row["params"]).get("paste_back")}
+    side = max((long_side(path) for path in portraits), default=0)
+    return min(side, max_output_side) if max_output_side else side

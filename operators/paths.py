@@ -41,10 +41,10 @@ def safe_name(text: str, max_len: int = 48, fallback: str = "item") -> str:
     return _UNSAFE.sub("-", text).strip("-")[:max_len] or fallback
 
 
-def hashed_name(label: str, identity: str, max_len: int = 48, fallback: str = "item") -> str:
-    """`safe_name(label)` plus a short hash of `identity`: readable, and distinct for distinct
-    identities even when their labels sanitise alike (`a b.mp4` and `a?b.mp4`)."""
-    digest = hashlib.sha1(identity.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+def hashed_name(label: str, identity: str, max_len: int = 48, fallback: str = "item", digits: int = 10) -> str:
+    """`safe_name(label)` plus a short hash of `identity` (`digits` hex digits): readable, and distinct
+    for distinct identities even when their labels sanitise alike (`a b.mp4` and `a?b.mp4`)."""
+    digest = hashlib.sha1(identity.encode("utf-8", "surrogatepass")).hexdigest()[:digits]
     return f"{safe_name(label, max_len, fallback)}-{digest}"
 
 

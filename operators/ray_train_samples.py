@@ -26,12 +26,8 @@ def shard_samples(shard: dict[str, np.ndarray], build: Callable[[dict], dict[str
     skips = SkipCounter()
     try:
         for raw in read_shard(str(shard["url"][0]), skips.handler):
-            try:
-                sample = build(raw)
-            except Exception as exc:  # noqa: BLE001 - the handler counts bad data and raises anything else
-                skips.handler(exc)
-                continue
-            yield {name: np.asarray(value)[None] for name, value in sample.items()}
+            if (sample := skips.built(build, raw)) is not None:
+                yield {name: np.asarray(value)[None] for name, value in sample.items()}
     finally:
         ray.get(tally.add.remote(skips.counts()))
 
@@ -45,12 +41,8 @@ def check_trainable(urls: list[str], build: Callable[[dict], dict[str, Any]]) ->
     skips = SkipCounter()
     for url in urls:
         for raw in read_shard(url, skips.handler):
-            try:
-                build(raw)
-            except Exception as exc:  # noqa: BLE001 - the handler counts bad data and raises anything else
-                skips.handler(exc)
-                continue
-            return
+            if skips.built(build, raw) is not None:
+                return
     raise RuntimeError(f"training dataset: no sample of {len(urls)} shard(s), e.g. {urls[0]}, can be trained on; "
                        f"skipped {skips.counts()}")
 

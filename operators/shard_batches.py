@@ -53,11 +53,9 @@ class ShardBatches(torch.utils.data.IterableDataset):
         for position, sample in enumerate(samples):
             if position < start:
                 continue
-            try:
-                built.append(build(sample))
-            except Exception as exc:  # noqa: BLE001 - the handler counts bad data and raises anything else
-                self.skips.handler(exc)
+            if (made := self.skips.built(build, sample)) is None:
                 continue
+            built.append(made)
             if len(built) == cfg.batch_size:
                 yield dict(collate_samples(built), __worker__=worker, __position__=position + 1)
                 built = []

@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 import webdataset as wds
 from webdataset.gopen import gopen, gopen_schemes
 
-from portraitflow.operators.shards import INDEX_NAME, parse_index
+from portraitflow.operators.shards import INDEX_NAME, oversized, parse_index
 from portraitflow.operators.train_sample import SampleSkipped
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,9 @@ def expand_shards(sources: str | Sequence[str]) -> list[str]:
     reader would only skip it, so a mistyped path would give an empty epoch. A shard named more
     than once is read as often (oversampling), with a warning."""
     items = [sources] if isinstance(sources, str) else list(sources)
+    if not items:
+        raise ValueError("no shards given: set train_data.shards to a curated folder, its index.wids.json, "
+                         "or .tar paths")
     urls: list[str] = []
     for item in items:
         item = os.path.expanduser(item)
@@ -141,7 +144,8 @@ def expand_shards(sources: str | Sequence[str]) -> list[str]:
 def read_shard(url: str, handler: Callable[[BaseException], bool]) -> Iterator[dict[str, Any]]:
     """A shard's samples in webdataset's layout (`__key__`, `__url__`, then one bytes value per
     member, named by what follows the key's dot: the shards curation writes), streamed from any URL
-    webdataset's `gopen` opens.
+    webdataset's `gopen` opens. Plain tars only, as curation writes them (a compressed one is
+    unreadable: a small gzip can unpack to any size); a member over MAX_MEMBER_BYTES is not read.
 
     tarfile takes a shard cut short at a header, or a damaged header, for the archive's end, which
     would drop the rest of the shard uncounted: here the end must be the zero blocks a writer adds
@@ -152,9 +156,9 @@ def read_shard(url: str, handler: Callable[[BaseException], bool]) -> Iterator[d
     sample: dict[str, Any] | None = None
     broken: Exception | None = None
     try:
-        with _open(url) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+        with _open(url) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
             for member in tar:
-                if not member.isfile():
+                if not member.isfile() or oversized(member, url):
                     continue
                 key, _, field = posixpath.basename(member.name).partition(".")
                 field = field.lower()  # as webdataset groups them: `KEY.MP4` is the sample's `mp4`
@@ -201,6 +205,14 @@ class SkipCounter:
             self._counts[SKIP_REASONS.index(reason)] += 1
         log.warning("training loader skipped (%s): %s", reason, exc)
         return True
+
+    def built(self, build: Callable[[dict], dict[str, Any]], raw: dict) -> dict[str, Any] | None:
+        """`build(raw)`, or None when the sample was skipped (counted); a bug raises."""
+        try:
+            return build(raw)
+        except Exception as exc:  # noqa: BLE001 - the handler counts bad data and raises anything else
+            self.handler(exc)
+            return None
 
     def counts(self) -> dict[str, int]:
         """Skips so far per reason, only reasons that occurred."""

@@ -86,7 +86,7 @@ def staged_whole(staging_dir: Path, key: str) -> bool:
     if not path.exists():
         return False
     try:
-        with tarfile.open(path) as tar:
+        with tarfile.open(path, "r:") as tar:
             names = tar.getnames()
         if names and all(name.startswith(key + ".") for name in names):
             return True
@@ -102,7 +102,7 @@ def read_staged(path: Path) -> tuple[str, dict[str, bytes]]:
     """The key and fields of a staged sample."""
     fields: dict[str, bytes] = {}
     key = path.stem
-    with tarfile.open(path) as tar:
+    with tarfile.open(path, "r:") as tar:
         for member in tar.getmembers():
             name = member.name
             if not name.startswith(key + "."):
@@ -130,6 +130,20 @@ def iter_shard_keys(path: Path) -> Iterator[str]:
         yield key
 
 
+#: the largest member a shard's reader reads: a curated clip's mp4 is tens of MB; a member that
+#: claims more is taken for missing, so a crafted shard cannot make a reader allocate what it claims
+MAX_MEMBER_BYTES = 512 * 1024**2
+
+
+def oversized(member: tarfile.TarInfo, shard: str) -> bool:
+    """Whether `member` is over MAX_MEMBER_BYTES (said in the log; its sample then lacks it)."""
+    if member.size <= MAX_MEMBER_BYTES:
+        return False
+    log.warning("%s: member %s claims %d bytes, over the %d MiB a curated member holds: not read", shard,
+                member.name, member.size, MAX_MEMBER_BYTES // 1024**2)
+    return True
+
+
 def iter_samples(path: Path, read: bool = True) -> Iterator[tuple[str, dict[str, bytes]]]:
     """A shard's samples in order, as (key, fields) (fields left empty unless `read`).
 
@@ -139,14 +153,16 @@ def iter_samples(path: Path, read: bool = True) -> Iterator[tuple[str, dict[str,
     would pass off a sample missing members as whole).
     """
     current, fields = None, {}
-    with tarfile.open(path) as tar:
+    with tarfile.open(path, "r:") as tar:
         for member in tar:
+            if not member.isfile():  # a link or folder: no member curation writes
+                continue
             key = member.name.split(".", 1)[0]
             if key != current:
                 if current is not None:
                     yield current, fields
                 current, fields = key, {}
-            if read:
+            if read and not oversized(member, str(path)):
                 fields[member.name[len(key) + 1 :]] = tar.extractfile(member).read()
         if current is not None and not _ends_cleanly(tar):
             raise tarfile.ReadError(f"no end-of-archive block after {tar.members[-1].name}: the shard was cut short "
@@ -197,7 +213,7 @@ def whole_shard_keys(path: Path, remember_in: Path | None = None,
             saved = json.loads(note.read_text())
             if (saved["size"], saved["mtime_ns"]) == identity[1:]:
                 _READ_WHOLE[identity] = [str(key) for key in saved["keys"]]
-        except (OSError, ValueError, KeyError, TypeError):  # a note from another version: read the shard
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):  # another version's note: read the shard
             pass
     if identity in _READ_WHOLE:
         return list(_READ_WHOLE[identity]), None
@@ -393,7 +409,7 @@ def parse_index(text: str, where: str) -> dict[str, int]:
     ValueError for one cut short, overwritten or another tool's JSON."""
     try:
         return {str(entry["url"]): int(entry["nsamples"]) for entry in json.loads(text)["shardlist"]}
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: JSON nested too deep
         raise ValueError(f"{where} cannot be read as a shard index ({type(exc).__name__}: {exc}); one `portraitflow "
                          "curate` wrote is written again by rerunning it with the same inputs and --out") from None
 

@@ -27,6 +27,9 @@ from portraitflow.operators.motion import window_buckets
 
 #: Members every curated sample carries (issue 3, item 8) that a training sample needs.
 REQUIRED_MEMBERS = ("mp4", "landmarks.npy", "kps.npy", "pose.npy", "id.npy")
+#: the lengths an identity embedding may have: curation stores them unit length, other tools raw
+#: (insightface's about 20-30); zero, or one whose square overflows float32, trains on nothing or NaN
+IDENTITY_NORM = (1e-3, 1e3)
 MOTION_CROP_SIZE = 256  # HeadExpression / HeadPose input side (SPEC 2)
 
 
@@ -62,6 +65,11 @@ def parse_tracks(sample: Mapping[str, Any]) -> ClipTracks:
               for name, shape in (("landmarks.npy", (68, 2)), ("kps.npy", (5, 2)), ("pose.npy", (3,)), ("id.npy", None))}
     if sample.get("boxes.npy"):
         arrays["boxes.npy"] = _load_array(sample, "boxes.npy", (4,))
+    if np.abs(arrays["pose.npy"]).max(initial=0.0) > 180.0:  # degrees: curation writes nothing else
+        raise SampleSkipped("bad_array", f"pose.npy: angles up to {np.abs(arrays['pose.npy']).max():.3g} degrees")
+    norm = float(np.linalg.norm(arrays["id.npy"].astype(np.float64)))
+    if not IDENTITY_NORM[0] <= norm <= IDENTITY_NORM[1]:
+        raise SampleSkipped("bad_array", f"id.npy: an embedding of length {norm:.3g}")
     lengths = {len(arrays[name]) for name in ("landmarks.npy", "kps.npy", "pose.npy", "boxes.npy") if name in arrays}
     if len(lengths) != 1:
         raise SampleSkipped("frame_count_mismatch", f"per-frame arrays disagree on length: {sorted(lengths)}")
@@ -291,7 +299,7 @@ def sample_meta(sample: Mapping[str, Any]) -> dict[str, Any]:
         return {}
     try:
         meta = json.loads(bytes(sample["json"]))
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
         raise SampleSkipped("bad_json", f"{sample.get('__key__')}: the json does not parse ({exc})") from exc
     if not isinstance(meta, dict):
         raise SampleSkipped("bad_json", f"{sample.get('__key__')}: the json holds no sample description")

@@ -98,6 +98,12 @@ def _actor_pool(cfg: PortraitFlowConfig, tasks: int) -> ActorPoolStrategy:
     return ActorPoolStrategy(min_size=actors, max_size=actors, max_tasks_in_flight_per_actor=2)
 
 
+def _stage_kwargs(cfg: PortraitFlowConfig, scan_dir: Path, staging_dir: Path, attempts_dir: Path) -> dict[str, Any]:
+    """What both passes' stages are given: the config as data and where they write."""
+    return {"config": cfg.model_dump(mode="json"), "scan_dir": str(scan_dir), "staging_dir": str(staging_dir),
+            "attempts_dir": str(attempts_dir), "max_attempts": MAX_ATTEMPTS}
+
+
 def curate_inputs(rows: list[dict[str, Any]], cfg: PortraitFlowConfig, scan_dir: Path, staging_dir: Path,
                   attempts_dir: Path) -> tuple[list[dict], str]:
     """Scan inputs and stage their kept clips; returns one row per input that came back, and Ray Data's stats."""
@@ -106,9 +112,7 @@ def curate_inputs(rows: list[dict[str, Any]], cfg: PortraitFlowConfig, scan_dir:
     ds, blocks = _inputs_dataset(rows, cfg)
     ds = ds.map_batches(
         CurateInputStage,
-        fn_constructor_kwargs={"config": cfg.model_dump(mode="json"), "scan_dir": str(scan_dir),
-                               "staging_dir": str(staging_dir), "attempts_dir": str(attempts_dir),
-                               "max_attempts": MAX_ATTEMPTS},
+        fn_constructor_kwargs=_stage_kwargs(cfg, scan_dir, staging_dir, attempts_dir),
         batch_size=1,
         num_cpus=cfg.curate.actor_cpus,
         memory=WORKER_MEMORY,
@@ -130,7 +134,5 @@ def render_decided(rows: list[dict[str, Any]], cfg: PortraitFlowConfig, scan_dir
         return []
     ds, _ = _inputs_dataset(rows, cfg)
     ds = ds.map(render_decided_clips, num_cpus=cfg.curate.actor_cpus, memory=WORKER_MEMORY,
-                fn_kwargs={"config": cfg.model_dump(mode="json"), "scan_dir": str(scan_dir),
-                           "staging_dir": str(staging_dir), "attempts_dir": str(attempts_dir),
-                           "max_attempts": MAX_ATTEMPTS})
+                fn_kwargs=_stage_kwargs(cfg, scan_dir, staging_dir, attempts_dir))
     return ds.take_all()

@@ -39,7 +39,8 @@ def evaluate_outputs(jobs: pd.DataFrame, work_dir: Path, cfg: PortraitFlowConfig
         ds = ray.data.from_items(ready[columns].to_dict("records"), override_num_blocks=len(ready))
         ds = ds.map_batches(EvaluateActor, batch_size=1, num_cpus=1, memory=EVALUATOR_MEMORY,
                             compute=ActorPoolStrategy(size=min(evaluate.evaluators, len(ready))),
-                            fn_constructor_kwargs={"face": cfg.face.model_dump(), "evaluate": evaluate.model_dump(),
+                            fn_constructor_kwargs={"face_json": cfg.face.model_dump_json(),
+                                                   "evaluate_json": evaluate.model_dump_json(),
                                                    "work_dir": str(work_dir)})
         scored = pd.DataFrame(ds.take_all())
     failed = jobs.loc[jobs["status"] != OK, ["job_id", "status", "reason"]]

@@ -7,14 +7,12 @@ the stages live in operators/animate.py.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.models.animators.registry import model_host_bytes
-from portraitflow.models.face.images import long_side
 from portraitflow.operators.animate import AnimateJobs, prepare_job
 from portraitflow.operators.generation_results import failed_row
 from portraitflow.operators.quarantine import MAX_ATTEMPTS
@@ -58,18 +56,9 @@ def animation_memory(backend: str, cfg: AnimateConfig, pasted_side: int) -> int:
     holds: its base, its model's host memory (`model_host_bytes`: hunyuan's checkpoints), and the
     windows of output frames it holds at once, each frame a crop of `size` or, where a job pastes
     back, as large as the largest portrait pasted back onto (`pasted_side`, its longer side as
-    output: `pasted_back_side`; 0 where none is)."""
+    output: `generation_results.pasted_back_side`; 0 where none is)."""
     side = max(cfg.size, pasted_side)
     return ACTOR_BASE_MEMORY + model_host_bytes(backend, cfg) + WINDOWS_HELD * cfg.window * side * side * 3
-
-
-def pasted_back_side(pending: list[dict[str, Any]], max_output_side: int) -> int:
-    """The longer side of the largest output frame a job of `pending` pastes back onto its portrait:
-    the portrait's own, read from its header (each portrait once), at most `max_output_side` (0:
-    uncapped; `fit_within`); 0 where no job pastes back (crop-only outputs) or no portrait opens."""
-    portraits = {row["ref"] for row in pending if json.loads(row["params"]).get("paste_back")}
-    side = max((long_side(path) for path in portraits), default=0)
-    return min(side, max_output_side) if max_output_side else side
 
 
 def animate_pending(pending: list[dict[str, Any]], backend: str, cfg: PortraitFlowConfig, motion_dir: Path,

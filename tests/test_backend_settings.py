@@ -14,7 +14,7 @@ from portraitflow.jobs.config.animate import OPERATIONAL_FIELDS, PER_JOB_FIELDS,
 from portraitflow.models.animators.registry import animator_class, backend_settings
 from portraitflow.operators.generation_jobs import Job
 from portraitflow.operators.generation_results import plan_rows
-from portraitflow.operators.sweep_spec import config_settings
+from portraitflow.jobs.sweep_spec import config_settings
 
 
 def test_every_animate_setting_is_read_by_every_backend_or_declared_by_exactly_one() -> None:

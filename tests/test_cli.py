@@ -184,6 +184,16 @@ def test_insightface_error_names_a_real_override(monkeypatch: pytest.MonkeyPatch
     assert load_config(None, [f"{override.group(1)}=/models"]).face.insightface_root == "/models"
 
 
+def test_a_root_holding_another_pack_names_it(tmp_path: Path) -> None:
+    """The message sent a user whose root held `pack` to download buffalo_l."""
+    from portraitflow.models.face.model_files import ModelFilesMissing, insightface_models
+
+    (tmp_path / "models" / "pack").mkdir(parents=True)
+    (tmp_path / "models" / "pack" / "det_10g.onnx").write_bytes(b"")
+    with pytest.raises(ModelFilesMissing, match="holds the pack[(]s[)] pack: pass --set face.insightface_pack=pack"):
+        insightface_models(str(tmp_path), "buffalo_l")
+
+
 def test_a_face_backend_without_its_models_is_a_usage_error(generation_calls: list, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PORTRAITFLOW_INSIGHTFACE_ROOT", raising=False)
@@ -326,13 +336,19 @@ def test_samples_refuses_an_out_that_is_a_file(tmp_path: Path) -> None:
 
 
 def test_a_mistyped_input_is_said_to_be_missing(tmp_path: Path) -> None:
-    """Not "decord cannot open the video", which hid the cause."""
+    """Not "decord cannot open the video", which hid the cause; beside an input that is there, it is
+    a `failed` row; alone, a usage error, the dry run's as the run's (it listed the run as going on)."""
     from portraitflow.operators.inputs import NO_SUCH_FILE
 
-    result = CliRunner().invoke(app, ["curate", str(tmp_path / "nope_input"), "--out", str(tmp_path / "out"),
-                                      "--dry-run"], env=WIDE)
+    (tmp_path / "there.mp4").write_bytes(b"\0" * 100)
+    result = CliRunner().invoke(app, ["curate", str(tmp_path / "nope_input"), str(tmp_path / "there.mp4"),
+                                      "--out", str(tmp_path / "out"), "--dry-run"], env=WIDE)
     assert result.exit_code == 0, result.output
     assert re.search(rf"fails +nope_input-\w+ +\S+nope_input +\(FileNotFoundError: {NO_SUCH_FILE}\)", result.output)
+    alone = CliRunner().invoke(app, ["curate", str(tmp_path / "nope_input"), str(tmp_path / "*.mkv"),
+                                     "--out", str(tmp_path / "out"), "--dry-run"], env=WIDE)
+    said = " ".join(alone.output.replace("│", " ").split())
+    assert alone.exit_code == 2 and "no such file or folder:" in said and "matched no file" in said, alone.output
 
 
 def test_curate_says_which_inputs_failed_and_refuses_arguments_that_name_nothing(tmp_path: Path, in_process) -> None:
@@ -528,3 +544,16 @@ def test_a_resumed_sweep_names_the_configs_it_kept_with_failed_videos(tmp_path: 
     err = capsys.readouterr().err
     assert "kept from earlier runs with failed videos: warp[p=1.0] (2 failed);" in err and "--retry-failed" in err
     assert "still" not in err  # failed in this run, not kept
+
+
+def test_evaluate_refuses_job_ids_that_name_the_same_files(tmp_path: Path) -> None:
+    """`x!` is filed as `safe_stem('x!')`, which is also a safe id of its own: the two rows' metric
+    files and merges were one."""
+    from portraitflow.operators.paths import safe_stem
+
+    (tmp_path / "results.csv").write_text(f"job_id,ref,driving,output\nx!,a.png,a.mp4,a.mp4\n{safe_stem('x!')},"
+                                          "b.png,b.mp4,b.mp4\n")
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "results.csv"), "--out", str(tmp_path / "ev"),
+                                      "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"], env=WIDE)
+    said = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and f"job_ids 'x!', '{safe_stem('x!')}' name the same files" in said, result.output

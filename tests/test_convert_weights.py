@@ -215,3 +215,37 @@ def test_a_corrupt_file_copied_as_it_is_is_named_not_installed(release: Path, tm
     said = " ".join(failed.output.replace("│", " ").split())
     assert failed.exit_code == 2 and str(release / copied) in said and "Traceback" not in said
     assert not (tmp_path / "converted").exists()
+
+
+class _RunsCode:
+    """A pickled object that would run a shell command when loaded unsafely."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_that_runs_code_gets_no_recipe_to_load_it(release: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    path = release / "hyportrait" / "pose_guider.pth"
+    torch.save({"weight": torch.zeros(2), "payload": _RunsCode(marker)}, path)
+    failed = _convert(release, tmp_path / "converted")
+    said = " ".join(failed.output.replace("│", " ").split())
+    assert failed.exit_code == 2, failed.output
+    assert "system when unpickled: it runs code" in said and "weights_only=False" not in said
+    assert not marker.exists()
+
+
+def test_a_staging_folder_holding_someone_elses_files_is_left_alone(release: Path, tmp_path: Path) -> None:
+    """It was emptied without a word: OUT.partial is where a conversion stages, and one that holds
+    no record of a conversion is not one."""
+    notes = tmp_path / "converted.partial" / "notes" / "thesis.txt"
+    notes.parent.mkdir(parents=True)
+    notes.write_text("mine")
+    failed = _convert(release, tmp_path / "converted")
+    assert failed.exit_code == 2 and "holds files no conversion staged" in " ".join(failed.output.split())
+    assert notes.read_text() == "mine" and not (tmp_path / "converted").exists()

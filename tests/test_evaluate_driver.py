@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from portraitflow.jobs.config import load_config
-from portraitflow.operators.sweep_spec import SweepSpec
+from portraitflow.jobs.sweep_spec import SweepSpec
 
 
 class _Warnings(logging.Handler):

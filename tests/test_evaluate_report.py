@@ -15,7 +15,7 @@ from portraitflow.operators import report
 def _child(client, experiment_id: str, parent_id: str, params: dict, status: str, start: int, folder: Path,
            metrics: dict[str, float], per_video: pd.DataFrame | None = None, error: str | None = None) -> str:
     from portraitflow.jobs import sweep
-    from portraitflow.operators import sweep_spec
+    from portraitflow.jobs import sweep_spec
 
     label = sweep_spec.config_label(params)
     run_id = client.create_run(experiment_id, run_name=label, start_time=start, tags={

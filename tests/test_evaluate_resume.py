@@ -15,7 +15,7 @@ from test_sweep_driver import _fake_generation, _spec, driver  # noqa: F401 (a f
 
 from portraitflow.operators import eval_dataset
 from portraitflow.operators.eval_dataset import DatasetSpec, dataset_jobs
-from portraitflow.operators.sweep_spec import SweepSpec
+from portraitflow.jobs.sweep_spec import SweepSpec
 
 
 def _first_frame(video: str) -> np.ndarray:

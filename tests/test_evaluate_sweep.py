@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from portraitflow.jobs.config import load_config
-from portraitflow.operators import sweep_spec
+from portraitflow.jobs import sweep_spec
 
 #: talking videos with visible head motion (MANIFEST.tsv), cut to their first seconds
 DRIVERS = ["liveportrait_d20.mp4", "sadtalker_WDA_KatieHill_000.mp4"]
@@ -33,7 +33,7 @@ def sweep_run(media_dir: Path, ray_local, tmp_path_factory):
     from typer.testing import CliRunner
 
     from portraitflow.jobs.cli import app
-    from portraitflow.operators.sweep_spec import load_sweep
+    from portraitflow.jobs.sweep_spec import load_sweep
 
     out = tmp_path_factory.mktemp("sweep")
     uri = f"sqlite:///{out / 'mlflow.db'}"

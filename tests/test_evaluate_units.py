@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from portraitflow.jobs.config.evaluate import EvaluateConfig
-from portraitflow.operators import metrics, report, sweep_spec
+from portraitflow.jobs import sweep_spec
+from portraitflow.operators import metrics, report
 from portraitflow.operators.eval_dataset import DatasetSpec, dataset_jobs
 
 
@@ -436,7 +437,7 @@ def test_a_still_config_refuses_params_it_does_not_take_before_any_work(tmp_path
     a motion setting is refused naming the key, as for every backend, not ignored."""
     from portraitflow.jobs.config import load_config
     from portraitflow.jobs.sweep import generate_outputs
-    from portraitflow.operators.sweep_spec import config_settings
+    from portraitflow.jobs.sweep_spec import config_settings
 
     cfg = load_config(None, [])
     settings = config_settings({"backend": "still", "size": 256, "paste_back": True}, cfg)
@@ -1009,3 +1010,23 @@ def test_a_long_path_in_a_reason_is_kept_in_part() -> None:
     text = clipped(f"FileNotFoundError: [Errno 2] No such file or directory: {path}")
     assert len(text) == 300 and text.endswith("b…") and "s3://bucket/aaa" in text
     assert clipped("word " * 100).endswith("word…") and len(clipped("word " * 100)) <= 300
+
+
+@pytest.mark.parametrize(("output", "driver", "pasted", "refused"), [
+    ((480, 270), (480, 480), True, True),  # a squashed output scored PSNR 100 against a ground truth squashed alike
+    ((480, 270), (480, 480), None, True),
+    ((256, 256), (480, 480), False, False),  # the face crop
+    ((300, 256), (480, 480), False, True),  # a crop is square
+    ((1024, 576), (1280, 720), None, False),  # pasted back, capped at max_output_side
+    ((852, 480), (853, 480), True, False),  # even sizes
+    ((512, 512), (1280, 720), None, False),  # a crop of another size
+    ((512, 512), (1280, 720), True, True),
+])
+def test_an_output_of_another_aspect_than_its_ground_truth_is_refused(output, driver, pasted, refused) -> None:
+    from types import SimpleNamespace
+
+    from portraitflow.operators.evaluate_video import ASPECT_MISMATCH, _aspect_refusal
+
+    found = _aspect_refusal(SimpleNamespace(width=output[0], height=output[1]),
+                            SimpleNamespace(width=driver[0], height=driver[1]), pasted)
+    assert (found is not None) == refused and (found is None or found["reason"] == ASPECT_MISMATCH)

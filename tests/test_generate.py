@@ -354,7 +354,7 @@ def test_the_actors_memory_follows_the_largest_portrait_pasted_back(tmp_path: Pa
     assumed 2048 px: the side is each portrait's own, read from its header, capped where a cap is set."""
     from PIL import Image
 
-    from portraitflow.pipelines.generate import pasted_back_side
+    from portraitflow.operators.generation_results import pasted_back_side
 
     for name, size in (("wide.png", (2721, 2705)), ("small.png", (640, 800)), ("tall.png", (1000, 3000))):
         Image.new("RGB", size).save(tmp_path / name)

@@ -194,3 +194,36 @@ def test_confined_refuses_symlinks_out(tmp_path: Path) -> None:
         confined(out, "link", "x")
     assert confined(out, "shards", "000000.tar") == out.resolve() / "shards" / "000000.tar"
     assert confined(out) == out.resolve()
+
+
+def test_inputs_sharing_a_key_each_keep_a_key_of_their_own(caplog) -> None:
+    """Two inputs whose stems and 40-bit hashes matched (found in seconds on purpose) shared a key,
+    and the second vanished from the manifest without a word."""
+    from portraitflow.operators.inputs import LONG_KEY_DIGITS, distinct_keys
+
+    rows = [{"uri": "/b/v.mp4", "input_key": "v-0123456789"}, {"uri": "/a/v.mp4", "input_key": "v-0123456789"},
+            {"uri": "/c/w.mp4", "input_key": input_key("/c/w.mp4")}]
+    fresh = {row["uri"]: row["input_key"] for row in distinct_keys(rows, {})}
+    assert fresh["/a/v.mp4"] == "v-0123456789" and fresh["/c/w.mp4"] == input_key("/c/w.mp4")  # first by path
+    assert fresh["/b/v.mp4"] == input_key("/b/v.mp4", LONG_KEY_DIGITS) and len(set(fresh.values())) == 3
+    assert "share the input key v-0123456789" in caplog.text
+    # the input already curated under the key keeps it, whichever sorts first
+    resumed = {row["uri"]: row["input_key"] for row in distinct_keys(rows, {"v-0123456789": "/b/v.mp4"})}
+    assert resumed["/b/v.mp4"] == "v-0123456789" and resumed["/a/v.mp4"] == input_key("/a/v.mp4", LONG_KEY_DIGITS)
+    # once alone, an input curated under its long key keeps that
+    alone = distinct_keys([rows[0]], {input_key("/b/v.mp4", LONG_KEY_DIGITS): "/b/v.mp4"})
+    assert alone[0]["input_key"] == input_key("/b/v.mp4", LONG_KEY_DIGITS)
+
+
+@pytest.mark.parametrize(("uri", "shown"), [
+    ("http://alice:S3cret@host:5055/", "http://host:5055/"),
+    ("https://token@host/mlflow", "https://host/mlflow"),
+    ("http://alice:S3cret@host:notaport/", "http://host:notaport/"),
+    ("sqlite:////abs/mlflow.db", "sqlite:////abs/mlflow.db"),
+    ("http://host:5055", "http://host:5055"),
+])
+def test_tracking_uris_are_printed_without_their_credentials(uri: str, shown: str) -> None:
+    """`animate`, `config show`, `doctor` and the invalid-URI error printed the password."""
+    from portraitflow.jobs.runtime import without_credentials
+
+    assert without_credentials(uri) == shown

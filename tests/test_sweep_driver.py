@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from portraitflow.jobs.config import load_config
-from portraitflow.operators.sweep_spec import SweepSpec
+from portraitflow.jobs.sweep_spec import SweepSpec
 
 
 @pytest.fixture
@@ -292,7 +292,7 @@ def test_a_sweep_recorded_before_parents_carried_their_folder_is_resumed(driver,
     from mlflow import MlflowClient
 
     from portraitflow.jobs.runtime import ensure_experiment
-    from portraitflow.operators import sweep_spec
+    from portraitflow.jobs import sweep_spec
 
     sweep, cfg, data = driver
     monkeypatch.setattr(sweep, "_run_configs", lambda *_: pd.DataFrame({"config": ["c"], "apd": [0.1]}))
@@ -462,7 +462,7 @@ def test_a_refused_config_is_recorded_failed_once_with_its_params_but_a_failure_
     on every rerun, in a child that supersedes the last (`test_a_failing_config_keeps_one_child...`)."""
     from mlflow import MlflowClient
 
-    from portraitflow.operators import sweep_spec
+    from portraitflow.jobs import sweep_spec
 
     sweep, cfg, data = driver
 

@@ -275,6 +275,11 @@ def _npy_header_replaced(data: bytes, old: bytes, new: bytes) -> bytes:
     (lambda m: {**m, "json": m["json"][:20]}, "bad_json"),  # cut short: NaN rates, no digests, no word
     (lambda m: {**m, "json": m["json"].replace(b'"fps": 25.0', b'"fps": "abc"')}, "bad_json"),
     (lambda m: {**m, "json": m["json"].replace(b'"fps": 25.0', b'"fps": 1' + b"0" * 400)}, "bad_json"),  # TypeError
+    (lambda m: {**m, "json": b"[" * 200_000 + b"]" * 200_000}, "bad_json"),  # RecursionError stopped the epoch
+    # forged, with digests signed again: finite, so they reached batches (a loss on 3e38 squared is NaN)
+    (lambda m: {**m, "pose.npy": npy_bytes(np.full_like(np.load(io.BytesIO(m["pose.npy"])), -1e30))}, "bad_array"),
+    (lambda m: {**m, "id.npy": npy_bytes(np.full(128, 3e38, np.float32))}, "bad_array"),
+    (lambda m: {**m, "id.npy": npy_bytes(np.zeros(128, np.float32))}, "bad_array"),
     (lambda m: {**m, "pose.npy": _npy_header_replaced(m["pose.npy"], b"'shape': (", b"'shape': (True, ")},
      "bad_array"),  # a bool passes for an int in the header: TypeError in np.load
 ])
@@ -314,6 +319,32 @@ def test_a_shard_that_ends_at_a_broken_header_is_counted_unreadable_after_its_wh
     intact = SkipCounter()
     assert [s["__key__"] for s in read_shard(str(tmp_path / "whole.tar"), intact.handler)] == ["s0", "s1", "s2"]
     assert intact.counts() == {}
+
+
+def test_a_compressed_shard_is_unreadable_and_an_oversized_member_is_not_read(tmp_path, monkeypatch) -> None:
+    """A 2-MB gzip of a tar whose member claims 2 GiB made the loader allocate 4.5 GB: shards are read
+    as the plain tars curation writes, and a member over MAX_MEMBER_BYTES is left unread."""
+    import gzip
+
+    from portraitflow.operators import shards
+    from portraitflow.operators.shard_source import SkipCounter, read_shard
+
+    whole = _three_sample_shard(tmp_path / "whole.tar")
+    (tmp_path / "packed.tar").write_bytes(gzip.compress(whole))
+    counter = SkipCounter()
+    assert list(read_shard(str(tmp_path / "packed.tar"), counter.handler)) == []
+    assert counter.counts() == {"shard_unreadable": 1}
+    monkeypatch.setattr(shards, "MAX_MEMBER_BYTES", 599)  # each sample's `npy` is 600 bytes
+    intact = SkipCounter()
+    samples = list(read_shard(str(tmp_path / "whole.tar"), intact.handler))
+    assert [set(s) for s in samples] == [{"__key__", "__url__", "json"}] * 3 and intact.counts() == {}
+    assert [fields for _, fields in shards.iter_samples(tmp_path / "whole.tar")] == [{"json": b"{}"}] * 3
+    with tarfile.open(tmp_path / "linked.tar", "w") as tar:  # `inspect --verify` raised KeyError on the link
+        link = tarfile.TarInfo("s0.mp4")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+        tar.addfile(tarfile.TarInfo("s0.json"), io.BytesIO(b""))
+    assert [key for key, _ in shards.iter_samples(tmp_path / "linked.tar")] == ["s0"]
 
 
 def test_resampled_mode_is_endless_with_fixed_epochs(dataset) -> None:
@@ -407,6 +438,8 @@ def test_shard_errors_say_what_to_give(dataset, tmp_path, monkeypatch) -> None:
     (empty / "index.wids.json").write_text(json.dumps({"wids_version": 1, "shardlist": []}))
     with pytest.raises(ValueError, match="a curation that accepted no clip"):
         expand_shards(str(empty))
+    with pytest.raises(ValueError, match="no shards given: set train_data.shards"):  # the default, left unset
+        expand_shards([])
     monkeypatch.setenv("HOME", str(dataset[0].parent))
     assert expand_shards(f"~/{dataset[0].name}") == expand_shards(str(dataset[0]))
 

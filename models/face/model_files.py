@@ -63,6 +63,10 @@ def insightface_models(root: str | None, pack: str) -> dict[str, Path]:
         raise ModelFilesMissing(f"no insightface root given; {layout}")
     folder = Path(root).expanduser() / "models" / pack
     if not folder.is_dir():
+        packs = sorted(p.name for p in folder.parent.glob("*/") if any(p.glob("*.onnx"))) if folder.parent.is_dir() else []
+        if packs:  # the root is right, the pack's name is not
+            raise ModelFilesMissing(f"{folder} does not exist; {folder.parent} holds the pack(s) {', '.join(packs)}: "
+                                    f"pass --set face.insightface_pack={packs[0]}")
         raise ModelFilesMissing(f"{folder} does not exist; {layout}")
     onnx_files = sorted(folder.glob("*.onnx"))
     detectors = [p for p in onnx_files if p.name.startswith(("det_", "scrfd"))]

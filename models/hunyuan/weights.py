@@ -15,6 +15,7 @@ benchmark: `full` has the release's shapes and FLOPs, `tiny` runs the same flow 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -46,12 +47,20 @@ from portraitflow.models.hunyuan.unet import (
     HunyuanUNet,
 )
 from portraitflow.operators.atomic import atomic_target
+from portraitflow.operators.job_status import clipped
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+log = logging.getLogger(__name__)
+
 #: in a conversion's staging folder: which source file (path, size, mtime) each staged file came from
 STAGED_FROM = ".staged_from.json"
+#: modules a pickle names only to run code (a shell command, an import, an eval), never to rebuild
+#: a model: such a file gets no recipe for loading it "from a copy you trust"
+_CODE_RUNNING_MODULES = frozenset({"os", "posix", "nt", "subprocess", "builtins", "__builtin__", "sys", "shutil",
+                                   "socket", "importlib", "runpy", "pty", "code", "ctypes", "webbrowser", "eval",
+                                   "exec", "commands", "platform", "multiprocessing", "pickle", "marshal", "types"})
 #: torch's weights-only unpickler refusing a Python object (a module, an argparse.Namespace, ...)
 _PICKLED_OBJECT = re.compile(r"GLOBAL (\S+) (?:was not an allowed global|whose module)")
 
@@ -177,6 +186,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # a cut or corrupt file fails in many ways (zip, unpickler, safetensors header)
         # by name: importing `pickle` is what tests/test_security.py rules out
         pickled = _PICKLED_OBJECT.search(str(exc)) if type(exc).__name__ == "UnpicklingError" else None
+        if pickled and pickled[1].split(".")[0] in _CODE_RUNNING_MODULES:
+            raise WeightsUnreadable(
+                f"{path} would call {pickled[1]} when unpickled: it runs code, so it is no checkpoint to convert "
+                "or load in any way; delete it and download the release from its official source again") from exc
         if pickled:  # an intact file that a new download would not change
             raise WeightsUnreadable(
                 f"{path} is not a plain tensor state dict: it holds {pickled[1]}, which only unpickling could "
@@ -194,8 +207,8 @@ def _read_json(path: Path) -> dict:
     """A config file, or WeightsUnreadable naming it (json's own error names no file)."""
     try:
         return json.loads(path.read_text())
-    except ValueError as exc:  # JSONDecodeError, or bytes that are not text
-        raise WeightsUnreadable(f"{path} is not valid JSON ({exc}); download it again") from exc
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bytes that are not text, nesting too deep
+        raise WeightsUnreadable(f"{path} is not valid JSON ({clipped(str(exc), 200)}); download it again") from exc
 
 
 def _load_strict(module: nn.Module, path: Path, name: str) -> None:
@@ -407,15 +420,33 @@ def _fingerprint(source: Path) -> list:
 def _resumable(staging: Path, fingerprints: dict[str, list]) -> dict[str, list]:
     """The files in `staging` that an interrupted run made from the sources that `fingerprints`
     describe now; every other file there (staged from another folder or an older download, or a
-    write cut short) is deleted, or a resume would install it as this conversion's."""
+    write cut short) is deleted, or a resume would install it as this conversion's. FileExistsError
+    when `staging` holds files but no record: no conversion made it, and they are someone's."""
     record = staging / STAGED_FROM
-    recorded = json.loads(record.read_text()) if record.is_file() else {}
+    if not record.is_file():
+        foreign = [path for path in staging.rglob("*")
+                   if path.is_file() and not (path.name.startswith(".") and path.name.endswith(".part"))]
+        if foreign:
+            raise FileExistsError(f"{staging} holds files no conversion staged (e.g. {foreign[0]}): it is where "
+                                  "convert-weights stages its output; move it aside, or give another OUT")
+    recorded = _staged_record(record) if record.is_file() else {}
     kept = {relative: fingerprint for relative, fingerprint in recorded.items()
             if fingerprints.get(relative) == fingerprint and (staging / relative).is_file()}
     for path in staging.rglob("*"):
         if path.is_file() and path != record and path.relative_to(staging).as_posix() not in kept:
             path.unlink()
     return kept
+
+
+def _staged_record(record: Path) -> dict[str, list]:
+    """What an interrupted conversion recorded as staged; nothing (all staged again) when the record
+    is damaged, rather than a traceback on every rerun."""
+    try:
+        recorded = json.loads(record.read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        log.warning("%s cannot be read (%s): every file is converted again", record, clipped(str(exc), 200))
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
 
 
 def _staging_dir(out: Path) -> Path:

@@ -281,6 +281,7 @@ def score_and_log(client: MlflowClient, run_id: str, jobs: pd.DataFrame, label: 
     carried = [c for c in ("output", *INPUT_FINGERPRINTS) if c in jobs and c not in table]
     if carried:  # where each scored video is and what its inputs held (what a resume checks, `_scoring_run`)
         table = table.merge(jobs[["job_id", *carried]], on="job_id", how="left", validate="one_to_one")
+    table = report.failed_as_undetected(table)  # the table says what the config's metric and the report do
     write_parquet(work_dir / "per_video.parquet", table)
     client.log_table(run_id, data=table, artifact_file="per_video.json")
     client.log_artifact(run_id, str(work_dir / "per_video.parquet"))
@@ -922,6 +923,8 @@ def _ranked(summary: pd.DataFrame, rank_by: str) -> pd.DataFrame:
     are, when no config has that metric (a misspelt name would otherwise go unnoticed)."""
     if rank_by in summary.columns:
         return report.rank(summary, rank_by)
+    if not scored_any(summary):  # nothing to rank: the run's end says why, this would mislead
+        return summary
     log.warning("cannot rank by %r: no config has that metric; available: %s", rank_by,
                 ", ".join(report.metric_columns(summary)) or "none")
     return summary

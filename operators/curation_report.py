@@ -58,11 +58,15 @@ def histograms(clips: pa.Table, out: Path) -> None:
     table = clips.to_pandas()
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
     for ax, column in zip(axes, ("yaw", "pitch", "face_side_px", "duration_s")):
+        every = table[column].to_numpy(dtype=float)
+        every = every[np.isfinite(every)]
+        # one set of bins for every decision, so bars compare (and one value alone is not 1/20 of a pixel wide)
+        bins = np.histogram_bin_edges(every, bins=20) if len(every) else 20
         for decision, group in table.groupby("decision"):
             values = group[column].to_numpy(dtype=float)
             values = values[np.isfinite(values)]
             if len(values):
-                ax.hist(values, bins=20, alpha=0.6, label=decision)
+                ax.hist(values, bins=bins, alpha=0.6, label=decision)
         ax.set_title(column)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)

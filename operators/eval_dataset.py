@@ -33,7 +33,7 @@ from pydantic import Field
 
 from portraitflow.jobs.config.fields import ConfigModel
 from portraitflow.operators.atomic import atomic_target, atomic_write
-from portraitflow.operators.generation_jobs import input_fingerprint, load_jobs
+from portraitflow.operators.generation_jobs import Job, input_fingerprint, load_jobs
 from portraitflow.operators.inputs import input_key, is_apple_double
 from portraitflow.operators.job_status import FAILED, OK, clipped
 from portraitflow.operators.paths import IMAGE_SUFFIXES, VIDEO_SUFFIXES, hashed_name, safe_stem
@@ -138,12 +138,17 @@ def _jobs_file(path: Path, folder: Path, max_seconds: float | None, max_videos: 
     hash); each driving video is cut to `max_seconds` like a folder's clips, with its job's own
     portrait as the reference."""
     jobs = load_jobs(path)[:max_videos]
-    with_params = [job.job_id for job in jobs if job.params]
-    if with_params:
-        raise ValueError(f"{path}: per-job params ({', '.join(with_params[:3])}) are for `animate`; "
-                         "in a sweep, its configs set them")
+    _refuse_job_params(path, jobs)
     return [{**prepare_clip(job.driving, folder, max_seconds, reference=False),
              "job_id": safe_stem(job.job_id), "ref": job.ref} for job in jobs]
+
+
+def _refuse_job_params(path: str | Path, jobs: list[Job]) -> None:
+    """ValueError naming the per-job param columns of a jobs file: in a sweep, its configs set them."""
+    columns = sorted({name for job in jobs for name in job.params})
+    if columns:
+        raise ValueError(f"{path}: per-job params (column(s) {', '.join(columns)}) are for `animate`; in a sweep, "
+                         "its configs set them: drop the column(s), or make them sweep params")
 
 
 def _shard_files(path: str) -> list[str]:
@@ -283,6 +288,7 @@ def check_dataset(spec: DatasetSpec, exclude: str | Path | None = None) -> None:
                    "never read as input: give another --out")
     elif spec.type == "jobs":
         found, why = load_jobs(spec.path), "the jobs file has no rows"
+        _refuse_job_params(spec.path, found)
     else:
         found, why = _shard_files(spec.path), "no .tar shards there"
     if not found:

@@ -152,3 +152,17 @@ def test_config_show_says_what_empty_fields_resolve_to(monkeypatch: pytest.Monke
     shown = CliRunner().invoke(app, ["config", "show", "--set", "ray.address=auto"]).output
     assert "# ray.address" not in shown and "insightface_root =" not in shown
     assert f"# mlflow.tracking_uri = sqlite:///{tmp_path / 'mlflow.db'} (the default, in this folder)" in shown
+
+
+def test_a_bad_value_in_the_config_file_names_the_file_and_a_field_without_its_section_is_found(tmp_path) -> None:
+    """"Invalid value: curate.detect_every ..." left a team config beside several `--set`s to guess;
+    `--set detect_every=1` got no hint of the `section.field` it wants."""
+    bad = tmp_path / "team.yaml"
+    bad.write_text("curate:\n  detect_every: x\n")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(bad))}: curate.detect_every: Input should be a valid integer"):
+        load_config(bad)
+    assert load_config(bad, ["curate.detect_every=2"]).curate.detect_every == 2  # mended on the command line
+    with pytest.raises(ValueError, match=r"^curate.detect_every: Input should be"):  # the command line's fault
+        load_config(None, ["curate.detect_every=x"])
+    with pytest.raises(ValueError, match=r"detect_every: no such setting \(did you mean 'curate.detect_every'\?\)"):
+        load_config(None, ["detect_every=1"])

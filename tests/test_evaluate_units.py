@@ -12,7 +12,7 @@ import pytest
 from portraitflow.jobs.config.evaluate import EvaluateConfig
 from portraitflow.jobs import sweep_spec
 from portraitflow.operators import metrics, report
-from portraitflow.operators.eval_dataset import DatasetSpec, dataset_jobs
+from portraitflow.operators.eval_dataset import DatasetSpec, check_dataset, dataset_jobs
 
 
 def _spec(**extra) -> sweep_spec.SweepSpec:
@@ -348,8 +348,11 @@ def test_a_jobs_dataset_is_read_as_animate_reads_it_and_cut_to_max_seconds(tmp_p
     assert not list((tmp_path / "prepared").glob("*.ref.png"))  # the job's own portrait is the reference
     assert rows[1]["status"] == "failed" and rows[1]["reason"] == "unreadable"
     (data / "params.csv").write_text("ref,driving,seed\nface.png,talk.mp4,3\n")
-    with pytest.raises(ValueError, match="per-job params"):
+    with pytest.raises(ValueError, match=r"per-job params \(column\(s\) seed\)"):
         dataset_jobs(DatasetSpec(type="jobs", path=str(data / "params.csv")), "cross", tmp_path / "prepared")
+    # and before anything starts: it was a traceback after Ray and a FAILED parent run
+    with pytest.raises(ValueError, match=r"per-job params \(column\(s\) seed\)"):
+        check_dataset(DatasetSpec(type="jobs", path=str(data / "params.csv")))
 
 
 def test_jobs_dataset_ids_are_unique_so_each_job_keeps_its_own_ref_and_driver(tmp_path: Path) -> None:

@@ -121,7 +121,18 @@ def load_config(
     try:
         return PortraitFlowConfig.model_validate(apply_overrides(data, overrides or [], values))
     except ValidationError as exc:
-        raise ValueError(validation_problems(exc, model=PortraitFlowConfig)) from exc
+        problems = validation_problems(exc, model=PortraitFlowConfig)
+        raise ValueError(f"{path}: {problems}" if path is not None and _file_fails(data, exc) else problems) from exc
+
+
+def _file_fails(data: dict[str, Any], merged: ValidationError) -> bool:
+    """Whether the config file's own values (`data`) fail where the merged config does: the message
+    then names the file, which a team config beside several `--set`s would leave to guess."""
+    try:
+        PortraitFlowConfig.model_validate(data)
+    except ValidationError as alone:
+        return bool({error["loc"] for error in alone.errors()} & {error["loc"] for error in merged.errors()})
+    return False
 
 
 def validation_problems(exc: ValidationError, within: str = "", model: type[BaseModel] | None = None) -> str:
@@ -149,7 +160,12 @@ def nearest_field(model: type[BaseModel], loc: tuple) -> str | None:
             return None
         model = field.annotation
     near = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
-    return near[0] if near else None
+    if near or len(loc) > 1:
+        return near[0] if near else None
+    sections = [name for name, field in model.model_fields.items()  # a field given without its section
+                if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+                and str(loc[0]) in field.annotation.model_fields]
+    return f"{sections[0]}.{loc[0]}" if sections else None
 
 
 def _is_text_field(path: list[str]) -> bool:

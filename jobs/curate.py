@@ -43,7 +43,8 @@ from portraitflow.operators.decode import probe_video
 from portraitflow.operators.corpus_decisions import Identities, corpus_ledger, decide_clips
 from portraitflow.operators.face_scan import SCAN_DECODE, check_galleries
 from portraitflow.operators.filters import RENDER_FAILED
-from portraitflow.operators.inputs import clip_input_key, distinct_keys, expand_inputs, input_key, is_uri, local_copy
+from portraitflow.operators.inputs import (clip_input_key, distinct_keys, expand_inputs, input_key, is_uri, local_copy,
+                                          names_nothing)
 from portraitflow.operators.probe import error_text
 from portraitflow.operators.quarantine import MAX_ATTEMPTS, quarantined_row
 from portraitflow.operators.scan_store import (GALLERY_DIGEST_PREFIX, GALLERY_SETTINGS, SCAN_MEASURES_VERSION,
@@ -731,9 +732,6 @@ def _refuse_inputs_that_name_nothing(inputs: list[str]) -> None:
     error, not a run whose every input fails. Where some do name files, the others become `failed`
     rows, as any bad input does."""
     import glob
-
-    def names_nothing(spec: str) -> bool:
-        return not is_uri(spec) and not (glob.glob(spec) if glob.has_magic(spec) else os.path.lexists(spec))
 
     if all(names_nothing(spec) for spec in inputs):
         patterns = [spec for spec in inputs if glob.has_magic(spec)]

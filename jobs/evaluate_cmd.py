@@ -152,7 +152,7 @@ def report(
     """Write a static HTML page (summary, plots, side-by-side videos) of a run to OUT; no server needed."""
     from mlflow.exceptions import MlflowException
 
-    from portraitflow.jobs.runtime import mlflow_tracking_uri
+    from portraitflow.jobs.runtime import mlflow_tracking_uri, without_credentials
     from portraitflow.jobs.sweep import check_rank_by, report_from_run
 
     cfg = resolve_config(config, overrides, None, mlflow_uri)
@@ -167,7 +167,7 @@ def report(
     try:
         page = report_from_run(run_id, cfg, out, rank_by)
     except MlflowException as exc:  # an unknown run id is a user's mistake, not a crash
-        raise typer.BadParameter(f"run {run_id} in {mlflow_tracking_uri(cfg.mlflow)}: {exc.message}",
+        raise typer.BadParameter(f"run {run_id} in {without_credentials(mlflow_tracking_uri(cfg.mlflow))}: {exc.message}",
                                  param_hint="RUN_ID") from exc
     except ValueError as exc:  # a run of another flow (a curation's)
         raise typer.BadParameter(str(exc), param_hint="RUN_ID") from exc

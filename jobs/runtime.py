@@ -136,13 +136,9 @@ def without_credentials(uri: str) -> str:
     """`uri` as it may be printed: a user and password in it removed (a URI without them comes back
     as it is: rebuilt, `sqlite:////abs` would lose a slash)."""
     parts = urlsplit(uri)
-    try:
-        if not (parts.username or parts.password):
-            return uri
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:  # a port that is not a number: the userinfo cut off by hand
-        return uri.replace(parts.netloc, parts.netloc.rsplit("@", 1)[-1], 1)
-    return urlunsplit(parts._replace(netloc=(parts.hostname or "") + port))
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))  # host and port as written
 
 
 def sqlite_store_path(uri: str) -> Path | None:

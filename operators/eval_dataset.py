@@ -170,7 +170,7 @@ def _meta(sample: dict[str, Any]) -> dict[str, Any]:
     """A shard sample's json, {} when it has none or it is not an object."""
     try:
         meta = json.loads(sample.get("json") or b"{}")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep to parse
         return {}
     return meta if isinstance(meta, dict) else {}
 

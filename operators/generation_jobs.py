@@ -247,6 +247,8 @@ def read_table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}: line {number}, column {exc.colno}: {exc.msg}") from None
+            except RecursionError:
+                raise ValueError(f"{path}: line {number} is nested too deep to read") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}: line {number} is not a JSON object")
             rows.append(row)

@@ -187,6 +187,17 @@ def expand_inputs(specs: Iterable[str], *, _expanding: frozenset[str] = frozense
     return sorted({escape_undecodable(uri) for uri in found})
 
 
+def names_nothing(spec: str) -> bool:
+    """Whether an input argument names no file as `expand_inputs` reads it: a local path (or
+    `file://` URI) that is not there and, as a pattern (`**` recursive), matches no file."""
+    if is_uri(spec):
+        return False
+    local = _local(spec)
+    if os.path.lexists(local):  # the name of a file means that file, brackets or not
+        return False
+    return not (glob.has_magic(local) and any(not Path(p).is_dir() for p in glob.glob(local, recursive=True)))
+
+
 def _add(found: dict[str, str], name: str, uri: str) -> None:
     """Record input `uri`, named `name`; a second name of it (a link beside its target) is logged,
     since it gets no row of its own."""
@@ -265,19 +276,23 @@ def distinct_keys(rows: list[dict[str, Any]], curated: dict[str, str]) -> list[d
     """`rows` (`uri`, `input_key`) with no key shared: where inputs share one (their stems alike and
     40 bits of their hashes: about 1 in 100 for a corpus of 150,000 `00001.mp4` files, or made so on
     purpose), the input curated under it (`curated`: key -> path) keeps it, else the first by path,
-    and each other takes its long key, as does any input curated under its long key before."""
+    and each other takes its long key, as does any input curated under its long key before. Where
+    an earlier run curated another path under the key, no input keeps it: that path's input keeps
+    it (followed when it has moved, `ledger.moved_inputs`)."""
     by_key: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_key.setdefault(row["input_key"], []).append(row)
     out = []
     for key, group in by_key.items():
-        keeper = next((row for row in group if curated.get(key) == row["uri"]), min(group, key=lambda r: r["uri"]))
+        holder = curated.get(key)
+        keeper = next((row for row in group if holder == row["uri"]), None if holder else min(group, key=lambda r: r["uri"]))
         for row in group:
             long = input_key(row["uri"], LONG_KEY_DIGITS)
             if row is not keeper or curated.get(long) == row["uri"]:
                 if row is not keeper:
                     log.warning("%s and %s share the input key %s: the second is curated as %s",
-                                escape_undecodable(keeper["uri"]), escape_undecodable(row["uri"]), key, long)
+                                escape_undecodable(keeper["uri"] if keeper else holder), escape_undecodable(row["uri"]),
+                                key, long)
                 row = dict(row, input_key=long)
             out.append(row)
     return sorted(out, key=lambda row: row["input_key"])

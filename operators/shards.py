@@ -144,8 +144,9 @@ def oversized(member: tarfile.TarInfo, shard: str) -> bool:
     return True
 
 
-def iter_samples(path: Path, read: bool = True) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """A shard's samples in order, as (key, fields) (fields left empty unless `read`).
+def iter_samples(path: Path, read: bool = True, bounded: bool = True) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """A shard's samples in order, as (key, fields) (fields left empty unless `read`; a member over
+    MAX_MEMBER_BYTES left out when `bounded`, as a reader of untrusted shards wants, not a repair).
 
     A sample comes once the next header, or the end-of-archive blocks, show it whole, so a shard
     cut short or with a garbled header yields its whole samples and then raises tarfile.ReadError
@@ -162,7 +163,7 @@ def iter_samples(path: Path, read: bool = True) -> Iterator[tuple[str, dict[str,
                 if current is not None:
                     yield current, fields
                 current, fields = key, {}
-            if read and not oversized(member, str(path)):
+            if read and not (bounded and oversized(member, str(path))):
                 fields[member.name[len(key) + 1 :]] = tar.extractfile(member).read()
         if current is not None and not _ends_cleanly(tar):
             raise tarfile.ReadError(f"no end-of-archive block after {tar.members[-1].name}: the shard was cut short "
@@ -248,7 +249,7 @@ def rewrite_whole(path: Path) -> list[str]:
 
     def whole() -> Iterator[tuple[str, dict[str, bytes]]]:
         try:
-            for key, fields in iter_samples(path):
+            for key, fields in iter_samples(path, bounded=False):  # its own shard: every member is copied
                 keys.append(key)
                 yield key, fields
         except tarfile.TarError:  # the break: what follows it is lost (an OSError stops the rewrite)

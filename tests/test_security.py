@@ -210,6 +210,9 @@ def test_inputs_sharing_a_key_each_keep_a_key_of_their_own(caplog) -> None:
     # the input already curated under the key keeps it, whichever sorts first
     resumed = {row["uri"]: row["input_key"] for row in distinct_keys(rows, {"v-0123456789": "/b/v.mp4"})}
     assert resumed["/b/v.mp4"] == "v-0123456789" and resumed["/a/v.mp4"] == input_key("/a/v.mp4", LONG_KEY_DIGITS)
+    # a key an earlier run curated another input under stays that input's (it vanished, "changed since curated")
+    later = distinct_keys([rows[0]], {"v-0123456789": "/a/v.mp4"})
+    assert later[0]["input_key"] == input_key("/b/v.mp4", LONG_KEY_DIGITS)
     # once alone, an input curated under its long key keeps that
     alone = distinct_keys([rows[0]], {input_key("/b/v.mp4", LONG_KEY_DIGITS): "/b/v.mp4"})
     assert alone[0]["input_key"] == input_key("/b/v.mp4", LONG_KEY_DIGITS)
@@ -221,9 +224,24 @@ def test_inputs_sharing_a_key_each_keep_a_key_of_their_own(caplog) -> None:
     ("http://alice:S3cret@host:notaport/", "http://host:notaport/"),
     ("sqlite:////abs/mlflow.db", "sqlite:////abs/mlflow.db"),
     ("http://host:5055", "http://host:5055"),
+    ("http://u:p@[::1]:5000/", "http://[::1]:5000/"),
 ])
 def test_tracking_uris_are_printed_without_their_credentials(uri: str, shown: str) -> None:
     """`animate`, `config show`, `doctor` and the invalid-URI error printed the password."""
     from portraitflow.jobs.runtime import without_credentials
 
     assert without_credentials(uri) == shown
+
+
+def test_an_input_names_nothing_only_when_expand_inputs_finds_nothing(tmp_path: Path) -> None:
+    """A literal `v [1].mp4`, a `**` pattern and a `file://` URI were refused as naming nothing."""
+    from portraitflow.operators.inputs import names_nothing
+
+    (tmp_path / "v [1].mp4").write_bytes(b"")
+    (tmp_path / "deep" / "a").mkdir(parents=True)
+    (tmp_path / "deep" / "a" / "w.mp4").write_bytes(b"")
+    for named in (str(tmp_path / "v [1].mp4"), str(tmp_path / "deep" / "**" / "*.mp4"),
+                  (tmp_path / "v [1].mp4").as_uri(), "s3://bucket/x.mp4"):
+        assert not names_nothing(named), named
+    for nothing in (str(tmp_path / "nope.mp4"), str(tmp_path / "*.mkv"), str(tmp_path / "deep" / "**" / "*.mkv")):
+        assert names_nothing(nothing), nothing

@@ -46,7 +46,7 @@ from portraitflow.models.hunyuan.unet import (
     TINY_UNET_CONFIG,
     HunyuanUNet,
 )
-from portraitflow.operators.atomic import atomic_target
+from portraitflow.operators.atomic import atomic_target, atomic_write
 from portraitflow.operators.job_status import clipped
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -56,11 +56,11 @@ log = logging.getLogger(__name__)
 
 #: in a conversion's staging folder: which source file (path, size, mtime) each staged file came from
 STAGED_FROM = ".staged_from.json"
-#: modules a pickle names only to run code (a shell command, an import, an eval), never to rebuild
-#: a model: such a file gets no recipe for loading it "from a copy you trust"
-_CODE_RUNNING_MODULES = frozenset({"os", "posix", "nt", "subprocess", "builtins", "__builtin__", "sys", "shutil",
-                                   "socket", "importlib", "runpy", "pty", "code", "ctypes", "webbrowser", "eval",
-                                   "exec", "commands", "platform", "multiprocessing", "pickle", "marshal", "types"})
+#: the packages whose objects a training script saves beside a model's tensors (modules, configs,
+#: argparse namespaces): a file holding one gets the recipe for converting it from a trusted copy;
+#: any other global (`os.system`, `timeit.timeit`, a bare `getattr`) is named as code it would run
+_CHECKPOINT_PACKAGES = frozenset({"torch", "collections", "numpy", "argparse", "omegaconf", "diffusers",
+                                  "transformers", "accelerate", "safetensors", "pathlib", "__main__"})
 #: torch's weights-only unpickler refusing a Python object (a module, an argparse.Namespace, ...)
 _PICKLED_OBJECT = re.compile(r"GLOBAL (\S+) (?:was not an allowed global|whose module)")
 
@@ -186,10 +186,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # a cut or corrupt file fails in many ways (zip, unpickler, safetensors header)
         # by name: importing `pickle` is what tests/test_security.py rules out
         pickled = _PICKLED_OBJECT.search(str(exc)) if type(exc).__name__ == "UnpicklingError" else None
-        if pickled and pickled[1].split(".")[0] in _CODE_RUNNING_MODULES:
+        if pickled and pickled[1].split(".")[0] not in _CHECKPOINT_PACKAGES:
             raise WeightsUnreadable(
-                f"{path} would call {pickled[1]} when unpickled: it runs code, so it is no checkpoint to convert "
-                "or load in any way; delete it and download the release from its official source again") from exc
+                f"{path} would call {pickled[1]} when unpickled, which no checkpoint of a model needs and which can "
+                "run code: it is not loaded; do not load it elsewhere either, and download the release from its "
+                "official source again") from exc
         if pickled:  # an intact file that a new download would not change
             raise WeightsUnreadable(
                 f"{path} is not a plain tensor state dict: it holds {pickled[1]}, which only unpickling could "
@@ -388,6 +389,7 @@ def convert_weights(weights_dir: str | Path, out_dir: str | Path) -> list[Path]:
     staging = _staging_dir(out)
     fingerprints = {relative.as_posix(): _fingerprint(source) for relative, source in pending.items()}
     staged = _resumable(staging, fingerprints)
+    atomic_write(staging / STAGED_FROM, json.dumps(staged))  # first: the folder is a conversion's from the start
     for relative, source in pending.items():
         key = relative.as_posix()
         if key in staged:  # by an interrupted run, from these very files
@@ -398,9 +400,7 @@ def convert_weights(weights_dir: str | Path, out_dir: str | Path) -> list[Path]:
             _check_copied(source)
             _atomic_copy(source, staging / relative)
         staged[key] = fingerprints[key]
-        with atomic_target(staging / STAGED_FROM) as temporary:
-            Path(temporary).write_text(json.dumps(staged))
-    (staging / STAGED_FROM).unlink()
+        atomic_write(staging / STAGED_FROM, json.dumps(staged))
     if out.exists():
         for relative in pending:
             (out / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -408,6 +408,7 @@ def convert_weights(weights_dir: str | Path, out_dir: str | Path) -> list[Path]:
         shutil.rmtree(staging)
     else:
         os.replace(staging, out)
+        (out / STAGED_FROM).unlink()
     return [out / relative for relative in pending]
 
 

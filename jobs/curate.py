@@ -708,7 +708,7 @@ def curate(
         typer.echo(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()}, indent=1))
         typer.echo(f"manifest {out / 'manifest.parquet'}\nclips {out / 'clips.parquet'}\n"
                    f"shards {out / 'shards'} (index {out / INDEX_NAME})")
-        _say_failed_inputs(out / "manifest.parquet", metrics)
+        _say_failed_inputs(out / "manifest.parquet", metrics, set(expand_inputs(inputs)))
 
 
 def _refuse_inputs_in_working_dir(inputs: list[str]) -> None:
@@ -741,12 +741,14 @@ def _refuse_inputs_that_name_nothing(inputs: list[str]) -> None:
         raise typer.BadParameter("; ".join(said), param_hint="INPUTS")
 
 
-def _say_failed_inputs(manifest: Path, metrics: dict[str, Any]) -> None:
-    """The failed inputs and why (`say_failures`), as `animate` says its failed jobs: the summary's count
-    alone hid a typo or a broken file. Exit 1 when every input failed: nothing was curated."""
+def _say_failed_inputs(manifest: Path, metrics: dict[str, Any], given: set[str]) -> None:
+    """The failed inputs of this run (`given`) and why (`say_failures`), as `animate` says its failed
+    jobs: the summary's count alone hid a typo or a broken file (the folder's earlier failures are
+    in its manifest, not news). Exit 1 when every input failed: nothing was curated."""
     import pandas as pd
 
     failed = pd.read_parquet(manifest, columns=["path", "status", "error"]).query("status == @ledger.FAILED")
+    failed = failed[failed.path.isin(given)]
     say_failures(list(zip(failed.path, failed.error)), "the manifest's `error`")
     if metrics["inputs"] and metrics["inputs_failed"] == metrics["inputs"]:
         raise typer.Exit(1)

@@ -77,7 +77,10 @@ def load_gallery(analyzer: FaceAnalyzer, folder: str | None, warn_skipped: bool 
     if not folder:
         return np.zeros((0, analyzer.embedding_dim), np.float32)
     embeddings, skipped = [], []
-    for photo in gallery_photos(folder):
+    photos = gallery_photos(folder)
+    if not photos:  # a wrong mount or a gallery not synced yet, not faces unseen
+        raise ValueError(f"{folder} holds no photo ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    for photo in photos:
         image = load_image(photo)
         faces = analyzer.detect([image.rgb])[0] if image.ok else []
         if faces:

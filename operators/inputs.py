@@ -178,8 +178,11 @@ def expand_inputs(specs: Iterable[str], *, _expanding: frozenset[str] = frozense
             for path in kept or [local]:
                 _add(found, path, _entry(path) if kept else str(Path(local).resolve()))
         elif glob.has_magic(local) and not os.path.lexists(local):  # the name of a file means that file
-            matches = [p for p in glob.glob(local, recursive=True) if not Path(p).is_dir()]
-            kept = _inputs_among(spec, matches, globbed=True)
+            matched = glob.glob(local, recursive=True)
+            # the files it matches, and the videos of the folders it matches, as the shell's expansion gives them
+            kept = _inputs_among(spec, [p for p in matched if not Path(p).is_dir()], globbed=True) + [
+                path for folder in matched if Path(folder).is_dir()
+                for path in _inputs_among(folder, _files_under(folder), globbed=False)]
             for path in kept or [local]:
                 _add(found, path, _entry(path) if kept else os.path.abspath(local))
         else:  # absolute, so a missing input has the same key from any working directory
@@ -188,14 +191,15 @@ def expand_inputs(specs: Iterable[str], *, _expanding: frozenset[str] = frozense
 
 
 def names_nothing(spec: str) -> bool:
-    """Whether an input argument names no file as `expand_inputs` reads it: a local path (or
-    `file://` URI) that is not there and, as a pattern (`**` recursive), matches no file."""
+    """Whether an input argument names nothing as `expand_inputs` reads it: a local path (or
+    `file://` URI) that is not there and, as a pattern (`**` recursive), matches no file or folder
+    (a folder of no video is a failed row, as the folder given by name)."""
     if is_uri(spec):
         return False
     local = _local(spec)
     if os.path.lexists(local):  # the name of a file means that file, brackets or not
         return False
-    return not (glob.has_magic(local) and any(not Path(p).is_dir() for p in glob.glob(local, recursive=True)))
+    return not (glob.has_magic(local) and glob.glob(local, recursive=True))
 
 
 def _add(found: dict[str, str], name: str, uri: str) -> None:

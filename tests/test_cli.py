@@ -361,6 +361,9 @@ def test_curate_says_which_inputs_failed_and_refuses_arguments_that_name_nothing
     failed = CliRunner().invoke(app, ["curate", str(tmp_path / "broken.mp4"), str(tmp_path / "nope"), *args], env=WIDE)
     assert failed.exit_code == 1, failed.output  # every input failed: nothing was curated
     assert f"failed {tmp_path / 'broken.mp4'}: " in failed.output and f"failed {tmp_path / 'nope'}: " in failed.output
+    (tmp_path / "other.mp4").write_bytes(b"\0" * 1000)  # the folder's earlier failures are not this run's news
+    other = CliRunner().invoke(app, ["curate", str(tmp_path / "other.mp4"), *args], env=WIDE)
+    assert f"failed {tmp_path / 'other.mp4'}: " in other.output and "broken.mp4" not in other.output, other.output
 
 
 def test_sweep_passes_retry_failed_to_the_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -114,7 +114,7 @@ def test_settings_taken_anew_discard_the_samples_staged_under_the_old_ones(
     assert json.loads(layout.settings.read_text()) == corpus_settings(cfg)
 
 
-@pytest.mark.parametrize("gallery", ["missing", "no_face"])
+@pytest.mark.parametrize("gallery", ["missing", "no_face", "empty"])
 def test_a_bad_gallery_stops_the_run_before_anything_is_written(gallery: str, tmp_path: Path) -> None:
     """Found on the driver, with the setting that names it: not in the actors, after the settings
     were recorded, as an ActorDiedError."""
@@ -125,15 +125,17 @@ def test_a_bad_gallery_stops_the_run_before_anything_is_written(gallery: str, tm
 
     (tmp_path / "talk.mp4").write_bytes(b"x")  # an input that is there: only the gallery is wrong
     folder = tmp_path / gallery
-    if gallery == "no_face":
+    if gallery != "missing":
         folder.mkdir()
+    if gallery == "no_face":
         cv2.imwrite(str(folder / "wall.png"), np.full((64, 64, 3), 128, np.uint8))
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["curate", str(tmp_path / "talk.mp4"), "--out", str(out), "--set",
                                       f"curate.deny_dir={folder}", "--set", "mlflow.enabled=false"],
                                 env={"COLUMNS": "400"})
     assert result.exit_code == 2, result.output
-    reason = f"{folder} is not a folder" if gallery == "missing" else f"no face found in any photo of {folder}"
+    reason = {"missing": f"{folder} is not a folder", "no_face": f"no face found in any photo of {folder}",
+              "empty": f"{folder} holds no photo (.bmp"}[gallery]  # an empty folder (a wrong mount) said as such
     assert f"curate.deny_dir: {reason}" in result.output and "Traceback" not in result.output
     assert not out.exists()
 

@@ -631,7 +631,8 @@ def test_folders_are_walked_through_links_and_broken_links_fail_with_their_reaso
         with pytest.raises(FileNotFoundError, match=BROKEN_LINK), local_copy(str(folder / name)):
             pass
     assert expand_inputs([str(folder / "*.mp4")]) == sorted([  # a pattern takes the same entries a folder does
-        str(folder / "broken.mp4"), str(folder / "loop_a.mp4"), str(folder / "loop_b.mp4")])
+        str(folder / "broken.mp4"), str(folder / "loop_a.mp4"), str(folder / "loop_b.mp4"),
+        str(resolved / "in" / "named.mp4" / "inside.mp4")])  # and walks a folder it matches, as given by name
     os.symlink(tmp_path / "gone.mp4", folder / "broken[1].mp4")  # named like a pattern: still a broken link
     with pytest.raises(FileNotFoundError, match=BROKEN_LINK), local_copy(str(folder / "broken[1].mp4")):
         pass

@@ -89,8 +89,10 @@ def test_a_glob_keeps_every_file_it_matches_but_plain_non_videos(tmp_path: Path,
     folder = _dump(tmp_path)
     with caplog.at_level(logging.WARNING):
         found = expand_inputs([str(folder / "*")])
-    assert found == sorted(str(folder.resolve() / name) for name in [*RAW, "clip.r3d", "README"])
-    assert caplog.messages == [f"{folder}/*: left out 2 file(s) not taken for videos (1 .jpg, 1 .txt)"]
+    # the folder it matches is taken as a folder, as the shell's expansion of the pattern gives it
+    assert found == sorted(str(folder.resolve() / name) for name in [*RAW, "clip.r3d", "README", "day2/j.MTS"])
+    assert caplog.messages == [f"{folder}/*: left out 2 file(s) not taken for videos (1 .jpg, 1 .txt)",
+                               f"{folder}/day2: left out 1 file(s) not taken for videos (1 .srt)"]
     caplog.clear()
     assert expand_inputs([str(folder / "*.r3d")]) == [str(folder.resolve() / "clip.r3d")] and not caplog.messages
     assert expand_inputs([str(folder / "*.txt")]) == [str(folder / "*.txt")]  # kept: it fails, matched no video

@@ -245,3 +245,17 @@ def test_an_input_names_nothing_only_when_expand_inputs_finds_nothing(tmp_path: 
         assert not names_nothing(named), named
     for nothing in (str(tmp_path / "nope.mp4"), str(tmp_path / "*.mkv"), str(tmp_path / "deep" / "**" / "*.mkv")):
         assert names_nothing(nothing), nothing
+
+
+def test_a_quoted_glob_takes_the_videos_of_the_folders_it_matches(tmp_path: Path) -> None:
+    """`'in/peo*'` (quoted, as a corpus too large for the shell's argument list needs) matched the
+    folder `in/people` and took none of its videos: a `failed` row, "matched no video files"."""
+    from portraitflow.operators.inputs import expand_inputs
+
+    (tmp_path / "people" / "a").mkdir(parents=True)
+    (tmp_path / "people" / "a" / "x.mp4").write_bytes(b"")
+    (tmp_path / "people" / "y.mov").write_bytes(b"")
+    (tmp_path / "people" / "notes.txt").write_text("")
+    (tmp_path / "peony.mp4").write_bytes(b"")
+    found = expand_inputs([str(tmp_path / "peo*")])
+    assert found == sorted(str(tmp_path / name) for name in ("people/a/x.mp4", "people/y.mov", "peony.mp4"))

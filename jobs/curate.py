@@ -48,7 +48,7 @@ from portraitflow.operators.inputs import (clip_input_key, distinct_keys, expand
 from portraitflow.operators.probe import error_text
 from portraitflow.operators.quarantine import MAX_ATTEMPTS, quarantined_row
 from portraitflow.operators.scan_store import (GALLERY_DIGEST_PREFIX, GALLERY_SETTINGS, SCAN_MEASURES_VERSION,
-                                               gallery_digests, load_scan_meta, scan_clips, scan_path)
+                                               gallery_digests, gallery_listing, load_scan_meta, scan_clips, scan_path)
 from portraitflow.operators.shards import (INDEX_NAME, default_pack_workers, indexed_shards, pack_shards, rewrite_whole,
                                            shard_notes, shard_paths, whole_shard_keys, write_index)
 
@@ -160,8 +160,9 @@ def check_corpus_settings(cfg: PortraitFlowConfig, layout: Layout) -> list[str]:
                       for key in values}
         sets = " ".join(shlex.quote(f"--set={name}={json.dumps(old)}") for name, old, _ in differing
                         if name in restorable and not _is_gallery_digest(name, old) and not name.startswith("models."))
-        photos = ", ".join(f"{name} holding the photos it held" for name, old, _ in differing
-                           if _is_gallery_digest(name, old))
+        listed = recorded.get("galleries", {})
+        photos = ", ".join(f"{name} holding the photos it held{_listed_photos(listed.get(name.partition('.')[2]))}"
+                           for name, old, _ in differing if _is_gallery_digest(name, old))
         models = "the face model files it was curated with" if any(n.startswith("models.") for n, *_ in differing) else ""
         restore = " and ".join(filter(None, [sets, photos, models])) or "(none recorded)"
         raise typer.BadParameter(
@@ -179,6 +180,14 @@ def _galleries_recorded_by_path(recorded: dict[str, Any], cfg: PortraitFlowConfi
     return {name: current[name] for name in GALLERY_SETTINGS
             if isinstance(recorded.get(name), str) and not _is_gallery_digest(f"curate.{name}", recorded[name])
             and absolute_folder(recorded[name]) == getattr(cfg.curate, name)}
+
+
+def _listed_photos(entry: dict[str, Any] | None) -> str:
+    """` (FOLDER: photo, ...)` as a curation recorded a gallery (`gallery_listing`); empty where it did not."""
+    if not entry:
+        return ""
+    photos = entry.get("photos", [])
+    return f" ({entry.get('path')}: {', '.join(photos[:10])}{', ...' if len(photos) > 10 else ''})"
 
 
 def _is_gallery_digest(name: str, value: Any) -> bool:
@@ -442,6 +451,7 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
         settings = corpus_settings(cfg)
         if not settings["models"] and layout.settings.is_file():  # the files are not here: keep what was recorded
             settings["models"] = json.loads(layout.settings.read_text()).get("models", {})
+        settings["galleries"] = gallery_listing(cfg.curate)  # what a refusal names; the digests are compared
         atomic_write(layout.settings, json.dumps(settings, indent=1, sort_keys=True))
         in_shards = _repair_shards(layout)
         markers = ledger.load_markers(layout.done)

@@ -79,6 +79,14 @@ def gallery_digests(cfg: CurateConfig) -> dict[str, str | None]:
     return {name: gallery_digest(folder) if folder else None for name, folder in folders.items()}
 
 
+def gallery_listing(cfg: CurateConfig) -> dict[str, dict[str, Any]]:
+    """Each set gallery's folder and photo names, recorded beside the settings (not compared: the
+    digest is), so a refusal of a changed gallery can say which photos the corpus was curated with."""
+    return {name: {"path": str(Path(folder).resolve()),
+                   "photos": [photo.relative_to(folder).as_posix() for photo in gallery_photos(folder)]}
+            for name in GALLERY_SETTINGS if (folder := getattr(cfg, name))}
+
+
 def gallery_digest(folder: str) -> str:
     """`sha256:` of the sorted hashes of the bytes of the photos `load_gallery` embeds (every
     `gallery_photos`): names and places do not count, content does. A gallery is a few photos,

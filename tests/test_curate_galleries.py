@@ -13,6 +13,7 @@ import typer
 
 from portraitflow.jobs.config import PortraitFlowConfig, load_config
 from portraitflow.jobs.curate import Layout, check_corpus_settings, corpus_settings
+from portraitflow.operators.scan_store import gallery_listing
 from portraitflow.operators import ledger
 from portraitflow.operators.scan_store import scan_fingerprint
 from test_curate_driver import QUIET, SCANNED, _rows, _scan
@@ -48,6 +49,12 @@ def test_a_gallery_whose_photos_changed_refuses_the_rerun(tmp_path: Path) -> Non
     with pytest.raises(typer.BadParameter, match=r"other settings \(curate\.deny_dir: 'sha256:\w+' -> 'sha256:\w+'\); "
                        r"curate into a new --out, or run with the recorded settings: curate\.deny_dir holding the "
                        r"photos it held"):
+        check_corpus_settings(cfg, layout)
+    recorded = json.loads(layout.settings.read_text()) | {"galleries": gallery_listing(cfg.curate)}
+    recorded["galleries"]["deny_dir"]["photos"].remove("ben.png")  # as the run recorded it, before ben was added
+    layout.settings.write_text(json.dumps(recorded))
+    with pytest.raises(typer.BadParameter, match=rf"curate\.deny_dir holding the photos it held \({deny.resolve()}: "
+                       r"anna\.jpg\)"):  # a team keeping several versions of a deny list knows which
         check_corpus_settings(cfg, layout)
     (deny / "ben.png").unlink()
     with pytest.raises(typer.BadParameter, match=r"curate\.allow_dir: None -> 'sha256:\w+'.*"

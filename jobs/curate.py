@@ -429,8 +429,10 @@ def _require_curation_resources(cfg: PortraitFlowConfig) -> None:
         "free memory, or give Ray a smaller object store (ray.object_store_memory_mb)"))
 
 
-def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run: bool = False) -> dict[str, Any]:
-    """Curate `inputs` into `out`; returns the summary metrics (also logged to MLflow).
+def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run: bool = False,
+                 expanded: list[str] | None = None) -> dict[str, Any]:
+    """Curate `inputs` into `out` (`expanded`: as `expand_inputs` gives them, where the caller has
+    them already); returns the summary metrics (also logged to MLflow).
     NotEnoughResources when a local Ray cannot place one curation actor (it would wait forever)."""
     from portraitflow.jobs.runtime import init_ray
 
@@ -440,7 +442,7 @@ def run_curation(cfg: PortraitFlowConfig, inputs: list[str], out: Path, dry_run:
     except (ValueError, OSError) as exc:  # a gallery without a face, the face models missing
         raise typer.BadParameter(str(exc)) from exc
     check_corpus_settings(cfg, layout)
-    uris = expand_inputs(inputs)
+    uris = expand_inputs(inputs) if expanded is None else expanded
     rows = sorted(({"uri": u, "input_key": input_key(u)} for u in uris), key=lambda r: r["input_key"])
     if dry_run:
         return _dry_run(rows, layout, out)
@@ -668,9 +670,12 @@ def _log_run(cfg: PortraitFlowConfig, layout: Layout, metrics: dict[str, Any], m
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from portraitflow.jobs.runtime import without_credentials
     from portraitflow.operators.curation_report import contact_sheet, histograms
 
     flat = {f"{section}.{k}": v for section, values in cfg.model_dump(mode="json").items() for k, v in values.items()}
+    if flat.get("mlflow.tracking_uri"):  # a password in it would be stored in the run for all to read
+        flat["mlflow.tracking_uri"] = without_credentials(flat["mlflow.tracking_uri"])
     mlflow.log_params({k: str(v) for k, v in flat.items()})  # MLflow cuts a value past its limit, with a warning
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
     given = pa.array(sorted(keys), pa.string())
@@ -702,11 +707,13 @@ def curate(
     cfg = resolve_config(config, set_, ray_address, mlflow_uri)
     _refuse_inputs_in_working_dir(inputs)
     _refuse_inputs_that_name_nothing(inputs)  # a dry run too: it says what the run would do
+    _refuse_undecodable_arguments(inputs)
     if not dry_run:  # a dry run loads no model
         refuse_unreachable_services(cfg)
         refuse_missing_face_models(cfg)
     try:
-        metrics = run_curation(cfg, inputs, out, dry_run=dry_run)
+        expanded = expand_inputs(inputs)  # once: its warnings said once, a bucket listed once
+        metrics = run_curation(cfg, inputs, out, dry_run=dry_run, expanded=expanded)
     except NotEnoughResources as exc:
         raise typer.BadParameter(str(exc)) from exc
     except Exception as exc:
@@ -718,7 +725,7 @@ def curate(
         typer.echo(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()}, indent=1))
         typer.echo(f"manifest {out / 'manifest.parquet'}\nclips {out / 'clips.parquet'}\n"
                    f"shards {out / 'shards'} (index {out / INDEX_NAME})")
-        _say_failed_inputs(out / "manifest.parquet", metrics, set(expand_inputs(inputs)))
+        _say_failed_inputs(out / "manifest.parquet", metrics, set(expanded))
 
 
 def _refuse_inputs_in_working_dir(inputs: list[str]) -> None:
@@ -735,6 +742,19 @@ def _refuse_inputs_in_working_dir(inputs: list[str]) -> None:
         raise typer.BadParameter(
             f"{inside[0]} is inside Ray's temporary copy of --working-dir ({Path(inside[0]).resolve()}), which changes "
             "with each submission: give absolute paths on storage every node sees (docs/cluster.md)", param_hint="INPUTS")
+
+
+def _refuse_undecodable_arguments(inputs: list[str]) -> None:
+    """A file name on the command line that is not valid UTF-8 (a shell glob's): Ray records the
+    command line as UTF-8 and crashed starting; named through its folder or a list, the same file
+    gets its `failed` row (not valid UTF-8) as any bad input does."""
+    from portraitflow.operators.paths import escape_undecodable
+
+    odd = [arg for arg in inputs if escape_undecodable(arg) != arg]
+    if odd:
+        raise typer.BadParameter(f"{escape_undecodable(odd[0])} is not valid UTF-8, which Ray cannot record as the "
+                                 "command line it starts from: give its folder, or a .txt list naming it",
+                                 param_hint="INPUTS")
 
 
 def _refuse_inputs_that_name_nothing(inputs: list[str]) -> None:

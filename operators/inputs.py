@@ -179,10 +179,11 @@ def expand_inputs(specs: Iterable[str], *, _expanding: frozenset[str] = frozense
                 _add(found, path, _entry(path) if kept else str(Path(local).resolve()))
         elif glob.has_magic(local) and not os.path.lexists(local):  # the name of a file means that file
             matched = glob.glob(local, recursive=True)
-            # the files it matches, and the videos of the folders it matches, as the shell's expansion gives them
+            # the files it matches, and the videos of the folders it matches, as the shell's expansion gives
+            # them (a `**` pattern walks the folders itself: their files are among its matches)
+            folders = [] if "**" in local else [p for p in matched if Path(p).is_dir()]
             kept = _inputs_among(spec, [p for p in matched if not Path(p).is_dir()], globbed=True) + [
-                path for folder in matched if Path(folder).is_dir()
-                for path in _inputs_among(folder, _files_under(folder), globbed=False)]
+                path for folder in folders for path in _inputs_among(folder, _files_under(folder), globbed=False)]
             for path in kept or [local]:
                 _add(found, path, _entry(path) if kept else os.path.abspath(local))
         else:  # absolute, so a missing input has the same key from any working directory
@@ -196,7 +197,7 @@ def names_nothing(spec: str) -> bool:
     (a folder of no video is a failed row, as the folder given by name)."""
     if is_uri(spec):
         return False
-    local = _local(spec)
+    local = _local(spec) or "."  # an empty argument is the working folder, as a folder's listing takes it
     if os.path.lexists(local):  # the name of a file means that file, brackets or not
         return False
     return not (glob.has_magic(local) and glob.glob(local, recursive=True))

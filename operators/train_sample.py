@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 import math
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -25,11 +24,6 @@ from portraitflow.models.face.align import align_arcface
 from portraitflow.operators.decode import TooFewFrames, VideoUnreadable, read_frames
 from portraitflow.operators.job_status import clipped
 from portraitflow.operators.motion import window_buckets
-
-log = logging.getLogger(__name__)
-#: the face backends whose identity embeddings this process has trained on without `identity_backend`
-#: set: a second is warned of, once (two backends' embeddings are no one space)
-_backends_seen: set[str] = set()
 
 #: Members every curated sample carries (issue 3, item 8) that a training sample needs.
 REQUIRED_MEMBERS = ("mp4", "landmarks.npy", "kps.npy", "pose.npy", "id.npy")
@@ -259,14 +253,8 @@ def build_train_sample(sample: Mapping[str, Any], n_frames: int = 25, seed: int 
     tracks = parse_tracks(sample)
     if identity_dim is not None and len(tracks.identity) != identity_dim:
         raise SampleSkipped("identity_mismatch", f"identity has {len(tracks.identity)} dimensions, not {identity_dim}")
-    backend = meta.get("face_backend")
-    if identity_backend is not None and backend != identity_backend:
+    if identity_backend is not None and (backend := meta.get("face_backend")) != identity_backend:
         raise SampleSkipped("identity_mismatch", f"identity embedded by the {backend!r} face backend, not {identity_backend!r}")
-    if identity_backend is None and backend and backend not in _backends_seen:
-        _backends_seen.add(backend)
-        if len(_backends_seen) == 2:
-            log.warning("training samples carry identities of two face backends (%s): their embeddings are no one "
-                        "space; set train_data.identity_backend to keep one", ", ".join(sorted(_backends_seen)))
     tracks = smoothed(tracks, smooth_sigma)
     curated = _curated_reference(meta) if reference == "curated" else None
     start, ref_index = choose_window(tracks.num_frames, n_frames, sample_rng(seed, epoch, key), curated)

@@ -560,3 +560,13 @@ def test_evaluate_refuses_job_ids_that_name_the_same_files(tmp_path: Path) -> No
                                       "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"], env=WIDE)
     said = " ".join(result.output.replace("│", " ").split())
     assert result.exit_code == 2 and f"job_ids 'x!', '{safe_stem('x!')}' name the same files" in said, result.output
+
+
+def test_curate_refuses_a_file_name_on_the_command_line_that_is_not_utf8(tmp_path: Path) -> None:
+    """Ray records the process's command line as UTF-8: `curate dir/*.mp4` over such a name crashed
+    as Ray started (through its folder the file gets a `failed` row)."""
+    odd = tmp_path / "caf\udce9.mp4"  # the byte 0xE9, as Python holds a name that is not UTF-8
+    odd.write_bytes(b"junk")
+    result = CliRunner().invoke(app, ["curate", str(odd), "--out", str(tmp_path / "out"), "--dry-run"], env=WIDE)
+    said = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and "caf\\xe9.mp4 is not valid UTF-8" in said and "give its folder" in said, said

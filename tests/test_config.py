@@ -166,3 +166,7 @@ def test_a_bad_value_in_the_config_file_names_the_file_and_a_field_without_its_s
         load_config(None, ["curate.detect_every=x"])
     with pytest.raises(ValueError, match=r"detect_every: no such setting \(did you mean 'curate.detect_every'\?\)"):
         load_config(None, ["detect_every=1"])
+    with pytest.raises(ValueError, match=r"backend: no such setting \(did you mean 'face.backend' or 'animate.backend'\?\)"):
+        load_config(None, ["backend=warp"])
+    with pytest.raises(ValueError, match=r"^curate.fps: .*; " + re.escape(str(bad)) + ": curate.detect_every"):
+        load_config(bad, ["curate.fps=x"])  # only the file's own problem is said with its name

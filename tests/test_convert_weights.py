@@ -236,7 +236,7 @@ def test_a_checkpoint_that_runs_code_gets_no_recipe_to_load_it(release: Path, tm
     failed = _convert(release, tmp_path / "converted")
     said = " ".join(failed.output.replace("│", " ").split())
     assert failed.exit_code == 2, failed.output
-    assert "system when unpickled, which no checkpoint of a model needs" in said and "weights_only=False" not in said
+    assert "system, which only unpickling could rebuild and no plain checkpoint" in said and "weights_only=False" not in said
     assert not marker.exists()
 
 

@@ -247,7 +247,7 @@ def test_an_input_names_nothing_only_when_expand_inputs_finds_nothing(tmp_path: 
         assert names_nothing(nothing), nothing
 
 
-def test_a_quoted_glob_takes_the_videos_of_the_folders_it_matches(tmp_path: Path) -> None:
+def test_a_quoted_glob_takes_the_videos_of_the_folders_it_matches(tmp_path: Path, caplog) -> None:
     """`'in/peo*'` (quoted, as a corpus too large for the shell's argument list needs) matched the
     folder `in/people` and took none of its videos: a `failed` row, "matched no video files"."""
     from portraitflow.operators.inputs import expand_inputs
@@ -259,3 +259,8 @@ def test_a_quoted_glob_takes_the_videos_of_the_folders_it_matches(tmp_path: Path
     (tmp_path / "peony.mp4").write_bytes(b"")
     found = expand_inputs([str(tmp_path / "peo*")])
     assert found == sorted(str(tmp_path / name) for name in ("people/a/x.mp4", "people/y.mov", "peony.mp4"))
+    caplog.clear()  # a `**` pattern walks the tree itself: each folder once, its left-out files said once
+    assert expand_inputs([str(tmp_path / "people" / "**")]) == [str(tmp_path / "people/a/x.mp4"),
+                                                                 str(tmp_path / "people/y.mov")]
+    assert [m for m in caplog.messages if "left out" in m] == [f"{tmp_path / 'people' / '**'}: left out 1 file(s) "
+                                                              "not taken for videos (1 .txt)"]

@@ -184,21 +184,6 @@ def test_an_identity_of_another_face_backend_is_skipped_when_a_backend_is_set(tm
         build_train_sample(sample, n_frames=4, identity_dim=128, identity_backend="opencv")
 
 
-def test_identities_of_two_face_backends_are_warned_of_once_without_identity_backend(tmp_path, monkeypatch,
-                                                                                     caplog) -> None:
-    from portraitflow.operators import train_sample
-
-    monkeypatch.setattr(train_sample, "_backends_seen", set())
-    sample = dict(clip_members(6, seed=4, workdir=tmp_path), __key__="one")
-    meta = json.loads(sample["json"])
-    other = dict(sample, __key__="two", json=json.dumps({**meta, "face_backend": "opencv"}).encode())
-    for each in (sample, sample, other, other, sample):
-        build_train_sample(each, n_frames=4)
-    warned = [r.getMessage() for r in caplog.records if "two face backends" in r.getMessage()]
-    assert warned == ["training samples carry identities of two face backends (opencv, synthetic): their embeddings "
-                      "are no one space; set train_data.identity_backend to keep one"]
-
-
 def test_expression_anchor_is_the_tracked_face_box_when_the_shard_has_one(tmp_path) -> None:
     sample = dict(clip_members(6, seed=1, workdir=tmp_path), __key__="boxes")
     older = parse_tracks(sample)

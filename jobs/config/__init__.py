@@ -6,6 +6,7 @@ values, and docs/config.md is generated from the same models, so the docs never 
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -121,22 +122,25 @@ def load_config(
     try:
         return PortraitFlowConfig.model_validate(apply_overrides(data, overrides or [], values))
     except ValidationError as exc:
-        problems = validation_problems(exc, model=PortraitFlowConfig)
-        raise ValueError(f"{path}: {problems}" if path is not None and _file_fails(data, exc) else problems) from exc
+        from_file = _failing_in(data) if path is not None else set()
+        raise ValueError(validation_problems(exc, model=PortraitFlowConfig,
+                                             source=lambda loc: f"{path}: " if loc in from_file else "")) from exc
 
 
-def _file_fails(data: dict[str, Any], merged: ValidationError) -> bool:
-    """Whether the config file's own values (`data`) fail where the merged config does: the message
-    then names the file, which a team config beside several `--set`s would leave to guess."""
+def _failing_in(data: dict[str, Any]) -> set[tuple]:
+    """The fields a config file's own values (`data`) fail on: a problem there is said with the
+    file's name, which a team config beside several `--set`s would leave to guess."""
     try:
         PortraitFlowConfig.model_validate(data)
     except ValidationError as alone:
-        return bool({error["loc"] for error in alone.errors()} & {error["loc"] for error in merged.errors()})
-    return False
+        return {error["loc"] for error in alone.errors()}
+    return set()
 
 
-def validation_problems(exc: ValidationError, within: str = "", model: type[BaseModel] | None = None) -> str:
-    """Pydantic's report on one line, `field: what is wrong (got value)` per problem, fields named
+def validation_problems(exc: ValidationError, within: str = "", model: type[BaseModel] | None = None,
+                        source: Callable[[tuple], str] | None = None) -> str:
+    """Pydantic's report on one line, `field: what is wrong (got value)` per problem (after
+    `source(loc)`, where the value came from, when given), fields named
     from `within` (a section): its own text spreads each over three lines and links its docs. With
     the validated `model`, an unknown name comes with the nearest it has (`curat` -> `curate`)."""
     lines = []
@@ -144,9 +148,9 @@ def validation_problems(exc: ValidationError, within: str = "", model: type[Base
         field = ".".join([within, *map(str, error["loc"])] if within else map(str, error["loc"]))
         message = "no such setting" if error["type"] == "extra_forbidden" else error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden" and model is not None and (near := nearest_field(model, error["loc"])):
-            message += f" (did you mean {near!r}?)"
+            message += f" (did you mean {' or '.join(map(repr, near.split(' or ')))}?)"
         got = "" if error["type"] in ("value_error", "missing") else f" (got {error['input']!r})"
-        lines.append(f"{field + ': ' if field else ''}{message}{got}")
+        lines.append(f"{source(error['loc']) if source else ''}{field + ': ' if field else ''}{message}{got}")
     return "; ".join(lines)
 
 
@@ -159,13 +163,14 @@ def nearest_field(model: type[BaseModel], loc: tuple) -> str | None:
         if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
             return None
         model = field.annotation
+    if len(loc) == 1:  # a field given without its section: the sections that have it
+        sections = [name for name, field in model.model_fields.items()
+                    if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+                    and str(loc[0]) in field.annotation.model_fields]
+        if sections:
+            return " or ".join(f"{section}.{loc[0]}" for section in sections)
     near = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
-    if near or len(loc) > 1:
-        return near[0] if near else None
-    sections = [name for name, field in model.model_fields.items()  # a field given without its section
-                if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
-                and str(loc[0]) in field.annotation.model_fields]
-    return f"{sections[0]}.{loc[0]}" if sections else None
+    return near[0] if near else None
 
 
 def _is_text_field(path: list[str]) -> bool:

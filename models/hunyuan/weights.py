@@ -56,11 +56,15 @@ log = logging.getLogger(__name__)
 
 #: in a conversion's staging folder: which source file (path, size, mtime) each staged file came from
 STAGED_FROM = ".staged_from.json"
-#: the packages whose objects a training script saves beside a model's tensors (modules, configs,
-#: argparse namespaces): a file holding one gets the recipe for converting it from a trusted copy;
-#: any other global (`os.system`, `timeit.timeit`, a bare `getattr`) is named as code it would run
-_CHECKPOINT_PACKAGES = frozenset({"torch", "collections", "numpy", "argparse", "omegaconf", "diffusers",
-                                  "transformers", "accelerate", "safetensors", "pathlib", "__main__"})
+#: the objects a training script saves beside a model's tensors (a whole `torch.nn` module, an
+#: argparse namespace, numpy arrays, an OmegaConf config), by their whole names: a file holding one
+#: gets the recipe for converting it from a trusted copy. Any other global gets none (a package's
+#: name is not enough: `torch.fx.graph_module._exec_with_source` runs code, and a dotted name can
+#: reach through a module's imports to anything)
+_CHECKPOINT_OBJECT = re.compile(r"torch\.nn\.modules\.[a-z_]+\.[A-Z][A-Za-z0-9]*|argparse\.Namespace"
+                                r"|collections\.(?:OrderedDict|defaultdict)|numpy\.(?:ndarray|dtype)"
+                                r"|numpy\.(?:_core|core)\.multiarray\.(?:_reconstruct|scalar)"
+                                r"|omegaconf\.(?:dictconfig\.DictConfig|listconfig\.ListConfig)")
 #: torch's weights-only unpickler refusing a Python object (a module, an argparse.Namespace, ...)
 _PICKLED_OBJECT = re.compile(r"GLOBAL (\S+) (?:was not an allowed global|whose module)")
 
@@ -186,15 +190,16 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # a cut or corrupt file fails in many ways (zip, unpickler, safetensors header)
         # by name: importing `pickle` is what tests/test_security.py rules out
         pickled = _PICKLED_OBJECT.search(str(exc)) if type(exc).__name__ == "UnpicklingError" else None
-        if pickled and pickled[1].split(".")[0] not in _CHECKPOINT_PACKAGES:
+        if pickled and not _CHECKPOINT_OBJECT.fullmatch(pickled[1]):
             raise WeightsUnreadable(
-                f"{path} would call {pickled[1]} when unpickled, which no checkpoint of a model needs and which can "
-                "run code: it is not loaded; do not load it elsewhere either, and download the release from its "
-                "official source again") from exc
+                f"{path} holds {pickled[1]}, which only unpickling could rebuild and no plain checkpoint of tensors "
+                "needs; unpickling it can run code, so it is not loaded here and should not be elsewhere unless you "
+                "know what it is: get the release's files from its official source") from exc
         if pickled:  # an intact file that a new download would not change
             raise WeightsUnreadable(
-                f"{path} is not a plain tensor state dict: it holds {pickled[1]}, which only unpickling could "
-                "rebuild, and PortraitFlow does not unpickle (it can run arbitrary code). From a copy you trust, "
+                f"{path} is not a plain tensor state dict: it holds {pickled[1]} (the first such object), which only "
+                "unpickling could rebuild, and PortraitFlow does not unpickle (it can run arbitrary code). From a copy "
+                "you trust (the release's, checked against its published checksum), "
                 "convert it yourself: obj = torch.load(PATH, weights_only=False), then torch.save(obj.state_dict(), "
                 "PATH) for a whole module, or torch.save of the dict that holds its tensors (e.g. obj['state_dict'])"
             ) from exc

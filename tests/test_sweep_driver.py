@@ -692,7 +692,7 @@ def test_a_scoring_setting_changed_scores_the_same_videos_again_instead_of_makin
     assert len(scored_in) == 2 and {folder.parent for folder in scored_in} == {videos / "scores"}
     assert scored_in[0] != scored_in[1]  # the two scorings kept apart
     assert pd.read_csv(out / "summary.csv")["reused"].tolist() == [True]  # the first sweep, rerun: nothing redone
-    assert pd.read_csv(out / "summary.csv")["generation_hash"].tolist() == [videos.name]
+    assert pd.read_csv(out / "summary.csv", dtype={"generation_hash": str})["generation_hash"].tolist() == [videos.name]
 
 
 def test_a_config_folder_of_the_earlier_layout_gives_its_videos_but_not_its_scores(driver, monkeypatch, caplog) -> None:

@@ -81,9 +81,15 @@ def exclusive_folder(folder: Path, lock: Path | None = None) -> Iterator[None]:
         stale = time.time() - ABANDONED_AFTER_S
         for path in folder.rglob(".*.part"):
             with contextlib.suppress(OSError):  # gone meanwhile
-                if _UNFINISHED.fullmatch(path.name) and path.is_file() and path.stat().st_mtime < stale:
+                if is_unfinished(path) and path.stat().st_mtime < stale:
                     path.unlink()
         yield
+
+
+def is_unfinished(path: Path) -> bool:
+    """Whether `path` is the temp file of an `atomic_target` write (finished or abandoned, it is
+    never the file written)."""
+    return _UNFINISHED.fullmatch(path.name) is not None and path.is_file()
 
 
 @contextlib.contextmanager

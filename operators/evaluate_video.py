@@ -121,15 +121,20 @@ def to_output_space(frames: np.ndarray, shape: tuple[int, int], crop_box: np.nda
 
     from portraitflow.models.face.align import crop_square
 
-    same_size = frames.shape[1:3] == tuple(shape)
-    if pasted_back is None:
-        pasted_back = same_size
     height, width = shape
-    if not pasted_back and crop_box is not None and height == width:
+    if crop_box is not None and _framed_as_crop(pasted_back, (height, width), frames.shape[1:3]):
         return np.stack([crop_square(frame, crop_box, height) for frame in frames])
-    if same_size:
+    if frames.shape[1:3] == tuple(shape):
         return frames
     return np.stack([cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA) for frame in frames])
+
+
+def _framed_as_crop(pasted_back: bool | None, output: tuple[int, int], frame: tuple[int, int]) -> bool:
+    """Whether an output of size `output` (H, W) is compared with the face crop of `frame`-sized
+    ground truth: square and not pasted back (not known: taken as pasted back at the frame's size)."""
+    if pasted_back is None:
+        pasted_back = tuple(output) == tuple(frame)
+    return not pasted_back and output[0] == output[1]
 
 
 def _aspect_refusal(output: Any, driver: Any, pasted: bool | None) -> dict[str, str] | None:
@@ -137,9 +142,8 @@ def _aspect_refusal(output: Any, driver: Any, pasted: bool | None) -> dict[str, 
     (the driver's frame pasted back, else the square face crop; not known, as `to_output_space`
     frames it), since the ground truth would be resized to the output's shape and a squashed
     output scored as perfect."""
-    if pasted is None:  # `to_output_space` cuts the face only for a square output of another size
-        pasted = output.width != output.height or (output.width, output.height) == (driver.width, driver.height)
-    aspect = driver.width / driver.height if pasted else 1.0
+    crop = pasted is False or _framed_as_crop(pasted, (output.height, output.width), (driver.height, driver.width))
+    aspect = 1.0 if crop else driver.width / driver.height
     if abs(output.width - output.height * aspect) <= ASPECT_SLACK_PX * max(1.0, aspect):
         return None
     truth = f"the driver's {driver.width}x{driver.height} frame" if pasted else "a square face crop"

@@ -46,7 +46,7 @@ from portraitflow.models.hunyuan.unet import (
     TINY_UNET_CONFIG,
     HunyuanUNet,
 )
-from portraitflow.operators.atomic import atomic_target, atomic_write
+from portraitflow.operators.atomic import atomic_target, atomic_write, is_unfinished
 from portraitflow.operators.job_status import clipped
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -429,13 +429,14 @@ def _resumable(staging: Path, fingerprints: dict[str, list]) -> dict[str, list]:
     write cut short) is deleted, or a resume would install it as this conversion's. FileExistsError
     when `staging` holds files but no record: no conversion made it, and they are someone's."""
     record = staging / STAGED_FROM
-    if not record.is_file():
-        foreign = [path for path in staging.rglob("*")
-                   if path.is_file() and not (path.name.startswith(".") and path.name.endswith(".part"))]
+    if record.is_file():
+        recorded = _staged_record(record)
+    else:
+        foreign = [path for path in staging.rglob("*") if path.is_file() and not is_unfinished(path)]
         if foreign:
             raise FileExistsError(f"{staging} holds files no conversion staged (e.g. {foreign[0]}): it is where "
                                   "convert-weights stages its output; move it aside, or give another OUT")
-    recorded = _staged_record(record) if record.is_file() else {}
+        recorded = {}
     kept = {relative: fingerprint for relative, fingerprint in recorded.items()
             if fingerprints.get(relative) == fingerprint and (staging / relative).is_file()}
     for path in staging.rglob("*"):

@@ -144,8 +144,7 @@ def baseline(pipe: HunyuanPipeline, inputs: Inputs, settings: SamplingSettings) 
                             device=device, dtype=dtype).repeat(3, 1)
     window, shift = settings.frames_per_window, 0
     unet.condition_slot.repeat_contexts = True
-    use_fused_kernels(unet, False)
-    use_fused_kernels(vae, False)
+    ours_kernels = use_fused_kernels(unet, False), use_fused_kernels(vae, False)
     try:
         for step in range(settings.num_steps):
             sigma, sigma_next = sigmas[step], sigmas[step + 1]
@@ -173,8 +172,8 @@ def baseline(pipe: HunyuanPipeline, inputs: Inputs, settings: SamplingSettings) 
                              for c in latents[0].split(settings.decode_chunk_size)])  # all frames kept
     finally:
         unet.condition_slot.repeat_contexts = False
-        use_fused_kernels(unet, True)
-        use_fused_kernels(vae, True)
+        use_fused_kernels(unet, ours_kernels[0])
+        use_fused_kernels(vae, ours_kernels[1])
     return latents, _frames_summary([decoded[pad:num_frames - pad]])
 
 
@@ -206,6 +205,9 @@ def main() -> None:
                              "warm-up, and the eager decoder is timed on ours' latents")
     parser.add_argument("--windows-per-call", type=_positive, default=1,
                         help="ours: windows of a step batched into one UNet call (the animator's `windows_per_call`)")
+    parser.add_argument("--stock-kernels", action="store_true",
+                        help="ours: diffusers' GEGLU and 3-D frame convolutions instead of the fused kernels (on CUDA), "
+                             "to time what the kernels add under torch.compile")
     parser.add_argument("--no-cudnn-benchmark", action="store_true",
                         help="on CUDA, use cuDNN's heuristics instead of autotuning convolutions (both runs)")
     parser.add_argument("--seed", type=int, default=0)
@@ -236,6 +238,9 @@ def main() -> None:
         models = random_models(size, device=device, dtype=DTYPES[dtype_name], seed=args.seed)
         pipe = models.pipeline
         mine_pipe = copy.copy(pipe)  # the same modules; with --compile, ours calls compiled views of them
+        if args.stock_kernels:
+            use_fused_kernels(pipe.unet, False)
+            use_fused_kernels(pipe.vae, False)
         if args.compile:
             mine_pipe.compile(args.compile)
         _warm_up(pipe, mine_pipe, models.resolution, settings, frames, args)
@@ -244,7 +249,8 @@ def main() -> None:
             phases: dict[str, float] = {}
             mine, wall, cpu, peak = timed(lambda: ours(mine_pipe, inputs, settings, phases), device)
             print(f"  ours: {count / wall:.3f} f/s, peak {_gib(peak)} GiB;" + _phase_line(phases, count, settings)
-                  + f"; GEGLU: {geglu_kernel_state(device)}", flush=True)
+                  + f"; GEGLU: {'formula (--stock-kernels)' if args.stock_kernels else geglu_kernel_state(device)}",
+                  flush=True)
             if args.compile:
                 _, eager_decode, _, _ = timed(lambda: _frames_summary(pipe.decode(mine[0], settings.decode_chunk_size,
                                                                                   _kept(count, settings))), device)

@@ -96,9 +96,9 @@ class AnimateConfig(ConfigModel):
     )
     windows_per_call: int = Field(
         1, ge=1, json_schema_extra=OPERATIONAL, description="hunyuan: windows of a denoising step batched into one UNet call (exact; each adds one "
-        "window's activations to the device's peak: 7 peaked at 15.9 GiB in fp16 at 512²). On an H100 at 250 frames (13 "
-        "windows a step), 2 ran 3.92 frames/s and 7 (calls of 7 and 6) 4.29, with the GEGLU kernel's persistent tiles "
-        "added in the same run (docs/hunyuan.md). Each number of windows a call holds is a UNet shape that each GPU "
+        "window's activations to the device's peak: 7 peaked at 15.9 GiB in fp16 at 512², 13 at 26.3). On an H100 at 250 "
+        "frames (13 windows a step), 2 ran 3.92 frames/s and 7 (calls of 7 and 6) 4.29, with the GEGLU kernel's "
+        "persistent tiles added in the same run; on an H200, 13 (one call a step) ran 4.33 (docs/hunyuan.md). Each number of windows a call holds is a UNet shape that each GPU "
         "actor compiles once (about 150 s on an H100): a video whose window count is no multiple of this adds the "
         "remainder's shape, so it pays on batches of long videos.",
     )

@@ -101,10 +101,13 @@ def geglu_kernel_state(device: torch.device) -> str:
     return "fused kernel"
 
 
-def use_fused_kernels(root: nn.Module, enabled: bool) -> None:
-    """Switch the substituted kernels in `root` on or off (off: diffusers' stock computation)."""
+def use_fused_kernels(root: nn.Module, enabled: bool) -> bool:
+    """Switch the substituted kernels in `root` on or off (off: diffusers' stock computation);
+    returns whether they were on, so a caller can put them back as it found them."""
+    were_on = True
     for module in root.modules():
         if isinstance(module, FusedGEGLU):
-            module.fused = enabled
+            were_on, module.fused = module.fused, enabled
         elif isinstance(module, FrameConv):
-            module.as_2d = enabled
+            were_on, module.as_2d = module.as_2d, enabled
+    return were_on

@@ -117,6 +117,14 @@ def _matches(folder: Path, patterns: list[str], suffixes: set[str] | None, skip:
     return sorted(str(p) for p in found)
 
 
+def _unlisted_folders(folder: str) -> list[str]:
+    """Each folder under `folder` that cannot be listed (no permission, a vanished mount), with why."""
+    unlisted: list[str] = []
+    for _ in os.walk(folder, onerror=lambda exc: unlisted.append(f"{exc.filename}: {exc.strerror}")):
+        pass
+    return unlisted
+
+
 def _any_case(pattern: str) -> str:
     """A glob pattern matching names in any case (`*.mp4` -> `*.[mM][pP]4`): letters outside
     `[...]` classes become a class of both cases, so `**` and the rest keep rglob's meaning."""
@@ -283,6 +291,9 @@ def check_dataset(spec: DatasetSpec, exclude: str | Path | None = None) -> None:
             if found:
                 log.warning("dataset %s: include %s matches %s; they are not read as drivers", spec.path,
                             spec.include, what)
+        if unlisted := _unlisted_folders(spec.path):  # `rglob` passes over them without a word
+            log.warning("dataset %s: %d folder(s) in it cannot be listed, so no video in them is read: %s", spec.path,
+                        len(unlisted), "; ".join(unlisted[:3]) + ("; ..." if len(unlisted) > 3 else ""))
         if not found and skip and _matches(Path(spec.path), spec.include, VIDEO_SUFFIXES, ()):
             why = (f"every video file matching include {spec.include} lies in the output folder {exclude}, which is "
                    "never read as input: give another --out")

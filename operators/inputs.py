@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 LIST_SUFFIXES = {".txt", ".lst"}
 NO_VIDEO_FILES = "matched no video files"
+CANNOT_LIST = "cannot list the folder"
 LIST_CYCLE = "the list includes itself (directly or through other lists)"
 BROKEN_LINK = "a broken symbolic link: its target does not exist, or links lead back to it"
 NOT_A_FILE = "not a regular file (a pipe, socket or device)"
@@ -174,7 +175,7 @@ def expand_inputs(specs: Iterable[str], *, _expanding: frozenset[str] = frozense
             for uri in named:
                 _add(found, uri, uri)
         elif Path(local).is_dir():
-            kept = _inputs_among(spec, _files_under(local), globbed=False)
+            kept = _videos_under(spec, local)
             for path in kept or [local]:
                 _add(found, path, _entry(path) if kept else str(Path(local).resolve()))
         elif glob.has_magic(local) and not os.path.lexists(local):  # the name of a file means that file
@@ -183,7 +184,7 @@ def expand_inputs(specs: Iterable[str], *, _expanding: frozenset[str] = frozense
             # them (a `**` pattern walks the folders itself: their files are among its matches)
             folders = [] if "**" in local else [p for p in matched if Path(p).is_dir()]
             kept = _inputs_among(spec, [p for p in matched if not Path(p).is_dir()], globbed=True) + [
-                path for folder in folders for path in _inputs_among(folder, _files_under(folder), globbed=False)]
+                path for folder in folders for path in _videos_under(folder, folder)]
             for path in kept or [local]:
                 _add(found, path, _entry(path) if kept else os.path.abspath(local))
         else:  # absolute, so a missing input has the same key from any working directory
@@ -212,18 +213,20 @@ def _add(found: dict[str, str], name: str, uri: str) -> None:
                     escape_undecodable(name), escape_undecodable(uri))
 
 
-def _files_under(folder: str) -> list[str]:
-    """The entries in `folder` and below that are not folders, through symbolic links to folders
-    (each folder once)."""
-    found, walked = [], set()
-    for root, folders, files in os.walk(folder, followlinks=True):
+def _videos_under(spec: str, folder: str) -> list[str]:
+    """The inputs in `folder` and below (`_inputs_among` its files, through symbolic links to
+    folders, each folder once), and each folder there that cannot be listed (no permission, a
+    vanished mount), as an input that fails with the reason, so the videos in it are not left out
+    unseen."""
+    found, walked, unlisted = [], set(), []
+    for root, folders, files in os.walk(folder, followlinks=True, onerror=lambda exc: unlisted.append(exc.filename)):
         real = os.path.realpath(root)
         if real in walked:  # a link back up the tree, or a second link to a folder already walked
             folders.clear()
             continue
         walked.add(real)
         found.extend(os.path.join(root, name) for name in files)
-    return found
+    return _inputs_among(spec, found, globbed=False) + [os.path.abspath(path) for path in unlisted]
 
 
 def _is_input(path: str, globbed: bool) -> bool:
@@ -336,7 +339,7 @@ def local_copy(uri: str) -> Iterator[str]:
     (with the object's modification time, where the store gives one).
 
     Raises for an input `expand_inputs` kept because it names no video: the store's error,
-    `matched no video files` for a folder, pattern or empty list, the reading error of an
+    `matched no video files` for a folder (`CANNOT_LIST` for one it cannot list), pattern or empty list, the reading error of an
     unreadable list, `LIST_CYCLE` for one that includes itself (`expand_inputs` expands every other
     list); `NOT_UTF8` for a file whose name it escaped; `BROKEN_LINK`, `NO_SUCH_FILE`, and `NOT_A_FILE`.
     """
@@ -346,7 +349,13 @@ def local_copy(uri: str) -> Iterator[str]:
             raise UnicodeError(f"{NOT_UTF8}: {path}")
         if os.path.islink(path) and not os.path.exists(path):
             raise FileNotFoundError(BROKEN_LINK)
-        if Path(path).is_dir() or (glob.has_magic(path) and not os.path.lexists(path)):
+        if Path(path).is_dir():
+            try:
+                os.listdir(path)
+            except OSError as exc:  # no permission, a vanished mount: why, not "matched no video files"
+                raise type(exc)(f"{CANNOT_LIST}: {exc.strerror}") from None
+            raise FileNotFoundError(NO_VIDEO_FILES)
+        if glob.has_magic(path) and not os.path.lexists(path):
             raise FileNotFoundError(NO_VIDEO_FILES)
         if not os.path.lexists(path):  # a mistyped name: said as such, not as a video decord cannot open
             raise FileNotFoundError(NO_SUCH_FILE)

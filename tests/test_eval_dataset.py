@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from unittest import mock
 
@@ -231,6 +232,26 @@ def test_files_include_matches_that_are_no_video_are_named(tmp_path: Path, caplo
     with pytest.raises(ValueError, match=r"no video file under it matches include \['\*.bmp'\] \(in any case\); "
                                          r"it matches 1 files that are no video \(face.bmp\).*portraits are matched by `refs`"):
         eval_dataset.check_dataset(DatasetSpec(path=str(tmp_path), include=["*.bmp"]))
+
+
+def test_a_dataset_folder_that_cannot_be_listed_is_warned_of(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rglob` passes over a folder it cannot list (no permission): its videos left the evaluation unseen."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    for video in (tmp_path / "a.mp4", locked / "b.mp4"):
+        video.write_bytes(b"")
+    scandir = os.scandir
+
+    def refused(path: str = ".") -> object:
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refused)
+    with caplog.at_level(logging.WARNING):
+        eval_dataset.check_dataset(DatasetSpec(path=str(tmp_path)))
+    assert f"1 folder(s) in it cannot be listed, so no video in them is read: {locked}: Permission denied" in caplog.text
 
 
 def test_a_folder_takes_camera_names_in_any_case_and_never_macos_forks(tmp_path: Path) -> None:

@@ -3,6 +3,9 @@ leave out is logged, so a camera's `.mts` or a broadcast `.mxf` never goes missi
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import av
@@ -10,7 +13,7 @@ import numpy as np
 import pytest
 
 from portraitflow.operators.decode import iter_frame_chunks, probe_video
-from portraitflow.operators.inputs import _expand_uri, expand_inputs
+from portraitflow.operators.inputs import CANNOT_LIST, _expand_uri, expand_inputs, local_copy
 from portraitflow.operators.paths import VIDEO_SUFFIXES
 
 #: suffix -> (PyAV muxer, codec, width, height, pixel format, muxer options) of a file of that kind
@@ -109,3 +112,29 @@ def test_hidden_files_and_sidecars_are_left_out(tmp_path: Path, caplog) -> None:
         assert expand_inputs([str(tmp_path)]) == [str(tmp_path.resolve() / "a.mp4")]
     assert caplog.messages == [f"{tmp_path}/*: left out 2 file(s) not taken for videos (1 .thm, 1 .xmp)",
                                f"{tmp_path}: left out 4 file(s) not taken for videos (1 .thm, 1 .xmp, 2 hidden)"]
+
+
+def test_a_folder_that_cannot_be_listed_is_an_input_that_fails_with_why(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`os.walk` passes over a folder it cannot list (no permission, a vanished mount) without a
+    word: its videos vanished from the manifest, and the folder given by name read as one of no videos."""
+    corpus = tmp_path / "corpus"
+    locked = corpus / "locked"
+    locked.mkdir(parents=True)
+    for video in (corpus / "a.mp4", locked / "b.mp4"):
+        video.write_bytes(b"not read here")
+    scandir, listdir = os.scandir, os.listdir
+
+    def refused(real: Callable, path: str = ".") -> object:
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", partial(refused, scandir))
+    monkeypatch.setattr(os, "listdir", partial(refused, listdir))
+    taken = [str((corpus / "a.mp4").resolve()), str(locked)]
+    assert expand_inputs([str(corpus)]) == taken
+    assert expand_inputs([str(tmp_path / "*")]) == taken  # a pattern matching the folder walks it the same way
+    assert expand_inputs([str(locked)]) == [str(locked)]
+    with pytest.raises(PermissionError, match=f"^{CANNOT_LIST}: Permission denied$"), local_copy(str(locked)):
+        pass

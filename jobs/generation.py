@@ -16,7 +16,13 @@ import pandas as pd
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.animate import AnimateConfig
 from portraitflow.jobs.runtime import claim_folder, init_ray, mlflow_run, require_resource
-from portraitflow.models.animators.registry import backend_settings, check_backend, model_host_bytes, resolve_backend
+from portraitflow.models.animators.registry import (
+    backend_settings,
+    check_backend,
+    identity_notice,
+    model_host_bytes,
+    resolve_backend,
+)
 from portraitflow.operators.atomic import exclusive_folder, write_parquet
 from portraitflow.operators.generation_jobs import Job, load_jobs
 from portraitflow.operators.job_status import DONE, FAILED, OK, SKIPPED
@@ -56,6 +62,8 @@ def run_generation(jobs: list[Job] | str | Path, out_dir: str | Path, cfg: Portr
     jobs = load_jobs(jobs) if isinstance(jobs, (str, Path)) else jobs
     backend = resolve_backend(cfg.animate)
     check_backend(backend, cfg.animate)  # what would fail every actor fails here, before Ray starts
+    if notice := identity_notice(backend, cfg.animate, cfg.face.backend):
+        log.warning(notice)
     with exclusive_folder(out_dir):  # FolderBusy while another run writes it
         claim_folder(out_dir, "animate")
         rows = plan_rows(jobs, out_dir, backend, cfg.animate, resume, cfg.face)

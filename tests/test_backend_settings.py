@@ -11,7 +11,7 @@ import pytest
 
 from portraitflow.jobs.config import load_config
 from portraitflow.jobs.config.animate import OPERATIONAL_FIELDS, PER_JOB_FIELDS, PIPELINE_FIELDS, AnimateConfig
-from portraitflow.models.animators.registry import animator_class, backend_settings
+from portraitflow.models.animators.registry import animator_class, backend_settings, identity_notice
 from portraitflow.operators.generation_jobs import Job
 from portraitflow.operators.generation_results import plan_rows
 from portraitflow.jobs.sweep_spec import config_settings
@@ -127,3 +127,15 @@ def test_hunyuan_neither_reads_nor_is_named_by_the_drivers_smoothing() -> None:
     assert "smooth_sigma" not in output_settings("hunyuan", cfg) and "smooth_sigma" in output_settings("warp", cfg)
     with pytest.raises(ValueError, match="backend hunyuan does not use smooth_sigma"):
         check_settings("hunyuan", ["smooth_sigma"])
+
+
+def test_hunyuan_weights_without_arcface_are_said_before_the_run(tmp_path: Path) -> None:
+    """Without `arcface.onnx` the identity adapter got zeros from the 128-d default recognisers, said
+    only in each job's `model` record."""
+    notice = identity_notice("hunyuan", AnimateConfig(weights=str(tmp_path)), "opencv")
+    assert notice is not None and f"{tmp_path} holds no arcface.onnx" in notice and "opencv gives 128-d" in notice
+    assert "only with an ArcFace pack" in identity_notice("hunyuan", AnimateConfig(weights=str(tmp_path)), "insightface")
+    (tmp_path / "arcface.onnx").write_bytes(b"")
+    assert identity_notice("hunyuan", AnimateConfig(weights=str(tmp_path)), "opencv") is None
+    assert identity_notice("hunyuan", AnimateConfig(weights="tiny"), "opencv") is None  # random modules: plumbing
+    assert identity_notice("warp", AnimateConfig(), "opencv") is None

@@ -202,7 +202,7 @@ def test_a_training_checkpoint_wrapper_is_named_not_a_traceback(release: Path, t
     torch.save({"state_dict": {"weight": torch.zeros(2)}, "epoch": 3}, path)
     failed = _convert(release, tmp_path / "converted")
     said = " ".join(failed.output.replace("│", " ").split())
-    assert failed.exit_code == 2 and "hyportrait/unet.pth holds entries that are no tensors: state_dict, epoch" in said
+    assert failed.exit_code == 2 and f"{path} holds entries that are no tensors: state_dict, epoch" in said  # where it is
     assert "Traceback" not in said and not (tmp_path / "converted").exists()
 
 

@@ -76,6 +76,25 @@ def check_backend(backend: str, cfg: AnimateConfig) -> None:
         check_weights_loadable(cfg.weights)
 
 
+def identity_notice(backend: str, cfg: AnimateConfig, face_backend: str) -> str | None:
+    """What to tell a user whose hunyuan weights hold no `arcface.onnx`: the identity adapter then
+    takes the face layer's embedding only where it is 512-d (an insightface ArcFace pack, itself
+    another network than the release's), else zeros; said only in each job's `model` record, it
+    went unnoticed. None where there is nothing to say."""
+    from pathlib import Path
+
+    from portraitflow.models.hunyuan.checkpoints import ARCFACE, TINY_WEIGHTS
+
+    if backend != "hunyuan" or not cfg.weights or cfg.weights == TINY_WEIGHTS \
+            or (Path(cfg.weights).expanduser() / ARCFACE).is_file():
+        return None
+    widths = "gives 512-d embeddings only with an ArcFace pack" if face_backend == "insightface" else "gives 128-d ones"
+    return (f"{cfg.weights} holds no {ARCFACE}: the identity adapter takes the face layer's embedding where it is "
+            f"512-d, else zeros (no identity conditioning, as the release does for a portrait without a face), and "
+            f"face.backend {face_backend} {widths}; put the release's {ARCFACE} there (each job's `model.identity` "
+            "in results.parquet says what it used)")
+
+
 #: a hunyuan actor's runtime beside the base every actor declares: torch, diffusers and the
 #: sampler's host tensors. With `tiny` weights on CPU the actor peaked at 782-799 MiB (Ray's USS, review
 #: s20) where it declared 798 MiB, no more than warp's; so 384 MiB, about half again that excess

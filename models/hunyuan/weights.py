@@ -359,8 +359,10 @@ def _atomic_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, temporary)
 
 
-def _atomic_save(state_dict: dict[str, torch.Tensor], target: Path, source: str) -> None:
-    _refuse_non_tensors(state_dict, source)  # safetensors holds tensors only: the save crashed on them
+def _atomic_save(state_dict: dict[str, torch.Tensor], target: Path, source: Path, root: Path) -> None:
+    """`state_dict`, read from `source` in the release folder `root`, as safetensors at `target`;
+    the metadata names `source` in the release's layout."""
+    _refuse_non_tensors(state_dict, str(source))  # safetensors holds tensors only: the save crashed on them
     seen: set[int] = set()
     tensors = {}
     for key, value in state_dict.items():
@@ -370,7 +372,7 @@ def _atomic_save(state_dict: dict[str, torch.Tensor], target: Path, source: str)
         seen.add(value.untyped_storage().data_ptr())
         tensors[key] = value
     with atomic_target(target) as temporary:
-        save_file(tensors, temporary, metadata={"source": source})
+        save_file(tensors, temporary, metadata={"source": source.relative_to(root).as_posix()})
 
 
 def convert_weights(weights_dir: str | Path, out_dir: str | Path) -> list[Path]:
@@ -400,7 +402,7 @@ def convert_weights(weights_dir: str | Path, out_dir: str | Path) -> list[Path]:
         if key in staged:  # by an interrupted run, from these very files
             continue
         if relative in saves:
-            _atomic_save(read_state_dict(source), staging / relative, source.relative_to(root).as_posix())
+            _atomic_save(read_state_dict(source), staging / relative, source, root)
         else:
             _check_copied(source)
             _atomic_copy(source, staging / relative)

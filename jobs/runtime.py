@@ -441,9 +441,13 @@ def _open_sqlite_store(uri: str, database: Path) -> MlflowClient:
     it first opens it, so runs started together on a new store each created them and all but one
     failed, at times leaving a half-made file that every later run failed on; a lock on the store's
     folder (released when its holder ends, however it ends) takes the opening in turn.
-    ServiceUnreachable, in one line, for a file that is no usable store."""
+    ServiceUnreachable, in one line, for a file that is no usable store or one this user cannot write."""
     import mlflow
 
+    database.parent.mkdir(parents=True, exist_ok=True)
+    if why := _unwritable(database):  # checked by reading alone, the store failed at its first write
+        raise ServiceUnreachable(f"the MLflow store {database} cannot be written ({why}): give --mlflow-uri a store "
+                                 "you can write")
     folder = None
     try:
         folder = os.open(database.parent, os.O_RDONLY)
@@ -458,6 +462,17 @@ def _open_sqlite_store(uri: str, database: Path) -> MlflowClient:
     finally:
         if folder is not None:
             os.close(folder)
+
+
+def _unwritable(database: Path) -> str | None:
+    """Why sqlite could not write the store, if it could not: it writes the file, and its journal
+    beside it in the folder. A read-only store crashed the run at its first write with SQLAlchemy's
+    traceback; a folder it cannot write in, after about 100 s of MLflow's retries."""
+    if not os.access(database.parent, os.W_OK | os.X_OK):
+        return f"its folder {database.parent} is not writable"
+    if database.exists() and not os.access(database, os.R_OK | os.W_OK):
+        return "the file is not writable"
+    return None
 
 
 @functools.cache  # once per store and process, however many runs a sweep makes

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -354,6 +355,26 @@ def test_a_file_that_is_no_usable_store_is_a_one_line_usage_error(tmp_path: Path
     (tmp_path / "mlflow.db").write_bytes(b"not a database, but not empty either" * 100)
     with pytest.raises(ServiceUnreachable, match=r"mlflow\.db cannot be opened .*move it aside"):
         mlflow_client(MLflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
+
+
+def test_a_store_this_user_cannot_write_is_a_one_line_usage_error(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only store passed the reading check and crashed the run at its first write (240 lines
+    of SQLAlchemy); a folder not writable took about 100 s of MLflow's retries, then said to move
+    aside a file that was not there. (Root writes whatever the modes say: the refusal is simulated.)"""
+    from portraitflow.jobs.runtime import ServiceUnreachable, mlflow_client
+
+    readonly = tmp_path / "readonly"
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: not Path(path).is_relative_to(readonly) and access(path, mode))
+    stores = tmp_path / "new" / "folder"  # a folder not there yet is made, as --out is
+    mlflow_client(MLflowConfig(tracking_uri=f"sqlite:///{stores / 'mlflow.db'}"))
+    readonly.mkdir()
+    with pytest.raises(ServiceUnreachable, match=rf"mlflow\.db cannot be written \(its folder {readonly} is not writable\)"):
+        mlflow_client(MLflowConfig(tracking_uri=f"sqlite:///{readonly / 'mlflow.db'}"))
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path).name != "mlflow.db" and access(path, mode))
+    with pytest.raises(ServiceUnreachable, match=r"mlflow\.db cannot be written \(the file is not writable\)"):
+        mlflow_client(MLflowConfig(tracking_uri=f"sqlite:///{stores / 'mlflow.db'}"))
 
 
 def test_a_port_that_answers_http_is_no_ray_cluster_and_plain_http_no_tls_server() -> None:

@@ -69,6 +69,40 @@ def test_unet_golden(unet_golden) -> None:
                                    atol=1e-6, rtol=1e-5)
 
 
+def test_unet_golden_traces_block_by_block(unet_golden) -> None:
+    """Every intermediate the fixture records, where the release takes it, so a regression names
+    the first block that differs instead of one output number. `conv_in_out` is before the pose
+    feature is added (the hook that adds it runs after this test's, prepended, one)."""
+    unet, sidecar, data = unet_golden
+    transformer = unet.down_blocks[0].attentions[0]
+    places = {"conv_in": unet.conv_in, "down0_st": transformer, "mid_block": unet.mid_block,
+              "down0_spatial_attn2": transformer.transformer_blocks[0].attn2,
+              "down0_temporal_attn2": transformer.temporal_transformer_blocks[0].attn2}
+    places |= {f"down_blocks.{i}": block for i, block in enumerate(unet.down_blocks)}
+    places |= {f"up_blocks.{i}": block for i, block in enumerate(unet.up_blocks)}
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(name: str, value: torch.Tensor | tuple) -> None:
+        captured[name] = value[0] if isinstance(value, tuple) else value
+
+    hooks = [handle for name, module in places.items() for handle in (
+        module.register_forward_pre_hook(
+            lambda _, args, kwargs, name=name: keep(f"{name}_in", args[0] if args else kwargs["hidden_states"]),
+            with_kwargs=True),
+        module.register_forward_hook(lambda _, __, out, name=name: keep(f"{name}_out", out), prepend=True))]
+    try:
+        _run(unet, data)
+    finally:  # the module-scoped UNet serves the other tests unhooked
+        for handle in hooks:
+            handle.remove()
+    observed = sidecar["observed"]  # the sidecar's rule for its outputs, applied to the traces' worst rerun
+    atol = 20 * max(observed["fp64_vs_stored_fp32"]["worst_trace_max_abs"], observed["rerun_fp32_1thread"]["worst_trace_max_abs"])
+    recorded = [key.removeprefix("trace.") for key in data if key.startswith("trace.") and "temporal_context" not in key]
+    assert len(recorded) == 16 and set(recorded) <= captured.keys()
+    for name in recorded:
+        torch.testing.assert_close(captured[name], data[f"trace.{name}"], atol=atol, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+
+
 def test_folded_contexts_equal_the_repeated_ones(unet_golden) -> None:
     """Attending once per shared context equals copying it per query row, as the release does."""
     unet, _, data = unet_golden

@@ -20,6 +20,7 @@ from portraitflow.models.hunyuan.animator import TINY_SETTINGS, TINY_WEIGHTS, Hu
 from portraitflow.models.hunyuan.conditions import expression_boxes, expression_crops
 from portraitflow.models.hunyuan.dino import DinoV2WithIdAdapters
 from portraitflow.models.hunyuan.image_proj import ImageProjector
+from portraitflow.models.hunyuan import pipeline as pipeline_module
 from portraitflow.models.hunyuan.pipeline import (HunyuanPipeline, PaddedMotion, ReferenceFeatures, SamplingSettings,
                                                  _OverlapAverage)
 from portraitflow.models.hunyuan.pose_guider import PoseGuider
@@ -120,6 +121,38 @@ def test_whole_tiny_pipeline_golden(pipeline_golden, guidance: str, windows_per_
     _assert_output(latents, data, sidecar, prefix + "final_latents")
     frames = torch.cat(list(pipe.decode(latents, settings.decode_chunk_size)))
     _assert_output(frames.transpose(0, 1)[None], data, sidecar, prefix + "frames")
+
+
+def test_pipeline_golden_traces_window_by_window(pipeline_golden, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recorded intermediates (reference features, initial latents, pose features, and each
+    window's guided v and Euler step at every step), so a regression names where it starts."""
+    pipe, sidecar, data = pipeline_golden
+    settings = _settings(sidecar)
+    guided, stepped = [], []
+    guided_v, euler_step = pipe._guided_v, pipeline_module.euler_v_step
+    monkeypatch.setattr(pipe, "_guided_v", lambda *args: guided.append(guided_v(*args)) or guided[-1])
+    monkeypatch.setattr(pipeline_module, "euler_v_step", lambda *args: stepped.append(euler_step(*args)) or stepped[-1])
+    reference = pipe.encode_reference(data["input.ref_image"], data["input.transformed_images"],
+                                      data["input.arcface_embeddings"])
+    motion = PaddedMotion(data["input.driven_feat_unpadded"][0], settings.pad_frames)
+    pose = pipe.pose_image_features(data["input.pose_cond_tensor"][0].transpose(0, 1))
+    pipe.sample(reference, motion, pose, settings, noise=data["input.latents_noise"])
+    sigma_max = karras_schedule(settings.num_steps, pipe.scheduler_config).sigmas[0].item()
+    ours = {"image_tokens": reference.image_tokens, "pose_fea": pose(torch.arange(len(motion))),
+            "vae_encoder_moments": reference.mean,  # the moments' mean half
+            "initial_latents": pipe.initial_latents(reference, len(motion), data["input.latents_noise"], settings,
+                                                    sigma_max)}
+    windows = len(guided) // settings.num_steps
+    for call, (v, x_next) in enumerate(zip(guided, stepped, strict=True)):
+        step, window = divmod(call, windows)
+        ours |= {f"step{step}.win{window}.noise_pred_cfg": v, f"step{step}.win{window}.latents_after_step": x_next}
+    observed = sidecar["observed"]  # the sidecar's rule for its outputs, applied to the traces' worst rerun
+    atol = 20 * max(observed["fp64_vs_stored_fp32"]["worst_trace_max_abs"], observed["rerun_fp32_1thread"]["worst_trace_max_abs"])
+    recorded = [key.removeprefix("trace.") for key in data if key.startswith("trace.") and key.removeprefix("trace.") in ours]
+    assert len(recorded) == len(ours) == 4 + 2 * len(guided) and len(guided) == 18
+    for name in recorded:
+        expected = data[f"trace.{name}"][:, :4] if name == "vae_encoder_moments" else data[f"trace.{name}"]
+        torch.testing.assert_close(ours[name], expected, atol=atol, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_decoding_only_the_kept_frames_skips_padding_chunks_and_keeps_their_values() -> None:

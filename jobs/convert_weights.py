@@ -22,7 +22,8 @@ def convert_weights(
 
     OUT appears (or gets its missing files) only once every file is converted; until then they
     wait in OUT.partial (OUT/.partial when OUT exists), from which a rerun resumes; what was
-    staged from another DIR, or from a file downloaded again since, is converted again."""
+    staged from another DIR, or from a file downloaded again since, is converted again. An OUT
+    holding files converted from other files than DIR's (another release) is refused, not topped up."""
     from portraitflow.models.hunyuan.checkpoints import WeightsMissing, WeightsUnreadable
     from portraitflow.models.hunyuan.weights import convert_weights as convert
 

@@ -249,3 +249,26 @@ def test_a_staging_folder_holding_someone_elses_files_is_left_alone(release: Pat
     failed = _convert(release, tmp_path / "converted")
     assert failed.exit_code == 2 and "holds files no conversion staged" in " ".join(failed.output.split())
     assert notes.read_text() == "mine" and not (tmp_path / "converted").exists()
+
+
+def test_a_folder_converted_from_other_files_is_not_topped_up_from_these(release: Path, tmp_path: Path) -> None:
+    """A second release converted into a folder that misses a file got that file in beside the
+    first release's others, silently: one model from two releases."""
+    out = tmp_path / "converted"
+    assert _convert(release, out).exit_code == 0
+    copy = tmp_path / "downloaded again"  # the same files elsewhere, with new times
+    shutil.copytree(release, copy)
+    (out / "hyportrait" / "headpose.safetensors").unlink()
+    assert _convert(copy, out).exit_code == 0 and (out / "hyportrait" / "headpose.safetensors").exists()
+
+    other = tmp_path / "other"
+    shutil.copytree(release, other)
+    (other / "hyportrait" / "unet.pth").write_bytes(_checkpoint(99))
+    assert _convert(other, out).exit_code == 2  # complete, it is still not the other release's ("already complete")
+    (out / "hyportrait" / "headpose.safetensors").unlink()
+    refused = _convert(other, out)
+    said = " ".join(refused.output.replace("│", " ").split())
+    assert refused.exit_code == 2 and "holds hyportrait/unet.safetensors converted from other files than these" in said
+    assert not (out / "hyportrait" / "headpose.safetensors").exists()
+    (out / "hyportrait" / "unet.safetensors").unlink()  # what the message says to do
+    assert _convert(other, out).exit_code == 0

@@ -47,6 +47,7 @@ from portraitflow.models.hunyuan.unet import (
     HunyuanUNet,
 )
 from portraitflow.operators.atomic import atomic_target, atomic_write, is_unfinished
+from portraitflow.operators.generation_jobs import input_fingerprint
 from portraitflow.operators.job_status import clipped
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -56,6 +57,9 @@ log = logging.getLogger(__name__)
 
 #: in a conversion's staging folder: which source file (path, size, mtime) each staged file came from
 STAGED_FROM = ".staged_from.json"
+#: in a converted folder: the content fingerprint of the source of each file a conversion wrote
+#: there, so that converting other files into it is refused instead of mixing two releases
+CONVERTED_FROM = ".converted_from.json"
 #: the objects a training script saves beside a model's tensors (a whole `torch.nn` module, an
 #: argparse namespace, numpy arrays, an OmegaConf config), by their whole names: a file holding one
 #: gets the recipe for converting it from a trusted copy. Any other global gets none (a package's
@@ -390,6 +394,7 @@ def convert_weights(weights_dir: str | Path, out_dir: str | Path) -> list[Path]:
     if (root / ARCFACE).is_file():
         copies.append(root / ARCFACE)
     sources = saves | {source.relative_to(root): source for source in copies}
+    converted = _refuse_other_sources(out, sources)
     pending = {relative: source for relative, source in sources.items() if not (out / relative).exists()}
     if not pending:
         return []
@@ -416,7 +421,28 @@ def convert_weights(weights_dir: str | Path, out_dir: str | Path) -> list[Path]:
     else:
         os.replace(staging, out)
         (out / STAGED_FROM).unlink()
+    converted |= {relative.as_posix(): input_fingerprint(str(source)) for relative, source in pending.items()}
+    atomic_write(out / CONVERTED_FROM, json.dumps(converted, indent=1, sort_keys=True))
     return [out / relative for relative in pending]
+
+
+def _refuse_other_sources(out: Path, sources: dict[Path, Path]) -> dict[str, str]:
+    """What `out` records of the files a conversion wrote there (relative path -> the content
+    fingerprint of its source); FileExistsError where one of them is still there and its source in
+    this release differs, since converting the rest in beside it would mix two releases silently
+    (the same files downloaded again, or moved, are the same content)."""
+    try:
+        converted = json.loads((out / CONVERTED_FROM).read_text())
+    except (OSError, ValueError, RecursionError):  # none yet (or damaged): nothing to compare with
+        return {}
+    converted = converted if isinstance(converted, dict) else {}
+    others = sorted(relative for relative, fingerprint in converted.items()
+                    if (out / relative).exists() and Path(relative) in sources
+                    and input_fingerprint(str(sources[Path(relative)])) != fingerprint)
+    if others:
+        raise FileExistsError(f"{out} holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''} converted from "
+                              "other files than these: give another OUT, or delete those to convert them again")
+    return converted
 
 
 def _fingerprint(source: Path) -> list:

@@ -199,10 +199,10 @@ def test_shards_read_back_with_webdataset(curated) -> None:
 def test_mlflow_run_has_params_metrics_and_artifacts(curated) -> None:
     from mlflow.tracking import MlflowClient
 
-    _, _, uri = curated
+    _, metrics, uri = curated
     client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name("portraitflow-curate")
-    (run,) = client.search_runs([experiment.experiment_id])
+    run = client.get_run(metrics["mlflow_run_id"])  # this run's: later tests add runs to the store
+    assert client.get_experiment(run.info.experiment_id).name == "portraitflow-curate"
     assert run.data.params["curate.fps"] == "25.0"
     for metric in ("inputs", "inputs_failed", "clips_accepted", "hours_in", "video_seconds_per_s", "time_detect_s",
                    "rejected_no_face"):

@@ -63,7 +63,8 @@ def run(media_dir: Path, inputs: dict[str, Path], tmp_path_factory, ray_local):
         Job("text_ref", str(inputs["text"]), str(inputs["talk"])),
     ]
     table = run_generation(jobs, out, cfg)
-    return {"table": table.set_index("job_id"), "jobs": jobs, "out": out, "cfg": cfg, "uri": uri}
+    saved = pd.read_parquet(out / "results.parquet").set_index("job_id")  # as this run left it (later tests rerun)
+    return {"table": table.set_index("job_id"), "saved": saved, "jobs": jobs, "out": out, "cfg": cfg, "uri": uri}
 
 
 def _frames(path: str, step: int = 1) -> np.ndarray:
@@ -85,7 +86,7 @@ def test_every_job_has_a_row_and_bad_jobs_fail_with_a_reason(run) -> None:
     assert folder.reason == f"driving video: {folder.driving} is a folder, not a video"
     # the same on every run: no decoder clock times, no object addresses
     assert not failed.reason.str.contains(r"\[\d\d:\d\d:\d\d\]|0x[0-9a-f]{6}").any(), failed.reason.tolist()
-    saved = pd.read_parquet(run["out"] / "results.parquet").set_index("job_id")
+    saved = run["saved"]
     assert saved.status.to_dict() == table.status.to_dict()
     assert (saved.loc[["turns", "talk"], "animate_s"] > 0).all() and saved.loc["turns", "backend"] == "warp"
     assert json.loads(saved.loc["turns", "model"]) == {"animator": "warp"}

@@ -557,7 +557,7 @@ def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], p
                     in_shards: dict[str, Path], markers: dict[str, dict]) -> dict[str, Any]:
     """Curate the pending inputs, pack their shards, write the tables from `markers` (the folder's,
     as read at the start, followed by every marker this run writes: read once, ~21 kB of RAM each)."""
-    from portraitflow.jobs.runtime import mlflow_run
+    from portraitflow.jobs.runtime import mlflow_run, recorded_after_the_work
     from portraitflow.pipelines.curate import curate_inputs
 
     out = layout.out
@@ -609,7 +609,8 @@ def _curate_pending(cfg: PortraitFlowConfig, layout: Layout, rows: list[dict], p
         elapsed = time.perf_counter() - started
         metrics = _metrics(manifest, clips, scanned, elapsed, {r["input_key"] for r in rows}, index, cfg.curate.fps)
         if run is not None:
-            _log_run(cfg, layout, metrics, manifest, clips, {r["input_key"] for r in pending}, ray_stats)
+            with recorded_after_the_work(out):
+                _log_run(cfg, layout, metrics, manifest, clips, {r["input_key"] for r in pending}, ray_stats)
             metrics["mlflow_run_id"] = run.info.run_id
     return metrics
 

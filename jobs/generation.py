@@ -15,7 +15,7 @@ import pandas as pd
 
 from portraitflow.jobs.config import PortraitFlowConfig
 from portraitflow.jobs.config.animate import AnimateConfig
-from portraitflow.jobs.runtime import claim_folder, init_ray, mlflow_run, require_resource
+from portraitflow.jobs.runtime import claim_folder, init_ray, mlflow_run, recorded_after_the_work, require_resource
 from portraitflow.models.animators.registry import (
     backend_settings,
     check_backend,
@@ -87,7 +87,8 @@ def run_generation(jobs: list[Job] | str | Path, out_dir: str | Path, cfg: Portr
             _warn_of_unlisted_videos(out_dir, merged)
             preview = save_preview(table, cfg.animate, out_dir)
             if run is not None:
-                _log_run(table, cfg.animate, backend, time.perf_counter() - started, preview)
+                with recorded_after_the_work(out_dir):
+                    _log_run(table, cfg.animate, backend, time.perf_counter() - started, preview)
         return table
 
 

@@ -424,6 +424,12 @@ def mlflow_tracking_uri(cfg: MLflowConfig) -> str:
     return uri
 
 
+#: how a request to a tracking server that does not answer is retried, where the environment does
+#: not say: 5 times after 1, 2, 4, 8 and 16 s (about 30 s), not MLflow's 7 over about 4 minutes,
+#: which held a finished job 9 minutes after its server went away (`recorded_after_the_work`)
+SERVER_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
 def mlflow_client(cfg: MLflowConfig) -> MlflowClient:
     """A client on the resolved tracking URI, also made the process default so that fluent calls
     (`mlflow.start_run`, `mlflow.log_*`) in this process record to the same store."""
@@ -431,6 +437,8 @@ def mlflow_client(cfg: MLflowConfig) -> MlflowClient:
 
     uri = mlflow_tracking_uri(cfg)
     _warn_if_store_is_temporary(uri)
+    for name, value in SERVER_RETRIES.items():  # MLflow's own: 7 retries, about 4 minutes per request
+        os.environ.setdefault(name, value)
     mlflow.set_tracking_uri(uri)
     database = sqlite_store_path(uri)
     return mlflow.MlflowClient(uri) if database is None else _open_sqlite_store(uri, database)
@@ -662,10 +670,27 @@ def mlflow_run(cfg: MLflowConfig, experiment: str, folder: Path) -> Iterator[obj
     end_abandoned_runs(client, experiment_id, f"tags.`{FOLDER_TAG}` = '{folder_tag(folder)}'")
     mlflow.set_experiment(experiment_id=experiment_id)
     tags = {FOLDER_TAG: folder_tag(folder), FOLDER_PATH_TAG: str(Path(folder).resolve()), **code_tags()}
-    with mlflow.start_run(run_name=Path(folder).name, tags=tags) as run:
-        try:
-            yield run
-        except BaseException as exc:
-            status = ended_status(exc)
-            _end_quietly(lambda: mlflow.end_run(status), run.info.run_id)
-            raise
+    run = mlflow.start_run(run_name=Path(folder).name, tags=tags)
+    try:
+        yield run
+    except BaseException as exc:
+        status = ended_status(exc)
+        _end_quietly(lambda: mlflow.end_run(status), run.info.run_id)
+        raise
+    _end_quietly(mlflow.end_run, run.info.run_id)
+
+
+@contextlib.contextmanager
+def recorded_after_the_work(outputs: Path) -> Iterator[None]:
+    """Record a finished job in its MLflow run, best effort: a tracking server that went away
+    during the work (restarted, redeployed) made a run whose every output was written end in
+    MLflow's retries and a traceback, exit 1, and a scheduler ran the whole job again. It is said
+    in one line, and the job ends as its work did. Only the store's errors: a bug still raises."""
+    from mlflow.exceptions import MlflowException
+    from requests import RequestException
+
+    try:
+        yield
+    except (MlflowException, RequestException) as exc:  # the store's (a server's, via its REST calls, or sqlite's)
+        log.warning("MLflow could not record this run (%s); the outputs in %s are complete", one_line(str(exc), 300),
+                    outputs)

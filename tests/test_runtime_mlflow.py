@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -416,3 +417,37 @@ def test_a_port_that_answers_http_is_no_ray_cluster_and_plain_http_no_tls_server
         finally:
             server.shutdown()
             server.server_close()
+
+
+def test_a_store_gone_after_the_work_is_one_warning_and_the_job_ends_as_its_work_did(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A tracking server that went away during a job held it 9 minutes in MLflow's retries after
+    every output was written, then ended it in a traceback, exit 1: a scheduler ran it all again."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from portraitflow.jobs.runtime import SERVER_RETRIES, recorded_after_the_work
+
+    def gone(*_: object, **__: object) -> None:
+        raise MlflowException("API request to http://tracking:5000/api/2.0/mlflow/runs/log-batch failed with "
+                              "exception HTTPConnectionPool: Max retries exceeded\n(Connection refused)")
+
+    for name in SERVER_RETRIES:
+        monkeypatch.delenv(name, raising=False)
+    end_run = mlflow.end_run
+    try:
+        with caplog.at_level(logging.WARNING), mlflow_run(MLflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
+                                                          "gone", tmp_path / "out"):
+            monkeypatch.setattr(mlflow, "log_params", gone)
+            monkeypatch.setattr(mlflow, "end_run", gone)
+            with recorded_after_the_work(tmp_path / "out"):
+                mlflow.log_params({"fps": 25})
+    finally:
+        end_run()  # the run the failed end left active in this process
+    assert {name: os.environ[name] for name in SERVER_RETRIES} == SERVER_RETRIES  # bounded retries
+    said = caplog.text
+    assert (f"MLflow could not record this run (API request to http://tracking:5000/api/2.0/mlflow/runs/log-batch "
+            f"failed with exception HTTPConnectionPool: Max retries exceeded (Connection refused)); the outputs in "
+            f"{tmp_path / 'out'} are complete") in said and "could not be ended" in said
+    with pytest.raises(ZeroDivisionError), recorded_after_the_work(tmp_path):  # a bug is no store's error
+        _ = 1 / 0

@@ -228,5 +228,5 @@ def _wait_for_job(status_command: list[str], env: dict[str, str], timeout_s: flo
         for state, said in (("succeeded", "succeeded"), ("failed", "failed"), ("stopped", "was stopped")):
             if f"job '{status_command[-1]}' {said}" in text:
                 return state
-        time.sleep(5)
+        time.sleep(1)
     return "timed out"

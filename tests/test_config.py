@@ -27,9 +27,12 @@ def test_yaml_then_overrides(tmp_path: Path) -> None:
     assert cfg.ray.num_cpus == 2
 
 
-@pytest.mark.parametrize("override", ["face.nope=1", "nosection.x=1", "face.backend=dlib", "missing_equals"])
-def test_bad_overrides_are_errors(override: str) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(("override", "said"), [
+    ("face.nope=1", "face.nope: no such setting"), ("nosection.x=1", "nosection: no such setting"),
+    ("face.backend=dlib", "face.backend: Input should be 'opencv' or 'insightface'"),
+    ("missing_equals", "not of the form section.field=value")])
+def test_bad_overrides_are_errors(override: str, said: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(said)):
         load_config(None, [override])
 
 
@@ -108,7 +111,8 @@ def test_config_reference_is_current() -> None:
                                       "curate.chunk_frames=-1", "curate.crf=60", "curate.max_clip_seconds=1"])
 def test_curate_settings_out_of_range_are_refused(override: str) -> None:
     """A zero shard size would pack empty shards forever; a zero step or frame rate fails every input."""
-    with pytest.raises(ValueError):
+    field = override.partition("=")[0].removeprefix("curate.")  # one field's bound, or its relation to another
+    with pytest.raises(ValueError, match=rf"curate(\.{field}: Input should be|: {field} \(1\.0\) is below)"):
         load_config(None, [override])
 
 

@@ -13,7 +13,7 @@ from portraitflow.jobs.curate import Layout, check_corpus_settings, corpus_setti
 
 
 def test_a_fresh_output_folder_accepts_any_settings(tmp_path: Path) -> None:
-    check_corpus_settings(load_config(None, ["curate.min_face_px=999"]), Layout(tmp_path / "new"))
+    assert check_corpus_settings(load_config(None, ["curate.min_face_px=999"]), Layout(tmp_path / "new")) == []  # nothing changed
 
 
 def test_one_curation_at_a_time_per_output_folder(tmp_path: Path) -> None:

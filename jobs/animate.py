@@ -121,15 +121,21 @@ def _job_list(ref: Path | None, driving: Path | None, jobs: Path | None, refs: P
 
 def _say_run(cfg: PortraitFlowConfig, out: Path) -> None:
     """The MLflow run this invocation recorded: the latest into `out` (`mlflow_run` tags it with the
-    folder), looked up in the store rather than taken from MLflow's process-wide last run."""
+    folder), looked up in the store rather than taken from MLflow's process-wide last run; nothing
+    where the store has failed since (the run's recording warned of it)."""
     from portraitflow.jobs.runtime import (latest_run_into, mlflow_client, mlflow_tracking_uri, sqlite_store_path,
-                                           without_credentials)
+                                           store_failed, without_credentials)
 
     database = sqlite_store_path(mlflow_tracking_uri(cfg.mlflow))
     if database is not None and not database.exists():  # nothing was recorded; opening it would make it
         return
-    client = mlflow_client(cfg.mlflow)
-    run_id = latest_run_into(client, out, finished=False)  # failed jobs end it FAILED
+    try:
+        client = mlflow_client(cfg.mlflow, writing=False)
+        run_id = latest_run_into(client, out, finished=False)  # failed jobs end it FAILED
+    except Exception as exc:
+        if not store_failed(exc):
+            raise
+        return
     if run_id:
         typer.echo(f"run {run_id} ({without_credentials(str(client.tracking_uri))})")
 

@@ -425,14 +425,17 @@ def mlflow_tracking_uri(cfg: MLflowConfig) -> str:
 
 
 #: how a request to a tracking server that does not answer is retried, where the environment does
-#: not say: 5 times after 1, 2, 4, 8 and 16 s (about 30 s), not MLflow's 7 over about 4 minutes,
-#: which held a finished job 9 minutes after its server went away (`recorded_after_the_work`)
-SERVER_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+#: not say: 5 times, after 0, 2, 4, 8 and 16 s (about 30 s for a refused connection), each attempt
+#: waiting 60 s at most for an answer, not MLflow's 7 retries over about 4 minutes of 120-s
+#: attempts, which held a finished job 9 minutes after its server went away (`recorded_after_the_work`)
+SERVER_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
 
 
-def mlflow_client(cfg: MLflowConfig) -> MlflowClient:
+def mlflow_client(cfg: MLflowConfig, writing: bool = True) -> MlflowClient:
     """A client on the resolved tracking URI, also made the process default so that fluent calls
-    (`mlflow.start_run`, `mlflow.log_*`) in this process record to the same store."""
+    (`mlflow.start_run`, `mlflow.log_*`) in this process record to the same store; an sqlite store
+    this user cannot write is refused unless only `reading` (`report` on an archived store)."""
     import mlflow
 
     uri = mlflow_tracking_uri(cfg)
@@ -441,7 +444,12 @@ def mlflow_client(cfg: MLflowConfig) -> MlflowClient:
         os.environ.setdefault(name, value)
     mlflow.set_tracking_uri(uri)
     database = sqlite_store_path(uri)
-    return mlflow.MlflowClient(uri) if database is None else _open_sqlite_store(uri, database)
+    if database is None:
+        return mlflow.MlflowClient(uri)
+    if writing and (why := _unwritable(database)):  # checked by reading alone, the store failed at its first write
+        raise ServiceUnreachable(f"the MLflow store {database} cannot be written ({why}): give --mlflow-uri a store "
+                                 "you can write")
+    return _open_sqlite_store(uri, database)
 
 
 def _open_sqlite_store(uri: str, database: Path) -> MlflowClient:
@@ -449,13 +457,9 @@ def _open_sqlite_store(uri: str, database: Path) -> MlflowClient:
     it first opens it, so runs started together on a new store each created them and all but one
     failed, at times leaving a half-made file that every later run failed on; a lock on the store's
     folder (released when its holder ends, however it ends) takes the opening in turn.
-    ServiceUnreachable, in one line, for a file that is no usable store or one this user cannot write."""
+    ServiceUnreachable, in one line, for a file that is no usable store."""
     import mlflow
 
-    database.parent.mkdir(parents=True, exist_ok=True)
-    if why := _unwritable(database):  # checked by reading alone, the store failed at its first write
-        raise ServiceUnreachable(f"the MLflow store {database} cannot be written ({why}): give --mlflow-uri a store "
-                                 "you can write")
     folder = None
     try:
         folder = os.open(database.parent, os.O_RDONLY)
@@ -476,6 +480,8 @@ def _unwritable(database: Path) -> str | None:
     """Why sqlite could not write the store, if it could not: it writes the file, and its journal
     beside it in the folder. A read-only store crashed the run at its first write with SQLAlchemy's
     traceback; a folder it cannot write in, after about 100 s of MLflow's retries."""
+    if not database.parent.is_dir():
+        return f"its folder {database.parent} does not exist"
     if not os.access(database.parent, os.W_OK | os.X_OK):
         return f"its folder {database.parent} is not writable"
     if database.exists() and not os.access(database, os.R_OK | os.W_OK):
@@ -680,17 +686,28 @@ def mlflow_run(cfg: MLflowConfig, experiment: str, folder: Path) -> Iterator[obj
     _end_quietly(mlflow.end_run, run.info.run_id)
 
 
+def store_failed(exc: BaseException) -> bool:
+    """Whether `exc` is a tracking store failing to answer or to write (a server gone: MLflow's REST
+    client says so as an INTERNAL_ERROR; a connection refused; a disk full under sqlite), rather than
+    the store refusing what it was given."""
+    from mlflow.exceptions import MlflowException
+    from requests import RequestException
+
+    return isinstance(exc, RequestException) or (
+        isinstance(exc, MlflowException) and exc.error_code in {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE"})
+
+
 @contextlib.contextmanager
 def recorded_after_the_work(outputs: Path) -> Iterator[None]:
     """Record a finished job in its MLflow run, best effort: a tracking server that went away
     during the work (restarted, redeployed) made a run whose every output was written end in
     MLflow's retries and a traceback, exit 1, and a scheduler ran the whole job again. It is said
-    in one line, and the job ends as its work did. Only the store's errors: a bug still raises."""
-    from mlflow.exceptions import MlflowException
-    from requests import RequestException
-
+    in one line, and the job ends as its work did. Only the store's failures (`store_failed`): a
+    refusal of what was logged (a param logged again with another value) is a bug, and raises."""
     try:
         yield
-    except (MlflowException, RequestException) as exc:  # the store's (a server's, via its REST calls, or sqlite's)
+    except Exception as exc:
+        if not store_failed(exc):
+            raise
         log.warning("MLflow could not record this run (%s); the outputs in %s are complete", one_line(str(exc), 300),
                     outputs)

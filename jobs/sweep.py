@@ -816,7 +816,7 @@ def report_from_run(run_id: str, cfg: PortraitFlowConfig, out_dir: str | Path, r
     param; `cfg.evaluate.rank_by` for a run that recorded none or one that is no metric now."""
     if rank_by is not None:
         check_rank_by(rank_by, "rank_by")
-    client = mlflow_client(cfg.mlflow)
+    client = mlflow_client(cfg.mlflow, writing=False)  # a report reads: an archived store will do
     parent = client.get_run(run_id)  # an unknown run fails here, before anything is written
     children = search_all_runs(client, [parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{run_id}'",
                                order_by=["attributes.start_time ASC"])

@@ -368,14 +368,18 @@ def test_a_store_this_user_cannot_write_is_a_one_line_usage_error(tmp_path: Path
     readonly = tmp_path / "readonly"
     access = os.access
     monkeypatch.setattr(os, "access", lambda path, mode: not Path(path).is_relative_to(readonly) and access(path, mode))
-    stores = tmp_path / "new" / "folder"  # a folder not there yet is made, as --out is
-    mlflow_client(MLflowConfig(tracking_uri=f"sqlite:///{stores / 'mlflow.db'}"))
+    missing = tmp_path / "missing"
+    with pytest.raises(ServiceUnreachable, match=rf"cannot be written \(its folder {missing} does not exist\)"):
+        mlflow_client(MLflowConfig(tracking_uri=f"sqlite:///{missing / 'mlflow.db'}"))
     readonly.mkdir()
     with pytest.raises(ServiceUnreachable, match=rf"mlflow\.db cannot be written \(its folder {readonly} is not writable\)"):
         mlflow_client(MLflowConfig(tracking_uri=f"sqlite:///{readonly / 'mlflow.db'}"))
+    store = MLflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow_client(store).create_experiment("archived")
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path).name != "mlflow.db" and access(path, mode))
     with pytest.raises(ServiceUnreachable, match=r"mlflow\.db cannot be written \(the file is not writable\)"):
-        mlflow_client(MLflowConfig(tracking_uri=f"sqlite:///{stores / 'mlflow.db'}"))
+        mlflow_client(store)
+    assert mlflow_client(store, writing=False).get_experiment_by_name("archived")  # `report` on an archived store
 
 
 def test_a_port_that_answers_http_is_no_ray_cluster_and_plain_http_no_tls_server() -> None:
@@ -425,6 +429,7 @@ def test_a_store_gone_after_the_work_is_one_warning_and_the_job_ends_as_its_work
     every output was written, then ended it in a traceback, exit 1: a scheduler ran it all again."""
     import mlflow
     from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
     from portraitflow.jobs.runtime import SERVER_RETRIES, recorded_after_the_work
 
@@ -449,5 +454,18 @@ def test_a_store_gone_after_the_work_is_one_warning_and_the_job_ends_as_its_work
     assert (f"MLflow could not record this run (API request to http://tracking:5000/api/2.0/mlflow/runs/log-batch "
             f"failed with exception HTTPConnectionPool: Max retries exceeded (Connection refused)); the outputs in "
             f"{tmp_path / 'out'} are complete") in said and "could not be ended" in said
-    with pytest.raises(ZeroDivisionError), recorded_after_the_work(tmp_path):  # a bug is no store's error
-        _ = 1 / 0
+    refused = MlflowException("Changing param values is not allowed", error_code=INVALID_PARAMETER_VALUE)
+    with pytest.raises(MlflowException, match="Changing param"), recorded_after_the_work(tmp_path):
+        raise refused  # the store refusing what it was given: our bug, not the store gone
+
+
+def test_animate_names_no_run_when_the_server_has_gone_since(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """After its jobs, animate looks its run up to name it: with the server gone that lookup was the
+    traceback, exit 1, that the recording's warning had just avoided."""
+    from portraitflow.jobs.animate import _say_run
+    from portraitflow.jobs.config import load_config
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    _say_run(load_config(None, ["mlflow.tracking_uri=http://127.0.0.1:9"]), tmp_path)
+    assert capsys.readouterr().out == ""

@@ -184,7 +184,7 @@ def expand_inputs(specs: Iterable[str], *, _expanding: frozenset[str] = frozense
             # them (a `**` pattern walks the folders itself: their files are among its matches)
             folders = [] if "**" in local else [p for p in matched if Path(p).is_dir()]
             kept = _inputs_among(spec, [p for p in matched if not Path(p).is_dir()], globbed=True) + [
-                path for folder in folders for path in _videos_under(folder, folder)]
+                path for folder in folders for path in _videos_under(folder, folder)] + _unlistable_in_reach(local)
             for path in kept or [local]:
                 _add(found, path, _entry(path) if kept else os.path.abspath(local))
         else:  # absolute, so a missing input has the same key from any working directory
@@ -226,7 +226,47 @@ def _videos_under(spec: str, folder: str) -> list[str]:
             continue
         walked.add(real)
         found.extend(os.path.join(root, name) for name in files)
-    return _inputs_among(spec, found, globbed=False) + [os.path.abspath(path) for path in unlisted]
+    return _inputs_among(spec, found, globbed=False) + _unlisted_inputs(spec, unlisted)
+
+
+def _unlistable_in_reach(pattern: str) -> list[str]:
+    """The folders a glob `pattern` would descend into that cannot be listed (`glob` passes over
+    them without a word), as `_videos_under` makes them inputs: those its folder parts match
+    (hidden ones only by a hidden part, as `glob`), or all below a `**`."""
+    parts = Path(pattern).parts
+    first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    root = os.path.join(*parts[:first]) if first else "."
+    folder_parts = parts[first:] if parts[-1] == "**" else parts[first:-1]
+    deep = "**" in folder_parts
+    unlisted: list[str] = []
+    for current, folders, _ in os.walk(root, onerror=lambda exc: unlisted.append(exc.filename)):
+        if not deep and len(Path(os.path.relpath(current, root)).parts) >= len(folder_parts):
+            folders.clear()  # deeper than the pattern reaches
+
+    def reached(path: str) -> bool:
+        relative = Path(os.path.relpath(path, root)).parts if path != root else ()
+        if deep:
+            return not any(name.startswith(".") for name in relative)
+        return len(relative) <= len(folder_parts) and all(
+            fnmatch.fnmatchcase(name, part) and (part.startswith(".") or not name.startswith("."))
+            for name, part in zip(relative, folder_parts))
+
+    return _unlisted_inputs(pattern, [path for path in unlisted if reached(path)])
+
+
+#: folders a file system or an operating system keeps to itself, that no user can list
+SYSTEM_FOLDERS = {"lost+found", "$RECYCLE.BIN", "System Volume Information"}
+
+
+def _unlisted_inputs(spec: str, unlisted: list[str]) -> list[str]:
+    """The folders under `spec` that could not be listed, as inputs that fail naming why; hidden and
+    system ones (a mount's `lost+found`) are left out, as hidden files are, and logged."""
+    kept = [os.path.abspath(path) for path in unlisted
+            if not Path(path).name.startswith(".") and Path(path).name not in SYSTEM_FOLDERS]
+    if left := sorted(set(map(os.path.abspath, unlisted)) - set(kept)):
+        log.warning("%s: left out %d hidden or system folder(s) that cannot be listed: %s", escape_undecodable(spec),
+                    len(left), ", ".join(escape_undecodable(path) for path in left[:3]) + (", ..." if len(left) > 3 else ""))
+    return kept
 
 
 def _is_input(path: str, globbed: bool) -> bool:

@@ -114,27 +114,35 @@ def test_hidden_files_and_sidecars_are_left_out(tmp_path: Path, caplog) -> None:
                                f"{tmp_path}: left out 4 file(s) not taken for videos (1 .thm, 1 .xmp, 2 hidden)"]
 
 
-def test_a_folder_that_cannot_be_listed_is_an_input_that_fails_with_why(tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_folder_that_cannot_be_listed_is_an_input_that_fails_with_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
     """`os.walk` passes over a folder it cannot list (no permission, a vanished mount) without a
     word: its videos vanished from the manifest, and the folder given by name read as one of no videos."""
     corpus = tmp_path / "corpus"
-    locked = corpus / "locked"
-    locked.mkdir(parents=True)
+    locked, system = corpus / "locked", corpus / "lost+found"  # every ext4 mount's root has a lost+found
+    for folder in (locked, system):
+        folder.mkdir(parents=True)
     for video in (corpus / "a.mp4", locked / "b.mp4"):
         video.write_bytes(b"not read here")
     scandir, listdir = os.scandir, os.listdir
 
     def refused(real: Callable, path: str = ".") -> object:
-        if Path(path) == locked:
+        if Path(path) in (locked, system):
             raise PermissionError(13, "Permission denied", str(path))
         return real(path)
 
     monkeypatch.setattr(os, "scandir", partial(refused, scandir))
     monkeypatch.setattr(os, "listdir", partial(refused, listdir))
     taken = [str((corpus / "a.mp4").resolve()), str(locked)]
-    assert expand_inputs([str(corpus)]) == taken
+    with caplog.at_level(logging.WARNING):
+        assert expand_inputs([str(corpus)]) == taken
+    assert f"left out 1 hidden or system folder(s) that cannot be listed: {system}" in caplog.text
     assert expand_inputs([str(tmp_path / "*")]) == taken  # a pattern matching the folder walks it the same way
+    for pattern in ("**", "**/*.mp4"):  # `glob` passes over what it cannot list, at any depth
+        assert expand_inputs([str(corpus / pattern)]) == taken, pattern
+    for pattern in ("*/*.mp4", "*/**"):  # a video of it could match
+        assert expand_inputs([str(corpus / pattern)]) == [str(locked)], pattern
+    assert expand_inputs([str(corpus / "open*" / "*.mp4")]) == [str(corpus / "open*" / "*.mp4")]  # none could: fails as unmatched
     assert expand_inputs([str(locked)]) == [str(locked)]
     with pytest.raises(PermissionError, match=f"^{CANNOT_LIST}: Permission denied$"), local_copy(str(locked)):
         pass

@@ -195,13 +195,14 @@ def expand_inputs(specs: Iterable[str], *, _expanding: frozenset[str] = frozense
 def names_nothing(spec: str) -> bool:
     """Whether an input argument names nothing as `expand_inputs` reads it: a local path (or
     `file://` URI) that is not there and, as a pattern (`**` recursive), matches no file or folder
-    (a folder of no video is a failed row, as the folder given by name)."""
+    (a folder of no video is a failed row, as the folder given by name) nor reaches a folder it
+    cannot list."""
     if is_uri(spec):
         return False
     local = _local(spec) or "."  # an empty argument is the working folder, as a folder's listing takes it
     if os.path.lexists(local):  # the name of a file means that file, brackets or not
         return False
-    return not (glob.has_magic(local) and glob.glob(local, recursive=True))
+    return not (glob.has_magic(local) and (glob.glob(local, recursive=True) or _unlistable_in_reach(local)))
 
 
 def _add(found: dict[str, str], name: str, uri: str) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from portraitflow.jobs.config.animate import PIPELINE_FIELDS, AnimateConfig
@@ -81,8 +82,6 @@ def identity_notice(backend: str, cfg: AnimateConfig, face_backend: str) -> str 
     takes the face layer's embedding only where it is 512-d (an insightface ArcFace pack, itself
     another network than the release's), else zeros; said only in each job's `model` record, it
     went unnoticed. None where there is nothing to say."""
-    from pathlib import Path
-
     from portraitflow.models.hunyuan.checkpoints import ARCFACE, TINY_WEIGHTS
 
     if backend != "hunyuan" or not cfg.weights or cfg.weights == TINY_WEIGHTS \

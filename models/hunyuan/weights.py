@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 #: in a conversion's staging folder: which source file (path, size, mtime) each staged file came from
 STAGED_FROM = ".staged_from.json"
-#: in a converted folder: the content fingerprint of the source of each file a conversion wrote
+#: in a converted folder: the sampled content fingerprint (size, first and last 64 KiB) of the source of each file a conversion wrote
 #: there, so that converting other files into it is refused instead of mixing two releases
 CONVERTED_FROM = ".converted_from.json"
 #: the objects a training script saves beside a model's tensors (a whole `torch.nn` module, an

@@ -57,8 +57,9 @@ log = logging.getLogger(__name__)
 
 #: in a conversion's staging folder: which source file (path, size, mtime) each staged file came from
 STAGED_FROM = ".staged_from.json"
-#: in a converted folder: the sampled content fingerprint (size, first and last 64 KiB) of the source of each file a conversion wrote
-#: there, so that converting other files into it is refused instead of mixing two releases
+#: in a converted folder: the sampled fingerprint (size, first and last 64 KiB) of the source of each
+#: file a conversion wrote there, so that converting other files into it is refused instead of
+#: mixing two releases
 CONVERTED_FROM = ".converted_from.json"
 #: the objects a training script saves beside a model's tensors (a whole `torch.nn` module, an
 #: argparse namespace, numpy arrays, an OmegaConf config), by their whole names: a file holding one
@@ -427,8 +428,8 @@ def convert_weights(weights_dir: str | Path, out_dir: str | Path) -> list[Path]:
 
 
 def _refuse_other_sources(out: Path, sources: dict[Path, Path]) -> dict[str, str]:
-    """What `out` records of the files a conversion wrote there (relative path -> the content
-    fingerprint of its source); FileExistsError where one of them is still there and its source in
+    """What `out` records of the files a conversion wrote there (relative path -> the sampled
+    fingerprint of its source, `input_fingerprint`); FileExistsError where one of them is still there and its source in
     this release differs, since converting the rest in beside it would mix two releases silently
     (the same files downloaded again, or moved, are the same content)."""
     try:

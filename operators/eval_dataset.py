@@ -276,6 +276,10 @@ def check_dataset(spec: DatasetSpec, exclude: str | Path | None = None) -> None:
     folder), no row in a jobs file (read as `dataset_jobs` reads it), no shard file. Only what
     listing tells: a shard without a sample is known when it is read."""
     if spec.type == "folder":
+        try:
+            os.listdir(spec.path)
+        except OSError as exc:  # `rglob` finds nothing in it, and "matched no videos" would send one looking for files
+            raise ValueError(f"dataset {spec.path!r} cannot be listed ({exc.strerror})") from None
         skip = (Path(exclude),) if exclude is not None else ()
         matched = _matches(Path(spec.path), spec.include, None, skip)  # one walk of the tree for both
         found = [p for p in matched if Path(p).suffix.lower() in VIDEO_SUFFIXES]

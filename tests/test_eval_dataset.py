@@ -252,6 +252,9 @@ def test_a_dataset_folder_that_cannot_be_listed_is_warned_of(tmp_path: Path, cap
     with caplog.at_level(logging.WARNING):
         eval_dataset.check_dataset(DatasetSpec(path=str(tmp_path)))
     assert f"1 folder(s) in it cannot be listed, so no video in them is read: {locked}: Permission denied" in caplog.text
+    monkeypatch.setattr(os, "listdir", refused)  # the dataset's own folder
+    with pytest.raises(ValueError, match=r"dataset '.*locked' cannot be listed \(Permission denied\)"):
+        eval_dataset.check_dataset(DatasetSpec(path=str(locked)))
 
 
 def test_a_folder_takes_camera_names_in_any_case_and_never_macos_forks(tmp_path: Path) -> None:
